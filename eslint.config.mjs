@@ -1,0 +1,19 @@
+import nextVitals from 'eslint-config-next/core-web-vitals';
+import nextTs from 'eslint-config-next/typescript';
+
+const config = [
+  ...nextVitals,
+  ...nextTs,
+  {
+    ignores: ['.next/**', 'node_modules/**', 'next-env.d.ts', 'test-results/**', 'playwright-report/**', '.keyward/**'],
+  },
+  {
+    // lib/core is framework-free: only lib/next may import Next.js.
+    files: ['lib/core/**', 'lib/store/**'],
+    rules: {
+      'no-restricted-imports': ['error', { patterns: [{ group: ['next', 'next/*', 'next-auth', 'next-auth/*'], message: 'lib/core must not import Next.js; put the glue in lib/next.' }] }],
+    },
+  },
+];
+
+export default config;

@@ -1,0 +1,9 @@
+/**
+ * Runs once when the server starts. Validates every setting and upstream so that a bad configuration stops
+ * `next start` with a message naming the field (never a secret) instead of failing requests later.
+ */
+export async function register() {
+  if (process.env.NEXT_RUNTIME !== 'nodejs') return;
+  const { checkStartup } = await import('./lib/next/startup');
+  checkStartup();
+}

@@ -1,0 +1,217 @@
+import { z } from 'zod';
+
+/**
+ * The one schema for upstream definitions: TypeScript adapters (`defineUpstream`) and the JSON file named by
+ * KEYWARD_CONFIG are both parsed with it, and `npm run schema` writes the JSON Schema for editors from it.
+ */
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+// RFC 9110 §5.6.2 token characters.
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+export const UPSTREAM_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/** Headers that carry credentials or connection state: never configurable as pass-through. */
+export const FORBIDDEN_PASS_THROUGH_HEADERS = new Set([
+  'authorization',
+  'proxy-authorization',
+  'cookie',
+  'set-cookie',
+  'www-authenticate',
+  'proxy-authenticate',
+  'x-api-key',
+  'api-key',
+  'host',
+  'connection',
+  'keep-alive',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'expect',
+  'content-length',
+  'content-encoding',
+  'location',
+]);
+
+export const secretRefSchema = z
+  .strictObject({
+    env: z
+      .string()
+      .regex(ENV_NAME, 'must be an environment variable name')
+      .refine((name) => !name.toUpperCase().startsWith('NEXT_PUBLIC_'), {
+        message: 'NEXT_PUBLIC_ variables are inlined into browser bundles and can never hold a secret',
+      }),
+  })
+  .describe('Where the secret comes from: {"env": "NAME"} reads the environment variable NAME at start-up.');
+
+const headerNameSchema = z
+  .string()
+  .regex(HEADER_NAME, 'must be a valid HTTP header name')
+  .transform((name) => name.toLowerCase());
+
+const authSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('header'),
+    name: headerNameSchema.refine((n) => !['host', 'cookie', 'content-length', 'transfer-encoding'].includes(n), {
+      message: 'cannot carry a credential',
+    }),
+    prefix: z.string().max(64).optional().describe('Written before the secret, e.g. "Token ".'),
+    secret: secretRefSchema,
+  }),
+  z.strictObject({ type: z.literal('bearer'), secret: secretRefSchema }),
+  z.strictObject({
+    type: z.literal('basic'),
+    username: z.union([z.string().min(1).max(256).regex(/^[^:]*$/, 'must not contain ":"'), secretRefSchema]),
+    secret: secretRefSchema.describe('The password.'),
+  }),
+  z.strictObject({
+    type: z.literal('query'),
+    name: z.string().regex(/^[A-Za-z0-9_.~-]{1,64}$/, 'must be a plain query parameter name'),
+    secret: secretRefSchema,
+  }),
+]);
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+export type RouteMethod = (typeof METHODS)[number];
+
+// A template segment is a literal (same character rules as request segments), `:name`, or a final `*`.
+const TEMPLATE_SEGMENT = /^(?:[A-Za-z0-9._~!$&'()*+,;=-]+|:[A-Za-z_][A-Za-z0-9_]*|\*)$/;
+
+const routePathSchema = z
+  .string()
+  .max(1024)
+  .superRefine((path, ctx) => {
+    if (!path.startsWith('/')) {
+      ctx.addIssue({ code: 'custom', message: 'must start with "/"' });
+      return;
+    }
+    const segments = path === '/' ? [] : path.slice(1).split('/');
+    segments.forEach((segment, index) => {
+      if (!TEMPLATE_SEGMENT.test(segment) || segment === '.' || segment === '..') {
+        ctx.addIssue({ code: 'custom', message: `segment "${segment}" is not a literal, a :param or a final *` });
+      } else if (segment === '*' && index !== segments.length - 1) {
+        ctx.addIssue({ code: 'custom', message: '"*" may only be the last segment' });
+      }
+    });
+  })
+  .describe('Path template under baseUrl: literal segments, ":name" parameters, and an optional final "*".');
+
+const routeSchema = z.strictObject({
+  method: z.enum(METHODS),
+  path: routePathSchema,
+  roles: z
+    .array(z.string().min(1).max(64))
+    .optional()
+    .describe('The session needs at least one of these roles. Absent: any signed-in user.'),
+  maxRequestBytes: z.number().int().positive().max(1024 ** 3).optional(),
+  cacheControl: z
+    .string()
+    .max(256)
+    .regex(/^[\x20-\x7e]*$/)
+    .optional()
+    .describe('Cache-Control for responses of this route. Default "private, no-store".'),
+});
+
+const baseUrlSchema = z
+  .string()
+  .superRefine((value, ctx) => {
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: 'must be an absolute http(s) URL' });
+      return;
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+      ctx.addIssue({ code: 'custom', message: 'must use https (or http)' });
+    }
+    if (url.username || url.password) {
+      ctx.addIssue({ code: 'custom', message: 'must not contain credentials; use "auth"' });
+    }
+    if (url.search || url.hash || value.includes('?') || value.includes('#')) {
+      ctx.addIssue({ code: 'custom', message: 'must not contain a query or fragment' });
+    }
+  })
+  .transform((value) => {
+    const url = new URL(value);
+    if (!url.pathname.endsWith('/')) url.pathname += '/';
+    return url.href;
+  });
+
+export const upstreamSchema = z
+  .strictObject({
+    baseUrl: baseUrlSchema.describe('Fixed base URL. Requests are only ever sent under this origin and path.'),
+    auth: authSchema.describe('How the server-held credential is attached.'),
+    routes: z.array(routeSchema).min(1).max(1000).describe('The only calls Keyward forwards (deny by default).'),
+    timeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+    maxRequestBytes: z
+      .number()
+      .int()
+      .positive()
+      .max(1024 ** 3)
+      .default(10 * 1024 * 1024)
+      .describe('Default request body cap for routes that set none.'),
+    allowInsecureHttp: z
+      .boolean()
+      .default(false)
+      .describe('Allow a plain-http baseUrl on a non-loopback host (the key would travel unencrypted).'),
+    requestHeaders: z
+      .array(headerNameSchema)
+      .max(64)
+      .default([])
+      .describe('Extra request headers to forward, beyond the built-in allow-list.'),
+    responseHeaders: z
+      .array(headerNameSchema)
+      .max(64)
+      .default([])
+      .describe('Extra response headers to pass back, beyond the built-in allow-list.'),
+  })
+  .superRefine((upstream, ctx) => {
+    const url = new URL(upstream.baseUrl);
+    if (url.protocol === 'http:' && !isLoopbackHost(url.hostname) && !upstream.allowInsecureHttp) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['baseUrl'],
+        message: 'plain http is only allowed to loopback hosts unless allowInsecureHttp is true',
+      });
+    }
+    for (const [list, key] of [
+      [upstream.requestHeaders, 'requestHeaders'],
+      [upstream.responseHeaders, 'responseHeaders'],
+    ] as const) {
+      list.forEach((name, index) => {
+        const credentialHeader = upstream.auth.type === 'header' ? upstream.auth.name : undefined;
+        if (FORBIDDEN_PASS_THROUGH_HEADERS.has(name) || name === credentialHeader) {
+          ctx.addIssue({ code: 'custom', path: [key, index], message: `"${name}" can never be passed through` });
+        }
+      });
+    }
+  });
+
+export const keywardConfigSchema = z.strictObject({
+  $schema: z.string().optional(),
+  upstreams: z
+    .record(z.string().regex(UPSTREAM_ID, 'upstream ids are lowercase letters, digits, "-" and "_"'), upstreamSchema)
+    .describe('Upstream APIs by id; called as /api/proxy/<id>/<path>.'),
+});
+
+export type UpstreamInput = z.input<typeof upstreamSchema>;
+export type UpstreamConfig = z.output<typeof upstreamSchema>;
+export type KeywardConfigInput = z.input<typeof keywardConfigSchema>;
+export type SecretRef = z.output<typeof secretRefSchema>;
+export type AuthConfig = UpstreamConfig['auth'];
+export type RouteConfig = UpstreamConfig['routes'][number];
+
+export function isLoopbackHost(hostname: string): boolean {
+  return hostname === 'localhost' || hostname === '[::1]' || /^127(?:\.\d{1,3}){3}$/.test(hostname);
+}
+
+/** Formats zod issues as `path: message` lines: names the field, never echoes the value. */
+export function formatIssues(issues: readonly z.core.$ZodIssue[], prefix: string): string {
+  return issues
+    .map((issue) => {
+      const path = [prefix, ...issue.path.map(String)].filter(Boolean).join('.');
+      return `  - ${path}: ${issue.message}`;
+    })
+    .join('\n');
+}

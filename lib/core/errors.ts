@@ -1,0 +1,76 @@
+/**
+ * One error type for the whole pipeline (the tRPC habit): code → HTTP status in one table, one renderer.
+ * Messages are fixed strings written here, never text taken from an upstream, a URL or a thrown error,
+ * so an error response cannot carry a secret, an upstream URL with its query, or a stack.
+ */
+export const ERROR_STATUS = {
+  bad_request: 400,
+  bad_path: 400,
+  method_override_refused: 400,
+  unauthenticated: 401,
+  csrf_failed: 403,
+  forbidden: 403,
+  upstream_not_found: 404,
+  route_not_found: 404,
+  method_not_allowed: 405,
+  payload_too_large: 413,
+  internal_error: 500,
+  upstream_unreachable: 502,
+  upstream_redirect: 502,
+  upstream_bad_response: 502,
+  credential_unavailable: 503,
+  service_unavailable: 503,
+  upstream_timeout: 504,
+} as const;
+
+export type KeywardErrorCode = keyof typeof ERROR_STATUS;
+
+const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
+  bad_request: 'The request is not valid for this route.',
+  bad_path: 'The request path contains a segment that is not allowed.',
+  method_override_refused: 'Method-override headers and parameters are not accepted.',
+  unauthenticated: 'Sign in first: no valid session was found.',
+  csrf_failed: 'The request failed the cross-site request forgery check.',
+  forbidden: 'Your session does not allow this call.',
+  upstream_not_found: 'No upstream with this id is configured.',
+  route_not_found: 'This upstream declares no route for this path.',
+  method_not_allowed: 'This upstream does not declare this method for this path.',
+  payload_too_large: 'The request body is larger than this route allows.',
+  internal_error: 'Keyward failed to handle the request.',
+  upstream_unreachable: 'The upstream could not be reached.',
+  upstream_redirect: 'The upstream answered with a redirect, which Keyward does not follow.',
+  upstream_bad_response: 'The upstream answered with a response Keyward cannot pass on.',
+  credential_unavailable: 'No usable credential is configured for this upstream.',
+  service_unavailable: 'Keyward is not able to serve this request right now.',
+  upstream_timeout: 'The upstream did not answer in time.',
+};
+
+export class KeywardError extends Error {
+  override readonly name = 'KeywardError';
+  readonly code: KeywardErrorCode;
+  readonly status: number;
+  readonly headers: Record<string, string>;
+
+  constructor(code: KeywardErrorCode, options: { message?: string; cause?: unknown; headers?: Record<string, string> } = {}) {
+    super(options.message ?? DEFAULT_MESSAGE[code], { cause: options.cause });
+    this.code = code;
+    this.status = ERROR_STATUS[code];
+    this.headers = options.headers ?? {};
+  }
+}
+
+/** Anything thrown is normalised here before it is rendered; unknown errors become `internal_error`. */
+export function toKeywardError(error: unknown): KeywardError {
+  if (error instanceof KeywardError) return error;
+  return new KeywardError('internal_error', { cause: error });
+}
+
+export function errorResponse(error: KeywardError, requestId: string): Response {
+  const body = JSON.stringify({ error: { code: error.code, message: error.message, requestId } });
+  const headers = new Headers(error.headers);
+  headers.set('content-type', 'application/json; charset=utf-8');
+  headers.set('cache-control', 'private, no-store');
+  headers.set('x-content-type-options', 'nosniff');
+  headers.set('x-request-id', requestId);
+  return new Response(body, { status: error.status, headers });
+}

@@ -1,0 +1,42 @@
+import { KeywardError } from '../errors';
+
+export interface CappedBody {
+  readonly iterable: AsyncIterable<Uint8Array>;
+  /** Bytes read from the client so far. */
+  bytes(): number;
+  /** Set when the body went past its cap, so the caller can answer 413 whatever the HTTP client reports. */
+  exceeded(): boolean;
+}
+
+/**
+ * Streams the client's body to the upstream without buffering it, stopping at `maxBytes` (413) and when
+ * the client goes quiet for `idleMs` (Node would otherwise keep a dripping body open for minutes).
+ */
+export function capRequestBody(body: ReadableStream<Uint8Array>, maxBytes: number, idleMs: number): CappedBody {
+  let total = 0;
+  let tooLarge = false;
+  async function* iterate(): AsyncGenerator<Uint8Array> {
+    const reader = body.getReader();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      for (;;) {
+        const idle = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new KeywardError('bad_request', { message: 'The request body stalled.' })), idleMs);
+        });
+        const { value, done } = await Promise.race([reader.read(), idle]);
+        clearTimeout(timer);
+        if (done) return;
+        total += value.byteLength;
+        if (total > maxBytes) {
+          tooLarge = true;
+          throw new KeywardError('payload_too_large');
+        }
+        yield value;
+      }
+    } finally {
+      clearTimeout(timer);
+      reader.cancel().catch(() => {});
+    }
+  }
+  return { iterable: iterate(), bytes: () => total, exceeded: () => tooLarge };
+}

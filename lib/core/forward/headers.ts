@@ -1,0 +1,87 @@
+/**
+ * Request headers Keyward forwards by default. An allow-list, not a block-list: hop-by-hop headers
+ * (RFC 9110 §7.6.1), `Expect` (breaks undici), cookies, client credentials and `accept-encoding` (we ask
+ * upstream for identity and decode ourselves) never pass. Upstreams may add names through `requestHeaders`.
+ */
+export const DEFAULT_REQUEST_HEADERS: ReadonlySet<string> = new Set([
+  'accept',
+  'accept-language',
+  'content-type',
+  'content-language',
+  'if-match',
+  'if-none-match',
+  'if-modified-since',
+  'if-unmodified-since',
+  'range',
+  'if-range',
+  'last-event-id',
+  'idempotency-key',
+]);
+
+/** Response headers passed back by default; everything else (set-cookie, www-authenticate, …) is dropped. */
+export const DEFAULT_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
+  'content-type',
+  'content-language',
+  'content-disposition',
+  'content-range',
+  'accept-ranges',
+  'etag',
+  'last-modified',
+  'retry-after',
+  'ratelimit',
+  'ratelimit-policy',
+  'x-ratelimit-limit',
+  'x-ratelimit-remaining',
+  'x-ratelimit-reset',
+]);
+
+/** Builds the upstream request headers from the client's, keeping only allow-listed names. */
+export function filterRequestHeaders(incoming: Headers, extra: ReadonlySet<string>): Record<string, string> {
+  const out: Record<string, string> = Object.create(null);
+  incoming.forEach((value, name) => {
+    // Headers iterates lowercased names.
+    if (DEFAULT_REQUEST_HEADERS.has(name) || extra.has(name)) out[name] = value;
+  });
+  return out;
+}
+
+/**
+ * Keeps allow-listed upstream response headers. A header whose value contains a secret is dropped whole:
+ * an upstream that echoes the key into a header must not hand it to the browser.
+ */
+export function filterResponseHeaders(
+  upstreamHeaders: Record<string, string | string[] | undefined>,
+  extra: ReadonlySet<string>,
+  secrets: readonly string[],
+): Headers {
+  const out = new Headers();
+  for (const name in upstreamHeaders) {
+    const lower = name.toLowerCase();
+    if (!DEFAULT_RESPONSE_HEADERS.has(lower) && !extra.has(lower)) continue;
+    const raw = upstreamHeaders[name];
+    if (raw === undefined) continue;
+    const values = Array.isArray(raw) ? raw : [raw];
+    for (const value of values) {
+      if (containsSecret(value, secrets)) continue;
+      out.append(lower, value);
+    }
+  }
+  return out;
+}
+
+function containsSecret(value: string, secrets: readonly string[]): boolean {
+  if (secrets.length === 0) return false;
+  let decoded = value;
+  try {
+    decoded = decodeURIComponent(value);
+  } catch {
+    // not percent-encoded; compare as is
+  }
+  return secrets.some((secret) => value.includes(secret) || decoded.includes(secret));
+}
+
+const METHOD_OVERRIDE_HEADERS = ['x-http-method-override', 'x-http-method', 'x-method-override'];
+
+export function hasMethodOverride(headers: Headers, search: URLSearchParams): boolean {
+  return METHOD_OVERRIDE_HEADERS.some((name) => headers.has(name)) || search.has('_method');
+}

@@ -1,0 +1,50 @@
+import pino, { type Logger } from 'pino';
+import { SecretScrubber } from './scrub';
+
+/** Every secret value Keyward loads is registered here, so no log line can carry it. */
+export const logScrubber = new SecretScrubber();
+
+/**
+ * pino with two layers: redaction of credential-bearing fields by path, and the exact-value scrubber on
+ * the final serialised line (messages, error stacks and URLs included). JSON encoding escapes CR/LF, so
+ * input cannot forge a log line.
+ */
+export function createLogger(options: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
+  return pino(
+    {
+      level: options.level ?? process.env.KEYWARD_LOG_LEVEL ?? 'info',
+      base: { app: 'keyward' },
+      redact: {
+        paths: [
+          'headers.authorization',
+          'headers.cookie',
+          'headers["set-cookie"]',
+          'headers["x-api-key"]',
+          'headers["proxy-authorization"]',
+          '*.headers.authorization',
+          '*.headers.cookie',
+          '*.headers["set-cookie"]',
+          '*.headers["x-api-key"]',
+          'authorization',
+          'cookie',
+          'password',
+          'secret',
+          'token',
+          '*.password',
+          '*.secret',
+          '*.token',
+        ],
+        censor: '[REDACTED]',
+      },
+      hooks: { streamWrite: (line) => logScrubber.scrub(line) },
+    },
+    options.destination,
+  );
+}
+
+let shared: Logger | undefined;
+
+export function getLogger(): Logger {
+  shared ??= createLogger();
+  return shared;
+}

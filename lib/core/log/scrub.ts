@@ -1,0 +1,36 @@
+/**
+ * Replaces known secret values in text: the raw value and the forms it takes when it travels
+ * (URL-encoded, base64, base64url, JSON-escaped). Used on every log line and error message.
+ */
+export const REDACTED = '[REDACTED]';
+
+export function secretForms(secret: string): string[] {
+  const forms = new Set<string>([secret]);
+  forms.add(encodeURIComponent(secret));
+  forms.add(JSON.stringify(secret).slice(1, -1));
+  const base64 = Buffer.from(secret, 'utf8').toString('base64');
+  forms.add(base64);
+  forms.add(base64.replace(/=+$/, ''));
+  forms.add(Buffer.from(secret, 'utf8').toString('base64url'));
+  return [...forms].filter((form) => form.length >= 4);
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+export class SecretScrubber {
+  private readonly secrets = new Set<string>();
+  private pattern: RegExp | null = null;
+
+  add(secrets: Iterable<string>): void {
+    for (const secret of secrets) for (const form of secretForms(secret)) this.secrets.add(form);
+    // Longest first, so a form that contains another is replaced whole.
+    const sorted = [...this.secrets].sort((a, b) => b.length - a.length);
+    this.pattern = sorted.length ? new RegExp(sorted.map(escapeRegExp).join('|'), 'g') : null;
+  }
+
+  scrub(text: string): string {
+    return this.pattern ? text.replace(this.pattern, REDACTED) : text;
+  }
+}

@@ -1,0 +1,195 @@
+import type { Logger } from 'pino';
+import type { Dispatcher } from 'undici';
+import { checkCsrf } from './csrf/check';
+import { injectCredential } from './credential/inject';
+import { KeywardError, errorResponse, toKeywardError } from './errors';
+import { capRequestBody, type CappedBody } from './forward/body';
+import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from './forward/headers';
+import { buildUpstreamUrl } from './forward/url';
+import { decodeBody, toResponseStream, type StreamOutcome } from './respond/body';
+import { StreamScrubber } from './respond/scrub-stream';
+import { matchRoute } from './route/match';
+import { assertSafeSegments } from './route/segments';
+import type { Session } from './session/session';
+import type { SessionVerifier } from './session/verify';
+import type { Upstream } from './upstream/registry';
+
+export interface ProxyDeps {
+  readonly registry: ReadonlyMap<string, Upstream>;
+  readonly verifySession: SessionVerifier;
+  /** Origins allowed to make state-changing calls with a cookie session; null: the request's own origin. */
+  readonly allowedOrigins: ReadonlySet<string> | null;
+  readonly dispatcher: Dispatcher;
+  readonly logger: Logger;
+  /** Called once per request, after the response body ended or was aborted. */
+  readonly onComplete?: (event: ProxyEvent) => void;
+  /** Idle deadline for a client's request body. */
+  readonly requestBodyIdleMs?: number;
+}
+
+export interface ProxyTarget {
+  readonly upstream: string;
+  readonly path: readonly string[];
+}
+
+export interface ProxyEvent {
+  readonly requestId: string;
+  readonly userId: string | null;
+  readonly sessionId: string | null;
+  readonly upstream: string;
+  readonly route: string | null;
+  readonly method: string;
+  readonly status: number;
+  readonly keyFingerprint: string | null;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly durationMs: number;
+  readonly outcome: 'ok' | 'refused' | 'upstream_error' | StreamOutcome;
+  readonly errorCode: string | null;
+}
+
+const REFUSED_METHODS = new Set(['TRACE', 'TRACK', 'CONNECT']);
+const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
+
+/**
+ * The request's path through Keyward (DESIGN.md "The request's path"), on standard Request/Response so it
+ * runs the same in a Next route handler, a plain Node server and tests.
+ */
+export async function handleProxy(request: Request, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
+  const requestId = crypto.randomUUID();
+  const started = performance.now();
+  let session: Session | null = null;
+  let upstream: Upstream | undefined;
+  let routeTemplate: string | null = null;
+  let body: CappedBody | null = null;
+
+  const record = (status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null) => {
+    const event: ProxyEvent = {
+      requestId,
+      userId: session?.userId ?? null,
+      sessionId: session?.sessionId ?? null,
+      upstream: target.upstream,
+      route: routeTemplate,
+      method: request.method,
+      status,
+      keyFingerprint: upstream?.credential.fingerprint ?? null,
+      bytesIn: body?.bytes() ?? 0,
+      bytesOut,
+      durationMs: Math.round((performance.now() - started) * 100) / 100,
+      outcome,
+      errorCode,
+    };
+    deps.logger.info({ proxy: event }, 'proxy');
+    deps.onComplete?.(event);
+  };
+
+  try {
+    const method = request.method.toUpperCase();
+    if (REFUSED_METHODS.has(method)) throw new KeywardError('method_not_allowed');
+    const incomingUrl = new URL(request.url);
+    if (hasMethodOverride(request.headers, incomingUrl.searchParams)) throw new KeywardError('method_override_refused');
+
+    // 1. Upstream: a Map lookup, so `__proto__` or `constructor` find nothing.
+    upstream = deps.registry.get(target.upstream);
+    if (!upstream) throw new KeywardError('upstream_not_found');
+
+    // 2. Route: validate every decoded segment, then match a declared route.
+    assertSafeSegments(target.path);
+    const { route } = matchRoute(upstream, method, target.path);
+    routeTemplate = route.template;
+
+    // 3. Session, checked here on every request (never in proxy.ts/middleware).
+    session = await deps.verifySession(request);
+    if (!session) throw new KeywardError('unauthenticated');
+
+    // 4. CSRF for cookie sessions.
+    checkCsrf(request, session, deps.allowedOrigins);
+
+    // 5. Policy: the route's roles (deny if the session has none of them).
+    if (route.roles && !session.roles.some((role) => route.roles!.has(role))) throw new KeywardError('forbidden');
+
+    // 8 (URL first, so the credential goes only where the URL was proven to go).
+    const url = buildUpstreamUrl(upstream, target.path);
+    for (const [name, value] of incomingUrl.searchParams) url.searchParams.append(name, value);
+    const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
+    headers['accept-encoding'] = 'identity';
+    headers['user-agent'] = 'keyward';
+    headers['x-request-id'] = requestId;
+
+    // 7. Credential.
+    injectCredential(upstream.credential, headers, url);
+
+    if (request.body && !BODYLESS_METHODS.has(method)) {
+      const declared = Number(request.headers.get('content-length') ?? NaN);
+      if (declared > route.maxRequestBytes) throw new KeywardError('payload_too_large');
+      body = capRequestBody(request.body, route.maxRequestBytes, deps.requestBodyIdleMs ?? upstream.timeoutMs);
+    }
+
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await deps.dispatcher.request({
+        origin: upstream.origin,
+        path: url.pathname + url.search,
+        method: method as Dispatcher.HttpMethod,
+        headers,
+        body: body?.iterable ?? null,
+        signal: request.signal,
+        headersTimeout: upstream.timeoutMs,
+        bodyTimeout: upstream.timeoutMs,
+        maxRedirections: 0,
+      } as Dispatcher.RequestOptions);
+    } catch (error) {
+      throw upstreamFailure(error, body);
+    }
+
+    // 9. Respond.
+    const { statusCode } = response;
+    if (statusCode >= 300 && statusCode < 400 && statusCode !== 304) {
+      response.body.destroy();
+      throw new KeywardError('upstream_redirect');
+    }
+    const secrets = upstream.credential.secrets;
+    const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets);
+    outHeaders.set('cache-control', route.cacheControl);
+    outHeaders.set('x-content-type-options', 'nosniff');
+    outHeaders.set('x-request-id', requestId);
+
+    if (method === 'HEAD' || statusCode === 204 || statusCode === 304) {
+      response.body.destroy();
+      record(statusCode, 'complete', 0, null);
+      return new Response(null, { status: statusCode, headers: outHeaders });
+    }
+    const encoding = response.headers['content-encoding'];
+    const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding);
+    const stream = toResponseStream(decoded, new StreamScrubber(secrets), (outcome, bytes) =>
+      record(statusCode, outcome, bytes, null),
+    );
+    return new Response(stream, { status: statusCode, headers: outHeaders });
+  } catch (error) {
+    const keywardError = toKeywardError(error);
+    if (keywardError.code === 'internal_error') {
+      // The cause may be a Headers/URL/undici error carrying values; the logger scrubs secrets from it.
+      deps.logger.error({ err: keywardError.cause, requestId }, 'proxy failed');
+    }
+    record(keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, keywardError.code);
+    return errorResponse(keywardError, requestId);
+  }
+}
+
+/** Maps undici failures to Keyward errors. The original error (with URL and headers) is never rendered. */
+function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError {
+  if (body?.exceeded()) return new KeywardError('payload_too_large');
+  if (error instanceof KeywardError) return error;
+  const code = (error as { code?: string } | null)?.code;
+  const name = (error as { name?: string } | null)?.name;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
+    return new KeywardError('upstream_timeout', { cause: error });
+  }
+  if (name === 'AbortError' || code === 'UND_ERR_ABORTED') {
+    return new KeywardError('bad_request', { message: 'The client closed the request.', cause: error });
+  }
+  if (body && (error as { cause?: unknown })?.cause instanceof KeywardError) {
+    return (error as { cause: KeywardError }).cause;
+  }
+  return new KeywardError('upstream_unreachable', { cause: error });
+}

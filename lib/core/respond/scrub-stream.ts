@@ -1,0 +1,76 @@
+import { secretForms, REDACTED } from '../log/scrub';
+
+const MARKER = Buffer.from(REDACTED, 'utf8');
+
+/**
+ * Streaming byte scrubber: replaces every form of every secret (see `secretForms`) with a fixed marker,
+ * also when a secret is split across chunks. Only the end of a chunk that could be the start of a secret
+ * is held back (usually nothing), so memory stays bounded by the longest secret and SSE events still
+ * leave as soon as they arrive. Hand-written because no maintained library scrubs bytes in a stream.
+ */
+export class StreamScrubber {
+  private readonly forms: Buffer[];
+  private readonly firstBytes: Set<number>;
+  private readonly maxLength: number;
+  private carry: Buffer = Buffer.alloc(0);
+
+  constructor(secrets: readonly string[]) {
+    const all = new Set<string>();
+    for (const secret of secrets) for (const form of secretForms(secret)) all.add(form);
+    this.forms = [...all].map((form) => Buffer.from(form, 'utf8')).sort((a, b) => b.length - a.length);
+    this.firstBytes = new Set(this.forms.map((form) => form[0]!));
+    this.maxLength = this.forms.reduce((max, form) => Math.max(max, form.length), 0);
+  }
+
+  get active(): boolean {
+    return this.forms.length > 0;
+  }
+
+  push(chunk: Uint8Array): Buffer {
+    const input = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    const data = this.carry.length ? Buffer.concat([this.carry, input]) : input;
+    this.carry = Buffer.alloc(0);
+    const parts: Buffer[] = [];
+    let position = 0;
+    for (;;) {
+      let bestIndex = -1;
+      let bestLength = 0;
+      for (const form of this.forms) {
+        const index = data.indexOf(form, position);
+        if (index !== -1 && (bestIndex === -1 || index < bestIndex)) {
+          bestIndex = index;
+          bestLength = form.length;
+        }
+      }
+      if (bestIndex === -1) break;
+      if (bestIndex > position) parts.push(data.subarray(position, bestIndex));
+      parts.push(MARKER);
+      position = bestIndex + bestLength;
+    }
+    const held = this.partialSuffix(data, position);
+    const end = data.length - held;
+    if (end > position) parts.push(data.subarray(position, end));
+    if (held > 0) this.carry = Buffer.from(data.subarray(end));
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  /** What is still held back at the end of the stream could not complete a secret: release it. */
+  flush(): Buffer {
+    const rest = this.carry;
+    this.carry = Buffer.alloc(0);
+    return rest;
+  }
+
+  /** Length of the longest suffix of data[from..] that is a proper prefix of some secret form. */
+  private partialSuffix(data: Buffer, from: number): number {
+    const longest = Math.min(this.maxLength - 1, data.length - from);
+    for (let length = longest; length > 0; length--) {
+      const start = data.length - length;
+      if (!this.firstBytes.has(data[start]!)) continue;
+      for (const form of this.forms) {
+        if (form.length > length && data.compare(form, 0, length, start, data.length) === 0) return length;
+      }
+    }
+    return 0;
+  }
+}

@@ -1,0 +1,39 @@
+/** Who is calling, as the pipeline sees it. Never holds a token or key. */
+export interface Session {
+  readonly userId: string;
+  readonly name: string | null;
+  readonly roles: readonly string[];
+  /** Epoch milliseconds. */
+  readonly expiresAt: number;
+  /** Identifies this sign-in (for revocation and audit); not a secret. */
+  readonly sessionId: string;
+  /** `cookie` sessions need the CSRF checks; `bearer` (mobile) sessions do not. */
+  readonly via: 'cookie' | 'bearer';
+}
+
+/** The browser session cookie. `__Host-`: Secure, Path=/, no Domain (RFC 6265bis §4.1.3.2). */
+export const SESSION_COOKIE = '__Host-keyward.session';
+
+/** Claims Keyward writes into the Auth.js JWT at sign-in (see lib/next/auth.ts). */
+export interface SessionClaims {
+  sub?: string;
+  name?: string | null;
+  roles?: unknown;
+  sid?: unknown;
+  exp?: number;
+}
+
+export function sessionFromClaims(claims: SessionClaims, via: Session['via']): Session | null {
+  if (typeof claims.sub !== 'string' || claims.sub === '') return null;
+  if (typeof claims.exp !== 'number') return null;
+  if (typeof claims.sid !== 'string' || claims.sid === '') return null;
+  const roles = Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === 'string') : [];
+  return {
+    userId: claims.sub,
+    name: typeof claims.name === 'string' ? claims.name : null,
+    roles,
+    expiresAt: claims.exp * 1000,
+    sessionId: claims.sid,
+    via,
+  };
+}

@@ -1,0 +1,81 @@
+import { z } from 'zod';
+import { ConfigError } from './config/load';
+import { formatIssues } from './config/schema';
+import type { Env } from './upstream/registry';
+
+const secret = z
+  .string({ error: 'is not set' })
+  .min(32, 'must be at least 32 characters')
+  .refine((value) => value === value.trim() && !/[\x00-\x1f\x7f]/.test(value), {
+    message: 'has surrounding whitespace or control characters',
+  });
+
+const origin = z.string().refine(
+  (value) => {
+    try {
+      return new URL(value).origin === value;
+    } catch {
+      return false;
+    }
+  },
+  { message: 'each entry must be an origin such as https://app.example.com' },
+);
+
+/** Every environment setting Keyward reads, validated in one place (read lazily, never at module load). */
+const settingsSchema = z.object({
+  AUTH_SECRET: secret,
+  KEYWARD_SESSION_SECRET: secret,
+  KEYWARD_CONFIG: z.string().min(1).optional(),
+  KEYWARD_ALLOWED_ORIGINS: z
+    .string()
+    .optional()
+    .transform((value) => (value ? value.split(',').map((v) => v.trim()).filter(Boolean) : null))
+    .pipe(z.array(origin).nullable()),
+  KEYWARD_USERS_FILE: z.string().min(1).optional(),
+  KEYWARD_OIDC_ISSUER: z.url({ protocol: /^https?$/ }).optional(),
+  KEYWARD_OIDC_CLIENT_ID: z.string().min(1).optional(),
+  KEYWARD_OIDC_CLIENT_SECRET: z.string().min(1).optional(),
+  KEYWARD_OIDC_NAME: z.string().min(1).max(64).default('Single sign-on'),
+  KEYWARD_OIDC_ROLES_CLAIM: z.string().min(1).default('roles'),
+  KEYWARD_DEFAULT_ROLES: z
+    .string()
+    .default('user')
+    .transform((value) => value.split(',').map((v) => v.trim()).filter(Boolean)),
+  KEYWARD_SESSION_MAX_AGE: z.coerce.number().int().min(60).max(30 * 24 * 3600).default(8 * 3600),
+});
+
+export type Settings = z.output<typeof settingsSchema>;
+
+export function readSettings(env: Env): Settings {
+  const result = settingsSchema.safeParse(env);
+  if (!result.success) {
+    const hint =
+      env.NODE_ENV === 'production'
+        ? ''
+        : '\n  (in development, `npm run dev` generates these into .keyward/dev-secrets.json)';
+    throw new ConfigError(`Keyward settings are invalid:\n${formatIssues(result.error.issues, '')}${hint}`);
+  }
+  const oidc = [result.data.KEYWARD_OIDC_ISSUER, result.data.KEYWARD_OIDC_CLIENT_ID, result.data.KEYWARD_OIDC_CLIENT_SECRET];
+  if (oidc.some(Boolean) && !oidc.every(Boolean)) {
+    throw new ConfigError(
+      'Keyward settings are invalid:\n  - KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET must be set together',
+    );
+  }
+  return result.data;
+}
+
+/**
+ * Refuses a secret that is also exposed through a NEXT_PUBLIC_ variable: Next inlines those into the
+ * browser bundle. Names the variable, never the value.
+ */
+export function assertNoPublicSecrets(env: Env, secrets: Iterable<string>): void {
+  const values = new Set(secrets);
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith('NEXT_PUBLIC_') || !value) continue;
+    for (const secretValue of values) {
+      if (value.includes(secretValue)) {
+        throw new ConfigError(`Keyward settings are invalid:\n  - ${name}: holds a secret; NEXT_PUBLIC_ variables are sent to browsers`);
+      }
+    }
+  }
+}

@@ -1,0 +1,138 @@
+import { createHash } from 'node:crypto';
+import type { AuthConfig, RouteConfig, RouteMethod, SecretRef, UpstreamConfig } from '../config/schema';
+import { ConfigError, type UpstreamDefinition } from '../config/load';
+
+export interface CompiledRoute {
+  readonly method: RouteMethod;
+  /** The declared template, e.g. `/items/:id`: what logs and audit records name. */
+  readonly template: string;
+  /** Literal segments are strings; parameters are `{ param }`; a final `*` is `{ rest: true }`. */
+  readonly segments: ReadonlyArray<string | { param: string } | { rest: true }>;
+  readonly roles: ReadonlySet<string> | null;
+  readonly maxRequestBytes: number;
+  readonly cacheControl: string;
+}
+
+/** A credential resolved at start-up. `value` is what is attached upstream; `secrets` lists every raw secret. */
+export interface ResolvedCredential {
+  readonly type: AuthConfig['type'];
+  readonly headerName?: string;
+  readonly headerValue?: string;
+  readonly queryName?: string;
+  readonly queryValue?: string;
+  /** Every secret value this credential holds, for scrubbing and leak checks. */
+  readonly secrets: readonly string[];
+  /** Names the key in logs and audit without revealing it: the first 12 hex digits of its SHA-256. */
+  readonly fingerprint: string;
+}
+
+export interface Upstream {
+  readonly id: string;
+  readonly base: URL;
+  readonly origin: string;
+  readonly basePath: string;
+  readonly routes: readonly CompiledRoute[];
+  readonly timeoutMs: number;
+  readonly credential: ResolvedCredential;
+  readonly requestHeaders: ReadonlySet<string>;
+  readonly responseHeaders: ReadonlySet<string>;
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Builds the registry. A `Map`, never a plain object: `__proto__`, `constructor` and friends must not resolve.
+ * Secrets are read here, once, so a missing one stops start-up instead of failing the first request.
+ */
+export function buildRegistry(definitions: readonly UpstreamDefinition[], env: Env): Map<string, Upstream> {
+  const registry = new Map<string, Upstream>();
+  const problems: string[] = [];
+  for (const { id, config } of definitions) {
+    if (registry.has(id)) {
+      problems.push(`  - upstreams.${id}: declared more than once (JSON and TypeScript)`);
+      continue;
+    }
+    try {
+      registry.set(id, compileUpstream(id, config, env));
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      problems.push(error.message);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${problems.join('\n')}`);
+  return registry;
+}
+
+function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream {
+  const base = new URL(config.baseUrl);
+  return {
+    id,
+    base,
+    origin: base.origin,
+    basePath: base.pathname,
+    routes: config.routes.map((route) => compileRoute(route, config.maxRequestBytes)),
+    timeoutMs: config.timeoutMs,
+    credential: resolveCredential(id, config.auth, env),
+    requestHeaders: new Set(config.requestHeaders),
+    responseHeaders: new Set(config.responseHeaders),
+  };
+}
+
+function compileRoute(route: RouteConfig, defaultMaxBytes: number): CompiledRoute {
+  const parts = route.path === '/' ? [] : route.path.slice(1).split('/');
+  return {
+    method: route.method,
+    template: route.path,
+    segments: parts.map((part) => (part === '*' ? { rest: true } : part.startsWith(':') ? { param: part.slice(1) } : part)),
+    roles: route.roles ? new Set(route.roles) : null,
+    maxRequestBytes: route.maxRequestBytes ?? defaultMaxBytes,
+    cacheControl: route.cacheControl ?? 'private, no-store',
+  };
+}
+
+function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env): string {
+  const where = `upstreams.${upstreamId}.${field}`;
+  const value = env[ref.env];
+  if (value === undefined || value === '') {
+    throw new ConfigError(`  - ${where}: environment variable ${ref.env} is not set`);
+  }
+  // Whitespace or CR/LF around a key is almost always a copy-paste accident, and a CR/LF could split a header.
+  if (value !== value.trim() || /[\x00-\x1f\x7f]/.test(value)) {
+    throw new ConfigError(`  - ${where}: ${ref.env} has surrounding whitespace or control characters (value not shown)`);
+  }
+  if (value.length < 8) {
+    throw new ConfigError(`  - ${where}: ${ref.env} is shorter than 8 characters (value not shown)`);
+  }
+  return value;
+}
+
+export function fingerprint(secret: string): string {
+  return createHash('sha256').update(secret, 'utf8').digest('hex').slice(0, 12);
+}
+
+function resolveCredential(id: string, auth: AuthConfig, env: Env): ResolvedCredential {
+  const secret = readSecret(id, 'auth.secret', auth.secret, env);
+  const withFingerprint = (credential: Omit<ResolvedCredential, 'fingerprint'>): ResolvedCredential => ({
+    ...credential,
+    fingerprint: fingerprint(secret),
+  });
+  switch (auth.type) {
+    case 'header':
+      return withFingerprint({
+        type: 'header',
+        headerName: auth.name,
+        headerValue: `${auth.prefix ?? ''}${secret}`,
+        secrets: [secret],
+      });
+    case 'bearer':
+      return withFingerprint({ type: 'bearer', headerName: 'authorization', headerValue: `Bearer ${secret}`, secrets: [secret] });
+    case 'basic': {
+      const username = typeof auth.username === 'string' ? auth.username : readSecret(id, 'auth.username', auth.username, env);
+      const encoded = Buffer.from(`${username}:${secret}`, 'utf8').toString('base64');
+      const secrets = typeof auth.username === 'string' ? [secret, encoded] : [secret, username, encoded];
+      return withFingerprint({ type: 'basic', headerName: 'authorization', headerValue: `Basic ${encoded}`, secrets });
+    }
+    case 'query':
+      return withFingerprint({ type: 'query', queryName: auth.name, queryValue: secret, secrets: [secret] });
+  }
+}

@@ -1,0 +1,52 @@
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { ConfigError } from '../config/load';
+import { formatIssues } from '../config/schema';
+import { decoyHash, isPasswordHash, verifyPassword } from './password';
+
+const usersFileSchema = z.strictObject({
+  users: z
+    .array(
+      z.strictObject({
+        username: z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'letters, digits and . _ @ - only (1 to 64)'),
+        passwordHash: z.string().refine(isPasswordHash, 'must be a hash from `npm run keyward -- hash-password`'),
+        roles: z.array(z.string().min(1).max(64)).default(['user']),
+        name: z.string().max(128).optional(),
+      }),
+    )
+    .refine((users) => new Set(users.map((u) => u.username)).size === users.length, 'usernames must be unique'),
+});
+
+export interface LocalUser {
+  readonly username: string;
+  readonly name: string;
+  readonly roles: readonly string[];
+}
+
+export interface LocalUsers {
+  authenticate(username: string, password: string): Promise<LocalUser | null>;
+}
+
+/** Loads KEYWARD_USERS_FILE. Invalid → ConfigError naming the field (hashes are never printed). */
+export function loadUsersFile(path: string): LocalUsers {
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (error) {
+    const reason = error instanceof SyntaxError ? 'is not valid JSON' : `cannot be read (${(error as NodeJS.ErrnoException).code})`;
+    throw new ConfigError(`KEYWARD_USERS_FILE: ${path} ${reason}`);
+  }
+  const result = usersFileSchema.safeParse(json);
+  if (!result.success) {
+    throw new ConfigError(`KEYWARD_USERS_FILE (${path}) is invalid:\n${formatIssues(result.error.issues, '')}`);
+  }
+  const byName = new Map(result.data.users.map((user) => [user.username, user]));
+  return {
+    async authenticate(username, password) {
+      const user = byName.get(username);
+      const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash()));
+      if (!user || !ok) return null;
+      return { username: user.username, name: user.name ?? user.username, roles: user.roles };
+    },
+  };
+}

@@ -1,0 +1,94 @@
+import 'server-only';
+import { randomUUID } from 'node:crypto';
+import NextAuth, { type NextAuthConfig } from 'next-auth';
+import Credentials from 'next-auth/providers/credentials';
+import type { Provider } from 'next-auth/providers';
+import { SESSION_COOKIE } from '@/lib/core/session/session';
+import { getRuntime } from './runtime';
+
+/**
+ * Cookie settings per DESIGN.md: the session cookie is `__Host-`, Secure, HttpOnly, SameSite=Strict,
+ * Path=/, no Domain, and encrypted (Auth.js JWE). Auth.js's short-lived sign-in cookies (PKCE, state, nonce,
+ * callback URL) must survive the identity provider's cross-site redirect back, so they are SameSite=Lax.
+ * Browsers treat http://localhost as a secure context, so Secure cookies work in development too.
+ */
+const strict = { httpOnly: true, sameSite: 'strict', path: '/', secure: true } as const;
+const lax = { httpOnly: true, sameSite: 'lax', path: '/', secure: true } as const;
+const cookies: NextAuthConfig['cookies'] = {
+  sessionToken: { name: SESSION_COOKIE, options: strict },
+  callbackUrl: { name: '__Host-keyward.callback-url', options: lax },
+  csrfToken: { name: '__Host-keyward.csrf-token', options: lax },
+  pkceCodeVerifier: { name: '__Host-keyward.pkce', options: { ...lax, maxAge: 900 } },
+  state: { name: '__Host-keyward.state', options: { ...lax, maxAge: 900 } },
+  nonce: { name: '__Host-keyward.nonce', options: { ...lax, maxAge: 900 } },
+};
+
+function buildConfig(): NextAuthConfig {
+  const { settings, users } = getRuntime();
+  const providers: Provider[] = [];
+  if (users) {
+    providers.push(
+      Credentials({
+        id: 'credentials',
+        name: 'Local account',
+        credentials: { username: { label: 'Username' }, password: { label: 'Password', type: 'password' } },
+        async authorize(credentials) {
+          const { username, password } = credentials ?? {};
+          if (typeof username !== 'string' || typeof password !== 'string') return null;
+          if (username.length > 64 || password.length > 1024) return null;
+          const user = await users.authenticate(username, password);
+          if (!user) return null;
+          return { id: `local:${user.username}`, name: user.name, roles: [...user.roles] };
+        },
+      }),
+    );
+  }
+  if (settings.KEYWARD_OIDC_ISSUER && settings.KEYWARD_OIDC_CLIENT_ID && settings.KEYWARD_OIDC_CLIENT_SECRET) {
+    providers.push({
+      id: 'oidc',
+      name: settings.KEYWARD_OIDC_NAME,
+      type: 'oidc',
+      issuer: settings.KEYWARD_OIDC_ISSUER,
+      clientId: settings.KEYWARD_OIDC_CLIENT_ID,
+      clientSecret: settings.KEYWARD_OIDC_CLIENT_SECRET,
+      // Authorization code flow with PKCE, state and nonce (OAuth 2.0 Security BCP, RFC 9700 §2.1.1).
+      checks: ['pkce', 'state', 'nonce'],
+      authorization: { params: { scope: 'openid profile email' } },
+    });
+  }
+
+  return {
+    secret: settings.AUTH_SECRET,
+    providers,
+    cookies,
+    session: { strategy: 'jwt', maxAge: settings.KEYWARD_SESSION_MAX_AGE },
+    callbacks: {
+      // Runs at sign-in (user/account set) and on every session read. Tokens from the provider are not
+      // copied into the JWT: the cookie only says who the user is.
+      async jwt({ token, user, account, profile }) {
+        if (user && account) {
+          const claimRoles = profile?.[settings.KEYWARD_OIDC_ROLES_CLAIM];
+          const roles =
+            account.provider === 'credentials'
+              ? ((user as { roles?: string[] }).roles ?? settings.KEYWARD_DEFAULT_ROLES)
+              : Array.isArray(claimRoles) && claimRoles.every((r) => typeof r === 'string')
+                ? claimRoles
+                : settings.KEYWARD_DEFAULT_ROLES;
+          const subject = account.provider === 'credentials' ? user.id : `${account.provider}:${account.providerAccountId}`;
+          return { sub: subject, name: user.name ?? profile?.name ?? null, roles, sid: randomUUID() };
+        }
+        return token;
+      },
+      // What /api/auth/session returns to the browser: a name, roles and expiry, never a token.
+      async session({ session, token }) {
+        return {
+          expires: session.expires,
+          user: { name: typeof token.name === 'string' ? token.name : null },
+          roles: Array.isArray(token.roles) ? token.roles : [],
+        } as unknown as typeof session;
+      },
+    },
+  };
+}
+
+export const { handlers, auth, signIn, signOut } = NextAuth(() => buildConfig());

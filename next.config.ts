@@ -1,0 +1,27 @@
+import type { NextConfig } from 'next';
+
+const nextConfig: NextConfig = {
+  // `NEXT_OUTPUT=standalone npm run build` builds .next/standalone/server.js for container deploys.
+  output: process.env.NEXT_OUTPUT === 'standalone' ? 'standalone' : undefined,
+  // Proxied responses are streamed as the upstream sends them. Next's gzip would buffer SSE events
+  // and cost ~13 % on small JSON; compression belongs to the edge (Vercel, nginx) in front of Keyward.
+  compress: false,
+  poweredByHeader: false,
+  // No source maps are shipped to browsers (they would widen what a leak scan must cover).
+  productionBrowserSourceMaps: false,
+  serverExternalPackages: ['pino', 'oidc-provider'],
+  async headers() {
+    return [
+      {
+        source: '/:path*',
+        headers: [
+          { key: 'X-Content-Type-Options', value: 'nosniff' },
+          { key: 'Referrer-Policy', value: 'no-referrer' },
+          { key: 'X-Frame-Options', value: 'DENY' },
+        ],
+      },
+    ];
+  },
+};
+
+export default nextConfig;
