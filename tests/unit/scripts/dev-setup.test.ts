@@ -1,0 +1,49 @@
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadUsersFile } from '../../../lib/core/users/file';
+import { DEMO_USER, GENERATED_SECRETS, prepareDevEnvironment } from '../../../scripts/dev-setup';
+
+const freshDir = () => mkdtempSync(join(tmpdir(), 'keyward-dev-'));
+
+describe('prepareDevEnvironment (npm run dev)', () => {
+  it('generates each missing secret once into a 0600 file and reuses it on the next start', async () => {
+    const cwd = freshDir();
+    const first = await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
+    const file = join(cwd, '.keyward', 'dev-secrets.json');
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    const stored = JSON.parse(readFileSync(file, 'utf8')) as Record<string, string>;
+    for (const name of GENERATED_SECRETS) {
+      expect(first[name]).toBe(stored[name]);
+      expect(first[name]!.length).toBeGreaterThanOrEqual(32);
+    }
+    expect(new Set(GENERATED_SECRETS.map((name) => first[name])).size).toBe(GENERATED_SECRETS.length);
+
+    const second = await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
+    for (const name of GENERATED_SECRETS) expect(second[name]).toBe(first[name]);
+  });
+
+  it('keeps secrets the environment already sets and does not write them to the file', async () => {
+    const cwd = freshDir();
+    const own = 'x'.repeat(40);
+    const env = await prepareDevEnvironment(cwd, { NODE_ENV: 'development', AUTH_SECRET: own });
+    expect(env.AUTH_SECRET).toBe(own);
+    expect(readFileSync(join(cwd, '.keyward', 'dev-secrets.json'), 'utf8')).not.toContain(own);
+  });
+
+  it('writes a demo user that can sign in with the documented password', async () => {
+    const cwd = freshDir();
+    const env = await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
+    expect(env.KEYWARD_CONFIG).toBe(join(cwd, 'config', 'demo.json'));
+    const users = loadUsersFile(env.KEYWARD_USERS_FILE!);
+    expect(await users.authenticate(DEMO_USER.username, DEMO_USER.password)).toMatchObject({ username: 'demo', roles: ['user'] });
+    expect(await users.authenticate(DEMO_USER.username, 'wrong-password')).toBeNull();
+  });
+
+  it('never generates secrets in production', async () => {
+    const cwd = freshDir();
+    await expect(prepareDevEnvironment(cwd, { NODE_ENV: 'production' })).rejects.toThrow(/development only/);
+    expect(() => statSync(join(cwd, '.keyward'))).toThrow();
+  });
+});
