@@ -1,0 +1,67 @@
+import type { Store } from './types';
+
+interface Entry {
+  value: string;
+  expiresAt: number;
+}
+
+/** In-process store for tests and single-process development. Expiry is checked on read. */
+export class MemoryStore implements Store {
+  readonly kind = 'memory' as const;
+  private readonly entries = new Map<string, Entry>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  private live(key: string): Entry | undefined {
+    const entry = this.entries.get(key);
+    if (entry && entry.expiresAt <= this.now()) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  private expiry(ttlMs?: number): number {
+    return ttlMs === undefined ? Number.POSITIVE_INFINITY : this.now() + ttlMs;
+  }
+
+  async get(key: string) {
+    return this.live(key)?.value ?? null;
+  }
+
+  async getMany(keys: readonly string[]) {
+    return keys.map((key) => this.live(key)?.value ?? null);
+  }
+
+  async set(key: string, value: string, ttlMs?: number) {
+    this.entries.set(key, { value, expiresAt: this.expiry(ttlMs) });
+  }
+
+  async setIfAbsent(key: string, value: string, ttlMs: number) {
+    if (this.live(key)) return false;
+    this.entries.set(key, { value, expiresAt: this.expiry(ttlMs) });
+    return true;
+  }
+
+  async delete(key: string) {
+    return this.live(key) !== undefined && this.entries.delete(key);
+  }
+
+  async deleteIfEquals(key: string, value: string) {
+    if (this.live(key)?.value !== value) return false;
+    return this.entries.delete(key);
+  }
+
+  async increment(key: string, by: number, ttlMs?: number) {
+    const entry = this.live(key);
+    const next = (entry ? Number(entry.value) : 0) + by;
+    this.entries.set(key, { value: String(next), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
+    return next;
+  }
+
+  async ping() {}
+
+  async close() {
+    this.entries.clear();
+  }
+}

@@ -1,0 +1,87 @@
+import { Redis, type RedisOptions } from 'ioredis';
+import { StoreUnavailableError, type Store } from './types';
+
+const DELETE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
+const INCREMENT = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v`;
+
+/**
+ * Redis (REDIS_URL) for several instances or Vercel. Commands are not queued while disconnected and time
+ * out quickly, so an outage surfaces at once as StoreUnavailableError (callers fail closed) and ioredis
+ * reconnects in the background, so Keyward recovers by itself when Redis returns.
+ */
+export class RedisStore implements Store {
+  readonly kind = 'redis' as const;
+  private readonly redis: Redis;
+
+  constructor(url: string, options: { prefix?: string; commandTimeoutMs?: number } = {}) {
+    const redisOptions: RedisOptions = {
+      keyPrefix: options.prefix ?? 'keyward:',
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      commandTimeout: options.commandTimeoutMs ?? 2_000,
+      connectTimeout: 2_000,
+      retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
+      lazyConnect: false,
+    };
+    this.redis = new Redis(url, redisOptions);
+    // Connection errors are reported through commands (StoreUnavailableError); without a listener ioredis
+    // would print each reconnect attempt, possibly with the URL's password.
+    this.redis.on('error', () => {});
+  }
+
+  private async run<T>(operation: () => Promise<T>): Promise<T> {
+    try {
+      return await operation();
+    } catch (error) {
+      throw new StoreUnavailableError('redis', error);
+    }
+  }
+
+  /** Waits for the first connection (start-up and tests); rejects if Redis does not answer in time. */
+  async ready(timeoutMs = 5_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.redis.status !== 'ready') {
+      if (Date.now() > deadline) throw new StoreUnavailableError('redis');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
+  get(key: string) {
+    return this.run(() => this.redis.get(key));
+  }
+
+  getMany(keys: readonly string[]) {
+    return keys.length === 0 ? Promise.resolve([]) : this.run(() => this.redis.mget(...keys));
+  }
+
+  async set(key: string, value: string, ttlMs?: number) {
+    await this.run(() => (ttlMs === undefined ? this.redis.set(key, value) : this.redis.set(key, value, 'PX', ttlMs)));
+  }
+
+  async setIfAbsent(key: string, value: string, ttlMs: number) {
+    return (await this.run(() => this.redis.set(key, value, 'PX', ttlMs, 'NX'))) === 'OK';
+  }
+
+  async delete(key: string) {
+    return (await this.run(() => this.redis.del(key))) === 1;
+  }
+
+  async deleteIfEquals(key: string, value: string) {
+    return (await this.run(() => this.redis.eval(DELETE_IF_EQUALS, 1, key, value))) === 1;
+  }
+
+  async increment(key: string, by: number, ttlMs?: number) {
+    if (!Number.isSafeInteger(by)) throw new TypeError('increment takes a safe integer');
+    return Number(await this.run(() => this.redis.eval(INCREMENT, 1, key, String(by), ttlMs === undefined ? '' : String(ttlMs))));
+  }
+
+  async ping() {
+    await this.run(() => this.redis.ping());
+  }
+
+  async close() {
+    this.redis.disconnect();
+  }
+}

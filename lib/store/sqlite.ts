@@ -1,0 +1,113 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { StoreUnavailableError, type Store } from './types';
+
+/**
+ * The embedded default: one SQLite file through node:sqlite (no server, survives restarts). Several
+ * processes on one host may share the file (WAL, busy timeout); every operation is one SQL statement, so
+ * each is atomic. Expired rows are treated as absent and purged periodically.
+ */
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite' as const;
+  private readonly db: DatabaseSync;
+  private readonly statements: Record<string, StatementSync>;
+  private readonly purgeTimer: NodeJS.Timeout;
+
+  constructor(
+    path: string,
+    private readonly now: () => number = Date.now,
+  ) {
+    try {
+      if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      this.db = new DatabaseSync(path);
+      this.db.exec(`
+        PRAGMA journal_mode = WAL;
+        PRAGMA busy_timeout = 5000;
+        PRAGMA synchronous = NORMAL;
+        CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at INTEGER) STRICT;
+        CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL;
+      `);
+    } catch (error) {
+      throw new StoreUnavailableError('sqlite', error);
+    }
+    const live = '(expires_at IS NULL OR expires_at > :now)';
+    this.statements = {
+      get: this.db.prepare(`SELECT value FROM kv WHERE key = :key AND ${live}`),
+      set: this.db.prepare(
+        'INSERT INTO kv (key, value, expires_at) VALUES (:key, :value, :exp) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at',
+      ),
+      setIfAbsent: this.db.prepare(
+        `INSERT INTO kv (key, value, expires_at) VALUES (:key, :value, :exp) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at WHERE NOT (kv.expires_at IS NULL OR kv.expires_at > :now)`,
+      ),
+      delete: this.db.prepare(`DELETE FROM kv WHERE key = :key AND ${live}`),
+      deleteIfEquals: this.db.prepare(`DELETE FROM kv WHERE key = :key AND value = :value AND ${live}`),
+      increment: this.db.prepare(`
+        INSERT INTO kv (key, value, expires_at) VALUES (:key, CAST(:by AS TEXT), :exp)
+        ON CONFLICT (key) DO UPDATE SET
+          value = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now THEN CAST(:by AS TEXT)
+                       ELSE CAST(CAST(kv.value AS INTEGER) + :by AS TEXT) END,
+          expires_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now THEN :exp ELSE kv.expires_at END
+        RETURNING value`),
+      purge: this.db.prepare('DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now'),
+    };
+    this.purgeTimer = setInterval(() => this.run(() => this.statements.purge!.run({ now: this.now() })), 60_000);
+    this.purgeTimer.unref();
+  }
+
+  private run<T>(operation: () => T): T {
+    try {
+      return operation();
+    } catch (error) {
+      throw new StoreUnavailableError('sqlite', error);
+    }
+  }
+
+  private expiry(ttlMs?: number): number | null {
+    return ttlMs === undefined ? null : this.now() + ttlMs;
+  }
+
+  async get(key: string) {
+    const row = this.run(() => this.statements.get!.get({ key, now: this.now() })) as { value: string } | undefined;
+    return row?.value ?? null;
+  }
+
+  async getMany(keys: readonly string[]) {
+    return Promise.all(keys.map((key) => this.get(key)));
+  }
+
+  async set(key: string, value: string, ttlMs?: number) {
+    this.run(() => this.statements.set!.run({ key, value, exp: this.expiry(ttlMs) }));
+  }
+
+  async setIfAbsent(key: string, value: string, ttlMs: number) {
+    const result = this.run(() => this.statements.setIfAbsent!.run({ key, value, exp: this.expiry(ttlMs), now: this.now() }));
+    return Number(result.changes) === 1;
+  }
+
+  async delete(key: string) {
+    return Number(this.run(() => this.statements.delete!.run({ key, now: this.now() })).changes) === 1;
+  }
+
+  async deleteIfEquals(key: string, value: string) {
+    return Number(this.run(() => this.statements.deleteIfEquals!.run({ key, value, now: this.now() })).changes) === 1;
+  }
+
+  async increment(key: string, by: number, ttlMs?: number) {
+    if (!Number.isSafeInteger(by)) throw new TypeError('increment takes a safe integer');
+    // node:sqlite binds JS numbers as REAL; a BigInt binds as INTEGER, so the counter stays "100", not "100.0".
+    const row = this.run(() => this.statements.increment!.get({ key, by: BigInt(by), exp: this.expiry(ttlMs), now: this.now() })) as {
+      value: string;
+    };
+    return Number(row.value);
+  }
+
+  async ping() {
+    this.run(() => this.db.prepare('SELECT 1').get());
+  }
+
+  async close() {
+    clearInterval(this.purgeTimer);
+    if (this.db.isOpen) this.db.close();
+  }
+}

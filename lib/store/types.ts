@@ -1,0 +1,31 @@
+/**
+ * What Keyward must remember across requests and instances: session revocations, per-user secrets, locks,
+ * counters. Deliberately small so it maps onto Redis commands one to one and onto one SQLite table.
+ * Every method rejects with StoreUnavailableError when the backend cannot answer; callers fail closed.
+ */
+export interface Store {
+  readonly kind: 'memory' | 'sqlite' | 'redis';
+  get(key: string): Promise<string | null>;
+  /** Values for several keys in one round trip, in the same order (null where absent). */
+  getMany(keys: readonly string[]): Promise<(string | null)[]>;
+  /** Sets a value; `ttlMs` makes it expire (absent: kept until deleted). */
+  set(key: string, value: string, ttlMs?: number): Promise<void>;
+  /** Sets only if the key does not exist (atomic). True if this call set it. Used for locks and one-time use. */
+  setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
+  delete(key: string): Promise<boolean>;
+  /** Deletes only if the current value equals `value` (atomic): releasing a lock only its holder owns. */
+  deleteIfEquals(key: string, value: string): Promise<boolean>;
+  /** Adds `by` to an integer counter (created at 0) and returns the new value; `ttlMs` is set when created. */
+  increment(key: string, by: number, ttlMs?: number): Promise<number>;
+  /** Checks that the backend answers; rejects with StoreUnavailableError if not. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class StoreUnavailableError extends Error {
+  override readonly name = 'StoreUnavailableError';
+  constructor(kind: string, cause?: unknown) {
+    // The cause (e.g. a Redis connection error) may name hosts; it is logged, never rendered.
+    super(`The ${kind} store is unavailable.`, { cause });
+  }
+}
