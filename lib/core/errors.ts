@@ -7,9 +7,12 @@ export const ERROR_STATUS = {
   bad_request: 400,
   bad_path: 400,
   method_override_refused: 400,
+  invalid_grant: 400,
   unauthenticated: 401,
+  reauth_required: 401,
   csrf_failed: 403,
   forbidden: 403,
+  credential_missing: 403,
   upstream_not_found: 404,
   route_not_found: 404,
   method_not_allowed: 405,
@@ -20,6 +23,7 @@ export const ERROR_STATUS = {
   upstream_bad_response: 502,
   credential_unavailable: 503,
   service_unavailable: 503,
+  store_unavailable: 503,
   upstream_timeout: 504,
 } as const;
 
@@ -29,9 +33,12 @@ const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
   bad_request: 'The request is not valid for this route.',
   bad_path: 'The request path contains a segment that is not allowed.',
   method_override_refused: 'Method-override headers and parameters are not accepted.',
+  invalid_grant: 'The code or refresh token is invalid, expired, or already used.',
   unauthenticated: 'Sign in first: no valid session was found.',
+  reauth_required: 'Your link with the identity provider has ended; sign in again to renew it.',
   csrf_failed: 'The request failed the cross-site request forgery check.',
   forbidden: 'Your session does not allow this call.',
+  credential_missing: 'You have no credential for this upstream (add your key, link your account, or ask for access).',
   upstream_not_found: 'No upstream with this id is configured.',
   route_not_found: 'This upstream declares no route for this path.',
   method_not_allowed: 'This upstream does not declare this method for this path.',
@@ -42,6 +49,7 @@ const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
   upstream_bad_response: 'The upstream answered with a response Keyward cannot pass on.',
   credential_unavailable: 'No usable credential is configured for this upstream.',
   service_unavailable: 'Keyward is not able to serve this request right now.',
+  store_unavailable: 'Keyward cannot reach its session store; try again shortly.',
   upstream_timeout: 'The upstream did not answer in time.',
 };
 

@@ -2,17 +2,18 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { checkCsrf } from './csrf/check';
 import { injectCredential } from './credential/inject';
+import { resolveCredential, type CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
 import { capRequestBody, type CappedBody } from './forward/body';
 import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from './forward/headers';
 import { buildUpstreamUrl } from './forward/url';
-import { decodeBody, toResponseStream, type StreamOutcome } from './respond/body';
+import { decodeBody, discardBody, toResponseStream, type StreamOutcome } from './respond/body';
 import { StreamScrubber } from './respond/scrub-stream';
 import { matchRoute } from './route/match';
 import { assertSafeSegments } from './route/segments';
 import type { Session } from './session/session';
 import type { SessionVerifier } from './session/verify';
-import type { Upstream } from './upstream/registry';
+import type { ResolvedCredential, Upstream } from './upstream/registry';
 
 export interface ProxyDeps {
   readonly registry: ReadonlyMap<string, Upstream>;
@@ -23,6 +24,8 @@ export interface ProxyDeps {
   readonly logger: Logger;
   /** Called once per request, after the response body ended or was aborted. */
   readonly onComplete?: (event: ProxyEvent) => void;
+  /** Per-user secret sources (BYOK keys, OAuth tokens); absent: only service keys can be used. */
+  readonly credentials?: CredentialSources;
   /** Idle deadline for a client's request body. */
   readonly requestBodyIdleMs?: number;
 }
@@ -48,6 +51,7 @@ export interface ProxyEvent {
   readonly errorCode: string | null;
 }
 
+const NO_USER_SECRETS: CredentialSources = { userKeys: null, oauthTokens: null };
 const REFUSED_METHODS = new Set(['TRACE', 'TRACK', 'CONNECT']);
 const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
 
@@ -60,6 +64,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
   const started = performance.now();
   let session: Session | null = null;
   let upstream: Upstream | undefined;
+  let credential: ResolvedCredential | null = null;
   let routeTemplate: string | null = null;
   let body: CappedBody | null = null;
 
@@ -72,7 +77,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
       route: routeTemplate,
       method: request.method,
       status,
-      keyFingerprint: upstream?.credential.fingerprint ?? null,
+      keyFingerprint: credential?.fingerprint ?? null,
       bytesIn: body?.bytes() ?? 0,
       bytesOut,
       durationMs: Math.round((performance.now() - started) * 100) / 100,
@@ -88,6 +93,10 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     if (REFUSED_METHODS.has(method)) throw new KeywardError('method_not_allowed');
     const incomingUrl = new URL(request.url);
     if (hasMethodOverride(request.headers, incomingUrl.searchParams)) throw new KeywardError('method_override_refused');
+    // Tokens in URLs end up in logs, histories and Referer headers (RFC 6750 §5.3): refuse them outright.
+    if (incomingUrl.searchParams.has('access_token')) {
+      throw new KeywardError('bad_request', { message: 'Tokens are not accepted in the query string.' });
+    }
 
     // 1. Upstream: a Map lookup, so `__proto__` or `constructor` find nothing.
     upstream = deps.registry.get(target.upstream);
@@ -116,8 +125,9 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     headers['user-agent'] = 'keyward';
     headers['x-request-id'] = requestId;
 
-    // 7. Credential.
-    injectCredential(upstream.credential, headers, url);
+    // 7. Credential: for this user and route; the client can neither supply nor override it.
+    credential = await resolveCredential(upstream, session, deps.credentials ?? NO_USER_SECRETS);
+    injectCredential(credential, headers, url);
 
     if (request.body && !BODYLESS_METHODS.has(method)) {
       const declared = Number(request.headers.get('content-length') ?? NaN);
@@ -145,17 +155,17 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     // 9. Respond.
     const { statusCode } = response;
     if (statusCode >= 300 && statusCode < 400 && statusCode !== 304) {
-      response.body.destroy();
+      discardBody(response.body);
       throw new KeywardError('upstream_redirect');
     }
-    const secrets = upstream.credential.secrets;
+    const secrets = credential.secrets;
     const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets);
     outHeaders.set('cache-control', route.cacheControl);
     outHeaders.set('x-content-type-options', 'nosniff');
     outHeaders.set('x-request-id', requestId);
 
     if (method === 'HEAD' || statusCode === 204 || statusCode === 304) {
-      response.body.destroy();
+      discardBody(response.body);
       record(statusCode, 'complete', 0, null);
       return new Response(null, { status: statusCode, headers: outHeaders });
     }

@@ -1,17 +1,34 @@
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
-import { readConfigFile, type UpstreamDefinition } from './config/load';
+import { ConfigError, readConfigFile, type UpstreamDefinition } from './config/load';
+import { OAuthTokenStore, oidcRefresher, type TokenRefresher } from './credential/oauth';
+import { UserKeys } from './credential/user-keys';
+import { MobileTokens } from './mobile/tokens';
 import { getLogger, logScrubber } from './log/logger';
 import type { ProxyDeps } from './pipeline';
+import { SessionRevocations } from './session/revocation';
 import { createSessionVerifier } from './session/verify';
-import { loadUsersFile, type LocalUsers } from './users/file';
 import { assertNoPublicSecrets, readSettings, type Settings } from './settings';
-import { buildRegistry, type Env } from './upstream/registry';
+import { buildRegistry, type Env, type Upstream } from './upstream/registry';
+import { loadUsersFile, type LocalUsers } from './users/file';
+import { Vault } from './vault/seal';
+import { createStore, type Store } from '../store';
 
 export interface Runtime extends ProxyDeps {
   readonly settings: Settings;
   /** Local users from KEYWARD_USERS_FILE, validated at start-up; null when the file is not configured. */
   readonly users: LocalUsers | null;
+  /** The shared store: revocations, per-user secrets, locks, counters. */
+  readonly store: Store;
+  readonly revocations: SessionRevocations;
+  /** Null unless an upstream takes the user's own key. */
+  readonly userKeys: UserKeys | null;
+  /** Null unless an upstream takes the user's OAuth token. */
+  readonly oauthTokens: OAuthTokenStore | null;
+  /** Provider ids whose tokens must be kept at sign-in (referenced by an upstream). */
+  readonly oauthProviders: ReadonlySet<string>;
+  /** The native-app token exchange (enabled by KEYWARD_MOBILE_REDIRECT_URIS). */
+  readonly mobile: MobileTokens;
 }
 
 export interface RuntimeOptions {
@@ -20,6 +37,9 @@ export interface RuntimeOptions {
   readonly upstreams?: readonly UpstreamDefinition[];
   readonly logger?: Logger;
   readonly dispatcher?: Dispatcher;
+  /** A store to use instead of the one the settings name (tests). */
+  readonly store?: Store;
+  readonly now?: () => number;
 }
 
 /**
@@ -28,25 +48,92 @@ export interface RuntimeOptions {
  */
 export function createRuntime(options: RuntimeOptions): Runtime {
   const { env } = options;
+  const now = options.now ?? Date.now;
   const settings = readSettings(env);
   const definitions = [...(options.upstreams ?? []), ...(settings.KEYWARD_CONFIG ? readConfigFile(settings.KEYWARD_CONFIG) : [])];
   const registry = buildRegistry(definitions, env);
+  const users = settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE) : null;
 
   const secrets = [settings.AUTH_SECRET, settings.KEYWARD_SESSION_SECRET];
-  if (settings.KEYWARD_OIDC_CLIENT_SECRET) secrets.push(settings.KEYWARD_OIDC_CLIENT_SECRET);
-  for (const upstream of registry.values()) secrets.push(...upstream.credential.secrets);
+  for (const name of ['KEYWARD_OIDC_CLIENT_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_VAULT_SECRET_PREVIOUS'] as const) {
+    const value = settings[name];
+    if (value) secrets.push(value);
+  }
+  for (const upstream of registry.values()) secrets.push(...serviceSecrets(upstream));
   assertNoPublicSecrets(env, secrets);
   logScrubber.add(secrets);
 
+  const { userKeys: needsUserKeys, oauthProviders } = perUserNeeds(registry);
+  const refreshers = new Map<string, TokenRefresher>();
+  if (settings.KEYWARD_OIDC_ISSUER && settings.KEYWARD_OIDC_CLIENT_ID && settings.KEYWARD_OIDC_CLIENT_SECRET) {
+    refreshers.set('oidc', oidcRefresher(settings.KEYWARD_OIDC_ISSUER, settings.KEYWARD_OIDC_CLIENT_ID, settings.KEYWARD_OIDC_CLIENT_SECRET, now));
+  }
+  const problems: string[] = [];
+  for (const [provider, upstreamId] of oauthProviders) {
+    if (!refreshers.has(provider)) {
+      problems.push(`  - upstreams.${upstreamId}.auth.secret.oauth: no sign-in provider "${provider}" is configured (KEYWARD_OIDC_* gives "oidc")`);
+    }
+  }
+  if ((needsUserKeys || oauthProviders.size > 0) && !settings.KEYWARD_VAULT_SECRET) {
+    problems.push('  - KEYWARD_VAULT_SECRET: must be set (≥ 32 characters) when an upstream uses per-user keys or OAuth tokens');
+  }
+  if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${problems.join('\n')}`);
+
+  const store = options.store ?? createStore(settings);
+  const revocations = new SessionRevocations(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
+  const vault = settings.KEYWARD_VAULT_SECRET ? new Vault(settings.KEYWARD_VAULT_SECRET, settings.KEYWARD_VAULT_SECRET_PREVIOUS) : null;
+  const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now) : null;
+  const oauthTokens = vault && oauthProviders.size > 0 ? new OAuthTokenStore(store, vault, refreshers, now) : null;
+  const logger = options.logger ?? getLogger();
+  const mobile = new MobileTokens(
+    store,
+    revocations,
+    {
+      redirectUris: settings.KEYWARD_MOBILE_REDIRECT_URIS,
+      accessTtlSeconds: settings.KEYWARD_MOBILE_ACCESS_TTL,
+      refreshTtlSeconds: settings.KEYWARD_MOBILE_REFRESH_TTL,
+      sessionSecret: settings.KEYWARD_SESSION_SECRET,
+    },
+    logger,
+    now,
+  );
+
   return {
     settings,
-    users: settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE) : null,
+    users,
     registry,
-    verifySession: createSessionVerifier({ authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET }),
+    store,
+    revocations,
+    userKeys,
+    oauthTokens,
+    oauthProviders: new Set(oauthProviders.keys()),
+    mobile,
+    credentials: { userKeys, oauthTokens },
+    verifySession: createSessionVerifier(
+      { authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET },
+      { revocations, now },
+    ),
     allowedOrigins: settings.KEYWARD_ALLOWED_ORIGINS ? new Set(settings.KEYWARD_ALLOWED_ORIGINS) : null,
     dispatcher: options.dispatcher ?? createUpstreamAgent(),
-    logger: options.logger ?? getLogger(),
+    logger,
   };
+}
+
+function serviceSecrets(upstream: Upstream): string[] {
+  const plan = upstream.credential;
+  if (plan.source === 'static') return [...plan.credential.secrets];
+  if (plan.source === 'claim') return [...plan.byValue.values()].flatMap((credential) => credential.secrets);
+  return [];
+}
+
+function perUserNeeds(registry: ReadonlyMap<string, Upstream>) {
+  let userKeys = false;
+  const oauthProviders = new Map<string, string>();
+  for (const upstream of registry.values()) {
+    if (upstream.credential.source === 'user-key') userKeys = true;
+    if (upstream.credential.source === 'oauth') oauthProviders.set(upstream.credential.provider, upstream.id);
+  }
+  return { userKeys, oauthProviders };
 }
 
 /** One pooled, keep-alive client for all upstream calls (a connection per request halves throughput). */

@@ -37,11 +37,46 @@ const settingsSchema = z.object({
   KEYWARD_OIDC_CLIENT_SECRET: z.string().min(1).optional(),
   KEYWARD_OIDC_NAME: z.string().min(1).max(64).default('Single sign-on'),
   KEYWARD_OIDC_ROLES_CLAIM: z.string().min(1).default('roles'),
+  /** OIDC profile claims (string values) copied into the session, e.g. `org` to choose a per-organisation key. */
+  KEYWARD_OIDC_CLAIMS: z
+    .string()
+    .default('')
+    .transform((value) => value.split(',').map((v) => v.trim()).filter(Boolean)),
   KEYWARD_DEFAULT_ROLES: z
     .string()
     .default('user')
     .transform((value) => value.split(',').map((v) => v.trim()).filter(Boolean)),
   KEYWARD_SESSION_MAX_AGE: z.coerce.number().int().min(60).max(30 * 24 * 3600).default(8 * 3600),
+  /** Shared store: Redis when REDIS_URL is set, else the embedded SQLite file (memory only for tests). */
+  REDIS_URL: z
+    .string()
+    .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+    .optional(),
+  KEYWARD_STORE: z.enum(['sqlite', 'memory', 'redis']).optional(),
+  KEYWARD_STORE_PATH: z.string().min(1).default('.keyward/keyward.db'),
+  /** Seals per-user secrets at rest (BYOK keys, OAuth tokens). The previous one still opens old seals. */
+  KEYWARD_VAULT_SECRET: secret.optional(),
+  KEYWARD_VAULT_SECRET_PREVIOUS: secret.optional(),
+  /** Redirect URIs of native apps allowed to use the mobile token exchange (comma-separated). */
+  KEYWARD_MOBILE_REDIRECT_URIS: z
+    .string()
+    .optional()
+    .transform((value) => (value ? value.split(',').map((v) => v.trim()).filter(Boolean) : []))
+    .pipe(
+      z.array(
+        z.string().refine((value) => {
+          try {
+            const url = new URL(value);
+            // Private-use schemes (com.example.app:/cb) or loopback http (RFC 8252 §7.1, §7.3); never plain web http.
+            return url.protocol === 'https:' || (url.protocol === 'http:' && ['127.0.0.1', '[::1]', 'localhost'].includes(url.hostname)) || /^[a-z][a-z0-9+.-]*\.[a-z0-9+.-]+:$/.test(url.protocol);
+          } catch {
+            return false;
+          }
+        }, 'each entry must be a private-use scheme (com.example.app:/callback), https, or loopback http URL'),
+      ),
+    ),
+  KEYWARD_MOBILE_ACCESS_TTL: z.coerce.number().int().min(60).max(3600).default(900),
+  KEYWARD_MOBILE_REFRESH_TTL: z.coerce.number().int().min(3600).max(90 * 24 * 3600).default(30 * 24 * 3600),
 });
 
 export type Settings = z.output<typeof settingsSchema>;
@@ -60,6 +95,12 @@ export function readSettings(env: Env): Settings {
     throw new ConfigError(
       'Keyward settings are invalid:\n  - KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET must be set together',
     );
+  }
+  if (result.data.KEYWARD_STORE === 'redis' && !result.data.REDIS_URL) {
+    throw new ConfigError('Keyward settings are invalid:\n  - REDIS_URL: must be set when KEYWARD_STORE is redis');
+  }
+  if (result.data.KEYWARD_VAULT_SECRET_PREVIOUS && !result.data.KEYWARD_VAULT_SECRET) {
+    throw new ConfigError('Keyward settings are invalid:\n  - KEYWARD_VAULT_SECRET: must be set when KEYWARD_VAULT_SECRET_PREVIOUS is');
   }
   return result.data;
 }

@@ -24,7 +24,8 @@ const cookies: NextAuthConfig['cookies'] = {
 };
 
 function buildConfig(): NextAuthConfig {
-  const { settings, users } = getRuntime();
+  const runtime = getRuntime();
+  const { settings, users } = runtime;
   const providers: Provider[] = [];
   if (users) {
     providers.push(
@@ -38,7 +39,7 @@ function buildConfig(): NextAuthConfig {
           if (username.length > 64 || password.length > 1024) return null;
           const user = await users.authenticate(username, password);
           if (!user) return null;
-          return { id: `local:${user.username}`, name: user.name, roles: [...user.roles] };
+          return { id: `local:${user.username}`, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
         },
       }),
     );
@@ -62,6 +63,15 @@ function buildConfig(): NextAuthConfig {
     providers,
     cookies,
     session: { strategy: 'jwt', maxAge: settings.KEYWARD_SESSION_MAX_AGE },
+    events: {
+      // Sign-out ends the session on the server too: a copy of the cookie is refused by every instance.
+      async signOut(message) {
+        const token = 'token' in message ? message.token : null;
+        if (token && typeof token.sid === 'string') {
+          await runtime.revocations.revokeSession(token.sid, typeof token.exp === 'number' ? token.exp * 1000 : Date.now() + settings.KEYWARD_SESSION_MAX_AGE * 1000);
+        }
+      },
+    },
     callbacks: {
       // Runs at sign-in (user/account set) and on every session read. Tokens from the provider are not
       // copied into the JWT: the cookie only says who the user is.
@@ -74,8 +84,35 @@ function buildConfig(): NextAuthConfig {
               : Array.isArray(claimRoles) && claimRoles.every((r) => typeof r === 'string')
                 ? claimRoles
                 : settings.KEYWARD_DEFAULT_ROLES;
-          const subject = account.provider === 'credentials' ? user.id : `${account.provider}:${account.providerAccountId}`;
-          return { sub: subject, name: user.name ?? profile?.name ?? null, roles, sid: randomUUID() };
+          const subject = account.provider === 'credentials' ? user.id! : `${account.provider}:${account.providerAccountId}`;
+          const claims: Record<string, string> =
+            account.provider === 'credentials'
+              ? ((user as { claims?: Record<string, string> }).claims ?? {})
+              : Object.fromEntries(
+                  settings.KEYWARD_OIDC_CLAIMS.flatMap((name) => (typeof profile?.[name] === 'string' ? [[name, profile[name] as string]] : [])),
+                );
+          // The provider's tokens stay on the server, sealed in the store, for upstreams that use them.
+          if (runtime.oauthTokens && runtime.oauthProviders.has(account.provider) && account.access_token) {
+            await runtime.oauthTokens.save(account.provider, subject, {
+              accessToken: account.access_token,
+              refreshToken: account.refresh_token ?? null,
+              expiresAt: typeof account.expires_at === 'number' ? account.expires_at * 1000 : 0,
+            });
+          }
+          return {
+            sub: subject,
+            name: user.name ?? profile?.name ?? null,
+            roles,
+            claims,
+            sid: randomUUID(),
+            auth_time: Math.floor(Date.now() / 1000),
+          };
+        }
+        // Every later read (including /api/auth/session) checks server-side revocation: a revoked session is
+        // ended here too, so the browser's view matches what the proxy enforces.
+        if (typeof token.sid === 'string' && typeof token.sub === 'string') {
+          const authTime = typeof token.auth_time === 'number' ? token.auth_time * 1000 : 0;
+          if (await runtime.revocations.isRevoked({ sessionId: token.sid, userId: token.sub, authTime })) return null;
         }
         return token;
       },

@@ -44,6 +44,32 @@ export const secretRefSchema = z
   })
   .describe('Where the secret comes from: {"env": "NAME"} reads the environment variable NAME at start-up.');
 
+const CLAIM_VALUE = /^[A-Za-z0-9._:@-]{1,128}$/;
+
+/**
+ * Where the credential for a call comes from. `{"env"}`: one service key for everyone. `{"user":"key"}`:
+ * the caller's own key (bring-your-own-key, stored write-only through /api/keys/<upstream>). `{"oauth":"oidc"}`:
+ * the caller's OAuth access token from their sign-in with that provider, kept server-side and refreshed.
+ * `{"claim","keys"}`: a service key chosen by a claim of the session (e.g. one key per organisation).
+ */
+export const credentialSourceSchema = z.union([
+  secretRefSchema,
+  z.strictObject({ user: z.literal('key').describe("The caller's own key, stored through PUT /api/keys/<upstream>.") }),
+  z.strictObject({
+    oauth: z
+      .string()
+      .regex(/^[a-z0-9-]{1,32}$/)
+      .describe('Auth.js provider id whose access token is attached (the OIDC provider is "oidc").'),
+  }),
+  z.strictObject({
+    claim: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'must be a claim name').describe('Session claim that picks the key.'),
+    keys: z
+      .record(z.string().regex(CLAIM_VALUE, 'claim values are letters, digits and . _ : @ -'), secretRefSchema)
+      .refine((keys) => Object.keys(keys).length > 0, 'must name at least one key')
+      .describe('Claim value → secret.'),
+  }),
+], { error: 'must be {"env":"NAME"}, {"user":"key"}, {"oauth":"<provider id>"} or {"claim":"<name>","keys":{…}}' });
+
 const headerNameSchema = z
   .string()
   .regex(HEADER_NAME, 'must be a valid HTTP header name')
@@ -56,18 +82,18 @@ const authSchema = z.discriminatedUnion('type', [
       message: 'cannot carry a credential',
     }),
     prefix: z.string().max(64).optional().describe('Written before the secret, e.g. "Token ".'),
-    secret: secretRefSchema,
+    secret: credentialSourceSchema,
   }),
-  z.strictObject({ type: z.literal('bearer'), secret: secretRefSchema }),
+  z.strictObject({ type: z.literal('bearer'), secret: credentialSourceSchema }),
   z.strictObject({
     type: z.literal('basic'),
     username: z.union([z.string().min(1).max(256).regex(/^[^:]*$/, 'must not contain ":"'), secretRefSchema]),
-    secret: secretRefSchema.describe('The password.'),
+    secret: credentialSourceSchema.describe('The password.'),
   }),
   z.strictObject({
     type: z.literal('query'),
     name: z.string().regex(/^[A-Za-z0-9_.~-]{1,64}$/, 'must be a plain query parameter name'),
-    secret: secretRefSchema,
+    secret: credentialSourceSchema,
   }),
 ]);
 
@@ -199,6 +225,7 @@ export type UpstreamInput = z.input<typeof upstreamSchema>;
 export type UpstreamConfig = z.output<typeof upstreamSchema>;
 export type KeywardConfigInput = z.input<typeof keywardConfigSchema>;
 export type SecretRef = z.output<typeof secretRefSchema>;
+export type CredentialSource = z.output<typeof credentialSourceSchema>;
 export type AuthConfig = UpstreamConfig['auth'];
 export type RouteConfig = UpstreamConfig['routes'][number];
 

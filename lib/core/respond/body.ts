@@ -21,10 +21,19 @@ export function decodeBody(body: Readable, encoding: string | undefined): Readab
           ? zlib.createBrotliDecompress()
           : null;
   if (!decoder) {
-    body.destroy();
+    discardBody(body);
     throw new KeywardError('upstream_bad_response');
   }
   return pipeline(body, decoder, () => {});
+}
+
+/**
+ * Closes an upstream body that will not be read. undici's body emits an 'error' (RequestAbortedError) when
+ * destroyed before its end; with no listener that is an uncaught exception, which takes the process down.
+ */
+export function discardBody(body: Readable): void {
+  body.on('error', () => {});
+  body.destroy();
 }
 
 /**

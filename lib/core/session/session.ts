@@ -7,6 +7,10 @@ export interface Session {
   readonly expiresAt: number;
   /** Identifies this sign-in (for revocation and audit); not a secret. */
   readonly sessionId: string;
+  /** When the user signed in (epoch ms); constant while the session is renewed. 0 if unknown. */
+  readonly authTime: number;
+  /** Extra string claims (e.g. `org`) copied at sign-in; used to choose a per-organisation key. */
+  readonly claims: Readonly<Record<string, string>>;
   /** `cookie` sessions need the CSRF checks; `bearer` (mobile) sessions do not. */
   readonly via: 'cookie' | 'bearer';
 }
@@ -21,6 +25,9 @@ export interface SessionClaims {
   roles?: unknown;
   sid?: unknown;
   exp?: number;
+  /** Seconds since the epoch at sign-in (OIDC's `auth_time`). */
+  auth_time?: unknown;
+  claims?: unknown;
 }
 
 export function sessionFromClaims(claims: SessionClaims, via: Session['via']): Session | null {
@@ -34,6 +41,16 @@ export function sessionFromClaims(claims: SessionClaims, via: Session['via']): S
     roles,
     expiresAt: claims.exp * 1000,
     sessionId: claims.sid,
+    authTime: typeof claims.auth_time === 'number' ? claims.auth_time * 1000 : 0,
+    claims: stringClaims(claims.claims),
     via,
   };
+}
+
+function stringClaims(value: unknown): Record<string, string> {
+  const out: Record<string, string> = Object.create(null);
+  if (value && typeof value === 'object' && !Array.isArray(value)) {
+    for (const [name, claim] of Object.entries(value)) if (typeof claim === 'string') out[name] = claim;
+  }
+  return out;
 }

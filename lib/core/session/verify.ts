@@ -1,6 +1,7 @@
 import { decode } from '@auth/core/jwt';
 import { parseCookie } from 'cookie';
 import { unsealData } from 'iron-session';
+import type { SessionRevocations } from './revocation';
 import { SESSION_COOKIE, sessionFromClaims, type Session, type SessionClaims } from './session';
 
 export interface SessionSecrets {
@@ -22,9 +23,14 @@ export interface BearerClaims extends SessionClaims {
  * token. Checked inside every handler, every time. Fails closed: anything unreadable, tampered with,
  * expired or incomplete is "no session", which the pipeline turns into 401.
  */
-export function createSessionVerifier(secrets: SessionSecrets, now: () => number = Date.now): SessionVerifier {
+export function createSessionVerifier(
+  secrets: SessionSecrets,
+  options: { revocations?: SessionRevocations; now?: () => number } = {},
+): SessionVerifier {
   const ironPassword = { 1: secrets.sessionSecret };
-  return async (request) => {
+  const now = options.now ?? Date.now;
+  const { revocations } = options;
+  const decodeSession = async (request: Request): Promise<Session | null> => {
     const cookieHeader = request.headers.get('cookie');
     const cookieToken = cookieHeader ? readSessionCookie(cookieHeader) : null;
     const authorization = request.headers.get('authorization');
@@ -43,6 +49,12 @@ export function createSessionVerifier(secrets: SessionSecrets, now: () => number
       return notExpired(sessionFromClaims(claims, 'bearer'), now);
     }
     return null;
+  };
+  return async (request) => {
+    const session = await decodeSession(request);
+    // Revoked sessions are refused; a store failure throws store_unavailable (503), never "not revoked".
+    if (session && revocations && (await revocations.isRevoked(session))) return null;
+    return session;
   };
 }
 

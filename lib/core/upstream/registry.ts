@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { AuthConfig, RouteConfig, RouteMethod, SecretRef, UpstreamConfig } from '../config/schema';
+import type { AuthConfig, CredentialSource, RouteConfig, RouteMethod, SecretRef, UpstreamConfig } from '../config/schema';
 import { ConfigError, type UpstreamDefinition } from '../config/load';
 
 export interface CompiledRoute {
@@ -13,7 +13,7 @@ export interface CompiledRoute {
   readonly cacheControl: string;
 }
 
-/** A credential resolved at start-up. `value` is what is attached upstream; `secrets` lists every raw secret. */
+/** A credential ready to attach: header and/or query value, every raw secret it holds, and its fingerprint. */
 export interface ResolvedCredential {
   readonly type: AuthConfig['type'];
   readonly headerName?: string;
@@ -33,10 +33,22 @@ export interface Upstream {
   readonly basePath: string;
   readonly routes: readonly CompiledRoute[];
   readonly timeoutMs: number;
-  readonly credential: ResolvedCredential;
+  /** Where this upstream's credential comes from; resolved per call by lib/core/credential/resolve.ts. */
+  readonly credential: CredentialPlan;
+  readonly auth: AuthConfig;
   readonly requestHeaders: ReadonlySet<string>;
   readonly responseHeaders: ReadonlySet<string>;
 }
+
+/**
+ * `static`: one service key, resolved at start-up. `claim`: service keys resolved at start-up, chosen per call
+ * by a session claim. `user-key` and `oauth`: per-user secrets looked up in the store on each call.
+ */
+export type CredentialPlan =
+  | { readonly source: 'static'; readonly credential: ResolvedCredential }
+  | { readonly source: 'claim'; readonly claim: string; readonly byValue: ReadonlyMap<string, ResolvedCredential> }
+  | { readonly source: 'user-key' }
+  | { readonly source: 'oauth'; readonly provider: string };
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
@@ -72,7 +84,8 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream
     basePath: base.pathname,
     routes: config.routes.map((route) => compileRoute(route, config.maxRequestBytes)),
     timeoutMs: config.timeoutMs,
-    credential: resolveCredential(id, config.auth, env),
+    credential: planCredential(id, config.auth, env),
+    auth: config.auth,
     requestHeaders: new Set(config.requestHeaders),
     responseHeaders: new Set(config.responseHeaders),
   };
@@ -110,29 +123,45 @@ export function fingerprint(secret: string): string {
   return createHash('sha256').update(secret, 'utf8').digest('hex').slice(0, 12);
 }
 
-function resolveCredential(id: string, auth: AuthConfig, env: Env): ResolvedCredential {
-  const secret = readSecret(id, 'auth.secret', auth.secret, env);
-  const withFingerprint = (credential: Omit<ResolvedCredential, 'fingerprint'>): ResolvedCredential => ({
-    ...credential,
-    fingerprint: fingerprint(secret),
-  });
+function planCredential(id: string, auth: AuthConfig, env: Env): CredentialPlan {
+  const source: CredentialSource = auth.secret;
+  const username =
+    auth.type === 'basic' && typeof auth.username !== 'string' ? readSecret(id, 'auth.username', auth.username, env) : undefined;
+  if ('env' in source) {
+    return { source: 'static', credential: credentialFor(auth, readSecret(id, 'auth.secret', source, env), username) };
+  }
+  if ('claim' in source) {
+    const byValue = new Map<string, ResolvedCredential>();
+    for (const [value, ref] of Object.entries(source.keys)) {
+      byValue.set(value, credentialFor(auth, readSecret(id, `auth.secret.keys.${value}`, ref, env), username));
+    }
+    return { source: 'claim', claim: source.claim, byValue };
+  }
+  if ('user' in source) return { source: 'user-key' };
+  return { source: 'oauth', provider: source.oauth };
+}
+
+/** Builds what is attached upstream for one secret value, in the upstream's declared auth shape. */
+export function credentialFor(auth: AuthConfig, secret: string, secretUsername?: string): ResolvedCredential {
+  const print = fingerprint(secret);
   switch (auth.type) {
     case 'header':
-      return withFingerprint({
+      return {
         type: 'header',
         headerName: auth.name,
         headerValue: `${auth.prefix ?? ''}${secret}`,
         secrets: [secret],
-      });
+        fingerprint: print,
+      };
     case 'bearer':
-      return withFingerprint({ type: 'bearer', headerName: 'authorization', headerValue: `Bearer ${secret}`, secrets: [secret] });
+      return { type: 'bearer', headerName: 'authorization', headerValue: `Bearer ${secret}`, secrets: [secret], fingerprint: print };
     case 'basic': {
-      const username = typeof auth.username === 'string' ? auth.username : readSecret(id, 'auth.username', auth.username, env);
+      const username = typeof auth.username === 'string' ? auth.username : secretUsername!;
       const encoded = Buffer.from(`${username}:${secret}`, 'utf8').toString('base64');
       const secrets = typeof auth.username === 'string' ? [secret, encoded] : [secret, username, encoded];
-      return withFingerprint({ type: 'basic', headerName: 'authorization', headerValue: `Basic ${encoded}`, secrets });
+      return { type: 'basic', headerName: 'authorization', headerValue: `Basic ${encoded}`, secrets, fingerprint: print };
     }
     case 'query':
-      return withFingerprint({ type: 'query', queryName: auth.name, queryValue: secret, secrets: [secret] });
+      return { type: 'query', queryName: auth.name, queryValue: secret, secrets: [secret], fingerprint: print };
   }
 }

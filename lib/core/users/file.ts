@@ -11,6 +11,10 @@ const usersFileSchema = z.strictObject({
         username: z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'letters, digits and . _ @ - only (1 to 64)'),
         passwordHash: z.string().refine(isPasswordHash, 'must be a hash from `npm run keyward -- hash-password`'),
         roles: z.array(z.string().min(1).max(64)).default(['user']),
+        claims: z
+          .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/), z.string().max(128))
+          .default({})
+          .describe('Extra session claims, e.g. {"org": "acme"}.'),
         name: z.string().max(128).optional(),
       }),
     )
@@ -21,6 +25,7 @@ export interface LocalUser {
   readonly username: string;
   readonly name: string;
   readonly roles: readonly string[];
+  readonly claims: Readonly<Record<string, string>>;
 }
 
 export interface LocalUsers {
@@ -46,7 +51,7 @@ export function loadUsersFile(path: string): LocalUsers {
       const user = byName.get(username);
       const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash()));
       if (!user || !ok) return null;
-      return { username: user.username, name: user.name ?? user.username, roles: user.roles };
+      return { username: user.username, name: user.name ?? user.username, roles: user.roles, claims: user.claims };
     },
   };
 }

@@ -1,0 +1,5 @@
+import { adminRevokeRoute } from '@/lib/next/api-routes';
+
+export const runtime = 'nodejs';
+export const dynamic = 'force-dynamic';
+export { adminRevokeRoute as POST };

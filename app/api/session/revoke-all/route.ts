@@ -1,0 +1,5 @@
+import { revokeAllRoute } from '@/lib/next/api-routes';
+
+export const runtime = 'nodejs';
+export const dynamic = 'force-dynamic';
+export { revokeAllRoute as POST };

@@ -1,0 +1,5 @@
+import { mobileTokenRoute } from '@/lib/next/api-routes';
+
+export const runtime = 'nodejs';
+export const dynamic = 'force-dynamic';
+export { mobileTokenRoute as POST };

@@ -1,0 +1,48 @@
+import { checkCsrf } from '../csrf/check';
+import { KeywardError, errorResponse, toKeywardError } from '../errors';
+import type { Runtime } from '../runtime';
+import type { Session } from '../session/session';
+
+/** The caller's session for Keyward's own API routes: same checks as the proxy (session, then CSRF). */
+export async function requireSession(request: Request, runtime: Pick<Runtime, 'verifySession' | 'allowedOrigins'>): Promise<Session> {
+  const session = await runtime.verifySession(request);
+  if (!session) throw new KeywardError('unauthenticated');
+  checkCsrf(request, session, runtime.allowedOrigins);
+  return session;
+}
+
+/** Runs an API handler; any thrown error becomes the documented JSON error (logged when unexpected). */
+export async function apiHandler(runtime: Pick<Runtime, 'logger'>, handle: () => Promise<Response>): Promise<Response> {
+  try {
+    return await handle();
+  } catch (error) {
+    const keywardError = toKeywardError(error);
+    const requestId = crypto.randomUUID();
+    if (keywardError.status >= 500) runtime.logger.error({ err: keywardError.cause ?? keywardError, requestId }, 'api failed');
+    return errorResponse(keywardError, requestId);
+  }
+}
+
+export function json(body: unknown, status = 200): Response {
+  return Response.json(body, { status, headers: { 'cache-control': 'private, no-store', 'x-content-type-options': 'nosniff' } });
+}
+
+/** Reads a small JSON object body (refuses other content types and anything over `maxBytes`). */
+export async function readJsonObject(request: Request, maxBytes = 16 * 1024): Promise<Record<string, unknown>> {
+  const type = request.headers.get('content-type') ?? '';
+  if (!/^application\/json\b/i.test(type)) throw new KeywardError('bad_request', { message: 'Send a JSON body (content-type: application/json).' });
+  const declared = Number(request.headers.get('content-length') ?? NaN);
+  if (declared > maxBytes) throw new KeywardError('payload_too_large');
+  const text = await request.text();
+  if (Buffer.byteLength(text) > maxBytes) throw new KeywardError('payload_too_large');
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new KeywardError('bad_request', { message: 'The body is not valid JSON.' });
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new KeywardError('bad_request', { message: 'The body must be a JSON object.' });
+  }
+  return value as Record<string, unknown>;
+}

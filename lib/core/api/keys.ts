@@ -1,0 +1,45 @@
+import { KeywardError } from '../errors';
+import type { Runtime } from '../runtime';
+import { apiHandler, json, readJsonObject, requireSession } from './guard';
+
+/**
+ * /api/keys/<upstream>: the caller's own key for an upstream that takes one (`"secret": {"user": "key"}`).
+ * PUT stores it (write-only, sealed at rest), GET shows only its fingerprint, last 4 characters and dates,
+ * DELETE removes it. A key is only ever used for its owner's calls.
+ */
+export function handleUserKey(request: Request, upstreamId: string, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    const session = await requireSession(request, runtime);
+    const upstream = runtime.registry.get(upstreamId);
+    if (!upstream) throw new KeywardError('upstream_not_found');
+    if (upstream.credential.source !== 'user-key' || !runtime.userKeys) {
+      throw new KeywardError('route_not_found', { message: 'This upstream does not take keys from its users.' });
+    }
+    const keys = runtime.userKeys;
+    switch (request.method) {
+      case 'GET': {
+        const info = await keys.describe(upstream.id, session.userId);
+        if (!info) throw new KeywardError('credential_missing', { message: 'You have not stored a key for this upstream.' });
+        return json(info);
+      }
+      case 'PUT': {
+        const body = await readJsonObject(request);
+        const unknown = Object.keys(body).filter((name) => name !== 'key');
+        if (unknown.length > 0 || typeof body.key !== 'string') {
+          throw new KeywardError('bad_request', { message: 'Send {"key": "<your key>"} and nothing else.' });
+        }
+        const info = await keys.put(upstream.id, session.userId, body.key);
+        runtime.logger.info({ userId: session.userId, upstream: upstream.id, keyFingerprint: info.fingerprint }, 'user key stored');
+        return json(info, 201);
+      }
+      case 'DELETE': {
+        const deleted = await keys.delete(upstream.id, session.userId);
+        if (!deleted) throw new KeywardError('credential_missing', { message: 'You have not stored a key for this upstream.' });
+        runtime.logger.info({ userId: session.userId, upstream: upstream.id }, 'user key deleted');
+        return new Response(null, { status: 204, headers: { 'cache-control': 'private, no-store' } });
+      }
+      default:
+        throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, PUT, DELETE' } });
+    }
+  });
+}

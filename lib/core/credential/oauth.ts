@@ -1,0 +1,152 @@
+import { randomUUID } from 'node:crypto';
+import * as oauth from 'oauth4webapi';
+import { KeywardError } from '../errors';
+import { guard } from '../session/revocation';
+import type { Vault } from '../vault/seal';
+import type { Store } from '../../store/types';
+
+/** A user's tokens from a linked provider. Kept sealed in the store; never in a cookie or a response. */
+export interface OAuthTokens {
+  accessToken: string;
+  refreshToken: string | null;
+  /** Epoch ms; 0 when the provider did not say. */
+  expiresAt: number;
+}
+
+/** Exchanges a refresh token. Throws OAuthGrantError when the provider refuses it for good. */
+export type TokenRefresher = (refreshToken: string) => Promise<OAuthTokens>;
+
+export class OAuthGrantError extends Error {
+  override readonly name = 'OAuthGrantError';
+}
+
+const REFRESH_SKEW_MS = 60_000;
+const LOCK_TTL_MS = 30_000;
+const WAIT_STEP_MS = 50;
+const WAIT_LIMIT_MS = 15_000;
+
+/**
+ * Server-side OAuth tokens per (provider, user), refreshed before expiry. The refresh is single-flight across
+ * every instance sharing the store: one caller takes a lock in the store, re-reads the tokens (another instance
+ * may just have refreshed), refreshes, saves and releases; everyone else waits for the saved result. A rotating
+ * refresh token is therefore never used twice. A refused refresh ends the link (`reauth_required`), no loop.
+ */
+export class OAuthTokenStore {
+  constructor(
+    private readonly store: Store,
+    private readonly vault: Vault,
+    private readonly refreshers: ReadonlyMap<string, TokenRefresher>,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  private static key(provider: string, userId: string) {
+    return `oauth:${provider}:${userId}`;
+  }
+
+  async save(provider: string, userId: string, tokens: OAuthTokens): Promise<void> {
+    await guard(async () => this.store.set(OAuthTokenStore.key(provider, userId), await this.vault.seal(tokens)));
+  }
+
+  async load(provider: string, userId: string): Promise<OAuthTokens | null> {
+    const sealed = await guard(() => this.store.get(OAuthTokenStore.key(provider, userId)));
+    return sealed ? this.vault.open<OAuthTokens>(sealed) : null;
+  }
+
+  async unlink(provider: string, userId: string): Promise<void> {
+    await guard(() => this.store.delete(OAuthTokenStore.key(provider, userId)));
+  }
+
+  private fresh(tokens: OAuthTokens): boolean {
+    return tokens.expiresAt === 0 || tokens.expiresAt - REFRESH_SKEW_MS > this.now();
+  }
+
+  /** A valid access token for the user, refreshing it first if it is about to expire. */
+  async accessToken(provider: string, userId: string): Promise<string> {
+    const tokens = await this.load(provider, userId);
+    if (!tokens) throw new KeywardError('credential_missing');
+    if (this.fresh(tokens)) return tokens.accessToken;
+
+    const lockKey = `lock:${OAuthTokenStore.key(provider, userId)}`;
+    const holder = randomUUID();
+    const deadline = this.now() + WAIT_LIMIT_MS;
+    for (;;) {
+      if (await guard(() => this.store.setIfAbsent(lockKey, holder, LOCK_TTL_MS))) {
+        try {
+          return await this.refreshHoldingLock(provider, userId);
+        } finally {
+          await this.store.deleteIfEquals(lockKey, holder).catch(() => {});
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, WAIT_STEP_MS));
+      const current = await this.load(provider, userId);
+      if (!current) throw new KeywardError('reauth_required');
+      if (this.fresh(current)) return current.accessToken;
+      if (this.now() > deadline) throw new KeywardError('credential_unavailable');
+    }
+  }
+
+  private async refreshHoldingLock(provider: string, userId: string): Promise<string> {
+    const current = await this.load(provider, userId);
+    if (!current) throw new KeywardError('reauth_required');
+    if (this.fresh(current)) return current.accessToken;
+    const refresher = this.refreshers.get(provider);
+    if (!current.refreshToken || !refresher) {
+      await this.unlink(provider, userId);
+      throw new KeywardError('reauth_required');
+    }
+    let next: OAuthTokens;
+    try {
+      next = await refresher(current.refreshToken);
+    } catch (error) {
+      if (error instanceof OAuthGrantError) {
+        await this.unlink(provider, userId);
+        throw new KeywardError('reauth_required', { cause: error });
+      }
+      // The provider could not be reached: keep the link, let the caller retry later.
+      throw new KeywardError('credential_unavailable', { cause: error });
+    }
+    // Providers that do not rotate refresh tokens omit it from the response: keep the old one.
+    await this.save(provider, userId, { ...next, refreshToken: next.refreshToken ?? current.refreshToken });
+    return next.accessToken;
+  }
+}
+
+/**
+ * The refresh_token grant against an OpenID Connect issuer (discovered once), with oauth4webapi, the
+ * library Auth.js itself uses. Plain-http issuers are accepted only on loopback (local development/tests).
+ */
+export function oidcRefresher(issuer: string, clientId: string, clientSecret: string, now: () => number = Date.now): TokenRefresher {
+  const issuerUrl = new URL(issuer);
+  const insecure = issuerUrl.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(issuerUrl.hostname);
+  const options = insecure ? { [oauth.allowInsecureRequests]: true } : {};
+  let server: Promise<oauth.AuthorizationServer> | undefined;
+  const client: oauth.Client = { client_id: clientId };
+  const clientAuth = oauth.ClientSecretBasic(clientSecret);
+  return async (refreshToken) => {
+    server ??= oauth
+      .discoveryRequest(issuerUrl, { ...options, algorithm: 'oidc' })
+      .then((response) => oauth.processDiscoveryResponse(issuerUrl, response));
+    let as: oauth.AuthorizationServer;
+    try {
+      as = await server;
+    } catch (error) {
+      server = undefined;
+      throw error;
+    }
+    const response = await oauth.refreshTokenGrantRequest(as, client, clientAuth, refreshToken, options);
+    let result: oauth.TokenEndpointResponse;
+    try {
+      result = await oauth.processRefreshTokenResponse(as, client, response);
+    } catch (error) {
+      if (error instanceof oauth.ResponseBodyError && ['invalid_grant', 'invalid_client', 'unauthorized_client'].includes(error.error)) {
+        throw new OAuthGrantError(error.error);
+      }
+      throw error;
+    }
+    return {
+      accessToken: result.access_token,
+      refreshToken: result.refresh_token ?? null,
+      expiresAt: typeof result.expires_in === 'number' ? now() + result.expires_in * 1000 : 0,
+    };
+  };
+}

@@ -1,0 +1,102 @@
+import { KeywardError } from '../errors';
+import { guard } from '../session/revocation';
+import { fingerprint } from '../upstream/registry';
+import type { Vault } from '../vault/seal';
+import type { Store } from '../../store/types';
+
+/** What GET /api/keys/<upstream> shows: never the key, only enough to recognise it. */
+export interface UserKeyInfo {
+  readonly upstream: string;
+  readonly fingerprint: string;
+  readonly last4: string;
+  readonly createdAt: string;
+  readonly lastUsedAt: string | null;
+}
+
+interface StoredUserKey {
+  sealed: string;
+  fingerprint: string;
+  last4: string;
+  createdAt: number;
+}
+
+const KEY_FORMAT = /^[\x21-\x7e]{8,4096}$/;
+const TOUCH_EVERY_MS = 60_000;
+
+/**
+ * Bring-your-own-key: each user's key for an upstream, sealed by the vault and stored write-only. The plain
+ * key is only ever returned to the proxy pipeline, for that user's own calls.
+ */
+export class UserKeys {
+  constructor(
+    private readonly store: Store,
+    private readonly vault: Vault,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  private static key(upstream: string, userId: string): string {
+    return `ukey:${upstream}:${userId}`;
+  }
+
+  /** "Last used" lives in its own entry, so recording a use can never overwrite a key being replaced. */
+  private static usedKey(upstream: string, userId: string, print: string): string {
+    return `ukey-used:${upstream}:${userId}:${print}`;
+  }
+
+  async put(upstream: string, userId: string, key: string): Promise<UserKeyInfo> {
+    if (typeof key !== 'string' || !KEY_FORMAT.test(key)) {
+      throw new KeywardError('bad_request', {
+        message: 'The key must be 8 to 4096 printable characters, without spaces or line breaks.',
+      });
+    }
+    const stored: StoredUserKey = {
+      sealed: await this.vault.seal({ key }),
+      fingerprint: fingerprint(key),
+      last4: key.slice(-4),
+      createdAt: this.now(),
+    };
+    await guard(() => this.store.set(UserKeys.key(upstream, userId), JSON.stringify(stored)));
+    return info(upstream, stored, null);
+  }
+
+  async describe(upstream: string, userId: string): Promise<UserKeyInfo | null> {
+    const stored = await this.read(upstream, userId);
+    if (!stored) return null;
+    const used = await guard(() => this.store.get(UserKeys.usedKey(upstream, userId, stored.fingerprint)));
+    return info(upstream, stored, used === null ? null : Number(used));
+  }
+
+  async delete(upstream: string, userId: string): Promise<boolean> {
+    return guard(() => this.store.delete(UserKeys.key(upstream, userId)));
+  }
+
+  /** The plain key, for the pipeline only. Records the use (at most once a minute, off the hot path). */
+  async use(upstream: string, userId: string): Promise<string | null> {
+    const stored = await this.read(upstream, userId);
+    if (!stored) return null;
+    const { key } = await this.vault.open<{ key: string }>(stored.sealed);
+    const usedKey = UserKeys.usedKey(upstream, userId, stored.fingerprint);
+    const now = this.now();
+    // At most one write a minute per key (setIfAbsent on a minute-long marker); best effort, never fails the call.
+    this.store
+      .setIfAbsent(`${usedKey}:marker`, '1', TOUCH_EVERY_MS)
+      .then((first) => (first ? this.store.set(usedKey, String(now)) : undefined))
+      .catch(() => {});
+    return key;
+  }
+
+  private async read(upstream: string, userId: string): Promise<StoredUserKey | null> {
+    const raw = await guard(() => this.store.get(UserKeys.key(upstream, userId)));
+    return raw ? (JSON.parse(raw) as StoredUserKey) : null;
+  }
+}
+
+function info(upstream: string, stored: StoredUserKey, lastUsedAt: number | null): UserKeyInfo {
+  return {
+    upstream,
+    fingerprint: stored.fingerprint,
+    last4: stored.last4,
+    createdAt: new Date(stored.createdAt).toISOString(),
+    lastUsedAt: lastUsedAt === null ? null : new Date(lastUsedAt).toISOString(),
+  };
+}

@@ -1,0 +1,26 @@
+import 'server-only';
+import { handleUserKey } from '@/lib/core/api/keys';
+import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
+import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
+import type { Runtime } from '@/lib/core/runtime';
+import { runtimeOrUnavailable } from './proxy-route';
+
+/** Route handlers for Keyward's own API: each translates params, then hands over to lib/core/api. */
+function withRuntime<P>(handle: (request: Request, params: P, runtime: Runtime) => Promise<Response>) {
+  return async (request: Request, context: { params: Promise<P> }): Promise<Response> => {
+    const runtime = runtimeOrUnavailable();
+    if (runtime instanceof Response) return runtime;
+    return handle(request, await context.params, runtime);
+  };
+}
+
+export const userKeyRoute = withRuntime<{ upstream: string }>((request, { upstream }, runtime) =>
+  handleUserKey(request, upstream, runtime),
+);
+export const adminRevokeRoute = withRuntime<{ userId: string }>((request, { userId }, runtime) =>
+  handleAdminRevoke(request, userId, runtime),
+);
+export const revokeAllRoute = withRuntime<object>((request, _, runtime) => handleRevokeAll(request, runtime));
+export const logoutRoute = withRuntime<object>((request, _, runtime) => handleLogout(request, runtime));
+export const mobileAuthorizeRoute = withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime));
+export const mobileTokenRoute = withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime));
