@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { hashPassword } from '../lib/core/users/password';
 
 export const DEMO_USER = { username: 'demo', password: 'keyward-demo' } as const;
-export const GENERATED_SECRETS = ['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'DEMO_UPSTREAM_KEY'] as const;
+export const GENERATED_SECRETS = ['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'KEYWARD_VAULT_SECRET', 'DEMO_UPSTREAM_KEY'] as const;
 
 /**
  * Development only: fills in the secrets the environment lacks, generating each once into
