@@ -1,6 +1,8 @@
 import type { NextConfig } from 'next';
 
 const nextConfig: NextConfig = {
+  // `npm run check:leaks` builds into its own folder so it never disturbs a regular build.
+  distDir: process.env.KEYWARD_DIST_DIR || '.next',
   // `NEXT_OUTPUT=standalone npm run build` builds .next/standalone/server.js for container deploys.
   output: process.env.NEXT_OUTPUT === 'standalone' ? 'standalone' : undefined,
   // Proxied responses are streamed as the upstream sends them. Next's gzip would buffer SSE events

@@ -1,0 +1,60 @@
+/**
+ * `npm run check:leaks`: builds the app with random canary values in every secret variable and scans all of
+ * the build output (static chunks, server-rendered HTML and RSC payloads, source maps, server bundles, traces)
+ * for them in raw and encoded forms. Exits 1 on any hit, naming the file and the variable, never the value.
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { scanFolder } from './leak-scan';
+
+const cwd = process.cwd();
+const distDir = '.next-leakcheck';
+const canary = (name: string) => `canary_${name.toLowerCase()}_${randomBytes(18).toString('base64url')}`;
+
+// Every secret variable Keyward knows, plus every {"env": …} reference in the demo config.
+const names = new Set(['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_VAULT_SECRET_PREVIOUS', 'KEYWARD_OIDC_CLIENT_SECRET']);
+const configPath = process.env.KEYWARD_CONFIG ?? join(cwd, 'config', 'demo.json');
+for (const match of readFileSync(configPath, 'utf8').matchAll(/"env"\s*:\s*"([A-Za-z_][A-Za-z0-9_]*)"/g)) names.add(match[1]!);
+const secrets = Object.fromEntries([...names].map((name) => [name, canary(name)]));
+
+const usersDir = mkdtempSync(join(tmpdir(), 'keyward-leakcheck-'));
+writeFileSync(join(usersDir, 'users.json'), JSON.stringify({ users: [] }));
+
+console.log(`check:leaks: building into ${distDir} with canaries in ${names.size} secret variables…`);
+rmSync(join(cwd, distDir), { recursive: true, force: true });
+const build = spawnSync(process.execPath, [join(cwd, 'node_modules', 'next', 'dist', 'bin', 'next'), 'build'], {
+  cwd,
+  env: {
+    ...process.env,
+    ...secrets,
+    KEYWARD_DIST_DIR: distDir,
+    KEYWARD_CONFIG: configPath,
+    KEYWARD_USERS_FILE: join(usersDir, 'users.json'),
+    KEYWARD_OIDC_ISSUER: 'https://issuer.invalid/',
+    KEYWARD_OIDC_CLIENT_ID: 'leakcheck',
+    NEXT_TELEMETRY_DISABLED: '1',
+  },
+  stdio: ['ignore', 'pipe', 'pipe'],
+  encoding: 'utf8',
+});
+if (build.status !== 0) {
+  // The build output cannot hold the canaries' values in a useful way, but scrub them anyway.
+  let output = `${build.stdout}\n${build.stderr}`;
+  for (const value of Object.values(secrets)) output = output.split(value).join('[canary]');
+  console.error(output);
+  console.error('check:leaks: the build failed');
+  process.exit(1);
+}
+
+const hits = scanFolder(join(cwd, distDir), secrets);
+rmSync(usersDir, { recursive: true, force: true });
+if (hits.length > 0) {
+  console.error(`check:leaks: FAILED, ${hits.length} hit(s):`);
+  for (const hit of hits) console.error(`  - ${hit.file}: ${hit.name} (${hit.form})`);
+  process.exit(1);
+}
+rmSync(join(cwd, distDir), { recursive: true, force: true });
+console.log(`check:leaks: no secret found in the build output (${names.size} variables, raw and encoded forms)`);
