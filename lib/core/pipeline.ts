@@ -9,6 +9,7 @@ import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from '
 import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, toResponseStream, type StreamOutcome } from './respond/body';
 import { StreamScrubber } from './respond/scrub-stream';
+import { scrubError } from './log/scrub';
 import { matchRoute } from './route/match';
 import { assertSafeSegments } from './route/segments';
 import type { Session } from './session/session';
@@ -178,8 +179,9 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
   } catch (error) {
     const keywardError = toKeywardError(error);
     if (keywardError.code === 'internal_error') {
-      // The cause may be a Headers/URL/undici error carrying values; the logger scrubs secrets from it.
-      deps.logger.error({ err: keywardError.cause, requestId }, 'proxy failed');
+      // The cause may be a Headers/URL/undici error carrying values. The logger scrubs every service secret;
+      // this call's per-user secret (own key, OAuth token) is scrubbed here.
+      deps.logger.error({ err: scrubError(keywardError.cause, credential?.secrets ?? []), requestId }, 'proxy failed');
     }
     record(keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, keywardError.code);
     return errorResponse(keywardError, requestId);

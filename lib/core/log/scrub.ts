@@ -34,3 +34,20 @@ export class SecretScrubber {
     return this.pattern ? text.replace(this.pattern, REDACTED) : text;
   }
 }
+
+/**
+ * A loggable copy of an error with the given secrets replaced in its message, stack and cause chain. Used
+ * for per-user secrets (a user's own key, an OAuth token), which the process-wide log scrubber does not know.
+ */
+export function scrubError(error: unknown, secrets: readonly string[], depth = 0): unknown {
+  if (!(error instanceof Error) || secrets.length === 0) return error;
+  const scrubber = new SecretScrubber();
+  scrubber.add(secrets);
+  return {
+    type: error.name,
+    message: scrubber.scrub(error.message),
+    stack: error.stack === undefined ? undefined : scrubber.scrub(error.stack),
+    code: (error as { code?: unknown }).code,
+    cause: depth < 3 ? scrubError(error.cause, secrets, depth + 1) : undefined,
+  };
+}
