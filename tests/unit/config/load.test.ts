@@ -1,0 +1,389 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, defineUpstream, parseConfig, readConfigFile } from '../../../lib/core/config/load';
+import type { UpstreamInput } from '../../../lib/core/config/schema';
+import { randomSecret } from '../../fixtures/secrets';
+import { thrown } from '../support';
+
+function valid(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    baseUrl: 'https://api.example.com/v1/',
+    auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } },
+    routes: [{ method: 'GET', path: '/items/:id', roles: ['user'] }],
+    ...overrides,
+  };
+}
+
+/** parseConfig must throw a ConfigError; returns its message. */
+function configError(json: unknown): string {
+  const error = thrown(() => parseConfig(json, 'test config'));
+  expect(error).toBeInstanceOf(ConfigError);
+  return (error as ConfigError).message;
+}
+
+function tempFile(name: string, content: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'keyward-config-'));
+  const path = join(dir, name);
+  writeFileSync(path, content);
+  return path;
+}
+
+describe('parseConfig', () => {
+  it('parses the documented example and applies defaults', () => {
+    const defs = parseConfig(
+      {
+        upstreams: {
+          echo: {
+            baseUrl: 'http://127.0.0.1:4010/v1/',
+            auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } },
+            routes: [
+              { method: 'GET', path: '/items/:id', roles: ['user'] },
+              { method: 'POST', path: '/items', roles: ['user'], maxRequestBytes: 65536 },
+            ],
+            timeoutMs: 30000,
+          },
+        },
+      },
+      'example',
+    );
+    expect(defs).toHaveLength(1);
+    const [def] = defs;
+    expect(def!.id).toBe('echo');
+    expect(def!.config.timeoutMs).toBe(30000);
+    expect(def!.config.allowInsecureHttp).toBe(false);
+    expect(def!.config.requestHeaders).toEqual([]);
+    expect(def!.config.routes[1]!.maxRequestBytes).toBe(65536);
+  });
+
+  it('adds a trailing slash to a base URL without one', () => {
+    const [def] = parseConfig({ upstreams: { a: valid({ baseUrl: 'https://api.example.com/v1' }) } }, 't');
+    expect(def!.config.baseUrl).toBe('https://api.example.com/v1/');
+  });
+
+  it('accepts $schema at the top level', () => {
+    expect(parseConfig({ $schema: './keyward.schema.json', upstreams: {} }, 't')).toEqual([]);
+  });
+
+  it('names the source in the error', () => {
+    expect(configError({ upstreams: { echo: valid({ baseUrl: 'ftp://x.example/' }) } })).toContain('test config');
+  });
+
+  describe('unknown fields are refused and named', () => {
+    it.each([
+      ['top level', { upstreams: {}, extra: true }, 'extra'],
+      ['upstream', { upstreams: { echo: valid({ baseURL: 'https://x.example/' }) } }, 'baseURL'],
+      [
+        'auth',
+        { upstreams: { echo: valid({ auth: { type: 'bearer', secret: { env: 'K' }, name: 'x' } }) } },
+        'upstreams.echo.auth',
+      ],
+      [
+        'route',
+        { upstreams: { echo: valid({ routes: [{ method: 'GET', path: '/', role: ['x'] }] }) } },
+        'upstreams.echo.routes.0',
+      ],
+      [
+        'secret reference',
+        { upstreams: { echo: valid({ auth: { type: 'bearer', secret: { env: 'K', value: 'v' } } }) } },
+        'upstreams.echo.auth.secret',
+      ],
+    ])('%s', (_label, json, expected) => {
+      expect(configError(json)).toContain(expected);
+    });
+  });
+
+  describe('baseUrl', () => {
+    it.each([
+      ['a query', 'https://api.example.com/v1/?a=1'],
+      ['an empty query', 'https://api.example.com/v1/?'],
+      ['a fragment', 'https://api.example.com/v1/#x'],
+      ['credentials', 'https://user:pass@api.example.com/v1/'],
+      ['a username only', 'https://user@api.example.com/v1/'],
+      ['ftp:', 'ftp://api.example.com/'],
+      ['file:', 'file:///etc/passwd'],
+      ['javascript:', 'javascript:alert(1)'],
+      ['plain http to a DNS host', 'http://api.example.com/v1/'],
+      ['plain http to a private address', 'http://10.0.0.1/'],
+      ['plain http to 0.0.0.0', 'http://0.0.0.0:8080/'],
+      ['plain http to a look-alike of localhost', 'http://localhost.evil.example/'],
+      ['plain http to a look-alike of 127.0.0.1', 'http://127.0.0.1.nip.io/'],
+    ])('refuses %s, naming upstreams.echo.baseUrl', (_label, baseUrl) => {
+      expect(configError({ upstreams: { echo: valid({ baseUrl }) } })).toContain('upstreams.echo.baseUrl');
+    });
+
+    it('never echoes credentials or a query from the refused URL', () => {
+      const secret = randomSecret();
+      const message = [
+        configError({ upstreams: { echo: valid({ baseUrl: `https://svc:${secret}@api.example.com/` }) } }),
+        configError({ upstreams: { echo: valid({ baseUrl: `https://api.example.com/?key=${secret}` }) } }),
+        configError({ upstreams: { echo: valid({ baseUrl: `https://api.example.com/#${secret}` }) } }),
+      ].join('\n');
+      expect(message).not.toContain(secret);
+    });
+
+    // BUG (lib/core/config/schema.ts:170): upstreamSchema's superRefine calls `new URL(upstream.baseUrl)` even
+    // after baseUrlSchema reported the value as unparsable (custom issues do not abort in zod 4), so the
+    // TypeError "Invalid URL" escapes parseConfig/defineUpstream/readConfigFile instead of a ConfigError.
+    it.fails.each([
+      ['not a URL', 'api.example.com/v1'],
+      ['a relative path', '/v1/'],
+      ['an empty string', ''],
+    ])('refuses %s with a ConfigError naming upstreams.echo.baseUrl', (_label, baseUrl) => {
+      expect(configError({ upstreams: { echo: valid({ baseUrl }) } })).toContain('upstreams.echo.baseUrl');
+    });
+
+    it.each([
+      'http://127.0.0.1:4010/v1/',
+      'http://127.42.0.7/',
+      'http://localhost:8080/x/',
+      'http://[::1]:9000/',
+      'https://api.example.com/',
+      'https://api.example.com:8443/a/b/',
+    ])('accepts %s', (baseUrl) => {
+      expect(parseConfig({ upstreams: { echo: valid({ baseUrl }) } }, 't')).toHaveLength(1);
+    });
+
+    it('accepts plain http to a DNS host only with allowInsecureHttp', () => {
+      const defs = parseConfig(
+        { upstreams: { echo: valid({ baseUrl: 'http://api.example.com/', allowInsecureHttp: true }) } },
+        't',
+      );
+      expect(defs[0]!.config.baseUrl).toBe('http://api.example.com/');
+    });
+  });
+
+  describe('route templates', () => {
+    it.each([
+      ['no leading slash', 'items'],
+      ['trailing slash', '/items/'],
+      ['empty segment', '/a//b'],
+      ['dot-dot', '/../admin'],
+      ['dot', '/./x'],
+      ['empty parameter name', '/a/:'],
+      ['parameter starting with a digit', '/a/:1x'],
+      ['query', '/a?x=1'],
+      ['fragment', '/a#b'],
+      ['percent', '/a/%2f'],
+      ['space', '/a b'],
+      ['non-ASCII', '/caf\u00e9'],
+      ['* inside a segment', '/a*b/:c*'],
+    ])('refuses %s, naming the route path', (_label, path) => {
+      const message = configError({ upstreams: { echo: valid({ routes: [{ method: 'GET', path }] }) } });
+      expect(message).toContain('upstreams.echo.routes.0.path');
+    });
+
+    it.each(['/a/*/b', '/*/*', '/*/x'])('refuses %s: "*" may only be last', (path) => {
+      const message = configError({
+        upstreams: { echo: valid({ routes: [{ method: 'GET', path: '/' }, { method: 'GET', path }] }) },
+      });
+      expect(message).toContain('upstreams.echo.routes.1.path');
+      expect(message).toContain('"*" may only be the last segment');
+    });
+
+    it.each(['/', '/items', '/items/:id', '/files/*', '/*', '/v1/a.b/:x_y/sub/:Z9'])('accepts %s', (path) => {
+      expect(parseConfig({ upstreams: { echo: valid({ routes: [{ method: 'GET', path }] }) } }, 't')).toHaveLength(1);
+    });
+
+    it.each(['TRACE', 'CONNECT', 'get', 'FOO'])('refuses method %s', (method) => {
+      const message = configError({ upstreams: { echo: valid({ routes: [{ method, path: '/' }] }) } });
+      expect(message).toContain('upstreams.echo.routes.0.method');
+    });
+
+    it('refuses an upstream without routes', () => {
+      expect(configError({ upstreams: { echo: valid({ routes: [] }) } })).toContain('upstreams.echo.routes');
+    });
+  });
+
+  describe('secret references', () => {
+    it.each(['NEXT_PUBLIC_ECHO_KEY', 'next_public_echo_key', 'Next_Public_X'])('refuses %s', (env) => {
+      const message = configError({ upstreams: { echo: valid({ auth: { type: 'bearer', secret: { env } } }) } });
+      expect(message).toContain('upstreams.echo.auth.secret.env');
+      expect(message).toContain('NEXT_PUBLIC_');
+    });
+
+    it('refuses a basic username taken from a NEXT_PUBLIC_ variable', () => {
+      const message = configError({
+        upstreams: {
+          echo: valid({ auth: { type: 'basic', username: { env: 'NEXT_PUBLIC_USER' }, secret: { env: 'PW' } } }),
+        },
+      });
+      expect(message).toContain('upstreams.echo.auth.username');
+    });
+
+    it('refuses an inlined secret value without echoing it', () => {
+      const secret = randomSecret();
+      const message = configError({
+        upstreams: { echo: valid({ auth: { type: 'bearer', secret } }) },
+      });
+      expect(message).toContain('upstreams.echo.auth.secret');
+      expect(message).not.toContain(secret);
+    });
+
+    it.each(['1KEY', 'MY-KEY', 'A B', ''])('refuses the env name %j', (env) => {
+      expect(configError({ upstreams: { echo: valid({ auth: { type: 'bearer', secret: { env } } }) } })).toContain(
+        'upstreams.echo.auth.secret.env',
+      );
+    });
+  });
+
+  describe('pass-through headers', () => {
+    const FORBIDDEN = [
+      'authorization',
+      'Authorization',
+      'proxy-authorization',
+      'cookie',
+      'set-cookie',
+      'www-authenticate',
+      'proxy-authenticate',
+      'x-api-key',
+      'host',
+      'connection',
+      'transfer-encoding',
+      'upgrade',
+      'location',
+    ];
+    it.each(FORBIDDEN)('refuses %s in requestHeaders and responseHeaders', (name) => {
+      expect(configError({ upstreams: { echo: valid({ requestHeaders: ['x-ok', name] }) } })).toContain(
+        'upstreams.echo.requestHeaders.1',
+      );
+      expect(configError({ upstreams: { echo: valid({ responseHeaders: [name] }) } })).toContain(
+        'upstreams.echo.responseHeaders.0',
+      );
+    });
+
+    it("refuses the upstream's own credential header", () => {
+      const auth = { type: 'header', name: 'X-Custom-Token', secret: { env: 'K' } };
+      expect(configError({ upstreams: { echo: valid({ auth, requestHeaders: ['x-custom-token'] }) } })).toContain(
+        'upstreams.echo.requestHeaders.0',
+      );
+      expect(configError({ upstreams: { echo: valid({ auth, responseHeaders: ['X-CUSTOM-TOKEN'] }) } })).toContain(
+        'upstreams.echo.responseHeaders.0',
+      );
+    });
+
+    it('refuses a header name that is not an HTTP token', () => {
+      expect(configError({ upstreams: { echo: valid({ requestHeaders: ['x bad'] }) } })).toContain(
+        'upstreams.echo.requestHeaders.0',
+      );
+    });
+
+    it.each(['host', 'cookie', 'content-length', 'transfer-encoding'])(
+      'refuses %s as the credential header',
+      (name) => {
+        expect(
+          configError({ upstreams: { echo: valid({ auth: { type: 'header', name, secret: { env: 'K' } } }) } }),
+        ).toContain('upstreams.echo.auth.name');
+      },
+    );
+  });
+
+  describe('upstream ids', () => {
+    it.each(['Echo', '-x', '', 'a b', 'a'.repeat(64), 'a/b'])('refuses the id %j', (id) => {
+      expect(configError({ upstreams: { [id]: valid() } })).toContain('upstreams');
+    });
+
+    const protoJson = () =>
+      JSON.parse(`{"upstreams":{"__proto__":${JSON.stringify(valid({ baseUrl: 'https://polluted.example/' }))}}}`);
+
+    it('an own __proto__ id neither pollutes Object.prototype nor becomes an upstream', () => {
+      const json = protoJson();
+      expect(Object.keys(json.upstreams)).toEqual(['__proto__']);
+      let defs: { id: string }[] = [];
+      try {
+        defs = parseConfig(json, 't');
+      } catch (error) {
+        expect(error).toBeInstanceOf(ConfigError);
+      }
+      expect(defs.map((d) => d.id)).not.toContain('__proto__');
+      expect(({} as Record<string, unknown>).baseUrl).toBeUndefined();
+      expect(Object.prototype).not.toHaveProperty('baseUrl');
+    });
+
+    // BUG (lib/core/config/schema.ts keywardConfigSchema, via zod's record parser which skips "__proto__"
+    // keys): the id fails UPSTREAM_ID, yet the entry is silently dropped and parseConfig returns [] instead
+    // of a ConfigError naming upstreams.__proto__ ("invalid config → exit non-zero naming the field").
+    it.fails('refuses __proto__ as an id with a ConfigError naming it', () => {
+      expect(configError(protoJson())).toContain('upstreams.__proto__');
+    });
+
+    it('accepts constructor as an ordinary id', () => {
+      const defs = parseConfig({ upstreams: { constructor: valid() } }, 't');
+      expect(defs.map((d) => d.id)).toEqual(['constructor']);
+    });
+  });
+});
+
+describe('defineUpstream', () => {
+  it('returns the parsed config with defaults', () => {
+    const def = defineUpstream('echo', valid() as unknown as UpstreamInput);
+    expect(def.id).toBe('echo');
+    expect(def.config.timeoutMs).toBe(30_000);
+    expect(def.config.auth).toEqual({ type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } });
+  });
+
+  it('names the field path under upstreams.<id>', () => {
+    const error = thrown(() => defineUpstream('echo', valid({ baseUrl: 'ftp://x.example/' }) as unknown as UpstreamInput));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('upstreams.echo.baseUrl');
+  });
+
+  it('an id of __proto__ does not touch Object.prototype', () => {
+    try {
+      defineUpstream('__proto__', valid({ baseUrl: 'https://polluted.example/' }) as unknown as UpstreamInput);
+    } catch (error) {
+      expect(error).toBeInstanceOf(ConfigError);
+    }
+    expect(Object.prototype).not.toHaveProperty('baseUrl');
+    expect(Object.prototype).not.toHaveProperty('routes');
+  });
+
+  it.each(['_proto', 'Echo', 'a b', '-x'])('refuses the invalid id %j', (id) => {
+    expect(thrown(() => defineUpstream(id, valid() as unknown as UpstreamInput))).toBeInstanceOf(ConfigError);
+  });
+
+  // BUG (lib/core/config/load.ts defineUpstream): the id is validated by parsing `{ [id]: input }` with the
+  // record schema, and zod's record parser skips an own "__proto__" key, so no issue is raised and
+  // defineUpstream('__proto__', …) returns a definition that buildRegistry then registers. Every other id
+  // that breaks UPSTREAM_ID (e.g. "_proto") is refused.
+  it.fails('refuses __proto__ as an id', () => {
+    expect(thrown(() => defineUpstream('__proto__', valid() as unknown as UpstreamInput))).toBeInstanceOf(ConfigError);
+  });
+});
+
+describe('readConfigFile', () => {
+  it('reads and validates a JSON file', () => {
+    const path = tempFile('keyward.json', JSON.stringify({ upstreams: { echo: valid(), other: valid() } }));
+    expect(readConfigFile(path).map((d) => d.id)).toEqual(['echo', 'other']);
+  });
+
+  it('names the file and the reason when it cannot be read', () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'keyward-config-')), 'missing.json');
+    const error = thrown(() => readConfigFile(path));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain(path);
+    expect((error as Error).message).toContain('ENOENT');
+  });
+
+  it('does not echo file contents when the JSON is broken', () => {
+    const secret = randomSecret();
+    const path = tempFile('broken.json', `{"upstreams": {"echo": {"auth": {"secret": "${secret}"`);
+    const error = thrown(() => readConfigFile(path));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('not valid JSON');
+    expect((error as Error).message).not.toContain(secret);
+  });
+
+  it('names the field of an invalid file and never echoes an inlined secret', () => {
+    const secret = randomSecret();
+    const path = tempFile(
+      'inline.json',
+      JSON.stringify({ upstreams: { echo: valid({ auth: { type: 'header', name: 'x-api-key', secret } }) } }),
+    );
+    const error = thrown(() => readConfigFile(path));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('upstreams.echo.auth.secret');
+    expect((error as Error).message).not.toContain(secret);
+  });
+});

@@ -1,0 +1,183 @@
+import { describe, expect, it } from 'vitest';
+import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from '../../../lib/core/forward/headers';
+import { randomSecret } from '../../fixtures/secrets';
+
+const NONE: ReadonlySet<string> = new Set();
+
+/** Percent-encodes every byte, the way an over-eager upstream might echo a value. */
+function percentEncodeAll(text: string): string {
+  return [...Buffer.from(text, 'utf8')].map((b) => `%${b.toString(16).toUpperCase().padStart(2, '0')}`).join('');
+}
+
+describe('filterRequestHeaders', () => {
+  const DROPPED = [
+    'authorization',
+    'cookie',
+    'x-api-key',
+    'proxy-authorization',
+    'host',
+    'connection',
+    'keep-alive',
+    'te',
+    'trailer',
+    'upgrade',
+    'transfer-encoding',
+    'expect',
+    'accept-encoding',
+    'x-forwarded-for',
+    'origin',
+    'referer',
+    'x-http-method-override',
+  ];
+  const KEPT = [
+    'accept',
+    'accept-language',
+    'content-type',
+    'content-language',
+    'if-match',
+    'if-none-match',
+    'if-modified-since',
+    'if-unmodified-since',
+    'range',
+    'if-range',
+    'last-event-id',
+    'idempotency-key',
+  ];
+
+  it.each(DROPPED)('drops %s', (name) => {
+    const value = randomSecret('client');
+    const incoming = new Headers();
+    incoming.set(name, value);
+    incoming.set('accept', 'application/json');
+    const out = filterRequestHeaders(incoming, NONE);
+    expect(Object.keys(out)).toEqual(['accept']);
+    expect(Object.values(out).join('\n')).not.toContain(value);
+  });
+
+  it.each(KEPT)('keeps allow-listed %s with its value', (name) => {
+    const value = `v-${randomSecret('hdr')}`;
+    const out = filterRequestHeaders(new Headers({ [name]: value }), NONE);
+    expect({ ...out }).toEqual({ [name]: value });
+  });
+
+  it('matches names case-insensitively and emits lowercase names', () => {
+    const out = filterRequestHeaders(new Headers({ 'Content-Type': 'text/plain', AUTHORIZATION: 'Bearer x' }), NONE);
+    expect({ ...out }).toEqual({ 'content-type': 'text/plain' });
+  });
+
+  it('keeps the per-upstream extras and nothing else', () => {
+    const incoming = new Headers({ 'x-tenant': 't1', 'x-other': 'o', cookie: 'a=b', accept: '*/*' });
+    const out = filterRequestHeaders(incoming, new Set(['x-tenant']));
+    expect({ ...out }).toEqual({ 'x-tenant': 't1', accept: '*/*' });
+  });
+
+  it('returns a prototype-less record', () => {
+    expect(Object.getPrototypeOf(filterRequestHeaders(new Headers(), NONE))).toBeNull();
+  });
+});
+
+describe('filterResponseHeaders', () => {
+  const DROPPED = [
+    'set-cookie',
+    'www-authenticate',
+    'proxy-authenticate',
+    'authorization',
+    'x-api-key',
+    'location',
+    'content-encoding',
+    'content-length',
+    'connection',
+    'transfer-encoding',
+    'access-control-allow-origin',
+    'server',
+  ];
+
+  it.each(DROPPED)('drops %s', (name) => {
+    const out = filterResponseHeaders({ [name]: 'v', 'content-type': 'application/json' }, NONE, []);
+    expect([...out.keys()]).toEqual(['content-type']);
+  });
+
+  it('keeps allow-listed headers (any case) and lowercases their names', () => {
+    const out = filterResponseHeaders(
+      { 'Content-Type': 'text/plain', ETag: '"abc"', 'Retry-After': '3', 'X-RateLimit-Remaining': '9' },
+      NONE,
+      [],
+    );
+    expect(Object.fromEntries(out)).toEqual({
+      'content-type': 'text/plain',
+      etag: '"abc"',
+      'retry-after': '3',
+      'x-ratelimit-remaining': '9',
+    });
+  });
+
+  it('keeps per-upstream extra response headers', () => {
+    const out = filterResponseHeaders({ 'x-trace': 't', 'x-untold': 'u' }, new Set(['x-trace']), []);
+    expect(Object.fromEntries(out)).toEqual({ 'x-trace': 't' });
+  });
+
+  it('keeps every value of a multi-valued header and skips undefined', () => {
+    const out = filterResponseHeaders({ 'content-language': ['en', 'de'], etag: undefined }, NONE, []);
+    expect(out.get('content-language')).toBe('en, de');
+    expect(out.has('etag')).toBe(false);
+  });
+
+  it('drops a value that contains a secret, raw', () => {
+    const secret = randomSecret();
+    const out = filterResponseHeaders(
+      { 'content-type': 'text/plain', 'content-disposition': `attachment; filename="${secret}.txt"` },
+      NONE,
+      [secret],
+    );
+    expect(Object.fromEntries(out)).toEqual({ 'content-type': 'text/plain' });
+  });
+
+  it('drops a value that contains a secret, percent-encoded', () => {
+    const secret = `${randomSecret()}+/=`;
+    const encoded = [
+      encodeURIComponent(secret),
+      percentEncodeAll(secret),
+      percentEncodeAll(secret).toLowerCase(),
+    ];
+    for (const form of encoded) {
+      const out = filterResponseHeaders({ etag: `"${form}"`, 'x-extra': `k=${form}` }, new Set(['x-extra']), [secret]);
+      expect([...out.keys()]).toEqual([]);
+    }
+  });
+
+  it('drops only the value holding the secret in a multi-valued header', () => {
+    const secret = randomSecret();
+    const out = filterResponseHeaders({ 'content-language': ['en', `x-${secret}`] }, NONE, [secret]);
+    expect(out.get('content-language')).toBe('en');
+  });
+
+  it('checks every secret of the credential', () => {
+    const [a, b] = [randomSecret(), randomSecret()];
+    const out = filterResponseHeaders({ etag: a, 'retry-after': b, 'content-type': 'x/y' }, NONE, [a, b]);
+    expect(Object.fromEntries(out)).toEqual({ 'content-type': 'x/y' });
+  });
+
+  // BUG (lib/core/forward/headers.ts, containsSecret): a stray "%" anywhere in the value makes
+  // decodeURIComponent throw, and the percent-encoded secret is then only compared raw, so it passes.
+  it.fails('drops a percent-encoded secret even when the value also holds a stray "%"', () => {
+    const secret = randomSecret();
+    const value = `100% done; key=${percentEncodeAll(secret)}`;
+    const out = filterResponseHeaders({ 'content-disposition': value }, NONE, [secret]);
+    expect(out.has('content-disposition')).toBe(false);
+  });
+});
+
+describe('hasMethodOverride', () => {
+  it.each(['x-http-method-override', 'X-HTTP-Method', 'x-method-override'])('detects the %s header', (name) => {
+    expect(hasMethodOverride(new Headers({ [name]: 'DELETE' }), new URLSearchParams())).toBe(true);
+  });
+
+  it('detects the _method query parameter, even empty', () => {
+    expect(hasMethodOverride(new Headers(), new URLSearchParams('_method=PUT'))).toBe(true);
+    expect(hasMethodOverride(new Headers(), new URLSearchParams('a=1&_method'))).toBe(true);
+  });
+
+  it('is false for ordinary requests', () => {
+    expect(hasMethodOverride(new Headers({ accept: '*/*' }), new URLSearchParams('method=PUT&x=_method'))).toBe(false);
+  });
+});

@@ -1,0 +1,258 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { StreamScrubber } from '../../../lib/core/respond/scrub-stream';
+import { randomSecret } from '../../fixtures/secrets';
+import {
+  MARKER_TEXT,
+  REGEX_SPECIAL_SECRET,
+  containsAnyForm,
+  endsInPartialForm,
+  expectedForms,
+  formBuffers,
+  formsNest,
+  overlapsMarker,
+  referenceScrub,
+} from '../scrub-oracle';
+
+const RUN_SECRET = randomSecret();
+
+/** Secrets: the fixture's random shape, regex/escape-heavy ones, and arbitrary unicode. */
+const secretArb = fc.oneof(
+  fc.constant(RUN_SECRET),
+  fc.constant(REGEX_SPECIAL_SECRET),
+  fc.constant(`${REGEX_SPECIAL_SECRET}m`), // 27 bytes: base64 without padding
+  fc.string({ unit: fc.constantFrom(...'.*+?^${}()|[]\\"/%=&:;@ \'!~-_'), minLength: 8, maxLength: 20 }),
+  fc.string({ unit: 'binary', minLength: 8, maxLength: 20 }),
+  fc.string({ unit: 'grapheme-ascii', minLength: 8, maxLength: 40 }),
+);
+
+interface Case {
+  secret: string;
+  forms: Buffer[];
+  input: Buffer;
+  chunks: Buffer[];
+}
+
+function piecesFor(forms: Buffer[]): fc.Arbitrary<Buffer> {
+  return fc.oneof(
+    { weight: 4, arbitrary: fc.string({ unit: 'binary', maxLength: 12 }).map((s) => Buffer.from(s, 'utf8')) },
+    { weight: 3, arbitrary: fc.constantFrom(...forms) },
+    {
+      weight: 2,
+      arbitrary: fc
+        .constantFrom(...forms)
+        .chain((form) => fc.nat(form.length - 1).map((n) => form.subarray(0, n))),
+    },
+    { weight: 1, arbitrary: fc.uint8Array({ maxLength: 8 }).map((a) => Buffer.from(a)) },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom('\n\n', 'data: ', '"', '\\', '%', '=', MARKER_TEXT).map((s) => Buffer.from(s)),
+    },
+  );
+}
+
+function split(input: Buffer, cuts: number[], oneByte: boolean): Buffer[] {
+  if (oneByte) return [...input].map((byte) => Buffer.from([byte]));
+  const positions = [...new Set(cuts.map((c) => c % (input.length + 1)))].sort((a, b) => a - b);
+  const chunks: Buffer[] = [];
+  let start = 0;
+  for (const position of positions) {
+    chunks.push(input.subarray(start, position)); // may be empty: empty pushes must be harmless
+    start = position;
+  }
+  chunks.push(input.subarray(start));
+  return chunks;
+}
+
+const caseArb: fc.Arbitrary<Case> = secretArb.chain((secret) => {
+  const forms = formBuffers([secret]);
+  return fc
+    .record({
+      pieces: fc.array(piecesFor(forms), { maxLength: 16 }),
+      cuts: fc.array(fc.nat({ max: 100_000 }), { maxLength: 24 }),
+      oneByte: fc.nat(3).map((n) => n === 0), // one case in four: every chunk is a single byte
+    })
+    .map(({ pieces, cuts, oneByte }) => {
+      const input = Buffer.concat(pieces);
+      return { secret, forms, input, chunks: split(input, cuts, oneByte) };
+    });
+});
+
+function run(scrubber: StreamScrubber, chunks: readonly Buffer[]): Buffer {
+  return Buffer.concat([...chunks.map((chunk) => scrubber.push(chunk)), scrubber.flush()]);
+}
+
+describe('StreamScrubber (property)', () => {
+  it('never lets a form of the secret through, whatever the chunking', () => {
+    fc.assert(
+      fc.property(caseArb, ({ secret, forms, chunks }) => {
+        fc.pre(!overlapsMarker(forms));
+        const output = run(new StreamScrubber([secret]), chunks);
+        expect(containsAnyForm(output, forms)).toBe(false);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+
+  it('equals the whole-input replacement and releases everything that cannot start a secret', () => {
+    let checked = 0;
+    fc.assert(
+      fc.property(caseArb, ({ secret, forms, input, chunks }) => {
+        // Secrets whose forms nest inside each other (a padded base64 whose unpadded form is also a form)
+        // are covered by the deterministic test further down.
+        fc.pre(!formsNest(forms));
+        checked++;
+        const scrubber = new StreamScrubber([secret]);
+        const maxForm = Math.max(...forms.map((f) => f.length));
+        let emitted = Buffer.alloc(0);
+        let consumed = 0;
+        for (const chunk of chunks) {
+          emitted = Buffer.concat([emitted, scrubber.push(chunk)]);
+          consumed += chunk.length;
+          const soFar = input.subarray(0, consumed);
+          const expected = referenceScrub(soFar, forms);
+          // What has left is the start of the whole-input answer; what is held back is a short tail of the
+          // input that could still become a secret, and nothing at all when the input cannot.
+          expect(expected.subarray(0, emitted.length).equals(emitted)).toBe(true);
+          const held = expected.subarray(emitted.length);
+          expect(held.length).toBeLessThan(maxForm);
+          expect(soFar.subarray(soFar.length - held.length).equals(held)).toBe(true);
+          if (!endsInPartialForm(soFar, forms)) expect(held.length).toBe(0);
+        }
+        emitted = Buffer.concat([emitted, scrubber.flush()]);
+        expect(emitted.equals(referenceScrub(input, forms))).toBe(true);
+      }),
+      { numRuns: 1_000 },
+    );
+    expect(checked).toBeGreaterThanOrEqual(1_000);
+  });
+
+  it('passes arbitrary bytes without a secret through unchanged, whatever the chunking', () => {
+    const forms = formBuffers([RUN_SECRET]);
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 512 }),
+        fc.array(fc.nat({ max: 100_000 }), { maxLength: 16 }),
+        fc.boolean(),
+        (bytes, cuts, oneByte) => {
+          const input = Buffer.from(bytes);
+          fc.pre(!containsAnyForm(input, forms));
+          const output = run(new StreamScrubber([RUN_SECRET]), split(input, cuts, oneByte));
+          expect(output.equals(input)).toBe(true);
+        },
+      ),
+      { numRuns: 1_000 },
+    );
+  });
+
+  it('scrubs several secrets at once', () => {
+    const secrets = [randomSecret(), randomSecret('other'), REGEX_SPECIAL_SECRET];
+    const forms = formBuffers(secrets);
+    fc.assert(
+      fc.property(
+        fc.array(piecesFor(forms), { maxLength: 16 }),
+        fc.array(fc.nat({ max: 100_000 }), { maxLength: 24 }),
+        (pieces, cuts) => {
+          const input = Buffer.concat(pieces);
+          const output = run(new StreamScrubber(secrets), split(input, cuts, false));
+          expect(containsAnyForm(output, forms)).toBe(false);
+        },
+      ),
+      { numRuns: 1_000 },
+    );
+  });
+});
+
+describe('StreamScrubber (examples)', () => {
+  const enc = (s: string) => Buffer.from(s, 'utf8');
+
+  it('releases an SSE event at once when it does not end in a possible secret prefix', () => {
+    const secret = randomSecret();
+    const scrubber = new StreamScrubber([secret]);
+    const events = ['data: {"delta":"Hel"}\n\n', `data: {"delta":"${secret}"}\n\n`, 'event: done\ndata: [DONE]\n\n'];
+    expect(scrubber.push(enc(events[0]!)).toString()).toBe(events[0]);
+    expect(scrubber.push(enc(events[1]!)).toString()).toBe(`data: {"delta":"${MARKER_TEXT}"}\n\n`);
+    expect(scrubber.push(enc(events[2]!)).toString()).toBe(events[2]);
+    expect(scrubber.flush().length).toBe(0);
+  });
+
+  it('holds back only a possible secret prefix, and releases it when it turns out not to be one', () => {
+    const secret = randomSecret();
+    const scrubber = new StreamScrubber([secret]);
+    const prefix = secret.slice(0, 10);
+    expect(scrubber.push(enc(`hello ${prefix}`)).toString()).toBe('hello ');
+    expect(scrubber.push(enc('!')).toString()).toBe(`${prefix}!`);
+    expect(scrubber.flush().length).toBe(0);
+  });
+
+  it('replaces a secret split into 1-byte chunks', () => {
+    const secret = randomSecret();
+    const scrubber = new StreamScrubber([secret]);
+    const parts = [...enc(`<${secret}>`)].map((b) => scrubber.push(Buffer.from([b])));
+    expect(Buffer.concat([...parts, scrubber.flush()]).toString()).toBe(`<${MARKER_TEXT}>`);
+  });
+
+  it('releases a dangling prefix on flush', () => {
+    const secret = randomSecret();
+    const scrubber = new StreamScrubber([secret]);
+    expect(scrubber.push(enc(secret.slice(0, -1))).length).toBe(0);
+    expect(scrubber.flush().toString()).toBe(secret.slice(0, -1));
+  });
+
+  it.each(expectedForms(REGEX_SPECIAL_SECRET).map((form) => [form]))(
+    'replaces the regex-special secret in its form %s',
+    (form) => {
+      const scrubber = new StreamScrubber([REGEX_SPECIAL_SECRET]);
+      const output = Buffer.concat([scrubber.push(enc(`x ${form} y`)), scrubber.flush()]).toString();
+      expect(output).toBe(`x ${MARKER_TEXT} y`);
+    },
+  );
+
+  it('matches a regex-special secret literally, never as a pattern', () => {
+    const lookalike = REGEX_SPECIAL_SECRET.replace('.', 'X').replace('*', '');
+    const scrubber = new StreamScrubber([REGEX_SPECIAL_SECRET]);
+    expect(Buffer.concat([scrubber.push(enc(lookalike)), scrubber.flush()]).toString()).toBe(lookalike);
+  });
+
+  it('is inactive and transparent without secrets', () => {
+    const scrubber = new StreamScrubber([]);
+    expect(scrubber.active).toBe(false);
+    expect(scrubber.push(enc('anything')).toString()).toBe('anything');
+  });
+
+  it('accepts Uint8Array views with an offset', () => {
+    const secret = randomSecret();
+    const backing = enc(`####${secret}####`);
+    const view = new Uint8Array(backing.buffer, backing.byteOffset + 2, backing.length - 4);
+    const scrubber = new StreamScrubber([secret]);
+    expect(Buffer.concat([scrubber.push(view), scrubber.flush()]).toString()).toBe(`##${MARKER_TEXT}##`);
+  });
+
+  // BUG (lib/core/respond/scrub-stream.ts, push): when a chunk ends right after the unpadded base64 form
+  // (also a registered form) and the next chunk starts with the "=" padding, the shorter form is replaced
+  // at once and the "=" is emitted after the marker. The output then depends on chunk boundaries
+  // ("x[REDACTED]=y" instead of "x[REDACTED]y"). No secret bytes leak; the padding does.
+  it.fails('replaces a padded base64 secret whole when the chunk boundary falls before the "="', () => {
+    const secret = randomSecret().slice(0, 26); // 26 bytes → base64 ends in one "="
+    const base64 = Buffer.from(secret).toString('base64');
+    expect(base64.endsWith('=')).toBe(true);
+    const scrubber = new StreamScrubber([secret]);
+    const output = Buffer.concat([
+      scrubber.push(enc(`x${base64.slice(0, -1)}`)),
+      scrubber.push(enc(`${base64.slice(-1)}y`)),
+      scrubber.flush(),
+    ]).toString();
+    expect(output).toBe(`x${MARKER_TEXT}y`);
+  });
+
+  // BUG (lib/core/log/scrub.ts, secretForms): the application/x-www-form-urlencoded form that URLSearchParams
+  // writes (and that injectCredential uses for `query` credentials) differs from encodeURIComponent for
+  // ( ) ! ' ~ and space, and is not a registered form, so an upstream echoing its request URL leaks it.
+  it.fails('replaces a secret as URLSearchParams serialises it', () => {
+    const secret = `${randomSecret()}(x)`;
+    const query = new URLSearchParams({ key: secret }).toString();
+    const scrubber = new StreamScrubber([secret]);
+    const output = Buffer.concat([scrubber.push(enc(`{"url":"/v1?${query}"}`)), scrubber.flush()]).toString();
+    expect(output).toBe(`{"url":"/v1?key=${MARKER_TEXT}"}`);
+  });
+});

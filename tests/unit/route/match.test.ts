@@ -1,0 +1,108 @@
+import { describe, expect, it } from 'vitest';
+import type { UpstreamInput } from '../../../lib/core/config/schema';
+import { matchRoute } from '../../../lib/core/route/match';
+import { expectKeywardError, makeUpstream, thrown } from '../support';
+
+const routes: UpstreamInput['routes'] = [
+  { method: 'GET', path: '/' },
+  { method: 'GET', path: '/items' },
+  { method: 'POST', path: '/items' },
+  { method: 'GET', path: '/items/:id' },
+  { method: 'DELETE', path: '/items/:id' },
+  { method: 'GET', path: '/items/special' },
+  { method: 'PUT', path: '/items/:id/tags/:tag' },
+  { method: 'GET', path: '/files/*' },
+  { method: 'GET', path: '/proto/:__proto__' },
+  { method: 'GET', path: '/ctor/:constructor/:toString' },
+];
+const { upstream } = makeUpstream({ routes });
+
+function allowOf(error: unknown): string[] {
+  const e = expectKeywardError(error, 'method_not_allowed');
+  expect(e.status).toBe(405);
+  return e.headers.allow!.split(',').map((m) => m.trim());
+}
+
+describe('matchRoute', () => {
+  it('matches literal templates, including the root', () => {
+    expect(matchRoute(upstream, 'GET', []).route.template).toBe('/');
+    expect(matchRoute(upstream, 'GET', ['items']).route.template).toBe('/items');
+    expect(matchRoute(upstream, 'POST', ['items']).route.template).toBe('/items');
+  });
+
+  it('binds :param segments into a prototype-less params object', () => {
+    const { route, params } = matchRoute(upstream, 'PUT', ['items', '42', 'tags', 'red']);
+    expect(route.template).toBe('/items/:id/tags/:tag');
+    expect({ ...params }).toEqual({ id: '42', tag: 'red' });
+    expect(Object.getPrototypeOf(params)).toBeNull();
+  });
+
+  it('treats a parameter called __proto__ as a plain key and pollutes nothing', () => {
+    const { params } = matchRoute(upstream, 'GET', ['proto', 'polluted']);
+    expect(Object.getPrototypeOf(params)).toBeNull();
+    expect(Object.keys(params)).toEqual(['__proto__']);
+    expect(Object.getOwnPropertyDescriptor(params, '__proto__')?.value).toBe('polluted');
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(Object.prototype).not.toHaveProperty('polluted');
+  });
+
+  it('treats constructor / toString parameters as plain keys', () => {
+    const { params } = matchRoute(upstream, 'GET', ['ctor', 'a', 'b']);
+    expect(Object.getOwnPropertyDescriptor(params, 'constructor')?.value).toBe('a');
+    expect(Object.getOwnPropertyDescriptor(params, 'toString')?.value).toBe('b');
+  });
+
+  it('a final * takes one or more remaining segments, joined with "/"', () => {
+    expect(matchRoute(upstream, 'GET', ['files', 'a']).params['*']).toBe('a');
+    expect(matchRoute(upstream, 'GET', ['files', 'a', 'b', 'c']).params['*']).toBe('a/b/c');
+    expectKeywardError(
+      thrown(() => matchRoute(upstream, 'GET', ['files'])),
+      'route_not_found',
+    );
+  });
+
+  it('a template without * needs the exact number of segments', () => {
+    expectKeywardError(
+      thrown(() => matchRoute(upstream, 'GET', ['items', '42', 'extra'])),
+      'route_not_found',
+    );
+    expectKeywardError(
+      thrown(() => matchRoute(upstream, 'PUT', ['items', '42', 'tags'])),
+      'route_not_found',
+    );
+  });
+
+  it('literals are compared exactly (case-sensitive)', () => {
+    expectKeywardError(
+      thrown(() => matchRoute(upstream, 'GET', ['Items'])),
+      'route_not_found',
+    );
+  });
+
+  it('an undeclared path is 404 route_not_found without an allow header', () => {
+    const error = expectKeywardError(
+      thrown(() => matchRoute(upstream, 'GET', ['admin'])),
+      'route_not_found',
+    );
+    expect(error.status).toBe(404);
+    expect(error.headers).not.toHaveProperty('allow');
+  });
+
+  it('a declared path under another method is 405 with the declared methods in allow', () => {
+    expect(allowOf(thrown(() => matchRoute(upstream, 'PATCH', ['items']))).sort()).toEqual(['GET', 'POST']);
+    expect(allowOf(thrown(() => matchRoute(upstream, 'POST', []))).sort()).toEqual(['GET']);
+    expect(allowOf(thrown(() => matchRoute(upstream, 'GET', ['items', '1', 'tags', 'x']))).sort()).toEqual(['PUT']);
+  });
+
+  it('lists each allowed method once, even when several routes match the path', () => {
+    // `/items/special` matches both GET /items/:id and GET /items/special, and DELETE /items/:id.
+    expect(allowOf(thrown(() => matchRoute(upstream, 'POST', ['items', 'special']))).sort()).toEqual([
+      'DELETE',
+      'GET',
+    ]);
+  });
+
+  it('HEAD is not implied by GET: only declared methods are forwarded', () => {
+    expect(allowOf(thrown(() => matchRoute(upstream, 'HEAD', ['items'])))).not.toContain('HEAD');
+  });
+});

@@ -1,0 +1,81 @@
+import { describe, expect, it } from 'vitest';
+import { assertSafeSegments, isSafeSegment } from '../../../lib/core/route/segments';
+import { expectKeywardError, thrown } from '../support';
+
+// RFC 3986 §2.3 unreserved and §2.2 sub-delims are the only characters a segment may hold.
+const ACCEPT = [
+  'items',
+  '42',
+  'a-b_c.d~e',
+  'v1.2.3',
+  '...',
+  '.hidden',
+  'file.',
+  "!$&'()*+,;=",
+  'A'.repeat(512),
+];
+
+const REFUSE: Array<[string, string]> = [
+  ['empty', ''],
+  ['dot', '.'],
+  ['dot-dot', '..'],
+  ['slash', 'a/b'],
+  ['backslash', 'a\\b'],
+  ['colon', 'c:'],
+  ['question mark', 'a?b'],
+  ['hash', 'a#b'],
+  ['percent', '%2e%2e'],
+  ['encoded slash', '%2F'],
+  ['at sign', 'user@host'],
+  ['space', 'a b'],
+  ['NUL', 'a\u0000'],
+  ['CR LF', 'a\r\nb'],
+  ['tab', '\t'],
+  ['DEL', '\u007f'],
+  ['fullwidth dot pair', '\uFF0E\uFF0E'],
+  ['one dot leader pair', '\u2024\u2024'],
+  ['non-ASCII letter', 'caf\u00e9'],
+  ['Cyrillic homoglyph', '\u0430pi'],
+  ['emoji', '\u{1F600}'],
+  ['double quote', 'a"b'],
+  ['angle brackets', '<script>'],
+  ['square brackets', '[::1]'],
+  ['braces', '{x}'],
+  ['pipe', 'a|b'],
+  ['caret', 'a^b'],
+  ['backtick', 'a`b'],
+  ['too long', 'A'.repeat(513)],
+];
+
+describe('isSafeSegment', () => {
+  it.each(ACCEPT.map((s) => [s.length > 40 ? `${s.slice(0, 10)}…(${s.length})` : s, s]))('accepts %s', (_l, s) => {
+    expect(isSafeSegment(s)).toBe(true);
+  });
+
+  it.each(REFUSE)('refuses %s', (_label, s) => {
+    expect(isSafeSegment(s)).toBe(false);
+  });
+});
+
+describe('assertSafeSegments', () => {
+  it('accepts an empty list and a list of safe segments', () => {
+    expect(() => assertSafeSegments([])).not.toThrow();
+    expect(() => assertSafeSegments(ACCEPT)).not.toThrow();
+  });
+
+  it.each(REFUSE)('throws bad_path (400) when any segment is refused: %s', (_label, s) => {
+    const error = expectKeywardError(
+      thrown(() => assertSafeSegments(['ok', s, 'ok'])),
+      'bad_path',
+    );
+    expect(error.status).toBe(400);
+  });
+
+  it('refuses more than 64 segments', () => {
+    expect(() => assertSafeSegments(new Array<string>(64).fill('x'))).not.toThrow();
+    expectKeywardError(
+      thrown(() => assertSafeSegments(new Array<string>(65).fill('x'))),
+      'bad_path',
+    );
+  });
+});

@@ -1,0 +1,205 @@
+import { decode, encode } from '@auth/core/jwt';
+import { sealData } from 'iron-session';
+import { describe, expect, it } from 'vitest';
+import { SESSION_COOKIE } from '../../../lib/core/session/session';
+import { createSessionVerifier, type SessionSecrets } from '../../../lib/core/session/verify';
+import { randomSecret } from '../../fixtures/secrets';
+
+const secrets: SessionSecrets = { authSecret: randomSecret('auth'), sessionSecret: randomSecret('sess') };
+const verify = createSessionVerifier(secrets);
+
+const claims = () => ({ sub: 'user-1', name: 'Ada', roles: ['user', 'admin'], sid: `sid-${randomSecret('s')}` });
+
+/** Mints the Auth.js session cookie value the way Auth.js does (salt = cookie name). */
+function mintCookie(token: Record<string, unknown>, options: { secret?: string; salt?: string; maxAge?: number } = {}) {
+  return encode({
+    token,
+    secret: options.secret ?? secrets.authSecret,
+    salt: options.salt ?? SESSION_COOKIE,
+    maxAge: options.maxAge ?? 3600,
+  });
+}
+
+function mintBearer(payload: Record<string, unknown>, password = secrets.sessionSecret) {
+  return sealData(payload, { password });
+}
+
+const withCookie = (cookie: string) => new Request('https://app.example/api/proxy/x', { headers: { cookie } });
+const withAuthorization = (authorization: string) =>
+  new Request('https://app.example/api/proxy/x', { headers: { authorization } });
+
+/** Changes one character in the middle of the ciphertext (every character there carries 6 full bits). */
+function tamper(token: string): string {
+  const parts = token.split('.');
+  const ciphertext = parts[3]!;
+  const i = Math.floor(ciphertext.length / 2);
+  parts[3] = ciphertext.slice(0, i) + (ciphertext[i] === 'A' ? 'B' : 'A') + ciphertext.slice(i + 1);
+  return parts.join('.');
+}
+
+describe('cookie sessions', () => {
+  it('reads a valid Auth.js session cookie', async () => {
+    const c = claims();
+    const token = await mintCookie(c);
+    const { exp } = (await decode({ token, secret: secrets.authSecret, salt: SESSION_COOKIE }))!;
+    const session = await verify(withCookie(`other=1; ${SESSION_COOKIE}=${token}; x=y`));
+    expect(session).toMatchObject({
+      userId: 'user-1',
+      name: 'Ada',
+      roles: ['user', 'admin'],
+      sessionId: c.sid,
+      via: 'cookie',
+      expiresAt: exp! * 1000,
+    });
+  });
+
+  it('refuses a tampered cookie', async () => {
+    const token = await mintCookie(claims());
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${tamper(token)}`))).toBeNull();
+  });
+
+  it('refuses a truncated or garbage cookie', async () => {
+    const token = await mintCookie(claims());
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${token.slice(0, -5)}`))).toBeNull();
+    expect(await verify(withCookie(`${SESSION_COOKIE}=garbage`))).toBeNull();
+    expect(await verify(withCookie(`${SESSION_COOKIE}=`))).toBeNull();
+  });
+
+  it('refuses a cookie made with another secret or another salt', async () => {
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${await mintCookie(claims(), { secret: randomSecret() })}`))).toBeNull();
+    expect(
+      await verify(withCookie(`${SESSION_COOKIE}=${await mintCookie(claims(), { salt: 'authjs.session-token' })}`)),
+    ).toBeNull();
+  });
+
+  it('refuses an expired cookie (JWT exp in the past)', async () => {
+    const token = await mintCookie(claims(), { maxAge: -3600 });
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${token}`))).toBeNull();
+  });
+
+  it("applies its own clock: valid until exp, refused from exp on", async () => {
+    const token = await mintCookie(claims());
+    const { exp } = (await decode({ token, secret: secrets.authSecret, salt: SESSION_COOKIE }))!;
+    const at = (ms: number) => createSessionVerifier(secrets, { now: () => ms })(withCookie(`${SESSION_COOKIE}=${token}`));
+    expect(await at(exp! * 1000 - 1)).not.toBeNull();
+    expect(await at(exp! * 1000)).toBeNull();
+    expect(await at(exp! * 1000 + 3_600_000)).toBeNull();
+  });
+
+  it.each([
+    ['sid missing', { sub: 'u', roles: [] }],
+    ['sid empty', { sub: 'u', sid: '' }],
+    ['sid not a string', { sub: 'u', sid: 42 }],
+    ['sub missing', { sid: 's' }],
+    ['sub empty', { sub: '', sid: 's' }],
+  ])('refuses a cookie with %s', async (_label, token) => {
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${await mintCookie(token)}`))).toBeNull();
+  });
+
+  it('keeps only string roles', async () => {
+    const token = await mintCookie({ sub: 'u', sid: 's', roles: ['user', 1, null, { admin: true }] });
+    expect((await verify(withCookie(`${SESSION_COOKIE}=${token}`)))?.roles).toEqual(['user']);
+  });
+
+  it('joins a cookie chunked as .0 and .1, in index order', async () => {
+    const c = claims();
+    const token = await mintCookie(c);
+    const half = Math.floor(token.length / 2);
+    const [a, b] = [token.slice(0, half), token.slice(half)];
+    const inOrder = await verify(withCookie(`${SESSION_COOKIE}.0=${a}; ${SESSION_COOKIE}.1=${b}`));
+    expect(inOrder).toMatchObject({ userId: 'user-1', sessionId: c.sid });
+    const reversed = await verify(withCookie(`${SESSION_COOKIE}.1=${b}; ${SESSION_COOKIE}.0=${a}`));
+    expect(reversed).toMatchObject({ userId: 'user-1', sessionId: c.sid });
+  });
+
+  it('refuses chunks that are incomplete or swapped', async () => {
+    const token = await mintCookie(claims());
+    const half = Math.floor(token.length / 2);
+    const [a, b] = [token.slice(0, half), token.slice(half)];
+    expect(await verify(withCookie(`${SESSION_COOKIE}.1=${b}`))).toBeNull();
+    expect(await verify(withCookie(`${SESSION_COOKIE}.0=${a}`))).toBeNull();
+    expect(await verify(withCookie(`${SESSION_COOKIE}.0=${b}; ${SESSION_COOKIE}.1=${a}`))).toBeNull();
+  });
+
+  it('refuses the token under another cookie name', async () => {
+    const token = await mintCookie(claims());
+    expect(await verify(withCookie(`keyward.session=${token}`))).toBeNull();
+    expect(await verify(withCookie(`authjs.session-token=${token}`))).toBeNull();
+  });
+});
+
+describe('bearer sessions', () => {
+  const exp = () => Math.floor(Date.now() / 1000) + 3600;
+
+  it('reads a sealed bearer token', async () => {
+    const c = claims();
+    const token = await mintBearer({ ...c, exp: exp(), typ: 'keyward.session' });
+    const session = await verify(withAuthorization(`Bearer ${token}`));
+    expect(session).toMatchObject({ userId: 'user-1', roles: ['user', 'admin'], sessionId: c.sid, via: 'bearer' });
+  });
+
+  it('works when other cookies (but no session cookie) are present', async () => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session' });
+    const request = new Request('https://app.example/x', { headers: { authorization: `Bearer ${token}`, cookie: 'theme=dark' } });
+    expect((await verify(request))?.via).toBe('bearer');
+  });
+
+  it.each([
+    ['a wrong typ', { typ: 'keyward.refresh' }],
+    ['no typ', {}],
+    ['a missing sid', { typ: 'keyward.session', sid: undefined }],
+    ['a past exp', { typ: 'keyward.session', exp: Math.floor(Date.now() / 1000) - 60 }],
+    ['no exp', { typ: 'keyward.session', exp: undefined }],
+  ])('refuses a token with %s', async (_label, overrides) => {
+    const token = await mintBearer({ ...claims(), exp: exp(), ...overrides });
+    expect(await verify(withAuthorization(`Bearer ${token}`))).toBeNull();
+  });
+
+  it('refuses a token sealed with another password', async () => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session' }, randomSecret('other'));
+    expect(await verify(withAuthorization(`Bearer ${token}`))).toBeNull();
+  });
+
+  it('refuses an Auth.js cookie JWT presented as a bearer token', async () => {
+    const jwt = await mintCookie(claims());
+    expect(await verify(withAuthorization(`Bearer ${jwt}`))).toBeNull();
+  });
+
+  it('refuses a tampered token', async () => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session' });
+    const i = Math.floor(token.length / 2);
+    const tampered = token.slice(0, i) + (token[i] === 'A' ? 'B' : 'A') + token.slice(i + 1);
+    expect(await verify(withAuthorization(`Bearer ${tampered}`))).toBeNull();
+  });
+
+  it('refuses malformed Authorization headers', async () => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session' });
+    for (const header of [
+      token,
+      `Token ${token}`,
+      `Basic ${token}`,
+      `Bearer  ${token}`,
+      `Bearer ${token} extra`,
+      `Bearer ${token},Bearer ${token}`,
+      `Bearer "${token}"`,
+      'Bearer short',
+      'Bearer',
+    ]) {
+      expect(await verify(withAuthorization(header))).toBeNull();
+    }
+  });
+
+  it('refuses a bearer token after its exp on the verifier clock', async () => {
+    const e = exp();
+    const token = await mintBearer({ ...claims(), exp: e, typ: 'keyward.session' });
+    const late = createSessionVerifier(secrets, { now: () => e * 1000 });
+    expect(await late(withAuthorization(`Bearer ${token}`))).toBeNull();
+  });
+});
+
+describe('no session', () => {
+  it('is null without cookie or authorization', async () => {
+    expect(await verify(new Request('https://app.example/x'))).toBeNull();
+    expect(await verify(withCookie('theme=dark'))).toBeNull();
+  });
+});

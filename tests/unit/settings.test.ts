@@ -1,0 +1,175 @@
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../../lib/core/config/load';
+import { assertNoPublicSecrets, readSettings } from '../../lib/core/settings';
+import type { Env } from '../../lib/core/upstream/registry';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { thrown } from './support';
+
+/** A random string of exactly `length` characters. */
+const randomOfLength = (length: number) => randomBytes(length).toString('base64url').slice(0, length);
+
+function settingsError(env: Env): string {
+  const error = thrown(() => readSettings(env));
+  expect(error).toBeInstanceOf(ConfigError);
+  return (error as Error).message;
+}
+
+/** The message must not contain the value, nor any 8-character piece of it. */
+function expectNotEchoed(message: string, value: string) {
+  expect(message).not.toContain(value);
+  for (let i = 0; i + 8 <= value.length; i += 4) expect(message).not.toContain(value.slice(i, i + 8));
+}
+
+describe('readSettings: session secrets', () => {
+  it('accepts two secrets of at least 32 characters and applies defaults', () => {
+    const env = { AUTH_SECRET: randomOfLength(32), KEYWARD_SESSION_SECRET: randomOfLength(64) };
+    const settings = readSettings(env);
+    expect(settings.AUTH_SECRET).toBe(env.AUTH_SECRET);
+    expect(settings.KEYWARD_SESSION_SECRET).toBe(env.KEYWARD_SESSION_SECRET);
+    expect(settings.KEYWARD_ALLOWED_ORIGINS).toBeNull();
+    expect(settings.KEYWARD_DEFAULT_ROLES).toEqual(['user']);
+  });
+
+  it.each(['AUTH_SECRET', 'KEYWARD_SESSION_SECRET'] as const)('refuses a missing %s and names it', (name) => {
+    const env: Record<string, string | undefined> = { ...testSessionSecrets() };
+    delete env[name];
+    const message = settingsError(env);
+    expect(message).toContain(name);
+  });
+
+  it.each(['AUTH_SECRET', 'KEYWARD_SESSION_SECRET'] as const)('refuses an empty %s', (name) => {
+    expect(settingsError({ ...testSessionSecrets(), [name]: '' })).toContain(name);
+  });
+
+  it.each(['AUTH_SECRET', 'KEYWARD_SESSION_SECRET'] as const)(
+    'refuses a %s shorter than 32 characters without echoing it',
+    (name) => {
+      const short = randomOfLength(31);
+      const message = settingsError({ ...testSessionSecrets(), [name]: short });
+      expect(message).toContain(name);
+      expect(message).toContain('32');
+      expectNotEchoed(message, short);
+    },
+  );
+
+  it.each([
+    ['a trailing newline', (s: string) => `${s}\n`],
+    ['a trailing CR', (s: string) => `${s}\r`],
+    ['a leading space', (s: string) => ` ${s}`],
+    ['an inner NUL', (s: string) => `${s.slice(0, 16)}\u0000${s.slice(16)}`],
+  ])('refuses a secret with %s without echoing it', (_label, mangle) => {
+    const value = randomSecret('auth');
+    const message = settingsError({ ...testSessionSecrets(), AUTH_SECRET: mangle(value) });
+    expect(message).toContain('AUTH_SECRET');
+    expectNotEchoed(message, value);
+  });
+
+  it('names both secrets when both are missing', () => {
+    const message = settingsError({});
+    expect(message).toContain('AUTH_SECRET');
+    expect(message).toContain('KEYWARD_SESSION_SECRET');
+  });
+
+  it('does not echo a short secret when another setting is also invalid', () => {
+    const short = randomOfLength(20);
+    const message = settingsError({ AUTH_SECRET: short, KEYWARD_SESSION_SECRET: randomOfLength(40), KEYWARD_SESSION_MAX_AGE: 'x' });
+    expectNotEchoed(message, short);
+  });
+
+  it('does not echo a REDIS_URL that carries a password', () => {
+    const password = randomSecret('redis');
+    const message = settingsError({ ...testSessionSecrets(), REDIS_URL: `http://:${password}@cache.internal:6379` });
+    expect(message).toContain('REDIS_URL');
+    expectNotEchoed(message, password);
+  });
+});
+
+describe('readSettings: OIDC', () => {
+  const oidc = {
+    KEYWARD_OIDC_ISSUER: 'https://issuer.example.com',
+    KEYWARD_OIDC_CLIENT_ID: 'keyward',
+    KEYWARD_OIDC_CLIENT_SECRET: randomSecret('oidc'),
+  };
+
+  it('accepts all three together', () => {
+    const settings = readSettings({ ...testSessionSecrets(), ...oidc });
+    expect(settings.KEYWARD_OIDC_ISSUER).toBe(oidc.KEYWARD_OIDC_ISSUER);
+  });
+
+  it('accepts none of them', () => {
+    expect(readSettings(testSessionSecrets()).KEYWARD_OIDC_ISSUER).toBeUndefined();
+  });
+
+  it.each(Object.keys(oidc))('refuses the set without %s and names all three', (missing) => {
+    const env: Record<string, string> = { ...testSessionSecrets(), ...oidc };
+    delete env[missing];
+    const message = settingsError(env);
+    for (const name of Object.keys(oidc)) expect(message).toContain(name);
+    expectNotEchoed(message, oidc.KEYWARD_OIDC_CLIENT_SECRET);
+  });
+
+  it.each(Object.keys(oidc))('refuses %s alone', (only) => {
+    const env = { ...testSessionSecrets(), [only]: oidc[only as keyof typeof oidc] };
+    expect(settingsError(env)).toContain('must be set together');
+  });
+
+  it('refuses a non-http issuer', () => {
+    expect(settingsError({ ...testSessionSecrets(), ...oidc, KEYWARD_OIDC_ISSUER: 'ftp://issuer.example.com' })).toContain(
+      'KEYWARD_OIDC_ISSUER',
+    );
+  });
+});
+
+describe('readSettings: allowed origins', () => {
+  it('parses a comma-separated list of origins', () => {
+    const settings = readSettings({
+      ...testSessionSecrets(),
+      KEYWARD_ALLOWED_ORIGINS: 'https://app.example.com, http://localhost:3000',
+    });
+    expect(settings.KEYWARD_ALLOWED_ORIGINS).toEqual(['https://app.example.com', 'http://localhost:3000']);
+  });
+
+  it.each(['https://app.example.com/', 'https://app.example.com/path', '*', 'app.example.com', 'null'])(
+    'refuses %j as an origin',
+    (value) => {
+      expect(settingsError({ ...testSessionSecrets(), KEYWARD_ALLOWED_ORIGINS: value })).toContain(
+        'KEYWARD_ALLOWED_ORIGINS',
+      );
+    },
+  );
+});
+
+describe('assertNoPublicSecrets', () => {
+  it('refuses a NEXT_PUBLIC_ variable holding a secret and names only the variable', () => {
+    const secret = randomSecret();
+    const error = thrown(() => assertNoPublicSecrets({ NEXT_PUBLIC_API_KEY: secret }, [secret]));
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    expect(message).toContain('NEXT_PUBLIC_API_KEY');
+    expectNotEchoed(message, secret);
+  });
+
+  it('refuses a NEXT_PUBLIC_ variable that contains a secret among other text', () => {
+    const secret = randomSecret();
+    const env = { NEXT_PUBLIC_URL: `https://api.example.com/?key=${secret}&x=1` };
+    const error = thrown(() => assertNoPublicSecrets(env, [randomSecret(), secret]));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('NEXT_PUBLIC_URL');
+    expectNotEchoed((error as Error).message, secret);
+  });
+
+  it('accepts a secret in a server-only variable and unrelated public variables', () => {
+    const secret = randomSecret();
+    expect(() =>
+      assertNoPublicSecrets(
+        { ECHO_KEY: secret, NEXT_PUBLIC_APP_NAME: 'Keyward', NEXT_PUBLIC_EMPTY: '', NEXT_PUBLIC_UNSET: undefined },
+        [secret],
+      ),
+    ).not.toThrow();
+  });
+
+  it('accepts anything when there are no secrets', () => {
+    expect(() => assertNoPublicSecrets({ NEXT_PUBLIC_X: 'y' }, [])).not.toThrow();
+  });
+});

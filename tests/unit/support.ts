@@ -1,0 +1,63 @@
+import { randomBytes, scryptSync } from 'node:crypto';
+import { defineUpstream } from '../../lib/core/config/load';
+import type { UpstreamInput } from '../../lib/core/config/schema';
+import { KeywardError, type KeywardErrorCode } from '../../lib/core/errors';
+import { buildRegistry, type Upstream } from '../../lib/core/upstream/registry';
+import { randomSecret } from '../fixtures/secrets';
+
+export const SECRET_ENV = 'KW_UNIT_SECRET';
+
+/** Builds one upstream through the real schema + registry, with a fresh random secret. */
+export function makeUpstream(
+  input: Partial<UpstreamInput> = {},
+  id = 'echo',
+): { upstream: Upstream; secret: string } {
+  const secret = randomSecret();
+  const definition = defineUpstream(id, {
+    baseUrl: 'http://127.0.0.1:4010/v1/',
+    auth: { type: 'header', name: 'x-api-key', secret: { env: SECRET_ENV } },
+    routes: [{ method: 'GET', path: '/' }],
+    ...input,
+  });
+  const upstream = buildRegistry([definition], { [SECRET_ENV]: secret }).get(id);
+  if (!upstream) throw new Error('registry lost the upstream');
+  return { upstream, secret };
+}
+
+/** Runs `fn` and returns what it threw (fails the test if it did not throw). */
+export function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected the call to throw');
+}
+
+export async function rejected(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected the promise to reject');
+}
+
+export function expectKeywardError(error: unknown, code: KeywardErrorCode): KeywardError {
+  if (!(error instanceof KeywardError)) throw new Error(`expected a KeywardError(${code}), got ${String(error)}`);
+  if (error.code !== code) throw new Error(`expected KeywardError code ${code}, got ${error.code}`);
+  return error;
+}
+
+/**
+ * A password hash in Keyward's documented format (`scrypt$N$r$p$salt$key`, base64url), computed here with
+ * the smallest N Keyward accepts, so tests that only need *a* valid hash do not pay for N=2^17.
+ */
+export function cheapPasswordHash(password: string, n = 2 ** 14, r = 8, p = 1): string {
+  const salt = randomBytes(16);
+  const key = scryptSync(password, salt, 32, { N: n, r, p, maxmem: 256 * n * r });
+  return `scrypt$${n}$${r}$${p}$${salt.toString('base64url')}$${key.toString('base64url')}`;
+}
+
+/** Real-parameter scrypt takes seconds on a loaded CI machine: tests that run it get this timeout. */
+export const SCRYPT_TIMEOUT = 120_000;

@@ -1,0 +1,121 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../../../lib/core/config/load';
+import { loadUsersFile } from '../../../lib/core/users/file';
+import { SCRYPT_TIMEOUT, cheapPasswordHash, thrown } from '../support';
+
+const randomPassword = () => randomBytes(12).toString('base64url');
+
+function writeJson(content: unknown): string {
+  const path = join(mkdtempSync(join(tmpdir(), 'keyward-users-unit-')), 'users.json');
+  writeFileSync(path, typeof content === 'string' ? content : JSON.stringify(content));
+  return path;
+}
+
+function loadError(path: string): string {
+  const error = thrown(() => loadUsersFile(path));
+  expect(error).toBeInstanceOf(ConfigError);
+  return (error as Error).message;
+}
+
+describe('loadUsersFile', () => {
+  const alice = { username: 'alice', password: randomPassword(), roles: ['user', 'admin'] };
+  const bob = { username: 'bob@example.com', password: randomPassword(), roles: ['user'] };
+  const file = writeJson({
+    users: [alice, bob].map((u) => ({ username: u.username, passwordHash: cheapPasswordHash(u.password), roles: u.roles })),
+  });
+
+  it('authenticates a user with the right password', async () => {
+    const users = loadUsersFile(file);
+    expect(await users.authenticate('alice', alice.password)).toMatchObject({
+      username: 'alice',
+      name: 'alice',
+      roles: ['user', 'admin'],
+    });
+    expect(await users.authenticate('bob@example.com', bob.password)).toMatchObject({ username: 'bob@example.com' });
+  });
+
+  it('refuses a wrong password and another user’s password', async () => {
+    const users = loadUsersFile(file);
+    expect(await users.authenticate('alice', randomPassword())).toBeNull();
+    expect(await users.authenticate('alice', bob.password)).toBeNull();
+  });
+
+  it(
+    'refuses unknown users (checked against the decoy hash)',
+    async () => {
+      const users = loadUsersFile(file);
+      expect(await users.authenticate('ALICE', alice.password)).toBeNull();
+      expect(await users.authenticate('__proto__', alice.password)).toBeNull();
+    },
+    SCRYPT_TIMEOUT,
+  );
+
+  it('never returns the password hash', async () => {
+    const users = loadUsersFile(file);
+    const user = await users.authenticate('alice', alice.password);
+    expect(JSON.stringify(user)).not.toContain('scrypt$');
+  });
+});
+
+describe('loadUsersFile errors', () => {
+  const hashed = Promise.resolve(cheapPasswordHash(randomPassword()));
+
+  it('names a malformed hash field without printing it', () => {
+    const bogus = `scrypt$${randomBytes(16).toString('base64url')}`;
+    const message = loadError(writeJson({ users: [{ username: 'alice', passwordHash: bogus }] }));
+    expect(message).toContain('users.0.passwordHash');
+    expect(message).not.toContain(bogus);
+  });
+
+  it('names an invalid username without printing the hash next to it', async () => {
+    const hash = await hashed;
+    const message = loadError(
+      writeJson({ users: [{ username: 'ok', passwordHash: hash }, { username: 'bad name', passwordHash: hash }] }),
+    );
+    expect(message).toContain('users.1.username');
+    expect(message).not.toContain(hash);
+    expect(message).not.toContain(hash.split('$')[5]!);
+  });
+
+  it('refuses an unknown field (e.g. a plain-text password) without printing its value', async () => {
+    const password = randomPassword();
+    const message = loadError(writeJson({ users: [{ username: 'alice', passwordHash: await hashed, password }] }));
+    expect(message).toContain('users.0');
+    expect(message).toContain('password');
+    expect(message).not.toContain(password);
+  });
+
+  it('refuses duplicate usernames', async () => {
+    const hash = await hashed;
+    const message = loadError(
+      writeJson({ users: [{ username: 'alice', passwordHash: hash }, { username: 'alice', passwordHash: hash }] }),
+    );
+    expect(message).toContain('users');
+    expect(message).toContain('unique');
+    expect(message).not.toContain(hash);
+  });
+
+  it('names a missing users array', () => {
+    expect(loadError(writeJson({ accounts: [] }))).toContain('users');
+  });
+
+  it('does not echo the content of a file that is not JSON', () => {
+    const secret = randomPassword();
+    const path = writeJson(`{"users":[{"username":"alice","passwordHash":"${secret}"`);
+    const message = loadError(path);
+    expect(message).toContain('not valid JSON');
+    expect(message).toContain(path);
+    expect(message).not.toContain(secret);
+  });
+
+  it('names an unreadable file and the reason', () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'keyward-users-unit-')), 'absent.json');
+    const message = loadError(path);
+    expect(message).toContain(path);
+    expect(message).toContain('ENOENT');
+  });
+});

@@ -1,0 +1,102 @@
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { decoyHash, hashPassword, isPasswordHash, verifyPassword } from '../../../lib/core/users/password';
+import { SCRYPT_TIMEOUT, cheapPasswordHash as cheapHash, rejected } from '../support';
+
+const randomPassword = () => randomBytes(12).toString('base64url');
+
+describe('hashPassword / verifyPassword', () => {
+  const password = randomPassword();
+  const hashed = hashPassword(password);
+
+  it(
+    'round-trips and uses the documented format with OWASP parameters',
+    async () => {
+      const hash = await hashed;
+      expect(hash).toMatch(/^scrypt\$131072\$8\$1\$[A-Za-z0-9_-]+\$[A-Za-z0-9_-]+$/);
+      expect(hash).not.toContain(password);
+      expect(isPasswordHash(hash)).toBe(true);
+      expect(await verifyPassword(password, hash)).toBe(true);
+      expect(await verifyPassword(randomPassword(), hash)).toBe(false);
+    },
+    SCRYPT_TIMEOUT,
+  );
+
+  it('refuses near misses of the right password', async () => {
+    const pw = randomPassword();
+    const hash = cheapHash(pw);
+    expect(await verifyPassword(pw, hash)).toBe(true);
+    for (const wrong of [`${pw} `, pw.slice(0, -1), `${pw.toUpperCase()}x`, '']) {
+      expect(await verifyPassword(wrong, hash)).toBe(false);
+    }
+  });
+
+  it('salts every hash', () => {
+    const pw = randomPassword();
+    expect(cheapHash(pw)).not.toBe(cheapHash(pw));
+  });
+
+  it(
+    'salts hashPassword output',
+    async () => {
+      expect(await hashPassword(password)).not.toBe(await hashed);
+    },
+    SCRYPT_TIMEOUT,
+  );
+
+  it('refuses passwords shorter than 8 characters', async () => {
+    expect(await rejected(hashPassword('1234567'))).toBeInstanceOf(Error);
+  });
+
+  it('verifies a hash made with other valid parameters (they can be raised later)', async () => {
+    const pw = randomPassword();
+    expect(await verifyPassword(pw, cheapHash(pw))).toBe(true);
+    expect(await verifyPassword(randomPassword(), cheapHash(pw))).toBe(false);
+  });
+
+  it(
+    'provides a real decoy hash that no empty password matches',
+    async () => {
+      const decoy = await decoyHash();
+      expect(isPasswordHash(decoy)).toBe(true);
+      expect(await verifyPassword('', decoy)).toBe(false);
+    },
+    SCRYPT_TIMEOUT,
+  );
+});
+
+describe('malformed hashes', () => {
+  const pw = randomPassword();
+  const good = cheapHash(pw);
+  const [, n, r, p, salt, key] = good.split('$');
+
+  it.each([
+    ['empty', ''],
+    ['plain text', pw],
+    ['another algorithm', `bcrypt$${n}$${r}$${p}$${salt}$${key}`],
+    ['missing key', `scrypt$${n}$${r}$${p}$${salt}$`],
+    ['missing field', `scrypt$${n}$${r}$${salt}$${key}`],
+    ['N not a power of two', `scrypt$20000$${r}$${p}$${salt}$${key}`],
+    ['N too small', `scrypt$1024$${r}$${p}$${salt}$${key}`],
+    ['N too large (memory exhaustion)', `scrypt$${2 ** 24}$${r}$${p}$${salt}$${key}`],
+    ['r too large', `scrypt$${n}$64$${p}$${salt}$${key}`],
+    ['p too large', `scrypt$${n}$${r}$64$${salt}$${key}`],
+    ['standard base64 characters', `scrypt$${n}$${r}$${p}$${salt}+/$${key}=`],
+    ['trailing newline', `${good}\n`],
+    ['extra field', `${good}$x`],
+    ['negative N', `scrypt$-16384$${r}$${p}$${salt}$${key}`],
+  ])('%s → false', async (_label, hash) => {
+    expect(isPasswordHash(hash)).toBe(false);
+    expect(await verifyPassword(pw, hash)).toBe(false);
+  });
+
+  it('a modified key → false', async () => {
+    const flipped = key!.startsWith('A') ? `B${key!.slice(1)}` : `A${key!.slice(1)}`;
+    expect(await verifyPassword(pw, `scrypt$${n}$${r}$${p}$${salt}$${flipped}`)).toBe(false);
+  });
+
+  it('a modified salt → false', async () => {
+    const flipped = salt!.startsWith('A') ? `B${salt!.slice(1)}` : `A${salt!.slice(1)}`;
+    expect(await verifyPassword(pw, `scrypt$${n}$${r}$${p}$${flipped}$${key}`)).toBe(false);
+  });
+});
