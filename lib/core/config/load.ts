@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { keywardConfigSchema, formatIssues, upstreamSchema, type UpstreamConfig, type UpstreamInput } from './schema';
+import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type UpstreamConfig, type UpstreamInput } from './schema';
 
 /** Thrown at start-up for any invalid configuration. The message names fields, never secret values. */
 export class ConfigError extends Error {
@@ -16,6 +16,10 @@ export interface UpstreamDefinition {
  * a ConfigError naming the field when the module is loaded.
  */
 export function defineUpstream(id: string, input: UpstreamInput): UpstreamDefinition {
+  // Checked here, not through the record schema: zod's record parser silently skips a `__proto__` key.
+  if (!UPSTREAM_ID.test(id)) {
+    throw new ConfigError(`Invalid upstream "${id}":\n  - upstreams.${id}: upstream ids are lowercase letters, digits, "-" and "_"`);
+  }
   const result = keywardConfigSchema.shape.upstreams.safeParse({ [id]: input });
   if (!result.success) {
     throw new ConfigError(`Invalid upstream "${id}":\n${formatIssues(result.error.issues, 'upstreams')}`);
@@ -42,6 +46,15 @@ export function readConfigFile(path: string): UpstreamDefinition[] {
 }
 
 export function parseConfig(json: unknown, source: string): UpstreamDefinition[] {
+  // zod's record parser silently drops a `__proto__` key (JSON.parse makes it an own property): refuse it here.
+  const upstreams = (json as { upstreams?: unknown } | null)?.upstreams;
+  if (upstreams && typeof upstreams === 'object') {
+    const bad = Object.keys(upstreams).filter((id) => !UPSTREAM_ID.test(id));
+    if (bad.length > 0) {
+      const lines = bad.map((id) => `  - upstreams.${id}: upstream ids are lowercase letters, digits, "-" and "_"`);
+      throw new ConfigError(`${source} is invalid:\n${lines.join('\n')}`);
+    }
+  }
   const result = keywardConfigSchema.safeParse(json);
   if (!result.success) {
     throw new ConfigError(`${source} is invalid:\n${formatIssues(result.error.issues, '')}`);

@@ -81,7 +81,12 @@ const authSchema = z.discriminatedUnion('type', [
     name: headerNameSchema.refine((n) => !['host', 'cookie', 'content-length', 'transfer-encoding'].includes(n), {
       message: 'cannot carry a credential',
     }),
-    prefix: z.string().max(64).optional().describe('Written before the secret, e.g. "Token ".'),
+    prefix: z
+      .string()
+      .max(64)
+      .regex(/^[\x20-\x7e]*$/, 'must be printable ASCII (no line breaks)')
+      .optional()
+      .describe('Written before the secret, e.g. "Token ".'),
     secret: credentialSourceSchema,
   }),
   z.strictObject({ type: z.literal('bearer'), secret: credentialSourceSchema }),
@@ -193,7 +198,12 @@ export const upstreamSchema = z
       .describe('Extra response headers to pass back, beyond the built-in allow-list.'),
   })
   .superRefine((upstream, ctx) => {
-    const url = new URL(upstream.baseUrl);
+    let url: URL;
+    try {
+      url = new URL(upstream.baseUrl);
+    } catch {
+      return; // baseUrl already has its own issue; zod 4 keeps refining after a custom issue
+    }
     if (url.protocol === 'http:' && !isLoopbackHost(url.hostname) && !upstream.allowInsecureHttp) {
       ctx.addIssue({
         code: 'custom',

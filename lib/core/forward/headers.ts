@@ -1,3 +1,5 @@
+import { secretForms } from '../log/scrub';
+
 /**
  * Request headers Keyward forwards by default. An allow-list, not a block-list: hop-by-hop headers
  * (RFC 9110 §7.6.1), `Expect` (breaks undici), cookies, client credentials and `accept-encoding` (we ask
@@ -71,13 +73,35 @@ export function filterResponseHeaders(
 
 function containsSecret(value: string, secrets: readonly string[]): boolean {
   if (secrets.length === 0) return false;
-  let decoded = value;
-  try {
-    decoded = decodeURIComponent(value);
-  } catch {
-    // not percent-encoded; compare as is
+  const decoded = decodePercentRuns(value);
+  // Every form the secret takes in transit, not only the raw value: an upstream may echo it base64-encoded.
+  return leakFormsOf(secrets).some((form) => value.includes(form) || decoded.includes(form));
+}
+
+const formsCache = new WeakMap<readonly string[], readonly string[]>();
+
+/** The forms of every secret (raw, URL-encoded, base64, base64url …), computed once per secrets list. */
+function leakFormsOf(secrets: readonly string[]): readonly string[] {
+  let forms = formsCache.get(secrets);
+  if (!forms) {
+    forms = [...new Set(secrets.flatMap((secret) => secretForms(secret)))];
+    formsCache.set(secrets, forms);
   }
-  return secrets.some((secret) => value.includes(secret) || decoded.includes(secret));
+  return forms;
+}
+
+/**
+ * Decodes each run of %XX escapes on its own, so one stray "%" elsewhere in the value cannot stop an
+ * encoded secret from being recognised (decodeURIComponent would throw on the whole value).
+ */
+function decodePercentRuns(value: string): string {
+  return value.replace(/(?:%[0-9A-Fa-f]{2})+/g, (run) => {
+    try {
+      return decodeURIComponent(run);
+    } catch {
+      return run;
+    }
+  });
 }
 
 const METHOD_OVERRIDE_HEADERS = ['x-http-method-override', 'x-http-method', 'x-method-override'];

@@ -30,16 +30,31 @@ export function createLogger(options: { level?: string; destination?: pino.Desti
           'password',
           'secret',
           'token',
-          '*.password',
+          // No `*.password` wildcard: the redactor would read URL#password on a logged URL and throw.
+          // URLs are covered by the exact-value scrubber instead.
           '*.secret',
           '*.token',
         ],
         censor: '[REDACTED]',
       },
+      // URL objects become strings before redaction copies them (the copy cannot be serialised); the scrubber
+      // below still removes any secret in their query.
+      formatters: { log: urlsToStrings },
       hooks: { streamWrite: (line) => logScrubber.scrub(line) },
     },
     options.destination,
   );
+}
+
+function urlsToStrings(object: Record<string, unknown>): Record<string, unknown> {
+  let out: Record<string, unknown> | undefined;
+  for (const [key, value] of Object.entries(object)) {
+    if (value instanceof URL) {
+      out ??= { ...object };
+      out[key] = value.href;
+    }
+  }
+  return out ?? object;
 }
 
 let shared: Logger | undefined;

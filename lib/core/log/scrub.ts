@@ -7,6 +7,8 @@ export const REDACTED = '[REDACTED]';
 export function secretForms(secret: string): string[] {
   const forms = new Set<string>([secret]);
   forms.add(encodeURIComponent(secret));
+  // application/x-www-form-urlencoded, as URLSearchParams writes query credentials (differs for ( ) ! ' ~ and space).
+  forms.add(new URLSearchParams({ k: secret }).toString().slice(2));
   forms.add(JSON.stringify(secret).slice(1, -1));
   const base64 = Buffer.from(secret, 'utf8').toString('base64');
   forms.add(base64);

@@ -28,10 +28,24 @@ export class StreamScrubber {
 
   push(chunk: Uint8Array): Buffer {
     const input = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    const data = this.carry.length ? Buffer.concat([this.carry, input]) : input;
+    return this.process(this.carry.length ? Buffer.concat([this.carry, input]) : input, false);
+  }
+
+  /** The stream ended: what was held back is scrubbed as it stands and released. */
+  flush(): Buffer {
+    return this.process(this.carry, true);
+  }
+
+  /**
+   * Replaces every complete form (leftmost first, longest at a position). Unless the stream has ended, it holds
+   * back (a) a match that a longer form could still extend in the next chunk, such as unpadded base64 before
+   * its "=", and (b) a tail that could be the start of a form.
+   */
+  private process(data: Buffer, final: boolean): Buffer {
     this.carry = Buffer.alloc(0);
     const parts: Buffer[] = [];
     let position = 0;
+    let holdFrom = -1;
     for (;;) {
       let bestIndex = -1;
       let bestLength = 0;
@@ -43,22 +57,29 @@ export class StreamScrubber {
         }
       }
       if (bestIndex === -1) break;
+      if (!final && this.couldGrow(data, bestIndex, bestLength)) {
+        holdFrom = bestIndex;
+        break;
+      }
       if (bestIndex > position) parts.push(data.subarray(position, bestIndex));
       parts.push(MARKER);
       position = bestIndex + bestLength;
     }
-    const held = this.partialSuffix(data, position);
-    const end = data.length - held;
+    const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.partialSuffix(data, position);
     if (end > position) parts.push(data.subarray(position, end));
-    if (held > 0) this.carry = Buffer.from(data.subarray(end));
+    if (end < data.length) this.carry = Buffer.from(data.subarray(end));
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   }
 
-  /** What is still held back at the end of the stream could not complete a secret: release it. */
-  flush(): Buffer {
-    const rest = this.carry;
-    this.carry = Buffer.alloc(0);
-    return rest;
+  /** True if a longer form starts at `index` and runs past the end of `data` consistently so far. */
+  private couldGrow(data: Buffer, index: number, length: number): boolean {
+    const remaining = data.length - index;
+    for (const form of this.forms) {
+      if (form.length > length && form.length > remaining && data.compare(form, 0, remaining, index, data.length) === 0) {
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Length of the longest suffix of data[from..] that is a proper prefix of some secret form. */

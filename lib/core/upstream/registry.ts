@@ -103,7 +103,7 @@ function compileRoute(route: RouteConfig, defaultMaxBytes: number): CompiledRout
   };
 }
 
-function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env): string {
+function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env, minLength = 8): string {
   const where = `upstreams.${upstreamId}.${field}`;
   const value = env[ref.env];
   if (value === undefined || value === '') {
@@ -113,8 +113,8 @@ function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env)
   if (value !== value.trim() || /[\x00-\x1f\x7f]/.test(value)) {
     throw new ConfigError(`  - ${where}: ${ref.env} has surrounding whitespace or control characters (value not shown)`);
   }
-  if (value.length < 8) {
-    throw new ConfigError(`  - ${where}: ${ref.env} is shorter than 8 characters (value not shown)`);
+  if (value.length < minLength) {
+    throw new ConfigError(`  - ${where}: ${ref.env} is shorter than ${minLength} characters (value not shown)`);
   }
   return value;
 }
@@ -126,7 +126,11 @@ export function fingerprint(secret: string): string {
 function planCredential(id: string, auth: AuthConfig, env: Env): CredentialPlan {
   const source: CredentialSource = auth.secret;
   const username =
-    auth.type === 'basic' && typeof auth.username !== 'string' ? readSecret(id, 'auth.username', auth.username, env) : undefined;
+    auth.type === 'basic' && typeof auth.username !== 'string' ? readSecret(id, 'auth.username', auth.username, env, 1) : undefined;
+  if (username?.includes(':')) {
+    // RFC 7617 §2: the user-id cannot contain a colon.
+    throw new ConfigError(`  - upstreams.${id}.auth.username: the value must not contain ":" (value not shown)`);
+  }
   if ('env' in source) {
     return { source: 'static', credential: credentialFor(auth, readSecret(id, 'auth.secret', source, env), username) };
   }

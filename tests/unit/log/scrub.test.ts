@@ -116,10 +116,10 @@ describe('SecretScrubber (examples)', () => {
     expect(scrubber.scrub(`x${Buffer.from(secret).toString('base64')}y`)).toBe(`x${MARKER_TEXT}y`);
   });
 
-  // BUG (lib/core/log/scrub.ts, secretForms): URLSearchParams (used by injectCredential for `query`
+  // Regression test (fixed bug in lib/core/log/scrub.ts, secretForms): URLSearchParams (used by injectCredential for `query`
   // credentials) percent-encodes ( ) ! ' ~ and writes space as "+", unlike encodeURIComponent, so that
   // URL-encoded form of the secret is not scrubbed.
-  it.fails('replaces a secret as URLSearchParams serialises it', () => {
+  it('replaces a secret as URLSearchParams serialises it', () => {
     const secret = `${randomSecret()}(x)!`;
     const scrubber = new SecretScrubber();
     scrubber.add([secret]);
