@@ -1,0 +1,74 @@
+import { browserFetch, expect, signInLocal, test } from './fixtures';
+
+declare global {
+  interface Window {
+    __kwEventCounts?: number[];
+  }
+}
+
+test('local user: sign in, call the upstream (GET, POST, SSE), sign out', async ({ page, env }) => {
+  await page.goto('/');
+  await expect(page.getByText('You are not signed in.')).toBeVisible();
+
+  await signInLocal(page, env.localUser.username, env.localUser.password);
+  await expect(page.getByTestId('signed-in')).toContainText(`Signed in as ${env.localUser.username}`);
+  await expect(page.getByTestId('signed-in')).toContainText('roles: user');
+
+  // GET /hello: the upstream only answers 200 when Keyward attached its key.
+  await page.getByTestId('call-hello').click();
+  await expect(page.getByTestId('status')).toHaveText('200');
+  await expect(page.getByTestId('body')).toContainText('Hello from the demo upstream.');
+
+  // POST /echo: body validated, re-serialised and forwarded; the upstream echoes what it received.
+  await page.getByTestId('call-echo').click();
+  await expect(page.locator('h2', { hasText: 'POST /echo' })).toBeVisible();
+  await expect(page.getByTestId('status')).toHaveText('200');
+  const echoed = JSON.parse((await page.getByTestId('body').textContent()) ?? '') as { received: string };
+  expect(JSON.parse(echoed.received)).toEqual({ note: 'hello upstream' });
+
+  // SSE: record every rendered state of the events list; a buffered stream would render all 5 at once.
+  await page.evaluate(() => {
+    const counts: number[] = [];
+    window.__kwEventCounts = counts;
+    const observer = new MutationObserver(() => {
+      const text = document.querySelector('[data-testid="events"]')?.textContent ?? '';
+      const n = text.split('\n').filter((line) => line.includes('event: tick')).length;
+      if (n > 0 && counts.at(-1) !== n) counts.push(n);
+    });
+    observer.observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
+  await page.getByTestId('call-events').click();
+  await expect(page.getByTestId('events')).toContainText('"n":1');
+  await expect(page.getByTestId('events')).toContainText('"n":5');
+  await expect(page.getByTestId('call-events')).toBeEnabled(); // the stream has ended
+  const lines = ((await page.getByTestId('events').textContent()) ?? '').split('\n');
+  expect(lines).toHaveLength(5);
+  lines.forEach((line, i) => expect(line).toContain(`"n":${i + 1}`));
+  // The page rendered a state with only the first event (the fifth not there yet), then more, up to 5.
+  const counts = await page.evaluate(() => window.__kwEventCounts ?? []);
+  expect(counts[0]).toBe(1);
+  expect(counts).toEqual([...counts].sort((a, b) => a - b));
+  expect(counts.at(-1)).toBe(5);
+  expect(counts.length).toBeGreaterThan(1);
+
+  // Sign out: back to the signed-out view, the session cookie is gone, and the API says 401.
+  await page.getByTestId('sign-out').click();
+  await expect(page.getByText('You are not signed in.')).toBeVisible();
+  expect((await page.context().cookies()).map((c) => c.name)).not.toContain('__Host-keyward.session');
+  const session = await browserFetch(page, '/api/session');
+  expect(session.status).toBe(401);
+  expect(JSON.parse(session.body)).toMatchObject({ error: { code: 'unauthenticated' } });
+  const proxied = await browserFetch(page, '/api/proxy/demo/hello', { 'x-keyward-csrf': '1' });
+  expect(proxied.status).toBe(401);
+});
+
+test('local user: a wrong password does not sign in', async ({ page, env }) => {
+  await page.goto('/');
+  await page.getByTestId('sign-in').click();
+  await page.locator('#input-username-for-credentials-provider').fill(env.localUser.username);
+  await page.locator('#input-password-for-credentials-provider').fill(`${env.localUser.password}-wrong`);
+  await page.getByRole('button', { name: 'Sign in with Local account' }).click();
+  await expect(page).toHaveURL(/error=CredentialsSignin/);
+  expect((await page.context().cookies()).map((c) => c.name)).not.toContain('__Host-keyward.session');
+  expect((await browserFetch(page, '/api/session')).status).toBe(401);
+});

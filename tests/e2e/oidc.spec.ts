@@ -1,0 +1,46 @@
+import { browserFetch, expect, signInOidc, test } from './fixtures';
+
+test('OIDC: sign in at the real provider with login and consent, roles from its claim, call the upstream', async ({ page, env }) => {
+  const before = env.oidc.interactions();
+  const issuedBefore = env.oidc.issuedTokens().accessTokens.length;
+
+  await signInOidc(page, env);
+
+  // The provider's own login and consent pages were served, and its token endpoint issued tokens.
+  const after = env.oidc.interactions();
+  expect(after.login ?? 0).toBe((before.login ?? 0) + 1);
+  expect(after.consent ?? 0).toBe((before.consent ?? 0) + 1);
+  expect(env.oidc.issuedTokens().accessTokens.length).toBe(issuedBefore + 1);
+
+  // Name and roles come from the provider's ID token claims (roles claim: ['user', 'sso-analyst']);
+  // the default role setting is only 'user', so 'sso-analyst' proves the claim was read.
+  await expect(page.getByTestId('signed-in')).toContainText(`Signed in as ${env.oidc.account.name}`);
+  await expect(page.getByTestId('signed-in')).toContainText('roles: user, sso-analyst');
+  const session = await browserFetch(page, '/api/session');
+  expect(session.status).toBe(200);
+  expect(JSON.parse(session.body)).toMatchObject({ roles: ['user', 'sso-analyst'], user: { name: env.oidc.account.name } });
+  expect(JSON.parse(session.body).user.id).toMatch(/^oidc:acct-/);
+
+  await page.getByTestId('call-hello').click();
+  await expect(page.getByTestId('status')).toHaveText('200');
+  await expect(page.getByTestId('body')).toContainText('Hello from the demo upstream.');
+
+  // A route that needs the 'user' role (granted by the claim).
+  await page.getByTestId('call-item').click();
+  await expect(page.locator('h2', { hasText: 'GET /items/7' })).toBeVisible();
+  await expect(page.getByTestId('status')).toHaveText('200');
+  expect(JSON.parse((await page.getByTestId('body').textContent()) ?? '')).toEqual({ id: '7', name: 'Item 7', price: 42 });
+});
+
+test('OIDC: a wrong password at the provider does not come back signed in', async ({ page, env }) => {
+  await page.goto('/');
+  await page.getByTestId('sign-in').click();
+  await page.getByRole('button', { name: `Sign in with ${env.oidcProviderName}` }).click();
+  await page.locator('#idp-username').fill(env.oidc.account.username);
+  await page.locator('#idp-password').fill('not-the-password');
+  await page.locator('#idp-login').click();
+  await expect(page.locator('#idp-error')).toBeVisible();
+  await page.goto('/');
+  await expect(page.getByText('You are not signed in.')).toBeVisible();
+  expect((await browserFetch(page, '/api/session')).status).toBe(401);
+});
