@@ -1,0 +1,154 @@
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startAttacker } from '../fixtures/upstream';
+import { createHarness, expectKeywardError, expectNoSecrets, expectNoSecretsInLogs, type Harness } from './harness';
+
+let h: Harness;
+beforeAll(async () => {
+  h = await createHarness();
+});
+afterAll(async () => {
+  expectNoSecretsInLogs(h);
+  await h.close();
+});
+beforeEach(() => h.upstream.reset());
+
+describe('response headers', () => {
+  it('drops Set-Cookie, WWW-Authenticate, x-api-key and any header echoing the key; sets private, no-store', async () => {
+    h.upstream.handle((req, res) => {
+      const key = String(req.headers['x-api-key']);
+      res.setHeader('content-type', 'application/json');
+      res.setHeader('set-cookie', ['upstream_session=abc; Path=/', `k=${key}`]);
+      res.setHeader('www-authenticate', 'Bearer realm="upstream"');
+      res.setHeader('proxy-authenticate', 'Basic realm="upstream"');
+      res.setHeader('x-api-key', key);
+      res.setHeader('authorization', `Bearer ${key}`);
+      // Allow-listed (default or by config) headers whose value carries the key, raw or encoded.
+      res.setHeader('x-echo', `key=${key}`);
+      res.setHeader('content-disposition', `attachment; filename="${encodeURIComponent(key)}.txt"`);
+      res.setHeader('etag', `"${key}"`);
+      res.setHeader('cache-control', 'public, max-age=86400');
+      res.setHeader('x-upstream-note', 'kept');
+      res.setHeader('x-powered-by', 'upstream');
+      res.writeHead(200);
+      res.end('{"ok":true}');
+    });
+    const result = await h.call(['headers']);
+    expect(result.response.status).toBe(200);
+    expect(result.text).toBe('{"ok":true}');
+    const headers = result.response.headers;
+    expect(headers.getSetCookie()).toEqual([]);
+    expect(headers.get('set-cookie')).toBeNull();
+    expect(headers.get('www-authenticate')).toBeNull();
+    expect(headers.get('proxy-authenticate')).toBeNull();
+    expect(headers.get('x-api-key')).toBeNull();
+    expect(headers.get('authorization')).toBeNull();
+    expect(headers.get('x-echo')).toBeNull();
+    expect(headers.get('content-disposition')).toBeNull();
+    expect(headers.get('etag')).toBeNull();
+    expect(headers.get('x-powered-by')).toBeNull();
+    expect(headers.get('cache-control')).toBe('private, no-store');
+    // Allow-listed, harmless headers still pass (the filter is not just dropping everything).
+    expect(headers.get('x-upstream-note')).toBe('kept');
+    expect(headers.get('content-type')).toBe('application/json');
+    expect(headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    expectNoSecrets(h.secrets, result.response, result.text);
+  });
+
+  it('drops an allow-listed header that carries the key base64- or base64url-encoded', async () => {
+    for (const encode of [(k: string) => Buffer.from(k).toString('base64'), (k: string) => Buffer.from(k).toString('base64url')]) {
+      h.upstream.handle((req, res) => {
+        const key = String(req.headers['x-api-key']);
+        res.writeHead(200, { 'content-type': 'text/plain', 'x-echo': `token=${encode(key)}` });
+        res.end('ok');
+      });
+      const result = await h.call(['headers']);
+      expect(result.response.status).toBe(200);
+      expect(result.response.headers.get('x-echo')).toBeNull();
+      expectNoSecrets(h.secrets, result.response, result.text);
+    }
+  });
+
+  it('passes allow-listed headers that do not carry the key', async () => {
+    h.upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain', etag: '"v1"', 'x-echo': 'harmless' });
+      res.end('fine');
+    });
+    const result = await h.call(['headers']);
+    expect(result.response.headers.get('etag')).toBe('"v1"');
+    expect(result.response.headers.get('x-echo')).toBe('harmless');
+    expect(result.response.headers.get('cache-control')).toBe('private, no-store');
+    expectNoSecrets(h.secrets, result.response, result.text);
+  });
+
+  it('decodes a gzip body the upstream sends although identity was asked for; no content-encoding passed on', async () => {
+    const payload = JSON.stringify({ message: 'hello from a compressed upstream', n: Array.from({ length: 200 }, (_, i) => i) });
+    h.upstream.handle((req, res) => {
+      const compressed = gzipSync(Buffer.from(payload));
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'content-encoding': 'gzip',
+        'content-length': String(compressed.length),
+        'x-asked-encoding': String(req.headers['accept-encoding']),
+      });
+      res.end(compressed);
+    });
+    const result = await h.call(['items', '1'], { headers: { 'accept-encoding': 'gzip' } });
+    expect(result.response.status).toBe(200);
+    expect(result.text).toBe(payload);
+    expect(result.response.headers.get('content-encoding')).toBeNull();
+    expect(result.response.headers.get('content-length')).toBeNull();
+    expect(h.upstream.requests.at(-1)!.headers['accept-encoding']).toBe('identity');
+    expectNoSecrets(h.secrets, result.response, result.text);
+  });
+
+  it('scrubs the key from a gzip body after decoding it', async () => {
+    h.upstream.handle((req, res) => {
+      const compressed = gzipSync(Buffer.from(`{"echo":"${String(req.headers['x-api-key'])}"}`));
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      res.end(compressed);
+    });
+    const result = await h.call(['items', '1']);
+    expect(result.text).toBe('{"echo":"[REDACTED]"}');
+    expectNoSecrets(h.secrets, result.response, result.text);
+  });
+
+  it('scrubs the key from a streamed body even when it is split across chunks', async () => {
+    h.upstream.handle(async (req, res) => {
+      const key = String(req.headers['x-api-key']);
+      const half = Math.floor(key.length / 2);
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write(`before ${key.slice(0, half)}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      res.end(`${key.slice(half)} after`);
+    });
+    const result = await h.call(['items', '1']);
+    expect(result.text).toBe('before [REDACTED] after');
+    expectNoSecrets(h.secrets, result.response, result.text);
+  });
+});
+
+describe('redirects are never followed', () => {
+  for (const status of [301, 302, 303, 307, 308]) {
+    it(`upstream ${status} to another host: 502 upstream_redirect, the attacker receives nothing, no Location`, async () => {
+      const attacker = await startAttacker();
+      try {
+        h.upstream.handle((_req, res) => {
+          res.writeHead(status, { location: `${attacker.origin}/steal?from=keyward`, 'content-type': 'text/plain' });
+          res.end(`moved to ${attacker.origin}`);
+        });
+        const before = h.upstream.requests.length;
+        const result = await h.call(['redirect']);
+        expectKeywardError(result, 502, 'upstream_redirect', h);
+        expect(h.upstream.requests.length).toBe(before + 1);
+        expect(result.response.headers.get('location')).toBeNull();
+        expect(result.text).not.toContain(attacker.origin);
+        expect(result.text).not.toContain('steal');
+        expect(attacker.connections()).toBe(0);
+        expect(attacker.requests()).toBe(0);
+      } finally {
+        await attacker.close();
+      }
+    });
+  }
+});
