@@ -16,12 +16,30 @@ export interface OAuthTokens {
 /** Exchanges a refresh token. Throws OAuthGrantError when the provider refuses it for good. */
 export type TokenRefresher = (refreshToken: string) => Promise<OAuthTokens>;
 
+/** As sealed in the store: `refreshAt` (epoch ms) is when the access token is due for a refresh. */
+interface StoredTokens extends OAuthTokens {
+  refreshAt?: number;
+}
+
+/**
+ * A fixed "60 s before expiry" would make a token that lives 60 s or less due at once: every call, and every
+ * caller waiting on the single-flight lock, would refresh again. Tokens that short are refreshed halfway
+ * through their life instead.
+ */
+function refreshTime(expiresAt: number, now: number): number {
+  if (expiresAt === 0) return 0;
+  return expiresAt - Math.min(REFRESH_SKEW_MS, Math.max(expiresAt - now, 0) / 2);
+}
+
 export class OAuthGrantError extends Error {
   override readonly name = 'OAuthGrantError';
 }
 
+/** Refresh this long before expiry, or halfway through the token's life if that is shorter (see refreshTime). */
 const REFRESH_SKEW_MS = 60_000;
 const LOCK_TTL_MS = 30_000;
+/** A refresh that has not answered by then is abandoned well before its lock expires (no second use of the token). */
+const REFRESH_TIMEOUT_MS = 10_000;
 const WAIT_STEP_MS = 50;
 const WAIT_LIMIT_MS = 15_000;
 
@@ -44,7 +62,8 @@ export class OAuthTokenStore {
   }
 
   async save(provider: string, userId: string, tokens: OAuthTokens): Promise<void> {
-    await guard(async () => this.store.set(OAuthTokenStore.key(provider, userId), await this.vault.seal(tokens)));
+    const stored: StoredTokens = { ...tokens, refreshAt: refreshTime(tokens.expiresAt, this.now()) };
+    await guard(async () => this.store.set(OAuthTokenStore.key(provider, userId), await this.vault.seal(stored)));
   }
 
   async load(provider: string, userId: string): Promise<OAuthTokens | null> {
@@ -56,8 +75,9 @@ export class OAuthTokenStore {
     await guard(() => this.store.delete(OAuthTokenStore.key(provider, userId)));
   }
 
-  private fresh(tokens: OAuthTokens): boolean {
-    return tokens.expiresAt === 0 || tokens.expiresAt - REFRESH_SKEW_MS > this.now();
+  private fresh(tokens: StoredTokens): boolean {
+    if (tokens.expiresAt === 0) return true;
+    return (tokens.refreshAt ?? tokens.expiresAt - REFRESH_SKEW_MS) > this.now();
   }
 
   /** A valid access token for the user, refreshing it first if it is about to expire. */
@@ -118,7 +138,10 @@ export class OAuthTokenStore {
 export function oidcRefresher(issuer: string, clientId: string, clientSecret: string, now: () => number = Date.now): TokenRefresher {
   const issuerUrl = new URL(issuer);
   const insecure = issuerUrl.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(issuerUrl.hostname);
-  const options = insecure ? { [oauth.allowInsecureRequests]: true } : {};
+  const options = {
+    ...(insecure ? { [oauth.allowInsecureRequests]: true } : {}),
+    signal: () => AbortSignal.timeout(REFRESH_TIMEOUT_MS),
+  };
   let server: Promise<oauth.AuthorizationServer> | undefined;
   const client: oauth.Client = { client_id: clientId };
   const clientAuth = oauth.ClientSecretBasic(clientSecret);

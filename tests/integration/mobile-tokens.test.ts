@@ -1,0 +1,568 @@
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sealData } from 'iron-session';
+import { defineUpstream } from '../../lib/core/config/load';
+import { handleMobileAuthorize, handleMobileToken } from '../../lib/core/api/mobile';
+import { handleLogout, handleRevokeAll } from '../../lib/core/api/revoke';
+import { handleProxy } from '../../lib/core/pipeline';
+import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { RedisStore } from '../../lib/store/redis';
+import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+
+/**
+ * The native-app token exchange at handler level, on the real Redis (own key prefix per run):
+ * /api/session/mobile/authorize (PKCE S256, registered redirect URIs only), /api/session/token (code and
+ * refresh grants, rotation, reuse detection revoking the whole family) and the sealed access token on the
+ * proxy. Time is the runtime's injected clock.
+ */
+const APP_ORIGIN = 'https://app.keyward.test';
+const APP_REDIRECT = 'com.example.keyward:/oauth/callback';
+const LOOPBACK_REDIRECT = 'http://127.0.0.1:8765/callback';
+const ACCESS_TTL = 60;
+const ALICE = 'local:alice';
+
+let upstream: TestUpstream;
+let store: RedisStore;
+let runtime: Runtime;
+let disabled: Runtime;
+let clock = Date.now();
+const sessionSecrets = testSessionSecrets();
+const serviceKey = randomSecret('svc');
+const { logger, lines: logLines } = capturingLogger();
+/** Every code and token issued in this file: none may appear in a log line. */
+const issued: string[] = [];
+let aliceCookie: string;
+
+interface Result {
+  status: number;
+  body: string;
+  headers: Headers;
+  json<T = Record<string, unknown>>(): T;
+}
+
+async function read(response: Response): Promise<Result> {
+  const flat = await responseText(response);
+  return { status: flat.status, body: flat.body, headers: response.headers, json: <T>() => JSON.parse(flat.body) as T };
+}
+
+function expectError(result: Result, status: number, code: string) {
+  expect(result.status).toBe(status);
+  expect(result.json<{ error: { code: string } }>().error.code).toBe(code);
+}
+
+function pkce() {
+  const verifier = randomBytes(32).toString('base64url');
+  return { verifier, challenge: createHash('sha256').update(verifier).digest('base64url') };
+}
+
+function authorizeQuery(overrides: Record<string, string | null> = {}, challenge = pkce().challenge): string {
+  const params: Record<string, string | null> = {
+    redirect_uri: APP_REDIRECT,
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+    state: 'st-123',
+    ...overrides,
+  };
+  const query = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) if (value !== null) query.set(name, value);
+  return query.toString();
+}
+
+async function authorize(
+  query: string,
+  options: { cookie?: string | null; authorization?: string; site?: string; method?: string; on?: Runtime } = {},
+): Promise<Result> {
+  const headers = new Headers();
+  const cookie = options.cookie === undefined ? aliceCookie : options.cookie;
+  if (cookie) headers.set('cookie', cookie);
+  if (options.authorization) headers.set('authorization', options.authorization);
+  if (options.site) headers.set('sec-fetch-site', options.site);
+  const request = new Request(`${APP_ORIGIN}/api/session/mobile/authorize?${query}`, {
+    method: options.method ?? 'GET',
+    headers,
+    redirect: 'manual',
+  });
+  return read(await handleMobileAuthorize(request, options.on ?? runtime));
+}
+
+async function token(
+  params: Record<string, string>,
+  options: { json?: boolean; query?: string; on?: Runtime } = {},
+): Promise<Result> {
+  const request = new Request(`${APP_ORIGIN}/api/session/token${options.query ?? ''}`, {
+    method: 'POST',
+    headers: { 'content-type': options.json ? 'application/json' : 'application/x-www-form-urlencoded' },
+    body: options.json ? JSON.stringify(params) : new URLSearchParams(params).toString(),
+  });
+  return read(await handleMobileToken(request, options.on ?? runtime));
+}
+
+/** Runs the authorize step as the signed-in browser and returns the one-time code and its verifier. */
+async function newCode(redirectUri = APP_REDIRECT, cookie = aliceCookie): Promise<{ code: string; verifier: string }> {
+  const { verifier, challenge } = pkce();
+  const result = await authorize(authorizeQuery({ redirect_uri: redirectUri }, challenge), { cookie });
+  expect(result.status).toBe(302);
+  const code = new URL(result.headers.get('location')!).searchParams.get('code')!;
+  issued.push(code);
+  return { code, verifier };
+}
+
+interface Tokens {
+  access_token: string;
+  refresh_token: string;
+  token_type: string;
+  expires_in: number;
+}
+
+async function exchange(code: string, verifier: string, redirectUri = APP_REDIRECT): Promise<Result> {
+  const result = await token({
+    grant_type: 'authorization_code',
+    code,
+    code_verifier: verifier,
+    redirect_uri: redirectUri,
+  });
+  if (result.status === 200) {
+    const tokens = result.json<Tokens>();
+    issued.push(tokens.access_token, tokens.refresh_token);
+  }
+  return result;
+}
+
+async function signInApp(cookie = aliceCookie): Promise<Tokens> {
+  const { code, verifier } = await newCode(APP_REDIRECT, cookie);
+  const result = await exchange(code, verifier);
+  expect(result.status).toBe(200);
+  return result.json<Tokens>();
+}
+
+async function refresh(refreshToken: string): Promise<Result> {
+  const result = await token({ grant_type: 'refresh_token', refresh_token: refreshToken });
+  if (result.status === 200) {
+    const tokens = result.json<Tokens>();
+    issued.push(tokens.access_token, tokens.refresh_token);
+  }
+  return result;
+}
+
+/** A proxied GET with `Authorization: Bearer <access token>` and no CSRF header, as a native app sends it. */
+async function proxy(
+  accessToken: string | null,
+  options: { query?: string; cookie?: string } = {},
+): Promise<{ result: Result; reached: boolean }> {
+  const before = upstream.requests.length;
+  const headers = new Headers();
+  if (accessToken !== null) headers.set('authorization', `Bearer ${accessToken}`);
+  if (options.cookie) headers.set('cookie', options.cookie);
+  const request = new Request(`${APP_ORIGIN}/api/proxy/svc/items/1${options.query ?? ''}`, { headers });
+  const result = await read(await handleProxy(request, { upstream: 'svc', path: ['items', '1'] }, runtime));
+  return { result, reached: upstream.requests.length > before };
+}
+
+beforeAll(async () => {
+  upstream = await startUpstream();
+  store = new RedisStore(REDIS_URL, { prefix: `keyward-test:mobile:${randomUUID()}:` });
+  await store.ready();
+  const env = {
+    ...sessionSecrets,
+    SVC_KEY: serviceKey,
+    KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+    KEYWARD_MOBILE_ACCESS_TTL: String(ACCESS_TTL),
+  };
+  const upstreams = [
+    defineUpstream('svc', {
+      baseUrl: `${upstream.origin}/v1/`,
+      auth: { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } },
+      routes: [{ method: 'GET', path: '/items/:id', roles: ['user'] }],
+    }),
+  ];
+  runtime = createRuntime({
+    env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: `${APP_REDIRECT}, ${LOOPBACK_REDIRECT}` },
+    upstreams,
+    store,
+    logger,
+    now: () => clock,
+  });
+  disabled = createRuntime({ env, upstreams, store, logger, now: () => clock });
+  aliceCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, {
+    sub: ALICE,
+    roles: ['user'],
+    claims: { org: 'acme' },
+  });
+});
+
+afterAll(async () => {
+  await upstream?.close();
+  await store?.close();
+});
+
+describe('GET /api/session/mobile/authorize', () => {
+  it('without a session: 302 to the sign-in page, coming back to the same authorize URL, and no code', async () => {
+    const query = authorizeQuery();
+    const result = await authorize(query, { cookie: null });
+    expect(result.status).toBe(302);
+    const location = result.headers.get('location')!;
+    expect(location.startsWith('/api/auth/signin?callbackUrl=')).toBe(true);
+    const back = new URL(location, APP_ORIGIN).searchParams.get('callbackUrl');
+    expect(back).toBe(`/api/session/mobile/authorize?${query}`);
+    expect(location).not.toContain('code=kwc_');
+  });
+
+  it('a bearer (app) session cannot authorize itself: sent to the browser sign-in, no code', async () => {
+    const tokens = await signInApp();
+    const result = await authorize(authorizeQuery(), { cookie: null, authorization: `Bearer ${tokens.access_token}` });
+    expect(result.status).toBe(302);
+    expect(result.headers.get('location')).toMatch(/^\/api\/auth\/signin\?callbackUrl=/);
+  });
+
+  it('with a cookie session and an S256 challenge: 302 to the registered redirect URI with code and state', async () => {
+    const result = await authorize(authorizeQuery({ state: 'a b&c=d/é' }));
+    expect(result.status).toBe(302);
+    expect(result.headers.get('cache-control')).toBe('no-store');
+    expect(result.headers.get('referrer-policy')).toBe('no-referrer');
+    const location = new URL(result.headers.get('location')!);
+    expect(`${location.protocol}${location.pathname}`).toBe(APP_REDIRECT);
+    expect(location.searchParams.get('code')).toMatch(/^kwc_[A-Za-z0-9_-]{43}$/);
+    expect(location.searchParams.get('state')).toBe('a b&c=d/é');
+    issued.push(location.searchParams.get('code')!);
+  });
+
+  it('the loopback redirect URI registered next to it works too', async () => {
+    const result = await authorize(authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT }));
+    expect(result.status).toBe(302);
+    expect(result.headers.get('location')!.startsWith(`${LOOPBACK_REDIRECT}?code=kwc_`)).toBe(true);
+  });
+
+  it.each([
+    ['another app', 'com.evil.app:/oauth/callback'],
+    ['a longer path', `${APP_REDIRECT}/more`],
+    ['a path prefix', `${APP_REDIRECT}x`],
+    ['an added query', `${APP_REDIRECT}?next=https://evil.example`],
+    ['a web site', 'https://evil.example/callback'],
+    ['another loopback port', 'http://127.0.0.1:8766/callback'],
+    ['localhost for 127.0.0.1', 'http://localhost:8765/callback'],
+    ['no redirect_uri', null],
+  ])('an unregistered redirect_uri (%s) → 400 and no redirect', async (_name, redirectUri) => {
+    const result = await authorize(authorizeQuery({ redirect_uri: redirectUri }));
+    expectError(result, 400, 'bad_request');
+    expect(result.headers.get('location')).toBeNull();
+    expect(result.body).not.toContain('kwc_');
+  });
+
+  it.each([
+    ['no challenge', { code_challenge: null }],
+    ['method plain', { code_challenge_method: 'plain' }],
+    ['no method', { code_challenge_method: null }],
+    ['a short challenge', { code_challenge: 'abc' }],
+    ['a challenge with padding', { code_challenge: `${'A'.repeat(42)}=` }],
+  ])('PKCE is required (S256): %s → 400, no redirect', async (_name, overrides) => {
+    const result = await authorize(authorizeQuery(overrides));
+    expectError(result, 400, 'bad_request');
+    expect(result.headers.get('location')).toBeNull();
+  });
+
+  it.each(['cross-site', 'same-site'])('Sec-Fetch-Site: %s → 403 csrf_failed, no redirect', async (site) => {
+    const result = await authorize(authorizeQuery(), { site });
+    expectError(result, 403, 'csrf_failed');
+    expect(result.headers.get('location')).toBeNull();
+  });
+
+  it.each(['none', 'same-origin'])(
+    'Sec-Fetch-Site: %s (the app opened the browser / same origin) is allowed',
+    async (site) => {
+      const result = await authorize(authorizeQuery(), { site });
+      expect(result.status).toBe(302);
+      expect(result.headers.get('location')!.startsWith(`${APP_REDIRECT}?code=kwc_`)).toBe(true);
+    },
+  );
+
+  it('POST is refused (405)', async () => {
+    expectError(await authorize(authorizeQuery(), { method: 'POST' }), 405, 'method_not_allowed');
+  });
+});
+
+describe('POST /api/session/token: authorization_code', () => {
+  it('a wrong code_verifier → 400 invalid_grant, and the code is spent (the right verifier fails afterwards)', async () => {
+    const { code, verifier } = await newCode();
+    expectError(await exchange(code, pkce().verifier), 400, 'invalid_grant');
+    expectError(await exchange(code, verifier), 400, 'invalid_grant');
+  });
+
+  it('a wrong redirect_uri (even another registered one) → 400 invalid_grant', async () => {
+    const { code, verifier } = await newCode();
+    expectError(await exchange(code, verifier, LOOPBACK_REDIRECT), 400, 'invalid_grant');
+  });
+
+  it('the challenge itself as verifier (a plain-method downgrade) → invalid_grant', async () => {
+    const { verifier, challenge } = pkce();
+    const result = await authorize(authorizeQuery({}, challenge));
+    const code = new URL(result.headers.get('location')!).searchParams.get('code')!;
+    expect(verifier).not.toBe(challenge);
+    expectError(await exchange(code, challenge), 400, 'invalid_grant');
+  });
+
+  it('an unknown code → invalid_grant', async () => {
+    expectError(await exchange(`kwc_${randomBytes(32).toString('base64url')}`, pkce().verifier), 400, 'invalid_grant');
+  });
+
+  it('success returns access + refresh tokens (no-store); the code cannot be used twice', async () => {
+    const { code, verifier } = await newCode();
+    const result = await exchange(code, verifier);
+    expect(result.status).toBe(200);
+    expect(result.headers.get('cache-control')).toBe('private, no-store');
+    const body = result.json<Tokens>();
+    expect(Object.keys(body).sort()).toEqual(['access_token', 'expires_in', 'refresh_token', 'token_type']);
+    expect(body.token_type).toBe('Bearer');
+    expect(body.expires_in).toBe(ACCESS_TTL);
+    expect(body.refresh_token).toMatch(/^kwr_/);
+    expect(body.access_token).toMatch(/^Fe26\.2\*/);
+    expect(findLeak(body.access_token, [sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET])).toBeNull();
+    expectError(await exchange(code, verifier), 400, 'invalid_grant');
+  });
+
+  it('two concurrent exchanges of one code: exactly one gets tokens', async () => {
+    const { code, verifier } = await newCode();
+    const results = await Promise.all([exchange(code, verifier), exchange(code, verifier), exchange(code, verifier)]);
+    expect(results.map((r) => r.status).sort()).toEqual([200, 400, 400]);
+  });
+
+  it('JSON bodies are accepted too', async () => {
+    const { code, verifier } = await newCode();
+    const result = await token(
+      { grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT },
+      { json: true },
+    );
+    expect(result.status).toBe(200);
+    issued.push(result.json<Tokens>().access_token, result.json<Tokens>().refresh_token);
+  });
+
+  it('parameters in the query string are refused (400) and the code is not spent', async () => {
+    const { code, verifier } = await newCode();
+    const query = `?${new URLSearchParams({ grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT })}`;
+    const result = await token(
+      { grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT },
+      { query },
+    );
+    expectError(result, 400, 'bad_request');
+    expect((await exchange(code, verifier)).status).toBe(200);
+  });
+
+  it.each([
+    ['no grant_type', {}],
+    ['an unknown grant_type', { grant_type: 'password', username: 'alice', password: 'x' }],
+    ['client_credentials', { grant_type: 'client_credentials' }],
+    [
+      'authorization_code without a verifier',
+      { grant_type: 'authorization_code', code: 'kwc_x', redirect_uri: APP_REDIRECT },
+    ],
+  ])('%s → 400', async (_name, params) => {
+    expect((await token(params as Record<string, string>)).status).toBe(400);
+  });
+});
+
+describe('the access token on the proxy', () => {
+  it('works as Authorization: Bearer without the CSRF header; the upstream gets the service key, not the token', async () => {
+    const tokens = await signInApp();
+    const { result, reached } = await proxy(tokens.access_token);
+    expect(result.status).toBe(200);
+    expect(reached).toBe(true);
+    const seen = upstream.requests.at(-1)!;
+    expect(seen.headers['x-api-key']).toBe(serviceKey);
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(JSON.stringify(seen.headers)).not.toContain(tokens.access_token);
+    expect(findLeak(result.body, [serviceKey, tokens.access_token])).toBeNull();
+  });
+
+  it("carries the signed-in user's identity, roles and claims", async () => {
+    const tokens = await signInApp();
+    const session = await runtime.verifySession(
+      new Request(`${APP_ORIGIN}/api/session`, { headers: { authorization: `Bearer ${tokens.access_token}` } }),
+    );
+    expect(session).toMatchObject({ userId: ALICE, roles: ['user'], via: 'bearer', claims: { org: 'acme' } });
+  });
+
+  it('?access_token= in the proxy query → 400, nothing sent upstream (with or without the header)', async () => {
+    const tokens = await signInApp();
+    const query = `?access_token=${encodeURIComponent(tokens.access_token)}`;
+    const withoutHeader = await proxy(null, { query });
+    expectError(withoutHeader.result, 400, 'bad_request');
+    expect(withoutHeader.reached).toBe(false);
+    const withHeader = await proxy(tokens.access_token, { query });
+    expectError(withHeader.result, 400, 'bad_request');
+    expect(withHeader.reached).toBe(false);
+  });
+
+  it.each([
+    [
+      'a tampered token',
+      async (t: Tokens) => `${t.access_token.slice(0, -3)}${t.access_token.slice(-3) === 'AAA' ? 'BBB' : 'AAA'}`,
+    ],
+    ['the refresh token', async (t: Tokens) => t.refresh_token],
+    [
+      'a token sealed with another secret',
+      async () =>
+        sealData(
+          { typ: 'keyward.session', sub: ALICE, sid: 'x', roles: ['user'], exp: Math.floor(clock / 1000) + 60 },
+          { password: { 1: randomSecret('other') } },
+        ),
+    ],
+    [
+      'a sealed value that is not a session token',
+      async () =>
+        sealData(
+          { sub: ALICE, sid: 'x', roles: ['user'], exp: Math.floor(clock / 1000) + 60 },
+          { password: { 1: sessionSecrets.KEYWARD_SESSION_SECRET } },
+        ),
+    ],
+  ])('%s → 401', async (_name, make) => {
+    const tokens = await signInApp();
+    const { result, reached } = await proxy(await make(tokens));
+    expectError(result, 401, 'unauthenticated');
+    expect(reached).toBe(false);
+  });
+
+  it('an expired access token (injected clock past expires_in) → 401; a refresh gives a working one', async () => {
+    const tokens = await signInApp();
+    expect((await proxy(tokens.access_token)).result.status).toBe(200);
+    clock += (ACCESS_TTL + 1) * 1000;
+    const expired = await proxy(tokens.access_token);
+    expectError(expired.result, 401, 'unauthenticated');
+    expect(expired.reached).toBe(false);
+    const renewed = await refresh(tokens.refresh_token);
+    expect(renewed.status).toBe(200);
+    expect((await proxy(renewed.json<Tokens>().access_token)).result.status).toBe(200);
+  });
+});
+
+describe('POST /api/session/token: refresh_token', () => {
+  it('rotates: new access and refresh tokens, both usable', async () => {
+    const first = await signInApp();
+    const result = await refresh(first.refresh_token);
+    expect(result.status).toBe(200);
+    const second = result.json<Tokens>();
+    expect(second.refresh_token).not.toBe(first.refresh_token);
+    expect(second.access_token).not.toBe(first.access_token);
+    expect((await proxy(second.access_token)).result.status).toBe(200);
+    const third = await refresh(second.refresh_token);
+    expect(third.status).toBe(200);
+  });
+
+  it('REUSE of an old refresh token → invalid_grant, and the whole family is revoked at once', async () => {
+    const first = await signInApp();
+    const other = await signInApp(); // another sign-in of the same user: its own family
+    const rotated = await refresh(first.refresh_token);
+    expect(rotated.status).toBe(200);
+    const second = rotated.json<Tokens>();
+    expect((await proxy(second.access_token)).result.status).toBe(200);
+
+    const logLinesBefore = logLines.length;
+    expectError(await refresh(first.refresh_token), 400, 'invalid_grant');
+    // The family's live access token is refused on its very next request …
+    const live = await proxy(second.access_token);
+    expectError(live.result, 401, 'unauthenticated');
+    expect(live.reached).toBe(false);
+    // … and so is the older one, and the newest refresh token.
+    expectError((await proxy(first.access_token)).result, 401, 'unauthenticated');
+    expectError(await refresh(second.refresh_token), 400, 'invalid_grant');
+    // The reuse is logged as a warning, without any token.
+    const warning = logLines.slice(logLinesBefore).find((line) => line.includes('refresh token reused'));
+    expect(warning).toBeDefined();
+    expect(JSON.parse(warning!)).toMatchObject({ level: 40, userId: ALICE });
+
+    // Another sign-in of the same user is a different family and keeps working.
+    expect((await proxy(other.access_token)).result.status).toBe(200);
+    expect((await refresh(other.refresh_token)).status).toBe(200);
+  });
+
+  it('two concurrent refreshes with one token: one wins, the other is a reuse and revokes the family', async () => {
+    const tokens = await signInApp();
+    const results = await Promise.all([refresh(tokens.refresh_token), refresh(tokens.refresh_token)]);
+    expect(results.map((r) => r.status).sort()).toEqual([200, 400]);
+    const winner = results.find((r) => r.status === 200)!.json<Tokens>();
+    expectError((await proxy(winner.access_token)).result, 401, 'unauthenticated');
+    expectError(await refresh(winner.refresh_token), 400, 'invalid_grant');
+  });
+
+  it.each([
+    ['an unknown refresh token', () => `kwr_${randomBytes(32).toString('base64url')}`],
+    ['an access token used as refresh token', (t: Tokens) => t.access_token],
+  ])('%s → invalid_grant', async (_name, pick) => {
+    const tokens = await signInApp();
+    expectError(await refresh(pick(tokens)), 400, 'invalid_grant');
+  });
+
+  it('POST /api/session/logout with the access token (no CSRF needed) ends the family: token 401, refresh invalid_grant', async () => {
+    const tokens = await signInApp();
+    const request = new Request(`${APP_ORIGIN}/api/session/logout`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${tokens.access_token}` },
+    });
+    const result = await read(await handleLogout(request, runtime));
+    expect(result.status).toBe(200);
+    expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
+    expectError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+  });
+});
+
+describe('sign out everywhere', () => {
+  it("revoke-all from the browser ends the user's app tokens and refresh tokens too; a later sign-in works", async () => {
+    const DORA = 'local:dora';
+    const doraCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: DORA, authTimeMs: clock - 60_000 });
+    const tokens = await signInApp(doraCookie);
+    expect((await proxy(tokens.access_token)).result.status).toBe(200);
+    const pending = await newCode(APP_REDIRECT, doraCookie);
+    const request = new Request(`${APP_ORIGIN}/api/session/revoke-all`, {
+      method: 'POST',
+      headers: { cookie: doraCookie, 'x-keyward-csrf': '1', origin: APP_ORIGIN },
+    });
+    expect((await read(await handleRevokeAll(request, runtime))).status).toBe(200);
+    expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
+    expectError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+    // The revoked browser session can no longer authorize an app: it is sent to sign in again.
+    const authorizeAgain = await authorize(authorizeQuery(), { cookie: doraCookie });
+    expect(authorizeAgain.headers.get('location')).toMatch(/^\/api\/auth\/signin\?/);
+    // A code issued before the revocation gives nothing usable: refused, or tokens that are already revoked.
+    const late = await exchange(pending.code, pending.verifier);
+    if (late.status === 200) {
+      expectError((await proxy(late.json<Tokens>().access_token)).result, 401, 'unauthenticated');
+      expectError(await refresh(late.json<Tokens>().refresh_token), 400, 'invalid_grant');
+    } else {
+      expectError(late, 400, 'invalid_grant');
+    }
+
+    clock += 2_000;
+    const later = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: DORA, authTimeMs: clock });
+    const again = await signInApp(later);
+    expect((await proxy(again.access_token)).result.status).toBe(200);
+    expect((await refresh(again.refresh_token)).status).toBe(200);
+  });
+});
+
+describe('mobile disabled (no KEYWARD_MOBILE_REDIRECT_URIS)', () => {
+  it('authorize → 404, even with a session; no redirect', async () => {
+    const result = await authorize(authorizeQuery(), { on: disabled });
+    expectError(result, 404, 'route_not_found');
+    expect(result.headers.get('location')).toBeNull();
+  });
+
+  it('token → 404, even with a code issued by an enabled instance', async () => {
+    const { code, verifier } = await newCode();
+    const result = await token(
+      { grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT },
+      { on: disabled },
+    );
+    expectError(result, 404, 'route_not_found');
+  });
+});
+
+describe('logs', () => {
+  it('no code, access token or refresh token was ever logged', () => {
+    expect(issued.length).toBeGreaterThan(30);
+    const all = logLines.join('');
+    expect(all).toContain('refresh token reused');
+    expect(
+      findLeak(all, [...issued, serviceKey, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET]),
+    ).toBeNull();
+  });
+});

@@ -1,0 +1,415 @@
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defineUpstream } from '../../lib/core/config/load';
+import { handleProxy } from '../../lib/core/pipeline';
+import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { RedisStore } from '../../lib/store/redis';
+import type { Store } from '../../lib/store/types';
+import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
+import { startRefreshProvider, type RefreshProvider } from '../fixtures/oidc-refresh-provider';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+
+/**
+ * `{"oauth": "oidc"}`: the user's own access token from the sign-in provider, refreshed single-flight
+ * across instances. A real oidc-provider on 127.0.0.1 rotates refresh tokens and counts the refresh grants
+ * it serves; two runtimes with their own Redis connections (same prefix) stand for two app instances.
+ *
+ * The first tokens come from a real authorization code flow (PKCE) driven over HTTP by the provider fixture
+ * (login and consent forms posted back, then the code exchange), not from Keyward's sign-in: the code under
+ * test starts where Auth.js's jwt callback stops, at `oauthTokens.save()`.
+ */
+const APP_ORIGIN = 'https://app.keyward.test';
+
+let provider: RefreshProvider;
+let defaultProvider: RefreshProvider;
+let upstream: TestUpstream;
+let a: Runtime;
+let b: Runtime;
+let prefix: string;
+let userId: string;
+let cookie: string;
+/** Added to Date.now() by both runtimes' clocks: moves stored tokens past their expiry without waiting. */
+let skewMs = 0;
+const now = () => Date.now() + skewMs;
+const sessionSecrets = testSessionSecrets();
+const vaultSecret = randomSecret('vault');
+const { logger, lines: logLines } = capturingLogger();
+const stores: RedisStore[] = [];
+const responses: string[] = [];
+const providers: RefreshProvider[] = [];
+
+async function redisStore(): Promise<RedisStore> {
+  const store = new RedisStore(REDIS_URL, { prefix });
+  stores.push(store);
+  await store.ready();
+  return store;
+}
+
+async function instance(options: { store?: Store; provider?: RefreshProvider } = {}): Promise<Runtime> {
+  const store = options.store ?? (await redisStore());
+  const provider = options.provider ?? defaultProvider;
+  return createRuntime({
+    env: {
+      ...sessionSecrets,
+      KEYWARD_VAULT_SECRET: vaultSecret,
+      KEYWARD_OIDC_ISSUER: provider.issuer,
+      KEYWARD_OIDC_CLIENT_ID: provider.clientId,
+      KEYWARD_OIDC_CLIENT_SECRET: provider.clientSecret,
+      KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+    },
+    upstreams: [
+      defineUpstream('graph', {
+        baseUrl: `${upstream.origin}/graph/`,
+        auth: { type: 'bearer', secret: { oauth: 'oidc' } },
+        routes: [{ method: 'GET', path: '/me' }],
+      }),
+    ],
+    store,
+    logger,
+    now,
+  });
+}
+
+interface CallResult {
+  status: number;
+  code: string | null;
+  body: string;
+}
+
+async function call(runtime: Runtime, sessionCookie = cookie): Promise<CallResult> {
+  const request = new Request(`${APP_ORIGIN}/api/proxy/graph/me`, {
+    headers: { cookie: sessionCookie, 'x-keyward-csrf': '1' },
+  });
+  const response = await handleProxy(request, { upstream: 'graph', path: ['me'] }, runtime);
+  const flat = await responseText(response);
+  responses.push(flat.text);
+  const code = flat.status === 200 ? null : (JSON.parse(flat.body) as { error: { code: string } }).error.code;
+  return { status: flat.status, code, body: flat.body };
+}
+
+/** `n` concurrent proxied calls, alternating between the two instances. */
+function burst(n: number): Promise<CallResult[]> {
+  return Promise.all(Array.from({ length: n }, (_, i) => call(i % 2 === 0 ? a : b)));
+}
+
+/** Links a fresh grant (a new authorization code flow) with an access token that is already expired. */
+async function linkExpired(): Promise<{ accessToken: string; refreshToken: string }> {
+  const tokens = await provider.authorize();
+  await a.oauthTokens!.save('oidc', userId, {
+    accessToken: tokens.accessToken,
+    refreshToken: tokens.refreshToken,
+    expiresAt: now() - 1_000,
+  });
+  return tokens;
+}
+
+beforeAll(async () => {
+  provider = await startRefreshProvider({ accessTokenTtl: 120 });
+  defaultProvider = provider;
+  providers.push(provider);
+  upstream = await startUpstream();
+  prefix = `keyward-test:oauth:${randomUUID()}:`;
+  a = await instance();
+  b = await instance();
+  userId = `oidc:${provider.accountId}`;
+  cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: userId });
+});
+
+afterAll(async () => {
+  await Promise.all(providers.map((p) => p.stop()));
+  await upstream?.close();
+  await Promise.all(stores.map((store) => store.close()));
+});
+
+describe('single-flight refresh across two instances', () => {
+  let initial: { accessToken: string; refreshToken: string };
+
+  it('the initial tokens come from a real authorization code flow (one token request, no refresh yet)', async () => {
+    initial = await linkExpired();
+    expect(initial.accessToken).not.toBe(initial.refreshToken);
+    expect(provider.counts()).toEqual({ tokenRequests: 1, refreshGrants: 0, refreshServed: 0, refreshRefused: 0 });
+    expect(provider.issued().refreshTokens).toEqual([initial.refreshToken]);
+  });
+
+  it('50 concurrent calls split over both instances: exactly ONE refresh grant, all succeed with the NEW token', async () => {
+    const before = upstream.requests.length;
+    const results = await burst(50);
+    expect(results.map((r) => r.status)).toEqual(Array(50).fill(200));
+    expect(provider.counts()).toEqual({ tokenRequests: 2, refreshGrants: 1, refreshServed: 1, refreshRefused: 0 });
+
+    const fresh = provider.issued().accessTokens.at(-1)!;
+    expect(fresh).not.toBe(initial.accessToken);
+    const seen = upstream.requests.slice(before);
+    expect(seen).toHaveLength(50);
+    for (const request of seen) expect(request.headers.authorization).toBe(`Bearer ${fresh}`);
+  });
+
+  it('the store now holds the rotated refresh token and the new access token, sealed', async () => {
+    const issued = provider.issued();
+    const stored = await b.oauthTokens!.load('oidc', userId);
+    expect(stored?.accessToken).toBe(issued.accessTokens.at(-1));
+    expect(stored?.refreshToken).toBe(issued.refreshTokens.at(-1));
+    expect(stored?.refreshToken).not.toBe(initial.refreshToken);
+    expect(stored!.expiresAt).toBeGreaterThan(now() + 60_000);
+    const raw = await a.store.get(`oauth:oidc:${userId}`);
+    expect(raw).toMatch(/^Fe26\.2\*/);
+    expect(findLeak(raw!, [...issued.accessTokens, ...issued.refreshTokens])).toBeNull();
+  });
+
+  it('while the token is fresh, calls do not touch the provider', async () => {
+    const results = await burst(6);
+    expect(results.every((r) => r.status === 200)).toBe(true);
+    expect(provider.counts().refreshGrants).toBe(1);
+  });
+
+  it('when it expires again, the next burst refreshes once more, with the ROTATED refresh token', async () => {
+    skewMs += 10 * 60_000;
+    const before = upstream.requests.length;
+    const results = await burst(20);
+    expect(results.map((r) => r.status)).toEqual(Array(20).fill(200));
+    // Had the old refresh token been sent, the provider would have refused it and revoked the grant.
+    expect(provider.counts()).toMatchObject({ refreshGrants: 2, refreshServed: 2, refreshRefused: 0 });
+    const fresh = provider.issued().accessTokens.at(-1)!;
+    for (const request of upstream.requests.slice(before))
+      expect(request.headers.authorization).toBe(`Bearer ${fresh}`);
+  });
+});
+
+describe('a refresh refused for good ends the link, without a loop', () => {
+  it('grant revoked at the provider: 401 reauth_required, the link is removed, the next call does not hit the provider', async () => {
+    const stored = await a.oauthTokens!.load('oidc', userId);
+    await provider.revoke(stored!.refreshToken!);
+    skewMs += 10 * 60_000;
+    const grantsBefore = provider.counts().refreshGrants;
+    const upstreamBefore = upstream.requests.length;
+
+    const first = await call(a);
+    expect(first.status).toBe(401);
+    expect(first.code).toBe('reauth_required');
+    expect(provider.counts()).toMatchObject({ refreshGrants: grantsBefore + 1, refreshRefused: 1 });
+    expect(await b.oauthTokens!.load('oidc', userId)).toBeNull();
+    expect(await b.store.get(`oauth:oidc:${userId}`)).toBeNull();
+
+    for (const runtime of [b, a]) {
+      const again = await call(runtime);
+      expect(again.status).toBe(403);
+      expect(again.code).toBe('credential_missing');
+    }
+    expect(provider.counts().refreshGrants).toBe(grantsBefore + 1);
+    expect(upstream.requests.length).toBe(upstreamBefore);
+  });
+
+  it('a rotated (already used) refresh token in the store: one refused grant for a whole burst, every call refused, none 200', async () => {
+    const tokens = await linkExpired();
+    expect((await call(a)).status).toBe(200); // rotates tokens.refreshToken at the provider
+    // The store goes back to the spent refresh token (e.g. restored from a backup) and the access token expires.
+    await a.oauthTokens!.save('oidc', userId, {
+      accessToken: tokens.accessToken,
+      refreshToken: tokens.refreshToken,
+      expiresAt: now() - 1_000,
+    });
+    const before = provider.counts();
+    const upstreamBefore = upstream.requests.length;
+
+    const results = await burst(20);
+    for (const result of results) {
+      expect([401, 403]).toContain(result.status);
+      expect(['reauth_required', 'credential_missing']).toContain(result.code);
+    }
+    expect(results.filter((r) => r.code === 'reauth_required').length).toBeGreaterThanOrEqual(1);
+    expect(provider.counts().refreshGrants).toBe(before.refreshGrants + 1);
+    expect(provider.counts().refreshRefused).toBe(before.refreshRefused + 1);
+    expect(upstream.requests.length).toBe(upstreamBefore);
+    expect(await a.oauthTokens!.load('oidc', userId)).toBeNull();
+
+    const later = await call(b);
+    expect(later.code).toBe('credential_missing');
+    expect(provider.counts().refreshGrants).toBe(before.refreshGrants + 1);
+  });
+
+  it('a user with no link at all: 403 credential_missing, the provider is not asked', async () => {
+    const before = provider.counts().tokenRequests;
+    const other = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'oidc:someone-else' });
+    const request = new Request(`${APP_ORIGIN}/api/proxy/graph/me`, {
+      headers: { cookie: other, 'x-keyward-csrf': '1' },
+    });
+    const response = await handleProxy(request, { upstream: 'graph', path: ['me'] }, a);
+    expect(response.status).toBe(403);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe('credential_missing');
+    expect(provider.counts().tokenRequests).toBe(before);
+  });
+});
+
+/** Passes every call to a real store, with hooks around the single-flight lock to force one interleaving. */
+class GatedStore implements Store {
+  readonly kind = 'redis' as const;
+  constructor(
+    private readonly inner: Store,
+    private readonly hooks: { beforeLock?: () => Promise<void>; afterUnlock?: () => void },
+  ) {}
+  get(key: string) {
+    return this.inner.get(key);
+  }
+  getMany(keys: readonly string[]) {
+    return this.inner.getMany(keys);
+  }
+  set(key: string, value: string, ttlMs?: number) {
+    return this.inner.set(key, value, ttlMs);
+  }
+  async setIfAbsent(key: string, value: string, ttlMs: number) {
+    if (key.startsWith('lock:')) await this.hooks.beforeLock?.();
+    return this.inner.setIfAbsent(key, value, ttlMs);
+  }
+  delete(key: string) {
+    return this.inner.delete(key);
+  }
+  async deleteIfEquals(key: string, value: string) {
+    const deleted = await this.inner.deleteIfEquals(key, value);
+    if (key.startsWith('lock:')) this.hooks.afterUnlock?.();
+    return deleted;
+  }
+  increment(key: string, by: number, ttlMs?: number) {
+    return this.inner.increment(key, by, ttlMs);
+  }
+  ping() {
+    return this.inner.ping();
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+describe('single-flight when the lock is taken only after the refresh finished', () => {
+  it('an instance that read the expired token just before another refreshed it does not refresh again', async () => {
+    let lockReached!: () => void;
+    let lockReleased!: () => void;
+    const reached = new Promise<void>((resolve) => (lockReached = resolve));
+    const released = new Promise<void>((resolve) => (lockReleased = resolve));
+    // `late` stops right before taking the lock until `holder` has refreshed and released it.
+    const late = await instance({
+      store: new GatedStore(await redisStore(), {
+        beforeLock: async () => {
+          lockReached();
+          await released;
+        },
+      }),
+    });
+    const holder = await instance({ store: new GatedStore(await redisStore(), { afterUnlock: () => lockReleased() }) });
+    await linkExpired();
+    const grantsBefore = provider.counts().refreshGrants;
+    const upstreamBefore = upstream.requests.length;
+
+    const lateCall = call(late);
+    await reached; // `late` has read the expired token and is about to take the lock
+    const first = await call(holder);
+    const second = await lateCall;
+
+    expect([first.status, second.status]).toEqual([200, 200]);
+    expect(provider.counts().refreshGrants).toBe(grantsBefore + 1);
+    const fresh = provider.issued().accessTokens.at(-1)!;
+    expect(upstream.requests.slice(upstreamBefore).map((r) => r.headers.authorization)).toEqual([
+      `Bearer ${fresh}`,
+      `Bearer ${fresh}`,
+    ]);
+  });
+});
+
+describe('access tokens that live 60 seconds or less', () => {
+  it('are refreshed once per burst and then reused, not refreshed on every call', async () => {
+    const shortLived = await startRefreshProvider({ accessTokenTtl: 30 });
+    providers.push(shortLived);
+    const [sa, sb] = [await instance({ provider: shortLived }), await instance({ provider: shortLived })];
+    const user = `oidc:${shortLived.accountId}`;
+    const userCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user });
+    const tokens = await shortLived.authorize();
+    expect(tokens.expiresIn).toBe(30);
+    await sa.oauthTokens!.save('oidc', user, {
+      accessToken: tokens.accessToken,
+      refreshToken: tokens.refreshToken,
+      expiresAt: now() - 1_000,
+    });
+
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => call(i % 2 === 0 ? sa : sb, userCookie)));
+    expect(results.map((r) => r.status)).toEqual(Array(20).fill(200));
+    expect(shortLived.counts().refreshGrants).toBe(1);
+    for (let i = 0; i < 4; i++) expect((await call(i % 2 === 0 ? sa : sb, userCookie)).status).toBe(200);
+    expect(shortLived.counts().refreshGrants).toBe(1);
+
+    // Past half its life (15 s of 30) the token is refreshed ahead of expiry, once.
+    skewMs += 20_000;
+    const later = await Promise.all(Array.from({ length: 10 }, (_, i) => call(i % 2 === 0 ? sa : sb, userCookie)));
+    expect(later.map((r) => r.status)).toEqual(Array(10).fill(200));
+    expect(shortLived.counts()).toMatchObject({ refreshGrants: 2, refreshServed: 2 });
+    for (const issued of shortLived.issued().accessTokens) {
+      for (const text of responses) expect(findLeak(text, [issued])).toBeNull();
+    }
+  });
+});
+
+describe('the provider cannot be reached', () => {
+  it('503 credential_unavailable, and the link is kept for a later retry', async () => {
+    await linkExpired();
+    await provider.stop();
+    const result = await call(b);
+    expect(result.status).toBe(503);
+    expect(result.code).toBe('credential_unavailable');
+    expect(await a.oauthTokens!.load('oidc', userId)).not.toBeNull();
+  });
+});
+
+describe('a provider that never answers the refresh', () => {
+  it('the call ends with 503 credential_unavailable (the refresh is abandoned, not awaited for minutes) and the lock is freed', async () => {
+    // Serves discovery, then accepts token requests and never answers them.
+    let tokenRequests = 0;
+    const hanging = createServer((req, res) => {
+      if (req.url === '/.well-known/openid-configuration') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify({
+            issuer: hangingIssuer,
+            token_endpoint: `${hangingIssuer}/token`,
+            authorization_endpoint: `${hangingIssuer}/auth`,
+          }),
+        );
+        return;
+      }
+      if (req.url === '/token') tokenRequests += 1;
+    });
+    hanging.listen(0, '127.0.0.1');
+    await once(hanging, 'listening');
+    const hangingIssuer = `http://127.0.0.1:${(hanging.address() as AddressInfo).port}`;
+    try {
+      const stuck: RefreshProvider = { ...defaultProvider, issuer: hangingIssuer };
+      const runtime = await instance({ provider: stuck });
+      const user = `oidc:hanging-${randomUUID()}`;
+      await runtime.oauthTokens!.save('oidc', user, {
+        accessToken: randomSecret('at'),
+        refreshToken: randomSecret('rt'),
+        expiresAt: now() - 1_000,
+      });
+      const result = await call(runtime, await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user }));
+      expect(result.status).toBe(503);
+      expect(result.code).toBe('credential_unavailable');
+      expect(tokenRequests).toBe(1);
+      expect(await runtime.store.get(`lock:oauth:oidc:${user}`)).toBeNull();
+      expect(await runtime.oauthTokens!.load('oidc', user)).not.toBeNull();
+    } finally {
+      hanging.closeAllConnections();
+      hanging.close();
+    }
+  }, 25_000);
+});
+
+describe('no token leaks', () => {
+  it('no provider token or client secret in any response or log line', () => {
+    const { accessTokens, refreshTokens } = provider.issued();
+    expect(accessTokens.length).toBeGreaterThanOrEqual(5);
+    const secrets = [...accessTokens, ...refreshTokens, provider.clientSecret, vaultSecret];
+    for (const text of responses) expect(findLeak(text, secrets)).toBeNull();
+    expect(findLeak(logLines.join(''), secrets)).toBeNull();
+  });
+});
