@@ -133,7 +133,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     if (request.body && !BODYLESS_METHODS.has(method)) {
       const declared = Number(request.headers.get('content-length') ?? NaN);
       if (declared > route.maxRequestBytes) throw new KeywardError('payload_too_large');
-      body = capRequestBody(request.body, route.maxRequestBytes, deps.requestBodyIdleMs ?? upstream.timeoutMs);
+      body = capRequestBody(request.body, route.maxRequestBytes, deps.requestBodyIdleMs ?? route.timeoutMs);
     }
 
     let response: Dispatcher.ResponseData;
@@ -145,8 +145,8 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
         headers,
         body: body?.iterable ?? null,
         signal: request.signal,
-        headersTimeout: upstream.timeoutMs,
-        bodyTimeout: upstream.timeoutMs,
+        headersTimeout: route.timeoutMs,
+        bodyTimeout: route.timeoutMs,
         maxRedirections: 0,
       } as Dispatcher.RequestOptions);
     } catch (error) {

@@ -135,6 +135,7 @@ const routeSchema = z.strictObject({
     .optional()
     .describe('The session needs at least one of these roles. Absent: any signed-in user.'),
   maxRequestBytes: z.number().int().positive().max(1024 ** 3).optional(),
+  timeoutMs: z.number().int().min(100).max(600_000).optional().describe("Overrides the upstream's timeoutMs for this route."),
   cacheControl: z
     .string()
     .max(256)

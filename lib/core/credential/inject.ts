@@ -10,7 +10,9 @@ export function injectCredential(credential: ResolvedCredential, headers: Record
     headers[credential.headerName] = credential.headerValue;
   }
   if (credential.queryName && credential.queryValue) {
-    if (url.searchParams.has(credential.queryName)) {
+    // Compared without case: some upstreams read parameter names case-insensitively (?API_KEY= would count).
+    const reserved = credential.queryName.toLowerCase();
+    if ([...url.searchParams.keys()].some((name) => name.toLowerCase() === reserved)) {
       throw new KeywardError('bad_request', { message: 'The request sets a query parameter reserved for the credential.' });
     }
     url.searchParams.append(credential.queryName, credential.queryValue);

@@ -10,6 +10,7 @@ export interface CompiledRoute {
   readonly segments: ReadonlyArray<string | { param: string } | { rest: true }>;
   readonly roles: ReadonlySet<string> | null;
   readonly maxRequestBytes: number;
+  readonly timeoutMs: number;
   readonly cacheControl: string;
 }
 
@@ -82,7 +83,7 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream
     base,
     origin: base.origin,
     basePath: base.pathname,
-    routes: config.routes.map((route) => compileRoute(route, config.maxRequestBytes)),
+    routes: config.routes.map((route) => compileRoute(route, config.maxRequestBytes, config.timeoutMs)),
     timeoutMs: config.timeoutMs,
     credential: planCredential(id, config.auth, env),
     auth: config.auth,
@@ -91,7 +92,7 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream
   };
 }
 
-function compileRoute(route: RouteConfig, defaultMaxBytes: number): CompiledRoute {
+function compileRoute(route: RouteConfig, defaultMaxBytes: number, defaultTimeoutMs: number): CompiledRoute {
   const parts = route.path === '/' ? [] : route.path.slice(1).split('/');
   return {
     method: route.method,
@@ -99,6 +100,7 @@ function compileRoute(route: RouteConfig, defaultMaxBytes: number): CompiledRout
     segments: parts.map((part) => (part === '*' ? { rest: true } : part.startsWith(':') ? { param: part.slice(1) } : part)),
     roles: route.roles ? new Set(route.roles) : null,
     maxRequestBytes: route.maxRequestBytes ?? defaultMaxBytes,
+    timeoutMs: route.timeoutMs ?? defaultTimeoutMs,
     cacheControl: route.cacheControl ?? 'private, no-store',
   };
 }
