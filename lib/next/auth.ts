@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import NextAuth, { type NextAuthConfig } from 'next-auth';
 import Credentials from 'next-auth/providers/credentials';
 import type { Provider } from 'next-auth/providers';
-import { SESSION_COOKIE } from '@/lib/core/session/session';
+import { SESSION_COOKIE, authTimeClaims, sessionFromClaims } from '@/lib/core/session/session';
 import { getRuntime } from './runtime';
 
 /**
@@ -105,14 +105,14 @@ function buildConfig(): NextAuthConfig {
             roles,
             claims,
             sid: randomUUID(),
-            auth_time: Math.floor(Date.now() / 1000),
+            ...authTimeClaims(Date.now()),
           };
         }
         // Every later read (including /api/auth/session) checks server-side revocation: a revoked session is
         // ended here too, so the browser's view matches what the proxy enforces.
         if (typeof token.sid === 'string' && typeof token.sub === 'string') {
-          const authTime = typeof token.auth_time === 'number' ? token.auth_time * 1000 : 0;
-          if (await runtime.revocations.isRevoked({ sessionId: token.sid, userId: token.sub, authTime })) return null;
+          const session = sessionFromClaims({ ...token, exp: Number.MAX_SAFE_INTEGER }, 'cookie');
+          if (session && (await runtime.revocations.isRevoked(session))) return null;
         }
         return token;
       },

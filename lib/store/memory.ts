@@ -52,6 +52,13 @@ export class MemoryStore implements Store {
     return this.entries.delete(key);
   }
 
+  async replaceIfEquals(key: string, expected: string, value: string) {
+    const entry = this.live(key);
+    if (entry?.value !== expected) return false;
+    entry.value = value;
+    return true;
+  }
+
   async increment(key: string, by: number, ttlMs?: number) {
     const entry = this.live(key);
     const next = (entry ? Number(entry.value) : 0) + by;

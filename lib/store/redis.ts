@@ -2,6 +2,7 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { StoreUnavailableError, type Store } from './types';
 
 const DELETE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
+const REPLACE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end`;
 const INCREMENT = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v`;
@@ -70,6 +71,10 @@ export class RedisStore implements Store {
 
   async deleteIfEquals(key: string, value: string) {
     return (await this.run(() => this.redis.eval(DELETE_IF_EQUALS, 1, key, value))) === 1;
+  }
+
+  async replaceIfEquals(key: string, expected: string, value: string) {
+    return (await this.run(() => this.redis.eval(REPLACE_IF_EQUALS, 1, key, expected, value))) === 1;
   }
 
   async increment(key: string, by: number, ttlMs?: number) {

@@ -42,6 +42,7 @@ export class SqliteStore implements Store {
       ),
       delete: this.db.prepare(`DELETE FROM kv WHERE key = :key AND ${live}`),
       deleteIfEquals: this.db.prepare(`DELETE FROM kv WHERE key = :key AND value = :value AND ${live}`),
+      replaceIfEquals: this.db.prepare(`UPDATE kv SET value = :value WHERE key = :key AND value = :expected AND ${live}`),
       increment: this.db.prepare(`
         INSERT INTO kv (key, value, expires_at) VALUES (:key, CAST(:by AS TEXT), :exp)
         ON CONFLICT (key) DO UPDATE SET
@@ -91,6 +92,11 @@ export class SqliteStore implements Store {
 
   async deleteIfEquals(key: string, value: string) {
     return Number(this.run(() => this.statements.deleteIfEquals!.run({ key, value, now: this.now() })).changes) === 1;
+  }
+
+  async replaceIfEquals(key: string, expected: string, value: string) {
+    const result = this.run(() => this.statements.replaceIfEquals!.run({ key, expected, value, now: this.now() }));
+    return Number(result.changes) === 1;
   }
 
   async increment(key: string, by: number, ttlMs?: number) {

@@ -15,6 +15,8 @@ export interface Store {
   delete(key: string): Promise<boolean>;
   /** Deletes only if the current value equals `value` (atomic): releasing a lock only its holder owns. */
   deleteIfEquals(key: string, value: string): Promise<boolean>;
+  /** Replaces the value only if it still equals `expected` (atomic compare-and-set); keeps the ttl. True if replaced. */
+  replaceIfEquals(key: string, expected: string, value: string): Promise<boolean>;
   /** Adds `by` to an integer counter (created at 0) and returns the new value; `ttlMs` is set when created. */
   increment(key: string, by: number, ttlMs?: number): Promise<number>;
   /** Checks that the backend answers; rejects with StoreUnavailableError if not. */

@@ -267,6 +267,9 @@ class GatedStore implements Store {
   delete(key: string) {
     return this.inner.delete(key);
   }
+  replaceIfEquals(key: string, expected: string, value: string) {
+    return this.inner.replaceIfEquals(key, expected, value);
+  }
   async deleteIfEquals(key: string, value: string) {
     const deleted = await this.inner.deleteIfEquals(key, value);
     if (key.startsWith('lock:')) this.hooks.afterUnlock?.();

@@ -84,6 +84,21 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
     expect(await store.get('lock')).toBeNull();
   });
 
+  it('replaceIfEquals swaps only the expected value, once under concurrency, and keeps the ttl', async () => {
+    const store = await open();
+    await store.set('cas', 'v1', 60_000);
+    expect(await store.replaceIfEquals('cas', 'other', 'x')).toBe(false);
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => store.replaceIfEquals('cas', 'v1', `v2-${i}`)));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    expect(await store.get('cas')).toBe(`v2-${results.indexOf(true)}`);
+    expect(await store.replaceIfEquals('missing', 'v1', 'x')).toBe(false);
+    expect(await store.get('missing')).toBeNull();
+    await store.set('brief', 'a', 60);
+    expect(await store.replaceIfEquals('brief', 'a', 'b')).toBe(true);
+    await sleep(150);
+    expect(await store.get('brief')).toBeNull();
+  });
+
   it('increments atomically under concurrency and keeps the ttl set at creation', async () => {
     const store = await open();
     const values = await Promise.all(Array.from({ length: 200 }, () => store.increment('counter', 1, 60_000)));

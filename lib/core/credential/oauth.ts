@@ -67,8 +67,18 @@ export class OAuthTokenStore {
   }
 
   async load(provider: string, userId: string): Promise<OAuthTokens | null> {
-    const sealed = await guard(() => this.store.get(OAuthTokenStore.key(provider, userId)));
-    return sealed ? this.vault.open<OAuthTokens>(sealed) : null;
+    const key = OAuthTokenStore.key(provider, userId);
+    const sealed = await guard(() => this.store.get(key));
+    if (!sealed) return null;
+    const tokens = await this.vault.open<StoredTokens>(sealed);
+    if (!this.vault.isCurrent(sealed)) {
+      // Sealed before a vault rotation: re-seal with the current secret, unless a refresh replaced it meanwhile.
+      this.vault
+        .seal(tokens)
+        .then((resealed) => this.store.replaceIfEquals(key, sealed, resealed))
+        .catch(() => {});
+    }
+    return tokens;
   }
 
   async unlink(provider: string, userId: string): Promise<void> {

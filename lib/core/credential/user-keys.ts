@@ -72,9 +72,19 @@ export class UserKeys {
 
   /** The plain key, for the pipeline only. Records the use (at most once a minute, off the hot path). */
   async use(upstream: string, userId: string): Promise<string | null> {
-    const stored = await this.read(upstream, userId);
-    if (!stored) return null;
+    const storeKey = UserKeys.key(upstream, userId);
+    const raw = await guard(() => this.store.get(storeKey));
+    if (!raw) return null;
+    const stored = JSON.parse(raw) as StoredUserKey;
     const { key } = await this.vault.open<{ key: string }>(stored.sealed);
+    if (!this.vault.isCurrent(stored.sealed)) {
+      // Sealed before a vault rotation: re-seal with the current secret. Compare-and-set, so a key the user
+      // replaced in the meantime is never overwritten by this older one.
+      this.vault
+        .seal({ key })
+        .then((sealed) => this.store.replaceIfEquals(storeKey, raw, JSON.stringify({ ...stored, sealed })))
+        .catch(() => {});
+    }
     const usedKey = UserKeys.usedKey(upstream, userId, stored.fingerprint);
     const now = this.now();
     // At most one write a minute per key (setIfAbsent on a minute-long marker); best effort, never fails the call.

@@ -3,7 +3,7 @@ import { sealData } from 'iron-session';
 import type { Logger } from 'pino';
 import { KeywardError } from '../errors';
 import { guard, type SessionRevocations } from '../session/revocation';
-import type { Session } from '../session/session';
+import { authTimeClaims, type Session } from '../session/session';
 import type { BearerClaims } from '../session/verify';
 import type { Store } from '../../store/types';
 
@@ -128,7 +128,7 @@ export class MobileTokens {
       name: grant.name,
       roles: grant.roles,
       sid: family,
-      auth_time: Math.floor(grant.authTime / 1000),
+      ...authTimeClaims(grant.authTime),
       claims: grant.claims,
       exp: Math.floor(now / 1000) + this.settings.accessTtlSeconds,
     };

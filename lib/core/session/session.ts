@@ -27,6 +27,9 @@ export interface SessionClaims {
   exp?: number;
   /** Seconds since the epoch at sign-in (OIDC's `auth_time`). */
   auth_time?: unknown;
+  /** The same instant in milliseconds: "sign out everywhere" is recorded in ms, and a sign-in in the same
+   *  second right after it must not count as revoked. */
+  auth_ms?: unknown;
   claims?: unknown;
 }
 
@@ -41,7 +44,8 @@ export function sessionFromClaims(claims: SessionClaims, via: Session['via']): S
     roles,
     expiresAt: claims.exp * 1000,
     sessionId: claims.sid,
-    authTime: typeof claims.auth_time === 'number' ? claims.auth_time * 1000 : 0,
+    authTime:
+      typeof claims.auth_ms === 'number' ? claims.auth_ms : typeof claims.auth_time === 'number' ? claims.auth_time * 1000 : 0,
     claims: stringClaims(claims.claims),
     via,
   };
@@ -53,4 +57,9 @@ function stringClaims(value: unknown): Record<string, string> {
     for (const [name, claim] of Object.entries(value)) if (typeof claim === 'string') out[name] = claim;
   }
   return out;
+}
+
+/** The sign-in time claims written into session cookies and mobile tokens. */
+export function authTimeClaims(epochMs: number): { auth_time: number; auth_ms: number } {
+  return { auth_time: Math.floor(epochMs / 1000), auth_ms: epochMs };
 }

@@ -1,30 +1,47 @@
+import { createHash } from 'node:crypto';
 import { sealData, unsealData } from 'iron-session';
 import { KeywardError } from '../errors';
 
 /**
  * Authenticated encryption for per-user secrets at rest (BYOK keys, OAuth tokens), with iron-session
  * (AES-256-CBC + HMAC-SHA-256, keys derived from the password). `KEYWARD_VAULT_SECRET` seals;
- * `KEYWARD_VAULT_SECRET_PREVIOUS` still opens seals made before a rotation, so the secret can be rotated
- * without losing stored keys (they are re-sealed with the new secret when next written).
+ * `KEYWARD_VAULT_SECRET_PREVIOUS` still opens seals made before a rotation.
+ *
+ * iron-session writes the password's id into every seal. The id is derived from the secret itself (not its
+ * position, which changes when a rotation ends), so a seal stays openable by whichever setting still holds
+ * its secret. Stale seals are re-sealed with the current secret when read (see `isCurrent`).
  */
 export class Vault {
-  private readonly passwords: Record<number, string>;
+  private readonly currentId: string;
+  private readonly sealPasswords: Record<string, string>;
+  private readonly openPasswords: Record<string, string>;
 
   constructor(current: string, previous?: string) {
-    // iron-session seals with the highest-numbered password and opens with any of them.
-    this.passwords = previous ? { 1: previous, 2: current } : { 1: current };
+    this.currentId = passwordId(current);
+    this.sealPasswords = { [this.currentId]: current };
+    this.openPasswords = previous ? { [passwordId(previous)]: previous, [this.currentId]: current } : { ...this.sealPasswords };
   }
 
   seal(value: unknown): Promise<string> {
-    return sealData(value, { password: this.passwords, ttl: 0 });
+    return sealData(value, { password: this.sealPasswords, ttl: 0 });
   }
 
   async open<T>(sealed: string): Promise<T> {
-    const value = await unsealData<T>(sealed, { password: this.passwords, ttl: 0 });
+    const value = await unsealData<T>(sealed, { password: this.openPasswords, ttl: 0 });
     // unsealData answers {} for a seal it cannot open (tampered, or sealed with an unknown secret).
     if (value === null || typeof value !== 'object' || Object.keys(value).length === 0) {
       throw new KeywardError('credential_unavailable', { message: 'A stored credential could not be opened.' });
     }
     return value;
   }
+
+  /** False for a seal made with an older secret: re-seal it so the old secret can be retired. */
+  isCurrent(sealed: string): boolean {
+    return sealed.split('*')[1] === this.currentId;
+  }
+}
+
+/** A stable numeric id for a secret (iron-session wants numeric ids): 48 bits of its SHA-256. */
+function passwordId(secret: string): string {
+  return String(parseInt(createHash('sha256').update(`keyward-vault:${secret}`, 'utf8').digest('hex').slice(0, 12), 16));
 }
