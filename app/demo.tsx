@@ -17,15 +17,30 @@ interface Received {
 
 const CSRF = { 'x-keyward-csrf': '1' };
 
+interface KeyInfo {
+  fingerprint: string;
+  last4: string;
+  createdAt: string;
+  lastUsedAt: string | null;
+}
+
 export function Demo() {
   const [session, setSession] = useState<SessionInfo | null | undefined>(undefined);
   const [received, setReceived] = useState<Received | null>(null);
   const [events, setEvents] = useState<string[]>([]);
   const [busy, setBusy] = useState(false);
+  const [ownKey, setOwnKey] = useState<KeyInfo | null>(null);
+  const [keyDraft, setKeyDraft] = useState('');
+  const [keyMessage, setKeyMessage] = useState('');
 
   const loadSession = useCallback(async () => {
     const response = await fetch('/api/session', { cache: 'no-store' });
     setSession(response.ok ? ((await response.json()) as SessionInfo) : null);
+  }, []);
+
+  const loadOwnKey = useCallback(async () => {
+    const response = await fetch('/api/keys/demo-own', { headers: CSRF, cache: 'no-store' });
+    setOwnKey(response.ok ? ((await response.json()) as KeyInfo) : null);
   }, []);
 
   useEffect(() => {
@@ -33,10 +48,31 @@ export function Demo() {
     void loadSession(); // eslint-disable-line react-hooks/set-state-in-effect
   }, [loadSession]);
 
-  async function call(label: string, path: string, init: RequestInit = {}) {
+  useEffect(() => {
+    if (session) void loadOwnKey(); // eslint-disable-line react-hooks/set-state-in-effect
+  }, [session, loadOwnKey]);
+
+  async function saveOwnKey() {
+    const response = await fetch('/api/keys/demo-own', {
+      method: 'PUT',
+      headers: { ...CSRF, 'content-type': 'application/json' },
+      body: JSON.stringify({ key: keyDraft }),
+    });
+    setKeyDraft('');
+    setKeyMessage(response.ok ? 'Stored. Keyward will never show it again.' : `Refused (${response.status}).`);
+    await loadOwnKey();
+  }
+
+  async function deleteOwnKey() {
+    await fetch('/api/keys/demo-own', { method: 'DELETE', headers: CSRF });
+    setKeyMessage('Deleted.');
+    await loadOwnKey();
+  }
+
+  async function call(label: string, path: string, init: RequestInit = {}, upstream = 'demo') {
     setBusy(true);
     try {
-      const response = await fetch(`/api/proxy/demo/${path}`, { ...init, headers: { ...CSRF, ...init.headers } });
+      const response = await fetch(`/api/proxy/${upstream}/${path}`, { ...init, headers: { ...CSRF, ...init.headers } });
       setReceived({ label, status: response.status, headers: [...response.headers.entries()], body: await response.text() });
     } finally {
       setBusy(false);
@@ -121,10 +157,47 @@ export function Demo() {
         <button disabled={busy} onClick={stream} data-testid="call-events">
           Stream GET /events (SSE)
         </button>
+        <button disabled={busy} onClick={() => call('GET /leaky', 'leaky')} data-testid="call-leaky">
+          Call GET /leaky (the upstream echoes its key)
+        </button>
+        <button disabled={busy} onClick={() => call('GET /slow', 'slow')} data-testid="call-slow">
+          Call GET /slow (times out)
+        </button>
         <button onClick={signOut} data-testid="sign-out">
           Sign out
         </button>
       </div>
+      <h2>Your own key</h2>
+      <p className="muted">
+        Upstream <code>demo-own</code> takes each user&apos;s own key. Store one (the demo upstream accepts any value
+        starting with <code>demo-user-</code>): it is sealed on the server and never shown again, only its fingerprint.
+      </p>
+      <div>
+        <input
+          type="password"
+          autoComplete="off"
+          value={keyDraft}
+          onChange={(event) => setKeyDraft(event.target.value)}
+          placeholder="demo-user-…"
+          aria-label="Your key"
+          data-testid="own-key-input"
+        />
+        <button disabled={!keyDraft} onClick={saveOwnKey} data-testid="own-key-save">
+          Store my key
+        </button>
+        <button disabled={!ownKey} onClick={deleteOwnKey} data-testid="own-key-delete">
+          Delete my key
+        </button>
+        <button disabled={busy} onClick={() => call('GET /whoami with my key', 'whoami', {}, 'demo-own')} data-testid="call-own">
+          Call GET /whoami with my key
+        </button>
+      </div>
+      <p data-testid="own-key-status">
+        {ownKey
+          ? `Stored key …${ownKey.last4} (fingerprint ${ownKey.fingerprint}), added ${ownKey.createdAt}, last used ${ownKey.lastUsedAt ?? 'never'}.`
+          : 'No key stored.'}{' '}
+        {keyMessage}
+      </p>
       {received && (
         <>
           <h2>

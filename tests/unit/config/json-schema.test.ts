@@ -14,6 +14,6 @@ describe('keyward.schema.json', () => {
   it('accepts the shipped demo config, which points editors at it through $schema', () => {
     const demo = JSON.parse(readFileSync('config/demo.json', 'utf8')) as { $schema: string };
     expect(demo.$schema).toBe('../keyward.schema.json');
-    expect(parseConfig(demo, 'config/demo.json').map((u) => u.id)).toEqual(['demo']);
+    expect(parseConfig(demo, 'config/demo.json').map((u) => u.id)).toEqual(['demo', 'demo-own']);
   });
 });
