@@ -324,6 +324,9 @@ async function appEnv(upstreamBase: string, upstreamKey: string) {
     ...testSessionSecrets(),
     KEYWARD_CONFIG: config,
     KEYWARD_USERS_FILE: usersFile,
+    // The embedded store (revocations) in this run's temp folder, never in a checkout.
+    KEYWARD_STORE: 'sqlite',
+    KEYWARD_STORE_PATH: join(dir, 'keyward.db'),
     KEYWARD_BENCH_UPSTREAM_KEY: upstreamKey,
     KEYWARD_BENCH_NAIVE_BASE: upstreamBase,
     KEYWARD_BENCH_NAIVE_KEY: upstreamKey,
