@@ -26,3 +26,34 @@ describe('SessionRevocations with millisecond sign-in times', () => {
     expect(await revocations.isRevoked(session(Date.now(), 'sid-2'))).toBe(false);
   });
 });
+
+describe('createSessionVerifier: the cache of verified tokens', () => {
+  it('never outlives the session’s expiry, never caches failures, and never skips the revocation check', async () => {
+    const { encode } = await import('@auth/core/jwt');
+    const { createSessionVerifier } = await import('../../../lib/core/session/verify');
+    const { SESSION_COOKIE } = await import('../../../lib/core/session/session');
+    const authSecret = 'a'.repeat(40);
+    let now = Date.now();
+    const store = new MemoryStore(() => now);
+    const revocations = new SessionRevocations(store, 3_600_000, () => now);
+    const verify = createSessionVerifier({ authSecret, sessionSecret: 'b'.repeat(40) }, { revocations, now: () => now });
+    const expiresAt = Math.floor(now / 1000) + 30;
+    const token = await encode({
+      token: { sub: 'local:ada', sid: 'sid-c', roles: ['user'], exp: expiresAt, ...authTimeClaims(now) },
+      secret: authSecret,
+      salt: SESSION_COOKIE,
+      maxAge: 30,
+    });
+    const request = () => new Request('http://keyward.test/x', { headers: { cookie: `${SESSION_COOKIE}=${token}` } });
+    expect((await verify(request()))?.userId).toBe('local:ada');
+    expect((await verify(request()))?.userId).toBe('local:ada'); // from the cache
+    await revocations.revokeSession('sid-c', now + 60_000);
+    expect(await verify(request())).toBeNull(); // cached, but revoked: refused at once
+    await store.delete('rev:sid:sid-c');
+    expect((await verify(request()))?.userId).toBe('local:ada');
+    now = expiresAt * 1000 + 1; // past the session's expiry, although within the cache's 60 s
+    expect(await verify(request())).toBeNull();
+    const tampered = new Request('http://keyward.test/x', { headers: { cookie: `${SESSION_COOKIE}=${token.slice(0, -2)}xx` } });
+    expect(await verify(tampered)).toBeNull();
+  });
+});
