@@ -1,12 +1,10 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { proxyRoute } from '../../lib/next/proxy-route';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { expectNoSecrets } from './harness';
+import { writeConfigFile } from '../fixtures/config';
 
 /**
  * The Next route handler (app/api/proxy/[upstream]/[...path]/route.ts exports it for every method), called
@@ -21,23 +19,18 @@ const ORIGIN = 'https://app.keyward.test';
 
 beforeAll(async () => {
   upstream = await startUpstream();
-  const dir = mkdtempSync(join(tmpdir(), 'keyward-route-'));
-  const configPath = join(dir, 'keyward.json');
-  writeFileSync(
-    configPath,
-    JSON.stringify({
-      upstreams: {
-        echo: {
-          baseUrl: `${upstream.origin}/v1/`,
-          auth: { type: 'header', name: 'x-api-key', secret: { env: 'ROUTE_TEST_KEY' } },
-          routes: [
-            { method: 'GET', path: '/items/:id', roles: ['user'] },
-            { method: 'POST', path: '/items', roles: ['user'], maxRequestBytes: 256 },
-          ],
-        },
+  const configPath = writeConfigFile({
+    upstreams: {
+      echo: {
+        baseUrl: `${upstream.origin}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'ROUTE_TEST_KEY' } },
+        routes: [
+          { method: 'GET', path: '/items/:id', roles: ['user'] },
+          { method: 'POST', path: '/items', roles: ['user'], maxRequestBytes: 256 },
+        ],
       },
-    }),
-  );
+    },
+  });
   Object.assign(process.env, {
     ...sessionSecrets,
     ROUTE_TEST_KEY: key,

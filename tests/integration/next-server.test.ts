@@ -1,13 +1,11 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signIn, startApp, type AppServer } from '../fixtures/app-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { leakForms } from './harness';
+import { writeConfigFile } from '../fixtures/config';
 
 /**
  * Through the real production server (`next start`; `npm test` runs `next build` first): Next decodes
@@ -59,29 +57,24 @@ function expectNoLeak(response: RawResponse): void {
 
 beforeAll(async () => {
   upstream = await startUpstream();
-  const dir = mkdtempSync(join(tmpdir(), 'keyward-next-'));
-  const configPath = join(dir, 'keyward.json');
-  writeFileSync(
-    configPath,
-    JSON.stringify({
-      upstreams: {
-        // `GET /*` accepts any path: only segment validation stands between a bad path and the upstream.
-        echo: {
-          baseUrl: `${upstream.origin}/v1/`,
-          auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } },
-          routes: [
-            { method: 'GET', path: '/items/:id', roles: ['user'] },
-            { method: 'GET', path: '/*' },
-          ],
-        },
-        crm: {
-          baseUrl: `${upstream.origin}/crm/`,
-          auth: { type: 'bearer', secret: { env: 'CRM_KEY' } },
-          routes: [{ method: 'GET', path: '/*' }],
-        },
+  const configPath = writeConfigFile({
+    upstreams: {
+      // `GET /*` accepts any path: only segment validation stands between a bad path and the upstream.
+      echo: {
+        baseUrl: `${upstream.origin}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } },
+        routes: [
+          { method: 'GET', path: '/items/:id', roles: ['user'] },
+          { method: 'GET', path: '/*' },
+        ],
       },
-    }),
-  );
+      crm: {
+        baseUrl: `${upstream.origin}/crm/`,
+        auth: { type: 'bearer', secret: { env: 'CRM_KEY' } },
+        routes: [{ method: 'GET', path: '/*' }],
+      },
+    },
+  });
   const usersFile = await writeUsersFile([{ username: 'alice', password, roles: ['user'] }]);
   app = await startApp({
     ...sessionSecrets,

@@ -1,7 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defineUpstream } from '../../lib/core/config/load';
@@ -15,6 +12,7 @@ import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken } from '../fixtures/session';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
+import { writeConfigFile } from '../fixtures/config';
 
 /**
  * Instant revocation across instances. Two runtimes, each with its own Redis connection to the same key
@@ -311,20 +309,15 @@ describe('two real `next start` servers sharing Redis', () => {
     await flush.connect();
     await flush.flushdb();
     flush.disconnect();
-    const dir = mkdtempSync(join(tmpdir(), 'keyward-revocation-'));
-    const configPath = join(dir, 'keyward.json');
-    writeFileSync(
-      configPath,
-      JSON.stringify({
-        upstreams: {
-          echo: {
-            baseUrl: `${upstream.origin}/v1/`,
-            auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } },
-            routes: [{ method: 'GET', path: '/items/:id' }],
-          },
+    const configPath = writeConfigFile({
+      upstreams: {
+        echo: {
+          baseUrl: `${upstream.origin}/v1/`,
+          auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } },
+          routes: [{ method: 'GET', path: '/items/:id' }],
         },
-      }),
-    );
+      },
+    });
     const env = {
       ...sessionSecrets,
       ECHO_KEY: serviceKey,

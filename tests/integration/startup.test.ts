@@ -1,16 +1,10 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startApp } from '../fixtures/app-server';
+import { writeConfigFile } from '../fixtures/config';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 
 /** The real production server (`next start`, after `next build`) must refuse to start on bad configuration. */
-function writeConfig(config: unknown): string {
-  const path = join(mkdtempSync(join(tmpdir(), 'keyward-startup-')), 'keyward.json');
-  writeFileSync(path, JSON.stringify(config));
-  return path;
-}
+const writeConfig = writeConfigFile;
 
 const upstream = (secretEnv: string) => ({
   upstreams: {
