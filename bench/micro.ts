@@ -1,5 +1,5 @@
 /**
- * `npx tsx bench/micro.ts` — per-request costs of the pipeline's pieces, measured in-process (no server, no
+ * `npx tsx --conditions=react-server bench/micro.ts` — per-request costs of the pipeline's pieces, measured in-process (no server, no
  * network), to explain the side-by-side numbers of `npm run bench`. Each case runs a bounded number of
  * iterations after a warm-up and reports wall time and process CPU time (threadpool included) per operation.
  */

@@ -13,7 +13,7 @@
  *                                  keyward) and print where the time goes (bench/results/profiles/);
  *                                  --profile=mib profiles the 1 MiB workload instead
  *   npm run bench -- --app-dir=DIR measure another checkout (e.g. a copy with an experimental change)
- *   npx tsx bench/micro.ts         per-request cost of the pipeline's pieces, in-process
+ *   npx tsx --conditions=react-server bench/micro.ts         per-request cost of the pipeline's pieces, in-process
  *
  * Results: a table on stdout and bench/results/latest.json. Every load loop is bounded in count and time,
  * and only loopback targets are accepted (see guard.ts).

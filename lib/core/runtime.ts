@@ -1,3 +1,4 @@
+import 'server-only';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import { ConfigError, readConfigFile, type UpstreamDefinition } from './config/load';

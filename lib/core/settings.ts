@@ -1,3 +1,4 @@
+import 'server-only';
 import { z } from 'zod';
 import { ConfigError } from './config/load';
 import { formatIssues } from './config/schema';

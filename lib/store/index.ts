@@ -1,3 +1,4 @@
+import 'server-only';
 import { MemoryStore } from './memory';
 import { RedisStore } from './redis';
 import { SqliteStore } from './sqlite';

@@ -12,6 +12,8 @@ export function expectedForms(secret: string): string[] {
     ...new Set([
       secret,
       encodeURIComponent(secret),
+      // application/x-www-form-urlencoded, as URLSearchParams writes a query credential.
+      new URLSearchParams({ k: secret }).toString().slice(2),
       JSON.stringify(secret).slice(1, -1),
       base64,
       base64.replace(/=+$/, ''),

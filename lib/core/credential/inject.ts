@@ -1,3 +1,4 @@
+import 'server-only';
 import { KeywardError } from '../errors';
 import type { ResolvedCredential } from '../upstream/registry';
 

@@ -1,3 +1,4 @@
+import 'server-only';
 import { randomUUID } from 'node:crypto';
 import * as oauth from 'oauth4webapi';
 import { KeywardError } from '../errors';

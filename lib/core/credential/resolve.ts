@@ -1,3 +1,4 @@
+import 'server-only';
 import { KeywardError } from '../errors';
 import type { Session } from '../session/session';
 import { credentialFor, type ResolvedCredential, type Upstream } from '../upstream/registry';

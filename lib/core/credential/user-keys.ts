@@ -1,3 +1,4 @@
+import 'server-only';
 import { KeywardError } from '../errors';
 import { guard } from '../session/revocation';
 import { fingerprint } from '../upstream/registry';

@@ -1,3 +1,4 @@
+import 'server-only';
 import { createHash, randomBytes } from 'node:crypto';
 import { sealData } from 'iron-session';
 import type { Logger } from 'pino';

@@ -1,3 +1,4 @@
+import 'server-only';
 import { decode } from '@auth/core/jwt';
 import { parseCookie } from 'cookie';
 import { unsealData } from 'iron-session';

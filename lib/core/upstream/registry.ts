@@ -1,3 +1,4 @@
+import 'server-only';
 import { createHash } from 'node:crypto';
 import type { AuthConfig, CredentialSource, RouteConfig, RouteMethod, SecretRef, UpstreamConfig } from '../config/schema';
 import { ConfigError, type UpstreamDefinition } from '../config/load';
