@@ -42,6 +42,8 @@ export interface ProxyEvent {
   readonly sessionId: string | null;
   readonly upstream: string;
   readonly route: string | null;
+  /** Upstream origin and path actually called, never the query (it may carry a credential). */
+  readonly target: string | null;
   readonly method: string;
   readonly status: number;
   readonly keyFingerprint: string | null;
@@ -67,6 +69,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
   let upstream: Upstream | undefined;
   let credential: ResolvedCredential | null = null;
   let routeTemplate: string | null = null;
+  let targetUrl: string | null = null;
   let body: CappedBody | null = null;
 
   const record = (status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null) => {
@@ -76,6 +79,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
       sessionId: session?.sessionId ?? null,
       upstream: target.upstream,
       route: routeTemplate,
+      target: targetUrl,
       method: request.method,
       status,
       keyFingerprint: credential?.fingerprint ?? null,
@@ -120,6 +124,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
 
     // 8 (URL first, so the credential goes only where the URL was proven to go).
     const url = buildUpstreamUrl(upstream, target.path);
+    targetUrl = `${url.origin}${url.pathname}`;
     for (const [name, value] of incomingUrl.searchParams) url.searchParams.append(name, value);
     const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
     headers['accept-encoding'] = 'identity';

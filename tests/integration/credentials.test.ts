@@ -72,6 +72,21 @@ describe('the server-held key is attached upstream', () => {
     expectNoSecrets(h.secrets, result.response, result.text);
   });
 
+  it('query auth: the request log names the upstream origin and path, never the query that carries the key', async () => {
+    const result = await h.call(['items', '3'], { upstream: 'query', query: '?page=9' });
+    expect(result.response.status).toBe(200);
+    await result.response.text().catch(() => undefined);
+    const line = h.logs
+      .flatMap((chunk) => chunk.split('\n'))
+      .filter(Boolean)
+      .map((text) => JSON.parse(text) as { proxy?: { requestId: string; target: string | null; route: string | null } })
+      .find((entry) => entry.proxy?.requestId === result.response.headers.get('x-request-id'));
+    expect(line?.proxy?.route).toBe('/items/:id');
+    expect(line?.proxy?.target).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/v1\/items\/3$/);
+    expect(JSON.stringify(line)).not.toContain('page=9');
+    expect(JSON.stringify(line)).not.toContain('api_key');
+  });
+
   it('query auth: a client query parameter named like the credential is refused, nothing sent upstream', async () => {
     const before = h.upstream.requests.length;
     const result = await h.call(['items', '1'], { upstream: 'query', query: '?api_key=client-chosen-value' });
