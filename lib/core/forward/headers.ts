@@ -1,4 +1,4 @@
-import { secretForms } from '../log/scrub';
+import { formsOfSecrets } from '../log/scrub';
 
 /**
  * Request headers Keyward forwards by default. An allow-list, not a block-list: hop-by-hop headers
@@ -75,19 +75,7 @@ function containsSecret(value: string, secrets: readonly string[]): boolean {
   if (secrets.length === 0) return false;
   const decoded = decodePercentRuns(value);
   // Every form the secret takes in transit, not only the raw value: an upstream may echo it base64-encoded.
-  return leakFormsOf(secrets).some((form) => value.includes(form) || decoded.includes(form));
-}
-
-const formsCache = new WeakMap<readonly string[], readonly string[]>();
-
-/** The forms of every secret (raw, URL-encoded, base64, base64url …), computed once per secrets list. */
-function leakFormsOf(secrets: readonly string[]): readonly string[] {
-  let forms = formsCache.get(secrets);
-  if (!forms) {
-    forms = [...new Set(secrets.flatMap((secret) => secretForms(secret)))];
-    formsCache.set(secrets, forms);
-  }
-  return forms;
+  return formsOfSecrets(secrets).some((form) => value.includes(form) || decoded.includes(form));
 }
 
 /**

@@ -17,6 +17,21 @@ export function secretForms(secret: string): string[] {
   return [...forms].filter((form) => form.length >= 4);
 }
 
+const formsCache = new WeakMap<readonly string[], readonly string[]>();
+
+/**
+ * Every distinct form of every secret in the list, computed once per list: service credentials keep the same
+ * list for the life of the process, so the header filter and the stream scrubber share one computation.
+ */
+export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
+  let forms = formsCache.get(secrets);
+  if (!forms) {
+    forms = [...new Set(secrets.flatMap((secret) => secretForms(secret)))];
+    formsCache.set(secrets, forms);
+  }
+  return forms;
+}
+
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

@@ -1,9 +1,35 @@
-import { secretForms, REDACTED } from '../log/scrub';
+import { formsOfSecrets, REDACTED } from '../log/scrub';
 
 const MARKER = Buffer.from(REDACTED, 'utf8');
 
+interface Patterns {
+  readonly forms: Buffer[];
+  readonly firstBytes: Set<number>;
+  readonly maxLength: number;
+}
+
+const patternsCache = new WeakMap<readonly string[], Patterns>();
+
+/** The byte patterns for a secrets list, built once per list (a service key's list lives as long as the process). */
+function patternsFor(secrets: readonly string[]): Patterns {
+  let patterns = patternsCache.get(secrets);
+  if (!patterns) {
+    // Longest first, so a form that contains another is replaced whole.
+    const forms = formsOfSecrets(secrets)
+      .map((form) => Buffer.from(form, 'utf8'))
+      .sort((a, b) => b.length - a.length);
+    patterns = {
+      forms,
+      firstBytes: new Set(forms.map((form) => form[0]!)),
+      maxLength: forms.reduce((max, form) => Math.max(max, form.length), 0),
+    };
+    patternsCache.set(secrets, patterns);
+  }
+  return patterns;
+}
+
 /**
- * Streaming byte scrubber: replaces every form of every secret (see `secretForms`) with a fixed marker,
+ * Streaming byte scrubber: replaces every form of every secret (see `secretForms` in log/scrub.ts) with a fixed marker,
  * also when a secret is split across chunks. Only the end of a chunk that could be the start of a secret
  * is held back (usually nothing), so memory stays bounded by the longest secret and SSE events still
  * leave as soon as they arrive. Hand-written because no maintained library scrubs bytes in a stream.
@@ -15,11 +41,7 @@ export class StreamScrubber {
   private carry: Buffer = Buffer.alloc(0);
 
   constructor(secrets: readonly string[]) {
-    const all = new Set<string>();
-    for (const secret of secrets) for (const form of secretForms(secret)) all.add(form);
-    this.forms = [...all].map((form) => Buffer.from(form, 'utf8')).sort((a, b) => b.length - a.length);
-    this.firstBytes = new Set(this.forms.map((form) => form[0]!));
-    this.maxLength = this.forms.reduce((max, form) => Math.max(max, form.length), 0);
+    ({ forms: this.forms, firstBytes: this.firstBytes, maxLength: this.maxLength } = patternsFor(secrets));
   }
 
   get active(): boolean {
