@@ -2,7 +2,7 @@ import 'server-only';
 import { randomUUID } from 'node:crypto';
 import * as oauth from 'oauth4webapi';
 import { KeywardError } from '../errors';
-import { guard } from '../session/revocation';
+import { guard } from '../store/guard';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
 

@@ -1,6 +1,6 @@
 import 'server-only';
 import { KeywardError } from '../errors';
-import { guard } from '../session/revocation';
+import { guard } from '../store/guard';
 import { fingerprint } from '../upstream/registry';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';

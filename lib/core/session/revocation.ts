@@ -1,5 +1,5 @@
-import { KeywardError } from '../errors';
-import { StoreUnavailableError, type Store } from '../../store/types';
+import { guard } from '../store/guard';
+import type { Store } from '../../store/types';
 import type { Session } from './session';
 
 /**
@@ -31,15 +31,5 @@ export class SessionRevocations {
     );
     if (bySession !== null && bySession !== undefined) return true;
     return byUser !== null && byUser !== undefined && session.authTime <= Number(byUser);
-  }
-}
-
-/** Store failures become 503 `store_unavailable`: fail closed, never "not revoked". */
-export async function guard<T>(operation: () => Promise<T>): Promise<T> {
-  try {
-    return await operation();
-  } catch (error) {
-    if (error instanceof StoreUnavailableError) throw new KeywardError('store_unavailable', { cause: error });
-    throw error;
   }
 }
