@@ -1,4 +1,4 @@
-import type { Store } from './types';
+import { assertReservations, type Reservation, type ReserveResult, type Store } from './types';
 
 interface Entry {
   value: string;
@@ -64,6 +64,20 @@ export class MemoryStore implements Store {
     const next = (entry ? Number(entry.value) : 0) + by;
     this.entries.set(key, { value: String(next), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
     return next;
+  }
+
+  async reserve(entries: readonly Reservation[]): Promise<ReserveResult> {
+    assertReservations(entries);
+    // Synchronous from check to write: nothing else runs in between in this process.
+    const values = entries.map(({ key }) => Number(this.live(key)?.value ?? 0));
+    const refused = entries.findIndex(({ amount, limit }, index) => amount > 0 && values[index]! + amount > limit);
+    if (refused !== -1) return { refused, values };
+    entries.forEach(({ key, amount, ttlMs }, index) => {
+      const entry = this.live(key);
+      values[index] = values[index]! + amount;
+      this.entries.set(key, { value: String(values[index]), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
+    });
+    return { refused: -1, values };
   }
 
   async ping() {}

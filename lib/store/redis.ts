@@ -1,11 +1,29 @@
 import { Redis, type RedisOptions } from 'ioredis';
-import { StoreUnavailableError, type Store } from './types';
+import { assertReservations, StoreUnavailableError, type Reservation, type ReserveResult, type Store } from './types';
 
 const DELETE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 const REPLACE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end`;
 const INCREMENT = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v`;
+
+// All counters are read, then either all are incremented or none: one script, so atomic across instances.
+// ARGV holds amount, limit, ttl per key. Returns {refused index (1-based, 0 = none), values...}.
+const RESERVE = `local values = {}
+local refused = 0
+for i = 1, #KEYS do
+  values[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local amount = tonumber(ARGV[i * 3 - 2])
+  if refused == 0 and amount > 0 and values[i] + amount > tonumber(ARGV[i * 3 - 1]) then refused = i end
+end
+if refused == 0 then
+  for i = 1, #KEYS do
+    values[i] = redis.call('INCRBY', KEYS[i], ARGV[i * 3 - 2])
+    if redis.call('PTTL', KEYS[i]) == -1 then redis.call('PEXPIRE', KEYS[i], ARGV[i * 3]) end
+  end
+end
+table.insert(values, 1, refused)
+return values`;
 
 /**
  * Redis (REDIS_URL) for several instances or Vercel. Commands are not queued while disconnected and time
@@ -80,6 +98,20 @@ export class RedisStore implements Store {
   async increment(key: string, by: number, ttlMs?: number) {
     if (!Number.isSafeInteger(by)) throw new TypeError('increment takes a safe integer');
     return Number(await this.run(() => this.redis.eval(INCREMENT, 1, key, String(by), ttlMs === undefined ? '' : String(ttlMs))));
+  }
+
+  async reserve(entries: readonly Reservation[]): Promise<ReserveResult> {
+    assertReservations(entries);
+    if (entries.length === 0) return { refused: -1, values: [] };
+    const args = entries.flatMap(({ amount, limit, ttlMs }) => [String(amount), String(limit), String(ttlMs)]);
+    const reply = (await this.run(() => this.redis.eval(RESERVE, entries.length, ...entries.map((e) => e.key), ...args))) as number[];
+    const [refused, ...values] = reply.map(Number);
+    return { refused: refused! - 1, values };
+  }
+
+  /** The connection, for rate-limiter-flexible's Redis limiter (its own atomic script, under our key prefix). */
+  get client(): Redis {
+    return this.redis;
   }
 
   async ping() {

@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
-import { StoreUnavailableError, type Store } from './types';
+import { assertReservations, StoreUnavailableError, type Reservation, type ReserveResult, type Store } from './types';
 
 /**
  * The embedded default: one SQLite file through node:sqlite (no server, survives restarts). Several
@@ -106,6 +106,30 @@ export class SqliteStore implements Store {
       value: string;
     };
     return Number(row.value);
+  }
+
+  async reserve(entries: readonly Reservation[]): Promise<ReserveResult> {
+    assertReservations(entries);
+    // BEGIN IMMEDIATE takes the write lock first, so another process sharing the file cannot interleave.
+    return this.run(() => {
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        const now = this.now();
+        const values = entries.map(({ key }) => Number((this.statements.get!.get({ key, now }) as { value: string } | undefined)?.value ?? 0));
+        const refused = entries.findIndex(({ amount, limit }, index) => amount > 0 && values[index]! + amount > limit);
+        if (refused === -1) {
+          entries.forEach(({ key, amount, ttlMs }, index) => {
+            const row = this.statements.increment!.get({ key, by: BigInt(amount), exp: now + ttlMs, now }) as { value: string };
+            values[index] = Number(row.value);
+          });
+        }
+        this.db.exec('COMMIT');
+        return { refused, values };
+      } catch (error) {
+        if (this.db.isTransaction) this.db.exec('ROLLBACK');
+        throw error;
+      }
+    });
   }
 
   async ping() {

@@ -19,9 +19,38 @@ export interface Store {
   replaceIfEquals(key: string, expected: string, value: string): Promise<boolean>;
   /** Adds `by` to an integer counter (created at 0) and returns the new value; `ttlMs` is set when created. */
   increment(key: string, by: number, ttlMs?: number): Promise<number>;
+  /**
+   * Adds every `amount` to its counter only if every counter stays within its `limit`; otherwise adds
+   * nothing (atomic across instances: one Lua script in Redis, one transaction in SQLite). Budgets and
+   * quotas reserve through this, so concurrent requests can never overshoot. `ttlMs` is set on creation.
+   */
+  reserve(entries: readonly Reservation[]): Promise<ReserveResult>;
   /** Checks that the backend answers; rejects with StoreUnavailableError if not. */
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface Reservation {
+  readonly key: string;
+  readonly amount: number;
+  readonly limit: number;
+  readonly ttlMs: number;
+}
+
+export interface ReserveResult {
+  /** Index of the first entry that would have gone over its limit, or -1 when all were added. */
+  readonly refused: number;
+  /** Each counter's value afterwards (unchanged ones when refused). */
+  readonly values: readonly number[];
+}
+
+/** Shared by the stores: amounts are whole units, so counters stay exact in Lua, SQLite and JS alike. */
+export function assertReservations(entries: readonly Reservation[]): void {
+  for (const { amount, limit, ttlMs } of entries) {
+    if (!Number.isSafeInteger(amount) || amount < 0 || !Number.isSafeInteger(limit) || !Number.isSafeInteger(ttlMs) || ttlMs <= 0) {
+      throw new TypeError('reserve takes whole, non-negative amounts and a positive ttl');
+    }
+  }
 }
 
 export class StoreUnavailableError extends Error {

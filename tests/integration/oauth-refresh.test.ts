@@ -7,7 +7,7 @@ import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
-import type { Store } from '../../lib/store/types';
+import type { Reservation, Store } from '../../lib/store/types';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { startRefreshProvider, type RefreshProvider } from '../fixtures/oidc-refresh-provider';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -277,6 +277,9 @@ class GatedStore implements Store {
   }
   increment(key: string, by: number, ttlMs?: number) {
     return this.inner.increment(key, by, ttlMs);
+  }
+  reserve(entries: readonly Reservation[]) {
+    return this.inner.reserve(entries);
   }
   ping() {
     return this.inner.ping();
