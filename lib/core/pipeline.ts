@@ -4,7 +4,12 @@ import { checkCsrf } from './csrf/check';
 import { injectCredential } from './credential/inject';
 import { resolveCredential, type CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
-import { capRequestBody, type CappedBody } from './forward/body';
+import { capRequestBody, readCappedBody, type CappedBody } from './forward/body';
+import { clientIp } from './client/ip';
+import type { Limits, LimitGrant, LimitSubject } from './limits/limits';
+import { UsageReader, toUnits } from './limits/usage';
+import { authorize } from './policy/authorize';
+import { applyCaps, applyIdentity, parseBody, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
 import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from './forward/headers';
 import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, toResponseStream, type StreamOutcome } from './respond/body';
@@ -15,6 +20,7 @@ import { assertSafeSegments } from './route/segments';
 import type { Session } from './session/session';
 import type { SessionVerifier } from './session/verify';
 import type { ResolvedCredential, Upstream } from './upstream/registry';
+import type { RouteLimits } from './limits/rules';
 
 export interface ProxyDeps {
   readonly registry: ReadonlyMap<string, Upstream>;
@@ -29,6 +35,10 @@ export interface ProxyDeps {
   readonly credentials?: CredentialSources;
   /** Idle deadline for a client's request body. */
   readonly requestBodyIdleMs?: number;
+  /** Rate limits, quotas and budgets; absent: none are enforced (tests of other steps). */
+  readonly limits?: Limits;
+  /** Trusted proxies appending to X-Forwarded-For (for the client IP); default 1. */
+  readonly trustedProxyHops?: number;
 }
 
 export interface ProxyTarget {
@@ -52,6 +62,9 @@ export interface ProxyEvent {
   readonly durationMs: number;
   readonly outcome: 'ok' | 'refused' | 'upstream_error' | StreamOutcome;
   readonly errorCode: string | null;
+  readonly clientIp: string | null;
+  /** Budget units charged for this call (the reported usage, or the reservation); 0 without budgets. */
+  readonly units: number;
 }
 
 const NO_USER_SECRETS: CredentialSources = { userKeys: null, oauthTokens: null };
@@ -71,8 +84,13 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
   let routeTemplate: string | null = null;
   let targetUrl: string | null = null;
   let body: CappedBody | null = null;
+  let grant: LimitGrant | null = null;
+  let forwarded = false;
+  const ip = clientIp(request.headers, deps.trustedProxyHops ?? 1);
 
-  const record = (status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null) => {
+  const record = (status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null, usage: number | null = null) => {
+    const units = grant && grant.reserved > 0 ? (forwarded ? (usage ?? grant.reserved) : 0) : 0;
+    grant?.settle({ forwarded, usage }).catch(() => {});
     const event: ProxyEvent = {
       requestId,
       userId: session?.userId ?? null,
@@ -88,6 +106,8 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
       durationMs: Math.round((performance.now() - started) * 100) / 100,
       outcome,
       errorCode,
+      clientIp: ip,
+      units,
     };
     deps.logger.info({ proxy: event }, 'proxy');
     deps.onComplete?.(event);
@@ -109,7 +129,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
 
     // 2. Route: validate every decoded segment, then match a declared route.
     assertSafeSegments(target.path);
-    const { route } = matchRoute(upstream, method, target.path);
+    const { route, params } = matchRoute(upstream, method, target.path);
     routeTemplate = route.template;
 
     // 3. Session, checked here on every request (never in proxy.ts/middleware).
@@ -119,13 +139,17 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     // 4. CSRF for cookie sessions.
     checkCsrf(request, session, deps.allowedOrigins);
 
-    // 5. Policy: the route's roles (deny if the session has none of them).
-    if (route.roles && !session.roles.some((role) => route.roles!.has(role))) throw new KeywardError('forbidden');
+    // 5. Policy: who may call this route, and the query it accepts (read before any counter moves).
+    const { contract } = route;
+    authorize(route, params, session);
+    const parts: RequestParts = {
+      query: contract.query ? parseQuery(contract.query, incomingUrl.search, incomingUrl.searchParams) : new URLSearchParams(incomingUrl.search),
+      body: undefined,
+    };
 
     // 8 (URL first, so the credential goes only where the URL was proven to go).
     const url = buildUpstreamUrl(upstream, target.path);
     targetUrl = `${url.origin}${url.pathname}`;
-    for (const [name, value] of incomingUrl.searchParams) url.searchParams.append(name, value);
     const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
     headers['accept-encoding'] = 'identity';
     headers['user-agent'] = 'keyward';
@@ -133,28 +157,53 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
 
     // 7. Credential: for this user and route; the client can neither supply nor override it.
     credential = await resolveCredential(upstream, session, deps.credentials ?? NO_USER_SECRETS);
-    injectCredential(credential, headers, url);
 
+    // 6a. Rate limits, before a body is read.
+    const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip };
+    const rate = deps.limits ? await deps.limits.checkRate(route.limits, who) : [];
+
+    let forwardBody: AsyncIterable<Uint8Array> | Buffer | null = null;
     if (request.body && !BODYLESS_METHODS.has(method)) {
       const declared = Number(request.headers.get('content-length') ?? NaN);
       if (declared > route.maxRequestBytes) throw new KeywardError('payload_too_large');
       body = capRequestBody(request.body, route.maxRequestBytes, deps.requestBodyIdleMs ?? route.timeoutMs);
+      forwardBody = body.iterable;
     }
+    if (contract.body) {
+      // 5b. The JSON contract: parsed, checked, and re-serialised; the client's bytes are never forwarded.
+      if (!isJson(request.headers.get('content-type'))) throw new KeywardError('unsupported_media_type');
+      parts.body = parseBody(contract.body, body ? (await readCappedBody(body)).toString('utf8') : '');
+    }
+    applyCaps(contract, session, parts);
+    applyIdentity(contract, session, parts);
+    if (contract.body) {
+      forwardBody = Buffer.from(JSON.stringify(parts.body), 'utf8');
+      headers['content-type'] = 'application/json';
+    }
+    const query = parts.query instanceof URLSearchParams ? parts.query : serializeQuery(parts.query);
+    for (const [name, value] of query) url.searchParams.append(name, value);
+    injectCredential(credential, headers, url);
+
+    // 6b. Quotas and budgets: the worst case is reserved atomically; settled when the response ends.
+    if (deps.limits) grant = await deps.limits.reserve(route.limits, who, reservation(route.limits.cost, parts), rate);
 
     let response: Dispatcher.ResponseData;
+    forwarded = true;
     try {
       response = await deps.dispatcher.request({
         origin: upstream.origin,
         path: url.pathname + url.search,
         method: method as Dispatcher.HttpMethod,
         headers,
-        body: body?.iterable ?? null,
+        body: forwardBody,
         signal: request.signal,
         headersTimeout: route.timeoutMs,
         bodyTimeout: route.timeoutMs,
         maxRedirections: 0,
       } as Dispatcher.RequestOptions);
     } catch (error) {
+      // A connection that never opened carried nothing: what was reserved is returned.
+      if (NOT_SENT.has((error as { code?: string } | null)?.code ?? '')) forwarded = false;
       throw upstreamFailure(error, body);
     }
 
@@ -169,16 +218,26 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     outHeaders.set('cache-control', route.cacheControl);
     outHeaders.set('x-content-type-options', 'nosniff');
     outHeaders.set('x-request-id', requestId);
+    for (const [name, value] of grant?.headers ?? []) outHeaders.set(name, value);
 
+    const usageSource = route.limits.cost.usage;
+    const headerUsage = usageSource && 'header' in usageSource ? toUnits(firstHeader(response.headers[usageSource.header])) : null;
     if (method === 'HEAD' || statusCode === 204 || statusCode === 304) {
       discardBody(response.body);
-      record(statusCode, 'complete', 0, null);
+      record(statusCode, 'complete', 0, null, headerUsage);
       return new Response(null, { status: statusCode, headers: outHeaders });
     }
+    const usageReader =
+      grant && grant.reserved > 0 && usageSource && 'json' in usageSource
+        ? new UsageReader(usageSource, firstHeader(response.headers['content-type']) ?? '')
+        : null;
     const encoding = response.headers['content-encoding'];
     const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding);
-    const stream = toResponseStream(decoded, new StreamScrubber(secrets), (outcome, bytes) =>
-      record(statusCode, outcome, bytes, null),
+    const stream = toResponseStream(
+      decoded,
+      new StreamScrubber(secrets),
+      (outcome, bytes) => record(statusCode, outcome, bytes, null, usageReader ? usageReader.result() : headerUsage),
+      usageReader,
     );
     return new Response(stream, { status: statusCode, headers: outHeaders });
   } catch (error) {
@@ -191,6 +250,29 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     record(keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, keywardError.code);
     return errorResponse(keywardError, requestId);
   }
+}
+
+/** undici errors raised before a request could be written: nothing reached the upstream. */
+const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
+
+function isJson(contentType: string | null): boolean {
+  const type = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
+  return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'));
+}
+
+function firstHeader(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** Worst-case units for budgets: a bounding request field (e.g. max_tokens × price) when present, else `reserve`. */
+function reservation(cost: RouteLimits['cost'], parts: RequestParts): number {
+  if (cost.reserveFrom) {
+    const value = readTarget(parts, cost.reserveFrom.field);
+    if (typeof value === 'number' && Number.isFinite(value) && value >= 0) {
+      return Math.min(Math.ceil(value * cost.reserveFrom.times) + cost.reserveFrom.plus, Number.MAX_SAFE_INTEGER);
+    }
+  }
+  return cost.reserve;
 }
 
 /** Maps undici failures to Keyward errors. The original error (with URL and headers) is never rendered. */

@@ -5,6 +5,7 @@ import { ConfigError, readConfigFile, type UpstreamDefinition } from './config/l
 import { OAuthTokenStore, oidcRefresher, type TokenRefresher } from './credential/oauth';
 import { UserKeys } from './credential/user-keys';
 import { MobileTokens } from './mobile/tokens';
+import { Limits } from './limits/limits';
 import { getLogger, logScrubber } from './log/logger';
 import type { ProxyDeps } from './pipeline';
 import { SessionRevocations } from './session/revocation';
@@ -30,6 +31,7 @@ export interface Runtime extends ProxyDeps {
   readonly oauthProviders: ReadonlySet<string>;
   /** The native-app token exchange (enabled by KEYWARD_MOBILE_REDIRECT_URIS). */
   readonly mobile: MobileTokens;
+  readonly limits: Limits;
 }
 
 export interface RuntimeOptions {
@@ -109,6 +111,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     oauthTokens,
     oauthProviders: new Set(oauthProviders.keys()),
     mobile,
+    limits: new Limits(store, logger, now),
+    trustedProxyHops: settings.KEYWARD_TRUSTED_PROXY_HOPS,
     credentials: { userKeys, oauthTokens },
     verifySession: createSessionVerifier(
       { authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET },

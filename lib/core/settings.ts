@@ -76,6 +76,11 @@ const settingsSchema = z.object({
         }, 'each entry must be a private-use scheme (com.example.app:/callback), https, or loopback http URL'),
       ),
     ),
+  /** Proxies in front of Keyward that append to X-Forwarded-For (Vercel, a load balancer): 1 for one. */
+  KEYWARD_TRUSTED_PROXY_HOPS: z.coerce.number().int().min(1).max(10).default(1),
+  /** Sign-in attempts allowed per client IP, and per username, in each window. */
+  KEYWARD_SIGNIN_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1_000_000).default(10),
+  KEYWARD_SIGNIN_WINDOW_SECONDS: z.coerce.number().int().min(1).max(86_400).default(300),
   KEYWARD_MOBILE_ACCESS_TTL: z.coerce.number().int().min(60).max(3600).default(900),
   KEYWARD_MOBILE_REFRESH_TTL: z.coerce.number().int().min(3600).max(90 * 24 * 3600).default(30 * 24 * 3600),
 });

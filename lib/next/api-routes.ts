@@ -2,7 +2,9 @@ import 'server-only';
 import { handleUserKey } from '@/lib/core/api/keys';
 import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
+import { limitSignIn } from '@/lib/core/api/sign-in';
 import type { Runtime } from '@/lib/core/runtime';
+import { handlers } from './auth';
 import { runtimeOrUnavailable } from './proxy-route';
 
 /** Route handlers for Keyward's own API: each translates params, then hands over to lib/core/api. */
@@ -24,3 +26,10 @@ export const revokeAllRoute = withRuntime<object>((request, _, runtime) => handl
 export const logoutRoute = withRuntime<object>((request, _, runtime) => handleLogout(request, runtime));
 export const mobileAuthorizeRoute = withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime));
 export const mobileTokenRoute = withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime));
+
+/** Auth.js's POST handler behind the sign-in attempt limits (per IP and per username). */
+export async function authPostRoute(request: Request): Promise<Response> {
+  const runtime = runtimeOrUnavailable();
+  if (runtime instanceof Response) return runtime;
+  return (await limitSignIn(request, runtime)) ?? handlers.POST(request as Parameters<typeof handlers.POST>[0]);
+}

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { routePolicyFields, upstreamPolicyFields } from './policy';
 
 /**
  * The one schema for upstream definitions: TypeScript adapters (`defineUpstream`) and the JSON file named by
@@ -142,6 +143,26 @@ const routeSchema = z.strictObject({
     .regex(/^[\x20-\x7e]*$/)
     .optional()
     .describe('Cache-Control for responses of this route. Default "private, no-store".'),
+  ...routePolicyFields,
+}).superRefine((route, ctx) => {
+  const params = new Set(route.path.split('/').filter((s) => s.startsWith(':')).map((s) => s.slice(1)));
+  for (const name of Object.keys(route.paramEquals ?? {})) {
+    if (!params.has(name)) ctx.addIssue({ code: 'custom', path: ['paramEquals', name], message: `"${name}" is not a parameter of the path` });
+  }
+  // Body fields can only be enforced on a body Keyward parses, i.e. one with a contract.
+  const bodyTargets: [string, string][] = [
+    ...Object.keys(route.identity ?? {}).map((target): [string, string] => ['identity', target]),
+    ...Object.values(route.caps ?? {}).flatMap((caps) => Object.keys(caps).map((target): [string, string] => ['caps', target])),
+    ...(route.cost?.reserveFrom ? [['cost', route.cost.reserveFrom.field] as [string, string]] : []),
+  ];
+  for (const [field, target] of bodyTargets) {
+    if (target.startsWith('body.') && !route.body) {
+      ctx.addIssue({ code: 'custom', path: [field], message: `"${target}" needs a "body" contract on this route` });
+    }
+  }
+  if (route.body && ['GET', 'HEAD', 'DELETE', 'OPTIONS'].includes(route.method)) {
+    ctx.addIssue({ code: 'custom', path: ['body'], message: `${route.method} requests are forwarded without a body` });
+  }
 });
 
 const baseUrlSchema = z
@@ -197,6 +218,7 @@ export const upstreamSchema = z
       .max(64)
       .default([])
       .describe('Extra response headers to pass back, beyond the built-in allow-list.'),
+    ...upstreamPolicyFields,
   })
   .superRefine((upstream, ctx) => {
     let url: URL;

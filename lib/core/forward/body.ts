@@ -40,3 +40,10 @@ export function capRequestBody(body: ReadableStream<Uint8Array>, maxBytes: numbe
   }
   return { iterable: iterate(), bytes: () => total, exceeded: () => tooLarge };
 }
+
+/** Reads a whole (small, capped) body for routes whose JSON contract must see it before forwarding. */
+export async function readCappedBody(body: CappedBody): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of body.iterable) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}

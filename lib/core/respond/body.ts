@@ -45,6 +45,8 @@ export function toResponseStream(
   source: Readable,
   scrubber: StreamScrubber | null,
   onDone: (outcome: StreamOutcome, bytes: number) => void,
+  /** Sees every chunk sent to the client (after scrubbing), e.g. to read the usage an upstream reports. */
+  tap?: { push(chunk: Uint8Array): void } | null,
 ): ReadableStream<Uint8Array> {
   const iterator = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let bytes = 0;
@@ -63,6 +65,7 @@ export function toResponseStream(
             const tail = scrubber?.flush();
             if (tail && tail.length > 0) {
               bytes += tail.length;
+              tap?.push(tail);
               controller.enqueue(tail);
             }
             controller.close();
@@ -72,6 +75,7 @@ export function toResponseStream(
           const out = scrubber ? scrubber.push(value) : value;
           if (out.length === 0) continue;
           bytes += out.length;
+          tap?.push(out);
           controller.enqueue(out);
           return;
         }

@@ -2,6 +2,9 @@ import 'server-only';
 import { createHash } from 'node:crypto';
 import type { AuthConfig, CredentialSource, RouteConfig, RouteMethod, SecretRef, UpstreamConfig } from '../config/schema';
 import { ConfigError, type UpstreamDefinition } from '../config/load';
+import type { SessionValue } from '../config/policy';
+import { compileRouteLimits, type RouteLimits } from '../limits/rules';
+import { compileContract, type CompiledContract } from '../policy/contract';
 
 export interface CompiledRoute {
   readonly method: RouteMethod;
@@ -10,6 +13,12 @@ export interface CompiledRoute {
   /** Literal segments are strings; parameters are `{ param }`; a final `*` is `{ rest: true }`. */
   readonly segments: ReadonlyArray<string | { param: string } | { rest: true }>;
   readonly roles: ReadonlySet<string> | null;
+  /** Every one of these is needed (null: none). */
+  readonly scopes: ReadonlySet<string> | null;
+  /** Object-level checks: path parameter → the session value it must equal. */
+  readonly paramEquals: ReadonlyMap<string, SessionValue>;
+  readonly contract: CompiledContract;
+  readonly limits: RouteLimits;
   readonly maxRequestBytes: number;
   readonly timeoutMs: number;
   readonly cacheControl: string;
@@ -84,7 +93,7 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream
     base,
     origin: base.origin,
     basePath: base.pathname,
-    routes: config.routes.map((route) => compileRoute(route, config.maxRequestBytes, config.timeoutMs)),
+    routes: config.routes.map((route, index) => compileRoute(id, index, route, config)),
     timeoutMs: config.timeoutMs,
     credential: planCredential(id, config.auth, env),
     auth: config.auth,
@@ -93,15 +102,20 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream
   };
 }
 
-function compileRoute(route: RouteConfig, defaultMaxBytes: number, defaultTimeoutMs: number): CompiledRoute {
+function compileRoute(upstreamId: string, index: number, route: RouteConfig, upstream: UpstreamConfig): CompiledRoute {
   const parts = route.path === '/' ? [] : route.path.slice(1).split('/');
+  const where = `upstreams.${upstreamId}.routes.${index}`;
   return {
     method: route.method,
     template: route.path,
     segments: parts.map((part) => (part === '*' ? { rest: true } : part.startsWith(':') ? { param: part.slice(1) } : part)),
     roles: route.roles ? new Set(route.roles) : null,
-    maxRequestBytes: route.maxRequestBytes ?? defaultMaxBytes,
-    timeoutMs: route.timeoutMs ?? defaultTimeoutMs,
+    scopes: route.scopes ? new Set(route.scopes) : null,
+    paramEquals: new Map(Object.entries(route.paramEquals ?? {})),
+    contract: compileContract(route, where),
+    limits: compileRouteLimits(upstreamId, `${route.method} ${route.path}`, upstream, route, where),
+    maxRequestBytes: route.maxRequestBytes ?? upstream.maxRequestBytes,
+    timeoutMs: route.timeoutMs ?? upstream.timeoutMs,
     cacheControl: route.cacheControl ?? 'private, no-store',
   };
 }

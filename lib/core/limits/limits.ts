@@ -1,0 +1,193 @@
+import type { Logger } from 'pino';
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import { KeywardError, type KeywardErrorCode } from '../errors';
+import { guard } from '../store/guard';
+import { RedisStore } from '../../store/redis';
+import { StoreUnavailableError, type Reservation, type Store } from '../../store/types';
+import { periodWindow } from './period';
+import { appliesTo, type MeterRule, type RateRule, type RouteLimits, type Subject } from './rules';
+
+/** Who is calling, as limits see it. */
+export interface LimitSubject {
+  readonly upstream: string;
+  readonly userId: string;
+  readonly roles: readonly string[];
+  readonly fingerprint: string;
+  readonly ip: string | null;
+}
+
+/** What a request holds after passing its limits; settled once when its response ends. */
+export interface LimitGrant {
+  /** RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-10), when any rule applied. */
+  readonly headers: ReadonlyArray<readonly [string, string]>;
+  /** Worst-case units reserved against budgets (0 when no budget applied). */
+  readonly reserved: number;
+  /**
+   * `forwarded: false` returns everything reserved (the upstream was never called). Otherwise budgets
+   * are charged `usage` when the upstream reported it, else the reservation is kept (worst case).
+   */
+  settle(result: { forwarded: boolean; usage: number | null }): Promise<void>;
+}
+
+const NO_LIMITS: LimitGrant = { headers: [], reserved: 0, settle: async () => {} };
+/** Counters outlive their period by this much, so a late settle still finds its counter. */
+const METER_GRACE_MS = 3_600_000;
+
+/**
+ * Rate limits (rate-limiter-flexible: in memory for one process, Redis for many) and quotas and budgets
+ * (Store.reserve: one atomic check-and-add per request, so instances sharing Redis never overshoot).
+ */
+export class Limits {
+  private readonly limiters = new Map<string, RateLimiterAbstract>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Checks rate limits (DESIGN.md step 6). Throws 429 `rate_limited` with Retry-After, or 503 if the store is down. */
+  async checkRate(limits: RouteLimits, who: LimitSubject): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
+    const rules = limits.rate.filter((rule) => appliesTo(rule, who.roles));
+    if (rules.length === 0) return [];
+    const outcomes = await Promise.allSettled(rules.map((rule) => this.limiter(rule).consume(subjectKey(rule.by, who), 1)));
+    const results: Array<readonly [RateRule, RateLimiterRes]> = [];
+    let limited = false;
+    outcomes.forEach((outcome, index) => {
+      const value = outcome.status === 'fulfilled' ? outcome.value : outcome.reason;
+      // rate-limiter-flexible rejects with a RateLimiterRes when over the limit, with an Error when its store fails.
+      if (!(value instanceof RateLimiterRes)) throw new KeywardError('store_unavailable', { cause: value });
+      if (outcome.status === 'rejected') limited = true;
+      results.push([rules[index]!, value]);
+    });
+    if (limited) {
+      const retryMs = Math.max(...results.filter(([, res]) => res.remainingPoints === 0).map(([, res]) => res.msBeforeNext));
+      throw limitError('rate_limited', retryMs, rateHeaders(results));
+    }
+    return results;
+  }
+
+  /**
+   * Reserves quotas (1 request) and budgets (`units`, the worst case) in one atomic step. Throws 429
+   * `quota_exceeded` / `budget_exceeded` with Retry-After (the end of the period) when one would overshoot.
+   */
+  async reserve(limits: RouteLimits, who: LimitSubject, units: number, rate: Array<readonly [RateRule, RateLimiterRes]>): Promise<LimitGrant> {
+    const meters = limits.meters.filter((rule) => appliesTo(rule, who.roles));
+    if (meters.length === 0 && rate.length === 0) return NO_LIMITS;
+    const now = this.now();
+    const windows = meters.map((rule) => periodWindow(rule.period, now));
+    const entries: Reservation[] = meters.map((rule, i) => ({
+      key: `meter:${rule.id}:${subjectKey(rule.by, who)}:${windows[i]!.id}`,
+      amount: rule.kind === 'quota' ? 1 : units,
+      limit: rule.limit,
+      ttlMs: windows[i]!.endsAt - now + METER_GRACE_MS,
+    }));
+    const { refused, values } = entries.length > 0 ? await guard(() => this.store.reserve(entries)) : { refused: -1, values: [] };
+    const quotaState = meters.flatMap((rule, i) =>
+      rule.kind === 'quota' ? [{ rule, remaining: Math.max(rule.limit - values[i]!, 0), resetMs: windows[i]!.endsAt - now }] : [],
+    );
+    const headers = [...rateHeaders(rate), ...quotaHeaders(quotaState)];
+    if (refused !== -1) {
+      const rule = meters[refused]!;
+      throw limitError(rule.kind === 'quota' ? 'quota_exceeded' : 'budget_exceeded', windows[refused]!.endsAt - now, merge(headers));
+    }
+    const budgetEntries = entries.filter((_, i) => meters[i]!.kind === 'budget' && units > 0);
+    let settled = false;
+    return {
+      headers: merge(headers),
+      reserved: budgetEntries.length > 0 ? units : 0,
+      settle: async ({ forwarded, usage }) => {
+        if (settled) return;
+        settled = true;
+        const adjustments = forwarded
+          ? usage === null || usage === units
+            ? []
+            : budgetEntries.map((entry) => [entry.key, usage - units] as const)
+          : entries.filter((entry) => entry.amount > 0).map((entry) => [entry.key, -entry.amount] as const);
+        try {
+          await Promise.all(adjustments.map(([key, delta]) => this.store.increment(key, delta)));
+        } catch (error) {
+          // The reservation stays charged: a budget errs on the side of the worst case, never of overspending.
+          this.logger.warn({ err: error instanceof StoreUnavailableError ? error.message : 'settle failed' }, 'budget settle failed');
+        }
+        if (forwarded && usage !== null && usage > units) {
+          this.logger.warn({ reserved: units, usage }, 'upstream reported more usage than was reserved; check the route\'s cost');
+        }
+      },
+    };
+  }
+
+  /**
+   * Sign-in attempts: per client IP and per username (so rotating IPs cannot guess one account's
+   * password faster). Throws 429 `rate_limited` with Retry-After.
+   */
+  async checkSignIn(ip: string | null, username: string | null, limit: number, windowSeconds: number): Promise<void> {
+    const checks: Array<[RateRule, string]> = [];
+    const rule = (by: Subject, name: string): RateRule => ({ id: `signin|${name}`, name, by, limit, windowSeconds, roles: null });
+    checks.push([rule('ip', 'signin-ip'), ip ?? 'unknown']);
+    if (username) checks.push([rule('user', 'signin-username'), username.toLowerCase()]);
+    const outcomes = await Promise.allSettled(checks.map(([r, key]) => this.limiter(r).consume(key, 1)));
+    let retryMs = 0;
+    for (const outcome of outcomes) {
+      const value = outcome.status === 'fulfilled' ? outcome.value : outcome.reason;
+      if (!(value instanceof RateLimiterRes)) throw new KeywardError('store_unavailable', { cause: value });
+      if (outcome.status === 'rejected') retryMs = Math.max(retryMs, value.msBeforeNext);
+    }
+    if (retryMs > 0) throw limitError('rate_limited', retryMs, []);
+  }
+
+  private limiter(rule: RateRule): RateLimiterAbstract {
+    let limiter = this.limiters.get(rule.id);
+    if (!limiter) {
+      const options = { points: rule.limit, duration: rule.windowSeconds, keyPrefix: `rl|${rule.id}` };
+      limiter =
+        this.store instanceof RedisStore
+          ? new RateLimiterRedis({ ...options, storeClient: this.store.client, rejectIfRedisNotReady: true })
+          : new RateLimiterMemory(options);
+      this.limiters.set(rule.id, limiter);
+    }
+    return limiter;
+  }
+}
+
+function subjectKey(by: Subject, who: LimitSubject): string {
+  switch (by) {
+    case 'user':
+      return `u:${who.userId}`;
+    case 'credential':
+      return `k:${who.fingerprint}`;
+    case 'upstream':
+      return 'all';
+    case 'ip':
+      return `ip:${who.ip ?? 'unknown'}`;
+  }
+}
+
+const seconds = (ms: number) => Math.max(1, Math.ceil(ms / 1000));
+
+function rateHeaders(results: ReadonlyArray<readonly [RateRule, RateLimiterRes]>): Array<[string, string]> {
+  return results.flatMap(([rule, res]) => [
+    ['ratelimit-policy', `"${rule.name}";q=${rule.limit};w=${rule.windowSeconds}`],
+    ['ratelimit', `"${rule.name}";r=${res.remainingPoints};t=${seconds(res.msBeforeNext)}`],
+  ]);
+}
+
+function quotaHeaders(state: ReadonlyArray<{ rule: MeterRule; remaining: number; resetMs: number }>): Array<[string, string]> {
+  return state.flatMap(({ rule, remaining, resetMs }) => [
+    ['ratelimit-policy', `"${rule.name}";q=${rule.limit};w=${PERIOD_SECONDS[rule.period]}`],
+    ['ratelimit', `"${rule.name}";r=${remaining};t=${seconds(resetMs)}`],
+  ]);
+}
+
+const PERIOD_SECONDS = { minute: 60, hour: 3600, day: 86_400, month: 2_592_000 } as const;
+
+/** Both fields are lists (RFC 9651 structured fields): one header line each, items joined by ", ". */
+function merge(headers: ReadonlyArray<readonly [string, string]>): Array<[string, string]> {
+  const byName = new Map<string, string[]>();
+  for (const [name, value] of headers) byName.set(name, [...(byName.get(name) ?? []), value]);
+  return [...byName].map(([name, values]) => [name, values.join(', ')]);
+}
+
+function limitError(code: KeywardErrorCode, retryMs: number, headers: ReadonlyArray<readonly [string, string]>): KeywardError {
+  return new KeywardError(code, { headers: { ...Object.fromEntries(merge(headers)), 'retry-after': String(seconds(retryMs)) } });
+}

@@ -1,0 +1,269 @@
+import { z } from 'zod';
+import { ConfigError } from '../config/load';
+import type { FieldSpecInput, FieldTarget, SessionValue } from '../config/policy';
+import type { RouteConfig } from '../config/schema';
+import { KeywardError } from '../errors';
+import type { Session } from '../session/session';
+
+/**
+ * Request contracts (DESIGN.md step 5): the query and JSON body a route accepts, per-role caps and identity
+ * fields. What is forwarded is rebuilt from the parsed values, never the client's raw text, so a field the
+ * contract does not know (or a second copy of one it does) cannot reach the upstream.
+ */
+
+export type QueryValues = Record<string, unknown>;
+
+export interface CompiledContract {
+  /** Null: the query is passed through as sent (no contract declared). */
+  readonly query: { readonly schema: z.ZodType; readonly arrays: ReadonlySet<string> | null } | null;
+  readonly body: z.ZodType | null;
+  readonly caps: ReadonlyMap<string, ReadonlyMap<FieldTarget, number>>;
+  readonly identity: ReadonlyArray<readonly [FieldTarget, SessionValue]>;
+}
+
+export function compileContract(route: RouteConfig, where: string): CompiledContract {
+  let query: CompiledContract['query'] = null;
+  if (route.query instanceof z.ZodType) {
+    query = { schema: closed(route.query), arrays: null };
+  } else if (route.query) {
+    const spec = route.query as { properties: Record<string, FieldSpecInput>; required?: string[] };
+    const shape: Record<string, z.ZodType> = {};
+    const arrays = new Set<string>();
+    for (const [name, field] of Object.entries(spec.properties)) {
+      if (field.type === 'array') arrays.add(name);
+      const schema = queryField(field, `${where}.query.properties.${name}`);
+      shape[name] = spec.required?.includes(name) ? schema : schema.optional();
+    }
+    query = { schema: z.strictObject(shape), arrays };
+  }
+  const body = route.body instanceof z.ZodType ? closed(route.body) : route.body ? bodyField(route.body as FieldSpecInput) : null;
+  const caps = new Map(Object.entries(route.caps ?? {}).map(([role, fields]) => [role, new Map(Object.entries(fields)) as Map<FieldTarget, number>]));
+  return { query, body, caps, identity: Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][] };
+}
+
+/** A zod object from an adapter refuses unknown keys like the declarative contracts do. */
+function closed(schema: z.ZodType): z.ZodType {
+  return schema instanceof z.ZodObject ? schema.strict() : schema;
+}
+
+function literals(values: readonly (string | number | boolean)[]): z.ZodType {
+  return z.literal(values as [string, ...string[]]);
+}
+
+function bodyField(spec: FieldSpecInput): z.ZodType {
+  switch (spec.type) {
+    case 'string': {
+      if (spec.enum) return literals(spec.enum);
+      let schema = z.string();
+      if (spec.minLength !== undefined) schema = schema.min(spec.minLength);
+      if (spec.maxLength !== undefined) schema = schema.max(spec.maxLength);
+      return schema;
+    }
+    case 'integer':
+    case 'number': {
+      if (spec.enum) return literals(spec.enum);
+      let schema = spec.type === 'integer' ? z.number().int() : z.number();
+      if (spec.minimum !== undefined) schema = schema.min(spec.minimum);
+      if (spec.maximum !== undefined) schema = schema.max(spec.maximum);
+      return schema;
+    }
+    case 'boolean':
+      return z.boolean();
+    case 'array': {
+      let schema = z.array(bodyField(spec.items!));
+      if (spec.minItems !== undefined) schema = schema.min(spec.minItems);
+      if (spec.maxItems !== undefined) schema = schema.max(spec.maxItems);
+      return schema;
+    }
+    case 'object': {
+      const shape: Record<string, z.ZodType> = {};
+      for (const [name, field] of Object.entries(spec.properties ?? {})) {
+        const schema = bodyField(field);
+        shape[name] = spec.required?.includes(name) ? schema : schema.optional();
+      }
+      return z.strictObject(shape);
+    }
+  }
+}
+
+const INTEGER = /^-?(?:0|[1-9]\d{0,15})$/;
+const NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d{1,3})?$/;
+
+/** Query values arrive as strings: each declared type says how to read one, then the body rules apply. */
+function queryField(spec: FieldSpecInput, where: string): z.ZodType {
+  switch (spec.type) {
+    case 'string':
+      return bodyField(spec);
+    case 'integer':
+    case 'number':
+      return z
+        .string()
+        .regex(spec.type === 'integer' ? INTEGER : NUMBER, `expected ${spec.type === 'integer' ? 'an integer' : 'a number'}`)
+        .transform(Number)
+        .pipe(bodyField(spec) as z.ZodType<unknown, number>);
+    case 'boolean':
+      return z.enum(['true', 'false'], { error: 'expected true or false' }).transform((value) => value === 'true');
+    case 'array': {
+      if (spec.items!.type === 'array' || spec.items!.type === 'object') {
+        throw new ConfigError(`  - ${where}.items: query arrays hold strings, numbers or booleans`);
+      }
+      let schema = z.array(queryField(spec.items!, where));
+      if (spec.minItems !== undefined) schema = schema.min(spec.minItems);
+      if (spec.maxItems !== undefined) schema = schema.max(spec.maxItems);
+      return schema;
+    }
+    case 'object':
+      throw new ConfigError(`  - ${where}: query parameters cannot be objects`);
+  }
+}
+
+/**
+ * Reads the query against its contract. Refused: a parameter the contract does not declare, a repeated
+ * parameter not declared as an array (HTTP parameter pollution: servers disagree on which copy wins), and
+ * `;` used as a separator (some frameworks split on it, so the upstream would see other parameters).
+ */
+export function parseQuery(contract: NonNullable<CompiledContract['query']>, search: string, params: URLSearchParams): QueryValues {
+  if (search.includes(';')) throw violation('query: ";" is not a parameter separator here');
+  const raw: Record<string, string | string[]> = Object.create(null);
+  for (const [name, value] of params) {
+    const seen = raw[name];
+    if (seen === undefined) {
+      raw[name] = contract.arrays?.has(name) ? [value] : value;
+    } else if (Array.isArray(seen)) {
+      seen.push(value);
+    } else if (contract.arrays === null) {
+      raw[name] = [seen, value];
+    } else {
+      throw violation(`query.${safeName(name)}: given more than once`);
+    }
+  }
+  const result = contract.schema.safeParse(raw);
+  if (!result.success) throw contractError(result.error, 'query');
+  return result.data as QueryValues;
+}
+
+/** Parses and validates a JSON body. The caller forwards `JSON.stringify` of what this returns. */
+export function parseBody(schema: z.ZodType, text: string): unknown {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw violation('body: not valid JSON');
+  }
+  const result = schema.safeParse(json);
+  if (!result.success) throw contractError(result.error, 'body');
+  return result.data;
+}
+
+/** Rebuilds the query string from parsed values, in a fixed form. */
+export function serializeQuery(values: QueryValues): URLSearchParams {
+  const out = new URLSearchParams();
+  for (const [name, value] of Object.entries(values)) {
+    if (value === undefined || value === null) continue;
+    for (const item of Array.isArray(value) ? value : [value]) out.append(name, String(item));
+  }
+  return out;
+}
+
+/** Reads `userId` or `claims.<name>`. A missing claim fails closed: the route cannot be called without it. */
+export function sessionValue(session: Session, source: SessionValue): string {
+  if (source === 'userId') return session.userId;
+  const value = session.claims[source.slice('claims.'.length)];
+  if (value === undefined) throw new KeywardError('forbidden', { message: 'Your session lacks a claim this route needs.' });
+  return value;
+}
+
+export interface RequestParts {
+  query: QueryValues | URLSearchParams;
+  body: unknown;
+}
+
+/**
+ * Applies per-role caps: the most generous cap among the caller's roles that have one. A larger value is
+ * refused; a missing value is set to the cap, so the upstream's own (possibly larger) default never applies.
+ */
+export function applyCaps(contract: CompiledContract, session: Session, parts: RequestParts): void {
+  if (contract.caps.size === 0) return;
+  const limits = new Map<FieldTarget, number>();
+  for (const role of session.roles) {
+    for (const [target, max] of contract.caps.get(role) ?? []) limits.set(target, Math.max(limits.get(target) ?? -Infinity, max));
+  }
+  for (const [target, max] of limits) {
+    const current = readTarget(parts, target);
+    if (current === undefined) {
+      writeTarget(parts, target, max);
+    } else if (typeof current !== 'number' || !Number.isFinite(current)) {
+      throw violation(`${target}: expected a number`);
+    } else if (current > max) {
+      throw violation(`${target}: must be at most ${max} for your role`);
+    }
+  }
+}
+
+/** Writes identity fields from the session, whatever the client sent. */
+export function applyIdentity(contract: CompiledContract, session: Session, parts: RequestParts): void {
+  for (const [target, source] of contract.identity) writeTarget(parts, target, sessionValue(session, source));
+}
+
+/** Reads a numeric or other value at `body.a.b` / `query.name`; undefined when absent. */
+export function readTarget(parts: RequestParts, target: FieldTarget): unknown {
+  const [root, ...path] = target.split('.');
+  if (root === 'query') {
+    const name = path[0]!;
+    if (parts.query instanceof URLSearchParams) {
+      const value = parts.query.get(name);
+      return value === null ? undefined : NUMBER.test(value) ? Number(value) : value;
+    }
+    return Object.hasOwn(parts.query, name) ? parts.query[name] : undefined;
+  }
+  let node: unknown = parts.body;
+  for (const key of path) {
+    if (node === null || typeof node !== 'object' || Array.isArray(node) || !Object.hasOwn(node, key)) return undefined;
+    node = (node as Record<string, unknown>)[key];
+  }
+  return node;
+}
+
+function writeTarget(parts: RequestParts, target: FieldTarget, value: string | number): void {
+  const [root, ...path] = target.split('.');
+  if (root === 'query') {
+    if (parts.query instanceof URLSearchParams) parts.query.set(path[0]!, String(value));
+    else parts.query[path[0]!] = value;
+    return;
+  }
+  if (parts.body === null || typeof parts.body !== 'object' || Array.isArray(parts.body)) {
+    throw violation('body: must be a JSON object');
+  }
+  let node = parts.body as Record<string, unknown>;
+  for (const key of path.slice(0, -1)) {
+    const next = Object.hasOwn(node, key) ? node[key] : undefined;
+    if (next === undefined) {
+      node = node[key] = {};
+    } else if (next !== null && typeof next === 'object' && !Array.isArray(next)) {
+      node = next as Record<string, unknown>;
+    } else {
+      throw violation(`body.${key}: must be an object`);
+    }
+  }
+  // defineProperty, not assignment: a key named `__proto__` stays a plain data property.
+  Object.defineProperty(node, path[path.length - 1]!, { value, enumerable: true, writable: true, configurable: true });
+}
+
+function violation(message: string): KeywardError {
+  return new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${message}.` });
+}
+
+/** Client-chosen names are echoed only in a harmless form (no quotes, markup or secrets of any length). */
+function safeName(name: string): string {
+  return /^[A-Za-z0-9_-]{1,64}$/.test(name) ? name : '(invalid name)';
+}
+
+/** Names the first problems by path; zod's messages name expected types and config limits, not values. */
+function contractError(error: z.ZodError, root: 'query' | 'body'): KeywardError {
+  const problems = error.issues.slice(0, 3).map((issue) => {
+    const path = [root, ...issue.path.map((part) => (typeof part === 'number' ? String(part) : safeName(String(part))))].join('.');
+    if (issue.code === 'unrecognized_keys') return `${path}: unknown field ${issue.keys.slice(0, 3).map(safeName).join(', ')}`;
+    return `${path}: ${issue.message}`;
+  });
+  return violation(problems.join('; '));
+}
