@@ -24,7 +24,8 @@ test('local user: sign in, call the upstream (GET, POST, SSE), sign out', async 
   await expect(page.locator('h2', { hasText: 'POST /echo' })).toBeVisible();
   await expect(page.getByTestId('status')).toHaveText('200');
   const echoed = JSON.parse((await page.getByTestId('body').textContent()) ?? '') as { received: string };
-  expect(JSON.parse(echoed.received)).toEqual({ note: 'hello upstream' });
+  // The route's contract re-serialises the body and stamps the caller's id into `user` (an identity field).
+  expect(JSON.parse(echoed.received)).toEqual({ note: 'hello upstream', user: expect.stringMatching(/^local:/) });
 
   // SSE: record every rendered state of the events list; a buffered stream would render all 5 at once.
   await page.evaluate(() => {
