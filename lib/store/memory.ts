@@ -1,4 +1,4 @@
-import { assertReservations, type Reservation, type ReserveResult, type Store } from './types';
+import { assertReservations, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 interface Entry {
   value: string;
@@ -9,6 +9,8 @@ interface Entry {
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   private readonly entries = new Map<string, Entry>();
+  private readonly logs = new Map<string, LogEntry[]>();
+  private logSequence = 0;
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -78,6 +80,24 @@ export class MemoryStore implements Store {
       this.entries.set(key, { value: String(values[index]), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
     });
     return { refused: -1, values };
+  }
+
+  async append(stream: string, value: string, at: number, retentionMs: number) {
+    const log = this.logs.get(stream) ?? [];
+    this.logs.set(stream, log);
+    const cutoff = this.now() - retentionMs;
+    while (log.length > 0 && log[0]!.at < cutoff) log.shift();
+    const id = String(++this.logSequence).padStart(16, '0');
+    log.push({ id, at, value });
+    return id;
+  }
+
+  async readLog(stream: string, { sinceMs = -Infinity, untilMs = Infinity, cursor, limit, order }: LogQuery) {
+    const log = [...(this.logs.get(stream) ?? [])];
+    if (order === 'desc') log.reverse();
+    return log
+      .filter(({ id, at }) => at >= sinceMs && at <= untilMs && (cursor === undefined || (order === 'asc' ? id > cursor : id < cursor)))
+      .slice(0, limit);
   }
 
   async ping() {}

@@ -1,5 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
-import { assertReservations, StoreUnavailableError, type Reservation, type ReserveResult, type Store } from './types';
+import { assertReservations, StoreUnavailableError, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 const DELETE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 const REPLACE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end`;
@@ -107,6 +107,33 @@ export class RedisStore implements Store {
     const reply = (await this.run(() => this.redis.eval(RESERVE, entries.length, ...entries.map((e) => e.key), ...args))) as number[];
     const [refused, ...values] = reply.map(Number);
     return { refused: refused! - 1, values };
+  }
+
+  /**
+   * A Redis stream per log: XADD trims entries older than the retention (MINID, approximate so trimming is
+   * cheap); the entry's time is kept in a field, the stream id orders entries and serves as the cursor.
+   */
+  async append(stream: string, value: string, at: number, retentionMs: number) {
+    const minId = String(Math.max(Date.now() - retentionMs, 0));
+    const id = await this.run(() => this.redis.xadd(`log:${stream}`, 'MINID', '~', minId, '*', 'at', String(at), 'v', value));
+    return id ?? '';
+  }
+
+  async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
+    const key = `log:${stream}`;
+    const valid = cursor !== undefined && /^\d{1,16}-\d{1,16}$/.test(cursor);
+    const low = order === 'asc' && valid ? `(${cursor}` : sinceMs !== undefined ? String(Math.max(sinceMs, 0)) : '-';
+    const high = order === 'desc' && valid ? `(${cursor}` : untilMs !== undefined ? String(untilMs) : '+';
+    const entries = await this.run(() =>
+      order === 'asc' ? this.redis.xrange(key, low, high, 'COUNT', limit) : this.redis.xrevrange(key, high, low, 'COUNT', limit),
+    );
+    return entries.flatMap(([id, fields]) => {
+      const record: Record<string, string> = {};
+      for (let i = 0; i + 1 < fields.length; i += 2) record[fields[i]!] = fields[i + 1]!;
+      const at = Number(record.at);
+      if (record.v === undefined || (sinceMs !== undefined && at < sinceMs) || (untilMs !== undefined && at > untilMs)) return [];
+      return [{ id, at, value: record.v }];
+    });
   }
 
   /** The connection, for rate-limiter-flexible's Redis limiter (its own atomic script, under our key prefix). */

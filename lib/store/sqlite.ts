@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
-import { assertReservations, StoreUnavailableError, type Reservation, type ReserveResult, type Store } from './types';
+import { assertReservations, StoreUnavailableError, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 /**
  * The embedded default: one SQLite file through node:sqlite (no server, survives restarts). Several
@@ -27,6 +27,8 @@ export class SqliteStore implements Store {
         PRAGMA synchronous = NORMAL;
         CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at INTEGER) STRICT;
         CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, at INTEGER NOT NULL, value TEXT NOT NULL) STRICT;
+        CREATE INDEX IF NOT EXISTS log_stream_at ON log (stream, at);
       `);
     } catch (error) {
       throw new StoreUnavailableError('sqlite', error);
@@ -51,6 +53,14 @@ export class SqliteStore implements Store {
           expires_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now THEN :exp ELSE kv.expires_at END
         RETURNING value`),
       purge: this.db.prepare('DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now'),
+      append: this.db.prepare('INSERT INTO log (stream, at, value) VALUES (:stream, :at, :value) RETURNING id'),
+      trimLog: this.db.prepare('DELETE FROM log WHERE stream = :stream AND at < :cutoff'),
+      readAsc: this.db.prepare(
+        'SELECT id, at, value FROM log WHERE stream = :stream AND at >= :since AND at <= :until AND id > :cursor ORDER BY id ASC LIMIT :limit',
+      ),
+      readDesc: this.db.prepare(
+        'SELECT id, at, value FROM log WHERE stream = :stream AND at >= :since AND at <= :until AND id < :cursor ORDER BY id DESC LIMIT :limit',
+      ),
     };
     this.purgeTimer = setInterval(() => this.run(() => this.statements.purge!.run({ now: this.now() })), 60_000);
     this.purgeTimer.unref();
@@ -130,6 +140,32 @@ export class SqliteStore implements Store {
         throw error;
       }
     });
+  }
+
+  private appends = 0;
+
+  async append(stream: string, value: string, at: number, retentionMs: number) {
+    return this.run(() => {
+      // Trimming on every 100th append keeps the table bounded without a delete per request.
+      if (this.appends++ % 100 === 0) this.statements.trimLog!.run({ stream, cutoff: this.now() - retentionMs });
+      const row = this.statements.append!.get({ stream, at, value }) as { id: number | bigint };
+      return String(row.id);
+    });
+  }
+
+  async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
+    const statement = order === 'asc' ? this.statements.readAsc! : this.statements.readDesc!;
+    const after = cursor === undefined || !/^\d{1,18}$/.test(cursor) ? (order === 'asc' ? 0n : 2n ** 62n) : BigInt(cursor);
+    const rows = this.run(() =>
+      statement.all({
+        stream,
+        since: Math.max(sinceMs ?? 0, 0),
+        until: Math.min(untilMs ?? Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER),
+        cursor: after,
+        limit,
+      }),
+    ) as Array<{ id: number | bigint; at: number | bigint; value: string }>;
+    return rows.map((row) => ({ id: String(row.id), at: Number(row.at), value: row.value }));
   }
 
   async ping() {

@@ -25,6 +25,13 @@ export interface Store {
    * quotas reserve through this, so concurrent requests can never overshoot. `ttlMs` is set on creation.
    */
   reserve(entries: readonly Reservation[]): Promise<ReserveResult>;
+  /**
+   * Appends to an ordered log (the audit trail), dropping entries older than `retentionMs` as it goes.
+   * Returns the entry's id; ids order entries and serve as cursors.
+   */
+  append(stream: string, value: string, at: number, retentionMs: number): Promise<string>;
+  /** Reads a log in order (`asc`, oldest first) or newest first, after a cursor, within a time window. */
+  readLog(stream: string, query: LogQuery): Promise<LogEntry[]>;
   /** Checks that the backend answers; rejects with StoreUnavailableError if not. */
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -42,6 +49,21 @@ export interface ReserveResult {
   readonly refused: number;
   /** Each counter's value afterwards (unchanged ones when refused). */
   readonly values: readonly number[];
+}
+
+export interface LogQuery {
+  readonly sinceMs?: number;
+  readonly untilMs?: number;
+  /** An id from an earlier read: continue after it (in the query's order). */
+  readonly cursor?: string;
+  readonly limit: number;
+  readonly order: 'asc' | 'desc';
+}
+
+export interface LogEntry {
+  readonly id: string;
+  readonly at: number;
+  readonly value: string;
 }
 
 /** Shared by the stores: amounts are whole units, so counters stay exact in Lua, SQLite and JS alike. */

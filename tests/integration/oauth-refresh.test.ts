@@ -7,7 +7,7 @@ import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
-import type { Reservation, Store } from '../../lib/store/types';
+import type { LogQuery, Reservation, Store } from '../../lib/store/types';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { startRefreshProvider, type RefreshProvider } from '../fixtures/oidc-refresh-provider';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -280,6 +280,12 @@ class GatedStore implements Store {
   }
   reserve(entries: readonly Reservation[]) {
     return this.inner.reserve(entries);
+  }
+  append(stream: string, value: string, at: number, retentionMs: number) {
+    return this.inner.append(stream, value, at, retentionMs);
+  }
+  readLog(stream: string, query: LogQuery) {
+    return this.inner.readLog(stream, query);
   }
   ping() {
     return this.inner.ping();
