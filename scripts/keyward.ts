@@ -1,14 +1,28 @@
 /**
  * `npm run keyward -- <command>`: Keyward's command line.
- *   hash-password   read a password on stdin, print a hash for KEYWARD_USERS_FILE
- *   check-config    validate the environment and upstreams like start-up does (exit 1 naming the field)
- *   schema          print the JSON Schema of the KEYWARD_CONFIG file
+ *   hash-password                 read a password on stdin, print a hash for KEYWARD_USERS_FILE
+ *   check-config                  validate the environment and upstreams like start-up does (exit 1 naming the field)
+ *   schema                        print the JSON Schema of the KEYWARD_CONFIG file
+ *   keys list                     versions of every service key (fingerprints, states, expiry warnings)
+ *   keys add <upstream>           add a managed version (key on stdin), not yet serving
+ *   keys rotate <upstream> [--id <rotation id>] [--skip-canary]   add (key on stdin), canary, switch
+ *   keys rollback <rotation id>   undo a switch
+ *   keys revoke <fingerprint>     stop every instance using that version on its next request
+ *   audit tail [-n <count>] [--follow]                          the latest audit records as JSON Lines
+ *   audit export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]   JSONL, oldest first
+ * Keys and audit commands work on the store the environment names (REDIS_URL or the SQLite file); in
+ * development (no AUTH_SECRET, NODE_ENV not production) they use the secrets `npm run dev` generated.
  */
+import { userInfo } from 'node:os';
+import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { KeywardError } from '../lib/core/errors';
 import { ConfigError } from '../lib/core/config/load';
 import { keywardConfigSchema } from '../lib/core/config/schema';
-import { createRuntime } from '../lib/core/runtime';
+import { auditFilter } from '../lib/core/api/admin';
+import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { hashPassword } from '../lib/core/users/password';
+import { prepareDevEnvironment } from './dev-setup';
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -40,16 +54,130 @@ async function main(command: string | undefined): Promise<number> {
       process.stdout.write(`${JSON.stringify({ ...schema, title: 'Keyward configuration (KEYWARD_CONFIG)' }, null, 2)}\n`);
       return 0;
     }
+    case 'keys':
+      return keysCommand(process.argv[3], process.argv.slice(4));
+    case 'audit':
+      return auditCommand(process.argv[3], process.argv.slice(4));
     default:
-      process.stderr.write('usage: npm run keyward -- <hash-password | check-config | schema>\n');
+      process.stderr.write('usage: npm run keyward -- <hash-password | check-config | schema | keys … | audit …>\n');
       return 2;
   }
+}
+
+async function openRuntime(): Promise<Runtime> {
+  const env = process.env.AUTH_SECRET || process.env.NODE_ENV === 'production' ? process.env : await prepareDevEnvironment(process.cwd(), process.env);
+  const { upstreams } = await import('../upstreams/index');
+  return createRuntime({ env, upstreams });
+}
+
+const actor = () => `cli:${userInfo().username}`;
+const print = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+
+async function readKey(): Promise<string> {
+  if (process.stdin.isTTY) process.stderr.write('New key (then Enter and Ctrl-D; it is not shown again): ');
+  return (await readStdin()).replace(/\r?\n$/, '');
+}
+
+async function keysCommand(action: string | undefined, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { id: { type: 'string' }, 'skip-canary': { type: 'boolean' } } });
+  const runtime = await openRuntime();
+  const target = positionals[0];
+  switch (action) {
+    case 'list': {
+      for (const ring of await runtime.keyRings.list()) {
+        process.stdout.write(`${ring.upstream}\n`);
+        for (const v of ring.versions) {
+          const expires = v.expiresAt === null ? 'no expiry' : `expires ${new Date(v.expiresAt).toISOString()}`;
+          process.stdout.write(`  ${v.fingerprint}  ${v.status.padEnd(8)} ${v.id.padEnd(32)} ${expires}${v.warning ? `  ⚠ ${v.warning}` : ''}\n`);
+        }
+      }
+      return 0;
+    }
+    case 'add': {
+      if (!target) break;
+      const version = await runtime.keyRings.add(target, await readKey());
+      await runtime.audit.recordAdmin({ action: 'key.add', actor: actor(), upstream: target, fingerprint: version.fingerprint, outcome: version.state });
+      print({ upstream: target, version });
+      return 0;
+    }
+    case 'rotate': {
+      if (!target) break;
+      const rotation = await runtime.keyRings.rotate(target, await readKey(), { rotationId: values.id, skipCanary: values['skip-canary'], actor: actor() });
+      await runtime.audit.recordAdmin({ action: 'key.rotate', actor: actor(), upstream: target, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+      print({ rotation });
+      return rotation.state === 'canary_failed' ? 1 : 0;
+    }
+    case 'rollback': {
+      if (!target) break;
+      const rotation = await runtime.keyRings.rollback(target);
+      await runtime.audit.recordAdmin({ action: 'key.rollback', actor: actor(), upstream: rotation.upstream, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+      print({ rotation });
+      return 0;
+    }
+    case 'revoke': {
+      if (!target) break;
+      const revoked = await runtime.keyRings.revoke(target);
+      for (const { upstream } of revoked) {
+        await runtime.audit.recordAdmin({ action: 'key.revoke', actor: actor(), upstream, fingerprint: target, outcome: 'revoked' });
+      }
+      print({ fingerprint: target, revoked });
+      return 0;
+    }
+  }
+  process.stderr.write('usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>>\n');
+  return 2;
+}
+
+async function auditCommand(action: string | undefined, args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      n: { type: 'string', short: 'n', default: '20' },
+      follow: { type: 'boolean', short: 'f' },
+      since: { type: 'string' },
+      until: { type: 'string' },
+      type: { type: 'string' },
+      upstream: { type: 'string' },
+    },
+  });
+  const runtime = await openRuntime();
+  const line = (record: unknown) => process.stdout.write(`${JSON.stringify(record)}\n`);
+  if (action === 'tail') {
+    const count = Number(values.n);
+    if (!Number.isInteger(count) || count < 1 || count > 10_000) throw new KeywardError('bad_request', { message: '-n is 1 to 10000.' });
+    const latest = await runtime.audit.query({}, { limit: count, order: 'desc' });
+    const records = latest.records.reverse();
+    records.forEach(line);
+    if (!values.follow) return 0;
+    let cursor = records.at(-1)?.id;
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const page = await runtime.audit.query({}, { limit: 1000, order: 'asc', cursor });
+      page.records.forEach(line);
+      cursor = page.records.at(-1)?.id ?? cursor;
+    }
+  }
+  if (action === 'export') {
+    const params = new URLSearchParams();
+    for (const name of ['since', 'until', 'type', 'upstream'] as const) if (values[name]) params.set(name, values[name]);
+    const filter = auditFilter(params);
+    let cursor: string | undefined;
+    for (;;) {
+      const page = await runtime.audit.query(filter, { limit: 1000, order: 'asc', cursor });
+      page.records.forEach(line);
+      if (page.cursor === null) return 0;
+      cursor = page.cursor;
+    }
+  }
+  process.stderr.write('usage: npm run keyward -- audit <tail [-n <count>] [--follow] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n');
+  return 2;
 }
 
 main(process.argv[2]).then(
   (code) => process.exit(code),
   (error: unknown) => {
-    process.stderr.write(error instanceof ConfigError ? `keyward: ${error.message}\n` : 'keyward: unexpected error\n');
+    const message = error instanceof ConfigError || error instanceof KeywardError ? error.message : 'unexpected error';
+    process.stderr.write(`keyward: ${message}\n`);
     process.exit(1);
   },
 );

@@ -5,6 +5,8 @@ import { ConfigError, readConfigFile, type UpstreamDefinition } from './config/l
 import { OAuthTokenStore, oidcRefresher, type TokenRefresher } from './credential/oauth';
 import { UserKeys } from './credential/user-keys';
 import { MobileTokens } from './mobile/tokens';
+import { AuditLog } from './audit/audit';
+import { KeyRings } from './keys/rings';
 import { Limits } from './limits/limits';
 import { getLogger, logScrubber } from './log/logger';
 import type { ProxyDeps } from './pipeline';
@@ -32,6 +34,8 @@ export interface Runtime extends ProxyDeps {
   /** The native-app token exchange (enabled by KEYWARD_MOBILE_REDIRECT_URIS). */
   readonly mobile: MobileTokens;
   readonly limits: Limits;
+  readonly keyRings: KeyRings;
+  readonly audit: AuditLog;
 }
 
 export interface RuntimeOptions {
@@ -101,6 +105,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     now,
   );
 
+  const dispatcher = options.dispatcher ?? createUpstreamAgent();
+  const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, now);
+  const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now);
+
   return {
     settings,
     users,
@@ -112,21 +120,24 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     oauthProviders: new Set(oauthProviders.keys()),
     mobile,
     limits: new Limits(store, logger, now),
+    keyRings,
+    audit,
+    onComplete: (event) => audit.recordCall(event),
     trustedProxyHops: settings.KEYWARD_TRUSTED_PROXY_HOPS,
-    credentials: { userKeys, oauthTokens },
+    credentials: { userKeys, oauthTokens, keyRings },
     verifySession: createSessionVerifier(
       { authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET },
       { revocations, now },
     ),
     allowedOrigins: settings.KEYWARD_ALLOWED_ORIGINS ? new Set(settings.KEYWARD_ALLOWED_ORIGINS) : null,
-    dispatcher: options.dispatcher ?? createUpstreamAgent(),
+    dispatcher,
     logger,
   };
 }
 
 function serviceSecrets(upstream: Upstream): string[] {
   const plan = upstream.credential;
-  if (plan.source === 'static') return [...plan.credential.secrets];
+  if (plan.source === 'static') return plan.envVersions.flatMap((version) => version.credential.secrets);
   if (plan.source === 'claim') return [...plan.byValue.values()].flatMap((credential) => credential.secrets);
   return [];
 }

@@ -76,6 +76,8 @@ const settingsSchema = z.object({
         }, 'each entry must be a private-use scheme (com.example.app:/callback), https, or loopback http URL'),
       ),
     ),
+  /** How long audit records are kept (calls and admin actions), in days. */
+  KEYWARD_AUDIT_RETENTION_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
   /** Proxies in front of Keyward that append to X-Forwarded-For (Vercel, a load balancer): 1 for one. */
   KEYWARD_TRUSTED_PROXY_HOPS: z.coerce.number().int().min(1).max(10).default(1),
   /** Sign-in attempts allowed per client IP, and per username, in each window. */

@@ -1,4 +1,5 @@
 import 'server-only';
+import { handleAudit, handleKeyAction, handleKeyList, handleKeyRevoke } from '@/lib/core/api/admin';
 import { handleUserKey } from '@/lib/core/api/keys';
 import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
@@ -22,6 +23,12 @@ export const userKeyRoute = withRuntime<{ upstream: string }>((request, { upstre
 export const adminRevokeRoute = withRuntime<{ userId: string }>((request, { userId }, runtime) =>
   handleAdminRevoke(request, userId, runtime),
 );
+export const adminKeysRoute = withRuntime<object>((request, _, runtime) => handleKeyList(request, runtime));
+export const adminKeyActionRoute = withRuntime<{ upstream: string; action: string }>((request, { upstream, action }, runtime) =>
+  handleKeyAction(request, upstream, action, runtime),
+);
+export const adminKeyRevokeRoute = withRuntime<object>((request, _, runtime) => handleKeyRevoke(request, runtime));
+export const adminAuditRoute = withRuntime<object>((request, _, runtime) => handleAudit(request, runtime));
 export const revokeAllRoute = withRuntime<object>((request, _, runtime) => handleRevokeAll(request, runtime));
 export const logoutRoute = withRuntime<object>((request, _, runtime) => handleLogout(request, runtime));
 export const mobileAuthorizeRoute = withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime));

@@ -30,12 +30,14 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
         }
         const info = await keys.put(upstream.id, session.userId, body.key);
         runtime.logger.info({ userId: session.userId, upstream: upstream.id, keyFingerprint: info.fingerprint }, 'user key stored');
+        await runtime.audit.recordAdmin({ action: 'user_key.put', actor: session.userId, upstream: upstream.id, fingerprint: info.fingerprint, outcome: 'stored' });
         return json(info, 201);
       }
       case 'DELETE': {
         const deleted = await keys.delete(upstream.id, session.userId);
         if (!deleted) throw new KeywardError('credential_missing', { message: 'You have not stored a key for this upstream.' });
         runtime.logger.info({ userId: session.userId, upstream: upstream.id }, 'user key deleted');
+        await runtime.audit.recordAdmin({ action: 'user_key.delete', actor: session.userId, upstream: upstream.id, outcome: 'deleted' });
         return new Response(null, { status: 204, headers: { 'cache-control': 'private, no-store' } });
       }
       default:

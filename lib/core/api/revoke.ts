@@ -22,6 +22,7 @@ export function handleAdminRevoke(request: Request, userId: string, runtime: Run
     if (!/^[A-Za-z0-9._:@|-]{1,256}$/.test(userId)) throw new KeywardError('bad_request', { message: 'Not a user id.' });
     await runtime.revocations.revokeUser(userId);
     runtime.logger.info({ userId, by: session.userId }, 'all sessions revoked by admin');
+    await runtime.audit.recordAdmin({ action: 'sessions.revoke', actor: session.userId, targetUser: userId, outcome: 'revoked' });
     return json({ revoked: true, userId });
   });
 }

@@ -165,6 +165,33 @@ const routeSchema = z.strictObject({
   }
 });
 
+const isoTime = z.iso.datetime({ offset: true }).describe('An ISO 8601 time, e.g. "2027-01-31T00:00:00Z".');
+
+/**
+ * The service key's ring: more versions from the environment (with optional not-before and expiry), the
+ * default lifetime of managed versions added through `keyward keys rotate`, the grace window during which
+ * the previous version stays usable as a fallback, and the canary request that must pass before a switch.
+ */
+const keyRingSchema = z
+  .strictObject({
+    versions: z
+      .array(z.strictObject({ env: secretRefSchema.shape.env, notBefore: isoTime.optional(), expiresAt: isoTime.optional() }))
+      .max(16)
+      .default([])
+      .describe('More versions from environment variables; a version takes over from its notBefore.'),
+    primaryExpiresAt: isoTime.optional().describe('Expiry of the version in auth.secret.'),
+    expiresInDays: z.number().int().min(1).max(3650).default(90).describe('Lifetime of managed versions (default 90 days).'),
+    graceSeconds: z.number().int().min(0).max(30 * 86_400).default(86_400).describe('How long a replaced version stays usable as a fallback.'),
+    canary: z
+      .strictObject({
+        method: z.enum(['GET', 'HEAD']),
+        path: routePathSchema.refine((path) => !path.includes(':') && !path.includes('*'), 'must be a literal path'),
+      })
+      .optional()
+      .describe('A cheap, safe call sent with a new version before traffic switches to it; 2xx passes.'),
+  })
+  .describe('Versions, expiry and rotation of the service key.');
+
 const baseUrlSchema = z
   .string()
   .superRefine((value, ctx) => {
@@ -219,6 +246,7 @@ export const upstreamSchema = z
       .default([])
       .describe('Extra response headers to pass back, beyond the built-in allow-list.'),
     ...upstreamPolicyFields,
+    keys: keyRingSchema.optional(),
   })
   .superRefine((upstream, ctx) => {
     let url: URL;
@@ -233,6 +261,9 @@ export const upstreamSchema = z
         path: ['baseUrl'],
         message: 'plain http is only allowed to loopback hosts unless allowInsecureHttp is true',
       });
+    }
+    if (upstream.keys && !('env' in upstream.auth.secret)) {
+      ctx.addIssue({ code: 'custom', path: ['keys'], message: 'key rings apply to a service key ({"env": …})' });
     }
     for (const [list, key] of [
       [upstream.requestHeaders, 'requestHeaders'],

@@ -2,23 +2,27 @@ import 'server-only';
 import { KeywardError } from '../errors';
 import type { Session } from '../session/session';
 import { credentialFor, type ResolvedCredential, type Upstream } from '../upstream/registry';
+import type { KeyRings } from '../keys/rings';
 import type { OAuthTokenStore } from './oauth';
 import type { UserKeys } from './user-keys';
 
 export interface CredentialSources {
   readonly userKeys: UserKeys | null;
   readonly oauthTokens: OAuthTokenStore | null;
+  /** Versions of service keys (rotation, revocation, expiry); absent: the key from auth.secret is used as is. */
+  readonly keyRings?: KeyRings | null;
 }
 
 /**
- * Step 7: the credential for this user and this upstream. Service keys were resolved at start-up; per-user
+ * Step 7: the credential for this user and this upstream. Service keys come from their key ring (versions
+ * read at start-up or sealed in the store, state shared through the store); per-user
  * secrets come from the store, only ever for the session's own user id.
  */
 export async function resolveCredential(upstream: Upstream, session: Session, sources: CredentialSources): Promise<ResolvedCredential> {
   const plan = upstream.credential;
   switch (plan.source) {
     case 'static':
-      return plan.credential;
+      return sources.keyRings ? sources.keyRings.credential(upstream) : plan.credential;
     case 'claim': {
       const value = session.claims[plan.claim];
       const credential = value === undefined ? undefined : plan.byValue.get(value);

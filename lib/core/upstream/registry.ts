@@ -56,10 +56,31 @@ export interface Upstream {
  * by a session claim. `user-key` and `oauth`: per-user secrets looked up in the store on each call.
  */
 export type CredentialPlan =
-  | { readonly source: 'static'; readonly credential: ResolvedCredential }
+  | {
+      readonly source: 'static';
+      /** The version in auth.secret. */
+      readonly credential: ResolvedCredential;
+      /** Every version from the environment (auth.secret first, then keys.versions), for the key ring. */
+      readonly envVersions: readonly EnvKeyVersion[];
+      readonly ring: KeyRingSettings;
+    }
   | { readonly source: 'claim'; readonly claim: string; readonly byValue: ReadonlyMap<string, ResolvedCredential> }
   | { readonly source: 'user-key' }
   | { readonly source: 'oauth'; readonly provider: string };
+
+export interface EnvKeyVersion {
+  /** `env:<NAME>`: the variable it was read from (never the value). */
+  readonly id: string;
+  readonly credential: ResolvedCredential;
+  readonly notBefore: number | null;
+  readonly expiresAt: number | null;
+}
+
+export interface KeyRingSettings {
+  readonly expiresInDays: number;
+  readonly graceSeconds: number;
+  readonly canary: { readonly method: 'GET' | 'HEAD'; readonly path: string } | null;
+}
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
@@ -95,7 +116,7 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream
     basePath: base.pathname,
     routes: config.routes.map((route, index) => compileRoute(id, index, route, config)),
     timeoutMs: config.timeoutMs,
-    credential: planCredential(id, config.auth, env),
+    credential: planCredential(id, config, env),
     auth: config.auth,
     requestHeaders: new Set(config.requestHeaders),
     responseHeaders: new Set(config.responseHeaders),
@@ -140,7 +161,8 @@ export function fingerprint(secret: string): string {
   return createHash('sha256').update(secret, 'utf8').digest('hex').slice(0, 12);
 }
 
-function planCredential(id: string, auth: AuthConfig, env: Env): CredentialPlan {
+function planCredential(id: string, config: UpstreamConfig, env: Env): CredentialPlan {
+  const { auth } = config;
   const source: CredentialSource = auth.secret;
   const username =
     auth.type === 'basic' && typeof auth.username !== 'string' ? readSecret(id, 'auth.username', auth.username, env, 1) : undefined;
@@ -149,7 +171,23 @@ function planCredential(id: string, auth: AuthConfig, env: Env): CredentialPlan 
     throw new ConfigError(`  - upstreams.${id}.auth.username: the value must not contain ":" (value not shown)`);
   }
   if ('env' in source) {
-    return { source: 'static', credential: credentialFor(auth, readSecret(id, 'auth.secret', source, env), username) };
+    const keys = config.keys;
+    const time = (value: string | undefined) => (value === undefined ? null : Date.parse(value));
+    const primary = credentialFor(auth, readSecret(id, 'auth.secret', source, env), username);
+    const envVersions: EnvKeyVersion[] = [{ id: `env:${source.env}`, credential: primary, notBefore: null, expiresAt: time(keys?.primaryExpiresAt) }];
+    (keys?.versions ?? []).forEach((version, index) => {
+      const credential = credentialFor(auth, readSecret(id, `keys.versions.${index}`, version, env), username);
+      if (envVersions.some((other) => other.id === `env:${version.env}`)) {
+        throw new ConfigError(`  - upstreams.${id}.keys.versions.${index}.env: ${version.env} is already a version of this key`);
+      }
+      envVersions.push({ id: `env:${version.env}`, credential, notBefore: time(version.notBefore), expiresAt: time(version.expiresAt) });
+    });
+    const ring: KeyRingSettings = {
+      expiresInDays: keys?.expiresInDays ?? 90,
+      graceSeconds: keys?.graceSeconds ?? 86_400,
+      canary: keys?.canary ?? null,
+    };
+    return { source: 'static', credential: primary, envVersions, ring };
   }
   if ('claim' in source) {
     const byValue = new Map<string, ResolvedCredential>();

@@ -1,0 +1,5 @@
+import { adminKeyActionRoute } from '@/lib/next/api-routes';
+
+export const runtime = 'nodejs';
+export const dynamic = 'force-dynamic';
+export { adminKeyActionRoute as POST };

@@ -1,0 +1,5 @@
+import { adminKeysRoute } from '@/lib/next/api-routes';
+
+export const runtime = 'nodejs';
+export const dynamic = 'force-dynamic';
+export { adminKeysRoute as GET };

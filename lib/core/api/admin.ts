@@ -1,0 +1,167 @@
+import type { AuditFilter, AuditRecord } from '../audit/audit';
+import { KeywardError } from '../errors';
+import type { Runtime } from '../runtime';
+import type { Session } from '../session/session';
+import { apiHandler, json, readJsonObject, requireSession } from './guard';
+
+/** Admin routes: a session with the `admin` role (checked here, in the handler), CSRF rules as everywhere. */
+async function requireAdmin(request: Request, runtime: Runtime): Promise<Session> {
+  const session = await requireSession(request, runtime);
+  if (!session.roles.includes('admin')) throw new KeywardError('forbidden');
+  return session;
+}
+
+function onlyFields(body: Record<string, unknown>, allowed: readonly string[]): void {
+  const unknown = Object.keys(body).filter((name) => !allowed.includes(name));
+  if (unknown.length > 0) throw new KeywardError('bad_request', { message: `Only these fields are accepted: ${allowed.join(', ')}.` });
+}
+
+/** GET /api/admin/keys: every service key's versions (fingerprints, states, expiry warnings) and rotations. */
+export function handleKeyList(request: Request, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    await requireAdmin(request, runtime);
+    return json({ upstreams: await runtime.keyRings.list() });
+  });
+}
+
+/**
+ * POST /api/admin/keys/<upstream>/<action>:
+ *   versions  {"key"}                                   add a managed version (state next)
+ *   rotate    {"key", "rotationId"?, "skipCanary"?}     add, canary, switch; idempotent per rotation id
+ *   rollback  {"rotationId"}                            undo a switch
+ * Key values are write-only: responses name versions by fingerprint.
+ */
+export function handleKeyAction(request: Request, upstreamId: string, action: string, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
+    const session = await requireAdmin(request, runtime);
+    const body = await readJsonObject(request);
+    const { keyRings, audit } = runtime;
+    switch (action) {
+      case 'versions': {
+        onlyFields(body, ['key']);
+        if (typeof body.key !== 'string') throw new KeywardError('bad_request', { message: 'Send {"key": "<the new key>"}.' });
+        const version = await keyRings.add(upstreamId, body.key);
+        await audit.recordAdmin({ action: 'key.add', actor: session.userId, upstream: upstreamId, fingerprint: version.fingerprint, outcome: version.state });
+        return json({ upstream: upstreamId, version }, 201);
+      }
+      case 'rotate': {
+        onlyFields(body, ['key', 'rotationId', 'skipCanary']);
+        if (typeof body.key !== 'string') throw new KeywardError('bad_request', { message: 'Send {"key": "<the new key>"}.' });
+        if (body.rotationId !== undefined && typeof body.rotationId !== 'string') throw new KeywardError('bad_request', { message: 'rotationId is a string.' });
+        if (body.skipCanary !== undefined && typeof body.skipCanary !== 'boolean') throw new KeywardError('bad_request', { message: 'skipCanary is a boolean.' });
+        const rotation = await keyRings.rotate(upstreamId, body.key, { rotationId: body.rotationId, skipCanary: body.skipCanary, actor: session.userId });
+        await audit.recordAdmin({ action: 'key.rotate', actor: session.userId, upstream: upstreamId, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+        return json({ rotation }, rotation.state === 'canary_failed' ? 409 : 200);
+      }
+      case 'rollback': {
+        onlyFields(body, ['rotationId']);
+        if (typeof body.rotationId !== 'string') throw new KeywardError('bad_request', { message: 'Send {"rotationId": "…"}.' });
+        const rotation = await keyRings.rollback(body.rotationId);
+        if (rotation.upstream !== upstreamId) throw new KeywardError('not_found', { message: 'No rotation with this id for this upstream.' });
+        await audit.recordAdmin({ action: 'key.rollback', actor: session.userId, upstream: upstreamId, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+        return json({ rotation });
+      }
+      default:
+        throw new KeywardError('route_not_found');
+    }
+  });
+}
+
+/** POST /api/admin/keys/revoke {"fingerprint"}: every instance stops using that version on its next request. */
+export function handleKeyRevoke(request: Request, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
+    const session = await requireAdmin(request, runtime);
+    const body = await readJsonObject(request);
+    onlyFields(body, ['fingerprint']);
+    if (typeof body.fingerprint !== 'string') throw new KeywardError('bad_request', { message: 'Send {"fingerprint": "<12 hex digits>"}.' });
+    const revoked = await runtime.keyRings.revoke(body.fingerprint);
+    for (const { upstream } of revoked) {
+      await runtime.audit.recordAdmin({ action: 'key.revoke', actor: session.userId, upstream, fingerprint: body.fingerprint, outcome: 'revoked' });
+    }
+    return json({ fingerprint: body.fingerprint, revoked });
+  });
+}
+
+const MAX_PAGE = 1000;
+const MAX_EXPORT = 100_000;
+
+/**
+ * GET /api/admin/audit: filtered records, newest first, with a cursor (`?cursor=`). Filters: type, upstream,
+ * userId, action, outcome, fingerprint, since, until (ISO time), limit (≤ 1000). `format=jsonl` exports every
+ * matching record (oldest first, up to 100,000) as JSON Lines.
+ */
+export function handleAudit(request: Request, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    await requireAdmin(request, runtime);
+    const params = new URL(request.url).searchParams;
+    const filter = auditFilter(params);
+    if (params.get('format') === 'jsonl') return exportJsonl(runtime, filter);
+    const limit = params.has('limit') ? Number(params.get('limit')) : 100;
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new KeywardError('bad_request', { message: `limit is 1 to ${MAX_PAGE}.` });
+    const { records, cursor } = await runtime.audit.query(filter, { limit, cursor: params.get('cursor') ?? undefined, order: 'desc' });
+    return json({ records, cursor });
+  });
+}
+
+const FILTERS = ['type', 'upstream', 'userId', 'action', 'outcome', 'fingerprint', 'since', 'until', 'limit', 'cursor', 'format'];
+
+export function auditFilter(params: URLSearchParams): AuditFilter {
+  for (const name of params.keys()) {
+    if (!FILTERS.includes(name)) throw new KeywardError('bad_request', { message: `Unknown filter; use ${FILTERS.join(', ')}.` });
+  }
+  const text = (name: string) => {
+    const value = params.get(name);
+    if (value !== null && !/^[A-Za-z0-9._:@|/-]{1,256}$/.test(value)) throw new KeywardError('bad_request', { message: `${name} is not valid.` });
+    return value ?? undefined;
+  };
+  const time = (name: string) => {
+    const value = params.get(name);
+    if (value === null) return undefined;
+    const ms = Date.parse(value);
+    if (Number.isNaN(ms)) throw new KeywardError('bad_request', { message: `${name} must be an ISO 8601 time.` });
+    return ms;
+  };
+  const type = text('type');
+  if (type !== undefined && type !== 'call' && type !== 'admin') throw new KeywardError('bad_request', { message: 'type is call or admin.' });
+  return {
+    type: type as AuditRecord['type'] | undefined,
+    upstream: text('upstream'),
+    userId: text('userId'),
+    action: text('action'),
+    outcome: text('outcome'),
+    fingerprint: text('fingerprint'),
+    sinceMs: time('since'),
+    untilMs: time('until'),
+  };
+}
+
+function exportJsonl(runtime: Runtime, filter: AuditFilter): Response {
+  const encoder = new TextEncoder();
+  let cursor: string | undefined;
+  let sent = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const page = await runtime.audit.query(filter, { limit: MAX_PAGE, cursor, order: 'asc' });
+        if (page.records.length > 0) controller.enqueue(encoder.encode(page.records.map((r) => JSON.stringify(r)).join('\n') + '\n'));
+        sent += page.records.length;
+        if (page.cursor === null || sent >= MAX_EXPORT) controller.close();
+        else cursor = page.cursor;
+      } catch {
+        controller.error(new KeywardError('store_unavailable'));
+      }
+    },
+  });
+  return new Response(stream, {
+    headers: {
+      'content-type': 'application/x-ndjson; charset=utf-8',
+      'content-disposition': 'attachment; filename="keyward-audit.jsonl"',
+      'cache-control': 'private, no-store',
+      'x-content-type-options': 'nosniff',
+    },
+  });
+}

@@ -1,0 +1,177 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { ProxyEvent } from '../pipeline';
+import { guard } from '../store/guard';
+import type { LogEntry, Store } from '../../store/types';
+
+/** One proxied call, written after its response ended or was aborted. Never a secret: keys are fingerprints. */
+export interface CallRecord {
+  readonly type: 'call';
+  readonly id?: string;
+  readonly at: string;
+  readonly requestId: string;
+  readonly userId: string | null;
+  /** SHA-256 of the session id (first 16 hex digits): links calls of one sign-in without revealing the id. */
+  readonly sessionIdHash: string | null;
+  readonly upstream: string;
+  readonly route: string | null;
+  readonly method: string;
+  readonly status: number;
+  readonly keyFingerprint: string | null;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly durationMs: number;
+  readonly clientIp: string | null;
+  readonly outcome: string;
+  readonly errorCode: string | null;
+  readonly units: number;
+}
+
+export type AdminAction =
+  | 'key.add'
+  | 'key.rotate'
+  | 'key.rollback'
+  | 'key.revoke'
+  | 'user_key.put'
+  | 'user_key.delete'
+  | 'sessions.revoke';
+
+/** An administrative change: who did what to which key or user. */
+export interface AdminRecord {
+  readonly type: 'admin';
+  readonly id?: string;
+  readonly at: string;
+  readonly action: AdminAction;
+  /** `local:ada`, `oidc:<sub>`, or `cli:<os user>` for the command line. */
+  readonly actor: string;
+  readonly upstream?: string;
+  readonly fingerprint?: string;
+  readonly rotationId?: string;
+  readonly targetUser?: string;
+  readonly outcome: string;
+}
+
+export type AuditRecord = CallRecord | AdminRecord;
+
+export interface AuditFilter {
+  readonly type?: AuditRecord['type'];
+  readonly upstream?: string;
+  readonly userId?: string;
+  readonly action?: string;
+  readonly outcome?: string;
+  readonly fingerprint?: string;
+  readonly sinceMs?: number;
+  readonly untilMs?: number;
+}
+
+const STREAM = 'audit';
+/** Entries read per store round trip while filtering. */
+const PAGE = 500;
+
+/**
+ * The audit trail: every proxied call and every admin action, in the store, kept for the retention
+ * period. Calls are written after the response, off the request's path; a failed write is logged (the
+ * call itself already happened and cannot be undone).
+ */
+export class AuditLog {
+  private failures = 0;
+
+  constructor(
+    private readonly store: Store,
+    private readonly retentionMs: number,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  recordCall(event: ProxyEvent): void {
+    const record: CallRecord = {
+      type: 'call',
+      at: new Date(this.now()).toISOString(),
+      requestId: event.requestId,
+      userId: event.userId,
+      sessionIdHash: event.sessionId ? hashSessionId(event.sessionId) : null,
+      upstream: event.upstream,
+      route: event.route,
+      method: event.method,
+      status: event.status,
+      keyFingerprint: event.keyFingerprint,
+      bytesIn: event.bytesIn,
+      bytesOut: event.bytesOut,
+      durationMs: event.durationMs,
+      clientIp: event.clientIp,
+      outcome: event.outcome,
+      errorCode: event.errorCode,
+      units: event.units,
+    };
+    this.write(record).catch(() => {});
+  }
+
+  /** Admin actions are awaited: the caller reports success only once the action is on record. */
+  async recordAdmin(entry: Omit<AdminRecord, 'type' | 'at' | 'id'>): Promise<void> {
+    await this.write({ type: 'admin', at: new Date(this.now()).toISOString(), ...entry });
+  }
+
+  private async write(record: AuditRecord): Promise<void> {
+    try {
+      await this.store.append(STREAM, JSON.stringify(record), Date.parse(record.at), this.retentionMs);
+    } catch (error) {
+      this.failures++;
+      this.logger.error({ err: error instanceof Error ? error.message : 'unknown', auditFailures: this.failures }, 'audit write failed');
+      throw error;
+    }
+  }
+
+  /**
+   * Matching records, newest first (or oldest first), at most `limit`, and a cursor to continue from.
+   * Reads the store in pages and filters; at most `maxScan` entries are read per call.
+   */
+  async query(
+    filter: AuditFilter,
+    options: { limit: number; cursor?: string; order?: 'asc' | 'desc'; maxScan?: number },
+  ): Promise<{ records: AuditRecord[]; cursor: string | null }> {
+    const order = options.order ?? 'desc';
+    const maxScan = options.maxScan ?? 20_000;
+    const records: AuditRecord[] = [];
+    let cursor = options.cursor;
+    let scanned = 0;
+    for (;;) {
+      const page: LogEntry[] = await guard(() =>
+        this.store.readLog(STREAM, { sinceMs: filter.sinceMs, untilMs: filter.untilMs, cursor, limit: PAGE, order }),
+      );
+      for (const entry of page) {
+        cursor = entry.id;
+        scanned++;
+        const record = parse(entry);
+        if (record && matches(record, filter)) records.push(record);
+        if (records.length >= options.limit) return { records, cursor: entry.id };
+      }
+      if (page.length < PAGE) return { records, cursor: null };
+      if (scanned >= maxScan) return { records, cursor: cursor ?? null };
+    }
+  }
+}
+
+export function hashSessionId(sessionId: string): string {
+  return createHash('sha256').update(sessionId, 'utf8').digest('hex').slice(0, 16);
+}
+
+function parse(entry: LogEntry): AuditRecord | null {
+  try {
+    return { ...(JSON.parse(entry.value) as AuditRecord), id: entry.id };
+  } catch {
+    return null;
+  }
+}
+
+function matches(record: AuditRecord, filter: AuditFilter): boolean {
+  if (filter.type && record.type !== filter.type) return false;
+  if (filter.upstream && record.upstream !== filter.upstream) return false;
+  if (filter.outcome && record.outcome !== filter.outcome) return false;
+  if (filter.userId) {
+    const users = record.type === 'call' ? [record.userId] : [record.actor, record.targetUser];
+    if (!users.includes(filter.userId)) return false;
+  }
+  if (filter.action && (record.type !== 'admin' || record.action !== filter.action)) return false;
+  if (filter.fingerprint && (record.type === 'call' ? record.keyFingerprint : record.fingerprint) !== filter.fingerprint) return false;
+  return true;
+}
