@@ -58,8 +58,7 @@ export function handleKeyAction(request: Request, upstreamId: string, action: st
       case 'rollback': {
         onlyFields(body, ['rotationId']);
         if (typeof body.rotationId !== 'string') throw new KeywardError('bad_request', { message: 'Send {"rotationId": "…"}.' });
-        const rotation = await keyRings.rollback(body.rotationId);
-        if (rotation.upstream !== upstreamId) throw new KeywardError('not_found', { message: 'No rotation with this id for this upstream.' });
+        const rotation = await keyRings.rollback(body.rotationId, upstreamId);
         await audit.recordAdmin({ action: 'key.rollback', actor: session.userId, upstream: upstreamId, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
         return json({ rotation });
       }

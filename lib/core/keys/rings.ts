@@ -163,10 +163,9 @@ export class KeyRings {
     const rotationId = options.rotationId ?? `rot-${print}`;
     if (!/^[A-Za-z0-9_-]{1,64}$/.test(rotationId)) throw new KeywardError('bad_request', { message: 'Rotation ids are 1–64 letters, digits, "_" and "-".' });
     const previous = (await this.read(upstreamId)).rotations.find((r) => r.id === rotationId);
-    if (previous) {
-      if (previous.to !== print) throw new KeywardError('bad_request', { message: 'This rotation id was used for another key.' });
-      return previous;
-    }
+    if (previous && previous.to !== print) throw new KeywardError('bad_request', { message: 'This rotation id was used for another key.' });
+    // A rotation that switched (or was rolled back) is done; one whose canary failed may be tried again.
+    if (previous && previous.state !== 'canary_failed') return previous;
     const canary = upstream.credential.ring.canary;
     if (!canary && !options.skipCanary) {
       throw new KeywardError('bad_request', { message: 'This upstream declares no canary (keys.canary); pass skipCanary (--skip-canary) to switch without one.' });
@@ -178,7 +177,8 @@ export class KeyRings {
     const grace = upstream.credential.ring.graceSeconds * 1000;
     return this.update(upstreamId, (record) => {
       const again = record.rotations.find((r) => r.id === rotationId);
-      if (again) return again;
+      if (again && again.state !== 'canary_failed') return again;
+      record.rotations = record.rotations.filter((r) => r.id !== rotationId);
       const versions = this.view(upstream.credential.envVersions, record);
       const from = versions.filter((v) => v.id !== version.id && v.state === 'active' && usable(v, now)).map((v) => v.fingerprint);
       const target = own(record, versions, version.id);
@@ -209,9 +209,9 @@ export class KeyRings {
   }
 
   /** Undoes a switch: the versions it replaced serve again (unless revoked or expired), the new one is retired. */
-  async rollback(rotationId: string): Promise<Rotation> {
+  async rollback(rotationId: string, onlyUpstream?: string): Promise<Rotation> {
     for (const upstream of this.registry.values()) {
-      if (upstream.credential.source !== 'static') continue;
+      if (upstream.credential.source !== 'static' || (onlyUpstream !== undefined && upstream.id !== onlyUpstream)) continue;
       const found = (await this.read(upstream.id)).rotations.find((r) => r.id === rotationId);
       if (!found) continue;
       const envVersions = upstream.credential.envVersions;
