@@ -236,7 +236,10 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     const stream = toResponseStream(
       decoded,
       new StreamScrubber(secrets),
-      (outcome, bytes) => record(statusCode, outcome, bytes, null, usageReader ? usageReader.result() : headerUsage),
+      // A body cut short (client gone, upstream broke) has not reported its usage yet, even if an early event
+      // carried a partial figure: the reservation stays charged (README "Budgets reserve, then settle").
+      (outcome, bytes) =>
+        record(statusCode, outcome, bytes, null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage),
       usageReader,
     );
     return new Response(stream, { status: statusCode, headers: outHeaders });
