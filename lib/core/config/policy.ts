@@ -86,10 +86,17 @@ const zodContract = z.custom<z.ZodType>((value) => value instanceof z.ZodType, '
 
 const queryContractSchema = z
   .union([
-    z.strictObject({
-      properties: z.record(z.string().regex(FIELD_NAME), fieldSpecSchema),
-      required: z.array(z.string().regex(FIELD_NAME)).optional(),
-    }),
+    z
+      .strictObject({
+        properties: z.record(z.string().regex(FIELD_NAME), fieldSpecSchema),
+        required: z.array(z.string().regex(FIELD_NAME)).optional(),
+      })
+      .superRefine((spec, ctx) => {
+        // As for objects: a misspelt name would otherwise make the parameter silently optional.
+        for (const name of spec.required ?? []) {
+          if (!Object.hasOwn(spec.properties, name)) ctx.addIssue({ code: 'custom', path: ['required'], message: `"${name}" is not in properties` });
+        }
+      }),
     zodContract,
   ])
   .describe('Query parameters this route accepts; any other, or any repeated one not declared as an array, is refused.');

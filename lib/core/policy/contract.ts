@@ -134,7 +134,9 @@ export function parseQuery(contract: NonNullable<CompiledContract['query']>, sea
     } else if (contract.arrays === null) {
       raw[name] = [seen, value];
     } else {
-      throw violation(`query.${safeName(name)}: given more than once`);
+      // Only a declared name is echoed; any other is the client's own text (it could be a key).
+      const declared = contract.schema instanceof z.ZodObject && Object.hasOwn(contract.schema.shape, name);
+      throw violation(declared ? `query.${name}: given more than once` : 'query: unknown field');
     }
   }
   const result = contract.schema.safeParse(raw);
@@ -211,8 +213,10 @@ export function readTarget(parts: RequestParts, target: FieldTarget): unknown {
   if (root === 'query') {
     const name = path[0]!;
     if (parts.query instanceof URLSearchParams) {
-      const value = parts.query.get(name);
-      return value === null ? undefined : NUMBER.test(value) ? Number(value) : value;
+      // A repeated parameter has no one value (servers disagree on which copy wins): every copy is
+      // returned, so a cap refuses it instead of checking the first while the upstream reads the last.
+      const values = parts.query.getAll(name).map((value) => (NUMBER.test(value) ? Number(value) : value));
+      return values.length === 0 ? undefined : values.length === 1 ? values[0] : values;
     }
     return Object.hasOwn(parts.query, name) ? parts.query[name] : undefined;
   }
@@ -238,7 +242,10 @@ function writeTarget(parts: RequestParts, target: FieldTarget, value: string | n
   for (const key of path.slice(0, -1)) {
     const next = Object.hasOwn(node, key) ? node[key] : undefined;
     if (next === undefined) {
-      node = node[key] = {};
+      const created: Record<string, unknown> = {};
+      // defineProperty: an assignment to `__proto__` would replace the prototype and the field would be lost.
+      Object.defineProperty(node, key, { value: created, enumerable: true, writable: true, configurable: true });
+      node = created;
     } else if (next !== null && typeof next === 'object' && !Array.isArray(next)) {
       node = next as Record<string, unknown>;
     } else {
@@ -253,7 +260,7 @@ function violation(message: string): KeywardError {
   return new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${message}.` });
 }
 
-/** Client-chosen names are echoed only in a harmless form (no quotes, markup or secrets of any length). */
+/** Names in a zod issue path are echoed only in a harmless form (no quotes or markup, at most 64 characters). */
 function safeName(name: string): string {
   return /^[A-Za-z0-9_-]{1,64}$/.test(name) ? name : '(invalid name)';
 }
@@ -262,7 +269,8 @@ function safeName(name: string): string {
 function contractError(error: z.ZodError, root: 'query' | 'body'): KeywardError {
   const problems = error.issues.slice(0, 3).map((issue) => {
     const path = [root, ...issue.path.map((part) => (typeof part === 'number' ? String(part) : safeName(String(part))))].join('.');
-    if (issue.code === 'unrecognized_keys') return `${path}: unknown field ${issue.keys.slice(0, 3).map(safeName).join(', ')}`;
+    // The unknown names are the client's own text (a key pasted as a field name would be echoed): never shown.
+    if (issue.code === 'unrecognized_keys') return `${path}: unknown field${issue.keys.length > 1 ? 's' : ''}`;
     return `${path}: ${issue.message}`;
   });
   return violation(problems.join('; '));
