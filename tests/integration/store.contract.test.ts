@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../lib/store/memory';
 import { RedisStore } from '../../lib/store/redis';
 import { SqliteStore } from '../../lib/store/sqlite';
-import { StoreUnavailableError, type Store } from '../../lib/store/types';
+import { StoreUnavailableError, type Reservation, type Store } from '../../lib/store/types';
 import { freePort } from '../fixtures/app-server';
 
 /**
@@ -28,6 +28,24 @@ const backends: Record<string, () => Promise<Store>> = {
     const store = new RedisStore(REDIS_URL, { prefix: `keyward-test:${randomUUID()}:` });
     await store.ready();
     return store;
+  },
+};
+
+/** Two handles on the same state: two Redis connections, two SQLite instances on one file, or one memory store. */
+const pairs: Record<string, () => Promise<[Store, Store]>> = {
+  memory: async () => {
+    const store = new MemoryStore();
+    return [store, store];
+  },
+  sqlite: async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'keyward-store-')), 'shared.db');
+    return [new SqliteStore(path), new SqliteStore(path)];
+  },
+  redis: async () => {
+    const prefix = `keyward-test:${randomUUID()}:`;
+    const stores: [RedisStore, RedisStore] = [new RedisStore(REDIS_URL, { prefix }), new RedisStore(REDIS_URL, { prefix })];
+    await Promise.all(stores.map((store) => store.ready()));
+    return stores;
   },
 };
 
@@ -108,6 +126,110 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
     await store.increment('brief', 3, 60);
     await sleep(150);
     expect(await store.increment('brief', 1, 60_000)).toBe(1);
+  });
+
+  describe('reserve', () => {
+    const entry = (key: string, amount: number, limit: number, ttlMs = 60_000): Reservation => ({ key, amount, limit, ttlMs });
+    const openPair = async () => {
+      const pair = await pairs[kind]!();
+      opened.push(...pair);
+      return pair;
+    };
+
+    it('adds to every counter or to none, up to and including each limit', async () => {
+      const store = await open();
+      const call = (budget: number) => store.reserve([entry('quota', 1, 3), entry('budget', budget, 100)]);
+      expect(await call(40)).toEqual({ refused: -1, values: [1, 40] });
+      expect(await call(40)).toEqual({ refused: -1, values: [2, 80] });
+      // The budget would reach 120: nothing is added, not even to the quota.
+      expect(await call(40)).toEqual({ refused: 1, values: [2, 80] });
+      expect(await store.getMany(['quota', 'budget'])).toEqual(['2', '80']);
+      expect(await call(20)).toEqual({ refused: -1, values: [3, 100] });
+      expect(await call(0)).toEqual({ refused: 0, values: [3, 100] });
+      expect(await store.getMany(['quota', 'budget'])).toEqual(['3', '100']);
+    });
+
+    it('names the first entry that would go over and returns every counter’s value, changing none', async () => {
+      const store = await open();
+      await store.reserve([entry('b', 5, 5), entry('c', 9, 9)]);
+      expect(await store.reserve([entry('a', 1, 10), entry('b', 1, 5), entry('c', 1, 9)])).toEqual({ refused: 1, values: [0, 5, 9] });
+      expect(await store.reserve([entry('c', 1, 9), entry('b', 1, 5)])).toEqual({ refused: 0, values: [9, 5] });
+      expect(await store.getMany(['a', 'b', 'c'])).toEqual([null, '5', '9']);
+    });
+
+    it('shares counters with increment (settling adds or returns units)', async () => {
+      const store = await open();
+      expect(await store.increment('k', 7, 60_000)).toBe(7);
+      expect(await store.reserve([entry('k', 3, 10)])).toEqual({ refused: -1, values: [10] });
+      expect((await store.reserve([entry('k', 1, 10)])).refused).toBe(0);
+      expect(await store.increment('k', -5)).toBe(5);
+      expect(await store.reserve([entry('k', 5, 10)])).toEqual({ refused: -1, values: [10] });
+      expect(await store.get('k')).toBe('10');
+    });
+
+    it('never refuses an amount of 0, even over the limit', async () => {
+      const store = await open();
+      await store.reserve([entry('full', 10, 10)]);
+      expect(await store.reserve([entry('full', 0, 10)])).toEqual({ refused: -1, values: [10] });
+      expect(await store.reserve([entry('full', 0, 5)])).toEqual({ refused: -1, values: [10] });
+      expect(await store.reserve([entry('full', 0, 0), entry('other', 1, 1)])).toEqual({ refused: -1, values: [10, 1] });
+      expect(await store.get('full')).toBe('10');
+    });
+
+    it('answers an empty list without touching anything', async () => {
+      const store = await open();
+      expect(await store.reserve([])).toEqual({ refused: -1, values: [] });
+    });
+
+    it.each<[string, Partial<Reservation>]>([
+      ['a negative amount', { amount: -1 }],
+      ['a fractional amount', { amount: 1.5 }],
+      ['a NaN amount', { amount: Number.NaN }],
+      ['an infinite amount', { amount: Number.POSITIVE_INFINITY }],
+      ['an unsafe amount', { amount: 2 ** 53 }],
+      ['a fractional limit', { limit: 1.5 }],
+      ['a NaN limit', { limit: Number.NaN }],
+      ['a zero ttl', { ttlMs: 0 }],
+      ['a negative ttl', { ttlMs: -1 }],
+      ['a fractional ttl', { ttlMs: 1.5 }],
+    ])('throws a TypeError for %s and adds nothing', async (_, bad) => {
+      const store = await open();
+      await expect(store.reserve([entry('good', 1, 10), { ...entry('bad', 1, 10), ...bad }])).rejects.toBeInstanceOf(TypeError);
+      expect(await store.getMany(['good', 'bad'])).toEqual([null, null]);
+    });
+
+    it('sets the ttl when it creates a counter, and does not extend it', async () => {
+      const store = await open();
+      await store.reserve([entry('brief', 1, 10, 400)]);
+      await store.reserve([entry('brief', 1, 10, 60_000), entry('long', 1, 10, 60_000)]);
+      await sleep(900);
+      expect(await store.get('brief')).toBeNull();
+      expect(await store.get('long')).toBe('1');
+      // An expired counter starts again from zero.
+      expect(await store.reserve([entry('brief', 4, 4)])).toEqual({ refused: -1, values: [4] });
+    });
+
+    it('lets exactly `limit` of 200 concurrent reservations through, across two clients', async () => {
+      const [a, b] = await openPair();
+      const results = await Promise.all(Array.from({ length: 200 }, (_, i) => (i % 2 ? a : b).reserve([entry('quota', 1, 50)])));
+      const granted = results.filter((result) => result.refused === -1);
+      expect(granted).toHaveLength(50);
+      expect(results.filter((result) => result.refused === 0)).toHaveLength(150);
+      // Each granted call saw its own value: no two reserved the same unit.
+      expect(new Set(granted.map((result) => result.values[0]))).toEqual(new Set(Array.from({ length: 50 }, (_, i) => i + 1)));
+      expect(await a.get('quota')).toBe('50');
+      expect(await b.get('quota')).toBe('50');
+    });
+
+    it('keeps several counters consistent under concurrency: the tightest limit decides for all', async () => {
+      const [a, b] = await openPair();
+      const results = await Promise.all(
+        Array.from({ length: 200 }, (_, i) => (i % 2 ? a : b).reserve([entry('requests', 1, 50), entry('units', 3, 120)])),
+      );
+      expect(results.filter((result) => result.refused === -1)).toHaveLength(40);
+      expect(results.filter((result) => result.refused === 1)).toHaveLength(160);
+      expect(await a.getMany(['requests', 'units'])).toEqual(['40', '120']);
+    });
   });
 
   it('answers ping', async () => {

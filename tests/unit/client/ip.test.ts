@@ -1,0 +1,68 @@
+import { describe, expect, it } from 'vitest';
+import { clientIp } from '../../../lib/core/client/ip';
+
+const xff = (value: string) => new Headers({ 'x-forwarded-for': value });
+
+describe('clientIp', () => {
+  it('is null without X-Forwarded-For', () => {
+    expect(clientIp(new Headers(), 1)).toBeNull();
+    expect(clientIp(new Headers({ 'x-real-ip': '203.0.113.7', forwarded: 'for=203.0.113.7' }), 1)).toBeNull();
+    expect(clientIp(xff(''), 1)).toBeNull();
+    expect(clientIp(xff(' , ,'), 1)).toBeNull();
+  });
+
+  it('with one trusted proxy, takes the right-most entry (the one the proxy appended)', () => {
+    expect(clientIp(xff('203.0.113.7'), 1)).toBe('203.0.113.7');
+    expect(clientIp(xff('198.51.100.1, 203.0.113.7'), 1)).toBe('203.0.113.7');
+    expect(clientIp(xff('1.1.1.1,2.2.2.2,  203.0.113.7  '), 1)).toBe('203.0.113.7');
+  });
+
+  it('with two trusted proxies, takes the second entry from the right', () => {
+    expect(clientIp(xff('198.51.100.1, 203.0.113.7, 10.0.0.2'), 2)).toBe('203.0.113.7');
+    expect(clientIp(xff('203.0.113.7, 10.0.0.2'), 2)).toBe('203.0.113.7');
+  });
+
+  it('cannot be chosen by a client that prepends its own entries', () => {
+    // The client sent "X-Forwarded-For: 6.6.6.6"; the proxy appended the real address.
+    expect(clientIp(xff('6.6.6.6, 203.0.113.7'), 1)).toBe('203.0.113.7');
+    expect(clientIp(xff('6.6.6.6, 7.7.7.7, 203.0.113.7, 10.0.0.2'), 2)).toBe('203.0.113.7');
+  });
+
+  it('takes the left-most entry when there are fewer entries than hops', () => {
+    expect(clientIp(xff('203.0.113.7'), 2)).toBe('203.0.113.7');
+    expect(clientIp(xff('203.0.113.7, 10.0.0.2'), 5)).toBe('203.0.113.7');
+  });
+
+  it('returns IPv6 literals', () => {
+    expect(clientIp(xff('2001:db8::1'), 1)).toBe('2001:db8::1');
+    expect(clientIp(xff('::1'), 1)).toBe('::1');
+    expect(clientIp(xff('203.0.113.7, ::ffff:192.0.2.128'), 1)).toBe('::ffff:192.0.2.128');
+  });
+
+  it('reads several X-Forwarded-For lines as one list', () => {
+    const headers = new Headers();
+    headers.append('x-forwarded-for', '6.6.6.6');
+    headers.append('x-forwarded-for', '203.0.113.7');
+    expect(clientIp(headers, 1)).toBe('203.0.113.7');
+  });
+
+  it.each([
+    'unknown',
+    'evil.example.com',
+    '<script>',
+    '203.0.113.7 rm',
+    '203.0.113.7/24',
+    '[2001:db8::1]',
+    'fe80::1%eth0',
+    '1',
+    'x'.repeat(100),
+    '1'.repeat(46),
+    '203.0.113.7;',
+  ])('is null for the garbage entry %j (nothing else becomes part of a key)', (entry) => {
+    expect(clientIp(xff(`198.51.100.1, ${entry}`), 1)).toBeNull();
+  });
+
+  it('is null when the chosen entry is garbage, even if another entry is an address', () => {
+    expect(clientIp(xff('203.0.113.7, not-an-ip, 10.0.0.2'), 2)).toBeNull();
+  });
+});

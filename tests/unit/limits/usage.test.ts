@@ -1,0 +1,180 @@
+import { describe, expect, it } from 'vitest';
+import { UsageReader, toUnits } from '../../../lib/core/limits/usage';
+
+const encoder = new TextEncoder();
+const TOKENS = { json: 'usage.total_tokens' };
+
+/** Feeds `chunks` to a fresh reader and returns its result. */
+function read(contentType: string, chunks: readonly (string | Uint8Array)[], path = TOKENS): number | null {
+  const reader = new UsageReader(path, contentType);
+  for (const chunk of chunks) reader.push(typeof chunk === 'string' ? encoder.encode(chunk) : chunk);
+  return reader.result();
+}
+
+/** Every way of cutting `bytes` in two (including inside a multi-byte character), and byte by byte. */
+function splits(bytes: Uint8Array): Uint8Array[][] {
+  const out: Uint8Array[][] = [];
+  for (let i = 0; i <= bytes.length; i++) out.push([bytes.subarray(0, i), bytes.subarray(i)]);
+  out.push(Array.from(bytes, (_, i) => bytes.subarray(i, i + 1)));
+  return out;
+}
+
+const sse = (...events: unknown[]) =>
+  events.map((event) => `data: ${typeof event === 'string' ? event : JSON.stringify(event)}\n\n`).join('');
+
+describe('UsageReader: JSON responses', () => {
+  it('reads a numeric field by its dotted path', () => {
+    expect(
+      read('application/json', [JSON.stringify({ id: 'x', usage: { prompt_tokens: 5, total_tokens: 123 } })]),
+    ).toBe(123);
+    expect(read('application/json; charset=utf-8', ['{"cost":7}'], { json: 'cost' })).toBe(7);
+    expect(read('application/vnd.api+json', ['{"a":{"b":{"c":9}}}'], { json: 'a.b.c' })).toBe(9);
+    expect(read('Application/JSON', ['{"cost":7}'], { json: 'cost' })).toBe(7);
+  });
+
+  it('rounds fractional usage up and accepts a numeric string', () => {
+    expect(read('application/json', ['{"usage":{"total_tokens":12.01}}'])).toBe(13);
+    expect(read('application/json', ['{"usage":{"total_tokens":"40"}}'])).toBe(40);
+    expect(read('application/json', ['{"usage":{"total_tokens":0}}'])).toBe(0);
+  });
+
+  it('is null when the field is missing, not a usable number, or the body is not JSON', () => {
+    expect(read('application/json', ['{"usage":{}}'])).toBeNull();
+    expect(read('application/json', ['{}'])).toBeNull();
+    expect(read('application/json', ['{"usage":5}'])).toBeNull();
+    expect(read('application/json', ['{"usage":null}'])).toBeNull();
+    expect(read('application/json', ['{"usage":{"total_tokens":-1}}'])).toBeNull();
+    expect(read('application/json', ['{"usage":{"total_tokens":"many"}}'])).toBeNull();
+    expect(read('application/json', ['{"usage":{"total_tokens":true}}'])).toBeNull();
+    expect(read('application/json', ['{"usage":{"total_tokens":[5]}}'])).toBeNull();
+    expect(read('application/json', ['{"usage":{"total_tokens":5}'])).toBeNull();
+    expect(read('application/json', ['<html>502</html>'])).toBeNull();
+    expect(read('application/json', [])).toBeNull();
+  });
+
+  it('reads own fields only, never inherited ones', () => {
+    expect(read('application/json', ['{}'], { json: 'constructor' })).toBeNull();
+    expect(read('application/json', ['{"a":{}}'], { json: 'a.toString' })).toBeNull();
+    expect(read('application/json', ['{"a":{}}'], { json: 'a.__proto__' })).toBeNull();
+  });
+
+  it('is null for a response that is not JSON, even if its body is', () => {
+    const body = '{"usage":{"total_tokens":5}}';
+    expect(read('text/plain', [body])).toBeNull();
+    expect(read('text/html; charset=utf-8', [body])).toBeNull();
+    expect(read('', [body])).toBeNull();
+    expect(read('application/octet-stream', [body])).toBeNull();
+  });
+
+  it('gives the same result wherever the chunks are cut, also inside a multi-byte character', () => {
+    const bytes = encoder.encode(JSON.stringify({ text: 'héllo 🌍 wörld', usage: { total_tokens: 321 } }));
+    for (const chunks of splits(bytes)) expect(read('application/json', chunks)).toBe(321);
+  });
+
+  it('reads a body of up to 1 MiB and is null for a larger one', () => {
+    const head = '{"usage":{"total_tokens":77},"pad":"';
+    const tail = '"}';
+    const fill = (size: number) => head + 'x'.repeat(size - head.length - tail.length) + tail;
+    const exact = fill(1024 * 1024);
+    expect(encoder.encode(exact).length).toBe(1024 * 1024);
+    expect(read('application/json', [exact])).toBe(77);
+    // The same text one byte over, in many chunks: the reader gives up rather than buffering it.
+    const over = encoder.encode(fill(1024 * 1024 + 1));
+    const chunks: Uint8Array[] = [];
+    for (let i = 0; i < over.length; i += 64 * 1024) chunks.push(over.subarray(i, i + 64 * 1024));
+    expect(read('application/json', chunks)).toBeNull();
+  });
+
+  it('copies nothing it does not need: chunks pushed after an overflow are ignored', () => {
+    const reader = new UsageReader(TOKENS, 'application/json');
+    reader.push(new Uint8Array(1024 * 1024 + 1));
+    reader.push(encoder.encode('{"usage":{"total_tokens":1}}'));
+    expect(reader.result()).toBeNull();
+  });
+});
+
+describe('UsageReader: Server-Sent Events', () => {
+  const chunk = (text: string) => ({ choices: [{ delta: { content: text } }] });
+  const final = (tokens: number) => ({ choices: [], usage: { prompt_tokens: 3, total_tokens: tokens } });
+
+  it('reads the last event that carries the field (OpenAI streams end with usage, then [DONE])', () => {
+    expect(read('text/event-stream', [sse(chunk('a'), chunk('b'), final(58), '[DONE]')])).toBe(58);
+    expect(read('text/event-stream; charset=utf-8', [sse(final(10), chunk('x'), final(20), chunk('y'))])).toBe(20);
+    expect(read('Text/Event-Stream', [sse(final(9))])).toBe(9);
+  });
+
+  it('accepts "data:" without a space and CRLF line ends, and skips comments, ids and event names', () => {
+    const text =
+      ': keep-alive\r\nevent: message\r\nid: 1\r\ndata:{"usage":{"total_tokens":31}}\r\n\r\nevent: done\r\ndata: [DONE]\r\n\r\n';
+    expect(read('text/event-stream', [text])).toBe(31);
+  });
+
+  it('is null when no event carries the field, or the stream is not SSE', () => {
+    expect(read('text/event-stream', [sse(chunk('a'), chunk('b'), '[DONE]')])).toBeNull();
+    expect(read('text/event-stream', [''])).toBeNull();
+    expect(read('text/event-stream', ['usage: {"usage":{"total_tokens":3}}\n\n'])).toBeNull();
+    expect(read('text/plain', [sse(final(5))])).toBeNull();
+  });
+
+  it('gives the same result wherever the chunks are cut', () => {
+    const bytes = encoder.encode(sse(chunk('héllo'), chunk('🌍'), final(44), '[DONE]'));
+    for (const chunks of splits(bytes)) expect(read('text/event-stream', chunks)).toBe(44);
+  });
+
+  it('keeps the tail of a long stream: usage at the end of many megabytes is read', () => {
+    const reader = new UsageReader(TOKENS, 'text/event-stream');
+    const filler = encoder.encode(sse(chunk('x'.repeat(1000))));
+    for (let i = 0; i < 5_000; i++) reader.push(filler);
+    // The final event arrives cut in three, the way a network delivers it.
+    const last = encoder.encode(sse(final(4242), '[DONE]'));
+    reader.push(last.subarray(0, 7));
+    reader.push(last.subarray(7, 30));
+    reader.push(last.subarray(30));
+    expect(reader.result()).toBe(4242);
+  });
+
+  it('keeps only the tail: usage reported long before the end of a long stream is not kept', () => {
+    const reader = new UsageReader(TOKENS, 'text/event-stream');
+    reader.push(encoder.encode(sse(final(1))));
+    const filler = encoder.encode(sse(chunk('x'.repeat(1000))));
+    for (let i = 0; i < 500; i++) reader.push(filler);
+    expect(reader.result()).toBeNull();
+  });
+
+  it('reads the last usage when the stream is one big chunk', () => {
+    const text = sse(final(5)) + sse(chunk('x'.repeat(200_000))) + sse(final(6));
+    expect(read('text/event-stream', [text])).toBe(6);
+  });
+});
+
+describe('toUnits', () => {
+  it.each<[unknown, number | null]>([
+    [0, 0],
+    [1, 1],
+    [1.2, 2],
+    [0.0001, 1],
+    [41.999, 42],
+    ['7', 7],
+    ['7.5', 8],
+    [' 12 ', 12],
+    ['1e3', 1000],
+    [Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+    [1e300, Number.MAX_SAFE_INTEGER],
+    [-1, null],
+    [-0.5, null],
+    ['-3', null],
+    ['', null],
+    ['   ', null],
+    ['ten', null],
+    [Number.NaN, null],
+    [Number.POSITIVE_INFINITY, null],
+    ['Infinity', null],
+    [true, null],
+    [null, null],
+    [undefined, null],
+    [[5], null],
+    [{ n: 5 }, null],
+  ])('%j → %j', (value, units) => {
+    expect(toUnits(value)).toBe(units);
+  });
+});
