@@ -1,3 +1,5 @@
+import { isIP } from 'node:net';
+
 /**
  * The caller's IP address for per-IP limits and the audit trail. Route handlers cannot see the socket, so
  * it comes from `X-Forwarded-For`: Next sets it to the socket's address when absent, and each trusted proxy
@@ -8,7 +10,10 @@ export function clientIp(headers: Headers, hops: number): string | null {
   const header = headers.get('x-forwarded-for');
   if (!header) return null;
   const entries = header.split(',').map((entry) => entry.trim()).filter(Boolean);
-  const candidate = entries[Math.max(entries.length - hops, 0)];
+  let candidate = entries[Math.max(entries.length - hops, 0)] ?? '';
+  // Some proxies append the port (`203.0.113.7:51234`, `[2001:db8::1]:443`): the address alone is the client.
+  const withPort = /^(?:\[([0-9A-Fa-f:.]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):\d{1,5}$/.exec(candidate);
+  if (withPort) candidate = withPort[1] ?? withPort[2]!;
   // An IPv4 or IPv6 literal only: anything else is not an address and must not become part of a key.
-  return candidate && /^[0-9A-Fa-f:.]{2,45}$/.test(candidate) ? candidate : null;
+  return /^[0-9A-Fa-f:.]+$/.test(candidate) && isIP(candidate) !== 0 ? candidate : null;
 }

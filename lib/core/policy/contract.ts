@@ -170,7 +170,8 @@ export function serializeQuery(values: QueryValues): URLSearchParams {
 /** Reads `userId` or `claims.<name>`. A missing claim fails closed: the route cannot be called without it. */
 export function sessionValue(session: Session, source: SessionValue): string {
   if (source === 'userId') return session.userId;
-  const value = session.claims[source.slice('claims.'.length)];
+  const name = source.slice('claims.'.length);
+  const value = Object.hasOwn(session.claims, name) ? session.claims[name] : undefined;
   if (value === undefined) throw new KeywardError('forbidden', { message: 'Your session lacks a claim this route needs.' });
   return value;
 }
@@ -181,16 +182,21 @@ export interface RequestParts {
 }
 
 /**
- * Applies per-role caps: the most generous cap among the caller's roles that have one. A larger value is
+ * Applies per-role caps: the most generous cap among the caller's roles that have one (a role listed with
+ * no cap for the field lifts it). A larger value is
  * refused; a missing value is set to the cap, so the upstream's own (possibly larger) default never applies.
  */
 export function applyCaps(contract: CompiledContract, session: Session, parts: RequestParts): void {
   if (contract.caps.size === 0) return;
   const limits = new Map<FieldTarget, number>();
-  for (const role of session.roles) {
-    for (const [target, max] of contract.caps.get(role) ?? []) limits.set(target, Math.max(limits.get(target) ?? -Infinity, max));
+  const capped = session.roles.filter((role) => contract.caps.has(role));
+  for (const role of capped) {
+    for (const [target, max] of contract.caps.get(role)!) limits.set(target, Math.max(limits.get(target) ?? -Infinity, max));
   }
   for (const [target, max] of limits) {
+    // A caller's role listed in caps without this field is not capped on it: {"free": {…}, "pro": {}}
+    // lets a pro user who is also "free" go past free's cap.
+    if (capped.some((role) => !contract.caps.get(role)!.has(target))) continue;
     const current = readTarget(parts, target);
     if (current === undefined) {
       writeTarget(parts, target, max);

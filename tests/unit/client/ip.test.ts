@@ -22,6 +22,14 @@ describe('clientIp', () => {
     expect(clientIp(xff('203.0.113.7, 10.0.0.2'), 2)).toBe('203.0.113.7');
   });
 
+  it('drops a port some proxies append, so one client is one counter', () => {
+    expect(clientIp(xff('203.0.113.7:51234'), 1)).toBe('203.0.113.7');
+    expect(clientIp(xff('[2001:db8::1]:443'), 1)).toBe('2001:db8::1');
+    expect(clientIp(xff('2001:db8::1'), 1)).toBe('2001:db8::1');
+    expect(clientIp(xff('203.0.113.7:99999999'), 1)).toBeNull();
+    expect(clientIp(xff('cafe'), 1)).toBeNull();
+  });
+
   it('cannot be chosen by a client that prepends its own entries', () => {
     // The client sent "X-Forwarded-For: 6.6.6.6"; the proxy appended the real address.
     expect(clientIp(xff('6.6.6.6, 203.0.113.7'), 1)).toBe('203.0.113.7');

@@ -636,12 +636,25 @@ describe('applyCaps', () => {
 
   it('sets a missing value to the cap, so the upstream’s default never applies', () => {
     const parts = chat();
-    applyCaps(capped, session(['free', 'pro']), parts);
-    expect(parts.body).toMatchObject({ max_tokens: 1000, metadata: { depth: 2 } });
+    applyCaps(capped, session(['free']), parts);
+    expect(parts.body).toMatchObject({ max_tokens: 100, metadata: { depth: 2 } });
     const trial = chat();
     applyCaps(capped, session(['trial']), trial);
     expect(trial.body).toMatchObject({ max_tokens: 10 });
     expect(trial.body).not.toHaveProperty('metadata');
+  });
+
+  it('a role listed without a field lifts that field’s cap for a caller who also has a capped role', () => {
+    const parts = chat();
+    applyCaps(capped, session(['free', 'pro']), parts);
+    // pro caps max_tokens (the larger cap wins) but lists no metadata.depth: not capped, not filled in.
+    expect(parts.body).toMatchObject({ max_tokens: 1000 });
+    expect(parts.body).not.toHaveProperty('metadata');
+    const open = compiled({ ...CHAT_ROUTE, caps: { free: { 'body.max_tokens': 100 }, pro: {} } });
+    const big = chat({ max_tokens: 50_000 });
+    applyCaps(open, session(['free', 'pro']), big);
+    expect(big.body).toMatchObject({ max_tokens: 50_000 });
+    expect(() => applyCaps(open, session(['free']), chat({ max_tokens: 50_000 }))).toThrow(/at most 100/);
   });
 
   it('creates the objects on the way to a missing nested value, keeping what is there', () => {
