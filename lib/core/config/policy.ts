@@ -82,7 +82,8 @@ export const fieldSpecSchema: z.ZodType<FieldSpecInput> = z.lazy(() =>
 );
 
 /** A zod schema given by a TypeScript adapter; the JSON file can only use the declarative form. */
-const zodContract = z.custom<z.ZodType>((value) => value instanceof z.ZodType, 'must be a zod schema or a contract');
+export const ZOD_CONTRACT_MESSAGE = 'must be a zod schema or a contract';
+const zodContract = z.custom<z.ZodType>((value) => value instanceof z.ZodType, ZOD_CONTRACT_MESSAGE);
 
 const queryContractSchema = z
   .union([

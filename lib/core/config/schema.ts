@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { routePolicyFields, upstreamPolicyFields } from './policy';
+import { ZOD_CONTRACT_MESSAGE, routePolicyFields, upstreamPolicyFields } from './policy';
 
 /**
  * The one schema for upstream definitions: TypeScript adapters (`defineUpstream`) and the JSON file named by
@@ -297,9 +297,23 @@ export function isLoopbackHost(hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || /^127(?:\.\d{1,3}){3}$/.test(hostname);
 }
 
+/**
+ * A contract is a declarative spec or (in TypeScript) a zod schema. When a declarative one is wrong, zod
+ * reports "no option matched"; the declarative option's own issues name the field that is actually wrong.
+ */
+function declarativeIssues(issue: z.core.$ZodIssue): z.core.$ZodIssue[] {
+  if (issue.code !== 'invalid_union') return [issue];
+  const isZodOption = (option: readonly z.core.$ZodIssue[]) => option.some((i) => i.message === ZOD_CONTRACT_MESSAGE);
+  if (!issue.errors.some(isZodOption)) return [issue];
+  const declarative = issue.errors.find((option) => !isZodOption(option));
+  if (!declarative || declarative.length === 0) return [issue];
+  return declarative.flatMap((inner) => declarativeIssues({ ...inner, path: [...issue.path, ...inner.path] } as z.core.$ZodIssue));
+}
+
 /** Formats zod issues as `path: message` lines: names the field, never echoes the value. */
 export function formatIssues(issues: readonly z.core.$ZodIssue[], prefix: string): string {
   return issues
+    .flatMap(declarativeIssues)
     .map((issue) => {
       const path = [prefix, ...issue.path.map(String)].filter(Boolean).join('.');
       return `  - ${path}: ${issue.message}`;

@@ -414,3 +414,20 @@ describe('the README’s example route parses', () => {
     });
   });
 });
+
+describe('a wrong declarative contract is reported at the field that is wrong', () => {
+  it('names the nested keyword and type instead of "Invalid input" on the whole contract', () => {
+    const message = refuse([
+      {
+        method: 'POST',
+        path: '/x',
+        body: { type: 'object', properties: { n: { type: 'integer', maxLength: 3 }, m: { type: 'strin' } } },
+      },
+    ]);
+    expect(message).toContain('upstreams.ai.routes.0.body.properties.n.maxLength: does not apply to type "integer"');
+    expect(message).toContain('upstreams.ai.routes.0.body.properties.m.type:');
+    expect(message).not.toContain('zod schema');
+    const query = refuse([{ method: 'GET', path: '/q', query: { properties: { limit: { type: 'integer', minLength: 1 } } } }]);
+    expect(query).toContain('routes.0.query.properties.limit.minLength: does not apply to type "integer"');
+  });
+});
