@@ -177,6 +177,8 @@ export class KeyRings {
     const grace = upstream.credential.ring.graceSeconds * 1000;
     return this.update(upstreamId, (record) => {
       const again = record.rotations.find((r) => r.id === rotationId);
+      // Another instance may have used this id for another key since the check above.
+      if (again && again.to !== print) throw new KeywardError('bad_request', { message: 'This rotation id was used for another key.' });
       if (again && again.state !== 'canary_failed') return again;
       record.rotations = record.rotations.filter((r) => r.id !== rotationId);
       const versions = this.view(upstream.credential.envVersions, record);
