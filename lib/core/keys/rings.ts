@@ -305,7 +305,10 @@ export class KeyRings {
     for (let attempt = 0; attempt < 20; attempt++) {
       const raw = await guard(() => this.store.get(key));
       const record: RingRecord = raw === null ? { rev: 0, versions: [], rotations: [] } : (JSON.parse(raw) as RingRecord);
+      const before = JSON.stringify(record);
       const result = change(record);
+      // Nothing changed (a repeated rollback, a revoke that matched nothing here): nothing to write.
+      if (JSON.stringify(record) === before) return result;
       record.rev += 1;
       const next = JSON.stringify(record);
       const written = raw === null ? await guard(() => this.store.setIfAbsent(key, next, RECORD_TTL_MS)) : await guard(() => this.store.replaceIfEquals(key, raw, next));
