@@ -1,6 +1,9 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { assertReservations, StoreUnavailableError, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
+/** How far an entry's `at` (the writer's clock) may lie from its stream id (Redis's clock) and still be found by time. */
+const LOG_SKEW_MS = 5 * 60_000;
+
 const DELETE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 const REPLACE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end`;
 const INCREMENT = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -120,20 +123,33 @@ export class RedisStore implements Store {
   }
 
   async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
+    if (!(limit >= 1)) return [];
     const key = `log:${stream}`;
     const valid = cursor !== undefined && /^\d{1,16}-\d{1,16}$/.test(cursor);
-    const low = order === 'asc' && valid ? `(${cursor}` : sinceMs !== undefined ? String(Math.max(sinceMs, 0)) : '-';
-    const high = order === 'desc' && valid ? `(${cursor}` : untilMs !== undefined ? String(untilMs) : '+';
-    const entries = await this.run(() =>
-      order === 'asc' ? this.redis.xrange(key, low, high, 'COUNT', limit) : this.redis.xrevrange(key, high, low, 'COUNT', limit),
-    );
-    return entries.flatMap(([id, fields]) => {
-      const record: Record<string, string> = {};
-      for (let i = 0; i + 1 < fields.length; i += 2) record[fields[i]!] = fields[i + 1]!;
-      const at = Number(record.at);
-      if (record.v === undefined || (sinceMs !== undefined && at < sinceMs) || (untilMs !== undefined && at > untilMs)) return [];
-      return [{ id, at, value: record.v }];
-    });
+    // Stream ids carry Redis's clock, `at` the writer's: the id range is only narrowed to the window widened
+    // by LOG_SKEW_MS, and the window itself is applied to `at` below.
+    let low = order === 'asc' && valid ? `(${cursor}` : sinceMs !== undefined ? String(Math.max(Math.floor(sinceMs) - LOG_SKEW_MS, 0)) : '-';
+    let high = order === 'desc' && valid ? `(${cursor}` : untilMs !== undefined ? String(Math.max(Math.ceil(untilMs) + LOG_SKEW_MS, 0)) : '+';
+    const out: LogEntry[] = [];
+    // Entries outside the window are dropped after reading, so read on until the page is full or the range
+    // ends: a short page means "no more" to callers that page through the log.
+    for (;;) {
+      const entries = await this.run(() =>
+        order === 'asc' ? this.redis.xrange(key, low, high, 'COUNT', limit) : this.redis.xrevrange(key, high, low, 'COUNT', limit),
+      );
+      for (const [id, fields] of entries) {
+        const record: Record<string, string> = {};
+        for (let i = 0; i + 1 < fields.length; i += 2) record[fields[i]!] = fields[i + 1]!;
+        const at = Number(record.at);
+        if (record.v === undefined || (sinceMs !== undefined && at < sinceMs) || (untilMs !== undefined && at > untilMs)) continue;
+        out.push({ id, at, value: record.v });
+        if (out.length >= limit) return out;
+      }
+      if (entries.length < limit) return out;
+      const last = entries.at(-1)![0];
+      if (order === 'asc') low = `(${last}`;
+      else high = `(${last}`;
+    }
   }
 
   /** The connection, for rate-limiter-flexible's Redis limiter (its own atomic script, under our key prefix). */
