@@ -78,8 +78,29 @@ async function readKey(): Promise<string> {
   return (await readStdin()).replace(/\r?\n$/, '');
 }
 
+const KEYS_USAGE = 'usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>>\n';
+const AUDIT_USAGE = 'usage: npm run keyward -- audit <tail [-n <count>] [--follow] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n';
+
+/** Options as parseArgs reads them, or null (after printing why and the usage) when they are not valid. */
+function options<T>(parse: () => T, usage: string): T | null {
+  try {
+    return parse();
+  } catch (error) {
+    const code = (error as { code?: unknown } | null)?.code;
+    if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) throw error;
+    // parseArgs names the option, never its value.
+    process.stderr.write(`keyward: ${(error as Error).message}\n${usage}`);
+    return null;
+  }
+}
+
 async function keysCommand(action: string | undefined, args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { id: { type: 'string' }, 'skip-canary': { type: 'boolean' } } });
+  const parsed = options(
+    () => parseArgs({ args, allowPositionals: true, options: { id: { type: 'string' }, 'skip-canary': { type: 'boolean' } } }),
+    KEYS_USAGE,
+  );
+  if (!parsed) return 2;
+  const { values, positionals } = parsed;
   const runtime = await openRuntime();
   const target = positionals[0];
   switch (action) {
@@ -124,22 +145,28 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
       return 0;
     }
   }
-  process.stderr.write('usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>>\n');
+  process.stderr.write(KEYS_USAGE);
   return 2;
 }
 
 async function auditCommand(action: string | undefined, args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      n: { type: 'string', short: 'n', default: '20' },
-      follow: { type: 'boolean', short: 'f' },
-      since: { type: 'string' },
-      until: { type: 'string' },
-      type: { type: 'string' },
-      upstream: { type: 'string' },
-    },
-  });
+  const parsed = options(
+    () =>
+      parseArgs({
+        args,
+        options: {
+          n: { type: 'string', short: 'n', default: '20' },
+          follow: { type: 'boolean', short: 'f' },
+          since: { type: 'string' },
+          until: { type: 'string' },
+          type: { type: 'string' },
+          upstream: { type: 'string' },
+        },
+      }),
+    AUDIT_USAGE,
+  );
+  if (!parsed) return 2;
+  const { values } = parsed;
   const runtime = await openRuntime();
   const line = (record: unknown) => process.stdout.write(`${JSON.stringify(record)}\n`);
   if (action === 'tail') {
@@ -169,7 +196,7 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
       cursor = page.cursor;
     }
   }
-  process.stderr.write('usage: npm run keyward -- audit <tail [-n <count>] [--follow] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n');
+  process.stderr.write(AUDIT_USAGE);
   return 2;
 }
 
