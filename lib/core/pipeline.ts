@@ -60,7 +60,7 @@ export interface ProxyEvent {
   readonly bytesIn: number;
   readonly bytesOut: number;
   readonly durationMs: number;
-  readonly outcome: 'ok' | 'refused' | 'upstream_error' | StreamOutcome;
+  readonly outcome: 'refused' | 'upstream_error' | StreamOutcome;
   readonly errorCode: string | null;
   readonly clientIp: string | null;
   /** Budget units charged for this call (the reported usage, or the reservation); 0 without budgets. */

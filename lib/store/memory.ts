@@ -92,8 +92,11 @@ export class MemoryStore implements Store {
     return id;
   }
 
-  async readLog(stream: string, { sinceMs = -Infinity, untilMs = Infinity, cursor, limit, order }: LogQuery) {
+  async readLog(stream: string, { sinceMs = -Infinity, untilMs = Infinity, cursor: given, limit, order }: LogQuery) {
+    let cursor = given;
     const log = [...(this.logs.get(stream) ?? [])];
+    // Ids are zero-padded sequence numbers; anything else is treated as no cursor, as the other stores do.
+    if (cursor !== undefined && !/^\d{16}$/.test(cursor)) cursor = undefined;
     if (order === 'desc') log.reverse();
     return log
       .filter(({ id, at }) => at >= sinceMs && at <= untilMs && (cursor === undefined || (order === 'asc' ? id > cursor : id < cursor)))

@@ -757,6 +757,7 @@ describe('GET /api/admin/audit', () => {
       '?upstream=' + encodeURIComponent('<script>'),
       '?action=' + 'a'.repeat(300),
       '?format=jsonl&foo=1',
+      '?format=xml',
       '?__proto__=1',
     ]) {
       await expectError(await admin.audit(query), 400, 'bad_request');
@@ -932,6 +933,9 @@ describe('admin keys API', () => {
     for (const [upstreamId, action, options] of bad) {
       await expectError(await admin.action(upstreamId, action, options), 400, 'bad_request');
     }
+    // An action that does not exist is a 404 whatever the body.
+    await expectError(await admin.action('rot', 'promote', { body: { key: fresh, extra: 1 } }), 404, 'route_not_found');
+    await expectError(await admin.action('rot', 'promote', { rawBody: '{"key":', method: 'POST' }), 404, 'route_not_found');
     await expectError(await admin.revoke({ body: { fingerprint: fp(keys.rot), why: 'x' } }), 400, 'bad_request');
     await expectError(await admin.revoke({ body: { fingerprint: 12 } }), 400, 'bad_request');
     await expectError(await admin.revoke({ body: ['x'] }), 400, 'bad_request');

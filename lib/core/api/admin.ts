@@ -36,6 +36,7 @@ export function handleKeyAction(request: Request, upstreamId: string, action: st
   return apiHandler(runtime, async () => {
     if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
     const session = await requireAdmin(request, runtime);
+    if (!['versions', 'rotate', 'rollback'].includes(action)) throw new KeywardError('route_not_found');
     const body = await readJsonObject(request);
     const { keyRings, audit } = runtime;
     switch (action) {
@@ -98,7 +99,9 @@ export function handleAudit(request: Request, runtime: Runtime): Promise<Respons
     await requireAdmin(request, runtime);
     const params = new URL(request.url).searchParams;
     const filter = auditFilter(params);
-    if (params.get('format') === 'jsonl') return exportJsonl(runtime, filter);
+    const format = params.get('format');
+    if (format !== null && format !== 'jsonl' && format !== 'json') throw new KeywardError('bad_request', { message: 'format is json or jsonl.' });
+    if (format === 'jsonl') return exportJsonl(runtime, filter);
     const limit = params.has('limit') ? Number(params.get('limit')) : 100;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new KeywardError('bad_request', { message: `limit is 1 to ${MAX_PAGE}.` });
     const { records, cursor } = await runtime.audit.query(filter, { limit, cursor: params.get('cursor') ?? undefined, order: 'desc' });
