@@ -92,6 +92,10 @@ export class MemoryStore implements Store {
     return id;
   }
 
+  async appendBatch(stream: string, entries: readonly { readonly value: string; readonly at: number }[], retentionMs: number) {
+    for (const { value, at } of entries) await this.append(stream, value, at, retentionMs);
+  }
+
   async readLog(stream: string, { sinceMs = -Infinity, untilMs = Infinity, cursor: given, limit, order }: LogQuery) {
     let cursor = given;
     const log = [...(this.logs.get(stream) ?? [])];

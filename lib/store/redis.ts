@@ -122,6 +122,16 @@ export class RedisStore implements Store {
     return id ?? '';
   }
 
+  async appendBatch(stream: string, entries: readonly { readonly value: string; readonly at: number }[], retentionMs: number) {
+    if (entries.length === 0) return;
+    const minId = String(Math.max(Date.now() - retentionMs, 0));
+    const pipeline = this.redis.pipeline();
+    for (const { value, at } of entries) pipeline.xadd(`log:${stream}`, 'MINID', '~', minId, '*', 'at', String(at), 'v', value);
+    const results = await this.run(() => pipeline.exec());
+    const failed = results?.find(([error]) => error);
+    if (failed) throw new StoreUnavailableError('redis', failed[0]);
+  }
+
   async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
     if (!(limit >= 1)) return [];
     const key = `log:${stream}`;

@@ -153,6 +153,22 @@ export class SqliteStore implements Store {
     });
   }
 
+  async appendBatch(stream: string, entries: readonly { readonly value: string; readonly at: number }[], retentionMs: number) {
+    if (entries.length === 0) return;
+    this.run(() => {
+      // One write transaction for the batch: a commit per entry would cost a WAL write each.
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        this.statements.trimLog!.run({ stream, cutoff: this.now() - retentionMs });
+        for (const { value, at } of entries) this.statements.append!.get({ stream, at, value });
+        this.db.exec('COMMIT');
+      } catch (error) {
+        if (this.db.isTransaction) this.db.exec('ROLLBACK');
+        throw error;
+      }
+    });
+  }
+
   async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
     const statement = order === 'asc' ? this.statements.readAsc! : this.statements.readDesc!;
     const after = cursor === undefined || !/^\d{1,18}$/.test(cursor) ? (order === 'asc' ? 0n : 2n ** 62n) : BigInt(cursor);

@@ -30,6 +30,8 @@ export interface Store {
    * Returns the entry's id; ids order entries and serve as cursors.
    */
   append(stream: string, value: string, at: number, retentionMs: number): Promise<string>;
+  /** Appends several entries in one round trip (one transaction in SQLite, one pipeline in Redis). */
+  appendBatch(stream: string, entries: readonly { readonly value: string; readonly at: number }[], retentionMs: number): Promise<void>;
   /** Reads a log in order (`asc`, oldest first) or newest first, after a cursor, within a time window. */
   readLog(stream: string, query: LogQuery): Promise<LogEntry[]>;
   /** Checks that the backend answers; rejects with StoreUnavailableError if not. */

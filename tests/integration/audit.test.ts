@@ -42,14 +42,26 @@ const CALL_FIELDS = [
   'userId',
 ];
 
-/** The Redis store, counting the audit writes still in flight so a test can wait for them (never for time). */
+/**
+ * The Redis store, counting the audit writes still in flight so a test can wait for them (never for time).
+ * The audit log queues call records and writes them in batches; `allRecords` queries, which flushes the queue.
+ */
 class TrackedRedisStore extends RedisStore {
-  private readonly pending = new Set<Promise<string>>();
+  private readonly pending = new Set<Promise<unknown>>();
+  /** Entries written to the log, one by one or in batches. */
   appends = 0;
 
   override append(stream: string, value: string, at: number, retentionMs: number): Promise<string> {
     this.appends++;
-    const write = super.append(stream, value, at, retentionMs);
+    return this.track(super.append(stream, value, at, retentionMs));
+  }
+
+  override appendBatch(stream: string, entries: readonly { value: string; at: number }[], retentionMs: number): Promise<void> {
+    this.appends += entries.length;
+    return this.track(super.appendBatch(stream, entries, retentionMs));
+  }
+
+  private track<T>(write: Promise<T>): Promise<T> {
     this.pending.add(write);
     write.then(
       () => this.pending.delete(write),
@@ -194,6 +206,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await runtime?.audit.flush().catch(() => {});
   await store?.settled();
   await upstream?.close();
   await (runtime?.dispatcher as { close?: () => Promise<void> } | undefined)?.close?.().catch(() => {});

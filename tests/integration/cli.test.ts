@@ -81,7 +81,7 @@ async function serverCall(): Promise<{ key: unknown; record: CallRecord }> {
   const text = await response.text();
   expect(response.status, text).toBe(200);
   const requestId = response.headers.get('x-request-id');
-  // SQLite writes are synchronous: the record is in once the body has been read.
+  // Call records are queued and written in batches; a query flushes the queue first.
   const { records } = await runtime.audit.query({ type: 'call' }, { limit: 10 });
   const record = records.find((r): r is CallRecord => r.type === 'call' && r.requestId === requestId);
   expect(record).toBeDefined();

@@ -284,6 +284,9 @@ class GatedStore implements Store {
   append(stream: string, value: string, at: number, retentionMs: number) {
     return this.inner.append(stream, value, at, retentionMs);
   }
+  appendBatch(stream: string, entries: readonly { value: string; at: number }[], retentionMs: number) {
+    return this.inner.appendBatch(stream, entries, retentionMs);
+  }
   readLog(stream: string, query: LogQuery) {
     return this.inner.readLog(stream, query);
   }

@@ -68,13 +68,22 @@ const STREAM = 'audit';
 /** Entries read per store round trip while filtering. */
 const PAGE = 500;
 
+/** Calls are written in batches: at most this many records, or after this long. */
+const BATCH_SIZE = 256;
+const BATCH_DELAY_MS = 100;
+
 /**
  * The audit trail: every proxied call and every admin action, in the store, kept for the retention
- * period. Calls are written after the response, off the request's path; a failed write is logged (the
- * call itself already happened and cannot be undone).
+ * period. Calls are queued when their response ends and written in batches (one SQLite transaction or one
+ * Redis pipeline per batch, within 100 ms), off the request's path: one write per call cost more CPU than the
+ * rest of the proxy. A failed write is logged (the calls already happened and cannot be undone). Admin actions
+ * and queries flush the queue first, so they are on record, in order, before the caller is answered.
  */
 export class AuditLog {
   private failures = 0;
+  private pending: Array<{ value: string; at: number }> = [];
+  private timer: NodeJS.Timeout | null = null;
+  private writing: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly store: Store,
@@ -103,22 +112,46 @@ export class AuditLog {
       errorCode: event.errorCode,
       units: event.units,
     };
-    this.write(record).catch(() => {});
+    this.enqueue(record);
+    if (this.pending.length >= BATCH_SIZE) {
+      this.flush().catch(() => {});
+    } else if (!this.timer) {
+      this.timer = setTimeout(() => this.flush().catch(() => {}), BATCH_DELAY_MS);
+      this.timer.unref();
+    }
   }
 
   /** Admin actions are awaited: the caller reports success only once the action is on record. */
   async recordAdmin(entry: Omit<AdminRecord, 'type' | 'at' | 'id'>): Promise<void> {
-    await this.write({ type: 'admin', at: new Date(this.now()).toISOString(), ...entry });
+    this.enqueue({ type: 'admin', at: new Date(this.now()).toISOString(), ...entry });
+    await this.flush();
   }
 
-  private async write(record: AuditRecord): Promise<void> {
-    try {
-      await this.store.append(STREAM, JSON.stringify(record), Date.parse(record.at), this.retentionMs);
-    } catch (error) {
-      this.failures++;
-      this.logger.error({ err: error instanceof Error ? error.message : 'unknown', auditFailures: this.failures }, 'audit write failed');
-      throw error;
+  /** Writes every queued record; resolves once they are in the store (rejects if the store refused them). */
+  flush(): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = null;
     }
+    const batch = this.pending;
+    this.pending = [];
+    // Batches are written one after another, so the log keeps the order records were made in.
+    const write = this.writing.then(async () => {
+      if (batch.length === 0) return;
+      try {
+        await this.store.appendBatch(STREAM, batch, this.retentionMs);
+      } catch (error) {
+        this.failures += batch.length;
+        this.logger.error({ err: error instanceof Error ? error.message : 'unknown', lost: batch.length, auditFailures: this.failures }, 'audit write failed');
+        throw error;
+      }
+    });
+    this.writing = write.catch(() => {});
+    return write;
+  }
+
+  private enqueue(record: AuditRecord): void {
+    this.pending.push({ value: JSON.stringify(record), at: Date.parse(record.at) });
   }
 
   /**
@@ -129,6 +162,8 @@ export class AuditLog {
     filter: AuditFilter,
     options: { limit: number; cursor?: string; order?: 'asc' | 'desc'; maxScan?: number },
   ): Promise<{ records: AuditRecord[]; cursor: string | null }> {
+    // What this instance recorded so far is written first, so a query sees it.
+    await guard(() => this.flush());
     const order = options.order ?? 'desc';
     const maxScan = options.maxScan ?? 20_000;
     const records: AuditRecord[] = [];
