@@ -112,6 +112,19 @@ describe.each(Object.keys(backends))('Store log: %s', (kind) => {
     );
   });
 
+  it('appendBatch writes every entry of a batch, in order, after what was there, and an empty batch writes nothing', async () => {
+    const store = await open(kind);
+    const first = await fill(store, 'batch', 2);
+    const now = Date.now();
+    const batch = Array.from({ length: 300 }, (_, i) => ({ value: `batch-${i}`, at: now + i }));
+    await store.appendBatch('batch', batch, 3_600_000);
+    await store.appendBatch('batch', [], 3_600_000);
+    const all = (await pageThrough(store, 'batch', { limit: 500, order: 'asc' })).entries;
+    expect(all.map((e) => e.value)).toEqual([...first.map((e) => e.value), ...batch.map((e) => e.value)]);
+    expect(all.slice(2).map((e) => e.at)).toEqual(batch.map((e) => e.at));
+    expect(new Set(all.map((e) => e.id)).size).toBe(302);
+  });
+
   it('limit caps a page', async () => {
     const store = await open(kind);
     const appended = await fill(store, 'limit', 10);
