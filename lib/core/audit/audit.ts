@@ -4,28 +4,18 @@ import type { ProxyEvent } from '../pipeline';
 import { guard } from '../store/guard';
 import type { LogEntry, Store } from '../../store/types';
 
-/** One proxied call, written after its response ended or was aborted. Never a secret: keys are fingerprints. */
-export interface CallRecord {
+/**
+ * One proxied call, written after its response ended or was aborted: the pipeline's event, except that the
+ * session id is kept only as a hash and the upstream URL only as the route template. Never a secret: keys
+ * are fingerprints.
+ */
+export type CallRecord = Omit<ProxyEvent, 'sessionId' | 'target'> & {
   readonly type: 'call';
   readonly id?: string;
   readonly at: string;
-  readonly requestId: string;
-  readonly userId: string | null;
   /** SHA-256 of the session id (first 16 hex digits): links calls of one sign-in without revealing the id. */
   readonly sessionIdHash: string | null;
-  readonly upstream: string;
-  readonly route: string | null;
-  readonly method: string;
-  readonly status: number;
-  readonly keyFingerprint: string | null;
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-  readonly durationMs: number;
-  readonly clientIp: string | null;
-  readonly outcome: string;
-  readonly errorCode: string | null;
-  readonly units: number;
-}
+};
 
 export type AdminAction =
   | 'key.add'
@@ -93,24 +83,13 @@ export class AuditLog {
   ) {}
 
   recordCall(event: ProxyEvent): void {
+    const { sessionId, target, ...fields } = event;
+    void target; // the route template says what was called; the URL is not kept
     const record: CallRecord = {
       type: 'call',
       at: new Date(this.now()).toISOString(),
-      requestId: event.requestId,
-      userId: event.userId,
-      sessionIdHash: event.sessionId ? hashSessionId(event.sessionId) : null,
-      upstream: event.upstream,
-      route: event.route,
-      method: event.method,
-      status: event.status,
-      keyFingerprint: event.keyFingerprint,
-      bytesIn: event.bytesIn,
-      bytesOut: event.bytesOut,
-      durationMs: event.durationMs,
-      clientIp: event.clientIp,
-      outcome: event.outcome,
-      errorCode: event.errorCode,
-      units: event.units,
+      ...fields,
+      sessionIdHash: sessionId ? hashSessionId(sessionId) : null,
     };
     this.enqueue(record);
     if (this.pending.length >= BATCH_SIZE) {
