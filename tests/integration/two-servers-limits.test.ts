@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApp, type AppServer } from '../fixtures/app-server';
+import { signInAttempt, startApp, type AppServer } from '../fixtures/app-server';
 import { REDIS_URL, findLeak } from '../fixtures/claims-session';
 import { writeConfigFile } from '../fixtures/config';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -85,7 +85,11 @@ interface Reply {
 }
 
 async function reply(response: Response): Promise<Reply> {
-  const body = await response.text();
+  return replyOf(response, await response.text());
+}
+
+/** The same for a response whose body was read already. */
+function replyOf(response: Response, body: string): Reply {
   const lines: string[] = [];
   response.headers.forEach((value, key) => lines.push(`${key}: ${value}`));
   seen.push(`${response.status}\n${lines.join('\n')}\n\n${body}`);
@@ -132,36 +136,14 @@ interface SignInResult {
 
 /** The browser's form sign-in (Auth.js csrfToken, then the credentials callback) from client address `from`. */
 async function signInFrom(server: AppServer, from: string, username: string, pass: string): Promise<SignInResult> {
-  const csrf = await fetch(`${server.url}/api/auth/csrf`, { headers: { 'x-forwarded-for': from } });
-  const { csrfToken } = (await csrf.json()) as { csrfToken: string };
-  const jar = new Map<string, string>();
-  const keep = (response: Response) => {
-    for (const line of response.headers.getSetCookie()) {
-      const [pair] = line.split(';');
-      const index = pair!.indexOf('=');
-      jar.set(pair!.slice(0, index), pair!.slice(index + 1));
-    }
-  };
-  keep(csrf);
-  const response = await fetch(`${server.url}/api/auth/callback/credentials`, {
-    method: 'POST',
-    redirect: 'manual',
-    headers: {
-      'content-type': 'application/x-www-form-urlencoded',
-      cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; '),
-      'x-forwarded-for': from,
-    },
-    body: new URLSearchParams({ csrfToken, username, password: pass, callbackUrl: '/' }),
-  });
-  const result = await reply(response);
-  keep(response);
-  const session = jar.get('__Host-keyward.session');
+  const { response, text, cookie } = await signInAttempt(server.url, username, pass, { 'x-forwarded-for': from });
+  const result = replyOf(response, text);
   return {
     status: result.status,
     code: result.code,
     retryAfter: response.headers.get('retry-after'),
     location: response.headers.get('location'),
-    cookie: session ? `__Host-keyward.session=${session}` : null,
+    cookie,
   };
 }
 
