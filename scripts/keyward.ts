@@ -20,6 +20,7 @@ import { KeywardError } from '../lib/core/errors';
 import { ConfigError } from '../lib/core/config/load';
 import { keywardConfigSchema } from '../lib/core/config/schema';
 import { auditFilter } from '../lib/core/api/admin';
+import { keyAdmin } from '../lib/core/keys/admin';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { hashPassword } from '../lib/core/users/password';
 import { prepareDevEnvironment } from './dev-setup';
@@ -70,7 +71,6 @@ async function openRuntime(): Promise<Runtime> {
   return createRuntime({ env, upstreams });
 }
 
-const actor = () => `cli:${userInfo().username}`;
 const print = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 
 async function readKey(): Promise<string> {
@@ -102,6 +102,7 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
   if (!parsed) return 2;
   const { values, positionals } = parsed;
   const runtime = await openRuntime();
+  const keys = keyAdmin(runtime.keyRings, runtime.audit, `cli:${userInfo().username}`);
   const target = positionals[0];
   switch (action) {
     case 'list': {
@@ -116,31 +117,25 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
     }
     case 'add': {
       if (!target) break;
-      const version = await runtime.keyRings.add(target, await readKey());
-      await runtime.audit.recordAdmin({ action: 'key.add', actor: actor(), upstream: target, fingerprint: version.fingerprint, outcome: version.state });
+      const version = await keys.add(target, await readKey());
       print({ upstream: target, version });
       return 0;
     }
     case 'rotate': {
       if (!target) break;
-      const rotation = await runtime.keyRings.rotate(target, await readKey(), { rotationId: values.id, skipCanary: values['skip-canary'], actor: actor() });
-      await runtime.audit.recordAdmin({ action: 'key.rotate', actor: actor(), upstream: target, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+      const rotation = await keys.rotate(target, await readKey(), { rotationId: values.id, skipCanary: values['skip-canary'] });
       print({ rotation });
       return rotation.state === 'canary_failed' ? 1 : 0;
     }
     case 'rollback': {
       if (!target) break;
-      const rotation = await runtime.keyRings.rollback(target);
-      await runtime.audit.recordAdmin({ action: 'key.rollback', actor: actor(), upstream: rotation.upstream, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+      const rotation = await keys.rollback(target);
       print({ rotation });
       return 0;
     }
     case 'revoke': {
       if (!target) break;
-      const revoked = await runtime.keyRings.revoke(target);
-      for (const { upstream } of revoked) {
-        await runtime.audit.recordAdmin({ action: 'key.revoke', actor: actor(), upstream, fingerprint: target, outcome: 'revoked' });
-      }
+      const revoked = await keys.revoke(target);
       print({ fingerprint: target, revoked });
       return 0;
     }

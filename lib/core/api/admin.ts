@@ -1,5 +1,6 @@
 import type { AuditFilter, AuditRecord } from '../audit/audit';
 import { KeywardError } from '../errors';
+import { keyAdmin } from '../keys/admin';
 import type { Runtime } from '../runtime';
 import type { Session } from '../session/session';
 import { apiHandler, json, readJsonObject, requireSession } from './guard';
@@ -38,30 +39,25 @@ export function handleKeyAction(request: Request, upstreamId: string, action: st
     const session = await requireAdmin(request, runtime);
     if (!['versions', 'rotate', 'rollback'].includes(action)) throw new KeywardError('route_not_found');
     const body = await readJsonObject(request);
-    const { keyRings, audit } = runtime;
+    const keys = keyAdmin(runtime.keyRings, runtime.audit, session.userId);
     switch (action) {
       case 'versions': {
         onlyFields(body, ['key']);
         if (typeof body.key !== 'string') throw new KeywardError('bad_request', { message: 'Send {"key": "<the new key>"}.' });
-        const version = await keyRings.add(upstreamId, body.key);
-        await audit.recordAdmin({ action: 'key.add', actor: session.userId, upstream: upstreamId, fingerprint: version.fingerprint, outcome: version.state });
-        return json({ upstream: upstreamId, version }, 201);
+        return json({ upstream: upstreamId, version: await keys.add(upstreamId, body.key) }, 201);
       }
       case 'rotate': {
         onlyFields(body, ['key', 'rotationId', 'skipCanary']);
         if (typeof body.key !== 'string') throw new KeywardError('bad_request', { message: 'Send {"key": "<the new key>"}.' });
         if (body.rotationId !== undefined && typeof body.rotationId !== 'string') throw new KeywardError('bad_request', { message: 'rotationId is a string.' });
         if (body.skipCanary !== undefined && typeof body.skipCanary !== 'boolean') throw new KeywardError('bad_request', { message: 'skipCanary is a boolean.' });
-        const rotation = await keyRings.rotate(upstreamId, body.key, { rotationId: body.rotationId, skipCanary: body.skipCanary, actor: session.userId });
-        await audit.recordAdmin({ action: 'key.rotate', actor: session.userId, upstream: upstreamId, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+        const rotation = await keys.rotate(upstreamId, body.key, { rotationId: body.rotationId, skipCanary: body.skipCanary });
         return json({ rotation }, rotation.state === 'canary_failed' ? 409 : 200);
       }
       case 'rollback': {
         onlyFields(body, ['rotationId']);
         if (typeof body.rotationId !== 'string') throw new KeywardError('bad_request', { message: 'Send {"rotationId": "…"}.' });
-        const rotation = await keyRings.rollback(body.rotationId, upstreamId);
-        await audit.recordAdmin({ action: 'key.rollback', actor: session.userId, upstream: upstreamId, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
-        return json({ rotation });
+        return json({ rotation: await keys.rollback(body.rotationId, upstreamId) });
       }
       default:
         throw new KeywardError('route_not_found');
@@ -77,10 +73,7 @@ export function handleKeyRevoke(request: Request, runtime: Runtime): Promise<Res
     const body = await readJsonObject(request);
     onlyFields(body, ['fingerprint']);
     if (typeof body.fingerprint !== 'string') throw new KeywardError('bad_request', { message: 'Send {"fingerprint": "<12 hex digits>"}.' });
-    const revoked = await runtime.keyRings.revoke(body.fingerprint);
-    for (const { upstream } of revoked) {
-      await runtime.audit.recordAdmin({ action: 'key.revoke', actor: session.userId, upstream, fingerprint: body.fingerprint, outcome: 'revoked' });
-    }
+    const revoked = await keyAdmin(runtime.keyRings, runtime.audit, session.userId).revoke(body.fingerprint);
     return json({ fingerprint: body.fingerprint, revoked });
   });
 }

@@ -1,0 +1,38 @@
+import type { AuditLog } from '../audit/audit';
+import type { KeyRings, KeyVersion, Rotation } from './rings';
+
+/**
+ * Key administration as one actor performs it, for the admin API and the CLI alike: each action is done on
+ * the key ring and then put on the audit trail (by fingerprint, never the value) before it is reported.
+ */
+export function keyAdmin(keyRings: KeyRings, audit: AuditLog, actor: string) {
+  return {
+    async add(upstream: string, value: string): Promise<KeyVersion> {
+      const version = await keyRings.add(upstream, value);
+      await audit.recordAdmin({ action: 'key.add', actor, upstream, fingerprint: version.fingerprint, outcome: version.state });
+      return version;
+    },
+    async rotate(upstream: string, value: string, options: { rotationId?: string; skipCanary?: boolean }): Promise<Rotation> {
+      const rotation = await keyRings.rotate(upstream, value, { ...options, actor });
+      await audit.recordAdmin({ action: 'key.rotate', actor, upstream, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+      return rotation;
+    },
+    async rollback(rotationId: string, upstream?: string): Promise<Rotation> {
+      const rotation = await keyRings.rollback(rotationId, upstream);
+      await audit.recordAdmin({
+        action: 'key.rollback',
+        actor,
+        upstream: rotation.upstream,
+        fingerprint: rotation.to,
+        rotationId: rotation.id,
+        outcome: rotation.state,
+      });
+      return rotation;
+    },
+    async revoke(fingerprint: string): Promise<Array<{ upstream: string; version: string }>> {
+      const revoked = await keyRings.revoke(fingerprint);
+      for (const { upstream } of revoked) await audit.recordAdmin({ action: 'key.revoke', actor, upstream, fingerprint, outcome: 'revoked' });
+      return revoked;
+    },
+  };
+}
