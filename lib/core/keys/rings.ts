@@ -7,7 +7,7 @@ import { buildUpstreamUrl } from '../forward/url';
 import { logScrubber } from '../log/logger';
 import { discardBody } from '../respond/body';
 import { guard } from '../store/guard';
-import { credentialFor, fingerprint, type EnvKeyVersion, type ResolvedCredential, type Upstream } from '../upstream/registry';
+import { credentialFor, fingerprint, type CredentialPlan, type ResolvedCredential, type Upstream } from '../upstream/registry';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
 
@@ -58,6 +58,11 @@ export interface VersionView extends KeyVersion {
   readonly warning: string | null;
 }
 
+/** An upstream whose credential is a service key: the only kind with a key ring. */
+type RingUpstream = Upstream & { readonly credential: Extract<CredentialPlan, { source: 'static' }> };
+
+const isRingUpstream = (upstream: Upstream): upstream is RingUpstream => upstream.credential.source === 'static';
+
 const RECORD_TTL_MS = 100 * 365 * 86_400_000;
 const ROTATIONS_KEPT = 50;
 const WARN_DAYS = [1, 7, 14] as const;
@@ -86,8 +91,8 @@ export class KeyRings {
 
   /** The credential to use for this call: the newest usable active version, else a fallback in its grace window. */
   async credential(upstream: Upstream): Promise<ResolvedCredential> {
+    if (!isRingUpstream(upstream)) throw new TypeError('key rings hold service keys only');
     const plan = upstream.credential;
-    if (plan.source !== 'static') throw new TypeError('key rings hold service keys only');
     const record = await this.read(upstream.id);
     const now = this.now();
     const version = pick(this.view(plan.envVersions, record), now);
@@ -101,8 +106,7 @@ export class KeyRings {
   async list(): Promise<Array<{ upstream: string; versions: VersionView[]; rotations: Rotation[] }>> {
     const now = this.now();
     const out = [];
-    for (const upstream of this.registry.values()) {
-      if (upstream.credential.source !== 'static') continue;
+    for (const upstream of this.ringUpstreams()) {
       const record = await this.read(upstream.id);
       const versions = this.view(upstream.credential.envVersions, record);
       const serving = pick(versions, now);
@@ -212,8 +216,8 @@ export class KeyRings {
 
   /** Undoes a switch: the versions it replaced serve again (unless revoked or expired), the new one is retired. */
   async rollback(rotationId: string, onlyUpstream?: string): Promise<Rotation> {
-    for (const upstream of this.registry.values()) {
-      if (upstream.credential.source !== 'static' || (onlyUpstream !== undefined && upstream.id !== onlyUpstream)) continue;
+    for (const upstream of this.ringUpstreams()) {
+      if (onlyUpstream !== undefined && upstream.id !== onlyUpstream) continue;
       const found = (await this.read(upstream.id)).rotations.find((r) => r.id === rotationId);
       if (!found) continue;
       const envVersions = upstream.credential.envVersions;
@@ -240,8 +244,7 @@ export class KeyRings {
     if (!/^[0-9a-f]{12}$/.test(print)) throw new KeywardError('bad_request', { message: 'A fingerprint is 12 hexadecimal digits.' });
     const revoked: Array<{ upstream: string; version: string }> = [];
     const now = this.now();
-    for (const upstream of this.registry.values()) {
-      if (upstream.credential.source !== 'static') continue;
+    for (const upstream of this.ringUpstreams()) {
       const envVersions = upstream.credential.envVersions;
       const ids = await this.update(upstream.id, (record) => {
         const versions = this.view(envVersions, record);
@@ -256,8 +259,8 @@ export class KeyRings {
   }
 
   /** Sends the canary call with `credential`: its status, or 0 when the upstream could not be reached. */
-  private async sendCanary(upstream: Upstream, credential: ResolvedCredential): Promise<number> {
-    const canary = (upstream.credential as { ring: { canary: { method: 'GET' | 'HEAD'; path: string } } }).ring.canary;
+  private async sendCanary(upstream: RingUpstream, credential: ResolvedCredential): Promise<number> {
+    const canary = upstream.credential.ring.canary!;
     const segments = canary.path === '/' ? [] : canary.path.slice(1).split('/');
     const url = buildUpstreamUrl(upstream, segments);
     const headers: Record<string, string> = { 'accept-encoding': 'identity', 'user-agent': 'keyward-canary' };
@@ -279,13 +282,17 @@ export class KeyRings {
     }
   }
 
-  private staticUpstream(id: string): Upstream & { credential: { source: 'static'; envVersions: readonly EnvKeyVersion[]; ring: { expiresInDays: number } } } {
+  private staticUpstream(id: string): RingUpstream {
     const upstream = this.registry.get(id);
     if (!upstream) throw new KeywardError('upstream_not_found');
-    if (upstream.credential.source !== 'static') {
+    if (!isRingUpstream(upstream)) {
       throw new KeywardError('bad_request', { message: 'Only a service key ({"env": …}) has versions to manage.' });
     }
-    return upstream as ReturnType<KeyRings['staticUpstream']>;
+    return upstream;
+  }
+
+  private *ringUpstreams(): Generator<RingUpstream> {
+    for (const upstream of this.registry.values()) if (isRingUpstream(upstream)) yield upstream;
   }
 
   private async read(upstreamId: string): Promise<RingRecord> {
@@ -318,7 +325,7 @@ export class KeyRings {
   }
 
   /** Environment versions (defaults: active from their notBefore) with the store's changes, then managed versions. */
-  private view(envVersions: readonly EnvKeyVersion[], record: RingRecord): KeyVersion[] {
+  private view(envVersions: RingUpstream['credential']['envVersions'], record: RingRecord): KeyVersion[] {
     const stored = new Map(record.versions.map((v) => [v.id, v]));
     const fromEnv = envVersions.map((env): KeyVersion => {
       const base: KeyVersion = {
