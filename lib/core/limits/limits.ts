@@ -50,21 +50,29 @@ export class Limits {
   async checkRate(limits: RouteLimits, who: LimitSubject): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
     const rules = limits.rate.filter((rule) => appliesTo(rule, who.roles));
     if (rules.length === 0) return [];
-    const outcomes = await Promise.allSettled(rules.map((rule) => this.limiter(rule).consume(subjectKey(rule.by, who), 1)));
+    const { results, retryMs } = await this.consume(rules.map((rule) => [rule, subjectKey(rule.by, who)] as const));
+    if (retryMs !== null) throw limitError('rate_limited', retryMs, rateHeaders(results));
+    return results;
+  }
+
+  /**
+   * Takes one point from each rule's counter for its key. `retryMs` is null when every rule had room, else
+   * the longest wait among the rules that refused. A store failure is 503 (fail closed).
+   */
+  private async consume(
+    checks: ReadonlyArray<readonly [RateRule, string]>,
+  ): Promise<{ results: Array<readonly [RateRule, RateLimiterRes]>; retryMs: number | null }> {
+    const outcomes = await Promise.allSettled(checks.map(([rule, key]) => this.limiter(rule).consume(key, 1)));
     const results: Array<readonly [RateRule, RateLimiterRes]> = [];
-    let limited = false;
+    let retryMs: number | null = null;
     outcomes.forEach((outcome, index) => {
       const value = outcome.status === 'fulfilled' ? outcome.value : outcome.reason;
       // rate-limiter-flexible rejects with a RateLimiterRes when over the limit, with an Error when its store fails.
       if (!(value instanceof RateLimiterRes)) throw new KeywardError('store_unavailable', { cause: value });
-      if (outcome.status === 'rejected') limited = true;
-      results.push([rules[index]!, value]);
+      if (outcome.status === 'rejected') retryMs = Math.max(retryMs ?? 0, value.msBeforeNext);
+      results.push([checks[index]![0], value]);
     });
-    if (limited) {
-      const retryMs = Math.max(...results.filter(([, res]) => res.remainingPoints === 0).map(([, res]) => res.msBeforeNext));
-      throw limitError('rate_limited', retryMs, rateHeaders(results));
-    }
-    return results;
+    return { results, retryMs };
   }
 
   /**
@@ -122,18 +130,11 @@ export class Limits {
    * password faster). Throws 429 `rate_limited` with Retry-After.
    */
   async checkSignIn(ip: string | null, username: string | null, limit: number, windowSeconds: number): Promise<void> {
-    const checks: Array<[RateRule, string]> = [];
     const rule = (by: Subject, name: string): RateRule => ({ id: `signin|${name}`, name, by, limit, windowSeconds, roles: null });
-    checks.push([rule('ip', 'signin-ip'), ip ?? 'unknown']);
+    const checks: Array<readonly [RateRule, string]> = [[rule('ip', 'signin-ip'), ip ?? 'unknown']];
     if (username) checks.push([rule('user', 'signin-username'), username.toLowerCase()]);
-    const outcomes = await Promise.allSettled(checks.map(([r, key]) => this.limiter(r).consume(key, 1)));
-    let retryMs = 0;
-    for (const outcome of outcomes) {
-      const value = outcome.status === 'fulfilled' ? outcome.value : outcome.reason;
-      if (!(value instanceof RateLimiterRes)) throw new KeywardError('store_unavailable', { cause: value });
-      if (outcome.status === 'rejected') retryMs = Math.max(retryMs, value.msBeforeNext);
-    }
-    if (retryMs > 0) throw limitError('rate_limited', retryMs, []);
+    const { retryMs } = await this.consume(checks);
+    if (retryMs !== null) throw limitError('rate_limited', retryMs, []);
   }
 
   private limiter(rule: RateRule): RateLimiterAbstract {
