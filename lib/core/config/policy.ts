@@ -71,6 +71,10 @@ export const fieldSpecSchema: z.ZodType<FieldSpecInput> = z.lazy(() =>
         if (!allowed[spec.type].includes(key)) ctx.addIssue({ code: 'custom', path: [key], message: `does not apply to type "${spec.type}"` });
       }
       if (spec.type === 'array' && !spec.items) ctx.addIssue({ code: 'custom', path: ['items'], message: 'an array needs "items"' });
+      (spec.enum ?? []).forEach((value, index) => {
+        const fits = spec.type === 'string' ? typeof value === 'string' : spec.type === 'integer' ? Number.isInteger(value) : typeof value === 'number';
+        if (!fits) ctx.addIssue({ code: 'custom', path: ['enum', index], message: `is not a value of type "${spec.type}"` });
+      });
       if (spec.type === 'object') {
         for (const name of spec.required ?? []) {
           if (!spec.properties || !Object.hasOwn(spec.properties, name)) {

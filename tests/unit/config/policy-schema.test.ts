@@ -427,7 +427,40 @@ describe('a wrong declarative contract is reported at the field that is wrong', 
     expect(message).toContain('upstreams.ai.routes.0.body.properties.n.maxLength: does not apply to type "integer"');
     expect(message).toContain('upstreams.ai.routes.0.body.properties.m.type:');
     expect(message).not.toContain('zod schema');
-    const query = refuse([{ method: 'GET', path: '/q', query: { properties: { limit: { type: 'integer', minLength: 1 } } } }]);
+    const query = refuse([
+      { method: 'GET', path: '/q', query: { properties: { limit: { type: 'integer', minLength: 1 } } } },
+    ]);
     expect(query).toContain('routes.0.query.properties.limit.minLength: does not apply to type "integer"');
+  });
+});
+
+describe('enum values must be of the field type', () => {
+  it('refuses a number in a string enum, a fraction in an integer enum, and a string in a number enum', () => {
+    const message = refuse([
+      {
+        method: 'POST',
+        path: '/x',
+        body: {
+          type: 'object',
+          properties: {
+            s: { type: 'string', enum: ['a', 1] },
+            i: { type: 'integer', enum: [1, 2.5] },
+            n: { type: 'number', enum: [1.5, 'x'] },
+          },
+        },
+      },
+    ]);
+    expect(message).toContain('body.properties.s.enum.1: is not a value of type "string"');
+    expect(message).toContain('body.properties.i.enum.1: is not a value of type "integer"');
+    expect(message).toContain('body.properties.n.enum.1: is not a value of type "number"');
+    expect(() =>
+      accept([
+        {
+          method: 'POST',
+          path: '/x',
+          body: { type: 'object', properties: { s: { type: 'string', enum: ['a', 'b'] } } },
+        },
+      ]),
+    ).not.toThrow();
   });
 });
