@@ -43,11 +43,16 @@ export class UsageReader {
     if (this.mode === 'none' || this.overflow) return null;
     const text = Buffer.concat(this.chunks).toString('utf8');
     if (this.mode === 'json') return this.read(text);
-    const lines = text.split(/\r?\n/);
-    for (let i = lines.length - 1; i >= 0; i--) {
-      const line = lines[i]!;
-      if (!line.startsWith('data:')) continue;
-      const value = this.read(line.slice(5).trim());
+    // Events are separated by a blank line; an event's data is its `data:` lines joined with "\n"
+    // (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).
+    const events = text.split(/\r?\n\r?\n/);
+    for (let i = events.length - 1; i >= 0; i--) {
+      const data = events[i]!
+        .split(/\r?\n/)
+        .filter((line) => line.startsWith('data:'))
+        .map((line) => line.slice(line.startsWith('data: ') ? 6 : 5));
+      if (data.length === 0) continue;
+      const value = this.read(data.join('\n'));
       if (value !== null) return value;
     }
     return null;

@@ -178,3 +178,17 @@ describe('toUnits', () => {
     expect(toUnits(value)).toBe(units);
   });
 });
+
+describe('UsageReader: SSE events whose data spans several lines', () => {
+  it('joins the data lines of one event before reading it (the SSE event-stream rules)', () => {
+    const reader = new UsageReader({ json: 'usage.total_tokens' }, 'text/event-stream');
+    reader.push(Buffer.from('data: {"choices":[]}\n\ndata: {"usage":\ndata: {"total_tokens": 42}}\n\n'));
+    expect(reader.result()).toBe(42);
+  });
+
+  it('does not join lines of different events', () => {
+    const reader = new UsageReader({ json: 'usage.total_tokens' }, 'text/event-stream');
+    reader.push(Buffer.from('data: {"usage":\n\ndata: {"total_tokens": 42}}\n\n'));
+    expect(reader.result()).toBeNull();
+  });
+});
