@@ -94,15 +94,15 @@ export class Limits {
     const quotaState = meters.flatMap((rule, i) =>
       rule.kind === 'quota' ? [{ rule, remaining: Math.max(rule.limit - values[i]!, 0), resetMs: windows[i]!.endsAt - now }] : [],
     );
-    const headers = [...rateHeaders(rate), ...quotaHeaders(quotaState)];
+    const headers = merge([...rateHeaders(rate), ...quotaHeaders(quotaState)]);
     if (refused !== -1) {
       const rule = meters[refused]!;
-      throw limitError(rule.kind === 'quota' ? 'quota_exceeded' : 'budget_exceeded', windows[refused]!.endsAt - now, merge(headers));
+      throw limitError(rule.kind === 'quota' ? 'quota_exceeded' : 'budget_exceeded', windows[refused]!.endsAt - now, headers);
     }
     const budgetEntries = entries.filter((_, i) => meters[i]!.kind === 'budget' && units > 0);
     let settled = false;
     return {
-      headers: merge(headers),
+      headers,
       reserved: budgetEntries.length > 0 ? units : 0,
       settle: async ({ forwarded, usage }) => {
         if (settled) return;
