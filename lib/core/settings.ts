@@ -53,6 +53,11 @@ const settingsSchema = z.object({
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
     .optional(),
+  /** Prefix of every Redis key Keyward writes, so several apps (or test runs) can share one Redis. */
+  KEYWARD_REDIS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9:_.-]{1,64}$/, 'must be 1-64 characters of letters, digits and : _ . -')
+    .default('keyward:'),
   KEYWARD_STORE: z.enum(['sqlite', 'memory', 'redis']).optional(),
   KEYWARD_STORE_PATH: z.string().min(1).default('.keyward/keyward.db'),
   /** Seals per-user secrets at rest (BYOK keys, OAuth tokens). The previous one still opens old seals. */

@@ -9,6 +9,7 @@ export { StoreUnavailableError } from './types';
 
 export interface StoreSettings {
   readonly REDIS_URL?: string;
+  readonly KEYWARD_REDIS_PREFIX?: string;
   readonly KEYWARD_STORE?: 'sqlite' | 'memory' | 'redis';
   readonly KEYWARD_STORE_PATH: string;
 }
@@ -16,7 +17,7 @@ export interface StoreSettings {
 /** Redis when REDIS_URL is set (several instances, Vercel); otherwise the embedded SQLite file. */
 export function createStore(settings: StoreSettings): Store {
   const kind = settings.KEYWARD_STORE ?? (settings.REDIS_URL ? 'redis' : 'sqlite');
-  if (kind === 'redis') return new RedisStore(settings.REDIS_URL!);
+  if (kind === 'redis') return new RedisStore(settings.REDIS_URL!, { prefix: settings.KEYWARD_REDIS_PREFIX });
   if (kind === 'memory') return new MemoryStore();
   return new SqliteStore(settings.KEYWARD_STORE_PATH);
 }
