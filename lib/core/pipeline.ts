@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { checkCsrf } from './csrf/check';
+import type { OriginPolicy } from './origin/public-origin';
 import { injectCredential } from './credential/inject';
 import { resolveCredential, type CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
@@ -25,8 +26,8 @@ import type { RouteLimits } from './limits/rules';
 export interface ProxyDeps {
   readonly registry: ReadonlyMap<string, Upstream>;
   readonly verifySession: SessionVerifier;
-  /** Origins allowed to make state-changing calls with a cookie session; null: the request's own origin. */
-  readonly allowedOrigins: ReadonlySet<string> | null;
+  /** Origins allowed to make state-changing calls with a cookie session (the public origin and listed ones). */
+  readonly allowedOrigins: OriginPolicy;
   readonly dispatcher: Dispatcher;
   readonly logger: Logger;
   /** Called once per request, after the response body ended or was aborted. */

@@ -12,7 +12,8 @@ import { getLogger, logScrubber } from './log/logger';
 import type { ProxyDeps } from './pipeline';
 import { SessionRevocations } from './session/revocation';
 import { createSessionVerifier } from './session/verify';
-import { assertNoPublicSecrets, readSettings, type Settings } from './settings';
+import { createOriginPolicy } from './origin/public-origin';
+import { assertNoPublicSecrets, productionProblems, readSettings, trustsHost, type Settings } from './settings';
 import { buildRegistry, type Env, type Upstream } from './upstream/registry';
 import { loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
@@ -75,7 +76,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   if (settings.KEYWARD_OIDC_ISSUER && settings.KEYWARD_OIDC_CLIENT_ID && settings.KEYWARD_OIDC_CLIENT_SECRET) {
     refreshers.set('oidc', oidcRefresher(settings.KEYWARD_OIDC_ISSUER, settings.KEYWARD_OIDC_CLIENT_ID, settings.KEYWARD_OIDC_CLIENT_SECRET, now));
   }
-  const problems: string[] = [];
+  const problems = productionProblems(settings, users !== null);
   for (const [provider, upstreamId] of oauthProviders) {
     if (!refreshers.has(provider)) {
       problems.push(`  - upstreams.${upstreamId}.auth.secret.oauth: no sign-in provider "${provider}" is configured (KEYWARD_OIDC_* gives "oidc")`);
@@ -129,7 +130,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       { authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET },
       { revocations, now },
     ),
-    allowedOrigins: settings.KEYWARD_ALLOWED_ORIGINS ? new Set(settings.KEYWARD_ALLOWED_ORIGINS) : null,
+    allowedOrigins: createOriginPolicy({
+      authUrl: settings.AUTH_URL,
+      trustHost: trustsHost(settings),
+      extraOrigins: settings.KEYWARD_ALLOWED_ORIGINS,
+    }),
     dispatcher,
     logger,
   };

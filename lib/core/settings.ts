@@ -22,8 +22,27 @@ const origin = z.string().refine(
   { message: 'each entry must be an origin such as https://app.example.com' },
 );
 
+const flag = z
+  .enum(['true', '1'], { error: 'must be true or 1, or unset' })
+  .optional()
+  .transform((value) => value !== undefined);
+
 /** Every environment setting Keyward reads, validated in one place (read lazily, never at module load). */
 const settingsSchema = z.object({
+  NODE_ENV: z.string().optional(),
+  /** The public URL of the deployment (Auth.js reads it too); its origin is the one browsers call. */
+  AUTH_URL: z
+    .url({ protocol: /^https?$/, error: 'must be the public http(s) URL of the site, such as https://app.example.com' })
+    .optional(),
+  /**
+   * Trust the Host / X-Forwarded-Host headers for the public origin (Auth.js's setting). Only `true`/`1`:
+   * Auth.js treats ANY value as true, so `false` would trust the host there and not here.
+   */
+  AUTH_TRUST_HOST: flag,
+  /** Set by Vercel in its functions; Auth.js trusts the host there. */
+  VERCEL: z.string().optional(),
+  /** Serves the demo page, its user and the benchmark's naive route (`npm run dev` sets it). */
+  KEYWARD_DEMO: flag,
   AUTH_SECRET: secret,
   KEYWARD_SESSION_SECRET: secret,
   KEYWARD_CONFIG: z.string().min(1).optional(),
@@ -93,6 +112,38 @@ const settingsSchema = z.object({
 });
 
 export type Settings = z.output<typeof settingsSchema>;
+
+export function isProduction(settings: Pick<Settings, 'NODE_ENV'>): boolean {
+  return settings.NODE_ENV === 'production';
+}
+
+/** Whether the Host/forwarded headers name the public origin: Auth.js's rule (AUTH_TRUST_HOST, Vercel, development). */
+export function trustsHost(settings: Pick<Settings, 'NODE_ENV' | 'AUTH_TRUST_HOST' | 'VERCEL'>): boolean {
+  return settings.AUTH_TRUST_HOST || Boolean(settings.VERCEL) || !isProduction(settings);
+}
+
+/**
+ * What production needs before it can serve anyone, in the Auth.js style: one line per problem, naming the
+ * setting (never a value). Development has defaults for all of these.
+ */
+export function productionProblems(settings: Settings, hasUsers: boolean): string[] {
+  if (!isProduction(settings)) return [];
+  const problems: string[] = [];
+  if (!settings.AUTH_URL && !trustsHost(settings)) {
+    problems.push(
+      '  - AUTH_URL: must be set in production to the public URL of the site (https://app.example.com), or set AUTH_TRUST_HOST=true behind a proxy that sets Host/X-Forwarded-Host and X-Forwarded-Proto (Vercel does this for you)',
+    );
+  }
+  if (settings.AUTH_URL && !['/', '/api/auth', '/api/auth/'].includes(new URL(settings.AUTH_URL).pathname)) {
+    problems.push('  - AUTH_URL: must be the site\'s origin (https://app.example.com); Auth.js would take its path as its own base path');
+  }
+  if (!hasUsers && !settings.KEYWARD_OIDC_ISSUER) {
+    problems.push(
+      '  - KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER: no sign-in method is configured; set KEYWARD_USERS_FILE to a users file (npm run keyward -- hash-password) or KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET',
+    );
+  }
+  return problems;
+}
 
 export function readSettings(env: Env): Settings {
   const result = settingsSchema.safeParse(env);

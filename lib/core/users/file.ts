@@ -18,6 +18,7 @@ const usersFileSchema = z.strictObject({
         name: z.string().max(128).optional(),
       }),
     )
+    .min(1, 'must list at least one user (an empty file would leave a sign-in form nobody can use)')
     .refine((users) => new Set(users.map((u) => u.username)).size === users.length, 'usernames must be unique'),
 });
 

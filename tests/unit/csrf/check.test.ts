@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CSRF_HEADER, checkCsrf } from '../../../lib/core/csrf/check';
+import { CSRF_FAILURES, CSRF_HEADER, checkCsrf } from '../../../lib/core/csrf/check';
+import { createOriginPolicy, type OriginPolicy } from '../../../lib/core/origin/public-origin';
 import type { Session } from '../../../lib/core/session/session';
 import { expectKeywardError, thrown } from '../support';
 
@@ -24,9 +25,12 @@ function request(method: string, headers: Record<string, string>): Request {
 
 type Verdict = 'pass' | 'csrf_failed';
 
-function verdict(req: Request, via: Session['via'], allowed: ReadonlySet<string> | null = null): Verdict {
+/** Development's rule (and AUTH_TRUST_HOST's): the public origin is the one the request's Host names. */
+const TRUST_HOST = createOriginPolicy({ trustHost: true });
+
+function verdict(req: Request, via: Session['via'], origins: OriginPolicy = TRUST_HOST): Verdict {
   try {
-    checkCsrf(req, session(via), allowed);
+    checkCsrf(req, session(via), origins);
     return 'pass';
   } catch (error) {
     const e = expectKeywardError(error, 'csrf_failed');
@@ -127,19 +131,64 @@ describe('checkCsrf decision table (cookie sessions)', () => {
   });
 });
 
-describe('checkCsrf with configured allowed origins', () => {
-  const allowed = new Set(['https://spa.example.net']);
+describe('checkCsrf with the public origin behind a real host name', () => {
+  /** What a route handler sees under `next start`: request.url is the internal localhost, Host is the real one. */
+  function behindNext(method: string, headers: Record<string, string>): Request {
+    return new Request('http://localhost:3000/api/proxy/echo/items', { method, headers: { ...ok, ...headers } });
+  }
 
-  it('accepts a listed origin for a state-changing call', () => {
-    expect(verdict(request('POST', { ...ok, origin: 'https://spa.example.net' }), 'cookie', allowed)).toBe('pass');
+  it('trusting the host: the Host header names the origin; the internal localhost is refused', () => {
+    expect(verdict(behindNext('POST', { host: 'app.example.com', 'x-forwarded-proto': 'https', origin: APP }), 'cookie')).toBe('pass');
+    expect(verdict(behindNext('POST', { host: 'app.example.com', origin: 'http://app.example.com' }), 'cookie')).toBe('pass');
+    expect(verdict(behindNext('POST', { host: 'app.example.com', origin: 'http://localhost:3000' }), 'cookie')).toBe('csrf_failed');
+    expect(verdict(behindNext('POST', { host: 'app.example.com', origin: 'https://evil.example' }), 'cookie')).toBe('csrf_failed');
   });
 
-  it("refuses the request's own origin when it is not listed", () => {
-    expect(verdict(request('POST', { ...ok, origin: APP }), 'cookie', allowed)).toBe('csrf_failed');
+  it('trusting the host: X-Forwarded-Host and -Proto (first value) win over Host', () => {
+    const headers = { host: 'internal:8080', 'x-forwarded-host': 'app.example.com, proxy.internal', 'x-forwarded-proto': 'https, http' };
+    expect(verdict(behindNext('PUT', { ...headers, origin: APP }), 'cookie')).toBe('pass');
+    expect(verdict(behindNext('PUT', { ...headers, origin: 'http://internal:8080' }), 'cookie')).toBe('csrf_failed');
   });
 
-  it('refuses an unlisted origin', () => {
-    expect(verdict(request('DELETE', { ...ok, origin: 'https://evil.example' }), 'cookie', allowed)).toBe('csrf_failed');
+  it('trusting the host: a Host that is not a plain host[:port] refuses every origin (fail closed)', () => {
+    for (const host of ['app.example.com/evil', 'user@app.example.com', 'app example.com']) {
+      expect(verdict(behindNext('POST', { host, origin: APP }), 'cookie')).toBe('csrf_failed');
+    }
+    expect(verdict(behindNext('POST', { host: 'app.example.com', 'x-forwarded-proto': 'ftp', origin: APP }), 'cookie')).toBe('csrf_failed');
+  });
+
+  it('AUTH_URL fixes the origin: the Host header cannot change it', () => {
+    const fixed = createOriginPolicy({ authUrl: `${APP}/`, trustHost: true });
+    expect(verdict(behindNext('POST', { host: 'evil.example', origin: APP }), 'cookie', fixed)).toBe('pass');
+    expect(verdict(behindNext('POST', { host: 'evil.example', origin: 'http://evil.example' }), 'cookie', fixed)).toBe('csrf_failed');
+    expect(verdict(behindNext('POST', { host: 'localhost:3000', origin: 'http://localhost:3000' }), 'cookie', fixed)).toBe('csrf_failed');
+  });
+
+  it('neither AUTH_URL nor a trusted host (production start-up refuses this): every origin is refused', () => {
+    const none = createOriginPolicy({ trustHost: false });
+    expect(none.publicOrigin(behindNext('POST', { host: 'app.example.com' }))).toBeNull();
+    expect(verdict(behindNext('POST', { host: 'app.example.com', origin: 'https://app.example.com' }), 'cookie', none)).toBe('csrf_failed');
+  });
+
+  it('KEYWARD_ALLOWED_ORIGINS adds origins next to the public one', () => {
+    const listed = createOriginPolicy({ authUrl: APP, trustHost: false, extraOrigins: ['https://spa.example.net'] });
+    expect(verdict(behindNext('POST', { origin: 'https://spa.example.net' }), 'cookie', listed)).toBe('pass');
+    expect(verdict(behindNext('POST', { origin: APP }), 'cookie', listed)).toBe('pass');
+    expect(verdict(behindNext('DELETE', { origin: 'https://evil.example' }), 'cookie', listed)).toBe('csrf_failed');
+  });
+});
+
+describe('checkCsrf says which check failed, in fixed text', () => {
+  const message = (req: Request) => expectKeywardError(thrown(() => checkCsrf(req, session('cookie'), TRUST_HOST)), 'csrf_failed').message;
+
+  it.each([
+    ['header', request('POST', { origin: APP })],
+    ['fetchSite', request('GET', { ...ok, 'sec-fetch-site': 'cross-site' })],
+    ['originMissing', request('POST', ok)],
+    ['originRefused', request('POST', { ...ok, origin: 'https://evil.example' })],
+  ] as const)('%s', (reason, req) => {
+    expect(message(req)).toContain(CSRF_FAILURES[reason]);
+    expect(message(req)).not.toContain('evil');
   });
 });
 
@@ -153,7 +202,7 @@ describe('checkCsrf for bearer sessions', () => {
   });
 
   it('does not throw for a bearer session whatever the headers', () => {
-    expect(thrown(() => checkCsrf(request('POST', {}), session('cookie'), null))).toBeTruthy();
-    expect(() => checkCsrf(request('POST', {}), session('bearer'), null)).not.toThrow();
+    expect(thrown(() => checkCsrf(request('POST', {}), session('cookie'), TRUST_HOST))).toBeTruthy();
+    expect(() => checkCsrf(request('POST', {}), session('bearer'), TRUST_HOST)).not.toThrow();
   });
 });

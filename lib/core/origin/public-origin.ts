@@ -1,0 +1,60 @@
+/**
+ * The origin browsers use to reach Keyward (DESIGN.md "The public origin"). Inside Next, `request.url` is the
+ * internal `http://localhost:<port>` whatever the Host was, so it is never used where a Host header exists:
+ * the origin is `AUTH_URL`'s, or, where the host is trusted (`AUTH_TRUST_HOST`, Vercel, development), the one
+ * the forwarded/Host headers name — the same rule Auth.js uses for its own callback URLs (`createActionURL`).
+ */
+export interface OriginPolicy {
+  /** The public origin for this request; null when it cannot be computed (production without a setting). */
+  publicOrigin(request: Request): string | null;
+  /** Whether `origin` may make state-changing calls with a cookie session: the public origin, or a listed one. */
+  allows(origin: string, request: Request): boolean;
+}
+
+export interface OriginSettings {
+  /** `AUTH_URL`: the deployment's fixed public URL (only its origin is used). */
+  readonly authUrl?: string | null;
+  /** Trust the Host / X-Forwarded-Host / X-Forwarded-Proto headers (AUTH_TRUST_HOST, Vercel, development). */
+  readonly trustHost: boolean;
+  /** `KEYWARD_ALLOWED_ORIGINS`: further origins (another front end of the same app) allowed to call. */
+  readonly extraOrigins?: readonly string[] | null;
+}
+
+export function createOriginPolicy(settings: OriginSettings): OriginPolicy {
+  const fixed = settings.authUrl ? new URL(settings.authUrl).origin : null;
+  const extra = new Set(settings.extraOrigins ?? []);
+  const publicOrigin = (request: Request): string | null => {
+    if (fixed) return fixed;
+    return settings.trustHost ? originFromHeaders(request) : null;
+  };
+  return {
+    publicOrigin,
+    allows: (origin, request) => extra.has(origin) || origin === publicOrigin(request),
+  };
+}
+
+/**
+ * `X-Forwarded-Proto`/`X-Forwarded-Host` (first value: the one the outermost proxy saw), else `Host`. A request
+ * with no Host at all (a `Request` built in code, the fast lane's tests) is taken at its own URL. Anything that
+ * is not a plain host[:port] gives null, which refuses the call (fail closed).
+ */
+export function originFromHeaders(request: Request): string | null {
+  const { headers } = request;
+  const host = firstValue(headers.get('x-forwarded-host')) ?? firstValue(headers.get('host'));
+  const ownUrl = new URL(request.url);
+  if (host === null) return ownUrl.origin;
+  const proto = (firstValue(headers.get('x-forwarded-proto')) ?? ownUrl.protocol.replace(/:$/, '')).toLowerCase();
+  if (proto !== 'http' && proto !== 'https') return null;
+  if (!/^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$/.test(host)) return null;
+  try {
+    return new URL(`${proto}://${host}`).origin;
+  } catch {
+    return null;
+  }
+}
+
+function firstValue(value: string | null): string | null {
+  if (value === null) return null;
+  const first = value.split(',')[0]!.trim();
+  return first === '' ? null : first;
+}
