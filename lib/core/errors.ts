@@ -32,6 +32,7 @@ export const ERROR_STATUS = {
   credential_unavailable: 503,
   service_unavailable: 503,
   store_unavailable: 503,
+  sign_in_busy: 503,
   upstream_timeout: 504,
 } as const;
 
@@ -66,6 +67,7 @@ const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
   credential_unavailable: 'No usable credential is configured for this upstream.',
   service_unavailable: 'Keyward is not able to serve this request right now.',
   store_unavailable: 'Keyward cannot reach its session store; try again shortly.',
+  sign_in_busy: 'Too many sign-ins are being checked right now; try again after the time in Retry-After.',
   upstream_timeout: 'The upstream did not answer in time.',
 };
 

@@ -1,11 +1,14 @@
 import 'server-only';
+import { NextRequest } from 'next/server';
 import { handleAudit, handleKeyAction, handleKeyList, handleKeyRevoke } from '@/lib/core/api/admin';
 import { handleUserKey } from '@/lib/core/api/keys';
 import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
-import { limitSignIn } from '@/lib/core/api/sign-in';
+import { handleSignInPost } from '@/lib/core/api/sign-in';
+import { errorResponse } from '@/lib/core/errors';
 import type { Runtime } from '@/lib/core/runtime';
 import { handlers } from './auth';
+import { trackStoreFailures } from './auth-store';
 import { runtimeOrUnavailable } from './proxy-route';
 
 /** Route handlers for Keyward's own API: each translates params, then hands over to lib/core/api. */
@@ -34,9 +37,42 @@ export const logoutRoute = withRuntime<object>((request, _, runtime) => handleLo
 export const mobileAuthorizeRoute = withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime));
 export const mobileTokenRoute = withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime));
 
-/** Auth.js's POST handler behind the sign-in attempt limits (per IP and per username). */
-export async function authPostRoute(request: Request): Promise<Response> {
-  const runtime = runtimeOrUnavailable();
-  if (runtime instanceof Response) return runtime;
-  return (await limitSignIn(request, runtime)) ?? handlers.POST(request as Parameters<typeof handlers.POST>[0]);
+type AuthHandler = (request: Request) => Promise<Response>;
+
+/**
+ * Every Auth.js response, whatever the page: `Cache-Control: private, no-store` (its pages set the CSRF
+ * cookie and carry the CSRF token; a shared cache must never keep one), and 503 `store_unavailable` when
+ * a callback could not reach the store (lib/next/auth-store.ts), instead of what Auth.js made of it.
+ */
+function authRoute(handle: (request: Request, runtime: Runtime) => Promise<Response>) {
+  return async (request: Request): Promise<Response> => {
+    const runtime = runtimeOrUnavailable();
+    if (runtime instanceof Response) return runtime;
+    const { response, failure } = await trackStoreFailures(() => handle(request, runtime));
+    if (failure) {
+      const requestId = crypto.randomUUID();
+      runtime.logger.error({ err: failure.cause ?? failure, requestId }, 'auth failed: store unavailable');
+      return errorResponse(failure, requestId);
+    }
+    const headers = new Headers(response.headers);
+    headers.set('cache-control', 'private, no-store');
+    return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+  };
 }
+
+/**
+ * Auth.js's handlers take a NextRequest (they read `nextUrl` when AUTH_URL is set). Next's own request is
+ * one; the sign-in form rebuilt by lib/core/api/sign-in.ts is not, and is rebuilt from its URL, headers and
+ * (small, already checked) body: wrapping a Request object of another realm throws inside Next's bundle.
+ */
+async function toNextRequest(request: Request): Promise<NextRequest> {
+  if (request instanceof NextRequest) return request;
+  const body = request.method === 'POST' ? await request.text() : undefined;
+  return new NextRequest(request.url, { method: request.method, headers: [...request.headers], body, signal: request.signal });
+}
+const authGet: AuthHandler = async (request) => handlers.GET(await toNextRequest(request));
+const authPost: AuthHandler = async (request) => handlers.POST(await toNextRequest(request));
+
+export const authGetRoute = authRoute((request) => authGet(request));
+/** Auth.js's POST handler behind the sign-in rules: one form body, the attempt limits, a password slot. */
+export const authPostRoute = authRoute((request, runtime) => handleSignInPost(request, runtime, authPost));

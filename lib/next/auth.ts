@@ -4,6 +4,7 @@ import NextAuth, { type NextAuthConfig } from 'next-auth';
 import Credentials from 'next-auth/providers/credentials';
 import type { Provider } from 'next-auth/providers';
 import { SESSION_COOKIE, authTimeClaims, sessionFromClaims } from '@/lib/core/session/session';
+import { storeFailed } from './auth-store';
 import { getRuntime } from './runtime';
 
 /**
@@ -68,7 +69,9 @@ function buildConfig(): NextAuthConfig {
       async signOut(message) {
         const token = 'token' in message ? message.token : null;
         if (token && typeof token.sid === 'string') {
-          await runtime.revocations.revokeSession(token.sid, typeof token.exp === 'number' ? token.exp * 1000 : Date.now() + settings.KEYWARD_SESSION_MAX_AGE * 1000);
+          await runtime.revocations
+            .revokeSession(token.sid, typeof token.exp === 'number' ? token.exp * 1000 : Date.now() + settings.KEYWARD_SESSION_MAX_AGE * 1000)
+            .catch(storeFailed);
         }
       },
     },
@@ -93,11 +96,13 @@ function buildConfig(): NextAuthConfig {
                 );
           // The provider's tokens stay on the server, sealed in the store, for upstreams that use them.
           if (runtime.oauthTokens && runtime.oauthProviders.has(account.provider) && account.access_token) {
-            await runtime.oauthTokens.save(account.provider, subject, {
-              accessToken: account.access_token,
-              refreshToken: account.refresh_token ?? null,
-              expiresAt: typeof account.expires_at === 'number' ? account.expires_at * 1000 : 0,
-            });
+            await runtime.oauthTokens
+              .save(account.provider, subject, {
+                accessToken: account.access_token,
+                refreshToken: account.refresh_token ?? null,
+                expiresAt: typeof account.expires_at === 'number' ? account.expires_at * 1000 : 0,
+              })
+              .catch(storeFailed);
           }
           return {
             sub: subject,
@@ -112,7 +117,7 @@ function buildConfig(): NextAuthConfig {
         // ended here too, so the browser's view matches what the proxy enforces.
         if (typeof token.sid === 'string' && typeof token.sub === 'string') {
           const session = sessionFromClaims({ ...token, exp: Number.MAX_SAFE_INTEGER }, 'cookie');
-          if (session && (await runtime.revocations.isRevoked(session))) return null;
+          if (session && (await runtime.revocations.isRevoked(session).catch(storeFailed))) return null;
         }
         return token;
       },

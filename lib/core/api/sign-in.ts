@@ -1,33 +1,112 @@
 import { clientIp } from '../client/ip';
 import { KeywardError, errorResponse, toKeywardError } from '../errors';
 import type { Runtime } from '../runtime';
+import { withPasswordSlot } from '../users/password';
+
+/** The largest sign-in form accepted (a username, a password ≤ 1024, a CSRF token and a callback URL). */
+const MAX_FORM_BYTES = 8 * 1024;
+
+/**
+ * The only body accepted for a credentials sign-in: what an HTML form sends, optionally labelled UTF-8.
+ * Auth.js also parses JSON, and matches content types by substring (`text/plain; x=application/json` is
+ * JSON to it): anything but this exact media type is refused before Auth.js sees it.
+ */
+const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(;\s*charset="?utf-8"?\s*)?$/i;
+
+/** A credentials sign-in, read once: the username the limits count, and the request Auth.js will parse. */
+export interface SignInForm {
+  readonly username: string | null;
+  /** A fresh request carrying exactly the bytes that were checked, labelled so Auth.js parses them as a form. */
+  readonly request: Request;
+}
+
+export function isCredentialsSignIn(request: Request): boolean {
+  return request.method === 'POST' && new URL(request.url).pathname.endsWith('/callback/credentials');
+}
+
+/**
+ * Reads a credentials sign-in body the one way Keyward and Auth.js will both see it. Auth.js keeps the last
+ * of repeated form fields and accepts JSON; the limiter must count the very username Auth.js checks, so
+ * anything ambiguous is refused (400): a body that is not `application/x-www-form-urlencoded` (JSON,
+ * multipart, text, another charset) and any field sent twice. The body is read here once; Auth.js then
+ * parses a new request built from the same bytes, so the two can never read different values.
+ */
+export async function readSignInForm(request: Request): Promise<SignInForm> {
+  const type = request.headers.get('content-type') ?? '';
+  if (!FORM_TYPE.test(type)) {
+    throw new KeywardError('bad_request', { message: 'Sign in with a form body (Content-Type: application/x-www-form-urlencoded).' });
+  }
+  const declared = Number(request.headers.get('content-length') ?? NaN);
+  if (declared > MAX_FORM_BYTES) throw new KeywardError('payload_too_large');
+  const text = await readCapped(request, MAX_FORM_BYTES);
+  const fields = new URLSearchParams(text);
+  const seen = new Set<string>();
+  for (const name of fields.keys()) {
+    if (seen.has(name)) throw new KeywardError('bad_request', { message: 'Each sign-in field may be sent only once.' });
+    seen.add(name);
+  }
+  const value = fields.get('username');
+  const headers = new Headers(request.headers);
+  headers.set('content-type', 'application/x-www-form-urlencoded');
+  headers.delete('content-length');
+  headers.delete('transfer-encoding');
+  return {
+    username: value !== null && value.length > 0 && value.length <= 64 ? value : null,
+    request: new Request(request.url, { method: 'POST', headers, body: text, signal: request.signal }),
+  };
+}
+
+/** The body as UTF-8 text, refusing it (413) as soon as it passes `maxBytes`, chunked or not. */
+async function readCapped(request: Request, maxBytes: number): Promise<string> {
+  if (!request.body) return '';
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body as unknown as AsyncIterable<Uint8Array>) {
+    size += chunk.byteLength;
+    if (size > maxBytes) throw new KeywardError('payload_too_large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
 
 /**
  * Limits local sign-in attempts (OWASP ASVS 2.2.1) before Auth.js checks the password: per client IP, and
- * per username so that spreading guesses over many addresses does not help. Returns a 429 (or 503 if the
- * store is down: fail closed) to send instead, or null to let the attempt through.
+ * per username so that spreading guesses over many addresses does not help. Throws 429 `rate_limited`
+ * (or 503 `store_unavailable` if the store is down: fail closed).
  */
-export async function limitSignIn(request: Request, runtime: Pick<Runtime, 'limits' | 'settings'>): Promise<Response | null> {
-  if (request.method !== 'POST' || !new URL(request.url).pathname.endsWith('/callback/credentials')) return null;
-  let username: string | null = null;
-  try {
-    const value = (await request.clone().formData()).get('username');
-    username = typeof value === 'string' && value.length > 0 && value.length <= 64 ? value : null;
-  } catch {
-    // Not a form: Auth.js refuses it; the IP limit still counts the attempt.
-  }
+export async function limitSignIn(request: Request, username: string | null, runtime: Pick<Runtime, 'limits' | 'settings'>): Promise<void> {
   const { settings } = runtime;
+  await runtime.limits.checkSignIn(
+    clientIp(request.headers, settings.KEYWARD_TRUSTED_PROXY_HOPS),
+    username,
+    settings.KEYWARD_SIGNIN_MAX_ATTEMPTS,
+    settings.KEYWARD_SIGNIN_WINDOW_SECONDS,
+  );
+}
+
+/**
+ * Auth.js's POST handler with Keyward's sign-in rules in front of the credentials callback: one unambiguous
+ * form body (readSignInForm), the attempt limits, then a password slot held for the whole Auth.js request
+ * (lib/core/users/password.ts), so a flood gets 503 `sign_in_busy` with Retry-After instead of taking the
+ * thread pool. Other Auth.js POSTs (sign-out, OIDC callbacks) go straight through.
+ */
+export async function handleSignInPost(
+  request: Request,
+  runtime: Pick<Runtime, 'limits' | 'settings' | 'logger'>,
+  authPost: (request: Request) => Promise<Response>,
+): Promise<Response> {
+  if (!isCredentialsSignIn(request)) return authPost(request);
   try {
-    await runtime.limits.checkSignIn(
-      clientIp(request.headers, settings.KEYWARD_TRUSTED_PROXY_HOPS),
-      username,
-      settings.KEYWARD_SIGNIN_MAX_ATTEMPTS,
-      settings.KEYWARD_SIGNIN_WINDOW_SECONDS,
-    );
-    return null;
+    const form = await readSignInForm(request);
+    await limitSignIn(request, form.username, runtime);
+    return await withPasswordSlot(() => authPost(form.request), request.signal);
   } catch (error) {
     const keywardError = toKeywardError(error);
-    if (!(error instanceof KeywardError)) throw error;
-    return errorResponse(keywardError, crypto.randomUUID());
+    const requestId = crypto.randomUUID();
+    // A full queue is the bound working as intended; it is not logged once per refused attempt.
+    if (keywardError.status >= 500 && keywardError.code !== 'sign_in_busy' && !request.signal.aborted) {
+      runtime.logger.error({ err: keywardError.cause ?? keywardError, requestId }, 'sign-in failed');
+    }
+    return errorResponse(keywardError, requestId);
   }
 }

@@ -1,4 +1,7 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes, scrypt as scryptCallback, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { KeywardError } from '../errors';
+import { Slots } from './slots';
 
 /**
  * scrypt from node:crypto (OWASP Password Storage Cheat Sheet: N=2^17, r=8, p=1 is the recommended
@@ -17,10 +20,46 @@ function scrypt(password: string, salt: Buffer, keyLength: number, options: Scry
 
 const maxmem = (n: number, r: number) => 128 * n * r * 2;
 
+/**
+ * Password work is bounded per process. Each scrypt at these parameters holds 128 MiB and one thread of
+ * libuv's pool (4 threads by default) for a few hundred milliseconds, and the pool is shared with zlib, fs
+ * and dns: unbounded sign-in attempts (unknown usernames cost the same, by design) would take all of it and
+ * stall every gzip-encoded proxied call behind them. So at most 2 hashes run at once (256 MiB, half the
+ * pool) and at most 8 more wait; anyone beyond that gets 503 `sign_in_busy` with Retry-After at once.
+ */
+export const PASSWORD_CONCURRENCY = 2;
+export const PASSWORD_QUEUE = 8;
+export const PASSWORD_RETRY_AFTER_SECONDS = 1;
+const slots = new Slots(PASSWORD_CONCURRENCY, PASSWORD_QUEUE);
+/** Set while the current async context holds a slot, so nested password work does not wait on itself. */
+const holding = new AsyncLocalStorage<true>();
+
+/**
+ * Runs `work` holding a password slot (waiting in the bounded queue if need be). The sign-in route takes
+ * the slot for the whole Auth.js request, before Auth.js runs, so a refusal is a real 503 to the client;
+ * verifyPassword and hashPassword take one too, so no caller can run scrypt outside the bound.
+ * Throws KeywardError('sign_in_busy') (503, Retry-After) when the queue is full.
+ */
+export async function withPasswordSlot<T>(work: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (holding.getStore()) return work();
+  const release = await slots.acquire(signal);
+  if (!release) throw new KeywardError('sign_in_busy', { headers: { 'retry-after': String(PASSWORD_RETRY_AFTER_SECONDS) } });
+  try {
+    return await holding.run(true, work);
+  } finally {
+    release();
+  }
+}
+
+/** Slots in use and callers waiting (tests). */
+export function passwordLoad(): { active: number; waiting: number } {
+  return slots.load;
+}
+
 export async function hashPassword(password: string): Promise<string> {
   if (password.length < 8) throw new Error('Passwords must be at least 8 characters.');
   const salt = randomBytes(16);
-  const key = await scrypt(password, salt, KEY_LENGTH, { N, r: R, p: P, maxmem: maxmem(N, R) });
+  const key = await withPasswordSlot(() => scrypt(password, salt, KEY_LENGTH, { N, r: R, p: P, maxmem: maxmem(N, R) }));
   return `scrypt$${N}$${R}$${P}$${salt.toString('base64url')}$${key.toString('base64url')}`;
 }
 
@@ -38,12 +77,14 @@ export async function verifyPassword(password: string, stored: string): Promise<
   if (!match || !isPasswordHash(stored)) return false;
   const [, n, r, p, salt, hash] = match;
   const expected = Buffer.from(hash!, 'base64url');
-  const key = await scrypt(password, Buffer.from(salt!, 'base64url'), expected.length, {
-    N: Number(n),
-    r: Number(r),
-    p: Number(p),
-    maxmem: maxmem(Number(n), Number(r)),
-  });
+  const key = await withPasswordSlot(() =>
+    scrypt(password, Buffer.from(salt!, 'base64url'), expected.length, {
+      N: Number(n),
+      r: Number(r),
+      p: Number(p),
+      maxmem: maxmem(Number(n), Number(r)),
+    }),
+  );
   return key.length === expected.length && timingSafeEqual(key, expected);
 }
 

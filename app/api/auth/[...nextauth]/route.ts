@@ -1,6 +1,5 @@
-import { handlers } from '@/lib/next/auth';
-import { authPostRoute } from '@/lib/next/api-routes';
+import { authGetRoute, authPostRoute } from '@/lib/next/api-routes';
 
 export const runtime = 'nodejs';
-export const { GET } = handlers;
+export const GET = authGetRoute;
 export const POST = authPostRoute;
