@@ -94,7 +94,7 @@ export function handleAudit(request: Request, runtime: Runtime): Promise<Respons
     const filter = auditFilter(params);
     const format = params.get('format');
     if (format !== null && format !== 'jsonl' && format !== 'json') throw new KeywardError('bad_request', { message: 'format is json or jsonl.' });
-    if (format === 'jsonl') return exportJsonl(runtime, filter);
+    if (format === 'jsonl') return await exportJsonl(runtime, filter);
     const limit = params.has('limit') ? Number(params.get('limit')) : 100;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new KeywardError('bad_request', { message: `limit is 1 to ${MAX_PAGE}.` });
     const { records, cursor } = await runtime.audit.query(filter, { limit, cursor: params.get('cursor') ?? undefined, order: 'desc' });
@@ -134,18 +134,18 @@ export function auditFilter(params: URLSearchParams): AuditFilter {
   };
 }
 
-function exportJsonl(runtime: Runtime, filter: AuditFilter): Response {
+async function exportJsonl(runtime: Runtime, filter: AuditFilter): Promise<Response> {
   const encoder = new TextEncoder();
-  let cursor: string | undefined;
+  // The first page is read before answering, so a store that is down is a 503, not a 200 with a broken body.
+  let page = await runtime.audit.query(filter, { limit: MAX_PAGE, order: 'asc' });
   let sent = 0;
   const stream = new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
-        const page = await runtime.audit.query(filter, { limit: MAX_PAGE, cursor, order: 'asc' });
         if (page.records.length > 0) controller.enqueue(encoder.encode(page.records.map((r) => JSON.stringify(r)).join('\n') + '\n'));
         sent += page.records.length;
         if (page.cursor === null || sent >= MAX_EXPORT) controller.close();
-        else cursor = page.cursor;
+        else page = await runtime.audit.query(filter, { limit: MAX_PAGE, cursor: page.cursor, order: 'asc' });
       } catch {
         controller.error(new KeywardError('store_unavailable'));
       }

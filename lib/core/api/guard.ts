@@ -2,6 +2,7 @@ import { checkCsrf } from '../csrf/check';
 import { KeywardError, errorResponse, toKeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import type { Session } from '../session/session';
+import { StoreUnavailableError } from '../../store/types';
 
 /** The caller's session for Keyward's own API routes: same checks as the proxy (session, then CSRF). */
 export async function requireSession(request: Request, runtime: Pick<Runtime, 'verifySession' | 'allowedOrigins'>): Promise<Session> {
@@ -11,12 +12,16 @@ export async function requireSession(request: Request, runtime: Pick<Runtime, 'v
   return session;
 }
 
-/** Runs an API handler; any thrown error becomes the documented JSON error (logged when unexpected). */
+/**
+ * Runs an API handler; any thrown error becomes the documented JSON error (logged when unexpected). A store
+ * failure that reached here without guard() is still 503 `store_unavailable` (fail closed), never a 500.
+ */
 export async function apiHandler(runtime: Pick<Runtime, 'logger'>, handle: () => Promise<Response>): Promise<Response> {
   try {
     return await handle();
   } catch (error) {
-    const keywardError = toKeywardError(error);
+    const keywardError =
+      error instanceof StoreUnavailableError ? new KeywardError('store_unavailable', { cause: error }) : toKeywardError(error);
     const requestId = crypto.randomUUID();
     if (keywardError.status >= 500) runtime.logger.error({ err: keywardError.cause ?? keywardError, requestId }, 'api failed');
     return errorResponse(keywardError, requestId);
