@@ -1,5 +1,6 @@
 'use client';
 
+import Link from 'next/link';
 import { useCallback, useEffect, useState } from 'react';
 
 interface SessionInfo {
@@ -24,7 +25,7 @@ interface KeyInfo {
   lastUsedAt: string | null;
 }
 
-export function Demo() {
+export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
   const [session, setSession] = useState<SessionInfo | null | undefined>(undefined);
   const [received, setReceived] = useState<Received | null>(null);
   const [events, setEvents] = useState<string[]>([]);
@@ -113,93 +114,107 @@ export function Demo() {
     await loadSession();
   }
 
-  if (session === undefined) return <p className="muted">Checking your session…</p>;
+  if (session === undefined) {
+    return (
+      <section className="card" aria-busy="true">
+        <div className="skeleton" style={{ width: '40%', marginBottom: 12 }} />
+        <div className="skeleton" style={{ width: '70%' }} />
+      </section>
+    );
+  }
   if (session === null) {
     return (
-      <section>
+      <section className="card">
         <p>You are not signed in.</p>
-        {/* A route handler (Auth.js's sign-in page), not a Next page: a full navigation is intended. */}
-        {/* eslint-disable-next-line @next/next/no-html-link-for-pages */}
-        <a className="button" href="/api/auth/signin?callbackUrl=%2F" data-testid="sign-in">
+        <Link className="button primary" href="/signin" data-testid="sign-in">
           Sign in
-        </a>
-        <p className="muted">
-          With <code>npm run dev</code>, the demo user is <code>demo</code> with password <code>keyward-demo</code>.
-        </p>
+        </Link>
+        {showDemoPassword && (
+          <p className="muted small" style={{ marginTop: 12 }}>
+            With <code>npm run dev</code>, the demo user is <code>demo</code> with password <code>keyward-demo</code>.
+          </p>
+        )}
       </section>
     );
   }
   return (
-    <section>
-      <p data-testid="signed-in">
-        Signed in as <strong>{session.user.name ?? session.user.id}</strong> (roles: {session.roles.join(', ') || 'none'}).
-      </p>
-      <div>
-        <button disabled={busy} onClick={() => call('GET /hello', 'hello')} data-testid="call-hello">
-          Call GET /hello
-        </button>
-        <button disabled={busy} onClick={() => call('GET /items/7', 'items/7')} data-testid="call-item">
-          Call GET /items/7
-        </button>
-        <button
-          disabled={busy}
-          onClick={() =>
-            call('POST /echo', 'echo', {
-              method: 'POST',
-              headers: { 'content-type': 'application/json' },
-              body: JSON.stringify({ note: 'hello upstream' }),
-            })
-          }
-          data-testid="call-echo"
-        >
-          Call POST /echo
-        </button>
-        <button disabled={busy} onClick={stream} data-testid="call-events">
-          Stream GET /events (SSE)
-        </button>
-        <button disabled={busy} onClick={() => call('GET /leaky', 'leaky')} data-testid="call-leaky">
-          Call GET /leaky (the upstream echoes its key)
-        </button>
-        <button disabled={busy} onClick={() => call('GET /slow', 'slow')} data-testid="call-slow">
-          Call GET /slow (times out)
-        </button>
-        <button onClick={signOut} data-testid="sign-out">
-          Sign out
-        </button>
-      </div>
-      <h2>Your own key</h2>
-      <p className="muted">
-        Upstream <code>demo-own</code> takes each user&apos;s own key. Store one (the demo upstream accepts any value
-        starting with <code>demo-user-</code>): it is sealed on the server and never shown again, only its fingerprint.
-      </p>
-      <div>
-        <input
-          type="password"
-          autoComplete="off"
-          value={keyDraft}
-          onChange={(event) => setKeyDraft(event.target.value)}
-          placeholder="demo-user-…"
-          aria-label="Your key"
-          data-testid="own-key-input"
-        />
-        <button disabled={!keyDraft} onClick={saveOwnKey} data-testid="own-key-save">
-          Store my key
-        </button>
-        <button disabled={!ownKey} onClick={deleteOwnKey} data-testid="own-key-delete">
-          Delete my key
-        </button>
-        <button disabled={busy} onClick={() => call('GET /whoami with my key', 'whoami', {}, 'demo-own')} data-testid="call-own">
-          Call GET /whoami with my key
-        </button>
-      </div>
-      <p data-testid="own-key-status">
-        {ownKey
-          ? `Stored key …${ownKey.last4} (fingerprint ${ownKey.fingerprint}), added ${ownKey.createdAt}, last used ${ownKey.lastUsedAt ?? 'never'}.`
-          : 'No key stored.'}{' '}
-        {keyMessage}
-      </p>
+    <>
+      <section className="card">
+        <div className="card-title">
+          <p data-testid="signed-in" style={{ margin: 0 }}>
+            Signed in as <strong>{session.user.name ?? session.user.id}</strong> (roles: {session.roles.join(', ') || 'none'}).
+          </p>
+          <button onClick={signOut} data-testid="sign-out">
+            Sign out
+          </button>
+        </div>
+        <div className="row">
+          <button disabled={busy} onClick={() => call('GET /hello', 'hello')} data-testid="call-hello">
+            GET /hello
+          </button>
+          <button disabled={busy} onClick={() => call('GET /items/7', 'items/7')} data-testid="call-item">
+            GET /items/7
+          </button>
+          <button
+            disabled={busy}
+            onClick={() =>
+              call('POST /echo', 'echo', {
+                method: 'POST',
+                headers: { 'content-type': 'application/json' },
+                body: JSON.stringify({ note: 'hello upstream' }),
+              })
+            }
+            data-testid="call-echo"
+          >
+            POST /echo
+          </button>
+          <button disabled={busy} onClick={stream} data-testid="call-events">
+            Stream GET /events (SSE)
+          </button>
+          <button disabled={busy} onClick={() => call('GET /leaky', 'leaky')} data-testid="call-leaky">
+            GET /leaky (echoes its key)
+          </button>
+          <button disabled={busy} onClick={() => call('GET /slow', 'slow')} data-testid="call-slow">
+            GET /slow (times out)
+          </button>
+        </div>
+      </section>
+      <section className="card">
+        <h2>Your own key</h2>
+        <p className="muted small">
+          Upstream <code>demo-own</code> takes each user&apos;s own key. Store one (the demo upstream accepts any value starting with{' '}
+          <code>demo-user-</code>): it is sealed on the server and never shown again, only its fingerprint.
+        </p>
+        <div className="row">
+          <input
+            type="password"
+            autoComplete="off"
+            value={keyDraft}
+            onChange={(event) => setKeyDraft(event.target.value)}
+            placeholder="demo-user-…"
+            aria-label="Your key"
+            data-testid="own-key-input"
+            style={{ flex: 1, minWidth: '12rem' }}
+          />
+          <button className="primary" disabled={!keyDraft} onClick={saveOwnKey} data-testid="own-key-save">
+            Store my key
+          </button>
+          <button className="danger" disabled={!ownKey} onClick={deleteOwnKey} data-testid="own-key-delete">
+            Delete my key
+          </button>
+          <button disabled={busy} onClick={() => call('GET /whoami with my key', 'whoami', {}, 'demo-own')} data-testid="call-own">
+            GET /whoami with my key
+          </button>
+        </div>
+        <p data-testid="own-key-status" className="small" style={{ marginTop: 12 }}>
+          {ownKey
+            ? `Stored key …${ownKey.last4} (fingerprint ${ownKey.fingerprint}), added ${ownKey.createdAt}, last used ${ownKey.lastUsedAt ?? 'never'}.`
+            : 'No key stored.'}{' '}
+          {keyMessage}
+        </p>
+      </section>
       {received && (
-        <>
+        <section className="card">
           <h2>
             {received.label} → <span data-testid="status">{received.status}</span>
           </h2>
@@ -207,14 +222,14 @@ export function Demo() {
           <pre data-testid="headers">{received.headers.map(([name, value]) => `${name}: ${value}`).join('\n')}</pre>
           <h3>Body</h3>
           <pre data-testid="body">{received.body}</pre>
-        </>
+        </section>
       )}
       {events.length > 0 && (
-        <>
+        <section className="card">
           <h2>Events, as they arrived</h2>
           <pre data-testid="events">{events.join('\n')}</pre>
-        </>
+        </section>
       )}
-    </section>
+    </>
   );
 }

@@ -1,16 +1,27 @@
 import type { Metadata } from 'next';
+import Link from 'next/link';
 import type { ReactNode } from 'react';
 import './globals.css';
 
 export const metadata: Metadata = {
-  title: 'Keyward demo',
-  description: 'Calls a third-party API through Keyward: the browser never sees the key.',
+  title: 'Keyward',
+  description: 'Calls third-party APIs for you through the server: your browser never sees a key.',
 };
 
 export default function RootLayout({ children }: { children: ReactNode }) {
   return (
     <html lang="en">
-      <body>{children}</body>
+      <body>
+        <header className="topbar">
+          <div className="topbar-inner">
+            <Link className="brand" href="/">
+              <span className="brand-mark" aria-hidden="true">K</span>
+              Keyward
+            </Link>
+          </div>
+        </header>
+        {children}
+      </body>
     </html>
   );
 }

@@ -328,6 +328,7 @@ async function appEnv(upstreamBase: string, upstreamKey: string) {
     KEYWARD_STORE: 'sqlite',
     KEYWARD_STORE_PATH: join(dir, 'keyward.db'),
     KEYWARD_BENCH_UPSTREAM_KEY: upstreamKey,
+    KEYWARD_DEMO: 'true',
     KEYWARD_BENCH_NAIVE_BASE: upstreamBase,
     KEYWARD_BENCH_NAIVE_KEY: upstreamKey,
   };

@@ -42,5 +42,7 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
     ...fromFile,
     KEYWARD_CONFIG: env.KEYWARD_CONFIG ?? join(cwd, 'config', 'demo.json'),
     KEYWARD_USERS_FILE: env.KEYWARD_USERS_FILE ?? usersFile,
+    // The demo page and its user: served by `npm run dev` only (production needs KEYWARD_DEMO=true to show it).
+    KEYWARD_DEMO: env.KEYWARD_DEMO ?? 'true',
   };
 }

@@ -5,6 +5,7 @@ import Credentials from 'next-auth/providers/credentials';
 import type { Provider } from 'next-auth/providers';
 import { SESSION_COOKIE, authTimeClaims, sessionFromClaims } from '@/lib/core/session/session';
 import { storeFailed } from './auth-store';
+import { trustsHost } from '@/lib/core/settings';
 import { getRuntime } from './runtime';
 
 /**
@@ -63,6 +64,11 @@ function buildConfig(): NextAuthConfig {
     secret: settings.AUTH_SECRET,
     providers,
     cookies,
+    // The same rule as Keyward's public origin (lib/core/origin): AUTH_URL, or a trusted Host. Production
+    // refuses to start with neither, so Auth.js never answers UntrustedHost.
+    trustHost: Boolean(settings.AUTH_URL) || trustsHost(settings),
+    // Keyward's own pages, in the app's style, instead of Auth.js's unstyled ones.
+    pages: { signIn: '/signin', error: '/signin' },
     session: { strategy: 'jwt', maxAge: settings.KEYWARD_SESSION_MAX_AGE },
     events: {
       // Sign-out ends the session on the server too: a copy of the cookie is refused by every instance.

@@ -1,0 +1,32 @@
+import { redirect } from 'next/navigation';
+import { SignInForm } from './sign-in-form';
+import { pageSession, safeCallbackPath, signInMethods } from '@/lib/next/pages';
+
+export const dynamic = 'force-dynamic';
+
+/** Messages for Auth.js's `?error=` codes (https://authjs.dev/reference/core/errors); anything else is generic. */
+const ERRORS: Record<string, string> = {
+  CredentialsSignin: 'Wrong username or password.',
+  AccessDenied: 'The identity provider did not let you in.',
+  OAuthCallbackError: 'The identity provider sent you back with an error. Try again.',
+  Configuration: 'Sign-in is not configured correctly on the server.',
+};
+
+export default async function SignInPage({ searchParams }: { searchParams: Promise<Record<string, string | string[] | undefined>> }) {
+  const params = await searchParams;
+  const callbackUrl = safeCallbackPath(params.callbackUrl);
+  const state = await pageSession();
+  if (state.state === 'signed-in') redirect(callbackUrl);
+  const methods = signInMethods();
+  const errorCode = typeof params.error === 'string' ? params.error : null;
+  const error = errorCode ? (ERRORS[errorCode] ?? 'Sign-in failed. Try again.') : state.state === 'unavailable' ? 'Keyward cannot reach its session store right now.' : null;
+  return (
+    <main className="page-narrow">
+      <div className="card">
+        <h1>Sign in</h1>
+        <p className="muted">to call this app&apos;s APIs through Keyward.</p>
+        <SignInForm local={methods.local} oidc={methods.oidc} callbackUrl={callbackUrl} initialError={error} />
+      </div>
+    </main>
+  );
+}

@@ -1,0 +1,58 @@
+import 'server-only';
+import { headers } from 'next/headers';
+import type { Session } from '@/lib/core/session/session';
+import { getRuntime } from './runtime';
+
+/** What a page may show about the caller: never a token, a key or the session id. */
+export interface PageSession {
+  readonly userId: string;
+  readonly name: string | null;
+  readonly roles: readonly string[];
+  readonly expiresAt: number;
+}
+
+export type PageSessionState = { readonly state: 'signed-in'; readonly session: PageSession } | { readonly state: 'signed-out' } | { readonly state: 'unavailable' };
+
+/**
+ * The caller's session for a page, checked exactly as the API checks it (cookie, expiry, server-side
+ * revocation). A store outage is its own state, so the page says so instead of pretending nobody is signed in.
+ */
+export async function pageSession(): Promise<PageSessionState> {
+  const cookie = (await headers()).get('cookie');
+  // verifySession reads only the Cookie (and Authorization) header; the URL is never looked at.
+  const request = new Request('http://keyward.invalid/', { headers: cookie ? { cookie } : {} });
+  let session: Session | null;
+  try {
+    session = await getRuntime().verifySession(request);
+  } catch {
+    return { state: 'unavailable' };
+  }
+  if (!session || session.via !== 'cookie') return { state: 'signed-out' };
+  return { state: 'signed-in', session: { userId: session.userId, name: session.name, roles: [...session.roles], expiresAt: session.expiresAt } };
+}
+
+export type CredentialKind = 'service' | 'own-key' | 'oauth' | 'by-claim';
+
+/** The upstreams as a page lists them: id and whose credential is used. Never a URL, a header name or a key. */
+export function upstreamSummaries(): { id: string; credential: CredentialKind }[] {
+  const kinds: Record<string, CredentialKind> = { static: 'service', 'user-key': 'own-key', oauth: 'oauth', claim: 'by-claim' };
+  return [...getRuntime().registry.values()].map((upstream) => ({ id: upstream.id, credential: kinds[upstream.credential.source] ?? 'service' }));
+}
+
+/** The sign-in methods configured (what the sign-in page offers). */
+export function signInMethods(): { local: boolean; oidc: { name: string } | null } {
+  const { users, settings } = getRuntime();
+  return { local: users !== null, oidc: settings.KEYWARD_OIDC_ISSUER ? { name: settings.KEYWARD_OIDC_NAME } : null };
+}
+
+/** Whether the demo page (and the benchmark's naive route) are served: `npm run dev`, or KEYWARD_DEMO=true. */
+export function demoEnabled(): boolean {
+  return getRuntime().settings.KEYWARD_DEMO;
+}
+
+/** A callback URL from the query, kept only when it is a path on this site (no open redirect). */
+export function safeCallbackPath(value: string | string[] | undefined): string {
+  const path = Array.isArray(value) ? value[0] : value;
+  if (!path || !path.startsWith('/') || path.startsWith('//') || path.includes('\\') || /[\x00-\x1f]/.test(path)) return '/';
+  return path;
+}

@@ -1,0 +1,108 @@
+import { test as base, expect, type Page } from '@playwright/test';
+import { startProductionEnvironment, type ProductionEnvironment } from '../fixtures/e2e-env';
+
+/**
+ * Keyward's own pages on a production deployment set up as the README says (AUTH_URL, secrets, users file,
+ * config; no demo opt-in): the home page signed out and in, the sign-in page and its errors, the user's own
+ * keys, the admin card, sign-out. Each state is screenshotted into the test's output folder (a CI artifact),
+ * and no secret or stored key appears in any page.
+ */
+const test = base.extend<object, { prod: ProductionEnvironment }>({
+  prod: [
+    // Playwright requires the object-destructuring form for the (unused) fixtures argument.
+    async ({}, provide) => {
+      const prod = await startProductionEnvironment();
+      try {
+        await provide(prod);
+      } finally {
+        await prod.stop();
+      }
+    },
+    { scope: 'worker', timeout: 90_000 },
+  ],
+  baseURL: async ({ prod }, provide) => provide(prod.appUrl),
+});
+
+async function shot(page: Page, name: string) {
+  await page.screenshot({ path: test.info().outputPath(`${name}.png`), fullPage: true });
+}
+
+async function expectNoSecrets(page: Page, secrets: readonly string[]) {
+  const html = await page.content();
+  for (const secret of secrets) expect(html.includes(secret), 'a secret reached the page').toBe(false);
+}
+
+async function signIn(page: Page, username: string, password: string) {
+  await page.goto('/signin');
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await expect(page.getByTestId('signed-in')).toBeVisible();
+}
+
+test('signed out: the home page offers sign-in and shows no demo', async ({ page, prod }) => {
+  await page.goto('/');
+  await expect(page.getByTestId('signed-out')).toBeVisible();
+  const html = await page.content();
+  expect(html).not.toContain('keyward-demo');
+  expect(html).not.toContain('demo-user-');
+  expect(html).not.toMatch(/Keyward demo/);
+  await shot(page, 'home-signed-out');
+  await page.getByTestId('sign-in').click();
+  await expect(page).toHaveURL(/\/signin$/);
+  await expect(page.getByRole('heading', { name: 'Sign in' })).toBeVisible();
+  await shot(page, 'sign-in');
+  // Auth.js's own sign-in URL lands on Keyward's page too.
+  await page.goto('/api/auth/signin');
+  await expect(page).toHaveURL(/\/signin/);
+  await expectNoSecrets(page, prod.secrets);
+});
+
+test('sign-in: a wrong password is said in words, on the same page, with no session', async ({ page, prod }) => {
+  await page.goto('/signin');
+  await page.getByLabel('Username').fill(prod.user.username);
+  await page.getByLabel('Password').fill(`${prod.user.password}-wrong`);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await expect(page.getByTestId('sign-in-error')).toHaveText('Wrong username or password.');
+  expect((await page.context().cookies()).map((c) => c.name)).not.toContain('__Host-keyward.session');
+  await shot(page, 'sign-in-wrong-password');
+});
+
+test('signed in: who, own keys stored write-only, no admin card for a user, sign out', async ({ page, prod }) => {
+  await signIn(page, prod.user.username, prod.user.password);
+  await expect(page.getByTestId('signed-in')).toHaveText('Signed in as alice');
+  await expect(page.getByTestId('admin-links')).toHaveCount(0);
+  const row = page.getByTestId('own-key-demo-own');
+  await expect(row.getByText('no key')).toBeVisible();
+  await shot(page, 'home-signed-in');
+
+  const ownKey = `demo-user-${crypto.randomUUID()}`;
+  await row.getByLabel('Your key for demo-own').fill(ownKey);
+  await row.getByRole('button', { name: 'Store' }).click();
+  await expect(row.getByText('key stored')).toBeVisible();
+  await expect(row).toContainText(`Ends in …${ownKey.slice(-4)}`);
+  await shot(page, 'home-own-key-stored');
+  await page.reload();
+  await expect(page.getByTestId('own-key-demo-own').getByText('key stored')).toBeVisible();
+  await expectNoSecrets(page, [...prod.secrets, ownKey]);
+
+  await page.getByTestId('own-key-demo-own').getByRole('button', { name: 'Delete' }).click();
+  await expect(page.getByTestId('own-key-demo-own').getByText('no key')).toBeVisible();
+
+  await page.getByTestId('sign-out').click();
+  await expect(page.getByTestId('signed-out')).toBeVisible();
+  expect((await page.request.get('/api/session')).status()).toBe(401);
+});
+
+test('an admin sees the administration card', async ({ page, prod }) => {
+  await signIn(page, prod.admin.username, prod.admin.password);
+  await expect(page.getByTestId('admin-links')).toBeVisible();
+  await shot(page, 'home-admin');
+  await expectNoSecrets(page, prod.secrets);
+});
+
+test('the sign-in page sends a signed-in user home, and never back to another site', async ({ page, prod }) => {
+  await signIn(page, prod.user.username, prod.user.password);
+  await page.goto('/signin?callbackUrl=https%3A%2F%2Fevil.example%2F');
+  await expect(page).toHaveURL(`${prod.appUrl}/`);
+});
