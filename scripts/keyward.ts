@@ -1,29 +1,111 @@
 /**
- * `npm run keyward -- <command>`: Keyward's command line.
- *   hash-password                 read a password on stdin, print a hash for KEYWARD_USERS_FILE
- *   check-config                  validate the environment and upstreams like start-up does (exit 1 naming the field)
- *   schema                        print the JSON Schema of the KEYWARD_CONFIG file
- *   keys list                     versions of every service key (fingerprints, states, expiry warnings)
- *   keys add <upstream>           add a managed version (key on stdin), not yet serving
- *   keys rotate <upstream> [--id <rotation id>] [--skip-canary]   add (key on stdin), canary, switch
- *   keys rollback <rotation id>   undo a switch
- *   keys revoke <fingerprint>     stop every instance using that version on its next request
- *   audit tail [-n <count>] [--follow]                          the latest audit records as JSON Lines
- *   audit export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]   JSONL, oldest first
- * Keys and audit commands work on the store the environment names (REDIS_URL or the SQLite file); in
- * development (no AUTH_SECRET, NODE_ENV not production) they use the secrets `npm run dev` generated.
+ * `npm run keyward -- <command>`: Keyward's command line (`npm run keyward -- --help` lists the commands).
+ * Keys and audit commands print tables and sentences for people, and with `--json` the JSON scripts read
+ * (the admin API's shapes; JSON Lines for audit records). No key value is ever printed: keys are named by
+ * fingerprint.
+ *
+ * Settings come from the environment and, like `next dev`/`next start`, from the `.env*` files of the current
+ * directory (npm runs scripts in the project's root), loaded by Next's own loader: NODE_ENV=production reads the
+ * production files, NODE_ENV=test the test files, anything else the development files; a variable already set
+ * in the environment wins. Keys and audit commands work on the store the settings name (REDIS_URL or the
+ * SQLite file); in development (no AUTH_SECRET, NODE_ENV not production) they use the secrets `npm run dev`
+ * generated.
  */
 import { userInfo } from 'node:os';
 import { parseArgs } from 'node:util';
+import nextEnv from '@next/env';
 import { z } from 'zod';
+import type { AdminRecord, AuditRecord, CallRecord } from '../lib/core/audit/audit';
 import { KeywardError } from '../lib/core/errors';
 import { ConfigError } from '../lib/core/config/load';
 import { keywardConfigSchema } from '../lib/core/config/schema';
 import { auditFilter } from '../lib/core/api/admin';
 import { keyAdmin } from '../lib/core/keys/admin';
+import type { KeyVersion, Rotation, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { hashPassword } from '../lib/core/users/password';
 import { prepareDevEnvironment } from './dev-setup';
+
+/** The commands, one line each, for `--help` (`help keys` and `keys --help` show the keys lines only). */
+const COMMANDS: ReadonlyArray<readonly [usage: string, what: string]> = [
+  ['hash-password', 'read a password on stdin, print its hash for KEYWARD_USERS_FILE'],
+  ['check-config', 'check the environment and upstreams as start-up does (exit 1 naming the field)'],
+  ['schema', 'print the JSON Schema of the KEYWARD_CONFIG file'],
+  ['keys list', "every service key's versions (fingerprint, status, expiry) and recent rotations"],
+  ['keys add <upstream>', 'add a key version (key on stdin); it serves once a rotation switches to it'],
+  ['keys rotate <upstream>', 'add a key (on stdin), send the canary call with it, switch if it passes'],
+  ['keys rollback <rotation id>', 'undo a switch: the keys it replaced serve again'],
+  ['keys revoke <fingerprint>', 'every instance stops using that key version on its next request'],
+  ['audit tail', 'the latest audit records, oldest first'],
+  ['audit export', 'audit records as JSON Lines, oldest first (for files and other tools)'],
+  ['help [keys|audit]', 'this list'],
+];
+
+/** Options: which commands take them (for `help keys`/`help audit`), how, and what they do. */
+const OPTIONS: ReadonlyArray<readonly [groups: string, usage: string, what: string]> = [
+  ['keys audit', '--json', 'keys, audit tail: JSON for scripts (the admin API\'s shapes; JSON Lines) instead of tables'],
+  ['keys', '--id <rotation id>', 'keys rotate: your own id (default rot-<fingerprint>); repeating a rotation changes nothing'],
+  ['keys', '--skip-canary', 'keys rotate: switch without the canary call'],
+  ['audit', '-n <count>', 'audit tail: how many records (default 20, at most 10000)'],
+  ['audit', '-f, --follow', 'audit tail: keep printing new records (Ctrl-C to stop)'],
+  ['audit', '--since <ISO>, --until <ISO>', 'audit export: only records in this time range'],
+  ['audit', '--type call|admin', 'audit export: only calls, or only admin actions'],
+  ['audit', '--upstream <id>', "audit export: only this upstream's records"],
+  ['', '-h, --help', 'this list (also after a command)'],
+];
+
+const SETTINGS = `
+Settings come from the environment, then from the .env files of the current directory, read as Next reads
+them: NODE_ENV=production reads .env.production.local, .env.local, .env.production, .env; NODE_ENV=test
+reads .env.test.local, .env.test, .env; any other (unset, development) reads .env.development.local,
+.env.local, .env.development, .env. The environment wins over the files, an earlier file over a later one.
+`;
+
+function help(group?: 'keys' | 'audit'): string {
+  const commands = COMMANDS.filter(([usage]) => group === undefined || usage.startsWith(`${group} `));
+  const options = OPTIONS.filter(([groups]) => group === undefined || groups.split(' ').includes(group));
+  const width = Math.max(...commands.map(([usage]) => usage.length), ...options.map(([, usage]) => usage.length));
+  const line = (usage: string, what: string) => `  ${usage.padEnd(width)}  ${what}`;
+  return [
+    `usage: npm run keyward -- ${group ?? '<command>'}${group ? ' <command>' : ''} [options]`,
+    '',
+    'commands:',
+    ...commands.map(([usage, what]) => line(usage, what)),
+    '',
+    'options:',
+    ...options.map(([, usage, what]) => line(usage, what)),
+    group === undefined ? SETTINGS : '',
+  ].join('\n');
+}
+
+const USAGE = 'usage: npm run keyward -- <hash-password | check-config | schema | keys … | audit … | help>\n';
+const KEYS_USAGE = 'usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>> [--json]\n';
+const AUDIT_USAGE = 'usage: npm run keyward -- audit <tail [-n <count>] [--follow] [--json] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n';
+const MORE = 'Run `npm run keyward -- --help` for every command.\n';
+
+/** The `.env*` files that were read, for the commands that use the settings to say so. */
+let envFiles: string[] = [];
+
+/**
+ * Loads the `.env*` files exactly as `next dev` (development) and `next start` (production) do, with Next's
+ * own loader. Next's loader logs only failures; they go to stderr, so stdout stays what the command prints.
+ */
+function loadEnvFiles(): void {
+  const log = {
+    info: () => {},
+    error: (message: unknown, error?: unknown) => {
+      // The file name and the error's code only: never the error itself, which could quote the file.
+      const code = (error as { code?: unknown } | undefined)?.code;
+      process.stderr.write(`keyward: ${String(message)}${typeof code === 'string' ? ` (${code})` : ''}\n`);
+    },
+  };
+  const { loadedEnvFiles } = nextEnv.loadEnvConfig(process.cwd(), process.env.NODE_ENV !== 'production', log);
+  envFiles = loadedEnvFiles.map((file) => file.path);
+}
+
+function reportEnvFiles(): void {
+  if (envFiles.length > 0) process.stderr.write(`keyward: settings also from ${envFiles.join(', ')}\n`);
+}
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -31,7 +113,21 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-async function main(command: string | undefined): Promise<number> {
+async function main(args: readonly string[]): Promise<number> {
+  const [command, ...rest] = args;
+  if (command === 'help' || command === '--help' || command === '-h') {
+    const group = rest[0] === 'keys' || rest[0] === 'audit' ? rest[0] : undefined;
+    if (command === 'help' && rest.length > (group ? 1 : 0)) return usageError(USAGE);
+    process.stdout.write(help(group));
+    return 0;
+  }
+  // `--help` after a command (before a `--` that ends the options).
+  const flags = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (flags.includes('--help') || flags.includes('-h')) {
+    process.stdout.write(help(command === 'keys' || command === 'audit' ? command : undefined));
+    return 0;
+  }
+  loadEnvFiles();
   switch (command) {
     case 'hash-password': {
       if (process.stdin.isTTY) process.stderr.write('Password (then Enter and Ctrl-D): ');
@@ -45,6 +141,7 @@ async function main(command: string | undefined): Promise<number> {
       return 0;
     }
     case 'check-config': {
+      reportEnvFiles();
       const { upstreams } = await import('../upstreams/index');
       const runtime = createRuntime({ env: process.env, upstreams });
       process.stdout.write(`keyward: configuration is valid (${runtime.registry.size} upstream(s): ${[...runtime.registry.keys()].join(', ') || 'none'})\n`);
@@ -56,30 +153,33 @@ async function main(command: string | undefined): Promise<number> {
       return 0;
     }
     case 'keys':
-      return keysCommand(process.argv[3], process.argv.slice(4));
+      return keysCommand(rest[0], rest.slice(1));
     case 'audit':
-      return auditCommand(process.argv[3], process.argv.slice(4));
+      return auditCommand(rest[0], rest.slice(1));
     default:
-      process.stderr.write('usage: npm run keyward -- <hash-password | check-config | schema | keys … | audit …>\n');
-      return 2;
+      return usageError(USAGE);
   }
 }
 
+function usageError(usage: string): number {
+  process.stderr.write(usage + MORE);
+  return 2;
+}
+
 async function openRuntime(): Promise<Runtime> {
+  reportEnvFiles();
   const env = process.env.AUTH_SECRET || process.env.NODE_ENV === 'production' ? process.env : await prepareDevEnvironment(process.cwd(), process.env);
   const { upstreams } = await import('../upstreams/index');
   return createRuntime({ env, upstreams });
 }
 
-const print = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+const say = (sentence: string) => process.stdout.write(`${sentence}\n`);
 
 async function readKey(): Promise<string> {
   if (process.stdin.isTTY) process.stderr.write('New key (then Enter and Ctrl-D; it is not shown again): ');
   return (await readStdin()).replace(/\r?\n$/, '');
 }
-
-const KEYS_USAGE = 'usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>>\n';
-const AUDIT_USAGE = 'usage: npm run keyward -- audit <tail [-n <count>] [--follow] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n';
 
 /** Options as parseArgs reads them, or null (after printing why and the usage) when they are not valid. */
 function options<T>(parse: () => T, usage: string): T | null {
@@ -89,59 +189,65 @@ function options<T>(parse: () => T, usage: string): T | null {
     const code = (error as { code?: unknown } | null)?.code;
     if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) throw error;
     // parseArgs names the option, never its value.
-    process.stderr.write(`keyward: ${(error as Error).message}\n${usage}`);
+    process.stderr.write(`keyward: ${(error as Error).message}\n`);
+    usageError(usage);
     return null;
   }
 }
 
 async function keysCommand(action: string | undefined, args: string[]): Promise<number> {
   const parsed = options(
-    () => parseArgs({ args, allowPositionals: true, options: { id: { type: 'string' }, 'skip-canary': { type: 'boolean' } } }),
+    () =>
+      parseArgs({
+        args,
+        allowPositionals: true,
+        options: { id: { type: 'string' }, 'skip-canary': { type: 'boolean' }, json: { type: 'boolean' } },
+      }),
     KEYS_USAGE,
   );
   if (!parsed) return 2;
   const { values, positionals } = parsed;
+  const target = positionals[0];
+  const known = action === 'list' || ((action === 'add' || action === 'rotate' || action === 'rollback' || action === 'revoke') && target);
+  if (!known) return usageError(KEYS_USAGE);
+  const json = values.json === true;
   const runtime = await openRuntime();
   const keys = keyAdmin(runtime.keyRings, runtime.audit, `cli:${userInfo().username}`);
-  const target = positionals[0];
   switch (action) {
     case 'list': {
-      for (const ring of await runtime.keyRings.list()) {
-        process.stdout.write(`${ring.upstream}\n`);
-        for (const v of ring.versions) {
-          const expires = v.expiresAt === null ? 'no expiry' : `expires ${new Date(v.expiresAt).toISOString()}`;
-          process.stdout.write(`  ${v.fingerprint}  ${v.status.padEnd(8)} ${v.id.padEnd(32)} ${expires}${v.warning ? `  ⚠ ${v.warning}` : ''}\n`);
-        }
-      }
+      const rings = await runtime.keyRings.list();
+      if (json) printJson({ upstreams: rings });
+      else printKeyList(rings);
       return 0;
     }
     case 'add': {
-      if (!target) break;
-      const version = await keys.add(target, await readKey());
-      print({ upstream: target, version });
+      const version = await keys.add(target!, await readKey());
+      if (json) printJson({ upstream: target, version });
+      else say(addedSentence(target!, version));
       return 0;
     }
     case 'rotate': {
-      if (!target) break;
-      const rotation = await keys.rotate(target, await readKey(), { rotationId: values.id, skipCanary: values['skip-canary'] });
-      print({ rotation });
+      const started = Date.now();
+      const rotation = await keys.rotate(target!, await readKey(), { rotationId: values.id, skipCanary: values['skip-canary'] });
+      if (json) printJson({ rotation });
+      else if (rotation.state === 'canary_failed') process.stderr.write(`keyward: ${canaryFailedSentence(rotation)}\n`);
+      else say(rotationSentence(rotation, rotation.at < started));
       return rotation.state === 'canary_failed' ? 1 : 0;
     }
     case 'rollback': {
-      if (!target) break;
-      const rotation = await keys.rollback(target);
-      print({ rotation });
+      const rotation = await keys.rollback(target!);
+      if (json) printJson({ rotation });
+      else say(`${rotation.upstream}: rotation ${rotation.id} is rolled back; key ${rotation.to} no longer serves, ${keysPhrase(rotation.from)} ${rotation.from.length === 1 ? 'serves' : 'serve'} again unless revoked or expired.`);
       return 0;
     }
     case 'revoke': {
-      if (!target) break;
-      const revoked = await keys.revoke(target);
-      print({ fingerprint: target, revoked });
+      const revoked = await keys.revoke(target!);
+      if (json) printJson({ fingerprint: target, revoked });
+      else say(`revoked key ${target} (${revoked.map((r) => `${r.upstream}: ${r.version}`).join(', ')}); every instance stops using it on its next request.`);
       return 0;
     }
   }
-  process.stderr.write(KEYS_USAGE);
-  return 2;
+  return usageError(KEYS_USAGE);
 }
 
 async function auditCommand(action: string | undefined, args: string[]): Promise<number> {
@@ -156,12 +262,15 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
           until: { type: 'string' },
           type: { type: 'string' },
           upstream: { type: 'string' },
+          // Export always prints JSON Lines; --json is accepted there too, so scripts can pass it everywhere.
+          json: { type: 'boolean' },
         },
       }),
     AUDIT_USAGE,
   );
   if (!parsed) return 2;
   const { values } = parsed;
+  if (action !== 'tail' && action !== 'export') return usageError(AUDIT_USAGE);
   const runtime = await openRuntime();
   const line = (record: unknown) => process.stdout.write(`${JSON.stringify(record)}\n`);
   if (action === 'tail') {
@@ -169,33 +278,181 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
     if (!Number.isInteger(count) || count < 1 || count > 10_000) throw new KeywardError('bad_request', { message: '-n is 1 to 10000.' });
     const latest = await runtime.audit.query({}, { limit: count, order: 'desc' });
     const records = latest.records.reverse();
-    records.forEach(line);
+    let print: (records: readonly AuditRecord[]) => void;
+    if (values.json) {
+      print = (batch) => batch.forEach(line);
+    } else {
+      const widths = columnWidths([AUDIT_HEADER, ...records.map(auditRow)], AUDIT_MIN_WIDTHS);
+      if (records.length > 0 || values.follow) say(formatRow(AUDIT_HEADER, widths));
+      else say('No audit records.');
+      print = (batch) => batch.forEach((record) => say(formatRow(auditRow(record), widths)));
+    }
+    print(records);
     if (!values.follow) return 0;
     let cursor = records.at(-1)?.id;
     for (;;) {
       await new Promise((resolve) => setTimeout(resolve, 1000));
       const page = await runtime.audit.query({}, { limit: 1000, order: 'asc', cursor });
-      page.records.forEach(line);
+      print(page.records);
       cursor = page.records.at(-1)?.id ?? cursor;
     }
   }
-  if (action === 'export') {
-    const params = new URLSearchParams();
-    for (const name of ['since', 'until', 'type', 'upstream'] as const) if (values[name]) params.set(name, values[name]);
-    const filter = auditFilter(params);
-    let cursor: string | undefined;
-    for (;;) {
-      const page = await runtime.audit.query(filter, { limit: 1000, order: 'asc', cursor });
-      page.records.forEach(line);
-      if (page.cursor === null) return 0;
-      cursor = page.cursor;
-    }
+  const params = new URLSearchParams();
+  for (const name of ['since', 'until', 'type', 'upstream'] as const) if (values[name]) params.set(name, values[name]);
+  const filter = auditFilter(params);
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await runtime.audit.query(filter, { limit: 1000, order: 'asc', cursor });
+    page.records.forEach(line);
+    if (page.cursor === null) return 0;
+    cursor = page.cursor;
   }
-  process.stderr.write(AUDIT_USAGE);
-  return 2;
 }
 
-main(process.argv[2]).then(
+// ---- Tables and sentences (for people; --json is for scripts) ----
+
+/**
+ * Control characters (a terminal's escape sequences among them) and bidirectional overrides in stored text
+ * (an OIDC subject, a route) are shown as escapes, not obeyed by the terminal.
+ */
+const visible = (text: string) =>
+  text.replace(/[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
+function columnWidths(rows: readonly (readonly string[])[], minimum: readonly number[] = []): number[] {
+  const widths = [...minimum];
+  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, visible(cell).length)));
+  return widths;
+}
+
+/** One table line: every column padded to its width but the last; no trailing spaces. */
+function formatRow(row: readonly string[], widths: readonly number[]): string {
+  return row
+    .map((cell, i) => (i === row.length - 1 ? visible(cell) : visible(cell).padEnd(widths[i] ?? 0)))
+    .join('  ')
+    .trimEnd();
+}
+
+function printTable(rows: readonly (readonly string[])[]): void {
+  const widths = columnWidths(rows);
+  for (const row of rows) say(formatRow(row, widths));
+}
+
+/** "2026-12-01 02:14 UTC" */
+const minute = (ms: number) => `${new Date(ms).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+const keysPhrase = (fingerprints: readonly string[]) =>
+  fingerprints.length === 0 ? 'no key' : `${fingerprints.length === 1 ? 'key' : 'keys'} ${fingerprints.join(', ')}`;
+
+const VERSION_HEADER = ['UPSTREAM', 'FINGERPRINT', 'STATUS', 'VERSION', 'EXPIRES', 'NOTE'];
+const ROTATION_HEADER = ['ROTATION', 'UPSTREAM', 'STATE', 'FROM', 'TO', 'CANARY', 'WHEN'];
+/** Rotations shown under the versions (newest first); --json has every one the store keeps. */
+const ROTATIONS_SHOWN = 10;
+
+/** What a canary status means, in words. */
+const canaryText = (status: number | null) => (status === null ? 'skipped' : status === 0 ? 'unreachable' : String(status));
+
+/**
+ * The version's status for people. A version whose rotation failed its canary never served: the ring retires
+ * it at once (so it can never become a fallback), and it is shown as "canary failed", not as a retired key
+ * with an expiry.
+ */
+function versionStatus(version: VersionView, rotations: readonly Rotation[]): { status: string; note: string; expires: boolean } {
+  const failed = rotations.find((r) => r.toVersion === version.id);
+  if (version.status !== 'revoked' && version.activatedAt === null && failed?.state === 'canary_failed') {
+    const answer = failed.canaryStatus === 0 ? 'could not reach the upstream' : `answered ${failed.canaryStatus}`;
+    return { status: 'canary failed', note: `the canary ${answer} (${minute(failed.at)}); never served`, expires: false };
+  }
+  const warning = version.warning ? `⚠ ${version.warning}` : '';
+  switch (version.status) {
+    case 'serving':
+      return { status: 'serving', note: warning, expires: true };
+    case 'fallback':
+      return { status: 'fallback', note: join(`replaced; usable until ${minute(version.graceUntil ?? 0)} if no active key is`, warning), expires: true };
+    case 'standby':
+      return { status: 'standby', note: join('active, but a newer active key serves', warning), expires: true };
+    case 'pending':
+      return { status: 'pending', note: join(`serves from ${minute(version.notBefore ?? 0)}`, warning), expires: true };
+    case 'next':
+      return { status: 'next', note: join('added; serves once a rotation switches to it', warning), expires: true };
+    case 'retired':
+      return { status: 'retired', note: version.retiredAt === null ? '' : `retired ${minute(version.retiredAt)}`, expires: false };
+    case 'revoked':
+      return { status: 'revoked', note: version.revokedAt === null ? '' : `revoked ${minute(version.revokedAt)}`, expires: false };
+    case 'expired':
+      return { status: 'expired', note: `expired ${minute(version.expiresAt ?? 0)}`, expires: false };
+  }
+}
+
+const join = (...parts: string[]) => parts.filter((part) => part !== '').join('; ');
+
+function printKeyList(rings: ReadonlyArray<{ upstream: string; versions: VersionView[]; rotations: Rotation[] }>): void {
+  if (rings.length === 0) {
+    say('No upstream uses a service key ({"env": …}), so there are no key versions to list.');
+    return;
+  }
+  const rows = [VERSION_HEADER];
+  for (const ring of rings) {
+    for (const version of ring.versions) {
+      const { status, note, expires } = versionStatus(version, ring.rotations);
+      const expiry = !expires ? '-' : version.expiresAt === null ? 'never' : `${minute(version.expiresAt)} (${plural(version.expiresInDays ?? 0, 'day')})`;
+      rows.push([ring.upstream, version.fingerprint, status, version.id, expiry, note]);
+    }
+  }
+  printTable(rows);
+  const rotations = rings
+    .flatMap((ring) => ring.rotations)
+    .sort((a, b) => b.at - a.at)
+    .slice(0, ROTATIONS_SHOWN);
+  if (rotations.length === 0) return;
+  say('');
+  printTable([
+    ROTATION_HEADER,
+    ...rotations.map((r) => [r.id, r.upstream, r.state.replace('_', ' '), r.from.join(', ') || '-', r.to, canaryText(r.canaryStatus), minute(r.at)]),
+  ]);
+}
+
+function addedSentence(upstream: string, version: KeyVersion): string {
+  if (version.state !== 'next') return `${upstream}: key ${version.fingerprint} is already on the ring (${version.state}); nothing changed.`;
+  const expiry = version.expiresAt === null ? 'does not expire' : `expires ${minute(version.expiresAt)}`;
+  return `${upstream}: added key ${version.fingerprint} (version ${version.id}, ${expiry}); it serves only once a rotation switches to it (keys rotate ${upstream} with the same key).`;
+}
+
+function rotationSentence(rotation: Rotation, repeated: boolean): string {
+  const { upstream, id } = rotation;
+  if (repeated) {
+    const what = rotation.state === 'rolled_back' ? 'switched and was rolled back' : 'switched';
+    return `${upstream}: rotation ${id} already ${what} (key ${rotation.to}, ${minute(rotation.at)}); nothing changed.`;
+  }
+  const canary = rotation.canaryStatus === null ? 'without a canary call (--skip-canary)' : `after the canary call answered ${rotation.canaryStatus}`;
+  const replaced = rotation.from.length === 0 ? '' : ` ${capitalise(keysPhrase(rotation.from))} ${rotation.from.length === 1 ? 'stays' : 'stay'} usable as a fallback for the grace window.`;
+  return `${upstream}: switched to key ${rotation.to} ${canary}.${replaced} Undo with: npm run keyward -- keys rollback ${id}`;
+}
+
+function canaryFailedSentence(rotation: Rotation): string {
+  const answer = rotation.canaryStatus === 0 ? 'the upstream could not be reached' : `upstream answered ${rotation.canaryStatus}`;
+  const kept = rotation.from.length === 0 ? 'nothing was switched' : `the old ${keysPhrase(rotation.from)} ${rotation.from.length === 1 ? 'keeps' : 'keep'} serving`;
+  return `canary call failed: ${answer}; ${kept} (${rotation.upstream}, rotation ${rotation.id}; the new key ${rotation.to} never served).`;
+}
+
+const capitalise = (text: string) => text.charAt(0).toUpperCase() + text.slice(1);
+
+const AUDIT_HEADER = ['TIME (UTC)', 'TYPE', 'WHO', 'UPSTREAM', 'WHAT', 'RESULT', 'KEY'];
+/** Widths that keep `--follow`'s later lines aligned with the first ones in the common case. */
+const AUDIT_MIN_WIDTHS = [19, 5, 12, 8, 24, 18, 12];
+
+function auditRow(record: AuditRecord): string[] {
+  const time = record.at.slice(0, 19).replace('T', ' ');
+  if (record.type === 'call') {
+    const call: CallRecord = record;
+    const result = `${call.status} ${call.outcome}${call.errorCode ? ` ${call.errorCode}` : ''} (${Math.round(call.durationMs)} ms)`;
+    return [time, 'call', call.userId ?? '-', call.upstream, `${call.method} ${call.route ?? '-'}`, result, call.keyFingerprint ?? '-'];
+  }
+  const admin: AdminRecord = record;
+  const what = [admin.action, admin.rotationId, admin.targetUser].filter((part) => part !== undefined).join(' ');
+  return [time, 'admin', admin.actor, admin.upstream ?? '-', what, admin.outcome, admin.fingerprint ?? '-'];
+}
+
+main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error: unknown) => {
     const message = error instanceof ConfigError || error instanceof KeywardError ? error.message : 'unexpected error';

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,16 +12,19 @@ import { writeConfigFile } from '../fixtures/config';
 import { randomSecret } from '../fixtures/secrets';
 import { bearerToken } from '../fixtures/session';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+import { writeUsersFile } from '../fixtures/users';
 import { expectedForms } from '../unit/scrub-oracle';
 
 /**
  * `npm run keyward -- keys … | audit …` as a real process (tsx, react-server condition, production env) on
  * the embedded SQLite store, against a real node:http upstream that answers the canary. A Keyward runtime in
  * this process shares the SQLite file, as a server on the same host would: it follows the CLI's rotations
- * and writes call records the CLI then reads.
+ * and writes call records the CLI then reads. The CLI runs in an empty directory of its own (it reads the
+ * `.env*` files of its working directory, and a developer's own files must not change these tests).
  */
 const ROOT = resolve(import.meta.dirname, '../..');
 const TSX = join(ROOT, 'node_modules/.bin/tsx');
+const SCRIPT = join(ROOT, 'scripts/keyward.ts');
 const ACTOR = `cli:${userInfo().username}`;
 const fp = (secret: string) => createHash('sha256').update(secret, 'utf8').digest('hex').slice(0, 12);
 
@@ -32,12 +35,16 @@ const keys = {
   skipped: randomSecret('skipped'),
   added: randomSecret('added'),
   unknownUpstream: randomSecret('nowhere'),
+  fromEnvironment: randomSecret('fromenv'),
+  development: randomSecret('devkey'),
 };
 /** Keys the canary accepts (x-api-key on GET /v1/canary); anything else is 401. */
 const canaryAccepts = new Set<string>();
 let upstream: TestUpstream;
 let env: Record<string, string>;
 let runtime: Runtime;
+/** The CLI's working directory: empty, no .env files. */
+let workDir: string;
 /** Everything the CLI printed, for the final leak check. */
 const printed: string[] = [];
 
@@ -48,11 +55,13 @@ interface Run {
 }
 
 /** Runs the CLI to completion with `stdin` as its input (closed at once when empty). */
-function cli(args: readonly string[], stdin = ''): Promise<Run> {
+function cli(args: readonly string[], stdin = '', where: { cwd?: string; env?: Record<string, string> } = {}): Promise<Run> {
+  // tsx would look for tsconfig.json in the working directory.
+  const childEnv: Record<string, string> = { ...(where.env ?? env), TSX_TSCONFIG_PATH: join(ROOT, 'tsconfig.json') };
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(TSX, ['--conditions=react-server', 'scripts/keyward.ts', ...args], {
-      cwd: ROOT,
-      env: env as NodeJS.ProcessEnv,
+    const child = spawn(TSX, ['--conditions=react-server', SCRIPT, ...args], {
+      cwd: where.cwd ?? workDir,
+      env: childEnv as NodeJS.ProcessEnv,
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     const out: Buffer[] = [];
@@ -69,6 +78,31 @@ function cli(args: readonly string[], stdin = ''): Promise<Run> {
   });
 }
 
+/** A table the CLI printed: its header and rows, cells split on the runs of 2+ spaces between columns. */
+function table(text: string): { header: string[]; rows: string[][] } {
+  const [header, ...rows] = text
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => line.split(/ {2,}/));
+  return { header: header ?? [], rows };
+}
+
+/** `keys list`: the versions table, then (after a blank line) the rotations table, if any. */
+function keyList(stdout: string) {
+  expect(stdout.endsWith('\n')).toBe(true);
+  const [versions = '', rotations = ''] = stdout.split('\n\n');
+  const v = table(versions);
+  const r = table(rotations);
+  expect(v.header).toEqual(['UPSTREAM', 'FINGERPRINT', 'STATUS', 'VERSION', 'EXPIRES', 'NOTE']);
+  if (r.rows.length > 0) expect(r.header).toEqual(['ROTATION', 'UPSTREAM', 'STATE', 'FROM', 'TO', 'CANARY', 'WHEN']);
+  return {
+    version: (key: string) => v.rows.find((row) => row[1] === fp(key)),
+    versions: v.rows,
+    rotation: (id: string) => r.rows.find((row) => row[0] === id),
+  };
+}
+
+const MINUTE = /^\d{4}-\d\d-\d\d \d\d:\d\d UTC$/;
 const canaryCount = () => upstream.requests.filter((r) => r.url === '/v1/canary').length;
 
 /** A proxied call through the in-process runtime (same store): which key did the upstream get? */
@@ -96,7 +130,21 @@ function jsonLines(text: string): AuditRecord[] {
     .map((line) => JSON.parse(line) as AuditRecord);
 }
 
+/** The lines of a `.env` file. */
+const dotenv = (values: Record<string, string>) =>
+  Object.entries(values)
+    .map(([name, value]) => `${name}=${value}\n`)
+    .join('');
+
+/** The environment of a shell with none of Keyward's settings. */
+const bareEnv = (): Record<string, string> => ({
+  PATH: process.env.PATH ?? '',
+  HOME: process.env.HOME ?? tmpdir(),
+  ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}),
+});
+
 beforeAll(async () => {
+  workDir = mkdtempSync(join(tmpdir(), 'keyward-cli-cwd-'));
   upstream = await startUpstream(async (req, res, record) => {
     await record.bodyDone;
     if (req.url === '/v1/canary') {
@@ -121,13 +169,13 @@ beforeAll(async () => {
     },
   });
   env = {
-    PATH: process.env.PATH ?? '',
-    HOME: process.env.HOME ?? tmpdir(),
-    ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}),
+    ...bareEnv(),
     NODE_ENV: 'production',
     AUTH_SECRET: randomSecret('auth'),
+    AUTH_URL: 'https://app.keyward.test',
     KEYWARD_SESSION_SECRET: randomSecret('sess'),
     KEYWARD_VAULT_SECRET: randomSecret('vault'),
+    KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'ops', password: randomSecret('pw'), roles: ['user'] }]),
     KEYWARD_STORE: 'sqlite',
     KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-cli-')), 'keyward.db'),
     KEYWARD_CONFIG: config,
@@ -144,19 +192,45 @@ afterAll(async () => {
 });
 
 describe('keyward keys …', { timeout: 60_000 }, () => {
-  it('keys list prints each version by fingerprint and status, never the key', async () => {
+  it('keys list prints a table of versions by fingerprint and status, never the key; --json the admin API shape', async () => {
     const run = await cli(['keys', 'list']);
     expect(run.code, run.stderr).toBe(0);
-    expect(run.stdout).toMatch(new RegExp(`^svc\\n  ${fp(keys.primary)}  serving +env:SVC_KEY +no expiry\\n$`));
+    expect(run.stderr).toBe('');
+    const list = keyList(run.stdout);
+    expect(list.versions).toEqual([['svc', fp(keys.primary), 'serving', 'env:SVC_KEY', 'never']]);
+    // Aligned: every line's fingerprint starts in the same column.
+    const lines = run.stdout.trimEnd().split('\n');
+    expect(new Set(lines.map((line) => line.search(/FINGERPRINT|[0-9a-f]{12}/))).size).toBe(1);
     expect(run.stdout).not.toContain(keys.primary);
+
+    const json = await cli(['keys', 'list', '--json']);
+    expect(json.code, json.stderr).toBe(0);
+    const parsed = JSON.parse(json.stdout) as { upstreams: Array<{ upstream: string; versions: Array<Record<string, unknown>>; rotations: unknown[] }> };
+    expect(parsed.upstreams).toHaveLength(1);
+    expect(parsed.upstreams[0]).toMatchObject({ upstream: 'svc', rotations: [] });
+    expect(parsed.upstreams[0]!.versions).toEqual([
+      expect.objectContaining({ id: 'env:SVC_KEY', fingerprint: fp(keys.primary), source: 'env', state: 'active', status: 'serving', expiresAt: null, warning: null }),
+    ]);
+    expect(json.stdout).not.toContain(keys.primary);
   });
 
-  it('keys rotate <upstream> (key on stdin): the canary passes, exit 0, rotation JSON; the server switches on its next call', async () => {
+  it('keys rotate <upstream> (key on stdin): the canary passes, exit 0, a sentence; --json repeats it as the rotation JSON', async () => {
     canaryAccepts.add(keys.accepted);
     const canaries = canaryCount();
     const run = await cli(['keys', 'rotate', 'svc'], `${keys.accepted}\n`);
     expect(run.code, run.stderr).toBe(0);
-    const { rotation } = JSON.parse(run.stdout) as { rotation: Record<string, unknown> };
+    expect(run.stdout).toBe(
+      `svc: switched to key ${fp(keys.accepted)} after the canary call answered 200. Key ${fp(keys.primary)} stays usable ` +
+        `as a fallback for the grace window. Undo with: npm run keyward -- keys rollback rot-${fp(keys.accepted)}\n`,
+    );
+    // The canary went out once, with the new key (the trailing line break of stdin is not part of it).
+    expect(canaryCount()).toBe(canaries + 1);
+    expect(upstream.requests.filter((r) => r.url === '/v1/canary').at(-1)!.headers['x-api-key']).toBe(keys.accepted);
+
+    // The same rotation again (same default id) changes nothing and sends no canary; --json prints it as before.
+    const again = await cli(['keys', 'rotate', 'svc', '--json'], `${keys.accepted}\n`);
+    expect(again.code, again.stderr).toBe(0);
+    const { rotation } = JSON.parse(again.stdout) as { rotation: Record<string, unknown> };
     expect(rotation).toMatchObject({
       id: `rot-${fp(keys.accepted)}`,
       upstream: 'svc',
@@ -166,37 +240,55 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
       canaryStatus: 200,
       actor: ACTOR,
     });
-    // The canary went out once, with the new key (the trailing line break of stdin is not part of it).
     expect(canaryCount()).toBe(canaries + 1);
-    expect(upstream.requests.filter((r) => r.url === '/v1/canary').at(-1)!.headers['x-api-key']).toBe(keys.accepted);
+
     const call = await serverCall();
     expect(call.key).toBe(keys.accepted);
     expect(call.record.keyFingerprint).toBe(fp(keys.accepted));
   });
 
-  it('keys rotate: the canary refuses, exit 1 canary_failed, and traffic stays on the current key', async () => {
+  it('keys rotate: the canary refuses, exit 1 naming the answer, traffic stays on the current key; keys list says "canary failed"', async () => {
+    const canaries = canaryCount();
     const run = await cli(['keys', 'rotate', 'svc'], keys.refused);
     expect(run.code).toBe(1);
-    expect(run.stdout).toContain('canary_failed');
-    expect((JSON.parse(run.stdout) as { rotation: Record<string, unknown> }).rotation).toMatchObject({
+    expect(run.stdout).toBe('');
+    expect(run.stderr).toBe(
+      `keyward: canary call failed: upstream answered 401; the old key ${fp(keys.accepted)} keeps serving ` +
+        `(svc, rotation rot-${fp(keys.refused)}; the new key ${fp(keys.refused)} never served).\n`,
+    );
+    expect(canaryCount()).toBe(canaries + 1);
+    expect((await serverCall()).key).toBe(keys.accepted);
+
+    // Never served: not "retired" with an expiry, but "canary failed", and the rotation says what it answered.
+    const list = keyList((await cli(['keys', 'list'])).stdout);
+    const [, , status, version, expires, note] = list.version(keys.refused)!;
+    expect([status, version, expires]).toEqual(['canary failed', `managed:${fp(keys.refused)}`, '-']);
+    expect(note).toMatch(/^the canary answered 401 \(\d{4}-\d\d-\d\d \d\d:\d\d UTC\); never served$/);
+    const rotation = list.rotation(`rot-${fp(keys.refused)}`)!;
+    expect(rotation.slice(0, 6)).toEqual([`rot-${fp(keys.refused)}`, 'svc', 'canary failed', fp(keys.accepted), fp(keys.refused), '401']);
+    expect(rotation[6]).toMatch(MINUTE);
+    expect(list.rotation(`rot-${fp(keys.accepted)}`)!.slice(0, 6)).toEqual([`rot-${fp(keys.accepted)}`, 'svc', 'switched', fp(keys.primary), fp(keys.accepted), '200']);
+
+    // A failed rotation may be tried again: the canary goes out again; --json prints the rotation, exit 1.
+    const json = await cli(['keys', 'rotate', 'svc', '--json'], keys.refused);
+    expect(json.code).toBe(1);
+    expect(json.stderr).toBe('');
+    expect((JSON.parse(json.stdout) as { rotation: Record<string, unknown> }).rotation).toMatchObject({
       state: 'canary_failed',
       canaryStatus: 401,
       to: fp(keys.refused),
     });
-    expect((await serverCall()).key).toBe(keys.accepted);
+    expect(canaryCount()).toBe(canaries + 2);
   });
 
   it('keys rotate --id <id> --skip-canary switches without a canary request', async () => {
     const canaries = canaryCount();
     const run = await cli(['keys', 'rotate', 'svc', '--id', 'cli-skip', '--skip-canary'], keys.skipped);
     expect(run.code, run.stderr).toBe(0);
-    expect((JSON.parse(run.stdout) as { rotation: Record<string, unknown> }).rotation).toMatchObject({
-      id: 'cli-skip',
-      state: 'switched',
-      canaryStatus: null,
-      from: [fp(keys.accepted)],
-      to: fp(keys.skipped),
-    });
+    expect(run.stdout).toBe(
+      `svc: switched to key ${fp(keys.skipped)} without a canary call (--skip-canary). Key ${fp(keys.accepted)} stays usable ` +
+        'as a fallback for the grace window. Undo with: npm run keyward -- keys rollback cli-skip\n',
+    );
     expect(canaryCount()).toBe(canaries);
     expect((await serverCall()).key).toBe(keys.skipped);
   });
@@ -204,9 +296,17 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
   it('keys rollback <id> puts the replaced version back; an unknown id is exit 1 with a clear message', async () => {
     const run = await cli(['keys', 'rollback', 'cli-skip']);
     expect(run.code, run.stderr).toBe(0);
-    expect((JSON.parse(run.stdout) as { rotation: Record<string, unknown> }).rotation).toMatchObject({
+    expect(run.stdout).toBe(
+      `svc: rotation cli-skip is rolled back; key ${fp(keys.skipped)} no longer serves, key ${fp(keys.accepted)} serves again unless revoked or expired.\n`,
+    );
+    const json = await cli(['keys', 'rollback', 'cli-skip', '--json']);
+    expect(json.code, json.stderr).toBe(0);
+    expect((JSON.parse(json.stdout) as { rotation: Record<string, unknown> }).rotation).toMatchObject({
       id: 'cli-skip',
       state: 'rolled_back',
+      canaryStatus: null,
+      from: [fp(keys.accepted)],
+      to: fp(keys.skipped),
     });
     expect((await serverCall()).key).toBe(keys.accepted);
 
@@ -219,7 +319,12 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
   it('keys revoke <fingerprint>; an unknown fingerprint is exit 1 with a clear message', async () => {
     const run = await cli(['keys', 'revoke', fp(keys.refused)]);
     expect(run.code, run.stderr).toBe(0);
-    expect(JSON.parse(run.stdout)).toEqual({
+    expect(run.stdout).toBe(
+      `revoked key ${fp(keys.refused)} (svc: managed:${fp(keys.refused)}); every instance stops using it on its next request.\n`,
+    );
+    const json = await cli(['keys', 'revoke', fp(keys.refused), '--json']);
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual({
       fingerprint: fp(keys.refused),
       revoked: [{ upstream: 'svc', version: `managed:${fp(keys.refused)}` }],
     });
@@ -237,20 +342,36 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
   it('keys add <upstream> adds a version that does not serve yet; keys list shows every state', async () => {
     const run = await cli(['keys', 'add', 'svc'], keys.added);
     expect(run.code, run.stderr).toBe(0);
-    expect((JSON.parse(run.stdout) as { version: Record<string, unknown> }).version).toMatchObject({
-      fingerprint: fp(keys.added),
-      state: 'next',
+    expect(run.stdout).toMatch(
+      new RegExp(
+        `^svc: added key ${fp(keys.added)} \\(version managed:${fp(keys.added)}, expires \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d UTC\\); ` +
+          'it serves only once a rotation switches to it \\(keys rotate svc with the same key\\)\\.\\n$',
+      ),
+    );
+    const json = await cli(['keys', 'add', 'svc', '--json'], keys.added);
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout) as { upstream: string; version: Record<string, unknown> }).toMatchObject({
+      upstream: 'svc',
+      version: { fingerprint: fp(keys.added), state: 'next' },
     });
     expect((await serverCall()).key).toBe(keys.accepted);
 
     const list = await cli(['keys', 'list']);
     expect(list.code, list.stderr).toBe(0);
-    const status = (key: string) => new RegExp(`^  ${fp(key)}  (\\S+) `, 'm').exec(list.stdout)?.[1];
-    expect(status(keys.accepted)).toBe('serving');
-    expect(status(keys.primary)).toBe('fallback');
-    expect(status(keys.refused)).toBe('revoked');
-    expect(status(keys.skipped)).toBe('retired');
-    expect(status(keys.added)).toBe('next');
+    const { version } = keyList(list.stdout);
+    expect(version(keys.accepted)!.slice(2, 5)).toEqual(['serving', `managed:${fp(keys.accepted)}`, expect.stringMatching(/ UTC \(\d+ days\)$/)]);
+    expect(version(keys.primary)!.slice(2, 5)).toEqual(['fallback', 'env:SVC_KEY', 'never']);
+    expect(version(keys.primary)![5]).toMatch(/^replaced; usable until \d{4}-\d\d-\d\d \d\d:\d\d UTC if no active key is$/);
+    expect(version(keys.refused)!.slice(2, 5)).toEqual(['revoked', `managed:${fp(keys.refused)}`, '-']);
+    expect(version(keys.refused)![5]).toMatch(/^revoked \d{4}-/);
+    expect(version(keys.skipped)!.slice(2, 5)).toEqual(['retired', `managed:${fp(keys.skipped)}`, '-']);
+    expect(version(keys.added)!.slice(2, 6)).toEqual([
+      'next',
+      `managed:${fp(keys.added)}`,
+      expect.stringMatching(/ UTC \(\d+ days\)$/),
+      'added; serves once a rotation switches to it',
+    ]);
+    for (const key of Object.values(keys)) expect(list.stdout).not.toContain(key);
   });
 
   it('failures name the problem and exit 1: unknown upstream, short key, nothing on stdin', async () => {
@@ -271,12 +392,18 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
     const run = await cli(['audit', 'export', '--type', 'admin']);
     expect(run.code, run.stderr).toBe(0);
     const records = jsonLines(run.stdout) as AdminRecord[];
+    // Each action was done once for people and once with --json (a repeat that changes nothing is recorded too).
     expect(records.map((r) => [r.action, r.upstream, r.fingerprint, r.rotationId ?? null, r.outcome])).toEqual([
       ['key.rotate', 'svc', fp(keys.accepted), `rot-${fp(keys.accepted)}`, 'switched'],
+      ['key.rotate', 'svc', fp(keys.accepted), `rot-${fp(keys.accepted)}`, 'switched'],
+      ['key.rotate', 'svc', fp(keys.refused), `rot-${fp(keys.refused)}`, 'canary_failed'],
       ['key.rotate', 'svc', fp(keys.refused), `rot-${fp(keys.refused)}`, 'canary_failed'],
       ['key.rotate', 'svc', fp(keys.skipped), 'cli-skip', 'switched'],
       ['key.rollback', 'svc', fp(keys.skipped), 'cli-skip', 'rolled_back'],
+      ['key.rollback', 'svc', fp(keys.skipped), 'cli-skip', 'rolled_back'],
       ['key.revoke', 'svc', fp(keys.refused), null, 'revoked'],
+      ['key.revoke', 'svc', fp(keys.refused), null, 'revoked'],
+      ['key.add', 'svc', fp(keys.added), null, 'next'],
       ['key.add', 'svc', fp(keys.added), null, 'next'],
     ]);
     for (const record of records) {
@@ -310,43 +437,165 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
     const none = await cli(['audit', 'export', '--upstream', 'other']);
     expect(none.code, none.stderr).toBe(0);
     expect(none.stdout).toBe('');
+    // --json is accepted (export is JSON Lines either way).
+    const json = await cli(['audit', 'export', '--type', 'call', '--upstream', 'svc', '--json']);
+    expect(json.stdout).toBe(calls.stdout);
     const bad = await cli(['audit', 'export', '--since', 'yesterday']);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toBe('keyward: since must be an ISO 8601 time.\n');
   });
 
-  it('audit tail -n 5 prints the latest five records as JSON lines, oldest first, admin actions included', async () => {
+  it('audit tail -n 5 --json prints the latest five records as JSON lines, oldest first, admin actions included', async () => {
     const all = jsonLines((await cli(['audit', 'export'])).stdout);
-    expect(all.length).toBe(11); // six admin actions, five calls
-    const run = await cli(['audit', 'tail', '-n', '5']);
+    expect(all.length).toBe(16); // eleven admin actions, five calls
+    const run = await cli(['audit', 'tail', '-n', '5', '--json']);
     expect(run.code, run.stderr).toBe(0);
     const records = jsonLines(run.stdout);
     expect(records).toEqual(all.slice(-5));
-    expect(records.filter((r) => r.type === 'admin').map((r) => (r as AdminRecord).action)).toEqual(
-      all
-        .slice(-5)
-        .filter((r) => r.type === 'admin')
-        .map((r) => (r as AdminRecord).action),
-    );
     expect(records.filter((r) => r.type === 'admin').map((r) => (r as AdminRecord).action)).toEqual([
-      'key.rollback',
       'key.revoke',
+      'key.revoke',
+      'key.add',
       'key.add',
     ]);
     expect(records.at(-1)).toMatchObject({ type: 'call', keyFingerprint: fp(keys.accepted) });
     // More than there is prints everything; -n out of range is refused.
-    expect(jsonLines((await cli(['audit', 'tail', '-n', '1000'])).stdout)).toEqual(all);
+    expect(jsonLines((await cli(['audit', 'tail', '-n', '1000', '--json'])).stdout)).toEqual(all);
     const zero = await cli(['audit', 'tail', '-n', '0']);
     expect(zero.code).toBe(1);
     expect(zero.stderr).toBe('keyward: -n is 1 to 10000.\n');
   });
+
+  it('audit tail prints an aligned table, oldest first: time, type, who, upstream, what, result, key', async () => {
+    const all = jsonLines((await cli(['audit', 'export'])).stdout);
+    const run = await cli(['audit', 'tail', '-n', '3']);
+    expect(run.code, run.stderr).toBe(0);
+    const { header, rows } = table(run.stdout);
+    expect(header).toEqual(['TIME (UTC)', 'TYPE', 'WHO', 'UPSTREAM', 'WHAT', 'RESULT', 'KEY']);
+    const time = (record: AuditRecord) => record.at.slice(0, 19).replace('T', ' ');
+    const [add1, add2, call] = all.slice(-3) as [AdminRecord, AdminRecord, CallRecord];
+    expect(rows).toEqual([
+      [time(add1), 'admin', ACTOR, 'svc', 'key.add', 'next', fp(keys.added)],
+      [time(add2), 'admin', ACTOR, 'svc', 'key.add', 'next', fp(keys.added)],
+      [time(call), 'call', 'local:ops', 'svc', 'GET /items/:id', `200 complete (${Math.round(call.durationMs)} ms)`, fp(keys.accepted)],
+    ]);
+    const lines = run.stdout.trimEnd().split('\n');
+    expect(new Set(lines.map((line) => line.search(/KEY|[0-9a-f]{12}$/))).size).toBe(1);
+
+    const rotations = await cli(['audit', 'tail', '-n', '16']);
+    expect(table(rotations.stdout).rows.find((row) => row[4] === `key.rotate rot-${fp(keys.refused)}`)).toEqual([
+      expect.any(String),
+      'admin',
+      ACTOR,
+      'svc',
+      `key.rotate rot-${fp(keys.refused)}`,
+      'canary_failed',
+      fp(keys.refused),
+    ]);
+  });
 });
 
-describe('keyward usage and leaks', { timeout: 120_000 }, () => {
+describe('keyward settings from .env files (as next dev / next start read them)', { timeout: 60_000 }, () => {
+  it('production: the settings in .env.local are used; the environment wins over them; without them it fails', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-cli-env-'));
+    const settings = { ...env } as Record<string, string>;
+    for (const name of ['PATH', 'HOME', 'TMPDIR', 'NODE_ENV']) delete settings[name];
+    writeFileSync(join(dir, '.env.local'), dotenv(settings), { mode: 0o600 });
+    const bare = { ...bareEnv(), NODE_ENV: 'production' };
+
+    const run = await cli(['keys', 'list', '--json'], '', { cwd: dir, env: bare });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toBe('keyward: settings also from .env.local\n');
+    const [ring] = (JSON.parse(run.stdout) as { upstreams: Array<{ upstream: string; versions: Array<{ id: string; fingerprint: string }> }> }).upstreams;
+    expect(ring!.upstream).toBe('svc');
+    expect(ring!.versions.find((v) => v.id === 'env:SVC_KEY')!.fingerprint).toBe(fp(keys.primary));
+
+    const overridden = await cli(['keys', 'list', '--json'], '', { cwd: dir, env: { ...bare, SVC_KEY: keys.fromEnvironment } });
+    expect(overridden.code, overridden.stderr).toBe(0);
+    const [ring2] = (JSON.parse(overridden.stdout) as { upstreams: Array<{ versions: Array<{ id: string; fingerprint: string }> }> }).upstreams;
+    expect(ring2!.versions.find((v) => v.id === 'env:SVC_KEY')!.fingerprint).toBe(fp(keys.fromEnvironment));
+
+    const without = await cli(['keys', 'list'], '', { cwd: workDir, env: bare });
+    expect(without.code).toBe(1);
+    expect(without.stdout).toBe('');
+    expect(without.stderr).toMatch(/^keyward: Keyward settings are invalid:/);
+  });
+
+  it('NODE_ENV=production reads .env.production, not .env.development; any other NODE_ENV the reverse', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-cli-mode-'));
+    const common = { ...env } as Record<string, string>;
+    for (const name of ['PATH', 'HOME', 'TMPDIR', 'NODE_ENV', 'KEYWARD_CONFIG']) delete common[name];
+    const devConfig = writeConfigFile({
+      upstreams: {
+        devsvc: {
+          baseUrl: `${upstream.origin}/v1/`,
+          auth: { type: 'header', name: 'x-api-key', secret: { env: 'DEV_KEY' } },
+          routes: [{ method: 'GET', path: '/items/:id' }],
+        },
+      },
+    });
+    writeFileSync(join(dir, '.env.local'), dotenv(common), { mode: 0o600 });
+    writeFileSync(join(dir, '.env.production'), dotenv({ KEYWARD_CONFIG: env.KEYWARD_CONFIG! }));
+    writeFileSync(join(dir, '.env.development'), dotenv({ KEYWARD_CONFIG: devConfig, DEV_KEY: keys.development }));
+
+    const upstreamsIn = (run: Run) => (JSON.parse(run.stdout) as { upstreams: Array<{ upstream: string }> }).upstreams.map((u) => u.upstream);
+    const production = await cli(['keys', 'list', '--json'], '', { cwd: dir, env: { ...bareEnv(), NODE_ENV: 'production' } });
+    expect(production.code, production.stderr).toBe(0);
+    expect(production.stderr).toBe('keyward: settings also from .env.local, .env.production\n');
+    expect(upstreamsIn(production)).toEqual(['svc']);
+
+    for (const mode of [{}, { NODE_ENV: 'development' }] as Array<Record<string, string>>) {
+      const development = await cli(['keys', 'list', '--json'], '', { cwd: dir, env: { ...bareEnv(), ...mode } });
+      expect(development.code, development.stderr).toBe(0);
+      expect(development.stderr).toBe('keyward: settings also from .env.local, .env.development\n');
+      expect(upstreamsIn(development)).toEqual(['devsvc']);
+    }
+  });
+});
+
+describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
+  it('--help, -h and help list every command, one line each, and exit 0; help keys / keys --help only the keys commands', async () => {
+    const commands = [
+      'hash-password',
+      'check-config',
+      'schema',
+      'keys list',
+      'keys add <upstream>',
+      'keys rotate <upstream>',
+      'keys rollback <rotation id>',
+      'keys revoke <fingerprint>',
+      'audit tail',
+      'audit export',
+    ];
+    const outputs = new Set<string>();
+    for (const args of [['--help'], ['-h'], ['help']]) {
+      const run = await cli(args);
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stderr).toBe('');
+      expect(run.stdout).toMatch(/^usage: npm run keyward -- <command> \[options\]\n/);
+      for (const command of commands) expect(run.stdout).toMatch(new RegExp(`^  ${command.replace(/[<>]/g, '.')} {2,}\\S.*$`, 'm'));
+      for (const option of ['--json', '--id <rotation id>', '--skip-canary', '-n <count>', '-f, --follow', '-h, --help'])
+        expect(run.stdout).toContain(`  ${option}  `);
+      expect(run.stdout).toContain('.env.local');
+      outputs.add(run.stdout);
+    }
+    expect(outputs.size).toBe(1);
+
+    for (const args of [['help', 'keys'], ['keys', '--help'], ['keys', 'rotate', 'svc', '-h']]) {
+      const run = await cli(args);
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).toMatch(/^usage: npm run keyward -- keys <command> \[options\]\n/);
+      expect(run.stdout).toContain('  keys rotate <upstream>  ');
+      expect(run.stdout).not.toMatch(/^ {2}audit /m);
+      expect(run.stdout).not.toContain('hash-password');
+    }
+  });
+
   it('a bad command, subcommand or option is exit 2 with the usage', async () => {
     for (const args of [
       [],
       ['bogus'],
+      ['help', 'bogus'],
       ['keys'],
       ['keys', 'bogus'],
       ['keys', 'rotate'],
@@ -361,12 +610,13 @@ describe('keyward usage and leaks', { timeout: 120_000 }, () => {
       const run = await cli(args);
       expect(run.code, `keyward ${args.join(' ')}: ${run.stderr}`).toBe(2);
       expect(run.stderr).toMatch(/usage: npm run keyward -- /);
+      expect(run.stderr).toContain('npm run keyward -- --help');
       expect(run.stdout).toBe('');
     }
   });
 
   it('nothing the CLI printed holds a key or a secret from its environment, in any encoding', () => {
-    expect(printed.length).toBeGreaterThan(40);
+    expect(printed.length).toBeGreaterThan(80);
     const all = printed.join('\n');
     const secrets = [...Object.values(keys), env.AUTH_SECRET!, env.KEYWARD_SESSION_SECRET!, env.KEYWARD_VAULT_SECRET!];
     for (const secret of secrets) {
