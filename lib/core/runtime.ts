@@ -101,6 +101,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       accessTtlSeconds: settings.KEYWARD_MOBILE_ACCESS_TTL,
       refreshTtlSeconds: settings.KEYWARD_MOBILE_REFRESH_TTL,
       sessionSecret: settings.KEYWARD_SESSION_SECRET,
+      localUsers: users,
     },
     logger,
     now,

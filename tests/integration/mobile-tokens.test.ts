@@ -1,4 +1,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sealData } from 'iron-session';
 import { defineUpstream } from '../../lib/core/config/load';
@@ -7,6 +10,7 @@ import { handleLogout, handleRevokeAll } from '../../lib/core/api/revoke';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
+import { hashPassword } from '../../lib/core/users/password';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -160,17 +164,44 @@ async function proxy(
   return { result, reached: upstream.requests.length > before };
 }
 
+/** Local users as KEYWARD_USERS_FILE describes them; one scrypt hash serves every entry (never checked here). */
+let passwordHash: string;
+function usersFile(users: Array<{ username: string; roles: string[]; claims?: Record<string, string> }>): string {
+  const path = join(mkdtempSync(join(tmpdir(), 'keyward-mobile-users-')), 'users.json');
+  writeFileSync(path, JSON.stringify({ users: users.map((user) => ({ passwordHash, claims: {}, ...user })) }), { mode: 0o600 });
+  return path;
+}
+let env: Record<string, string>;
+let upstreams: ReturnType<typeof defineUpstream>[];
+
+/** Another instance on the same store and secrets, with its own users file (a changed or redeployed file). */
+function instanceWithUsers(file: string): Runtime {
+  return createRuntime({
+    env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: `${APP_REDIRECT}, ${LOOPBACK_REDIRECT}`, KEYWARD_USERS_FILE: file },
+    upstreams,
+    store,
+    logger,
+    now: () => clock,
+  });
+}
+
 beforeAll(async () => {
+  passwordHash = await hashPassword(randomSecret('pw'));
   upstream = await startUpstream();
   store = new RedisStore(REDIS_URL, { prefix: `keyward-test:mobile:${randomUUID()}:` });
   await store.ready();
-  const env = {
+  env = {
     ...sessionSecrets,
     SVC_KEY: serviceKey,
     KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
     KEYWARD_MOBILE_ACCESS_TTL: String(ACCESS_TTL),
+    // Local users' roles and claims are re-read at every exchange and refresh.
+    KEYWARD_USERS_FILE: usersFile([
+      { username: 'alice', roles: ['user'], claims: { org: 'acme' } },
+      { username: 'dora', roles: ['user'] },
+    ]),
   };
-  const upstreams = [
+  upstreams = [
     defineUpstream('svc', {
       baseUrl: `${upstream.origin}/v1/`,
       auth: { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } },
@@ -522,20 +553,78 @@ describe('sign out everywhere', () => {
     // The revoked browser session can no longer authorize an app: it is sent to sign in again.
     const authorizeAgain = await authorize(authorizeQuery(), { cookie: doraCookie });
     expect(authorizeAgain.headers.get('location')).toMatch(/^\/api\/auth\/signin\?/);
-    // A code issued before the revocation gives nothing usable: refused, or tokens that are already revoked.
+    // A code issued before the revocation is refused outright (issue 11): no tokens at all.
     const late = await exchange(pending.code, pending.verifier);
-    if (late.status === 200) {
-      expectError((await proxy(late.json<Tokens>().access_token)).result, 401, 'unauthenticated');
-      expectError(await refresh(late.json<Tokens>().refresh_token), 400, 'invalid_grant');
-    } else {
-      expectError(late, 400, 'invalid_grant');
-    }
+    expectError(late, 400, 'invalid_grant');
+    expect(late.body).not.toContain('access_token');
 
     clock += 2_000;
     const later = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: DORA, authTimeMs: clock });
     const again = await signInApp(later);
     expect((await proxy(again.access_token)).result.status).toBe(200);
     expect((await refresh(again.refresh_token)).status).toBe(200);
+  });
+});
+
+describe('a code from a browser session that signed out', () => {
+  it('is refused (invalid_grant): logging out the session that authorized the app voids its pending code', async () => {
+    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: ALICE, roles: ['user'], claims: { org: 'acme' } });
+    const pending = await newCode(APP_REDIRECT, cookie);
+    const logout = new Request(`${APP_ORIGIN}/api/session/logout`, {
+      method: 'POST',
+      headers: { cookie, 'x-keyward-csrf': '1', origin: APP_ORIGIN },
+    });
+    expect((await read(await handleLogout(logout, runtime))).status).toBe(200);
+    expectError(await exchange(pending.code, pending.verifier), 400, 'invalid_grant');
+    // Another session of the same user is unaffected.
+    const tokens = await signInApp();
+    expect((await proxy(tokens.access_token)).result.status).toBe(200);
+  });
+});
+
+describe('refresh re-reads local users (issue 11)', () => {
+  async function bearerSession(on: Runtime, accessToken: string) {
+    return on.verifySession(new Request(`${APP_ORIGIN}/api/session`, { headers: { authorization: `Bearer ${accessToken}` } }));
+  }
+
+  it("a local user's changed roles and claims reach the app at its next refresh, not after the refresh token's 30 days", async () => {
+    const tokens = await signInApp();
+    expect(await bearerSession(runtime, tokens.access_token)).toMatchObject({ roles: ['user'], claims: { org: 'acme' } });
+    const changed = instanceWithUsers(usersFile([{ username: 'alice', roles: ['viewer'], claims: { org: 'globex' } }]));
+    const result = await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: changed });
+    expect(result.status).toBe(200);
+    const next = result.json<Tokens>();
+    issued.push(next.access_token, next.refresh_token);
+    expect(await bearerSession(changed, next.access_token)).toMatchObject({ userId: ALICE, roles: ['viewer'], claims: { org: 'globex' } });
+  });
+
+  it("a removed local user's refresh fails with invalid_grant, and so does a pending code", async () => {
+    const tokens = await signInApp();
+    const pending = await newCode();
+    const removed = instanceWithUsers(usersFile([{ username: 'dora', roles: ['user'] }]));
+    expectError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: removed }), 400, 'invalid_grant');
+    expectError(
+      await token({ grant_type: 'authorization_code', code: pending.code, code_verifier: pending.verifier, redirect_uri: APP_REDIRECT }, { on: removed }),
+      400,
+      'invalid_grant',
+    );
+  });
+
+  it('a local subject with no users file configured at all is refused (fail closed)', async () => {
+    const tokens = await signInApp();
+    const withoutUsers = { ...env };
+    delete withoutUsers.KEYWARD_USERS_FILE;
+    const noUsers = createRuntime({ env: { ...withoutUsers, KEYWARD_MOBILE_REDIRECT_URIS: APP_REDIRECT }, upstreams, store, logger, now: () => clock });
+    expect(noUsers.users).toBeNull();
+    expectError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: noUsers }), 400, 'invalid_grant');
+  });
+
+  it("an identity provider's user keeps the roles it signed in with (there is nothing to re-read)", async () => {
+    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'oidc:abc123', roles: ['user', 'ops'] });
+    const tokens = await signInApp(cookie);
+    const result = await refresh(tokens.refresh_token);
+    expect(result.status).toBe(200);
+    expect(await bearerSession(runtime, result.json<Tokens>().access_token)).toMatchObject({ userId: 'oidc:abc123', roles: ['user', 'ops'] });
   });
 });
 

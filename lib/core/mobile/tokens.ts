@@ -7,6 +7,7 @@ import type { SessionRevocations } from '../session/revocation';
 import { guard } from '../store/guard';
 import { authTimeClaims, type Session } from '../session/session';
 import type { BearerClaims } from '../session/verify';
+import type { LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
 
 export interface MobileSettings {
@@ -14,6 +15,11 @@ export interface MobileSettings {
   readonly accessTtlSeconds: number;
   readonly refreshTtlSeconds: number;
   readonly sessionSecret: string;
+  /**
+   * Local users (KEYWARD_USERS_FILE): a local user's roles, claims and name are read from here at every
+   * exchange and refresh, not kept from the sign-in, and a user no longer in it gets invalid_grant.
+   */
+  readonly localUsers?: LocalUsers | null;
 }
 
 interface Grant {
@@ -28,6 +34,8 @@ interface Grant {
 interface CodeRecord extends Grant {
   challenge: string;
   redirectUri: string;
+  /** The browser session that authorized the app: signing it out (or everywhere) voids the code. */
+  sid?: string;
 }
 
 interface RefreshRecord extends Grant {
@@ -42,6 +50,8 @@ export interface TokenResponse {
 }
 
 const CODE_TTL_MS = 60_000;
+/** Local users' subjects (lib/next/auth.ts): `local:<username>`. */
+const LOCAL_PREFIX = 'local:';
 const VERIFIER = /^[A-Za-z0-9._~-]{43,128}$/;
 const CHALLENGE = /^[A-Za-z0-9_-]{43}$/;
 
@@ -84,7 +94,7 @@ export class MobileTokens {
     }
     const state = params.get('state');
     const code = opaque('kwc');
-    const record: CodeRecord = { ...grantOf(session), challenge, redirectUri };
+    const record: CodeRecord = { ...grantOf(session), challenge, redirectUri, sid: session.sessionId };
     await guard(() => this.store.set(`mcode:${hash(code)}`, JSON.stringify(record), CODE_TTL_MS));
     const target = new URL(redirectUri);
     target.searchParams.set('code', code);
@@ -101,7 +111,11 @@ export class MobileTokens {
     if (record.redirectUri !== redirectUri || !VERIFIER.test(verifier) || hash(verifier) !== record.challenge) {
       throw new KeywardError('invalid_grant');
     }
-    return this.issue(grantOnly(record), opaque('kwf'));
+    // A code from a browser session that was signed out since, or from before "sign out everywhere", is void.
+    if (await this.revocations.isRevoked({ sessionId: record.sid ?? '', userId: record.sub, authTime: record.authTime })) {
+      throw new KeywardError('invalid_grant');
+    }
+    return this.issue(this.current(grantOnly(record)), opaque('kwf'));
   }
 
   async refresh(refreshToken: string): Promise<TokenResponse> {
@@ -119,7 +133,23 @@ export class MobileTokens {
       this.logger.warn({ userId: record.sub, family: record.family }, 'refresh token reused: token family revoked');
       throw new KeywardError('invalid_grant');
     }
-    return this.issue(grantOnly(record), record.family);
+    return this.issue(this.current(grantOnly(record)), record.family);
+  }
+
+  /**
+   * The grant as it stands now. A local user's roles, claims and name come from the users file every time,
+   * so a changed role reaches the app at its next refresh (not after 30 days), and a removed user's
+   * refresh fails. Other users keep what their identity provider said at sign-in (there is nothing to
+   * re-read without them signing in again).
+   */
+  private current(grant: Grant): Grant {
+    if (!grant.sub.startsWith(LOCAL_PREFIX)) return grant;
+    const user = this.settings.localUsers?.find(grant.sub.slice(LOCAL_PREFIX.length)) ?? null;
+    if (!user) {
+      this.logger.info({ userId: grant.sub }, 'mobile grant refused: local user no longer exists');
+      throw new KeywardError('invalid_grant');
+    }
+    return { ...grant, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
   }
 
   private async issue(grant: Grant, family: string): Promise<TokenResponse> {

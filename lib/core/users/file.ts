@@ -31,6 +31,8 @@ export interface LocalUser {
 
 export interface LocalUsers {
   authenticate(username: string, password: string): Promise<LocalUser | null>;
+  /** The user as the file describes it now (no password check), or null: for re-reading roles. */
+  find(username: string): LocalUser | null;
 }
 
 /** Loads KEYWARD_USERS_FILE. Invalid → ConfigError naming the field (hashes are never printed). */
@@ -52,7 +54,15 @@ export function loadUsersFile(path: string): LocalUsers {
       const user = byName.get(username);
       const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash()));
       if (!user || !ok) return null;
-      return { username: user.username, name: user.name ?? user.username, roles: user.roles, claims: user.claims };
+      return publicUser(user);
+    },
+    find(username) {
+      const user = byName.get(username);
+      return user ? publicUser(user) : null;
     },
   };
+}
+
+function publicUser(user: z.infer<typeof usersFileSchema>['users'][number]): LocalUser {
+  return { username: user.username, name: user.name ?? user.username, roles: user.roles, claims: user.claims };
 }

@@ -59,6 +59,15 @@ describe('loadUsersFile', () => {
     const user = await users.authenticate('alice', alice.password);
     expect(JSON.stringify(user)).not.toContain('scrypt$');
   });
+
+  it('find: the user as the file says now (for re-reading roles), without a hash; null for unknown names', () => {
+    const users = loadUsersFile(file);
+    expect(users.find('alice')).toEqual({ username: 'alice', name: 'alice', roles: ['user', 'admin'], claims: {} });
+    expect(JSON.stringify(users.find('alice'))).not.toContain('scrypt$');
+    expect(users.find('ALICE')).toBeNull();
+    expect(users.find('__proto__')).toBeNull();
+    expect(users.find('constructor')).toBeNull();
+  });
 });
 
 describe('loadUsersFile errors', () => {
