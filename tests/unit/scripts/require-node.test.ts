@@ -2,7 +2,6 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-// @ts-expect-error: a plain .mjs script (it must run on old Node as it is), without type declarations
 import { nodeVersionProblem, requiredNodeRange, satisfies } from '../../../scripts/require-node.mjs';
 
 /**
