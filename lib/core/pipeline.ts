@@ -159,9 +159,11 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     // 7. Credential: for this user and route; the client can neither supply nor override it.
     credential = await resolveCredential(upstream, session, deps.credentials ?? NO_USER_SECRETS);
 
-    // 6a. Rate limits, before a body is read.
+    // 6a. Rate limits, before a body is read. A call without a usable client address cannot be attributed to
+    // one: per-IP rules skip it (one shared bucket would let one client use it up for all); the others apply.
     const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip };
-    const rate = deps.limits ? await deps.limits.checkRate(route.limits, who) : [];
+    const rateLimits = ip === null ? { ...route.limits, rate: route.limits.rate.filter((rule) => rule.by !== 'ip') } : route.limits;
+    const rate = deps.limits ? await deps.limits.checkRate(rateLimits, who) : [];
 
     let forwardBody: AsyncIterable<Uint8Array> | Buffer | null = null;
     if (request.body && !BODYLESS_METHODS.has(method)) {

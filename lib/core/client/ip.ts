@@ -1,19 +1,35 @@
-import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 
 /**
  * The caller's IP address for per-IP limits and the audit trail. Route handlers cannot see the socket, so
  * it comes from `X-Forwarded-For`: Next sets it to the socket's address when absent, and each trusted proxy
  * appends the address it saw. With `hops` trusted proxies, the address `hops` from the right is the first
- * one no client could have chosen (MDN "X-Forwarded-For: Selecting an IP address"). Null when absent.
+ * one no client could have chosen (MDN "X-Forwarded-For: Selecting an IP address"). Null when absent or
+ * when that entry is not an address: a request without a usable address is not attributed to anyone's.
  */
 export function clientIp(headers: Headers, hops: number): string | null {
   const header = headers.get('x-forwarded-for');
   if (!header) return null;
   const entries = header.split(',').map((entry) => entry.trim()).filter(Boolean);
-  let candidate = entries[Math.max(entries.length - hops, 0)] ?? '';
-  // Some proxies append the port (`203.0.113.7:51234`, `[2001:db8::1]:443`): the address alone is the client.
-  const withPort = /^(?:\[([0-9A-Fa-f:.]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):\d{1,5}$/.exec(candidate);
-  if (withPort) candidate = withPort[1] ?? withPort[2]!;
-  // An IPv4 or IPv6 literal only: anything else is not an address and must not become part of a key.
-  return /^[0-9A-Fa-f:.]+$/.test(candidate) && isIP(candidate) !== 0 ? candidate : null;
+  const candidate = entries[Math.max(entries.length - hops, 0)];
+  return candidate === undefined ? null : normalizeIp(candidate);
+}
+
+/**
+ * One spelling per address, so one client is one counter: an IPv4-mapped IPv6 address (`::ffff:10.60.0.1`,
+ * how a dual-stack socket reports an IPv4 peer) becomes its IPv4 address, and IPv6 takes its canonical
+ * compressed form (RFC 5952: `2001:DB8:0::1` → `2001:db8::1`). Parsed by ipaddr.js; anything else is null
+ * and never becomes part of a key: IPv4 only as four decimal parts (not `1`, `0x7f.1` or `010.1.1.1`, which
+ * parsers read differently), no zone index (`fe80::1%eth0`). A port some proxies append is dropped
+ * (`203.0.113.7:51234`, `[2001:db8::1]:443`).
+ */
+export function normalizeIp(value: string): string | null {
+  let address = value;
+  const bracketed = /^\[([^\]]*)\]:\d{1,5}$/.exec(value);
+  if (bracketed) address = bracketed[1]!;
+  else if (/^[^:]*:\d{1,5}$/.test(value)) address = value.slice(0, value.lastIndexOf(':'));
+  if (ipaddr.IPv4.isValidFourPartDecimal(address)) return ipaddr.IPv4.parse(address).toString();
+  if (!ipaddr.IPv6.isValid(address) || address.includes('%')) return null;
+  // process(): IPv4-mapped → IPv4; any other IPv6 → toString(), the RFC 5952 form.
+  return ipaddr.process(address).toString();
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { clientIp } from '../../../lib/core/client/ip';
+import { clientIp, normalizeIp } from '../../../lib/core/client/ip';
 
 const xff = (value: string) => new Headers({ 'x-forwarded-for': value });
 
@@ -44,7 +44,22 @@ describe('clientIp', () => {
   it('returns IPv6 literals', () => {
     expect(clientIp(xff('2001:db8::1'), 1)).toBe('2001:db8::1');
     expect(clientIp(xff('::1'), 1)).toBe('::1');
-    expect(clientIp(xff('203.0.113.7, ::ffff:192.0.2.128'), 1)).toBe('::ffff:192.0.2.128');
+  });
+
+  it('reads an IPv4-mapped IPv6 address as the IPv4 address it is (one client, one counter)', () => {
+    expect(clientIp(xff('::ffff:10.60.0.1'), 1)).toBe('10.60.0.1');
+    expect(clientIp(xff('::FFFF:10.60.0.1'), 1)).toBe('10.60.0.1');
+    expect(clientIp(xff('0:0:0:0:0:ffff:0a3c:0001'), 1)).toBe('10.60.0.1');
+    expect(clientIp(xff('[::ffff:10.60.0.1]:443'), 1)).toBe('10.60.0.1');
+    expect(clientIp(xff('203.0.113.7, ::ffff:192.0.2.128'), 1)).toBe('192.0.2.128');
+  });
+
+  it('writes IPv6 in its canonical compressed form (RFC 5952), whatever the spelling', () => {
+    for (const spelling of ['2001:DB8::1', '2001:0db8:0000:0000:0000:0000:0000:0001', '2001:db8:0:0::1', '[2001:Db8::0:1]:8443']) {
+      expect(clientIp(xff(spelling), 1)).toBe('2001:db8::1');
+    }
+    expect(clientIp(xff('2001:db8:0:0:1:0:0:1'), 1)).toBe('2001:db8::1:0:0:1');
+    expect(normalizeIp('0:0:0:0:0:0:0:1')).toBe('::1');
   });
 
   it('reads several X-Forwarded-For lines as one list', () => {
@@ -66,6 +81,13 @@ describe('clientIp', () => {
     'x'.repeat(100),
     '1'.repeat(46),
     '203.0.113.7;',
+    // Forms that other parsers read as another address (octal, hex, shortened IPv4).
+    '0x7f.1',
+    '010.1.1.1',
+    '127.1',
+    '2130706433',
+    '::ffff:1.2.3',
+    '1::2::3',
   ])('is null for the garbage entry %j (nothing else becomes part of a key)', (entry) => {
     expect(clientIp(xff(`198.51.100.1, ${entry}`), 1)).toBeNull();
   });
