@@ -12,6 +12,7 @@ import { UsageReader, toUnits } from './limits/usage';
 import { authorize } from './policy/authorize';
 import { applyCaps, applyIdentity, parseBody, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
 import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from './forward/headers';
+import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, toResponseStream, type StreamOutcome } from './respond/body';
 import { StreamScrubber } from './respond/scrub-stream';
@@ -118,9 +119,12 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     const method = request.method.toUpperCase();
     if (REFUSED_METHODS.has(method)) throw new KeywardError('method_not_allowed');
     const incomingUrl = new URL(request.url);
-    if (hasMethodOverride(request.headers, incomingUrl.searchParams)) throw new KeywardError('method_override_refused');
+    const { searchParams } = incomingUrl;
+    if (hasMethodOverride(request.headers, searchParams) || hasQueryParam(searchParams, '_method')) {
+      throw new KeywardError('method_override_refused');
+    }
     // Tokens in URLs end up in logs, histories and Referer headers (RFC 6750 §5.3): refuse them outright.
-    if (incomingUrl.searchParams.has('access_token')) {
+    if (hasQueryParam(searchParams, 'access_token')) {
       throw new KeywardError('bad_request', { message: 'Tokens are not accepted in the query string.' });
     }
 

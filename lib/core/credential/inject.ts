@@ -1,5 +1,6 @@
 import 'server-only';
 import { KeywardError } from '../errors';
+import { hasQueryParam } from '../forward/query';
 import type { ResolvedCredential } from '../upstream/registry';
 
 /**
@@ -11,9 +12,8 @@ export function injectCredential(credential: ResolvedCredential, headers: Record
     headers[credential.headerName] = credential.headerValue;
   }
   if (credential.queryName && credential.queryValue) {
-    // Compared without case: some upstreams read parameter names case-insensitively (?API_KEY= would count).
-    const reserved = credential.queryName.toLowerCase();
-    if ([...url.searchParams.keys()].some((name) => name.toLowerCase() === reserved)) {
+    // Compared the way a lenient upstream reads names (case, `key[]`, `key%00`, `KEY+`: lib/core/forward/query.ts).
+    if (hasQueryParam(url.searchParams, credential.queryName)) {
       throw new KeywardError('bad_request', { message: 'The request sets a query parameter reserved for the credential.' });
     }
     url.searchParams.append(credential.queryName, credential.queryValue);
