@@ -216,6 +216,11 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
 
     // 9. Respond.
     const { statusCode } = response;
+    // A Response carries 200–599 only (undici consumes 1xx itself); 600–999 mean nothing to pass on.
+    if (statusCode < 200 || statusCode > 599) {
+      discardBody(response.body);
+      throw new KeywardError('upstream_bad_response');
+    }
     if (statusCode >= 300 && statusCode < 400 && statusCode !== 304) {
       discardBody(response.body);
       throw new KeywardError('upstream_redirect');
@@ -229,7 +234,8 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
 
     const usageSource = route.limits.cost.usage;
     const headerUsage = usageSource && 'header' in usageSource ? toUnits(firstHeader(response.headers[usageSource.header])) : null;
-    if (method === 'HEAD' || statusCode === 204 || statusCode === 304) {
+    // 205 Reset Content must not carry content (RFC 9110 §15.3.6): passed on as 205, its body dropped.
+    if (method === 'HEAD' || statusCode === 204 || statusCode === 205 || statusCode === 304) {
       discardBody(response.body);
       record(statusCode, 'complete', 0, null, headerUsage);
       return new Response(null, { status: statusCode, headers: outHeaders });
@@ -239,14 +245,16 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
         ? new UsageReader(usageSource, firstHeader(response.headers['content-type']) ?? '')
         : null;
     const encoding = response.headers['content-encoding'];
-    const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding);
+    const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
     const stream = toResponseStream(
       decoded,
       new StreamScrubber(secrets),
       // A body cut short (client gone, upstream broke) has not reported its usage yet, even if an early event
       // carried a partial figure: the reservation stays charged (README "Budgets reserve, then settle").
-      (outcome, bytes) =>
-        record(statusCode, outcome, bytes, null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage),
+      (outcome, bytes, error) => {
+        if (error) deps.logger.warn({ requestId, code: error.code }, error.message);
+        record(statusCode, outcome, bytes, error?.code ?? null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage);
+      },
       usageReader,
     );
     return new Response(stream, { status: statusCode, headers: outHeaders });
@@ -285,6 +293,8 @@ function reservation(cost: RouteLimits['cost'], parts: RequestParts): number {
   return cost.reserve;
 }
 
+const BAD_HEAD = new Set(['bad response', 'bad upgrade']);
+
 /** Maps undici failures to Keyward errors. The original error (with URL and headers) is never rendered. */
 function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError {
   if (body?.exceeded()) return new KeywardError('payload_too_large');
@@ -293,6 +303,11 @@ function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError 
   const name = (error as { name?: string } | null)?.name;
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
     return new KeywardError('upstream_timeout', { cause: error });
+  }
+  // The upstream answered, but not with a response that can be passed on: an unasked-for 100 or 101, a status
+  // outside 100–999, a malformed head (undici's socket and parser errors say so).
+  if (name === 'HTTPParserError' || (code === 'UND_ERR_SOCKET' && BAD_HEAD.has((error as Error).message))) {
+    return new KeywardError('upstream_bad_response', { cause: error });
   }
   if (name === 'AbortError' || code === 'UND_ERR_ABORTED') {
     return new KeywardError('bad_request', { message: 'The client closed the request.', cause: error });

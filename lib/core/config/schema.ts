@@ -103,6 +103,10 @@ const authSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
+/** Bounds for maxDecodedResponseBytes: the default (64 MiB) and the largest value accepted (1 TiB). */
+export const DEFAULT_MAX_DECODED_RESPONSE_BYTES = 64 * 1024 * 1024;
+const MAX_DECODED_RESPONSE_BYTES = 1024 ** 4;
+
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 export type RouteMethod = (typeof METHODS)[number];
 
@@ -136,6 +140,13 @@ const routeSchema = z.strictObject({
     .optional()
     .describe('The session needs at least one of these roles. Absent: any signed-in user.'),
   maxRequestBytes: z.number().int().positive().max(1024 ** 3).optional(),
+  maxDecodedResponseBytes: z
+    .number()
+    .int()
+    .positive()
+    .max(MAX_DECODED_RESPONSE_BYTES)
+    .optional()
+    .describe("Overrides the upstream's maxDecodedResponseBytes for this route."),
   timeoutMs: z.number().int().min(100).max(600_000).optional().describe("Overrides the upstream's timeoutMs for this route."),
   cacheControl: z
     .string()
@@ -231,6 +242,16 @@ export const upstreamSchema = z
       .max(1024 ** 3)
       .default(10 * 1024 * 1024)
       .describe('Default request body cap for routes that set none.'),
+    maxDecodedResponseBytes: z
+      .number()
+      .int()
+      .positive()
+      .max(MAX_DECODED_RESPONSE_BYTES)
+      .default(DEFAULT_MAX_DECODED_RESPONSE_BYTES)
+      .describe(
+        'Cap on the decoded size of a compressed upstream response (gzip, deflate, br): past it the stream is cut ' +
+          'and logged as an error (decompression bombs). Uncompressed bodies are not capped. Default 64 MiB; a route may set its own.',
+      ),
     allowInsecureHttp: z
       .boolean()
       .default(false)

@@ -1,4 +1,4 @@
-import { pipeline, type Readable } from 'node:stream';
+import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { KeywardError } from '../errors';
 import type { StreamScrubber } from './scrub-stream';
@@ -8,15 +8,18 @@ export type StreamOutcome = 'complete' | 'aborted' | 'error';
 /**
  * Undoes the upstream's content-encoding. Keyward asks for `identity`, but upstreams may compress anyway,
  * and Next drops `content-encoding` from handler responses, so a compressed body passed on would be garbage.
+ * A compressed body is cut off once its decoded size passes `maxDecodedBytes`: 1.6 KB of brotli can expand
+ * to 1 GiB (a decompression bomb). An identity body costs the upstream every byte it sends, so it is not
+ * capped here (downloads and long SSE streams pass whole).
  */
-export function decodeBody(body: Readable, encoding: string | undefined): Readable {
+export function decodeBody(body: Readable, encoding: string | undefined, maxDecodedBytes: number): Readable {
   const value = (encoding ?? 'identity').trim().toLowerCase();
   if (value === '' || value === 'identity') return body;
   const decoder =
     value === 'gzip' || value === 'x-gzip'
       ? zlib.createGunzip()
       : value === 'deflate'
-        ? zlib.createInflate()
+        ? new InflateEitherForm()
         : value === 'br'
           ? zlib.createBrotliDecompress()
           : null;
@@ -24,7 +27,76 @@ export function decodeBody(body: Readable, encoding: string | undefined): Readab
     discardBody(body);
     throw new KeywardError('upstream_bad_response');
   }
-  return pipeline(body, decoder, () => {});
+  // An error or early end anywhere destroys every stage, the upstream body (and its connection) included.
+  return pipeline(body, decoder, capBytes(maxDecodedBytes), () => {});
+}
+
+/** Passes chunks on until more than `maxBytes` went through, then fails the stream with a Keyward error. */
+function capBytes(maxBytes: number): Transform {
+  let total = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      total += chunk.length;
+      if (total <= maxBytes) return callback(null, chunk);
+      callback(
+        new KeywardError('upstream_bad_response', {
+          message: 'The upstream response is larger than this route allows once decompressed (maxDecodedResponseBytes).',
+        }),
+      );
+    },
+  });
+}
+
+/**
+ * `Content-Encoding: deflate` means deflate inside a zlib wrapper (RFC 9110 §8.4.1.2), yet some servers send
+ * raw deflate, and browsers accept both. The first two bytes tell them apart: a zlib header has CM = 8 and
+ * (CMF × 256 + FLG) divisible by 31 (RFC 1950 §2.2). The inner inflater is paused while the reader is full,
+ * so a small input cannot pile up its whole expansion in memory.
+ */
+class InflateEitherForm extends Transform {
+  private inflater: zlib.Inflate | zlib.InflateRaw | null = null;
+  private head: Buffer = Buffer.alloc(0);
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    if (!this.inflater) {
+      this.head = Buffer.concat([this.head, chunk]);
+      if (this.head.length < 2) return callback();
+      chunk = this.head;
+      this.start(isZlibHeader(this.head[0]!, this.head[1]!));
+    }
+    this.inflater!.write(chunk, () => callback());
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (!this.inflater && this.head.length === 0) return callback(); // an empty body stays empty
+    if (!this.inflater) this.start(false).write(this.head);
+    this.inflater!.once('end', () => callback());
+    this.inflater!.end();
+  }
+
+  override _read(size: number): void {
+    this.inflater?.resume();
+    super._read(size);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.inflater?.destroy();
+    callback(error);
+  }
+
+  private start(wrapped: boolean): zlib.Inflate | zlib.InflateRaw {
+    const inflater = wrapped ? zlib.createInflate() : zlib.createInflateRaw();
+    inflater.on('data', (data: Buffer) => {
+      if (!this.push(data)) inflater.pause();
+    });
+    inflater.on('error', (error) => this.destroy(error));
+    this.inflater = inflater;
+    return inflater;
+  }
+}
+
+function isZlibHeader(cmf: number, flg: number): boolean {
+  return (cmf & 0x0f) === 8 && cmf >> 4 <= 7 && (cmf * 256 + flg) % 31 === 0;
 }
 
 /**
@@ -39,22 +111,23 @@ export function discardBody(body: Readable): void {
 /**
  * Adapts the upstream body (a Node stream) to the web stream a Response needs, through the scrubber.
  * Each chunk is handed on as soon as it arrives (SSE stays unbuffered); cancelling (the browser went away)
- * destroys the upstream body, which closes the upstream request. `onDone` is called exactly once.
+ * destroys the upstream body, which closes the upstream request. `onDone` is called exactly once, with the
+ * error the client's stream ended with, if any.
  */
 export function toResponseStream(
   source: Readable,
   scrubber: StreamScrubber | null,
-  onDone: (outcome: StreamOutcome, bytes: number) => void,
+  onDone: (outcome: StreamOutcome, bytes: number, error: KeywardError | null) => void,
   /** Sees every chunk sent to the client (after scrubbing), e.g. to read the usage an upstream reports. */
   tap?: { push(chunk: Uint8Array): void } | null,
 ): ReadableStream<Uint8Array> {
   const iterator = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let bytes = 0;
   let finished = false;
-  const finish = (outcome: StreamOutcome) => {
+  const finish = (outcome: StreamOutcome, error: KeywardError | null = null) => {
     if (finished) return;
     finished = true;
-    onDone(outcome, bytes);
+    onDone(outcome, bytes, error);
   };
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -79,10 +152,15 @@ export function toResponseStream(
           controller.enqueue(out);
           return;
         }
-      } catch {
-        // The cause may carry the upstream URL; the client only learns that the stream broke.
-        controller.error(new KeywardError('upstream_unreachable'));
-        finish('error');
+      } catch (error) {
+        // Keyward's own errors (the decoded-size cap) carry fixed messages. Any other cause may carry the
+        // upstream URL: the client only learns that the stream broke.
+        const failure =
+          error instanceof KeywardError
+            ? error
+            : new KeywardError(isZlibError(error) ? 'upstream_bad_response' : 'upstream_unreachable');
+        controller.error(failure);
+        finish('error', failure);
       }
     },
     cancel() {
@@ -90,4 +168,10 @@ export function toResponseStream(
       finish('aborted');
     },
   });
+}
+
+/** zlib's errors (corrupt compressed data) carry codes such as Z_DATA_ERROR or Z_BUF_ERROR. */
+function isZlibError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code.startsWith('Z_');
 }

@@ -20,6 +20,8 @@ export interface CompiledRoute {
   readonly contract: CompiledContract;
   readonly limits: RouteLimits;
   readonly maxRequestBytes: number;
+  /** Largest decoded size of a compressed response body (lib/core/respond/body.ts). */
+  readonly maxDecodedResponseBytes: number;
   readonly timeoutMs: number;
   readonly cacheControl: string;
 }
@@ -136,6 +138,7 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
     contract: compileContract(route, where),
     limits: compileRouteLimits(upstreamId, `${route.method} ${route.path}`, upstream, route, where),
     maxRequestBytes: route.maxRequestBytes ?? upstream.maxRequestBytes,
+    maxDecodedResponseBytes: route.maxDecodedResponseBytes ?? upstream.maxDecodedResponseBytes,
     timeoutMs: route.timeoutMs ?? upstream.timeoutMs,
     cacheControl: route.cacheControl ?? 'private, no-store',
   };

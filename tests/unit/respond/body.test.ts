@@ -1,0 +1,130 @@
+import { Readable } from 'node:stream';
+import zlib from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { KeywardError } from '../../../lib/core/errors';
+import { decodeBody, toResponseStream, type StreamOutcome } from '../../../lib/core/respond/body';
+
+const TEXT = Buffer.from('{"items":[' + Array.from({ length: 2000 }, (_, i) => `{"id":${i},"name":"item ${i}"}`).join(',') + ']}');
+const MiB = 1024 * 1024;
+
+/** A body arriving in pieces of `size` bytes, as a socket may cut it. */
+function chunked(data: Buffer, size: number): Readable {
+  const pieces: Buffer[] = [];
+  for (let i = 0; i < data.length; i += size) pieces.push(data.subarray(i, i + size));
+  return Readable.from(pieces, { objectMode: false });
+}
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** Reads until the stream ends or fails; returns the byte count and the error, if any. */
+async function drain(stream: Readable): Promise<{ bytes: number; error: unknown }> {
+  let bytes = 0;
+  try {
+    for await (const chunk of stream) bytes += (chunk as Buffer).length;
+    return { bytes, error: null };
+  } catch (error) {
+    return { bytes, error };
+  }
+}
+
+describe('decodeBody: Content-Encoding deflate in both forms browsers accept', () => {
+  it('inflates zlib-wrapped deflate (RFC 9110) and raw deflate alike', async () => {
+    const wrapped = zlib.deflateSync(TEXT);
+    const raw = zlib.deflateRawSync(TEXT);
+    expect(wrapped[0]).toBe(0x78);
+    expect((await readAll(decodeBody(chunked(wrapped, 4096), 'deflate', MiB))).equals(TEXT)).toBe(true);
+    expect((await readAll(decodeBody(chunked(raw, 4096), 'deflate', MiB))).equals(TEXT)).toBe(true);
+  });
+
+  it('tells them apart even when the first two bytes arrive one at a time', async () => {
+    for (const data of [zlib.deflateSync(TEXT), zlib.deflateRawSync(TEXT), zlib.deflateSync(TEXT, { level: 1 })]) {
+      const body = Readable.from([data.subarray(0, 1), data.subarray(1, 2), data.subarray(2, 3), data.subarray(3)], { objectMode: false });
+      expect((await readAll(decodeBody(body, 'deflate', MiB))).equals(TEXT)).toBe(true);
+    }
+  });
+
+  it('passes an empty body on empty, and fails on corrupt data', async () => {
+    expect((await readAll(decodeBody(Readable.from([], { objectMode: false }), 'deflate', MiB))).length).toBe(0);
+    const { error } = await drain(decodeBody(chunked(Buffer.from('this is not deflate at all, not even raw'), 8), 'deflate', MiB));
+    expect((error as { code?: string }).code).toMatch(/^Z_/);
+  });
+
+  it('still decodes gzip and br, and refuses an unknown coding', async () => {
+    expect((await readAll(decodeBody(chunked(zlib.gzipSync(TEXT), 1000), 'gzip', MiB))).equals(TEXT)).toBe(true);
+    expect((await readAll(decodeBody(chunked(zlib.brotliCompressSync(TEXT), 1000), 'br', MiB))).equals(TEXT)).toBe(true);
+    expect(() => decodeBody(Readable.from([]), 'compress', MiB)).toThrow(KeywardError);
+  });
+});
+
+describe('decodeBody: the decoded-size cap', () => {
+  const bombs = {
+    br: zlib.brotliCompressSync(Buffer.alloc(16 * MiB)),
+    gzip: zlib.gzipSync(Buffer.alloc(16 * MiB)),
+    'deflate (zlib)': zlib.deflateSync(Buffer.alloc(16 * MiB)),
+    'deflate (raw)': zlib.deflateRawSync(Buffer.alloc(16 * MiB)),
+  };
+
+  it.each(Object.entries(bombs))('%s: 16 MiB from a few KB is cut after the 1 MiB cap', async (name, bomb) => {
+    expect(bomb.length).toBeLessThan(64 * 1024);
+    const { bytes, error } = await drain(decodeBody(chunked(bomb, 1024), name.split(' ')[0], MiB));
+    expect(error).toBeInstanceOf(KeywardError);
+    expect((error as KeywardError).code).toBe('upstream_bad_response');
+    expect((error as KeywardError).message).toContain('maxDecodedResponseBytes');
+    expect(bytes).toBeLessThanOrEqual(MiB);
+  });
+
+  it('lets a body of exactly the cap through', async () => {
+    const exact = Buffer.alloc(MiB, 0x61);
+    expect((await readAll(decodeBody(chunked(zlib.gzipSync(exact), 4096), 'gzip', MiB))).length).toBe(MiB);
+  });
+
+  it('destroys the upstream body when the cap is hit', async () => {
+    const body = chunked(zlib.gzipSync(Buffer.alloc(8 * MiB)), 512);
+    await drain(decodeBody(body, 'gzip', 64 * 1024));
+    expect(body.destroyed).toBe(true);
+  });
+
+  it('does not cap an identity body (it costs the upstream every byte it sends)', async () => {
+    const body = Readable.from([Buffer.alloc(MiB), Buffer.alloc(MiB)], { objectMode: false });
+    expect(decodeBody(body, undefined, 1024)).toBe(body);
+    expect(decodeBody(body, 'identity', 1024)).toBe(body);
+  });
+});
+
+describe('toResponseStream: how a failed body ends', () => {
+  async function run(source: Readable): Promise<{ outcome: StreamOutcome; error: KeywardError | null; clientError: unknown }> {
+    let done: { outcome: StreamOutcome; error: KeywardError | null } | null = null;
+    const stream = toResponseStream(source, null, (outcome, _bytes, error) => (done = { outcome, error }));
+    let clientError: unknown = null;
+    try {
+      for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) void chunk;
+    } catch (error) {
+      clientError = error;
+    }
+    return { ...done!, clientError };
+  }
+
+  it('the cap: the client stream errors with upstream_bad_response, reported to onDone', async () => {
+    const result = await run(decodeBody(chunked(zlib.brotliCompressSync(Buffer.alloc(4 * MiB)), 256), 'br', 64 * 1024));
+    expect(result.outcome).toBe('error');
+    expect(result.error?.code).toBe('upstream_bad_response');
+    expect(result.clientError).toBe(result.error);
+  });
+
+  it('corrupt compressed data: upstream_bad_response; a broken upstream: upstream_unreachable (never its message)', async () => {
+    const corrupt = await run(decodeBody(chunked(Buffer.from('not gzip at all, just text'), 4), 'gzip', MiB));
+    expect(corrupt).toMatchObject({ outcome: 'error', error: { code: 'upstream_bad_response' } });
+    const broken = new Readable({
+      read() {
+        this.destroy(new Error('socket hang up http://10.0.0.1/v1/?api_key=secret'));
+      },
+    });
+    const result = await run(broken);
+    expect(result).toMatchObject({ outcome: 'error', error: { code: 'upstream_unreachable' } });
+    expect(String((result.clientError as Error).message)).not.toContain('api_key');
+  });
+});
