@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis';
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OAuthTokenStore, type OAuthTokens } from '../../lib/core/credential/oauth';
 import { Vault } from '../../lib/core/vault/seal';
@@ -6,22 +6,24 @@ import { RedisStore } from '../../lib/store/redis';
 import { freePort, startApp, type AppServer } from '../fixtures/app-server';
 import { REDIS_URL, findLeak, responseText } from '../fixtures/claims-session';
 import { writeConfigFile } from '../fixtures/config';
+import { deleteKeysUnder } from '../fixtures/redis-server';
 import { startAppRefreshProvider, type AppRefreshProvider } from '../fixtures/oidc-app-refresh-provider';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 
 /**
  * `{"oauth": "oidc"}` end to end, through the real HTTP surface only: two production servers (`next start`,
- * needs `next build`) share Redis database 6; a user signs in on server A through Auth.js against a real
- * OpenID Connect provider (login and consent forms, PKCE, state, nonce; no browser, a cookie jar per origin);
- * both servers then call the upstream with the user's own access token, refresh it single-flight when it is
- * due (one refresh grant for a burst split over both servers, rotating refresh tokens), and, once the
- * provider has revoked the grant, end the link instead of retrying.
+ * needs `next build`) share the test run's Redis under a key prefix of their own; a user signs in on server A
+ * through Auth.js against a real OpenID Connect provider (login and consent forms, PKCE, state, nonce; no
+ * browser, a cookie jar per origin); both servers then call the upstream with the user's own access token,
+ * refresh it single-flight when it is due (one refresh grant for a burst split over both servers, rotating
+ * refresh tokens), and, once the provider has revoked the grant, end the link instead of retrying.
  *
  * The only look behind the HTTP surface is a read of the sealed token record in Redis (with the vault
  * secret), to know when the access token has expired without calling the proxy, which would refresh it.
  */
-const REDIS_DB_URL = Object.assign(new URL(REDIS_URL), { pathname: '/6' }).href;
+/** This run's keys (KEYWARD_REDIS_PREFIX of both servers), deleted at the end. */
+const PREFIX = `keyward-test:${randomUUID()}:`;
 /** Lifetime of the first access token (from the sign-in's code exchange) and of refreshed ones, seconds. */
 const FIRST_TTL = 6;
 const REFRESHED_TTL = 8;
@@ -131,33 +133,25 @@ async function callProxy(server: AppServer): Promise<ProxyResult> {
   return { status: flat.status, code, body: flat.body };
 }
 
-/** Polls `probe` until it answers a value, at most `timeoutMs`. */
-async function until<T>(what: string, probe: () => Promise<T | null | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== null && value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
 /** The user's sealed tokens as the servers stored them in Redis. */
 function stored(): Promise<OAuthTokens | null> {
   return tokens.load('oidc', userId);
 }
 
-/** Waits, without calling the proxy, until the stored access token has expired (so it is due for refresh). */
-function untilExpired(accessToken: string): Promise<OAuthTokens> {
-  return until(
-    'the stored access token to expire',
-    async () => {
-      const current = await stored();
-      if (current?.accessToken !== accessToken) throw new Error('the stored access token changed while waiting');
-      return current.expiresAt > 0 && current.expiresAt <= Date.now() ? current : null;
-    },
-    (REFRESHED_TTL + 10) * 1000,
-  );
+/**
+ * Waits, without calling the proxy, until the stored access token has expired (so it is due for refresh).
+ * The record says when: one timer to just past that instant, no polling.
+ */
+async function untilExpired(accessToken: string): Promise<OAuthTokens> {
+  const current = await stored();
+  if (current?.accessToken !== accessToken) throw new Error('the stored access token is not the expected one');
+  expect(current.expiresAt).toBeGreaterThan(0);
+  while (Date.now() <= current.expiresAt) {
+    await new Promise((resolve) => setTimeout(resolve, current.expiresAt - Date.now() + 1));
+  }
+  const after = await stored();
+  if (after?.accessToken !== accessToken) throw new Error('the stored access token changed while waiting');
+  return after;
 }
 
 /** Every token the provider issued, and every other secret of this run. */
@@ -175,11 +169,6 @@ function secrets(): string[] {
 }
 
 beforeAll(async () => {
-  const flush = new Redis(REDIS_DB_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
-  await flush.connect();
-  await flush.flushdb();
-  flush.disconnect();
-
   // The app's ports come first: the provider registers A's exact redirect URI.
   const portA = await freePort();
   let portB = await freePort();
@@ -205,7 +194,8 @@ beforeAll(async () => {
         },
       },
     }),
-    REDIS_URL: REDIS_DB_URL,
+    REDIS_URL,
+    KEYWARD_REDIS_PREFIX: PREFIX,
   };
   servers = await Promise.all([startApp(env, { port: portA }), startApp(env, { port: portB })]);
   [serverA, serverB] = servers as [AppServer, AppServer];
@@ -217,7 +207,7 @@ beforeAll(async () => {
     expect(warm.status).toBe(401);
   }
 
-  store = new RedisStore(REDIS_DB_URL);
+  store = new RedisStore(REDIS_URL, { prefix: PREFIX });
   await store.ready();
   tokens = new OAuthTokenStore(store, new Vault(vaultSecret), new Map());
   userId = `oidc:${provider.accountId}`;
@@ -228,6 +218,7 @@ afterAll(async () => {
   await upstream?.close();
   await provider?.stop();
   await store?.close();
+  await deleteKeysUnder(REDIS_URL, PREFIX);
 });
 
 describe('OIDC sign-in on one server, the provider token refreshed single-flight across two `next start` servers', () => {

@@ -13,11 +13,13 @@ import { bearerToken } from '../fixtures/session';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { writeConfigFile } from '../fixtures/config';
+import { deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
 
 /**
  * Instant revocation across instances. Two runtimes, each with its own Redis connection to the same key
  * prefix, stand for two app instances behind a load balancer; then the same through two real `next start`
- * servers sharing a Redis database, signing in and out through Auth.js.
+ * servers sharing a Redis key prefix, signing in and out through Auth.js. Every prefix is this run's own and
+ * its keys are deleted at the end.
  */
 const APP_ORIGIN = 'https://app.keyward.test';
 const ALICE = 'local:alice';
@@ -27,6 +29,8 @@ let upstream: TestUpstream;
 const sessionSecrets = testSessionSecrets();
 const serviceKey = randomSecret('svc');
 const opened: RedisStore[] = [];
+/** Key prefixes this file wrote under (all on the test run's Redis). */
+const prefixes: string[] = [];
 const { logger } = capturingLogger();
 let clock = Date.now();
 
@@ -60,6 +64,7 @@ function upstreamDefinitions(origin: string) {
 }
 
 async function redisStore(prefix: string, url = REDIS_URL, ready = true): Promise<RedisStore> {
+  if (url === REDIS_URL && !prefixes.includes(prefix)) prefixes.push(prefix);
   const store = new RedisStore(url, { prefix });
   opened.push(store);
   if (ready) await store.ready();
@@ -134,6 +139,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await upstream?.close();
   await Promise.all(opened.map((store) => store.close()));
+  for (const prefix of prefixes) await deleteKeysUnder(REDIS_URL, prefix);
 });
 
 describe('two instances sharing Redis', () => {
@@ -188,7 +194,7 @@ describe('two instances sharing Redis', () => {
     const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
     await redis.connect();
     try {
-      const marks = await redis.keys(`${prefix}rev:sid:*`);
+      const marks = await keysUnder(REDIS_URL, `${prefix}rev:sid:`);
       expect(marks).toHaveLength(1);
       // alice1 was minted to expire in 3600 s (Auth.js maxAge); Redis must keep the mark at least that long.
       expect(await redis.pttl(marks[0]!)).toBeGreaterThan(3_600_000 - 60_000);
@@ -293,22 +299,19 @@ describe('Redis unreachable: fail closed', () => {
 });
 
 /**
- * The same through two real production servers (`next start`; needs `next build`). They share Redis
- * database 7 (flushed first), through createStore's default `keyward:` prefix; sign-in and sign-out go
- * through Auth.js exactly as a browser form does.
+ * The same through two real production servers (`next start`; needs `next build`). They share the test
+ * run's Redis under a key prefix of their own (KEYWARD_REDIS_PREFIX); sign-in and sign-out go through
+ * Auth.js exactly as a browser form does.
  */
 describe('two real `next start` servers sharing Redis', () => {
-  const REDIS_DB_URL = Object.assign(new URL(REDIS_URL), { pathname: '/7' }).href;
+  const prefix = `keyward-test:revocation:${randomUUID()}:`;
+  prefixes.push(prefix);
   const password = randomSecret('pw');
   let servers: AppServer[] = [];
   let serverA: AppServer;
   let serverB: AppServer;
 
   beforeAll(async () => {
-    const flush = new Redis(REDIS_DB_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
-    await flush.connect();
-    await flush.flushdb();
-    flush.disconnect();
     const configPath = writeConfigFile({
       upstreams: {
         echo: {
@@ -323,7 +326,8 @@ describe('two real `next start` servers sharing Redis', () => {
       ECHO_KEY: serviceKey,
       KEYWARD_CONFIG: configPath,
       KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password, roles: ['user'] }]),
-      REDIS_URL: REDIS_DB_URL,
+      REDIS_URL,
+      KEYWARD_REDIS_PREFIX: prefix,
     };
     servers = await Promise.all([startApp(env), startApp(env)]);
     [serverA, serverB] = servers as [AppServer, AppServer];
@@ -397,11 +401,7 @@ describe('two real `next start` servers sharing Redis', () => {
     // The user's other session (another sign-in) is untouched.
     expect((await callProxy(serverB, other)).status).toBe(200);
 
-    // The revocation is in the shared Redis database, under the default prefix.
-    const redis = new Redis(REDIS_DB_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
-    await redis.connect();
-    const marks = await redis.keys('keyward:rev:sid:*');
-    redis.disconnect();
-    expect(marks).toHaveLength(1);
+    // The revocation is in the shared Redis, under the servers' prefix.
+    expect(await keysUnder(REDIS_URL, `${prefix}rev:sid:`)).toHaveLength(1);
   });
 });

@@ -1,18 +1,18 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signInAttempt, startApp, type AppServer } from '../fixtures/app-server';
 import { REDIS_URL, findLeak } from '../fixtures/claims-session';
 import { writeConfigFile } from '../fixtures/config';
+import { deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile, type TestUser } from '../fixtures/users';
 
 /**
  * One access policy, two production servers (`next start`, needs `next build`) on different ports sharing
- * Redis database 9 and the same KEYWARD_CONFIG and KEYWARD_USERS_FILE, in front of one real node:http
- * upstream. Through the HTTP surface only:
+ * the test run's Redis (under a key prefix of their own, KEYWARD_REDIS_PREFIX) and the same KEYWARD_CONFIG and
+ * KEYWARD_USERS_FILE, in front of one real node:http upstream. Through the HTTP surface only:
  * 1. a per-user rate limit is one counter for both servers: the (N+1)th call is refused on whichever server
  *    it lands, with Retry-After and the RateLimit/RateLimit-Policy fields; a limit for everyone lets exactly its
  *    count through a concurrent burst over both servers;
@@ -22,10 +22,10 @@ import { writeUsersFile, type TestUser } from '../fixtures/users';
  *    both, and a refused call never reaches the upstream;
  * 4. the sign-in attempt limit (3 per window) is shared: per client IP and per username, counted across
  *    both servers.
- * Outcomes are counted, never timed. Database 9 is flushed first (no other suite uses it); usernames and
- * client IPs also carry a per-run suffix, so per-user and per-IP counters of an earlier run never meet this one's.
+ * Outcomes are counted, never timed. Every counter lives under this run's key prefix, deleted at the end;
+ * usernames and client IPs also carry a per-run suffix.
  */
-const REDIS_DB_URL = Object.assign(new URL(REDIS_URL), { pathname: '/9' }).href;
+const PREFIX = `keyward-test:${randomUUID()}:`;
 const RUN = randomBytes(4).toString('hex');
 /** A per-run octet, so client IPs (sign-in limiter keys) are fresh each run. */
 const OCTET = randomBytes(1)[0]! % 200;
@@ -166,11 +166,6 @@ const refusal = (r: Reply) => ({
 const upstreamCalls = (prefix: string) => upstream.requests.filter((r) => r.url.startsWith(prefix));
 
 beforeAll(async () => {
-  const flush = new Redis(REDIS_DB_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
-  await flush.connect();
-  await flush.flushdb();
-  flush.disconnect();
-
   upstream = await startUpstream();
   const auth = { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } } as const;
   const config = writeConfigFile({
@@ -266,7 +261,8 @@ beforeAll(async () => {
     SVC_KEY: apiKey,
     KEYWARD_CONFIG: config,
     KEYWARD_USERS_FILE: usersFile,
-    REDIS_URL: REDIS_DB_URL,
+    REDIS_URL,
+    KEYWARD_REDIS_PREFIX: PREFIX,
     KEYWARD_SIGNIN_MAX_ATTEMPTS: String(SIGNIN_MAX),
   };
   servers = await Promise.all([startApp(env), startApp(env)]);
@@ -286,6 +282,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(servers.map((server) => server.stop()));
   await upstream?.close();
+  await deleteKeysUnder(REDIS_URL, PREFIX);
 });
 
 describe('one policy, two `next start` servers, one Redis', () => {
@@ -587,5 +584,11 @@ describe('one policy, two `next start` servers, one Redis', () => {
       expect(server.output()).toContain('Ready');
       expect(findLeak(server.output(), secrets)).toBeNull();
     }
+  });
+
+  it("the servers kept their state under this run's key prefix (so deleting that prefix cleans up)", async () => {
+    const keys = await keysUnder(REDIS_URL, PREFIX);
+    expect(keys.some((key) => key.startsWith(`${PREFIX}rl|`))).toBe(true);
+    expect(keys.some((key) => key.startsWith(`${PREFIX}meter:`))).toBe(true);
   });
 });
