@@ -10,6 +10,7 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import { freePort } from '../fixtures/app-server';
 import { REDIS_URL, capturingLogger } from '../fixtures/claims-session';
+import { deleteKeysUnder } from '../fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken, sessionCookie } from '../fixtures/session';
 import { startUpstream, type TestUpstream, type UpstreamHandler } from '../fixtures/upstream';
@@ -17,8 +18,8 @@ import { expectedForms } from '../unit/scrub-oracle';
 
 /**
  * The audit trail end to end on real parts: handleProxy against a real node:http upstream, Keyward's own
- * API handlers for user keys, session revocation and the admin API, and the store on the real Redis
- * (127.0.0.1:6379) under a fresh key prefix, so this file's records are the only ones in its stream.
+ * API handlers for user keys, session revocation and the admin API, and the store on the test run's Redis
+ * under a fresh key prefix, so this file's records are the only ones in its stream.
  */
 const APP_ORIGIN = 'https://app.keyward.test';
 const CALL_FIELDS = [
@@ -81,6 +82,8 @@ const sidHash = (sid: string) => createHash('sha256').update(sid, 'utf8').digest
 let upstream: TestUpstream;
 let runtime: Runtime;
 let store: TrackedRedisStore;
+/** Every key this file writes is under this run's prefix, deleted at the end. */
+const PREFIX = `keyward-test-${randomUUID()}:`;
 let logLines: string[];
 const env: Record<string, string> = {};
 /** Keys the canary path accepts (x-api-key); everything else gets 401. */
@@ -150,7 +153,7 @@ beforeAll(async () => {
   });
   const base = `${upstream.origin}/v1/`;
   const header = (name: string) => ({ type: 'header' as const, name: 'x-api-key', secret: { env: name } });
-  store = new TrackedRedisStore(REDIS_URL, { prefix: `keyward-test-${randomUUID()}:` });
+  store = new TrackedRedisStore(REDIS_URL, { prefix: PREFIX });
   await store.ready();
   const captured = capturingLogger();
   logLines = captured.lines;
@@ -211,6 +214,7 @@ afterAll(async () => {
   await upstream?.close();
   await (runtime?.dispatcher as { close?: () => Promise<void> } | undefined)?.close?.().catch(() => {});
   await store?.close();
+  await deleteKeysUnder(REDIS_URL, PREFIX);
 });
 
 beforeEach(() => {

@@ -3,7 +3,6 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { defineUpstream, type UpstreamDefinition } from '../../lib/core/config/load';
 import { Limits } from '../../lib/core/limits/limits';
@@ -14,12 +13,13 @@ import { RedisStore } from '../../lib/store/redis';
 import type { Store } from '../../lib/store/types';
 import { freePort } from '../fixtures/app-server';
 import { capturingLogger, claimsSessionCookie, findLeak, REDIS_URL } from '../fixtures/claims-session';
+import { deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { echoHandler, startUpstream, type RecordedRequest, type TestUpstream } from '../fixtures/upstream';
 
 /**
  * Rate limits, quotas and budgets (DESIGN.md step 6) through the real pipeline, a real node:http upstream
- * and the real Redis on 127.0.0.1:6379 (every key under a random prefix for this run). Counters are read
+ * and the test run's Redis (every key under a random prefix for this run, deleted at the end). Counters are read
  * back from the store with the same connection the runtime writes with, so a read is ordered after every
  * write the pipeline issued before it: outcomes are counted, never timed.
  */
@@ -326,14 +326,7 @@ afterAll(async () => {
   await upstream.close();
   for (const cleanup of cleanups) await cleanup();
   // Remove this run's keys (counters live until the end of the day plus an hour).
-  const raw = new Redis(REDIS_URL, { lazyConnect: false });
-  let cursor = '0';
-  do {
-    const [next, keys] = await raw.scan(cursor, 'MATCH', `${PREFIX}*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) await raw.del(...keys);
-  } while (cursor !== '0');
-  raw.disconnect();
+  await deleteKeysUnder(REDIS_URL, PREFIX);
 });
 
 beforeEach(() => upstream.reset());
@@ -468,13 +461,7 @@ describe('rate limits on Redis', () => {
   });
 
   it("rate limiter state is written under the store's key prefix", async () => {
-    const raw = new Redis(REDIS_URL);
-    try {
-      const [, keys] = await raw.scan('0', 'MATCH', `${PREFIX}rl|peruser|*`, 'COUNT', 10_000);
-      expect(keys.length).toBeGreaterThan(0);
-    } finally {
-      raw.disconnect();
-    }
+    expect((await keysUnder(REDIS_URL, `${PREFIX}rl|peruser|`)).length).toBeGreaterThan(0);
   });
 });
 

@@ -9,6 +9,7 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import type { LogQuery, Reservation, Store } from '../../lib/store/types';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
+import { deleteKeysUnder } from '../fixtures/redis-server';
 import { startRefreshProvider, type RefreshProvider } from '../fixtures/oidc-refresh-provider';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -123,6 +124,7 @@ afterAll(async () => {
   await Promise.all(providers.map((p) => p.stop()));
   await upstream?.close();
   await Promise.all(stores.map((store) => store.close()));
+  if (prefix) await deleteKeysUnder(REDIS_URL, prefix);
 });
 
 describe('single-flight refresh across two instances', () => {

@@ -1,5 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,23 +7,31 @@ import { MemoryStore } from '../../lib/store/memory';
 import { RedisStore } from '../../lib/store/redis';
 import { SqliteStore } from '../../lib/store/sqlite';
 import { StoreUnavailableError, type Reservation, type Store } from '../../lib/store/types';
-import { freePort } from '../fixtures/app-server';
+import { REDIS_URL } from '../fixtures/claims-session';
+import { deleteKeysUnder, startRedisServer } from '../fixtures/redis-server';
 
 /**
- * One contract, three backends: memory, SQLite (node:sqlite, a real file) and the real Redis on
- * 127.0.0.1:6379 (each run under its own key prefix).
+ * One contract, three backends: memory, SQLite (node:sqlite, a real file) and the test run's Redis (each
+ * store under its own key prefix, deleted at the end).
  */
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const opened: Store[] = [];
+const prefixes: string[] = [];
 afterAll(async () => {
   await Promise.all(opened.map((store) => store.close()));
+  for (const prefix of prefixes) await deleteKeysUnder(REDIS_URL, prefix);
 });
+
+function redisPrefix(): string {
+  const prefix = `keyward-test:${randomUUID()}:`;
+  prefixes.push(prefix);
+  return prefix;
+}
 
 const backends: Record<string, () => Promise<Store>> = {
   memory: async () => new MemoryStore(),
   sqlite: async () => new SqliteStore(join(mkdtempSync(join(tmpdir(), 'keyward-store-')), 'store.db')),
   redis: async () => {
-    const store = new RedisStore(REDIS_URL, { prefix: `keyward-test:${randomUUID()}:` });
+    const store = new RedisStore(REDIS_URL, { prefix: redisPrefix() });
     await store.ready();
     return store;
   },
@@ -42,7 +48,7 @@ const pairs: Record<string, () => Promise<[Store, Store]>> = {
     return [new SqliteStore(path), new SqliteStore(path)];
   },
   redis: async () => {
-    const prefix = `keyward-test:${randomUUID()}:`;
+    const prefix = redisPrefix();
     const stores: [RedisStore, RedisStore] = [new RedisStore(REDIS_URL, { prefix }), new RedisStore(REDIS_URL, { prefix })];
     await Promise.all(stores.map((store) => store.ready()));
     return stores;
@@ -50,6 +56,12 @@ const pairs: Record<string, () => Promise<[Store, Store]>> = {
 };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * A ttl long enough that "still there right after it was written" holds even when a loaded machine stalls
+ * the test for a while; the tests then wait past it. (Waiting longer than needed is always safe.)
+ */
+const SHORT_TTL = 1_000;
+const PAST_SHORT_TTL = SHORT_TTL + 200;
 
 describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
   const open = async () => {
@@ -72,15 +84,15 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
 
   it('expires values after their ttl', async () => {
     const store = await open();
-    await store.set('short', 'x', 60);
+    await store.set('short', 'x', SHORT_TTL);
     await store.set('long', 'y', 60_000);
+    // An expired key is absent for setIfAbsent too.
+    await store.set('lock', 'old', SHORT_TTL);
     expect(await store.get('short')).toBe('x');
-    await sleep(150);
+    expect(await store.setIfAbsent('lock', 'other', 60_000)).toBe(false);
+    await sleep(PAST_SHORT_TTL);
     expect(await store.get('short')).toBeNull();
     expect(await store.get('long')).toBe('y');
-    // An expired key is absent for setIfAbsent too.
-    await store.set('lock', 'old', 60);
-    await sleep(150);
     expect(await store.setIfAbsent('lock', 'new', 60_000)).toBe(true);
     expect(await store.get('lock')).toBe('new');
   });
@@ -111,9 +123,9 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
     expect(await store.get('cas')).toBe(`v2-${results.indexOf(true)}`);
     expect(await store.replaceIfEquals('missing', 'v1', 'x')).toBe(false);
     expect(await store.get('missing')).toBeNull();
-    await store.set('brief', 'a', 60);
+    await store.set('brief', 'a', SHORT_TTL);
     expect(await store.replaceIfEquals('brief', 'a', 'b')).toBe(true);
-    await sleep(150);
+    await sleep(PAST_SHORT_TTL);
     expect(await store.get('brief')).toBeNull();
   });
 
@@ -200,9 +212,9 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
 
     it('sets the ttl when it creates a counter, and does not extend it', async () => {
       const store = await open();
-      await store.reserve([entry('brief', 1, 10, 400)]);
+      await store.reserve([entry('brief', 1, 10, SHORT_TTL)]);
       await store.reserve([entry('brief', 1, 10, 60_000), entry('long', 1, 10, 60_000)]);
-      await sleep(900);
+      await sleep(PAST_SHORT_TTL);
       expect(await store.get('brief')).toBeNull();
       expect(await store.get('long')).toBe('1');
       // An expired counter starts again from zero.
@@ -251,47 +263,37 @@ describe('SQLite: two instances on one file share state atomically', () => {
   });
 });
 
+/** The next `name` event (unlike events.once, ioredis's reconnect 'error' events do not reject it). */
+const event = (emitter: NodeJS.EventEmitter, name: string) =>
+  new Promise<void>((resolve) => emitter.once(name, () => resolve()));
+
 describe('Redis down: fail closed, then recover by itself', () => {
   it('rejects with StoreUnavailableError while Redis is down and works again when it returns', async () => {
-    const port = await freePort();
-    const start = async (): Promise<ChildProcess> => {
-      const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-        stdio: ['ignore', 'pipe', 'ignore'],
-      });
-      let out = '';
-      child.stdout!.on('data', (chunk: Buffer) => (out += chunk));
-      while (!out.includes('Ready to accept connections')) {
-        if (child.exitCode !== null) throw new Error('redis-server did not start');
-        await sleep(20);
-      }
-      return child;
-    };
-    let server = await start();
-    const store = new RedisStore(`redis://127.0.0.1:${port}`, { commandTimeoutMs: 500 });
+    // A redis-server of this test's own, killed and restarted on the same port.
+    let server = await startRedisServer();
+    const store = new RedisStore(server.url, { commandTimeoutMs: 500 });
     opened.push(store);
-    await store.ready();
-    await store.set('k', 'v');
-    expect(await store.get('k')).toBe('v');
-
-    server.kill('SIGKILL');
-    await once(server, 'exit');
-    await expect(store.get('k')).rejects.toBeInstanceOf(StoreUnavailableError);
-    await expect(store.setIfAbsent('lock', 'x', 1000)).rejects.toBeInstanceOf(StoreUnavailableError);
-
-    server = await start();
     try {
-      // ioredis reconnects in the background; poll (bounded) until it is back.
-      let value: string | null | 'down' = 'down';
-      for (let attempt = 0; attempt < 100 && value === 'down'; attempt++) {
-        value = await store.get('k').catch(() => 'down' as const);
-        if (value === 'down') await sleep(100);
-      }
+      await store.ready();
+      await store.set('k', 'v');
+      expect(await store.get('k')).toBe('v');
+
+      const lost = event(store.client, 'close');
+      await server.kill();
+      await lost;
+      await expect(store.get('k')).rejects.toBeInstanceOf(StoreUnavailableError);
+      await expect(store.setIfAbsent('lock', 'x', 1000)).rejects.toBeInstanceOf(StoreUnavailableError);
+
+      // ioredis reconnects in the background: wait for that event, not for time.
+      const back = event(store.client, 'ready');
+      server = await startRedisServer({ port: server.port });
+      await back;
       // The new server is empty: what matters is that commands answer again.
-      expect(value).toBeNull();
+      expect(await store.get('k')).toBeNull();
       await store.set('k', 'back');
       expect(await store.get('k')).toBe('back');
     } finally {
-      server.kill('SIGKILL');
+      await server.stop();
     }
   });
 });

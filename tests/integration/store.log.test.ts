@@ -8,20 +8,29 @@ import { MemoryStore } from '../../lib/store/memory';
 import { RedisStore } from '../../lib/store/redis';
 import { SqliteStore } from '../../lib/store/sqlite';
 import type { LogEntry, LogQuery, Store } from '../../lib/store/types';
+import { REDIS_URL } from '../fixtures/claims-session';
+import { deleteKeysUnder } from '../fixtures/redis-server';
 
 /**
  * The ordered log behind the audit trail (Store.append / Store.readLog), one contract on three backends:
- * memory, SQLite (a real file) and the real Redis on 127.0.0.1:6379 under a fresh key prefix per store.
+ * memory, SQLite (a real file) and the test run's Redis under a fresh key prefix per store (deleted at the end).
  */
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const DAY = 86_400_000;
 const RETENTION = 30 * DAY;
 const opened: Store[] = [];
 const raw: Redis[] = [];
+const prefixes: string[] = [];
 afterAll(async () => {
   await Promise.all(opened.map((store) => store.close()));
   for (const client of raw) client.disconnect();
+  for (const prefix of prefixes) await deleteKeysUnder(REDIS_URL, prefix);
 });
+
+function redisPrefix(): string {
+  const prefix = `keyward-test-${randomUUID()}:`;
+  prefixes.push(prefix);
+  return prefix;
+}
 
 const tempDb = () => join(mkdtempSync(join(tmpdir(), 'keyward-log-')), 'store.db');
 
@@ -29,7 +38,7 @@ const backends: Record<string, () => Promise<Store>> = {
   memory: async () => new MemoryStore(),
   sqlite: async () => new SqliteStore(tempDb()),
   redis: async () => {
-    const store = new RedisStore(REDIS_URL, { prefix: `keyward-test-${randomUUID()}:` });
+    const store = new RedisStore(REDIS_URL, { prefix: redisPrefix() });
     await store.ready();
     return store;
   },
@@ -330,7 +339,7 @@ describe('Store log retention with an injected clock', () => {
   });
 
   it('redis: an append trims whole stream nodes older than the retention (MINID ~) and keeps the new entry', async () => {
-    const prefix = `keyward-test-${randomUUID()}:`;
+    const prefix = redisPrefix();
     const store = new RedisStore(REDIS_URL, { prefix });
     opened.push(store);
     await store.ready();
