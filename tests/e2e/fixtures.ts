@@ -26,23 +26,28 @@ export const test = base.extend<{ traffic: TrafficRecorder }, { env: E2eEnvironm
 
 export { expect };
 
-/** Signs a local user in through the UI: the demo's Sign in link, Auth.js's sign-in page, the form. */
+/** Signs a local user in through the UI: the demo's Sign in link, Keyward's sign-in page, the form. */
 export async function signInLocal(page: Page, username: string, password: string): Promise<void> {
   await page.goto('/');
   await page.getByTestId('sign-in').click();
-  await expect(page).toHaveURL(/\/api\/auth\/signin/);
-  await page.locator('#input-username-for-credentials-provider').fill(username);
-  await page.locator('#input-password-for-credentials-provider').fill(password);
-  await page.getByRole('button', { name: 'Sign in with Local account' }).click();
+  await expect(page).toHaveURL(/\/signin/);
+  await fillLocalSignIn(page, username, password);
   await expect(page.getByTestId('signed-in')).toContainText('Signed in as');
   expect(new URL(page.url()).pathname).toBe('/');
 }
 
-/** Signs in through the OIDC provider: its button on Auth.js's page, the provider's login form and consent. */
+/** Fills and sends the local account form of Keyward's sign-in page. */
+export async function fillLocalSignIn(page: Page, username: string, password: string): Promise<void> {
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+}
+
+/** Signs in through the OIDC provider: its button on Keyward's sign-in page, the provider's login form and consent. */
 export async function signInOidc(page: Page, env: E2eEnvironment): Promise<void> {
   await page.goto('/');
   await page.getByTestId('sign-in').click();
-  await expect(page).toHaveURL(/\/api\/auth\/signin/);
+  await expect(page).toHaveURL(/\/signin/);
   await page.getByRole('button', { name: `Sign in with ${env.oidcProviderName}` }).click();
 
   // Now at the real provider (a different origin), on its login interaction.

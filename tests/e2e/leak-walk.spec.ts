@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Page } from '@playwright/test';
 import { findLeaks, findSecretsIn, jsonKeys, type RecordedResponse } from '../fixtures/e2e-leaks';
-import { browserFetch, expect, signInLocal, signInOidc, test } from './fixtures';
+import { browserFetch, expect, fillLocalSignIn, signInLocal, signInOidc, test } from './fixtures';
 
 /**
  * The browser proof for "no secret ever reaches the browser": one browser context walks every page and flow
@@ -36,15 +36,15 @@ test('leak walk: every page and flow in one browser, no canary secret in anythin
   expect((await page.goto('/no-such-page'))?.status()).toBe(404);
   await step('404 page');
 
-  // Auth.js's sign-in page, then a failed sign-in.
+  // Keyward's sign-in page (Auth.js's own redirects there), then a failed sign-in.
+  await page.goto('/api/auth/signin');
+  await expect(page).toHaveURL(/\/signin(\?|$)/);
   await page.goto('/');
   await show('sign-in').click();
-  await expect(page).toHaveURL(/\/api\/auth\/signin/);
-  await step('Auth.js sign-in page');
-  await page.locator('#input-username-for-credentials-provider').fill(env.localUser.username);
-  await page.locator('#input-password-for-credentials-provider').fill(`${env.localUser.password}-wrong`);
-  await page.getByRole('button', { name: 'Sign in with Local account' }).click();
-  await expect(page).toHaveURL(/error=CredentialsSignin/);
+  await expect(page).toHaveURL(/\/signin/);
+  await step('sign-in page');
+  await fillLocalSignIn(page, env.localUser.username, `${env.localUser.password}-wrong`);
+  await expect(page.getByTestId('sign-in-error')).toHaveText('Wrong username or password.');
   expect((await page.context().cookies()).map((c) => c.name)).not.toContain('__Host-keyward.session');
   await step('failed sign-in');
 
@@ -114,7 +114,8 @@ test('leak walk: every page and flow in one browser, no canary secret in anythin
   for (const expected of [
     '200 /',
     '404 /no-such-page',
-    '200 /api/auth/signin',
+    '302 /api/auth/signin',
+    '200 /signin',
     '200 /api/auth/providers',
     '200 /api/auth/signout',
     '401 /api/session',
@@ -134,7 +135,10 @@ test('leak walk: every page and flow in one browser, no canary secret in anythin
     expect(seen, `recorded ${expected}`).toContain(expected);
   }
   expect(evidence.responses.some((r) => r.url.startsWith(`${env.oidc.issuer}/interaction/`)), 'the provider pages').toBe(true);
-  expect(evidence.responses.some((r) => r.url.includes('error=CredentialsSignin')), 'the failed sign-in').toBe(true);
+  expect(
+    evidence.responses.some((r) => r.url.endsWith('/api/auth/callback/credentials') && (r.headers.location ?? '').includes('error=CredentialsSignin')),
+    'the failed sign-in',
+  ).toBe(true);
   expect(only(evidence.responses, '/api/proxy/demo/events').body).toContain('"n":5');
   const unreadable = evidence.responses.filter((r) => r.bodyUnavailable !== undefined && !(r.status >= 300 && r.status < 400) && r.status !== 204);
   expect(unreadable.map((r) => `${r.status} ${r.url}: ${r.bodyUnavailable}`)).toEqual([]);

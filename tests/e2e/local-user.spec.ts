@@ -1,4 +1,4 @@
-import { browserFetch, expect, signInLocal, test } from './fixtures';
+import { browserFetch, expect, fillLocalSignIn, signInLocal, test } from './fixtures';
 
 declare global {
   interface Window {
@@ -66,10 +66,8 @@ test('local user: sign in, call the upstream (GET, POST, SSE), sign out', async 
 test('local user: a wrong password does not sign in', async ({ page, env }) => {
   await page.goto('/');
   await page.getByTestId('sign-in').click();
-  await page.locator('#input-username-for-credentials-provider').fill(env.localUser.username);
-  await page.locator('#input-password-for-credentials-provider').fill(`${env.localUser.password}-wrong`);
-  await page.getByRole('button', { name: 'Sign in with Local account' }).click();
-  await expect(page).toHaveURL(/error=CredentialsSignin/);
+  await fillLocalSignIn(page, env.localUser.username, `${env.localUser.password}-wrong`);
+  await expect(page.getByTestId('sign-in-error')).toHaveText('Wrong username or password.');
   expect((await page.context().cookies()).map((c) => c.name)).not.toContain('__Host-keyward.session');
   expect((await browserFetch(page, '/api/session')).status).toBe(401);
 });

@@ -1,7 +1,11 @@
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { startApp } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { writeUsersFile } from '../fixtures/users';
 
 /** The real production server (`next start`, after `next build`) must refuse to start on bad configuration. */
 const writeConfig = writeConfigFile;
@@ -16,8 +20,8 @@ const upstream = (secretEnv: string) => ({
   },
 });
 
-async function expectStartupFailure(env: Record<string, string>): Promise<string> {
-  const error = await startApp(env).then(
+async function expectStartupFailure(env: Record<string, string>, testDefaults = true): Promise<string> {
+  const error = await startApp(env, { testDefaults }).then(
     async (app) => {
       await app.stop();
       throw new Error('the server started');
@@ -88,5 +92,71 @@ describe('start-up refuses bad configuration', () => {
     const output = await expectStartupFailure({ ...testSessionSecrets(), KEYWARD_CONFIG: writeConfig(config), ECHO_KEY: randomSecret() });
     expect(output).toMatch(/upstreams\.echo\.baseUrl: must not contain a query or fragment/);
     expect(output).not.toContain('token=abc');
+  });
+});
+
+/**
+ * What production needs before anyone can sign in, checked at start-up in the Auth.js style: one line per
+ * problem, naming the setting. These servers get only the env given (none of the suite's defaults).
+ */
+describe('start-up refuses a production that could not serve anyone', () => {
+  let usersFile: string;
+  beforeAll(async () => {
+    usersFile = await writeUsersFile([{ username: 'alice', password: randomSecret('pw'), roles: ['user'] }]);
+  });
+
+  it('without a way to compute the public origin (no AUTH_URL, no AUTH_TRUST_HOST)', async () => {
+    const output = await expectStartupFailure({ ...testSessionSecrets(), KEYWARD_USERS_FILE: usersFile }, false);
+    expect(output).toContain('AUTH_URL: must be set in production');
+    expect(output).not.toContain('KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER');
+  });
+
+  it('without a sign-in method (no users file, no OIDC issuer)', async () => {
+    const output = await expectStartupFailure({ ...testSessionSecrets(), AUTH_URL: 'https://app.example.com' }, false);
+    expect(output).toContain('KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER: no sign-in method is configured');
+    expect(output).not.toContain('AUTH_URL: must');
+  });
+
+  it('one line per problem when several are missing', async () => {
+    const output = await expectStartupFailure({ ...testSessionSecrets() }, false);
+    expect(output).toContain('AUTH_URL: must be set in production');
+    expect(output).toContain('KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER: no sign-in method is configured');
+  });
+
+  it('with an AUTH_URL that has a path Auth.js would take as its base', async () => {
+    const output = await expectStartupFailure({ ...testSessionSecrets(), KEYWARD_USERS_FILE: usersFile, AUTH_URL: 'https://app.example.com/keyward' }, false);
+    expect(output).toContain("AUTH_URL: must be the site's origin");
+  });
+
+  it('with AUTH_TRUST_HOST=false (Auth.js would trust the host anyway)', async () => {
+    const output = await expectStartupFailure({ ...testSessionSecrets(), KEYWARD_USERS_FILE: usersFile, AUTH_TRUST_HOST: 'false' }, false);
+    expect(output).toContain('AUTH_TRUST_HOST: must be true or 1, or unset');
+  });
+
+  it('with a users file that lists nobody', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-users-'));
+    const empty = join(dir, 'users.json');
+    writeFileSync(empty, JSON.stringify({ users: [] }));
+    const output = await expectStartupFailure({ ...testSessionSecrets(), KEYWARD_USERS_FILE: empty, AUTH_URL: 'https://app.example.com' }, false);
+    expect(output).toContain('users: must list at least one user');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('with half an OIDC configuration', async () => {
+    const output = await expectStartupFailure(
+      { ...testSessionSecrets(), AUTH_URL: 'https://app.example.com', KEYWARD_OIDC_ISSUER: 'https://id.example.com', KEYWARD_OIDC_CLIENT_ID: 'keyward' },
+      false,
+    );
+    expect(output).toContain('KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET must be set together');
+  });
+
+  it('and starts with exactly the README settings (AUTH_URL, the two secrets, a users file)', async () => {
+    const app = await startApp({ ...testSessionSecrets(), AUTH_URL: 'https://app.example.com', KEYWARD_USERS_FILE: usersFile }, { testDefaults: false });
+    try {
+      expect((await fetch(`${app.url}/api/session`)).status).toBe(401);
+      expect((await fetch(`${app.url}/api/auth/csrf`)).status).toBe(200);
+    } finally {
+      await app.stop();
+    }
   });
 });
