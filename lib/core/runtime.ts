@@ -6,6 +6,7 @@ import { OAuthTokenStore, oidcRefresher, type TokenRefresher } from './credentia
 import { UserKeys } from './credential/user-keys';
 import { MobileTokens } from './mobile/tokens';
 import { AuditLog } from './audit/audit';
+import { keyFingerprints } from './keys/fingerprint';
 import { KeyRings } from './keys/rings';
 import { Limits } from './limits/limits';
 import { getLogger, logScrubber } from './log/logger';
@@ -59,7 +60,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const now = options.now ?? Date.now;
   const settings = readSettings(env);
   const definitions = [...(options.upstreams ?? []), ...(settings.KEYWARD_CONFIG ? readConfigFile(settings.KEYWARD_CONFIG) : [])];
-  const registry = buildRegistry(definitions, env);
+  // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
+  const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
+  const registry = buildRegistry(definitions, env, fingerprints);
   const users = settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE) : null;
 
   const secrets = [settings.AUTH_SECRET, settings.KEYWARD_SESSION_SECRET];
@@ -90,7 +93,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const store = options.store ?? createStore(settings);
   const revocations = new SessionRevocations(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
   const vault = settings.KEYWARD_VAULT_SECRET ? new Vault(settings.KEYWARD_VAULT_SECRET, settings.KEYWARD_VAULT_SECRET_PREVIOUS) : null;
-  const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now) : null;
+  const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now, fingerprints) : null;
   const oauthTokens = vault && oauthProviders.size > 0 ? new OAuthTokenStore(store, vault, refreshers, now) : null;
   const logger = options.logger ?? getLogger();
   const mobile = new MobileTokens(

@@ -12,7 +12,7 @@ import { KeywardError } from '../../lib/core/errors';
 import type { Rotation, VersionView } from '../../lib/core/keys/rings';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
-import { fingerprint } from '../../lib/core/upstream/registry';
+import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { RedisStore } from '../../lib/store/redis';
 import { freePort } from '../fixtures/app-server';
 import { REDIS_URL, capturingLogger, findLeak, responseText } from '../fixtures/claims-session';
@@ -27,6 +27,8 @@ import { sessionCookie } from '../fixtures/session';
 const APP_ORIGIN = 'https://app.keyward.test';
 const DAY = 86_400_000;
 const sessionSecrets = testSessionSecrets();
+/** Fingerprints as every runtime here computes them: keyed by KEYWARD_SESSION_SECRET. */
+const fingerprint = (value: string) => keyFingerprints(sessionSecrets.KEYWARD_SESSION_SECRET).of(value);
 const vaultSecret = randomSecret('vault');
 /** Every key value any test made: nothing of these may reach a response, a list, a rotation or a log line. */
 const allKeys: string[] = [];

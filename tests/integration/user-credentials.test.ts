@@ -6,7 +6,7 @@ import { defineUpstream } from '../../lib/core/config/load';
 import { handleUserKey } from '../../lib/core/api/keys';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
-import { fingerprint } from '../../lib/core/upstream/registry';
+import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { SqliteStore } from '../../lib/store/sqlite';
 import type { Store } from '../../lib/store/types';
 import { MemoryStore } from '../../lib/store/memory';
@@ -31,6 +31,8 @@ let upstream: TestUpstream;
 let dir: string;
 let dbPath: string;
 const sessionSecrets = testSessionSecrets();
+/** Fingerprints as the runtime computes them: keyed by KEYWARD_SESSION_SECRET. */
+const fingerprint = (value: string) => keyFingerprints(sessionSecrets.KEYWARD_SESSION_SECRET).of(value);
 const vault1 = randomSecret('vault1');
 const vault2 = randomSecret('vault2');
 const acmeKey = randomSecret('acme');

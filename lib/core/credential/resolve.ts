@@ -33,11 +33,11 @@ export async function resolveCredential(upstream: Upstream, session: Session, so
       if (!sources.userKeys) throw new KeywardError('credential_unavailable');
       const key = await sources.userKeys.use(upstream.id, session.userId);
       if (key === null) throw new KeywardError('credential_missing');
-      return credentialFor(upstream.auth, key);
+      return credentialFor(upstream.auth, key, upstream.fingerprints);
     }
     case 'oauth': {
       if (!sources.oauthTokens) throw new KeywardError('credential_unavailable');
-      return credentialFor(upstream.auth, await sources.oauthTokens.accessToken(plan.provider, session.userId));
+      return credentialFor(upstream.auth, await sources.oauthTokens.accessToken(plan.provider, session.userId), upstream.fingerprints);
     }
   }
 }

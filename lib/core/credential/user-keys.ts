@@ -1,7 +1,7 @@
 import 'server-only';
 import { KeywardError } from '../errors';
 import { guard } from '../store/guard';
-import { fingerprint } from '../upstream/registry';
+import { processFingerprints, type KeyFingerprints } from '../keys/fingerprint';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
 
@@ -33,6 +33,8 @@ export class UserKeys {
     private readonly store: Store,
     private readonly vault: Vault,
     private readonly now: () => number = Date.now,
+    /** The deployment's keyed fingerprints (the runtime passes the registry's); stored keys keep theirs. */
+    private readonly fingerprints: KeyFingerprints = processFingerprints(),
   ) {}
 
   private static key(upstream: string, userId: string): string {
@@ -52,7 +54,7 @@ export class UserKeys {
     }
     const stored: StoredUserKey = {
       sealed: await this.vault.seal({ key }),
-      fingerprint: fingerprint(key),
+      fingerprint: this.fingerprints.of(key),
       last4: key.slice(-4),
       createdAt: this.now(),
     };

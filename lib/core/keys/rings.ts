@@ -4,10 +4,11 @@ import type { Dispatcher } from 'undici';
 import { injectCredential } from '../credential/inject';
 import { KeywardError } from '../errors';
 import { buildUpstreamUrl } from '../forward/url';
+import { legacyFingerprint } from './fingerprint';
 import { logScrubber } from '../log/logger';
 import { discardBody } from '../respond/body';
 import { guard } from '../store/guard';
-import { credentialFor, fingerprint, type CredentialPlan, type ResolvedCredential, type Upstream } from '../upstream/registry';
+import { credentialFor, type CredentialPlan, type ResolvedCredential, type Upstream } from '../upstream/registry';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
 
@@ -126,9 +127,12 @@ export class KeyRings {
       throw new KeywardError('credential_unavailable', { message: 'Managed key versions need KEYWARD_VAULT_SECRET to seal them at rest.' });
     }
     assertKeyValue(value);
-    const print = fingerprint(value);
+    const print = upstream.fingerprints.of(value);
     const id = `managed:${print}`;
-    const existing = this.view(upstream.credential.envVersions, await this.read(upstreamId)).find((v) => v.fingerprint === print);
+    // Versions added before keyed fingerprints keep their old (unkeyed) fingerprint and id: still the same key.
+    const existing = this.view(upstream.credential.envVersions, await this.read(upstreamId)).find((v) =>
+      upstream.fingerprints.matches(value, v.fingerprint),
+    );
     if (existing?.state === 'revoked') throw new KeywardError('bad_request', { message: 'This key was revoked and cannot be added again.' });
     if (existing) return existing;
     logScrubber.add([value]);
@@ -163,7 +167,7 @@ export class KeyRings {
   async rotate(upstreamId: string, value: string, options: { rotationId?: string; skipCanary?: boolean; actor: string }): Promise<Rotation> {
     const upstream = this.staticUpstream(upstreamId);
     assertKeyValue(value);
-    const print = fingerprint(value);
+    const print = upstream.fingerprints.of(value);
     const rotationId = options.rotationId ?? `rot-${print}`;
     if (!/^[A-Za-z0-9_-]{1,64}$/.test(rotationId)) throw new KeywardError('bad_request', { message: 'Rotation ids are 1–64 letters, digits, "_" and "-".' });
     const previous = (await this.read(upstreamId)).rotations.find((r) => r.id === rotationId);
@@ -175,7 +179,7 @@ export class KeyRings {
       throw new KeywardError('bad_request', { message: 'This upstream declares no canary (keys.canary); pass skipCanary (--skip-canary) to switch without one.' });
     }
     const version = await this.add(upstreamId, value);
-    const canaryStatus = options.skipCanary ? null : await this.sendCanary(upstream, credentialFor(upstream.auth, value, basicUsername(upstream)));
+    const canaryStatus = options.skipCanary ? null : await this.sendCanary(upstream, credentialFor(upstream.auth, value, upstream.fingerprints, basicUsername(upstream)));
     const passed = canaryStatus === null || (canaryStatus >= 200 && canaryStatus < 300);
     const now = this.now();
     const grace = upstream.credential.ring.graceSeconds * 1000;
@@ -343,7 +347,9 @@ export class KeyRings {
       };
       const change = stored.get(env.id);
       // The value (and so the fingerprint) of an env version may have changed since the store recorded it.
-      return change && change.fingerprint === base.fingerprint ? { ...base, ...pickState(change) } : base;
+      // A change recorded before keyed fingerprints carries the unkeyed one: still this value's state.
+      const same = change && (change.fingerprint === base.fingerprint || change.fingerprint === legacyFingerprint(env.credential.secrets[0]!));
+      return change && same ? { ...base, ...pickState(change) } : base;
     });
     return [...fromEnv, ...record.versions.filter((v) => v.source === 'managed')];
   }
@@ -354,9 +360,9 @@ export class KeyRings {
     if (!this.vault) throw new KeywardError('credential_unavailable');
     const sealed = await guard(() => this.store.get(`keyval:${upstream.id}:${version.id}`));
     const opened = sealed ? await this.vault.open<{ value: string }>(sealed) : null;
-    if (!opened || fingerprint(opened.value) !== version.fingerprint) throw new KeywardError('credential_unavailable');
+    if (!opened || !upstream.fingerprints.matches(opened.value, version.fingerprint)) throw new KeywardError('credential_unavailable');
     logScrubber.add([opened.value]);
-    const credential = credentialFor(upstream.auth, opened.value, basicUsername(upstream));
+    const credential = credentialFor(upstream.auth, opened.value, upstream.fingerprints, basicUsername(upstream));
     this.managed.set(`${upstream.id}:${version.id}`, credential);
     return credential;
   }

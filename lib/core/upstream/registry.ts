@@ -1,7 +1,7 @@
 import 'server-only';
-import { createHash } from 'node:crypto';
 import type { AuthConfig, CredentialSource, RouteConfig, RouteMethod, SecretRef, UpstreamConfig } from '../config/schema';
 import { ConfigError, type UpstreamDefinition } from '../config/load';
+import { processFingerprints, type KeyFingerprints } from '../keys/fingerprint';
 import type { SessionValue } from '../config/policy';
 import { compileRouteLimits, type RouteLimits } from '../limits/rules';
 import { compileContract, type CompiledContract } from '../policy/contract';
@@ -49,6 +49,8 @@ export interface Upstream {
   /** Where this upstream's credential comes from; resolved per call by lib/core/credential/resolve.ts. */
   readonly credential: CredentialPlan;
   readonly auth: AuthConfig;
+  /** How this deployment fingerprints key values (keyed by the server secret: lib/core/keys/fingerprint.ts). */
+  readonly fingerprints: KeyFingerprints;
   readonly requestHeaders: ReadonlySet<string>;
   readonly responseHeaders: ReadonlySet<string>;
 }
@@ -90,7 +92,11 @@ export type Env = Readonly<Record<string, string | undefined>>;
  * Builds the registry. A `Map`, never a plain object: `__proto__`, `constructor` and friends must not resolve.
  * Secrets are read here, once, so a missing one stops start-up instead of failing the first request.
  */
-export function buildRegistry(definitions: readonly UpstreamDefinition[], env: Env): Map<string, Upstream> {
+export function buildRegistry(
+  definitions: readonly UpstreamDefinition[],
+  env: Env,
+  fingerprints: KeyFingerprints = processFingerprints(),
+): Map<string, Upstream> {
   const registry = new Map<string, Upstream>();
   const problems: string[] = [];
   for (const { id, config } of definitions) {
@@ -99,7 +105,7 @@ export function buildRegistry(definitions: readonly UpstreamDefinition[], env: E
       continue;
     }
     try {
-      registry.set(id, compileUpstream(id, config, env));
+      registry.set(id, compileUpstream(id, config, env, fingerprints));
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
       problems.push(error.message);
@@ -109,7 +115,7 @@ export function buildRegistry(definitions: readonly UpstreamDefinition[], env: E
   return registry;
 }
 
-function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream {
+function compileUpstream(id: string, config: UpstreamConfig, env: Env, fingerprints: KeyFingerprints): Upstream {
   const base = new URL(config.baseUrl);
   return {
     id,
@@ -118,8 +124,9 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env): Upstream
     basePath: base.pathname,
     routes: config.routes.map((route, index) => compileRoute(id, index, route, config)),
     timeoutMs: config.timeoutMs,
-    credential: planCredential(id, config, env),
+    credential: planCredential(id, config, env, fingerprints),
     auth: config.auth,
+    fingerprints,
     requestHeaders: new Set(config.requestHeaders),
     responseHeaders: new Set(config.responseHeaders),
   };
@@ -160,11 +167,7 @@ function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env,
   return value;
 }
 
-export function fingerprint(secret: string): string {
-  return createHash('sha256').update(secret, 'utf8').digest('hex').slice(0, 12);
-}
-
-function planCredential(id: string, config: UpstreamConfig, env: Env): CredentialPlan {
+function planCredential(id: string, config: UpstreamConfig, env: Env, fingerprints: KeyFingerprints): CredentialPlan {
   const { auth } = config;
   const source: CredentialSource = auth.secret;
   const username =
@@ -176,10 +179,10 @@ function planCredential(id: string, config: UpstreamConfig, env: Env): Credentia
   if ('env' in source) {
     const keys = config.keys;
     const time = (value: string | undefined) => (value === undefined ? null : Date.parse(value));
-    const primary = credentialFor(auth, readSecret(id, 'auth.secret', source, env), username);
+    const primary = credentialFor(auth, readSecret(id, 'auth.secret', source, env), fingerprints, username);
     const envVersions: EnvKeyVersion[] = [{ id: `env:${source.env}`, credential: primary, notBefore: null, expiresAt: time(keys?.primaryExpiresAt) }];
     (keys?.versions ?? []).forEach((version, index) => {
-      const credential = credentialFor(auth, readSecret(id, `keys.versions.${index}`, version, env), username);
+      const credential = credentialFor(auth, readSecret(id, `keys.versions.${index}`, version, env), fingerprints, username);
       if (envVersions.some((other) => other.id === `env:${version.env}`)) {
         throw new ConfigError(`  - upstreams.${id}.keys.versions.${index}.env: ${version.env} is already a version of this key`);
       }
@@ -195,7 +198,7 @@ function planCredential(id: string, config: UpstreamConfig, env: Env): Credentia
   if ('claim' in source) {
     const byValue = new Map<string, ResolvedCredential>();
     for (const [value, ref] of Object.entries(source.keys)) {
-      byValue.set(value, credentialFor(auth, readSecret(id, `auth.secret.keys.${value}`, ref, env), username));
+      byValue.set(value, credentialFor(auth, readSecret(id, `auth.secret.keys.${value}`, ref, env), fingerprints, username));
     }
     return { source: 'claim', claim: source.claim, byValue };
   }
@@ -204,8 +207,8 @@ function planCredential(id: string, config: UpstreamConfig, env: Env): Credentia
 }
 
 /** Builds what is attached upstream for one secret value, in the upstream's declared auth shape. */
-export function credentialFor(auth: AuthConfig, secret: string, secretUsername?: string): ResolvedCredential {
-  const print = fingerprint(secret);
+export function credentialFor(auth: AuthConfig, secret: string, fingerprints: KeyFingerprints, secretUsername?: string): ResolvedCredential {
+  const print = fingerprints.of(secret);
   switch (auth.type) {
     case 'header':
       return {

@@ -1,9 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { injectCredential } from '../../../lib/core/credential/inject';
 import { filterRequestHeaders } from '../../../lib/core/forward/headers';
-import { fingerprint, type ResolvedCredential } from '../../../lib/core/upstream/registry';
+import { processFingerprints } from '../../../lib/core/keys/fingerprint';
+import type { ResolvedCredential } from '../../../lib/core/upstream/registry';
 import { randomSecret } from '../../fixtures/secrets';
 import { expectKeywardError, thrown } from '../support';
+
+const fingerprint = (value: string) => processFingerprints().of(value);
 
 function headerCredential(secret: string): ResolvedCredential {
   return { type: 'header', headerName: 'x-api-key', headerValue: secret, secrets: [secret], fingerprint: fingerprint(secret) };

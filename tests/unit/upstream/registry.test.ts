@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, defineUpstream, parseConfig, type UpstreamDefinition } from '../../../lib/core/config/load';
 import type { UpstreamInput } from '../../../lib/core/config/schema';
+import { keyFingerprints, legacyFingerprint } from '../../../lib/core/keys/fingerprint';
 import {
   buildRegistry,
-  fingerprint,
   type Env,
   type ResolvedCredential,
   type Upstream,
@@ -220,20 +220,19 @@ describe('credentials', () => {
 });
 
 describe('fingerprint', () => {
-  it('is the first 12 hex digits of the SHA-256 of the secret', () => {
+  it('is keyed: 12 hex digits of an HMAC under the key the registry is given, not the bare SHA-256 of the secret', () => {
     const secret = randomSecret();
-    expect(fingerprint(secret)).toMatch(/^[0-9a-f]{12}$/);
-    expect(fingerprint(secret)).toBe(sha256Prefix(secret));
-  });
-
-  it('does not contain or reveal the secret', () => {
-    const secret = randomSecret();
-    expect(secret).not.toContain(fingerprint(secret));
-    expect(fingerprint(secret)).not.toBe(fingerprint(randomSecret()));
+    const fingerprints = keyFingerprints(randomSecret('server'));
+    const print = staticCredential(only(buildRegistry([define({ type: 'bearer', secret: { env: 'K' } })], { K: secret }, fingerprints))).fingerprint;
+    expect(print).toMatch(/^[0-9a-f]{12}$/);
+    expect(print).toBe(fingerprints.of(secret));
+    expect(print).not.toBe(sha256Prefix(secret));
+    expect(secret).not.toContain(print);
   });
 
   it('depends on the secret only: not on the id, auth type, variable name, prefix or username', () => {
     const secret = randomSecret();
+    const fingerprints = keyFingerprints(randomSecret('server'));
     const registry = buildRegistry(
       [
         define({ type: 'header', name: 'x-key', prefix: 'Token ', secret: { env: 'A' } }, 'one'),
@@ -243,8 +242,11 @@ describe('fingerprint', () => {
         define({ type: 'basic', username: { env: 'U' }, secret: { env: 'A' } }, 'five'),
       ],
       { A: secret, B: secret, U: randomSecret('user') },
+      fingerprints,
     );
     const prints = [...registry.values()].map((u) => staticCredential(u).fingerprint);
-    expect(new Set(prints)).toEqual(new Set([sha256Prefix(secret)]));
+    expect(new Set(prints)).toEqual(new Set([fingerprints.of(secret)]));
+    expect(legacyFingerprint(secret)).toBe(sha256Prefix(secret));
   });
 });
+
