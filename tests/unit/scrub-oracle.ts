@@ -5,32 +5,89 @@
 export const MARKER_TEXT = '[REDACTED]';
 const MARKER = Buffer.from(MARKER_TEXT, 'utf8');
 
-/** Raw, URL-encoded (encodeURIComponent), JSON-escaped, base64 (padded and not) and base64url. */
-export function expectedForms(secret: string): string[] {
-  const base64 = Buffer.from(secret, 'utf8').toString('base64');
-  return [
-    ...new Set([
-      secret,
-      encodeURIComponent(secret),
-      // application/x-www-form-urlencoded, as URLSearchParams writes a query credential.
-      new URLSearchParams({ k: secret }).toString().slice(2),
-      JSON.stringify(secret).slice(1, -1),
-      base64,
-      base64.replace(/=+$/, ''),
-      Buffer.from(secret, 'utf8').toString('base64url'),
-    ]),
+/** Percent-encoding with lowercase hex digits, as .NET writes it. */
+function lowerEscapes(text: string): string {
+  return text.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase());
+}
+
+/** Every UTF-16 unit as \uXXXX. */
+function escapeAllUnits(text: string, upper: boolean): string {
+  let out = '';
+  for (let i = 0; i < text.length; i++) {
+    const hex = text.charCodeAt(i).toString(16).padStart(4, '0');
+    out += `\\u${upper ? hex.toUpperCase() : hex}`;
+  }
+  return out;
+}
+
+/**
+ * The base64 characters that stay the same whatever bytes surround the secret when `offset` bytes precede it
+ * in an encoded blob: found by encoding it between all-zero and between all-one neighbours and keeping the
+ * run of characters where the two agree (any character that mixes in a neighbour bit differs).
+ */
+export function stableBase64(secret: string, offset: number): string {
+  const bytes = Buffer.from(secret, 'utf8');
+  const zeros = Buffer.concat([Buffer.alloc(offset, 0x00), bytes, Buffer.alloc(3, 0x00)]).toString('base64');
+  const ones = Buffer.concat([Buffer.alloc(offset, 0xff), bytes, Buffer.alloc(3, 0xff)]).toString('base64');
+  let start = 0;
+  while (start < zeros.length && zeros[start] !== ones[start]) start++;
+  let end = start;
+  while (end < zeros.length && zeros[end] === ones[end]) end++;
+  return zeros.slice(start, end);
+}
+
+/**
+ * Each form with its name: raw; URL-encoded (encodeURIComponent) and form-encoded (URLSearchParams), with
+ * upper- and lowercase hex; JSON-escaped, also with "\/" for "/", with non-ASCII as \uxxxx, and with every unit as
+ * \uXXXX (either case); hex (either case); base64 (padded and not), base64url (padded and not), and the
+ * stable base64/base64url characters at byte offsets 0, 1 and 2 inside a larger blob (8 characters or more).
+ * Shorter than 4 characters: not a form.
+ */
+export function expectedNamedForms(secret: string): [name: string, form: string][] {
+  const bytes = Buffer.from(secret, 'utf8');
+  const base64 = bytes.toString('base64');
+  const url = (text: string) => text.replace(/\+/g, '-').replace(/\//g, '_');
+  const json = JSON.stringify(secret).slice(1, -1);
+  const asciiJson = [...json].map((c) => (c.charCodeAt(0) > 0x7f ? escapeAllUnits(c, false) : c)).join('');
+  const uri = encodeURIComponent(secret);
+  const form = new URLSearchParams({ k: secret }).toString().slice(2);
+  const hex = bytes.toString('hex');
+  const named: [string, string][] = [
+    ['raw', secret],
+    ['url-encoded', uri],
+    ['url-encoded lowercase', lowerEscapes(uri)],
+    ['form-encoded', form],
+    ['form-encoded lowercase', lowerEscapes(form)],
+    ['JSON', json],
+    ['JSON \\/', json.split('/').join('\\/')],
+    ['JSON ASCII', asciiJson],
+    ['JSON ASCII \\/', asciiJson.split('/').join('\\/')],
+    ['\\u lowercase', escapeAllUnits(secret, false)],
+    ['\\u uppercase', escapeAllUnits(secret, true)],
+    ['hex lowercase', hex],
+    ['hex uppercase', hex.toUpperCase()],
+    ['base64', base64],
+    ['base64 unpadded', base64.replace(/=+$/, '')],
+    ['base64url', url(base64).replace(/=+$/, '')],
+    ['base64url padded', url(base64)],
   ];
+  for (const offset of [0, 1, 2]) {
+    const stable = stableBase64(secret, offset);
+    if (stable.length < 8) continue;
+    named.push([`base64 at offset ${offset}`, stable], [`base64url at offset ${offset}`, url(stable)]);
+  }
+  const seen = new Set<string>();
+  return named.filter(([, text]) => text.length >= 4 && !seen.has(text) && seen.add(text));
+}
+
+export function expectedForms(secret: string): string[] {
+  return expectedNamedForms(secret).map(([, form]) => form);
 }
 
 export function formBuffers(secrets: readonly string[]): Buffer[] {
   const all = new Set<string>();
   for (const secret of secrets) for (const form of expectedForms(secret)) all.add(form);
   return [...all].map((form) => Buffer.from(form, 'utf8'));
-}
-
-/** True when one form occurs inside another (e.g. unpadded base64 inside padded base64). */
-export function formsNest(forms: readonly Buffer[]): boolean {
-  return forms.some((a, i) => forms.some((b, j) => i !== j && b.length > a.length && b.includes(a)));
 }
 
 /** Scans left to right; at each position replaces the longest form that starts there. */
@@ -62,9 +119,18 @@ export function referenceScrub(input: Buffer, forms: readonly Buffer[]): Buffer 
   return Buffer.concat(out);
 }
 
-/** The same replacement on JS strings (UTF-16 code units, so lone surrogates survive). */
+/**
+ * The forms the log scrubber looks for: every form, and each as JSON.stringify writes it inside a string (a
+ * log line is JSON, so a logged form with a backslash or a quote reaches it escaped once more).
+ */
+export function expectedLogForms(secret: string): string[] {
+  const forms = expectedForms(secret);
+  return [...new Set([...forms, ...forms.map((form) => JSON.stringify(form).slice(1, -1))])];
+}
+
+/** The same replacement on JS strings (UTF-16 code units, so lone surrogates survive), with the log forms. */
 export function referenceScrubText(text: string, secrets: readonly string[]): string {
-  const forms = [...new Set(secrets.flatMap(expectedForms))];
+  const forms = [...new Set(secrets.flatMap(expectedLogForms))];
   let out = '';
   let i = 0;
   while (i < text.length) {
@@ -79,12 +145,6 @@ export function referenceScrubText(text: string, secrets: readonly string[]): st
     }
   }
   return out;
-}
-
-/** True when one form occurs inside another (string version). */
-export function textFormsNest(secrets: readonly string[]): boolean {
-  const forms = [...new Set(secrets.flatMap(expectedForms))];
-  return forms.some((a, i) => forms.some((b, j) => i !== j && b.length > a.length && b.includes(a)));
 }
 
 /** True when some suffix of `data` is a proper prefix of a form: a streaming scrubber may hold it back. */
@@ -116,6 +176,9 @@ export function overlapsMarker(forms: readonly (string | Buffer)[]): boolean {
 export function containsAnyForm(data: Buffer, forms: readonly Buffer[]): boolean {
   return forms.some((form) => data.includes(form));
 }
+
+/** A secret whose forms are all different: every form listed above is a form of its own. */
+export const EVERY_FORM_SECRET = '"?~>é/ (k0';
 
 /** A secret with every character that means something in a regular expression. */
 export const REGEX_SPECIAL_SECRET = 'a.b*c+d?e(f)[g]{h}|i^j$k\\l';

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createLogger, logScrubber } from '../../../lib/core/log/logger';
 import { randomSecret } from '../../fixtures/secrets';
-import { REGEX_SPECIAL_SECRET } from '../scrub-oracle';
+import { REGEX_SPECIAL_SECRET, expectedForms } from '../scrub-oracle';
 
 /** A pino destination that keeps what was written. */
 function capture() {
@@ -46,6 +46,21 @@ describe('createLogger', () => {
     expect(out.text()).not.toContain(encodeURIComponent(secret));
     expect(out.text()).not.toContain(Buffer.from(secret).toString('base64'));
     expect(JSON.parse(out.lines()[0]!)).toMatchObject({ a: '[REDACTED]', b: '[REDACTED]' });
+  });
+
+  it('scrubs every form of it, also where the JSON line escapes a form once more', () => {
+    const secret = `${randomSecret()}/é"`; // every form differs from the raw value
+    logScrubber.add([secret]);
+    const forms = expectedForms(secret);
+    const out = capture();
+    out.logger.info({ forms, blob: Buffer.from(`x${secret}yz`).toString('base64') }, forms.join(' '));
+    out.logger.error(new Error(`upstream said ${forms.join(', ')}`));
+    const text = out.text();
+    for (const form of forms) {
+      expect(text).not.toContain(form);
+      expect(text).not.toContain(JSON.stringify(form).slice(1, -1));
+    }
+    expect(text).toContain('[REDACTED]');
   });
 
   it("scrubs a registered secret from an error's message and stack", () => {

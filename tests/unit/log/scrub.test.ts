@@ -1,25 +1,31 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { REDACTED, SecretScrubber, secretForms } from '../../../lib/core/log/scrub';
+import { REDACTED, SecretScrubber, namedSecretForms, secretForms } from '../../../lib/core/log/scrub';
 import { randomSecret } from '../../fixtures/secrets';
 import {
+  EVERY_FORM_SECRET,
   MARKER_TEXT,
   REGEX_SPECIAL_SECRET,
   expectedForms,
+  expectedLogForms,
+  expectedNamedForms,
   overlapsMarker,
   referenceScrubText,
-  textFormsNest,
+  stableBase64,
 } from '../scrub-oracle';
+
+const RUN_SECRET = randomSecret();
 
 const secretArb = fc.oneof(
   fc.constant(randomSecret()),
+  fc.constant(EVERY_FORM_SECRET),
   fc.constant(REGEX_SPECIAL_SECRET),
   fc.string({ unit: fc.constantFrom(...'.*+?^${}()|[]\\"/%=&:;@ \'!~-_'), minLength: 8, maxLength: 20 }),
   fc.string({ unit: 'binary', minLength: 8, maxLength: 20 }),
 );
 
 function textWith(secrets: string[]): fc.Arbitrary<string> {
-  const forms = secrets.flatMap(expectedForms);
+  const forms = secrets.flatMap(expectedLogForms);
   return fc
     .array(
       fc.oneof(
@@ -33,19 +39,61 @@ function textWith(secrets: string[]): fc.Arbitrary<string> {
     .map((parts) => parts.join(''));
 }
 
+/** The same characters in the URL-safe alphabet (RFC 4648 §5). */
+function toBase64url(base64: string): string {
+  return base64.replace(/\+/g, '-').replace(/\//g, '_');
+}
+
 describe('secretForms', () => {
   it('uses the marker [REDACTED]', () => {
     expect(REDACTED).toBe(MARKER_TEXT);
   });
 
-  it.each([['random', randomSecret()], ['regex-special', REGEX_SPECIAL_SECRET], ['quotes', `"q"\\${randomSecret()}`]])(
-    'lists raw, URL-encoded, JSON-escaped and base64 forms (%s secret)',
-    (_label, secret) => {
-      const forms = secretForms(secret);
-      for (const form of expectedForms(secret)) expect(forms).toContain(form);
-      for (const form of forms) expect(form.length).toBeGreaterThanOrEqual(4);
-    },
-  );
+  it.each([
+    ['random', randomSecret()],
+    ['every form distinct', EVERY_FORM_SECRET],
+    ['regex-special', REGEX_SPECIAL_SECRET],
+    ['quotes', `"q"\\${randomSecret()}`],
+  ])('lists exactly the forms of the test oracle (%s secret)', (_label, secret) => {
+    expect(new Set(secretForms(secret))).toEqual(new Set(expectedForms(secret)));
+    for (const form of secretForms(secret)) expect(form.length).toBeGreaterThanOrEqual(4);
+  });
+
+  it('lists exactly the forms of the test oracle, for any secret', () => {
+    fc.assert(
+      fc.property(secretArb, (secret) => {
+        expect(new Set(secretForms(secret))).toEqual(new Set(expectedForms(secret)));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('names each form once, never by its value', () => {
+    const named = namedSecretForms(EVERY_FORM_SECRET);
+    expect(named.size).toBe(expectedNamedForms(EVERY_FORM_SECRET).length);
+    expect(new Set(named.values()).size).toBe(named.size);
+    for (const name of named.values()) expect(name).toMatch(/^[a-z0-9-]+$/);
+  });
+
+  it.each([0, 1, 2])('lists the base64 characters that only the key decides, %i bytes past a 3-byte boundary', (offset) => {
+    const secret = randomSecret();
+    const stable = stableBase64(secret, offset);
+    expect(secretForms(secret)).toContain(stable);
+    // Whatever surrounds it, the key's encoding at that alignment holds these characters.
+    for (const [before, after] of [[0x00, 0x00], [0xff, 0xff], [0x5a, 0xa5]]) {
+      const blob = Buffer.concat([Buffer.alloc(3 + offset, before!), Buffer.from(secret), Buffer.alloc(2, after!)]);
+      expect(blob.toString('base64')).toContain(stable);
+      expect(blob.toString('base64url')).toContain(toBase64url(stable));
+    }
+  });
+
+  it('drops base64 fragments shorter than 8 characters (too short to be specific), keeps whole forms of 4 and up', () => {
+    const forms = secretForms('abcde');
+    expect(forms).toContain('abcde');
+    expect(forms).toContain('YWJjZGU=');
+    expect(forms).toContain('6162636465');
+    expect(forms.filter((form) => form.length < 8)).toEqual(['abcde', 'YWJjZGU']);
+  });
 });
 
 describe('SecretScrubber (property)', () => {
@@ -57,9 +105,9 @@ describe('SecretScrubber (property)', () => {
           const scrubber = new SecretScrubber();
           scrubber.add(secrets);
           const out = scrubber.scrub(text);
-          const forms = secrets.flatMap(expectedForms);
+          const forms = secrets.flatMap(expectedLogForms);
           if (!overlapsMarker(forms)) for (const form of forms) expect(out).not.toContain(form);
-          if (!textFormsNest(secrets)) expect(out).toBe(referenceScrubText(text, secrets));
+          expect(out).toBe(referenceScrubText(text, secrets));
         },
       ),
       { numRuns: 2_000 },
@@ -72,7 +120,7 @@ describe('SecretScrubber (property)', () => {
     scrubber.add([secret]);
     fc.assert(
       fc.property(fc.string({ unit: 'binary', maxLength: 200 }), (text) => {
-        fc.pre(!expectedForms(secret).some((f) => text.includes(f)));
+        fc.pre(!expectedLogForms(secret).some((f) => text.includes(f)));
         expect(scrubber.scrub(text)).toBe(text);
       }),
       { numRuns: 1_000 },
@@ -107,6 +155,29 @@ describe('SecretScrubber (examples)', () => {
     scrubber.add([a]);
     scrubber.add([b]);
     expect(scrubber.scrub(`${a} ${b}`)).toBe(`${MARKER_TEXT} ${MARKER_TEXT}`);
+  });
+
+  it.each([
+    ...expectedNamedForms(EVERY_FORM_SECRET).map(([name, form]) => [name, EVERY_FORM_SECRET, form]),
+    ...expectedNamedForms(RUN_SECRET).map(([name, form]) => [`${name}, random key`, RUN_SECRET, form]),
+  ])('replaces the form "%s", and the form as a JSON log line writes it', (_name, secret, form) => {
+    const scrubber = new SecretScrubber();
+    scrubber.add([secret]);
+    expect(scrubber.scrub(`x ${form} y`)).toBe(`x ${MARKER_TEXT} y`);
+    expect(scrubber.scrub(JSON.stringify({ msg: `x ${form} y` }))).toBe(`{"msg":"x ${MARKER_TEXT} y"}`);
+  });
+
+  it.each([0, 1, 2])('replaces the key base64-encoded inside a larger blob, %i bytes past a 3-byte boundary', (offset) => {
+    const scrubber = new SecretScrubber();
+    scrubber.add([RUN_SECRET]);
+    for (let after = 0; after <= 4; after++) {
+      const blob = Buffer.concat([Buffer.alloc(6 + offset, 0xa5), Buffer.from(RUN_SECRET), Buffer.alloc(after, 0x5a)]);
+      for (const encoding of ['base64', 'base64url'] as const) {
+        const out = scrubber.scrub(`body=${blob.toString(encoding)}`);
+        expect(out).toContain(MARKER_TEXT);
+        for (const form of expectedForms(RUN_SECRET)) expect(out).not.toContain(form);
+      }
+    }
   });
 
   it('replaces a padded base64 form whole', () => {
