@@ -169,7 +169,9 @@ describe('behind a real host name with AUTH_URL', () => {
   it("Auth.js builds its URLs on AUTH_URL's origin", async () => {
     const reply = await send(app, 'GET', '/api/auth/signin', { host: 'app.test' });
     expect(reply.status).toBe(302);
-    expect(String(reply.headers.location)).toMatch(/^https:\/\/keyward\.example\/signin/);
+    const location = new URL(String(reply.headers.location), 'https://keyward.example');
+    expect(location.pathname).toBe('/signin');
+    expect(location.searchParams.get('callbackUrl')).toMatch(/^https:\/\/keyward\.example/);
   });
 });
 
