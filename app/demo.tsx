@@ -126,7 +126,7 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
     return (
       <section className="card">
         <p>You are not signed in.</p>
-        <Link className="button primary" href="/signin" data-testid="sign-in">
+        <Link className="button primary" href="/signin" prefetch={false} data-testid="sign-in">
           Sign in
         </Link>
         {showDemoPassword && (

@@ -14,7 +14,7 @@ export default function RootLayout({ children }: { children: ReactNode }) {
       <body>
         <header className="topbar">
           <div className="topbar-inner">
-            <Link className="brand" href="/">
+            <Link className="brand" href="/" prefetch={false}>
               <span className="brand-mark" aria-hidden="true">K</span>
               Keyward
             </Link>

@@ -35,7 +35,7 @@ export default async function Home() {
         <div className="card" data-testid="signed-out">
           <h1>Keyward</h1>
           <p className="muted">This app calls its APIs through the server, so your browser never holds an API key.</p>
-          <Link className="button primary block" href="/signin" data-testid="sign-in">
+          <Link className="button primary block" href="/signin" prefetch={false} data-testid="sign-in">
             Sign in
           </Link>
         </div>
