@@ -71,11 +71,17 @@ export function filterResponseHeaders(
   return out;
 }
 
+/**
+ * True if the value holds any form of a secret (`secretForms` in log/scrub.ts: raw, percent-encoded in either
+ * case, JSON-escaped, `\u`-escaped, hex, base64 and base64url at every alignment), also once its percent escapes
+ * are decoded (which catches any mix of letter cases and over-eager encoders that escape every byte). undici
+ * reads header values as latin1, so a value with bytes above 0x7f is also read as the UTF-8 its sender wrote.
+ */
 function containsSecret(value: string, secrets: readonly string[]): boolean {
   if (secrets.length === 0) return false;
-  const decoded = decodePercentRuns(value);
-  // Every form the secret takes in transit, not only the raw value: an upstream may echo it base64-encoded.
-  return formsOfSecrets(secrets).some((form) => value.includes(form) || decoded.includes(form));
+  const readings = [value, decodePercentRuns(value)];
+  if (/[^\x00-\x7f]/.test(value)) readings.push(Buffer.from(value, 'latin1').toString('utf8'));
+  return formsOfSecrets(secrets).some((form) => readings.some((reading) => reading.includes(form)));
 }
 
 /**

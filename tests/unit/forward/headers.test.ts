@@ -1,8 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from '../../../lib/core/forward/headers';
 import { randomSecret } from '../../fixtures/secrets';
+import { EVERY_FORM_SECRET, expectedNamedForms } from '../scrub-oracle';
 
 const NONE: ReadonlySet<string> = new Set();
+
+/** A header value as undici hands it over: the bytes the upstream sent (UTF-8), read as latin1. */
+function asReceived(text: string): string {
+  return Buffer.from(text, 'utf8').toString('latin1');
+}
 
 /** Percent-encodes every byte, the way an over-eager upstream might echo a value. */
 function percentEncodeAll(text: string): string {
@@ -164,6 +170,46 @@ describe('filterResponseHeaders', () => {
     const value = `100% done; key=${percentEncodeAll(secret)}`;
     const out = filterResponseHeaders({ 'content-disposition': value }, NONE, [secret]);
     expect(out.has('content-disposition')).toBe(false);
+  });
+});
+
+describe('filterResponseHeaders: every form of the secret', () => {
+  const KEY = randomSecret();
+
+  it.each([
+    ...expectedNamedForms(EVERY_FORM_SECRET).map(([name, form]) => [name, EVERY_FORM_SECRET, form]),
+    ...expectedNamedForms(KEY).map(([name, form]) => [`${name}, random key`, KEY, form]),
+  ])('drops a value that holds the form "%s"', (_name, secret, form) => {
+    const value = asReceived(`W/"${form}"`);
+    const out = filterResponseHeaders(
+      { etag: value, 'x-echo': `k=${value}; v=1`, 'content-type': 'text/plain' },
+      new Set(['x-echo']),
+      [secret],
+    );
+    expect(Object.fromEntries(out)).toEqual({ 'content-type': 'text/plain' });
+  });
+
+  it.each([0, 1, 2])('drops an ETag that is base64 of data holding the key %i bytes past a 3-byte boundary', (offset) => {
+    for (let after = 0; after <= 3; after++) {
+      const data = Buffer.concat([Buffer.from('x'.repeat(3 + offset)), Buffer.from(KEY), Buffer.from('y'.repeat(after))]);
+      for (const encoding of ['base64', 'base64url'] as const) {
+        const out = filterResponseHeaders({ etag: `"${data.toString(encoding)}"` }, NONE, [KEY]);
+        expect(out.has('etag')).toBe(false);
+      }
+    }
+  });
+
+  it('drops a header echoing the request headers as base64 JSON', () => {
+    const echoed = Buffer.from(JSON.stringify({ 'x-api-key': KEY, accept: '*/*' })).toString('base64');
+    const out = filterResponseHeaders({ 'x-echo': echoed, etag: '"1"' }, new Set(['x-echo']), [KEY]);
+    expect(Object.fromEntries(out)).toEqual({ etag: '"1"' });
+  });
+
+  it('keeps values that encode something else', () => {
+    const other = randomSecret();
+    const values = { etag: `"${Buffer.from(`x${other}`).toString('base64')}"`, 'x-echo': Buffer.from(other).toString('hex') };
+    const out = filterResponseHeaders(values, new Set(['x-echo']), [KEY]);
+    expect(Object.fromEntries(out)).toEqual(values);
   });
 });
 
