@@ -1,11 +1,13 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { gunzipSync, brotliDecompressSync } from 'node:zlib';
+import { namedSecretForms } from '../lib/core/log/scrub';
 
 /**
- * Scans every file under a folder for secret values in every form a build or a response could carry them:
- * raw, URL-encoded, base64 (standard, url-safe, unpadded), JSON-escaped and hex. Compressed files (.gz, .br)
- * are scanned decompressed too. Reports the file and the form, never the value.
+ * Scans every file under a folder for secret values in every form a build or a response could carry them: the
+ * forms the leak scrubber knows (`secretForms` in lib/core/log/scrub.ts: raw, URL-encoded, JSON-escaped, `\u`
+ * escapes, hex, base64 and base64url at every alignment). Compressed files (.gz, .br) are scanned
+ * decompressed too. Reports the file and the form, never the value.
  */
 export interface LeakHit {
   readonly file: string;
@@ -13,25 +15,9 @@ export interface LeakHit {
   readonly form: string;
 }
 
-/** Each distinct encoding of the value, named by the first form that produces it. */
+/** Each distinct encoding of the value, by the name of its form. */
 export function encodedForms(value: string): Map<string, string> {
-  const bytes = Buffer.from(value, 'utf8');
-  const candidates: [string, string][] = [
-    ['raw', value],
-    ['url-encoded', encodeURIComponent(value)],
-    ['json-escaped', JSON.stringify(value).slice(1, -1)],
-    ['base64', bytes.toString('base64').replace(/=+$/, '')],
-    ['base64url', bytes.toString('base64url')],
-    ['hex', bytes.toString('hex')],
-  ];
-  const forms = new Map<string, string>();
-  const seen = new Set<string>();
-  for (const [form, text] of candidates) {
-    if (seen.has(text)) continue;
-    seen.add(text);
-    forms.set(form, text);
-  }
-  return forms;
+  return new Map([...namedSecretForms(value)].map(([text, form]) => [form, text]));
 }
 
 function* files(dir: string): Generator<string> {
