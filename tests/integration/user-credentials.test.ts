@@ -463,37 +463,64 @@ describe('no user key leaks anywhere', () => {
   });
 });
 
+/**
+ * A memory store that says when a compare-and-set (the background re-seal) has run, and whether it swapped;
+ * `hold` keeps compare-and-sets waiting until released, to order them after another write.
+ */
+class WatchedStore extends MemoryStore {
+  private readonly waiting: Array<(swapped: boolean) => void> = [];
+  private gate: Promise<void> = Promise.resolve();
+
+  nextReplace(): Promise<boolean> {
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  hold(): () => void {
+    let release!: () => void;
+    this.gate = new Promise((resolve) => (release = resolve));
+    return release;
+  }
+
+  override async replaceIfEquals(key: string, expected: string, value: string): Promise<boolean> {
+    await this.gate;
+    const swapped = await super.replaceIfEquals(key, expected, value);
+    this.waiting.shift()?.(swapped);
+    return swapped;
+  }
+}
+
 describe('vault rotation re-seals stored keys on use', () => {
   it('a key sealed with S1 is re-sealed with S2 on first use, so S1 can then be retired', async () => {
     const s1 = randomSecret('vault-one').padEnd(40, 'x');
     const s2 = randomSecret('vault-two').padEnd(40, 'y');
-    const store = new MemoryStore();
+    const store = new WatchedStore();
     const key = randomSecret('own');
     await new UserKeys(store, new Vault(s1)).put('byok', ALICE, key);
     const rotating = new UserKeys(store, new Vault(s2, s1));
+    const resealed = store.nextReplace();
     expect(await rotating.use('byok', ALICE)).toBe(key);
-    // The re-seal is written in the background; give it a few turns of the event loop (bounded).
-    const retired = new UserKeys(store, new Vault(s2));
-    let seen: string | null = null;
-    for (let attempt = 0; attempt < 50 && seen === null; attempt++) {
-      seen = await retired.use('byok', ALICE).catch(() => null);
-      if (seen === null) await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-    expect(seen).toBe(key);
+    // The re-seal is written in the background: wait for that write, not for time.
+    expect(await resealed).toBe(true);
+    expect(await new UserKeys(store, new Vault(s2)).use('byok', ALICE)).toBe(key);
   });
 
   it('never overwrites a key the user replaced while the old one was being re-sealed', async () => {
     const s1 = randomSecret('vault-one').padEnd(40, 'x');
     const s2 = randomSecret('vault-two').padEnd(40, 'y');
-    const store = new MemoryStore();
+    const store = new WatchedStore();
     const oldKey = randomSecret('old');
     const newKey = randomSecret('new');
     await new UserKeys(store, new Vault(s1)).put('byok', ALICE, oldKey);
     const rotating = new UserKeys(store, new Vault(s2, s1));
+    const resealed = store.nextReplace();
+    const release = store.hold();
     const using = rotating.use('byok', ALICE);
-    await rotating.put('byok', ALICE, newKey);
     expect(await using).toBe(oldKey);
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // The user replaces the key while the old one's re-seal is still on its way …
+    await rotating.put('byok', ALICE, newKey);
+    release();
+    // … so the re-seal finds the record changed and writes nothing.
+    expect(await resealed).toBe(false);
     expect(await rotating.use('byok', ALICE)).toBe(newKey);
   });
 });
