@@ -1,10 +1,24 @@
+import { isAbsolute, relative, resolve } from 'node:path';
 import type { NextConfig } from 'next';
+
+/**
+ * The KEYWARD_CONFIG file is read at run time by path, so Next's file tracing cannot see it: name it here so
+ * `output: 'standalone'` (and Vercel's functions) carry it, at the same path relative to the app. Only a file
+ * inside the project can be traced; an absolute path elsewhere is the deployment's to provide.
+ */
+function tracedConfigFiles(): string[] {
+  const configured = process.env.KEYWARD_CONFIG;
+  if (!configured) return [];
+  const path = relative(process.cwd(), resolve(configured));
+  return path.startsWith('..') || isAbsolute(path) ? [] : [`./${path}`];
+}
 
 const nextConfig: NextConfig = {
   // `npm run check:leaks` builds into its own folder so it never disturbs a regular build.
   distDir: process.env.KEYWARD_DIST_DIR || '.next',
   // `NEXT_OUTPUT=standalone npm run build` builds .next/standalone/server.js for container deploys.
   output: process.env.NEXT_OUTPUT === 'standalone' ? 'standalone' : undefined,
+  outputFileTracingIncludes: { '/**': tracedConfigFiles() },
   // Proxied responses are streamed as the upstream sends them. Next's gzip would buffer SSE events
   // and cost ~13 % on small JSON; compression belongs to the edge (Vercel, nginx) in front of Keyward.
   compress: false,

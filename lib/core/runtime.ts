@@ -1,7 +1,7 @@
 import 'server-only';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
-import { ConfigError, readConfigFile, type UpstreamDefinition } from './config/load';
+import { ConfigError, readConfigFile, readConfigJson, type UpstreamDefinition } from './config/load';
 import { OAuthTokenStore, oidcRefresher, type TokenRefresher } from './credential/oauth';
 import { UserKeys } from './credential/user-keys';
 import { MobileTokens } from './mobile/tokens';
@@ -59,7 +59,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const { env } = options;
   const now = options.now ?? Date.now;
   const settings = readSettings(env);
-  const definitions = [...(options.upstreams ?? []), ...(settings.KEYWARD_CONFIG ? readConfigFile(settings.KEYWARD_CONFIG) : [])];
+  const definitions = [
+    ...(options.upstreams ?? []),
+    ...(settings.KEYWARD_CONFIG ? readConfigFile(settings.KEYWARD_CONFIG) : []),
+    ...(settings.KEYWARD_CONFIG_JSON ? readConfigJson(settings.KEYWARD_CONFIG_JSON) : []),
+  ];
   // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);

@@ -46,6 +46,8 @@ const settingsSchema = z.object({
   AUTH_SECRET: secret,
   KEYWARD_SESSION_SECRET: secret,
   KEYWARD_CONFIG: z.string().min(1).optional(),
+  /** The config file's content itself, for hosts where shipping a file is awkward (Vercel). */
+  KEYWARD_CONFIG_JSON: z.string().min(1).optional(),
   KEYWARD_ALLOWED_ORIGINS: z
     .string()
     .optional()
@@ -159,6 +161,9 @@ export function readSettings(env: Env): Settings {
     throw new ConfigError(
       'Keyward settings are invalid:\n  - KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET must be set together',
     );
+  }
+  if (result.data.KEYWARD_CONFIG && result.data.KEYWARD_CONFIG_JSON) {
+    throw new ConfigError('Keyward settings are invalid:\n  - KEYWARD_CONFIG_JSON: set either KEYWARD_CONFIG (a file) or KEYWARD_CONFIG_JSON (its content), not both');
   }
   if (result.data.KEYWARD_STORE === 'redis' && !result.data.REDIS_URL) {
     throw new ConfigError('Keyward settings are invalid:\n  - REDIS_URL: must be set when KEYWARD_STORE is redis');

@@ -45,6 +45,17 @@ export function readConfigFile(path: string): UpstreamDefinition[] {
   return parseConfig(json, `KEYWARD_CONFIG (${path})`);
 }
 
+/** Reads KEYWARD_CONFIG_JSON: the same config held in an environment variable (Vercel, containers). */
+export function readConfigJson(text: string): UpstreamDefinition[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new ConfigError('KEYWARD_CONFIG_JSON: is not valid JSON');
+  }
+  return parseConfig(json, 'KEYWARD_CONFIG_JSON');
+}
+
 export function parseConfig(json: unknown, source: string): UpstreamDefinition[] {
   // zod's record parser silently drops a `__proto__` key (JSON.parse makes it an own property): refuse it here.
   const upstreams = (json as { upstreams?: unknown } | null)?.upstreams;

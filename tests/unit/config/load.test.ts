@@ -387,3 +387,36 @@ describe('readConfigFile', () => {
     expect((error as Error).message).not.toContain(secret);
   });
 });
+
+describe('KEYWARD_CONFIG_JSON (the config held in an environment variable)', () => {
+  it('reads the same config as the file', async () => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const runtime = createRuntime({
+      env: {
+        AUTH_SECRET: randomSecret('auth'),
+        KEYWARD_SESSION_SECRET: randomSecret('sess'),
+        KEYWARD_STORE: 'memory',
+        ECHO_KEY: randomSecret('key'),
+        KEYWARD_CONFIG_JSON: JSON.stringify({ upstreams: { echo: valid() } }),
+      },
+    });
+    expect([...runtime.registry.keys()]).toEqual(['echo']);
+  });
+
+  it('names the variable, never its content, when it is not JSON or not valid', async () => {
+    const { readConfigJson } = await import('../../../lib/core/config/load');
+    const notJson = thrown(() => readConfigJson('{"upstreams": sk-live-secret'));
+    expect(notJson).toBeInstanceOf(ConfigError);
+    expect((notJson as Error).message).toBe('KEYWARD_CONFIG_JSON: is not valid JSON');
+    const invalid = thrown(() => readConfigJson(JSON.stringify({ upstreams: { echo: valid({ baseUrl: 'ftp://x' }) } })));
+    expect((invalid as Error).message).toMatch(/^KEYWARD_CONFIG_JSON is invalid:\n {2}- upstreams\.echo\.baseUrl/);
+  });
+
+  it('is refused together with KEYWARD_CONFIG', async () => {
+    const { readSettings } = await import('../../../lib/core/settings');
+    const error = thrown(() =>
+      readSettings({ AUTH_SECRET: randomSecret('auth'), KEYWARD_SESSION_SECRET: randomSecret('sess'), KEYWARD_CONFIG: 'a.json', KEYWARD_CONFIG_JSON: '{}' }),
+    );
+    expect((error as Error).message).toContain('KEYWARD_CONFIG_JSON: set either KEYWARD_CONFIG (a file) or KEYWARD_CONFIG_JSON');
+  });
+});
