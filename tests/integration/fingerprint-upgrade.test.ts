@@ -86,3 +86,41 @@ describe('key-ring state stored under unkeyed fingerprints', () => {
     expect(ring!.versions.filter((v) => v.source === 'managed')).toHaveLength(1);
   });
 });
+
+describe('rotating KEYWARD_SESSION_SECRET', () => {
+  it('a managed key added before the rotation keeps serving after it (its seal names its version)', async () => {
+    const before = createRuntime({
+      env: { ...testSessionSecrets(), KEYWARD_STORE: 'memory', KEYWARD_VAULT_SECRET: vaultSecret, SVC_KEY: envKey },
+      upstreams: [
+        defineUpstream('other', {
+          baseUrl: 'http://127.0.0.1:9/v1/',
+          auth: { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } },
+          routes: [{ method: 'GET', path: '/items/:id' }],
+        }),
+      ],
+      logger: capturingLogger().logger,
+    });
+    const fresh = randomSecret('fresh');
+    const rotation = await before.keyRings.rotate('other', fresh, { skipCanary: true, actor: 'local:root' });
+    expect(rotation.state).toBe('switched');
+    expect((await before.keyRings.credential(before.registry.get('other')!)).secrets[0]).toBe(fresh);
+
+    // The same store and vault, a new session secret: every fingerprint computed now is different.
+    const after = createRuntime({
+      env: { ...testSessionSecrets(), KEYWARD_VAULT_SECRET: vaultSecret, SVC_KEY: envKey },
+      upstreams: [
+        defineUpstream('other', {
+          baseUrl: 'http://127.0.0.1:9/v1/',
+          auth: { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } },
+          routes: [{ method: 'GET', path: '/items/:id' }],
+        }),
+      ],
+      store: before.store,
+      logger: capturingLogger().logger,
+    });
+    expect(after.registry.get('other')!.fingerprints.of(fresh)).not.toBe(rotation.to);
+    expect((await after.keyRings.credential(after.registry.get('other')!)).secrets[0]).toBe(fresh);
+    for (const r of [before, after]) await (r.dispatcher as { close?: () => Promise<void> }).close?.().catch(() => {});
+    await before.store.close();
+  });
+});

@@ -136,7 +136,9 @@ export class KeyRings {
     if (existing?.state === 'revoked') throw new KeywardError('bad_request', { message: 'This key was revoked and cannot be added again.' });
     if (existing) return existing;
     logScrubber.add([value]);
-    await guard(async () => this.store.set(`keyval:${upstreamId}:${id}`, await this.vault!.seal({ value })));
+    // The seal names its version, so the check below does not depend on the fingerprint key (which changes
+    // when KEYWARD_SESSION_SECRET is rotated).
+    await guard(async () => this.store.set(`keyval:${upstreamId}:${id}`, await this.vault!.seal({ value, id })));
     const now = this.now();
     return this.update(upstreamId, (record) => {
       const found = record.versions.find((v) => v.id === id);
@@ -359,8 +361,10 @@ export class KeyRings {
     if (cached) return cached;
     if (!this.vault) throw new KeywardError('credential_unavailable');
     const sealed = await guard(() => this.store.get(`keyval:${upstream.id}:${version.id}`));
-    const opened = sealed ? await this.vault.open<{ value: string }>(sealed) : null;
-    if (!opened || !upstream.fingerprints.matches(opened.value, version.fingerprint)) throw new KeywardError('credential_unavailable');
+    const opened = sealed ? await this.vault.open<{ value: string; id?: string }>(sealed) : null;
+    // The sealed value must be this version's: by the id sealed with it, or (sealed before ids were) by fingerprint.
+    const belongs = opened && (opened.id !== undefined ? opened.id === version.id : upstream.fingerprints.matches(opened.value, version.fingerprint));
+    if (!opened || !belongs) throw new KeywardError('credential_unavailable');
     logScrubber.add([opened.value]);
     const credential = credentialFor(upstream.auth, opened.value, upstream.fingerprints, basicUsername(upstream));
     this.managed.set(`${upstream.id}:${version.id}`, credential);
