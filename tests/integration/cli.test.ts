@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AdminRecord, AuditRecord, CallRecord } from '../../lib/core/audit/audit';
+import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { capturingLogger } from '../fixtures/claims-session';
@@ -26,7 +26,8 @@ const ROOT = resolve(import.meta.dirname, '../..');
 const TSX = join(ROOT, 'node_modules/.bin/tsx');
 const SCRIPT = join(ROOT, 'scripts/keyward.ts');
 const ACTOR = `cli:${userInfo().username}`;
-const fp = (secret: string) => createHash('sha256').update(secret, 'utf8').digest('hex').slice(0, 12);
+/** Fingerprints as the CLI and the server compute them: keyed by KEYWARD_SESSION_SECRET. */
+const fp = (secret: string) => keyFingerprints(env.KEYWARD_SESSION_SECRET!).of(secret);
 
 const keys = {
   primary: randomSecret('cli'),
@@ -492,6 +493,34 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
       'canary_failed',
       fp(keys.refused),
     ]);
+  });
+
+  it('audit tail shows control characters and bidi overrides in stored text as escapes, never sends them to the terminal', async () => {
+    runtime.audit.recordCall({
+      requestId: 'cli-escapes',
+      userId: 'oidc:\x1b[2Jevil\u202etxt',
+      sessionId: null,
+      upstream: 'svc',
+      route: '/items/:id',
+      target: null,
+      method: 'GET',
+      status: 200,
+      keyFingerprint: null,
+      bytesIn: 0,
+      bytesOut: 0,
+      durationMs: 1,
+      outcome: 'complete',
+      errorCode: null,
+      clientIp: null,
+      units: 0,
+    });
+    await runtime.audit.flush();
+    const run = await cli(['audit', 'tail', '-n', '1']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(table(run.stdout).rows[0]![2]).toBe('oidc:\\u001b[2Jevil\\u202etxt');
+    expect(run.stdout).not.toMatch(/[\x1b\u202e]/);
+    // --json keeps the record as stored (JSON escapes the control character itself).
+    expect(jsonLines((await cli(['audit', 'tail', '-n', '1', '--json'])).stdout)[0]).toMatchObject({ userId: 'oidc:\x1b[2Jevil\u202etxt' });
   });
 });
 
