@@ -4,10 +4,14 @@
  */
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import nextEnv from '@next/env';
 import { startDemoUpstream } from '../demo/upstream';
 import { DEMO_USER, prepareDevEnvironment } from './dev-setup';
 
 const cwd = process.cwd();
+// Settings in .env* files first, exactly as `next dev` and the CLI read them, so a secret set there is the one
+// used instead of a generated one (the server and the CLI then agree on the vault secret and the config).
+nextEnv.loadEnvConfig(cwd, true);
 let env: NodeJS.ProcessEnv;
 try {
   env = await prepareDevEnvironment(cwd, process.env);

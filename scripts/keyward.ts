@@ -170,7 +170,7 @@ async function openRuntime(): Promise<Runtime> {
   reportEnvFiles();
   const env = process.env.AUTH_SECRET || process.env.NODE_ENV === 'production' ? process.env : await prepareDevEnvironment(process.cwd(), process.env);
   const { upstreams } = await import('../upstreams/index');
-  return createRuntime({ env, upstreams });
+  return createRuntime({ env, upstreams, serving: false });
 }
 
 const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);

@@ -49,6 +49,11 @@ export interface RuntimeOptions {
   /** A store to use instead of the one the settings name (tests). */
   readonly store?: Store;
   readonly now?: () => number;
+  /**
+   * false for tools (the CLI): they serve nobody, so production's serving checks (a public origin, a sign-in
+   * method) do not apply. Every other setting is checked the same.
+   */
+  readonly serving?: boolean;
 }
 
 /**
@@ -83,7 +88,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   if (settings.KEYWARD_OIDC_ISSUER && settings.KEYWARD_OIDC_CLIENT_ID && settings.KEYWARD_OIDC_CLIENT_SECRET) {
     refreshers.set('oidc', oidcRefresher(settings.KEYWARD_OIDC_ISSUER, settings.KEYWARD_OIDC_CLIENT_ID, settings.KEYWARD_OIDC_CLIENT_SECRET, now));
   }
-  const problems = productionProblems(settings, users !== null);
+  const problems = options.serving === false ? [] : productionProblems(settings, users !== null);
   for (const [provider, upstreamId] of oauthProviders) {
     if (!refreshers.has(provider)) {
       problems.push(`  - upstreams.${upstreamId}.auth.secret.oauth: no sign-in provider "${provider}" is configured (KEYWARD_OIDC_* gives "oidc")`);
