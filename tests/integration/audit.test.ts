@@ -5,6 +5,7 @@ import { handleUserKey } from '../../lib/core/api/keys';
 import { handleAdminRevoke } from '../../lib/core/api/revoke';
 import type { AdminRecord, AuditRecord, CallRecord } from '../../lib/core/audit/audit';
 import { defineUpstream } from '../../lib/core/config/load';
+import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
@@ -76,7 +77,8 @@ class TrackedRedisStore extends RedisStore {
   }
 }
 
-const fp = (secret: string) => createHash('sha256').update(secret, 'utf8').digest('hex').slice(0, 12);
+/** A key's fingerprint as the runtime computes it (keyed with KEYWARD_SESSION_SECRET). */
+const fp = (secret: string) => keyFingerprints(env.KEYWARD_SESSION_SECRET!).of(secret);
 const sidHash = (sid: string) => createHash('sha256').update(sid, 'utf8').digest('hex').slice(0, 16);
 
 let upstream: TestUpstream;
