@@ -375,6 +375,18 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
     for (const key of Object.values(keys)) expect(list.stdout).not.toContain(key);
   });
 
+  it('key and audit commands serve nobody: they run in production without a public origin or sign-in method; check-config does not', async () => {
+    const toolEnv = { ...env };
+    delete toolEnv.AUTH_URL;
+    delete toolEnv.KEYWARD_USERS_FILE;
+    const list = await cli(['keys', 'list', '--json'], '', { env: toolEnv });
+    expect(list.code, list.stderr).toBe(0);
+    const check = await cli(['check-config'], '', { env: toolEnv });
+    expect(check.code).toBe(1);
+    expect(check.stderr).toContain('AUTH_URL: must be set in production');
+    expect(check.stderr).toContain('KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER: no sign-in method is configured');
+  });
+
   it('failures name the problem and exit 1: unknown upstream, short key, nothing on stdin', async () => {
     const nowhere = await cli(['keys', 'rotate', 'nope'], keys.unknownUpstream);
     expect(nowhere.code).toBe(1);
