@@ -32,24 +32,25 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   const add = (name: string, text: string, minLength = MIN_FORM_LENGTH) => {
     if (text.length >= minLength && !forms.has(text)) forms.set(text, name);
   };
-  const bytes = Buffer.from(secret, 'utf8');
   add('raw', secret);
   const uri = encodeURIComponent(secret);
   add('url-encoded', uri);
   add('url-encoded-lowercase', lowercaseEscapes(uri));
-  const form = new URLSearchParams({ k: secret }).toString().slice(2);
+  // URLSearchParams leaves only A-Z a-z 0-9 * - . _ as they are; for such a secret (most keys) it is the raw form.
+  const form = /^[\w*.-]*$/.test(secret) ? secret : new URLSearchParams({ k: secret }).toString().slice(2);
   add('form-encoded', form);
   add('form-encoded-lowercase', lowercaseEscapes(form));
   const json = JSON.stringify(secret).slice(1, -1);
   add('json-escaped', json);
   // JSON.stringify never writes "\/" and writes a backslash as "\\", so every "/" here is a slash of the secret.
   add('json-escaped-slash', json.replaceAll('/', '\\/'));
-  const asciiJson = json.replace(/[^\x00-\x7f]/g, (unit) => unicodeEscape(unit, false));
+  const asciiJson = /[^\x00-\x7f]/.test(json) ? json.replace(/[^\x00-\x7f]/g, unicodeEscapes) : json;
   add('json-escaped-ascii', asciiJson);
   add('json-escaped-ascii-slash', asciiJson.replaceAll('/', '\\/'));
-  // Without the u flag, [\s\S] is one UTF-16 unit: a character outside the BMP becomes its two surrogates.
-  add('unicode-escaped', secret.replace(/[\s\S]/g, (unit) => unicodeEscape(unit, false)));
-  add('unicode-escaped-uppercase', secret.replace(/[\s\S]/g, (unit) => unicodeEscape(unit, true)));
+  const escaped = unicodeEscapes(secret);
+  add('unicode-escaped', escaped);
+  add('unicode-escaped-uppercase', escaped.toUpperCase().replaceAll('\\U', '\\u'));
+  const bytes = Buffer.from(secret, 'utf8');
   const hex = bytes.toString('hex');
   add('hex', hex);
   add('hex-uppercase', hex.toUpperCase());
@@ -58,8 +59,10 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   add('base64-unpadded', base64.replace(/=+$/, ''));
   add('base64url', bytes.toString('base64url'));
   add('base64url-padded', toBase64url(base64));
+  const padded = Buffer.alloc(2 + bytes.length);
+  bytes.copy(padded, 2);
   for (const offset of [0, 1, 2] as const) {
-    const fragment = base64Fragment(bytes, offset);
+    const fragment = base64Fragment(padded.subarray(2 - offset), offset);
     add(`base64-offset${offset}`, fragment, MIN_FRAGMENT_LENGTH);
     add(`base64url-offset${offset}`, toBase64url(fragment), MIN_FRAGMENT_LENGTH);
   }
@@ -72,14 +75,13 @@ export function secretForms(secret: string): string[] {
 }
 
 /**
- * The part of base64(`offset` unknown bytes + key + unknown bytes) that depends on the key alone (RFC 4648 §4):
- * each character encodes 6 bits, so the leading ceil(8·offset/6) characters mix in the bytes before the key and
- * the character after the last whole 6 bits of the key mixes in the bytes after it. Offset 0 is also where an
- * encoded key followed by more data lands.
+ * The part of base64(`offset` unknown bytes + key + unknown bytes) that depends on the key alone (RFC 4648 §4),
+ * given the key behind `offset` bytes: each character encodes 6 bits, so the leading ceil(8·offset/6) characters
+ * mix in the bytes before the key and the character after the last whole 6 bits of the key mixes in the bytes
+ * after it. Offset 0 is also where an encoded key followed by more data lands.
  */
-function base64Fragment(bytes: Buffer, offset: 0 | 1 | 2): string {
-  const encoded = Buffer.concat([Buffer.alloc(offset), bytes]).toString('base64');
-  return encoded.slice(Math.ceil((8 * offset) / 6), Math.floor((8 * (offset + bytes.length)) / 6));
+function base64Fragment(behindOffset: Buffer, offset: 0 | 1 | 2): string {
+  return behindOffset.toString('base64').slice(Math.ceil((8 * offset) / 6), Math.floor((8 * behindOffset.length) / 6));
 }
 
 function toBase64url(base64: string): string {
@@ -87,26 +89,36 @@ function toBase64url(base64: string): string {
 }
 
 function lowercaseEscapes(encoded: string): string {
-  return encoded.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase());
+  return encoded.includes('%') ? encoded.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase()) : encoded;
 }
 
-function unicodeEscape(unit: string, uppercase: boolean): string {
-  const code = unit.charCodeAt(0).toString(16).padStart(4, '0');
-  return `\\u${uppercase ? code.toUpperCase() : code}`;
+/** Every UTF-16 unit as \uxxxx (a character outside the BMP becomes its two surrogates, as JSON writes them). */
+function unicodeEscapes(text: string): string {
+  let out = '';
+  for (let i = 0; i < text.length; i++) out += `\\u${(text.charCodeAt(i) | 0x10000).toString(16).slice(1)}`;
+  return out;
 }
 
-const formsCache = new WeakMap<readonly string[], readonly string[]>();
+/** Lists of forms by secrets list (JSON of the list: one key per list), most recently used last. */
+const formsCache = new Map<string, readonly string[]>();
+const FORMS_CACHE_SIZE = 256;
 
 /**
- * Every distinct form of every secret in the list, computed once per list: service credentials keep the same
- * list for the life of the process, so the header filter and the stream scrubber share one computation.
+ * Every distinct form of every secret in the list, computed once per list and shared by the header filter and
+ * the stream scrubber (which keys its byte tables by the returned array). Cached by value, not by the list
+ * object: a user's own key or OAuth token arrives in a fresh list on every call. The cache holds the last 256
+ * lists, which stay in this process's memory as the secrets themselves do.
  */
 export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
-  let forms = formsCache.get(secrets);
-  if (!forms) {
+  const key = JSON.stringify(secrets);
+  let forms = formsCache.get(key);
+  if (forms) {
+    formsCache.delete(key);
+  } else {
     forms = [...new Set(secrets.flatMap((secret) => secretForms(secret)))];
-    formsCache.set(secrets, forms);
+    if (formsCache.size >= FORMS_CACHE_SIZE) formsCache.delete(formsCache.keys().next().value!);
   }
+  formsCache.set(key, forms);
   return forms;
 }
 

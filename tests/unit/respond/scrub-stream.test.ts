@@ -163,6 +163,18 @@ describe('StreamScrubber (property)', () => {
     );
   });
 
+  it('gives the same bytes through pushParts as through push, whatever the chunking', () => {
+    fc.assert(
+      fc.property(caseArb, ({ secret, chunks }) => {
+        const whole = new StreamScrubber([secret]);
+        const pieces = new StreamScrubber([secret]);
+        for (const chunk of chunks) expect(Buffer.concat(pieces.pushParts(chunk)).equals(whole.push(chunk))).toBe(true);
+        expect(pieces.flush().equals(whole.flush())).toBe(true);
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+
   it('scrubs several secrets at once', () => {
     const secrets = [randomSecret(), randomSecret('other'), REGEX_SPECIAL_SECRET];
     const forms = formBuffers(secrets);
@@ -208,6 +220,18 @@ describe('StreamScrubber (examples)', () => {
     const scrubber = new StreamScrubber([secret]);
     const parts = [...enc(`<${secret}>`)].map((b) => scrubber.push(Buffer.from([b])));
     expect(Buffer.concat([...parts, scrubber.flush()]).toString()).toBe(`<${MARKER_TEXT}>`);
+  });
+
+  it('hands a large chunk on uncopied behind a held-back tail (pushParts)', () => {
+    const secret = randomSecret();
+    const scrubber = new StreamScrubber([secret]);
+    expect(scrubber.push(enc(`x${secret.slice(0, 3)}`)).toString()).toBe('x');
+    const big = enc(`${'y'.repeat(4096)}${secret}z`);
+    const parts = scrubber.pushParts(big);
+    expect(Buffer.concat(parts).toString()).toBe(`${secret.slice(0, 3)}${'y'.repeat(4096)}${MARKER_TEXT}z`);
+    expect(parts[0]!.toString()).toBe(secret.slice(0, 3));
+    expect(parts[1]!.buffer).toBe(big.buffer); // a view of the chunk, not a copy
+    expect(parts[1]!.length).toBe(4096);
   });
 
   it('releases a dangling prefix on flush', () => {
