@@ -40,9 +40,9 @@ const holding = new AsyncLocalStorage<true>();
  * verifyPassword and hashPassword take one too, so no caller can run scrypt outside the bound.
  * Throws KeywardError('sign_in_busy') (503, Retry-After) when the queue is full.
  */
-export async function withPasswordSlot<T>(work: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+export async function withPasswordSlot<T>(work: () => Promise<T>, signal?: AbortSignal, wait = false): Promise<T> {
   if (holding.getStore()) return work();
-  const release = await slots.acquire(signal);
+  const release = await slots.acquire(signal, wait);
   if (!release) throw new KeywardError('sign_in_busy', { headers: { 'retry-after': String(PASSWORD_RETRY_AFTER_SECONDS) } });
   try {
     return await holding.run(true, work);
@@ -59,7 +59,9 @@ export function passwordLoad(): { active: number; waiting: number } {
 export async function hashPassword(password: string): Promise<string> {
   if (password.length < 8) throw new Error('Passwords must be at least 8 characters.');
   const salt = randomBytes(16);
-  const key = await withPasswordSlot(() => scrypt(password, salt, KEY_LENGTH, { N, r: R, p: P, maxmem: maxmem(N, R) }));
+  // Hashing a new password (the CLI, set-up, the decoy hash) is never a client's doing: it waits for a slot,
+  // however many are queued, rather than failing; it still never runs beside more than PASSWORD_CONCURRENCY others.
+  const key = await withPasswordSlot(() => scrypt(password, salt, KEY_LENGTH, { N, r: R, p: P, maxmem: maxmem(N, R) }), undefined, true);
   return `scrypt$${N}$${R}$${P}$${salt.toString('base64url')}$${key.toString('base64url')}`;
 }
 

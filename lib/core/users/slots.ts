@@ -16,14 +16,17 @@ export class Slots {
     readonly maxWaiting: number,
   ) {}
 
-  /** Resolves to a release function once a slot is held; null at once when the queue is full. */
-  async acquire(signal?: AbortSignal): Promise<(() => void) | null> {
+  /**
+   * Resolves to a release function once a slot is held; null at once when the queue is full, unless `wait` is
+   * set (work no client can trigger, e.g. hashing a new password: it waits its turn instead of failing).
+   */
+  async acquire(signal?: AbortSignal, wait = false): Promise<(() => void) | null> {
     signal?.throwIfAborted();
     if (this.active < this.concurrency) {
       this.active++;
       return this.releaser();
     }
-    if (this.waiting.length >= this.maxWaiting) return null;
+    if (!wait && this.waiting.length >= this.maxWaiting) return null;
     await new Promise<void>((resolve, reject) => {
       const wake = () => {
         signal?.removeEventListener('abort', abandon);

@@ -3,6 +3,7 @@ import { KeywardError } from '../../../lib/core/errors';
 import {
   PASSWORD_CONCURRENCY,
   PASSWORD_QUEUE,
+  hashPassword,
   passwordLoad,
   verifyPassword,
   withPasswordSlot,
@@ -101,5 +102,18 @@ describe('password slots (issue 11, finding 3)', () => {
     await expect(verifyPassword('whatever-password', stored)).rejects.toMatchObject({ code: 'sign_in_busy' });
     hold.open();
     await Promise.all(admitted);
+  });
+
+  it("hashPassword (never a client's doing) waits its turn past a full queue instead of failing, still two at a time", async () => {
+    const hold = gate();
+    const admitted = Array.from({ length: PASSWORD_CONCURRENCY + PASSWORD_QUEUE }, () => withPasswordSlot(() => hold.promise));
+    await Promise.resolve();
+    const hashing = hashPassword('a-new-password');
+    await Promise.resolve();
+    expect(passwordLoad().waiting).toBe(PASSWORD_QUEUE + 1);
+    hold.open();
+    await Promise.all(admitted);
+    expect(await hashing).toMatch(/^scrypt\$/);
+    expect(passwordLoad()).toEqual({ active: 0, waiting: 0 });
   });
 });
