@@ -11,8 +11,8 @@ const EMPTY = Buffer.alloc(0);
 const BLOCK = 2;
 const TABLE_SIZE = 1 << 16;
 
-/** The block of bytes[end - 1 .. end]. */
-function blockHash(bytes: Uint8Array, end: number): number {
+/** The block bytes[end - 1 .. end] as a table index. */
+function blockAt(bytes: Uint8Array, end: number): number {
   return (bytes[end - 1]! << 8) | bytes[end]!;
 }
 
@@ -21,9 +21,9 @@ interface Patterns {
   readonly forms: readonly Buffer[];
   /** The shortest form's length: every match is looked for through a window of this many bytes. */
   readonly window: number;
-  /** How far the window may move on, given the hash of the last BLOCK bytes in it (0: a form may end here). */
+  /** How far the window may move on, given its last BLOCK bytes (0: a form's first `window` bytes may end here). */
   readonly shift: Uint8Array;
-  /** The forms whose first `window` bytes end in a block with this hash, longest first. */
+  /** The forms whose first `window` bytes end in this block, longest first. */
   readonly candidates: ReadonlyMap<number, readonly Buffer[]>;
   /** The forms that start with this byte, for the held-back tail. */
   readonly byFirstByte: readonly (readonly Buffer[] | undefined)[];
@@ -43,9 +43,7 @@ function patternsFor(secrets: readonly string[]): Patterns {
   const texts = formsOfSecrets(secrets);
   let patterns = patternsCache.get(texts);
   if (patterns) return patterns;
-  const forms = texts
-    .map((form) => Buffer.from(form, 'utf8'))
-    .sort((a, b) => b.length - a.length);
+  const forms = texts.map((form) => Buffer.from(form, 'utf8')).sort((a, b) => b.length - a.length);
   const window = forms.reduce((min, form) => Math.min(min, form.length), Infinity);
   const shift = new Uint8Array(TABLE_SIZE).fill(Math.min(255, window - BLOCK + 1));
   const candidates = new Map<number, Buffer[]>();
@@ -53,10 +51,10 @@ function patternsFor(secrets: readonly string[]): Patterns {
   for (const form of forms) {
     // A block ending at offset `end` of a form's first `window` bytes lets the window move window - 1 - end.
     for (let end = BLOCK - 1; end < window; end++) {
-      const hash = blockHash(form, end);
-      shift[hash] = Math.min(shift[hash]!, window - 1 - end);
+      const block = blockAt(form, end);
+      shift[block] = Math.min(shift[block]!, window - 1 - end);
     }
-    const last = blockHash(form, window - 1);
+    const last = blockAt(form, window - 1);
     candidates.set(last, [...(candidates.get(last) ?? []), form]);
     (byFirstByte[form[0]!] ??= []).push(form);
   }
@@ -111,7 +109,7 @@ export class StreamScrubber {
       const match = this.find(head, position);
       if (!match || match.index >= carry.length) break;
       if (match.index > position) parts.push(head.subarray(position, match.index));
-      parts.push(MARKER);
+      parts.push(Buffer.from(MARKER)); // a buffer of its own: parts are handed on as they are
       position = match.index + match.length;
     }
     if (position < carry.length) parts.push(head.subarray(position, carry.length));
@@ -127,9 +125,10 @@ export class StreamScrubber {
 
   /**
    * Replaces every complete form in data[position..] (leftmost first, longest at a position), appends the
-   * result to `parts` and returns them. Unless the stream has ended, it holds back a tail that could be the start of a form,
-   * and with it any match inside that tail: the next chunk may complete a form that starts there and replaces
-   * it whole, such as padded base64 whose unpadded form matched already, or a form that contains another.
+   * result to `parts` and returns them. Unless the stream has ended, it holds back a tail that could be the
+   * start of a form, and with it any match inside that tail: the next chunk may complete a form that starts
+   * there and replaces it whole, such as padded base64 whose unpadded form matched already, or a form that
+   * contains another.
    */
   private process(data: Buffer, position: number, parts: Buffer[], final: boolean): Buffer[] {
     const { maxLength } = this.patterns;
@@ -146,7 +145,7 @@ export class StreamScrubber {
         }
       }
       if (index > position) parts.push(data.subarray(position, index));
-      parts.push(MARKER);
+      parts.push(Buffer.from(MARKER)); // a buffer of its own: parts are handed on as they are
       position = index + length;
     }
     const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.partialSuffix(data, position);
@@ -156,22 +155,22 @@ export class StreamScrubber {
   }
 
   /**
-   * The leftmost complete form at or after `from`, the longest one where several start there: forms that start at
-   * the same place share their first `window` bytes, so they are candidates of the same block, longest first.
+   * The leftmost complete form at or after `from`, the longest one where several start there: forms that match
+   * at the same place share their first `window` bytes, so they are candidates of the same block, longest first.
    */
   private find(data: Buffer, from: number): { index: number; length: number } | null {
     const { window, shift, candidates } = this.patterns;
     const length = data.length;
     let end = from + window - 1; // the window is data[end - window + 1 .. end]
     while (end < length) {
-      const hash = blockHash(data, end);
-      const skip = shift[hash]!;
+      const block = blockAt(data, end);
+      const skip = shift[block]!;
       if (skip !== 0) {
         end += skip;
         continue;
       }
       const index = end - window + 1;
-      for (const form of candidates.get(hash)!) {
+      for (const form of candidates.get(block)!) {
         if (index + form.length <= length && data.compare(form, 0, form.length, index, index + form.length) === 0) {
           return { index, length: form.length };
         }
