@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { StreamScrubber } from '../../../lib/core/respond/scrub-stream';
@@ -172,6 +173,23 @@ describe('StreamScrubber (property)', () => {
         expect(pieces.flush().equals(whole.flush())).toBe(true);
       }),
       { numRuns: 1_000 },
+    );
+  });
+
+  it('scrubs a long token (window and shifts past 255 bytes) in every form, whatever the chunking', () => {
+    const token = `eyJ${randomBytes(900).toString('base64url')}`; // an OAuth access token can be this long
+    const forms = formBuffers([token]);
+    fc.assert(
+      fc.property(
+        fc.array(piecesFor(forms), { maxLength: 6 }),
+        fc.array(fc.nat({ max: 100_000 }), { maxLength: 12 }),
+        (pieces, cuts) => {
+          const input = Buffer.concat(pieces);
+          const output = run(new StreamScrubber([token]), split(input, cuts, false));
+          expect(output.equals(referenceScrub(input, forms))).toBe(true);
+        },
+      ),
+      { numRuns: 200 },
     );
   });
 
