@@ -2,6 +2,9 @@ import 'server-only';
 import { createRuntime, type Runtime } from '@/lib/core/runtime';
 import { upstreams } from '@/upstreams';
 
+// Per bundle, on purpose: instrumentation.ts and the route handlers are separate bundles with their own copies
+// of every class, so a runtime shared through globalThis would throw errors that the other bundle's
+// `instanceof` checks (KeywardError, StoreUnavailableError) do not recognise, turning 503s into 500s.
 let runtime: Runtime | undefined;
 
 /**

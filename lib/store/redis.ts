@@ -1,6 +1,8 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { assertReservations, StoreUnavailableError, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
+const CONNECT_TIMEOUT_MS = 2_000;
+
 /** How far an entry's `at` (the writer's clock) may lie from its stream id (Redis's clock) and still be found by time. */
 const LOG_SKEW_MS = 5 * 60_000;
 
@@ -36,6 +38,9 @@ return values`;
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
   private readonly redis: Redis;
+  /** Settles once the first connection is ready, or once the connect timeout passed without one. */
+  private readonly firstConnection: Promise<void>;
+  private connectedOnce = false;
 
   constructor(url: string, options: { prefix?: string; commandTimeoutMs?: number } = {}) {
     const redisOptions: RedisOptions = {
@@ -43,7 +48,7 @@ export class RedisStore implements Store {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
       commandTimeout: options.commandTimeoutMs ?? 2_000,
-      connectTimeout: 2_000,
+      connectTimeout: CONNECT_TIMEOUT_MS,
       retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
       lazyConnect: false,
     };
@@ -51,9 +56,28 @@ export class RedisStore implements Store {
     // Connection errors are reported through commands (StoreUnavailableError); without a listener ioredis
     // would print each reconnect attempt, possibly with the URL's password.
     this.redis.on('error', () => {});
+    this.firstConnection = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, CONNECT_TIMEOUT_MS);
+      timer.unref();
+      this.redis.once('ready', () => {
+        this.connectedOnce = true;
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /**
+   * Before the first connection is made, commands wait for it (at most the connect timeout): a fresh instance's
+   * first request must not fail because the connection it opened a moment ago is still being set up. Once it
+   * has been connected, an outage fails at once (commands are not queued), so callers fail closed quickly.
+   */
+  async connected(): Promise<void> {
+    if (!this.connectedOnce) await this.firstConnection;
   }
 
   private async run<T>(operation: () => Promise<T>): Promise<T> {
+    await this.connected();
     try {
       return await operation();
     } catch (error) {

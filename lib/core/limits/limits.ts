@@ -62,6 +62,8 @@ export class Limits {
   private async consume(
     checks: ReadonlyArray<readonly [RateRule, string]>,
   ): Promise<{ results: Array<readonly [RateRule, RateLimiterRes]>; retryMs: number | null }> {
+    // The limiter talks to the Redis client itself: like every store command, it waits for the first connection.
+    if (this.store instanceof RedisStore) await this.store.connected();
     const outcomes = await Promise.allSettled(checks.map(([rule, key]) => this.limiter(rule).consume(key, 1)));
     const results: Array<readonly [RateRule, RateLimiterRes]> = [];
     let retryMs: number | null = null;
