@@ -145,11 +145,15 @@ export function toResponseStream(
             finish('complete');
             return;
           }
-          const out = scrubber ? scrubber.push(value) : value;
-          if (out.length === 0) continue;
-          bytes += out.length;
-          tap?.push(out);
-          controller.enqueue(out);
+          // The scrubber's pieces go on as they are: a byte held back from the previous chunk comes out in
+          // front of this one without copying the chunk behind it.
+          const parts = scrubber ? scrubber.pushParts(value) : [value];
+          if (parts.length === 0) continue;
+          for (const out of parts) {
+            bytes += out.length;
+            tap?.push(out);
+            controller.enqueue(out);
+          }
           return;
         }
       } catch (error) {
