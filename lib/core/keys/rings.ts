@@ -4,7 +4,7 @@ import type { Dispatcher } from 'undici';
 import { injectCredential } from '../credential/inject';
 import { KeywardError } from '../errors';
 import { buildUpstreamUrl } from '../forward/url';
-import { legacyFingerprint } from './fingerprint';
+import { keyVerifier, legacyFingerprint, newVerifierSalt } from './fingerprint';
 import { logScrubber } from '../log/logger';
 import { discardBody } from '../respond/body';
 import { guard } from '../store/guard';
@@ -44,12 +44,27 @@ export interface Rotation {
   readonly actor: string;
 }
 
+/** A version as the store keeps it: with its verifier once its value was known (never shown). */
+interface StoredVersion extends KeyVersion {
+  /** keyVerifier(value, record.salt): names the value whatever the server secrets (and so fingerprints) are. */
+  verifier?: string;
+}
+
 interface RingRecord {
   rev: number;
-  /** Managed versions, and state changes of environment versions. */
-  versions: KeyVersion[];
+  /**
+   * Managed versions, and state changes of environment versions. A revoked entry is never removed: the value
+   * it names stays revoked in this ring, under any id and whatever its fingerprint is now.
+   */
+  versions: StoredVersion[];
   rotations: Rotation[];
+  /** The salt of this ring's verifiers: random, made with the first verifier, never changed. */
+  salt?: string;
 }
+
+/** Environment version id → the verifier of its value under the ring's salt. */
+type EnvVerifiers = ReadonlyMap<string, string>;
+const NO_VERIFIERS: EnvVerifiers = new Map();
 
 export interface VersionView extends KeyVersion {
   /** What the version does right now, all things considered. */
@@ -80,6 +95,10 @@ export class KeyRings {
   private readonly parsed = new Map<string, { raw: string; record: RingRecord }>();
   private readonly managed = new Map<string, ResolvedCredential>();
   private readonly warned = new Set<string>();
+  /** Verifiers computed in this process (scrypt is slow on purpose), by salt and value. */
+  private readonly verifiers = new Map<string, Promise<string>>();
+  /** Per ring, the last revision whose missing verifiers this process tried to record (once per revision). */
+  private readonly backfilled = new Map<string, number>();
 
   constructor(
     private readonly registry: ReadonlyMap<string, Upstream>,
@@ -94,9 +113,9 @@ export class KeyRings {
   async credential(upstream: Upstream): Promise<ResolvedCredential> {
     if (!isRingUpstream(upstream)) throw new TypeError('key rings hold service keys only');
     const plan = upstream.credential;
-    const record = await this.read(upstream.id);
+    const { versions } = await this.current(upstream);
     const now = this.now();
-    const version = pick(this.view(plan.envVersions, record), now);
+    const version = pick(versions, now);
     if (!version) throw new KeywardError('credential_unavailable');
     this.warnIfExpiring(upstream.id, version, now);
     if (version.source === 'env') return plan.envVersions.find((env) => env.id === version.id)!.credential;
@@ -108,8 +127,7 @@ export class KeyRings {
     const now = this.now();
     const out = [];
     for (const upstream of this.ringUpstreams()) {
-      const record = await this.read(upstream.id);
-      const versions = this.view(upstream.credential.envVersions, record);
+      const { record, versions } = await this.current(upstream);
       const serving = pick(versions, now);
       out.push({
         upstream: upstream.id,
@@ -130,19 +148,24 @@ export class KeyRings {
     const print = upstream.fingerprints.of(value);
     const id = `managed:${print}`;
     // Versions added before keyed fingerprints keep their old (unkeyed) fingerprint and id: still the same key.
-    const existing = this.view(upstream.credential.envVersions, await this.read(upstreamId)).find((v) =>
-      upstream.fingerprints.matches(value, v.fingerprint),
-    );
-    if (existing?.state === 'revoked') throw new KeywardError('bad_request', { message: 'This key was revoked and cannot be added again.' });
+    // One added under another KEYWARD_SESSION_SECRET has another fingerprint: its verifier names it.
+    const { record: stored, versions } = await this.current(upstream);
+    const verifier = stored.salt === undefined ? undefined : await this.verifier(value, stored.salt);
+    const named = (v: { fingerprint: string; verifier?: string }) =>
+      upstream.fingerprints.matches(value, v.fingerprint) || (verifier !== undefined && v.verifier === verifier);
+    if (versions.some((v) => named(v) && v.state === 'revoked') || stored.versions.some((v) => named(v) && v.state === 'revoked')) {
+      throw new KeywardError('bad_request', { message: 'This key was revoked and cannot be added again.' });
+    }
+    const existing = versions.find(named) ?? versions.find((v) => stored.versions.some((e) => e.id === v.id && named(e)));
     if (existing) return existing;
     logScrubber.add([value]);
     // The seal names its version, so the check below does not depend on the fingerprint key (which changes
     // when KEYWARD_SESSION_SECRET is rotated).
     await guard(async () => this.store.set(`keyval:${upstreamId}:${id}`, await this.vault!.seal({ value, id })));
     const now = this.now();
-    return this.update(upstreamId, (record) => {
+    return this.update(upstream, (record) => {
       const found = record.versions.find((v) => v.id === id);
-      if (found) return found;
+      if (found) return shown(found);
       const version: KeyVersion = {
         id,
         fingerprint: print,
@@ -157,7 +180,7 @@ export class KeyRings {
         revokedAt: null,
       };
       record.versions.push(version);
-      return version;
+      return shown(version);
     });
   }
 
@@ -185,13 +208,13 @@ export class KeyRings {
     const passed = canaryStatus === null || (canaryStatus >= 200 && canaryStatus < 300);
     const now = this.now();
     const grace = upstream.credential.ring.graceSeconds * 1000;
-    return this.update(upstreamId, (record) => {
+    return this.update(upstream, (record, verifiers) => {
       const again = record.rotations.find((r) => r.id === rotationId);
       // Another instance may have used this id for another key since the check above.
       if (again && again.to !== print) throw new KeywardError('bad_request', { message: 'This rotation id was used for another key.' });
       if (again && again.state !== 'canary_failed') return again;
       record.rotations = record.rotations.filter((r) => r.id !== rotationId);
-      const versions = this.view(upstream.credential.envVersions, record);
+      const versions = this.view(upstream.credential.envVersions, record, verifiers);
       const from = versions.filter((v) => v.id !== version.id && v.state === 'active' && usable(v, now)).map((v) => v.fingerprint);
       const target = own(record, versions, version.id);
       if (passed) {
@@ -228,12 +251,19 @@ export class KeyRings {
       if (!found) continue;
       const envVersions = upstream.credential.envVersions;
       const now = this.now();
-      return this.update(upstream.id, (record) => {
+      return this.update(upstream, (record, verifiers) => {
         const rotation = record.rotations.find((r) => r.id === rotationId)!;
         if (rotation.state === 'rolled_back') return rotation;
         if (rotation.state !== 'switched') throw new KeywardError('bad_request', { message: 'Only a rotation that switched traffic can be rolled back.' });
-        const versions = this.view(envVersions, record);
-        const restore = versions.filter((v) => rotation.from.includes(v.fingerprint) && v.state !== 'revoked' && usable(v, now));
+        const versions = this.view(envVersions, record, verifiers);
+        // `from` holds the fingerprints of then: after a rotation of KEYWARD_SESSION_SECRET a version is found
+        // by its stored entry (a managed version's id names its value; an env entry's verifier names it).
+        const replaced = (v: KeyVersion) =>
+          rotation.from.includes(v.fingerprint) ||
+          record.versions.some(
+            (e) => e.id === v.id && rotation.from.includes(e.fingerprint) && (e.source === 'managed' || (e.verifier !== undefined && e.verifier === verifiers.get(v.id))),
+          );
+        const restore = versions.filter((v) => replaced(v) && v.state !== 'revoked' && usable(v, now));
         if (restore.length === 0) throw new KeywardError('bad_request', { message: 'No version from before this rotation is still usable.' });
         for (const v of restore) Object.assign(own(record, versions, v.id), { state: 'active', activatedAt: now, retiredAt: null, graceUntil: null });
         const target = versions.find((v) => v.id === rotation.toVersion);
@@ -252,8 +282,8 @@ export class KeyRings {
     const now = this.now();
     for (const upstream of this.ringUpstreams()) {
       const envVersions = upstream.credential.envVersions;
-      const ids = await this.update(upstream.id, (record) => {
-        const versions = this.view(envVersions, record);
+      const ids = await this.update(upstream, (record, verifiers) => {
+        const versions = this.view(envVersions, record, verifiers);
         const matching = versions.filter((v) => v.fingerprint === print);
         for (const v of matching) Object.assign(own(record, versions, v.id), { state: 'revoked', revokedAt: v.revokedAt ?? now, graceUntil: null });
         return matching.map((v) => v.id);
@@ -312,14 +342,51 @@ export class KeyRings {
     return record;
   }
 
+  /**
+   * The ring's record and its versions as they apply now. Verifiers are computed only once the ring has them
+   * (its salt), and once per value in this process. State stored before verifiers existed gets them recorded
+   * here once, while the current fingerprints still name it, so it too survives a later secret rotation.
+   */
+  private async current(upstream: RingUpstream): Promise<{ record: RingRecord; versions: KeyVersion[] }> {
+    let record = await this.read(upstream.id);
+    if (this.backfilled.get(upstream.id) !== record.rev) {
+      this.backfilled.set(upstream.id, record.rev);
+      if (this.lacksVerifiers(upstream, record)) {
+        try {
+          await this.update(upstream, () => undefined);
+          record = await this.read(upstream.id);
+        } catch {
+          // The state read above still applies (matched by fingerprint); the next revision tries again.
+          this.backfilled.delete(upstream.id);
+          this.logger.warn({ upstream: upstream.id }, 'key ring: could not record verifiers yet');
+        }
+      }
+    }
+    const verifiers = await this.envVerifiers(upstream, record.salt);
+    return { record, versions: this.view(upstream.credential.envVersions, record, verifiers) };
+  }
+
+  /** Whether a stored version whose value is known here has no verifier yet. */
+  private lacksVerifiers(upstream: RingUpstream, record: RingRecord): boolean {
+    for (const entry of record.versions) {
+      if (entry.verifier !== undefined) continue;
+      if (entry.source === 'managed' ? this.vault !== null : this.envValue(upstream, entry) !== undefined) return true;
+    }
+    return false;
+  }
+
   /** Compare-and-set on the ring's record, retried on a concurrent change by another instance. */
-  private async update<T>(upstreamId: string, change: (record: RingRecord) => T): Promise<T> {
-    const key = `keyring:${upstreamId}`;
+  private async update<T>(upstream: RingUpstream, change: (record: RingRecord, verifiers: EnvVerifiers) => T): Promise<T> {
+    const key = `keyring:${upstream.id}`;
+    const fresh = newVerifierSalt();
     for (let attempt = 0; attempt < 20; attempt++) {
       const raw = await guard(() => this.store.get(key));
       const record: RingRecord = raw === null ? { rev: 0, versions: [], rotations: [] } : (JSON.parse(raw) as RingRecord);
+      const salt = record.salt ?? fresh;
+      const verifiers = await this.envVerifiers(upstream, salt);
       const before = JSON.stringify(record);
-      const result = change(record);
+      const result = change(record, verifiers);
+      await this.addVerifiers(upstream, record, salt);
       // Nothing changed (a repeated rollback, a revoke that matched nothing here): nothing to write.
       if (JSON.stringify(record) === before) return result;
       record.rev += 1;
@@ -330,10 +397,52 @@ export class KeyRings {
     throw new KeywardError('service_unavailable', { message: 'The key ring changed too often concurrently; try again.' });
   }
 
-  /** Environment versions (defaults: active from their notBefore) with the store's changes, then managed versions. */
-  private view(envVersions: RingUpstream['credential']['envVersions'], record: RingRecord): KeyVersion[] {
+  /** Gives every stored version whose value is known (from the environment, or unsealed) its verifier. */
+  private async addVerifiers(upstream: RingUpstream, record: RingRecord, salt: string): Promise<void> {
+    for (const entry of record.versions) {
+      if (entry.verifier !== undefined) continue;
+      const value = entry.source === 'managed' ? await this.managedValue(upstream, entry) : this.envValue(upstream, entry);
+      if (value === null || value === undefined) continue;
+      record.salt ??= salt;
+      entry.verifier = await this.verifier(value, record.salt);
+    }
+  }
+
+  /** The environment's value for a stored env version, if its fingerprint (current or unkeyed) names that value. */
+  private envValue(upstream: RingUpstream, entry: StoredVersion): string | undefined {
+    const value = upstream.credential.envVersions.find((env) => env.id === entry.id)?.credential.secrets[0];
+    return value !== undefined && upstream.fingerprints.matches(value, entry.fingerprint) ? value : undefined;
+  }
+
+  private async envVerifiers(upstream: RingUpstream, salt: string | undefined): Promise<EnvVerifiers> {
+    if (salt === undefined) return NO_VERIFIERS;
+    const envVersions = upstream.credential.envVersions;
+    const values = await Promise.all(envVersions.map((env) => this.verifier(env.credential.secrets[0]!, salt)));
+    return new Map(envVersions.map((env, i) => [env.id, values[i]!]));
+  }
+
+  private verifier(value: string, salt: string): Promise<string> {
+    const key = `${salt}\n${value}`;
+    let computed = this.verifiers.get(key);
+    if (!computed) {
+      computed = keyVerifier(value, salt);
+      this.verifiers.set(key, computed);
+      computed.catch(() => this.verifiers.delete(key));
+    }
+    return computed;
+  }
+
+  /**
+   * Environment versions (defaults: active from their notBefore) with the store's changes, then managed
+   * versions. A stored change applies to an environment version when it names the same value: by the
+   * fingerprint computed now, the unkeyed one of older records, or the verifier (which outlives a rotation of
+   * KEYWARD_SESSION_SECRET). A value that any stored entry revoked is revoked, whatever its id.
+   */
+  private view(envVersions: RingUpstream['credential']['envVersions'], record: RingRecord, verifiers: EnvVerifiers): KeyVersion[] {
     const stored = new Map(record.versions.map((v) => [v.id, v]));
+    const revoked = record.versions.filter((v) => v.state === 'revoked');
     const fromEnv = envVersions.map((env): KeyVersion => {
+      const value = env.credential.secrets[0]!;
       const base: KeyVersion = {
         id: env.id,
         fingerprint: env.credential.fingerprint,
@@ -347,26 +456,55 @@ export class KeyRings {
         graceUntil: null,
         revokedAt: null,
       };
-      const change = stored.get(env.id);
+      const verifier = verifiers.get(env.id);
+      const legacy = legacyFingerprint(value);
       // The value (and so the fingerprint) of an env version may have changed since the store recorded it.
-      // A change recorded before keyed fingerprints carries the unkeyed one: still this value's state.
-      const same = change && (change.fingerprint === base.fingerprint || change.fingerprint === legacyFingerprint(env.credential.secrets[0]!));
-      return change && same ? { ...base, ...pickState(change) } : base;
+      const names = (entry: StoredVersion) =>
+        entry.fingerprint === base.fingerprint ||
+        entry.fingerprint === legacy ||
+        (verifier !== undefined && entry.verifier === verifier);
+      const change = stored.get(env.id);
+      const version = change && names(change) ? { ...base, ...pickState(change) } : base;
+      if (version.state === 'revoked') return version;
+      const revocation = revoked.find(names);
+      return revocation ? { ...version, state: 'revoked', revokedAt: revocation.revokedAt, graceUntil: null } : version;
     });
-    return [...fromEnv, ...record.versions.filter((v) => v.source === 'managed')];
+    const managed = record.versions
+      .filter((v) => v.source === 'managed')
+      .map((entry): KeyVersion => {
+        const version = shown(entry);
+        if (version.state === 'revoked' || entry.verifier === undefined) return version;
+        const revocation = revoked.find((r) => r.verifier === entry.verifier);
+        return revocation ? { ...version, state: 'revoked', revokedAt: revocation.revokedAt, graceUntil: null } : version;
+      });
+    return [...fromEnv, ...managed];
+  }
+
+  /** A managed version's value, unsealed; null when it cannot be (no vault, no seal, another version's seal). */
+  private async managedValue(upstream: Upstream, version: KeyVersion): Promise<string | null> {
+    const cached = this.managed.get(`${upstream.id}:${version.id}`);
+    if (cached) return cached.secrets[0]!;
+    if (!this.vault) return null;
+    const sealed = await guard(() => this.store.get(`keyval:${upstream.id}:${version.id}`));
+    let opened: { value: string; id?: string } | null = null;
+    try {
+      opened = sealed ? await this.vault.open<{ value: string; id?: string }>(sealed) : null;
+    } catch (error) {
+      if (error instanceof KeywardError && error.code === 'credential_unavailable') return null;
+      throw error;
+    }
+    // The sealed value must be this version's: by the id sealed with it, or (sealed before ids were) by fingerprint.
+    const belongs = opened && (opened.id !== undefined ? opened.id === version.id : upstream.fingerprints.matches(opened.value, version.fingerprint));
+    return opened && belongs ? opened.value : null;
   }
 
   private async managedCredential(upstream: Upstream, version: KeyVersion): Promise<ResolvedCredential> {
     const cached = this.managed.get(`${upstream.id}:${version.id}`);
     if (cached) return cached;
-    if (!this.vault) throw new KeywardError('credential_unavailable');
-    const sealed = await guard(() => this.store.get(`keyval:${upstream.id}:${version.id}`));
-    const opened = sealed ? await this.vault.open<{ value: string; id?: string }>(sealed) : null;
-    // The sealed value must be this version's: by the id sealed with it, or (sealed before ids were) by fingerprint.
-    const belongs = opened && (opened.id !== undefined ? opened.id === version.id : upstream.fingerprints.matches(opened.value, version.fingerprint));
-    if (!opened || !belongs) throw new KeywardError('credential_unavailable');
-    logScrubber.add([opened.value]);
-    const credential = credentialFor(upstream.auth, opened.value, upstream.fingerprints, basicUsername(upstream));
+    const value = await this.managedValue(upstream, version);
+    if (value === null) throw new KeywardError('credential_unavailable');
+    logScrubber.add([value]);
+    const credential = credentialFor(upstream.auth, value, upstream.fingerprints, basicUsername(upstream));
     this.managed.set(`${upstream.id}:${version.id}`, credential);
     return credential;
   }
@@ -385,11 +523,30 @@ function pickState(v: KeyVersion) {
   return { state: v.state, activatedAt: v.activatedAt, retiredAt: v.retiredAt, graceUntil: v.graceUntil, revokedAt: v.revokedAt };
 }
 
-/** The version the ring stores changes for, created from the view when the record has none yet. */
+/** A stored version as shown: without its verifier. */
+function shown(entry: StoredVersion): KeyVersion {
+  const version: StoredVersion = { ...entry };
+  delete version.verifier;
+  return version;
+}
+
+/**
+ * The version the ring stores changes for, created from the view when the record has none yet. An entry of an
+ * environment version under another fingerprint (a value the variable held before, or this value under an
+ * earlier KEYWARD_SESSION_SECRET) is replaced by one for the value now, starting from the state that applies
+ * now; a revoked one is kept aside under another id, so the value it names stays revoked.
+ */
 function own(record: RingRecord, versions: readonly KeyVersion[], id: string): KeyVersion {
+  const current = versions.find((v) => v.id === id)!;
   let entry = record.versions.find((v) => v.id === id);
+  if (entry && entry.source === 'env' && entry.fingerprint !== current.fingerprint) {
+    const at = record.versions.indexOf(entry);
+    if (entry.state === 'revoked') record.versions[at] = { ...entry, id: `${entry.id}@${entry.fingerprint}` };
+    else record.versions.splice(at, 1);
+    entry = undefined;
+  }
   if (!entry) {
-    entry = { ...versions.find((v) => v.id === id)! };
+    entry = { ...current };
     record.versions.push(entry);
   }
   return entry;
