@@ -141,9 +141,8 @@ async function main(args: readonly string[]): Promise<number> {
       return 0;
     }
     case 'check-config': {
-      reportEnvFiles();
-      const { upstreams } = await import('../upstreams/index');
-      const runtime = createRuntime({ env: process.env, upstreams });
+      // As the server would start: with the serving checks, and in development with `npm run dev`'s secrets.
+      const runtime = await openRuntime(true);
       process.stdout.write(`keyward: configuration is valid (${runtime.registry.size} upstream(s): ${[...runtime.registry.keys()].join(', ') || 'none'})\n`);
       return 0;
     }
@@ -166,11 +165,12 @@ function usageError(usage: string): number {
   return 2;
 }
 
-async function openRuntime(): Promise<Runtime> {
+/** The runtime the CLI works on; `serving`: with the checks only a server needs (check-config). */
+async function openRuntime(serving = false): Promise<Runtime> {
   reportEnvFiles();
   const env = process.env.AUTH_SECRET || process.env.NODE_ENV === 'production' ? process.env : await prepareDevEnvironment(process.cwd(), process.env);
   const { upstreams } = await import('../upstreams/index');
-  return createRuntime({ env, upstreams, serving: false });
+  return createRuntime({ env, upstreams, serving });
 }
 
 const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
