@@ -7,6 +7,7 @@ import { resolveCredential, type CredentialSources } from './credential/resolve'
 import { KeywardError, errorResponse, toKeywardError } from './errors';
 import { capRequestBody, readCappedBody, type CappedBody } from './forward/body';
 import { clientIp } from './client/ip';
+import type { RateLimiterRes } from 'rate-limiter-flexible';
 import type { Limits, LimitGrant, LimitSubject } from './limits/limits';
 import { UsageReader, toUnits } from './limits/usage';
 import { authorize } from './policy/authorize';
@@ -17,12 +18,12 @@ import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, toResponseStream, type StreamOutcome } from './respond/body';
 import { StreamScrubber } from './respond/scrub-stream';
 import { scrubError } from './log/scrub';
-import { matchRoute } from './route/match';
+import { matchRoute, type RouteMatch } from './route/match';
 import { assertSafeSegments } from './route/segments';
 import type { Session } from './session/session';
 import type { SessionVerifier } from './session/verify';
-import type { ResolvedCredential, Upstream } from './upstream/registry';
-import type { RouteLimits } from './limits/rules';
+import type { CompiledRoute, ResolvedCredential, Upstream } from './upstream/registry';
+import type { RateRule, RouteLimits } from './limits/rules';
 
 export interface ProxyDeps {
   readonly registry: ReadonlyMap<string, Upstream>;
@@ -75,199 +76,346 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
 
 /**
  * The request's path through Keyward (DESIGN.md "The request's path"), on standard Request/Response so it
- * runs the same in a Next route handler, a plain Node server and tests.
+ * runs the same in a Next route handler, the fast lane's Node server (lib/node) and tests.
+ *
+ * The steps are numbered in the order they run; DESIGN.md's number for each is in brackets. The order differs
+ * from DESIGN.md's list where one step needs another's result, or where running it earlier costs less:
+ * - the upstream URL is built and proven (7) before a credential exists (8), so a key only ever goes where its
+ *   upstream's fixed base allows;
+ * - the credential is resolved (8) before rate limits (9), because limits may count per key (its fingerprint);
+ * - rate limits are taken (9) before the body is read (10): a caller over its rate is refused at its headers,
+ *   so a flood of large uploads costs neither bandwidth nor parsing, and a call later refused by the contract
+ *   still counts as an attempt;
+ * - quotas and budgets are reserved (12) only after the body was read and checked (10): the reservation can be
+ *   computed from a body field (`max_tokens` × price), and a refused call never holds units.
+ * The audit record (15) is written once per call: when the response body ends or is aborted, or at once for a
+ * refusal.
  */
 export async function handleProxy(request: Request, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
-  const requestId = crypto.randomUUID();
-  const started = performance.now();
-  let session: Session | null = null;
-  let upstream: Upstream | undefined;
-  let credential: ResolvedCredential | null = null;
-  let routeTemplate: string | null = null;
-  let targetUrl: string | null = null;
-  let body: CappedBody | null = null;
-  let grant: LimitGrant | null = null;
-  let forwarded = false;
-  const ip = clientIp(request.headers, deps.trustedProxyHops ?? 1);
-
-  const record = (status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null, usage: number | null = null) => {
-    const units = grant && grant.reserved > 0 ? (forwarded ? (usage ?? grant.reserved) : 0) : 0;
-    grant?.settle({ forwarded, usage }).catch(() => {});
-    const event: ProxyEvent = {
-      requestId,
-      userId: session?.userId ?? null,
-      sessionId: session?.sessionId ?? null,
-      upstream: target.upstream,
-      route: routeTemplate,
-      target: targetUrl,
-      method: request.method,
-      status,
-      keyFingerprint: credential?.fingerprint ?? null,
-      bytesIn: body?.bytes() ?? 0,
-      bytesOut,
-      durationMs: Math.round((performance.now() - started) * 100) / 100,
-      outcome,
-      errorCode,
-      clientIp: ip,
-      units,
-    };
-    deps.logger.info({ proxy: event }, 'proxy');
-    deps.onComplete?.(event);
-  };
-
+  const call = openCall(request.method, request.headers, target, deps);
   try {
-    const method = request.method.toUpperCase();
-    if (REFUSED_METHODS.has(method)) throw new KeywardError('method_not_allowed');
-    const incomingUrl = new URL(request.url);
-    const { searchParams } = incomingUrl;
-    if (hasMethodOverride(request.headers, searchParams) || hasQueryParam(searchParams, '_method')) {
-      throw new KeywardError('method_override_refused');
-    }
-    // Tokens in URLs end up in logs, histories and Referer headers (RFC 6750 §5.3): refuse them outright.
-    if (hasQueryParam(searchParams, 'access_token')) {
-      throw new KeywardError('bad_request', { message: 'Tokens are not accepted in the query string.' });
-    }
-
-    // 1. Upstream: a Map lookup, so `__proto__` or `constructor` find nothing.
-    upstream = deps.registry.get(target.upstream);
-    if (!upstream) throw new KeywardError('upstream_not_found');
-
-    // 2. Route: validate every decoded segment, then match a declared route.
-    assertSafeSegments(target.path);
-    const { route, params } = matchRoute(upstream, method, target.path);
-    routeTemplate = route.template;
-
-    // 3. Session, checked here on every request (never in proxy.ts/middleware).
-    session = await deps.verifySession(request);
-    if (!session) throw new KeywardError('unauthenticated');
-
-    // 4. CSRF for cookie sessions.
-    checkCsrf(request, session, deps.allowedOrigins);
-
-    // 5. Policy: who may call this route, and the query it accepts (read before any counter moves).
-    const { contract } = route;
-    authorize(route, params, session);
-    const parts: RequestParts = {
-      query: contract.query ? parseQuery(contract.query, incomingUrl.search, incomingUrl.searchParams) : new URLSearchParams(incomingUrl.search),
-      body: undefined,
-    };
-
-    // 8 (URL first, so the credential goes only where the URL was proven to go).
-    const url = buildUpstreamUrl(upstream, target.path);
-    targetUrl = `${url.origin}${url.pathname}`;
-    const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
-    headers['accept-encoding'] = 'identity';
-    headers['user-agent'] = 'keyward';
-    headers['x-request-id'] = requestId;
-
-    // 7. Credential: for this user and route; the client can neither supply nor override it.
-    credential = await resolveCredential(upstream, session, deps.credentials ?? NO_USER_SECRETS);
-
-    // 6a. Rate limits, before a body is read. A call without a usable client address cannot be attributed to
-    // one: per-IP rules skip it (one shared bucket would let one client use it up for all); the others apply.
-    const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip };
-    const rateLimits = ip === null ? { ...route.limits, rate: route.limits.rate.filter((rule) => rule.by !== 'ip') } : route.limits;
-    const rate = deps.limits ? await deps.limits.checkRate(rateLimits, who) : [];
-
-    let forwardBody: AsyncIterable<Uint8Array> | Buffer | null = null;
-    if (request.body && !BODYLESS_METHODS.has(method)) {
-      const declared = Number(request.headers.get('content-length') ?? NaN);
-      if (declared > route.maxRequestBytes) throw new KeywardError('payload_too_large');
-      body = capRequestBody(request.body, route.maxRequestBytes, deps.requestBodyIdleMs ?? route.timeoutMs);
-      forwardBody = body.iterable;
-    }
-    if (contract.body) {
-      // 5b. The JSON contract: parsed, checked, and re-serialised; the client's bytes are never forwarded.
-      if (!isJson(request.headers.get('content-type'))) throw new KeywardError('unsupported_media_type');
-      parts.body = parseBody(contract.body, body ? (await readCappedBody(body)).toString('utf8') : '');
-    }
-    applyCaps(contract, session, parts);
-    applyIdentity(contract, session, parts);
-    if (contract.body) {
-      forwardBody = Buffer.from(JSON.stringify(parts.body), 'utf8');
-      headers['content-type'] = 'application/json';
-    }
-    const query = parts.query instanceof URLSearchParams ? parts.query : serializeQuery(parts.query);
-    for (const [name, value] of query) url.searchParams.append(name, value);
-    injectCredential(credential, headers, url);
-
-    // 6b. Quotas and budgets: the worst case is reserved atomically; settled when the response ends.
-    if (deps.limits) grant = await deps.limits.reserve(route.limits, who, reservation(route.limits.cost, parts), rate);
-
-    let response: Dispatcher.ResponseData;
-    forwarded = true;
-    try {
-      response = await deps.dispatcher.request({
-        origin: upstream.origin,
-        path: url.pathname + url.search,
-        method: method as Dispatcher.HttpMethod,
-        headers,
-        body: forwardBody,
-        signal: request.signal,
-        headersTimeout: route.timeoutMs,
-        bodyTimeout: route.timeoutMs,
-        maxRedirections: 0,
-      } as Dispatcher.RequestOptions);
-    } catch (error) {
-      // A connection that never opened carried nothing: what was reserved is returned.
-      if (NOT_SENT.has((error as { code?: string } | null)?.code ?? '')) forwarded = false;
-      throw upstreamFailure(error, body);
-    }
-
-    // 9. Respond.
-    const { statusCode } = response;
-    // A Response carries 200–599 only (undici consumes 1xx itself); 600–999 mean nothing to pass on.
-    if (statusCode < 200 || statusCode > 599) {
-      discardBody(response.body);
-      throw new KeywardError('upstream_bad_response');
-    }
-    if (statusCode >= 300 && statusCode < 400 && statusCode !== 304) {
-      discardBody(response.body);
-      throw new KeywardError('upstream_redirect');
-    }
-    const secrets = credential.secrets;
-    const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets);
-    outHeaders.set('cache-control', route.cacheControl);
-    outHeaders.set('x-content-type-options', 'nosniff');
-    outHeaders.set('x-request-id', requestId);
-    for (const [name, value] of grant?.headers ?? []) outHeaders.set(name, value);
-
-    const usageSource = route.limits.cost.usage;
-    const headerUsage = usageSource && 'header' in usageSource ? toUnits(firstHeader(response.headers[usageSource.header])) : null;
-    // 205 Reset Content must not carry content (RFC 9110 §15.3.6): passed on as 205, its body dropped.
-    if (method === 'HEAD' || statusCode === 204 || statusCode === 205 || statusCode === 304) {
-      discardBody(response.body);
-      record(statusCode, 'complete', 0, null, headerUsage);
-      return new Response(null, { status: statusCode, headers: outHeaders });
-    }
-    const usageReader =
-      grant && grant.reserved > 0 && usageSource && 'json' in usageSource
-        ? new UsageReader(usageSource, firstHeader(response.headers['content-type']) ?? '')
-        : null;
-    const encoding = response.headers['content-encoding'];
-    const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
-    const stream = toResponseStream(
-      decoded,
-      new StreamScrubber(secrets),
-      // A body cut short (client gone, upstream broke) has not reported its usage yet, even if an early event
-      // carried a partial figure: the reservation stays charged (README "Budgets reserve, then settle").
-      (outcome, bytes, error) => {
-        if (error) deps.logger.warn({ requestId, code: error.code }, error.message);
-        record(statusCode, outcome, bytes, error?.code ?? null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage);
-      },
-      usageReader,
-    );
-    return new Response(stream, { status: statusCode, headers: outHeaders });
+    const incoming = screen(call, request); // 1 [2]
+    const upstream = findUpstream(call); // 2 [1]
+    const { route, params } = findRoute(call, upstream); // 3 [2]
+    const session = await authenticate(call, request); // 4 [3]
+    checkCsrf(request, session, deps.allowedOrigins); // 5 [4]
+    const parts = authorizeCall(route, params, session, incoming); // 6 [5]
+    const outgoing = buildTarget(call, request, upstream); // 7 [8]
+    const credential = await resolveCallCredential(call, upstream, session); // 8 [7]
+    const limited = await checkRateLimits(call, upstream, route, session, credential); // 9 [6]
+    const body = await prepareContent(call, request, route, session, parts, outgoing); // 10 [5]
+    injectCredential(credential, outgoing.headers, outgoing.url); // 11 [7]
+    await reserveBudget(call, route, parts, limited); // 12 [6]
+    const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
+    return respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
-    const keywardError = toKeywardError(error);
-    if (keywardError.code === 'internal_error') {
-      // The cause may be a Headers/URL/undici error carrying values. The logger scrubs every service secret;
-      // this call's per-user secret (own key, OAuth token) is scrubbed here.
-      deps.logger.error({ err: scrubError(keywardError.cause, credential?.secrets ?? []), requestId }, 'proxy failed');
-    }
-    record(keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, keywardError.code);
-    return errorResponse(keywardError, requestId);
+    return refuse(call, error); // 15 [10]
   }
+}
+
+/** Whether step 1 refuses this method outright. fetch's Request cannot even carry these (TRACE, TRACK, CONNECT). */
+export function isRefusedMethod(method: string): boolean {
+  return REFUSED_METHODS.has(method.toUpperCase());
+}
+
+/**
+ * For a call an adapter cannot express as a Request: a refused method (see `isRefusedMethod`), or header values
+ * fetch refuses. Answered and recorded as handleProxy answers a refusal. Route handlers never see such calls
+ * (Next answers them itself); the fast lane (lib/node) does.
+ */
+export function refuseCall(method: string, headers: Headers, target: ProxyTarget, deps: ProxyDeps, error: KeywardError): Response {
+  return refuse(openCall(method, headers, target, deps), error);
+}
+
+/** One call's state, filled in as the steps run, so that its record says how far it got, whichever step ended it. */
+interface Call {
+  readonly target: ProxyTarget;
+  readonly deps: ProxyDeps;
+  readonly requestId: string;
+  readonly started: number;
+  /** As the client sent it (the record's `method`); the steps use its upper-case form. */
+  readonly requestMethod: string;
+  readonly method: string;
+  readonly ip: string | null;
+  routeTemplate: string | null;
+  session: Session | null;
+  targetUrl: string | null;
+  credential: ResolvedCredential | null;
+  body: CappedBody | null;
+  grant: LimitGrant | null;
+  forwarded: boolean;
+}
+
+/** What step 7 builds: the upstream URL (query and credential are added later) and the forwarded headers. */
+interface Outgoing {
+  readonly url: URL;
+  readonly headers: Record<string, string>;
+}
+
+/** What step 9 passes to step 12: who the limits count, and the rate rules already taken. */
+interface RateTaken {
+  readonly who: LimitSubject;
+  readonly rate: Array<readonly [RateRule, RateLimiterRes]>;
+}
+
+function openCall(method: string, headers: Headers, target: ProxyTarget, deps: ProxyDeps): Call {
+  return {
+    target,
+    deps,
+    requestId: crypto.randomUUID(),
+    started: performance.now(),
+    requestMethod: method,
+    method: method.toUpperCase(),
+    ip: clientIp(headers, deps.trustedProxyHops ?? 1),
+    routeTemplate: null,
+    session: null,
+    targetUrl: null,
+    credential: null,
+    body: null,
+    grant: null,
+    forwarded: false,
+  };
+}
+
+/**
+ * 1. What is refused before anything is looked up: TRACE/TRACK/CONNECT, method overrides (header or `_method`),
+ * and tokens in the query string. Returns the incoming URL (its query is the contract's input).
+ */
+function screen(call: Call, request: Request): URL {
+  if (REFUSED_METHODS.has(call.method)) throw new KeywardError('method_not_allowed');
+  const incoming = new URL(request.url);
+  const { searchParams } = incoming;
+  if (hasMethodOverride(request.headers, searchParams) || hasQueryParam(searchParams, '_method')) {
+    throw new KeywardError('method_override_refused');
+  }
+  // Tokens in URLs end up in logs, histories and Referer headers (RFC 6750 §5.3): refuse them outright.
+  if (hasQueryParam(searchParams, 'access_token')) {
+    throw new KeywardError('bad_request', { message: 'Tokens are not accepted in the query string.' });
+  }
+  return incoming;
+}
+
+/** 2. The upstream: a Map lookup, so `__proto__` or `constructor` find nothing. */
+function findUpstream(call: Call): Upstream {
+  const upstream = call.deps.registry.get(call.target.upstream);
+  if (!upstream) throw new KeywardError('upstream_not_found');
+  return upstream;
+}
+
+/** 3. The route: every decoded segment validated, then a declared route matched (404, or 405 for another method). */
+function findRoute(call: Call, upstream: Upstream): RouteMatch {
+  assertSafeSegments(call.target.path);
+  const match = matchRoute(upstream, call.method, call.target.path);
+  call.routeTemplate = match.route.template;
+  return match;
+}
+
+/** 4. The session, checked here on every request (never in proxy.ts/middleware). */
+async function authenticate(call: Call, request: Request): Promise<Session> {
+  const session = await call.deps.verifySession(request);
+  if (!session) throw new KeywardError('unauthenticated');
+  call.session = session;
+  return session;
+}
+
+/** 6. Policy: who may call this route, and the query it accepts (read before any counter moves). */
+function authorizeCall(route: CompiledRoute, params: RouteMatch['params'], session: Session, incoming: URL): RequestParts {
+  const { contract } = route;
+  authorize(route, params, session);
+  return {
+    query: contract.query ? parseQuery(contract.query, incoming.search, incoming.searchParams) : new URLSearchParams(incoming.search),
+    body: undefined,
+  };
+}
+
+/** 7. The upstream URL, proven to stay under the upstream's base, and the allow-listed request headers. */
+function buildTarget(call: Call, request: Request, upstream: Upstream): Outgoing {
+  const url = buildUpstreamUrl(upstream, call.target.path);
+  call.targetUrl = `${url.origin}${url.pathname}`;
+  const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
+  headers['accept-encoding'] = 'identity';
+  headers['user-agent'] = 'keyward';
+  headers['x-request-id'] = call.requestId;
+  return { url, headers };
+}
+
+/** 8. The credential for this user and route; the client can neither supply nor override it. */
+async function resolveCallCredential(call: Call, upstream: Upstream, session: Session): Promise<ResolvedCredential> {
+  const credential = await resolveCredential(upstream, session, call.deps.credentials ?? NO_USER_SECRETS);
+  call.credential = credential;
+  return credential;
+}
+
+/**
+ * 9. Rate limits, before a body is read. A call without a usable client address cannot be attributed to one:
+ * per-IP rules skip it (one shared bucket would let one client use it up for all); the others apply.
+ */
+async function checkRateLimits(call: Call, upstream: Upstream, route: CompiledRoute, session: Session, credential: ResolvedCredential): Promise<RateTaken> {
+  const { ip } = call;
+  const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip };
+  const rateLimits = ip === null ? { ...route.limits, rate: route.limits.rate.filter((rule) => rule.by !== 'ip') } : route.limits;
+  const rate = call.deps.limits ? await call.deps.limits.checkRate(rateLimits, who) : [];
+  return { who, rate };
+}
+
+/**
+ * 10. The content: the body streamed under its byte cap (or, for a JSON contract, parsed, checked and
+ * re-serialised: the client's bytes are never forwarded), then per-role caps and identity fields applied to
+ * body and query, and the final query written to the URL. Returns the body to forward.
+ */
+async function prepareContent(
+  call: Call,
+  request: Request,
+  route: CompiledRoute,
+  session: Session,
+  parts: RequestParts,
+  outgoing: Outgoing,
+): Promise<AsyncIterable<Uint8Array> | Buffer | null> {
+  const { contract } = route;
+  let forwardBody: AsyncIterable<Uint8Array> | Buffer | null = null;
+  if (request.body && !BODYLESS_METHODS.has(call.method)) {
+    const declared = Number(request.headers.get('content-length') ?? NaN);
+    if (declared > route.maxRequestBytes) throw new KeywardError('payload_too_large');
+    call.body = capRequestBody(request.body, route.maxRequestBytes, call.deps.requestBodyIdleMs ?? route.timeoutMs);
+    forwardBody = call.body.iterable;
+  }
+  if (contract.body) {
+    if (!isJson(request.headers.get('content-type'))) throw new KeywardError('unsupported_media_type');
+    parts.body = parseBody(contract.body, call.body ? (await readCappedBody(call.body)).toString('utf8') : '');
+  }
+  applyCaps(contract, session, parts);
+  applyIdentity(contract, session, parts);
+  if (contract.body) {
+    forwardBody = Buffer.from(JSON.stringify(parts.body), 'utf8');
+    outgoing.headers['content-type'] = 'application/json';
+  }
+  const query = parts.query instanceof URLSearchParams ? parts.query : serializeQuery(parts.query);
+  for (const [name, value] of query) outgoing.url.searchParams.append(name, value);
+  return forwardBody;
+}
+
+/** 12. Quotas and budgets: the worst case is reserved atomically; settled when the response ends (15). */
+async function reserveBudget(call: Call, route: CompiledRoute, parts: RequestParts, { who, rate }: RateTaken): Promise<void> {
+  if (call.deps.limits) call.grant = await call.deps.limits.reserve(route.limits, who, reservation(route.limits.cost, parts), rate);
+}
+
+/** 13. Forward: to the proven URL, no redirects followed, with the route's deadlines; the client's abort cancels it. */
+async function forward(
+  call: Call,
+  request: Request,
+  upstream: Upstream,
+  route: CompiledRoute,
+  outgoing: Outgoing,
+  body: AsyncIterable<Uint8Array> | Buffer | null,
+): Promise<Dispatcher.ResponseData> {
+  call.forwarded = true;
+  try {
+    return await call.deps.dispatcher.request({
+      origin: upstream.origin,
+      path: outgoing.url.pathname + outgoing.url.search,
+      method: call.method as Dispatcher.HttpMethod,
+      headers: outgoing.headers,
+      body,
+      signal: request.signal,
+      headersTimeout: route.timeoutMs,
+      bodyTimeout: route.timeoutMs,
+      maxRedirections: 0,
+    } as Dispatcher.RequestOptions);
+  } catch (error) {
+    // A connection that never opened carried nothing: what was reserved is returned.
+    if (NOT_SENT.has((error as { code?: string } | null)?.code ?? '')) call.forwarded = false;
+    throw upstreamFailure(error, call.body);
+  }
+}
+
+/**
+ * 14. Respond: status checked, headers allow-listed, the body decoded and streamed through the leak scrubber.
+ * The record (15) is written when the body ends or the client goes away.
+ */
+function respond(call: Call, upstream: Upstream, route: CompiledRoute, credential: ResolvedCredential, response: Dispatcher.ResponseData): Response {
+  const { statusCode } = response;
+  const { requestId, grant } = call;
+  // A Response carries 200–599 only (undici consumes 1xx itself); 600–999 mean nothing to pass on.
+  if (statusCode < 200 || statusCode > 599) {
+    discardBody(response.body);
+    throw new KeywardError('upstream_bad_response');
+  }
+  if (statusCode >= 300 && statusCode < 400 && statusCode !== 304) {
+    discardBody(response.body);
+    throw new KeywardError('upstream_redirect');
+  }
+  const secrets = credential.secrets;
+  const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets);
+  outHeaders.set('cache-control', route.cacheControl);
+  outHeaders.set('x-content-type-options', 'nosniff');
+  outHeaders.set('x-request-id', requestId);
+  for (const [name, value] of grant?.headers ?? []) outHeaders.set(name, value);
+
+  const usageSource = route.limits.cost.usage;
+  const headerUsage = usageSource && 'header' in usageSource ? toUnits(firstHeader(response.headers[usageSource.header])) : null;
+  // 205 Reset Content must not carry content (RFC 9110 §15.3.6): passed on as 205, its body dropped.
+  if (call.method === 'HEAD' || statusCode === 204 || statusCode === 205 || statusCode === 304) {
+    discardBody(response.body);
+    record(call, statusCode, 'complete', 0, null, headerUsage);
+    return new Response(null, { status: statusCode, headers: outHeaders });
+  }
+  const usageReader =
+    grant && grant.reserved > 0 && usageSource && 'json' in usageSource
+      ? new UsageReader(usageSource, firstHeader(response.headers['content-type']) ?? '')
+      : null;
+  const encoding = response.headers['content-encoding'];
+  const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
+  const stream = toResponseStream(
+    decoded,
+    new StreamScrubber(secrets),
+    // A body cut short (client gone, upstream broke) has not reported its usage yet, even if an early event
+    // carried a partial figure: the reservation stays charged (README "Budgets reserve, then settle").
+    (outcome, bytes, error) => {
+      if (error) call.deps.logger.warn({ requestId, code: error.code }, error.message);
+      record(call, statusCode, outcome, bytes, error?.code ?? null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage);
+    },
+    usageReader,
+  );
+  return new Response(stream, { status: statusCode, headers: outHeaders });
+}
+
+/** Any step's refusal or failure, rendered as Keyward's JSON error and recorded (15). */
+function refuse(call: Call, error: unknown): Response {
+  const keywardError = toKeywardError(error);
+  if (keywardError.code === 'internal_error') {
+    // The cause may be a Headers/URL/undici error carrying values. The logger scrubs every service secret;
+    // this call's per-user secret (own key, OAuth token) is scrubbed here.
+    call.deps.logger.error({ err: scrubError(keywardError.cause, call.credential?.secrets ?? []), requestId: call.requestId }, 'proxy failed');
+  }
+  record(call, keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, keywardError.code);
+  return errorResponse(keywardError, call.requestId);
+}
+
+/** 15. Record: settles the limits and writes the call's one log line and audit event. */
+function record(call: Call, status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null, usage: number | null = null): void {
+  const { grant, forwarded, session } = call;
+  const units = grant && grant.reserved > 0 ? (forwarded ? (usage ?? grant.reserved) : 0) : 0;
+  grant?.settle({ forwarded, usage }).catch(() => {});
+  const event: ProxyEvent = {
+    requestId: call.requestId,
+    userId: session?.userId ?? null,
+    sessionId: session?.sessionId ?? null,
+    upstream: call.target.upstream,
+    route: call.routeTemplate,
+    target: call.targetUrl,
+    method: call.requestMethod,
+    status,
+    keyFingerprint: call.credential?.fingerprint ?? null,
+    bytesIn: call.body?.bytes() ?? 0,
+    bytesOut,
+    durationMs: Math.round((performance.now() - call.started) * 100) / 100,
+    outcome,
+    errorCode,
+    clientIp: call.ip,
+    units,
+  };
+  call.deps.logger.info({ proxy: event }, 'proxy');
+  call.deps.onComplete?.(event);
 }
 
 /** undici errors raised before a request could be written: nothing reached the upstream. */
