@@ -2,9 +2,13 @@ import 'server-only';
 import { ConfigError } from '@/lib/core/config/load';
 import { getRuntime } from './runtime';
 
-export function checkStartup(): void {
+/**
+ * Builds the runtime (the route handlers' by default; the fast lane passes its own, server.ts) and exits 1 with
+ * a message naming the field, never a value, when the configuration is invalid.
+ */
+export function checkStartup(load: () => unknown = getRuntime): void {
   try {
-    getRuntime();
+    load();
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`\nKeyward cannot start.\n${error.message}\n`);

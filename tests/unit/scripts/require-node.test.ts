@@ -93,10 +93,10 @@ describe('node scripts/require-node.mjs', { timeout: 60_000 }, () => {
         encoding: 'utf8',
         env: { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`, NEXT_TELEMETRY_DISABLED: '1' },
       });
-    // `next start --help` answers without a build: the option reached next, not the check.
+    // `npm start -- --help` (the fast lane, scripts/start.mjs) answers without a build: the option reached it, not the check.
     const start = npm(['start', '--', '--help']);
     expect(start.status, start.stderr).toBe(0);
-    expect(start.stdout).toMatch(/Usage: next start/);
+    expect(start.stdout).toMatch(/Usage: npm start/);
     expect(start.stdout).toMatch(/-p, --port <port>/);
     const keyward = npm(['run', 'keyward', '--', 'keys', '--help']);
     expect(keyward.status, keyward.stderr).toBe(0);

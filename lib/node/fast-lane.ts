@@ -1,0 +1,109 @@
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { KeywardError } from '@/lib/core/errors';
+import { handleProxy, isRefusedMethod, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
+import { getLogger } from '@/lib/core/log/logger';
+import { parseProxyPath, type ProxyPath } from './proxy-path';
+import { readHeaders, toRequest } from './request';
+import { writeResponse } from './response';
+
+export interface FastLaneOptions {
+  /** The same runtime the route handlers build (lib/node/runtime.ts). */
+  readonly deps: ProxyDeps;
+  /** The origin given to the core's Request (`http://localhost:<port>`, as Next gives route handlers). */
+  readonly origin: () => string;
+  /** Next's request handler (`app.getRequestHandler()`): every request outside /api/proxy. */
+  readonly next: (req: IncomingMessage, res: ServerResponse) => unknown;
+  /** Headers next.config.ts adds to every response (its `source: '/:path*'` rules), so both doors send them. */
+  readonly siteHeaders?: readonly (readonly [string, string])[];
+}
+
+/**
+ * The fast lane (DESIGN.md "Two entry points, one core"): `/api/proxy/*` goes to `handleProxy` directly, every
+ * other request to Next. A translation layer in the manner of tRPC's node-http adapter, with no step of its
+ * own: authentication, CSRF, policy, limits, credentials, errors and the audit record all happen in the core.
+ */
+export function createFastLane(options: FastLaneOptions): RequestListener {
+  const { deps, next } = options;
+  const siteHeaders = options.siteHeaders ?? [];
+  return (req, res) => {
+    const proxyPath = parseProxyPath(req.url ?? '/');
+    if (proxyPath === null) {
+      next(req, res);
+      return;
+    }
+    serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => {
+      // Only a bug in this file gets here (the core answers every failure itself): no detail to the client.
+      getLogger().error({ err: error instanceof Error ? error.name : 'unknown' }, 'fast lane failed');
+      if (!res.headersSent) {
+        res.writeHead(500, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'private, no-store' });
+        res.end(JSON.stringify({ error: { code: 'internal_error', message: 'Keyward failed to handle the request.', requestId: null } }));
+      } else {
+        res.destroy();
+      }
+    });
+  };
+}
+
+async function serveProxy(
+  req: IncomingMessage,
+  res: ServerResponse,
+  { target, path, search }: ProxyPath,
+  deps: ProxyDeps,
+  origin: string,
+  siteHeaders: readonly (readonly [string, string])[],
+): Promise<void> {
+  const method = req.method ?? 'GET';
+  if (isRefusedMethod(method)) {
+    await writeResponse(refuseCall(method, headersOrNone(req), target, deps, new KeywardError('method_not_allowed')), res, siteHeaders);
+    return;
+  }
+  // The client going away before its response is complete aborts the upstream call (and the body read).
+  const controller = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) controller.abort();
+  });
+  let request: Request;
+  try {
+    request = toRequest(req, origin + path + search, controller.signal);
+  } catch {
+    // A header value fetch refuses (Node's parser let it through). The error's message may carry the value.
+    const refusal = new KeywardError('bad_request', { message: 'The request carries a header value that is not allowed.' });
+    await writeResponse(refuseCall(method, new Headers(), target, deps, refusal), res, siteHeaders);
+    return;
+  }
+  await writeResponse(await handleProxy(request, target, deps), res, siteHeaders);
+}
+
+/**
+ * CONNECT never reaches a 'request' listener (Node hands it over as a tunnel) and fetch's Request cannot carry
+ * it: on /api/proxy it is refused like TRACE, written to the socket by hand; elsewhere the connection is closed,
+ * as under `next start`.
+ */
+export function createConnectRefusal(deps: ProxyDeps, siteHeaders: readonly (readonly [string, string])[] = []) {
+  return (req: IncomingMessage, socket: Duplex): void => {
+    socket.on('error', () => {});
+    const proxyPath = parseProxyPath(req.url ?? '/');
+    if (proxyPath === null) {
+      socket.destroy();
+      return;
+    }
+    const response = refuseCall(req.method ?? 'CONNECT', headersOrNone(req), proxyPath.target, deps, new KeywardError('method_not_allowed'));
+    void response.text().then((body) => {
+      const lines = [`HTTP/1.1 ${response.status} Method Not Allowed`];
+      for (const [name, value] of siteHeaders) lines.push(`${name}: ${value}`);
+      for (const [name, value] of response.headers) lines.push(`${name}: ${value}`);
+      lines.push(`content-length: ${Buffer.byteLength(body)}`, 'connection: close');
+      socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
+    });
+  };
+}
+
+/** The client's headers for a refusal's record (its address); none when fetch refuses one of them. */
+function headersOrNone(req: IncomingMessage): Headers {
+  try {
+    return readHeaders(req);
+  } catch {
+    return new Headers();
+  }
+}

@@ -1,0 +1,50 @@
+import type { ProxyTarget } from '@/lib/core/pipeline';
+
+/** A request the fast lane serves itself: its upstream and path segments, and the raw query (with its `?`). */
+export interface ProxyPath {
+  readonly target: ProxyTarget;
+  /** The path as received (an absolute-form target's scheme and authority removed), not decoded. */
+  readonly path: string;
+  readonly search: string;
+}
+
+/** `scheme://authority` of an absolute-form request target (RFC 9112 §3.2.2), which Node passes on as is. */
+const ABSOLUTE_FORM = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*/;
+
+/**
+ * Reads a request target the way the core expects its segments, without asking Node, WHATWG URL or Next to
+ * normalise it first. Next answers some paths before a route handler runs (PITFALLS.md: a trailing `.`, `..` or
+ * `%2e` segment gets a 308 to another path, a lone `%` or `%zz` a 500); the fast lane hands them to the core.
+ *
+ * The path is split on `/` before anything is decoded, so `%2F` stays inside its segment and `..` is never
+ * resolved; each segment is then decoded once. A segment that is not valid percent-encoding (a lone `%`, `%zz`,
+ * overlong or surrogate UTF-8 such as `%c0%ae`) is passed on as written: it contains `%`, which the core's route
+ * step refuses like any other unsafe segment (400 `bad_path`, recorded), after the steps that run before it.
+ *
+ * Returns null for anything outside `/api/proxy`, which Next serves.
+ */
+export function parseProxyPath(requestTarget: string): ProxyPath | null {
+  const queryAt = requestTarget.indexOf('?');
+  let path = queryAt === -1 ? requestTarget : requestTarget.slice(0, queryAt);
+  const absolute = ABSOLUTE_FORM.exec(path);
+  if (absolute) path = path.slice(absolute[0].length);
+  // Pages and assets are most requests a browser makes: one cheap test before any splitting.
+  if (!path.startsWith('/api/') && !path.startsWith('/%')) return null;
+  const segments = path.split('/');
+  if (segments[0] !== '' || decodeSegment(segments[1] ?? '') !== 'api' || decodeSegment(segments[2] ?? '') !== 'proxy') return null;
+  return {
+    // `/api/proxy` and `/api/proxy/` name no upstream: the core answers 404 `upstream_not_found`.
+    target: { upstream: decodeSegment(segments[3] ?? ''), path: segments.slice(4).map(decodeSegment) },
+    path,
+    search: queryAt === -1 ? '' : requestTarget.slice(queryAt),
+  };
+}
+
+function decodeSegment(segment: string): string {
+  if (!segment.includes('%')) return segment;
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}

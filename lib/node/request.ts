@@ -1,0 +1,47 @@
+import type { IncomingMessage } from 'node:http';
+import { Readable } from 'node:stream';
+
+/** Methods whose request never carries content the core would read (it forwards none for them). */
+const NO_BODY = new Set(['GET', 'HEAD']);
+
+/**
+ * The client's request as the core's `Request`, without copying it: the headers as received (`rawHeaders`,
+ * repeated ones kept), the body as a stream over the socket (`duplex: 'half'`: read only when the core
+ * forwards it, under its byte cap), and `signal`, which the caller aborts when the client goes away.
+ *
+ * `url`'s origin is the internal `http://localhost:<port>` that Next also gives route handlers: the core never takes
+ * the public origin from `request.url` (AUTH_URL, or the trusted Host headers; lib/core/origin/public-origin.ts),
+ * so both doors hand it the same thing. As Next does, `X-Forwarded-For` is set to the socket's address when the
+ * client sent none, so KEYWARD_TRUSTED_PROXY_HOPS means the same behind either door.
+ *
+ * Throws (a TypeError) on a header value fetch refuses; the message may carry the value, never render it.
+ */
+export function toRequest(req: IncomingMessage, url: string, signal: AbortSignal): Request {
+  const headers = readHeaders(req);
+  const method = req.method ?? 'GET';
+  const init: RequestInit & { duplex?: 'half' } = { method, headers, signal };
+  if (hasContent(req) && !NO_BODY.has(method.toUpperCase())) {
+    init.body = Readable.toWeb(req) as ReadableStream<Uint8Array>;
+    init.duplex = 'half';
+  }
+  return new Request(url, init);
+}
+
+/**
+ * The headers as received, in order, repeated names appended (Headers joins them as fetch does), and
+ * `X-Forwarded-For` filled in from the socket when absent (see toRequest). Throws as toRequest does.
+ */
+export function readHeaders(req: IncomingMessage): Headers {
+  const headers = new Headers();
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) headers.append(raw[i]!, raw[i + 1]!);
+  if (!headers.has('x-forwarded-for') && req.socket.remoteAddress) headers.set('x-forwarded-for', req.socket.remoteAddress);
+  return headers;
+}
+
+/** A request has content when it says so: Content-Length above 0, or a Transfer-Encoding (RFC 9112 §6.3). */
+function hasContent(req: IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const length = req.headers['content-length'];
+  return length !== undefined && length !== '0';
+}

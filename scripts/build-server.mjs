@@ -1,0 +1,39 @@
+/**
+ * `npm run build` (after `next build`): bundles server.ts, the fast lane, into `<distDir>/keyward-server.mjs`,
+ * which `npm start` runs (scripts/start.mjs). Bundled because lib/ is TypeScript with extensionless imports,
+ * `@/` aliases and `import 'server-only'` (which only resolves under the `react-server` condition): plain Node
+ * cannot load it, and tsx is a devDependency. Packages stay external (loaded from node_modules at run time, so
+ * `npm ci --omit=dev` after the build is enough), except `server-only`, resolved here to its empty module.
+ * distDir follows next.config.ts: KEYWARD_DIST_DIR, else `.next`.
+ */
+import { build } from 'esbuild';
+import { join } from 'node:path';
+
+const distDir = process.env.KEYWARD_DIST_DIR || '.next';
+const outfile = join(distDir, 'keyward-server.mjs');
+
+await build({
+  entryPoints: ['server.ts'],
+  outfile,
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node22',
+  conditions: ['react-server'],
+  tsconfig: 'tsconfig.json',
+  logLevel: 'warning',
+  legalComments: 'none',
+  plugins: [
+    {
+      name: 'keyward-externals',
+      setup(builder) {
+        // Bare package imports (not `@/…`, not relative, not server-only) are loaded from node_modules at run time.
+        builder.onResolve({ filter: /^[^./]/ }, (args) => {
+          if (args.path === 'server-only' || args.path.startsWith('@/')) return undefined;
+          return { path: args.path, external: true };
+        });
+      },
+    },
+  ],
+});
+console.log(`Fast lane bundled into ${outfile}`);

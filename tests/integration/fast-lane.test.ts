@@ -1,0 +1,464 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
+import { writeConfigFile } from '../fixtures/config';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+import { writeUsersFile } from '../fixtures/users';
+import { leakForms } from './harness';
+
+/**
+ * The fast lane (`npm start`: server.ts, bundled by `npm run build`) against the route handlers (`next start`),
+ * both started from the same production build (`npm test` runs `next build` first; this file builds nothing),
+ * with the same config, users and upstream. Proxied calls go through the core directly, pages through Next.
+ * Paths are sent raw with node:http where fetch would normalise them.
+ */
+const echoKey = randomSecret('echo');
+const password = randomSecret('pw');
+const adminPassword = randomSecret('pwa');
+const sessionSecrets = testSessionSecrets();
+const secrets = [echoKey, password, adminPassword, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET];
+const MiB = 1024 * 1024;
+
+let upstream: TestUpstream;
+let env: Record<string, string>;
+let lane: AppServer;
+let handlers: AppServer;
+let laneCookie: string;
+let handlersCookie: string;
+let adminCookie: string;
+
+interface RawResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+}
+
+/** Sends the path exactly as given to `server`, with its session cookie and the CSRF header unless told otherwise. */
+function raw(server: AppServer, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: '127.0.0.1',
+        port: server.port,
+        method,
+        path,
+        headers: { cookie: server === lane ? laneCookie : handlersCookie, 'x-keyward-csrf': '1', ...headers },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+function errorCode(response: RawResponse): string | undefined {
+  try {
+    return (JSON.parse(response.body) as { error?: { code?: string } }).error?.code;
+  } catch {
+    return undefined;
+  }
+}
+
+function expectNoLeak(text: string): void {
+  for (const secret of secrets) for (const form of leakForms(secret)) expect(text.includes(form), 'a secret leaked').toBe(false);
+}
+
+beforeAll(async () => {
+  upstream = await startUpstream();
+  const configPath = writeConfigFile({
+    upstreams: {
+      echo: {
+        baseUrl: `${upstream.origin}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY' } },
+        routes: [
+          { method: 'GET', path: '/items/:id', roles: ['user'] },
+          { method: 'POST', path: '/items', roles: ['user'] },
+          { method: 'POST', path: '/upload', maxRequestBytes: 4 * MiB },
+          { method: 'GET', path: '/download' },
+          { method: 'GET', path: '/events' },
+          { method: 'GET', path: '/hang' },
+          { method: 'GET', path: '/files/*' },
+        ],
+      },
+    },
+  });
+  const usersFile = await writeUsersFile([
+    { username: 'alice', password, roles: ['user'] },
+    { username: 'root', password: adminPassword, roles: ['admin', 'user'] },
+  ]);
+  env = { ...sessionSecrets, ECHO_KEY: echoKey, KEYWARD_CONFIG: configPath, KEYWARD_USERS_FILE: usersFile };
+  const lanePort = await freePort();
+  [lane, handlers] = await Promise.all([
+    startFastLane(
+      { ...env, KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-')), 'keyward.db') },
+      { port: lanePort, args: ['-p', String(lanePort), '-H', '127.0.0.1', '--keepAliveTimeout', '7000'] },
+    ),
+    startApp({ ...env, KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-handlers-')), 'keyward.db') }),
+  ]);
+  [laneCookie, handlersCookie, adminCookie] = await Promise.all([
+    signIn(lane.url, 'alice', password),
+    signIn(handlers.url, 'alice', password),
+    signIn(lane.url, 'root', adminPassword),
+  ]);
+}, 120_000);
+
+afterAll(async () => {
+  await Promise.all([lane?.stop(), handlers?.stop()]);
+  await upstream?.close();
+  if (lane) expectNoLeak(lane.output());
+});
+
+describe('the fast lane proxies through the core', () => {
+  it('GET: the key is attached upstream, the echoed key is scrubbed, the client sees only allowed headers', async () => {
+    upstream.reset();
+    const before = upstream.requests.length;
+    const response = await fetch(`${lane.url}/api/proxy/echo/items/42?x=1`, {
+      headers: { cookie: laneCookie, 'x-keyward-csrf': '1', authorization: 'Bearer client-token', 'accept-encoding': 'gzip' },
+    });
+    const text = await response.text();
+    expect(response.status).toBe(200);
+    expect(upstream.requests.length).toBe(before + 1);
+    const seen = upstream.requests.at(-1)!;
+    expect(seen.url).toBe('/v1/items/42?x=1');
+    expect(seen.headers['x-api-key']).toBe(echoKey);
+    expect(seen.headers.authorization).toBeUndefined();
+    expect(seen.headers.cookie).toBeUndefined();
+    expect(seen.headers['accept-encoding']).toBe('identity');
+    expect(text).toContain('[REDACTED]');
+    expect(response.headers.get('cache-control')).toBe('private, no-store');
+    expect(response.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    // next.config.ts's site-wide headers, as Next adds them to route handlers' responses.
+    expect(response.headers.get('x-frame-options')).toBe('DENY');
+    expect(response.headers.get('referrer-policy')).toBe('no-referrer');
+    expectNoLeak(`${JSON.stringify([...response.headers])}\n${text}`);
+  });
+
+  it('answers with the same headers as the route handler', async () => {
+    upstream.reset();
+    const call = (server: AppServer, cookie: string) =>
+      fetch(`${server.url}/api/proxy/echo/items/7`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+    const [fast, slow] = await Promise.all([call(lane, laneCookie), call(handlers, handlersCookie)]);
+    await Promise.all([fast.text(), slow.text()]);
+    const names = (response: Response) =>
+      [...response.headers.keys()].filter((name) => !['date', 'connection', 'keep-alive', 'transfer-encoding', 'vary'].includes(name)).sort();
+    expect(names(fast)).toEqual(names(slow));
+    expect(fast.status).toBe(slow.status);
+  });
+
+  it('POST: the body is streamed to the upstream (state-changing calls need the public Origin)', async () => {
+    upstream.reset();
+    const body = JSON.stringify({ name: 'widget', note: 'x'.repeat(1000) });
+    const response = await fetch(`${lane.url}/api/proxy/echo/items`, {
+      method: 'POST',
+      headers: { cookie: laneCookie, 'x-keyward-csrf': '1', origin: lane.url, 'content-type': 'application/json' },
+      body,
+    });
+    const echoed = (await response.json()) as { method: string; bodyBytes: number };
+    expect(response.status).toBe(200);
+    expect(echoed).toMatchObject({ method: 'POST', bodyBytes: Buffer.byteLength(body) });
+    expect(upstream.requests.at(-1)!.bodyPreview.toString('utf8')).toBe(body);
+  });
+
+  it('1 MiB up and 1 MiB down, whole', async () => {
+    upstream.reset();
+    const upload = await fetch(`${lane.url}/api/proxy/echo/upload`, {
+      method: 'POST',
+      headers: { cookie: laneCookie, 'x-keyward-csrf': '1', origin: lane.url, 'content-type': 'application/octet-stream' },
+      body: Buffer.alloc(MiB, 7),
+    });
+    expect(upload.status).toBe(200);
+    expect(((await upload.json()) as { bodyBytes: number }).bodyBytes).toBe(MiB);
+
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      for (let i = 0; i < 16; i++) res.write(Buffer.alloc(MiB / 16, 0x61 + i));
+      res.end();
+    });
+    const download = await fetch(`${lane.url}/api/proxy/echo/download`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' } });
+    const bytes = Buffer.from(await download.arrayBuffer());
+    expect(download.status).toBe(200);
+    expect(bytes.length).toBe(MiB);
+    expect(bytes[MiB - 1]).toBe(0x61 + 15);
+    upstream.reset();
+  });
+
+  it('SSE: each event reaches the client before the upstream sends the next one', async () => {
+    let sendSecond!: () => void;
+    const second = new Promise<void>((resolve) => (sendSecond = resolve));
+    upstream.handle(async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+      res.write(`data: first ${echoKey}\n\n`);
+      await second;
+      res.end('data: second\n\n');
+    });
+    const response = await fetch(`${lane.url}/api/proxy/echo/events`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' } });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toBe('text/event-stream');
+    const reader = response.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    while (!text.includes('\n\n')) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    expect(text).toBe('data: first [REDACTED]\n\n');
+    sendSecond();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    expect(text).toBe('data: first [REDACTED]\n\ndata: second\n\n');
+    upstream.reset();
+  });
+
+  it('the client going away cancels the upstream call, before and after the response head', async () => {
+    upstream.handle(() => {}); // never answers
+    const before = upstream.requests.length;
+    const early = new AbortController();
+    const pending = fetch(`${lane.url}/api/proxy/echo/hang`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' }, signal: early.signal });
+    const waiting = await upstream.nthRequest(before + 1);
+    early.abort();
+    await expect(pending).rejects.toThrow();
+    await waiting.closed;
+    expect(waiting.closedEarly).toBe(true);
+
+    upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first chunk');
+    });
+    const late = new AbortController();
+    const response = await fetch(`${lane.url}/api/proxy/echo/hang`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' }, signal: late.signal });
+    const streaming = upstream.requests.at(-1)!;
+    await response.body!.getReader().read();
+    late.abort();
+    await streaming.closed;
+    expect(streaming.closedEarly).toBe(true);
+    upstream.reset();
+  });
+
+  it('writes the audit record the route handler writes', async () => {
+    upstream.reset();
+    const response = await fetch(`${lane.url}/api/proxy/echo/items/9`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' } });
+    await response.text();
+    const requestId = response.headers.get('x-request-id');
+    // Read back through Next (the admin API), which shares the store with the fast lane.
+    let record: Record<string, unknown> | undefined;
+    for (let attempt = 0; attempt < 50 && !record; attempt++) {
+      const audit = await fetch(`${lane.url}/api/admin/audit?type=call&upstream=echo&limit=50`, { headers: { cookie: adminCookie, 'x-keyward-csrf': '1' } });
+      expect(audit.status).toBe(200);
+      const { records } = (await audit.json()) as { records: Array<Record<string, unknown>> };
+      record = records.find((entry) => entry.requestId === requestId);
+      if (!record) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(record).toMatchObject({ type: 'call', upstream: 'echo', route: '/items/:id', method: 'GET', status: 200, outcome: 'complete', userId: 'local:alice' });
+    expect(record!.keyFingerprint).toEqual(expect.any(String));
+    expect(record!.clientIp).toBe('127.0.0.1');
+    expectNoLeak(JSON.stringify(record));
+  });
+});
+
+describe('refusals: the route handler\'s errors, and the ones Next answers before a handler runs', () => {
+  const SAME: Array<[string, string, string, Record<string, string>, number, string]> = [
+    ['no session', 'GET', '/api/proxy/echo/items/1', { cookie: '' }, 401, 'unauthenticated'],
+    ['no CSRF header', 'GET', '/api/proxy/echo/items/1', { 'x-keyward-csrf': '' }, 403, 'csrf_failed'],
+    ['POST from another origin', 'POST', '/api/proxy/echo/items', { origin: 'https://evil.example', 'content-type': 'application/json' }, 403, 'csrf_failed'],
+    ['unknown upstream', 'GET', '/api/proxy/nope/items/1', {}, 404, 'upstream_not_found'],
+    ['__proto__ upstream', 'GET', '/api/proxy/__proto__/x', {}, 404, 'upstream_not_found'],
+    ['undeclared route', 'GET', '/api/proxy/echo/other', {}, 404, 'route_not_found'],
+    ['undeclared method', 'PUT', '/api/proxy/echo/items/1', { origin: 'http://x.test' }, 405, 'method_not_allowed'],
+    ['method override', 'GET', '/api/proxy/echo/items/1', { 'x-http-method-override': 'DELETE' }, 400, 'method_override_refused'],
+    ['token in the query', 'GET', '/api/proxy/echo/items/1?access_token=abc', {}, 400, 'bad_request'],
+    ['encoded slash', 'GET', '/api/proxy/echo/files/..%2f..%2fadmin', {}, 400, 'bad_path'],
+    ['encoded NUL', 'GET', '/api/proxy/echo/files/a%00b', {}, 400, 'bad_path'],
+  ];
+  for (const [name, method, path, headers, status, code] of SAME) {
+    it(`${name}: ${status} ${code}, as the route handler answers, and no upstream call`, async () => {
+      const before = upstream.requests.length;
+      const [fast, slow] = await Promise.all([raw(lane, method, path, headers, method === 'POST' ? '{}' : undefined), raw(handlers, method, path, headers, method === 'POST' ? '{}' : undefined)]);
+      expect([fast.status, errorCode(fast)]).toEqual([status, code]);
+      expect([slow.status, errorCode(slow)]).toEqual([status, code]);
+      expect(fast.headers['content-type']).toBe(slow.headers['content-type']);
+      expect(fast.headers.allow).toBe(slow.headers.allow);
+      expect(upstream.requests.length).toBe(before);
+      expectNoLeak(`${JSON.stringify(fast.headers)}\n${fast.body}`);
+    });
+  }
+
+  const BAD_PATHS = [
+    '/api/proxy/echo/files/%2e',
+    '/api/proxy/echo/files/%2e%2e',
+    '/api/proxy/echo/files/%2E%2E/admin',
+    '/api/proxy/echo/files/a/.',
+    '/api/proxy/echo/files/a/..',
+    '/api/proxy/echo/files/./a',
+    '/api/proxy/echo/files/../../admin',
+    '/api/proxy/echo/files/a/',
+    '/api/proxy/echo/files/%',
+    '/api/proxy/echo/files/a%',
+    '/api/proxy/echo/files/%zz',
+    '/api/proxy/echo/files/%c0%ae%c0%ae',
+    '/api/proxy/echo/files/%ed%a0%80',
+    '/api/proxy/echo/files/%e0%80%ae',
+  ];
+  for (const path of BAD_PATHS) {
+    it(`${path}: 400 bad_path from Keyward, no upstream call`, async () => {
+      const before = upstream.requests.length;
+      const response = await raw(lane, 'GET', path);
+      expect([response.status, errorCode(response)]).toEqual([400, 'bad_path']);
+      expect(response.headers['content-type']).toBe('application/json; charset=utf-8');
+      expect(upstream.requests.length).toBe(before);
+    });
+  }
+
+  it('TRACE: 405 method_not_allowed, the request (with its cookie) not echoed', async () => {
+    const before = upstream.requests.length;
+    const response = await raw(lane, 'TRACE', '/api/proxy/echo/items/1');
+    expect([response.status, errorCode(response)]).toEqual([405, 'method_not_allowed']);
+    expect(response.body).not.toContain(laneCookie.slice(laneCookie.indexOf('=') + 1, laneCookie.indexOf('=') + 40));
+    expect(upstream.requests.length).toBe(before);
+  });
+
+  it('CONNECT: 405 method_not_allowed, the connection closed', async () => {
+    const before = upstream.requests.length;
+    const socket = connect(lane.port, '127.0.0.1');
+    await once(socket, 'connect');
+    socket.write(`CONNECT /api/proxy/echo/items/1 HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\nCookie: ${laneCookie}\r\n\r\n`);
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    await once(socket, 'close');
+    const text = Buffer.concat(chunks).toString('utf8');
+    expect(text.startsWith('HTTP/1.1 405 ')).toBe(true);
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'method_not_allowed' } });
+    expect(upstream.requests.length).toBe(before);
+  });
+});
+
+describe('everything else is served by Next', () => {
+  it('pages, Auth.js and the session API', async () => {
+    const page = await fetch(`${lane.url}/signin`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toContain('text/html');
+    await page.text();
+    const csrf = await fetch(`${lane.url}/api/auth/csrf`);
+    expect(((await csrf.json()) as { csrfToken: string }).csrfToken).toEqual(expect.any(String));
+    const session = await fetch(`${lane.url}/api/session`, { headers: { cookie: laneCookie } });
+    expect(session.status).toBe(200);
+    expect(await session.json()).toMatchObject({ user: expect.anything(), roles: ['user'] });
+    expect((await fetch(`${lane.url}/api/session`)).status).toBe(401);
+  });
+
+  it('a sign-out in Next is seen by the fast lane on the next call (they share the store)', async () => {
+    const cookie = await signIn(lane.url, 'alice', password);
+    const ok = await fetch(`${lane.url}/api/proxy/echo/items/1`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+    expect(ok.status).toBe(200);
+    await ok.text();
+    const logout = await fetch(`${lane.url}/api/session/logout`, { method: 'POST', headers: { cookie, 'x-keyward-csrf': '1', origin: lane.url } });
+    expect(logout.status).toBeLessThan(300);
+    await logout.text();
+    const after = await fetch(`${lane.url}/api/proxy/echo/items/1`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+    expect(after.status).toBe(401);
+    await after.text();
+  });
+});
+
+/** Runs `npm start`'s entry with `args` and env until it exits (start-up failures). */
+async function startAndExit(args: string[], extraEnv: Record<string, string>): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, [join(process.cwd(), 'scripts', 'start.mjs'), ...args], {
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      NODE_ENV: 'production',
+      NEXT_TELEMETRY_DISABLED: '1',
+      ...(process.env.KEYWARD_DIST_DIR ? { KEYWARD_DIST_DIR: process.env.KEYWARD_DIST_DIR } : {}),
+      ...extraEnv,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  return { code, output };
+}
+
+describe('npm start accepts what next start accepts', () => {
+  it('--keepAliveTimeout sets the keep-alive idle time (on proxied calls and pages alike)', async () => {
+    for (const path of ['/api/proxy/echo/items/1', '/api/session']) {
+      const response = await raw(lane, 'GET', path);
+      expect(response.headers['keep-alive'], path).toBe('timeout=7');
+    }
+  });
+
+  it('PORT and HOSTNAME', async () => {
+    const port = await freePort();
+    const server = await startFastLane(
+      { ...env, PORT: String(port), HOSTNAME: '127.0.0.3', KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-')), 'k.db') },
+      { port, host: '127.0.0.3', args: [] },
+    );
+    try {
+      expect((await fetch(`http://127.0.0.3:${port}/api/proxy/echo/items/1`)).status).toBe(401);
+      await expect(fetch(`http://127.0.0.1:${port}/api/session`)).rejects.toThrow();
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
+
+  it('-p and -H win over PORT and HOSTNAME', async () => {
+    const port = await freePort();
+    const server = await startFastLane(
+      { ...env, PORT: String(await freePort()), HOSTNAME: '127.0.0.4', KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-')), 'k.db') },
+      { port, host: '127.0.0.5', args: ['--port', String(port), '-H', '127.0.0.5'] },
+    );
+    try {
+      expect((await fetch(`http://127.0.0.5:${port}/api/session`)).status).toBe(401);
+      await expect(fetch(`http://127.0.0.4:${port}/api/session`)).rejects.toThrow();
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
+
+  it('a bad configuration exits 1 naming the field, before listening', async () => {
+    const port = await freePort();
+    const { code, output } = await startAndExit(['-p', String(port), '-H', '127.0.0.1'], { ...env, KEYWARD_USERS_FILE: '', AUTH_SECRET: 'short' });
+    expect(code).toBe(1);
+    expect(output).toContain('Keyward cannot start.');
+    expect(output).toContain('AUTH_SECRET');
+    expectNoLeak(output);
+  });
+
+  it('a memory store is refused (the fast lane and Next hold separate runtimes)', async () => {
+    const { code, output } = await startAndExit(['-p', String(await freePort())], { ...env, AUTH_TRUST_HOST: 'true', KEYWARD_STORE: 'memory' });
+    expect(code).toBe(1);
+    expect(output).toContain('KEYWARD_STORE');
+  });
+
+  it('an unknown option or a bad port exits 1 naming it; --help lists the options', async () => {
+    for (const [args, named] of [[['--turbo'], '--turbo'], [['-p', 'eighty'], '--port'], [['-p', '70000'], '--port'], [['-H'], '-H']] as const) {
+      const { code, output } = await startAndExit([...args], env);
+      expect(code, args.join(' ')).toBe(1);
+      expect(output, args.join(' ')).toContain(named);
+      expect(output, args.join(' ')).toContain('npm start -- --help');
+    }
+    const help = await startAndExit(['--help'], {});
+    expect(help.code).toBe(0);
+    expect(help.output).toMatch(/-p, --port <port>/);
+    expect(help.output).toMatch(/--keepAliveTimeout <ms>/);
+  });
+});
