@@ -14,6 +14,7 @@ import { hashPassword } from '../../lib/core/users/password';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+import { deleteKeysUnder } from '../fixtures/redis-server';
 
 /**
  * The native-app token exchange at handler level, on the real Redis (own key prefix per run):
@@ -185,10 +186,12 @@ function instanceWithUsers(file: string): Runtime {
   });
 }
 
+const redisPrefix = `keyward-test:mobile:${randomUUID()}:`;
+
 beforeAll(async () => {
   passwordHash = await hashPassword(randomSecret('pw'));
   upstream = await startUpstream();
-  store = new RedisStore(REDIS_URL, { prefix: `keyward-test:mobile:${randomUUID()}:` });
+  store = new RedisStore(REDIS_URL, { prefix: redisPrefix });
   await store.ready();
   env = {
     ...sessionSecrets,
@@ -226,6 +229,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await upstream?.close();
   await store?.close();
+  await deleteKeysUnder(REDIS_URL, redisPrefix);
 });
 
 describe('GET /api/session/mobile/authorize', () => {

@@ -150,7 +150,8 @@ async function signInFrom(server: AppServer, from: string, username: string, pas
 /** Auth.js's answer to a wrong password: back to its sign-in page with an error, no session. */
 function expectWrongPassword(result: SignInResult): void {
   expect(result.status).toBe(302);
-  expect(result.location).toMatch(/\/api\/auth\/signin\?error=CredentialsSignin/);
+  // Auth.js sends a failed sign-in back to the sign-in page (Keyward's own, /signin) with the error.
+  expect(result.location).toMatch(/\/signin\?error=CredentialsSignin/);
   expect(result.cookie).toBeNull();
 }
 
