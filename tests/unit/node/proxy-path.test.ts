@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { parseProxyPath } from '../../../lib/node/proxy-path';
+
+describe('parseProxyPath (the fast lane reads the raw request target)', () => {
+  it('splits before decoding: %2F stays inside its segment, `..` is not resolved', () => {
+    expect(parseProxyPath('/api/proxy/echo/a%2Fb/../c?x=1&y=%2F')).toEqual({
+      target: { upstream: 'echo', path: ['a/b', '..', 'c'] },
+      path: '/api/proxy/echo/a%2Fb/../c',
+      search: '?x=1&y=%2F',
+    });
+    expect(parseProxyPath('/api/proxy/crm%2fevil.com/x')?.target).toEqual({ upstream: 'crm/evil.com', path: ['x'] });
+  });
+
+  it('keeps undecodable segments as written (they contain `%`, which the route step refuses)', () => {
+    for (const segment of ['%', 'a%', '%zz', '%c0%ae', '%ed%a0%80', '%e0%80%ae']) {
+      expect(parseProxyPath(`/api/proxy/echo/${segment}`)?.target.path).toEqual([segment]);
+    }
+  });
+
+  it('keeps dot, empty and trailing segments for the core to judge', () => {
+    expect(parseProxyPath('/api/proxy/echo/files/.')?.target.path).toEqual(['files', '.']);
+    expect(parseProxyPath('/api/proxy/echo/files/%2e%2E')?.target.path).toEqual(['files', '..']);
+    expect(parseProxyPath('/api/proxy/echo/items/')?.target.path).toEqual(['items', '']);
+    expect(parseProxyPath('/api/proxy/echo')?.target).toEqual({ upstream: 'echo', path: [] });
+    expect(parseProxyPath('/api/proxy')?.target).toEqual({ upstream: '', path: [] });
+  });
+
+  it('claims /api/proxy however its own two segments are spelt, and an absolute-form target', () => {
+    expect(parseProxyPath('/api/%70roxy/echo/x')?.target).toEqual({ upstream: 'echo', path: ['x'] });
+    expect(parseProxyPath('http://example.test:3000/api/proxy/echo/x?q')).toMatchObject({ target: { upstream: 'echo', path: ['x'] }, path: '/api/proxy/echo/x', search: '?q' });
+  });
+
+  it('leaves everything else to Next', () => {
+    for (const target of ['/', '/signin', '/api/session', '/api/proxyx/echo', '/api//proxy/echo', '/API/proxy/echo', '/_next/static/x.js', '*', '/api/auth/csrf']) {
+      expect(parseProxyPath(target), target).toBeNull();
+    }
+  });
+});
