@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Page, Response } from '@playwright/test';
+import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { findLeaks, findSecretsIn, jsonKeys, recordRequests, secretForms } from '../fixtures/e2e-leaks';
 import { browserFetch, expect, signInLocal, test } from './fixtures';
 
@@ -26,7 +27,10 @@ test('own key: stored write-only, shown only as last 4 + fingerprint, used for m
   traffic,
 }) => {
   const userKey = `demo-user-${randomBytes(18).toString('base64url')}`;
-  const fingerprint = createHash('sha256').update(userKey, 'utf8').digest('hex').slice(0, 12);
+  // Keyward shows a keyed fingerprint (HMAC under a key derived from KEYWARD_SESSION_SECRET); the demo upstream
+  // reports its own, unkeyed one (a SHA-256 prefix) of the key it received.
+  const fingerprint = keyFingerprints(env.secrets.KEYWARD_SESSION_SECRET).of(userKey);
+  const upstreamFingerprint = createHash('sha256').update(userKey, 'utf8').digest('hex').slice(0, 12);
   const last4 = userKey.slice(-4);
   const requests = recordRequests(page.context());
   const status = page.getByTestId('own-key-status');
@@ -53,12 +57,12 @@ test('own key: stored write-only, shown only as last 4 + fingerprint, used for m
   expect(await status.textContent()).not.toContain(userKey.slice(0, -4));
   await traffic.snapshot(page, 'key stored');
 
-  // The upstream sees my key (and only Keyward attached it): its fingerprint of what it received is mine.
+  // The upstream sees my key (and only Keyward attached it): its fingerprint of what it received is my key's.
   const whoami = await clickFor(page, 'call-own', (r) => new URL(r.url()).pathname === '/api/proxy/demo-own/whoami');
   expect(whoami.status()).toBe(200);
   await expect(page.getByTestId('status')).toHaveText('200');
   const answer = JSON.parse((await page.getByTestId('body').textContent()) ?? '') as Record<string, unknown>;
-  expect(answer).toMatchObject({ key: 'yours', fingerprint });
+  expect(answer).toMatchObject({ key: 'yours', fingerprint: upstreamFingerprint });
   await traffic.snapshot(page, 'called /whoami with my key');
 
   // After a reload the key is still stored, and still not readable: GET has no `key` field.
