@@ -35,7 +35,7 @@ export async function writeResponse(response: Response, res: ServerResponse, ext
       if (res.destroyed) return;
       if (!res.write(value)) await drained(res);
     }
-    res.end();
+    if (!res.destroyed) res.end();
   } catch {
     res.destroy();
   } finally {
