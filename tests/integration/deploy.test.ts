@@ -1,4 +1,3 @@
-import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CSRF_FAILURES } from '../../lib/core/csrf/check';
 import { signIn, startApp, type AppServer } from '../fixtures/app-server';
@@ -7,6 +6,7 @@ import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { leakForms } from './harness';
+import { rawRequest, type RawResponse as Reply } from '../fixtures/raw-http';
 
 /**
  * A production server (`next start`, after `next build`) deployed with the README's settings and nothing
@@ -20,24 +20,9 @@ const sessionSecrets = testSessionSecrets();
 const secrets = [echoKey, password, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET];
 let readme: Record<string, string>;
 
-interface Reply {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
 /** One request with exactly these headers (fetch cannot set Host), to the server's loopback port. */
 function send(app: AppServer, method: string, path: string, headers: Record<string, string>, body?: string): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port: app.port, method, path, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
+  return rawRequest(app.port, method, path, headers, body);
 }
 
 function expectNoLeak(reply: Reply): void {

@@ -1,7 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +11,7 @@ import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { leakForms } from './harness';
+import { rawRequest, type RawResponse } from '../fixtures/raw-http';
 
 /**
  * The fast lane (`npm start`: server.ts, bundled by `npm run build`) against the route handlers (`next start`),
@@ -34,33 +34,9 @@ let laneCookie: string;
 let handlersCookie: string;
 let adminCookie: string;
 
-interface RawResponse {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
 /** Sends the path exactly as given to `server`, with its session cookie and the CSRF header unless told otherwise. */
 function raw(server: AppServer, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: '127.0.0.1',
-        port: server.port,
-        method,
-        path,
-        headers: { cookie: server === lane ? laneCookie : handlersCookie, 'x-keyward-csrf': '1', ...headers },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
+  return rawRequest(server.port, method, path, { cookie: server === lane ? laneCookie : handlersCookie, 'x-keyward-csrf': '1', ...headers }, body);
 }
 
 function errorCode(response: RawResponse): string | undefined {

@@ -1,4 +1,3 @@
-import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signIn, startApp, type AppServer } from '../fixtures/app-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -6,6 +5,7 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { leakForms } from './harness';
 import { writeConfigFile } from '../fixtures/config';
+import { rawRequest, type RawResponse } from '../fixtures/raw-http';
 
 /**
  * Through the real production server (`next start`; `npm test` runs `next build` first): Next decodes
@@ -21,33 +21,9 @@ const sessionSecrets = testSessionSecrets();
 const password = randomSecret('pw');
 const secrets = [echoKey, crmKey, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET, password];
 
-interface RawResponse {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
 /** Sends the path exactly as given, with the session cookie and CSRF header unless told otherwise. */
 function raw(method: string, path: string, headers: Record<string, string> = {}): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: '127.0.0.1',
-        port: app.port,
-        method,
-        path,
-        headers: { cookie, 'x-keyward-csrf': '1', ...headers },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
+  return rawRequest(app.port, method, path, { cookie, 'x-keyward-csrf': '1', ...headers });
 }
 
 function expectNoLeak(response: RawResponse): void {
