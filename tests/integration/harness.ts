@@ -7,7 +7,10 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { freePort } from '../fixtures/app-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken, sessionCookie, type TestIdentity } from '../fixtures/session';
+import { leakForms } from '../fixtures/leak-forms';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+
+export { leakForms };
 
 /** Origin the tests pretend Keyward is served from (also the allowed Origin for state-changing calls). */
 export const APP_ORIGIN = 'https://app.keyward.test';
@@ -160,53 +163,6 @@ export async function createHarness(): Promise<Harness> {
       await dispatcher.close?.().catch(() => {});
     },
   };
-}
-
-/**
- * Forms a secret takes when it leaks, written out here as in tests/unit/scrub-oracle.ts (independently of the
- * scrubber's own list): raw; percent-encoded (encodeURIComponent and URLSearchParams, either case); JSON-escaped,
- * also with "\/" and with non-ASCII as \u escapes; every unit as a \u escape and hex (either case); base64 and
- * base64url, padded or not; and at each byte alignment inside a larger base64 blob, the characters only the
- * secret decides (8 or more of them).
- */
-export function leakForms(secret: string): string[] {
-  const bytes = Buffer.from(secret, 'utf8');
-  const lowerEscapes = (text: string) => text.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase());
-  const toUrl = (base64: string) => base64.replace(/\+/g, '-').replace(/\//g, '_');
-  const unitEscape = (unit: string, upper: boolean) => {
-    const hex = unit.charCodeAt(0).toString(16).padStart(4, '0');
-    return `\\u${upper ? hex.toUpperCase() : hex}`;
-  };
-  const uri = encodeURIComponent(secret);
-  const form = new URLSearchParams({ k: secret }).toString().slice(2);
-  const json = JSON.stringify(secret).slice(1, -1);
-  const asciiJson = json.replace(/[^\x00-\x7f]/g, (unit) => unitEscape(unit, false));
-  const base64 = bytes.toString('base64');
-  const forms = [
-    secret,
-    uri,
-    lowerEscapes(uri),
-    form,
-    lowerEscapes(form),
-    json,
-    json.replaceAll('/', '\\/'),
-    asciiJson,
-    asciiJson.replaceAll('/', '\\/'),
-    secret.replace(/[\s\S]/g, (unit) => unitEscape(unit, false)),
-    secret.replace(/[\s\S]/g, (unit) => unitEscape(unit, true)),
-    bytes.toString('hex'),
-    bytes.toString('hex').toUpperCase(),
-    base64,
-    base64.replace(/=+$/, ''),
-    toUrl(base64),
-    toUrl(base64).replace(/=+$/, ''),
-  ];
-  for (const offset of [0, 1, 2]) {
-    const encoded = Buffer.concat([Buffer.alloc(offset), bytes]).toString('base64');
-    const stable = encoded.slice(Math.ceil((8 * offset) / 6), Math.floor((8 * (offset + bytes.length)) / 6));
-    if (stable.length >= 8) forms.push(stable, toUrl(stable));
-  }
-  return [...new Set(forms)].filter((text) => text.length >= 4);
 }
 
 /** Asserts that no form of any secret appears in the response headers or the body text. */
