@@ -128,7 +128,7 @@ export function refuseCall(method: string, headers: Headers, target: ProxyTarget
 }
 
 /** One call's state, filled in as the steps run, so that its record says how far it got, whichever step ended it. */
-interface Call {
+export interface Call {
   readonly target: ProxyTarget;
   readonly deps: ProxyDeps;
   readonly requestId: string;
@@ -147,18 +147,18 @@ interface Call {
 }
 
 /** What step 7 builds: the upstream URL (query and credential are added later) and the forwarded headers. */
-interface Outgoing {
+export interface Outgoing {
   readonly url: URL;
   readonly headers: Record<string, string>;
 }
 
 /** What step 9 passes to step 12: who the limits count, and the rate rules already taken. */
-interface RateTaken {
+export interface RateTaken {
   readonly who: LimitSubject;
   readonly rate: Array<readonly [RateRule, RateLimiterRes]>;
 }
 
-function openCall(method: string, headers: Headers, target: ProxyTarget, deps: ProxyDeps): Call {
+export function openCall(method: string, headers: Headers, target: ProxyTarget, deps: ProxyDeps): Call {
   return {
     target,
     deps,
@@ -181,7 +181,7 @@ function openCall(method: string, headers: Headers, target: ProxyTarget, deps: P
  * 1. What is refused before anything is looked up: TRACE/TRACK/CONNECT, method overrides (header or `_method`),
  * and tokens in the query string. Returns the incoming URL (its query is the contract's input).
  */
-function screen(call: Call, request: Request): URL {
+export function screen(call: Call, request: Request): URL {
   if (REFUSED_METHODS.has(call.method)) throw new KeywardError('method_not_allowed');
   const incoming = new URL(request.url);
   const { searchParams } = incoming;
@@ -196,14 +196,14 @@ function screen(call: Call, request: Request): URL {
 }
 
 /** 2. The upstream: a Map lookup, so `__proto__` or `constructor` find nothing. */
-function findUpstream(call: Call): Upstream {
+export function findUpstream(call: Call): Upstream {
   const upstream = call.deps.registry.get(call.target.upstream);
   if (!upstream) throw new KeywardError('upstream_not_found');
   return upstream;
 }
 
 /** 3. The route: every decoded segment validated, then a declared route matched (404, or 405 for another method). */
-function findRoute(call: Call, upstream: Upstream): RouteMatch {
+export function findRoute(call: Call, upstream: Upstream): RouteMatch {
   assertSafeSegments(call.target.path);
   const match = matchRoute(upstream, call.method, call.target.path);
   call.routeTemplate = match.route.template;
@@ -211,7 +211,7 @@ function findRoute(call: Call, upstream: Upstream): RouteMatch {
 }
 
 /** 4. The session, checked here on every request (never in proxy.ts/middleware). */
-async function authenticate(call: Call, request: Request): Promise<Session> {
+export async function authenticate(call: Call, request: Request): Promise<Session> {
   const session = await call.deps.verifySession(request);
   if (!session) throw new KeywardError('unauthenticated');
   call.session = session;
@@ -219,7 +219,7 @@ async function authenticate(call: Call, request: Request): Promise<Session> {
 }
 
 /** 6. Policy: who may call this route, and the query it accepts (read before any counter moves). */
-function authorizeCall(route: CompiledRoute, params: RouteMatch['params'], session: Session, incoming: URL): RequestParts {
+export function authorizeCall(route: CompiledRoute, params: RouteMatch['params'], session: Session, incoming: URL): RequestParts {
   const { contract } = route;
   authorize(route, params, session);
   return {
@@ -229,7 +229,7 @@ function authorizeCall(route: CompiledRoute, params: RouteMatch['params'], sessi
 }
 
 /** 7. The upstream URL, proven to stay under the upstream's base, and the allow-listed request headers. */
-function buildTarget(call: Call, request: Request, upstream: Upstream): Outgoing {
+export function buildTarget(call: Call, request: Request, upstream: Upstream): Outgoing {
   const url = buildUpstreamUrl(upstream, call.target.path);
   call.targetUrl = `${url.origin}${url.pathname}`;
   const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
@@ -240,7 +240,7 @@ function buildTarget(call: Call, request: Request, upstream: Upstream): Outgoing
 }
 
 /** 8. The credential for this user and route; the client can neither supply nor override it. */
-async function resolveCallCredential(call: Call, upstream: Upstream, session: Session): Promise<ResolvedCredential> {
+export async function resolveCallCredential(call: Call, upstream: Upstream, session: Session): Promise<ResolvedCredential> {
   const credential = await resolveCredential(upstream, session, call.deps.credentials ?? NO_USER_SECRETS);
   call.credential = credential;
   return credential;
@@ -250,7 +250,7 @@ async function resolveCallCredential(call: Call, upstream: Upstream, session: Se
  * 9. Rate limits, before a body is read. A call without a usable client address cannot be attributed to one:
  * per-IP rules skip it (one shared bucket would let one client use it up for all); the others apply.
  */
-async function checkRateLimits(call: Call, upstream: Upstream, route: CompiledRoute, session: Session, credential: ResolvedCredential): Promise<RateTaken> {
+export async function checkRateLimits(call: Call, upstream: Upstream, route: CompiledRoute, session: Session, credential: ResolvedCredential): Promise<RateTaken> {
   const { ip } = call;
   const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip };
   const rateLimits = ip === null ? { ...route.limits, rate: route.limits.rate.filter((rule) => rule.by !== 'ip') } : route.limits;
@@ -263,7 +263,7 @@ async function checkRateLimits(call: Call, upstream: Upstream, route: CompiledRo
  * re-serialised: the client's bytes are never forwarded), then per-role caps and identity fields applied to
  * body and query, and the final query written to the URL. Returns the body to forward.
  */
-async function prepareContent(
+export async function prepareContent(
   call: Call,
   request: Request,
   route: CompiledRoute,
@@ -295,7 +295,7 @@ async function prepareContent(
 }
 
 /** 12. Quotas and budgets: the worst case is reserved atomically; settled when the response ends (15). */
-async function reserveBudget(call: Call, route: CompiledRoute, parts: RequestParts, { who, rate }: RateTaken): Promise<void> {
+export async function reserveBudget(call: Call, route: CompiledRoute, parts: RequestParts, { who, rate }: RateTaken): Promise<void> {
   if (call.deps.limits) call.grant = await call.deps.limits.reserve(route.limits, who, reservation(route.limits.cost, parts), rate);
 }
 
@@ -380,7 +380,7 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
 }
 
 /** Any step's refusal or failure, rendered as Keyward's JSON error and recorded (15). */
-function refuse(call: Call, error: unknown): Response {
+export function refuse(call: Call, error: unknown): Response {
   const keywardError = toKeywardError(error);
   if (keywardError.code === 'internal_error') {
     // The cause may be a Headers/URL/undici error carrying values. The logger scrubs every service secret;
@@ -392,7 +392,7 @@ function refuse(call: Call, error: unknown): Response {
 }
 
 /** 15. Record: settles the limits and writes the call's one log line and audit event. */
-function record(call: Call, status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null, usage: number | null = null): void {
+export function record(call: Call, status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null, usage: number | null = null): void {
   const { grant, forwarded, session } = call;
   const units = grant && grant.reserved > 0 ? (forwarded ? (usage ?? grant.reserved) : 0) : 0;
   grant?.settle({ forwarded, usage }).catch(() => {});
