@@ -106,6 +106,9 @@ const authSchema = z.discriminatedUnion('type', [
 /** Bounds for maxDecodedResponseBytes: the default (64 MiB) and the largest value accepted (1 TiB). */
 export const DEFAULT_MAX_DECODED_RESPONSE_BYTES = 64 * 1024 * 1024;
 const MAX_DECODED_RESPONSE_BYTES = 1024 ** 4;
+/** WebSocket message caps (lib/core/ws): 1 MiB by default, at most 256 MiB (a message is held whole). */
+export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
+const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 export type RouteMethod = (typeof METHODS)[number];
@@ -154,8 +157,34 @@ const routeSchema = z.strictObject({
     .regex(/^[\x20-\x7e]*$/)
     .optional()
     .describe('Cache-Control for responses of this route. Default "private, no-store".'),
+  websocket: z
+    .boolean()
+    .optional()
+    .describe('This GET route accepts WebSocket upgrades (served by `npm start`, the fast lane, only). Default false.'),
+  maxMessageBytes: z
+    .number()
+    .int()
+    .positive()
+    .max(MAX_MESSAGE_BYTES)
+    .optional()
+    .describe("Overrides the upstream's maxMessageBytes for this WebSocket route."),
+  idleTimeoutMs: z
+    .number()
+    .int()
+    .min(1_000)
+    .max(86_400_000)
+    .optional()
+    .describe("Overrides the upstream's idleTimeoutMs for this WebSocket route."),
   ...routePolicyFields,
 }).superRefine((route, ctx) => {
+  if (route.websocket && route.method !== 'GET') {
+    ctx.addIssue({ code: 'custom', path: ['websocket'], message: 'a WebSocket upgrade is a GET request' });
+  }
+  for (const field of ['maxMessageBytes', 'idleTimeoutMs'] as const) {
+    if (route[field] !== undefined && !route.websocket) {
+      ctx.addIssue({ code: 'custom', path: [field], message: 'applies to WebSocket routes only ("websocket": true)' });
+    }
+  }
   const params = new Set(route.path.split('/').filter((s) => s.startsWith(':')).map((s) => s.slice(1)));
   for (const name of Object.keys(route.paramEquals ?? {})) {
     if (!params.has(name)) ctx.addIssue({ code: 'custom', path: ['paramEquals', name], message: `"${name}" is not a parameter of the path` });
@@ -252,6 +281,20 @@ export const upstreamSchema = z
         'Cap on the decoded size of a compressed upstream response (gzip, deflate, br): past it the stream is cut ' +
           'and logged as an error (decompression bombs). Uncompressed bodies are not capped. Default 64 MiB; a route may set its own.',
       ),
+    maxMessageBytes: z
+      .number()
+      .int()
+      .positive()
+      .max(MAX_MESSAGE_BYTES)
+      .default(DEFAULT_MAX_MESSAGE_BYTES)
+      .describe('WebSocket routes: largest message accepted in either direction; a larger one closes the socket (1009). Default 1 MiB.'),
+    idleTimeoutMs: z
+      .number()
+      .int()
+      .min(1_000)
+      .max(86_400_000)
+      .default(60_000)
+      .describe('WebSocket routes: the socket is closed (4408) after this long without a message either way. Default 60 s.'),
     allowInsecureHttp: z
       .boolean()
       .default(false)

@@ -24,6 +24,15 @@ export interface CompiledRoute {
   readonly maxDecodedResponseBytes: number;
   readonly timeoutMs: number;
   readonly cacheControl: string;
+  /** WebSocket upgrades (fast lane only): null unless the route declares `websocket: true`. */
+  readonly websocket: WebSocketRoute | null;
+}
+
+export interface WebSocketRoute {
+  /** Largest message either way; a larger one closes the socket. */
+  readonly maxMessageBytes: number;
+  /** The socket is closed after this long without a message either way. */
+  readonly idleTimeoutMs: number;
 }
 
 /** A credential ready to attach: header and/or query value, every raw secret it holds, and its fingerprint. */
@@ -148,6 +157,9 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
     maxDecodedResponseBytes: route.maxDecodedResponseBytes ?? upstream.maxDecodedResponseBytes,
     timeoutMs: route.timeoutMs ?? upstream.timeoutMs,
     cacheControl: route.cacheControl ?? 'private, no-store',
+    websocket: route.websocket
+      ? { maxMessageBytes: route.maxMessageBytes ?? upstream.maxMessageBytes, idleTimeoutMs: route.idleTimeoutMs ?? upstream.idleTimeoutMs }
+      : null,
   };
 }
 
