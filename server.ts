@@ -9,14 +9,18 @@
  * `npm start` runs it (scripts/start.mjs), so production needs neither tsx nor TypeScript.
  */
 import { once } from 'node:events';
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import nextEnv from '@next/env';
 import type { Runtime } from '@/lib/core/runtime';
 import { checkStartup } from '@/lib/next/startup';
 import { readServeOptions, UsageError, type ServeOptions } from '@/lib/node/args';
 import { createConnectRefusal, createFastLane } from '@/lib/node/fast-lane';
 import { createFastLaneRuntime } from '@/lib/node/runtime';
+import { createUpgradeListener } from '@/lib/node/websocket';
+import { OpenSockets } from '@/lib/core/ws/sockets';
+import { WsTickets } from '@/lib/core/ws/tickets';
 import nextConfig from './next.config';
 
 async function main(): Promise<void> {
@@ -49,12 +53,29 @@ async function main(): Promise<void> {
   }
 
   const { default: next } = await import('next');
-  const app = next({ dev: false, dir, hostname: options.hostname, port: options.port });
+  // Next's request handler attaches its own 'upgrade' listener (its router's: rewrites to other hosts, else the
+  // socket is ended) to the server its first request came through, or to `httpServer`. On the fast lane's server
+  // it would also end every upgrade on /api/proxy. So Next gets a server that never listens, and the fast lane's
+  // upgrade listener passes on to it the upgrades outside /api/proxy: Next answers those exactly as before.
+  // (`app.getUpgradeHandler()` is not that listener: in production it does nothing and would leave the socket open.)
+  const nextUpgrades = createServer();
+  const app = next({ dev: false, dir, hostname: options.hostname, port: options.port, httpServer: nextUpgrades });
   await app.prepare();
   const siteHeaders = await siteWideHeaders();
   let origin = `http://localhost:${options.port}`;
   const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: app.getRequestHandler(), siteHeaders }));
   server.on('connect', createConnectRefusal(runtime, siteHeaders));
+  // WebSockets: upgrades on /api/proxy/* to routes that declare `websocket: true`, authorized by the core;
+  // every other upgrade to Next's own upgrade handler.
+  const sockets = new OpenSockets(runtime);
+  // Before Next's first request it has no listener yet: the socket is closed, as Node does with no listener.
+  const toNext = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (!nextUpgrades.emit('upgrade', req, socket, head)) socket.destroy();
+  };
+  server.on(
+    'upgrade',
+    createUpgradeListener({ deps: runtime, origin: () => origin, tickets: new WsTickets(runtime.store), sockets, next: toNext, siteHeaders }),
+  );
   if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
   server.listen(options.port, options.hostname);
   await once(server, 'listening');
@@ -64,6 +85,7 @@ async function main(): Promise<void> {
 
   const stop = () => {
     server.close();
+    sockets.closeAll();
     server.closeIdleConnections();
     // Calls already answered are on record before the process goes.
     void runtime.audit

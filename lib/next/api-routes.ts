@@ -5,6 +5,7 @@ import { handleUserKey } from '@/lib/core/api/keys';
 import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
 import { handleSignInPost } from '@/lib/core/api/sign-in';
+import { handleWsTicket } from '@/lib/core/api/ws-ticket';
 import { errorResponse } from '@/lib/core/errors';
 import type { Runtime } from '@/lib/core/runtime';
 import { handlers } from './auth';
@@ -36,6 +37,7 @@ export const revokeAllRoute = withRuntime<object>((request, _, runtime) => handl
 export const logoutRoute = withRuntime<object>((request, _, runtime) => handleLogout(request, runtime));
 export const mobileAuthorizeRoute = withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime));
 export const mobileTokenRoute = withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime));
+export const wsTicketRoute = withRuntime<object>((request, _, runtime) => handleWsTicket(request, runtime));
 
 type AuthHandler = (request: Request) => Promise<Response>;
 

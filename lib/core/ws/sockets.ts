@@ -1,0 +1,141 @@
+import type { KeyRings } from '../keys/rings';
+import type { SessionRevocations } from '../session/revocation';
+import type { Session } from '../session/session';
+import type { Upstream } from '../upstream/registry';
+
+/**
+ * Close codes Keyward sends on a proxied WebSocket (RFC 6455 §7.4.2: 4000–4999 are for applications), mirrored
+ * on HTTP statuses. The close reason is fixed text, never a value.
+ */
+export const CLOSE = {
+  /** The session was signed out, revoked or expired. */
+  sessionEnded: { code: 4401, reason: 'session ended' },
+  /** The key this socket's upstream handshake used was revoked or expired (key ring). */
+  keyRevoked: { code: 4403, reason: 'credential revoked' },
+  /** No message either way for the route's idleTimeoutMs. */
+  idle: { code: 4408, reason: 'idle timeout' },
+  /** The server is stopping (RFC 6455 §7.4.1: going away). */
+  shutdown: { code: 1001, reason: 'server shutting down' },
+  /** Revocation could not be read from the store: fail closed. */
+  storeUnavailable: { code: 4503, reason: 'store unavailable' },
+} as const;
+
+export type CloseCause = keyof typeof CLOSE;
+
+/** An open proxied socket, as the registry sees it. */
+export interface OpenSocket {
+  readonly session: Session;
+  readonly upstream: Upstream;
+  /** Fingerprint of the key used on the upstream handshake. */
+  readonly fingerprint: string;
+  close(cause: CloseCause): void;
+}
+
+/**
+ * Every proxied WebSocket open in this process, re-checked on an interval (default 1 s) so that a sign-out, an
+ * admin's revocation, a session's expiry or a revoked key closes its sockets within about a second, on every
+ * instance (the state is read from the shared store, as each call reads it). One revocation read per distinct
+ * session and one key-ring read per upstream per tick, however many sockets share them; no timer while none is open.
+ */
+export class OpenSockets {
+  private readonly open = new Set<OpenSocket>();
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private checking = false;
+
+  constructor(
+    private readonly sources: { readonly revocations: SessionRevocations; readonly keyRings?: KeyRings | null },
+    private readonly now: () => number = Date.now,
+    private readonly intervalMs = 1_000,
+  ) {}
+
+  get size(): number {
+    return this.open.size;
+  }
+
+  /** Registers a socket; returns the function that removes it (call it when the socket closes). */
+  add(socket: OpenSocket): () => void {
+    this.open.add(socket);
+    if (!this.timer) {
+      this.timer = setInterval(() => void this.check(), this.intervalMs);
+      this.timer.unref?.();
+    }
+    return () => {
+      this.open.delete(socket);
+      if (this.open.size === 0 && this.timer) {
+        clearInterval(this.timer);
+        this.timer = null;
+      }
+    };
+  }
+
+  /** Closes every open socket (server shutdown), so each is recorded before the process goes. */
+  closeAll(): void {
+    for (const socket of [...this.open]) socket.close('shutdown');
+  }
+
+  /** One pass: closes every socket whose session or key is no longer valid. Exposed for tests. */
+  async check(): Promise<void> {
+    if (this.checking) return; // a slow store: the next tick starts when this one is done
+    this.checking = true;
+    try {
+      await Promise.all([this.checkSessions(), this.checkKeys()]);
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private async checkSessions(): Promise<void> {
+    const bySession = group(this.open, (socket) => socket.session.sessionId);
+    const now = this.now();
+    await Promise.all(
+      [...bySession.values()].map(async (sockets) => {
+        const { session } = sockets[0]!;
+        let cause: CloseCause | null = null;
+        if (!(session.expiresAt > now)) cause = 'sessionEnded';
+        else {
+          try {
+            if (await this.sources.revocations.isRevoked(session)) cause = 'sessionEnded';
+          } catch {
+            cause = 'storeUnavailable';
+          }
+        }
+        if (cause) for (const socket of sockets) socket.close(cause);
+      }),
+    );
+  }
+
+  /** Service keys only: the key ring says whether a fingerprint's version was revoked or has expired. */
+  private async checkKeys(): Promise<void> {
+    const rings = this.sources.keyRings;
+    if (!rings) return;
+    const serviceKeyed = [...this.open].filter((socket) => socket.upstream.credential.source === 'static');
+    if (serviceKeyed.length === 0) return;
+    let states: Map<string, Set<string>>;
+    try {
+      states = new Map();
+      for (const { upstream, versions } of await rings.list()) {
+        states.set(
+          upstream,
+          new Set(versions.filter((v) => v.status === 'revoked' || v.status === 'expired').map((v) => v.fingerprint)),
+        );
+      }
+    } catch {
+      for (const socket of serviceKeyed) socket.close('storeUnavailable');
+      return;
+    }
+    for (const socket of serviceKeyed) {
+      if (states.get(socket.upstream.id)?.has(socket.fingerprint)) socket.close('keyRevoked');
+    }
+  }
+}
+
+function group<T>(items: Iterable<T>, by: (item: T) => string): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const name = by(item);
+    const list = groups.get(name);
+    if (list) list.push(item);
+    else groups.set(name, [item]);
+  }
+  return groups;
+}

@@ -1,0 +1,79 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { guard } from '../store/guard';
+import type { Store } from '../../store/types';
+import type { ProxyTarget } from '../pipeline';
+import type { Session } from '../session/session';
+
+/** How long a ticket can be redeemed: long enough to open a socket right after asking, too short to be worth stealing. */
+export const WS_TICKET_TTL_MS = 30_000;
+
+/** 32 random bytes, base64url: what `?ticket=` carries. */
+const TICKET = /^[A-Za-z0-9_-]{43}$/;
+
+interface TicketRecord {
+  readonly upstream: string;
+  readonly path: string;
+  readonly session: Session;
+}
+
+/**
+ * Single-use WebSocket tickets (README "WebSockets"): a client whose session is a bearer token (a native app) or
+ * that cannot set headers on a WebSocket asks `POST /api/session/ws-ticket` for one, then opens
+ * `/api/proxy/<upstream>/<path>?ticket=…` within 30 s. A ticket names the session it was issued to and is bound
+ * to that upstream and path; it is stored by its SHA-256 only (a store dump holds no usable ticket), redeemed at
+ * most once (the store's delete says which redemption won), and never logged.
+ */
+export class WsTickets {
+  constructor(
+    private readonly store: Store,
+    private readonly now: () => number = Date.now,
+    private readonly ttlMs = WS_TICKET_TTL_MS,
+  ) {}
+
+  /** A new ticket for this session, upstream and (decoded) path segments. */
+  async issue(session: Session, target: ProxyTarget): Promise<{ ticket: string; expiresIn: number }> {
+    const ticket = randomBytes(32).toString('base64url');
+    const value: TicketRecord & { expiresAt: number } = {
+      upstream: target.upstream,
+      path: pathKey(target.path),
+      session,
+      expiresAt: this.now() + this.ttlMs,
+    };
+    const stored = await guard(() => this.store.setIfAbsent(key(ticket), JSON.stringify(value), this.ttlMs));
+    if (!stored) throw new Error('ticket collision'); // 256 random bits: never in practice
+    return { ticket, expiresIn: Math.floor(this.ttlMs / 1000) };
+  }
+
+  /**
+   * The session a ticket was issued to, if it is valid for this upstream and path, unexpired and not redeemed
+   * before; null otherwise. Any redemption uses the ticket up, a refused one too (it was shown to the wrong place).
+   */
+  async redeem(ticket: string, target: ProxyTarget): Promise<Session | null> {
+    if (!TICKET.test(ticket)) return null;
+    const name = key(ticket);
+    const raw = await guard(() => this.store.get(name));
+    if (raw === null) return null;
+    // Two redemptions may both read it; only the one whose delete removed it goes on.
+    if (!(await guard(() => this.store.delete(name)))) return null;
+    let record: TicketRecord & { expiresAt: number };
+    try {
+      record = JSON.parse(raw) as TicketRecord & { expiresAt: number };
+    } catch {
+      return null;
+    }
+    const now = this.now();
+    if (!(record.expiresAt > now) || record.upstream !== target.upstream || record.path !== pathKey(target.path))
+      return null;
+    if (!(record.session.expiresAt > now)) return null;
+    return { ...record.session, via: 'bearer' };
+  }
+}
+
+function key(ticket: string): string {
+  return `wsticket:${createHash('sha256').update(ticket).digest('hex')}`;
+}
+
+/** Segments joined with `/` after each is encoded, so `a/b` as one segment never equals `a` then `b`. */
+function pathKey(segments: readonly string[]): string {
+  return segments.map(encodeURIComponent).join('/');
+}

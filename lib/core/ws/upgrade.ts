@@ -1,0 +1,138 @@
+import { CSRF_FAILURES } from '../csrf/check';
+import { KeywardError } from '../errors';
+import type { OriginPolicy } from '../origin/public-origin';
+import {
+  authenticate,
+  authorizeCall,
+  buildTarget,
+  checkRateLimits,
+  findRoute,
+  findUpstream,
+  openCall,
+  prepareContent,
+  record,
+  refuse,
+  reserveBudget,
+  resolveCallCredential,
+  screen,
+  type Call,
+  type ProxyDeps,
+  type ProxyEvent,
+  type ProxyTarget,
+} from '../pipeline';
+import { injectCredential } from '../credential/inject';
+import type { Session } from '../session/session';
+import type { CompiledRoute, ResolvedCredential, Upstream, WebSocketRoute } from '../upstream/registry';
+
+/** An upgrade that passed every step: where to open the upstream socket, with what, and the call to record. */
+export interface UpgradeGrant {
+  readonly call: Call;
+  readonly upstream: Upstream;
+  readonly route: CompiledRoute & { readonly websocket: WebSocketRoute };
+  readonly session: Session;
+  readonly credential: ResolvedCredential;
+  /** `ws:`/`wss:` URL of the upstream handshake, the credential (if a query one) already in it. Never logged. */
+  readonly url: URL;
+  /** Request headers for the upstream handshake, the credential (if a header one) among them. Never logged. */
+  readonly headers: Record<string, string>;
+}
+
+/**
+ * A WebSocket upgrade on `/api/proxy/<upstream>/<path>` (fast lane only), authorized by the pipeline's own
+ * steps in the pipeline's order (lib/core/pipeline.ts), so an upgrade is refused exactly where a call would be:
+ * upstream, route and segments, session, policy, upstream URL, credential, rate limits (the upgrade counts as
+ * one call), query contract, budget. Two differences, both because a browser's WebSocket cannot send headers:
+ * - the route must declare `websocket: true` (else 400: a WebSocket cannot reach an HTTP route by accident);
+ * - cookie sessions pass `checkUpgradeOrigin` instead of the CSRF header check (see there).
+ * Returns the grant, or the refusal as Keyward's JSON error, already recorded.
+ */
+export async function authorizeUpgrade(
+  request: Request,
+  target: ProxyTarget,
+  deps: ProxyDeps,
+): Promise<UpgradeGrant | Response> {
+  const call = openCall(request.method, request.headers, target, deps);
+  try {
+    const incoming = screen(call, request);
+    const upstream = findUpstream(call);
+    const { route, params } = findRoute(call, upstream);
+    if (!route.websocket)
+      throw new KeywardError('bad_request', { message: 'This route does not accept WebSocket upgrades.' });
+    const session = await authenticate(call, request);
+    checkUpgradeOrigin(request, session, deps.allowedOrigins);
+    const parts = authorizeCall(route, params, session, incoming);
+    const outgoing = buildTarget(call, request, upstream);
+    const credential = await resolveCallCredential(call, upstream, session);
+    const limited = await checkRateLimits(call, upstream, route, session, credential);
+    // A GET carries no body: this applies caps, identity fields and the checked query to the URL.
+    await prepareContent(call, request, route, session, parts, outgoing);
+    injectCredential(credential, outgoing.headers, outgoing.url);
+    await reserveBudget(call, route, parts, limited);
+    const url = outgoing.url;
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    return {
+      call,
+      upstream,
+      route: route as UpgradeGrant['route'],
+      session,
+      credential,
+      url,
+      headers: outgoing.headers,
+    };
+  } catch (error) {
+    return refuse(call, error);
+  }
+}
+
+/** A granted upgrade whose upstream handshake failed: answered (502/504) and recorded like a failed call. */
+export function refuseGranted(grant: UpgradeGrant, error: KeywardError): Response {
+  return refuse(grant.call, error);
+}
+
+/** How a WebSocket ended, for its one record. */
+export interface SocketOutcome {
+  readonly outcome: ProxyEvent['outcome'];
+  /** Why Keyward closed it (e.g. `payload_too_large`, `idle_timeout`, `session_revoked`); null for a normal close. */
+  readonly errorCode: string | null;
+  /** Bytes of messages from the client to the upstream. */
+  readonly bytesIn: number;
+  /** Bytes of messages from the upstream to the client (after scrubbing). */
+  readonly bytesOut: number;
+}
+
+/**
+ * The call's one record (pipeline step 15), written when the socket closes: status 101, bytes each way,
+ * duration from the upgrade request to the close, outcome.
+ */
+export function recordSocket(grant: UpgradeGrant, { outcome, errorCode, bytesIn, bytesOut }: SocketOutcome): void {
+  grant.call.body = { iterable: NO_BYTES, bytes: () => bytesIn, exceeded: () => false };
+  record(grant.call, 101, outcome, bytesOut, errorCode);
+}
+
+const NO_BYTES: AsyncIterable<Uint8Array> = { [Symbol.asyncIterator]: async function* () {} };
+
+/**
+ * Cross-site WebSocket hijacking: a browser sends the session cookie on a WebSocket handshake from any site,
+ * and the WebSocket API cannot send the X-Keyward-CSRF header, so for a cookie session the `Origin` header
+ * (which browsers always send on a WebSocket handshake and scripts cannot change) must name an allowed origin:
+ * the public origin or KEYWARD_ALLOWED_ORIGINS, the same policy as state-changing calls (lib/core/csrf/check.ts).
+ * No Origin at all is refused too (fail closed). Fetch Metadata, where sent, must not say cross-site or
+ * same-site. Bearer sessions (a ticket, lib/core/ws/tickets.ts) are not sent by a browser on its own.
+ * OWASP WebSocket Security Cheat Sheet, "Cross-Site WebSocket Hijacking".
+ */
+export function checkUpgradeOrigin(request: Request, session: Session, origins: OriginPolicy): void {
+  if (session.via !== 'cookie') return;
+  const fetchSite = request.headers.get('sec-fetch-site');
+  if (fetchSite === 'cross-site' || fetchSite === 'same-site') refuseOrigin('fetchSite');
+  const origin = request.headers.get('origin');
+  if (origin === null || origin === 'null') refuseOrigin('originMissing');
+  if (!origins.allows(origin, request)) refuseOrigin('originRefused');
+}
+
+function refuseOrigin(reason: 'fetchSite' | 'originMissing' | 'originRefused'): never {
+  const detail =
+    reason === 'originMissing' ? 'WebSocket upgrades need an Origin header naming this site.' : CSRF_FAILURES[reason];
+  throw new KeywardError('csrf_failed', {
+    message: `The request failed the cross-site request forgery check: ${detail}`,
+  });
+}

@@ -1,0 +1,345 @@
+import { STATUS_CODES, type IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { KeywardError } from '@/lib/core/errors';
+import { getLogger } from '@/lib/core/log/logger';
+import { refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
+import { StreamScrubber } from '@/lib/core/respond/scrub-stream';
+import type { SessionRevocations } from '@/lib/core/session/revocation';
+import {
+  authorizeUpgrade,
+  recordSocket,
+  refuseGranted,
+  type SocketOutcome,
+  type UpgradeGrant,
+} from '@/lib/core/ws/upgrade';
+import { CLOSE, type CloseCause, type OpenSockets } from '@/lib/core/ws/sockets';
+import type { WsTickets } from '@/lib/core/ws/tickets';
+import { parseProxyPath } from './proxy-path';
+import { readHeaders } from './request';
+
+export interface UpgradeOptions {
+  readonly deps: ProxyDeps & { readonly revocations: SessionRevocations };
+  /** The origin given to the core's Request (`http://localhost:<port>`), as for HTTP calls. */
+  readonly origin: () => string;
+  readonly tickets: WsTickets;
+  readonly sockets: OpenSockets;
+  /** Next's upgrade handler (`app.getUpgradeHandler()`) for upgrades outside /api/proxy; absent: they are closed. */
+  readonly next?: (req: IncomingMessage, socket: Duplex, head: Buffer) => unknown;
+  readonly siteHeaders?: readonly (readonly [string, string])[];
+}
+
+/** The record's errorCode for each close Keyward initiates. */
+const CLOSE_ERRORS: Record<CloseCause, string | null> = {
+  sessionEnded: 'session_ended',
+  keyRevoked: 'credential_revoked',
+  idle: 'idle_timeout',
+  storeUnavailable: 'store_unavailable',
+  shutdown: null,
+};
+
+type Frame = { data: Buffer; binary: boolean };
+
+/** RFC 6455 §4.1: the client's handshake key is 16 random bytes, base64. */
+const HANDSHAKE_KEY = /^[+/0-9A-Za-z]{22}==$/;
+/** Codes a close frame may carry (RFC 6455 §7.4); anything else (1005, 1006, 1015 …) is passed on as 1011 or 1000. */
+const SENDABLE = (code: number) =>
+  (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+const MAX_REASON_BYTES = 123;
+/** RFC 9110 §5.6.2 token. */
+const SUBPROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * The fast lane's `upgrade` listener (issue 12, "WebSockets"): an upgrade on `/api/proxy/*` is authorized by
+ * the core's steps (lib/core/ws/upgrade.ts), then Keyward opens the upstream socket with the credential on its
+ * handshake, and only when the upstream accepted does it complete the client's handshake and relay messages
+ * both ways: upstream messages through the leak scrubber, each way under the route's message cap and idle
+ * timeout. The credential never travels on the client's side. Every other upgrade goes to Next (or is closed).
+ */
+export function createUpgradeListener(options: UpgradeOptions) {
+  const siteHeaders = options.siteHeaders ?? [];
+  return (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const proxyPath = parseProxyPath(req.url ?? '/');
+    if (proxyPath === null) {
+      if (options.next) void Promise.resolve(options.next(req, socket, head)).catch(() => socket.destroy());
+      else socket.destroy();
+      return;
+    }
+    socket.on('error', () => {});
+    serveUpgrade(req, socket, head, proxyPath.target, proxyPath.path, proxyPath.search, options, siteHeaders).catch(
+      (error: unknown) => {
+        getLogger().error({ err: error instanceof Error ? error.name : 'unknown' }, 'fast lane upgrade failed');
+        socket.destroy();
+      },
+    );
+  };
+}
+
+async function serveUpgrade(
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  target: ProxyTarget,
+  path: string,
+  search: string,
+  options: UpgradeOptions,
+  siteHeaders: readonly (readonly [string, string])[],
+): Promise<void> {
+  const { deps } = options;
+  let headers: Headers;
+  try {
+    headers = readHeaders(req);
+  } catch {
+    return writeRaw(
+      socket,
+      refuseCall(req.method ?? 'GET', new Headers(), target, deps, new KeywardError('bad_request')),
+      siteHeaders,
+    );
+  }
+  if (!isWebSocketHandshake(req)) {
+    const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' });
+    return writeRaw(socket, refuseCall(req.method ?? 'GET', headers, target, deps, refusal), siteHeaders);
+  }
+  // `?ticket=` authenticates (lib/core/ws/tickets.ts) and is never passed on: it is taken out of the query first.
+  const query = new URLSearchParams(search);
+  const tickets = query.getAll('ticket');
+  query.delete('ticket');
+  const rest = query.toString();
+  const request = new Request(options.origin() + path + (rest ? `?${rest}` : ''), {
+    method: req.method ?? 'GET',
+    headers,
+  });
+  let callDeps: ProxyDeps = deps;
+  if (tickets.length > 0) {
+    const ticket = tickets.length === 1 ? tickets[0]! : '';
+    callDeps = {
+      ...deps,
+      verifySession: async () => {
+        const session = await options.tickets.redeem(ticket, target);
+        return session && !(await deps.revocations.isRevoked(session)) ? session : null;
+      },
+    };
+  }
+  const grant = await authorizeUpgrade(request, target, callDeps);
+  if (grant instanceof Response) return writeRaw(socket, grant, siteHeaders);
+  await relay(req, socket, head, grant, options, siteHeaders);
+}
+
+/** Opens the upstream socket, then completes the client's handshake and relays until either side closes. */
+async function relay(
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  grant: UpgradeGrant,
+  options: UpgradeOptions,
+  siteHeaders: readonly (readonly [string, string])[],
+): Promise<void> {
+  const { maxMessageBytes, idleTimeoutMs } = grant.route.websocket;
+  const protocols = (req.headers['sec-websocket-protocol'] ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
+  // RFC 6455 §4.1: each offered subprotocol is an HTTP token; ws refuses anything else by throwing.
+  if (protocols.some((p) => !SUBPROTOCOL.test(p)) || new Set(protocols).size !== protocols.length) {
+    return writeRaw(
+      socket,
+      refuseGranted(grant, new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' })),
+      siteHeaders,
+    );
+  }
+  let clientGone = false;
+  const onEarlyClose = () => (clientGone = true);
+  socket.once('close', onEarlyClose);
+  const upstream = new WebSocket(grant.url, protocols, {
+    headers: grant.headers,
+    maxPayload: maxMessageBytes,
+    handshakeTimeout: grant.route.timeoutMs,
+    followRedirects: false,
+    perMessageDeflate: false,
+  });
+  // Its errors are handled where they matter (below, and in pipeSockets); none may go unheard and stop the process.
+  upstream.on('error', () => {});
+  const opened = await new Promise<KeywardError | null>((resolve) => {
+    upstream.once('open', () => resolve(null));
+    upstream.once('unexpected-response', (_request, response) => {
+      response.resume();
+      const status = response.statusCode ?? 0;
+      resolve(new KeywardError(status >= 300 && status < 400 ? 'upstream_redirect' : 'upstream_bad_response'));
+    });
+    // The error's message may carry the URL (and a query credential): only the fact is kept.
+    upstream.once('error', (error: Error & { code?: string }) =>
+      resolve(new KeywardError(/timed out/i.test(error.message) ? 'upstream_timeout' : 'upstream_unreachable')),
+    );
+  });
+  socket.off('close', onEarlyClose);
+  if (opened) {
+    upstream.terminate();
+    return writeRaw(socket, refuseGranted(grant, opened), siteHeaders);
+  }
+  if (clientGone || socket.destroyed) {
+    upstream.terminate();
+    recordSocket(grant, { outcome: 'aborted', errorCode: null, bytesIn: 0, bytesOut: 0 });
+    return;
+  }
+  const server = new WebSocketServer({
+    noServer: true,
+    maxPayload: maxMessageBytes,
+    perMessageDeflate: false,
+    // The client gets the subprotocol the upstream chose (it was one the client offered), or none.
+    handleProtocols: () => (upstream.protocol ? upstream.protocol : false),
+  });
+  server.once('headers', (lines) => lines.push(`x-request-id: ${grant.call.requestId}`));
+  // ws answers a handshake it cannot complete with 400 itself and never calls back: the upstream is closed then.
+  let accepted = false;
+  socket.once('close', () => {
+    if (accepted) return;
+    upstream.terminate();
+    recordSocket(grant, { outcome: 'aborted', errorCode: 'bad_request', bytesIn: 0, bytesOut: 0 });
+  });
+  server.handleUpgrade(req, socket, head, (client) => {
+    accepted = true;
+    pipeSockets(client, upstream, grant, options.sockets, idleTimeoutMs);
+  });
+}
+
+function pipeSockets(
+  client: WebSocket,
+  upstream: WebSocket,
+  grant: UpgradeGrant,
+  sockets: OpenSockets,
+  idleTimeoutMs: number,
+): void {
+  const secrets = grant.credential.secrets;
+  let bytesIn = 0;
+  let bytesOut = 0;
+  let ended = false;
+  let idle: ReturnType<typeof setTimeout> | null = null;
+  const touch = () => {
+    if (idle) idle.refresh();
+    else idle = setTimeout(() => end('idle', 'aborted', CLOSE_ERRORS.idle), idleTimeoutMs);
+  };
+  touch();
+
+  const end = (
+    cause: CloseCause | { code: number; reason: string } | null,
+    outcome: SocketOutcome['outcome'],
+    errorCode: string | null,
+  ) => {
+    if (ended) return;
+    ended = true;
+    if (idle) clearTimeout(idle);
+    unregister();
+    const close = cause === null ? { code: 1000, reason: '' } : typeof cause === 'string' ? CLOSE[cause] : cause;
+    closeSocket(client, close.code, close.reason);
+    closeSocket(
+      upstream,
+      cause === null || typeof cause !== 'string' ? close.code : 1001,
+      typeof cause === 'string' ? '' : close.reason,
+    );
+    recordSocket(grant, { outcome, errorCode, bytesIn, bytesOut });
+  };
+  const unregister = sockets.add({
+    session: grant.session,
+    upstream: grant.upstream,
+    fingerprint: grant.credential.fingerprint,
+    close: (cause) => end(cause, cause === 'shutdown' ? 'complete' : 'aborted', CLOSE_ERRORS[cause]),
+  });
+
+  const forward = (from: WebSocket, to: WebSocket, transform: (frame: Frame) => Frame) => {
+    from.on('message', (data: RawData, binary: boolean) => {
+      if (ended) return;
+      touch();
+      const frame = transform({ data: toBuffer(data), binary });
+      if (from === client) bytesIn += frame.data.length;
+      else bytesOut += frame.data.length;
+      // Backpressure: a slow reader pauses the other side instead of filling memory.
+      if (to.bufferedAmount > 4 * grant.route.websocket.maxMessageBytes) from.pause();
+      to.send(frame.data, { binary: frame.binary }, () => {
+        if (from.isPaused && to.bufferedAmount <= grant.route.websocket.maxMessageBytes) from.resume();
+      });
+    });
+  };
+  forward(client, upstream, (frame) => frame);
+  // Every message from the upstream, text or binary, is scrubbed whole: each form of the credential → [REDACTED].
+  forward(upstream, client, (frame) => ({ data: scrub(frame.data, secrets), binary: frame.binary }));
+
+  // A close from one side is passed on to the other with its code (its reason scrubbed); 1009 (message too big)
+  // is ws enforcing maxPayload.
+  const onClose = (from: WebSocket) => (code: number, reason: Buffer) => {
+    if (code === 1009) return end({ code: 1009, reason: 'message too big' }, 'aborted', 'payload_too_large');
+    const passed = {
+      code: SENDABLE(code) ? code : code === 1005 ? 1000 : 1011,
+      reason: from === upstream ? closeReason(reason, secrets) : closeReason(reason, []),
+    };
+    end(
+      passed.code === 1000 && !passed.reason ? null : passed,
+      code === 1000 || code === 1001 || code === 1005 ? 'complete' : 'error',
+      null,
+    );
+  };
+  client.on('close', onClose(client));
+  upstream.on('close', onClose(upstream));
+  // ws reports a message over maxPayload as an error before it closes with 1009: both sides are closed at once.
+  // Any other error (a broken frame, a reset) ends the socket as 1011; its message is never logged or sent.
+  const onError = (error: Error & { code?: string }) =>
+    error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH'
+      ? end({ code: 1009, reason: 'message too big' }, 'aborted', 'payload_too_large')
+      : end({ code: 1011, reason: '' }, 'error', null);
+  client.on('error', onError);
+  upstream.on('error', onError);
+}
+
+function closeSocket(socket: WebSocket, code: number, reason: string): void {
+  if (socket.readyState === WebSocket.CLOSED || socket.readyState === WebSocket.CLOSING) return;
+  try {
+    socket.close(code, reason);
+  } catch {
+    socket.terminate();
+  }
+  // A peer that never answers the close frame is cut off.
+  setTimeout(() => socket.terminate(), 5_000).unref();
+}
+
+function scrub(data: Buffer, secrets: readonly string[]): Buffer {
+  const scrubber = new StreamScrubber(secrets);
+  if (!scrubber.active) return data;
+  const head = scrubber.push(data);
+  const tail = scrubber.flush();
+  return tail.length === 0 ? head : Buffer.concat([head, tail]);
+}
+
+/** A close reason passed on: scrubbed, then cut to what a close frame holds on a UTF-8 boundary. */
+function closeReason(reason: Buffer, secrets: readonly string[]): string {
+  let text = scrub(reason, secrets).toString('utf8');
+  while (Buffer.byteLength(text) > MAX_REASON_BYTES) text = text.slice(0, -1);
+  return text;
+}
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+function isWebSocketHandshake(req: IncomingMessage): boolean {
+  return (
+    (req.headers.upgrade ?? '').toLowerCase() === 'websocket' &&
+    HANDSHAKE_KEY.test(req.headers['sec-websocket-key'] ?? '') &&
+    req.headers['sec-websocket-version'] === '13'
+  );
+}
+
+/** Writes the core's (small, JSON) refusal on the raw socket as an HTTP/1.1 response, then closes it. */
+async function writeRaw(
+  socket: Duplex,
+  response: Response,
+  siteHeaders: readonly (readonly [string, string])[],
+): Promise<void> {
+  const body = await response.text();
+  if (socket.destroyed) return;
+  const lines = [`HTTP/1.1 ${response.status} ${STATUS_CODES[response.status] ?? ''}`];
+  for (const [name, value] of siteHeaders) lines.push(`${name}: ${value}`);
+  for (const [name, value] of response.headers) lines.push(`${name}: ${value}`);
+  lines.push(`content-length: ${Buffer.byteLength(body)}`, 'connection: close');
+  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
+}

@@ -1,0 +1,408 @@
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { mkdtempSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket, WebSocketServer } from 'ws';
+import { startFastLane, type AppServer } from '../fixtures/app-server';
+import { writeConfigFile } from '../fixtures/config';
+import { leakForms } from '../fixtures/leak-forms';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { bearerToken, sessionCookie } from '../fixtures/session';
+import { writeUsersFile } from '../fixtures/users';
+
+/**
+ * WebSockets through the fast lane (`npm start`, from the production build): a real `ws` upstream on loopback
+ * that checks the key on its handshake, can echo it back, and records every handshake it saw.
+ */
+const wsKey = randomSecret('wskey');
+const secrets = testSessionSecrets();
+const admin = { sub: 'local:root', roles: ['admin', 'user'] };
+
+interface Handshake {
+  readonly url: string;
+  readonly headers: IncomingMessage['headers'];
+}
+
+let upstreamServer: Server;
+let upstreamWss: WebSocketServer;
+const handshakes: Handshake[] = [];
+let lane: AppServer;
+let wsUrl: string;
+
+beforeAll(async () => {
+  upstreamServer = createServer((_req, res) => res.writeHead(426).end());
+  upstreamWss = new WebSocketServer({
+    server: upstreamServer,
+    maxPayload: 64 * 1024 * 1024,
+    verifyClient: ({ req }: { req: IncomingMessage }) => {
+      handshakes.push({ url: req.url ?? '', headers: req.headers });
+      return req.headers['x-api-key'] === wsKey;
+    },
+  });
+  upstreamWss.on('connection', (socket) => {
+    socket.on('message', (data, binary) => {
+      const text = data.toString();
+      if (text === 'key') socket.send(`the key is ${wsKey}, base64 ${Buffer.from(wsKey).toString('base64')}`);
+      else if (text === 'key-binary') socket.send(Buffer.from(`bin:${wsKey}`), { binary: true });
+      else if (text === 'big') socket.send('x'.repeat(4096));
+      else if (text === 'close-with-key') socket.close(4000, `bye ${wsKey}`);
+      else socket.send(data, { binary });
+    });
+  });
+  upstreamServer.listen(0, '127.0.0.1');
+  await once(upstreamServer, 'listening');
+  const { port } = upstreamServer.address() as AddressInfo;
+  const configPath = writeConfigFile({
+    upstreams: {
+      rt: {
+        baseUrl: `http://127.0.0.1:${port}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'WS_KEY' } },
+        routes: [
+          { method: 'GET', path: '/realtime', websocket: true, roles: ['user'], maxMessageBytes: 1024 },
+          { method: 'GET', path: '/quiet', websocket: true, idleTimeoutMs: 1000 },
+          {
+            method: 'GET',
+            path: '/limited',
+            websocket: true,
+            rateLimits: [{ by: 'user', limit: 2, windowSeconds: 600 }],
+          },
+          { method: 'GET', path: '/admins', websocket: true, roles: ['admin'] },
+          { method: 'GET', path: '/plain' },
+        ],
+      },
+    },
+  });
+  lane = await startFastLane({
+    ...secrets,
+    WS_KEY: wsKey,
+    KEYWARD_CONFIG: configPath,
+    // Sessions are minted (tests/fixtures/session.ts); production still needs a sign-in method.
+    KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password: randomSecret('pw'), roles: ['user'] }]),
+    KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-ws-')), 'keyward.db'),
+  });
+  wsUrl = lane.url.replace(/^http/, 'ws');
+}, 120_000);
+
+afterAll(async () => {
+  await lane?.stop();
+  upstreamWss?.close();
+  upstreamServer?.close();
+  if (lane)
+    for (const form of leakForms(wsKey))
+      expect(lane.output().includes(form), 'the key leaked into the log').toBe(false);
+});
+
+type Opened =
+  { ok: true; socket: WebSocket; requestId: string | undefined } | { ok: false; status: number; body: string };
+
+/** Opens a WebSocket through the fast lane: the open socket, or the refusal's status and JSON body. */
+function open(path: string, headers: Record<string, string> = {}): Promise<Opened> {
+  return new Promise((resolve, reject) => {
+    const socket = new WebSocket(`${wsUrl}${path}`, { headers });
+    let requestId: string | undefined;
+    socket.once('upgrade', (response) => (requestId = response.headers['x-request-id'] as string | undefined));
+    socket.once('open', () => resolve({ ok: true, socket, requestId }));
+    socket.once('unexpected-response', (_request, response) => {
+      let body = '';
+      response.on('data', (chunk: Buffer) => (body += chunk.toString('utf8')));
+      response.on('end', () => resolve({ ok: false, status: response.statusCode ?? 0, body }));
+    });
+    socket.once('error', (error) => reject(error));
+  });
+}
+
+function opened(result: Opened): WebSocket {
+  if (!result.ok) throw new Error(`upgrade refused: ${result.status} ${result.body}`);
+  return result.socket;
+}
+
+function refusal(result: Opened): { status: number; code: string | undefined } {
+  if (result.ok) {
+    result.socket.terminate();
+    throw new Error('upgrade accepted');
+  }
+  return { status: result.status, code: (JSON.parse(result.body) as { error?: { code?: string } }).error?.code };
+}
+
+function nextMessage(socket: WebSocket): Promise<{ data: Buffer; binary: boolean }> {
+  return new Promise((resolve) => socket.once('message', (data: Buffer, binary: boolean) => resolve({ data, binary })));
+}
+
+function closed(socket: WebSocket): Promise<{ code: number; reason: string }> {
+  return new Promise((resolve) =>
+    socket.once('close', (code, reason) => resolve({ code, reason: reason.toString('utf8') })),
+  );
+}
+
+async function cookieFor(sub: string, roles = ['user']): Promise<string> {
+  return sessionCookie(secrets.AUTH_SECRET, { sub, roles });
+}
+
+const sameOrigin = () => ({ origin: lane.url });
+
+describe('WebSocket upgrades through the fast lane', () => {
+  it("a cookie session from the site's own origin round-trips text and binary; the key reaches only the upstream handshake", async () => {
+    const before = handshakes.length;
+    const socket = opened(
+      await open('/api/proxy/rt/realtime?model=x', { cookie: await cookieFor('local:alice'), ...sameOrigin() }),
+    );
+    expect(handshakes.length).toBe(before + 1);
+    const seen = handshakes.at(-1)!;
+    expect(seen.url).toBe('/v1/realtime?model=x');
+    expect(seen.headers['x-api-key']).toBe(wsKey);
+    expect(seen.headers.cookie).toBeUndefined();
+    expect(seen.headers.origin).toBeUndefined();
+
+    socket.send('hello');
+    expect((await nextMessage(socket)).data.toString()).toBe('hello');
+    socket.send(Buffer.from([1, 2, 3]), { binary: true });
+    const binary = await nextMessage(socket);
+    expect(binary.binary).toBe(true);
+    expect([...binary.data]).toEqual([1, 2, 3]);
+    socket.close(1000);
+    expect((await closed(socket)).code).toBe(1000);
+  });
+
+  it('an upstream that echoes the key: every form of it reaches the client as [REDACTED], text, binary and close reason', async () => {
+    const socket = opened(
+      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('local:alice'), ...sameOrigin() }),
+    );
+    socket.send('key');
+    const text = (await nextMessage(socket)).data.toString();
+    expect(text).toContain('[REDACTED]');
+    for (const form of leakForms(wsKey)) expect(text.includes(form)).toBe(false);
+    socket.send('key-binary');
+    const binary = await nextMessage(socket);
+    expect(binary.binary).toBe(true);
+    expect(binary.data.toString()).toBe('bin:[REDACTED]');
+    const end = closed(socket);
+    socket.send('close-with-key');
+    const { code, reason } = await end;
+    expect(code).toBe(4000);
+    expect(reason).toBe('bye [REDACTED]');
+  });
+
+  it('passes the offered subprotocols to the upstream and its choice back', async () => {
+    const cookie = await cookieFor('local:alice');
+    const socket = await new Promise<WebSocket>((resolve, reject) => {
+      const ws = new WebSocket(`${wsUrl}/api/proxy/rt/realtime`, ['realtime', 'other'], {
+        headers: { cookie, ...sameOrigin() },
+      });
+      ws.once('open', () => resolve(ws));
+      ws.once('error', reject);
+    });
+    expect(handshakes.at(-1)!.headers['sec-websocket-protocol']).toBe('realtime,other');
+    expect(socket.protocol).toBe('realtime');
+    socket.close();
+    await closed(socket);
+  });
+
+  it('a cookie session from another origin, or with no Origin, is refused before any upstream handshake', async () => {
+    const cookie = await cookieFor('local:alice');
+    const before = handshakes.length;
+    expect(refusal(await open('/api/proxy/rt/realtime', { cookie, origin: 'https://evil.example' }))).toEqual({
+      status: 403,
+      code: 'csrf_failed',
+    });
+    expect(refusal(await open('/api/proxy/rt/realtime', { cookie }))).toEqual({ status: 403, code: 'csrf_failed' });
+    expect(
+      refusal(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin(), 'sec-fetch-site': 'cross-site' })),
+    ).toEqual({
+      status: 403,
+      code: 'csrf_failed',
+    });
+    expect(handshakes.length).toBe(before);
+  });
+
+  it('no session, a role the session lacks, and a route without websocket: true are refused', async () => {
+    const before = handshakes.length;
+    expect(refusal(await open('/api/proxy/rt/realtime', sameOrigin()))).toEqual({
+      status: 401,
+      code: 'unauthenticated',
+    });
+    const alice = await cookieFor('local:alice');
+    expect(refusal(await open('/api/proxy/rt/admins', { cookie: alice, ...sameOrigin() }))).toEqual({
+      status: 403,
+      code: 'forbidden',
+    });
+    expect(refusal(await open('/api/proxy/rt/plain', { cookie: alice, ...sameOrigin() }))).toEqual({
+      status: 400,
+      code: 'bad_request',
+    });
+    expect(refusal(await open('/api/proxy/rt/nope', { cookie: alice, ...sameOrigin() }))).toEqual({
+      status: 404,
+      code: 'route_not_found',
+    });
+    expect(handshakes.length).toBe(before);
+  });
+
+  it('a bearer client gets a single-use ticket bound to the path, and connects with it', async () => {
+    const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:bob' });
+    const ask = (path: string) =>
+      fetch(`${lane.url}/api/session/ws-ticket`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ upstream: 'rt', path }),
+      });
+    const response = await ask('/realtime');
+    expect(response.status).toBe(200);
+    expect(response.headers.get('cache-control')).toBe('private, no-store');
+    const { ticket, expiresIn } = (await response.json()) as { ticket: string; expiresIn: number };
+    expect(expiresIn).toBe(30);
+
+    const socket = opened(await open(`/api/proxy/rt/realtime?ticket=${ticket}`));
+    const seen = handshakes.at(-1)!;
+    expect(seen.url).toBe('/v1/realtime');
+    socket.send('ping');
+    expect((await nextMessage(socket)).data.toString()).toBe('ping');
+    socket.close();
+    await closed(socket);
+
+    expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${ticket}`))).toEqual({
+      status: 401,
+      code: 'unauthenticated',
+    });
+    const other = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
+    expect(refusal(await open(`/api/proxy/rt/quiet?ticket=${other}`))).toEqual({
+      status: 401,
+      code: 'unauthenticated',
+    });
+    expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${other}`))).toEqual({
+      status: 401,
+      code: 'unauthenticated',
+    });
+
+    expect((await ask('/plain')).status).toBe(400);
+    const noSession = await fetch(`${lane.url}/api/session/ws-ticket`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ upstream: 'rt', path: '/realtime' }),
+    });
+    expect(noSession.status).toBe(401);
+    expect(lane.output()).not.toContain(ticket);
+  });
+
+  it('a message over maxMessageBytes closes the socket (1009), from either side', async () => {
+    const cookie = await cookieFor('local:alice');
+    const fromClient = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
+    const clientEnd = closed(fromClient);
+    fromClient.send('y'.repeat(2048));
+    expect((await clientEnd).code).toBe(1009);
+
+    const fromUpstream = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
+    const upstreamEnd = closed(fromUpstream);
+    fromUpstream.send('big');
+    expect((await upstreamEnd).code).toBe(1009);
+  });
+
+  it('a socket idle for idleTimeoutMs is closed (4408)', async () => {
+    const socket = opened(
+      await open('/api/proxy/rt/quiet', { cookie: await cookieFor('local:idle'), ...sameOrigin() }),
+    );
+    expect(await closed(socket)).toEqual({ code: 4408, reason: 'idle timeout' });
+  }, 15_000);
+
+  it('rate limits count upgrades', async () => {
+    const cookie = await cookieFor('local:limited');
+    for (let i = 0; i < 2; i++) {
+      const socket = opened(await open('/api/proxy/rt/limited', { cookie, ...sameOrigin() }));
+      socket.close();
+      await closed(socket);
+    }
+    expect(refusal(await open('/api/proxy/rt/limited', { cookie, ...sameOrigin() }))).toEqual({
+      status: 429,
+      code: 'rate_limited',
+    });
+  });
+
+  it('signing out closes the open socket (4401)', async () => {
+    const cookie = await cookieFor('local:carol');
+    const socket = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
+    socket.send('still here');
+    await nextMessage(socket);
+    const end = closed(socket);
+    const logout = await fetch(`${lane.url}/api/session/logout`, {
+      method: 'POST',
+      headers: { cookie, 'x-keyward-csrf': '1', ...sameOrigin() },
+    });
+    expect(logout.status).toBe(200);
+    expect(await end).toEqual({ code: 4401, reason: 'session ended' });
+    expect(refusal(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }))).toEqual({
+      status: 401,
+      code: 'unauthenticated',
+    });
+  }, 15_000);
+
+  it('an upgrade outside /api/proxy goes to Next, which ends it; a plain GET on a WebSocket route is passed to the upstream as HTTP', async () => {
+    const before = handshakes.length;
+    const outcome = await new Promise<string>((resolve) => {
+      const socket = new WebSocket(`${wsUrl}/`, { headers: sameOrigin() });
+      socket.once('open', () => resolve('open'));
+      socket.once('unexpected-response', () => resolve('refused'));
+      socket.once('error', () => resolve('ended'));
+    });
+    expect(outcome).toBe('ended');
+    expect(handshakes.length).toBe(before);
+    // Without an Upgrade header the route is an ordinary GET: a WebSocket server answers it 426 Upgrade Required.
+    const plain = await fetch(`${lane.url}/api/proxy/rt/realtime`, {
+      headers: { cookie: await cookieFor('local:alice'), 'x-keyward-csrf': '1' },
+    });
+    expect(plain.status).toBe(426);
+    await plain.arrayBuffer();
+  });
+
+  it('writes one audit record when the socket closes, with bytes each way', async () => {
+    const adminCookie = await cookieFor(admin.sub, admin.roles);
+    let record: Record<string, unknown> | undefined;
+    for (let attempt = 0; attempt < 50 && !record; attempt++) {
+      const audit = await fetch(`${lane.url}/api/admin/audit?type=call&upstream=rt&limit=200`, {
+        headers: { cookie: adminCookie, 'x-keyward-csrf': '1' },
+      });
+      const { records } = (await audit.json()) as { records: Array<Record<string, unknown>> };
+      record = records.find((entry) => entry.userId === 'local:carol' && entry.status === 101);
+      if (!record) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(record).toMatchObject({
+      route: '/realtime',
+      method: 'GET',
+      status: 101,
+      outcome: 'aborted',
+      errorCode: 'session_ended',
+    });
+    expect(record!.bytesIn).toBe('still here'.length);
+    expect(record!.bytesOut).toBe('still here'.length);
+    expect(record!.keyFingerprint).toEqual(expect.any(String));
+    for (const form of leakForms(wsKey)) expect(JSON.stringify(record).includes(form)).toBe(false);
+  });
+  // Last: the key stays revoked.
+  it('revoking the key closes the sockets that use it (4403)', async () => {
+    const adminCookie = await cookieFor(admin.sub, admin.roles);
+    const socket = opened(
+      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('local:dave'), ...sameOrigin() }),
+    );
+    const keys = await fetch(`${lane.url}/api/admin/keys`, { headers: { cookie: adminCookie, 'x-keyward-csrf': '1' } });
+    const { upstreams } = (await keys.json()) as {
+      upstreams: Array<{ upstream: string; versions: Array<{ fingerprint: string; status: string }> }>;
+    };
+    const fingerprint = upstreams
+      .find((u) => u.upstream === 'rt')!
+      .versions.find((v) => v.status === 'serving')!.fingerprint;
+    const end = closed(socket);
+    const revoke = await fetch(`${lane.url}/api/admin/keys/revoke`, {
+      method: 'POST',
+      headers: { cookie: adminCookie, 'x-keyward-csrf': '1', 'content-type': 'application/json', ...sameOrigin() },
+      body: JSON.stringify({ fingerprint }),
+    });
+    expect(revoke.status).toBe(200);
+    expect(await end).toEqual({ code: 4403, reason: 'credential revoked' });
+    expect(
+      refusal(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('local:dave'), ...sameOrigin() })),
+    ).toEqual({
+      status: 503,
+      code: 'credential_unavailable',
+    });
+  }, 15_000);
+});

@@ -1,0 +1,80 @@
+import { describe, expect, it } from 'vitest';
+import { MemoryStore } from '../../../lib/store/memory';
+import type { Session } from '../../../lib/core/session/session';
+import { WsTickets } from '../../../lib/core/ws/tickets';
+
+const session: Session = {
+  userId: 'local:bob',
+  name: 'Bob',
+  roles: ['user'],
+  expiresAt: Date.now() + 3_600_000,
+  sessionId: 'sid-1',
+  authTime: 0,
+  claims: {},
+  via: 'cookie',
+};
+const target = { upstream: 'openai', path: ['realtime'] };
+
+describe('WebSocket tickets', () => {
+  it('redeem once, for the session they were issued to, as a bearer session', async () => {
+    const tickets = new WsTickets(new MemoryStore());
+    const { ticket, expiresIn } = await tickets.issue(session, target);
+    expect(ticket).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(expiresIn).toBe(30);
+    expect(await tickets.redeem(ticket, target)).toEqual({ ...session, via: 'bearer' });
+    expect(await tickets.redeem(ticket, target)).toBeNull();
+  });
+
+  it('only one of two concurrent redemptions wins', async () => {
+    const tickets = new WsTickets(new MemoryStore());
+    const { ticket } = await tickets.issue(session, target);
+    const results = await Promise.all([
+      tickets.redeem(ticket, target),
+      tickets.redeem(ticket, target),
+      tickets.redeem(ticket, target),
+    ]);
+    expect(results.filter((r) => r !== null)).toHaveLength(1);
+  });
+
+  it('are bound to the upstream and path, and used up when shown elsewhere', async () => {
+    const tickets = new WsTickets(new MemoryStore());
+    const { ticket } = await tickets.issue(session, target);
+    expect(await tickets.redeem(ticket, { upstream: 'openai', path: ['other'] })).toBeNull();
+    expect(await tickets.redeem(ticket, target)).toBeNull();
+    const second = await tickets.issue(session, target);
+    expect(await tickets.redeem(second.ticket, { upstream: 'other', path: ['realtime'] })).toBeNull();
+    // `a/b` as one segment is not the path a, b.
+    const third = await tickets.issue(session, { upstream: 'openai', path: ['a/b'] });
+    expect(await tickets.redeem(third.ticket, { upstream: 'openai', path: ['a', 'b'] })).toBeNull();
+  });
+
+  it('expire after their time to live', async () => {
+    let now = 1_000_000;
+    const tickets = new WsTickets(new MemoryStore(), () => now, 30_000);
+    const fresh = { ...session, expiresAt: now + 3_600_000 };
+    const late = await tickets.issue(fresh, target);
+    const onTime = await tickets.issue(fresh, target);
+    now += 29_999;
+    expect(await tickets.redeem(onTime.ticket, target)).not.toBeNull();
+    now += 2;
+    expect(await tickets.redeem(late.ticket, target)).toBeNull();
+  });
+
+  it('refuse malformed and unknown tickets, and never store the ticket itself', async () => {
+    const store = new MemoryStore();
+    const tickets = new WsTickets(store);
+    expect(await tickets.redeem('', target)).toBeNull();
+    expect(await tickets.redeem('x'.repeat(43), target)).toBeNull();
+    expect(await tickets.redeem('../../etc', target)).toBeNull();
+    const { ticket } = await tickets.issue(session, target);
+    expect(await store.get(`wsticket:${ticket}`)).toBeNull();
+  });
+
+  it('do not outlive the session they were issued to', async () => {
+    let now = 1_000_000;
+    const tickets = new WsTickets(new MemoryStore(), () => now);
+    const { ticket } = await tickets.issue({ ...session, expiresAt: now + 1_000 }, target);
+    now += 2_000;
+    expect(await tickets.redeem(ticket, target)).toBeNull();
+  });
+});
