@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
-import { startFastLane, type AppServer } from '../fixtures/app-server';
+import { startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
 import { leakForms } from '../fixtures/leak-forms';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -31,6 +31,7 @@ let upstreamWss: WebSocketServer;
 const handshakes: Handshake[] = [];
 let lane: AppServer;
 let wsUrl: string;
+let laneEnv: Record<string, string>;
 
 beforeAll(async () => {
   upstreamServer = createServer((_req, res) => res.writeHead(426).end());
@@ -75,12 +76,15 @@ beforeAll(async () => {
       },
     },
   });
-  lane = await startFastLane({
+  laneEnv = {
     ...secrets,
     WS_KEY: wsKey,
     KEYWARD_CONFIG: configPath,
     // Sessions are minted (tests/fixtures/session.ts); production still needs a sign-in method.
     KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password: randomSecret('pw'), roles: ['user'] }]),
+  };
+  lane = await startFastLane({
+    ...laneEnv,
     KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-ws-')), 'keyward.db'),
   });
   wsUrl = lane.url.replace(/^http/, 'ws');
@@ -377,6 +381,34 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(record!.keyFingerprint).toEqual(expect.any(String));
     for (const form of leakForms(wsKey)) expect(JSON.stringify(record).includes(form)).toBe(false);
   });
+  it('next start (route handlers, as on Vercel) ends the upgrade without a response; a plain GET goes to the upstream as HTTP', async () => {
+    const handlers = await startApp({
+      ...laneEnv,
+      KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-ws-next-')), 'keyward.db'),
+    });
+    try {
+      const cookie = await cookieFor('local:alice');
+      const before = handshakes.length;
+      const outcome = await new Promise<string>((resolve) => {
+        const socket = new WebSocket(`${handlers.url.replace(/^http/, 'ws')}/api/proxy/rt/realtime`, {
+          headers: { cookie, origin: handlers.url },
+        });
+        socket.once('open', () => resolve('open'));
+        socket.once('unexpected-response', (_request, response) => resolve(`status ${response.statusCode}`));
+        socket.once('error', () => resolve('ended'));
+      });
+      expect(outcome).toBe('ended');
+      expect(handshakes.length).toBe(before);
+      const plain = await fetch(`${handlers.url}/api/proxy/rt/realtime`, {
+        headers: { cookie, 'x-keyward-csrf': '1' },
+      });
+      expect(plain.status).toBe(426);
+      await plain.arrayBuffer();
+    } finally {
+      await handlers.stop();
+    }
+  }, 120_000);
+
   // Last: the key stays revoked.
   it('revoking the key closes the sockets that use it (4403)', async () => {
     const adminCookie = await cookieFor(admin.sub, admin.roles);
