@@ -101,11 +101,14 @@ export interface SocketOutcome {
 }
 
 /**
- * The call's one record (pipeline step 15), written when the socket closes: status 101, bytes each way,
- * duration from the upgrade request to the close, outcome.
+ * The call's one record (pipeline step 15), written when the socket closes (after the upstream accepted the
+ * handshake): status 101, bytes each way, duration from the upgrade request to the close, outcome. Quotas and
+ * budgets settle with what was reserved at the upgrade (a socket reports no usage figure).
  */
 export function recordSocket(grant: UpgradeGrant, { outcome, errorCode, bytesIn, bytesOut }: SocketOutcome): void {
   grant.call.body = { iterable: NO_BYTES, bytes: () => bytesIn, exceeded: () => false };
+  // Recorded only once the upstream accepted the handshake: the key was used, so a reservation is charged.
+  grant.call.forwarded = true;
   record(grant.call, 101, outcome, bytesOut, errorCode);
 }
 
