@@ -3,7 +3,7 @@ import type { Dispatcher } from 'undici';
 import { checkCsrf } from './csrf/check';
 import type { OriginPolicy } from './origin/public-origin';
 import { injectCredential } from './credential/inject';
-import { resolveCredential, type CredentialSources } from './credential/resolve';
+import type { CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
 import { capRequestBody, readCappedBody, type CappedBody } from './forward/body';
 import { clientIp } from './client/ip';
@@ -20,8 +20,10 @@ import { StreamScrubber } from './respond/scrub-stream';
 import { scrubError } from './log/scrub';
 import { matchRoute, type RouteMatch } from './route/match';
 import { assertSafeSegments } from './route/segments';
+import type { SessionRevocations } from './session/revocation';
 import type { Session } from './session/session';
 import type { SessionVerifier } from './session/verify';
+import { storeRound, type RoundOutcome } from './store/round';
 import type { CompiledRoute, ResolvedCredential, Upstream } from './upstream/registry';
 import type { RateRule, RouteLimits } from './limits/rules';
 
@@ -89,7 +91,13 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
  * - quotas and budgets are reserved (12) only after the body was read and checked (10): the reservation can be
  *   computed from a body field (`max_tokens` × price), and a refused call never holds units.
  * The audit record (15) is written once per call: when the response body ends or is aborted, or at once for a
- * refusal.
+ * refusal, off the request's path (queued, written in batches).
+ *
+ * The store is asked once per call (issue 12): the session's revocation (4), the service key's ring state (8)
+ * and the rate counters (9) go out together at step 8, as one Redis script, and no counter moves for a revoked
+ * session. Steps 5–7 read nothing and change nothing, so running them before the session's revocation is known
+ * changes no outcome: a call they refuse first learns whether its session was revoked (then it is 401, as
+ * before; `revokedFirst`). Quotas and budgets (12) need the body, so a route with them takes a second round trip.
  */
 export async function handleProxy(request: Request, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
   const call = openCall(request.method, request.headers, target, deps);
@@ -97,7 +105,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     const incoming = screen(call, request); // 1 [2]
     const upstream = findUpstream(call); // 2 [1]
     const { route, params } = findRoute(call, upstream); // 3 [2]
-    const session = await authenticate(call, request); // 4 [3]
+    const session = await authenticate(call, request, 'with-round'); // 4 [3]
     checkCsrf(request, session, deps.allowedOrigins); // 5 [4]
     const parts = authorizeCall(route, params, session, incoming); // 6 [5]
     const outgoing = buildTarget(call, request, upstream); // 7 [8]
@@ -109,7 +117,7 @@ export async function handleProxy(request: Request, target: ProxyTarget, deps: P
     const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
     return respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
-    return refuse(call, error); // 15 [10]
+    return refuse(call, await revokedFirst(call, error)); // 15 [10]
   }
 }
 
@@ -144,6 +152,12 @@ export interface Call {
   body: CappedBody | null;
   grant: LimitGrant | null;
   forwarded: boolean;
+  /** The matched route (step 3). */
+  route: CompiledRoute | null;
+  /** Set by step 4 while the session's revocation is still to be read (with step 8's round trip). */
+  revocations: SessionRevocations | null;
+  /** Step 9's rules, and their counters when step 8's round trip took them. */
+  rate: { readonly rules: readonly RateRule[]; readonly taken: Extract<RoundOutcome, { revoked: false }>['taken'] } | null;
 }
 
 /** What step 7 builds: the upstream URL (query and credential are added later) and the forwarded headers. */
@@ -174,6 +188,9 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     body: null,
     grant: null,
     forwarded: false,
+    route: null,
+    revocations: null,
+    rate: null,
   };
 }
 
@@ -207,15 +224,45 @@ export function findRoute(call: Call, upstream: Upstream): RouteMatch {
   assertSafeSegments(call.target.path);
   const match = matchRoute(upstream, call.method, call.target.path);
   call.routeTemplate = match.route.template;
+  call.route = match.route;
   return match;
 }
 
-/** 4. The session, checked here on every request (never in proxy.ts/middleware). */
-export async function authenticate(call: Call, request: Request): Promise<Session> {
-  const session = await call.deps.verifySession(request);
+/**
+ * 4. The session, checked here on every request (never in proxy.ts/middleware). With `with-round` (a caller
+ * that answers refusals through `revokedFirst`), it is decoded here and whether it was revoked is read with
+ * the call's other store reads in step 8, when the verifier allows it; otherwise revocation is checked here.
+ */
+export async function authenticate(call: Call, request: Request, revocation: 'here' | 'with-round' = 'here'): Promise<Session> {
+  const { verifySession } = call.deps;
+  const deferred = revocation === 'with-round' ? verifySession.deferred : undefined;
+  const session = deferred ? await deferred.decode(request) : await verifySession(request);
   if (!session) throw new KeywardError('unauthenticated');
   call.session = session;
+  call.revocations = deferred?.revocations ?? null;
   return session;
+}
+
+/** A revoked session's call is refused as step 4 refuses it: 401, recorded without its user or target. */
+function revoked(call: Call): KeywardError {
+  call.session = null;
+  call.targetUrl = null;
+  return new KeywardError('unauthenticated');
+}
+
+/**
+ * For a call refused before step 8 read its session's revocation: 401 if the session was revoked (503 if the
+ * store cannot say, as step 4 answers), else the refusal as it was. Outcomes keep the steps' order: 4 before 5–7.
+ */
+export async function revokedFirst(call: Call, error: unknown): Promise<unknown> {
+  const { session, revocations } = call;
+  if (!session || !revocations) return error;
+  call.revocations = null;
+  try {
+    return (await revocations.isRevoked(session)) ? revoked(call) : error;
+  } catch (storeError) {
+    return storeError;
+  }
 }
 
 /** 6. Policy: who may call this route, and the query it accepts (read before any counter moves). */
@@ -239,23 +286,47 @@ export function buildTarget(call: Call, request: Request, upstream: Upstream): O
   return { url, headers };
 }
 
-/** 8. The credential for this user and route; the client can neither supply nor override it. */
+/**
+ * 8. The credential for this user and route; the client can neither supply nor override it. Read in the call's
+ * one store round trip (lib/core/store/round.ts) with the session's revocation (4) and the rate counters (9).
+ */
 export async function resolveCallCredential(call: Call, upstream: Upstream, session: Session): Promise<ResolvedCredential> {
-  const credential = await resolveCredential(upstream, session, call.deps.credentials ?? NO_USER_SECRETS);
-  call.credential = credential;
-  return credential;
+  const { limits } = call.deps;
+  const { revocations, route } = call;
+  call.revocations = null;
+  const rules = limits && route ? limits.rateRules(callRateLimits(call, route), session.roles) : [];
+  const outcome = await storeRound({
+    upstream,
+    session,
+    revocations,
+    sources: call.deps.credentials ?? NO_USER_SECRETS,
+    limits: limits ?? null,
+    rules,
+    who: { upstream: upstream.id, userId: session.userId, roles: session.roles, ip: call.ip },
+  });
+  if (outcome.revoked) throw revoked(call);
+  call.credential = outcome.credential;
+  call.rate = { rules, taken: outcome.taken };
+  return outcome.credential;
 }
 
 /**
- * 9. Rate limits, before a body is read. A call without a usable client address cannot be attributed to one:
- * per-IP rules skip it (one shared bucket would let one client use it up for all); the others apply.
+ * 9. Rate limits, before a body is read: counted in step 8's round trip, or here. A call without a usable
+ * client address cannot be attributed to one: per-IP rules skip it (one shared bucket would let one client use
+ * it up for all); the others apply.
  */
 export async function checkRateLimits(call: Call, upstream: Upstream, route: CompiledRoute, session: Session, credential: ResolvedCredential): Promise<RateTaken> {
-  const { ip } = call;
-  const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip };
-  const rateLimits = ip === null ? { ...route.limits, rate: route.limits.rate.filter((rule) => rule.by !== 'ip') } : route.limits;
-  const rate = call.deps.limits ? await call.deps.limits.checkRate(rateLimits, who) : [];
+  const { limits } = call.deps;
+  const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip: call.ip };
+  if (!limits) return { who, rate: [] };
+  const taken = call.rate?.taken;
+  const rate = taken ? limits.rateTaken(call.rate!.rules, taken) : await limits.checkRate(callRateLimits(call, route), who);
   return { who, rate };
+}
+
+/** The route's limits as they apply to this call: without per-IP rules when it has no usable client address. */
+function callRateLimits(call: Call, route: CompiledRoute): RouteLimits {
+  return call.ip === null ? { ...route.limits, rate: route.limits.rate.filter((rule) => rule.by !== 'ip') } : route.limits;
 }
 
 /**

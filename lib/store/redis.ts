@@ -30,6 +30,80 @@ end
 table.insert(values, 1, refused)
 return values`;
 
+// A proxied call's reads and rate counters in one round trip (issue 12). KEYS: the reads, then the counters.
+// ARGV[1]: the number of reads; then per read a mode and its argument; then per counter its points and window
+// (seconds). Modes: `get` (just read), `present` (stop if the key exists), `atleast` (stop if it holds a number
+// >= the argument; "" counts as 0, as JavaScript's Number reads it), `known` (the argument is the SHA-1 of the
+// value the caller knows, "-" for none: answered 1 when unchanged, else the value, and then nothing is counted).
+// The counters are taken only if no read stopped them and none changed, each exactly as rate-limiter-flexible's
+// RateLimiterRedis takes a point (same keys, same script), so both share counters.
+// Returns {stopped (0/1), changed (0/1), the reads..., then consumed and ttl (ms) per counter when taken}.
+const ROUND = `local reads = tonumber(ARGV[1])
+local out = {0, 0}
+local a = 2
+for i = 1, reads do
+  local mode, arg = ARGV[a], ARGV[a + 1]
+  a = a + 2
+  local value = redis.call('GET', KEYS[i])
+  if mode == 'present' then
+    if value then out[1] = 1 end
+  elseif mode == 'atleast' then
+    if value then
+      local n = tonumber(value)
+      if value == '' then n = 0 end
+      if n ~= nil and n >= tonumber(arg) then out[1] = 1 end
+    end
+  elseif mode == 'known' then
+    if (value and redis.sha1hex(value) or '-') == arg then value = 1 else out[2] = 1 end
+  end
+  out[i + 2] = value
+end
+if out[1] == 1 or out[2] == 1 then return out end
+local n = reads + 2
+for j = reads + 1, #KEYS do
+  local points, window = ARGV[a], ARGV[a + 1]
+  a = a + 2
+  redis.call('SET', KEYS[j], 0, 'EX', window, 'NX')
+  local consumed = redis.call('INCRBY', KEYS[j], points)
+  local ttl = redis.call('PTTL', KEYS[j])
+  if ttl == -1 then
+    redis.call('EXPIRE', KEYS[j], window)
+    ttl = 1000 * window
+  end
+  out[n + 1] = consumed
+  out[n + 2] = ttl
+  n = n + 2
+end
+return out`;
+
+/** One read of a round: a plain read, a stop condition for the counters, or a value known by its SHA-1. */
+export type RoundRead =
+  | { readonly key: string }
+  | { readonly key: string; readonly stopIfPresent: true }
+  | { readonly key: string; readonly stopIfAtLeast: number }
+  /** SHA-1 (hex) of the value the caller holds, or null for "no value": the value is sent only if it differs. */
+  | { readonly key: string; readonly knownSha1: string | null };
+
+/** A fixed-window rate counter, as rate-limiter-flexible's RateLimiterRedis keeps it (key, points, window). */
+export interface RoundCounter {
+  readonly key: string;
+  readonly points: number;
+  readonly windowSeconds: number;
+}
+
+export interface RoundResult {
+  /** A stop condition held: no counter was taken. */
+  readonly stopped: boolean;
+  /** A `knownSha1` read differed: no counter was taken. */
+  readonly changed: boolean;
+  /** The reads in order; `undefined` for a `knownSha1` read that had not changed. */
+  readonly values: ReadonlyArray<string | null | undefined>;
+  /** Per counter, its value after this call's points and its time left (ms); null when none were taken. */
+  readonly counters: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }> | null;
+}
+
+type RoundCommand = (numKeys: number, ...args: string[]) => Promise<Array<string | number | null>>;
+
 /**
  * Redis (REDIS_URL) for several instances or Vercel. Commands are not queued while disconnected and time
  * out quickly, so an outage surfaces at once as StoreUnavailableError (callers fail closed) and ioredis
@@ -53,6 +127,8 @@ export class RedisStore implements Store {
       lazyConnect: false,
     };
     this.redis = new Redis(url, redisOptions);
+    // EVALSHA, falling back to EVAL once per server (NOSCRIPT): the script is not resent with every call.
+    this.redis.defineCommand('keywardRound', { lua: ROUND });
     // Connection errors are reported through commands (StoreUnavailableError); without a listener ioredis
     // would print each reconnect attempt, possibly with the URL's password.
     this.redis.on('error', () => {});
@@ -134,6 +210,41 @@ export class RedisStore implements Store {
     const reply = (await this.run(() => this.redis.eval(RESERVE, entries.length, ...entries.map((e) => e.key), ...args))) as number[];
     const [refused, ...values] = reply.map(Number);
     return { refused: refused! - 1, values };
+  }
+
+  /**
+   * A proxied call's per-call state in one round trip (one script): `reads` are read; then, unless a stop
+   * condition held or a known value changed, every counter takes its points. Atomic, so a counter is never
+   * taken for a call whose stop condition (a revocation) was already written.
+   */
+  async round(reads: readonly RoundRead[], counters: readonly RoundCounter[]): Promise<RoundResult> {
+    const args: string[] = [String(reads.length)];
+    for (const read of reads) {
+      if ('stopIfPresent' in read) args.push('present', '');
+      else if ('stopIfAtLeast' in read) args.push('atleast', String(read.stopIfAtLeast));
+      else if ('knownSha1' in read) args.push('known', read.knownSha1 ?? '-');
+      else args.push('get', '');
+    }
+    for (const { points, windowSeconds } of counters) {
+      if (!Number.isSafeInteger(points) || !Number.isSafeInteger(windowSeconds) || windowSeconds < 1) {
+        throw new TypeError('round counters take whole points and a window of at least one second');
+      }
+      args.push(String(points), String(windowSeconds));
+    }
+    const keys = [...reads.map((read) => read.key), ...counters.map((counter) => counter.key)];
+    const command = (this.redis as unknown as { keywardRound: RoundCommand }).keywardRound.bind(this.redis);
+    const reply = await this.run(() => command(keys.length, ...keys, ...args));
+    const stopped = reply[0] === 1;
+    const changed = reply[1] === 1;
+    const values = reads.map((read, i) => {
+      const value = reply[i + 2] ?? null;
+      return 'knownSha1' in read && value === 1 ? undefined : value === null ? null : String(value);
+    });
+    let taken: RoundResult['counters'] = null;
+    if (!stopped && !changed) {
+      taken = counters.map((_, j) => ({ consumed: Number(reply[reads.length + 2 + j * 2]), ttlMs: Number(reply[reads.length + 3 + j * 2]) }));
+    }
+    return { stopped, changed, values, counters: taken };
   }
 
   /**

@@ -1,4 +1,5 @@
 import 'server-only';
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { injectCredential } from '../credential/inject';
@@ -92,7 +93,8 @@ const DAY_MS = 86_400_000;
  * with 503 `credential_unavailable`.
  */
 export class KeyRings {
-  private readonly parsed = new Map<string, { raw: string; record: RingRecord }>();
+  /** Per upstream, the ring record as last read here (raw: null when the store had none) and its SHA-1. */
+  private readonly parsed = new Map<string, { raw: string | null; record: RingRecord; sha1: string | null }>();
   private readonly managed = new Map<string, ResolvedCredential>();
   private readonly warned = new Set<string>();
   /** Verifiers computed in this process (scrypt is slow on purpose), by salt and value. */
@@ -102,7 +104,7 @@ export class KeyRings {
 
   constructor(
     private readonly registry: ReadonlyMap<string, Upstream>,
-    private readonly store: Store,
+    readonly store: Store,
     private readonly vault: Vault | null,
     private readonly dispatcher: Dispatcher,
     private readonly logger: Logger,
@@ -111,10 +113,27 @@ export class KeyRings {
 
   /** The credential to use for this call: the newest usable active version, else a fallback in its grace window. */
   async credential(upstream: Upstream): Promise<ResolvedCredential> {
+    return this.credentialFrom(upstream, await guard(() => this.store.get(recordKey(upstream.id))), this.now());
+  }
+
+  /** The store key of an upstream's ring state: read with a call's other reads (one round trip per call). */
+  recordKey(upstream: Upstream): string {
+    return recordKey(upstream.id);
+  }
+
+  /**
+   * The ring state this process last read for the upstream (raw: null when there was none, or none was read
+   * yet) and its SHA-1: a call's round trip sends the SHA-1 and gets the state back only if it changed.
+   */
+  seen(upstream: Upstream): { readonly raw: string | null; readonly sha1: string | null } {
+    return this.parsed.get(upstream.id) ?? { raw: null, sha1: null };
+  }
+
+  /** `credential`'s choice from the ring state as read (`raw`, the value at `recordKey`), at `now`. */
+  async credentialFrom(upstream: Upstream, raw: string | null, now = this.now()): Promise<ResolvedCredential> {
     if (!isRingUpstream(upstream)) throw new TypeError('key rings hold service keys only');
     const plan = upstream.credential;
-    const { versions } = await this.current(upstream);
-    const now = this.now();
+    const { versions } = await this.current(upstream, raw);
     const version = pick(versions, now);
     if (!version) throw new KeywardError('credential_unavailable');
     this.warnIfExpiring(upstream.id, version, now);
@@ -332,13 +351,15 @@ export class KeyRings {
   }
 
   private async read(upstreamId: string): Promise<RingRecord> {
-    const raw = await guard(() => this.store.get(`keyring:${upstreamId}`));
-    if (raw === null) return { rev: 0, versions: [], rotations: [] };
+    return this.parse(upstreamId, await guard(() => this.store.get(recordKey(upstreamId))));
+  }
+
+  private parse(upstreamId: string, raw: string | null): RingRecord {
     const cached = this.parsed.get(upstreamId);
-    if (cached?.raw === raw) return cached.record;
+    if (cached && cached.raw === raw) return cached.record;
     // Parsed once per change, not per call; callers on the request path only read it.
-    const record = JSON.parse(raw) as RingRecord;
-    this.parsed.set(upstreamId, { raw, record });
+    const record = raw === null ? { rev: 0, versions: [], rotations: [] } : (JSON.parse(raw) as RingRecord);
+    this.parsed.set(upstreamId, { raw, record, sha1: raw === null ? null : createHash('sha1').update(raw, 'utf8').digest('hex') });
     return record;
   }
 
@@ -347,8 +368,8 @@ export class KeyRings {
    * (its salt), and once per value in this process. State stored before verifiers existed gets them recorded
    * here once, while the current fingerprints still name it, so it too survives a later secret rotation.
    */
-  private async current(upstream: RingUpstream): Promise<{ record: RingRecord; versions: KeyVersion[] }> {
-    let record = await this.read(upstream.id);
+  private async current(upstream: RingUpstream, raw?: string | null): Promise<{ record: RingRecord; versions: KeyVersion[] }> {
+    let record = raw === undefined ? await this.read(upstream.id) : this.parse(upstream.id, raw);
     if (this.backfilled.get(upstream.id) !== record.rev) {
       this.backfilled.set(upstream.id, record.rev);
       if (this.lacksVerifiers(upstream, record)) {
@@ -377,7 +398,7 @@ export class KeyRings {
 
   /** Compare-and-set on the ring's record, retried on a concurrent change by another instance. */
   private async update<T>(upstream: RingUpstream, change: (record: RingRecord, verifiers: EnvVerifiers) => T): Promise<T> {
-    const key = `keyring:${upstream.id}`;
+    const key = recordKey(upstream.id);
     const fresh = newVerifierSalt();
     for (let attempt = 0; attempt < 20; attempt++) {
       const raw = await guard(() => this.store.get(key));
@@ -517,6 +538,10 @@ export class KeyRings {
     this.warned.add(key);
     this.logger.warn({ upstream: upstreamId, keyFingerprint: version.fingerprint, version: version.id, expiresInDays: warning.days }, 'key version expires soon');
   }
+}
+
+function recordKey(upstreamId: string): string {
+  return `keyring:${upstreamId}`;
 }
 
 function pickState(v: KeyVersion) {

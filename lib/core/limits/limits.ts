@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import { KeywardError, type KeywardErrorCode } from '../errors';
 import { guard } from '../store/guard';
-import { RedisStore } from '../../store/redis';
+import { RedisStore, type RoundCounter } from '../../store/redis';
 import { StoreUnavailableError, type Reservation, type Store } from '../../store/types';
 import { periodWindow } from './period';
 import { appliesTo, type MeterRule, type RateRule, type RouteLimits, type Subject } from './rules';
@@ -29,6 +29,8 @@ export interface LimitGrant {
   settle(result: { forwarded: boolean; usage: number | null }): Promise<void>;
 }
 
+/** Rate counters' keys: `rl|<rule id>:<subject>` (rate-limiter-flexible joins its keyPrefix and key with ":"). */
+const RATE_PREFIX = 'rl|';
 const NO_LIMITS: LimitGrant = { headers: [], reserved: 0, settle: async () => {} };
 /** Counters outlive their period by this much, so a late settle still finds its counter. */
 const METER_GRACE_MS = 3_600_000;
@@ -41,16 +43,45 @@ export class Limits {
   private readonly limiters = new Map<string, RateLimiterAbstract>();
 
   constructor(
-    private readonly store: Store,
+    readonly store: Store,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
   ) {}
 
+  /** The rate rules that apply to a caller with these roles. */
+  rateRules(limits: RouteLimits, roles: readonly string[]): RateRule[] {
+    return limits.rate.filter((rule) => appliesTo(rule, roles));
+  }
+
   /** Checks rate limits (DESIGN.md step 6). Throws 429 `rate_limited` with Retry-After, or 503 if the store is down. */
   async checkRate(limits: RouteLimits, who: LimitSubject): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
-    const rules = limits.rate.filter((rule) => appliesTo(rule, who.roles));
+    const rules = this.rateRules(limits, who.roles);
     if (rules.length === 0) return [];
     const { results, retryMs } = await this.consume(rules.map((rule) => [rule, subjectKey(rule.by, who)] as const));
+    if (retryMs !== null) throw limitError('rate_limited', retryMs, rateHeaders(results));
+    return results;
+  }
+
+  /**
+   * The counters of these rules for a round trip that takes them itself (RedisStore.round, with Redis only):
+   * the keys and windows rate-limiter-flexible's RateLimiterRedis uses, so both count on the same counters.
+   */
+  rateCounters(rules: readonly RateRule[], who: LimitSubject): RoundCounter[] {
+    return rules.map((rule) => ({ key: `${RATE_PREFIX}${rule.id}:${subjectKey(rule.by, who)}`, points: 1, windowSeconds: rule.windowSeconds }));
+  }
+
+  /**
+   * The outcome of counters taken in a round trip (`rateCounters`, same order), as `checkRate` reports it:
+   * rate-limiter-flexible's results, or 429 `rate_limited` with Retry-After when a rule had no room left.
+   */
+  rateTaken(rules: readonly RateRule[], taken: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }>): Array<readonly [RateRule, RateLimiterRes]> {
+    let retryMs: number | null = null;
+    const results = rules.map((rule, i) => {
+      const { consumed, ttlMs } = taken[i]!;
+      // As RateLimiterStoreAbstract reads the counter: over the limit once consumed exceeds the points.
+      if (consumed > rule.limit) retryMs = Math.max(retryMs ?? 0, ttlMs);
+      return [rule, new RateLimiterRes(Math.max(rule.limit - consumed, 0), ttlMs, consumed, consumed === 1)] as const;
+    });
     if (retryMs !== null) throw limitError('rate_limited', retryMs, rateHeaders(results));
     return results;
   }
@@ -142,7 +173,7 @@ export class Limits {
   private limiter(rule: RateRule): RateLimiterAbstract {
     let limiter = this.limiters.get(rule.id);
     if (!limiter) {
-      const options = { points: rule.limit, duration: rule.windowSeconds, keyPrefix: `rl|${rule.id}` };
+      const options = { points: rule.limit, duration: rule.windowSeconds, keyPrefix: `${RATE_PREFIX}${rule.id}` };
       limiter =
         this.store instanceof RedisStore
           ? new RateLimiterRedis({ ...options, storeClient: this.store.client, rejectIfRedisNotReady: true })

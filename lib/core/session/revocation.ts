@@ -1,6 +1,9 @@
 import { guard } from '../store/guard';
+import type { RoundRead } from '../../store/redis';
 import type { Store } from '../../store/types';
 import type { Session } from './session';
+
+type Revocable = Pick<Session, 'sessionId' | 'userId' | 'authTime'>;
 
 /**
  * Server-side revocation, read from the shared store on every request: no cache, so a sign-out or an
@@ -10,7 +13,7 @@ import type { Session } from './session';
  */
 export class SessionRevocations {
   constructor(
-    private readonly store: Store,
+    readonly store: Store,
     private readonly maxSessionAgeMs: number,
     private readonly now: () => number = Date.now,
   ) {}
@@ -25,11 +28,27 @@ export class SessionRevocations {
     await guard(() => this.store.set(`rev:user:${userId}`, String(this.now()), this.maxSessionAgeMs + 60_000));
   }
 
-  async isRevoked(session: Pick<Session, 'sessionId' | 'userId' | 'authTime'>): Promise<boolean> {
-    const [bySession, byUser] = await guard(() =>
-      this.store.getMany([`rev:sid:${session.sessionId}`, `rev:user:${session.userId}`]),
-    );
-    if (bySession !== null && bySession !== undefined) return true;
-    return byUser !== null && byUser !== undefined && session.authTime <= Number(byUser);
+  async isRevoked(session: Revocable): Promise<boolean> {
+    return revokedBy(session, await guard(() => this.store.getMany(revocationKeys(session))));
   }
+}
+
+/** The keys that say whether this session was revoked: read together with a call's other keys. */
+export function revocationKeys(session: Revocable): [string, string] {
+  return [`rev:sid:${session.sessionId}`, `rev:user:${session.userId}`];
+}
+
+/** Whether the values read at `revocationKeys` (same order) revoke this session. */
+export function revokedBy(session: Revocable, [bySession, byUser]: ReadonlyArray<string | null | undefined>): boolean {
+  if (bySession !== null && bySession !== undefined) return true;
+  return byUser !== null && byUser !== undefined && session.authTime <= Number(byUser);
+}
+
+/** The same rule as the stop conditions of a Redis round trip: nothing is counted for a revoked session. */
+export function revocationReads(session: Revocable): [RoundRead, RoundRead] {
+  const [bySession, byUser] = revocationKeys(session);
+  return [
+    { key: bySession, stopIfPresent: true },
+    { key: byUser, stopIfAtLeast: session.authTime },
+  ];
 }

@@ -12,7 +12,15 @@ export interface SessionSecrets {
   readonly sessionSecret: string;
 }
 
-export type SessionVerifier = (request: Request) => Promise<Session | null>;
+export interface SessionVerifier {
+  (request: Request): Promise<Session | null>;
+  /**
+   * For a caller that reads revocation together with its other store reads (the proxy pipeline's one round
+   * trip per call): the session decoded without any store read, and the revocations it must then be checked
+   * against before anything else is done for it. Absent: the verifier checks revocation itself (or has none).
+   */
+  readonly deferred?: { readonly decode: (request: Request) => Promise<Session | null>; readonly revocations: SessionRevocations };
+}
 
 /** Sealed bearer-token payload (issued by the mobile token exchange). */
 export interface BearerClaims extends SessionClaims {
@@ -56,12 +64,13 @@ export function createSessionVerifier(
     }
     return null;
   };
-  return async (request) => {
+  const verify = async (request: Request): Promise<Session | null> => {
     const session = await decodeSession(request);
     // Revoked sessions are refused; a store failure throws store_unavailable (503), never "not revoked".
     if (session && revocations && (await revocations.isRevoked(session))) return null;
     return session;
   };
+  return revocations ? Object.assign(verify, { deferred: { decode: decodeSession, revocations } }) : verify;
 }
 
 /**

@@ -1,0 +1,112 @@
+import 'server-only';
+import { resolveCredential, type CredentialSources } from '../credential/resolve';
+import type { Limits, LimitSubject } from '../limits/limits';
+import type { RateRule } from '../limits/rules';
+import { revocationKeys, revocationReads, revokedBy, type SessionRevocations } from '../session/revocation';
+import type { Session } from '../session/session';
+import type { ResolvedCredential, Upstream } from '../upstream/registry';
+import { RedisStore, type RoundRead } from '../../store/redis';
+import type { Store } from '../../store/types';
+import { guard } from './guard';
+
+export interface RoundInput {
+  readonly upstream: Upstream;
+  readonly session: Session;
+  /** The revocations the session must still be checked against; null when the verifier already did. */
+  readonly revocations: SessionRevocations | null;
+  readonly sources: CredentialSources;
+  readonly limits: Limits | null;
+  /** The rate rules that apply to this call (its roles and client address considered). */
+  readonly rules: readonly RateRule[];
+  /** Who the rules count, but for the key's fingerprint (known with the credential). */
+  readonly who: Omit<LimitSubject, 'fingerprint'>;
+}
+
+export type RoundOutcome =
+  | { readonly revoked: true }
+  | {
+      readonly revoked: false;
+      readonly credential: ResolvedCredential;
+      /** The rules' counters as this round trip took them (same order), or null when they are still to be taken. */
+      readonly taken: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }> | null;
+    };
+
+type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
+
+/**
+ * A proxied call's store reads, together (issue 12, "one store round trip per call"): whether the session was
+ * revoked, the service key's ring state, and the rate counters. With one Redis behind all three they go out as
+ * one script (RedisStore.round), which takes no counter for a revoked session. The key is chosen from the ring
+ * state this process saw last, sent as its SHA-1: the script returns the state only if it changed, and then
+ * takes no counter either, because a per-key counter may need another key; the caller takes them after
+ * choosing again (a second round trip, once per change). Nothing is cached without that check, so a
+ * revocation or a key switch applies on every instance's next request.
+ *
+ * Otherwise (the embedded store, stores that differ, or a per-user key or OAuth token, which are read after
+ * the session is known good) revocation and ring are read with one `getMany` where they share a store, and
+ * the counters are left to the caller (`taken: null`).
+ */
+export async function storeRound(input: RoundInput): Promise<RoundOutcome> {
+  const { upstream, session, revocations, sources, limits, rules } = input;
+  const rings = upstream.credential.source === 'static' ? (sources.keyRings ?? null) : null;
+  const redis = oneRedis([revocations?.store, rings?.store, rules.length > 0 ? limits?.store : undefined]);
+  if (!redis) return separately(input, rings);
+
+  const reads: RoundRead[] = revocations ? revocationReads(session) : [];
+  let predicted: Settled<ResolvedCredential> | null;
+  if (rings) {
+    const seen = rings.seen(upstream);
+    reads.push({ key: rings.recordKey(upstream), knownSha1: seen.sha1 });
+    predicted = await settle(rings.credentialFrom(upstream, seen.raw));
+  } else {
+    // A per-user key or token is read only once the session is known not to be revoked.
+    const perUser = upstream.credential.source === 'user-key' || upstream.credential.source === 'oauth';
+    predicted = perUser ? null : await settle(resolveCredential(upstream, session, sources));
+  }
+  // No counter moves for a call whose credential cannot be had: the pipeline resolves it before rate limits.
+  const counters =
+    limits && predicted?.ok ? limits.rateCounters(rules, { ...input.who, fingerprint: predicted.value.fingerprint }) : [];
+  const result = await guard(() => redis.round(reads, counters));
+  if (revocations && (result.stopped || revokedBy(session, result.values.slice(0, 2)))) return { revoked: true };
+
+  let credential: ResolvedCredential;
+  if (rings && result.changed) credential = await rings.credentialFrom(upstream, result.values.at(-1) ?? null);
+  else if (predicted) credential = unwrap(predicted);
+  else credential = await resolveCredential(upstream, session, sources);
+  const taken = counters.length > 0 && counters.length === rules.length ? result.counters : null;
+  return { revoked: false, credential, taken };
+}
+
+/** Revocation and ring read with one getMany where they share a store; the counters are left to the caller. */
+async function separately(input: RoundInput, rings: CredentialSources['keyRings'] | null): Promise<RoundOutcome> {
+  const { upstream, session, revocations, sources } = input;
+  if (revocations && rings && revocations.store === rings.store) {
+    const [bySession, byUser, raw] = await guard(() =>
+      revocations.store.getMany([...revocationKeys(session), rings.recordKey(upstream)]),
+    );
+    if (revokedBy(session, [bySession, byUser])) return { revoked: true };
+    return { revoked: false, credential: await rings.credentialFrom(upstream, raw ?? null), taken: null };
+  }
+  if (revocations && (await revocations.isRevoked(session))) return { revoked: true };
+  return { revoked: false, credential: await resolveCredential(upstream, session, sources), taken: null };
+}
+
+/** The one Redis store behind every part present, or null (none, another kind, or several). */
+function oneRedis(stores: ReadonlyArray<Store | undefined>): RedisStore | null {
+  const present = stores.filter((store): store is Store => store !== undefined);
+  const [first] = present;
+  return first instanceof RedisStore && present.every((store) => store === first) ? first : null;
+}
+
+async function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
+  try {
+    return { ok: true, value: await promise };
+  } catch (error) {
+    return { ok: false, error };
+  }
+}
+
+function unwrap<T>(settled: Settled<T>): T {
+  if (settled.ok) return settled.value;
+  throw settled.error;
+}

@@ -1,0 +1,321 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { RateLimiterRedis } from 'rate-limiter-flexible';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defineUpstream } from '../../lib/core/config/load';
+import { handleProxy } from '../../lib/core/pipeline';
+import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { RedisStore } from '../../lib/store/redis';
+import { REDIS_URL, capturingLogger, claimsSessionCookie, responseText } from '../fixtures/claims-session';
+import { deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { bearerToken } from '../fixtures/session';
+import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+
+/**
+ * Issue 12 part 3, "one store round trip per call", counted on a runtime's own Redis connection: every write
+ * to its socket is one request/answer exchange (ioredis writes a pipeline in one write, a command alone in
+ * one), and every command sent is recorded with the write that carried it. Calls are made one at a time, so
+ * the writes between a call's start and its response's end are that call's; the audit writer's batches
+ * (XADD only, up to 100 ms after a call) are told apart by their commands. The server's own INFO commandstats
+ * confirms the counts. Two runtimes with their own connections to one key prefix stand for two instances.
+ */
+const APP_ORIGIN = 'https://app.keyward.test';
+const PREFIX = `keyward-test-${randomUUID()}:`;
+const CALLS = 20;
+
+let upstream: TestUpstream;
+let a: Runtime;
+let b: Runtime;
+let storeA: RedisStore;
+let storeB: RedisStore;
+let info: Redis;
+let counter: Counter;
+const secrets = testSessionSecrets();
+const firstKey = randomSecret('rt');
+const credKey = randomSecret('cred');
+const vaultSecret = randomSecret('vault-secret-of-32-characters-or-more');
+const { logger } = capturingLogger();
+
+/** The commands of each write the client made to its socket. */
+class Counter {
+  rounds: string[][] = [];
+  private pending: string[] = [];
+
+  constructor(client: Redis) {
+    const sendCommand = client.sendCommand.bind(client);
+    client.sendCommand = ((command: { name: string }, stream?: unknown) => {
+      this.pending.push(command.name.toLowerCase());
+      return sendCommand(command as never, stream as never);
+    }) as typeof client.sendCommand;
+    const socket = client.stream;
+    const write = socket.write.bind(socket);
+    socket.write = ((...args: Parameters<typeof socket.write>) => {
+      this.rounds.push(this.pending);
+      this.pending = [];
+      return write(...args);
+    }) as typeof socket.write;
+  }
+
+  /** The round trips since the last call, less the audit writer's. */
+  take(): { calls: string[][]; audit: string[][] } {
+    const rounds = this.rounds;
+    this.rounds = [];
+    const isAudit = (round: string[]) => round.length > 0 && round.every((name) => name === 'xadd');
+    return { calls: rounds.filter((round) => !isAudit(round)), audit: rounds.filter(isAudit) };
+  }
+}
+
+function definitions(origin: string) {
+  const auth = { type: 'header', name: 'x-api-key', secret: { env: 'RT_KEY' } } as const;
+  return [
+    defineUpstream('plain', { baseUrl: `${origin}/plain/`, auth, routes: [{ method: 'GET', path: '/a' }] }),
+    defineUpstream('rated', {
+      baseUrl: `${origin}/rated/`,
+      auth,
+      rateLimits: [
+        { by: 'user', limit: 10_000, windowSeconds: 60 },
+        { by: 'upstream', limit: 10_000, windowSeconds: 60 },
+      ],
+      routes: [{ method: 'GET', path: '/a' }],
+    }),
+    defineUpstream('percred', {
+      baseUrl: `${origin}/percred/`,
+      auth: { ...auth, secret: { env: 'RT_CRED_KEY' } },
+      rateLimits: [{ by: 'credential', limit: 10_000, windowSeconds: 60 }],
+      routes: [{ method: 'GET', path: '/a' }],
+    }),
+    defineUpstream('tight', {
+      baseUrl: `${origin}/tight/`,
+      auth,
+      rateLimits: [{ by: 'user', limit: 3, windowSeconds: 60 }],
+      routes: [{ method: 'GET', path: '/a' }, { method: 'POST', path: '/a' }],
+    }),
+    defineUpstream('quota', {
+      baseUrl: `${origin}/quota/`,
+      auth,
+      rateLimits: [{ by: 'user', limit: 10_000, windowSeconds: 60 }],
+      quotas: [{ by: 'user', requests: 10_000, period: 'day' }],
+      routes: [{ method: 'GET', path: '/a' }],
+    }),
+  ];
+}
+
+function instance(store: RedisStore): Runtime {
+  return createRuntime({
+    env: {
+      ...secrets,
+      RT_KEY: firstKey,
+      RT_CRED_KEY: credKey,
+      KEYWARD_VAULT_SECRET: vaultSecret,
+      KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+    },
+    upstreams: definitions(upstream.origin),
+    store,
+    logger,
+  });
+}
+
+async function call(
+  runtime: Runtime,
+  id: string,
+  session: string,
+  init: { method?: string; csrf?: boolean } = {},
+): Promise<{ status: number; code: string | null }> {
+  const headers: Record<string, string> = session.startsWith('Bearer ') ? { authorization: session } : { cookie: session };
+  if (init.csrf !== false && !session.startsWith('Bearer ')) headers['x-keyward-csrf'] = '1';
+  const request = new Request(`${APP_ORIGIN}/api/proxy/${id}/a`, { method: init.method ?? 'GET', headers });
+  const { status, body } = await responseText(await handleProxy(request, { upstream: id, path: ['a'] }, a === runtime ? a : runtime));
+  const code = status >= 400 ? ((JSON.parse(body) as { error: { code: string } }).error.code ?? null) : null;
+  return { status, code };
+}
+
+/**
+ * Each of `CALLS` calls on instance A with its own round trips (after one warm-up call), and what the server
+ * counted for them (INFO commandstats: commands the scripts run inside are counted under their own names).
+ */
+async function perCall(id: string, session: string): Promise<string[][][] & { server: Record<string, number> }> {
+  expect((await call(a, id, session)).status).toBe(200);
+  counter.take();
+  const before = await commandStats();
+  const calls: string[][][] = [];
+  for (let i = 0; i < CALLS; i++) {
+    expect((await call(a, id, session)).status).toBe(200);
+    calls.push(counter.take().calls);
+  }
+  const after = await commandStats();
+  const server = Object.fromEntries(Object.keys(after).map((name) => [name, after[name]! - (before[name] ?? 0)]));
+  return Object.assign(calls, { server });
+}
+
+async function commandStats(): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const [, name, calls] of (await info.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) out[name!] = Number(calls);
+  return out;
+}
+
+const cookieFor = (sub: string, sid = randomUUID()) => claimsSessionCookie(secrets.AUTH_SECRET, { sub, roles: ['user'], sid });
+
+beforeAll(async () => {
+  upstream = await startUpstream();
+  storeA = new RedisStore(REDIS_URL, { prefix: PREFIX });
+  storeB = new RedisStore(REDIS_URL, { prefix: PREFIX });
+  await Promise.all([storeA.ready(), storeB.ready()]);
+  a = instance(storeA);
+  b = instance(storeB);
+  counter = new Counter(storeA.client);
+  info = new Redis(REDIS_URL);
+});
+
+afterAll(async () => {
+  await Promise.all([a?.audit.flush().catch(() => {}), b?.audit.flush().catch(() => {})]);
+  await Promise.all([storeA?.close(), storeB?.close()]);
+  info?.disconnect();
+  await upstream?.close();
+  await deleteKeysUnder(REDIS_URL, PREFIX);
+});
+
+describe('one store round trip per proxied call (Redis)', () => {
+  it('session cookie, service key ring and two rate limits: one round trip, one command (the script)', async () => {
+    const cookie = await cookieFor('local:ada');
+    const calls = await perCall('rated', cookie);
+    for (const rounds of calls) expect(rounds).toEqual([['evalsha']]);
+    // The server ran one script per call and none of the separate commands of before (MGET of the
+    // revocation keys, GET of the ring, one EVALSHA per rate rule); INFO itself is the only other command.
+    expect(calls.server.evalsha).toBe(CALLS);
+    expect(calls.server.mget ?? 0).toBe(0);
+    expect(calls.server.eval ?? 0).toBe(0);
+    // Inside the script: 3 reads (GET), then per rule SET NX, INCRBY, PTTL.
+    expect(calls.server.get).toBe(3 * CALLS);
+    expect(calls.server.incrby).toBe(2 * CALLS);
+    // The counters are rate-limiter-flexible's: same keys, same values.
+    const keys = await keysUnder(REDIS_URL, `${PREFIX}rl|rated|`);
+    expect(keys.sort()).toEqual([`${PREFIX}rl|rated|*|upstream-60s:all`, `${PREFIX}rl|rated|*|user-60s:u:local:ada`]);
+    expect(await info.get(`${PREFIX}rl|rated|*|user-60s:u:local:ada`)).toBe(String(CALLS + 1));
+  });
+
+  it('a bearer (mobile) session, and a route without limits: one round trip too', async () => {
+    const bearer = `Bearer ${await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:bo' })}`;
+    for (const rounds of await perCall('rated', bearer)) expect(rounds).toEqual([['evalsha']]);
+    for (const rounds of await perCall('plain', await cookieFor('local:cy'))) expect(rounds).toEqual([['evalsha']]);
+  });
+
+  it('a rate limit per key: one round trip; after a key rotation on another instance, two once (state, then counters on the new key)', async () => {
+    const cookie = await cookieFor('local:di');
+    for (const rounds of await perCall('percred', cookie)) expect(rounds).toEqual([['evalsha']]);
+    const oldKeys = await keysUnder(REDIS_URL, `${PREFIX}rl|percred|`);
+    expect(oldKeys).toHaveLength(1);
+
+    const fresh = randomSecret('rotated');
+    await b.keyRings.rotate('percred', fresh, { skipCanary: true, actor: 'local:root' });
+    counter.take();
+    const seen = upstream.requests.length;
+    expect((await call(a, 'percred', cookie)).status).toBe(200);
+    const { calls } = counter.take();
+    // The round trip that saw the change took no counter; the new key's counter was taken in a second one
+    // (after the managed key's sealed value was read once, for this process).
+    expect(calls[0]).toEqual(['evalsha']);
+    expect(calls.at(-1)).toEqual(['evalsha']);
+    expect(calls.filter((round) => round.includes('evalsha'))).toHaveLength(2);
+    expect(upstream.requests[seen]!.headers['x-api-key']).toBe(fresh);
+    const newKeys = (await keysUnder(REDIS_URL, `${PREFIX}rl|percred|`)).filter((key) => !oldKeys.includes(key));
+    expect(newKeys).toHaveLength(1);
+    expect(await info.get(newKeys[0]!)).toBe('1');
+    expect(await info.get(oldKeys[0]!)).toBe(String(CALLS + 1));
+
+    // The change is known now: one round trip again, on the new key.
+    for (const rounds of await perCall('percred', cookie)) expect(rounds).toEqual([['evalsha']]);
+    expect(await info.get(newKeys[0]!)).toBe(String(CALLS + 2));
+  });
+
+  it('a revocation on another instance applies to the next call, in its one round trip, and moves no counter', async () => {
+    const sid = randomUUID();
+    const cookie = await cookieFor('local:eve', sid);
+    expect((await call(a, 'tight', cookie)).status).toBe(200);
+    const counterKey = `${PREFIX}rl|tight|*|user-60s:u:local:eve`;
+    expect(await info.get(counterKey)).toBe('1');
+
+    await b.revocations.revokeSession(sid, Date.now() + 3_600_000);
+    counter.take();
+    for (let i = 0; i < 5; i++) expect(await call(a, 'tight', cookie)).toEqual({ status: 401, code: 'unauthenticated' });
+    expect(counter.take().calls).toEqual(Array.from({ length: 5 }, () => ['evalsha']));
+    expect(await info.get(counterKey)).toBe('1');
+
+    // A new sign-in of the same user still has its limit: the revoked calls took nothing from it.
+    const again = await cookieFor('local:eve');
+    expect((await call(a, 'tight', again)).status).toBe(200);
+    expect((await call(a, 'tight', again)).status).toBe(200);
+    expect(await call(a, 'tight', again)).toEqual({ status: 429, code: 'rate_limited' });
+
+    // "Sign out everywhere" on B: the next call on A is refused.
+    const fay = await cookieFor('local:fay');
+    expect((await call(a, 'rated', fay)).status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    await b.revocations.revokeUser('local:fay');
+    expect(await call(a, 'rated', fay)).toEqual({ status: 401, code: 'unauthenticated' });
+  });
+
+  it('a revoked session is 401 even where a later step would refuse the call (CSRF), and a CSRF refusal moves no counter', async () => {
+    const sid = randomUUID();
+    const cookie = await cookieFor('local:gus', sid);
+    expect(await call(a, 'tight', cookie, { method: 'POST', csrf: false })).toEqual({ status: 403, code: 'csrf_failed' });
+    expect(await keysUnder(REDIS_URL, `${PREFIX}rl|tight|*|user-60s:u:local:gus`)).toEqual([]);
+    await b.revocations.revokeSession(sid, Date.now() + 3_600_000);
+    expect(await call(a, 'tight', cookie, { method: 'POST', csrf: false })).toEqual({ status: 401, code: 'unauthenticated' });
+  });
+
+  it('quotas and budgets are reserved after the body is read: a second round trip (Store.reserve)', async () => {
+    for (const rounds of await perCall('quota', await cookieFor('local:hal'))) expect(rounds).toEqual([['evalsha'], ['eval']]);
+  });
+
+  it('the audit record stays off the hot path: written after the calls, in batches of one write', async () => {
+    await a.audit.flush();
+    counter.take();
+    const cookie = await cookieFor('local:ida');
+    for (let i = 0; i < CALLS; i++) expect((await call(a, 'rated', cookie)).status).toBe(200);
+    const during = counter.take();
+    expect(during.calls.flat().filter((name) => name === 'xadd')).toEqual([]);
+    await a.audit.flush();
+    const audit = [...during.audit, ...counter.take().audit];
+    expect(audit.flat()).toHaveLength(CALLS);
+    expect(audit.length).toBeLessThanOrEqual(3);
+  });
+});
+
+describe('RedisStore.round', () => {
+  const rounds = new RedisStore(REDIS_URL, { prefix: `${PREFIX}round:` });
+  afterAll(() => rounds.close());
+
+  it('reads, stops on a present key or a number at or above the bound, sends a known value only when it changed', async () => {
+    await rounds.set('v', 'hello');
+    await rounds.set('n', '1000');
+    const sha1 = (await import('node:crypto')).createHash('sha1').update('hello').digest('hex');
+    const go = await rounds.round(
+      [{ key: 'missing', stopIfPresent: true }, { key: 'n', stopIfAtLeast: 1001 }, { key: 'v', knownSha1: sha1 }, { key: 'n' }],
+      [{ key: 'c', points: 1, windowSeconds: 60 }],
+    );
+    expect(go).toEqual({ stopped: false, changed: false, values: [null, '1000', undefined, '1000'], counters: [{ consumed: 1, ttlMs: expect.any(Number) }] });
+    expect(go.counters![0]!.ttlMs).toBeGreaterThan(59_000);
+
+    const atBound = await rounds.round([{ key: 'n', stopIfAtLeast: 1000 }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
+    expect(atBound).toMatchObject({ stopped: true, counters: null });
+    const present = await rounds.round([{ key: 'v', stopIfPresent: true }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
+    expect(present).toMatchObject({ stopped: true, values: ['hello'], counters: null });
+    const changed = await rounds.round([{ key: 'v', knownSha1: 'f'.repeat(40) }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
+    expect(changed).toMatchObject({ stopped: false, changed: true, values: ['hello'], counters: null });
+    const gone = await rounds.round([{ key: 'missing', knownSha1: sha1 }], []);
+    expect(gone).toMatchObject({ changed: true, values: [null] });
+    const absent = await rounds.round([{ key: 'missing', knownSha1: null }], []);
+    expect(absent).toMatchObject({ changed: false, values: [undefined] });
+    expect(await rounds.get('c')).toBe('1');
+  });
+
+  it("counts on rate-limiter-flexible's counters: the same key, window and values", async () => {
+    const limiter = new RateLimiterRedis({ storeClient: rounds.client, points: 5, duration: 60, keyPrefix: 'rl|rule' });
+    expect((await limiter.consume('u:1')).consumedPoints).toBe(1);
+    const taken = await rounds.round([], [{ key: 'rl|rule:u:1', points: 1, windowSeconds: 60 }]);
+    expect(taken.counters![0]!.consumed).toBe(2);
+    expect((await limiter.consume('u:1')).consumedPoints).toBe(3);
+    expect(taken.counters![0]!.ttlMs).toBeLessThanOrEqual(60_000);
+  });
+});
