@@ -57,6 +57,9 @@ export class Limits {
   async checkRate(limits: RouteLimits, who: LimitSubject): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
     const rules = this.rateRules(limits, who.roles);
     if (rules.length === 0) return [];
+    // With Redis, every rule's counter in one script (one round trip), the same counters the limiter keeps.
+    const { store } = this;
+    if (store instanceof RedisStore) return this.rateTaken(rules, (await guard(() => store.round([], this.rateCounters(rules, who)))).counters!);
     const { results, retryMs } = await this.consume(rules.map((rule) => [rule, subjectKey(rule.by, who)] as const));
     if (retryMs !== null) throw limitError('rate_limited', retryMs, rateHeaders(results));
     return results;
