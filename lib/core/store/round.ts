@@ -31,6 +31,8 @@ export type RoundOutcome =
       readonly taken: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }> | null;
     };
 
+const NOTHING = { stopped: false, changed: false, values: [], counters: null } as const;
+
 type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
 
 /**
@@ -66,7 +68,7 @@ export async function storeRound(input: RoundInput): Promise<RoundOutcome> {
   // No counter moves for a call whose credential cannot be had: the pipeline resolves it before rate limits.
   const counters =
     limits && predicted?.ok ? limits.rateCounters(rules, { ...input.who, fingerprint: predicted.value.fingerprint }) : [];
-  const result = await guard(() => redis.round(reads, counters));
+  const result = reads.length + counters.length > 0 ? await guard(() => redis.round(reads, counters)) : NOTHING;
   if (revocations && (result.stopped || revokedBy(session, result.values.slice(0, 2)))) return { revoked: true };
 
   let credential: ResolvedCredential;
