@@ -8,6 +8,8 @@ declare module 'autocannon' {
     pipelining?: number;
     duration?: number;
     amount?: number;
+    /** Requests per second across all connections (a fixed rate, for the soak). */
+    overallRate?: number;
     timeout?: number;
     method?: string;
     headers?: Record<string, string>;

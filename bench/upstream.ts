@@ -7,11 +7,15 @@
  *   GET /mib    1 MiB body, allocated once
  *   GET /sse    text/event-stream: one event at once, then BENCH_SSE_EVENTS - 1 more every BENCH_SSE_INTERVAL_MS
  *   GET /stats  {"connections","requests"} so far (keep-alive check: a proxy should not open one per request)
+ *   GET /big?bytes=N   N bytes (at most 4 GiB), streamed from one 1 MiB buffer with backpressure (--big)
+ *   POST /sink  reads the body (never kept) and answers {"bytes":N} (--big)
+ *   GET /ws     WebSocket (ws package): echoes every message back
  *
  * Every request must carry `x-api-key: $BENCH_UPSTREAM_KEY` (else 401), so a proxy that forgot the key
  * shows up as errors instead of as fast answers.
  */
 import { createServer } from 'node:http';
+import { WebSocketServer } from 'ws';
 
 const key = process.env.BENCH_UPSTREAM_KEY ?? '';
 if (key.length < 16) {
@@ -44,9 +48,31 @@ const server = createServer((request, response) => {
     response.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"unauthorized"}');
     return;
   }
-  const path = (request.url ?? '/').split('?')[0];
-  if (request.method !== 'GET') {
+  const [path, query] = (request.url ?? '/').split('?');
+  if (request.method === 'POST' && path === '/sink') {
+    let bytes = 0;
+    request.on('data', (chunk: Buffer) => (bytes += chunk.length));
+    request.on('end', () => response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ bytes })));
+    request.on('error', () => response.destroy());
+  } else if (request.method !== 'GET') {
     response.writeHead(405).end();
+  } else if (path === '/big') {
+    const total = Math.min(Math.max(Number(new URLSearchParams(query ?? '').get('bytes') ?? 0), 0), 4 * 1024 ** 3);
+    response.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': total });
+    let left = total;
+    const pump = () => {
+      while (left > 0) {
+        const chunk = left >= mib.length ? mib : mib.subarray(0, left);
+        left -= chunk.length;
+        if (!response.write(chunk)) {
+          response.once('drain', pump);
+          return;
+        }
+      }
+      response.end();
+    };
+    response.on('close', () => (left = 0));
+    pump();
   } else if (path === '/stats') {
     requests--;
     response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ connections, requests }));
@@ -77,6 +103,14 @@ const server = createServer((request, response) => {
   }
 });
 server.on('connection', () => connections++);
+// WebSocket echo on /ws; the handshake must carry the key like every HTTP request.
+const wss = new WebSocketServer({
+  server,
+  path: '/ws',
+  maxPayload: 1024 * 1024,
+  verifyClient: ({ req }: { req: import('node:http').IncomingMessage }) => req.headers['x-api-key'] === key,
+});
+wss.on('connection', (socket) => socket.on('message', (data, binary) => socket.send(data as Buffer, { binary })));
 server.keepAliveTimeout = 65_000;
 server.headersTimeout = 66_000;
 server.listen(0, '127.0.0.1', () => {
