@@ -802,7 +802,7 @@ interface SoakResult {
   achieved_req_s: number;
   errors: number;
   windows: SoakWindow[];
-  /** (last window − first window) ÷ first window, in %. */
+  /** (last window − first window) ÷ first window, in % (signed: negative is faster or smaller; the target checks growth). */
   p99_drift_pct: number;
   rss_drift_pct: number;
 }
@@ -929,6 +929,8 @@ function targetChecks(
     add('soak: 0 errors', soakResult.errors === 0, `${soakResult.errors} errors in ${soakResult.requests} requests`);
     add('soak: p99 drift <= 10 %', soakResult.p99_drift_pct <= 10, `${soakResult.p99_drift_pct} %`);
     add('soak: RSS drift <= 10 %', soakResult.rss_drift_pct <= 10, `${soakResult.rss_drift_pct} %`);
+    const soakPeak = Math.max(...soakResult.windows.map((w) => w.rss_mib));
+    add(`peak RSS <= 450 MiB (${soakResult.target}, during the soak)`, soakPeak <= 450, `${soakPeak} MiB, highest window mean`);
   } else add('soak (0 errors, p99 and RSS drift <= 10 %)', null, 'run with --soak');
   if (bigResults) {
     const mib = settings.bigBytes / MIB;
