@@ -28,18 +28,55 @@ export async function writeResponse(response: Response, res: ServerResponse, ext
     if (!res.writableFinished) reader.cancel().catch(() => {});
   };
   res.once('close', cancel);
+  const batch = new WriteBatch(res);
   try {
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
       if (res.destroyed) return;
-      if (!res.write(value)) await drained(res);
+      batch.hold();
+      if (!res.write(value)) {
+        batch.release();
+        await drained(res);
+      }
     }
     if (!res.destroyed) res.end();
   } catch {
     res.destroy();
   } finally {
+    batch.release();
     res.off('close', cancel);
+  }
+}
+
+/**
+ * Holds the socket's writes until the current turn of the event loop is over (setImmediate), so what the core
+ * hands over together goes out in one write: a small response's head, body and the chunked encoding's final
+ * `0\r\n\r\n` (whose end only arrives a few ticks after the data) in one syscall instead of two. On loopback,
+ * each write costs the sender the receiver's wake-up too (measured: ~8 % of a small proxied call's CPU). A
+ * stream's later chunks (SSE events) are written at the end of the turn they arrived in: no added wait.
+ * Node's own batching (ServerResponse corks until the next tick) stops short of the end for a streamed body.
+ *
+ * The socket is corked, not the response: `res.cork()` keeps chunks in the response's own buffer and never
+ * emits 'drain' for a write that filled it, which would stall a large body at its first chunk.
+ */
+class WriteBatch {
+  private socket: ServerResponse['socket'] = null;
+
+  constructor(private readonly res: ServerResponse) {}
+
+  hold(): void {
+    if (this.socket || !this.res.socket) return;
+    this.socket = this.res.socket;
+    this.socket.cork();
+    setImmediate(() => this.release());
+  }
+
+  release(): void {
+    const socket = this.socket;
+    if (!socket) return;
+    this.socket = null;
+    socket.uncork();
   }
 }
 
