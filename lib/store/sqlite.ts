@@ -83,8 +83,28 @@ export class SqliteStore implements Store {
     return row?.value ?? null;
   }
 
-  async getMany(keys: readonly string[]) {
-    return Promise.all(keys.map((key) => this.get(key)));
+  /** One statement for all keys (a proxied call reads 3 per request: one statement each cost 3x the CPU). */
+  async getMany(keys: readonly string[]): Promise<(string | null)[]> {
+    if (keys.length === 0) return [];
+    if (keys.length === 1) return [await this.get(keys[0]!)];
+    const rows = this.run(() => this.getManyStatement(keys.length).all(this.now(), ...keys)) as Array<{ key: string; value: string }>;
+    const found = new Map(rows.map((row) => [row.key, row.value]));
+    return keys.map((key) => found.get(key) ?? null);
+  }
+
+  private readonly getManyStatements = new Map<number, StatementSync>();
+
+  /** `SELECT … WHERE key IN (?, ?, …)`, prepared once per number of keys (callers use a handful of sizes). */
+  private getManyStatement(count: number): StatementSync {
+    let statement = this.getManyStatements.get(count);
+    if (!statement) {
+      const marks = Array.from({ length: count }, () => '?').join(', ');
+      statement = this.run(() =>
+        this.db.prepare(`SELECT key, value FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key IN (${marks})`),
+      );
+      if (this.getManyStatements.size < 64) this.getManyStatements.set(count, statement);
+    }
+    return statement;
   }
 
   async set(key: string, value: string, ttlMs?: number) {
