@@ -14,7 +14,8 @@
  *   npm run bench -- --soak        then 10 min at 80 % of the fast lane's small-JSON maximum (--quick: 40 s)
  *   npm run bench -- --big         then 1 GiB up and 1 GiB down through both lanes (--quick: 128 MiB)
  *   npm run bench -- --build       `npm run build` first even if a build exists
- *   npm run bench -- --profile     afterwards, CPU-profile `next start` under small-JSON load (naive, then keyward);
+ *   npm run bench -- --profile     afterwards, CPU-profile each lane under small-JSON load (naive and keyward on
+ *                                  `next start`, then the fast lane);
  *                                  --profile=mib profiles the 1 MiB workload instead
  *   npm run bench -- --app-dir=DIR measure another checkout (e.g. a copy with an experimental change)
  *
@@ -954,15 +955,14 @@ async function profileRun(workload: 'small' | 'mib', upstreamBase: string, upstr
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   const summaries: ProfileSummary[] = [];
-  for (const name of ['naive', 'keyward'] as const) {
+  for (const name of ['naive', 'keyward', 'fastlane'] as const) {
     const env = await appEnv(upstreamBase, upstreamKey, 'sqlite');
     const sub = join(dir, name);
     mkdirSync(sub);
-    const server = await startApp(
-      { ...env.vars, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${sub} --cpu-prof-interval=250` },
-      { cwd: appDir },
-    );
-    app = server;
+    const profileVars = { ...env.vars, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${sub} --cpu-prof-interval=250` };
+    // The fast lane exits through process.exit on SIGTERM (server.ts), so Node writes its profile too.
+    const server = name === 'fastlane' ? await startServer('fastlane', profileVars, appDir) : await startApp(profileVars, { cwd: appDir });
+    if ('output' in server) app = server;
     let window: { startUs: number; endUs: number; requests: number; cpuMs: number } | null = null;
     try {
       const appBase = `http://127.0.0.1:${server.port}`;

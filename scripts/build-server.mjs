@@ -23,6 +23,9 @@ await build({
   tsconfig: 'tsconfig.json',
   logLevel: 'warning',
   legalComments: 'none',
+  // keyward-server.mjs.map beside it, not referenced from the bundle: `npm run bench -- --profile` maps the fast
+  // lane's frames to lib/ with it (as it does Next's chunks); `node --enable-source-maps` can use it too.
+  sourcemap: 'external',
   plugins: [
     {
       name: 'keyward-externals',
