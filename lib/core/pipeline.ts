@@ -26,6 +26,7 @@ import type { SessionVerifier } from './session/verify';
 import { storeRound, type RoundOutcome } from './store/round';
 import type { CompiledRoute, ResolvedCredential, Upstream } from './upstream/registry';
 import type { RateRule, RouteLimits } from './limits/rules';
+import type { CoreRequest } from './request';
 
 export interface ProxyDeps {
   readonly registry: ReadonlyMap<string, Upstream>;
@@ -99,7 +100,7 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
  * changes no outcome: a call they refuse first learns whether its session was revoked (then it is 401, as
  * before; `revokedFirst`). Quotas and budgets (12) need the body, so a route with them takes a second round trip.
  */
-export async function handleProxy(request: Request, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
+export async function handleProxy(request: CoreRequest, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
   const call = openCall(request.method, request.headers, target, deps);
   try {
     const incoming = screen(call, request); // 1 [2]
@@ -198,7 +199,7 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
  * 1. What is refused before anything is looked up: TRACE/TRACK/CONNECT, method overrides (header or `_method`),
  * and tokens in the query string. Returns the incoming URL (its query is the contract's input).
  */
-export function screen(call: Call, request: Request): URL {
+export function screen(call: Call, request: CoreRequest): URL {
   if (REFUSED_METHODS.has(call.method)) throw new KeywardError('method_not_allowed');
   const incoming = new URL(request.url);
   const { searchParams } = incoming;
@@ -233,7 +234,7 @@ export function findRoute(call: Call, upstream: Upstream): RouteMatch {
  * that answers refusals through `revokedFirst`), it is decoded here and whether it was revoked is read with
  * the call's other store reads in step 8, when the verifier allows it; otherwise revocation is checked here.
  */
-export async function authenticate(call: Call, request: Request, revocation: 'here' | 'with-round' = 'here'): Promise<Session> {
+export async function authenticate(call: Call, request: CoreRequest, revocation: 'here' | 'with-round' = 'here'): Promise<Session> {
   const { verifySession } = call.deps;
   const deferred = revocation === 'with-round' ? verifySession.deferred : undefined;
   const session = deferred ? await deferred.decode(request) : await verifySession(request);
@@ -276,7 +277,7 @@ export function authorizeCall(route: CompiledRoute, params: RouteMatch['params']
 }
 
 /** 7. The upstream URL, proven to stay under the upstream's base, and the allow-listed request headers. */
-export function buildTarget(call: Call, request: Request, upstream: Upstream): Outgoing {
+export function buildTarget(call: Call, request: CoreRequest, upstream: Upstream): Outgoing {
   const url = buildUpstreamUrl(upstream, call.target.path);
   call.targetUrl = `${url.origin}${url.pathname}`;
   const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
@@ -336,7 +337,7 @@ function callRateLimits(call: Call, route: CompiledRoute): RouteLimits {
  */
 export async function prepareContent(
   call: Call,
-  request: Request,
+  request: CoreRequest,
   route: CompiledRoute,
   session: Session,
   parts: RequestParts,
@@ -373,7 +374,7 @@ export async function reserveBudget(call: Call, route: CompiledRoute, parts: Req
 /** 13. Forward: to the proven URL, no redirects followed, with the route's deadlines; the client's abort cancels it. */
 async function forward(
   call: Call,
-  request: Request,
+  request: CoreRequest,
   upstream: Upstream,
   route: CompiledRoute,
   outgoing: Outgoing,
@@ -485,8 +486,25 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
     clientIp: call.ip,
     units,
   };
-  call.deps.logger.info({ proxy: event }, 'proxy');
+  recordLogger(call.deps.logger).info({ proxy: event }, 'proxy');
   call.deps.onComplete?.(event);
+}
+
+const recordLoggers = new WeakMap<Logger, Logger>();
+
+/**
+ * The logger for the call record's line: a child without pino's path redaction. The record's fields are
+ * Keyward's own (ProxyEvent: no header, body or credential field, nothing a redaction path names), and the
+ * redaction pass copied the object, more than half the line's cost. The exact-value scrubber still reads the
+ * finished line (lib/core/log/logger.ts), as every line.
+ */
+function recordLogger(logger: Logger): Logger {
+  let child = recordLoggers.get(logger);
+  if (!child) {
+    child = logger.child({}, { redact: [] });
+    recordLoggers.set(logger, child);
+  }
+  return child;
 }
 
 /** undici errors raised before a request could be written: nothing reached the upstream. */

@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import { KeywardError } from '@/lib/core/errors';
 import { handleProxy, isRefusedMethod, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
+import type { CoreRequest } from '@/lib/core/request';
 import { parseProxyPath, type ProxyPath } from './proxy-path';
 import { readHeaders, toRequest } from './request';
 import { writeResponse } from './response';
@@ -63,7 +64,7 @@ async function serveProxy(
   res.once('close', () => {
     if (!res.writableFinished) controller.abort();
   });
-  let request: Request;
+  let request: CoreRequest;
   try {
     request = toRequest(req, origin + path + search, controller.signal);
   } catch {

@@ -1,13 +1,17 @@
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
+import type { CoreRequest } from '@/lib/core/request';
 
 /** Methods whose request never carries content the core would read (it forwards none for them). */
 const NO_BODY = new Set(['GET', 'HEAD']);
 
 /**
- * The client's request as the core's `Request`, without copying it: the headers as received (`rawHeaders`,
- * repeated ones kept), the body as a stream over the socket (`duplex: 'half'`: read only when the core
- * forwards it, under its byte cap), and `signal`, which the caller aborts when the client goes away.
+ * The client's request as the core reads it (lib/core/request.ts), without copying it: the headers as received
+ * (`rawHeaders`, repeated ones kept), the body as a stream over the socket (read only when the core forwards
+ * it, under its byte cap), and `signal`, which the caller aborts when the client goes away. Not a WHATWG
+ * `Request`: building one validated and copied the headers a second time and followed the signal, the largest
+ * cost of this translation. Node's parser already accepts only well-formed methods and request targets, and the
+ * headers are checked as fetch checks them (`Headers.append`).
  *
  * `url`'s origin is the internal `http://localhost:<port>` that Next also gives route handlers: the core never takes
  * the public origin from `request.url` (AUTH_URL, or the trusted Host headers; lib/core/origin/public-origin.ts),
@@ -16,15 +20,11 @@ const NO_BODY = new Set(['GET', 'HEAD']);
  *
  * Throws (a TypeError) on a header value fetch refuses; the message may carry the value, never render it.
  */
-export function toRequest(req: IncomingMessage, url: string, signal: AbortSignal): Request {
+export function toRequest(req: IncomingMessage, url: string, signal: AbortSignal): CoreRequest {
   const headers = readHeaders(req);
   const method = req.method ?? 'GET';
-  const init: RequestInit & { duplex?: 'half' } = { method, headers, signal };
-  if (hasContent(req) && !NO_BODY.has(method.toUpperCase())) {
-    init.body = Readable.toWeb(req) as ReadableStream<Uint8Array>;
-    init.duplex = 'half';
-  }
-  return new Request(url, init);
+  const body = hasContent(req) && !NO_BODY.has(method.toUpperCase()) ? (Readable.toWeb(req) as CoreRequest['body']) : null;
+  return { method, url, headers, body, signal };
 }
 
 /**

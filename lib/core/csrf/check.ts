@@ -1,6 +1,7 @@
 import { KeywardError } from '../errors';
 import type { OriginPolicy } from '../origin/public-origin';
 import type { Session } from '../session/session';
+import type { CoreRequest } from '../request';
 
 export const CSRF_HEADER = 'x-keyward-csrf';
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
@@ -25,7 +26,7 @@ function refuse(reason: keyof typeof CSRF_FAILURES): never {
  * origins are the public origin (AUTH_URL, or the trusted Host) and KEYWARD_ALLOWED_ORIGINS, never
  * `request.url`'s internal localhost.
  */
-export function checkCsrf(request: Request, session: Session, origins: OriginPolicy): void {
+export function checkCsrf(request: CoreRequest, session: Session, origins: OriginPolicy): void {
   if (session.via !== 'cookie') return;
   if (request.headers.get(CSRF_HEADER) !== '1') refuse('header');
   const fetchSite = request.headers.get('sec-fetch-site');

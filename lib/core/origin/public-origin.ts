@@ -1,3 +1,5 @@
+import type { CoreRequest } from '../request';
+
 /**
  * The origin browsers use to reach Keyward (DESIGN.md "The public origin"). Inside Next, `request.url` is the
  * internal `http://localhost:<port>` whatever the Host was, so it is never used where a Host header exists:
@@ -6,9 +8,9 @@
  */
 export interface OriginPolicy {
   /** The public origin for this request; null when it cannot be computed (production without a setting). */
-  publicOrigin(request: Request): string | null;
+  publicOrigin(request: CoreRequest): string | null;
   /** Whether `origin` may make state-changing calls with a cookie session: the public origin, or a listed one. */
-  allows(origin: string, request: Request): boolean;
+  allows(origin: string, request: CoreRequest): boolean;
 }
 
 export interface OriginSettings {
@@ -23,7 +25,7 @@ export interface OriginSettings {
 export function createOriginPolicy(settings: OriginSettings): OriginPolicy {
   const fixed = settings.authUrl ? new URL(settings.authUrl).origin : null;
   const extra = new Set(settings.extraOrigins ?? []);
-  const publicOrigin = (request: Request): string | null => {
+  const publicOrigin = (request: CoreRequest): string | null => {
     if (fixed) return fixed;
     return settings.trustHost ? originFromHeaders(request) : null;
   };
@@ -38,7 +40,7 @@ export function createOriginPolicy(settings: OriginSettings): OriginPolicy {
  * with no Host at all (a `Request` built in code, the fast lane's tests) is taken at its own URL. Anything that
  * is not a plain host[:port] gives null, which refuses the call (fail closed).
  */
-export function originFromHeaders(request: Request): string | null {
+export function originFromHeaders(request: CoreRequest): string | null {
   const { headers } = request;
   const host = firstValue(headers.get('x-forwarded-host')) ?? firstValue(headers.get('host'));
   const ownUrl = new URL(request.url);

@@ -4,6 +4,7 @@ import { parseCookie } from 'cookie';
 import { unsealData } from 'iron-session';
 import type { SessionRevocations } from './revocation';
 import { SESSION_COOKIE, sessionFromClaims, type Session, type SessionClaims } from './session';
+import type { CoreRequest } from '../request';
 
 export interface SessionSecrets {
   /** AUTH_SECRET: Auth.js encrypts the session cookie (JWE, A256CBC-HS512) with a key derived from it. */
@@ -13,13 +14,13 @@ export interface SessionSecrets {
 }
 
 export interface SessionVerifier {
-  (request: Request): Promise<Session | null>;
+  (request: CoreRequest): Promise<Session | null>;
   /**
    * For a caller that reads revocation together with its other store reads (the proxy pipeline's one round
    * trip per call): the session decoded without any store read, and the revocations it must then be checked
    * against before anything else is done for it. Absent: the verifier checks revocation itself (or has none).
    */
-  readonly deferred?: { readonly decode: (request: Request) => Promise<Session | null>; readonly revocations: SessionRevocations };
+  readonly deferred?: { readonly decode: (request: CoreRequest) => Promise<Session | null>; readonly revocations: SessionRevocations };
 }
 
 /** Sealed bearer-token payload (issued by the mobile token exchange). */
@@ -40,7 +41,7 @@ export function createSessionVerifier(
   const now = options.now ?? Date.now;
   const { revocations } = options;
   const verified = new VerifiedTokens(now);
-  const decodeSession = async (request: Request): Promise<Session | null> => {
+  const decodeSession = async (request: CoreRequest): Promise<Session | null> => {
     const cookieHeader = request.headers.get('cookie');
     const cookieToken = cookieHeader ? readSessionCookie(cookieHeader) : null;
     const authorization = request.headers.get('authorization');
@@ -64,7 +65,7 @@ export function createSessionVerifier(
     }
     return null;
   };
-  const verify = async (request: Request): Promise<Session | null> => {
+  const verify = async (request: CoreRequest): Promise<Session | null> => {
     const session = await decodeSession(request);
     // Revoked sessions are refused; a store failure throws store_unavailable (503), never "not revoked".
     if (session && revocations && (await revocations.isRevoked(session))) return null;

@@ -23,6 +23,7 @@ import {
 import { injectCredential } from '../credential/inject';
 import type { Session } from '../session/session';
 import type { CompiledRoute, ResolvedCredential, Upstream, WebSocketRoute } from '../upstream/registry';
+import type { CoreRequest } from '../request';
 
 /** An upgrade that passed every step: where to open the upstream socket, with what, and the call to record. */
 export interface UpgradeGrant {
@@ -47,7 +48,7 @@ export interface UpgradeGrant {
  * Returns the grant, or the refusal as Keyward's JSON error, already recorded.
  */
 export async function authorizeUpgrade(
-  request: Request,
+  request: CoreRequest,
   target: ProxyTarget,
   deps: ProxyDeps,
 ): Promise<UpgradeGrant | Response> {
@@ -123,7 +124,7 @@ const NO_BYTES: AsyncIterable<Uint8Array> = { [Symbol.asyncIterator]: async func
  * same-site. Bearer sessions (a ticket, lib/core/ws/tickets.ts) are not sent by a browser on its own.
  * OWASP WebSocket Security Cheat Sheet, "Cross-Site WebSocket Hijacking".
  */
-export function checkUpgradeOrigin(request: Request, session: Session, origins: OriginPolicy): void {
+export function checkUpgradeOrigin(request: CoreRequest, session: Session, origins: OriginPolicy): void {
   if (session.via !== 'cookie') return;
   const fetchSite = request.headers.get('sec-fetch-site');
   if (fetchSite === 'cross-site' || fetchSite === 'same-site') refuseOrigin('fetchSite');
