@@ -194,6 +194,23 @@ describe('one store round trip per proxied call (Redis)', () => {
     expect(await info.get(`${PREFIX}rl|rated|*|user-60s:u:local:ada`)).toBe(String(CALLS + 1));
   });
 
+  it('concurrent calls share socket writes (auto-pipelining): still one script and one answer each', async () => {
+    const cookie = await cookieFor('local:pip');
+    expect((await call(a, 'rated', cookie)).status).toBe(200);
+    counter.take();
+    const before = await commandStats();
+    const results = await Promise.all(Array.from({ length: CALLS }, () => call(a, 'rated', cookie)));
+    expect(results.map((result) => result.status)).toEqual(Array(CALLS).fill(200));
+    const { calls } = counter.take();
+    // Without auto-pipelining each call's script is its own write: CALLS writes. Issued in the same turn of
+    // the event loop, they leave together.
+    expect(calls.flat()).toEqual(Array(CALLS).fill('evalsha'));
+    expect(calls.length).toBeLessThan(CALLS / 2);
+    const after = await commandStats();
+    expect(after.evalsha! - (before.evalsha ?? 0)).toBe(CALLS);
+    expect(await info.get(`${PREFIX}rl|rated|*|user-60s:u:local:pip`)).toBe(String(CALLS + 1));
+  });
+
   it('a bearer (mobile) session, and a route without limits: one round trip too', async () => {
     const bearer = `Bearer ${await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:bo' })}`;
     for (const rounds of await perCall('rated', bearer)) expect(rounds).toEqual([['evalsha']]);
