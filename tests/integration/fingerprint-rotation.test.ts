@@ -18,6 +18,7 @@ import { REDIS_URL, capturingLogger, findLeak, responseText } from '../fixtures/
 import { deleteKeysUnder } from '../fixtures/redis-server';
 import { randomSecret } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
+import { storedRingVersion } from '../fixtures/ring-state';
 
 /**
  * A revocation (and a retirement) survives rotating KEYWARD_SESSION_SECRET. Fingerprints are keyed by that
@@ -283,16 +284,6 @@ describe.each(['memory', 'redis'] as const)('rotating KEYWARD_SESSION_SECRET (%s
     const managed = newKey('sealed');
     const env = { SVC_KEY: k1, SVC_KEY_NEXT: k2 };
     const managedId = `managed:${before.of(managed)}`;
-    const entry = (fields: Record<string, unknown>) => ({
-      created: 0,
-      notBefore: null,
-      expiresAt: null,
-      activatedAt: 0,
-      retiredAt: null,
-      graceUntil: null,
-      revokedAt: null,
-      ...fields,
-    });
     // What Keyward wrote before this change: keyed fingerprints, no verifiers, no salt.
     const seed = await store();
     await seed.set(
@@ -300,8 +291,8 @@ describe.each(['memory', 'redis'] as const)('rotating KEYWARD_SESSION_SECRET (%s
       JSON.stringify({
         rev: 3,
         versions: [
-          entry({ id: 'env:SVC_KEY_NEXT', fingerprint: before.of(k2), source: 'env', state: 'revoked', revokedAt: Date.now() - MINUTE }),
-          entry({ id: managedId, fingerprint: before.of(managed), source: 'managed', state: 'revoked', revokedAt: Date.now() - MINUTE }),
+          storedRingVersion({ id: 'env:SVC_KEY_NEXT', fingerprint: before.of(k2), source: 'env', state: 'revoked', revokedAt: Date.now() - MINUTE }),
+          storedRingVersion({ id: managedId, fingerprint: before.of(managed), source: 'managed', state: 'revoked', revokedAt: Date.now() - MINUTE }),
         ],
         rotations: [],
       }),

@@ -5,6 +5,7 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { Vault } from '../../lib/core/vault/seal';
 import { capturingLogger } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { storedRingVersion } from '../fixtures/ring-state';
 
 /**
  * Keyed fingerprints (issue 11) and state stored before them: key-ring records name versions by the old,
@@ -32,16 +33,6 @@ beforeAll(async () => {
     ],
     logger: capturingLogger().logger,
   });
-  const version = (fields: Record<string, unknown>) => ({
-    created: 0,
-    notBefore: null,
-    expiresAt: null,
-    activatedAt: 0,
-    retiredAt: null,
-    graceUntil: null,
-    revokedAt: null,
-    ...fields,
-  });
   // What an earlier Keyward wrote: the env key revoked, a managed key active, both under unkeyed fingerprints.
   const managedId = `managed:${legacyFingerprint(managedKey)}`;
   await runtime.store.set(
@@ -49,8 +40,8 @@ beforeAll(async () => {
     JSON.stringify({
       rev: 2,
       versions: [
-        version({ id: 'env:SVC_KEY', fingerprint: legacyFingerprint(envKey), source: 'env', state: 'revoked', revokedAt: now - DAY_MS }),
-        version({ id: managedId, fingerprint: legacyFingerprint(managedKey), source: 'managed', created: now - DAY_MS, expiresAt: now + 30 * DAY_MS, state: 'active', activatedAt: now - DAY_MS }),
+        storedRingVersion({ id: 'env:SVC_KEY', fingerprint: legacyFingerprint(envKey), source: 'env', state: 'revoked', revokedAt: now - DAY_MS }),
+        storedRingVersion({ id: managedId, fingerprint: legacyFingerprint(managedKey), source: 'managed', created: now - DAY_MS, expiresAt: now + 30 * DAY_MS, state: 'active', activatedAt: now - DAY_MS }),
       ],
       rotations: [],
     }),
