@@ -74,11 +74,18 @@ beforeAll(async () => {
           { method: 'GET', path: '/plain' },
         ],
       },
+      // The same upstream with each user's own key (PUT /api/keys/own).
+      own: {
+        baseUrl: `http://127.0.0.1:${port}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { user: 'key' } },
+        routes: [{ method: 'GET', path: '/realtime', websocket: true, roles: ['user'] }],
+      },
     },
   });
   laneEnv = {
     ...secrets,
     WS_KEY: wsKey,
+    KEYWARD_VAULT_SECRET: randomSecret('vault-secret-of-32-characters-or-more'),
     KEYWARD_CONFIG: configPath,
     // Sessions are minted (tests/fixtures/session.ts); production still needs a sign-in method.
     KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password: randomSecret('pw'), roles: ['user'] }]),
@@ -408,6 +415,48 @@ describe('WebSocket upgrades through the fast lane', () => {
       await handlers.stop();
     }
   }, 120_000);
+
+  it('a user deleting or replacing their own key closes the sockets that use it (4403); others stay open', async () => {
+    const cookie = await cookieFor('local:erin');
+    const other = await cookieFor('local:fay');
+    const putKey = async (who: string, key: string) => {
+      const response = await fetch(`${lane.url}/api/keys/own`, {
+        method: 'PUT',
+        headers: { cookie: who, 'x-keyward-csrf': '1', 'content-type': 'application/json', ...sameOrigin() },
+        body: JSON.stringify({ key }),
+      });
+      expect(response.status).toBe(201);
+    };
+    await putKey(cookie, wsKey);
+    await putKey(other, wsKey);
+    const first = opened(await open('/api/proxy/own/realtime', { cookie, ...sameOrigin() }));
+    const fays = opened(await open('/api/proxy/own/realtime', { cookie: other, ...sameOrigin() }));
+    first.send('hello');
+    expect((await nextMessage(first)).data.toString()).toBe('hello');
+
+    // Replaced by another key: the socket opened with the old one closes.
+    const replacedEnd = closed(first);
+    await putKey(cookie, `${wsKey}-rotated`);
+    expect(await replacedEnd).toEqual({ code: 4403, reason: 'credential revoked' });
+
+    // Deleted: the socket opened with it closes, as a new upgrade is refused; another user's socket stays open.
+    await putKey(cookie, wsKey);
+    const second = opened(await open('/api/proxy/own/realtime', { cookie, ...sameOrigin() }));
+    const deletedEnd = closed(second);
+    const removed = await fetch(`${lane.url}/api/keys/own`, {
+      method: 'DELETE',
+      headers: { cookie, 'x-keyward-csrf': '1', ...sameOrigin() },
+    });
+    expect(removed.status).toBe(204);
+    expect(await deletedEnd).toEqual({ code: 4403, reason: 'credential revoked' });
+    expect(refusal(await open('/api/proxy/own/realtime', { cookie, ...sameOrigin() }))).toEqual({
+      status: 403,
+      code: 'credential_missing',
+    });
+    fays.send('still here');
+    expect((await nextMessage(fays)).data.toString()).toBe('still here');
+    fays.close();
+  }, 15_000);
 
   // Last: the key stays revoked.
   it('revoking the key closes the sockets that use it (4403)', async () => {

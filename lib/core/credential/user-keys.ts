@@ -98,6 +98,19 @@ export class UserKeys {
     return key;
   }
 
+  /**
+   * The fingerprint, under `fingerprints`, of the user's key as stored now; null when there is none. For open
+   * WebSockets (lib/core/ws/sockets.ts), which compare it with the key their handshake used: unlike `use`, it
+   * records no use. The key is opened rather than its stored fingerprint read, because a stored fingerprint
+   * may be from before a KEYWARD_SESSION_SECRET rotation.
+   */
+  async currentFingerprint(upstream: string, userId: string, fingerprints: KeyFingerprints): Promise<string | null> {
+    const stored = await this.read(upstream, userId);
+    if (!stored) return null;
+    const { key } = await this.vault.open<{ key: string }>(stored.sealed);
+    return fingerprints.of(key);
+  }
+
   private async read(upstream: string, userId: string): Promise<StoredUserKey | null> {
     const raw = await guard(() => this.store.get(UserKeys.key(upstream, userId)));
     return raw ? (JSON.parse(raw) as StoredUserKey) : null;

@@ -1,3 +1,4 @@
+import type { UserKeys } from '../credential/user-keys';
 import type { KeyRings } from '../keys/rings';
 import type { SessionRevocations } from '../session/revocation';
 import type { Session } from '../session/session';
@@ -10,7 +11,7 @@ import type { Upstream } from '../upstream/registry';
 export const CLOSE = {
   /** The session was signed out, revoked or expired. */
   sessionEnded: { code: 4401, reason: 'session ended' },
-  /** The key this socket's upstream handshake used was revoked or expired (key ring). */
+  /** The key this socket's upstream handshake used was revoked or expired (key ring), or its owner deleted or replaced it. */
   keyRevoked: { code: 4403, reason: 'credential revoked' },
   /** No message either way for the route's idleTimeoutMs. */
   idle: { code: 4408, reason: 'idle timeout' },
@@ -33,9 +34,11 @@ export interface OpenSocket {
 
 /**
  * Every proxied WebSocket open in this process, re-checked on an interval (default 1 s) so that a sign-out, an
- * admin's revocation, a session's expiry or a revoked key closes its sockets within about a second, on every
- * instance (the state is read from the shared store, as each call reads it). One revocation read per distinct
- * session and one key-ring read per upstream per tick, however many sockets share them; no timer while none is open.
+ * admin's revocation, a session's expiry, a revoked service key, or a user's own key deleted or replaced closes
+ * its sockets within about a second, on every instance (the state is read from the shared store, as each call
+ * reads it). One revocation read per distinct session, one key-ring read per tick, and one read per user and
+ * upstream with an own key, however many sockets share them; no timer while none is open. Sockets on an OAuth
+ * token are not re-checked against the provider (that would take a token refresh or introspection call a second).
  */
 export class OpenSockets {
   private readonly open = new Set<OpenSocket>();
@@ -43,7 +46,11 @@ export class OpenSockets {
   private checking = false;
 
   constructor(
-    private readonly sources: { readonly revocations: SessionRevocations; readonly keyRings?: KeyRings | null },
+    private readonly sources: {
+      readonly revocations: SessionRevocations;
+      readonly keyRings?: KeyRings | null;
+      readonly userKeys?: Pick<UserKeys, 'currentFingerprint'> | null;
+    },
     private readonly now: () => number = Date.now,
     private readonly intervalMs = 1_000,
   ) {}
@@ -78,7 +85,7 @@ export class OpenSockets {
     if (this.checking) return; // a slow store: the next tick starts when this one is done
     this.checking = true;
     try {
-      await Promise.all([this.checkSessions(), this.checkKeys()]);
+      await Promise.all([this.checkSessions(), this.checkKeys(), this.checkUserKeys()]);
     } finally {
       this.checking = false;
     }
@@ -126,6 +133,27 @@ export class OpenSockets {
     for (const socket of serviceKeyed) {
       if (states.get(socket.upstream.id)?.has(socket.fingerprint)) socket.close('keyRevoked');
     }
+  }
+
+  /** Users' own keys: a socket closes once its owner's stored key is gone or is another key. */
+  private async checkUserKeys(): Promise<void> {
+    const userKeys = this.sources.userKeys;
+    if (!userKeys) return;
+    const own = [...this.open].filter((socket) => socket.upstream.credential.source === 'user-key');
+    const byOwner = group(own, (socket) => `${socket.upstream.id}\u0000${socket.session.userId}`);
+    await Promise.all(
+      [...byOwner.values()].map(async (sockets) => {
+        const { upstream, session } = sockets[0]!;
+        let current: string | null;
+        try {
+          current = await userKeys.currentFingerprint(upstream.id, session.userId, upstream.fingerprints);
+        } catch {
+          for (const socket of sockets) socket.close('storeUnavailable');
+          return;
+        }
+        for (const socket of sockets) if (socket.fingerprint !== current) socket.close('keyRevoked');
+      }),
+    );
   }
 }
 

@@ -17,7 +17,7 @@ function session(sessionId: string, expiresAt = Date.now() + 3_600_000): Session
   };
 }
 
-const upstream = { id: 'rt', credential: { source: 'user-key' } } as unknown as Upstream;
+const upstream = { id: 'rt', credential: { source: 'user-key' }, fingerprints: { of: (key: string) => `fp(${key})` } } as unknown as Upstream;
 
 function revocations(revoked: Set<string>, calls: string[], fail = false): SessionRevocations {
   return {
@@ -29,10 +29,22 @@ function revocations(revoked: Set<string>, calls: string[], fail = false): Sessi
   } as unknown as SessionRevocations;
 }
 
-function track(sockets: OpenSockets, s: Session): { closed: CloseCause[]; remove: () => void } {
+function track(sockets: OpenSockets, s: Session, fingerprint = 'f'): { closed: CloseCause[]; remove: () => void } {
   const closed: CloseCause[] = [];
-  const remove = sockets.add({ session: s, upstream, fingerprint: 'f', close: (cause) => closed.push(cause) });
+  const remove = sockets.add({ session: s, upstream, fingerprint, close: (cause) => closed.push(cause) });
   return { closed, remove };
+}
+
+/** Users' stored keys by `upstream/user`, read as UserKeys.currentFingerprint reads them. */
+function userKeys(keys: Map<string, string>, reads: string[], fail = { now: false }) {
+  return {
+    currentFingerprint: async (upstreamId: string, userId: string, fingerprints: { of(key: string): string }) => {
+      reads.push(`${upstreamId}/${userId}`);
+      if (fail.now) throw new Error('store down');
+      const key = keys.get(`${upstreamId}/${userId}`);
+      return key === undefined ? null : fingerprints.of(key);
+    },
+  };
 }
 
 describe('open WebSockets are re-checked', () => {
@@ -67,5 +79,35 @@ describe('open WebSockets are re-checked', () => {
     await broken.check();
     expect(s.closed).toEqual(['storeUnavailable']);
     s.remove();
+  });
+
+  it("closes a socket whose owner deleted or replaced their own key, once per user and upstream", async () => {
+    const keys = new Map([['rt/user-a', 'key-1'], ['rt/user-b', 'key-2']]);
+    const reads: string[] = [];
+    const fail = { now: false };
+    const sockets = new OpenSockets({ revocations: revocations(new Set(), []), userKeys: userKeys(keys, reads, fail) });
+    const a1 = track(sockets, session('a'), 'fp(key-1)');
+    const a2 = track(sockets, session('a'), 'fp(key-1)');
+    const b = track(sockets, session('b'), 'fp(key-2)');
+    await sockets.check();
+    expect(reads.sort()).toEqual(['rt/user-a', 'rt/user-b']);
+    expect([a1.closed, a2.closed, b.closed]).toEqual([[], [], []]);
+
+    keys.set('rt/user-a', 'key-3'); // replaced
+    await sockets.check();
+    expect([a1.closed, a2.closed, b.closed]).toEqual([['keyRevoked'], ['keyRevoked'], []]);
+    a1.remove();
+    a2.remove();
+
+    keys.delete('rt/user-b'); // deleted
+    await sockets.check();
+    expect(b.closed).toEqual(['keyRevoked']);
+    b.remove();
+
+    const c = track(sockets, session('c'), 'fp(key-c)');
+    fail.now = true;
+    await sockets.check();
+    expect(c.closed).toEqual(['storeUnavailable']);
+    c.remove();
   });
 });
