@@ -4,6 +4,7 @@ import { RateLimiterRedis } from 'rate-limiter-flexible';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
+import { authorizeUpgrade } from '../../lib/core/ws/upgrade';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, responseText } from '../fixtures/claims-session';
@@ -90,6 +91,12 @@ function definitions(origin: string) {
       auth,
       rateLimits: [{ by: 'user', limit: 3, windowSeconds: 60 }],
       routes: [{ method: 'GET', path: '/a' }, { method: 'POST', path: '/a' }],
+    }),
+    defineUpstream('sock', {
+      baseUrl: `${origin}/sock/`,
+      auth,
+      rateLimits: [{ by: 'user', limit: 10_000, windowSeconds: 60 }],
+      routes: [{ method: 'GET', path: '/a', websocket: true }],
     }),
     defineUpstream('quota', {
       baseUrl: `${origin}/quota/`,
@@ -209,6 +216,34 @@ describe('one store round trip per proxied call (Redis)', () => {
     const after = await commandStats();
     expect(after.evalsha! - (before.evalsha ?? 0)).toBe(CALLS);
     expect(await info.get(`${PREFIX}rl|rated|*|user-60s:u:local:pip`)).toBe(String(CALLS + 1));
+  });
+
+  it('a WebSocket upgrade with a cookie session: one round trip, as a call; a revoked session is refused first', async () => {
+    const sid = randomUUID();
+    const cookie = await cookieFor('local:ws', sid);
+    const upgrade = () =>
+      authorizeUpgrade(
+        new Request(`${APP_ORIGIN}/api/proxy/sock/a`, { headers: { cookie, origin: APP_ORIGIN } }),
+        { upstream: 'sock', path: ['a'] },
+        a,
+      );
+    expect(await upgrade()).not.toBeInstanceOf(Response); // warm-up: the key ring's state is known after it
+    counter.take();
+    for (let i = 0; i < 5; i++) {
+      expect(await upgrade()).not.toBeInstanceOf(Response);
+      expect(counter.take().calls).toEqual([['evalsha']]);
+    }
+    // A cross-site Origin is refused, but a revoked session's upgrade is answered 401 first (steps in order).
+    await a.revocations.revokeSession(sid, Date.now() + 60_000);
+    counter.take();
+    const refused = await authorizeUpgrade(
+      new Request(`${APP_ORIGIN}/api/proxy/sock/a`, { headers: { cookie, origin: 'https://evil.example' } }),
+      { upstream: 'sock', path: ['a'] },
+      a,
+    );
+    expect(refused).toBeInstanceOf(Response);
+    expect((refused as Response).status).toBe(401);
+    expect(await upgrade()).toMatchObject({ status: 401 });
   });
 
   it('a bearer (mobile) session, and a route without limits: one round trip too', async () => {

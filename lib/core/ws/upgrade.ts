@@ -14,6 +14,7 @@ import {
   refuse,
   reserveBudget,
   resolveCallCredential,
+  revokedFirst,
   screen,
   type Call,
   type ProxyDeps,
@@ -59,7 +60,8 @@ export async function authorizeUpgrade(
     const { route, params } = findRoute(call, upstream);
     if (!route.websocket)
       throw new KeywardError('bad_request', { message: 'This route does not accept WebSocket upgrades.' });
-    const session = await authenticate(call, request);
+    // As in handleProxy: the session's revocation is read with the key ring and the counters (one round trip).
+    const session = await authenticate(call, request, 'with-round');
     checkUpgradeOrigin(request, session, deps.allowedOrigins);
     const parts = authorizeCall(route, params, session, incoming);
     const outgoing = buildTarget(call, request, upstream);
@@ -81,7 +83,7 @@ export async function authorizeUpgrade(
       headers: outgoing.headers,
     };
   } catch (error) {
-    return refuse(call, error);
+    return refuse(call, await revokedFirst(call, error));
   }
 }
 
