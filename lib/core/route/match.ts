@@ -1,5 +1,6 @@
 import { KeywardError } from '../errors';
 import type { CompiledRoute, Upstream } from '../upstream/registry';
+import { captureParam } from './template';
 
 export interface RouteMatch {
   readonly route: CompiledRoute;
@@ -8,7 +9,10 @@ export interface RouteMatch {
 
 /**
  * Finds the declared route for method + (already validated) segments. Deny by default: no route → 404,
- * a route for the path under another method → 405 with `Allow` (RFC 9110 §15.5.6).
+ * a route for the path under another method → 405 with `Allow` (RFC 9110 §15.5.6). A segment with a ":" is
+ * accepted only where a route's template puts one (lib/core/route/template.ts); a ":" at a position where no
+ * route of the upstream can have one is refused as any ":" was before templates could declare it, 400
+ * `bad_path`, and an upstream that declares no ":" answers exactly as it always did.
  */
 export function matchRoute(upstream: Upstream, method: string, segments: readonly string[]): RouteMatch {
   const allowed: string[] = [];
@@ -21,7 +25,28 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
   if (allowed.length > 0) {
     throw new KeywardError('method_not_allowed', { headers: { allow: [...new Set(allowed)].join(', ') } });
   }
+  if (hasMisplacedColon(upstream, segments)) {
+    throw new KeywardError('bad_path', {
+      message: 'A ":" is allowed in a path segment only where a declared route puts one.',
+    });
+  }
   throw new KeywardError('route_not_found');
+}
+
+/** A segment with ":" at a position where no route of the upstream can hold one (asked once nothing matched). */
+function hasMisplacedColon(upstream: Upstream, segments: readonly string[]): boolean {
+  return segments.some(
+    (segment, index) => segment.includes(':') && !upstream.routes.some((route) => colonAllowedAt(route, index)),
+  );
+}
+
+/** Whether the route's template can hold a ":" in segment `index`. */
+function colonAllowedAt(route: CompiledRoute, index: number): boolean {
+  const part = route.segments[index];
+  if (part === undefined) return false;
+  if (typeof part === 'string') return part.includes(':');
+  if ('rest' in part) return false;
+  return part.colons || part.prefix.includes(':') || part.suffix.includes(':');
 }
 
 function matchSegments(route: CompiledRoute, segments: readonly string[]): Record<string, string> | null {
@@ -37,9 +62,13 @@ function matchSegments(route: CompiledRoute, segments: readonly string[]): Recor
     if (typeof part === 'string') {
       if (part !== segment) return null;
     } else if ('param' in part) {
-      params[part.param] = segment;
+      const value = captureParam(part, segment);
+      if (value === null) return null;
+      params[part.param] = value;
     } else {
-      params['*'] = segments.slice(i).join('/');
+      const rest = segments.slice(i);
+      if (rest.some((s) => s.includes(':'))) return null;
+      params['*'] = rest.join('/');
     }
   }
   return params;

@@ -3,7 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { defineUpstream } from '../../../lib/core/config/load';
 import { KeywardError } from '../../../lib/core/errors';
 import { buildUpstreamUrl } from '../../../lib/core/forward/url';
-import { assertSafeSegments } from '../../../lib/core/route/segments';
+import { assertSafeSegments, isSafeSegment } from '../../../lib/core/route/segments';
+import { captureParam, compileTemplate, type TemplateSegment } from '../../../lib/core/route/template';
 import { buildRegistry, type Upstream } from '../../../lib/core/upstream/registry';
 import { randomSecret } from '../../fixtures/secrets';
 import { expectKeywardError, makeUpstream, thrown } from '../support';
@@ -117,6 +118,28 @@ const ADVERSARIAL = [
   'a'.repeat(513),
 ];
 
+/** Segments with ":" (RFC 3986 §3.3 pchar), hostile and not. */
+const COLON_SEGMENTS = [
+  'gemini-2.0-flash:generateContent',
+  'anthropic.claude-3-5-sonnet-20240620-v1:0',
+  'localhost:80',
+  'evil.example:443',
+  'https:',
+  'https:evil.example',
+  'HTTPS:evil.example',
+  'a:',
+  ':',
+  '::',
+  ':a',
+  'a::b',
+  'C:',
+  'c:x',
+  'javascript:alert(1)',
+  '%3A',
+  'a\uFF1Ab',
+  'a\uA789b',
+];
+
 /** Look suspicious but are plain unreserved characters: must pass and stay literal. */
 const TRICKY_BUT_SAFE = ['...', '.a', 'a.', '..a', '~', '~root', '-', '_'];
 
@@ -135,6 +158,9 @@ const segment = fc.oneof(
       .tuple(safeSegment, fc.constantFrom(...ADVERSARIAL), safeSegment)
       .map(([a, b, c]) => `${a}${b}${c}`),
   },
+  { weight: 2, arbitrary: fc.constantFrom(...COLON_SEGMENTS) },
+  // ":" between safe text: accepted unless it lands first, last, doubled, or after a scheme or drive letter.
+  { weight: 2, arbitrary: fc.tuple(safeSegment, safeSegment).map(([a, b]) => `${a}:${b}`) },
 );
 const segments = fc.oneof(
   { weight: 20, arbitrary: fc.array(segment, { maxLength: 8 }) },
@@ -154,10 +180,24 @@ function mustRefuse(list: readonly string[]): boolean {
       s === '.' ||
       s === '..' ||
       s.length > 512 ||
-      /[/\\:?#%@]/.test(s) ||
+      /[/\\?#%@]/.test(s) ||
+      colonMisplaced(s) ||
       // control bytes and anything outside printable ASCII (fullwidth dots, homoglyphs, …)
       /[^\x21-\x7e]/.test(s),
   );
+}
+
+/**
+ * ":" may sit inside a segment only: not first, not last, not doubled, and not after a WHATWG special scheme
+ * (http, https, ws, wss, ftp, file), a scheme browsers act on (javascript, data, blob, vbscript) or a single
+ * letter (a drive letter).
+ */
+function colonMisplaced(s: string): boolean {
+  if (!s.includes(':')) return false;
+  const parts = s.split(':');
+  const before = parts[0]!;
+  const schemes = ['http', 'https', 'ws', 'wss', 'ftp', 'file', 'javascript', 'data', 'blob', 'vbscript'];
+  return parts.includes('') || /^[A-Za-z]$/.test(before) || schemes.includes(before.toLowerCase());
 }
 
 /** True when the segment list only uses unreserved characters and must therefore be accepted. */
@@ -311,5 +351,96 @@ describe('buildUpstreamUrl (examples)', () => {
       thrown(() => assertSafeSegments(['a'.repeat(513)])),
       'bad_path',
     );
+  });
+});
+
+describe('buildUpstreamUrl with a route template (":" written by the template, or encoded)', () => {
+  const { upstream } = makeUpstream({ baseUrl: 'https://api.example.com/v1beta/' });
+  const GEMINI = compileTemplate('/models/{model}:generateContent');
+  const BEDROCK = compileTemplate('/model/{modelId:colon}/converse');
+
+  it('a ":" the template writes is sent literally (Google custom methods)', () => {
+    expect(buildUpstreamUrl(upstream, ['models', 'gemini-2.0-flash:generateContent'], GEMINI).href).toBe(
+      'https://api.example.com/v1beta/models/gemini-2.0-flash:generateContent',
+    );
+    expect(buildUpstreamUrl(upstream, ['v1', 'images:annotate'], compileTemplate('/v1/images:annotate')).pathname).toBe(
+      '/v1beta/v1/images:annotate',
+    );
+    expect(buildUpstreamUrl(upstream, ['x', 'pre-a:b-post'], compileTemplate('/x/pre-{v:colon}-post')).pathname).toBe(
+      '/v1beta/x/pre-a%3Ab-post',
+    );
+  });
+
+  it('a ":" in a client value is sent as %3A (as AWS SDKs send Bedrock model ids)', () => {
+    const url = buildUpstreamUrl(upstream, ['model', 'anthropic.claude-3-5-sonnet-20240620-v1:0', 'converse'], BEDROCK);
+    expect(url.href).toBe('https://api.example.com/v1beta/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse');
+    // Harmless even when the value looks like host:port: it stays one encoded path segment.
+    expect(buildUpstreamUrl(upstream, ['model', 'localhost:80', 'converse'], BEDROCK).href).toBe(
+      'https://api.example.com/v1beta/model/localhost%3A80/converse',
+    );
+  });
+
+  it('values are encoded as before, only template text keeps its ":"', () => {
+    expect(buildUpstreamUrl(upstream, ['models', "a+b$c'd:generateContent"], GEMINI).pathname).toBe(
+      "/v1beta/models/a%2Bb%24c'd:generateContent",
+    );
+    expect(buildUpstreamUrl(upstream, ['files', 'a', 'b.txt'], compileTemplate('/files/*')).pathname).toBe('/v1beta/files/a/b.txt');
+  });
+
+  it('without a template every ":" is encoded', () => {
+    expect(buildUpstreamUrl(upstream, ['models', 'gemini-2.0-flash:generateContent']).pathname).toBe(
+      '/v1beta/models/gemini-2.0-flash%3AgenerateContent',
+    );
+  });
+
+  it.each<[string, string[], readonly TemplateSegment[]]>([
+    ['a literal that differs', ['models', 'x:generateContent'], compileTemplate('/other/{model}:generateContent')],
+    ['a suffix that differs', ['models', 'x:countTokens'], GEMINI],
+    ['an empty value', ['models', ':generateContent'], GEMINI],
+    ['fewer segments than the template', ['models'], GEMINI],
+    ['more segments than the template', ['models', 'x:generateContent', 'y'], GEMINI],
+    ['no segment for a *', ['files'], compileTemplate('/files/*')],
+    // Hand-built templates the schema refuses: the builder still never sends a segment that opens with ":".
+    ['a literal opening with ":"', [':x'], [':x']],
+    ['a prefix opening with ":"', [':a'], [{ param: 'v', prefix: ':', suffix: '', colons: false }]],
+  ])('refuses segments that do not fit the template: %s', (_label, segments, template) => {
+    expectKeywardError(thrown(() => buildUpstreamUrl(upstream, segments, template)), 'bad_path');
+  });
+});
+
+describe('buildUpstreamUrl with a route template (property)', () => {
+  const valueArb = fc.oneof(
+    safeSegment,
+    fc.constantFrom(...COLON_SEGMENTS, ...ADVERSARIAL),
+    fc.tuple(safeSegment, safeSegment).map(([a, b]) => `${a}:${b}`),
+    fc.string({ unit: 'binary-ascii', maxLength: 10 }),
+  );
+  const templates: Array<[string, (value: string) => string[], (encoded: string) => string]> = [
+    ['/models/{model}:generateContent', (v) => ['models', `${v}:generateContent`], (e) => `models/${e}:generateContent`],
+    ['/model/{modelId:colon}/converse', (v) => ['model', v, 'converse'], (e) => `model/${e}/converse`],
+    ['/x/pre-{v:colon}-post', (v) => ['x', `pre-${v}-post`], (e) => `x/pre-${e}-post`],
+  ];
+
+  it('what the matcher accepts is sent under the base, with the value encoded and the template text as written', () => {
+    let accepted = 0;
+    fc.assert(
+      fc.property(baseSpec, fc.constantFrom(...templates), valueArb, (spec, [path, segmentsOf, expected], value) => {
+        const upstream = upstreamFor(spec);
+        const template = compileTemplate(path);
+        const segments = segmentsOf(value);
+        const param = template.find((part): part is Extract<TemplateSegment, { param: string }> => typeof part === 'object' && 'param' in part)!;
+        const index = template.indexOf(param);
+        // What the route step lets through: every segment safe and the parameter capturing a value.
+        if (!segments.every(isSafeSegment) || captureParam(param, segments[index]!) !== value) return;
+        accepted++;
+        const url = buildUpstreamUrl(upstream, segments, template);
+        expect(url.origin).toBe(expectedOrigin(spec));
+        expect(url.pathname).toBe(expectedBasePath(spec) + expected(encodeURIComponent(value)));
+        expect(url.search + url.hash).toBe('');
+        expect(url.pathname.slice(expectedBasePath(spec).length)).not.toMatch(/^:|\/:/);
+      }),
+      { numRuns: 3_000 },
+    );
+    expect(accepted).toBeGreaterThan(300);
   });
 });

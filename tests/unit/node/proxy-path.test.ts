@@ -30,6 +30,21 @@ describe('parseProxyPath (the fast lane reads the raw request target)', () => {
     expect(parseProxyPath('http://example.test:3000/api/proxy/echo/x?q')).toMatchObject({ target: { upstream: 'echo', path: ['x'] }, path: '/api/proxy/echo/x', search: '?q' });
   });
 
+  it('reads ":" written literally or as %3A/%3a as the same segment (as Next\'s catch-all params do)', () => {
+    const expected = ['v1beta', 'models', 'gemini-2.0-flash:generateContent'];
+    for (const colon of [':', '%3A', '%3a']) {
+      expect(parseProxyPath(`/api/proxy/gemini/v1beta/models/gemini-2.0-flash${colon}generateContent`)?.target.path).toEqual(expected);
+    }
+    expect(parseProxyPath('/api/proxy/bedrock/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse')?.target.path).toEqual([
+      'model',
+      'anthropic.claude-3-5-sonnet-20240620-v1:0',
+      'converse',
+    ]);
+    // Decoded once: %253A stays %3A (refused by the route step), a fullwidth colon stays itself (refused too).
+    expect(parseProxyPath('/api/proxy/g/a%253Ab')?.target.path).toEqual(['a%3Ab']);
+    expect(parseProxyPath('/api/proxy/g/a%EF%BC%9Ab')?.target.path).toEqual(['a\uFF1Ab']);
+  });
+
   it('leaves everything else to Next', () => {
     for (const target of ['/', '/signin', '/api/session', '/api/proxyx/echo', '/api//proxy/echo', '/API/proxy/echo', '/_next/static/x.js', '*', '/api/auth/csrf']) {
       expect(parseProxyPath(target), target).toBeNull();

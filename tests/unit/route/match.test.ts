@@ -106,3 +106,71 @@ describe('matchRoute', () => {
     expect(allowOf(thrown(() => matchRoute(upstream, 'HEAD', ['items'])))).not.toContain('HEAD');
   });
 });
+
+describe('matchRoute with ":" in segments (Gemini custom methods, Bedrock model ids)', () => {
+  const { upstream: colons } = makeUpstream({
+    routes: [
+      { method: 'POST', path: '/models/{model}:generateContent' },
+      { method: 'POST', path: '/models/{model}:countTokens' },
+      { method: 'GET', path: '/models/:model' },
+      { method: 'POST', path: '/model/{modelId:colon}/converse' },
+      { method: 'POST', path: '/v1/images:annotate' },
+      { method: 'GET', path: '/files/*' },
+    ],
+  });
+  const match = (method: string, segments: string[]) => matchRoute(colons, method, segments);
+
+  it('a braced parameter with a literal suffix: the suffix picks the route, the value is what is before it', () => {
+    const generate = match('POST', ['models', 'gemini-2.0-flash:generateContent']);
+    expect(generate.route.template).toBe('/models/{model}:generateContent');
+    expect({ ...generate.params }).toEqual({ model: 'gemini-2.0-flash' });
+    expect(match('POST', ['models', 'gemini-2.0-flash:countTokens']).route.template).toBe('/models/{model}:countTokens');
+    expect(match('GET', ['models', 'gemini-2.0-flash']).params.model).toBe('gemini-2.0-flash');
+  });
+
+  it('{name:colon} takes a value with ":" (a Bedrock model id)', () => {
+    const { route, params } = match('POST', ['model', 'anthropic.claude-3-5-sonnet-20240620-v1:0', 'converse']);
+    expect(route.template).toBe('/model/{modelId:colon}/converse');
+    expect(params.modelId).toBe('anthropic.claude-3-5-sonnet-20240620-v1:0');
+    expect(match('POST', ['model', 'amazon.titan-text-express-v1', 'converse']).params.modelId).toBe('amazon.titan-text-express-v1');
+  });
+
+  it('a literal segment with ":" is compared exactly', () => {
+    expect(match('POST', ['v1', 'images:annotate']).route.template).toBe('/v1/images:annotate');
+    expectKeywardError(thrown(() => match('POST', ['v1', 'images:Annotate'])), 'route_not_found');
+  });
+
+  it.each([
+    ['an unknown custom method', 'POST', ['models', 'gemini-2.0-flash:deleteEverything']],
+    ['":" in a value whose parameter does not allow it', 'POST', ['models', 'ab:cd:generateContent']],
+    ['host:port in a plain :param', 'GET', ['models', 'localhost:80']],
+    ['a Bedrock id in a plain :param', 'GET', ['models', 'anthropic.claude-3-5-sonnet-20240620-v1:0']],
+  ])('%s, where another route has a ":": 404 route_not_found', (_label, method, segments) => {
+    expectKeywardError(thrown(() => match(method, segments)), 'route_not_found');
+  });
+
+  it.each([
+    ['":" in a * segment', 'GET', ['files', 'a', 'b:c']],
+    ['":" where no route has one', 'GET', ['x:y']],
+    ['":" one segment past the route\'s', 'POST', ['model', 'anthropic.claude-3-5-sonnet-20240620-v1:0', 'converse:x']],
+  ])('%s: 400 bad_path (a ":" only where a template can put one)', (_label, method, segments) => {
+    const error = expectKeywardError(thrown(() => match(method, segments)), 'bad_path');
+    expect(error.status).toBe(400);
+    expect(error.message).not.toContain(segments.at(-1)!);
+  });
+
+  it('an upstream that declares no ":" refuses every ":" segment as before: 400 bad_path', () => {
+    expectKeywardError(thrown(() => matchRoute(upstream, 'GET', ['items', 'localhost:80'])), 'bad_path');
+    expectKeywardError(thrown(() => matchRoute(upstream, 'GET', ['items', 'evil.example:443'])), 'bad_path');
+    expectKeywardError(thrown(() => matchRoute(upstream, 'GET', ['files', 'a:b'])), 'bad_path');
+  });
+
+  it('the same paths without ":" are 404 route_not_found', () => {
+    expectKeywardError(thrown(() => match('GET', ['nothing', 'here'])), 'route_not_found');
+  });
+
+  it('a declared ":" path under another method: 405 with Allow', () => {
+    expect(allowOf(thrown(() => match('GET', ['models', 'gemini-2.0-flash:generateContent'])))).toEqual(['POST']);
+    expect(allowOf(thrown(() => match('GET', ['model', 'anthropic.claude-3-5-sonnet-20240620-v1:0', 'converse'])))).toEqual(['POST']);
+  });
+});

@@ -1,0 +1,101 @@
+import { isSafeSegment } from './segments';
+
+/**
+ * A route's path template, one entry per segment (README "### Upstreams"):
+ * - a literal, compared exactly (`models`, or `images:annotate`: a ":" the template writes is sent as is);
+ * - a parameter: `:name` (the whole segment), or `{name}` with literal text around it inside one segment
+ *   (`{model}:generateContent`); its value never contains ":" unless declared `{name:colon}`;
+ * - `*` (last only): one or more remaining segments, none of them with a ":".
+ */
+export type TemplateSegment = string | TemplateParam | { readonly rest: true };
+
+export interface TemplateParam {
+  readonly param: string;
+  /** Literal text before the value in the same segment ('' for `:name`). */
+  readonly prefix: string;
+  /** Literal text after the value in the same segment, e.g. `:generateContent`. */
+  readonly suffix: string;
+  /** `{name:colon}`: the value may contain ":" (where a segment may); it is sent upstream as `%3A`. */
+  readonly colons: boolean;
+}
+
+const NAME = '[A-Za-z_][A-Za-z0-9_]*';
+const WHOLE_PARAM = new RegExp(`^:(${NAME})$`);
+// Braces cannot occur in a request segment (RFC 3986 §2.2, §2.3), so `{` … `}` can only mean a parameter.
+const BRACED_PARAM = new RegExp(`^([^{}]*)\\{(${NAME})(:colon)?\\}([^{}]*)$`);
+
+/** The parameter a template segment declares, or null for a literal; undefined when it is neither. */
+function parseParam(segment: string): TemplateParam | null | undefined {
+  const whole = WHOLE_PARAM.exec(segment);
+  if (whole) return { param: whole[1]!, prefix: '', suffix: '', colons: false };
+  if (!segment.includes('{') && !segment.includes('}')) return null;
+  const braced = BRACED_PARAM.exec(segment);
+  if (!braced) return undefined;
+  const [, prefix = '', param = '', colon, suffix = ''] = braced;
+  // The literal text obeys the request-segment rules with any value in place: no ":" first, last or doubled.
+  if (!isSafeSegment(`${prefix}0${suffix}`)) return undefined;
+  return { param, prefix, suffix, colons: colon !== undefined };
+}
+
+/** What is wrong with a path template (for the config schema), or null. Checked once, at start-up. */
+export function templateProblems(path: string): string[] {
+  if (!path.startsWith('/')) return ['must start with "/"'];
+  const segments = splitTemplate(path);
+  const problems: string[] = [];
+  const names = new Set<string>();
+  segments.forEach((segment, index) => {
+    if (segment === '*') {
+      if (index !== segments.length - 1) problems.push('"*" may only be the last segment');
+      return;
+    }
+    const param = parseParam(segment);
+    if (param === undefined || (param === null && !isSafeSegment(segment))) {
+      problems.push(
+        `segment "${segment}" is not a literal, a :param, a {param} with literal text around it (":" inside only), or a final *`,
+      );
+    } else if (param) {
+      if (names.has(param.param)) problems.push(`parameter "${param.param}" is declared twice`);
+      names.add(param.param);
+    }
+  });
+  return problems;
+}
+
+/** Compiles a template that `templateProblems` accepted. */
+export function compileTemplate(path: string): TemplateSegment[] {
+  return splitTemplate(path).map((segment) => {
+    if (segment === '*') return { rest: true };
+    const param = parseParam(segment);
+    if (param === undefined) throw new Error('path template was not validated');
+    return param ?? segment;
+  });
+}
+
+/** The parameters a template declares, in order (e.g. to check `paramEquals` names). */
+export function templateParamNames(path: string): string[] {
+  return splitTemplate(path)
+    .map(parseParam)
+    .filter((param): param is TemplateParam => Boolean(param))
+    .map((param) => param.param);
+}
+
+function splitTemplate(path: string): string[] {
+  return path === '/' ? [] : path.slice(1).split('/');
+}
+
+/**
+ * The value a parameter takes from one request segment (already validated by assertSafeSegments), or null when the segment does not
+ * fit: the literal text must match exactly and the value be non-empty, a safe segment on its own, and free of
+ * ":" unless the parameter allows it. A value is never split from a literal ":" in more than one way: the
+ * prefix and suffix are fixed strings anchored at the ends.
+ */
+export function captureParam(param: TemplateParam, segment: string): string | null {
+  const { prefix, suffix } = param;
+  // `:name` and `{name}`: the segment itself, which the route step has already validated.
+  if (prefix === '' && suffix === '') return param.colons || !segment.includes(':') ? segment : null;
+  if (segment.length <= prefix.length + suffix.length) return null;
+  if (!segment.startsWith(prefix) || !segment.endsWith(suffix)) return null;
+  const value = segment.slice(prefix.length, segment.length - suffix.length);
+  if (!param.colons && value.includes(':')) return null;
+  return isSafeSegment(value) ? value : null;
+}
