@@ -3,15 +3,17 @@ import type { Dispatcher } from 'undici';
 import { checkCsrf } from './csrf/check';
 import type { OriginPolicy } from './origin/public-origin';
 import { injectCredential } from './credential/inject';
+import { signRequest } from './credential/sign';
 import type { CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
-import { capRequestBody, readCappedBody, type CappedBody } from './forward/body';
+import { capRequestBody, type CappedBody } from './forward/body';
 import { clientIp } from './client/ip';
 import type { RateLimiterRes } from 'rate-limiter-flexible';
 import type { Limits, LimitGrant, LimitSubject } from './limits/limits';
-import { UsageReader, toUnits } from './limits/usage';
+import { UsageReader, numberAt, pricedUsage, toUnits, type TokenPrice, type UsageRead } from './limits/usage';
 import { authorize } from './policy/authorize';
-import { applyCaps, applyIdentity, parseBody, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
+import { readContractBody } from './policy/body';
+import { applyCaps, applyIdentity, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
 import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from './forward/headers';
 import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
@@ -26,6 +28,7 @@ import type { SessionVerifier } from './session/verify';
 import { storeRound, type RoundOutcome } from './store/round';
 import type { CompiledRoute, ResolvedCredential, Upstream } from './upstream/registry';
 import type { RateRule, RouteLimits } from './limits/rules';
+import type { CostConfig } from './config/policy';
 import type { CoreRequest } from './request';
 
 export interface ProxyDeps {
@@ -91,6 +94,8 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
  *   still counts as an attempt;
  * - quotas and budgets are reserved (12) only after the body was read and checked (10): the reservation can be
  *   computed from a body field (`max_tokens` × price), and a refused call never holds units.
+ * - a request signature (13, `aws-sigv4`, `hmac`) is computed last, just before forwarding: over exactly what is
+ *   sent, and a call refused by its budget has not had its streamed body read whole to be signed.
  * The audit record (15) is written once per call: when the response body ends or is aborted, or at once for a
  * refusal, off the request's path (queued, written in batches).
  *
@@ -112,9 +117,10 @@ export async function handleProxy(request: CoreRequest, target: ProxyTarget, dep
     const outgoing = buildTarget(call, request, upstream); // 7 [8]
     const credential = await resolveCallCredential(call, upstream, session); // 8 [7]
     const limited = await checkRateLimits(call, upstream, route, session, credential); // 9 [6]
-    const body = await prepareContent(call, request, route, session, parts, outgoing); // 10 [5]
+    const content = await prepareContent(call, request, route, session, parts, outgoing); // 10 [5]
     injectCredential(credential, outgoing.headers, outgoing.url); // 11 [7]
-    await reserveBudget(call, route, parts, limited); // 12 [6]
+    await reserveBudget(call, route, parts, limited, content); // 12 [6]
+    const body = await signCall(call, request, credential, outgoing, content); // 13 [7]
     const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
     return respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
@@ -152,6 +158,8 @@ export interface Call {
   credential: ResolvedCredential | null;
   body: CappedBody | null;
   grant: LimitGrant | null;
+  /** How step 14 reads the usage the upstream reports (set with the reservation, step 12); null: not read. */
+  usage: UsageRead | null;
   forwarded: boolean;
   /** The matched route (step 3). */
   route: CompiledRoute | null;
@@ -188,6 +196,7 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     credential: null,
     body: null,
     grant: null,
+    usage: null,
     forwarded: false,
     route: null,
     revocations: null,
@@ -276,11 +285,13 @@ export function authorizeCall(route: CompiledRoute, params: RouteMatch['params']
   };
 }
 
-/** 7. The upstream URL, proven to stay under the upstream's base, and the allow-listed request headers. */
+/** 7. The upstream URL, proven to stay under the upstream's base, the allow-listed request headers, the upstream's fixed and default ones. */
 export function buildTarget(call: Call, request: CoreRequest, upstream: Upstream): Outgoing {
-  const url = buildUpstreamUrl(upstream, call.target.path);
+  const url = buildUpstreamUrl(upstream, call.target.path, call.route?.segments);
   call.targetUrl = `${url.origin}${url.pathname}`;
   const headers = filterRequestHeaders(request.headers, upstream.requestHeaders);
+  for (const [name, value] of upstream.fixedHeaders) headers[name] = value;
+  for (const [name, value] of upstream.defaultHeaders) headers[name] ??= value;
   headers['accept-encoding'] = 'identity';
   headers['user-agent'] = 'keyward';
   headers['x-request-id'] = call.requestId;
@@ -331,9 +342,9 @@ function callRateLimits(call: Call, route: CompiledRoute): RouteLimits {
 }
 
 /**
- * 10. The content: the body streamed under its byte cap (or, for a JSON contract, parsed, checked and
- * re-serialised: the client's bytes are never forwarded), then per-role caps and identity fields applied to
- * body and query, and the final query written to the URL. Returns the body to forward.
+ * 10. The content: the body streamed under its byte cap (or, for a body contract, read in its format, checked
+ * and re-serialised: the client's bytes are never forwarded; lib/core/policy/body.ts), then per-role caps and
+ * identity fields applied to body and query, and the final query written to the URL. Returns the body to forward.
  */
 export async function prepareContent(
   call: Call,
@@ -351,15 +362,14 @@ export async function prepareContent(
     call.body = capRequestBody(request.body, route.maxRequestBytes, call.deps.requestBodyIdleMs ?? route.timeoutMs);
     forwardBody = call.body.iterable;
   }
-  if (contract.body) {
-    if (!isJson(request.headers.get('content-type'))) throw new KeywardError('unsupported_media_type');
-    parts.body = parseBody(contract.body, call.body ? (await readCappedBody(call.body)).toString('utf8') : '');
-  }
+  const checked = contract.body ? await readContractBody(contract, request.headers.get('content-type'), call.body) : null;
+  if (checked) parts.body = checked.value;
   applyCaps(contract, session, parts);
   applyIdentity(contract, session, parts);
-  if (contract.body) {
-    forwardBody = Buffer.from(JSON.stringify(parts.body), 'utf8');
-    outgoing.headers['content-type'] = 'application/json';
+  if (checked) {
+    const serialized = checked.serialize(parts.body);
+    forwardBody = serialized.body;
+    outgoing.headers['content-type'] = serialized.contentType;
   }
   const query = parts.query instanceof URLSearchParams ? parts.query : serializeQuery(parts.query);
   for (const [name, value] of query) outgoing.url.searchParams.append(name, value);
@@ -367,8 +377,63 @@ export async function prepareContent(
 }
 
 /** 12. Quotas and budgets: the worst case is reserved atomically; settled when the response ends (15). */
-export async function reserveBudget(call: Call, route: CompiledRoute, parts: RequestParts, { who, rate }: RateTaken): Promise<void> {
-  if (call.deps.limits) call.grant = await call.deps.limits.reserve(route.limits, who, reservation(route.limits.cost, parts), rate);
+export async function reserveBudget(
+  call: Call,
+  route: CompiledRoute,
+  parts: RequestParts,
+  { who, rate }: RateTaken,
+  content: AsyncIterable<Uint8Array> | Buffer | null,
+): Promise<void> {
+  if (!call.deps.limits) return;
+  const { cost } = route.limits;
+  let units: number;
+  if (cost.price) {
+    // Input tokens are bounded by the body's size (a token is at least a byte of text), output by the capped field.
+    const inputBound = Buffer.isBuffer(content) ? content.length : content ? route.maxRequestBytes : 0;
+    const price = priceFor(cost.price, parts);
+    units = toUnits(inputBound * price.input + boundOf(cost, parts) * price.output) ?? Number.MAX_SAFE_INTEGER;
+    units = Math.min(units + (cost.reserveFrom?.plus ?? 0), Number.MAX_SAFE_INTEGER);
+    call.usage = pricedUsage(cost.price.inputTokens, cost.price.outputTokens, price, inputBound);
+  } else {
+    units = reservation(cost, parts);
+    if (cost.usage && 'json' in cost.usage) call.usage = numberAt(cost.usage.json);
+  }
+  call.grant = await call.deps.limits.reserve(route.limits, who, units, rate);
+}
+
+/** The model's price from the route's table ("*" for any other model); a model it does not price is refused. */
+function priceFor(price: NonNullable<CostConfig['price']>, parts: RequestParts): TokenPrice {
+  const model = readTarget(parts, price.model);
+  const entry = typeof model === 'string' && Object.hasOwn(price.table, model) ? price.table[model] : price.table['*'];
+  if (!entry) {
+    throw new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${price.model}: no price for this model.` });
+  }
+  return entry;
+}
+
+/** The value of `cost.reserveFrom`'s field (the output bound), or 0 when the route names none or it is absent. */
+function boundOf(cost: CostConfig, parts: RequestParts): number {
+  const value = cost.reserveFrom ? readTarget(parts, cost.reserveFrom.field) : undefined;
+  return typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : 0;
+}
+
+/**
+ * 13. Sign (for `aws-sigv4` and `hmac` upstreams): the signature covers the method, the final path and query, the
+ * final headers and the final body, so it is made after every other step has had its say. Returns the body to
+ * forward: a streamed body whose hash is signed has been read whole, under the route's byte cap.
+ */
+export async function signCall(
+  call: Call,
+  request: CoreRequest,
+  credential: ResolvedCredential,
+  outgoing: Outgoing,
+  body: AsyncIterable<Uint8Array> | Buffer | null,
+): Promise<AsyncIterable<Uint8Array> | Buffer | null> {
+  if (!credential.signer) return body;
+  const { url, headers } = outgoing;
+  // The client's length describes the client's bytes: only a body forwarded as sent (no contract) still has it.
+  const declaredLength = call.route?.contract.body ? null : request.headers.get('content-length');
+  return signRequest(credential.signer, { method: call.method, url, headers, body, declaredLength });
 }
 
 /** 13. Forward: to the proven URL, no redirects followed, with the route's deadlines; the client's abort cancels it. */
@@ -432,9 +497,7 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
     return new Response(null, { status: statusCode, headers: outHeaders });
   }
   const usageReader =
-    grant && grant.reserved > 0 && usageSource && 'json' in usageSource
-      ? new UsageReader(usageSource, firstHeader(response.headers['content-type']) ?? '')
-      : null;
+    grant && grant.reserved > 0 && call.usage ? new UsageReader(call.usage, firstHeader(response.headers['content-type']) ?? '') : null;
   const encoding = response.headers['content-encoding'];
   const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
   const stream = toResponseStream(
@@ -509,11 +572,6 @@ function recordLogger(logger: Logger): Logger {
 
 /** undici errors raised before a request could be written: nothing reached the upstream. */
 const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
-
-function isJson(contentType: string | null): boolean {
-  const type = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
-  return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'));
-}
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;

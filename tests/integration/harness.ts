@@ -93,7 +93,14 @@ function definitions(origin: string, downOrigin: string): UpstreamDefinition[] {
   ];
 }
 
-export async function createHarness(): Promise<Harness> {
+export interface HarnessOptions {
+  /** More upstreams, against the same test upstream (its origin given). */
+  readonly upstreams?: (origin: string) => UpstreamDefinition[];
+  /** More environment variables; every value is a secret (added to `secrets`). */
+  readonly secretEnv?: Record<string, string>;
+}
+
+export async function createHarness(options: HarnessOptions = {}): Promise<Harness> {
   const upstream = await startUpstream();
   // A port that was free a moment ago and has nothing listening on it: "upstream down".
   const downOrigin = `http://127.0.0.1:${await freePort()}`;
@@ -112,6 +119,7 @@ export async function createHarness(): Promise<Harness> {
     KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
     // In-process store: test files run in parallel and must not share the default SQLite file.
     KEYWARD_STORE: 'memory',
+    ...options.secretEnv,
   };
   const logs: string[] = [];
   const destination = new Writable({
@@ -122,11 +130,11 @@ export async function createHarness(): Promise<Harness> {
   });
   const runtime = createRuntime({
     env,
-    upstreams: definitions(upstream.origin, downOrigin),
+    upstreams: [...definitions(upstream.origin, downOrigin), ...(options.upstreams?.(upstream.origin) ?? [])],
     logger: createLogger({ level: 'debug', destination }),
   });
   const cookie = await sessionCookie(env.AUTH_SECRET!, { roles: ['user'] });
-  const secrets = [env.AUTH_SECRET!, env.KEYWARD_SESSION_SECRET!, keys.header, keys.bearer, keys.basic, keys.query];
+  const secrets = [env.AUTH_SECRET!, env.KEYWARD_SESSION_SECRET!, keys.header, keys.bearer, keys.basic, keys.query, ...Object.values(options.secretEnv ?? {})];
 
   async function call(path: readonly string[], options: CallOptions = {}): Promise<CallResult> {
     const upstreamId = options.upstream ?? 'echo';

@@ -1,21 +1,60 @@
 import { readFileSync } from 'node:fs';
-import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type UpstreamConfig, type UpstreamInput } from './schema';
+import type { z } from 'zod';
+import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type RouteMethod, type UpstreamConfig, type UpstreamInput } from './schema';
+import { ConfigError } from './error';
+import { expandPresetEntries } from '../presets';
 
-/** Thrown at start-up for any invalid configuration. The message names fields, never secret values. */
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
+export { ConfigError };
 
-export interface UpstreamDefinition {
-  readonly id: string;
+/**
+ * An upstream, validated. `Id` and `Routes` are for the typed client (lib/client) only: `defineUpstream` keeps
+ * the literal id and routes it was given, so `createKeywardClient<typeof upstreams>()` knows every route's
+ * method, path, contracts and response type. `UpstreamDefinition` alone (any id, any routes) accepts them all.
+ */
+export interface UpstreamDefinition<Id extends string = string, Routes extends readonly unknown[] = readonly unknown[]> {
+  readonly id: Id;
   readonly config: UpstreamConfig;
+  /** Types only, never set at run time: the routes as declared (route inputs or `TypedRoute`s). */
+  readonly '~routes'?: Routes;
 }
+
+/**
+ * A route's types stated outright, for upstreams whose routes are computed at run time (presets): the typed
+ * client sends `Body` and `Query` and reads `Response` on `Method Path`. Types only; see `withRouteTypes`.
+ */
+export interface TypedRoute<Method extends RouteMethod = RouteMethod, Path extends string = string, Body = unknown, Query = unknown, Response = unknown> {
+  readonly method: Method;
+  readonly path: Path;
+  readonly '~types'?: { readonly body: Body; readonly query: Query; readonly response: Response };
+}
+
+/** A route as `defineUpstream` takes it. */
+type RouteInput = UpstreamInput['routes'][number];
+
+/**
+ * `T` with every array readonly and zod schemas left as they are: what a `const` type parameter infers from a
+ * literal must fit its constraint, or TypeScript falls back to the constraint and the literal types are lost.
+ */
+type Declared<T> = T extends z.core.$ZodType
+  ? T
+  : T extends readonly (infer E)[]
+    ? readonly Declared<E>[]
+    : T extends object
+      ? { readonly [K in keyof T]: Declared<T[K]> }
+      : T;
 
 /**
  * Declares an upstream in TypeScript. Parsed with the same schema as the JSON file, so a mistake throws
  * a ConfigError naming the field when the module is loaded.
+ *
+ * Types: the id and the routes are inferred as written (`const` type parameters), for the typed client. The
+ * input is still checked against `UpstreamInput` as a whole (`NoInfer`), so a misspelt field anywhere, routes
+ * included, stays a compile error.
  */
-export function defineUpstream(id: string, input: UpstreamInput): UpstreamDefinition {
+export function defineUpstream<const Id extends string, const Routes extends readonly Declared<RouteInput>[]>(
+  id: Id,
+  input: NoInfer<Omit<UpstreamInput, 'routes'>> & { readonly routes: Routes & NoInfer<readonly Declared<RouteInput>[]> },
+): UpstreamDefinition<Id, Routes> {
   // Checked here, not through the record schema: zod's record parser silently skips a `__proto__` key.
   if (!UPSTREAM_ID.test(id)) {
     throw new ConfigError(`Invalid upstream "${id}":\n  - upstreams.${id}: upstream ids are lowercase letters, digits, "-" and "_"`);
@@ -25,6 +64,20 @@ export function defineUpstream(id: string, input: UpstreamInput): UpstreamDefini
     throw new ConfigError(`Invalid upstream "${id}":\n${formatIssues(result.error.issues, 'upstreams')}`);
   }
   return { id, config: upstreamSchema.parse(input) };
+}
+
+/**
+ * Gives an upstream built at run time (a preset, whose id and routes TypeScript cannot see) the id and route
+ * types the typed client uses: `TypedRoute`s, or route inputs with zod or declarative contracts. Types only:
+ * returns `definition` itself, so what it states is the caller's word, as with any type assertion.
+ *
+ *   function openai<const Id extends string = 'openai'>(options: … & { id?: Id }): UpstreamDefinition<Id, OpenAIRoutes> {
+ *     return withRouteTypes(defineUpstream(options.id ?? 'openai', buildInput(options))); // both from the return type
+ *   }
+ *   withRouteTypes<'openai', OpenAIRoutes>(definition); // or stated
+ */
+export function withRouteTypes<Id extends string, Routes extends readonly unknown[]>(definition: UpstreamDefinition): UpstreamDefinition<Id, Routes> {
+  return definition as UpstreamDefinition<Id, Routes>;
 }
 
 /** Reads and validates the JSON config file. */
@@ -66,7 +119,11 @@ export function parseConfig(json: unknown, source: string): UpstreamDefinition[]
       throw new ConfigError(`${source} is invalid:\n${lines.join('\n')}`);
     }
   }
-  const result = keywardConfigSchema.safeParse(json);
+  // Built-in presets ({"preset": "openai", …}) become full upstream definitions before the one schema checks them.
+  const expanded = upstreams && typeof upstreams === 'object' && !Array.isArray(upstreams)
+    ? { ...(json as object), upstreams: expandPresetEntries(upstreams as Record<string, unknown>, source) }
+    : json;
+  const result = keywardConfigSchema.safeParse(expanded);
   if (!result.success) {
     throw new ConfigError(`${source} is invalid:\n${formatIssues(result.error.issues, '')}`);
   }

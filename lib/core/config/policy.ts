@@ -21,7 +21,7 @@ const fieldTargetSchema = z
   .regex(/^(?:body(?:\.[A-Za-z0-9_-]{1,64}){1,8}|query\.[A-Za-z0-9_-]{1,64})$/, 'must be "body.<path>" or "query.<name>"');
 
 export interface FieldSpecInput {
-  type: 'string' | 'integer' | 'number' | 'boolean' | 'array' | 'object';
+  type: 'string' | 'integer' | 'number' | 'boolean' | 'array' | 'object' | 'file';
   enum?: (string | number | boolean)[];
   minLength?: number;
   maxLength?: number;
@@ -32,10 +32,58 @@ export interface FieldSpecInput {
   maxItems?: number;
   properties?: Record<string, FieldSpecInput>;
   required?: string[];
+  maxBytes?: number;
+  contentTypes?: string[];
   description?: string;
 }
 
 const count = z.number().int().min(0).max(1_000_000);
+
+/** A media type a file part may carry (RFC 6838 §4.2 names), or a whole top-level type: "image/*". */
+const mediaRangeSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/(?:\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})$/, 'must be a media type such as "audio/mpeg" or "image/*"');
+
+/** What a file part of a multipart body may be: its own byte cap and the media types it may declare. */
+export const filePartSpecSchema = z.strictObject({
+  maxBytes: z
+    .number()
+    .int()
+    .positive()
+    .max(1024 ** 3)
+    .optional()
+    .describe("Largest file accepted in this part, in bytes (the route's maxRequestBytes caps the whole body anyway)."),
+  contentTypes: z
+    .array(mediaRangeSchema)
+    .min(1)
+    .max(64)
+    .optional()
+    .describe('Media types the part may declare (Content-Type of the part), e.g. ["audio/mpeg", "image/*"]. Absent: any.'),
+});
+
+export type FilePartSpec = z.output<typeof filePartSpecSchema>;
+
+/** What a multipart contract sees of a file part once it has been streamed through (zod contracts' input). */
+export interface UploadedFile {
+  /** The sanitised filename that was forwarded. */
+  readonly filename: string;
+  /** The part's media type, lower-case, without parameters. */
+  readonly contentType: string;
+  readonly bytes: number;
+}
+
+/** The file parts of zod multipart contracts, by schema instance (see `filePart`). */
+export const fileParts = z.registry<FilePartSpec>();
+
+/**
+ * A file part in a zod multipart contract (TypeScript adapters), the counterpart of `{"type": "file"}`:
+ * `body: z.object({ purpose: z.enum(['fine-tune']), file: filePart({ maxBytes: 25 << 20, contentTypes: ['audio/mpeg'] }) })`.
+ * The file is streamed through under these limits; the contract then sees an `UploadedFile`.
+ */
+export function filePart(spec: FilePartSpec = {}): z.ZodType<UploadedFile> {
+  const schema = z.strictObject({ filename: z.string(), contentType: z.string(), bytes: z.number().int().min(0) });
+  return schema.register(fileParts, filePartSpecSchema.parse(spec));
+}
 
 /**
  * One field of a contract, in JSON Schema's words. Objects are closed: a field that is not declared is
@@ -44,7 +92,7 @@ const count = z.number().int().min(0).max(1_000_000);
 export const fieldSpecSchema: z.ZodType<FieldSpecInput> = z.lazy(() =>
   z
     .strictObject({
-      type: z.enum(['string', 'integer', 'number', 'boolean', 'array', 'object']),
+      type: z.enum(['string', 'integer', 'number', 'boolean', 'array', 'object', 'file']),
       enum: z.array(z.union([z.string().max(256), z.number(), z.boolean()])).min(1).max(256).optional(),
       minLength: count.optional(),
       maxLength: count.optional(),
@@ -55,6 +103,7 @@ export const fieldSpecSchema: z.ZodType<FieldSpecInput> = z.lazy(() =>
       maxItems: count.optional(),
       properties: z.record(z.string().regex(FIELD_NAME, 'field names are letters, digits, "_" and "-"'), fieldSpecSchema).optional(),
       required: z.array(z.string().regex(FIELD_NAME)).optional(),
+      ...filePartSpecSchema.shape,
       description: z.string().max(512).optional(),
     })
     .superRefine((spec, ctx) => {
@@ -65,6 +114,7 @@ export const fieldSpecSchema: z.ZodType<FieldSpecInput> = z.lazy(() =>
         boolean: [],
         array: ['items', 'minItems', 'maxItems'],
         object: ['properties', 'required'],
+        file: ['maxBytes', 'contentTypes'],
       };
       for (const key of Object.keys(spec)) {
         if (key === 'type' || key === 'description') continue;
@@ -106,9 +156,20 @@ const queryContractSchema = z
   ])
   .describe('Query parameters this route accepts; any other, or any repeated one not declared as an array, is refused.');
 
+/**
+ * Types only: what a route answers, for the typed client (lib/client, `npm run keyward -- types`). Keyward never
+ * validates or reshapes a response against it; it passes on what the upstream sent (scrubbed).
+ */
+export const responseTypeSchema = z
+  .union([fieldSpecSchema, zodContract])
+  .describe('The response type the typed client gives this route (types only: Keyward does not validate responses).');
+
 const bodyContractSchema = z
   .union([fieldSpecSchema, zodContract])
-  .describe('The JSON body this route accepts (closed objects); it is re-serialised from the parsed value.');
+  .describe('The body this route accepts (closed objects), in its bodyFormat; it is re-serialised from the parsed value.');
+
+export const BODY_FORMATS = ['json', 'form', 'multipart'] as const;
+export type BodyFormat = (typeof BODY_FORMATS)[number];
 
 const rolesFilter = z
   .array(z.string().min(1).max(64))
@@ -144,6 +205,26 @@ export const budgetSchema = z.strictObject({
 
 const dottedPath = z.string().regex(/^[A-Za-z0-9_-]{1,64}(?:\.[A-Za-z0-9_-]{1,64}){0,7}$/, 'must be a dotted field path');
 
+const pathList = z.union([dottedPath.transform((path) => [path]), z.array(dottedPath).min(1).max(8)]);
+const unitPrice = z.number().min(0).max(1_000_000);
+
+/**
+ * A price table: what a token costs, per model, in budget units. With units of micro-dollars, a model's price
+ * per token is its list price in dollars per million tokens (gpt-4.1-mini: {"input": 0.4, "output": 1.6}).
+ */
+export const priceSchema = z.strictObject({
+  model: fieldTargetSchema.default('body.model').describe('The request field naming the model (default "body.model").'),
+  table: z
+    .record(
+      z.string().regex(/^(?:\*|[A-Za-z0-9._:/@-]{1,128})$/, 'must be a model id or "*"'),
+      z.strictObject({ input: unitPrice.describe('Units per input token.'), output: unitPrice.describe('Units per output token.') }),
+    )
+    .refine((table) => Object.keys(table).length > 0, 'must price at least one model')
+    .describe('Model → price per token in budget units; "*" prices any other model. A call for an unpriced model is refused.'),
+  inputTokens: pathList.describe('Where the response reports input tokens (as "usage.json"); absent there: the reserved bound is charged.'),
+  outputTokens: pathList.describe('Where the response reports output tokens (as "usage.json").'),
+});
+
 export const costSchema = z
   .strictObject({
     reserve: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(1).describe('Worst-case units reserved before forwarding.'),
@@ -157,11 +238,22 @@ export const costSchema = z
       .describe('Reserve field × times + plus when the field is present (else "reserve").'),
     usage: z
       .union([
-        z.strictObject({ json: dottedPath.describe('Numeric field of the JSON response, or of the last SSE event carrying it.') }),
+        z.strictObject({
+          json: pathList.describe(
+            'Numeric field of the JSON response, or of the last SSE event carrying it; a list is tried in order ' +
+              '(e.g. ["usage.total_tokens", "response.usage.total_tokens"] for a JSON body and a stream\'s final event).',
+          ),
+        }),
         z.strictObject({ header: z.string().regex(/^[A-Za-z0-9-]{1,64}$/).transform((n) => n.toLowerCase()) }),
       ])
       .optional()
       .describe('Where the upstream reports the real usage; settled when the response ends. Absent: the reservation is charged.'),
+    price: priceSchema
+      .optional()
+      .describe('Cost from a price table: units = input tokens × input price + output tokens × output price, per model.'),
+  })
+  .superRefine((cost, ctx) => {
+    if (cost.price && cost.usage) ctx.addIssue({ code: 'custom', path: ['usage'], message: 'with "price", usage is read from price.inputTokens and price.outputTokens' });
   })
   .describe('What one call costs against budgets.');
 
@@ -177,6 +269,13 @@ export const routePolicyFields = {
     .describe('Object-level check: path parameter → session value it must equal, e.g. {"id": "claims.accountId"}.'),
   query: queryContractSchema.optional(),
   body: bodyContractSchema.optional(),
+  bodyFormat: z
+    .enum(BODY_FORMATS)
+    .optional()
+    .describe(
+      'How the "body" contract is read: "json" (default), "form" (application/x-www-form-urlencoded in bracket notation, ' +
+        'e.g. metadata[order_id]=1, as Stripe uses) or "multipart" (multipart/form-data: text fields and "file" parts, streamed).',
+    ),
   identity: z
     .record(fieldTargetSchema, sessionValueSchema)
     .optional()
@@ -184,7 +283,13 @@ export const routePolicyFields = {
   caps: z
     .record(z.string().min(1).max(64), z.record(fieldTargetSchema, z.number()))
     .optional()
-    .describe('Role → numeric field → maximum, e.g. {"free": {"body.max_tokens": 1000}}. Absent fields are set to the cap.'),
+    .describe(
+      'Role → numeric field → maximum, e.g. {"free": {"body.max_tokens": 1000}}; the role "*" caps every caller. Absent fields are set to the cap.',
+    ),
+  overCap: z
+    .enum(['refuse', 'clamp'])
+    .optional()
+    .describe('A value over its cap: "refuse" (default, 400 contract_violation) or "clamp" (lowered to the cap and forwarded).'),
   cost: costSchema.optional(),
   rateLimits: z.array(rateLimitSchema).max(16).optional().describe('Rate limits counted for this route only.'),
   quotas: z.array(quotaSchema).max(16).optional(),

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { ZOD_CONTRACT_MESSAGE, routePolicyFields, upstreamPolicyFields } from './policy';
+import { ZOD_CONTRACT_MESSAGE, responseTypeSchema, routePolicyFields, upstreamPolicyFields } from './policy';
+import { templateParamNames, templateProblems } from '../route/template';
 
 /**
  * The one schema for upstream definitions: TypeScript adapters (`defineUpstream`) and the JSON file named by
@@ -76,6 +77,71 @@ const headerNameSchema = z
   .regex(HEADER_NAME, 'must be a valid HTTP header name')
   .transform((name) => name.toLowerCase());
 
+/** AWS signing names that sign the path as sent (URI-encoded once) and accept UNSIGNED-PAYLOAD: S3 and its kin. */
+export const S3_SIGNING_NAMES: ReadonlySet<string> = new Set(['s3', 's3-object-lambda', 's3-outposts']);
+
+/** Headers a SigV4 signature writes (lib/core/credential/aws-sigv4.ts); `host` is refused everywhere already. */
+export const AWS_SIGNATURE_HEADERS = ['authorization', 'x-amz-date', 'x-amz-content-sha256', 'x-amz-security-token'] as const;
+
+/** Names that cannot carry an HMAC signature, its time or key id: framing, routing and Keyward's own headers. */
+const NOT_SIGNATURE_HEADERS = new Set([
+  ...[...FORBIDDEN_PASS_THROUGH_HEADERS].filter((name) => name !== 'authorization' && name !== 'x-api-key' && name !== 'api-key'),
+  'content-type',
+  'accept-encoding',
+  'user-agent',
+  'x-request-id',
+]);
+
+const signatureHeaderSchema = headerNameSchema.refine((name) => !NOT_SIGNATURE_HEADERS.has(name), { message: 'cannot carry a signature' });
+
+/**
+ * AWS Signature Version 4 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv.html): every call is
+ * signed with an access key pair read from the environment at start-up.
+ */
+export const awsSigV4AuthSchema = z.strictObject({
+  type: z.literal('aws-sigv4'),
+  service: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'must be an AWS signing name, e.g. "bedrock" or "s3"')
+    .describe('The signing name in the credential scope: "bedrock" for Bedrock runtime, "s3", "execute-api"…'),
+  region: z
+    .string()
+    .regex(/^[a-z0-9]+(?:-[a-z0-9]+){1,5}$/, 'must be an AWS region, e.g. "us-east-1"')
+    .describe('The region in the credential scope, e.g. "us-east-1".'),
+  accessKeyId: secretRefSchema.describe('The access key id. Scrubbed like a secret: AWS repeats it in error messages.'),
+  secret: credentialSourceSchema.describe('The secret access key, from the environment ({"env": "NAME"}).'),
+  sessionToken: secretRefSchema.optional().describe('The session token of temporary credentials (sent as X-Amz-Security-Token).'),
+  payload: z
+    .enum(['signed', 'unsigned'])
+    .default('signed')
+    .describe(
+      '"signed" (default): the body\'s SHA-256 is signed; a streamed body is read whole first, under the route\'s ' +
+        'maxRequestBytes. "unsigned" (S3 only): a streamed body is sent as it arrives, signed as UNSIGNED-PAYLOAD.',
+    ),
+});
+
+/** A generic HMAC request signature for in-house APIs; the canonical string is in README "Request signing". */
+export const hmacAuthSchema = z.strictObject({
+  type: z.literal('hmac'),
+  secret: credentialSourceSchema.describe('The shared key; its UTF-8 bytes are the HMAC key.'),
+  algorithm: z.enum(['sha256', 'sha512']).default('sha256').describe('HMAC-SHA-256 (default) or HMAC-SHA-512.'),
+  encoding: z.enum(['hex', 'base64']).default('hex').describe('How the signature is written (default lowercase hex).'),
+  header: signatureHeaderSchema.default('x-signature').describe('Carries the signature (default x-signature).'),
+  prefix: z
+    .string()
+    .max(64)
+    .regex(/^[\x20-\x7e]*$/, 'must be printable ASCII (no line breaks)')
+    .optional()
+    .describe('Written before the signature, e.g. "sha256=".'),
+  timestampHeader: signatureHeaderSchema.default('x-timestamp').describe('Carries the signing time, Unix seconds (default x-timestamp).'),
+  keyId: z
+    .string()
+    .regex(/^[\x21-\x7e]{1,128}$/, 'must be 1–128 printable ASCII characters without spaces')
+    .optional()
+    .describe('Names the key to the verifier; sent in keyIdHeader. Not a secret.'),
+  keyIdHeader: signatureHeaderSchema.default('x-key-id').describe('Carries keyId when set (default x-key-id).'),
+});
+
 const authSchema = z.discriminatedUnion('type', [
   z.strictObject({
     type: z.literal('header'),
@@ -101,6 +167,8 @@ const authSchema = z.discriminatedUnion('type', [
     name: z.string().regex(/^[A-Za-z0-9_.~-]{1,64}$/, 'must be a plain query parameter name'),
     secret: credentialSourceSchema,
   }),
+  awsSigV4AuthSchema,
+  hmacAuthSchema,
 ]);
 
 /** Bounds for maxDecodedResponseBytes: the default (64 MiB) and the largest value accepted (1 TiB). */
@@ -113,27 +181,17 @@ const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 export type RouteMethod = (typeof METHODS)[number];
 
-// A template segment is a literal (same character rules as request segments), `:name`, or a final `*`.
-const TEMPLATE_SEGMENT = /^(?:[A-Za-z0-9._~!$&'()*+,;=-]+|:[A-Za-z_][A-Za-z0-9_]*|\*)$/;
-
 const routePathSchema = z
   .string()
   .max(1024)
   .superRefine((path, ctx) => {
-    if (!path.startsWith('/')) {
-      ctx.addIssue({ code: 'custom', message: 'must start with "/"' });
-      return;
-    }
-    const segments = path === '/' ? [] : path.slice(1).split('/');
-    segments.forEach((segment, index) => {
-      if (!TEMPLATE_SEGMENT.test(segment) || segment === '.' || segment === '..') {
-        ctx.addIssue({ code: 'custom', message: `segment "${segment}" is not a literal, a :param or a final *` });
-      } else if (segment === '*' && index !== segments.length - 1) {
-        ctx.addIssue({ code: 'custom', message: '"*" may only be the last segment' });
-      }
-    });
+    // The template grammar lives with the matcher that reads it (lib/core/route/template.ts).
+    for (const message of templateProblems(path)) ctx.addIssue({ code: 'custom', message });
   })
-  .describe('Path template under baseUrl: literal segments, ":name" parameters, and an optional final "*".');
+  .describe(
+    'Path template under baseUrl: literal segments, ":name" parameters, "{name}" parameters with literal text around ' +
+      'them in one segment (e.g. "{model}:generateContent"; "{name:colon}" lets the value contain ":"), and an optional final "*".',
+  );
 
 const routeSchema = z.strictObject({
   method: z.enum(METHODS),
@@ -157,6 +215,7 @@ const routeSchema = z.strictObject({
     .regex(/^[\x20-\x7e]*$/)
     .optional()
     .describe('Cache-Control for responses of this route. Default "private, no-store".'),
+  response: responseTypeSchema.optional(),
   websocket: z
     .boolean()
     .optional()
@@ -185,7 +244,7 @@ const routeSchema = z.strictObject({
       ctx.addIssue({ code: 'custom', path: [field], message: 'applies to WebSocket routes only ("websocket": true)' });
     }
   }
-  const params = new Set(route.path.split('/').filter((s) => s.startsWith(':')).map((s) => s.slice(1)));
+  const params = new Set(templateParamNames(route.path));
   for (const name of Object.keys(route.paramEquals ?? {})) {
     if (!params.has(name)) ctx.addIssue({ code: 'custom', path: ['paramEquals', name], message: `"${name}" is not a parameter of the path` });
   }
@@ -198,7 +257,13 @@ const routeSchema = z.strictObject({
   for (const [field, target] of bodyTargets) {
     if (target.startsWith('body.') && !route.body) {
       ctx.addIssue({ code: 'custom', path: [field], message: `"${target}" needs a "body" contract on this route` });
+    } else if (target.startsWith('body.') && route.bodyFormat === 'multipart' && target.split('.').length !== 2) {
+      // Multipart parts are flat: a part's name is one field, there is no nesting to reach into.
+      ctx.addIssue({ code: 'custom', path: [field], message: `"${target}" must name a top-level part ("body.<name>") of a multipart body` });
     }
+  }
+  if (route.bodyFormat && !route.body) {
+    ctx.addIssue({ code: 'custom', path: ['bodyFormat'], message: 'needs a "body" contract on this route' });
   }
   if (route.body && ['GET', 'HEAD', 'DELETE', 'OPTIONS'].includes(route.method)) {
     ctx.addIssue({ code: 'custom', path: ['body'], message: `${route.method} requests are forwarded without a body` });
@@ -225,7 +290,7 @@ const keyRingSchema = z
     canary: z
       .strictObject({
         method: z.enum(['GET', 'HEAD']),
-        path: routePathSchema.refine((path) => !path.includes(':') && !path.includes('*'), 'must be a literal path'),
+        path: routePathSchema.refine((path) => templateParamNames(path).length === 0 && !path.includes('*'), 'must be a literal path'),
       })
       .optional()
       .describe('A cheap, safe call sent with a new version before traffic switches to it; 2xx passes.'),
@@ -257,6 +322,14 @@ const baseUrlSchema = z
     if (!url.pathname.endsWith('/')) url.pathname += '/';
     return url.href;
   });
+
+/** Request header name → value set by the config (never a secret): `headers` and `defaultHeaders`. */
+const headerValuesSchema = z
+  .record(
+    z.string().regex(HEADER_NAME, 'must be a valid HTTP header name'),
+    z.string().max(1024).regex(/^[\x20-\x7e]*$/, 'must be printable ASCII (no line breaks)'),
+  )
+  .default({});
 
 export const upstreamSchema = z
   .strictObject({
@@ -309,6 +382,14 @@ export const upstreamSchema = z
       .max(64)
       .default([])
       .describe('Extra response headers to pass back, beyond the built-in allow-list.'),
+    headers: headerValuesSchema.describe(
+      'Fixed request headers sent on every call, replacing any the client sent, e.g. {"openai-organization": "org_…"}. ' +
+        'Not for secrets: those go in "auth".',
+    ),
+    defaultHeaders: headerValuesSchema.describe(
+      'Request headers sent when the client sent none (a name the client may send must be in requestHeaders), ' +
+        'e.g. {"anthropic-version": "2023-06-01"}. Not for secrets.',
+    ),
     ...upstreamPolicyFields,
     keys: keyRingSchema.optional(),
   })
@@ -329,6 +410,15 @@ export const upstreamSchema = z
     if (upstream.keys && !('env' in upstream.auth.secret)) {
       ctx.addIssue({ code: 'custom', path: ['keys'], message: 'key rings apply to a service key ({"env": …})' });
     }
+    for (const field of ['headers', 'defaultHeaders'] as const) {
+      for (const name of Object.keys(upstream[field])) {
+        const lower = name.toLowerCase();
+        const credentialHeader = upstream.auth.type === 'header' ? upstream.auth.name : undefined;
+        if (FORBIDDEN_PASS_THROUGH_HEADERS.has(lower) || lower === credentialHeader || lower === 'x-request-id' || lower === 'accept-encoding') {
+          ctx.addIssue({ code: 'custom', path: [field, name], message: `"${lower}" cannot be set here` });
+        }
+      }
+    }
     for (const [list, key] of [
       [upstream.requestHeaders, 'requestHeaders'],
       [upstream.responseHeaders, 'responseHeaders'],
@@ -340,7 +430,51 @@ export const upstreamSchema = z
         }
       });
     }
+    signedAuthIssues(upstream, ctx);
   });
+
+/**
+ * What request signing (`aws-sigv4`, `hmac`) cannot be combined with, and the headers it owns: a client can
+ * neither pass them through nor may fixed `headers` set them, so the signature is always Keyward's own.
+ */
+function signedAuthIssues(upstream: UpstreamConfig, ctx: z.RefinementCtx): void {
+  const { auth } = upstream;
+  if (auth.type !== 'aws-sigv4' && auth.type !== 'hmac') return;
+  const issue = (path: PropertyKey[], message: string) => ctx.addIssue({ code: 'custom', path, message });
+  if (auth.type === 'aws-sigv4') {
+    // An AWS key is a pair (and a session token goes with its pair): one stored value cannot stand for it.
+    if (!('env' in auth.secret)) issue(['auth', 'secret'], 'AWS keys come from the environment ({"env": …}); a user\'s key, OAuth token or per-claim key cannot sign AWS requests');
+    if (upstream.keys) issue(['keys'], 'an AWS key is a pair (accessKeyId and secret): rotate it by replacing both environment variables');
+    if (auth.payload === 'unsigned' && !S3_SIGNING_NAMES.has(auth.service)) issue(['auth', 'payload'], 'UNSIGNED-PAYLOAD is accepted by S3 only ("service": "s3")');
+  } else {
+    if ('oauth' in auth.secret) issue(['auth', 'secret'], 'an OAuth access token cannot be an HMAC key');
+    if (auth.timestampHeader === auth.header) issue(['auth', 'timestampHeader'], 'must differ from auth.header');
+    if (auth.keyId !== undefined && (auth.keyIdHeader === auth.header || auth.keyIdHeader === auth.timestampHeader)) {
+      issue(['auth', 'keyIdHeader'], 'must differ from auth.header and auth.timestampHeader');
+    }
+  }
+  // The handshake's headers are the WebSocket client's own: a signature over them cannot be made here.
+  upstream.routes.forEach((route, index) => {
+    if (route.websocket) issue(['routes', index, 'websocket'], `WebSocket upgrades cannot be signed ("auth.type": "${auth.type}")`);
+  });
+  // Names refused for every upstream (authorization, host…) already have their issue.
+  const written = new Set(signatureHeaderNames(auth).filter((name) => !FORBIDDEN_PASS_THROUGH_HEADERS.has(name)));
+  upstream.requestHeaders.forEach((name, index) => {
+    if (written.has(name)) issue(['requestHeaders', index], `"${name}" is written by the request signature`);
+  });
+  for (const field of ['headers', 'defaultHeaders'] as const) {
+    for (const name of Object.keys(upstream[field])) {
+      if (written.has(name.toLowerCase())) issue([field, name], `"${name.toLowerCase()}" is written by the request signature`);
+    }
+  }
+}
+
+/** The request headers a signature writes (the client's are never forwarded under these names). */
+function signatureHeaderNames(auth: AuthConfig): string[] {
+  if (auth.type === 'aws-sigv4') return [...AWS_SIGNATURE_HEADERS];
+  if (auth.type === 'hmac') return [auth.header, auth.timestampHeader, ...(auth.keyId !== undefined ? [auth.keyIdHeader] : [])];
+  return [];
+}
 
 export const keywardConfigSchema = z.strictObject({
   $schema: z.string().optional(),

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { injectCredential } from '../credential/inject';
+import { signRequest } from '../credential/sign';
 import { KeywardError } from '../errors';
 import { buildUpstreamUrl } from '../forward/url';
 import { keyVerifier, legacyFingerprint, newVerifierSalt } from './fingerprint';
@@ -319,8 +320,12 @@ export class KeyRings {
     const segments = canary.path === '/' ? [] : canary.path.slice(1).split('/');
     const url = buildUpstreamUrl(upstream, segments);
     const headers: Record<string, string> = { 'accept-encoding': 'identity', 'user-agent': 'keyward-canary' };
+    // As on every call: the upstream's fixed and default headers (an API version the upstream requires).
+    for (const [name, value] of [...upstream.defaultHeaders, ...upstream.fixedHeaders]) headers[name] = value;
     injectCredential(credential, headers, url);
     try {
+      // A signing credential (hmac) signs the canary as any call: last, over what is sent.
+      if (credential.signer) await signRequest(credential.signer, { method: canary.method, url, headers, body: null, declaredLength: null });
       const response = await this.dispatcher.request({
         origin: upstream.origin,
         path: url.pathname + url.search,
@@ -342,6 +347,9 @@ export class KeyRings {
     if (!upstream) throw new KeywardError('upstream_not_found');
     if (!isRingUpstream(upstream)) {
       throw new KeywardError('bad_request', { message: 'Only a service key ({"env": …}) has versions to manage.' });
+    }
+    if (upstream.auth.type === 'aws-sigv4') {
+      throw new KeywardError('bad_request', { message: 'An AWS key is a pair: rotate it by replacing both of its environment variables.' });
     }
     return upstream;
   }

@@ -1,26 +1,31 @@
-import type { CostConfig } from '../config/policy';
-
 /** JSON bodies are parsed for usage up to this size; SSE keeps this much of its end. */
 const MAX_JSON_BYTES = 1024 * 1024;
 const SSE_TAIL_BYTES = 64 * 1024;
 
+/** Reads a call's usage, in budget units, from one parsed JSON value (a body, or one event); null if absent. */
+export type UsageRead = (value: unknown) => number | null;
+
+/** A model's price per token, in budget units (README "Budgets from a price table"). */
+export interface TokenPrice {
+  readonly input: number;
+  readonly output: number;
+}
+
 /**
  * Reads the usage an upstream reports, for settling a budget: a numeric field of a JSON response
- * (`usage.total_tokens`), or of the last Server-Sent Event that carries it (OpenAI-style streams put
- * usage in the final chunk), or a response header. Null when the response did not report it.
+ * (`usage.total_tokens`; the first of several paths that holds a number), or of the last Server-Sent Event
+ * that carries it (OpenAI-style streams put usage in the final chunk), or, priced (`pricedUsage`), the input
+ * and output tokens of that response or event. Null when the response did not report it.
  */
 export class UsageReader {
   private readonly chunks: Buffer[] = [];
   private size = 0;
   private overflow = false;
-  private readonly path: readonly string[];
+  private readonly read: UsageRead;
   private readonly mode: 'json' | 'sse' | 'none';
 
-  constructor(
-    usage: NonNullable<CostConfig['usage']> & { json: string },
-    contentType: string,
-  ) {
-    this.path = usage.json.split('.');
+  constructor(usage: { readonly json: string | readonly string[] } | UsageRead, contentType: string) {
+    this.read = typeof usage === 'function' ? usage : numberAt(typeof usage.json === 'string' ? [usage.json] : usage.json);
     const type = contentType.toLowerCase();
     this.mode = type.includes('text/event-stream') ? 'sse' : type.includes('json') ? 'json' : 'none';
   }
@@ -42,7 +47,7 @@ export class UsageReader {
   result(): number | null {
     if (this.mode === 'none' || this.overflow) return null;
     const text = Buffer.concat(this.chunks).toString('utf8');
-    if (this.mode === 'json') return this.read(text);
+    if (this.mode === 'json') return this.parse(text);
     // Events are separated by a blank line; an event's data is its `data:` lines joined with "\n"
     // (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).
     const events = text.split(/\r?\n\r?\n/);
@@ -52,25 +57,56 @@ export class UsageReader {
         .filter((line) => line.startsWith('data:'))
         .map((line) => line.slice(line.startsWith('data: ') ? 6 : 5));
       if (data.length === 0) continue;
-      const value = this.read(data.join('\n'));
+      const value = this.parse(data.join('\n'));
       if (value !== null) return value;
     }
     return null;
   }
 
-  private read(text: string): number | null {
-    let node: unknown;
+  private parse(text: string): number | null {
     try {
-      node = JSON.parse(text);
+      return this.read(JSON.parse(text));
     } catch {
       return null;
     }
-    for (const key of this.path) {
-      if (node === null || typeof node !== 'object' || !Object.hasOwn(node, key)) return null;
-      node = (node as Record<string, unknown>)[key];
-    }
-    return toUnits(node);
   }
+}
+
+/** The first of these dotted paths that holds a usable number, as whole units. */
+export function numberAt(paths: readonly string[]): UsageRead {
+  const split = paths.map((path) => path.split('.'));
+  return (value) => {
+    for (const path of split) {
+      const units = toUnits(at(value, path));
+      if (units !== null) return units;
+    }
+    return null;
+  };
+}
+
+/**
+ * Units from a price table: reported input tokens × input price + output tokens × output price, read from the
+ * same body or event. Output tokens must be reported; input tokens absent from it are charged at the bound
+ * reserved for them (Anthropic streams report them in their first event, long before the last).
+ */
+export function pricedUsage(inputPaths: readonly string[], outputPaths: readonly string[], price: TokenPrice, inputBound: number): UsageRead {
+  const input = numberAt(inputPaths);
+  const output = numberAt(outputPaths);
+  return (value) => {
+    const out = output(value);
+    if (out === null) return null;
+    return toUnits((input(value) ?? inputBound) * price.input + out * price.output);
+  };
+}
+
+/** The value at a dotted path of parsed JSON (own properties only); undefined when absent. */
+function at(root: unknown, path: readonly string[]): unknown {
+  let node = root;
+  for (const key of path) {
+    if (node === null || typeof node !== 'object' || !Object.hasOwn(node, key)) return undefined;
+    node = (node as Record<string, unknown>)[key];
+  }
+  return node;
 }
 
 /** A reported amount as whole units (rounded up), or null if it is not a usable number. */

@@ -1,14 +1,15 @@
 import { z } from 'zod';
 import { ConfigError } from '../config/load';
-import type { FieldSpecInput, FieldTarget, SessionValue } from '../config/policy';
+import { filePart, fileParts, type BodyFormat, type FieldSpecInput, type FieldTarget, type FilePartSpec, type SessionValue } from '../config/policy';
 import type { RouteConfig } from '../config/schema';
 import { KeywardError } from '../errors';
 import type { Session } from '../session/session';
 
 /**
- * Request contracts (DESIGN.md step 5): the query and JSON body a route accepts, per-role caps and identity
- * fields. What is forwarded is rebuilt from the parsed values, never the client's raw text, so a field the
- * contract does not know (or a second copy of one it does) cannot reach the upstream.
+ * Request contracts (DESIGN.md step 5): the query and body a route accepts (JSON, form or multipart: see
+ * ./body.ts), per-role caps and identity fields. What is forwarded is rebuilt from the parsed values, never
+ * the client's raw text, so a field the contract does not know (or a second copy of one it does) cannot reach
+ * the upstream.
  */
 
 export type QueryValues = Record<string, unknown>;
@@ -16,9 +17,26 @@ export type QueryValues = Record<string, unknown>;
 export interface CompiledContract {
   /** Null: the query is passed through as sent (no contract declared). */
   readonly query: { readonly schema: z.ZodType; readonly arrays: ReadonlySet<string> | null } | null;
+  /** What the body must be once read in its format (form and multipart fields arrive as strings). */
   readonly body: z.ZodType | null;
+  readonly bodyFormat: BodyFormat;
+  /** Multipart bodies: what each part name may carry (a text field or a file), from `body`'s shape. */
+  readonly parts: ReadonlyMap<string, PartRule> | null;
   readonly caps: ReadonlyMap<string, ReadonlyMap<FieldTarget, number>>;
+  /** A value over its cap: refused (400), or lowered to the cap ("clamp"). */
+  readonly overCap: 'refuse' | 'clamp';
   readonly identity: ReadonlyArray<readonly [FieldTarget, SessionValue]>;
+}
+
+/** One part name of a multipart contract. */
+export interface PartRule {
+  readonly kind: 'text' | 'file';
+  /** Declared as an array: the part may be sent more than once. */
+  readonly array: boolean;
+  /** Checks one value: a text part's string, or a file's `UploadedFile`. */
+  readonly value: z.ZodType;
+  /** Files: their byte cap and media types. */
+  readonly file: FilePartSpec | null;
 }
 
 export function compileContract(route: RouteConfig, where: string): CompiledContract {
@@ -31,14 +49,56 @@ export function compileContract(route: RouteConfig, where: string): CompiledCont
     const arrays = new Set<string>();
     for (const [name, field] of Object.entries(spec.properties)) {
       if (field.type === 'array') arrays.add(name);
-      const schema = queryField(field, `${where}.query.properties.${name}`);
+      const schema = textField(field, `${where}.query.properties.${name}`, 'query');
       shape[name] = spec.required?.includes(name) ? schema : schema.optional();
     }
     query = { schema: z.strictObject(shape), arrays };
   }
-  const body = route.body instanceof z.ZodType ? closed(route.body) : route.body ? bodyField(route.body as FieldSpecInput) : null;
+  const bodyFormat = route.bodyFormat ?? 'json';
+  const body = route.body ? compileBody(route.body as FieldSpecInput | z.ZodType, bodyFormat, `${where}.body`) : null;
+  const parts = body && bodyFormat === 'multipart' ? partRules(body as z.ZodObject, `${where}.body`) : null;
   const caps = new Map(Object.entries(route.caps ?? {}).map(([role, fields]) => [role, new Map(Object.entries(fields)) as Map<FieldTarget, number>]));
-  return { query, body, caps, identity: Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][] };
+  const overCap = route.overCap ?? 'refuse';
+  return { query, body, bodyFormat, parts, caps, overCap, identity: Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][] };
+}
+
+/** The body contract in its format: JSON values as they are; form and multipart fields read from their text. */
+function compileBody(body: FieldSpecInput | z.ZodType, format: BodyFormat, where: string): z.ZodType {
+  if (body instanceof z.ZodType) {
+    if (format === 'multipart' && !(body instanceof z.ZodObject)) throw new ConfigError(`  - ${where}: a multipart contract is a z.object of its parts`);
+    return closed(body);
+  }
+  if (format === 'json') return bodyField(body, where);
+  if (body.type !== 'object') throw new ConfigError(`  - ${where}: a ${format} body is an object of fields ("type": "object")`);
+  return textObject(body, where, format, true);
+}
+
+/** Multipart part names, each a text field or a file (`filePart`, `{"type": "file"}`), possibly repeated (arrays). */
+function partRules(schema: z.ZodObject, where: string): Map<string, PartRule> {
+  const rules = new Map<string, PartRule>();
+  for (const [name, field] of Object.entries(schema.shape)) {
+    // Names are written back into the forwarded part headers: only plain ones (quotes or line breaks would split them).
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new ConfigError(`  - ${where}: multipart part names are letters, digits, "_" and "-"`);
+    const inner = unwrapSchema(field as z.ZodType);
+    const array = inner instanceof z.ZodArray;
+    const value = array ? (inner.element as z.ZodType) : inner;
+    const file = fileParts.get(value) ?? null;
+    // zod links no metadata to a derived schema: `filePart().refine(…)` would silently become a text field.
+    if (!file && value instanceof z.ZodObject && Object.keys(value.shape).sort().join() === 'bytes,contentType,filename') {
+      throw new ConfigError(`  - ${where}.${name}: refine the contract's object, not filePart() (a derived schema is no longer a file part)`);
+    }
+    rules.set(name, { kind: file ? 'file' : 'text', array, value, file });
+  }
+  return rules;
+}
+
+/** The schema under optional/nullable/default wrappers (what a field's own type is). */
+export function unwrapSchema(schema: z.ZodType): z.ZodType {
+  let current = schema;
+  while (current instanceof z.ZodOptional || current instanceof z.ZodNullable || current instanceof z.ZodDefault) {
+    current = current.unwrap() as z.ZodType;
+  }
+  return current;
 }
 
 /** A zod object from an adapter refuses unknown keys like the declarative contracts do. */
@@ -50,7 +110,7 @@ function literals(values: readonly (string | number | boolean)[]): z.ZodType {
   return z.literal(values as [string, ...string[]]);
 }
 
-function bodyField(spec: FieldSpecInput): z.ZodType {
+function bodyField(spec: FieldSpecInput, where: string): z.ZodType {
   switch (spec.type) {
     case 'string': {
       if (spec.enum) return literals(spec.enum);
@@ -70,7 +130,7 @@ function bodyField(spec: FieldSpecInput): z.ZodType {
     case 'boolean':
       return z.boolean();
     case 'array': {
-      let schema = z.array(bodyField(spec.items!));
+      let schema = z.array(bodyField(spec.items!, `${where}.items`));
       if (spec.minItems !== undefined) schema = schema.min(spec.minItems);
       if (spec.maxItems !== undefined) schema = schema.max(spec.maxItems);
       return schema;
@@ -78,43 +138,70 @@ function bodyField(spec: FieldSpecInput): z.ZodType {
     case 'object': {
       const shape: Record<string, z.ZodType> = {};
       for (const [name, field] of Object.entries(spec.properties ?? {})) {
-        const schema = bodyField(field);
+        const schema = bodyField(field, `${where}.properties.${name}`);
         shape[name] = spec.required?.includes(name) ? schema : schema.optional();
       }
       return z.strictObject(shape);
     }
+    case 'file':
+      throw new ConfigError(`  - ${where}: "file" applies to multipart bodies only ("bodyFormat": "multipart")`);
   }
 }
 
 const INTEGER = /^-?(?:0|[1-9]\d{0,15})$/;
 const NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d{1,3})?$/;
 
-/** Query values arrive as strings: each declared type says how to read one, then the body rules apply. */
-function queryField(spec: FieldSpecInput, where: string): z.ZodType {
+type TextFormat = 'query' | 'form' | 'multipart';
+
+/**
+ * Values that arrive as text (query parameters, form fields, multipart text parts): each declared type says how
+ * to read one (`limit=10` is the integer 10), then the JSON body rules apply. Query parameters and multipart
+ * parts are flat (arrays of scalars, or of files for multipart); form fields nest in bracket notation.
+ */
+function textField(spec: FieldSpecInput, where: string, format: TextFormat): z.ZodType {
   switch (spec.type) {
     case 'string':
-      return bodyField(spec);
+      return bodyField(spec, where);
     case 'integer':
     case 'number':
       return z
         .string()
         .regex(spec.type === 'integer' ? INTEGER : NUMBER, `expected ${spec.type === 'integer' ? 'an integer' : 'a number'}`)
         .transform(Number)
-        .pipe(bodyField(spec) as z.ZodType<unknown, number>);
+        .pipe(bodyField(spec, where) as z.ZodType<unknown, number>);
     case 'boolean':
       return z.enum(['true', 'false'], { error: 'expected true or false' }).transform((value) => value === 'true');
+    case 'file':
+      if (format !== 'multipart') throw new ConfigError(`  - ${where}: "file" applies to multipart bodies only ("bodyFormat": "multipart")`);
+      return filePart({ maxBytes: spec.maxBytes, contentTypes: spec.contentTypes });
     case 'array': {
-      if (spec.items!.type === 'array' || spec.items!.type === 'object') {
-        throw new ConfigError(`  - ${where}.items: query arrays hold strings, numbers or booleans`);
-      }
-      let schema = z.array(queryField(spec.items!, where));
+      const nested = spec.items!.type === 'array' || spec.items!.type === 'object';
+      if (nested && format === 'query') throw new ConfigError(`  - ${where}.items: query arrays hold strings, numbers or booleans`);
+      if (nested && format === 'multipart') throw new ConfigError(`  - ${where}.items: multipart arrays hold text fields or files`);
+      let schema = z.array(textField(spec.items!, `${where}.items`, format));
       if (spec.minItems !== undefined) schema = schema.min(spec.minItems);
       if (spec.maxItems !== undefined) schema = schema.max(spec.maxItems);
       return schema;
     }
     case 'object':
-      throw new ConfigError(`  - ${where}: query parameters cannot be objects`);
+      if (format === 'query') throw new ConfigError(`  - ${where}: query parameters cannot be objects`);
+      if (format === 'multipart') throw new ConfigError(`  - ${where}: multipart parts cannot be objects`);
+      return textObject(spec, where, format, false);
   }
+}
+
+/** A closed object of text fields: a form body or one of its nested objects, or a multipart body. */
+function textObject(spec: FieldSpecInput, where: string, format: TextFormat, top: boolean): z.ZodType {
+  const shape: Record<string, z.ZodType> = {};
+  for (const [name, field] of Object.entries(spec.properties ?? {})) {
+    // In bracket notation `a[0]` is an index: a nested field named by digits could never be sent.
+    if (format === 'form' && !top && /^\d+$/.test(name)) {
+      throw new ConfigError(`  - ${where}.properties.${name}: a nested form field cannot be named by digits only (it reads as an array index)`);
+    }
+    const schema = textField(field, `${where}.properties.${name}`, format);
+    shape[name] = spec.required?.includes(name) ? schema : schema.optional();
+  }
+  return z.strictObject(shape);
 }
 
 /**
@@ -181,15 +268,20 @@ export interface RequestParts {
   body: unknown;
 }
 
+/** The caps key that applies to every session, whatever its roles. */
+const ALL_ROLES = '*';
+
 /**
- * Applies per-role caps: the most generous cap among the caller's roles that have one (a role listed with
- * no cap for the field lifts it). A larger value is
- * refused; a missing value is set to the cap, so the upstream's own (possibly larger) default never applies.
+ * Applies per-role caps (`"*"`: every caller): the most generous cap among the caller's roles that have one (a
+ * role listed with no cap for the field lifts it). A larger value is refused, or lowered to the cap when the route
+ * says `overCap: "clamp"`; a missing value is set to the cap, so the upstream's own (possibly larger) default
+ * never applies.
  */
 export function applyCaps(contract: CompiledContract, session: Session, parts: RequestParts): void {
   if (contract.caps.size === 0) return;
   const limits = new Map<FieldTarget, number>();
-  const capped = session.roles.filter((role) => contract.caps.has(role));
+  // "*" caps every caller; a role of the caller's listed beside it can still lift a field (below).
+  const capped = [...session.roles, ALL_ROLES].filter((role) => contract.caps.has(role));
   for (const role of capped) {
     for (const [target, max] of contract.caps.get(role)!) limits.set(target, Math.max(limits.get(target) ?? -Infinity, max));
   }
@@ -203,7 +295,8 @@ export function applyCaps(contract: CompiledContract, session: Session, parts: R
     } else if (typeof current !== 'number' || !Number.isFinite(current)) {
       throw violation(`${target}: expected a number`);
     } else if (current > max) {
-      throw violation(`${target}: must be at most ${max} for your role`);
+      if (contract.overCap === 'clamp') writeTarget(parts, target, max);
+      else throw violation(`${target}: must be at most ${max} for your role`);
     }
   }
 }
@@ -262,7 +355,7 @@ function writeTarget(parts: RequestParts, target: FieldTarget, value: string | n
   Object.defineProperty(node, path[path.length - 1]!, { value, enumerable: true, writable: true, configurable: true });
 }
 
-function violation(message: string): KeywardError {
+export function violation(message: string): KeywardError {
   return new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${message}.` });
 }
 
@@ -272,7 +365,7 @@ function safeName(name: string): string {
 }
 
 /** Names the first problems by path; zod's messages name expected types and config limits, not values. */
-function contractError(error: z.ZodError, root: 'query' | 'body'): KeywardError {
+export function contractError(error: z.ZodError, root: string): KeywardError {
   const problems = error.issues.slice(0, 3).map((issue) => {
     const path = [root, ...issue.path.map((part) => (typeof part === 'number' ? String(part) : safeName(String(part))))].join('.');
     // The unknown names are the client's own text (a key pasted as a field name would be echoed): never shown.

@@ -55,7 +55,8 @@ export function createSessionVerifier(
       return verified.remember(`c:${cookieToken}`, claims ? notExpired(sessionFromClaims(claims, 'cookie'), now) : null);
     }
     if (authorization !== null) {
-      const match = /^Bearer ([A-Za-z0-9*_~.-]{20,4096})$/.exec(authorization);
+      // The scheme is case-insensitive (RFC 9110 §11.1): SDKs send `bearer` as well as `Bearer`.
+      const match = /^Bearer ([A-Za-z0-9*_~.-]{20,4096})$/i.exec(authorization);
       if (!match) return null;
       const hit = verified.get(`b:${match[1]}`);
       if (hit !== undefined) return hit;

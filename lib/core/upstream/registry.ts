@@ -5,13 +5,17 @@ import { processFingerprints, type KeyFingerprints } from '../keys/fingerprint';
 import type { SessionValue } from '../config/policy';
 import { compileRouteLimits, type RouteLimits } from '../limits/rules';
 import { compileContract, type CompiledContract } from '../policy/contract';
+import { awsCredential, type AwsKeyPair } from '../credential/aws-sigv4';
+import { hmacCredential } from '../credential/hmac';
+import type { RequestSigner } from '../credential/sign';
+import { compileTemplate, type TemplateSegment } from '../route/template';
 
 export interface CompiledRoute {
   readonly method: RouteMethod;
   /** The declared template, e.g. `/items/:id`: what logs and audit records name. */
   readonly template: string;
-  /** Literal segments are strings; parameters are `{ param }`; a final `*` is `{ rest: true }`. */
-  readonly segments: ReadonlyArray<string | { param: string } | { rest: true }>;
+  /** Literal segments are strings; parameters are `{ param, prefix, suffix, colons }`; a final `*` is `{ rest: true }`. */
+  readonly segments: readonly TemplateSegment[];
   readonly roles: ReadonlySet<string> | null;
   /** Every one of these is needed (null: none). */
   readonly scopes: ReadonlySet<string> | null;
@@ -35,13 +39,18 @@ export interface WebSocketRoute {
   readonly idleTimeoutMs: number;
 }
 
-/** A credential ready to attach: header and/or query value, every raw secret it holds, and its fingerprint. */
+/**
+ * A credential ready to attach: header and/or query value, or a signer that signs the finished request
+ * (`aws-sigv4`, `hmac`); every raw secret it holds, and its fingerprint.
+ */
 export interface ResolvedCredential {
   readonly type: AuthConfig['type'];
   readonly headerName?: string;
   readonly headerValue?: string;
   readonly queryName?: string;
   readonly queryValue?: string;
+  /** Signs the request last, over exactly what is sent (lib/core/credential/sign.ts). */
+  readonly signer?: RequestSigner;
   /** Every secret value this credential holds, for scrubbing and leak checks. */
   readonly secrets: readonly string[];
   /** Names the key in logs and audit without revealing it: the first 12 hex digits of its SHA-256. */
@@ -62,6 +71,10 @@ export interface Upstream {
   readonly fingerprints: KeyFingerprints;
   readonly requestHeaders: ReadonlySet<string>;
   readonly responseHeaders: ReadonlySet<string>;
+  /** Fixed request headers (`headers`), lowercased: set after the client's are filtered, so they win. */
+  readonly fixedHeaders: ReadonlyArray<readonly [string, string]>;
+  /** `defaultHeaders`, lowercased: set when the filtered client headers hold none of that name. */
+  readonly defaultHeaders: ReadonlyArray<readonly [string, string]>;
 }
 
 /**
@@ -138,16 +151,17 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env, fingerpri
     fingerprints,
     requestHeaders: new Set(config.requestHeaders),
     responseHeaders: new Set(config.responseHeaders),
+    fixedHeaders: Object.entries(config.headers).map(([name, value]) => [name.toLowerCase(), value] as const),
+    defaultHeaders: Object.entries(config.defaultHeaders).map(([name, value]) => [name.toLowerCase(), value] as const),
   };
 }
 
 function compileRoute(upstreamId: string, index: number, route: RouteConfig, upstream: UpstreamConfig): CompiledRoute {
-  const parts = route.path === '/' ? [] : route.path.slice(1).split('/');
   const where = `upstreams.${upstreamId}.routes.${index}`;
   return {
     method: route.method,
     template: route.path,
-    segments: parts.map((part) => (part === '*' ? { rest: true } : part.startsWith(':') ? { param: part.slice(1) } : part)),
+    segments: compileTemplate(route.path),
     roles: route.roles ? new Set(route.roles) : null,
     scopes: route.scopes ? new Set(route.scopes) : null,
     paramEquals: new Map(Object.entries(route.paramEquals ?? {})),
@@ -191,7 +205,10 @@ function planCredential(id: string, config: UpstreamConfig, env: Env, fingerprin
   if ('env' in source) {
     const keys = config.keys;
     const time = (value: string | undefined) => (value === undefined ? null : Date.parse(value));
-    const primary = credentialFor(auth, readSecret(id, 'auth.secret', source, env), fingerprints, username);
+    const primary =
+      auth.type === 'aws-sigv4'
+        ? awsCredential(auth, readAwsKeyPair(id, auth, source, env), fingerprints)
+        : credentialFor(auth, readSecret(id, 'auth.secret', source, env), fingerprints, username);
     const envVersions: EnvKeyVersion[] = [{ id: `env:${source.env}`, credential: primary, notBefore: null, expiresAt: time(keys?.primaryExpiresAt) }];
     (keys?.versions ?? []).forEach((version, index) => {
       const credential = credentialFor(auth, readSecret(id, `keys.versions.${index}`, version, env), fingerprints, username);
@@ -240,5 +257,19 @@ export function credentialFor(auth: AuthConfig, secret: string, fingerprints: Ke
     }
     case 'query':
       return { type: 'query', queryName: auth.name, queryValue: secret, secrets: [secret], fingerprint: print };
+    case 'hmac':
+      return hmacCredential(auth, secret, fingerprints);
+    case 'aws-sigv4':
+      // A pair (and maybe a session token), read together at start-up: the schema refuses any other source.
+      throw new TypeError('aws-sigv4 credentials are built from their key pair (awsCredential)');
   }
+}
+
+/** The access key id, secret access key and session token of an `aws-sigv4` upstream, from the environment. */
+function readAwsKeyPair(id: string, auth: Extract<AuthConfig, { type: 'aws-sigv4' }>, secret: SecretRef, env: Env): AwsKeyPair {
+  return {
+    accessKeyId: readSecret(id, 'auth.accessKeyId', auth.accessKeyId, env),
+    secretAccessKey: readSecret(id, 'auth.secret', secret, env),
+    sessionToken: auth.sessionToken === undefined ? undefined : readSecret(id, 'auth.sessionToken', auth.sessionToken, env),
+  };
 }

@@ -70,7 +70,7 @@ export async function authorizeUpgrade(
     // A GET carries no body: this applies caps, identity fields and the checked query to the URL.
     await prepareContent(call, request, route, session, parts, outgoing);
     injectCredential(credential, outgoing.headers, outgoing.url);
-    await reserveBudget(call, route, parts, limited);
+    await reserveBudget(call, route, parts, limited, null);
     const url = outgoing.url;
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     return {

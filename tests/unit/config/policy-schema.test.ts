@@ -149,6 +149,8 @@ describe('paramEquals', () => {
       { method: 'GET', path: '/orgs/:org/users/:id', paramEquals: { id: 'userId', org: 'claims.orgId' } },
     ]);
     expect(config.routes[0]!.paramEquals).toEqual({ id: 'userId', org: 'claims.orgId' });
+    // A parameter with literal text around it in its segment is a parameter too.
+    accept([{ method: 'GET', path: '/accounts/{account}:summary', paramEquals: { account: 'claims.accountId' } }]);
   });
 
   it('refuses a name that is not a parameter of the path, naming it', () => {
@@ -160,6 +162,7 @@ describe('paramEquals', () => {
       `${R}.paramEquals.id`,
     );
     expect(refuse([{ method: 'GET', path: '/files/*', paramEquals: { '*': 'userId' } }])).toContain(`${R}.paramEquals`);
+    expect(refuse([{ method: 'GET', path: '/models/x:list', paramEquals: { list: 'userId' } }])).toContain(`${R}.paramEquals.list`);
   });
 });
 
@@ -410,7 +413,7 @@ describe('the README’s example route parses', () => {
     expect(config.routes[0]!.cost).toEqual({
       reserve: 12000,
       reserveFrom: { field: 'body.max_tokens', times: 1, plus: 8000 },
-      usage: { json: 'usage.total_tokens' },
+      usage: { json: ['usage.total_tokens'] },
     });
   });
 });

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { UsageReader, toUnits } from '../../../lib/core/limits/usage';
+import { UsageReader, pricedUsage, toUnits } from '../../../lib/core/limits/usage';
 
 const encoder = new TextEncoder();
 const TOKENS = { json: 'usage.total_tokens' };
 
 /** Feeds `chunks` to a fresh reader and returns its result. */
-function read(contentType: string, chunks: readonly (string | Uint8Array)[], path = TOKENS): number | null {
+function read(contentType: string, chunks: readonly (string | Uint8Array)[], path: { json: string | string[] } = TOKENS): number | null {
   const reader = new UsageReader(path, contentType);
   for (const chunk of chunks) reader.push(typeof chunk === 'string' ? encoder.encode(chunk) : chunk);
   return reader.result();
@@ -28,6 +28,16 @@ describe('UsageReader: JSON responses', () => {
       read('application/json', [JSON.stringify({ id: 'x', usage: { prompt_tokens: 5, total_tokens: 123 } })]),
     ).toBe(123);
     expect(read('application/json; charset=utf-8', ['{"cost":7}'], { json: 'cost' })).toBe(7);
+  });
+
+  it('tries a list of paths in order: the first that holds a number wins', () => {
+    const paths = { json: ['usage.total_tokens', 'response.usage.total_tokens'] };
+    expect(read('application/json', ['{"usage":{"total_tokens":12}}'], paths)).toBe(12);
+    expect(read('application/json', ['{"usage":{"total_tokens":"n/a"},"response":{"usage":{"total_tokens":30}}}'], paths)).toBe(30);
+    // A stream's final event (the Responses API's `response.completed`) carries it under `response`.
+    const stream = sse({ type: 'response.output_text.delta', delta: 'hi' }, { type: 'response.completed', response: { usage: { total_tokens: 77 } } });
+    expect(read('text/event-stream', [stream], paths)).toBe(77);
+    expect(read('application/json', ['{"other":1}'], paths)).toBeNull();
     expect(read('application/vnd.api+json', ['{"a":{"b":{"c":9}}}'], { json: 'a.b.c' })).toBe(9);
     expect(read('Application/JSON', ['{"cost":7}'], { json: 'cost' })).toBe(7);
   });
@@ -189,6 +199,35 @@ describe('UsageReader: SSE events whose data spans several lines', () => {
   it('does not join lines of different events', () => {
     const reader = new UsageReader({ json: 'usage.total_tokens' }, 'text/event-stream');
     reader.push(Buffer.from('data: {"usage":\n\ndata: {"total_tokens": 42}}\n\n'));
+    expect(reader.result()).toBeNull();
+  });
+});
+
+describe('pricedUsage: cost from a price table', () => {
+  const price = { input: 0.4, output: 1.6 };
+  const priced = (inputBound = 1000) => pricedUsage(['usage.prompt_tokens'], ['usage.completion_tokens'], price, inputBound);
+
+  it('charges reported input and output tokens at their prices, rounded up to whole units', () => {
+    const reader = new UsageReader(priced(), 'application/json');
+    reader.push(encoder.encode(JSON.stringify({ usage: { prompt_tokens: 1000, completion_tokens: 250 } })));
+    expect(reader.result()).toBe(800); // 1000 × 0.4 + 250 × 1.6
+    const odd = new UsageReader(priced(), 'application/json');
+    odd.push(encoder.encode(JSON.stringify({ usage: { prompt_tokens: 1, completion_tokens: 1 } })));
+    expect(odd.result()).toBe(2); // 2.0 exactly
+    const third = new UsageReader(pricedUsage(['i'], ['o'], { input: 0.1, output: 0 }, 0), 'application/json');
+    third.push(encoder.encode('{"i":3,"o":0}'));
+    expect(third.result()).toBe(1); // 0.3 rounds up
+  });
+
+  it('charges the reserved input bound when the event reports output tokens only', () => {
+    const reader = new UsageReader(priced(500), 'text/event-stream');
+    reader.push(encoder.encode(sse({ usage: { completion_tokens: 10 } })));
+    expect(reader.result()).toBe(500 * 0.4 + 10 * 1.6);
+  });
+
+  it('reports nothing without output tokens: the reservation stays charged', () => {
+    const reader = new UsageReader(priced(), 'application/json');
+    reader.push(encoder.encode(JSON.stringify({ usage: { prompt_tokens: 1000 } })));
     expect(reader.result()).toBeNull();
   });
 });

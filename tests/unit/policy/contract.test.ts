@@ -657,6 +657,33 @@ describe('applyCaps', () => {
     expect(() => applyCaps(open, session(['free']), chat({ max_tokens: 50_000 }))).toThrow(/at most 100/);
   });
 
+  it('"*" caps every caller, roles or none; a listed role of the caller can still raise or lift it', () => {
+    const everyone = compiled({ ...CHAT_ROUTE, caps: { '*': { 'body.max_tokens': 500 }, pro: { 'body.max_tokens': 4000 }, staff: {} } });
+    for (const roles of [[], ['user'], ['admin']]) {
+      const missing = chat();
+      applyCaps(everyone, session(roles), missing);
+      expect(missing.body).toMatchObject({ max_tokens: 500 });
+      expect(violation(() => applyCaps(everyone, session(roles), chat({ max_tokens: 501 })))).toContain('at most 500');
+    }
+    const pro = chat({ max_tokens: 4000 });
+    applyCaps(everyone, session(['user', 'pro']), pro);
+    expect(pro.body).toMatchObject({ max_tokens: 4000 });
+    const staff = chat({ max_tokens: 90_000 });
+    applyCaps(everyone, session(['staff']), staff);
+    expect(staff.body).toMatchObject({ max_tokens: 90_000 });
+  });
+
+  it('overCap "clamp" lowers a larger value to the cap instead of refusing it; a non-number is still refused', () => {
+    const clamped = compiled({ ...CHAT_ROUTE, caps: { free: { 'body.max_tokens': 100 } }, overCap: 'clamp' });
+    const parts = chat({ max_tokens: 64_000 });
+    applyCaps(clamped, session(['free']), parts);
+    expect(parts.body).toMatchObject({ max_tokens: 100 });
+    const under = chat({ max_tokens: 7 });
+    applyCaps(clamped, session(['free']), under);
+    expect(under.body).toMatchObject({ max_tokens: 7 });
+    expect(violation(() => applyCaps(clamped, session(['free']), chat({ max_tokens: '64000' })))).toContain('body.max_tokens');
+  });
+
   it('creates the objects on the way to a missing nested value, keeping what is there', () => {
     const parts = chat({ metadata: { tag: 'a' } });
     applyCaps(capped, session(['free']), parts);

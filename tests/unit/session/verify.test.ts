@@ -138,6 +138,11 @@ describe('bearer sessions', () => {
     expect(session).toMatchObject({ userId: 'user-1', roles: ['user', 'admin'], sessionId: c.sid, via: 'bearer' });
   });
 
+  it('reads the scheme in any letter case (RFC 9110 §11.1), as SDKs send it', async () => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session' });
+    for (const scheme of ['bearer', 'BEARER', 'bEaReR']) expect((await verify(withAuthorization(`${scheme} ${token}`)))?.via).toBe('bearer');
+  });
+
   it('works when other cookies (but no session cookie) are present', async () => {
     const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session' });
     const request = new Request('https://app.example/x', { headers: { authorization: `Bearer ${token}`, cookie: 'theme=dark' } });

@@ -1,0 +1,112 @@
+import { z } from 'zod';
+import type { TypedRoute } from '../config/load';
+import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
+import { checkPrices, modelSchema, modelsOption, outputTokensOption, pricedCost, pricesOption, textIdentity } from './shared';
+
+/**
+ * Anthropic's Messages API (https://docs.anthropic.com/en/api/messages): `x-api-key`; `anthropic-version` and
+ * `anthropic-beta` passed on as the client (its SDK) sends them, `anthropic-version` defaulted when it sends none; `metadata.user_id` stamped from the session.
+ * Routes keep the API's `/v1/…` paths under the bare origin, as the official SDKs call them: their base URL is
+ * `/api/proxy/anthropic`.
+ */
+
+/** The API version sent for a client that names none (plain fetch, the typed client, the key canary). */
+export const ANTHROPIC_VERSION = '2023-06-01';
+
+export const ANTHROPIC_DEFAULT_MODELS = ['claude-haiku-4-5', 'claude-sonnet-4-5', 'claude-3-5-haiku-latest'] as const;
+
+
+const options = z.strictObject({
+  ...commonPresetOptions,
+  models: modelsOption(ANTHROPIC_DEFAULT_MODELS),
+  maxOutputTokens: outputTokensOption(4096),
+  prices: pricesOption,
+}).superRefine(checkPrices);
+
+type Options = z.output<typeof options>;
+
+const loose = z.unknown();
+const system = z.union([z.string().max(1_000_000), z.array(loose).max(256)]);
+
+export function messagesBody(models: z.ZodType<string>) {
+  return z.object({
+    model: models,
+    messages: z.array(loose).min(1).max(2048),
+    // Required by the API: optional here so that a call without it gets the cap (see routes) instead of a 400;
+    // one over the cap is lowered to it (overCap), as the Vercel AI SDK sends the model's own maximum by default.
+    max_tokens: z.number().int().min(1).optional(),
+    container: z.string().max(256).optional(),
+    context_management: loose.optional(),
+    metadata: z.strictObject({ user_id: z.string().max(256).optional() }).optional(),
+    service_tier: z.enum(['auto', 'standard_only']).optional(),
+    stop_sequences: z.array(z.string().max(256)).max(16).optional(),
+    stream: z.boolean().optional(),
+    system: system.optional(),
+    temperature: z.number().min(0).max(1).optional(),
+    thinking: loose.optional(),
+    tool_choice: loose.optional(),
+    tools: z.array(loose).max(128).optional(),
+    top_k: z.number().int().min(0).optional(),
+    top_p: z.number().min(0).max(1).optional(),
+  });
+}
+
+export function countTokensBody(models: z.ZodType<string>) {
+  return z.object({
+    model: models,
+    messages: z.array(loose).min(1).max(2048),
+    system: system.optional(),
+    thinking: loose.optional(),
+    tool_choice: loose.optional(),
+    tools: z.array(loose).max(128).optional(),
+  });
+}
+
+function routes(o: Options): RouteInput[] {
+  const models = modelSchema(o.models);
+  return [
+    {
+      method: 'POST',
+      path: '/v1/messages',
+      body: messagesBody(models),
+      caps: { '*': { 'body.max_tokens': o.maxOutputTokens } },
+      overCap: 'clamp',
+      ...textIdentity('body.metadata.user_id'),
+      // Output tokens (or their cost): the JSON body's usage, or the stream's last `message_delta` (cumulative).
+      cost: o.prices
+        ? pricedCost(o.prices, 'body.max_tokens', ['usage.input_tokens'], ['usage.output_tokens'])
+        : { reserveFrom: { field: 'body.max_tokens' }, usage: { json: ['usage.output_tokens'] } },
+    },
+    { method: 'POST', path: '/v1/messages/count_tokens', body: countTokensBody(models) },
+    { method: 'GET', path: '/v1/models' },
+    { method: 'GET', path: '/v1/models/:model' },
+  ];
+}
+
+export const anthropicPreset = definePreset({
+  name: 'anthropic',
+  options,
+  build: (o) => ({
+    baseUrl: 'https://api.anthropic.com/',
+    auth: { type: 'header', name: 'x-api-key', secret: o.secret ?? { env: 'ANTHROPIC_API_KEY' } },
+    // Each SDK sends the version its response parsing expects, and keeps it.
+    requestHeaders: ['anthropic-version', 'anthropic-beta'],
+    responseHeaders: ['request-id'],
+    routes: routes(o),
+    timeoutMs: 120_000,
+    // The API refuses a call without a version: this one goes with a client's (or the canary) that sends none.
+    defaultHeaders: { 'anthropic-version': ANTHROPIC_VERSION },
+    keys: o.secret === undefined || 'env' in o.secret ? { canary: { method: 'GET', path: '/v1/models' } } : undefined,
+  }),
+});
+
+/** The routes as the typed client sees them. */
+export type AnthropicRoutes = readonly [
+  TypedRoute<'POST', '/v1/messages', z.input<ReturnType<typeof messagesBody>>>,
+  TypedRoute<'POST', '/v1/messages/count_tokens', z.input<ReturnType<typeof countTokensBody>>>,
+  TypedRoute<'GET', '/v1/models', never>,
+  TypedRoute<'GET', '/v1/models/:model', never>,
+];
+
+/** `anthropic({ models: ['claude-haiku-4-5'] })`. */
+export const anthropic = presetFunction<typeof options, AnthropicRoutes, 'anthropic'>(anthropicPreset);

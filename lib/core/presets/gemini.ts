@@ -1,0 +1,101 @@
+import { z } from 'zod';
+import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
+import { modelsOption, outputTokensOption } from './shared';
+
+/**
+ * Google's Gemini API (https://ai.google.dev/api): `x-goog-api-key`, actions written after the model with a
+ * ":" (`/models/gemini-2.5-flash:generateContent`). The model is in the path, so the allow-list is a list of
+ * literal routes, one per model and action; `models: "*"` declares `{model}:<action>` instead. The API has no
+ * end-user field, so nothing is stamped.
+ */
+
+export const GEMINI_DEFAULT_MODELS = ['gemini-2.5-flash', 'gemini-2.5-flash-lite', 'gemini-embedding-001'] as const;
+
+const options = z.strictObject({
+  ...commonPresetOptions,
+  models: modelsOption(GEMINI_DEFAULT_MODELS),
+  maxOutputTokens: outputTokensOption(4096),
+});
+
+type Options = z.output<typeof options>;
+
+const loose = z.unknown();
+const contents = z.array(loose).min(1).max(2048);
+
+export function generateContentBody() {
+  return z.object({
+    contents,
+    cachedContent: z.string().max(256).optional(),
+    // Loose: generation options pass through as sent, except the two that bound what a call costs.
+    generationConfig: z
+      .looseObject({
+        // Over the cap: lowered to it (overCap).
+        maxOutputTokens: z.number().int().min(1).optional(),
+        candidateCount: z.literal(1).optional(),
+      })
+      .optional(),
+    safetySettings: z.array(loose).max(16).optional(),
+    systemInstruction: loose.optional(),
+    toolConfig: loose.optional(),
+    tools: z.array(loose).max(128).optional(),
+  });
+}
+
+export const countTokensBody = z.object({ contents: contents.optional(), generateContentRequest: loose.optional() });
+export const embedContentBody = z.object({
+  content: loose,
+  model: z.string().max(128).optional(),
+  taskType: z.string().max(64).optional(),
+  title: z.string().max(1024).optional(),
+  outputDimensionality: z.number().int().min(1).max(4096).optional(),
+});
+
+/**
+ * Every route has a query contract: Google's APIs also take a key as `?key=`, so a client's own `key` next to the
+ * header would choose the key a call runs under. A closed contract refuses it (and any other parameter).
+ */
+const NO_QUERY = z.object({});
+
+export const batchEmbedContentsBody = z.object({ requests: z.array(embedContentBody.extend({ model: z.string().max(128) })).min(1).max(100) });
+
+function routesFor(model: string, maxOutputTokens: number): RouteInput[] {
+  const generation = {
+    body: generateContentBody(),
+    caps: { '*': { 'body.generationConfig.maxOutputTokens': maxOutputTokens } },
+    overCap: 'clamp' as const,
+    // Every streamed chunk carries the running usageMetadata; the last one has the total.
+    cost: { reserveFrom: { field: 'body.generationConfig.maxOutputTokens' as const }, usage: { json: ['usageMetadata.candidatesTokenCount'] } },
+  };
+  return [
+    { method: 'POST', path: `/models/${model}:generateContent`, query: NO_QUERY, ...generation },
+    { method: 'POST', path: `/models/${model}:streamGenerateContent`, query: z.object({ alt: z.literal('sse').optional() }), ...generation },
+    { method: 'POST', path: `/models/${model}:countTokens`, query: NO_QUERY, body: countTokensBody },
+    { method: 'POST', path: `/models/${model}:embedContent`, query: NO_QUERY, body: embedContentBody },
+    { method: 'POST', path: `/models/${model}:batchEmbedContents`, query: NO_QUERY, body: batchEmbedContentsBody },
+  ];
+}
+
+function routes(o: Options): RouteInput[] {
+  const models = o.models === '*' ? ['{model}'] : o.models;
+  const list = z.object({ pageSize: z.string().regex(/^\d{1,4}$/).optional(), pageToken: z.string().max(1024).optional() });
+  return [
+    ...models.flatMap((model) => routesFor(model, o.maxOutputTokens)),
+    { method: 'GET', path: '/models', query: list },
+    { method: 'GET', path: '/models/:model', query: NO_QUERY },
+  ];
+}
+
+export const geminiPreset = definePreset({
+  name: 'gemini',
+  options,
+  build: (o) => ({
+    baseUrl: 'https://generativelanguage.googleapis.com/v1beta/',
+    auth: { type: 'header', name: 'x-goog-api-key', secret: o.secret ?? { env: 'GEMINI_API_KEY' } },
+    routes: routes(o),
+    timeoutMs: 120_000,
+    keys: o.secret === undefined || 'env' in o.secret ? { canary: { method: 'GET', path: '/models' } } : undefined,
+  }),
+});
+
+/** `gemini({ models: ['gemini-2.5-flash'] })`. */
+export const gemini = presetFunction(geminiPreset);

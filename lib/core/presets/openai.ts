@@ -1,0 +1,265 @@
+import { z } from 'zod';
+import { filePart } from '../config/policy';
+import type { TypedRoute } from '../config/load';
+import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
+import { checkPrices, modelSchema, modelsOption, outputTokensOption, pricedCost, pricesOption, textIdentity } from './shared';
+
+/**
+ * OpenAI, and any OpenAI-compatible API (`baseUrl`: Azure OpenAI's v1 endpoint, Groq, Together, Mistral, vLLM,
+ * Ollama…). Routes: chat completions, responses (what the Vercel AI SDK's `openai('…')` calls), embeddings,
+ * models, image generation, speech, transcription and translation (multipart uploads) and moderations. Every body is closed: a field not listed here is refused
+ * (extend a route's schema to allow one). Request bodies: https://platform.openai.com/docs/api-reference.
+ */
+
+/** Models allowed when the user names none: small, inexpensive ones. `models: "*"` allows any. */
+export const OPENAI_DEFAULT_MODELS = [
+  'gpt-5-mini',
+  'gpt-5-nano',
+  'gpt-4.1-mini',
+  'gpt-4.1-nano',
+  'gpt-4o-mini',
+  'text-embedding-3-small',
+  'text-embedding-3-large',
+  'gpt-image-1-mini',
+  'gpt-4o-mini-tts',
+  'gpt-4o-mini-transcribe',
+  'whisper-1',
+  'omni-moderation-latest',
+] as const;
+
+const options = z.strictObject({
+  ...commonPresetOptions,
+  models: modelsOption(OPENAI_DEFAULT_MODELS),
+  maxOutputTokens: outputTokensOption(4096),
+  identity: z
+    .enum(['safety_identifier', 'user', 'none'])
+    .default('safety_identifier')
+    .describe(
+      'Body field stamped with the caller\'s user id on chat, responses, embeddings and images ("user" for ' +
+        'OpenAI-compatible APIs that predate safety_identifier; "none" for those that refuse both).',
+    ),
+  prices: pricesOption,
+}).superRefine(checkPrices);
+
+type Options = z.output<typeof options>;
+
+const loose = z.unknown();
+const metadata = z.record(z.string().max(64), z.string().max(512)).refine((value) => Object.keys(value).length <= 16, 'at most 16 keys');
+const temperature = z.number().min(0).max(2);
+const stop = z.union([z.string().max(256), z.array(z.string().max(256)).max(4)]);
+
+/** Chat completions: `POST /chat/completions`. */
+export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: number) {
+  return z.object({
+    model: models,
+    messages: z.array(loose).min(1).max(2048),
+    audio: loose.optional(),
+    frequency_penalty: z.number().min(-2).max(2).optional(),
+    logit_bias: z.record(z.string().max(16), z.number().min(-100).max(100)).optional(),
+    logprobs: z.boolean().optional(),
+    // Over the cap: lowered to it (the route's overCap), as SDKs send a model's own maximum by default.
+    max_completion_tokens: z.number().int().min(1).optional(),
+    // Deprecated but still sent by older SDKs; bounded like its successor (which the cap fills in).
+    max_tokens: z.number().int().min(1).max(maxOutputTokens).optional(),
+    metadata: metadata.optional(),
+    modalities: z.array(z.enum(['text', 'audio'])).max(2).optional(),
+    // One completion per call: the budget reserves one output's worth of tokens (override the route for more).
+    n: z.literal(1).optional(),
+    parallel_tool_calls: z.boolean().optional(),
+    prediction: loose.optional(),
+    presence_penalty: z.number().min(-2).max(2).optional(),
+    prompt_cache_key: z.string().max(256).optional(),
+    reasoning_effort: z.enum(['minimal', 'low', 'medium', 'high', 'none']).optional(),
+    response_format: loose.optional(),
+    safety_identifier: z.string().max(256).optional(),
+    seed: z.number().int().optional(),
+    service_tier: z.enum(['auto', 'default', 'flex']).optional(),
+    stop: stop.optional(),
+    store: z.boolean().optional(),
+    stream: z.boolean().optional(),
+    stream_options: z.strictObject({ include_usage: z.boolean().optional(), include_obfuscation: z.boolean().optional() }).optional(),
+    temperature: temperature.optional(),
+    tool_choice: loose.optional(),
+    tools: z.array(loose).max(128).optional(),
+    top_logprobs: z.number().int().min(0).max(20).optional(),
+    top_p: z.number().min(0).max(1).optional(),
+    user: z.string().max(256).optional(),
+    verbosity: z.enum(['low', 'medium', 'high']).optional(),
+    web_search_options: loose.optional(),
+  });
+}
+
+/** Responses: `POST /responses`. Stored responses are not readable back through Keyward (no `GET /responses/:id`). */
+export function responsesBody(models: z.ZodType<string>) {
+  return z.object({
+    model: models,
+    input: z.union([z.string().max(1_000_000), z.array(loose).max(2048)]).optional(),
+    include: z.array(z.string().max(128)).max(16).optional(),
+    instructions: z.string().max(1_000_000).optional(),
+    max_output_tokens: z.number().int().min(16).optional(),
+    max_tool_calls: z.number().int().min(1).max(128).optional(),
+    metadata: metadata.optional(),
+    parallel_tool_calls: z.boolean().optional(),
+    previous_response_id: z.string().max(256).optional(),
+    prompt: loose.optional(),
+    prompt_cache_key: z.string().max(256).optional(),
+    reasoning: loose.optional(),
+    safety_identifier: z.string().max(256).optional(),
+    service_tier: z.enum(['auto', 'default', 'flex']).optional(),
+    store: z.boolean().optional(),
+    stream: z.boolean().optional(),
+    stream_options: z.strictObject({ include_obfuscation: z.boolean().optional() }).optional(),
+    temperature: temperature.optional(),
+    text: loose.optional(),
+    tool_choice: loose.optional(),
+    tools: z.array(loose).max(128).optional(),
+    top_logprobs: z.number().int().min(0).max(20).optional(),
+    top_p: z.number().min(0).max(1).optional(),
+    truncation: z.enum(['auto', 'disabled']).optional(),
+    user: z.string().max(256).optional(),
+  });
+}
+
+export function embeddingsBody(models: z.ZodType<string>) {
+  return z.object({
+    model: models,
+    input: z.union([z.string().max(100_000), z.array(z.union([z.string().max(100_000), z.number().int(), z.array(z.number().int())])).max(2048)]),
+    dimensions: z.number().int().min(1).max(4096).optional(),
+    encoding_format: z.enum(['float', 'base64']).optional(),
+    user: z.string().max(256).optional(),
+    safety_identifier: z.string().max(256).optional(),
+  });
+}
+
+export function imagesBody(models: z.ZodType<string>) {
+  return z.object({
+    model: models,
+    prompt: z.string().min(1).max(32_000),
+    n: z.number().int().min(1).max(4).optional(),
+    size: z.string().max(32).optional(),
+    quality: z.enum(['auto', 'low', 'medium', 'high', 'standard', 'hd']).optional(),
+    style: z.enum(['vivid', 'natural']).optional(),
+    background: z.enum(['auto', 'transparent', 'opaque']).optional(),
+    moderation: z.enum(['auto', 'low']).optional(),
+    output_format: z.enum(['png', 'jpeg', 'webp']).optional(),
+    output_compression: z.number().int().min(0).max(100).optional(),
+    response_format: z.enum(['url', 'b64_json']).optional(),
+    user: z.string().max(256).optional(),
+    safety_identifier: z.string().max(256).optional(),
+  });
+}
+
+export function speechBody(models: z.ZodType<string>) {
+  return z.object({
+    model: models,
+    input: z.string().min(1).max(4096),
+    voice: z.string().max(64),
+    instructions: z.string().max(4096).optional(),
+    response_format: z.enum(['mp3', 'opus', 'aac', 'flac', 'wav', 'pcm']).optional(),
+    speed: z.number().min(0.25).max(4).optional(),
+    stream_format: z.enum(['sse', 'audio']).optional(),
+  });
+}
+
+/** Audio files the API accepts are at most 25 MB (https://platform.openai.com/docs/guides/speech-to-text). */
+const AUDIO_BYTES = 25 * 1024 * 1024;
+
+/** Transcriptions and translations: multipart, the audio file streamed through; text fields arrive as strings. */
+export function transcriptionBody(models: z.ZodType<string>) {
+  return z.object({
+    file: filePart({ maxBytes: AUDIO_BYTES }),
+    model: models,
+    chunking_strategy: z.string().max(1024).optional(),
+    include: z.array(z.string().max(64)).max(8).optional(),
+    language: z.string().max(16).optional(),
+    prompt: z.string().max(4096).optional(),
+    response_format: z.enum(['json', 'text', 'srt', 'verbose_json', 'vtt']).optional(),
+    stream: z.enum(['true', 'false']).optional(),
+    temperature: z.coerce.number().min(0).max(1).optional(),
+    timestamp_granularities: z.array(z.enum(['word', 'segment'])).max(2).optional(),
+  });
+}
+
+export function moderationsBody(models: z.ZodType<string>) {
+  return z.object({ model: models.optional(), input: z.union([z.string().max(100_000), z.array(loose).max(256)]) });
+}
+
+/** The Responses API reports usage in its JSON body, or in the stream's final `response.completed` event. */
+const RESPONSES_OUTPUT = ['usage.output_tokens', 'response.usage.output_tokens'];
+
+function routes(o: Options): RouteInput[] {
+  const models = modelSchema(o.models);
+  const stamp = o.identity === 'none' ? {} : textIdentity(`body.${o.identity}`);
+  // Budgets count output tokens, or their cost with `prices`: reserved from the capped bound, settled from what
+  // the API reports (the chat stream reports it only with stream_options.include_usage; else the reservation stays).
+  return [
+    {
+      method: 'POST',
+      path: '/chat/completions',
+      body: chatCompletionsBody(models, o.maxOutputTokens),
+      caps: { '*': { 'body.max_completion_tokens': o.maxOutputTokens } },
+      overCap: 'clamp',
+      ...stamp,
+      cost: o.prices
+        ? pricedCost(o.prices, 'body.max_completion_tokens', ['usage.prompt_tokens'], ['usage.completion_tokens'])
+        : { reserveFrom: { field: 'body.max_completion_tokens' }, usage: { json: ['usage.completion_tokens'] } },
+    },
+    {
+      method: 'POST',
+      path: '/responses',
+      body: responsesBody(models),
+      caps: { '*': { 'body.max_output_tokens': o.maxOutputTokens } },
+      overCap: 'clamp',
+      ...stamp,
+      cost: o.prices
+        ? pricedCost(o.prices, 'body.max_output_tokens', ['usage.input_tokens', 'response.usage.input_tokens'], RESPONSES_OUTPUT)
+        : { reserveFrom: { field: 'body.max_output_tokens' }, usage: { json: RESPONSES_OUTPUT } },
+    },
+    { method: 'POST', path: '/embeddings', body: embeddingsBody(models), ...stamp },
+    { method: 'GET', path: '/models' },
+    { method: 'GET', path: '/models/:model' },
+    { method: 'POST', path: '/images/generations', body: imagesBody(models), ...stamp, timeoutMs: 120_000 },
+    { method: 'POST', path: '/audio/speech', body: speechBody(models), timeoutMs: 120_000 },
+    ...(['/audio/transcriptions', '/audio/translations'] as const).map((path) => ({
+      method: 'POST' as const,
+      path,
+      body: transcriptionBody(models),
+      bodyFormat: 'multipart' as const,
+      maxRequestBytes: AUDIO_BYTES + 64 * 1024,
+      timeoutMs: 300_000,
+    })),
+    { method: 'POST', path: '/moderations', body: moderationsBody(models) },
+  ];
+}
+
+export const openaiPreset = definePreset({
+  name: 'openai',
+  options,
+  build: (o) => ({
+    baseUrl: 'https://api.openai.com/v1/',
+    auth: { type: 'bearer', secret: o.secret ?? { env: 'OPENAI_API_KEY' } },
+    routes: routes(o),
+    timeoutMs: 60_000,
+    responseHeaders: ['openai-processing-ms'],
+    keys: o.secret === undefined || 'env' in o.secret ? { canary: { method: 'GET', path: '/models' } } : undefined,
+  }),
+});
+
+type Body<F extends (models: z.ZodType<string>, max: number) => z.ZodType> = z.input<ReturnType<F>>;
+
+/** The routes as the typed client sees them (bodies from the contracts; responses are the SDKs' business). */
+export type OpenAIRoutes = readonly [
+  TypedRoute<'POST', '/chat/completions', Body<typeof chatCompletionsBody>>,
+  TypedRoute<'POST', '/responses', Body<typeof responsesBody>>,
+  TypedRoute<'POST', '/embeddings', Body<typeof embeddingsBody>>,
+  TypedRoute<'GET', '/models', never>,
+  TypedRoute<'GET', '/models/:model', never>,
+  TypedRoute<'POST', '/images/generations', Body<typeof imagesBody>>,
+  TypedRoute<'POST', '/audio/speech', Body<typeof speechBody>>,
+  TypedRoute<'POST', '/audio/transcriptions', FormData>,
+  TypedRoute<'POST', '/audio/translations', FormData>,
+  TypedRoute<'POST', '/moderations', Body<typeof moderationsBody>>,
+];
+
+/** `openai({ models: ['gpt-4.1-mini'] })`; any OpenAI-compatible API with `baseUrl` (and `secret`). */
+export const openai = presetFunction<typeof options, OpenAIRoutes, 'openai'>(openaiPreset);

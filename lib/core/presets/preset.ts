@@ -1,0 +1,145 @@
+import { z } from 'zod';
+import { ConfigError } from '../config/error';
+import { defineUpstream, withRouteTypes, type UpstreamDefinition } from '../config/load';
+import { credentialSourceSchema, formatIssues, upstreamSchema, type CredentialSource, type UpstreamInput } from '../config/schema';
+
+/**
+ * Built-in adapters ("presets"): a function that turns a few options into a complete upstream definition
+ * (auth scheme, routes with contracts, caps, identity fields, usage readers, key canary, response headers),
+ * which the user can then override or extend. The same preset is reachable from TypeScript
+ * (`openai({ models: […] })`) and from the JSON config (`{"preset": "openai", "models": […]}`); both end in
+ * `defineUpstream`, so the result is checked by the one upstream schema like any hand-written definition.
+ */
+
+export type RouteInput = UpstreamInput['routes'][number];
+
+const ROUTE_KEY = /^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) \/\S*$/;
+
+/** Options every preset takes, beside its own. */
+export const commonPresetOptions = {
+  secret: credentialSourceSchema
+    .optional()
+    .describe('Whose key: {"env": "NAME"} (the preset names a default variable), {"user": "key"}, {"oauth": "<provider>"} or {"claim", "keys"}.'),
+  roles: z
+    .array(z.string().min(1).max(64))
+    .min(1)
+    .optional()
+    .describe("Roles needed for the preset's routes (absent: any signed-in user)."),
+  only: z
+    .array(z.string().regex(ROUTE_KEY, 'must be "METHOD /path" as the preset declares it'))
+    .min(1)
+    .optional()
+    .describe('Keep only these of the preset\'s routes, e.g. ["POST /chat/completions"]. Deny by default: fewer is safer.'),
+};
+
+type CommonOptions = { secret?: CredentialSource; roles?: string[]; only?: string[] };
+
+export interface Preset<S extends z.ZodType<CommonOptions>> {
+  /** Its name in the JSON config (`"preset": "<name>"`). */
+  readonly name: string;
+  /** Its options (a strict object holding `commonPresetOptions` and its own). */
+  readonly options: S;
+  /** The upstream it describes, before the user's overrides. */
+  build(options: z.output<S>): UpstreamInput;
+}
+
+export function definePreset<S extends z.ZodType<CommonOptions>, const Name extends string>(preset: Preset<S> & { readonly name: Name }): Preset<S> & { readonly name: Name } {
+  return preset;
+}
+
+/** Upstream fields a user may set beside a preset's options: any field of an upstream, merged (see `mergeUpstream`). */
+export type UpstreamOverrides = Partial<UpstreamInput>;
+
+const UPSTREAM_FIELDS: ReadonlySet<string> = new Set(Object.keys(upstreamSchema.shape));
+
+/** Splits one object into the upstream fields it overrides and the preset's own options. */
+export function splitPresetInput(input: Record<string, unknown>): { options: Record<string, unknown>; overrides: UpstreamOverrides } {
+  const options: Record<string, unknown> = {};
+  const overrides: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(input)) {
+    if (value === undefined) continue;
+    (UPSTREAM_FIELDS.has(key) ? overrides : options)[key] = value;
+  }
+  return { options, overrides: overrides as UpstreamOverrides };
+}
+
+/**
+ * The upstream a preset describes for these options, with the user's overrides merged in. Throws a
+ * ConfigError naming the field (`upstreams.<id>.<option>`) for a bad option or an `only` entry that names
+ * no route of the preset.
+ */
+export function expandPreset<S extends z.ZodType<CommonOptions>>(
+  id: string,
+  preset: Preset<S>,
+  options: unknown,
+  overrides: UpstreamOverrides,
+): UpstreamInput {
+  const parsed = preset.options.safeParse(options);
+  if (!parsed.success) {
+    throw new ConfigError(`Invalid upstream "${id}" (preset "${preset.name}"):\n${formatIssues(parsed.error.issues, `upstreams.${id}`)}`);
+  }
+  const built = preset.build(parsed.data);
+  let routes = built.routes;
+  const { only, roles } = parsed.data;
+  if (only) {
+    const declared = new Set(routes.map(routeKey));
+    const unknown = only.filter((key) => !declared.has(key));
+    if (unknown.length > 0) {
+      const lines = unknown.map((key) => `  - upstreams.${id}.only: "${key}" is not a route of the "${preset.name}" preset`);
+      throw new ConfigError(`Invalid upstream "${id}" (preset "${preset.name}"):\n${lines.join('\n')}`);
+    }
+    routes = routes.filter((route) => only.includes(routeKey(route)));
+  }
+  if (roles) routes = routes.map((route) => ({ ...route, roles: route.roles ?? roles }));
+  return mergeUpstream({ ...built, routes }, overrides);
+}
+
+/**
+ * A preset's upstream with the user's fields on top. Routes: a user route with the same method and path
+ * replaces the preset's, any other is added. Pass-through header lists are joined, fixed and default headers
+ * merged name by name. Every other field given replaces the preset's (`auth`, `baseUrl`, `keys`, limits…).
+ */
+export function mergeUpstream(base: UpstreamInput, overrides: UpstreamOverrides): UpstreamInput {
+  const merged: UpstreamInput = { ...base, ...overrides };
+  // From the JSON file these are unchecked yet: anything but an array (or object) is left for the schema to name.
+  if (Array.isArray(overrides.routes)) {
+    const replacing = new Map(overrides.routes.map((route) => [routeKey(route), route]));
+    const kept = base.routes.map((route) => replacing.get(routeKey(route)) ?? route);
+    const baseKeys = new Set(base.routes.map(routeKey));
+    merged.routes = [...kept, ...overrides.routes.filter((route) => !baseKeys.has(routeKey(route)))];
+  }
+  for (const list of ['requestHeaders', 'responseHeaders'] as const) {
+    const extra = overrides[list];
+    if (Array.isArray(extra) && base[list]) merged[list] = [...new Set([...base[list], ...extra])];
+  }
+  for (const field of ['headers', 'defaultHeaders'] as const) {
+    const extra = overrides[field];
+    if (isPlainObject(extra) && base[field]) merged[field] = { ...base[field], ...(extra as Record<string, string>) };
+  }
+  return merged;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/** `METHOD /path`, as `only` names a route. */
+export function routeKey(route: Pick<RouteInput, 'method' | 'path'>): string {
+  return `${route.method} ${route.path}`;
+}
+
+/**
+ * The TypeScript form of a preset: `openai({ models: ['gpt-4.1-mini'] })`, with `id` (default: the preset's
+ * name) and any upstream field beside the options. `Routes` states the preset's route types for the typed client
+ * (lib/client): its routes are computed at run time, so TypeScript cannot infer them. Routes added through
+ * overrides are not in them (call those with `keywardFetch`), and `only` does not remove any.
+ */
+export function presetFunction<S extends z.ZodType<CommonOptions>, Routes extends readonly unknown[] = readonly unknown[], Name extends string = string>(
+  preset: Preset<S> & { readonly name: Name },
+) {
+  return <const Id extends string = Name>(input?: z.input<S> & UpstreamOverrides & { id?: Id }): UpstreamDefinition<Id, Routes> => {
+    const { id = preset.name, ...rest } = (input ?? {}) as Record<string, unknown> & { id?: string };
+    const { options, overrides } = splitPresetInput(rest);
+    return withRouteTypes<Id, Routes>(defineUpstream(id, expandPreset(id, preset, options, overrides)));
+  };
+}

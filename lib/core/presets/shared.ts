@@ -1,0 +1,62 @@
+import { z } from 'zod';
+import { priceSchema } from '../config/policy';
+import type { RouteInput } from './preset';
+
+/** Pieces the presets share: the model allow-list, the output-token cap, the identity field. */
+
+const MODEL_ID = /^[A-Za-z0-9._:/@-]{1,128}$/;
+
+/** The `models` option: a list of model ids, or "*" for any (a preset's defaults when absent). */
+export function modelsOption(defaults: readonly string[]) {
+  return z
+    .union([z.literal('*'), z.array(z.string().regex(MODEL_ID, 'must be a model id')).min(1).max(256)])
+    .default([...defaults])
+    .describe('Models callers may use ("*": any). Default: a few small, inexpensive models.');
+}
+
+/** The `model` field of a request body for this allow-list. */
+export function modelSchema(models: '*' | readonly string[]): z.ZodType<string> {
+  return models === '*' ? z.string().regex(MODEL_ID, 'must be a model id') : z.enum(models as [string, ...string[]]);
+}
+
+/** The `maxOutputTokens` option: the cap on a call's output tokens for every caller. */
+export function outputTokensOption(defaultCap: number) {
+  return z
+    .number()
+    .int()
+    .min(1)
+    .max(1_000_000)
+    .default(defaultCap)
+    .describe(`Largest number of output tokens one call may ask for; a call that names none gets this (default ${defaultCap}).`);
+}
+
+/** A route field stamped with the caller's user id, whatever the client sent. */
+export function textIdentity(target: `body.${string}`): Pick<RouteInput, 'identity'> {
+  return { identity: { [target]: 'userId' } };
+}
+
+/**
+ * The `prices` option: model → price per token in budget units. With it, budgets count cost instead of output
+ * tokens (README "Budgets from a price table"); every allowed model needs a price, or "*" one for the rest.
+ */
+export const pricesOption = priceSchema.shape.table
+  .optional()
+  .describe('Model → {"input", "output"} price per token in budget units (micro-dollars: the list price in $ per 1M tokens).');
+
+/** Refines a preset's options: with `prices`, every model of a `models` list is priced (or "*" is). */
+export function checkPrices(options: { models: '*' | readonly string[]; prices?: Record<string, unknown> }, ctx: z.RefinementCtx): void {
+  const { prices, models } = options;
+  if (!prices || Object.hasOwn(prices, '*')) return;
+  const missing = models === '*' ? ['"*" (models is "*")'] : models.filter((model) => !Object.hasOwn(prices, model)).map((model) => `"${model}"`);
+  if (missing.length > 0) ctx.addIssue({ code: 'custom', path: ['prices'], message: `no price for ${missing.join(', ')}; add them, or a "*" price` });
+}
+
+/** A route's `cost` with prices: the capped output bound reserved at the model's prices, settled from the reported tokens. */
+export function pricedCost(
+  prices: NonNullable<z.output<typeof pricesOption>>,
+  bound: `body.${string}`,
+  inputTokens: string[],
+  outputTokens: string[],
+): NonNullable<RouteInput['cost']> {
+  return { reserveFrom: { field: bound }, price: { model: 'body.model', table: prices, inputTokens, outputTokens } };
+}

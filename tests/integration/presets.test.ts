@@ -1,0 +1,392 @@
+import { Writable } from 'node:stream';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { handleProxy, type ProxyEvent } from '../../lib/core/pipeline';
+import { createLogger } from '../../lib/core/log/logger';
+import { anthropic, gemini, github, googleMaps, openai, stripe } from '../../lib/core/presets';
+import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { claimsSessionCookie, findLeak } from '../fixtures/claims-session';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { sessionCookie } from '../fixtures/session';
+import { echoHandler, startUpstream, type RecordedRequest, type TestUpstream } from '../fixtures/upstream';
+
+/**
+ * The built-in presets through the real pipeline, against one recording node:http upstream standing in for
+ * each API (the presets' `baseUrl` pointed at it): what the upstream receives (key, fixed headers, stamped
+ * identity, capped bounds), what the client may not send, and budgets settled from the usage each API reports.
+ * Official SDKs against the same presets are in sdks.test.ts.
+ */
+const APP_ORIGIN = 'https://app.keyward.test';
+const keys = { openai: randomSecret('oai'), anthropic: randomSecret('ant'), gemini: randomSecret('gem'), stripe: randomSecret('sk_test'), github: randomSecret('ghp'), maps: randomSecret('gmp') };
+const sessionSecrets = testSessionSecrets();
+const secrets = [...Object.values(keys), ...Object.values(sessionSecrets)];
+const logs: string[] = [];
+
+let upstream: TestUpstream;
+let runtime: Runtime;
+let cookie: string;
+const events = new Map<string, ProxyEvent>();
+
+beforeAll(async () => {
+  upstream = await startUpstream();
+  const base = (path: string) => `${upstream.origin}${path}`;
+  runtime = createRuntime({
+    env: {
+      ...sessionSecrets,
+      OPENAI_API_KEY: keys.openai,
+      ANTHROPIC_API_KEY: keys.anthropic,
+      GEMINI_API_KEY: keys.gemini,
+      GITHUB_TOKEN: keys.github,
+      STRIPE_SECRET_KEY: keys.stripe,
+      GOOGLE_MAPS_API_KEY: keys.maps,
+      KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+      KEYWARD_STORE: 'memory',
+    },
+    upstreams: [
+      openai({ baseUrl: base('/openai/v1/'), models: ['gpt-test'], maxOutputTokens: 500, budgets: [{ by: 'user', units: 1000, period: 'day' }] }),
+      openai({
+        id: 'openai-priced',
+        baseUrl: base('/openai/v1/'),
+        models: ['gpt-test', 'gpt-big'],
+        maxOutputTokens: 1000,
+        // Micro-dollars: $0.40 and $1.60 per million tokens; the big model $2 and $8.
+        prices: { 'gpt-test': { input: 0.4, output: 1.6 }, 'gpt-big': { input: 2, output: 8 } },
+        budgets: [{ by: 'user', units: 10_000, period: 'day' }],
+      }),
+      anthropic({ baseUrl: base('/anthropic/'), models: ['claude-test'], maxOutputTokens: 300 }),
+      gemini({ baseUrl: base('/gemini/v1beta/'), models: ['gemini-test'], maxOutputTokens: 200 }),
+      github({ baseUrl: base('/github/'), repos: ['acme/widgets'] }),
+      stripe({ baseUrl: base('/stripe/v1/') }),
+      googleMaps({ baseUrl: base('/maps/api/'), perUserPerMinute: 3 }),
+    ],
+    logger: createLogger({
+      level: 'debug',
+      destination: new Writable({
+        write(chunk: Buffer, _encoding, callback) {
+          logs.push(chunk.toString('utf8'));
+          callback();
+        },
+      }),
+    }),
+  });
+  const onComplete = runtime.onComplete;
+  (runtime as { onComplete?: (event: ProxyEvent) => void }).onComplete = (event) => {
+    onComplete?.(event);
+    events.set(event.requestId, event);
+  };
+  cookie = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:ada', roles: ['user'] });
+});
+
+afterAll(async () => {
+  await upstream.close();
+  await (runtime.dispatcher as { close?: () => Promise<void> }).close?.();
+  await runtime.store.close();
+});
+
+beforeEach(() => upstream.reset());
+
+async function call(upstreamId: string, path: string, init: { method?: string; body?: unknown; headers?: Record<string, string> } = {}) {
+  const method = init.method ?? (init.body === undefined ? 'GET' : 'POST');
+  const headers = new Headers({ cookie, 'x-keyward-csrf': '1', origin: APP_ORIGIN, ...init.headers });
+  if (init.body !== undefined && !headers.has('content-type')) headers.set('content-type', 'application/json');
+  const url = new URL(`${APP_ORIGIN}/api/proxy/${upstreamId}${path}`);
+  const body = init.body === undefined ? undefined : typeof init.body === 'string' ? init.body : JSON.stringify(init.body);
+  const request = new Request(url, { method, headers, body });
+  const segments = url.pathname.split('/').slice(4).map(decodeURIComponent);
+  const response = await handleProxy(request, { upstream: upstreamId, path: segments }, runtime);
+  const text = await response.text();
+  expect(findLeak(text, secrets), 'a secret leaked into a response').toBeNull();
+  return { status: response.status, headers: response.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+}
+
+/** The body the upstream received, as JSON. */
+function receivedJson(request: RecordedRequest): Record<string, unknown> {
+  return JSON.parse(request.bodyPreview.toString('utf8')) as Record<string, unknown>;
+}
+
+const errorCode = (result: { json(): Record<string, unknown> }) => (result.json().error as { code: string }).code;
+
+describe('openai preset', () => {
+  const chat = { model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }] };
+
+  it('attaches the key, caps the output, stamps the caller, and drops whatever the client claimed', async () => {
+    const before = upstream.requests.length;
+    const result = await call('openai', '/chat/completions', {
+      body: { ...chat, safety_identifier: 'someone-else' },
+      headers: { authorization: 'Bearer sk-placeholder' },
+    });
+    expect(result.status).toBe(200);
+    const received = upstream.requests[before]!;
+    expect(received.url).toBe('/openai/v1/chat/completions');
+    expect(received.headers.authorization).toBe(`Bearer ${keys.openai}`);
+    expect(receivedJson(received)).toEqual({ ...chat, safety_identifier: 'local:ada', max_completion_tokens: 500 });
+  });
+
+  it('refuses a model outside the allow-list, several completions, the old max_tokens over the cap and an unknown field, before calling', async () => {
+    const before = upstream.requests.length;
+    for (const body of [
+      { ...chat, model: 'gpt-expensive' },
+      { ...chat, max_tokens: 10_000 },
+      { ...chat, n: 4 },
+      { ...chat, surprise: true },
+    ]) {
+      const result = await call('openai', '/chat/completions', { body });
+      expect(result.status, JSON.stringify(body)).toBe(400);
+      expect(errorCode(result)).toBe('contract_violation');
+    }
+    expect(upstream.requests.length).toBe(before);
+  });
+
+  it('lowers an output bound over the cap to the cap (SDKs send a model\'s own maximum by default)', async () => {
+    const before = upstream.requests.length;
+    const other = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:clamped', roles: ['user'] });
+    expect((await call('openai', '/chat/completions', { body: { ...chat, max_completion_tokens: 64_000 }, headers: { cookie: other } })).status).toBe(200);
+    expect(receivedJson(upstream.requests[before]!)).toMatchObject({ max_completion_tokens: 500 });
+  });
+
+  it('streams an audio upload for transcription as a checked multipart body', async () => {
+    const audio = Buffer.alloc(200_000, 7);
+    const form = new FormData();
+    // Text fields first, as the README recommends: they are checked before any byte is sent.
+    form.append('model', 'gpt-test');
+    form.append('file', new Blob([audio], { type: 'audio/mpeg' }), 'talk.mp3');
+    form.append('language', 'fr');
+    const before = upstream.requests.length;
+    const url = `${APP_ORIGIN}/api/proxy/openai/audio/transcriptions`;
+    const listener = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:listener', roles: ['user'] });
+    const headers = { cookie: listener, 'x-keyward-csrf': '1', origin: APP_ORIGIN };
+    const request = new Request(url, { method: 'POST', headers, body: form });
+    const response = await handleProxy(request, { upstream: 'openai', path: ['audio', 'transcriptions'] }, runtime);
+    await response.text();
+    expect(response.status).toBe(200);
+    const received = upstream.requests[before]!;
+    expect(await received.bodyDone).toBeGreaterThan(audio.length);
+    expect(received.headers['content-type']).toMatch(/^multipart\/form-data; boundary=/);
+    const preview = received.bodyPreview.toString('latin1');
+    expect(preview).toContain('name="model"');
+    expect(preview).toContain('gpt-test');
+    expect(preview).toContain('filename="talk.mp3"');
+    const refused = new FormData();
+    refused.append('model', 'gpt-expensive');
+    refused.append('file', new Blob([audio]), 'talk.mp3');
+    const bad = new Request(url, { method: 'POST', headers, body: refused });
+    const badResponse = await handleProxy(bad, { upstream: 'openai', path: ['audio', 'transcriptions'] }, runtime);
+    expect(badResponse.status).toBe(400);
+    expect(((await badResponse.json()) as { error: { code: string } }).error.code).toBe('contract_violation');
+  });
+
+  it('serves the Responses API the Vercel AI SDK calls, and settles the budget from the stream\'s final event', async () => {
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(`data: ${JSON.stringify({ type: 'response.output_text.delta', delta: 'Hel' })}\n\n`);
+      res.end(`data: ${JSON.stringify({ type: 'response.completed', response: { usage: { input_tokens: 9, output_tokens: 42 } } })}\n\n`);
+    });
+    const streamer = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:streamer', roles: ['user'] });
+    const result = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', stream: true }, headers: { cookie: streamer } });
+    expect(result.status).toBe(200);
+    expect(result.text).toContain('response.completed');
+    const requestId = result.headers.get('x-request-id')!;
+    await expect.poll(() => events.get(requestId)?.units).toBe(42);
+    expect(receivedJson(upstream.requests.at(-1)!)).toMatchObject({ max_output_tokens: 500, safety_identifier: 'local:streamer' });
+  });
+
+  it('reserves the capped bound: a call that could overshoot the budget is refused', async () => {
+    const spender = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:spender', roles: ['user'] });
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ usage: { completion_tokens: 450 } }));
+    });
+    const first = await call('openai', '/chat/completions', { body: chat, headers: { cookie: spender } });
+    expect(first.status).toBe(200);
+    await expect.poll(() => events.get(first.headers.get('x-request-id')!)?.units).toBe(450);
+    // 550 left: a second call settles at 450; the third would reserve 500 of the 100 left.
+    expect((await call('openai', '/chat/completions', { body: chat, headers: { cookie: spender } })).status).toBe(200);
+    const third = await call('openai', '/chat/completions', { body: chat, headers: { cookie: spender } });
+    expect(third.status).toBe(429);
+    expect(errorCode(third)).toBe('budget_exceeded');
+  });
+});
+
+describe('openai preset with a price table', () => {
+  const chat = (model: string) => ({ model, messages: [{ role: 'user', content: 'hi' }] });
+
+  it('reserves the worst case at the model\'s prices and settles to the reported tokens\' cost', async () => {
+    const payer = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:payer', roles: ['user'] });
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ usage: { prompt_tokens: 1000, completion_tokens: 500 } }));
+    });
+    const cheap = await call('openai-priced', '/chat/completions', { body: chat('gpt-test'), headers: { cookie: payer } });
+    expect(cheap.status).toBe(200);
+    // 1000 × 0.4 + 500 × 1.6
+    await expect.poll(() => events.get(cheap.headers.get('x-request-id')!)?.units).toBe(1200);
+    const big = await call('openai-priced', '/chat/completions', { body: chat('gpt-big'), headers: { cookie: payer } });
+    // 1000 × 2 + 500 × 8
+    await expect.poll(() => events.get(big.headers.get('x-request-id')!)?.units).toBe(6000);
+    // 2,800 left; the big model's worst case is 1,000 output tokens × 8 = 8,000 plus its input: refused before calling.
+    const before = upstream.requests.length;
+    const refused = await call('openai-priced', '/chat/completions', { body: chat('gpt-big'), headers: { cookie: payer } });
+    expect(refused.status).toBe(429);
+    expect(errorCode(refused)).toBe('budget_exceeded');
+    expect(upstream.requests.length).toBe(before);
+    // The cheap model still fits: 1,000 × 1.6 plus its input bound.
+    expect((await call('openai-priced', '/chat/completions', { body: chat('gpt-test'), headers: { cookie: payer } })).status).toBe(200);
+  });
+
+  it('a price table must price every allowed model, or "*"', () => {
+    expect(() => openai({ models: ['a', 'b'], prices: { a: { input: 1, output: 1 } } })).toThrow('upstreams.openai.prices: no price for "b"');
+    expect(() => openai({ models: ['a', 'b'], prices: { '*': { input: 1, output: 1 } } })).not.toThrow();
+  });
+});
+
+describe('anthropic preset', () => {
+  const message = { model: 'claude-test', messages: [{ role: 'user', content: 'hi' }] };
+
+  it('sends x-api-key, passes the SDK\'s anthropic-version and anthropic-beta on, stamps metadata.user_id', async () => {
+    const before = upstream.requests.length;
+    const result = await call('anthropic', '/v1/messages', {
+      body: { ...message, metadata: { user_id: 'forged' } },
+      headers: { 'anthropic-version': '2026-10-21', 'anthropic-beta': 'tools-2024-04-04', 'x-api-key': 'sk-ant-placeholder' },
+    });
+    expect(result.status).toBe(200);
+    const received = upstream.requests[before]!;
+    expect(received.url).toBe('/anthropic/v1/messages');
+    expect(received.headers['x-api-key']).toBe(keys.anthropic);
+    expect(received.headers['anthropic-version']).toBe('2026-10-21');
+    expect(received.headers['anthropic-beta']).toBe('tools-2024-04-04');
+    expect(receivedJson(received)).toMatchObject({ max_tokens: 300, metadata: { user_id: 'local:ada' } });
+    expect(received.rawHeaders.filter((h) => h.toLowerCase() === 'x-api-key')).toHaveLength(1);
+  });
+
+  it('names a version for a client that sends none (plain fetch, the typed client)', async () => {
+    const before = upstream.requests.length;
+    expect((await call('anthropic', '/v1/messages', { body: message })).status).toBe(200);
+    expect(upstream.requests[before]!.headers['anthropic-version']).toBe('2023-06-01');
+  });
+});
+
+describe('gemini preset', () => {
+  const body = { contents: [{ role: 'user', parts: [{ text: 'hi' }] }], generationConfig: { temperature: 0.2, topK: 3 } };
+
+  it('sends the action after the model with a literal ":", the key in x-goog-api-key, and caps the output', async () => {
+    const before = upstream.requests.length;
+    const result = await call('gemini', '/models/gemini-test:streamGenerateContent?alt=sse', { body });
+    expect(result.status).toBe(200);
+    const received = upstream.requests[before]!;
+    expect(received.url).toBe('/gemini/v1beta/models/gemini-test:streamGenerateContent?alt=sse');
+    expect(received.headers['x-goog-api-key']).toBe(keys.gemini);
+    // Generation options the preset does not bound pass through as sent.
+    expect(receivedJson(received)).toEqual({ ...body, generationConfig: { temperature: 0.2, topK: 3, maxOutputTokens: 200 } });
+  });
+
+  it('refuses a client\'s own ?key= (Google also reads a key from the query), on every route', async () => {
+    const before = upstream.requests.length;
+    for (const path of ['/models/gemini-test:generateContent?key=mine', '/models/gemini-test:streamGenerateContent?alt=sse&key=mine']) {
+      expect(errorCode(await call('gemini', path, { body }))).toBe('contract_violation');
+    }
+    expect(errorCode(await call('gemini', '/models?key=mine'))).toBe('contract_violation');
+    expect(errorCode(await call('gemini', '/models/gemini-test?KEY=mine'))).toBe('contract_violation');
+    expect(upstream.requests.length).toBe(before);
+    expect((await call('gemini', '/models?pageSize=5')).status).toBe(200);
+  });
+
+  it('knows only the allowed models, refuses several candidates, and lowers a larger output bound to the cap', async () => {
+    const before = upstream.requests.length;
+    expect(errorCode(await call('gemini', '/models/gemini-ultra:generateContent', { body }))).toBe('route_not_found');
+    expect(errorCode(await call('gemini', '/models/gemini-test:generateContent', { body: { ...body, generationConfig: { candidateCount: 2 } } }))).toBe(
+      'contract_violation',
+    );
+    expect(upstream.requests.length).toBe(before);
+    expect((await call('gemini', '/models/gemini-test:generateContent', { body: { ...body, generationConfig: { maxOutputTokens: 9999 } } })).status).toBe(200);
+    expect(receivedJson(upstream.requests.at(-1)!)).toMatchObject({ generationConfig: { maxOutputTokens: 200 } });
+  });
+});
+
+describe('github preset', () => {
+  it('reaches the pinned repository only, read-only by default', async () => {
+    upstream.handle(echoHandler);
+    const ok = await call('github', '/repos/acme/widgets/issues?state=open&per_page=5');
+    expect(ok.status).toBe(200);
+    expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${keys.github}`);
+    const forwarded = new URL(upstream.requests.at(-1)!.url, 'http://x');
+    expect(forwarded.pathname).toBe('/github/repos/acme/widgets/issues');
+    expect([...forwarded.searchParams].sort()).toEqual([['per_page', '5'], ['state', 'open']]);
+    const before = upstream.requests.length;
+    expect(errorCode(await call('github', '/repos/acme/secrets/issues'))).toBe('route_not_found');
+    expect(errorCode(await call('github', '/repos/acme/widgets/issues', { body: { title: 'x' } }))).toBe('method_not_allowed');
+    expect(errorCode(await call('github', '/repos/acme/widgets/issues?filter=all'))).toBe('contract_violation');
+    expect(upstream.requests.length).toBe(before);
+  });
+});
+
+describe('stripe preset', () => {
+  const FORM = { 'content-type': 'application/x-www-form-urlencoded' };
+  let customer: string;
+  beforeAll(async () => {
+    customer = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:buyer', roles: ['user'], claims: { stripeCustomerId: 'cus_Mine123' } });
+  });
+
+  it('re-encodes a Checkout Session form for the caller\'s own customer, whatever customer the client named', async () => {
+    const before = upstream.requests.length;
+    const form = 'mode=payment&line_items[0][price]=price_1Abc&line_items[0][quantity]=2&success_url=https%3A%2F%2Fshop.example%2Fdone&customer=cus_Victim&metadata[order]=42';
+    const result = await call('stripe', '/checkout/sessions', { body: form, headers: { ...FORM, cookie: customer, 'idempotency-key': 'order-42', 'stripe-version': '2025-01-27.acacia' } });
+    expect(result.status).toBe(200);
+    const received = upstream.requests[before]!;
+    expect(received.headers.authorization).toBe(`Bearer ${keys.stripe}`);
+    expect(received.headers['content-type']).toBe('application/x-www-form-urlencoded');
+    expect(received.headers['idempotency-key']).toBe('order-42');
+    expect(received.headers['stripe-version']).toBe('2025-01-27.acacia');
+    const sent = new URLSearchParams(received.bodyPreview.toString('utf8'));
+    expect(sent.get('customer')).toBe('cus_Mine123');
+    expect(sent.get('line_items[0][price]')).toBe('price_1Abc');
+    expect(sent.get('line_items[0][quantity]')).toBe('2');
+    expect(sent.get('metadata[order]')).toBe('42');
+    expect(sent.get('success_url')).toBe('https://shop.example/done');
+  });
+
+  it('refuses amounts, unknown fields and JSON; lists and reads only the caller\'s own customer', async () => {
+    const before = upstream.requests.length;
+    for (const form of ['mode=payment&amount=1', 'mode=payment&line_items[0][price]=price_1&line_items[0][amount]=1', 'mode=donate']) {
+      const result = await call('stripe', '/checkout/sessions', { body: form, headers: { ...FORM, cookie: customer } });
+      expect(errorCode(result), form).toBe('contract_violation');
+    }
+    expect((await call('stripe', '/checkout/sessions', { body: { mode: 'payment' }, headers: { cookie: customer } })).status).toBe(415);
+    expect(errorCode(await call('stripe', '/customers/cus_Victim', { headers: { cookie: customer } }))).toBe('not_owner');
+    expect(upstream.requests.length).toBe(before);
+    expect((await call('stripe', '/customers/cus_Mine123', { headers: { cookie: customer } })).status).toBe(200);
+    expect((await call('stripe', '/payment_intents?limit=3&customer=cus_Victim', { headers: { cookie: customer } })).status).toBe(200);
+    const listed = new URL(upstream.requests.at(-1)!.url, 'http://x');
+    expect(listed.searchParams.getAll('customer')).toEqual(['cus_Mine123']);
+    // A session without the claim cannot reach customer-scoped routes at all.
+    expect(errorCode(await call('stripe', '/payment_intents'))).toBe('forbidden');
+  });
+});
+
+describe('google-maps preset', () => {
+  it('adds the key as a query parameter, refuses a client\'s own `key`, and rate-limits each user', async () => {
+    const walker = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:walker', roles: ['user'] });
+    const geocode = (query: string) => call('google-maps', `/geocode/json?${query}`, { headers: { cookie: walker } });
+    const ok = await geocode('address=Paris');
+    expect(ok.status).toBe(200);
+    const url = new URL(upstream.requests.at(-1)!.url, 'http://x');
+    expect(url.pathname).toBe('/maps/api/geocode/json');
+    expect(url.searchParams.get('address')).toBe('Paris');
+    expect(url.searchParams.getAll('key')).toEqual([keys.maps]);
+    // Refused by the query contract before the rate limit counts it.
+    expect((await geocode('address=Paris&key=mine')).status).toBe(400);
+    expect((await geocode('address=Lyon')).status).toBe(200);
+    expect((await geocode('address=Nice')).status).toBe(200);
+    const limited = await geocode('address=Metz');
+    expect(limited.status).toBe(429);
+    expect(errorCode(limited)).toBe('rate_limited');
+    expect(Number(limited.headers.get('retry-after'))).toBeGreaterThan(0);
+  });
+});
+
+describe('logs', () => {
+  it('carry no key, whatever the upstream echoed', () => {
+    expect(findLeak(logs.join(''), secrets)).toBeNull();
+  });
+});

@@ -1,0 +1,194 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, defineUpstream, parseConfig } from '../../../lib/core/config/load';
+import { anthropic, gemini, github, googleMaps, mergeUpstream, openai, PRESETS, stripe } from '../../../lib/core/presets';
+import { buildRegistry } from '../../../lib/core/upstream/registry';
+import { randomSecret } from '../../fixtures/secrets';
+import { thrown } from '../support';
+
+/** The environment variables the presets read by default, each with a fresh value. */
+const env = {
+  OPENAI_API_KEY: randomSecret('oai'),
+  ANTHROPIC_API_KEY: randomSecret('ant'),
+  GITHUB_TOKEN: randomSecret('ghp'),
+  GOOGLE_MAPS_API_KEY: randomSecret('gmp'),
+  GEMINI_API_KEY: randomSecret('gem'),
+  STRIPE_SECRET_KEY: randomSecret('sk'),
+};
+
+function configError(json: unknown): string {
+  const error = thrown(() => parseConfig(json, 'KEYWARD_CONFIG'));
+  expect(error).toBeInstanceOf(ConfigError);
+  return (error as ConfigError).message;
+}
+
+const routes = (definition: { config: { routes: readonly { method: string; path: string }[] } }) => definition.config.routes.map((r) => `${r.method} ${r.path}`);
+
+describe('built-in presets', () => {
+  it('each builds a valid upstream from its defaults alone, reading its key from the documented variable', () => {
+    const definitions = [openai(), anthropic(), github(), googleMaps(), gemini(), stripe()];
+    expect(definitions.map((d) => d.id)).toEqual(['openai', 'anthropic', 'github', 'google-maps', 'gemini', 'stripe']);
+    const registry = buildRegistry(definitions, env);
+    expect(registry.get('openai')!.auth).toMatchObject({ type: 'bearer', secret: { env: 'OPENAI_API_KEY' } });
+    expect(registry.get('anthropic')!.auth).toMatchObject({ type: 'header', name: 'x-api-key', secret: { env: 'ANTHROPIC_API_KEY' } });
+    expect(registry.get('github')!.auth).toMatchObject({ type: 'bearer', secret: { env: 'GITHUB_TOKEN' } });
+    expect(registry.get('google-maps')!.auth).toMatchObject({ type: 'query', name: 'key', secret: { env: 'GOOGLE_MAPS_API_KEY' } });
+    expect(registry.get('gemini')!.auth).toMatchObject({ type: 'header', name: 'x-goog-api-key', secret: { env: 'GEMINI_API_KEY' } });
+    expect(registry.get('stripe')!.auth).toMatchObject({ type: 'bearer', secret: { env: 'STRIPE_SECRET_KEY' } });
+    expect(registry.get('anthropic')!.defaultHeaders).toEqual([['anthropic-version', '2023-06-01']]);
+    expect(routes(definitions[0]!)).toEqual(expect.arrayContaining(['POST /chat/completions', 'POST /responses', 'POST /embeddings', 'GET /models']));
+  });
+
+  it('a missing key stops start-up naming the variable, never a value', () => {
+    const error = thrown(() => buildRegistry([openai()], {}));
+    expect((error as Error).message).toContain('upstreams.openai.auth.secret: environment variable OPENAI_API_KEY is not set');
+  });
+
+  it('the JSON form and the TypeScript form describe the same upstream', () => {
+    const fromJson = parseConfig(
+      { upstreams: { ai: { preset: 'openai', models: ['gpt-test'], maxOutputTokens: 256, baseUrl: 'https://llm.example/v1/', timeoutMs: 5000 } } },
+      'test',
+    );
+    const fromTs = openai({ id: 'ai', models: ['gpt-test'], maxOutputTokens: 256, baseUrl: 'https://llm.example/v1/', timeoutMs: 5000 });
+    expect(fromJson[0]!.id).toBe('ai');
+    expect(routes(fromJson[0]!)).toEqual(routes(fromTs));
+    const { routes: jsonRoutes, ...jsonRest } = fromJson[0]!.config;
+    const { routes: tsRoutes, ...tsRest } = fromTs.config;
+    expect(jsonRest).toEqual(tsRest);
+    expect(jsonRoutes.map((r) => r.caps)).toEqual(tsRoutes.map((r) => r.caps));
+    expect(fromTs.config.baseUrl).toBe('https://llm.example/v1/');
+    expect(fromTs.config.timeoutMs).toBe(5000);
+  });
+
+  it('a JSON file can mix presets with hand-written upstreams', () => {
+    const defs = parseConfig(
+      {
+        upstreams: {
+          claude: { preset: 'anthropic' },
+          weather: { baseUrl: 'https://api.weather.example/', auth: { type: 'bearer', secret: { env: 'W' } }, routes: [{ method: 'GET', path: '/now' }] },
+        },
+      },
+      'test',
+    );
+    expect(defs.map((d) => d.id)).toEqual(['claude', 'weather']);
+    expect(routes(defs[0]!)).toContain('POST /v1/messages');
+  });
+
+  it('caps output tokens for every caller and stamps the caller as the identity field', () => {
+    const chat = openai({ maxOutputTokens: 300 }).config.routes.find((r) => r.path === '/chat/completions')!;
+    expect(chat.caps).toEqual({ '*': { 'body.max_completion_tokens': 300 } });
+    expect(chat.identity).toEqual({ 'body.safety_identifier': 'userId' });
+    expect(chat.cost).toMatchObject({ reserveFrom: { field: 'body.max_completion_tokens' }, usage: { json: ['usage.completion_tokens'] } });
+    expect(openai({ identity: 'user' }).config.routes[0]!.identity).toEqual({ 'body.user': 'userId' });
+    expect(openai({ identity: 'none' }).config.routes[0]!.identity).toBeUndefined();
+    const messages = anthropic().config.routes.find((r) => r.path === '/v1/messages')!;
+    expect(messages.identity).toEqual({ 'body.metadata.user_id': 'userId' });
+    expect(messages.caps).toEqual({ '*': { 'body.max_tokens': 4096 } });
+  });
+
+  it('GitHub: read-only unless asked, and pinned to the named repositories', () => {
+    expect(routes(github()).every((key) => key.startsWith('GET '))).toBe(true);
+    const pinned = routes(github({ repos: ['acme/widgets', 'acme/docs'], write: true }));
+    expect(pinned).toContain('POST /repos/acme/widgets/issues');
+    expect(pinned).toContain('GET /repos/acme/docs/contents/*');
+    expect(pinned.some((key) => key.includes(':owner'))).toBe(false);
+    expect(configError({ upstreams: { gh: { preset: 'github', repos: ['acme/../x'] } } })).toContain('upstreams.gh.repos.0: must be "owner/name"');
+  });
+
+  it('Maps: the key is a query parameter, and each user is rate-limited by default', () => {
+    const maps = googleMaps({ perUserPerMinute: 10 });
+    expect(maps.config.rateLimits).toEqual([{ by: 'user', limit: 10, windowSeconds: 60 }]);
+    expect(googleMaps({ rateLimits: [] }).config.rateLimits).toEqual([]);
+  });
+
+  it('a service key gets a canary for rotation; a user\'s own key does not (key rings are for service keys)', () => {
+    expect(openai().config.keys?.canary).toEqual({ method: 'GET', path: '/models' });
+    const own = openai({ secret: { user: 'key' } });
+    expect(own.config.keys).toBeUndefined();
+    expect(own.config.auth.secret).toEqual({ user: 'key' });
+  });
+
+  it('`only` keeps the named routes; `roles` applies to every route that names none', () => {
+    const slim = openai({ only: ['POST /responses', 'GET /models'], roles: ['pro'] });
+    expect(routes(slim)).toEqual(['POST /responses', 'GET /models']);
+    expect(slim.config.routes.every((r) => r.roles?.join() === 'pro')).toBe(true);
+    expect(configError({ upstreams: { ai: { preset: 'openai', only: ['POST /completions'] } } })).toContain(
+      'upstreams.ai.only: "POST /completions" is not a route of the "openai" preset',
+    );
+  });
+
+  it('names the field of a bad option or override, and an unknown preset', () => {
+    expect(configError({ upstreams: { ai: { preset: 'nope' } } })).toContain('upstreams.ai.preset: must be one of "openai"');
+    expect(configError({ upstreams: { ai: { preset: '__proto__' } } })).toContain('upstreams.ai.preset: must be one of');
+    expect(configError({ upstreams: { ai: { preset: 'openai', maxOutputTokens: 0 } } })).toContain('upstreams.ai.maxOutputTokens');
+    expect(configError({ upstreams: { ai: { preset: 'openai', models: ['bad model'] } } })).toContain('upstreams.ai.models');
+    expect(configError({ upstreams: { ai: { preset: 'openai', colour: 'red' } } })).toContain('upstreams.ai');
+    expect(configError({ upstreams: { ai: { preset: 'openai', timeoutMs: 'soon' } } })).toContain('upstreams.ai.timeoutMs');
+    expect(configError({ upstreams: { ai: { preset: 'openai', routes: 'all' } } })).toContain('upstreams.ai.routes');
+    expect(configError({ upstreams: { ai: { preset: 'openai', secret: { env: 'NEXT_PUBLIC_OPENAI_KEY' } } } })).toContain('NEXT_PUBLIC_');
+  });
+
+  it('lists every preset by name', () => {
+    expect([...PRESETS.keys()]).toEqual(expect.arrayContaining(['openai', 'anthropic', 'gemini', 'github', 'stripe', 'google-maps']));
+  });
+});
+
+describe('overriding and extending a preset', () => {
+  const base = openai().config;
+
+  it('a route with the same method and path replaces the preset\'s; others are added', () => {
+    const custom = openai({ routes: [{ method: 'GET', path: '/models', roles: ['admin'] }, { method: 'GET', path: '/files/:id' }] });
+    const keys = routes(custom);
+    expect(keys.filter((key) => key === 'GET /models')).toHaveLength(1);
+    expect(custom.config.routes.find((r) => r.path === '/models')!.roles).toEqual(['admin']);
+    expect(keys.at(-1)).toBe('GET /files/:id');
+    expect(keys).toHaveLength(base.routes.length + 1);
+  });
+
+  it('default headers merge too', () => {
+    const merged = mergeUpstream(
+      { baseUrl: 'https://a.example/', auth: { type: 'bearer', secret: { env: 'A' } }, routes: [{ method: 'GET', path: '/x' }], defaultHeaders: { 'x-v': '1' } },
+      { defaultHeaders: { 'x-w': '2' } },
+    );
+    expect(merged.defaultHeaders).toEqual({ 'x-v': '1', 'x-w': '2' });
+  });
+
+  it('pass-through header lists are joined, fixed headers merged, anything else replaced', () => {
+    const merged = mergeUpstream(
+      { baseUrl: 'https://a.example/', auth: { type: 'bearer', secret: { env: 'A' } }, routes: [{ method: 'GET', path: '/x' }], requestHeaders: ['x-a'], headers: { 'x-v': '1', 'x-w': '1' } },
+      { requestHeaders: ['x-b'], headers: { 'x-w': '2' }, auth: { type: 'header', name: 'x-key', secret: { env: 'B' } } },
+    );
+    expect(merged.requestHeaders).toEqual(['x-a', 'x-b']);
+    expect(merged.headers).toEqual({ 'x-v': '1', 'x-w': '2' });
+    expect(merged.auth).toEqual({ type: 'header', name: 'x-key', secret: { env: 'B' } });
+  });
+
+  it('OpenAI-compatible APIs: another base URL and key variable', () => {
+    const groq = openai({ id: 'groq', baseUrl: 'https://api.groq.com/openai/v1', secret: { env: 'GROQ_API_KEY' }, models: '*', identity: 'user' });
+    expect(groq.config.baseUrl).toBe('https://api.groq.com/openai/v1/');
+    expect(groq.config.auth).toMatchObject({ type: 'bearer', secret: { env: 'GROQ_API_KEY' } });
+  });
+});
+
+describe('fixed and default request headers (`headers`, `defaultHeaders`)', () => {
+  const upstream = (headers: Record<string, string>) => ({
+    baseUrl: 'https://api.example.com/',
+    auth: { type: 'header' as const, name: 'x-api-key', secret: { env: 'K' } },
+    routes: [{ method: 'GET' as const, path: '/x' }],
+    headers,
+  });
+
+  it('refuses credential, connection and Keyward\'s own headers, naming the field', () => {
+    for (const name of ['Authorization', 'cookie', 'x-api-key', 'host', 'x-request-id', 'accept-encoding', 'content-length']) {
+      const message = (thrown(() => defineUpstream('u', upstream({ [name]: 'v' }))) as Error).message;
+      expect(message).toContain(`upstreams.u.headers.${name}`);
+      const defaults = (thrown(() => defineUpstream('u', { ...upstream({}), defaultHeaders: { [name]: 'v' } })) as Error).message;
+      expect(defaults).toContain(`upstreams.u.defaultHeaders.${name}`);
+    }
+  });
+
+  it('refuses a value with a line break, without echoing it', () => {
+    const message = (thrown(() => defineUpstream('u', upstream({ 'x-v': 'a\r\nx-evil: 1' }))) as Error).message;
+    expect(message).toContain('upstreams.u.headers.x-v: must be printable ASCII');
+    expect(message).not.toContain('x-evil');
+  });
+});
