@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { buildCallUrl, buildQuery, expandPath } from '../../../lib/client/url';
+
+describe('expandPath', () => {
+  it('fills each parameter into one percent-encoded segment', () => {
+    expect(expandPath('/items/:id', { id: 'a/b' })).toBe('/items/a%2Fb');
+    expect(expandPath('/items/:id', { id: 'x?y#z%' })).toBe('/items/x%3Fy%23z%25');
+    expect(expandPath('/users/:user/items/:id', { user: 'ada', id: 7 })).toBe('/users/ada/items/7');
+    expect(expandPath('/items/:id', { id: 'ü' })).toBe('/items/%C3%BC');
+  });
+
+  it('keeps literal text as written, and a {param} inside its segment', () => {
+    expect(expandPath('/models/{model}:generateContent', { model: 'gemini-2.0' })).toBe('/models/gemini-2.0:generateContent');
+    expect(expandPath('/models/{model:colon}', { model: 'a:b' })).toBe('/models/a%3Ab');
+    expect(expandPath('/v1/images:annotate', {})).toBe('/v1/images:annotate');
+    expect(expandPath('/', {})).toBe('/');
+  });
+
+  it('splits the final * on "/" (or takes an array), encoding each part alone', () => {
+    expect(expandPath('/files/*', { '*': 'docs/a b.txt' })).toBe('/files/docs/a%20b.txt');
+    expect(expandPath('/files/*', { '*': ['docs', 'a/b'] })).toBe('/files/docs/a%2Fb');
+  });
+
+  it('refuses what would change the path: missing, empty, "." and ".." values', () => {
+    expect(() => expandPath('/items/:id', {})).toThrow(/"id" is missing/);
+    expect(() => expandPath('/items/:id', { id: '' })).toThrow(TypeError);
+    expect(() => expandPath('/items/:id', { id: '..' })).toThrow(/cannot be "\." or "\.\."/);
+    expect(() => expandPath('/items/:id', { id: '.' })).toThrow(TypeError);
+    expect(() => expandPath('/models/{model}', { model: '..' })).toThrow(TypeError);
+    expect(() => expandPath('/files/*', { '*': 'a/../b' })).toThrow(TypeError);
+    expect(() => expandPath('/files/*', { '*': 'a//b' })).toThrow(TypeError);
+    expect(() => expandPath('/items/:id', { id: Number.NaN })).toThrow(TypeError);
+    expect(() => expandPath('items', {})).toThrow(/starts with "\/"/);
+  });
+
+  it('a parameter named like an Object property is only a parameter', () => {
+    expect(() => expandPath('/x/:constructor', {})).toThrow(/"constructor" is missing/);
+    expect(expandPath('/x/:__proto__', JSON.parse('{"__proto__": "p"}') as Record<string, string>)).toBe('/x/p');
+  });
+});
+
+describe('buildQuery and buildCallUrl', () => {
+  it('writes values as strings, repeats arrays, leaves out undefined and null', () => {
+    expect(buildQuery({ q: 'a b&c', n: 3, on: true, tag: ['x', 'y'], none: undefined, nil: null })).toBe('q=a+b%26c&n=3&on=true&tag=x&tag=y');
+    expect(buildQuery(new URLSearchParams([['a', '1']]))).toBe('a=1');
+    expect(buildQuery(undefined)).toBe('');
+  });
+
+  it('puts it together under the base', () => {
+    expect(buildCallUrl('/api/proxy', 'demo', '/items/:id', { id: 'a b' }, { v: 1 })).toBe('/api/proxy/demo/items/a%20b?v=1');
+    expect(buildCallUrl('https://app.example.com/api/proxy', 'demo', '/events', undefined, {})).toBe('https://app.example.com/api/proxy/demo/events');
+  });
+});
