@@ -11,26 +11,31 @@
  * SQLite file); in development (no AUTH_SECRET, NODE_ENV not production) they use the secrets `npm run dev`
  * generated.
  */
+import { writeFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
+import { relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import nextEnv from '@next/env';
-import { z } from 'zod';
 import type { AdminRecord, AuditRecord, CallRecord } from '../lib/core/audit/audit';
 import { KeywardError } from '../lib/core/errors';
-import { ConfigError } from '../lib/core/config/load';
-import { keywardConfigSchema } from '../lib/core/config/schema';
+import { ConfigError, readConfigFile, readConfigJson } from '../lib/core/config/load';
+import { configJsonSchema } from '../lib/core/presets';
 import { auditFilter } from '../lib/core/api/admin';
 import { keyAdmin } from '../lib/core/keys/admin';
 import type { KeyVersion, Rotation, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { hashPassword } from '../lib/core/users/password';
+import { renderClientTypes } from './client-types';
 import { prepareDevEnvironment } from './dev-setup';
+import { importCommand } from './import-openapi';
 
 /** The commands, one line each, for `--help` (`help keys` and `keys --help` show the keys lines only). */
 const COMMANDS: ReadonlyArray<readonly [usage: string, what: string]> = [
   ['hash-password', 'read a password on stdin, print its hash for KEYWARD_USERS_FILE'],
   ['check-config', 'check the environment and upstreams as start-up does (exit 1 naming the field)'],
   ['schema', 'print the JSON Schema of the KEYWARD_CONFIG file'],
+  ['types', "write the typed client's KeywardApi (.d.ts) for the JSON config's upstreams"],
+  ['import <spec>', 'add an upstream (--upstream <id>) from an OpenAPI 3.0/3.1 document, asking which operations to expose'],
   ['keys list', "every service key's versions (fingerprint, status, expiry) and recent rotations"],
   ['keys add <upstream>', 'add a key version (key on stdin); it serves once a rotation switches to it'],
   ['keys rotate <upstream>', 'add a key (on stdin), send the canary call with it, switch if it passes'],
@@ -51,6 +56,13 @@ const OPTIONS: ReadonlyArray<readonly [groups: string, usage: string, what: stri
   ['audit', '--since <ISO>, --until <ISO>', 'audit export: only records in this time range'],
   ['audit', '--type call|admin', 'audit export: only calls, or only admin actions'],
   ['audit', '--upstream <id>', "audit export: only this upstream's records"],
+  ['', '--out <file>', 'types: write to this file (default: print)'],
+  ['', '--config <file>', 'types: read this JSON config instead of KEYWARD_CONFIG / KEYWARD_CONFIG_JSON'],
+  ['', '--operations <list> | --all', 'import: expose these ("GET /pets,addPet"), or all; needed without a terminal'],
+  ['', '--out <file>', 'import: the JSON config to add the upstream to (default config/keyward.json)'],
+  ['', '--base-url <url>', "import: instead of the document's first server"],
+  ['', '--auth <scheme>', 'import: the security scheme to attach, instead of the one most operations use'],
+  ['', '--force', 'import: replace an upstream of the same id'],
   ['', '-h, --help', 'this list (also after a command)'],
 ];
 
@@ -78,7 +90,8 @@ function help(group?: 'keys' | 'audit'): string {
   ].join('\n');
 }
 
-const USAGE = 'usage: npm run keyward -- <hash-password | check-config | schema | keys … | audit … | help>\n';
+const USAGE = 'usage: npm run keyward -- <hash-password | check-config | schema | types | import … | keys … | audit … | help>\n';
+const TYPES_USAGE = 'usage: npm run keyward -- types [--out <file>] [--config <file>]\n';
 const KEYS_USAGE = 'usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>> [--json]\n';
 const AUDIT_USAGE = 'usage: npm run keyward -- audit <tail [-n <count>] [--follow] [--json] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n';
 const MORE = 'Run `npm run keyward -- --help` for every command.\n';
@@ -147,10 +160,19 @@ async function main(args: readonly string[]): Promise<number> {
       return 0;
     }
     case 'schema': {
-      const schema = z.toJSONSchema(keywardConfigSchema, { io: 'input', unrepresentable: 'any' });
-      process.stdout.write(`${JSON.stringify({ ...schema, title: 'Keyward configuration (KEYWARD_CONFIG)' }, null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
       return 0;
     }
+    case 'types':
+      return typesCommand(rest);
+    case 'import':
+      return importCommand(rest, {
+        cwd: process.cwd(),
+        stdin: process.stdin,
+        stdout: process.stdout,
+        stderr: process.stderr,
+        interactive: Boolean(process.stdin.isTTY && process.stderr.isTTY),
+      });
     case 'keys':
       return keysCommand(rest[0], rest.slice(1));
     case 'audit':
@@ -171,6 +193,40 @@ async function openRuntime(serving = false): Promise<Runtime> {
   const env = process.env.AUTH_SECRET || process.env.NODE_ENV === 'production' ? process.env : await prepareDevEnvironment(process.cwd(), process.env);
   const { upstreams } = await import('../upstreams/index');
   return createRuntime({ env, upstreams, serving });
+}
+
+/**
+ * `types`: the typed client's API for the JSON config (lib/client; TypeScript adapters are typed by inference).
+ * Read with the loader the server uses, so presets are expanded and a bad file fails as start-up would. Without
+ * KEYWARD_CONFIG, development reads config/demo.json as `npm run dev` does.
+ */
+async function typesCommand(args: string[]): Promise<number> {
+  const parsed = options(() => parseArgs({ args, options: { out: { type: 'string' }, config: { type: 'string' } } }), TYPES_USAGE);
+  if (!parsed) return 2;
+  const { out, config } = parsed.values;
+  reportEnvFiles();
+  const json = config === undefined ? process.env.KEYWARD_CONFIG_JSON : undefined;
+  let file = config ?? process.env.KEYWARD_CONFIG;
+  if (file && json) throw new ConfigError('set either KEYWARD_CONFIG (a file) or KEYWARD_CONFIG_JSON (its content), not both');
+  if (!file && !json) {
+    if (process.env.NODE_ENV === 'production') {
+      process.stderr.write('keyward: no JSON config to read: set KEYWARD_CONFIG or KEYWARD_CONFIG_JSON, or pass --config <file>\n');
+      return 1;
+    }
+    file = 'config/demo.json';
+    process.stderr.write(`keyward: KEYWARD_CONFIG is not set; reading ${file}, as \`npm run dev\` does\n`);
+  }
+  const definitions = file ? readConfigFile(file) : readConfigJson(json!);
+  // Named relative to the project when it is inside it, so the generated file is the same on every machine.
+  const shown = file && !relative(process.cwd(), file).startsWith('..') ? relative(process.cwd(), file) : file;
+  const text = renderClientTypes(definitions, shown ?? 'KEYWARD_CONFIG_JSON');
+  if (out === undefined) {
+    process.stdout.write(text);
+  } else {
+    writeFileSync(out, text);
+    process.stderr.write(`keyward: wrote KeywardApi (${definitions.map((d) => d.id).join(', ') || 'no upstreams'}) to ${out}\n`);
+  }
+  return 0;
 }
 
 const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);

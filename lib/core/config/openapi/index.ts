@@ -1,0 +1,201 @@
+import { queryParamKey } from '../../forward/query';
+import { compileContract } from '../../policy/contract';
+import { compileTemplate } from '../../route/template';
+import { ConfigError } from '../error';
+import { parseConfig } from '../load';
+import { documentTitle, own, readSpecDocument, serverUrl, type SpecDocument } from './document';
+import { absoluteBase, planOperations, type ImportedRoute, type PlannedOperation } from './operations';
+import { chooseAuth, type AuthInput } from './security';
+
+/**
+ * `keyward import`: an OpenAPI 3.0/3.1 document → one upstream of the JSON config (README "Add an upstream").
+ * Pure: the document in, the upstream and what it does not keep exactly (warnings) out; the CLI
+ * (scripts/import-openapi.ts) reads files, asks which operations to expose, and writes the config.
+ *
+ *   const plan = planImport(parseSpecText(text, 'openapi.yaml'));      // every operation, converted or not
+ *   const result = buildUpstream(plan, selectOperations(plan, ['GET /pets']), { id: 'pets' });
+ */
+
+export { parseSpecText } from './document';
+export { envPrefix } from './security';
+export type { ImportedRoute, PlannedOperation, QueryContract } from './operations';
+
+export interface ImportWarning {
+  /** The operation (`GET /pets/{petId}`), or null for the whole upstream. */
+  readonly operation: string | null;
+  readonly message: string;
+}
+
+export interface ImportPlan {
+  readonly doc: SpecDocument;
+  readonly title: string;
+  /** The upstream's base URL; null when the document has none usable (`baseUrlProblem` says why). */
+  readonly baseUrl: string | null;
+  readonly baseUrlProblem: string | null;
+  readonly operations: readonly PlannedOperation[];
+  readonly warnings: readonly ImportWarning[];
+}
+
+export interface ImportedUpstream {
+  baseUrl: string;
+  auth: AuthInput;
+  routes: ImportedRoute[];
+}
+
+export interface ImportResult {
+  readonly id: string;
+  /** The upstream as the JSON config writes it, checked by the config schema and the contract compiler. */
+  readonly upstream: ImportedUpstream;
+  /** Environment variables holding the credential (names only). */
+  readonly env: readonly string[];
+  readonly warnings: readonly ImportWarning[];
+}
+
+/** Reads the document and converts every operation (the chooser lists them all, with what each keeps). */
+export function planImport(document: unknown, options: { baseUrl?: string } = {}): ImportPlan {
+  const doc = readSpecDocument(document);
+  const servers = own(doc.root, 'servers') as Parameters<typeof serverUrl>[0][] | undefined;
+  const first = servers?.[0] ? serverUrl(servers[0], '#/servers/0') : undefined;
+  const documentServer = first === undefined ? null : absoluteBase(first);
+  let baseUrl: string | null = options.baseUrl ?? documentServer;
+  let baseUrlProblem: string | null = null;
+  if (baseUrl === null) {
+    baseUrlProblem =
+      first === undefined
+        ? 'the document names no server ("servers"): pass --base-url https://…'
+        : `the document's server "${first}" is not an absolute http(s) URL: pass --base-url https://…`;
+  } else if (options.baseUrl !== undefined) {
+    baseUrl = absoluteBase(options.baseUrl) ?? options.baseUrl;
+  }
+  const { operations, warnings } = planOperations(doc, { documentServer, baseUrl });
+  return { doc, title: documentTitle(doc), baseUrl, baseUrlProblem, operations, warnings };
+}
+
+/**
+ * The operations named by `--operations`: `GET /pets/{petId}` (the document's method and path) or an
+ * operationId. A name that matches nothing, or an operation that cannot be imported, is an error.
+ */
+export function selectOperations(plan: ImportPlan, names: readonly string[]): PlannedOperation[] {
+  const selected: PlannedOperation[] = [];
+  for (const raw of names) {
+    const name = raw.trim();
+    if (name === '') continue;
+    const spaced = /^([A-Za-z]+)\s+(\/.*)$/.exec(name);
+    const match = spaced
+      ? plan.operations.find((op) => op.method === spaced[1]!.toUpperCase() && op.path === spaced[2])
+      : plan.operations.find((op) => op.operationId === name);
+    if (!match)
+      throw new ConfigError(
+        `--operations: the document has no operation "${name}" (write "GET /path" as in the document, or an operationId)`,
+      );
+    if (match.skipped) throw new ConfigError(`--operations: ${match.key} cannot be imported: ${match.skipped}`);
+    if (!selected.includes(match)) selected.push(match);
+  }
+  return selected;
+}
+
+/** Every operation that can be imported (`--all`). */
+export function importableOperations(plan: ImportPlan): PlannedOperation[] {
+  return plan.operations.filter((op) => op.skipped === null);
+}
+
+/**
+ * The upstream for the selected operations: base URL, one credential (`auth`, from the environment), and
+ * a route per operation, most specific paths first. Checked by the real config schema and contract compiler
+ * before it is returned, so what the CLI writes is what start-up accepts.
+ */
+export function buildUpstream(
+  plan: ImportPlan,
+  selected: readonly PlannedOperation[],
+  options: { id: string; auth?: string },
+): ImportResult {
+  if (plan.baseUrl === null) throw new ConfigError(plan.baseUrlProblem ?? 'no base URL: pass --base-url https://…');
+  if (selected.length === 0) throw new ConfigError('no operation selected: an upstream needs at least one route');
+  const auth = chooseAuth(
+    plan.doc,
+    selected.map((op) => op.security),
+    options.id,
+    options.auth,
+  );
+  const warnings: ImportWarning[] = [...auth.warnings];
+  const routes: ImportedRoute[] = [];
+  const shapes = new Map<string, string>();
+  for (const op of sortBySpecificity(selected)) {
+    if (!op.route) throw new ConfigError(`${op.key} cannot be imported: ${op.skipped}`);
+    const route = withoutReservedQuery(op.route, auth.auth, (message) => warnings.push({ operation: op.key, message }));
+    const shape = `${route.method} ${routeShape(route.path)}`;
+    const earlier = shapes.get(shape);
+    if (earlier) {
+      warnings.push({ operation: op.key, message: `left out: ${earlier} matches the same requests and comes first` });
+      continue;
+    }
+    shapes.set(shape, op.key);
+    routes.push(route);
+    if (op.deprecated) warnings.push({ operation: op.key, message: 'deprecated in the document' });
+    for (const message of op.warnings) warnings.push({ operation: op.key, message });
+    const credentialHeader = auth.auth.type === 'header' ? auth.auth.name : undefined;
+    const headers = op.headerParams.filter((name) => name !== credentialHeader);
+    if (headers.length > 0) {
+      warnings.push({
+        operation: op.key,
+        message: `header parameter${headers.length === 1 ? '' : 's'} ${headers.map((h) => `"${h}"`).join(', ')} not forwarded from the client (add to "requestHeaders" if the API needs ${headers.length === 1 ? 'it' : 'them'})`,
+      });
+    }
+  }
+  const upstream: ImportedUpstream = { baseUrl: plan.baseUrl, auth: auth.auth, routes };
+  checkUpstream(options.id, upstream);
+  return { id: options.id, upstream, env: auth.env, warnings: [...plan.warnings, ...warnings] };
+}
+
+/**
+ * Literal segments before parameters, segment by segment: Keyward takes the first declared route that matches,
+ * and OpenAPI matches concrete paths before templated ones (OpenAPI 3.1 §4.8.8 "Path Templating Matching").
+ */
+function sortBySpecificity(operations: readonly PlannedOperation[]): PlannedOperation[] {
+  const ranks = (op: PlannedOperation) =>
+    (op.route ? compileTemplate(op.route.path) : []).map((part) =>
+      typeof part === 'string' ? 0 : 'rest' in part ? 3 : part.prefix || part.suffix ? 1 : 2,
+    );
+  const keyed = operations.map((op, index) => ({ op, index, ranks: ranks(op) }));
+  keyed.sort((a, b) => {
+    for (let i = 0; i < Math.min(a.ranks.length, b.ranks.length); i++) {
+      if (a.ranks[i] !== b.ranks[i]) return a.ranks[i]! - b.ranks[i]!;
+    }
+    return a.index - b.index;
+  });
+  return keyed.map(({ op }) => op);
+}
+
+/** The requests a template matches, without parameter names: two routes with one shape can never both serve. */
+function routeShape(path: string): string {
+  return compileTemplate(path)
+    .map((part) => (typeof part === 'string' ? part : 'rest' in part ? '*' : `${part.prefix}{}${part.suffix}`))
+    .join('/');
+}
+
+/**
+ * Query parameters the client can never send through Keyward: the credential's own (Keyward writes it) and the
+ * names refused everywhere (`access_token`, `_method`: lib/core/pipeline.ts). Left out of the contract.
+ */
+function withoutReservedQuery(route: ImportedRoute, auth: AuthInput, warn: (message: string) => void): ImportedRoute {
+  if (!route.query) return route;
+  const credential = auth.type === 'query' ? queryParamKey(auth.name) : null;
+  const reserved = new Set(['access_token', '_method'].map(queryParamKey));
+  const properties = { ...route.query.properties };
+  for (const name of Object.keys(properties)) {
+    const key = queryParamKey(name);
+    if (key === credential) delete properties[name];
+    else if (reserved.has(key)) {
+      delete properties[name];
+      warn(`query parameter "${name}" is refused by Keyward on every route (it could carry or fake a credential)`);
+    }
+  }
+  const required = (route.query.required ?? []).filter((name) => Object.hasOwn(properties, name));
+  return { ...route, query: { properties, ...(required.length > 0 ? { required } : {}) } };
+}
+
+/** The same checks start-up runs: the config schema, then each route's contracts compiled. */
+function checkUpstream(id: string, upstream: ImportedUpstream): void {
+  const [definition] = parseConfig({ upstreams: { [id]: upstream } }, `the imported upstream "${id}"`);
+  definition!.config.routes.forEach((route, index) => compileContract(route, `upstreams.${id}.routes.${index}`));
+}

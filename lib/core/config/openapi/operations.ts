@@ -1,0 +1,490 @@
+import { DEFAULT_REQUEST_HEADERS } from '../../forward/headers';
+import { templateProblems } from '../../route/template';
+import type { FieldSpecInput } from '../policy';
+import type { RouteMethod } from '../schema';
+import {
+  child,
+  derefObject,
+  expectShape,
+  isObject,
+  operationShape,
+  own,
+  parameterShape,
+  pathItemShape,
+  requestBodyShape,
+  serverUrl,
+  type SecurityRequirement,
+  type SpecDocument,
+  type SpecParameter,
+  type SpecServer,
+} from './document';
+import { FIELD_NAME, FieldNotes, schemaToField, withDescription, type FieldContext, type FieldMode } from './fields';
+import type { OperationSecurity } from './security';
+
+/** A query contract as the JSON config writes it. */
+export interface QueryContract {
+  properties: Record<string, FieldSpecInput>;
+  required?: string[];
+}
+
+/** A route as the JSON config writes it. */
+export interface ImportedRoute {
+  method: RouteMethod;
+  path: string;
+  query?: QueryContract;
+  body?: FieldSpecInput;
+  bodyFormat?: 'form' | 'multipart';
+}
+
+/** One operation of the document, converted (or why it cannot be). */
+export interface PlannedOperation {
+  /** `GET /pet/{petId}`: the method and the document's path. */
+  readonly key: string;
+  readonly method: string;
+  readonly path: string;
+  readonly pointer: string;
+  readonly operationId?: string;
+  readonly summary?: string;
+  readonly deprecated: boolean;
+  /** Why the operation cannot be imported; null when `route` is set. */
+  readonly skipped: string | null;
+  readonly route: ImportedRoute | null;
+  /** The route forwards its body without a contract (the chooser says so). */
+  readonly bodyUnchecked: boolean;
+  /** What the route does not keep exactly, in words. */
+  readonly warnings: readonly string[];
+  readonly security: OperationSecurity;
+  /** Header parameters the client would send (not forwarded unless listed in requestHeaders). */
+  readonly headerParams: readonly string[];
+}
+
+/** Where the upstream's base URL comes from, to tell operations served elsewhere. */
+export interface ServerChoice {
+  /** The document's first server, absolute, with a final "/" (null: none, or relative). */
+  readonly documentServer: string | null;
+  /** The upstream's base URL (--base-url, else the document's first server). */
+  readonly baseUrl: string | null;
+}
+
+const METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'] as const;
+const NO_BODY = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS']);
+const PARAM_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export function planOperations(
+  doc: SpecDocument,
+  servers: ServerChoice,
+): { operations: PlannedOperation[]; warnings: { operation: string | null; message: string }[] } {
+  const operations: PlannedOperation[] = [];
+  const warnings: { operation: string | null; message: string }[] = [];
+  const paths = own(doc.root, 'paths');
+  if (!isObject(paths)) return { operations, warnings };
+  for (const [path, rawItem] of Object.entries(paths)) {
+    const itemAt = child('#/paths', path);
+    const resolved = derefObject(doc, rawItem, itemAt);
+    if ('external' in resolved) {
+      warnings.push({
+        operation: path,
+        message: `skipped: its path item is in another file ("${resolved.external}"), which the import does not read`,
+      });
+      continue;
+    }
+    const item = expectShape(pathItemShape, resolved.value, resolved.pointer);
+    for (const method of METHODS) {
+      if (!Object.hasOwn(item, method)) continue;
+      operations.push(planOperation(doc, servers, path, method, item, resolved.pointer));
+    }
+  }
+  return { operations, warnings };
+}
+
+function planOperation(
+  doc: SpecDocument,
+  servers: ServerChoice,
+  path: string,
+  method: (typeof METHODS)[number],
+  item: ReturnType<typeof pathItemShape.parse>,
+  itemAt: string,
+): PlannedOperation {
+  const at = child(itemAt, method);
+  const op = expectShape(operationShape, item[method], at);
+  const key = `${method.toUpperCase()} ${path}`;
+  const securityAt = op.security ? child(at, 'security') : '#/security';
+  const security: OperationSecurity = {
+    key,
+    pointer: securityAt,
+    requirements: op.security ?? (own(doc.root, 'security') as SecurityRequirement[] | undefined) ?? [],
+  };
+  const base = {
+    key,
+    method: method.toUpperCase(),
+    path,
+    pointer: at,
+    ...(op.operationId !== undefined ? { operationId: op.operationId } : {}),
+    ...(op.summary !== undefined ? { summary: op.summary } : {}),
+    deprecated: op.deprecated === true,
+    security,
+  };
+  const skip = (reason: string): PlannedOperation => ({
+    ...base,
+    skipped: reason,
+    route: null,
+    bodyUnchecked: false,
+    warnings: [],
+    headerParams: [],
+  });
+
+  if (method === 'trace') return skip('TRACE is never forwarded');
+  const elsewhere = otherServer(
+    op.servers ?? item.servers,
+    op.servers ? child(at, 'servers', 0) : child(itemAt, 'servers', 0),
+    servers,
+  );
+  if (elsewhere)
+    return skip(`served from its own server (${elsewhere}); import it into an upstream of its own with --base-url`);
+
+  const warnings: string[] = [];
+  const params = parameters(
+    doc,
+    item.parameters ?? [],
+    child(itemAt, 'parameters'),
+    op.parameters ?? [],
+    child(at, 'parameters'),
+    warnings,
+  );
+  const template = routeTemplate(
+    path,
+    params.filter((p) => p.param.in === 'path'),
+  );
+  if ('reason' in template) return skip(template.reason);
+
+  const notes = new FieldNotes();
+  const context = (mode: FieldMode, partTypes?: ReadonlyMap<string, string>): FieldContext => ({
+    doc,
+    mode,
+    notes,
+    partTypes,
+  });
+  const route: ImportedRoute = { method: method.toUpperCase() as RouteMethod, path: template.path };
+  const query = queryContract(
+    doc,
+    params.filter((p) => p.param.in === 'query'),
+    context('query'),
+    warnings,
+  );
+  if (query) route.query = query;
+  let bodyUnchecked = false;
+  if (op.requestBody !== undefined) {
+    const body = bodyContract(doc, op.requestBody, child(at, 'requestBody'), route.method, context, warnings);
+    if (body.body) route.body = body.body;
+    if (body.bodyFormat) route.bodyFormat = body.bodyFormat;
+    bodyUnchecked = body.unchecked;
+  }
+  warnings.push(...notes.messages());
+  const loosePath = params.filter((p) => p.param.in === 'path').flatMap((p) => uncheckedPathParam(doc, p.param, p.at));
+  if (loosePath.length > 0)
+    warnings.push(
+      `looser than the spec: path parameters are not type-checked (any one path segment is forwarded): ${loosePath.join(', ')}`,
+    );
+  for (const { param } of params.filter((p) => p.param.in === 'cookie'))
+    warnings.push(`cookie parameter "${param.name}" is not forwarded (Keyward never forwards cookies)`);
+  const headerParams = params
+    .filter((p) => p.param.in === 'header')
+    .map((p) => p.param.name.toLowerCase())
+    // Accept, Content-Type and Authorization parameters are ignored by OpenAPI itself (Parameter Object, "in").
+    .filter((name) => !DEFAULT_REQUEST_HEADERS.has(name) && name !== 'authorization');
+  return { ...base, skipped: null, route, bodyUnchecked, warnings, headerParams };
+}
+
+/** The server an operation (or its path) declares, when the upstream's base URL is not it. */
+function otherServer(list: SpecServer[] | undefined, at: string, servers: ServerChoice): string | null {
+  const first = list?.[0];
+  if (!first) return null;
+  const url = serverUrl(first, at);
+  const normal = absoluteBase(url);
+  if (normal !== null && (normal === servers.documentServer || normal === servers.baseUrl)) return null;
+  return url;
+}
+
+/** An absolute http(s) URL with a final "/", as the upstream schema writes baseUrl; null otherwise. */
+export function absoluteBase(url: string): string | null {
+  try {
+    const parsed = new URL(url);
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return null;
+    if (!parsed.pathname.endsWith('/')) parsed.pathname += '/';
+    return parsed.href;
+  } catch {
+    return null;
+  }
+}
+
+interface LocatedParameter {
+  readonly param: SpecParameter;
+  readonly at: string;
+}
+
+/** Path-level parameters, overridden by the operation's own of the same name and location (OpenAPI 3.1 §4.8.10). */
+function parameters(
+  doc: SpecDocument,
+  pathLevel: unknown[],
+  pathAt: string,
+  opLevel: unknown[],
+  opAt: string,
+  warnings: string[],
+): LocatedParameter[] {
+  const byKey = new Map<string, LocatedParameter>();
+  const read = (list: unknown[], at: string) =>
+    list.forEach((raw, index) => {
+      const resolved = derefObject(doc, raw, child(at, index));
+      if ('external' in resolved) {
+        warnings.push(
+          `parameter ${index} is in another file ("${resolved.external}"), which the import does not read; it is not declared`,
+        );
+        return;
+      }
+      const param = expectShape(parameterShape, resolved.value, resolved.pointer);
+      byKey.set(`${param.in} ${param.name}`, { param, at: resolved.pointer });
+    });
+  read(pathLevel, pathAt);
+  read(opLevel, opAt);
+  return [...byKey.values()];
+}
+
+/**
+ * The document's path as a Keyward template: `{petId}` filling a segment becomes `:petId`; with literal text
+ * around it (`{name}.json`, `{model}:generate`) it stays `{name}`, which Keyward matches inside the segment.
+ */
+function routeTemplate(path: string, pathParams: LocatedParameter[]): { path: string } | { reason: string } {
+  if (!path.startsWith('/')) return { reason: `the path "${path}" does not start with "/"` };
+  for (const { param } of pathParams) {
+    if (param.style !== undefined && param.style !== 'simple')
+      return { reason: `path parameter "${param.name}" uses style "${param.style}"; only "simple" can be matched` };
+  }
+  const used = new Set<string>();
+  const segments: string[] = [];
+  for (const segment of path === '/' ? [] : path.slice(1).split('/')) {
+    const names = [...segment.matchAll(/\{([^{}]*)\}/g)];
+    if (names.length === 0) {
+      segments.push(segment);
+      continue;
+    }
+    if (names.length > 1)
+      return {
+        reason: `the segment "${segment}" holds ${names.length} parameters; a Keyward template holds one per segment`,
+      };
+    const [whole, name = ''] = names[0]!;
+    const safe = uniqueName(name, used);
+    segments.push(whole === segment ? `:${safe}` : segment.replace(whole, `{${safe}}`));
+  }
+  const template = `/${segments.join('/')}`;
+  const problems = templateProblems(template);
+  if (problems.length > 0) return { reason: `the path cannot be a Keyward template: ${problems.join('; ')}` };
+  return { path: template };
+}
+
+/** A parameter name a template accepts (`pet-id` → `pet_id`); a path parameter's name is never sent upstream. */
+function uniqueName(name: string, used: Set<string>): string {
+  let safe = name.replace(/[^A-Za-z0-9_]/g, '_');
+  if (!PARAM_NAME.test(safe)) safe = `p_${safe}`;
+  let candidate = safe;
+  for (let n = 2; used.has(candidate); n++) candidate = `${safe}_${n}`;
+  used.add(candidate);
+  return candidate;
+}
+
+/** Describes a path parameter whose spec says more than "a string" (Keyward forwards any one safe segment). */
+function uncheckedPathParam(doc: SpecDocument, param: SpecParameter, at: string): string[] {
+  if (param.schema === undefined) return [];
+  const result = schemaToField(param.schema, child(at, 'schema'), param.name, {
+    doc,
+    mode: 'query',
+    notes: new FieldNotes(),
+  });
+  if (!result.ok) return [`${param.name} (any value)`];
+  const { spec } = result;
+  if (
+    spec.type === 'string' &&
+    !spec.enum &&
+    spec.minLength === undefined &&
+    spec.maxLength === undefined &&
+    !hasPattern(doc, param.schema)
+  )
+    return [];
+  return [`${param.name} (${spec.enum ? `one of ${spec.enum.map((v) => JSON.stringify(v)).join(', ')}` : spec.type})`];
+}
+
+function hasPattern(doc: SpecDocument, schema: unknown): boolean {
+  const resolved = derefObject(doc, schema, '#');
+  return !('external' in resolved) && isObject(resolved.value) && own(resolved.value, 'pattern') !== undefined;
+}
+
+/**
+ * The query contract: every query parameter the operation declares, typed; any other is refused. A parameter
+ * that cannot be declared is left out (so refused) when optional; when required, it is declared as a plain
+ * string if it is one value with a plain name (said), else the contract is left out and the query passes
+ * through unchecked (said).
+ */
+function queryContract(
+  doc: SpecDocument,
+  params: LocatedParameter[],
+  ctx: FieldContext,
+  warnings: string[],
+): QueryContract | null {
+  const properties: Record<string, FieldSpecInput> = {};
+  const required: string[] = [];
+  for (const { param, at } of params) {
+    for (const field of queryFields(param, at, ctx)) {
+      if (field.ok) {
+        properties[field.name] = field.spec;
+        if (field.required) required.push(field.name);
+      } else if (!field.required) {
+        ctx.notes.omit(field.reason);
+      } else if (FIELD_NAME.test(field.name) && !looksLikeObject(doc, param.schema)) {
+        properties[field.name] = { type: 'string' };
+        required.push(field.name);
+        warnings.push(
+          `looser than the spec: required query parameter "${field.name}" is checked only as a string (${field.reason})`,
+        );
+      } else {
+        warnings.push(
+          `the query is passed through unchecked: required query parameter ${JSON.stringify(field.name)} cannot be declared (${field.reason})`,
+        );
+        return null;
+      }
+    }
+  }
+  const contract: QueryContract = { properties };
+  if (required.length > 0) contract.required = [...new Set(required)];
+  return contract;
+}
+
+type QueryField = { name: string; required: boolean } & (
+  { ok: true; spec: FieldSpecInput } | { ok: false; reason: string }
+);
+
+/** One query parameter as contract fields: itself, or (an object sent as form, exploded) one per property. */
+function queryFields(param: SpecParameter, at: string, ctx: FieldContext): QueryField[] {
+  const { name } = param;
+  const required = param.required === true;
+  const fail = (reason: string): QueryField[] => [{ name, required, ok: false, reason: `query.${name}: ${reason}` }];
+  if (!FIELD_NAME.test(name)) return fail('parameter names in a contract are letters, digits, "_" and "-"');
+  if (param.schema === undefined) {
+    const media = param.content ? Object.keys(param.content)[0] : undefined;
+    return fail(media ? `it is sent as ${media}, which a contract cannot read` : 'it has no schema');
+  }
+  const style = param.style ?? 'form';
+  const explode = param.explode ?? style === 'form';
+  const result = schemaToField(param.schema, child(at, 'schema'), `query.${name}`, ctx);
+  if (!result.ok) return [{ name, required, ok: false, reason: result.reason }];
+  const { spec } = result;
+  if (spec.type === 'object') {
+    if (style !== 'form' || !explode)
+      return fail(
+        `an object sent as ${style === 'deepObject' ? `${name}[key]=…` : 'one value'} cannot be read by a contract`,
+      );
+    // An object sent as form, exploded, is one parameter per property (OpenAPI "Style Examples").
+    return Object.entries(spec.properties ?? {}).map(([property, field]) => ({
+      name: property,
+      required: required && (spec.required ?? []).includes(property),
+      ok: true,
+      spec: field,
+    }));
+  }
+  if (spec.type === 'array' && (style !== 'form' || !explode)) {
+    return fail(
+      `a list sent as one value (style "${style}"${explode ? '' : ', explode false'}) cannot be split by a contract`,
+    );
+  }
+  // The parameter's own description, where its schema has none (the typed client shows it).
+  const description = typeof param.description === 'string' ? param.description.trim() : '';
+  return [
+    { name, required, ok: true, spec: spec.description || !description ? spec : withDescription(spec, description) },
+  ];
+}
+
+/** An object parameter's name is never sent (its properties are): a plain string cannot stand in for it. */
+function looksLikeObject(doc: SpecDocument, schema: unknown): boolean {
+  const resolved = derefObject(doc, schema, '#');
+  if ('external' in resolved || !isObject(resolved.value)) return false;
+  const value = resolved.value;
+  return (
+    own(value, 'type') === 'object' ||
+    ['properties', 'additionalProperties', 'patternProperties'].some((key) => own(value, key) !== undefined)
+  );
+}
+
+/** The request body's contract in the first format Keyward reads: JSON, then a form, then multipart. */
+function bodyContract(
+  doc: SpecDocument,
+  raw: unknown,
+  at: string,
+  method: RouteMethod,
+  context: (mode: FieldMode, partTypes?: ReadonlyMap<string, string>) => FieldContext,
+  warnings: string[],
+): { body?: FieldSpecInput; bodyFormat?: 'form' | 'multipart'; unchecked: boolean } {
+  const resolved = derefObject(doc, raw, at);
+  if ('external' in resolved) {
+    warnings.push(
+      `the body is forwarded unchecked (capped by maxRequestBytes): its definition is in another file ("${resolved.external}")`,
+    );
+    return { unchecked: true };
+  }
+  const requestBody = expectShape(requestBodyShape, resolved.value, resolved.pointer);
+  if (NO_BODY.has(method)) {
+    warnings.push(
+      `stricter than the spec: it declares a request body, but Keyward forwards ${method} requests without one`,
+    );
+    return { unchecked: false };
+  }
+  const media = Object.keys(requestBody.content).map((type) => ({
+    type,
+    base: type.split(';')[0]!.trim().toLowerCase(),
+  }));
+  const pick =
+    media.find((m) => m.base === 'application/json' || /^application\/[^/]+\+json$/.test(m.base)) ??
+    media.find((m) => m.base === 'application/x-www-form-urlencoded') ??
+    media.find((m) => m.base === 'multipart/form-data');
+  if (!pick) {
+    const types = media.map((m) => m.type).join(', ') || 'no media type';
+    warnings.push(
+      `the body (${types}) is forwarded as sent, unchecked (capped by maxRequestBytes): a contract reads JSON, form and multipart bodies only`,
+    );
+    return { unchecked: true };
+  }
+  const others = media.filter((m) => m !== pick).map((m) => m.type);
+  if (others.length > 0)
+    warnings.push(
+      `stricter than the spec: the route accepts ${pick.base} only (the spec also allows ${others.join(', ')})`,
+    );
+  const entry = requestBody.content[pick.type]!;
+  const mode: FieldMode =
+    pick.base === 'application/x-www-form-urlencoded'
+      ? 'form'
+      : pick.base === 'multipart/form-data'
+        ? 'multipart'
+        : 'json';
+  const partTypes = new Map<string, string>();
+  for (const [name, encoding] of Object.entries(entry.encoding ?? {}))
+    if (encoding.contentType) partTypes.set(`body.${name}`, encoding.contentType);
+  const contentAt = child(resolved.pointer, 'content', pick.type);
+  if (entry.schema === undefined) {
+    warnings.push(`the body is forwarded unchecked (capped by maxRequestBytes): ${pick.type} has no schema`);
+    return { unchecked: true };
+  }
+  const result = schemaToField(entry.schema, child(contentAt, 'schema'), 'body', context(mode, partTypes));
+  if (!result.ok) {
+    warnings.push(`the body is forwarded unchecked (capped by maxRequestBytes): ${result.reason}`);
+    return { unchecked: true };
+  }
+  if (mode !== 'json' && result.spec.type !== 'object') {
+    warnings.push(
+      `the body is forwarded unchecked (capped by maxRequestBytes): a ${mode} body must be an object of fields`,
+    );
+    return { unchecked: true };
+  }
+  if (mode === 'json' && requestBody.required !== true) {
+    warnings.push(
+      'stricter than the spec: the spec makes the body optional; the route needs one (JSON matching the contract)',
+    );
+  }
+  return { body: result.spec, ...(mode === 'json' ? {} : { bodyFormat: mode }), unchecked: false };
+}

@@ -1,0 +1,681 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../../../lib/core/config/load';
+import {
+  buildUpstream,
+  envPrefix,
+  importableOperations,
+  parseSpecText,
+  planImport,
+  selectOperations,
+  type ImportPlan,
+  type ImportResult,
+} from '../../../lib/core/config/openapi';
+import { compileContract, parseBody, parseQuery } from '../../../lib/core/policy/contract';
+import { parseForm } from '../../../lib/core/policy/form';
+import { KeywardError } from '../../../lib/core/errors';
+import { thrown } from '../support';
+
+/**
+ * The OpenAPI import (lib/core/config/openapi) on two documents checked into tests/fixtures/openapi: a trimmed
+ * Swagger Petstore (3.0, YAML) and an in-house style 3.1 document (JSON) with refs, enums, arrays, form and
+ * multipart bodies, unions, maps, recursion and several security schemes. Contracts are then run through the
+ * real contract compiler and parsers, so "the contract refuses X" is checked by the code that refuses it.
+ */
+
+const FIXTURES = join(import.meta.dirname, '../../fixtures/openapi');
+const load = (name: string) => parseSpecText(readFileSync(join(FIXTURES, name), 'utf8'), name);
+const petstore = () => planImport(load('petstore.yaml'));
+const inventory = (options: { baseUrl?: string } = {}) => planImport(load('inventory.json'), options);
+
+function operation(plan: ImportPlan, key: string) {
+  const op = plan.operations.find((candidate) => candidate.key === key);
+  if (!op) throw new Error(`no operation ${key}`);
+  return op;
+}
+
+function importAll(plan: ImportPlan, id: string, auth?: string): ImportResult {
+  return buildUpstream(plan, importableOperations(plan), { id, auth });
+}
+
+function routeOf(result: ImportResult, method: string, path: string) {
+  const index = result.upstream.routes.findIndex((r) => r.method === method && r.path === path);
+  if (index === -1) throw new Error(`no route ${method} ${path}`);
+  // As start-up sees it: parsed by the schema, then compiled.
+  const [definition] = parseConfig({ upstreams: { [result.id]: result.upstream } }, 'test');
+  const config = definition!.config.routes[index]!;
+  return { route: result.upstream.routes[index]!, contract: compileContract(config, `routes.${index}`) };
+}
+
+function warningsOf(result: ImportResult, key: string | null): string[] {
+  return result.warnings.filter((w) => w.operation === key).map((w) => w.message);
+}
+
+/** Runs `fn`, expects a ConfigError, returns its message. */
+function configError(fn: () => unknown): string {
+  const error = thrown(fn);
+  expect(error).toBeInstanceOf(ConfigError);
+  return (error as ConfigError).message;
+}
+
+function refused(fn: () => unknown): string {
+  const error = thrown(fn);
+  expect(error).toBeInstanceOf(KeywardError);
+  expect((error as KeywardError).code).toBe('contract_violation');
+  return (error as KeywardError).message;
+}
+
+function query(contract: ReturnType<typeof routeOf>['contract'], search: string) {
+  return parseQuery(contract.query!, search, new URLSearchParams(search));
+}
+
+describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
+  it('lists every operation with its method, path, operationId and summary, in document order', () => {
+    const plan = petstore();
+    expect(plan.title).toBe('Swagger Petstore - OpenAPI 3.0');
+    expect(plan.baseUrl).toBe('https://petstore3.swagger.io/api/v3/');
+    expect(plan.operations.map((op) => op.key)).toEqual([
+      'PUT /pet',
+      'POST /pet',
+      'GET /pet/findByStatus',
+      'GET /pet/findByTags',
+      'GET /pet/{petId}',
+      'POST /pet/{petId}',
+      'DELETE /pet/{petId}',
+      'POST /pet/{petId}/uploadImage',
+      'GET /store/inventory',
+      'POST /store/order',
+    ]);
+    const get = operation(plan, 'GET /pet/{petId}');
+    expect(get).toMatchObject({
+      operationId: 'getPetById',
+      summary: 'Find pet by ID.',
+      deprecated: false,
+      skipped: null,
+    });
+    expect(get.route?.path).toBe('/pet/:petId');
+    expect(operation(plan, 'POST /pet/{petId}/uploadImage').bodyUnchecked).toBe(true);
+  });
+
+  it('writes routes most specific first, with query and body contracts from the spec', () => {
+    const result = importAll(petstore(), 'petstore', 'api_key');
+    expect(result.upstream.baseUrl).toBe('https://petstore3.swagger.io/api/v3/');
+    // Literal segments before parameters: /pet/findByStatus must not be taken by /pet/:petId.
+    expect(result.upstream.routes.map((r) => `${r.method} ${r.path}`)).toEqual([
+      'PUT /pet',
+      'POST /pet',
+      'GET /pet/findByStatus',
+      'GET /pet/findByTags',
+      'GET /store/inventory',
+      'POST /store/order',
+      'GET /pet/:petId',
+      'POST /pet/:petId',
+      'DELETE /pet/:petId',
+      'POST /pet/:petId/uploadImage',
+    ]);
+    const category = { type: 'object', properties: { id: { type: 'integer' }, name: { type: 'string' } } };
+    expect(routeOf(result, 'POST', '/pet').route).toEqual({
+      method: 'POST',
+      path: '/pet',
+      query: { properties: {} },
+      body: {
+        type: 'object',
+        properties: {
+          id: { type: 'integer' },
+          name: { type: 'string' },
+          category,
+          photoUrls: { type: 'array', items: { type: 'string' } },
+          tags: { type: 'array', items: category },
+          status: { type: 'string', description: 'pet status in the store', enum: ['available', 'pending', 'sold'] },
+        },
+        required: ['name', 'photoUrls'],
+      },
+    });
+    expect(routeOf(result, 'GET', '/pet/findByStatus').route.query).toEqual({
+      properties: {
+        status: {
+          type: 'string',
+          enum: ['available', 'pending', 'sold'],
+          description: 'Status values that need to be considered for filter',
+        },
+      },
+    });
+  });
+
+  it('the contracts refuse what the spec does not declare and pass what it does', () => {
+    const result = importAll(petstore(), 'petstore', 'api_key');
+    const byStatus = routeOf(result, 'GET', '/pet/findByStatus').contract;
+    expect(query(byStatus, 'status=sold')).toEqual({ status: 'sold' });
+    expect(refused(() => query(byStatus, 'status=lost'))).toContain('query.status');
+    expect(refused(() => query(byStatus, 'debug=1'))).toContain('unknown field');
+    const byTags = routeOf(result, 'GET', '/pet/findByTags').contract;
+    expect(query(byTags, 'tags=a&tags=b')).toEqual({ tags: ['a', 'b'] });
+    const addPet = routeOf(result, 'POST', '/pet').contract;
+    const pet = { name: 'Rex', photoUrls: [], tags: [{ id: 1, name: 'good' }], status: 'available' };
+    expect(parseBody(addPet.body!, JSON.stringify(pet))).toEqual(pet);
+    expect(refused(() => parseBody(addPet.body!, JSON.stringify({ ...pet, owner: 'me' })))).toContain('unknown field');
+    expect(refused(() => parseBody(addPet.body!, JSON.stringify({ photoUrls: [] })))).toContain('body.name');
+    expect(refused(() => parseBody(addPet.body!, JSON.stringify({ ...pet, tags: [{ id: 'x' }] })))).toContain(
+      'body.tags.0.id',
+    );
+  });
+
+  it('picks the scheme most operations accept (OAuth 2 → a service token) unless --auth names one', () => {
+    const plan = petstore();
+    const oauth = importAll(plan, 'petstore');
+    expect(oauth.upstream.auth).toEqual({ type: 'bearer', secret: { env: 'PETSTORE_ACCESS_TOKEN' } });
+    expect(oauth.env).toEqual(['PETSTORE_ACCESS_TOKEN']);
+    expect(warningsOf(oauth, null).join('\n')).toContain('{"oauth": "oidc"}');
+    expect(warningsOf(oauth, 'GET /store/inventory')).toContain(
+      'asks for api_key; Keyward attaches "petstore_auth" to every route of this upstream',
+    );
+
+    const key = importAll(plan, 'petstore', 'api_key');
+    expect(key.upstream.auth).toEqual({ type: 'header', name: 'api_key', secret: { env: 'PETSTORE_API_KEY' } });
+    // DELETE /pet/{petId} declares the api_key header as a parameter: it is the credential, never the client's.
+    expect(warningsOf(key, 'DELETE /pet/{petId}').join('\n')).not.toContain('header parameter');
+    expect(warningsOf(oauth, 'DELETE /pet/{petId}')).toContain(
+      'header parameter "api_key" not forwarded from the client (add to "requestHeaders" if the API needs it)',
+    );
+  });
+
+  it('says what each route does not keep exactly', () => {
+    const result = importAll(petstore(), 'petstore', 'api_key');
+    expect(warningsOf(result, 'POST /pet')).toContain(
+      'stricter than the spec: the route accepts application/json only (the spec also allows application/xml, application/x-www-form-urlencoded)',
+    );
+    expect(warningsOf(result, 'GET /pet/{petId}')).toContain(
+      'looser than the spec: path parameters are not type-checked (any one path segment is forwarded): petId (integer)',
+    );
+    expect(warningsOf(result, 'POST /pet/{petId}/uploadImage')).toContain(
+      'the body (application/octet-stream) is forwarded as sent, unchecked (capped by maxRequestBytes): a contract reads JSON, form and multipart bodies only',
+    );
+    expect(warningsOf(result, 'POST /store/order')).toContain(
+      'stricter than the spec: the spec makes the body optional; the route needs one (JSON matching the contract)',
+    );
+    expect(routeOf(result, 'POST', '/pet/:petId/uploadImage').route.body).toBeUndefined();
+  });
+
+  it('selects by "METHOD /path" or operationId, and refuses names that match nothing', () => {
+    const plan = petstore();
+    expect(
+      selectOperations(plan, ['GET /pet/findByStatus', ' getPetById ', 'get /pet/findByTags']).map((op) => op.key),
+    ).toEqual(['GET /pet/findByStatus', 'GET /pet/{petId}', 'GET /pet/findByTags']);
+    expect(configError(() => selectOperations(plan, ['GET /pets']))).toContain(
+      'the document has no operation "GET /pets"',
+    );
+    expect(configError(() => selectOperations(plan, ['nope']))).toContain('"nope"');
+    const one = buildUpstream(plan, selectOperations(plan, ['getPetById']), { id: 'pets' });
+    expect(one.upstream.routes).toEqual([{ method: 'GET', path: '/pet/:petId', query: { properties: {} } }]);
+    // GET /pet/{petId} accepts api_key alone or petstore_auth alone: the key, on a tie.
+    expect(one.upstream.auth).toEqual({ type: 'header', name: 'api_key', secret: { env: 'PETS_API_KEY' } });
+    expect(configError(() => buildUpstream(plan, [], { id: 'pets' }))).toContain('no operation selected');
+  });
+});
+
+describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, security schemes)', () => {
+  it('takes the base URL from servers[0] with its variables, or from --base-url', () => {
+    expect(inventory().baseUrl).toBe('https://eu.api.acme.example/v2/');
+    expect(inventory({ baseUrl: 'https://staging.acme.example/v2' }).baseUrl).toBe('https://staging.acme.example/v2/');
+  });
+
+  it('skips what cannot be a route, with the reason', () => {
+    const plan = inventory();
+    expect(operation(plan, 'GET /items/{from}-{to}').skipped).toBe(
+      'the segment "{from}-{to}" holds 2 parameters; a Keyward template holds one per segment',
+    );
+    expect(operation(plan, 'GET /reports/{year}').skipped).toBe(
+      'served from its own server (https://reports.acme.example); import it into an upstream of its own with --base-url',
+    );
+    expect(operation(plan, 'TRACE /debug').skipped).toBe('TRACE is never forwarded');
+    expect(configError(() => selectOperations(plan, ['traceDebug']))).toContain(
+      'TRACE /debug cannot be imported: TRACE is never forwarded',
+    );
+    // With --base-url naming that server, the report is importable (and the rest is not sent there by mistake: it is the user's choice).
+    expect(operation(inventory({ baseUrl: 'https://reports.acme.example' }), 'GET /reports/{year}').skipped).toBeNull();
+  });
+
+  it('writes path templates Keyward matches: {a} → :a (renamed when needed), {id}.json kept, literal first', () => {
+    const result = importAll(inventory(), 'acme');
+    const paths = result.upstream.routes.map((r) => `${r.method} ${r.path}`);
+    expect(paths).toEqual([
+      'GET /items',
+      'POST /items',
+      'POST /items/search',
+      'GET /items/{id}.json',
+      'GET /items/:item_id',
+      'DELETE /items/:item_id',
+      'PATCH /items/:item_id',
+      'POST /uploads',
+      'POST /login',
+      'GET /stats',
+    ]);
+  });
+
+  it('query contract: path-level $ref parameters, array enums, oneOf consts, exploded objects, exclusive bounds', () => {
+    const result = importAll(inventory(), 'acme');
+    const { route, contract } = routeOf(result, 'GET', '/items');
+    expect(route.query).toEqual({
+      properties: {
+        limit: { type: 'integer', minimum: 1, maximum: 100 },
+        status: { type: 'array', items: { type: 'string', enum: ['draft', 'active', 'archived'] }, maxItems: 3 },
+        sort: { type: 'string', enum: ['name', 'price'] },
+        color: { type: 'string', enum: ['red', 'green', 'blue'] },
+        size: { type: 'integer', minimum: 1 },
+        q: { type: 'string', maxLength: 100 },
+      },
+    });
+    expect(query(contract, 'limit=100&status=draft&status=active&color=red&size=2')).toEqual({
+      limit: 100,
+      status: ['draft', 'active'],
+      color: 'red',
+      size: 2,
+    });
+    expect(refused(() => query(contract, 'limit=101'))).toContain('query.limit');
+    expect(refused(() => query(contract, 'tags=a,b'))).toContain('unknown field');
+    const warnings = warningsOf(result, 'GET /items');
+    expect(warnings).toContain(
+      'looser than the spec: "pattern" is not checked (contracts have none, on purpose): query.q',
+    );
+    expect(warnings).toContain(
+      'stricter than the spec: left out of the contract, so a request carrying them is refused: query.tags: a list sent as one value (style "form", explode false) cannot be split by a contract',
+    );
+    expect(warnings).toContain('cookie parameter "session" is not forwarded (Keyward never forwards cookies)');
+    expect(warnings).toContain(
+      'header parameter "x-trace" not forwarded from the client (add to "requestHeaders" if the API needs it)',
+    );
+  });
+
+  it('JSON body: allOf merged, $refs resolved, readOnly left out, and every loosening or tightening said', () => {
+    const result = importAll(inventory(), 'acme');
+    const { route, contract } = routeOf(result, 'POST', '/items');
+    expect(route.body).toEqual({
+      type: 'object',
+      properties: {
+        name: { type: 'string', minLength: 1, maxLength: 80 },
+        sku: { type: 'string' },
+        price: { type: 'number', minimum: 0, maximum: 100000 },
+        quantity: { type: 'integer', minimum: 0 },
+        tags: { type: 'array', items: { type: 'string', maxLength: 30 }, maxItems: 10 },
+        dimensions: {
+          type: 'object',
+          properties: { width: { type: 'number', minimum: 0 }, height: { type: 'number', minimum: 0 } },
+          required: ['width', 'height'],
+        },
+        color: { type: 'string', enum: ['red', 'green', 'blue'] },
+        kind: { type: 'string', enum: ['physical'] },
+        category: { type: 'object', properties: { name: { type: 'string' } }, required: ['name'] },
+      },
+      // "id" is required too, but readOnly: a client never sends it.
+      required: ['name', 'sku'],
+    });
+    expect(warningsOf(result, 'POST /items')).toEqual([
+      'stricter than the spec: the route accepts application/json only (the spec also allows application/xml)',
+      'looser than the spec: "pattern" is not checked (contracts have none, on purpose): body.sku',
+      'looser than the spec: an exclusive bound is checked as inclusive: body.price',
+      'looser than the spec: "uniqueItems" is not checked: body.tags',
+      'stricter than the spec: null is refused (contracts have no null): body.color',
+      'stricter than the spec: left out of the contract, so a request carrying them is refused: ' +
+        'body.metadata: a map ("additionalProperties") cannot be expressed in a contract; ' +
+        'body.category.children[]: recursive schema (#/components/schemas/Category contains itself); ' +
+        'body.variant: "oneOf" (one of 2 shapes) cannot be expressed in a contract',
+    ]);
+    const item = { name: 'Bolt', sku: 'BLT-0001', color: 'red', category: { name: 'hardware' } };
+    expect(parseBody(contract.body!, JSON.stringify(item))).toEqual(item);
+    expect(refused(() => parseBody(contract.body!, JSON.stringify({ ...item, metadata: { a: 'b' } })))).toContain(
+      'unknown field',
+    );
+    expect(refused(() => parseBody(contract.body!, JSON.stringify({ ...item, color: null })))).toContain('body.color');
+    expect(refused(() => parseBody(contract.body!, JSON.stringify({ ...item, id: 7 })))).toContain('unknown field');
+  });
+
+  it('a body whose top level is a union is forwarded without a contract, and the chooser says so', () => {
+    const plan = inventory();
+    const search = operation(plan, 'POST /items/search');
+    expect(search.bodyUnchecked).toBe(true);
+    expect(search.route?.body).toBeUndefined();
+    expect(search.warnings).toContain(
+      'the body is forwarded unchecked (capped by maxRequestBytes): body: "oneOf" (one of 2 shapes) cannot be expressed in a contract',
+    );
+  });
+
+  it('+json media types are JSON; 3.1 null types are refused; a $ref sibling description is kept', () => {
+    const result = importAll(inventory(), 'acme');
+    expect(routeOf(result, 'PATCH', '/items/:item_id').route.body).toEqual({
+      type: 'object',
+      properties: { name: { type: 'string', maxLength: 80 }, quantity: { type: 'integer', minimum: 0 } },
+      description: 'Fields to change',
+    });
+    expect(warningsOf(result, 'PATCH /items/{item-id}')).toContain(
+      'stricter than the spec: null is refused (contracts have no null): body.name',
+    );
+    expect(warningsOf(result, 'DELETE /items/{item-id}')).toContain('deprecated in the document');
+  });
+
+  it('form and multipart bodies get bodyFormat, files their media types', () => {
+    const result = importAll(inventory(), 'acme');
+    const login = routeOf(result, 'POST', '/login');
+    expect(login.route).toMatchObject({
+      bodyFormat: 'form',
+      body: {
+        type: 'object',
+        required: ['username', 'password'],
+        properties: {
+          username: { type: 'string', maxLength: 64 },
+          password: { type: 'string' },
+          remember: { type: 'boolean' },
+          scopes: { type: 'array', items: { type: 'string', enum: ['read', 'write'] } },
+        },
+      },
+    });
+    expect(parseForm(login.contract.body!, 'username=ada&password=pw&remember=true&scopes=read&scopes=write')).toEqual({
+      username: 'ada',
+      password: 'pw',
+      remember: true,
+      scopes: ['read', 'write'],
+    });
+    expect(refused(() => parseForm(login.contract.body!, 'username=ada&password=pw&admin=1'))).toContain(
+      'unknown field',
+    );
+    expect(routeOf(result, 'POST', '/uploads').route).toMatchObject({
+      bodyFormat: 'multipart',
+      body: {
+        type: 'object',
+        required: ['file'],
+        properties: {
+          file: { type: 'file', contentTypes: ['image/png', 'image/jpeg'] },
+          caption: { type: 'string', maxLength: 200 },
+          labels: { type: 'array', items: { type: 'string' } },
+        },
+      },
+    });
+  });
+
+  it('security: one scheme for the upstream, the secret always an environment variable', () => {
+    const plan = inventory();
+    const header = importAll(plan, 'acme');
+    expect(header.upstream.auth).toEqual({ type: 'header', name: 'x-acme-key', secret: { env: 'ACME_API_KEY' } });
+    expect(warningsOf(header, 'GET /stats')).toContain(
+      'asks for QueryKey; Keyward attaches "ApiKeyHeader" to every route of this upstream',
+    );
+    // The required query parameter sent as JSON can only be checked as a string (said).
+    expect(routeOf(header, 'GET', '/stats').route.query).toEqual({
+      properties: { key: { type: 'string' }, period: { type: 'string' } },
+      required: ['period'],
+    });
+    expect(warningsOf(header, 'GET /stats')).toContain(
+      'query parameter "access_token" is refused by Keyward on every route (it could carry or fake a credential)',
+    );
+
+    // The credential's own query parameter is Keyward's to write: out of the contract.
+    const query = importAll(plan, 'acme', 'QueryKey');
+    expect(query.upstream.auth).toEqual({ type: 'query', name: 'key', secret: { env: 'ACME_API_KEY' } });
+    expect(routeOf(query, 'GET', '/stats').route.query).toEqual({
+      properties: { period: { type: 'string' } },
+      required: ['period'],
+    });
+
+    expect(importAll(plan, 'acme', 'Bearer').upstream.auth).toEqual({
+      type: 'bearer',
+      secret: { env: 'ACME_API_KEY' },
+    });
+    const basic = importAll(plan, 'my-api', 'Basic');
+    expect(basic.upstream.auth).toEqual({
+      type: 'basic',
+      username: { env: 'MY_API_USERNAME' },
+      secret: { env: 'MY_API_PASSWORD' },
+    });
+    expect(basic.env).toEqual(['MY_API_USERNAME', 'MY_API_PASSWORD']);
+    expect(importAll(plan, 'acme', 'OAuth').upstream.auth).toEqual({
+      type: 'bearer',
+      secret: { env: 'ACME_ACCESS_TOKEN' },
+    });
+    expect(configError(() => importAll(plan, 'acme', 'CookieKey'))).toBe(
+      '--auth: "CookieKey": a key sent as a cookie is not supported',
+    );
+    expect(configError(() => importAll(plan, 'acme', 'Nope'))).toContain(
+      '--auth: the document declares no security scheme "Nope"',
+    );
+    // No value is ever written: every secret in the output is an {"env": …} reference.
+    expect(JSON.stringify([header, query, basic].map((r) => r.upstream.auth))).not.toMatch(/"(?:secret|username)":"/);
+  });
+
+  it('environment variable names from upstream ids', () => {
+    expect(envPrefix('petstore')).toBe('PETSTORE');
+    expect(envPrefix('my-api_2')).toBe('MY_API_2');
+    expect(envPrefix('3d')).toBe('UPSTREAM_3D');
+  });
+});
+
+/** A minimal 3.0 document around one operation. */
+function doc(
+  operation: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+  path = '/things',
+): Record<string, unknown> {
+  return {
+    openapi: '3.0.3',
+    info: { title: 'T', version: '1' },
+    servers: [{ url: 'https://api.example.com' }],
+    paths: { [path]: { post: operation } },
+    ...extra,
+  };
+}
+
+/** The JSON body contract of a one-operation document whose body schema is `schema`. */
+function bodyOf(schema: unknown, components: Record<string, unknown> = {}) {
+  const plan = planImport(
+    doc(
+      { requestBody: { required: true, content: { 'application/json': { schema } } } },
+      { components: { schemas: components } },
+    ),
+  );
+  const op = plan.operations[0]!;
+  return { body: op.route?.body, unchecked: op.bodyUnchecked, warnings: op.warnings };
+}
+
+describe('OpenAPI import: schemas a contract cannot hold exactly', () => {
+  it('merges allOf constraints to the tighter one, and refuses parts that cannot both hold', () => {
+    expect(
+      bodyOf({
+        allOf: [
+          { type: 'integer', minimum: 1, maximum: 10 },
+          { type: 'number', minimum: 3 },
+        ],
+      }).body,
+    ).toEqual({
+      type: 'integer',
+      minimum: 3,
+      maximum: 10,
+    });
+    expect(bodyOf({ allOf: [{ type: 'string', enum: ['a', 'b'] }, { enum: ['b', 'c'] }] }).body).toEqual({
+      type: 'string',
+      enum: ['b'],
+    });
+    const conflict = bodyOf({ allOf: [{ type: 'string' }, { type: 'integer' }] });
+    expect(conflict.unchecked).toBe(true);
+    expect(conflict.warnings.join('\n')).toContain('body: allOf combines type "string" with type "integer"');
+  });
+
+  it('a required field that cannot be expressed leaves the whole body unchecked (said); an optional one is left out', () => {
+    const required = bodyOf({
+      type: 'object',
+      required: ['meta'],
+      properties: { meta: { type: 'object', additionalProperties: true } },
+    });
+    expect(required.body).toBeUndefined();
+    expect(required.warnings.join('\n')).toContain(
+      'body.meta: a map ("additionalProperties") cannot be expressed in a contract',
+    );
+    const optional = bodyOf({ type: 'object', properties: { a: { type: 'string' }, meta: {} } });
+    expect(optional.body).toEqual({ type: 'object', properties: { a: { type: 'string' } } });
+    expect(optional.warnings.join('\n')).toContain(
+      'left out of the contract, so a request carrying them is refused: body.meta: a value of any type cannot be expressed',
+    );
+  });
+
+  it('a readOnly field is left out silently, even a required one a contract could not express', () => {
+    const result = bodyOf({
+      type: 'object',
+      required: ['id', 'stats', 'name'],
+      properties: {
+        id: { type: 'string', readOnly: true },
+        stats: { type: 'object', additionalProperties: true, readOnly: true },
+        name: { type: 'string' },
+      },
+    });
+    expect(result.body).toEqual({ type: 'object', properties: { name: { type: 'string' } }, required: ['name'] });
+    expect(result.warnings).toEqual([]);
+  });
+
+  it('objects: additionalProperties false with no properties is {}; extra keys allowed by the spec are refused (said)', () => {
+    expect(bodyOf({ type: 'object', additionalProperties: false }).body).toEqual({ type: 'object', properties: {} });
+    const open = bodyOf({ type: 'object', properties: { a: { type: 'string' } }, additionalProperties: true });
+    expect(open.body).toEqual({ type: 'object', properties: { a: { type: 'string' } } });
+    expect(open.warnings).toContain(
+      'stricter than the spec: keys beyond the declared properties are refused (contracts are closed objects): body',
+    );
+    const badName = bodyOf({ type: 'object', properties: { 'a.b': { type: 'string' }, ok: { type: 'string' } } });
+    expect(badName.body).toEqual({ type: 'object', properties: { ok: { type: 'string' } } });
+    expect(badName.warnings.join('\n')).toContain(
+      'body."a.b": field names in a contract are letters, digits, "_" and "-"',
+    );
+  });
+
+  it('3.0 nullable, integer exclusive bounds, anyOf of "required" lists, multipleOf', () => {
+    expect(
+      bodyOf({ type: 'integer', minimum: 0, exclusiveMinimum: true, maximum: 10, exclusiveMaximum: true }).body,
+    ).toEqual({
+      type: 'integer',
+      minimum: 1,
+      maximum: 9,
+    });
+    const nullable = bodyOf({ type: 'string', nullable: true });
+    expect(nullable.body).toEqual({ type: 'string' });
+    expect(nullable.warnings).toContain('stricter than the spec: null is refused (contracts have no null): body');
+    const choice = bodyOf({
+      type: 'object',
+      properties: { email: { type: 'string' }, phone: { type: 'string' } },
+      anyOf: [{ required: ['email'] }, { required: ['phone'] }],
+    });
+    expect(choice.body).toEqual({
+      type: 'object',
+      properties: { email: { type: 'string' }, phone: { type: 'string' } },
+    });
+    expect(choice.warnings.join('\n')).toContain(
+      'which fields are required together (a oneOf/anyOf of "required" lists) is not checked: body',
+    );
+    expect(bodyOf({ type: 'number', multipleOf: 0.5 }).warnings).toContain(
+      'looser than the spec: "multipleOf" is not checked: body',
+    );
+  });
+
+  it('a recursive required field, a type list and a tuple are reasons, not crashes', () => {
+    const tree = bodyOf(
+      { $ref: '#/components/schemas/Node' },
+      {
+        Node: { type: 'object', required: ['child'], properties: { child: { $ref: '#/components/schemas/Node' } } },
+      },
+    );
+    expect(tree.unchecked).toBe(true);
+    expect(tree.warnings.join('\n')).toContain(
+      'body.child: recursive schema (#/components/schemas/Node contains itself)',
+    );
+    expect(bodyOf({ type: ['string', 'integer'] }).warnings.join('\n')).toContain(
+      'one of several types (string, integer)',
+    );
+    expect(bodyOf({ type: 'array', prefixItems: [{ type: 'string' }] }).warnings.join('\n')).toContain(
+      'a tuple ("prefixItems")',
+    );
+  });
+
+  it('an upstream whose document names no usable server needs --base-url', () => {
+    const none = planImport({ ...doc({ responses: {} }), servers: undefined });
+    expect(none.baseUrl).toBeNull();
+    expect(none.baseUrlProblem).toBe('the document names no server ("servers"): pass --base-url https://…');
+    expect(configError(() => buildUpstream(none, importableOperations(none), { id: 't' }))).toContain('--base-url');
+    const relative = planImport({ ...doc({ responses: {} }), servers: [{ url: '/api/v3' }] });
+    expect(relative.baseUrlProblem).toBe(
+      'the document\'s server "/api/v3" is not an absolute http(s) URL: pass --base-url https://…',
+    );
+    const given = planImport(
+      { ...doc({ responses: {} }), servers: [{ url: '/api/v3' }] },
+      { baseUrl: 'https://api.example.com/api/v3' },
+    );
+    expect(buildUpstream(given, importableOperations(given), { id: 't' }).upstream.baseUrl).toBe(
+      'https://api.example.com/api/v3/',
+    );
+  });
+
+  it('no usable security scheme: a placeholder credential from the environment, and a warning', () => {
+    const plan = planImport(doc({ responses: {} }));
+    const result = buildUpstream(plan, importableOperations(plan), { id: 'things' });
+    expect(result.upstream.auth).toEqual({ type: 'bearer', secret: { env: 'THINGS_API_KEY' } });
+    expect(warningsOf(result, null).join('\n')).toContain(
+      'the selected operations declare no security: wrote a placeholder, a bearer token from THINGS_API_KEY',
+    );
+  });
+
+  it('two templates that match the same requests: the second is left out, said', () => {
+    const plan = planImport({
+      ...doc({}),
+      paths: {
+        '/a/{x}': { get: { responses: {} } },
+        '/a/{y}': { get: { responses: {} } },
+      },
+    });
+    const result = buildUpstream(plan, importableOperations(plan), { id: 'a' });
+    expect(result.upstream.routes.map((r) => r.path)).toEqual(['/a/:x']);
+    expect(warningsOf(result, 'GET /a/{y}')).toEqual([
+      'left out: GET /a/{x} matches the same requests and comes first',
+    ]);
+  });
+});
+
+describe('OpenAPI import: a bad document names the JSON pointer of the problem', () => {
+  it('not OpenAPI 3', () => {
+    expect(configError(() => planImport({ swagger: '2.0' }))).toContain(
+      '#/swagger: Swagger 2.0 documents are not read',
+    );
+    expect(configError(() => planImport({ openapi: '4.0.0' }))).toContain(
+      '#/openapi: must be an OpenAPI 3.0 or 3.1 version',
+    );
+    expect(configError(() => planImport([]))).toContain('at #: must be an object');
+  });
+
+  it('a bad parameter, schema, $ref, security requirement or server variable', () => {
+    expect(configError(() => planImport(doc({ parameters: [{ name: 'q', in: 'body' }] })))).toContain(
+      '#/paths/~1things/post/parameters/0/in: must be',
+    );
+    expect(
+      configError(() => planImport(doc({ requestBody: { content: { 'application/json': { schema: { type: 5 } } } } }))),
+    ).toContain('#/paths/~1things/post/requestBody/content/application~1json/schema/type: must be a type name');
+    expect(configError(() => planImport(doc({ requestBody: { $ref: '#/components/requestBodies/Missing' } })))).toBe(
+      'the OpenAPI document is invalid at #/paths/~1things/post/requestBody/$ref: "#/components/requestBodies/Missing" does not resolve to anything in the document',
+    );
+    // Object.prototype is not the document: "constructor" resolves to nothing.
+    expect(
+      configError(() =>
+        planImport(
+          doc(
+            { requestBody: { content: { 'application/json': { schema: { $ref: '#/components/constructor' } } } } },
+            { components: {} },
+          ),
+        ),
+      ),
+    ).toContain('does not resolve');
+    const undeclared = planImport(doc({ security: [{ Missing: [] }], responses: {} }));
+    expect(configError(() => buildUpstream(undeclared, importableOperations(undeclared), { id: 'x' }))).toContain(
+      '#/paths/~1things/post/security: names the security scheme "Missing"',
+    );
+    expect(configError(() => planImport({ ...doc({}), servers: [{ url: 'https://{host}/v1' }] }))).toContain(
+      '#/servers/0/url: uses the variable "host"',
+    );
+  });
+
+  it('text that is neither JSON nor YAML', () => {
+    expect(configError(() => parseSpecText('{"openapi": ', 'api.json'))).toContain('api.json is not valid JSON');
+    expect(configError(() => parseSpecText('a: 1\na: 2\n', 'api.yaml'))).toContain('api.yaml is not valid YAML');
+  });
+});
