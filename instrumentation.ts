@@ -4,6 +4,6 @@
  */
 export async function register() {
   if (process.env.NEXT_RUNTIME !== 'nodejs') return;
-  const { checkStartup } = await import('./lib/next/startup');
-  checkStartup();
+  const { keyward } = await import('./keyward');
+  keyward.checkStartup();
 }

@@ -13,15 +13,21 @@ import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import nextEnv from '@next/env';
-import type { Runtime } from '@/lib/core/runtime';
-import { checkStartup } from '@/lib/next/startup';
-import { readServeOptions, UsageError, type ServeOptions } from '@/lib/node/args';
-import { createConnectRefusal, createFastLane } from '@/lib/node/fast-lane';
-import { createFastLaneRuntime } from '@/lib/node/runtime';
-import { createUpgradeListener } from '@/lib/node/websocket';
-import { OpenSockets } from '@/lib/core/ws/sockets';
-import { WsTickets } from '@/lib/core/ws/tickets';
+import type { Runtime } from 'keyward/core';
+import {
+  checkStartup,
+  createConnectRefusal,
+  createFastLane,
+  createFastLaneRuntime,
+  createUpgradeListener,
+  OpenSockets,
+  readServeOptions,
+  UsageError,
+  WsTickets,
+  type ServeOptions,
+} from 'keyward/node';
 import nextConfig from './next.config';
+import { upstreams } from './upstreams';
 
 async function main(): Promise<void> {
   let options: ServeOptions;
@@ -39,10 +45,11 @@ async function main(): Promise<void> {
   const dir = process.cwd();
   nextEnv.loadEnvConfig(dir, false);
 
-  // The same start-up check as instrumentation.ts (which Next also runs in app.prepare() below): a bad
-  // configuration exits 1 with a message naming the field, before anything listens.
+  // The same start-up check as instrumentation.ts (which Next also runs in app.prepare() below), on the same
+  // upstreams as keyward.ts gives the route handlers: a bad configuration exits 1 naming the field, before
+  // anything listens.
   let loaded: Runtime | undefined;
-  checkStartup(() => (loaded = createFastLaneRuntime()));
+  checkStartup(() => (loaded = createFastLaneRuntime(upstreams)));
   if (!loaded) process.exit(1);
   const runtime = loaded;
   if (runtime.store.kind === 'memory') {

@@ -2,7 +2,8 @@ import Link from 'next/link';
 import { OwnKeys } from './components/own-keys';
 import { SignOutButton } from './components/sign-out-button';
 import { Demo } from './demo';
-import { demoEnabled, pageSession, upstreamSummaries, type CredentialKind } from '@/lib/next/pages';
+import type { CredentialKind } from 'keyward/next';
+import { keyward } from '@/keyward';
 
 // Read per request: the session, and the configuration only the running server has (never at build time).
 export const dynamic = 'force-dynamic';
@@ -15,8 +16,8 @@ const CREDENTIAL_LABEL: Record<CredentialKind, string> = {
 };
 
 export default async function Home() {
-  if (demoEnabled()) return <DemoHome />;
-  const state = await pageSession();
+  if (keyward.demoEnabled()) return <DemoHome />;
+  const state = await keyward.pageSession();
   if (state.state === 'unavailable') {
     return (
       <main className="page-narrow">
@@ -44,7 +45,7 @@ export default async function Home() {
   }
 
   const { session } = state;
-  const upstreams = upstreamSummaries();
+  const upstreams = keyward.upstreamSummaries();
   const ownKeyUpstreams = upstreams.filter((u) => u.credential === 'own-key').map((u) => u.id);
   const isAdmin = session.roles.includes('admin');
   return (

@@ -386,7 +386,7 @@ async function prepareBuild(): Promise<string> {
     if (result.status !== 0) throw new Error('bench: npm run build failed');
   } else {
     const built = statSync(buildId).mtimeMs;
-    const newer = ['app', 'lib', 'upstreams', 'server.ts', 'next.config.ts', 'instrumentation.ts'].filter(
+    const newer = ['app', 'lib', 'upstreams', 'keyward.ts', 'server.ts', 'next.config.ts', 'instrumentation.ts'].filter(
       (entry) => newestMtime(join(APP_SOURCE, entry)) > built,
     );
     if (newer.length > 0) {

@@ -1,9 +1,10 @@
 /**
  * `npm run build` (after `next build`): bundles server.ts, the fast lane, into `<distDir>/keyward-server.mjs`,
  * which `npm start` runs (scripts/start.mjs). Bundled because lib/ is TypeScript with extensionless imports,
- * `@/` aliases and `import 'server-only'` (which only resolves under the `react-server` condition): plain Node
- * cannot load it, and tsx is a devDependency. Packages stay external (loaded from node_modules at run time, so
- * `npm ci --omit=dev` after the build is enough), except `server-only`, resolved here to its empty module.
+ * `@/` and `keyward/…` aliases and `import 'server-only'` (which only resolves under the `react-server`
+ * condition): plain Node cannot load it, and tsx is a devDependency. Packages stay external (loaded from
+ * node_modules at run time, so `npm ci --omit=dev` after the build is enough), except `server-only`, resolved here
+ * to its empty module.
  * distDir follows next.config.ts: KEYWARD_DIST_DIR, else `.next`.
  */
 import { build } from 'esbuild';
@@ -31,8 +32,10 @@ await build({
       name: 'keyward-externals',
       setup(builder) {
         // Bare package imports (not `@/…`, not relative, not server-only) are loaded from node_modules at run time.
+        // `keyward/…` is this repository's own library (tsconfig.json `paths` map it to lib/), so it is bundled.
+        const bundled = (path) => path === 'server-only' || path.startsWith('@/') || path.startsWith('keyward/');
         builder.onResolve({ filter: /^[^./]/ }, (args) => {
-          if (args.path === 'server-only' || args.path.startsWith('@/')) return undefined;
+          if (bundled(args.path)) return undefined;
           return { path: args.path, external: true };
         });
       },

@@ -1,6 +1,7 @@
 import { redirect } from 'next/navigation';
 import { SignInForm } from './sign-in-form';
-import { pageSession, safeCallbackPath, signInMethods } from '@/lib/next/pages';
+import { safeCallbackPath } from 'keyward/next';
+import { keyward } from '@/keyward';
 
 export const dynamic = 'force-dynamic';
 
@@ -15,9 +16,9 @@ const ERRORS: Record<string, string> = {
 export default async function SignInPage({ searchParams }: { searchParams: Promise<Record<string, string | string[] | undefined>> }) {
   const params = await searchParams;
   const callbackUrl = safeCallbackPath(params.callbackUrl);
-  const state = await pageSession();
+  const state = await keyward.pageSession();
   if (state.state === 'signed-in') redirect(callbackUrl);
-  const methods = signInMethods();
+  const methods = keyward.signInMethods();
   const errorCode = typeof params.error === 'string' ? params.error : null;
   const error = errorCode ? (ERRORS[errorCode] ?? 'Sign-in failed. Try again.') : state.state === 'unavailable' ? 'Keyward cannot reach its session store right now.' : null;
   return (

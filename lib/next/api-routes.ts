@@ -8,36 +8,55 @@ import { handleSignInPost } from '@/lib/core/api/sign-in';
 import { handleWsTicket } from '@/lib/core/api/ws-ticket';
 import { errorResponse } from '@/lib/core/errors';
 import type { Runtime } from '@/lib/core/runtime';
-import { handlers } from './auth';
+import { createAuthHandlers, type AuthHandlers, type AuthPages } from './auth';
 import { trackStoreFailures } from './auth-store';
-import { runtimeOrUnavailable } from './proxy-route';
+import { runtimeOrUnavailable, type RouteHandler, type RuntimeSource } from './proxy-route';
 
-/** Route handlers for Keyward's own API: each translates params, then hands over to lib/core/api. */
-function withRuntime<P>(handle: (request: Request, params: P, runtime: Runtime) => Promise<Response>) {
-  return async (request: Request, context: { params: Promise<P> }): Promise<Response> => {
-    const runtime = runtimeOrUnavailable();
-    if (runtime instanceof Response) return runtime;
-    return handle(request, await context.params, runtime);
-  };
+/** Keyward's own API, one route handler per endpoint (README "HTTP contract"); lib/next/keyward.ts hands them out. */
+export interface ApiRoutes {
+  /** /api/auth/[...nextauth]: Auth.js, behind Keyward's sign-in rules. */
+  readonly authGetRoute: (request: Request) => Promise<Response>;
+  readonly authPostRoute: (request: Request) => Promise<Response>;
+  readonly userKeyRoute: RouteHandler<{ upstream: string }>;
+  readonly adminRevokeRoute: RouteHandler<{ userId: string }>;
+  readonly adminKeysRoute: RouteHandler;
+  readonly adminKeyActionRoute: RouteHandler<{ upstream: string; action: string }>;
+  readonly adminKeyRevokeRoute: RouteHandler;
+  readonly adminAuditRoute: RouteHandler;
+  readonly revokeAllRoute: RouteHandler;
+  readonly logoutRoute: RouteHandler;
+  readonly mobileAuthorizeRoute: RouteHandler;
+  readonly mobileTokenRoute: RouteHandler;
+  readonly wsTicketRoute: RouteHandler;
 }
 
-export const userKeyRoute = withRuntime<{ upstream: string }>((request, { upstream }, runtime) =>
-  handleUserKey(request, upstream, runtime),
-);
-export const adminRevokeRoute = withRuntime<{ userId: string }>((request, { userId }, runtime) =>
-  handleAdminRevoke(request, userId, runtime),
-);
-export const adminKeysRoute = withRuntime<object>((request, _, runtime) => handleKeyList(request, runtime));
-export const adminKeyActionRoute = withRuntime<{ upstream: string; action: string }>((request, { upstream, action }, runtime) =>
-  handleKeyAction(request, upstream, action, runtime),
-);
-export const adminKeyRevokeRoute = withRuntime<object>((request, _, runtime) => handleKeyRevoke(request, runtime));
-export const adminAuditRoute = withRuntime<object>((request, _, runtime) => handleAudit(request, runtime));
-export const revokeAllRoute = withRuntime<object>((request, _, runtime) => handleRevokeAll(request, runtime));
-export const logoutRoute = withRuntime<object>((request, _, runtime) => handleLogout(request, runtime));
-export const mobileAuthorizeRoute = withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime));
-export const mobileTokenRoute = withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime));
-export const wsTicketRoute = withRuntime<object>((request, _, runtime) => handleWsTicket(request, runtime));
+/** Route handlers for Keyward's own API: each translates params, then hands over to lib/core/api. */
+export function createApiRoutes(getRuntime: RuntimeSource, pages: AuthPages): ApiRoutes {
+  function withRuntime<P>(handle: (request: Request, params: P, runtime: Runtime) => Promise<Response>): RouteHandler<P> {
+    return async (request, context) => {
+      const runtime = runtimeOrUnavailable(getRuntime);
+      if (runtime instanceof Response) return runtime;
+      return handle(request, await context.params, runtime);
+    };
+  }
+  const auth = authRoutes(getRuntime, createAuthHandlers(getRuntime, pages));
+  return {
+    ...auth,
+    userKeyRoute: withRuntime<{ upstream: string }>((request, { upstream }, runtime) => handleUserKey(request, upstream, runtime)),
+    adminRevokeRoute: withRuntime<{ userId: string }>((request, { userId }, runtime) => handleAdminRevoke(request, userId, runtime)),
+    adminKeysRoute: withRuntime<object>((request, _, runtime) => handleKeyList(request, runtime)),
+    adminKeyActionRoute: withRuntime<{ upstream: string; action: string }>((request, { upstream, action }, runtime) =>
+      handleKeyAction(request, upstream, action, runtime),
+    ),
+    adminKeyRevokeRoute: withRuntime<object>((request, _, runtime) => handleKeyRevoke(request, runtime)),
+    adminAuditRoute: withRuntime<object>((request, _, runtime) => handleAudit(request, runtime)),
+    revokeAllRoute: withRuntime<object>((request, _, runtime) => handleRevokeAll(request, runtime)),
+    logoutRoute: withRuntime<object>((request, _, runtime) => handleLogout(request, runtime)),
+    mobileAuthorizeRoute: withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime)),
+    mobileTokenRoute: withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime)),
+    wsTicketRoute: withRuntime<object>((request, _, runtime) => handleWsTicket(request, runtime)),
+  };
+}
 
 type AuthHandler = (request: Request) => Promise<Response>;
 
@@ -46,9 +65,9 @@ type AuthHandler = (request: Request) => Promise<Response>;
  * cookie and carry the CSRF token; a shared cache must never keep one), and 503 `store_unavailable` when
  * a callback could not reach the store (lib/next/auth-store.ts), instead of what Auth.js made of it.
  */
-function authRoute(handle: (request: Request, runtime: Runtime) => Promise<Response>) {
-  return async (request: Request): Promise<Response> => {
-    const runtime = runtimeOrUnavailable();
+function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime: Runtime) => Promise<Response>): AuthHandler {
+  return async (request) => {
+    const runtime = runtimeOrUnavailable(getRuntime);
     if (runtime instanceof Response) return runtime;
     const { response, failure } = await trackStoreFailures(() => handle(request, runtime));
     if (failure) {
@@ -72,9 +91,13 @@ async function toNextRequest(request: Request): Promise<NextRequest> {
   const body = request.method === 'POST' ? await request.text() : undefined;
   return new NextRequest(request.url, { method: request.method, headers: [...request.headers], body, signal: request.signal });
 }
-const authGet: AuthHandler = async (request) => handlers.GET(await toNextRequest(request));
-const authPost: AuthHandler = async (request) => handlers.POST(await toNextRequest(request));
 
-export const authGetRoute = authRoute((request) => authGet(request));
-/** Auth.js's POST handler behind the sign-in rules: one form body, the attempt limits, a password slot. */
-export const authPostRoute = authRoute((request, runtime) => handleSignInPost(request, runtime, authPost));
+function authRoutes(getRuntime: RuntimeSource, handlers: AuthHandlers): Pick<ApiRoutes, 'authGetRoute' | 'authPostRoute'> {
+  const authGet: AuthHandler = async (request) => handlers.GET(await toNextRequest(request));
+  const authPost: AuthHandler = async (request) => handlers.POST(await toNextRequest(request));
+  return {
+    authGetRoute: authRoute(getRuntime, (request) => authGet(request)),
+    // Auth.js's POST handler behind the sign-in rules: one form body, the attempt limits, a password slot.
+    authPostRoute: authRoute(getRuntime, (request, runtime) => handleSignInPost(request, runtime, authPost)),
+  };
+}

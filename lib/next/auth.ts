@@ -1,12 +1,13 @@
 import 'server-only';
 import { randomUUID } from 'node:crypto';
+import type { NextRequest } from 'next/server';
 import NextAuth, { type NextAuthConfig } from 'next-auth';
 import Credentials from 'next-auth/providers/credentials';
 import type { Provider } from 'next-auth/providers';
 import { SESSION_COOKIE, authTimeClaims, sessionFromClaims } from '@/lib/core/session/session';
 import { storeFailed } from './auth-store';
+import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
-import { getRuntime } from './runtime';
 
 /**
  * Cookie settings per DESIGN.md: the session cookie is `__Host-`, Secure, HttpOnly, SameSite=Strict,
@@ -25,8 +26,10 @@ const cookies: NextAuthConfig['cookies'] = {
   nonce: { name: '__Host-keyward.nonce', options: { ...lax, maxAge: 900 } },
 };
 
-function buildConfig(): NextAuthConfig {
-  const runtime = getRuntime();
+/** Auth.js's pages (sign-in, error …); unset ones are Auth.js's own, served under /api/auth. */
+export type AuthPages = NextAuthConfig['pages'];
+
+function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
   const { settings, users } = runtime;
   const providers: Provider[] = [];
   if (users) {
@@ -67,8 +70,9 @@ function buildConfig(): NextAuthConfig {
     // The same rule as Keyward's public origin (lib/core/origin): AUTH_URL, or a trusted Host. Production
     // refuses to start with neither, so Auth.js never answers UntrustedHost.
     trustHost: Boolean(settings.AUTH_URL) || trustsHost(settings),
-    // Keyward's own pages, in the app's style, instead of Auth.js's unstyled ones.
-    pages: { signIn: '/signin', error: '/signin' },
+    // The app's own pages (this repository's: /signin, in the app's style), else Auth.js's built-in ones.
+    // Never undefined: Auth.js spreads the config over its defaults, and `pages: undefined` would replace its `{}`.
+    pages: pages ?? {},
     session: { strategy: 'jwt', maxAge: settings.KEYWARD_SESSION_MAX_AGE },
     events: {
       // Sign-out ends the session on the server too: a copy of the cookie is refused by every instance.
@@ -139,4 +143,17 @@ function buildConfig(): NextAuthConfig {
   };
 }
 
-export const { handlers, auth, signIn, signOut } = NextAuth(() => buildConfig());
+/** Auth.js's route handlers for /api/auth/[...nextauth]; they take Next's own request (a NextRequest). */
+export interface AuthHandlers {
+  GET(request: NextRequest): Promise<Response>;
+  POST(request: NextRequest): Promise<Response>;
+}
+
+/**
+ * Auth.js for one `createKeyward`: its config is built per request from the runtime (so a configuration error
+ * surfaces as the runtime's, not at import), with the app's pages.
+ */
+export function createAuthHandlers(getRuntime: () => Runtime, pages: AuthPages): AuthHandlers {
+  const { handlers } = NextAuth(() => buildConfig(getRuntime(), pages));
+  return { GET: (request) => handlers.GET(request), POST: (request) => handlers.POST(request) };
+}

@@ -1,7 +1,7 @@
 import 'server-only';
 import { headers } from 'next/headers';
 import type { Session } from '@/lib/core/session/session';
-import { getRuntime } from './runtime';
+import type { RuntimeSource } from './proxy-route';
 
 /** What a page may show about the caller: never a token, a key or the session id. */
 export interface PageSession {
@@ -13,41 +13,50 @@ export interface PageSession {
 
 export type PageSessionState = { readonly state: 'signed-in'; readonly session: PageSession } | { readonly state: 'signed-out' } | { readonly state: 'unavailable' };
 
-/**
- * The caller's session for a page, checked exactly as the API checks it (cookie, expiry, server-side
- * revocation). A store outage is its own state, so the page says so instead of pretending nobody is signed in.
- */
-export async function pageSession(): Promise<PageSessionState> {
-  const cookie = (await headers()).get('cookie');
-  // verifySession reads only the Cookie (and Authorization) header; the URL is never looked at.
-  const request = new Request('http://keyward.invalid/', { headers: cookie ? { cookie } : {} });
-  let session: Session | null;
-  try {
-    session = await getRuntime().verifySession(request);
-  } catch {
-    return { state: 'unavailable' };
-  }
-  if (!session || session.via !== 'cookie') return { state: 'signed-out' };
-  return { state: 'signed-in', session: { userId: session.userId, name: session.name, roles: [...session.roles], expiresAt: session.expiresAt } };
-}
-
 export type CredentialKind = 'service' | 'own-key' | 'oauth' | 'by-claim';
 
-/** The upstreams as a page lists them: id and whose credential is used. Never a URL, a header name or a key. */
-export function upstreamSummaries(): { id: string; credential: CredentialKind }[] {
-  const kinds: Record<string, CredentialKind> = { static: 'service', 'user-key': 'own-key', oauth: 'oauth', claim: 'by-claim' };
-  return [...getRuntime().registry.values()].map((upstream) => ({ id: upstream.id, credential: kinds[upstream.credential.source] ?? 'service' }));
+/** What pages may read about Keyward (lib/next/keyward.ts hands these out): never a token, a key or a URL. */
+export interface PageHelpers {
+  /**
+   * The caller's session for a page, checked exactly as the API checks it (cookie, expiry, server-side
+   * revocation). A store outage is its own state, so the page says so instead of pretending nobody is signed in.
+   */
+  pageSession(): Promise<PageSessionState>;
+  /** The upstreams as a page lists them: id and whose credential is used. Never a URL, a header name or a key. */
+  upstreamSummaries(): { id: string; credential: CredentialKind }[];
+  /** The sign-in methods configured (what a sign-in page offers). */
+  signInMethods(): { local: boolean; oidc: { name: string } | null };
+  /** Whether the demo page (and the benchmark's naive route) are served: `npm run dev`, or KEYWARD_DEMO=true. */
+  demoEnabled(): boolean;
 }
 
-/** The sign-in methods configured (what the sign-in page offers). */
-export function signInMethods(): { local: boolean; oidc: { name: string } | null } {
-  const { users, settings } = getRuntime();
-  return { local: users !== null, oidc: settings.KEYWARD_OIDC_ISSUER ? { name: settings.KEYWARD_OIDC_NAME } : null };
-}
-
-/** Whether the demo page (and the benchmark's naive route) are served: `npm run dev`, or KEYWARD_DEMO=true. */
-export function demoEnabled(): boolean {
-  return getRuntime().settings.KEYWARD_DEMO;
+export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
+  return {
+    async pageSession() {
+      const cookie = (await headers()).get('cookie');
+      // verifySession reads only the Cookie (and Authorization) header; the URL is never looked at.
+      const request = new Request('http://keyward.invalid/', { headers: cookie ? { cookie } : {} });
+      let session: Session | null;
+      try {
+        session = await getRuntime().verifySession(request);
+      } catch {
+        return { state: 'unavailable' };
+      }
+      if (!session || session.via !== 'cookie') return { state: 'signed-out' };
+      return { state: 'signed-in', session: { userId: session.userId, name: session.name, roles: [...session.roles], expiresAt: session.expiresAt } };
+    },
+    upstreamSummaries() {
+      const kinds: Record<string, CredentialKind> = { static: 'service', 'user-key': 'own-key', oauth: 'oauth', claim: 'by-claim' };
+      return [...getRuntime().registry.values()].map((upstream) => ({ id: upstream.id, credential: kinds[upstream.credential.source] ?? 'service' }));
+    },
+    signInMethods() {
+      const { users, settings } = getRuntime();
+      return { local: users !== null, oidc: settings.KEYWARD_OIDC_ISSUER ? { name: settings.KEYWARD_OIDC_NAME } : null };
+    },
+    demoEnabled() {
+      return getRuntime().settings.KEYWARD_DEMO;
+    },
+  };
 }
 
 /** A callback URL from the query, kept only when it is a path on this site (no open redirect). */

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { proxyRoute } from '../../lib/next/proxy-route';
+import { createKeyward } from '../../lib/next/keyward';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -7,10 +7,11 @@ import { expectNoSecrets } from './harness';
 import { writeConfigFile } from '../fixtures/config';
 
 /**
- * The Next route handler (app/api/proxy/[upstream]/[...path]/route.ts exports it for every method), called
- * the way Next calls it: a Request and `{ params: Promise }`. It builds the process-wide runtime from
+ * The Next route handler (app/api/proxy/[upstream]/[...path]/route.ts exports `keyward.proxyRoute` for every
+ * method), called the way Next calls it: a Request and `{ params: Promise }`. It builds its runtime from
  * process.env on first use, so process.env is prepared before the first call.
  */
+const { proxyRoute } = createKeyward();
 let upstream: TestUpstream;
 let cookie: string;
 const key = randomSecret('route');

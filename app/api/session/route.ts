@@ -1,5 +1,5 @@
-import { sessionRoute } from '@/lib/next/session-route';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { sessionRoute as GET };
+export const GET = keyward.sessionRoute;

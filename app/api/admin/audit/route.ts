@@ -1,5 +1,5 @@
-import { adminAuditRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { adminAuditRoute as GET };
+export const GET = keyward.adminAuditRoute;

@@ -1,5 +1,5 @@
-import { adminKeysRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { adminKeysRoute as GET };
+export const GET = keyward.adminKeysRoute;

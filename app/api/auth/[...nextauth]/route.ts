@@ -1,5 +1,5 @@
-import { authGetRoute, authPostRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
-export const GET = authGetRoute;
-export const POST = authPostRoute;
+export const GET = keyward.authGetRoute;
+export const POST = keyward.authPostRoute;

@@ -1,5 +1,7 @@
-import { userKeyRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { userKeyRoute as GET, userKeyRoute as PUT, userKeyRoute as DELETE };
+export const GET = keyward.userKeyRoute;
+export const PUT = keyward.userKeyRoute;
+export const DELETE = keyward.userKeyRoute;

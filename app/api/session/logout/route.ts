@@ -1,5 +1,5 @@
-import { logoutRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { logoutRoute as POST };
+export const POST = keyward.logoutRoute;

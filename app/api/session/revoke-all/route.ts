@@ -1,5 +1,5 @@
-import { revokeAllRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { revokeAllRoute as POST };
+export const POST = keyward.revokeAllRoute;

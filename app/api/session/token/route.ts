@@ -1,5 +1,5 @@
-import { mobileTokenRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { mobileTokenRoute as POST };
+export const POST = keyward.mobileTokenRoute;

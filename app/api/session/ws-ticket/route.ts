@@ -1,5 +1,5 @@
-import { wsTicketRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { wsTicketRoute as POST };
+export const POST = keyward.wsTicketRoute;

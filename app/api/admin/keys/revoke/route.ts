@@ -1,5 +1,5 @@
-import { adminKeyRevokeRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { adminKeyRevokeRoute as POST };
+export const POST = keyward.adminKeyRevokeRoute;

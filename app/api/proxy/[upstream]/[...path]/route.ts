@@ -1,7 +1,11 @@
-import { proxyRoute } from '@/lib/next/proxy-route';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-
-export { proxyRoute as GET, proxyRoute as HEAD, proxyRoute as POST, proxyRoute as PUT, proxyRoute as PATCH };
-export { proxyRoute as DELETE, proxyRoute as OPTIONS };
+export const GET = keyward.proxyRoute;
+export const HEAD = keyward.proxyRoute;
+export const POST = keyward.proxyRoute;
+export const PUT = keyward.proxyRoute;
+export const PATCH = keyward.proxyRoute;
+export const DELETE = keyward.proxyRoute;
+export const OPTIONS = keyward.proxyRoute;

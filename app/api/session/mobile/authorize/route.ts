@@ -1,5 +1,5 @@
-import { mobileAuthorizeRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { mobileAuthorizeRoute as GET };
+export const GET = keyward.mobileAuthorizeRoute;

@@ -1,5 +1,5 @@
-import { adminKeyActionRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { adminKeyActionRoute as POST };
+export const POST = keyward.adminKeyActionRoute;

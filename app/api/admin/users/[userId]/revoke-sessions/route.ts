@@ -1,5 +1,5 @@
-import { adminRevokeRoute } from '@/lib/next/api-routes';
+import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export { adminRevokeRoute as POST };
+export const POST = keyward.adminRevokeRoute;

@@ -1,0 +1,21 @@
+/**
+ * `keyward/core`: the framework-free core (DESIGN.md), for upstreams declared in TypeScript and for servers of
+ * one's own: the config loader, the pipeline on a standard Request, the runtime, errors, password hashes.
+ */
+export {
+  ConfigError,
+  defineUpstream,
+  parseConfig,
+  readConfigFile,
+  readConfigJson,
+  withRouteTypes,
+  type TypedRoute,
+  type UpstreamDefinition,
+} from './config/load';
+export type { KeywardConfigInput, RouteMethod, UpstreamConfig, UpstreamInput } from './config/schema';
+export { ERROR_STATUS, KeywardError, errorResponse, toKeywardError, type KeywardErrorCode } from './errors';
+export { handleProxy, type ProxyDeps, type ProxyEvent, type ProxyTarget } from './pipeline';
+export type { CoreRequest } from './request';
+export { createRuntime, type Runtime, type RuntimeOptions } from './runtime';
+export { checkStartup } from './startup';
+export { hashPassword } from './users/password';

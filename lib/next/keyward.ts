@@ -1,0 +1,50 @@
+import 'server-only';
+import type { UpstreamDefinition } from '@/lib/core/config/load';
+import type { Runtime } from '@/lib/core/runtime';
+import { checkStartup } from '@/lib/core/startup';
+import { createApiRoutes, type ApiRoutes } from './api-routes';
+import type { AuthPages } from './auth';
+import { createPageHelpers, type PageHelpers } from './pages';
+import { createProxyRoute, type RouteHandler } from './proxy-route';
+import { lazyRuntime } from './runtime';
+import { createSessionRoute } from './session-route';
+
+export interface KeywardOptions {
+  /**
+   * Upstreams declared in TypeScript (`defineUpstream`, presets); merged with the JSON file named by
+   * KEYWARD_CONFIG (or KEYWARD_CONFIG_JSON). Default: none, the JSON only.
+   */
+  readonly upstreams?: readonly UpstreamDefinition[];
+  /** Auth.js's pages, e.g. `{ signIn: '/signin' }` for a sign-in page of the app's own. Default: Auth.js's built-in pages. */
+  readonly pages?: AuthPages;
+}
+
+/** Everything an app's route handlers, pages and instrumentation.ts take from Keyward, all on one runtime. */
+export interface Keyward extends ApiRoutes, PageHelpers {
+  /** /api/proxy/[upstream]/[...path], for every method. */
+  readonly proxyRoute: RouteHandler<{ upstream: string; path?: string[] }>;
+  /** GET /api/session. */
+  readonly sessionRoute: (request: Request) => Promise<Response>;
+  /** For instrumentation.ts's `register()`: builds the runtime now; an invalid configuration exits 1 naming the field. */
+  checkStartup(): void;
+  /** The runtime behind these handlers, built on first use from process.env and `upstreams`. */
+  getRuntime(): Runtime;
+}
+
+/**
+ * Keyward for a Next.js app: call it once, in a module of the app's own (`keyward.ts`, README "Add Keyward to an
+ * existing Next.js app"), and export its handlers from the app's route files. The configuration is the app's to
+ * pass in, so the library never imports a file of the app. Each server bundle that imports that module gets its
+ * own runtime (lib/next/runtime.ts says why); they share state through the store.
+ */
+export function createKeyward(options: KeywardOptions = {}): Keyward {
+  const getRuntime = lazyRuntime(options.upstreams ?? []);
+  return {
+    ...createApiRoutes(getRuntime, options.pages),
+    ...createPageHelpers(getRuntime),
+    proxyRoute: createProxyRoute(getRuntime),
+    sessionRoute: createSessionRoute(getRuntime),
+    checkStartup: () => checkStartup(getRuntime),
+    getRuntime,
+  };
+}

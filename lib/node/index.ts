@@ -1,0 +1,11 @@
+/**
+ * `keyward/node`: the fast lane's parts (DESIGN.md "Two entry points, one core"), as this repository's server.ts
+ * assembles them: a Node `http` server that answers /api/proxy/* with the core and hands the rest to Next.
+ */
+export { readServeOptions, UsageError, type ServeOptions } from './args';
+export { createConnectRefusal, createFastLane, type FastLaneOptions } from './fast-lane';
+export { createFastLaneRuntime } from './runtime';
+export { createUpgradeListener, type UpgradeOptions } from './websocket';
+export { OpenSockets } from '@/lib/core/ws/sockets';
+export { WsTickets } from '@/lib/core/ws/tickets';
+export { checkStartup } from '@/lib/core/startup';
