@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, defineUpstream, parseConfig } from '../../../lib/core/config/load';
 import { anthropic, gemini, github, googleMaps, mergeUpstream, openai, PRESETS, stripe } from '../../../lib/core/presets';
@@ -190,5 +191,19 @@ describe('fixed and default request headers (`headers`, `defaultHeaders`)', () =
     const message = (thrown(() => defineUpstream('u', upstream({ 'x-v': 'a\r\nx-evil: 1' }))) as Error).message;
     expect(message).toContain('upstreams.u.headers.x-v: must be printable ASCII');
     expect(message).not.toContain('x-evil');
+  });
+});
+
+describe('the README\'s preset examples', () => {
+  it('"One example each" parses as written: every preset, with its options', () => {
+    const readme = readFileSync('README.md', 'utf8');
+    const at = readme.indexOf('One example each');
+    expect(at, 'README: the "One example each" block is gone').toBeGreaterThan(0);
+    const start = readme.indexOf('```json', at) + '```json'.length;
+    const block = readme.slice(start, readme.indexOf('```', start));
+    const definitions = parseConfig(JSON.parse(block), 'README');
+    expect(definitions.map((d) => d.id)).toEqual(['openai', 'claude', 'gemini', 'github', 'stripe', 'maps', 'bedrock', 'billing']);
+    const presetsUsed = (JSON.parse(block) as { upstreams: Record<string, { preset: string }> }).upstreams;
+    expect(new Set(Object.values(presetsUsed).map((u) => u.preset))).toEqual(new Set(PRESETS.keys()));
   });
 });
