@@ -10,7 +10,7 @@ import { capRequestBody, type CappedBody } from './forward/body';
 import { clientIp } from './client/ip';
 import type { RateLimiterRes } from 'rate-limiter-flexible';
 import type { Limits, LimitGrant, LimitSubject } from './limits/limits';
-import { UsageReader, numberAt, pricedUsage, toUnits, type TokenPrice, type UsageRead } from './limits/usage';
+import { UsageReader, numberAt, pricedUsage, sumAt, toUnits, type TokenPrice, type UsageRead } from './limits/usage';
 import { authorize } from './policy/authorize';
 import { readContractBody } from './policy/body';
 import { applyCaps, applyIdentity, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
@@ -124,6 +124,7 @@ export async function handleProxy(request: CoreRequest, target: ProxyTarget, dep
     const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
     return respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
+    call.release?.();
     return refuse(call, await revokedFirst(call, error)); // 15 [10]
   }
 }
@@ -158,6 +159,8 @@ export interface Call {
   credential: ResolvedCredential | null;
   body: CappedBody | null;
   grant: LimitGrant | null;
+  /** Lets go of a body still being read (multipart) when a later step refuses the call (set by step 10). */
+  release: (() => void) | null;
   /** How step 14 reads the usage the upstream reports (set with the reservation, step 12); null: not read. */
   usage: UsageRead | null;
   forwarded: boolean;
@@ -197,6 +200,7 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     body: null,
     grant: null,
     usage: null,
+    release: null,
     forwarded: false,
     route: null,
     revocations: null,
@@ -363,7 +367,10 @@ export async function prepareContent(
     forwardBody = call.body.iterable;
   }
   const checked = contract.body ? await readContractBody(contract, request.headers.get('content-type'), call.body) : null;
-  if (checked) parts.body = checked.value;
+  if (checked) {
+    parts.body = checked.value;
+    call.release = checked.release ?? null;
+  }
   applyCaps(contract, session, parts);
   applyIdentity(contract, session, parts);
   if (checked) {
@@ -391,12 +398,14 @@ export async function reserveBudget(
     // Input tokens are bounded by the body's size (a token is at least a byte of text), output by the capped field.
     const inputBound = Buffer.isBuffer(content) ? content.length : content ? route.maxRequestBytes : 0;
     const price = priceFor(cost.price, parts);
-    units = toUnits(inputBound * price.input + boundOf(cost, parts) * price.output) ?? Number.MAX_SAFE_INTEGER;
+    const outputBound = cost.price.outputTokens ? boundOf(cost, parts) : 0;
+    units = toUnits(inputBound * price.input + outputBound * price.output) ?? Number.MAX_SAFE_INTEGER;
     units = Math.min(units + (cost.reserveFrom?.plus ?? 0), Number.MAX_SAFE_INTEGER);
-    call.usage = pricedUsage(cost.price.inputTokens, cost.price.outputTokens, price, inputBound);
+    call.usage = pricedUsage(cost.price, price, inputBound);
   } else {
     units = reservation(cost, parts);
     if (cost.usage && 'json' in cost.usage) call.usage = numberAt(cost.usage.json);
+    else if (cost.usage && 'sum' in cost.usage) call.usage = sumAt(cost.usage.sum);
   }
   call.grant = await call.deps.limits.reserve(route.limits, who, units, rate);
 }
@@ -411,10 +420,15 @@ function priceFor(price: NonNullable<CostConfig['price']>, parts: RequestParts):
   return entry;
 }
 
-/** The value of `cost.reserveFrom`'s field (the output bound), or 0 when the route names none or it is absent. */
+/**
+ * A priced route's output bound: `cost.reserveFrom`'s field × `times`. A call without one (a role that lifts the
+ * cap, a route that names no field) has no worst case to reserve, so it is refused rather than reserved at 0.
+ */
 function boundOf(cost: CostConfig, parts: RequestParts): number {
   const value = cost.reserveFrom ? readTarget(parts, cost.reserveFrom.field) : undefined;
-  return typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : 0;
+  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return value * cost.reserveFrom!.times;
+  const field = cost.reserveFrom?.field ?? 'an output bound';
+  throw new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${field}: required on a priced route.` });
 }
 
 /**

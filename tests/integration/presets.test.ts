@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { defineUpstream, type UpstreamDefinition } from '../../lib/core/config/load';
 import { handleProxy, type ProxyEvent } from '../../lib/core/pipeline';
 import { createLogger } from '../../lib/core/log/logger';
 import { anthropic, gemini, github, googleMaps, openai, stripe } from '../../lib/core/presets';
@@ -52,6 +53,16 @@ beforeAll(async () => {
         prices: { 'gpt-test': { input: 0.4, output: 1.6 }, 'gpt-big': { input: 2, output: 8 } },
         budgets: [{ by: 'user', units: 10_000, period: 'day' }],
       }),
+      liftedForStaff(
+        openai({
+          id: 'openai-lifted',
+          baseUrl: base('/openai/v1/'),
+          models: ['gpt-test'],
+          prices: { '*': { input: 1, output: 1 } },
+          budgets: [{ by: 'user', units: 1_000_000, period: 'day' }],
+          only: ['POST /chat/completions'],
+        }),
+      ),
       anthropic({ baseUrl: base('/anthropic/'), models: ['claude-test'], maxOutputTokens: 300 }),
       gemini({ baseUrl: base('/gemini/v1beta/'), models: ['gemini-test'], maxOutputTokens: 200 }),
       github({ baseUrl: base('/github/'), repos: ['acme/widgets'] }),
@@ -75,6 +86,12 @@ beforeAll(async () => {
   };
   cookie = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:ada', roles: ['user'] });
 });
+
+/** The same upstream with the role "staff" listed in every route's caps without a field: staff is not capped. */
+function liftedForStaff(definition: UpstreamDefinition): UpstreamDefinition {
+  const { id, config } = definition;
+  return defineUpstream(id, { ...config, routes: config.routes.map((route) => ({ ...route, caps: { ...route.caps, staff: {} } })) });
+}
 
 afterAll(async () => {
   await upstream.close();
@@ -111,14 +128,14 @@ describe('openai preset', () => {
   it('attaches the key, caps the output, stamps the caller, and drops whatever the client claimed', async () => {
     const before = upstream.requests.length;
     const result = await call('openai', '/chat/completions', {
-      body: { ...chat, safety_identifier: 'someone-else' },
+      body: { ...chat, safety_identifier: 'someone-else', user: 'someone-else' },
       headers: { authorization: 'Bearer sk-placeholder' },
     });
     expect(result.status).toBe(200);
     const received = upstream.requests[before]!;
     expect(received.url).toBe('/openai/v1/chat/completions');
     expect(received.headers.authorization).toBe(`Bearer ${keys.openai}`);
-    expect(receivedJson(received)).toEqual({ ...chat, safety_identifier: 'local:ada', max_completion_tokens: 500 });
+    expect(receivedJson(received)).toEqual({ ...chat, safety_identifier: 'local:ada', user: 'local:ada', max_completion_tokens: 500 });
   });
 
   it('refuses a model outside the allow-list, several completions, the old max_tokens over the cap and an unknown field, before calling', async () => {
@@ -128,12 +145,31 @@ describe('openai preset', () => {
       { ...chat, max_tokens: 10_000 },
       { ...chat, n: 4 },
       { ...chat, surprise: true },
+      // Tools that reach the account's stored data by id are not declarable.
+      { ...chat, tools: [{ type: 'file_search', vector_store_ids: ['vs_1'] }] },
     ]) {
       const result = await call('openai', '/chat/completions', { body });
       expect(result.status, JSON.stringify(body)).toBe(400);
       expect(errorCode(result)).toBe('contract_violation');
     }
     expect(upstream.requests.length).toBe(before);
+  });
+
+  it('the Responses API: no stored objects by id, no data-reaching tools', async () => {
+    const before = upstream.requests.length;
+    for (const extra of [
+      { previous_response_id: 'resp_someone_elses' },
+      { prompt: { id: 'pmpt_1' } },
+      { tools: [{ type: 'code_interpreter', container: 'cntr_1' }] },
+      { tools: [{ type: 'mcp', server_url: 'https://evil.example/mcp' }] },
+    ]) {
+      const result = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', ...extra } });
+      expect(errorCode(result), JSON.stringify(extra)).toBe('contract_violation');
+    }
+    expect(upstream.requests.length).toBe(before);
+    const other = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:searcher', roles: ['user'] });
+    const ok = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', tools: [{ type: 'web_search' }] }, headers: { cookie: other } });
+    expect(ok.status).toBe(200);
   });
 
   it('lowers an output bound over the cap to the cap (SDKs send a model\'s own maximum by default)', async () => {
@@ -172,6 +208,36 @@ describe('openai preset', () => {
     const badResponse = await handleProxy(bad, { upstream: 'openai', path: ['audio', 'transcriptions'] }, runtime);
     expect(badResponse.status).toBe(400);
     expect(((await badResponse.json()) as { error: { code: string } }).error.code).toBe('contract_violation');
+  });
+
+  it('a multipart upload refused after its head was read (budget spent) lets go of the client\'s body at once', async () => {
+    const spent = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:spent', roles: ['user'] });
+    for (let i = 0; i < 2; i++) expect((await call('openai', '/chat/completions', { body: chat, headers: { cookie: spent } })).status).toBe(200);
+    const boundary = 'kw-test-boundary';
+    const head = `--${boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-test\r\n--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\nContent-Type: audio/mpeg\r\n\r\n`;
+    let cancelled = false;
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode(head));
+        controller.enqueue(new Uint8Array(256 * 1024));
+        // Never closed: an upload still coming in.
+      },
+      cancel() {
+        cancelled = true;
+      },
+    });
+    const before = upstream.requests.length;
+    const request = new Request(`${APP_ORIGIN}/api/proxy/openai/audio/transcriptions`, {
+      method: 'POST',
+      headers: { cookie: spent, 'x-keyward-csrf': '1', origin: APP_ORIGIN, 'content-type': `multipart/form-data; boundary=${boundary}` },
+      body,
+      duplex: 'half',
+    } as RequestInit);
+    const response = await handleProxy(request, { upstream: 'openai', path: ['audio', 'transcriptions'] }, runtime);
+    expect(response.status).toBe(429);
+    await response.text();
+    await expect.poll(() => cancelled).toBe(true);
+    expect(upstream.requests.length).toBe(before);
   });
 
   it('serves the Responses API the Vercel AI SDK calls, and settles the budget from the stream\'s final event', async () => {
@@ -233,6 +299,32 @@ describe('openai preset with a price table', () => {
     expect(upstream.requests.length).toBe(before);
     // The cheap model still fits: 1,000 × 1.6 plus its input bound.
     expect((await call('openai-priced', '/chat/completions', { body: chat('gpt-test'), headers: { cookie: payer } })).status).toBe(200);
+  });
+
+  it('a priced chat stream must report its usage; an embedding is charged its reported input', async () => {
+    const streamer = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:pricedstream', roles: ['user'] });
+    const unreported = await call('openai-priced', '/chat/completions', { body: { ...chat('gpt-test'), stream: true }, headers: { cookie: streamer } });
+    expect(errorCode(unreported)).toBe('contract_violation');
+    expect(unreported.text).toContain('stream_options.include_usage');
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ data: [], usage: { prompt_tokens: 250, total_tokens: 250 } }));
+    });
+    const embedded = await call('openai-priced', '/embeddings', { body: { model: 'gpt-test', input: 'hello' }, headers: { cookie: streamer } });
+    expect(embedded.status).toBe(200);
+    await expect.poll(() => events.get(embedded.headers.get('x-request-id')!)?.units).toBe(100); // 250 × 0.4
+  });
+
+  it('a caller whose role lifts the output cap cannot use a priced route without a bound: no worst case to reserve', async () => {
+    const staff = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:staff', roles: ['staff'] });
+    const before = upstream.requests.length;
+    const unbounded = await call('openai-lifted', '/chat/completions', { body: chat('gpt-test'), headers: { cookie: staff } });
+    expect(errorCode(unbounded)).toBe('contract_violation');
+    expect(unbounded.text).toContain('body.max_completion_tokens: required on a priced route');
+    expect(upstream.requests.length).toBe(before);
+    const bounded = await call('openai-lifted', '/chat/completions', { body: { ...chat('gpt-test'), max_completion_tokens: 9000 }, headers: { cookie: staff } });
+    expect(bounded.status).toBe(200);
   });
 
   it('a price table must price every allowed model, or "*"', () => {
@@ -344,6 +436,7 @@ describe('stripe preset', () => {
     expect(sent.get('line_items[0][quantity]')).toBe('2');
     expect(sent.get('metadata[order]')).toBe('42');
     expect(sent.get('success_url')).toBe('https://shop.example/done');
+    expect(sent.get('client_reference_id')).toBe('local:buyer');
   });
 
   it('refuses amounts, unknown fields and JSON; lists and reads only the caller\'s own customer', async () => {
@@ -361,6 +454,17 @@ describe('stripe preset', () => {
     expect(listed.searchParams.getAll('customer')).toEqual(['cus_Mine123']);
     // A session without the claim cannot reach customer-scoped routes at all.
     expect(errorCode(await call('stripe', '/payment_intents'))).toBe('forbidden');
+  });
+});
+
+describe('stripe preset: the query', () => {
+  it('a POST takes no query parameters: Stripe merges them into the body, past the form contract', async () => {
+    const buyer = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:tamper', roles: ['user'], claims: { stripeCustomerId: 'cus_T1' } });
+    const before = upstream.requests.length;
+    const tampered = '/checkout/sessions?line_items[0][price_data][unit_amount]=1&line_items[0][price_data][currency]=usd&line_items[0][quantity]=1';
+    const result = await call('stripe', tampered, { body: 'mode=payment', headers: { 'content-type': 'application/x-www-form-urlencoded', cookie: buyer } });
+    expect(errorCode(result)).toBe('contract_violation');
+    expect(upstream.requests.length).toBe(before);
   });
 });
 

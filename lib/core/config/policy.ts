@@ -222,7 +222,17 @@ export const priceSchema = z.strictObject({
     .refine((table) => Object.keys(table).length > 0, 'must price at least one model')
     .describe('Model → price per token in budget units; "*" prices any other model. A call for an unpriced model is refused.'),
   inputTokens: pathList.describe('Where the response reports input tokens (as "usage.json"); absent there: the reserved bound is charged.'),
-  outputTokens: pathList.describe('Where the response reports output tokens (as "usage.json").'),
+  extraInputTokens: z
+    .array(z.strictObject({ path: dottedPath, times: z.number().min(0).max(100).default(1) }))
+    .max(8)
+    .default([])
+    .describe(
+      'More input reported apart, added at `times` the input price, e.g. Anthropic\'s prompt cache: ' +
+        '[{"path": "usage.cache_creation_input_tokens", "times": 1.25}, {"path": "usage.cache_read_input_tokens", "times": 0.1}].',
+    ),
+  outputTokens: pathList
+    .optional()
+    .describe('Where the response reports output tokens (as "usage.json"). Absent: the route has no output (embeddings), input must be reported.'),
 });
 
 export const costSchema = z
@@ -243,6 +253,13 @@ export const costSchema = z
             'Numeric field of the JSON response, or of the last SSE event carrying it; a list is tried in order ' +
               '(e.g. ["usage.total_tokens", "response.usage.total_tokens"] for a JSON body and a stream\'s final event).',
           ),
+        }),
+        z.strictObject({
+          sum: z
+            .array(dottedPath)
+            .min(1)
+            .max(8)
+            .describe('Numeric fields added up, from the same JSON body or event (e.g. Gemini\'s candidates and thoughts tokens).'),
         }),
         z.strictObject({ header: z.string().regex(/^[A-Za-z0-9-]{1,64}$/).transform((n) => n.toLowerCase()) }),
       ])

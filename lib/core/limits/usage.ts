@@ -84,18 +84,39 @@ export function numberAt(paths: readonly string[]): UsageRead {
   };
 }
 
+/** The sum of these dotted paths' numbers (an absent one counts 0), as whole units; null when none is there. */
+export function sumAt(paths: readonly string[]): UsageRead {
+  const readers = paths.map((path) => numberAt([path]));
+  return (value) => {
+    const found = readers.map((read) => read(value)).filter((units): units is number => units !== null);
+    return found.length === 0 ? null : toUnits(found.reduce((total, units) => total + units, 0));
+  };
+}
+
+export interface PricedPaths {
+  readonly inputTokens: readonly string[];
+  /** Input reported apart (a prompt cache), each at `times` the input price. */
+  readonly extraInputTokens: readonly { readonly path: string; readonly times: number }[];
+  /** Absent: the route has no output (embeddings); its input must then be reported. */
+  readonly outputTokens?: readonly string[];
+}
+
 /**
  * Units from a price table: reported input tokens × input price + output tokens × output price, read from the
- * same body or event. Output tokens must be reported; input tokens absent from it are charged at the bound
- * reserved for them (Anthropic streams report them in their first event, long before the last).
+ * same body or event. Output tokens must be reported (where the route has output); input tokens absent from it
+ * are charged at the bound reserved for them (Anthropic streams report them in their first event, long before
+ * the last).
  */
-export function pricedUsage(inputPaths: readonly string[], outputPaths: readonly string[], price: TokenPrice, inputBound: number): UsageRead {
-  const input = numberAt(inputPaths);
-  const output = numberAt(outputPaths);
+export function pricedUsage(paths: PricedPaths, price: TokenPrice, inputBound: number): UsageRead {
+  const input = numberAt(paths.inputTokens);
+  const extra = paths.extraInputTokens.map(({ path, times }) => ({ read: numberAt([path]), times }));
+  const output = paths.outputTokens ? numberAt(paths.outputTokens) : null;
   return (value) => {
-    const out = output(value);
-    if (out === null) return null;
-    return toUnits((input(value) ?? inputBound) * price.input + out * price.output);
+    const out = output ? output(value) : 0;
+    const reportedInput = input(value);
+    if (out === null || (output === null && reportedInput === null)) return null;
+    const extraInput = extra.reduce((total, { read, times }) => total + (read(value) ?? 0) * times, 0);
+    return toUnits(((reportedInput ?? inputBound) + extraInput) * price.input + out * price.output);
   };
 }
 

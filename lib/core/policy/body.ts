@@ -16,6 +16,11 @@ export interface ContractBody {
   readonly value: unknown;
   /** The body to forward, rebuilt from `value` once caps and identity fields were applied to it. */
   serialize(value: unknown): { body: AsyncIterable<Uint8Array> | Buffer; contentType: string };
+  /**
+   * Lets go of what is still being read (a multipart body's parser and the client's stream) when the call is
+   * refused before the body is forwarded; a body read whole has nothing to let go of.
+   */
+  release?(): void;
 }
 
 export async function readContractBody(
@@ -68,7 +73,7 @@ export async function readContractBody(
         contentType!,
         body?.iterable ?? noBody(),
       );
-      return { value: reading.head, serialize: (checked) => reading.forward(checked) };
+      return { value: reading.head, serialize: (checked) => reading.forward(checked), release: () => reading.cancel() };
     }
   }
 }

@@ -53,6 +53,10 @@ export function compileContract(route: RouteConfig, where: string): CompiledCont
       shape[name] = spec.required?.includes(name) ? schema : schema.optional();
     }
     query = { schema: z.strictObject(shape), arrays };
+  } else if (route.body) {
+    // A body contract closes the query too: many servers read query parameters into the same bucket as the body
+    // (Stripe, Rails, PHP's $_REQUEST), so an open query would carry what the contract refuses in the body.
+    query = { schema: z.strictObject({}), arrays: new Set() };
   }
   const bodyFormat = route.bodyFormat ?? 'json';
   const body = route.body ? compileBody(route.body as FieldSpecInput | z.ZodType, bodyFormat, `${where}.body`) : null;

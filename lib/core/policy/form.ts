@@ -50,6 +50,10 @@ const INDEX = /^(?:0|[1-9]\d{0,2})$/;
  */
 export function parseForm(schema: z.ZodType, text: string): unknown {
   const root: FormNode = { kind: 'object', fields: new Map() };
+  // Counted before splitting: a body of separators alone would otherwise build an array as long as the body.
+  let separators = 0;
+  for (let at = text.indexOf('&'); at !== -1 && separators <= FORM_LIMITS.fields * 4; at = text.indexOf('&', at + 1)) separators++;
+  if (separators > FORM_LIMITS.fields * 4) throw violation(`body: more than ${FORM_LIMITS.fields} fields`);
   const pairs = text.split('&').filter((pair) => pair !== '');
   if (pairs.length > FORM_LIMITS.fields) throw violation(`body: more than ${FORM_LIMITS.fields} fields`);
   for (const pair of pairs) {

@@ -51,6 +51,8 @@ export interface MultipartBody {
    * A Buffer when the client's body has already ended (no file parts): every check is then done here.
    */
   forward(fields: unknown): { body: AsyncIterable<Uint8Array> | Buffer; contentType: string };
+  /** Stops reading: destroys the parser and any open file stream (the forwarded body, if any, then fails). */
+  cancel(): void;
 }
 
 /** Reads the head of a multipart body; refused (400, 413) if the head already breaks the contract. */

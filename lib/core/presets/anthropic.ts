@@ -62,6 +62,12 @@ export function countTokensBody(models: z.ZodType<string>) {
   });
 }
 
+/** Prompt-cache input, reported apart from `input_tokens`, at Anthropic's share of the input price. */
+const PROMPT_CACHE = [
+  { path: 'usage.cache_creation_input_tokens', times: 1.25 },
+  { path: 'usage.cache_read_input_tokens', times: 0.1 },
+];
+
 function routes(o: Options): RouteInput[] {
   const models = modelSchema(o.models);
   return [
@@ -74,7 +80,7 @@ function routes(o: Options): RouteInput[] {
       ...textIdentity('body.metadata.user_id'),
       // Output tokens (or their cost): the JSON body's usage, or the stream's last `message_delta` (cumulative).
       cost: o.prices
-        ? pricedCost(o.prices, 'body.max_tokens', ['usage.input_tokens'], ['usage.output_tokens'])
+        ? pricedCost(o.prices, 'body.max_tokens', ['usage.input_tokens'], ['usage.output_tokens'], PROMPT_CACHE)
         : { reserveFrom: { field: 'body.max_tokens' }, usage: { json: ['usage.output_tokens'] } },
     },
     { method: 'POST', path: '/v1/messages/count_tokens', body: countTokensBody(models) },

@@ -63,8 +63,12 @@ function routesFor(model: string, maxOutputTokens: number): RouteInput[] {
     body: generateContentBody(),
     caps: { '*': { 'body.generationConfig.maxOutputTokens': maxOutputTokens } },
     overCap: 'clamp' as const,
-    // Every streamed chunk carries the running usageMetadata; the last one has the total.
-    cost: { reserveFrom: { field: 'body.generationConfig.maxOutputTokens' as const }, usage: { json: ['usageMetadata.candidatesTokenCount'] } },
+    // Every streamed chunk carries the running usageMetadata; the last one has the total. Thinking is output too
+    // (billed as such, and within maxOutputTokens), reported apart from the visible candidates.
+    cost: {
+      reserveFrom: { field: 'body.generationConfig.maxOutputTokens' as const },
+      usage: { sum: ['usageMetadata.candidatesTokenCount', 'usageMetadata.thoughtsTokenCount'] },
+    },
   };
   return [
     { method: 'POST', path: `/models/${model}:generateContent`, query: NO_QUERY, ...generation },

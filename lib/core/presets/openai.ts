@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { filePart } from '../config/policy';
 import type { TypedRoute } from '../config/load';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { checkPrices, modelSchema, modelsOption, outputTokensOption, pricedCost, pricesOption, textIdentity } from './shared';
+import { checkPrices, modelSchema, modelsOption, outputTokensOption, pricedCost, pricesOption } from './shared';
 
 /**
  * OpenAI, and any OpenAI-compatible API (`baseUrl`: Azure OpenAI's v1 endpoint, Groq, Together, Mistral, vLLM,
@@ -39,6 +39,16 @@ const options = z.strictObject({
         'OpenAI-compatible APIs that predate safety_identifier; "none" for those that refuse both).',
     ),
   prices: pricesOption,
+  callPrice: z
+    .number()
+    .int()
+    .min(0)
+    .max(Number.MAX_SAFE_INTEGER)
+    .optional()
+    .describe(
+      'Budget units per call on routes that report no tokens (images, speech, transcription, translation). With ' +
+        '`prices` and no callPrice, those routes are left out: nothing would bound what they cost.',
+    ),
 }).superRefine(checkPrices);
 
 type Options = z.output<typeof options>;
@@ -47,6 +57,17 @@ const loose = z.unknown();
 const metadata = z.record(z.string().max(64), z.string().max(512)).refine((value) => Object.keys(value).length <= 16, 'at most 16 keys');
 const temperature = z.number().min(0).max(2);
 const stop = z.union([z.string().max(256), z.array(z.string().max(256)).max(4)]);
+
+/**
+ * Tool types a caller may declare. Left out: tools that reach the account's stored data by id (file_search's
+ * vector stores, code_interpreter's containers and files), remote MCP servers and computer use.
+ */
+const CHAT_TOOLS = ['function', 'custom'] as const;
+const RESPONSES_TOOLS = ['function', 'custom', 'web_search', 'web_search_preview'] as const;
+
+function toolOf(types: readonly [string, ...string[]]) {
+  return z.looseObject({ type: z.enum(types) });
+}
 
 /** Chat completions: `POST /chat/completions`. */
 export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: number) {
@@ -80,7 +101,7 @@ export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: 
     stream_options: z.strictObject({ include_usage: z.boolean().optional(), include_obfuscation: z.boolean().optional() }).optional(),
     temperature: temperature.optional(),
     tool_choice: loose.optional(),
-    tools: z.array(loose).max(128).optional(),
+    tools: z.array(toolOf(CHAT_TOOLS)).max(128).optional(),
     top_logprobs: z.number().int().min(0).max(20).optional(),
     top_p: z.number().min(0).max(1).optional(),
     user: z.string().max(256).optional(),
@@ -100,8 +121,8 @@ export function responsesBody(models: z.ZodType<string>) {
     max_tool_calls: z.number().int().min(1).max(128).optional(),
     metadata: metadata.optional(),
     parallel_tool_calls: z.boolean().optional(),
-    previous_response_id: z.string().max(256).optional(),
-    prompt: loose.optional(),
+    // Not here on purpose: previous_response_id and prompt, which read objects stored on the account by id (with
+    // one shared key, another user's). Extend the schema where ids are the caller's own.
     prompt_cache_key: z.string().max(256).optional(),
     reasoning: loose.optional(),
     safety_identifier: z.string().max(256).optional(),
@@ -112,7 +133,7 @@ export function responsesBody(models: z.ZodType<string>) {
     temperature: temperature.optional(),
     text: loose.optional(),
     tool_choice: loose.optional(),
-    tools: z.array(loose).max(128).optional(),
+    tools: z.array(toolOf(RESPONSES_TOOLS)).max(128).optional(),
     top_logprobs: z.number().int().min(0).max(20).optional(),
     top_p: z.number().min(0).max(1).optional(),
     truncation: z.enum(['auto', 'disabled']).optional(),
@@ -127,7 +148,6 @@ export function embeddingsBody(models: z.ZodType<string>) {
     dimensions: z.number().int().min(1).max(4096).optional(),
     encoding_format: z.enum(['float', 'base64']).optional(),
     user: z.string().max(256).optional(),
-    safety_identifier: z.string().max(256).optional(),
   });
 }
 
@@ -145,7 +165,6 @@ export function imagesBody(models: z.ZodType<string>) {
     output_compression: z.number().int().min(0).max(100).optional(),
     response_format: z.enum(['url', 'b64_json']).optional(),
     user: z.string().max(256).optional(),
-    safety_identifier: z.string().max(256).optional(),
   });
 }
 
@@ -187,19 +206,44 @@ export function moderationsBody(models: z.ZodType<string>) {
 /** The Responses API reports usage in its JSON body, or in the stream's final `response.completed` event. */
 const RESPONSES_OUTPUT = ['usage.output_tokens', 'response.usage.output_tokens'];
 
+/**
+ * Who the call is for, written from the session. `safety_identifier` (default): both it and `user` on chat and
+ * responses, `user` where that is the only field (embeddings, images), so the caller can set neither and pin
+ * abuse on someone else. `user`: `user` only, and `safety_identifier` refused. `none`: both refused.
+ */
+function endUser(o: Options, fields: readonly ('user' | 'safety_identifier')[]) {
+  const stamped = fields.filter((field) => o.identity === 'safety_identifier' || field === o.identity);
+  const refused = [...(o.identity === 'none' ? ['user'] : []), ...(o.identity !== 'safety_identifier' ? ['safety_identifier'] : [])];
+  return {
+    identity: stamped.length === 0 ? undefined : Object.fromEntries(stamped.map((field) => [`body.${field}`, 'userId' as const])),
+    /** The schema without the end-user fields this mode refuses (the closed contract then refuses them). */
+    contract: <S extends z.ZodObject>(schema: S): S =>
+      schema.omit(Object.fromEntries(refused.filter((name) => name in schema.shape).map((name) => [name, true])) as never) as unknown as S,
+  };
+}
+
+/** With prices, a chat stream must report its usage (else the reservation, a worst case, is all that is known). */
+function reportsStreamUsage(body: { stream?: boolean; stream_options?: { include_usage?: boolean } }, ctx: z.RefinementCtx): void {
+  if (body.stream && body.stream_options?.include_usage !== true) {
+    ctx.addIssue({ code: 'custom', path: ['stream_options', 'include_usage'], message: 'must be true for a stream on a priced route' });
+  }
+}
+
 function routes(o: Options): RouteInput[] {
   const models = modelSchema(o.models);
-  const stamp = o.identity === 'none' ? {} : textIdentity(`body.${o.identity}`);
+  const both = endUser(o, ['safety_identifier', 'user']);
+  const userOnly = endUser(o, ['user']);
+  const chat = both.contract(chatCompletionsBody(models, o.maxOutputTokens));
   // Budgets count output tokens, or their cost with `prices`: reserved from the capped bound, settled from what
   // the API reports (the chat stream reports it only with stream_options.include_usage; else the reservation stays).
-  return [
+  const llm: RouteInput[] = [
     {
       method: 'POST',
       path: '/chat/completions',
-      body: chatCompletionsBody(models, o.maxOutputTokens),
+      body: o.prices ? chat.superRefine(reportsStreamUsage) : chat,
       caps: { '*': { 'body.max_completion_tokens': o.maxOutputTokens } },
       overCap: 'clamp',
-      ...stamp,
+      identity: both.identity,
       cost: o.prices
         ? pricedCost(o.prices, 'body.max_completion_tokens', ['usage.prompt_tokens'], ['usage.completion_tokens'])
         : { reserveFrom: { field: 'body.max_completion_tokens' }, usage: { json: ['usage.completion_tokens'] } },
@@ -207,19 +251,33 @@ function routes(o: Options): RouteInput[] {
     {
       method: 'POST',
       path: '/responses',
-      body: responsesBody(models),
+      body: both.contract(responsesBody(models)),
       caps: { '*': { 'body.max_output_tokens': o.maxOutputTokens } },
       overCap: 'clamp',
-      ...stamp,
+      identity: both.identity,
       cost: o.prices
         ? pricedCost(o.prices, 'body.max_output_tokens', ['usage.input_tokens', 'response.usage.input_tokens'], RESPONSES_OUTPUT)
         : { reserveFrom: { field: 'body.max_output_tokens' }, usage: { json: RESPONSES_OUTPUT } },
     },
-    { method: 'POST', path: '/embeddings', body: embeddingsBody(models), ...stamp },
+    {
+      method: 'POST',
+      path: '/embeddings',
+      body: userOnly.contract(embeddingsBody(models)),
+      identity: userOnly.identity,
+      // Input only, reserved at the body's size.
+      ...(o.prices ? { cost: pricedCost(o.prices, null, ['usage.prompt_tokens'], undefined) } : {}),
+    },
     { method: 'GET', path: '/models' },
     { method: 'GET', path: '/models/:model' },
-    { method: 'POST', path: '/images/generations', body: imagesBody(models), ...stamp, timeoutMs: 120_000 },
-    { method: 'POST', path: '/audio/speech', body: speechBody(models), timeoutMs: 120_000 },
+    { method: 'POST', path: '/moderations', body: moderationsBody(models) },
+  ];
+  // Priced per call, or (with prices and no callPrice) not offered: the table cannot bound what they cost.
+  if (o.prices && o.callPrice === undefined) return llm;
+  const perCall = o.callPrice === undefined ? {} : { cost: { reserve: o.callPrice } };
+  return [
+    ...llm,
+    { method: 'POST', path: '/images/generations', body: userOnly.contract(imagesBody(models)), identity: userOnly.identity, timeoutMs: 120_000, ...perCall },
+    { method: 'POST', path: '/audio/speech', body: speechBody(models), timeoutMs: 120_000, ...perCall },
     ...(['/audio/transcriptions', '/audio/translations'] as const).map((path) => ({
       method: 'POST' as const,
       path,
@@ -227,8 +285,8 @@ function routes(o: Options): RouteInput[] {
       bodyFormat: 'multipart' as const,
       maxRequestBytes: AUDIO_BYTES + 64 * 1024,
       timeoutMs: 300_000,
+      ...perCall,
     })),
-    { method: 'POST', path: '/moderations', body: moderationsBody(models) },
   ];
 }
 

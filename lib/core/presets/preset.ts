@@ -24,7 +24,7 @@ export const commonPresetOptions = {
     .array(z.string().min(1).max(64))
     .min(1)
     .optional()
-    .describe("Roles needed for the preset's routes (absent: any signed-in user)."),
+    .describe('Roles needed for every route that names none, the preset\'s and those given beside it (absent: any signed-in user).'),
   only: z
     .array(z.string().regex(ROUTE_KEY, 'must be "METHOD /path" as the preset declares it'))
     .min(1)
@@ -90,8 +90,10 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
     }
     routes = routes.filter((route) => only.includes(routeKey(route)));
   }
-  if (roles) routes = routes.map((route) => ({ ...route, roles: route.roles ?? roles }));
-  return mergeUpstream({ ...built, routes }, overrides);
+  const merged = mergeUpstream({ ...built, routes }, overrides);
+  // After the merge: a route given to replace or extend the preset's is as closed as the preset's own.
+  if (roles && Array.isArray(merged.routes)) merged.routes = merged.routes.map((route) => ({ ...route, roles: route.roles ?? roles }));
+  return merged;
 }
 
 /**

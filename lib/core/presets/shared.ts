@@ -54,9 +54,11 @@ export function checkPrices(options: { models: '*' | readonly string[]; prices?:
 /** A route's `cost` with prices: the capped output bound reserved at the model's prices, settled from the reported tokens. */
 export function pricedCost(
   prices: NonNullable<z.output<typeof pricesOption>>,
-  bound: `body.${string}`,
+  bound: `body.${string}` | null,
   inputTokens: string[],
-  outputTokens: string[],
+  outputTokens: string[] | undefined,
+  extraInputTokens: { path: string; times: number }[] = [],
 ): NonNullable<RouteInput['cost']> {
-  return { reserveFrom: { field: bound }, price: { model: 'body.model', table: prices, inputTokens, outputTokens } };
+  const price = { model: 'body.model' as const, table: prices, inputTokens, outputTokens, extraInputTokens };
+  return bound ? { reserveFrom: { field: bound }, price } : { price };
 }

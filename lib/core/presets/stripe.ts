@@ -76,7 +76,8 @@ function routes(o: Options): RouteInput[] {
     { method: 'GET', path: '/payment_methods', query: listQuery.extend({ type: z.string().max(64).optional() }), identity: { 'query.customer': customer } },
     { method: 'GET', path: '/invoices', query: listQuery.extend({ status: z.string().max(32).optional() }), identity: { 'query.customer': customer } },
     { method: 'GET', path: '/subscriptions', query: listQuery.extend({ status: z.string().max(32).optional() }), identity: { 'query.customer': customer } },
-    { method: 'POST', path: '/checkout/sessions', body: checkoutSessionBody(o.modes), ...form },
+    // client_reference_id is what fulfilment code matches a paid session to: the caller's own id, never the browser's.
+    { method: 'POST', path: '/checkout/sessions', body: checkoutSessionBody(o.modes), ...form, identity: { ...form.identity, 'body.client_reference_id': 'userId' } },
     { method: 'POST', path: '/billing_portal/sessions', body: billingPortalBody, ...form },
     { method: 'POST', path: '/setup_intents', body: setupIntentBody, ...form },
     { method: 'GET', path: '/prices', query: z.object({ ...page, active: z.enum(['true', 'false']).optional(), product: z.string().max(255).optional(), currency: z.string().max(3).optional() }) },

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { UsageReader, pricedUsage, toUnits } from '../../../lib/core/limits/usage';
+import { UsageReader, pricedUsage, sumAt, toUnits } from '../../../lib/core/limits/usage';
 
 const encoder = new TextEncoder();
 const TOKENS = { json: 'usage.total_tokens' };
@@ -205,7 +205,8 @@ describe('UsageReader: SSE events whose data spans several lines', () => {
 
 describe('pricedUsage: cost from a price table', () => {
   const price = { input: 0.4, output: 1.6 };
-  const priced = (inputBound = 1000) => pricedUsage(['usage.prompt_tokens'], ['usage.completion_tokens'], price, inputBound);
+  const paths = { inputTokens: ['usage.prompt_tokens'], extraInputTokens: [], outputTokens: ['usage.completion_tokens'] };
+  const priced = (inputBound = 1000) => pricedUsage(paths, price, inputBound);
 
   it('charges reported input and output tokens at their prices, rounded up to whole units', () => {
     const reader = new UsageReader(priced(), 'application/json');
@@ -214,7 +215,7 @@ describe('pricedUsage: cost from a price table', () => {
     const odd = new UsageReader(priced(), 'application/json');
     odd.push(encoder.encode(JSON.stringify({ usage: { prompt_tokens: 1, completion_tokens: 1 } })));
     expect(odd.result()).toBe(2); // 2.0 exactly
-    const third = new UsageReader(pricedUsage(['i'], ['o'], { input: 0.1, output: 0 }, 0), 'application/json');
+    const third = new UsageReader(pricedUsage({ inputTokens: ['i'], extraInputTokens: [], outputTokens: ['o'] }, { input: 0.1, output: 0 }, 0), 'application/json');
     third.push(encoder.encode('{"i":3,"o":0}'));
     expect(third.result()).toBe(1); // 0.3 rounds up
   });
@@ -229,5 +230,41 @@ describe('pricedUsage: cost from a price table', () => {
     const reader = new UsageReader(priced(), 'application/json');
     reader.push(encoder.encode(JSON.stringify({ usage: { prompt_tokens: 1000 } })));
     expect(reader.result()).toBeNull();
+  });
+});
+
+describe('pricedUsage: cached input and routes without output', () => {
+  it('adds input reported apart at its own share of the input price (Anthropic\'s prompt cache)', () => {
+    const cached = pricedUsage(
+      {
+        inputTokens: ['usage.input_tokens'],
+        extraInputTokens: [
+          { path: 'usage.cache_creation_input_tokens', times: 1.25 },
+          { path: 'usage.cache_read_input_tokens', times: 0.1 },
+        ],
+        outputTokens: ['usage.output_tokens'],
+      },
+      { input: 1, output: 5 },
+      999_999,
+    );
+    expect(cached({ usage: { input_tokens: 3, cache_creation_input_tokens: 40_000, cache_read_input_tokens: 10_000, output_tokens: 10 } })).toBe(
+      3 + 50_000 + 1_000 + 50,
+    );
+    expect(cached({ usage: { input_tokens: 3, output_tokens: 10 } })).toBe(53);
+  });
+
+  it('without output paths (embeddings) the input must be reported; it alone is charged', () => {
+    const embed = pricedUsage({ inputTokens: ['usage.prompt_tokens'], extraInputTokens: [] }, { input: 2, output: 9 }, 500);
+    expect(embed({ usage: { prompt_tokens: 7 } })).toBe(14);
+    expect(embed({ usage: {} })).toBeNull();
+  });
+});
+
+describe('sumAt: usage reported in parts', () => {
+  it('adds the parts that are there (Gemini: visible output plus thinking)', () => {
+    const read = sumAt(['usageMetadata.candidatesTokenCount', 'usageMetadata.thoughtsTokenCount']);
+    expect(read({ usageMetadata: { candidatesTokenCount: 40, thoughtsTokenCount: 900 } })).toBe(940);
+    expect(read({ usageMetadata: { candidatesTokenCount: 40 } })).toBe(40);
+    expect(read({ usageMetadata: {} })).toBeNull();
   });
 });

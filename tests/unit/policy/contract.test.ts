@@ -110,6 +110,13 @@ describe('compileContract', () => {
     expect(contract.identity).toEqual([]);
   });
 
+  it('a body contract without a query contract accepts no query (servers merge query parameters into the body)', () => {
+    const contract = compiled(CHAT_ROUTE);
+    expect(query(contract, '')).toEqual({});
+    expect(() => query(contract, '?model=big')).toThrow(/query: unknown field/);
+    expect(() => query(contract, '?line_items[0][price_data][unit_amount]=1')).toThrow(/query: unknown field/);
+  });
+
   it('knows which declared query parameters are arrays', () => {
     const contract = compiled(SEARCH_ROUTE);
     expect(contract.query).not.toBeNull();

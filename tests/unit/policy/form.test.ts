@@ -140,6 +140,9 @@ describe('parseForm: ambiguous or conflicting shapes are refused, naming declare
   it('bounds fields, depth and name length', () => {
     const many = Array.from({ length: FORM_LIMITS.fields + 1 }, (_, i) => `expand[]=${i}`).join('&');
     expect(violation(() => parse(many))).toContain(`more than ${FORM_LIMITS.fields} fields`);
+    // Separators alone are counted before the body is split.
+    expect(violation(() => parse(`email=e${'&'.repeat(1_000_000)}`))).toContain(`more than ${FORM_LIMITS.fields} fields`);
+    expect(parse(`email=e${'&'.repeat(10)}`)).toMatchObject({ email: 'e' });
     expect(violation(() => parse(`a${'[b]'.repeat(FORM_LIMITS.depth + 1)}=1`))).toContain('nested more than 8 levels');
     expect(violation(() => parse(`${'a'.repeat(FORM_LIMITS.nameLength + 1)}=1`))).toContain(
       'longer than 512 characters',

@@ -77,13 +77,25 @@ describe('built-in presets', () => {
   it('caps output tokens for every caller and stamps the caller as the identity field', () => {
     const chat = openai({ maxOutputTokens: 300 }).config.routes.find((r) => r.path === '/chat/completions')!;
     expect(chat.caps).toEqual({ '*': { 'body.max_completion_tokens': 300 } });
-    expect(chat.identity).toEqual({ 'body.safety_identifier': 'userId' });
+    expect(chat.identity).toEqual({ 'body.safety_identifier': 'userId', 'body.user': 'userId' });
     expect(chat.cost).toMatchObject({ reserveFrom: { field: 'body.max_completion_tokens' }, usage: { json: ['usage.completion_tokens'] } });
     expect(openai({ identity: 'user' }).config.routes[0]!.identity).toEqual({ 'body.user': 'userId' });
     expect(openai({ identity: 'none' }).config.routes[0]!.identity).toBeUndefined();
+    // Embeddings and images take `user` only.
+    expect(openai().config.routes.find((r) => r.path === '/embeddings')!.identity).toEqual({ 'body.user': 'userId' });
     const messages = anthropic().config.routes.find((r) => r.path === '/v1/messages')!;
     expect(messages.identity).toEqual({ 'body.metadata.user_id': 'userId' });
     expect(messages.caps).toEqual({ '*': { 'body.max_tokens': 4096 } });
+  });
+
+  it('with prices, routes the table cannot price are left out unless callPrice prices them per call', () => {
+    const prices = { '*': { input: 1, output: 1 } };
+    const priced = routes(openai({ prices }));
+    expect(priced).toContain('POST /embeddings');
+    for (const key of ['POST /images/generations', 'POST /audio/speech', 'POST /audio/transcriptions']) expect(priced).not.toContain(key);
+    const perCall = openai({ prices, callPrice: 40_000 });
+    expect(perCall.config.routes.find((r) => r.path === '/images/generations')!.cost).toEqual({ reserve: 40_000 });
+    expect(perCall.config.routes.find((r) => r.path === '/audio/transcriptions')!.cost).toEqual({ reserve: 40_000 });
   });
 
   it('GitHub: read-only unless asked, and pinned to the named repositories', () => {
@@ -108,10 +120,13 @@ describe('built-in presets', () => {
     expect(own.config.auth.secret).toEqual({ user: 'key' });
   });
 
-  it('`only` keeps the named routes; `roles` applies to every route that names none', () => {
+  it('`only` keeps the named routes; `roles` applies to every route that names none, replaced or added ones too', () => {
     const slim = openai({ only: ['POST /responses', 'GET /models'], roles: ['pro'] });
     expect(routes(slim)).toEqual(['POST /responses', 'GET /models']);
     expect(slim.config.routes.every((r) => r.roles?.join() === 'pro')).toBe(true);
+    const extended = openai({ roles: ['pro'], routes: [{ method: 'GET', path: '/models' }, { method: 'GET', path: '/files/:id', roles: ['admin'] }] });
+    expect(extended.config.routes.find((r) => r.path === '/models')!.roles).toEqual(['pro']);
+    expect(extended.config.routes.find((r) => r.path === '/files/:id')!.roles).toEqual(['admin']);
     expect(configError({ upstreams: { ai: { preset: 'openai', only: ['POST /completions'] } } })).toContain(
       'upstreams.ai.only: "POST /completions" is not a route of the "openai" preset',
     );
