@@ -18,6 +18,7 @@ import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from '
 import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, toResponseStream, type StreamOutcome } from './respond/body';
+import { EventStreamBoundaries } from './respond/event-stream';
 import { StreamScrubber } from './respond/scrub-stream';
 import { scrubError } from './log/scrub';
 import { matchRoute, type RouteMatch } from './route/match';
@@ -514,6 +515,8 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
     grant && grant.reserved > 0 && call.usage ? new UsageReader(call.usage, firstHeader(response.headers['content-type']) ?? '') : null;
   const encoding = response.headers['content-encoding'];
   const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
+  const contentType = (firstHeader(response.headers['content-type']) ?? '').toLowerCase();
+  const framed = contentType.startsWith('application/vnd.amazon.eventstream') ? new EventStreamBoundaries() : null;
   const stream = toResponseStream(
     decoded,
     new StreamScrubber(secrets),
@@ -524,6 +527,7 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
       record(call, statusCode, outcome, bytes, error?.code ?? null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage);
     },
     usageReader,
+    framed,
   );
   return new Response(stream, { status: statusCode, headers: outHeaders });
 }

@@ -2,6 +2,7 @@ import { pipeline, Transform, type Readable, type TransformCallback } from 'node
 import zlib from 'node:zlib';
 import { KeywardError } from '../errors';
 import type { StreamScrubber } from './scrub-stream';
+import type { EventStreamBoundaries } from './event-stream';
 
 export type StreamOutcome = 'complete' | 'aborted' | 'error';
 
@@ -120,6 +121,8 @@ export function toResponseStream(
   onDone: (outcome: StreamOutcome, bytes: number, error: KeywardError | null) => void,
   /** Sees every chunk sent to the client (after scrubbing), e.g. to read the usage an upstream reports. */
   tap?: { push(chunk: Uint8Array): void } | null,
+  /** For a framed body (AWS event stream): where messages end, so that the scrubber holds nothing back there. */
+  boundaries?: EventStreamBoundaries | null,
 ): ReadableStream<Uint8Array> {
   const iterator = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let bytes = 0;
@@ -148,6 +151,10 @@ export function toResponseStream(
           // The scrubber's pieces go on as they are: a byte held back from the previous chunk comes out in
           // front of this one without copying the chunk behind it.
           const parts = scrubber ? scrubber.pushParts(value) : [value];
+          if (scrubber && boundaries?.endsAtBoundary(value)) {
+            const held = scrubber.flush();
+            if (held.length > 0) parts.push(held);
+          }
           if (parts.length === 0) continue;
           for (const out of parts) {
             bytes += out.length;
