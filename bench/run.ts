@@ -13,6 +13,7 @@
  *   npm run bench -- --quick       smoke run (~1.5 min)
  *   npm run bench -- --soak        then 10 min at 80 % of the fast lane's small-JSON maximum (--quick: 40 s)
  *   npm run bench -- --big         then 1 GiB up and 1 GiB down through both lanes (--quick: 128 MiB)
+ *   npm run bench -- --big-only    only that (no workloads): each lane's RSS growth from a fresh server
  *   npm run bench -- --build       `npm run build` first even if a build exists
  *   npm run bench -- --profile     afterwards, CPU-profile each lane under small-JSON load (naive and keyward on
  *                                  `next start`, then the fast lane);
@@ -55,8 +56,8 @@ for (const arg of args) {
   if (arg === '--profile' || arg === '--profile=small') profileWorkload = 'small';
   else if (arg === '--profile=mib') profileWorkload = 'mib';
   else if (arg.startsWith('--app-dir=')) APP_SOURCE = resolve(arg.slice('--app-dir='.length));
-  else if (!['--quick', '--build', '--soak', '--big'].includes(arg)) {
-    console.error(`unknown option ${arg}; use --quick, --soak, --big, --build, --profile[=small|mib], --app-dir=<path>`);
+  else if (!['--quick', '--build', '--soak', '--big', '--big-only'].includes(arg)) {
+    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib], --app-dir=<path>`);
     process.exit(2);
   }
 }
@@ -66,7 +67,9 @@ if (!existsSync(join(APP_SOURCE, 'next.config.ts')) || !existsSync(join(APP_SOUR
 }
 const quick = args.has('--quick');
 const soak = args.has('--soak');
-const big = args.has('--big');
+/** `--big-only`: the --big transfers without the workloads before them (servers as fresh as after start-up). */
+const bigOnly = args.has('--big-only');
+const big = args.has('--big') || bigOnly;
 
 const settings = quick
   ? { connections: 16, warmupS: 1, durationS: 2, rounds: 2, sseTotal: 80, sseConcurrency: 4, sseWarmup: 10, wsConnections: 8, profileS: 4, soakS: 40, bigBytes: 128 * 1024 ** 2 }
@@ -251,7 +254,7 @@ async function run() {
     console.warn(`bench: WARNING: the machine is busy (load average ${loadBefore[0]!.toFixed(2)}); absolute numbers will be low and noisy`);
   }
   const cells: Cell[] = [];
-  for (const workload of WORKLOADS) {
+  for (const workload of bigOnly ? [] : WORKLOADS) {
     const measured = await measureWorkload(workload, targets.filter((t) => SERVES[t.name].includes(workload)));
     cells.push(...measured);
     console.log(`  ${workload.padEnd(5)} ${measured.map((c) => `${label(c)} ${Math.round(c.req_s ?? 0)}/s`).join(', ')}`);
@@ -274,13 +277,13 @@ async function run() {
     cell.vs_floor = ratio('floor');
   }
   const roundTrips: RoundTrips[] = [];
-  for (const target of targets.filter((t) => t.store === 'redis')) roundTrips.push(await redisRoundTrips(target, quick ? 200 : 500));
+  for (const target of targets.filter((t) => t.store === 'redis' && !bigOnly)) roundTrips.push(await redisRoundTrips(target, quick ? 200 : 500));
   const processes = Object.fromEntries(
     [...new Map(targets.map((t) => [t.process, t.pid]))].map(([name, pid]) => [name, { peak_rss_mib: round(rssMiB(pid, 'VmHWM'), 1) }]),
   );
 
   // The table now, so it is on screen even if a long --soak or --big is interrupted.
-  printTable(all, processes, fastify.skip);
+  if (!bigOnly) printTable(all, processes, fastify.skip);
 
   let soakResult: SoakResult | null = null;
   if (soak) {

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { Readable } from 'node:stream';
+import { ReadableStream } from 'node:stream/web';
 import type { CoreRequest } from '@/lib/core/request';
 
 /** Methods whose request never carries content the core would read (it forwards none for them). */
@@ -23,8 +23,19 @@ const NO_BODY = new Set(['GET', 'HEAD']);
 export function toRequest(req: IncomingMessage, url: string, signal: AbortSignal): CoreRequest {
   const headers = readHeaders(req);
   const method = req.method ?? 'GET';
-  const body = hasContent(req) && !NO_BODY.has(method.toUpperCase()) ? (Readable.toWeb(req) as CoreRequest['body']) : null;
+  const body = hasContent(req) && !NO_BODY.has(method.toUpperCase()) ? bodyStream(req) : null;
   return { method, url, headers, body, signal };
+}
+
+/**
+ * The request body as a web stream that reads the socket only when the core pulls (highWaterMark 0: nothing read
+ * ahead beyond Node's own socket buffer) and hands on Node's chunks as they are. `Readable.toWeb` copied every
+ * chunk into a new Uint8Array (to detach it from Node's buffer pool, which socket reads do not use): a second
+ * allocation per 64 KiB that only the next GC frees (bench --big upload). Cancelling (the byte cap, the core
+ * giving up) destroys `req`, as toWeb did.
+ */
+function bodyStream(req: IncomingMessage): CoreRequest['body'] {
+  return ReadableStream.from(req as AsyncIterable<Uint8Array>) as CoreRequest['body'];
 }
 
 /**
