@@ -6,9 +6,11 @@ import { OAuthTokenStore, oidcRefresher, type TokenRefresher } from './credentia
 import { UserKeys } from './credential/user-keys';
 import { MobileTokens } from './mobile/tokens';
 import { AuditLog } from './audit/audit';
+import { UsageAggregates } from './aggregates/usage';
 import { keyFingerprints } from './keys/fingerprint';
 import { KeyRings } from './keys/rings';
 import { Limits } from './limits/limits';
+import { processMetrics, type ProxyMetrics } from './observe/metrics';
 import { getLogger, logScrubber } from './log/logger';
 import type { ProxyDeps } from './pipeline';
 import { SessionRevocations } from './session/revocation';
@@ -18,6 +20,7 @@ import { assertNoPublicSecrets, productionProblems, readSettings, trustsHost, ty
 import { buildRegistry, type Env, type Upstream } from './upstream/registry';
 import { loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
+import { guard } from './store/guard';
 import { createStore, type Store } from '../store';
 
 export interface Runtime extends ProxyDeps {
@@ -38,6 +41,10 @@ export interface Runtime extends ProxyDeps {
   readonly limits: Limits;
   readonly keyRings: KeyRings;
   readonly audit: AuditLog;
+  /** Prometheus metrics, one set per process (shared with the other door's runtime; GET /api/metrics). */
+  readonly metrics: ProxyMetrics;
+  /** Usage aggregates (calls, errors, latency, bytes, units per minute/hour/day), written by the audit writer. */
+  readonly usage: UsageAggregates;
 }
 
 export interface RuntimeOptions {
@@ -49,6 +56,8 @@ export interface RuntimeOptions {
   /** A store to use instead of the one the settings name (tests). */
   readonly store?: Store;
   readonly now?: () => number;
+  /** Metrics to count into instead of the process's (tests). */
+  readonly metrics?: ProxyMetrics;
   /**
    * false for tools (the CLI): they serve nobody, so production's serving checks (a public origin, a sign-in
    * method) do not apply. Every other setting is checked the same.
@@ -75,7 +84,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const users = settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE) : null;
 
   const secrets = [settings.AUTH_SECRET, settings.KEYWARD_SESSION_SECRET];
-  for (const name of ['KEYWARD_OIDC_CLIENT_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_VAULT_SECRET_PREVIOUS'] as const) {
+  for (const name of ['KEYWARD_OIDC_CLIENT_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_VAULT_SECRET_PREVIOUS', 'KEYWARD_METRICS_TOKEN'] as const) {
     const value = settings[name];
     if (value) secrets.push(value);
   }
@@ -121,7 +130,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   const dispatcher = options.dispatcher ?? createUpstreamAgent();
   const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, now);
-  const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now);
+  const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now, {
+    minute: settings.KEYWARD_USAGE_MINUTES_RETENTION_HOURS * 3_600_000,
+    hour: settings.KEYWARD_USAGE_HOURS_RETENTION_DAYS * 86_400_000,
+    day: settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS * 86_400_000,
+  });
 
   return {
     settings,
@@ -136,6 +149,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     limits: new Limits(store, logger, now),
     keyRings,
     audit,
+    metrics: options.metrics ?? processMetrics(),
+    usage: new UsageAggregates(store, () => guard(() => audit.flush())),
     onComplete: (event) => audit.recordCall(event),
     trustedProxyHops: settings.KEYWARD_TRUSTED_PROXY_HOPS,
     credentials: { userKeys, oauthTokens, keyRings },

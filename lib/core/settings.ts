@@ -104,11 +104,17 @@ const settingsSchema = z.object({
     ),
   /** How long audit records are kept (calls and admin actions), in days. */
   KEYWARD_AUDIT_RETENTION_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
+  /** How long usage aggregates are kept: per-minute buckets (hours), per-hour and per-day buckets (days). */
+  KEYWARD_USAGE_MINUTES_RETENTION_HOURS: z.coerce.number().int().min(1).max(24 * 90).default(48),
+  KEYWARD_USAGE_HOURS_RETENTION_DAYS: z.coerce.number().int().min(1).max(3650).default(35),
+  KEYWARD_USAGE_DAYS_RETENTION_DAYS: z.coerce.number().int().min(1).max(3650).default(400),
   /** Proxies in front of Keyward that append to X-Forwarded-For (Vercel, a load balancer): 1 for one. */
   KEYWARD_TRUSTED_PROXY_HOPS: z.coerce.number().int().min(1).max(10).default(1),
   /** Sign-in attempts allowed per client IP, and per username, in each window. */
   KEYWARD_SIGNIN_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1_000_000).default(10),
   KEYWARD_SIGNIN_WINDOW_SECONDS: z.coerce.number().int().min(1).max(86_400).default(300),
+  /** Bearer token for GET /api/metrics (Prometheus); unset: the endpoint does not exist (404). */
+  KEYWARD_METRICS_TOKEN: secret.optional(),
   KEYWARD_MOBILE_ACCESS_TTL: z.coerce.number().int().min(60).max(3600).default(900),
   KEYWARD_MOBILE_REFRESH_TTL: z.coerce.number().int().min(3600).max(90 * 24 * 3600).default(30 * 24 * 3600),
 });

@@ -2,6 +2,8 @@ import 'server-only';
 import { NextRequest } from 'next/server';
 import { handleAudit, handleKeyAction, handleKeyList, handleKeyRevoke } from '@/lib/core/api/admin';
 import { handleUserKey } from '@/lib/core/api/keys';
+import { handleMetrics } from '@/lib/core/api/metrics';
+import { handleUsage, handleUsageTop } from '@/lib/core/api/usage';
 import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
 import { handleSignInPost } from '@/lib/core/api/sign-in';
@@ -23,11 +25,16 @@ export interface ApiRoutes {
   readonly adminKeyActionRoute: RouteHandler<{ upstream: string; action: string }>;
   readonly adminKeyRevokeRoute: RouteHandler;
   readonly adminAuditRoute: RouteHandler;
+  /** GET /api/admin/usage and /api/admin/usage/top: usage aggregates. */
+  readonly adminUsageRoute: RouteHandler;
+  readonly adminUsageTopRoute: RouteHandler;
   readonly revokeAllRoute: RouteHandler;
   readonly logoutRoute: RouteHandler;
   readonly mobileAuthorizeRoute: RouteHandler;
   readonly mobileTokenRoute: RouteHandler;
   readonly wsTicketRoute: RouteHandler;
+  /** GET /api/metrics: Prometheus, behind KEYWARD_METRICS_TOKEN (404 without it). */
+  readonly metricsRoute: RouteHandler;
 }
 
 /** Route handlers for Keyward's own API: each translates params, then hands over to lib/core/api. */
@@ -50,11 +57,14 @@ export function createApiRoutes(getRuntime: RuntimeSource, pages: AuthPages): Ap
     ),
     adminKeyRevokeRoute: withRuntime<object>((request, _, runtime) => handleKeyRevoke(request, runtime)),
     adminAuditRoute: withRuntime<object>((request, _, runtime) => handleAudit(request, runtime)),
+    adminUsageRoute: withRuntime<object>((request, _, runtime) => handleUsage(request, runtime)),
+    adminUsageTopRoute: withRuntime<object>((request, _, runtime) => handleUsageTop(request, runtime)),
     revokeAllRoute: withRuntime<object>((request, _, runtime) => handleRevokeAll(request, runtime)),
     logoutRoute: withRuntime<object>((request, _, runtime) => handleLogout(request, runtime)),
     mobileAuthorizeRoute: withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime)),
     mobileTokenRoute: withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime)),
     wsTicketRoute: withRuntime<object>((request, _, runtime) => handleWsTicket(request, runtime)),
+    metricsRoute: withRuntime<object>((request, _, runtime) => handleMetrics(request, runtime)),
   };
 }
 

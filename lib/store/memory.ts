@@ -1,4 +1,4 @@
-import { assertReservations, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
+import { assertHashIncrements, assertReservations, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 interface Entry {
   value: string;
@@ -10,6 +10,7 @@ export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   private readonly entries = new Map<string, Entry>();
   private readonly logs = new Map<string, LogEntry[]>();
+  private readonly hashes = new Map<string, { fields: Map<string, number>; expiresAt: number }>();
   private logSequence = 0;
 
   constructor(private readonly now: () => number = Date.now) {}
@@ -107,9 +108,33 @@ export class MemoryStore implements Store {
       .slice(0, limit);
   }
 
+  async incrementHashes(entries: readonly HashIncrement[]) {
+    assertHashIncrements(entries);
+    for (const { key, field, by, expiresAt } of entries) {
+      const hash = this.liveHash(key) ?? { fields: new Map<string, number>(), expiresAt };
+      hash.expiresAt = expiresAt;
+      hash.fields.set(field, (hash.fields.get(field) ?? 0) + by);
+      this.hashes.set(key, hash);
+    }
+  }
+
+  async readHashes(keys: readonly string[]) {
+    return keys.map((key) => Object.fromEntries(this.liveHash(key)?.fields ?? []));
+  }
+
+  private liveHash(key: string) {
+    const hash = this.hashes.get(key);
+    if (hash && hash.expiresAt <= this.now()) {
+      this.hashes.delete(key);
+      return undefined;
+    }
+    return hash;
+  }
+
   async ping() {}
 
   async close() {
     this.entries.clear();
+    this.hashes.clear();
   }
 }

@@ -1,5 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
-import { assertReservations, StoreUnavailableError, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
+import { assertHashIncrements, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 const CONNECT_TIMEOUT_MS = 2_000;
 
@@ -299,6 +299,34 @@ export class RedisStore implements Store {
       if (order === 'asc') low = `(${last}`;
       else high = `(${last}`;
     }
+  }
+
+  /** One pipeline: an HINCRBY per field, then one PEXPIREAT per hash (the same absolute time from every writer). */
+  async incrementHashes(entries: readonly HashIncrement[]) {
+    assertHashIncrements(entries);
+    if (entries.length === 0) return;
+    const pipeline = this.redis.pipeline();
+    const expiry = new Map<string, number>();
+    for (const { key, field, by, expiresAt } of entries) {
+      pipeline.hincrby(`hash:${key}`, field, by);
+      expiry.set(key, expiresAt);
+    }
+    for (const [key, at] of expiry) pipeline.pexpireat(`hash:${key}`, at);
+    const results = await this.run(() => pipeline.exec());
+    const failed = results?.find(([error]) => error);
+    if (failed) throw new StoreUnavailableError('redis', failed[0]);
+  }
+
+  async readHashes(keys: readonly string[]) {
+    if (keys.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const key of keys) pipeline.hgetall(`hash:${key}`);
+    const results = await this.run(() => pipeline.exec());
+    return keys.map((_, index) => {
+      const [error, value] = results?.[index] ?? [new Error('no reply'), null];
+      if (error) throw new StoreUnavailableError('redis', error);
+      return Object.fromEntries(Object.entries((value ?? {}) as Record<string, string>).map(([field, n]) => [field, Number(n)]));
+    });
   }
 
   /** The connection, for rate-limiter-flexible's Redis limiter (its own atomic script, under our key prefix). */

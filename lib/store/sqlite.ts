@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
-import { assertReservations, StoreUnavailableError, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
+import { assertHashIncrements, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 /**
  * The embedded default: one SQLite file through node:sqlite (no server, survives restarts). Several
@@ -29,6 +29,9 @@ export class SqliteStore implements Store {
         CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL;
         CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, at INTEGER NOT NULL, value TEXT NOT NULL) STRICT;
         CREATE INDEX IF NOT EXISTS log_stream_at ON log (stream, at);
+        CREATE TABLE IF NOT EXISTS hash (key TEXT NOT NULL, field TEXT NOT NULL, value INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+          PRIMARY KEY (key, field)) STRICT, WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS hash_expires ON hash (expires_at);
       `);
     } catch (error) {
       throw new StoreUnavailableError('sqlite', error);
@@ -53,6 +56,14 @@ export class SqliteStore implements Store {
           expires_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now THEN :exp ELSE kv.expires_at END
         RETURNING value`),
       purge: this.db.prepare('DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now'),
+      // An expired hash starts again from 0, as a Redis key that expired would.
+      incrementHash: this.db.prepare(`
+        INSERT INTO hash (key, field, value, expires_at) VALUES (:key, :field, :by, :exp)
+        ON CONFLICT (key, field) DO UPDATE SET
+          value = CASE WHEN hash.expires_at <= :now THEN excluded.value ELSE hash.value + excluded.value END,
+          expires_at = excluded.expires_at`),
+      readHash: this.db.prepare('SELECT field, value FROM hash WHERE key = :key AND expires_at > :now'),
+      purgeHashes: this.db.prepare('DELETE FROM hash WHERE expires_at <= :now'),
       append: this.db.prepare('INSERT INTO log (stream, at, value) VALUES (:stream, :at, :value) RETURNING id'),
       trimLog: this.db.prepare('DELETE FROM log WHERE stream = :stream AND at < :cutoff'),
       readAsc: this.db.prepare(
@@ -62,7 +73,14 @@ export class SqliteStore implements Store {
         'SELECT id, at, value FROM log WHERE stream = :stream AND at >= :since AND at <= :until AND id < :cursor ORDER BY id DESC LIMIT :limit',
       ),
     };
-    this.purgeTimer = setInterval(() => this.run(() => this.statements.purge!.run({ now: this.now() })), 60_000);
+    this.purgeTimer = setInterval(
+      () =>
+        this.run(() => {
+          this.statements.purge!.run({ now: this.now() });
+          this.statements.purgeHashes!.run({ now: this.now() });
+        }),
+      60_000,
+    );
     this.purgeTimer.unref();
   }
 
@@ -202,6 +220,36 @@ export class SqliteStore implements Store {
       }),
     ) as Array<{ id: number | bigint; at: number | bigint; value: string }>;
     return rows.map((row) => ({ id: String(row.id), at: Number(row.at), value: row.value }));
+  }
+
+  async incrementHashes(entries: readonly HashIncrement[]) {
+    assertHashIncrements(entries);
+    if (entries.length === 0) return;
+    this.run(() => {
+      // One write transaction (one WAL commit) per batch of upserts, as appendBatch.
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        const now = this.now();
+        for (const { key, field, by, expiresAt } of entries) {
+          // BigInt binds as INTEGER (a JS number binds as REAL).
+          this.statements.incrementHash!.run({ key, field, by: BigInt(by), exp: expiresAt, now });
+        }
+        this.db.exec('COMMIT');
+      } catch (error) {
+        if (this.db.isTransaction) this.db.exec('ROLLBACK');
+        throw error;
+      }
+    });
+  }
+
+  async readHashes(keys: readonly string[]) {
+    const now = this.now();
+    return this.run(() =>
+      keys.map((key) => {
+        const rows = this.statements.readHash!.all({ key, now }) as Array<{ field: string; value: number | bigint }>;
+        return Object.fromEntries(rows.map((row) => [row.field, Number(row.value)]));
+      }),
+    );
   }
 
   async ping() {

@@ -34,6 +34,14 @@ export interface Store {
   appendBatch(stream: string, entries: readonly { readonly value: string; readonly at: number }[], retentionMs: number): Promise<void>;
   /** Reads a log in order (`asc`, oldest first) or newest first, after a cursor, within a time window. */
   readLog(stream: string, query: LogQuery): Promise<LogEntry[]>;
+  /**
+   * Adds each `by` to a field of a counter hash (fields start at 0), all in one round trip (one transaction in
+   * SQLite, one pipeline of HINCRBY in Redis). Each hash expires at its `expiresAt` (absolute ms; every entry
+   * naming a hash names the same time). Usage aggregates are written through this, once per audit batch.
+   */
+  incrementHashes(entries: readonly HashIncrement[]): Promise<void>;
+  /** Every field of each counter hash, in the same order ({} where absent or expired), in one round trip. */
+  readHashes(keys: readonly string[]): Promise<Array<Record<string, number>>>;
   /** Checks that the backend answers; rejects with StoreUnavailableError if not. */
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -51,6 +59,24 @@ export interface ReserveResult {
   readonly refused: number;
   /** Each counter's value afterwards (unchanged ones when refused). */
   readonly values: readonly number[];
+}
+
+export interface HashIncrement {
+  readonly key: string;
+  readonly field: string;
+  /** A safe integer (counters stay exact in Lua, SQLite and JS alike). */
+  readonly by: number;
+  /** When the whole hash expires (ms since the epoch). */
+  readonly expiresAt: number;
+}
+
+/** Shared by the stores: whole increments and a real expiry time. */
+export function assertHashIncrements(entries: readonly HashIncrement[]): void {
+  for (const { by, expiresAt } of entries) {
+    if (!Number.isSafeInteger(by) || !Number.isSafeInteger(expiresAt) || expiresAt <= 0) {
+      throw new TypeError('incrementHashes takes whole increments and an absolute expiry time');
+    }
+  }
 }
 
 export interface LogQuery {

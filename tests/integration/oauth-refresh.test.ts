@@ -7,7 +7,7 @@ import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
-import type { LogQuery, Reservation, Store } from '../../lib/store/types';
+import type { HashIncrement, LogQuery, Reservation, Store } from '../../lib/store/types';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { deleteKeysUnder } from '../fixtures/redis-server';
 import { startRefreshProvider, type RefreshProvider } from '../fixtures/oidc-refresh-provider';
@@ -291,6 +291,12 @@ class GatedStore implements Store {
   }
   readLog(stream: string, query: LogQuery) {
     return this.inner.readLog(stream, query);
+  }
+  incrementHashes(entries: readonly HashIncrement[]) {
+    return this.inner.incrementHashes(entries);
+  }
+  readHashes(keys: readonly string[]) {
+    return this.inner.readHashes(keys);
   }
   ping() {
     return this.inner.ping();

@@ -38,6 +38,9 @@ const credKey = randomSecret('cred');
 const vaultSecret = randomSecret('vault-secret-of-32-characters-or-more');
 const { logger } = capturingLogger();
 
+/** The batched audit writer's commands: log entries, then usage aggregates (lib/core/aggregates). */
+const WRITER_COMMANDS = new Set(['xadd', 'hincrby', 'pexpireat']);
+
 /** The commands of each write the client made to its socket. */
 class Counter {
   rounds: string[][] = [];
@@ -58,12 +61,16 @@ class Counter {
     }) as typeof socket.write;
   }
 
-  /** The round trips since the last call, less the audit writer's. */
-  take(): { calls: string[][]; audit: string[][] } {
+  /**
+   * The round trips since the last call, less the audit writer's: its log entries (XADD) and its usage
+   * aggregates (HINCRBY, PEXPIREAT), told apart by their commands.
+   */
+  take(): { calls: string[][]; audit: string[][]; usage: string[][] } {
     const rounds = this.rounds;
     this.rounds = [];
-    const isAudit = (round: string[]) => round.length > 0 && round.every((name) => name === 'xadd');
-    return { calls: rounds.filter((round) => !isAudit(round)), audit: rounds.filter(isAudit) };
+    const isWriter = (round: string[]) => round.length > 0 && round.every((name) => WRITER_COMMANDS.has(name));
+    const only = (names: string[]) => rounds.filter(isWriter).map((round) => round.filter((name) => names.includes(name))).filter((round) => round.length > 0);
+    return { calls: rounds.filter((round) => !isWriter(round)), audit: only(['xadd']), usage: only(['hincrby', 'pexpireat']) };
   }
 }
 
@@ -331,6 +338,24 @@ describe('one store round trip per proxied call (Redis)', () => {
     const audit = [...during.audit, ...counter.take().audit];
     expect(audit.flat()).toHaveLength(CALLS);
     expect(audit.length).toBeLessThanOrEqual(3);
+  });
+
+  it('usage aggregates stay off the hot path too: written with the audit batches, never during a call', async () => {
+    const cookie = await cookieFor('local:jo');
+    expect((await call(a, 'rated', cookie)).status).toBe(200); // warm-up, as perCall
+    await a.audit.flush();
+    counter.take();
+    for (let i = 0; i < CALLS; i++) expect((await call(a, 'rated', cookie)).status).toBe(200);
+    const during = counter.take();
+    // Every call still made exactly its one round trip; no call's round carried an aggregate command.
+    expect(during.calls).toEqual(Array(CALLS).fill(['evalsha']));
+    await a.audit.flush();
+    const usage = [...during.usage, ...counter.take().usage];
+    // One pipeline per batch (the batches are those of the audit records above).
+    expect(usage.length).toBeGreaterThanOrEqual(1);
+    expect(usage.length).toBeLessThanOrEqual(3);
+    const series = await a.usage.series({ period: 'hour', fromMs: Date.now() - 3_600_000, toMs: Date.now(), user: 'local:jo' });
+    expect(series.total.calls).toBe(CALLS + 1);
   });
 });
 

@@ -244,6 +244,71 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
     });
   });
 
+  describe('counter hashes (usage aggregates)', () => {
+    const later = () => Date.now() + 3_600_000;
+
+    it('adds to fields (created at 0) and reads every field of each hash in order, {} where absent', async () => {
+      const store = await open();
+      const at = later();
+      await store.incrementHashes([
+        { key: 'h1', field: '["openai","/chat"] c', by: 2, expiresAt: at },
+        { key: 'h1', field: '["openai","/chat"] c', by: 3, expiresAt: at },
+        { key: 'h1', field: '["openai",null] bo', by: 9_007_199_254_740, expiresAt: at },
+        { key: 'h2', field: 'x y', by: 1, expiresAt: at },
+      ]);
+      await store.incrementHashes([{ key: 'h2', field: 'x y', by: 4, expiresAt: at }]);
+      await store.incrementHashes([]);
+      expect(await store.readHashes(['h2', 'missing', 'h1'])).toEqual([
+        { 'x y': 5 },
+        {},
+        { '["openai","/chat"] c': 5, '["openai",null] bo': 9_007_199_254_740 },
+      ]);
+      expect(await store.readHashes([])).toEqual([]);
+    });
+
+    it('keeps hashes apart from plain keys of the same name', async () => {
+      const store = await open();
+      await store.set('same', 'plain');
+      await store.incrementHashes([{ key: 'same', field: 'f', by: 1, expiresAt: later() }]);
+      expect(await store.get('same')).toBe('plain');
+      expect(await store.readHashes(['same'])).toEqual([{ f: 1 }]);
+    });
+
+    it('refuses fractional increments and a missing expiry, writing nothing', async () => {
+      const store = await open();
+      await expect(store.incrementHashes([{ key: 'bad', field: 'f', by: 1.5, expiresAt: later() }])).rejects.toThrow(TypeError);
+      await expect(store.incrementHashes([{ key: 'bad', field: 'f', by: 1, expiresAt: 0 }])).rejects.toThrow(TypeError);
+      expect(await store.readHashes(['bad'])).toEqual([{}]);
+    });
+
+    it('forgets a hash at its expiry time, and starts it again from 0', async () => {
+      const store = await open();
+      await store.incrementHashes([{ key: 'short', field: 'f', by: 7, expiresAt: Date.now() + SHORT_TTL }]);
+      expect(await store.readHashes(['short'])).toEqual([{ f: 7 }]);
+      await sleep(PAST_SHORT_TTL);
+      expect(await store.readHashes(['short'])).toEqual([{}]);
+      await store.incrementHashes([{ key: 'short', field: 'f', by: 1, expiresAt: later() }]);
+      expect(await store.readHashes(['short'])).toEqual([{ f: 1 }]);
+    });
+
+    it('counts every increment from two clients writing concurrently (one set of numbers)', async () => {
+      const [a, b] = await pairs[kind]!();
+      if (a !== b) opened.push(a, b);
+      const at = later();
+      await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          (i % 2 ? a : b).incrementHashes([
+            { key: 'shared', field: 'c', by: 1, expiresAt: at },
+            { key: 'shared', field: 'bo', by: i, expiresAt: at },
+          ]),
+        ),
+      );
+      const expected = { c: 50, bo: (49 * 50) / 2 };
+      expect(await a.readHashes(['shared'])).toEqual([expected]);
+      expect(await b.readHashes(['shared'])).toEqual([expected]);
+    });
+  });
+
   it('answers ping', async () => {
     const store = await open();
     await expect(store.ping()).resolves.toBeUndefined();

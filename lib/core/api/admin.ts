@@ -6,7 +6,7 @@ import type { Session } from '../session/session';
 import { apiHandler, json, readJsonObject, requireSession } from './guard';
 
 /** Admin routes: a session with the `admin` role (checked here, in the handler), CSRF rules as everywhere. */
-async function requireAdmin(request: Request, runtime: Runtime): Promise<Session> {
+export async function requireAdmin(request: Request, runtime: Runtime): Promise<Session> {
   const session = await requireSession(request, runtime);
   if (!session.roles.includes('admin')) throw new KeywardError('forbidden');
   return session;

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { ProxyEvent } from '../pipeline';
+import { UsageCollector } from '../aggregates/collector';
+import { DEFAULT_RETENTION, type UsageRetention } from '../aggregates/model';
 import { guard } from '../store/guard';
 import type { LogEntry, Store } from '../../store/types';
 
@@ -71,6 +73,8 @@ const BATCH_DELAY_MS = 100;
  */
 export class AuditLog {
   private failures = 0;
+  /** Usage aggregates of the calls queued since the last batch, written with it (lib/core/aggregates). */
+  private readonly usage = new UsageCollector();
   private pending: Array<{ value: string; at: number }> = [];
   private timer: NodeJS.Timeout | null = null;
   private writing: Promise<void> = Promise.resolve();
@@ -80,18 +84,21 @@ export class AuditLog {
     private readonly retentionMs: number,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
+    private readonly usageRetention: UsageRetention = DEFAULT_RETENTION,
   ) {}
 
   recordCall(event: ProxyEvent): void {
     const { sessionId, target, ...fields } = event;
     void target; // the route template says what was called; the URL is not kept
+    const at = this.now();
     const record: CallRecord = {
       type: 'call',
-      at: new Date(this.now()).toISOString(),
+      at: new Date(at).toISOString(),
       ...fields,
       sessionIdHash: sessionId ? hashSessionId(sessionId) : null,
     };
     this.enqueue(record);
+    this.usage.add(event, at);
     if (this.pending.length >= BATCH_SIZE) {
       this.flush().catch(() => {});
     } else if (!this.timer) {
@@ -114,16 +121,26 @@ export class AuditLog {
     }
     const batch = this.pending;
     this.pending = [];
-    // Batches are written one after another, so the log keeps the order records were made in.
+    const increments = this.usage.drain(this.usageRetention);
+    // Batches are written one after another, so the log keeps the order records were made in. The batch's
+    // usage aggregates go out at the same time: one more store round trip per batch, none per call.
     const write = this.writing.then(async () => {
-      if (batch.length === 0) return;
-      try {
-        await this.store.appendBatch(STREAM, batch, this.retentionMs);
-      } catch (error) {
+      if (batch.length === 0 && increments.length === 0) return;
+      const [log, usage] = await Promise.allSettled([
+        batch.length > 0 ? this.store.appendBatch(STREAM, batch, this.retentionMs) : undefined,
+        increments.length > 0 ? this.store.incrementHashes(increments) : undefined,
+      ]);
+      if (usage.status === 'rejected') {
+        const err = usage.reason instanceof Error ? usage.reason.message : 'unknown';
+        this.logger.error({ err, lostFields: increments.length }, 'usage aggregates write failed');
+      }
+      if (log.status === 'rejected') {
+        const error: unknown = log.reason;
         this.failures += batch.length;
         this.logger.error({ err: error instanceof Error ? error.message : 'unknown', lost: batch.length, auditFailures: this.failures }, 'audit write failed');
         throw error;
       }
+      if (usage.status === 'rejected') throw usage.reason;
     });
     this.writing = write.catch(() => {});
     return write;
