@@ -1,9 +1,10 @@
 /**
  * Runs once when the server starts. Validates every setting and upstream so that a bad configuration stops
- * `next start` with a message naming the field (never a secret) instead of failing requests later.
+ * `next start` with a message naming the field (never a secret) instead of failing requests later, after
+ * registering OpenTelemetry tracing when an OTLP endpoint is set (README "Metrics and traces").
  */
 export async function register() {
   if (process.env.NEXT_RUNTIME !== 'nodejs') return;
   const { keyward } = await import('./keyward');
-  keyward.checkStartup();
+  await keyward.register();
 }

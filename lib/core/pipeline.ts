@@ -31,6 +31,10 @@ import type { CompiledRoute, ResolvedCredential, Upstream } from './upstream/reg
 import type { RateRule, RouteLimits } from './limits/rules';
 import type { CostConfig } from './config/policy';
 import type { CoreRequest } from './request';
+import type { Span } from '@opentelemetry/api';
+import { genAiUsageReader, traceGenAiRequest, type GenAiUsage } from './observe/gen-ai';
+import type { ProxyMetrics } from './observe/metrics';
+import { endCallSpan, setGenAiUsage, startCallSpan } from './observe/trace';
 
 export interface ProxyDeps {
   readonly registry: ReadonlyMap<string, Upstream>;
@@ -49,6 +53,8 @@ export interface ProxyDeps {
   readonly limits?: Limits;
   /** Trusted proxies appending to X-Forwarded-For (for the client IP); default 1. */
   readonly trustedProxyHops?: number;
+  /** Prometheus metrics, counted from each call's record (lib/core/observe/metrics.ts); absent: none. */
+  readonly metrics?: ProxyMetrics;
 }
 
 export interface ProxyTarget {
@@ -119,6 +125,7 @@ export async function handleProxy(request: CoreRequest, target: ProxyTarget, dep
     const credential = await resolveCallCredential(call, upstream, session); // 8 [7]
     const limited = await checkRateLimits(call, upstream, route, session, credential); // 9 [6]
     const content = await prepareContent(call, request, route, session, parts, outgoing); // 10 [5]
+    if (route.genAi) traceGenAiRequest(call.span, route.genAi, params, parts); // span attributes only
     injectCredential(credential, outgoing.headers, outgoing.url); // 11 [7]
     await reserveBudget(call, route, parts, limited, content); // 12 [6]
     const body = await signCall(call, request, credential, outgoing, content); // 13 [7]
@@ -171,6 +178,12 @@ export interface Call {
   revocations: SessionRevocations | null;
   /** Step 9's rules, and their counters when step 8's round trip took them. */
   rate: { readonly rules: readonly RateRule[]; readonly taken: Extract<RoundOutcome, { revoked: false }>['taken'] } | null;
+  /** The call's span, ended by step 15 (non-recording, and free, without a tracer provider: lib/core/observe/trace.ts). */
+  readonly span: Span;
+  /** Step 14's leak scrubber, whose replacements the metrics count. */
+  scrubber: StreamScrubber | null;
+  /** Reads the tokens a GenAI route's response reports, for a recorded span (step 14). */
+  genAi: { readonly reader: UsageReader; readonly usage: GenAiUsage } | null;
 }
 
 /** What step 7 builds: the upstream URL (query and credential are added later) and the forwarded headers. */
@@ -206,6 +219,9 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     route: null,
     revocations: null,
     rate: null,
+    span: startCallSpan(),
+    scrubber: null,
+    genAi: null,
   };
 }
 
@@ -517,16 +533,18 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
   const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
   const contentType = (firstHeader(response.headers['content-type']) ?? '').toLowerCase();
   const framed = contentType.startsWith('application/vnd.amazon.eventstream') ? new EventStreamBoundaries() : null;
+  call.scrubber = new StreamScrubber(secrets);
+  call.genAi = route.genAi && call.span.isRecording() ? genAiUsageReader(route.genAi, firstHeader(response.headers['content-type']) ?? '') : null;
   const stream = toResponseStream(
     decoded,
-    new StreamScrubber(secrets),
+    call.scrubber,
     // A body cut short (client gone, upstream broke) has not reported its usage yet, even if an early event
     // carried a partial figure: the reservation stays charged (README "Budgets reserve, then settle").
     (outcome, bytes, error) => {
       if (error) call.deps.logger.warn({ requestId, code: error.code }, error.message);
       record(call, statusCode, outcome, bytes, error?.code ?? null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage);
     },
-    usageReader,
+    call.genAi ? bothTaps(usageReader, call.genAi.reader) : usageReader,
     framed,
   );
   return new Response(stream, { status: statusCode, headers: outHeaders });
@@ -569,6 +587,32 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
   };
   recordLogger(call.deps.logger).info({ proxy: event }, 'proxy');
   call.deps.onComplete?.(event);
+  observe(call, event);
+}
+
+/**
+ * Metrics and the call's span (lib/core/observe), from its record. An upstream id the registry does not hold is
+ * the client's text: it is named "(unknown)", never passed on.
+ */
+function observe(call: Call, event: ProxyEvent): void {
+  const known = call.deps.registry.has(event.upstream);
+  call.deps.metrics?.observe(event, known, call.scrubber?.hits ?? 0);
+  const { span, genAi } = call;
+  if (!span.isRecording()) return;
+  if (genAi && event.outcome === 'complete' && genAi.reader.result() !== null) setGenAiUsage(span, genAi.usage);
+  endCallSpan(span, { ...event, upstream: known ? event.upstream : null });
+}
+
+/** Two readers of the response body (budget usage, GenAI tokens) as one tap. */
+function bothTaps(first: UsageReader | null, second: UsageReader): { push(chunk: Uint8Array): void } {
+  return first
+    ? {
+        push(chunk) {
+          first.push(chunk);
+          second.push(chunk);
+        },
+      }
+    : second;
 }
 
 const recordLoggers = new WeakMap<Logger, Logger>();

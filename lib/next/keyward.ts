@@ -25,8 +25,13 @@ export interface Keyward extends ApiRoutes, PageHelpers {
   readonly proxyRoute: RouteHandler<{ upstream: string; path?: string[] }>;
   /** GET /api/session. */
   readonly sessionRoute: (request: Request) => Promise<Response>;
-  /** For instrumentation.ts's `register()`: builds the runtime now; an invalid configuration exits 1 naming the field. */
+  /** Builds the runtime now; an invalid configuration exits 1 naming the field. */
   checkStartup(): void;
+  /**
+   * For instrumentation.ts's `register()`: OpenTelemetry tracing when an OTLP endpoint is set (README "Metrics and
+   * traces"; without one the SDK is not even loaded), then `checkStartup()`.
+   */
+  register(): Promise<void>;
   /** The runtime behind these handlers, built on first use from process.env and `upstreams`. */
   getRuntime(): Runtime;
 }
@@ -45,6 +50,15 @@ export function createKeyward(options: KeywardOptions = {}): Keyward {
     proxyRoute: createProxyRoute(getRuntime),
     sessionRoute: createSessionRoute(getRuntime),
     checkStartup: () => checkStartup(getRuntime),
+    async register() {
+      if (wantsTraces(process.env)) (await import('@/lib/core/observe/otel')).registerTracing();
+      checkStartup(getRuntime);
+    },
     getRuntime,
   };
+}
+
+/** The OpenTelemetry SDK's own variables: an OTLP endpoint, and not OTEL_SDK_DISABLED. */
+function wantsTraces(env: NodeJS.ProcessEnv): boolean {
+  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) && env.OTEL_SDK_DISABLED !== 'true';
 }

@@ -209,6 +209,30 @@ const pathList = z.union([dottedPath.transform((path) => [path]), z.array(dotted
 const unitPrice = z.number().min(0).max(1_000_000);
 
 /**
+ * What a generative-AI route tells traces (OpenTelemetry GenAI semantic conventions,
+ * https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/): the provider, the operation, where the
+ * model is named and where the response reports its tokens. The LLM presets declare it; traces only.
+ */
+export const genAiSchema = z
+  .strictObject({
+    provider: z
+      .string()
+      .regex(/^[a-z0-9_.]{1,64}$/, 'must be a provider name such as "openai", "anthropic", "gcp.gemini", "aws.bedrock"')
+      .describe('gen_ai.provider.name (and gen_ai.system): "openai", "anthropic", "gcp.gemini", "aws.bedrock"…'),
+    operation: z.enum(['chat', 'generate_content', 'text_completion', 'embeddings']).default('chat').describe('gen_ai.operation.name.'),
+    model: z
+      .union([
+        z.strictObject({ field: fieldTargetSchema.describe('The request field naming the model, e.g. "body.model".') }),
+        z.strictObject({ param: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/).describe('The path parameter naming the model.') }),
+        z.strictObject({ value: z.string().regex(/^[A-Za-z0-9._:/@-]{1,128}$/).describe('The model this route always calls.') }),
+      ])
+      .describe('gen_ai.request.model: from a request field, a path parameter, or fixed.'),
+    inputTokens: pathList.optional().describe('gen_ai.usage.input_tokens: where the JSON response (or the last SSE event) reports them.'),
+    outputTokens: pathList.optional().describe('gen_ai.usage.output_tokens: where the JSON response (or the last SSE event) reports them.'),
+  })
+  .describe('OpenTelemetry GenAI attributes for this route\'s spans (README "Metrics and traces").');
+
+/**
  * A price table: what a token costs, per model, in budget units. With units of micro-dollars, a model's price
  * per token is its list price in dollars per million tokens (gpt-4.1-mini: {"input": 0.4, "output": 1.6}).
  */
@@ -326,4 +350,5 @@ export type RateLimitConfig = z.output<typeof rateLimitSchema>;
 export type QuotaConfig = z.output<typeof quotaSchema>;
 export type BudgetConfig = z.output<typeof budgetSchema>;
 export type CostConfig = z.output<typeof costSchema>;
+export type GenAiConfig = z.output<typeof genAiSchema>;
 export type Period = (typeof PERIODS)[number];

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ZOD_CONTRACT_MESSAGE, responseTypeSchema, routePolicyFields, upstreamPolicyFields } from './policy';
+import { ZOD_CONTRACT_MESSAGE, genAiSchema, responseTypeSchema, routePolicyFields, upstreamPolicyFields } from './policy';
 import { templateParamNames, templateProblems } from '../route/template';
 
 /**
@@ -234,6 +234,7 @@ const routeSchema = z.strictObject({
     .max(86_400_000)
     .optional()
     .describe("Overrides the upstream's idleTimeoutMs for this WebSocket route."),
+  genAi: genAiSchema.optional(),
   ...routePolicyFields,
 }).superRefine((route, ctx) => {
   if (route.websocket && route.method !== 'GET') {

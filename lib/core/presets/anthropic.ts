@@ -78,6 +78,7 @@ function routes(o: Options): RouteInput[] {
       caps: { '*': { 'body.max_tokens': o.maxOutputTokens } },
       overCap: 'clamp',
       ...textIdentity('body.metadata.user_id'),
+      genAi: { provider: 'anthropic', model: { field: 'body.model' }, inputTokens: ['usage.input_tokens'], outputTokens: ['usage.output_tokens'] },
       // Output tokens (or their cost): the JSON body's usage, or the stream's last `message_delta` (cumulative).
       cost: o.prices
         ? pricedCost(o.prices, 'body.max_tokens', ['usage.input_tokens'], ['usage.output_tokens'], PROMPT_CACHE)

@@ -97,6 +97,7 @@ function modelRoutes(model: string, o: Options): RouteInput[] {
     caps: { '*': { 'body.inferenceConfig.maxTokens': o.maxOutputTokens } },
     overCap: 'clamp' as const,
     ...textIdentity('body.requestMetadata.keyward_user'),
+    genAi: { provider: 'aws.bedrock', model: model === '{model:colon}' ? { param: 'model' } : { value: model } },
   };
   const reserve = { reserveFrom: { field: 'body.inferenceConfig.maxTokens' as const } };
   const routes: RouteInput[] = [
@@ -104,6 +105,7 @@ function modelRoutes(model: string, o: Options): RouteInput[] {
       method: 'POST',
       path: `/model/${model}/converse`,
       ...converse,
+      genAi: { ...converse.genAi, inputTokens: ['usage.inputTokens'], outputTokens: ['usage.outputTokens'] },
       cost: { ...reserve, usage: { json: ['usage.outputTokens'] } },
     },
     // An event stream (application/vnd.amazon.eventstream) reports no usage Keyward reads: the reservation is charged.

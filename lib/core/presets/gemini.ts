@@ -60,6 +60,13 @@ export const batchEmbedContentsBody = z.object({ requests: z.array(embedContentB
 
 function routesFor(model: string, maxOutputTokens: number): RouteInput[] {
   const generation = {
+    genAi: {
+      provider: 'gcp.gemini',
+      operation: 'generate_content' as const,
+      model: model === '{model}' ? { param: 'model' } : { value: model },
+      inputTokens: ['usageMetadata.promptTokenCount'],
+      outputTokens: ['usageMetadata.candidatesTokenCount'],
+    },
     body: generateContentBody(),
     caps: { '*': { 'body.generationConfig.maxOutputTokens': maxOutputTokens } },
     overCap: 'clamp' as const,

@@ -205,6 +205,7 @@ export function moderationsBody(models: z.ZodType<string>) {
 
 /** The Responses API reports usage in its JSON body, or in the stream's final `response.completed` event. */
 const RESPONSES_OUTPUT = ['usage.output_tokens', 'response.usage.output_tokens'];
+const RESPONSES_INPUT = ['usage.input_tokens', 'response.usage.input_tokens'];
 
 /**
  * Who the call is for, written from the session. `safety_identifier` (default): both it and `user` on chat and
@@ -244,6 +245,7 @@ function routes(o: Options): RouteInput[] {
       caps: { '*': { 'body.max_completion_tokens': o.maxOutputTokens } },
       overCap: 'clamp',
       identity: both.identity,
+      genAi: { provider: 'openai', model: { field: 'body.model' }, inputTokens: ['usage.prompt_tokens'], outputTokens: ['usage.completion_tokens'] },
       cost: o.prices
         ? pricedCost(o.prices, 'body.max_completion_tokens', ['usage.prompt_tokens'], ['usage.completion_tokens'])
         : { reserveFrom: { field: 'body.max_completion_tokens' }, usage: { json: ['usage.completion_tokens'] } },
@@ -255,6 +257,7 @@ function routes(o: Options): RouteInput[] {
       caps: { '*': { 'body.max_output_tokens': o.maxOutputTokens } },
       overCap: 'clamp',
       identity: both.identity,
+      genAi: { provider: 'openai', model: { field: 'body.model' }, inputTokens: RESPONSES_INPUT, outputTokens: RESPONSES_OUTPUT },
       cost: o.prices
         ? pricedCost(o.prices, 'body.max_output_tokens', ['usage.input_tokens', 'response.usage.input_tokens'], RESPONSES_OUTPUT)
         : { reserveFrom: { field: 'body.max_output_tokens' }, usage: { json: RESPONSES_OUTPUT } },

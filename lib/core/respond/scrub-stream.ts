@@ -72,6 +72,7 @@ function patternsFor(secrets: readonly string[]): Patterns {
 export class StreamScrubber {
   private readonly patterns: Patterns;
   private carry: Buffer = EMPTY;
+  private replaced = 0;
 
   constructor(secrets: readonly string[]) {
     this.patterns = patternsFor(secrets);
@@ -79,6 +80,11 @@ export class StreamScrubber {
 
   get active(): boolean {
     return this.patterns.forms.length > 0;
+  }
+
+  /** How many secret forms were replaced so far (the metrics' `keyward_scrubber_hits_total`). */
+  get hits(): number {
+    return this.replaced;
   }
 
   /** The scrubbed output for this chunk, in one buffer (a copy when a held-back tail is released in front of it). */
@@ -110,6 +116,7 @@ export class StreamScrubber {
       if (!match || match.index >= carry.length) break;
       if (match.index > position) parts.push(head.subarray(position, match.index));
       parts.push(Buffer.from(MARKER)); // a buffer of its own: parts are handed on as they are
+      this.replaced++;
       position = match.index + match.length;
     }
     if (position < carry.length) parts.push(head.subarray(position, carry.length));
@@ -146,6 +153,7 @@ export class StreamScrubber {
       }
       if (index > position) parts.push(data.subarray(position, index));
       parts.push(Buffer.from(MARKER)); // a buffer of its own: parts are handed on as they are
+      this.replaced++;
       position = index + length;
     }
     const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.partialSuffix(data, position);

@@ -9,6 +9,7 @@ import { awsCredential, type AwsKeyPair } from '../credential/aws-sigv4';
 import { hmacCredential } from '../credential/hmac';
 import type { RequestSigner } from '../credential/sign';
 import { compileTemplate, type TemplateSegment } from '../route/template';
+import { compileGenAi, type GenAiRoute } from '../observe/gen-ai';
 
 export interface CompiledRoute {
   readonly method: RouteMethod;
@@ -30,6 +31,8 @@ export interface CompiledRoute {
   readonly cacheControl: string;
   /** WebSocket upgrades (fast lane only): null unless the route declares `websocket: true`. */
   readonly websocket: WebSocketRoute | null;
+  /** OpenTelemetry GenAI attributes for this route's spans (the LLM presets declare them); null: none. */
+  readonly genAi: GenAiRoute | null;
 }
 
 export interface WebSocketRoute {
@@ -174,6 +177,7 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
     websocket: route.websocket
       ? { maxMessageBytes: route.maxMessageBytes ?? upstream.maxMessageBytes, idleTimeoutMs: route.idleTimeoutMs ?? upstream.idleTimeoutMs }
       : null,
+    genAi: route.genAi ? compileGenAi(route.genAi) : null,
   };
 }
 
