@@ -3,9 +3,8 @@ import Anthropic, { type APIError } from '@anthropic-ai/sdk';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { anthropic } from '../../lib/core/presets';
 import { ANTHROPIC_VERSION } from '../../lib/core/presets/anthropic';
-import { findLeak } from '../fixtures/claims-session';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
-import { everythingFakesReceived, MEMBER_ROLE, sdkTestPolicy, startKeyward, THROTTLED_ROLE, type KeywardServer } from '../fixtures/keyward-server';
+import { closeAfterLeakChecks, MEMBER_ROLE, sdkTestPolicy, startKeyward, THROTTLED_ROLE, type KeywardServer } from '../fixtures/keyward-server';
 
 /**
  * The official `@anthropic-ai/sdk` against Keyward over real HTTP, with the `anthropic` preset pointed at a
@@ -30,10 +29,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  const received = everythingFakesReceived(kw.fakes);
-  expect(findLeak(received, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]), 'a client credential reached the API').toBeNull();
-  expect(kw.leak(), 'a secret leaked').toBeNull();
-  await kw.close();
+  await closeAfterLeakChecks(kw, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]);
 });
 
 beforeEach(() => fake.stepwise(false));

@@ -14,7 +14,7 @@ import { aws } from '../../lib/core/presets';
 import { findLeak } from '../fixtures/claims-session';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
 import {
-  everythingFakesReceived,
+  closeAfterLeakChecks,
   MEMBER_ROLE,
   sdkTestPolicy,
   startKeyward,
@@ -65,13 +65,7 @@ beforeAll(async () => {
 afterAll(async () => {
   // The SDK's placeholder credentials (its Authorization names the key id), the session cookie and every bearer
   // token never reach the API.
-  const received = everythingFakesReceived(kw.fakes);
-  expect(
-    findLeak(received, [PLACEHOLDER.accessKeyId, PLACEHOLDER.secretAccessKey, cookie.split('=')[1]!, ...tokens]),
-    'a client credential reached the API',
-  ).toBeNull();
-  expect(kw.leak(), 'a secret leaked').toBeNull();
-  await kw.close();
+  await closeAfterLeakChecks(kw, [PLACEHOLDER.accessKeyId, PLACEHOLDER.secretAccessKey, cookie.split('=')[1]!, ...tokens]);
 });
 
 beforeEach(() => fake.stepwise(false));

@@ -5,7 +5,7 @@ import { gemini } from '../../lib/core/presets';
 import { findLeak } from '../fixtures/claims-session';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
 import {
-  everythingFakesReceived,
+  closeAfterLeakChecks,
   MEMBER_ROLE,
   sdkTestPolicy,
   SLOW_THROTTLED_ROLE,
@@ -46,13 +46,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // The SDK's placeholder key (in a header or a query), the session cookie and every bearer token never reach the API.
-  const received = everythingFakesReceived(kw.fakes);
-  expect(
-    findLeak(received, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]),
-    'a client credential reached the API',
-  ).toBeNull();
-  expect(kw.leak(), 'a secret leaked').toBeNull();
-  await kw.close();
+  await closeAfterLeakChecks(kw, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]);
 });
 
 beforeEach(() => fake.stepwise(false));

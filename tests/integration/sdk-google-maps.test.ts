@@ -7,7 +7,7 @@ import { googleMaps } from '../../lib/core/presets';
 import { findLeak } from '../fixtures/claims-session';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
 import {
-  everythingFakesReceived,
+  closeAfterLeakChecks,
   MEMBER_ROLE,
   sdkTestPolicy,
   startKeyward,
@@ -47,10 +47,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // The SDK's placeholder key and every bearer session token never reach the API.
-  const received = everythingFakesReceived(kw.fakes);
-  expect(findLeak(received, [PLACEHOLDER, ...tokens]), 'a client credential reached the API').toBeNull();
-  expect(kw.leak(), 'a secret leaked').toBeNull();
-  await kw.close();
+  await closeAfterLeakChecks(kw, [PLACEHOLDER, ...tokens]);
 });
 
 beforeEach(() => fake.stepwise(false));

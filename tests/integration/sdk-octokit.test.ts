@@ -3,9 +3,8 @@ import { Octokit } from '@octokit/rest';
 import { RequestError } from '@octokit/request-error';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { github } from '../../lib/core/presets';
-import { findLeak } from '../fixtures/claims-session';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
-import { everythingFakesReceived, MEMBER_ROLE, sdkTestPolicy, startKeyward, THROTTLED_ROLE, type KeywardServer } from '../fixtures/keyward-server';
+import { closeAfterLeakChecks, MEMBER_ROLE, sdkTestPolicy, startKeyward, THROTTLED_ROLE, type KeywardServer } from '../fixtures/keyward-server';
 
 /**
  * `@octokit/rest` against Keyward over real HTTP, with the `github` preset (pinned to one repository, writes
@@ -32,10 +31,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  const received = everythingFakesReceived(kw.fakes);
-  expect(findLeak(received, [cookie.split('=')[1]!, ...tokens]), 'a client credential reached the API').toBeNull();
-  expect(kw.leak(), 'a secret leaked').toBeNull();
-  await kw.close();
+  await closeAfterLeakChecks(kw, [cookie.split('=')[1]!, ...tokens]);
 });
 
 beforeEach(() => fake.stepwise(false));

@@ -3,7 +3,7 @@ import OpenAI, { type APIError } from 'openai';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { openai } from '../../lib/core/presets';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
-import { everythingFakesReceived, sdkTestPolicy, startKeyward, THROTTLED_ROLE, MEMBER_ROLE, type KeywardServer } from '../fixtures/keyward-server';
+import { closeAfterLeakChecks, sdkTestPolicy, startKeyward, THROTTLED_ROLE, MEMBER_ROLE, type KeywardServer } from '../fixtures/keyward-server';
 import { findLeak } from '../fixtures/claims-session';
 
 /**
@@ -31,11 +31,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // The SDK's placeholder key, the session cookie and every bearer session token never reach the API.
-  const received = everythingFakesReceived(kw.fakes);
-  expect(findLeak(received, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]), 'a client credential reached the API').toBeNull();
-  // The real key is in no response Keyward wrote and in no log line.
-  expect(kw.leak(), 'a secret leaked').toBeNull();
-  await kw.close();
+  await closeAfterLeakChecks(kw, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]);
 });
 
 beforeEach(() => fake.stepwise(false));

@@ -2,9 +2,8 @@ import { randomUUID } from 'node:crypto';
 import Stripe from 'stripe';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { stripe as stripePreset } from '../../lib/core/presets';
-import { findLeak } from '../fixtures/claims-session';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
-import { everythingFakesReceived, MEMBER_ROLE, sdkTestPolicy, startKeyward, THROTTLED_ROLE, type KeywardServer, type SdkIdentity } from '../fixtures/keyward-server';
+import { closeAfterLeakChecks, MEMBER_ROLE, sdkTestPolicy, startKeyward, THROTTLED_ROLE, type KeywardServer, type SdkIdentity } from '../fixtures/keyward-server';
 
 /**
  * The official `stripe` SDK (stripe-node) against Keyward over real HTTP, with the `stripe` preset (routes
@@ -30,10 +29,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  const received = everythingFakesReceived(kw.fakes);
-  expect(findLeak(received, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]), 'a client credential reached the API').toBeNull();
-  expect(kw.leak(), 'a secret leaked').toBeNull();
-  await kw.close();
+  await closeAfterLeakChecks(kw, [PLACEHOLDER, cookie.split('=')[1]!, ...tokens]);
 });
 
 beforeEach(() => fake.stepwise(false));
