@@ -112,6 +112,14 @@ export default async function Home() {
           <table>
             <tbody>
               <tr>
+                <td>Dashboard: usage by upstream, user and key; key versions</td>
+                <td>
+                  <Link href="/admin" prefetch={false} data-testid="admin-dashboard-link">
+                    Open the admin dashboard
+                  </Link>
+                </td>
+              </tr>
+              <tr>
                 <td>Service keys: versions, rotation, rollback, revocation</td>
                 <td>
                   <code>GET /api/admin/keys</code> · <code>npm run keyward -- keys list</code>

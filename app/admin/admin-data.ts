@@ -1,0 +1,150 @@
+import 'server-only';
+import type { Series, TopRow } from '@/lib/core/aggregates/usage';
+import { keyward } from '@/keyward';
+
+/**
+ * What the admin pages read, and nothing else: the usage aggregates (`runtime.usage`, the same reader as
+ * GET /api/admin/usage) and the key rings (as GET /api/admin/keys lists them). Never the audit log, never a key
+ * value: versions are named by fingerprint. Everything returned is plain data a client component may receive.
+ */
+
+export type OverviewPeriod = 'hour' | 'minute';
+
+/** The overview's two windows: the last 24 hours by hour, or the last hour by minute. */
+const WINDOWS: Readonly<Record<OverviewPeriod, { period: 'hour' | 'minute'; buckets: number; stepMs: number }>> = {
+  hour: { period: 'hour', buckets: 24, stepMs: 3_600_000 },
+  minute: { period: 'minute', buckets: 60, stepMs: 60_000 },
+};
+
+export interface ChartPoint {
+  /** The bucket's start, ISO 8601 UTC. */
+  readonly at: string;
+  readonly calls: number;
+  readonly errors: number;
+  /** Errors per call, in percent (0 without calls). */
+  readonly errorRate: number;
+  readonly p50: number | null;
+  readonly p95: number | null;
+  readonly units: number;
+}
+
+export interface Totals {
+  readonly calls: number;
+  readonly errors: number;
+  readonly errorRate: number;
+  readonly p50: number | null;
+  readonly p95: number | null;
+  readonly units: number;
+}
+
+export interface TopEntry extends Totals {
+  readonly label: string;
+  readonly upstream: string | null;
+}
+
+export interface Overview {
+  readonly from: string;
+  readonly to: string;
+  readonly points: ChartPoint[];
+  readonly total: Totals;
+  readonly topUsers: TopEntry[];
+  readonly topKeys: TopEntry[];
+}
+
+function percent(errors: number, calls: number): number {
+  return calls === 0 ? 0 : Math.round((errors / calls) * 1000) / 10;
+}
+
+function totals(figures: Series['total'] | TopRow): Totals {
+  const { calls, errors, p50, p95, units } = figures;
+  return { calls, errors, errorRate: percent(errors, calls), p50, p95, units };
+}
+
+export async function loadOverview(period: OverviewPeriod, upstream: string | undefined): Promise<Overview> {
+  const usage = keyward.getRuntime().usage;
+  const { buckets, stepMs } = WINDOWS[period];
+  const toMs = Date.now();
+  const window = { period, fromMs: toMs - (buckets - 1) * stepMs, toMs };
+  const [series, users, keys] = await Promise.all([
+    usage.series({ ...window, upstream }),
+    usage.top({ ...window, by: 'user', limit: 10, upstream }),
+    usage.top({ ...window, by: 'keyVersion', limit: 10, upstream }),
+  ]);
+  return {
+    from: series.from,
+    to: series.to,
+    points: series.points.map((point) => ({ at: point.at, ...totals(point) })),
+    total: totals(series.total),
+    topUsers: users.map((row) => ({ label: row.user ?? 'anonymous', upstream: null, ...totals(row) })),
+    // A call without a service key (a user's own key, an OAuth token) has no key version: not a key to list.
+    topKeys: keys.filter((row) => row.keyVersion).map((row) => ({ label: row.keyVersion!, upstream: row.upstream ?? null, ...totals(row) })),
+  };
+}
+
+export interface KeyVersionRow {
+  readonly fingerprint: string;
+  readonly source: 'env' | 'managed';
+  readonly status: string;
+  readonly created: number;
+  readonly expiresAt: number | null;
+  readonly expiresInDays: number | null;
+  readonly warning: string | null;
+  /** Start of the most recent hour with calls on this version (last 7 days), or null. */
+  readonly lastUsedHour: number | null;
+  readonly callsSince: number;
+}
+
+export interface KeyRingView {
+  readonly upstream: string;
+  /** When the calls column starts counting: the last rotation, else 30 days back. */
+  readonly since: number;
+  readonly sinceRotation: boolean;
+  readonly versions: KeyVersionRow[];
+}
+
+const HOUR_MS = 3_600_000;
+const DAY_MS = 86_400_000;
+
+/**
+ * The period whose buckets still cover `fromMs` (README "Usage aggregates": minutes are kept 48 h, hours 35
+ * days) with at most a few thousand buckets: the finest one, so "since the rotation" is counted as closely
+ * as the aggregates allow (to the bucket holding the rotation).
+ */
+function finestPeriod(fromMs: number, now: number): 'minute' | 'hour' | 'day' {
+  if (now - fromMs <= 47 * HOUR_MS) return 'minute';
+  if (now - fromMs <= 34 * DAY_MS) return 'hour';
+  return 'day';
+}
+
+/** The key rings with their usage, and the time they were read at (for ages and countdowns). */
+export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[] }> {
+  const runtime = keyward.getRuntime();
+  const now = Date.now();
+  const rings = await runtime.keyRings.list();
+  const views = await Promise.all(
+    rings.map(async (ring) => {
+      const lastRotation = ring.rotations.find((rotation) => rotation.state === 'switched' || rotation.state === 'rolled_back');
+      const since = lastRotation?.at ?? now - 30 * DAY_MS;
+      const calls = await runtime.usage.top({ period: finestPeriod(since, now), fromMs: since, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream });
+      const versions = await Promise.all(
+        ring.versions.map(async (version) => {
+          const hours = await runtime.usage.series({ period: 'hour', fromMs: now - 7 * 24 * HOUR_MS, toMs: now, upstream: ring.upstream, keyVersion: version.fingerprint });
+          const last = hours.points.findLast((point) => point.calls > 0);
+          return {
+            fingerprint: version.fingerprint,
+            source: version.source,
+            status: version.status,
+            created: version.created,
+            expiresAt: version.expiresAt,
+            expiresInDays: version.expiresInDays,
+            warning: version.warning,
+            lastUsedHour: last ? Date.parse(last.at) : null,
+            callsSince: calls.find((row) => row.keyVersion === version.fingerprint)?.calls ?? 0,
+          };
+        }),
+      );
+      return { upstream: ring.upstream, since, sinceRotation: lastRotation !== undefined, versions };
+    }),
+  );
+  return { now, rings: views };
+}

@@ -1,0 +1,85 @@
+import Link from 'next/link';
+import { redirect } from 'next/navigation';
+import type { ReactNode } from 'react';
+import type { PageSession } from 'keyward/next';
+import { keyward } from '@/keyward';
+
+export type AdminGate = { readonly kind: 'admin'; readonly session: PageSession } | { readonly kind: 'forbidden' } | { readonly kind: 'unavailable' };
+
+/**
+ * The admin pages' session check, the API's rule (lib/core/api/admin.ts requireAdmin): a session with the
+ * `admin` role, checked on every request, before any data is read. Signed out → the sign-in page, back here after.
+ */
+export async function adminGate(path: string): Promise<AdminGate> {
+  const state = await keyward.pageSession();
+  if (state.state === 'unavailable') return { kind: 'unavailable' };
+  if (state.state === 'signed-out') redirect(`/signin?callbackUrl=${encodeURIComponent(path)}`);
+  return state.session.roles.includes('admin') ? { kind: 'admin', session: state.session } : { kind: 'forbidden' };
+}
+
+/** What a non-admin or a store outage gets instead of the page: words, no data. */
+export function GateRefusal({ gate }: { gate: Exclude<AdminGate, { kind: 'admin' }> }) {
+  return (
+    <main className="page-narrow">
+      {gate.kind === 'forbidden' ? (
+        <div className="card" data-testid="admin-forbidden">
+          <p className="small muted">403 · Forbidden</p>
+          <h1>Admins only</h1>
+          <p className="muted">The dashboard shows how every user and key is used, so it needs the admin role. Your session does not have it.</p>
+          <Link className="button block" href="/" prefetch={false}>
+            Back home
+          </Link>
+        </div>
+      ) : (
+        <div className="card">
+          <h1>Admin</h1>
+          <div className="alert error" data-testid="store-unavailable">
+            Keyward cannot reach its session store right now. Try again in a moment.
+          </div>
+        </div>
+      )}
+    </main>
+  );
+}
+
+const SECTIONS = [
+  { href: '/admin', label: 'Overview' },
+  { href: '/admin/keys', label: 'Keys' },
+] as const;
+
+/** The admin pages' frame: a heading, the section nav (Overview · Keys) and the way back home. */
+export function AdminFrame({ current, title, intro, actions, children }: { current: '/admin' | '/admin/keys'; title: string; intro: ReactNode; actions?: ReactNode; children: ReactNode }) {
+  return (
+    <main className="page">
+      <nav className="admin-nav" aria-label="Admin">
+        {SECTIONS.map((section) => (
+          <Link key={section.href} href={section.href} prefetch={false} className={section.href === current ? 'active' : undefined} aria-current={section.href === current ? 'page' : undefined}>
+            {section.label}
+          </Link>
+        ))}
+        <Link href="/" prefetch={false} className="admin-nav-home">
+          ← Home
+        </Link>
+      </nav>
+      <div className="page-header row" style={{ justifyContent: 'space-between', alignItems: 'flex-end' }}>
+        <div>
+          <h1>{title}</h1>
+          <p>{intro}</p>
+        </div>
+        {actions}
+      </div>
+      {children}
+    </main>
+  );
+}
+
+/** A store outage while reading usage or keys: an error card, as the home page shows one. */
+export function DataUnavailable() {
+  return (
+    <section className="card">
+      <div className="alert error" data-testid="admin-data-unavailable">
+        Keyward cannot read its usage figures or key rings right now (the store is unavailable). Try again in a moment.
+      </div>
+    </section>
+  );
+}

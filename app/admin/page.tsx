@@ -1,0 +1,179 @@
+import Link from 'next/link';
+import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from './admin-frame';
+import { loadOverview, type Overview, type OverviewPeriod, type TopEntry, type Totals } from './admin-data';
+import { UsageCharts, type ChartDatum } from './usage-charts';
+import { keyward } from '@/keyward';
+
+// Per request: the session, and figures that change with every call.
+export const dynamic = 'force-dynamic';
+
+type SearchParams = Promise<Record<string, string | string[] | undefined>>;
+
+const PERIOD_LABEL: Record<OverviewPeriod, string> = { hour: 'Last 24 hours, by hour', minute: 'Last hour, by minute' };
+
+function one(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+export default async function AdminOverview({ searchParams }: { searchParams: SearchParams }) {
+  const gate = await adminGate('/admin');
+  if (gate.kind !== 'admin') return <GateRefusal gate={gate} />;
+
+  const params = await searchParams;
+  const period: OverviewPeriod = one(params.period) === 'minute' ? 'minute' : 'hour';
+  const upstreamIds = keyward.upstreamSummaries().map((u) => u.id);
+  // Only a configured id filters; anything else in the query shows every upstream.
+  const wanted = one(params.upstream);
+  const upstream = wanted !== undefined && upstreamIds.includes(wanted) ? wanted : undefined;
+
+  let overview: Overview | null = null;
+  try {
+    overview = await loadOverview(period, upstream);
+  } catch {
+    overview = null;
+  }
+
+  const href = (next: { period?: OverviewPeriod; upstream?: string | null }) => {
+    const query = new URLSearchParams();
+    const p = next.period ?? period;
+    const u = next.upstream === undefined ? upstream : next.upstream;
+    if (p !== 'hour') query.set('period', p);
+    if (u) query.set('upstream', u);
+    const text = query.toString();
+    return text ? `/admin?${text}` : '/admin';
+  };
+
+  return (
+    <AdminFrame
+      current="/admin"
+      title="Usage overview"
+      intro={<>Calls through the proxy, from the usage aggregates. {PERIOD_LABEL[period]}, times in UTC.</>}
+      actions={
+        <div className="segmented" role="group" aria-label="Period" data-testid="period-switch">
+          <Link href={href({ period: 'hour' })} prefetch={false} className={period === 'hour' ? 'active' : undefined} aria-current={period === 'hour' ? 'true' : undefined}>
+            24 h
+          </Link>
+          <Link href={href({ period: 'minute' })} prefetch={false} className={period === 'minute' ? 'active' : undefined} aria-current={period === 'minute' ? 'true' : undefined}>
+            1 h
+          </Link>
+        </div>
+      }
+    >
+      <div className="row upstream-filter" data-testid="upstream-filter">
+        <span className="small muted">Upstream</span>
+        <Link href={href({ upstream: null })} prefetch={false} className={`chip${upstream === undefined ? ' active' : ''}`}>
+          All
+        </Link>
+        {upstreamIds.map((id) => (
+          <Link key={id} href={href({ upstream: id })} prefetch={false} className={`chip${upstream === id ? ' active' : ''}`}>
+            {id}
+          </Link>
+        ))}
+      </div>
+
+      {overview === null ? <DataUnavailable /> : <OverviewBody overview={overview} period={period} />}
+    </AdminFrame>
+  );
+}
+
+function OverviewBody({ overview, period }: { overview: Overview; period: OverviewPeriod }) {
+  const { total } = overview;
+  const data: ChartDatum[] = overview.points.map(({ at, calls, errors, errorRate, p50, p95, units }) => ({
+    label: period === 'hour' ? `${at.slice(11, 13)}:00` : at.slice(11, 16),
+    calls,
+    errors,
+    errorRate: calls === 0 ? null : errorRate,
+    p50,
+    p95,
+    units,
+  }));
+  return (
+    <>
+      <p className="small muted" data-testid="usage-summary">
+        {total.calls} calls · {total.errors} errors ({total.errorRate}%) · p50 {ms(total.p50)} · p95 {ms(total.p95)} · {total.units} budget units
+      </p>
+      <div className="stats">
+        <Stat label="Calls" value={total.calls.toLocaleString('en-US')} testId="stat-calls" />
+        <Stat label="Errors" value={total.errors.toLocaleString('en-US')} note={total.calls === 0 ? undefined : `${total.errorRate}% of calls`} testId="stat-errors" />
+        <Stat label="Latency p50 / p95" value={`${ms(total.p50)} / ${ms(total.p95)}`} testId="stat-latency" />
+        <Stat label="Budget units" value={total.units.toLocaleString('en-US')} testId="stat-units" />
+      </div>
+
+      {total.calls === 0 ? (
+        <section className="card">
+          <div className="empty" data-testid="usage-empty">
+            No traffic in this window yet. Calls through <code>/api/proxy/…</code> show up here a moment after they finish.
+          </div>
+        </section>
+      ) : (
+        <UsageCharts data={data} />
+      )}
+
+      <div className="grid">
+        <TopTable title="Top users" column="User" rows={overview.topUsers} testId="top-users" />
+        <TopTable title="Top keys" column="Key fingerprint" rows={overview.topKeys} testId="top-keys" />
+      </div>
+    </>
+  );
+}
+
+/** A latency for people: "9.2 ms", "180 ms", "2.24 s". */
+function ms(value: number | null): string {
+  if (value === null) return '–';
+  if (value >= 1000) return `${(value / 1000).toFixed(2)} s`;
+  return value < 10 ? `${value.toFixed(1)} ms` : `${Math.round(value)} ms`;
+}
+
+function Stat({ label, value, note, testId }: { label: string; value: string; note?: string; testId: string }) {
+  return (
+    <div className="card stat">
+      <div className="stat-label">{label}</div>
+      <div className="stat-value" data-testid={testId}>
+        {value}
+      </div>
+      {note && <div className="small muted">{note}</div>}
+    </div>
+  );
+}
+
+function TopTable({ title, column, rows, testId }: { title: string; column: string; rows: readonly TopEntry[]; testId: string }) {
+  return (
+    <section className="card" data-testid={testId}>
+      <div className="card-title">
+        <h2>{title}</h2>
+        <span className="small muted">by calls</span>
+      </div>
+      {rows.length === 0 ? (
+        <div className="empty">No calls in this window.</div>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th>{column}</th>
+              <th className="num">Calls</th>
+              <th className="num">Errors</th>
+              <th className="num">p95</th>
+            </tr>
+          </thead>
+          <tbody>
+            {rows.map((row) => (
+              <tr key={`${row.upstream ?? ''} ${row.label}`}>
+                <td>
+                  <code>{row.label}</code>
+                  {row.upstream && <div className="small muted">{row.upstream}</div>}
+                </td>
+                <td className="num">{row.calls}</td>
+                <td className="num">{errorsCell(row)}</td>
+                <td className="num">{ms(row.p95)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}
+
+function errorsCell(row: Totals): string {
+  return row.errors === 0 ? '0' : `${row.errors} (${row.errorRate}%)`;
+}
