@@ -75,6 +75,12 @@ export default async function Home() {
         )}
       </section>
 
+      <p className="small" data-testid="my-usage-link">
+        <Link href="/usage" prefetch={false}>
+          My usage: your calls, errors and limits of the last 24 hours
+        </Link>
+      </p>
+
       <section className="card">
         <div className="card-title">
           <h2>APIs you can call</h2>

@@ -1,0 +1,109 @@
+import 'server-only';
+import type { UsageFigures } from '@/lib/core/aggregates/usage';
+import { appliesTo } from '@/lib/core/limits/rules';
+import type { PageSession } from 'keyward/next';
+import type { ChartPoint, Totals } from '../admin/admin-data';
+import { keyward } from '@/keyward';
+
+/**
+ * What /usage reads, for the signed-in user only: the usage aggregates' user rollup (`user` + `upstream`)
+ * filtered by the session's user id, the limits configured in the compiled registry, and the user's own keys
+ * as GET /api/keys/<upstream> describes them (fingerprint and last 4, never the key). Nobody else's figures.
+ */
+
+const HOUR_MS = 3_600_000;
+const BUCKETS = 24;
+
+export interface LimitView {
+  readonly kind: 'rate limit' | 'quota' | 'budget';
+  readonly name: string;
+  /** Whose calls the rule counts together: per user, per credential, for the whole upstream, per IP. */
+  readonly by: string;
+  /** "120 requests / 60 s", "5000 requests / day", "300 units / month". */
+  readonly value: string;
+  /** Null: every route of the upstream; else the route, e.g. "GET /items/:id". */
+  readonly route: string | null;
+}
+
+export interface UpstreamUsage extends Totals {
+  readonly upstream: string;
+  readonly limits: LimitView[];
+}
+
+export interface OwnKeyView {
+  readonly upstream: string;
+  readonly fingerprint: string;
+  readonly last4: string;
+  readonly createdAt: string;
+  readonly lastUsedAt: string | null;
+}
+
+export interface MyUsage {
+  readonly from: string;
+  readonly to: string;
+  readonly points: ChartPoint[];
+  readonly total: Totals;
+  readonly upstreams: UpstreamUsage[];
+  /** Upstreams that take the user's own key, with the key stored (null: none stored). */
+  readonly ownKeys: { upstream: string; key: OwnKeyView | null }[];
+}
+
+function totals(figures: UsageFigures): Totals {
+  const { calls, errors, p50, p95, units } = figures;
+  return { calls, errors, errorRate: calls === 0 ? 0 : Math.round((errors / calls) * 1000) / 10, p50, p95, units };
+}
+
+/** The limits that apply to this session's roles, upstream-wide rules once, route rules with their route. */
+function limitsOf(upstreamId: string, roles: readonly string[]): LimitView[] {
+  const upstream = keyward.getRuntime().registry.get(upstreamId);
+  if (!upstream) return [];
+  const seen = new Map<string, LimitView>();
+  for (const route of upstream.routes) {
+    // Rule ids are `<upstream>|<scope>|<name>`; the scope `*` marks a rule of the whole upstream (lib/core/limits/rules.ts).
+    const routeOf = (id: string) => (id.split('|')[1] === '*' ? null : `${route.method} ${route.template}`);
+    for (const rule of route.limits.rate) {
+      if (!appliesTo(rule, roles) || seen.has(rule.id)) continue;
+      seen.set(rule.id, { kind: 'rate limit', name: rule.name, by: rule.by, value: `${rule.limit} requests / ${rule.windowSeconds} s`, route: routeOf(rule.id) });
+    }
+    for (const rule of route.limits.meters) {
+      if (!appliesTo(rule, roles) || seen.has(rule.id)) continue;
+      const unit = rule.kind === 'quota' ? 'requests' : 'units';
+      seen.set(rule.id, { kind: rule.kind, name: rule.name, by: rule.by, value: `${rule.limit} ${unit} / ${rule.period}`, route: routeOf(rule.id) });
+    }
+  }
+  return [...seen.values()];
+}
+
+async function ownKeys(userId: string): Promise<MyUsage['ownKeys']> {
+  const userKeys = keyward.getRuntime().userKeys;
+  const upstreams = keyward.upstreamSummaries().filter((u) => u.credential === 'own-key');
+  if (!userKeys) return upstreams.map((u) => ({ upstream: u.id, key: null }));
+  return Promise.all(
+    upstreams.map(async ({ id }) => {
+      const info = await userKeys.describe(id, userId);
+      // Picked field by field: only what GET /api/keys/<upstream> shows reaches the page.
+      return { upstream: id, key: info && { upstream: id, fingerprint: info.fingerprint, last4: info.last4, createdAt: info.createdAt, lastUsedAt: info.lastUsedAt } };
+    }),
+  );
+}
+
+/** The last 24 hours by hour, the session's user only: in total and per upstream, with each upstream's limits. */
+export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
+  const usage = keyward.getRuntime().usage;
+  const toMs = Date.now();
+  const window = { period: 'hour' as const, fromMs: toMs - (BUCKETS - 1) * HOUR_MS, toMs, user: session.userId };
+  const ids = keyward.upstreamSummaries().map((u) => u.id);
+  const [series, perUpstream, keys] = await Promise.all([
+    usage.series(window),
+    Promise.all(ids.map((upstream) => usage.series({ ...window, upstream }))),
+    ownKeys(session.userId),
+  ]);
+  return {
+    from: series.from,
+    to: series.to,
+    points: series.points.map((point) => ({ at: point.at, ...totals(point) })),
+    total: totals(series.total),
+    upstreams: ids.map((upstream, i) => ({ upstream, ...totals(perUpstream[i]!.total), limits: limitsOf(upstream, session.roles) })),
+    ownKeys: keys,
+  };
+}
