@@ -1,5 +1,4 @@
-import { test as base, expect, type Page } from '@playwright/test';
-import { startProductionEnvironment, type ProductionEnvironment } from '../fixtures/e2e-env';
+import { expect, expectNoSecrets, productionTest, proxyCall, shot, signIn } from './production';
 
 /**
  * The admin dashboard (/admin, /admin/keys) on a production deployment: known traffic through the proxy shows up
@@ -7,47 +6,10 @@ import { startProductionEnvironment, type ProductionEnvironment } from '../fixtu
  * signed-out visitor the sign-in page, and no secret reaches any of these pages. Each state is screenshotted
  * into the test's output folder (a CI artifact).
  */
-const test = base.extend<object, { prod: ProductionEnvironment }>({
-  prod: [
-    // Playwright requires the object-destructuring form for the (unused) fixtures argument.
-    async ({}, provide) => {
-      const prod = await startProductionEnvironment();
-      try {
-        await provide(prod);
-      } finally {
-        await prod.stop();
-      }
-    },
-    { scope: 'worker', timeout: 90_000 },
-  ],
-  baseURL: async ({ prod }, provide) => provide(prod.appUrl),
-});
+const test = productionTest();
 
 const OK_CALLS = 5;
 const ERROR_CALLS = 2;
-
-async function shot(page: Page, name: string) {
-  await page.screenshot({ path: test.info().outputPath(`${name}.png`), fullPage: true });
-}
-
-async function expectNoSecrets(page: Page, secrets: readonly string[]) {
-  // The DOM with its inline RSC payload, and the HTML exactly as the server sent it.
-  const html = [await page.content(), await (await page.request.get(page.url())).text()];
-  for (const text of html) for (const secret of secrets) expect(text.includes(secret), 'a secret reached the page').toBe(false);
-}
-
-async function signIn(page: Page, username: string, password: string) {
-  await page.goto('/signin');
-  await page.getByLabel('Username').fill(username);
-  await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
-  await expect(page.getByTestId('signed-in')).toBeVisible();
-}
-
-/** A proxied call from the page, as the app's own frontend makes it; returns the status. */
-function proxyCall(page: Page, path: string): Promise<number> {
-  return page.evaluate(async (path) => (await fetch(path, { headers: { 'x-keyward-csrf': '1' }, cache: 'no-store' })).status, path);
-}
 
 test('signed out: the dashboard sends you to sign in', async ({ page }) => {
   await page.goto('/admin');

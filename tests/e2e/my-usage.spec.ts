@@ -1,5 +1,5 @@
-import { test as base, expect, type Browser, type Page } from '@playwright/test';
-import { startProductionEnvironment, type ProductionEnvironment } from '../fixtures/e2e-env';
+import type { Browser, Page } from '@playwright/test';
+import { expect, expectNoSecrets, productionTest, proxyCall, signIn } from './production';
 import { randomSecret } from '../fixtures/secrets';
 
 /**
@@ -8,46 +8,13 @@ import { randomSecret } from '../fixtures/secrets';
  * user's own key is named by fingerprint and last 4 only, a signed-out visitor gets the sign-in page, and no
  * secret reaches the HTML. The signed-in page is screenshotted into the test's output folder.
  */
-const test = base.extend<object, { prod: ProductionEnvironment }>({
-  prod: [
-    // Playwright requires the object-destructuring form for the (unused) fixtures argument.
-    async ({}, provide) => {
-      const prod = await startProductionEnvironment();
-      try {
-        await provide(prod);
-      } finally {
-        await prod.stop();
-      }
-    },
-    { scope: 'worker', timeout: 90_000 },
-  ],
-  baseURL: async ({ prod }, provide) => provide(prod.appUrl),
-});
+const test = productionTest();
 
 const ALICE_CALLS = 4;
 const ROOT_CALLS = 3;
 
-async function expectNoSecrets(page: Page, secrets: readonly string[]) {
-  // The DOM with its inline RSC payload, and the HTML exactly as the server sent it.
-  const html = [await page.content(), await (await page.request.get(page.url())).text()];
-  for (const text of html) for (const secret of secrets) expect(text.includes(secret), 'a secret reached the page').toBe(false);
-}
-
-async function signIn(page: Page, username: string, password: string) {
-  await page.goto('/signin');
-  await page.getByLabel('Username').fill(username);
-  await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
-  await expect(page.getByTestId('signed-in')).toBeVisible();
-}
-
 async function newPage(browser: Browser, baseURL: string): Promise<Page> {
   return (await browser.newContext({ baseURL })).newPage();
-}
-
-/** A proxied call from the page, as the app's own frontend makes it; returns the status. */
-function proxyCall(page: Page, path: string): Promise<number> {
-  return page.evaluate(async (path) => (await fetch(path, { headers: { 'x-keyward-csrf': '1' }, cache: 'no-store' })).status, path);
 }
 
 /** The audit writer adds calls to the aggregates after each response: reload until the count is there. */

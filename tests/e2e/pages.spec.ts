@@ -1,5 +1,4 @@
-import { test as base, expect, type Page } from '@playwright/test';
-import { startProductionEnvironment, type ProductionEnvironment } from '../fixtures/e2e-env';
+import { expect, expectNoSecrets, productionTest, shot, signIn } from './production';
 
 /**
  * Keyward's own pages on a production deployment set up as the README says (AUTH_URL, secrets, users file,
@@ -7,38 +6,7 @@ import { startProductionEnvironment, type ProductionEnvironment } from '../fixtu
  * keys, the admin card, sign-out. Each state is screenshotted into the test's output folder (a CI artifact),
  * and no secret or stored key appears in any page.
  */
-const test = base.extend<object, { prod: ProductionEnvironment }>({
-  prod: [
-    // Playwright requires the object-destructuring form for the (unused) fixtures argument.
-    async ({}, provide) => {
-      const prod = await startProductionEnvironment();
-      try {
-        await provide(prod);
-      } finally {
-        await prod.stop();
-      }
-    },
-    { scope: 'worker', timeout: 90_000 },
-  ],
-  baseURL: async ({ prod }, provide) => provide(prod.appUrl),
-});
-
-async function shot(page: Page, name: string) {
-  await page.screenshot({ path: test.info().outputPath(`${name}.png`), fullPage: true });
-}
-
-async function expectNoSecrets(page: Page, secrets: readonly string[]) {
-  const html = await page.content();
-  for (const secret of secrets) expect(html.includes(secret), 'a secret reached the page').toBe(false);
-}
-
-async function signIn(page: Page, username: string, password: string) {
-  await page.goto('/signin');
-  await page.getByLabel('Username').fill(username);
-  await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
-  await expect(page.getByTestId('signed-in')).toBeVisible();
-}
+const test = productionTest();
 
 test('signed out: the home page offers sign-in and shows no demo', async ({ page, prod }) => {
   await page.goto('/');
