@@ -1,6 +1,7 @@
 import 'server-only';
 import type { Series, TopRow } from '@/lib/core/aggregates/usage';
 import { keyward } from '@/keyward';
+import type { ChartDatum } from './usage-charts';
 
 /**
  * What the admin pages read, and nothing else: the usage aggregates (`runtime.usage`, the same reader as
@@ -26,6 +27,19 @@ export interface ChartPoint {
   readonly p50: number | null;
   readonly p95: number | null;
   readonly units: number;
+}
+
+/** The charts' data (app/admin/usage-charts.tsx) for these points: UTC bucket labels, no error rate without calls. */
+export function toChartData(points: readonly ChartPoint[], period: OverviewPeriod): ChartDatum[] {
+  return points.map(({ at, calls, errors, errorRate, p50, p95, units }) => ({
+    label: period === 'hour' ? `${at.slice(11, 13)}:00` : at.slice(11, 16),
+    calls,
+    errors,
+    errorRate: calls === 0 ? null : errorRate,
+    p50,
+    p95,
+    units,
+  }));
 }
 
 export interface Totals {

@@ -1,8 +1,9 @@
 import Link from 'next/link';
 import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from './admin-frame';
-import { loadOverview, type Overview, type OverviewPeriod, type TopEntry, type Totals } from './admin-data';
-import { UsageCharts, type ChartDatum } from './usage-charts';
+import { loadOverview, toChartData, type Overview, type OverviewPeriod, type TopEntry, type Totals } from './admin-data';
+import { UsageCharts } from './usage-charts';
 import { keyward } from '@/keyward';
+import { Stat } from '../components/stat';
 
 // Per request: the session, and figures that change with every call.
 export const dynamic = 'force-dynamic';
@@ -78,15 +79,7 @@ export default async function AdminOverview({ searchParams }: { searchParams: Se
 
 function OverviewBody({ overview, period }: { overview: Overview; period: OverviewPeriod }) {
   const { total } = overview;
-  const data: ChartDatum[] = overview.points.map(({ at, calls, errors, errorRate, p50, p95, units }) => ({
-    label: period === 'hour' ? `${at.slice(11, 13)}:00` : at.slice(11, 16),
-    calls,
-    errors,
-    errorRate: calls === 0 ? null : errorRate,
-    p50,
-    p95,
-    units,
-  }));
+  const data = toChartData(overview.points, period);
   return (
     <>
       <p className="small muted" data-testid="usage-summary">
@@ -122,18 +115,6 @@ function ms(value: number | null): string {
   if (value === null) return '–';
   if (value >= 1000) return `${(value / 1000).toFixed(2)} s`;
   return value < 10 ? `${value.toFixed(1)} ms` : `${Math.round(value)} ms`;
-}
-
-function Stat({ label, value, note, testId }: { label: string; value: string; note?: string; testId: string }) {
-  return (
-    <div className="card stat">
-      <div className="stat-label">{label}</div>
-      <div className="stat-value" data-testid={testId}>
-        {value}
-      </div>
-      {note && <div className="small muted">{note}</div>}
-    </div>
-  );
 }
 
 function TopTable({ title, column, rows, testId }: { title: string; column: string; rows: readonly TopEntry[]; testId: string }) {

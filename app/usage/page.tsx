@@ -1,8 +1,10 @@
 import Link from 'next/link';
 import { redirect } from 'next/navigation';
-import { UsageCharts, type ChartDatum } from '../admin/usage-charts';
+import { UsageCharts } from '../admin/usage-charts';
 import { loadMyUsage, type MyUsage, type UpstreamUsage } from './usage-data';
+import { toChartData } from '../admin/admin-data';
 import { keyward } from '@/keyward';
+import { Stat } from '../components/stat';
 
 // Per request: the session, and figures that change with every call.
 export const dynamic = 'force-dynamic';
@@ -48,15 +50,7 @@ export default async function MyUsagePage() {
 
 function UsageBody({ usage }: { usage: MyUsage }) {
   const { total } = usage;
-  const data: ChartDatum[] = usage.points.map(({ at, calls, errors, errorRate, p50, p95, units }) => ({
-    label: `${at.slice(11, 13)}:00`,
-    calls,
-    errors,
-    errorRate: calls === 0 ? null : errorRate,
-    p50,
-    p95,
-    units,
-  }));
+  const data = toChartData(usage.points, 'hour');
   return (
     <>
       <div className="stats">
@@ -156,17 +150,5 @@ function UpstreamRow({ row }: { row: UpstreamUsage }) {
         )}
       </td>
     </tr>
-  );
-}
-
-function Stat({ label, value, note, testId }: { label: string; value: string; note?: string; testId: string }) {
-  return (
-    <div className="card stat">
-      <div className="stat-label">{label}</div>
-      <div className="stat-value" data-testid={testId}>
-        {value}
-      </div>
-      {note && <div className="small muted">{note}</div>}
-    </div>
   );
 }
