@@ -81,6 +81,8 @@ export interface ProxyEvent {
   readonly clientIp: string | null;
   /** Budget units charged for this call (the reported usage, or the reservation); 0 without budgets. */
   readonly units: number;
+  /** How many times the leak scrubber replaced a secret in this call's response (the upstream echoed its key). */
+  readonly scrubberHits: number;
 }
 
 const NO_USER_SECRETS: CredentialSources = { userKeys: null, oauthTokens: null };
@@ -584,6 +586,7 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
     errorCode,
     clientIp: call.ip,
     units,
+    scrubberHits: call.scrubber?.hits ?? 0,
   };
   recordLogger(call.deps.logger).info({ proxy: event }, 'proxy');
   call.deps.onComplete?.(event);
@@ -596,7 +599,7 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
  */
 function observe(call: Call, event: ProxyEvent): void {
   const known = call.deps.registry.has(event.upstream);
-  call.deps.metrics?.observe(event, known, call.scrubber?.hits ?? 0);
+  call.deps.metrics?.observe(event, known, event.scrubberHits);
   const { span, genAi } = call;
   if (!span.isRecording()) return;
   if (genAi && event.outcome === 'complete' && genAi.reader.result() !== null) setGenAiUsage(span, genAi.usage);

@@ -525,6 +525,7 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
       errorCode: null,
       clientIp: null,
       units: 0,
+      scrubberHits: 0,
     });
     await runtime.audit.flush();
     const run = await cli(['audit', 'tail', '-n', '1']);

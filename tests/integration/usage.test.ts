@@ -312,6 +312,7 @@ function syntheticEvent(durationMs: number): ProxyEvent {
     errorCode: null,
     clientIp: null,
     units: 0,
+    scrubberHits: 0,
   };
 }
 

@@ -119,12 +119,6 @@ export function latencyBucket(durationMs: number): number {
   return LATENCY_BOUNDS_MS.length;
 }
 
-/** Scrubber hits if the event carries a count (added to ProxyEvent by the leak scrubber's reporting), else 0. */
-export function scrubberHits(event: ProxyEvent): number {
-  const hits = (event as { readonly scrubberHits?: unknown }).scrubberHits;
-  return typeof hits === 'number' && Number.isSafeInteger(hits) && hits > 0 ? hits : 0;
-}
-
 /** A call's counters. Amounts are whole (bytes, units are; anything else is rounded up) so stores add exactly. */
 export function eventCounters(event: ProxyEvent): Counters {
   const counters = emptyCounters();
@@ -133,7 +127,7 @@ export function eventCounters(event: ProxyEvent): Counters {
   counters[M.bytesIn] = whole(event.bytesIn);
   counters[M.bytesOut] = whole(event.bytesOut);
   counters[M.units] = whole(event.units);
-  counters[M.scrubberHits] = scrubberHits(event);
+  counters[M.scrubberHits] = whole(event.scrubberHits);
   counters[M.status + STATUS_CLASSES.indexOf(statusClass(event))] = 1;
   counters[M.latency + latencyBucket(event.durationMs)] = 1;
   return counters;

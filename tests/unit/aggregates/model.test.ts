@@ -35,6 +35,7 @@ function event(fields: Partial<ProxyEvent> = {}): ProxyEvent {
     errorCode: null,
     clientIp: null,
     units: 431,
+    scrubberHits: 0,
     ...fields,
   };
 }

@@ -20,6 +20,7 @@ function event(overrides: Partial<ProxyEvent> = {}): ProxyEvent {
     errorCode: null,
     clientIp: null,
     units: 0,
+    scrubberHits: 0,
     ...overrides,
   };
 }
