@@ -1,14 +1,21 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashPassword } from '../lib/core/users/password';
 
 export const DEMO_USER = { username: 'demo', password: 'keyward-demo' } as const;
+/** The demo's admin, for the dashboard (/admin), which needs the `admin` role. Development only, as DEMO_USER. */
+export const DEMO_ADMIN = { username: 'admin', password: 'keyward-admin' } as const;
+/** The users `npm run dev` writes to .keyward/users.json, adding any missing from an older file. */
+const DEMO_USERS = [
+  { ...DEMO_USER, name: 'Demo User', roles: ['user'] },
+  { ...DEMO_ADMIN, name: 'Demo Admin', roles: ['user', 'admin'] },
+] as const;
 export const GENERATED_SECRETS = ['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'KEYWARD_VAULT_SECRET', 'DEMO_UPSTREAM_KEY'] as const;
 
 /**
  * Development only: fills in the secrets the environment lacks, generating each once into
- * `<cwd>/.keyward/dev-secrets.json` (git-ignored, 0600) and reusing it afterwards, writes the demo user, and
+ * `<cwd>/.keyward/dev-secrets.json` (git-ignored, 0600) and reusing it afterwards, writes the demo users, and
  * returns the environment for `next dev`. Refuses to run in production, where secrets must be set explicitly.
  */
 export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv): Promise<NodeJS.ProcessEnv> {
@@ -30,11 +37,7 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
   if (changed) writeFileSync(secretsFile, JSON.stringify(stored, null, 2) + '\n', { mode: 0o600 });
 
   const usersFile = join(dir, 'users.json');
-  if (!existsSync(usersFile)) {
-    const passwordHash = await hashPassword(DEMO_USER.password);
-    const users = { users: [{ username: DEMO_USER.username, name: 'Demo User', passwordHash, roles: ['user'] }] };
-    writeFileSync(usersFile, JSON.stringify(users, null, 2) + '\n', { mode: 0o600 });
-  }
+  await writeDemoUsers(usersFile);
 
   const fromFile = Object.fromEntries(GENERATED_SECRETS.filter((name) => !env[name]).map((name) => [name, stored[name]!]));
   return {
@@ -45,4 +48,20 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
     // The demo page and its user: served by `npm run dev` only (production needs KEYWARD_DEMO=true to show it).
     KEYWARD_DEMO: env.KEYWARD_DEMO ?? 'true',
   };
+}
+
+/**
+ * Writes the demo users into the generated users file: all of them into a new file, and into an existing one
+ * those it lacks (a file from before the demo had an admin), leaving every user already there as it is.
+ */
+async function writeDemoUsers(usersFile: string): Promise<void> {
+  const existing: { users: Array<Record<string, unknown>> } = existsSync(usersFile) ? JSON.parse(readFileSync(usersFile, 'utf8')) : { users: [] };
+  const missing = DEMO_USERS.filter((demo) => !existing.users.some((user) => user.username === demo.username));
+  if (missing.length === 0) return;
+  for (const { username, password, name, roles } of missing) {
+    existing.users.push({ username, name, passwordHash: await hashPassword(password), roles: [...roles] });
+  }
+  writeFileSync(usersFile, JSON.stringify(existing, null, 2) + '\n', { mode: 0o600 });
+  // `mode` applies only to a new file: password hashes are readable by their owner only, whoever made the file.
+  chmodSync(usersFile, 0o600);
 }

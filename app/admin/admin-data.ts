@@ -1,5 +1,7 @@
 import 'server-only';
 import type { Series, TopRow } from '@/lib/core/aggregates/usage';
+import type { Rotation } from '@/lib/core/keys/rings';
+import type { KeyRingSettings } from '@/lib/core/upstream/registry';
 import { keyward } from '@/keyward';
 import type { ChartDatum } from './usage-charts';
 
@@ -106,6 +108,18 @@ export interface KeyVersionRow {
   /** Start of the most recent hour with calls on this version (last 7 days), or null. */
   readonly lastUsedHour: number | null;
   readonly callsSince: number;
+  /** Times the leak scrubber removed this version from a response in the last 30 days (the upstream echoed it). */
+  readonly scrubberHits: number;
+}
+
+/** A rotation as the Keys page names it: ids, fingerprints, time and actor (never a value). */
+export interface RotationView {
+  readonly id: string;
+  readonly state: 'switched' | 'canary_failed' | 'rolled_back';
+  readonly from: readonly string[];
+  readonly to: string;
+  readonly at: number;
+  readonly actor: string;
 }
 
 export interface KeyRingView {
@@ -114,6 +128,12 @@ export interface KeyRingView {
   readonly since: number;
   readonly sinceRotation: boolean;
   readonly versions: KeyVersionRow[];
+  /** The newest rotation that switched traffic and was not rolled back since: what "Roll back" undoes. */
+  readonly rollback: RotationView | null;
+  /** The request a rotation tests the new key with (`GET /hello`), or null: the upstream declares none. */
+  readonly canary: string | null;
+  /** How long the replaced versions stay usable as a fallback after a rotation. */
+  readonly graceSeconds: number;
 }
 
 const HOUR_MS = 3_600_000;
@@ -139,7 +159,11 @@ export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[
     rings.map(async (ring) => {
       const lastRotation = ring.rotations.find((rotation) => rotation.state === 'switched' || rotation.state === 'rolled_back');
       const since = lastRotation?.at ?? now - 30 * DAY_MS;
-      const calls = await runtime.usage.top({ period: finestPeriod(since, now), fromMs: since, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream });
+      const [calls, month] = await Promise.all([
+        runtime.usage.top({ period: finestPeriod(since, now), fromMs: since, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
+        runtime.usage.top({ period: 'day', fromMs: now - 29 * DAY_MS, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
+      ]);
+      const ringSettings = ringSettingsOf(ring.upstream);
       const versions = await Promise.all(
         ring.versions.map(async (version) => {
           const hours = await runtime.usage.series({ period: 'hour', fromMs: now - 7 * 24 * HOUR_MS, toMs: now, upstream: ring.upstream, keyVersion: version.fingerprint });
@@ -154,11 +178,31 @@ export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[
             warning: version.warning,
             lastUsedHour: last ? Date.parse(last.at) : null,
             callsSince: calls.find((row) => row.keyVersion === version.fingerprint)?.calls ?? 0,
+            scrubberHits: month.find((row) => row.keyVersion === version.fingerprint)?.scrubberHits ?? 0,
           };
         }),
       );
-      return { upstream: ring.upstream, since, sinceRotation: lastRotation !== undefined, versions };
+      return {
+        upstream: ring.upstream,
+        since,
+        sinceRotation: lastRotation !== undefined,
+        versions,
+        rollback: lastRotation?.state === 'switched' ? rotationView(lastRotation) : null,
+        canary: ringSettings?.canary ? `${ringSettings.canary.method} ${ringSettings.canary.path}` : null,
+        graceSeconds: ringSettings?.graceSeconds ?? 0,
+      };
     }),
   );
   return { now, rings: views };
+}
+
+/** Picked field by field: only ids, fingerprints, time and actor reach the page. */
+function rotationView(rotation: Rotation): RotationView {
+  return { id: rotation.id, state: rotation.state, from: [...rotation.from], to: rotation.to, at: rotation.at, actor: rotation.actor };
+}
+
+/** A service-key upstream's key-ring settings (canary, grace), from the compiled registry. */
+function ringSettingsOf(upstreamId: string): KeyRingSettings | null {
+  const credential = keyward.getRuntime().registry.get(upstreamId)?.credential;
+  return credential?.source === 'static' ? credential.ring : null;
 }

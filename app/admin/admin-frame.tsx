@@ -1,8 +1,9 @@
 import Link from 'next/link';
 import { redirect } from 'next/navigation';
-import type { ReactNode } from 'react';
+import { Suspense, type ReactNode } from 'react';
 import type { PageSession } from 'keyward/next';
 import { keyward } from '@/keyward';
+import { AlertCount } from './alerts/alert-count';
 
 export type AdminGate = { readonly kind: 'admin'; readonly session: PageSession } | { readonly kind: 'forbidden' } | { readonly kind: 'unavailable' };
 
@@ -42,19 +43,30 @@ export function GateRefusal({ gate }: { gate: Exclude<AdminGate, { kind: 'admin'
   );
 }
 
+/** The admin sections, in nav order: a new page adds one line here (and passes its href as `current`). */
 const SECTIONS = [
   { href: '/admin', label: 'Overview' },
   { href: '/admin/keys', label: 'Keys' },
+  { href: '/admin/users', label: 'Users' },
+  { href: '/admin/audit', label: 'Audit' },
+  { href: '/admin/alerts', label: 'Alerts' },
 ] as const;
 
-/** The admin pages' frame: a heading, the section nav (Overview · Keys) and the way back home. */
-export function AdminFrame({ current, title, intro, actions, children }: { current: '/admin' | '/admin/keys'; title: string; intro: ReactNode; actions?: ReactNode; children: ReactNode }) {
+export type AdminSection = (typeof SECTIONS)[number]['href'];
+
+/** The admin pages' frame: a heading, the section nav (SECTIONS) and the way back home. */
+export function AdminFrame({ current, title, intro, actions, children }: { current: AdminSection; title: string; intro: ReactNode; actions?: ReactNode; children: ReactNode }) {
   return (
     <main className="page">
       <nav className="admin-nav" aria-label="Admin">
         {SECTIONS.map((section) => (
           <Link key={section.href} href={section.href} prefetch={false} className={section.href === current ? 'active' : undefined} aria-current={section.href === current ? 'page' : undefined}>
             {section.label}
+            {section.href === '/admin/alerts' && (
+              <Suspense fallback={null}>
+                <AlertCount />
+              </Suspense>
+            )}
           </Link>
         ))}
         <Link href="/" prefetch={false} className="admin-nav-home">
@@ -73,12 +85,12 @@ export function AdminFrame({ current, title, intro, actions, children }: { curre
   );
 }
 
-/** A store outage while reading usage or keys: an error card, as the home page shows one. */
-export function DataUnavailable() {
+/** A store outage while reading a page's data: an error card, as the home page shows one. */
+export function DataUnavailable({ what = 'its usage figures or key rings' }: { what?: string }) {
   return (
     <section className="card">
       <div className="alert error" data-testid="admin-data-unavailable">
-        Keyward cannot read its usage figures or key rings right now (the store is unavailable). Try again in a moment.
+        Keyward cannot read {what} right now (the store is unavailable). Try again in a moment.
       </div>
     </section>
   );

@@ -1,5 +1,7 @@
 import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-frame';
 import { loadKeyRings, type KeyRingView, type KeyVersionRow } from '../admin-data';
+import { ActionMessage, ActionResults } from '../action-dialog';
+import { RevokeAction, RollbackAction, RotateAction } from './key-actions';
 
 // Per request: the session, key states and expiry countdowns change over time.
 export const dynamic = 'force-dynamic';
@@ -34,8 +36,8 @@ export default async function AdminKeys() {
       title="Service keys"
       intro={
         <>
-          Every version of each upstream&apos;s service key, named by fingerprint (a key&apos;s value is never shown). To add, rotate, roll back or revoke a
-          version use <code>/api/admin/keys</code> or <code>npm run keyward -- keys</code> (README &ldquo;Key lifecycle&rdquo;).
+          Every version of each upstream&apos;s service key, named by fingerprint (a key&apos;s value is never shown). Rotate, roll back and revoke here
+          (each asks first), or with <code>/api/admin/keys</code> and <code>npm run keyward -- keys</code> (README &ldquo;Key lifecycle&rdquo;).
         </>
       }
     >
@@ -55,49 +57,86 @@ export default async function AdminKeys() {
 }
 
 function RingCard({ ring, now }: { ring: KeyRingView; now: number }) {
+  const serving = ring.versions.find((version) => version.status === 'serving')?.fingerprint ?? null;
+  const echoed = ring.versions.filter((version) => version.scrubberHits > 0 && version.status !== 'revoked');
   return (
     <section className="card" data-testid={`key-ring-${ring.upstream}`}>
-      <div className="card-title">
-        <h2>
-          <code>{ring.upstream}</code>
-        </h2>
-        <span className="small muted">
+      <ActionResults>
+        <div className="card-title">
+          <h2>
+            <code>{ring.upstream}</code>
+          </h2>
+          <div className="row">
+            <RotateAction upstream={ring.upstream} canary={ring.canary} graceSeconds={ring.graceSeconds} serving={serving} />
+            {ring.rollback && (
+              <RollbackAction
+                upstream={ring.upstream}
+                rotation={{ id: ring.rollback.id, from: ring.rollback.from, to: ring.rollback.to, at: utc(ring.rollback.at), actor: ring.rollback.actor }}
+              />
+            )}
+          </div>
+        </div>
+        <p className="small muted">
           Calls {ring.sinceRotation ? `since the last rotation, ${utc(ring.since)}` : 'in the last 30 days (no rotation yet)'}
-        </span>
-      </div>
-      <table>
-        <thead>
-          <tr>
-            <th>Fingerprint</th>
-            <th>Status</th>
-            <th>Age</th>
-            <th>Expires</th>
-            <th>Last used</th>
-            <th className="num">Calls</th>
-          </tr>
-        </thead>
-        <tbody>
-          {ring.versions.map((version) => (
-            <VersionRow key={version.fingerprint} version={version} now={now} />
-          ))}
-        </tbody>
-      </table>
+          {ring.rollback && (
+            <>
+              {' '}
+              · last rotation <code>{ring.rollback.id}</code> switched to <code>{ring.rollback.to}</code>
+            </>
+          )}
+        </p>
+        <ActionMessage testId={`key-action-result-${ring.upstream}`} />
+        {echoed.length > 0 && (
+          <div className="alert info" data-testid={`suggest-rotation-${ring.upstream}`}>
+            The upstream echoed {echoed.length === 1 ? 'a key' : 'keys'} back in responses in the last 30 days ({echoed.map((version) => version.fingerprint).join(', ')}
+            ); Keyward scrubbed {echoed.length === 1 ? 'it' : 'them'}, but a copy may sit in the upstream&apos;s logs or a client&apos;s cache.{' '}
+            {echoed.some(inUse) ? 'Consider rotating, then revoking the echoed version.' : 'Consider revoking the echoed version.'}
+          </div>
+        )}
+        <div className="table-scroll">
+          <table>
+            <thead>
+              <tr>
+                <th>Fingerprint</th>
+                <th>Status</th>
+                <th>Age</th>
+                <th>Expires</th>
+                <th>Last used</th>
+                <th className="num">Calls</th>
+                <th className="num wrap" title="Responses the leak scrubber removed this key from, last 30 days">
+                  Scrubber hits
+                </th>
+                <th>
+                  <span className="sr-only">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {ring.versions.map((version) => (
+                <VersionRow key={version.fingerprint} upstream={ring.upstream} version={version} now={now} />
+              ))}
+            </tbody>
+          </table>
+        </div>
+      </ActionResults>
     </section>
   );
 }
 
-function VersionRow({ version, now }: { version: KeyVersionRow; now: number }) {
+function VersionRow({ upstream, version, now }: { upstream: string; version: KeyVersionRow; now: number }) {
   return (
     <tr data-testid={`key-version-${version.fingerprint}`}>
       <td>
         <code>{version.fingerprint}</code>
-        <div className="small muted">{version.source === 'env' ? 'from the environment' : 'managed'}</div>
+        <div className="small muted">{version.source === 'env' ? 'environment' : 'managed'}</div>
       </td>
       <td>
-        <span className={STATUS_BADGE[version.status] ?? 'badge neutral'}>{version.status}</span>
+        <span className={STATUS_BADGE[version.status] ?? 'badge neutral'} data-testid="version-status">
+          {version.status}
+        </span>
       </td>
-      <td>{version.created > 0 ? age(now - version.created) : <span className="muted">unknown</span>}</td>
-      <td>
+      <td className="nowrap">{version.created > 0 ? age(now - version.created) : <span className="muted">unknown</span>}</td>
+      <td className="nowrap">
         {version.expiresAt === null ? (
           <span className="muted">never</span>
         ) : version.expiresAt <= now ? (
@@ -109,12 +148,32 @@ function VersionRow({ version, now }: { version: KeyVersionRow; now: number }) {
           </>
         )}
       </td>
-      <td>{version.lastUsedHour === null ? <span className="muted">not in 7 days</span> : lastUsed(version.lastUsedHour, now)}</td>
+      <td className="nowrap">{version.lastUsedHour === null ? <span className="muted">not in 7 days</span> : lastUsed(version.lastUsedHour, now)}</td>
       <td className="num" data-testid="calls-since">
         {version.callsSince}
       </td>
+      <td className="num" data-testid="scrubber-hits">
+        {version.scrubberHits === 0 ? (
+          '0'
+        ) : (
+          <>
+            <span className="badge warn" title="The upstream echoed this key">
+              {version.scrubberHits}
+            </span>
+            {version.status !== 'revoked' && <div className="small text-danger wrap">{inUse(version) ? 'suggest rotation' : 'suggest revoking'}</div>}
+          </>
+        )}
+      </td>
+      <td className="actions">
+        {version.status !== 'revoked' && <RevokeAction upstream={upstream} fingerprint={version.fingerprint} serving={version.status === 'serving'} />}
+      </td>
     </tr>
   );
+}
+
+/** A version calls may still be made with: rotating away from it is the remedy (then revoking it). */
+function inUse(version: KeyVersionRow): boolean {
+  return version.status === 'serving' || version.status === 'fallback';
 }
 
 function age(ms: number): string {

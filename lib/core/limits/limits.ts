@@ -121,7 +121,7 @@ export class Limits {
     const now = this.now();
     const windows = meters.map((rule) => periodWindow(rule.period, now));
     const entries: Reservation[] = meters.map((rule, i) => ({
-      key: `meter:${rule.id}:${subjectKey(rule.by, who)}:${windows[i]!.id}`,
+      key: meterKey(rule, who, windows[i]!.id),
       amount: rule.kind === 'quota' ? 1 : units,
       limit: rule.limit,
       ttlMs: windows[i]!.endsAt - now + METER_GRACE_MS,
@@ -162,6 +162,28 @@ export class Limits {
   }
 
   /**
+   * What quotas and budgets have counted so far in their current period, for the admin pages: the very counters
+   * `reserve` adds to, read without reserving anything, in one store round trip. A rule counted per user is read
+   * for that user, one counted for the whole upstream is the upstream's; one counted per credential has no
+   * figure for a user (null). Reads every rule's counter as of now; a store failure is 503 `store_unavailable`.
+   */
+  async meterUsage(queries: ReadonlyArray<{ readonly rule: MeterRule; readonly userId: string }>): Promise<Array<{ used: number | null; resetsAt: number }>> {
+    const now = this.now();
+    const keys = queries.map(({ rule, userId }) => {
+      if (rule.by === 'credential') return null;
+      const who: LimitSubject = { upstream: '', userId, roles: [], fingerprint: '', ip: null };
+      return meterKey(rule, who, periodWindow(rule.period, now).id);
+    });
+    const wanted = keys.filter((key): key is string => key !== null);
+    const values = wanted.length > 0 ? await guard(() => this.store.getMany(wanted)) : [];
+    let next = 0;
+    return queries.map(({ rule }, i) => ({
+      used: keys[i] === null ? null : Math.max(Number(values[next++] ?? 0) || 0, 0),
+      resetsAt: periodWindow(rule.period, now).endsAt,
+    }));
+  }
+
+  /**
    * Sign-in attempts: per client IP and per username (so rotating IPs cannot guess one account's
    * password faster). Throws 429 `rate_limited` with Retry-After.
    */
@@ -185,6 +207,11 @@ export class Limits {
     }
     return limiter;
   }
+}
+
+/** A quota's or budget's counter for one subject and period: `meter:<rule id>:<subject>:<period id>`. */
+function meterKey(rule: MeterRule, who: LimitSubject, periodId: string): string {
+  return `meter:${rule.id}:${subjectKey(rule.by, who)}:${periodId}`;
 }
 
 function subjectKey(by: Subject, who: LimitSubject): string {

@@ -33,6 +33,8 @@ export interface LocalUsers {
   authenticate(username: string, password: string): Promise<LocalUser | null>;
   /** The user as the file describes it now (no password check), or null: for re-reading roles. */
   find(username: string): LocalUser | null;
+  /** Every user in the file, in its order (no password hashes): for the admin dashboard's user list. */
+  list(): LocalUser[];
 }
 
 /** Loads KEYWARD_USERS_FILE. Invalid → ConfigError naming the field (hashes are never printed). */
@@ -59,6 +61,9 @@ export function loadUsersFile(path: string): LocalUsers {
     find(username) {
       const user = byName.get(username);
       return user ? publicUser(user) : null;
+    },
+    list() {
+      return [...byName.values()].map(publicUser);
     },
   };
 }

@@ -1,9 +1,10 @@
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadUsersFile } from '../../../lib/core/users/file';
-import { DEMO_USER, GENERATED_SECRETS, prepareDevEnvironment } from '../../../scripts/dev-setup';
+import { hashPassword } from '../../../lib/core/users/password';
+import { DEMO_ADMIN, DEMO_USER, GENERATED_SECRETS, prepareDevEnvironment } from '../../../scripts/dev-setup';
 
 const freshDir = () => mkdtempSync(join(tmpdir(), 'keyward-dev-'));
 
@@ -39,6 +40,27 @@ describe('prepareDevEnvironment (npm run dev)', () => {
     const users = loadUsersFile(env.KEYWARD_USERS_FILE!);
     expect(await users.authenticate(DEMO_USER.username, DEMO_USER.password)).toMatchObject({ username: 'demo', roles: ['user'] });
     expect(await users.authenticate(DEMO_USER.username, 'wrong-password')).toBeNull();
+    // The dashboard needs the admin role: the demo has an admin of its own, and the demo user stays a plain user.
+    expect(await users.authenticate(DEMO_ADMIN.username, DEMO_ADMIN.password)).toMatchObject({ username: 'admin', roles: ['user', 'admin'] });
+  });
+
+  it('adds the demo admin to a users file written before it existed, keeping the users already there', async () => {
+    const cwd = freshDir();
+    mkdirSync(join(cwd, '.keyward'));
+    const usersFile = join(cwd, '.keyward', 'users.json');
+    const before = { users: [{ username: 'demo', name: 'Demo User', passwordHash: await hashPassword('changed-by-me'), roles: ['user'] }] };
+    writeFileSync(usersFile, JSON.stringify(before));
+    const env = await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
+    const users = loadUsersFile(env.KEYWARD_USERS_FILE!);
+    expect(users.list().map((user) => user.username)).toEqual(['demo', 'admin']);
+    expect(await users.authenticate('demo', 'changed-by-me')).not.toBeNull();
+    expect(await users.authenticate(DEMO_ADMIN.username, DEMO_ADMIN.password)).not.toBeNull();
+    expect(statSync(usersFile).mode & 0o777).toBe(0o600);
+
+    // Nothing missing: the file is left as it is.
+    const written = readFileSync(usersFile, 'utf8');
+    await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
+    expect(readFileSync(usersFile, 'utf8')).toBe(written);
   });
 
   it('never generates secrets in production', async () => {

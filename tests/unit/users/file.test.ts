@@ -68,6 +68,15 @@ describe('loadUsersFile', () => {
     expect(users.find('__proto__')).toBeNull();
     expect(users.find('constructor')).toBeNull();
   });
+
+  it('list: every user in the file’s order (for the admin dashboard), without a hash', () => {
+    const users = loadUsersFile(file);
+    expect(users.list().map((user) => [user.username, user.roles])).toEqual([
+      ['alice', ['user', 'admin']],
+      ['bob@example.com', ['user']],
+    ]);
+    expect(JSON.stringify(users.list())).not.toContain('scrypt$');
+  });
 });
 
 describe('loadUsersFile errors', () => {

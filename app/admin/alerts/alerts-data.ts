@@ -1,0 +1,54 @@
+import 'server-only';
+import type { Alert } from '@/lib/core/detect/alerts';
+import { keyward } from '@/keyward';
+
+/**
+ * What the Alerts page and the nav's count read: the detector's alerts through `runtime.alerts.list` (the same
+ * reader as GET /api/admin/alerts), newest first. An alert names users, upstreams and key fingerprints only
+ * (never a session id, a key or a decoy's value), so it is plain data a client component may receive.
+ */
+
+export const PAGE_SIZE = 25;
+/** The most alerts the nav's count reads: one store read, however many there are. */
+const COUNT_SCAN = 200;
+
+/** A cursor as the stores make them (SQLite and memory: digits; Redis streams: `<ms>-<seq>`), as the API checks it. */
+const CURSOR = /^[A-Za-z0-9:_-]{1,64}$/;
+
+export type AlertsPage = { readonly kind: 'alerts'; readonly now: number; readonly alerts: Alert[]; readonly older: string | null } | { readonly kind: 'unavailable' };
+
+export function readCursor(value: string | string[] | undefined): string | null {
+  const cursor = Array.isArray(value) ? value[0] : value;
+  return cursor !== undefined && CURSOR.test(cursor) ? cursor : null;
+}
+
+/** One page of alerts, newest first, and the cursor of the next (older) page. */
+export async function loadAlerts(cursor: string | null): Promise<AlertsPage> {
+  try {
+    const page = await keyward.getRuntime().alerts.list({ limit: PAGE_SIZE, ...(cursor ? { cursor } : {}) });
+    return { kind: 'alerts', now: Date.now(), alerts: page.alerts, older: page.cursor };
+  } catch {
+    return { kind: 'unavailable' };
+  }
+}
+
+/**
+ * Whether an alert still asks for an admin's attention: not undone, and not a throttle that lifted by itself.
+ * A re-authentication or a revocation stays in effect until it is undone; an alert-only step stays open.
+ */
+export function inEffect(alert: Alert, now: number): boolean {
+  if (alert.state !== 'active') return false;
+  return !(alert.action === 'throttle' && alert.expiresAt !== undefined && Date.parse(alert.expiresAt) <= now);
+}
+
+/** The nav's figure: alerts in effect among the newest COUNT_SCAN (`200+` past that), or null if unreadable. */
+export async function activeAlertCount(): Promise<string | null> {
+  try {
+    const { alerts, cursor } = await keyward.getRuntime().alerts.list({ limit: COUNT_SCAN });
+    const now = Date.now();
+    const count = alerts.filter((alert) => inEffect(alert, now)).length;
+    return cursor !== null && count === alerts.length ? `${count}+` : String(count);
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,5 @@
+import { TableLoading } from '../../table-loading';
+
+export default function Loading() {
+  return <TableLoading rows={5} />;
+}

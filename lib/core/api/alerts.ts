@@ -1,0 +1,38 @@
+import { KeywardError } from '../errors';
+import type { Runtime } from '../runtime';
+import { requireAdmin } from './admin';
+import { apiHandler, json } from './guard';
+
+/**
+ * GET /api/admin/alerts: what the anomaly detector did, newest first (`limit` ≤ 200, `cursor` for the next page).
+ * Alerts name users, upstreams and key fingerprints; never a session id, a key or a decoy's value.
+ */
+export function handleAlerts(request: Request, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    await requireAdmin(request, runtime);
+    const params = new URL(request.url).searchParams;
+    for (const name of params.keys()) {
+      if (name !== 'limit' && name !== 'cursor') throw new KeywardError('bad_request', { message: 'Only limit and cursor are accepted.' });
+    }
+    const limit = params.has('limit') ? Number(params.get('limit')) : 50;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 200) throw new KeywardError('bad_request', { message: 'limit is 1 to 200.' });
+    const cursor = params.get('cursor') ?? undefined;
+    if (cursor !== undefined && !/^[A-Za-z0-9:_-]{1,64}$/.test(cursor)) throw new KeywardError('bad_request', { message: 'cursor is not valid.' });
+    return json(await runtime.alerts.list({ limit, cursor }));
+  });
+}
+
+/**
+ * POST /api/admin/alerts/<id>/undo: lifts what the alert's action set (a throttle, ended sessions, a
+ * revocation and suspension). Idempotent; audited as `detector.undo` with the admin as actor.
+ */
+export function handleAlertUndo(request: Request, alertId: string, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
+    const session = await requireAdmin(request, runtime);
+    const alert = await runtime.alerts.undo(alertId, session.userId);
+    runtime.detector.forget(alert);
+    return json({ alert });
+  });
+}
