@@ -18,6 +18,15 @@ interface Received {
 
 const CSRF = { 'x-keyward-csrf': '1' };
 
+/**
+ * A decoy key (honeytoken; README "Decoy keys"), planted in this page's client bundle when NEXT_PUBLIC_KEYWARD_DECOY
+ * is set at build time to a value from `npm run keyward -- decoys create`: where a careless app would leave its
+ * real key, for whoever scrapes bundles for keys. Nothing here uses it, and whoever does is caught. Unset (the
+ * usual build), this is `undefined` and the branch below is dropped from the bundle.
+ */
+const PLANTED_DECOY = process.env.NEXT_PUBLIC_KEYWARD_DECOY;
+if (PLANTED_DECOY && typeof window !== 'undefined') Object.assign(window, { __demoConfig: { openaiApiKey: PLANTED_DECOY } });
+
 interface KeyInfo {
   fingerprint: string;
   last4: string;
@@ -131,7 +140,8 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
         </Link>
         {showDemoPassword && (
           <p className="muted small" style={{ marginTop: 12 }}>
-            With <code>npm run dev</code>, the demo user is <code>demo</code> with password <code>keyward-demo</code>.
+            With <code>npm run dev</code>, the demo user is <code>demo</code> with password <code>keyward-demo</code>; for the admin dashboard, sign in
+            as <code>admin</code> with <code>keyward-admin</code>.
           </p>
         )}
       </section>

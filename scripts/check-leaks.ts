@@ -2,13 +2,16 @@
  * `npm run check:leaks`: builds the app with random canary values in every secret variable and scans all of
  * the build output (static chunks, server-rendered HTML and RSC payloads, source maps, server bundles, traces)
  * for them in raw and encoded forms. Exits 1 on any hit, naming the file and the variable, never the value.
+ * Decoy keys (KEYWARD_DECOYS_FILE, else keyward.decoys.json if present) are meant to be found: one planted in
+ * the build (a NEXT_PUBLIC_ variable) is listed as "decoy (expected)" and does not fail the scan.
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { scanFolder } from './leak-scan';
+import { readDecoysFile } from '../lib/core/detect/decoys';
+import { scanBuild } from './leak-scan';
 
 const cwd = process.cwd();
 const distDir = '.next-leakcheck';
@@ -19,6 +22,14 @@ const names = new Set(['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'KEYWARD_VAULT_S
 const configPath = process.env.KEYWARD_CONFIG ?? join(cwd, 'config', 'demo.json');
 for (const match of readFileSync(configPath, 'utf8').matchAll(/"env"\s*:\s*"([A-Za-z_][A-Za-z0-9_]*)"/g)) names.add(match[1]!);
 const secrets = Object.fromEntries([...names].map((name) => [name, canary(name)]));
+// Decoy values by decoy id (an AWS decoy's secret access key too); the default file may not exist.
+const decoysFile = process.env.KEYWARD_DECOYS_FILE ?? join(cwd, 'keyward.decoys.json');
+const decoys = Object.fromEntries(
+  readDecoysFile(decoysFile, process.env.KEYWARD_DECOYS_FILE ? 'error' : 'empty').flatMap((decoy) => [
+    [decoy.id, decoy.value],
+    ...(decoy.secret === undefined ? [] : [[`${decoy.id} (secret)`, decoy.secret]]),
+  ]),
+);
 
 const usersDir = mkdtempSync(join(tmpdir(), 'keyward-leakcheck-'));
 writeFileSync(join(usersDir, 'users.json'), JSON.stringify({ users: [] }));
@@ -49,8 +60,12 @@ if (build.status !== 0) {
   process.exit(1);
 }
 
-const hits = scanFolder(join(cwd, distDir), secrets);
+const { leaks: hits, decoys: planted } = scanBuild(join(cwd, distDir), secrets, decoys);
 rmSync(usersDir, { recursive: true, force: true });
+if (planted.length > 0) {
+  console.log(`check:leaks: ${planted.length} decoy hit(s), planted on purpose:`);
+  for (const hit of planted) console.log(`  - ${hit.file}: ${hit.name}: decoy (expected) (${hit.form})`);
+}
 if (hits.length > 0) {
   console.error(`check:leaks: FAILED, ${hits.length} hit(s):`);
   for (const hit of hits) console.error(`  - ${hit.file}: ${hit.name} (${hit.form})`);

@@ -25,6 +25,8 @@ import { keyAdmin } from '../lib/core/keys/admin';
 import type { KeyVersion, Rotation, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { hashPassword } from '../lib/core/users/password';
+import { appendDecoy, readDecoysFile } from '../lib/core/detect/decoys';
+import { DECOY_SHAPES, decoyId, mintDecoy, type DecoyShape } from '../lib/core/detect/mint';
 import { renderClientTypes } from './client-types';
 import { prepareDevEnvironment } from './dev-setup';
 import { importCommand } from './import-openapi';
@@ -43,7 +45,9 @@ const COMMANDS: ReadonlyArray<readonly [usage: string, what: string]> = [
   ['keys revoke <fingerprint>', 'every instance stops using that key version on its next request'],
   ['audit tail', 'the latest audit records, oldest first'],
   ['audit export', 'audit records as JSON Lines, oldest first (for files and other tools)'],
-  ['help [keys|audit]', 'this list'],
+  ['decoys create --shape <shape>', `mint a decoy key (honeytoken) to plant; shapes: ${DECOY_SHAPES.join(', ')}`],
+  ['decoys list', 'the decoys Keyward watches for (id, shape, note; never the values)'],
+  ['help [keys|audit|decoys]', 'this list'],
 ];
 
 /** Options: which commands take them (for `help keys`/`help audit`), how, and what they do. */
@@ -56,6 +60,9 @@ const OPTIONS: ReadonlyArray<readonly [groups: string, usage: string, what: stri
   ['audit', '--since <ISO>, --until <ISO>', 'audit export: only records in this time range'],
   ['audit', '--type call|admin', 'audit export: only calls, or only admin actions'],
   ['audit', '--upstream <id>', "audit export: only this upstream's records"],
+  ['decoys', '--note <text>', 'decoys create: where you plant it, for whoever reads the alert'],
+  ['decoys', '--file <file>', 'decoys: the decoys file (default KEYWARD_DECOYS_FILE, else keyward.decoys.json)'],
+  ['decoys', '--json', 'decoys create, list: JSON for scripts'],
   ['', '--out <file>', 'types: write to this file (default: print)'],
   ['', '--config <file>', 'types: read this JSON config instead of KEYWARD_CONFIG / KEYWARD_CONFIG_JSON'],
   ['', '--operations <list> | --all', 'import: expose these ("GET /pets,addPet"), or all; needed without a terminal'],
@@ -73,7 +80,10 @@ reads .env.test.local, .env.test, .env; any other (unset, development) reads .en
 .env.local, .env.development, .env. The environment wins over the files, an earlier file over a later one.
 `;
 
-function help(group?: 'keys' | 'audit'): string {
+type HelpGroup = 'keys' | 'audit' | 'decoys';
+const isHelpGroup = (word: string | undefined): word is HelpGroup => word === 'keys' || word === 'audit' || word === 'decoys';
+
+function help(group?: HelpGroup): string {
   const commands = COMMANDS.filter(([usage]) => group === undefined || usage.startsWith(`${group} `));
   const options = OPTIONS.filter(([groups]) => group === undefined || groups.split(' ').includes(group));
   const width = Math.max(...commands.map(([usage]) => usage.length), ...options.map(([, usage]) => usage.length));
@@ -90,10 +100,11 @@ function help(group?: 'keys' | 'audit'): string {
   ].join('\n');
 }
 
-const USAGE = 'usage: npm run keyward -- <hash-password | check-config | schema | types | import … | keys … | audit … | help>\n';
+const USAGE = 'usage: npm run keyward -- <hash-password | check-config | schema | types | import … | keys … | audit … | decoys … | help>\n';
 const TYPES_USAGE = 'usage: npm run keyward -- types [--out <file>] [--config <file>]\n';
 const KEYS_USAGE = 'usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>> [--json]\n';
 const AUDIT_USAGE = 'usage: npm run keyward -- audit <tail [-n <count>] [--follow] [--json] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n';
+const DECOYS_USAGE = `usage: npm run keyward -- decoys <create --shape <${DECOY_SHAPES.join('|')}> [--note <text>] | list> [--file <file>] [--json]\n`;
 const MORE = 'Run `npm run keyward -- --help` for every command.\n';
 
 /** The `.env*` files that were read, for the commands that use the settings to say so. */
@@ -129,7 +140,7 @@ async function readStdin(): Promise<string> {
 async function main(args: readonly string[]): Promise<number> {
   const [command, ...rest] = args;
   if (command === 'help' || command === '--help' || command === '-h') {
-    const group = rest[0] === 'keys' || rest[0] === 'audit' ? rest[0] : undefined;
+    const group = isHelpGroup(rest[0]) ? rest[0] : undefined;
     if (command === 'help' && rest.length > (group ? 1 : 0)) return usageError(USAGE);
     process.stdout.write(help(group));
     return 0;
@@ -137,7 +148,7 @@ async function main(args: readonly string[]): Promise<number> {
   // `--help` after a command (before a `--` that ends the options).
   const flags = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
   if (flags.includes('--help') || flags.includes('-h')) {
-    process.stdout.write(help(command === 'keys' || command === 'audit' ? command : undefined));
+    process.stdout.write(help(isHelpGroup(command) ? command : undefined));
     return 0;
   }
   loadEnvFiles();
@@ -177,6 +188,8 @@ async function main(args: readonly string[]): Promise<number> {
       return keysCommand(rest[0], rest.slice(1));
     case 'audit':
       return auditCommand(rest[0], rest.slice(1));
+    case 'decoys':
+      return decoysCommand(rest[0], rest.slice(1));
     default:
       return usageError(USAGE);
   }
@@ -363,6 +376,49 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
     if (page.cursor === null) return 0;
     cursor = page.cursor;
   }
+}
+
+/** The decoys file the CLI writes: --file, else KEYWARD_DECOYS_FILE, else keyward.decoys.json (README "Decoy keys"). */
+const DEFAULT_DECOYS_FILE = 'keyward.decoys.json';
+
+/**
+ * `decoys create`: mints a decoy shaped like a real key of a provider, adds it to the decoys file and prints its
+ * value, once, on stdout (for aws, the access key id, then the secret access key), to be planted. The value is
+ * also in the file: decoys are fake by construction, and the server must know them to recognise them.
+ * `decoys list`: what the file holds, without the values.
+ */
+async function decoysCommand(action: string | undefined, args: string[]): Promise<number> {
+  const parsed = options(
+    () => parseArgs({ args, options: { shape: { type: 'string' }, note: { type: 'string' }, file: { type: 'string' }, json: { type: 'boolean' } } }),
+    DECOYS_USAGE,
+  );
+  if (!parsed) return 2;
+  const { values } = parsed;
+  const fromEnv = process.env.KEYWARD_DECOYS_FILE;
+  const file = values.file ?? fromEnv ?? DEFAULT_DECOYS_FILE;
+  if (action === 'list') {
+    const decoys = readDecoysFile(file, 'empty');
+    if (values.json) printJson({ decoys: decoys.map(({ id, shape, note, createdAt }) => ({ id, shape, note: note ?? null, createdAt })) });
+    else if (decoys.length === 0) say(`No decoys in ${file}.`);
+    else printTable([['ID', 'SHAPE', 'CREATED (UTC)', 'NOTE'], ...decoys.map((d) => [d.id, d.shape, minute(Date.parse(d.createdAt)), d.note ?? ''])]);
+    return 0;
+  }
+  if (action !== 'create') return usageError(DECOYS_USAGE);
+  const shape = values.shape;
+  if (!DECOY_SHAPES.includes(shape as DecoyShape)) {
+    process.stderr.write(`keyward: --shape must be one of ${DECOY_SHAPES.join(', ')}\n`);
+    return usageError(DECOYS_USAGE);
+  }
+  const minted = mintDecoy(shape as DecoyShape);
+  const decoy = { id: decoyId(), ...minted, ...(values.note === undefined ? {} : { note: values.note }), createdAt: new Date().toISOString() };
+  appendDecoy(file, decoy);
+  if (values.json) printJson(decoy);
+  else say(minted.secret === undefined ? minted.value : `${minted.value}\n${minted.secret}`);
+  process.stderr.write(`keyward: decoy ${decoy.id} (${shape}) added to ${file}; plant the value above where attackers look (README "Decoy keys").\n`);
+  if (fromEnv === undefined || (values.file !== undefined && values.file !== fromEnv)) {
+    process.stderr.write(`keyward: Keyward watches for it once KEYWARD_DECOYS_FILE names ${file} and the server restarts.\n`);
+  }
+  return 0;
 }
 
 // ---- Tables and sentences (for people; --json is for scripts) ----

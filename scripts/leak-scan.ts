@@ -56,3 +56,18 @@ export function scanFolder(dir: string, secrets: Readonly<Record<string, string>
   }
   return hits;
 }
+
+/** What check:leaks reports: leaks fail the scan; decoys found are expected (they are planted to be found). */
+export interface BuildScan {
+  readonly leaks: LeakHit[];
+  readonly decoys: LeakHit[];
+}
+
+/**
+ * Scans build output for the secrets (by variable name) and for the decoys (by decoy id; README "Decoy keys"):
+ * a decoy planted in a bundle variable is in the output on purpose, so it is reported as expected and never
+ * counted as a leak. A secret is a leak even where a decoy was found too.
+ */
+export function scanBuild(dir: string, secrets: Readonly<Record<string, string>>, decoys: Readonly<Record<string, string>>): BuildScan {
+  return { leaks: scanFolder(dir, secrets), decoys: Object.keys(decoys).length > 0 ? scanFolder(dir, decoys) : [] };
+}

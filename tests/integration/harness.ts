@@ -2,8 +2,9 @@ import { Writable } from 'node:stream';
 import { expect } from 'vitest';
 import { defineUpstream, type UpstreamDefinition } from '../../lib/core/config/load';
 import { createLogger } from '../../lib/core/log/logger';
-import { handleProxy } from '../../lib/core/pipeline';
+import { handleProxy, type ProxyDeps } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import type { DetectorInput } from '../../lib/core/detect/config';
 import { freePort } from '../fixtures/app-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken, sessionCookie, type TestIdentity } from '../fixtures/session';
@@ -46,6 +47,8 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** Do not read the body (streaming tests read it themselves). */
   raw?: boolean;
+  /** The pipeline's deps instead of the runtime (e.g. the runtime with decoys and a recording SecuritySignals). */
+  deps?: ProxyDeps;
 }
 
 export interface CallResult {
@@ -98,6 +101,8 @@ export interface HarnessOptions {
   readonly upstreams?: (origin: string) => UpstreamDefinition[];
   /** More environment variables; every value is a secret (added to `secrets`). */
   readonly secretEnv?: Record<string, string>;
+  /** The anomaly detector's rules (`createKeyward({ detector })`). */
+  readonly detector?: DetectorInput;
 }
 
 export async function createHarness(options: HarnessOptions = {}): Promise<Harness> {
@@ -132,6 +137,7 @@ export async function createHarness(options: HarnessOptions = {}): Promise<Harne
     env,
     upstreams: [...definitions(upstream.origin, downOrigin), ...(options.upstreams?.(upstream.origin) ?? [])],
     logger: createLogger({ level: 'debug', destination }),
+    detector: options.detector,
   });
   const cookie = await sessionCookie(env.AUTH_SECRET!, { roles: ['user'] });
   const secrets = [env.AUTH_SECRET!, env.KEYWARD_SESSION_SECRET!, keys.header, keys.bearer, keys.basic, keys.query, ...Object.values(options.secretEnv ?? {})];
@@ -151,7 +157,7 @@ export async function createHarness(options: HarnessOptions = {}): Promise<Harne
       if (options.body instanceof ReadableStream) init.duplex = 'half';
     }
     const request = new Request(url, init);
-    const response = await handleProxy(request, { upstream: upstreamId, path }, runtime);
+    const response = await handleProxy(request, { upstream: upstreamId, path }, options.deps ?? runtime);
     const text = options.raw ? '' : await response.text();
     return { response, text, json: <T>() => JSON.parse(text) as T };
   }

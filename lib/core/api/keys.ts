@@ -1,5 +1,8 @@
-import { KeywardError } from '../errors';
+import { clientIp } from '../client/ip';
+import { raiseDecoyHit } from '../detect/decoys';
+import { KeywardError, errorResponse } from '../errors';
 import type { Runtime } from '../runtime';
+import type { Session } from '../session/session';
 import { apiHandler, json, readJsonObject, requireSession } from './guard';
 
 /**
@@ -28,6 +31,8 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
         if (unknown.length > 0 || typeof body.key !== 'string') {
           throw new KeywardError('bad_request', { message: 'Send {"key": "<your key>"} and nothing else.' });
         }
+        const decoyRefusal = refuseDecoyKey(request, runtime, session, upstream.id, body.key);
+        if (decoyRefusal) return decoyRefusal;
         const info = await keys.put(upstream.id, session.userId, body.key);
         runtime.logger.info({ userId: session.userId, upstream: upstream.id, keyFingerprint: info.fingerprint }, 'user key stored');
         await runtime.audit.recordAdmin({ action: 'user_key.put', actor: session.userId, upstream: upstream.id, fingerprint: info.fingerprint, outcome: 'stored' });
@@ -44,4 +49,27 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
         throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, PUT, DELETE' } });
     }
   });
+}
+
+/**
+ * Storing a decoy (README "Decoy keys") as one's own key is a decoy hit: only someone who found it where it was
+ * planted has it. Not stored; refused as unauthenticated (as the proxy refuses a decoy), and the hit raised with
+ * the caller's session. Null when the key is no decoy.
+ */
+function refuseDecoyKey(request: Request, runtime: Runtime, session: Session, upstream: string, key: string): Response | null {
+  const decoyId = runtime.decoys?.find(key);
+  if (!decoyId) return null;
+  const requestId = crypto.randomUUID();
+  raiseDecoyHit(runtime, {
+    kind: 'credential',
+    decoyId,
+    where: 'own-key',
+    userId: session.userId,
+    sessionId: session.sessionId,
+    ip: clientIp(request.headers, runtime.trustedProxyHops ?? 1),
+    upstream,
+    route: null,
+    requestId,
+  });
+  return errorResponse(new KeywardError('unauthenticated'), requestId);
 }

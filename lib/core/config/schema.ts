@@ -235,6 +235,13 @@ const routeSchema = z.strictObject({
     .optional()
     .describe("Overrides the upstream's idleTimeoutMs for this WebSocket route."),
   genAi: genAiSchema.optional(),
+  decoy: z
+    .boolean()
+    .optional()
+    .describe(
+      'A decoy route (honeytoken): never forwarded and never called by the real UI. Any call that matches it is refused ' +
+        '(401) and raised as a security event with the caller\'s session; it needs no credential and its roles are ignored. Default false.',
+    ),
   ...routePolicyFields,
 }).superRefine((route, ctx) => {
   if (route.websocket && route.method !== 'GET') {

@@ -74,7 +74,14 @@ export class StreamScrubber {
   private carry: Buffer = EMPTY;
   private replaced = 0;
 
-  constructor(secrets: readonly string[]) {
+  /**
+   * `onMatch` is told each form it replaces (the decoy watch, lib/core/detect/decoys.ts, names the decoy by
+   * it); it is given a view of the stream's bytes, valid only during the call.
+   */
+  constructor(
+    secrets: readonly string[],
+    private readonly onMatch?: (form: Buffer) => void,
+  ) {
     this.patterns = patternsFor(secrets);
   }
 
@@ -117,6 +124,7 @@ export class StreamScrubber {
       if (match.index > position) parts.push(head.subarray(position, match.index));
       parts.push(Buffer.from(MARKER)); // a buffer of its own: parts are handed on as they are
       this.replaced++;
+      this.onMatch?.(head.subarray(match.index, match.index + match.length));
       position = match.index + match.length;
     }
     if (position < carry.length) parts.push(head.subarray(position, carry.length));
@@ -154,6 +162,7 @@ export class StreamScrubber {
       if (index > position) parts.push(data.subarray(position, index));
       parts.push(Buffer.from(MARKER)); // a buffer of its own: parts are handed on as they are
       this.replaced++;
+      this.onMatch?.(data.subarray(index, index + length));
       position = index + length;
     }
     const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.partialSuffix(data, position);

@@ -33,6 +33,8 @@ export interface CompiledRoute {
   readonly websocket: WebSocketRoute | null;
   /** OpenTelemetry GenAI attributes for this route's spans (the LLM presets declare them); null: none. */
   readonly genAi: GenAiRoute | null;
+  /** A decoy route (`"decoy": true`): never forwarded; calling it is a decoy hit (README "Decoy keys"). */
+  readonly decoy: boolean;
 }
 
 export interface WebSocketRoute {
@@ -178,6 +180,7 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
       ? { maxMessageBytes: route.maxMessageBytes ?? upstream.maxMessageBytes, idleTimeoutMs: route.idleTimeoutMs ?? upstream.idleTimeoutMs }
       : null,
     genAi: route.genAi ? compileGenAi(route.genAi) : null,
+    decoy: route.decoy ?? false,
   };
 }
 

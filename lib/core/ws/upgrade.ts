@@ -14,8 +14,9 @@ import {
   refuse,
   reserveBudget,
   resolveCallCredential,
-  revokedFirst,
+  refusalOf,
   screen,
+  screenDecoys,
   type Call,
   type ProxyDeps,
   type ProxyEvent,
@@ -42,8 +43,9 @@ export interface UpgradeGrant {
 /**
  * A WebSocket upgrade on `/api/proxy/<upstream>/<path>` (fast lane only), authorized by the pipeline's own
  * steps in the pipeline's order (lib/core/pipeline.ts), so an upgrade is refused exactly where a call would be:
- * upstream, route and segments, session, policy, upstream URL, credential, rate limits (the upgrade counts as
- * one call), query contract, budget. Two differences, both because a browser's WebSocket cannot send headers:
+ * decoys in headers and query, upstream, route and segments (a decoy route is refused), session, policy,
+ * upstream URL, credential, rate limits (the upgrade counts as one call), query contract, budget. Two
+ * differences, both because a browser's WebSocket cannot send headers:
  * - the route must declare `websocket: true` (else 400: a WebSocket cannot reach an HTTP route by accident);
  * - cookie sessions pass `checkUpgradeOrigin` instead of the CSRF header check (see there).
  * Returns the grant, or the refusal as Keyward's JSON error, already recorded.
@@ -55,6 +57,7 @@ export async function authorizeUpgrade(
 ): Promise<UpgradeGrant | Response> {
   const call = openCall(request.method, request.headers, target, deps);
   try {
+    screenDecoys(call, request);
     const incoming = screen(call, request);
     const upstream = findUpstream(call);
     const { route, params } = findRoute(call, upstream);
@@ -83,7 +86,7 @@ export async function authorizeUpgrade(
       headers: outgoing.headers,
     };
   } catch (error) {
-    return refuse(call, await revokedFirst(call, error));
+    return refuse(call, await refusalOf(call, request, error, checkUpgradeOrigin));
   }
 }
 

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { encodedForms, scanFolder } from '../../../scripts/leak-scan';
+import { mintDecoy } from '../../../lib/core/detect/mint';
+import { encodedForms, scanBuild, scanFolder } from '../../../scripts/leak-scan';
 import { randomSecret } from '../../fixtures/secrets';
 
 function tree(files: Record<string, string | Buffer>): string {
@@ -36,5 +37,29 @@ describe('scanFolder (npm run check:leaks)', () => {
     const hits = scanFolder(tree({ 'x.map': `{"sourcesContent":["${secret}"]}` }), { K: secret });
     expect(hits).toHaveLength(1);
     expect(JSON.stringify(hits)).not.toContain(secret);
+  });
+});
+
+describe('scanBuild (npm run check:leaks with decoys)', () => {
+  it('reports a planted decoy as expected, not as a leak', () => {
+    const secret = randomSecret('canary');
+    const decoy = mintDecoy('openai').value;
+    const scan = scanBuild(tree({ 'static/chunks/app.js': `const k="${decoy}";` }), { DEMO_KEY: secret }, { decoy_abc: decoy });
+    expect(scan.leaks).toEqual([]);
+    expect(scan.decoys).toContainEqual({ file: 'static/chunks/app.js', name: 'decoy_abc', form: 'raw' });
+    expect(JSON.stringify(scan)).not.toContain(decoy);
+  });
+
+  it('still fails on a real secret found beside a decoy', () => {
+    const secret = randomSecret('canary');
+    const decoy = mintDecoy('github').value;
+    const scan = scanBuild(tree({ 'static/chunks/app.js': `const k="${decoy}",s="${Buffer.from(secret).toString('base64')}";` }), { DEMO_KEY: secret }, { decoy_abc: decoy });
+    expect(scan.leaks).toContainEqual({ file: 'static/chunks/app.js', name: 'DEMO_KEY', form: 'base64' });
+    expect(scan.decoys.map((hit) => hit.name)).toEqual(['decoy_abc']);
+  });
+
+  it('scans for no decoy when there are none', () => {
+    const secret = randomSecret('canary');
+    expect(scanBuild(tree({ 'a.js': secret }), { K: secret }, {})).toEqual({ leaks: [{ file: 'a.js', name: 'K', form: 'raw' }], decoys: [] });
   });
 });
