@@ -29,7 +29,11 @@ import type { SessionVerifier } from './session/verify';
 import { storeRound, type RoundOutcome } from './store/round';
 import type { CompiledRoute, ResolvedCredential, Upstream } from './upstream/registry';
 import type { RateRule, RouteLimits } from './limits/rules';
+import { throttleKey, throttleRule } from './detect/marks';
+import type { Store } from '../store/types';
 import type { CostConfig } from './config/policy';
+import { findDecoyInRequest, raiseDecoyHit, type DecoySet } from './detect/decoys';
+import type { SecuritySignals } from './detect/signals';
 import type { CoreRequest } from './request';
 import type { Span } from '@opentelemetry/api';
 import { genAiUsageReader, traceGenAiRequest, type GenAiUsage } from './observe/gen-ai';
@@ -55,6 +59,12 @@ export interface ProxyDeps {
   readonly trustedProxyHops?: number;
   /** Prometheus metrics, counted from each call's record (lib/core/observe/metrics.ts); absent: none. */
   readonly metrics?: ProxyMetrics;
+  /** Decoy credentials to recognise in requests (KEYWARD_DECOYS_FILE, lib/core/detect/decoys.ts); absent: nothing is scanned. */
+  readonly decoys?: DecoySet;
+  /** Where security signals (a decoy presented) go: the anomaly detector (lib/core/detect/signals.ts); absent: logged only. */
+  readonly signals?: SecuritySignals;
+  /** Where the anomaly detector's throttle marks are (lib/core/detect/marks.ts), read with step 8; absent: none. */
+  readonly throttleStore?: Store;
 }
 
 export interface ProxyTarget {
@@ -95,6 +105,8 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
  *
  * The steps are numbered in the order they run; DESIGN.md's number for each is in brackets. The order differs
  * from DESIGN.md's list where one step needs another's result, or where running it earlier costs less:
+ * - decoy keys (README "Decoy keys") are looked for first, with step 1's screening, so that no step refuses a
+ *   call that presents one for another reason first; the body is watched for them as step 10 reads it;
  * - the upstream URL is built and proven (7) before a credential exists (8), so a key only ever goes where its
  *   upstream's fixed base allows;
  * - the credential is resolved (8) before rate limits (9), because limits may count per key (its fingerprint);
@@ -117,6 +129,7 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
 export async function handleProxy(request: CoreRequest, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
   const call = openCall(request.method, request.headers, target, deps);
   try {
+    screenDecoys(call, request); // 1 [2]
     const incoming = screen(call, request); // 1 [2]
     const upstream = findUpstream(call); // 2 [1]
     const { route, params } = findRoute(call, upstream); // 3 [2]
@@ -135,7 +148,7 @@ export async function handleProxy(request: CoreRequest, target: ProxyTarget, dep
     return respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
     call.release?.();
-    return refuse(call, await revokedFirst(call, error)); // 15 [10]
+    return refuse(call, await refusalOf(call, request, error)); // 15 [10]
   }
 }
 
@@ -180,12 +193,24 @@ export interface Call {
   revocations: SessionRevocations | null;
   /** Step 9's rules, and their counters when step 8's round trip took them. */
   rate: { readonly rules: readonly RateRule[]; readonly taken: Extract<RoundOutcome, { revoked: false }>['taken'] } | null;
+  /** The anomaly detector's throttle on this user, as step 8 read it (counted in step 9); null: none. */
+  throttle: RateRule | null;
   /** The call's span, ended by step 15 (non-recording, and free, without a tracer provider: lib/core/observe/trace.ts). */
   readonly span: Span;
   /** Step 14's leak scrubber, whose replacements the metrics count. */
   scrubber: StreamScrubber | null;
   /** Reads the tokens a GenAI route's response reports, for a recorded span (step 14). */
   genAi: { readonly reader: UsageReader; readonly usage: GenAiUsage } | null;
+  /** A decoy this call presented (steps 1, 3, 10): it is refused as unauthenticated and the hit raised once. */
+  decoy: CallDecoy | null;
+}
+
+/** A decoy found in a call: what, where (DecoyHit's fields), and whether its hit was raised yet. */
+export interface CallDecoy {
+  readonly kind: 'credential' | 'route';
+  readonly decoyId: string | null;
+  readonly where: string;
+  raised: boolean;
 }
 
 /** What step 7 builds: the upstream URL (query and credential are added later) and the forwarded headers. */
@@ -221,9 +246,11 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     route: null,
     revocations: null,
     rate: null,
+    throttle: null,
     span: startCallSpan(),
     scrubber: null,
     genAi: null,
+    decoy: null,
   };
 }
 
@@ -245,6 +272,20 @@ export function screen(call: Call, request: CoreRequest): URL {
   return incoming;
 }
 
+/**
+ * 1. Decoy credentials (honeytokens, README "Decoy keys") in the headers (Authorization, x-api-key, cookies …),
+ * query or path, in any form the leak scrubber knows. First of all: a decoy is a security event whatever else
+ * is wrong with the call, and later steps would refuse many such calls for another reason without a word (a
+ * decoy as `?access_token=` is refused by `screen`, a decoy bearer as a bad session by step 4). The hit is
+ * raised once the session the call carried, if any, is known (`refusalOf`). Without decoys nothing is scanned.
+ */
+export function screenDecoys(call: Call, request: CoreRequest): void {
+  const { decoys } = call.deps;
+  if (!decoys) return;
+  const found = findDecoyInRequest(decoys, request.headers, new URL(request.url), call.target.path);
+  if (found) throw presentDecoy(call, { kind: 'credential', ...found });
+}
+
 /** 2. The upstream: a Map lookup, so `__proto__` or `constructor` find nothing. */
 export function findUpstream(call: Call): Upstream {
   const upstream = call.deps.registry.get(call.target.upstream);
@@ -258,6 +299,9 @@ export function findRoute(call: Call, upstream: Upstream): RouteMatch {
   const match = matchRoute(upstream, call.method, call.target.path);
   call.routeTemplate = match.route.template;
   call.route = match.route;
+  // A decoy route (`"decoy": true`) is never forwarded and needs no session, role or credential: whoever calls
+  // it found it where only an attacker looks. Refused as unauthenticated, so the caller learns nothing.
+  if (match.route.decoy) throw presentDecoy(call, { kind: 'route', decoyId: null, where: 'route' });
   return match;
 }
 
@@ -295,6 +339,94 @@ export async function revokedFirst(call: Call, error: unknown): Promise<unknown>
     return (await revocations.isRevoked(session)) ? revoked(call) : error;
   } catch (storeError) {
     return storeError;
+  }
+}
+
+/**
+ * A call that presented a decoy (steps 1, 3, 10): remembered on the call, and refused as unauthenticated, the
+ * answer a wrong key gets, so the caller cannot tell a decoy from a key that stopped working. Once step 4 has
+ * verified the session (a decoy in the body), the hit is raised here and now: the body may be read while the
+ * response is already streaming, past any catch. Before that, `refusalOf` raises it with the session.
+ */
+function presentDecoy(call: Call, finding: Omit<CallDecoy, 'raised'>): KeywardError {
+  const decoy: CallDecoy = { ...finding, raised: false };
+  call.decoy ??= decoy;
+  if (call.session) raiseCallDecoy(call, call.decoy, call.session);
+  return new KeywardError('unauthenticated');
+}
+
+/**
+ * What a call that failed at some step is refused with (step 15 renders it): for a call that presented a decoy,
+ * 401 `unauthenticated` whatever the step's own error was (a decoy in a streamed body fails the upstream call
+ * or the body's parser), with the hit raised; otherwise `revokedFirst`.
+ */
+export async function refusalOf(
+  call: Call,
+  request: CoreRequest,
+  error: unknown,
+  forgeryCheck: (request: CoreRequest, session: Session, origins: OriginPolicy) => void = checkCsrf,
+): Promise<unknown> {
+  const { decoy } = call;
+  if (!decoy) return revokedFirst(call, error);
+  if (!decoy.raised) {
+    call.session ??= await sessionOrNull(call, request, forgeryCheck);
+    raiseCallDecoy(call, decoy, call.session);
+  }
+  return new KeywardError('unauthenticated');
+}
+
+/**
+ * The session a call carried, for a decoy hit found before step 4: verified as step 4 does, revocation
+ * included, from the cookie or a bearer token (a decoy in Authorization is no session; a cookie beside it is).
+ * Whatever fails (a tampered token, the store) is no session: the call is refused either way.
+ *
+ * A cookie session counts only if the call also passes the CSRF check (step 5; an upgrade's Origin check for a
+ * WebSocket). Decoy values are public by design (planted in bundles), so otherwise any site could send a
+ * victim's browser to a link carrying one, or to a decoy route, and have the victim's sessions revoked and keys
+ * suspended: such a hit is raised without a user (its IP only), and only alerts.
+ */
+async function sessionOrNull(
+  call: Call,
+  request: CoreRequest,
+  forgeryCheck: (request: CoreRequest, session: Session, origins: OriginPolicy) => void,
+): Promise<Session | null> {
+  try {
+    const session = await call.deps.verifySession(request);
+    if (session) forgeryCheck(request, session, call.deps.allowedOrigins);
+    return session;
+  } catch {
+    return null;
+  }
+}
+
+/** Raises the call's decoy hit once: who (the session, if any), from where, on which upstream and route. */
+function raiseCallDecoy(call: Call, decoy: CallDecoy, session: Session | null): void {
+  if (decoy.raised) return;
+  decoy.raised = true;
+  const upstream = call.deps.registry.get(call.target.upstream);
+  // A hit found before step 3 is still named by the route it was sent to, when it names one.
+  if (upstream && call.routeTemplate === null) call.routeTemplate = routeTemplateOf(call, upstream);
+  raiseDecoyHit(call.deps, {
+    kind: decoy.kind,
+    decoyId: decoy.decoyId,
+    where: decoy.where,
+    userId: session?.userId ?? null,
+    sessionId: session?.sessionId ?? null,
+    ip: call.ip,
+    // The upstream id in the path is the client's text until the registry knows it.
+    upstream: upstream ? upstream.id : '(unknown)',
+    route: call.routeTemplate,
+    requestId: call.requestId,
+  });
+}
+
+/** The template of the declared route the call's path matches, or null (any step-3 refusal). */
+function routeTemplateOf(call: Call, upstream: Upstream): string | null {
+  try {
+    assertSafeSegments(call.target.path);
+    return matchRoute(upstream, call.method, call.target.path).route.template;
+  } catch {
+    return null;
   }
 }
 
@@ -338,10 +470,12 @@ export async function resolveCallCredential(call: Call, upstream: Upstream, sess
     limits: limits ?? null,
     rules,
     who: { upstream: upstream.id, userId: session.userId, roles: session.roles, ip: call.ip },
+    throttle: call.deps.throttleStore ? { store: call.deps.throttleStore, key: throttleKey(session.userId) } : null,
   });
   if (outcome.revoked) throw revoked(call);
   call.credential = outcome.credential;
   call.rate = { rules, taken: outcome.taken };
+  call.throttle = throttleRule(outcome.throttle);
   return outcome.credential;
 }
 
@@ -356,7 +490,21 @@ export async function checkRateLimits(call: Call, upstream: Upstream, route: Com
   if (!limits) return { who, rate: [] };
   const taken = call.rate?.taken;
   const rate = taken ? limits.rateTaken(call.rate!.rules, taken) : await limits.checkRate(callRateLimits(call, route), who);
+  if (call.throttle) rate.push(...(await checkThrottle(limits, call.throttle, who)));
   return { who, rate };
+}
+
+/**
+ * The anomaly detector's throttle (lib/core/detect): a tighter rate limit of its own, counted only while the
+ * mark is set, so it costs a round trip for throttled users only. Refused as 429 `throttled`, with Retry-After.
+ */
+async function checkThrottle(limits: Limits, rule: RateRule, who: LimitSubject): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
+  try {
+    return await limits.checkRate({ rate: [rule], meters: [], cost: { reserve: 1 } }, who);
+  } catch (error) {
+    if (error instanceof KeywardError && error.code === 'rate_limited') throw new KeywardError('throttled', { headers: error.headers });
+    throw error;
+  }
 }
 
 /** The route's limits as they apply to this call: without per-IP rules when it has no usable client address. */
@@ -382,7 +530,7 @@ export async function prepareContent(
   if (request.body && !BODYLESS_METHODS.has(call.method)) {
     const declared = Number(request.headers.get('content-length') ?? NaN);
     if (declared > route.maxRequestBytes) throw new KeywardError('payload_too_large');
-    call.body = capRequestBody(request.body, route.maxRequestBytes, call.deps.requestBodyIdleMs ?? route.timeoutMs);
+    call.body = watchBodyForDecoys(call, capRequestBody(request.body, route.maxRequestBytes, call.deps.requestBodyIdleMs ?? route.timeoutMs));
     forwardBody = call.body.iterable;
   }
   const checked = contract.body ? await readContractBody(contract, request.headers.get('content-type'), call.body) : null;
@@ -400,6 +548,30 @@ export async function prepareContent(
   const query = parts.query instanceof URLSearchParams ? parts.query : serializeQuery(parts.query);
   for (const [name, value] of query) outgoing.url.searchParams.append(name, value);
   return forwardBody;
+}
+
+/**
+ * 10. Decoys in the body: watched as it streams, whether a contract reads it (JSON, form, multipart) or it is
+ * forwarded as sent, with the leak scrubber's streaming matcher (a decoy split across chunks is found; the end
+ * of a chunk that could begin one is held back, so a whole decoy never reaches the upstream). Found after
+ * forwarding started, the error thrown here aborts the upstream call. Without decoys the body is not touched.
+ */
+function watchBodyForDecoys(call: Call, body: CappedBody): CappedBody {
+  const { decoys } = call.deps;
+  if (!decoys) return body;
+  const watch = decoys.watch();
+  const found = () => presentDecoy(call, { kind: 'credential', decoyId: watch.found ?? null, where: 'body' });
+  async function* watched(): AsyncGenerator<Uint8Array> {
+    for await (const chunk of body.iterable) {
+      const passed = watch.push(chunk);
+      if (watch.found !== undefined) throw found();
+      if (passed.length > 0) yield passed;
+    }
+    const rest = watch.flush();
+    if (watch.found !== undefined) throw found();
+    if (rest.length > 0) yield rest;
+  }
+  return { iterable: watched(), bytes: body.bytes, exceeded: body.exceeded };
 }
 
 /** 12. Quotas and budgets: the worst case is reserved atomically; settled when the response ends (15). */

@@ -4,6 +4,7 @@ import { guard } from '../store/guard';
 import { processFingerprints, type KeyFingerprints } from '../keys/fingerprint';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
+import { suspensionKey } from '../detect/marks';
 
 /** What GET /api/keys/<upstream> shows: never the key, only enough to recognise it. */
 export interface UserKeyInfo {
@@ -52,6 +53,8 @@ export class UserKeys {
         message: 'The key must be 8 to 4096 printable characters, without spaces or line breaks.',
       });
     }
+    // A suspended user cannot put a new key in place of the suspended one (lib/core/detect).
+    if ((await guard(() => this.store.get(suspensionKey(userId)))) !== null) throw new KeywardError('key_suspended');
     const stored: StoredUserKey = {
       sealed: await this.vault.seal({ key }),
       fingerprint: this.fingerprints.of(key),
@@ -73,10 +76,14 @@ export class UserKeys {
     return guard(() => this.store.delete(UserKeys.key(upstream, userId)));
   }
 
-  /** The plain key, for the pipeline only. Records the use (at most once a minute, off the hot path). */
+  /**
+   * The plain key, for the pipeline only. Records the use (at most once a minute, off the hot path). Read with
+   * the user's suspension mark (the anomaly detector's last step): a suspended user's keys are not used.
+   */
   async use(upstream: string, userId: string): Promise<string | null> {
     const storeKey = UserKeys.key(upstream, userId);
-    const raw = await guard(() => this.store.get(storeKey));
+    const [raw, suspended] = await guard(() => this.store.getMany([storeKey, suspensionKey(userId)]));
+    if (suspended !== null && suspended !== undefined) throw new KeywardError('key_suspended');
     if (!raw) return null;
     const stored = JSON.parse(raw) as StoredUserKey;
     const { key } = await this.vault.open<{ key: string }>(stored.sealed);

@@ -3,7 +3,7 @@ import type { ProxyEvent } from '../pipeline';
 import { methodLabel } from './trace';
 
 /** Refusals by the limits step, by the error code they are answered with. */
-const LIMIT_CODES = new Set(['rate_limited', 'quota_exceeded', 'budget_exceeded']);
+const LIMIT_CODES = new Set(['rate_limited', 'quota_exceeded', 'budget_exceeded', 'throttled']);
 /** Label values for an upstream id the registry does not hold (the client chose it) and a call that matched no route. */
 export const UNKNOWN_UPSTREAM = '(unknown)';
 export const NO_ROUTE = '(none)';
@@ -106,6 +106,12 @@ export class ProxyMetrics {
     labelNames: ['upstream', 'route'] as const,
     registers: [this.registry],
   });
+  private readonly detectorActions = new Counter({
+    name: 'keyward_detector_actions_total',
+    help: "The anomaly detector's alerts and steps, by rule and action (alert, throttle, reauth, revoke).",
+    labelNames: ['rule', 'action'] as const,
+    registers: [this.registry],
+  });
   private readonly children = new Map<string, Map<string, RouteChildren>>();
   private readonly tallies: Tally[] = [];
 
@@ -149,6 +155,11 @@ export class ProxyMetrics {
       refusals.add();
     }
     if (code === 'store_unavailable') this.storeErrors.inc();
+  }
+
+  /** One of the anomaly detector's actions (lib/core/detect/alerts.ts); rule and action are fixed names. */
+  countDetectorAction(rule: string, action: string): void {
+    this.detectorActions.labels(rule, action).inc();
   }
 
   /** A store failure met outside a proxied call (reading key expiries for a scrape). */

@@ -1,3 +1,4 @@
+import { hashSessionId } from '../audit/audit';
 import { guard } from '../store/guard';
 import type { RoundRead } from '../../store/redis';
 import type { Store } from '../../store/types';
@@ -5,11 +6,16 @@ import type { Session } from './session';
 
 type Revocable = Pick<Session, 'sessionId' | 'userId' | 'authTime'>;
 
+/** Marks an undoable revocation set: each key and the value it set (removed on undo only while still that value). */
+export type RevocationUndo = ReadonlyArray<{ readonly key: string; readonly mark: string }>;
+
 /**
  * Server-side revocation, read from the shared store on every request: no cache, so a sign-out or an
  * admin's revocation is refused by every instance on its very next request.
  *  - `rev:sid:<sessionId>`: one sign-in (browser session, or a mobile token family), kept until it would expire;
- *  - `rev:user:<userId>`: every session of the user that signed in at or before this time ("sign out everywhere").
+ *  - `rev:user:<userId>`: every session of the user that signed in at or before this time ("sign out everywhere");
+ *  - `rev:det:<userId>`: the same, set by the anomaly detector (lib/core/detect) in a key of its own, so that
+ *    undoing it never touches a revocation made by the user or an admin.
  */
 export class SessionRevocations {
   constructor(
@@ -20,12 +26,40 @@ export class SessionRevocations {
 
   async revokeSession(sessionId: string, expiresAt: number): Promise<void> {
     const ttl = Math.max(expiresAt - this.now(), 0) + 60_000;
-    await guard(() => this.store.set(`rev:sid:${sessionId}`, '1', ttl));
+    // The same mark under the id's hash, for the admin session list (session-index.ts), which never holds ids.
+    await guard(() =>
+      Promise.all([this.store.set(`rev:sid:${sessionId}`, '1', ttl), this.store.set(hashedRevocationKey(hashSessionId(sessionId)), '1', ttl)]),
+    );
   }
 
   async revokeUser(userId: string): Promise<void> {
     // Sessions live at most maxSessionAgeMs (mobile refresh families included), so the mark can expire then.
-    await guard(() => this.store.set(`rev:user:${userId}`, String(this.now()), this.maxSessionAgeMs + 60_000));
+    await guard(() => this.store.set(userRevocationKey(userId), String(this.now()), this.maxSessionAgeMs + 60_000));
+  }
+
+  /**
+   * Revocations that can be undone (the anomaly detector's, lib/core/detect). Each returns the marks it set, and
+   * `restore` removes a mark only while it is still the one set: an undo never brings back a session revoked by
+   * anyone else (a sign-out already there is kept as it is: setIfAbsent), nor one revoked again since.
+   */
+  async revokeSessionsUndoably(sessionIds: readonly string[]): Promise<RevocationUndo> {
+    const mark = `detector:${this.now()}`;
+    const ttl = this.maxSessionAgeMs + 60_000;
+    const keys = sessionIds.flatMap((id) => [`rev:sid:${id}`, hashedRevocationKey(hashSessionId(id))]);
+    const set = await Promise.all(keys.map((key) => guard(() => this.store.setIfAbsent(key, mark, ttl))));
+    return keys.filter((_, i) => set[i]).map((key) => ({ key, mark }));
+  }
+
+  async revokeUserUndoably(userId: string): Promise<RevocationUndo> {
+    const key = detectorRevocationKey(userId);
+    const mark = String(this.now());
+    await guard(() => this.store.set(key, mark, this.maxSessionAgeMs + 60_000));
+    return [{ key, mark }];
+  }
+
+  /** Removes the marks an undoable revocation set, each only if it is still the value it set. */
+  async restore(undo: RevocationUndo): Promise<void> {
+    for (const { key, mark } of undo) await guard(() => this.store.deleteIfEquals(key, mark));
   }
 
   async isRevoked(session: Revocable): Promise<boolean> {
@@ -34,21 +68,44 @@ export class SessionRevocations {
 }
 
 /** The keys that say whether this session was revoked: read together with a call's other keys. */
-export function revocationKeys(session: Revocable): [string, string] {
-  return [`rev:sid:${session.sessionId}`, `rev:user:${session.userId}`];
+export function revocationKeys(session: Revocable): [string, string, string] {
+  return [`rev:sid:${session.sessionId}`, userRevocationKey(session.userId), detectorRevocationKey(session.userId)];
+}
+
+/** The anomaly detector's "revoke every session" for a user (epoch ms), apart from the user's and admins'. */
+export function detectorRevocationKey(userId: string): string {
+  return `rev:det:${userId}`;
+}
+
+/** "Sign out everywhere" for a user: the time (epoch ms) before which every sign-in of theirs is revoked. */
+export function userRevocationKey(userId: string): string {
+  return `rev:user:${userId}`;
+}
+
+/**
+ * The copy of a session's `rev:sid` mark under its id's hash (audit's `hashSessionId`). Only the admin session
+ * list reads it (it knows sessions by hash); a call is always checked against `rev:sid:<id>` itself.
+ */
+export function hashedRevocationKey(sessionIdHash: string): string {
+  return `rev:sidh:${sessionIdHash}`;
 }
 
 /** Whether the values read at `revocationKeys` (same order) revoke this session. */
-export function revokedBy(session: Revocable, [bySession, byUser]: ReadonlyArray<string | null | undefined>): boolean {
+export function revokedBy(session: Revocable, [bySession, byUser, byDetector]: ReadonlyArray<string | null | undefined>): boolean {
   if (bySession !== null && bySession !== undefined) return true;
-  return byUser !== null && byUser !== undefined && session.authTime <= Number(byUser);
+  return signedInBefore(session, byUser) || signedInBefore(session, byDetector);
+}
+
+function signedInBefore(session: Revocable, mark: string | null | undefined): boolean {
+  return mark !== null && mark !== undefined && session.authTime <= Number(mark);
 }
 
 /** The same rule as the stop conditions of a Redis round trip: nothing is counted for a revoked session. */
-export function revocationReads(session: Revocable): [RoundRead, RoundRead] {
-  const [bySession, byUser] = revocationKeys(session);
+export function revocationReads(session: Revocable): [RoundRead, RoundRead, RoundRead] {
+  const [bySession, byUser, byDetector] = revocationKeys(session);
   return [
     { key: bySession, stopIfPresent: true },
     { key: byUser, stopIfAtLeast: session.authTime },
+    { key: byDetector, stopIfAtLeast: session.authTime },
   ];
 }

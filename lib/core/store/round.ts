@@ -20,6 +20,8 @@ export interface RoundInput {
   readonly rules: readonly RateRule[];
   /** Who the rules count, but for the key's fingerprint (known with the credential). */
   readonly who: Omit<LimitSubject, 'fingerprint'>;
+  /** The user's throttle mark, set by the anomaly detector (lib/core/detect/marks.ts); null: not read. */
+  readonly throttle: { readonly store: Store; readonly key: string } | null;
 }
 
 export type RoundOutcome =
@@ -27,10 +29,14 @@ export type RoundOutcome =
   | {
       readonly revoked: false;
       readonly credential: ResolvedCredential;
+      /** The throttle mark as read (null: none, or not read). */
+      readonly throttle: string | null;
       /** The rules' counters as this round trip took them (same order), or null when they are still to be taken. */
       readonly taken: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }> | null;
     };
 
+/** How many values `revocationKeys` reads (they come first). */
+const REVOCATION_READS = 3;
 const NOTHING = { stopped: false, changed: false, values: [], counters: null } as const;
 
 type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
@@ -49,12 +55,14 @@ type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: fals
  * the counters are left to the caller (`taken: null`).
  */
 export async function storeRound(input: RoundInput): Promise<RoundOutcome> {
-  const { upstream, session, revocations, sources, limits, rules } = input;
+  const { upstream, session, revocations, sources, limits, rules, throttle } = input;
   const rings = upstream.credential.source === 'static' ? (sources.keyRings ?? null) : null;
-  const redis = oneRedis([revocations?.store, rings?.store, rules.length > 0 ? limits?.store : undefined]);
+  const redis = oneRedis([revocations?.store, rings?.store, rules.length > 0 ? limits?.store : undefined, throttle?.store]);
   if (!redis) return separately(input, rings);
 
   const reads: RoundRead[] = revocations ? revocationReads(session) : [];
+  const throttleAt = reads.length;
+  if (throttle) reads.push({ key: throttle.key });
   let predicted: Settled<ResolvedCredential> | null;
   if (rings) {
     const seen = rings.seen(upstream);
@@ -69,28 +77,49 @@ export async function storeRound(input: RoundInput): Promise<RoundOutcome> {
   const counters =
     limits && predicted?.ok ? limits.rateCounters(rules, { ...input.who, fingerprint: predicted.value.fingerprint }) : [];
   const result = reads.length + counters.length > 0 ? await guard(() => redis.round(reads, counters)) : NOTHING;
-  if (revocations && (result.stopped || revokedBy(session, result.values.slice(0, 2)))) return { revoked: true };
+  if (revocations && (result.stopped || revokedBy(session, result.values.slice(0, REVOCATION_READS)))) return { revoked: true };
 
   let credential: ResolvedCredential;
   if (rings && result.changed) credential = await rings.credentialFrom(upstream, result.values.at(-1) ?? null);
   else if (predicted) credential = unwrap(predicted);
   else credential = await resolveCredential(upstream, session, sources);
   const taken = counters.length > 0 && counters.length === rules.length ? result.counters : null;
-  return { revoked: false, credential, taken };
+  return { revoked: false, credential, taken, throttle: throttle ? (result.values[throttleAt] ?? null) : null };
 }
 
-/** Revocation and ring read with one getMany where they share a store; the counters are left to the caller. */
+/**
+ * Revocation, throttle mark and ring read with one getMany per store they live in (one, in the usual
+ * deployment); the counters are left to the caller.
+ */
 async function separately(input: RoundInput, rings: CredentialSources['keyRings'] | null): Promise<RoundOutcome> {
-  const { upstream, session, revocations, sources } = input;
-  if (revocations && rings && revocations.store === rings.store) {
-    const [bySession, byUser, raw] = await guard(() =>
-      revocations.store.getMany([...revocationKeys(session), rings.recordKey(upstream)]),
-    );
-    if (revokedBy(session, [bySession, byUser])) return { revoked: true };
-    return { revoked: false, credential: await rings.credentialFrom(upstream, raw ?? null), taken: null };
+  const { upstream, session, revocations, sources, throttle } = input;
+  const wanted: Array<{ readonly store: Store; readonly key: string }> = [];
+  if (revocations) for (const key of revocationKeys(session)) wanted.push({ store: revocations.store, key });
+  if (throttle) wanted.push(throttle);
+  if (rings) wanted.push({ store: rings.store, key: rings.recordKey(upstream) });
+  const values = await readGrouped(wanted);
+  let next = 0;
+  if (revocations) {
+    next = REVOCATION_READS;
+    if (revokedBy(session, values.slice(0, REVOCATION_READS))) return { revoked: true };
   }
-  if (revocations && (await revocations.isRevoked(session))) return { revoked: true };
-  return { revoked: false, credential: await resolveCredential(upstream, session, sources), taken: null };
+  const throttleMark = throttle ? (values[next++] ?? null) : null;
+  const credential = rings ? await rings.credentialFrom(upstream, values[next] ?? null) : await resolveCredential(upstream, session, sources);
+  return { revoked: false, credential, taken: null, throttle: throttleMark };
+}
+
+/** Values for keys in several stores: one getMany per store, at once; in the order asked. */
+async function readGrouped(wanted: ReadonlyArray<{ readonly store: Store; readonly key: string }>): Promise<Array<string | null>> {
+  const byStore = new Map<Store, number[]>();
+  wanted.forEach(({ store }, i) => byStore.set(store, [...(byStore.get(store) ?? []), i]));
+  const values = new Array<string | null>(wanted.length).fill(null);
+  await Promise.all(
+    [...byStore].map(async ([store, indexes]) => {
+      const read = await guard(() => store.getMany(indexes.map((i) => wanted[i]!.key)));
+      indexes.forEach((index, j) => (values[index] = read[j] ?? null));
+    }),
+  );
+  return values;
 }
 
 /** The one Redis store behind every part present, or null (none, another kind, or several). */

@@ -1,0 +1,192 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { AuditLog } from '../audit/audit';
+import { KeywardError } from '../errors';
+import type { RevocationUndo, SessionRevocations } from '../session/revocation';
+import { guard } from '../store/guard';
+import type { Store } from '../../store/types';
+import { forgivenKey, suspensionKey, throttleKey, type ThrottleMark } from './marks';
+import type { AlertWebhook } from './webhook';
+
+/** What a rule found: the detector's four steps, in order, and `alert` for signals that only warn. */
+export type AlertAction = 'alert' | 'throttle' | 'reauth' | 'revoke';
+
+export type AlertRule = 'calls' | 'errors' | 'spend' | 'ips_per_session' | 'new_routes' | 'decoy' | 'key_calls' | 'scrubber_hits';
+
+/** One thing the detector did, as the dashboard, the API and the webhook show it. Never a secret or a session id. */
+export interface Alert {
+  readonly id: string;
+  readonly at: string;
+  readonly rule: AlertRule;
+  readonly action: AlertAction;
+  /** A sentence for people: what was seen and what was done. */
+  readonly reason: string;
+  readonly subject: {
+    readonly userId?: string;
+    readonly upstream?: string;
+    readonly fingerprint?: string;
+  };
+  /** The figures behind it (rates per minute, baselines, thresholds, counts). */
+  readonly evidence: Readonly<Record<string, number | string>>;
+  /** For a throttle: when it lifts by itself. */
+  readonly expiresAt?: string;
+  /** `expired`: a throttle that lifted by itself (`expiresAt` passed); `undone`: by an admin. */
+  readonly state: 'active' | 'undone' | 'expired';
+  readonly undoneAt?: string;
+  readonly undoneBy?: string;
+}
+
+/** What `apply` is asked to do. */
+export interface Decision {
+  readonly rule: AlertRule;
+  readonly action: AlertAction;
+  readonly reason: string;
+  readonly subject: Alert['subject'];
+  readonly evidence: Alert['evidence'];
+  /** Sessions to end for `reauth` (the raw ids stay in the store's undo record, never in the alert). */
+  readonly sessionIds?: readonly string[];
+}
+
+/** What undoing an alert puts back; kept beside the alert, never shown. */
+interface UndoRecord {
+  readonly revocations: RevocationUndo;
+  readonly marks: ReadonlyArray<{ readonly key: string; readonly value: string }>;
+}
+
+const STREAM = 'alerts';
+const PAGE_MAX = 200;
+
+/**
+ * The detector's actions and their record. Each action is written to the store (so every instance enforces
+ * it on its next request), recorded in the audit trail (actor `detector`), listed for the dashboard, and sent to
+ * the webhook when one is configured. An admin can undo any of them: the marks it set are removed (or put back
+ * as they were), and the undo is audited too.
+ */
+export class Alerts {
+  constructor(
+    private readonly store: Store,
+    private readonly revocations: SessionRevocations,
+    private readonly audit: AuditLog,
+    private readonly logger: Logger,
+    private readonly retentionMs: number,
+    private readonly webhook: AlertWebhook | null,
+    private readonly now: () => number = Date.now,
+    /** Counts each action (Prometheus `keyward_detector_actions_total`). */
+    private readonly counted: (alert: Alert) => void = () => {},
+  ) {}
+
+  async apply(decision: Decision, throttle: { readonly limit: number; readonly windowSeconds: number; readonly forMinutes: number }): Promise<Alert> {
+    const at = this.now();
+    const id = `al_${randomUUID()}`;
+    const { userId } = decision.subject;
+    let revocations: RevocationUndo = [];
+    const marks: Array<{ key: string; value: string }> = [];
+    let expiresAt: string | undefined;
+    if (userId !== undefined) {
+      if (decision.action === 'throttle') {
+        const mark: ThrottleMark = { limit: throttle.limit, windowSeconds: throttle.windowSeconds, alertId: id };
+        const value = JSON.stringify(mark);
+        const ttlMs = throttle.forMinutes * 60_000;
+        await guard(() => this.store.set(throttleKey(userId), value, ttlMs));
+        marks.push({ key: throttleKey(userId), value });
+        expiresAt = new Date(at + ttlMs).toISOString();
+      } else if (decision.action === 'reauth') {
+        revocations = await this.revocations.revokeSessionsUndoably(decision.sessionIds ?? []);
+      } else if (decision.action === 'revoke') {
+        revocations = await this.revocations.revokeUserUndoably(userId);
+        await guard(() => this.store.set(suspensionKey(userId), id));
+        marks.push({ key: suspensionKey(userId), value: id });
+      }
+    }
+    const alert: Alert = {
+      id,
+      at: new Date(at).toISOString(),
+      rule: decision.rule,
+      action: decision.action,
+      reason: decision.reason,
+      subject: decision.subject,
+      evidence: decision.evidence,
+      ...(expiresAt ? { expiresAt } : {}),
+      state: 'active',
+    };
+    const undo: UndoRecord = { revocations, marks };
+    await guard(() => this.store.set(`alert:${id}`, JSON.stringify({ alert, undo }), this.retentionMs));
+    await guard(() => this.store.append(STREAM, id, at, this.retentionMs));
+    await this.audit.recordAdmin({
+      action: `detector.${decision.action}`,
+      actor: 'detector',
+      alertId: id,
+      ...(userId !== undefined ? { targetUser: userId } : {}),
+      ...(decision.subject.upstream !== undefined ? { upstream: decision.subject.upstream } : {}),
+      ...(decision.subject.fingerprint !== undefined ? { fingerprint: decision.subject.fingerprint } : {}),
+      outcome: decision.rule,
+    });
+    this.logger.warn({ alertId: id, rule: decision.rule, action: decision.action, userId: userId ?? null }, 'detector acted');
+    this.webhook?.send({ type: 'keyward.alert', alert });
+    this.counted(alert);
+    return alert;
+  }
+
+  /** When an admin last undid an action on this user (ms), or null: the detector then starts again from the first step. */
+  async forgivenAt(userId: string): Promise<number | null> {
+    const raw = await guard(() => this.store.get(forgivenKey(userId)));
+    return raw === null ? null : Number(raw);
+  }
+
+  /** Newest first, with a cursor for the next page. */
+  async list(options: { limit: number; cursor?: string }): Promise<{ alerts: Alert[]; cursor: string | null }> {
+    const limit = Math.min(Math.max(options.limit, 1), PAGE_MAX);
+    const entries = await guard(() => this.store.readLog(STREAM, { limit, cursor: options.cursor, order: 'desc' }));
+    const stored = entries.length > 0 ? await guard(() => this.store.getMany(entries.map((entry) => `alert:${entry.value}`))) : [];
+    const now = this.now();
+    const alerts = stored.flatMap((raw) => {
+      const alert = raw ? parseAlert(raw) : null;
+      return alert ? [current(alert, now)] : [];
+    });
+    return { alerts, cursor: entries.length === limit ? entries.at(-1)!.id : null };
+  }
+
+  /** Undoes an alert's action (idempotent: undoing twice changes nothing more). Returns the alert as it now is. */
+  async undo(id: string, actor: string): Promise<Alert> {
+    if (!/^al_[0-9a-f-]{36}$/.test(id)) throw new KeywardError('not_found');
+    const key = `alert:${id}`;
+    const raw = await guard(() => this.store.get(key));
+    if (!raw) throw new KeywardError('not_found');
+    const { alert, undo } = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
+    if (alert.state === 'undone') return alert;
+    await this.revocations.restore(undo.revocations);
+    for (const mark of undo.marks) await guard(() => this.store.deleteIfEquals(mark.key, mark.value));
+    const undone: Alert = { ...alert, state: 'undone', undoneAt: new Date(this.now()).toISOString(), undoneBy: actor };
+    // Compare-and-set: two admins undoing at once record one undo.
+    if (!(await guard(() => this.store.replaceIfEquals(key, raw, JSON.stringify({ alert: undone, undo }))))) {
+      return this.undo(id, actor);
+    }
+    // Every instance's detector learns of the undo before its next step for this user (`forgivenAt`).
+    if (alert.subject.userId !== undefined) {
+      await guard(() => this.store.set(forgivenKey(alert.subject.userId!), String(this.now()), this.retentionMs));
+    }
+    await this.audit.recordAdmin({
+      action: 'detector.undo',
+      actor,
+      alertId: id,
+      ...(alert.subject.userId !== undefined ? { targetUser: alert.subject.userId } : {}),
+      outcome: alert.action,
+    });
+    return undone;
+  }
+}
+
+/** An alert as it stands at `now`: an active throttle whose mark has expired reads as `expired`. */
+function current(alert: Alert, now: number): Alert {
+  return alert.state === 'active' && alert.expiresAt !== undefined && Date.parse(alert.expiresAt) <= now ? { ...alert, state: 'expired' } : alert;
+}
+
+/** A stored alert, or null for one that cannot be read (it is skipped; the list still shows the others). */
+function parseAlert(raw: string): Alert | null {
+  try {
+    const { alert } = JSON.parse(raw) as { alert?: Alert };
+    return alert && typeof alert.id === 'string' && typeof alert.at === 'string' ? alert : null;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,457 @@
+import ipaddr from 'ipaddr.js';
+import type { Logger } from 'pino';
+import type { ProxyEvent } from '../pipeline';
+import type { Alert, AlertAction, AlertRule, Alerts, Decision } from './alerts';
+import { RateBaseline, RecentSet } from './baseline';
+import type { DetectorConfig } from './config';
+import type { DecoyHit, SecuritySignals } from './signals';
+
+const MINUTE_MS = 60_000;
+/** Subjects kept in memory; the least recently seen are forgotten first (they start a new baseline). */
+const MAX_USERS = 50_000;
+const MAX_SESSIONS = 100_000;
+const MAX_KEYS = 10_000;
+/** Routes remembered per user for the "new route mix" rule. */
+const MAX_ROUTES = 256;
+/** Sessions remembered per user, to end them on re-authentication. */
+const MAX_RECENT_SESSIONS = 32;
+const MAX_DECOY_KEYS = 10_000;
+/** Decoy alerts written per instance and minute, at most (the rest are coalesced or dropped, and logged). */
+const DECOY_ALERTS_PER_MINUTE = 30;
+/** Where a decoy is a credential presented, not content: auth headers and key-like query parameters. */
+const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'x-api-key', 'api-key', 'x-goog-api-key', 'x-auth-token', 'x-access-token']);
+const CREDENTIAL_QUERY = /^(?:key|api[-_]?key|access[-_]?token|token|auth|secret|client[-_]?secret|password)$/i;
+
+/** Steps of the graduated response, in order (README "Anomaly detection"). */
+const STEPS: readonly AlertAction[] = ['alert', 'throttle', 'reauth', 'revoke'];
+
+/** Refusals that are limits doing their job, or another site's forgery, not failures of the caller's calls. */
+const NOT_CALLER_ERRORS = new Set(['rate_limited', 'throttled', 'quota_exceeded', 'budget_exceeded', 'csrf_failed']);
+
+/**
+ * A call refused for what the caller asked (4xx from the upstream or from Keyward's policy: what probing looks
+ * like). Not 5xx or timeouts (an outage is nobody's anomaly), not the upstream's own 429, not limit refusals.
+ */
+function isCallerError(event: ProxyEvent): boolean {
+  return event.status >= 400 && event.status < 500 && event.status !== 429 && !NOT_CALLER_ERRORS.has(event.errorCode ?? '');
+}
+
+interface UserState {
+  readonly calls: RateBaseline;
+  readonly errors: RateBaseline;
+  readonly spend: RateBaseline;
+  /** 0 = nothing done; then the index in STEPS of the last step taken. */
+  level: number;
+  lastStepAt: number;
+  lastAnomalyAt: number;
+  history: number;
+  readonly routes: Map<string, number>;
+  readonly newRoutes: RecentSet;
+  readonly sessions: RecentSet;
+  /** A step is being written; the next event waits for it rather than taking it twice. */
+  busy: boolean;
+}
+
+interface KeyState {
+  readonly calls: RateBaseline;
+  lastAlertAt: number;
+  lastEchoAlertAt: number;
+}
+
+/**
+ * Watches every call's record (the pipeline's `onComplete`) for behaviour that looks like a leaked key or a
+ * hijacked session, and answers in steps: throttle → require re-authentication → revoke every session and
+ * suspend the user's own keys. Decoy hits go straight to the last step.
+ *
+ * Per user it keeps rolling baselines (lib/core/detect/baseline.ts) of calls, failed calls and budget units per
+ * minute, the client IPs of each session and the routes the user calls; per key version, its calls and echoes.
+ * It runs after each response ends, off the request's path, on this instance's calls: instances behind a load
+ * balancer each see their share of a user's calls, and a burst is as many times its baseline in each share.
+ * Actions go through the store (`Alerts.apply`), so every instance enforces them on its next request.
+ *
+ * The clock is injected (`now`), so the rules are tested on a simulated day (tests/unit/detect).
+ */
+export class Detector implements SecuritySignals {
+  private readonly users = new Map<string, UserState>();
+  private readonly sessionIps = new Map<string, { readonly networks: RecentSet; lastIp: string; lastNetwork: string }>();
+  private readonly keys = new Map<string, KeyState>();
+  /** Decoy hits written, by decoy, address and user: when (coalescing within the cooldown). */
+  private readonly decoysSeen = new Map<string, number>();
+  private decoyMinute = -1;
+  private decoyAlerts = 0;
+  private readonly alpha: number;
+  private pending: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly config: DetectorConfig,
+    private readonly alerts: Alerts,
+    private readonly logger: Logger,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.alpha = RateBaseline.alphaFor(config.baselineHalfLifeMinutes);
+  }
+
+  /** One call's record. Cheap (a few map lookups); any action is written asynchronously. */
+  observe(event: ProxyEvent): void {
+    if (!this.config.enabled) return;
+    const at = this.now();
+    if (event.keyFingerprint) this.observeKey(event, event.keyFingerprint, at);
+    if (event.userId) this.observeUser(event, event.userId, at);
+  }
+
+  /**
+   * A decoy was presented or a decoy route called. In a credential's place (an auth header, a key-like query
+   * parameter, the own-key form) or on a decoy route, with a session that passed the CSRF check: straight to the
+   * last step, whatever the user's history. Anywhere else (a body, a path, another header) it is content, which
+   * an attacker can get an honest user's app to send (a shared chat message, a pasted file): an alert only.
+   * Hits are coalesced per decoy, address and user for `cooldownMinutes`, and at most DECOY_ALERTS_PER_MINUTE
+   * are written, so a script replaying a public decoy cannot fill the store or the webhook.
+   */
+  decoyHit(hit: DecoyHit): void {
+    const at = this.now();
+    if (!this.admitDecoyAlert(hit, at)) return;
+    const where = hit.kind === 'route' ? `the decoy route ${hit.upstream}${hit.route ?? ''}` : `a decoy credential (${hit.where})`;
+    const evidence = { kind: hit.kind, where: hit.where, upstream: hit.upstream, ip: hit.ip ?? 'unknown', requestId: hit.requestId, ...(hit.decoyId ? { decoyId: hit.decoyId } : {}) };
+    if (!hit.userId) {
+      this.act({ rule: 'decoy', action: 'alert', reason: `A request without a session (or sent by another site) used ${where}.`, subject: { upstream: hit.upstream }, evidence });
+      return;
+    }
+    if (!inCredentialPlace(hit)) {
+      this.act({
+        rule: 'decoy',
+        action: 'alert',
+        reason: `A request of ${hit.userId} carried ${where} as content, not as a credential: alerted only (an attacker can get content into an honest user's requests).`,
+        subject: { userId: hit.userId, upstream: hit.upstream },
+        evidence,
+      });
+      return;
+    }
+    const state = this.user(hit.userId, at);
+    // Already revoked for a decoy within the cooldown: one more hit adds nothing to do.
+    if (state.level === STEPS.length - 1 && at - state.lastStepAt < this.config.cooldownMinutes * MINUTE_MS) return;
+    state.level = STEPS.length - 1;
+    state.lastStepAt = at;
+    state.lastAnomalyAt = at;
+    this.act({
+      rule: 'decoy',
+      action: 'revoke',
+      reason: `${hit.userId} used ${where}: every session revoked and own keys suspended.`,
+      subject: { userId: hit.userId, upstream: hit.upstream },
+      evidence,
+    });
+  }
+
+  /** Whether a decoy hit is written: once per decoy, address and user per cooldown, and a bounded number a minute. */
+  private admitDecoyAlert(hit: DecoyHit, at: number): boolean {
+    const key = `${hit.decoyId ?? `route ${hit.upstream}${hit.route ?? ''}`}|${hit.ip ?? ''}|${hit.userId ?? ''}`;
+    const last = this.decoysSeen.get(key);
+    if (last !== undefined && at - last < this.config.cooldownMinutes * MINUTE_MS) return false;
+    const minute = Math.floor(at / MINUTE_MS);
+    if (minute !== this.decoyMinute) {
+      this.decoyMinute = minute;
+      this.decoyAlerts = 0;
+    }
+    if (this.decoyAlerts >= DECOY_ALERTS_PER_MINUTE) {
+      if (this.decoyAlerts++ === DECOY_ALERTS_PER_MINUTE) this.logger.warn({ limit: DECOY_ALERTS_PER_MINUTE }, 'decoy hits over the alert limit this minute; not written');
+      return false;
+    }
+    this.decoyAlerts++;
+    remember(this.decoysSeen, key, at, MAX_DECOY_KEYS);
+    return true;
+  }
+
+  /**
+   * An admin undid an alert: what the user was doing is normal for them. The subject starts again from the
+   * first step, with its current rates as its baselines. Other instances learn of it from the store before
+   * their next escalation (`Alerts.forgivenAt`).
+   */
+  forget(alert: Alert): void {
+    const userId = alert.subject.userId;
+    const state = userId === undefined ? undefined : this.users.get(userId);
+    if (state) forgive(state, this.now());
+  }
+
+  /** Resolves when every action started so far has been written (tests). */
+  async settled(): Promise<void> {
+    let seen: Promise<unknown>;
+    do {
+      seen = this.pending;
+      await seen;
+    } while (seen !== this.pending);
+  }
+
+  private observeUser(event: ProxyEvent, userId: string, at: number): void {
+    const state = this.user(userId, at);
+    const { config } = this;
+    // Refused by the CSRF check: sent by another site through the user's browser, not the user's doing.
+    if (event.errorCode === 'csrf_failed') return;
+    const learning = state.level === 0;
+    state.calls.frozen = state.errors.frozen = state.spend.frozen = !learning;
+    state.calls.add(at, 1);
+    if (isCallerError(event)) state.errors.add(at, 1);
+    if (event.units > 0) state.spend.add(at, event.units);
+    if (event.sessionId) state.sessions.add(event.sessionId, at, config.escalateAfterMinutes * MINUTE_MS);
+    if (state.level > 0 && at - state.lastAnomalyAt >= config.cooldownMinutes * MINUTE_MS) state.level = 0;
+    if (state.busy) return;
+
+    const volume = this.volumeAnomaly(state, at);
+    if (volume) {
+      this.step(userId, state, at, [1, 3], volume.rule, volume.evidence, event);
+      return;
+    }
+    const ips = this.ipAnomaly(event, at);
+    if (ips) {
+      this.step(userId, state, at, [2, 2], 'ips_per_session', ips, event);
+      return;
+    }
+    const routes = this.routeAnomaly(state, event, at);
+    if (routes) this.step(userId, state, at, [2, 2], 'new_routes', routes, event);
+  }
+
+  /** Calls, failed calls or spend above k× the baseline (and above the floor). */
+  private volumeAnomaly(state: UserState, at: number): { rule: AlertRule; evidence: Record<string, number> } | null {
+    const checks = [
+      ['calls', state.calls, this.config.calls],
+      ['errors', state.errors, this.config.errors],
+      ['spend', state.spend, this.config.spend],
+    ] as const;
+    for (const [rule, baseline, { factor, minPerMinute }] of checks) {
+      const rate = baseline.rate(at);
+      if (rate <= minPerMinute) continue;
+      const usual = baseline.baseline(at);
+      const threshold = Math.max(factor * usual, minPerMinute);
+      if (rate > threshold) return { rule, evidence: { perMinute: round(rate), baselinePerMinute: round(usual), threshold: round(threshold) } };
+    }
+    return null;
+  }
+
+  /** One session from more client IPs than allowed within the window. */
+  private ipAnomaly(event: ProxyEvent, at: number): Record<string, number> | null {
+    if (!event.sessionId || !event.clientIp) return null;
+    const { max, windowMinutes } = this.config.ipsPerSession;
+    let ips = this.sessionIps.get(event.sessionId);
+    if (!ips) {
+      ips = { networks: new RecentSet(max), lastIp: '', lastNetwork: '' };
+      remember(this.sessionIps, event.sessionId, ips, MAX_SESSIONS);
+    }
+    // Parsed once per change of address, not per call.
+    if (ips.lastIp !== event.clientIp) {
+      ips.lastIp = event.clientIp;
+      ips.lastNetwork = network(event.clientIp);
+    }
+    const distinct = ips.networks.add(ips.lastNetwork, at, windowMinutes * MINUTE_MS);
+    return distinct > max ? { distinctIps: distinct, max, windowMinutes } : null;
+  }
+
+  /** Routes the user never called before, several within the window, once the user has a history. */
+  private routeAnomaly(state: UserState, event: ProxyEvent, at: number): Record<string, number> | null {
+    if (!event.route) return null;
+    const route = `${event.upstream} ${event.method.toUpperCase()} ${event.route}`;
+    const { max, windowMinutes, minHistoryCalls } = this.config.newRoutes;
+    const known = state.routes.has(route);
+    const experienced = state.history >= minHistoryCalls;
+    state.history++;
+    if (known) return null;
+    if (state.routes.size < MAX_ROUTES) state.routes.set(route, at);
+    if (!experienced) return null;
+    const fresh = state.newRoutes.add(route, at, windowMinutes * MINUTE_MS);
+    return fresh > max ? { newRoutes: fresh, max, windowMinutes } : null;
+  }
+
+  /**
+   * The graduated response: the first anomaly takes `minLevel` (throttle for volume, re-authentication for a
+   * session's IPs or a new route mix); an anomaly still there `escalateAfterMinutes` after the last step takes
+   * the next one, up to `maxLevel`; the last is to revoke every session and suspend the user's own keys. The
+   * session rules stop at re-authentication: networks that rotate addresses (relays, carrier NAT) must not cost
+   * an honest user their keys.
+   */
+  private step(
+    userId: string,
+    state: UserState,
+    at: number,
+    [minLevel, maxLevel]: readonly [number, number],
+    rule: AlertRule,
+    evidence: Record<string, number>,
+    event: ProxyEvent,
+  ): void {
+    state.lastAnomalyAt = at;
+    let level: number;
+    if (state.level < minLevel) level = minLevel;
+    else if (state.level < maxLevel && at - state.lastStepAt >= this.config.escalateAfterMinutes * MINUTE_MS) level = state.level + 1;
+    else return;
+    const previousStepAt = state.lastStepAt;
+    const escalating = level > minLevel;
+    state.level = level;
+    state.lastStepAt = at;
+    state.busy = true;
+    const sessions = rule === 'ips_per_session' && event.sessionId ? [event.sessionId] : state.sessions.values();
+    const decide = (step: number): Decision | null => {
+      const action = STEPS[step]!;
+      return {
+        rule,
+        action,
+        reason: reasonFor(userId, rule, action),
+        subject: { userId, upstream: event.upstream },
+        evidence,
+        ...(action === 'reauth' ? { sessionIds: sessions } : {}),
+      };
+    };
+    const run = (async () => {
+      // An admin who undid the step this one escalates from (on any instance) said the user is fine: start over.
+      if (escalating) {
+        const forgiven = await this.alerts.forgivenAt(userId);
+        if (forgiven !== null && forgiven >= previousStepAt) {
+          forgive(state, this.now());
+          return null;
+        }
+      }
+      return decide(level);
+    })();
+    this.act(run, (applied) => {
+      state.busy = false;
+      // Not written (the store is down): not enforced either, so the next anomaly takes this step again.
+      if (!applied && state.lastStepAt === at) {
+        state.level = level - 1 >= minLevel ? level - 1 : 0;
+        state.lastStepAt = previousStepAt;
+      }
+    });
+  }
+
+  private observeKey(event: ProxyEvent, fingerprint: string, at: number): void {
+    const id = `${event.upstream}:${fingerprint}`;
+    let state = this.keys.get(id);
+    if (!state) {
+      state = { calls: new RateBaseline(this.alpha), lastAlertAt: -Infinity, lastEchoAlertAt: -Infinity };
+      remember(this.keys, id, state, MAX_KEYS);
+    }
+    state.calls.add(at, 1);
+    const cooldown = this.config.cooldownMinutes * MINUTE_MS;
+    const subject = { upstream: event.upstream, fingerprint };
+    if (event.scrubberHits > 0 && this.config.scrubberHits.alert && at - state.lastEchoAlertAt >= cooldown) {
+      state.lastEchoAlertAt = at;
+      this.act({
+        rule: 'scrubber_hits',
+        action: 'alert',
+        reason: `${event.upstream} echoed key ${fingerprint} in a response (scrubbed before it reached the client). Rotate this key: whatever logs that response upstream has it.`,
+        subject,
+        evidence: { hits: event.scrubberHits, route: event.route ?? 'unknown' },
+      });
+    }
+    const rate = state.calls.rate(at);
+    const { factor, minPerMinute } = this.config.calls;
+    // A service key serves every user, so its floor is the per-user floor × 10.
+    const usual = state.calls.baseline(at);
+    const threshold = Math.max(factor * usual, minPerMinute * 10);
+    if (rate > threshold && at - state.lastAlertAt >= cooldown) {
+      state.lastAlertAt = at;
+      this.act({
+        rule: 'key_calls',
+        action: 'alert',
+        reason: `Key ${fingerprint} of ${event.upstream} made ${round(rate)} calls in a minute, against a usual ${round(usual)}.`,
+        subject,
+        evidence: { perMinute: round(rate), baselinePerMinute: round(usual), threshold: round(threshold) },
+      });
+    }
+  }
+
+  private act(decision: Decision | Promise<Decision | null>, done?: (applied: boolean) => void): void {
+    const run = Promise.resolve(decision)
+      .then((decided) => (decided ? this.alerts.apply(decided, this.config.throttle) : null))
+      .then(
+        () => done?.(true),
+        (error: unknown) => {
+          // The store is down: the step is not on record and not enforced. Logged; the next anomaly tries again.
+          this.logger.error({ err: error instanceof Error ? error.message : 'unknown' }, 'detector action failed');
+          done?.(false);
+        },
+      );
+    this.pending = Promise.allSettled([this.pending, run]);
+  }
+
+  private user(userId: string, at: number): UserState {
+    let state = this.users.get(userId);
+    if (state) {
+      // Most recently seen last, so the map's first entries are the ones to forget.
+      this.users.delete(userId);
+      this.users.set(userId, state);
+      return state;
+    }
+    state = {
+      calls: new RateBaseline(this.alpha),
+      errors: new RateBaseline(this.alpha),
+      spend: new RateBaseline(this.alpha),
+      level: 0,
+      lastStepAt: at,
+      lastAnomalyAt: 0,
+      history: 0,
+      routes: new Map(),
+      newRoutes: new RecentSet(this.config.newRoutes.max),
+      sessions: new RecentSet(MAX_RECENT_SESSIONS),
+      busy: false,
+    };
+    remember(this.users, userId, state, MAX_USERS);
+    return state;
+  }
+}
+
+function forgive(state: UserState, at: number): void {
+  state.level = 0;
+  state.lastAnomalyAt = 0;
+  for (const baseline of [state.calls, state.errors, state.spend]) {
+    baseline.frozen = false;
+    baseline.adopt(at);
+  }
+}
+
+/**
+ * The network an address belongs to, as the IP rule counts them: an IPv4 /24 or an IPv6 /64 (one subscriber's
+ * prefix), so a device moving within its provider's block or rotating privacy addresses is one network.
+ */
+function network(ip: string): string {
+  if (!ipaddr.isValid(ip)) return ip;
+  const parsed = ipaddr.process(ip);
+  if (parsed.kind() === 'ipv4') return `${(parsed as ipaddr.IPv4).octets.slice(0, 3).join('.')}.0/24`;
+  const parts = (parsed as ipaddr.IPv6).parts.slice(0, 4).map((part) => part.toString(16));
+  return `${parts.join(':')}::/64`;
+}
+
+/** A decoy route, the own-key form, an auth header or a key-like query parameter (DecoyHit.where). */
+function inCredentialPlace(hit: DecoyHit): boolean {
+  if (hit.kind === 'route' || hit.where === 'own-key') return true;
+  const colon = hit.where.indexOf(':');
+  if (colon < 0) return false;
+  const [kind, name] = [hit.where.slice(0, colon), hit.where.slice(colon + 1)];
+  return kind === 'header' ? CREDENTIAL_HEADERS.has(name.toLowerCase()) : kind === 'query' && CREDENTIAL_QUERY.test(name);
+}
+
+function remember<K, V>(map: Map<K, V>, key: K, value: V, max: number): void {
+  map.set(key, value);
+  if (map.size > max) map.delete(map.keys().next().value!);
+}
+
+function round(value: number): number {
+  return Math.round(value * 10) / 10;
+}
+
+const RULE_TEXT: Record<AlertRule, string> = {
+  calls: 'calls per minute far above their baseline',
+  errors: 'failed calls per minute far above their baseline',
+  spend: 'budget units per minute far above their baseline',
+  ips_per_session: 'one session used from more client IPs than allowed',
+  new_routes: 'a sudden mix of routes never called before',
+  decoy: 'a decoy',
+  key_calls: 'a key used far above its baseline',
+  scrubber_hits: 'an upstream echoing a key',
+};
+
+const ACTION_TEXT: Record<AlertAction, string> = {
+  alert: 'alerted',
+  throttle: 'throttled',
+  reauth: 'sessions ended (re-authentication required)',
+  revoke: 'every session revoked and own keys suspended',
+};
+
+/** The alert's sentence; its figures are in `evidence`, beside it. */
+function reasonFor(userId: string, rule: AlertRule, action: AlertAction): string {
+  return `${userId}: ${RULE_TEXT[rule]}; ${ACTION_TEXT[action]}.`;
+}

@@ -1,0 +1,309 @@
+import { describe, expect, it } from 'vitest';
+import type { Alert } from '../../../lib/core/detect/alerts';
+import { suspensionKey, throttleKey } from '../../../lib/core/detect/marks';
+import type { ProxyEvent } from '../../../lib/core/pipeline';
+import { DAY_MS, MINUTE_MS, START, event, setup } from '../../fixtures/detector';
+
+/**
+ * The anomaly detector on simulated time: every test drives an injected clock and feeds synthetic call records
+ * (what the pipeline's onComplete passes), against a real in-memory store, real revocations and audit trail.
+ */
+/** A seeded generator (mulberry32), so the simulated day is the same on every run. */
+function random(seed: number): () => number {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const ROUTES = ['/v1/chat/completions', '/v1/embeddings', '/v1/models', '/v1/responses', '/v1/moderations'];
+
+/**
+ * 10,000 calls over one simulated day, busier by day than by night (twice the mean at the peak), from two
+ * sessions on two client IPs, on five routes, 1 % failing, with Poisson-like spacing.
+ */
+function steadyDay(feed: (at: number, event: ProxyEvent) => void, from: number, rand = random(7)): number {
+  const calls = 10_000;
+  let at = from;
+  for (let i = 0; i < calls; i++) {
+    const hour = ((at - from) / 3_600_000) % 24;
+    const load = 1 + 0.5 * Math.sin(((hour - 6) / 24) * 2 * Math.PI); // 0.5× at night, 1.5× mid-afternoon
+    const meanGap = DAY_MS / calls / load;
+    at += -Math.log(1 - rand()) * meanGap;
+    const morning = hour < 12;
+    feed(at, event({
+      sessionId: morning ? 'sess-1' : 'sess-2',
+      clientIp: morning ? '203.0.113.7' : '198.51.100.20',
+      route: ROUTES[Math.floor(rand() * ROUTES.length)]!,
+      status: rand() < 0.01 ? 502 : 200,
+      units: 200 + Math.floor(rand() * 400),
+    }));
+  }
+  return at;
+}
+
+describe('anomaly detector', () => {
+  it('lets a steady workload of 10,000 calls over a simulated day through without a single action', async () => {
+    const { clock, detector, actions } = setup();
+    const end = steadyDay((at, e) => {
+      clock.now = at;
+      detector.observe(e);
+    }, START);
+    expect(end - START).toBeGreaterThan(0.9 * DAY_MS);
+    expect(await actions()).toEqual([]);
+  });
+
+  it('throttles a 10× burst within 50 calls, and the throttle mark is in the store for every instance', async () => {
+    const { clock, store, detector, actions } = setup();
+    let at = steadyDay((t, e) => {
+      clock.now = t;
+      detector.observe(e);
+    }, START);
+    expect(await actions()).toEqual([]);
+    // The day averaged ~7 calls a minute; the burst runs at 10× that.
+    const gap = MINUTE_MS / 70;
+    let calls = 0;
+    let alerts: Alert[] = [];
+    while (alerts.length === 0 && calls < 200) {
+      at += gap;
+      clock.now = at;
+      detector.observe(event({ sessionId: 'sess-2', clientIp: '198.51.100.20' }));
+      calls++;
+      alerts = await actions();
+    }
+    expect(calls).toBeLessThanOrEqual(50);
+    expect(alerts).toHaveLength(1);
+    expect(alerts[0]).toMatchObject({ rule: 'calls', action: 'throttle', subject: { userId: 'local:ada' }, state: 'active' });
+    expect(Number(alerts[0]!.evidence.perMinute)).toBeGreaterThanOrEqual(Number(alerts[0]!.evidence.threshold));
+    expect(JSON.parse((await store.get(throttleKey('local:ada')))!)).toMatchObject({ limit: 10, windowSeconds: 60, alertId: alerts[0]!.id });
+  });
+
+  it('escalates a sustained anomaly in order: throttle, then re-authentication, then revocation and suspension', async () => {
+    const { clock, store, revocations, audit, detector, actions } = setup();
+    let at = steadyDay((t, e) => {
+      clock.now = t;
+      detector.observe(e);
+    }, START);
+    const burstStart = at;
+    // The caller keeps calling at 10× (throttled or not: attempts are what it does), for 40 minutes.
+    while (at < burstStart + 40 * MINUTE_MS) {
+      at += MINUTE_MS / 70;
+      clock.now = at;
+      detector.observe(event({ sessionId: 'sess-2', clientIp: '198.51.100.20' }));
+      await detector.settled();
+    }
+    const alerts = await actions();
+    expect(alerts.map((a) => a.action)).toEqual(['throttle', 'reauth', 'revoke']);
+    const times = alerts.map((a) => Date.parse(a.at));
+    expect(times[1]! - times[0]!).toBeGreaterThanOrEqual(10 * MINUTE_MS);
+    expect(times[2]! - times[1]!).toBeGreaterThanOrEqual(10 * MINUTE_MS);
+    // Re-authentication ended the sessions seen in the window; revocation ended every session and suspended keys.
+    const signedInEarlier = { userId: 'local:ada', authTime: burstStart - 3_600_000 };
+    expect(await revocations.isRevoked({ ...signedInEarlier, sessionId: 'sess-2' })).toBe(true);
+    expect(await revocations.isRevoked({ ...signedInEarlier, sessionId: 'another-device' })).toBe(true);
+    expect(await store.get(suspensionKey('local:ada'))).toBe(alerts[2]!.id);
+    const { records } = await audit.query({ type: 'admin' }, { limit: 10, order: 'asc' });
+    expect(records.map((r) => r.type === 'admin' && r.action)).toEqual(['detector.throttle', 'detector.reauth', 'detector.revoke']);
+    expect(records.every((r) => r.type === 'admin' && r.actor === 'detector' && r.targetUser === 'local:ada')).toBe(true);
+  });
+
+  it('requires re-authentication of one session seen from more client IPs than allowed, and of no other', async () => {
+    const { clock, revocations, detector, actions } = setup();
+    detector.observe(event({ sessionId: 'laptop', clientIp: '192.0.2.1' }));
+    for (const [i, ip] of ['203.0.113.1', '198.51.100.2', '192.0.2.3', '100.64.4.4', '2001:db8:aa::5'].entries()) {
+      clock.now = START + (i + 1) * MINUTE_MS;
+      detector.observe(event({ sessionId: 'stolen', clientIp: ip }));
+    }
+    const alerts = await actions();
+    expect(alerts).toHaveLength(1);
+    expect(alerts[0]).toMatchObject({ rule: 'ips_per_session', action: 'reauth', evidence: { distinctIps: 5, max: 4 } });
+    // The rule stops there: the same pattern again, long after, is another re-authentication at most.
+    for (const [i, ip] of ['203.0.113.1', '198.51.100.2', '192.0.2.3', '100.64.4.4', '2001:db8:aa::5'].entries()) {
+      clock.now = START + (30 + i) * MINUTE_MS;
+      detector.observe(event({ sessionId: 'stolen-again', clientIp: ip }));
+    }
+    expect((await actions()).map((a) => a.action)).toEqual(['reauth']);
+    const user = { userId: 'local:ada', authTime: START - 1000 };
+    expect(await revocations.isRevoked({ ...user, sessionId: 'stolen' })).toBe(true);
+    expect(await revocations.isRevoked({ ...user, sessionId: 'laptop' })).toBe(false);
+  });
+
+  it('counts networks, not addresses (an IPv4 /24, an IPv6 /64), and not an address seen outside the window', async () => {
+    const { clock, detector, actions } = setup();
+    // A phone rotating privacy addresses in its /64, and a relay rotating within its /24: one network each.
+    for (let i = 0; i < 12; i++) {
+      clock.now = START + i * 10_000;
+      detector.observe(event({ sessionId: 'relay', clientIp: i % 2 ? `2001:db8:1:2::${i + 1}` : `203.0.113.${i + 1}` }));
+    }
+    expect(await actions()).toEqual([]);
+    for (const [i, ip] of ['203.0.113.1', '198.51.100.2', '192.0.2.3', '100.64.4.4', '100.64.77.5', '2001:db8:bb::6'].entries()) {
+      clock.now = START + i * 11 * MINUTE_MS; // one new IP every 11 minutes: a phone on the move
+      detector.observe(event({ sessionId: 'phone', clientIp: ip }));
+    }
+    expect(await actions()).toEqual([]);
+  });
+
+  it('requires re-authentication on a sudden mix of routes never called before, once the user has a history', async () => {
+    const { clock, detector, actions } = setup();
+    for (let i = 0; i < 250; i++) {
+      clock.now = START + i * 20_000;
+      detector.observe(event({ route: i % 2 ? '/v1/chat/completions' : '/v1/models' }));
+    }
+    expect(await actions()).toEqual([]);
+    for (const route of ['/v1/files', '/v1/fine_tuning/jobs', '/v1/batches', '/v1/organization/api_keys']) {
+      clock.now += 20_000;
+      detector.observe(event({ route, method: 'GET' }));
+    }
+    const alerts = await actions();
+    expect(alerts.map((a) => [a.rule, a.action])).toEqual([['new_routes', 'reauth']]);
+  });
+
+  it('does not treat a new user’s first routes as a new mix', async () => {
+    const { clock, detector, actions } = setup();
+    for (const [i, route] of ['/a', '/b', '/c', '/d', '/e', '/f'].entries()) {
+      clock.now = START + i * 30_000;
+      detector.observe(event({ route }));
+    }
+    expect(await actions()).toEqual([]);
+  });
+
+  it('goes straight to revocation and suspension on a decoy hit, and an admin undo puts back exactly what it changed', async () => {
+    const { clock, store, revocations, audit, alerts, detector, actions } = setup();
+    // The user had signed out everywhere an hour ago: that earlier revocation must survive the undo.
+    clock.now = START - 3_600_000;
+    await revocations.revokeUser('local:ada');
+    clock.now = START;
+    detector.decoyHit({ kind: 'credential', decoyId: 'dk_1', where: 'header:authorization', userId: 'local:ada', sessionId: 'sess-9', ip: '203.0.113.66', upstream: 'openai', route: '/v1/chat/completions', requestId: 'req-1' });
+    const [alert] = await actions();
+    expect(alert).toMatchObject({ rule: 'decoy', action: 'revoke', subject: { userId: 'local:ada' }, evidence: { where: 'header:authorization', ip: '203.0.113.66', decoyId: 'dk_1' } });
+    const before = { userId: 'local:ada', sessionId: 'x', authTime: START - 7_200_000 };
+    const recent = { userId: 'local:ada', sessionId: 'y', authTime: START - 60_000 };
+    expect(await revocations.isRevoked(recent)).toBe(true);
+    expect(await store.get(suspensionKey('local:ada'))).toBe(alert!.id);
+
+    clock.now = START + MINUTE_MS;
+    const undone = await alerts.undo(alert!.id, 'local:root');
+    expect(undone).toMatchObject({ state: 'undone', undoneBy: 'local:root' });
+    expect(await revocations.isRevoked(recent)).toBe(false);
+    expect(await revocations.isRevoked(before)).toBe(true);
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+    // Idempotent, and on record.
+    expect((await alerts.undo(alert!.id, 'local:root')).undoneAt).toBe(undone.undoneAt);
+    const { records } = await audit.query({ type: 'admin', action: 'detector.undo' }, { limit: 10 });
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({ actor: 'local:root', targetUser: 'local:ada', alertId: alert!.id, outcome: 'revoke' });
+  });
+
+  it('undoing a throttle lifts it and makes what the user does their baseline, on every instance', async () => {
+    const { clock, store, alerts, detector, actions } = setup({ calls: { minPerMinute: 10 } });
+    let at = START;
+    const burst = async (minutes: number) => {
+      const end = at + minutes * MINUTE_MS;
+      while (at < end) {
+        at += MINUTE_MS / 40;
+        clock.now = at;
+        detector.observe(event());
+        await detector.settled();
+      }
+    };
+    await burst(2);
+    const [throttle] = await actions();
+    expect(throttle!.action).toBe('throttle');
+    await alerts.undo(throttle!.id, 'local:root');
+    expect(await store.get(throttleKey('local:ada'))).toBeNull();
+    // Still at that rate 15 minutes on: escalation would say re-authenticate; the undo (read from the store, as
+    // another instance would) says this rate is normal for this user.
+    await burst(15);
+    expect((await actions()).slice(1)).toEqual([]);
+    // A burst far above the new baseline is seen again, from the first step.
+    const faster = async (minutes: number) => {
+      const end = at + minutes * MINUTE_MS;
+      while (at < end) {
+        at += MINUTE_MS / 400;
+        clock.now = at;
+        detector.observe(event());
+        await detector.settled();
+      }
+    };
+    await faster(1);
+    const userAlerts = (await actions()).slice(1).filter((a) => a.subject.userId !== undefined);
+    expect(userAlerts.map((a) => a.action)).toEqual(['throttle']);
+  });
+
+  it('alerts once per key version when an upstream echoes the key, suggesting rotation', async () => {
+    const { clock, detector, actions } = setup();
+    detector.observe(event({ scrubberHits: 2 }));
+    clock.now += MINUTE_MS;
+    detector.observe(event({ scrubberHits: 1 }));
+    const alerts = await actions();
+    expect(alerts).toHaveLength(1);
+    expect(alerts[0]).toMatchObject({ rule: 'scrubber_hits', action: 'alert', subject: { upstream: 'openai', fingerprint: '64a8e56f852b' }, evidence: { hits: 2 } });
+    expect(alerts[0]!.reason).toMatch(/Rotate this key/);
+  });
+
+  it("counts refused calls as errors, but not limits' refusals, outages, or another site's forgeries", async () => {
+    const { clock, detector, actions } = setup({ calls: { minPerMinute: 1000 } });
+    const notTheCallers: Array<Partial<ProxyEvent>> = [
+      { status: 429, outcome: 'refused', errorCode: 'rate_limited' },
+      { status: 429, outcome: 'complete' }, // the upstream's own 429
+      { status: 503, outcome: 'complete' }, // an outage
+      { status: 504, outcome: 'upstream_error', errorCode: 'upstream_timeout' },
+      { status: 403, outcome: 'refused', errorCode: 'csrf_failed' }, // sent by another site
+    ];
+    for (let i = 0; i < 150; i++) {
+      clock.now = START + i * 400;
+      detector.observe(event(notTheCallers[i % notTheCallers.length]));
+    }
+    expect(await actions()).toEqual([]);
+    for (let i = 0; i < 25; i++) {
+      clock.now += 1000;
+      detector.observe(event({ status: 401 }));
+    }
+    expect((await actions()).map((a) => [a.rule, a.action])).toEqual([['errors', 'throttle']]);
+  });
+
+  it('revokes for a decoy in a credential’s place only; as content (a body, a path, a cookie) it alerts', async () => {
+    const { clock, revocations, detector, actions } = setup();
+    const hit = { kind: 'credential' as const, decoyId: 'dk_1', userId: 'local:ada', sessionId: 's', ip: '203.0.113.7', upstream: 'openai', route: '/v1/chat/completions', requestId: 'r' };
+    for (const where of ['body', 'path', 'header:cookie', 'header:referer', 'query:q']) detector.decoyHit({ ...hit, where, ip: `${where}-ip` });
+    expect((await actions()).map((a) => [a.evidence.where, a.action])).toEqual([
+      ['body', 'alert'],
+      ['path', 'alert'],
+      ['header:cookie', 'alert'],
+      ['header:referer', 'alert'],
+      ['query:q', 'alert'],
+    ]);
+    expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 's', authTime: START - 1000 })).toBe(false);
+    clock.now += 1000;
+    detector.decoyHit({ ...hit, where: 'query:api_key' });
+    expect((await actions()).at(-1)).toMatchObject({ action: 'revoke', evidence: { where: 'query:api_key' } });
+  });
+
+  it('coalesces repeated decoy hits (per decoy, address and user) and bounds how many a minute are written', async () => {
+    const { clock, detector, actions } = setup();
+    const hit = { kind: 'credential' as const, decoyId: 'dk_1', where: 'header:authorization', userId: null, sessionId: null, upstream: 'openai', route: null, requestId: 'r' };
+    for (let i = 0; i < 5; i++) detector.decoyHit({ ...hit, ip: '203.0.113.9' });
+    expect(await actions()).toHaveLength(1);
+    // A script replaying the public decoy from many addresses: at most 30 alerts a minute are written.
+    for (let i = 0; i < 100; i++) detector.decoyHit({ ...hit, ip: `198.51.100.${i}` });
+    expect(await actions()).toHaveLength(30);
+    clock.now += MINUTE_MS;
+    detector.decoyHit({ ...hit, ip: '192.0.2.1' });
+    expect(await actions()).toHaveLength(31);
+  });
+
+  it('does nothing when disabled, but still acts on decoys', async () => {
+    const { clock, detector, actions } = setup({ enabled: false });
+    for (let i = 0; i < 200; i++) {
+      clock.now = START + i * 100;
+      detector.observe(event());
+    }
+    expect(await actions()).toEqual([]);
+    detector.decoyHit({ kind: 'route', decoyId: null, where: 'route', userId: 'local:ada', sessionId: 's', ip: null, upstream: 'openai', route: '/v1/admin', requestId: 'r' });
+    expect((await actions()).map((a) => a.action)).toEqual(['revoke']);
+  });
+});
+
