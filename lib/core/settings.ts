@@ -54,6 +54,8 @@ const settingsSchema = z.object({
     .transform((value) => (value ? value.split(',').map((v) => v.trim()).filter(Boolean) : null))
     .pipe(z.array(origin).nullable()),
   KEYWARD_USERS_FILE: z.string().min(1).optional(),
+  /** Decoy credentials (honeytokens) to recognise, from `npm run keyward -- decoys create` (README "Decoy keys"). */
+  KEYWARD_DECOYS_FILE: z.string().min(1).optional(),
   KEYWARD_OIDC_ISSUER: z.url({ protocol: /^https?$/ }).optional(),
   KEYWARD_OIDC_CLIENT_ID: z.string().min(1).optional(),
   KEYWARD_OIDC_CLIENT_SECRET: z.string().min(1).optional(),
@@ -117,6 +119,11 @@ const settingsSchema = z.object({
   KEYWARD_METRICS_TOKEN: secret.optional(),
   KEYWARD_MOBILE_ACCESS_TTL: z.coerce.number().int().min(60).max(3600).default(900),
   KEYWARD_MOBILE_REFRESH_TTL: z.coerce.number().int().min(3600).max(90 * 24 * 3600).default(30 * 24 * 3600),
+  /**
+   * DPoP (RFC 9449) at the mobile token endpoint: `optional` binds the tokens to the app's key when it sends a
+   * proof; `required` refuses a grant without one (`invalid_dpop_proof`). Bound tokens need a proof either way.
+   */
+  KEYWARD_MOBILE_DPOP: z.enum(['optional', 'required'], { error: 'must be optional or required' }).default('optional'),
 });
 
 export type Settings = z.output<typeof settingsSchema>;

@@ -114,13 +114,24 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
               })
               .catch(storeFailed);
           }
+          const sid = randomUUID();
+          const signedInAt = Date.now();
+          // Listed for the admin pages (by the id's hash); the session itself stays a sealed cookie.
+          await runtime.sessionIndex
+            .record(subject, { sessionId: sid, kind: 'browser', expiresAt: signedInAt + settings.KEYWARD_SESSION_MAX_AGE * 1000, authTime: signedInAt, roles })
+            .catch(storeFailed);
+          // The provider's session id (`sid` in the ID token): its back-channel logout ends this session (and the
+          // app tokens minted from it) without a store read on any call (lib/core/session/provider-sessions.ts).
+          if (account.provider === 'oidc' && typeof profile?.sid === 'string' && typeof profile.iss === 'string') {
+            await runtime.providerSessions.recordSignIn(profile.iss, profile.sid, { sessionId: sid, userId: subject }).catch(storeFailed);
+          }
           return {
             sub: subject,
             name: user.name ?? profile?.name ?? null,
             roles,
             claims,
-            sid: randomUUID(),
-            ...authTimeClaims(Date.now()),
+            sid,
+            ...authTimeClaims(signedInAt),
           };
         }
         // Every later read (including /api/auth/session) checks server-side revocation: a revoked session is

@@ -52,9 +52,49 @@ async function read(response: Response): Promise<Result> {
   return { status: flat.status, body: flat.body, headers: response.headers, json: <T>() => JSON.parse(flat.body) as T };
 }
 
+/** Keyward's own JSON error (the proxy, and the mobile endpoints when the feature is off). */
 function expectError(result: Result, status: number, code: string) {
   expect(result.status).toBe(status);
   expect(result.json<{ error: { code: string } }>().error.code).toBe(code);
+}
+
+/** Every OAuth error body and error redirect seen in this file: none may carry a code or token (checked last). */
+const oauthErrors: string[] = [];
+
+/**
+ * An OAuth error from the authorize or token endpoint (RFC 6749 §5.2): `{"error","error_description"}` and
+ * nothing else, never cached. Returns the description.
+ */
+function expectOAuthError(result: Result, status: number, error: string): string {
+  expect(result.status, result.body).toBe(status);
+  const body = result.json<{ error: string; error_description: string }>();
+  expect(Object.keys(body).sort()).toEqual(['error', 'error_description']);
+  expect(body.error).toBe(error);
+  expect(body.error_description.length).toBeGreaterThan(0);
+  expect(result.headers.get('content-type')).toBe('application/json; charset=utf-8');
+  expect(result.headers.get('cache-control')).toBe('no-store');
+  expect(result.headers.get('pragma')).toBe('no-cache');
+  expect(result.headers.get('location')).toBeNull();
+  oauthErrors.push(result.body);
+  return body.error_description;
+}
+
+/**
+ * An error sent back to the app at its registered redirect URI (RFC 6749 §4.1.2.1): `error`,
+ * `error_description`, `state` and `iss`, and no code. Returns the callback's parameters.
+ */
+function expectErrorRedirect(result: Result, error: string, redirectUri = APP_REDIRECT, state: string | null = 'st-123'): URLSearchParams {
+  expect(result.status, result.body).toBe(302);
+  const location = result.headers.get('location')!;
+  oauthErrors.push(location);
+  const url = new URL(location);
+  expect(`${url.protocol}${url.host ? `//${url.host}` : ''}${url.pathname}`).toBe(redirectUri);
+  expect(url.searchParams.get('error')).toBe(error);
+  expect(url.searchParams.get('error_description')).toBeTruthy();
+  expect(url.searchParams.get('state')).toBe(state);
+  expect(url.searchParams.get('iss')).toBe(APP_ORIGIN);
+  expect(url.searchParams.has('code')).toBe(false);
+  return url.searchParams;
 }
 
 function pkce() {
@@ -251,7 +291,7 @@ describe('GET /api/session/mobile/authorize', () => {
     expect(result.headers.get('location')).toMatch(/^\/api\/auth\/signin\?callbackUrl=/);
   });
 
-  it('with a cookie session and an S256 challenge: 302 to the registered redirect URI with code and state', async () => {
+  it('with a cookie session and an S256 challenge: 302 to the registered redirect URI with code, state and iss', async () => {
     const result = await authorize(authorizeQuery({ state: 'a b&c=d/é' }));
     expect(result.status).toBe(302);
     expect(result.headers.get('cache-control')).toBe('no-store');
@@ -260,6 +300,8 @@ describe('GET /api/session/mobile/authorize', () => {
     expect(`${location.protocol}${location.pathname}`).toBe(APP_REDIRECT);
     expect(location.searchParams.get('code')).toMatch(/^kwc_[A-Za-z0-9_-]{43}$/);
     expect(location.searchParams.get('state')).toBe('a b&c=d/é');
+    // RFC 9207: the issuer (the public origin), so an app talking to several servers knows who answered.
+    expect(location.searchParams.get('iss')).toBe(APP_ORIGIN);
     issued.push(location.searchParams.get('code')!);
   });
 
@@ -278,11 +320,27 @@ describe('GET /api/session/mobile/authorize', () => {
     ['another loopback port', 'http://127.0.0.1:8766/callback'],
     ['localhost for 127.0.0.1', 'http://localhost:8765/callback'],
     ['no redirect_uri', null],
-  ])('an unregistered redirect_uri (%s) → 400 and no redirect', async (_name, redirectUri) => {
+  ])('an unregistered redirect_uri (%s) → 400 invalid_request, never redirected', async (_name, redirectUri) => {
     const result = await authorize(authorizeQuery({ redirect_uri: redirectUri }));
-    expectError(result, 400, 'bad_request');
-    expect(result.headers.get('location')).toBeNull();
+    expectOAuthError(result, 400, 'invalid_request');
     expect(result.body).not.toContain('kwc_');
+    // The submitted URI is not echoed either.
+    if (redirectUri) expect(result.body).not.toContain(redirectUri);
+  });
+
+  it('an unregistered redirect_uri is refused before anything else is looked at, signed in or not', async () => {
+    const query = authorizeQuery({ redirect_uri: 'https://evil.example/cb', code_challenge: null, response_type: 'token' });
+    expectOAuthError(await authorize(query), 400, 'invalid_request');
+    expectOAuthError(await authorize(query, { cookie: null }), 400, 'invalid_request');
+  });
+
+  it.each([
+    ['redirect_uri twice', `&redirect_uri=${encodeURIComponent(APP_REDIRECT)}`],
+    ['client_id twice', '&client_id=a&client_id=b'],
+    ['a client_id with a control character', '&client_id=a%0Ab'],
+    ['a client_id of 256 characters', `&client_id=${'c'.repeat(256)}`],
+  ])('%s → 400 invalid_request, never redirected (the client is not known to be good)', async (_name, extra) => {
+    expectOAuthError(await authorize(`${authorizeQuery()}${extra}`), 400, 'invalid_request');
   });
 
   it.each([
@@ -291,16 +349,38 @@ describe('GET /api/session/mobile/authorize', () => {
     ['no method', { code_challenge_method: null }],
     ['a short challenge', { code_challenge: 'abc' }],
     ['a challenge with padding', { code_challenge: `${'A'.repeat(42)}=` }],
-  ])('PKCE is required (S256): %s → 400, no redirect', async (_name, overrides) => {
-    const result = await authorize(authorizeQuery(overrides));
-    expectError(result, 400, 'bad_request');
-    expect(result.headers.get('location')).toBeNull();
+  ])('PKCE is required (S256): %s → the error goes back to the app (invalid_request, state, iss), no code', async (_name, overrides) => {
+    expectErrorRedirect(await authorize(authorizeQuery(overrides)), 'invalid_request');
   });
 
-  it.each(['cross-site', 'same-site'])('Sec-Fetch-Site: %s → 403 csrf_failed, no redirect', async (site) => {
-    const result = await authorize(authorizeQuery(), { site });
-    expectError(result, 403, 'csrf_failed');
-    expect(result.headers.get('location')).toBeNull();
+  it('bad requests are answered to the app before asking anyone to sign in', async () => {
+    expectErrorRedirect(await authorize(authorizeQuery({ code_challenge: null }), { cookie: null }), 'invalid_request');
+  });
+
+  it('response_type other than code → unsupported_response_type at the redirect URI; absent or code is fine', async () => {
+    expectErrorRedirect(await authorize(authorizeQuery({ response_type: 'token' })), 'unsupported_response_type');
+    for (const responseType of ['code', null]) {
+      const result = await authorize(authorizeQuery({ response_type: responseType }));
+      expect(new URL(result.headers.get('location')!).searchParams.get('code')).toMatch(/^kwc_/);
+    }
+  });
+
+  it('a repeated parameter (other than redirect_uri and client_id) → invalid_request at the redirect URI', async () => {
+    expectErrorRedirect(await authorize(`${authorizeQuery()}&code_challenge_method=S256`), 'invalid_request');
+    // A repeated state cannot be sent back as it was: the error goes without one.
+    expectErrorRedirect(await authorize(`${authorizeQuery()}&state=other`), 'invalid_request', APP_REDIRECT, null);
+  });
+
+  it('an error without state in the request is sent back without state', async () => {
+    expectErrorRedirect(await authorize(authorizeQuery({ state: null, code_challenge: null })), 'invalid_request', APP_REDIRECT, null);
+  });
+
+  it('the loopback redirect URI gets its errors too', async () => {
+    expectErrorRedirect(await authorize(authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT, code_challenge: null })), 'invalid_request', LOOPBACK_REDIRECT);
+  });
+
+  it.each(['cross-site', 'same-site'])('Sec-Fetch-Site: %s → 403 access_denied, no redirect', async (site) => {
+    expectOAuthError(await authorize(authorizeQuery(), { site }), 403, 'access_denied');
   });
 
   it.each(['none', 'same-origin'])(
@@ -312,21 +392,23 @@ describe('GET /api/session/mobile/authorize', () => {
     },
   );
 
-  it('POST is refused (405)', async () => {
-    expectError(await authorize(authorizeQuery(), { method: 'POST' }), 405, 'method_not_allowed');
+  it('POST is refused (405, Allow: GET)', async () => {
+    const result = await authorize(authorizeQuery(), { method: 'POST' });
+    expectOAuthError(result, 405, 'invalid_request');
+    expect(result.headers.get('allow')).toBe('GET');
   });
 });
 
 describe('POST /api/session/token: authorization_code', () => {
   it('a wrong code_verifier → 400 invalid_grant, and the code is spent (the right verifier fails afterwards)', async () => {
     const { code, verifier } = await newCode();
-    expectError(await exchange(code, pkce().verifier), 400, 'invalid_grant');
-    expectError(await exchange(code, verifier), 400, 'invalid_grant');
+    expectOAuthError(await exchange(code, pkce().verifier), 400, 'invalid_grant');
+    expectOAuthError(await exchange(code, verifier), 400, 'invalid_grant');
   });
 
   it('a wrong redirect_uri (even another registered one) → 400 invalid_grant', async () => {
     const { code, verifier } = await newCode();
-    expectError(await exchange(code, verifier, LOOPBACK_REDIRECT), 400, 'invalid_grant');
+    expectOAuthError(await exchange(code, verifier, LOOPBACK_REDIRECT), 400, 'invalid_grant');
   });
 
   it('the challenge itself as verifier (a plain-method downgrade) → invalid_grant', async () => {
@@ -334,18 +416,20 @@ describe('POST /api/session/token: authorization_code', () => {
     const result = await authorize(authorizeQuery({}, challenge));
     const code = new URL(result.headers.get('location')!).searchParams.get('code')!;
     expect(verifier).not.toBe(challenge);
-    expectError(await exchange(code, challenge), 400, 'invalid_grant');
+    expectOAuthError(await exchange(code, challenge), 400, 'invalid_grant');
   });
 
   it('an unknown code → invalid_grant', async () => {
-    expectError(await exchange(`kwc_${randomBytes(32).toString('base64url')}`, pkce().verifier), 400, 'invalid_grant');
+    expectOAuthError(await exchange(`kwc_${randomBytes(32).toString('base64url')}`, pkce().verifier), 400, 'invalid_grant');
   });
 
   it('success returns access + refresh tokens (no-store); the code cannot be used twice', async () => {
     const { code, verifier } = await newCode();
     const result = await exchange(code, verifier);
     expect(result.status).toBe(200);
-    expect(result.headers.get('cache-control')).toBe('private, no-store');
+    // RFC 6749 §5.1.
+    expect(result.headers.get('cache-control')).toBe('no-store');
+    expect(result.headers.get('pragma')).toBe('no-cache');
     const body = result.json<Tokens>();
     expect(Object.keys(body).sort()).toEqual(['access_token', 'expires_in', 'refresh_token', 'token_type']);
     expect(body.token_type).toBe('Bearer');
@@ -353,7 +437,7 @@ describe('POST /api/session/token: authorization_code', () => {
     expect(body.refresh_token).toMatch(/^kwr_/);
     expect(body.access_token).toMatch(/^Fe26\.2\*/);
     expect(findLeak(body.access_token, [sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET])).toBeNull();
-    expectError(await exchange(code, verifier), 400, 'invalid_grant');
+    expectOAuthError(await exchange(code, verifier), 400, 'invalid_grant');
   });
 
   it('two concurrent exchanges of one code: exactly one gets tokens', async () => {
@@ -379,20 +463,128 @@ describe('POST /api/session/token: authorization_code', () => {
       { grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT },
       { query },
     );
-    expectError(result, 400, 'bad_request');
+    expectOAuthError(result, 400, 'invalid_request');
     expect((await exchange(code, verifier)).status).toBe(200);
   });
 
   it.each([
-    ['no grant_type', {}],
-    ['an unknown grant_type', { grant_type: 'password', username: 'alice', password: 'x' }],
-    ['client_credentials', { grant_type: 'client_credentials' }],
-    [
-      'authorization_code without a verifier',
-      { grant_type: 'authorization_code', code: 'kwc_x', redirect_uri: APP_REDIRECT },
-    ],
-  ])('%s → 400', async (_name, params) => {
-    expect((await token(params as Record<string, string>)).status).toBe(400);
+    ['no grant_type', {}, 'invalid_request'],
+    ['an empty grant_type (counts as absent)', { grant_type: '' }, 'invalid_request'],
+    ['an unknown grant_type', { grant_type: 'password', username: 'alice', password: 'x' }, 'unsupported_grant_type'],
+    ['client_credentials', { grant_type: 'client_credentials' }, 'unsupported_grant_type'],
+    ['authorization_code without a verifier', { grant_type: 'authorization_code', code: 'kwc_x', redirect_uri: APP_REDIRECT }, 'invalid_request'],
+    ['authorization_code without a code', { grant_type: 'authorization_code', code_verifier: pkce().verifier, redirect_uri: APP_REDIRECT }, 'invalid_request'],
+    ['refresh_token without a token', { grant_type: 'refresh_token' }, 'invalid_request'],
+  ])('%s → 400 %s', async (_name, params, error) => {
+    expectOAuthError(await token(params as Record<string, string>), 400, error);
+  });
+
+  it('a password or code is never echoed in a description', async () => {
+    const secret = randomSecret('pw');
+    const description = expectOAuthError(await token({ grant_type: 'password', username: 'alice', password: secret }), 400, 'unsupported_grant_type');
+    expect(description).not.toContain(secret);
+    const code = `kwc_${randomBytes(32).toString('base64url')}`;
+    const unknown = await token({ grant_type: 'authorization_code', code, code_verifier: pkce().verifier, redirect_uri: APP_REDIRECT });
+    expectOAuthError(unknown, 400, 'invalid_grant');
+    expect(unknown.body).not.toContain(code);
+  });
+
+  it('a parameter sent twice → invalid_request, and the code is not spent', async () => {
+    const { code, verifier } = await newCode();
+    const body = `${new URLSearchParams({ grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT })}&code=${code}`;
+    const request = new Request(`${APP_ORIGIN}/api/session/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body,
+    });
+    expectOAuthError(await read(await handleMobileToken(request, runtime)), 400, 'invalid_request');
+    expect((await exchange(code, verifier)).status).toBe(200);
+  });
+
+  it.each([
+    ['text/plain', 'grant_type=refresh_token&refresh_token=kwr_x'],
+    ['no content type', null],
+    ['JSON that is not an object', '[1]'],
+    ['a JSON value that is not a string', JSON.stringify({ grant_type: 'refresh_token', refresh_token: 42 })],
+  ])('a body that is not a form or a JSON object of strings (%s) → invalid_request', async (name, body) => {
+    const type = name === 'text/plain' ? 'text/plain' : name === 'no content type' ? null : 'application/json';
+    const headers = new Headers();
+    if (type) headers.set('content-type', type);
+    const request = new Request(`${APP_ORIGIN}/api/session/token`, { method: 'POST', headers, body: body ?? '' });
+    expectOAuthError(await read(await handleMobileToken(request, runtime)), 400, 'invalid_request');
+  });
+
+  it('GET → 405 invalid_request with Allow: POST', async () => {
+    const result = await read(await handleMobileToken(new Request(`${APP_ORIGIN}/api/session/token`), runtime));
+    expectOAuthError(result, 405, 'invalid_request');
+    expect(result.headers.get('allow')).toBe('POST');
+  });
+});
+
+describe('POST /api/session/token: clients are public (token_endpoint_auth_methods_supported: none)', () => {
+  const clientSecret = randomSecret('client');
+  it.each([
+    ['HTTP Basic', `Basic ${Buffer.from(`app:${clientSecret}`).toString('base64')}`, 'Basic realm="keyward"'],
+    ['another scheme', `Bearer ${clientSecret}`, 'Bearer realm="keyward"'],
+  ])('client authentication with %s → 401 invalid_client with a WWW-Authenticate challenge; the code is not spent', async (_name, authorization, challenge) => {
+    const { code, verifier } = await newCode();
+    const request = new Request(`${APP_ORIGIN}/api/session/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', authorization },
+      body: new URLSearchParams({ grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT }).toString(),
+    });
+    const result = await read(await handleMobileToken(request, runtime));
+    expectOAuthError(result, 401, 'invalid_client');
+    expect(result.headers.get('www-authenticate')).toBe(challenge);
+    expect(findLeak(`${result.body}${JSON.stringify([...result.headers])}`, [clientSecret])).toBeNull();
+    expect((await exchange(code, verifier)).status).toBe(200);
+  });
+
+  it.each(['client_secret', 'client_assertion'])('%s in the body → 401 invalid_client', async (name) => {
+    const { code, verifier } = await newCode();
+    const secret = randomSecret('client');
+    const result = await token({ grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT, [name]: secret });
+    expectOAuthError(result, 401, 'invalid_client');
+    expect(result.body).not.toContain(secret);
+  });
+});
+
+describe('client_id: bound to the code and its tokens', () => {
+  async function codeFor(clientId: string) {
+    const { verifier, challenge } = pkce();
+    const result = await authorize(`${authorizeQuery({}, challenge)}&client_id=${encodeURIComponent(clientId)}`);
+    const code = new URL(result.headers.get('location')!).searchParams.get('code')!;
+    issued.push(code);
+    return { code, verifier };
+  }
+  const exchangeAs = (code: string, verifier: string, clientId?: string) =>
+    token({ grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: APP_REDIRECT, ...(clientId ? { client_id: clientId } : {}) });
+
+  it('the code exchange must name the same client_id (RFC 6749 §4.1.3), else invalid_grant', async () => {
+    const other = await codeFor('com.example.keyward');
+    expectOAuthError(await exchangeAs(other.code, other.verifier, 'com.example.other'), 400, 'invalid_grant');
+    const none = await codeFor('com.example.keyward');
+    expectOAuthError(await exchangeAs(none.code, none.verifier), 400, 'invalid_grant');
+    // A code issued without client_id cannot be taken by a request naming one either.
+    const { code, verifier } = await newCode();
+    expectOAuthError(await exchangeAs(code, verifier, 'com.example.keyward'), 400, 'invalid_grant');
+  });
+
+  it('the same client_id works; a refresh naming another is refused without spending the token', async () => {
+    const { code, verifier } = await codeFor('com.example.keyward');
+    const result = await exchangeAs(code, verifier, 'com.example.keyward');
+    expect(result.status).toBe(200);
+    const tokens = result.json<Tokens>();
+    issued.push(tokens.access_token, tokens.refresh_token);
+    expectOAuthError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: 'com.example.other' }), 400, 'invalid_grant');
+    // Without client_id (RFC 6749 §6 does not require it of public clients) or with the same one, it works.
+    const renewed = await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token });
+    expect(renewed.status).toBe(200);
+    const next = renewed.json<Tokens>();
+    issued.push(next.access_token, next.refresh_token);
+    const again = await token({ grant_type: 'refresh_token', refresh_token: next.refresh_token, client_id: 'com.example.keyward' });
+    expect(again.status).toBe(200);
+    issued.push(again.json<Tokens>().access_token, again.json<Tokens>().refresh_token);
   });
 });
 
@@ -492,14 +684,14 @@ describe('POST /api/session/token: refresh_token', () => {
     expect((await proxy(second.access_token)).result.status).toBe(200);
 
     const logLinesBefore = logLines.length;
-    expectError(await refresh(first.refresh_token), 400, 'invalid_grant');
+    expectOAuthError(await refresh(first.refresh_token), 400, 'invalid_grant');
     // The family's live access token is refused on its very next request …
     const live = await proxy(second.access_token);
     expectError(live.result, 401, 'unauthenticated');
     expect(live.reached).toBe(false);
     // … and so is the older one, and the newest refresh token.
     expectError((await proxy(first.access_token)).result, 401, 'unauthenticated');
-    expectError(await refresh(second.refresh_token), 400, 'invalid_grant');
+    expectOAuthError(await refresh(second.refresh_token), 400, 'invalid_grant');
     // The reuse is logged as a warning, without any token.
     const warning = logLines.slice(logLinesBefore).find((line) => line.includes('refresh token reused'));
     expect(warning).toBeDefined();
@@ -516,7 +708,7 @@ describe('POST /api/session/token: refresh_token', () => {
     expect(results.map((r) => r.status).sort()).toEqual([200, 400]);
     const winner = results.find((r) => r.status === 200)!.json<Tokens>();
     expectError((await proxy(winner.access_token)).result, 401, 'unauthenticated');
-    expectError(await refresh(winner.refresh_token), 400, 'invalid_grant');
+    expectOAuthError(await refresh(winner.refresh_token), 400, 'invalid_grant');
   });
 
   it.each([
@@ -524,7 +716,7 @@ describe('POST /api/session/token: refresh_token', () => {
     ['an access token used as refresh token', (t: Tokens) => t.access_token],
   ])('%s → invalid_grant', async (_name, pick) => {
     const tokens = await signInApp();
-    expectError(await refresh(pick(tokens)), 400, 'invalid_grant');
+    expectOAuthError(await refresh(pick(tokens)), 400, 'invalid_grant');
   });
 
   it('POST /api/session/logout with the access token (no CSRF needed) ends the family: token 401, refresh invalid_grant', async () => {
@@ -536,7 +728,7 @@ describe('POST /api/session/token: refresh_token', () => {
     const result = await read(await handleLogout(request, runtime));
     expect(result.status).toBe(200);
     expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
-    expectError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+    expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
   });
 });
 
@@ -553,13 +745,13 @@ describe('sign out everywhere', () => {
     });
     expect((await read(await handleRevokeAll(request, runtime))).status).toBe(200);
     expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
-    expectError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+    expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
     // The revoked browser session can no longer authorize an app: it is sent to sign in again.
     const authorizeAgain = await authorize(authorizeQuery(), { cookie: doraCookie });
     expect(authorizeAgain.headers.get('location')).toMatch(/^\/api\/auth\/signin\?/);
     // A code issued before the revocation is refused outright (issue 11): no tokens at all.
     const late = await exchange(pending.code, pending.verifier);
-    expectError(late, 400, 'invalid_grant');
+    expectOAuthError(late, 400, 'invalid_grant');
     expect(late.body).not.toContain('access_token');
 
     clock += 2_000;
@@ -579,7 +771,7 @@ describe('a code from a browser session that signed out', () => {
       headers: { cookie, 'x-keyward-csrf': '1', origin: APP_ORIGIN },
     });
     expect((await read(await handleLogout(logout, runtime))).status).toBe(200);
-    expectError(await exchange(pending.code, pending.verifier), 400, 'invalid_grant');
+    expectOAuthError(await exchange(pending.code, pending.verifier), 400, 'invalid_grant');
     // Another session of the same user is unaffected.
     const tokens = await signInApp();
     expect((await proxy(tokens.access_token)).result.status).toBe(200);
@@ -602,12 +794,18 @@ describe('refresh re-reads local users (issue 11)', () => {
     expect(await bearerSession(changed, next.access_token)).toMatchObject({ userId: ALICE, roles: ['viewer'], claims: { org: 'globex' } });
   });
 
-  it("a removed local user's refresh fails with invalid_grant, and so does a pending code", async () => {
+  it("a removed local user's refresh fails with invalid_grant and ends the family; a pending code fails too", async () => {
     const tokens = await signInApp();
     const pending = await newCode();
+    expect(await bearerSession(runtime, tokens.access_token)).not.toBeNull();
     const removed = instanceWithUsers(usersFile([{ username: 'dora', roles: ['user'] }]));
-    expectError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: removed }), 400, 'invalid_grant');
-    expectError(
+    expectOAuthError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: removed }), 400, 'invalid_grant');
+    // The family is revoked on every instance: its live access token is refused from its next request …
+    expect(await bearerSession(runtime, tokens.access_token)).toBeNull();
+    expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
+    // … and the refresh token stays dead even where the user still exists (this instance's older file).
+    expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+    expectOAuthError(
       await token({ grant_type: 'authorization_code', code: pending.code, code_verifier: pending.verifier, redirect_uri: APP_REDIRECT }, { on: removed }),
       400,
       'invalid_grant',
@@ -620,7 +818,7 @@ describe('refresh re-reads local users (issue 11)', () => {
     delete withoutUsers.KEYWARD_USERS_FILE;
     const noUsers = createRuntime({ env: { ...withoutUsers, KEYWARD_MOBILE_REDIRECT_URIS: APP_REDIRECT }, upstreams, store, logger, now: () => clock });
     expect(noUsers.users).toBeNull();
-    expectError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: noUsers }), 400, 'invalid_grant');
+    expectOAuthError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: noUsers }), 400, 'invalid_grant');
   });
 
   it("an identity provider's user keeps the roles it signed in with (there is nothing to re-read)", async () => {
@@ -646,6 +844,13 @@ describe('mobile disabled (no KEYWARD_MOBILE_REDIRECT_URIS)', () => {
       { on: disabled },
     );
     expectError(result, 404, 'route_not_found');
+  });
+});
+
+describe('OAuth error answers', () => {
+  it('no error body or error redirect carried a code, token or secret', () => {
+    expect(oauthErrors.length).toBeGreaterThan(30);
+    expect(findLeak(oauthErrors.join('\n'), [...issued, serviceKey, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET])).toBeNull();
   });
 });
 

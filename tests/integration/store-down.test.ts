@@ -116,19 +116,32 @@ describe('the store is down: every route answers 503 store_unavailable', () => {
     await expectStoreUnavailable(await handleAudit(request('/api/admin/audit?format=jsonl'), runtime));
   });
 
-  it('mobile: authorize with a session, the code exchange and a refresh', async () => {
-    await expectStoreUnavailable(
-      await handleMobileAuthorize(
-        request(`/api/session/mobile/authorize?${new URLSearchParams({ redirect_uri: APP_REDIRECT, code_challenge: 'a'.repeat(43), code_challenge_method: 'S256' })}`),
-        runtime,
-      ),
+  it('mobile (OAuth errors): authorize sends temporarily_unavailable back to the app; the token endpoint answers 503 temporarily_unavailable', async () => {
+    // RFC 6749 §4.1.2.1: a 503 cannot reach the app through a redirect, so the error is sent to its redirect URI.
+    const authorize = await handleMobileAuthorize(
+      request(`/api/session/mobile/authorize?${new URLSearchParams({ redirect_uri: APP_REDIRECT, code_challenge: 'a'.repeat(43), code_challenge_method: 'S256', state: 's1' })}`),
+      runtime,
     );
+    expect(authorize.status).toBe(302);
+    const callback = new URL(authorize.headers.get('location')!);
+    expect(`${callback.protocol}${callback.pathname}`).toBe(APP_REDIRECT);
+    expect(callback.searchParams.get('error')).toBe('temporarily_unavailable');
+    expect(callback.searchParams.get('state')).toBe('s1');
+    expect(callback.searchParams.has('code')).toBe(false);
+
     const form = (params: Record<string, string>) =>
       request('/api/session/token', { method: 'POST', cookie: null, body: new URLSearchParams(params).toString(), contentType: 'application/x-www-form-urlencoded' });
-    await expectStoreUnavailable(
+    const expectTemporarilyUnavailable = async (response: Response) => {
+      const text = await response.text();
+      expect(response.status, text).toBe(503);
+      expect(response.headers.get('cache-control')).toBe('no-store');
+      expect(JSON.parse(text)).toEqual({ error: 'temporarily_unavailable', error_description: expect.any(String) });
+      expect(findLeak(text, [secrets.AUTH_SECRET, secrets.KEYWARD_SESSION_SECRET, vaultSecret])).toBeNull();
+    };
+    await expectTemporarilyUnavailable(
       await handleMobileToken(form({ grant_type: 'authorization_code', code: 'kwc_x', code_verifier: 'v'.repeat(43), redirect_uri: APP_REDIRECT }), runtime),
     );
-    await expectStoreUnavailable(await handleMobileToken(form({ grant_type: 'refresh_token', refresh_token: 'kwr_x' }), runtime));
+    await expectTemporarilyUnavailable(await handleMobileToken(form({ grant_type: 'refresh_token', refresh_token: 'kwr_x' }), runtime));
   });
 
   it('sign-in: the credentials callback answers 503 before Auth.js would check a password', async () => {

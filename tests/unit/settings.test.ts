@@ -140,6 +140,19 @@ describe('readSettings: allowed origins', () => {
   );
 });
 
+describe('readSettings: KEYWARD_MOBILE_DPOP', () => {
+  it('is optional by default, and takes required', () => {
+    expect(readSettings(testSessionSecrets()).KEYWARD_MOBILE_DPOP).toBe('optional');
+    expect(readSettings({ ...testSessionSecrets(), KEYWARD_MOBILE_DPOP: 'required' }).KEYWARD_MOBILE_DPOP).toBe('required');
+  });
+
+  it.each(['true', 'REQUIRED', 'off', ''])('refuses %j, naming the setting', (value) => {
+    expect(settingsError({ ...testSessionSecrets(), KEYWARD_MOBILE_DPOP: value })).toMatch(
+      /KEYWARD_MOBILE_DPOP: must be optional or required/,
+    );
+  });
+});
+
 describe('assertNoPublicSecrets', () => {
   it('refuses a NEXT_PUBLIC_ variable holding a secret and names only the variable', () => {
     const secret = randomSecret();

@@ -1,70 +1,242 @@
+import { DpopError, requestHtu } from '../dpop/proof';
 import { KeywardError } from '../errors';
+import {
+  readAuthorizeClient,
+  readAuthorizeRequest,
+  callbackLocation,
+  type AuthorizeClient,
+} from '../mobile/authorize-request';
+import { OAuthError, oauthErrorBody, oauthErrorResponse, toOAuthError } from '../mobile/oauth-error';
+import type { TokenResponse } from '../mobile/tokens';
 import type { Runtime } from '../runtime';
-import { apiHandler, json, readJsonObject } from './guard';
+import { apiHandler, readJsonObject } from './guard';
 
 /**
- * GET /api/session/mobile/authorize?redirect_uri&code_challenge&code_challenge_method=S256[&state]
+ * The native-app token exchange speaks OAuth 2.0 (RFC 6749 with PKCE, RFC 7636; discovery at
+ * /.well-known/oauth-authorization-server, lib/core/api/oauth-metadata.ts), so an unmodified OAuth client
+ * (AppAuth, oauth4webapi) can use it. Its errors are OAuth's (lib/core/mobile/oauth-error.ts); only "the
+ * feature is off" keeps Keyward's JSON 404, as for any route that does not exist.
+ */
+
+/**
+ * GET /api/session/mobile/authorize?redirect_uri&code_challenge&code_challenge_method=S256[&state][&client_id][&response_type=code]
  * Opened by the app in the system browser. Not signed in: off to the sign-in page and back here.
  */
 export function handleMobileAuthorize(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
     if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
-    // A page on another site must not be able to start this for the user (Fetch Metadata).
-    const site = request.headers.get('sec-fetch-site');
-    if (site === 'cross-site' || site === 'same-site') throw new KeywardError('csrf_failed');
-    const url = new URL(request.url);
-    const session = await runtime.verifySession(request);
-    if (!session || session.via !== 'cookie') {
-      const back = `${url.pathname}${url.search}`;
-      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`);
-    }
-    return redirect(await runtime.mobile.issueCode(session, url.searchParams));
+    return authorize(request, runtime);
   });
 }
 
+async function authorize(request: Request, runtime: Runtime): Promise<Response> {
+  let client: AuthorizeClient | null = null;
+  const issuer = runtime.allowedOrigins.publicOrigin(request);
+  try {
+    if (request.method !== 'GET') {
+      throw new OAuthError('invalid_request', 'The authorization endpoint answers GET only.', {
+        status: 405,
+        headers: { allow: 'GET' },
+      });
+    }
+    // A page on another site must not be able to start this for the user (Fetch Metadata): refused, not
+    // redirected, so it cannot even open the app.
+    const site = request.headers.get('sec-fetch-site');
+    if (site === 'cross-site' || site === 'same-site') {
+      throw new OAuthError(
+        'access_denied',
+        'The authorization request must come from the app opening the browser, not from a web page.',
+      );
+    }
+    const query = new URL(request.url).searchParams;
+    client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
+    const wanted = readAuthorizeRequest(query, client);
+    const session = await runtime.verifySession(request);
+    if (!session || session.via !== 'cookie') {
+      const url = new URL(request.url);
+      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(`${url.pathname}${url.search}`)}`);
+    }
+    return redirect(await runtime.mobile.issueCode(session, wanted, issuer));
+  } catch (error) {
+    const oauthError = toOAuthError(error);
+    const requestId = logFailure(oauthError, runtime);
+    // RFC 6749 §4.1.2.1: once the redirect URI and client are known to be good, the error goes back to the app.
+    if (client) return redirect(callbackLocation(client, oauthErrorBody(oauthError), issuer), requestId);
+    return oauthErrorResponse(oauthError, requestId);
+  }
+}
+
 /**
- * POST /api/session/token (form-encoded or JSON):
- *   grant_type=authorization_code&code&code_verifier&redirect_uri  → first tokens
- *   grant_type=refresh_token&refresh_token                          → rotated tokens
- * Answers {access_token, token_type: "Bearer", expires_in, refresh_token} with Cache-Control: no-store.
+ * POST /api/session/token, form-encoded (RFC 6749 §3.2) or JSON:
+ *   grant_type=authorization_code&code&code_verifier&redirect_uri[&client_id]  → first tokens
+ *   grant_type=refresh_token&refresh_token[&client_id]                          → rotated tokens
+ * Answers {access_token, token_type: "Bearer", expires_in, refresh_token}, errors as RFC 6749 §5.2, both
+ * with Cache-Control: no-store. With a `DPoP` proof header (RFC 9449 §5), both tokens are bound to the proof's
+ * key and token_type is "DPoP"; KEYWARD_MOBILE_DPOP=required refuses a grant without one.
  */
 export function handleMobileToken(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
     if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
-    if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
-    if (new URL(request.url).search) {
-      throw new KeywardError('bad_request', { message: 'Send parameters in the body, never in the query string.' });
-    }
-    const params = await readParams(request);
-    const text = (name: string) => {
-      const value = params[name];
-      if (typeof value !== 'string' || value.length === 0 || value.length > 4096) {
-        throw new KeywardError('bad_request', { message: `${name} is required.` });
-      }
-      return value;
-    };
-    switch (params.grant_type) {
-      case 'authorization_code':
-        return json(await runtime.mobile.exchangeCode(text('code'), text('code_verifier'), text('redirect_uri')));
-      case 'refresh_token':
-        return json(await runtime.mobile.refresh(text('refresh_token')));
-      default:
-        throw new KeywardError('bad_request', { message: 'grant_type must be authorization_code or refresh_token.' });
+    try {
+      const { tokens, bound } = await token(request, runtime);
+      // RFC 9449 §8.2: the next nonce comes with each answer to a DPoP client, saving it a refusal next time.
+      return tokenResponse(tokens, bound ? runtime.dpop.nonces.current() : null);
+    } catch (error) {
+      const oauthError = toOAuthError(error);
+      return oauthErrorResponse(oauthError, logFailure(oauthError, runtime));
     }
   });
 }
 
-async function readParams(request: Request): Promise<Record<string, unknown>> {
-  const type = request.headers.get('content-type') ?? '';
-  if (/^application\/x-www-form-urlencoded\b/i.test(type)) {
-    const text = await request.text();
-    if (text.length > 16 * 1024) throw new KeywardError('payload_too_large');
-    return Object.fromEntries(new URLSearchParams(text));
+async function token(request: Request, runtime: Runtime): Promise<{ tokens: TokenResponse; bound: boolean }> {
+  if (request.method !== 'POST') {
+    throw new OAuthError('invalid_request', 'The token endpoint answers POST only.', {
+      status: 405,
+      headers: { allow: 'POST' },
+    });
   }
-  return readJsonObject(request);
+  if (new URL(request.url).search) {
+    throw new OAuthError('invalid_request', 'Send parameters in the body, never in the query string.');
+  }
+  refuseClientAuthentication(request);
+  const params = await readTokenParams(request);
+  if (params.has('client_secret') || params.has('client_assertion')) {
+    throw new OAuthError('invalid_client', CLIENTS_ARE_PUBLIC);
+  }
+  const clientId = params.get('client_id') ?? null;
+  const required = (name: TokenParameter) => {
+    const value = params.get(name);
+    if (value === undefined) throw new OAuthError('invalid_request', `${name} is required.`);
+    return value;
+  };
+  switch (params.get('grant_type')) {
+    case undefined:
+      throw new OAuthError('invalid_request', 'grant_type is required.');
+    case 'authorization_code': {
+      const exchange = {
+        code: required('code'),
+        verifier: required('code_verifier'),
+        redirectUri: required('redirect_uri'),
+        clientId,
+      };
+      const jkt = await dpopKey(request, runtime);
+      return { tokens: await runtime.mobile.exchangeCode({ ...exchange, jkt }), bound: jkt !== null };
+    }
+    case 'refresh_token': {
+      const refreshToken = required('refresh_token');
+      const jkt = await dpopKey(request, runtime);
+      return { tokens: await runtime.mobile.refresh(refreshToken, clientId, jkt), bound: jkt !== null };
+    }
+    default:
+      throw new OAuthError('unsupported_grant_type', 'grant_type must be authorization_code or refresh_token.');
+  }
 }
 
-function redirect(location: string): Response {
-  return new Response(null, { status: 302, headers: { location, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' } });
+/**
+ * RFC 9449 §5: the thumbprint of the key of the request's DPoP proof, which the tokens are then bound to; null
+ * without a proof (KEYWARD_MOBILE_DPOP=optional). Checked before the grant, so a refused proof spends neither
+ * the code nor the refresh token. The proof must carry a nonce this server handed out (§8): without one (or
+ * with an old one) the answer is `use_dpop_nonce` with a fresh nonce in `DPoP-Nonce`, and the client signs again.
+ */
+async function dpopKey(request: Request, runtime: Runtime): Promise<string | null> {
+  const proof = request.headers.get('dpop');
+  if (proof === null) {
+    if (runtime.settings.KEYWARD_MOBILE_DPOP !== 'required') return null;
+    throw new OAuthError('invalid_dpop_proof', 'This server binds tokens to a key: send a DPoP proof with the token request (RFC 9449).');
+  }
+  const { proofs, nonces } = runtime.dpop;
+  try {
+    const verified = await proofs.verify(proof, {
+      method: request.method,
+      url: requestHtu(request, runtime.allowedOrigins.publicOrigin(request)),
+      nonces,
+    });
+    return verified.jkt;
+  } catch (error) {
+    if (!(error instanceof DpopError)) throw error;
+    // A fresh nonce with every refusal (§8: at most one DPoP-Nonce header), so the client's next proof has one.
+    throw new OAuthError(error.code, error.message, { headers: { 'dpop-nonce': nonces.current() }, cause: error });
+  }
+}
+
+const CLIENTS_ARE_PUBLIC =
+  'Apps are public clients here (token_endpoint_auth_methods_supported: none): send no client secret or Authorization header.';
+
+/**
+ * RFC 6749 §5.2: a client that authenticated with the Authorization header gets 401 and a WWW-Authenticate
+ * challenge of the same scheme. Keyward has no client secrets to check, so any attempt is refused rather
+ * than ignored (a client that believes it holds a secret is misconfigured).
+ */
+function refuseClientAuthentication(request: Request): void {
+  const authorization = request.headers.get('authorization');
+  if (authorization === null) return;
+  const scheme = /^([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?:\s|$)/.exec(authorization)?.[1] ?? 'Basic';
+  throw new OAuthError('invalid_client', CLIENTS_ARE_PUBLIC, {
+    headers: { 'www-authenticate': `${scheme} realm="keyward"` },
+  });
+}
+
+/** The parameters the token endpoint reads; any other is ignored (RFC 6749 §3.2: "MUST ignore unrecognized"). */
+const TOKEN_PARAMETERS = [
+  'grant_type',
+  'code',
+  'code_verifier',
+  'redirect_uri',
+  'refresh_token',
+  'client_id',
+  'client_secret',
+  'client_assertion',
+] as const;
+type TokenParameter = (typeof TOKEN_PARAMETERS)[number];
+const MAX_VALUE = 4096;
+
+/**
+ * Reads the token request's body: form-encoded (the standard) or JSON (Keyward's first apps). Each
+ * parameter at most once, a string of at most 4096 characters; one sent empty counts as absent (§3.2).
+ */
+async function readTokenParams(request: Request): Promise<Map<TokenParameter, string>> {
+  const type = request.headers.get('content-type') ?? '';
+  const values = new Map<TokenParameter, unknown[]>();
+  if (/^application\/x-www-form-urlencoded\b/i.test(type)) {
+    const text = await request.text();
+    if (text.length > 16 * 1024) throw new OAuthError('invalid_request', 'The request body is too large.');
+    const form = new URLSearchParams(text);
+    for (const name of TOKEN_PARAMETERS) values.set(name, form.getAll(name));
+  } else if (/^application\/json\b/i.test(type)) {
+    const body = await readJsonObject(request);
+    for (const name of TOKEN_PARAMETERS) values.set(name, Object.hasOwn(body, name) ? [body[name]] : []);
+  } else {
+    throw new OAuthError('invalid_request', 'Send the parameters form-encoded (application/x-www-form-urlencoded).');
+  }
+  const params = new Map<TokenParameter, string>();
+  for (const [name, list] of values) {
+    if (list.length > 1) throw new OAuthError('invalid_request', `${name} must not be sent more than once.`);
+    const value = list[0];
+    if (value === undefined || value === '' || value === null) continue;
+    if (typeof value !== 'string') throw new OAuthError('invalid_request', `${name} must be a string.`);
+    if (value.length > MAX_VALUE) throw new OAuthError('invalid_request', `${name} is too long.`);
+    params.set(name, value);
+  }
+  return params;
+}
+
+/** RFC 6749 §5.1: the token response must not be cached anywhere. */
+function tokenResponse(body: TokenResponse, dpopNonce: string | null): Response {
+  const headers = new Headers({ 'cache-control': 'no-store', pragma: 'no-cache', 'x-content-type-options': 'nosniff' });
+  if (dpopNonce !== null) headers.set('dpop-nonce', dpopNonce);
+  return Response.json(body, { headers });
+}
+
+/** A request id for the error; the server's own failures are logged with it (the client sees only the id). */
+function logFailure(error: OAuthError, runtime: Pick<Runtime, 'logger'>): string {
+  const requestId = crypto.randomUUID();
+  if (error.status >= 500)
+    runtime.logger.error({ err: error.cause ?? error, requestId }, 'mobile token exchange failed');
+  return requestId;
+}
+
+function redirect(location: string, requestId?: string): Response {
+  const headers = new Headers({ location, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
+  if (requestId) headers.set('x-request-id', requestId);
+  return new Response(null, { status: 302, headers });
 }

@@ -4,11 +4,15 @@ import { sealData } from 'iron-session';
 import type { Logger } from 'pino';
 import { KeywardError } from '../errors';
 import type { SessionRevocations } from '../session/revocation';
+import type { SessionIndex } from '../session/session-index';
+import type { ProviderSessions } from '../session/provider-sessions';
 import { guard } from '../store/guard';
 import { authTimeClaims, type Session } from '../session/session';
 import type { BearerClaims } from '../session/verify';
 import type { LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
+import { callbackLocation, type AuthorizeRequest } from './authorize-request';
+import { OAuthError } from './oauth-error';
 
 export interface MobileSettings {
   readonly redirectUris: readonly string[];
@@ -36,15 +40,31 @@ interface CodeRecord extends Grant {
   redirectUri: string;
   /** The browser session that authorized the app: signing it out (or everywhere) voids the code. */
   sid?: string;
+  /** The client_id of the authorize request (absent in records written before client ids were read). */
+  clientId?: string | null;
 }
 
 interface RefreshRecord extends Grant {
   family: string;
+  clientId?: string | null;
+  /** The JWK thumbprint of the DPoP key the family is bound to (RFC 9449 §5); absent: not bound. */
+  jkt?: string | null;
+}
+
+/** A token request for the authorization_code grant (RFC 6749 §4.1.3). */
+export interface CodeExchange {
+  readonly code: string;
+  readonly verifier: string;
+  readonly redirectUri: string;
+  readonly clientId: string | null;
+  /** The thumbprint of the key of the DPoP proof sent with the request: the tokens are bound to it. */
+  readonly jkt?: string | null;
 }
 
 export interface TokenResponse {
   access_token: string;
-  token_type: 'Bearer';
+  /** `DPoP` for tokens bound to a key (RFC 9449 §5), else `Bearer`. */
+  token_type: 'Bearer' | 'DPoP';
   expires_in: number;
   refresh_token: string;
 }
@@ -53,7 +73,8 @@ const CODE_TTL_MS = 60_000;
 /** Local users' subjects (lib/next/auth.ts): `local:<username>`. */
 const LOCAL_PREFIX = 'local:';
 const VERIFIER = /^[A-Za-z0-9._~-]{43,128}$/;
-const CHALLENGE = /^[A-Za-z0-9_-]{43}$/;
+
+const NO_SUCH_USER = 'The user this grant was issued to no longer exists.';
 
 const hash = (value: string) => createHash('sha256').update(value, 'utf8').digest('base64url');
 const opaque = (prefix: string) => `${prefix}_${randomBytes(32).toString('base64url')}`;
@@ -75,84 +96,140 @@ export class MobileTokens {
     private readonly settings: MobileSettings,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
+    /** Where each new token family is listed for the admin pages (lib/core/session/session-index.ts). */
+    private readonly sessionIndex: SessionIndex | null = null,
+    /** Links each family to the OIDC provider session of its browser sign-in, for back-channel logout. */
+    private readonly providerSessions: ProviderSessions | null = null,
   ) {}
 
   get enabled(): boolean {
     return this.settings.redirectUris.length > 0;
   }
 
-  /** Validates an authorize request and issues the one-time code for the signed-in user. */
-  async issueCode(session: Session, params: URLSearchParams): Promise<string> {
-    const redirectUri = params.get('redirect_uri') ?? '';
-    if (!this.settings.redirectUris.includes(redirectUri)) {
-      // Never redirect to an unregistered URI (an open redirector would leak the code).
-      throw new KeywardError('bad_request', { message: 'redirect_uri is not registered for the mobile token exchange.' });
-    }
-    const challenge = params.get('code_challenge') ?? '';
-    if (params.get('code_challenge_method') !== 'S256' || !CHALLENGE.test(challenge)) {
-      throw new KeywardError('bad_request', { message: 'A PKCE code_challenge with code_challenge_method=S256 is required.' });
-    }
-    const state = params.get('state');
-    const code = opaque('kwc');
-    const record: CodeRecord = { ...grantOf(session), challenge, redirectUri, sid: session.sessionId };
-    await guard(() => this.store.set(`mcode:${hash(code)}`, JSON.stringify(record), CODE_TTL_MS));
-    const target = new URL(redirectUri);
-    target.searchParams.set('code', code);
-    if (state !== null) target.searchParams.set('state', state.slice(0, 512));
-    return target.href;
+  /** Whether `uri` is one of KEYWARD_MOBILE_REDIRECT_URIS (exact string match, RFC 8252 §8.4 / RFC 9700 §4.1.3). */
+  isRegisteredRedirect(uri: string): boolean {
+    return this.settings.redirectUris.includes(uri);
   }
 
-  async exchangeCode(code: string, verifier: string, redirectUri: string): Promise<TokenResponse> {
-    const key = `mcode:${hash(code)}`;
+  /**
+   * Issues the one-time code for the signed-in user and returns where to send the browser: the app's
+   * redirect URI with `code`, `state` and `iss` (the issuer, null when the public origin is unknown).
+   */
+  async issueCode(session: Session, request: AuthorizeRequest, issuer: string | null): Promise<string> {
+    const code = opaque('kwc');
+    const record: CodeRecord = {
+      ...grantOf(session),
+      challenge: request.challenge,
+      redirectUri: request.redirectUri,
+      sid: session.sessionId,
+      clientId: request.clientId,
+    };
+    await guard(() => this.store.set(`mcode:${hash(code)}`, JSON.stringify(record), CODE_TTL_MS));
+    return callbackLocation(request, { code }, issuer);
+  }
+
+  async exchangeCode(exchange: CodeExchange): Promise<TokenResponse> {
+    const key = `mcode:${hash(exchange.code)}`;
     const raw = await guard(() => this.store.get(key));
     // One use only: whoever deletes the code first owns it.
     if (!raw || !(await guard(() => this.store.delete(key)))) throw new KeywardError('invalid_grant');
     const record = JSON.parse(raw) as CodeRecord;
-    if (record.redirectUri !== redirectUri || !VERIFIER.test(verifier) || hash(verifier) !== record.challenge) {
+    const { verifier } = exchange;
+    if (record.redirectUri !== exchange.redirectUri || !VERIFIER.test(verifier) || hash(verifier) !== record.challenge) {
       throw new KeywardError('invalid_grant');
+    }
+    // RFC 6749 §4.1.3: the code was issued to this client_id (both absent counts as the same client).
+    if ((record.clientId ?? null) !== exchange.clientId) {
+      throw new KeywardError('invalid_grant', { message: 'The code was issued to another client_id.' });
     }
     // A code from a browser session that was signed out since, or from before "sign out everywhere", is void.
     if (await this.revocations.isRevoked({ sessionId: record.sid ?? '', userId: record.sub, authTime: record.authTime })) {
       throw new KeywardError('invalid_grant');
     }
-    return this.issue(this.current(grantOnly(record)), opaque('kwf'));
+    const grant = this.current(grantOnly(record));
+    if (!grant) {
+      this.logger.info({ userId: record.sub }, 'mobile code refused: local user no longer exists');
+      throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
+    }
+    const family = opaque('kwf');
+    const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null);
+    // A new family is a new sign-in of the app (a refresh continues one): listed once, by its id's hash.
+    await this.sessionIndex?.record(grant.sub, {
+      sessionId: family,
+      kind: 'mobile',
+      expiresAt: this.now() + this.settings.refreshTtlSeconds * 1000,
+      authTime: grant.authTime,
+      roles: grant.roles,
+    });
+    // A back-channel logout of the provider session the browser sign-in came from ends this family too.
+    if (record.sid) await this.providerSessions?.recordDerived(record.sid, { sessionId: family, userId: grant.sub });
+    return tokens;
   }
 
-  async refresh(refreshToken: string): Promise<TokenResponse> {
+  /**
+   * The refresh_token grant. `clientId`, when the request names one, must be the one the tokens were issued
+   * to; a mismatch is refused before the token is spent (a confused client must not lose its sign-in).
+   * `jkt` is the key of the DPoP proof sent with the request: a bound family needs a proof with its own key
+   * (RFC 9449 §5), refused before the token is spent too (whoever copied the token cannot burn it); an
+   * unbound family refreshed with a proof is bound from then on.
+   */
+  async refresh(refreshToken: string, clientId: string | null = null, jkt: string | null = null): Promise<TokenResponse> {
     const tokenHash = hash(refreshToken);
     const raw = await guard(() => this.store.get(`mrt:${tokenHash}`));
     if (!raw) throw new KeywardError('invalid_grant');
     const record = JSON.parse(raw) as RefreshRecord;
     const familySession = { sessionId: record.family, userId: record.sub, authTime: record.authTime };
     if (await this.revocations.isRevoked(familySession)) throw new KeywardError('invalid_grant');
+    if (clientId !== null && clientId !== (record.clientId ?? null)) {
+      throw new KeywardError('invalid_grant', { message: 'The refresh token was issued to another client_id.' });
+    }
+    const boundTo = record.jkt ?? null;
+    if (boundTo !== null && boundTo !== jkt) {
+      this.logger.info({ userId: record.sub, family: record.family }, 'refresh of a DPoP-bound token family refused: no proof with its key');
+      throw new OAuthError(
+        'invalid_dpop_proof',
+        jkt === null
+          ? 'This refresh token is bound to a DPoP key: send a DPoP proof signed with that key.'
+          : 'The DPoP proof is signed with another key than the one this refresh token is bound to.',
+      );
+    }
     const firstUse = await guard(() =>
       this.store.setIfAbsent(`mrt-used:${tokenHash}`, '1', this.settings.refreshTtlSeconds * 1000),
     );
     if (!firstUse) {
-      await this.revocations.revokeSession(record.family, this.now() + this.settings.refreshTtlSeconds * 1000);
+      await this.revokeFamily(record.family);
       this.logger.warn({ userId: record.sub, family: record.family }, 'refresh token reused: token family revoked');
       throw new KeywardError('invalid_grant');
     }
-    return this.issue(this.current(grantOnly(record)), record.family);
+    const grant = this.current(grantOnly(record));
+    if (!grant) {
+      // The user is gone: end the family everywhere, its live access token included, not just this refresh.
+      await this.revokeFamily(record.family);
+      this.logger.info({ userId: record.sub, family: record.family }, 'mobile refresh refused: local user no longer exists; token family revoked');
+      throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
+    }
+    return this.issue(grant, record.family, record.clientId ?? null, boundTo ?? jkt);
+  }
+
+  private revokeFamily(family: string): Promise<void> {
+    return this.revocations.revokeSession(family, this.now() + this.settings.refreshTtlSeconds * 1000);
   }
 
   /**
-   * The grant as it stands now. A local user's roles, claims and name come from the users file every time,
-   * so a changed role reaches the app at its next refresh (not after 30 days), and a removed user's
-   * refresh fails. Other users keep what their identity provider said at sign-in (there is nothing to
-   * re-read without them signing in again).
+   * The grant as it stands now, or null when its user no longer exists. A local user's roles, claims and
+   * name come from the users file (as this instance loaded it) every time, so a changed role reaches the app
+   * at its next refresh (not after 30 days), and a removed user's refresh fails. Other users keep what
+   * their identity provider said at sign-in: there is nothing to re-read until they sign in again.
    */
-  private current(grant: Grant): Grant {
+  private current(grant: Grant): Grant | null {
     if (!grant.sub.startsWith(LOCAL_PREFIX)) return grant;
     const user = this.settings.localUsers?.find(grant.sub.slice(LOCAL_PREFIX.length)) ?? null;
-    if (!user) {
-      this.logger.info({ userId: grant.sub }, 'mobile grant refused: local user no longer exists');
-      throw new KeywardError('invalid_grant');
-    }
+    if (!user) return null;
     return { ...grant, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
   }
 
-  private async issue(grant: Grant, family: string): Promise<TokenResponse> {
+  /** Tokens for the grant; with `jkt`, both bound to that DPoP key (the access token's `cnf.jkt`, RFC 9449 §6). */
+  private async issue(grant: Grant, family: string, clientId: string | null, jkt: string | null): Promise<TokenResponse> {
     const now = this.now();
     const claims: BearerClaims = {
       typ: 'keyward.session',
@@ -163,17 +240,23 @@ export class MobileTokens {
       ...authTimeClaims(grant.authTime),
       claims: grant.claims,
       exp: Math.floor(now / 1000) + this.settings.accessTtlSeconds,
+      ...(jkt === null ? {} : { cnf: { jkt } }),
     };
     const accessToken = await sealData(claims, {
       password: { 1: this.settings.sessionSecret },
       ttl: this.settings.accessTtlSeconds,
     });
     const refreshToken = opaque('kwr');
-    const record: RefreshRecord = { ...grant, family };
+    const record: RefreshRecord = { ...grant, family, clientId, ...(jkt === null ? {} : { jkt }) };
     await guard(() =>
       this.store.set(`mrt:${hash(refreshToken)}`, JSON.stringify(record), this.settings.refreshTtlSeconds * 1000),
     );
-    return { access_token: accessToken, token_type: 'Bearer', expires_in: this.settings.accessTtlSeconds, refresh_token: refreshToken };
+    return {
+      access_token: accessToken,
+      token_type: jkt === null ? 'Bearer' : 'DPoP',
+      expires_in: this.settings.accessTtlSeconds,
+      refresh_token: refreshToken,
+    };
   }
 }
 

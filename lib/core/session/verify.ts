@@ -2,6 +2,9 @@ import 'server-only';
 import { decode } from '@auth/core/jwt';
 import { parseCookie } from 'cookie';
 import { unsealData } from 'iron-session';
+import { DPOP_ALGORITHMS } from '../dpop/algorithms';
+import { DpopError, isThumbprint, requestHtu, type DpopProofs } from '../dpop/proof';
+import { KeywardError } from '../errors';
 import type { SessionRevocations } from './revocation';
 import { SESSION_COOKIE, sessionFromClaims, type Session, type SessionClaims } from './session';
 import type { CoreRequest } from '../request';
@@ -19,6 +22,8 @@ export interface SessionVerifier {
    * For a caller that reads revocation together with its other store reads (the proxy pipeline's one round
    * trip per call): the session decoded without any store read, and the revocations it must then be checked
    * against before anything else is done for it. Absent: the verifier checks revocation itself (or has none).
+   * The one exception is a DPoP-bound token: its proof's `jti` is recorded while decoding (one store write,
+   * for DPoP calls only; see `DpopResource`).
    */
   readonly deferred?: { readonly decode: (request: CoreRequest) => Promise<Session | null>; readonly revocations: SessionRevocations };
 }
@@ -26,21 +31,54 @@ export interface SessionVerifier {
 /** Sealed bearer-token payload (issued by the mobile token exchange). */
 export interface BearerClaims extends SessionClaims {
   typ: 'keyward.session';
+  /** RFC 9449 §6.1 / RFC 7800: the token is bound to the DPoP key with this JWK SHA-256 thumbprint. */
+  cnf?: { jkt?: unknown };
+}
+
+/**
+ * DPoP at the resource (RFC 9449 §7): a token bound to a key (`cnf.jkt`) is accepted only as
+ * `Authorization: DPoP <token>` with a proof for this request (method, URL as the public origin sees it, the
+ * token's hash) signed with that key, never as Bearer. The proof's `jti` is recorded in the store: for a
+ * DPoP call, that write is the one store round trip more than a Bearer call makes (cookie and Bearer calls
+ * make none here).
+ */
+export interface DpopResource {
+  readonly proofs: DpopProofs;
+  /** The public origin of a request (AUTH_URL or the trusted Host), whose URLs DPoP proofs name. */
+  readonly publicOrigin: (request: CoreRequest) => string | null;
+}
+
+/** A decoded token: who, and the DPoP key it is bound to (null: not bound; always null for cookies). */
+interface Decoded {
+  readonly session: Session;
+  readonly jkt: string | null;
 }
 
 /**
  * Reads the caller's session from the `__Host-keyward.session` cookie or an `Authorization: Bearer` sealed
- * token. Checked inside every handler, every time. Fails closed: anything unreadable, tampered with,
- * expired or incomplete is "no session", which the pipeline turns into 401.
+ * token (`Authorization: DPoP` with a `DPoP` proof for a token bound to a key). Checked inside every handler,
+ * every time. Fails closed: anything unreadable, tampered with, expired or incomplete is "no session", which
+ * the pipeline turns into 401; a DPoP failure throws 401 `unauthenticated` with its DPoP challenge.
  */
 export function createSessionVerifier(
   secrets: SessionSecrets,
-  options: { revocations?: SessionRevocations; now?: () => number } = {},
+  options: { revocations?: SessionRevocations; now?: () => number; dpop?: DpopResource } = {},
 ): SessionVerifier {
   const ironPassword = { 1: secrets.sessionSecret };
   const now = options.now ?? Date.now;
-  const { revocations } = options;
+  const { revocations, dpop } = options;
   const verified = new VerifiedTokens(now);
+  const decodeBearer = async (token: string): Promise<Decoded | null> => {
+    const hit = verified.get(`b:${token}`);
+    if (hit !== undefined) return hit;
+    const claims = await unsealData<Partial<BearerClaims>>(token, { password: ironPassword }).catch(() => null);
+    if (!claims || claims.typ !== 'keyward.session') return null;
+    const jkt = claims.cnf === undefined ? null : claims.cnf?.jkt;
+    // A `cnf` that is there but unreadable binds to no key anyone holds: refused rather than read as unbound.
+    if (jkt !== null && !isThumbprint(jkt)) return null;
+    const session = notExpired(sessionFromClaims(claims, 'bearer'), now);
+    return verified.remember(`b:${token}`, session && { session, jkt });
+  };
   const decodeSession = async (request: CoreRequest): Promise<Session | null> => {
     const cookieHeader = request.headers.get('cookie');
     const cookieToken = cookieHeader ? readSessionCookie(cookieHeader) : null;
@@ -48,21 +86,27 @@ export function createSessionVerifier(
 
     if (cookieToken !== null) {
       const hit = verified.get(`c:${cookieToken}`);
-      if (hit !== undefined) return hit;
+      if (hit !== undefined) return hit.session;
       const claims = await decode<SessionClaims>({ token: cookieToken, secret: secrets.authSecret, salt: SESSION_COOKIE }).catch(
         () => null,
       );
-      return verified.remember(`c:${cookieToken}`, claims ? notExpired(sessionFromClaims(claims, 'cookie'), now) : null);
+      const session = claims ? notExpired(sessionFromClaims(claims, 'cookie'), now) : null;
+      return verified.remember(`c:${cookieToken}`, session && { session, jkt: null })?.session ?? null;
     }
     if (authorization !== null) {
       // The scheme is case-insensitive (RFC 9110 §11.1): SDKs send `bearer` as well as `Bearer`.
-      const match = /^Bearer ([A-Za-z0-9*_~.-]{20,4096})$/i.exec(authorization);
+      const match = /^(Bearer|DPoP) ([A-Za-z0-9*_~.-]{20,4096})$/i.exec(authorization);
       if (!match) return null;
-      const hit = verified.get(`b:${match[1]}`);
-      if (hit !== undefined) return hit;
-      const claims = await unsealData<Partial<BearerClaims>>(match[1]!, { password: ironPassword }).catch(() => null);
-      if (!claims || claims.typ !== 'keyward.session') return null;
-      return verified.remember(`b:${match[1]}`, notExpired(sessionFromClaims(claims, 'bearer'), now));
+      const token = match[2]!;
+      const decoded = await decodeBearer(token);
+      if (match[1]!.toLowerCase() === 'bearer') {
+        if (decoded?.jkt) throw dpopRefusal('invalid_token', BOUND_AS_BEARER);
+        return decoded?.session ?? null;
+      }
+      if (!decoded) throw dpopRefusal('invalid_token', 'The access token is invalid or has expired.');
+      if (decoded.jkt === null) throw dpopRefusal('invalid_token', 'This access token is not bound to a DPoP key: send it as Authorization: Bearer.');
+      await checkProof(request, token, decoded.jkt, dpop);
+      return decoded.session;
     }
     return null;
   };
@@ -75,6 +119,39 @@ export function createSessionVerifier(
   return revocations ? Object.assign(verify, { deferred: { decode: decodeSession, revocations } }) : verify;
 }
 
+const BOUND_AS_BEARER = 'This access token is bound to a DPoP key: send it as Authorization: DPoP with a DPoP proof.';
+
+/**
+ * RFC 9449 §7.1: the proof that must come with a bound token, for this request (method and public URL), this
+ * token (`ath`) and its key (`jkt`), never seen before (`jti`). No DPoP configured: refused (fail closed).
+ */
+async function checkProof(request: CoreRequest, token: string, jkt: string, dpop: DpopResource | undefined): Promise<void> {
+  if (!dpop) throw dpopRefusal('invalid_token', 'DPoP-bound tokens are not accepted here.');
+  try {
+    await dpop.proofs.verify(request.headers.get('dpop'), {
+      method: request.method,
+      url: requestHtu(request, dpop.publicOrigin(request)),
+      accessToken: token,
+      boundTo: jkt,
+    });
+  } catch (error) {
+    if (error instanceof DpopError) throw dpopRefusal('invalid_dpop_proof', error.message, error);
+    throw error;
+  }
+}
+
+/**
+ * A DPoP refusal at a resource: 401 with the DPoP challenge (RFC 9449 §7.1), `algs` naming what a proof may be
+ * signed with. Keyward's JSON error (`unauthenticated`) carries the reason.
+ */
+function dpopRefusal(error: 'invalid_token' | 'invalid_dpop_proof', message: string, cause?: unknown): KeywardError {
+  return new KeywardError('unauthenticated', {
+    message,
+    cause,
+    headers: { 'www-authenticate': `DPoP error="${error}", algs="${DPOP_ALGORITHMS.join(' ')}"` },
+  });
+}
+
 /**
  * Decoding a session (HKDF key derivation and JWE decryption through WebCrypto) costs ~0.5–0.9 ms of CPU, a
  * quarter of a proxied request (see README, Benchmark). Tokens that verified are remembered by their exact
@@ -84,29 +161,29 @@ export function createSessionVerifier(
 class VerifiedTokens {
   private static readonly MAX_ENTRIES = 10_000;
   private static readonly MAX_AGE_MS = 60_000;
-  private readonly entries = new Map<string, { session: Session; until: number }>();
+  private readonly entries = new Map<string, { decoded: Decoded; until: number }>();
 
   constructor(private readonly now: () => number) {}
 
-  /** The remembered session, or undefined when this token must be decoded. */
-  get(token: string): Session | undefined {
+  /** The remembered token, or undefined when it must be decoded. A DPoP proof is never remembered. */
+  get(token: string): Decoded | undefined {
     const entry = this.entries.get(token);
     if (!entry) return undefined;
     if (entry.until <= this.now()) {
       this.entries.delete(token);
       return undefined;
     }
-    return entry.session;
+    return entry.decoded;
   }
 
-  remember(token: string, session: Session | null): Session | null {
-    if (!session) return null;
+  remember(token: string, decoded: Decoded | null): Decoded | null {
+    if (!decoded) return null;
     if (this.entries.size >= VerifiedTokens.MAX_ENTRIES) {
       // Maps iterate in insertion order: drop the oldest entry.
       this.entries.delete(this.entries.keys().next().value!);
     }
-    this.entries.set(token, { session, until: Math.min(session.expiresAt, this.now() + VerifiedTokens.MAX_AGE_MS) });
-    return session;
+    this.entries.set(token, { decoded, until: Math.min(decoded.session.expiresAt, this.now() + VerifiedTokens.MAX_AGE_MS) });
+    return decoded;
   }
 }
 

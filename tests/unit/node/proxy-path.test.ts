@@ -46,7 +46,7 @@ describe('parseProxyPath (the fast lane reads the raw request target)', () => {
   });
 
   it('leaves everything else to Next', () => {
-    for (const target of ['/', '/signin', '/api/session', '/api/proxyx/echo', '/api//proxy/echo', '/API/proxy/echo', '/_next/static/x.js', '*', '/api/auth/csrf']) {
+    for (const target of ['/', '/signin', '/api/session', '/api/proxyx/echo', '/api//proxy/echo', '/API/proxy/echo', '/_next/static/x.js', '*', '/api/auth/csrf', '/.well-known/oauth-authorization-server', '/api/session/token', '/api/session/mobile/authorize?x=1']) {
       expect(parseProxyPath(target), target).toBeNull();
     }
   });

@@ -1,6 +1,7 @@
 import { decode, encode } from '@auth/core/jwt';
 import { sealData } from 'iron-session';
 import { describe, expect, it } from 'vitest';
+import { KeywardError } from '../../../lib/core/errors';
 import { SESSION_COOKIE } from '../../../lib/core/session/session';
 import { createSessionVerifier, type SessionSecrets } from '../../../lib/core/session/verify';
 import { randomSecret } from '../../fixtures/secrets';
@@ -199,6 +200,43 @@ describe('bearer sessions', () => {
     const token = await mintBearer({ ...claims(), exp: e, typ: 'keyward.session' });
     const late = createSessionVerifier(secrets, { now: () => e * 1000 });
     expect(await late(withAuthorization(`Bearer ${token}`))).toBeNull();
+  });
+});
+
+describe('DPoP-bound bearer tokens (RFC 9449; the proofs themselves: tests/unit/dpop, tests/integration/dpop.test.ts)', () => {
+  const exp = () => Math.floor(Date.now() / 1000) + 3600;
+  const jkt = 'x'.repeat(43);
+
+  /** What the verifier threw: the 401 with its DPoP challenge. */
+  async function refusal(run: Promise<unknown>): Promise<KeywardError> {
+    const error = await run.then(() => null, (e: unknown) => e);
+    expect(error).toBeInstanceOf(KeywardError);
+    return error as KeywardError;
+  }
+
+  it('a verifier without DPoP refuses a bound token in either scheme (fail closed), never reads it as a session', async () => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session', cnf: { jkt } });
+    const asBearer = await refusal(verify(withAuthorization(`Bearer ${token}`)));
+    expect(asBearer.status).toBe(401);
+    expect(asBearer.headers['www-authenticate']).toMatch(/^DPoP error="invalid_token"/);
+    const asDpop = await refusal(verify(withAuthorization(`DPoP ${token}`)));
+    expect(asDpop.headers['www-authenticate']).toMatch(/^DPoP error="invalid_token"/);
+  });
+
+  it.each([
+    ['null', null],
+    ['an empty object', {}],
+    ['a jkt that is not a thumbprint', { jkt: 'short' }],
+  ])('a token whose cnf is %s is no session (not read as unbound)', async (_name, cnf) => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session', cnf });
+    expect(await verify(withAuthorization(`Bearer ${token}`))).toBeNull();
+  });
+
+  it('an unbound token keeps working as Bearer, and the DPoP scheme refuses it', async () => {
+    const token = await mintBearer({ ...claims(), exp: exp(), typ: 'keyward.session' });
+    expect(await verify(withAuthorization(`Bearer ${token}`))).toMatchObject({ via: 'bearer' });
+    const error = await refusal(verify(withAuthorization(`DPoP ${token}`)));
+    expect(error.message).toMatch(/not bound/);
   });
 });
 

@@ -1,0 +1,172 @@
+import 'server-only';
+import { createRemoteJWKSet, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import * as oauth from 'oauth4webapi';
+import { isLoopbackHost } from '../config/schema';
+
+/**
+ * Verifies OIDC Back-Channel Logout tokens (OpenID Connect Back-Channel Logout 1.0 §2.4 and §2.6) from the
+ * sign-in provider configured by KEYWARD_OIDC_*, with jose:
+ *  - a JWS (an encrypted token is refused: Keyward registers no ID token encryption), signed with an
+ *    asymmetric algorithm the provider advertises, never `none` or a MAC, by a key of the provider's JWKS
+ *    (its `jwks_uri`, discovered from the issuer's metadata; jose's createRemoteJWKSet caches the keys and
+ *    refetches, at most every 30 s, when a token names a key it has not seen);
+ *  - header `typ` is `logout+jwt` when present (RFC 8417 §2.3 explicit typing; absent is accepted for
+ *    providers that predate it);
+ *  - `iss` is the issuer, `aud` names Keyward's client id, `iat` is present and at most MAX_AGE_SECONDS old
+ *    (and not in the future, SKEW_SECONDS allowed either way), `exp` is in the future when present;
+ *  - `jti` is present (the replay check keeps it until the token is too old anyway: §2.6 step 8);
+ *  - `events` is an object whose http://schemas.openid.net/event/backchannel-logout member is an object;
+ *  - `sub` or `sid` or both; and no `nonce` (§2.4: what keeps a logout token from passing as an ID token).
+ * Any failure is an InvalidLogoutToken whose reason is for the server log only; the endpoint answers 400
+ * without it. A provider that cannot be reached (discovery, JWKS) is a LogoutProviderUnavailable instead.
+ */
+
+export const BACKCHANNEL_LOGOUT_EVENT = 'http://schemas.openid.net/event/backchannel-logout';
+/** Tokens older than this (by `iat`) are refused: providers send them at once (oidc-provider: exp = iat + 120 s). */
+export const MAX_AGE_SECONDS = 300;
+/** Clock difference allowed between the provider and Keyward, either way. */
+export const SKEW_SECONDS = 60;
+/** A logout token is a few hundred bytes; anything near this is not one. */
+const MAX_TOKEN_CHARS = 8 * 1024;
+/** The longest `sub`, `sid` or `jti` taken (OIDC Core §2 caps `sub` at 255 ASCII characters). */
+const MAX_ID_CHARS = 255;
+/** Asymmetric JWS algorithms (RFC 7518 §3.1, RFC 8037): the provider signs, only its public keys verify. */
+const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
+const DISCOVERY_TIMEOUT_MS = 5_000;
+
+/** What a valid logout token says: who to sign out. `sub` or `sid` is set, or both. */
+export interface LogoutClaims {
+  readonly issuer: string;
+  readonly jti: string;
+  readonly sub: string | null;
+  readonly sid: string | null;
+  /** Seconds since the epoch. */
+  readonly iat: number;
+}
+
+/** The token is not a valid logout token. `reason` goes to the server log, never into a response. */
+export class InvalidLogoutToken extends Error {
+  override readonly name = 'InvalidLogoutToken';
+  constructor(readonly reason: string) {
+    super('invalid logout token');
+  }
+}
+
+/** The provider's metadata or keys could not be fetched: nothing can be verified right now. */
+export class LogoutProviderUnavailable extends Error {
+  override readonly name = 'LogoutProviderUnavailable';
+  constructor(cause: unknown) {
+    super('the OpenID provider could not be reached', { cause });
+  }
+}
+
+interface Provider {
+  readonly issuer: string;
+  readonly keys: JWTVerifyGetKey;
+  readonly algorithms: string[];
+}
+
+export class LogoutTokenVerifier {
+  private provider: Promise<Provider> | undefined;
+
+  constructor(
+    private readonly issuer: string,
+    private readonly clientId: string,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async verify(token: string): Promise<LogoutClaims> {
+    // A compact JWS is three base64url parts; a JWE (five) or anything else is refused before any fetch.
+    if (token.length > MAX_TOKEN_CHARS || !/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/.test(token)) {
+      throw new InvalidLogoutToken('not a compact JWS');
+    }
+    const provider = await this.discover();
+    let payload: JWTPayload;
+    let typ: string | undefined;
+    try {
+      const result = await jwtVerify(token, provider.keys, {
+        issuer: provider.issuer,
+        audience: this.clientId,
+        algorithms: provider.algorithms,
+        requiredClaims: ['iat', 'jti', 'events'],
+        maxTokenAge: MAX_AGE_SECONDS,
+        clockTolerance: SKEW_SECONDS,
+        currentDate: new Date(this.now()),
+      });
+      payload = result.payload;
+      typ = result.protectedHeader.typ;
+    } catch (error) {
+      if (error instanceof LogoutProviderUnavailable) throw error;
+      throw new InvalidLogoutToken(error instanceof errors.JOSEError ? `${error.code}: ${error.message}` : 'unreadable token');
+    }
+    return logoutClaims(payload, typ, provider.issuer);
+  }
+
+  /** The issuer's metadata, once (again after a failure): its issuer string, JWKS and signing algorithms. */
+  private discover(): Promise<Provider> {
+    this.provider ??= this.fetchProvider().catch((error: unknown) => {
+      this.provider = undefined;
+      throw error instanceof LogoutProviderUnavailable ? error : new LogoutProviderUnavailable(error);
+    });
+    return this.provider;
+  }
+
+  private async fetchProvider(): Promise<Provider> {
+    const issuerUrl = new URL(this.issuer);
+    // Plain http only on loopback (development and tests), as for the refresh grant (lib/core/credential/oauth.ts).
+    const insecure = issuerUrl.protocol === 'http:' && isLoopbackHost(issuerUrl.hostname);
+    const options = {
+      ...(insecure ? { [oauth.allowInsecureRequests]: true } : {}),
+      signal: AbortSignal.timeout(DISCOVERY_TIMEOUT_MS),
+    };
+    const response = await oauth.discoveryRequest(issuerUrl, { ...options, algorithm: 'oidc' });
+    // Checks that the metadata's `issuer` is the configured one (OIDC Discovery §4.3).
+    const metadata = await oauth.processDiscoveryResponse(issuerUrl, response);
+    if (!metadata.jwks_uri) throw new Error('the issuer metadata has no jwks_uri');
+    const jwksUrl = new URL(metadata.jwks_uri);
+    if (jwksUrl.protocol !== 'https:' && !(jwksUrl.protocol === 'http:' && isLoopbackHost(jwksUrl.hostname))) {
+      throw new Error('the issuer metadata names a jwks_uri that is not https');
+    }
+    const advertised = metadata.id_token_signing_alg_values_supported;
+    // Logout tokens are signed as ID tokens are (§2.6 step 3): the algorithms the provider uses for those.
+    const algorithms = advertised ? ASYMMETRIC.filter((alg) => advertised.includes(alg)) : ['RS256'];
+    if (algorithms.length === 0) throw new Error('the issuer signs ID tokens with no asymmetric algorithm');
+    const remote = createRemoteJWKSet(jwksUrl, { timeoutDuration: DISCOVERY_TIMEOUT_MS });
+    const keys: JWTVerifyGetKey = async (header, token) => {
+      try {
+        return await remote(header, token);
+      } catch (error) {
+        // No key for this token is the token's problem; a JWKS that cannot be fetched or read is the provider's.
+        if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys) throw error;
+        throw new LogoutProviderUnavailable(error);
+      }
+    };
+    return { issuer: metadata.issuer, keys, algorithms };
+  }
+}
+
+/** The checks jose does not make (§2.4, §2.6 steps 5–7, RFC 8417 §2.3), on a verified payload. */
+export function logoutClaims(payload: JWTPayload, typ: string | undefined, issuer: string): LogoutClaims {
+  if (typ !== undefined && !/^(application\/)?logout\+jwt$/i.test(typ)) throw new InvalidLogoutToken('typ is not logout+jwt');
+  if ('nonce' in payload) throw new InvalidLogoutToken('nonce present');
+  const events = payload.events;
+  if (!isObject(events) || !isObject((events as Record<string, unknown>)[BACKCHANNEL_LOGOUT_EVENT])) {
+    throw new InvalidLogoutToken('events has no back-channel logout event');
+  }
+  const jti = identifier(payload.jti, 'jti');
+  const sub = payload.sub === undefined ? null : identifier(payload.sub, 'sub');
+  const sid = payload.sid === undefined ? null : identifier(payload.sid, 'sid');
+  if (sub === null && sid === null) throw new InvalidLogoutToken('neither sub nor sid');
+  return { issuer, jti, sub, sid, iat: payload.iat! };
+}
+
+function identifier(value: unknown, name: string): string {
+  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_ID_CHARS) {
+    throw new InvalidLogoutToken(`${name} is not a string of 1 to ${MAX_ID_CHARS} characters`);
+  }
+  return value;
+}
+
+function isObject(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,463 @@
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { SignJWT, importJWK, type JWTPayload } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { handleBackchannelLogout } from '../../lib/core/api/backchannel-logout';
+import { handleMobileAuthorize, handleMobileToken } from '../../lib/core/api/mobile';
+import { defineUpstream } from '../../lib/core/config/load';
+import { handleProxy } from '../../lib/core/pipeline';
+import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { BACKCHANNEL_LOGOUT_EVENT } from '../../lib/core/session/logout-token';
+import { PROVIDER_SESSION_SLOTS } from '../../lib/core/session/provider-sessions';
+import { MemoryStore } from '../../lib/store/memory';
+import { RedisStore } from '../../lib/store/redis';
+import { StoreUnavailableError, type Store } from '../../lib/store/types';
+import { freePort } from '../fixtures/app-server';
+import { REDIS_URL, capturingLogger, findLeak, responseText } from '../fixtures/claims-session';
+import { rsaSigningJwk } from '../fixtures/oidc-kit';
+import { startLogoutProvider, type LogoutProvider } from '../fixtures/oidc-logout-provider';
+import { deleteKeysUnder } from '../fixtures/redis-server';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { sessionCookie } from '../fixtures/session';
+import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+
+/**
+ * OIDC Back-Channel Logout 1.0 at the runtime level: two runtimes, each with its own Redis connection to one
+ * key prefix, stand for two instances; logout tokens are posted to the core handler of one of them, and the
+ * proxy is called on both. The issuer is a real oidc-provider on loopback with back-channel logout enabled
+ * (tests/fixtures/oidc-logout-provider.ts): Keyward discovers its metadata and fetches its JWKS over HTTP.
+ * The provider signs and sends logout tokens only when a session ends there (that flow runs end to end in
+ * backchannel-logout-servers.test.ts); here the tests sign tokens with the provider's own key (the fixture
+ * exposes it), so the valid ones are exactly what the provider sends and each invalid one differs from a
+ * valid one in the one way the test names.
+ *
+ * Sign-in is taken as done: a session cookie is minted as lib/next/auth.ts writes it, and its provider session
+ * is recorded the way the Auth.js callback records it (runtime.providerSessions.recordSignIn).
+ */
+const APP_ORIGIN = 'https://app.keyward.test';
+const APP_REDIRECT = 'com.example.keyward:/oauth/callback';
+const ENDPOINT = `${APP_ORIGIN}/api/auth/backchannel-logout`;
+
+let provider: LogoutProvider;
+let upstream: TestUpstream;
+let a: Runtime;
+let b: Runtime;
+const prefix = `keyward-test:bcl:${randomUUID()}:`;
+const stores: RedisStore[] = [];
+const sessionSecrets = testSessionSecrets();
+const serviceKey = randomSecret('svc');
+const { logger, lines } = capturingLogger();
+/** Every logout token this file made, for the log leak check. */
+const tokensMade: string[] = [];
+
+function env(): Record<string, string> {
+  return {
+    ...sessionSecrets,
+    SVC_KEY: serviceKey,
+    KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+    KEYWARD_OIDC_ISSUER: provider.issuer,
+    KEYWARD_OIDC_CLIENT_ID: provider.clientId,
+    KEYWARD_OIDC_CLIENT_SECRET: provider.clientSecret,
+    KEYWARD_MOBILE_REDIRECT_URIS: APP_REDIRECT,
+  };
+}
+
+function instance(store: Store, overrides: Record<string, string> = {}): Runtime {
+  return createRuntime({
+    env: { ...env(), ...overrides },
+    upstreams: [
+      defineUpstream('svc', {
+        baseUrl: `${upstream.origin}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } },
+        routes: [{ method: 'GET', path: '/items/:id' }],
+      }),
+    ],
+    store,
+    logger,
+  });
+}
+
+async function redisStore(): Promise<RedisStore> {
+  const store = new RedisStore(REDIS_URL, { prefix });
+  stores.push(store);
+  await store.ready();
+  return store;
+}
+
+/** A Keyward session as an OIDC sign-in leaves it: the cookie, and its provider session recorded. */
+interface Signed {
+  readonly userId: string;
+  readonly sessionId: string;
+  readonly cookie: string;
+}
+
+async function signIn(runtime: Runtime, sub: string, providerSid: string | null, authMs = Date.now()): Promise<Signed> {
+  const userId = `oidc:${sub}`;
+  const sessionId = randomUUID();
+  if (providerSid !== null) await runtime.providerSessions.recordSignIn(provider.issuer, providerSid, { sessionId, userId });
+  const cookie = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: userId, sid: sessionId, authMs });
+  return { userId, sessionId, cookie };
+}
+
+/** The mobile token exchange from a browser session, through its HTTP handlers: the app's access and refresh tokens. */
+async function mobileTokens(runtime: Runtime, browser: Signed): Promise<{ access: string; refresh: string }> {
+  const verifier = randomBytes(32).toString('base64url');
+  const challenge = createHash('sha256').update(verifier).digest('base64url');
+  const query = new URLSearchParams({ redirect_uri: APP_REDIRECT, code_challenge: challenge, code_challenge_method: 'S256', response_type: 'code', state: 's' });
+  const authorize = await handleMobileAuthorize(
+    new Request(`${APP_ORIGIN}/api/session/mobile/authorize?${query}`, { headers: { cookie: browser.cookie } }),
+    runtime,
+  );
+  expect(authorize.status).toBe(302);
+  const code = new URL(authorize.headers.get('location')!).searchParams.get('code');
+  expect(code).toBeTruthy();
+  const token = await handleMobileToken(tokenRequest({ grant_type: 'authorization_code', code: code!, code_verifier: verifier, redirect_uri: APP_REDIRECT }), runtime);
+  expect(token.status).toBe(200);
+  const body = (await token.json()) as { access_token: string; refresh_token: string };
+  return { access: `Bearer ${body.access_token}`, refresh: body.refresh_token };
+}
+
+function tokenRequest(fields: Record<string, string>): Request {
+  return new Request(`${APP_ORIGIN}/api/session/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams(fields),
+  });
+}
+
+async function refreshStatus(runtime: Runtime, refreshToken: string): Promise<{ status: number; error: string | null }> {
+  const response = await handleMobileToken(tokenRequest({ grant_type: 'refresh_token', refresh_token: refreshToken }), runtime);
+  const body = (await response.json()) as { error?: string };
+  return { status: response.status, error: body.error ?? null };
+}
+
+/** A proxied call with a cookie (and the CSRF header) or a bearer token: its status. */
+async function call(runtime: Runtime, credential: string): Promise<number> {
+  const headers: Record<string, string> = credential.startsWith('Bearer ')
+    ? { authorization: credential }
+    : { cookie: credential, 'x-keyward-csrf': '1' };
+  const request = new Request(`${APP_ORIGIN}/api/proxy/svc/items/1`, { headers });
+  const response = await handleProxy(request, { upstream: 'svc', path: ['items', '1'] }, runtime);
+  await response.arrayBuffer();
+  return response.status;
+}
+
+async function expectWorks(credential: string) {
+  for (const runtime of [a, b]) expect(await call(runtime, credential)).toBe(200);
+}
+
+async function expectRefused(credential: string) {
+  for (const runtime of [a, b]) expect(await call(runtime, credential)).toBe(401);
+}
+
+/** A logout token as the provider signs it (its own key and kid), with `claims` and `header` changed as given. */
+async function logoutToken(
+  claims: Record<string, unknown>,
+  options: { header?: Record<string, unknown>; key?: Record<string, unknown>; iat?: number } = {},
+): Promise<string> {
+  const key = await importJWK(options.key ?? provider.signingKey, 'RS256');
+  const iat = options.iat ?? Math.floor(Date.now() / 1000);
+  const payload: JWTPayload = {
+    iss: provider.issuer,
+    aud: provider.clientId,
+    iat,
+    exp: iat + 120,
+    jti: randomUUID(),
+    events: { [BACKCHANNEL_LOGOUT_EVENT]: {} },
+    ...claims,
+  };
+  for (const [name, value] of Object.entries(payload)) if (value === undefined) delete payload[name];
+  const token = await new SignJWT(payload)
+    .setProtectedHeader({ alg: 'RS256', kid: provider.signingKey.kid, typ: 'logout+jwt', ...options.header })
+    .sign(key);
+  tokensMade.push(token);
+  return token;
+}
+
+async function post(
+  runtime: Runtime,
+  body: string | URLSearchParams,
+  init: { method?: string; contentType?: string; url?: string } = {},
+): Promise<{ status: number; body: string; headers: Headers }> {
+  const method = init.method ?? 'POST';
+  const request = new Request(init.url ?? ENDPOINT, {
+    method,
+    headers: { 'content-type': init.contentType ?? 'application/x-www-form-urlencoded' },
+    body: method === 'GET' || method === 'HEAD' ? undefined : body,
+  });
+  const response = await handleBackchannelLogout(request, runtime);
+  const flat = await responseText(response);
+  return { status: flat.status, body: flat.body, headers: response.headers };
+}
+
+const form = (token: string) => new URLSearchParams({ logout_token: token });
+
+function expectInvalid(result: { status: number; body: string; headers: Headers }, status = 400) {
+  expect(result.status).toBe(status);
+  expect(JSON.parse(result.body)).toEqual({ error: 'invalid_request' });
+  expect(result.headers.get('cache-control')).toContain('no-store');
+}
+
+beforeAll(async () => {
+  upstream = await startUpstream();
+  // The provider's back-channel target is not used here: these tests post the tokens themselves.
+  provider = await startLogoutProvider({
+    redirectUris: ['http://localhost:9/api/auth/callback/oidc'],
+    backchannelLogoutUri: 'http://localhost:9/api/auth/backchannel-logout',
+  });
+  a = instance(await redisStore());
+  b = instance(await redisStore());
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(stores.map((store) => store.close()));
+  await deleteKeysUnder(REDIS_URL, prefix);
+  await provider?.stop();
+  await upstream?.close();
+});
+
+describe('a valid logout token, posted to one instance, ends sessions on both', () => {
+  it('by sid (with sub, as oidc-provider sends it): the sessions of that provider session and their mobile token family end; others of the user do not', async () => {
+    const sub = `acct-${randomUUID()}`;
+    const [sidOne, sidTwo] = [randomUUID(), randomUUID()];
+    const first = await signIn(a, sub, sidOne);
+    const again = await signIn(b, sub, sidOne);
+    const elsewhere = await signIn(a, sub, sidTwo);
+    const app = await mobileTokens(b, first);
+    const otherApp = await mobileTokens(a, elsewhere);
+    for (const credential of [first.cookie, again.cookie, elsewhere.cookie, app.access, otherApp.access]) await expectWorks(credential);
+
+    const result = await post(a, form(await logoutToken({ sub, sid: sidOne })));
+    expect(result.status).toBe(200);
+    expect(result.body).toBe('');
+    expect(result.headers.get('cache-control')).toBe('no-cache, no-store');
+
+    for (const credential of [first.cookie, again.cookie, app.access]) await expectRefused(credential);
+    expect(await refreshStatus(a, app.refresh)).toEqual({ status: 400, error: 'invalid_grant' });
+    for (const credential of [elsewhere.cookie, otherApp.access]) await expectWorks(credential);
+    const rotated = await refreshStatus(b, otherApp.refresh);
+    expect(rotated.status).toBe(200);
+  });
+
+  it('by sid alone: the sessions recorded under it end, whoever they belong to', async () => {
+    const sid = randomUUID();
+    const one = await signIn(a, `acct-${randomUUID()}`, sid);
+    const other = await signIn(a, `acct-${randomUUID()}`, randomUUID());
+    expect((await post(b, form(await logoutToken({ sid, sub: undefined })))).status).toBe(200);
+    await expectRefused(one.cookie);
+    await expectWorks(other.cookie);
+  });
+
+  it('by sub alone: every session and app token of that user ends ("sign out everywhere"); other users keep theirs', async () => {
+    const sub = `acct-${randomUUID()}`;
+    const signedInAt = Date.now() - 5_000;
+    const withSid = await signIn(a, sub, randomUUID(), signedInAt);
+    const withoutSid = await signIn(a, sub, null, signedInAt);
+    const app = await mobileTokens(a, withoutSid);
+    const bystander = await signIn(a, `acct-${randomUUID()}`, randomUUID(), signedInAt);
+    expect((await post(a, form(await logoutToken({ sub })))).status).toBe(200);
+    for (const credential of [withSid.cookie, withoutSid.cookie, app.access]) await expectRefused(credential);
+    expect(await refreshStatus(b, app.refresh)).toEqual({ status: 400, error: 'invalid_grant' });
+    await expectWorks(bystander.cookie);
+    // A sign-in after the logout is a new session: it works.
+    const later = await signIn(b, sub, randomUUID(), Date.now() + 1);
+    await expectWorks(later.cookie);
+  });
+
+  it('sid and sub together: only that user\'s sessions under the sid end (the sub is checked against what was recorded)', async () => {
+    const sid = randomUUID();
+    const recorded = await signIn(a, `acct-${randomUUID()}`, sid, Date.now() - 5_000);
+    const named = await signIn(a, `acct-${randomUUID()}`, null, Date.now() - 5_000);
+    expect((await post(a, form(await logoutToken({ sid, sub: named.userId.slice('oidc:'.length) })))).status).toBe(200);
+    await expectWorks(recorded.cookie);
+    // Nothing of the named user was recorded under that sid: the named user is signed out everywhere instead.
+    await expectRefused(named.cookie);
+  });
+
+  it.each([
+    ['no typ header (providers before RFC 8417 explicit typing)', { typ: undefined }],
+    ['typ as a full media type', { typ: 'application/logout+jwt' }],
+  ])('accepted with %s', async (_name, header) => {
+    const sub = `acct-${randomUUID()}`;
+    const sid = randomUUID();
+    const session = await signIn(a, sub, sid);
+    expect((await post(b, form(await logoutToken({ sub, sid }, { header })))).status).toBe(200);
+    await expectRefused(session.cookie);
+  });
+
+  it('a sid nothing was recorded for: with sub, that user is signed out everywhere (fail closed); without sub, nothing happens (200)', async () => {
+    const sub = `acct-${randomUUID()}`;
+    const session = await signIn(a, sub, null, Date.now() - 5_000);
+    expect((await post(a, form(await logoutToken({ sid: randomUUID(), sub: undefined })))).status).toBe(200);
+    await expectWorks(session.cookie);
+    expect((await post(a, form(await logoutToken({ sid: randomUUID(), sub })))).status).toBe(200);
+    await expectRefused(session.cookie);
+  });
+
+  it('a sign-in recorded under a provider session after its logout is ended at once (the logout raced it)', async () => {
+    const sub = `acct-${randomUUID()}`;
+    const sid = randomUUID();
+    const before = await signIn(a, sub, sid);
+    expect((await post(a, form(await logoutToken({ sub, sid })))).status).toBe(200);
+    await expectRefused(before.cookie);
+    const late = await signIn(b, sub, sid, Date.now() + 1);
+    await expectRefused(late.cookie);
+  });
+
+  it(`more than ${PROVIDER_SESSION_SLOTS} sign-ins under one provider session: the overwritten ones end too (their users everywhere)`, async () => {
+    const sub = `acct-${randomUUID()}`;
+    const sid = randomUUID();
+    const signedInAt = Date.now() - 5_000;
+    const sessions: Signed[] = [];
+    for (let i = 0; i <= PROVIDER_SESSION_SLOTS; i++) sessions.push(await signIn(i % 2 ? a : b, sub, sid, signedInAt));
+    await expectWorks(sessions[0]!.cookie);
+    expect((await post(b, form(await logoutToken({ sid, sub: undefined })))).status).toBe(200);
+    // The first was overwritten in the ring: only the user-wide fallback ends it.
+    for (const session of [sessions[0]!, sessions[1]!, sessions.at(-1)!]) await expectRefused(session.cookie);
+  });
+});
+
+describe('invalid logout tokens: 400 {"error":"invalid_request"}, and nothing is revoked', () => {
+  /** Who a case's token names: a user with a session under a provider session, signed in for that case alone. */
+  interface Target {
+    readonly sub: string;
+    readonly sid: string;
+  }
+  const otherKey = () => ({ ...rsaSigningJwk(), kid: provider.signingKey.kid });
+  const now = () => Math.floor(Date.now() / 1000);
+  const cases: Array<[string, (t: Target) => Promise<string>]> = [
+    ['wrong aud', ({ sub, sid }) => logoutToken({ sub, sid, aud: 'another-client' })],
+    ['wrong iss', ({ sub, sid }) => logoutToken({ sub, sid, iss: 'http://127.0.0.1:9' })],
+    ['bad signature (another key under the provider kid)', ({ sub, sid }) => logoutToken({ sub, sid }, { key: otherKey() })],
+    ['a nonce', ({ sub, sid }) => logoutToken({ sub, sid, nonce: 'n-0S6_WzA2Mj' })],
+    ['no events', ({ sub, sid }) => logoutToken({ sub, sid, events: undefined })],
+    ['events without the back-channel logout member', ({ sub, sid }) => logoutToken({ sub, sid, events: { 'http://schemas.openid.net/event/other': {} } })],
+    ['the back-channel logout event not an object', ({ sub, sid }) => logoutToken({ sub, sid, events: { [BACKCHANNEL_LOGOUT_EVENT]: true } })],
+    ['stale iat (10 minutes old, no exp)', ({ sub, sid }) => logoutToken({ sub, sid, exp: undefined }, { iat: now() - 600 })],
+    ['iat in the future', ({ sub, sid }) => logoutToken({ sub, sid }, { iat: now() + 600 })],
+    ['no iat', ({ sub, sid }) => logoutToken({ sub, sid, iat: undefined })],
+    ['expired exp', ({ sub, sid }) => logoutToken({ sub, sid, exp: now() - 120 }, { iat: now() - 200 })],
+    ['neither sub nor sid', () => logoutToken({ sub: undefined, sid: undefined })],
+    ['no jti', ({ sub, sid }) => logoutToken({ sub, sid, jti: undefined })],
+    ['an empty sid', ({ sub }) => logoutToken({ sub, sid: '' })],
+    ['typ of another kind of JWT', ({ sub, sid }) => logoutToken({ sub, sid }, { header: { typ: 'JWT' } })],
+    ['alg none', async ({ sub, sid }) => unsecured({ iss: provider.issuer, aud: provider.clientId, iat: now(), jti: randomUUID(), sub, sid, events: { [BACKCHANNEL_LOGOUT_EVENT]: {} } })],
+    ['HS256 with the client secret', ({ sub, sid }) => hmacToken({ sub, sid })],
+    ['an encrypted-looking (5-part) token', async ({ sub, sid }) => `${await logoutToken({ sub, sid })}.x.y`],
+    ['not a JWT', async () => 'not-a-jwt'],
+  ];
+
+  it.each(cases)('%s', async (_name, make) => {
+    const target = { sub: `acct-${randomUUID()}`, sid: randomUUID() };
+    const session = await signIn(a, target.sub, target.sid, Date.now() - 5_000);
+    expectInvalid(await post(a, form(await make(target))));
+    await expectWorks(session.cookie);
+  });
+
+  it('a replayed jti is refused on the other instance too, and does not revoke again', async () => {
+    const once = await signIn(a, `acct-${randomUUID()}`, randomUUID(), Date.now() - 5_000);
+    const token = await logoutToken({ sub: once.userId.slice('oidc:'.length) });
+    expect((await post(a, form(token))).status).toBe(200);
+    await expectRefused(once.cookie);
+    // A session of that user signed in after the first logout: a replay accepted would end it.
+    const after = await signIn(a, once.userId.slice('oidc:'.length), null, Date.now() + 1);
+    await expectWorks(after.cookie);
+    expectInvalid(await post(b, form(token)));
+    expectInvalid(await post(a, form(token)));
+    await expectWorks(after.cookie);
+  });
+
+  it('the request itself: POST only (405), a form body only, one logout_token, no query string, a size cap (413)', async () => {
+    const sub = `acct-${randomUUID()}`;
+    const sid = randomUUID();
+    const target = await signIn(a, sub, sid, Date.now() - 5_000);
+    const token = await logoutToken({ sub, sid });
+    const get = await post(a, '', { method: 'GET' });
+    expectInvalid(get, 405);
+    expect(get.headers.get('allow')).toBe('POST');
+    expectInvalid(await post(a, JSON.stringify({ logout_token: token }), { contentType: 'application/json' }));
+    expectInvalid(await post(a, form(token), { contentType: 'text/plain' }));
+    expectInvalid(await post(a, new URLSearchParams([['logout_token', token], ['logout_token', token]])));
+    expectInvalid(await post(a, new URLSearchParams({ token })));
+    expectInvalid(await post(a, form(token), { url: `${ENDPOINT}?logout_token=${token}` }));
+    expectInvalid(await post(a, `logout_token=${token}&pad=${'x'.repeat(20_000)}`), 413);
+    await expectWorks(target.cookie);
+    // None of these spent the token's jti: it still logs out.
+    expect((await post(b, form(token))).status).toBe(200);
+    await expectRefused(target.cookie);
+  });
+
+  it('the log says why, and never holds a token', () => {
+    const log = lines.join('');
+    expect(log).toContain('back-channel logout refused: invalid logout token');
+    expect(log).toContain('jti already used');
+    expect(log).toContain('ERR_JWT_CLAIM_VALIDATION_FAILED');
+    for (const token of tokensMade) {
+      expect(log).not.toContain(token);
+      const signature = token.split('.')[2];
+      if (signature) expect(log).not.toContain(signature);
+    }
+    expect(findLeak(log, [provider.clientSecret, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET])).toBeNull();
+  });
+});
+
+describe('failure and configuration', () => {
+  it('without an OIDC sign-in configured: 404 route_not_found', async () => {
+    const runtime = createRuntime({
+      env: { ...sessionSecrets, SVC_KEY: serviceKey },
+      store: new MemoryStore(),
+      logger,
+    });
+    const response = await handleBackchannelLogout(new Request(ENDPOINT, { method: 'POST' }), runtime);
+    expect(response.status).toBe(404);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe('route_not_found');
+  });
+
+  it('the provider cannot be reached (discovery): 503 temporarily_unavailable, nothing revoked', async () => {
+    const runtime = instance(new MemoryStore(), { KEYWARD_OIDC_ISSUER: `http://127.0.0.1:${await freePort()}` });
+    const sub = `acct-${randomUUID()}`;
+    const response = await post(runtime, form(await logoutToken({ sub })));
+    expect(response.status).toBe(503);
+    expect(JSON.parse(response.body)).toEqual({ error: 'temporarily_unavailable' });
+    expect(await runtime.store.get(`rev:user:oidc:${sub}`)).toBeNull();
+  });
+
+  it('the store fails while revoking: 503 temporarily_unavailable, and the provider\'s retry of the same token then works', async () => {
+    const memory = new MemoryStore();
+    let broken = true;
+    const failing = new Proxy(memory, {
+      get(target, name, receiver) {
+        const value = Reflect.get(target, name, receiver) as unknown;
+        if (name !== 'set' || typeof value !== 'function') return typeof value === 'function' ? value.bind(target) : value;
+        return (key: string, ...rest: unknown[]) =>
+          broken && key.startsWith('rev:') ? Promise.reject(new StoreUnavailableError('memory')) : (value as (...args: unknown[]) => unknown).call(target, key, ...rest);
+      },
+    });
+    const runtime = instance(failing);
+    const sub = `acct-${randomUUID()}`;
+    const token = await logoutToken({ sub });
+    const failed = await post(runtime, form(token));
+    expect(failed.status).toBe(503);
+    expect(JSON.parse(failed.body)).toEqual({ error: 'temporarily_unavailable' });
+    broken = false;
+    expect((await post(runtime, form(token))).status).toBe(200);
+    expect(await memory.get(`rev:user:oidc:${sub}`)).not.toBeNull();
+  });
+});
+
+/** An unsecured JWT (`alg: none`, RFC 7519 §6), which must never pass. */
+function unsecured(payload: Record<string, unknown>): string {
+  const part = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const token = `${part({ alg: 'none', typ: 'logout+jwt' })}.${part(payload)}.`;
+  tokensMade.push(token);
+  return token;
+}
+
+/** A logout token MACed with the client secret (HS256): a provider key must sign it, not a shared secret. */
+async function hmacToken(claims: Record<string, unknown>): Promise<string> {
+  const iat = Math.floor(Date.now() / 1000);
+  const token = await new SignJWT({ iss: provider.issuer, aud: provider.clientId, iat, jti: randomUUID(), events: { [BACKCHANNEL_LOGOUT_EVENT]: {} }, ...claims })
+    .setProtectedHeader({ alg: 'HS256', typ: 'logout+jwt' })
+    .sign(new TextEncoder().encode(provider.clientSecret));
+  tokensMade.push(token);
+  return token;
+}
