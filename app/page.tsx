@@ -1,4 +1,5 @@
 import Link from 'next/link';
+import { ConnectedAccounts } from './components/connected-accounts';
 import { OwnKeys } from './components/own-keys';
 import { SignOutButton } from './components/sign-out-button';
 import { Demo } from './demo';
@@ -13,6 +14,7 @@ const CREDENTIAL_LABEL: Record<CredentialKind, string> = {
   'own-key': 'your own key',
   oauth: 'your sign-in token',
   'by-claim': 'your organisation’s key',
+  connection: 'your connected account',
 };
 
 export default async function Home() {
@@ -48,6 +50,7 @@ export default async function Home() {
   const upstreams = keyward.upstreamSummaries();
   const ownKeyUpstreams = upstreams.filter((u) => u.credential === 'own-key').map((u) => u.id);
   const isAdmin = session.roles.includes('admin');
+  const connectionProviders = keyward.connectionProviders();
   return (
     <main className="page">
       <div className="page-header row" style={{ justifyContent: 'space-between' }}>
@@ -74,6 +77,17 @@ export default async function Home() {
           </>
         )}
       </section>
+
+      {connectionProviders.length > 0 && (
+        <section className="card">
+          <div className="card-title">
+            <h2>Connected accounts</h2>
+            <span className="small muted">the app calls these services as you</span>
+          </div>
+          <p className="small muted">Connect an account once; its tokens are sealed on the server and renewed there, and never reach this browser.</p>
+          <ConnectedAccounts providers={connectionProviders} />
+        </section>
+      )}
 
       <p className="small" data-testid="my-usage-link">
         <Link href="/usage" prefetch={false}>
@@ -128,19 +142,28 @@ export default async function Home() {
               <tr>
                 <td>Service keys: versions, rotation, rollback, revocation</td>
                 <td>
-                  <code>GET /api/admin/keys</code> · <code>npm run keyward -- keys list</code>
+                  <Link href="/admin/keys" prefetch={false}>
+                    Keys
+                  </Link>{' '}
+                  · <code>GET /api/admin/keys</code> · <code>npm run keyward -- keys list</code>
                 </td>
               </tr>
               <tr>
                 <td>Audit trail of calls and admin actions</td>
                 <td>
-                  <code>GET /api/admin/audit</code> · <code>npm run keyward -- audit tail</code>
+                  <Link href="/admin/audit" prefetch={false}>
+                    Audit
+                  </Link>{' '}
+                  · <code>GET /api/admin/audit</code> · <code>npm run keyward -- audit tail</code>
                 </td>
               </tr>
               <tr>
                 <td>End every session of a user</td>
                 <td>
-                  <code>POST /api/admin/users/&lt;id&gt;/revoke-sessions</code>
+                  <Link href="/admin/users" prefetch={false}>
+                    Users
+                  </Link>{' '}
+                  · <code>POST /api/admin/users/&lt;id&gt;/revoke-sessions</code>
                 </td>
               </tr>
             </tbody>

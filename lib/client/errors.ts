@@ -16,13 +16,16 @@ export class KeywardError extends Error {
   readonly requestId: string | null;
   /** Seconds to wait before trying again, from `Retry-After` (429 limits, 503 `sign_in_busy`); null without one. */
   readonly retryAfter: number | null;
+  /** `connection_required` only: where the user connects (or reconnects) the account the upstream needs; else null. */
+  readonly connectUrl: string | null;
 
-  constructor(init: { code: string; message: string; status: number; requestId: string | null; retryAfter: number | null }) {
+  constructor(init: { code: string; message: string; status: number; requestId: string | null; retryAfter: number | null; connectUrl?: string | null }) {
     super(init.message);
     this.code = init.code;
     this.status = init.status;
     this.requestId = init.requestId;
     this.retryAfter = init.retryAfter;
+    this.connectUrl = init.connectUrl ?? null;
   }
 }
 
@@ -64,6 +67,8 @@ export function parseRetryAfter(value: string | null, now: number = Date.now()):
 }
 
 const ERROR_FIELDS = ['code', 'message', 'requestId'];
+/** `connection_required` adds one field (README "Connected accounts"), sorted in its place. */
+const CONNECT_ERROR_FIELDS = ['code', 'connectUrl', 'message', 'requestId'];
 
 /**
  * Keyward's own error, told apart from an upstream error that looks alike: exactly `{"error":{"code","message",
@@ -83,11 +88,21 @@ export async function readKeywardError(response: Response): Promise<KeywardError
   if (!isRecord(body) || Object.keys(body).length !== 1 || !isRecord(body.error)) return null;
   const { error } = body;
   const keys = Object.keys(error).sort();
-  if (keys.length !== ERROR_FIELDS.length || keys.some((key, index) => key !== ERROR_FIELDS[index])) return null;
-  const { code, message, requestId } = error;
+  const fields = error.code === 'connection_required' ? CONNECT_ERROR_FIELDS : ERROR_FIELDS;
+  if (keys.length !== fields.length || keys.some((key, index) => key !== fields[index])) return null;
+  const { code, message, requestId, connectUrl } = error;
   if (typeof code !== 'string' || !/^[a-z_]{1,64}$/.test(code) || typeof message !== 'string') return null;
   if (!(typeof requestId === 'string' || requestId === null) || requestId !== response.headers.get('x-request-id')) return null;
-  return new KeywardError({ code, message, status: response.status, requestId, retryAfter: parseRetryAfter(response.headers.get('retry-after')) });
+  // A path on Keyward's own site, never another origin.
+  if (connectUrl !== undefined && (typeof connectUrl !== 'string' || !/^\/api\/connect\/[a-z0-9-]{1,32}$/.test(connectUrl))) return null;
+  return new KeywardError({
+    code,
+    message,
+    status: response.status,
+    requestId,
+    retryAfter: parseRetryAfter(response.headers.get('retry-after')),
+    connectUrl: connectUrl ?? null,
+  });
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -16,6 +16,8 @@ export const ERROR_STATUS = {
   insufficient_scope: 403,
   not_owner: 403,
   credential_missing: 403,
+  key_suspended: 403,
+  connection_required: 403,
   upstream_not_found: 404,
   not_found: 404,
   route_not_found: 404,
@@ -23,6 +25,7 @@ export const ERROR_STATUS = {
   payload_too_large: 413,
   unsupported_media_type: 415,
   rate_limited: 429,
+  throttled: 429,
   quota_exceeded: 429,
   budget_exceeded: 429,
   internal_error: 500,
@@ -51,6 +54,8 @@ const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
   insufficient_scope: 'Your session lacks a scope this route requires.',
   not_owner: 'This route only serves your own resources.',
   credential_missing: 'You have no credential for this upstream (add your key, link your account, or ask for access).',
+  key_suspended: 'Your own keys are suspended after unusual activity on this account; an admin can lift the suspension.',
+  connection_required: "Connect your account at this upstream's provider first (connectUrl).",
   upstream_not_found: 'No upstream with this id is configured.',
   not_found: 'Nothing with this id exists.',
   route_not_found: 'This upstream declares no route for this path.',
@@ -58,6 +63,7 @@ const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
   payload_too_large: 'The request body is larger than this route allows.',
   unsupported_media_type: 'This route accepts only a JSON body (Content-Type: application/json).',
   rate_limited: 'Too many requests; try again after the time in Retry-After.',
+  throttled: 'Unusual activity on this account: its calls are slowed down for a while; try again after the time in Retry-After.',
   quota_exceeded: 'The request quota for this period is used up; it renews at the time in Retry-After.',
   budget_exceeded: 'The cost budget for this period is used up; it renews at the time in Retry-After.',
   internal_error: 'Keyward failed to handle the request.',
@@ -76,12 +82,15 @@ export class KeywardError extends Error {
   readonly code: KeywardErrorCode;
   readonly status: number;
   readonly headers: Record<string, string>;
+  /** `connection_required` only: the same-origin path where the user (re)connects (README "Connected accounts"). */
+  readonly connectUrl?: string;
 
-  constructor(code: KeywardErrorCode, options: { message?: string; cause?: unknown; headers?: Record<string, string> } = {}) {
+  constructor(code: KeywardErrorCode, options: { message?: string; cause?: unknown; headers?: Record<string, string>; connectUrl?: string } = {}) {
     super(options.message ?? DEFAULT_MESSAGE[code], { cause: options.cause });
     this.code = code;
     this.status = ERROR_STATUS[code];
     this.headers = options.headers ?? {};
+    if (options.connectUrl !== undefined) this.connectUrl = options.connectUrl;
   }
 }
 
@@ -92,7 +101,8 @@ export function toKeywardError(error: unknown): KeywardError {
 }
 
 export function errorResponse(error: KeywardError, requestId: string): Response {
-  const body = JSON.stringify({ error: { code: error.code, message: error.message, requestId } });
+  const connect = error.connectUrl === undefined ? {} : { connectUrl: error.connectUrl };
+  const body = JSON.stringify({ error: { code: error.code, message: error.message, requestId, ...connect } });
   const headers = new Headers(error.headers);
   headers.set('content-type', 'application/json; charset=utf-8');
   headers.set('cache-control', 'private, no-store');

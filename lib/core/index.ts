@@ -13,6 +13,7 @@ export {
   type UpstreamDefinition,
 } from './config/load';
 export type { KeywardConfigInput, RouteMethod, UpstreamConfig, UpstreamInput } from './config/schema';
+export type { ConnectionInput, ConnectionsInput } from './connect/config';
 export { ERROR_STATUS, KeywardError, errorResponse, toKeywardError, type KeywardErrorCode } from './errors';
 export { handleProxy, type ProxyDeps, type ProxyEvent, type ProxyTarget } from './pipeline';
 export type { CoreRequest } from './request';

@@ -1,10 +1,22 @@
 import 'server-only';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
-import { ConfigError, readConfigFile, readConfigJson, type UpstreamDefinition } from './config/load';
+import { ConfigError, loadConfigFile, loadConfigJson, type ConfigSections, type UpstreamDefinition } from './config/load';
+import { formatIssues, isLoopbackHost } from './config/schema';
+import { Alerts } from './detect/alerts';
+import { detectorSchema, type DetectorConfig, type DetectorInput } from './detect/config';
+import { Detector } from './detect/detector';
+import { loadDecoys, type DecoySet } from './detect/decoys';
+import { AlertWebhook } from './detect/webhook';
 import { OAuthTokenStore, oidcRefresher, type TokenRefresher } from './credential/oauth';
+import type { ConnectionsInput } from './connect/config';
+import { Connections } from './connect/connections';
+import { ConnectionKeeper } from './connect/keeper';
+import { connectionSetup } from './connect/setup';
 import { UserKeys } from './credential/user-keys';
 import { MobileTokens } from './mobile/tokens';
+import { DpopNonces } from './dpop/nonce';
+import { DpopProofs } from './dpop/proof';
 import { AuditLog } from './audit/audit';
 import { UsageAggregates } from './aggregates/usage';
 import { keyFingerprints } from './keys/fingerprint';
@@ -14,6 +26,9 @@ import { processMetrics, type ProxyMetrics } from './observe/metrics';
 import { getLogger, logScrubber } from './log/logger';
 import type { ProxyDeps } from './pipeline';
 import { SessionRevocations } from './session/revocation';
+import { SessionIndex } from './session/session-index';
+import { LogoutTokenVerifier } from './session/logout-token';
+import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
 import { assertNoPublicSecrets, productionProblems, readSettings, trustsHost, type Settings } from './settings';
@@ -30,6 +45,12 @@ export interface Runtime extends ProxyDeps {
   /** The shared store: revocations, per-user secrets, locks, counters. */
   readonly store: Store;
   readonly revocations: SessionRevocations;
+  /** Each user's recent sign-ins (hashed ids), written at sign-in, read by the admin pages. */
+  readonly sessionIndex: SessionIndex;
+  /** Which sessions came from which OpenID provider session, for back-channel logout (written at sign-in). */
+  readonly providerSessions: ProviderSessions;
+  /** Verifies the OIDC provider's back-channel logout tokens; null when no OIDC sign-in is configured. */
+  readonly logoutTokens: LogoutTokenVerifier | null;
   /** Null unless an upstream takes the user's own key. */
   readonly userKeys: UserKeys | null;
   /** Null unless an upstream takes the user's OAuth token. */
@@ -38,6 +59,8 @@ export interface Runtime extends ProxyDeps {
   readonly oauthProviders: ReadonlySet<string>;
   /** The native-app token exchange (enabled by KEYWARD_MOBILE_REDIRECT_URIS). */
   readonly mobile: MobileTokens;
+  /** DPoP proofs (RFC 9449) for mobile tokens bound to a key: checked at the token endpoint and at every call. */
+  readonly dpop: { readonly proofs: DpopProofs; readonly nonces: DpopNonces };
   readonly limits: Limits;
   readonly keyRings: KeyRings;
   readonly audit: AuditLog;
@@ -45,6 +68,14 @@ export interface Runtime extends ProxyDeps {
   readonly metrics: ProxyMetrics;
   /** Usage aggregates (calls, errors, latency, bytes, units per minute/hour/day), written by the audit writer. */
   readonly usage: UsageAggregates;
+  /** The anomaly detector (lib/core/detect): fed every call's record and every decoy hit. */
+  readonly detector: Detector;
+  /** What the detector did, and its undo (GET /api/admin/alerts). */
+  readonly alerts: Alerts;
+  /** Connected accounts (README "Connected accounts"); null when no connection provider is configured. */
+  readonly connections: Connections | null;
+  /** Refreshes idle connections at least daily; started by `keyward.register()`, never by itself. */
+  readonly connectionKeeper: ConnectionKeeper | null;
 }
 
 export interface RuntimeOptions {
@@ -58,6 +89,12 @@ export interface RuntimeOptions {
   readonly now?: () => number;
   /** Metrics to count into instead of the process's (tests). */
   readonly metrics?: ProxyMetrics;
+  /** The anomaly detector's rules from TypeScript (`createKeyward({ detector })`); or the config file's `detector`. */
+  readonly detector?: DetectorInput;
+  /** Connected-account providers from TypeScript (`createKeyward({ connections })`), with the config file's `connections`. */
+  readonly connections?: ConnectionsInput;
+  /** Waits between webhook retries (tests). */
+  readonly sleep?: (ms: number) => Promise<void>;
   /**
    * false for tools (the CLI): they serve nobody, so production's serving checks (a public origin, a sign-in
    * method) do not apply. Every other setting is checked the same.
@@ -73,15 +110,17 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const { env } = options;
   const now = options.now ?? Date.now;
   const settings = readSettings(env);
-  const definitions = [
-    ...(options.upstreams ?? []),
-    ...(settings.KEYWARD_CONFIG ? readConfigFile(settings.KEYWARD_CONFIG) : []),
-    ...(settings.KEYWARD_CONFIG_JSON ? readConfigJson(settings.KEYWARD_CONFIG_JSON) : []),
+  const files: ConfigSections[] = [
+    ...(settings.KEYWARD_CONFIG ? [loadConfigFile(settings.KEYWARD_CONFIG)] : []),
+    ...(settings.KEYWARD_CONFIG_JSON ? [loadConfigJson(settings.KEYWARD_CONFIG_JSON)] : []),
   ];
+  const definitions = [...(options.upstreams ?? []), ...files.flatMap((file) => file.upstreams)];
+  const detectorConfig = detectorSettings(options.detector, files);
   // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);
   const users = settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE) : null;
+  const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
   const secrets = [settings.AUTH_SECRET, settings.KEYWARD_SESSION_SECRET];
   for (const name of ['KEYWARD_OIDC_CLIENT_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_VAULT_SECRET_PREVIOUS', 'KEYWARD_METRICS_TOKEN'] as const) {
@@ -89,7 +128,12 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (value) secrets.push(value);
   }
   for (const upstream of registry.values()) secrets.push(...serviceSecrets(upstream));
+  const webhookSecret = detectorConfig.webhook ? webhookSecretFrom(env, detectorConfig.webhook.secret.env) : null;
+  if (webhookSecret) secrets.push(webhookSecret);
+  const connectionConfig = connectionSetup(options.connections, files, env, now);
+  secrets.push(...connectionConfig.secrets);
   assertNoPublicSecrets(env, secrets);
+  if (decoys) assertNoSecretDecoys(decoys, secrets);
   logScrubber.add(secrets);
 
   const { userKeys: needsUserKeys, oauthProviders } = perUserNeeds(registry);
@@ -97,23 +141,34 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   if (settings.KEYWARD_OIDC_ISSUER && settings.KEYWARD_OIDC_CLIENT_ID && settings.KEYWARD_OIDC_CLIENT_SECRET) {
     refreshers.set('oidc', oidcRefresher(settings.KEYWARD_OIDC_ISSUER, settings.KEYWARD_OIDC_CLIENT_ID, settings.KEYWARD_OIDC_CLIENT_SECRET, now));
   }
+  for (const [provider, refresher] of connectionConfig.refreshers) refreshers.set(provider, refresher);
   const problems = options.serving === false ? [] : productionProblems(settings, users !== null);
   for (const [provider, upstreamId] of oauthProviders) {
     if (!refreshers.has(provider)) {
-      problems.push(`  - upstreams.${upstreamId}.auth.secret.oauth: no sign-in provider "${provider}" is configured (KEYWARD_OIDC_* gives "oidc")`);
+      problems.push(`  - upstreams.${upstreamId}.auth.secret.oauth: no provider "${provider}" is configured (KEYWARD_OIDC_* gives "oidc"; "connections" gives the others)`);
     }
   }
-  if ((needsUserKeys || oauthProviders.size > 0) && !settings.KEYWARD_VAULT_SECRET) {
-    problems.push('  - KEYWARD_VAULT_SECRET: must be set (≥ 32 characters) when an upstream uses per-user keys or OAuth tokens');
+  if ((needsUserKeys || oauthProviders.size > 0 || connectionConfig.providers.size > 0) && !settings.KEYWARD_VAULT_SECRET) {
+    problems.push('  - KEYWARD_VAULT_SECRET: must be set (≥ 32 characters) when an upstream uses per-user keys or OAuth tokens, or connections are configured');
   }
   if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${problems.join('\n')}`);
 
   const store = options.store ?? createStore(settings);
   const revocations = new SessionRevocations(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
+  const sessionIndex = new SessionIndex(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
   const vault = settings.KEYWARD_VAULT_SECRET ? new Vault(settings.KEYWARD_VAULT_SECRET, settings.KEYWARD_VAULT_SECRET_PREVIOUS) : null;
   const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now, fingerprints) : null;
-  const oauthTokens = vault && oauthProviders.size > 0 ? new OAuthTokenStore(store, vault, refreshers, now) : null;
+  // Connections keep their status from the token store's reports (set once `connections` exists, below).
+  let connections: Connections | null = null;
+  const oauthTokens =
+    vault && (oauthProviders.size > 0 || connectionConfig.providers.size > 0)
+      ? new OAuthTokenStore(store, vault, refreshers, now, {
+          refreshed: async (provider, userId, tokens) => connections?.refreshed(provider, userId, tokens),
+          ended: async (provider, userId) => connections?.ended(provider, userId),
+        })
+      : null;
   const logger = options.logger ?? getLogger();
+  const providerSessions = new ProviderSessions(store, revocations, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, logger, now);
   const mobile = new MobileTokens(
     store,
     revocations,
@@ -126,7 +181,16 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     },
     logger,
     now,
+    sessionIndex,
+    providerSessions,
   );
+
+  const dpop = { proofs: new DpopProofs(store, now), nonces: new DpopNonces(settings.KEYWARD_SESSION_SECRET, now) };
+  const allowedOrigins = createOriginPolicy({
+    authUrl: settings.AUTH_URL,
+    trustHost: trustsHost(settings),
+    extraOrigins: settings.KEYWARD_ALLOWED_ORIGINS,
+  });
 
   const dispatcher = options.dispatcher ?? createUpstreamAgent();
   const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, now);
@@ -136,36 +200,101 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     day: settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS * 86_400_000,
   });
 
+  const retentionMs = settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000;
+  const webhook =
+    detectorConfig.webhook && webhookSecret
+      ? new AlertWebhook({ url: detectorConfig.webhook.url, secret: webhookSecret, maxAttempts: detectorConfig.webhook.maxAttempts, logger, now, sleep: options.sleep })
+      : null;
+  const metrics = options.metrics ?? processMetrics();
+  const alerts = new Alerts(store, revocations, audit, logger, retentionMs, webhook, now, (alert) => metrics.countDetectorAction(alert.rule, alert.action));
+  const detector = new Detector(detectorConfig, alerts, logger, now);
+  connections =
+    oauthTokens && vault && connectionConfig.providers.size > 0
+      ? new Connections({ ...connectionConfig, store, vault, tokens: oauthTokens, revocations, audit, logger, webhook, now })
+      : null;
+
   return {
     settings,
     users,
     registry,
     store,
     revocations,
+    sessionIndex,
+    providerSessions,
+    logoutTokens:
+      settings.KEYWARD_OIDC_ISSUER && settings.KEYWARD_OIDC_CLIENT_ID && settings.KEYWARD_OIDC_CLIENT_SECRET
+        ? new LogoutTokenVerifier(settings.KEYWARD_OIDC_ISSUER, settings.KEYWARD_OIDC_CLIENT_ID, now)
+        : null,
     userKeys,
     oauthTokens,
     oauthProviders: new Set(oauthProviders.keys()),
     mobile,
+    dpop,
     limits: new Limits(store, logger, now),
     keyRings,
     audit,
-    metrics: options.metrics ?? processMetrics(),
+    metrics,
     usage: new UsageAggregates(store, () => guard(() => audit.flush())),
-    onComplete: (event) => audit.recordCall(event),
+    onComplete: (event) => {
+      audit.recordCall(event);
+      detector.observe(event);
+    },
+    detector,
+    alerts,
+    connections,
+    connectionKeeper: connections ? new ConnectionKeeper(connections, store, logger, { now }) : null,
+    signals: detector,
+    decoys: decoys ?? undefined,
+    throttleStore: store,
     trustedProxyHops: settings.KEYWARD_TRUSTED_PROXY_HOPS,
-    credentials: { userKeys, oauthTokens, keyRings },
+    credentials: { userKeys, oauthTokens, keyRings, connections },
     verifySession: createSessionVerifier(
       { authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET },
-      { revocations, now },
+      { revocations, now, dpop: { proofs: dpop.proofs, publicOrigin: (request) => allowedOrigins.publicOrigin(request) } },
     ),
-    allowedOrigins: createOriginPolicy({
-      authUrl: settings.AUTH_URL,
-      trustHost: trustsHost(settings),
-      extraOrigins: settings.KEYWARD_ALLOWED_ORIGINS,
-    }),
+    allowedOrigins,
     dispatcher,
     logger,
   };
+}
+
+/** The detector's rules: from TypeScript or from the config file (one place), else the defaults. */
+function detectorSettings(input: DetectorInput | undefined, files: readonly ConfigSections[]): DetectorConfig {
+  const fromFiles = files.flatMap((file) => (file.detector ? [file.detector] : []));
+  if (fromFiles.length + (input ? 1 : 0) > 1) {
+    throw new ConfigError('Keyward configuration is invalid:\n  - detector: set it in one place (createKeyward, KEYWARD_CONFIG or KEYWARD_CONFIG_JSON)');
+  }
+  let config = fromFiles[0];
+  if (!config) {
+    const result = detectorSchema.safeParse(input ?? {});
+    if (!result.success) throw new ConfigError(`Keyward configuration is invalid:\n${formatIssues(result.error.issues, 'detector')}`);
+    config = result.data;
+  }
+  const url = config.webhook ? new URL(config.webhook.url) : null;
+  if (url && url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
+    throw new ConfigError('Keyward configuration is invalid:\n  - detector.webhook.url: must be https (http only on a loopback address)');
+  }
+  return config;
+}
+
+/** The webhook's signing secret: set, and long enough to resist guessing (as Keyward's own secrets). */
+function webhookSecretFrom(env: Env, name: string): string {
+  const value = env[name];
+  if (!value || value.length < 32) {
+    throw new ConfigError(`Keyward configuration is invalid:\n  - detector.webhook.secret: the environment variable ${name} must be set to at least 32 characters`);
+  }
+  return value;
+}
+
+/**
+ * A real secret listed as a decoy would be refused where it serves, and reported as expected by check:leaks:
+ * refused at start-up, naming the decoy (never the value).
+ */
+function assertNoSecretDecoys(decoys: DecoySet, secrets: readonly string[]): void {
+  for (const secret of secrets) {
+    const decoyId = decoys.find(secret);
+    if (decoyId) throw new ConfigError(`Keyward settings are invalid:\n  - KEYWARD_DECOYS_FILE: decoy ${decoyId} is a secret Keyward uses; a decoy must be minted (npm run keyward -- decoys create)`);
+  }
 }
 
 function serviceSecrets(upstream: Upstream): string[] {

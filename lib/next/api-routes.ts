@@ -1,10 +1,14 @@
 import 'server-only';
 import { NextRequest } from 'next/server';
+import { handleBackchannelLogout } from '@/lib/core/api/backchannel-logout';
 import { handleAudit, handleKeyAction, handleKeyList, handleKeyRevoke } from '@/lib/core/api/admin';
+import { handleAlerts, handleAlertUndo } from '@/lib/core/api/alerts';
+import { handleAdminUserConnections, handleConnectCallback, handleConnection, handleConnections, handleConnectStart } from '@/lib/core/api/connect';
 import { handleUserKey } from '@/lib/core/api/keys';
 import { handleMetrics } from '@/lib/core/api/metrics';
 import { handleUsage, handleUsageTop } from '@/lib/core/api/usage';
 import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
+import { handleOAuthMetadata } from '@/lib/core/api/oauth-metadata';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
 import { handleSignInPost } from '@/lib/core/api/sign-in';
 import { handleWsTicket } from '@/lib/core/api/ws-ticket';
@@ -19,12 +23,17 @@ export interface ApiRoutes {
   /** /api/auth/[...nextauth]: Auth.js, behind Keyward's sign-in rules. */
   readonly authGetRoute: (request: Request) => Promise<Response>;
   readonly authPostRoute: (request: Request) => Promise<Response>;
+  /** POST /api/auth/backchannel-logout: OIDC Back-Channel Logout 1.0, posted by the sign-in provider. */
+  readonly backchannelLogoutRoute: RouteHandler;
   readonly userKeyRoute: RouteHandler<{ upstream: string }>;
   readonly adminRevokeRoute: RouteHandler<{ userId: string }>;
   readonly adminKeysRoute: RouteHandler;
   readonly adminKeyActionRoute: RouteHandler<{ upstream: string; action: string }>;
   readonly adminKeyRevokeRoute: RouteHandler;
   readonly adminAuditRoute: RouteHandler;
+  /** GET /api/admin/alerts and POST /api/admin/alerts/<id>/undo: the anomaly detector's actions. */
+  readonly adminAlertsRoute: RouteHandler;
+  readonly adminAlertUndoRoute: RouteHandler<{ alertId: string }>;
   /** GET /api/admin/usage and /api/admin/usage/top: usage aggregates. */
   readonly adminUsageRoute: RouteHandler;
   readonly adminUsageTopRoute: RouteHandler;
@@ -32,9 +41,18 @@ export interface ApiRoutes {
   readonly logoutRoute: RouteHandler;
   readonly mobileAuthorizeRoute: RouteHandler;
   readonly mobileTokenRoute: RouteHandler;
+  /** GET /.well-known/oauth-authorization-server: RFC 8414 metadata for the mobile token exchange. */
+  readonly oauthMetadataRoute: RouteHandler;
   readonly wsTicketRoute: RouteHandler;
   /** GET /api/metrics: Prometheus, behind KEYWARD_METRICS_TOKEN (404 without it). */
   readonly metricsRoute: RouteHandler;
+  /** Connected accounts: GET /api/connect/<provider> and its /callback, GET /api/connections, GET/DELETE /api/connections/<provider>. */
+  readonly connectStartRoute: RouteHandler<{ provider: string }>;
+  readonly connectCallbackRoute: RouteHandler<{ provider: string }>;
+  readonly connectionsRoute: RouteHandler;
+  readonly connectionRoute: RouteHandler<{ provider: string }>;
+  /** GET /api/admin/users/<userId>/connections: role admin. */
+  readonly adminUserConnectionsRoute: RouteHandler<{ userId: string }>;
 }
 
 /** Route handlers for Keyward's own API: each translates params, then hands over to lib/core/api. */
@@ -57,14 +75,23 @@ export function createApiRoutes(getRuntime: RuntimeSource, pages: AuthPages): Ap
     ),
     adminKeyRevokeRoute: withRuntime<object>((request, _, runtime) => handleKeyRevoke(request, runtime)),
     adminAuditRoute: withRuntime<object>((request, _, runtime) => handleAudit(request, runtime)),
+    adminAlertsRoute: withRuntime<object>((request, _, runtime) => handleAlerts(request, runtime)),
+    adminAlertUndoRoute: withRuntime<{ alertId: string }>((request, { alertId }, runtime) => handleAlertUndo(request, alertId, runtime)),
     adminUsageRoute: withRuntime<object>((request, _, runtime) => handleUsage(request, runtime)),
     adminUsageTopRoute: withRuntime<object>((request, _, runtime) => handleUsageTop(request, runtime)),
     revokeAllRoute: withRuntime<object>((request, _, runtime) => handleRevokeAll(request, runtime)),
     logoutRoute: withRuntime<object>((request, _, runtime) => handleLogout(request, runtime)),
+    backchannelLogoutRoute: withRuntime<object>((request, _, runtime) => handleBackchannelLogout(request, runtime)),
     mobileAuthorizeRoute: withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime)),
     mobileTokenRoute: withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime)),
+    oauthMetadataRoute: withRuntime<object>((request, _, runtime) => handleOAuthMetadata(request, runtime)),
     wsTicketRoute: withRuntime<object>((request, _, runtime) => handleWsTicket(request, runtime)),
     metricsRoute: withRuntime<object>((request, _, runtime) => handleMetrics(request, runtime)),
+    connectStartRoute: withRuntime<{ provider: string }>((request, { provider }, runtime) => handleConnectStart(request, provider, runtime)),
+    connectCallbackRoute: withRuntime<{ provider: string }>((request, { provider }, runtime) => handleConnectCallback(request, provider, runtime)),
+    connectionsRoute: withRuntime<object>((request, _, runtime) => handleConnections(request, runtime)),
+    connectionRoute: withRuntime<{ provider: string }>((request, { provider }, runtime) => handleConnection(request, provider, runtime)),
+    adminUserConnectionsRoute: withRuntime<{ userId: string }>((request, { userId }, runtime) => handleAdminUserConnections(request, userId, runtime)),
   };
 }
 

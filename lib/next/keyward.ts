@@ -1,5 +1,6 @@
 import 'server-only';
 import type { UpstreamDefinition } from '@/lib/core/config/load';
+import type { ConnectionsInput } from '@/lib/core/connect/config';
 import type { Runtime } from '@/lib/core/runtime';
 import { checkStartup } from '@/lib/core/startup';
 import { createApiRoutes, type ApiRoutes } from './api-routes';
@@ -17,6 +18,8 @@ export interface KeywardOptions {
   readonly upstreams?: readonly UpstreamDefinition[];
   /** Auth.js's pages, e.g. `{ signIn: '/signin' }` for a sign-in page of the app's own. Default: Auth.js's built-in pages. */
   readonly pages?: AuthPages;
+  /** Connected-account providers (README "Connected accounts"), with the config file's `connections`. Default: none. */
+  readonly connections?: ConnectionsInput;
 }
 
 /** Everything an app's route handlers, pages and instrumentation.ts take from Keyward, all on one runtime. */
@@ -29,7 +32,8 @@ export interface Keyward extends ApiRoutes, PageHelpers {
   checkStartup(): void;
   /**
    * For instrumentation.ts's `register()`: OpenTelemetry tracing when an OTLP endpoint is set (README "Metrics and
-   * traces"; without one the SDK is not even loaded), then `checkStartup()`.
+   * traces"; without one the SDK is not even loaded), then `checkStartup()`, then the connected accounts' keeper
+   * (idle grants refreshed at least daily; one pass per interval across instances).
    */
   register(): Promise<void>;
   /** The runtime behind these handlers, built on first use from process.env and `upstreams`. */
@@ -43,7 +47,7 @@ export interface Keyward extends ApiRoutes, PageHelpers {
  * own runtime (lib/next/runtime.ts says why); they share state through the store.
  */
 export function createKeyward(options: KeywardOptions = {}): Keyward {
-  const getRuntime = lazyRuntime(options.upstreams ?? []);
+  const getRuntime = lazyRuntime(options.upstreams ?? [], { connections: options.connections });
   return {
     ...createApiRoutes(getRuntime, options.pages),
     ...createPageHelpers(getRuntime),
@@ -53,6 +57,7 @@ export function createKeyward(options: KeywardOptions = {}): Keyward {
     async register() {
       if (wantsTraces(process.env)) (await import('@/lib/core/observe/otel')).registerTracing();
       checkStartup(getRuntime);
+      getRuntime().connectionKeeper?.start();
     },
     getRuntime,
   };

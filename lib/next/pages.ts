@@ -13,7 +13,7 @@ export interface PageSession {
 
 export type PageSessionState = { readonly state: 'signed-in'; readonly session: PageSession } | { readonly state: 'signed-out' } | { readonly state: 'unavailable' };
 
-export type CredentialKind = 'service' | 'own-key' | 'oauth' | 'by-claim';
+export type CredentialKind = 'service' | 'own-key' | 'oauth' | 'by-claim' | 'connection';
 
 /** What pages may read about Keyward (lib/next/keyward.ts hands these out): never a token, a key or a URL. */
 export interface PageHelpers {
@@ -24,6 +24,8 @@ export interface PageHelpers {
   pageSession(): Promise<PageSessionState>;
   /** The upstreams as a page lists them: id and whose credential is used. Never a URL, a header name or a key. */
   upstreamSummaries(): { id: string; credential: CredentialKind }[];
+  /** The connected-account providers a user can connect (README "Connected accounts"): id and name only. */
+  connectionProviders(): { id: string; name: string }[];
   /** The sign-in methods configured (what a sign-in page offers). */
   signInMethods(): { local: boolean; oidc: { name: string } | null };
   /** Whether the demo page (and the benchmark's naive route) are served: `npm run dev`, or KEYWARD_DEMO=true. */
@@ -47,7 +49,15 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
     },
     upstreamSummaries() {
       const kinds: Record<string, CredentialKind> = { static: 'service', 'user-key': 'own-key', oauth: 'oauth', claim: 'by-claim' };
-      return [...getRuntime().registry.values()].map((upstream) => ({ id: upstream.id, credential: kinds[upstream.credential.source] ?? 'service' }));
+      const { registry, connections } = getRuntime();
+      return [...registry.values()].map((upstream) => {
+        const plan = upstream.credential;
+        const credential = plan.source === 'oauth' && connections?.has(plan.provider) ? 'connection' : (kinds[plan.source] ?? 'service');
+        return { id: upstream.id, credential };
+      });
+    },
+    connectionProviders() {
+      return [...(getRuntime().connections?.providers.values() ?? [])].map((provider) => ({ id: provider.id, name: provider.name }));
     },
     signInMethods() {
       const { users, settings } = getRuntime();

@@ -1,6 +1,6 @@
 import 'server-only';
 import type { UpstreamDefinition } from '@/lib/core/config/load';
-import { createRuntime, type Runtime } from '@/lib/core/runtime';
+import { createRuntime, type Runtime, type RuntimeOptions } from '@/lib/core/runtime';
 
 /**
  * The runtime of one `createKeyward` (lib/next/keyward.ts), built on first use from process.env and the
@@ -12,10 +12,10 @@ import { createRuntime, type Runtime } from '@/lib/core/runtime';
  * errors that the other bundle's `instanceof` checks (KeywardError, StoreUnavailableError) do not recognise,
  * turning 503s into 500s.
  */
-export function lazyRuntime(upstreams: readonly UpstreamDefinition[]): () => Runtime {
+export function lazyRuntime(upstreams: readonly UpstreamDefinition[], more: Pick<RuntimeOptions, 'connections'> = {}): () => Runtime {
   let runtime: Runtime | undefined;
   return () => {
-    runtime ??= createRuntime({ env: process.env, upstreams });
+    runtime ??= createRuntime({ env: process.env, upstreams, ...more });
     return runtime;
   };
 }

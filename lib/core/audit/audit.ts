@@ -19,14 +19,30 @@ export type CallRecord = Omit<ProxyEvent, 'sessionId' | 'target'> & {
   readonly sessionIdHash: string | null;
 };
 
-export type AdminAction =
-  | 'key.add'
-  | 'key.rotate'
-  | 'key.rollback'
-  | 'key.revoke'
-  | 'user_key.put'
-  | 'user_key.delete'
-  | 'sessions.revoke';
+/**
+ * Administrative actions: keys, users' own keys, sessions; the anomaly detector's steps (lib/core/detect; actor
+ * `detector`) and an admin's undo of one; connected accounts (lib/core/connect): a user connected or disconnected
+ * one, or `keyward` found one needs reconnecting. Listed, so pages can offer them as filters.
+ */
+export const ADMIN_ACTIONS = [
+  'key.add',
+  'key.rotate',
+  'key.rollback',
+  'key.revoke',
+  'user_key.put',
+  'user_key.delete',
+  'sessions.revoke',
+  'detector.alert',
+  'detector.throttle',
+  'detector.reauth',
+  'detector.revoke',
+  'detector.undo',
+  'connection.connect',
+  'connection.disconnect',
+  'connection.needs_reconnect',
+] as const;
+
+export type AdminAction = (typeof ADMIN_ACTIONS)[number];
 
 /** An administrative change: who did what to which key or user. */
 export interface AdminRecord {
@@ -40,6 +56,8 @@ export interface AdminRecord {
   readonly fingerprint?: string;
   readonly rotationId?: string;
   readonly targetUser?: string;
+  /** The detector's alert this action belongs to (GET /api/admin/alerts). */
+  readonly alertId?: string;
   readonly outcome: string;
 }
 

@@ -3,6 +3,8 @@ import type { z } from 'zod';
 import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type RouteMethod, type UpstreamConfig, type UpstreamInput } from './schema';
 import { ConfigError } from './error';
 import { expandPresetEntries } from '../presets';
+import { detectorSchema, type DetectorConfig } from '../detect/config';
+import { connectionsSchema, type ConnectionsConfig } from '../connect/config';
 
 export { ConfigError };
 
@@ -80,8 +82,25 @@ export function withRouteTypes<Id extends string, Routes extends readonly unknow
   return definition as UpstreamDefinition<Id, Routes>;
 }
 
-/** Reads and validates the JSON config file. */
+/** What a KEYWARD_CONFIG file (or KEYWARD_CONFIG_JSON) holds. */
+export interface ConfigSections {
+  readonly upstreams: UpstreamDefinition[];
+  /** The anomaly detector's rules (lib/core/detect/config.ts); undefined when the file says nothing. */
+  readonly detector: DetectorConfig | undefined;
+  /** Connected-account providers (lib/core/connect/config.ts); undefined when the file says nothing. */
+  readonly connections: ConnectionsConfig | undefined;
+}
+
+/** The file's schema: the upstreams, and the deployment-wide sections beside them. */
+const configFileSchema = keywardConfigSchema.extend({ detector: detectorSchema.optional(), connections: connectionsSchema.optional() });
+
+/** Reads and validates the JSON config file's upstreams. */
 export function readConfigFile(path: string): UpstreamDefinition[] {
+  return loadConfigFile(path).upstreams;
+}
+
+/** Reads and validates the JSON config file: every section. */
+export function loadConfigFile(path: string): ConfigSections {
   let raw: string;
   try {
     raw = readFileSync(path, 'utf8');
@@ -95,21 +114,29 @@ export function readConfigFile(path: string): UpstreamDefinition[] {
   } catch {
     throw new ConfigError(`KEYWARD_CONFIG: ${path} is not valid JSON`);
   }
-  return parseConfig(json, `KEYWARD_CONFIG (${path})`);
+  return parseConfigSections(json, `KEYWARD_CONFIG (${path})`);
 }
 
-/** Reads KEYWARD_CONFIG_JSON: the same config held in an environment variable (Vercel, containers). */
+/** Reads KEYWARD_CONFIG_JSON's upstreams: the same config held in an environment variable (Vercel, containers). */
 export function readConfigJson(text: string): UpstreamDefinition[] {
+  return loadConfigJson(text).upstreams;
+}
+
+export function loadConfigJson(text: string): ConfigSections {
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {
     throw new ConfigError('KEYWARD_CONFIG_JSON: is not valid JSON');
   }
-  return parseConfig(json, 'KEYWARD_CONFIG_JSON');
+  return parseConfigSections(json, 'KEYWARD_CONFIG_JSON');
 }
 
 export function parseConfig(json: unknown, source: string): UpstreamDefinition[] {
+  return parseConfigSections(json, source).upstreams;
+}
+
+export function parseConfigSections(json: unknown, source: string): ConfigSections {
   // zod's record parser silently drops a `__proto__` key (JSON.parse makes it an own property): refuse it here.
   const upstreams = (json as { upstreams?: unknown } | null)?.upstreams;
   if (upstreams && typeof upstreams === 'object') {
@@ -119,13 +146,22 @@ export function parseConfig(json: unknown, source: string): UpstreamDefinition[]
       throw new ConfigError(`${source} is invalid:\n${lines.join('\n')}`);
     }
   }
+  // The same for connection ids (a `__proto__` provider would be dropped silently, not refused).
+  const connections = (json as { connections?: unknown } | null)?.connections;
+  if (connections && typeof connections === 'object' && Object.hasOwn(connections, '__proto__')) {
+    throw new ConfigError(`${source} is invalid:\n  - connections.__proto__: connection ids are 1–32 lowercase letters, digits and "-"`);
+  }
   // Built-in presets ({"preset": "openai", …}) become full upstream definitions before the one schema checks them.
   const expanded = upstreams && typeof upstreams === 'object' && !Array.isArray(upstreams)
     ? { ...(json as object), upstreams: expandPresetEntries(upstreams as Record<string, unknown>, source) }
     : json;
-  const result = keywardConfigSchema.safeParse(expanded);
+  const result = configFileSchema.safeParse(expanded);
   if (!result.success) {
     throw new ConfigError(`${source} is invalid:\n${formatIssues(result.error.issues, '')}`);
   }
-  return Object.entries(result.data.upstreams).map(([id, config]) => ({ id, config }));
+  return {
+    upstreams: Object.entries(result.data.upstreams).map(([id, config]) => ({ id, config })),
+    detector: result.data.detector,
+    connections: result.data.connections,
+  };
 }

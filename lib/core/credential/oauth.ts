@@ -17,9 +17,21 @@ export interface OAuthTokens {
 /** Exchanges a refresh token. Throws OAuthGrantError when the provider refuses it for good. */
 export type TokenRefresher = (refreshToken: string) => Promise<OAuthTokens>;
 
-/** As sealed in the store: `refreshAt` (epoch ms) is when the access token is due for a refresh. */
+/** As sealed in the store: `refreshAt` (epoch ms) is when the access token is due for a refresh; `savedAt`, when it was saved. */
 interface StoredTokens extends OAuthTokens {
   refreshAt?: number;
+  savedAt?: number;
+}
+
+/**
+ * What the token store reports as it goes (connected accounts keep their status with these,
+ * lib/core/connect/connections.ts). Called after the store write; a hook's failure is the hook's to handle.
+ */
+export interface TokenEvents {
+  /** A refresh was saved. */
+  refreshed?(provider: string, userId: string, tokens: OAuthTokens): Promise<void>;
+  /** The link ended: the provider refused the refresh for good, or the token expired with nothing to refresh it. */
+  ended?(provider: string, userId: string): Promise<void>;
 }
 
 /**
@@ -56,6 +68,7 @@ export class OAuthTokenStore {
     private readonly vault: Vault,
     private readonly refreshers: ReadonlyMap<string, TokenRefresher>,
     private readonly now: () => number = Date.now,
+    private readonly events: TokenEvents = {},
   ) {}
 
   private static key(provider: string, userId: string) {
@@ -63,7 +76,7 @@ export class OAuthTokenStore {
   }
 
   async save(provider: string, userId: string, tokens: OAuthTokens): Promise<void> {
-    const stored: StoredTokens = { ...tokens, refreshAt: refreshTime(tokens.expiresAt, this.now()) };
+    const stored: StoredTokens = { ...tokens, refreshAt: refreshTime(tokens.expiresAt, this.now()), savedAt: this.now() };
     await guard(async () => this.store.set(OAuthTokenStore.key(provider, userId), await this.vault.seal(stored)));
   }
 
@@ -116,13 +129,34 @@ export class OAuthTokenStore {
     }
   }
 
-  private async refreshHoldingLock(provider: string, userId: string): Promise<string> {
+  /**
+   * Refreshes a grant that is still valid but has not been refreshed since `olderThan` (epoch ms), so an idle
+   * refresh token is used before the provider expires it (lib/core/connect/keeper.ts). Single-flight like
+   * accessToken, but never waits: if another caller holds the lock, that caller is refreshing. True when this
+   * call refreshed. Throws as accessToken does when the provider refuses.
+   */
+  async keepAlive(provider: string, userId: string, olderThan: number): Promise<boolean> {
+    const lockKey = `lock:${OAuthTokenStore.key(provider, userId)}`;
+    const holder = randomUUID();
+    if (!(await guard(() => this.store.setIfAbsent(lockKey, holder, LOCK_TTL_MS)))) return false;
+    try {
+      const current = (await this.load(provider, userId)) as StoredTokens | null;
+      if (!current?.refreshToken || (current.savedAt ?? 0) >= olderThan) return false;
+      await this.refreshHoldingLock(provider, userId, true);
+      return true;
+    } finally {
+      await this.store.deleteIfEquals(lockKey, holder).catch(() => {});
+    }
+  }
+
+  private async refreshHoldingLock(provider: string, userId: string, force = false): Promise<string> {
     const current = await this.load(provider, userId);
     if (!current) throw new KeywardError('reauth_required');
-    if (this.fresh(current)) return current.accessToken;
+    if (!force && this.fresh(current)) return current.accessToken;
     const refresher = this.refreshers.get(provider);
     if (!current.refreshToken || !refresher) {
       await this.unlink(provider, userId);
+      await this.events.ended?.(provider, userId);
       throw new KeywardError('reauth_required');
     }
     let next: OAuthTokens;
@@ -131,13 +165,16 @@ export class OAuthTokenStore {
     } catch (error) {
       if (error instanceof OAuthGrantError) {
         await this.unlink(provider, userId);
+        await this.events.ended?.(provider, userId);
         throw new KeywardError('reauth_required', { cause: error });
       }
       // The provider could not be reached: keep the link, let the caller retry later.
       throw new KeywardError('credential_unavailable', { cause: error });
     }
     // Providers that do not rotate refresh tokens omit it from the response: keep the old one.
-    await this.save(provider, userId, { ...next, refreshToken: next.refreshToken ?? current.refreshToken });
+    const saved = { ...next, refreshToken: next.refreshToken ?? current.refreshToken };
+    await this.save(provider, userId, saved);
+    await this.events.refreshed?.(provider, userId, saved);
     return next.accessToken;
   }
 }

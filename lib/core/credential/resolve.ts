@@ -3,6 +3,7 @@ import { KeywardError } from '../errors';
 import type { Session } from '../session/session';
 import { credentialFor, type ResolvedCredential, type Upstream } from '../upstream/registry';
 import type { KeyRings } from '../keys/rings';
+import type { Connections } from '../connect/connections';
 import type { OAuthTokenStore } from './oauth';
 import type { UserKeys } from './user-keys';
 
@@ -11,6 +12,8 @@ export interface CredentialSources {
   readonly oauthTokens: OAuthTokenStore | null;
   /** Versions of service keys (rotation, revocation, expiry); absent: the key from auth.secret is used as is. */
   readonly keyRings?: KeyRings | null;
+  /** Connected accounts (`{"oauth": "<provider>"}` naming a connection provider); absent: none configured. */
+  readonly connections?: Connections | null;
 }
 
 /**
@@ -36,6 +39,10 @@ export async function resolveCredential(upstream: Upstream, session: Session, so
       return credentialFor(upstream.auth, key, upstream.fingerprints);
     }
     case 'oauth': {
+      // A connection provider: no (or an ended) connection is 403 connection_required, with the URL to connect.
+      if (sources.connections?.has(plan.provider)) {
+        return credentialFor(upstream.auth, await sources.connections.accessToken(plan.provider, session.userId), upstream.fingerprints);
+      }
       if (!sources.oauthTokens) throw new KeywardError('credential_unavailable');
       return credentialFor(upstream.auth, await sources.oauthTokens.accessToken(plan.provider, session.userId), upstream.fingerprints);
     }

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { ConfigError } from '../config/error';
 import { upstreamSchema, type UpstreamInput } from '../config/schema';
+import { detectorSchema } from '../detect/config';
+import { connectionsSchema } from '../connect/config';
 import { anthropicPreset } from './anthropic';
 import { awsPreset } from './aws';
 import { geminiPreset } from './gemini';
@@ -74,6 +76,8 @@ export function configJsonSchema(): Record<string, unknown> {
     upstreams: z
       .record(z.string(), upstream)
       .describe('Upstream APIs by id; called as /api/proxy/<id>/<path>. A built-in preset: {"preset": "openai", …}.'),
+    detector: detectorSchema.optional(),
+    connections: connectionsSchema.optional(),
   });
   return { ...z.toJSONSchema(config, { io: 'input', unrepresentable: 'any', reused: 'ref' }), title: 'Keyward configuration (KEYWARD_CONFIG)' };
 }

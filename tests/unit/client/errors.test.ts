@@ -27,6 +27,14 @@ describe('readKeywardError', () => {
     expect(error).toMatchObject({ name: 'KeywardError', code: 'rate_limited', status: 429, requestId: ID, retryAfter: 30, message: 'Too many requests.' });
   });
 
+  it('connection_required carries connectUrl (a path of Keyward\'s); no other code may, and no other URL', async () => {
+    const error = await readKeywardError(answer(403, { error: { code: 'connection_required', message: 'Connect your GitHub account first (connectUrl).', requestId: ID, connectUrl: '/api/connect/github' } }));
+    expect(error).toMatchObject({ code: 'connection_required', status: 403, connectUrl: '/api/connect/github' });
+    expect(await readKeywardError(answer(403, { error: { code: 'connection_required', message: 'x', requestId: ID, connectUrl: 'https://evil.test/' } }))).toBeNull();
+    expect(await readKeywardError(answer(403, { error: { code: 'forbidden', message: 'x', requestId: ID, connectUrl: '/api/connect/github' } }))).toBeNull();
+    expect((await readKeywardError(answer(403, { error: { code: 'forbidden', message: 'x', requestId: ID } })))!.connectUrl).toBeNull();
+  });
+
   it('leaves the body readable when the answer is not Keyward\'s error', async () => {
     const response = answer(400, { error: { message: 'bad', type: 'invalid_request_error', code: 'x' } });
     expect(await readKeywardError(response)).toBeNull();

@@ -1,0 +1,6 @@
+import { keyward } from '@/keyward';
+
+export const runtime = 'nodejs';
+export const dynamic = 'force-dynamic';
+export const GET = keyward.connectionRoute;
+export const DELETE = keyward.connectionRoute;

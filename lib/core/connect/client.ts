@@ -1,0 +1,373 @@
+import 'server-only';
+import { decodeJwt } from 'jose';
+import * as oauth from 'oauth4webapi';
+import { OAuthGrantError, type OAuthTokens } from '../credential/oauth';
+import type { ConnectionProvider } from './providers';
+import { parseScopes } from './providers';
+
+/**
+ * The client side of a connection provider, on oauth4webapi: the authorization request (code flow, PKCE S256,
+ * state, a nonce when `openid` is asked for), the callback's validation, the code exchange, refresh and
+ * revocation. Token responses are read here rather than by oauth4webapi's processors: a connection signs nobody
+ * in, so its ID token is not used (only its nonce is compared), and providers bend the format (GitHub and Slack
+ * answer errors with HTTP 200, Slack nests the user's token, GitHub separates scopes with commas).
+ */
+
+/** Tokens as the provider granted them, with the scopes it says it granted (null: it did not say). */
+export interface GrantedTokens extends OAuthTokens {
+  readonly scopes: readonly string[] | null;
+}
+
+/** The provider answered, and refused (its `error` code, from a fixed vocabulary of the provider's). */
+export class ProviderRefusedError extends Error {
+  override readonly name = 'ProviderRefusedError';
+  constructor(readonly error: string) {
+    super(`the provider refused: ${error}`);
+  }
+}
+
+export interface AuthorizationRequest {
+  readonly url: string;
+  readonly state: string;
+  readonly codeVerifier: string | null;
+  readonly nonce: string | null;
+}
+
+export interface ClientOptions {
+  /** Replaces fetch for every request to the provider (tests). */
+  readonly fetch?: typeof fetch;
+  readonly now?: () => number;
+}
+
+/** oauth4webapi's request options, as every call here passes them (one fetch for GETs and POSTs alike). */
+interface RequestOptions {
+  readonly signal: () => AbortSignal;
+  readonly [oauth.customFetch]: (
+    url: string,
+    init: { method: string; headers: Record<string, string>; body?: unknown; signal?: AbortSignal },
+  ) => Promise<Response>;
+  readonly [oauth.allowInsecureRequests]?: boolean;
+}
+
+const REQUEST_TIMEOUT_MS = 10_000;
+const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
+/** Token endpoint errors that end a grant for good (RFC 6749 §5.2's, and GitHub's and Slack's own names). */
+const GRANT_ENDED = new Set([
+  'invalid_grant',
+  'bad_refresh_token',
+  'invalid_refresh_token',
+  'token_revoked',
+  'token_expired',
+  'bad_verification_code',
+]);
+
+export class ProviderClient {
+  private server: Promise<oauth.AuthorizationServer> | undefined;
+  private readonly client: oauth.Client;
+  private readonly auth: oauth.ClientAuth;
+  private readonly fetch: typeof fetch;
+  private readonly now: () => number;
+
+  constructor(
+    readonly provider: ConnectionProvider,
+    options: ClientOptions = {},
+  ) {
+    this.client = { client_id: provider.clientId };
+    const secret = provider.clientSecret ?? '';
+    this.auth =
+      provider.clientAuth === 'none'
+        ? oauth.None()
+        : provider.clientAuth === 'client_secret_post'
+          ? oauth.ClientSecretPost(secret)
+          : oauth.ClientSecretBasic(secret);
+    this.fetch = options.fetch ?? fetch;
+    this.now = options.now ?? Date.now;
+  }
+
+  /** Plain-http endpoints are accepted only on loopback (the schema refuses others); oauth4webapi must be told. */
+  private options(): RequestOptions {
+    const urls = [this.provider.issuer, this.provider.authorizationUrl, this.provider.tokenUrl].filter(
+      (u): u is string => u !== null,
+    );
+    const insecure = urls.some((u) => new URL(u).protocol === 'http:');
+    return {
+      signal: () => AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      [oauth.customFetch]: (url, init) =>
+        this.fetch(url, { ...init, body: init.body as BodyInit | undefined, redirect: 'manual' }),
+      ...(insecure ? { [oauth.allowInsecureRequests]: true } : {}),
+    };
+  }
+
+  /**
+   * The authorization server: discovered once from the issuer (OpenID Connect's well-known document, else
+   * RFC 8414's), with any configured endpoint taking precedence; or the configured endpoints alone, under a
+   * stand-in issuer (such a provider's `iss` response parameter cannot be checked, see validateCallback).
+   */
+  authorizationServer(): Promise<oauth.AuthorizationServer> {
+    this.server ??= this.discover().catch((error: unknown) => {
+      this.server = undefined;
+      throw error;
+    });
+    return this.server;
+  }
+
+  private async discover(): Promise<oauth.AuthorizationServer> {
+    const { provider } = this;
+    const configured = {
+      ...(provider.authorizationUrl ? { authorization_endpoint: provider.authorizationUrl } : {}),
+      ...(provider.tokenUrl ? { token_endpoint: provider.tokenUrl } : {}),
+      ...(provider.revocation.kind === 'rfc7009' && provider.revocation.url
+        ? { revocation_endpoint: provider.revocation.url }
+        : {}),
+    };
+    if (!provider.issuer) return { issuer: new URL(provider.tokenUrl!).origin, ...configured };
+    const issuer = new URL(provider.issuer);
+    let discovered: oauth.AuthorizationServer;
+    try {
+      discovered = await oauth.processDiscoveryResponse(
+        issuer,
+        await oauth.discoveryRequest(issuer, { ...this.options(), algorithm: 'oidc' }),
+      );
+    } catch {
+      discovered = await oauth.processDiscoveryResponse(
+        issuer,
+        await oauth.discoveryRequest(issuer, { ...this.options(), algorithm: 'oauth2' }),
+      );
+    }
+    if (!discovered.authorization_endpoint && !configured.authorization_endpoint)
+      throw new Error('the discovery document names no authorization endpoint');
+    return { ...discovered, ...configured };
+  }
+
+  /** The URL to send the user to, with a fresh state, PKCE verifier and (for `openid`) nonce. */
+  async authorizationRequest(redirectUri: string, scopes: readonly string[]): Promise<AuthorizationRequest> {
+    const as = await this.authorizationServer();
+    const url = new URL(as.authorization_endpoint!);
+    const state = oauth.generateRandomState();
+    const codeVerifier = this.provider.pkce ? oauth.generateRandomCodeVerifier() : null;
+    const nonce = scopes.includes('openid') ? oauth.generateRandomNonce() : null;
+    for (const [name, value] of Object.entries(this.provider.authorizationParams)) url.searchParams.set(name, value);
+    url.searchParams.set('client_id', this.provider.clientId);
+    url.searchParams.set('redirect_uri', redirectUri);
+    url.searchParams.set('response_type', 'code');
+    if (scopes.length > 0)
+      url.searchParams.set(this.provider.scopeParam, scopes.join(this.provider.preset === 'slack' ? ',' : ' '));
+    url.searchParams.set('state', state);
+    if (nonce) url.searchParams.set('nonce', nonce);
+    if (codeVerifier) {
+      url.searchParams.set('code_challenge', await oauth.calculatePKCECodeChallenge(codeVerifier));
+      url.searchParams.set('code_challenge_method', 'S256');
+    }
+    return { url: url.href, state, codeVerifier, nonce };
+  }
+
+  /**
+   * The callback's parameters, checked by oauth4webapi: the state, the issuer (RFC 9207) where the provider is
+   * known by one, and an error response (thrown as oauth.AuthorizationResponseError). A provider configured by
+   * endpoints has no issuer to compare `iss` with; RFC 9207 §2.4 has such clients ignore it.
+   */
+  async validateCallback(parameters: URLSearchParams, expectedState: string): Promise<URLSearchParams> {
+    const as = await this.authorizationServer();
+    const params = new URLSearchParams(parameters);
+    if (!this.provider.issuer) params.delete('iss');
+    return oauth.validateAuthResponse(as, this.client, params, expectedState);
+  }
+
+  /** Exchanges the code (with the PKCE verifier); checks the ID token's nonce when one was sent. */
+  async exchangeCode(
+    callback: URLSearchParams,
+    redirectUri: string,
+    codeVerifier: string | null,
+    nonce: string | null,
+  ): Promise<GrantedTokens> {
+    const as = await this.authorizationServer();
+    const response = await oauth.authorizationCodeGrantRequest(
+      as,
+      this.client,
+      this.auth,
+      callback,
+      redirectUri,
+      codeVerifier ?? oauth.nopkce,
+      this.options(),
+    );
+    const body = await readTokenBody(response);
+    const tokens = tokensFrom(this.provider.tokenShape === 'slack-user' ? slackUserToken(body) : body, this.now());
+    if (nonce && typeof body.id_token === 'string') {
+      // Received straight from the token endpoint over TLS, so its signature need not be checked (OIDC Core
+      // §3.1.3.7); its nonce ties it to this authorization request.
+      let claims: Record<string, unknown>;
+      try {
+        claims = decodeJwt(body.id_token);
+      } catch {
+        throw new ProviderRefusedError('invalid_id_token');
+      }
+      if (claims.nonce !== nonce) throw new ProviderRefusedError('nonce_mismatch');
+    }
+    return tokens;
+  }
+
+  /** The refresh_token grant. Throws OAuthGrantError when the provider ends the grant for good. */
+  async refresh(refreshToken: string): Promise<GrantedTokens> {
+    const as = await this.authorizationServer();
+    const response = await oauth.refreshTokenGrantRequest(as, this.client, this.auth, refreshToken, this.options());
+    let body: Record<string, unknown>;
+    try {
+      body = await readTokenBody(response);
+    } catch (error) {
+      if (error instanceof ProviderRefusedError && GRANT_ENDED.has(error.error)) throw new OAuthGrantError(error.error);
+      throw error;
+    }
+    return tokensFrom(body, this.now());
+  }
+
+  /** Whether disconnecting can revoke anything at this provider (its preset's way, or a discovered RFC 7009 endpoint). */
+  async canRevoke(): Promise<boolean> {
+    const { revocation } = this.provider;
+    if (revocation.kind === 'none') return false;
+    if (revocation.kind !== 'rfc7009' || revocation.url) return true;
+    return Boolean((await this.authorizationServer()).revocation_endpoint);
+  }
+
+  /**
+   * Revokes a grant at the provider on disconnect: the refresh token first (RFC 7009 §2.1: its access tokens go
+   * with it where the server supports that), then the access token. True when the provider confirmed.
+   */
+  async revoke(tokens: OAuthTokens): Promise<boolean> {
+    const { revocation } = this.provider;
+    switch (revocation.kind) {
+      case 'none':
+        return false;
+      case 'rfc7009': {
+        const as = await this.authorizationServer();
+        if (!as.revocation_endpoint) return false;
+        const pairs: [string, string][] = [
+          ...(tokens.refreshToken ? [[tokens.refreshToken, 'refresh_token'] as [string, string]] : []),
+          [tokens.accessToken, 'access_token'],
+        ];
+        for (const [token, hint] of pairs) {
+          const response = await oauth.revocationRequest(as, this.client, this.auth, token, {
+            ...this.options(),
+            additionalParameters: { token_type_hint: hint },
+          });
+          await oauth.processRevocationResponse(response);
+        }
+        return true;
+      }
+      case 'github-grant':
+        return this.deleteGithubGrant(revocation.apiUrl, tokens.accessToken);
+      case 'slack':
+        return this.slackRevoke(revocation.url, tokens.accessToken);
+    }
+  }
+
+  /**
+   * GitHub: DELETE /applications/{client_id}/grant with the client's credentials (Basic) and the token in the
+   * body ends the whole authorization, every token of it. 404: already gone.
+   * https://docs.github.com/en/rest/apps/oauth-applications#delete-an-app-authorization
+   */
+  private async deleteGithubGrant(apiUrl: string, accessToken: string): Promise<boolean> {
+    const basic = Buffer.from(`${this.provider.clientId}:${this.provider.clientSecret ?? ''}`).toString('base64');
+    const response = await this.fetch(`${apiUrl}/applications/${encodeURIComponent(this.provider.clientId)}/grant`, {
+      method: 'DELETE',
+      headers: {
+        authorization: `Basic ${basic}`,
+        accept: 'application/vnd.github+json',
+        'content-type': 'application/json',
+        'x-github-api-version': '2022-11-28',
+        'user-agent': 'keyward',
+      },
+      body: JSON.stringify({ access_token: accessToken }),
+      redirect: 'manual',
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+    await response.body?.cancel();
+    if (response.status === 204 || response.status === 404) return true;
+    throw new Error(`GitHub answered ${response.status} to the grant deletion`);
+  }
+
+  /** Slack: auth.revoke with the token itself; `{"ok": true}` confirms. https://api.slack.com/methods/auth.revoke */
+  private async slackRevoke(url: string, accessToken: string): Promise<boolean> {
+    const response = await this.fetch(url, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/x-www-form-urlencoded' },
+      body: '',
+      redirect: 'manual',
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+    const body = (await response.json().catch(() => null)) as { ok?: unknown } | null;
+    if (body?.ok === true) return true;
+    throw new Error(`Slack answered ${response.status} to auth.revoke`);
+  }
+}
+
+/**
+ * A token endpoint's JSON body. An `error` member is a refusal whatever the status (GitHub and Slack answer 200);
+ * its code is kept only if it looks like one (it ends up in logs), never the description.
+ */
+async function readTokenBody(response: Response): Promise<Record<string, unknown>> {
+  const text = await readCapped(response, MAX_TOKEN_RESPONSE_BYTES);
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new Error(`the token endpoint answered ${response.status} without JSON`);
+  }
+  if (body === null || typeof body !== 'object' || Array.isArray(body))
+    throw new Error(`the token endpoint answered ${response.status} without a JSON object`);
+  const object = body as Record<string, unknown>;
+  if (typeof object.error === 'string' || object.ok === false) {
+    const code =
+      typeof object.error === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(object.error)
+        ? object.error
+        : 'invalid_response';
+    throw new ProviderRefusedError(code);
+  }
+  if (response.status !== 200) throw new Error(`the token endpoint answered ${response.status}`);
+  return object;
+}
+
+async function readCapped(response: Response, maxBytes: number): Promise<string> {
+  const reader = response.body?.getReader();
+  if (!reader) return '';
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel();
+      throw new Error('the token response is too large');
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Slack's v2 code exchange: the user's token and its scopes under `authed_user`. */
+function slackUserToken(body: Record<string, unknown>): Record<string, unknown> {
+  const user = body.authed_user;
+  if (user && typeof user === 'object' && typeof (user as Record<string, unknown>).access_token === 'string')
+    return user as Record<string, unknown>;
+  return body;
+}
+
+function tokensFrom(body: Record<string, unknown>, now: number): GrantedTokens {
+  if (typeof body.access_token !== 'string' || body.access_token === '')
+    throw new Error('the token response has no access_token');
+  // A DPoP-bound token could not be used without the key that asked for it (Keyward sends none).
+  if (typeof body.token_type === 'string' && body.token_type.toLowerCase() === 'dpop')
+    throw new Error('the provider issued a DPoP-bound token');
+  const expiresIn =
+    typeof body.expires_in === 'number'
+      ? body.expires_in
+      : typeof body.expires_in === 'string'
+        ? Number(body.expires_in)
+        : NaN;
+  return {
+    accessToken: body.access_token,
+    refreshToken: typeof body.refresh_token === 'string' && body.refresh_token !== '' ? body.refresh_token : null,
+    expiresAt: Number.isFinite(expiresIn) && expiresIn > 0 ? now + expiresIn * 1000 : 0,
+    scopes: typeof body.scope === 'string' ? parseScopes(body.scope) : null,
+  };
+}

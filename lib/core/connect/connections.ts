@@ -1,0 +1,545 @@
+import 'server-only';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Logger } from 'pino';
+import * as oauth from 'oauth4webapi';
+import type { AuditLog } from '../audit/audit';
+import type { AlertWebhook } from '../detect/webhook';
+import { KeywardError } from '../errors';
+import type { OAuthTokens, OAuthTokenStore } from '../credential/oauth';
+import type { SessionRevocations } from '../session/revocation';
+import type { Session } from '../session/session';
+import { guard } from '../store/guard';
+import type { Vault } from '../vault/seal';
+import type { Store } from '../../store/types';
+import { ProviderClient, ProviderRefusedError } from './client';
+import { SCOPE_TOKEN } from './config';
+import type { ConnectionProvider } from './providers';
+
+/**
+ * Connected accounts: a signed-in user links an account at an OAuth provider (GitHub, Google …) and upstreams
+ * call that provider with the user's token (`{"oauth": "<provider>"}`). The tokens are the OAuthTokenStore's
+ * (sealed in the vault per user and provider, refreshed single-flight across instances); this class keeps what
+ * may be shown about each connection beside them, in plain JSON (scopes, dates, status: never a token), runs the
+ * authorization code flow, and turns a refresh the provider refused into `needs_reconnect`.
+ *
+ * Store keys: `conn:<provider>:<userId>` (the connection's metadata), `connidx:<provider>` (a counter hash whose
+ * fields are the users with a connection: what the idle-grant keeper walks), `connect:state:<sha256(state)>`
+ * (a pending authorization, sealed, single use, 10 minutes).
+ */
+
+export type ConnectionStatus = 'connected' | 'needs_reconnect';
+
+/** What `GET /api/connections` and the admin data show about one connection. Never a token. */
+export interface ConnectionView {
+  readonly provider: string;
+  readonly name: string;
+  readonly status: ConnectionStatus;
+  readonly scopes: readonly string[];
+  readonly connectedAt: string;
+  readonly lastRefreshAt: string | null;
+  /** When the provider refused a refresh (status needs_reconnect), else null. */
+  readonly needsReconnectSince: string | null;
+  /** Where the user (re)connects: `/api/connect/<provider>`. */
+  readonly connectUrl: string;
+}
+
+/** What is stored beside the tokens (`conn:<provider>:<userId>`), in plain JSON: never a token. */
+export interface ConnectionRecord {
+  readonly scopes: readonly string[];
+  readonly connectedAt: number;
+  readonly lastRefreshAt: number | null;
+  readonly status: ConnectionStatus;
+  readonly statusAt: number;
+  /** The grant came with a refresh token (the keeper refreshes it while idle). */
+  readonly refreshable: boolean;
+}
+
+/** A pending authorization, sealed in the store until the callback takes it (once). */
+interface PendingConnect {
+  readonly provider: string;
+  readonly userId: string;
+  readonly sessionId: string;
+  readonly authTime: number;
+  readonly sessionExpiresAt: number;
+  /** SHA-256 of the browser binding cookie's value. */
+  readonly bindingHash: string;
+  readonly state: string;
+  readonly codeVerifier: string | null;
+  readonly nonce: string | null;
+  readonly scopes: readonly string[];
+  readonly returnTo: string;
+  readonly redirectUri: string;
+  readonly createdAt: number;
+}
+
+/** Why a connect did not complete, as the UI is told (`?connect_error=`): fixed words, never the provider's text. */
+export type ConnectErrorCode = 'access_denied' | 'provider_error' | 'expired' | 'session_ended' | 'unavailable';
+
+export type ConnectOutcome =
+  | { readonly ok: true; readonly returnTo: string }
+  | { readonly ok: false; readonly error: ConnectErrorCode; readonly returnTo: string };
+
+/** How long a started connect may take (the provider's login and consent included). */
+export const PENDING_TTL_MS = 10 * 60_000;
+/** The index hashes are kept this long after their last write; every connect and every keeper pass renews them. */
+const INDEX_TTL_MS = 400 * 86_400_000;
+const MAX_RETURN_TO = 512;
+const MAX_EXTRA_SCOPES = 32;
+
+export interface ConnectionsDeps {
+  readonly providers: ReadonlyMap<string, ConnectionProvider>;
+  readonly clients: ReadonlyMap<string, ProviderClient>;
+  readonly store: Store;
+  readonly vault: Vault;
+  readonly tokens: OAuthTokenStore;
+  readonly revocations: SessionRevocations;
+  readonly audit: AuditLog;
+  readonly logger: Logger;
+  /** The detector's webhook (README "Anomaly detection"), told when a connection needs reconnecting. */
+  readonly webhook: AlertWebhook | null;
+  readonly now: () => number;
+}
+
+export class Connections {
+  readonly providers: ReadonlyMap<string, ConnectionProvider>;
+
+  constructor(private readonly deps: ConnectionsDeps) {
+    this.providers = deps.providers;
+  }
+
+  has(provider: string): boolean {
+    return this.deps.providers.has(provider);
+  }
+
+  /** The provider, or 404 `not_found`. */
+  provider(id: string): ConnectionProvider {
+    const provider = this.deps.providers.get(id);
+    if (!provider)
+      throw new KeywardError('not_found', { message: 'No connection provider with this id is configured.' });
+    return provider;
+  }
+
+  client(id: string): ProviderClient {
+    this.provider(id);
+    return this.deps.clients.get(id)!;
+  }
+
+  /**
+   * Starts a connect: the authorization URL to send the browser to, and the value of the browser binding cookie
+   * that must come back with the callback. Scopes: the provider's, those the user already granted (a reconnect
+   * keeps them), and `extraScopes` (incremental consent), each allowed by the configuration.
+   */
+  async begin(
+    providerId: string,
+    session: Session,
+    input: { returnTo: string; extraScopes: readonly string[]; redirectUri: string },
+  ): Promise<{ url: string; binding: string }> {
+    const provider = this.provider(providerId);
+    for (const scope of input.extraScopes) {
+      if (!provider.allowedScopes.has(scope)) {
+        throw new KeywardError('bad_request', {
+          message: 'A scope asked for is not offered for this provider (its "scopes" and "optionalScopes").',
+        });
+      }
+    }
+    const existing = await this.record(providerId, session.userId);
+    const scopes = [
+      ...new Set([
+        ...provider.scopes,
+        ...(existing?.scopes.filter((s) => provider.allowedScopes.has(s)) ?? []),
+        ...input.extraScopes,
+      ]),
+    ];
+    const request = await this.withProvider(() =>
+      this.client(providerId).authorizationRequest(input.redirectUri, scopes),
+    );
+    const binding = randomBytes(32).toString('base64url');
+    const pending: PendingConnect = {
+      provider: providerId,
+      userId: session.userId,
+      sessionId: session.sessionId,
+      authTime: session.authTime,
+      sessionExpiresAt: session.expiresAt,
+      bindingHash: sha256(binding),
+      state: request.state,
+      codeVerifier: request.codeVerifier,
+      nonce: request.nonce,
+      scopes,
+      returnTo: input.returnTo,
+      redirectUri: input.redirectUri,
+      createdAt: this.deps.now(),
+    };
+    const sealed = await this.deps.vault.seal(pending);
+    await guard(() => this.deps.store.set(pendingKey(request.state), sealed, PENDING_TTL_MS));
+    return { url: request.url, binding };
+  }
+
+  /**
+   * The callback: takes the pending authorization named by `state` (once: a replay finds nothing), checks it was
+   * started in this browser (the binding cookie) by a session that is still valid, then exchanges the code and
+   * saves the tokens. `session` is the session cookie when the browser sent it (a same-site callback); it must be
+   * the same user. Provider errors come back as fixed codes.
+   */
+  async complete(
+    providerId: string,
+    input: { params: URLSearchParams; binding: string | null; session: Session | null },
+  ): Promise<ConnectOutcome> {
+    this.provider(providerId);
+    const state = input.params.get('state');
+    const pending = state && input.binding ? await this.takePending(state) : null;
+    if (!pending || pending.provider !== providerId || !sameHash(pending.bindingHash, sha256(input.binding!))) {
+      return { ok: false, error: 'expired', returnTo: pending?.returnTo ?? '/' };
+    }
+    const { returnTo } = pending;
+    const now = this.deps.now();
+    if (pending.createdAt + PENDING_TTL_MS < now) return { ok: false, error: 'expired', returnTo };
+    if (input.session && input.session.userId !== pending.userId)
+      return { ok: false, error: 'session_ended', returnTo };
+    const revocable = { sessionId: pending.sessionId, userId: pending.userId, authTime: pending.authTime };
+    if (pending.sessionExpiresAt <= now || (await this.deps.revocations.isRevoked(revocable)))
+      return { ok: false, error: 'session_ended', returnTo };
+
+    const client = this.client(providerId);
+    let callback: URLSearchParams;
+    try {
+      callback = await client.validateCallback(input.params, pending.state);
+    } catch (error) {
+      if (error instanceof oauth.AuthorizationResponseError) {
+        return { ok: false, error: error.error === 'access_denied' ? 'access_denied' : 'provider_error', returnTo };
+      }
+      this.deps.logger.warn({ provider: providerId, err: errorName(error) }, 'connect callback refused');
+      return { ok: false, error: 'provider_error', returnTo };
+    }
+    let tokens;
+    try {
+      tokens = await client.exchangeCode(callback, pending.redirectUri, pending.codeVerifier, pending.nonce);
+    } catch (error) {
+      const refused = error instanceof ProviderRefusedError;
+      this.deps.logger.warn(
+        { provider: providerId, userId: pending.userId, err: refused ? error.error : errorName(error) },
+        'connect code exchange failed',
+      );
+      return { ok: false, error: refused ? 'provider_error' : 'unavailable', returnTo };
+    }
+    const existing = await this.record(providerId, pending.userId);
+    await this.deps.tokens.save(providerId, pending.userId, {
+      accessToken: tokens.accessToken,
+      refreshToken: tokens.refreshToken,
+      expiresAt: tokens.expiresAt,
+    });
+    const record: ConnectionRecord = {
+      // RFC 6749 §5.1: no `scope` in the answer means the scopes asked for were granted.
+      scopes: tokens.scopes ?? pending.scopes,
+      connectedAt: now,
+      lastRefreshAt: null,
+      status: 'connected',
+      statusAt: now,
+      refreshable: tokens.refreshToken !== null,
+    };
+    await this.saveRecord(providerId, pending.userId, record);
+    if (!existing) await this.index(providerId, pending.userId, 1);
+    this.deps.logger.info({ provider: providerId, userId: pending.userId, scopes: record.scopes }, 'account connected');
+    await this.deps.audit.recordAdmin({
+      action: 'connection.connect',
+      actor: pending.userId,
+      targetUser: pending.userId,
+      outcome: providerId,
+    });
+    return { ok: true, returnTo };
+  }
+
+  /** The user's connections (every configured provider the user has connected, or must reconnect). */
+  async list(userId: string): Promise<ConnectionView[]> {
+    return (await this.listMany([userId])).get(userId) ?? [];
+  }
+
+  /** Several users' connections, in one store round trip (the admin data). */
+  async listMany(userIds: readonly string[]): Promise<Map<string, ConnectionView[]>> {
+    const ids = [...this.deps.providers.keys()];
+    const keys = userIds.flatMap((userId) => ids.map((provider) => recordKey(provider, userId)));
+    const values = keys.length > 0 ? await guard(() => this.deps.store.getMany(keys)) : [];
+    const out = new Map<string, ConnectionView[]>();
+    userIds.forEach((userId, u) => {
+      const views: ConnectionView[] = [];
+      ids.forEach((provider, p) => {
+        const record = parseRecord(values[u * ids.length + p]);
+        if (record) views.push(this.view(provider, record));
+      });
+      out.set(userId, views);
+    });
+    return out;
+  }
+
+  /**
+   * Disconnects: revokes the grant at the provider where it can (best effort: the tokens are deleted even if the
+   * provider cannot be reached), then deletes tokens and connection. `revoked`: true when the provider confirmed,
+   * false when it failed or has no way to revoke.
+   */
+  async disconnect(providerId: string, userId: string): Promise<{ revoked: boolean }> {
+    this.provider(providerId);
+    const [record, tokens] = await Promise.all([
+      this.record(providerId, userId),
+      this.deps.tokens.load(providerId, userId),
+    ]);
+    if (!record && !tokens)
+      throw new KeywardError('not_found', { message: 'You have no connection to this provider.' });
+    let revoked = false;
+    if (tokens) {
+      try {
+        revoked = await this.client(providerId).revoke(tokens);
+      } catch (error) {
+        this.deps.logger.warn(
+          { provider: providerId, userId, err: errorName(error) },
+          'revocation at the provider failed; the tokens are deleted anyway',
+        );
+      }
+    }
+    await this.deps.tokens.unlink(providerId, userId);
+    await guard(() => this.deps.store.delete(recordKey(providerId, userId)));
+    await this.forget(providerId, userId);
+    this.deps.logger.info({ provider: providerId, userId, revoked }, 'account disconnected');
+    await this.deps.audit.recordAdmin({
+      action: 'connection.disconnect',
+      actor: userId,
+      targetUser: userId,
+      outcome: revoked ? `${providerId}:revoked` : `${providerId}:deleted`,
+    });
+    return { revoked };
+  }
+
+  /**
+   * The user's access token for a proxied call, refreshed first if it is about to expire. No connection, or one
+   * that needs reconnecting: 403 `connection_required` with the URL to (re)connect.
+   */
+  async accessToken(providerId: string, userId: string): Promise<string> {
+    try {
+      return await this.deps.tokens.accessToken(providerId, userId);
+    } catch (error) {
+      if (!(error instanceof KeywardError) || (error.code !== 'credential_missing' && error.code !== 'reauth_required'))
+        throw error;
+      const record = await this.record(providerId, userId);
+      throw connectionRequired(this.provider(providerId), record?.status === 'needs_reconnect');
+    }
+  }
+
+  /** The token store's report of a saved refresh (see runtime.ts): the connection's lastRefreshAt. */
+  async refreshed(
+    providerId: string,
+    userId: string,
+    tokens: OAuthTokens & { scopes?: readonly string[] | null },
+  ): Promise<void> {
+    if (!this.has(providerId)) return;
+    const record = await this.record(providerId, userId).catch(() => null);
+    if (!record) return;
+    const now = this.deps.now();
+    await this.saveRecord(providerId, userId, {
+      ...record,
+      scopes: tokens.scopes ?? record.scopes,
+      lastRefreshAt: now,
+      refreshable: tokens.refreshToken !== null,
+    }).catch(() => {});
+  }
+
+  /**
+   * The token store's report that a grant ended (the provider refused the refresh): the connection needs
+   * reconnecting. Shown to the user and the admin data, logged, audited, and sent to the detector's webhook.
+   */
+  async ended(providerId: string, userId: string): Promise<void> {
+    if (!this.has(providerId)) return;
+    const now = this.deps.now();
+    const record = await this.record(providerId, userId).catch(() => null);
+    const next: ConnectionRecord = record
+      ? { ...record, status: 'needs_reconnect', statusAt: now }
+      : {
+          scopes: [],
+          connectedAt: now,
+          lastRefreshAt: null,
+          status: 'needs_reconnect',
+          statusAt: now,
+          refreshable: false,
+        };
+    await this.saveRecord(providerId, userId, next).catch(() => {});
+    this.deps.logger.warn(
+      { provider: providerId, userId },
+      'connection needs reconnecting: the provider refused to refresh it',
+    );
+    await this.deps.audit
+      .recordAdmin({ action: 'connection.needs_reconnect', actor: 'keyward', targetUser: userId, outcome: providerId })
+      .catch(() => {});
+    this.deps.webhook?.send({
+      type: 'keyward.connection.needs_reconnect',
+      connection: { provider: providerId, userId, at: new Date(now).toISOString() },
+    });
+  }
+
+  /** Users with a connection to this provider (the keeper's walk), as the index has them. */
+  async indexedUsers(providerId: string): Promise<string[]> {
+    const [fields] = await guard(() => this.deps.store.readHashes([indexKey(providerId)]));
+    return Object.entries(fields ?? {})
+      .filter(([, count]) => count > 0)
+      .map(([userId]) => userId);
+  }
+
+  /** Connection records of these users for one provider, in one round trip (null where there is none). */
+  async records(providerId: string, userIds: readonly string[]): Promise<(ConnectionRecord | null)[]> {
+    if (userIds.length === 0) return [];
+    const values = await guard(() => this.deps.store.getMany(userIds.map((userId) => recordKey(providerId, userId))));
+    return values.map((value) => parseRecord(value));
+  }
+
+  /** Drops a user the index lists without a connection (a disconnect that raced a connect). */
+  async forget(providerId: string, userId: string): Promise<void> {
+    const [fields] = await guard(() => this.deps.store.readHashes([indexKey(providerId)]));
+    const count = fields?.[userId] ?? 0;
+    if (count > 0) await this.index(providerId, userId, -count);
+  }
+
+  get tokens(): OAuthTokenStore {
+    return this.deps.tokens;
+  }
+
+  private view(provider: string, record: ConnectionRecord): ConnectionView {
+    return {
+      provider,
+      name: this.deps.providers.get(provider)!.name,
+      status: record.status,
+      scopes: [...record.scopes],
+      connectedAt: new Date(record.connectedAt).toISOString(),
+      lastRefreshAt: record.lastRefreshAt === null ? null : new Date(record.lastRefreshAt).toISOString(),
+      needsReconnectSince: record.status === 'needs_reconnect' ? new Date(record.statusAt).toISOString() : null,
+      connectUrl: connectPath(provider),
+    };
+  }
+
+  private async record(providerId: string, userId: string): Promise<ConnectionRecord | null> {
+    return parseRecord(await guard(() => this.deps.store.get(recordKey(providerId, userId))));
+  }
+
+  private async saveRecord(providerId: string, userId: string, record: ConnectionRecord): Promise<void> {
+    await guard(() => this.deps.store.set(recordKey(providerId, userId), JSON.stringify(record)));
+  }
+
+  private async index(providerId: string, userId: string, by: number): Promise<void> {
+    const expiresAt = this.deps.now() + INDEX_TTL_MS;
+    await guard(() => this.deps.store.incrementHashes([{ key: indexKey(providerId), field: userId, by, expiresAt }]));
+  }
+
+  /** Reads and deletes the pending authorization in one step that only one caller can win (single use). */
+  private async takePending(state: string): Promise<PendingConnect | null> {
+    const key = pendingKey(state);
+    const sealed = await guard(() => this.deps.store.get(key));
+    if (!sealed || !(await guard(() => this.deps.store.deleteIfEquals(key, sealed)))) return null;
+    try {
+      return await this.deps.vault.open<PendingConnect>(sealed);
+    } catch {
+      return null;
+    }
+  }
+
+  /** The provider could not be reached (discovery): 503, logged without its URL. */
+  private async withProvider<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (error) {
+      if (error instanceof KeywardError) throw error;
+      throw new KeywardError('service_unavailable', {
+        message: 'The provider cannot be reached right now; try again shortly.',
+        cause: error,
+      });
+    }
+  }
+}
+
+/** `/api/connect/<provider>`: where a user connects (or reconnects). */
+export function connectPath(provider: string): string {
+  return `/api/connect/${encodeURIComponent(provider)}`;
+}
+
+/** 403 `connection_required`, with the URL to connect (or reconnect) in the error's `connectUrl`. */
+export function connectionRequired(provider: ConnectionProvider, reconnect: boolean): KeywardError {
+  return new KeywardError('connection_required', {
+    message: reconnect
+      ? `Your ${provider.name} connection has ended; reconnect it to continue (connectUrl).`
+      : `Connect your ${provider.name} account first (connectUrl).`,
+    connectUrl: connectPath(provider.id),
+  });
+}
+
+/**
+ * `returnTo` as given to /api/connect: a path on this site only (no scheme, no `//host`, no backslash or
+ * control character), at most 512 characters; anything else is the home page. Never an absolute URL: no open redirect.
+ */
+export function safeReturnTo(value: string | null): string {
+  if (
+    !value ||
+    value.length > MAX_RETURN_TO ||
+    !value.startsWith('/') ||
+    value.startsWith('//') ||
+    /[\\\x00-\x1f\x7f]/.test(value)
+  )
+    return '/';
+  try {
+    // `/\t/evil.com` and the like are caught above; this catches what a URL parser would still move off-site.
+    const url = new URL(value, 'https://keyward.invalid');
+    if (url.origin !== 'https://keyward.invalid') return '/';
+    return `${url.pathname}${url.search}${url.hash}`;
+  } catch {
+    return '/';
+  }
+}
+
+/** `?scope=` on /api/connect: space-separated scope tokens, bounded. */
+export function parseExtraScopes(value: string | null): string[] {
+  if (!value) return [];
+  const scopes = [...new Set(value.split(' ').filter(Boolean))];
+  if (scopes.length > MAX_EXTRA_SCOPES || scopes.some((scope) => !SCOPE_TOKEN.test(scope))) {
+    throw new KeywardError('bad_request', { message: 'scope must be space-separated OAuth scopes.' });
+  }
+  return scopes;
+}
+
+function recordKey(provider: string, userId: string): string {
+  return `conn:${provider}:${userId}`;
+}
+
+function indexKey(provider: string): string {
+  return `connidx:${provider}`;
+}
+
+function pendingKey(state: string): string {
+  return `connect:state:${sha256(state)}`;
+}
+
+function sha256(value: string): string {
+  return createHash('sha256').update(value, 'utf8').digest('hex');
+}
+
+function sameHash(a: string, b: string): boolean {
+  const left = Buffer.from(a);
+  const right = Buffer.from(b);
+  return left.length === right.length && timingSafeEqual(left, right);
+}
+
+/** An error's class name only: messages of fetch and URL errors can carry URLs with queries. */
+function errorName(error: unknown): string {
+  return error instanceof Error ? error.name : 'unknown';
+}
+
+function parseRecord(raw: string | null | undefined): ConnectionRecord | null {
+  if (!raw) return null;
+  try {
+    const value = JSON.parse(raw) as Partial<ConnectionRecord>;
+    if (value.status !== 'connected' && value.status !== 'needs_reconnect') return null;
+    if (typeof value.connectedAt !== 'number' || typeof value.statusAt !== 'number') return null;
+    return {
+      scopes: Array.isArray(value.scopes) ? value.scopes.filter((s): s is string => typeof s === 'string') : [],
+      connectedAt: value.connectedAt,
+      lastRefreshAt: typeof value.lastRefreshAt === 'number' ? value.lastRefreshAt : null,
+      status: value.status,
+      statusAt: value.statusAt,
+      refreshable: value.refreshable === true,
+    };
+  } catch {
+    return null;
+  }
+}

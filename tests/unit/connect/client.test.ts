@@ -1,0 +1,234 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ProviderClient, ProviderRefusedError } from '../../../lib/core/connect/client';
+import { connectionsSchema } from '../../../lib/core/connect/config';
+import { resolveConnections, type ConnectionProvider } from '../../../lib/core/connect/providers';
+import { OAuthGrantError } from '../../../lib/core/credential/oauth';
+import { randomSecret } from '../../fixtures/secrets';
+
+/**
+ * The provider quirks the presets handle, against fakes of each provider's endpoints on loopback (the real
+ * GitHub and Slack are out of reach of a test): GitHub's errors with HTTP 200 and comma-separated scopes, its
+ * grant-deletion API; Slack's user token under `authed_user` and its `{"ok": false}` errors, auth.revoke.
+ */
+interface Seen {
+  method: string;
+  url: string;
+  headers: IncomingMessage['headers'];
+  body: string;
+}
+
+const closers: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (closers.length > 0) await closers.pop()!();
+});
+
+async function fake(handle: (seen: Seen, res: ServerResponse) => void): Promise<{ origin: string; seen: Seen[] }> {
+  const seen: Seen[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const entry = {
+        method: req.method!,
+        url: req.url!,
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString('utf8'),
+      };
+      seen.push(entry);
+      handle(entry, res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => new Promise((resolve) => server.close(() => resolve())));
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen };
+}
+
+function json(res: ServerResponse, status: number, body: unknown) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+const secret = randomSecret('client_secret');
+const env = { ID: 'Iv1.client', SECRET: secret };
+
+function preset(preset: string, origin: string, extra: Record<string, unknown> = {}): ConnectionProvider {
+  const config = connectionsSchema.parse({
+    p: {
+      preset,
+      clientId: { env: 'ID' },
+      clientSecret: { env: 'SECRET' },
+      authorizationUrl: `${origin}/authorize`,
+      tokenUrl: `${origin}/token`,
+      ...extra,
+    },
+  });
+  return resolveConnections(config, env).get('p')!;
+}
+
+async function exchange(client: ProviderClient) {
+  const callback = await client.validateCallback(
+    new URLSearchParams({ code: 'the-code', state: 'the-state' }),
+    'the-state',
+  );
+  return client.exchangeCode(callback, 'https://app.test/api/connect/p/callback', 'verifier-'.padEnd(43, 'x'), null);
+}
+
+describe('GitHub', () => {
+  it('the code exchange: client_secret_post, PKCE verifier, JSON asked for; a token without expiry or refresh token; comma-separated scopes', async () => {
+    const { origin, seen } = await fake((_seen, res) =>
+      json(res, 200, { access_token: 'gho_token', token_type: 'bearer', scope: 'repo,read:user' }),
+    );
+    const tokens = await exchange(new ProviderClient(preset('github', origin)));
+    expect(tokens).toEqual({
+      accessToken: 'gho_token',
+      refreshToken: null,
+      expiresAt: 0,
+      scopes: ['repo', 'read:user'],
+    });
+    const form = new URLSearchParams(seen[0]!.body);
+    expect(Object.fromEntries(form)).toMatchObject({
+      grant_type: 'authorization_code',
+      code: 'the-code',
+      client_id: 'Iv1.client',
+      client_secret: secret,
+    });
+    expect(form.get('code_verifier')).toMatch(/^verifier-/);
+    expect(seen[0]!.headers.accept).toBe('application/json');
+    expect(seen[0]!.headers.authorization).toBeUndefined();
+  });
+
+  it('an error answered with HTTP 200 is a refusal, by its code only', async () => {
+    const { origin } = await fake((_seen, res) =>
+      json(res, 200, { error: 'bad_verification_code', error_description: 'The code passed is incorrect or expired.' }),
+    );
+    const error = await exchange(new ProviderClient(preset('github', origin))).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ProviderRefusedError);
+    expect((error as ProviderRefusedError).error).toBe('bad_verification_code');
+    expect((error as Error).message).not.toContain('incorrect');
+  });
+
+  it('refresh (GitHub Apps with expiring tokens): a refused refresh token ends the grant (OAuthGrantError)', async () => {
+    const { origin } = await fake((_seen, res) => json(res, 200, { error: 'bad_refresh_token' }));
+    await expect(new ProviderClient(preset('github', origin)).refresh('ghr_old')).rejects.toBeInstanceOf(
+      OAuthGrantError,
+    );
+  });
+
+  it("disconnect deletes the grant through the REST API, with the client's credentials and the token in the body", async () => {
+    const api = await fake((_seen, res) => {
+      res.writeHead(204);
+      res.end();
+    });
+    const provider = {
+      ...preset('github', api.origin),
+      revocation: { kind: 'github-grant', apiUrl: api.origin } as const,
+    };
+    const client = new ProviderClient(provider);
+    expect(await client.canRevoke()).toBe(true);
+    expect(await client.revoke({ accessToken: 'gho_token', refreshToken: null, expiresAt: 0 })).toBe(true);
+    const [request] = api.seen;
+    expect(request!.method).toBe('DELETE');
+    expect(request!.url).toBe('/applications/Iv1.client/grant');
+    expect(request!.headers.authorization).toBe(`Basic ${Buffer.from(`Iv1.client:${secret}`).toString('base64')}`);
+    expect(request!.headers['x-github-api-version']).toBe('2022-11-28');
+    expect(JSON.parse(request!.body)).toEqual({ access_token: 'gho_token' });
+  });
+});
+
+describe('Slack', () => {
+  it("user scopes in user_scope (comma-separated), no PKCE; the user's token from authed_user, not the bot's", async () => {
+    const { origin } = await fake((_seen, res) =>
+      json(res, 200, {
+        ok: true,
+        access_token: 'xoxb-bot',
+        token_type: 'bot',
+        authed_user: {
+          id: 'U1',
+          access_token: 'xoxe.xoxp-user',
+          refresh_token: 'xoxe-1-refresh',
+          expires_in: 43200,
+          scope: 'users:read,chat:write',
+          token_type: 'user',
+        },
+      }),
+    );
+    const client = new ProviderClient(preset('slack', origin, { scopes: ['users:read', 'chat:write'] }), {
+      now: () => 1_000_000,
+    });
+    const request = await client.authorizationRequest('https://app.test/api/connect/p/callback', [
+      'users:read',
+      'chat:write',
+    ]);
+    const url = new URL(request.url);
+    expect(url.searchParams.get('user_scope')).toBe('users:read,chat:write');
+    expect(url.searchParams.has('scope')).toBe(false);
+    expect(url.searchParams.has('code_challenge')).toBe(false);
+    expect(request.codeVerifier).toBeNull();
+    const callback = await client.validateCallback(
+      new URLSearchParams({ code: 'c', state: request.state }),
+      request.state,
+    );
+    const tokens = await client.exchangeCode(callback, 'https://app.test/api/connect/p/callback', null, null);
+    expect(tokens).toEqual({
+      accessToken: 'xoxe.xoxp-user',
+      refreshToken: 'xoxe-1-refresh',
+      expiresAt: 1_000_000 + 43_200_000,
+      scopes: ['users:read', 'chat:write'],
+    });
+  });
+
+  it('{"ok": false} on refresh ends the grant; auth.revoke with the token', async () => {
+    const { origin, seen } = await fake((entry, res) =>
+      entry.url === '/revoke'
+        ? json(res, 200, { ok: true, revoked: true })
+        : json(res, 200, { ok: false, error: 'invalid_refresh_token' }),
+    );
+    const provider = { ...preset('slack', origin), revocation: { kind: 'slack', url: `${origin}/revoke` } as const };
+    const client = new ProviderClient(provider);
+    await expect(client.refresh('xoxe-1-old')).rejects.toBeInstanceOf(OAuthGrantError);
+    expect(await client.revoke({ accessToken: 'xoxp-user', refreshToken: null, expiresAt: 0 })).toBe(true);
+    expect(seen.at(-1)!.headers.authorization).toBe('Bearer xoxp-user');
+  });
+});
+
+describe('any provider', () => {
+  it('a provider that cannot be reached is not a refused grant (the connection is kept)', async () => {
+    const { origin } = await fake((_seen, res) => json(res, 503, { message: 'down' }));
+    const error = await new ProviderClient(preset('github', origin)).refresh('r').catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(Error);
+    expect(error).not.toBeInstanceOf(OAuthGrantError);
+  });
+
+  it("invalid_client is the deployment's problem, not the user's grant: not OAuthGrantError", async () => {
+    const { origin } = await fake((_seen, res) => json(res, 401, { error: 'invalid_client' }));
+    const error = await new ProviderClient(preset('github', origin)).refresh('r').catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ProviderRefusedError);
+    expect(error).not.toBeInstanceOf(OAuthGrantError);
+  });
+
+  it('an ID token whose nonce is not the one sent is refused', async () => {
+    const payload = Buffer.from(JSON.stringify({ nonce: 'another', sub: 'x' })).toString('base64url');
+    const { origin } = await fake((_seen, res) =>
+      json(res, 200, { access_token: 'at', token_type: 'Bearer', id_token: `eyJhbGciOiJub25lIn0.${payload}.` }),
+    );
+    const client = new ProviderClient(preset('generic', origin));
+    const callback = await client.validateCallback(new URLSearchParams({ code: 'c', state: 's' }), 's');
+    const error = await client
+      .exchangeCode(callback, 'https://app.test/cb', 'v'.repeat(43), 'the-nonce')
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ProviderRefusedError);
+    expect((error as ProviderRefusedError).error).toBe('nonce_mismatch');
+  });
+
+  it("the callback: a wrong state is refused; an error response is oauth4webapi's AuthorizationResponseError", async () => {
+    const client = new ProviderClient(preset('generic', 'http://127.0.0.1:9'));
+    await expect(client.validateCallback(new URLSearchParams({ code: 'c', state: 'other' }), 's')).rejects.toThrow(
+      /state/,
+    );
+    await expect(
+      client.validateCallback(new URLSearchParams({ error: 'access_denied', state: 's' }), 's'),
+    ).rejects.toMatchObject({ error: 'access_denied' });
+  });
+});
