@@ -1,6 +1,7 @@
 'use client';
 
 import { useCallback, useEffect, useState } from 'react';
+import { errorText, formatDate } from './response-text';
 
 /** A connection as GET /api/connections describes it: never a token. */
 interface Connection {
@@ -243,23 +244,11 @@ function connectOutcome(
       }
     : {
         kind: 'error' as const,
-        text: (CONNECT_ERRORS[error!] ?? CONNECT_ERRORS.provider_error!)(
+        // Own keys only: `?connect_error=hasOwnProperty` must not find Object.prototype's.
+        text: (error !== null && Object.hasOwn(CONNECT_ERRORS, error) ? CONNECT_ERRORS[error]! : CONNECT_ERRORS.provider_error!)(
           nameOf(url.searchParams.get('connect_provider')),
         ),
       };
   for (const name of ['connected', 'connect_error', 'connect_provider']) url.searchParams.delete(name);
   return { notice, cleanPath: `${url.pathname}${url.search}${url.hash}` };
-}
-
-async function errorText(response: Response): Promise<string> {
-  try {
-    const body = (await response.json()) as { error?: { message?: string } };
-    return body.error?.message ?? `Refused (${response.status}).`;
-  } catch {
-    return `Refused (${response.status}).`;
-  }
-}
-
-function formatDate(iso: string): string {
-  return new Date(iso).toLocaleString();
 }

@@ -322,17 +322,20 @@ describe('the GitHub preset, end to end', () => {
 
   it('the callback is single use, bound to the browser that started it, and to a session that is still valid', async () => {
     const codesBefore = provider.counts().codeGrants;
-    // Replayed: the pending authorization was taken by the first use.
     const first = await start(a, 'github');
     const back = await provider.drive(first.location!);
     const noCookie = await callback(b, 'github', back, null);
     expect(noCookie.location).toBe('/?connect_error=expired&connect_provider=github');
     const wrongBrowser = await callback(b, 'github', back, '__Host-keyward.connect-github=someone-elses-binding');
     expect(wrongBrowser.location).toBe('/?connect_error=expired&connect_provider=github');
-    // The wrong cookie used the pending authorization up: the right one is now refused too, and no code was exchanged.
-    const late = await callback(b, 'github', back, first.binding);
-    expect(late.location).toBe('/?connect_error=expired&connect_provider=github');
+    // Neither used the pending authorization up (anyone who learns a state must not be able to cancel the
+    // victim's connect) and no code was exchanged for them; the browser that started it completes it, once.
     expect(provider.counts().codeGrants).toBe(codesBefore);
+    const right = await callback(b, 'github', back, first.binding);
+    expect(right.location).toBe('/?connected=github');
+    const replayed = await callback(b, 'github', back, first.binding);
+    expect(replayed.location).toBe('/?connect_error=expired&connect_provider=github');
+    expect(provider.counts().codeGrants).toBe(codesBefore + 1);
 
     // Signed out (every session of the user revoked) between start and callback.
     const otherCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, {
@@ -351,7 +354,8 @@ describe('the GitHub preset, end to end', () => {
     await a.revocations.revokeUser('local:grace');
     const ended = await callback(b, 'github', returned, binding);
     expect(ended.location).toBe('/?connect_error=session_ended&connect_provider=github');
-    expect(provider.counts().codeGrants).toBe(codesBefore);
+    // Only the one completed above was exchanged.
+    expect(provider.counts().codeGrants).toBe(codesBefore + 1);
   });
 
   it('returnTo is a path on this site only', async () => {
@@ -361,6 +365,9 @@ describe('the GitHub preset, end to end', () => {
       '/\\evil.example',
       '/%0d%0aSet-Cookie:x',
       'javascript:alert(1)',
+      // `//host` only once normalised (a review found these reached the bounce page as `//attacker.example/…`).
+      '/.//a//attacker.example/login',
+      '/%2e//a//attacker.example/login',
     ]) {
       // A scope not granted yet, so the provider asks, and Deny (no tokens are issued for these).
       const started = await start(a, 'github', `?scope=repo&returnTo=${encodeURIComponent(returnTo)}`);

@@ -2,6 +2,7 @@ import { KeywardError } from '../errors';
 import {
   connectPath,
   parseExtraScopes,
+  isLocalPath,
   safeReturnTo,
   PENDING_TTL_MS,
   type ConnectOutcome,
@@ -111,12 +112,12 @@ export function handleConnectCallback(request: Request, providerId: string, runt
       runtime.logger.error({ err: error, provider: providerId }, 'connect callback: store unavailable');
       outcome = { ok: false, error: 'unavailable', returnTo: '/' };
     }
-    const target = new URL(outcome.returnTo, 'https://keyward.invalid');
-    if (outcome.ok) target.searchParams.set('connected', providerId);
-    else {
-      target.searchParams.set('connect_error', outcome.error);
-      target.searchParams.set('connect_provider', providerId);
-    }
+    // The stored path is never parsed as a URL again (a parser could read `//…` in it as a host): the outcome's
+    // parameters are appended to it as they are.
+    const returnTo = isLocalPath(outcome.returnTo) ? outcome.returnTo : '/';
+    const [beforeHash, hash = ''] = returnTo.split(/#(.*)/s, 2) as [string, string?];
+    const result = new URLSearchParams(outcome.ok ? { connected: providerId } : { connect_error: outcome.error, connect_provider: providerId });
+    const target = `${beforeHash}${beforeHash.includes('?') ? '&' : '?'}${result}${hash ? `#${hash}` : ''}`;
     const headers = new Headers({
       'content-type': 'text/html; charset=utf-8',
       'content-security-policy': "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -124,7 +125,7 @@ export function handleConnectCallback(request: Request, providerId: string, runt
       ...NO_STORE,
     });
     headers.append('set-cookie', `${bindingCookie(providerId)}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax`);
-    return new Response(bouncePage(`${target.pathname}${target.search}${target.hash}`), { status: 200, headers });
+    return new Response(bouncePage(target), { status: 200, headers });
   });
 }
 
@@ -181,7 +182,8 @@ export function handleAdminUserConnections(request: Request, userId: string, run
 
 /** A page that sends the browser on to `path` (same origin, built by Keyward), with a link if refresh is off. */
 function bouncePage(path: string): string {
-  const href = escapeHtml(path);
+  // Only ever a path on this site (see isLocalPath); anything else goes home.
+  const href = escapeHtml(isLocalPath(path) ? path : '/');
   return `<!doctype html><html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><meta http-equiv="refresh" content="0;url=${href}"><title>Keyward</title></head><body><p><a href="${href}">Continue</a></p></body></html>`;
 }
 

@@ -9,7 +9,7 @@ import {
 import { OAuthError, oauthErrorBody, oauthErrorResponse, toOAuthError } from '../mobile/oauth-error';
 import type { TokenResponse } from '../mobile/tokens';
 import type { Runtime } from '../runtime';
-import { apiHandler, readJsonObject } from './guard';
+import { apiHandler, readCappedText, readJsonObject } from './guard';
 
 /**
  * The native-app token exchange speaks OAuth 2.0 (RFC 6749 with PKCE, RFC 7636; discovery at
@@ -198,8 +198,8 @@ async function readTokenParams(request: Request): Promise<Map<TokenParameter, st
   const type = request.headers.get('content-type') ?? '';
   const values = new Map<TokenParameter, unknown[]>();
   if (/^application\/x-www-form-urlencoded\b/i.test(type)) {
-    const text = await request.text();
-    if (text.length > 16 * 1024) throw new OAuthError('invalid_request', 'The request body is too large.');
+    // Read under its cap as it streams (a chunked body declares no length): the endpoint needs no session.
+    const text = await readCappedText(request, 16 * 1024, () => new OAuthError('invalid_request', 'The request body is too large.'));
     const form = new URLSearchParams(text);
     for (const name of TOKEN_PARAMETERS) values.set(name, form.getAll(name));
   } else if (/^application\/json\b/i.test(type)) {

@@ -186,10 +186,9 @@ export class Connections {
   ): Promise<ConnectOutcome> {
     this.provider(providerId);
     const state = input.params.get('state');
-    const pending = state && input.binding ? await this.takePending(state) : null;
-    if (!pending || pending.provider !== providerId || !sameHash(pending.bindingHash, sha256(input.binding!))) {
-      return { ok: false, error: 'expired', returnTo: pending?.returnTo ?? '/' };
-    }
+    // Checked before it is used up: a callback from another browser (the wrong binding) cannot cancel it.
+    const pending = state && input.binding ? await this.takePending(state, providerId, input.binding) : null;
+    if (!pending) return { ok: false, error: 'expired', returnTo: '/' };
     const { returnTo } = pending;
     const now = this.deps.now();
     if (pending.createdAt + PENDING_TTL_MS < now) return { ok: false, error: 'expired', returnTo };
@@ -424,16 +423,22 @@ export class Connections {
     await guard(() => this.deps.store.incrementHashes([{ key: indexKey(providerId), field: userId, by, expiresAt }]));
   }
 
-  /** Reads and deletes the pending authorization in one step that only one caller can win (single use). */
-  private async takePending(state: string): Promise<PendingConnect | null> {
+  /**
+   * The pending authorization for this provider and browser (its binding), deleted in one step that only one
+   * caller can win (single use). One for another provider or browser is left as it is.
+   */
+  private async takePending(state: string, providerId: string, binding: string): Promise<PendingConnect | null> {
     const key = pendingKey(state);
     const sealed = await guard(() => this.deps.store.get(key));
-    if (!sealed || !(await guard(() => this.deps.store.deleteIfEquals(key, sealed)))) return null;
+    if (!sealed) return null;
+    let pending: PendingConnect;
     try {
-      return await this.deps.vault.open<PendingConnect>(sealed);
+      pending = await this.deps.vault.open<PendingConnect>(sealed);
     } catch {
       return null;
     }
+    if (pending.provider !== providerId || !sameHash(pending.bindingHash, sha256(binding))) return null;
+    return (await guard(() => this.deps.store.deleteIfEquals(key, sealed))) ? pending : null;
   }
 
   /** The provider could not be reached (discovery): 503, logged without its URL. */
@@ -482,10 +487,17 @@ export function safeReturnTo(value: string | null): string {
     // `/\t/evil.com` and the like are caught above; this catches what a URL parser would still move off-site.
     const url = new URL(value, 'https://keyward.invalid');
     if (url.origin !== 'https://keyward.invalid') return '/';
-    return `${url.pathname}${url.search}${url.hash}`;
+    const path = `${url.pathname}${url.search}${url.hash}`;
+    // Normalising can make a path that begins with `//` (`/.//evil.example`): that is another host. Checked again.
+    return isLocalPath(path) ? path : '/';
   } catch {
     return '/';
   }
+}
+
+/** A path on this site: one leading slash, not two (`//host` is another site), no backslash (browsers read it as `/`). */
+export function isLocalPath(path: string): boolean {
+  return path.startsWith('/') && !path.startsWith('//') && !path.includes('\\') && !/[\x00-\x1f\x7f]/.test(path);
 }
 
 /** `?scope=` on /api/connect: space-separated scope tokens, bounded. */

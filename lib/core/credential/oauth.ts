@@ -81,6 +81,11 @@ export class OAuthTokenStore {
   }
 
   async load(provider: string, userId: string): Promise<OAuthTokens | null> {
+    return (await this.read(provider, userId))?.tokens ?? null;
+  }
+
+  /** The tokens and the sealed value they were read from (for compare-and-set writes). */
+  private async read(provider: string, userId: string): Promise<{ tokens: StoredTokens; sealed: string } | null> {
     const key = OAuthTokenStore.key(provider, userId);
     const sealed = await guard(() => this.store.get(key));
     if (!sealed) return null;
@@ -92,7 +97,7 @@ export class OAuthTokenStore {
         .then((resealed) => this.store.replaceIfEquals(key, sealed, resealed))
         .catch(() => {});
     }
-    return tokens;
+    return { tokens, sealed };
   }
 
   async unlink(provider: string, userId: string): Promise<void> {
@@ -149,14 +154,20 @@ export class OAuthTokenStore {
     }
   }
 
+  /**
+   * Refreshes under the lock. The result is written only over the tokens it refreshed (compare-and-set): a
+   * disconnect or a reconnect that landed meanwhile (they do not take the lock) wins, and a refused refresh of
+   * an old grant never deletes, or marks as ended, the grant that replaced it.
+   */
   private async refreshHoldingLock(provider: string, userId: string, force = false): Promise<string> {
-    const current = await this.load(provider, userId);
-    if (!current) throw new KeywardError('reauth_required');
+    const read = await this.read(provider, userId);
+    if (!read) throw new KeywardError('reauth_required');
+    const { tokens: current, sealed } = read;
     if (!force && this.fresh(current)) return current.accessToken;
+    const key = OAuthTokenStore.key(provider, userId);
     const refresher = this.refreshers.get(provider);
     if (!current.refreshToken || !refresher) {
-      await this.unlink(provider, userId);
-      await this.events.ended?.(provider, userId);
+      await this.endIfUnchanged(provider, userId, sealed);
       throw new KeywardError('reauth_required');
     }
     let next: OAuthTokens;
@@ -164,18 +175,40 @@ export class OAuthTokenStore {
       next = await refresher(current.refreshToken);
     } catch (error) {
       if (error instanceof OAuthGrantError) {
-        await this.unlink(provider, userId);
-        await this.events.ended?.(provider, userId);
+        await this.endIfUnchanged(provider, userId, sealed);
         throw new KeywardError('reauth_required', { cause: error });
       }
       // The provider could not be reached: keep the link, let the caller retry later.
       throw new KeywardError('credential_unavailable', { cause: error });
     }
     // Providers that do not rotate refresh tokens omit it from the response: keep the old one.
-    const saved = { ...next, refreshToken: next.refreshToken ?? current.refreshToken };
-    await this.save(provider, userId, saved);
+    const saved: StoredTokens = {
+      ...next,
+      refreshToken: next.refreshToken ?? current.refreshToken,
+      refreshAt: refreshTime(next.expiresAt, this.now()),
+      savedAt: this.now(),
+    };
+    const nextSealed = await this.vault.seal(saved);
+    let expected = sealed;
+    for (let attempt = 0; !(await guard(() => this.store.replaceIfEquals(key, expected, nextSealed))); attempt++) {
+      if (attempt === 3) throw new KeywardError('credential_unavailable');
+      const now = await this.read(provider, userId);
+      // Disconnected (nothing to use) or reconnected (use the new grant) while this refresh was under way.
+      if (!now) throw new KeywardError('reauth_required');
+      const sameGrant = now.tokens.refreshToken === current.refreshToken && now.tokens.accessToken === current.accessToken;
+      if (!sameGrant) return now.tokens.accessToken;
+      // Only re-sealed after a vault rotation (load's background write): the same grant, write over it.
+      expected = now.sealed;
+    }
     await this.events.refreshed?.(provider, userId, saved);
     return next.accessToken;
+  }
+
+  /** Ends the link only if it still holds the tokens that could not be refreshed. */
+  private async endIfUnchanged(provider: string, userId: string, sealed: string): Promise<void> {
+    if (await guard(() => this.store.deleteIfEquals(OAuthTokenStore.key(provider, userId), sealed))) {
+      await this.events.ended?.(provider, userId);
+    }
   }
 }
 

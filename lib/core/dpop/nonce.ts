@@ -37,7 +37,11 @@ export class DpopNonces {
     const window = Number.parseInt(match[1]!, 36);
     const current = this.window();
     if (window !== current && window !== current - 1) return false;
-    return timingSafeEqual(Buffer.from(this.nonceFor(window)), Buffer.from(nonce));
+    // The label must be the window's own spelling (`0k` parses as `k`): else the lengths differ, which
+    // timingSafeEqual would throw on.
+    const expected = Buffer.from(this.nonceFor(window));
+    const given = Buffer.from(nonce);
+    return expected.length === given.length && timingSafeEqual(expected, given);
   }
 
   private window(): number {

@@ -118,6 +118,11 @@ export class DpopProofs {
     if (PRIVATE_JWK_MEMBERS.some((member) => Object.hasOwn(jwk, member))) {
       throw new DpopError('invalid_dpop_proof', 'The jwk header of the DPoP proof must hold a public key only.');
     }
+    // An RSA key with a huge public exponent or modulus costs ~100× the CPU to verify, before anything is
+    // authenticated: the usual exponent (65537) and at most 4096 bits (RFC 8017 allows more; nobody needs it).
+    if (jwk.kty === 'RSA' && (jwk.e !== 'AQAB' || typeof jwk.n !== 'string' || Buffer.from(jwk.n, 'base64url').length > 512)) {
+      throw new DpopError('invalid_dpop_proof', 'An RSA key in a DPoP proof must use the exponent 65537 and at most 4096 bits.');
+    }
     let payload: JWTPayload;
     try {
       // EmbeddedJWK also refuses anything that does not import as a public key (an `oct` key, a private one).

@@ -88,7 +88,8 @@ export class LogoutTokenVerifier {
         issuer: provider.issuer,
         audience: this.clientId,
         algorithms: provider.algorithms,
-        requiredClaims: ['iat', 'jti', 'events'],
+        // exp is REQUIRED in Back-Channel Logout 1.0 (final); jose checks it when present.
+        requiredClaims: ['iat', 'exp', 'jti', 'events'],
         maxTokenAge: MAX_AGE_SECONDS,
         clockTolerance: SKEW_SECONDS,
         currentDate: new Date(this.now()),

@@ -238,6 +238,10 @@ describe('what users send', () => {
       '/x\ny',
       'javascript:alert(1)',
       `/${'a'.repeat(600)}`,
+      // Paths that only become `//host` once normalised.
+      '/.//a//attacker.example/login',
+      '/%2e//a//attacker.example/login',
+      '/a/..//attacker.example/',
     ]) {
       expect(safeReturnTo(bad)).toBe('/');
     }

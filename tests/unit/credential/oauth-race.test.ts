@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { OAuthGrantError, OAuthTokenStore, type OAuthTokens, type TokenRefresher } from '../../../lib/core/credential/oauth';
+import { Vault } from '../../../lib/core/vault/seal';
+import { MemoryStore } from '../../../lib/store/memory';
+import { randomSecret } from '../../fixtures/secrets';
+
+/**
+ * A refresh racing a disconnect or a reconnect made elsewhere (another instance, which does not take the refresh
+ * lock): what the user did last wins. The other instance is simulated inside the refresher, which runs while this
+ * one holds the lock; the store and the vault are real.
+ */
+const USER = 'local:ada';
+const expired: OAuthTokens = { accessToken: 'old-access', refreshToken: 'old-refresh', expiresAt: Date.now() - 1000 };
+
+function setup(refresher: (tokens: OAuthTokenStore) => TokenRefresher) {
+  const store = new MemoryStore();
+  const ended: string[] = [];
+  const refreshers = new Map<string, TokenRefresher>();
+  const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), refreshers, Date.now, {
+    ended: async (provider, userId) => void ended.push(`${provider}:${userId}`),
+  });
+  refreshers.set('github', refresher(tokens));
+  return { tokens, ended };
+}
+
+describe('a refresh racing the user', () => {
+  it('does not bring back a connection disconnected while it ran', async () => {
+    const { tokens } = setup((store) => async () => {
+      await store.unlink('github', USER); // disconnected on another instance
+      return { accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh', expiresAt: Date.now() + 3_600_000 };
+    });
+    await tokens.save('github', USER, expired);
+    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
+    expect(await tokens.load('github', USER)).toBeNull();
+  });
+
+  it('does not overwrite a reconnect made while it ran, and uses the new grant', async () => {
+    const fresh: OAuthTokens = { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 };
+    const { tokens, ended } = setup((store) => async () => {
+      await store.save('github', USER, fresh); // reconnected on another instance
+      return { accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh', expiresAt: Date.now() + 3_600_000 };
+    });
+    await tokens.save('github', USER, expired);
+    expect(await tokens.accessToken('github', USER)).toBe('new-access');
+    expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'new-access', refreshToken: 'new-refresh' });
+    expect(ended).toEqual([]);
+  });
+
+  it('a refused refresh of the old grant neither deletes nor ends the grant that replaced it', async () => {
+    const fresh: OAuthTokens = { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 };
+    const { tokens, ended } = setup((store) => async () => {
+      await store.save('github', USER, fresh);
+      throw new OAuthGrantError('invalid_grant');
+    });
+    await tokens.save('github', USER, expired);
+    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
+    expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'new-access' });
+    expect(ended).toEqual([]);
+  });
+
+  it('a refused refresh with nothing changed ends the link, once', async () => {
+    const { tokens, ended } = setup(() => async () => {
+      throw new OAuthGrantError('invalid_grant');
+    });
+    await tokens.save('github', USER, expired);
+    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
+    expect(await tokens.load('github', USER)).toBeNull();
+    expect(ended).toEqual([`github:${USER}`]);
+  });
+});
