@@ -1,6 +1,7 @@
 'use client';
 
 import { useCallback, useEffect, useState } from 'react';
+import { errorText, formatDate } from './response-text';
 
 interface KeyInfo {
   fingerprint: string;
@@ -91,17 +92,4 @@ export function OwnKeys({ upstreams }: { upstreams: string[] }) {
       ))}
     </div>
   );
-}
-
-async function errorText(response: Response): Promise<string> {
-  try {
-    const body = (await response.json()) as { error?: { message?: string } };
-    return body.error?.message ?? `Refused (${response.status}).`;
-  } catch {
-    return `Refused (${response.status}).`;
-  }
-}
-
-function formatDate(iso: string): string {
-  return new Date(iso).toLocaleString();
 }

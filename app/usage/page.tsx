@@ -5,6 +5,7 @@ import { loadMyUsage, type MyUsage, type UpstreamUsage } from './usage-data';
 import { toChartData } from '../admin/admin-data';
 import { keyward } from '@/keyward';
 import { Stat } from '../components/stat';
+import { OwnKeyTable } from '../components/own-key-list';
 
 // Per request: the session, and figures that change with every call.
 export const dynamic = 'force-dynamic';
@@ -96,27 +97,7 @@ function UsageBody({ usage }: { usage: MyUsage }) {
         {usage.ownKeys.length === 0 ? (
           <div className="empty">No API here takes a key of your own: Keyward uses the keys the server holds.</div>
         ) : (
-          <table>
-            <tbody>
-              {usage.ownKeys.map(({ upstream, key }) => (
-                <tr key={upstream} data-testid={`my-key-${upstream}`}>
-                  <td>
-                    <code>{upstream}</code>
-                  </td>
-                  <td>
-                    {key ? (
-                      <span className="small">
-                        Ends in …{key.last4} · fingerprint <code>{key.fingerprint}</code> · added {key.createdAt.slice(0, 16).replace('T', ' ')} UTC · last used{' '}
-                        {key.lastUsedAt ? `${key.lastUsedAt.slice(0, 16).replace('T', ' ')} UTC` : 'never'}
-                      </span>
-                    ) : (
-                      <span className="badge neutral">no key</span>
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
+          <OwnKeyTable keys={usage.ownKeys} testIdPrefix="my-key" />
         )}
         <p className="small muted">Store, replace or delete a key on the home page.</p>
       </section>

@@ -4,6 +4,7 @@ import { appliesTo } from '@/lib/core/limits/rules';
 import type { PageSession } from 'keyward/next';
 import type { ChartPoint, Totals } from '../admin/admin-data';
 import { keyward } from '@/keyward';
+import { loadOwnKeys, type OwnKeyEntry } from '../components/own-key-list';
 
 /**
  * What /usage reads, for the signed-in user only: the usage aggregates' user rollup (`user` + `upstream`)
@@ -30,13 +31,6 @@ export interface UpstreamUsage extends Totals {
   readonly limits: LimitView[];
 }
 
-export interface OwnKeyView {
-  readonly upstream: string;
-  readonly fingerprint: string;
-  readonly last4: string;
-  readonly createdAt: string;
-  readonly lastUsedAt: string | null;
-}
 
 export interface MyUsage {
   readonly from: string;
@@ -45,7 +39,7 @@ export interface MyUsage {
   readonly total: Totals;
   readonly upstreams: UpstreamUsage[];
   /** Upstreams that take the user's own key, with the key stored (null: none stored). */
-  readonly ownKeys: { upstream: string; key: OwnKeyView | null }[];
+  readonly ownKeys: OwnKeyEntry[];
 }
 
 function totals(figures: UsageFigures): Totals {
@@ -74,18 +68,6 @@ function limitsOf(upstreamId: string, roles: readonly string[]): LimitView[] {
   return [...seen.values()];
 }
 
-async function ownKeys(userId: string): Promise<MyUsage['ownKeys']> {
-  const userKeys = keyward.getRuntime().userKeys;
-  const upstreams = keyward.upstreamSummaries().filter((u) => u.credential === 'own-key');
-  if (!userKeys) return upstreams.map((u) => ({ upstream: u.id, key: null }));
-  return Promise.all(
-    upstreams.map(async ({ id }) => {
-      const info = await userKeys.describe(id, userId);
-      // Picked field by field: only what GET /api/keys/<upstream> shows reaches the page.
-      return { upstream: id, key: info && { upstream: id, fingerprint: info.fingerprint, last4: info.last4, createdAt: info.createdAt, lastUsedAt: info.lastUsedAt } };
-    }),
-  );
-}
 
 /** The last 24 hours by hour, the session's user only: in total and per upstream, with each upstream's limits. */
 export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
@@ -96,7 +78,7 @@ export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
   const [series, perUpstream, keys] = await Promise.all([
     usage.series(window),
     Promise.all(ids.map((upstream) => usage.series({ ...window, upstream }))),
-    ownKeys(session.userId),
+    loadOwnKeys(session.userId, { last4: true }),
   ]);
   return {
     from: series.from,

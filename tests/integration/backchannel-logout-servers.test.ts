@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startApp, type AppServer } from '../fixtures/app-server';
 import { REDIS_URL, findLeak, responseText } from '../fixtures/claims-session';
 import { writeConfigFile } from '../fixtures/config';
+import { CookieJar, browse as browseAs, readForm, type Page } from '../fixtures/browser';
 import { startLogoutProvider, type LogoutProvider } from '../fixtures/oidc-logout-provider';
 import { deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -33,72 +34,11 @@ let servers: AppServer[] = [];
 /** Every response an app server gave (status line, headers, body), for the leak check. */
 const appResponses: string[] = [];
 
-/** A browser's cookies per origin, by name (paths ignored). */
-class CookieJar {
-  private readonly origins = new Map<string, Map<string, string>>();
-
-  private cookies(url: string): Map<string, string> {
-    const origin = new URL(url).origin;
-    let jar = this.origins.get(origin);
-    if (!jar) this.origins.set(origin, (jar = new Map()));
-    return jar;
-  }
-
-  header(url: string): string {
-    return [...this.cookies(url)].map(([name, value]) => `${name}=${value}`).join('; ');
-  }
-
-  get(url: string, name: string): string | undefined {
-    return this.cookies(url).get(name);
-  }
-
-  keep(url: string, response: Response) {
-    const jar = this.cookies(url);
-    for (const line of response.headers.getSetCookie()) {
-      const [pair] = line.split(';');
-      const index = pair!.indexOf('=');
-      const name = pair!.slice(0, index).trim();
-      const value = pair!.slice(index + 1);
-      if (value === '' || /;\s*max-age=0(;|$)/i.test(line) || /expires=Thu, 01 Jan 1970/i.test(line)) jar.delete(name);
-      else jar.set(name, value);
-    }
-  }
-}
-
-interface Page {
-  url: string;
-  status: number;
-  location: string | null;
-  body: string;
-}
-
-/** One request as a browser sends it (the target origin's cookies, no automatic redirects). */
-async function browse(jar: CookieJar, url: string, form?: Record<string, string>): Promise<Page> {
-  const response = await fetch(url, {
-    method: form ? 'POST' : 'GET',
-    redirect: 'manual',
-    headers: { cookie: jar.header(url), ...(form ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
-    body: form ? new URLSearchParams(form) : undefined,
+/** One request as a browser sends it; the app servers' responses are kept for the leak check. */
+function browse(jar: CookieJar, url: string, form?: Record<string, string>): Promise<Page> {
+  return browseAs(jar, url, form, (seen, text) => {
+    if (servers.some((server) => new URL(seen).origin === server.url)) appResponses.push(text);
   });
-  jar.keep(url, response);
-  const flat = await responseText(response);
-  if (servers.some((server) => new URL(url).origin === server.url)) appResponses.push(flat.text);
-  const location = response.headers.get('location');
-  return { url, status: response.status, location: location && new URL(location, url).href, body: flat.body };
-}
-
-/** A <form> of an HTML page (the first, or the one with this id): where it posts, and its inputs' values. */
-function readForm(page: Page, id?: string): { action: string; fields: Record<string, string> } {
-  const forms = [...page.body.matchAll(/<form\b([^>]*)>([\s\S]*?)<\/form>/gi)];
-  const form = id ? forms.find((match) => match[1]!.includes(`id="${id}"`)) : forms[0];
-  if (!form) throw new Error(`no form on ${page.url} (status ${page.status}): ${page.body.slice(0, 300)}`);
-  const action = /\baction="([^"]+)"/.exec(form[1]!)![1]!;
-  const fields: Record<string, string> = {};
-  for (const input of form[2]!.matchAll(/<input\b[^>]*>/gi)) {
-    const name = /\bname="([^"]*)"/.exec(input[0])?.[1];
-    if (name) fields[name] = /\bvalue="([^"]*)"/.exec(input[0])?.[1] ?? '';
-  }
-  return { action: new URL(action, page.url).href, fields };
 }
 
 /**

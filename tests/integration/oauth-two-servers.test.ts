@@ -6,6 +6,7 @@ import { RedisStore } from '../../lib/store/redis';
 import { freePort, startApp, type AppServer } from '../fixtures/app-server';
 import { REDIS_URL, findLeak, responseText } from '../fixtures/claims-session';
 import { writeConfigFile } from '../fixtures/config';
+import { CookieJar, browse as browseAs, readForm, type Page } from '../fixtures/browser';
 import { deleteKeysUnder } from '../fixtures/redis-server';
 import { startAppRefreshProvider, type AppRefreshProvider } from '../fixtures/oidc-app-refresh-provider';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -45,75 +46,16 @@ let sessionCookie: string;
 /** Every response an app server gave (status line, every header, body), for the leak check. */
 const appResponses: string[] = [];
 
-/** A browser's cookie store, reduced to what this flow needs: cookies per origin, by name (paths ignored). */
-class CookieJar {
-  private readonly origins = new Map<string, Map<string, string>>();
-
-  private cookies(url: string): Map<string, string> {
-    const origin = new URL(url).origin;
-    let jar = this.origins.get(origin);
-    if (!jar) this.origins.set(origin, (jar = new Map()));
-    return jar;
-  }
-
-  header(url: string): string {
-    return [...this.cookies(url)].map(([name, value]) => `${name}=${value}`).join('; ');
-  }
-
-  get(url: string, name: string): string | undefined {
-    return this.cookies(url).get(name);
-  }
-
-  keep(url: string, response: Response) {
-    const jar = this.cookies(url);
-    for (const line of response.headers.getSetCookie()) {
-      const [pair] = line.split(';');
-      const index = pair!.indexOf('=');
-      const name = pair!.slice(0, index).trim();
-      const value = pair!.slice(index + 1);
-      if (value === '' || /;\s*max-age=0(;|$)/i.test(line) || /expires=Thu, 01 Jan 1970/i.test(line)) jar.delete(name);
-      else jar.set(name, value);
-    }
-  }
-}
-
-interface Page {
-  url: string;
-  status: number;
-  location: string | null;
-  body: string;
-}
-
-/** One request as a browser sends it (cookies of the target's origin, no automatic redirects). */
-async function browse(jar: CookieJar, url: string, form?: Record<string, string>): Promise<Page> {
-  const response = await fetch(url, {
-    method: form ? 'POST' : 'GET',
-    redirect: 'manual',
-    headers: { cookie: jar.header(url), ...(form ? { 'content-type': 'application/x-www-form-urlencoded' } : {}) },
-    body: form ? new URLSearchParams(form) : undefined,
+/** One request as a browser sends it; the app servers' responses are kept for the leak check. */
+function browse(jar: CookieJar, url: string, form?: Record<string, string>): Promise<Page> {
+  return browseAs(jar, url, form, (seen, text) => {
+    if (isApp(seen)) appResponses.push(text);
   });
-  jar.keep(url, response);
-  const flat = await responseText(response);
-  if (isApp(url)) appResponses.push(flat.text);
-  const location = response.headers.get('location');
-  return { url, status: response.status, location: location && new URL(location, url).href, body: flat.body };
 }
 
 function isApp(url: string): boolean {
   const { origin } = new URL(url);
   return servers.some((server) => server.url === origin);
-}
-
-/** The first <form> of an HTML page: where it posts, and its named inputs with their values. */
-function readForm(page: Page): { action: string; fields: Record<string, string> } {
-  const form = /<form\b[^>]*\bmethod="post"[^>]*\baction="([^"]+)"[^>]*>([\s\S]*?)<\/form>/i.exec(page.body);
-  if (!form) throw new Error(`no form on ${page.url} (status ${page.status}): ${page.body.slice(0, 300)}`);
-  const fields: Record<string, string> = {};
-  for (const input of form[2]!.matchAll(/<input\b[^>]*>/gi)) {
-    const name = /\bname="([^"]*)"/.exec(input[0])?.[1];
-    if (name) fields[name] = /\bvalue="([^"]*)"/.exec(input[0])?.[1] ?? '';
-  }
-  return { action: new URL(form[1]!, page.url).href, fields };
 }
 
 interface ProxyResult {

@@ -3,6 +3,7 @@ import type { TopRow } from '@/lib/core/aggregates/usage';
 import { appliesTo, type MeterRule } from '@/lib/core/limits/rules';
 import type { SessionView } from '@/lib/core/session/session-index';
 import { keyward } from '@/keyward';
+import { loadOwnKeys, type OwnKeyEntry } from '../../components/own-key-list';
 
 /**
  * What the Users pages read: the local users file (names and roles, never hashes), the users seen in the usage
@@ -62,12 +63,6 @@ export interface UserSummary extends Figures {
   readonly closest: MeterUse | null;
 }
 
-export interface OwnKeyView {
-  readonly upstream: string;
-  readonly fingerprint: string;
-  readonly createdAt: string;
-  readonly lastUsedAt: string | null;
-}
 
 export interface UserDetail {
   readonly summary: UserSummary;
@@ -75,7 +70,7 @@ export interface UserDetail {
   readonly rates: RateView[];
   readonly sessions: SessionView[];
   /** Upstreams that take a user's own key, with theirs (null: none stored). */
-  readonly ownKeys: { upstream: string; key: OwnKeyView | null }[];
+  readonly ownKeys: OwnKeyEntry[];
 }
 
 function figures(row: Pick<TopRow, 'calls' | 'errors' | 'units'> | undefined): Figures {
@@ -219,7 +214,7 @@ export async function loadUser(userId: string): Promise<{ now: number; user: Use
     runtime.usage.series(window),
     runtime.usage.series({ period: 'day', fromMs: now - (days - 1) * DAY_MS, toMs: now, user: userId }),
     runtime.sessionIndex.list(userId),
-    loadOwnKeys(userId),
+    loadOwnKeys(userId, { last4: false }),
   ]);
   const localUser = userId.startsWith('local:') ? (runtime.users?.find(userId.slice('local:'.length)) ?? null) : null;
   if (!localUser && ever.total.calls === 0 && sessions.length === 0 && ownKeys.every((entry) => entry.key === null)) return null;
@@ -240,15 +235,3 @@ export async function loadUser(userId: string): Promise<{ now: number; user: Use
   };
 }
 
-/** The user's own keys, as GET /api/keys/<upstream> describes them, fingerprint only (not even the last 4). */
-async function loadOwnKeys(userId: string): Promise<UserDetail['ownKeys']> {
-  const userKeys = keyward.getRuntime().userKeys;
-  const upstreams = keyward.upstreamSummaries().filter((u) => u.credential === 'own-key');
-  if (!userKeys) return upstreams.map((u) => ({ upstream: u.id, key: null }));
-  return Promise.all(
-    upstreams.map(async ({ id }) => {
-      const info = await userKeys.describe(id, userId);
-      return { upstream: id, key: info && { upstream: id, fingerprint: info.fingerprint, createdAt: info.createdAt, lastUsedAt: info.lastUsedAt } };
-    }),
-  );
-}

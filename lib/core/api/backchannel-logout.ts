@@ -2,6 +2,7 @@ import { KeywardError, errorResponse } from '../errors';
 import type { Runtime } from '../runtime';
 import { InvalidLogoutToken, LogoutProviderUnavailable, MAX_AGE_SECONDS, SKEW_SECONDS, type LogoutClaims } from '../session/logout-token';
 import { oidcUserId } from '../session/provider-sessions';
+import { readCappedText } from './guard';
 import { StoreUnavailableError } from '../../store/types';
 
 /**
@@ -77,24 +78,12 @@ async function readLogoutToken(request: Request): Promise<string> {
   if (!FORM_TYPE.test(request.headers.get('content-type') ?? '')) throw new Refused(400, 'not a form body');
   const declared = Number(request.headers.get('content-length') ?? NaN);
   if (declared > MAX_BODY_BYTES) throw new Refused(413, 'body too large');
-  const form = new URLSearchParams(await readCapped(request, MAX_BODY_BYTES));
+  const form = new URLSearchParams(await readCappedText(request, MAX_BODY_BYTES, () => new Refused(413, 'body too large')));
   const tokens = form.getAll('logout_token');
   if (tokens.length !== 1 || !tokens[0]) throw new Refused(400, 'not exactly one logout_token');
   return tokens[0];
 }
 
-/** The body as UTF-8 text, refused (413) as soon as it passes `maxBytes`, chunked or not. */
-async function readCapped(request: Request, maxBytes: number): Promise<string> {
-  if (!request.body) return '';
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of request.body as unknown as AsyncIterable<Uint8Array>) {
-    size += chunk.byteLength;
-    if (size > maxBytes) throw new Refused(413, 'body too large');
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}
 
 /** The OAuth-style error (§2.8 allows RFC 6749 §5.2's `error`), with no description: the cause is logged only. */
 function refusal(error: unknown, runtime: Pick<Runtime, 'logger'>, requestId: string): Response {

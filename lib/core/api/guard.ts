@@ -51,3 +51,19 @@ export async function readJsonObject(request: Request, maxBytes = 16 * 1024): Pr
   }
   return value as Record<string, unknown>;
 }
+
+/**
+ * The body as UTF-8 text, refused with `tooLarge()` as soon as it passes `maxBytes`, chunked or not (a declared
+ * Content-Length is not trusted): for the small form posts Keyward reads itself (sign-in, back-channel logout).
+ */
+export async function readCappedText(request: Request, maxBytes: number, tooLarge: () => Error): Promise<string> {
+  if (!request.body) return '';
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body as unknown as AsyncIterable<Uint8Array>) {
+    size += chunk.byteLength;
+    if (size > maxBytes) throw tooLarge();
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -2,6 +2,7 @@ import { clientIp } from '../client/ip';
 import { KeywardError, errorResponse, toKeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import { withPasswordSlot } from '../users/password';
+import { readCappedText } from './guard';
 
 /** The largest sign-in form accepted (a username, a password ≤ 1024, a CSRF token and a callback URL). */
 const MAX_FORM_BYTES = 8 * 1024;
@@ -38,7 +39,7 @@ export async function readSignInForm(request: Request): Promise<SignInForm> {
   }
   const declared = Number(request.headers.get('content-length') ?? NaN);
   if (declared > MAX_FORM_BYTES) throw new KeywardError('payload_too_large');
-  const text = await readCapped(request, MAX_FORM_BYTES);
+  const text = await readCappedText(request, MAX_FORM_BYTES, () => new KeywardError('payload_too_large'));
   const fields = new URLSearchParams(text);
   const seen = new Set<string>();
   for (const name of fields.keys()) {
@@ -56,18 +57,6 @@ export async function readSignInForm(request: Request): Promise<SignInForm> {
   };
 }
 
-/** The body as UTF-8 text, refusing it (413) as soon as it passes `maxBytes`, chunked or not. */
-async function readCapped(request: Request, maxBytes: number): Promise<string> {
-  if (!request.body) return '';
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of request.body as unknown as AsyncIterable<Uint8Array>) {
-    size += chunk.byteLength;
-    if (size > maxBytes) throw new KeywardError('payload_too_large');
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}
 
 /**
  * Limits local sign-in attempts (OWASP ASVS 2.2.1) before Auth.js checks the password: per client IP, and

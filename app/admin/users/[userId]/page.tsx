@@ -2,6 +2,7 @@ import Link from 'next/link';
 import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../../admin-frame';
 import { ActionMessage, ActionResults } from '../../action-dialog';
 import { Stat } from '../../../components/stat';
+import { OwnKeyTable } from '../../../components/own-key-list';
 import { RevokeSessionsAction } from '../revoke-sessions';
 import { RoleList, meterText, userPath, utc } from '../user-parts';
 import { isUserId, loadUser, type MeterUse, type UserDetail } from '../users-data';
@@ -135,27 +136,7 @@ function UserBody({ user, now }: { user: UserDetail; now: number }) {
         {user.ownKeys.length === 0 ? (
           <div className="empty">No upstream here takes a user&apos;s own key.</div>
         ) : (
-          <table>
-            <tbody>
-              {user.ownKeys.map(({ upstream, key }) => (
-                <tr key={upstream} data-testid={`user-key-${upstream}`}>
-                  <td>
-                    <code>{upstream}</code>
-                  </td>
-                  <td>
-                    {key ? (
-                      <span className="small">
-                        fingerprint <code>{key.fingerprint}</code> · added {key.createdAt.slice(0, 16).replace('T', ' ')} UTC · last used{' '}
-                        {key.lastUsedAt ? `${key.lastUsedAt.slice(0, 16).replace('T', ' ')} UTC` : 'never'}
-                      </span>
-                    ) : (
-                      <span className="badge neutral">no key</span>
-                    )}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
+          <OwnKeyTable keys={user.ownKeys} testIdPrefix="user-key" />
         )}
       </section>
 
