@@ -8,12 +8,12 @@ import { startProductionEnvironment, type ProductionEnvironment } from '../fixtu
  * no two suites share users' traffic or figures), started once and stopped after the suite's last test, with
  * `baseURL` pointing at its app.
  */
-export function productionTest() {
+export function productionTest(options: { readonly instances?: 1 | 2 } = {}) {
   return base.extend<object, { prod: ProductionEnvironment }>({
     prod: [
       // Playwright requires the object-destructuring form for the (unused) fixtures argument.
       async ({}, provide) => {
-        const prod = await startProductionEnvironment();
+        const prod = await startProductionEnvironment(options);
         try {
           await provide(prod);
         } finally {

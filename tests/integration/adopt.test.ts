@@ -100,7 +100,8 @@ function baseEnv(NODE_ENV: 'development' | 'production' = 'production'): NodeJS.
     NEXT_TELEMETRY_DISABLED: '1',
   };
   for (const [name, value] of Object.entries(process.env)) {
-    if (/^(https?_proxy|no_proxy|npm_config_(cache|registry|userconfig))$/i.test(name)) env[name] = value;
+    // The machine's way to the registry: its proxy and the certificate authorities it trusts (a cache miss goes there).
+    if (/^(https?_proxy|no_proxy|npm_config_(cache|registry|userconfig|cafile)|node_extra_ca_certs|ssl_cert_(file|dir))$/i.test(name)) env[name] = value;
   }
   return env;
 }

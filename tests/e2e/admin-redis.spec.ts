@@ -1,0 +1,39 @@
+import { expect, expectNoSecrets, productionTest, proxyCall, shot, signIn } from './production';
+
+/**
+ * The dashboard against Redis, as a deployment of two instances shares it (README "Shared store and
+ * revocation"): two `next start` servers on one redis-server, each with its own public origin. Calls made on
+ * either show up as one set of numbers on both; the other suites drive the same pages on the embedded store.
+ */
+const test = productionTest({ instances: 2 });
+
+const ON_A = 3;
+const ON_B = 4;
+
+test('two instances on one Redis: calls on either are one set of numbers, on either dashboard', async ({ page, prod, browser }) => {
+  test.setTimeout(120_000);
+  // alice calls through A, then through B (cookies belong to the host, not the port: the same session).
+  await signIn(page, prod.user.username, prod.user.password);
+  for (let i = 0; i < ON_A; i++) expect(await proxyCall(page, '/api/proxy/demo/hello')).toBe(200);
+  await page.goto(`${prod.secondUrl}/`);
+  await expect(page.getByTestId('signed-in')).toBeVisible();
+  for (let i = 0; i < ON_B; i++) expect(await proxyCall(page, '/api/proxy/demo/hello')).toBe(200);
+
+  const admin = await browser.newPage({ baseURL: prod.appUrl });
+  await signIn(admin, prod.admin.username, prod.admin.password);
+  for (const origin of [prod.appUrl, prod.secondUrl!]) {
+    // Records reach the store when each instance's audit writer flushes its batch (within 100 ms): reload until then.
+    await expect(async () => {
+      await admin.goto(`${origin}/admin`);
+      await expect(admin.getByTestId('stat-calls')).toHaveText(String(ON_A + ON_B), { timeout: 1_000 });
+    }).toPass({ timeout: 15_000 });
+    await expectNoSecrets(admin, prod.secrets);
+
+    await admin.goto(`${origin}/admin/users`);
+    const row = admin.getByTestId(`user-local:${prod.user.username}`);
+    await expect(row.getByTestId('user-calls')).toHaveText(String(ON_A + ON_B));
+    await expectNoSecrets(admin, prod.secrets);
+  }
+  await shot(admin, 'admin-users-redis');
+  await admin.close();
+});
