@@ -103,6 +103,18 @@ test('connect, call, reconnect after the provider ends the grant, disconnect: no
   await traffic.snapshot(page, 'needs reconnect');
   await shot(page, 'connections-needs-reconnect');
 
+  // The admin sees it on the user's page too: provider, status and scopes, never a token.
+  const admin = await page.context().browser()!.newPage({ baseURL: env.appUrl });
+  await signIn(admin, env.admin.username, env.admin.password);
+  await admin.goto(`/admin/users/${encodeURIComponent(`local:${env.user.username}`)}`);
+  await expect(admin.getByTestId('user-connection-acme')).toContainText('needs reconnecting');
+  await expect(admin.getByTestId('user-connection-acme')).toContainText('read:user');
+  const adminHtml = await admin.content();
+  const { accessTokens, refreshTokens } = env.provider.issued();
+  for (const token of [...accessTokens, ...refreshTokens]) expect(adminHtml.includes(token), 'a provider token reached the admin page').toBe(false);
+  await shot(admin, 'connections-admin-user');
+  await admin.close();
+
   // Reconnect: the provider asks again (its grant is gone), the connection is back.
   await acmeRow(page).getByTestId('reconnect').click();
   await consentAtProvider(page, env);

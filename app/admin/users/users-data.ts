@@ -2,6 +2,7 @@ import 'server-only';
 import type { TopRow } from '@/lib/core/aggregates/usage';
 import { appliesTo, type MeterRule } from '@/lib/core/limits/rules';
 import type { SessionView } from '@/lib/core/session/session-index';
+import type { ConnectionView } from '@/lib/core/connect/connections';
 import { keyward } from '@/keyward';
 import { loadOwnKeys, type OwnKeyEntry } from '../../components/own-key-list';
 
@@ -71,6 +72,8 @@ export interface UserDetail {
   readonly sessions: SessionView[];
   /** Upstreams that take a user's own key, with theirs (null: none stored). */
   readonly ownKeys: OwnKeyEntry[];
+  /** The user's connected accounts; null when no connection provider is configured. */
+  readonly connections: readonly ConnectionView[] | null;
 }
 
 function figures(row: Pick<TopRow, 'calls' | 'errors' | 'units'> | undefined): Figures {
@@ -210,11 +213,13 @@ export async function loadUser(userId: string): Promise<{ now: number; user: Use
   const now = Date.now();
   const window = { period: 'hour' as const, fromMs: now - 23 * HOUR_MS, toMs: now, user: userId };
   const days = runtime.settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS;
-  const [series, ever, sessions, ownKeys] = await Promise.all([
+  const [series, ever, sessions, ownKeys, connections] = await Promise.all([
     runtime.usage.series(window),
     runtime.usage.series({ period: 'day', fromMs: now - (days - 1) * DAY_MS, toMs: now, user: userId }),
     runtime.sessionIndex.list(userId),
     loadOwnKeys(userId, { last4: false }),
+    // Never a token: provider, scopes, status and times only (the connections' own view).
+    runtime.connections ? runtime.connections.list(userId) : Promise.resolve(null),
   ]);
   const localUser = userId.startsWith('local:') ? (runtime.users?.find(userId.slice('local:'.length)) ?? null) : null;
   if (!localUser && ever.total.calls === 0 && sessions.length === 0 && ownKeys.every((entry) => entry.key === null)) return null;
@@ -231,6 +236,7 @@ export async function loadUser(userId: string): Promise<{ now: number; user: Use
       rates: rateRules(known.roles),
       sessions,
       ownKeys,
+      connections,
     },
   };
 }

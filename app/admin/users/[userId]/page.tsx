@@ -140,6 +140,45 @@ function UserBody({ user, now }: { user: UserDetail; now: number }) {
         )}
       </section>
 
+      {user.connections !== null && (
+        <section className="card" data-testid="user-connections">
+          <div className="card-title">
+            <h2>Connected accounts</h2>
+            <span className="small muted">never a token</span>
+          </div>
+          {user.connections.length === 0 ? (
+            <div className="empty">No account connected.</div>
+          ) : (
+            <table>
+              <tbody>
+                {user.connections.map((connection) => (
+                  <tr key={connection.provider} data-testid={`user-connection-${connection.provider}`}>
+                    <td>
+                      <code>{connection.provider}</code>
+                    </td>
+                    <td style={{ whiteSpace: 'nowrap' }}>
+                      <span className={connection.status === 'connected' ? 'badge ok' : 'badge warn'}>
+                        {connection.status === 'connected' ? 'connected' : 'needs reconnecting'}
+                      </span>
+                    </td>
+                    <td className="small">
+                      {connection.scopes.map((scope) => (
+                        <code key={scope}>{scope} </code>
+                      ))}
+                    </td>
+                    <td className="small muted">
+                      connected {utc(Date.parse(connection.connectedAt))}
+                      {connection.lastRefreshAt && <> · refreshed {utc(Date.parse(connection.lastRefreshAt))}</>}
+                      {connection.needsReconnectSince && <> · refused since {utc(Date.parse(connection.needsReconnectSince))}</>}
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )}
+        </section>
+      )}
+
       <section className="card" data-testid="user-sessions">
         <ActionResults>
           <div className="card-title">
