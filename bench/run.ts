@@ -19,6 +19,12 @@
  *                                  `next start`, then the fast lane);
  *                                  --profile=mib profiles the 1 MiB workload instead
  *   npm run bench -- --app-dir=DIR measure another checkout (e.g. a copy with an experimental change)
+ *   npm run bench -- --targets=fastlane,fastify --workloads=small
+ *   npm run bench -- --ab=FILE     adds `fastlane-ab`: another build of the fast lane (a copy of an earlier
+ *                                  .next/keyward-server.mjs) with SQLite, in the same rotating rounds: an A/B of a
+ *                                  change on a machine too noisy to compare two runs
+ *                                  only those targets (the upstream always runs) and workloads: a quicker loop
+ *                                  while working on one lane; ratios to a target left out are null
  *
  * Results: a table on stdout and bench/results/latest.json (bench/README.md explains every field). Every load
  * loop is bounded in count and time, only loopback targets are accepted (see guard.ts), and a watchdog ends the run.
@@ -52,12 +58,21 @@ const args = new Set(process.argv.slice(2));
 let profileWorkload: 'small' | 'mib' | null = null;
 /** The app to build and measure: this checkout, or `--app-dir=<path>` (e.g. an experimental copy). */
 let APP_SOURCE = ROOT;
+/** `--targets=a,b` and `--workloads=a,b`: only those (null: all). */
+let onlyTargets: Set<string> | null = null;
+let onlyWorkloads: Set<string> | null = null;
+/** `--ab=<file>`: a fast lane bundle to run beside this build's (target `fastlane-ab`). */
+let abBundle: string | null = null;
 for (const arg of args) {
-  if (arg === '--profile' || arg === '--profile=small') profileWorkload = 'small';
+  if (arg.startsWith('--ab=')) abBundle = resolve(arg.slice('--ab='.length));
+  else 
+  if (arg.startsWith('--targets=')) onlyTargets = new Set(['upstream', ...arg.slice('--targets='.length).split(',')]);
+  else if (arg.startsWith('--workloads=')) onlyWorkloads = new Set(arg.slice('--workloads='.length).split(','));
+  else if (arg === '--profile' || arg === '--profile=small') profileWorkload = 'small';
   else if (arg === '--profile=mib') profileWorkload = 'mib';
   else if (arg.startsWith('--app-dir=')) APP_SOURCE = resolve(arg.slice('--app-dir='.length));
   else if (!['--quick', '--build', '--soak', '--big', '--big-only'].includes(arg)) {
-    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib], --app-dir=<path>`);
+    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib], --app-dir=<path>, --targets=<a,b>, --workloads=<a,b>`);
     process.exit(2);
   }
 }
@@ -84,10 +99,19 @@ const SOAK_WINDOWS = 10;
 const WATCHDOG_MS =
   ((quick ? 300 : 720) + (soak ? settings.soakS + 120 : 0) + (big ? (quick ? 120 : 900) : 0) + (profileWorkload ? 120 : 0)) * 1000;
 
-type TargetName = 'upstream' | 'floor' | 'naive' | 'keyward' | 'fastlane' | 'fastify';
+type TargetName = 'upstream' | 'floor' | 'naive' | 'keyward' | 'fastlane' | 'fastlane-ab' | 'fastify';
 type StoreName = 'sqlite' | 'redis' | 'none';
 type WorkloadName = 'small' | 'mib' | 'sse' | 'ws';
-const WORKLOADS: readonly WorkloadName[] = ['small', 'mib', 'sse', 'ws'];
+const WORKLOADS: readonly WorkloadName[] = (['small', 'mib', 'sse', 'ws'] as const).filter((w) => onlyWorkloads === null || onlyWorkloads.has(w));
+const TARGET_NAMES: readonly TargetName[] = ['upstream', 'floor', 'naive', 'keyward', 'fastlane', 'fastlane-ab', 'fastify'];
+for (const name of [...(onlyTargets ?? []), ...(onlyWorkloads ?? [])]) {
+  if (!TARGET_NAMES.includes(name as TargetName) && !['small', 'mib', 'sse', 'ws'].includes(name)) {
+    console.error(`bench: unknown target or workload ${JSON.stringify(name)}`);
+    process.exit(2);
+  }
+}
+/** Whether this run measures a target (`--targets`). */
+const wants = (name: TargetName) => onlyTargets === null || onlyTargets.has(name);
 
 /** Which workloads each target serves; the rest are n/a (a Next route handler cannot hold a WebSocket). */
 const SERVES: Record<TargetName, readonly WorkloadName[]> = {
@@ -96,6 +120,7 @@ const SERVES: Record<TargetName, readonly WorkloadName[]> = {
   naive: ['small', 'mib', 'sse'],
   keyward: ['small', 'mib', 'sse'],
   fastlane: ['small', 'mib', 'sse', 'ws'],
+  'fastlane-ab': ['small', 'mib', 'sse', 'ws'],
   fastify: ['small', 'mib', 'sse', 'ws'],
 };
 
@@ -197,34 +222,49 @@ async function run() {
   redisClient = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
   await redisClient.connect();
 
-  const fastify = await startChild('fastify-proxy.ts', { BENCH_UPSTREAM_BASE: upstreamBase, BENCH_UPSTREAM_KEY: upstreamKey });
+  const fastify = wants('fastify')
+    ? await startChild('fastify-proxy.ts', { BENCH_UPSTREAM_BASE: upstreamBase, BENCH_UPSTREAM_KEY: upstreamKey })
+    : { pid: 0, port: 0, skip: 'not in --targets' };
   if (fastify.skip) console.log(`bench: fastify target skipped: ${fastify.skip}`);
 
   const sqliteEnv = await appEnv(upstreamBase, upstreamKey, 'sqlite');
   const redisEnv = await appEnv(upstreamBase, upstreamKey, 'redis');
   // floor and naive get their own `next start`, so each lane's CPU and RSS are its own.
-  const nextBaseline = await startServer('next', sqliteEnv.vars, appDir);
-  servers.push(nextBaseline);
-  const next = await startServer('next', sqliteEnv.vars, appDir);
-  servers.push(next);
-  const nextRedis = await startServer('next', redisEnv.vars, appDir);
-  servers.push(nextRedis);
-  const lane = await startServer('fastlane', sqliteEnv.vars, appDir);
-  servers.push(lane);
-  const laneRedis = await startServer('fastlane', redisEnv.vars, appDir);
-  servers.push(laneRedis);
+  const start = async (wanted: boolean, kind: 'next' | 'fastlane', vars: Record<string, string>) => {
+    if (!wanted) return null;
+    const server = await startServer(kind, vars, appDir);
+    servers.push(server);
+    return server;
+  };
+  const nextBaseline = await start(wants('floor') || wants('naive'), 'next', sqliteEnv.vars);
+  const next = await start(wants('keyward'), 'next', sqliteEnv.vars);
+  const nextRedis = await start(wants('keyward'), 'next', redisEnv.vars);
+  const lane = await start(wants('fastlane'), 'fastlane', sqliteEnv.vars);
+  // Its own SQLite file: two processes on one file would measure each other's locks.
+  const abEnv = abBundle ? await appEnv(upstreamBase, upstreamKey, 'sqlite') : null;
+  let laneAb: BenchServer | null = null;
+  if (abBundle && abEnv) {
+    cpSync(abBundle, join(appDir, '.next', 'keyward-server-ab.mjs'));
+    laneAb = await startServer('fastlane', abEnv.vars, appDir, 'keyward-server-ab.mjs');
+    servers.push(laneAb);
+  }
+  const laneRedis = await start(wants('fastlane'), 'fastlane', redisEnv.vars);
 
   const targets: Target[] = [
     { name: 'upstream', store: 'none', base: upstreamBase, headers: { 'x-api-key': upstreamKey }, wsBase: upstreamBase, wsHeaders: { 'x-api-key': upstreamKey }, pid: upstream.pid, process: 'upstream' },
-    { name: 'floor', store: 'none', base: `http://127.0.0.1:${nextBaseline.port}/api/bench/floor/`, headers: {}, wsBase: '', wsHeaders: {}, pid: nextBaseline.pid, process: 'next/baseline' },
-    { name: 'naive', store: 'none', base: `http://127.0.0.1:${nextBaseline.port}/api/bench/naive/`, headers: {}, wsBase: '', wsHeaders: {}, pid: nextBaseline.pid, process: 'next/baseline' },
   ];
+  for (const name of ['floor', 'naive'] as const) {
+    if (!nextBaseline || !wants(name)) continue;
+    targets.push({ name, store: 'none', base: `http://127.0.0.1:${nextBaseline.port}/api/bench/${name}/`, headers: {}, wsBase: '', wsHeaders: {}, pid: nextBaseline.pid, process: 'next/baseline' });
+  }
   for (const [name, store, server, env] of [
     ['keyward', 'sqlite', next, sqliteEnv],
     ['keyward', 'redis', nextRedis, redisEnv],
     ['fastlane', 'sqlite', lane, sqliteEnv],
     ['fastlane', 'redis', laneRedis, redisEnv],
+    ['fastlane-ab', 'sqlite', laneAb, abEnv],
   ] as const) {
+    if (!server || !env) continue;
     const cookie = await signIn(server.url, env.username, env.password);
     targets.push({
       name,
@@ -235,7 +275,7 @@ async function run() {
       wsBase: `${server.url}/api/proxy/bench/`,
       wsHeaders: { cookie, origin: server.url },
       pid: server.pid,
-      process: `${name === 'keyward' ? 'next' : 'fastlane'}/${store}`,
+      process: `${name === 'keyward' ? 'next' : name}/${store}`,
     });
   }
   if (fastify.port) {
@@ -286,7 +326,7 @@ async function run() {
   if (!bigOnly) printTable(all, processes, fastify.skip);
 
   let soakResult: SoakResult | null = null;
-  if (soak) {
+  if (soak && lane) {
     const laneTarget = targets.find((t) => t.name === 'fastlane' && t.store === 'sqlite')!;
     const max = all.find((c) => c.workload === 'small' && c.target === 'fastlane' && c.store === 'sqlite')!.req_s ?? 0;
     soakResult = await runSoak(laneTarget, Math.max(1, Math.round(max * SOAK_SHARE)));
@@ -298,6 +338,7 @@ async function run() {
       ['keyward', next, sqliteEnv],
       ['fastlane', lane, sqliteEnv],
     ] as const) {
+      if (!server) continue;
       const cookie = await signIn(server.url, env.username, env.password);
       const headers = { cookie, 'x-keyward-csrf': '1', origin: server.url };
       for (const direction of ['upload', 'download'] as const) {
@@ -961,7 +1002,7 @@ async function profileRun(workload: 'small' | 'mib', upstreamBase: string, upstr
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   const summaries: ProfileSummary[] = [];
-  for (const name of ['naive', 'keyward', 'fastlane'] as const) {
+  for (const name of (['naive', 'keyward', 'fastlane'] as const).filter(wants)) {
     const env = await appEnv(upstreamBase, upstreamKey, 'sqlite');
     const sub = join(dir, name);
     mkdirSync(sub);

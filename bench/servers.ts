@@ -19,12 +19,13 @@ export interface BenchServer {
 
 const TAIL = 64 * 1024;
 
-export async function startServer(kind: 'next' | 'fastlane', env: Record<string, string>, cwd: string): Promise<BenchServer> {
+export async function startServer(kind: 'next' | 'fastlane', env: Record<string, string>, cwd: string, bundle?: string): Promise<BenchServer> {
   const port = await freePort();
   const command =
     kind === 'next'
       ? [join(cwd, 'node_modules', 'next', 'dist', 'bin', 'next'), 'start', '-p', String(port), '-H', '127.0.0.1']
-      : [join(cwd, 'scripts', 'start.mjs'), '-p', String(port), '-H', '127.0.0.1'];
+      : // `bundle`: another build of the fast lane (`--ab`), run directly as start.mjs would run the usual one.
+        [bundle ? join(cwd, '.next', bundle) : join(cwd, 'scripts', 'start.mjs'), '-p', String(port), '-H', '127.0.0.1'];
   const child: ChildProcess = spawn(process.execPath, command, {
     cwd,
     env: {

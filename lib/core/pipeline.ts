@@ -17,7 +17,7 @@ import { applyCaps, applyIdentity, parseQuery, readTarget, serializeQuery, type 
 import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from './forward/headers';
 import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
-import { decodeBody, discardBody, toResponseStream, type StreamOutcome } from './respond/body';
+import { decodeBody, discardBody, ProxiedBody, type StreamOutcome } from './respond/body';
 import { EventStreamBoundaries } from './respond/event-stream';
 import { StreamScrubber } from './respond/scrub-stream';
 import { scrubError } from './log/scrub';
@@ -127,6 +127,30 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
  * before; `revokedFirst`). Quotas and budgets (12) need the body, so a route with them takes a second round trip.
  */
 export async function handleProxy(request: CoreRequest, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
+  return toWebResponse(await proxyCall(request, target, deps));
+}
+
+/**
+ * What a proxied call answers, before it becomes a `Response`: its status, headers and the body still to be
+ * read (step 14). A refusal is a `Response` already (Keyward's JSON error).
+ */
+export interface ProxiedResponse {
+  readonly status: number;
+  readonly headers: Headers;
+  readonly body: ProxiedBody | null;
+}
+
+/** A call's answer as a `Response` (route handlers). */
+export function toWebResponse(answer: Response | ProxiedResponse): Response {
+  if (answer instanceof Response) return answer;
+  return new Response(answer.body?.stream() ?? null, { status: answer.status, headers: answer.headers });
+}
+
+/**
+ * handleProxy's steps, answering a proxied call as its parts: the fast lane (lib/node) writes them to the client
+ * directly, without a `Response` and its web stream; handleProxy wraps them in one.
+ */
+export async function proxyCall(request: CoreRequest, target: ProxyTarget, deps: ProxyDeps): Promise<Response | ProxiedResponse> {
   const call = openCall(request.method, request.headers, target, deps);
   try {
     screenDecoys(call, request); // 1 [2]
@@ -674,7 +698,7 @@ async function forward(
  * 14. Respond: status checked, headers allow-listed, the body decoded and streamed through the leak scrubber.
  * The record (15) is written when the body ends or the client goes away.
  */
-function respond(call: Call, upstream: Upstream, route: CompiledRoute, credential: ResolvedCredential, response: Dispatcher.ResponseData): Response {
+function respond(call: Call, upstream: Upstream, route: CompiledRoute, credential: ResolvedCredential, response: Dispatcher.ResponseData): ProxiedResponse {
   const { statusCode } = response;
   const { requestId, grant } = call;
   // A Response carries 200–599 only (undici consumes 1xx itself); 600–999 mean nothing to pass on.
@@ -699,7 +723,7 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
   if (call.method === 'HEAD' || statusCode === 204 || statusCode === 205 || statusCode === 304) {
     discardBody(response.body);
     record(call, statusCode, 'complete', 0, null, headerUsage);
-    return new Response(null, { status: statusCode, headers: outHeaders });
+    return { status: statusCode, headers: outHeaders, body: null };
   }
   const usageReader =
     grant && grant.reserved > 0 && call.usage ? new UsageReader(call.usage, firstHeader(response.headers['content-type']) ?? '') : null;
@@ -709,7 +733,7 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
   const framed = contentType.startsWith('application/vnd.amazon.eventstream') ? new EventStreamBoundaries() : null;
   call.scrubber = new StreamScrubber(secrets);
   call.genAi = route.genAi && call.span.isRecording() ? genAiUsageReader(route.genAi, firstHeader(response.headers['content-type']) ?? '') : null;
-  const stream = toResponseStream(
+  const body = new ProxiedBody(
     decoded,
     call.scrubber,
     // A body cut short (client gone, upstream broke) has not reported its usage yet, even if an early event
@@ -721,7 +745,7 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
     call.genAi ? bothTaps(usageReader, call.genAi.reader) : usageReader,
     framed,
   );
-  return new Response(stream, { status: statusCode, headers: outHeaders });
+  return { status: statusCode, headers: outHeaders, body };
 }
 
 /** Any step's refusal or failure, rendered as Keyward's JSON error and recorded (15). */

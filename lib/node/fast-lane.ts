@@ -1,7 +1,7 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { KeywardError } from '@/lib/core/errors';
-import { handleProxy, isRefusedMethod, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
+import { isRefusedMethod, proxyCall, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
 import { parseProxyPath, type ProxyPath } from './proxy-path';
@@ -20,7 +20,7 @@ export interface FastLaneOptions {
 }
 
 /**
- * The fast lane (DESIGN.md "Two entry points, one core"): `/api/proxy/*` goes to `handleProxy` directly, every
+ * The fast lane (DESIGN.md "Two entry points, one core"): `/api/proxy/*` goes to the core (`proxyCall`) directly, every
  * other request to Next. A translation layer in the manner of tRPC's node-http adapter, with no step of its
  * own: authentication, CSRF, policy, limits, credentials, errors and the audit record all happen in the core.
  */
@@ -73,7 +73,7 @@ async function serveProxy(
     await writeResponse(refuseCall(method, new Headers(), target, deps, refusal), res, siteHeaders);
     return;
   }
-  await writeResponse(await handleProxy(request, target, deps), res, siteHeaders);
+  await writeResponse(await proxyCall(request, target, deps), res, siteHeaders);
 }
 
 /**

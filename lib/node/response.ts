@@ -1,14 +1,23 @@
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { ProxiedResponse } from '@/lib/core/pipeline';
+import { ProxiedBody } from '@/lib/core/respond/body';
 
 /**
- * Writes the core's `Response` to the client as it streams: status and headers (each `Set-Cookie` as its own
+ * Writes the core's answer to the client as it streams: status and headers (each `Set-Cookie` as its own
  * line), then every chunk as soon as the core hands it over (SSE events are not held back), waiting for
  * 'drain' whenever the socket's buffer is full, so a slow client slows the upstream read instead of filling
  * memory. When the client goes away, the body is cancelled, which the core records as `aborted` and which
  * closes the upstream response. A body that fails mid-way destroys the connection, so the client sees a
  * truncated response, never a complete-looking one.
+ *
+ * A proxied response (`ProxiedResponse`) is read chunk by chunk from the core (`ProxiedBody.read`); a refusal
+ * is a `Response` (Keyward's JSON error), read through its stream.
  */
-export async function writeResponse(response: Response, res: ServerResponse, extraHeaders: readonly (readonly [string, string])[] = []): Promise<void> {
+export async function writeResponse(
+  response: Response | ProxiedResponse,
+  res: ServerResponse,
+  extraHeaders: readonly (readonly [string, string])[] = [],
+): Promise<void> {
   const headers: OutgoingHttpHeaders = {};
   for (const [name, value] of extraHeaders) headers[name] = value;
   for (const [name, value] of response.headers) {
@@ -23,19 +32,21 @@ export async function writeResponse(response: Response, res: ServerResponse, ext
     res.end();
     return;
   }
-  const reader = body.getReader();
+  const source = body instanceof ProxiedBody ? body : readerOf(body);
   const cancel = () => {
-    if (!res.writableFinished) reader.cancel().catch(() => {});
+    if (!res.writableFinished) source.cancel();
   };
   res.once('close', cancel);
   const batch = new WriteBatch(res);
   try {
     for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
+      const parts = await source.read();
+      if (parts === null) break;
       if (res.destroyed) return;
       batch.hold();
-      if (!res.write(value)) {
+      let full = false;
+      for (const part of parts) full = !res.write(part) || full;
+      if (full) {
         batch.release();
         await drained(res);
       }
@@ -47,6 +58,20 @@ export async function writeResponse(response: Response, res: ServerResponse, ext
     batch.release();
     res.off('close', cancel);
   }
+}
+
+/** A web stream read as a ProxiedBody is: one chunk at a time, null at the end. */
+function readerOf(stream: ReadableStream<Uint8Array>): Pick<ProxiedBody, 'read' | 'cancel'> {
+  const reader = stream.getReader();
+  return {
+    async read() {
+      const { done, value } = await reader.read();
+      return done ? null : [value];
+    },
+    cancel() {
+      reader.cancel().catch(() => {});
+    },
+  };
 }
 
 /**

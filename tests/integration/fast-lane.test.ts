@@ -39,6 +39,23 @@ function raw(server: AppServer, method: string, path: string, headers: Record<st
   return rawRequest(server.port, method, path, { cookie: server === lane ? laneCookie : handlersCookie, 'x-keyward-csrf': '1', ...headers }, body);
 }
 
+/**
+ * A call's audit record, read back through Next (the admin API), which shares the store with the fast lane; the
+ * record is written when the response ends, in a batch (within ~100 ms).
+ */
+async function auditRecord(requestId: string | null): Promise<Record<string, unknown> | undefined> {
+  expect(requestId).toEqual(expect.any(String));
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const audit = await fetch(`${lane.url}/api/admin/audit?type=call&upstream=echo&limit=50`, { headers: { cookie: adminCookie, 'x-keyward-csrf': '1' } });
+    expect(audit.status).toBe(200);
+    const { records } = (await audit.json()) as { records: Array<Record<string, unknown>> };
+    const record = records.find((entry) => entry.requestId === requestId);
+    if (record) return record;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return undefined;
+}
+
 function errorCode(response: RawResponse): string | undefined {
   try {
     return (JSON.parse(response.body) as { error?: { code?: string } }).error?.code;
@@ -224,6 +241,37 @@ describe('the fast lane proxies through the core', () => {
     late.abort();
     await streaming.closed;
     expect(streaming.closedEarly).toBe(true);
+    // Recorded as the route handler records it: aborted, with the bytes the client was sent.
+    expect(await auditRecord(response.headers.get('x-request-id'))).toMatchObject({ status: 200, outcome: 'aborted', bytesOut: 'first chunk'.length });
+    upstream.reset();
+  });
+
+  it('an upstream that breaks mid-body gives the client a truncated response, never a complete-looking one', async () => {
+    upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('part of the body');
+      setTimeout(() => res.destroy(), 50);
+    });
+    const response = await fetch(`${lane.url}/api/proxy/echo/download`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' } });
+    expect(response.status).toBe(200);
+    await expect(response.text()).rejects.toThrow();
+    expect(await auditRecord(response.headers.get('x-request-id'))).toMatchObject({ outcome: 'error', errorCode: 'upstream_unreachable' });
+    upstream.reset();
+  });
+
+  it('the scrubber\'s held-back end reaches the client: a key split across chunks is redacted, a key\'s start at the very end is sent', async () => {
+    const cut = Math.floor(echoKey.length / 2);
+    upstream.handle(async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write(`a ${echoKey.slice(0, cut)}`);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      res.write(`${echoKey.slice(cut)} b ${echoKey.slice(0, 6)}`);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      res.end();
+    });
+    const response = await fetch(`${lane.url}/api/proxy/echo/download`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' } });
+    expect(await response.text()).toBe(`a [REDACTED] b ${echoKey.slice(0, 6)}`);
+    expect(await auditRecord(response.headers.get('x-request-id'))).toMatchObject({ outcome: 'complete', scrubberHits: 1 });
     upstream.reset();
   });
 
@@ -231,16 +279,7 @@ describe('the fast lane proxies through the core', () => {
     upstream.reset();
     const response = await fetch(`${lane.url}/api/proxy/echo/items/9`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' } });
     await response.text();
-    const requestId = response.headers.get('x-request-id');
-    // Read back through Next (the admin API), which shares the store with the fast lane.
-    let record: Record<string, unknown> | undefined;
-    for (let attempt = 0; attempt < 50 && !record; attempt++) {
-      const audit = await fetch(`${lane.url}/api/admin/audit?type=call&upstream=echo&limit=50`, { headers: { cookie: adminCookie, 'x-keyward-csrf': '1' } });
-      expect(audit.status).toBe(200);
-      const { records } = (await audit.json()) as { records: Array<Record<string, unknown>> };
-      record = records.find((entry) => entry.requestId === requestId);
-      if (!record) await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    const record = await auditRecord(response.headers.get('x-request-id'));
     expect(record).toMatchObject({ type: 'call', upstream: 'echo', route: '/items/:id', method: 'GET', status: 200, outcome: 'complete', userId: 'local:alice' });
     expect(record!.keyFingerprint).toEqual(expect.any(String));
     expect(record!.clientIp).toBe('127.0.0.1');

@@ -201,8 +201,19 @@ export class AuditLog {
 }
 
 export function hashSessionId(sessionId: string): string {
-  return createHash('sha256').update(sessionId, 'utf8').digest('hex').slice(0, 16);
+  let hash = sessionHashes.get(sessionId);
+  if (hash === undefined) {
+    hash = createHash('sha256').update(sessionId, 'utf8').digest('hex').slice(0, 16);
+    // A session makes many calls: its hash is kept for the next ones (every call's record carries it).
+    if (sessionHashes.size >= SESSION_HASHES) sessionHashes.clear();
+    sessionHashes.set(sessionId, hash);
+  }
+  return hash;
 }
+
+/** The last sessions' hashes (cleared when full: a plain bound, not an LRU; a miss costs one SHA-256). */
+const sessionHashes = new Map<string, string>();
+const SESSION_HASHES = 4096;
 
 function parse(entry: LogEntry): AuditRecord | null {
   try {

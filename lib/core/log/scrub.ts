@@ -102,6 +102,8 @@ function unicodeEscapes(text: string): string {
 /** Lists of forms by secrets list (JSON of the list: one key per list), most recently used last. */
 const formsCache = new Map<string, readonly string[]>();
 const FORMS_CACHE_SIZE = 256;
+/** The same, by the list object (a service key's credential is one object for the process's life). */
+const formsByList = new WeakMap<readonly string[], readonly string[]>();
 
 /**
  * Every distinct form of every secret in the list, computed once per list and shared by the header filter and
@@ -110,6 +112,9 @@ const FORMS_CACHE_SIZE = 256;
  * lists, which stay in this process's memory as the secrets themselves do.
  */
 export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
+  // A service key's list is the same array on every call: found by identity, without serialising it.
+  const known = formsByList.get(secrets);
+  if (known) return known;
   const key = JSON.stringify(secrets);
   let forms = formsCache.get(key);
   if (forms) {
@@ -119,6 +124,7 @@ export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
     if (formsCache.size >= FORMS_CACHE_SIZE) formsCache.delete(formsCache.keys().next().value!);
   }
   formsCache.set(key, forms);
+  formsByList.set(secrets, forms);
   return forms;
 }
 

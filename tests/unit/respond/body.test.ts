@@ -2,7 +2,8 @@ import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { KeywardError } from '../../../lib/core/errors';
-import { decodeBody, toResponseStream, type StreamOutcome } from '../../../lib/core/respond/body';
+import { decodeBody, ProxiedBody, toResponseStream, type StreamOutcome } from '../../../lib/core/respond/body';
+import { StreamScrubber } from '../../../lib/core/respond/scrub-stream';
 
 const TEXT = Buffer.from('{"items":[' + Array.from({ length: 2000 }, (_, i) => `{"id":${i},"name":"item ${i}"}`).join(',') + ']}');
 const MiB = 1024 * 1024;
@@ -126,5 +127,64 @@ describe('toResponseStream: how a failed body ends', () => {
     const result = await run(broken);
     expect(result).toMatchObject({ outcome: 'error', error: { code: 'upstream_unreachable' } });
     expect(String((result.clientError as Error).message)).not.toContain('api_key');
+  });
+});
+
+describe('ProxiedBody: the fast lane reads the same body directly', () => {
+  const SECRET = 'sk-body-test-0123456789abcdef';
+  const pieces = ['head ', SECRET.slice(0, 9), `${SECRET.slice(9)} middle `, SECRET.slice(0, 5)];
+
+  function body(source: Readable) {
+    const done: Array<{ outcome: StreamOutcome; bytes: number; error: KeywardError | null }> = [];
+    const seen: Uint8Array[] = [];
+    const proxied = new ProxiedBody(source, new StreamScrubber([SECRET]), (outcome, bytes, error) => done.push({ outcome, bytes, error }), {
+      push: (chunk) => seen.push(chunk),
+    });
+    return { proxied, done, seen };
+  }
+
+  it('read() hands on the scrubbed pieces, then the held-back tail, then null; onDone once, with the bytes sent', async () => {
+    const { proxied, done, seen } = body(Readable.from(pieces.map((p) => Buffer.from(p)), { objectMode: false }));
+    const out: Buffer[] = [];
+    for (let parts = await proxied.read(); parts !== null; parts = await proxied.read()) {
+      expect(parts.length).toBeGreaterThan(0);
+      out.push(...parts.map((part) => Buffer.from(part)));
+    }
+    const text = Buffer.concat(out).toString();
+    expect(text).toBe(`head [REDACTED] middle ${SECRET.slice(0, 5)}`);
+    expect(done).toEqual([{ outcome: 'complete', bytes: Buffer.byteLength(text), error: null }]);
+    expect(Buffer.concat(seen).toString()).toBe(text); // the usage tap saw every byte sent, the tail included
+    expect(await proxied.read()).toBeNull();
+    expect(done).toHaveLength(1);
+  });
+
+  it('gives the same bytes as its web stream', async () => {
+    const direct = body(Readable.from(pieces.map((p) => Buffer.from(p)), { objectMode: false }));
+    const viaStream = body(Readable.from(pieces.map((p) => Buffer.from(p)), { objectMode: false }));
+    const a: Buffer[] = [];
+    for (let parts = await direct.proxied.read(); parts; parts = await direct.proxied.read()) a.push(...parts.map((p) => Buffer.from(p)));
+    const b = Buffer.from(await new Response(viaStream.proxied.stream()).arrayBuffer());
+    expect(b.equals(Buffer.concat(a))).toBe(true);
+    expect(viaStream.done).toEqual(direct.done);
+  });
+
+  it('cancel() destroys the upstream body and records aborted once; a failure is thrown and recorded once', async () => {
+    const source = new Readable({ read() {} });
+    source.push('partial ');
+    const { proxied, done } = body(source);
+    expect(Buffer.from((await proxied.read())![0]!).toString()).toBe('partial ');
+    const pending = proxied.read();
+    proxied.cancel();
+    proxied.cancel();
+    await pending.catch(() => null);
+    expect(source.destroyed).toBe(true);
+    expect(done).toEqual([{ outcome: 'aborted', bytes: 8, error: null }]);
+    expect(await proxied.read()).toBeNull();
+
+    const broken = body(new Readable({ read() { this.destroy(new Error('socket hang up http://10.0.0.1/?api_key=x')); } }));
+    const error = await broken.proxied.read().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KeywardError);
+    expect((error as KeywardError).code).toBe('upstream_unreachable');
+    expect(broken.done).toEqual([{ outcome: 'error', bytes: 0, error }]);
   });
 });
