@@ -1,7 +1,7 @@
 /**
  * `npm start`: the fast lane (DESIGN.md "Two entry points, one core"). One Node `http` server: `/api/proxy/*` goes
- * to the core's pipeline directly (`proxyCall`, handleProxy's steps without a `Response`), every other request (pages, Auth.js, /api/session …) to Next's request
- * handler (Next's documented custom-server API). Proxied calls skip Next's per-request cost; the pipeline, config,
+ * to the core's pipeline directly (`proxyCall`: handleProxy's steps, answered without a `Response`), every other
+ * request (pages, Auth.js, /api/session …) to Next's request handler (Next's documented custom-server API). Proxied calls skip Next's per-request cost; the pipeline, config,
  * sessions, errors, logs, audit and limits are the same code as behind the route handlers, which `next start`
  * (`npm run start:next`) and Vercel keep using.
  *
