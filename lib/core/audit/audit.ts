@@ -115,7 +115,7 @@ export class AuditLog {
       ...fields,
       sessionIdHash: sessionId ? hashSessionId(sessionId) : null,
     };
-    this.enqueue(record);
+    this.enqueue(record, at);
     this.usage.add(event, at);
     if (this.pending.length >= BATCH_SIZE) {
       this.flush().catch(() => {});
@@ -127,7 +127,8 @@ export class AuditLog {
 
   /** Admin actions are awaited: the caller reports success only once the action is on record. */
   async recordAdmin(entry: Omit<AdminRecord, 'type' | 'at' | 'id'>): Promise<void> {
-    this.enqueue({ type: 'admin', at: new Date(this.now()).toISOString(), ...entry });
+    const at = this.now();
+    this.enqueue({ type: 'admin', at: new Date(at).toISOString(), ...entry }, at);
     await this.flush();
   }
 
@@ -164,8 +165,8 @@ export class AuditLog {
     return write;
   }
 
-  private enqueue(record: AuditRecord): void {
-    this.pending.push({ value: JSON.stringify(record), at: Date.parse(record.at) });
+  private enqueue(record: AuditRecord, at: number): void {
+    this.pending.push({ value: JSON.stringify(record), at });
   }
 
   /**

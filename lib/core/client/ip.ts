@@ -24,6 +24,20 @@ export function clientIp(headers: Headers, hops: number): string | null {
  * (`203.0.113.7:51234`, `[2001:db8::1]:443`).
  */
 export function normalizeIp(value: string): string | null {
+  let normal = normalized.get(value);
+  if (normal === undefined) {
+    normal = parseIp(value);
+    // Clients come back: each spelling is parsed once (cleared when full, a plain bound on memory).
+    if (normalized.size >= NORMALIZED_SIZE) normalized.clear();
+    normalized.set(value, normal);
+  }
+  return normal;
+}
+
+const normalized = new Map<string, string | null>();
+const NORMALIZED_SIZE = 10_000;
+
+function parseIp(value: string): string | null {
   let address = value;
   const bracketed = /^\[([^\]]*)\]:\d{1,5}$/.exec(value);
   if (bracketed) address = bracketed[1]!;
