@@ -24,6 +24,9 @@ export function clientIp(headers: Headers, hops: number): string | null {
  * (`203.0.113.7:51234`, `[2001:db8::1]:443`).
  */
 export function normalizeIp(value: string): string | null {
+  // No address is written longer ("[" + 45 characters of IPv6 + "]:" + a port is 53): refused before the cache,
+  // which then holds short keys only, whatever a client puts in X-Forwarded-For.
+  if (value.length > MAX_ADDRESS_TEXT) return null;
   let normal = normalized.get(value);
   if (normal === undefined) {
     normal = parseIp(value);
@@ -36,6 +39,7 @@ export function normalizeIp(value: string): string | null {
 
 const normalized = new Map<string, string | null>();
 const NORMALIZED_SIZE = 10_000;
+const MAX_ADDRESS_TEXT = 64;
 
 function parseIp(value: string): string | null {
   let address = value;

@@ -62,6 +62,17 @@ describe('clientIp', () => {
     expect(normalizeIp('0:0:0:0:0:0:0:1')).toBe('::1');
   });
 
+  it('gives the same answer the second time (each spelling is parsed once), and the longest spellings still parse', () => {
+    for (let round = 0; round < 2; round++) {
+      expect(normalizeIp('[0000:0000:0000:0000:0000:ffff:255.255.255.255]:65535')).toBe('255.255.255.255');
+      expect(normalizeIp('[2001:0db8:0000:0000:0000:0000:0000:0001]:65535')).toBe('2001:db8::1');
+      expect(normalizeIp('not an address')).toBeNull();
+    }
+    // Longer than any address can be written: refused without being parsed or kept.
+    expect(normalizeIp(`2001:db8::1${' '.repeat(100)}`)).toBeNull();
+    expect(normalizeIp('1'.repeat(10_000))).toBeNull();
+  });
+
   it('reads several X-Forwarded-For lines as one list', () => {
     const headers = new Headers();
     headers.append('x-forwarded-for', '6.6.6.6');
