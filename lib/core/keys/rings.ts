@@ -96,6 +96,8 @@ const DAY_MS = 86_400_000;
 export class KeyRings {
   /** Per upstream, the ring record as last read here (raw: null when the store had none) and its SHA-1. */
   private readonly parsed = new Map<string, { raw: string | null; record: RingRecord; sha1: string | null }>();
+  /** Each upstream's versions as computed from its last parsed record (`current`). */
+  private readonly views = new Map<string, { readonly record: RingRecord; readonly versions: readonly KeyVersion[] }>();
   private readonly managed = new Map<string, ResolvedCredential>();
   private readonly warned = new Set<string>();
   /** Verifiers computed in this process (scrypt is slow on purpose), by salt and value. */
@@ -376,7 +378,7 @@ export class KeyRings {
    * (its salt), and once per value in this process. State stored before verifiers existed gets them recorded
    * here once, while the current fingerprints still name it, so it too survives a later secret rotation.
    */
-  private async current(upstream: RingUpstream, raw?: string | null): Promise<{ record: RingRecord; versions: KeyVersion[] }> {
+  private async current(upstream: RingUpstream, raw?: string | null): Promise<{ record: RingRecord; versions: readonly KeyVersion[] }> {
     let record = raw === undefined ? await this.read(upstream.id) : this.parse(upstream.id, raw);
     if (this.backfilled.get(upstream.id) !== record.rev) {
       this.backfilled.set(upstream.id, record.rev);
@@ -391,8 +393,14 @@ export class KeyRings {
         }
       }
     }
+    // The view depends on the record (one object per stored state, `parse`) and this process's configuration
+    // only, never on the time: computed once per state instead of on every call (a fingerprint hash, maps).
+    const seen = this.views.get(upstream.id);
+    if (seen?.record === record) return seen;
     const verifiers = await this.envVerifiers(upstream, record.salt);
-    return { record, versions: this.view(upstream.credential.envVersions, record, verifiers) };
+    const current = { record, versions: Object.freeze(this.view(upstream.credential.envVersions, record, verifiers)) };
+    this.views.set(upstream.id, current);
+    return current;
   }
 
   /** Whether a stored version whose value is known here has no verifier yet. */

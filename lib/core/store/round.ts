@@ -110,6 +110,13 @@ async function separately(input: RoundInput, rings: CredentialSources['keyRings'
 
 /** Values for keys in several stores: one getMany per store, at once; in the order asked. */
 async function readGrouped(wanted: ReadonlyArray<{ readonly store: Store; readonly key: string }>): Promise<Array<string | null>> {
+  const [first] = wanted;
+  if (!first) return [];
+  // The usual deployment: one store behind every key, one getMany, nothing to regroup.
+  if (wanted.every(({ store }) => store === first.store)) {
+    const read = await guard(() => first.store.getMany(wanted.map(({ key }) => key)));
+    return wanted.map((_, i) => read[i] ?? null);
+  }
   const byStore = new Map<Store, number[]>();
   wanted.forEach(({ store }, i) => byStore.set(store, [...(byStore.get(store) ?? []), i]));
   const values = new Array<string | null>(wanted.length).fill(null);
