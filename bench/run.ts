@@ -20,11 +20,11 @@
  *                                  --profile=mib profiles the 1 MiB workload instead
  *   npm run bench -- --app-dir=DIR measure another checkout (e.g. a copy with an experimental change)
  *   npm run bench -- --targets=fastlane,fastify --workloads=small
+ *                                  only those targets (the upstream always runs) and workloads: a quicker loop
+ *                                  while working on one lane; ratios to a target left out are null
  *   npm run bench -- --ab=FILE     adds `fastlane-ab`: another build of the fast lane (a copy of an earlier
  *                                  .next/keyward-server.mjs) with SQLite, in the same rotating rounds: an A/B of a
  *                                  change on a machine too noisy to compare two runs
- *                                  only those targets (the upstream always runs) and workloads: a quicker loop
- *                                  while working on one lane; ratios to a target left out are null
  *
  * Results: a table on stdout and bench/results/latest.json (bench/README.md explains every field). Every load
  * loop is bounded in count and time, only loopback targets are accepted (see guard.ts), and a watchdog ends the run.
@@ -65,14 +65,13 @@ let onlyWorkloads: Set<string> | null = null;
 let abBundle: string | null = null;
 for (const arg of args) {
   if (arg.startsWith('--ab=')) abBundle = resolve(arg.slice('--ab='.length));
-  else 
-  if (arg.startsWith('--targets=')) onlyTargets = new Set(['upstream', ...arg.slice('--targets='.length).split(',')]);
+  else if (arg.startsWith('--targets=')) onlyTargets = new Set(['upstream', ...arg.slice('--targets='.length).split(',')]);
   else if (arg.startsWith('--workloads=')) onlyWorkloads = new Set(arg.slice('--workloads='.length).split(','));
   else if (arg === '--profile' || arg === '--profile=small') profileWorkload = 'small';
   else if (arg === '--profile=mib') profileWorkload = 'mib';
   else if (arg.startsWith('--app-dir=')) APP_SOURCE = resolve(arg.slice('--app-dir='.length));
   else if (!['--quick', '--build', '--soak', '--big', '--big-only'].includes(arg)) {
-    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib], --app-dir=<path>, --targets=<a,b>, --workloads=<a,b>`);
+    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib], --app-dir=<path>, --targets=<a,b>, --workloads=<a,b>, --ab=<file>`);
     process.exit(2);
   }
 }
