@@ -79,6 +79,10 @@ if (!existsSync(join(APP_SOURCE, 'next.config.ts')) || !existsSync(join(APP_SOUR
   console.error(`bench: ${APP_SOURCE} is not a Keyward checkout with node_modules`);
   process.exit(2);
 }
+if (abBundle && !existsSync(abBundle)) {
+  console.error(`bench: --ab: ${abBundle} does not exist (a copy of an earlier .next/keyward-server.mjs)`);
+  process.exit(2);
+}
 const quick = args.has('--quick');
 const soak = args.has('--soak');
 /** `--big-only`: the --big transfers without the workloads before them (servers as fresh as after start-up). */
