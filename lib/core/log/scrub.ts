@@ -102,8 +102,11 @@ function unicodeEscapes(text: string): string {
 /** Lists of forms by secrets list (JSON of the list: one key per list), most recently used last. */
 const formsCache = new Map<string, readonly string[]>();
 const FORMS_CACHE_SIZE = 256;
-/** The same, by the list object (a service key's credential is one object for the process's life). */
-const formsByList = new WeakMap<readonly string[], readonly string[]>();
+/**
+ * The same, by the list object (a service key's credential is one object for the process's life), with the
+ * values it held then: a list changed in place since is looked up again by value.
+ */
+const formsByList = new WeakMap<readonly string[], { readonly values: readonly string[]; readonly forms: readonly string[] }>();
 
 /**
  * Every distinct form of every secret in the list, computed once per list and shared by the header filter and
@@ -114,7 +117,7 @@ const formsByList = new WeakMap<readonly string[], readonly string[]>();
 export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
   // A service key's list is the same array on every call: found by identity, without serialising it.
   const known = formsByList.get(secrets);
-  if (known) return known;
+  if (known && known.values.length === secrets.length && known.values.every((value, i) => value === secrets[i])) return known.forms;
   const key = JSON.stringify(secrets);
   let forms = formsCache.get(key);
   if (forms) {
@@ -124,7 +127,7 @@ export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
     if (formsCache.size >= FORMS_CACHE_SIZE) formsCache.delete(formsCache.keys().next().value!);
   }
   formsCache.set(key, forms);
-  formsByList.set(secrets, forms);
+  formsByList.set(secrets, { values: [...secrets], forms });
   return forms;
 }
 

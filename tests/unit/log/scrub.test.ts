@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { REDACTED, SecretScrubber, namedSecretForms, secretForms } from '../../../lib/core/log/scrub';
+import { REDACTED, SecretScrubber, formsOfSecrets, namedSecretForms, secretForms } from '../../../lib/core/log/scrub';
 import { randomSecret } from '../../fixtures/secrets';
 import {
   EVERY_FORM_SECRET,
@@ -197,5 +197,21 @@ describe('SecretScrubber (examples)', () => {
     const url = new URL('https://api.example.com/v1/items');
     url.searchParams.set('key', secret);
     expect(scrubber.scrub(url.href)).toBe(`https://api.example.com/v1/items?key=${MARKER_TEXT}`);
+  });
+});
+
+describe('formsOfSecrets', () => {
+  it('answers the same list object from its cache, and a list changed in place with its new values', () => {
+    const first = randomSecret('forms');
+    const second = randomSecret('forms');
+    const list = [first];
+    const forms = formsOfSecrets(list);
+    expect(forms).toContain(first);
+    expect(formsOfSecrets(list)).toBe(forms); // found by identity: the same array of forms
+    expect(formsOfSecrets([first])).toEqual(forms); // another list with the same values: the same forms
+    list.push(second);
+    expect(formsOfSecrets(list)).toContain(second);
+    list[1] = first;
+    expect(formsOfSecrets(list)).not.toContain(second);
   });
 });
