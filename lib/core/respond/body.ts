@@ -210,17 +210,6 @@ export class ProxiedBody {
   }
 }
 
-/** The upstream body as the web stream a Response needs, through the scrubber (see ProxiedBody). */
-export function toResponseStream(
-  source: Readable,
-  scrubber: StreamScrubber | null,
-  onDone: (outcome: StreamOutcome, bytes: number, error: KeywardError | null) => void,
-  tap?: { push(chunk: Uint8Array): void } | null,
-  boundaries?: EventStreamBoundaries | null,
-): ReadableStream<Uint8Array> {
-  return new ProxiedBody(source, scrubber, onDone, tap, boundaries).stream();
-}
-
 /** zlib's errors (corrupt compressed data) carry codes such as Z_DATA_ERROR or Z_BUF_ERROR. */
 function isZlibError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { KeywardError } from '../../../lib/core/errors';
-import { decodeBody, ProxiedBody, toResponseStream, type StreamOutcome } from '../../../lib/core/respond/body';
+import { decodeBody, ProxiedBody, type StreamOutcome } from '../../../lib/core/respond/body';
 import { StreamScrubber } from '../../../lib/core/respond/scrub-stream';
 
 const TEXT = Buffer.from('{"items":[' + Array.from({ length: 2000 }, (_, i) => `{"id":${i},"name":"item ${i}"}`).join(',') + ']}');
@@ -96,10 +96,10 @@ describe('decodeBody: the decoded-size cap', () => {
   });
 });
 
-describe('toResponseStream: how a failed body ends', () => {
+describe('ProxiedBody.stream(): how a failed body ends', () => {
   async function run(source: Readable): Promise<{ outcome: StreamOutcome; error: KeywardError | null; clientError: unknown }> {
     let done: { outcome: StreamOutcome; error: KeywardError | null } | null = null;
-    const stream = toResponseStream(source, null, (outcome, _bytes, error) => (done = { outcome, error }));
+    const stream = new ProxiedBody(source, null, (outcome, _bytes, error) => (done = { outcome, error })).stream();
     let clientError: unknown = null;
     try {
       for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) void chunk;

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { EventStreamBoundaries } from '../../../lib/core/respond/event-stream';
 import { StreamScrubber } from '../../../lib/core/respond/scrub-stream';
-import { toResponseStream } from '../../../lib/core/respond/body';
+import { ProxiedBody } from '../../../lib/core/respond/body';
 
 /** An event-stream message as the framing reads it: total length, then the rest (its content is not read). */
 function message(payload: string, crc = [0, 0, 0, 0]): Buffer {
@@ -35,7 +35,7 @@ describe('EventStreamBoundaries', () => {
   });
 });
 
-describe('toResponseStream with event-stream boundaries', () => {
+describe('ProxiedBody.stream() with event-stream boundaries', () => {
   it('releases what the scrubber holds back at a message end, and still scrubs a secret inside a message', async () => {
     const secret = 'AKIAEXAMPLESECRETKEYID';
     // A CRC whose last byte could begin the secret ("A"): without boundaries the scrubber holds it back.
@@ -44,7 +44,7 @@ describe('toResponseStream with event-stream boundaries', () => {
     expect(scrubber().push(first).length).toBeLessThan(first.length);
 
     const source = new Readable({ read() {} });
-    const stream = toResponseStream(source, scrubber(), () => {}, null, new EventStreamBoundaries());
+    const stream = new ProxiedBody(source, scrubber(), () => {}, null, new EventStreamBoundaries()).stream();
     const reader = stream.getReader();
     source.push(first);
     // The whole first message is readable before anything else arrives (already queued, nothing held).
