@@ -17,14 +17,14 @@
  *   npm run bench -- --build       `npm run build` first even if a build exists
  *   npm run bench -- --profile     afterwards, CPU-profile each lane under small-JSON load (naive and keyward on
  *                                  `next start`, then the fast lane);
- *                                  --profile=mib profiles the 1 MiB workload instead
+ *                                  --profile=mib profiles the 1 MiB workload instead, --profile=sse the SSE streams
  *   npm run bench -- --app-dir=DIR measure another checkout (e.g. a copy with an experimental change)
  *   npm run bench -- --targets=fastlane,fastify --workloads=small
  *                                  only those targets (the upstream always runs) and workloads: a quicker loop
  *                                  while working on one lane; ratios to a target left out are null
  *   npm run bench -- --ab=FILE     adds `fastlane-ab`: another build of the fast lane (a copy of an earlier
- *                                  .next/keyward-server.mjs) with SQLite, in the same rotating rounds: an A/B of a
- *                                  change on a machine too noisy to compare two runs
+ *                                  .next/keyward-server.mjs) with SQLite and with Redis, in the same rotating
+ *                                  rounds: an A/B of a change on a machine too noisy to compare two runs
  *
  * Results: a table on stdout and bench/results/latest.json (bench/README.md explains every field). Every load
  * loop is bounded in count and time, only loopback targets are accepted (see guard.ts), and a watchdog ends the run.
@@ -54,8 +54,8 @@ const ROOT = resolve(import.meta.dirname, '..');
 const RESULTS = join(ROOT, 'bench', 'results');
 
 const args = new Set(process.argv.slice(2));
-/** `--profile` profiles small JSON; `--profile=mib` the 1 MiB body. */
-let profileWorkload: 'small' | 'mib' | null = null;
+/** `--profile` profiles small JSON; `--profile=mib` the 1 MiB body; `--profile=sse` SSE streams. */
+let profileWorkload: 'small' | 'mib' | 'sse' | null = null;
 /** The app to build and measure: this checkout, or `--app-dir=<path>` (e.g. an experimental copy). */
 let APP_SOURCE = ROOT;
 /** `--targets=a,b` and `--workloads=a,b`: only those (null: all). */
@@ -69,9 +69,10 @@ for (const arg of args) {
   else if (arg.startsWith('--workloads=')) onlyWorkloads = new Set(arg.slice('--workloads='.length).split(','));
   else if (arg === '--profile' || arg === '--profile=small') profileWorkload = 'small';
   else if (arg === '--profile=mib') profileWorkload = 'mib';
+  else if (arg === '--profile=sse') profileWorkload = 'sse';
   else if (arg.startsWith('--app-dir=')) APP_SOURCE = resolve(arg.slice('--app-dir='.length));
   else if (!['--quick', '--build', '--soak', '--big', '--big-only'].includes(arg)) {
-    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib], --app-dir=<path>, --targets=<a,b>, --workloads=<a,b>, --ab=<file>`);
+    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib|sse], --app-dir=<path>, --targets=<a,b>, --workloads=<a,b>, --ab=<file>`);
     process.exit(2);
   }
 }
@@ -243,13 +244,17 @@ async function run() {
   const next = await start(wants('keyward'), 'next', sqliteEnv.vars);
   const nextRedis = await start(wants('keyward'), 'next', redisEnv.vars);
   const lane = await start(wants('fastlane'), 'fastlane', sqliteEnv.vars);
-  // Its own SQLite file: two processes on one file would measure each other's locks.
+  // Its own SQLite file (two processes on one file would measure each other's locks) and its own Redis prefix.
   const abEnv = abBundle ? await appEnv(upstreamBase, upstreamKey, 'sqlite') : null;
+  const abRedisEnv = abBundle ? await appEnv(upstreamBase, upstreamKey, 'redis') : null;
   let laneAb: BenchServer | null = null;
-  if (abBundle && abEnv) {
+  let laneAbRedis: BenchServer | null = null;
+  if (abBundle && abEnv && abRedisEnv) {
     cpSync(abBundle, join(appDir, '.next', 'keyward-server-ab.mjs'));
     laneAb = await startServer('fastlane', abEnv.vars, appDir, 'keyward-server-ab.mjs');
     servers.push(laneAb);
+    laneAbRedis = await startServer('fastlane', abRedisEnv.vars, appDir, 'keyward-server-ab.mjs');
+    servers.push(laneAbRedis);
   }
   const laneRedis = await start(wants('fastlane'), 'fastlane', redisEnv.vars);
 
@@ -266,6 +271,7 @@ async function run() {
     ['fastlane', 'sqlite', lane, sqliteEnv],
     ['fastlane', 'redis', laneRedis, redisEnv],
     ['fastlane-ab', 'sqlite', laneAb, abEnv],
+    ['fastlane-ab', 'redis', laneAbRedis, abRedisEnv],
   ] as const) {
     if (!server || !env) continue;
     const cookie = await signIn(server.url, env.username, env.password);
@@ -1004,7 +1010,7 @@ function targetChecks(
  * CPU-profiles a fresh Next server per target under one workload's load (so each profile holds one kind
  * of request), and summarises where its time goes.
  */
-async function profileRun(workload: 'small' | 'mib', upstreamBase: string, upstreamKey: string, appDir: string): Promise<ProfileSummary[]> {
+async function profileRun(workload: 'small' | 'mib' | 'sse', upstreamBase: string, upstreamKey: string, appDir: string): Promise<ProfileSummary[]> {
   const dir = join(RESULTS, 'profiles');
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
@@ -1025,12 +1031,12 @@ async function profileRun(workload: 'small' | 'mib', upstreamBase: string, upstr
           ? { base: `${appBase}/api/bench/naive/`, headers: {} }
           : { base: `${appBase}/api/proxy/bench/`, headers: { cookie: await signIn(server.url, env.username, env.password), 'x-keyward-csrf': '1' } };
       console.log(`profile: ${name} ${workload}, ${settings.profileS} s`);
-      await autocannonRun(target.base + workload, target.headers, settings.warmupS);
+      const load = (seconds: number) => (workload === 'sse' ? profileSse(target, seconds) : profileLoad(target.base + workload, target.headers, seconds));
+      await load(settings.warmupS);
       const startUs = monotonicUs();
       const cpu0 = cpuMs(server.pid);
-      const result = await autocannonRun(target.base + workload, target.headers, settings.profileS);
-      window = { startUs, endUs: monotonicUs(), requests: result.requests.total, cpuMs: cpuMs(server.pid) - cpu0 };
-      if (result.non2xx || result.errors) throw new Error(`bench: profile load for ${name} had errors`);
+      const requests = await load(settings.profileS);
+      window = { startUs, endUs: monotonicUs(), requests, cpuMs: cpuMs(server.pid) - cpu0 };
     } finally {
       await server.stop(); // SIGTERM: Next exits, Node writes the profile
       app = undefined;
@@ -1040,6 +1046,28 @@ async function profileRun(workload: 'small' | 'mib', upstreamBase: string, upstr
     summaries.push(await analyzeProfile(join(sub, file), `${name} ${workload}`, appDir, window));
   }
   return summaries;
+}
+
+/** Small or 1 MiB load for a profile: requests served; errors fail the run. */
+async function profileLoad(url: string, headers: Record<string, string>, seconds: number): Promise<number> {
+  const result = await autocannonRun(url, headers, seconds);
+  if (result.non2xx || result.errors) throw new Error(`bench: profile load on ${url} had errors`);
+  return result.requests.total;
+}
+
+/** SSE streams for a profile, as the sse workload opens them, for `seconds` (bounded in count too). */
+async function profileSse(target: { base: string; headers: Record<string, string> }, seconds: number): Promise<number> {
+  const result = await runSse({
+    url: target.base + 'sse',
+    headers: target.headers,
+    total: MAX_SAMPLES,
+    concurrency: settings.sseConcurrency,
+    deadlineMs: seconds * 1000,
+    requestTimeoutMs: 10_000,
+    expectEvents: SSE_EVENTS,
+  });
+  if (result.errors) throw new Error(`bench: profile SSE load had errors: ${result.firstError}`);
+  return result.completed;
 }
 
 function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss_mib: number }>, fastifySkip: string | null) {
