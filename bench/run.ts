@@ -801,11 +801,23 @@ function toCell(workload: WorkloadName, target: Target, slices: readonly Slice[]
 interface RoundTrips {
   target: string;
   calls: number;
-  /** Commands sent by clients (MONITOR lines not from a script) per call, without the audit's XADD. */
+  /** Commands sent by clients (MONITOR lines not from a script) per call, without the batched writer's. */
   hot_path_per_call: number;
-  /** Commands per call of the batched writer, after the response: the audit record (XADD) and usage aggregates (HINCRBY, PEXPIREAT). */
+  /** Commands per call of the batched writer, after the response: the audit records and usage aggregates (a script each per batch). */
   audit_per_call: number;
   by_command: Record<string, number>;
+}
+
+/**
+ * Written after the response by the batched audit writer (lib/core/audit/audit.ts), never per call: the records
+ * and their usage aggregates (lib/core/aggregates), one script each per batch (lib/store/redis.ts), told apart
+ * from the call's own script by their first key (the log stream, a usage hash). Builds before those scripts (an
+ * `--ab` bundle) sent an XADD per record and an HINCRBY per field instead.
+ */
+function isAfterCall(argv: readonly string[]): boolean {
+  const name = argv[0]!.toLowerCase();
+  if (name === 'xadd' || name === 'hincrby' || name === 'pexpireat') return true;
+  return (name === 'evalsha' || name === 'eval') && /(?:^|:)(?:log|hash):/.test(argv[3] ?? '');
 }
 
 /**
@@ -813,18 +825,19 @@ interface RoundTrips {
  * commands clients sent (a script's own commands show as "lua" and are left out; one EVALSHA is one round trip).
  * Run after the load, on an otherwise idle server, since MONITOR slows Redis down.
  */
-const AFTER_CALL = ['xadd', 'hincrby', 'pexpireat'];
-
 async function redisRoundTrips(target: Target, calls: number): Promise<RoundTrips> {
   const monitor = await redisClient!.monitor();
   const byCommand: Record<string, number> = {};
+  let audit = 0;
   monitor.on('monitor', (_time: string, argv: string[], source: string) => {
     if (source === 'lua' || !argv[0]) return;
     const name = argv[0].toLowerCase();
     byCommand[name] = (byCommand[name] ?? 0) + 1;
+    if (isAfterCall(argv)) audit++;
   });
   await new Promise((done) => setTimeout(done, 200));
   for (const key of Object.keys(byCommand)) delete byCommand[key]; // whatever ran before the first call
+  audit = 0;
   const url = assertLoopback(target.base + 'small');
   for (let i = 0; i < calls; i++) {
     const response = await fetch(url, { headers: target.headers, signal: AbortSignal.timeout(10_000) });
@@ -833,9 +846,6 @@ async function redisRoundTrips(target: Target, calls: number): Promise<RoundTrip
   }
   await new Promise((done) => setTimeout(done, 500)); // the audit appends after the response
   monitor.disconnect();
-  // Written after the response, by the batched audit writer (lib/core/audit/audit.ts): the records (XADD) and
-  // their usage aggregates (HINCRBY, PEXPIREAT; lib/core/aggregates), one pipeline per batch, never per call.
-  const audit = AFTER_CALL.reduce((sum, name) => sum + (byCommand[name] ?? 0), 0);
   const total = Object.values(byCommand).reduce((a, b) => a + b, 0);
   return {
     target: label(target),

@@ -85,7 +85,7 @@ const BATCH_DELAY_MS = 100;
 /**
  * The audit trail: every proxied call and every admin action, in the store, kept for the retention
  * period. Calls are queued when their response ends and written in batches (one SQLite transaction or one
- * Redis pipeline per batch, within 100 ms), off the request's path: one write per call cost more CPU than the
+ * Redis script per batch, within 100 ms), off the request's path: one write per call cost more CPU than the
  * rest of the proxy. A failed write is logged (the calls already happened and cannot be undone). Admin actions
  * and queries flush the queue first, so they are on record, in order, before the caller is answered.
  */
