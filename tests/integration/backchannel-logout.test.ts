@@ -1,4 +1,5 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
 import { SignJWT, importJWK, type JWTPayload } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handleBackchannelLogout } from '../../lib/core/api/backchannel-logout';
@@ -6,7 +7,7 @@ import { handleMobileAuthorize, handleMobileToken } from '../../lib/core/api/mob
 import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
-import { BACKCHANNEL_LOGOUT_EVENT } from '../../lib/core/session/logout-token';
+import { BACKCHANNEL_LOGOUT_EVENT, DISCOVERY_RETRY_MS, METADATA_TTL_MS } from '../../lib/core/session/logout-token';
 import { PROVIDER_SESSION_SLOTS } from '../../lib/core/session/provider-sessions';
 import { MemoryStore } from '../../lib/store/memory';
 import { RedisStore } from '../../lib/store/redis';
@@ -441,6 +442,107 @@ describe('failure and configuration', () => {
     broken = false;
     expect((await post(runtime, form(token))).status).toBe(200);
     expect(await memory.get(`rev:user:oidc:${sub}`)).not.toBeNull();
+  });
+});
+
+describe('the provider\'s metadata: held, fetched again after a day, not fetched per post after a failure', () => {
+  /**
+   * A minimal issuer on loopback (discovery document and JWKS, node:http) that counts its discovery requests and
+   * can be switched to answer 500, with the test's own signing key. The runtime's clock is the test's, so a day
+   * passes without waiting.
+   */
+  let issuer: { url: string; server: Server; discoveries: number; down: boolean };
+  const signingKey = rsaSigningJwk();
+  const publicKey = { kty: signingKey.kty, n: signingKey.n, e: signingKey.e };
+  let clock = Date.now();
+
+  beforeAll(async () => {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    issuer = { url, server: createServer(), discoveries: 0, down: false };
+    issuer.server.on('request', (req, res) => {
+      if (req.url === '/.well-known/openid-configuration') issuer.discoveries++;
+      if (issuer.down) return res.writeHead(500).end();
+      if (req.url === '/.well-known/openid-configuration') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify({ issuer: url, jwks_uri: `${url}/jwks`, id_token_signing_alg_values_supported: ['RS256'] }));
+      }
+      if (req.url === '/jwks') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        return res.end(JSON.stringify({ keys: [{ ...publicKey, kid: 'k1', alg: 'RS256', use: 'sig' }] }));
+      }
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve) => issuer.server.listen(port, '127.0.0.1', resolve));
+  });
+  afterAll(() => new Promise<void>((resolve) => issuer.server.close(() => resolve())));
+
+  function runtimeOnClock(): Runtime {
+    return createRuntime({
+      env: { ...env(), KEYWARD_OIDC_ISSUER: issuer.url },
+      store: new MemoryStore(),
+      logger,
+      now: () => clock,
+    });
+  }
+
+  async function signed(sub: string): Promise<string> {
+    const iat = Math.floor(clock / 1000);
+    const token = await new SignJWT({ iss: issuer.url, aud: provider.clientId, iat, exp: iat + 120, jti: randomUUID(), sub, events: { [BACKCHANNEL_LOGOUT_EVENT]: {} } })
+      .setProtectedHeader({ alg: 'RS256', kid: 'k1', typ: 'logout+jwt' })
+      .sign(await importJWK(signingKey, 'RS256'));
+    tokensMade.push(token);
+    return token;
+  }
+
+  it('a provider that is down is asked once per retry interval, not once per post', async () => {
+    clock = Date.now();
+    issuer.down = true;
+    issuer.discoveries = 0;
+    const runtime = runtimeOnClock();
+    for (let i = 0; i < 3; i++) expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(503);
+    expect(issuer.discoveries).toBe(1);
+    clock += DISCOVERY_RETRY_MS + 1;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(503);
+    expect(issuer.discoveries).toBe(2);
+    // Back, but within the interval: still answered from memory; once it has passed, asked again.
+    issuer.down = false;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(503);
+    expect(issuer.discoveries).toBe(2);
+    clock += DISCOVERY_RETRY_MS + 1;
+    const sub = `acct-${randomUUID()}`;
+    expect((await post(runtime, form(await signed(sub)))).status).toBe(200);
+    expect(issuer.discoveries).toBe(3);
+    expect(await runtime.store.get(`rev:user:oidc:${sub}`)).not.toBeNull();
+  });
+
+  it('the metadata is held for a day, then fetched again; a failed refetch keeps the held metadata and is retried later', async () => {
+    clock = Date.now();
+    issuer.down = false;
+    issuer.discoveries = 0;
+    const runtime = runtimeOnClock();
+    const sub = `acct-${randomUUID()}`;
+    expect((await post(runtime, form(await signed(sub)))).status).toBe(200);
+    expect(await runtime.store.get(`rev:user:oidc:${sub}`)).not.toBeNull();
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect(issuer.discoveries).toBe(1);
+
+    clock += METADATA_TTL_MS;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect(issuer.discoveries).toBe(2);
+
+    // A day later the provider is down: logouts are still verified with what is held (its keys are cached).
+    clock += METADATA_TTL_MS;
+    issuer.down = true;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect(issuer.discoveries).toBe(3); // one failed refetch, not one per post
+    issuer.down = false;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect(issuer.discoveries).toBe(3);
+    clock += DISCOVERY_RETRY_MS + 1;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect(issuer.discoveries).toBe(4);
   });
 });
 

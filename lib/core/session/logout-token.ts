@@ -8,8 +8,9 @@ import { isLoopbackHost } from '../config/schema';
  * sign-in provider configured by KEYWARD_OIDC_*, with jose:
  *  - a JWS (an encrypted token is refused: Keyward registers no ID token encryption), signed with an
  *    asymmetric algorithm the provider advertises, never `none` or a MAC, by a key of the provider's JWKS
- *    (its `jwks_uri`, discovered from the issuer's metadata; jose's createRemoteJWKSet caches the keys and
- *    refetches, at most every 30 s, when a token names a key it has not seen);
+ *    (its `jwks_uri`, discovered from the issuer's metadata, which is held for METADATA_TTL_MS; jose's
+ *    createRemoteJWKSet caches the keys and refetches, at most every 30 s, when a token names a key it has not
+ *    seen);
  *  - header `typ` is `logout+jwt` when present (RFC 8417 §2.3 explicit typing; absent is accepted for
  *    providers that predate it);
  *  - `iss` is the issuer, `aud` names Keyward's client id, `iat` is present and at most MAX_AGE_SECONDS old
@@ -33,6 +34,18 @@ const MAX_ID_CHARS = 255;
 /** Asymmetric JWS algorithms (RFC 7518 §3.1, RFC 8037): the provider signs, only its public keys verify. */
 const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
 const DISCOVERY_TIMEOUT_MS = 5_000;
+/**
+ * The provider's metadata (its JWKS location and signing algorithms) is fetched again after this long, so a
+ * provider that moves its keys or changes algorithms is followed without a restart. A refetch that fails keeps
+ * the metadata held (logouts go on being verified) and is tried again after DISCOVERY_RETRY_MS.
+ */
+export const METADATA_TTL_MS = 24 * 60 * 60_000;
+/**
+ * After a failed discovery, posts are answered 503 from memory for this long instead of each fetching the
+ * provider's metadata again: the endpoint is open to anyone, and a stream of posts must not become a stream of
+ * requests to a provider that is down.
+ */
+export const DISCOVERY_RETRY_MS = 10_000;
 
 /** What a valid logout token says: who to sign out. `sub` or `sid` is set, or both. */
 export interface LogoutClaims {
@@ -67,7 +80,12 @@ interface Provider {
 }
 
 export class LogoutTokenVerifier {
-  private provider: Promise<Provider> | undefined;
+  /** The metadata last fetched, and when (this.now()). */
+  private held: { readonly provider: Provider; readonly at: number } | undefined;
+  /** The discovery under way, shared by the posts that wait for it. */
+  private fetching: Promise<Provider> | undefined;
+  /** When the last discovery failed (this.now()), and why. */
+  private failed: { readonly at: number; readonly error: LogoutProviderUnavailable } | undefined;
 
   constructor(
     private readonly issuer: string,
@@ -103,13 +121,34 @@ export class LogoutTokenVerifier {
     return logoutClaims(payload, typ, provider.issuer);
   }
 
-  /** The issuer's metadata, once (again after a failure): its issuer string, JWKS and signing algorithms. */
+  /**
+   * The issuer's metadata: fetched once, then again after METADATA_TTL_MS. After a failure, nothing is fetched
+   * for DISCOVERY_RETRY_MS: the metadata held (if any) is used, else the failure is answered again.
+   */
   private discover(): Promise<Provider> {
-    this.provider ??= this.fetchProvider().catch((error: unknown) => {
-      this.provider = undefined;
-      throw error instanceof LogoutProviderUnavailable ? error : new LogoutProviderUnavailable(error);
-    });
-    return this.provider;
+    const now = this.now();
+    const { held, failed } = this;
+    const backingOff = failed !== undefined && now - failed.at < DISCOVERY_RETRY_MS;
+    if (held && (now - held.at < METADATA_TTL_MS || backingOff)) return Promise.resolve(held.provider);
+    if (backingOff) return Promise.reject(failed.error);
+    this.fetching ??= this.fetchProvider()
+      .then(
+        (provider) => {
+          this.held = { provider, at: this.now() };
+          this.failed = undefined;
+          return provider;
+        },
+        (error: unknown) => {
+          const unavailable = error instanceof LogoutProviderUnavailable ? error : new LogoutProviderUnavailable(error);
+          this.failed = { at: this.now(), error: unavailable };
+          if (this.held) return this.held.provider;
+          throw unavailable;
+        },
+      )
+      .finally(() => {
+        this.fetching = undefined;
+      });
+    return this.fetching;
   }
 
   private async fetchProvider(): Promise<Provider> {
