@@ -38,7 +38,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 import { signIn, startApp, type AppServer } from '../tests/fixtures/app-server';
-import { startRedisServer, type RedisServer } from '../tests/fixtures/redis-server';
+import { monitorRedis, startRedisServer, type RedisServer } from '../tests/fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../tests/fixtures/secrets';
 import { writeUsersFile } from '../tests/fixtures/users';
 import { transfer, type BigResult } from './big';
@@ -826,10 +826,9 @@ function isAfterCall(argv: readonly string[]): boolean {
  * Run after the load, on an otherwise idle server, since MONITOR slows Redis down.
  */
 async function redisRoundTrips(target: Target, calls: number): Promise<RoundTrips> {
-  const monitor = await redisClient!.monitor();
   const byCommand: Record<string, number> = {};
   let audit = 0;
-  monitor.on('monitor', (_time: string, argv: string[], source: string) => {
+  const monitor = await monitorRedis(redis!.url, ({ source, argv }) => {
     if (source === 'lua' || !argv[0]) return;
     const name = argv[0].toLowerCase();
     byCommand[name] = (byCommand[name] ?? 0) + 1;
@@ -845,7 +844,7 @@ async function redisRoundTrips(target: Target, calls: number): Promise<RoundTrip
     if (response.status !== 200) throw new Error(`bench: round-trip probe for ${label(target)}: status ${response.status}`);
   }
   await new Promise((done) => setTimeout(done, 500)); // the audit appends after the response
-  monitor.disconnect();
+  monitor.stop();
   const total = Object.values(byCommand).reduce((a, b) => a + b, 0);
   return {
     target: label(target),

@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL } from '../fixtures/claims-session';
-import { deleteKeysUnder } from '../fixtures/redis-server';
+import { deleteKeysUnder, monitorRedis } from '../fixtures/redis-server';
 
 /**
  * The audit writer's batches on Redis (lib/store/redis.ts): a batch of log entries, and a batch of usage
@@ -23,9 +23,8 @@ afterAll(async () => {
 
 /** The top-level commands (not those a script runs) that name a key under this test's prefix, while `work` runs. */
 async function commandsDuring(work: () => Promise<void>): Promise<string[]> {
-  const monitor = await new Redis(REDIS_URL).monitor();
   const seen: string[] = [];
-  monitor.on('monitor', (_time: string, argv: string[], source: string) => {
+  const monitor = await monitorRedis(REDIS_URL, ({ source, argv }) => {
     if (source !== 'lua' && argv.some((arg) => arg.startsWith(prefix))) seen.push(argv[0]!.toLowerCase());
   });
   try {
@@ -35,7 +34,7 @@ async function commandsDuring(work: () => Promise<void>): Promise<string[]> {
     const deadline = Date.now() + 5_000;
     while (!seen.includes('ping') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
   } finally {
-    monitor.disconnect();
+    monitor.stop();
   }
   return seen.filter((name) => name !== 'ping');
 }
