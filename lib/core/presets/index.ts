@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { ConfigError } from '../config/error';
-import { upstreamSchema, type UpstreamInput } from '../config/schema';
+import { UPSTREAM_ID, upstreamSchema, type UpstreamInput } from '../config/schema';
 import { detectorSchema } from '../detect/config';
-import { connectionsSchema } from '../connect/config';
+import { CONNECTION_ID, connectionSchema, connectionsSchema } from '../connect/config';
 import { anthropicPreset } from './anthropic';
 import { awsPreset } from './aws';
 import { geminiPreset } from './gemini';
@@ -73,11 +73,12 @@ export function configJsonSchema(): Record<string, unknown> {
   const upstream = z.union([upstreamSchema, ...entries]);
   const config = z.strictObject({
     $schema: z.string().optional(),
+    // The ids' patterns are for editors: the loader checks ids itself, with messages that say what an id may be.
     upstreams: z
-      .record(z.string(), upstream)
+      .record(z.string().regex(UPSTREAM_ID), upstream)
       .describe('Upstream APIs by id; called as /api/proxy/<id>/<path>. A built-in preset: {"preset": "openai", …}.'),
     detector: detectorSchema.optional(),
-    connections: connectionsSchema.optional(),
+    connections: z.record(z.string().regex(CONNECTION_ID), connectionSchema).describe(connectionsSchema.description ?? '').optional(),
   });
   return { ...z.toJSONSchema(config, { io: 'input', unrepresentable: 'any', reused: 'ref' }), title: 'Keyward configuration (KEYWARD_CONFIG)' };
 }
