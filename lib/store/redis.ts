@@ -126,8 +126,12 @@ export interface RoundResult {
   readonly counters: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }> | null;
 }
 
-type RoundCommand = (numKeys: number, ...args: string[]) => Promise<Array<string | number | null>>;
-type BatchCommand = (numKeys: number, ...args: string[]) => Promise<number>;
+/** The scripts defined on the connection (`defineCommand`), each called as (number of keys, keys…, args…). */
+interface Scripts {
+  keywardRound(numKeys: number, ...args: string[]): Promise<Array<string | number | null>>;
+  keywardAppendBatch(numKeys: number, ...args: string[]): Promise<number>;
+  keywardIncrementHashes(numKeys: number, ...args: string[]): Promise<number>;
+}
 
 /**
  * Redis (REDIS_URL) for several instances or Vercel. Commands are not queued while disconnected and time
@@ -263,8 +267,7 @@ export class RedisStore implements Store {
       args.push(String(points), String(windowSeconds));
     }
     const keys = [...reads.map((read) => read.key), ...counters.map((counter) => counter.key)];
-    const command = (this.redis as unknown as { keywardRound: RoundCommand }).keywardRound.bind(this.redis);
-    const reply = await this.run(() => command(keys.length, ...keys, ...args));
+    const reply = await this.run(() => this.scripts.keywardRound(keys.length, ...keys, ...args));
     const stopped = reply[0] === 1;
     const changed = reply[1] === 1;
     const values = reads.map((read, i) => {
@@ -292,7 +295,7 @@ export class RedisStore implements Store {
     if (entries.length === 0) return;
     const args = [String(Math.max(Date.now() - retentionMs, 0))];
     for (const { value, at } of entries) args.push(String(at), value);
-    await this.run(() => this.batchCommand('keywardAppendBatch')(1, `log:${stream}`, ...args));
+    await this.run(() => this.scripts.keywardAppendBatch(1, `log:${stream}`, ...args));
   }
 
   async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
@@ -342,11 +345,12 @@ export class RedisStore implements Store {
       increments.push(String(at + 1), field, String(by));
     }
     const keys = [...index.keys()].map((key) => `hash:${key}`);
-    await this.run(() => this.batchCommand('keywardIncrementHashes')(keys.length, ...keys, ...expiry, ...increments));
+    await this.run(() => this.scripts.keywardIncrementHashes(keys.length, ...keys, ...expiry, ...increments));
   }
 
-  private batchCommand(name: 'keywardAppendBatch' | 'keywardIncrementHashes'): BatchCommand {
-    return (this.redis as unknown as Record<typeof name, BatchCommand>)[name].bind(this.redis);
+  /** ioredis adds a method per defined script to the client, which its types do not know. */
+  private get scripts(): Scripts {
+    return this.redis as unknown as Scripts;
   }
 
   async readHashes(keys: readonly string[]) {
