@@ -38,7 +38,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 import { signIn, startApp, type AppServer } from '../tests/fixtures/app-server';
-import { monitorRedis, startRedisServer, type RedisServer } from '../tests/fixtures/redis-server';
+import { batchScriptOf, monitorRedis, startRedisServer, type RedisServer } from '../tests/fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../tests/fixtures/secrets';
 import { writeUsersFile } from '../tests/fixtures/users';
 import { transfer, type BigResult } from './big';
@@ -810,14 +810,13 @@ interface RoundTrips {
 
 /**
  * Written after the response by the batched audit writer (lib/core/audit/audit.ts), never per call: the records
- * and their usage aggregates (lib/core/aggregates), one script each per batch (lib/store/redis.ts), told apart
- * from the call's own script by their first key (the log stream, a usage hash). Builds before those scripts (an
- * `--ab` bundle) sent an XADD per record and an HINCRBY per field instead.
+ * and their usage aggregates (lib/core/aggregates), one script each per batch (lib/store/redis.ts, `batchScriptOf`).
+ * Builds before those scripts (an `--ab` bundle) sent an XADD per record and an HINCRBY per field instead.
  */
 function isAfterCall(argv: readonly string[]): boolean {
   const name = argv[0]!.toLowerCase();
   if (name === 'xadd' || name === 'hincrby' || name === 'pexpireat') return true;
-  return (name === 'evalsha' || name === 'eval') && /(?:^|:)(?:log|hash):/.test(argv[3] ?? '');
+  return batchScriptOf(name, argv[3]) !== null;
 }
 
 /**

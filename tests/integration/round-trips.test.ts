@@ -9,7 +9,7 @@ import { authorizeUpgrade } from '../../lib/core/ws/upgrade';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, responseText } from '../fixtures/claims-session';
-import { deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
+import { batchScriptOf, deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { dpopKey, dpopProof } from '../fixtures/dpop';
 import { bearerToken } from '../fixtures/session';
@@ -41,16 +41,13 @@ const vaultSecret = randomSecret('vault-secret-of-32-characters-or-more');
 const { logger } = capturingLogger();
 
 /**
- * A command's name as the Counter records it. The batched audit writer's scripts (lib/store/redis.ts) are told
- * apart from a call's script by their first key: the log stream (`batch:log`, the records) or a usage hash
- * (`batch:hash`, lib/core/aggregates). ioredis names a script command `evalsha` (it sends EVAL the first time on
- * a connection).
+ * A command's name as the Counter records it: the batched audit writer's scripts (`batchScriptOf`: the records'
+ * and the usage aggregates') as `batch:log` and `batch:hash`, apart from a call's script. ioredis names a script
+ * command `evalsha` (it sends EVAL the first time on a connection).
  */
 function label(command: { name: string; args: unknown[] }): string {
-  const name = command.name.toLowerCase();
-  if (name !== 'evalsha' && name !== 'eval') return name;
-  const key = String(command.args[2] ?? '');
-  return /(?:^|:)log:/.test(key) ? 'batch:log' : /(?:^|:)hash:/.test(key) ? 'batch:hash' : name;
+  const batch = batchScriptOf(command.name, command.args[2] === undefined ? undefined : String(command.args[2]));
+  return batch ? `batch:${batch}` : command.name.toLowerCase();
 }
 
 /** The commands of each write the client made to its socket. */
