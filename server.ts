@@ -1,17 +1,18 @@
 /**
  * `npm start`: the fast lane (DESIGN.md "Two entry points, one core"). One Node `http` server: `/api/proxy/*` goes
  * to the core's pipeline directly (`proxyCall`: handleProxy's steps, answered without a `Response`), every other
- * request (pages, Auth.js, /api/session …) to Next's request handler (Next's documented custom-server API). Proxied calls skip Next's per-request cost; the pipeline, config,
- * sessions, errors, logs, audit and limits are the same code as behind the route handlers, which `next start`
- * (`npm run start:next`) and Vercel keep using.
+ * request (pages, Auth.js, /api/session …) to Next.js, which runs in a child process (next-server.ts, Next's
+ * documented custom-server API) behind a private Unix socket. Proxied calls skip Next's per-request cost; the
+ * pipeline, config, sessions, errors, logs, audit and limits are the same code as behind the route handlers, which
+ * `next start` (`npm run start:next`) and Vercel keep using.
  *
  * `npm run build` bundles this file into `<distDir>/keyward-server.mjs` (scripts/build-server.mjs) and
  * `npm start` runs it (scripts/start.mjs), so production needs neither tsx nor TypeScript.
  */
 import { once } from 'node:events';
-import { createServer, type IncomingMessage } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import nextEnv from '@next/env';
 import type { Runtime } from 'keyward/core';
 import {
@@ -20,10 +21,14 @@ import {
   createFastLane,
   createFastLaneRuntime,
   createUpgradeListener,
+  NextExitedError,
   OpenSockets,
   readServeOptions,
+  registerTracingFromEnv,
+  startNextProcess,
   UsageError,
   WsTickets,
+  type NextProcess,
   type ServeOptions,
 } from 'keyward/node';
 import nextConfig from './next.config';
@@ -45,9 +50,11 @@ async function main(): Promise<void> {
   const dir = process.cwd();
   nextEnv.loadEnvConfig(dir, false);
 
-  // The same start-up check as instrumentation.ts (which Next also runs in app.prepare() below), on the same
-  // upstreams as keyward.ts gives the route handlers: a bad configuration exits 1 naming the field, before
-  // anything listens.
+  // Traces, as instrumentation.ts registers them in Next's process: this process makes the proxied calls' spans.
+  await registerTracingFromEnv(process.env);
+  // The same start-up check as instrumentation.ts (which Next's process runs too), on the same upstreams as
+  // keyward.ts gives the route handlers: a bad configuration exits 1 naming the field, before Next starts and
+  // before anything listens.
   let loaded: Runtime | undefined;
   checkStartup(() => (loaded = createFastLaneRuntime(upstreams)));
   if (!loaded) process.exit(1);
@@ -59,29 +66,28 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const { default: next } = await import('next');
-  // Next's request handler attaches its own 'upgrade' listener (its router's: rewrites to other hosts, else the
-  // socket is ended) to the server its first request came through, or to `httpServer`. On the fast lane's server
-  // it would also end every upgrade on /api/proxy. So Next gets a server that never listens, and the fast lane's
-  // upgrade listener passes on to it the upgrades outside /api/proxy: Next answers those exactly as before.
-  // (`app.getUpgradeHandler()` is not that listener: in production it does nothing and would leave the socket open.)
-  const nextUpgrades = createServer();
-  const app = next({ dev: false, dir, hostname: options.hostname, port: options.port, httpServer: nextUpgrades });
-  await app.prepare();
+  // Next.js runs in a process of its own (next-server.ts): sharing this one, the pages it rendered made every
+  // proxied call after them markedly more expensive in CPU (measured: README "Benchmark"). It gets every request
+  // and upgrade outside /api/proxy (and /api/metrics, answered below), forwarded over a private Unix socket.
+  let nextProcess: NextProcess;
+  try {
+    nextProcess = await startNextProcess({ entry: fileURLToPath(new URL('./keyward-next.mjs', import.meta.url)), port: options.port, hostname: options.hostname });
+  } catch (error) {
+    if (!(error instanceof NextExitedError)) throw error;
+    console.error(`\nKeyward cannot start: ${error.message}.\n`);
+    process.exit(1);
+  }
   const siteHeaders = await siteWideHeaders();
   let origin = `http://localhost:${options.port}`;
-  const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: app.getRequestHandler(), siteHeaders }));
+  // /api/metrics too: this process counts the proxied calls (lib/core/observe/metrics.ts processMetrics).
+  const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: nextProcess.web, siteHeaders, metrics: runtime }));
   server.on('connect', createConnectRefusal(runtime, siteHeaders));
   // WebSockets: upgrades on /api/proxy/* to routes that declare `websocket: true`, authorized by the core;
-  // every other upgrade to Next's own upgrade handler.
+  // every other upgrade to Next's own upgrade handling.
   const sockets = new OpenSockets(runtime);
-  // Before Next's first request it has no listener yet: the socket is closed, as Node does with no listener.
-  const toNext = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    if (!nextUpgrades.emit('upgrade', req, socket, head)) socket.destroy();
-  };
   server.on(
     'upgrade',
-    createUpgradeListener({ deps: runtime, origin: () => origin, tickets: new WsTickets(runtime.store), sockets, next: toNext, siteHeaders }),
+    createUpgradeListener({ deps: runtime, origin: () => origin, tickets: new WsTickets(runtime.store), sockets, next: nextProcess.upgrade, siteHeaders }),
   );
   if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
   server.listen(options.port, options.hostname);
@@ -90,19 +96,24 @@ async function main(): Promise<void> {
   origin = `http://localhost:${port}`;
   console.log(`Keyward (fast lane) on http://${displayHost(options.hostname)}:${port}: /api/proxy/* by Keyward's core, everything else by Next.js`);
 
+  let stopping = false;
   const stop = () => {
+    stopping = true;
     server.close();
     sockets.closeAll();
     server.closeIdleConnections();
-    // Calls already answered are on record before the process goes.
-    void runtime.audit
-      .flush()
-      .catch(() => {})
-      .finally(() => process.exit(0));
-    setTimeout(() => process.exit(0), 5_000).unref();
+    // Calls already answered are on record before the process goes, and Next has stopped too.
+    void Promise.all([runtime.audit.flush().catch(() => {}), nextProcess.stop()]).finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 6_000).unref();
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+  // Without Next, pages and sign-in would fail while proxied calls went on: stop, so a supervisor restarts both.
+  void nextProcess.exited.then((code) => {
+    if (stopping) return;
+    console.error(`\nKeyward is stopping: the Next.js process exited (${code ?? 'signal'}).\n`);
+    process.exit(1);
+  });
 }
 
 /** next.config.ts's headers for every path (`source: '/:path*'`): Next adds them to route handlers' responses too. */

@@ -1,6 +1,7 @@
 /**
  * `npm run build` (after `next build`): bundles server.ts, the fast lane, into `<distDir>/keyward-server.mjs`,
- * which `npm start` runs (scripts/start.mjs). Bundled because lib/ is TypeScript with extensionless imports,
+ * which `npm start` runs (scripts/start.mjs), and next-server.ts, the Next.js process it starts, into
+ * `<distDir>/keyward-next.mjs`. Bundled because lib/ is TypeScript with extensionless imports,
  * `@/` and `keyward/…` aliases and `import 'server-only'` (which only resolves under the `react-server`
  * condition): plain Node cannot load it, and tsx is a devDependency. Packages stay external (loaded from
  * node_modules at run time, so `npm ci --omit=dev` after the build is enough), except `server-only`, resolved here
@@ -11,11 +12,12 @@ import { build } from 'esbuild';
 import { join } from 'node:path';
 
 const distDir = process.env.KEYWARD_DIST_DIR || '.next';
-const outfile = join(distDir, 'keyward-server.mjs');
 
 await build({
-  entryPoints: ['server.ts'],
-  outfile,
+  // The fast lane, and the Next.js process it starts for everything outside /api/proxy.
+  entryPoints: { 'keyward-server': 'server.ts', 'keyward-next': 'next-server.ts' },
+  outdir: distDir,
+  outExtension: { '.js': '.mjs' },
   bundle: true,
   platform: 'node',
   format: 'esm',
@@ -42,4 +44,4 @@ await build({
     },
   ],
 });
-console.log(`Fast lane bundled into ${outfile}`);
+console.log(`Fast lane bundled into ${join(distDir, 'keyward-server.mjs')} (and keyward-next.mjs)`);

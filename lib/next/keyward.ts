@@ -2,6 +2,7 @@ import 'server-only';
 import type { UpstreamDefinition } from '@/lib/core/config/load';
 import type { ConnectionsInput } from '@/lib/core/connect/config';
 import type { Runtime } from '@/lib/core/runtime';
+import { registerTracingFromEnv } from '@/lib/core/observe/trace';
 import { checkStartup } from '@/lib/core/startup';
 import { createApiRoutes, type ApiRoutes } from './api-routes';
 import type { AuthPages } from './auth';
@@ -55,15 +56,10 @@ export function createKeyward(options: KeywardOptions = {}): Keyward {
     sessionRoute: createSessionRoute(getRuntime),
     checkStartup: () => checkStartup(getRuntime),
     async register() {
-      if (wantsTraces(process.env)) (await import('@/lib/core/observe/otel')).registerTracing();
+      await registerTracingFromEnv(process.env);
       checkStartup(getRuntime);
       getRuntime().connectionKeeper?.start();
     },
     getRuntime,
   };
-}
-
-/** The OpenTelemetry SDK's own variables: an OTLP endpoint, and not OTEL_SDK_DISABLED. */
-function wantsTraces(env: NodeJS.ProcessEnv): boolean {
-  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) && env.OTEL_SDK_DISABLED !== 'true';
 }

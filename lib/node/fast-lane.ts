@@ -1,5 +1,6 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { handleMetrics, type MetricsRuntime } from '@/lib/core/api/metrics';
 import { KeywardError } from '@/lib/core/errors';
 import { isRefusedMethod, proxyCall, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
@@ -17,6 +18,11 @@ export interface FastLaneOptions {
   readonly next: (req: IncomingMessage, res: ServerResponse) => unknown;
   /** Headers next.config.ts adds to every response (its `source: '/:path*'` rules), so both doors send them. */
   readonly siteHeaders?: readonly (readonly [string, string])[];
+  /**
+   * When given, `/api/metrics` is answered here from this runtime rather than by Next: with Next in a process of
+   * its own (server.ts), this process is the one that counts the proxied calls.
+   */
+  readonly metrics?: MetricsRuntime;
 }
 
 /**
@@ -28,22 +34,51 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
   const { deps, next } = options;
   const siteHeaders = options.siteHeaders ?? [];
   return (req, res) => {
-    const proxyPath = parseProxyPath(req.url ?? '/');
-    if (proxyPath === null) {
+    const url = req.url ?? '/';
+    const proxyPath = parseProxyPath(url);
+    if (proxyPath !== null) {
+      serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
+    } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
+      serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
+    } else {
       next(req, res);
-      return;
     }
-    serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => {
-      // Only a bug in this file gets here (the core answers every failure itself): no detail to the client.
-      getLogger().error({ err: error instanceof Error ? error.name : 'unknown' }, 'fast lane failed');
-      if (!res.headersSent) {
-        res.writeHead(500, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'private, no-store' });
-        res.end(JSON.stringify({ error: { code: 'internal_error', message: 'Keyward failed to handle the request.', requestId: null } }));
-      } else {
-        res.destroy();
-      }
-    });
   };
+}
+
+/** Only a bug in this file gets here (the core answers every failure itself): no detail to the client. */
+function failed(error: unknown, res: ServerResponse): void {
+  getLogger().error({ err: error instanceof Error ? error.name : 'unknown' }, 'fast lane failed');
+  if (!res.headersSent) {
+    res.writeHead(500, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'private, no-store' });
+    res.end(JSON.stringify({ error: { code: 'internal_error', message: 'Keyward failed to handle the request.', requestId: null } }));
+  } else {
+    res.destroy();
+  }
+}
+
+const METRICS_PATH = '/api/metrics';
+
+/** GET /api/metrics through the same handler as app/api/metrics/route.ts (token, 404 without the setting, 405). */
+async function serveMetrics(
+  req: IncomingMessage,
+  res: ServerResponse,
+  runtime: MetricsRuntime,
+  origin: string,
+  siteHeaders: readonly (readonly [string, string])[],
+): Promise<void> {
+  let headers: Headers;
+  try {
+    headers = readHeaders(req);
+  } catch {
+    headers = new Headers();
+  }
+  // HEAD is answered as GET without the body, as Next answers it for a route that exports GET. Any other method
+  // is 405 from the handler, which reads no body: it is handed POST, a method every Request accepts.
+  const head = req.method === 'HEAD';
+  const request = new Request(origin + (req.url ?? METRICS_PATH), { method: head || req.method === 'GET' ? 'GET' : 'POST', headers });
+  const response = await handleMetrics(request, runtime);
+  await writeResponse(head ? new Response(null, response) : response, res, siteHeaders);
 }
 
 async function serveProxy(

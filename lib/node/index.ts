@@ -4,8 +4,10 @@
  */
 export { readServeOptions, UsageError, type ServeOptions } from './args';
 export { createConnectRefusal, createFastLane, type FastLaneOptions } from './fast-lane';
+export { NextExitedError, startNextProcess, type NextProcess, type NextProcessOptions } from './next-process';
 export { createFastLaneRuntime } from './runtime';
 export { createUpgradeListener, type UpgradeOptions } from './websocket';
 export { OpenSockets } from '@/lib/core/ws/sockets';
 export { WsTickets } from '@/lib/core/ws/tickets';
 export { checkStartup } from '@/lib/core/startup';
+export { registerTracingFromEnv } from '@/lib/core/observe/trace';

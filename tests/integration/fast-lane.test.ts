@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +23,8 @@ const echoKey = randomSecret('echo');
 const password = randomSecret('pw');
 const adminPassword = randomSecret('pwa');
 const sessionSecrets = testSessionSecrets();
-const secrets = [echoKey, password, adminPassword, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET];
+const metricsToken = randomSecret('metrics');
+const secrets = [echoKey, password, adminPassword, sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET, metricsToken];
 const MiB = 1024 * 1024;
 
 let upstream: TestUpstream;
@@ -91,7 +92,7 @@ beforeAll(async () => {
     { username: 'alice', password, roles: ['user'] },
     { username: 'root', password: adminPassword, roles: ['admin', 'user'] },
   ]);
-  env = { ...sessionSecrets, ECHO_KEY: echoKey, KEYWARD_CONFIG: configPath, KEYWARD_USERS_FILE: usersFile };
+  env = { ...sessionSecrets, ECHO_KEY: echoKey, KEYWARD_CONFIG: configPath, KEYWARD_USERS_FILE: usersFile, KEYWARD_METRICS_TOKEN: metricsToken };
   const lanePort = await freePort();
   [lane, handlers] = await Promise.all([
     startFastLane(
@@ -390,6 +391,84 @@ describe('everything else is served by Next', () => {
     await after.text();
   });
 });
+
+describe('Next runs in a process of its own', () => {
+  it('/api/metrics is answered by the fast lane, which counts the calls it served', async () => {
+    const scrape = async () => {
+      const response = await fetch(`${lane.url}/api/metrics`, { headers: { authorization: `Bearer ${metricsToken}` } });
+      expect(response.status).toBe(200);
+      return response.text();
+    };
+    const served = (text: string) => {
+      const line = text.split('\n').find((entry) => entry.startsWith('keyward_proxy_calls_total{') && entry.includes('route="/items/:id"') && entry.includes('outcome="complete"'));
+      return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+    };
+    const before = await scrape();
+    for (let i = 0; i < 3; i++) {
+      const response = await raw(lane, 'GET', `/api/proxy/echo/items/${i}`);
+      expect(response.status).toBe(200);
+    }
+    const after = await scrape();
+    expect(served(after) - served(before)).toBe(3);
+    expectNoLeak(after);
+    const refused = await fetch(`${lane.url}/api/metrics`);
+    expect(refused.status).toBe(401);
+    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('unauthenticated');
+  });
+
+  it('Next is a child process: it stops with the fast lane, the fast lane stops (saying why) when Next dies, Next exits when the fast lane is killed', async () => {
+    const port = await freePort();
+    const extra = { ...env, KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-next-')), 'keyward.db') };
+    const first = await startFastLane(extra, { port });
+    const nextPid = childOf(first.pid);
+    expect(readFileSync(`/proc/${nextPid}/cmdline`, 'utf8')).toContain('keyward-next.mjs');
+    await first.stop();
+    await waitUntilGone(nextPid);
+
+    const second = await startFastLane(extra, { port });
+    const secondNext = childOf(second.pid);
+    const exited = new Promise<void>((resolve) => {
+      const check = setInterval(() => {
+        if (!alive(second.pid)) {
+          clearInterval(check);
+          resolve();
+        }
+      }, 50);
+    });
+    process.kill(secondNext, 'SIGKILL');
+    await exited;
+    expect(second.output()).toContain('Keyward is stopping: the Next.js process exited (signal).');
+    await second.stop();
+
+    // The fast lane killed outright: Next sees its IPC channel close and exits on its own.
+    const third = await startFastLane(extra, { port });
+    const thirdNext = childOf(third.pid);
+    process.kill(third.pid, 'SIGKILL');
+    await waitUntilGone(thirdNext);
+    await third.stop();
+  });
+});
+
+/** The one child process of `pid` (Linux /proc): the fast lane's Next.js process. */
+function childOf(pid: number): number {
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  expect(children).toHaveLength(1);
+  return children[0]!;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+  } catch {
+    return false;
+  }
+}
+
+async function waitUntilGone(pid: number): Promise<void> {
+  for (let i = 0; i < 100 && alive(pid); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  expect(alive(pid)).toBe(false);
+}
 
 /** Runs `npm start`'s entry with `args` and env until it exits (start-up failures). */
 async function startAndExit(args: string[], extraEnv: Record<string, string>): Promise<{ code: number | null; output: string }> {

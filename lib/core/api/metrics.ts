@@ -5,7 +5,7 @@ import type { KeyExpiry } from '../observe/metrics';
 import type { Runtime } from '../runtime';
 import { apiHandler } from './guard';
 
-type MetricsRuntime = Pick<Runtime, 'settings' | 'metrics' | 'keyRings' | 'logger'>;
+export type MetricsRuntime = Pick<Runtime, 'settings' | 'metrics' | 'keyRings' | 'logger'>;
 
 /**
  * GET /api/metrics: the Prometheus text exposition, for a scraper holding KEYWARD_METRICS_TOKEN as a bearer token

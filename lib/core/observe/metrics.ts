@@ -214,9 +214,10 @@ export class ProxyMetrics {
 const PROCESS_METRICS = Symbol.for('keyward.metrics');
 
 /**
- * The process's metrics. One per process, on purpose shared through globalThis: the fast lane's runtime and each
- * Next bundle's runtime (lib/next/runtime.ts) live in one process, and `/api/metrics`, served by Next, must count
- * the calls the fast lane served. Only plain method calls cross bundles here (no `instanceof`).
+ * The process's metrics. One per process, on purpose shared through globalThis: each Next bundle's runtime
+ * (lib/next/runtime.ts) in one process counts into the same set, whichever bundle serves `/api/metrics`. Under
+ * `npm start` the fast lane's process (which serves the proxied calls) answers `/api/metrics` itself, and Next runs
+ * in a child process. Only plain method calls cross bundles here (no `instanceof`).
  */
 export function processMetrics(): ProxyMetrics {
   const holder = globalThis as { [PROCESS_METRICS]?: ProxyMetrics };

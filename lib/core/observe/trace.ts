@@ -9,6 +9,16 @@ import type { GenAiRoute, GenAiUsage } from './gen-ai';
  */
 const tracer = trace.getTracer('keyward');
 
+/**
+ * Registers OpenTelemetry tracing for this process when the SDK's own variables ask for it (an OTLP endpoint, and
+ * not OTEL_SDK_DISABLED): instrumentation.ts does it for Next's process, server.ts for the fast lane's. The SDK is
+ * loaded only then.
+ */
+export async function registerTracingFromEnv(env: NodeJS.ProcessEnv): Promise<void> {
+  const wanted = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) && env.OTEL_SDK_DISABLED !== 'true';
+  if (wanted) (await import('./otel')).registerTracing();
+}
+
 /** Methods passed on as they are; any other becomes `_OTHER` (OTel HTTP semantic conventions, `http.request.method`). */
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE']);
 

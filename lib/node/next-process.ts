@@ -1,0 +1,129 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { Agent, type IncomingMessage, type ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline, type Duplex } from 'node:stream';
+import { createProxyServer } from 'http-proxy-3';
+import { getLogger } from '@/lib/core/log/logger';
+
+export interface NextProcessOptions {
+  /** The bundled child (`<distDir>/keyward-next.mjs`, from next-server.ts). */
+  readonly entry: string;
+  /** The public port and hostname, as `next start -p -H` would be given them (Next builds URLs from them). */
+  readonly port: number;
+  readonly hostname: string | undefined;
+}
+
+export interface NextProcess {
+  /** Hands a request outside /api/proxy to Next, as received. */
+  web(req: IncomingMessage, res: ServerResponse): void;
+  /** Hands an upgrade outside /api/proxy to Next's own upgrade handling. */
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Settles with the child's exit code when it exits, for whatever reason. */
+  readonly exited: Promise<number | null>;
+  /** Asks the child to stop (SIGTERM) and waits for it, at most `ms`. */
+  stop(ms?: number): Promise<void>;
+}
+
+/**
+ * Starts Next.js in a child process on a Unix socket in a fresh private folder (0700: no other user can connect
+ * to it) and resolves once it listens. `npm start` forwards every request outside /api/proxy there, with
+ * http-proxy-3 (Vite's dev-server proxy: headers, bodies and upgrades streamed both ways, hop-by-hop headers
+ * dropped), so Next answers exactly as under `next start`:
+ * - `Host` is passed on, so Next and Auth.js build the same URLs;
+ * - `X-Forwarded-For` is set to the client's address when absent (the fast lane's rule, which is also Next's
+ *   own: `??=` the socket address), because Next cannot see the client's socket through the Unix socket.
+ * Rejects, with the child's exit code, when Next exits before it listens (it prints why).
+ */
+export async function startNextProcess(options: NextProcessOptions): Promise<NextProcess> {
+  const dir = mkdtempSync(join(tmpdir(), 'keyward-next-'));
+  const socketPath = join(dir, 'next.sock');
+  const child: ChildProcess = fork(options.entry, [], {
+    env: {
+      ...process.env,
+      KEYWARD_NEXT_SOCKET: socketPath,
+      KEYWARD_NEXT_PORT: String(options.port),
+      ...(options.hostname ? { KEYWARD_NEXT_HOSTNAME: options.hostname } : {}),
+    },
+    stdio: 'inherit',
+  });
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      rmSync(dir, { recursive: true, force: true });
+      resolve(code);
+    }),
+  );
+  await new Promise<void>((resolve, reject) => {
+    const onMessage = (message: unknown) => {
+      if ((message as { ready?: boolean } | null)?.ready !== true) return;
+      child.off('message', onMessage);
+      resolve();
+    };
+    child.on('message', onMessage);
+    void exited.then((code) => reject(new NextExitedError(code)));
+  });
+
+  const proxy = createProxyServer({
+    // host and port are required by the type and unused: http.request connects to socketPath.
+    target: { socketPath, host: 'localhost', port: 0 },
+    ws: true,
+    xfwd: false,
+    // Kept-alive connections to Next (without an agent, http-proxy-3 sends `Connection: close` every time).
+    agent: new Agent({ keepAlive: true }),
+    // The response's head is written here (below), so this server's own Connection and Keep-Alive go out.
+    selfHandleResponse: true,
+  });
+  proxy.on('proxyRes', (proxyRes, _req, res) => {
+    res.statusCode = proxyRes.statusCode ?? 502;
+    if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
+    const listed = new Set((proxyRes.headers.connection ?? '').toLowerCase().split(',').map((token) => token.trim()));
+    for (const [name, value] of Object.entries(proxyRes.headers)) {
+      if (value !== undefined && !HOP_BY_HOP.has(name) && !listed.has(name)) res.setHeader(name, value);
+    }
+    pipeline(proxyRes, res, () => {});
+  });
+  proxy.on('error', (error, _req, target) => {
+    getLogger().error({ err: error.name, code: (error as NodeJS.ErrnoException).code }, 'Next.js process unreachable');
+    if (isResponse(target) && !target.headersSent) {
+      target.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' });
+      target.end('Bad gateway: the Next.js process did not answer.\n');
+    } else {
+      target?.destroy();
+    }
+  });
+  const forwardedFor = (req: IncomingMessage) => {
+    if (req.headers['x-forwarded-for'] === undefined && req.socket.remoteAddress) req.headers['x-forwarded-for'] = req.socket.remoteAddress;
+  };
+  return {
+    web(req, res) {
+      forwardedFor(req);
+      proxy.web(req, res);
+    },
+    upgrade(req, socket, head) {
+      forwardedFor(req);
+      proxy.ws(req, socket, head);
+    },
+    exited,
+    async stop(ms = 5_000) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+export class NextExitedError extends Error {
+  constructor(readonly code: number | null) {
+    super(`the Next.js process exited (${code ?? 'signal'}) before it was ready`);
+    this.name = 'NextExitedError';
+  }
+}
+
+/** RFC 9110 §7.6.1: the connection's own headers, which Next's answer does not pass on (this server sets its own). */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
+
+function isResponse(target: unknown): target is ServerResponse {
+  return typeof (target as ServerResponse | undefined)?.writeHead === 'function';
+}

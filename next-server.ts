@@ -1,0 +1,48 @@
+/**
+ * `npm start`'s second process: Next.js, serving everything outside /api/proxy (pages, Auth.js, /api/session …)
+ * on a Unix socket that only the fast lane (server.ts) forwards to. server.ts starts it with `fork` and passes
+ * the socket's path, the public port and hostname in the environment; it answers `ready` over the IPC channel
+ * once Next is prepared and listening, and exits when that channel closes (the fast lane is gone).
+ *
+ * Why a process of its own: once Next had rendered a page in the fast lane's process, every proxied call after it
+ * cost markedly more CPU (measured: README "Benchmark"); both shared one V8 isolate, its heap and its compiled
+ * code. Bundled by `npm run build` into `<distDir>/keyward-next.mjs` (scripts/build-server.mjs).
+ */
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+
+async function main(): Promise<void> {
+  const socketPath = process.env.KEYWARD_NEXT_SOCKET;
+  if (!socketPath || !process.send) {
+    console.error('keyward-next.mjs is started by `npm start` (the fast lane), not on its own.');
+    process.exit(1);
+  }
+  const port = Number(process.env.KEYWARD_NEXT_PORT) || undefined;
+  const hostname = process.env.KEYWARD_NEXT_HOSTNAME || undefined;
+  const { default: next } = await import('next');
+  // Next attaches its own 'upgrade' listener to `httpServer` (rewrites to other hosts; otherwise the socket is
+  // ended), as under `next start`.
+  const server = createServer();
+  const app = next({ dev: false, dir: process.cwd(), hostname, port, httpServer: server });
+  await app.prepare();
+  server.on('request', app.getRequestHandler());
+  server.listen(socketPath);
+  await once(server, 'listening');
+  process.send({ ready: true });
+
+  const stop = () => {
+    server.close();
+    server.closeIdleConnections();
+    setTimeout(() => process.exit(0), 5_000).unref();
+    server.once('close', () => process.exit(0));
+  };
+  // The fast lane is gone (or asks it to stop): no request can reach this socket any more.
+  process.once('disconnect', stop);
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+main().catch((error: unknown) => {
+  console.error(`Next.js could not start: ${error instanceof Error ? error.message : 'unknown error'}`);
+  process.exit(1);
+});
