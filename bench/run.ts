@@ -420,6 +420,7 @@ async function prepareBuild(): Promise<string> {
     join(next, 'server', 'app', 'api', 'bench', 'naive', '[...path]', 'route.js'),
     join(next, 'server', 'app', 'api', 'bench', 'floor', '[...path]', 'route.js'),
     join(next, 'keyward-server.mjs'),
+    join(next, 'keyward-next.mjs'),
   ];
   if (!args.has('--build') && !existsSync(buildId) && existsSync(next)) {
     // Maybe a build is under way elsewhere: wait for it (bounded) rather than fight over .next.
@@ -1049,7 +1050,8 @@ async function profileRun(workload: 'small' | 'mib' | 'sse', upstreamBase: strin
       await server.stop(); // SIGTERM: Next exits, Node writes the profile
       app = undefined;
     }
-    const file = readdirSync(sub).find((f) => f.endsWith('.cpuprofile'));
+    // The serving process's own profile: the fast lane's Next.js process (which inherits NODE_OPTIONS) writes one too.
+    const file = readdirSync(sub).find((f) => f.endsWith('.cpuprofile') && f.includes(`.${server.pid}.`));
     if (!file) throw new Error(`bench: no .cpuprofile written for ${name}`);
     summaries.push(await analyzeProfile(join(sub, file), `${name} ${workload}`, appDir, window));
   }
@@ -1114,7 +1116,7 @@ function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss
     `\nsmall: GET ~200 B JSON; mib: GET 1 MiB; sse: ${settings.sseTotal} streams, ${settings.sseConcurrency} at a time, ` +
       `${SSE_EVENTS} events ${SSE_INTERVAL_MS} ms apart (p50/p99 = whole stream, TTFE = first data: line); ` +
       `ws: ${settings.wsConnections} sockets, one ~90 B text message echoed at a time (req/s = round trips/s, p50/p99 = round trip).\n` +
-      `x naive / x fastify: req/s relative to that target in the same workload. CPU µs/req and RSS peak: the process serving the target ` +
+      `x naive / x fastify: req/s relative to that target in the same workload. CPU µs/req and RSS peak: the process serving the target and its children (the fast lane's Next.js process) ` +
       `(floor and naive share one next start, next/baseline; every other target has its own process). redis cmds/req: commands the run's redis-server executed per call, those run inside a script included (round trips: see Targets).\n` +
       `Process peak RSS (VmHWM): ${Object.entries(processes).map(([name, p]) => `${name} ${p.peak_rss_mib.toFixed(0)} MiB`).join(', ')}.`,
   );
