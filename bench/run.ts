@@ -327,8 +327,14 @@ async function run() {
   }
   const roundTrips: RoundTrips[] = [];
   for (const target of targets.filter((t) => t.store === 'redis' && !bigOnly)) roundTrips.push(await redisRoundTrips(target, quick ? 200 : 500));
+  // Two figures per server: VmHWM (each process's own high-water mark, its children's added: exact for one
+  // process, an upper bound for the fast lane and its Next.js process, whose peaks need not coincide), and the
+  // highest RSS sampled in the cells (every 200 ms, the process and its children together), which the target reads.
   const processes = Object.fromEntries(
-    [...new Map(targets.map((t) => [t.process, t.pid]))].map(([name, pid]) => [name, { peak_rss_mib: round(rssMiB(pid, 'VmHWM'), 1) }]),
+    [...new Map(targets.map((t) => [t.process, t.pid]))].map(([name, pid]) => {
+      const sampled = all.filter((cell) => cell.process === name).map((cell) => cell.rss_peak_mib ?? 0);
+      return [name, { peak_rss_mib: round(rssMiB(pid, 'VmHWM'), 1), sampled_peak_rss_mib: round(Math.max(0, ...sampled), 1) }];
+    }),
   );
 
   // The table now, so it is on screen even if a long --soak or --big is interrupted.
@@ -941,7 +947,7 @@ interface Check {
 /** The issue's targets, each as met / NOT met / not measured, from this run's cells. */
 function targetChecks(
   cells: readonly Cell[],
-  processes: Record<string, { peak_rss_mib: number }>,
+  processes: Record<string, { peak_rss_mib: number; sampled_peak_rss_mib: number }>,
   roundTrips: readonly RoundTrips[],
   soakResult: SoakResult | null,
   bigResults: readonly (BigResult & { lane: string })[] | null,
@@ -991,9 +997,9 @@ function targetChecks(
       `${probe.hot_path_per_call} on the call's path, ${probe.audit_per_call} batched writes (audit record, usage aggregates) after it; by command ${JSON.stringify(probe.by_command)} in ${probe.calls} calls`,
     );
   }
-  for (const [name, { peak_rss_mib }] of Object.entries(processes)) {
+  for (const [name, { peak_rss_mib, sampled_peak_rss_mib }] of Object.entries(processes)) {
     if (name === 'upstream' || name === 'next/baseline') continue;
-    add(`peak RSS <= 450 MiB (${name})`, peak_rss_mib <= 450, `${peak_rss_mib} MiB`);
+    add(`peak RSS <= 450 MiB (${name})`, sampled_peak_rss_mib <= 450, `${sampled_peak_rss_mib} MiB sampled in the cells (VmHWM ${peak_rss_mib} MiB)`);
   }
   if (soakResult) {
     add('soak: 0 errors', soakResult.errors === 0, `${soakResult.errors} errors in ${soakResult.requests} requests`);
@@ -1080,7 +1086,7 @@ async function profileSse(target: { base: string; headers: Record<string, string
   return result.completed;
 }
 
-function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss_mib: number }>, fastifySkip: string | null) {
+function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss_mib: number; sampled_peak_rss_mib: number }>, fastifySkip: string | null) {
   const header = ['workload', 'target', 'req/s', 'slices min-max', 'x naive', 'x fastify', 'p50 ms', 'p99 ms', 'TTFE p50', 'TTFE p99', 'CPU µs/req', 'RSS peak', 'redis cmds/req', 'up conns'];
   const f = (value: number | null, digits: number) => (value === null || Number.isNaN(value) ? '' : value.toFixed(digits));
   const rows = cells.map((c) =>
@@ -1118,7 +1124,7 @@ function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss
       `ws: ${settings.wsConnections} sockets, one ~90 B text message echoed at a time (req/s = round trips/s, p50/p99 = round trip).\n` +
       `x naive / x fastify: req/s relative to that target in the same workload. CPU µs/req and RSS peak: the process serving the target and its children (the fast lane's Next.js process) ` +
       `(floor and naive share one next start, next/baseline; every other target has its own process). redis cmds/req: commands the run's redis-server executed per call, those run inside a script included (round trips: see Targets).\n` +
-      `Process peak RSS (VmHWM): ${Object.entries(processes).map(([name, p]) => `${name} ${p.peak_rss_mib.toFixed(0)} MiB`).join(', ')}.`,
+      `Peak RSS, sampled in the cells / VmHWM (children's added): ${Object.entries(processes).map(([name, p]) => `${name} ${p.sampled_peak_rss_mib.toFixed(0)} / ${p.peak_rss_mib.toFixed(0)} MiB`).join(', ')}.`,
   );
   if (fastifySkip) console.log(`fastify: skipped (${fastifySkip}).`);
   for (const cell of cells) if (cell.first_error) console.log(`  ${cell.workload}/${label(cell)}: first error: ${cell.first_error}`);
