@@ -14,7 +14,7 @@ export interface FastLaneOptions {
   readonly deps: ProxyDeps;
   /** The origin given to the core's Request (`http://localhost:<port>`, as Next gives route handlers). */
   readonly origin: () => string;
-  /** Next's request handler (`app.getRequestHandler()`): every request outside /api/proxy. */
+  /** Where every request outside /api/proxy goes (server.ts: Next's process, `NextProcess.web`). */
   readonly next: (req: IncomingMessage, res: ServerResponse) => unknown;
   /** Headers next.config.ts adds to every response (its `source: '/:path*'` rules), so both doors send them. */
   readonly siteHeaders?: readonly (readonly [string, string])[];

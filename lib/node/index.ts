@@ -1,6 +1,7 @@
 /**
  * `keyward/node`: the fast lane's parts (DESIGN.md "Two entry points, one core"), as this repository's server.ts
- * assembles them: a Node `http` server that answers /api/proxy/* with the core and hands the rest to Next.
+ * assembles them: a Node `http` server that answers /api/proxy/* with the core and hands the rest to Next.js,
+ * which runs in a child process (startNextProcess).
  */
 export { readServeOptions, UsageError, type ServeOptions } from './args';
 export { createConnectRefusal, createFastLane, type FastLaneOptions } from './fast-lane';

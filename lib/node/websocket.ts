@@ -24,7 +24,7 @@ export interface UpgradeOptions {
   readonly origin: () => string;
   readonly tickets: WsTickets;
   readonly sockets: OpenSockets;
-  /** Next's upgrade handler (`app.getUpgradeHandler()`) for upgrades outside /api/proxy; absent: they are closed. */
+  /** Where upgrades outside /api/proxy go (server.ts: Next's process, `NextProcess.upgrade`); absent: they are closed. */
   readonly next?: (req: IncomingMessage, socket: Duplex, head: Buffer) => unknown;
   readonly siteHeaders?: readonly (readonly [string, string])[];
 }
