@@ -10,6 +10,7 @@
  */
 import { once } from 'node:events';
 import { createServer } from 'node:http';
+import { processMetrics } from '@/lib/core/observe/metrics';
 
 async function main(): Promise<void> {
   const socketPath = process.env.KEYWARD_NEXT_SOCKET;
@@ -29,6 +30,16 @@ async function main(): Promise<void> {
   server.listen(socketPath);
   await once(server, 'listening');
   process.send({ ready: true });
+  // The fast lane answers /api/metrics and merges in what this process counted (lib/core/observe/metrics.ts
+  // mergeFrom): the same set Next's bundles count into (processMetrics is one per process).
+  process.on('message', (message: { type?: string; id?: number } | null) => {
+    if (message?.type !== 'metrics' || typeof message.id !== 'number') return;
+    const { id } = message;
+    void Promise.resolve()
+      .then(() => processMetrics().snapshot())
+      .then((metrics) => process.send?.({ type: 'metrics', id, metrics }))
+      .catch(() => process.send?.({ type: 'metrics', id, metrics: null }));
+  });
 
   const stop = () => {
     server.close();

@@ -77,6 +77,14 @@ async function main(): Promise<void> {
     console.error(`\nKeyward cannot start: ${error.message}.\n`);
     process.exit(1);
   }
+  // What Next's process counts (its handlers: a decoy key submitted to /api/keys, for one) is merged into the
+  // /api/metrics this process answers.
+  runtime.metrics.mergeFrom(() =>
+    nextProcess.metrics().catch((error: unknown) => {
+      runtime.logger.warn({ err: error instanceof Error ? error.message : 'unknown' }, 'metrics: the Next.js process did not answer; scraped without its counts');
+      throw error;
+    }),
+  );
   const siteHeaders = await siteWideHeaders();
   let origin = `http://localhost:${options.port}`;
   // /api/metrics too: this process counts the proxied calls (lib/core/observe/metrics.ts processMetrics).

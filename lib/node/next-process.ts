@@ -20,6 +20,8 @@ export interface NextProcess {
   web(req: IncomingMessage, res: ServerResponse): void;
   /** Hands an upgrade outside /api/proxy to Next's own upgrade handling. */
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** What Next's process counted (prom-client JSON), for /api/metrics; rejects when it does not answer within 2 s. */
+  metrics(): Promise<unknown[]>;
   /** Settles with the child's exit code when it exits, for whatever reason. */
   readonly exited: Promise<number | null>;
   /** Asks the child to stop (SIGTERM) and waits for it, at most `ms`. */
@@ -95,7 +97,26 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
   const forwardedFor = (req: IncomingMessage) => {
     if (req.headers['x-forwarded-for'] === undefined && req.socket.remoteAddress) req.headers['x-forwarded-for'] = req.socket.remoteAddress;
   };
+  let asked = 0;
+  const metrics = () =>
+    new Promise<unknown[]>((resolve, reject) => {
+      const id = ++asked;
+      const timer = setTimeout(() => done(new Error('no answer')), 2_000);
+      const onMessage = (message: { type?: string; id?: number; metrics?: unknown[] | null } | null) => {
+        if (message?.type === 'metrics' && message.id === id) done(message.metrics ?? null);
+      };
+      const done = (result: unknown[] | null | Error) => {
+        clearTimeout(timer);
+        child.off('message', onMessage);
+        if (Array.isArray(result)) resolve(result);
+        else reject(result instanceof Error ? result : new Error('no metrics'));
+      };
+      child.on('message', onMessage);
+      if (!child.connected) done(new Error('not connected'));
+      else child.send({ type: 'metrics', id }, (error) => error && done(error));
+    });
   return {
+    metrics,
     web(req, res) {
       forwardedFor(req);
       proxy.web(req, res);

@@ -95,6 +95,12 @@ describe('requests outside /api/proxy reach Next as sent', () => {
 });
 
 describe('the Next process', () => {
+  it("answers with its metrics over the IPC channel (merged into the fast lane's /api/metrics)", async () => {
+    const [first, second] = await Promise.all([next.metrics(), next.metrics()]);
+    expect(first).toEqual([expect.objectContaining({ name: 'keyward_child_total', values: [{ value: 7, labels: {} }] })]);
+    expect(second).toEqual(first);
+  });
+
   it('exits when told to stop; a request after that gets 502 and no detail', async () => {
     const own = await startNextProcess({ entry: CHILD, port: 3000, hostname: undefined });
     const server = createServer((req, res) => own.web(req, res)).listen(0, '127.0.0.1');
@@ -106,6 +112,7 @@ describe('the Next process', () => {
     await own.stop();
     expect(await own.exited).toBe(0);
     expect(() => process.kill(seen.pid, 0)).toThrow();
+    await expect(own.metrics()).rejects.toThrow();
     const after = await rawRequest(ownPort, 'GET', '/', {});
     expect(after.status).toBe(502);
     expect(after.body).toBe('Bad gateway: the Next.js process did not answer.\n');

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ProxyEvent } from '../pipeline';
 import { methodLabel } from './trace';
 
@@ -99,6 +99,8 @@ export class ProxyMetrics {
     help: 'Seconds until each service key version expires (negative: expired), by upstream and key fingerprint.',
     labelNames: ['upstream', 'version'] as const,
     registers: [this.registry],
+    // Merged with another process's metrics (mergeFrom), one value per version, never a sum of two.
+    aggregator: 'first',
   });
   private readonly units = new Counter({
     name: 'keyward_budget_units_total',
@@ -114,6 +116,7 @@ export class ProxyMetrics {
   });
   private readonly children = new Map<string, Map<string, RouteChildren>>();
   private readonly tallies: Tally[] = [];
+  private readonly sources: Array<() => Promise<unknown[]>> = [];
 
   /**
    * Counts one recorded call. `known` says whether the event's upstream is a registry id (else the id is the
@@ -173,10 +176,28 @@ export class ProxyMetrics {
     for (const { upstream, version, expiresAt } of expiries) this.keyExpiry.labels(upstream, version).set((expiresAt - now) / 1000);
   }
 
-  /** The Prometheus text exposition of every metric. */
-  scrape(): Promise<string> {
+  /** The Prometheus text exposition of every metric, with the other processes' merged in (mergeFrom). */
+  async scrape(): Promise<string> {
     for (const tally of this.tallies) tally.flush();
-    return this.registry.metrics();
+    if (this.sources.length === 0) return this.registry.metrics();
+    const others = await Promise.all(this.sources.map((read) => read().catch(() => null)));
+    const own = await this.registry.getMetricsAsJSON();
+    return AggregatorRegistry.aggregate([own, ...others.filter((metrics) => metrics !== null)]).metrics();
+  }
+
+  /** This process's metrics as JSON (prom-client's form), for another process's scrape to merge. */
+  async snapshot(): Promise<unknown[]> {
+    for (const tally of this.tallies) tally.flush();
+    return this.registry.getMetricsAsJSON();
+  }
+
+  /**
+   * Adds another process's metrics to every scrape, summed (the key expiry gauge taken from this process): under
+   * `npm start`, Next's process counts what its handlers see (a decoy key submitted to /api/keys, for one) and the
+   * fast lane answers /api/metrics. A source that fails or does not answer in time is left out of that scrape.
+   */
+  mergeFrom(read: () => Promise<unknown[]>): void {
+    this.sources.push(read);
   }
 
   get contentType(): string {

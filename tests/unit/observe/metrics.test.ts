@@ -85,4 +85,27 @@ describe('ProxyMetrics', () => {
     expect(await new ProxyMetrics().scrape()).not.toContain('outcome="complete"');
     expect(processMetrics()).toBe(processMetrics());
   });
+
+  it("merges another process's metrics into a scrape: counters and histograms summed, the key expiry gauge this process's own", async () => {
+    const fastLane = new ProxyMetrics();
+    const next = new ProxyMetrics();
+    fastLane.observe(event(), true);
+    fastLane.observe(event(), true);
+    next.observe(event(), true);
+    next.countDetectorAction('decoy', 'alert');
+    const now = Date.now();
+    fastLane.setKeyExpiries([{ upstream: 'echo', version: 'fp-a', expiresAt: now + 90_000 }], now);
+    next.setKeyExpiries([{ upstream: 'echo', version: 'fp-a', expiresAt: now + 90_000 }], now);
+    fastLane.mergeFrom(() => next.snapshot());
+    fastLane.mergeFrom(() => Promise.reject(new Error('gone')));
+
+    const text = await fastLane.scrape();
+    expect(text).toContain('keyward_proxy_calls_total{upstream="echo",route="/items/:id",method="GET",status_class="2xx",outcome="complete"} 3');
+    expect(text).toContain('keyward_proxy_duration_seconds_count{upstream="echo",route="/items/:id"} 3');
+    expect(text).toContain('keyward_detector_actions_total{rule="decoy",action="alert"} 1');
+    expect(text).toMatch(/keyward_key_expiry_seconds\{upstream="echo",version="fp-a"\} (89|90)(\.\d+)?\n/);
+    // Counted once more in this process only: the merge reads the other process afresh at each scrape.
+    fastLane.observe(event(), true);
+    expect(await fastLane.scrape()).toContain('outcome="complete"} 4');
+  });
 });
