@@ -332,8 +332,8 @@ async function run() {
   // highest RSS sampled in the cells (every 200 ms, the process and its children together), which the target reads.
   const processes = Object.fromEntries(
     [...new Map(targets.map((t) => [t.process, t.pid]))].map(([name, pid]) => {
-      const sampled = all.filter((cell) => cell.process === name).map((cell) => cell.rss_peak_mib ?? 0);
-      return [name, { peak_rss_mib: round(rssMiB(pid, 'VmHWM'), 1), sampled_peak_rss_mib: round(Math.max(0, ...sampled), 1) }];
+      const sampled = all.filter((cell) => cell.process === name && cell.rss_peak_mib !== null).map((cell) => cell.rss_peak_mib!);
+      return [name, { peak_rss_mib: round(rssMiB(pid, 'VmHWM'), 1), sampled_peak_rss_mib: sampled.length ? round(Math.max(...sampled), 1) : null }];
     }),
   );
 
@@ -947,7 +947,7 @@ interface Check {
 /** The issue's targets, each as met / NOT met / not measured, from this run's cells. */
 function targetChecks(
   cells: readonly Cell[],
-  processes: Record<string, { peak_rss_mib: number; sampled_peak_rss_mib: number }>,
+  processes: Record<string, { peak_rss_mib: number; sampled_peak_rss_mib: number | null }>,
   roundTrips: readonly RoundTrips[],
   soakResult: SoakResult | null,
   bigResults: readonly (BigResult & { lane: string })[] | null,
@@ -999,7 +999,8 @@ function targetChecks(
   }
   for (const [name, { peak_rss_mib, sampled_peak_rss_mib }] of Object.entries(processes)) {
     if (name === 'upstream' || name === 'next/baseline') continue;
-    add(`peak RSS <= 450 MiB (${name})`, sampled_peak_rss_mib <= 450, `${sampled_peak_rss_mib} MiB sampled in the cells (VmHWM ${peak_rss_mib} MiB)`);
+    if (sampled_peak_rss_mib === null) add(`peak RSS <= 450 MiB (${name})`, null, 'no cell ran');
+    else add(`peak RSS <= 450 MiB (${name})`, sampled_peak_rss_mib <= 450, `${sampled_peak_rss_mib} MiB sampled in the cells (VmHWM ${peak_rss_mib} MiB)`);
   }
   if (soakResult) {
     add('soak: 0 errors', soakResult.errors === 0, `${soakResult.errors} errors in ${soakResult.requests} requests`);
@@ -1086,7 +1087,7 @@ async function profileSse(target: { base: string; headers: Record<string, string
   return result.completed;
 }
 
-function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss_mib: number; sampled_peak_rss_mib: number }>, fastifySkip: string | null) {
+function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss_mib: number; sampled_peak_rss_mib: number | null }>, fastifySkip: string | null) {
   const header = ['workload', 'target', 'req/s', 'slices min-max', 'x naive', 'x fastify', 'p50 ms', 'p99 ms', 'TTFE p50', 'TTFE p99', 'CPU µs/req', 'RSS peak', 'redis cmds/req', 'up conns'];
   const f = (value: number | null, digits: number) => (value === null || Number.isNaN(value) ? '' : value.toFixed(digits));
   const rows = cells.map((c) =>
@@ -1124,7 +1125,7 @@ function printTable(cells: readonly Cell[], processes: Record<string, { peak_rss
       `ws: ${settings.wsConnections} sockets, one ~90 B text message echoed at a time (req/s = round trips/s, p50/p99 = round trip).\n` +
       `x naive / x fastify: req/s relative to that target in the same workload. CPU µs/req and RSS peak: the process serving the target and its children (the fast lane's Next.js process) ` +
       `(floor and naive share one next start, next/baseline; every other target has its own process). redis cmds/req: commands the run's redis-server executed per call, those run inside a script included (round trips: see Targets).\n` +
-      `Peak RSS, sampled in the cells / VmHWM (children's added): ${Object.entries(processes).map(([name, p]) => `${name} ${p.sampled_peak_rss_mib.toFixed(0)} / ${p.peak_rss_mib.toFixed(0)} MiB`).join(', ')}.`,
+      `Peak RSS, sampled in the cells / VmHWM (children's added): ${Object.entries(processes).map(([name, p]) => `${name} ${p.sampled_peak_rss_mib?.toFixed(0) ?? 'n/a'} / ${p.peak_rss_mib.toFixed(0)} MiB`).join(', ')}.`,
   );
   if (fastifySkip) console.log(`fastify: skipped (${fastifySkip}).`);
   for (const cell of cells) if (cell.first_error) console.log(`  ${cell.workload}/${label(cell)}: first error: ${cell.first_error}`);
