@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CSRF_FAILURES } from '../../lib/core/csrf/check';
-import { signIn, startApp, type AppServer } from '../fixtures/app-server';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -190,5 +193,74 @@ describe('production without the demo', () => {
     const before = upstream.requests.length;
     expect((await send(app, 'GET', '/api/bench/naive/items/1', { host: 'app.test' })).status).toBe(404);
     expect(upstream.requests.length).toBe(before);
+  });
+});
+
+describe('npm start (the fast lane, Next in its own process) behind a real host name, with the README settings', () => {
+  // `KEYWARD_STORE=memory` is refused by npm start: the README's default, the embedded SQLite file, in a temp folder.
+  const laneSettings = () => {
+    const rest = { ...readme };
+    delete rest.KEYWARD_STORE;
+    return { ...rest, KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-deploy-lane-')), 'keyward.db') };
+  };
+
+  describe('trusting the Host header (AUTH_TRUST_HOST=true)', () => {
+    let app: AppServer;
+    let cookie: string;
+
+    beforeAll(async () => {
+      app = await startFastLane({ ...laneSettings(), AUTH_TRUST_HOST: 'true' }, { testDefaults: false });
+      cookie = await signIn(app.url, 'alice', password);
+    }, 90_000);
+    afterAll(async () => {
+      const output = app?.output() ?? '';
+      await app?.stop();
+      expect(findLeak(output, secrets) === null, 'a secret leaked into the log').toBe(true);
+    });
+
+    it("Auth.js answers in Next's process on the real host (no UntrustedHost), its pages not cached", async () => {
+      const reply = await send(app, 'GET', '/api/auth/csrf', { host: 'app.test' });
+      expect(reply.status).toBe(200);
+      expect(reply.headers['cache-control']).toBe('private, no-store');
+      expect(reply.headers['set-cookie']).toEqual(expect.arrayContaining([expect.stringMatching(/csrf-token=/)]));
+      expectNoLeak(reply);
+    });
+
+    it("Keyward's own API in Next's process takes the app.test origin and refuses the internal one", async () => {
+      const other = await signIn(app.url, 'alice', password);
+      const refused = await send(app, 'POST', '/api/session/logout', { cookie: other, host: 'app.test', origin: `http://localhost:${app.port}`, 'x-keyward-csrf': '1' });
+      expect(csrfMessage(refused)).toContain(CSRF_FAILURES.originRefused);
+      const reply = await send(app, 'POST', '/api/session/logout', { cookie: other, host: 'app.test', origin: 'http://app.test', 'x-keyward-csrf': '1' });
+      expect(reply.status).toBe(200);
+      expect((await send(app, 'GET', '/api/session', { cookie: other, host: 'app.test' })).status).toBe(401);
+    });
+
+    it('a proxied POST on app.test passes in the fast lane; a foreign origin is refused', async () => {
+      const post = (origin: string) =>
+        send(app, 'POST', '/api/proxy/echo/items', { cookie, host: 'app.test', origin, 'x-keyward-csrf': '1', 'content-type': 'application/json' }, '{}');
+      const ok = await post('http://app.test');
+      expect(ok.status).toBe(200);
+      expectNoLeak(ok);
+      expect(csrfMessage(await post('https://evil.example'))).toContain(CSRF_FAILURES.originRefused);
+    });
+  });
+
+  describe('with AUTH_URL', () => {
+    let app: AppServer;
+
+    beforeAll(async () => {
+      app = await startFastLane({ ...laneSettings(), AUTH_URL: 'https://keyward.example' }, { testDefaults: false });
+    }, 90_000);
+    afterAll(async () => {
+      await app?.stop();
+    });
+
+    it("Auth.js in Next's process builds its URLs on AUTH_URL's origin, whatever Host says", async () => {
+      const reply = await send(app, 'GET', '/api/auth/signin', { host: 'app.test' });
+      expect(reply.status).toBe(302);
+      const location = new URL(String(reply.headers.location), 'https://keyward.example');
+      expect(location.pathname).toBe('/signin');
+      expect(location.searchParams.get('callbackUrl')).toMatch(/^https:\/\/keyward\.example/);
+    });
   });
 });
