@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { pipeline, type Duplex } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
 import { getLogger } from '@/lib/core/log/logger';
+import { forwardedForFallback } from './request';
 
 export interface NextProcessOptions {
   /** The bundled child (`<distDir>/keyward-next.mjs`, from next-server.ts). */
@@ -95,7 +96,8 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
     }
   });
   const forwardedFor = (req: IncomingMessage) => {
-    if (req.headers['x-forwarded-for'] === undefined && req.socket.remoteAddress) req.headers['x-forwarded-for'] = req.socket.remoteAddress;
+    const fallback = forwardedForFallback(req);
+    if (fallback) req.headers['x-forwarded-for'] = fallback;
   };
   let asked = 0;
   const metrics = () =>

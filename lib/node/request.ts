@@ -46,8 +46,17 @@ export function readHeaders(req: IncomingMessage): Headers {
   const headers = new Headers();
   const raw = req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) headers.append(raw[i]!, raw[i + 1]!);
-  if (!headers.has('x-forwarded-for') && req.socket.remoteAddress) headers.set('x-forwarded-for', req.socket.remoteAddress);
+  const fallback = forwardedForFallback(req);
+  if (fallback) headers.set('x-forwarded-for', fallback);
   return headers;
+}
+
+/**
+ * The `X-Forwarded-For` a request gets when it has none: the socket's address, Next's own rule (`??=`), so the
+ * core behind the fast lane and Next's process behind it see the same value. Undefined when the client sent one.
+ */
+export function forwardedForFallback(req: IncomingMessage): string | undefined {
+  return req.headers['x-forwarded-for'] === undefined ? req.socket.remoteAddress : undefined;
 }
 
 /** A request has content when it says so: Content-Length above 0, or a Transfer-Encoding (RFC 9112 §6.3). */
