@@ -1,13 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { freePort } from '../tests/fixtures/app-server';
+import { freePort, npmStartNodeFlags } from '../tests/fixtures/app-server';
 
 /**
- * Starts `next start` or the fast lane (`scripts/start.mjs`, as `npm start` does) from the production build in
- * `cwd`, on a free 127.0.0.1 port, like tests/fixtures/app-server.ts, except that the server's output is not kept
- * whole: Keyward logs a line per proxied call, and a load run makes millions. Only the last 64 KiB are kept (for
- * the error message when it fails to start).
+ * Starts `next start` or the fast lane (`scripts/start.mjs` with `npm start`'s Node flags, as `npm start` does)
+ * from the production build in `cwd`, on a free 127.0.0.1 port, like tests/fixtures/app-server.ts, except that the
+ * server's output is not kept whole: Keyward logs a line per proxied call, and a load run makes millions. Only the
+ * last 64 KiB are kept (for the error message when it fails to start).
  */
 export interface BenchServer {
   readonly url: string;
@@ -25,7 +25,7 @@ export async function startServer(kind: 'next' | 'fastlane', env: Record<string,
     kind === 'next'
       ? [join(cwd, 'node_modules', 'next', 'dist', 'bin', 'next'), 'start', '-p', String(port), '-H', '127.0.0.1']
       : // `bundle`: another build of the fast lane (`--ab`), run directly as start.mjs would run the usual one.
-        [bundle ? join(cwd, '.next', bundle) : join(cwd, 'scripts', 'start.mjs'), '-p', String(port), '-H', '127.0.0.1'];
+        [...npmStartNodeFlags(cwd), bundle ? join(cwd, '.next', bundle) : join(cwd, 'scripts', 'start.mjs'), '-p', String(port), '-H', '127.0.0.1'];
   const child: ChildProcess = spawn(process.execPath, command, {
     cwd,
     env: {

@@ -50,6 +50,9 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
       ...(options.hostname ? { KEYWARD_NEXT_HOSTNAME: options.hostname } : {}),
     },
     stdio: 'inherit',
+    // Node's own flags (fork's default, said here because it matters): Next's process runs with the fast lane's,
+    // so `npm start`'s young-generation cap (package.json, README "Memory") holds for both processes.
+    execArgv: process.execArgv,
   });
   const exited = new Promise<number | null>((resolve) =>
     child.once('exit', (code) => {

@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
+import { freePort, npmStartNodeFlags, signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -423,7 +423,15 @@ describe('Next runs in a process of its own', () => {
     const extra = { ...env, KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-next-')), 'keyward.db') };
     const first = await startFastLane(extra, { port });
     const nextPid = childOf(first.pid);
-    expect(readFileSync(`/proc/${nextPid}/cmdline`, 'utf8')).toContain('keyward-next.mjs');
+    const argv = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    expect(argv(nextPid).some((word) => word.endsWith('keyward-next.mjs'))).toBe(true);
+    // npm start caps V8's young generation (package.json, README "Memory"), and Next's process runs with the cap too.
+    const flags = npmStartNodeFlags(process.cwd());
+    expect(flags).toContainEqual(expect.stringMatching(/^--max-semi-space-size=\d+$/));
+    for (const flag of flags) {
+      expect(argv(first.pid)).toContain(flag);
+      expect(argv(nextPid)).toContain(flag);
+    }
     await first.stop();
     await waitUntilGone(nextPid);
 
@@ -474,7 +482,7 @@ async function waitUntilGone(pid: number): Promise<void> {
 
 /** Runs `npm start`'s entry with `args` and env until it exits (start-up failures). */
 async function startAndExit(args: string[], extraEnv: Record<string, string>): Promise<{ code: number | null; output: string }> {
-  const child = spawn(process.execPath, [join(process.cwd(), 'scripts', 'start.mjs'), ...args], {
+  const child = spawn(process.execPath, [...npmStartNodeFlags(process.cwd()), join(process.cwd(), 'scripts', 'start.mjs'), ...args], {
     env: {
       PATH: process.env.PATH ?? '',
       HOME: process.env.HOME ?? '',
