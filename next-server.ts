@@ -11,6 +11,7 @@
 import { once } from 'node:events';
 import { createServer } from 'node:http';
 import { processMetrics } from '@/lib/core/observe/metrics';
+import { shutdownTracing } from '@/lib/core/observe/trace';
 
 async function main(): Promise<void> {
   const socketPath = process.env.KEYWARD_NEXT_SOCKET;
@@ -45,7 +46,8 @@ async function main(): Promise<void> {
     server.close();
     server.closeIdleConnections();
     setTimeout(() => process.exit(0), 5_000).unref();
-    server.once('close', () => process.exit(0));
+    // The spans of what it served last are exported before it goes (instrumentation.ts registered the provider).
+    void Promise.all([once(server, 'close'), shutdownTracing().catch(() => {})]).finally(() => process.exit(0));
   };
   // The fast lane is gone (or asks it to stop): no request can reach this socket any more.
   process.once('disconnect', stop);

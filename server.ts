@@ -25,6 +25,7 @@ import {
   OpenSockets,
   readServeOptions,
   registerTracingFromEnv,
+  shutdownTracing,
   startNextProcess,
   UsageError,
   WsTickets,
@@ -110,8 +111,9 @@ async function main(): Promise<void> {
     server.close();
     sockets.closeAll();
     server.closeIdleConnections();
-    // Calls already answered are on record before the process goes, and Next has stopped too.
-    void Promise.all([runtime.audit.flush().catch(() => {}), nextProcess.stop()]).finally(() => process.exit(0));
+    // Calls already answered are on record (and their spans exported) before the process goes, and Next has
+    // stopped too.
+    void Promise.all([runtime.audit.flush().catch(() => {}), shutdownTracing().catch(() => {}), nextProcess.stop()]).finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 6_000).unref();
   };
   process.once('SIGTERM', stop);

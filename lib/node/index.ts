@@ -11,4 +11,4 @@ export { createUpgradeListener, type UpgradeOptions } from './websocket';
 export { OpenSockets } from '@/lib/core/ws/sockets';
 export { WsTickets } from '@/lib/core/ws/tickets';
 export { checkStartup } from '@/lib/core/startup';
-export { registerTracingFromEnv } from '@/lib/core/observe/trace';
+export { registerTracingFromEnv, shutdownTracing } from '@/lib/core/observe/trace';

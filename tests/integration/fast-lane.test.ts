@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { createServer } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -456,6 +457,50 @@ describe('Next runs in a process of its own', () => {
     process.kill(third.pid, 'SIGKILL');
     await waitUntilGone(thirdNext);
     await third.stop();
+  });
+
+  it("exports spans over OTLP/HTTP from both processes, the last ones too: stopping sends the batch that is still waiting", async () => {
+    // A real OTLP/HTTP receiver on loopback: the SDK's exporter posts JSON to <endpoint>/v1/traces.
+    const bodies: string[] = [];
+    const collector = createServer((req, res) => {
+      let body = '';
+      req.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      req.on('end', () => {
+        if (req.method === 'POST' && req.url === '/v1/traces') bodies.push(body);
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      });
+    });
+    collector.listen(0, '127.0.0.1');
+    await once(collector, 'listening');
+    try {
+      const traced = await startFastLane({
+        ...env,
+        KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-otel-')), 'keyward.db'),
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}`,
+      });
+      const cookie = await signIn(traced.url, 'alice', password);
+      const response = await rawRequest(traced.port, 'GET', '/api/proxy/echo/items/7', { cookie, 'x-keyward-csrf': '1' });
+      expect(response.status).toBe(200);
+      // At once: the batch processor would wait 5 s before sending these spans.
+      await traced.stop();
+      type OtlpSpan = { name: string; attributes: Array<{ key: string; value: { stringValue?: string } }> };
+      const spans = bodies.flatMap((body) =>
+        (JSON.parse(body) as { resourceSpans: Array<{ scopeSpans: Array<{ spans: OtlpSpan[] }> }> }).resourceSpans.flatMap((resource) =>
+          resource.scopeSpans.flatMap((scope) => scope.spans),
+        ),
+      );
+      // The fast lane's: the proxied call (named by upstream and route template).
+      const proxied = spans.filter((span) => span.name.startsWith('keyward.proxy'));
+      expect(proxied).toHaveLength(1);
+      const attribute = (key: string) => proxied[0]!.attributes.find((entry) => entry.key === key)?.value.stringValue;
+      expect(attribute('keyward.upstream')).toBe('echo');
+      expect(attribute('keyward.route')).toBe('/items/:id');
+      // Next's process: its own spans for the sign-in it served.
+      expect(spans.map((span) => span.name)).toContain('POST /api/auth/[...nextauth]');
+      expectNoLeak(bodies.join('\n'));
+    } finally {
+      collector.close();
+    }
   });
 });
 

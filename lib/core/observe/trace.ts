@@ -19,6 +19,18 @@ export async function registerTracingFromEnv(env: NodeJS.ProcessEnv): Promise<vo
   if (wanted) (await import('./otel')).registerTracing();
 }
 
+/**
+ * Exports the spans still waiting in the batch (the SDK's BatchSpanProcessor holds them up to 5 s) and stops the
+ * exporter: each process calls it when it stops, so the calls it served last are not lost. Does nothing when no
+ * provider was registered. The API keeps one provider per process (a global), so this finds it whichever bundle's
+ * copy of registerTracingFromEnv registered it (Next's chunks register it in Next's process).
+ */
+export async function shutdownTracing(): Promise<void> {
+  const registered = trace.getTracerProvider() as { getDelegate?(): unknown };
+  const provider = (registered.getDelegate?.() ?? registered) as { shutdown?(): Promise<void> };
+  await provider.shutdown?.();
+}
+
 /** Methods passed on as they are; any other becomes `_OTHER` (OTel HTTP semantic conventions, `http.request.method`). */
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE']);
 
