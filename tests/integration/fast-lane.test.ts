@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,7 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse } from '../fixtures/raw-http';
 import { findLeak } from '../fixtures/claims-session';
+import { decoyId, mintDecoy } from '../../lib/core/detect/mint';
 
 /**
  * The fast lane (`npm start`: server.ts, bundled by `npm run build`) against the route handlers (`next start`),
@@ -417,6 +418,51 @@ describe('Next runs in a process of its own', () => {
     const refused = await fetch(`${lane.url}/api/metrics`);
     expect(refused.status).toBe(401);
     expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('unauthenticated');
+  });
+
+  it("/api/metrics merges in what Next's process counted: a decoy put as one's own key (PUT /api/keys, served by Next) revokes there", async () => {
+    const decoy = { id: decoyId(), ...mintDecoy('openai'), createdAt: new Date().toISOString() };
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-fastlane-decoy-'));
+    writeFileSync(join(dir, 'decoys.json'), JSON.stringify({ decoys: [decoy] }));
+    const config = writeConfigFile({
+      upstreams: {
+        byok: { baseUrl: `${upstream.origin}/v1/`, auth: { type: 'bearer', secret: { user: 'key' } }, routes: [{ method: 'GET', path: '/models', roles: ['user'] }] },
+      },
+    });
+    const app = await startFastLane({
+      ...env,
+      KEYWARD_CONFIG: config,
+      KEYWARD_DECOYS_FILE: join(dir, 'decoys.json'),
+      KEYWARD_VAULT_SECRET: randomSecret('vault'),
+      KEYWARD_STORE_PATH: join(dir, 'keyward.db'),
+    });
+    try {
+      const revokes = async () => {
+        const response = await fetch(`${app.url}/api/metrics`, { headers: { authorization: `Bearer ${metricsToken}` } });
+        expect(response.status).toBe(200);
+        const text = await response.text();
+        expect(text).not.toContain(decoy.value);
+        return Number(/^keyward_detector_actions_total\{rule="decoy",action="revoke"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+      };
+      expect(await revokes()).toBe(0);
+      const cookie = await signIn(app.url, 'alice', password);
+      const put = await fetch(`${app.url}/api/keys/byok`, {
+        method: 'PUT',
+        headers: { cookie, 'x-keyward-csrf': '1', origin: app.url, 'content-type': 'application/json' },
+        body: JSON.stringify({ key: decoy.value }),
+      });
+      expect(put.status).toBe(401);
+      // Counted in Next's process when the alert is written (a store write after the answer).
+      let count = 0;
+      for (let attempt = 0; attempt < 50 && count === 0; attempt++) {
+        count = await revokes();
+        if (count === 0) await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      expect(count).toBe(1);
+      expect(app.output()).not.toContain('the Next.js process did not answer');
+    } finally {
+      await app.stop();
+    }
   });
 
   it('Next is a child process: it stops with the fast lane, the fast lane stops (saying why) when Next dies, Next exits when the fast lane is killed', async () => {
