@@ -122,19 +122,29 @@ function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime
  * Auth.js's handlers take a NextRequest (they read `nextUrl` when AUTH_URL is set). Next's own request is
  * one; the sign-in form rebuilt by lib/core/api/sign-in.ts is not, and is rebuilt from its URL, headers and
  * (small, already checked) body: wrapping a Request object of another realm throws inside Next's bundle.
+ *
+ * Auth.js builds every URL it answers with (its callback and sign-in URLs, the redirect after sign-in, OIDC's
+ * `redirect_uri`) on the request's URL, which inside Next is the internal `http://localhost:<port>` whatever the
+ * Host. next-auth moves it to AUTH_URL's origin when that is set, and does nothing under AUTH_TRUST_HOST: a
+ * deployment trusting the host then sent browsers and the identity provider to localhost. So the request is
+ * given the public origin first, the one Keyward's CSRF check uses: AUTH_URL's, or, where the host is trusted,
+ * the one the forwarded/Host headers name.
  */
-async function toNextRequest(request: Request): Promise<NextRequest> {
-  if (request instanceof NextRequest) return request;
+async function toNextRequest(request: Request, publicOrigin: string | null): Promise<NextRequest> {
+  const url = new URL(request.url);
+  const publicUrl = publicOrigin !== null && publicOrigin !== url.origin ? `${publicOrigin}${url.pathname}${url.search}` : null;
+  if (request instanceof NextRequest) return publicUrl === null ? request : new NextRequest(publicUrl, request);
   const body = request.method === 'POST' ? await request.text() : undefined;
-  return new NextRequest(request.url, { method: request.method, headers: [...request.headers], body, signal: request.signal });
+  return new NextRequest(publicUrl ?? request.url, { method: request.method, headers: [...request.headers], body, signal: request.signal });
 }
 
 function authRoutes(getRuntime: RuntimeSource, handlers: AuthHandlers): Pick<ApiRoutes, 'authGetRoute' | 'authPostRoute'> {
-  const authGet: AuthHandler = async (request) => handlers.GET(await toNextRequest(request));
-  const authPost: AuthHandler = async (request) => handlers.POST(await toNextRequest(request));
+  const onPublicOrigin = (request: Request, runtime: Runtime) => toNextRequest(request, runtime.allowedOrigins.publicOrigin(request));
   return {
-    authGetRoute: authRoute(getRuntime, (request) => authGet(request)),
+    authGetRoute: authRoute(getRuntime, async (request, runtime) => handlers.GET(await onPublicOrigin(request, runtime))),
     // Auth.js's POST handler behind the sign-in rules: one form body, the attempt limits, a password slot.
-    authPostRoute: authRoute(getRuntime, (request, runtime) => handleSignInPost(request, runtime, authPost)),
+    authPostRoute: authRoute(getRuntime, (request, runtime) =>
+      handleSignInPost(request, runtime, async (form) => handlers.POST(await onPublicOrigin(form, runtime))),
+    ),
   };
 }

@@ -10,6 +10,7 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse as Reply } from '../fixtures/raw-http';
 import { findLeak } from '../fixtures/claims-session';
+import { startOidcProvider, type TestOidcProvider } from '../fixtures/oidc-provider';
 
 /**
  * A production server (`next start`, after `next build`) deployed with the README's settings and nothing
@@ -38,6 +39,20 @@ function csrfMessage(reply: Reply): string {
   const { error } = JSON.parse(reply.body) as { error: { code: string; message: string } };
   expect(error.code).toBe('csrf_failed');
   return error.message;
+}
+
+/** Auth.js's provider list as the server answers it for these request headers (each provider's URLs). */
+async function authProviders(app: AppServer, headers: Record<string, string>): Promise<Record<string, { signinUrl: string; callbackUrl: string }>> {
+  const reply = await send(app, 'GET', '/api/auth/providers', headers);
+  expect(reply.status).toBe(200);
+  return JSON.parse(reply.body) as Record<string, { signinUrl: string; callbackUrl: string }>;
+}
+
+/** Where Auth.js sends a browser that asks for the sign-in page without a session: the callbackUrl it carries. */
+async function signInCallbackUrl(app: AppServer, headers: Record<string, string>): Promise<string | null> {
+  const reply = await send(app, 'GET', '/api/auth/signin', headers);
+  expect(reply.status).toBe(302);
+  return new URL(String(reply.headers.location), 'http://relative.invalid').searchParams.get('callbackUrl');
 }
 
 beforeAll(async () => {
@@ -72,14 +87,22 @@ describe('behind a real host name, trusting the Host header (AUTH_TRUST_HOST=tru
   const post = (headers: Record<string, string>) =>
     send(app, 'POST', '/api/proxy/echo/items', { cookie, 'content-type': 'application/json', ...headers }, '{"name":"x"}');
 
+  let oidc: TestOidcProvider;
+
   beforeAll(async () => {
-    app = await startApp({ ...readme, AUTH_TRUST_HOST: 'true' }, { testDefaults: false });
+    // A real OpenID Connect provider that knows the app only by its public name.
+    oidc = await startOidcProvider({ redirectUri: 'http://app.test/api/auth/callback/oidc' });
+    app = await startApp(
+      { ...readme, AUTH_TRUST_HOST: 'true', KEYWARD_OIDC_ISSUER: oidc.issuer, KEYWARD_OIDC_CLIENT_ID: oidc.clientId, KEYWARD_OIDC_CLIENT_SECRET: oidc.clientSecret },
+      { testDefaults: false },
+    );
     cookie = await signIn(app.url, 'alice', password);
   }, 90_000);
   afterAll(async () => {
     const output = app?.output() ?? '';
     await app?.stop();
-    expect(findLeak(output, secrets) === null, 'a secret leaked into the log').toBe(true);
+    await oidc?.stop();
+    expect(findLeak(output, [...secrets, oidc?.clientSecret ?? '']) === null, 'a secret leaked into the log').toBe(true);
   });
 
   it('a same-origin POST with a cookie session passes', async () => {
@@ -125,6 +148,34 @@ describe('behind a real host name, trusting the Host header (AUTH_TRUST_HOST=tru
     const reply = await send(app, 'GET', '/api/auth/csrf', { host: 'app.test' });
     expect(reply.status).toBe(200);
     expect(reply.headers['cache-control']).toBe('private, no-store');
+  });
+
+  it("Auth.js builds its URLs on the trusted host, not on Next's internal localhost; behind a TLS proxy on the forwarded one", async () => {
+    const providers = await authProviders(app, { host: 'app.test' });
+    expect(providers.credentials!.signinUrl).toBe('http://app.test/api/auth/signin/credentials');
+    expect(providers.oidc!.callbackUrl).toBe('http://app.test/api/auth/callback/oidc');
+    expect(await signInCallbackUrl(app, { host: 'app.test' })).toBe('http://app.test');
+    const forwarded = { host: '127.0.0.1', 'x-forwarded-host': 'app.test', 'x-forwarded-proto': 'https' };
+    expect((await authProviders(app, forwarded)).oidc!.callbackUrl).toBe('https://app.test/api/auth/callback/oidc');
+    expect(await signInCallbackUrl(app, forwarded)).toBe('https://app.test');
+  });
+
+  it('OIDC sign-in sends the identity provider the redirect URI registered for the public name', async () => {
+    const csrf = await send(app, 'GET', '/api/auth/csrf', { host: 'app.test' });
+    const { csrfToken } = JSON.parse(csrf.body) as { csrfToken: string };
+    const csrfCookie = ([] as string[]).concat(csrf.headers['set-cookie'] ?? []).map((line) => line.split(';')[0]).join('; ');
+    const body = new URLSearchParams({ csrfToken, callbackUrl: 'http://app.test/' }).toString();
+    const reply = await send(
+      app,
+      'POST',
+      '/api/auth/signin/oidc',
+      { host: 'app.test', origin: 'http://app.test', cookie: csrfCookie, 'content-type': 'application/x-www-form-urlencoded' },
+      body,
+    );
+    expect(reply.status).toBe(302);
+    const authorize = new URL(String(reply.headers.location));
+    expect(authorize.origin).toBe(oidc.issuer);
+    expect(authorize.searchParams.get('redirect_uri')).toBe('http://app.test/api/auth/callback/oidc');
   });
 });
 
@@ -216,6 +267,11 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       const output = app?.output() ?? '';
       await app?.stop();
       expect(findLeak(output, secrets) === null, 'a secret leaked into the log').toBe(true);
+    });
+
+    it("Auth.js in Next's process builds its URLs on the trusted host", async () => {
+      expect((await authProviders(app, { host: 'app.test' })).credentials!.callbackUrl).toBe('http://app.test/api/auth/callback/credentials');
+      expect(await signInCallbackUrl(app, { host: 'app.test' })).toBe('http://app.test');
     });
 
     it("Auth.js answers in Next's process on the real host (no UntrustedHost), its pages not cached", async () => {

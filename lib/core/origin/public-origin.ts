@@ -4,7 +4,8 @@ import type { CoreRequest } from '../request';
  * The origin browsers use to reach Keyward (DESIGN.md "The public origin"). Inside Next, `request.url` is the
  * internal `http://localhost:<port>` whatever the Host was, so it is never used where a Host header exists:
  * the origin is `AUTH_URL`'s, or, where the host is trusted (`AUTH_TRUST_HOST`, Vercel, development), the one
- * the forwarded/Host headers name — the same rule Auth.js uses for its own callback URLs (`createActionURL`).
+ * the forwarded/Host headers name — the same rule Auth.js's `createActionURL` uses. Auth.js's route handlers build
+ * their URLs on the request's URL instead, so lib/next/api-routes.ts hands them requests on this origin.
  */
 export interface OriginPolicy {
   /** The public origin for this request; null when it cannot be computed (production without a setting). */
