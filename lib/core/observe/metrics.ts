@@ -178,17 +178,22 @@ export class ProxyMetrics {
 
   /** The Prometheus text exposition of every metric, with the other processes' merged in (mergeFrom). */
   async scrape(): Promise<string> {
-    for (const tally of this.tallies) tally.flush();
-    if (this.sources.length === 0) return this.registry.metrics();
-    const others = await Promise.all(this.sources.map((read) => read().catch(() => null)));
-    const own = await this.registry.getMetricsAsJSON();
+    if (this.sources.length === 0) {
+      this.flushTallies();
+      return this.registry.metrics();
+    }
+    const [own, others] = await Promise.all([this.snapshot(), Promise.all(this.sources.map((read) => read().catch(() => null)))]);
     return AggregatorRegistry.aggregate([own, ...others.filter((metrics) => metrics !== null)]).metrics();
   }
 
   /** This process's metrics as JSON (prom-client's form), for another process's scrape to merge. */
   async snapshot(): Promise<unknown[]> {
-    for (const tally of this.tallies) tally.flush();
+    this.flushTallies();
     return this.registry.getMetricsAsJSON();
+  }
+
+  private flushTallies(): void {
+    for (const tally of this.tallies) tally.flush();
   }
 
   /**
