@@ -48,11 +48,16 @@ async function authProviders(app: AppServer, headers: Record<string, string>): P
   return JSON.parse(reply.body) as Record<string, { signinUrl: string; callbackUrl: string }>;
 }
 
-/** Where Auth.js sends a browser that asks for the sign-in page without a session: the callbackUrl it carries. */
+/**
+ * Where Auth.js sends a browser that asks for its sign-in page without a session (Keyward's /signin): the
+ * callbackUrl it carries.
+ */
 async function signInCallbackUrl(app: AppServer, headers: Record<string, string>): Promise<string | null> {
   const reply = await send(app, 'GET', '/api/auth/signin', headers);
   expect(reply.status).toBe(302);
-  return new URL(String(reply.headers.location), 'http://relative.invalid').searchParams.get('callbackUrl');
+  const location = new URL(String(reply.headers.location), 'http://relative.invalid');
+  expect(location.pathname).toBe('/signin');
+  return location.searchParams.get('callbackUrl');
 }
 
 beforeAll(async () => {
@@ -206,11 +211,7 @@ describe('behind a real host name with AUTH_URL', () => {
   });
 
   it("Auth.js builds its URLs on AUTH_URL's origin", async () => {
-    const reply = await send(app, 'GET', '/api/auth/signin', { host: 'app.test' });
-    expect(reply.status).toBe(302);
-    const location = new URL(String(reply.headers.location), 'https://keyward.example');
-    expect(location.pathname).toBe('/signin');
-    expect(location.searchParams.get('callbackUrl')).toMatch(/^https:\/\/keyward\.example/);
+    expect(await signInCallbackUrl(app, { host: 'app.test' })).toMatch(/^https:\/\/keyward\.example/);
   });
 });
 
@@ -312,11 +313,7 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
     });
 
     it("Auth.js in Next's process builds its URLs on AUTH_URL's origin, whatever Host says", async () => {
-      const reply = await send(app, 'GET', '/api/auth/signin', { host: 'app.test' });
-      expect(reply.status).toBe(302);
-      const location = new URL(String(reply.headers.location), 'https://keyward.example');
-      expect(location.pathname).toBe('/signin');
-      expect(location.searchParams.get('callbackUrl')).toMatch(/^https:\/\/keyward\.example/);
+      expect(await signInCallbackUrl(app, { host: 'app.test' })).toMatch(/^https:\/\/keyward\.example/);
     });
   });
 });
