@@ -2,15 +2,21 @@ import { isAbsolute, relative, resolve } from 'node:path';
 import type { NextConfig } from 'next';
 
 /**
- * The KEYWARD_CONFIG file is read at run time by path, so Next's file tracing cannot see it: name it here so
- * `output: 'standalone'` (and Vercel's functions) carry it, at the same path relative to the app. Only a file
- * inside the project can be traced; an absolute path elsewhere is the deployment's to provide.
+ * Files Keyward reads at run time by path (the upstreams config, the decoys file), which Next's file tracing
+ * cannot see: name them here so `output: 'standalone'` (and Vercel's functions) carry them, at the same path
+ * relative to the app. Only a file inside the project can be traced; an absolute path elsewhere is the
+ * deployment's to provide. The users file (KEYWARD_USERS_FILE) is left out on purpose: it holds password hashes,
+ * which do not belong in a build artifact (README "Standalone output": mount it).
  */
-function tracedConfigFiles(): string[] {
-  const configured = process.env.KEYWARD_CONFIG;
-  if (!configured) return [];
-  const path = relative(process.cwd(), resolve(configured));
-  return path.startsWith('..') || isAbsolute(path) ? [] : [`./${path}`];
+const RUNTIME_FILES = ['KEYWARD_CONFIG', 'KEYWARD_DECOYS_FILE'] as const;
+
+function tracedRuntimeFiles(): string[] {
+  return RUNTIME_FILES.flatMap((name) => {
+    const configured = process.env[name];
+    if (!configured) return [];
+    const path = relative(process.cwd(), resolve(configured));
+    return path.startsWith('..') || isAbsolute(path) ? [] : [`./${path}`];
+  });
 }
 
 const nextConfig: NextConfig = {
@@ -18,7 +24,7 @@ const nextConfig: NextConfig = {
   distDir: process.env.KEYWARD_DIST_DIR || '.next',
   // `NEXT_OUTPUT=standalone npm run build` builds .next/standalone/server.js for container deploys.
   output: process.env.NEXT_OUTPUT === 'standalone' ? 'standalone' : undefined,
-  outputFileTracingIncludes: { '/**': tracedConfigFiles() },
+  outputFileTracingIncludes: { '/**': tracedRuntimeFiles() },
   // Proxied responses are streamed as the upstream sends them. Next's gzip would buffer SSE events
   // and cost ~13 % on small JSON; compression belongs to the edge (Vercel, nginx) in front of Keyward.
   compress: false,

@@ -8,10 +8,11 @@ import { freePort, signIn, startApp, type AppServer } from '../fixtures/app-serv
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
+import { decoyId, mintDecoy } from '../../lib/core/detect/mint';
 
 /**
- * The README's standalone deployment, run as written: build with `NEXT_OUTPUT=standalone` and KEYWARD_CONFIG set
- * (a path inside the project, so next.config.ts traces it into the output), copy exactly the folders the README
+ * The README's standalone deployment, run as written: build with `NEXT_OUTPUT=standalone` and KEYWARD_CONFIG and
+ * KEYWARD_DECOYS_FILE set (paths inside the project, so next.config.ts traces them into the output), copy exactly the folders the README
  * lists to another directory, start `node server.js` there with the README's settings, sign in, proxy a call.
  * The build goes to its own folder (`.next-standalone`) so the suite's `.next` is left alone; the README's
  * `.next` paths are the same with that name.
@@ -19,6 +20,8 @@ import { writeUsersFile } from '../fixtures/users';
 const cwd = process.cwd();
 const distDir = '.next-standalone';
 const configRelative = '.next-standalone-input/keyward.json';
+const decoysRelative = '.next-standalone-input/keyward.decoys.json';
+const decoy = { id: decoyId(), ...mintDecoy('openai'), createdAt: new Date().toISOString() };
 const echoKey = randomSecret('echo');
 const password = randomSecret('pw');
 let upstream: TestUpstream;
@@ -50,12 +53,14 @@ beforeAll(async () => {
       },
     }),
   );
+  writeFileSync(join(cwd, decoysRelative), JSON.stringify({ decoys: [decoy] }), { mode: 0o600 });
   // 1. Build (README: `NEXT_OUTPUT=standalone KEYWARD_CONFIG=config/keyward.json npm run build`).
   await run([join(cwd, 'node_modules', 'next', 'dist', 'bin', 'next'), 'build'], {
     NEXT_TELEMETRY_DISABLED: '1',
     NEXT_OUTPUT: 'standalone',
     KEYWARD_DIST_DIR: distDir,
     KEYWARD_CONFIG: configRelative,
+    KEYWARD_DECOYS_FILE: decoysRelative,
   });
   // 2. Copy exactly what the README lists: the standalone folder, and the static assets beside its server.
   deployDir = mkdtempSync(join(tmpdir(), 'keyward-standalone-'));
@@ -70,6 +75,7 @@ beforeAll(async () => {
       HOSTNAME: '127.0.0.1',
       AUTH_URL: `http://localhost:${port}`,
       KEYWARD_CONFIG: configRelative,
+      KEYWARD_DECOYS_FILE: decoysRelative,
       KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password, roles: ['user'] }]),
       KEYWARD_STORE_PATH: join(deployDir, 'data', 'keyward.db'),
       ECHO_KEY: echoKey,
@@ -104,5 +110,19 @@ describe('standalone output, deployed as the README says', () => {
     const asset = /\/_next\/static\/[^"']+\.(?:js|css)/.exec(html)?.[0];
     expect(asset).toBeTruthy();
     expect((await fetch(`${app.url}${asset}`)).status).toBe(200);
+  });
+
+  it('carries the KEYWARD_DECOYS_FILE: a decoy presented as the key is refused and signs the session out', async () => {
+    const cookie = await signIn(app.url, 'alice', password);
+    const calls = upstream.requests.length;
+    const headers = { cookie, 'x-keyward-csrf': '1' };
+    const presented = await fetch(`${app.url}/api/proxy/echo/items/8`, {
+      headers: { ...headers, authorization: `Bearer ${decoy.value}` },
+    });
+    expect(presented.status).toBe(401);
+    expect((await presented.json()).error.code).toBe('unauthenticated');
+    expect(upstream.requests.length).toBe(calls);
+    // The session that presented it was revoked (README "Decoy keys": revoke and suspend).
+    expect((await fetch(`${app.url}/api/proxy/echo/items/8`, { headers })).status).toBe(401);
   });
 });
