@@ -6,6 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
+import { OAuthTokenStore } from '../../lib/core/credential/oauth';
+import { Vault } from '../../lib/core/vault/seal';
+import { SqliteStore } from '../../lib/store/sqlite';
 import { startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
 import { leakForms } from '../fixtures/leak-forms';
@@ -18,6 +21,9 @@ import { writeUsersFile } from '../fixtures/users';
  * that checks the key on its handshake, can echo it back, and records every handshake it saw.
  */
 const wsKey = randomSecret('wskey');
+/** The access token of a connected account (`{"oauth": "acme"}`), as the provider would have issued it. */
+const oauthToken = randomSecret('acme-access');
+const vaultSecret = randomSecret('vault-secret-of-32-characters-or-more');
 const secrets = testSessionSecrets();
 const admin = { sub: 'local:root', roles: ['admin', 'user'] };
 
@@ -32,6 +38,7 @@ const handshakes: Handshake[] = [];
 let lane: AppServer;
 let wsUrl: string;
 let laneEnv: Record<string, string>;
+let laneStore: SqliteStore;
 
 beforeAll(async () => {
   upstreamServer = createServer((_req, res) => res.writeHead(426).end());
@@ -40,7 +47,7 @@ beforeAll(async () => {
     maxPayload: 64 * 1024 * 1024,
     verifyClient: ({ req }: { req: IncomingMessage }) => {
       handshakes.push({ url: req.url ?? '', headers: req.headers });
-      return req.headers['x-api-key'] === wsKey;
+      return req.headers['x-api-key'] === wsKey || req.headers.authorization === `Bearer ${oauthToken}`;
     },
   });
   upstreamWss.on('connection', (socket) => {
@@ -56,7 +63,22 @@ beforeAll(async () => {
   upstreamServer.listen(0, '127.0.0.1');
   await once(upstreamServer, 'listening');
   const { port } = upstreamServer.address() as AddressInfo;
+  const loopback = `http://127.0.0.1:${port}`;
   const configPath = writeConfigFile({
+    // A connected-account provider (README "Connected accounts"); its endpoints are never reached here but by a
+    // disconnect's revocation, which the loopback server refuses (the tokens are deleted anyway).
+    connections: {
+      acme: {
+        preset: 'generic',
+        name: 'Acme',
+        authorizationUrl: `${loopback}/authorize`,
+        tokenUrl: `${loopback}/token`,
+        revocationUrl: `${loopback}/revoke`,
+        clientId: { env: 'ACME_CLIENT_ID' },
+        clientSecret: { env: 'ACME_CLIENT_SECRET' },
+        scopes: ['api'],
+      },
+    },
     upstreams: {
       rt: {
         baseUrl: `http://127.0.0.1:${port}/v1/`,
@@ -80,24 +102,32 @@ beforeAll(async () => {
         auth: { type: 'header', name: 'x-api-key', secret: { user: 'key' } },
         routes: [{ method: 'GET', path: '/realtime', websocket: true, roles: ['user'] }],
       },
+      // The same upstream with each user's connected Acme account.
+      linked: {
+        baseUrl: `${loopback}/v1/`,
+        auth: { type: 'bearer', secret: { oauth: 'acme' } },
+        routes: [{ method: 'GET', path: '/realtime', websocket: true, roles: ['user'] }],
+      },
     },
   });
   laneEnv = {
     ...secrets,
     WS_KEY: wsKey,
-    KEYWARD_VAULT_SECRET: randomSecret('vault-secret-of-32-characters-or-more'),
+    KEYWARD_VAULT_SECRET: vaultSecret,
+    ACME_CLIENT_ID: 'keyward-test',
+    ACME_CLIENT_SECRET: randomSecret('acme-client'),
     KEYWARD_CONFIG: configPath,
     // Sessions are minted (tests/fixtures/session.ts); production still needs a sign-in method.
     KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password: randomSecret('pw'), roles: ['user'] }]),
   };
-  lane = await startFastLane({
-    ...laneEnv,
-    KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-ws-')), 'keyward.db'),
-  });
+  const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-ws-')), 'keyward.db');
+  lane = await startFastLane({ ...laneEnv, KEYWARD_STORE_PATH: storePath });
+  laneStore = new SqliteStore(storePath);
   wsUrl = lane.url.replace(/^http/, 'ws');
 }, 120_000);
 
 afterAll(async () => {
+  await laneStore?.close();
   await lane?.stop();
   upstreamWss?.close();
   upstreamServer?.close();
@@ -456,6 +486,42 @@ describe('WebSocket upgrades through the fast lane', () => {
     fays.send('still here');
     expect((await nextMessage(fays)).data.toString()).toBe('still here');
     fays.close();
+  }, 15_000);
+
+  it("disconnecting the account whose OAuth token a socket uses closes it (4403); another user's stays open", async () => {
+    // The grants are sealed into the lane's store as a completed connect leaves them (the connect flow itself:
+    // tests/integration/connections.test.ts); the server's processes read them from there.
+    const tokens = new OAuthTokenStore(laneStore, new Vault(vaultSecret), new Map());
+    const grant = { accessToken: oauthToken, refreshToken: null, expiresAt: 0 };
+    await tokens.save('acme', 'local:gus', grant);
+    await tokens.save('acme', 'local:hal', grant);
+    const cookie = await cookieFor('local:gus');
+    const before = handshakes.length;
+    const socket = opened(await open('/api/proxy/linked/realtime', { cookie, ...sameOrigin() }));
+    const hals = opened(
+      await open('/api/proxy/linked/realtime', { cookie: await cookieFor('local:hal'), ...sameOrigin() }),
+    );
+    expect(handshakes.slice(before).map((h) => h.headers.authorization)).toEqual([
+      `Bearer ${oauthToken}`,
+      `Bearer ${oauthToken}`,
+    ]);
+    socket.send('hello');
+    expect((await nextMessage(socket)).data.toString()).toBe('hello');
+
+    const end = closed(socket);
+    const disconnected = await fetch(`${lane.url}/api/connections/acme`, {
+      method: 'DELETE',
+      headers: { cookie, 'x-keyward-csrf': '1', ...sameOrigin() },
+    });
+    expect(disconnected.status).toBe(200);
+    expect(await end).toEqual({ code: 4403, reason: 'credential revoked' });
+    expect(refusal(await open('/api/proxy/linked/realtime', { cookie, ...sameOrigin() }))).toEqual({
+      status: 403,
+      code: 'connection_required',
+    });
+    hals.send('still here');
+    expect((await nextMessage(hals)).data.toString()).toBe('still here');
+    hals.close();
   }, 15_000);
 
   // Last: the key stays revoked.

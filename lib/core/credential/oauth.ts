@@ -100,6 +100,14 @@ export class OAuthTokenStore {
     return { tokens, sealed };
   }
 
+  /**
+   * Whether the user still holds a grant from this provider: false once it was disconnected or the link ended
+   * (lib/core/ws/sockets.ts closes the WebSockets opened with it). Reads the key's presence only, nothing unsealed.
+   */
+  async hasGrant(provider: string, userId: string): Promise<boolean> {
+    return (await guard(() => this.store.get(OAuthTokenStore.key(provider, userId)))) !== null;
+  }
+
   async unlink(provider: string, userId: string): Promise<void> {
     await guard(() => this.store.delete(OAuthTokenStore.key(provider, userId)));
   }

@@ -1,3 +1,4 @@
+import type { OAuthTokenStore } from '../credential/oauth';
 import type { UserKeys } from '../credential/user-keys';
 import type { KeyRings } from '../keys/rings';
 import type { SessionRevocations } from '../session/revocation';
@@ -11,7 +12,10 @@ import type { Upstream } from '../upstream/registry';
 export const CLOSE = {
   /** The session was signed out, revoked or expired. */
   sessionEnded: { code: 4401, reason: 'session ended' },
-  /** The key this socket's upstream handshake used was revoked or expired (key ring), or its owner deleted or replaced it. */
+  /**
+   * The key this socket's upstream handshake used was revoked or expired (key ring), or its owner deleted or
+   * replaced it, or the OAuth grant it came from was disconnected or ended.
+   */
   keyRevoked: { code: 4403, reason: 'credential revoked' },
   /** No message either way for the route's idleTimeoutMs. */
   idle: { code: 4408, reason: 'idle timeout' },
@@ -34,11 +38,13 @@ export interface OpenSocket {
 
 /**
  * Every proxied WebSocket open in this process, re-checked on an interval (default 1 s) so that a sign-out, an
- * admin's revocation, a session's expiry, a revoked service key, or a user's own key deleted or replaced closes
- * its sockets within about a second, on every instance (the state is read from the shared store, as each call
- * reads it). One revocation read per distinct session, one key-ring read per tick, and one read per user and
- * upstream with an own key, however many sockets share them; no timer while none is open. Sockets on an OAuth
- * token are not re-checked against the provider (that would take a token refresh or introspection call a second).
+ * admin's revocation, a session's expiry, a revoked service key, a user's own key deleted or replaced, or an
+ * OAuth grant disconnected or ended closes its sockets within about a second, on every instance (the state is
+ * read from the shared store, as each call reads it). One revocation read per distinct session, one key-ring read
+ * per tick, and one read per user and upstream with an own key or an OAuth token, however many sockets share
+ * them; no timer while none is open. A grant revoked at the provider itself is not seen (that would take a
+ * token refresh or an introspection call a second), nor is a grant replaced by reconnecting: the socket keeps the
+ * token it was opened with until the provider ends it.
  */
 export class OpenSockets {
   private readonly open = new Set<OpenSocket>();
@@ -50,6 +56,7 @@ export class OpenSockets {
       readonly revocations: SessionRevocations;
       readonly keyRings?: KeyRings | null;
       readonly userKeys?: Pick<UserKeys, 'currentFingerprint'> | null;
+      readonly oauthTokens?: Pick<OAuthTokenStore, 'hasGrant'> | null;
     },
     private readonly now: () => number = Date.now,
     private readonly intervalMs = 1_000,
@@ -85,7 +92,7 @@ export class OpenSockets {
     if (this.checking) return; // a slow store: the next tick starts when this one is done
     this.checking = true;
     try {
-      await Promise.all([this.checkSessions(), this.checkKeys(), this.checkUserKeys()]);
+      await Promise.all([this.checkSessions(), this.checkKeys(), this.checkUserKeys(), this.checkGrants()]);
     } finally {
       this.checking = false;
     }
@@ -139,19 +146,46 @@ export class OpenSockets {
   private async checkUserKeys(): Promise<void> {
     const userKeys = this.sources.userKeys;
     if (!userKeys) return;
-    const own = [...this.open].filter((socket) => socket.upstream.credential.source === 'user-key');
-    const byOwner = group(own, (socket) => `${socket.upstream.id}\u0000${socket.session.userId}`);
+    await this.checkOwned(
+      'user-key',
+      ({ upstream, session }) => userKeys.currentFingerprint(upstream.id, session.userId, upstream.fingerprints),
+      (current, socket) => socket.fingerprint === current,
+    );
+  }
+
+  /** Users' OAuth tokens (`{"oauth": …}`): a socket closes once the user's grant is gone (disconnected or ended). */
+  private async checkGrants(): Promise<void> {
+    const tokens = this.sources.oauthTokens;
+    if (!tokens) return;
+    await this.checkOwned(
+      'oauth',
+      async ({ upstream: { credential }, session }) =>
+        credential.source === 'oauth' && (await tokens.hasGrant(credential.provider, session.userId)),
+      (held) => held,
+    );
+  }
+
+  /**
+   * The sockets on a per-user credential of one kind: `read` once per user and upstream, and each socket closed
+   * unless `valid` (4403); a store that cannot answer closes them (fail closed).
+   */
+  private async checkOwned<T>(
+    source: 'user-key' | 'oauth',
+    read: (socket: OpenSocket) => Promise<T>,
+    valid: (current: T, socket: OpenSocket) => boolean,
+  ): Promise<void> {
+    const owned = [...this.open].filter((socket) => socket.upstream.credential.source === source);
+    const byOwner = group(owned, (socket) => `${socket.upstream.id}\u0000${socket.session.userId}`);
     await Promise.all(
       [...byOwner.values()].map(async (sockets) => {
-        const { upstream, session } = sockets[0]!;
-        let current: string | null;
+        let current: T;
         try {
-          current = await userKeys.currentFingerprint(upstream.id, session.userId, upstream.fingerprints);
+          current = await read(sockets[0]!);
         } catch {
           for (const socket of sockets) socket.close('storeUnavailable');
           return;
         }
-        for (const socket of sockets) if (socket.fingerprint !== current) socket.close('keyRevoked');
+        for (const socket of sockets) if (!valid(current, socket)) socket.close('keyRevoked');
       }),
     );
   }

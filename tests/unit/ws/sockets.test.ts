@@ -18,6 +18,7 @@ function session(sessionId: string, expiresAt = Date.now() + 3_600_000): Session
 }
 
 const upstream = { id: 'rt', credential: { source: 'user-key' }, fingerprints: { of: (key: string) => `fp(${key})` } } as unknown as Upstream;
+const linked = { id: 'linked', credential: { source: 'oauth', provider: 'acme' } } as unknown as Upstream;
 
 function revocations(revoked: Set<string>, calls: string[], fail = false): SessionRevocations {
   return {
@@ -29,9 +30,14 @@ function revocations(revoked: Set<string>, calls: string[], fail = false): Sessi
   } as unknown as SessionRevocations;
 }
 
-function track(sockets: OpenSockets, s: Session, fingerprint = 'f'): { closed: CloseCause[]; remove: () => void } {
+function track(
+  sockets: OpenSockets,
+  s: Session,
+  fingerprint = 'f',
+  on = upstream,
+): { closed: CloseCause[]; remove: () => void } {
   const closed: CloseCause[] = [];
-  const remove = sockets.add({ session: s, upstream, fingerprint, close: (cause) => closed.push(cause) });
+  const remove = sockets.add({ session: s, upstream: on, fingerprint, close: (cause) => closed.push(cause) });
   return { closed, remove };
 }
 
@@ -43,6 +49,17 @@ function userKeys(keys: Map<string, string>, reads: string[], fail = { now: fals
       if (fail.now) throw new Error('store down');
       const key = keys.get(`${upstreamId}/${userId}`);
       return key === undefined ? null : fingerprints.of(key);
+    },
+  };
+}
+
+/** Users' OAuth grants by `provider/user`, read as OAuthTokenStore.hasGrant reads them. */
+function grants(held: Set<string>, reads: string[], fail = { now: false }) {
+  return {
+    hasGrant: async (provider: string, userId: string) => {
+      reads.push(`${provider}/${userId}`);
+      if (fail.now) throw new Error('store down');
+      return held.has(`${provider}/${userId}`);
     },
   };
 }
@@ -109,5 +126,29 @@ describe('open WebSockets are re-checked', () => {
     await sockets.check();
     expect(c.closed).toEqual(['storeUnavailable']);
     c.remove();
+  });
+
+  it('closes the sockets on an OAuth grant once it is disconnected or ended, once per user and upstream', async () => {
+    const held = new Set(['acme/user-a', 'acme/user-b']);
+    const reads: string[] = [];
+    const fail = { now: false };
+    const sockets = new OpenSockets({ revocations: revocations(new Set(), []), oauthTokens: grants(held, reads, fail) });
+    const a1 = track(sockets, session('a'), 'fp(token-1)', linked);
+    const a2 = track(sockets, session('a'), 'fp(token-2)', linked);
+    const b = track(sockets, session('b'), 'fp(token-3)', linked);
+    const keyed = track(sockets, session('k'), 'fp(key)'); // an own key's socket: not a grant's
+    await sockets.check();
+    expect(reads.sort()).toEqual(['acme/user-a', 'acme/user-b']);
+    expect([a1.closed, a2.closed, b.closed]).toEqual([[], [], []]);
+
+    held.delete('acme/user-a');
+    await sockets.check();
+    expect([a1.closed, a2.closed, b.closed, keyed.closed]).toEqual([['keyRevoked'], ['keyRevoked'], [], []]);
+    a1.remove();
+    a2.remove();
+
+    fail.now = true;
+    await sockets.check();
+    expect(b.closed).toEqual(['storeUnavailable']);
   });
 });
