@@ -109,6 +109,21 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
     expect(readFileSync(configFile, 'utf8')).not.toContain(key);
   });
 
+  it("gives each route the success response's type: `keyward types` renders it for the typed client", () => {
+    const written = JSON.parse(readFileSync(configFile, 'utf8')) as {
+      upstreams: { petstore: { routes: Array<{ method: string; path: string; response?: unknown }> } };
+    };
+    const byId = written.upstreams.petstore.routes.find((r) => r.method === 'GET' && r.path === '/pet/:petId')!;
+    expect(byId.response).toMatchObject({ type: 'object', required: ['name', 'photoUrls'] });
+    const types = cli(['types', '--config', configFile]);
+    expect(types.code, types.stderr).toBe(0);
+    const pet = types.stdout.slice(types.stdout.indexOf('"GET /pet/:petId": {'));
+    expect(pet).toMatch(
+      /^"GET \/pet\/:petId": \{\s+query: Record<string, never>;\s+body: never;\s+response: \{\s+"id"\?: number;\s+"name": string;/,
+    );
+    expect(pet).toContain('"photoUrls": string[];');
+  });
+
   it('a valid query is forwarded with the key from the environment; an unknown or out-of-enum one is refused', async () => {
     const sent = harness.upstream.requests.length;
     const ok = await harness.call(['pet', 'findByStatus'], { upstream: 'petstore', query: '?status=sold' });
@@ -241,7 +256,12 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
       upstreams: Record<string, { routes: unknown[]; baseUrl: string }>;
     };
     expect(replaced.upstreams.petstore!.routes).toEqual([
-      { method: 'GET', path: '/pet/:petId', query: { properties: {} } },
+      {
+        method: 'GET',
+        path: '/pet/:petId',
+        query: { properties: {} },
+        response: expect.objectContaining({ type: 'object' }),
+      },
     ]);
     expect(replaced.upstreams.petstore!.baseUrl).toBe('https://petstore3.swagger.io/api/v3/');
   });

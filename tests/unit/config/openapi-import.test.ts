@@ -70,6 +70,21 @@ function query(contract: ReturnType<typeof routeOf>['contract'], search: string)
   return parseQuery(contract.query!, search, new URLSearchParams(search));
 }
 
+const CATEGORY = { type: 'object', properties: { id: { type: 'integer' }, name: { type: 'string' } } };
+/** The Petstore's Pet schema as a contract (and as a response type: it has no null or write-only field). */
+const PET = {
+  type: 'object',
+  properties: {
+    id: { type: 'integer' },
+    name: { type: 'string' },
+    category: CATEGORY,
+    photoUrls: { type: 'array', items: { type: 'string' } },
+    tags: { type: 'array', items: CATEGORY },
+    status: { type: 'string', description: 'pet status in the store', enum: ['available', 'pending', 'sold'] },
+  },
+  required: ['name', 'photoUrls'],
+};
+
 describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
   it('lists every operation with its method, path, operationId and summary, in document order', () => {
     const plan = petstore();
@@ -114,24 +129,15 @@ describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
       'DELETE /pet/:petId',
       'POST /pet/:petId/uploadImage',
     ]);
-    const category = { type: 'object', properties: { id: { type: 'integer' }, name: { type: 'string' } } };
+    // The Pet schema: the request body's contract, and the 200 response's type (the typed client's answer).
     expect(routeOf(result, 'POST', '/pet').route).toEqual({
       method: 'POST',
       path: '/pet',
       query: { properties: {} },
-      body: {
-        type: 'object',
-        properties: {
-          id: { type: 'integer' },
-          name: { type: 'string' },
-          category,
-          photoUrls: { type: 'array', items: { type: 'string' } },
-          tags: { type: 'array', items: category },
-          status: { type: 'string', description: 'pet status in the store', enum: ['available', 'pending', 'sold'] },
-        },
-        required: ['name', 'photoUrls'],
-      },
+      body: PET,
+      response: PET,
     });
+    expect(routeOf(result, 'GET', '/pet/findByStatus').route.response).toEqual({ type: 'array', items: PET });
     expect(routeOf(result, 'GET', '/pet/findByStatus').route.query).toEqual({
       properties: {
         status: {
@@ -207,7 +213,9 @@ describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
     );
     expect(configError(() => selectOperations(plan, ['nope']))).toContain('"nope"');
     const one = buildUpstream(plan, selectOperations(plan, ['getPetById']), { id: 'pets' });
-    expect(one.upstream.routes).toEqual([{ method: 'GET', path: '/pet/:petId', query: { properties: {} } }]);
+    expect(one.upstream.routes).toEqual([
+      { method: 'GET', path: '/pet/:petId', query: { properties: {} }, response: PET },
+    ]);
     // GET /pet/{petId} accepts api_key alone or petstore_auth alone: the key, on a tie.
     expect(one.upstream.auth).toEqual({ type: 'header', name: 'api_key', secret: { env: 'PETS_API_KEY' } });
     expect(configError(() => buildUpstream(plan, [], { id: 'pets' }))).toContain('no operation selected');
@@ -630,6 +638,142 @@ describe('OpenAPI import: schemas a contract cannot hold exactly', () => {
     expect(warningsOf(result, 'GET /a/{y}')).toEqual([
       'left out: GET /a/{x} matches the same requests and comes first',
     ]);
+  });
+});
+
+/** The response type of a one-operation document whose responses are `responses` (3.0 unless told). */
+function responseOf(responses: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+  const op = planImport(doc({ responses }, extra)).operations[0]!;
+  return { response: op.route?.response, warnings: op.warnings };
+}
+
+const json = (schema: unknown) => ({ description: 'ok', content: { 'application/json': { schema } } });
+
+describe('OpenAPI import: the response type (the typed client answer, types only)', () => {
+  it('is the lowest 2xx JSON response; none without one, or for a 204, said for nothing', () => {
+    const item = { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] };
+    const list = { type: 'array', items: { type: 'integer' } };
+    expect(responseOf({ '201': json(item), '200': json(list), default: json({ type: 'string' }) }).response).toEqual(
+      list,
+    );
+    expect(responseOf({ '2XX': json(list), '202': json(item) }).response).toEqual(item);
+    expect(responseOf({ '2XX': json(list) }).response).toEqual(list);
+    // A `$ref` to components/responses, and a `+json` media type with parameters.
+    const shared = responseOf(
+      { '200': { $ref: '#/components/responses/Item' } },
+      {
+        components: {
+          responses: {
+            Item: { description: 'ok', content: { 'application/vnd.api+json; charset=utf-8': { schema: item } } },
+          },
+        },
+      },
+    );
+    expect(shared.response).toEqual(item);
+    for (const responses of [
+      { '204': { description: 'no content' } },
+      { '200': { description: 'xml', content: { 'application/xml': { schema: item } } } },
+      { '400': json(item), default: json(item) },
+      {},
+    ]) {
+      const { response, warnings } = responseOf(responses);
+      expect(response).toBeUndefined();
+      expect(warnings.join('\n')).not.toContain('response');
+    }
+  });
+
+  it('leaves out fields that may be null or cannot be typed, required or not, and says so; keeps readOnly, drops writeOnly', () => {
+    const { response, warnings } = responseOf(
+      {
+        '200': json({
+          type: 'object',
+          required: ['id', 'note', 'meta', 'kind', 'owner'],
+          properties: {
+            id: { type: 'string', readOnly: true },
+            password: { type: 'string', writeOnly: true },
+            note: { type: 'string', nullable: true },
+            meta: { type: 'object', additionalProperties: { type: 'string' } },
+            kind: { oneOf: [{ type: 'string' }, { type: 'integer' }] },
+            owner: { allOf: [{ $ref: '#/components/schemas/User' }], nullable: true },
+            color: { type: 'string', enum: ['red', null] },
+            tags: { type: 'array', items: { type: 'string', nullable: true } },
+            size: { type: 'integer' },
+          },
+        }),
+      },
+      { components: { schemas: { User: { type: 'object', properties: { name: { type: 'string' } } } } } },
+    );
+    expect(response).toEqual({
+      type: 'object',
+      properties: { id: { type: 'string' }, size: { type: 'integer' } },
+      required: ['id'],
+    });
+    const said = warnings.join('\n');
+    expect(said).toContain('the response type leaves out what it cannot say (the typed client does not show them)');
+    for (const field of ['note', 'owner', 'color', 'tags[]']) expect(said).toContain(`response.${field}: may be null`);
+    expect(said).toContain('response.meta: a map');
+    expect(said).toContain('response.kind: "oneOf"');
+    expect(said).not.toContain('password');
+    // What a request contract says of its schemas (null refused, looser checks) is not said of a type.
+    expect(said).not.toContain('stricter than the spec');
+  });
+
+  it('3.1: `type: [..., "null"]` and a oneOf with null are nullable too; a nullable or untyped whole answer is unknown, said', () => {
+    const v31 = { openapi: '3.1.0' };
+    const fields = responseOf(
+      {
+        '200': json({
+          type: 'object',
+          properties: {
+            a: { type: ['string', 'null'] },
+            b: { oneOf: [{ type: 'integer' }, { type: 'null' }] },
+            c: { type: 'boolean' },
+          },
+        }),
+      },
+      v31,
+    );
+    expect(fields.response).toEqual({ type: 'object', properties: { c: { type: 'boolean' } } });
+    const nullable = responseOf(
+      { '200': json({ type: ['object', 'null'], properties: { c: { type: 'boolean' } } }) },
+      v31,
+    );
+    expect(nullable.response).toBeUndefined();
+    expect(nullable.warnings).toContain(
+      'the response is typed unknown: response: may be null, which a contract type cannot say',
+    );
+    const union = responseOf({ '200': json({ oneOf: [{ type: 'string' }, { type: 'object', properties: {} }] }) });
+    expect(union.response).toBeUndefined();
+    expect(union.warnings.join('\n')).toContain('the response is typed unknown: response: "oneOf"');
+    // A broken response schema (Swagger 2's boolean `required`) costs the type, not the import.
+    const broken = responseOf({
+      '200': json({ type: 'object', required: true, properties: { a: { type: 'string' } } }),
+    });
+    expect(broken.response).toBeUndefined();
+    expect(broken.warnings.join('\n')).toContain(
+      'the response is typed unknown: the OpenAPI document is invalid at #/paths/~1things/post/responses/200/content/application~1json/schema/required',
+    );
+  });
+
+  it('is valid route config: start-up reads it back as written', () => {
+    const plan = planImport(
+      doc({
+        responses: {
+          '200': json({
+            type: 'object',
+            properties: {
+              id: { type: 'string' },
+              count: { type: 'integer' },
+              state: { type: 'string', enum: ['on', 'off'] },
+            },
+            required: ['id'],
+          }),
+        },
+      }),
+    );
+    const result = buildUpstream(plan, importableOperations(plan), { id: 'things' });
+    const [definition] = parseConfig({ upstreams: { things: result.upstream } }, 'test');
+    expect(definition!.config.routes[0]!.response).toEqual(result.upstream.routes[0]!.response);
   });
 });
 

@@ -130,6 +130,7 @@ export const operationShape = z.looseObject({
   deprecated: z.boolean().optional(),
   parameters: z.array(z.unknown()).optional(),
   requestBody: z.unknown().optional(),
+  responses: z.record(z.string(), z.unknown()).optional(),
   security: securityRequirementsShape.optional(),
   servers: z.array(serverShape).optional(),
 });

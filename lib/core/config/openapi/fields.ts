@@ -12,9 +12,15 @@ import { child, isObject, own, resolveRef, specError, type JsonObject, type Spec
  *   `uniqueItems`, `not`…) is dropped and named, the rest of the field is still checked.
  * - A required field (or the whole body) that cannot be expressed makes the contract unsatisfiable: the result
  *   is `ok: false` with the reason, and the caller decides (leave the contract out and say so).
+ *
+ * Mode `response` reads a response schema into a route's `response` type (types only, for the typed client;
+ * never checked), where the safe side is the other one: a type must never claim more than the answer holds. So
+ * a field that may be null, or that cannot be expressed, is left out of its object whether required or not (the
+ * client does not see it, rather than seeing a wrong type), write-only fields are left out and read-only ones
+ * kept; a value that may be null as a whole, or cannot be expressed, has no type (`ok: false`).
  */
 
-export type FieldMode = 'json' | 'form' | 'multipart' | 'query';
+export type FieldMode = 'json' | 'form' | 'multipart' | 'query' | 'response';
 
 export type FieldResult =
   { readonly ok: true; readonly spec: FieldSpecInput } | { readonly ok: false; readonly reason: string };
@@ -66,6 +72,11 @@ export class FieldNotes {
     this.omitted.push(reason);
   }
 
+  /** The fields left out, as `omit` was told (a response type says them in its own words). */
+  omittedFields(): readonly string[] {
+    return [...this.omitted];
+  }
+
   messages(): string[] {
     const out: string[] = [];
     for (const [kind, paths] of this.loosened)
@@ -111,6 +122,10 @@ interface Common {
   description?: string;
   /** readOnly (OpenAPI): sent in responses only, so left out of request contracts. */
   readOnly?: boolean;
+  /** writeOnly (OpenAPI): sent in requests only, so left out of response types. */
+  writeOnly?: boolean;
+  /** The value may be null (a contract has no null): a response type leaves it out. */
+  nullable?: boolean;
 }
 
 type Draft =
@@ -163,7 +178,7 @@ const MAX_NODES = 20_000;
 function draft(schema: unknown, at: string, path: string, ctx: Walk, refs: readonly string[]): Draft {
   const result = draftSchema(schema, at, path, ctx, refs);
   // A readOnly field is left out of a request contract whatever its schema, even one a contract cannot express.
-  if (result.kind === 'none' && isObject(schema) && own(schema, 'readOnly') === true)
+  if (result.kind === 'none' && ctx.mode !== 'response' && isObject(schema) && own(schema, 'readOnly') === true)
     return { kind: 'any', readOnly: true };
   return result;
 }
@@ -220,6 +235,9 @@ function refDraft(
   if (result.kind !== 'none') {
     if (typeof siblings.description === 'string') result.description = siblings.description;
     if (siblings.readOnly === true) result.readOnly = true;
+    if (siblings.writeOnly === true) result.writeOnly = true;
+    // 3.0 tools write `nullable` beside a $ref; for a response type, believe it (leaving a field out is safe).
+    if (siblings.nullable === true) result.nullable = true;
   }
   return result;
 }
@@ -256,6 +274,21 @@ function choiceDraft(
     ctx.notes.tighten('null', path);
     return false;
   });
+  const result = choiceOf(base, kept, keyword, at, path, ctx, refs);
+  if (kept.length < located.length && result.kind !== 'none') result.nullable = true;
+  return result;
+}
+
+/** A choice among `options` (null left out), beside the rest of the schema (`base`). */
+function choiceOf(
+  base: JsonObject,
+  kept: readonly { schema: unknown; at: string }[],
+  keyword: 'oneOf' | 'anyOf',
+  at: string,
+  path: string,
+  ctx: Walk,
+  refs: readonly string[],
+): Draft {
   if (
     kept.every(
       (option) =>
@@ -303,10 +336,14 @@ function typedDraft(schema: JsonObject, at: string, path: string, ctx: Walk, ref
   const description = own(schema, 'description');
   if (typeof description === 'string' && description.trim() !== '') common.description = description.trim();
   if (own(schema, 'readOnly') === true) common.readOnly = true;
+  if (own(schema, 'writeOnly') === true) common.writeOnly = true;
+  const listed = own(schema, 'enum');
+  if (own(schema, 'const') === null || (Array.isArray(listed) && listed.includes(null))) common.nullable = true;
   const values = enumValues(schema, at, path, ctx);
   let types = declaredTypes(schema, at);
   if (types.includes('null') || own(schema, 'nullable') === true) {
     ctx.notes.tighten('null', path);
+    common.nullable = true;
     types = types.filter((type) => type !== 'null');
   }
   if (types.length === 0) types = inferredTypes(schema, values);
@@ -558,6 +595,9 @@ function mergeDrafts(a: Draft, b: Draft, path: string): Draft {
   const description = a.description ?? b.description;
   if (description !== undefined) common.description = description;
   if (a.readOnly || b.readOnly) common.readOnly = true;
+  if (a.writeOnly || b.writeOnly) common.writeOnly = true;
+  // Strictly both would have to allow null; a response type takes either's word (leaving a field out is safe).
+  if (a.nullable || b.nullable) common.nullable = true;
   if (a.kind === 'any') return { ...b, ...common };
   if (b.kind === 'any') return { ...a, ...common };
   if (a.kind === 'scalar' && b.kind === 'scalar') {
@@ -612,13 +652,15 @@ function kindName(d: Draft): string {
 // ---- Finalising: each object decides what to leave out, in the body's format ----
 
 function finalize(d: Draft, path: string, ctx: Walk, top: boolean): FieldResult {
+  if (ctx.mode === 'response' && d.kind !== 'none' && d.nullable)
+    return { ok: false, reason: `${path}: may be null, which a contract type cannot say` };
   switch (d.kind) {
     case 'none':
       return { ok: false, reason: d.reason };
     case 'any':
       return { ok: false, reason: `${path}: a value of any type cannot be expressed in a contract` };
     case 'scalar': {
-      const spec = without(d, 'kind', 'readOnly') as FieldSpecInput;
+      const spec = without(d, 'kind', 'readOnly', 'writeOnly', 'nullable') as FieldSpecInput;
       return { ok: true, spec: withDescription(spec, d.description) };
     }
     case 'array': {
@@ -652,14 +694,17 @@ function finalizeObject(d: Extract<Draft, { kind: 'object' }>, path: string, ctx
   const properties: Record<string, FieldSpecInput> = {};
   const required: string[] = [];
   const readOnly = new Set<string>();
+  const response = ctx.mode === 'response';
   for (const [name, property] of d.properties) {
-    if (property.kind !== 'none' && property.readOnly) {
+    // Left out of the other direction's shape: read-only fields of requests, write-only ones of responses.
+    if (property.kind !== 'none' && (response ? property.writeOnly : property.readOnly)) {
       readOnly.add(name);
       continue;
     }
     const result = fieldName(name, path, ctx, top) ?? finalize(property, `${path}.${name}`, ctx, false);
     if (!result.ok) {
-      if (d.required.has(name)) return result;
+      // A response type leaves out what it cannot say, required or not: absent beats a wrong type.
+      if (d.required.has(name) && !response) return result;
       ctx.notes.omit(result.reason);
       continue;
     }
@@ -667,7 +712,7 @@ function finalizeObject(d: Extract<Draft, { kind: 'object' }>, path: string, ctx
   }
   for (const name of d.required) {
     if (Object.hasOwn(properties, name)) required.push(name);
-    else if (!readOnly.has(name))
+    else if (!readOnly.has(name) && !response)
       return { ok: false, reason: `${path}: requires "${name}", which it does not declare` };
   }
   if (d.properties.size === 0 && d.additional !== 'closed') {

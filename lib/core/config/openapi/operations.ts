@@ -1,5 +1,6 @@
 import { DEFAULT_REQUEST_HEADERS } from '../../forward/headers';
 import { templateProblems } from '../../route/template';
+import { ConfigError } from '../error';
 import type { FieldSpecInput } from '../policy';
 import type { RouteMethod } from '../schema';
 import {
@@ -34,6 +35,8 @@ export interface ImportedRoute {
   query?: QueryContract;
   body?: FieldSpecInput;
   bodyFormat?: 'form' | 'multipart';
+  /** The answer's type for the typed client (types only, never checked): the success response's JSON schema. */
+  response?: FieldSpecInput;
 }
 
 /** One operation of the document, converted (or why it cannot be). */
@@ -180,6 +183,8 @@ function planOperation(
     bodyUnchecked = body.unchecked;
   }
   warnings.push(...notes.messages());
+  const response = responseType(doc, op.responses, child(at, 'responses'), warnings);
+  if (response) route.response = response;
   const loosePath = params.filter((p) => p.param.in === 'path').flatMap((p) => uncheckedPathParam(doc, p.param, p.at));
   if (loosePath.length > 0)
     warnings.push(
@@ -412,6 +417,60 @@ function looksLikeObject(doc: SpecDocument, schema: unknown): boolean {
   );
 }
 
+/**
+ * The route's `response` type (the typed client's answer type; types only, never checked): the JSON schema of
+ * the operation's success response, the lowest 2xx status it lists (`2XX` after those). None, and nothing said,
+ * when that response has no JSON body; none, said, when its schema cannot be a type. Fields that cannot be
+ * typed, or may be null, are left out of the type (and said): the client does not see them, rather than seeing
+ * a wrong type.
+ */
+function responseType(
+  doc: SpecDocument,
+  responses: Record<string, unknown> | undefined,
+  at: string,
+  warnings: string[],
+): FieldSpecInput | undefined {
+  const success = Object.keys(responses ?? {})
+    .filter((status) => /^2(?:\d\d|XX)$/i.test(status))
+    .sort((a, b) => (/X/i.test(a) ? 1 : 0) - (/X/i.test(b) ? 1 : 0) || Number(a) - Number(b))[0];
+  if (success === undefined) return undefined;
+  const resolved = derefObject(doc, responses![success], child(at, success));
+  if ('external' in resolved) {
+    warnings.push(`the response is typed unknown: its definition is in another file ("${resolved.external}")`);
+    return undefined;
+  }
+  const content = isObject(resolved.value) ? own(resolved.value, 'content') : undefined;
+  if (!isObject(content)) return undefined;
+  const json = Object.keys(content).find((type) => isJsonMedia(type.split(';')[0]!.trim().toLowerCase()));
+  const entry = json === undefined ? undefined : content[json];
+  if (!isObject(entry) || own(entry, 'schema') === undefined) return undefined;
+  const notes = new FieldNotes();
+  let result: ReturnType<typeof schemaToField>;
+  try {
+    const at = child(resolved.pointer, 'content', json!, 'schema');
+    result = schemaToField(own(entry, 'schema'), at, 'response', { doc, mode: 'response', notes });
+  } catch (error) {
+    // Response schemas are often sloppier than request ones; a broken one costs its type, not the import.
+    if (!(error instanceof ConfigError)) throw error;
+    result = { ok: false, reason: error.message };
+  }
+  if (!result.ok) {
+    warnings.push(`the response is typed unknown: ${result.reason}`);
+    return undefined;
+  }
+  const omitted = notes.omittedFields();
+  if (omitted.length > 0)
+    warnings.push(
+      `the response type leaves out what it cannot say (the typed client does not show them): ${omitted.join('; ')}`,
+    );
+  return result.spec;
+}
+
+/** `application/json` or a `+json` type (lower-case, without parameters). */
+function isJsonMedia(base: string): boolean {
+  return base === 'application/json' || /^application\/[^/]+\+json$/.test(base);
+}
+
 /** The request body's contract in the first format Keyward reads: JSON, then a form, then multipart. */
 function bodyContract(
   doc: SpecDocument,
@@ -440,7 +499,7 @@ function bodyContract(
     base: type.split(';')[0]!.trim().toLowerCase(),
   }));
   const pick =
-    media.find((m) => m.base === 'application/json' || /^application\/[^/]+\+json$/.test(m.base)) ??
+    media.find((m) => isJsonMedia(m.base)) ??
     media.find((m) => m.base === 'application/x-www-form-urlencoded') ??
     media.find((m) => m.base === 'multipart/form-data');
   if (!pick) {
