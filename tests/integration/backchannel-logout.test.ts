@@ -1,13 +1,18 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { SignJWT, importJWK, type JWTPayload } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { handleBackchannelLogout } from '../../lib/core/api/backchannel-logout';
 import { handleMobileAuthorize, handleMobileToken } from '../../lib/core/api/mobile';
 import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
-import { BACKCHANNEL_LOGOUT_EVENT, DISCOVERY_RETRY_MS, METADATA_TTL_MS } from '../../lib/core/session/logout-token';
+import {
+  BACKCHANNEL_LOGOUT_EVENT,
+  DISCOVERY_RETRY_MS,
+  KEYS_MAX_AGE_MS,
+  METADATA_TTL_MS,
+} from '../../lib/core/session/logout-token';
 import { PROVIDER_SESSION_SLOTS } from '../../lib/core/session/provider-sessions';
 import { MemoryStore } from '../../lib/store/memory';
 import { RedisStore } from '../../lib/store/redis';
@@ -445,37 +450,73 @@ describe('failure and configuration', () => {
   });
 });
 
-describe('the provider\'s metadata: held, fetched again after a day, not fetched per post after a failure', () => {
+describe("the provider's metadata and keys: held, fetched again behind the posts, not per post after a failure", () => {
   /**
-   * A minimal issuer on loopback (discovery document and JWKS, node:http) that counts its discovery requests and
-   * can be switched to answer 500, with the test's own signing key. The runtime's clock is the test's, so a day
-   * passes without waiting.
+   * A minimal issuer on loopback (discovery document and JWKS, node:http) that counts its requests, can be
+   * switched to answer 500 or to hold its answers until the test lets them go, and signs with the test's own
+   * keys (a second one for a rotation). The runtime's clock is the test's, so a day passes without waiting.
    */
-  let issuer: { url: string; server: Server; discoveries: number; down: boolean };
+  let issuer: {
+    url: string;
+    server: Server;
+    discoveries: number;
+    jwksRequests: number;
+    down: boolean;
+    /** Requests of these paths are held (not answered) until `release()`. */
+    hold: Set<string>;
+    held: (() => void)[];
+    keys: { kid: string; jwk: ReturnType<typeof rsaSigningJwk> }[];
+  };
   const signingKey = rsaSigningJwk();
-  const publicKey = { kty: signingKey.kty, n: signingKey.n, e: signingKey.e };
+  const rotatedKey = rsaSigningJwk();
+  const publicJwk = (jwk: ReturnType<typeof rsaSigningJwk>) => ({ kty: jwk.kty, n: jwk.n, e: jwk.e });
   let clock = Date.now();
+
+  function release(): void {
+    for (const answer of issuer.held.splice(0)) answer();
+  }
 
   beforeAll(async () => {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
-    issuer = { url, server: createServer(), discoveries: 0, down: false };
+    issuer = {
+      url,
+      server: createServer(),
+      discoveries: 0,
+      jwksRequests: 0,
+      down: false,
+      hold: new Set(),
+      held: [],
+      keys: [{ kid: 'k1', jwk: signingKey }],
+    };
     issuer.server.on('request', (req, res) => {
-      if (req.url === '/.well-known/openid-configuration') issuer.discoveries++;
-      if (issuer.down) return res.writeHead(500).end();
-      if (req.url === '/.well-known/openid-configuration') {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        return res.end(JSON.stringify({ issuer: url, jwks_uri: `${url}/jwks`, id_token_signing_alg_values_supported: ['RS256'] }));
-      }
-      if (req.url === '/jwks') {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        return res.end(JSON.stringify({ keys: [{ ...publicKey, kid: 'k1', alg: 'RS256', use: 'sig' }] }));
-      }
-      res.writeHead(404).end();
+      const path = req.url ?? '';
+      if (path === '/.well-known/openid-configuration') issuer.discoveries++;
+      if (path === '/jwks') issuer.jwksRequests++;
+      const answer = () => {
+        if (issuer.down) return res.writeHead(500).end();
+        if (path === '/.well-known/openid-configuration') {
+          res.writeHead(200, { 'content-type': 'application/json' });
+          return res.end(
+            JSON.stringify({ issuer: url, jwks_uri: `${url}/jwks`, id_token_signing_alg_values_supported: ['RS256'] }),
+          );
+        }
+        if (path === '/jwks') {
+          res.writeHead(200, { 'content-type': 'application/json' });
+          const keys = issuer.keys.map(({ kid, jwk }) => ({ ...publicJwk(jwk), kid, alg: 'RS256', use: 'sig' }));
+          return res.end(JSON.stringify({ keys }));
+        }
+        res.writeHead(404).end();
+      };
+      if (issuer.hold.has(path)) issuer.held.push(answer);
+      else answer();
     });
     await new Promise<void>((resolve) => issuer.server.listen(port, '127.0.0.1', resolve));
   });
-  afterAll(() => new Promise<void>((resolve) => issuer.server.close(() => resolve())));
+  afterAll(() => {
+    release();
+    return new Promise<void>((resolve) => issuer.server.close(() => resolve()));
+  });
 
   function runtimeOnClock(): Runtime {
     return createRuntime({
@@ -486,19 +527,33 @@ describe('the provider\'s metadata: held, fetched again after a day, not fetched
     });
   }
 
-  async function signed(sub: string): Promise<string> {
+  /** Lets a fetch that runs behind the posts finish, so the issuer's counts say what was asked. */
+  async function settled(runtime: Runtime): Promise<void> {
+    await runtime.logoutTokens!.idle();
+  }
+
+  async function signed(sub: string, key = { kid: 'k1', jwk: signingKey }): Promise<string> {
     const iat = Math.floor(clock / 1000);
     const token = await new SignJWT({ iss: issuer.url, aud: provider.clientId, iat, exp: iat + 120, jti: randomUUID(), sub, events: { [BACKCHANNEL_LOGOUT_EVENT]: {} } })
-      .setProtectedHeader({ alg: 'RS256', kid: 'k1', typ: 'logout+jwt' })
-      .sign(await importJWK(signingKey, 'RS256'));
+      .setProtectedHeader({ alg: 'RS256', kid: key.kid, typ: 'logout+jwt' })
+      .sign(await importJWK(key.jwk, 'RS256'));
     tokensMade.push(token);
     return token;
   }
 
-  it('a provider that is down is asked once per retry interval, not once per post', async () => {
+  function reset(): void {
+    release();
     clock = Date.now();
-    issuer.down = true;
+    issuer.down = false;
     issuer.discoveries = 0;
+    issuer.jwksRequests = 0;
+    issuer.hold.clear();
+    issuer.keys = [{ kid: 'k1', jwk: signingKey }];
+  }
+
+  it('a provider that is down is asked once per retry interval, not once per post', async () => {
+    reset();
+    issuer.down = true;
     const runtime = runtimeOnClock();
     for (let i = 0; i < 3; i++) expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(503);
     expect(issuer.discoveries).toBe(1);
@@ -517,32 +572,104 @@ describe('the provider\'s metadata: held, fetched again after a day, not fetched
   });
 
   it('the metadata is held for a day, then fetched again; a failed refetch keeps the held metadata and is retried later', async () => {
-    clock = Date.now();
-    issuer.down = false;
-    issuer.discoveries = 0;
+    reset();
     const runtime = runtimeOnClock();
     const sub = `acct-${randomUUID()}`;
     expect((await post(runtime, form(await signed(sub)))).status).toBe(200);
     expect(await runtime.store.get(`rev:user:oidc:${sub}`)).not.toBeNull();
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
-    expect(issuer.discoveries).toBe(1);
+    expect([issuer.discoveries, issuer.jwksRequests]).toEqual([1, 1]); // the keys come with the metadata
 
     clock += METADATA_TTL_MS;
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    await settled(runtime);
     expect(issuer.discoveries).toBe(2);
 
-    // A day later the provider is down: logouts are still verified with what is held (its keys are cached).
+    // A day later the provider is down: logouts are still verified with what is held.
     clock += METADATA_TTL_MS;
     issuer.down = true;
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    await settled(runtime);
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    await settled(runtime);
     expect(issuer.discoveries).toBe(3); // one failed refetch, not one per post
     issuer.down = false;
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    await settled(runtime);
     expect(issuer.discoveries).toBe(3);
     clock += DISCOVERY_RETRY_MS + 1;
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    await settled(runtime);
     expect(issuer.discoveries).toBe(4);
+  });
+
+  it('a post never waits for a refetch: the held metadata verifies it while the provider has not answered', async () => {
+    reset();
+    const runtime = runtimeOnClock();
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    clock += METADATA_TTL_MS;
+    issuer.hold.add('/.well-known/openid-configuration');
+    const sub = `acct-${randomUUID()}`;
+    expect((await post(runtime, form(await signed(sub)))).status).toBe(200);
+    expect(await runtime.store.get(`rev:user:oidc:${sub}`)).not.toBeNull();
+    // Answered although the refetch it started is held at the provider (not answered, not given up).
+    await vi.waitFor(() => expect(issuer.held.length).toBe(1));
+    expect(issuer.discoveries).toBe(2);
+    issuer.hold.clear();
+    release();
+    await settled(runtime);
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect(issuer.discoveries).toBe(2);
+  }, 4_000); // below the 5 s a refetch may take before it is given up: a post that waited for it cannot pass
+
+  it('keys older than ten minutes are fetched again behind the post; a provider down or slow meanwhile fails no logout', async () => {
+    reset();
+    const runtime = runtimeOnClock();
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect(issuer.jwksRequests).toBe(1);
+
+    // Slow: the post is verified with the keys held while the JWKS request is still held at the provider.
+    clock += KEYS_MAX_AGE_MS;
+    issuer.hold.add('/jwks');
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    await vi.waitFor(() => expect(issuer.held.length).toBe(1));
+    expect(issuer.jwksRequests).toBe(2);
+    issuer.hold.clear();
+    release();
+    await settled(runtime);
+
+    // Down: still verified with the keys held, and asked again once per retry interval, not per post.
+    clock += KEYS_MAX_AGE_MS;
+    issuer.down = true;
+    for (let i = 0; i < 3; i++) {
+      expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+      await settled(runtime);
+    }
+    expect(issuer.jwksRequests).toBe(3);
+    clock += DISCOVERY_RETRY_MS + 1;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    await settled(runtime);
+    expect(issuer.jwksRequests).toBe(4);
+    expect(issuer.discoveries).toBe(1);
+  });
+
+  it('a token signed with a key the held set lacks fetches the keys again (a rotation); an unknown key is refused, asked once per interval', async () => {
+    reset();
+    const runtime = runtimeOnClock();
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    clock += DISCOVERY_RETRY_MS + 1;
+    issuer.keys = [{ kid: 'k2', jwk: rotatedKey }];
+    const sub = `acct-${randomUUID()}`;
+    expect((await post(runtime, form(await signed(sub, { kid: 'k2', jwk: rotatedKey })))).status).toBe(200);
+    expect(await runtime.store.get(`rev:user:oidc:${sub}`)).not.toBeNull();
+    expect(issuer.jwksRequests).toBe(2);
+    // A key the provider does not have: refused (400), and the provider is not asked again within the interval.
+    const stranger = { kid: 'k9', jwk: rsaSigningJwk() };
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`, stranger)))).status).toBe(400);
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`, stranger)))).status).toBe(400);
+    expect(issuer.jwksRequests).toBe(2);
+    // The retired key no longer verifies (the held set is the provider's current one).
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(400);
   });
 });
 

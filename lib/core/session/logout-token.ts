@@ -1,5 +1,5 @@
 import 'server-only';
-import { createRemoteJWKSet, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import * as oauth from 'oauth4webapi';
 import { isLoopbackHost } from '../config/schema';
 
@@ -8,9 +8,11 @@ import { isLoopbackHost } from '../config/schema';
  * sign-in provider configured by KEYWARD_OIDC_*, with jose:
  *  - a JWS (an encrypted token is refused: Keyward registers no ID token encryption), signed with an
  *    asymmetric algorithm the provider advertises, never `none` or a MAC, by a key of the provider's JWKS
- *    (its `jwks_uri`, discovered from the issuer's metadata, which is held for METADATA_TTL_MS; jose's
- *    createRemoteJWKSet caches the keys and refetches, at most every 30 s, when a token names a key it has not
- *    seen);
+ *    (its `jwks_uri`, discovered from the issuer's metadata, which is held for METADATA_TTL_MS; the keys are
+ *    held for KEYS_MAX_AGE_MS, and fetched again when a token names a key they lack: ProviderKeys). Metadata
+ *    and keys past their age are fetched again behind the post that finds them so, which is verified with what
+ *    is held: a provider slow to answer never holds up a logout, and one that cannot answer does not make
+ *    logouts fail while its keys are known;
  *  - header `typ` is `logout+jwt` when present (RFC 8417 §2.3 explicit typing; absent is accepted for
  *    providers that predate it);
  *  - `iss` is the issuer, `aud` names Keyward's client id, `iat` is present and at most MAX_AGE_SECONDS old
@@ -36,8 +38,9 @@ const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256
 const DISCOVERY_TIMEOUT_MS = 5_000;
 /**
  * The provider's metadata (its JWKS location and signing algorithms) is fetched again after this long, so a
- * provider that moves its keys or changes algorithms is followed without a restart. A refetch that fails keeps
- * the metadata held (logouts go on being verified) and is tried again after DISCOVERY_RETRY_MS.
+ * provider that moves its keys or changes algorithms is followed without a restart. The refetch runs behind
+ * the post that starts it (which is verified with the metadata held); one that fails keeps the metadata held
+ * (logouts go on being verified) and is tried again after DISCOVERY_RETRY_MS.
  */
 export const METADATA_TTL_MS = 24 * 60 * 60_000;
 /**
@@ -46,6 +49,8 @@ export const METADATA_TTL_MS = 24 * 60 * 60_000;
  * requests to a provider that is down.
  */
 export const DISCOVERY_RETRY_MS = 10_000;
+/** The provider's keys are fetched again, behind the post that finds them older than this (jose's default). */
+export const KEYS_MAX_AGE_MS = 10 * 60_000;
 
 /** What a valid logout token says: who to sign out. `sub` or `sid` is set, or both. */
 export interface LogoutClaims {
@@ -75,7 +80,7 @@ export class LogoutProviderUnavailable extends Error {
 
 interface Provider {
   readonly issuer: string;
-  readonly keys: JWTVerifyGetKey;
+  readonly keys: ProviderKeys;
   readonly algorithms: string[];
 }
 
@@ -102,7 +107,7 @@ export class LogoutTokenVerifier {
     let payload: JWTPayload;
     let typ: string | undefined;
     try {
-      const result = await jwtVerify(token, provider.keys, {
+      const result = await jwtVerify(token, provider.keys.getKey, {
         issuer: provider.issuer,
         audience: this.clientId,
         algorithms: provider.algorithms,
@@ -121,9 +126,16 @@ export class LogoutTokenVerifier {
     return logoutClaims(payload, typ, provider.issuer);
   }
 
+  /** Settles once no fetch of the provider's metadata or keys is under way (tests: refetches run behind the posts). */
+  async idle(): Promise<void> {
+    await this.fetching?.catch(() => {});
+    await this.held?.provider.keys.idle();
+  }
+
   /**
-   * The issuer's metadata: fetched once, then again after METADATA_TTL_MS. After a failure, nothing is fetched
-   * for DISCOVERY_RETRY_MS: the metadata held (if any) is used, else the failure is answered again.
+   * The issuer's metadata: fetched once, then again after METADATA_TTL_MS, behind the post that finds it old
+   * (that post uses the metadata held). After a failure, nothing is fetched for DISCOVERY_RETRY_MS: the
+   * metadata held (if any) is used, else the failure is answered again.
    */
   private discover(): Promise<Provider> {
     const now = this.now();
@@ -148,7 +160,8 @@ export class LogoutTokenVerifier {
       .finally(() => {
         this.fetching = undefined;
       });
-    return this.fetching;
+    // A refetch never rejects while metadata is held (it answers with that): nothing here goes unhandled.
+    return held ? Promise.resolve(held.provider) : this.fetching;
   }
 
   private async fetchProvider(): Promise<Provider> {
@@ -171,17 +184,7 @@ export class LogoutTokenVerifier {
     // Logout tokens are signed as ID tokens are (§2.6 step 3): the algorithms the provider uses for those.
     const algorithms = advertised ? ASYMMETRIC.filter((alg) => advertised.includes(alg)) : ['RS256'];
     if (algorithms.length === 0) throw new Error('the issuer signs ID tokens with no asymmetric algorithm');
-    const remote = createRemoteJWKSet(jwksUrl, { timeoutDuration: DISCOVERY_TIMEOUT_MS });
-    const keys: JWTVerifyGetKey = async (header, token) => {
-      try {
-        return await remote(header, token);
-      } catch (error) {
-        // No key for this token is the token's problem; a JWKS that cannot be fetched or read is the provider's.
-        if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys) throw error;
-        throw new LogoutProviderUnavailable(error);
-      }
-    };
-    return { issuer: metadata.issuer, keys, algorithms };
+    return { issuer: metadata.issuer, keys: await ProviderKeys.fetch(jwksUrl, this.now), algorithms };
   }
 }
 
@@ -209,4 +212,77 @@ function identifier(value: unknown, name: string): string {
 
 function isObject(value: unknown): boolean {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+type RemoteKeys = ReturnType<typeof createRemoteJWKSet>;
+
+/**
+ * The provider's signing keys (its JWKS), fetched with its metadata and then held. jose's createRemoteJWKSet
+ * fetches them (timeout, checks of the answer), but its own per-token lookup is not used: once its cache is
+ * 10 minutes old it makes the post wait for a refetch, and fails the post if the provider cannot answer,
+ * although the keys held are still the provider's. Here, keys older than KEYS_MAX_AGE_MS are fetched again
+ * behind the post, which is verified with the keys held; a token naming a key they lack waits for a refetch
+ * (a provider that rotated its keys); and refetches go out at most once per DISCOVERY_RETRY_MS, whatever posts
+ * arrive, since the endpoint is open to anyone.
+ */
+class ProviderKeys {
+  private local: JWTVerifyGetKey;
+  private fetchedAt: number;
+  private triedAt: number;
+  private pending: Promise<void> | undefined;
+
+  private constructor(
+    private readonly remote: RemoteKeys,
+    private readonly now: () => number,
+  ) {
+    this.local = createLocalJWKSet(remote.jwks()!);
+    this.fetchedAt = this.triedAt = now();
+  }
+
+  static async fetch(url: URL, now: () => number): Promise<ProviderKeys> {
+    const remote = createRemoteJWKSet(url, { timeoutDuration: DISCOVERY_TIMEOUT_MS });
+    await remote.reload();
+    return new ProviderKeys(remote, now);
+  }
+
+  /** jwtVerify's key lookup. A provider that cannot be reached when a key must be fetched: LogoutProviderUnavailable. */
+  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+    if (this.now() - this.fetchedAt >= KEYS_MAX_AGE_MS) this.refresh()?.catch(() => {});
+    try {
+      return await this.local(header, token);
+    } catch (error) {
+      // No key for this token: the held keys may be older than the provider's. Anything else is the token's.
+      const refreshing = error instanceof errors.JWKSNoMatchingKey ? this.refresh() : null;
+      if (!refreshing) throw error;
+      try {
+        await refreshing;
+      } catch (failure) {
+        throw new LogoutProviderUnavailable(failure);
+      }
+      return this.local(header, token);
+    }
+  };
+
+  /** Settles once no refetch is under way. */
+  async idle(): Promise<void> {
+    await this.pending?.catch(() => {});
+  }
+
+  /** A refetch (or the one under way); null when one was tried less than DISCOVERY_RETRY_MS ago. */
+  private refresh(): Promise<void> | null {
+    if (this.pending) return this.pending;
+    const now = this.now();
+    if (now - this.triedAt < DISCOVERY_RETRY_MS) return null;
+    this.triedAt = now;
+    this.pending = this.remote
+      .reload()
+      .then(() => {
+        this.local = createLocalJWKSet(this.remote.jwks()!);
+        this.fetchedAt = this.now();
+      })
+      .finally(() => {
+        this.pending = undefined;
+      });
+    return this.pending;
+  }
 }
