@@ -177,9 +177,10 @@ const MAX_NODES = 20_000;
 
 function draft(schema: unknown, at: string, path: string, ctx: Walk, refs: readonly string[]): Draft {
   const result = draftSchema(schema, at, path, ctx, refs);
-  // A readOnly field is left out of a request contract whatever its schema, even one a contract cannot express.
-  if (result.kind === 'none' && ctx.mode !== 'response' && isObject(schema) && own(schema, 'readOnly') === true)
-    return { kind: 'any', readOnly: true };
+  // A field of the other direction (readOnly in a request, writeOnly in a response) is left out whatever its
+  // schema, even one a contract cannot express.
+  const other = ctx.mode === 'response' ? 'writeOnly' : 'readOnly';
+  if (result.kind === 'none' && isObject(schema) && own(schema, other) === true) return { kind: 'any', [other]: true };
   return result;
 }
 
@@ -693,12 +694,12 @@ function finalizeObject(d: Extract<Draft, { kind: 'object' }>, path: string, ctx
   if (ctx.mode === 'form' && !top) ctx.notes.tighten('formNesting', path);
   const properties: Record<string, FieldSpecInput> = {};
   const required: string[] = [];
-  const readOnly = new Set<string>();
+  const otherDirection = new Set<string>();
   const response = ctx.mode === 'response';
   for (const [name, property] of d.properties) {
     // Left out of the other direction's shape: read-only fields of requests, write-only ones of responses.
     if (property.kind !== 'none' && (response ? property.writeOnly : property.readOnly)) {
-      readOnly.add(name);
+      otherDirection.add(name);
       continue;
     }
     const result = fieldName(name, path, ctx, top) ?? finalize(property, `${path}.${name}`, ctx, false);
@@ -712,7 +713,7 @@ function finalizeObject(d: Extract<Draft, { kind: 'object' }>, path: string, ctx
   }
   for (const name of d.required) {
     if (Object.hasOwn(properties, name)) required.push(name);
-    else if (!readOnly.has(name) && !response)
+    else if (!otherDirection.has(name) && !response)
       return { ok: false, reason: `${path}: requires "${name}", which it does not declare` };
   }
   if (d.properties.size === 0 && d.additional !== 'closed') {
