@@ -122,6 +122,10 @@ export class MemoryStore implements Store {
     return keys.map((key) => Object.fromEntries(this.liveHash(key)?.fields ?? []));
   }
 
+  async readHashField(key: string, field: string) {
+    return this.liveHash(key)?.fields.get(field) ?? 0;
+  }
+
   private liveHash(key: string) {
     const hash = this.hashes.get(key);
     if (hash && hash.expiresAt <= this.now()) {

@@ -365,6 +365,10 @@ export class RedisStore implements Store {
     });
   }
 
+  async readHashField(key: string, field: string) {
+    return Number((await this.run(() => this.redis.hget(`hash:${key}`, field))) ?? 0);
+  }
+
   /** The connection, for rate-limiter-flexible's Redis limiter (its own atomic script, under our key prefix). */
   get client(): Redis {
     return this.redis;

@@ -63,6 +63,7 @@ export class SqliteStore implements Store {
           value = CASE WHEN hash.expires_at <= :now THEN excluded.value ELSE hash.value + excluded.value END,
           expires_at = excluded.expires_at`),
       readHash: this.db.prepare('SELECT field, value FROM hash WHERE key = :key AND expires_at > :now'),
+      readHashField: this.db.prepare('SELECT value FROM hash WHERE key = :key AND field = :field AND expires_at > :now'),
       purgeHashes: this.db.prepare('DELETE FROM hash WHERE expires_at <= :now'),
       append: this.db.prepare('INSERT INTO log (stream, at, value) VALUES (:stream, :at, :value) RETURNING id'),
       trimLog: this.db.prepare('DELETE FROM log WHERE stream = :stream AND at < :cutoff'),
@@ -250,6 +251,13 @@ export class SqliteStore implements Store {
         return Object.fromEntries(rows.map((row) => [row.field, Number(row.value)]));
       }),
     );
+  }
+
+  async readHashField(key: string, field: string) {
+    const row = this.run(() => this.statements.readHashField!.get({ key, field, now: this.now() })) as
+      | { value: number | bigint }
+      | undefined;
+    return row ? Number(row.value) : 0;
   }
 
   async ping() {

@@ -42,6 +42,8 @@ export interface Store {
   incrementHashes(entries: readonly HashIncrement[]): Promise<void>;
   /** Every field of each counter hash, in the same order ({} where absent or expired), in one round trip. */
   readHashes(keys: readonly string[]): Promise<Array<Record<string, number>>>;
+  /** One field of a counter hash (0 where the field or the hash is absent or expired), without reading the rest. */
+  readHashField(key: string, field: string): Promise<number>;
   /** Checks that the backend answers; rejects with StoreUnavailableError if not. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -510,8 +510,11 @@ describe('the GitHub preset, end to end', () => {
     const refresh = provider.issued().refreshTokens.at(-1)!;
     expect(await provider.isActive('github', access)).toBe(true);
     const revocationsBefore = provider.counts().revocations;
+    expect(await b.connections!.indexedUsers('github')).toContain(userId);
     const response = await disconnect(a, 'github');
     expect(response.status).toBe(200);
+    // Out of the keeper's index too (its own field read and zeroed, not the whole index).
+    expect(await b.connections!.indexedUsers('github')).not.toContain(userId);
     expect(JSON.parse(response.body)).toEqual({ provider: 'github', disconnected: true, revokedAtProvider: true });
     expect(provider.counts().revocations).toBe(revocationsBefore + 2);
     expect(await provider.isActive('github', access)).toBe(false);

@@ -298,6 +298,9 @@ class GatedStore implements Store {
   readHashes(keys: readonly string[]) {
     return this.inner.readHashes(keys);
   }
+  readHashField(key: string, field: string) {
+    return this.inner.readHashField(key, field);
+  }
   ping() {
     return this.inner.ping();
   }

@@ -264,6 +264,11 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
         { '["openai","/chat"] c': 5, '["openai",null] bo': 9_007_199_254_740 },
       ]);
       expect(await store.readHashes([])).toEqual([]);
+      // One field alone: 0 where the field or the hash is absent.
+      expect(await store.readHashField('h1', '["openai","/chat"] c')).toBe(5);
+      expect(await store.readHashField('h2', 'x y')).toBe(5);
+      expect(await store.readHashField('h2', 'other')).toBe(0);
+      expect(await store.readHashField('missing', 'x y')).toBe(0);
     });
 
     it('keeps hashes apart from plain keys of the same name', async () => {
@@ -287,6 +292,7 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
       expect(await store.readHashes(['short'])).toEqual([{ f: 7 }]);
       await sleep(PAST_SHORT_TTL);
       expect(await store.readHashes(['short'])).toEqual([{}]);
+      expect(await store.readHashField('short', 'f')).toBe(0);
       await store.incrementHashes([{ key: 'short', field: 'f', by: 1, expiresAt: later() }]);
       expect(await store.readHashes(['short'])).toEqual([{ f: 1 }]);
     });

@@ -386,10 +386,12 @@ export class Connections {
     return values.map((value) => parseRecord(value));
   }
 
-  /** Drops a user the index lists without a connection (a disconnect that raced a connect). */
+  /**
+   * Drops a user the index lists without a connection (a disconnect that raced a connect). Reads the user's
+   * field alone: every disconnect comes here, and the index has a field per connected user.
+   */
   async forget(providerId: string, userId: string): Promise<void> {
-    const [fields] = await guard(() => this.deps.store.readHashes([indexKey(providerId)]));
-    const count = fields?.[userId] ?? 0;
+    const count = await guard(() => this.deps.store.readHashField(indexKey(providerId), userId));
     if (count > 0) await this.index(providerId, userId, -count);
   }
 
