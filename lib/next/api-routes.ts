@@ -7,7 +7,7 @@ import { handleAdminUserConnections, handleConnectCallback, handleConnection, ha
 import { handleUserKey } from '@/lib/core/api/keys';
 import { handleMetrics } from '@/lib/core/api/metrics';
 import { handleUsage, handleUsageTop } from '@/lib/core/api/usage';
-import { handleMobileAuthorize, handleMobileToken } from '@/lib/core/api/mobile';
+import { handleMobileAuthorize, handleMobileRevoke, handleMobileToken } from '@/lib/core/api/mobile';
 import { handleOAuthMetadata } from '@/lib/core/api/oauth-metadata';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
 import { handleSignInPost } from '@/lib/core/api/sign-in';
@@ -41,6 +41,8 @@ export interface ApiRoutes {
   readonly logoutRoute: RouteHandler;
   readonly mobileAuthorizeRoute: RouteHandler;
   readonly mobileTokenRoute: RouteHandler;
+  /** POST /api/session/token/revoke: token revocation (RFC 7009) for the mobile token exchange. */
+  readonly mobileRevokeRoute: RouteHandler;
   /** GET /.well-known/oauth-authorization-server: RFC 8414 metadata for the mobile token exchange. */
   readonly oauthMetadataRoute: RouteHandler;
   readonly wsTicketRoute: RouteHandler;
@@ -84,6 +86,7 @@ export function createApiRoutes(getRuntime: RuntimeSource, pages: AuthPages): Ap
     backchannelLogoutRoute: withRuntime<object>((request, _, runtime) => handleBackchannelLogout(request, runtime)),
     mobileAuthorizeRoute: withRuntime<object>((request, _, runtime) => handleMobileAuthorize(request, runtime)),
     mobileTokenRoute: withRuntime<object>((request, _, runtime) => handleMobileToken(request, runtime)),
+    mobileRevokeRoute: withRuntime<object>((request, _, runtime) => handleMobileRevoke(request, runtime)),
     oauthMetadataRoute: withRuntime<object>((request, _, runtime) => handleOAuthMetadata(request, runtime)),
     wsTicketRoute: withRuntime<object>((request, _, runtime) => handleWsTicket(request, runtime)),
     metricsRoute: withRuntime<object>((request, _, runtime) => handleMetrics(request, runtime)),

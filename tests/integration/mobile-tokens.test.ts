@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sealData } from 'iron-session';
 import { defineUpstream } from '../../lib/core/config/load';
-import { handleMobileAuthorize, handleMobileToken } from '../../lib/core/api/mobile';
+import { handleMobileAuthorize, handleMobileRevoke, handleMobileToken } from '../../lib/core/api/mobile';
 import { handleLogout, handleRevokeAll } from '../../lib/core/api/revoke';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
@@ -142,6 +142,22 @@ async function token(
     body: options.json ? JSON.stringify(params) : new URLSearchParams(params).toString(),
   });
   return read(await handleMobileToken(request, options.on ?? runtime));
+}
+
+/** POST /api/session/token/revoke (RFC 7009), form-encoded as a client sends it. */
+async function revoke(
+  params: Record<string, string>,
+  options: { method?: string; query?: string; authorization?: string } = {},
+): Promise<Result> {
+  const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded' };
+  if (options.authorization) headers.authorization = options.authorization;
+  const method = options.method ?? 'POST';
+  const request = new Request(`${APP_ORIGIN}/api/session/token/revoke${options.query ?? ''}`, {
+    method,
+    headers,
+    body: method === 'POST' ? new URLSearchParams(params).toString() : undefined,
+  });
+  return read(await handleMobileRevoke(request, runtime));
 }
 
 /** Runs the authorize step as the signed-in browser and returns the one-time code and its verifier. */
@@ -729,6 +745,90 @@ describe('POST /api/session/token: refresh_token', () => {
     expect(result.status).toBe(200);
     expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
     expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+  });
+});
+
+describe('POST /api/session/token/revoke: token revocation (RFC 7009), the app signing out', () => {
+  /** RFC 7009 §2.2: 200 with nothing in the body, never cached. */
+  function expectRevoked(result: Result) {
+    expect(result.status, result.body).toBe(200);
+    expect(result.body).toBe('');
+    expect(result.headers.get('cache-control')).toBe('no-store');
+  }
+
+  it.each([
+    ['its refresh token', (t: Tokens) => ({ token: t.refresh_token, token_type_hint: 'refresh_token' })],
+    ['its access token', (t: Tokens) => ({ token: t.access_token, token_type_hint: 'access_token' })],
+    // The hint is only a hint (§2.1): a wrong one, or none, finds the token all the same.
+    [
+      'its refresh token, hinted as an access token',
+      (t: Tokens) => ({ token: t.refresh_token, token_type_hint: 'access_token' }),
+    ],
+    ['its access token, with no hint', (t: Tokens) => ({ token: t.access_token })],
+  ])(
+    'revoking %s ends the sign-in: the access token is refused, the refresh token invalid_grant',
+    async (_name, pick) => {
+      const tokens = await signInApp();
+      const other = await signInApp(); // another sign-in of the same user: its own family
+      expectRevoked(await revoke(pick(tokens)));
+      const live = await proxy(tokens.access_token);
+      expectError(live.result, 401, 'unauthenticated');
+      expect(live.reached).toBe(false);
+      expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+      expect((await proxy(other.access_token)).result.status).toBe(200);
+      // Revoking it again is still a success (§2.2): nothing left to do.
+      expectRevoked(await revoke(pick(tokens)));
+    },
+  );
+
+  it("a token Keyward does not know is a success that ends nothing (§2.2); so is a browser session's cookie value", async () => {
+    const tokens = await signInApp();
+    const sealedElsewhere = await sealData(
+      { typ: 'keyward.session', sid: 'kwf_someone' },
+      { password: { 1: randomSecret('other-secret-of-32-characters-min') } },
+    );
+    for (const token of [
+      `kwr_${randomBytes(32).toString('base64url')}`,
+      'not a token at all',
+      sealedElsewhere,
+      aliceCookie.split('=').slice(1).join('='),
+    ]) {
+      expectRevoked(await revoke({ token }));
+    }
+    expect((await proxy(tokens.access_token)).result.status).toBe(200);
+    expect((await refresh(tokens.refresh_token)).status).toBe(200);
+  });
+
+  it('a refresh token named with another client_id is refused (unauthorized_client) and keeps working', async () => {
+    const tokens = await signInApp(); // issued without a client_id
+    expectOAuthError(
+      await revoke({ token: tokens.refresh_token, client_id: 'com.example.other' }),
+      400,
+      'unauthorized_client',
+    );
+    expect((await proxy(tokens.access_token)).result.status).toBe(200);
+    expect((await refresh(tokens.refresh_token)).status).toBe(200);
+  });
+
+  it('the request: POST only, token required, parameters in the body, no client authentication', async () => {
+    const tokens = await signInApp();
+    const get = await revoke({}, { method: 'GET' });
+    expectOAuthError(get, 405, 'invalid_request');
+    expect(get.headers.get('allow')).toBe('POST');
+    expectOAuthError(await revoke({}), 400, 'invalid_request');
+    expectOAuthError(
+      await revoke({ token: tokens.refresh_token }, { query: `?token=${tokens.refresh_token}` }),
+      400,
+      'invalid_request',
+    );
+    expectOAuthError(await revoke({ token: tokens.refresh_token, client_secret: 's3cret' }), 401, 'invalid_client');
+    const basic = await revoke(
+      { token: tokens.refresh_token },
+      { authorization: `Basic ${Buffer.from('app:secret').toString('base64')}` },
+    );
+    expectOAuthError(basic, 401, 'invalid_client');
+    // None of these revoked anything.
+    expect((await refresh(tokens.refresh_token)).status).toBe(200);
   });
 });
 

@@ -219,6 +219,7 @@ describe.each(doors)('an unmodified OAuth client (oauth4webapi) through %s', (_d
     expect(as.token_endpoint_auth_methods_supported).toEqual(['none']);
     expect(as.grant_types_supported).toEqual(['authorization_code', 'refresh_token']);
     expect(as.authorization_response_iss_parameter_supported).toBe(true);
+    expect(as.revocation_endpoint).toBe(`${app.url}/api/session/token/revoke`);
   });
 
   it('behind a proxy that forwards the real host name, the issuer is that public origin, not the internal address', async () => {
@@ -289,6 +290,25 @@ describe.each(doors)('an unmodified OAuth client (oauth4webapi) through %s', (_d
     expect(((await failure(() => refresh(second.refresh_token!))) as oauth.ResponseBodyError).error).toBe(
       'invalid_grant',
     );
+  });
+
+  it("signing out with the client's token revocation (RFC 7009, the discovered revocation_endpoint) ends the sign-in", async () => {
+    const revoke = async (token: string, hint: 'refresh_token' | 'access_token') => {
+      const response = await oauth.revocationRequest(as, CLIENT, oauth.None(), token, {
+        ...insecure,
+        additionalParameters: { token_type_hint: hint },
+      });
+      await oauth.processRevocationResponse(response);
+    };
+    for (const hint of ['refresh_token', 'access_token'] as const) {
+      const { callback, verifier } = await authorize();
+      const tokens = await exchange(callback, verifier);
+      expect(await callProxy(tokens.access_token)).toBe(200);
+      await revoke(hint === 'refresh_token' ? tokens.refresh_token! : tokens.access_token, hint);
+      expect(await callProxy(tokens.access_token)).toBe(401);
+      const refused = await failure(() => refresh(tokens.refresh_token!));
+      expect((refused as oauth.ResponseBodyError).error).toBe('invalid_grant');
+    }
   });
 
   it('an authorization error comes back to the app with state and iss, and the client reads it (AuthorizationResponseError)', async () => {

@@ -89,17 +89,8 @@ export function handleMobileToken(request: Request, runtime: Runtime): Promise<R
 }
 
 async function token(request: Request, runtime: Runtime): Promise<{ tokens: TokenResponse; bound: boolean }> {
-  if (request.method !== 'POST') {
-    throw new OAuthError('invalid_request', 'The token endpoint answers POST only.', {
-      status: 405,
-      headers: { allow: 'POST' },
-    });
-  }
-  if (new URL(request.url).search) {
-    throw new OAuthError('invalid_request', 'Send parameters in the body, never in the query string.');
-  }
-  refuseClientAuthentication(request);
-  const params = await readTokenParams(request);
+  checkOAuthPost(request, 'token');
+  const params = await readTokenParams(request, TOKEN_PARAMETERS);
   if (params.has('client_secret') || params.has('client_assertion')) {
     throw new OAuthError('invalid_client', CLIENTS_ARE_PUBLIC);
   }
@@ -133,6 +124,33 @@ async function token(request: Request, runtime: Runtime): Promise<{ tokens: Toke
 }
 
 /**
+ * POST /api/session/token/revoke, form-encoded (RFC 7009 §2.1): token[&token_type_hint][&client_id]. Ends the
+ * sign-in the token (refresh or access) belongs to; answers 200 with an empty body whether or not the token
+ * was known (§2.2), errors as RFC 6749 §5.2. No session, cookie or CSRF check: the token is the credential,
+ * and revoking one is all anyone holding it can do here.
+ */
+export function handleMobileRevoke(request: Request, runtime: Runtime): Promise<Response> {
+  return apiHandler(runtime, async () => {
+    if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
+    try {
+      checkOAuthPost(request, 'revocation');
+      const params = await readTokenParams(request, REVOCATION_PARAMETERS);
+      if (params.has('client_secret') || params.has('client_assertion')) {
+        throw new OAuthError('invalid_client', CLIENTS_ARE_PUBLIC);
+      }
+      const token = params.get('token');
+      if (token === undefined) throw new OAuthError('invalid_request', 'token is required.');
+      // token_type_hint is only a hint (§2.1): both kinds are looked for, so any value is accepted.
+      await runtime.mobile.revoke(token, params.get('client_id') ?? null);
+      return new Response(null, { status: 200, headers: NO_STORE });
+    } catch (error) {
+      const oauthError = toOAuthError(error);
+      return oauthErrorResponse(oauthError, logFailure(oauthError, runtime));
+    }
+  });
+}
+
+/**
  * RFC 9449 §5: the thumbprint of the key of the request's DPoP proof, which the tokens are then bound to; null
  * without a proof (KEYWARD_MOBILE_DPOP=optional). Checked before the grant, so a refused proof spends neither
  * the code nor the refresh token. The proof must carry a nonce this server handed out (§8): without one (or
@@ -157,6 +175,20 @@ async function dpopKey(request: Request, runtime: Runtime): Promise<string | nul
     // A fresh nonce with every refusal (§8: at most one DPoP-Nonce header), so the client's next proof has one.
     throw new OAuthError(error.code, error.message, { headers: { 'dpop-nonce': nonces.current() }, cause: error });
   }
+}
+
+/** What the token and revocation endpoints take alike: POST, parameters in the body, no client authentication. */
+function checkOAuthPost(request: Request, endpoint: 'token' | 'revocation'): void {
+  if (request.method !== 'POST') {
+    throw new OAuthError('invalid_request', `The ${endpoint} endpoint answers POST only.`, {
+      status: 405,
+      headers: { allow: 'POST' },
+    });
+  }
+  if (new URL(request.url).search) {
+    throw new OAuthError('invalid_request', 'Send parameters in the body, never in the query string.');
+  }
+  refuseClientAuthentication(request);
 }
 
 const CLIENTS_ARE_PUBLIC =
@@ -188,27 +220,29 @@ const TOKEN_PARAMETERS = [
   'client_assertion',
 ] as const;
 type TokenParameter = (typeof TOKEN_PARAMETERS)[number];
+/** The parameters the revocation endpoint reads (RFC 7009 §2.1, and the client's, refused as for the token endpoint). */
+const REVOCATION_PARAMETERS = ['token', 'token_type_hint', 'client_id', 'client_secret', 'client_assertion'] as const;
 const MAX_VALUE = 4096;
 
 /**
- * Reads the token request's body: form-encoded (the standard) or JSON (Keyward's first apps). Each
- * parameter at most once, a string of at most 4096 characters; one sent empty counts as absent (§3.2).
+ * Reads an OAuth request's body: form-encoded (the standard) or JSON (Keyward's first apps). Each of `names`
+ * at most once, a string of at most 4096 characters; one sent empty counts as absent (§3.2).
  */
-async function readTokenParams(request: Request): Promise<Map<TokenParameter, string>> {
+async function readTokenParams<Name extends string>(request: Request, names: readonly Name[]): Promise<Map<Name, string>> {
   const type = request.headers.get('content-type') ?? '';
-  const values = new Map<TokenParameter, unknown[]>();
+  const values = new Map<Name, unknown[]>();
   if (/^application\/x-www-form-urlencoded\b/i.test(type)) {
     // Read under its cap as it streams (a chunked body declares no length): the endpoint needs no session.
     const text = await readCappedText(request, 16 * 1024, () => new OAuthError('invalid_request', 'The request body is too large.'));
     const form = new URLSearchParams(text);
-    for (const name of TOKEN_PARAMETERS) values.set(name, form.getAll(name));
+    for (const name of names) values.set(name, form.getAll(name));
   } else if (/^application\/json\b/i.test(type)) {
     const body = await readJsonObject(request);
-    for (const name of TOKEN_PARAMETERS) values.set(name, Object.hasOwn(body, name) ? [body[name]] : []);
+    for (const name of names) values.set(name, Object.hasOwn(body, name) ? [body[name]] : []);
   } else {
     throw new OAuthError('invalid_request', 'Send the parameters form-encoded (application/x-www-form-urlencoded).');
   }
-  const params = new Map<TokenParameter, string>();
+  const params = new Map<Name, string>();
   for (const [name, list] of values) {
     if (list.length > 1) throw new OAuthError('invalid_request', `${name} must not be sent more than once.`);
     const value = list[0];
@@ -220,9 +254,11 @@ async function readTokenParams(request: Request): Promise<Map<TokenParameter, st
   return params;
 }
 
+const NO_STORE = { 'cache-control': 'no-store', pragma: 'no-cache', 'x-content-type-options': 'nosniff' };
+
 /** RFC 6749 §5.1: the token response must not be cached anywhere. */
 function tokenResponse(body: TokenResponse, dpopNonce: string | null): Response {
-  const headers = new Headers({ 'cache-control': 'no-store', pragma: 'no-cache', 'x-content-type-options': 'nosniff' });
+  const headers = new Headers(NO_STORE);
   if (dpopNonce !== null) headers.set('dpop-nonce', dpopNonce);
   return Response.json(body, { headers });
 }

@@ -3,6 +3,8 @@ import { DPOP_ALGORITHMS } from '../dpop/algorithms';
 /** Where the token exchange lives (app/api/session/…); the metadata document names them as absolute URLs. */
 export const AUTHORIZE_PATH = '/api/session/mobile/authorize';
 export const TOKEN_PATH = '/api/session/token';
+/** Token revocation (RFC 7009), beside the token endpoint. */
+export const REVOCATION_PATH = '/api/session/token/revoke';
 /** RFC 8414 §3: for an issuer without a path, the document is at this path of its origin. */
 export const METADATA_PATH = '/.well-known/oauth-authorization-server';
 
@@ -11,9 +13,8 @@ export const METADATA_PATH = '/.well-known/oauth-authorization-server';
  * really do (lib/core/api/mobile.ts, lib/core/mobile/tokens.ts), so a client that configures itself from it
  * (AppAuth, oauth4webapi) sends what Keyward accepts. The issuer is the public origin, not `request.url`.
  *
- * Left out on purpose: `revocation_endpoint` (POST /api/session/logout ends a token family, but with the
- * bearer token, not RFC 7009's form), `scopes_supported` (a `scope` parameter is ignored: tokens carry the
- * user's roles), `jwks_uri` (access tokens are sealed, not signed JWTs, and there is no ID token).
+ * Left out on purpose: `scopes_supported` (a `scope` parameter is ignored: tokens carry the user's roles),
+ * `jwks_uri` (access tokens are sealed, not signed JWTs, and there is no ID token).
  */
 export function authorizationServerMetadata(issuer: string): Record<string, unknown> {
   return {
@@ -26,6 +27,9 @@ export function authorizationServerMetadata(issuer: string): Record<string, unkn
     code_challenge_methods_supported: ['S256'],
     // Apps are public clients (RFC 8252 §8.4): no client secret, PKCE instead.
     token_endpoint_auth_methods_supported: ['none'],
+    // RFC 7009 (RFC 8414 §2): the app's sign-out, with its refresh token or its access token.
+    revocation_endpoint: `${issuer}${REVOCATION_PATH}`,
+    revocation_endpoint_auth_methods_supported: ['none'],
     // RFC 9207: every authorization response (code or error) carries `iss`.
     authorization_response_iss_parameter_supported: true,
     // RFC 9449 §5.1: DPoP proofs are accepted at the token endpoint (binding is optional or required per deployment).

@@ -1,6 +1,6 @@
 import 'server-only';
 import { createHash, randomBytes } from 'node:crypto';
-import { sealData } from 'iron-session';
+import { sealData, unsealData } from 'iron-session';
 import type { Logger } from 'pino';
 import { KeywardError } from '../errors';
 import type { SessionRevocations } from '../session/revocation';
@@ -209,6 +209,31 @@ export class MobileTokens {
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
     return this.issue(grant, record.family, record.clientId ?? null, boundTo ?? jkt);
+  }
+
+  /**
+   * Token revocation (RFC 7009 §2.1): ends the sign-in (token family) a refresh token or an access token belongs
+   * to, on every instance, as POST /api/session/logout does with the access token: the family's refresh token
+   * and its live access tokens both stop working. Either kind is looked for, whatever `token_type_hint` said. A
+   * token Keyward does not know, or one already expired or revoked, leaves nothing to do (§2.2: the caller is
+   * told success all the same). A refresh token issued to another client_id than the one named is refused and
+   * stays valid (§2.1: the server verifies the token was issued to the client asking).
+   */
+  async revoke(token: string, clientId: string | null): Promise<void> {
+    const raw = await guard(() => this.store.get(`mrt:${hash(token)}`));
+    if (raw !== null) {
+      const record = JSON.parse(raw) as RefreshRecord;
+      if (clientId !== null && clientId !== (record.clientId ?? null)) {
+        throw new OAuthError('unauthorized_client', 'The token was issued to another client_id.');
+      }
+      await this.revokeFamily(record.family);
+      return;
+    }
+    const password = { 1: this.settings.sessionSecret };
+    const claims = await unsealData<Partial<BearerClaims>>(token, { password }).catch(() => null);
+    // Only a mobile access token names a family: a sealed value of any other kind ends nothing.
+    if (claims?.typ !== 'keyward.session' || typeof claims.sid !== 'string' || !claims.sid.startsWith('kwf_')) return;
+    await this.revokeFamily(claims.sid);
   }
 
   private revokeFamily(family: string): Promise<void> {
