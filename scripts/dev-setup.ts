@@ -65,3 +65,17 @@ async function writeDemoUsers(usersFile: string): Promise<void> {
   // `mode` applies only to a new file: password hashes are readable by their owner only, whoever made the file.
   chmodSync(usersFile, 0o600);
 }
+
+/**
+ * The port `next dev` will listen on, for the URL the launcher prints: `-p`/`--port` among the arguments passed
+ * through (`npm run dev -- -p 3001`, the last one wins as in Next's parser), else PORT, else Next's 3000.
+ */
+export function devPort(args: readonly string[], env: { readonly [name: string]: string | undefined }): string {
+  let port = env.PORT || '3000';
+  args.forEach((arg, index) => {
+    const inline = /^(?:-p|--port)=(.+)$/.exec(arg);
+    if (inline) port = inline[1]!;
+    else if ((arg === '-p' || arg === '--port') && args[index + 1] !== undefined) port = args[index + 1]!;
+  });
+  return port;
+}

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import nextEnv from '@next/env';
 import { seedDemoTraffic } from '../demo/traffic';
 import { startDemoUpstream } from '../demo/upstream';
-import { DEMO_ADMIN, DEMO_USER, prepareDevEnvironment } from './dev-setup';
+import { DEMO_ADMIN, DEMO_USER, devPort, prepareDevEnvironment } from './dev-setup';
 
 const cwd = process.cwd();
 // Settings in .env* files first, exactly as `next dev` and the CLI read them, so a secret set there is the one
@@ -33,7 +33,7 @@ try {
 }
 console.log(`keyward: demo upstream on http://127.0.0.1:${port} (it refuses calls without its key)`);
 await reportDemoTraffic();
-console.log(`keyward: open http://localhost:${env.PORT ?? 3000} and sign in as "${DEMO_USER.username}" / "${DEMO_USER.password}"`);
+console.log(`keyward: open http://localhost:${devPort(process.argv.slice(2), env)} and sign in as "${DEMO_USER.username}" / "${DEMO_USER.password}"`);
 console.log(`keyward: the admin dashboard (/admin): sign in as "${DEMO_ADMIN.username}" / "${DEMO_ADMIN.password}"`);
 
 // The demo's users and passwords are public: listen on this machine only, unless told otherwise with -H. (Not

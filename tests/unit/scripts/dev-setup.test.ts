@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadUsersFile } from '../../../lib/core/users/file';
 import { hashPassword } from '../../../lib/core/users/password';
-import { DEMO_ADMIN, DEMO_USER, GENERATED_SECRETS, prepareDevEnvironment } from '../../../scripts/dev-setup';
+import { DEMO_ADMIN, DEMO_USER, GENERATED_SECRETS, devPort, prepareDevEnvironment } from '../../../scripts/dev-setup';
 
 const freshDir = () => mkdtempSync(join(tmpdir(), 'keyward-dev-'));
 
@@ -67,5 +67,17 @@ describe('prepareDevEnvironment (npm run dev)', () => {
     const cwd = freshDir();
     await expect(prepareDevEnvironment(cwd, { NODE_ENV: 'production' })).rejects.toThrow(/development only/);
     expect(() => statSync(join(cwd, '.keyward'))).toThrow();
+  });
+});
+
+describe('devPort (the URL npm run dev prints)', () => {
+  it("is next dev's: -p/--port passed through (the last one), else PORT, else 3000", () => {
+    expect(devPort([], {})).toBe('3000');
+    expect(devPort([], { PORT: '4000' })).toBe('4000');
+    expect(devPort(['-p', '3001'], { PORT: '4000' })).toBe('3001');
+    expect(devPort(['--port', '3002', '--turbopack'], {})).toBe('3002');
+    expect(devPort(['--port=3003'], {})).toBe('3003');
+    expect(devPort(['-p', '3001', '-H', '0.0.0.0', '-p', '3004'], {})).toBe('3004');
+    expect(devPort(['-H', '127.0.0.1'], {})).toBe('3000');
   });
 });
