@@ -13,6 +13,11 @@ import { suspensionKey } from '../../lib/core/detect/marks';
 import { REDIS_URL } from '../fixtures/claims-session';
 import { deleteKeysUnder } from '../fixtures/redis-server';
 import { setup } from '../fixtures/detector';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SqliteStore } from '../../lib/store/sqlite';
+import type { Store } from '../../lib/store/types';
 
 /**
  * The detector's actions through the real pipeline and admin API: a burst is throttled on the caller's next
@@ -191,4 +196,53 @@ describe('alerts on Redis (what two instances share)', () => {
     expect((await a.alerts.list({ limit: 10 })).alerts[0]).toMatchObject({ state: 'undone', undoneBy: 'local:root' });
     expect(await a.alerts.forgivenAt('local:eve')).toBe(b.clock.now);
   });
+});
+
+describe('the alert list pages (the Alerts page and GET /api/admin/alerts read it 25 at a time)', () => {
+  const prefix = `keyward-test-detect-pages-${randomSecret('p').slice(-10)}:`;
+  const opened: Store[] = [];
+  afterAll(async () => {
+    await Promise.all(opened.map((store) => store.close()));
+    await deleteKeysUnder(REDIS_URL, prefix);
+  });
+  const stores: Array<[string, (now: () => number) => Store]> = [
+    ['SQLite', (now) => new SqliteStore(join(mkdtempSync(join(tmpdir(), 'keyward-alert-pages-')), 'keyward.db'), now)],
+    ['Redis', () => new RedisStore(REDIS_URL, { prefix })],
+  ];
+
+  it.each(stores)(
+    '%s: 60 alerts come back newest first, each once, and the last page says there is no more',
+    async (_name, make) => {
+      const { alerts, clock } = setup({}, (now) => {
+        const store = make(now);
+        opened.push(store);
+        return store;
+      });
+      clock.now = Date.now(); // Redis expires keys on its own clock
+      const throttle = { limit: 2, windowSeconds: 60, forMinutes: 5 };
+      const written: string[] = [];
+      for (let i = 0; i < 60; i++) {
+        clock.now += 1_000;
+        const subject = { userId: `local:user${i}` };
+        written.push(
+          (
+            await alerts.apply(
+              { rule: 'calls', action: 'alert', reason: `alert ${i}`, subject, evidence: { i } },
+              throttle,
+            )
+          ).id,
+        );
+      }
+      const pages: string[][] = [];
+      let cursor: string | undefined;
+      for (let page = 0; page < 5; page++) {
+        const listed = await alerts.list({ limit: 25, ...(cursor ? { cursor } : {}) });
+        pages.push(listed.alerts.map((alert) => alert.id));
+        if (listed.cursor === null) break;
+        cursor = listed.cursor;
+      }
+      expect(pages.map((page) => page.length)).toEqual([25, 25, 10]);
+      expect(pages.flat()).toEqual([...written].reverse());
+    },
+  );
 });
