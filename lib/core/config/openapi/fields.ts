@@ -199,7 +199,12 @@ function draftSchema(schema: unknown, at: string, path: string, ctx: Walk, refs:
     return allOfDraft([{ schema: base, at }, ...located], path, ctx, refs);
   }
   for (const keyword of ['oneOf', 'anyOf'] as const) {
-    if (own(schema, keyword) !== undefined) return choiceDraft(schema, keyword, at, path, ctx, refs);
+    if (own(schema, keyword) === undefined) continue;
+    const result = choiceDraft(schema, keyword, at, path, ctx, refs);
+    // A null option (3.1's nullable) is left out of the choice, but the value may still be null.
+    const options = own(schema, keyword) as unknown[];
+    if (result.kind !== 'none' && options.some(isNullSchema)) result.nullable = true;
+    return result;
   }
   if (own(schema, 'not') !== undefined) ctx.notes.loosen('not', path);
   return typedDraft(schema, at, path, ctx, refs);
@@ -275,21 +280,6 @@ function choiceDraft(
     ctx.notes.tighten('null', path);
     return false;
   });
-  const result = choiceOf(base, kept, keyword, at, path, ctx, refs);
-  if (kept.length < located.length && result.kind !== 'none') result.nullable = true;
-  return result;
-}
-
-/** A choice among `options` (null left out), beside the rest of the schema (`base`). */
-function choiceOf(
-  base: JsonObject,
-  kept: readonly { schema: unknown; at: string }[],
-  keyword: 'oneOf' | 'anyOf',
-  at: string,
-  path: string,
-  ctx: Walk,
-  refs: readonly string[],
-): Draft {
   if (
     kept.every(
       (option) =>
