@@ -10,6 +10,7 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import {
   BACKCHANNEL_LOGOUT_EVENT,
   DISCOVERY_RETRY_MS,
+  KEYS_GRACE_MS,
   KEYS_MAX_AGE_MS,
   METADATA_TTL_MS,
 } from '../../lib/core/session/logout-token';
@@ -585,16 +586,18 @@ describe("the provider's metadata and keys: held, fetched again behind the posts
     await settled(runtime);
     expect(issuer.discoveries).toBe(2);
 
-    // A day later the provider is down: logouts are still verified with what is held.
+    // A day later the provider is down: the metadata is kept and asked for again once per retry interval; the
+    // keys, a day old, are not trusted without the provider (KEYS_GRACE_MS), so logouts fail (503) meanwhile.
     clock += METADATA_TTL_MS;
     issuer.down = true;
-    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(503);
     await settled(runtime);
-    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(503);
     await settled(runtime);
     expect(issuer.discoveries).toBe(3); // one failed refetch, not one per post
     issuer.down = false;
-    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
+    // Back, but within the interval: not asked yet.
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(503);
     await settled(runtime);
     expect(issuer.discoveries).toBe(3);
     clock += DISCOVERY_RETRY_MS + 1;
@@ -622,7 +625,7 @@ describe("the provider's metadata and keys: held, fetched again behind the posts
     expect(issuer.discoveries).toBe(2);
   }, 4_000); // below the 5 s a refetch may take before it is given up: a post that waited for it cannot pass
 
-  it('keys older than ten minutes are fetched again behind the post; a provider down or slow meanwhile fails no logout', async () => {
+  it('keys older than ten minutes are fetched again behind the post; a provider down or slow meanwhile fails no logout, up to twenty', async () => {
     reset();
     const runtime = runtimeOnClock();
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
@@ -651,9 +654,31 @@ describe("the provider's metadata and keys: held, fetched again behind the posts
     await settled(runtime);
     expect(issuer.jwksRequests).toBe(4);
     expect(issuer.discoveries).toBe(1);
+
+    // Twenty minutes after the last fetch that worked, the keys held are not trusted without asking: the post
+    // waits for the provider, and fails (503, nothing revoked) while it cannot answer.
+    clock += KEYS_GRACE_MS - KEYS_MAX_AGE_MS;
+    const sub = `acct-${randomUUID()}`;
+    expect((await post(runtime, form(await signed(sub)))).status).toBe(503);
+    expect(await runtime.store.get(`rev:user:oidc:${sub}`)).toBeNull();
+    expect(issuer.jwksRequests).toBe(5);
+    // Slow: the post is answered only once the provider has answered.
+    clock += DISCOVERY_RETRY_MS + 1;
+    issuer.down = false;
+    issuer.hold.add('/jwks');
+    let answered = false;
+    const waiting = post(runtime, form(await signed(sub))).then((result) => {
+      answered = true;
+      return result;
+    });
+    await vi.waitFor(() => expect(issuer.held.length).toBe(1));
+    expect(answered).toBe(false);
+    release();
+    expect((await waiting).status).toBe(200);
+    expect(await runtime.store.get(`rev:user:oidc:${sub}`)).not.toBeNull();
   });
 
-  it('a token signed with a key the held set lacks fetches the keys again (a rotation); an unknown key is refused, asked once per interval', async () => {
+  it('a token signed with a key the held set lacks fetches the keys again (a rotation); an unknown key is refused once the provider was asked', async () => {
     reset();
     const runtime = runtimeOnClock();
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(200);
@@ -663,13 +688,20 @@ describe("the provider's metadata and keys: held, fetched again behind the posts
     expect((await post(runtime, form(await signed(sub, { kid: 'k2', jwk: rotatedKey })))).status).toBe(200);
     expect(await runtime.store.get(`rev:user:oidc:${sub}`)).not.toBeNull();
     expect(issuer.jwksRequests).toBe(2);
-    // A key the provider does not have: refused (400), and the provider is not asked again within the interval.
+    // A key the held set lacks, within 10 s of the last request for the keys: the provider is not asked again,
+    // and the post gets 503, which a provider retries (posts naming junk keys cannot make a real one fail for good).
     const stranger = { kid: 'k9', jwk: rsaSigningJwk() };
-    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`, stranger)))).status).toBe(400);
-    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`, stranger)))).status).toBe(400);
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`, stranger)))).status).toBe(503);
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`, stranger)))).status).toBe(503);
     expect(issuer.jwksRequests).toBe(2);
+    // Later, the provider is asked, and a key it does not have is refused (400).
+    clock += DISCOVERY_RETRY_MS + 1;
+    expect((await post(runtime, form(await signed(`acct-${randomUUID()}`, stranger)))).status).toBe(400);
+    expect(issuer.jwksRequests).toBe(3);
     // The retired key no longer verifies (the held set is the provider's current one).
+    clock += DISCOVERY_RETRY_MS + 1;
     expect((await post(runtime, form(await signed(`acct-${randomUUID()}`)))).status).toBe(400);
+    expect(issuer.jwksRequests).toBe(4);
   });
 });
 

@@ -11,8 +11,8 @@ import { isLoopbackHost } from '../config/schema';
  *    (its `jwks_uri`, discovered from the issuer's metadata, which is held for METADATA_TTL_MS; the keys are
  *    held for KEYS_MAX_AGE_MS, and fetched again when a token names a key they lack: ProviderKeys). Metadata
  *    and keys past their age are fetched again behind the post that finds them so, which is verified with what
- *    is held: a provider slow to answer never holds up a logout, and one that cannot answer does not make
- *    logouts fail while its keys are known;
+ *    is held (keys only until KEYS_GRACE_MS, then the post waits): a provider slow to answer does not hold up a
+ *    logout, and one that cannot answer does not make logouts fail while its keys are recent;
  *  - header `typ` is `logout+jwt` when present (RFC 8417 §2.3 explicit typing; absent is accepted for
  *    providers that predate it);
  *  - `iss` is the issuer, `aud` names Keyward's client id, `iat` is present and at most MAX_AGE_SECONDS old
@@ -51,6 +51,12 @@ export const METADATA_TTL_MS = 24 * 60 * 60_000;
 export const DISCOVERY_RETRY_MS = 10_000;
 /** The provider's keys are fetched again, behind the post that finds them older than this (jose's default). */
 export const KEYS_MAX_AGE_MS = 10 * 60_000;
+/**
+ * Keys last fetched longer ago than this are not trusted without asking again: the post waits for the refetch,
+ * and fails (503) if the provider cannot answer. This bounds how long a key the provider removed (a rotation,
+ * a compromise) can still verify a logout token, however the refetches behind the posts went.
+ */
+export const KEYS_GRACE_MS = 2 * KEYS_MAX_AGE_MS;
 
 /** What a valid logout token says: who to sign out. `sub` or `sid` is set, or both. */
 export interface LogoutClaims {
@@ -216,14 +222,26 @@ function isObject(value: unknown): boolean {
 
 type RemoteKeys = ReturnType<typeof createRemoteJWKSet>;
 
+/** Waits for a refetch of the keys; none allowed yet (one was tried in the last 10 s), or a failed one: 503. */
+async function settled(refreshing: Promise<void> | null): Promise<void> {
+  if (!refreshing) throw new LogoutProviderUnavailable(new Error('the keys were asked for less than 10 s ago'));
+  try {
+    await refreshing;
+  } catch (failure) {
+    throw new LogoutProviderUnavailable(failure);
+  }
+}
+
 /**
  * The provider's signing keys (its JWKS), fetched with its metadata and then held. jose's createRemoteJWKSet
  * fetches them (timeout, checks of the answer), but its own per-token lookup is not used: once its cache is
  * 10 minutes old it makes the post wait for a refetch, and fails the post if the provider cannot answer,
  * although the keys held are still the provider's. Here, keys older than KEYS_MAX_AGE_MS are fetched again
- * behind the post, which is verified with the keys held; a token naming a key they lack waits for a refetch
- * (a provider that rotated its keys); and refetches go out at most once per DISCOVERY_RETRY_MS, whatever posts
- * arrive, since the endpoint is open to anyone.
+ * behind the post, which is verified with the keys held, until they are KEYS_GRACE_MS old: then the post waits
+ * for the refetch (and fails if the provider cannot answer), so a removed key is not trusted for longer. A token
+ * naming a key the held set lacks (a provider that rotated its keys) waits for a refetch. Refetches go out at
+ * most once per DISCOVERY_RETRY_MS, whatever posts arrive, since the endpoint is open to anyone; a post that
+ * needs one sooner gets 503, which the provider may retry (a 400 it would not).
  */
 class ProviderKeys {
   private local: JWTVerifyGetKey;
@@ -247,18 +265,15 @@ class ProviderKeys {
 
   /** jwtVerify's key lookup. A provider that cannot be reached when a key must be fetched: LogoutProviderUnavailable. */
   readonly getKey: JWTVerifyGetKey = async (header, token) => {
-    if (this.now() - this.fetchedAt >= KEYS_MAX_AGE_MS) this.refresh()?.catch(() => {});
+    const age = this.now() - this.fetchedAt;
+    if (age >= KEYS_GRACE_MS) await settled(this.refresh());
+    else if (age >= KEYS_MAX_AGE_MS) this.refresh()?.catch(() => {});
     try {
       return await this.local(header, token);
     } catch (error) {
       // No key for this token: the held keys may be older than the provider's. Anything else is the token's.
-      const refreshing = error instanceof errors.JWKSNoMatchingKey ? this.refresh() : null;
-      if (!refreshing) throw error;
-      try {
-        await refreshing;
-      } catch (failure) {
-        throw new LogoutProviderUnavailable(failure);
-      }
+      if (!(error instanceof errors.JWKSNoMatchingKey)) throw error;
+      await settled(this.refresh());
       return this.local(header, token);
     }
   };
