@@ -650,17 +650,18 @@ function responseOf(responses: Record<string, unknown>, extra: Record<string, un
 const json = (schema: unknown) => ({ description: 'ok', content: { 'application/json': { schema } } });
 
 describe('OpenAPI import: the response type (the typed client answer, types only)', () => {
-  it('is the lowest 2xx JSON response; none without one, or for a 204, said for nothing', () => {
+  it("is the success answers' one JSON body; none without one (a 204, XML only), said for nothing", () => {
     const item = { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] };
     const list = { type: 'array', items: { type: 'integer' } };
-    expect(responseOf({ '201': json(item), '200': json(list), default: json({ type: 'string' }) }).response).toEqual(
-      list,
-    );
-    expect(responseOf({ '2XX': json(list), '202': json(item) }).response).toEqual(item);
+    // Successes that agree (a 204 has no body: the typed client answers undefined); errors and default do not count.
+    expect(
+      responseOf({ '201': json(item), '200': json(item), '204': { description: 'gone' }, default: json(list) })
+        .response,
+    ).toEqual(item);
     expect(responseOf({ '2XX': json(list) }).response).toEqual(list);
     // A `$ref` to components/responses, and a `+json` media type with parameters.
     const shared = responseOf(
-      { '200': { $ref: '#/components/responses/Item' } },
+      { '200': { $ref: '#/components/responses/Item' }, '201': json(item) },
       {
         components: {
           responses: {
@@ -682,6 +683,34 @@ describe('OpenAPI import: the response type (the typed client answer, types only
     }
   });
 
+  it('is unknown, said, when the successes differ: a type for one status would claim more than another answers', () => {
+    const item = { type: 'object', properties: { id: { type: 'string' } } };
+    for (const responses of [
+      { '200': json(item), '202': json({ type: 'object', properties: { job: { type: 'string' } } }) },
+      { '200': json(item), '2XX': json({ type: 'string' }) },
+      { '200': json(item), '206': { description: 'part', content: { 'application/octet-stream': {} } } },
+    ]) {
+      const { response, warnings } = responseOf(responses);
+      expect(response).toBeUndefined();
+      expect(warnings.join('\n')).toMatch(
+        /the response is typed unknown: the success answers \(.+\) do not all have the same JSON body/,
+      );
+    }
+  });
+
+  it('a response the import cannot read costs the route its type, not the import', () => {
+    const dangling = planImport(doc({ responses: { '200': { $ref: '#/components/responses/Missing' } } }));
+    const op = dangling.operations[0]!;
+    expect(op.route).not.toBeNull();
+    expect(op.route!.response).toBeUndefined();
+    expect(op.warnings.join('\n')).toContain(
+      'the response is typed unknown: the OpenAPI document is invalid at #/paths/~1things/post/responses/200/$ref',
+    );
+    const malformed = planImport(doc({ responses: ['not', 'an', 'object'] })).operations[0]!;
+    expect(malformed.route).not.toBeNull();
+    expect(malformed.route!.response).toBeUndefined();
+  });
+
   it('leaves out fields that may be null or cannot be typed, required or not, and says so; keeps readOnly, drops writeOnly', () => {
     const { response, warnings } = responseOf(
       {
@@ -691,7 +720,7 @@ describe('OpenAPI import: the response type (the typed client answer, types only
           properties: {
             id: { type: 'string', readOnly: true },
             password: { type: 'string', writeOnly: true },
-          secret: { oneOf: [{ type: 'string' }, { type: 'integer' }], writeOnly: true },
+            secret: { oneOf: [{ type: 'string' }, { type: 'integer' }], writeOnly: true },
             note: { type: 'string', nullable: true },
             meta: { type: 'object', additionalProperties: { type: 'string' } },
             kind: { oneOf: [{ type: 'string' }, { type: 'integer' }] },
@@ -729,12 +758,19 @@ describe('OpenAPI import: the response type (the typed client answer, types only
             a: { type: ['string', 'null'] },
             b: { oneOf: [{ type: 'integer' }, { type: 'null' }] },
             c: { type: 'boolean' },
+            d: {
+              anyOf: [
+                { type: 'string', enum: ['x'] },
+                { type: ['string', 'null'], enum: ['y', null] },
+              ],
+            },
           },
         }),
       },
       v31,
     );
     expect(fields.response).toEqual({ type: 'object', properties: { c: { type: 'boolean' } } });
+    expect(fields.warnings.join('\n')).toContain('response.d: may be null');
     const nullable = responseOf(
       { '200': json({ type: ['object', 'null'], properties: { c: { type: 'boolean' } } }) },
       v31,

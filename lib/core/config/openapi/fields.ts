@@ -298,7 +298,7 @@ function choiceDraft(
   if (enums && drafts.length > 0) {
     const first = drafts[0] as Extract<Draft, { kind: 'scalar' }>;
     const values = [...new Set(drafts.flatMap((d) => (d as Extract<Draft, { kind: 'scalar' }>).enum!))];
-    return allOfDraft(
+    const merged = allOfDraft(
       [
         { schema: base, at },
         { schema: { type: first.type, enum: values }, at },
@@ -307,6 +307,9 @@ function choiceDraft(
       ctx,
       refs,
     );
+    // The enums' union is rebuilt from their values: an option that allows null still makes the whole nullable.
+    if (merged.kind !== 'none' && drafts.some((d) => d.kind !== 'none' && d.nullable)) merged.nullable = true;
+    return merged;
   }
   return none(path, `"${keyword}" (one of ${kept.length} shapes) cannot be expressed in a contract`);
 }

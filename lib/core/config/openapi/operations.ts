@@ -419,38 +419,30 @@ function looksLikeObject(doc: SpecDocument, schema: unknown): boolean {
 
 /**
  * The route's `response` type (the typed client's answer type; types only, never checked): the JSON schema of
- * the operation's success response, the lowest 2xx status it lists (`2XX` after those). None, and nothing said,
- * when that response has no JSON body; none, said, when its schema cannot be a type. Fields that cannot be
- * typed, or may be null, are left out of the type (and said): the client does not see them, rather than seeing
- * a wrong type.
+ * the operation's success answers (its 2xx statuses and `2XX`). They must all have that same schema, or the type
+ * of one would claim more than another answers (a 202's body is not the 200's); a success without a body (a
+ * 204) does not count, since the typed client answers `undefined` for it. None, and nothing said, when no
+ * success has a JSON body; none, said, when the bodies differ or the schema cannot be a type. Fields that cannot
+ * be typed, or may be null, are left out of the type (and said): the client does not see them, rather than
+ * seeing a wrong type. What is wrong in the document here (a `$ref` that resolves to nothing, a malformed
+ * schema) costs the route its type, never the import: answers are described more loosely than requests.
  */
 function responseType(
   doc: SpecDocument,
-  responses: Record<string, unknown> | undefined,
+  responses: unknown,
   at: string,
   warnings: string[],
 ): FieldSpecInput | undefined {
-  const success = Object.keys(responses ?? {})
-    .filter((status) => /^2(?:\d\d|XX)$/i.test(status))
-    .sort((a, b) => (/X/i.test(a) ? 1 : 0) - (/X/i.test(b) ? 1 : 0) || Number(a) - Number(b))[0];
-  if (success === undefined) return undefined;
-  const resolved = derefObject(doc, responses![success], child(at, success));
-  if ('external' in resolved) {
-    warnings.push(`the response is typed unknown: its definition is in another file ("${resolved.external}")`);
-    return undefined;
-  }
-  const content = isObject(resolved.value) ? own(resolved.value, 'content') : undefined;
-  if (!isObject(content)) return undefined;
-  const json = Object.keys(content).find((type) => isJsonMedia(type.split(';')[0]!.trim().toLowerCase()));
-  const entry = json === undefined ? undefined : content[json];
-  if (!isObject(entry) || own(entry, 'schema') === undefined) return undefined;
   const notes = new FieldNotes();
-  let result: ReturnType<typeof schemaToField>;
+  let result: ReturnType<typeof schemaToField> | null;
   try {
-    const at = child(resolved.pointer, 'content', json!, 'schema');
-    result = schemaToField(own(entry, 'schema'), at, 'response', { doc, mode: 'response', notes });
+    const body = successBody(doc, responses, at);
+    if (body === null) return undefined;
+    result =
+      'differ' in body
+        ? { ok: false, reason: body.differ }
+        : schemaToField(body.schema, body.at, 'response', { doc, mode: 'response', notes });
   } catch (error) {
-    // Response schemas are often sloppier than request ones; a broken one costs its type, not the import.
     if (!(error instanceof ConfigError)) throw error;
     result = { ok: false, reason: error.message };
   }
@@ -464,6 +456,36 @@ function responseType(
       `the response type leaves out what it cannot say (the typed client does not show them): ${omitted.join('; ')}`,
     );
   return result.spec;
+}
+
+/** The one JSON schema the success answers share; null when none has a JSON body; `differ` when they disagree. */
+function successBody(
+  doc: SpecDocument,
+  responses: unknown,
+  at: string,
+): { schema: unknown; at: string } | { differ: string } | null {
+  if (!isObject(responses)) return null;
+  const json: { status: string; schema: unknown; at: string }[] = [];
+  const other: string[] = [];
+  for (const status of Object.keys(responses).filter((key) => /^2(?:\d\d|XX)$/i.test(key))) {
+    const resolved = derefObject(doc, responses[status], child(at, status));
+    if ('external' in resolved)
+      return { differ: `the ${status} answer is defined in another file ("${resolved.external}")` };
+    const content = isObject(resolved.value) ? own(resolved.value, 'content') : undefined;
+    if (!isObject(content) || Object.keys(content).length === 0) continue; // no body
+    const media = Object.keys(content).find((type) => isJsonMedia(type.split(';')[0]!.trim().toLowerCase()));
+    const entry = media === undefined ? undefined : content[media];
+    if (!isObject(entry) || own(entry, 'schema') === undefined) other.push(status);
+    else json.push({ status, schema: own(entry, 'schema'), at: child(resolved.pointer, 'content', media!, 'schema') });
+  }
+  const [first] = json;
+  if (!first) return null;
+  const differing = json.filter((body) => JSON.stringify(body.schema) !== JSON.stringify(first.schema));
+  if (differing.length > 0 || other.length > 0) {
+    const statuses = [...json.map((body) => body.status), ...other].join(', ');
+    return { differ: `the success answers (${statuses}) do not all have the same JSON body` };
+  }
+  return { schema: first.schema, at: first.at };
 }
 
 /** `application/json` or a `+json` type (lower-case, without parameters). */
