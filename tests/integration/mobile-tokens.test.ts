@@ -810,6 +810,35 @@ describe('POST /api/session/token/revoke: token revocation (RFC 7009), the app s
     expect((await refresh(tokens.refresh_token)).status).toBe(200);
   });
 
+  it('a body that never ends is refused at 16 KiB as it streams, JSON or form, on both endpoints (nothing buffered past it)', async () => {
+    for (const [path, handle, type] of [
+      ['/api/session/token', handleMobileToken, 'application/json'],
+      ['/api/session/token', handleMobileToken, 'application/x-www-form-urlencoded'],
+      ['/api/session/token/revoke', handleMobileRevoke, 'application/json'],
+      ['/api/session/token/revoke', handleMobileRevoke, 'application/x-www-form-urlencoded'],
+    ] as const) {
+      let pulled = 0;
+      // Chunked, no Content-Length: 1 KiB at a time, up to 64 MiB if nobody stops reading.
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          pulled += 1;
+          if (pulled > 65_536) controller.close();
+          else controller.enqueue(new TextEncoder().encode(`${pulled === 1 ? '{"token":"' : ''}${'a'.repeat(1024)}`));
+        },
+      });
+      const request = new Request(`${APP_ORIGIN}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': type },
+        body,
+        duplex: 'half',
+      } as RequestInit);
+      const result = await read(await handle(request, runtime));
+      expect(result.status, `${path} ${type}`).toBeGreaterThanOrEqual(400);
+      expect(result.status).toBeLessThan(500);
+      expect(pulled, `${path} ${type}`).toBeLessThan(64);
+    }
+  });
+
   it('the request: POST only, token required, parameters in the body, no client authentication', async () => {
     const tokens = await signInApp();
     const get = await revoke({}, { method: 'GET' });

@@ -38,8 +38,8 @@ export async function readJsonObject(request: Request, maxBytes = 16 * 1024): Pr
   if (!/^application\/json\b/i.test(type)) throw new KeywardError('bad_request', { message: 'Send a JSON body (content-type: application/json).' });
   const declared = Number(request.headers.get('content-length') ?? NaN);
   if (declared > maxBytes) throw new KeywardError('payload_too_large');
-  const text = await request.text();
-  if (Buffer.byteLength(text) > maxBytes) throw new KeywardError('payload_too_large');
+  // Capped as it streams: a chunked body declares no length, and some callers need no session (the token endpoint).
+  const text = await readCappedText(request, maxBytes, () => new KeywardError('payload_too_large'));
   let value: unknown;
   try {
     value = JSON.parse(text);
