@@ -15,7 +15,8 @@ function tracedRuntimeFiles(): string[] {
     const configured = process.env[name];
     if (!configured) return [];
     const path = relative(process.cwd(), resolve(configured));
-    return path.startsWith('..') || isAbsolute(path) ? [] : [`./${path}`];
+    // Outside the project, or the project itself (a value such as "."), is not a file to trace.
+    return path === '' || path.startsWith('..') || isAbsolute(path) ? [] : [`./${path}`];
   });
 }
 
