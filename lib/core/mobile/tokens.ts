@@ -1,6 +1,6 @@
 import 'server-only';
 import { createHash, randomBytes } from 'node:crypto';
-import { sealData, unsealData } from 'iron-session';
+import { sealData } from 'iron-session';
 import type { Logger } from 'pino';
 import { KeywardError } from '../errors';
 import type { SessionRevocations } from '../session/revocation';
@@ -8,7 +8,7 @@ import type { SessionIndex } from '../session/session-index';
 import type { ProviderSessions } from '../session/provider-sessions';
 import { guard } from '../store/guard';
 import { authTimeClaims, type Session } from '../session/session';
-import type { BearerClaims } from '../session/verify';
+import { unsealBearer, type BearerClaims } from '../session/verify';
 import type { LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
 import { callbackLocation, type AuthorizeRequest } from './authorize-request';
@@ -229,10 +229,9 @@ export class MobileTokens {
       await this.revokeFamily(record.family);
       return;
     }
-    const password = { 1: this.settings.sessionSecret };
-    const claims = await unsealData<Partial<BearerClaims>>(token, { password }).catch(() => null);
-    // Only a mobile access token names a family: a sealed value of any other kind ends nothing.
-    if (claims?.typ !== 'keyward.session' || typeof claims.sid !== 'string' || !claims.sid.startsWith('kwf_')) return;
+    const claims = await unsealBearer(token, { 1: this.settings.sessionSecret });
+    // Only a mobile access token names a family: anything else ends nothing.
+    if (typeof claims?.sid !== 'string' || !claims.sid.startsWith('kwf_')) return;
     await this.revokeFamily(claims.sid);
   }
 

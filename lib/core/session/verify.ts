@@ -36,6 +36,15 @@ export interface BearerClaims extends SessionClaims {
 }
 
 /**
+ * The claims of a bearer token the mobile token exchange sealed (lib/core/mobile/tokens.ts), unchecked beyond
+ * that; null for anything else (another kind of seal, another secret, tampered or expired).
+ */
+export async function unsealBearer(token: string, password: { readonly 1: string }): Promise<Partial<BearerClaims> | null> {
+  const claims = await unsealData<Partial<BearerClaims>>(token, { password }).catch(() => null);
+  return claims?.typ === 'keyward.session' ? claims : null;
+}
+
+/**
  * DPoP at the resource (RFC 9449 §7): a token bound to a key (`cnf.jkt`) is accepted only as
  * `Authorization: DPoP <token>` with a proof for this request (method, URL as the public origin sees it, the
  * token's hash) signed with that key, never as Bearer. The proof's `jti` is recorded in the store: for a
@@ -71,8 +80,8 @@ export function createSessionVerifier(
   const decodeBearer = async (token: string): Promise<Decoded | null> => {
     const hit = verified.get(`b:${token}`);
     if (hit !== undefined) return hit;
-    const claims = await unsealData<Partial<BearerClaims>>(token, { password: ironPassword }).catch(() => null);
-    if (!claims || claims.typ !== 'keyward.session') return null;
+    const claims = await unsealBearer(token, ironPassword);
+    if (!claims) return null;
     const jkt = claims.cnf === undefined ? null : claims.cnf?.jkt;
     // A `cnf` that is there but unreadable binds to no key anyone holds: refused rather than read as unbound.
     if (jkt !== null && !isThumbprint(jkt)) return null;
