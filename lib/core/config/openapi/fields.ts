@@ -331,9 +331,7 @@ function typedDraft(schema: JsonObject, at: string, path: string, ctx: Walk, ref
   if (typeof description === 'string' && description.trim() !== '') common.description = description.trim();
   if (own(schema, 'readOnly') === true) common.readOnly = true;
   if (own(schema, 'writeOnly') === true) common.writeOnly = true;
-  const listed = own(schema, 'enum');
-  if (own(schema, 'const') === null || (Array.isArray(listed) && listed.includes(null))) common.nullable = true;
-  const values = enumValues(schema, at, path, ctx);
+  const values = enumValues(schema, at, path, ctx, common);
   let types = declaredTypes(schema, at);
   if (types.includes('null') || own(schema, 'nullable') === true) {
     ctx.notes.tighten('null', path);
@@ -385,8 +383,8 @@ function inferredTypes(schema: JsonObject, values: unknown[] | undefined): strin
   return [];
 }
 
-/** `enum` and 3.1's `const`, without null (which contracts cannot express). */
-function enumValues(schema: JsonObject, at: string, path: string, ctx: Walk): unknown[] | undefined {
+/** `enum` and 3.1's `const`, without null (which contracts cannot express; `common` is then marked nullable). */
+function enumValues(schema: JsonObject, at: string, path: string, ctx: Walk, common: Common): unknown[] | undefined {
   let values: unknown[] | undefined;
   if (Object.hasOwn(schema, 'const')) values = [schema.const];
   const list = own(schema, 'enum');
@@ -396,6 +394,7 @@ function enumValues(schema: JsonObject, at: string, path: string, ctx: Walk): un
   }
   if (values?.includes(null)) {
     ctx.notes.tighten('null', path);
+    common.nullable = true;
     values = values.filter((v) => v !== null);
   }
   return values;
