@@ -132,8 +132,8 @@ afterAll(async () => {
   upstreamWss?.close();
   upstreamServer?.close();
   if (lane)
-    for (const form of leakForms(wsKey))
-      expect(lane.output().includes(form), 'the key leaked into the log').toBe(false);
+    for (const form of [...leakForms(wsKey), ...leakForms(oauthToken)])
+      expect(lane.output().includes(form), 'a key or token leaked into the log').toBe(false);
 });
 
 type Opened =
