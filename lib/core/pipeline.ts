@@ -120,9 +120,9 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
  * The audit record (15) is written once per call: when the response body ends or is aborted, or at once for a
  * refusal, off the request's path (queued, written in batches).
  *
- * The store is asked once per call (issue 12): the session's revocation (4), the service key's ring state (8)
- * and the rate counters (9) go out together at step 8, as one Redis script, and no counter moves for a revoked
- * session. Steps 5–7 read nothing and change nothing, so running them before the session's revocation is known
+ * The store is asked once per call (issue 12): the session's revocation (4), the credential's state (8: a
+ * service key's ring state, or a user's own key or OAuth token with what refuses it) and the rate counters (9)
+ * go out together at step 8, as one Redis script, and no counter moves for a revoked session. Steps 5–7 read nothing and change nothing, so running them before the session's revocation is known
  * changes no outcome: a call they refuse first learns whether its session was revoked (then it is 401, as
  * before; `revokedFirst`). Quotas and budgets (12) need the body, so a route with them takes a second round trip.
  */

@@ -34,7 +34,9 @@ return values`;
 // ARGV[1]: the number of reads; then per read a mode and its argument; then per counter its points and window
 // (seconds). Modes: `get` (just read), `present` (stop if the key exists), `atleast` (stop if it holds a number
 // >= the argument; "" counts as 0, as JavaScript's Number reads it), `known` (the argument is the SHA-1 of the
-// value the caller knows, "-" for none: answered 1 when unchanged, else the value, and then nothing is counted).
+// value the caller knows, "-" for none: answered 1 when unchanged, else the value, and then nothing is counted),
+// `secret` (a per-user credential's sealed value: not read at all once an earlier read stopped the round, and
+// its absence stops it).
 // The counters are taken only if no read stopped them and none changed, each exactly as rate-limiter-flexible's
 // RateLimiterRedis takes a point (same keys, same script), so both share counters.
 // Returns {stopped (0/1), changed (0/1), the reads..., then consumed and ttl (ms) per counter when taken}.
@@ -44,7 +46,8 @@ local a = 2
 for i = 1, reads do
   local mode, arg = ARGV[a], ARGV[a + 1]
   a = a + 2
-  local value = redis.call('GET', KEYS[i])
+  local value = false
+  if mode ~= 'secret' or out[1] == 0 then value = redis.call('GET', KEYS[i]) end
   if mode == 'present' then
     if value then out[1] = 1 end
   elseif mode == 'atleast' then
@@ -55,6 +58,8 @@ for i = 1, reads do
     end
   elseif mode == 'known' then
     if (value and redis.sha1hex(value) or '-') == arg then value = 1 else out[2] = 1 end
+  elseif mode == 'secret' then
+    if not value then out[1] = 1 end
   end
   out[i + 2] = value
 end
@@ -106,7 +111,9 @@ export type RoundRead =
   | { readonly key: string; readonly stopIfPresent: true }
   | { readonly key: string; readonly stopIfAtLeast: number }
   /** SHA-1 (hex) of the value the caller holds, or null for "no value": the value is sent only if it differs. */
-  | { readonly key: string; readonly knownSha1: string | null };
+  | { readonly key: string; readonly knownSha1: string | null }
+  /** A sealed per-user secret: read only if no earlier read stopped the round (else null); absent, it stops it. */
+  | { readonly key: string; readonly secret: true };
 
 /** A fixed-window rate counter, as rate-limiter-flexible's RateLimiterRedis keeps it (key, points, window). */
 export interface RoundCounter {
@@ -258,6 +265,7 @@ export class RedisStore implements Store {
       if ('stopIfPresent' in read) args.push('present', '');
       else if ('stopIfAtLeast' in read) args.push('atleast', String(read.stopIfAtLeast));
       else if ('knownSha1' in read) args.push('known', read.knownSha1 ?? '-');
+      else if ('secret' in read) args.push('secret', '');
       else args.push('get', '');
     }
     for (const { points, windowSeconds } of counters) {

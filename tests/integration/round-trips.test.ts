@@ -13,6 +13,7 @@ import { batchScriptOf, deleteKeysUnder, keysUnder } from '../fixtures/redis-ser
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { dpopKey, dpopProof } from '../fixtures/dpop';
 import { bearerToken } from '../fixtures/session';
+import { suspensionKey } from '../../lib/core/detect/marks';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 
 /**
@@ -116,6 +117,24 @@ function definitions(origin: string) {
       rateLimits: [{ by: 'user', limit: 10_000, windowSeconds: 60 }],
       routes: [{ method: 'GET', path: '/a', websocket: true }],
     }),
+    defineUpstream('own', {
+      baseUrl: `${origin}/own/`,
+      auth: { type: 'header', name: 'x-api-key', secret: { user: 'key' } },
+      rateLimits: [{ by: 'user', limit: 10_000, windowSeconds: 60 }],
+      routes: [{ method: 'GET', path: '/a' }],
+    }),
+    defineUpstream('owncred', {
+      baseUrl: `${origin}/owncred/`,
+      auth: { type: 'header', name: 'x-api-key', secret: { user: 'key' } },
+      rateLimits: [{ by: 'credential', limit: 10_000, windowSeconds: 60 }],
+      routes: [{ method: 'GET', path: '/a' }],
+    }),
+    defineUpstream('token', {
+      baseUrl: `${origin}/token/`,
+      auth: { type: 'bearer', secret: { oauth: 'oidc' } },
+      rateLimits: [{ by: 'user', limit: 10_000, windowSeconds: 60 }],
+      routes: [{ method: 'GET', path: '/a' }],
+    }),
     defineUpstream('quota', {
       baseUrl: `${origin}/quota/`,
       auth,
@@ -134,6 +153,11 @@ function instance(store: RedisStore): Runtime {
       RT_CRED_KEY: credKey,
       KEYWARD_VAULT_SECRET: vaultSecret,
       KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+      // The `token` upstream's provider. Its tokens are saved fresh below, so it is never asked for a refresh:
+      // nothing listens at this address.
+      KEYWARD_OIDC_ISSUER: 'https://idp.keyward.test',
+      KEYWARD_OIDC_CLIENT_ID: 'keyward',
+      KEYWARD_OIDC_CLIENT_SECRET: randomSecret('oidc-client'),
     },
     upstreams: definitions(upstream.origin),
     store,
@@ -366,6 +390,83 @@ describe('one store round trip per proxied call (Redis)', () => {
     expect(await call(a, 'tight', cookie, { method: 'POST', csrf: false })).toEqual({ status: 401, code: 'unauthenticated' });
   });
 
+  it("a user's own key: one round trip, the suspension mark and the sealed key read in the script with the revocation marks and the counters", async () => {
+    const own = randomSecret('own');
+    await a.userKeys!.put('own', 'local:kim', own);
+    const seen = upstream.requests.length;
+    const calls = await perCall('own', await cookieFor('local:kim'));
+    for (const rounds of calls) expect(rounds).toEqual([['evalsha']]);
+    // Before: the script (revocation, throttle, no counter), a GET of the mark and the key, then the counters'
+    // script: three round trips. Inside the one script now: 6 reads (three revocation marks, the throttle mark,
+    // the suspension mark, the key), and the user's counter.
+    expect(calls.server.evalsha).toBe(CALLS);
+    expect(calls.server.mget ?? 0).toBe(0);
+    expect(calls.server.get).toBe(6 * CALLS);
+    expect(calls.server.incrby).toBe(CALLS);
+    // Recording the key's use is one marker a minute, not a command per call.
+    expect(calls.server.set ?? 0).toBe(CALLS); // the counter's SET NX in the script, nothing else
+    expect(upstream.requests.slice(seen).map((request) => request.headers['x-api-key'])).toEqual(Array(CALLS + 1).fill(own));
+    expect(await info.get(`${PREFIX}rl|own|*|user-60s:u:local:kim`)).toBe(String(CALLS + 1));
+  });
+
+  it("a user's own key: no key, a suspended user or a revoked session is refused in that one round trip and moves no counter", async () => {
+    const counterOf = (user: string) => info.get(`${PREFIX}rl|own|*|user-60s:u:${user}`);
+    // No key stored.
+    counter.take();
+    expect(await call(a, 'own', await cookieFor('local:nokey'))).toEqual({ status: 403, code: 'credential_missing' });
+    expect(counter.take().calls).toEqual([['evalsha']]);
+    expect(await counterOf('local:nokey')).toBeNull();
+
+    // Suspended by the anomaly detector: refused although the key is there.
+    await a.userKeys!.put('own', 'local:sus', randomSecret('sus'));
+    const susCookie = await cookieFor('local:sus');
+    expect((await call(a, 'own', susCookie)).status).toBe(200);
+    await storeB.set(suspensionKey('local:sus'), String(Date.now()));
+    counter.take();
+    expect(await call(a, 'own', susCookie)).toEqual({ status: 403, code: 'key_suspended' });
+    expect(counter.take().calls).toEqual([['evalsha']]);
+    expect(await counterOf('local:sus')).toBe('1');
+
+    // Revoked on another instance: 401, no counter, and the sealed key is not even read (one GET fewer).
+    const sid = randomUUID();
+    await a.userKeys!.put('own', 'local:rev', randomSecret('rev'));
+    const revCookie = await cookieFor('local:rev', sid);
+    expect((await call(a, 'own', revCookie)).status).toBe(200);
+    await b.revocations.revokeSession(sid, Date.now() + 3_600_000);
+    await a.audit.flush();
+    counter.take();
+    const before = await commandStats();
+    expect(await call(a, 'own', revCookie)).toEqual({ status: 401, code: 'unauthenticated' });
+    const after = await commandStats();
+    expect(counter.take().calls).toEqual([['evalsha']]);
+    expect(after.get! - before.get!).toBe(5);
+    expect(await counterOf('local:rev')).toBe('1');
+  });
+
+  it("a user's own key with a rate limit per key: the counter waits for the key, a second round trip", async () => {
+    await a.userKeys!.put('owncred', 'local:lee', randomSecret('lee'));
+    for (const rounds of await perCall('owncred', await cookieFor('local:lee'))) expect(rounds).toEqual([['evalsha'], ['evalsha']]);
+    const keys = await keysUnder(REDIS_URL, `${PREFIX}rl|owncred|`);
+    expect(keys).toHaveLength(1);
+    expect(await info.get(keys[0]!)).toBe(String(CALLS + 1));
+  });
+
+  it("the user's OAuth token: one round trip, the sealed token read in the script", async () => {
+    const token = randomSecret('access');
+    await a.oauthTokens!.save('oidc', 'local:max', { accessToken: token, refreshToken: null, expiresAt: Date.now() + 3_600_000 });
+    const seen = upstream.requests.length;
+    const calls = await perCall('token', await cookieFor('local:max'));
+    for (const rounds of calls) expect(rounds).toEqual([['evalsha']]);
+    expect(calls.server.get).toBe(5 * CALLS); // three revocation marks, the throttle mark, the token
+    expect(upstream.requests.slice(seen).map((request) => request.headers.authorization)).toEqual(Array(CALLS + 1).fill(`Bearer ${token}`));
+    expect(await info.get(`${PREFIX}rl|token|*|user-60s:u:local:max`)).toBe(String(CALLS + 1));
+    // No token: refused in the same one round trip, nothing counted.
+    counter.take();
+    expect(await call(a, 'token', await cookieFor('local:notoken'))).toEqual({ status: 403, code: 'credential_missing' });
+    expect(counter.take().calls).toEqual([['evalsha']]);
+    expect(await info.get(`${PREFIX}rl|token|*|user-60s:u:local:notoken`)).toBeNull();
+  });
+
   it('quotas and budgets are reserved after the body is read: a second round trip (Store.reserve)', async () => {
     for (const rounds of await perCall('quota', await cookieFor('local:hal'))) expect(rounds).toEqual([['evalsha'], ['eval']]);
   });
@@ -433,6 +534,19 @@ describe('RedisStore.round', () => {
     const absent = await rounds.round([{ key: 'missing', knownSha1: null }], []);
     expect(absent).toMatchObject({ changed: false, values: [undefined] });
     expect(await rounds.get('c')).toBe('1');
+  });
+
+  it('reads a secret only when no earlier read stopped the round, and stops it when the secret is absent', async () => {
+    await rounds.set('sealed', 'opaque');
+    await rounds.set('mark', 'x');
+    const counter = [{ key: 's', points: 1, windowSeconds: 60 }];
+    const go = await rounds.round([{ key: 'nomark', stopIfPresent: true }, { key: 'sealed', secret: true }], counter);
+    expect(go).toMatchObject({ stopped: false, values: [null, 'opaque'], counters: [{ consumed: 1 }] });
+    const marked = await rounds.round([{ key: 'mark', stopIfPresent: true }, { key: 'sealed', secret: true }], counter);
+    expect(marked).toMatchObject({ stopped: true, values: ['x', null], counters: null });
+    const absent = await rounds.round([{ key: 'nomark', stopIfPresent: true }, { key: 'nosecret', secret: true }], counter);
+    expect(absent).toMatchObject({ stopped: true, values: [null, null], counters: null });
+    expect(await rounds.get('s')).toBe('1');
   });
 
   it("counts on rate-limiter-flexible's counters: the same key, window and values", async () => {

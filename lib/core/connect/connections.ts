@@ -306,13 +306,19 @@ export class Connections {
     return { revoked };
   }
 
+  /** What `accessToken` reads first (OAuthTokenStore.reads), for the call's one store round trip. */
+  reads(providerId: string, userId: string): { readonly store: Store; readonly secret: string } {
+    return this.deps.tokens.reads(providerId, userId);
+  }
+
   /**
    * The user's access token for a proxied call, refreshed first if it is about to expire. No connection, or one
-   * that needs reconnecting: 403 `connection_required` with the URL to (re)connect.
+   * that needs reconnecting: 403 `connection_required` with the URL to (re)connect. `known`: the sealed tokens
+   * as the call's round trip read them (OAuthTokenStore.reads).
    */
-  async accessToken(providerId: string, userId: string): Promise<string> {
+  async accessToken(providerId: string, userId: string, known?: string | null): Promise<string> {
     try {
-      return await this.deps.tokens.accessToken(providerId, userId);
+      return await this.deps.tokens.accessToken(providerId, userId, known);
     } catch (error) {
       if (!(error instanceof KeywardError) || (error.code !== 'credential_missing' && error.code !== 'reauth_required'))
         throw error;

@@ -84,10 +84,21 @@ export class OAuthTokenStore {
     return (await this.read(provider, userId))?.tokens ?? null;
   }
 
-  /** The tokens and the sealed value they were read from (for compare-and-set writes). */
-  private async read(provider: string, userId: string): Promise<{ tokens: StoredTokens; sealed: string } | null> {
+  /**
+   * What `accessToken` reads first, for a call that reads it in its one store round trip
+   * (lib/core/store/round.ts): the sealed tokens' key and the store it is in.
+   */
+  reads(provider: string, userId: string): { readonly store: Store; readonly secret: string } {
+    return { store: this.store, secret: OAuthTokenStore.key(provider, userId) };
+  }
+
+  /**
+   * The tokens and the sealed value they were read from (for compare-and-set writes); `known`: the sealed value
+   * as the caller already read it (`reads`), instead of reading it here.
+   */
+  private async read(provider: string, userId: string, known?: string | null): Promise<{ tokens: StoredTokens; sealed: string } | null> {
     const key = OAuthTokenStore.key(provider, userId);
-    const sealed = await guard(() => this.store.get(key));
+    const sealed = known !== undefined ? known : await guard(() => this.store.get(key));
     if (!sealed) return null;
     const tokens = await this.vault.open<StoredTokens>(sealed);
     if (!this.vault.isCurrent(sealed)) {
@@ -117,9 +128,12 @@ export class OAuthTokenStore {
     return (tokens.refreshAt ?? tokens.expiresAt - REFRESH_SKEW_MS) > this.now();
   }
 
-  /** A valid access token for the user, refreshing it first if it is about to expire. */
-  async accessToken(provider: string, userId: string): Promise<string> {
-    const tokens = await this.load(provider, userId);
+  /**
+   * A valid access token for the user, refreshing it first if it is about to expire. `known`: the sealed tokens
+   * as the call's round trip read them (`reads`); a refresh reads them again under its lock.
+   */
+  async accessToken(provider: string, userId: string, known?: string | null): Promise<string> {
+    const tokens = (await this.read(provider, userId, known))?.tokens;
     if (!tokens) throw new KeywardError('credential_missing');
     if (this.fresh(tokens)) return tokens.accessToken;
 

@@ -6,6 +6,7 @@ import type { KeyRings } from '../keys/rings';
 import type { Connections } from '../connect/connections';
 import type { OAuthTokenStore } from './oauth';
 import type { UserKeys } from './user-keys';
+import type { Store } from '../../store/types';
 
 export interface CredentialSources {
   readonly userKeys: UserKeys | null;
@@ -14,6 +15,47 @@ export interface CredentialSources {
   readonly keyRings?: KeyRings | null;
   /** Connected accounts (`{"oauth": "<provider>"}` naming a connection provider); absent: none configured. */
   readonly connections?: Connections | null;
+}
+
+/**
+ * A per-user credential's store reads (a user's own key, an OAuth token), for the call's one store round trip
+ * (lib/core/store/round.ts) to make with the session's revocation: the key of the sealed secret, the key of a
+ * mark that refuses the call when present (the user's suspension, for a user's own key), and how the credential
+ * follows from the values read. Null for credentials read from no store (service keys come from their ring,
+ * claim-mapped keys from the session).
+ */
+export interface PerUserReads {
+  readonly store: Store;
+  readonly refuseIfPresent: string | null;
+  readonly secret: string;
+  /** The credential from the values read at `refuseIfPresent` (null when not read) and `secret`. */
+  resolve(mark: string | null, secret: string | null): Promise<ResolvedCredential>;
+}
+
+export function perUserReads(upstream: Upstream, session: Session, sources: CredentialSources): PerUserReads | null {
+  const plan = upstream.credential;
+  if (plan.source === 'user-key') {
+    const { userKeys } = sources;
+    if (!userKeys) return null;
+    const { store, suspension, secret } = userKeys.reads(upstream.id, session.userId);
+    return {
+      store,
+      refuseIfPresent: suspension,
+      secret,
+      resolve: async (mark, raw) => userKeyCredential(upstream, await userKeys.opened(upstream.id, session.userId, mark, raw)),
+    };
+  }
+  if (plan.source !== 'oauth') return null;
+  const { connections, oauthTokens } = sources;
+  const tokens = connections?.has(plan.provider) ? connections : oauthTokens;
+  if (!tokens) return null;
+  const { store, secret } = tokens.reads(plan.provider, session.userId);
+  return {
+    store,
+    refuseIfPresent: null,
+    secret,
+    resolve: async (_mark, sealed) => credentialFor(upstream.auth, await tokens.accessToken(plan.provider, session.userId, sealed), upstream.fingerprints),
+  };
 }
 
 /**
@@ -34,9 +76,7 @@ export async function resolveCredential(upstream: Upstream, session: Session, so
     }
     case 'user-key': {
       if (!sources.userKeys) throw new KeywardError('credential_unavailable');
-      const key = await sources.userKeys.use(upstream.id, session.userId);
-      if (key === null) throw new KeywardError('credential_missing');
-      return credentialFor(upstream.auth, key, upstream.fingerprints);
+      return userKeyCredential(upstream, await sources.userKeys.use(upstream.id, session.userId));
     }
     case 'oauth': {
       // A connection provider: no (or an ended) connection is 403 connection_required, with the URL to connect.
@@ -47,4 +87,9 @@ export async function resolveCredential(upstream: Upstream, session: Session, so
       return credentialFor(upstream.auth, await sources.oauthTokens.accessToken(plan.provider, session.userId), upstream.fingerprints);
     }
   }
+}
+
+function userKeyCredential(upstream: Upstream, key: string | null): ResolvedCredential {
+  if (key === null) throw new KeywardError('credential_missing');
+  return credentialFor(upstream.auth, key, upstream.fingerprints);
 }

@@ -24,12 +24,17 @@ interface StoredUserKey {
 
 const KEY_FORMAT = /^[\x21-\x7e]{8,4096}$/;
 const TOUCH_EVERY_MS = 60_000;
+/** Keys whose use this process recorded in the last minute; past this many the memo starts over (bounded memory). */
+const TOUCHED_MAX = 10_000;
 
 /**
  * Bring-your-own-key: each user's key for an upstream, sealed by the vault and stored write-only. The plain
  * key is only ever returned to the proxy pipeline, for that user's own calls.
  */
 export class UserKeys {
+  /** When this process last recorded each key's use (`touch`). */
+  private readonly touched = new Map<string, number>();
+
   constructor(
     private readonly store: Store,
     private readonly vault: Vault,
@@ -81,12 +86,29 @@ export class UserKeys {
    * the user's suspension mark (the anomaly detector's last step): a suspended user's keys are not used.
    */
   async use(upstream: string, userId: string): Promise<string | null> {
-    const storeKey = UserKeys.key(upstream, userId);
-    const [raw, suspended] = await guard(() => this.store.getMany([storeKey, suspensionKey(userId)]));
-    if (suspended !== null && suspended !== undefined) throw new KeywardError('key_suspended');
+    const { suspension, secret } = this.reads(upstream, userId);
+    const [suspended, raw] = await guard(() => this.store.getMany([suspension, secret]));
+    return this.opened(upstream, userId, suspended ?? null, raw ?? null);
+  }
+
+  /**
+   * What `use` reads, for a call that reads them in its one store round trip (lib/core/store/round.ts): the
+   * user's suspension mark and the sealed key, and the store they are in.
+   */
+  reads(
+    upstream: string,
+    userId: string,
+  ): { readonly store: Store; readonly suspension: string; readonly secret: string } {
+    return { store: this.store, suspension: suspensionKey(userId), secret: UserKeys.key(upstream, userId) };
+  }
+
+  /** `use` on the values of `reads` (suspension mark, stored key) read already. */
+  async opened(upstream: string, userId: string, suspended: string | null, raw: string | null): Promise<string | null> {
+    if (suspended !== null) throw new KeywardError('key_suspended');
     if (!raw) return null;
     const stored = JSON.parse(raw) as StoredUserKey;
     const { key } = await this.vault.open<{ key: string }>(stored.sealed);
+    const storeKey = UserKeys.key(upstream, userId);
     if (!this.vault.isCurrent(stored.sealed)) {
       // Sealed before a vault rotation: re-seal with the current secret. Compare-and-set, so a key the user
       // replaced in the meantime is never overwritten by this older one.
@@ -95,14 +117,25 @@ export class UserKeys {
         .then((sealed) => this.store.replaceIfEquals(storeKey, raw, JSON.stringify({ ...stored, sealed })))
         .catch(() => {});
     }
-    const usedKey = UserKeys.usedKey(upstream, userId, stored.fingerprint);
+    this.touch(UserKeys.usedKey(upstream, userId, stored.fingerprint));
+    return key;
+  }
+
+  /**
+   * Records a use: at most one write a minute per key across instances (setIfAbsent on a minute-long marker),
+   * and at most one marker command a minute per key from this process, so a call does not cost a second store
+   * command. Best effort, never fails the call.
+   */
+  private touch(usedKey: string): void {
     const now = this.now();
-    // At most one write a minute per key (setIfAbsent on a minute-long marker); best effort, never fails the call.
+    const last = this.touched.get(usedKey);
+    if (last !== undefined && now - last < TOUCH_EVERY_MS) return;
+    if (this.touched.size >= TOUCHED_MAX) this.touched.clear();
+    this.touched.set(usedKey, now);
     this.store
       .setIfAbsent(`${usedKey}:marker`, '1', TOUCH_EVERY_MS)
       .then((first) => (first ? this.store.set(usedKey, String(now)) : undefined))
       .catch(() => {});
-    return key;
   }
 
   /**

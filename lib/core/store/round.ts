@@ -1,5 +1,5 @@
 import 'server-only';
-import { resolveCredential, type CredentialSources } from '../credential/resolve';
+import { perUserReads, resolveCredential, type CredentialSources, type PerUserReads } from '../credential/resolve';
 import type { Limits, LimitSubject } from '../limits/limits';
 import type { RateRule } from '../limits/rules';
 import { revocationKeys, revocationReads, revokedBy, type SessionRevocations } from '../session/revocation';
@@ -43,60 +43,79 @@ type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: fals
 
 /**
  * A proxied call's store reads, together (issue 12, "one store round trip per call"): whether the session was
- * revoked, the service key's ring state, and the rate counters. With one Redis behind all three they go out as
- * one script (RedisStore.round), which takes no counter for a revoked session. The key is chosen from the ring
- * state this process saw last, sent as its SHA-1: the script returns the state only if it changed, and then
- * takes no counter either, because a per-key counter may need another key; the caller takes them after
- * choosing again (a second round trip, once per change). Nothing is cached without that check, so a
- * revocation or a key switch applies on every instance's next request.
+ * revoked, the credential's state (a service key's ring state, or a per-user secret: a user's own key with the
+ * user's suspension mark, an OAuth token), and the rate counters. With one Redis behind them they go out as one
+ * script (RedisStore.round), which takes no counter for a revoked session.
  *
- * Otherwise (the embedded store, stores that differ, or a per-user key or OAuth token, which are read after
- * the session is known good) revocation and ring are read with one `getMany` where they share a store, and
- * the counters are left to the caller (`taken: null`).
+ * A service key is chosen from the ring state this process saw last, sent as its SHA-1: the script returns the
+ * state only if it changed, and then takes no counter either, because a per-key counter may need another key;
+ * the caller takes them after choosing again (a second round trip, once per change). Nothing is cached without
+ * that check, so a revocation or a key switch applies on every instance's next request.
+ *
+ * A per-user secret is read by the script only once the session's revocation marks (read first) let the call
+ * through, and its absence (no key, no token) or the user's suspension takes no counter either. Its counters are
+ * taken in the same script unless a rule counts per key (`by: "credential"`): the key is known only once the
+ * secret is opened, so those counters are the caller's (a second round trip). A token that must be refreshed
+ * first is refreshed after the round trip, its counters already taken.
+ *
+ * Otherwise (the embedded store, or stores that differ) the same keys are read with one `getMany` where they
+ * share a store, and the counters are left to the caller (`taken: null`).
  */
 export async function storeRound(input: RoundInput): Promise<RoundOutcome> {
   const { upstream, session, revocations, sources, limits, rules, throttle } = input;
   const rings = upstream.credential.source === 'static' ? (sources.keyRings ?? null) : null;
-  const redis = oneRedis([revocations?.store, rings?.store, rules.length > 0 ? limits?.store : undefined, throttle?.store]);
-  if (!redis) return separately(input, rings);
+  const perUser = perUserReads(upstream, session, sources);
+  const redis = oneRedis([revocations?.store, rings?.store, perUser?.store, rules.length > 0 ? limits?.store : undefined, throttle?.store]);
+  if (!redis) return separately(input, rings, perUser);
 
   const reads: RoundRead[] = revocations ? revocationReads(session) : [];
   const throttleAt = reads.length;
   if (throttle) reads.push({ key: throttle.key });
-  let predicted: Settled<ResolvedCredential> | null;
+  const markAt = reads.length;
+  let predicted: Settled<ResolvedCredential> | null = null;
+  let fingerprint: string | null = null;
   if (rings) {
     const seen = rings.seen(upstream);
     reads.push({ key: rings.recordKey(upstream), knownSha1: seen.sha1 });
     predicted = await settle(rings.credentialFrom(upstream, seen.raw));
+    if (predicted.ok) fingerprint = predicted.value.fingerprint;
+  } else if (perUser) {
+    if (perUser.refuseIfPresent !== null) reads.push({ key: perUser.refuseIfPresent, stopIfPresent: true });
+    reads.push({ key: perUser.secret, secret: true });
+    // Rules that count per key wait for the key; the others count now ('' never names a key).
+    if (!rules.some((rule) => rule.by === 'credential')) fingerprint = '';
   } else {
-    // A per-user key or token is read only once the session is known not to be revoked.
-    const perUser = upstream.credential.source === 'user-key' || upstream.credential.source === 'oauth';
-    predicted = perUser ? null : await settle(resolveCredential(upstream, session, sources));
+    predicted = await settle(resolveCredential(upstream, session, sources));
+    if (predicted.ok) fingerprint = predicted.value.fingerprint;
   }
   // No counter moves for a call whose credential cannot be had: the pipeline resolves it before rate limits.
-  const counters =
-    limits && predicted?.ok ? limits.rateCounters(rules, { ...input.who, fingerprint: predicted.value.fingerprint }) : [];
+  const counters = limits && fingerprint !== null ? limits.rateCounters(rules, { ...input.who, fingerprint }) : [];
   const result = reads.length + counters.length > 0 ? await guard(() => redis.round(reads, counters)) : NOTHING;
-  if (revocations && (result.stopped || revokedBy(session, result.values.slice(0, REVOCATION_READS)))) return { revoked: true };
+  if (revocations && revokedBy(session, result.values.slice(0, REVOCATION_READS))) return { revoked: true };
 
   let credential: ResolvedCredential;
   if (rings && result.changed) credential = await rings.credentialFrom(upstream, result.values.at(-1) ?? null);
   else if (predicted) credential = unwrap(predicted);
+  else if (perUser) credential = await perUser.resolve(...markAndSecret(perUser, result.values, markAt));
   else credential = await resolveCredential(upstream, session, sources);
   const taken = counters.length > 0 && counters.length === rules.length ? result.counters : null;
   return { revoked: false, credential, taken, throttle: throttle ? (result.values[throttleAt] ?? null) : null };
 }
 
 /**
- * Revocation, throttle mark and ring read with one getMany per store they live in (one, in the usual
- * deployment); the counters are left to the caller.
+ * Revocation, throttle mark, and ring or per-user secret read with one getMany per store they live in (one, in
+ * the usual deployment); the counters are left to the caller.
  */
-async function separately(input: RoundInput, rings: CredentialSources['keyRings'] | null): Promise<RoundOutcome> {
+async function separately(input: RoundInput, rings: CredentialSources['keyRings'] | null, perUser: PerUserReads | null): Promise<RoundOutcome> {
   const { upstream, session, revocations, sources, throttle } = input;
   const wanted: Array<{ readonly store: Store; readonly key: string }> = [];
   if (revocations) for (const key of revocationKeys(session)) wanted.push({ store: revocations.store, key });
   if (throttle) wanted.push(throttle);
   if (rings) wanted.push({ store: rings.store, key: rings.recordKey(upstream) });
+  else if (perUser) {
+    if (perUser.refuseIfPresent !== null) wanted.push({ store: perUser.store, key: perUser.refuseIfPresent });
+    wanted.push({ store: perUser.store, key: perUser.secret });
+  }
   const values = await readGrouped(wanted);
   let next = 0;
   if (revocations) {
@@ -104,8 +123,17 @@ async function separately(input: RoundInput, rings: CredentialSources['keyRings'
     if (revokedBy(session, values.slice(0, REVOCATION_READS))) return { revoked: true };
   }
   const throttleMark = throttle ? (values[next++] ?? null) : null;
-  const credential = rings ? await rings.credentialFrom(upstream, values[next] ?? null) : await resolveCredential(upstream, session, sources);
+  let credential: ResolvedCredential;
+  if (rings) credential = await rings.credentialFrom(upstream, values[next] ?? null);
+  else if (perUser) credential = await perUser.resolve(...markAndSecret(perUser, values, next));
+  else credential = await resolveCredential(upstream, session, sources);
   return { revoked: false, credential, taken: null, throttle: throttleMark };
+}
+
+/** The values read for a per-user secret, from `at` on: its refusing mark (null when none is read), then the secret. */
+function markAndSecret(perUser: PerUserReads, values: ReadonlyArray<string | null | undefined>, at: number): [string | null, string | null] {
+  const mark = perUser.refuseIfPresent === null ? null : (values[at] ?? null);
+  return [mark, values[perUser.refuseIfPresent === null ? at : at + 1] ?? null];
 }
 
 /** Values for keys in several stores: one getMany per store, at once; in the order asked. */
