@@ -190,12 +190,24 @@ describe('form contracts (Stripe bracket notation)', () => {
     const expected =
       'amount=4200&currency=eur&metadata%5Border_id%5D=6735&metadata%5Buser_id%5D=local%3Afay' +
       '&items%5B0%5D%5Bprice%5D=price_1&items%5B0%5D%5Bquantity%5D=2&items%5B1%5D%5Bprice%5D=price_2' +
-      '&expand%5B0%5D=customer&expand%5B1%5D=latest_charge&capture=true';
+      '&expand%5B%5D=customer&expand%5B%5D=latest_charge&capture=true';
     expect(c.seen!.body.bytes.toString('utf8')).toBe(expected);
     expect(c.seen!.body.complete).toBe(true);
     expect(c.seen!.record.headers['content-type']).toBe(FORM);
     expect(c.seen!.record.headers['content-length']).toBe(String(expected.length));
     expect(c.seen!.record.headers.authorization).toBe(`Bearer ${apiKey}`);
+  });
+
+  it('an array of values goes out in the notation the client used: a repeated name, `[]` or indexes', async () => {
+    // A repeated name is the only list Django, Flask or Go's net/http read; Rack reads `expand[0]` as a hash.
+    const repeated = await call(PAY, 'currency=eur&expand=customer&expand=latest_charge', FORM);
+    expect(repeated.seen!.body.bytes.toString()).toBe(
+      'currency=eur&expand=customer&expand=latest_charge&amount=5000&metadata%5Buser_id%5D=local%3Afay',
+    );
+    const indexed = await call(PAY, 'currency=eur&expand[1]=latest_charge&expand[0]=customer', FORM);
+    expect(indexed.seen!.body.bytes.toString()).toBe(
+      'currency=eur&expand%5B0%5D=customer&expand%5B1%5D=latest_charge&amount=5000&metadata%5Buser_id%5D=local%3Afay',
+    );
   });
 
   it('applies the caller’s cap: a missing amount is set to it, a larger one is refused before the upstream', async () => {
