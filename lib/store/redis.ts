@@ -39,7 +39,8 @@ return values`;
 // its absence stops it).
 // The counters are taken only if no read stopped them and none changed, each exactly as rate-limiter-flexible's
 // RateLimiterRedis takes a point (same keys, same script), so both share counters.
-// Returns {stopped (0/1), changed (0/1), the reads..., then consumed and ttl (ms) per counter when taken}.
+// Returns {stopped (0, else the 1-based index of the first read that stopped the round), changed (0/1), the
+// reads..., then consumed and ttl (ms) per counter when taken}.
 const ROUND = `local reads = tonumber(ARGV[1])
 local out = {0, 0}
 local a = 2
@@ -47,23 +48,25 @@ for i = 1, reads do
   local mode, arg = ARGV[a], ARGV[a + 1]
   a = a + 2
   local value = false
+  local stop = false
   if mode ~= 'secret' or out[1] == 0 then value = redis.call('GET', KEYS[i]) end
   if mode == 'present' then
-    if value then out[1] = 1 end
+    stop = value and true or false
   elseif mode == 'atleast' then
     if value then
       local n = tonumber(value)
       if value == '' then n = 0 end
-      if n ~= nil and n >= tonumber(arg) then out[1] = 1 end
+      stop = n ~= nil and n >= tonumber(arg)
     end
   elseif mode == 'known' then
     if (value and redis.sha1hex(value) or '-') == arg then value = 1 else out[2] = 1 end
   elseif mode == 'secret' then
-    if not value then out[1] = 1 end
+    stop = out[1] == 0 and not value
   end
+  if stop and out[1] == 0 then out[1] = i end
   out[i + 2] = value
 end
-if out[1] == 1 or out[2] == 1 then return out end
+if out[1] ~= 0 or out[2] == 1 then return out end
 local n = reads + 2
 for j = reads + 1, #KEYS do
   local points, window = ARGV[a], ARGV[a + 1]
@@ -125,6 +128,8 @@ export interface RoundCounter {
 export interface RoundResult {
   /** A stop condition held: no counter was taken. */
   readonly stopped: boolean;
+  /** The index (in `reads`) of the first read whose stop condition held, or null. */
+  readonly stoppedAt: number | null;
   /** A `knownSha1` read differed: no counter was taken. */
   readonly changed: boolean;
   /** The reads in order; `undefined` for a `knownSha1` read that had not changed. */
@@ -276,7 +281,8 @@ export class RedisStore implements Store {
     }
     const keys = [...reads.map((read) => read.key), ...counters.map((counter) => counter.key)];
     const reply = await this.run(() => this.scripts.keywardRound(keys.length, ...keys, ...args));
-    const stopped = reply[0] === 1;
+    const stoppedAt = typeof reply[0] === 'number' && reply[0] > 0 ? reply[0] - 1 : null;
+    const stopped = stoppedAt !== null;
     const changed = reply[1] === 1;
     const values = reads.map((read, i) => {
       const value = reply[i + 2] ?? null;
@@ -286,7 +292,7 @@ export class RedisStore implements Store {
     if (!stopped && !changed) {
       taken = counters.map((_, j) => ({ consumed: Number(reply[reads.length + 2 + j * 2]), ttlMs: Number(reply[reads.length + 3 + j * 2]) }));
     }
-    return { stopped, changed, values, counters: taken };
+    return { stopped, stoppedAt, changed, values, counters: taken };
   }
 
   /**

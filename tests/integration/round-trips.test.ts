@@ -467,6 +467,34 @@ describe('one store round trip per proxied call (Redis)', () => {
     expect(await info.get(`${PREFIX}rl|token|*|user-60s:u:local:notoken`)).toBeNull();
   });
 
+  it("a secret that cannot be used (a sealed value that does not open, a token the provider must refresh and cannot) gives its counter back", async () => {
+    const counterOf = (id: string, user: string) => info.get(`${PREFIX}rl|${id}|*|user-60s:u:${user}`);
+    // A stored key whose seal is damaged: 503 credential_unavailable, and the point taken in the script returned.
+    await a.userKeys!.put('own', 'local:bad', randomSecret('bad'));
+    const cookie = await cookieFor('local:bad');
+    expect((await call(a, 'own', cookie)).status).toBe(200);
+    const stored = JSON.parse((await storeA.get('ukey:own:local:bad'))!) as { sealed: string };
+    await storeA.set('ukey:own:local:bad', JSON.stringify({ ...stored, sealed: `${stored.sealed.slice(0, -4)}AAAA` }));
+    expect(await call(a, 'own', cookie)).toEqual({ status: 503, code: 'credential_unavailable' });
+    expect(await counterOf('own', 'local:bad')).toBe('1');
+
+    // An expired token without a refresh token: 401 reauth_required, nothing counted.
+    await a.oauthTokens!.save('oidc', 'local:old', { accessToken: randomSecret('old'), refreshToken: null, expiresAt: Date.now() - 1_000 });
+    const result = await call(a, 'token', await cookieFor('local:old'));
+    expect(result.status).toBeGreaterThanOrEqual(400);
+    expect(['reauth_required', 'credential_unavailable']).toContain(result.code);
+    expect(await counterOf('token', 'local:old')).toBe('0');
+  });
+
+  it("fails closed: a revocation mark the script reads as revoking is 401, though Keyward's own reading of it differs", async () => {
+    // Lua's tonumber('inf') is infinity, JavaScript's Number('inf') NaN: marks Keyward never writes, read two ways.
+    const cookie = await cookieFor('local:inf');
+    expect((await call(a, 'rated', cookie)).status).toBe(200);
+    await storeB.set('rev:user:local:inf', 'inf');
+    expect(await call(a, 'rated', cookie)).toEqual({ status: 401, code: 'unauthenticated' });
+    expect(await info.get(`${PREFIX}rl|rated|*|user-60s:u:local:inf`)).toBe('1');
+  });
+
   it('quotas and budgets are reserved after the body is read: a second round trip (Store.reserve)', async () => {
     for (const rounds of await perCall('quota', await cookieFor('local:hal'))) expect(rounds).toEqual([['evalsha'], ['eval']]);
   });
@@ -520,11 +548,17 @@ describe('RedisStore.round', () => {
       [{ key: 'missing', stopIfPresent: true }, { key: 'n', stopIfAtLeast: 1001 }, { key: 'v', knownSha1: sha1 }, { key: 'n' }],
       [{ key: 'c', points: 1, windowSeconds: 60 }],
     );
-    expect(go).toEqual({ stopped: false, changed: false, values: [null, '1000', undefined, '1000'], counters: [{ consumed: 1, ttlMs: expect.any(Number) }] });
+    expect(go).toEqual({
+      stopped: false,
+      stoppedAt: null,
+      changed: false,
+      values: [null, '1000', undefined, '1000'],
+      counters: [{ consumed: 1, ttlMs: expect.any(Number) }],
+    });
     expect(go.counters![0]!.ttlMs).toBeGreaterThan(59_000);
 
     const atBound = await rounds.round([{ key: 'n', stopIfAtLeast: 1000 }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
-    expect(atBound).toMatchObject({ stopped: true, counters: null });
+    expect(atBound).toMatchObject({ stopped: true, stoppedAt: 0, counters: null });
     const present = await rounds.round([{ key: 'v', stopIfPresent: true }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
     expect(present).toMatchObject({ stopped: true, values: ['hello'], counters: null });
     const changed = await rounds.round([{ key: 'v', knownSha1: 'f'.repeat(40) }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
@@ -543,9 +577,12 @@ describe('RedisStore.round', () => {
     const go = await rounds.round([{ key: 'nomark', stopIfPresent: true }, { key: 'sealed', secret: true }], counter);
     expect(go).toMatchObject({ stopped: false, values: [null, 'opaque'], counters: [{ consumed: 1 }] });
     const marked = await rounds.round([{ key: 'mark', stopIfPresent: true }, { key: 'sealed', secret: true }], counter);
-    expect(marked).toMatchObject({ stopped: true, values: ['x', null], counters: null });
+    expect(marked).toMatchObject({ stopped: true, stoppedAt: 0, values: ['x', null], counters: null });
     const absent = await rounds.round([{ key: 'nomark', stopIfPresent: true }, { key: 'nosecret', secret: true }], counter);
-    expect(absent).toMatchObject({ stopped: true, values: [null, null], counters: null });
+    expect(absent).toMatchObject({ stopped: true, stoppedAt: 1, values: [null, null], counters: null });
+    // The first read that stopped the round is the one reported.
+    const both = await rounds.round([{ key: 'n', stopIfAtLeast: 1 }, { key: 'mark', stopIfPresent: true }], counter);
+    expect(both).toMatchObject({ stoppedAt: 0, values: ['1000', 'x'] });
     expect(await rounds.get('s')).toBe('1');
   });
 

@@ -5,7 +5,7 @@ import type { RateRule } from '../limits/rules';
 import { revocationKeys, revocationReads, revokedBy, type SessionRevocations } from '../session/revocation';
 import type { Session } from '../session/session';
 import type { ResolvedCredential, Upstream } from '../upstream/registry';
-import { RedisStore, type RoundRead } from '../../store/redis';
+import { RedisStore, type RoundCounter, type RoundRead, type RoundResult } from '../../store/redis';
 import type { Store } from '../../store/types';
 import { guard } from './guard';
 
@@ -37,7 +37,7 @@ export type RoundOutcome =
 
 /** How many values `revocationKeys` reads (they come first). */
 const REVOCATION_READS = 3;
-const NOTHING = { stopped: false, changed: false, values: [], counters: null } as const;
+const NOTHING = { stopped: false, stoppedAt: null, changed: false, values: [], counters: null } as const;
 
 type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
 
@@ -56,7 +56,7 @@ type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: fals
  * through, and its absence (no key, no token) or the user's suspension takes no counter either. Its counters are
  * taken in the same script unless a rule counts per key (`by: "credential"`): the key is known only once the
  * secret is opened, so those counters are the caller's (a second round trip). A token that must be refreshed
- * first is refreshed after the round trip, its counters already taken.
+ * first is refreshed after the round trip; a secret that then cannot be used gives its points back.
  *
  * Otherwise (the embedded store, or stores that differ) the same keys are read with one `getMany` where they
  * share a store, and the counters are left to the caller (`taken: null`).
@@ -91,12 +91,15 @@ export async function storeRound(input: RoundInput): Promise<RoundOutcome> {
   // No counter moves for a call whose credential cannot be had: the pipeline resolves it before rate limits.
   const counters = limits && fingerprint !== null ? limits.rateCounters(rules, { ...input.who, fingerprint }) : [];
   const result = reads.length + counters.length > 0 ? await guard(() => redis.round(reads, counters)) : NOTHING;
-  if (revocations && revokedBy(session, result.values.slice(0, REVOCATION_READS))) return { revoked: true };
+  // Revoked where the script stopped at a revocation mark (its reading decides: fail closed), or where
+  // Keyward's own reading of the marks says so.
+  const stoppedByMark = result.stoppedAt !== null && result.stoppedAt < REVOCATION_READS;
+  if (revocations && (stoppedByMark || revokedBy(session, result.values.slice(0, REVOCATION_READS)))) return { revoked: true };
 
   let credential: ResolvedCredential;
   if (rings && result.changed) credential = await rings.credentialFrom(upstream, result.values.at(-1) ?? null);
   else if (predicted) credential = unwrap(predicted);
-  else if (perUser) credential = await perUser.resolve(...markAndSecret(perUser, result.values, markAt));
+  else if (perUser) credential = await perUserCredential(perUser, result, markAt, redis, counters);
   else credential = await resolveCredential(upstream, session, sources);
   const taken = counters.length > 0 && counters.length === rules.length ? result.counters : null;
   return { revoked: false, credential, taken, throttle: throttle ? (result.values[throttleAt] ?? null) : null };
@@ -128,6 +131,27 @@ async function separately(input: RoundInput, rings: CredentialSources['keyRings'
   else if (perUser) credential = await perUser.resolve(...markAndSecret(perUser, values, next));
   else credential = await resolveCredential(upstream, session, sources);
   return { revoked: false, credential, taken: null, throttle: throttleMark };
+}
+
+/**
+ * A per-user credential from what the round trip read. Its counters were taken with the read; when the secret
+ * then cannot be used (it does not open, a refresh the provider refuses, a connection that ended), the points
+ * are given back, so that, as with the other credentials and the embedded store, no counter moves for a call
+ * whose credential cannot be had. Best effort: a failed give-back leaves the point counted.
+ */
+async function perUserCredential(
+  perUser: PerUserReads,
+  result: RoundResult,
+  at: number,
+  redis: RedisStore,
+  counters: readonly RoundCounter[],
+): Promise<ResolvedCredential> {
+  try {
+    return await perUser.resolve(...markAndSecret(perUser, result.values, at));
+  } catch (error) {
+    if (result.counters) await Promise.allSettled(counters.map(({ key, points, windowSeconds }) => redis.increment(key, -points, windowSeconds * 1000)));
+    throw error;
+  }
 }
 
 /** The values read for a per-user secret, from `at` on: its refusing mark (null when none is read), then the secret. */
