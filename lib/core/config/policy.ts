@@ -171,6 +171,15 @@ const bodyContractSchema = z
 export const BODY_FORMATS = ['json', 'form', 'multipart'] as const;
 export type BodyFormat = (typeof BODY_FORMATS)[number];
 
+/**
+ * How a form body's arrays of values are written for the upstream (`formArrays`): `indexes` (`tag[0]=a&tag[1]=b`:
+ * Stripe, PHP, qs/Express), `brackets` (`tag[]=a&tag[]=b`: Rack/Rails, PHP, qs) or `repeat` (`tag=a&tag=b`:
+ * Django, Flask, Go's net/http, Spring, ASP.NET, FastAPI, which take `tag[0]` for a field of that name, while
+ * Rack and PHP keep only the last). Arrays of objects are written with indexes in every style (`items[0][price]`).
+ */
+export const FORM_ARRAY_STYLES = ['indexes', 'brackets', 'repeat'] as const;
+export type FormArrayStyle = (typeof FORM_ARRAY_STYLES)[number];
+
 const rolesFilter = z
   .array(z.string().min(1).max(64))
   .min(1)
@@ -316,6 +325,14 @@ export const routePolicyFields = {
     .describe(
       'How the "body" contract is read: "json" (default), "form" (application/x-www-form-urlencoded in bracket notation, ' +
         'e.g. metadata[order_id]=1, as Stripe uses) or "multipart" (multipart/form-data: text fields and "file" parts, streamed).',
+    ),
+  formArrays: z
+    .enum(FORM_ARRAY_STYLES)
+    .optional()
+    .describe(
+      'With "bodyFormat": "form": how arrays of values are sent upstream, whatever notation the client used: "indexes" ' +
+        '(default, tag[0]=a&tag[1]=b: Stripe, PHP, Express), "brackets" (tag[]=a&tag[]=b: Rails/Rack, PHP) or "repeat" ' +
+        '(tag=a&tag=b: Django, Flask, Go, Spring, ASP.NET, FastAPI). Arrays of objects always use indexes.',
     ),
   identity: z
     .record(fieldTargetSchema, sessionValueSchema)

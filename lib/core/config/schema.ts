@@ -273,6 +273,9 @@ const routeSchema = z.strictObject({
   if (route.bodyFormat && !route.body) {
     ctx.addIssue({ code: 'custom', path: ['bodyFormat'], message: 'needs a "body" contract on this route' });
   }
+  if (route.formArrays && route.bodyFormat !== 'form') {
+    ctx.addIssue({ code: 'custom', path: ['formArrays'], message: 'applies to form bodies only ("bodyFormat": "form")' });
+  }
   if (route.body && ['GET', 'HEAD', 'DELETE', 'OPTIONS'].includes(route.method)) {
     ctx.addIssue({ code: 'custom', path: ['body'], message: `${route.method} requests are forwarded without a body` });
   }

@@ -2,7 +2,7 @@ import type { z } from 'zod';
 import { KeywardError } from '../errors';
 import { readCappedBody, type CappedBody } from '../forward/body';
 import { parseBody, violation, type CompiledContract } from './contract';
-import { readForm, serializeForm } from './form';
+import { parseForm, serializeForm } from './form';
 import { readMultipart } from './multipart';
 
 /**
@@ -48,11 +48,11 @@ export async function readContractBody(
           message: 'This route accepts only a form body (Content-Type: application/x-www-form-urlencoded, UTF-8).',
         });
       }
-      const { value, arrays } = readForm(schema, utf8(body ? await readCappedBody(body) : Buffer.alloc(0)));
+      const value = parseForm(schema, utf8(body ? await readCappedBody(body) : Buffer.alloc(0)));
       return {
         value,
         serialize: (checked) => ({
-          body: Buffer.from(serializeForm(checked, arrays), 'utf8'),
+          body: Buffer.from(serializeForm(checked, contract.formArrays), 'utf8'),
           contentType: 'application/x-www-form-urlencoded',
         }),
       };

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ConfigError } from '../config/load';
-import { filePart, fileParts, type BodyFormat, type FieldSpecInput, type FieldTarget, type FilePartSpec, type SessionValue } from '../config/policy';
+import { filePart, fileParts, type BodyFormat, type FieldSpecInput, type FormArrayStyle, type FieldTarget, type FilePartSpec, type SessionValue } from '../config/policy';
 import type { RouteConfig } from '../config/schema';
 import { KeywardError } from '../errors';
 import type { Session } from '../session/session';
@@ -20,6 +20,8 @@ export interface CompiledContract {
   /** What the body must be once read in its format (form and multipart fields arrive as strings). */
   readonly body: z.ZodType | null;
   readonly bodyFormat: BodyFormat;
+  /** Form bodies: how arrays of values are written for the upstream (`formArrays`). */
+  readonly formArrays: FormArrayStyle;
   /** Multipart bodies: what each part name may carry (a text field or a file), from `body`'s shape. */
   readonly parts: ReadonlyMap<string, PartRule> | null;
   readonly caps: ReadonlyMap<string, ReadonlyMap<FieldTarget, number>>;
@@ -63,7 +65,8 @@ export function compileContract(route: RouteConfig, where: string): CompiledCont
   const parts = body && bodyFormat === 'multipart' ? partRules(body as z.ZodObject, `${where}.body`) : null;
   const caps = new Map(Object.entries(route.caps ?? {}).map(([role, fields]) => [role, new Map(Object.entries(fields)) as Map<FieldTarget, number>]));
   const overCap = route.overCap ?? 'refuse';
-  return { query, body, bodyFormat, parts, caps, overCap, identity: Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][] };
+  const formArrays = route.formArrays ?? 'indexes';
+  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity: Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][] };
 }
 
 /** The body contract in its format: JSON values as they are; form and multipart fields read from their text. */

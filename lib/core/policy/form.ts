@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { KeywardError } from '../errors';
+import type { FormArrayStyle } from '../config/policy';
 import { contractError, unwrapSchema, violation } from './contract';
 
 /**
@@ -11,10 +12,8 @@ import { contractError, unwrapSchema, violation } from './contract';
  * with a "0" key, `a[]=x&a[0]=y` one array, `a[b]c=1` drops the `c`, `a[b=1` makes a key "[b", and a malformed
  * escape (`%zz`) stays as text. Upstream parsers (Rack, PHP, qs, Express) settle each of these differently, so
  * Keyward refuses them: what it checked must be what the upstream reads. The encoder is the WHATWG one
- * (URLSearchParams), which every form parser reads the same way, and an array of values goes out in the
- * notation the client used for it (`FormArrays`): a repeated name is what Django, Flask, Go's net/http and
- * Spring read as a list (they take `tag[0]` for a field of that name), `tag[]` is Rack's and PHP's list, and
- * Rack reads `tag[0]=a` as a hash.
+ * (URLSearchParams), and arrays of values are written in the notation the upstream reads as a list (the route's
+ * `formArrays`), whatever notation the client used: the upstream's parser decides what a body means, not the client.
  */
 
 /** Bounds on what one body may ask the parser to build (the byte cap comes first: maxRequestBytes). */
@@ -45,17 +44,6 @@ const DIGITS = /^\d+$/;
 const INDEX = /^(?:0|[1-9]\d{0,2})$/;
 
 /**
- * How the client wrote each array of values it sent in a repeated name (`tag=a&tag=b`) or with `[]`, by its
- * path (`arrayPath`); arrays absent from it (given with indexes, or added by Keyward) are written with indexes.
- */
-export type FormArrays = ReadonlyMap<string, 'repeat' | 'push'>;
-
-/** The key of an array's path in FormArrays. */
-function arrayPath(path: readonly (string | number)[]): string {
-  return JSON.stringify(path);
-}
-
-/**
  * Parses a form body into a nested value of strings and checks it against the contract (`schema`). A name may
  * repeat only where the contract declares an array (`tag=a&tag=b`); `[]` appends (`tag[]=a`); indexes must run
  * from 0 without gaps. Refused with 400 `contract_violation`: a name given twice elsewhere, one path used both as
@@ -63,11 +51,6 @@ function arrayPath(path: readonly (string | number)[]): string {
  * percent-encoding, and more than FORM_LIMITS allows. Messages name declared fields only, never client text.
  */
 export function parseForm(schema: z.ZodType, text: string): unknown {
-  return readForm(schema, text).value;
-}
-
-/** parseForm, with the notation of each array of values the body holds (for `serializeForm`). */
-export function readForm(schema: z.ZodType, text: string): { value: unknown; arrays: FormArrays } {
   const root: FormNode = { kind: 'object', fields: new Map() };
   // Counted before splitting: a body of separators alone would otherwise build an array as long as the body.
   let separators = 0;
@@ -81,44 +64,34 @@ export function readForm(schema: z.ZodType, text: string): { value: unknown; arr
     const value = decode(equals === -1 ? '' : pair.slice(equals + 1));
     insert(root, parseName(name), value, schema);
   }
-  const arrays = new Map<string, 'repeat' | 'push'>();
-  const result = schema.safeParse(build(root, [], schema, arrays));
+  const result = schema.safeParse(build(root, [], schema));
   if (!result.success) throw contractError(result.error, 'body');
-  return { value: result.data, arrays };
+  return result.data;
 }
 
 /**
- * The form encoding of a parsed value, in bracket notation (`items[0][price]=…`), in the value's own key order.
- * An array of values is written as the client wrote it (`arrays`, from readForm: `tag=a&tag=b` or `tag[]=a`),
- * any other with indexes. Empty arrays and objects, `undefined` and `null` have no form encoding and are left out.
+ * The form encoding of a parsed value, in bracket notation (`items[0][price]=…`), in the value's own key order,
+ * arrays of values in `arrays` style. Empty arrays and objects, `undefined` and `null` have no form encoding and
+ * are left out.
  */
-export function serializeForm(value: unknown, arrays: FormArrays = new Map()): string {
+export function serializeForm(value: unknown, arrays: FormArrayStyle = 'indexes'): string {
   if (!isPlainObject(value)) throw new TypeError('a form body is an object of fields');
   const pairs: [string, string][] = [];
-  appendPairs(pairs, '', [], value, arrays);
+  appendPairs(pairs, '', value, arrays);
   return new URLSearchParams(pairs).toString();
 }
 
-function appendPairs(
-  pairs: [string, string][],
-  name: string,
-  path: readonly (string | number)[],
-  value: unknown,
-  arrays: FormArrays,
-): void {
+function appendPairs(pairs: [string, string][], name: string, value: unknown, arrays: FormArrayStyle): void {
   if (value === undefined || value === null) return;
   if (Array.isArray(value)) {
-    const notation = arrays.size > 0 ? arrays.get(arrayPath(path)) : undefined;
-    if (notation && value.every((item) => formScalar(item) !== null)) {
-      const itemName = notation === 'push' ? `${name}[]` : name;
+    if (arrays !== 'indexes' && value.every((item) => formScalar(item) !== null)) {
+      const itemName = arrays === 'brackets' ? `${name}[]` : name;
       for (const item of value) pairs.push([itemName, formScalar(item)!]);
       return;
     }
-    value.forEach((item, index) => appendPairs(pairs, `${name}[${index}]`, [...path, index], item, arrays));
+    value.forEach((item, index) => appendPairs(pairs, `${name}[${index}]`, item, arrays));
   } else if (isPlainObject(value)) {
-    for (const [key, item] of Object.entries(value)) {
-      appendPairs(pairs, name === '' ? key : `${name}[${key}]`, [...path, key], item, arrays);
-    }
+    for (const [key, item] of Object.entries(value)) appendPairs(pairs, name === '' ? key : `${name}[${key}]`, item, arrays);
   } else {
     const text = formScalar(value);
     if (text === null) throw new TypeError('a form field is a string, a number or a boolean');
@@ -212,22 +185,11 @@ function insert(root: FormNode, segments: readonly Segment[], value: string, sch
   }
 }
 
-/**
- * Turns the tree into the value the contract checks (objects of strings and arrays), noting in `arrays` how
- * each array of values was written.
- */
-function build(
-  node: FormNode,
-  path: readonly (string | number)[],
-  schema: z.ZodType,
-  arrays: Map<string, 'repeat' | 'push'>,
-): unknown {
+/** Turns the tree into the value the contract checks (objects of strings and arrays). */
+function build(node: FormNode, path: readonly (string | number)[], schema: z.ZodType): unknown {
   switch (node.kind) {
     case 'leaf':
-      if (node.push || isArrayAt(schema, path)) {
-        arrays.set(arrayPath(path), node.push ? 'push' : 'repeat');
-        return node.values;
-      }
+      if (node.push || isArrayAt(schema, path)) return node.values;
       if (node.values.length > 1) throw fieldError(path, schema, 'given more than once');
       return node.values[0];
     case 'object': {
@@ -235,7 +197,7 @@ function build(
       for (const [key, child] of node.fields) {
         // defineProperty: a field named `__proto__` stays a plain (unknown, so refused) field.
         Object.defineProperty(value, key, {
-          value: build(child, [...path, key], schema, arrays),
+          value: build(child, [...path, key], schema),
           enumerable: true,
           writable: true,
           configurable: true,
@@ -248,7 +210,7 @@ function build(
       for (let index = 0; index < node.items.size; index += 1) {
         const child = node.items.get(index);
         if (!child) throw fieldError(path, schema, 'array indexes must run from 0 without gaps');
-        items.push(build(child, [...path, index], schema, arrays));
+        items.push(build(child, [...path, index], schema));
       }
       return items;
     }

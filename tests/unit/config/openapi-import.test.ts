@@ -361,11 +361,56 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
     expect(warningsOf(result, 'DELETE /items/{item-id}')).toContain('deprecated in the document');
   });
 
+  it("a form body's arrays are sent as the spec encodes them: repeated names by default, indexes for deepObject", () => {
+    const spec = (encoding: Record<string, unknown>) =>
+      planImport(
+        parseSpecText(
+          JSON.stringify({
+            openapi: '3.1.0',
+            info: { title: 'f', version: '1' },
+            servers: [{ url: 'https://api.example.com/v1' }],
+            paths: {
+              '/charges': {
+                post: {
+                  requestBody: {
+                    content: {
+                      'application/x-www-form-urlencoded': {
+                        schema: {
+                          type: 'object',
+                          properties: {
+                            expand: { type: 'array', items: { type: 'string' } },
+                            tags: { type: 'array', items: { type: 'string' } },
+                          },
+                        },
+                        encoding,
+                      },
+                    },
+                  },
+                  responses: { '200': { description: 'ok' } },
+                },
+              },
+            },
+          }),
+          'f.json',
+        ),
+      );
+    const deep = { style: 'deepObject', explode: true };
+    const stripeLike = importAll(spec({ expand: deep, tags: deep }), 'f');
+    expect(routeOf(stripeLike, 'POST', '/charges').route.formArrays).toBeUndefined();
+    expect(routeOf(stripeLike, 'POST', '/charges').contract.formArrays).toBe('indexes');
+    expect(routeOf(importAll(spec({}), 'f'), 'POST', '/charges').contract.formArrays).toBe('repeat');
+    const mixed = importAll(spec({ expand: deep }), 'f');
+    expect(routeOf(mixed, 'POST', '/charges').contract.formArrays).toBe('indexes');
+    expect(warningsOf(mixed, 'POST /charges').join('\n')).toContain('some form arrays as repeated names and others in brackets (expand)');
+  });
+
   it('form and multipart bodies get bodyFormat, files their media types', () => {
     const result = importAll(inventory(), 'acme');
     const login = routeOf(result, 'POST', '/login');
     expect(login.route).toMatchObject({
       bodyFormat: 'form',
+      // OpenAPI's default for a form property is style "form", exploded: scopes=read&scopes=write.
+      formArrays: 'repeat',
       body: {
         type: 'object',
         required: ['username', 'password'],

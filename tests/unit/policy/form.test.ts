@@ -5,7 +5,7 @@ import { ConfigError, defineUpstream } from '../../../lib/core/config/load';
 import type { UpstreamInput } from '../../../lib/core/config/schema';
 import { KeywardError } from '../../../lib/core/errors';
 import { compileContract, type CompiledContract } from '../../../lib/core/policy/contract';
-import { FORM_LIMITS, parseForm, readForm, serializeForm } from '../../../lib/core/policy/form';
+import { FORM_LIMITS, parseForm, serializeForm } from '../../../lib/core/policy/form';
 import { expectKeywardError, thrown } from '../support';
 
 type RouteInput = UpstreamInput['routes'][number];
@@ -222,33 +222,29 @@ describe('serializeForm', () => {
     });
   });
 
-  it('writes an array of values as the client did (readForm): a repeated name, `[]`, or indexes; nested too', () => {
+  it("writes arrays of values in the route's style (formArrays), whatever notation the client used; arrays of objects with indexes", () => {
     const contract = compiled({
       body: {
         type: 'object',
         properties: {
           tag: { type: 'array', items: { type: 'string' } },
           ids: { type: 'array', items: { type: 'integer' } },
-          n: { type: 'array', items: { type: 'string' } },
           items: { type: 'array', items: { type: 'object', properties: { tags: { type: 'array', items: { type: 'string' } } } } },
         },
       },
     });
-    const roundTrip = (text: string) => {
-      const { value, arrays } = readForm(contract.body!, text);
-      return serializeForm(value, arrays);
-    };
-    expect(roundTrip('tag=a&tag=b&ids[]=1&ids[]=2&n[1]=y&n[0]=x')).toBe(
-      'tag=a&tag=b&ids%5B%5D=1&ids%5B%5D=2&n%5B0%5D=x&n%5B1%5D=y',
+    // Three notations from the client, one value.
+    const value = parse('tag=a&tag=b&ids[]=1&ids[]=2&items[0][tags][1]=y&items[0][tags][0]=x', contract);
+    expect(value).toEqual({ tag: ['a', 'b'], ids: [1, 2], items: [{ tags: ['x', 'y'] }] });
+    expect(serializeForm(value)).toBe(
+      'tag%5B0%5D=a&tag%5B1%5D=b&ids%5B0%5D=1&ids%5B1%5D=2&items%5B0%5D%5Btags%5D%5B0%5D=x&items%5B0%5D%5Btags%5D%5B1%5D=y',
     );
-    // Once given, as a repeated name: still a plain name, which a list parser reads as a list of one.
-    expect(roundTrip('tag=a')).toBe('tag=a');
-    // Per item of an array of objects.
-    expect(roundTrip('items[0][tags][]=a&items[1][tags]=b&items[1][tags]=c&items[2][tags][0]=d')).toBe(
-      'items%5B0%5D%5Btags%5D%5B%5D=a&items%5B1%5D%5Btags%5D=b&items%5B1%5D%5Btags%5D=c&items%5B2%5D%5Btags%5D%5B0%5D=d',
+    expect(serializeForm(value, 'brackets')).toBe(
+      'tag%5B%5D=a&tag%5B%5D=b&ids%5B%5D=1&ids%5B%5D=2&items%5B0%5D%5Btags%5D%5B%5D=x&items%5B0%5D%5Btags%5D%5B%5D=y',
     );
-    // Without the notation (an array Keyward wrote itself), indexes.
-    expect(serializeForm({ tag: ['a', 'b'] })).toBe('tag%5B0%5D=a&tag%5B1%5D=b');
+    expect(serializeForm(value, 'repeat')).toBe('tag=a&tag=b&ids=1&ids=2&items%5B0%5D%5Btags%5D=x&items%5B0%5D%5Btags%5D=y');
+    // Each style parses back to the value Keyward checked (what a parser of that notation reads).
+    for (const style of ['indexes', 'brackets', 'repeat'] as const) expect(parse(serializeForm(value, style), contract)).toEqual(value);
   });
 
   it('refuses what has no form encoding (a top level that is not an object, dates, non-finite numbers)', () => {
@@ -338,5 +334,19 @@ describe('form contracts in the config', () => {
     );
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as Error).message).toContain('bodyFormat: needs a "body" contract on this route');
+  });
+
+  it('takes formArrays on form bodies only, and only its three styles', () => {
+    const route = (extra: Record<string, unknown>) => () =>
+      defineUpstream('t', {
+        baseUrl: 'https://api.example.com/v1/',
+        auth: { type: 'bearer', secret: { env: 'API_KEY' } },
+        routes: [{ method: 'POST', path: '/x', body: { type: 'object', properties: { a: { type: 'string' } } }, ...extra } as RouteInput],
+      });
+    expect((thrown(route({ formArrays: 'repeat' })) as Error).message).toContain(
+      'formArrays: applies to form bodies only ("bodyFormat": "form")',
+    );
+    expect((thrown(route({ bodyFormat: 'form', formArrays: 'commas' })) as Error).message).toContain('formArrays');
+    expect(route({ bodyFormat: 'form', formArrays: 'brackets' })).not.toThrow();
   });
 });

@@ -35,6 +35,8 @@ export interface ImportedRoute {
   query?: QueryContract;
   body?: FieldSpecInput;
   bodyFormat?: 'form' | 'multipart';
+  /** A form body's arrays as the spec encodes them (repeated names, OpenAPI's default for forms). */
+  formArrays?: 'repeat';
   /** The answer's type for the typed client (types only, never checked): the success response's JSON schema. */
   response?: FieldSpecInput;
 }
@@ -180,6 +182,7 @@ function planOperation(
     const body = bodyContract(doc, op.requestBody, child(at, 'requestBody'), route.method, context, warnings);
     if (body.body) route.body = body.body;
     if (body.bodyFormat) route.bodyFormat = body.bodyFormat;
+    if (body.formArrays) route.formArrays = body.formArrays;
     bodyUnchecked = body.unchecked;
   }
   warnings.push(...notes.messages());
@@ -501,7 +504,7 @@ function bodyContract(
   method: RouteMethod,
   context: (mode: FieldMode, partTypes?: ReadonlyMap<string, string>) => FieldContext,
   warnings: string[],
-): { body?: FieldSpecInput; bodyFormat?: 'form' | 'multipart'; unchecked: boolean } {
+): { body?: FieldSpecInput; bodyFormat?: 'form' | 'multipart'; formArrays?: 'repeat'; unchecked: boolean } {
   const resolved = derefObject(doc, raw, at);
   if ('external' in resolved) {
     warnings.push(
@@ -567,5 +570,30 @@ function bodyContract(
       'stricter than the spec: the spec makes the body optional; the route needs one (JSON matching the contract)',
     );
   }
-  return { body: result.spec, ...(mode === 'json' ? {} : { bodyFormat: mode }), unchecked: false };
+  const formArrays = mode === 'form' ? formArrayStyle(result.spec, entry.encoding ?? {}, warnings) : null;
+  return { body: result.spec, ...(mode === 'json' ? {} : { bodyFormat: mode }), ...(formArrays ? { formArrays } : {}), unchecked: false };
+}
+
+/**
+ * How the spec sends a form body's arrays of values: OpenAPI's default for a form property is `style: form`,
+ * exploded (`tag=a&tag=b`: `formArrays: "repeat"`); `style: deepObject` is how specs such as Stripe's say bracket
+ * notation, which Keyward writes with indexes (its default). Null: the default (indexes) applies.
+ */
+function formArrayStyle(
+  spec: FieldSpecInput,
+  encoding: Readonly<Record<string, { style?: string | undefined; explode?: boolean | undefined }>>,
+  warnings: string[],
+): 'repeat' | null {
+  const properties = (spec as { properties?: Record<string, FieldSpecInput> }).properties ?? {};
+  const arrays = Object.entries(properties).filter(([, field]) => field.type === 'array');
+  if (arrays.length === 0) return null;
+  const deep = arrays.filter(([name]) => encoding[name]?.style === 'deepObject').map(([name]) => name);
+  if (deep.length === arrays.length) return null;
+  if (deep.length > 0) {
+    warnings.push(
+      `the spec sends some form arrays as repeated names and others in brackets (${deep.join(', ')}); Keyward sends them all with indexes (set "formArrays" if your server reads repeated names)`,
+    );
+    return null;
+  }
+  return 'repeat';
 }
