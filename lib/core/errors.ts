@@ -77,6 +77,15 @@ const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
   upstream_timeout: 'The upstream did not answer in time.',
 };
 
+/**
+ * Headers an error carries unless whoever threw it set its own. A store outage is transient (the Redis client
+ * reconnects at least every 2 s, and a busy SQLite file frees within its 5 s busy timeout), so the client is told
+ * when to try again (RFC 9110 §10.2.3).
+ */
+const DEFAULT_HEADERS: Partial<Record<KeywardErrorCode, Readonly<Record<string, string>>>> = {
+  store_unavailable: { 'retry-after': '2' },
+};
+
 export class KeywardError extends Error {
   override readonly name = 'KeywardError';
   readonly code: KeywardErrorCode;
@@ -89,7 +98,7 @@ export class KeywardError extends Error {
     super(options.message ?? DEFAULT_MESSAGE[code], { cause: options.cause });
     this.code = code;
     this.status = ERROR_STATUS[code];
-    this.headers = options.headers ?? {};
+    this.headers = options.headers ?? { ...DEFAULT_HEADERS[code] };
     if (options.connectUrl !== undefined) this.connectUrl = options.connectUrl;
   }
 }

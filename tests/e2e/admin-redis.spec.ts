@@ -37,3 +37,38 @@ test('two instances on one Redis: calls on either are one set of numbers, on eit
   await shot(admin, 'admin-users-redis');
   await admin.close();
 });
+
+test('Redis goes down: pages say the store is unavailable and calls get 503, then all recovers by itself', async ({ page, prod }) => {
+  test.setTimeout(120_000);
+  await signIn(page, prod.admin.username, prod.admin.password);
+  await page.goto('/admin');
+  await expect(page.getByTestId('stat-calls')).toBeVisible();
+
+  await prod.redisOutage!.stop();
+  // Nothing waits for Redis: commands are not queued while it is down, so every page answers at once.
+  await page.goto('/admin');
+  await expect(page.getByTestId('store-unavailable')).toBeVisible();
+  await expect(page.getByTestId('stat-calls')).toHaveCount(0);
+  await shot(page, 'admin-store-unavailable');
+  await page.goto('/');
+  await expect(page.getByTestId('store-unavailable')).toBeVisible();
+  await expect(page.getByTestId('signed-in')).toHaveCount(0);
+  await shot(page, 'home-store-unavailable');
+  const refused = await page.evaluate(async () => {
+    const response = await fetch('/api/proxy/demo/hello', { headers: { 'x-keyward-csrf': '1' }, cache: 'no-store' });
+    return { status: response.status, retryAfter: response.headers.get('retry-after'), body: await response.text() };
+  });
+  expect(refused.status).toBe(503);
+  expect(refused.retryAfter).toBe('2');
+  expect(JSON.parse(refused.body).error.code).toBe('store_unavailable');
+  await expectNoSecrets(page, prod.secrets);
+
+  // Back, empty (it kept nothing): the session cookie still verifies (no revocation mark says otherwise), and
+  // ioredis has reconnected in the background without a restart of either instance.
+  await prod.redisOutage!.restart();
+  await expect(async () => {
+    await page.goto('/admin');
+    await expect(page.getByTestId('stat-calls')).toBeVisible({ timeout: 1_000 });
+  }).toPass({ timeout: 30_000 });
+  expect(await proxyCall(page, '/api/proxy/demo/hello')).toBe(200);
+});

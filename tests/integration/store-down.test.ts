@@ -76,6 +76,8 @@ async function expectStoreUnavailable(response: Response): Promise<void> {
   expect(response.status, text).toBe(503);
   expect(response.headers.get('content-type')).toBe('application/json; charset=utf-8');
   expect(response.headers.get('cache-control')).toBe('private, no-store');
+  // Transient: the client is told when to try again.
+  expect(response.headers.get('retry-after')).toBe('2');
   const body = JSON.parse(text) as { error: { code: string; message: string; requestId: string } };
   expect(Object.keys(body)).toEqual(['error']);
   expect(body.error.code).toBe('store_unavailable');
@@ -135,6 +137,7 @@ describe('the store is down: every route answers 503 store_unavailable', () => {
       const text = await response.text();
       expect(response.status, text).toBe(503);
       expect(response.headers.get('cache-control')).toBe('no-store');
+      expect(response.headers.get('retry-after')).toBe('2');
       expect(JSON.parse(text)).toEqual({ error: 'temporarily_unavailable', error_description: expect.any(String) });
       expect(findLeak(text, [secrets.AUTH_SECRET, secrets.KEYWARD_SESSION_SECRET, vaultSecret])).toBeNull();
     };

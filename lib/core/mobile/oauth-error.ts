@@ -68,7 +68,8 @@ export class OAuthError extends Error {
 export function toOAuthError(error: unknown): OAuthError {
   if (error instanceof OAuthError) return error;
   if (error instanceof StoreUnavailableError) {
-    return new OAuthError('temporarily_unavailable', new KeywardError('store_unavailable').message, { cause: error });
+    const unavailable = new KeywardError('store_unavailable');
+    return new OAuthError('temporarily_unavailable', unavailable.message, { cause: error, headers: unavailable.headers });
   }
   if (!(error instanceof KeywardError)) {
     return new OAuthError('server_error', new KeywardError('internal_error').message, { cause: error });

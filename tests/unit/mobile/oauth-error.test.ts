@@ -45,6 +45,11 @@ describe('toOAuthError (anything thrown in the mobile endpoints, in RFC 6749 for
     expect(unexpected.description).not.toContain('kwr_abc');
   });
 
+  it('a store outage says when to try again (Retry-After), raw or as Keyward\'s error', () => {
+    expect(toOAuthError(new StoreUnavailableError('redis down')).headers).toEqual({ 'retry-after': '2' });
+    expect(toOAuthError(new KeywardError('store_unavailable')).headers).toEqual({ 'retry-after': '2' });
+  });
+
   it('passes an OAuthError through unchanged', () => {
     const error = new OAuthError('invalid_client', 'x', { headers: { 'www-authenticate': 'Basic realm="keyward"' } });
     expect(toOAuthError(error)).toBe(error);
