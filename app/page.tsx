@@ -28,6 +28,9 @@ export default async function Home() {
           <div className="alert error" data-testid="store-unavailable">
             Keyward cannot reach its session store right now. Try again in a moment.
           </div>
+          <Link className="button block" href="/" prefetch={false} data-testid="retry">
+            Try again
+          </Link>
         </div>
       </main>
     );

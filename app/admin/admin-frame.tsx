@@ -5,7 +5,7 @@ import type { PageSession } from 'keyward/next';
 import { keyward } from '@/keyward';
 import { AlertCount } from './alerts/alert-count';
 
-export type AdminGate = { readonly kind: 'admin'; readonly session: PageSession } | { readonly kind: 'forbidden' } | { readonly kind: 'unavailable' };
+export type AdminGate = { readonly kind: 'admin'; readonly session: PageSession } | { readonly kind: 'forbidden' } | { readonly kind: 'unavailable'; readonly path: string };
 
 /**
  * The admin pages' session check, the API's rule (lib/core/api/admin.ts requireAdmin): a session with the
@@ -13,7 +13,7 @@ export type AdminGate = { readonly kind: 'admin'; readonly session: PageSession 
  */
 export async function adminGate(path: string): Promise<AdminGate> {
   const state = await keyward.pageSession();
-  if (state.state === 'unavailable') return { kind: 'unavailable' };
+  if (state.state === 'unavailable') return { kind: 'unavailable', path };
   if (state.state === 'signed-out') redirect(`/signin?callbackUrl=${encodeURIComponent(path)}`);
   return state.session.roles.includes('admin') ? { kind: 'admin', session: state.session } : { kind: 'forbidden' };
 }
@@ -37,6 +37,9 @@ export function GateRefusal({ gate }: { gate: Exclude<AdminGate, { kind: 'admin'
           <div className="alert error" data-testid="store-unavailable">
             Keyward cannot reach its session store right now. Try again in a moment.
           </div>
+          <Link className="button block" href={gate.path} prefetch={false} data-testid="retry">
+            Try again
+          </Link>
         </div>
       )}
     </main>
