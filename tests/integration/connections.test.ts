@@ -14,6 +14,7 @@ import { defineUpstream } from '../../lib/core/config/load';
 import { verifyWebhookSignature } from '../../lib/core/detect/webhook';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { PENDING_STARTS_MAX, PENDING_TTL_MS } from '../../lib/core/connect/connections';
 import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { startConnectProvider, type ConnectProvider } from '../fixtures/oauth-connect-provider';
@@ -265,6 +266,20 @@ describe('the GitHub preset, end to end', () => {
     expect(badScope.status).toBe(400);
     expect(badScope.binding).toBeNull();
     expect(provider.counts().tokenRequests).toBe(0);
+  });
+
+  it(`a user starts at most ${PENDING_STARTS_MAX} connects in ${PENDING_TTL_MS / 60_000} minutes (each stores a pending record): then 429, on every instance`, async () => {
+    const loopCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:looper', roles: ['user'] }, 3_600);
+    const begin = (runtime: Runtime) =>
+      handleConnectStart(new Request(`${APP}/api/connect/github`, { headers: { cookie: loopCookie } }), 'github', runtime);
+    for (let i = 0; i < PENDING_STARTS_MAX; i++) expect((await begin(i % 2 ? a : b)).status).toBe(303);
+    const refused = await keep(await begin(b));
+    expect(refused.status).toBe(429);
+    expect(errorOf(refused.body).code).toBe('rate_limited');
+    expect(Number(refused.headers.get('retry-after'))).toBe(PENDING_TTL_MS / 1000);
+    expect(refused.headers.get('set-cookie')).toBeNull();
+    // Another user is not held back by it.
+    expect((await start(a, 'github')).status).toBe(303);
   });
 
   it('connect: PKCE and state to the provider, login and consent there, the callback on the OTHER instance saves the tokens', async () => {

@@ -81,6 +81,11 @@ export type ConnectOutcome =
 
 /** How long a started connect may take (the provider's login and consent included). */
 export const PENDING_TTL_MS = 10 * 60_000;
+/**
+ * Connects a user may start per PENDING_TTL_MS window: each stores a sealed pending record for that long, so an
+ * unbounded loop of starts would fill the store. Far above what a person clicking "Connect" does.
+ */
+export const PENDING_STARTS_MAX = 30;
 /** The index hashes are kept this long after their last write; every connect and every keeper pass renews them. */
 const INDEX_TTL_MS = 400 * 86_400_000;
 const MAX_RETURN_TO = 512;
@@ -141,6 +146,13 @@ export class Connections {
           message: 'A scope asked for is not offered for this provider (its "scopes" and "optionalScopes").',
         });
       }
+    }
+    const started = await guard(() => this.deps.store.increment(startsKey(session.userId), 1, PENDING_TTL_MS));
+    if (started > PENDING_STARTS_MAX) {
+      throw new KeywardError('rate_limited', {
+        message: 'Too many connects started in the last minutes; finish one, or try again later.',
+        headers: { 'retry-after': String(PENDING_TTL_MS / 1000) },
+      });
     }
     const existing = await this.record(providerId, session.userId);
     const scopes = [
@@ -524,6 +536,11 @@ function recordKey(provider: string, userId: string): string {
 
 function indexKey(provider: string): string {
   return `connidx:${provider}`;
+}
+
+/** How many connects the user started in the current PENDING_TTL_MS window (a counter that expires with it). */
+function startsKey(userId: string): string {
+  return `connect:starts:${userId}`;
 }
 
 function pendingKey(state: string): string {
