@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { KeywardError } from '../errors';
 import { guard } from '../store/guard';
 import type { Store } from '../../store/types';
 import type { ProxyTarget } from '../pipeline';
@@ -6,6 +7,12 @@ import type { Session } from '../session/session';
 
 /** How long a ticket can be redeemed: long enough to open a socket right after asking, too short to be worth stealing. */
 export const WS_TICKET_TTL_MS = 30_000;
+
+/**
+ * Tickets one user may be issued per WS_TICKET_TTL_MS window: each is stored for that long, so a loop of requests
+ * could otherwise fill the store. Far above the sockets an app opens.
+ */
+export const WS_TICKETS_MAX = 60;
 
 /** 32 random bytes, base64url: what `?ticket=` carries. */
 const TICKET = /^[A-Za-z0-9_-]{43}$/;
@@ -32,6 +39,13 @@ export class WsTickets {
 
   /** A new ticket for this session, upstream and (decoded) path segments. */
   async issue(session: Session, target: ProxyTarget): Promise<{ ticket: string; expiresIn: number }> {
+    const issued = await guard(() => this.store.increment(`wsticket:issued:${session.userId}`, 1, this.ttlMs));
+    if (issued > WS_TICKETS_MAX) {
+      throw new KeywardError('rate_limited', {
+        message: 'Too many WebSocket tickets asked for; open the sockets you have tickets for, or try again shortly.',
+        headers: { 'retry-after': String(Math.ceil(this.ttlMs / 1000)) },
+      });
+    }
     const ticket = randomBytes(32).toString('base64url');
     const value: TicketRecord & { expiresAt: number } = {
       upstream: target.upstream,

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../../lib/store/memory';
 import type { Session } from '../../../lib/core/session/session';
-import { WsTickets } from '../../../lib/core/ws/tickets';
+import { WS_TICKETS_MAX, WsTickets } from '../../../lib/core/ws/tickets';
+import { expectKeywardError } from '../support';
 
 const session: Session = {
   userId: 'local:bob',
@@ -46,6 +47,20 @@ describe('WebSocket tickets', () => {
     // `a/b` as one segment is not the path a, b.
     const third = await tickets.issue(session, { upstream: 'openai', path: ['a/b'] });
     expect(await tickets.redeem(third.ticket, { upstream: 'openai', path: ['a', 'b'] })).toBeNull();
+  });
+
+  it(`are issued at most ${WS_TICKETS_MAX} per user in their lifetime (each is stored that long): then 429 until the window ends`, async () => {
+    let now = 5_000_000;
+    const tickets = new WsTickets(new MemoryStore(() => now), () => now);
+    const fresh = { ...session, expiresAt: now + 3_600_000 };
+    for (let i = 0; i < WS_TICKETS_MAX; i++) await tickets.issue(fresh, target);
+    const refused = expectKeywardError(await tickets.issue(fresh, target).catch((error: unknown) => error), 'rate_limited');
+    expect(refused.status).toBe(429);
+    expect(refused.headers['retry-after']).toBe('30');
+    // Another user is not held back, and the user's window ends with the tickets it issued.
+    await tickets.issue({ ...fresh, userId: 'local:ann' }, target);
+    now += 30_001;
+    await tickets.issue(fresh, target);
   });
 
   it('expire after their time to live', async () => {
