@@ -37,7 +37,7 @@ import type { SecuritySignals } from './detect/signals';
 import type { CoreRequest } from './request';
 import type { Span } from '@opentelemetry/api';
 import { genAiUsageReader, traceGenAiRequest, type GenAiUsage } from './observe/gen-ai';
-import type { ProxyMetrics } from './observe/metrics';
+import { UNKNOWN_UPSTREAM, type ProxyMetrics } from './observe/metrics';
 import { endCallSpan, setGenAiUsage, startCallSpan } from './observe/trace';
 
 export interface ProxyDeps {
@@ -769,7 +769,9 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
     requestId: call.requestId,
     userId: session?.userId ?? null,
     sessionId: session?.sessionId ?? null,
-    upstream: call.target.upstream,
+    // An upstream the registry does not hold is the client's text, of any length: recorded as "(unknown)", so
+    // a caller cannot write names of its choosing into the log, the audit trail and the usage aggregates.
+    upstream: call.deps.registry.has(call.target.upstream) ? call.target.upstream : UNKNOWN_UPSTREAM,
     route: call.routeTemplate,
     target: call.targetUrl,
     method: call.requestMethod,
@@ -789,12 +791,9 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
   observe(call, event);
 }
 
-/**
- * Metrics and the call's span (lib/core/observe), from its record. An upstream id the registry does not hold is
- * the client's text: it is named "(unknown)", never passed on.
- */
+/** Metrics and the call's span (lib/core/observe), from its record. */
 function observe(call: Call, event: ProxyEvent): void {
-  const known = call.deps.registry.has(event.upstream);
+  const known = event.upstream !== UNKNOWN_UPSTREAM;
   call.deps.metrics?.observe(event, known, event.scrubberHits);
   const { span, genAi } = call;
   if (!span.isRecording()) return;

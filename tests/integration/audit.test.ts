@@ -419,8 +419,9 @@ describe('call records: one per proxied call, with the documented fields', () =>
         expected: { status: 404, errorCode: 'route_not_found', userId: null, route: null },
       },
       {
-        response: await proxy(['items', '1'], { upstream: 'no-such-upstream' }),
-        expected: { status: 404, errorCode: 'upstream_not_found', upstream: 'no-such-upstream', route: null },
+        // The name is the client's text, of any length: it is recorded as "(unknown)", never as sent.
+        response: await proxy(['items', '1'], { upstream: `no-such-upstream-${'x'.repeat(4000)}` }),
+        expected: { status: 404, errorCode: 'upstream_not_found', upstream: '(unknown)', route: null },
       },
       {
         response: await proxy(['items', '1'], { method: 'DELETE' }),

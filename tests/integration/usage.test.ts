@@ -218,6 +218,21 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
     }
   });
 
+  it('an upstream the registry does not hold is counted as "(unknown)", never under the name the client sent', async () => {
+    const from = Date.now();
+    for (let i = 0; i < 3; i++) {
+      const name = `${randomUUID()}${'n'.repeat(2000)}`;
+      const request = new Request(`${APP_ORIGIN}/api/proxy/${name}/x`, { headers: { cookie: cookies[ALICE]!, 'x-keyward-csrf': '1' } });
+      const response = await handleProxy(request, { upstream: name, path: ['x'] }, i % 2 ? a : b);
+      expect(response.status).toBe(404);
+      await response.arrayBuffer();
+    }
+    await Promise.all([a.audit.flush(), b.audit.flush()]);
+    const byUpstream = await a.usage.top({ period: 'hour', fromMs: from, toMs: Date.now(), by: 'upstream', limit: 10 });
+    // (The hour's bucket also holds the calls to `echo` made above.)
+    expect(byUpstream.filter((row) => row.upstream !== 'echo').map((row) => [row.upstream, row.calls])).toEqual([['(unknown)', 3]]);
+  });
+
   it('estimates p50 and p95 from the merged latency buckets of both instances', async () => {
     // 10 calls of 3 ms (≤ 5), 9 of 80 ms (in (50, 100]), 1 of 3 s (in (2500, 5000]), split over the instances.
     const durations = [...Array(10).fill(3), ...Array(9).fill(80), 3000] as number[];
