@@ -24,6 +24,11 @@ interface StoredUserKey {
 
 const KEY_FORMAT = /^[\x21-\x7e]{8,4096}$/;
 const TOUCH_EVERY_MS = 60_000;
+/**
+ * How long a key's "last used" time is kept after its last use: a key replaced or deleted leaves no record
+ * behind for good (each new key is a new record, so a loop of key changes could otherwise pile them up).
+ */
+const LAST_USED_TTL_MS = 400 * 86_400_000;
 /** Keys whose use this process recorded in the last minute; past this many the memo starts over (bounded memory). */
 const TOUCHED_MAX = 10_000;
 
@@ -78,7 +83,10 @@ export class UserKeys {
   }
 
   async delete(upstream: string, userId: string): Promise<boolean> {
-    return guard(() => this.store.delete(UserKeys.key(upstream, userId)));
+    const stored = await this.read(upstream, userId);
+    const deleted = await guard(() => this.store.delete(UserKeys.key(upstream, userId)));
+    if (stored) await guard(() => this.store.delete(UserKeys.usedKey(upstream, userId, stored.fingerprint)));
+    return deleted;
   }
 
   /**
@@ -134,7 +142,7 @@ export class UserKeys {
     this.touched.set(usedKey, now);
     this.store
       .setIfAbsent(`${usedKey}:marker`, '1', TOUCH_EVERY_MS)
-      .then((first) => (first ? this.store.set(usedKey, String(now)) : undefined))
+      .then((first) => (first ? this.store.set(usedKey, String(now), LAST_USED_TTL_MS) : undefined))
       .catch(() => {});
   }
 
