@@ -5,13 +5,21 @@ interface Entry {
   expiresAt: number;
 }
 
-/** In-process store for tests and single-process development. Expiry is checked on read. */
+/** How often, at most, a write sweeps out every expired entry (one pass over the map). */
+const SWEEP_EVERY_MS = 60_000;
+
+/**
+ * In-process store for tests and single-process development. Expiry is checked on read, and expired entries
+ * are swept out by a write at most once a minute: an entry written once and never read again (a replay mark, a
+ * one-time code) does not stay in memory for good.
+ */
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   private readonly entries = new Map<string, Entry>();
   private readonly logs = new Map<string, LogEntry[]>();
   private readonly hashes = new Map<string, { fields: Map<string, number>; expiresAt: number }>();
   private logSequence = 0;
+  private nextSweep = 0;
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -37,11 +45,13 @@ export class MemoryStore implements Store {
   }
 
   async set(key: string, value: string, ttlMs?: number) {
+    this.sweep();
     this.entries.set(key, { value, expiresAt: this.expiry(ttlMs) });
   }
 
   async setIfAbsent(key: string, value: string, ttlMs: number) {
     if (this.live(key)) return false;
+    this.sweep();
     this.entries.set(key, { value, expiresAt: this.expiry(ttlMs) });
     return true;
   }
@@ -65,6 +75,7 @@ export class MemoryStore implements Store {
   async increment(key: string, by: number, ttlMs?: number) {
     const entry = this.live(key);
     const next = (entry ? Number(entry.value) : 0) + by;
+    this.sweep();
     this.entries.set(key, { value: String(next), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
     return next;
   }
@@ -78,7 +89,8 @@ export class MemoryStore implements Store {
     entries.forEach(({ key, amount, ttlMs }, index) => {
       const entry = this.live(key);
       values[index] = values[index]! + amount;
-      this.entries.set(key, { value: String(values[index]), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
+      this.sweep();
+    this.entries.set(key, { value: String(values[index]), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
     });
     return { refused: -1, values };
   }
@@ -114,6 +126,7 @@ export class MemoryStore implements Store {
       const hash = this.liveHash(key) ?? { fields: new Map<string, number>(), expiresAt };
       hash.expiresAt = expiresAt;
       hash.fields.set(field, (hash.fields.get(field) ?? 0) + by);
+      this.sweep();
       this.hashes.set(key, hash);
     }
   }
@@ -133,6 +146,20 @@ export class MemoryStore implements Store {
       return undefined;
     }
     return hash;
+  }
+
+  /** Deletes every expired entry and hash, at most once per SWEEP_EVERY_MS. */
+  private sweep(): void {
+    const now = this.now();
+    if (now < this.nextSweep) return;
+    this.nextSweep = now + SWEEP_EVERY_MS;
+    for (const [key, entry] of this.entries) if (entry.expiresAt <= now) this.entries.delete(key);
+    for (const [key, hash] of this.hashes) if (hash.expiresAt <= now) this.hashes.delete(key);
+  }
+
+  /** How many entries and hashes are held, expired ones not yet swept included (for tests). */
+  get size(): number {
+    return this.entries.size + this.hashes.size;
   }
 
   async ping() {}
