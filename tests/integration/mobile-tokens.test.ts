@@ -8,6 +8,7 @@ import { defineUpstream } from '../../lib/core/config/load';
 import { handleMobileAuthorize, handleMobileRevoke, handleMobileToken } from '../../lib/core/api/mobile';
 import { handleLogout, handleRevokeAll } from '../../lib/core/api/revoke';
 import { handleProxy } from '../../lib/core/pipeline';
+import { MOBILE_CAPS } from '../../lib/core/mobile/tokens';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import { hashPassword } from '../../lib/core/users/password';
@@ -973,6 +974,37 @@ describe('mobile disabled (no KEYWARD_MOBILE_REDIRECT_URIS)', () => {
       { on: disabled },
     );
     expectError(result, 404, 'route_not_found');
+  });
+});
+
+describe('bounds on what one user can make Keyward store', () => {
+  it(`at most ${MOBILE_CAPS.codes.max} codes a minute per user: then the error goes back to the app (temporarily_unavailable)`, async () => {
+    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'oidc:codes', roles: ['user'] });
+    for (let i = 0; i < MOBILE_CAPS.codes.max; i++) expect((await authorize(authorizeQuery(), { cookie })).status).toBe(302);
+    const refused = await authorize(authorizeQuery(), { cookie });
+    expectErrorRedirect(refused, 'temporarily_unavailable');
+    // Another user is not held back.
+    await newCode();
+  });
+
+  it(`at most ${MOBILE_CAPS.signIns.max} app sign-ins an hour per user, and ${MOBILE_CAPS.refreshes.max} refreshes: then 429, and the refresh token is not spent`, async () => {
+    const sub = 'oidc:busy';
+    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub, roles: ['user'] });
+    const tokens = await signInApp(cookie);
+    // The counters as a loop of requests would have left them (one window each): the next one is refused.
+    await store.set(`mfam:started:${sub}`, String(MOBILE_CAPS.signIns.max), MOBILE_CAPS.signIns.windowMs);
+    const { code, verifier } = await newCode(APP_REDIRECT, cookie);
+    const signIn = await exchange(code, verifier);
+    expectOAuthError(signIn, 429, 'temporarily_unavailable');
+    expect(signIn.headers.get('retry-after')).toBe('3600');
+
+    await store.set(`mrt:refreshes:${sub}`, String(MOBILE_CAPS.refreshes.max), MOBILE_CAPS.refreshes.windowMs);
+    const refused = await refresh(tokens.refresh_token);
+    expectOAuthError(refused, 429, 'temporarily_unavailable');
+    expect(refused.headers.get('retry-after')).toBe('3600');
+    // Once the window is over, the same refresh token still works: the refused refresh did not spend it.
+    await store.delete(`mrt:refreshes:${sub}`);
+    expect((await refresh(tokens.refresh_token)).status).toBe(200);
   });
 });
 

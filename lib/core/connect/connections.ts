@@ -9,6 +9,7 @@ import type { OAuthTokens, OAuthTokenStore } from '../credential/oauth';
 import type { SessionRevocations } from '../session/revocation';
 import type { Session } from '../session/session';
 import { guard } from '../store/guard';
+import { capPerWindow } from '../store/window-cap';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
 import { ProviderClient, ProviderRefusedError } from './client';
@@ -147,13 +148,11 @@ export class Connections {
         });
       }
     }
-    const started = await guard(() => this.deps.store.increment(startsKey(session.userId), 1, PENDING_TTL_MS));
-    if (started > PENDING_STARTS_MAX) {
-      throw new KeywardError('rate_limited', {
-        message: 'Too many connects started in the last minutes; finish one, or try again later.',
-        headers: { 'retry-after': String(PENDING_TTL_MS / 1000) },
-      });
-    }
+    await capPerWindow(this.deps.store, startsKey(session.userId), {
+      max: PENDING_STARTS_MAX,
+      windowMs: PENDING_TTL_MS,
+      message: 'Too many connects started in the last minutes; finish one, or try again later.',
+    });
     const existing = await this.record(providerId, session.userId);
     const scopes = [
       ...new Set([

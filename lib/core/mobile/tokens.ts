@@ -7,6 +7,7 @@ import type { SessionRevocations } from '../session/revocation';
 import type { SessionIndex } from '../session/session-index';
 import type { ProviderSessions } from '../session/provider-sessions';
 import { guard } from '../store/guard';
+import { capPerWindow } from '../store/window-cap';
 import { authTimeClaims, type Session } from '../session/session';
 import { unsealBearer, type BearerClaims } from '../session/verify';
 import type { LocalUsers } from '../users/file';
@@ -70,6 +71,16 @@ export interface TokenResponse {
 }
 
 const CODE_TTL_MS = 60_000;
+/**
+ * Bounds, per user, on what requests can make Keyward store (each code is kept a minute; each new sign-in and
+ * each refresh keeps a refresh record for the refresh lifetime): far above what apps do (a sign-in now and then;
+ * a refresh per access token lifetime, at least 60 s, per device), far below what a loop of requests piles up.
+ */
+export const MOBILE_CAPS = {
+  codes: { max: 120, windowMs: CODE_TTL_MS },
+  signIns: { max: 100, windowMs: 3_600_000 },
+  refreshes: { max: 600, windowMs: 3_600_000 },
+} as const;
 /** Local users' subjects (lib/next/auth.ts): `local:<username>`. */
 const LOCAL_PREFIX = 'local:';
 const VERIFIER = /^[A-Za-z0-9._~-]{43,128}$/;
@@ -116,6 +127,10 @@ export class MobileTokens {
    * redirect URI with `code`, `state` and `iss` (the issuer, null when the public origin is unknown).
    */
   async issueCode(session: Session, request: AuthorizeRequest, issuer: string | null): Promise<string> {
+    await capPerWindow(this.store, `mcode:issued:${session.userId}`, {
+      ...MOBILE_CAPS.codes,
+      message: 'Too many app sign-ins were started in the last minute; try again shortly.',
+    });
     const code = opaque('kwc');
     const record: CodeRecord = {
       ...grantOf(session),
@@ -151,6 +166,10 @@ export class MobileTokens {
       this.logger.info({ userId: record.sub }, 'mobile code refused: local user no longer exists');
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
+    await capPerWindow(this.store, `mfam:started:${grant.sub}`, {
+      ...MOBILE_CAPS.signIns,
+      message: 'Too many app sign-ins for this account in the last hour; try again later.',
+    });
     const family = opaque('kwf');
     const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null);
     // A new family is a new sign-in of the app (a refresh continues one): listed once, by its id's hash.
@@ -193,6 +212,11 @@ export class MobileTokens {
           : 'The DPoP proof is signed with another key than the one this refresh token is bound to.',
       );
     }
+    // Counted before the token is spent: a refused refresh leaves it usable.
+    await capPerWindow(this.store, `mrt:refreshes:${record.sub}`, {
+      ...MOBILE_CAPS.refreshes,
+      message: "This account's app sign-ins were refreshed too often in the last hour; try again later.",
+    });
     const firstUse = await guard(() =>
       this.store.setIfAbsent(`mrt-used:${tokenHash}`, '1', this.settings.refreshTtlSeconds * 1000),
     );

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { KeywardError } from '../errors';
 import { guard } from '../store/guard';
+import { capPerWindow } from '../store/window-cap';
 import type { Store } from '../../store/types';
 import type { ProxyTarget } from '../pipeline';
 import type { Session } from '../session/session';
@@ -39,13 +39,11 @@ export class WsTickets {
 
   /** A new ticket for this session, upstream and (decoded) path segments. */
   async issue(session: Session, target: ProxyTarget): Promise<{ ticket: string; expiresIn: number }> {
-    const issued = await guard(() => this.store.increment(`wsticket:issued:${session.userId}`, 1, this.ttlMs));
-    if (issued > WS_TICKETS_MAX) {
-      throw new KeywardError('rate_limited', {
-        message: 'Too many WebSocket tickets asked for; open the sockets you have tickets for, or try again shortly.',
-        headers: { 'retry-after': String(Math.ceil(this.ttlMs / 1000)) },
-      });
-    }
+    await capPerWindow(this.store, `wsticket:issued:${session.userId}`, {
+      max: WS_TICKETS_MAX,
+      windowMs: this.ttlMs,
+      message: 'Too many WebSocket tickets asked for; open the sockets you have tickets for, or try again shortly.',
+    });
     const ticket = randomBytes(32).toString('base64url');
     const value: TicketRecord & { expiresAt: number } = {
       upstream: target.upstream,
