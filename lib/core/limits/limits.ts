@@ -185,14 +185,17 @@ export class Limits {
 
   /**
    * Sign-in attempts: per client IP and per username (so rotating IPs cannot guess one account's
-   * password faster). Throws 429 `rate_limited` with Retry-After.
+   * password faster). Throws 429 `rate_limited` with Retry-After. The IP is counted first, and an attempt it
+   * refuses counts for no username: usernames are the caller's text, so a flood from one address must not leave
+   * a counter per name it tries (only its first `limit` names per window).
    */
   async checkSignIn(ip: string | null, username: string | null, limit: number, windowSeconds: number): Promise<void> {
     const rule = (by: Subject, name: string): RateRule => ({ id: `signin|${name}`, name, by, limit, windowSeconds, roles: null });
-    const checks: Array<readonly [RateRule, string]> = [[rule('ip', 'signin-ip'), ip ?? 'unknown']];
-    if (username) checks.push([rule('user', 'signin-username'), username.toLowerCase()]);
-    const { retryMs } = await this.consume(checks);
-    if (retryMs !== null) throw limitError('rate_limited', retryMs, []);
+    const byIp = await this.consume([[rule('ip', 'signin-ip'), ip ?? 'unknown']]);
+    if (byIp.retryMs !== null) throw limitError('rate_limited', byIp.retryMs, []);
+    if (!username) return;
+    const byName = await this.consume([[rule('user', 'signin-username'), username.toLowerCase()]]);
+    if (byName.retryMs !== null) throw limitError('rate_limited', byName.retryMs, []);
   }
 
   private limiter(rule: RateRule): RateLimiterAbstract {

@@ -420,6 +420,16 @@ describe('Limits.checkSignIn', () => {
     await limits.checkSignIn('10.0.0.4', 'bob', 3, 60);
   });
 
+  it('an attempt its IP refuses counts for no username (a flood from one address leaves no counter per name)', async () => {
+    const { limits } = setup({});
+    for (const username of ['a', 'b']) await limits.checkSignIn('203.0.113.9', username, 2, 60);
+    for (let i = 0; i < 5; i++) await refusal(limits.checkSignIn('203.0.113.9', 'carol', 2, 60), 'rate_limited');
+    // carol's own budget is whole: the refused attempts never reached her counter.
+    await limits.checkSignIn('198.51.100.2', 'carol', 2, 60);
+    await limits.checkSignIn('198.51.100.3', 'carol', 2, 60);
+    await refusal(limits.checkSignIn('198.51.100.4', 'carol', 2, 60), 'rate_limited');
+  });
+
   it('counts only the IP without a username, and puts callers without an IP in one bucket', async () => {
     const { limits } = setup({});
     await limits.checkSignIn('203.0.113.7', null, 2, 60);
