@@ -83,6 +83,16 @@ const BATCH_SIZE = 256;
 const BATCH_DELAY_MS = 100;
 
 /**
+ * Refused calls are recorded up to this many per minute and per instance for each user, and as many for all the
+ * calls without a session together: a refusal costs its sender nothing, so a loop of them (unauthenticated, or a
+ * user far over a rate limit) would otherwise grow the trail at its request rate. The rest are counted in the
+ * usage aggregates as usual, and reported in one log line a minute.
+ */
+export const REFUSED_RECORDS_PER_MINUTE = 600;
+/** Users (and "no session") whose refusals this instance counts at once; past this the counts start over. */
+const REFUSED_SUBJECTS_MAX = 10_000;
+
+/**
  * The audit trail: every proxied call and every admin action, in the store, kept for the retention
  * period. Calls are queued when their response ends and written in batches (one SQLite transaction or one
  * Redis script per batch, within 100 ms), off the request's path: one write per call cost more CPU than the
@@ -96,6 +106,11 @@ export class AuditLog {
   private pending: Array<{ value: string; at: number }> = [];
   private timer: NodeJS.Timeout | null = null;
   private writing: Promise<void> = Promise.resolve();
+  /**
+   * Refused calls recorded this minute, per user ('' for calls without a session): a fixed window per instance,
+   * kept in process because the check runs for every refusal and must not cost a store command of its own.
+   */
+  private refused = { minute: 0, counts: new Map<string, number>(), suppressed: 0 };
 
   constructor(
     private readonly store: Store,
@@ -109,6 +124,8 @@ export class AuditLog {
     const { sessionId, target, ...fields } = event;
     void target; // the route template says what was called; the URL is not kept
     const at = this.now();
+    this.usage.add(event, at);
+    if (event.outcome === 'refused' && !this.refusalRecorded(event.userId ?? '', at)) return;
     const record: CallRecord = {
       type: 'call',
       at: new Date(at).toISOString(),
@@ -116,13 +133,39 @@ export class AuditLog {
       sessionIdHash: sessionId ? hashSessionId(sessionId) : null,
     };
     this.enqueue(record, at);
-    this.usage.add(event, at);
     if (this.pending.length >= BATCH_SIZE) {
       this.flush().catch(() => {});
     } else if (!this.timer) {
       this.timer = setTimeout(() => this.flush().catch(() => {}), BATCH_DELAY_MS);
       this.timer.unref();
     }
+  }
+
+  /**
+   * Whether a refused call of `subject` (a user id, '' without a session) is still within this minute's
+   * REFUSED_RECORDS_PER_MINUTE. A new minute reports how many were left out in the last one.
+   */
+  private refusalRecorded(subject: string, at: number): boolean {
+    const minute = Math.floor(at / 60_000);
+    const window = this.refused;
+    if (minute !== window.minute) {
+      if (window.suppressed > 0) {
+        this.logger.warn(
+          { suppressed: window.suppressed, perMinute: REFUSED_RECORDS_PER_MINUTE },
+          'audit: refused calls over the per-minute record limit were counted in the usage figures but not recorded',
+        );
+      }
+      this.refused = { minute, counts: new Map(), suppressed: 0 };
+    }
+    const counts = this.refused.counts;
+    const count = counts.get(subject) ?? 0;
+    if (count >= REFUSED_RECORDS_PER_MINUTE) {
+      this.refused.suppressed++;
+      return false;
+    }
+    if (count === 0 && counts.size >= REFUSED_SUBJECTS_MAX) counts.clear();
+    counts.set(subject, count + 1);
+    return true;
   }
 
   /** Admin actions are awaited: the caller reports success only once the action is on record. */

@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { AuditLog, REFUSED_RECORDS_PER_MINUTE, type CallRecord } from '../../../lib/core/audit/audit';
+import { UsageAggregates } from '../../../lib/core/aggregates/usage';
+import { MemoryStore } from '../../../lib/store/memory';
+import { Writable } from 'node:stream';
+import { createLogger } from '../../../lib/core/log/logger';
+import { event } from '../../fixtures/detector';
+
+function setup() {
+  const clock = { now: Date.UTC(2026, 11, 2, 10, 0, 0) };
+  const store = new MemoryStore(() => clock.now);
+  const lines: string[] = [];
+  const destination = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      lines.push(chunk.toString('utf8'));
+      callback();
+    },
+  });
+  const log = { logger: createLogger({ level: 'debug', destination }), lines };
+  const audit = new AuditLog(store, 30 * 86_400_000, log.logger, () => clock.now);
+  const usage = new UsageAggregates(store, () => audit.flush());
+  const calls = async () =>
+    (await audit.query({ type: 'call' }, { limit: 100_000, maxScan: 100_000 })).records as CallRecord[];
+  return { clock, audit, usage, calls, log };
+}
+
+const unauthenticated = event({
+  userId: null,
+  sessionId: null,
+  status: 401,
+  outcome: 'refused',
+  errorCode: 'unauthenticated',
+  keyFingerprint: null,
+});
+
+describe('refused calls in the audit trail', () => {
+  it(`are recorded up to ${REFUSED_RECORDS_PER_MINUTE} a minute without a session, and as many per user; the usage figures count them all`, async () => {
+    const { clock, audit, usage, calls, log } = setup();
+    const flood = REFUSED_RECORDS_PER_MINUTE + 150;
+    for (let i = 0; i < flood; i++) audit.recordCall({ ...unauthenticated, requestId: `anon-${i}` });
+    // A user over a rate limit has a budget of their own, and calls that went through are always recorded.
+    for (let i = 0; i < flood; i++)
+      audit.recordCall(
+        event({ requestId: `ada-429-${i}`, status: 429, outcome: 'refused', errorCode: 'rate_limited' }),
+      );
+    for (let i = 0; i < 5; i++) audit.recordCall(event({ requestId: `ada-ok-${i}` }));
+    audit.recordCall(
+      event({ requestId: 'bob-refused', userId: 'local:bob', status: 403, outcome: 'refused', errorCode: 'forbidden' }),
+    );
+
+    const recorded = await calls();
+    const of = (test: (record: CallRecord) => boolean) => recorded.filter(test).length;
+    expect(of((record) => record.userId === null)).toBe(REFUSED_RECORDS_PER_MINUTE);
+    expect(of((record) => record.requestId.startsWith('ada-429-'))).toBe(REFUSED_RECORDS_PER_MINUTE);
+    expect(of((record) => record.requestId.startsWith('ada-ok-'))).toBe(5);
+    expect(of((record) => record.requestId === 'bob-refused')).toBe(1);
+    // The first ones are kept (the start of a flood is what an investigation needs).
+    expect(recorded.some((record) => record.requestId === 'anon-0')).toBe(true);
+    expect(recorded.some((record) => record.requestId === `anon-${flood - 1}`)).toBe(false);
+
+    const total = (await usage.series({ period: 'hour', fromMs: clock.now - 3_600_000, toMs: clock.now })).total;
+    expect(total.calls).toBe(2 * flood + 6);
+    expect(total.status.refused).toBe(2 * flood + 1);
+
+    // The next minute starts a new budget, and says how many were left out.
+    clock.now += 60_000;
+    audit.recordCall({ ...unauthenticated, requestId: 'anon-next-minute' });
+    expect((await calls()).some((record) => record.requestId === 'anon-next-minute')).toBe(true);
+    const warning = log.lines.find((line) => line.includes('over the per-minute record limit'));
+    expect(warning).toBeDefined();
+    expect(JSON.parse(warning!)).toMatchObject({ suppressed: 2 * 150 });
+  });
+});
