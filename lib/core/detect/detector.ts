@@ -104,8 +104,10 @@ export class Detector implements SecuritySignals {
    * parameter, the own-key form) or on a decoy route, with a session that passed the CSRF check: straight to the
    * last step, whatever the user's history. Anywhere else (a body, a path, another header) it is content, which
    * an attacker can get an honest user's app to send (a shared chat message, a pasted file): an alert only.
-   * Hits are coalesced per decoy, address and user for `cooldownMinutes`, and at most DECOY_ALERTS_PER_MINUTE
-   * are written, so a script replaying a public decoy cannot fill the store or the webhook.
+   * Hits are coalesced for `cooldownMinutes` per decoy, address and user, or per decoy alone for hits without a
+   * session (they revoke nothing, and a script replaying a public decoy varies its address at will), and at most
+   * DECOY_ALERTS_PER_MINUTE are written, so such a script can neither fill the store or the webhook nor use up
+   * the alerts a signed-in hit needs.
    */
   decoyHit(hit: DecoyHit): void {
     const at = this.now();
@@ -141,9 +143,13 @@ export class Detector implements SecuritySignals {
     });
   }
 
-  /** Whether a decoy hit is written: once per decoy, address and user per cooldown, and a bounded number a minute. */
+  /**
+   * Whether a decoy hit is written: once per decoy, address and user per cooldown (per decoy alone without a
+   * session), and a bounded number a minute.
+   */
   private admitDecoyAlert(hit: DecoyHit, at: number): boolean {
-    const key = `${hit.decoyId ?? `route ${hit.upstream}${hit.route ?? ''}`}|${hit.ip ?? ''}|${hit.userId ?? ''}`;
+    const decoy = hit.decoyId ?? `route ${hit.upstream}${hit.route ?? ''}`;
+    const key = hit.userId ? `${decoy}|${hit.ip ?? ''}|${hit.userId}` : `${decoy}|(no session)`;
     const last = this.decoysSeen.get(key);
     if (last !== undefined && at - last < this.config.cooldownMinutes * MINUTE_MS) return false;
     const minute = Math.floor(at / MINUTE_MS);

@@ -282,16 +282,22 @@ describe('anomaly detector', () => {
     expect((await actions()).at(-1)).toMatchObject({ action: 'revoke', evidence: { where: 'query:api_key' } });
   });
 
-  it('coalesces repeated decoy hits (per decoy, address and user) and bounds how many a minute are written', async () => {
+  it('coalesces repeated decoy hits (per decoy, address and user; per decoy without a session) and bounds how many a minute are written', async () => {
     const { clock, detector, actions } = setup();
     const hit = { kind: 'credential' as const, decoyId: 'dk_1', where: 'header:authorization', userId: null, sessionId: null, upstream: 'openai', route: null, requestId: 'r' };
     for (let i = 0; i < 5; i++) detector.decoyHit({ ...hit, ip: '203.0.113.9' });
     expect(await actions()).toHaveLength(1);
-    // A script replaying the public decoy from many addresses: at most 30 alerts a minute are written.
+    // A script replaying the public decoy without a session from many addresses: one alert per decoy and cooldown.
     for (let i = 0; i < 100; i++) detector.decoyHit({ ...hit, ip: `198.51.100.${i}` });
+    expect(await actions()).toHaveLength(1);
+    detector.decoyHit({ ...hit, decoyId: 'dk_2', ip: '198.51.100.1' });
+    expect(await actions()).toHaveLength(2);
+    // Signed-in hits (content, so alerts) per address and user: at most 30 alerts a minute are written.
+    const content = { ...hit, where: 'body', sessionId: 's' };
+    for (let i = 0; i < 100; i++) detector.decoyHit({ ...content, userId: `local:u${i}`, ip: `198.51.100.${i}` });
     expect(await actions()).toHaveLength(30);
     clock.now += MINUTE_MS;
-    detector.decoyHit({ ...hit, ip: '192.0.2.1' });
+    detector.decoyHit({ ...content, userId: 'local:late', ip: '192.0.2.1' });
     expect(await actions()).toHaveLength(31);
   });
 
