@@ -997,6 +997,9 @@ describe('bounds on what one user can make Keyward store', () => {
     const signIn = await exchange(code, verifier);
     expectOAuthError(signIn, 429, 'temporarily_unavailable');
     expect(signIn.headers.get('retry-after')).toBe('3600');
+    // Once the window is over, the same code still works: the refused exchange did not spend it.
+    await store.delete(`mfam:started:${sub}`);
+    expect((await exchange(code, verifier)).status).toBe(200);
 
     await store.set(`mrt:refreshes:${sub}`, String(MOBILE_CAPS.refreshes.max), MOBILE_CAPS.refreshes.windowMs);
     const refused = await refresh(tokens.refresh_token);
@@ -1004,7 +1007,15 @@ describe('bounds on what one user can make Keyward store', () => {
     expect(refused.headers.get('retry-after')).toBe('3600');
     // Once the window is over, the same refresh token still works: the refused refresh did not spend it.
     await store.delete(`mrt:refreshes:${sub}`);
-    expect((await refresh(tokens.refresh_token)).status).toBe(200);
+    const rotated = await refresh(tokens.refresh_token);
+    expect(rotated.status).toBe(200);
+
+    // At the bound, a copied (already used) refresh token still ends its family at once: theft detection
+    // does not wait for the window.
+    await store.set(`mrt:refreshes:${sub}`, String(MOBILE_CAPS.refreshes.max), MOBILE_CAPS.refreshes.windowMs);
+    expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+    await store.delete(`mrt:refreshes:${sub}`);
+    expectOAuthError(await refresh(rotated.json<Tokens>().refresh_token), 400, 'invalid_grant');
   });
 });
 

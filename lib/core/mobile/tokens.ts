@@ -146,9 +146,15 @@ export class MobileTokens {
   async exchangeCode(exchange: CodeExchange): Promise<TokenResponse> {
     const key = `mcode:${hash(exchange.code)}`;
     const raw = await guard(() => this.store.get(key));
-    // One use only: whoever deletes the code first owns it.
-    if (!raw || !(await guard(() => this.store.delete(key)))) throw new KeywardError('invalid_grant');
+    if (!raw) throw new KeywardError('invalid_grant');
     const record = JSON.parse(raw) as CodeRecord;
+    // Before the code is spent: a sign-in refused for the bound can be retried with the same code.
+    await capPerWindow(this.store, `mfam:started:${record.sub}`, {
+      ...MOBILE_CAPS.signIns,
+      message: 'Too many app sign-ins for this account in the last hour; try again later.',
+    });
+    // One use only: whoever deletes the code first owns it.
+    if (!(await guard(() => this.store.delete(key)))) throw new KeywardError('invalid_grant');
     const { verifier } = exchange;
     if (record.redirectUri !== exchange.redirectUri || !VERIFIER.test(verifier) || hash(verifier) !== record.challenge) {
       throw new KeywardError('invalid_grant');
@@ -166,10 +172,6 @@ export class MobileTokens {
       this.logger.info({ userId: record.sub }, 'mobile code refused: local user no longer exists');
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
-    await capPerWindow(this.store, `mfam:started:${grant.sub}`, {
-      ...MOBILE_CAPS.signIns,
-      message: 'Too many app sign-ins for this account in the last hour; try again later.',
-    });
     const family = opaque('kwf');
     const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null);
     // A new family is a new sign-in of the app (a refresh continues one): listed once, by its id's hash.
@@ -212,6 +214,8 @@ export class MobileTokens {
           : 'The DPoP proof is signed with another key than the one this refresh token is bound to.',
       );
     }
+    // A token used before is a copy, whatever the bound below says: its family ends now.
+    if ((await guard(() => this.store.get(`mrt-used:${tokenHash}`))) !== null) await this.reused(record);
     // Counted before the token is spent: a refused refresh leaves it usable.
     await capPerWindow(this.store, `mrt:refreshes:${record.sub}`, {
       ...MOBILE_CAPS.refreshes,
@@ -220,11 +224,7 @@ export class MobileTokens {
     const firstUse = await guard(() =>
       this.store.setIfAbsent(`mrt-used:${tokenHash}`, '1', this.settings.refreshTtlSeconds * 1000),
     );
-    if (!firstUse) {
-      await this.revokeFamily(record.family);
-      this.logger.warn({ userId: record.sub, family: record.family }, 'refresh token reused: token family revoked');
-      throw new KeywardError('invalid_grant');
-    }
+    if (!firstUse) await this.reused(record);
     const grant = this.current(grantOnly(record));
     if (!grant) {
       // The user is gone: end the family everywhere, its live access token included, not just this refresh.
@@ -257,6 +257,13 @@ export class MobileTokens {
     // Only a mobile access token names a family: anything else ends nothing.
     if (typeof claims?.sid !== 'string' || !claims.sid.startsWith('kwf_')) return;
     await this.revokeFamily(claims.sid);
+  }
+
+  /** A refresh token presented a second time: it was copied, so its whole family is revoked. */
+  private async reused(record: RefreshRecord): Promise<never> {
+    await this.revokeFamily(record.family);
+    this.logger.warn({ userId: record.sub, family: record.family }, 'refresh token reused: token family revoked');
+    throw new KeywardError('invalid_grant');
   }
 
   private revokeFamily(family: string): Promise<void> {
