@@ -64,14 +64,21 @@ export class UserKeys {
       });
     }
     // A suspended user cannot put a new key in place of the suspended one (lib/core/detect).
-    if ((await guard(() => this.store.get(suspensionKey(userId)))) !== null) throw new KeywardError('key_suspended');
+    const storeKey = UserKeys.key(upstream, userId);
+    const [suspended, previous] = await guard(() => this.store.getMany([suspensionKey(userId), storeKey]));
+    if (suspended !== null && suspended !== undefined) throw new KeywardError('key_suspended');
     const stored: StoredUserKey = {
       sealed: await this.vault.seal({ key }),
       fingerprint: this.fingerprints.of(key),
       last4: key.slice(-4),
       createdAt: this.now(),
     };
-    await guard(() => this.store.set(UserKeys.key(upstream, userId), JSON.stringify(stored)));
+    await guard(() => this.store.set(storeKey, JSON.stringify(stored)));
+    // The key it replaces leaves no "last used" record behind.
+    const replaced = previous ? (JSON.parse(previous) as StoredUserKey).fingerprint : null;
+    if (replaced !== null && replaced !== stored.fingerprint) {
+      await guard(() => this.store.delete(UserKeys.usedKey(upstream, userId, replaced)));
+    }
     return info(upstream, stored, null);
   }
 

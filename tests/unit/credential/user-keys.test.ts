@@ -38,7 +38,7 @@ describe("a user's own key: its last use", () => {
     expect((await keys.describe('openai', 'local:ada'))!.lastUsedAt).toBe(new Date(clock.now).toISOString());
   });
 
-  it('is not kept for good: deleted with the key, and expires 400 days after the last use of a key replaced', async () => {
+  it('is not kept for good: deleted with the key or when the key is replaced, and expires 400 days after the last use', async () => {
     const { clock, store, keys } = setup();
     const first = await keys.put('openai', 'local:bo', randomSecret('own'));
     await keys.use('openai', 'local:bo');
@@ -48,15 +48,23 @@ describe("a user's own key: its last use", () => {
     expect(await keys.delete('openai', 'local:bo')).toBe(true);
     expect(await store.get(usedKey)).toBeNull();
 
-    // Replaced rather than deleted: the old key's record stays until it expires.
+    // Replaced: the old key's record goes with it.
     const second = await keys.put('openai', 'local:bo', randomSecret('own'));
     await keys.use('openai', 'local:bo');
     await settle();
-    await keys.put('openai', 'local:bo', randomSecret('own'));
-    const oldUsed = `ukey-used:openai:local:bo:${second.fingerprint}`;
+    const secondUsed = `ukey-used:openai:local:bo:${second.fingerprint}`;
+    expect(await store.get(secondUsed)).not.toBeNull();
+    const third = await keys.put('openai', 'local:bo', randomSecret('own'));
+    expect(await store.get(secondUsed)).toBeNull();
+
+    // Kept, it expires 400 days after the last use.
+    clock.now += 61_000;
+    await keys.use('openai', 'local:bo');
+    await settle();
+    const thirdUsed = `ukey-used:openai:local:bo:${third.fingerprint}`;
     clock.now += 399 * 86_400_000;
-    expect(await store.get(oldUsed)).not.toBeNull();
+    expect(await store.get(thirdUsed)).not.toBeNull();
     clock.now += 2 * 86_400_000;
-    expect(await store.get(oldUsed)).toBeNull();
+    expect(await store.get(thirdUsed)).toBeNull();
   });
 });
