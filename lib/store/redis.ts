@@ -12,6 +12,11 @@ const INCREMENT = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v`;
 
+// Gives points back to a counter only while it exists: a window that ended meanwhile is not restarted by a
+// negative count (which would give the next window extra room, from the wrong start).
+const GIVE_BACK = `if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECRBY', KEYS[1], ARGV[1]) end
+return false`;
+
 // All counters are read, then either all are incremented or none: one script, so atomic across instances.
 // ARGV holds amount, limit, ttl per key. Returns {refused index (1-based, 0 = none), values...}.
 const RESERVE = `local values = {}
@@ -248,6 +253,16 @@ export class RedisStore implements Store {
   async increment(key: string, by: number, ttlMs?: number) {
     if (!Number.isSafeInteger(by)) throw new TypeError('increment takes a safe integer');
     return Number(await this.run(() => this.redis.eval(INCREMENT, 1, key, String(by), ttlMs === undefined ? '' : String(ttlMs))));
+  }
+
+  /**
+   * Takes `points` back from a rate counter a round trip took them in (RedisStore.round), if the counter still
+   * exists; a counter whose window ended is left absent. Resolves to its new value, or null when it was gone.
+   */
+  async giveBack(key: string, points: number): Promise<number | null> {
+    if (!Number.isSafeInteger(points) || points < 0) throw new TypeError('giveBack takes whole, non-negative points');
+    const value = await this.run(() => this.redis.eval(GIVE_BACK, 1, key, String(points)));
+    return value === null ? null : Number(value);
   }
 
   async reserve(entries: readonly Reservation[]): Promise<ReserveResult> {

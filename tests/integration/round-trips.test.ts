@@ -586,6 +586,13 @@ describe('RedisStore.round', () => {
     expect(await rounds.get('s')).toBe('1');
   });
 
+  it('gives points back only to a counter that still exists (a window that ended is not restarted)', async () => {
+    await rounds.round([], [{ key: 'gb', points: 3, windowSeconds: 60 }]);
+    expect(await rounds.giveBack('gb', 1)).toBe(2);
+    expect(await rounds.giveBack('gone', 1)).toBeNull();
+    expect(await rounds.get('gone')).toBeNull();
+  });
+
   it("counts on rate-limiter-flexible's counters: the same key, window and values", async () => {
     const limiter = new RateLimiterRedis({ storeClient: rounds.client, points: 5, duration: 60, keyPrefix: 'rl|rule' });
     expect((await limiter.consume('u:1')).consumedPoints).toBe(1);

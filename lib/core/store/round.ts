@@ -149,7 +149,7 @@ async function perUserCredential(
   try {
     return await perUser.resolve(...markAndSecret(perUser, result.values, at));
   } catch (error) {
-    if (result.counters) await Promise.allSettled(counters.map(({ key, points, windowSeconds }) => redis.increment(key, -points, windowSeconds * 1000)));
+    if (result.counters) await Promise.allSettled(counters.map(({ key, points }) => redis.giveBack(key, points)));
     throw error;
   }
 }
