@@ -402,6 +402,14 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
     const mixed = importAll(spec({ expand: deep }), 'f');
     expect(routeOf(mixed, 'POST', '/charges').contract.formArrays).toBe('indexes');
     expect(warningsOf(mixed, 'POST /charges').join('\n')).toContain('some form arrays as repeated names and others in brackets (expand)');
+    // A list sent as one value (tag=a,b) cannot be checked: the body is forwarded unchecked, and says so.
+    for (const oneValue of [{ style: 'form', explode: false }, { style: 'pipeDelimited' }, { style: 'spaceDelimited' }]) {
+      const result = importAll(spec({ tags: oneValue }), 'f');
+      const { route, contract } = routeOf(result, 'POST', '/charges');
+      expect(route.body).toBeUndefined();
+      expect(contract.body).toBeNull();
+      expect(warningsOf(result, 'POST /charges').join('\n')).toContain('a list sent as one value (tags) cannot be split by a contract');
+    }
   });
 
   it('form and multipart bodies get bodyFormat, files their media types', () => {

@@ -571,23 +571,38 @@ function bodyContract(
     );
   }
   const formArrays = mode === 'form' ? formArrayStyle(result.spec, entry.encoding ?? {}, warnings) : null;
+  if (formArrays === 'unsupported') return { unchecked: true };
   return { body: result.spec, ...(mode === 'json' ? {} : { bodyFormat: mode }), ...(formArrays ? { formArrays } : {}), unchecked: false };
 }
 
 /**
  * How the spec sends a form body's arrays of values: OpenAPI's default for a form property is `style: form`,
  * exploded (`tag=a&tag=b`: `formArrays: "repeat"`); `style: deepObject` is how specs such as Stripe's say bracket
- * notation, which Keyward writes with indexes (its default). Null: the default (indexes) applies.
+ * notation, which Keyward writes with indexes (its default: null). A list sent as one value (`explode: false`,
+ * `pipeDelimited`, `spaceDelimited`: `tag=a,b`) cannot be read by a contract: "unsupported", the body is
+ * forwarded unchecked (as such a query parameter makes the operation's query).
  */
 function formArrayStyle(
   spec: FieldSpecInput,
   encoding: Readonly<Record<string, { style?: string | undefined; explode?: boolean | undefined }>>,
   warnings: string[],
-): 'repeat' | null {
+): 'repeat' | 'unsupported' | null {
   const properties = (spec as { properties?: Record<string, FieldSpecInput> }).properties ?? {};
   const arrays = Object.entries(properties).filter(([, field]) => field.type === 'array');
   if (arrays.length === 0) return null;
-  const deep = arrays.filter(([name]) => encoding[name]?.style === 'deepObject').map(([name]) => name);
+  const styleOf = (name: string) => {
+    const style = encoding[name]?.style ?? 'form';
+    const explode = encoding[name]?.explode ?? style === 'form';
+    return style === 'deepObject' ? 'indexes' : style === 'form' && explode ? 'repeat' : 'one value';
+  };
+  const oneValue = arrays.filter(([name]) => styleOf(name) === 'one value').map(([name]) => name);
+  if (oneValue.length > 0) {
+    warnings.push(
+      `the body is forwarded unchecked (capped by maxRequestBytes): a list sent as one value (${oneValue.join(', ')}) cannot be split by a contract`,
+    );
+    return 'unsupported';
+  }
+  const deep = arrays.filter(([name]) => styleOf(name) === 'indexes').map(([name]) => name);
   if (deep.length === arrays.length) return null;
   if (deep.length > 0) {
     warnings.push(
