@@ -83,10 +83,11 @@ const BATCH_SIZE = 256;
 const BATCH_DELAY_MS = 100;
 
 /**
- * Refused calls are recorded up to this many per minute and per instance for each user, and as many for all the
- * calls without a session together: a refusal costs its sender nothing, so a loop of them (unauthenticated, or a
- * user far over a rate limit) would otherwise grow the trail at its request rate. The rest are counted in the
- * usage aggregates as usual, and reported in one log line a minute.
+ * Calls Keyward answered itself with an error (a refusal, or its own 5xx such as a credential that cannot be
+ * opened: the record's `errorCode`) are recorded up to this many per minute and per instance for each user, and
+ * as many for all the calls without a session together: such an answer costs its sender nothing, so a loop of
+ * them (unauthenticated, or a user far over a rate limit) would otherwise grow the trail at its request rate. The
+ * rest are counted in the usage aggregates as usual, and reported in one log line at the end of the minute.
  */
 export const REFUSED_RECORDS_PER_MINUTE = 600;
 /** Users (and "no session") whose refusals this instance counts at once; past this the counts start over. */
@@ -125,7 +126,7 @@ export class AuditLog {
     void target; // the route template says what was called; the URL is not kept
     const at = this.now();
     this.usage.add(event, at);
-    if (event.outcome === 'refused' && !this.refusalRecorded(event.userId ?? '', at)) return;
+    if (event.errorCode !== null && !this.refusalRecorded(event.userId ?? '', at)) return;
     const record: CallRecord = {
       type: 'call',
       at: new Date(at).toISOString(),
@@ -142,30 +143,39 @@ export class AuditLog {
   }
 
   /**
-   * Whether a refused call of `subject` (a user id, '' without a session) is still within this minute's
-   * REFUSED_RECORDS_PER_MINUTE. A new minute reports how many were left out in the last one.
+   * Whether a call Keyward answered with an error, of `subject` (a user id, '' without a session), is still
+   * within this minute's REFUSED_RECORDS_PER_MINUTE. How many were left out is logged once, when their minute
+   * ends (by a timer, so a flood that stops is reported too).
    */
   private refusalRecorded(subject: string, at: number): boolean {
     const minute = Math.floor(at / 60_000);
-    const window = this.refused;
-    if (minute !== window.minute) {
-      if (window.suppressed > 0) {
-        this.logger.warn(
-          { suppressed: window.suppressed, perMinute: REFUSED_RECORDS_PER_MINUTE },
-          'audit: refused calls over the per-minute record limit were counted in the usage figures but not recorded',
-        );
-      }
+    if (minute !== this.refused.minute) {
+      this.reportSuppressed();
       this.refused = { minute, counts: new Map(), suppressed: 0 };
     }
     const counts = this.refused.counts;
     const count = counts.get(subject) ?? 0;
     if (count >= REFUSED_RECORDS_PER_MINUTE) {
-      this.refused.suppressed++;
+      if (this.refused.suppressed++ === 0) {
+        const report = setTimeout(() => this.reportSuppressed(), 60_000 - (at % 60_000));
+        report.unref();
+      }
       return false;
     }
     if (count === 0 && counts.size >= REFUSED_SUBJECTS_MAX) counts.clear();
     counts.set(subject, count + 1);
     return true;
+  }
+
+  /** Logs how many records the current window left out, once. */
+  private reportSuppressed(): void {
+    const { suppressed } = this.refused;
+    if (suppressed === 0) return;
+    this.refused.suppressed = 0;
+    this.logger.warn(
+      { suppressed, perMinute: REFUSED_RECORDS_PER_MINUTE },
+      'audit: calls answered with an error over the per-minute record limit were counted in the usage figures but not recorded',
+    );
   }
 
   /** Admin actions are awaited: the caller reports success only once the action is on record. */

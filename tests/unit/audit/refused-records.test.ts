@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AuditLog, REFUSED_RECORDS_PER_MINUTE, type CallRecord } from '../../../lib/core/audit/audit';
 import { UsageAggregates } from '../../../lib/core/aggregates/usage';
 import { MemoryStore } from '../../../lib/store/memory';
@@ -33,7 +33,11 @@ const unauthenticated = event({
   keyFingerprint: null,
 });
 
-describe('refused calls in the audit trail', () => {
+describe('calls Keyward answered with an error, in the audit trail', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
   it(`are recorded up to ${REFUSED_RECORDS_PER_MINUTE} a minute without a session, and as many per user; the usage figures count them all`, async () => {
     const { clock, audit, usage, calls, log } = setup();
     const flood = REFUSED_RECORDS_PER_MINUTE + 150;
@@ -69,5 +73,22 @@ describe('refused calls in the audit trail', () => {
     const warning = log.lines.find((line) => line.includes('over the per-minute record limit'));
     expect(warning).toBeDefined();
     expect(JSON.parse(warning!)).toMatchObject({ suppressed: 2 * 150 });
+  });
+
+  it('its own 5xx too (a credential that cannot be opened), and a flood that stops is reported when its minute ends', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout'] });
+    const { audit, calls, log } = setup();
+    const broken = event({
+      status: 503,
+      outcome: 'upstream_error',
+      errorCode: 'credential_unavailable',
+      keyFingerprint: null,
+    });
+    for (let i = 0; i < REFUSED_RECORDS_PER_MINUTE + 20; i++) audit.recordCall({ ...broken, requestId: `b-${i}` });
+    expect((await calls()).length).toBe(REFUSED_RECORDS_PER_MINUTE);
+    expect(log.lines.some((line) => line.includes('over the per-minute record limit'))).toBe(false);
+    vi.advanceTimersByTime(60_000);
+    const warning = log.lines.find((line) => line.includes('over the per-minute record limit'));
+    expect(JSON.parse(warning!)).toMatchObject({ suppressed: 20 });
   });
 });
