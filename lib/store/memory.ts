@@ -90,7 +90,7 @@ export class MemoryStore implements Store {
       const entry = this.live(key);
       values[index] = values[index]! + amount;
       this.sweep();
-    this.entries.set(key, { value: String(values[index]), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
+      this.entries.set(key, { value: String(values[index]), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
     });
     return { refused: -1, values };
   }

@@ -106,12 +106,14 @@ export class Detector implements SecuritySignals {
    * an attacker can get an honest user's app to send (a shared chat message, a pasted file): an alert only.
    * Hits are coalesced for `cooldownMinutes` per decoy, address and user, or per decoy alone for hits without a
    * session (they revoke nothing, and a script replaying a public decoy varies its address at will), and at most
-   * DECOY_ALERTS_PER_MINUTE are written, so such a script can neither fill the store or the webhook nor use up
-   * the alerts a signed-in hit needs.
+   * DECOY_ALERTS_PER_MINUTE alerts are written, so such a script can neither fill the store or the webhook nor
+   * use up the alerts a signed-in hit needs; a revocation is never held back by that budget.
    */
   decoyHit(hit: DecoyHit): void {
     const at = this.now();
-    if (!this.admitDecoyAlert(hit, at)) return;
+    // A revocation is never held back by the alert budget (it has its own cooldown, per user, below).
+    const revokes = hit.userId !== null && inCredentialPlace(hit);
+    if (!revokes && !this.admitDecoyAlert(hit, at)) return;
     const where = hit.kind === 'route' ? `the decoy route ${hit.upstream}${hit.route ?? ''}` : `a decoy credential (${hit.where})`;
     const evidence = { kind: hit.kind, where: hit.where, upstream: hit.upstream, ip: hit.ip ?? 'unknown', requestId: hit.requestId, ...(hit.decoyId ? { decoyId: hit.decoyId } : {}) };
     if (!hit.userId) {

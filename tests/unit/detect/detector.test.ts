@@ -296,9 +296,13 @@ describe('anomaly detector', () => {
     const content = { ...hit, where: 'body', sessionId: 's' };
     for (let i = 0; i < 100; i++) detector.decoyHit({ ...content, userId: `local:u${i}`, ip: `198.51.100.${i}` });
     expect(await actions()).toHaveLength(30);
+    // The budget is spent, but a decoy in a credential's place by a signed-in user is still revoked at once.
+    detector.decoyHit({ ...hit, userId: 'local:thief', sessionId: 's2', ip: '198.51.100.200' });
+    expect((await actions()).at(-1)).toMatchObject({ action: 'revoke', subject: { userId: 'local:thief' } });
+    expect(await actions()).toHaveLength(31);
     clock.now += MINUTE_MS;
     detector.decoyHit({ ...content, userId: 'local:late', ip: '192.0.2.1' });
-    expect(await actions()).toHaveLength(31);
+    expect(await actions()).toHaveLength(32);
   });
 
   it('does nothing when disabled, but still acts on decoys', async () => {
