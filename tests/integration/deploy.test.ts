@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CSRF_FAILURES } from '../../lib/core/csrf/check';
-import { mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
+import { signIn, signInAttempt, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
+import { USERS_RECHECK_MS } from '../../lib/core/users/file';
 import { writeConfigFile } from '../fixtures/config';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -290,6 +291,19 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       const reply = await send(app, 'POST', '/api/session/logout', { cookie: other, host: 'app.test', origin: 'http://app.test', 'x-keyward-csrf': '1' });
       expect(reply.status).toBe(200);
       expect((await send(app, 'GET', '/api/session', { cookie: other, host: 'app.test' })).status).toBe(401);
+    });
+
+    it('a user added to the users file signs in without a restart', async () => {
+      const newcomer = randomSecret('pw');
+      expect((await signInAttempt(app.url, 'bo', newcomer)).cookie).toBeNull();
+      const edited = await writeUsersFile([
+        { username: 'alice', password, roles: ['user'] },
+        { username: 'bo', password: newcomer, roles: ['user'] },
+      ]);
+      copyFileSync(edited, readme.KEYWARD_USERS_FILE!);
+      // The file is checked for a change at most every USERS_RECHECK_MS, at a sign-in.
+      await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+      expect((await signInAttempt(app.url, 'bo', newcomer)).cookie).not.toBeNull();
     });
 
     it('a proxied POST on app.test passes in the fast lane; a foreign origin is refused', async () => {

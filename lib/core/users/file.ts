@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import type { Logger } from 'pino';
 import { z } from 'zod';
 import { ConfigError } from '../config/load';
 import { formatIssues } from '../config/schema';
@@ -37,8 +38,67 @@ export interface LocalUsers {
   list(): LocalUser[];
 }
 
-/** Loads KEYWARD_USERS_FILE. Invalid → ConfigError naming the field (hashes are never printed). */
-export function loadUsersFile(path: string): LocalUsers {
+/** How often, at most, the users file is checked for a change (one `stat`). */
+export const USERS_RECHECK_MS = 2_000;
+
+type FileUser = z.infer<typeof usersFileSchema>['users'][number];
+
+/**
+ * Loads KEYWARD_USERS_FILE. Invalid → ConfigError naming the field (hashes are never printed).
+ *
+ * An edit is picked up without a restart: at most every USERS_RECHECK_MS, a sign-in or a look-up checks the
+ * file's modification time, size and inode, and reads it again when they changed. An edit that leaves the file
+ * invalid (or unreadable, or half-written) keeps the users loaded before and is logged once, naming the field,
+ * never a hash; the next valid edit is picked up.
+ */
+export function loadUsersFile(path: string, options: { logger?: Pick<Logger, 'info' | 'error'>; now?: () => number } = {}): LocalUsers {
+  const now = options.now ?? Date.now;
+  let loaded = { stamp: stampOf(path), byName: readUsersFile(path) };
+  let checkedAt = now();
+  const users = (): ReadonlyMap<string, FileUser> => {
+    const at = now();
+    if (at - checkedAt < USERS_RECHECK_MS) return loaded.byName;
+    checkedAt = at;
+    const stamp = stampOf(path);
+    if (stamp === loaded.stamp) return loaded.byName;
+    try {
+      loaded = { stamp, byName: readUsersFile(path) };
+      options.logger?.info({ users: loaded.byName.size }, 'users file changed: reloaded');
+    } catch (error) {
+      loaded = { ...loaded, stamp };
+      const reason = error instanceof ConfigError ? error.message : 'cannot be read';
+      options.logger?.error({ reason }, 'users file changed but is not valid: the users loaded before stay');
+    }
+    return loaded.byName;
+  };
+  return {
+    async authenticate(username, password) {
+      const user = users().get(username);
+      const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash()));
+      if (!user || !ok) return null;
+      return publicUser(user);
+    },
+    find(username) {
+      const user = users().get(username);
+      return user ? publicUser(user) : null;
+    },
+    list() {
+      return [...users().values()].map(publicUser);
+    },
+  };
+}
+
+/** The file's modification time, size and inode (an editor that saves by rename changes the inode), or null. */
+function stampOf(path: string): string | null {
+  try {
+    const stat = statSync(path);
+    return `${stat.mtimeMs}:${stat.size}:${stat.ino}`;
+  } catch {
+    return null;
+  }
+}
+
+function readUsersFile(path: string): Map<string, FileUser> {
   let json: unknown;
   try {
     json = JSON.parse(readFileSync(path, 'utf8'));
@@ -50,24 +110,9 @@ export function loadUsersFile(path: string): LocalUsers {
   if (!result.success) {
     throw new ConfigError(`KEYWARD_USERS_FILE (${path}) is invalid:\n${formatIssues(result.error.issues, '')}`);
   }
-  const byName = new Map(result.data.users.map((user) => [user.username, user]));
-  return {
-    async authenticate(username, password) {
-      const user = byName.get(username);
-      const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash()));
-      if (!user || !ok) return null;
-      return publicUser(user);
-    },
-    find(username) {
-      const user = byName.get(username);
-      return user ? publicUser(user) : null;
-    },
-    list() {
-      return [...byName.values()].map(publicUser);
-    },
-  };
+  return new Map(result.data.users.map((user) => [user.username, user]));
 }
 
-function publicUser(user: z.infer<typeof usersFileSchema>['users'][number]): LocalUser {
+function publicUser(user: FileUser): LocalUser {
   return { username: user.username, name: user.name ?? user.username, roles: user.roles, claims: user.claims };
 }

@@ -1,10 +1,10 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../../lib/core/config/load';
-import { loadUsersFile } from '../../../lib/core/users/file';
+import { USERS_RECHECK_MS, loadUsersFile } from '../../../lib/core/users/file';
 import { SCRYPT_TIMEOUT, cheapPasswordHash, thrown } from '../support';
 
 const randomPassword = () => randomBytes(12).toString('base64url');
@@ -135,5 +135,58 @@ describe('loadUsersFile errors', () => {
     const message = loadError(path);
     expect(message).toContain(path);
     expect(message).toContain('ENOENT');
+  });
+});
+
+describe('loadUsersFile: edits are picked up without a restart', () => {
+  const user = (username: string, roles = ['user']) => ({ username, passwordHash: cheapPasswordHash(randomPassword()), roles });
+  function setup() {
+    const clock = { now: 1_000_000 };
+    const path = writeJson({ users: [user('ada')] });
+    const logger = { info: vi.fn(), error: vi.fn() };
+    const users = loadUsersFile(path, { logger, now: () => clock.now });
+    // A new modification time whatever the file system's time resolution.
+    const edit = (content: unknown) => {
+      writeFileSync(path, typeof content === 'string' ? content : JSON.stringify(content));
+      const later = new Date(Date.now() + 10_000 + Math.random() * 1000);
+      utimesSync(path, later, later);
+    };
+    return { clock, users, logger, edit };
+  }
+
+  it(`an added user or a changed role is seen within ${USERS_RECHECK_MS / 1000} s, with one stat per check`, () => {
+    const { clock, users, logger, edit } = setup();
+    edit({ users: [user('ada', ['user', 'admin']), user('bo')] });
+    expect(users.find('bo')).toBeNull(); // checked at most every USERS_RECHECK_MS
+    clock.now += USERS_RECHECK_MS;
+    expect(users.find('bo')).toMatchObject({ username: 'bo' });
+    expect(users.find('ada')!.roles).toEqual(['user', 'admin']);
+    expect(users.list().map((u) => u.username)).toEqual(['ada', 'bo']);
+    expect(logger.info).toHaveBeenCalledTimes(1);
+  });
+
+  it('an edit that leaves the file invalid keeps the users loaded before, logged once naming the field (no hash); the next valid edit is loaded', () => {
+    const { clock, users, logger, edit } = setup();
+    const hashed = user('cy');
+    edit({ users: [{ ...hashed, passwordHash: 'not-a-hash' }] });
+    clock.now += USERS_RECHECK_MS;
+    expect(users.find('ada')).toMatchObject({ username: 'ada' });
+    expect(users.find('cy')).toBeNull();
+    clock.now += USERS_RECHECK_MS;
+    users.find('ada');
+    expect(logger.error).toHaveBeenCalledTimes(1);
+    const logged = JSON.stringify(logger.error.mock.calls);
+    expect(logged).toContain('passwordHash');
+    expect(logged).not.toContain('not-a-hash');
+
+    edit('{"users": [');
+    clock.now += USERS_RECHECK_MS;
+    expect(users.find('ada')).toMatchObject({ username: 'ada' });
+    expect(logger.error).toHaveBeenCalledTimes(2);
+
+    edit({ users: [hashed] });
+    clock.now += USERS_RECHECK_MS;
+    expect(users.find('cy')).toMatchObject({ username: 'cy' });
+    expect(users.find('ada')).toBeNull();
   });
 });
