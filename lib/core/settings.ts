@@ -141,7 +141,10 @@ export function trustsHost(settings: Pick<Settings, 'NODE_ENV' | 'AUTH_TRUST_HOS
  * What production needs before it can serve anyone, in the Auth.js style: one line per problem, naming the
  * setting (never a value). Development has defaults for all of these.
  */
-export function productionProblems(settings: Settings, hasUsers: boolean): string[] {
+export function productionProblems(
+  settings: Pick<Settings, 'NODE_ENV' | 'AUTH_URL' | 'AUTH_TRUST_HOST' | 'VERCEL' | 'KEYWARD_OIDC_ISSUER'>,
+  hasUsers: boolean,
+): string[] {
   if (!isProduction(settings)) return [];
   const problems: string[] = [];
   if (!settings.AUTH_URL && !trustsHost(settings)) {
@@ -149,8 +152,14 @@ export function productionProblems(settings: Settings, hasUsers: boolean): strin
       '  - AUTH_URL: must be set in production to the public URL of the site (https://app.example.com), or set AUTH_TRUST_HOST=true behind a proxy that sets Host/X-Forwarded-Host and X-Forwarded-Proto (Vercel does this for you)',
     );
   }
-  if (settings.AUTH_URL && !['/', '/api/auth', '/api/auth/'].includes(new URL(settings.AUTH_URL).pathname)) {
+  const authUrl = settings.AUTH_URL ? new URL(settings.AUTH_URL) : null;
+  if (authUrl && !['/', '/api/auth', '/api/auth/'].includes(authUrl.pathname)) {
     problems.push('  - AUTH_URL: must be the site\'s origin (https://app.example.com); Auth.js would take its path as its own base path');
+  }
+  if (authUrl?.protocol === 'http:' && !LOOPBACK_HOSTS.has(authUrl.hostname)) {
+    problems.push(
+      "  - AUTH_URL: must be https:// in production: Keyward's session and sign-in cookies are Secure (__Host-), and browsers do not keep Secure cookies over plain HTTP (except on localhost), so nobody could sign in; serve the site over HTTPS (a TLS proxy in front is fine) and name that URL",
+    );
   }
   if (!hasUsers && !settings.KEYWARD_OIDC_ISSUER) {
     problems.push(
@@ -160,6 +169,9 @@ export function productionProblems(settings: Settings, hasUsers: boolean): strin
   return problems;
 }
 
+/** Host names browsers treat as secure over plain HTTP (they keep Secure cookies there). */
+const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
+
 export function readSettings(env: Env): Settings {
   const result = settingsSchema.safeParse(env);
   if (!result.success) {
@@ -167,7 +179,10 @@ export function readSettings(env: Env): Settings {
       env.NODE_ENV === 'production'
         ? ''
         : '\n  (in development, `npm run dev` generates these into .keyward/dev-secrets.json)';
-    throw new ConfigError(`Keyward settings are invalid:\n${formatIssues(result.error.issues, '')}${hint}`);
+    // What production needs as well, so that one start-up names every missing setting, not one batch at a time.
+    const alsoNeeded = productionProblemsOfEnv(env).filter((line) => !result.error.issues.some((issue) => line.startsWith(`  - ${String(issue.path[0])}:`)));
+    const problems = [formatIssues(result.error.issues, ''), ...alsoNeeded].join('\n');
+    throw new ConfigError(`Keyward settings are invalid:\n${problems}${hint}`);
   }
   const oidc = [result.data.KEYWARD_OIDC_ISSUER, result.data.KEYWARD_OIDC_CLIENT_ID, result.data.KEYWARD_OIDC_CLIENT_SECRET];
   if (oidc.some(Boolean) && !oidc.every(Boolean)) {
@@ -185,6 +200,29 @@ export function readSettings(env: Env): Settings {
     throw new ConfigError('Keyward settings are invalid:\n  - KEYWARD_VAULT_SECRET: must be set when KEYWARD_VAULT_SECRET_PREVIOUS is');
   }
   return result.data;
+}
+
+/**
+ * productionProblems on the raw environment, for when the settings themselves did not parse: only what can be
+ * read safely from it (a malformed AUTH_URL is the schema's to report).
+ */
+function productionProblemsOfEnv(env: Env): string[] {
+  let authUrl: string | undefined = env.AUTH_URL;
+  try {
+    if (authUrl !== undefined) new URL(authUrl);
+  } catch {
+    authUrl = undefined;
+  }
+  return productionProblems(
+    {
+      NODE_ENV: env.NODE_ENV,
+      AUTH_URL: authUrl,
+      AUTH_TRUST_HOST: env.AUTH_TRUST_HOST === 'true' || env.AUTH_TRUST_HOST === '1',
+      VERCEL: env.VERCEL,
+      KEYWARD_OIDC_ISSUER: env.KEYWARD_OIDC_ISSUER,
+    },
+    Boolean(env.KEYWARD_USERS_FILE),
+  );
 }
 
 /**

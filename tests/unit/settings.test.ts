@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../lib/core/config/load';
-import { assertNoPublicSecrets, readSettings } from '../../lib/core/settings';
+import { assertNoPublicSecrets, productionProblems, readSettings } from '../../lib/core/settings';
 import type { Env } from '../../lib/core/upstream/registry';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { thrown } from './support';
@@ -69,6 +69,20 @@ describe('readSettings: session secrets', () => {
     const message = settingsError({});
     expect(message).toContain('AUTH_SECRET');
     expect(message).toContain('KEYWARD_SESSION_SECRET');
+  });
+
+  it('in production, names every missing setting at once: the secrets, AUTH_URL and a sign-in method', () => {
+    const message = settingsError({ NODE_ENV: 'production' });
+    for (const name of ['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'AUTH_URL: must be set in production', 'KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER']) {
+      expect(message).toContain(name);
+    }
+    // A malformed AUTH_URL is the schema's to name, once.
+    const malformed = settingsError({ NODE_ENV: 'production', AUTH_URL: 'not a url' });
+    expect(malformed.match(/AUTH_URL:/g)).toHaveLength(1);
+    // Trusting the host (AUTH_TRUST_HOST) and a users file leave only the secrets to name.
+    const rest = settingsError({ NODE_ENV: 'production', AUTH_TRUST_HOST: 'true', KEYWARD_USERS_FILE: '/etc/keyward/users.json' });
+    expect(rest).not.toContain('AUTH_URL');
+    expect(rest).not.toContain('KEYWARD_USERS_FILE');
   });
 
   it('does not echo a short secret when another setting is also invalid', () => {
@@ -184,5 +198,18 @@ describe('assertNoPublicSecrets', () => {
 
   it('accepts anything when there are no secrets', () => {
     expect(() => assertNoPublicSecrets({ NEXT_PUBLIC_X: 'y' }, [])).not.toThrow();
+  });
+});
+
+describe('productionProblems: AUTH_URL', () => {
+  const production = (AUTH_URL: string) =>
+    productionProblems({ NODE_ENV: 'production', AUTH_URL, AUTH_TRUST_HOST: false, VERCEL: undefined, KEYWARD_OIDC_ISSUER: undefined }, true);
+
+  it('must be https:// on any name but localhost: browsers drop the Secure session cookies over plain HTTP', () => {
+    expect(production('http://app.example.com').join('\n')).toContain('AUTH_URL: must be https:// in production');
+    expect(production('http://10.0.0.5:3000').join('\n')).toContain('AUTH_URL: must be https://');
+    for (const url of ['https://app.example.com', 'http://localhost:3000', 'http://127.0.0.1:3000', 'http://[::1]:3000']) {
+      expect(production(url)).toEqual([]);
+    }
   });
 });
