@@ -11,6 +11,8 @@ const ERRORS: Record<string, string> = {
   AccessDenied: 'The identity provider did not let you in.',
   OAuthCallbackError: 'The identity provider sent you back with an error. Try again.',
   Configuration: 'Sign-in is not configured correctly on the server.',
+  MissingCSRF:
+    'Your browser did not send the sign-in cookie back. Keyward’s cookies are secure: open the site over HTTPS (or on localhost), with cookies allowed, and try again.',
 };
 
 export default async function SignInPage({ searchParams }: { searchParams: Promise<Record<string, string | string[] | undefined>> }) {

@@ -1,13 +1,25 @@
 'use client';
 
 import { useRouter } from 'next/navigation';
-import { useEffect, useState, type FormEvent } from 'react';
+import { useEffect, useState, useSyncExternalStore, type FormEvent } from 'react';
 
 interface Props {
   local: boolean;
   oidc: { name: string } | null;
   callbackUrl: string;
   initialError: string | null;
+}
+
+/**
+ * Keyward's cookies are Secure (`__Host-`): over plain HTTP on any name but localhost the browser does not keep
+ * them, so a sign-in cannot work there whatever the password. Said up front, rather than as a wrong password.
+ */
+const INSECURE_PAGE =
+  'This page is served over plain HTTP, so your browser will not keep the secure sign-in cookies: signing in cannot work here. Open the site over HTTPS (or on localhost in development).';
+
+/** For useSyncExternalStore: a value that never changes needs no subscription. */
+function noSubscription(): () => void {
+  return () => {};
 }
 
 /** Auth.js's CSRF token (its endpoint also sets the matching cookie); posted with every sign-in form. */
@@ -27,8 +39,16 @@ export function SignInForm({ local, oidc, callbackUrl, initialError }: Props) {
   const [token, setToken] = useState('');
   const router = useRouter();
 
+  // Known in the browser only (the server renders as if secure); it never changes while the page is open.
+  const secure = useSyncExternalStore(
+    noSubscription,
+    () => window.isSecureContext,
+    () => true,
+  );
+
   useEffect(() => {
-    if (oidc) void csrfToken().then(setToken, () => setError('Keyward is not reachable. Try again.'));
+    if (oidc && window.isSecureContext)
+      void csrfToken().then(setToken, () => setError('Keyward is not reachable. Try again.'));
   }, [oidc]);
 
   async function signInLocal(event: FormEvent<HTMLFormElement>) {
@@ -69,11 +89,12 @@ export function SignInForm({ local, oidc, callbackUrl, initialError }: Props) {
   if (!local && !oidc) {
     return <div className="alert error">No sign-in method is configured on this server.</div>;
   }
+  const shown = secure ? error : INSECURE_PAGE;
   return (
     <>
-      {error && (
+      {shown && (
         <div className="alert error" role="alert" data-testid="sign-in-error">
-          {error}
+          {shown}
         </div>
       )}
       {local && (

@@ -69,6 +69,28 @@ test('an admin sees the administration card', async ({ page, prod }) => {
   await expectNoSecrets(page, prod.secrets);
 });
 
+test('over plain HTTP on a real host name, the sign-in page says why signing in cannot work, not "wrong password"', async ({ prod, playwright }) => {
+  // Chromium resolving app.test to the server: a deployment reached by name over http, as a misconfigured one is.
+  const browser = await playwright.chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--host-resolver-rules=MAP app.test 127.0.0.1'],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://app.test:${new URL(prod.appUrl).port}/signin`);
+    await expect(page.getByTestId('sign-in-error')).toContainText('served over plain HTTP');
+    await shot(page, 'signin-plain-http');
+    // Trying anyway (the right password) says the same, never "Wrong username or password".
+    await page.getByLabel('Username').fill(prod.user.username);
+    await page.getByLabel('Password').fill(prod.user.password);
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await expect(page.getByTestId('sign-in-error')).toContainText('served over plain HTTP');
+    await expect(page.getByTestId('sign-in-error')).not.toContainText('Wrong username');
+  } finally {
+    await browser.close();
+  }
+});
+
 test('the sign-in page sends a signed-in user home, and never back to another site', async ({ page, prod }) => {
   await signIn(page, prod.user.username, prod.user.password);
   await page.goto('/signin?callbackUrl=https%3A%2F%2Fevil.example%2F');
