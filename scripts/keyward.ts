@@ -30,6 +30,7 @@ import { DECOY_SHAPES, decoyId, mintDecoy, type DecoyShape } from '../lib/core/d
 import { renderClientTypes } from './client-types';
 import { prepareDevEnvironment } from './dev-setup';
 import { importCommand } from './import-openapi';
+import { readTypedSecret } from './secret-input';
 
 /** The commands, one line each, for `--help` (`help keys` and `keys --help` show the keys lines only). */
 const COMMANDS: ReadonlyArray<readonly [usage: string, what: string]> = [
@@ -137,6 +138,12 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** A secret from stdin: typed at a terminal (hidden; asked twice when `confirm`), or piped. Null: aborted or mismatched. */
+async function readSecret(what: string, confirm: boolean): Promise<string | null> {
+  if (!process.stdin.isTTY) return (await readStdin()).replace(/\r?\n$/, '');
+  return readTypedSecret(process.stdin, process.stderr, what, confirm);
+}
+
 async function main(args: readonly string[]): Promise<number> {
   const [command, ...rest] = args;
   if (command === 'help' || command === '--help' || command === '-h') {
@@ -154,9 +161,8 @@ async function main(args: readonly string[]): Promise<number> {
   loadEnvFiles();
   switch (command) {
     case 'hash-password': {
-      if (process.stdin.isTTY) process.stderr.write('Password (then Enter and Ctrl-D): ');
-      // Only the final line break is removed: a password may contain spaces.
-      const password = (await readStdin()).replace(/\r?\n$/, '');
+      const password = await readSecret('Password', true);
+      if (password === null) return 1;
       if (password.length < 8) {
         process.stderr.write('keyward: passwords must be at least 8 characters\n');
         return 1;
@@ -246,8 +252,7 @@ const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(val
 const say = (sentence: string) => process.stdout.write(`${sentence}\n`);
 
 async function readKey(): Promise<string> {
-  if (process.stdin.isTTY) process.stderr.write('New key (then Enter and Ctrl-D; it is not shown again): ');
-  return (await readStdin()).replace(/\r?\n$/, '');
+  return (await readSecret('New key', false)) ?? '';
 }
 
 /** Options as parseArgs reads them, or null (after printing why and the usage) when they are not valid. */
