@@ -40,14 +40,22 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
   await writeDemoUsers(usersFile);
 
   const fromFile = Object.fromEntries(GENERATED_SECRETS.filter((name) => !env[name]).map((name) => [name, stored[name]!]));
+  const demo = !ownsConfig(env);
   return {
     ...env,
     ...fromFile,
-    KEYWARD_CONFIG: env.KEYWARD_CONFIG ?? join(cwd, 'config', 'demo.json'),
+    // Your own upstreams (KEYWARD_CONFIG or KEYWARD_CONFIG_JSON, e.g. in .env.local) replace the demo's.
+    ...(demo ? { KEYWARD_CONFIG: join(cwd, 'config', 'demo.json') } : {}),
     KEYWARD_USERS_FILE: env.KEYWARD_USERS_FILE ?? usersFile,
-    // The demo page and its user: served by `npm run dev` only (production needs KEYWARD_DEMO=true to show it).
-    KEYWARD_DEMO: env.KEYWARD_DEMO ?? 'true',
+    // The demo page and its user: served by `npm run dev` with the demo's upstreams only (production needs
+    // KEYWARD_DEMO=true to show it); with your own, the page is the one production serves.
+    ...(env.KEYWARD_DEMO === undefined && demo ? { KEYWARD_DEMO: 'true' } : {}),
   };
+}
+
+/** Whether the environment names its own upstreams (then the demo's config, upstream and page are left out). */
+export function ownsConfig(env: NodeJS.ProcessEnv): boolean {
+  return Boolean(env.KEYWARD_CONFIG || env.KEYWARD_CONFIG_JSON);
 }
 
 /**

@@ -8,12 +8,15 @@ import { join } from 'node:path';
 import nextEnv from '@next/env';
 import { seedDemoTraffic } from '../demo/traffic';
 import { startDemoUpstream } from '../demo/upstream';
-import { DEMO_ADMIN, DEMO_USER, devPort, prepareDevEnvironment } from './dev-setup';
+import { DEMO_ADMIN, DEMO_USER, devPort, ownsConfig, prepareDevEnvironment } from './dev-setup';
 
 const cwd = process.cwd();
 // Settings in .env* files first, exactly as `next dev` and the CLI read them, so a secret set there is the one
 // used instead of a generated one (the server and the CLI then agree on the vault secret and the config).
 nextEnv.loadEnvConfig(cwd, true);
+// Your own upstreams or users (e.g. in .env.local) replace the demo's: nothing of the demo is started or advertised.
+const ownConfig = ownsConfig(process.env);
+const ownUsers = process.env.KEYWARD_USERS_FILE;
 let env: NodeJS.ProcessEnv;
 try {
   env = await prepareDevEnvironment(cwd, process.env);
@@ -25,16 +28,25 @@ console.log('keyward: development secrets are in .keyward/dev-secrets.json (git-
 
 // config/demo.json names this port.
 const port = 4010;
-try {
-  await startDemoUpstream(env.DEMO_UPSTREAM_KEY!, port);
-} catch (error) {
-  console.error(`keyward: cannot start the demo upstream on 127.0.0.1:${port} (${(error as NodeJS.ErrnoException).code}).`);
-  process.exit(1);
+if (!ownConfig) {
+  try {
+    await startDemoUpstream(env.DEMO_UPSTREAM_KEY!, port);
+  } catch (error) {
+    console.error(`keyward: cannot start the demo upstream on 127.0.0.1:${port} (${(error as NodeJS.ErrnoException).code}).`);
+    process.exit(1);
+  }
+  console.log(`keyward: demo upstream on http://127.0.0.1:${port} (it refuses calls without its key)`);
+  await reportDemoTraffic();
+} else {
+  console.log(`keyward: your upstreams (${process.env.KEYWARD_CONFIG ?? 'KEYWARD_CONFIG_JSON'}); the demo upstream is not started`);
 }
-console.log(`keyward: demo upstream on http://127.0.0.1:${port} (it refuses calls without its key)`);
-await reportDemoTraffic();
-console.log(`keyward: open http://localhost:${devPort(process.argv.slice(2), env)} and sign in as "${DEMO_USER.username}" / "${DEMO_USER.password}"`);
-console.log(`keyward: the admin dashboard (/admin): sign in as "${DEMO_ADMIN.username}" / "${DEMO_ADMIN.password}"`);
+const url = `http://localhost:${devPort(process.argv.slice(2), env)}`;
+if (ownUsers) {
+  console.log(`keyward: open ${url} and sign in as a user of ${ownUsers}`);
+} else {
+  console.log(`keyward: open ${url} and sign in as "${DEMO_USER.username}" / "${DEMO_USER.password}"`);
+  console.log(`keyward: the admin dashboard (/admin): sign in as "${DEMO_ADMIN.username}" / "${DEMO_ADMIN.password}"`);
+}
 
 // The demo's users and passwords are public: listen on this machine only, unless told otherwise with -H. (Not
 // HOSTNAME: containers export it set to their own name.)

@@ -33,6 +33,19 @@ describe('prepareDevEnvironment (npm run dev)', () => {
     expect(readFileSync(join(cwd, '.keyward', 'dev-secrets.json'), 'utf8')).not.toContain(own);
   });
 
+  it("with your own upstreams (KEYWARD_CONFIG or KEYWARD_CONFIG_JSON), leaves out the demo's config and page", async () => {
+    const demo = await prepareDevEnvironment(freshDir(), { NODE_ENV: 'development' });
+    expect(demo.KEYWARD_DEMO).toBe('true');
+    for (const own of [{ KEYWARD_CONFIG: '/srv/app/keyward.json' }, { KEYWARD_CONFIG_JSON: '{"upstreams":{}}' }]) {
+      const env = await prepareDevEnvironment(freshDir(), { NODE_ENV: 'development', ...own });
+      expect(env.KEYWARD_CONFIG).toBe(own.KEYWARD_CONFIG);
+      expect(env.KEYWARD_CONFIG_JSON).toBe(own.KEYWARD_CONFIG_JSON);
+      expect(env.KEYWARD_DEMO).toBeUndefined();
+    }
+    // Asked for explicitly, the demo page stays.
+    expect((await prepareDevEnvironment(freshDir(), { NODE_ENV: 'development', KEYWARD_CONFIG: '/srv/k.json', KEYWARD_DEMO: 'true' })).KEYWARD_DEMO).toBe('true');
+  });
+
   it('writes a demo user that can sign in with the documented password', async () => {
     const cwd = freshDir();
     const env = await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
