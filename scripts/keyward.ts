@@ -251,8 +251,9 @@ async function typesCommand(args: string[]): Promise<number> {
 const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 const say = (sentence: string) => process.stdout.write(`${sentence}\n`);
 
-async function readKey(): Promise<string> {
-  return (await readSecret('New key', false)) ?? '';
+/** The new key, from stdin; null when typing it was aborted (Ctrl-C, said already). */
+function readKey(): Promise<string | null> {
+  return readSecret('New key', false);
 }
 
 /** Options as parseArgs reads them, or null (after printing why and the usage) when they are not valid. */
@@ -295,14 +296,18 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
       return 0;
     }
     case 'add': {
-      const version = await keys.add(target!, await readKey());
+      const key = await readKey();
+      if (key === null) return 1;
+      const version = await keys.add(target!, key);
       if (json) printJson({ upstream: target, version });
       else say(addedSentence(target!, version));
       return 0;
     }
     case 'rotate': {
+      const key = await readKey();
+      if (key === null) return 1;
       const started = Date.now();
-      const rotation = await keys.rotate(target!, await readKey(), { rotationId: values.id, skipCanary: values['skip-canary'] });
+      const rotation = await keys.rotate(target!, key, { rotationId: values.id, skipCanary: values['skip-canary'] });
       if (json) printJson({ rotation });
       else if (rotation.state === 'canary_failed') process.stderr.write(`keyward: ${canaryFailedSentence(rotation)}\n`);
       else say(rotationSentence(rotation, rotation.at < started));

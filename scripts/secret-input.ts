@@ -14,27 +14,53 @@ export interface TerminalInput {
   off(event: 'data', listener: (text: string) => void): unknown;
 }
 
-/** One entry, typed after `prompt` (written to `output`); null when aborted with Ctrl-C. */
-export function readHidden(input: TerminalInput, output: NodeJS.WritableStream, prompt: string): Promise<string | null> {
-  output.write(prompt);
+/**
+ * Entries typed after each of `prompts` (written to `output` in turn), or null when aborted with Ctrl-C. One
+ * reader for all of them, so text pasted with its line breaks answers the prompts that follow. Escape sequences
+ * (arrow and function keys) are skipped, never taken into the secret; Backspace erases one character.
+ */
+export function readHiddenLines(input: TerminalInput, output: NodeJS.WritableStream, prompts: readonly string[]): Promise<string[] | null> {
   input.setRawMode(true);
   input.setEncoding('utf8');
   input.resume();
+  output.write(prompts[0]!);
   return new Promise((resolve) => {
-    let typed = '';
-    const done = (value: string | null) => {
+    const lines: string[] = [];
+    let typed: string[] = [];
+    /** Inside an escape sequence: 'esc' after ESC, 'csi' after ESC [ (until a final byte), 'ss3' after ESC O. */
+    let escape: 'esc' | 'csi' | 'ss3' | null = null;
+    const finish = (value: string[] | null) => {
       input.off('data', onData);
       input.setRawMode(false);
       input.pause();
-      output.write('\n');
       resolve(value);
     };
     const onData = (text: string) => {
       for (const char of text) {
-        if (char === '\r' || char === '\n' || char === '\u0004') return done(typed);
-        if (char === '\u0003') return done(null);
-        if (char === '\u007f' || char === '\b') typed = typed.slice(0, -1);
-        else if (char >= ' ') typed += char;
+        if (escape === 'esc') {
+          escape = char === '[' ? 'csi' : char === 'O' ? 'ss3' : null;
+          continue;
+        }
+        if (escape === 'csi') {
+          if (char >= '@' && char <= '~') escape = null;
+          continue;
+        }
+        if (escape === 'ss3') {
+          escape = null;
+          continue;
+        }
+        if (char === '\u001b') escape = 'esc';
+        else if (char === '\u0003') {
+          output.write('\n');
+          return finish(null);
+        } else if (char === '\r' || char === '\n' || char === '\u0004') {
+          output.write('\n');
+          lines.push(typed.join(''));
+          typed = [];
+          if (lines.length === prompts.length) return finish(lines);
+          output.write(prompts[lines.length]!);
+        } else if (char === '\u007f' || char === '\b') typed.pop();
+        else if (char >= ' ') typed.push(char);
       }
     };
     input.on('data', onData);
@@ -48,12 +74,15 @@ export async function readTypedSecret(
   what: string,
   confirm: boolean,
 ): Promise<string | null> {
-  const first = await readHidden(input, output, `${what} (not shown; Enter to finish): `);
-  if (first === null || !confirm) return first;
-  const again = await readHidden(input, output, `${what} again: `);
-  if (again !== first) {
+  const prompts = [`${what} (not shown; Enter to finish): `, ...(confirm ? [`${what} again: `] : [])];
+  const lines = await readHiddenLines(input, output, prompts);
+  if (lines === null) {
+    output.write('keyward: aborted; nothing was done\n');
+    return null;
+  }
+  if (lines.some((line) => line !== lines[0])) {
     output.write('keyward: the two entries differ; nothing was done\n');
     return null;
   }
-  return first;
+  return lines[0]!;
 }

@@ -39,6 +39,15 @@ describe('a secret typed at a terminal (hash-password, keys add)', () => {
     expect(input.raw).toBe(false);
   });
 
+  it('skips arrow and function keys, erases whole characters, and takes pasted lines for the prompts that follow', async () => {
+    const { input, output, shown } = terminal();
+    const reading = readTypedSecret(input, output, 'Password', true);
+    // ← and → (ESC [ D, ESC [ C), F1 (ESC O P), a Delete key (ESC [ 3 ~), an emoji erased with one Backspace.
+    await input.type('pass\u001b[D\u001b[Cword\u001bOP\u001b[3~ 1🔑\u007f2\rpassword 12\r');
+    expect(await reading).toBe('password 12');
+    expect(shown()).toBe('Password (not shown; Enter to finish): \nPassword again: \n');
+  });
+
   it('two entries that differ, or Ctrl-C, give nothing', async () => {
     const mismatch = terminal();
     const reading = readTypedSecret(mismatch.input, mismatch.output, 'Password', true);
