@@ -12,7 +12,8 @@ interface Props {
 
 /**
  * Keyward's cookies are Secure (`__Host-`): over plain HTTP on any name but localhost the browser does not keep
- * them, so a sign-in cannot work there whatever the password. Said up front, rather than as a wrong password.
+ * them, so a sign-in cannot work there whatever the password. Said up front, rather than as a wrong password,
+ * and the sign-in buttons are disabled (the password would travel in the clear for nothing).
  */
 const INSECURE_PAGE =
   'This page is served over plain HTTP, so your browser will not keep the secure sign-in cookies: signing in cannot work here. Open the site over HTTPS (or on localhost in development).';
@@ -89,12 +90,16 @@ export function SignInForm({ local, oidc, callbackUrl, initialError }: Props) {
   if (!local && !oidc) {
     return <div className="alert error">No sign-in method is configured on this server.</div>;
   }
-  const shown = secure ? error : INSECURE_PAGE;
   return (
     <>
-      {shown && (
+      {!secure && (
+        <div className="alert error" role="alert" data-testid="sign-in-insecure">
+          {INSECURE_PAGE}
+        </div>
+      )}
+      {error && (
         <div className="alert error" role="alert" data-testid="sign-in-error">
-          {shown}
+          {error}
         </div>
       )}
       {local && (
@@ -107,7 +112,8 @@ export function SignInForm({ local, oidc, callbackUrl, initialError }: Props) {
             <label htmlFor="password">Password</label>
             <input id="password" name="password" type="password" autoComplete="current-password" required maxLength={1024} />
           </div>
-          <button className="primary block" type="submit" disabled={busy}>
+          {/* Over plain HTTP the password is not even sent: the sign-in could not work, and it would travel in the clear. */}
+          <button className="primary block" type="submit" disabled={busy || !secure}>
             {busy ? 'Signing in…' : 'Sign in'}
           </button>
         </form>
@@ -117,7 +123,7 @@ export function SignInForm({ local, oidc, callbackUrl, initialError }: Props) {
         <form method="post" action="/api/auth/signin/oidc">
           <input type="hidden" name="csrfToken" value={token} />
           <input type="hidden" name="callbackUrl" value={callbackUrl} />
-          <button className={local ? 'block' : 'primary block'} type="submit" disabled={!token}>
+          <button className={local ? 'block' : 'primary block'} type="submit" disabled={!token || !secure}>
             Sign in with {oidc.name}
           </button>
         </form>
