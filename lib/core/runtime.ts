@@ -109,7 +109,7 @@ export interface RuntimeOptions {
 export function createRuntime(options: RuntimeOptions): Runtime {
   const { env } = options;
   const now = options.now ?? Date.now;
-  const settings = readSettings(env);
+  const settings = readSettings(env, { serving: options.serving !== false });
   const files: ConfigSections[] = [
     ...(settings.KEYWARD_CONFIG ? [loadConfigFile(settings.KEYWARD_CONFIG)] : []),
     ...(settings.KEYWARD_CONFIG_JSON ? [loadConfigJson(settings.KEYWARD_CONFIG_JSON)] : []),
@@ -119,7 +119,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);
-  const users = settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE, { logger: options.logger ?? getLogger(), now }) : null;
+  const users = settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE, { logger: options.logger ?? getLogger() }) : null;
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
   const secrets = [settings.AUTH_SECRET, settings.KEYWARD_SESSION_SECRET];

@@ -172,7 +172,11 @@ export function productionProblems(
 /** Host names browsers treat as secure over plain HTTP (they keep Secure cookies there). */
 const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
 
-export function readSettings(env: Env): Settings {
+/**
+ * The settings, validated. `serving`: the process will serve requests (not a CLI tool), so a failure also names
+ * what production needs to serve (productionProblems), in the same message.
+ */
+export function readSettings(env: Env, options: { serving?: boolean } = {}): Settings {
   const result = settingsSchema.safeParse(env);
   if (!result.success) {
     const hint =
@@ -180,7 +184,7 @@ export function readSettings(env: Env): Settings {
         ? ''
         : '\n  (in development, `npm run dev` generates these into .keyward/dev-secrets.json)';
     // What production needs as well, so that one start-up names every missing setting, not one batch at a time.
-    const alsoNeeded = productionProblemsOfEnv(env).filter((line) => !result.error.issues.some((issue) => line.startsWith(`  - ${String(issue.path[0])}:`)));
+    const alsoNeeded = (options.serving === false ? [] : productionProblemsOfEnv(env)).filter((line) => !result.error.issues.some((issue) => line.startsWith(`  - ${String(issue.path[0])}:`)));
     const problems = [formatIssues(result.error.issues, ''), ...alsoNeeded].join('\n');
     throw new ConfigError(`Keyward settings are invalid:\n${problems}${hint}`);
   }

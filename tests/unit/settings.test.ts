@@ -83,6 +83,10 @@ describe('readSettings: session secrets', () => {
     const rest = settingsError({ NODE_ENV: 'production', AUTH_TRUST_HOST: 'true', KEYWARD_USERS_FILE: '/etc/keyward/users.json' });
     expect(rest).not.toContain('AUTH_URL');
     expect(rest).not.toContain('KEYWARD_USERS_FILE');
+    // A tool that does not serve (the CLI) is told only about its own settings.
+    const tool = thrown(() => readSettings({ NODE_ENV: 'production' }, { serving: false })) as Error;
+    expect(tool.message).toContain('AUTH_SECRET');
+    expect(tool.message).not.toContain('AUTH_URL');
   });
 
   it('does not echo a short secret when another setting is also invalid', () => {

@@ -52,7 +52,8 @@ type FileUser = z.infer<typeof usersFileSchema>['users'][number];
  * never a hash; the next valid edit is picked up.
  */
 export function loadUsersFile(path: string, options: { logger?: Pick<Logger, 'info' | 'error'>; now?: () => number } = {}): LocalUsers {
-  const now = options.now ?? Date.now;
+  // A monotonic clock by default: a wall clock stepped back would stop the checks until it caught up.
+  const now = options.now ?? (() => performance.now());
   let loaded = { stamp: stampOf(path), byName: readUsersFile(path) };
   let checkedAt = now();
   const users = (): ReadonlyMap<string, FileUser> => {
