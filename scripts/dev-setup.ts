@@ -46,7 +46,7 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
     ...fromFile,
     // Your own upstreams (KEYWARD_CONFIG or KEYWARD_CONFIG_JSON, e.g. in .env.local) replace the demo's.
     ...(demo ? { KEYWARD_CONFIG: join(cwd, 'config', 'demo.json') } : {}),
-    KEYWARD_USERS_FILE: env.KEYWARD_USERS_FILE ?? usersFile,
+    KEYWARD_USERS_FILE: env.KEYWARD_USERS_FILE || usersFile,
     // The demo page and its user: served by `npm run dev` with the demo's upstreams only (production needs
     // KEYWARD_DEMO=true to show it); with your own, the page is the one production serves.
     ...(env.KEYWARD_DEMO === undefined && demo ? { KEYWARD_DEMO: 'true' } : {}),

@@ -16,7 +16,7 @@ const cwd = process.cwd();
 nextEnv.loadEnvConfig(cwd, true);
 // Your own upstreams or users (e.g. in .env.local) replace the demo's: nothing of the demo is started or advertised.
 const ownConfig = ownsConfig(process.env);
-const ownUsers = process.env.KEYWARD_USERS_FILE;
+const ownUsers = process.env.KEYWARD_USERS_FILE || null;
 let env: NodeJS.ProcessEnv;
 try {
   env = await prepareDevEnvironment(cwd, process.env);
@@ -28,7 +28,10 @@ console.log('keyward: development secrets are in .keyward/dev-secrets.json (git-
 
 // config/demo.json names this port.
 const port = 4010;
-if (!ownConfig) {
+// The demo upstream runs with the demo's config, and whenever the demo page (which calls it) is served; the demo
+// traffic is made with the demo's config only.
+const demoPage = env.KEYWARD_DEMO === 'true' || env.KEYWARD_DEMO === '1';
+if (!ownConfig || demoPage) {
   try {
     await startDemoUpstream(env.DEMO_UPSTREAM_KEY!, port);
   } catch (error) {
@@ -36,10 +39,9 @@ if (!ownConfig) {
     process.exit(1);
   }
   console.log(`keyward: demo upstream on http://127.0.0.1:${port} (it refuses calls without its key)`);
-  await reportDemoTraffic();
-} else {
-  console.log(`keyward: your upstreams (${process.env.KEYWARD_CONFIG ?? 'KEYWARD_CONFIG_JSON'}); the demo upstream is not started`);
 }
+if (!ownConfig) await reportDemoTraffic();
+else console.log(`keyward: your upstreams (${process.env.KEYWARD_CONFIG || 'KEYWARD_CONFIG_JSON'}); no demo traffic is made`);
 const url = `http://localhost:${devPort(process.argv.slice(2), env)}`;
 if (ownUsers) {
   console.log(`keyward: open ${url} and sign in as a user of ${ownUsers}`);
