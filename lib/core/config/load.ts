@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { z } from 'zod';
 import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type RouteMethod, type UpstreamConfig, type UpstreamInput } from './schema';
-import { ConfigError } from './error';
+import { ConfigError, jsonErrorAt } from './error';
 import { expandPresetEntries } from '../presets';
 import { detectorSchema, type DetectorConfig } from '../detect/config';
 import { connectionsSchema, type ConnectionsConfig } from '../connect/config';
@@ -111,8 +111,8 @@ export function loadConfigFile(path: string): ConfigSections {
   let json: unknown;
   try {
     json = JSON.parse(raw);
-  } catch {
-    throw new ConfigError(`KEYWARD_CONFIG: ${path} is not valid JSON`);
+  } catch (error) {
+    throw new ConfigError(`KEYWARD_CONFIG: ${path} is not valid JSON${jsonErrorAt(error)}`);
   }
   return parseConfigSections(json, `KEYWARD_CONFIG (${path})`);
 }
@@ -126,8 +126,8 @@ export function loadConfigJson(text: string): ConfigSections {
   let json: unknown;
   try {
     json = JSON.parse(text);
-  } catch {
-    throw new ConfigError('KEYWARD_CONFIG_JSON: is not valid JSON');
+  } catch (error) {
+    throw new ConfigError(`KEYWARD_CONFIG_JSON: is not valid JSON${jsonErrorAt(error)}`);
   }
   return parseConfigSections(json, 'KEYWARD_CONFIG_JSON');
 }

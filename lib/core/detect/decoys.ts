@@ -2,7 +2,7 @@ import { hashSessionId } from '../audit/audit';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { ConfigError } from '../config/error';
+import { ConfigError, jsonErrorAt } from '../config/error';
 import { formatIssues } from '../config/schema';
 import { namedSecretForms } from '../log/scrub';
 import { StreamScrubber } from '../respond/scrub-stream';
@@ -73,7 +73,7 @@ export function readDecoysFile(path: string, missing: 'error' | 'empty' = 'error
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && missing === 'empty') return [];
-    const reason = error instanceof SyntaxError ? 'is not valid JSON' : `cannot be read (${code})`;
+    const reason = error instanceof SyntaxError ? `is not valid JSON${jsonErrorAt(error)}` : `cannot be read (${code})`;
     throw new ConfigError(`KEYWARD_DECOYS_FILE: ${path} ${reason}`);
   }
   const result = decoysFileSchema.safeParse(json);

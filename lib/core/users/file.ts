@@ -2,6 +2,7 @@ import { readFileSync, statSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { ConfigError } from '../config/load';
+import { jsonErrorAt } from '../config/error';
 import { formatIssues } from '../config/schema';
 import { decoyHash, isPasswordHash, verifyPassword } from './password';
 
@@ -104,7 +105,7 @@ function readUsersFile(path: string): Map<string, FileUser> {
   try {
     json = JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {
-    const reason = error instanceof SyntaxError ? 'is not valid JSON' : `cannot be read (${(error as NodeJS.ErrnoException).code})`;
+    const reason = error instanceof SyntaxError ? `is not valid JSON${jsonErrorAt(error)}` : `cannot be read (${(error as NodeJS.ErrnoException).code})`;
     throw new ConfigError(`KEYWARD_USERS_FILE: ${path} ${reason}`);
   }
   const result = usersFileSchema.safeParse(json);

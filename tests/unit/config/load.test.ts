@@ -408,6 +408,9 @@ describe('KEYWARD_CONFIG_JSON (the config held in an environment variable)', () 
     const notJson = thrown(() => readConfigJson('{"upstreams": sk-live-secret'));
     expect(notJson).toBeInstanceOf(ConfigError);
     expect((notJson as Error).message).toBe('KEYWARD_CONFIG_JSON: is not valid JSON');
+    // Where it broke, when V8 says, and only the numbers: its message quotes the text.
+    const trailingComma = thrown(() => readConfigJson('{\n  "upstreams": {},\n  "sk-live-secret": 1,\n}'));
+    expect((trailingComma as Error).message).toBe('KEYWARD_CONFIG_JSON: is not valid JSON at line 4, column 1');
     const invalid = thrown(() => readConfigJson(JSON.stringify({ upstreams: { echo: valid({ baseUrl: 'ftp://x' }) } })));
     expect((invalid as Error).message).toMatch(/^KEYWARD_CONFIG_JSON is invalid:\n {2}- upstreams\.echo\.baseUrl/);
   });

@@ -82,6 +82,13 @@ describe('loadUsersFile', () => {
 describe('loadUsersFile errors', () => {
   const hashed = Promise.resolve(cheapPasswordHash(randomPassword()));
 
+  it('says where a file that is not JSON broke, never quoting it', () => {
+    const hash = cheapPasswordHash(randomPassword());
+    const message = loadError(writeJson(`{"users": [{"username": "a", "passwordHash": "${hash}",}]}`));
+    expect(message).toMatch(/is not valid JSON at line 1, column \d+$/);
+    expect(message).not.toContain(hash);
+  });
+
   it('names a malformed hash field without printing it', () => {
     const bogus = `scrypt$${randomBytes(16).toString('base64url')}`;
     const message = loadError(writeJson({ users: [{ username: 'alice', passwordHash: bogus }] }));
