@@ -1,5 +1,6 @@
 import 'server-only';
 import { KeywardError } from '../errors';
+import { guard } from '../store/guard';
 import type { Session } from '../session/session';
 import { credentialFor, type ResolvedCredential, type Upstream } from '../upstream/registry';
 import type { KeyRings } from '../keys/rings';
@@ -54,6 +55,7 @@ export function perUserReads(upstream: Upstream, session: Session, sources: Cred
     store,
     refuseIfPresent: null,
     secret,
+    // A connection provider: no (or an ended) connection is 403 connection_required, with the URL to connect.
     resolve: async (_mark, sealed) => credentialFor(upstream.auth, await tokens.accessToken(plan.provider, session.userId, sealed), upstream.fingerprints),
   };
 }
@@ -74,17 +76,14 @@ export async function resolveCredential(upstream: Upstream, session: Session, so
       if (!credential) throw new KeywardError('credential_missing');
       return credential;
     }
-    case 'user-key': {
-      if (!sources.userKeys) throw new KeywardError('credential_unavailable');
-      return userKeyCredential(upstream, await sources.userKeys.use(upstream.id, session.userId));
-    }
+    case 'user-key':
     case 'oauth': {
-      // A connection provider: no (or an ended) connection is 403 connection_required, with the URL to connect.
-      if (sources.connections?.has(plan.provider)) {
-        return credentialFor(upstream.auth, await sources.connections.accessToken(plan.provider, session.userId), upstream.fingerprints);
-      }
-      if (!sources.oauthTokens) throw new KeywardError('credential_unavailable');
-      return credentialFor(upstream.auth, await sources.oauthTokens.accessToken(plan.provider, session.userId), upstream.fingerprints);
+      // The same reads as the call's round trip makes (lib/core/store/round.ts), made here on their own.
+      const reads = perUserReads(upstream, session, sources);
+      if (!reads) throw new KeywardError('credential_unavailable');
+      const keys = reads.refuseIfPresent === null ? [reads.secret] : [reads.refuseIfPresent, reads.secret];
+      const values = await guard(() => reads.store.getMany(keys));
+      return reads.resolve(reads.refuseIfPresent === null ? null : (values[0] ?? null), values.at(-1) ?? null);
     }
   }
 }

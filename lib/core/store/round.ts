@@ -98,9 +98,8 @@ export async function storeRound(input: RoundInput): Promise<RoundOutcome> {
 
   let credential: ResolvedCredential;
   if (rings && result.changed) credential = await rings.credentialFrom(upstream, result.values.at(-1) ?? null);
-  else if (predicted) credential = unwrap(predicted);
   else if (perUser) credential = await perUserCredential(perUser, result, markAt, redis, counters);
-  else credential = await resolveCredential(upstream, session, sources);
+  else credential = unwrap(predicted!); // set above for every credential but a per-user secret
   const taken = counters.length > 0 && counters.length === rules.length ? result.counters : null;
   return { revoked: false, credential, taken, throttle: throttle ? (result.values[throttleAt] ?? null) : null };
 }
