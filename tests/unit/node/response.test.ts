@@ -99,6 +99,40 @@ describe('writeResponse', () => {
     expect(rest).toBe('data: second\n\n');
   });
 
+  // What the socket had flushed when the event loop reached its check phase (setImmediate) after the first chunk
+  // was handed over: a message stream's chunk is written before then, other bodies wait for the end of the turn.
+  async function flushedBeforeTurnEnds(contentType: string): Promise<{ flushed: number; body: string }> {
+    let atTurnEnd = -1;
+    let count = () => 0;
+    const served = await serve(
+      () =>
+        new Response(
+          new ReadableStream<Uint8Array>({
+            start(controller) {
+              controller.enqueue(new TextEncoder().encode('data: first\n\n'));
+              // Scheduled before writeResponse reads the chunk, so it runs before any setImmediate of its own.
+              setImmediate(() => {
+                atTurnEnd = count();
+                controller.close();
+              });
+            },
+          }),
+          { headers: { 'content-type': contentType } },
+        ),
+    );
+    count = served.flushes;
+    const body = await (await fetch(served.url)).text();
+    return { flushed: atTurnEnd, body };
+  }
+
+  it('writes a message stream’s chunk (SSE, NDJSON) as soon as it is handed over, not at the end of the turn', async () => {
+    for (const type of ['text/event-stream', 'text/event-stream; charset=utf-8', 'application/x-ndjson', 'Application/JSONL']) {
+      expect(await flushedBeforeTurnEnds(type)).toEqual({ flushed: 1, body: 'data: first\n\n' });
+    }
+    // Any other body still waits, so a small one leaves with its end in one write.
+    expect(await flushedBeforeTurnEnds('application/json')).toEqual({ flushed: 0, body: 'data: first\n\n' });
+  });
+
   it('writes each Set-Cookie as its own header line and a bodiless response at once', async () => {
     const headers = new Headers();
     headers.append('set-cookie', 'a=1; Path=/');
