@@ -1,4 +1,5 @@
 import { KeywardError } from '../errors';
+import { streamedTo } from '../respond/streamed-garbage';
 
 export interface CappedBody {
   readonly iterable: AsyncIterable<Uint8Array>;
@@ -26,6 +27,7 @@ export function capRequestBody(body: ReadableStream<Uint8Array>, maxBytes: numbe
         const { value, done } = await Promise.race([reader.read(), idle]);
         clearTimeout(timer);
         if (done) return;
+        streamedTo(total, total + value.byteLength);
         total += value.byteLength;
         if (total > maxBytes) {
           tooLarge = true;

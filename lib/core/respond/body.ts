@@ -3,6 +3,7 @@ import zlib from 'node:zlib';
 import { KeywardError } from '../errors';
 import type { StreamScrubber } from './scrub-stream';
 import type { EventStreamBoundaries } from './event-stream';
+import { streamedTo } from './streamed-garbage';
 
 export type StreamOutcome = 'complete' | 'aborted' | 'error';
 
@@ -121,6 +122,8 @@ export function discardBody(body: Readable): void {
 export class ProxiedBody {
   private readonly iterator: AsyncIterator<Buffer>;
   private bytes = 0;
+  /** Bytes read from the upstream (after decoding), before scrubbing. */
+  private received = 0;
   private finished = false;
 
   constructor(
@@ -150,6 +153,7 @@ export class ProxiedBody {
           this.finish('complete', null, tail);
           return tail && tail.length > 0 ? [tail] : null;
         }
+        streamedTo(this.received, (this.received += value.length));
         // The scrubber's pieces go on as they are: a byte held back from the previous chunk comes out in
         // front of this one without copying the chunk behind it.
         const parts = scrubber ? scrubber.pushParts(value) : [value];
