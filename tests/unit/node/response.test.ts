@@ -122,6 +122,10 @@ describe('writeResponse', () => {
     );
     count = served.flushes;
     const body = await (await fetch(served.url)).text();
+    // Each call starts a server of its own: close it here, afterEach only sees the last.
+    server?.closeAllConnections();
+    server?.close();
+    server = undefined;
     return { flushed: atTurnEnd, body };
   }
 
