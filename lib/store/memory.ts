@@ -86,10 +86,10 @@ export class MemoryStore implements Store {
     const values = entries.map(({ key }) => Number(this.live(key)?.value ?? 0));
     const refused = entries.findIndex(({ amount, limit }, index) => amount > 0 && values[index]! + amount > limit);
     if (refused !== -1) return { refused, values };
+    this.sweep();
     entries.forEach(({ key, amount, ttlMs }, index) => {
       const entry = this.live(key);
       values[index] = values[index]! + amount;
-      this.sweep();
       this.entries.set(key, { value: String(values[index]), expiresAt: entry ? entry.expiresAt : this.expiry(ttlMs) });
     });
     return { refused: -1, values };
@@ -122,11 +122,11 @@ export class MemoryStore implements Store {
 
   async incrementHashes(entries: readonly HashIncrement[]) {
     assertHashIncrements(entries);
+    this.sweep();
     for (const { key, field, by, expiresAt } of entries) {
       const hash = this.liveHash(key) ?? { fields: new Map<string, number>(), expiresAt };
       hash.expiresAt = expiresAt;
       hash.fields.set(field, (hash.fields.get(field) ?? 0) + by);
-      this.sweep();
       this.hashes.set(key, hash);
     }
   }
