@@ -33,6 +33,17 @@ export interface PerUserReads {
   resolve(mark: string | null, secret: string | null): Promise<ResolvedCredential>;
 }
 
+/** The keys a per-user credential reads, in this order: its refusing mark (when it has one), then the secret. */
+export function perUserKeys(reads: PerUserReads): string[] {
+  return reads.refuseIfPresent === null ? [reads.secret] : [reads.refuseIfPresent, reads.secret];
+}
+
+/** The credential from `values`, which hold what was read for `perUserKeys` from index `at` on. */
+export function perUserCredentialFrom(reads: PerUserReads, values: ReadonlyArray<string | null | undefined>, at: number): Promise<ResolvedCredential> {
+  const mark = reads.refuseIfPresent === null ? null : (values[at] ?? null);
+  return reads.resolve(mark, values[reads.refuseIfPresent === null ? at : at + 1] ?? null);
+}
+
 export function perUserReads(upstream: Upstream, session: Session, sources: CredentialSources): PerUserReads | null {
   const plan = upstream.credential;
   if (plan.source === 'user-key') {
@@ -81,9 +92,8 @@ export async function resolveCredential(upstream: Upstream, session: Session, so
       // The same reads as the call's round trip makes (lib/core/store/round.ts), made here on their own.
       const reads = perUserReads(upstream, session, sources);
       if (!reads) throw new KeywardError('credential_unavailable');
-      const keys = reads.refuseIfPresent === null ? [reads.secret] : [reads.refuseIfPresent, reads.secret];
-      const values = await guard(() => reads.store.getMany(keys));
-      return reads.resolve(reads.refuseIfPresent === null ? null : (values[0] ?? null), values.at(-1) ?? null);
+      const values = await guard(() => reads.store.getMany(perUserKeys(reads)));
+      return perUserCredentialFrom(reads, values, 0);
     }
   }
 }

@@ -1,5 +1,5 @@
 import 'server-only';
-import { perUserReads, resolveCredential, type CredentialSources, type PerUserReads } from '../credential/resolve';
+import { perUserCredentialFrom, perUserKeys, perUserReads, resolveCredential, type CredentialSources, type PerUserReads } from '../credential/resolve';
 import type { Limits, LimitSubject } from '../limits/limits';
 import type { RateRule } from '../limits/rules';
 import { revocationKeys, revocationReads, revokedBy, type SessionRevocations } from '../session/revocation';
@@ -114,10 +114,7 @@ async function separately(input: RoundInput, rings: CredentialSources['keyRings'
   if (revocations) for (const key of revocationKeys(session)) wanted.push({ store: revocations.store, key });
   if (throttle) wanted.push(throttle);
   if (rings) wanted.push({ store: rings.store, key: rings.recordKey(upstream) });
-  else if (perUser) {
-    if (perUser.refuseIfPresent !== null) wanted.push({ store: perUser.store, key: perUser.refuseIfPresent });
-    wanted.push({ store: perUser.store, key: perUser.secret });
-  }
+  else if (perUser) for (const key of perUserKeys(perUser)) wanted.push({ store: perUser.store, key });
   const values = await readGrouped(wanted);
   let next = 0;
   if (revocations) {
@@ -127,7 +124,7 @@ async function separately(input: RoundInput, rings: CredentialSources['keyRings'
   const throttleMark = throttle ? (values[next++] ?? null) : null;
   let credential: ResolvedCredential;
   if (rings) credential = await rings.credentialFrom(upstream, values[next] ?? null);
-  else if (perUser) credential = await perUser.resolve(...markAndSecret(perUser, values, next));
+  else if (perUser) credential = await perUserCredentialFrom(perUser, values, next);
   else credential = await resolveCredential(upstream, session, sources);
   return { revoked: false, credential, taken: null, throttle: throttleMark };
 }
@@ -146,17 +143,11 @@ async function perUserCredential(
   counters: readonly RoundCounter[],
 ): Promise<ResolvedCredential> {
   try {
-    return await perUser.resolve(...markAndSecret(perUser, result.values, at));
+    return await perUserCredentialFrom(perUser, result.values, at);
   } catch (error) {
     if (result.counters) await Promise.allSettled(counters.map(({ key, points }) => redis.giveBack(key, points)));
     throw error;
   }
-}
-
-/** The values read for a per-user secret, from `at` on: its refusing mark (null when none is read), then the secret. */
-function markAndSecret(perUser: PerUserReads, values: ReadonlyArray<string | null | undefined>, at: number): [string | null, string | null] {
-  const mark = perUser.refuseIfPresent === null ? null : (values[at] ?? null);
-  return [mark, values[perUser.refuseIfPresent === null ? at : at + 1] ?? null];
 }
 
 /** Values for keys in several stores: one getMany per store, at once; in the order asked. */
