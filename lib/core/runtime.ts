@@ -250,7 +250,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     credentials: { userKeys, oauthTokens, keyRings, connections },
     verifySession: createSessionVerifier(
       { authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET },
-      { revocations, now, dpop: { proofs: dpop.proofs, publicOrigin: (request) => allowedOrigins.publicOrigin(request) } },
+      { revocations, now, dpop: { proofs: dpop.proofs, publicOrigin: (request) => allowedOrigins.publicOrigin(request) }, localUsers: users },
     ),
     allowedOrigins,
     dispatcher,

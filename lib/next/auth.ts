@@ -8,6 +8,7 @@ import { SESSION_COOKIE, authTimeClaims, sessionFromClaims } from '@/lib/core/se
 import { storeFailed } from './auth-store';
 import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
+import { LOCAL_SUBJECT_PREFIX, currentLocalUser } from '@/lib/core/users/file';
 
 /**
  * Cookie settings per DESIGN.md: the session cookie is `__Host-`, Secure, HttpOnly, SameSite=Strict,
@@ -44,7 +45,7 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
           if (username.length > 64 || password.length > 1024) return null;
           const user = await users.authenticate(username, password);
           if (!user) return null;
-          return { id: `local:${user.username}`, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
+          return { id: `${LOCAL_SUBJECT_PREFIX}${user.username}`, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
         },
       }),
     );
@@ -134,11 +135,17 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
             ...authTimeClaims(signedInAt),
           };
         }
-        // Every later read (including /api/auth/session) checks server-side revocation: a revoked session is
-        // ended here too, so the browser's view matches what the proxy enforces.
+        // Every later read (including /api/auth/session) checks server-side revocation, and a local user's
+        // entry in the users file: a revoked session, or a user removed from the file, is ended here too, and a
+        // changed role or name is written into the cookie, so the browser's view matches what the proxy enforces.
         if (typeof token.sid === 'string' && typeof token.sub === 'string') {
           const session = sessionFromClaims({ ...token, exp: Number.MAX_SAFE_INTEGER }, 'cookie');
           if (session && (await runtime.revocations.isRevoked(session).catch(storeFailed))) return null;
+          if (session && users) {
+            const current = currentLocalUser(session, users);
+            if (!current) return null;
+            if (current !== session) return { ...token, name: current.name, roles: [...current.roles], claims: { ...current.claims } };
+          }
         }
         return token;
       },

@@ -32,6 +32,7 @@ export interface UpgradeOptions {
 /** The record's errorCode for each close Keyward initiates. */
 const CLOSE_ERRORS: Record<CloseCause, string | null> = {
   sessionEnded: 'session_ended',
+  sessionChanged: 'session_changed',
   keyRevoked: 'credential_revoked',
   idle: 'idle_timeout',
   storeUnavailable: 'store_unavailable',

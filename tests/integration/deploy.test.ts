@@ -74,6 +74,7 @@ beforeAll(async () => {
           routes: [
             { method: 'POST', path: '/items' },
             { method: 'GET', path: '/items/:id' },
+            { method: 'DELETE', path: '/items/:id', roles: ['admin'] },
           ],
         },
       },
@@ -304,6 +305,49 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       // The file is checked for a change at most every USERS_RECHECK_MS, at a sign-in.
       await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
       expect((await signInAttempt(app.url, 'bo', newcomer)).cookie).not.toBeNull();
+    });
+
+    it("a role taken away or a user removed in the users file applies to sessions already signed in, in both processes", async () => {
+      const carolPassword = randomSecret('pw');
+      const writeUsers = async (carolRoles: string[] | null) => {
+        const users = [{ username: 'alice', password, roles: ['user'] }];
+        if (carolRoles) users.push({ username: 'carol', password: carolPassword, roles: carolRoles });
+        copyFileSync(await writeUsersFile(users), readme.KEYWARD_USERS_FILE!);
+        // Each process checks the file for a change at most every USERS_RECHECK_MS, at a look-up.
+        await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+      };
+      await writeUsers(['user', 'admin']);
+      const carol = await signIn(app.url, 'carol', carolPassword);
+      const headers = { cookie: carol, host: 'app.test', origin: 'http://app.test', 'x-keyward-csrf': '1' };
+      // The fast lane's process: a proxied call on an admin-only route. Next's: Keyward's and Auth.js's session views.
+      const remove = () => send(app, 'DELETE', '/api/proxy/echo/items/7', headers);
+      const keywardSession = () => send(app, 'GET', '/api/session', headers);
+      const authSession = () => send(app, 'GET', '/api/auth/session', { cookie: carol, host: 'app.test' });
+      expect((await remove()).status).toBe(200);
+      expect(JSON.parse((await keywardSession()).body).roles).toEqual(['user', 'admin']);
+      expect(JSON.parse((await authSession()).body).roles).toEqual(['user', 'admin']);
+
+      await writeUsers(['user']);
+      const refused = await remove();
+      expect(refused.status).toBe(403);
+      expect(JSON.parse(refused.body).error.code).toBe('forbidden');
+      expect(JSON.parse((await keywardSession()).body).roles).toEqual(['user']);
+      const renewed = await authSession();
+      expect(JSON.parse(renewed.body).roles).toEqual(['user']);
+      // Auth.js writes the roles the file gives into the cookie it renews.
+      expect(renewed.headers['set-cookie']).toEqual(expect.arrayContaining([expect.stringMatching(/^__Host-keyward\.session=[^;]+;/)]));
+      const admin = await send(app, 'GET', '/admin', { cookie: carol, host: 'app.test' });
+      expect(admin.body).toContain('data-testid="admin-forbidden"');
+
+      await writeUsers(null);
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', headers)).status).toBe(401);
+      expect((await keywardSession()).status).toBe(401);
+      const ended = await authSession();
+      expect(JSON.parse(ended.body)).toBeNull();
+      expect(ended.headers['set-cookie']).toEqual(expect.arrayContaining([expect.stringMatching(/^__Host-keyward\.session=;/)]));
+      // alice, still in the file, is untouched.
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', { ...headers, cookie })).status).toBe(200);
+      expectNoLeak(refused);
     });
 
     it('a proxied POST on app.test passes in the fast lane; a foreign origin is refused', async () => {

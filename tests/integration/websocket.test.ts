@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
-import { mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +14,8 @@ import { writeConfigFile } from '../fixtures/config';
 import { leakForms } from '../fixtures/leak-forms';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken, sessionCookie } from '../fixtures/session';
-import { writeUsersFile } from '../fixtures/users';
+import { writeUsersFile, type TestUser } from '../fixtures/users';
+import { USERS_RECHECK_MS } from '../../lib/core/users/file';
 
 /**
  * WebSockets through the fast lane (`npm start`, from the production build): a real `ws` upstream on loopback
@@ -25,7 +26,10 @@ const wsKey = randomSecret('wskey');
 const oauthToken = randomSecret('acme-access');
 const vaultSecret = randomSecret('vault-secret-of-32-characters-or-more');
 const secrets = testSessionSecrets();
-const admin = { sub: 'local:root', roles: ['admin', 'user'] };
+const admin = { sub: 'oidc:root', roles: ['admin', 'user'] };
+/** The lane's KEYWARD_USERS_FILE (local users); the other tests' sessions are minted as an identity provider's users. */
+let usersFile: string;
+const ivy: TestUser = { username: 'ivy', password: randomSecret('pw'), roles: ['user'] };
 
 interface Handshake {
   readonly url: string;
@@ -118,7 +122,7 @@ beforeAll(async () => {
     ACME_CLIENT_SECRET: randomSecret('acme-client'),
     KEYWARD_CONFIG: configPath,
     // Sessions are minted (tests/fixtures/session.ts); production still needs a sign-in method.
-    KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password: randomSecret('pw'), roles: ['user'] }]),
+    KEYWARD_USERS_FILE: (usersFile = await writeUsersFile([ivy])),
   };
   const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-ws-')), 'keyward.db');
   lane = await startFastLane({ ...laneEnv, KEYWARD_STORE_PATH: storePath });
@@ -188,7 +192,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   it("a cookie session from the site's own origin round-trips text and binary; the key reaches only the upstream handshake", async () => {
     const before = handshakes.length;
     const socket = opened(
-      await open('/api/proxy/rt/realtime?model=x', { cookie: await cookieFor('local:alice'), ...sameOrigin() }),
+      await open('/api/proxy/rt/realtime?model=x', { cookie: await cookieFor('oidc:alice'), ...sameOrigin() }),
     );
     expect(handshakes.length).toBe(before + 1);
     const seen = handshakes.at(-1)!;
@@ -209,7 +213,7 @@ describe('WebSocket upgrades through the fast lane', () => {
 
   it('an upstream that echoes the key: every form of it reaches the client as [REDACTED], text, binary and close reason', async () => {
     const socket = opened(
-      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('local:alice'), ...sameOrigin() }),
+      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:alice'), ...sameOrigin() }),
     );
     socket.send('key');
     const text = (await nextMessage(socket)).data.toString();
@@ -227,7 +231,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   });
 
   it('passes the offered subprotocols to the upstream and its choice back', async () => {
-    const cookie = await cookieFor('local:alice');
+    const cookie = await cookieFor('oidc:alice');
     const socket = await new Promise<WebSocket>((resolve, reject) => {
       const ws = new WebSocket(`${wsUrl}/api/proxy/rt/realtime`, ['realtime', 'other'], {
         headers: { cookie, ...sameOrigin() },
@@ -242,7 +246,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   });
 
   it('a cookie session from another origin, or with no Origin, is refused before any upstream handshake', async () => {
-    const cookie = await cookieFor('local:alice');
+    const cookie = await cookieFor('oidc:alice');
     const before = handshakes.length;
     expect(refusal(await open('/api/proxy/rt/realtime', { cookie, origin: 'https://evil.example' }))).toEqual({
       status: 403,
@@ -264,7 +268,7 @@ describe('WebSocket upgrades through the fast lane', () => {
       status: 401,
       code: 'unauthenticated',
     });
-    const alice = await cookieFor('local:alice');
+    const alice = await cookieFor('oidc:alice');
     expect(refusal(await open('/api/proxy/rt/admins', { cookie: alice, ...sameOrigin() }))).toEqual({
       status: 403,
       code: 'forbidden',
@@ -281,7 +285,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   });
 
   it('a bearer client gets a single-use ticket bound to the path, and connects with it', async () => {
-    const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:bob' });
+    const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'oidc:bob' });
     const ask = (path: string) =>
       fetch(`${lane.url}/api/session/ws-ticket`, {
         method: 'POST',
@@ -327,7 +331,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   });
 
   it('a message over maxMessageBytes closes the socket (1009), from either side', async () => {
-    const cookie = await cookieFor('local:alice');
+    const cookie = await cookieFor('oidc:alice');
     const fromClient = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
     const clientEnd = closed(fromClient);
     fromClient.send('y'.repeat(2048));
@@ -341,13 +345,13 @@ describe('WebSocket upgrades through the fast lane', () => {
 
   it('a socket idle for idleTimeoutMs is closed (4408)', async () => {
     const socket = opened(
-      await open('/api/proxy/rt/quiet', { cookie: await cookieFor('local:idle'), ...sameOrigin() }),
+      await open('/api/proxy/rt/quiet', { cookie: await cookieFor('oidc:idle'), ...sameOrigin() }),
     );
     expect(await closed(socket)).toEqual({ code: 4408, reason: 'idle timeout' });
   }, 15_000);
 
   it('rate limits count upgrades', async () => {
-    const cookie = await cookieFor('local:limited');
+    const cookie = await cookieFor('oidc:limited');
     for (let i = 0; i < 2; i++) {
       const socket = opened(await open('/api/proxy/rt/limited', { cookie, ...sameOrigin() }));
       socket.close();
@@ -360,7 +364,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   });
 
   it('signing out closes the open socket (4401)', async () => {
-    const cookie = await cookieFor('local:carol');
+    const cookie = await cookieFor('oidc:carol');
     const socket = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
     socket.send('still here');
     await nextMessage(socket);
@@ -377,6 +381,26 @@ describe('WebSocket upgrades through the fast lane', () => {
     });
   }, 15_000);
 
+  it("a local user's roles changed in the users file close their socket (4401 session changed); removed, 4401 session ended", async () => {
+    const editUsers = async (users: TestUser[]) => {
+      copyFileSync(await writeUsersFile(users), usersFile);
+      await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS)); // read again at the next check after this
+    };
+    const cookie = await cookieFor('local:ivy');
+    const first = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
+    const changed = closed(first);
+    await editUsers([{ ...ivy, roles: ['user', 'ops'] }]);
+    expect(await changed).toEqual({ code: 4401, reason: 'session changed' });
+
+    // Reconnecting authorizes the socket as the user is now; removed from the file, the user has no session.
+    const second = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
+    const ended = closed(second);
+    await editUsers([{ username: 'someone-else', password: randomSecret('pw'), roles: ['user'] }]);
+    expect(await ended).toEqual({ code: 4401, reason: 'session ended' });
+    expect(refusal(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }))).toEqual({ status: 401, code: 'unauthenticated' });
+    await editUsers([ivy]);
+  }, 30_000);
+
   it('an upgrade outside /api/proxy goes to Next, which ends it; a plain GET on a WebSocket route is passed to the upstream as HTTP', async () => {
     const before = handshakes.length;
     const outcome = await new Promise<string>((resolve) => {
@@ -389,7 +413,7 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(handshakes.length).toBe(before);
     // Without an Upgrade header the route is an ordinary GET: a WebSocket server answers it 426 Upgrade Required.
     const plain = await fetch(`${lane.url}/api/proxy/rt/realtime`, {
-      headers: { cookie: await cookieFor('local:alice'), 'x-keyward-csrf': '1' },
+      headers: { cookie: await cookieFor('oidc:alice'), 'x-keyward-csrf': '1' },
     });
     expect(plain.status).toBe(426);
     await plain.arrayBuffer();
@@ -403,7 +427,7 @@ describe('WebSocket upgrades through the fast lane', () => {
         headers: { cookie: adminCookie, 'x-keyward-csrf': '1' },
       });
       const { records } = (await audit.json()) as { records: Array<Record<string, unknown>> };
-      record = records.find((entry) => entry.userId === 'local:carol' && entry.status === 101);
+      record = records.find((entry) => entry.userId === 'oidc:carol' && entry.status === 101);
       if (!record) await new Promise((resolve) => setTimeout(resolve, 100));
     }
     expect(record).toMatchObject({
@@ -424,7 +448,7 @@ describe('WebSocket upgrades through the fast lane', () => {
       KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-ws-next-')), 'keyward.db'),
     });
     try {
-      const cookie = await cookieFor('local:alice');
+      const cookie = await cookieFor('oidc:alice');
       const before = handshakes.length;
       const outcome = await new Promise<string>((resolve) => {
         const socket = new WebSocket(`${handlers.url.replace(/^http/, 'ws')}/api/proxy/rt/realtime`, {
@@ -447,8 +471,8 @@ describe('WebSocket upgrades through the fast lane', () => {
   }, 120_000);
 
   it('a user deleting or replacing their own key closes the sockets that use it (4403); others stay open', async () => {
-    const cookie = await cookieFor('local:erin');
-    const other = await cookieFor('local:fay');
+    const cookie = await cookieFor('oidc:erin');
+    const other = await cookieFor('oidc:fay');
     const putKey = async (who: string, key: string) => {
       const response = await fetch(`${lane.url}/api/keys/own`, {
         method: 'PUT',
@@ -493,13 +517,13 @@ describe('WebSocket upgrades through the fast lane', () => {
     // tests/integration/connections.test.ts); the server's processes read them from there.
     const tokens = new OAuthTokenStore(laneStore, new Vault(vaultSecret), new Map());
     const grant = { accessToken: oauthToken, refreshToken: null, expiresAt: 0 };
-    await tokens.save('acme', 'local:gus', grant);
-    await tokens.save('acme', 'local:hal', grant);
-    const cookie = await cookieFor('local:gus');
+    await tokens.save('acme', 'oidc:gus', grant);
+    await tokens.save('acme', 'oidc:hal', grant);
+    const cookie = await cookieFor('oidc:gus');
     const before = handshakes.length;
     const socket = opened(await open('/api/proxy/linked/realtime', { cookie, ...sameOrigin() }));
     const hals = opened(
-      await open('/api/proxy/linked/realtime', { cookie: await cookieFor('local:hal'), ...sameOrigin() }),
+      await open('/api/proxy/linked/realtime', { cookie: await cookieFor('oidc:hal'), ...sameOrigin() }),
     );
     expect(handshakes.slice(before).map((h) => h.headers.authorization)).toEqual([
       `Bearer ${oauthToken}`,
@@ -528,7 +552,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   it('revoking the key closes the sockets that use it (4403)', async () => {
     const adminCookie = await cookieFor(admin.sub, admin.roles);
     const socket = opened(
-      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('local:dave'), ...sameOrigin() }),
+      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:dave'), ...sameOrigin() }),
     );
     const keys = await fetch(`${lane.url}/api/admin/keys`, { headers: { cookie: adminCookie, 'x-keyward-csrf': '1' } });
     const { upstreams } = (await keys.json()) as {
@@ -546,7 +570,7 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(revoke.status).toBe(200);
     expect(await end).toEqual({ code: 4403, reason: 'credential revoked' });
     expect(
-      refusal(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('local:dave'), ...sameOrigin() })),
+      refusal(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:dave'), ...sameOrigin() })),
     ).toEqual({
       status: 503,
       code: 'credential_unavailable',

@@ -1,8 +1,12 @@
 import { randomBytes, scryptSync } from 'node:crypto';
+import { mkdtempSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { defineUpstream } from '../../lib/core/config/load';
 import type { UpstreamInput } from '../../lib/core/config/schema';
 import { KeywardError, type KeywardErrorCode } from '../../lib/core/errors';
 import { buildRegistry, type Upstream } from '../../lib/core/upstream/registry';
+import { USERS_RECHECK_MS, loadUsersFile, type LocalUsers } from '../../lib/core/users/file';
 import { randomSecret } from '../fixtures/secrets';
 
 export const SECRET_ENV = 'KW_UNIT_SECRET';
@@ -61,3 +65,28 @@ export function cheapPasswordHash(password: string, n = 2 ** 14, r = 8, p = 1): 
 
 /** Real-parameter scrypt takes seconds on a loaded CI machine: tests that run it get this timeout. */
 export const SCRYPT_TIMEOUT = 120_000;
+
+export interface FileUserInput {
+  readonly username: string;
+  readonly roles: string[];
+  readonly claims?: Record<string, string>;
+  readonly name?: string;
+}
+
+/**
+ * A real KEYWARD_USERS_FILE in a fresh temp folder and its real loader, whose clock the test holds: `edit`
+ * rewrites the file (cheap hashes of random passwords) and moves the clock past USERS_RECHECK_MS, so the next
+ * look-up reads it again.
+ */
+export function editableUsersFile(initial: readonly FileUserInput[]): { users: LocalUsers; edit: (users: readonly FileUserInput[]) => void } {
+  const clock = { now: 1_000_000 };
+  const path = join(mkdtempSync(join(tmpdir(), 'keyward-unit-users-')), 'users.json');
+  const edit = (users: readonly FileUserInput[]) => {
+    writeFileSync(path, JSON.stringify({ users: users.map((user) => ({ ...user, passwordHash: cheapPasswordHash(randomSecret('pw')) })) }));
+    const later = new Date(Date.now() + 10_000 + Math.random() * 1000); // a new mtime whatever the file system's resolution
+    utimesSync(path, later, later);
+    clock.now += USERS_RECHECK_MS;
+  };
+  edit(initial);
+  return { users: loadUsersFile(path, { now: () => clock.now }), edit };
+}

@@ -10,7 +10,7 @@ import { guard } from '../store/guard';
 import { capPerWindow } from '../store/window-cap';
 import { authTimeClaims, type Session } from '../session/session';
 import { unsealBearer, type BearerClaims } from '../session/verify';
-import type { LocalUsers } from '../users/file';
+import { localUsername, type LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
 import { callbackLocation, type AuthorizeRequest } from './authorize-request';
 import { OAuthError } from './oauth-error';
@@ -81,8 +81,6 @@ export const MOBILE_CAPS = {
   signIns: { max: 100, windowMs: 3_600_000 },
   refreshes: { max: 600, windowMs: 3_600_000 },
 } as const;
-/** Local users' subjects (lib/next/auth.ts): `local:<username>`. */
-const LOCAL_PREFIX = 'local:';
 const VERIFIER = /^[A-Za-z0-9._~-]{43,128}$/;
 
 const NO_SUCH_USER = 'The user this grant was issued to no longer exists.';
@@ -277,8 +275,9 @@ export class MobileTokens {
    * their identity provider said at sign-in: there is nothing to re-read until they sign in again.
    */
   private current(grant: Grant): Grant | null {
-    if (!grant.sub.startsWith(LOCAL_PREFIX)) return grant;
-    const user = this.settings.localUsers?.find(grant.sub.slice(LOCAL_PREFIX.length)) ?? null;
+    const username = localUsername(grant.sub);
+    if (username === null) return grant;
+    const user = this.settings.localUsers?.find(username) ?? null;
     if (!user) return null;
     return { ...grant, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
   }

@@ -8,6 +8,7 @@ import { KeywardError } from '../errors';
 import type { SessionRevocations } from './revocation';
 import { SESSION_COOKIE, sessionFromClaims, type Session, type SessionClaims } from './session';
 import type { CoreRequest } from '../request';
+import { currentLocalUser, type LocalUsers } from '../users/file';
 
 export interface SessionSecrets {
   /** AUTH_SECRET: Auth.js encrypts the session cookie (JWE, A256CBC-HS512) with a key derived from it. */
@@ -71,11 +72,11 @@ interface Decoded {
  */
 export function createSessionVerifier(
   secrets: SessionSecrets,
-  options: { revocations?: SessionRevocations; now?: () => number; dpop?: DpopResource } = {},
+  options: { revocations?: SessionRevocations; now?: () => number; dpop?: DpopResource; localUsers?: Pick<LocalUsers, 'find'> | null } = {},
 ): SessionVerifier {
   const ironPassword = { 1: secrets.sessionSecret };
   const now = options.now ?? Date.now;
-  const { revocations, dpop } = options;
+  const { revocations, dpop, localUsers } = options;
   const verified = new VerifiedTokens(now);
   const decodeBearer = async (token: string): Promise<Decoded | null> => {
     const hit = verified.get(`b:${token}`);
@@ -88,7 +89,14 @@ export function createSessionVerifier(
     const session = notExpired(sessionFromClaims(claims, 'bearer'), now);
     return verified.remember(`b:${token}`, session && { session, jkt });
   };
+  // A local user's roles, claims and name are the users file's (KEYWARD_USERS_FILE) on every call, not the ones
+  // sealed at sign-in; a user no longer in the file has no session. Decoded tokens are remembered as they were
+  // sealed, so an edit applies within USERS_RECHECK_MS. Without a users file there is nothing to read them from.
   const decodeSession = async (request: CoreRequest): Promise<Session | null> => {
+    const session = await decodeToken(request);
+    return session && localUsers ? currentLocalUser(session, localUsers) : session;
+  };
+  const decodeToken = async (request: CoreRequest): Promise<Session | null> => {
     const cookieHeader = request.headers.get('cookie');
     const cookieToken = cookieHeader ? readSessionCookie(cookieHeader) : null;
     const authorization = request.headers.get('authorization');

@@ -42,6 +42,38 @@ export interface LocalUsers {
 /** How often, at most, the users file is checked for a change (one `stat`). */
 export const USERS_RECHECK_MS = 2_000;
 
+/** A local user's subject (the session's and the app tokens' `sub`) is `local:<username>` (lib/next/auth.ts). */
+export const LOCAL_SUBJECT_PREFIX = 'local:';
+
+/** The username in a local user's subject; null for any other subject (an identity provider's). */
+export function localUsername(subject: string): string | null {
+  return subject.startsWith(LOCAL_SUBJECT_PREFIX) ? subject.slice(LOCAL_SUBJECT_PREFIX.length) : null;
+}
+
+/** What of a session or token the users file decides for a local user. */
+interface UserView {
+  readonly userId: string;
+  readonly name: string | null;
+  readonly roles: readonly string[];
+  readonly claims: Readonly<Record<string, string>>;
+}
+
+/**
+ * A session (or token) as the users file describes its user now: a local user's name, roles and claims from the
+ * file as this process last read it (at most USERS_RECHECK_MS ago), or null when the user is no longer in it, so
+ * a role taken away or a user removed applies to sessions already signed in, not only at the next sign-in. Any
+ * other user's (an identity provider's) is returned as it is: there is nothing to read again without them.
+ */
+export function currentLocalUser<T extends UserView>(view: T, users: Pick<LocalUsers, 'find'>): T | null {
+  const username = localUsername(view.userId);
+  if (username === null) return view;
+  const user = users.find(username);
+  if (!user) return null;
+  // Claims without a prototype, as sessionFromClaims builds them: a claim named `constructor` is not inherited.
+  const claims = Object.assign(Object.create(null) as Record<string, string>, user.claims);
+  return { ...view, name: user.name, roles: [...user.roles], claims };
+}
+
 type FileUser = z.infer<typeof usersFileSchema>['users'][number];
 
 /**

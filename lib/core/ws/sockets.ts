@@ -4,14 +4,17 @@ import type { KeyRings } from '../keys/rings';
 import type { SessionRevocations } from '../session/revocation';
 import type { Session } from '../session/session';
 import type { Upstream } from '../upstream/registry';
+import { currentLocalUser, type LocalUsers } from '../users/file';
 
 /**
  * Close codes Keyward sends on a proxied WebSocket (RFC 6455 §7.4.2: 4000–4999 are for applications), mirrored
  * on HTTP statuses. The close reason is fixed text, never a value.
  */
 export const CLOSE = {
-  /** The session was signed out, revoked or expired. */
+  /** The session was signed out, revoked or expired, or its local user removed from the users file. */
   sessionEnded: { code: 4401, reason: 'session ended' },
+  /** A local user's roles or claims changed in the users file: reconnect to be authorized as they are now. */
+  sessionChanged: { code: 4401, reason: 'session changed' },
   /**
    * The key this socket's upstream handshake used was revoked or expired (key ring), or its owner deleted or
    * replaced it, or the OAuth grant it came from was disconnected or ended.
@@ -57,6 +60,8 @@ export class OpenSockets {
       readonly keyRings?: KeyRings | null;
       readonly userKeys?: Pick<UserKeys, 'currentFingerprint'> | null;
       readonly oauthTokens?: Pick<OAuthTokenStore, 'hasGrant'> | null;
+      /** KEYWARD_USERS_FILE's users: a local user removed, or given other roles or claims, closes their sockets. */
+      readonly users?: Pick<LocalUsers, 'find'> | null;
     },
     private readonly now: () => number = Date.now,
     private readonly intervalMs = 1_000,
@@ -104,8 +109,9 @@ export class OpenSockets {
     await Promise.all(
       [...bySession.values()].map(async (sockets) => {
         const { session } = sockets[0]!;
+        const current = this.sources.users ? currentLocalUser(session, this.sources.users) : session;
         let cause: CloseCause | null = null;
-        if (!(session.expiresAt > now)) cause = 'sessionEnded';
+        if (!(session.expiresAt > now) || current === null) cause = 'sessionEnded';
         else {
           try {
             if (await this.sources.revocations.isRevoked(session)) cause = 'sessionEnded';
@@ -113,7 +119,11 @@ export class OpenSockets {
             cause = 'storeUnavailable';
           }
         }
-        if (cause) for (const socket of sockets) socket.close(cause);
+        for (const socket of sockets) {
+          // Each socket against the file as it is now: sockets of one session may have been opened under other roles.
+          const changed = current !== null && !sameAccess(socket.session, current);
+          if (cause || changed) socket.close(cause ?? 'sessionChanged');
+        }
       }),
     );
   }
@@ -200,4 +210,11 @@ function group<T>(items: Iterable<T>, by: (item: T) => string): Map<string, T[]>
     else groups.set(name, [item]);
   }
   return groups;
+}
+
+/** The same roles and claims (what authorizes a call and chooses its key); a name may differ. */
+function sameAccess(a: Pick<Session, 'roles' | 'claims'>, b: Pick<Session, 'roles' | 'claims'>): boolean {
+  if (a.roles.length !== b.roles.length || a.roles.some((role, i) => role !== b.roles[i])) return false;
+  const names = Object.keys(a.claims);
+  return names.length === Object.keys(b.claims).length && names.every((name) => Object.hasOwn(b.claims, name) && a.claims[name] === b.claims[name]);
 }

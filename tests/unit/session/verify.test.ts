@@ -5,6 +5,9 @@ import { KeywardError } from '../../../lib/core/errors';
 import { SESSION_COOKIE } from '../../../lib/core/session/session';
 import { createSessionVerifier, type SessionSecrets } from '../../../lib/core/session/verify';
 import { randomSecret } from '../../fixtures/secrets';
+import { editableUsersFile } from '../support';
+import { SessionRevocations } from '../../../lib/core/session/revocation';
+import { MemoryStore } from '../../../lib/store/memory';
 
 const secrets: SessionSecrets = { authSecret: randomSecret('auth'), sessionSecret: randomSecret('sess') };
 const verify = createSessionVerifier(secrets);
@@ -244,5 +247,50 @@ describe('no session', () => {
   it('is null without cookie or authorization', async () => {
     expect(await verify(new Request('https://app.example/x'))).toBeNull();
     expect(await verify(withCookie('theme=dark'))).toBeNull();
+  });
+});
+
+describe("a local user's session follows the users file (KEYWARD_USERS_FILE)", () => {
+  function setup() {
+    const { users, edit } = editableUsersFile([{ username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' }, name: 'Ada L.' }]);
+    const revocations = new SessionRevocations(new MemoryStore(), 3_600_000);
+    const deferred = createSessionVerifier(secrets, { localUsers: users, revocations }).deferred!;
+    return { edit, verify: createSessionVerifier(secrets, { localUsers: users }), deferredVerify: deferred.decode };
+  }
+  const adaCookie = () =>
+    mintCookie({ sub: 'local:ada', name: 'Ada L.', roles: ['user', 'admin'], claims: { org: 'acme' }, sid: `sid-${randomSecret('s')}` });
+
+  it('a role taken away, a claim or name changed: the next call has the file’s, not the ones sealed at sign-in', async () => {
+    const { edit, verify, deferredVerify } = setup();
+    const cookie = withCookie(`${SESSION_COOKIE}=${await adaCookie()}`);
+    expect(await verify(cookie)).toMatchObject({ userId: 'local:ada', name: 'Ada L.', roles: ['user', 'admin'], claims: { org: 'acme' } });
+    edit([{ username: 'ada', roles: ['user'], claims: { org: 'globex' }, name: 'Ada' }]);
+    const session = await verify(cookie);
+    expect(session).toMatchObject({ userId: 'local:ada', name: 'Ada', roles: ['user'], claims: { org: 'globex' }, via: 'cookie' });
+    // The proxy's path (revocation read with its other store reads) decodes the same way.
+    expect(await deferredVerify(cookie)).toMatchObject({ roles: ['user'], claims: { org: 'globex' } });
+    // Claims without a prototype, as decoded ones are: a claim named like an Object method is not there.
+    expect(session!.claims.constructor).toBeUndefined();
+  });
+
+  it('a user removed from the file has no session (cookie or bearer), and has one again once back', async () => {
+    const { edit, verify } = setup();
+    const cookie = withCookie(`${SESSION_COOKIE}=${await adaCookie()}`);
+    const bearer = withAuthorization(
+      `Bearer ${await mintBearer({ typ: 'keyward.session', sub: 'local:ada', roles: ['admin'], sid: 'family-1', exp: Math.floor(Date.now() / 1000) + 600 })}`,
+    );
+    expect(await verify(bearer)).toMatchObject({ userId: 'local:ada', roles: ['user', 'admin'], via: 'bearer' });
+    edit([{ username: 'bo', roles: ['user'] }]);
+    expect(await verify(cookie)).toBeNull();
+    expect(await verify(bearer)).toBeNull();
+    edit([{ username: 'ada', roles: ['user'] }]);
+    expect(await verify(cookie)).toMatchObject({ userId: 'local:ada', roles: ['user'] });
+  });
+
+  it("an identity provider's user keeps the roles and claims of the sign-in (nothing to read them from)", async () => {
+    const { edit, verify } = setup();
+    edit([{ username: 'oidc', roles: ['user'] }]);
+    const token = await mintCookie({ sub: 'oidc:ada', roles: ['user', 'admin'], claims: { org: 'acme' }, sid: `sid-${randomSecret('s')}` });
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${token}`))).toMatchObject({ userId: 'oidc:ada', roles: ['user', 'admin'], claims: { org: 'acme' } });
   });
 });

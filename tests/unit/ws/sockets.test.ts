@@ -3,6 +3,7 @@ import type { SessionRevocations } from '../../../lib/core/session/revocation';
 import type { Session } from '../../../lib/core/session/session';
 import type { Upstream } from '../../../lib/core/upstream/registry';
 import { OpenSockets, type CloseCause } from '../../../lib/core/ws/sockets';
+import { editableUsersFile } from '../support';
 
 function session(sessionId: string, expiresAt = Date.now() + 3_600_000): Session {
   return {
@@ -80,6 +81,37 @@ describe('open WebSockets are re-checked', () => {
     expect([a1.closed, a2.closed, b.closed]).toEqual([['sessionEnded'], ['sessionEnded'], []]);
     for (const s of [a1, a2, b]) s.remove();
     expect(sockets.size).toBe(0);
+  });
+
+  it("closes a local user's sockets when the users file removes the user (session ended) or changes their roles or claims (session changed)", async () => {
+    const { users, edit } = editableUsersFile([
+      { username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' } },
+      { username: 'bo', roles: ['user'] },
+    ]);
+    const sockets = new OpenSockets({ revocations: revocations(new Set(), []), users });
+    const local = (sessionId: string, username: string, roles: string[], claims: Record<string, string> = {}): Session => ({
+      ...session(sessionId),
+      userId: `local:${username}`,
+      roles,
+      claims,
+    });
+    const ada = track(sockets, local('ada-1', 'ada', ['user', 'admin'], { org: 'acme' }));
+    const bo = track(sockets, local('bo-1', 'bo', ['user']));
+    const oidc = track(sockets, { ...session('oidc-1'), userId: 'oidc:ada', roles: ['admin'] });
+    await sockets.check();
+    expect([ada.closed, bo.closed, oidc.closed]).toEqual([[], [], []]);
+
+    edit([
+      { username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' }, name: 'Ada L.' }, // a new name only
+      { username: 'bo', roles: ['user'], claims: { org: 'globex' } },
+    ]);
+    await sockets.check();
+    expect([ada.closed, bo.closed, oidc.closed]).toEqual([[], ['sessionChanged'], []]);
+
+    edit([{ username: 'bo', roles: ['user'] }]);
+    await sockets.check();
+    expect([ada.closed, oidc.closed]).toEqual([['sessionEnded'], []]);
+    for (const s of [ada, bo, oidc]) s.remove();
   });
 
   it('closes an expired session without asking the store, and fails closed when the store cannot answer', async () => {
