@@ -33,7 +33,7 @@ import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
 import { assertNoPublicSecrets, productionProblems, readSettings, trustsHost, type Settings } from './settings';
 import { buildRegistry, type Env, type Upstream } from './upstream/registry';
-import { loadUsersFile, type LocalUsers } from './users/file';
+import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
 import { guard } from './store/guard';
 import { createStore, type Store } from '../store';
@@ -119,7 +119,24 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);
-  const users = settings.KEYWARD_USERS_FILE ? loadUsersFile(settings.KEYWARD_USERS_FILE, { logger: options.logger ?? getLogger() }) : null;
+  // A user taken out of the file is signed out everywhere (every session and app token issued so far), by each
+  // process that sees the edit: putting the name back, for the same person or another, revives none of them.
+  const usersLogger = options.logger ?? getLogger();
+  const users = settings.KEYWARD_USERS_FILE
+    ? loadUsersFile(settings.KEYWARD_USERS_FILE, {
+        logger: usersLogger,
+        onRemoved: (usernames) => {
+          for (const username of usernames) {
+            revocations.revokeUser(`${LOCAL_SUBJECT_PREFIX}${username}`).catch((error: unknown) => {
+              usersLogger.error(
+                { err: error instanceof Error ? error.name : 'unknown' },
+                'users file: a removed user could not be signed out everywhere',
+              );
+            });
+          }
+        },
+      })
+    : null;
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
   const secrets = [settings.AUTH_SECRET, settings.KEYWARD_SESSION_SECRET];

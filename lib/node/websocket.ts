@@ -14,12 +14,16 @@ import {
   type UpgradeGrant,
 } from '@/lib/core/ws/upgrade';
 import { CLOSE, type CloseCause, type OpenSockets } from '@/lib/core/ws/sockets';
+import { currentLocalUser, type LocalUsers } from '@/lib/core/users/file';
 import type { WsTickets } from '@/lib/core/ws/tickets';
 import { parseProxyPath } from './proxy-path';
 import { readHeaders } from './request';
 
 export interface UpgradeOptions {
-  readonly deps: ProxyDeps & { readonly revocations: SessionRevocations };
+  readonly deps: ProxyDeps & {
+    readonly revocations: SessionRevocations;
+    readonly users?: Pick<LocalUsers, 'find'> | null;
+  };
   /** The origin given to the core's Request (`http://localhost:<port>`), as for HTTP calls. */
   readonly origin: () => string;
   readonly tickets: WsTickets;
@@ -116,7 +120,9 @@ async function serveUpgrade(
     callDeps = {
       ...deps,
       verifySession: async () => {
-        const session = await options.tickets.redeem(ticket, target);
+        const issued = await options.tickets.redeem(ticket, target);
+        // The session as it was when the ticket was issued (up to 30 s ago): a local user as the users file says now.
+        const session = issued && deps.users ? currentLocalUser(issued, deps.users) : issued;
         return session && !(await deps.revocations.isRevoked(session)) ? session : null;
       },
     };

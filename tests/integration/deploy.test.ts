@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decode } from '@auth/core/jwt';
+import { SESSION_COOKIE } from '../../lib/core/session/session';
 import { CSRF_FAILURES } from '../../lib/core/csrf/check';
 import { copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -307,7 +309,7 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       expect((await signInAttempt(app.url, 'bo', newcomer)).cookie).not.toBeNull();
     });
 
-    it("a role taken away or a user removed in the users file applies to sessions already signed in, in both processes", async () => {
+    it("a role taken away or a user removed in the users file applies to sessions already signed in, in both processes; a removed user stays signed out", async () => {
       const carolPassword = randomSecret('pw');
       const writeUsers = async (carolRoles: string[] | null) => {
         const users = [{ username: 'alice', password, roles: ['user'] }];
@@ -335,7 +337,9 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       const renewed = await authSession();
       expect(JSON.parse(renewed.body).roles).toEqual(['user']);
       // Auth.js writes the roles the file gives into the cookie it renews.
-      expect(renewed.headers['set-cookie']).toEqual(expect.arrayContaining([expect.stringMatching(/^__Host-keyward\.session=[^;]+;/)]));
+      const renewedCookie = (renewed.headers['set-cookie'] as string[]).find((line) => line.startsWith(`${SESSION_COOKIE}=`))!;
+      const sealed = await decode({ token: renewedCookie.slice(SESSION_COOKIE.length + 1).split(';')[0]!, secret: sessionSecrets.AUTH_SECRET, salt: SESSION_COOKIE });
+      expect(sealed).toMatchObject({ sub: 'local:carol', roles: ['user'] });
       const admin = await send(app, 'GET', '/admin', { cookie: carol, host: 'app.test' });
       expect(admin.body).toContain('data-testid="admin-forbidden"');
 
@@ -347,6 +351,12 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       expect(ended.headers['set-cookie']).toEqual(expect.arrayContaining([expect.stringMatching(/^__Host-keyward\.session=;/)]));
       // alice, still in the file, is untouched.
       expect((await send(app, 'GET', '/api/proxy/echo/items/7', { ...headers, cookie })).status).toBe(200);
+
+      // Taken out of the file, carol was signed out everywhere: her name put back revives none of her sessions.
+      await writeUsers(['user']);
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', headers)).status).toBe(401);
+      const again = await signIn(app.url, 'carol', carolPassword);
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', { ...headers, cookie: again })).status).toBe(200);
       expectNoLeak(refused);
     });
 

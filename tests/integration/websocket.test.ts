@@ -31,6 +31,12 @@ const admin = { sub: 'oidc:root', roles: ['admin', 'user'] };
 let usersFile: string;
 const ivy: TestUser = { username: 'ivy', password: randomSecret('pw'), roles: ['user'] };
 
+/** Replaces the lane's users file, then waits until each of its processes reads it again at its next look-up. */
+async function editUsers(users: TestUser[]): Promise<void> {
+  copyFileSync(await writeUsersFile(users), usersFile);
+  await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+}
+
 interface Handshake {
   readonly url: string;
   readonly headers: IncomingMessage['headers'];
@@ -382,10 +388,6 @@ describe('WebSocket upgrades through the fast lane', () => {
   }, 15_000);
 
   it("a local user's roles changed in the users file close their socket (4401 session changed); removed, 4401 session ended", async () => {
-    const editUsers = async (users: TestUser[]) => {
-      copyFileSync(await writeUsersFile(users), usersFile);
-      await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS)); // read again at the next check after this
-    };
     const cookie = await cookieFor('local:ivy');
     const first = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
     const changed = closed(first);
@@ -398,6 +400,29 @@ describe('WebSocket upgrades through the fast lane', () => {
     await editUsers([{ username: 'someone-else', password: randomSecret('pw'), roles: ['user'] }]);
     expect(await ended).toEqual({ code: 4401, reason: 'session ended' });
     expect(refusal(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }))).toEqual({ status: 401, code: 'unauthenticated' });
+    await editUsers([ivy]);
+  }, 30_000);
+
+  it("a ticket issued before a local user's roles changed in the users file is redeemed under the roles the file gives now", async () => {
+    const jo: TestUser = { username: 'jo', password: randomSecret('pw'), roles: ['user', 'admin'] };
+    await editUsers([ivy, jo]);
+    const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:jo', roles: ['user', 'admin'] });
+    const ask = async () => {
+      const response = await fetch(`${lane.url}/api/session/ws-ticket`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ upstream: 'rt', path: '/admins' }),
+      });
+      expect(response.status).toBe(200);
+      return ((await response.json()) as { ticket: string }).ticket;
+    };
+    const admitted = opened(await open(`/api/proxy/rt/admins?ticket=${await ask()}`));
+    admitted.close();
+    await closed(admitted);
+
+    const ticket = await ask();
+    await editUsers([ivy, { ...jo, roles: ['user'] }]);
+    expect(refusal(await open(`/api/proxy/rt/admins?ticket=${ticket}`))).toEqual({ status: 403, code: 'forbidden' });
     await editUsers([ivy]);
   }, 30_000);
 

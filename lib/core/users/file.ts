@@ -82,9 +82,17 @@ type FileUser = z.infer<typeof usersFileSchema>['users'][number];
  * An edit is picked up without a restart: at most every USERS_RECHECK_MS, a sign-in or a look-up checks the
  * file's modification time, size and inode, and reads it again when they changed. An edit that leaves the file
  * invalid (or unreadable, or half-written) keeps the users loaded before and is logged once, naming the field,
- * never a hash; the next valid edit is picked up.
+ * never a hash; the next valid edit is picked up. `onRemoved` hears the usernames a valid edit took out (the
+ * runtime revokes their sessions, so a name put back later brings none of them back).
  */
-export function loadUsersFile(path: string, options: { logger?: Pick<Logger, 'info' | 'error'>; now?: () => number } = {}): LocalUsers {
+export function loadUsersFile(
+  path: string,
+  options: {
+    logger?: Pick<Logger, 'info' | 'error'>;
+    now?: () => number;
+    onRemoved?: (usernames: readonly string[]) => void;
+  } = {},
+): LocalUsers {
   // A monotonic clock by default: a wall clock stepped back would stop the checks until it caught up.
   const now = options.now ?? (() => performance.now());
   let loaded = { stamp: stampOf(path), byName: readUsersFile(path) };
@@ -96,8 +104,11 @@ export function loadUsersFile(path: string, options: { logger?: Pick<Logger, 'in
     const stamp = stampOf(path);
     if (stamp === loaded.stamp) return loaded.byName;
     try {
+      const before = loaded.byName;
       loaded = { stamp, byName: readUsersFile(path) };
-      options.logger?.info({ users: loaded.byName.size }, 'users file changed: reloaded');
+      const removed = [...before.keys()].filter((username) => !loaded.byName.has(username));
+      options.logger?.info({ users: loaded.byName.size, removed: removed.length }, 'users file changed: reloaded');
+      if (removed.length > 0) options.onRemoved?.(removed);
     } catch (error) {
       loaded = { ...loaded, stamp };
       const reason = error instanceof ConfigError ? error.message : 'cannot be read';

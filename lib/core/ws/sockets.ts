@@ -212,9 +212,13 @@ function group<T>(items: Iterable<T>, by: (item: T) => string): Map<string, T[]>
   return groups;
 }
 
-/** The same roles and claims (what authorizes a call and chooses its key); a name may differ. */
+/** The same roles (in any order) and claims: what authorizes a call and chooses its key; a name may differ. */
 function sameAccess(a: Pick<Session, 'roles' | 'claims'>, b: Pick<Session, 'roles' | 'claims'>): boolean {
-  if (a.roles.length !== b.roles.length || a.roles.some((role, i) => role !== b.roles[i])) return false;
+  const roles = new Set(a.roles);
+  if (roles.size !== new Set(b.roles).size || !b.roles.every((role) => roles.has(role))) return false;
   const names = Object.keys(a.claims);
-  return names.length === Object.keys(b.claims).length && names.every((name) => Object.hasOwn(b.claims, name) && a.claims[name] === b.claims[name]);
+  return (
+    names.length === Object.keys(b.claims).length &&
+    names.every((name) => Object.hasOwn(b.claims, name) && a.claims[name] === b.claims[name])
+  );
 }

@@ -77,7 +77,12 @@ export class WsTickets {
     if (!(record.expiresAt > now) || record.upstream !== target.upstream || record.path !== pathKey(target.path))
       return null;
     if (!(record.session.expiresAt > now)) return null;
-    return { ...record.session, via: 'bearer' };
+    // Claims without a prototype, as a decoded session's: a claim named `constructor` is not inherited.
+    return {
+      ...record.session,
+      claims: Object.assign(Object.create(null) as Record<string, string>, record.session.claims),
+      via: 'bearer',
+    };
   }
 }
 

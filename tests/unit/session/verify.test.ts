@@ -273,7 +273,7 @@ describe("a local user's session follows the users file (KEYWARD_USERS_FILE)", (
     expect(session!.claims.constructor).toBeUndefined();
   });
 
-  it('a user removed from the file has no session (cookie or bearer), and has one again once back', async () => {
+  it('a user removed from the file has no session (cookie or bearer)', async () => {
     const { edit, verify } = setup();
     const cookie = withCookie(`${SESSION_COOKIE}=${await adaCookie()}`);
     const bearer = withAuthorization(
@@ -283,8 +283,6 @@ describe("a local user's session follows the users file (KEYWARD_USERS_FILE)", (
     edit([{ username: 'bo', roles: ['user'] }]);
     expect(await verify(cookie)).toBeNull();
     expect(await verify(bearer)).toBeNull();
-    edit([{ username: 'ada', roles: ['user'] }]);
-    expect(await verify(cookie)).toMatchObject({ userId: 'local:ada', roles: ['user'] });
   });
 
   it("an identity provider's user keeps the roles and claims of the sign-in (nothing to read them from)", async () => {

@@ -172,6 +172,29 @@ describe('loadUsersFile: edits are picked up without a restart', () => {
     expect(logger.info).toHaveBeenCalledTimes(1);
   });
 
+  it('onRemoved hears the usernames a valid edit took out, once; not the first load, an invalid edit or an unchanged file', () => {
+    const clock = { now: 1_000_000 };
+    const path = writeJson({ users: [user('ada'), user('bo'), user('cy')] });
+    const removed: string[][] = [];
+    const users = loadUsersFile(path, { now: () => clock.now, onRemoved: (names) => removed.push([...names]) });
+    const edit = (content: unknown) => {
+      writeFileSync(path, typeof content === 'string' ? content : JSON.stringify(content));
+      const later = new Date(Date.now() + 10_000 + Math.random() * 1000);
+      utimesSync(path, later, later);
+      clock.now += USERS_RECHECK_MS;
+      users.find('ada');
+    };
+    expect(removed).toEqual([]);
+    edit('{"users": [');
+    expect(removed).toEqual([]);
+    edit({ users: [user('ada'), user('cy', ['admin'])] });
+    expect(removed).toEqual([['bo']]);
+    clock.now += USERS_RECHECK_MS;
+    users.find('ada');
+    edit({ users: [user('bo')] });
+    expect(removed).toEqual([['bo'], ['ada', 'cy']]);
+  });
+
   it('an edit that leaves the file invalid keeps the users loaded before, logged once naming the field (no hash); the next valid edit is loaded', () => {
     const { clock, users, logger, edit } = setup();
     const hashed = user('cy');

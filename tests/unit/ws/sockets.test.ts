@@ -102,7 +102,7 @@ describe('open WebSockets are re-checked', () => {
     expect([ada.closed, bo.closed, oidc.closed]).toEqual([[], [], []]);
 
     edit([
-      { username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' }, name: 'Ada L.' }, // a new name only
+      { username: 'ada', roles: ['admin', 'user'], claims: { org: 'acme' }, name: 'Ada L.' }, // a new name and order only
       { username: 'bo', roles: ['user'], claims: { org: 'globex' } },
     ]);
     await sockets.check();
