@@ -51,6 +51,18 @@ function label(command: { name: string; args: unknown[] }): string {
   return batch ? `batch:${batch}` : command.name.toLowerCase();
 }
 
+/**
+ * Waits (bounded) until instance A has recorded the first use of a user's key: after the call has answered, a
+ * SET NX of the minute's marker, then a SET of the time (UserKeys.touch), on A's connection. Counted before they
+ * land, they would be taken for the next call's.
+ */
+async function keyUseRecorded(): Promise<void> {
+  for (let i = 0; i < 200 && counter.rounds.flat().filter((name) => name === 'set').length < 2; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  expect(counter.rounds.flat().filter((name) => name === 'set')).toHaveLength(2);
+}
+
 /** The commands of each write the client made to its socket. */
 class Counter {
   rounds: string[][] = [];
@@ -420,7 +432,9 @@ describe('one store round trip per proxied call (Redis)', () => {
     // Suspended by the anomaly detector: refused although the key is there.
     await a.userKeys!.put('own', 'local:sus', randomSecret('sus'));
     const susCookie = await cookieFor('local:sus');
+    counter.take();
     expect((await call(a, 'own', susCookie)).status).toBe(200);
+    await keyUseRecorded();
     await storeB.set(suspensionKey('local:sus'), String(Date.now()));
     counter.take();
     expect(await call(a, 'own', susCookie)).toEqual({ status: 403, code: 'key_suspended' });
