@@ -172,8 +172,17 @@ async function main(args: readonly string[]): Promise<number> {
     }
     case 'check-config': {
       // As the server would start: with the serving checks, and in development with `npm run dev`'s secrets.
+      const production = process.env.NODE_ENV === 'production';
       const runtime = await openRuntime(true);
-      process.stdout.write(`keyward: configuration is valid (${runtime.registry.size} upstream(s): ${[...runtime.registry.keys()].join(', ') || 'none'})\n`);
+      const upstreams = `${runtime.registry.size} upstream(s): ${[...runtime.registry.keys()].join(', ') || 'none'}`;
+      if (production) {
+        process.stdout.write(`keyward: configuration is valid for production, as npm start runs it (${upstreams})\n`);
+      } else {
+        // npm start sets NODE_ENV=production itself: a check without it is not the deployment's (secrets and a
+        // sign-in method are generated for development, and production's checks are not run).
+        process.stdout.write(`keyward: configuration is valid (${upstreams}), checked for development (npm run dev)\n`);
+        process.stderr.write('keyward: to check a deployment as npm start runs it: NODE_ENV=production npm run keyward -- check-config\n');
+      }
       return 0;
     }
     case 'schema': {
@@ -211,7 +220,12 @@ async function openRuntime(serving = false): Promise<Runtime> {
   reportEnvFiles();
   const env = process.env.AUTH_SECRET || process.env.NODE_ENV === 'production' ? process.env : await prepareDevEnvironment(process.cwd(), process.env);
   const { upstreams } = await import('../upstreams/index');
-  return createRuntime({ env, upstreams, serving });
+  return createRuntime({
+    env,
+    upstreams,
+    serving,
+    warn: (message) => process.stderr.write(`keyward: warning: ${message}\n`),
+  });
 }
 
 /**

@@ -31,7 +31,7 @@ import { LogoutTokenVerifier } from './session/logout-token';
 import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
-import { assertNoPublicSecrets, productionProblems, readSettings, trustsHost, type Settings } from './settings';
+import { assertNoPublicSecrets, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
 import { buildRegistry, type Env, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
@@ -100,6 +100,8 @@ export interface RuntimeOptions {
    * method) do not apply. Every other setting is checked the same.
    */
   readonly serving?: boolean;
+  /** Where start-up warnings go (a variable that looks like a misspelled setting); default: the logger, as warnings. */
+  readonly warn?: (message: string) => void;
 }
 
 /**
@@ -121,14 +123,14 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const registry = buildRegistry(definitions, env, fingerprints);
   // A user taken out of the file is signed out everywhere (every session and app token issued so far), by each
   // process that sees the edit: putting the name back, for the same person or another, revives none of them.
-  const usersLogger = options.logger ?? getLogger();
+  const logger = options.logger ?? getLogger();
   const users = settings.KEYWARD_USERS_FILE
     ? loadUsersFile(settings.KEYWARD_USERS_FILE, {
-        logger: usersLogger,
+        logger: logger,
         onRemoved: (usernames) => {
           for (const username of usernames) {
             revocations.revokeUser(`${LOCAL_SUBJECT_PREFIX}${username}`).catch((error: unknown) => {
-              usersLogger.error(
+              logger.error(
                 { err: error instanceof Error ? error.name : 'unknown' },
                 'users file: a removed user could not be signed out everywhere',
               );
@@ -159,7 +161,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     refreshers.set('oidc', oidcRefresher(settings.KEYWARD_OIDC_ISSUER, settings.KEYWARD_OIDC_CLIENT_ID, settings.KEYWARD_OIDC_CLIENT_SECRET, now));
   }
   for (const [provider, refresher] of connectionConfig.refreshers) refreshers.set(provider, refresher);
-  const problems = options.serving === false ? [] : productionProblems(settings, users !== null);
+  const problems = options.serving === false ? [] : productionProblems(settings, users !== null, registry.size);
   for (const [provider, upstreamId] of oauthProviders) {
     if (!refreshers.has(provider)) {
       problems.push(`  - upstreams.${upstreamId}.auth.secret.oauth: no provider "${provider}" is configured (KEYWARD_OIDC_* gives "oidc"; "connections" gives the others)`);
@@ -168,7 +170,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   if ((needsUserKeys || oauthProviders.size > 0 || connectionConfig.providers.size > 0) && !settings.KEYWARD_VAULT_SECRET) {
     problems.push('  - KEYWARD_VAULT_SECRET: must be set (≥ 32 characters) when an upstream uses per-user keys or OAuth tokens, or connections are configured');
   }
-  if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${problems.join('\n')}`);
+  // A variable one typing mistake away from a setting is named with the problems it probably explains, else logged.
+  const misspelled = misspelledSettings(env);
+  if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${[...problems, ...misspelled].join('\n')}`);
+  const warn = options.warn ?? ((message: string) => logger.warn(message));
+  for (const line of misspelled) warn(line.replace(/^ {2}- /, ''));
 
   const store = options.store ?? createStore(settings);
   const revocations = new SessionRevocations(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
@@ -184,7 +190,6 @@ export function createRuntime(options: RuntimeOptions): Runtime {
           ended: async (provider, userId) => connections?.ended(provider, userId),
         })
       : null;
-  const logger = options.logger ?? getLogger();
   const providerSessions = new ProviderSessions(store, revocations, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, logger, now);
   const mobile = new MobileTokens(
     store,

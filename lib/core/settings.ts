@@ -128,6 +128,63 @@ const settingsSchema = z.object({
 
 export type Settings = z.output<typeof settingsSchema>;
 
+/**
+ * `KEYWARD_` variables read outside the settings above: the logger, the fast lane's two processes, the demo and
+ * the benchmark. With the settings, the names a near miss is compared with (misspelledSettings).
+ */
+const OTHER_KEYWARD_VARIABLES = [
+  'KEYWARD_LOG_LEVEL',
+  'KEYWARD_DIST_DIR',
+  'KEYWARD_NEXT_SOCKET',
+  'KEYWARD_NEXT_PORT',
+  'KEYWARD_NEXT_HOSTNAME',
+  'KEYWARD_DEMO_TRAFFIC',
+  'KEYWARD_BENCH_NAIVE_BASE',
+  'KEYWARD_BENCH_NAIVE_KEY',
+  'KEYWARD_BENCH_UPSTREAM_KEY',
+];
+const KEYWARD_VARIABLES = new Set([...Object.keys(settingsSchema.shape).filter((name) => name.startsWith('KEYWARD_')), ...OTHER_KEYWARD_VARIABLES]);
+
+/**
+ * `KEYWARD_` variables that Keyward does not read but that are one or two typing mistakes away from one it does
+ * (`KEYWARD_CONIFG`, `KEYWARD_USER_FILE`): each silently does nothing, so a deployment would run without what the
+ * operator meant to set. One line each, naming the variable and what was probably meant, never a value. Other
+ * `KEYWARD_` names (a key an upstream reads by name, say) are left alone.
+ */
+export function misspelledSettings(env: Env): string[] {
+  const lines: string[] = [];
+  for (const name of Object.keys(env)) {
+    if (!name.startsWith('KEYWARD_') || KEYWARD_VARIABLES.has(name)) continue;
+    let best: { name: string; distance: number } | null = null;
+    for (const known of KEYWARD_VARIABLES) {
+      const distance = editDistance(name, known);
+      if (distance <= 2 && (best === null || distance < best.distance)) best = { name: known, distance };
+    }
+    if (best) lines.push(`  - ${name}: not a Keyward setting, so it is ignored; did you mean ${best.name}?`);
+  }
+  return lines;
+}
+
+/**
+ * Optimal string alignment distance (Levenshtein with adjacent transpositions, so `CONIFG` is 1 from `CONFIG`).
+ * Written here rather than taken from a package: a dozen lines over a few dozen short names, once at start-up.
+ */
+function editDistance(a: string, b: string): number {
+  const rows: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) rows[0]![j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let value = Math.min(rows[i - 1]![j]! + 1, rows[i]![j - 1]! + 1, rows[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        value = Math.min(value, rows[i - 2]![j - 2]! + 1);
+      }
+      rows[i]![j] = value;
+    }
+  }
+  return rows[a.length]![b.length]!;
+}
+
 export function isProduction(settings: Pick<Settings, 'NODE_ENV'>): boolean {
   return settings.NODE_ENV === 'production';
 }
@@ -144,6 +201,7 @@ export function trustsHost(settings: Pick<Settings, 'NODE_ENV' | 'AUTH_TRUST_HOS
 export function productionProblems(
   settings: Pick<Settings, 'NODE_ENV' | 'AUTH_URL' | 'AUTH_TRUST_HOST' | 'VERCEL' | 'KEYWARD_OIDC_ISSUER'>,
   hasUsers: boolean,
+  upstreams: number | null = null,
 ): string[] {
   if (!isProduction(settings)) return [];
   const problems: string[] = [];
@@ -166,6 +224,12 @@ export function productionProblems(
       '  - KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER: no sign-in method is configured; set KEYWARD_USERS_FILE to a users file (npm run keyward -- hash-password) or KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET',
     );
   }
+  // `upstreams` is null when they are not known yet (the settings did not parse).
+  if (upstreams === 0) {
+    problems.push(
+      '  - KEYWARD_CONFIG or KEYWARD_CONFIG_JSON: no upstream is configured, so every proxied call would be 404; set KEYWARD_CONFIG to your JSON config file, or KEYWARD_CONFIG_JSON to its content, or list TypeScript adapters in upstreams/index.ts',
+    );
+  }
   return problems;
 }
 
@@ -185,7 +249,7 @@ export function readSettings(env: Env, options: { serving?: boolean } = {}): Set
         : '\n  (in development, `npm run dev` generates these into .keyward/dev-secrets.json)';
     // What production needs as well, so that one start-up names every missing setting, not one batch at a time.
     const alsoNeeded = (options.serving === false ? [] : productionProblemsOfEnv(env)).filter((line) => !result.error.issues.some((issue) => line.startsWith(`  - ${String(issue.path[0])}:`)));
-    const problems = [formatIssues(result.error.issues, ''), ...alsoNeeded].join('\n');
+    const problems = [formatIssues(result.error.issues, ''), ...alsoNeeded, ...misspelledSettings(env)].join('\n');
     throw new ConfigError(`Keyward settings are invalid:\n${problems}${hint}`);
   }
   const oidc = [result.data.KEYWARD_OIDC_ISSUER, result.data.KEYWARD_OIDC_CLIENT_ID, result.data.KEYWARD_OIDC_CLIENT_SECRET];

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, expect, it } from 'vitest';
 import { freePort } from '../fixtures/app-server';
+import { uncalledUpstream } from '../fixtures/config';
 import { REDIS_URL } from '../fixtures/claims-session';
 import { deleteKeysUnder } from '../fixtures/redis-server';
 import { testSessionSecrets } from '../fixtures/secrets';
@@ -49,6 +50,7 @@ it("a fresh instance's first request, a sign-in, is answered (not 503 while Redi
     AUTH_TRUST_HOST: 'true',
     ...testSessionSecrets(),
     KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'alice', password: 'correct horse', roles: ['user'] }]),
+    ...uncalledUpstream(),
     REDIS_URL,
     KEYWARD_REDIS_PREFIX: prefix,
   };

@@ -6,6 +6,7 @@ import { signIn, signInAttempt, startApp, type AppServer } from '../fixtures/app
 import { capturingLogger } from '../fixtures/claims-session';
 import { testSessionSecrets } from '../fixtures/secrets';
 import { writeUsersFile } from '../fixtures/users';
+import { uncalledUpstream } from '../fixtures/config';
 
 /**
  * Sign-in attempt limits and body rules (lib/core/api/sign-in.ts): first at handler level with a runtime
@@ -259,6 +260,7 @@ describe('against next start: a locked-out user stays locked out', () => {
     app = await startApp({
       ...testSessionSecrets(),
       KEYWARD_USERS_FILE: usersFile,
+      ...uncalledUpstream(),
       KEYWARD_STORE: 'memory',
       KEYWARD_SIGNIN_MAX_ATTEMPTS: String(MAX),
       KEYWARD_SIGNIN_WINDOW_SECONDS: String(WINDOW),

@@ -150,8 +150,32 @@ describe('start-up refuses a production that could not serve anyone', () => {
     expect(output).toContain('KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET must be set together');
   });
 
-  it('and starts with exactly the README settings (AUTH_URL, the two secrets, a users file)', async () => {
-    const app = await startApp({ ...testSessionSecrets(), AUTH_URL: 'https://app.example.com', KEYWARD_USERS_FILE: usersFile }, { testDefaults: false });
+  it('without any upstream, naming a variable that looks like a misspelled setting (KEYWARD_CONIFG)', async () => {
+    const output = await expectStartupFailure(
+      {
+        ...testSessionSecrets(),
+        AUTH_URL: 'https://app.example.com',
+        KEYWARD_USERS_FILE: usersFile,
+        KEYWARD_CONIFG: writeConfig(upstream('ECHO_KEY')),
+      },
+      false,
+    );
+    expect(output).toContain('KEYWARD_CONFIG or KEYWARD_CONFIG_JSON: no upstream is configured');
+    expect(output).toContain('KEYWARD_CONIFG: not a Keyward setting, so it is ignored; did you mean KEYWARD_CONFIG?');
+    expect(output).not.toContain('AUTH_URL: must');
+  });
+
+  it('and starts with exactly the README settings (AUTH_URL, the two secrets, a users file, the upstreams and their key)', async () => {
+    const app = await startApp(
+      {
+        ...testSessionSecrets(),
+        AUTH_URL: 'https://app.example.com',
+        KEYWARD_USERS_FILE: usersFile,
+        KEYWARD_CONFIG: writeConfig(upstream('ECHO_KEY')),
+        ECHO_KEY: randomSecret('echo'),
+      },
+      { testDefaults: false },
+    );
     try {
       expect((await fetch(`${app.url}/api/session`)).status).toBe(401);
       expect((await fetch(`${app.url}/api/auth/csrf`)).status).toBe(200);

@@ -14,6 +14,7 @@ import { capturingLogger, claimsSessionCookie, findLeak } from '../fixtures/clai
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken } from '../fixtures/session';
 import { writeUsersFile } from '../fixtures/users';
+import { uncalledUpstream } from '../fixtures/config';
 
 /**
  * Issue 11, finding 4: with the store down, every Keyward route answers 503 `store_unavailable` (the
@@ -182,6 +183,7 @@ describe('the store is down, through next start: Auth.js routes answer 503 too',
     app = await startApp({
       ...appSecrets,
       KEYWARD_USERS_FILE: usersFile,
+      ...uncalledUpstream(),
       REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
       KEYWARD_REDIS_PREFIX: `keyward-test:down-app:${randomUUID()}:`,
     });

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../lib/core/config/load';
-import { assertNoPublicSecrets, productionProblems, readSettings } from '../../lib/core/settings';
+import { assertNoPublicSecrets, misspelledSettings, productionProblems, readSettings } from '../../lib/core/settings';
 import type { Env } from '../../lib/core/upstream/registry';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { thrown } from './support';
@@ -215,5 +215,70 @@ describe('productionProblems: AUTH_URL', () => {
     for (const url of ['https://app.example.com', 'http://localhost:3000', 'http://127.0.0.1:3000', 'http://[::1]:3000']) {
       expect(production(url)).toEqual([]);
     }
+  });
+});
+
+describe('productionProblems: upstreams', () => {
+  const settings = (NODE_ENV: string) =>
+    ({
+      NODE_ENV,
+      AUTH_URL: 'https://app.example.com',
+      AUTH_TRUST_HOST: false,
+      VERCEL: undefined,
+      KEYWARD_OIDC_ISSUER: undefined,
+    }) as const;
+
+  it('production with no upstream is a problem (every call would be 404); with one, or not known yet, or in development, it is not', () => {
+    expect(productionProblems(settings('production'), true, 0).join('\n')).toContain(
+      'KEYWARD_CONFIG or KEYWARD_CONFIG_JSON: no upstream is configured',
+    );
+    expect(productionProblems(settings('production'), true, 1)).toEqual([]);
+    expect(productionProblems(settings('production'), true)).toEqual([]);
+    expect(productionProblems(settings('development'), true, 0)).toEqual([]);
+  });
+});
+
+describe('misspelledSettings', () => {
+  it('names a KEYWARD_ variable one or two typing mistakes from a setting, and the setting meant', () => {
+    expect(
+      misspelledSettings({
+        KEYWARD_CONIFG: 'config/keyward.json',
+        KEYWARD_USER_FILE: 'users.json',
+        KEYWARD_SESION_SECRET: 'x',
+      }),
+    ).toEqual([
+      '  - KEYWARD_CONIFG: not a Keyward setting, so it is ignored; did you mean KEYWARD_CONFIG?',
+      '  - KEYWARD_USER_FILE: not a Keyward setting, so it is ignored; did you mean KEYWARD_USERS_FILE?',
+      '  - KEYWARD_SESION_SECRET: not a Keyward setting, so it is ignored; did you mean KEYWARD_SESSION_SECRET?',
+    ]);
+  });
+
+  it('leaves alone the settings, the other variables Keyward reads, other KEYWARD_ names (a key read by name) and other prefixes', () => {
+    expect(
+      misspelledSettings({
+        KEYWARD_CONFIG: 'a',
+        KEYWARD_USERS_FILE: 'b',
+        KEYWARD_LOG_LEVEL: 'debug',
+        KEYWARD_NEXT_PORT: '1',
+        KEYWARD_OPENAI_KEY: 'sk-x',
+        KEYWARD_STRIPE_SECRET: 'sk-y',
+        KEYWARD_CONFIG_JSONX_EXTRA: 'z',
+        AUTH_SECRT: 'x',
+      }),
+    ).toEqual([]);
+  });
+
+  it('never shows a value, and is part of the message when the settings do not parse', () => {
+    const value = 'a-value-that-must-not-be-printed';
+    const error = (
+      thrown(() =>
+        readSettings({ NODE_ENV: 'production', AUTH_SECRET: 'x'.repeat(40), KEYWARD_SESION_SECRET: value }),
+      ) as Error
+    ).message;
+    expect(error).toContain('KEYWARD_SESSION_SECRET');
+    expect(error).toContain(
+      'KEYWARD_SESION_SECRET: not a Keyward setting, so it is ignored; did you mean KEYWARD_SESSION_SECRET?',
+    );
+    expect(error).not.toContain(value);
   });
 });
