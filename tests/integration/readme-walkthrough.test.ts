@@ -9,7 +9,7 @@ import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as zod from 'zod';
 import * as client from '../../lib/client';
-import * as load from '../../lib/core/config/load';
+import * as core from '../../lib/core/index';
 import { parseConfig, type UpstreamDefinition } from '../../lib/core/config/load';
 import { REDACTED } from '../../lib/core/log/scrub';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
@@ -461,7 +461,7 @@ describe('README "Add an upstream", run as written', { timeout: 60_000 }, () => 
   describe('the TypeScript upstreams/index.ts block', () => {
     const source = () => block('ts', "defineUpstream('weather'");
     const evaluate = async (text: string) =>
-      (await runSnippet(text, { zod, '@/lib/core/config/load': load }, 'exports.upstreams')) as UpstreamDefinition[];
+      (await runSnippet(text, { zod, 'keyward/core': core }, 'exports.upstreams')) as UpstreamDefinition[];
 
     it('typechecks as upstreams/index.ts, with the repository path aliases, and types the client by itself', () => {
       const file = join(ROOT, 'upstreams/index.ts');
