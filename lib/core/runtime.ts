@@ -141,11 +141,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     : null;
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
-  const secrets = [settings.AUTH_SECRET, settings.KEYWARD_SESSION_SECRET];
-  for (const name of ['KEYWARD_OIDC_CLIENT_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_VAULT_SECRET_PREVIOUS', 'KEYWARD_METRICS_TOKEN'] as const) {
-    const value = settings[name];
-    if (value) secrets.push(value);
-  }
+  const secrets = OWN_SECRETS.flatMap((name) => settings[name] ?? []);
+  assertNoOwnSecretUpstream(settings, registry);
   for (const upstream of registry.values()) secrets.push(...serviceSecrets(upstream));
   const webhookSecret = detectorConfig.webhook ? webhookSecretFrom(env, detectorConfig.webhook.secret.env) : null;
   if (webhookSecret) secrets.push(webhookSecret);
@@ -278,6 +275,38 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     dispatcher,
     logger,
   };
+}
+
+/** Keyward's own secrets, which no upstream may take as its key. */
+const OWN_SECRETS = [
+  'AUTH_SECRET',
+  'KEYWARD_SESSION_SECRET',
+  'KEYWARD_OIDC_CLIENT_SECRET',
+  'KEYWARD_VAULT_SECRET',
+  'KEYWARD_VAULT_SECRET_PREVIOUS',
+  'KEYWARD_METRICS_TOKEN',
+] as const;
+
+/**
+ * Refuses an upstream whose key (any of its versions or parts) is one of Keyward's own secrets, by the same
+ * variable or a copy of its value: it would be sent upstream with every call, and whoever runs the upstream could
+ * then forge sessions or open the vault. Names the upstream and the setting, never the value.
+ */
+function assertNoOwnSecretUpstream(settings: Settings, registry: ReadonlyMap<string, Upstream>): void {
+  const problems: string[] = [];
+  for (const upstream of registry.values()) {
+    const values = new Set(serviceSecrets(upstream));
+    const own = OWN_SECRETS.filter((name) => {
+      const value = settings[name];
+      return value !== undefined && values.has(value);
+    });
+    if (own.length > 0) {
+      problems.push(
+        `  - upstreams.${upstream.id}.auth: its key is the value of ${own.join(' and ')}, Keyward's own secret, which would be sent upstream with every call; give the upstream a key of its own (value not shown)`,
+      );
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${problems.join('\n')}`);
 }
 
 /** The detector's rules: from TypeScript or from the config file (one place), else the defaults. */

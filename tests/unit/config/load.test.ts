@@ -388,6 +388,36 @@ describe('readConfigFile', () => {
   });
 });
 
+describe("an upstream's key is never one of Keyward's own secrets", () => {
+  const settings = () => ({
+    AUTH_SECRET: randomSecret('auth'),
+    KEYWARD_SESSION_SECRET: randomSecret('sess'),
+    KEYWARD_VAULT_SECRET: randomSecret('vault-secret-of-32-characters-or-more'),
+    KEYWARD_STORE: 'memory',
+  });
+
+  it.each([
+    ['by its variable', (env: Record<string, string>) => ({ env: 'AUTH_SECRET', copy: env.AUTH_SECRET!, named: 'AUTH_SECRET' })],
+    ['by a copy of its value', (env: Record<string, string>) => ({ env: 'ECHO_KEY', copy: env.KEYWARD_VAULT_SECRET!, named: 'KEYWARD_VAULT_SECRET' })],
+  ])('refused %s, naming the upstream and the setting, never the value', async (_how, pick) => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const env: Record<string, string> = settings();
+    const { env: variable, copy, named } = pick(env);
+    const config = { upstreams: { echo: valid({ auth: { type: 'bearer', secret: { env: variable } } }) } };
+    const error = thrown(() => createRuntime({ env: { ...env, ECHO_KEY: copy, KEYWARD_CONFIG_JSON: JSON.stringify(config) } }));
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    expect(message).toContain(`upstreams.echo.auth: its key is the value of ${named}, Keyward's own secret`);
+    for (const value of Object.values(env)) if (value.length > 8) expect(message).not.toContain(value);
+  });
+
+  it('a key of its own is accepted', async () => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const env = { ...settings(), ECHO_KEY: randomSecret('key'), KEYWARD_CONFIG_JSON: JSON.stringify({ upstreams: { echo: valid() } }) };
+    expect([...createRuntime({ env }).registry.keys()]).toEqual(['echo']);
+  });
+});
+
 describe('KEYWARD_CONFIG_JSON (the config held in an environment variable)', () => {
   it('reads the same config as the file', async () => {
     const { createRuntime } = await import('../../../lib/core/runtime');
