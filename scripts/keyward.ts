@@ -176,7 +176,7 @@ async function main(args: readonly string[]): Promise<number> {
       const runtime = await openRuntime(true);
       const upstreams = `${runtime.registry.size} upstream(s): ${[...runtime.registry.keys()].join(', ') || 'none'}`;
       if (production) {
-        process.stdout.write(`keyward: configuration is valid for production, as npm start runs it (${upstreams})\n`);
+        process.stdout.write(`keyward: configuration is valid for production (NODE_ENV=production; ${upstreams})\n`);
       } else {
         // npm start sets NODE_ENV=production itself: a check without it is not the deployment's (secrets and a
         // sign-in method are generated for development, and production's checks are not run).

@@ -168,8 +168,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     problems.push('  - KEYWARD_VAULT_SECRET: must be set (≥ 32 characters) when an upstream uses per-user keys or OAuth tokens, or connections are configured');
   }
   // A variable one typing mistake away from a setting is named with the problems it probably explains, else logged.
-  const misspelled = misspelledSettings(env);
-  if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${[...problems, ...misspelled].join('\n')}`);
+  const misspelled = misspelledSettings(
+    env,
+    referencedVariables([definitions.map((d) => d.config), files, options.connections, options.detector]),
+  );
+  if (problems.length > 0) {
+    throw new ConfigError(`Keyward configuration is invalid:\n${[...problems, ...misspelled].join('\n')}`);
+  }
   const warn = options.warn ?? ((message: string) => logger.warn(message));
   for (const line of misspelled) warn(line.replace(/^ {2}- /, ''));
 
@@ -275,6 +280,26 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     dispatcher,
     logger,
   };
+}
+
+/**
+ * The environment variables a configuration reads by name (`{"env": "NAME"}` anywhere in it: keys, key versions,
+ * client secrets, the webhook's), which a look-alike of a setting may legitimately be (misspelledSettings).
+ */
+function referencedVariables(configs: readonly unknown[]): Set<string> {
+  const names = new Set<string>();
+  // Once per object: a TypeScript upstream may hold zod schemas, whose objects refer to each other.
+  const seen = new Set<object>();
+  const visit = (value: unknown): void => {
+    if (value === null || typeof value !== 'object' || seen.has(value)) return;
+    seen.add(value);
+    if (Array.isArray(value)) return value.forEach(visit);
+    const { env } = value as { env?: unknown };
+    if (typeof env === 'string') names.add(env);
+    Object.values(value).forEach(visit);
+  };
+  configs.forEach(visit);
+  return names;
 }
 
 /** Keyward's own secrets, which no upstream may take as its key. */

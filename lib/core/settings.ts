@@ -149,12 +149,14 @@ const KEYWARD_VARIABLES = new Set([...Object.keys(settingsSchema.shape).filter((
  * `KEYWARD_` variables that Keyward does not read but that are one or two typing mistakes away from one it does
  * (`KEYWARD_CONIFG`, `KEYWARD_USER_FILE`): each silently does nothing, so a deployment would run without what the
  * operator meant to set. One line each, naming the variable and what was probably meant, never a value. Other
- * `KEYWARD_` names (a key an upstream reads by name, say) are left alone.
+ * `KEYWARD_` names, and those in `referenced` (what the configuration reads by name, such as an upstream's key),
+ * are left alone.
  */
-export function misspelledSettings(env: Env): string[] {
+export function misspelledSettings(env: Env, referenced: ReadonlySet<string> = new Set()): string[] {
   const lines: string[] = [];
   for (const name of Object.keys(env)) {
-    if (!name.startsWith('KEYWARD_') || KEYWARD_VARIABLES.has(name)) continue;
+    // KEYWORD_ as well: the product's name is itself easy to mistype.
+    if (!/^KEYW[AO]RD_/.test(name) || KEYWARD_VARIABLES.has(name) || referenced.has(name)) continue;
     let best: { name: string; distance: number } | null = null;
     for (const known of KEYWARD_VARIABLES) {
       const distance = editDistance(name, known);

@@ -268,6 +268,14 @@ describe('misspelledSettings', () => {
     ).toEqual([]);
   });
 
+  it('catches the product name mistyped (KEYWORD_), and leaves alone a variable the configuration reads by name', () => {
+    expect(misspelledSettings({ KEYWORD_CONFIG: 'a' })).toEqual([
+      '  - KEYWORD_CONFIG: not a Keyward setting, so it is ignored; did you mean KEYWARD_CONFIG?',
+    ]);
+    expect(misspelledSettings({ KEYWARD_CONFIG_2: 'a' })).toHaveLength(1);
+    expect(misspelledSettings({ KEYWARD_CONFIG_2: 'a' }, new Set(['KEYWARD_CONFIG_2']))).toEqual([]);
+  });
+
   it('never shows a value, and is part of the message when the settings do not parse', () => {
     const value = 'a-value-that-must-not-be-printed';
     const error = (

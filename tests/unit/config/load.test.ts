@@ -388,6 +388,32 @@ describe('readConfigFile', () => {
   });
 });
 
+describe('variables that look like a misspelled setting', () => {
+  it('are warned about once at start-up, except those the configuration reads by name (a TypeScript upstream with zod schemas too)', async () => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const { defineUpstream } = await import('../../../lib/core/config/load');
+    const { z } = await import('zod');
+    const warnings: string[] = [];
+    const typed = defineUpstream('typed', {
+      baseUrl: 'https://api.example.com/v1/',
+      auth: { type: 'bearer', secret: { env: 'KEYWARD_CONFIG_2' } },
+      routes: [{ method: 'GET', path: '/items', query: z.object({ q: z.string().max(10) }) }],
+    });
+    createRuntime({
+      env: {
+        AUTH_SECRET: randomSecret('auth'),
+        KEYWARD_SESSION_SECRET: randomSecret('sess'),
+        KEYWARD_STORE: 'memory',
+        KEYWARD_CONFIG_2: randomSecret('typed-key'),
+        KEYWARD_USER_FILE: '/etc/keyward/users.json',
+      },
+      upstreams: [typed],
+      warn: (message) => warnings.push(message),
+    });
+    expect(warnings).toEqual(['KEYWARD_USER_FILE: not a Keyward setting, so it is ignored; did you mean KEYWARD_USERS_FILE?']);
+  });
+});
+
 describe("an upstream's key is never one of Keyward's own secrets", () => {
   const settings = () => ({
     AUTH_SECRET: randomSecret('auth'),
@@ -397,8 +423,18 @@ describe("an upstream's key is never one of Keyward's own secrets", () => {
   });
 
   it.each([
-    ['by its variable', (env: Record<string, string>) => ({ env: 'AUTH_SECRET', copy: env.AUTH_SECRET!, named: 'AUTH_SECRET' })],
-    ['by a copy of its value', (env: Record<string, string>) => ({ env: 'ECHO_KEY', copy: env.KEYWARD_VAULT_SECRET!, named: 'KEYWARD_VAULT_SECRET' })],
+    [
+      'by its variable',
+      (env: Record<string, string>) => ({ env: 'AUTH_SECRET', copy: env.AUTH_SECRET!, named: 'AUTH_SECRET' }),
+    ],
+    [
+      'by a copy of its value',
+      (env: Record<string, string>) => ({
+        env: 'ECHO_KEY',
+        copy: env.KEYWARD_VAULT_SECRET!,
+        named: 'KEYWARD_VAULT_SECRET',
+      }),
+    ],
   ])('refused %s, naming the upstream and the setting, never the value', async (_how, pick) => {
     const { createRuntime } = await import('../../../lib/core/runtime');
     const env: Record<string, string> = settings();
