@@ -121,12 +121,12 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);
+  const logger = options.logger ?? getLogger();
   // A user taken out of the file is signed out everywhere (every session and app token issued so far), by each
   // process that sees the edit: putting the name back, for the same person or another, revives none of them.
-  const logger = options.logger ?? getLogger();
   const users = settings.KEYWARD_USERS_FILE
     ? loadUsersFile(settings.KEYWARD_USERS_FILE, {
-        logger: logger,
+        logger,
         onRemoved: (usernames) => {
           for (const username of usernames) {
             revocations.revokeUser(`${LOCAL_SUBJECT_PREFIX}${username}`).catch((error: unknown) => {
