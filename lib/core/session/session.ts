@@ -51,7 +51,11 @@ export function sessionFromClaims(claims: SessionClaims, via: Session['via']): S
   };
 }
 
-function stringClaims(value: unknown): Record<string, string> {
+/**
+ * A session's claims from a decoded token, a stored record or the users file: its string values, in an object
+ * without a prototype, so that a claim named like an Object method (`constructor`) is never found by inheritance.
+ */
+export function stringClaims(value: unknown): Record<string, string> {
   const out: Record<string, string> = Object.create(null);
   if (value && typeof value === 'object' && !Array.isArray(value)) {
     for (const [name, claim] of Object.entries(value)) if (typeof claim === 'string') out[name] = claim;

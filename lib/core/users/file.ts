@@ -5,6 +5,7 @@ import { ConfigError } from '../config/load';
 import { jsonErrorAt } from '../config/error';
 import { formatIssues } from '../config/schema';
 import { decoyHash, isPasswordHash, verifyPassword } from './password';
+import { stringClaims } from '../session/session';
 
 const usersFileSchema = z.strictObject({
   users: z
@@ -69,9 +70,7 @@ export function currentLocalUser<T extends UserView>(view: T, users: Pick<LocalU
   if (username === null) return view;
   const user = users.find(username);
   if (!user) return null;
-  // Claims without a prototype, as sessionFromClaims builds them: a claim named `constructor` is not inherited.
-  const claims = Object.assign(Object.create(null) as Record<string, string>, user.claims);
-  return { ...view, name: user.name, roles: [...user.roles], claims };
+  return { ...view, name: user.name, roles: [...user.roles], claims: stringClaims(user.claims) };
 }
 
 type FileUser = z.infer<typeof usersFileSchema>['users'][number];

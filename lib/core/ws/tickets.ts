@@ -3,7 +3,7 @@ import { guard } from '../store/guard';
 import { capPerWindow } from '../store/window-cap';
 import type { Store } from '../../store/types';
 import type { ProxyTarget } from '../pipeline';
-import type { Session } from '../session/session';
+import { stringClaims, type Session } from '../session/session';
 
 /** How long a ticket can be redeemed: long enough to open a socket right after asking, too short to be worth stealing. */
 export const WS_TICKET_TTL_MS = 30_000;
@@ -77,10 +77,9 @@ export class WsTickets {
     if (!(record.expiresAt > now) || record.upstream !== target.upstream || record.path !== pathKey(target.path))
       return null;
     if (!(record.session.expiresAt > now)) return null;
-    // Claims without a prototype, as a decoded session's: a claim named `constructor` is not inherited.
     return {
       ...record.session,
-      claims: Object.assign(Object.create(null) as Record<string, string>, record.session.claims),
+      claims: stringClaims(record.session.claims),
       via: 'bearer',
     };
   }
