@@ -142,12 +142,26 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
   const secrets = OWN_SECRETS.flatMap((name) => settings[name] ?? []);
-  assertNoOwnSecretUpstream(settings, registry);
   for (const upstream of registry.values()) secrets.push(...serviceSecrets(upstream));
   const webhookSecret = detectorConfig.webhook ? webhookSecretFrom(env, detectorConfig.webhook.secret.env) : null;
   if (webhookSecret) secrets.push(webhookSecret);
   const connectionConfig = connectionSetup(options.connections, files, env, now);
   secrets.push(...connectionConfig.secrets);
+  assertNoOwnSecretShared(settings, [
+    ...[...registry.values()].map((upstream) => ({
+      field: `upstreams.${upstream.id}.auth`,
+      what: 'its key',
+      where: 'sent upstream with every call',
+      values: serviceSecrets(upstream),
+    })),
+    ...[...connectionConfig.providers.values()].map((provider) => ({
+      field: `connections.${provider.id}.clientSecret`,
+      what: 'its client secret',
+      where: "sent to the provider's token endpoint",
+      values: provider.clientSecret ? [provider.clientSecret] : [],
+    })),
+    { field: 'detector.webhook.secret', what: 'its signing secret', where: "shared with the webhook's receiver", values: webhookSecret ? [webhookSecret] : [] },
+  ]);
   assertNoPublicSecrets(env, secrets);
   if (decoys) assertNoSecretDecoys(decoys, secrets);
   logScrubber.add(secrets);
@@ -312,22 +326,31 @@ const OWN_SECRETS = [
   'KEYWARD_METRICS_TOKEN',
 ] as const;
 
+/** A secret Keyward gives to someone else: an upstream's key, a connection's client secret, the webhook's. */
+interface SharedSecret {
+  readonly field: string;
+  readonly what: string;
+  readonly where: string;
+  readonly values: readonly string[];
+}
+
 /**
- * Refuses an upstream whose key (any of its versions or parts) is one of Keyward's own secrets, by the same
- * variable or a copy of its value: it would be sent upstream with every call, and whoever runs the upstream could
- * then forge sessions or open the vault. Names the upstream and the setting, never the value.
+ * Refuses a secret Keyward hands to a third party (an upstream's key, any of its versions or parts; a
+ * connection's client secret; the detector webhook's signing secret) that is one of Keyward's own secrets, by the
+ * same variable or a copy of its value: whoever receives it could then forge sessions or open the vault. Names
+ * the field and the setting, never the value.
  */
-function assertNoOwnSecretUpstream(settings: Settings, registry: ReadonlyMap<string, Upstream>): void {
+function assertNoOwnSecretShared(settings: Settings, shared: readonly SharedSecret[]): void {
   const problems: string[] = [];
-  for (const upstream of registry.values()) {
-    const values = new Set(serviceSecrets(upstream));
+  for (const { field, what, where, values } of shared) {
+    const given = new Set(values);
     const own = OWN_SECRETS.filter((name) => {
       const value = settings[name];
-      return value !== undefined && values.has(value);
+      return value !== undefined && given.has(value);
     });
     if (own.length > 0) {
       problems.push(
-        `  - upstreams.${upstream.id}.auth: its key is the value of ${own.join(' and ')}, Keyward's own secret, which would be sent upstream with every call; give the upstream a key of its own (value not shown)`,
+        `  - ${field}: ${what} is the value of ${own.join(' and ')}, Keyward's own secret, which would be ${where}; give it a secret of its own (value not shown)`,
       );
     }
   }

@@ -414,7 +414,7 @@ describe('variables that look like a misspelled setting', () => {
   });
 });
 
-describe("an upstream's key is never one of Keyward's own secrets", () => {
+describe("a secret Keyward gives away (an upstream's key, a client secret, the webhook's) is never one of its own", () => {
   const settings = () => ({
     AUTH_SECRET: randomSecret('auth'),
     KEYWARD_SESSION_SECRET: randomSecret('sess'),
@@ -444,6 +444,34 @@ describe("an upstream's key is never one of Keyward's own secrets", () => {
     expect(error).toBeInstanceOf(ConfigError);
     const message = (error as Error).message;
     expect(message).toContain(`upstreams.echo.auth: its key is the value of ${named}, Keyward's own secret`);
+    for (const value of Object.values(env)) if (value.length > 8) expect(message).not.toContain(value);
+  });
+
+  it("refuses a connection's client secret or the webhook's signing secret that is one, naming the field", async () => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const env: Record<string, string> = settings();
+    const config = {
+      upstreams: { echo: valid() },
+      connections: { github: { preset: 'github', clientId: { env: 'GH_ID' }, clientSecret: { env: 'GH_SECRET' } } },
+      detector: { webhook: { url: 'https://alerts.example.com/k', secret: { env: 'ALERTS_SECRET' } } },
+    };
+    const error = thrown(() =>
+      createRuntime({
+        env: {
+          ...env,
+          ECHO_KEY: randomSecret('key'),
+          GH_ID: 'gh-client-id',
+          GH_SECRET: env.AUTH_SECRET!,
+          ALERTS_SECRET: env.KEYWARD_SESSION_SECRET!,
+          KEYWARD_CONFIG_JSON: JSON.stringify(config),
+        },
+      }),
+    );
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    expect(message).toContain("connections.github.clientSecret: its client secret is the value of AUTH_SECRET, Keyward's own secret");
+    expect(message).toContain("detector.webhook.secret: its signing secret is the value of KEYWARD_SESSION_SECRET, Keyward's own secret");
+    expect(message).not.toContain('upstreams.echo');
     for (const value of Object.values(env)) if (value.length > 8) expect(message).not.toContain(value);
   });
 
