@@ -21,6 +21,7 @@ import {
   createFastLane,
   createFastLaneRuntime,
   createUpgradeListener,
+  fastLaneProblems,
   NextExitedError,
   OpenSockets,
   readServeOptions,
@@ -60,10 +61,9 @@ async function main(): Promise<void> {
   checkStartup(() => (loaded = createFastLaneRuntime(upstreams)));
   if (!loaded) process.exit(1);
   const runtime = loaded;
-  if (runtime.store.kind === 'memory') {
-    // Next's handlers (sign-out, keys, mobile tokens) hold their own runtime: with a memory store, a session
-    // revoked there would still be accepted here. Fail closed.
-    console.error('\nKeyward cannot start.\n  - KEYWARD_STORE: "memory" cannot be shared between the fast lane and Next\'s handlers; use sqlite (the default) or redis, or `npm run start:next`\n');
+  const problems = fastLaneProblems(runtime);
+  if (problems.length > 0) {
+    console.error(`\nKeyward cannot start.\n${problems.join('\n')}\n`);
     process.exit(1);
   }
 

@@ -24,6 +24,7 @@ import { auditFilter } from '../lib/core/api/admin';
 import { keyAdmin } from '../lib/core/keys/admin';
 import type { KeyVersion, Rotation, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
+import { fastLaneProblems } from '../lib/node/runtime';
 import { hashPassword } from '../lib/core/users/password';
 import { appendDecoy, readDecoysFile } from '../lib/core/detect/decoys';
 import { DECOY_SHAPES, decoyId, mintDecoy, type DecoyShape } from '../lib/core/detect/mint';
@@ -175,6 +176,12 @@ async function main(args: readonly string[]): Promise<number> {
       const production = process.env.NODE_ENV === 'production';
       const runtime = await openRuntime(true);
       const upstreams = `${runtime.registry.size} upstream(s): ${[...runtime.registry.keys()].join(', ') || 'none'}`;
+      // npm start's own refusal on top (server.ts), so a configuration this calls valid starts there too.
+      const refused = production ? fastLaneProblems(runtime) : [];
+      if (refused.length > 0) {
+        process.stderr.write(`keyward: npm start would refuse this configuration:\n${refused.join('\n')}\n`);
+        return 1;
+      }
       if (production) {
         process.stdout.write(`keyward: configuration is valid for production (NODE_ENV=production; ${upstreams})\n`);
       } else {

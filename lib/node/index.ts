@@ -6,7 +6,7 @@
 export { readServeOptions, UsageError, type ServeOptions } from './args';
 export { createConnectRefusal, createFastLane, type FastLaneOptions } from './fast-lane';
 export { NextExitedError, startNextProcess, type NextProcess, type NextProcessOptions } from './next-process';
-export { createFastLaneRuntime } from './runtime';
+export { createFastLaneRuntime, fastLaneProblems } from './runtime';
 export { createUpgradeListener, type UpgradeOptions } from './websocket';
 export { OpenSockets } from '@/lib/core/ws/sockets';
 export { WsTickets } from '@/lib/core/ws/tickets';

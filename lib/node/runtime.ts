@@ -14,3 +14,15 @@ import { createRuntime, type Runtime } from '@/lib/core/runtime';
 export function createFastLaneRuntime(upstreams: readonly UpstreamDefinition[] = []): Runtime {
   return createRuntime({ env: process.env, upstreams });
 }
+
+/**
+ * What the fast lane refuses on top of the runtime's own checks (server.ts exits on it, and `keyward
+ * check-config` reports it): Next's handlers (sign-out, keys, mobile tokens) hold their own runtime, so with a
+ * memory store a session revoked there would still be accepted here. Fail closed.
+ */
+export function fastLaneProblems(runtime: Pick<Runtime, 'store'>): string[] {
+  if (runtime.store.kind !== 'memory') return [];
+  return [
+    '  - KEYWARD_STORE: "memory" cannot be shared between the fast lane and Next\'s handlers; use sqlite (the default) or redis, or `npm run start:next`',
+  ];
+}

@@ -387,6 +387,16 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
     expect(check.stderr).toContain('KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER: no sign-in method is configured');
   });
 
+  it("check-config in production refuses what npm start refuses: a memory store, which the fast lane cannot share with Next", async () => {
+    const check = await cli(['check-config'], '', { env: { ...env, KEYWARD_STORE: 'memory' } });
+    expect(check.code).toBe(1);
+    expect(check.stdout).toBe('');
+    expect(check.stderr).toContain('keyward: npm start would refuse this configuration:\n  - KEYWARD_STORE: "memory" cannot be shared');
+    const valid = await cli(['check-config'], '', { env });
+    expect(valid.code, valid.stderr).toBe(0);
+    expect(valid.stdout).toMatch(/^keyward: configuration is valid for production \(NODE_ENV=production; /);
+  });
+
   it('failures name the problem and exit 1: unknown upstream, short key, nothing on stdin', async () => {
     const nowhere = await cli(['keys', 'rotate', 'nope'], keys.unknownUpstream);
     expect(nowhere.code).toBe(1);
