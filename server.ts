@@ -103,7 +103,7 @@ async function main(): Promise<void> {
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
   origin = `http://localhost:${port}`;
-  console.log(`Keyward (fast lane) on http://${displayHost(options.hostname)}:${port}: /api/proxy/* by Keyward's core, everything else by Next.js`);
+  console.log(`Keyward (fast lane) on ${listeningOn(options.hostname, port)}: /api/proxy/* by Keyward's core, everything else by Next.js`);
 
   let stopping = false;
   const stop = () => {
@@ -134,9 +134,12 @@ async function siteWideHeaders(): Promise<Array<readonly [string, string]>> {
     .flatMap((rule) => rule.headers.map(({ key, value }) => [key.toLowerCase(), value] as const));
 }
 
-function displayHost(hostname: string | undefined): string {
-  if (!hostname || hostname === '0.0.0.0' || hostname === '::') return 'localhost';
-  return hostname.includes(':') ? `[${hostname}]` : hostname;
+/** Where the server listens, said plainly: bound to every interface, it is reachable from the network, not only here. */
+function listeningOn(hostname: string | undefined, port: number): string {
+  if (!hostname || hostname === '0.0.0.0' || hostname === '::') {
+    return `http://localhost:${port} and port ${port} of every network interface (-H 127.0.0.1 keeps it on this machine)`;
+  }
+  return `http://${hostname.includes(':') ? `[${hostname}]` : hostname}:${port}`;
 }
 
 await main();
