@@ -45,7 +45,13 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
           if (username.length > 64 || password.length > 1024) return null;
           const user = await users.authenticate(username, password);
           if (!user) return null;
-          return { id: `${LOCAL_SUBJECT_PREFIX}${user.username}`, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
+          return {
+            id: `${LOCAL_SUBJECT_PREFIX}${user.username}`,
+            name: user.name,
+            roles: [...user.roles],
+            claims: { ...user.claims },
+            passwordVersion: user.passwordVersion,
+          };
         },
       }),
     );
@@ -126,6 +132,8 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
           if (account.provider === 'oidc' && typeof profile?.sid === 'string' && typeof profile.iss === 'string') {
             await runtime.providerSessions.recordSignIn(profile.iss, profile.sid, { sessionId: sid, userId: subject }).catch(storeFailed);
           }
+          // A local user's password version: a new password (or the name given to someone else) ends the session.
+          const pwv = account.provider === 'credentials' ? (user as { passwordVersion?: string }).passwordVersion : undefined;
           return {
             sub: subject,
             name: user.name ?? profile?.name ?? null,
@@ -133,6 +141,7 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
             claims,
             sid,
             ...authTimeClaims(signedInAt),
+            ...(pwv === undefined ? {} : { pwv }),
           };
         }
         // Every later read (including /api/auth/session) checks server-side revocation, and a local user's

@@ -108,7 +108,11 @@ const canaryCount = () => upstream.requests.filter((r) => r.url === '/v1/canary'
 
 /** A proxied call through the in-process runtime (same store): which key did the upstream get? */
 async function serverCall(): Promise<{ key: unknown; record: CallRecord }> {
-  const token = await bearerToken(env.KEYWARD_SESSION_SECRET!, { sub: 'local:ops', roles: ['user'] });
+  const token = await bearerToken(env.KEYWARD_SESSION_SECRET!, {
+    sub: 'local:ops',
+    roles: ['user'],
+    passwordVersion: runtime.users!.find('ops')!.passwordVersion,
+  });
   const request = new Request('https://app.keyward.test/api/proxy/svc/items/1', {
     headers: { authorization: `Bearer ${token}` },
   });

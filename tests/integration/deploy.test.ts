@@ -360,6 +360,35 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       expectNoLeak(refused);
     });
 
+    it('a new password in the users file signs out every session signed in with the old one, in both processes', async () => {
+      const oldPassword = randomSecret('pw');
+      const newPassword = randomSecret('pw');
+      const writeDan = async (danPassword: string) => {
+        const users = [
+          { username: 'alice', password, roles: ['user'] },
+          { username: 'dan', password: danPassword, roles: ['user'] },
+        ];
+        copyFileSync(await writeUsersFile(users), readme.KEYWARD_USERS_FILE!);
+        await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+      };
+      await writeDan(oldPassword);
+      const dan = await signIn(app.url, 'dan', oldPassword);
+      const headers = { cookie: dan, host: 'app.test', origin: 'http://app.test', 'x-keyward-csrf': '1' };
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', headers)).status).toBe(200);
+
+      // Only dan's hash changes: his roles, claims and name stay as they were.
+      await writeDan(newPassword);
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', headers)).status).toBe(401);
+      expect((await send(app, 'GET', '/api/session', headers)).status).toBe(401);
+      const ended = await send(app, 'GET', '/api/auth/session', { cookie: dan, host: 'app.test' });
+      expect(JSON.parse(ended.body)).toBeNull();
+      expect((await signInAttempt(app.url, 'dan', oldPassword)).cookie).toBeNull();
+      const again = await signIn(app.url, 'dan', newPassword);
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', { ...headers, cookie: again })).status).toBe(200);
+      // alice, whose line did not change, is untouched.
+      expect((await send(app, 'GET', '/api/proxy/echo/items/7', { ...headers, cookie })).status).toBe(200);
+    });
+
     it('a proxied POST on app.test passes in the fast lane; a foreign origin is refused', async () => {
       const post = (origin: string) =>
         send(app, 'POST', '/api/proxy/echo/items', { cookie, host: 'app.test', origin, 'x-keyward-csrf': '1', 'content-type': 'application/json' }, '{}');

@@ -11,6 +11,7 @@ import { handleProxy } from '../../lib/core/pipeline';
 import { MOBILE_CAPS } from '../../lib/core/mobile/tokens';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
+import { passwordVersion } from '../../lib/core/users/file';
 import { hashPassword } from '../../lib/core/users/password';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -224,7 +225,7 @@ async function proxy(
 
 /** Local users as KEYWARD_USERS_FILE describes them; one scrypt hash serves every entry (never checked here). */
 let passwordHash: string;
-function usersFile(users: Array<{ username: string; roles: string[]; claims?: Record<string, string> }>): string {
+function usersFile(users: Array<{ username: string; roles: string[]; claims?: Record<string, string>; passwordHash?: string }>): string {
   const path = join(mkdtempSync(join(tmpdir(), 'keyward-mobile-users-')), 'users.json');
   writeFileSync(path, JSON.stringify({ users: users.map((user) => ({ passwordHash, claims: {}, ...user })) }), { mode: 0o600 });
   return path;
@@ -280,6 +281,7 @@ beforeAll(async () => {
     sub: ALICE,
     roles: ['user'],
     claims: { org: 'acme' },
+    passwordVersion: passwordVersion('alice', passwordHash),
   });
 });
 
@@ -862,10 +864,12 @@ describe('POST /api/session/token/revoke: token revocation (RFC 7009), the app s
   });
 });
 
+const doraVersion = () => passwordVersion('dora', passwordHash);
+
 describe('sign out everywhere', () => {
   it("revoke-all from the browser ends the user's app tokens and refresh tokens too; a later sign-in works", async () => {
     const DORA = 'local:dora';
-    const doraCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: DORA, authTimeMs: clock - 60_000 });
+    const doraCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: DORA, authTimeMs: clock - 60_000, passwordVersion: doraVersion() });
     const tokens = await signInApp(doraCookie);
     expect((await proxy(tokens.access_token)).result.status).toBe(200);
     const pending = await newCode(APP_REDIRECT, doraCookie);
@@ -885,7 +889,7 @@ describe('sign out everywhere', () => {
     expect(late.body).not.toContain('access_token');
 
     clock += 2_000;
-    const later = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: DORA, authTimeMs: clock });
+    const later = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: DORA, authTimeMs: clock, passwordVersion: doraVersion() });
     const again = await signInApp(later);
     expect((await proxy(again.access_token)).result.status).toBe(200);
     expect((await refresh(again.refresh_token)).status).toBe(200);
@@ -894,7 +898,12 @@ describe('sign out everywhere', () => {
 
 describe('a code from a browser session that signed out', () => {
   it('is refused (invalid_grant): logging out the session that authorized the app voids its pending code', async () => {
-    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: ALICE, roles: ['user'], claims: { org: 'acme' } });
+    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, {
+      sub: ALICE,
+      roles: ['user'],
+      claims: { org: 'acme' },
+      passwordVersion: passwordVersion('alice', passwordHash),
+    });
     const pending = await newCode(APP_REDIRECT, cookie);
     const logout = new Request(`${APP_ORIGIN}/api/session/logout`, {
       method: 'POST',
@@ -937,6 +946,26 @@ describe('refresh re-reads local users (issue 11)', () => {
     expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
     expectOAuthError(
       await token({ grant_type: 'authorization_code', code: pending.code, code_verifier: pending.verifier, redirect_uri: APP_REDIRECT }, { on: removed }),
+      400,
+      'invalid_grant',
+    );
+  });
+
+  it("a local user's new password fails the app's next refresh (invalid_grant, the family ended) and a pending code", async () => {
+    const tokens = await signInApp();
+    const pending = await newCode();
+    const newPassword = instanceWithUsers(
+      usersFile([
+        { username: 'alice', roles: ['user'], claims: { org: 'acme' }, passwordHash: await hashPassword(randomSecret('new-pw')) },
+        { username: 'dora', roles: ['user'] },
+      ]),
+    );
+    // The access token is refused where the new file is read, as a browser session would be.
+    expect(await bearerSession(newPassword, tokens.access_token)).toBeNull();
+    expectOAuthError(await token({ grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, { on: newPassword }), 400, 'invalid_grant');
+    expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+    expectOAuthError(
+      await token({ grant_type: 'authorization_code', code: pending.code, code_verifier: pending.verifier, redirect_uri: APP_REDIRECT }, { on: newPassword }),
       400,
       'invalid_grant',
     );

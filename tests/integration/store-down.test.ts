@@ -13,7 +13,7 @@ import { freePort, startApp, type AppServer } from '../fixtures/app-server';
 import { capturingLogger, claimsSessionCookie, findLeak } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken } from '../fixtures/session';
-import { writeUsersFile } from '../fixtures/users';
+import { passwordVersionIn, writeUsersFile } from '../fixtures/users';
 import { uncalledUpstream } from '../fixtures/config';
 
 /**
@@ -187,7 +187,7 @@ describe('the store is down, through next start: Auth.js routes answer 503 too',
       REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
       KEYWARD_REDIS_PREFIX: `keyward-test:down-app:${randomUUID()}:`,
     });
-    cookie = await claimsSessionCookie(appSecrets.AUTH_SECRET, { sub: 'local:bob' });
+    cookie = await claimsSessionCookie(appSecrets.AUTH_SECRET, { sub: 'local:bob', passwordVersion: passwordVersionIn(usersFile, 'bob') });
   }, 90_000);
 
   afterAll(async () => {

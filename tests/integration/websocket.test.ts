@@ -14,7 +14,7 @@ import { writeConfigFile } from '../fixtures/config';
 import { leakForms } from '../fixtures/leak-forms';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { bearerToken, sessionCookie } from '../fixtures/session';
-import { writeUsersFile, type TestUser } from '../fixtures/users';
+import { passwordVersionIn, writeUsersFile, type TestUser } from '../fixtures/users';
 import { USERS_RECHECK_MS } from '../../lib/core/users/file';
 
 /**
@@ -189,7 +189,12 @@ function closed(socket: WebSocket): Promise<{ code: number; reason: string }> {
 }
 
 async function cookieFor(sub: string, roles = ['user']): Promise<string> {
-  return sessionCookie(secrets.AUTH_SECRET, { sub, roles });
+  return sessionCookie(secrets.AUTH_SECRET, { sub, roles, ...localPasswordVersion(sub) });
+}
+
+/** A local user's password version, as sign-in seals it, from the lane's users file. */
+function localPasswordVersion(sub: string): { passwordVersion?: string } {
+  return sub.startsWith('local:') ? { passwordVersion: passwordVersionIn(usersFile, sub.slice('local:'.length)) } : {};
 }
 
 const sameOrigin = () => ({ origin: lane.url });
@@ -406,7 +411,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   it("a ticket issued before a local user's roles changed in the users file is redeemed under the roles the file gives now", async () => {
     const jo: TestUser = { username: 'jo', password: randomSecret('pw'), roles: ['user', 'admin'] };
     await editUsers([ivy, jo]);
-    const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:jo', roles: ['user', 'admin'] });
+    const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:jo', roles: ['user', 'admin'], ...localPasswordVersion('local:jo') });
     const ask = async () => {
       const response = await fetch(`${lane.url}/api/session/ws-ticket`, {
         method: 'POST',

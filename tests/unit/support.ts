@@ -71,18 +71,28 @@ export interface FileUserInput {
   readonly roles: string[];
   readonly claims?: Record<string, string>;
   readonly name?: string;
+  /** A new password for this user (else the one they had, or a random one for a new name). */
+  readonly password?: string;
 }
 
 /**
  * A real KEYWARD_USERS_FILE in a fresh temp folder and its real loader, whose clock the test holds: `edit`
- * rewrites the file (cheap hashes of random passwords) and moves the clock past USERS_RECHECK_MS, so the next
- * look-up reads it again.
+ * rewrites the file (cheap hashes of random passwords; a user keeps their hash unless `password` gives a new
+ * one) and moves the clock past USERS_RECHECK_MS, so the next look-up reads it again.
  */
 export function editableUsersFile(initial: readonly FileUserInput[]): { users: LocalUsers; edit: (users: readonly FileUserInput[]) => void } {
   const clock = { now: 1_000_000 };
   const path = join(mkdtempSync(join(tmpdir(), 'keyward-unit-users-')), 'users.json');
+  const hashes = new Map<string, string>();
+  const hashOf = ({ username, password }: FileUserInput) => {
+    const known = hashes.get(username);
+    if (known !== undefined && password === undefined) return known;
+    const hash = cheapPasswordHash(password ?? randomSecret('pw'));
+    hashes.set(username, hash);
+    return hash;
+  };
   const edit = (users: readonly FileUserInput[]) => {
-    writeFileSync(path, JSON.stringify({ users: users.map((user) => ({ ...user, passwordHash: cheapPasswordHash(randomSecret('pw')) })) }));
+    writeFileSync(path, JSON.stringify({ users: users.map(({ password: _, ...user }) => ({ ...user, passwordHash: hashOf({ ...user, password: _ }) })) }));
     const later = new Date(Date.now() + 10_000 + Math.random() * 1000); // a new mtime whatever the file system's resolution
     utimesSync(path, later, later);
     clock.now += USERS_RECHECK_MS;

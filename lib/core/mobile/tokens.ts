@@ -10,7 +10,7 @@ import { guard } from '../store/guard';
 import { capPerWindow } from '../store/window-cap';
 import { authTimeClaims, type Session } from '../session/session';
 import { unsealBearer, type BearerClaims } from '../session/verify';
-import { localUsername, type LocalUsers } from '../users/file';
+import { currentLocalUser, localUsername, type LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
 import { callbackLocation, type AuthorizeRequest } from './authorize-request';
 import { OAuthError } from './oauth-error';
@@ -34,6 +34,8 @@ interface Grant {
   claims: Record<string, string>;
   /** Epoch ms of the original sign-in. */
   authTime: number;
+  /** A local user's password version at sign-in (Session.passwordVersion); absent in older records. */
+  pwv?: string | null;
 }
 
 interface CodeRecord extends Grant {
@@ -83,7 +85,7 @@ export const MOBILE_CAPS = {
 } as const;
 const VERIFIER = /^[A-Za-z0-9._~-]{43,128}$/;
 
-const NO_SUCH_USER = 'The user this grant was issued to no longer exists.';
+const NO_SUCH_USER = 'The user this grant was issued to no longer exists, or their password has changed since.';
 
 const hash = (value: string) => createHash('sha256').update(value, 'utf8').digest('base64url');
 const opaque = (prefix: string) => `${prefix}_${randomBytes(32).toString('base64url')}`;
@@ -167,7 +169,7 @@ export class MobileTokens {
     }
     const grant = this.current(grantOnly(record));
     if (!grant) {
-      this.logger.info({ userId: record.sub }, 'mobile code refused: local user no longer exists');
+      this.logger.info({ userId: record.sub }, 'mobile code refused: local user no longer exists or has a new password');
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
     const family = opaque('kwf');
@@ -227,7 +229,7 @@ export class MobileTokens {
     if (!grant) {
       // The user is gone: end the family everywhere, its live access token included, not just this refresh.
       await this.revokeFamily(record.family);
-      this.logger.info({ userId: record.sub, family: record.family }, 'mobile refresh refused: local user no longer exists; token family revoked');
+      this.logger.info({ userId: record.sub, family: record.family }, 'mobile refresh refused: local user no longer exists or has a new password; token family revoked');
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
     return this.issue(grant, record.family, record.clientId ?? null, boundTo ?? jkt);
@@ -271,15 +273,15 @@ export class MobileTokens {
   /**
    * The grant as it stands now, or null when its user no longer exists. A local user's roles, claims and
    * name come from the users file (as this instance loaded it) every time, so a changed role reaches the app
-   * at its next refresh (not after 30 days), and a removed user's refresh fails. Other users keep what
+   * at its next refresh (not after 30 days), and a removed user's refresh fails, as does one whose password
+   * changed since the sign-in the grant came from (currentLocalUser). Other users keep what
    * their identity provider said at sign-in: there is nothing to re-read until they sign in again.
    */
   private current(grant: Grant): Grant | null {
-    const username = localUsername(grant.sub);
-    if (username === null) return grant;
-    const user = this.settings.localUsers?.find(username) ?? null;
-    if (!user) return null;
-    return { ...grant, name: user.name, roles: [...user.roles], claims: { ...user.claims } };
+    const users = this.settings.localUsers;
+    if (!users) return localUsername(grant.sub) === null ? grant : null;
+    const now = currentLocalUser({ ...grant, userId: grant.sub, passwordVersion: grant.pwv ?? null }, users);
+    return now && { ...grant, name: now.name, roles: [...now.roles], claims: { ...now.claims } };
   }
 
   /** Tokens for the grant; with `jkt`, both bound to that DPoP key (the access token's `cnf.jkt`, RFC 9449 §6). */
@@ -293,6 +295,7 @@ export class MobileTokens {
       sid: family,
       ...authTimeClaims(grant.authTime),
       claims: grant.claims,
+      ...(grant.pwv ? { pwv: grant.pwv } : {}),
       exp: Math.floor(now / 1000) + this.settings.accessTtlSeconds,
       ...(jkt === null ? {} : { cnf: { jkt } }),
     };
@@ -321,9 +324,10 @@ function grantOf(session: Session): Grant {
     roles: [...session.roles],
     claims: { ...session.claims },
     authTime: session.authTime || Date.now(),
+    pwv: session.passwordVersion ?? null,
   };
 }
 
 function grantOnly(record: Grant): Grant {
-  return { sub: record.sub, name: record.name, roles: record.roles, claims: record.claims, authTime: record.authTime };
+  return { sub: record.sub, name: record.name, roles: record.roles, claims: record.claims, authTime: record.authTime, pwv: record.pwv ?? null };
 }

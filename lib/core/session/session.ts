@@ -13,6 +13,11 @@ export interface Session {
   readonly claims: Readonly<Record<string, string>>;
   /** `cookie` sessions need the CSRF checks; `bearer` (mobile) sessions do not. */
   readonly via: 'cookie' | 'bearer';
+  /**
+   * A local user's password version at sign-in (lib/core/users/file.ts CheckedUser): a session whose version is
+   * no longer the users file's is no session. Null for other users, and for sessions sealed without one.
+   */
+  readonly passwordVersion?: string | null;
 }
 
 /** The browser session cookie. `__Host-`: Secure, Path=/, no Domain (RFC 6265bis §4.1.3.2). */
@@ -31,6 +36,8 @@ export interface SessionClaims {
    *  second right after it must not count as revoked. */
   auth_ms?: unknown;
   claims?: unknown;
+  /** A local user's password version at sign-in (Session.passwordVersion). */
+  pwv?: unknown;
 }
 
 export function sessionFromClaims(claims: SessionClaims, via: Session['via']): Session | null {
@@ -48,6 +55,7 @@ export function sessionFromClaims(claims: SessionClaims, via: Session['via']): S
       typeof claims.auth_ms === 'number' ? claims.auth_ms : typeof claims.auth_time === 'number' ? claims.auth_time * 1000 : 0,
     claims: stringClaims(claims.claims),
     via,
+    passwordVersion: typeof claims.pwv === 'string' ? claims.pwv : null,
   };
 }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -32,10 +33,21 @@ export interface LocalUser {
   readonly claims: Readonly<Record<string, string>>;
 }
 
+/**
+ * A user as sessions are checked against: with the version of their password, a digest of the file's
+ * `passwordHash`. Sessions and app tokens carry the version they signed in with; one that no longer matches (the
+ * password was changed, or the name was removed and given back with another password) is no session at all, as
+ * Django's session auth hash does. It is not a secret (a digest of a salted scrypt hash says nothing about the
+ * password without the hash), but it only ever travels sealed: in the session cookie, an app token, the store.
+ */
+export interface CheckedUser extends LocalUser {
+  readonly passwordVersion: string;
+}
+
 export interface LocalUsers {
-  authenticate(username: string, password: string): Promise<LocalUser | null>;
+  authenticate(username: string, password: string): Promise<CheckedUser | null>;
   /** The user as the file describes it now (no password check), or null: for re-reading roles. */
-  find(username: string): LocalUser | null;
+  find(username: string): CheckedUser | null;
   /** Every user in the file, in its order (no password hashes): for the admin dashboard's user list. */
   list(): LocalUser[];
 }
@@ -57,23 +69,32 @@ interface UserView {
   readonly name: string | null;
   readonly roles: readonly string[];
   readonly claims: Readonly<Record<string, string>>;
+  /** The password version the user signed in with (CheckedUser); null or absent: none (an older session). */
+  readonly passwordVersion?: string | null;
 }
 
 /**
  * A session (or token) as the users file describes its user now: a local user's name, roles and claims from the
- * file as this process last read it (at most USERS_RECHECK_MS ago), or null when the user is no longer in it, so
- * a role taken away or a user removed applies to sessions already signed in, not only at the next sign-in. Any
- * other user's (an identity provider's) is returned as it is: there is nothing to read again without them.
+ * file as this process last read it (at most USERS_RECHECK_MS ago), or null when the user is no longer in it or
+ * their password is no longer the one they signed in with, so a role taken away, a password changed or a user
+ * removed applies to sessions already signed in, not only at the next sign-in. A local session without a
+ * password version (sealed before sessions carried one) is null too: it cannot show it is still the same person.
+ * Any other user's (an identity provider's) is returned as it is: there is nothing to read again without them.
  */
 export function currentLocalUser<T extends UserView>(view: T, users: Pick<LocalUsers, 'find'>): T | null {
   const username = localUsername(view.userId);
   if (username === null) return view;
   const user = users.find(username);
-  if (!user) return null;
+  if (!user || user.passwordVersion !== view.passwordVersion) return null;
   return { ...view, name: user.name, roles: [...user.roles], claims: stringClaims(user.claims) };
 }
 
-type FileUser = z.infer<typeof usersFileSchema>['users'][number];
+/** A password's version: 128 bits of the SHA-256 of the username and the file's hash of the password. */
+export function passwordVersion(username: string, passwordHash: string): string {
+  return createHash('sha256').update(`keyward.password-version\0${username}\0${passwordHash}`).digest('base64url').slice(0, 22);
+}
+
+type FileUser = z.infer<typeof usersFileSchema>['users'][number] & { readonly passwordVersion: string };
 
 /**
  * Loads KEYWARD_USERS_FILE. Invalid → ConfigError naming the field (hashes are never printed).
@@ -120,11 +141,11 @@ export function loadUsersFile(
       const user = users().get(username);
       const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash()));
       if (!user || !ok) return null;
-      return publicUser(user);
+      return checkedUser(user);
     },
     find(username) {
       const user = users().get(username);
-      return user ? publicUser(user) : null;
+      return user ? checkedUser(user) : null;
     },
     list() {
       return [...users().values()].map(publicUser);
@@ -154,9 +175,13 @@ function readUsersFile(path: string): Map<string, FileUser> {
   if (!result.success) {
     throw new ConfigError(`KEYWARD_USERS_FILE (${path}) is invalid:\n${formatIssues(result.error.issues, '')}`);
   }
-  return new Map(result.data.users.map((user) => [user.username, user]));
+  return new Map(result.data.users.map((user) => [user.username, { ...user, passwordVersion: passwordVersion(user.username, user.passwordHash) }]));
 }
 
 function publicUser(user: FileUser): LocalUser {
   return { username: user.username, name: user.name ?? user.username, roles: user.roles, claims: user.claims };
+}
+
+function checkedUser(user: FileUser): CheckedUser {
+  return { ...publicUser(user), passwordVersion: user.passwordVersion };
 }

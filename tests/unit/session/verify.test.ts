@@ -255,13 +255,17 @@ describe("a local user's session follows the users file (KEYWARD_USERS_FILE)", (
     const { users, edit } = editableUsersFile([{ username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' }, name: 'Ada L.' }]);
     const revocations = new SessionRevocations(new MemoryStore(), 3_600_000);
     const deferred = createSessionVerifier(secrets, { localUsers: users, revocations }).deferred!;
-    return { edit, verify: createSessionVerifier(secrets, { localUsers: users }), deferredVerify: deferred.decode };
+    // Sealed as sign-in seals them: with the password version the file gives now.
+    const pwv = () => users.find('ada')!.passwordVersion;
+    const adaCookie = () =>
+      mintCookie({ sub: 'local:ada', name: 'Ada L.', roles: ['user', 'admin'], claims: { org: 'acme' }, sid: `sid-${randomSecret('s')}`, pwv: pwv() });
+    const adaBearer = () =>
+      mintBearer({ typ: 'keyward.session', sub: 'local:ada', roles: ['admin'], sid: 'family-1', exp: Math.floor(Date.now() / 1000) + 600, pwv: pwv() });
+    return { edit, adaCookie, adaBearer, verify: createSessionVerifier(secrets, { localUsers: users }), deferredVerify: deferred.decode };
   }
-  const adaCookie = () =>
-    mintCookie({ sub: 'local:ada', name: 'Ada L.', roles: ['user', 'admin'], claims: { org: 'acme' }, sid: `sid-${randomSecret('s')}` });
 
   it('a role taken away, a claim or name changed: the next call has the file’s, not the ones sealed at sign-in', async () => {
-    const { edit, verify, deferredVerify } = setup();
+    const { edit, verify, deferredVerify, adaCookie } = setup();
     const cookie = withCookie(`${SESSION_COOKIE}=${await adaCookie()}`);
     expect(await verify(cookie)).toMatchObject({ userId: 'local:ada', name: 'Ada L.', roles: ['user', 'admin'], claims: { org: 'acme' } });
     edit([{ username: 'ada', roles: ['user'], claims: { org: 'globex' }, name: 'Ada' }]);
@@ -274,15 +278,42 @@ describe("a local user's session follows the users file (KEYWARD_USERS_FILE)", (
   });
 
   it('a user removed from the file has no session (cookie or bearer)', async () => {
-    const { edit, verify } = setup();
+    const { edit, verify, adaCookie, adaBearer } = setup();
     const cookie = withCookie(`${SESSION_COOKIE}=${await adaCookie()}`);
-    const bearer = withAuthorization(
-      `Bearer ${await mintBearer({ typ: 'keyward.session', sub: 'local:ada', roles: ['admin'], sid: 'family-1', exp: Math.floor(Date.now() / 1000) + 600 })}`,
-    );
+    const bearer = withAuthorization(`Bearer ${await adaBearer()}`);
     expect(await verify(bearer)).toMatchObject({ userId: 'local:ada', roles: ['user', 'admin'], via: 'bearer' });
     edit([{ username: 'bo', roles: ['user'] }]);
     expect(await verify(cookie)).toBeNull();
     expect(await verify(bearer)).toBeNull();
+  });
+
+  it('a new password ends every session signed in with the old one; the same name put back with another password revives none', async () => {
+    const { edit, verify, deferredVerify, adaCookie, adaBearer } = setup();
+    const cookie = withCookie(`${SESSION_COOKIE}=${await adaCookie()}`);
+    const bearer = withAuthorization(`Bearer ${await adaBearer()}`);
+    expect(await verify(cookie)).toMatchObject({ userId: 'local:ada' });
+    // Same roles, claims and name: only the password hash changes.
+    edit([{ username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' }, name: 'Ada L.', password: randomSecret('new-password') }]);
+    expect(await verify(cookie)).toBeNull();
+    expect(await deferredVerify(cookie)).toBeNull();
+    expect(await verify(bearer)).toBeNull();
+    // A sign-in with the new password holds.
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${await adaCookie()}`))).toMatchObject({ userId: 'local:ada' });
+
+    // Removed, then the name given back (to the same person or another) with another password.
+    const before = withCookie(`${SESSION_COOKIE}=${await adaCookie()}`);
+    edit([{ username: 'bo', roles: ['user'] }]);
+    edit([{ username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' }, name: 'Ada L.', password: randomSecret('another') }]);
+    expect(await verify(before)).toBeNull();
+  });
+
+  it('a local session sealed without a password version (before sessions carried one) is no session', async () => {
+    const { verify, adaCookie } = setup();
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${await adaCookie()}`))).toMatchObject({ userId: 'local:ada' });
+    const old = await mintCookie({ sub: 'local:ada', roles: ['user', 'admin'], sid: `sid-${randomSecret('s')}` });
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${old}`))).toBeNull();
+    const forged = await mintCookie({ sub: 'local:ada', roles: ['user'], sid: `sid-${randomSecret('s')}`, pwv: 'not-the-version' });
+    expect(await verify(withCookie(`${SESSION_COOKIE}=${forged}`))).toBeNull();
   });
 
   it("an identity provider's user keeps the roles and claims of the sign-in (nothing to read them from)", async () => {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../../lib/core/config/load';
-import { USERS_RECHECK_MS, loadUsersFile } from '../../../lib/core/users/file';
+import { USERS_RECHECK_MS, loadUsersFile, passwordVersion } from '../../../lib/core/users/file';
 import { SCRYPT_TIMEOUT, cheapPasswordHash, thrown } from '../support';
 
 const randomPassword = () => randomBytes(12).toString('base64url');
@@ -62,11 +62,31 @@ describe('loadUsersFile', () => {
 
   it('find: the user as the file says now (for re-reading roles), without a hash; null for unknown names', () => {
     const users = loadUsersFile(file);
-    expect(users.find('alice')).toEqual({ username: 'alice', name: 'alice', roles: ['user', 'admin'], claims: {} });
+    expect(users.find('alice')).toEqual({
+      username: 'alice',
+      name: 'alice',
+      roles: ['user', 'admin'],
+      claims: {},
+      passwordVersion: expect.stringMatching(/^[A-Za-z0-9_-]{22}$/),
+    });
     expect(JSON.stringify(users.find('alice'))).not.toContain('scrypt$');
     expect(users.find('ALICE')).toBeNull();
     expect(users.find('__proto__')).toBeNull();
     expect(users.find('constructor')).toBeNull();
+  });
+
+  it("passwordVersion: the same for the same hash (every process, every read), another for a new password; no part of the hash", async () => {
+    const users = loadUsersFile(file);
+    const version = users.find('alice')!.passwordVersion;
+    expect((await users.authenticate('alice', alice.password))!.passwordVersion).toBe(version);
+    expect(loadUsersFile(file).find('alice')!.passwordVersion).toBe(version);
+    expect(users.find(bob.username)!.passwordVersion).not.toBe(version);
+    const hash = cheapPasswordHash(alice.password);
+    expect(passwordVersion('alice', hash)).not.toBe(version); // same password, new salt: a new hash
+    expect(passwordVersion('alice', hash)).toBe(passwordVersion('alice', hash));
+    expect(passwordVersion('bob', hash)).not.toBe(passwordVersion('alice', hash));
+    for (const part of hash.split('$')) if (part.length > 8) expect(passwordVersion('alice', hash)).not.toContain(part);
+    expect(JSON.stringify(users.list())).not.toContain(version);
   });
 
   it('list: every user in the file’s order (for the admin dashboard), without a hash', () => {

@@ -4,6 +4,7 @@ import type { Session } from '../../../lib/core/session/session';
 import type { Upstream } from '../../../lib/core/upstream/registry';
 import { OpenSockets, type CloseCause } from '../../../lib/core/ws/sockets';
 import { editableUsersFile } from '../support';
+import { randomSecret } from '../../fixtures/secrets';
 
 function session(sessionId: string, expiresAt = Date.now() + 3_600_000): Session {
   return {
@@ -83,23 +84,35 @@ describe('open WebSockets are re-checked', () => {
     expect(sockets.size).toBe(0);
   });
 
-  it("closes a local user's sockets when the users file removes the user (session ended) or changes their roles or claims (session changed)", async () => {
+  it("closes a local user's sockets when the users file removes the user or changes their password (session ended), or changes their roles or claims (session changed)", async () => {
     const { users, edit } = editableUsersFile([
       { username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' } },
       { username: 'bo', roles: ['user'] },
+      { username: 'cy', roles: ['user'] },
     ]);
     const sockets = new OpenSockets({ revocations: revocations(new Set(), []), users });
+    // As signed in: with the password version the file gave at the time.
     const local = (sessionId: string, username: string, roles: string[], claims: Record<string, string> = {}): Session => ({
       ...session(sessionId),
       userId: `local:${username}`,
       roles,
       claims,
+      passwordVersion: users.find(username)!.passwordVersion,
     });
     const ada = track(sockets, local('ada-1', 'ada', ['user', 'admin'], { org: 'acme' }));
     const bo = track(sockets, local('bo-1', 'bo', ['user']));
+    const cy = track(sockets, local('cy-1', 'cy', ['user']));
     const oidc = track(sockets, { ...session('oidc-1'), userId: 'oidc:ada', roles: ['admin'] });
     await sockets.check();
-    expect([ada.closed, bo.closed, oidc.closed]).toEqual([[], [], []]);
+    expect([ada.closed, bo.closed, cy.closed, oidc.closed]).toEqual([[], [], [], []]);
+
+    edit([
+      { username: 'ada', roles: ['user', 'admin'], claims: { org: 'acme' } },
+      { username: 'bo', roles: ['user'] },
+      { username: 'cy', roles: ['user'], password: randomSecret('new-password') },
+    ]);
+    await sockets.check();
+    expect([ada.closed, bo.closed, cy.closed, oidc.closed]).toEqual([[], [], ['sessionEnded'], []]);
 
     edit([
       { username: 'ada', roles: ['admin', 'user'], claims: { org: 'acme' }, name: 'Ada L.' }, // a new name and order only
@@ -111,7 +124,7 @@ describe('open WebSockets are re-checked', () => {
     edit([{ username: 'bo', roles: ['user'] }]);
     await sockets.check();
     expect([ada.closed, oidc.closed]).toEqual([['sessionEnded'], []]);
-    for (const s of [ada, bo, oidc]) s.remove();
+    for (const s of [ada, bo, cy, oidc]) s.remove();
   });
 
   it('closes an expired session without asking the store, and fails closed when the store cannot answer', async () => {
