@@ -248,7 +248,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const detector = new Detector(detectorConfig, alerts, logger, now);
   connections =
     oauthTokens && vault && connectionConfig.providers.size > 0
-      ? new Connections({ ...connectionConfig, store, vault, tokens: oauthTokens, revocations, audit, logger, webhook, now })
+      ? new Connections({ ...connectionConfig, store, vault, tokens: oauthTokens, revocations, audit, logger, webhook, localUsers: users, now })
       : null;
 
   return {

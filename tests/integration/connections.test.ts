@@ -19,6 +19,7 @@ import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { startConnectProvider, type ConnectProvider } from '../fixtures/oauth-connect-provider';
 import { deleteKeysUnder } from '../fixtures/redis-server';
+import { passwordVersionIn, writeUsersFile } from '../fixtures/users';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 
@@ -59,7 +60,7 @@ const seen: string[] = [];
 const userId = 'local:ada';
 let cookie: string;
 
-async function instance(): Promise<Runtime> {
+async function instance(extraEnv: Record<string, string> = {}): Promise<Runtime> {
   const store = new RedisStore(REDIS_URL, { prefix });
   stores.push(store);
   await store.ready();
@@ -73,6 +74,7 @@ async function instance(): Promise<Runtime> {
       ACME_CLIENT_ID: acme!.clientId,
       ACME_CLIENT_SECRET: acme!.clientSecret,
       WEBHOOK_SECRET: webhookSecret,
+      ...extraEnv,
     },
     connections: {
       github: {
@@ -574,6 +576,39 @@ describe('the generic preset (issuer discovery), end to end', () => {
     expect(JSON.parse(response.body)).toMatchObject({ revokedAtProvider: true });
     expect(await provider.isActive('acme', access)).toBe(false);
     expect(errorOf((await call(a, 'acme', 'me')).body).code).toBe('connection_required');
+  });
+});
+
+// After the tests above: a connection of its own would change what the idle-grant keeper and refreshes count.
+describe('a users file', () => {
+  it("a local user given a new password (or removed) between start and callback: session_ended, no code exchanged", async () => {
+    const password = randomSecret('pw');
+    const before = await writeUsersFile([{ username: 'hal', password, roles: ['user'] }]);
+    const renewed = await writeUsersFile([{ username: 'hal', password: randomSecret('new-pw'), roles: ['user'] }]);
+    const removed = await writeUsersFile([{ username: 'someone-else', password, roles: ['user'] }]);
+    // Instances reading each version of the file, on the same store (a redeploy, or another instance's copy).
+    const [old, changed, without] = await Promise.all([before, renewed, removed].map((file) => instance({ KEYWARD_USERS_FILE: file })));
+    // Valid for a week, as `cookie` is: the tests above moved the runtimes' clock on by hours.
+    const halCookie = await claimsSessionCookie(
+      sessionSecrets.AUTH_SECRET,
+      { sub: 'local:hal', authTimeMs: now(), passwordVersion: passwordVersionIn(before, 'hal') },
+      7 * 86_400,
+    );
+    const startAs = async () => {
+      const started = await keep(await handleConnectStart(new Request(`${APP}/api/connect/github`, { headers: { cookie: halCookie } }), 'github', old!));
+      expect(started.status).toBe(303);
+      return { binding: /^([^;]*)/.exec(started.headers.get('set-cookie')!)![1]!, back: await provider.drive(started.headers.get('location')!) };
+    };
+    const codesBefore = provider.counts().codeGrants;
+    for (const on of [changed!, without!]) {
+      const { binding, back } = await startAs();
+      expect((await callback(on, 'github', back, binding)).location).toBe('/?connect_error=session_ended&connect_provider=github');
+    }
+    expect(provider.counts().codeGrants).toBe(codesBefore);
+    // Where the file still gives hal that password, the same flow completes.
+    const { binding, back } = await startAs();
+    expect((await callback(old!, 'github', back, binding)).location).toBe('/?connected=github');
+    expect(provider.counts().codeGrants).toBe(codesBefore + 1);
   });
 });
 

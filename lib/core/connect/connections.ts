@@ -11,6 +11,7 @@ import type { Session } from '../session/session';
 import { guard } from '../store/guard';
 import { capPerWindow } from '../store/window-cap';
 import type { Vault } from '../vault/seal';
+import { currentLocalUser, type LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
 import { ProviderClient, ProviderRefusedError } from './client';
 import { SCOPE_TOKEN } from './config';
@@ -62,6 +63,8 @@ interface PendingConnect {
   readonly sessionId: string;
   readonly authTime: number;
   readonly sessionExpiresAt: number;
+  /** A local user's password version at sign-in (Session.passwordVersion): a new password ends the connect too. */
+  readonly passwordVersion?: string | null;
   /** SHA-256 of the browser binding cookie's value. */
   readonly bindingHash: string;
   readonly state: string;
@@ -103,6 +106,8 @@ export interface ConnectionsDeps {
   readonly logger: Logger;
   /** The detector's webhook (README "Anomaly detection"), told when a connection needs reconnecting. */
   readonly webhook: AlertWebhook | null;
+  /** KEYWARD_USERS_FILE's users: a local user removed, or with a new password, since the start cannot complete. */
+  readonly localUsers?: Pick<LocalUsers, 'find'> | null;
   readonly now: () => number;
 }
 
@@ -171,6 +176,7 @@ export class Connections {
       sessionId: session.sessionId,
       authTime: session.authTime,
       sessionExpiresAt: session.expiresAt,
+      passwordVersion: session.passwordVersion ?? null,
       bindingHash: sha256(binding),
       state: request.state,
       codeVerifier: request.codeVerifier,
@@ -187,7 +193,8 @@ export class Connections {
 
   /**
    * The callback: takes the pending authorization named by `state` (once: a replay finds nothing), checks it was
-   * started in this browser (the binding cookie) by a session that is still valid, then exchanges the code and
+   * started in this browser (the binding cookie) by a session that is still valid (unexpired, not revoked, its
+   * local user still in the users file with the same password), then exchanges the code and
    * saves the tokens. `session` is the session cookie when the browser sent it (a same-site callback); it must be
    * the same user. Provider errors come back as fixed codes.
    */
@@ -208,6 +215,11 @@ export class Connections {
     const revocable = { sessionId: pending.sessionId, userId: pending.userId, authTime: pending.authTime };
     if (pending.sessionExpiresAt <= now || (await this.deps.revocations.isRevoked(revocable)))
       return { ok: false, error: 'session_ended', returnTo };
+    // As verifySession would judge the session that started it: a local user removed from the users file, or
+    // given a new password, since then has no session (the callback's own cookie may be absent or refused).
+    const { localUsers } = this.deps;
+    const startedBy = { userId: pending.userId, name: null, roles: [], claims: {}, passwordVersion: pending.passwordVersion ?? null };
+    if (localUsers && !currentLocalUser(startedBy, localUsers)) return { ok: false, error: 'session_ended', returnTo };
 
     const client = this.client(providerId);
     let callback: URLSearchParams;
