@@ -6,6 +6,7 @@ import { handleProxy } from '../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { SESSION_COOKIE, authTimeClaims } from '../lib/core/session/session';
 import type { Env } from '../lib/core/upstream/registry';
+import { localUsername } from '../lib/core/users/file';
 
 /**
  * `npm run dev`'s demo traffic: so the admin dashboard has something to show on a fresh checkout, a few hundred
@@ -158,7 +159,12 @@ export async function seedDemoTraffic(options: DemoTrafficOptions): Promise<Demo
     const plan = planDemoTraffic(realNow);
     const origin = publicOrigin(options.env);
     const cookies = new Map<string, string>();
-    for (const { userId, name } of DEMO_CALLERS) cookies.set(userId, await sessionCookie(options.env.AUTH_SECRET!, userId, name, plan[0]!.at));
+    for (const { userId, name } of DEMO_CALLERS) {
+      // A local user (the demo account) is checked against the users file on every call, password version included.
+      const username = localUsername(userId);
+      const passwordVersion = username === null ? null : (runtime.users?.find(username)?.passwordVersion ?? null);
+      cookies.set(userId, await sessionCookie(options.env.AUTH_SECRET!, { userId, name, passwordVersion }, plan[0]!.at));
+    }
     const statuses: Record<string, number> = {};
     for (let i = 0; i < plan.length; ) {
       const at = plan[i]!.at;
@@ -199,9 +205,20 @@ async function makeCall(runtime: Runtime, origin: string, cookie: string, call: 
 }
 
 /** A session cookie as sign-in writes it (lib/next/auth.ts), for a demo user, valid for a day. */
-async function sessionCookie(authSecret: string, userId: string, name: string, signedInAt: number): Promise<string> {
+async function sessionCookie(
+  authSecret: string,
+  { userId, name, passwordVersion }: { userId: string; name: string; passwordVersion: string | null },
+  signedInAt: number,
+): Promise<string> {
   const token = await encode({
-    token: { sub: userId, name, roles: ['user'], sid: randomUUID(), ...authTimeClaims(signedInAt) },
+    token: {
+      sub: userId,
+      name,
+      roles: ['user'],
+      sid: randomUUID(),
+      ...authTimeClaims(signedInAt),
+      ...(passwordVersion === null ? {} : { pwv: passwordVersion }),
+    },
     secret: authSecret,
     salt: SESSION_COOKIE,
     maxAge: 24 * 3600,

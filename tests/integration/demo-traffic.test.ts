@@ -10,6 +10,7 @@ import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { freePort } from '../fixtures/app-server';
 import { writeDemoConfig } from '../fixtures/e2e-env';
+import { writeUsersFile } from '../fixtures/users';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
 
@@ -41,6 +42,9 @@ beforeAll(async () => {
     KEYWARD_STORE_PATH: join(dir, 'store.db'),
     KEYWARD_DEMO: 'true',
     NODE_ENV: 'development',
+    // As `npm run dev` has it (scripts/dev-setup.ts): the demo account in a users file, which every call of
+    // local:demo is checked against.
+    KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'demo', password: randomSecret('pw'), roles: ['user'] }]),
   };
 });
 
