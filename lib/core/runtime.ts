@@ -122,23 +122,21 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);
   const logger = options.logger ?? getLogger();
-  // A user taken out of the file, or given a new password, is signed out everywhere (every session and app token
-  // issued so far), by each process that sees the edit: putting the name back, for the same person or another,
-  // revives none of them, and an instance still reading an older copy of the file refuses them too. (A session
-  // signed in with the old password is refused without this as well, by its password version: the mark is what
-  // the admin pages show, and what reaches every instance at once.)
-  const signOutEverywhere = (why: string) => (usernames: readonly string[]) => {
-    for (const username of usernames) {
-      revocations.revokeUser(`${LOCAL_SUBJECT_PREFIX}${username}`).catch((error: unknown) => {
-        logger.error({ err: error instanceof Error ? error.name : 'unknown' }, `users file: a user ${why} could not be signed out everywhere`);
-      });
-    }
-  };
+  // A user taken out of the file is signed out everywhere (every session and app token issued so far), by each
+  // process that sees the edit: putting the name back, for the same person or another, revives none of them.
   const users = settings.KEYWARD_USERS_FILE
     ? loadUsersFile(settings.KEYWARD_USERS_FILE, {
         logger,
-        onRemoved: signOutEverywhere('removed'),
-        onNewPassword: signOutEverywhere('given a new password'),
+        onRemoved: (usernames) => {
+          for (const username of usernames) {
+            revocations.revokeUser(`${LOCAL_SUBJECT_PREFIX}${username}`).catch((error: unknown) => {
+              logger.error(
+                { err: error instanceof Error ? error.name : 'unknown' },
+                'users file: a removed user could not be signed out everywhere',
+              );
+            });
+          }
+        },
       })
     : null;
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;

@@ -102,10 +102,8 @@ type FileUser = z.infer<typeof usersFileSchema>['users'][number] & { readonly pa
  * An edit is picked up without a restart: at most every USERS_RECHECK_MS, a sign-in or a look-up checks the
  * file's modification time, size and inode, and reads it again when they changed. An edit that leaves the file
  * invalid (or unreadable, or half-written) keeps the users loaded before and is logged once, naming the field,
- * never a hash; the next valid edit is picked up. `onRemoved` hears the usernames a valid edit took out, and
- * `onNewPassword` those it gave another `passwordHash` (the runtime revokes their sessions in the shared store,
- * so a name put back later brings none of them back, and every instance refuses them, one still reading an
- * older copy of the file too).
+ * never a hash; the next valid edit is picked up. `onRemoved` hears the usernames a valid edit took out (the
+ * runtime revokes their sessions, so a name put back later brings none of them back).
  */
 export function loadUsersFile(
   path: string,
@@ -113,7 +111,6 @@ export function loadUsersFile(
     logger?: Pick<Logger, 'info' | 'error'>;
     now?: () => number;
     onRemoved?: (usernames: readonly string[]) => void;
-    onNewPassword?: (usernames: readonly string[]) => void;
   } = {},
 ): LocalUsers {
   // A monotonic clock by default: a wall clock stepped back would stop the checks until it caught up.
@@ -130,13 +127,8 @@ export function loadUsersFile(
       const before = loaded.byName;
       loaded = { stamp, byName: readUsersFile(path) };
       const removed = [...before.keys()].filter((username) => !loaded.byName.has(username));
-      const newPassword = [...before].flatMap(([username, user]) => {
-        const now = loaded.byName.get(username);
-        return now && now.passwordHash !== user.passwordHash ? [username] : [];
-      });
-      options.logger?.info({ users: loaded.byName.size, removed: removed.length, newPassword: newPassword.length }, 'users file changed: reloaded');
+      options.logger?.info({ users: loaded.byName.size, removed: removed.length }, 'users file changed: reloaded');
       if (removed.length > 0) options.onRemoved?.(removed);
-      if (newPassword.length > 0) options.onNewPassword?.(newPassword);
     } catch (error) {
       loaded = { ...loaded, stamp };
       const reason = error instanceof ConfigError ? error.message : 'cannot be read';

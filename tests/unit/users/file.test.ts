@@ -215,31 +215,6 @@ describe('loadUsersFile: edits are picked up without a restart', () => {
     expect(removed).toEqual([['bo'], ['ada', 'cy']]);
   });
 
-  it('onNewPassword hears the usernames a valid edit gave another passwordHash; not those whose line only changed otherwise, added or removed', () => {
-    const clock = { now: 1_000_000 };
-    const [ada, bo, cy, dee] = [user('ada'), user('bo'), user('cy'), user('dee')];
-    const path = writeJson({ users: [ada, bo, cy] });
-    const heard: string[][] = [];
-    const removed: string[][] = [];
-    const users = loadUsersFile(path, {
-      now: () => clock.now,
-      onNewPassword: (names) => heard.push([...names]),
-      onRemoved: (names) => removed.push([...names]),
-    });
-    const edit = (content: unknown) => {
-      writeFileSync(path, JSON.stringify(content));
-      const later = new Date(Date.now() + 10_000 + Math.random() * 1000);
-      utimesSync(path, later, later);
-      clock.now += USERS_RECHECK_MS;
-      users.find('ada');
-    };
-    edit({ users: [{ ...ada, roles: ['admin'] }, bo, cy, dee] });
-    expect(heard).toEqual([]);
-    edit({ users: [ada, { ...bo, passwordHash: cheapPasswordHash(randomPassword()) }, dee] });
-    expect(heard).toEqual([['bo']]);
-    expect(removed).toEqual([['cy']]);
-  });
-
   it('an edit that leaves the file invalid keeps the users loaded before, logged once naming the field (no hash); the next valid edit is loaded', () => {
     const { clock, users, logger, edit } = setup();
     const hashed = user('cy');
