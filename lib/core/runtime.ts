@@ -194,7 +194,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   const store = options.store ?? createStore(settings);
   const revocations = new SessionRevocations(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
-  const sessionIndex = new SessionIndex(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
+  const sessionIndex = new SessionIndex(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now, users);
   const vault = settings.KEYWARD_VAULT_SECRET ? new Vault(settings.KEYWARD_VAULT_SECRET, settings.KEYWARD_VAULT_SECRET_PREVIOUS) : null;
   const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now, fingerprints) : null;
   // Connections keep their status from the token store's reports (set once `connections` exists, below).

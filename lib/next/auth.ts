@@ -123,17 +123,24 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
           }
           const sid = randomUUID();
           const signedInAt = Date.now();
+          // A local user's password version: a new password (or the name given to someone else) ends the session.
+          const pwv = account.provider === 'credentials' ? (user as { passwordVersion?: string }).passwordVersion : undefined;
           // Listed for the admin pages (by the id's hash); the session itself stays a sealed cookie.
           await runtime.sessionIndex
-            .record(subject, { sessionId: sid, kind: 'browser', expiresAt: signedInAt + settings.KEYWARD_SESSION_MAX_AGE * 1000, authTime: signedInAt, roles })
+            .record(subject, {
+              sessionId: sid,
+              kind: 'browser',
+              expiresAt: signedInAt + settings.KEYWARD_SESSION_MAX_AGE * 1000,
+              authTime: signedInAt,
+              roles,
+              passwordVersion: pwv ?? null,
+            })
             .catch(storeFailed);
           // The provider's session id (`sid` in the ID token): its back-channel logout ends this session (and the
           // app tokens minted from it) without a store read on any call (lib/core/session/provider-sessions.ts).
           if (account.provider === 'oidc' && typeof profile?.sid === 'string' && typeof profile.iss === 'string') {
             await runtime.providerSessions.recordSignIn(profile.iss, profile.sid, { sessionId: sid, userId: subject }).catch(storeFailed);
           }
-          // A local user's password version: a new password (or the name given to someone else) ends the session.
-          const pwv = account.provider === 'credentials' ? (user as { passwordVersion?: string }).passwordVersion : undefined;
           return {
             sub: subject,
             name: user.name ?? profile?.name ?? null,

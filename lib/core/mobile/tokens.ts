@@ -181,6 +181,7 @@ export class MobileTokens {
       expiresAt: this.now() + this.settings.refreshTtlSeconds * 1000,
       authTime: grant.authTime,
       roles: grant.roles,
+      passwordVersion: grant.pwv ?? null,
     });
     // A back-channel logout of the provider session the browser sign-in came from ends this family too.
     if (record.sid) await this.providerSessions?.recordDerived(record.sid, { sessionId: family, userId: grant.sub });

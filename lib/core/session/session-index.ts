@@ -1,6 +1,7 @@
 import { hashSessionId } from '../audit/audit';
 import { guard } from '../store/guard';
 import type { Store } from '../../store/types';
+import { currentLocalUser, type LocalUsers } from '../users/file';
 import { detectorRevocationKey, hashedRevocationKey, revokedBy, userRevocationKey } from './revocation';
 
 /**
@@ -37,8 +38,16 @@ export interface SessionEntry {
   readonly roles: readonly string[];
 }
 
+/** What is stored: the entry, and a local user's password version at sign-in (never shown). */
+interface StoredEntry extends SessionEntry {
+  readonly passwordVersion?: string | null;
+}
+
 export interface SessionView extends SessionEntry {
-  /** Signed out, or ended by "sign out everywhere" / an admin's revocation (lib/core/session/revocation.ts). */
+  /**
+   * Signed out, or ended by "sign out everywhere" / an admin's revocation (lib/core/session/revocation.ts), or, for
+   * a local user, refused because the users file no longer has them or has given them a new password.
+   */
   readonly revoked: boolean;
   readonly expired: boolean;
 }
@@ -49,6 +58,8 @@ export interface NewSession {
   readonly expiresAt: number;
   readonly authTime: number;
   readonly roles: readonly string[];
+  /** A local user's password version at sign-in (Session.passwordVersion). */
+  readonly passwordVersion?: string | null;
 }
 
 export class SessionIndex {
@@ -57,18 +68,21 @@ export class SessionIndex {
     /** The longest a session can live (the revocation marks' horizon): how long a user's slot counter is kept. */
     private readonly maxSessionAgeMs: number,
     private readonly now: () => number = Date.now,
+    /** KEYWARD_USERS_FILE's users: a local user's session is listed as the calls judge it (currentLocalUser). */
+    private readonly localUsers: Pick<LocalUsers, 'find'> | null = null,
   ) {}
 
   /** Records a new session in the user's ring (two store writes). A store failure is 503 `store_unavailable`. */
   async record(userId: string, session: NewSession): Promise<void> {
     const now = this.now();
-    const entry: SessionEntry = {
+    const entry: StoredEntry = {
       sessionIdHash: hashSessionId(session.sessionId),
       kind: session.kind,
       createdAt: now,
       expiresAt: session.expiresAt,
       authTime: session.authTime,
       roles: [...session.roles],
+      ...(session.passwordVersion ? { passwordVersion: session.passwordVersion } : {}),
     };
     const count = await guard(() => this.store.increment(counterKey(userId), 1, this.maxSessionAgeMs));
     const slot = (((count - 1) % SESSION_SLOTS) + SESSION_SLOTS) % SESSION_SLOTS;
@@ -91,9 +105,9 @@ export class SessionIndex {
       Array.from({ length: SESSION_SLOTS }, (_, slot) => slotKey(userId, slot)),
     );
     const values = await this.readMany(slotKeys);
-    const found = new Map<string, SessionEntry[]>();
+    const found = new Map<string, StoredEntry[]>();
     userIds.forEach((userId, u) => {
-      const entries: Array<{ entry: SessionEntry; seq: number }> = [];
+      const entries: Array<{ entry: StoredEntry; seq: number }> = [];
       for (let slot = 0; slot < SESSION_SLOTS; slot++) {
         const parsed = parseEntry(values[u * SESSION_SLOTS + slot]);
         if (parsed) entries.push(parsed);
@@ -115,14 +129,22 @@ export class SessionIndex {
     for (const [userId, entries] of found) {
       const byUser = entries.length > 0 ? marks[next++] : null;
       const byDetector = entries.length > 0 ? marks[next++] : null;
-      const views = entries.map((entry) => ({
+      const views = entries.map(({ passwordVersion, ...entry }) => ({
         ...entry,
-        revoked: revokedBy({ sessionId: '', userId, authTime: entry.authTime }, [marks[next++], byUser, byDetector]),
+        revoked:
+          revokedBy({ sessionId: '', userId, authTime: entry.authTime }, [marks[next++], byUser, byDetector]) ||
+          this.refusedByUsersFile(userId, passwordVersion ?? null),
         expired: entry.expiresAt <= now,
       }));
       out.set(userId, views);
     }
     return out;
+  }
+
+  /** Whether every call refuses this local user's session: no longer in the users file, or another password. */
+  private refusedByUsersFile(userId: string, passwordVersion: string | null): boolean {
+    if (!this.localUsers) return false;
+    return currentLocalUser({ userId, name: null, roles: [], claims: {}, passwordVersion }, this.localUsers) === null;
   }
 
   private async readMany(keys: readonly string[]): Promise<(string | null)[]> {
@@ -144,10 +166,10 @@ function slotKey(userId: string, slot: number): string {
 }
 
 /** A stored entry and its sequence number, or null for an empty slot or anything else (a later version's format). */
-function parseEntry(raw: string | null | undefined): { entry: SessionEntry; seq: number } | null {
+function parseEntry(raw: string | null | undefined): { entry: StoredEntry; seq: number } | null {
   if (!raw) return null;
   try {
-    const value = JSON.parse(raw) as Partial<SessionEntry> & { seq?: unknown };
+    const value = JSON.parse(raw) as Partial<StoredEntry> & { seq?: unknown };
     if (typeof value.sessionIdHash !== 'string' || (value.kind !== 'browser' && value.kind !== 'mobile')) return null;
     if (
       typeof value.createdAt !== 'number' ||
@@ -166,6 +188,7 @@ function parseEntry(raw: string | null | undefined): { entry: SessionEntry; seq:
         expiresAt: value.expiresAt,
         authTime: value.authTime,
         roles,
+        passwordVersion: typeof value.passwordVersion === 'string' ? value.passwordVersion : null,
       },
       seq: typeof value.seq === 'number' ? value.seq : 0,
     };

@@ -5,7 +5,8 @@ import { SessionRevocations } from '../../../lib/core/session/revocation';
 import { SESSION_SLOTS, SessionIndex, type NewSession } from '../../../lib/core/session/session-index';
 import { MemoryStore } from '../../../lib/store/memory';
 import { StoreUnavailableError } from '../../../lib/store/types';
-import { expectKeywardError, rejected } from '../support';
+import { randomSecret } from '../../fixtures/secrets';
+import { editableUsersFile, expectKeywardError, rejected } from '../support';
 
 /**
  * The admin pages' session index (lib/core/session/session-index.ts) on the in-memory store with an injected
@@ -51,6 +52,29 @@ describe('SessionIndex', () => {
     expect(text).not.toContain(browser.sessionId);
     expect(text).not.toContain(mobile.sessionId);
     expect(await index.list('local:bob')).toEqual([]);
+  });
+
+  it("with a users file, a local user's session the calls refuse is listed as revoked: another password, no version, or the user removed", async () => {
+    const { users, edit } = editableUsersFile([
+      { username: 'ada', roles: ['user'] },
+      { username: 'bo', roles: ['user'] },
+    ]);
+    const { clock, store, session } = setup();
+    const index = new SessionIndex(store, MAX_AGE, () => clock.now, users);
+    await index.record('local:ada', session({ passwordVersion: users.find('ada')!.passwordVersion }));
+    await index.record('local:ada', session()); // recorded before sessions carried a version
+    await index.record('local:bo', session({ passwordVersion: users.find('bo')!.passwordVersion }));
+    await index.record('oidc:cy', session());
+    const revoked = async () =>
+      Object.fromEntries(
+        await Promise.all(['local:ada', 'local:bo', 'oidc:cy'].map(async (id) => [id, (await index.list(id)).map((v) => v.revoked)])),
+      );
+    expect(await revoked()).toEqual({ 'local:ada': [true, false], 'local:bo': [false], 'oidc:cy': [false] }); // newest first
+    // The version itself is never in what the admin pages get.
+    expect(JSON.stringify(await index.list('local:ada'))).not.toContain(users.find('ada')!.passwordVersion);
+
+    edit([{ username: 'ada', roles: ['user'], password: randomSecret('new-password') }]);
+    expect(await revoked()).toEqual({ 'local:ada': [true, true], 'local:bo': [true], 'oidc:cy': [false] });
   });
 
   it('keeps only the last SESSION_SLOTS sign-ins of a user, newest first', async () => {
