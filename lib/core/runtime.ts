@@ -141,13 +141,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     : null;
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
-  const secrets = OWN_SECRETS.flatMap((name) => settings[name] ?? []);
-  for (const upstream of registry.values()) secrets.push(...serviceSecrets(upstream));
   const webhookSecret = detectorConfig.webhook ? webhookSecretFrom(env, detectorConfig.webhook.secret.env) : null;
-  if (webhookSecret) secrets.push(webhookSecret);
   const connectionConfig = connectionSetup(options.connections, files, env, now);
-  secrets.push(...connectionConfig.secrets);
-  assertNoOwnSecretShared(settings, [
+  // The secrets Keyward hands to someone else; with its own, every secret it holds (scrubbed from logs, refused in
+  // NEXT_PUBLIC_ variables and as decoys).
+  const shared: SharedSecret[] = [
     ...[...registry.values()].map((upstream) => ({
       field: `upstreams.${upstream.id}.auth`,
       what: 'its key',
@@ -161,7 +159,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       values: provider.clientSecret ? [provider.clientSecret] : [],
     })),
     { field: 'detector.webhook.secret', what: 'its signing secret', where: "shared with the webhook's receiver", values: webhookSecret ? [webhookSecret] : [] },
-  ]);
+  ];
+  assertNoOwnSecretShared(settings, shared);
+  const secrets = [...OWN_SECRETS.flatMap((name) => settings[name] ?? []), ...shared.flatMap((secret) => secret.values)];
   assertNoPublicSecrets(env, secrets);
   if (decoys) assertNoSecretDecoys(decoys, secrets);
   logScrubber.add(secrets);

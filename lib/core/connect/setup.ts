@@ -11,8 +11,6 @@ import { resolveConnections, type ConnectionProvider } from './providers';
 export interface ConnectionSetup {
   readonly providers: ReadonlyMap<string, ConnectionProvider>;
   readonly clients: ReadonlyMap<string, ProviderClient>;
-  /** The client secrets: scrubbed from logs and refused in NEXT_PUBLIC_ variables, like every secret. */
-  readonly secrets: readonly string[];
   /** The refresh_token grant of each provider, for the token store's single-flight refresh. */
   readonly refreshers: ReadonlyMap<string, TokenRefresher>;
 }
@@ -48,12 +46,10 @@ export function connectionSetup(
   const providers = resolveConnections(merged, env);
   const clients = new Map<string, ProviderClient>();
   const refreshers = new Map<string, TokenRefresher>();
-  const secrets: string[] = [];
   for (const provider of providers.values()) {
     const client = new ProviderClient(provider, { now });
     clients.set(provider.id, client);
     refreshers.set(provider.id, (refreshToken) => client.refresh(refreshToken));
-    if (provider.clientSecret) secrets.push(provider.clientSecret);
   }
-  return { providers, clients, secrets, refreshers };
+  return { providers, clients, refreshers };
 }
