@@ -11,7 +11,7 @@ import type { Session } from '../session/session';
 import { guard } from '../store/guard';
 import { capPerWindow } from '../store/window-cap';
 import type { Vault } from '../vault/seal';
-import { currentLocalUser, type LocalUsers } from '../users/file';
+import { localSessionHolds, type LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
 import { ProviderClient, ProviderRefusedError } from './client';
 import { SCOPE_TOKEN } from './config';
@@ -218,8 +218,8 @@ export class Connections {
     // As verifySession would judge the session that started it: a local user removed from the users file, or
     // given a new password, since then has no session (the callback's own cookie may be absent or refused).
     const { localUsers } = this.deps;
-    const startedBy = { userId: pending.userId, name: null, roles: [], claims: {}, passwordVersion: pending.passwordVersion ?? null };
-    if (localUsers && !currentLocalUser(startedBy, localUsers)) return { ok: false, error: 'session_ended', returnTo };
+    if (localUsers && !localSessionHolds(pending.userId, pending.passwordVersion ?? null, localUsers))
+      return { ok: false, error: 'session_ended', returnTo };
 
     const client = this.client(providerId);
     let callback: URLSearchParams;

@@ -1,7 +1,7 @@
 import { hashSessionId } from '../audit/audit';
 import { guard } from '../store/guard';
 import type { Store } from '../../store/types';
-import { currentLocalUser, type LocalUsers } from '../users/file';
+import { localSessionHolds, type LocalUsers } from '../users/file';
 import { detectorRevocationKey, hashedRevocationKey, revokedBy, userRevocationKey } from './revocation';
 
 /**
@@ -133,18 +133,12 @@ export class SessionIndex {
         ...entry,
         revoked:
           revokedBy({ sessionId: '', userId, authTime: entry.authTime }, [marks[next++], byUser, byDetector]) ||
-          this.refusedByUsersFile(userId, passwordVersion ?? null),
+          (this.localUsers !== null && !localSessionHolds(userId, passwordVersion ?? null, this.localUsers)),
         expired: entry.expiresAt <= now,
       }));
       out.set(userId, views);
     }
     return out;
-  }
-
-  /** Whether every call refuses this local user's session: no longer in the users file, or another password. */
-  private refusedByUsersFile(userId: string, passwordVersion: string | null): boolean {
-    if (!this.localUsers) return false;
-    return currentLocalUser({ userId, name: null, roles: [], claims: {}, passwordVersion }, this.localUsers) === null;
   }
 
   private async readMany(keys: readonly string[]): Promise<(string | null)[]> {

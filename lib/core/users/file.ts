@@ -89,6 +89,14 @@ export function currentLocalUser<T extends UserView>(view: T, users: Pick<LocalU
   return { ...view, name: user.name, roles: [...user.roles], claims: stringClaims(user.claims) };
 }
 
+/**
+ * Whether a session a stored record speaks for (a pending connect, the session index) is one the calls still take:
+ * currentLocalUser on what the record keeps, its user and password version.
+ */
+export function localSessionHolds(userId: string, passwordVersion: string | null, users: Pick<LocalUsers, 'find'>): boolean {
+  return currentLocalUser({ userId, name: null, roles: [], claims: {}, passwordVersion }, users) !== null;
+}
+
 /** A password's version: 128 bits of the SHA-256 of the username and the file's hash of the password. */
 export function passwordVersion(username: string, passwordHash: string): string {
   return createHash('sha256').update(`keyward.password-version\0${username}\0${passwordHash}`).digest('base64url').slice(0, 22);
