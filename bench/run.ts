@@ -22,6 +22,9 @@
  *   npm run bench -- --targets=fastlane,fastify --workloads=small
  *                                  only those targets (the upstream always runs) and workloads: a quicker loop
  *                                  while working on one lane; ratios to a target left out are null
+ *   npm run bench -- --sse-concurrency=N
+ *                                  SSE streams open at a time (1-64; default 8, --quick 4): 1 measures the
+ *                                  latency a proxy adds with no load behind it
  *   npm run bench -- --ab=FILE     adds `fastlane-ab`: another build of the fast lane (a copy of an earlier
  *                                  .next/keyward-server.mjs) with SQLite and with Redis, in the same rotating
  *                                  rounds: an A/B of a change on a machine too noisy to compare two runs
@@ -63,8 +66,17 @@ let onlyTargets: Set<string> | null = null;
 let onlyWorkloads: Set<string> | null = null;
 /** `--ab=<file>`: a fast lane bundle to run beside this build's (target `fastlane-ab`). */
 let abBundle: string | null = null;
+/** `--sse-concurrency=N`: SSE streams at a time (null: the run's default). */
+let sseConcurrency: number | null = null;
 for (const arg of args) {
   if (arg.startsWith('--ab=')) abBundle = resolve(arg.slice('--ab='.length));
+  else if (arg.startsWith('--sse-concurrency=')) {
+    sseConcurrency = Number(arg.slice('--sse-concurrency='.length));
+    if (!Number.isInteger(sseConcurrency) || sseConcurrency < 1 || sseConcurrency > 64) {
+      console.error('bench: --sse-concurrency takes a whole number from 1 to 64');
+      process.exit(2);
+    }
+  }
   else if (arg.startsWith('--targets=')) onlyTargets = new Set(['upstream', ...arg.slice('--targets='.length).split(',')]);
   else if (arg.startsWith('--workloads=')) onlyWorkloads = new Set(arg.slice('--workloads='.length).split(','));
   else if (arg === '--profile' || arg === '--profile=small') profileWorkload = 'small';
@@ -72,7 +84,7 @@ for (const arg of args) {
   else if (arg === '--profile=sse') profileWorkload = 'sse';
   else if (arg.startsWith('--app-dir=')) APP_SOURCE = resolve(arg.slice('--app-dir='.length));
   else if (!['--quick', '--build', '--soak', '--big', '--big-only'].includes(arg)) {
-    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib|sse], --app-dir=<path>, --targets=<a,b>, --workloads=<a,b>, --ab=<file>`);
+    console.error(`unknown option ${arg}; use --quick, --soak, --big, --big-only, --build, --profile[=small|mib|sse], --app-dir=<path>, --targets=<a,b>, --workloads=<a,b>, --sse-concurrency=<n>, --ab=<file>`);
     process.exit(2);
   }
 }
@@ -90,9 +102,10 @@ const soak = args.has('--soak');
 const bigOnly = args.has('--big-only');
 const big = args.has('--big') || bigOnly;
 
-const settings = quick
+const defaults = quick
   ? { connections: 16, warmupS: 1, durationS: 2, rounds: 2, sseTotal: 80, sseConcurrency: 4, sseWarmup: 10, wsConnections: 8, profileS: 4, soakS: 40, bigBytes: 128 * 1024 ** 2 }
   : { connections: 32, warmupS: 2, durationS: 8, rounds: 4, sseTotal: 400, sseConcurrency: 8, sseWarmup: 40, wsConnections: 16, profileS: 10, soakS: 600, bigBytes: 1024 ** 3 };
+const settings = { ...defaults, sseConcurrency: sseConcurrency ?? defaults.sseConcurrency };
 const SSE_EVENTS = 4;
 const SSE_INTERVAL_MS = 10;
 const MIB = 1024 * 1024;
