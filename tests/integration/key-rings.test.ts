@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
@@ -71,6 +71,8 @@ interface KeyServer {
   accept(...names: string[]): void;
   /** How the canary path answers: 'check' (like any call), 'drop' (connection destroyed), or a fixed status. */
   canary: 'check' | 'drop' | number;
+  /** Holds the next canary (answered as `canary` says) until `release`; `reached` settles when it arrives. */
+  holdCanary(): { readonly reached: Promise<void>; release(): void };
   labelsSince(index: number, options?: { canary?: boolean }): string[];
   close(): Promise<void>;
 }
@@ -92,6 +94,17 @@ async function startKeyServer(): Promise<KeyServer> {
     calls.push(record);
     if (!canary) byPath.set(path, record);
     req.resume();
+    if (canary && held) {
+      const { arrived, released } = held;
+      held = null;
+      arrived();
+      void released.then(() => answer(req, res, record, canary));
+      return;
+    }
+    answer(req, res, record, canary);
+  });
+  const answer = (req: IncomingMessage, res: ServerResponse, record: Recorded, canary: boolean) => {
+    const { label } = record;
     if (canary && self.canary === 'drop') {
       req.socket.destroy();
       return;
@@ -101,7 +114,8 @@ async function startKeyServer(): Promise<KeyServer> {
     record.status = status;
     res.writeHead(status, { 'content-type': 'application/json' });
     res.end(JSON.stringify(status === 200 ? { ok: true } : { error: 'refused' }));
-  });
+  };
+  let held: { arrived: () => void; released: Promise<void> } | null = null;
   server.keepAliveTimeout = 1_000;
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -115,6 +129,13 @@ async function startKeyServer(): Promise<KeyServer> {
     },
     accept(...names: string[]) {
       accepted = new Set(names);
+    },
+    holdCanary() {
+      let arrived!: () => void;
+      let release!: () => void;
+      const reached = new Promise<void>((resolve) => (arrived = resolve));
+      held = { arrived, released: new Promise<void>((resolve) => (release = resolve)) };
+      return { reached, release };
     },
     labelsSince(index: number, options: { canary?: boolean } = {}) {
       return calls.slice(index).filter((c) => options.canary === undefined || c.canary === options.canary).map((c) => c.label);
@@ -550,6 +571,36 @@ describe('rotation whose canary fails', () => {
 // ---------------------------------------------------------------------------------------------------------
 // 3. Rollback
 // ---------------------------------------------------------------------------------------------------------
+
+describe('a key revoked while its canary runs', () => {
+  let r: Ring;
+  let a: Runtime;
+  let b: Runtime;
+
+  beforeAll(async () => {
+    r = await ring();
+    a = await r.runtime();
+    b = await r.runtime();
+  });
+
+  it('revoked on another instance mid-canary: the rotation refuses to switch (400), the old key keeps serving, the revoked key never serves', async () => {
+    const fresh = newKey(r.server, 'fresh');
+    r.server.accept('old', 'fresh');
+    const hold = r.server.holdCanary();
+    const rotating = failure(a.keyRings.rotate('svc', fresh, { actor: 'local:root' }));
+    await hold.reached;
+    await b.keyRings.revoke(fingerprint(fresh));
+    hold.release();
+    // The canary answered 200 with the new key, but the version had been revoked in the meantime.
+    expect(await rotating).toMatchObject({ code: 'bad_request', status: 400, message: expect.stringContaining('revoked while its canary ran') });
+    expect(await statuses(a)).toMatchObject({ 'env:SVC_KEY': 'serving', [managedId(fresh)]: 'revoked' });
+    const mark = r.server.calls.length;
+    for (let i = 0; i < 3; i++) expect(await labelOf(a, r.server)).toBe('old');
+    for (let i = 0; i < 3; i++) expect(await labelOf(b, r.server)).toBe('old');
+    expect(r.server.labelsSince(mark)).not.toContain('fresh');
+    expect((await rotations(a)).map((x) => x.to)).not.toContain(fingerprint(fresh));
+  });
+});
 
 describe('rollback', () => {
   let r: Ring;

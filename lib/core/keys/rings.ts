@@ -235,8 +235,14 @@ export class KeyRings {
       // Another instance may have used this id for another key since the check above.
       if (again && again.to !== print) throw new KeywardError('bad_request', { message: 'This rotation id was used for another key.' });
       if (again && again.state !== 'canary_failed') return again;
-      record.rotations = record.rotations.filter((r) => r.id !== rotationId);
       const versions = this.view(upstream.credential.envVersions, record, verifiers);
+      // Revoked (here or on another instance) while its canary ran: a revoked value never serves, so nothing
+      // switches, whatever the canary said. The versions serving before keep serving.
+      const added = versions.find((v) => v.id === version.id);
+      if (passed && (added === undefined || !usable(added, now))) {
+        throw new KeywardError('bad_request', { message: 'The new key was revoked while its canary ran; traffic was not switched.' });
+      }
+      record.rotations = record.rotations.filter((r) => r.id !== rotationId);
       const from = versions.filter((v) => v.id !== version.id && v.state === 'active' && usable(v, now)).map((v) => v.fingerprint);
       const target = own(record, versions, version.id);
       if (passed) {
