@@ -86,9 +86,7 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
       async signOut(message) {
         const token = 'token' in message ? message.token : null;
         if (token && typeof token.sid === 'string') {
-          await runtime.revocations
-            .revokeSession(token.sid, typeof token.exp === 'number' ? token.exp * 1000 : Date.now() + settings.KEYWARD_SESSION_MAX_AGE * 1000)
-            .catch(storeFailed);
+          await runtime.revocations.revokeSession(token.sid).catch(storeFailed);
         }
       },
     },

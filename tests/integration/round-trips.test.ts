@@ -302,7 +302,7 @@ describe('one store round trip per proxied call (Redis)', () => {
       expect(counter.take().calls).toEqual([['evalsha']]);
     }
     // A cross-site Origin is refused, but a revoked session's upgrade is answered 401 first (steps in order).
-    await a.revocations.revokeSession(sid, Date.now() + 60_000);
+    await a.revocations.revokeSession(sid);
     counter.take();
     const refused = await authorizeUpgrade(
       new Request(`${APP_ORIGIN}/api/proxy/sock/a`, { headers: { cookie, origin: 'https://evil.example' } }),
@@ -373,7 +373,7 @@ describe('one store round trip per proxied call (Redis)', () => {
     const counterKey = `${PREFIX}rl|tight|*|user-60s:u:local:eve`;
     expect(await info.get(counterKey)).toBe('1');
 
-    await b.revocations.revokeSession(sid, Date.now() + 3_600_000);
+    await b.revocations.revokeSession(sid);
     counter.take();
     for (let i = 0; i < 5; i++) expect(await call(a, 'tight', cookie)).toEqual({ status: 401, code: 'unauthenticated' });
     expect(counter.take().calls).toEqual(Array.from({ length: 5 }, () => ['evalsha']));
@@ -398,7 +398,7 @@ describe('one store round trip per proxied call (Redis)', () => {
     const cookie = await cookieFor('local:gus', sid);
     expect(await call(a, 'tight', cookie, { method: 'POST', csrf: false })).toEqual({ status: 403, code: 'csrf_failed' });
     expect(await keysUnder(REDIS_URL, `${PREFIX}rl|tight|*|user-60s:u:local:gus`)).toEqual([]);
-    await b.revocations.revokeSession(sid, Date.now() + 3_600_000);
+    await b.revocations.revokeSession(sid);
     expect(await call(a, 'tight', cookie, { method: 'POST', csrf: false })).toEqual({ status: 401, code: 'unauthenticated' });
   });
 
@@ -446,7 +446,7 @@ describe('one store round trip per proxied call (Redis)', () => {
     await a.userKeys!.put('own', 'local:rev', randomSecret('rev'));
     const revCookie = await cookieFor('local:rev', sid);
     expect((await call(a, 'own', revCookie)).status).toBe(200);
-    await b.revocations.revokeSession(sid, Date.now() + 3_600_000);
+    await b.revocations.revokeSession(sid);
     await a.audit.flush();
     counter.take();
     const before = await commandStats();

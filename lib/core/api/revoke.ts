@@ -32,7 +32,7 @@ export function handleLogout(request: Request, runtime: Runtime): Promise<Respon
   return apiHandler(runtime, async () => {
     if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
     const session = await requireSession(request, runtime);
-    await runtime.revocations.revokeSession(session.sessionId, session.expiresAt + runtime.settings.KEYWARD_MOBILE_REFRESH_TTL * 1000);
+    await runtime.revocations.revokeSession(session.sessionId);
     return json({ revoked: true });
   });
 }

@@ -268,7 +268,7 @@ export class MobileTokens {
   }
 
   private revokeFamily(family: string): Promise<void> {
-    return this.revocations.revokeSession(family, this.now() + this.settings.refreshTtlSeconds * 1000);
+    return this.revocations.revokeSession(family);
   }
 
   /**

@@ -103,8 +103,7 @@ export class ProviderSessions {
     await guard(() => this.store.set(endedKey(ring), '1', this.horizonMs));
     const { entries, overflowed } = await this.read(ring);
     const matching = entries.filter((entry) => user === null || entry.userId === user);
-    const until = this.now() + this.horizonMs;
-    await Promise.all(matching.map((entry) => this.revocations.revokeSession(entry.sessionId, until)));
+    await Promise.all(matching.map((entry) => this.revocations.revokeSession(entry.sessionId)));
     let everywhere: LogoutOutcome['everywhere'] = null;
     let users: string[] = [];
     if (overflowed) {
@@ -132,7 +131,7 @@ export class ProviderSessions {
     const slot = (count - 1) % PROVIDER_SESSION_SLOTS;
     await guard(() => this.store.set(slotKey(ring, slot), JSON.stringify(session), this.horizonMs));
     if (await guard(() => this.store.get(endedKey(ring)))) {
-      await this.revocations.revokeSession(session.sessionId, this.now() + this.horizonMs);
+      await this.revocations.revokeSession(session.sessionId);
     }
   }
 

@@ -12,7 +12,7 @@ export type RevocationUndo = ReadonlyArray<{ readonly key: string; readonly mark
 /**
  * Server-side revocation, read from the shared store on every request: no cache, so a sign-out or an
  * admin's revocation is refused by every instance on its very next request.
- *  - `rev:sid:<sessionId>`: one sign-in (browser session, or a mobile token family), kept until it would expire;
+ *  - `rev:sid:<sessionId>`: one sign-in (browser session, or a mobile token family), kept until no copy could live;
  *  - `rev:user:<userId>`: every session of the user that signed in at or before this time ("sign out everywhere");
  *  - `rev:det:<userId>`: the same, set by the anomaly detector (lib/core/detect) in a key of its own, so that
  *    undoing it never touches a revocation made by the user or an admin.
@@ -24,8 +24,15 @@ export class SessionRevocations {
     private readonly now: () => number = Date.now,
   ) {}
 
-  async revokeSession(sessionId: string, expiresAt: number): Promise<void> {
-    const ttl = Math.max(expiresAt - this.now(), 0) + 60_000;
+  /**
+   * Kept for the longest any copy of the session could still live, not until the copy presented expires: Auth.js
+   * renews a cookie (a later `exp`) on every session read, so another copy of the same session may expire later
+   * than the one signed out with, and a mark gone before it would let that copy back in (and renew it for good).
+   * No copy is renewed once the mark is set, so none outlives maxSessionAgeMs from now (a mobile family's refresh
+   * token included).
+   */
+  async revokeSession(sessionId: string): Promise<void> {
+    const ttl = this.maxSessionAgeMs + 60_000;
     // The same mark under the id's hash, for the admin session list (session-index.ts), which never holds ids.
     await guard(() =>
       Promise.all([this.store.set(`rev:sid:${sessionId}`, '1', ttl), this.store.set(hashedRevocationKey(hashSessionId(sessionId)), '1', ttl)]),

@@ -108,7 +108,7 @@ describe('SessionIndex', () => {
     await index.record('local:ada', second);
     await index.record('local:bob', session());
 
-    await revocations.revokeSession(first.sessionId, first.expiresAt);
+    await revocations.revokeSession(first.sessionId);
     let listed = await index.list('local:ada');
     expect(listed.find((entry) => entry.sessionIdHash === hashSessionId(first.sessionId))?.revoked).toBe(true);
     expect(listed.find((entry) => entry.sessionIdHash === hashSessionId(second.sessionId))?.revoked).toBe(false);
