@@ -128,6 +128,47 @@ describe('response headers', () => {
   });
 });
 
+describe('byte ranges', () => {
+  /** An upstream that honours Range (as a file server does) and answers with the key it was sent. */
+  function rangeEchoing() {
+    h.upstream.handle((req, res) => {
+      const body = Buffer.from(JSON.stringify({ yourKey: String(req.headers['x-api-key']) }));
+      const range = /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
+      if (!range) {
+        res.writeHead(200, { 'content-type': 'application/json', 'accept-ranges': 'bytes' });
+        res.end(body);
+        return;
+      }
+      const start = Number(range[1]);
+      const end = Math.min(range[2] ? Number(range[2]) : body.length - 1, body.length - 1);
+      res.writeHead(206, { 'content-type': 'application/json', 'accept-ranges': 'bytes', 'content-range': `bytes ${start}-${end}/${body.length}` });
+      res.end(body.subarray(start, end + 1));
+    });
+  }
+
+  it('a client cannot cut an echoed key in two with Range requests: Range is not forwarded, each answer is whole and scrubbed', async () => {
+    rangeEchoing();
+    // The key starts at byte 12 of {"yourKey":"…"}: each range would hold one half of it.
+    const cut = 12 + Math.floor(h.keys.header.length / 2);
+    const mark = h.upstream.requests.length;
+    const first = await h.call(['items', '1'], { headers: { range: `bytes=0-${cut - 1}`, 'if-range': '"v1"' } });
+    const second = await h.call(['items', '1'], { headers: { range: `bytes=${cut}-` } });
+    for (const result of [first, second]) {
+      expect(result.response.status).toBe(200);
+      expect(result.text).toBe('{"yourKey":"[REDACTED]"}');
+      expect(result.response.headers.get('content-range')).toBeNull();
+      expect(result.response.headers.get('accept-ranges')).toBeNull();
+      expectNoSecrets(h.secrets, result.response, result.text);
+    }
+    expect(h.upstream.requests.slice(mark).map((request) => [request.headers.range, request.headers['if-range']])).toEqual([
+      [undefined, undefined],
+      [undefined, undefined],
+    ]);
+    // Joined, the two answers still hold no part of the key.
+    expect(first.text + second.text).not.toContain(h.keys.header.slice(0, 8));
+  });
+});
+
 describe('redirects are never followed', () => {
   for (const status of [301, 302, 303, 307, 308]) {
     it(`upstream ${status} to another host: 502 upstream_redirect, the attacker receives nothing, no Location`, async () => {

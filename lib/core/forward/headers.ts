@@ -4,6 +4,10 @@ import { formsOfSecrets } from '../log/scrub';
  * Request headers Keyward forwards by default. An allow-list, not a block-list: hop-by-hop headers
  * (RFC 9110 §7.6.1), `Expect` (breaks undici), cookies, client credentials and `accept-encoding` (we ask
  * upstream for identity and decode ourselves) never pass. Upstreams may add names through `requestHeaders`.
+ *
+ * `Range` and `If-Range` are not among them: a client that chooses the byte ranges can cut a key the upstream
+ * echoes into pieces that each pass the scrubber (which sees one response at a time), and join them. An upstream
+ * whose answers never hold a key (a file store) may add them, with `content-range` and `accept-ranges`.
  */
 export const DEFAULT_REQUEST_HEADERS: ReadonlySet<string> = new Set([
   'accept',
@@ -14,8 +18,6 @@ export const DEFAULT_REQUEST_HEADERS: ReadonlySet<string> = new Set([
   'if-none-match',
   'if-modified-since',
   'if-unmodified-since',
-  'range',
-  'if-range',
   'last-event-id',
   'idempotency-key',
 ]);
@@ -25,8 +27,6 @@ export const DEFAULT_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
   'content-type',
   'content-language',
   'content-disposition',
-  'content-range',
-  'accept-ranges',
   'etag',
   'last-modified',
   'retry-after',

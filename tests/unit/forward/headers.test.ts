@@ -34,6 +34,9 @@ describe('filterRequestHeaders', () => {
     'origin',
     'referer',
     'x-http-method-override',
+    // A client choosing byte ranges could cut an echoed key into pieces the scrubber never sees whole.
+    'range',
+    'if-range',
   ];
   const KEPT = [
     'accept',
@@ -44,8 +47,6 @@ describe('filterRequestHeaders', () => {
     'if-none-match',
     'if-modified-since',
     'if-unmodified-since',
-    'range',
-    'if-range',
     'last-event-id',
     'idempotency-key',
   ];
@@ -96,6 +97,8 @@ describe('filterResponseHeaders', () => {
     'transfer-encoding',
     'access-control-allow-origin',
     'server',
+    'content-range',
+    'accept-ranges',
   ];
 
   it.each(DROPPED)('drops %s', (name) => {
