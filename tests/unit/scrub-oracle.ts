@@ -38,7 +38,8 @@ export function stableBase64(secret: string, offset: number): string {
 
 /**
  * Each form with its name: raw; URL-encoded (encodeURIComponent) and form-encoded (URLSearchParams), with
- * upper- and lowercase hex; JSON-escaped, also with "\/" for "/", with non-ASCII as \uxxxx, and with every unit as
+ * upper- and lowercase hex; JSON-escaped, also with "\/" for "/", with non-ASCII as \uxxxx, as Go and as
+ * System.Text.Json write it (HTML-sensitive characters as \u escapes), and with every unit as
  * \uXXXX (either case); hex (either case); base64 (padded and not), base64url (padded and not), and the
  * stable base64/base64url characters at byte offsets 0, 1 and 2 inside a larger blob (8 characters or more).
  * Shorter than 4 characters: not a form.
@@ -49,6 +50,17 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
   const url = (text: string) => text.replace(/\+/g, '-').replace(/\//g, '_');
   const json = JSON.stringify(secret).slice(1, -1);
   const asciiJson = [...json].map((c) => (c.charCodeAt(0) > 0x7f ? escapeAllUnits(c, false) : c)).join('');
+  // Go's encoding/json: JSON.stringify's output with < > & U+2028 U+2029 as lowercase \u escapes.
+  const goJson = [...json].map((c) => ('<>&\u2028\u2029'.includes(c) ? escapeAllUnits(c, false) : c)).join('');
+  // ASP.NET Core's System.Text.Json: " & ' + < > ` controls and non-ASCII as uppercase \u escapes, \ as \\.
+  const dotnet = Array.from({ length: secret.length }, (_, i) => {
+    const c = secret[i]!;
+    if (c === '\\') return '\\\\';
+    const short = { '\b': '\\b', '\t': '\\t', '\n': '\\n', '\f': '\\f', '\r': '\\r' }[c];
+    if (short) return short;
+    const code = c.charCodeAt(0);
+    return code < 0x20 || code > 0x7e || '"&\'+<>`'.includes(c) ? escapeAllUnits(c, true) : c;
+  }).join('');
   const uri = encodeURIComponent(secret);
   const form = new URLSearchParams({ k: secret }).toString().slice(2);
   const hex = bytes.toString('hex');
@@ -62,6 +74,8 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
     ['JSON \\/', json.split('/').join('\\/')],
     ['JSON ASCII', asciiJson],
     ['JSON ASCII \\/', asciiJson.split('/').join('\\/')],
+    ['JSON, Go (HTML-safe)', goJson],
+    ['JSON, System.Text.Json', dotnet],
     ['\\u lowercase', escapeAllUnits(secret, false)],
     ['\\u uppercase', escapeAllUnits(secret, true)],
     ['hex lowercase', hex],

@@ -21,8 +21,10 @@ const MIN_FRAGMENT_LENGTH = 8;
  * - raw;
  * - percent-encoded, as encodeURIComponent writes it and as application/x-www-form-urlencoded does
  *   (URLSearchParams: differs for ( ) ! ' ~ and space), each with upper- and lowercase hex (.NET writes `%2f`);
- * - JSON-escaped as JSON.stringify writes it, with `/` written `\/` (PHP's default), and with non-ASCII written
- *   as `\uxxxx` (Python's and PHP's default), and every UTF-16 unit written `\uXXXX` (either case);
+ * - JSON-escaped as JSON.stringify writes it, with `/` written `\/` (PHP's default), with non-ASCII written
+ *   as `\uxxxx` (Python's and PHP's default), with `<` `>` `&` written `\u003c`… (Go's default), as
+ *   System.Text.Json writes it (ASP.NET Core's default: `+` as `\u002B`, see dotnetJson), and every UTF-16 unit
+ *   written `\uXXXX` (either case);
  * - hex of the UTF-8 bytes, either case;
  * - base64 and base64url (padded and not) of the UTF-8 bytes, and at each of the three byte alignments the
  *   key can have inside a larger encoded blob, the characters that depend on the key alone (`base64Fragment`).
@@ -47,6 +49,9 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   const asciiJson = /[^\x00-\x7f]/.test(json) ? json.replace(/[^\x00-\x7f]/g, unicodeEscapes) : json;
   add('json-escaped-ascii', asciiJson);
   add('json-escaped-ascii-slash', asciiJson.replaceAll('/', '\\/'));
+  // Go's encoding/json (HTML-safe by default) writes < > & and U+2028/2029 as \u003c…, lowercase.
+  add('json-escaped-go', json.replace(/[<>&\u2028\u2029]/g, unicodeEscapes));
+  add('json-escaped-dotnet', dotnetJson(secret));
   const escaped = unicodeEscapes(secret);
   add('unicode-escaped', escaped);
   add('unicode-escaped-uppercase', escaped.toUpperCase().replaceAll('\\U', '\\u'));
@@ -90,6 +95,27 @@ function toBase64url(base64: string): string {
 
 function lowercaseEscapes(encoded: string): string {
   return encoded.includes('%') ? encoded.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase()) : encoded;
+}
+
+/** JSON escapes that have a short form (System.Text.Json writes these, as JSON.stringify does). */
+const SHORT_ESCAPES: Readonly<Record<string, string>> = { '\b': '\\b', '\t': '\\t', '\n': '\\n', '\f': '\\f', '\r': '\\r', '\\': '\\\\' };
+
+/**
+ * A JSON string as ASP.NET Core's System.Text.Json writes it by default (JavaScriptEncoder.Default): the
+ * HTML-sensitive characters `"` `&` `'` `+` `<` `>` and the backtick, controls and everything outside printable
+ * ASCII as `\uXXXX` in uppercase hex, the rest as it is. A base64 key with a `+` in it (an AWS or Azure secret)
+ * comes out as `…\u002B…`.
+ */
+function dotnetJson(text: string): string {
+  let out = '';
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    const char = text[i]!;
+    if (SHORT_ESCAPES[char] !== undefined) out += SHORT_ESCAPES[char];
+    else if (unit < 0x20 || unit > 0x7e || `"&'+<>\``.includes(char)) out += `\\u${unit.toString(16).toUpperCase().padStart(4, '0')}`;
+    else out += char;
+  }
+  return out;
 }
 
 /** Every UTF-16 unit as \uxxxx (a character outside the BMP becomes its two surrogates, as JSON writes them). */

@@ -322,6 +322,22 @@ describe('StreamScrubber (examples)', () => {
     }
   });
 
+  it('replaces a key as ASP.NET Core (System.Text.Json: + as \\u002B) and Go (& < > as \\u0026…) write it in JSON', () => {
+    // Shaped like an AWS secret access key (base64, with "+" and "/"); the escapes are written by hand.
+    const aws = `${randomSecret().slice(0, 12)}/K7MDENG+${randomSecret().slice(0, 12)}`;
+    const amp = `${randomSecret()}&<x>`;
+    const bodies: [string, string][] = [
+      [aws, `{"k":"${aws.replace('+', '\\u002B')}"}`],
+      [amp, `{"k":"${amp.slice(0, -4)}\\u0026\\u003Cx\\u003E"}`],
+      [amp, `{"k":"${amp.slice(0, -4)}\\u0026\\u003cx\\u003e"}`],
+    ];
+    for (const [secret, body] of bodies) {
+      const scrubber = new StreamScrubber([secret]);
+      const output = Buffer.concat([scrubber.push(enc(body)), scrubber.flush()]).toString();
+      expect(output).toBe(`{"k":"${MARKER_TEXT}"}`);
+    }
+  });
+
   it('matches a regex-special secret literally, never as a pattern', () => {
     const lookalike = REGEX_SPECIAL_SECRET.replace('.', 'X').replace('*', '');
     const scrubber = new StreamScrubber([REGEX_SPECIAL_SECRET]);
