@@ -135,6 +135,9 @@ export class Limits {
       const rule = meters[refused]!;
       throw limitError(rule.kind === 'quota' ? 'quota_exceeded' : 'budget_exceeded', windows[refused]!.endsAt - now, headers);
     }
+    // Each counter's period end, for a settle that comes after the counter expired (a stream that outlived its
+    // period and the grace): the adjustment then creates the counter again, expiring as it would have.
+    const endsAt = new Map(entries.map((entry, i) => [entry.key, windows[i]!.endsAt]));
     const budgetEntries = entries.filter((_, i) => meters[i]!.kind === 'budget' && units > 0);
     let settled = false;
     return {
@@ -149,7 +152,10 @@ export class Limits {
             : budgetEntries.map((entry) => [entry.key, usage - units] as const)
           : entries.filter((entry) => entry.amount > 0).map((entry) => [entry.key, -entry.amount] as const);
         try {
-          await Promise.all(adjustments.map(([key, delta]) => this.store.increment(key, delta)));
+          const settledAt = this.now();
+          await Promise.all(
+            adjustments.map(([key, delta]) => this.store.increment(key, delta, Math.max(endsAt.get(key)! - settledAt + METER_GRACE_MS, 1_000))),
+          );
         } catch (error) {
           // The reservation stays charged: a budget errs on the side of the worst case, never of overspending.
           this.logger.warn({ err: error instanceof StoreUnavailableError ? error.message : 'settle failed' }, 'budget settle failed');

@@ -1,10 +1,15 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
 import type { KeywardErrorCode } from '../../../lib/core/errors';
 import { Limits, type LimitSubject } from '../../../lib/core/limits/limits';
 import { compileRouteLimits, type LimitConfigs, type RouteLimits } from '../../../lib/core/limits/rules';
 import { createLogger } from '../../../lib/core/log/logger';
 import { MemoryStore } from '../../../lib/store/memory';
-import { StoreUnavailableError, type Reservation } from '../../../lib/store/types';
+import { SqliteStore } from '../../../lib/store/sqlite';
+import { StoreUnavailableError, type Reservation, type Store } from '../../../lib/store/types';
 import { expectKeywardError, rejected } from '../support';
 
 /** 2027-06-15 20:00 UTC: the day ends in 4 h, the month (July 1st) in 15 days 4 h. */
@@ -15,7 +20,7 @@ const MONTH_LEFT_S = 15 * 86_400 + 4 * 3600;
 function setup(
   upstream: LimitConfigs,
   route: LimitConfigs = {},
-  options: { now?: () => number; store?: MemoryStore } = {},
+  options: { now?: () => number; store?: Store } = {},
 ) {
   const store = options.store ?? new MemoryStore();
   const warnings: Array<Record<string, unknown>> = [];
@@ -356,6 +361,29 @@ describe('LimitGrant.settle', () => {
     await grant.settle({ forwarded: true, usage: null });
     await refusal(limits.reserve(rules, who(), 41, []), 'budget_exceeded');
     await limits.reserve(rules, who(), 40, []);
+  });
+
+  it('a settle after the counter expired (a stream that outlived its period) leaves no counter that never expires', async () => {
+    let now = NOW;
+    const path = join(mkdtempSync(join(tmpdir(), 'keyward-settle-')), 'store.sqlite');
+    const store = new SqliteStore(path, () => now);
+    const { limits, rules } = setup(configs, {}, { store, now: () => now });
+    const grant = await limits.reserve(rules, who(), 60, []);
+    now += 40 * 86_400_000; // past the month's end and the grace hour: the budget's counter is gone
+    await grant.settle({ forwarded: true, usage: 10 });
+    const db = new DatabaseSync(path, { readOnly: true });
+    try {
+      const rows = db.prepare('SELECT key, value, expires_at FROM kv').all() as Array<{ key: string; value: string; expires_at: number | null }>;
+      // The adjustment (-50) may create the old period's counter again, but only until it would have expired.
+      expect(rows.length).toBeGreaterThan(0);
+      for (const row of rows) {
+        expect(row.expires_at).not.toBeNull();
+        expect(row.expires_at!).toBeLessThanOrEqual(now + 3_600_000);
+      }
+    } finally {
+      db.close();
+      await store.close();
+    }
   });
 
   it('settles once: later calls change nothing', async () => {
