@@ -844,6 +844,14 @@ function reservation(cost: RouteLimits['cost'], parts: RequestParts): number {
     if (typeof value === 'number' && Number.isFinite(value) && value >= 0) {
       return Math.min(Math.ceil(value * cost.reserveFrom.times) + cost.reserveFrom.plus, Number.MAX_SAFE_INTEGER);
     }
+    // Present but not one number Keyward can read (a repeated query parameter, `+5000`, `"5000"`, `-1`): the
+    // upstream may still read a large bound from it, so it is refused rather than reserved at `cost.reserve`.
+    // Absent or null, the upstream applies its own default, which `cost.reserve` stands for.
+    if (value !== undefined && value !== null) {
+      throw new KeywardError('contract_violation', {
+        message: `The request does not match this route's contract: ${cost.reserveFrom.field}: must be one number, 0 or more.`,
+      });
+    }
   }
   return cost.reserve;
 }

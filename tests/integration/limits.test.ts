@@ -107,6 +107,8 @@ function definitions(origin: string): UpstreamDefinition[] {
         },
         { method: 'POST', path: '/hdr', cost: { reserve: 40, usage: { header: 'x-usage' } } },
         { method: 'GET', path: '/flat', cost: { reserve: 10 } },
+        // No query contract: the field is read as the client sent it.
+        { method: 'GET', path: '/search', cost: { reserve: 1, reserveFrom: { field: 'query.limit' } } },
       ],
     }),
     defineUpstream('down', {
@@ -210,6 +212,8 @@ interface CallOptions {
   method?: string;
   body?: Record<string, unknown> | string;
   xff?: string;
+  /** The query string, without "?". */
+  query?: string;
   signal?: AbortSignal;
   /** Return before reading the body (streaming tests read it themselves). */
   raw?: boolean;
@@ -241,7 +245,7 @@ async function call(
     body = typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
     headers.set('content-type', 'application/json');
   }
-  const url = `${APP_ORIGIN}/api/proxy/${upstreamId}/${path.join('/')}`;
+  const url = `${APP_ORIGIN}/api/proxy/${upstreamId}/${path.join('/')}${options.query ? `?${options.query}` : ''}`;
   const request = new Request(url, { method, headers, body, signal: options.signal });
   const response = await handleProxy(request, { upstream: upstreamId, path }, options.deps ?? on.deps);
   const text = options.raw ? '' : await response.text();
@@ -615,6 +619,27 @@ describe('budgets on Redis: reserve the worst case, settle to the reported usage
     // A route with no usage source is charged its reservation.
     expect((await call(a, ned, 'budget', ['flat'])).status).toBe(200);
     expect(await counter(a.store, tokensKey(ned))).toBe(62);
+  });
+
+  it('a query field read for the reservation but sent in a form Keyward cannot read as one number is refused (400), not reserved at "reserve"', async () => {
+    const quinn = newUser();
+    upstream.handle(llm());
+    const before = received('budget').length;
+    // Read: 5000 is over the budget of 100.
+    expect429(await call(a, quinn, 'budget', ['search'], { query: 'limit=5000' }), 'budget_exceeded', 86_400);
+    // Each of these is 5000 to many servers (a repeated parameter's last copy, a sign, a trailing dot).
+    for (const query of ['limit=1&limit=5000', 'limit=%2B5000', 'limit=5000.', 'limit=5e3x', 'limit=-1']) {
+      const refused = await call(a, quinn, 'budget', ['search'], { query });
+      expect(refused.status).toBe(400);
+      expect(refused.errorCode()).toBe('contract_violation');
+      expect(JSON.parse(refused.text).error.message).toContain('query.limit');
+    }
+    expect(received('budget')).toHaveLength(before);
+    expect(await counter(a.store, tokensKey(quinn))).toBeNull();
+    // Absent, the upstream applies its own default, which "reserve" stands for; a readable number is reserved.
+    expect((await call(a, quinn, 'budget', ['search'])).status).toBe(200);
+    expect((await call(a, quinn, 'budget', ['search'], { query: 'limit=20' })).status).toBe(200);
+    expect(await counter(a.store, tokensKey(quinn))).toBe(21);
   });
 
   it('SSE: settles to the usage of the last event that carries it', async () => {
