@@ -77,7 +77,8 @@ export class OAuthTokenStore {
 
   async save(provider: string, userId: string, tokens: OAuthTokens): Promise<void> {
     const stored: StoredTokens = { ...tokens, refreshAt: refreshTime(tokens.expiresAt, this.now()), savedAt: this.now() };
-    await guard(async () => this.store.set(OAuthTokenStore.key(provider, userId), await this.vault.seal(stored)));
+    const key = OAuthTokenStore.key(provider, userId);
+    await guard(async () => this.store.set(key, await this.vault.sealFor(key, stored)));
   }
 
   async load(provider: string, userId: string): Promise<OAuthTokens | null> {
@@ -100,11 +101,13 @@ export class OAuthTokenStore {
     const key = OAuthTokenStore.key(provider, userId);
     const sealed = known !== undefined ? known : await guard(() => this.store.get(key));
     if (!sealed) return null;
-    const tokens = await this.vault.open<StoredTokens>(sealed);
-    if (!this.vault.isCurrent(sealed)) {
-      // Sealed before a vault rotation: re-seal with the current secret, unless a refresh replaced it meanwhile.
+    // Opens only under the entry it was sealed for: another user's tokens copied here in the store do not.
+    const { value: tokens, fresh } = await this.vault.openFor<StoredTokens>(key, sealed);
+    if (!fresh) {
+      // Sealed before a vault rotation, or before seals named their entry: sealed again, unless a refresh
+      // replaced it meanwhile.
       this.vault
-        .seal(tokens)
+        .sealFor(key, tokens)
         .then((resealed) => this.store.replaceIfEquals(key, sealed, resealed))
         .catch(() => {});
     }
@@ -210,7 +213,7 @@ export class OAuthTokenStore {
       refreshAt: refreshTime(next.expiresAt, this.now()),
       savedAt: this.now(),
     };
-    const nextSealed = await this.vault.seal(saved);
+    const nextSealed = await this.vault.sealFor(key, saved);
     let expected = sealed;
     for (let attempt = 0; !(await guard(() => this.store.replaceIfEquals(key, expected, nextSealed))); attempt++) {
       if (attempt === 3) throw new KeywardError('credential_unavailable');

@@ -68,7 +68,7 @@ export class UserKeys {
     const [suspended, previous] = await guard(() => this.store.getMany([suspensionKey(userId), storeKey]));
     if (suspended !== null && suspended !== undefined) throw new KeywardError('key_suspended');
     const stored: StoredUserKey = {
-      sealed: await this.vault.seal({ key }),
+      sealed: await this.vault.sealFor(storeKey, { key }),
       fingerprint: this.fingerprints.of(key),
       last4: key.slice(-4),
       createdAt: this.now(),
@@ -122,13 +122,14 @@ export class UserKeys {
     if (suspended !== null) throw new KeywardError('key_suspended');
     if (!raw) return null;
     const stored = JSON.parse(raw) as StoredUserKey;
-    const { key } = await this.vault.open<{ key: string }>(stored.sealed);
     const storeKey = UserKeys.key(upstream, userId);
-    if (!this.vault.isCurrent(stored.sealed)) {
-      // Sealed before a vault rotation: re-seal with the current secret. Compare-and-set, so a key the user
-      // replaced in the meantime is never overwritten by this older one.
+    // Opens only under the entry it was sealed for: another user's key copied here in the store does not.
+    const { value: { key }, fresh } = await this.vault.openFor<{ key: string }>(storeKey, stored.sealed);
+    if (!fresh) {
+      // Sealed before a vault rotation, or before seals named their entry: sealed again. Compare-and-set, so a
+      // key the user replaced in the meantime is never overwritten by this older one.
       this.vault
-        .seal({ key })
+        .sealFor(storeKey, { key })
         .then((sealed) => this.store.replaceIfEquals(storeKey, raw, JSON.stringify({ ...stored, sealed })))
         .catch(() => {});
     }
@@ -162,7 +163,7 @@ export class UserKeys {
   async currentFingerprint(upstream: string, userId: string, fingerprints: KeyFingerprints): Promise<string | null> {
     const stored = await this.read(upstream, userId);
     if (!stored) return null;
-    const { key } = await this.vault.open<{ key: string }>(stored.sealed);
+    const { key } = (await this.vault.openFor<{ key: string }>(UserKeys.key(upstream, userId), stored.sealed)).value;
     return fingerprints.of(key);
   }
 

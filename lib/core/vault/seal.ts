@@ -36,11 +36,36 @@ export class Vault {
     return value;
   }
 
+  /**
+   * Seals a value for the store entry it is written to (`ukey:<upstream>:<user>`, `oauth:<provider>:<user>`):
+   * the entry's name is sealed with it, so a seal copied to another entry (another user's, another upstream's)
+   * by someone who can write the store but does not hold the vault secret does not open there (`openFor`).
+   */
+  sealFor(entry: string, value: object): Promise<string> {
+    return this.seal({ ...value, [BOUND_TO]: entry });
+  }
+
+  /**
+   * Opens a seal made by `sealFor(entry)`. A seal made for another entry is refused as one that does not open
+   * (503 `credential_unavailable`). A seal from before seals were bound to their entry (none) opens, as does one
+   * made with an older secret: `fresh` is false for both, and the caller seals the value again with `sealFor`.
+   */
+  async openFor<T extends object>(entry: string, sealed: string): Promise<{ value: T; fresh: boolean }> {
+    const { [BOUND_TO]: bound, ...value } = await this.open<T & { [BOUND_TO]?: unknown }>(sealed);
+    if (bound !== undefined && bound !== entry) {
+      throw new KeywardError('credential_unavailable', { message: 'A stored credential could not be opened.' });
+    }
+    return { value: value as unknown as T, fresh: bound !== undefined && this.isCurrent(sealed) };
+  }
+
   /** False for a seal made with an older secret: re-seal it so the old secret can be retired. */
   isCurrent(sealed: string): boolean {
     return sealed.split('*')[1] === this.currentId;
   }
 }
+
+/** The field `sealFor` seals the entry's name in (no sealed value has a field of that name). */
+const BOUND_TO = 'boundTo';
 
 /** A stable numeric id for a secret (iron-session wants numeric ids): 48 bits of its SHA-256. */
 function passwordId(secret: string): string {

@@ -1,0 +1,93 @@
+import { describe, expect, it, vi } from 'vitest';
+import { OAuthTokenStore, type OAuthTokens } from '../../../lib/core/credential/oauth';
+import { UserKeys } from '../../../lib/core/credential/user-keys';
+import { keyFingerprints } from '../../../lib/core/keys/fingerprint';
+import { Vault } from '../../../lib/core/vault/seal';
+import { MemoryStore } from '../../../lib/store/memory';
+import { randomSecret } from '../../fixtures/secrets';
+
+/**
+ * A sealed per-user secret opens only under the store entry it was sealed for. Someone who can write the store
+ * (a shared Redis, its password leaked) but does not hold KEYWARD_VAULT_SECRET cannot read a victim's key, but
+ * could copy the victim's sealed row into their own entry and have Keyward use it for their calls. The store,
+ * the vault and both stores of secrets are the real ones.
+ */
+function setup() {
+  const store = new MemoryStore();
+  const vaultSecret = randomSecret('vault-secret-of-32-characters-or-more');
+  const vault = new Vault(vaultSecret);
+  const keys = new UserKeys(store, vault, Date.now, keyFingerprints(randomSecret('server')));
+  const tokens = new OAuthTokenStore(store, vault, new Map(), Date.now);
+  return { store, vault, vaultSecret, keys, tokens };
+}
+
+const grant = (label: string): OAuthTokens => ({ accessToken: randomSecret(`${label}-access`), refreshToken: randomSecret(`${label}-refresh`), expiresAt: Date.now() + 3_600_000 });
+
+describe('a sealed secret copied to another entry of the store', () => {
+  it("a user's own key copied to another user's entry, or to another upstream's, is refused (503), never used", async () => {
+    const { store, keys } = setup();
+    const aliceKey = randomSecret('alice-own');
+    await keys.put('openai', 'local:alice', aliceKey);
+    expect(await keys.use('openai', 'local:alice')).toBe(aliceKey);
+    const row = (await store.get('ukey:openai:local:alice'))!;
+    for (const entry of ['ukey:openai:local:bob', 'ukey:anthropic:local:alice']) {
+      await store.set(entry, row);
+      const [upstream, user] = entry.slice('ukey:'.length).split(/:(.*)/s) as [string, string];
+      await expect(keys.use(upstream, user)).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
+    }
+    // The owner's own entry still opens.
+    expect(await keys.use('openai', 'local:alice')).toBe(aliceKey);
+  });
+
+  it("a user's OAuth tokens copied to another user's entry are refused (503), never used", async () => {
+    const { store, tokens } = setup();
+    const alice = grant('alice');
+    await tokens.save('github', 'local:alice', alice);
+    await store.set('oauth:github:local:bob', (await store.get('oauth:github:local:alice'))!);
+    await expect(tokens.accessToken('github', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable' });
+    await expect(tokens.load('github', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable' });
+    expect(await tokens.accessToken('github', 'local:alice')).toBe(alice.accessToken);
+  });
+});
+
+describe('seals from before they named their entry', () => {
+  it('open once, are sealed again for their entry on that read, and from then on do not open anywhere else', async () => {
+    const { store, vault, keys, tokens } = setup();
+    // Written as Keyward wrote them before: the value alone, sealed with the same vault secret.
+    const ownKey = randomSecret('legacy-own');
+    await store.set(
+      'ukey:openai:local:carol',
+      JSON.stringify({ sealed: await vault.seal({ key: ownKey }), fingerprint: 'legacy', last4: ownKey.slice(-4), createdAt: Date.now() }),
+    );
+    const carol = grant('carol');
+    await store.set('oauth:github:local:carol', await vault.seal({ ...carol, refreshAt: carol.expiresAt - 60_000, savedAt: Date.now() }));
+    const legacyKey = await store.get('ukey:openai:local:carol');
+    const legacyToken = await store.get('oauth:github:local:carol');
+
+    expect(await keys.use('openai', 'local:carol')).toBe(ownKey);
+    expect(await tokens.accessToken('github', 'local:carol')).toBe(carol.accessToken);
+    // Sealed again in the background, off the call's path.
+    await vi.waitFor(async () => {
+      expect(await store.get('ukey:openai:local:carol')).not.toBe(legacyKey);
+      expect(await store.get('oauth:github:local:carol')).not.toBe(legacyToken);
+    });
+
+    await store.set('ukey:openai:local:mallory', (await store.get('ukey:openai:local:carol'))!);
+    await store.set('oauth:github:local:mallory', (await store.get('oauth:github:local:carol'))!);
+    await expect(keys.use('openai', 'local:mallory')).rejects.toMatchObject({ code: 'credential_unavailable' });
+    await expect(tokens.accessToken('github', 'local:mallory')).rejects.toMatchObject({ code: 'credential_unavailable' });
+    expect(await keys.use('openai', 'local:carol')).toBe(ownKey);
+    expect(await tokens.accessToken('github', 'local:carol')).toBe(carol.accessToken);
+  });
+
+  it('Vault.openFor: bound to the entry, fresh only when bound and sealed with the current secret', async () => {
+    const previous = randomSecret('vault-previous-secret-of-32-chars');
+    const current = randomSecret('vault-current-secret-of-32-chars');
+    const before = new Vault(previous);
+    const vault = new Vault(current, previous);
+    expect(await vault.openFor('e:1', await vault.sealFor('e:1', { v: 1 }))).toEqual({ value: { v: 1 }, fresh: true });
+    expect(await vault.openFor('e:1', await before.sealFor('e:1', { v: 2 }))).toEqual({ value: { v: 2 }, fresh: false });
+    expect(await vault.openFor('e:1', await vault.seal({ v: 3 }))).toEqual({ value: { v: 3 }, fresh: false });
+    await expect(vault.openFor('e:2', await vault.sealFor('e:1', { v: 4 }))).rejects.toMatchObject({ code: 'credential_unavailable' });
+  });
+});
