@@ -140,12 +140,21 @@ async function exportJsonl(runtime: Runtime, filter: AuditFilter): Promise<Respo
   let page = await runtime.audit.query(filter, { limit: MAX_PAGE, order: 'asc' });
   let sent = 0;
   const stream = new ReadableStream<Uint8Array>({
+    // Each pull sends something or ends the body: a pull that returned with nothing enqueued would never be
+    // called again, and a page can hold no match (a selective filter over a stretch of the log that has none).
     async pull(controller) {
       try {
-        if (page.records.length > 0) controller.enqueue(encoder.encode(page.records.map((r) => JSON.stringify(r)).join('\n') + '\n'));
-        sent += page.records.length;
-        if (page.cursor === null || sent >= MAX_EXPORT) controller.close();
-        else page = await runtime.audit.query(filter, { limit: MAX_PAGE, cursor: page.cursor, order: 'asc' });
+        for (;;) {
+          const { records, cursor } = page;
+          if (records.length > 0) controller.enqueue(encoder.encode(records.map((r) => JSON.stringify(r)).join('\n') + '\n'));
+          sent += records.length;
+          if (cursor === null || sent >= MAX_EXPORT) {
+            controller.close();
+            return;
+          }
+          page = await runtime.audit.query(filter, { limit: MAX_PAGE, cursor, order: 'asc' });
+          if (records.length > 0) return;
+        }
       } catch {
         controller.error(new KeywardError('store_unavailable'));
       }
