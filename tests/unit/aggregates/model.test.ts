@@ -189,6 +189,14 @@ describe('UsageAggregates (series and top from the store only)', () => {
     expect(
       (await usage.series({ period: 'day', fromMs: T, toMs: T, user: 'local:ada', upstream: 'gh' })).total.calls,
     ).toBe(1);
+    // One read for a user's total and each upstream's share: the same figures as one series per upstream.
+    const mine = await usage.seriesByUpstream({ period: 'hour', fromMs: T, toMs: T, user: 'local:ada' });
+    expect(mine.series).toEqual(await usage.series({ period: 'hour', fromMs: T, toMs: T, user: 'local:ada' }));
+    expect([...mine.upstreams.keys()].sort()).toEqual(['gh', 'openai']);
+    for (const upstream of ['gh', 'openai']) {
+      expect(mine.upstreams.get(upstream)).toEqual((await usage.series({ period: 'hour', fromMs: T, toMs: T, user: 'local:ada', upstream })).total);
+    }
+    expect(mine.upstreams.get('gh')!.calls + mine.upstreams.get('openai')!.calls).toBe(mine.series.total.calls);
     await expect(
       usage.series({ period: 'day', fromMs: T, toMs: T, user: 'local:ada', route: '/models' }),
     ).rejects.toMatchObject({ code: 'bad_request' });
