@@ -248,8 +248,20 @@ describe('two instances sharing Redis', () => {
   it('admin revoke needs CSRF, POST and a plausible user id', async () => {
     expectError(await post(adminRevoke(BOB), a, admin, { csrf: false }), 403, 'csrf_failed');
     expectError(await post(adminRevoke(BOB), a, admin, { method: 'GET' }), 405, 'method_not_allowed');
-    expectError(await post(adminRevoke('bad user id'), a, admin), 400, 'bad_request');
-    expectError(await post(adminRevoke(''), a, admin), 400, 'bad_request');
+    for (const bad of ['', 'oidc:\u00e9', 'oidc:a\nb', `oidc:${'x'.repeat(300)}`]) {
+      expectError(await post(adminRevoke(bad), a, admin), 400, 'bad_request');
+    }
+    await expectWorks(b, bob);
+  });
+
+  it('an OpenID Connect sub of any printable ASCII (a URL, with "/", "+", "=", spaces) is a user id an admin can revoke', async () => {
+    const sub = 'oidc:https://login.example.com/id/00D+x=/005 a';
+    const theirs = await cookieFor(sub, clock);
+    await expectWorks(b, theirs);
+    const result = await post(adminRevoke(sub), a, admin);
+    expect(result.status).toBe(200);
+    expect(result.json()).toEqual({ revoked: true, userId: sub });
+    await expectRefused(b, theirs);
     await expectWorks(b, bob);
   });
 

@@ -1,6 +1,7 @@
 import 'server-only';
 import type { TopRow } from '@/lib/core/aggregates/usage';
 import { appliesTo, type MeterRule } from '@/lib/core/limits/rules';
+import { USER_ID } from '@/lib/core/session/provider-sessions';
 import type { SessionView } from '@/lib/core/session/session-index';
 import type { ConnectionView } from '@/lib/core/connect/connections';
 import { keyward } from '@/keyward';
@@ -17,8 +18,6 @@ const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
 /** The most users one page lists (the busiest first). */
 export const MAX_USERS = 1_000;
-/** A user id as the admin API accepts it (lib/core/api/revoke.ts). */
-const USER_ID = /^[A-Za-z0-9._:@|-]{1,256}$/;
 
 export interface Figures {
   readonly calls: number;

@@ -2,6 +2,7 @@ import type { AuditFilter, AuditRecord } from '../audit/audit';
 import { KeywardError } from '../errors';
 import { keyAdmin } from '../keys/admin';
 import type { Runtime } from '../runtime';
+import { USER_ID } from '../session/provider-sessions';
 import type { Session } from '../session/session';
 import { apiHandler, json, readJsonObject, requireSession } from './guard';
 
@@ -108,9 +109,9 @@ export function auditFilter(params: URLSearchParams): AuditFilter {
   for (const name of params.keys()) {
     if (!FILTERS.includes(name)) throw new KeywardError('bad_request', { message: `Unknown filter; use ${FILTERS.join(', ')}.` });
   }
-  const text = (name: string) => {
+  const text = (name: string, pattern = /^[A-Za-z0-9._:@|/-]{1,256}$/) => {
     const value = params.get(name);
-    if (value !== null && !/^[A-Za-z0-9._:@|/-]{1,256}$/.test(value)) throw new KeywardError('bad_request', { message: `${name} is not valid.` });
+    if (value !== null && !pattern.test(value)) throw new KeywardError('bad_request', { message: `${name} is not valid.` });
     return value ?? undefined;
   };
   const time = (name: string) => {
@@ -125,7 +126,7 @@ export function auditFilter(params: URLSearchParams): AuditFilter {
   return {
     type: type as AuditRecord['type'] | undefined,
     upstream: text('upstream'),
-    userId: text('userId'),
+    userId: text('userId', USER_ID),
     action: text('action'),
     outcome: text('outcome'),
     fingerprint: text('fingerprint'),

@@ -9,6 +9,7 @@ import {
   type Connections,
 } from '../connect/connections';
 import type { Runtime } from '../runtime';
+import { USER_ID } from '../session/provider-sessions';
 import { StoreUnavailableError } from '../../store/types';
 import { requireAdmin } from './admin';
 import { apiHandler, json, requireSession } from './guard';
@@ -174,7 +175,7 @@ export function handleAdminUserConnections(request: Request, userId: string, run
   return apiHandler(runtime, async () => {
     if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
     await requireAdmin(request, runtime);
-    if (!/^[A-Za-z0-9._:@|-]{1,256}$/.test(userId))
+    if (!USER_ID.test(userId))
       throw new KeywardError('bad_request', { message: 'Not a user id.' });
     return json({ userId, connections: runtime.connections ? await runtime.connections.list(userId) : [] });
   });

@@ -1,5 +1,6 @@
 import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
+import { USER_ID } from '../session/provider-sessions';
 import { apiHandler, json, requireSession } from './guard';
 
 /** POST /api/session/revoke-all: "sign out everywhere": every session and mobile token of the caller. */
@@ -19,7 +20,7 @@ export function handleAdminRevoke(request: Request, userId: string, runtime: Run
     if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
     const session = await requireSession(request, runtime);
     if (!session.roles.includes('admin')) throw new KeywardError('forbidden');
-    if (!/^[A-Za-z0-9._:@|-]{1,256}$/.test(userId)) throw new KeywardError('bad_request', { message: 'Not a user id.' });
+    if (!USER_ID.test(userId)) throw new KeywardError('bad_request', { message: 'Not a user id.' });
     await runtime.revocations.revokeUser(userId);
     runtime.logger.info({ userId, by: session.userId }, 'all sessions revoked by admin');
     await runtime.audit.recordAdmin({ action: 'sessions.revoke', actor: session.userId, targetUser: userId, outcome: 'revoked' });

@@ -29,6 +29,13 @@ import type { SessionRevocations } from './revocation';
 /** Keyward sessions remembered per provider session. One sign-in each; re-authenticating at the app adds one. */
 export const PROVIDER_SESSION_SLOTS = 32;
 
+/**
+ * A user id as the admin API and pages take one: `local:<username>` or `oidc:<sub>`, where an OpenID Connect
+ * `sub` is up to 255 ASCII characters of the provider's choosing (Core §2: a URL at some providers, with `/`,
+ * `+`, `=` or spaces), so any printable ASCII is accepted.
+ */
+export const USER_ID = /^[\x20-\x7e]{1,300}$/;
+
 /** Auth.js's OIDC provider id in lib/next/auth.ts: its users are `oidc:<sub>`. */
 export function oidcUserId(sub: string): string {
   return `oidc:${sub}`;
