@@ -41,7 +41,12 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
     } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
       serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
     } else {
-      next(req, res);
+      try {
+        next(req, res);
+      } catch (error) {
+        // Whatever the hand-off to Next throws fails this request, never the process.
+        failed(error, res);
+      }
     }
   };
 }

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { pipeline, type Duplex } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
 import { getLogger } from '@/lib/core/log/logger';
+import { originFormTarget } from './proxy-path';
 import { forwardedForFallback } from './request';
 
 export interface NextProcessOptions {
@@ -123,12 +124,27 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
   return {
     metrics,
     web(req, res) {
+      const target = originFormTarget(req.url ?? '/');
+      if (target === null) return badTarget(res);
+      req.url = target;
       forwardedFor(req);
-      proxy.web(req, res);
+      try {
+        proxy.web(req, res);
+      } catch {
+        // A target http-proxy cannot read: this request's failure, never the process's.
+        badTarget(res);
+      }
     },
     upgrade(req, socket, head) {
+      const target = originFormTarget(req.url ?? '/');
+      if (target === null) return badUpgrade(socket);
+      req.url = target;
       forwardedFor(req);
-      proxy.ws(req, socket, head);
+      try {
+        proxy.ws(req, socket, head);
+      } catch {
+        badUpgrade(socket);
+      }
     },
     exited,
     async stop(ms = 5_000) {
@@ -152,4 +168,19 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 
 function isResponse(target: unknown): target is ServerResponse {
   return typeof (target as ServerResponse | undefined)?.writeHead === 'function';
+}
+
+/** A request target Next is not handed (neither origin form nor a valid absolute form): 400, the connection closed. */
+function badTarget(res: ServerResponse): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(400, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', connection: 'close' });
+  res.end('Bad request: the request target is not a path.\n');
+}
+
+function badUpgrade(socket: Duplex): void {
+  socket.on('error', () => {});
+  socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
 }

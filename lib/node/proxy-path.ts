@@ -40,6 +40,19 @@ export function parseProxyPath(requestTarget: string): ProxyPath | null {
   };
 }
 
+/**
+ * The request target in origin form (`/path?query`), for Next: an absolute-form target loses its scheme and
+ * authority, as text (nothing is normalised on the way; the public origin comes from configuration, not from
+ * the target). Null for a target in neither form (`*`, `a:b`): answered 400, never handed on, since http-proxy
+ * reads the target with `new URL` and an invalid one (`http://a:99999/x`) would throw out of the listener.
+ */
+export function originFormTarget(requestTarget: string): string | null {
+  const absolute = ABSOLUTE_FORM.exec(requestTarget);
+  if (!absolute) return requestTarget.startsWith('/') ? requestTarget : null;
+  const rest = requestTarget.slice(absolute[0].length);
+  return rest.startsWith('/') ? rest : rest === '' || rest.startsWith('?') ? `/${rest}` : null;
+}
+
 function decodeSegment(segment: string): string {
   if (!segment.includes('%')) return segment;
   try {

@@ -3,7 +3,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { KeywardError } from '@/lib/core/errors';
 import { getLogger } from '@/lib/core/log/logger';
-import { refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
+import { isRefusedMethod, refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
 import { StreamScrubber } from '@/lib/core/respond/scrub-stream';
 import type { SessionRevocations } from '@/lib/core/session/revocation';
 import {
@@ -66,7 +66,9 @@ export function createUpgradeListener(options: UpgradeOptions) {
   return (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const proxyPath = parseProxyPath(req.url ?? '/');
     if (proxyPath === null) {
-      if (options.next) void Promise.resolve(options.next(req, socket, head)).catch(() => socket.destroy());
+      // Called inside the promise, so a synchronous throw closes this socket rather than ending the process.
+      const next = options.next;
+      if (next) void Promise.resolve().then(() => next(req, socket, head)).catch(() => socket.destroy());
       else socket.destroy();
       return;
     }
@@ -100,6 +102,10 @@ async function serveUpgrade(
       refuseCall(req.method ?? 'GET', new Headers(), target, deps, new KeywardError('bad_request')),
       siteHeaders,
     );
+  }
+  // As the fast lane's HTTP door does: a Request cannot even carry these methods (TRACE, TRACK, CONNECT).
+  if (isRefusedMethod(req.method ?? '')) {
+    return writeRaw(socket, refuseCall(req.method ?? '', headers, target, deps, new KeywardError('method_not_allowed')), siteHeaders);
   }
   if (!isWebSocketHandshake(req)) {
     const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' });

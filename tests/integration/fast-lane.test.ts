@@ -351,6 +351,39 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     expect(upstream.requests.length).toBe(before);
   });
 
+  /** Writes one raw request on a new connection and reads what comes back until the server closes it. */
+  async function rawExchange(request: string): Promise<string> {
+    const socket = connect(lane.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', () => {});
+    socket.write(request);
+    await once(socket, 'close');
+    return Buffer.concat(chunks).toString('utf8');
+  }
+
+  it('an absolute-form target whose authority is not a valid URL (port 99999) is one 400, never the end of the process', async () => {
+    const upgrade = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n';
+    for (const extra of ['', upgrade]) {
+      const text = await rawExchange(`GET http://a:99999/signin HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\n${extra}Connection: close\r\n\r\n`);
+      expect(text.startsWith('HTTP/1.1 400 ')).toBe(true);
+    }
+    // The same server still answers: Next's pages and the proxy.
+    expect((await raw(lane, 'GET', '/signin', { cookie: '' })).status).toBe(200);
+    expect((await raw(lane, 'GET', '/api/proxy/echo/items/1')).status).toBe(200);
+    // A valid absolute-form target is served as its path (RFC 9112 §3.2.2).
+    expect((await raw(lane, 'GET', `http://127.0.0.1:${lane.port}/signin`, { cookie: '' })).status).toBe(200);
+  });
+
+  it('a TRACE WebSocket upgrade to a proxy route: 405 method_not_allowed, as the HTTP door answers', async () => {
+    const text = await rawExchange(
+      `TRACE /api/proxy/echo/items/1 HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\nCookie: ${laneCookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+    );
+    expect(text.startsWith('HTTP/1.1 405 ')).toBe(true);
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'method_not_allowed' } });
+  });
+
   it('CONNECT: 405 method_not_allowed, the connection closed', async () => {
     const before = upstream.requests.length;
     const socket = connect(lane.port, '127.0.0.1');

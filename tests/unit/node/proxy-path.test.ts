@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseProxyPath } from '../../../lib/node/proxy-path';
+import { originFormTarget, parseProxyPath } from '../../../lib/node/proxy-path';
 
 describe('parseProxyPath (the fast lane reads the raw request target)', () => {
   it('splits before decoding: %2F stays inside its segment, `..` is not resolved', () => {
@@ -51,3 +51,23 @@ describe('parseProxyPath (the fast lane reads the raw request target)', () => {
     }
   });
 });
+
+describe('originFormTarget (what Next is handed)', () => {
+  it('keeps an origin-form target as it is, nothing normalised', () => {
+    for (const target of ['/', '/signin?x=1', '/a/../b', '/a/%2e%2e/b', '//evil.example/x', '/%zz']) expect(originFormTarget(target)).toBe(target);
+  });
+
+  it('takes the scheme and authority off an absolute-form target, as text, whether or not the authority is valid', () => {
+    expect(originFormTarget('http://app.example/signin?x=1')).toBe('/signin?x=1');
+    expect(originFormTarget('https://app.example')).toBe('/');
+    expect(originFormTarget('http://app.example?x=1')).toBe('/?x=1');
+    // A port out of range or a bad host: `new URL` throws on these, the path is still the path.
+    expect(originFormTarget('http://a:99999/x')).toBe('/x');
+    expect(originFormTarget('http://[zz]/a/%2e%2e/b')).toBe('/a/%2e%2e/b');
+  });
+
+  it('refuses (null) a target in neither form', () => {
+    for (const target of ['*', 'a:b', 'x', '', 'http:/x']) expect(originFormTarget(target), target).toBeNull();
+  });
+});
+
