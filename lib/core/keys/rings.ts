@@ -160,6 +160,33 @@ export class KeyRings {
     return out;
   }
 
+  /**
+   * Each upstream's fingerprints of the versions that may no longer serve (revoked, or expired), for what holds a
+   * credential longer than a call (open WebSockets, lib/core/ws/sockets.ts): under the fingerprint the ring
+   * stored and under the one a credential carries now, which differ for a version added under another
+   * KEYWARD_SESSION_SECRET (or before fingerprints were keyed). A managed value that cannot be opened here is
+   * one this process never served, so its stored fingerprint is enough.
+   */
+  async retiredFingerprints(): Promise<Map<string, Set<string>>> {
+    const now = this.now();
+    const out = new Map<string, Set<string>>();
+    for (const upstream of this.ringUpstreams()) {
+      const { versions } = await this.current(upstream);
+      const retired = new Set<string>();
+      for (const version of versions) {
+        if (version.state !== 'revoked' && (version.expiresAt === null || version.expiresAt > now)) continue;
+        retired.add(version.fingerprint);
+        const credential =
+          version.source === 'env'
+            ? upstream.credential.envVersions.find((env) => env.id === version.id)?.credential
+            : await this.managedCredential(upstream, version).catch(() => undefined);
+        if (credential) retired.add(credential.fingerprint);
+      }
+      out.set(upstream.id, retired);
+    }
+    return out;
+  }
+
   /** Adds a managed version in state `next` (no traffic yet). Idempotent: the same value adds nothing twice. */
   async add(upstreamId: string, value: string): Promise<KeyVersion> {
     const upstream = this.staticUpstream(upstreamId);

@@ -136,13 +136,8 @@ export class OpenSockets {
     if (serviceKeyed.length === 0) return;
     let states: Map<string, Set<string>>;
     try {
-      states = new Map();
-      for (const { upstream, versions } of await rings.list()) {
-        states.set(
-          upstream,
-          new Set(versions.filter((v) => v.status === 'revoked' || v.status === 'expired').map((v) => v.fingerprint)),
-        );
-      }
+      // By the fingerprint the socket's credential carries, which the ring's own list may show otherwise.
+      states = await rings.retiredFingerprints();
     } catch {
       for (const socket of serviceKeyed) socket.close('storeUnavailable');
       return;

@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { defineUpstream } from '../../../lib/core/config/load';
+import { createRuntime } from '../../../lib/core/runtime';
+import { MemoryStore } from '../../../lib/store/memory';
 import type { SessionRevocations } from '../../../lib/core/session/revocation';
 import type { Session } from '../../../lib/core/session/session';
 import type { Upstream } from '../../../lib/core/upstream/registry';
@@ -197,3 +200,42 @@ describe('open WebSockets are re-checked', () => {
     expect(b.closed).toEqual(['storeUnavailable']);
   });
 });
+
+describe('open WebSockets on a service key', () => {
+  it('close when the key-ring version they use is revoked, also one added under an earlier KEYWARD_SESSION_SECRET (another fingerprint)', async () => {
+    // Two runtimes on one store: the version is added under one session secret and used after it was rotated.
+    const store = new MemoryStore();
+    const shared = { AUTH_SECRET: randomSecret('auth'), KEYWARD_VAULT_SECRET: randomSecret('vault-secret-of-32-characters-or-more'), SVC_KEY: randomSecret('env') };
+    const runtime = (sessionSecret: string) =>
+      createRuntime({
+        env: { ...shared, KEYWARD_SESSION_SECRET: sessionSecret, KEYWARD_STORE: 'memory' },
+        store,
+        upstreams: [
+          defineUpstream('svc', {
+            baseUrl: 'http://127.0.0.1:9/v1/',
+            auth: { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } },
+            routes: [{ method: 'GET', path: '/realtime', websocket: true }],
+          }),
+        ],
+      });
+    const before = runtime(randomSecret('sess'));
+    const managed = randomSecret('managed');
+    expect((await before.keyRings!.rotate('svc', managed, { skipCanary: true, actor: 'local:root' })).state).toBe('switched');
+    const after = runtime(randomSecret('sess'));
+    const svc = after.registry.get('svc')!;
+    const used = await after.keyRings!.credential(svc);
+    // The ring lists the version under the fingerprint it was added with, the socket holds today's.
+    const listed = (await after.keyRings!.list())[0]!.versions.find((v) => v.id.startsWith('managed:'))!;
+    expect(listed.fingerprint).not.toBe(used.fingerprint);
+
+    const sockets = new OpenSockets({ revocations: after.revocations, keyRings: after.keyRings });
+    const closed: CloseCause[] = [];
+    sockets.add({ session: session('s-svc'), upstream: svc, fingerprint: used.fingerprint, close: (cause) => closed.push(cause) });
+    await sockets.check();
+    expect(closed).toEqual([]);
+    await after.keyRings!.revoke(listed.fingerprint);
+    await sockets.check();
+    expect(closed).toEqual(['keyRevoked']);
+  });
+});
+
