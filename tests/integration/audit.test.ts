@@ -774,7 +774,10 @@ describe('GET /api/admin/audit', () => {
       '?type=bogus',
       '?since=yesterday',
       '?until=2026-13-45T99:00:00Z',
-      '?userId=' + encodeURIComponent('alice smith'),
+      // A user id is any printable ASCII (an OIDC sub may hold spaces or be a URL), nothing else.
+      '?userId=' + encodeURIComponent('alice\nsmith'),
+      '?userId=' + encodeURIComponent('oidc:é'),
+      '?userId=' + 'x'.repeat(301),
       '?upstream=' + encodeURIComponent('<script>'),
       '?action=' + 'a'.repeat(300),
       '?format=jsonl&foo=1',
