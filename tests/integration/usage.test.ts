@@ -286,11 +286,16 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
       `/api/admin/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z`,
       `/api/admin/usage?period=minute&from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z`,
       `/api/admin/usage?upstream=${'u'.repeat(257)}`,
+      `/api/admin/usage?user=oidc:${'u'.repeat(296)}`,
+      `/api/admin/usage?user=${encodeURIComponent('oidc:é')}`,
     ];
     for (const path of bad) {
       const message = await expectError(await handleUsage(admin(path), a), 400, 'bad_request');
       expect(message).not.toContain(secretish);
     }
+    // The longest user id the other admin APIs take (an OIDC sub of 255 characters, a URL) is one this API takes.
+    const longest = `oidc:https://idp.example/${'s'.repeat(230)}`;
+    expect((await handleUsage(admin(`/api/admin/usage?user=${encodeURIComponent(longest)}`), a)).status).toBe(200);
     for (const query of [
       '',
       `by=${secretish}`,

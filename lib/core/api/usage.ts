@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { PERIODS, PERIOD_MS, type Period } from '../aggregates/model';
 import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
+import { USER_ID } from '../session/provider-sessions';
 import { requireAdmin } from './admin';
 import { apiHandler, json } from './guard';
 
@@ -30,7 +31,8 @@ const seriesParams = z.strictObject(
     ...windowFields,
     route: name('route').optional(),
     keyVersion: name('keyVersion').optional(),
-    user: name('user').optional(),
+    // Any user id the other admin APIs take (an OIDC sub is up to 255 printable ASCII characters).
+    user: z.string({ error: 'user is 1 to 300 printable ASCII characters.' }).regex(USER_ID, 'user is 1 to 300 printable ASCII characters.').optional(),
   },
   { error: 'Unknown parameter; use period, from, to, upstream, route, keyVersion, user.' },
 );

@@ -36,6 +36,21 @@ export const PROVIDER_SESSION_SLOTS = 32;
  */
 export const USER_ID = /^[\x20-\x7e]{1,300}$/;
 
+/**
+ * A user id from a path segment a page was given (`/admin/users/<id>`), decoded once more only while it still
+ * looks percent-encoded. Every user id holds a `:` (`local:…`, `oidc:…`), which an encoded one carries as `%3A`;
+ * a decoded one may hold a `%` of its own (a sub is any printable ASCII), and decoding that again would name
+ * another user.
+ */
+export function userIdFromSegment(segment: string): string {
+  if (!segment.includes('%') || segment.includes(':')) return segment;
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
 /** Auth.js's OIDC provider id in lib/next/auth.ts: its users are `oidc:<sub>`. */
 export function oidcUserId(sub: string): string {
   return `oidc:${sub}`;

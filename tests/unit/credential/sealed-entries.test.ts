@@ -51,7 +51,7 @@ describe('a sealed secret copied to another entry of the store', () => {
 });
 
 describe('seals from before they named their entry', () => {
-  it('open once, are sealed again for their entry on that read, and from then on do not open anywhere else', async () => {
+  it('open, are sealed again for the entry they are read under, and that seal does not open anywhere else', async () => {
     const { store, vault, keys, tokens } = setup();
     // Written as Keyward wrote them before: the value alone, sealed with the same vault secret.
     const ownKey = randomSecret('legacy-own');

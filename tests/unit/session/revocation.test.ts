@@ -57,3 +57,16 @@ describe('createSessionVerifier: the cache of verified tokens', () => {
     expect(await verify(tampered)).toBeNull();
   });
 });
+
+describe('userIdFromSegment (a user id from an admin page path)', () => {
+  it('decodes a segment that is still encoded, never one already decoded, whose sub may hold a "%" of its own', async () => {
+    const { userIdFromSegment, USER_ID } = await import('../../../lib/core/session/provider-sessions');
+    const sub = 'oidc:https://idp.example/a%20b';
+    expect(userIdFromSegment(encodeURIComponent(sub))).toBe(sub);
+    expect(userIdFromSegment(sub)).toBe(sub);
+    expect(userIdFromSegment('local%3Aada')).toBe('local:ada');
+    expect(userIdFromSegment('local:ada')).toBe('local:ada');
+    expect(userIdFromSegment('%zz')).toBe('%zz');
+    expect(USER_ID.test(sub)).toBe(true);
+  });
+});

@@ -7,6 +7,7 @@ import { RevokeSessionsAction } from '../revoke-sessions';
 import { RoleList, meterText, userPath, utc } from '../user-parts';
 import { isUserId, loadUser, type MeterUse, type UserDetail } from '../users-data';
 import type { SessionView } from '@/lib/core/session/session-index';
+import { userIdFromSegment } from '@/lib/core/session/provider-sessions';
 
 // Per request: the session, counters and sessions change all the time.
 export const dynamic = 'force-dynamic';
@@ -15,7 +16,7 @@ type Params = Promise<{ userId: string }>;
 
 /** /admin/users/<userId>: one user's usage against their limits, their own keys, their sessions, and revocation. */
 export default async function AdminUser({ params }: { params: Params }) {
-  const userId = decodedSegment((await params).userId);
+  const userId = userIdFromSegment((await params).userId);
   const gate = await adminGate(userPath(userId));
   if (gate.kind !== 'admin') return <GateRefusal gate={gate} />;
 
@@ -63,16 +64,6 @@ export default async function AdminUser({ params }: { params: Params }) {
       )}
     </AdminFrame>
   );
-}
-
-/** The segment as a user id: decoded once if still percent-encoded (user ids never contain "%"). */
-function decodedSegment(segment: string): string {
-  if (!segment.includes('%')) return segment;
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    return segment;
-  }
 }
 
 function UserBody({ user, now }: { user: UserDetail; now: number }) {
