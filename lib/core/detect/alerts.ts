@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit';
 import { KeywardError } from '../errors';
-import type { RevocationUndo, SessionRevocations } from '../session/revocation';
+import { putBack, type RevocationUndo, type SessionRevocations } from '../session/revocation';
 import { guard } from '../store/guard';
 import type { Store } from '../../store/types';
 import { forgivenKey, suspensionKey, throttleKey, type ThrottleMark } from './marks';
@@ -50,7 +50,8 @@ export interface Decision {
 /** What undoing an alert puts back; kept beside the alert, never shown. */
 interface UndoRecord {
   readonly revocations: RevocationUndo;
-  readonly marks: ReadonlyArray<{ readonly key: string; readonly value: string }>;
+  /** Each mark set, with the value it replaced (null: none; absent in records from before it was kept). */
+  readonly marks: ReadonlyArray<{ readonly key: string; readonly value: string; readonly previous?: string | null }>;
 }
 
 const STREAM = 'alerts';
@@ -80,22 +81,25 @@ export class Alerts {
     const id = `al_${randomUUID()}`;
     const { userId } = decision.subject;
     let revocations: RevocationUndo = [];
-    const marks: Array<{ key: string; value: string }> = [];
+    const marks: Array<{ key: string; value: string; previous: string | null }> = [];
+    // The value a mark replaces is kept for the undo: undoing this alert leaves an earlier one's mark in force.
+    const setMark = async (key: string, value: string, ttlMs?: number) => {
+      const previous = await guard(() => this.store.get(key));
+      await guard(() => this.store.set(key, value, ttlMs));
+      marks.push({ key, value, previous });
+    };
     let expiresAt: string | undefined;
     if (userId !== undefined) {
       if (decision.action === 'throttle') {
         const mark: ThrottleMark = { limit: throttle.limit, windowSeconds: throttle.windowSeconds, alertId: id };
-        const value = JSON.stringify(mark);
         const ttlMs = throttle.forMinutes * 60_000;
-        await guard(() => this.store.set(throttleKey(userId), value, ttlMs));
-        marks.push({ key: throttleKey(userId), value });
+        await setMark(throttleKey(userId), JSON.stringify(mark), ttlMs);
         expiresAt = new Date(at + ttlMs).toISOString();
       } else if (decision.action === 'reauth') {
         revocations = await this.revocations.revokeSessionsUndoably(decision.sessionIds ?? []);
       } else if (decision.action === 'revoke') {
         revocations = await this.revocations.revokeUserUndoably(userId);
-        await guard(() => this.store.set(suspensionKey(userId), id));
-        marks.push({ key: suspensionKey(userId), value: id });
+        await setMark(suspensionKey(userId), id);
       }
     }
     const alert: Alert = {
@@ -155,7 +159,7 @@ export class Alerts {
     const { alert, undo } = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
     if (alert.state === 'undone') return alert;
     await this.revocations.restore(undo.revocations);
-    for (const mark of undo.marks) await guard(() => this.store.deleteIfEquals(mark.key, mark.value));
+    for (const { key: markKey, value, previous } of undo.marks) await guard(() => putBack(this.store, markKey, value, previous ?? null));
     const undone: Alert = { ...alert, state: 'undone', undoneAt: new Date(this.now()).toISOString(), undoneBy: actor };
     // Compare-and-set: two admins undoing at once record one undo.
     if (!(await guard(() => this.store.replaceIfEquals(key, raw, JSON.stringify({ alert: undone, undo }))))) {

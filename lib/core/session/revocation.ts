@@ -6,8 +6,12 @@ import type { Session } from './session';
 
 type Revocable = Pick<Session, 'sessionId' | 'userId' | 'authTime'>;
 
-/** Marks an undoable revocation set: each key and the value it set (removed on undo only while still that value). */
-export type RevocationUndo = ReadonlyArray<{ readonly key: string; readonly mark: string }>;
+/**
+ * Marks an undoable revocation set: each key, the value it set, and the value it replaced (null: none). On undo a
+ * mark still holding that value gets the one it replaced back (or goes, when there was none): undoing a later
+ * revocation leaves an earlier one in force.
+ */
+export type RevocationUndo = ReadonlyArray<{ readonly key: string; readonly mark: string; readonly previous?: string | null }>;
 
 /**
  * Server-side revocation, read from the shared store on every request: no cache, so a sign-out or an
@@ -60,18 +64,27 @@ export class SessionRevocations {
   async revokeUserUndoably(userId: string): Promise<RevocationUndo> {
     const key = detectorRevocationKey(userId);
     const mark = String(this.now());
+    const previous = await guard(() => this.store.get(key));
     await guard(() => this.store.set(key, mark, this.maxSessionAgeMs + 60_000));
-    return [{ key, mark }];
+    return [{ key, mark, previous }];
   }
 
-  /** Removes the marks an undoable revocation set, each only if it is still the value it set. */
+  /** Takes back the marks an undoable revocation set, each only if it still holds the value it set. */
   async restore(undo: RevocationUndo): Promise<void> {
-    for (const { key, mark } of undo) await guard(() => this.store.deleteIfEquals(key, mark));
+    for (const { key, mark, previous } of undo) await guard(() => putBack(this.store, key, mark, previous ?? null));
   }
 
   async isRevoked(session: Revocable): Promise<boolean> {
     return revokedBy(session, await guard(() => this.store.getMany(revocationKeys(session))));
   }
+}
+
+/**
+ * Undoes one mark: `key` gets back the value `mark` replaced (null: it had none, and goes), only while it still
+ * holds `mark`, so a mark set again since (by anyone) stays.
+ */
+export function putBack(store: Store, key: string, mark: string, previous: string | null): Promise<boolean> {
+  return previous === null ? store.deleteIfEquals(key, mark) : store.replaceIfEquals(key, mark, previous);
 }
 
 /** The keys that say whether this session was revoked: read together with a call's other keys. */

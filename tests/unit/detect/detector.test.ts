@@ -197,6 +197,33 @@ describe('anomaly detector', () => {
     expect(records[0]).toMatchObject({ actor: 'local:root', targetUser: 'local:ada', alertId: alert!.id, outcome: 'revoke' });
   });
 
+  it('undoing the later of two revocations leaves the earlier one in force: its sessions revoked, its suspension kept', async () => {
+    const { clock, store, revocations, alerts, detector, actions } = setup();
+    const hit = (requestId: string) => ({ kind: 'credential' as const, decoyId: 'dk_1', where: 'header:authorization', userId: 'local:ada', sessionId: 's', ip: '203.0.113.66', upstream: 'openai', route: null, requestId });
+    clock.now = START;
+    detector.decoyHit(hit('r1'));
+    await actions(); // carried out (the detector acts in the background)
+    // A session the first revocation ended (a thief's), and one signed in between the two.
+    const stolen = { userId: 'local:ada', sessionId: 'thief', authTime: START - 60_000 };
+    const between = { userId: 'local:ada', sessionId: 'between', authTime: START + 60 * MINUTE_MS };
+    clock.now = START + 120 * MINUTE_MS; // past the cooldown: a second decoy hit is a second alert
+    detector.decoyHit(hit('r2'));
+    const [first, second] = await actions();
+    expect([first!.action, second!.action]).toEqual(['revoke', 'revoke']);
+    expect(await revocations.isRevoked(between)).toBe(true);
+
+    await alerts.undo(second!.id, 'local:root');
+    // What the second alert did is undone; what the first did stays, as the list still says (active).
+    expect(await revocations.isRevoked(between)).toBe(false);
+    expect(await revocations.isRevoked(stolen)).toBe(true);
+    expect(await store.get(suspensionKey('local:ada'))).toBe(first!.id);
+    expect((await alerts.list({ limit: 10 })).alerts.find((a) => a.id === first!.id)!.state).toBe('active');
+    // Undoing the first too clears them.
+    await alerts.undo(first!.id, 'local:root');
+    expect(await revocations.isRevoked(stolen)).toBe(false);
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+  });
+
   it('undoing a throttle lifts it and makes what the user does their baseline, on every instance', async () => {
     const { clock, store, alerts, detector, actions } = setup({ calls: { minPerMinute: 10 } });
     let at = START;
