@@ -2,6 +2,7 @@ import 'server-only';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import { ConfigError, loadConfigFile, loadConfigJson, type ConfigSections, type UpstreamDefinition } from './config/load';
+import { variableNamed } from './config/error';
 import { formatIssues, isLoopbackHost } from './config/schema';
 import { Alerts } from './detect/alerts';
 import { detectorSchema, type DetectorConfig, type DetectorInput } from './detect/config';
@@ -380,7 +381,7 @@ function detectorSettings(input: DetectorInput | undefined, files: readonly Conf
 function webhookSecretFrom(env: Env, name: string): string {
   const value = env[name];
   if (!value || value.length < 32) {
-    throw new ConfigError(`Keyward configuration is invalid:\n  - detector.webhook.secret: the environment variable ${name} must be set to at least 32 characters`);
+    throw new ConfigError(`Keyward configuration is invalid:\n  - detector.webhook.secret: ${variableNamed(name)} must be set to at least 32 characters`);
   }
   return value;
 }

@@ -1,5 +1,5 @@
 import 'server-only';
-import { ConfigError } from '../config/error';
+import { ConfigError, variableNamed } from '../config/error';
 import type { Env } from '../upstream/registry';
 import type { ConnectionConfig, ConnectionPreset, ConnectionsConfig } from './config';
 
@@ -188,7 +188,7 @@ function resolveProvider(id: string, config: ConnectionConfig, env: Env): Connec
 function readEnv(id: string, field: string, name: string, env: Env, minLength: number): string {
   const where = `  - connections.${id}.${field}`;
   const value = env[name];
-  if (value === undefined || value === '') throw new ConfigError(`${where}: environment variable ${name} is not set`);
+  if (value === undefined || value === '') throw new ConfigError(`${where}: ${variableNamed(name)} is not set`);
   if (value !== value.trim() || /[\x00-\x1f\x7f]/.test(value)) {
     throw new ConfigError(`${where}: ${name} has surrounding whitespace or control characters (value not shown)`);
   }

@@ -1,6 +1,7 @@
 import 'server-only';
 import type { AuthConfig, CredentialSource, RouteConfig, RouteMethod, SecretRef, UpstreamConfig } from '../config/schema';
 import { ConfigError, type UpstreamDefinition } from '../config/load';
+import { variableNamed } from '../config/error';
 import { processFingerprints, type KeyFingerprints } from '../keys/fingerprint';
 import type { SessionValue } from '../config/policy';
 import { compileRouteLimits, type RouteLimits } from '../limits/rules';
@@ -188,7 +189,7 @@ function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env,
   const where = `upstreams.${upstreamId}.${field}`;
   const value = env[ref.env];
   if (value === undefined || value === '') {
-    throw new ConfigError(`  - ${where}: environment variable ${ref.env} is not set`);
+    throw new ConfigError(`  - ${where}: ${variableNamed(ref.env)} is not set`);
   }
   // Whitespace or CR/LF around a key is almost always a copy-paste accident, and a CR/LF could split a header.
   if (value !== value.trim() || /[\x00-\x1f\x7f]/.test(value)) {

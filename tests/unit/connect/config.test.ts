@@ -211,6 +211,32 @@ describe('refused configurations name the field', () => {
     ).toThrow(/connections\.gh\.clientSecret: environment variable NOPE is not set/);
   });
 
+  it('a secret pasted where the variable name goes (a GitHub client secret, an upstream key) is never repeated in the error', async () => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const pasted = ['ghp_' + 'a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8', 'sk_live_51Habc' + 'DEFghiJKLmnoPQRstu', 'AKIA' + 'IOSFODNN7EXAMPLE'];
+    for (const key of pasted) {
+      let message = '';
+      try {
+        resolveConnections(connectionsSchema.parse({ gh: { preset: 'github', clientId: { env: 'GH_ID' }, clientSecret: { env: key } } }), env);
+      } catch (error) {
+        message = (error as Error).message;
+      }
+      expect(message).toContain('connections.gh.clientSecret: the environment variable this field names (its name is not shown');
+      expect(message).not.toContain(key);
+      const upstream = { baseUrl: 'https://api.example.com/v1/', auth: { type: 'bearer', secret: { env: key } }, routes: [{ method: 'GET', path: '/items' }] };
+      message = '';
+      try {
+        createRuntime({
+          env: { AUTH_SECRET: 'a'.repeat(40), KEYWARD_SESSION_SECRET: 'b'.repeat(40), KEYWARD_STORE: 'memory', KEYWARD_CONFIG_JSON: JSON.stringify({ upstreams: { pay: upstream } }) },
+        });
+      } catch (error) {
+        message = (error as Error).message;
+      }
+      expect(message).toContain('upstreams.pay.auth.secret: the environment variable this field names (its name is not shown');
+      expect(message).not.toContain(key);
+    }
+  });
+
   it('the config file: a `connections` section beside the upstreams; a __proto__ id is refused, not dropped', () => {
     const sections = parseConfigSections(
       {
