@@ -240,6 +240,25 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
     expect(configError(() => selectOperations(plan, ['traceDebug']))).toContain(
       'TRACE /debug cannot be imported: TRACE is never forwarded',
     );
+    // A literal "*" or ":name" segment would be a wildcard or a parameter in a template: far broader than the path.
+    const literal = planImport(
+      parseSpecText(
+        JSON.stringify({
+          openapi: '3.1.0',
+          info: { title: 'l', version: '1' },
+          servers: [{ url: 'https://api.example.com/v1' }],
+          paths: {
+            '/users/:me/profile': { get: { responses: { '200': { description: 'ok' } } } },
+            '/admin/*': { delete: { responses: { '204': { description: 'gone' } } } },
+            '/users/me:profile': { get: { responses: { '200': { description: 'ok' } } } },
+          },
+        }),
+        'literal.json',
+      ),
+    );
+    expect(operation(literal, 'GET /users/:me/profile').skipped).toBe('the literal segment ":me" would match any value in a Keyward template');
+    expect(operation(literal, 'DELETE /admin/*').skipped).toBe('the literal segment "*" would match any remaining path in a Keyward template');
+    expect(operation(literal, 'GET /users/me:profile').skipped).toBeNull();
     // With --base-url naming that server, the report is importable (and the rest is not sent there by mistake: it is the user's choice).
     expect(operation(inventory({ baseUrl: 'https://reports.acme.example' }), 'GET /reports/{year}').skipped).toBeNull();
   });

@@ -272,6 +272,11 @@ function routeTemplate(path: string, pathParams: LocatedParameter[]): { path: st
   for (const segment of path === '/' ? [] : path.slice(1).split('/')) {
     const names = [...segment.matchAll(/\{([^{}]*)\}/g)];
     if (names.length === 0) {
+      // A literal `*` or `:name` in the document would be a wildcard or a parameter in a template: a route far
+      // broader than the one path the document declares, so the operation is left out.
+      if (segment === '*' || segment.startsWith(':')) {
+        return { reason: `the literal segment "${segment}" would match any ${segment === '*' ? 'remaining path' : 'value'} in a Keyward template` };
+      }
       segments.push(segment);
       continue;
     }
