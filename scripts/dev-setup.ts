@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { jsonErrorAt } from '../lib/core/config/error';
 import { hashPassword } from '../lib/core/users/password';
 
 export const DEMO_USER = { username: 'demo', password: 'keyward-demo' } as const;
@@ -26,7 +27,7 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 
   const secretsFile = join(dir, 'dev-secrets.json');
-  const stored: Record<string, string> = existsSync(secretsFile) ? JSON.parse(readFileSync(secretsFile, 'utf8')) : {};
+  const stored = existsSync(secretsFile) ? (readJson(secretsFile) as Record<string, string>) : {};
   let changed = false;
   for (const name of GENERATED_SECRETS) {
     if (!env[name] && !stored[name]) {
@@ -63,7 +64,7 @@ export function ownsConfig(env: NodeJS.ProcessEnv): boolean {
  * those it lacks (a file from before the demo had an admin), leaving every user already there as it is.
  */
 async function writeDemoUsers(usersFile: string): Promise<void> {
-  const existing: { users: Array<Record<string, unknown>> } = existsSync(usersFile) ? JSON.parse(readFileSync(usersFile, 'utf8')) : { users: [] };
+  const existing = existsSync(usersFile) ? (readJson(usersFile) as { users: Array<Record<string, unknown>> }) : { users: [] };
   const missing = DEMO_USERS.filter((demo) => !existing.users.some((user) => user.username === demo.username));
   if (missing.length === 0) return;
   for (const { username, password, name, roles } of missing) {
@@ -87,3 +88,16 @@ export function devPort(args: readonly string[], env: { readonly [name: string]:
   });
   return port;
 }
+
+/**
+ * A file of secrets or password hashes, parsed; when it is not JSON, the error says where, never what: V8's
+ * message quotes the text around the mistake, which here is a secret or a hash.
+ */
+function readJson(path: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (error) {
+    throw new Error(`${path} is not valid JSON${jsonErrorAt(error)} (its text is not shown: it holds secrets); fix or delete it`);
+  }
+}
+

@@ -25,6 +25,23 @@ describe('prepareDevEnvironment (npm run dev)', () => {
     for (const name of GENERATED_SECRETS) expect(second[name]).toBe(first[name]);
   });
 
+  it('a hand-edited secrets or users file that is not JSON stops it naming the file, never quoting what is in it', async () => {
+    const cwd = freshDir();
+    mkdirSync(join(cwd, '.keyward'));
+    const secret = 'Zq8sk3JdP0' + 'x'.repeat(30);
+    writeFileSync(join(cwd, '.keyward', 'dev-secrets.json'), `{"AUTH_SECRET": ${secret}}`);
+    const error = (await prepareDevEnvironment(cwd, { NODE_ENV: 'development' }).catch((thrown: unknown) => thrown)) as Error;
+    expect(error.message).toContain('dev-secrets.json is not valid JSON');
+    expect(error.message).not.toContain(secret.slice(0, 6));
+
+    writeFileSync(join(cwd, '.keyward', 'dev-secrets.json'), '{}');
+    const hash = '$scrypt$N=16384,r=8,p=1$' + 'h'.repeat(20);
+    writeFileSync(join(cwd, '.keyward', 'users.json'), `{"users": [{"username": "demo", "passwordHash": ${hash}}]}`);
+    const users = (await prepareDevEnvironment(cwd, { NODE_ENV: 'development' }).catch((thrown: unknown) => thrown)) as Error;
+    expect(users.message).toContain('users.json is not valid JSON');
+    expect(users.message).not.toContain('hhhhhh');
+  });
+
   it('keeps secrets the environment already sets and does not write them to the file', async () => {
     const cwd = freshDir();
     const own = 'x'.repeat(40);
