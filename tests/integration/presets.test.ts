@@ -162,10 +162,15 @@ describe('openai preset', () => {
       { prompt: { id: 'pmpt_1' } },
       { tools: [{ type: 'code_interpreter', container: 'cntr_1' }] },
       { tools: [{ type: 'mcp', server_url: 'https://evil.example/mcp' }] },
+      // Input items that read a stored item or file by id.
+      { input: [{ type: 'item_reference', id: 'msg_someone_elses' }] },
+      { input: [{ role: 'user', content: [{ type: 'input_file', file_id: 'file-someone-elses' }] }] },
     ]) {
       const result = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', ...extra } });
       expect(errorCode(result), JSON.stringify(extra)).toBe('contract_violation');
     }
+    const fileInChat = { ...chat, messages: [{ role: 'user', content: [{ type: 'file', file: { file_id: 'file-someone-elses' } }] }] };
+    expect(errorCode(await call('openai', '/chat/completions', { body: fileInChat }))).toBe('contract_violation');
     expect(upstream.requests.length).toBe(before);
     const other = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:searcher', roles: ['user'] });
     const ok = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', tools: [{ type: 'web_search' }] }, headers: { cookie: other } });

@@ -54,6 +54,27 @@ const options = z.strictObject({
 type Options = z.output<typeof options>;
 
 const loose = z.unknown();
+
+/**
+ * Whether messages or input items name an object stored on the account by id (an `item_reference` item, or a
+ * `file_id` anywhere in them): with one shared key it may be another user's, as with `previous_response_id`.
+ * Deeper than any message the API takes counts as naming one (refused, not walked further).
+ */
+function namesStoredObject(value: unknown, depth = 0): boolean {
+  if (value === null || typeof value !== 'object') return false;
+  if (depth > 32) return true;
+  if (Array.isArray(value)) return value.some((item) => namesStoredObject(item, depth + 1));
+  const record = value as Record<string, unknown>;
+  if (record.type === 'item_reference' || Object.hasOwn(record, 'file_id')) return true;
+  return Object.values(record).some((item) => namesStoredObject(item, depth + 1));
+}
+
+/** Messages or input items of the caller's own: none refers to an object stored on the account (see above). */
+const ownItems = (max: number) =>
+  z
+    .array(loose)
+    .max(max)
+    .refine((items) => !namesStoredObject(items), 'an item_reference or a file_id reads an object stored on the account by id: not accepted');
 const metadata = z.record(z.string().max(64), z.string().max(512)).refine((value) => Object.keys(value).length <= 16, 'at most 16 keys');
 const temperature = z.number().min(0).max(2);
 const stop = z.union([z.string().max(256), z.array(z.string().max(256)).max(4)]);
@@ -73,7 +94,7 @@ function toolOf(types: readonly [string, ...string[]]) {
 export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: number) {
   return z.object({
     model: models,
-    messages: z.array(loose).min(1).max(2048),
+    messages: ownItems(2048).refine((items) => items.length >= 1, 'at least one message'),
     audio: loose.optional(),
     frequency_penalty: z.number().min(-2).max(2).optional(),
     logit_bias: z.record(z.string().max(16), z.number().min(-100).max(100)).optional(),
@@ -114,7 +135,7 @@ export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: 
 export function responsesBody(models: z.ZodType<string>) {
   return z.object({
     model: models,
-    input: z.union([z.string().max(1_000_000), z.array(loose).max(2048)]).optional(),
+    input: z.union([z.string().max(1_000_000), ownItems(2048)]).optional(),
     include: z.array(z.string().max(128)).max(16).optional(),
     instructions: z.string().max(1_000_000).optional(),
     max_output_tokens: z.number().int().min(16).optional(),
