@@ -570,7 +570,11 @@ export async function prepareContent(
     outgoing.headers['content-type'] = serialized.contentType;
   }
   const query = parts.query instanceof URLSearchParams ? parts.query : serializeQuery(parts.query);
-  for (const [name, value] of query) outgoing.url.searchParams.append(name, value);
+  // Built apart and set once: each append to a URL's own searchParams re-serialises its whole query.
+  const out = new URLSearchParams();
+  for (const name of contract.writtenQuery) for (const value of query.getAll(name)) out.append(name, value);
+  for (const [name, value] of query) if (!contract.writtenQuery.has(name)) out.append(name, value);
+  outgoing.url.search = out.size === 0 ? '' : out.toString();
   return forwardBody;
 }
 

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parse as parseQueryString } from 'node:querystring';
 import { z } from 'zod';
 import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
@@ -79,6 +80,8 @@ beforeAll(async () => {
             caps: { free: { 'query.limit': 10 } },
             identity: { 'query.owner': 'claims.org' },
           },
+          // No query contract: the query passes through, with a cap and an identity field written into it.
+          { method: 'GET', path: '/listing', caps: { '*': { 'query.limit': 10 } }, identity: { 'query.owner': 'userId' } },
           { method: 'GET', path: '/users/:id/files', scopes: ['files:read'], paramEquals: { id: 'claims.accountId' } },
           { method: 'GET', path: '/scoped', scopes: ['chat', 'files:read'] },
           { method: 'GET', path: '/admin', roles: ['admin'] },
@@ -293,7 +296,19 @@ describe('identity fields are written from the session, whatever the client sent
     expect(absent.seen!.url).toBe('/v1/repos?owner=acme');
     const spoofed = await call(acme, ['repos'], { query: '?owner=evil-corp&limit=5' });
     expect(spoofed.status).toBe(200);
-    expect(spoofed.seen!.url).toBe('/v1/repos?owner=acme&limit=5');
+    expect(spoofed.seen!.url).toBe('/v1/repos?limit=5&owner=acme');
+  });
+
+  it("padding a pass-through query cannot push the cap or the identity past what the upstream's parser reads", async () => {
+    // node:querystring (Express 5's query parser), qs and PHP keep the first 1,000 parameters and drop the rest.
+    const junk = Array.from({ length: 1_500 }, (_, i) => `j${i}=x`).join('&');
+    const padded = await call(FREE, ['listing'], { query: `?${junk}&owner=local:mallory` });
+    expect(padded.status).toBe(200);
+    const read = parseQueryString(padded.seen!.url.slice(padded.seen!.url.indexOf('?') + 1));
+    expect(read.limit).toBe('10');
+    expect(read.owner).toBe('local:fay');
+    expect(padded.seen!.url).toMatch(/^\/v1\/listing\?limit=10&owner=local%3Afay&j0=x&/);
+    expect(padded.seen!.url).not.toContain('mallory');
   });
 
   it('a session without the claim is refused with 403 forbidden', async () => {
@@ -355,12 +370,12 @@ describe('query contracts', () => {
   it('re-serialises the values it parsed: numbers, booleans, arrays and encodings in a fixed form', async () => {
     const c = await call(acme, ['repos'], { query: '?verbose=true&tags=a&score=1.50&tags=b%20c&limit=7&tags=%C3%A9' });
     expect(c.status).toBe(200);
-    expect(c.seen!.url).toBe('/v1/repos?limit=7&score=1.5&tags=a&tags=b+c&tags=%C3%A9&verbose=true&owner=acme');
+    expect(c.seen!.url).toBe('/v1/repos?limit=7&owner=acme&score=1.5&tags=a&tags=b+c&tags=%C3%A9&verbose=true');
   });
 
   it('an array parameter given once is still an array', async () => {
     const c = await call(acme, ['repos'], { query: '?tags=only' });
-    expect(c.seen!.url).toBe('/v1/repos?tags=only&owner=acme');
+    expect(c.seen!.url).toBe('/v1/repos?owner=acme&tags=only');
   });
 
   it('refuses an unknown parameter without echoing its value', async () => {

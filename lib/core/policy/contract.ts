@@ -28,6 +28,12 @@ export interface CompiledContract {
   /** A value over its cap: refused (400), or lowered to the cap ("clamp"). */
   readonly overCap: 'refuse' | 'clamp';
   readonly identity: ReadonlyArray<readonly [FieldTarget, SessionValue]>;
+  /**
+   * Query parameters Keyward writes (caps, then identity fields, as they are applied), which go first in the upstream's query:
+   * common parsers keep only the first 1,000 parameters (node:querystring and so Express 5, qs, PHP's
+   * max_input_vars) and drop the rest, so a client padding the query must not push these past them.
+   */
+  readonly writtenQuery: ReadonlySet<string>;
 }
 
 /** One part name of a multipart contract. */
@@ -66,7 +72,10 @@ export function compileContract(route: RouteConfig, where: string): CompiledCont
   const caps = new Map(Object.entries(route.caps ?? {}).map(([role, fields]) => [role, new Map(Object.entries(fields)) as Map<FieldTarget, number>]));
   const overCap = route.overCap ?? 'refuse';
   const formArrays = route.formArrays ?? 'indexes';
-  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity: Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][] };
+  const identity = Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][];
+  const targets = [...[...caps.values()].flatMap((fields) => [...fields.keys()]), ...identity.map(([target]) => target)];
+  const writtenQuery = new Set(targets.filter((target) => target.startsWith('query.')).map((target) => target.slice('query.'.length)));
+  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity, writtenQuery };
 }
 
 /** The body contract in its format: JSON values as they are; form and multipart fields read from their text. */
