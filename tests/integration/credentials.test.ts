@@ -121,6 +121,17 @@ describe('client credentials and hop-by-hop headers never reach the upstream', (
     expectNoSecrets(h.secrets, result.response, result.text);
   });
 
+  it('headers the client lists in Connection are hop-by-hop: not forwarded, even allow-listed ones (RFC 9110 §7.6.1)', async () => {
+    const result = await h.call(['items', '7'], {
+      headers: { connection: 'keep-alive, Idempotency-Key ,if-none-match', accept: 'application/json', 'idempotency-key': 'abc-123', 'if-none-match': '"v1"' },
+    });
+    expect(result.response.status).toBe(200);
+    const seen = h.upstream.requests.at(-1)!;
+    expect(seen.headers['idempotency-key']).toBeUndefined();
+    expect(seen.headers['if-none-match']).toBeUndefined();
+    expect(seen.headers.accept).toBe('application/json');
+  });
+
   it('a client Authorization header cannot replace the bearer key', async () => {
     const result = await h.call(['items', '7'], {
       upstream: 'bearer',

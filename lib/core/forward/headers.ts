@@ -37,12 +37,29 @@ export const DEFAULT_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
   'x-ratelimit-reset',
 ]);
 
+/**
+ * Names a message's `Connection` header lists: hop-by-hop for that one connection, which a proxy MUST NOT
+ * forward (RFC 9110 §7.6.1), even a name Keyward would otherwise pass. Null when there is none.
+ */
+function connectionOptions(value: string | string[] | null | undefined): Set<string> | null {
+  if (!value) return null;
+  const names = new Set<string>();
+  for (const line of Array.isArray(value) ? value : [value]) {
+    for (const token of line.split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name) names.add(name);
+    }
+  }
+  return names;
+}
+
 /** Builds the upstream request headers from the client's, keeping only allow-listed names. */
 export function filterRequestHeaders(incoming: Headers, extra: ReadonlySet<string>): Record<string, string> {
   const out: Record<string, string> = Object.create(null);
+  const hopByHop = connectionOptions(incoming.get('connection'));
   incoming.forEach((value, name) => {
     // Headers iterates lowercased names.
-    if (DEFAULT_REQUEST_HEADERS.has(name) || extra.has(name)) out[name] = value;
+    if ((DEFAULT_REQUEST_HEADERS.has(name) || extra.has(name)) && !hopByHop?.has(name)) out[name] = value;
   });
   return out;
 }
@@ -57,9 +74,10 @@ export function filterResponseHeaders(
   secrets: readonly string[],
 ): Headers {
   const out = new Headers();
+  const hopByHop = connectionOptions(upstreamHeaders.connection ?? upstreamHeaders.Connection);
   for (const name in upstreamHeaders) {
     const lower = name.toLowerCase();
-    if (!DEFAULT_RESPONSE_HEADERS.has(lower) && !extra.has(lower)) continue;
+    if ((!DEFAULT_RESPONSE_HEADERS.has(lower) && !extra.has(lower)) || hopByHop?.has(lower)) continue;
     const raw = upstreamHeaders[name];
     if (raw === undefined) continue;
     const values = Array.isArray(raw) ? raw : [raw];

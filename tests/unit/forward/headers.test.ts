@@ -67,6 +67,11 @@ describe('filterRequestHeaders', () => {
     expect({ ...out }).toEqual({ [name]: value });
   });
 
+  it('drops what the Connection header lists, allow-listed or extra, whatever the case and spacing', () => {
+    const incoming = new Headers({ connection: 'close,  ACCEPT , x-extra', accept: 'text/plain', 'x-extra': '1', 'content-type': 'text/plain' });
+    expect({ ...filterRequestHeaders(incoming, new Set(['x-extra'])) }).toEqual({ 'content-type': 'text/plain' });
+  });
+
   it('matches names case-insensitively and emits lowercase names', () => {
     const out = filterRequestHeaders(new Headers({ 'Content-Type': 'text/plain', AUTHORIZATION: 'Bearer x' }), NONE);
     expect({ ...out }).toEqual({ 'content-type': 'text/plain' });
@@ -118,6 +123,13 @@ describe('filterResponseHeaders', () => {
       'retry-after': '3',
       'x-ratelimit-remaining': '9',
     });
+  });
+
+  it("drops what the upstream's Connection header lists (undici gives names lowercased, a raw object may not)", () => {
+    const out = filterResponseHeaders({ connection: 'keep-alive, ETag', etag: '"abc"', 'content-type': 'text/plain' }, NONE, []);
+    expect(Object.fromEntries(out)).toEqual({ 'content-type': 'text/plain' });
+    const raw = filterResponseHeaders({ Connection: 'x-trace', 'X-Trace': 't', ETag: '"abc"' }, new Set(['x-trace']), []);
+    expect(Object.fromEntries(raw)).toEqual({ etag: '"abc"' });
   });
 
   it('keeps per-upstream extra response headers', () => {
