@@ -95,3 +95,12 @@ test('the sign-in page sends a signed-in user home, and never back to another si
   await page.goto('/signin?callbackUrl=https%3A%2F%2Fevil.example%2F');
   await expect(page).toHaveURL(`${prod.appUrl}/`);
 });
+
+test("an error code the page does not know, an Object.prototype name among them, is the generic message", async ({ page }) => {
+  for (const code of ['nonsense', 'constructor', '__proto__', 'toString']) {
+    const response = await page.goto(`/signin?error=${code}`);
+    expect(response?.status(), code).toBe(200);
+    await expect(page.getByTestId('sign-in-error')).toHaveText('Sign-in failed. Try again.');
+    await expect(page.getByLabel('Username')).toBeVisible();
+  }
+});
