@@ -19,6 +19,7 @@ import { MemoryStore } from '../../lib/store/memory';
 import { RedisStore } from '../../lib/store/redis';
 import { StoreUnavailableError, type Store } from '../../lib/store/types';
 import { freePort } from '../fixtures/app-server';
+import { brokenBody } from '../fixtures/broken-body';
 import { REDIS_URL, capturingLogger, findLeak, responseText } from '../fixtures/claims-session';
 import { rsaSigningJwk } from '../fixtures/oidc-kit';
 import { startLogoutProvider, type LogoutProvider } from '../fixtures/oidc-logout-provider';
@@ -182,7 +183,7 @@ async function logoutToken(
 
 async function post(
   runtime: Runtime,
-  body: string | URLSearchParams,
+  body: string | URLSearchParams | ReadableStream<Uint8Array>,
   init: { method?: string; contentType?: string; url?: string } = {},
 ): Promise<{ status: number; body: string; headers: Headers }> {
   const method = init.method ?? 'POST';
@@ -190,7 +191,8 @@ async function post(
     method,
     headers: { 'content-type': init.contentType ?? 'application/x-www-form-urlencoded' },
     body: method === 'GET' || method === 'HEAD' ? undefined : body,
-  });
+    duplex: 'half',
+  } as RequestInit);
   const response = await handleBackchannelLogout(request, runtime);
   const flat = await responseText(response);
   return { status: flat.status, body: flat.body, headers: response.headers };
@@ -387,6 +389,11 @@ describe('invalid logout tokens: 400 {"error":"invalid_request"}, and nothing is
     expectInvalid(await post(a, new URLSearchParams({ token })));
     expectInvalid(await post(a, form(token), { url: `${ENDPOINT}?logout_token=${token}` }));
     expectInvalid(await post(a, `logout_token=${token}&pad=${'x'.repeat(20_000)}`), 413);
+    // A body that breaks off mid-upload is the client's doing: 400, logged as a refusal, never as a failure.
+    const logged = lines.length;
+    expectInvalid(await post(a, brokenBody(`logout_token=${token.slice(0, 20)}`)));
+    expect(lines.slice(logged).join('')).toContain('body broke off');
+    expect(lines.slice(logged).some((line) => JSON.parse(line).level >= 50)).toBe(false);
     await expectWorks(target.cookie);
     // None of these spent the token's jti: it still logs out.
     expect((await post(b, form(token))).status).toBe(200);

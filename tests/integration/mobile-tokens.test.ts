@@ -13,6 +13,7 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import { passwordVersion } from '../../lib/core/users/file';
 import { hashPassword } from '../../lib/core/users/password';
+import { brokenBody } from '../fixtures/broken-body';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -531,6 +532,21 @@ describe('POST /api/session/token: authorization_code', () => {
     if (type) headers.set('content-type', type);
     const request = new Request(`${APP_ORIGIN}/api/session/token`, { method: 'POST', headers, body: body ?? '' });
     expectOAuthError(await read(await handleMobileToken(request, runtime)), 400, 'invalid_request');
+  });
+
+  it.each([
+    ['form', 'application/x-www-form-urlencoded', 'grant_type=refresh_token&refre'],
+    ['JSON', 'application/json', '{"grant_type":"refresh_'],
+  ])('a %s body that breaks off mid-upload → 400 invalid_request, with no error logged (the client hung up: no bug)', async (_name, type, first) => {
+    const logged = logLines.length;
+    const request = new Request(`${APP_ORIGIN}/api/session/token`, {
+      method: 'POST',
+      headers: { 'content-type': type },
+      body: brokenBody(first),
+      duplex: 'half',
+    } as RequestInit);
+    expectOAuthError(await read(await handleMobileToken(request, runtime)), 400, 'invalid_request');
+    expect(logLines.slice(logged).some((line) => JSON.parse(line).level >= 50)).toBe(false);
   });
 
   it('GET → 405 invalid_request with Allow: POST', async () => {

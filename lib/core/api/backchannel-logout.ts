@@ -78,7 +78,7 @@ async function readLogoutToken(request: Request): Promise<string> {
   if (!FORM_TYPE.test(request.headers.get('content-type') ?? '')) throw new Refused(400, 'not a form body');
   const declared = Number(request.headers.get('content-length') ?? NaN);
   if (declared > MAX_BODY_BYTES) throw new Refused(413, 'body too large');
-  const form = new URLSearchParams(await readCappedText(request, MAX_BODY_BYTES, () => new Refused(413, 'body too large')));
+  const form = new URLSearchParams(await readCappedText(request, MAX_BODY_BYTES, () => new Refused(413, 'body too large'), () => new Refused(400, 'body broke off')));
   const tokens = form.getAll('logout_token');
   if (tokens.length !== 1 || !tokens[0]) throw new Refused(400, 'not exactly one logout_token');
   return tokens[0];

@@ -55,15 +55,27 @@ export async function readJsonObject(request: Request, maxBytes = 16 * 1024): Pr
 /**
  * The body as UTF-8 text, refused with `tooLarge()` as soon as it passes `maxBytes`, chunked or not (a declared
  * Content-Length is not trusted): for the small form posts Keyward reads itself (sign-in, back-channel logout).
+ * A body that breaks off (the client hung up mid-upload) is `broken()`: the client's doing, a 400, never
+ * "unexpected failure" (a 500 and an error-level log line anyone could cause without signing in).
  */
-export async function readCappedText(request: Request, maxBytes: number, tooLarge: () => Error): Promise<string> {
+export async function readCappedText(
+  request: Request,
+  maxBytes: number,
+  tooLarge: () => Error,
+  broken: (cause: unknown) => Error = (cause) => new KeywardError('bad_request', { message: 'The request body broke off before its end.', cause }),
+): Promise<string> {
   if (!request.body) return '';
   const chunks: Uint8Array[] = [];
   let size = 0;
-  for await (const chunk of request.body as unknown as AsyncIterable<Uint8Array>) {
-    size += chunk.byteLength;
-    if (size > maxBytes) throw tooLarge();
-    chunks.push(chunk);
+  try {
+    for await (const chunk of request.body as unknown as AsyncIterable<Uint8Array>) {
+      size += chunk.byteLength;
+      if (size > maxBytes) break;
+      chunks.push(chunk);
+    }
+  } catch (error) {
+    throw broken(error);
   }
+  if (size > maxBytes) throw tooLarge();
   return Buffer.concat(chunks).toString('utf8');
 }
