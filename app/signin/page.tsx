@@ -23,7 +23,7 @@ export default async function SignInPage({ searchParams }: { searchParams: Promi
   const methods = keyward.signInMethods();
   const errorCode = typeof params.error === 'string' ? params.error : null;
   // Object.hasOwn: `?error=constructor` must not find Object.prototype's (a function the page cannot render).
-  const error = errorCode ? (Object.hasOwn(ERRORS, errorCode) ? ERRORS[errorCode] : 'Sign-in failed. Try again.') : state.state === 'unavailable' ? 'Keyward cannot reach its session store right now.' : null;
+  const error = errorCode ? (Object.hasOwn(ERRORS, errorCode) ? ERRORS[errorCode]! : 'Sign-in failed. Try again.') : state.state === 'unavailable' ? 'Keyward cannot reach its session store right now.' : null;
   return (
     <main className="page-narrow">
       <div className="card">
