@@ -42,6 +42,7 @@ const aliceKey2 = randomSecret('aliceKeyTwo');
 const bobKey = randomSecret('bobKey');
 const bobKey2 = randomSecret('bobKeyTwo');
 const userKeys = [aliceKey, aliceKey2, bobKey, bobKey2];
+const accountId = `acct-${randomSecret('id').slice(-12)}`;
 const { logger, lines: logLines } = capturingLogger();
 /** Every response any test saw, flattened: nothing here may carry a user key. */
 const responses: string[] = [];
@@ -60,6 +61,11 @@ function definitions(origin: string) {
     defineUpstream('byok-bearer', {
       baseUrl: `${origin}/byok-bearer/`,
       auth: { type: 'bearer', secret: { user: 'key' } },
+      routes,
+    }),
+    defineUpstream('byok-basic', {
+      baseUrl: `${origin}/byok-basic/`,
+      auth: { type: 'basic', username: { env: 'ACCOUNT_ID' }, secret: { user: 'key' } },
       routes,
     }),
     defineUpstream('org', {
@@ -88,6 +94,7 @@ function start(vault: { current: string; previous?: string }): Runtime {
     KEYWARD_VAULT_SECRET: vault.current,
     ACME_KEY: acmeKey,
     GLOBEX_KEY: globexKey,
+    ACCOUNT_ID: accountId,
   };
   if (vault.previous) env.KEYWARD_VAULT_SECRET_PREVIOUS = vault.previous;
   return createRuntime({ env, upstreams: definitions(upstream.origin), store, logger });
@@ -259,6 +266,13 @@ describe('bring your own key: /api/keys/<upstream> and the proxy', () => {
     expect(result.status).toBe(200);
     expect(seen?.headers.authorization).toBe(`Bearer ${aliceKey2}`);
     expect(seen?.headers['x-api-key']).toBeUndefined();
+  });
+
+  it("basic auth with the username from the environment: the user's key is the password, under that username", async () => {
+    expect((await put(runtime, 'byok-basic', aliceKey2)).status).toBe(201);
+    const { result, seen } = await upstreamSaw(() => proxy(runtime, 'byok-basic', aliceCookie));
+    expect(result.status).toBe(200);
+    expect(seen?.headers.authorization).toBe(`Basic ${Buffer.from(`${accountId}:${aliceKey2}`).toString('base64')}`);
   });
 
   it('DELETE removes it (204): the next call is 403 credential_missing again, a second DELETE is 403', async () => {

@@ -67,7 +67,8 @@ export function perUserReads(upstream: Upstream, session: Session, sources: Cred
     refuseIfPresent: null,
     secret,
     // A connection provider: no (or an ended) connection is 403 connection_required, with the URL to connect.
-    resolve: async (_mark, sealed) => credentialFor(upstream.auth, await tokens.accessToken(plan.provider, session.userId, sealed), upstream.fingerprints),
+    resolve: async (_mark, sealed) =>
+      credentialFor(upstream.auth, await tokens.accessToken(plan.provider, session.userId, sealed), upstream.fingerprints, plan.username),
   };
 }
 
@@ -100,5 +101,6 @@ export async function resolveCredential(upstream: Upstream, session: Session, so
 
 function userKeyCredential(upstream: Upstream, key: string | null): ResolvedCredential {
   if (key === null) throw new KeywardError('credential_missing');
-  return credentialFor(upstream.auth, key, upstream.fingerprints);
+  const plan = upstream.credential;
+  return credentialFor(upstream.auth, key, upstream.fingerprints, plan.source === 'user-key' ? plan.username : undefined);
 }

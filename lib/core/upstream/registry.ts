@@ -97,8 +97,8 @@ export type CredentialPlan =
       readonly ring: KeyRingSettings;
     }
   | { readonly source: 'claim'; readonly claim: string; readonly byValue: ReadonlyMap<string, ResolvedCredential> }
-  | { readonly source: 'user-key' }
-  | { readonly source: 'oauth'; readonly provider: string };
+  | { readonly source: 'user-key'; readonly username?: string }
+  | { readonly source: 'oauth'; readonly provider: string; readonly username?: string };
 
 export interface EnvKeyVersion {
   /** `env:<NAME>`: the variable it was read from (never the value). */
@@ -239,8 +239,9 @@ function planCredential(id: string, config: UpstreamConfig, env: Env, fingerprin
     }
     return { source: 'claim', claim: source.claim, byValue };
   }
-  if ('user' in source) return { source: 'user-key' };
-  return { source: 'oauth', provider: source.oauth };
+  // `basic` with `username: {env}`: read here, at start-up, and used with each user's secret as the password.
+  if ('user' in source) return { source: 'user-key', username };
+  return { source: 'oauth', provider: source.oauth, username };
 }
 
 /** Builds what is attached upstream for one secret value, in the upstream's declared auth shape. */
@@ -258,7 +259,9 @@ export function credentialFor(auth: AuthConfig, secret: string, fingerprints: Ke
     case 'bearer':
       return { type: 'bearer', headerName: 'authorization', headerValue: `Bearer ${secret}`, secrets: [secret], fingerprint: print };
     case 'basic': {
-      const username = typeof auth.username === 'string' ? auth.username : secretUsername!;
+      const username = typeof auth.username === 'string' ? auth.username : secretUsername;
+      // Never `undefined:<secret>`: every caller passes the username read at start-up (planCredential).
+      if (username === undefined) throw new TypeError('basic auth: the username read from the environment was not passed');
       const encoded = Buffer.from(`${username}:${secret}`, 'utf8').toString('base64');
       const secrets = typeof auth.username === 'string' ? [secret, encoded] : [secret, username, encoded];
       return { type: 'basic', headerName: 'authorization', headerValue: `Basic ${encoded}`, secrets, fingerprint: print };
