@@ -177,12 +177,30 @@ function resolveProvider(id: string, config: ConnectionConfig, env: Env): Connec
     issuer: null,
     authorizationUrl: config.authorizationUrl ?? preset.authorizationUrl(config),
     tokenUrl: config.tokenUrl ?? preset.tokenUrl(config),
-    // An explicit revocationUrl is an RFC 7009 endpoint, whatever the preset does by default.
-    revocation: config.revocationUrl ? { kind: 'rfc7009', url: config.revocationUrl } : preset.revocation,
+    revocation: presetRevocation(config, preset),
     authorizationParams: { ...preset.authorizationParams, ...config.authorizationParams },
     scopeParam: preset.scopeParam ?? 'scope',
     tokenShape: preset.tokenShape ?? 'standard',
   };
+}
+
+/**
+ * Where a preset's grant is revoked. An explicit revocationUrl is an RFC 7009 endpoint, whatever the preset does
+ * by default. A token URL moved to another host (GitHub Enterprise, GovSlack, a proxy) moves revocation with it:
+ * the client secret and the user's token go only to the host that issued them, never to the public service's
+ * default endpoint. GitHub's grant API is found the way GitHub documents it for its other hosts (GHE.com:
+ * `api.<host>`; Enterprise Server: `<host>/api/v3`); other presets then have none (disconnect forgets the token
+ * and answers `revokedAtProvider: false`) unless revocationUrl names one.
+ */
+function presetRevocation(config: Exclude<ConnectionConfig, { preset: 'generic' }>, preset: PresetDefaults): Revocation {
+  if (config.revocationUrl) return { kind: 'rfc7009', url: config.revocationUrl };
+  const tokenUrl = new URL(config.tokenUrl ?? preset.tokenUrl(config));
+  if (tokenUrl.origin === new URL(preset.tokenUrl(config)).origin) return preset.revocation;
+  if (preset.revocation.kind === 'github-grant') {
+    const apiUrl = tokenUrl.hostname.endsWith('.ghe.com') ? `${tokenUrl.protocol}//api.${tokenUrl.host}` : `${tokenUrl.origin}/api/v3`;
+    return { kind: 'github-grant', apiUrl };
+  }
+  return { kind: 'none' };
 }
 
 function readEnv(id: string, field: string, name: string, env: Env, minLength: number): string {

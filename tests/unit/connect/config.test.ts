@@ -103,6 +103,33 @@ describe('presets', () => {
     });
   });
 
+  it("a token URL moved to another host moves revocation with it: the secret and the user's token never go to the public default", () => {
+    const resolve = (entry: Record<string, unknown>) =>
+      resolveConnections(connectionsSchema.parse({ p: { clientId: { env: 'GH_ID' }, clientSecret: { env: 'GH_SECRET' }, ...entry } }), env).get('p')!
+        .revocation;
+    // GitHub Enterprise Server: the REST API under /api/v3 of the same host.
+    expect(
+      resolve({ preset: 'github', authorizationUrl: 'https://ghe.example.com/login/oauth/authorize', tokenUrl: 'https://ghe.example.com/login/oauth/access_token' }),
+    ).toEqual({ kind: 'github-grant', apiUrl: 'https://ghe.example.com/api/v3' });
+    // GHE.com (data residency): api.<subdomain>.ghe.com.
+    expect(resolve({ preset: 'github', tokenUrl: 'https://octo.ghe.com/login/oauth/access_token' })).toEqual({
+      kind: 'github-grant',
+      apiUrl: 'https://api.octo.ghe.com',
+    });
+    // Slack on another host (GovSlack): its revocation endpoint is not guessed.
+    expect(resolve({ preset: 'slack', tokenUrl: 'https://slack-gov.com/api/oauth.v2.access' })).toEqual({ kind: 'none' });
+    expect(resolve({ preset: 'google', tokenUrl: 'https://oauth.corp.example/token' })).toEqual({ kind: 'none' });
+    // The preset's own host keeps the preset's revocation; an explicit revocationUrl still wins.
+    expect(resolve({ preset: 'github', tokenUrl: 'https://github.com/login/oauth/access_token' })).toEqual({
+      kind: 'github-grant',
+      apiUrl: 'https://api.github.com',
+    });
+    expect(resolve({ preset: 'slack', tokenUrl: 'https://slack-gov.com/api/oauth.v2.access', revocationUrl: 'https://slack-gov.com/api/revoke' })).toEqual({
+      kind: 'rfc7009',
+      url: 'https://slack-gov.com/api/revoke',
+    });
+  });
+
   it('generic: discovery by issuer (revocation discovered), or explicit endpoints; PKCE and client auth configurable', () => {
     const providers = resolveConnections(
       connectionsSchema.parse({
