@@ -123,23 +123,37 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);
   const logger = options.logger ?? getLogger();
-  // A user taken out of the file is signed out everywhere (every session and app token issued so far), by each
-  // process that sees the edit: putting the name back, for the same person or another, revives none of them.
+  // A user taken out of the file is signed out everywhere (every session and app token issued so far), and loses
+  // their own keys and connected accounts, by each process that sees the edit: putting the name back, for the
+  // same person or another, revives none of them (the name's next owner must not call with the last one's keys).
   const users = settings.KEYWARD_USERS_FILE
     ? loadUsersFile(settings.KEYWARD_USERS_FILE, {
         logger,
         onRemoved: (usernames) => {
           for (const username of usernames) {
-            revocations.revokeUser(`${LOCAL_SUBJECT_PREFIX}${username}`).catch((error: unknown) => {
+            const userId = `${LOCAL_SUBJECT_PREFIX}${username}`;
+            revocations.revokeUser(userId).catch((error: unknown) => {
               logger.error(
                 { err: error instanceof Error ? error.name : 'unknown' },
                 'users file: a removed user could not be signed out everywhere',
+              );
+            });
+            forgetCredentials(userId).catch((error: unknown) => {
+              logger.error(
+                { err: error instanceof Error ? error.name : 'unknown', userId },
+                "users file: a removed user's own keys or connected accounts could not all be deleted",
               );
             });
           }
         },
       })
     : null;
+  const forgetCredentials = async (userId: string): Promise<void> => {
+    for (const upstream of registry.values()) {
+      if (upstream.credential.source === 'user-key') await userKeys?.delete(upstream.id, userId);
+    }
+    await connections?.disconnectAll(userId, 'users-file');
+  };
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
   const webhookSecret = detectorConfig.webhook ? webhookSecretFrom(env, detectorConfig.webhook.secret.env) : null;

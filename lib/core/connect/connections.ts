@@ -297,7 +297,7 @@ export class Connections {
    * provider cannot be reached), then deletes tokens and connection. `revoked`: true when the provider confirmed,
    * false when it failed or has no way to revoke.
    */
-  async disconnect(providerId: string, userId: string): Promise<{ revoked: boolean }> {
+  async disconnect(providerId: string, userId: string, actor = userId): Promise<{ revoked: boolean }> {
     this.provider(providerId);
     const [record, tokens] = await Promise.all([
       this.record(providerId, userId),
@@ -322,11 +322,25 @@ export class Connections {
     this.deps.logger.info({ provider: providerId, userId, revoked }, 'account disconnected');
     await this.deps.audit.recordAdmin({
       action: 'connection.disconnect',
-      actor: userId,
+      actor,
       targetUser: userId,
       outcome: revoked ? `${providerId}:revoked` : `${providerId}:deleted`,
     });
     return { revoked };
+  }
+
+  /**
+   * Disconnects every provider the user is connected to (a local user taken out of the users file: the name may
+   * be given to someone else later, who must not inherit the accounts). `actor` is who the audit names.
+   */
+  async disconnectAll(userId: string, actor: string): Promise<void> {
+    for (const providerId of this.deps.providers.keys()) {
+      try {
+        await this.disconnect(providerId, userId, actor);
+      } catch (error) {
+        if (!(error instanceof KeywardError && error.code === 'not_found')) throw error;
+      }
+    }
   }
 
   /** What `accessToken` reads first (OAuthTokenStore.reads), for the call's one store round trip. */

@@ -1,0 +1,139 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defineUpstream } from '../../lib/core/config/load';
+import { handleProxy } from '../../lib/core/pipeline';
+import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { USERS_RECHECK_MS, passwordVersion } from '../../lib/core/users/file';
+import { hashPassword } from '../../lib/core/users/password';
+import { capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+
+/**
+ * A local user taken out of the users file loses their own keys and connected accounts, not only their
+ * sessions: the name may be given to someone else later, who must not call with the first owner's key or token.
+ * A real runtime reading a real users file, a real node:http upstream that records what it received, and the
+ * same server standing in for a GitHub Enterprise host (its grant-deletion API), all on loopback. The GitHub
+ * token is put in the store directly (the connect flow itself is tested in connections.test.ts).
+ */
+
+const APP_ORIGIN = 'https://app.keyward.test';
+const CLIENT_ID = 'Iv1.removal0000001';
+
+let upstream: TestUpstream;
+let runtime: Runtime;
+let dir: string;
+let usersFile: string;
+const secrets = testSessionSecrets();
+const { logger, lines } = capturingLogger();
+const firstAdaKey = randomSecret('sk_first_ada');
+const firstAdaToken = randomSecret('gho_first_ada');
+const bobKey = randomSecret('sk_bob');
+const clientSecret = randomSecret('gh_client');
+let bobHash: string;
+
+function writeUsers(users: ReadonlyArray<{ username: string; passwordHash: string }>): void {
+  writeFileSync(usersFile, JSON.stringify({ users: users.map((user) => ({ ...user, roles: ['user'] })) }), { mode: 0o600 });
+}
+
+async function proxy(cookie: string, upstreamId: string, path: string): Promise<{ status: number; body: string }> {
+  const request = new Request(`${APP_ORIGIN}/api/proxy/${upstreamId}/${path}`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+  return responseText(await handleProxy(request, { upstream: upstreamId, path: [path] }, runtime));
+}
+
+beforeAll(async () => {
+  upstream = await startUpstream(async (req, res, record) => {
+    await record.bodyDone;
+    // GitHub's grant deletion answers 204; the proxied calls get a small JSON body.
+    if (req.method === 'DELETE') res.writeHead(204).end();
+    else res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+  });
+  dir = mkdtempSync(join(tmpdir(), 'keyward-removal-'));
+  usersFile = join(dir, 'users.json');
+  const adaHash = await hashPassword(randomSecret('ada-pw'));
+  bobHash = await hashPassword(randomSecret('bob-pw'));
+  writeUsers([
+    { username: 'ada', passwordHash: adaHash },
+    { username: 'bob', passwordHash: bobHash },
+  ]);
+  runtime = createRuntime({
+    env: {
+      ...secrets,
+      KEYWARD_USERS_FILE: usersFile,
+      KEYWARD_STORE: 'memory',
+      KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+      KEYWARD_VAULT_SECRET: randomSecret('vault'),
+      GH_ID: CLIENT_ID,
+      GH_SECRET: clientSecret,
+    },
+    logger,
+    connections: {
+      github: {
+        preset: 'github',
+        clientId: { env: 'GH_ID' },
+        clientSecret: { env: 'GH_SECRET' },
+        // A GitHub Enterprise Server on loopback: grants are deleted through <host>/api/v3.
+        authorizationUrl: `${upstream.origin}/login/oauth/authorize`,
+        tokenUrl: `${upstream.origin}/login/oauth/access_token`,
+      },
+    },
+    upstreams: [
+      defineUpstream('gh', { baseUrl: `${upstream.origin}/gh/`, auth: { type: 'bearer', secret: { oauth: 'github' } }, routes: [{ method: 'GET', path: '/user' }] }),
+      defineUpstream('llm', { baseUrl: `${upstream.origin}/llm/`, auth: { type: 'header', name: 'x-api-key', secret: { user: 'key' } }, routes: [{ method: 'GET', path: '/models' }] }),
+    ],
+  });
+  await runtime.userKeys!.put('llm', 'local:ada', firstAdaKey);
+  await runtime.userKeys!.put('llm', 'local:bob', bobKey);
+  await runtime.connections!.tokens.save('github', 'local:ada', { accessToken: firstAdaToken, refreshToken: null, expiresAt: 0 });
+});
+
+afterAll(async () => {
+  expect(findLeak(lines.join(''), [firstAdaKey, firstAdaToken, bobKey, clientSecret])).toBeNull();
+  await upstream.close();
+  await runtime.store.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('a user taken out of the users file', () => {
+  it("loses their own keys and connected accounts: a new user given the name later calls with neither", async () => {
+    const adaBefore = await claimsSessionCookie(secrets.AUTH_SECRET, { sub: 'local:ada', passwordVersion: runtime.users!.find('ada')!.passwordVersion });
+    expect((await proxy(adaBefore, 'llm', 'models')).status).toBe(200);
+    expect(upstream.requests.at(-1)!.headers['x-api-key']).toBe(firstAdaKey);
+
+    writeUsers([{ username: 'bob', passwordHash: bobHash }]);
+    // Each process checks the file at most every USERS_RECHECK_MS, at a look-up.
+    await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+    expect(runtime.users!.find('ada')).toBeNull();
+    // The deletions run in the background of that look-up: wait for them (bounded).
+    const held = async () =>
+      (await runtime.userKeys!.describe('llm', 'local:ada')) !== null || (await runtime.connections!.tokens.load('github', 'local:ada')) !== null;
+    for (let i = 0; i < 250 && (await held()); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(await runtime.userKeys!.describe('llm', 'local:ada')).toBeNull();
+    expect(await runtime.connections!.tokens.load('github', 'local:ada')).toBeNull();
+    // The grant was deleted at the host that issued it (never at api.github.com), with the app's credentials.
+    const deletion = upstream.requests.find((r) => r.method === 'DELETE')!;
+    expect(deletion.url).toBe(`/api/v3/applications/${CLIENT_ID}/grant`);
+    expect(deletion.headers.authorization).toBe(`Basic ${Buffer.from(`${CLIENT_ID}:${clientSecret}`).toString('base64')}`);
+    // Bob, still in the file, keeps his key.
+    expect(await runtime.userKeys!.describe('llm', 'local:bob')).not.toBeNull();
+
+    // The name is given to someone else, with a password of their own.
+    const newAdaHash = await hashPassword(randomSecret('new-ada-pw'));
+    writeUsers([
+      { username: 'bob', passwordHash: bobHash },
+      { username: 'ada', passwordHash: newAdaHash },
+    ]);
+    await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+    const newAda = await claimsSessionCookie(secrets.AUTH_SECRET, { sub: 'local:ada', passwordVersion: passwordVersion('ada', newAdaHash) });
+    const before = upstream.requests.length;
+    const own = await proxy(newAda, 'llm', 'models');
+    expect(own.status).toBe(403);
+    expect(JSON.parse(own.body).error.code).toBe('credential_missing');
+    const connected = await proxy(newAda, 'gh', 'user');
+    expect(connected.status).toBe(403);
+    expect(JSON.parse(connected.body).error.code).toBe('connection_required');
+    expect(upstream.requests.length).toBe(before);
+  });
+});
