@@ -164,6 +164,9 @@ describe('openai preset', () => {
       { tools: [{ type: 'mcp', server_url: 'https://evil.example/mcp' }] },
       // Input items that read a stored item or file by id.
       { input: [{ type: 'item_reference', id: 'msg_someone_elses' }] },
+      // The type is optional in the API's own definition: an item with an id and no type is a reference too.
+      { input: [{ id: 'msg_someone_elses' }] },
+      { input: [{ type: null, id: 'msg_someone_elses' }] },
       { input: [{ role: 'user', content: [{ type: 'input_file', file_id: 'file-someone-elses' }] }] },
     ]) {
       const result = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', ...extra } });
@@ -171,7 +174,23 @@ describe('openai preset', () => {
     }
     const fileInChat = { ...chat, messages: [{ role: 'user', content: [{ type: 'file', file: { file_id: 'file-someone-elses' } }] }] };
     expect(errorCode(await call('openai', '/chat/completions', { body: fileInChat }))).toBe('contract_violation');
+    // An earlier audio answer, referred to by id: its transcript is read from the account.
+    const audioById = { ...chat, messages: [{ role: 'assistant', audio: { id: 'audio_someone_elses' } }, { role: 'user', content: 'go on' }] };
+    expect(errorCode(await call('openai', '/chat/completions', { body: audioById }))).toBe('contract_violation');
     expect(upstream.requests.length).toBe(before);
+    // Items sent by value, ids included (a previous answer's message, a tool call), pass.
+    const byValue = await call('openai', '/responses', {
+      body: {
+        model: 'gpt-test',
+        input: [
+          { role: 'user', content: 'hi' },
+          { type: 'message', role: 'assistant', id: 'msg_mine', content: [{ type: 'output_text', text: 'hello' }] },
+          { type: 'function_call', id: 'fc_mine', call_id: 'call_1', name: 'f', arguments: '{}' },
+        ],
+      },
+      headers: { cookie: await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:by-value', roles: ['user'] }) },
+    });
+    expect(byValue.status).toBe(200);
     const other = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:searcher', roles: ['user'] });
     const ok = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', tools: [{ type: 'web_search' }] }, headers: { cookie: other } });
     expect(ok.status).toBe(200);
@@ -362,6 +381,27 @@ describe('anthropic preset', () => {
     expect((await call('anthropic', '/v1/messages', { body: message })).status).toBe(200);
     expect(upstream.requests[before]!.headers['anthropic-version']).toBe('2023-06-01');
   });
+
+  it('refuses what reads the account\'s stored files or containers by id (another user\'s, with one shared key)', async () => {
+    const before = upstream.requests.length;
+    const headers = { cookie: await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:anthropic-stored', roles: ['user'] }) };
+    const fileBlock = { type: 'document', source: { type: 'file', file_id: 'file_someone_elses' } };
+    for (const body of [
+      { ...message, messages: [{ role: 'user', content: [fileBlock, { type: 'text', text: 'summarise' }] }] },
+      { ...message, system: [{ type: 'text', text: 'be brief' }, fileBlock] },
+      { ...message, messages: [{ role: 'user', content: [{ type: 'container_upload', file_id: 'file_someone_elses' }] }] },
+      { ...message, container: 'container_someone_elses' },
+    ]) {
+      expect(errorCode(await call('anthropic', '/v1/messages', { body, headers })), JSON.stringify(body)).toBe('contract_violation');
+    }
+    expect(errorCode(await call('anthropic', '/v1/messages/count_tokens', { body: { ...message, messages: [{ role: 'user', content: [fileBlock] }] }, headers }))).toBe(
+      'contract_violation',
+    );
+    expect(upstream.requests.length).toBe(before);
+    // Inline (base64) documents pass.
+    const inline = { type: 'document', source: { type: 'base64', media_type: 'application/pdf', data: 'JVBERi0=' } };
+    expect((await call('anthropic', '/v1/messages', { body: { ...message, messages: [{ role: 'user', content: [inline] }] }, headers })).status).toBe(200);
+  });
 });
 
 describe('gemini preset', () => {
@@ -398,6 +438,38 @@ describe('gemini preset', () => {
     expect(upstream.requests.length).toBe(before);
     expect((await call('gemini', '/models/gemini-test:generateContent', { body: { ...body, generationConfig: { maxOutputTokens: 9999 } } })).status).toBe(200);
     expect(receivedJson(upstream.requests.at(-1)!)).toMatchObject({ generationConfig: { maxOutputTokens: 200 } });
+  });
+
+  it('refuses the bounds under their proto names too (Google reads candidate_count as candidateCount)', async () => {
+    const before = upstream.requests.length;
+    const cookie = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:proto-names', roles: ['user'] });
+    for (const generationConfig of [{ candidate_count: 8 }, { max_output_tokens: 65_536 }, { temperature: 0.2, top_k: 3 }]) {
+      const result = await call('gemini', '/models/gemini-test:generateContent', { body: { ...body, generationConfig }, headers: { cookie } });
+      expect(errorCode(result), JSON.stringify(generationConfig)).toBe('contract_violation');
+    }
+    expect(upstream.requests.length).toBe(before);
+  });
+
+  it('refuses what reads the project\'s stored caches, uploaded files and file search stores by name', async () => {
+    const before = upstream.requests.length;
+    const headers = { cookie: await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:gemini-stored', roles: ['user'] }) };
+    const withPart = (part: unknown) => ({ ...body, contents: [{ role: 'user', parts: [{ text: 'summarise' }, part] }] });
+    for (const sent of [
+      { ...body, cachedContent: 'cachedContents/someone-elses' },
+      withPart({ fileData: { mimeType: 'application/pdf', fileUri: 'https://generativelanguage.googleapis.com/v1beta/files/someone-elses' } }),
+      withPart({ file_data: { mime_type: 'application/pdf', file_uri: 'files/someone-elses' } }),
+      withPart({ fileData: { fileUri: 'gs://bucket/someone-elses.pdf' } }),
+      { ...body, tools: [{ fileSearch: { fileSearchStoreNames: ['fileSearchStores/someone-elses'] } }] },
+      { ...body, systemInstruction: { parts: [{ fileData: { fileUri: 'files/someone-elses' } }] } },
+    ]) {
+      expect(errorCode(await call('gemini', '/models/gemini-test:generateContent', { body: sent, headers })), JSON.stringify(sent)).toBe('contract_violation');
+    }
+    const counted = { generateContentRequest: { model: 'models/gemini-test', contents: body.contents, cachedContent: 'cachedContents/someone-elses' } };
+    expect(errorCode(await call('gemini', '/models/gemini-test:countTokens', { body: counted, headers }))).toBe('contract_violation');
+    expect(upstream.requests.length).toBe(before);
+    // A web page's https URL (a YouTube video) is not stored on the project: it passes.
+    const video = withPart({ fileData: { mimeType: 'video/mp4', fileUri: 'https://www.youtube.com/watch?v=9hE5-98ZeCg' } });
+    expect((await call('gemini', '/models/gemini-test:generateContent', { body: video, headers })).status).toBe(200);
   });
 });
 

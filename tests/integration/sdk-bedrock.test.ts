@@ -259,6 +259,22 @@ describe("@aws-sdk/client-bedrock-runtime: Keyward's refusals as the SDK's excep
     expect(keywardCode(error)).toBe('contract_violation');
   });
 
+  it('a document read from S3 (s3Location, read with the server\'s AWS key): 400 contract_violation, the API not called', async () => {
+    const before = fake.requests.length;
+    const error = await refusal(browserClient(cookie), {
+      ...input,
+      messages: [
+        {
+          role: 'user',
+          content: [{ text: 'Summarise it' }, { document: { format: 'pdf', name: 'passport', source: { s3Location: { uri: 's3://app-uploads/users/victim/passport.pdf' } } } }],
+        },
+      ],
+    });
+    expect(error.$metadata.httpStatusCode).toBe(400);
+    expect(keywardCode(error)).toBe('contract_violation');
+    expect(fake.requests.length).toBe(before);
+  });
+
   it("Keyward's 429 is throttling to the SDK: it waits for Retry-After, then the retry succeeds", async () => {
     const client = await tokenClient(
       { sub: `local:${randomUUID()}`, roles: ['user', MEMBER_ROLE, THROTTLED_ROLE] },

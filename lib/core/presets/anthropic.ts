@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { TypedRoute } from '../config/load';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { checkPrices, modelSchema, modelsOption, outputTokensOption, pricedCost, pricesOption, textIdentity } from './shared';
+import { checkPrices, modelSchema, modelsOption, namesStoredObject, outputTokensOption, pricedCost, pricesOption, textIdentity } from './shared';
 
 /**
  * Anthropic's Messages API (https://docs.anthropic.com/en/api/messages): `x-api-key`; `anthropic-version` and
@@ -26,16 +26,26 @@ const options = z.strictObject({
 type Options = z.output<typeof options>;
 
 const loose = z.unknown();
-const system = z.union([z.string().max(1_000_000), z.array(loose).max(256)]);
+
+/**
+ * Content of the caller's own: no block reads a file stored on the account by id (`source: {"type": "file",
+ * "file_id": …}`, a `container_upload`), which with one shared key may be another user's. Inline (base64) and URL
+ * sources pass.
+ */
+const STORED_FILE = 'a file_id reads a file stored on the account by id: not accepted';
+const ownContent = <T extends z.ZodType>(schema: T) => schema.refine((value) => !namesStoredObject(value, (record) => Object.hasOwn(record, 'file_id')), STORED_FILE);
+const messages = ownContent(z.array(loose).min(1).max(2048));
+const system = ownContent(z.union([z.string().max(1_000_000), z.array(loose).max(256)]));
 
 export function messagesBody(models: z.ZodType<string>) {
   return z.object({
     model: models,
-    messages: z.array(loose).min(1).max(2048),
+    messages,
     // Required by the API: optional here so that a call without it gets the cap (see routes) instead of a 400;
     // one over the cap is lowered to it (overCap), as the Vercel AI SDK sends the model's own maximum by default.
     max_tokens: z.number().int().min(1).optional(),
-    container: z.string().max(256).optional(),
+    // Not here on purpose: `container`, which reuses a code-execution container (and its files) by id, another
+    // user's with one shared key. Extend the schema to allow it where each user has their own key.
     context_management: loose.optional(),
     metadata: z.strictObject({ user_id: z.string().max(256).optional() }).optional(),
     service_tier: z.enum(['auto', 'standard_only']).optional(),
@@ -54,7 +64,7 @@ export function messagesBody(models: z.ZodType<string>) {
 export function countTokensBody(models: z.ZodType<string>) {
   return z.object({
     model: models,
-    messages: z.array(loose).min(1).max(2048),
+    messages,
     system: system.optional(),
     thinking: loose.optional(),
     tool_choice: loose.optional(),

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { awsSigV4AuthSchema, credentialSourceSchema } from '../config/schema';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { modelsOption, outputTokensOption, textIdentity } from './shared';
+import { modelsOption, namesStoredObject, outputTokensOption, textIdentity } from './shared';
 
 /**
  * AWS, signed with Signature Version 4 (README "Request signing"). By default Amazon Bedrock's runtime
@@ -68,10 +68,21 @@ const loose = z.unknown();
 const text = (max: number) => z.string().max(max);
 
 /** Converse and ConverseStream bodies (https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html). */
+/**
+ * Content of the caller's own: no document, image or video read from S3 (`source: {"s3Location": {"uri": …}}`):
+ * Bedrock reads it with Keyward's AWS key, so any user could have the model read any object that key can reach.
+ * Inline bytes pass.
+ */
+const ownContent = <T extends z.ZodType>(schema: T) =>
+  schema.refine(
+    (value) => !namesStoredObject(value, (record) => Object.hasOwn(record, 's3Location')),
+    "an s3Location is read with the server's AWS key: not accepted (send the bytes)",
+  );
+
 export function converseBody() {
   return z.object({
-    messages: z.array(loose).min(1).max(2048),
-    system: z.array(loose).max(64).optional(),
+    messages: ownContent(z.array(loose).min(1).max(2048)),
+    system: ownContent(z.array(loose).max(64)).optional(),
     inferenceConfig: z
       .strictObject({
         // Over the cap: lowered to it (overCap).

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { modelsOption, outputTokensOption } from './shared';
+import { hasFieldNamed, modelsOption, namesStoredObject, outputTokensOption } from './shared';
 
 /**
  * Google's Gemini API (https://ai.google.dev/api): `x-goog-api-key`, actions written after the model with a
@@ -20,30 +20,51 @@ const options = z.strictObject({
 type Options = z.output<typeof options>;
 
 const loose = z.unknown();
-const contents = z.array(loose).min(1).max(2048);
+
+/**
+ * What reads something stored on the project by name, another user's with one shared key: a cached content
+ * (`cachedContent`), a file search store (`fileSearch`), or a part's `fileData` naming an uploaded file (the Files
+ * API: `files/…` or its https URL; any other URI but a web page's https URL, such as a YouTube video's). Field
+ * names are read both ways Google's APIs parse them (`fileData`, `file_data`).
+ */
+function storedByName(record: Readonly<Record<string, unknown>>): boolean {
+  if (hasFieldNamed(record, 'cachedContent') || hasFieldNamed(record, 'fileSearch')) return true;
+  if (!hasFieldNamed(record, 'fileUri')) return false;
+  const uri = Object.entries(record).find(([key]) => key.replaceAll('_', '').toLowerCase() === 'fileuri')![1];
+  if (typeof uri !== 'string' || !URL.canParse(uri)) return true;
+  const url = new URL(uri);
+  return url.protocol !== 'https:' || url.hostname === 'googleapis.com' || url.hostname.endsWith('.googleapis.com');
+}
+
+const STORED = 'reads what is stored on the project by name (cachedContent, fileSearch, an uploaded file): not accepted';
+const own = <T extends z.ZodType>(schema: T) => schema.refine((value) => !namesStoredObject(value, storedByName), STORED);
+const contents = own(z.array(loose).min(1).max(2048));
 
 export function generateContentBody() {
   return z.object({
     contents,
-    cachedContent: z.string().max(256).optional(),
-    // Loose: generation options pass through as sent, except the two that bound what a call costs.
+    // Not here on purpose: `cachedContent` (a cache stored on the project by name: see storedByName).
+    // Loose: generation options pass through as sent, except the two that bound what a call costs. Google reads
+    // an option by its proto name too (`candidate_count` is `candidateCount`): only lowerCamelCase names pass,
+    // so neither bound can be sent again under its other name.
     generationConfig: z
       .looseObject({
         // Over the cap: lowered to it (overCap).
         maxOutputTokens: z.number().int().min(1).optional(),
         candidateCount: z.literal(1).optional(),
       })
+      .refine((config) => Object.keys(config).every((key) => !key.includes('_')), 'write option names in lowerCamelCase (maxOutputTokens, not max_output_tokens)')
       .optional(),
     safetySettings: z.array(loose).max(16).optional(),
-    systemInstruction: loose.optional(),
+    systemInstruction: own(loose).optional(),
     toolConfig: loose.optional(),
-    tools: z.array(loose).max(128).optional(),
+    tools: own(z.array(loose).max(128)).optional(),
   });
 }
 
-export const countTokensBody = z.object({ contents: contents.optional(), generateContentRequest: loose.optional() });
+export const countTokensBody = z.object({ contents: contents.optional(), generateContentRequest: own(loose).optional() });
 export const embedContentBody = z.object({
-  content: loose,
+  content: own(loose),
   model: z.string().max(128).optional(),
   taskType: z.string().max(64).optional(),
   title: z.string().max(1024).optional(),

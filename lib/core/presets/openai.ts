@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { filePart } from '../config/policy';
 import type { TypedRoute } from '../config/load';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { checkPrices, modelSchema, modelsOption, outputTokensOption, pricedCost, pricesOption } from './shared';
+import { checkPrices, modelSchema, modelsOption, namesStoredObject, outputTokensOption, pricedCost, pricesOption } from './shared';
 
 /**
  * OpenAI, and any OpenAI-compatible API (`baseUrl`: Azure OpenAI's v1 endpoint, Groq, Together, Mistral, vLLM,
@@ -56,17 +56,13 @@ type Options = z.output<typeof options>;
 const loose = z.unknown();
 
 /**
- * Whether messages or input items name an object stored on the account by id (an `item_reference` item, or a
- * `file_id` anywhere in them): with one shared key it may be another user's, as with `previous_response_id`.
- * Deeper than any message the API takes counts as naming one (refused, not walked further).
+ * What in messages or input items reads an object stored on the account by id: an item reference (`type:
+ * "item_reference"`, or no type at all, which the API reads the same way: `{"id": "msg_…"}`; a chat assistant
+ * message's `audio: {"id": …}` is one too), or a `file_id` anywhere. An item with a role is a message, sent by value.
  */
-function namesStoredObject(value: unknown, depth = 0): boolean {
-  if (value === null || typeof value !== 'object') return false;
-  if (depth > 32) return true;
-  if (Array.isArray(value)) return value.some((item) => namesStoredObject(item, depth + 1));
-  const record = value as Record<string, unknown>;
+function storedById(record: Readonly<Record<string, unknown>>): boolean {
   if (record.type === 'item_reference' || Object.hasOwn(record, 'file_id')) return true;
-  return Object.values(record).some((item) => namesStoredObject(item, depth + 1));
+  return (record.type === undefined || record.type === null) && Object.hasOwn(record, 'id') && !Object.hasOwn(record, 'role');
 }
 
 /** Messages or input items of the caller's own: none refers to an object stored on the account (see above). */
@@ -74,7 +70,7 @@ const ownItems = (max: number) =>
   z
     .array(loose)
     .max(max)
-    .refine((items) => !namesStoredObject(items), 'an item_reference or a file_id reads an object stored on the account by id: not accepted');
+    .refine((items) => !namesStoredObject(items, storedById), 'an item reference or a file_id reads an object stored on the account by id: not accepted');
 const metadata = z.record(z.string().max(64), z.string().max(512)).refine((value) => Object.keys(value).length <= 16, 'at most 16 keys');
 const temperature = z.number().min(0).max(2);
 const stop = z.union([z.string().max(256), z.array(z.string().max(256)).max(4)]);

@@ -30,6 +30,30 @@ export function outputTokensOption(defaultCap: number) {
     .describe(`Largest number of output tokens one call may ask for; a call that names none gets this (default ${defaultCap}).`);
 }
 
+/**
+ * Whether a request value names something stored on the provider's account (a file, a stored item, a cache, a
+ * bucket's object) by id or location: with one shared key it may be another user's, so the presets refuse it,
+ * as they refuse OpenAI's `previous_response_id`. `names` is asked of every object inside the value; deeper than
+ * any request the APIs take (32 levels) counts as naming one (refused, not walked further).
+ */
+export function namesStoredObject(value: unknown, names: (record: Readonly<Record<string, unknown>>) => boolean, depth = 0): boolean {
+  if (value === null || typeof value !== 'object') return false;
+  if (depth > 32) return true;
+  if (Array.isArray(value)) return value.some((item) => namesStoredObject(item, names, depth + 1));
+  const record = value as Record<string, unknown>;
+  if (names(record)) return true;
+  return Object.values(record).some((item) => namesStoredObject(item, names, depth + 1));
+}
+
+/**
+ * Whether `record` has a field of this name, the way APIs that parse proto3 JSON (Google's) read names: the
+ * lowerCamelCase name and the proto field name (`fileData`, `file_data`) are the same field.
+ */
+export function hasFieldNamed(record: Readonly<Record<string, unknown>>, lowerCamel: string): boolean {
+  const wanted = lowerCamel.toLowerCase();
+  return Object.keys(record).some((key) => key.replaceAll('_', '').toLowerCase() === wanted);
+}
+
 /** A route field stamped with the caller's user id, whatever the client sent. */
 export function textIdentity(target: `body.${string}`): Pick<RouteInput, 'identity'> {
   return { identity: { [target]: 'userId' } };
