@@ -331,6 +331,8 @@ export class RedisStore implements Store {
     if (!(limit >= 1)) return [];
     const key = `log:${stream}`;
     const valid = cursor !== undefined && /^\d{1,16}-\d{1,16}$/.test(cursor);
+    // Nothing is older than 0-0, and Redis refuses the interval that would say so (an error, not an empty page).
+    if (valid && order === 'desc' && /^0+-0+$/.test(cursor)) return [];
     // Stream ids carry Redis's clock, `at` the writer's: the id range is only narrowed to the window widened
     // by LOG_SKEW_MS, and the window itself is applied to `at` below.
     let low = order === 'asc' && valid ? `(${cursor}` : sinceMs !== undefined ? String(Math.max(Math.floor(sinceMs) - LOG_SKEW_MS, 0)) : '-';

@@ -241,6 +241,9 @@ describe.each(Object.keys(backends))('Store log: %s', (kind) => {
       'x'.repeat(5000),
       '1-',
       '-1-1',
+      // Nothing is older than 0-0 (Redis refuses the interval that would say so).
+      '0-0',
+      '00-000',
     ]) {
       for (const order of ['asc', 'desc'] as const) {
         const page = await store.readLog('cursors', { limit: 10, order, cursor });
