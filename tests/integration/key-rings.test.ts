@@ -472,6 +472,12 @@ describe('rotation whose canary passes', () => {
     expect(await failure(a.keyRings.rotate('svc', four, { rotationId: 'x'.repeat(65), actor: 'x' }))).toMatchObject({ code: 'bad_request' });
     expect(await failure(a.keyRings.rotate('svc', 'short', { actor: 'x' }))).toMatchObject({ code: 'bad_request' });
     expect(await failure(a.keyRings.rotate('nope', four, { actor: 'x' }))).toMatchObject({ code: 'upstream_not_found', status: 404 });
+    // A lone UTF-16 surrogate is valid JSON but no key (it has no UTF-8 form): 400, not a failure (500).
+    for (const action of ['rotate', 'versions'] as const) {
+      const viaApi = await admin((request) => handleKeyAction(request, 'svc', action, a), 'POST', { key: `${four.slice(0, 12)}\ud800` });
+      expect(viaApi.status, action).toBe(400);
+      expect((viaApi.json.error as { code: string }).code).toBe('bad_request');
+    }
     expect(r.server.calls.length).toBe(mark);
   });
 });

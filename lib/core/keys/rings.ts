@@ -694,7 +694,8 @@ function basicUsername(upstream: Upstream): string | undefined {
 
 /** The same rules as keys read from the environment at start-up. */
 function assertKeyValue(value: string): void {
-  if (typeof value !== 'string' || value.length < 8 || value.length > 4096 || value !== value.trim() || /[\x00-\x1f\x7f]/.test(value)) {
+  // \p{Cs}: a lone UTF-16 surrogate (valid in JSON) has no UTF-8 form to send, or to scrub from logs.
+  if (typeof value !== 'string' || value.length < 8 || value.length > 4096 || value !== value.trim() || /[\x00-\x1f\x7f]/.test(value) || /\p{Cs}/u.test(value)) {
     throw new KeywardError('bad_request', { message: 'A key is 8–4096 characters without surrounding whitespace or control characters.' });
   }
 }
