@@ -1,7 +1,7 @@
 import 'server-only';
 import { z } from 'zod';
 import { ConfigError } from './config/load';
-import { formatIssues } from './config/schema';
+import { formatIssues, isLoopbackHost } from './config/schema';
 import type { Env } from './upstream/registry';
 
 const secret = z
@@ -219,6 +219,12 @@ export function productionProblems(
   if (authUrl?.protocol === 'http:' && !LOOPBACK_HOSTS.has(authUrl.hostname)) {
     problems.push(
       "  - AUTH_URL: must be https:// in production: Keyward's session and sign-in cookies are Secure (__Host-), and browsers do not keep Secure cookies over plain HTTP (except on localhost), so nobody could sign in; serve the site over HTTPS (a TLS proxy in front is fine) and name that URL",
+    );
+  }
+  const issuer = settings.KEYWARD_OIDC_ISSUER ? new URL(settings.KEYWARD_OIDC_ISSUER) : null;
+  if (issuer?.protocol === 'http:' && !isLoopbackHost(issuer.hostname)) {
+    problems.push(
+      '  - KEYWARD_OIDC_ISSUER: must be https (plain http only on a loopback address): the client secret and the tokens that make a session would cross the network in the clear, and anyone on the path could answer as the provider',
     );
   }
   if (!hasUsers && !settings.KEYWARD_OIDC_ISSUER) {

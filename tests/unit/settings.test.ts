@@ -218,6 +218,22 @@ describe('productionProblems: AUTH_URL', () => {
   });
 });
 
+describe('productionProblems: KEYWARD_OIDC_ISSUER', () => {
+  const withIssuer = (NODE_ENV: string, KEYWARD_OIDC_ISSUER: string) =>
+    productionProblems({ NODE_ENV, AUTH_URL: 'https://app.example.com', AUTH_TRUST_HOST: false, VERCEL: undefined, KEYWARD_OIDC_ISSUER }, false);
+
+  it('must be https on any host but a loopback one: the client secret and the tokens that make a session would cross in the clear', () => {
+    for (const issuer of ['http://idp.internal:8080/realms/app', 'http://10.0.0.7:8080']) {
+      expect(withIssuer('production', issuer).join('\n')).toContain('KEYWARD_OIDC_ISSUER: must be https');
+    }
+    for (const issuer of ['https://idp.example.com/realms/app', 'http://127.0.0.1:8080', 'http://localhost:9000']) {
+      expect(withIssuer('production', issuer)).toEqual([]);
+    }
+    // Development: the developer's own network.
+    expect(withIssuer('development', 'http://idp.internal:8080')).toEqual([]);
+  });
+});
+
 describe('productionProblems: upstreams', () => {
   const settings = (NODE_ENV: string) =>
     ({
