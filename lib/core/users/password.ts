@@ -90,9 +90,12 @@ export async function verifyPassword(password: string, stored: string): Promise<
   return key.length === expected.length && timingSafeEqual(key, expected);
 }
 
-/** A real hash to verify against when the username is unknown, so timing does not reveal which users exist. */
-let decoy: Promise<string> | undefined;
+/**
+ * A hash to verify against when the username is unknown, so timing does not reveal which users exist: random
+ * salt and key in the format `hashPassword` writes, so verifying costs exactly one scrypt, like a real user's.
+ * Made at load, not by hashing on first use (that cost the first unknown name of each process a second scrypt).
+ */
+const DECOY = `scrypt$${N}$${R}$${P}$${randomBytes(16).toString('base64url')}$${randomBytes(KEY_LENGTH).toString('base64url')}`;
 export function decoyHash(): Promise<string> {
-  decoy ??= hashPassword(randomBytes(16).toString('hex'));
-  return decoy;
+  return Promise.resolve(DECOY);
 }
