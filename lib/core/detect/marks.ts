@@ -43,5 +43,7 @@ export function throttleRule(raw: string | null | undefined): RateRule | null {
   } catch {
     // keep the strict default
   }
-  return { id: 'detector-throttle', name: 'throttle', by: 'user', limit, windowSeconds, roles: null };
+  // The limit and window are in the id: the embedded stores keep one in-memory limiter per rule id, which would
+  // otherwise hold every throttled user to whichever mark it saw first.
+  return { id: `detector-throttle-${limit}-${windowSeconds}`, name: 'throttle', by: 'user', limit, windowSeconds, roles: null };
 }

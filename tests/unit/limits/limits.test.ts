@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
+import { throttleRule } from '../../../lib/core/detect/marks';
 import type { KeywardErrorCode } from '../../../lib/core/errors';
 import { Limits, type LimitSubject } from '../../../lib/core/limits/limits';
 import { compileRouteLimits, type LimitConfigs, type RouteLimits } from '../../../lib/core/limits/rules';
@@ -186,6 +187,28 @@ describe('Limits.checkRate', () => {
     expect(grant.headers).toEqual([]);
     expect(grant.reserved).toBe(0);
     await expect(grant.settle({ forwarded: true, usage: 5 })).resolves.toBeUndefined();
+  });
+});
+
+describe("the detector's throttle, in the embedded stores' in-memory limiters", () => {
+  it("each throttled user is held to their own mark's limit, whichever mark the process saw first", async () => {
+    const limits = new Limits(new SqliteStore(':memory:'), createLogger({ level: 'silent' }), () => NOW);
+    const allowed = async (mark: string, userId: string, calls: number) => {
+      const rule = throttleRule(mark)!;
+      let passed = 0;
+      for (let i = 0; i < calls; i++) {
+        const outcome = await limits.checkRate({ rate: [rule], meters: [], cost: { reserve: 1 } }, who({ userId })).then(
+          () => 'ok',
+          () => 'limited',
+        );
+        if (outcome === 'ok') passed++;
+      }
+      return passed;
+    };
+    expect(await allowed(JSON.stringify({ limit: 10, windowSeconds: 60 }), 'alice', 20)).toBe(10);
+    expect(await allowed(JSON.stringify({ limit: 2, windowSeconds: 60 }), 'bob', 20)).toBe(2);
+    // An unreadable mark still throttles, at one call a minute (fail closed).
+    expect(await allowed('garbage', 'carol', 5)).toBe(1);
   });
 });
 
