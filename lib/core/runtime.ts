@@ -150,7 +150,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     : null;
   const forgetCredentials = async (userId: string): Promise<void> => {
     for (const upstream of registry.values()) {
-      if (upstream.credential.source === 'user-key') await userKeys?.delete(upstream.id, userId);
+      if (upstream.credential.source !== 'user-key' || !(await userKeys?.delete(upstream.id, userId))) continue;
+      await audit.recordAdmin({ action: 'user_key.delete', actor: 'users-file', upstream: upstream.id, targetUser: userId, outcome: 'deleted' });
     }
     await connections?.disconnectAll(userId, 'users-file');
   };

@@ -116,6 +116,15 @@ describe('a user taken out of the users file', () => {
     const deletion = upstream.requests.find((r) => r.method === 'DELETE')!;
     expect(deletion.url).toBe(`/api/v3/applications/${CLIENT_ID}/grant`);
     expect(deletion.headers.authorization).toBe(`Basic ${Buffer.from(`${CLIENT_ID}:${clientSecret}`).toString('base64')}`);
+    // Both deletions are on the audit trail, with the users file as the actor.
+    const { records } = await runtime.audit.query({ type: 'admin', userId: 'local:ada' }, { limit: 50 });
+    const byUsersFile = records.filter((record) => record.type === 'admin' && record.actor === 'users-file');
+    expect(byUsersFile.map((record) => record.type === 'admin' && [record.action, record.upstream ?? null, record.targetUser])).toEqual(
+      expect.arrayContaining([
+        ['user_key.delete', 'llm', 'local:ada'],
+        ['connection.disconnect', null, 'local:ada'],
+      ]),
+    );
     // Bob, still in the file, keeps his key.
     expect(await runtime.userKeys!.describe('llm', 'local:bob')).not.toBeNull();
 
