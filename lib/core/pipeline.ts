@@ -618,7 +618,9 @@ export async function reserveBudget(
     const inputBound = Buffer.isBuffer(content) ? content.length : content ? route.maxRequestBytes : 0;
     const price = priceFor(cost.price, parts);
     const outputBound = cost.price.outputTokens ? boundOf(cost, parts) : 0;
-    units = toUnits(inputBound * price.input + outputBound * price.output) ?? Number.MAX_SAFE_INTEGER;
+    // Every input token may be one reported apart at a higher share (Anthropic's 1-hour cache writes: 2×).
+    const inputShare = Math.max(1, ...cost.price.extraInputTokens.map(({ times }) => times));
+    units = toUnits(inputBound * inputShare * price.input + outputBound * price.output) ?? Number.MAX_SAFE_INTEGER;
     units = Math.min(units + (cost.reserveFrom?.plus ?? 0), Number.MAX_SAFE_INTEGER);
     call.usage = pricedUsage(cost.price, price, inputBound);
   } else {

@@ -64,6 +64,15 @@ beforeAll(async () => {
         }),
       ),
       anthropic({ baseUrl: base('/anthropic/'), models: ['claude-test'], maxOutputTokens: 300 }),
+      anthropic({
+        id: 'anthropic-priced',
+        baseUrl: base('/anthropic/'),
+        models: ['claude-test'],
+        maxOutputTokens: 300,
+        // Micro-dollars: $3 and $15 per million tokens.
+        prices: { 'claude-test': { input: 3, output: 15 } },
+        budgets: [{ by: 'user', units: 100_000, period: 'day' }],
+      }),
       gemini({ baseUrl: base('/gemini/v1beta/'), models: ['gemini-test'], maxOutputTokens: 200 }),
       github({ baseUrl: base('/github/'), repos: ['acme/widgets'] }),
       stripe({ baseUrl: base('/stripe/v1/') }),
@@ -295,6 +304,51 @@ describe('openai preset', () => {
     const third = await call('openai', '/chat/completions', { body: chat, headers: { cookie: spender } });
     expect(third.status).toBe(429);
     expect(errorCode(third)).toBe('budget_exceeded');
+  });
+});
+
+describe('anthropic preset with a price table: the prompt cache', () => {
+  const message = { model: 'claude-test', messages: [{ role: 'user', content: 'hi' }] };
+  const cache = { cache_creation_input_tokens: 1000, cache_read_input_tokens: 100 };
+
+  it('charges 5-minute cache writes 1.25×, 1-hour ones 2×, reads 0.1×; a stream, which does not say which, 2× for every write', async () => {
+    const cookie = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:cacher', roles: ['user'] });
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const split = { ephemeral_5m_input_tokens: 600, ephemeral_1h_input_tokens: 400 };
+      res.end(JSON.stringify({ usage: { input_tokens: 10, ...cache, cache_creation: split, output_tokens: 20 } }));
+    });
+    const json = await call('anthropic-priced', '/v1/messages', { body: message, headers: { cookie } });
+    expect(json.status).toBe(200);
+    // (10 + 600 × 1.25 + 400 × 2 + 100 × 0.1) × 3 + 20 × 15
+    await expect.poll(() => events.get(json.headers.get('x-request-id')!)?.units).toBe(5010);
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      const start = { type: 'message_start', message: { usage: { input_tokens: 10, ...cache, output_tokens: 1 } } };
+      const delta = { type: 'message_delta', delta: { stop_reason: 'end_turn' }, usage: { input_tokens: 10, ...cache, output_tokens: 20 } };
+      res.end(`event: message_start\ndata: ${JSON.stringify(start)}\n\nevent: message_delta\ndata: ${JSON.stringify(delta)}\n\n`);
+    });
+    const stream = await call('anthropic-priced', '/v1/messages', { body: { ...message, stream: true }, headers: { cookie } });
+    expect(stream.status).toBe(200);
+    // (10 + 1000 × 2 + 100 × 0.1) × 3 + 20 × 15
+    await expect.poll(() => events.get(stream.headers.get('x-request-id')!)?.units).toBe(6360);
+    upstream.reset();
+  });
+
+  it('reserves every input byte at the dearest share (a 1-hour cache write: 2×), so a call cannot settle above its reservation', async () => {
+    const cookie = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:big-prompt', roles: ['user'] });
+    // ~20 KB of prompt: 20,000 × 2 × 3 + 300 × 15 is over the 100,000 budget (at 1× it would fit).
+    const body = { ...message, messages: [{ role: 'user', content: 'x'.repeat(20_000) }] };
+    const before = upstream.requests.length;
+    const refused = await call('anthropic-priced', '/v1/messages', { body, headers: { cookie } });
+    expect(refused.status).toBe(429);
+    expect(errorCode(refused)).toBe('budget_exceeded');
+    expect(upstream.requests.length).toBe(before);
+    // Half of it fits.
+    const half = { ...message, messages: [{ role: 'user', content: 'x'.repeat(10_000) }] };
+    expect((await call('anthropic-priced', '/v1/messages', { body: half, headers: { cookie } })).status).toBe(200);
   });
 });
 

@@ -256,7 +256,8 @@ export const priceSchema = z.strictObject({
     .describe('Model → price per token in budget units; "*" prices any other model. A call for an unpriced model is refused.'),
   inputTokens: pathList.describe('Where the response reports input tokens (as "usage.json"); absent there: the reserved bound is charged.'),
   extraInputTokens: z
-    .array(z.strictObject({ path: dottedPath, times: z.number().min(0).max(100).default(1) }))
+    // A negative `times` takes back part of another entry's charge (a breakdown saying some of a total was cheaper).
+    .array(z.strictObject({ path: dottedPath, times: z.number().min(-100).max(100).default(1) }))
     .max(8)
     .default([])
     .describe(

@@ -72,9 +72,16 @@ export function countTokensBody(models: z.ZodType<string>) {
   });
 }
 
-/** Prompt-cache input, reported apart from `input_tokens`, at Anthropic's share of the input price. */
+/**
+ * Prompt-cache input, reported apart from `input_tokens`, at Anthropic's share of the input price: reads 0.1×,
+ * writes 1.25× for the 5-minute cache and 2× for the 1-hour one (`cache_control.ttl: "1h"`). Only a JSON answer
+ * (and `message_start`) says which writes were which (`cache_creation.ephemeral_5m_input_tokens`); a stream's
+ * last `message_delta`, which a streamed call settles from, has the total alone. So every write is charged 2×,
+ * less 0.75× for those reported as 5-minute ones: exact where the split is reported, never below the price.
+ */
 const PROMPT_CACHE = [
-  { path: 'usage.cache_creation_input_tokens', times: 1.25 },
+  { path: 'usage.cache_creation_input_tokens', times: 2 },
+  { path: 'usage.cache_creation.ephemeral_5m_input_tokens', times: -0.75 },
   { path: 'usage.cache_read_input_tokens', times: 0.1 },
 ];
 
