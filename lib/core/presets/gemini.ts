@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { hasFieldNamed, modelsOption, namesStoredObject, outputTokensOption } from './shared';
+import { fieldNamed, modelsOption, namesStoredObject, outputTokensOption } from './shared';
 
 /**
  * Google's Gemini API (https://ai.google.dev/api): `x-goog-api-key`, actions written after the model with a
@@ -28,9 +28,9 @@ const loose = z.unknown();
  * names are read both ways Google's APIs parse them (`fileData`, `file_data`).
  */
 function storedByName(record: Readonly<Record<string, unknown>>): boolean {
-  if (hasFieldNamed(record, 'cachedContent') || hasFieldNamed(record, 'fileSearch')) return true;
-  if (!hasFieldNamed(record, 'fileUri')) return false;
-  const uri = Object.entries(record).find(([key]) => key.replaceAll('_', '').toLowerCase() === 'fileuri')![1];
+  if (fieldNamed(record, 'cachedContent') || fieldNamed(record, 'fileSearch')) return true;
+  const uri = fieldNamed(record, 'fileUri')?.value;
+  if (uri === undefined) return false;
   if (typeof uri !== 'string' || !URL.canParse(uri)) return true;
   const url = new URL(uri);
   return url.protocol !== 'https:' || url.hostname === 'googleapis.com' || url.hostname.endsWith('.googleapis.com');

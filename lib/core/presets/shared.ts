@@ -46,12 +46,14 @@ export function namesStoredObject(value: unknown, names: (record: Readonly<Recor
 }
 
 /**
- * Whether `record` has a field of this name, the way APIs that parse proto3 JSON (Google's) read names: the
- * lowerCamelCase name and the proto field name (`fileData`, `file_data`) are the same field.
+ * The value of `record`'s field of this name, read the way APIs that parse proto3 JSON (Google's) read names:
+ * the lowerCamelCase name and the proto field name (`fileData`, `file_data`) are the same field. Undefined when
+ * there is none.
  */
-export function hasFieldNamed(record: Readonly<Record<string, unknown>>, lowerCamel: string): boolean {
+export function fieldNamed(record: Readonly<Record<string, unknown>>, lowerCamel: string): { value: unknown } | undefined {
   const wanted = lowerCamel.toLowerCase();
-  return Object.keys(record).some((key) => key.replaceAll('_', '').toLowerCase() === wanted);
+  const key = Object.keys(record).find((name) => name.replaceAll('_', '').toLowerCase() === wanted);
+  return key === undefined ? undefined : { value: record[key] };
 }
 
 /** A route field stamped with the caller's user id, whatever the client sent. */
