@@ -16,8 +16,8 @@ export const GENERATED_SECRETS = ['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'KEYW
 
 /**
  * Development only: fills in the secrets the environment lacks, generating each once into
- * `<cwd>/.keyward/dev-secrets.json` (git-ignored, 0600) and reusing it afterwards, writes the demo users, and
- * returns the environment for `next dev`. Refuses to run in production, where secrets must be set explicitly.
+ * `<cwd>/.keyward/dev-secrets.json` (git-ignored, 0600) and reusing it afterwards, writes the demo users (unless
+ * KEYWARD_USERS_FILE names your own file), and returns the environment for `next dev`. Refuses to run in production, where secrets must be set explicitly.
  */
 export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv): Promise<NodeJS.ProcessEnv> {
   if (env.NODE_ENV === 'production') {
@@ -38,7 +38,9 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
   if (changed) writeFileSync(secretsFile, JSON.stringify(stored, null, 2) + '\n', { mode: 0o600 });
 
   const usersFile = join(dir, 'users.json');
-  await writeDemoUsers(usersFile);
+  // Your own users file (even one you keep at .keyward/users.json) is yours: the demo users, whose passwords the
+  // README publishes, are never added to it.
+  if (!env.KEYWARD_USERS_FILE) await writeDemoUsers(usersFile);
 
   const fromFile = Object.fromEntries(GENERATED_SECRETS.filter((name) => !env[name]).map((name) => [name, stored[name]!]));
   const demo = !ownsConfig(env);

@@ -93,6 +93,20 @@ describe('prepareDevEnvironment (npm run dev)', () => {
     expect(readFileSync(usersFile, 'utf8')).toBe(written);
   });
 
+  it("your own KEYWARD_USERS_FILE is left as it is, even kept at .keyward/users.json: no demo user (published password) is added", async () => {
+    const cwd = freshDir();
+    mkdirSync(join(cwd, '.keyward'));
+    const usersFile = join(cwd, '.keyward', 'users.json');
+    const own = { users: [{ username: 'ada', name: 'Ada', passwordHash: await hashPassword('adas-own-password'), roles: ['user', 'admin'] }] };
+    writeFileSync(usersFile, JSON.stringify(own), { mode: 0o640 });
+    const written = readFileSync(usersFile, 'utf8');
+    const env = await prepareDevEnvironment(cwd, { NODE_ENV: 'development', KEYWARD_USERS_FILE: usersFile });
+    expect(env.KEYWARD_USERS_FILE).toBe(usersFile);
+    expect(readFileSync(usersFile, 'utf8')).toBe(written);
+    expect(statSync(usersFile).mode & 0o777).toBe(0o640);
+    expect(await loadUsersFile(usersFile).authenticate(DEMO_ADMIN.username, DEMO_ADMIN.password)).toBeNull();
+  });
+
   it('never generates secrets in production', async () => {
     const cwd = freshDir();
     await expect(prepareDevEnvironment(cwd, { NODE_ENV: 'production' })).rejects.toThrow(/development only/);
