@@ -716,6 +716,14 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
     discardBody(response.body);
     throw new KeywardError('upstream_redirect');
   }
+  // A transfer coding other than chunked (`gzip, chunked`, which Keyward never asks for: it sends no TE) is left
+  // on the bytes by undici: passed on as content, it would carry an echoed key past the scrubber, compressed.
+  const transfer = response.headers['transfer-encoding'];
+  const codings = (Array.isArray(transfer) ? transfer.join(',') : (transfer ?? '')).split(',').map((coding) => coding.trim().toLowerCase());
+  if (codings.some((coding) => coding !== '' && coding !== 'chunked')) {
+    discardBody(response.body);
+    throw new KeywardError('upstream_bad_response');
+  }
   const secrets = credential.secrets;
   const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets);
   outHeaders.set('cache-control', route.cacheControl);

@@ -114,6 +114,19 @@ describe('statuses a Response cannot carry', () => {
   });
 });
 
+describe('a transfer coding other than chunked (never asked for: Keyward sends no TE)', () => {
+  it.each([['gzip, chunked'], ['gzip']])('Transfer-Encoding: %s: 502 upstream_bad_response, nothing of the body passed on', async (coding) => {
+    h.upstream.handle(async (req, res) => {
+      // The compressed bytes hold the echoed key, which the scrubber could not see.
+      const body = zlib.gzipSync(Buffer.from(JSON.stringify({ echo: req.headers['x-api-key'] })));
+      const chunked = coding.endsWith('chunked') ? `${body.length.toString(16)}\r\n${body.toString('latin1')}\r\n0\r\n\r\n` : body.toString('latin1');
+      req.socket.end(Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: ${coding}\r\nConnection: close\r\n\r\n${chunked}`, 'latin1'));
+    });
+    const result = await h.call(['items', '1']);
+    expectKeywardError(result, 502, 'upstream_bad_response', h);
+  });
+});
+
 describe('Content-Encoding: deflate, in both forms browsers accept', () => {
   const answer = (encode: (data: Buffer) => Buffer) =>
     h.upstream.handle(async (req, res, record) => {
@@ -133,6 +146,14 @@ describe('Content-Encoding: deflate, in both forms browsers accept', () => {
     expect(result.response.headers.get('content-encoding')).toBeNull();
     expect(result.json()).toMatchObject({ ok: true, echo: '[REDACTED]' });
     expectNoSecrets(h.secrets, result.response, result.text);
+  });
+
+  it('bytes after the end of the deflate stream: the body still ends, and the call is recorded', async () => {
+    answer((data) => Buffer.concat([zlib.deflateSync(data), Buffer.from('\n')]));
+    const result = await h.call(['items', '1']);
+    expect(result.response.status).toBe(200);
+    expect(result.json()).toMatchObject({ ok: true, echo: '[REDACTED]' });
+    await expect.poll(() => proxyEvent(h.logs, result.response.headers.get('x-request-id'))?.outcome).toBe('complete');
   });
 
   it('data that is neither: the stream is cut, recorded as upstream_bad_response', async () => {

@@ -1,4 +1,4 @@
-import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { finished, pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { KeywardError } from '../errors';
 import type { StreamScrubber } from './scrub-stream';
@@ -72,7 +72,9 @@ class InflateEitherForm extends Transform {
   override _flush(callback: TransformCallback): void {
     if (!this.inflater && this.head.length === 0) return callback(); // an empty body stays empty
     if (!this.inflater) this.start(false).write(this.head);
-    this.inflater!.once('end', () => callback());
+    // finished(), not once('end'): bytes after the end of the deflate stream make the inflater end while they are
+    // written, before this runs, and a listener added now would wait for an 'end' already emitted, forever.
+    finished(this.inflater!, { writable: false }, (error) => callback(error ?? null));
     this.inflater!.end();
   }
 

@@ -41,6 +41,21 @@ describe('decodeBody: Content-Encoding deflate in both forms browsers accept', (
     expect((await readAll(decodeBody(chunked(raw, 4096), 'deflate', MiB))).equals(TEXT)).toBe(true);
   });
 
+  it('ends when bytes follow the end of the deflate stream (a stray newline, a second stream), in one chunk or apart', async () => {
+    const cases: Buffer[][] = [
+      [Buffer.concat([zlib.deflateSync(TEXT), Buffer.from('\n')])],
+      [zlib.deflateSync(TEXT), Buffer.from('\n')],
+      [Buffer.concat([zlib.deflateRawSync(TEXT), Buffer.from('junk')])],
+      [zlib.deflateSync(TEXT), zlib.deflateSync(Buffer.from('second'))],
+    ];
+    for (const pieces of cases) {
+      const read = drain(decodeBody(Readable.from(pieces, { objectMode: false }), 'deflate', MiB));
+      // Bounded: before the fix the decoded body never ended (no deadline applies once the upstream is done).
+      const outcome = await Promise.race([read, new Promise<'pending'>((resolve) => setTimeout(() => resolve('pending'), 5_000))]);
+      expect(outcome).toEqual({ bytes: TEXT.length, error: null });
+    }
+  });
+
   it('tells them apart even when the first two bytes arrive one at a time', async () => {
     for (const data of [zlib.deflateSync(TEXT), zlib.deflateRawSync(TEXT), zlib.deflateSync(TEXT, { level: 1 })]) {
       const body = Readable.from([data.subarray(0, 1), data.subarray(1, 2), data.subarray(2, 3), data.subarray(3)], { objectMode: false });
