@@ -7,21 +7,26 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readDecoysFile } from '../lib/core/detect/decoys';
-import { scanBuild } from './leak-scan';
+import { upstreams } from '../upstreams';
+import { scanBuild, secretVariables } from './leak-scan';
 
 const cwd = process.cwd();
 const distDir = '.next-leakcheck';
 const canary = (name: string) => `canary_${name.toLowerCase()}_${randomBytes(18).toString('base64url')}`;
 
-// Every secret variable Keyward knows, plus every {"env": …} reference in the demo config.
-const names = new Set(['AUTH_SECRET', 'KEYWARD_SESSION_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_VAULT_SECRET_PREVIOUS', 'KEYWARD_OIDC_CLIENT_SECRET']);
-const configPath = process.env.KEYWARD_CONFIG ?? join(cwd, 'config', 'demo.json');
-for (const match of readFileSync(configPath, 'utf8').matchAll(/"env"\s*:\s*"([A-Za-z_][A-Za-z0-9_]*)"/g)) names.add(match[1]!);
-const secrets = Object.fromEntries([...names].map((name) => [name, canary(name)]));
+// The variables to fill with canaries, from the settings `next build` reads (.env files included) and the config
+// it gets: your own (KEYWARD_CONFIG, KEYWARD_CONFIG_JSON, TypeScript adapters), else the demo's.
+const { names, configPath } = secretVariables(cwd, upstreams);
+const secrets: Record<string, string> = Object.fromEntries([...names].map((name) => [name, canary(name)]));
+// REDIS_URL must stay a URL for the settings to parse: its password is the canary scanned for. The build uses
+// SQLite (a store nobody has to reach).
+const redisPassword = canary('REDIS_URL');
+secrets['REDIS_URL password'] = redisPassword;
+const canaryEnv = Object.fromEntries(Object.entries(secrets).filter(([name]) => names.has(name)));
 // Decoy values by decoy id (an AWS decoy's secret access key too); the default file may not exist.
 const decoysFile = process.env.KEYWARD_DECOYS_FILE ?? join(cwd, 'keyward.decoys.json');
 const decoys = Object.fromEntries(
@@ -34,15 +39,18 @@ const decoys = Object.fromEntries(
 const usersDir = mkdtempSync(join(tmpdir(), 'keyward-leakcheck-'));
 writeFileSync(join(usersDir, 'users.json'), JSON.stringify({ users: [] }));
 
-console.log(`check:leaks: building into ${distDir} with canaries in ${names.size} secret variables…`);
+console.log(`check:leaks: building into ${distDir} with canaries in ${names.size + 1} secret variables…`);
 rmSync(join(cwd, distDir), { recursive: true, force: true });
 const build = spawnSync(process.execPath, [join(cwd, 'node_modules', 'next', 'dist', 'bin', 'next'), 'build'], {
   cwd,
   env: {
     ...process.env,
-    ...secrets,
+    ...canaryEnv,
+    REDIS_URL: `redis://default:${redisPassword}@redis.invalid:6379`,
+    KEYWARD_STORE: 'sqlite',
+    KEYWARD_STORE_PATH: join(usersDir, 'keyward.db'),
     KEYWARD_DIST_DIR: distDir,
-    KEYWARD_CONFIG: configPath,
+    ...(configPath ? { KEYWARD_CONFIG: configPath } : {}),
     KEYWARD_USERS_FILE: join(usersDir, 'users.json'),
     KEYWARD_OIDC_ISSUER: 'https://issuer.invalid/',
     KEYWARD_OIDC_CLIENT_ID: 'leakcheck',
@@ -72,4 +80,4 @@ if (hits.length > 0) {
   process.exit(1);
 }
 rmSync(join(cwd, distDir), { recursive: true, force: true });
-console.log(`check:leaks: no secret found in the build output (${names.size} variables, raw and encoded forms)`);
+console.log(`check:leaks: no secret found in the build output (${names.size + 1} variables, raw and encoded forms)`);

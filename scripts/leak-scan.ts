@@ -1,7 +1,27 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { gunzipSync, brotliDecompressSync } from 'node:zlib';
+import nextEnv from '@next/env';
+import { loadConfigFile, loadConfigJson, type UpstreamDefinition } from '../lib/core/config/load';
 import { namedSecretForms } from '../lib/core/log/scrub';
+import { OWN_SECRETS, referencedVariables } from '../lib/core/runtime';
+
+/**
+ * The secret variables a build of the app in `cwd` could read, for `npm run check:leaks` to fill with canaries:
+ * Keyward's own, and every `{"env": …}` its upstreams name (presets' implied keys included: `{"preset":
+ * "openai"}` reads OPENAI_API_KEY), connections' and the detector's too. The config is the one `next build` gets:
+ * KEYWARD_CONFIG and KEYWARD_CONFIG_JSON from the environment or the .env files Next reads for a build (the
+ * process's own variables win), and the TypeScript `adapters`; with neither setting, the demo's config.
+ */
+export function secretVariables(cwd: string, adapters: readonly UpstreamDefinition[]): { names: Set<string>; configPath: string | undefined } {
+  const silent = { info: () => {}, error: () => {} };
+  const env = nextEnv.loadEnvConfig(cwd, false, silent, true).combinedEnv;
+  const own = Boolean(env.KEYWARD_CONFIG || env.KEYWARD_CONFIG_JSON);
+  const configPath = own ? (env.KEYWARD_CONFIG ? resolve(cwd, env.KEYWARD_CONFIG) : undefined) : join(cwd, 'config', 'demo.json');
+  const files = [...(configPath ? [loadConfigFile(configPath)] : []), ...(env.KEYWARD_CONFIG_JSON ? [loadConfigJson(env.KEYWARD_CONFIG_JSON)] : [])];
+  const configs = [adapters.map((definition) => definition.config), files.flatMap((file) => file.upstreams.map((definition) => definition.config)), files];
+  return { names: new Set([...OWN_SECRETS, ...referencedVariables(configs)]), configPath };
+}
 
 /**
  * Scans every file under a folder for secret values in every form a build or a response could carry them: the

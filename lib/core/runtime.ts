@@ -314,9 +314,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
 /**
  * The environment variables a configuration reads by name (`{"env": "NAME"}` anywhere in it: keys, key versions,
- * client secrets, the webhook's), which a look-alike of a setting may legitimately be (misspelledSettings).
+ * client secrets, the webhook's), which a look-alike of a setting may legitimately be (misspelledSettings), and
+ * which `npm run check:leaks` fills with canaries.
  */
-function referencedVariables(configs: readonly unknown[]): Set<string> {
+export function referencedVariables(configs: readonly unknown[]): Set<string> {
   const names = new Set<string>();
   // Once per object: a TypeScript upstream may hold zod schemas, whose objects refer to each other.
   const seen = new Set<object>();
@@ -333,7 +334,7 @@ function referencedVariables(configs: readonly unknown[]): Set<string> {
 }
 
 /** Keyward's own secrets, which no upstream may take as its key. */
-const OWN_SECRETS = [
+export const OWN_SECRETS = [
   'AUTH_SECRET',
   'KEYWARD_SESSION_SECRET',
   'KEYWARD_OIDC_CLIENT_SECRET',

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { mintDecoy } from '../../../lib/core/detect/mint';
-import { encodedForms, scanBuild, scanFolder } from '../../../scripts/leak-scan';
+import { encodedForms, scanBuild, scanFolder, secretVariables } from '../../../scripts/leak-scan';
 import { randomSecret } from '../../fixtures/secrets';
 
 function tree(files: Record<string, string | Buffer>): string {
@@ -61,5 +61,36 @@ describe('scanBuild (npm run check:leaks with decoys)', () => {
   it('scans for no decoy when there are none', () => {
     const secret = randomSecret('canary');
     expect(scanBuild(tree({ 'a.js': secret }), { K: secret }, {})).toEqual({ leaks: [{ file: 'a.js', name: 'K', form: 'raw' }], decoys: [] });
+  });
+});
+
+describe('secretVariables (which variables npm run check:leaks fills with canaries)', () => {
+  it("reads the config next build gets, from .env files too: presets' implied keys, JSON config, adapters and Keyward's own secrets", () => {
+    const config = {
+      upstreams: {
+        llm: { preset: 'openai' },
+        billing: { baseUrl: 'https://billing.example.com/', auth: { type: 'bearer', secret: { env: 'BILLING_KEY' } }, routes: [{ method: 'GET', path: '/x' }] },
+      },
+    };
+    const inline = { upstreams: { claude: { preset: 'anthropic' } } };
+    const cwd = tree({
+      'keyward.json': JSON.stringify(config),
+      // Next reads .env files for a build (.env.local too, though not under NODE_ENV=test, as here); the process
+      // itself has neither setting.
+      '.env': `KEYWARD_CONFIG=${'./keyward.json'}\nKEYWARD_CONFIG_JSON=${JSON.stringify(inline)}\n`,
+    });
+    const adapter = { id: 'maps', config: { baseUrl: 'https://maps.example.com/', auth: { type: 'query', name: 'key', secret: { env: 'MAPS_KEY' } }, routes: [] } };
+    const { names, configPath } = secretVariables(cwd, [adapter as never]);
+    expect(configPath).toBe(join(cwd, 'keyward.json'));
+    for (const name of ['OPENAI_API_KEY', 'ANTHROPIC_API_KEY', 'BILLING_KEY', 'MAPS_KEY', 'AUTH_SECRET', 'KEYWARD_VAULT_SECRET', 'KEYWARD_METRICS_TOKEN']) {
+      expect(names, name).toContain(name);
+    }
+  });
+
+  it("with no config of one's own, the demo's", () => {
+    const cwd = tree({ 'config/demo.json': JSON.stringify({ upstreams: { demo: { baseUrl: 'http://127.0.0.1:4010/', auth: { type: 'header', name: 'x-api-key', secret: { env: 'DEMO_UPSTREAM_KEY' } }, routes: [{ method: 'GET', path: '/x' }] } } }) });
+    const { names, configPath } = secretVariables(cwd, []);
+    expect(configPath).toBe(join(cwd, 'config', 'demo.json'));
+    expect(names).toContain('DEMO_UPSTREAM_KEY');
   });
 });
