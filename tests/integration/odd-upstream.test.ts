@@ -116,7 +116,7 @@ describe('statuses a Response cannot carry', () => {
 
 describe('a transfer coding other than chunked (never asked for: Keyward sends no TE)', () => {
   it.each([['gzip, chunked'], ['gzip']])('Transfer-Encoding: %s: 502 upstream_bad_response, nothing of the body passed on', async (coding) => {
-    h.upstream.handle(async (req, res) => {
+    h.upstream.handle(async (req) => {
       // The compressed bytes hold the echoed key, which the scrubber could not see.
       const body = zlib.gzipSync(Buffer.from(JSON.stringify({ echo: req.headers['x-api-key'] })));
       const chunked = coding.endsWith('chunked') ? `${body.length.toString(16)}\r\n${body.toString('latin1')}\r\n0\r\n\r\n` : body.toString('latin1');
