@@ -81,6 +81,13 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
     // The response's head is written here (below), so this server's own Connection and Keep-Alive go out.
     selfHandleResponse: true,
   });
+  // http-proxy-3's `deleteLength` pass sets `content-length: 0` on a DELETE or OPTIONS without one and drops its
+  // `transfer-encoding`, then pipes the body anyway: a chunked body became a request of its own on the kept-alive
+  // connection to Next (or the start of the next client's), request smuggling past the fast lane. Without the
+  // pass the request goes on as it came, chunked body and all.
+  const passes = (proxy as unknown as { webPasses: Array<{ name: string }> }).webPasses;
+  const deleteLength = passes.findIndex((pass) => pass.name === 'deleteLength');
+  if (deleteLength !== -1) passes.splice(deleteLength, 1);
   proxy.on('proxyRes', (proxyRes, _req, res) => {
     res.statusCode = proxyRes.statusCode ?? 502;
     if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;

@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { createServer, get, type Server } from 'node:http';
+import { createServer, get, request, type IncomingMessage, type Server } from 'node:http';
+import { text } from 'node:stream/consumers';
 import { connect, type AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -60,6 +61,19 @@ describe('requests outside /api/proxy reach Next as sent', () => {
     const seen = JSON.parse((await rawRequest(port, 'POST', '/api/auth/callback/credentials', { 'content-type': 'text/plain' }, body)).body) as Seen;
     expect(seen.method).toBe('POST');
     expect(seen.body.length).toBe(body.length);
+  });
+
+  it.each(['DELETE', 'OPTIONS'])('a %s with a chunked body keeps it: its bytes never become a request of their own on the way to Next', async (method) => {
+    const smuggled = 'GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n';
+    // Sent chunked (no Content-Length), as node:http sends a body it was not told the length of.
+    const sent = request({ host: '127.0.0.1', port, method, path: '/page', headers: { 'transfer-encoding': 'chunked' } });
+    sent.end(smuggled);
+    const [answer] = (await once(sent, 'response')) as [IncomingMessage];
+    const seen = JSON.parse(await text(answer)) as Seen;
+    expect(seen).toMatchObject({ method, url: '/page', body: smuggled });
+    // The next request on Next's kept-alive connection is the next client's, not the smuggled one.
+    const after = JSON.parse((await rawRequest(port, 'GET', '/after', {})).body) as Seen;
+    expect(after.url).toBe('/after');
   });
 
   it("the answer keeps every Set-Cookie; Next's connection headers are dropped and this server's own go out", async () => {
