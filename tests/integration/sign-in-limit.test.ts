@@ -220,6 +220,37 @@ describe('per username', () => {
   });
 });
 
+describe("the other Auth.js POSTs (sign-out, session update, OIDC callbacks): their body is read under a cap", () => {
+  const SIGNOUT = `${ORIGIN}/api/auth/signout`;
+  const chunkedBody = (text: string) =>
+    new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode(text));
+        controller.close();
+      },
+    });
+
+  it('over 16 KiB: 413 before Auth.js reads it (which it would do whole, before its CSRF check), declared or chunked', async () => {
+    const big = `csrfToken=x&pad=${'x'.repeat(17 * 1024)}`;
+    for (const url of [SIGNOUT, `${ORIGIN}/api/auth/session`, `${ORIGIN}/api/auth/callback/oidc`]) {
+      const declared = await limitSignIn(new Request(url, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: big }));
+      expect(declared.passed, url).toBeNull();
+      expect(declared.response.status).toBe(413);
+      const chunked = await limitSignIn(
+        new Request(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: chunkedBody(big), duplex: 'half' } as RequestInit),
+      );
+      expect(chunked.passed, url).toBeNull();
+      expect(chunked.response.status).toBe(413);
+    }
+  });
+
+  it('a small body reaches Auth.js byte for byte, with its content type', async () => {
+    const body = `csrfToken=${randomUUID()}&callbackUrl=%2F`;
+    const passed = await expectPassed(limitSignIn(new Request(SIGNOUT, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body })));
+    expect(passed).toEqual({ contentType: 'application/x-www-form-urlencoded', body });
+  });
+});
+
 describe('only credential sign-in posts are limited', () => {
   it('GET and other paths are never limited, even from a limited address with a limited username', async () => {
     const ip = freshIp();

@@ -58,6 +58,25 @@ export async function readSignInForm(request: Request): Promise<SignInForm> {
 }
 
 
+/** Sign-out, a session update, an OIDC `form_post` callback: a few hundred bytes, a few KiB at most. */
+const MAX_AUTH_POST_BYTES = 16 * 1024;
+
+/**
+ * An Auth.js POST other than the credentials callback, its body read under MAX_AUTH_POST_BYTES (413 past it,
+ * chunked or not): Auth.js reads a body whole, whatever its size, before it checks its CSRF token, so without
+ * this anyone could make the server hold a body of any size, several times over, without signing in.
+ */
+async function boundedAuthRequest(request: Request): Promise<Request> {
+  if (!request.body) return request;
+  const declared = Number(request.headers.get('content-length') ?? NaN);
+  if (declared > MAX_AUTH_POST_BYTES) throw new KeywardError('payload_too_large');
+  const text = await readCappedText(request, MAX_AUTH_POST_BYTES, () => new KeywardError('payload_too_large'));
+  const headers = new Headers(request.headers);
+  headers.delete('content-length');
+  headers.delete('transfer-encoding');
+  return new Request(request.url, { method: request.method, headers, body: text, signal: request.signal });
+}
+
 /**
  * Limits local sign-in attempts (OWASP ASVS 2.2.1) before Auth.js checks the password: per client IP, and
  * per username so that spreading guesses over many addresses does not help. Throws 429 `rate_limited`
@@ -77,14 +96,23 @@ export async function limitSignIn(request: Request, username: string | null, run
  * Auth.js's POST handler with Keyward's sign-in rules in front of the credentials callback: one unambiguous
  * form body (readSignInForm), the attempt limits, then a password slot held for the whole Auth.js request
  * (lib/core/users/password.ts), so a flood gets 503 `sign_in_busy` with Retry-After instead of taking the
- * thread pool. Other Auth.js POSTs (sign-out, OIDC callbacks) go straight through.
+ * thread pool. Other Auth.js POSTs (sign-out, session update, OIDC callbacks) go through with their body read
+ * under a cap first (boundedAuthRequest).
  */
 export async function handleSignInPost(
   request: Request,
   runtime: Pick<Runtime, 'limits' | 'settings' | 'logger'>,
   authPost: (request: Request) => Promise<Response>,
 ): Promise<Response> {
-  if (!isCredentialsSignIn(request)) return authPost(request);
+  if (!isCredentialsSignIn(request)) {
+    let bounded: Request;
+    try {
+      bounded = await boundedAuthRequest(request);
+    } catch (error) {
+      return errorResponse(toKeywardError(error), crypto.randomUUID());
+    }
+    return authPost(bounded);
+  }
   try {
     const form = await readSignInForm(request);
     await limitSignIn(request, form.username, runtime);
