@@ -137,6 +137,43 @@ export class Alerts {
     return raw === null ? null : Number(raw);
   }
 
+  /**
+   * A later alert that replaced one of this alert's marks (the same step written twice for one user: each instance
+   * acts on its own calls) would put this alert's mark back when it is undone, although this alert is undone
+   * now. So the later alert's undo entry for that mark is pointed at what this alert replaced: undoing both, in
+   * either order, leaves what was in force before them. Looked for among the newest alerts (compare-and-set).
+   */
+  private async unlink(id: string, alert: Alert, undo: UndoRecord): Promise<void> {
+    const userId = alert.subject.userId;
+    const ours = [
+      ...undo.marks.map(({ key, value, previous }) => ({ key, value, previous: previous ?? null })),
+      ...undo.revocations.map(({ key, mark, previous }) => ({ key, value: mark, previous: previous ?? null })),
+    ];
+    if (userId === undefined || ours.length === 0) return;
+    const entries = await guard(() => this.store.readLog(STREAM, { limit: PAGE_MAX, order: 'desc' }));
+    for (const entry of entries) {
+      if (entry.value === id) break; // older than this one: nothing of theirs replaced this alert's marks
+      const laterKey = `alert:${entry.value}`;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const laterRaw = await guard(() => this.store.get(laterKey));
+        if (!laterRaw) break;
+        const later = JSON.parse(laterRaw) as { alert: Alert; undo: UndoRecord };
+        if (later.alert.state === 'undone' || later.alert.subject.userId !== userId) break;
+        // An entry of the later alert that replaced one of ours now replaces what ours replaced.
+        const relink = <T extends { key: string; previous?: string | null }>(entry: T): T => {
+          const mine = ours.find((own) => own.key === entry.key && own.value === (entry.previous ?? null));
+          return mine ? { ...entry, previous: mine.previous } : entry;
+        };
+        const marks = later.undo.marks.map(relink);
+        const revocations = later.undo.revocations.map(relink);
+        const changed = marks.some((entry, i) => entry !== later.undo.marks[i]) || revocations.some((entry, i) => entry !== later.undo.revocations[i]);
+        if (!changed) break;
+        const rewritten = JSON.stringify({ alert: later.alert, undo: { revocations, marks } });
+        if (await guard(() => this.store.replaceIfEquals(laterKey, laterRaw, rewritten))) break;
+      }
+    }
+  }
+
   /** Newest first, with a cursor for the next page. */
   async list(options: { limit: number; cursor?: string }): Promise<{ alerts: Alert[]; cursor: string | null }> {
     const limit = Math.min(Math.max(options.limit, 1), PAGE_MAX);
@@ -160,6 +197,7 @@ export class Alerts {
     if (alert.state === 'undone') return alert;
     await this.revocations.restore(undo.revocations);
     for (const { key: markKey, value, previous } of undo.marks) await guard(() => putBack(this.store, markKey, value, previous ?? null));
+    await this.unlink(id, alert, undo);
     const undone: Alert = { ...alert, state: 'undone', undoneAt: new Date(this.now()).toISOString(), undoneBy: actor };
     // Compare-and-set: two admins undoing at once record one undo.
     if (!(await guard(() => this.store.replaceIfEquals(key, raw, JSON.stringify({ alert: undone, undo }))))) {

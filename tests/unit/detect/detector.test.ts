@@ -224,6 +224,28 @@ describe('anomaly detector', () => {
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
+  it('two revocations undone oldest first (each instance acts on its own calls) leave nothing in force: no suspension, no revoked session', async () => {
+    const { clock, store, revocations, alerts, detector, actions } = setup();
+    const hit = (requestId: string) => ({ kind: 'credential' as const, decoyId: 'dk_1', where: 'header:authorization', userId: 'local:ada', sessionId: 's', ip: '203.0.113.66', upstream: 'openai', route: null, requestId });
+    clock.now = START;
+    detector.decoyHit(hit('r1'));
+    await actions();
+    const before = { userId: 'local:ada', sessionId: 'before', authTime: START - 60_000 };
+    clock.now = START + 120 * MINUTE_MS;
+    detector.decoyHit(hit('r2'));
+    const [first, second] = await actions();
+    expect([first!.action, second!.action]).toEqual(['revoke', 'revoke']);
+
+    await alerts.undo(first!.id, 'local:root');
+    // The second alert's step is still in force.
+    expect(await revocations.isRevoked(before)).toBe(true);
+    expect(await store.get(suspensionKey('local:ada'))).toBe(second!.id);
+    await alerts.undo(second!.id, 'local:root');
+    // Not the first alert's marks put back (it was undone): what was in force before both, nothing.
+    expect(await revocations.isRevoked(before)).toBe(false);
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+  });
+
   it('undoing a throttle lifts it and makes what the user does their baseline, on every instance', async () => {
     const { clock, store, alerts, detector, actions } = setup({ calls: { minPerMinute: 10 } });
     let at = START;
