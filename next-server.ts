@@ -10,8 +10,12 @@
  */
 import { once } from 'node:events';
 import { createServer } from 'node:http';
+import type { Socket } from 'node:net';
 import { processMetrics } from '@/lib/core/observe/metrics';
 import { shutdownTracing } from '@/lib/core/observe/trace';
+
+/** As lib/node/next-process.ts waits for an answer to a WebSocket handshake before letting go of its side. */
+const UPGRADE_ANSWER_MS = 10_000;
 
 async function main(): Promise<void> {
   const socketPath = process.env.KEYWARD_NEXT_SOCKET;
@@ -22,9 +26,19 @@ async function main(): Promise<void> {
   const port = Number(process.env.KEYWARD_NEXT_PORT) || undefined;
   const hostname = process.env.KEYWARD_NEXT_HOSTNAME || undefined;
   const { default: next } = await import('next');
-  // Next attaches its own 'upgrade' listener to `httpServer` (rewrites to other hosts; otherwise the socket is
-  // ended), as under `next start`.
+  // Next attaches its own 'upgrade' listener to `httpServer` (rewrites to other hosts), as under `next start`. An
+  // upgrade it does not serve it neither answers nor ends, and a pending upgrade's socket is not read, so not even
+  // the fast lane closing its side is seen: each would hold a socket here for good. One still unanswered after
+  // UPGRADE_ANSWER_MS is closed; one Next answered (it wrote its 101) keeps no timeout.
   const server = createServer();
+  server.prependListener('upgrade', (_req, duplex) => {
+    // A net.Socket (typed Duplex): this server listens on a Unix socket, never over TLS.
+    const socket = duplex as Socket;
+    socket.setTimeout(UPGRADE_ANSWER_MS, () => {
+      if (socket.bytesWritten === 0) socket.destroy();
+      else socket.setTimeout(0);
+    });
+  });
   const app = next({ dev: false, dir: process.cwd(), hostname, port, httpServer: server });
   await app.prepare();
   server.on('request', app.getRequestHandler());

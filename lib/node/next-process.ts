@@ -85,6 +85,27 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
   // `transfer-encoding`, then pipes the body anyway: a chunked body became a request of its own on the kept-alive
   // connection to Next (or the start of the next client's), request smuggling past the fast lane. Without the
   // pass the request goes on as it came, chunked body and all.
+  // An upgrade Next leaves unanswered (it neither answers nor closes one for a path no WebSocket handler serves)
+  // held the client's socket and the one to Next here, and one in Next, for good, even after the client hung up
+  // (a pending handshake's socket is not read, so its end is never seen): any client could use up the process's
+  // file descriptors. Both are let go when Next has not answered in time, or at once when the client's socket
+  // fails or is reset.
+  const released = new WeakSet<object>();
+  proxy.on('proxyReqWs', (proxyReq, _req, socket) => {
+    const release = () => {
+      released.add(socket);
+      proxyReq.destroy();
+      socket.destroy();
+    };
+    const timer = setTimeout(release, UPGRADE_ANSWER_MS).unref();
+    socket.once('close', release);
+    const answered = () => {
+      clearTimeout(timer);
+      socket.off('close', release);
+    };
+    proxyReq.once('upgrade', answered);
+    proxyReq.once('response', answered);
+  });
   const passes = (proxy as unknown as { webPasses: Array<{ name: string }> }).webPasses;
   const deleteLength = passes.findIndex((pass) => pass.name === 'deleteLength');
   if (deleteLength !== -1) passes.splice(deleteLength, 1);
@@ -98,6 +119,7 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
     pipeline(proxyRes, res, () => {});
   });
   proxy.on('error', (error, _req, target) => {
+    if (target && released.has(target)) return; // an unanswered upgrade let go on purpose (above)
     getLogger().error({ err: error.name, code: (error as NodeJS.ErrnoException).code }, 'Next.js process unreachable');
     if (isResponse(target) && !target.headersSent) {
       target.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' });
@@ -145,10 +167,15 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
     upgrade(req, socket, head) {
       const target = originFormTarget(req.url ?? '/');
       if (target === null) return badUpgrade(socket);
+      // A handshake is a GET with no body (RFC 6455 §4.1). One with a body would leave its connection to Next
+      // waiting for bytes that belong to the next request sent on it.
+      const length = req.headers['content-length'];
+      if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return badUpgrade(socket);
       req.url = target;
       forwardedFor(req);
       try {
-        proxy.ws(req, socket, head);
+        // Its own connection to Next, never a kept-alive one another client's request goes on next.
+        proxy.ws(req, socket, head, { agent: false });
       } catch {
         badUpgrade(socket);
       }
@@ -169,6 +196,9 @@ export class NextExitedError extends Error {
     this.name = 'NextExitedError';
   }
 }
+
+/** How long Next may take to answer a WebSocket handshake before both sockets are let go. */
+const UPGRADE_ANSWER_MS = 10_000;
 
 /** RFC 9110 §7.6.1: the connection's own headers, which Next's answer does not pass on (this server sets its own). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);

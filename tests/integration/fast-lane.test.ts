@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -432,6 +432,33 @@ describe('everything else is served by Next', () => {
 });
 
 describe('Next runs in a process of its own', () => {
+  it('a WebSocket handshake Next does not serve is let go within seconds by both processes: they cannot pile up sockets', async () => {
+    const nextPid = childOf(lane.pid);
+    const sockets = (pid: number) => readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('socket:');
+      } catch {
+        return false;
+      }
+    }).length;
+    const [laneBefore, nextBefore] = [sockets(lane.pid), sockets(nextPid)];
+    const clients = await Promise.all(
+      Array.from({ length: 6 }, async () => {
+        const socket = connect(lane.port, '127.0.0.1');
+        await once(socket, 'connect');
+        socket.write('GET /no-such-page HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+        socket.on('error', () => {});
+        return socket;
+      }),
+    );
+    await expect.poll(() => sockets(nextPid)).toBeGreaterThanOrEqual(nextBefore + 6);
+    // Half of the clients hang up at once; the others wait. None is answered.
+    for (const socket of clients.slice(0, 3)) socket.end();
+    await Promise.all(clients.map((socket) => once(socket, 'close')));
+    await expect.poll(() => sockets(nextPid), { timeout: 15_000, interval: 500 }).toBeLessThanOrEqual(nextBefore);
+    await expect.poll(() => sockets(lane.pid), { timeout: 15_000, interval: 500 }).toBeLessThanOrEqual(laneBefore);
+  }, 40_000);
+
   it('/api/metrics is answered by the fast lane, which counts the calls it served', async () => {
     const scrape = async () => {
       const response = await fetch(`${lane.url}/api/metrics`, { headers: { authorization: `Bearer ${metricsToken}` } });

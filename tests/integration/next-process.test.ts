@@ -93,6 +93,37 @@ describe('requests outside /api/proxy reach Next as sent', () => {
     expect(Buffer.concat(rest).toString('utf8')).toBe('second\n');
   });
 
+  it('an upgrade Next leaves unanswered is let go after 10 s, the client gone or not: no socket kept here', async () => {
+    const openInNext = async () => (JSON.parse((await rawRequest(port, 'GET', '/silent-upgrades', {})).body) as { open: number }).open;
+    const clients = await Promise.all(
+      Array.from({ length: 5 }, async () => {
+        const socket = connect(port, '127.0.0.1');
+        await once(socket, 'connect');
+        socket.write('GET /silent HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+        return socket;
+      }),
+    );
+    await expect.poll(openInNext).toBe(5);
+    // Two hang up (their end is not read while the handshake waits), three stay: all are let go at the deadline.
+    // (Next's own side is closed by next-server.ts, tested with real Next in fast-lane.test.ts; this stand-in
+    // leaves it to us.)
+    for (const socket of clients.slice(0, 2)) socket.end();
+    await Promise.all(clients.map((socket) => once(socket, 'close')));
+    await expect.poll(() => new Promise<number>((resolve) => front.getConnections((_error, count) => resolve(count)))).toBe(0);
+  }, 30_000);
+
+  it('a handshake with a body is refused (400): it never reaches Next, whose connection would wait for the bytes', async () => {
+    for (const framing of ['Content-Length: 5', 'Transfer-Encoding: chunked']) {
+      const socket = connect(port, '127.0.0.1');
+      await once(socket, 'connect');
+      socket.write(`GET /_next/socket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n${framing}\r\n\r\n`);
+      let received = '';
+      socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+      await once(socket, 'close');
+      expect(received, framing).toMatch(/^HTTP\/1\.1 400 /);
+    }
+  });
+
   it('a WebSocket upgrade is handed to Next, with X-Forwarded-For, and the socket piped both ways', async () => {
     const socket = connect(port, '127.0.0.1');
     await once(socket, 'connect');
