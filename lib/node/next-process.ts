@@ -81,10 +81,6 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
     // The response's head is written here (below), so this server's own Connection and Keep-Alive go out.
     selfHandleResponse: true,
   });
-  // http-proxy-3's `deleteLength` pass sets `content-length: 0` on a DELETE or OPTIONS without one and drops its
-  // `transfer-encoding`, then pipes the body anyway: a chunked body became a request of its own on the kept-alive
-  // connection to Next (or the start of the next client's), request smuggling past the fast lane. Without the
-  // pass the request goes on as it came, chunked body and all.
   // An upgrade Next leaves unanswered (it neither answers nor closes one for a path no WebSocket handler serves)
   // held the client's socket and the one to Next here, and one in Next, for good, even after the client hung up
   // (a pending handshake's socket is not read, so its end is never seen): any client could use up the process's
@@ -106,6 +102,10 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
     proxyReq.once('upgrade', answered);
     proxyReq.once('response', answered);
   });
+  // http-proxy-3's `deleteLength` pass sets `content-length: 0` on a DELETE or OPTIONS without one and drops its
+  // `transfer-encoding`, then pipes the body anyway: a chunked body became a request of its own on the kept-alive
+  // connection to Next (or the start of the next client's), request smuggling past the fast lane. Without the
+  // pass the request goes on as it came, chunked body and all.
   const passes = (proxy as unknown as { webPasses: Array<{ name: string }> }).webPasses;
   const deleteLength = passes.findIndex((pass) => pass.name === 'deleteLength');
   if (deleteLength !== -1) passes.splice(deleteLength, 1);
