@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { parse as parseQueryString } from 'node:querystring';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
@@ -198,8 +199,9 @@ describe('form contracts (Stripe bracket notation)', () => {
       '&items[0][quantity]=2&items[1][price]=price_2&expand[]=customer&expand[]=latest_charge&capture=true';
     const c = await call(PAY, sent, `${FORM}; charset=UTF-8`);
     expect(c.status).toBe(200);
+    // The fields Keyward writes first (the cap, then the identity), then the rest in the contract's order.
     const expected =
-      'amount=4200&currency=eur&metadata%5Border_id%5D=6735&metadata%5Buser_id%5D=local%3Afay' +
+      'amount=4200&metadata%5Buser_id%5D=local%3Afay&currency=eur&metadata%5Border_id%5D=6735' +
       '&items%5B0%5D%5Bprice%5D=price_1&items%5B0%5D%5Bquantity%5D=2&items%5B1%5D%5Bprice%5D=price_2' +
       '&expand%5B0%5D=customer&expand%5B1%5D=latest_charge&capture=true';
     expect(c.seen!.body.bytes.toString('utf8')).toBe(expected);
@@ -223,14 +225,23 @@ describe('form contracts (Stripe bracket notation)', () => {
   it('applies the caller’s cap: a missing amount is set to it, a larger one is refused before the upstream', async () => {
     const capped = await call(PAY, 'currency=usd', FORM);
     expect(capped.status).toBe(200);
-    expect(capped.seen!.body.bytes.toString()).toBe('currency=usd&amount=5000&metadata%5Buser_id%5D=local%3Afay');
+    expect(capped.seen!.body.bytes.toString()).toBe('amount=5000&metadata%5Buser_id%5D=local%3Afay&currency=usd');
     const refused = await call(PAY, 'currency=usd&amount=5001', FORM);
     expect(refused.seen).toBeNull();
     expect(expectError(refused, 400, 'contract_violation')).toContain(
       'body.amount: must be at most 5000 for your role',
     );
     const pro = await call(PAY, 'currency=usd&amount=90000', FORM, { identity: { sub: 'local:paul', roles: ['pro'] } });
-    expect(pro.seen!.body.bytes.toString()).toBe('amount=90000&currency=usd&metadata%5Buser_id%5D=local%3Apaul');
+    expect(pro.seen!.body.bytes.toString()).toBe('amount=90000&metadata%5Buser_id%5D=local%3Apaul&currency=usd');
+  });
+
+  it("a long array cannot push the cap or the identity past the 1,000 fields node:querystring, qs and PHP read", async () => {
+    const padded = `currency=eur&${Array.from({ length: 998 }, () => 'expand[]=x').join('&')}`;
+    const c = await call(PAY, padded, FORM);
+    expect(c.status).toBe(200);
+    const read = parseQueryString(c.seen!.body.bytes.toString('utf8'));
+    expect(read.amount).toBe('5000');
+    expect(read['metadata[user_id]']).toBe('local:fay');
   });
 
   it('refuses unknown fields, conflicting shapes and repeated names before the upstream, without echoing client names', async () => {

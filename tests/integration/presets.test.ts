@@ -205,6 +205,19 @@ describe('openai preset', () => {
     expect(ok.status).toBe(200);
   });
 
+  it('a value nested deeper than the stack allows, in a field the contract leaves open: 400, not a failure', async () => {
+    const cookie = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:deep', roles: ['user'] });
+    const deep = `${'['.repeat(20_000)}${']'.repeat(20_000)}`;
+    const before = upstream.requests.length;
+    for (const field of ['audio', 'response_format', 'tool_choice']) {
+      const body = `{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"${field}":${deep}}`;
+      const result = await call('openai', '/chat/completions', { body, headers: { cookie } });
+      expect(result.status, field).toBe(400);
+      expect(errorCode(result)).toBe('contract_violation');
+    }
+    expect(upstream.requests.length).toBe(before);
+  });
+
   it('lowers an output bound over the cap to the cap (SDKs send a model\'s own maximum by default)', async () => {
     const before = upstream.requests.length;
     const other = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:clamped', roles: ['user'] });

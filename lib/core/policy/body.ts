@@ -23,6 +23,20 @@ export interface ContractBody {
   release?(): void;
 }
 
+/**
+ * JSON.stringify of a checked value. A value nested deeper than the stack allows (tens of thousands of levels in
+ * a field a contract leaves open, e.g. a preset's `z.unknown()`), which JSON.parse and the schema accept, throws
+ * RangeError here: the client's doing, so 400, never a 500 with an error logged.
+ */
+function stringifyChecked(value: unknown): string {
+  try {
+    return JSON.stringify(value);
+  } catch (error) {
+    if (error instanceof RangeError) throw violation('body: nested too deeply');
+    throw error;
+  }
+}
+
 export async function readContractBody(
   contract: CompiledContract,
   contentType: string | null,
@@ -37,7 +51,7 @@ export async function readContractBody(
       return {
         value,
         serialize: (checked) => ({
-          body: Buffer.from(JSON.stringify(checked), 'utf8'),
+          body: Buffer.from(stringifyChecked(checked), 'utf8'),
           contentType: 'application/json',
         }),
       };
@@ -52,7 +66,7 @@ export async function readContractBody(
       return {
         value,
         serialize: (checked) => ({
-          body: Buffer.from(serializeForm(checked, contract.formArrays), 'utf8'),
+          body: Buffer.from(serializeForm(checked, contract.formArrays, contract.writtenBody), 'utf8'),
           contentType: 'application/x-www-form-urlencoded',
         }),
       };

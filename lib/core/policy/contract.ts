@@ -34,6 +34,8 @@ export interface CompiledContract {
    * max_input_vars) and drop the rest, so a client padding the query must not push these past them.
    */
   readonly writtenQuery: ReadonlySet<string>;
+  /** The same for form bodies: the body fields Keyward writes, as paths, which go first in the form sent upstream. */
+  readonly writtenBody: ReadonlyArray<readonly string[]>;
 }
 
 /** One part name of a multipart contract. */
@@ -75,7 +77,8 @@ export function compileContract(route: RouteConfig, where: string): CompiledCont
   const identity = Object.entries(route.identity ?? {}) as [FieldTarget, SessionValue][];
   const targets = [...[...caps.values()].flatMap((fields) => [...fields.keys()]), ...identity.map(([target]) => target)];
   const writtenQuery = new Set(targets.filter((target) => target.startsWith('query.')).map((target) => target.slice('query.'.length)));
-  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity, writtenQuery };
+  const writtenBody = [...new Set(targets.filter((target) => target.startsWith('body.')))].map((target) => target.split('.').slice(1));
+  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity, writtenQuery, writtenBody };
 }
 
 /** The body contract in its format: JSON values as they are; form and multipart fields read from their text. */

@@ -72,26 +72,37 @@ export function parseForm(schema: z.ZodType, text: string): unknown {
 /**
  * The form encoding of a parsed value, in bracket notation (`items[0][price]=…`), in the value's own key order,
  * arrays of values in `arrays` style. Empty arrays and objects, `undefined` and `null` have no form encoding and
- * are left out.
+ * are left out. The fields at `first` (the ones Keyward writes: caps, identity) go before all others: parsers that
+ * keep only the first 1,000 fields (node:querystring, qs, PHP's max_input_vars) would otherwise drop them after
+ * a client's long array, silently.
  */
-export function serializeForm(value: unknown, arrays: FormArrayStyle = 'indexes'): string {
+export function serializeForm(value: unknown, arrays: FormArrayStyle = 'indexes', first: ReadonlyArray<readonly string[]> = []): string {
   if (!isPlainObject(value)) throw new TypeError('a form body is an object of fields');
   const pairs: [string, string][] = [];
-  appendPairs(pairs, '', value, arrays);
+  const written = new Set<string>();
+  for (const path of first) {
+    let node: unknown = value;
+    for (const key of path) node = isPlainObject(node) && Object.hasOwn(node, key) ? node[key] : undefined;
+    if (node === undefined) continue;
+    const name = path.reduce((outer, key) => (outer === '' ? key : `${outer}[${key}]`), '');
+    appendPairs(pairs, name, node, arrays);
+    written.add(name);
+  }
+  appendPairs(pairs, '', value, arrays, written);
   return new URLSearchParams(pairs).toString();
 }
 
-function appendPairs(pairs: [string, string][], name: string, value: unknown, arrays: FormArrayStyle): void {
-  if (value === undefined || value === null) return;
+function appendPairs(pairs: [string, string][], name: string, value: unknown, arrays: FormArrayStyle, skip?: ReadonlySet<string>): void {
+  if (value === undefined || value === null || skip?.has(name)) return;
   if (Array.isArray(value)) {
     if (arrays !== 'indexes' && value.every((item) => formScalar(item) !== null)) {
       const itemName = arrays === 'brackets' ? `${name}[]` : name;
       for (const item of value) pairs.push([itemName, formScalar(item)!]);
       return;
     }
-    value.forEach((item, index) => appendPairs(pairs, `${name}[${index}]`, item, arrays));
+    value.forEach((item, index) => appendPairs(pairs, `${name}[${index}]`, item, arrays, skip));
   } else if (isPlainObject(value)) {
-    for (const [key, item] of Object.entries(value)) appendPairs(pairs, name === '' ? key : `${name}[${key}]`, item, arrays);
+    for (const [key, item] of Object.entries(value)) appendPairs(pairs, name === '' ? key : `${name}[${key}]`, item, arrays, skip);
   } else {
     const text = formScalar(value);
     if (text === null) throw new TypeError('a form field is a string, a number or a boolean');
