@@ -67,7 +67,6 @@ type Options = z.output<typeof options>;
 const loose = z.unknown();
 const text = (max: number) => z.string().max(max);
 
-/** Converse and ConverseStream bodies (https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html). */
 /**
  * Content of the caller's own: no document, image or video read from S3 (`source: {"s3Location": {"uri": …}}`):
  * Bedrock reads it with Keyward's AWS key, so any user could have the model read any object that key can reach.
@@ -79,6 +78,7 @@ const ownContent = <T extends z.ZodType>(schema: T) =>
     "an s3Location is read with the server's AWS key: not accepted (send the bytes)",
   );
 
+/** Converse and ConverseStream bodies (https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html). */
 export function converseBody() {
   return z.object({
     messages: ownContent(z.array(loose).min(1).max(2048)),
