@@ -37,9 +37,7 @@ export async function readSignInForm(request: Request): Promise<SignInForm> {
   if (!FORM_TYPE.test(type)) {
     throw new KeywardError('bad_request', { message: 'Sign in with a form body (Content-Type: application/x-www-form-urlencoded).' });
   }
-  const declared = Number(request.headers.get('content-length') ?? NaN);
-  if (declared > MAX_FORM_BYTES) throw new KeywardError('payload_too_large');
-  const text = await readCappedText(request, MAX_FORM_BYTES, () => new KeywardError('payload_too_large'));
+  const text = await readBounded(request, MAX_FORM_BYTES);
   const fields = new URLSearchParams(text);
   const seen = new Set<string>();
   for (const name of fields.keys()) {
@@ -47,14 +45,26 @@ export async function readSignInForm(request: Request): Promise<SignInForm> {
     seen.add(name);
   }
   const value = fields.get('username');
-  const headers = new Headers(request.headers);
-  headers.set('content-type', 'application/x-www-form-urlencoded');
-  headers.delete('content-length');
-  headers.delete('transfer-encoding');
   return {
     username: value !== null && value.length > 0 && value.length <= 64 ? value : null,
-    request: new Request(request.url, { method: 'POST', headers, body: text, signal: request.signal }),
+    request: withBody(request, text, 'application/x-www-form-urlencoded'),
   };
+}
+
+/** The body as text, refused (413) past `maxBytes`: at once when it declares more, else as soon as it passes it. */
+async function readBounded(request: Request, maxBytes: number): Promise<string> {
+  const declared = Number(request.headers.get('content-length') ?? NaN);
+  if (declared > maxBytes) throw new KeywardError('payload_too_large');
+  return readCappedText(request, maxBytes, () => new KeywardError('payload_too_large'));
+}
+
+/** The same request with the body already read (and checked): what Auth.js is handed, so it parses those bytes. */
+function withBody(request: Request, text: string, contentType?: string): Request {
+  const headers = new Headers(request.headers);
+  if (contentType) headers.set('content-type', contentType);
+  headers.delete('content-length');
+  headers.delete('transfer-encoding');
+  return new Request(request.url, { method: request.method, headers, body: text, signal: request.signal });
 }
 
 
@@ -68,13 +78,7 @@ const MAX_AUTH_POST_BYTES = 16 * 1024;
  */
 async function boundedAuthRequest(request: Request): Promise<Request> {
   if (!request.body) return request;
-  const declared = Number(request.headers.get('content-length') ?? NaN);
-  if (declared > MAX_AUTH_POST_BYTES) throw new KeywardError('payload_too_large');
-  const text = await readCappedText(request, MAX_AUTH_POST_BYTES, () => new KeywardError('payload_too_large'));
-  const headers = new Headers(request.headers);
-  headers.delete('content-length');
-  headers.delete('transfer-encoding');
-  return new Request(request.url, { method: request.method, headers, body: text, signal: request.signal });
+  return withBody(request, await readBounded(request, MAX_AUTH_POST_BYTES));
 }
 
 /**
