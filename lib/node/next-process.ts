@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline, type Duplex } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
+import { connectionOptions } from '@/lib/core/forward/headers';
 import { getLogger } from '@/lib/core/log/logger';
 import { originFormTarget } from './proxy-path';
 import { forwardedForFallback } from './request';
@@ -112,7 +113,7 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
   proxy.on('proxyRes', (proxyRes, _req, res) => {
     res.statusCode = proxyRes.statusCode ?? 502;
     if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
-    const listed = new Set((proxyRes.headers.connection ?? '').toLowerCase().split(',').map((token) => token.trim()));
+    const listed = connectionOptions(proxyRes.headers.connection) ?? new Set<string>();
     for (const [name, value] of Object.entries(proxyRes.headers)) {
       if (value !== undefined && !HOP_BY_HOP.has(name) && !listed.has(name)) res.setHeader(name, value);
     }

@@ -41,7 +41,7 @@ export const DEFAULT_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
  * Names a message's `Connection` header lists: hop-by-hop for that one connection, which a proxy MUST NOT
  * forward (RFC 9110 §7.6.1), even a name Keyward would otherwise pass. Null when there is none.
  */
-function connectionOptions(value: string | string[] | null | undefined): Set<string> | null {
+export function connectionOptions(value: string | string[] | null | undefined): Set<string> | null {
   if (!value) return null;
   const names = new Set<string>();
   for (const line of Array.isArray(value) ? value : [value]) {
