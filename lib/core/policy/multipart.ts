@@ -21,7 +21,11 @@ import { contractError, violation, type PartRule } from './contract';
 
 /** Bounds on what one body may make Keyward hold or count. Files are only ever held a chunk at a time. */
 export const MULTIPART_LIMITS = {
-  /** Parts of any kind. */
+  /**
+   * Parts of any kind, the client's and those caps and identity add together: parsers that read only the first
+   * 1,000 fields (PHP's `max_input_vars`, formidable's `maxFields`) drop the rest silently, so a client padding the
+   * body could otherwise push a field Keyward adds at the end out of what the upstream reads.
+   */
   parts: 1000,
   /** Bytes of one part's header block; the rest is cut off (busboy keeps the first bytes). */
   headerBytes: 16 * 1024,
@@ -143,6 +147,8 @@ class MultipartReading implements MultipartBody {
   /** Names the client sent in the head (the fields caps and identity add to it are not among them). */
   private headNames: ReadonlySet<string> = new Set();
   private textBytes = 0;
+  /** Parts written to the forwarded body so far (see MULTIPART_LIMITS.parts). */
+  private forwardedParts = 0;
   private ended = false;
 
   constructor(
@@ -211,6 +217,7 @@ class MultipartReading implements MultipartBody {
     try {
       const chunks = [...this.headParts(values), ...this.addedParts(added)];
       this.finalCheck();
+      this.checkPartCount();
       return { body: Buffer.concat([...chunks, this.closing()]), contentType };
     } finally {
       this.cancel();
@@ -240,6 +247,7 @@ class MultipartReading implements MultipartBody {
       yield* this.addedParts(added);
       // Before the closing boundary: a body that fails here reaches the upstream incomplete.
       this.finalCheck();
+      this.checkPartCount();
       yield this.closing();
     } finally {
       this.cancel();
@@ -318,6 +326,7 @@ class MultipartReading implements MultipartBody {
     const { name, rule, file } = this.checkFileHeaders(event);
     const max = rule.file!.maxBytes ?? Infinity;
     let bytes = 0;
+    this.forwardedParts += 1;
     yield Buffer.from(
       `--${this.boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${file.filename}"\r\n` +
         `Content-Type: ${file.contentType}\r\n\r\n`,
@@ -361,7 +370,15 @@ class MultipartReading implements MultipartBody {
     if (!result.success) throw contractError(result.error, 'body');
   }
 
+  /** The client's parts and the fields Keyward added, together, under the parts limit. */
+  private checkPartCount(): void {
+    if (this.forwardedParts > MULTIPART_LIMITS.parts) {
+      throw violation(`body: more than ${MULTIPART_LIMITS.parts} parts with the fields Keyward adds`);
+    }
+  }
+
   private textPart(name: string, value: unknown): Buffer {
+    this.forwardedParts += 1;
     return Buffer.from(
       `--${this.boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${textOf(value)}\r\n`,
       'utf8',

@@ -507,6 +507,33 @@ describe('multipart contracts: what is refused', () => {
     );
   });
 
+  it('counts the fields caps and identity add under the parts limit, so none is pushed past the 1,000th part', async () => {
+    const contract = compiled({
+      body: {
+        type: 'object',
+        properties: {
+          t: { type: 'array', items: { type: 'string' } },
+          user: { type: 'string' },
+          file: { type: 'file' },
+        },
+      },
+      identity: { 'body.user': 'userId' },
+    });
+    const padding = (count: number) => Array.from({ length: count }, () => ['t', 'x'] as [string, string]);
+    // Buffered (no file part) and streamed (the padding after a file part): the identity field would be part 1,001.
+    for (const entries of [
+      padding(MULTIPART_LIMITS.parts),
+      [['file', mp3(8)], ...padding(MULTIPART_LIMITS.parts - 1)],
+    ]) {
+      expect(
+        await forwardFails(formOf(entries as [string, string | Blob][]), 'contract_violation', { contract }),
+      ).toContain(`more than ${MULTIPART_LIMITS.parts} parts with the fields Keyward adds`);
+    }
+    const fits = await forwarded(formOf([['file', mp3(8)], ...padding(MULTIPART_LIMITS.parts - 2)]), { contract });
+    expect(fits.form.getAll('t')).toHaveLength(MULTIPART_LIMITS.parts - 2);
+    expect(fits.form.get('user')).toBe('local:ada');
+  });
+
   it('refuses other media types for the body (415)', async () => {
     const error = await rejected(prepare({ raw: '{"model":"whisper-1"}', contentType: 'application/json' }));
     expect(expectKeywardError(error, 'unsupported_media_type').message).toContain('multipart/form-data');
