@@ -69,9 +69,18 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
   };
 }
 
-/** A callback URL from the query, kept only when it is a path on this site (no open redirect). */
+/**
+ * A callback URL from the query, kept only when it is a path on this site (no open redirect). Auth.js hands its
+ * `callbackUrl` on as an absolute URL (`GET /api/auth/signin?callbackUrl=/x` arrives here as `http://host/x`), so
+ * of an absolute http(s) URL only the path and query are kept: whatever its host, it leads back to this site.
+ */
 export function safeCallbackPath(value: string | string[] | undefined): string {
-  const path = Array.isArray(value) ? value[0] : value;
+  let path = Array.isArray(value) ? value[0] : value;
+  if (path && /^https?:\/\//i.test(path)) {
+    if (!URL.canParse(path)) return '/';
+    const url = new URL(path);
+    path = `${url.pathname}${url.search}`;
+  }
   if (!path || !path.startsWith('/') || path.startsWith('//') || path.includes('\\') || /[\x00-\x1f]/.test(path)) return '/';
   return path;
 }

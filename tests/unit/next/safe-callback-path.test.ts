@@ -1,0 +1,29 @@
+import { describe, expect, it } from 'vitest';
+import { safeCallbackPath } from '../../../lib/next/pages';
+
+describe('safeCallbackPath (the sign-in page’s callbackUrl)', () => {
+  it('keeps a path on this site, with its query', () => {
+    expect(safeCallbackPath('/admin/keys?upstream=openai')).toBe('/admin/keys?upstream=openai');
+    expect(safeCallbackPath(['/usage', '/admin'])).toBe('/usage');
+  });
+
+  it('keeps only the path and query of an absolute URL, as Auth.js hands it on (so the mobile sign-in comes back)', () => {
+    const back = '/api/session/mobile/authorize?redirect_uri=com.example.app%3A%2Fcb&state=s';
+    expect(safeCallbackPath(`http://localhost:3000${back}`)).toBe(back);
+    // Another site's URL still leads to this site: no open redirect.
+    expect(safeCallbackPath('https://evil.example/phish?x=1')).toBe('/phish?x=1');
+    expect(safeCallbackPath('HTTPS://evil.example')).toBe('/');
+  });
+
+  it.each([
+    ['a protocol-relative URL', '//evil.example/x'],
+    ['an absolute URL whose path is protocol-relative', 'https://keyward.test//evil.example/x'],
+    ['a backslash', '/\\evil.example'],
+    ['a control character', '/a\nb'],
+    ['another scheme', 'javascript:alert(1)'],
+    ['an unparsable absolute URL', 'http://[::1'],
+    ['nothing', undefined],
+  ])('refuses %s (home instead)', (_name, value) => {
+    expect(safeCallbackPath(value)).toBe('/');
+  });
+});
