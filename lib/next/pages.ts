@@ -1,5 +1,6 @@
 import 'server-only';
 import { headers } from 'next/headers';
+import { describeConsent, type ConsentRequest } from '@/lib/core/api/mobile';
 import type { Session } from '@/lib/core/session/session';
 import type { RuntimeSource } from './proxy-route';
 
@@ -30,10 +31,15 @@ export interface PageHelpers {
   signInMethods(): { local: boolean; oidc: { name: string } | null };
   /** Whether the demo page (and the benchmark's naive route) are served: `npm run dev`, or KEYWARD_DEMO=true. */
   demoEnabled(): boolean;
+  /**
+   * The mobile sign-in the consent page asks about (README "Mobile apps"), checked as the authorize endpoint
+   * checks it: the app and where it returns to, or why there is nothing to ask.
+   */
+  mobileConsent(query: URLSearchParams): Promise<ConsentRequest | { readonly state: 'unavailable' }>;
 }
 
 export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
-  return {
+  const helpers: PageHelpers = {
     async pageSession() {
       const cookie = (await headers()).get('cookie');
       // verifySession reads only the Cookie (and Authorization) header; the URL is never looked at.
@@ -66,7 +72,14 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
     demoEnabled() {
       return getRuntime().settings.KEYWARD_DEMO;
     },
+    async mobileConsent(query) {
+      const session = await helpers.pageSession();
+      if (session.state === 'unavailable') return session;
+      const user = session.state === 'signed-in' ? (session.session.name ?? session.session.userId) : null;
+      return describeConsent(query, getRuntime(), user);
+    },
   };
+  return helpers;
 }
 
 /**

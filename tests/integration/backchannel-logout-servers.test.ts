@@ -22,7 +22,8 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
  * alike, while the second browser's keep working. Then the second signs out too.
  */
 const PREFIX = `keyward-test:${randomUUID()}:`;
-const APP_REDIRECT = 'com.example.keyward:/oauth/callback';
+// An https app link (verified by the platform): no consent page in between (tests/integration/mobile-tokens.test.ts).
+const APP_REDIRECT = 'https://app.keyward.test/oauth/callback';
 
 const sessionSecrets = testSessionSecrets();
 const serviceKey = randomSecret('svc');

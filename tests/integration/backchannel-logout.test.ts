@@ -42,7 +42,8 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
  * is recorded the way the Auth.js callback records it (runtime.providerSessions.recordSignIn).
  */
 const APP_ORIGIN = 'https://app.keyward.test';
-const APP_REDIRECT = 'com.example.keyward:/oauth/callback';
+// An https app link (verified by the platform): no consent page in between (tests/integration/mobile-tokens.test.ts).
+const APP_REDIRECT = 'https://app.keyward.test/oauth/callback';
 const ENDPOINT = `${APP_ORIGIN}/api/auth/backchannel-logout`;
 
 let provider: LogoutProvider;

@@ -22,7 +22,8 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
  * way a proof can be wrong. An unmodified client (oauth4webapi) over real HTTP: tests/integration/oauth-client.test.ts.
  */
 const APP_ORIGIN = 'https://app.keyward.test';
-const APP_REDIRECT = 'com.example.keyward:/oauth/callback';
+// An https app link (verified by the platform): no consent page in between (tests/integration/mobile-tokens.test.ts).
+const APP_REDIRECT = 'https://app.keyward.test/oauth/callback';
 const TOKEN_URL = `${APP_ORIGIN}/api/session/token`;
 const ITEM_URL = `${APP_ORIGIN}/api/proxy/svc/items/1`;
 // A user of an identity provider: kept as signed in (a local user would be looked up in a users file).

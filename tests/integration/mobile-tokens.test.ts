@@ -5,7 +5,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sealData } from 'iron-session';
 import { defineUpstream } from '../../lib/core/config/load';
-import { handleMobileAuthorize, handleMobileRevoke, handleMobileToken } from '../../lib/core/api/mobile';
+import {
+  CONSENT_PAGE,
+  describeConsent,
+  handleMobileAuthorize,
+  handleMobileRevoke,
+  handleMobileToken,
+} from '../../lib/core/api/mobile';
 import { handleLogout, handleRevokeAll } from '../../lib/core/api/revoke';
 import { handleProxy } from '../../lib/core/pipeline';
 import { MOBILE_CAPS } from '../../lib/core/mobile/tokens';
@@ -28,6 +34,9 @@ import { deleteKeysUnder } from '../fixtures/redis-server';
 const APP_ORIGIN = 'https://app.keyward.test';
 const APP_REDIRECT = 'com.example.keyward:/oauth/callback';
 const LOOPBACK_REDIRECT = 'http://127.0.0.1:8765/callback';
+/** An https app link (Android App Links, iOS universal links): the platform proves the app, so no consent page. */
+const APP_LINK = 'https://app.keyward.test/oauth/callback';
+const REDIRECTS = `${APP_REDIRECT}, ${LOOPBACK_REDIRECT}, ${APP_LINK}`;
 const ACCESS_TTL = 60;
 const ALICE = 'local:alice';
 
@@ -87,7 +96,8 @@ function expectOAuthError(result: Result, status: number, error: string): string
  * `error_description`, `state` and `iss`, and no code. Returns the callback's parameters.
  */
 function expectErrorRedirect(result: Result, error: string, redirectUri = APP_REDIRECT, state: string | null = 'st-123'): URLSearchParams {
-  expect(result.status, result.body).toBe(302);
+  // 302 from the GET; 303 from the consent form's POST.
+  expect([302, 303], result.body).toContain(result.status);
   const location = result.headers.get('location')!;
   oauthErrors.push(location);
   const url = new URL(location);
@@ -118,9 +128,20 @@ function authorizeQuery(overrides: Record<string, string | null> = {}, challenge
   return query.toString();
 }
 
+/**
+ * The browser opening the authorize URL. When it is sent to the consent page (app/authorize), the user answers
+ * `consent` ('allow' unless said otherwise; null stops at the page) and the page's form is posted.
+ */
 async function authorize(
   query: string,
-  options: { cookie?: string | null; authorization?: string; site?: string; method?: string; on?: Runtime } = {},
+  options: {
+    cookie?: string | null;
+    authorization?: string;
+    site?: string;
+    method?: string;
+    on?: Runtime;
+    consent?: 'allow' | 'deny' | null;
+  } = {},
 ): Promise<Result> {
   const headers = new Headers();
   const cookie = options.cookie === undefined ? aliceCookie : options.cookie;
@@ -130,6 +151,34 @@ async function authorize(
   const request = new Request(`${APP_ORIGIN}/api/session/mobile/authorize?${query}`, {
     method: options.method ?? 'GET',
     headers,
+    redirect: 'manual',
+  });
+  const result = await read(await handleMobileAuthorize(request, options.on ?? runtime));
+  const location = result.headers.get('location');
+  const consent = options.consent === undefined ? 'allow' : options.consent;
+  if (consent === null || result.status !== 302 || !location?.startsWith(`${CONSENT_PAGE}?`)) return result;
+  const fields = new URLSearchParams(location.slice(CONSENT_PAGE.length + 1));
+  return postConsent(fields, consent, { cookie, on: options.on });
+}
+
+/** The consent page's form, posted as the browser posts it: same origin, form-encoded, with the session cookie. */
+async function postConsent(
+  fields: URLSearchParams,
+  decision: string,
+  options: { cookie?: string | null; origin?: string | null; site?: string; on?: Runtime; contentType?: string } = {},
+): Promise<Result> {
+  const headers = new Headers({ 'content-type': options.contentType ?? 'application/x-www-form-urlencoded' });
+  const cookie = options.cookie === undefined ? aliceCookie : options.cookie;
+  if (cookie) headers.set('cookie', cookie);
+  const origin = options.origin === undefined ? APP_ORIGIN : options.origin;
+  if (origin !== null) headers.set('origin', origin);
+  headers.set('sec-fetch-site', options.site ?? 'same-origin');
+  const body = new URLSearchParams(fields);
+  body.set('decision', decision);
+  const request = new Request(`${APP_ORIGIN}/api/session/mobile/authorize`, {
+    method: 'POST',
+    headers,
+    body: body.toString(),
     redirect: 'manual',
   });
   return read(await handleMobileAuthorize(request, options.on ?? runtime));
@@ -167,7 +216,7 @@ async function revoke(
 async function newCode(redirectUri = APP_REDIRECT, cookie = aliceCookie): Promise<{ code: string; verifier: string }> {
   const { verifier, challenge } = pkce();
   const result = await authorize(authorizeQuery({ redirect_uri: redirectUri }, challenge), { cookie });
-  expect(result.status).toBe(302);
+  expect(result.status).toBe(redirectUri === APP_LINK ? 302 : 303);
   const code = new URL(result.headers.get('location')!).searchParams.get('code')!;
   issued.push(code);
   return { code, verifier };
@@ -237,7 +286,7 @@ let upstreams: ReturnType<typeof defineUpstream>[];
 /** Another instance on the same store and secrets, with its own users file (a changed or redeployed file). */
 function instanceWithUsers(file: string): Runtime {
   return createRuntime({
-    env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: `${APP_REDIRECT}, ${LOOPBACK_REDIRECT}`, KEYWARD_USERS_FILE: file },
+    env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: REDIRECTS, KEYWARD_USERS_FILE: file },
     upstreams,
     store,
     logger,
@@ -271,7 +320,7 @@ beforeAll(async () => {
     }),
   ];
   runtime = createRuntime({
-    env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: `${APP_REDIRECT}, ${LOOPBACK_REDIRECT}` },
+    env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: REDIRECTS },
     upstreams,
     store,
     logger,
@@ -311,9 +360,9 @@ describe('GET /api/session/mobile/authorize', () => {
     expect(result.headers.get('location')).toMatch(/^\/api\/auth\/signin\?callbackUrl=/);
   });
 
-  it('with a cookie session and an S256 challenge: 302 to the registered redirect URI with code, state and iss', async () => {
+  it('with a cookie session, an S256 challenge and the user’s consent: 303 to the registered redirect URI with code, state and iss', async () => {
     const result = await authorize(authorizeQuery({ state: 'a b&c=d/é' }));
-    expect(result.status).toBe(302);
+    expect(result.status).toBe(303);
     expect(result.headers.get('cache-control')).toBe('no-store');
     expect(result.headers.get('referrer-policy')).toBe('no-referrer');
     const location = new URL(result.headers.get('location')!);
@@ -327,7 +376,7 @@ describe('GET /api/session/mobile/authorize', () => {
 
   it('the loopback redirect URI registered next to it works too', async () => {
     const result = await authorize(authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT }));
-    expect(result.status).toBe(302);
+    expect(result.status).toBe(303);
     expect(result.headers.get('location')!.startsWith(`${LOOPBACK_REDIRECT}?code=kwc_`)).toBe(true);
   });
 
@@ -407,15 +456,121 @@ describe('GET /api/session/mobile/authorize', () => {
     'Sec-Fetch-Site: %s (the app opened the browser / same origin) is allowed',
     async (site) => {
       const result = await authorize(authorizeQuery(), { site });
-      expect(result.status).toBe(302);
+      expect(result.status).toBe(303);
       expect(result.headers.get('location')!.startsWith(`${APP_REDIRECT}?code=kwc_`)).toBe(true);
     },
   );
 
-  it('POST is refused (405, Allow: GET)', async () => {
-    const result = await authorize(authorizeQuery(), { method: 'POST' });
+  it('other methods are refused (405, Allow: GET, POST)', async () => {
+    const result = await authorize(authorizeQuery(), { method: 'PUT' });
     expectOAuthError(result, 405, 'invalid_request');
-    expect(result.headers.get('allow')).toBe('GET');
+    expect(result.headers.get('allow')).toBe('GET, POST');
+  });
+});
+
+describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked about first', () => {
+  it.each([
+    ['a private-use scheme', APP_REDIRECT],
+    ['loopback http', LOOPBACK_REDIRECT],
+  ])(
+    '%s: signed in, the GET goes to the consent page with the request, and no code is issued yet',
+    async (_name, redirectUri) => {
+      const query = authorizeQuery({ redirect_uri: redirectUri, client_id: 'com.example.keyward' });
+      const result = await authorize(query, { consent: null });
+      expect(result.status).toBe(302);
+      const location = result.headers.get('location')!;
+      expect(location).toBe(`${CONSENT_PAGE}?${new URLSearchParams(query)}`);
+      expect(location).not.toContain('kwc_');
+    },
+  );
+
+  it('an https app link (verified by the platform) gets its code at once, with no page in between', async () => {
+    const result = await authorize(authorizeQuery({ redirect_uri: APP_LINK }), { consent: null });
+    expect(result.status).toBe(302);
+    const location = new URL(result.headers.get('location')!);
+    expect(`${location.origin}${location.pathname}`).toBe(APP_LINK);
+    expect(location.searchParams.get('code')).toMatch(/^kwc_/);
+    issued.push(location.searchParams.get('code')!);
+  });
+
+  it('allow: 303 to the app with a code that the token endpoint exchanges for tokens', async () => {
+    const { verifier, challenge } = pkce();
+    const result = await authorize(authorizeQuery({}, challenge), { consent: 'allow' });
+    expect(result.status).toBe(303);
+    const code = new URL(result.headers.get('location')!).searchParams.get('code')!;
+    issued.push(code);
+    const tokens = await exchange(code, verifier);
+    expect(tokens.status).toBe(200);
+    issued.push(tokens.json<Tokens>().access_token, tokens.json<Tokens>().refresh_token);
+  });
+
+  it('deny: access_denied goes back to the app (with state and iss), and no code is issued', async () => {
+    const callback = expectErrorRedirect(await authorize(authorizeQuery(), { consent: 'deny' }), 'access_denied');
+    expect(callback.has('code')).toBe(false);
+  });
+
+  it.each([
+    ['no Origin', { origin: null }],
+    ['an Origin of another site', { origin: 'https://evil.example' }],
+    ['Origin null (a sandboxed page)', { origin: 'null' }],
+    ['Sec-Fetch-Site: cross-site', { site: 'cross-site' }],
+  ])('a post with %s → 403 access_denied to the browser, never a code or a redirect', async (_name, options) => {
+    const fields = new URLSearchParams(authorizeQuery());
+    const result = await postConsent(fields, 'allow', options);
+    expectOAuthError(result, 403, 'access_denied');
+  });
+
+  it('a post signed out (the session ended since the page was shown) starts over at the sign-in, no code', async () => {
+    const query = authorizeQuery();
+    const result = await postConsent(new URLSearchParams(query), 'allow', { cookie: null });
+    expect(result.status).toBe(303);
+    const back = new URL(result.headers.get('location')!, APP_ORIGIN).searchParams.get('callbackUrl');
+    expect(back).toBe(`/api/session/mobile/authorize?${query}`);
+  });
+
+  it('a post without a decision, with another one, or not form-encoded → 400 invalid_request, no code', async () => {
+    const fields = new URLSearchParams(authorizeQuery());
+    for (const decision of ['', 'yes']) expectOAuthError(await postConsent(fields, decision), 400, 'invalid_request');
+    expectOAuthError(await postConsent(fields, 'allow', { contentType: 'text/plain' }), 400, 'invalid_request');
+  });
+
+  it('the request is read from the posted form, checked as the GET checks it (registered redirect, PKCE)', async () => {
+    const unregistered = new URLSearchParams(authorizeQuery({ redirect_uri: 'com.evil.app:/cb' }));
+    expectOAuthError(await postConsent(unregistered, 'allow'), 400, 'invalid_request');
+    expectErrorRedirect(
+      await postConsent(new URLSearchParams(authorizeQuery({ code_challenge: null })), 'allow'),
+      'invalid_request',
+    );
+  });
+
+  it('what the consent page shows: the app, where it returns to, the user; or why there is nothing to ask', () => {
+    const query = new URLSearchParams(authorizeQuery({ client_id: 'com.example.keyward' }));
+    query.set('scope', 'ignored');
+    const asked = describeConsent(query, runtime, 'alice');
+    expect(asked).toMatchObject({ state: 'ask', app: 'com.example.keyward', redirectUri: APP_REDIRECT, user: 'alice' });
+    // Only the authorization request's own parameters are carried back by the form.
+    expect(asked.state === 'ask' && asked.fields.map(([name]) => name).sort()).toEqual([
+      'client_id',
+      'code_challenge',
+      'code_challenge_method',
+      'redirect_uri',
+      'state',
+    ]);
+    expect(describeConsent(new URLSearchParams(authorizeQuery()), runtime, 'alice')).toMatchObject({
+      app: 'com.example.keyward',
+    });
+    expect(
+      describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT })), runtime, 'alice'),
+    ).toMatchObject({ app: 'http' });
+    const signedOut = describeConsent(query, runtime, null);
+    expect(
+      signedOut.state === 'signed-out' && signedOut.authorizeUrl.startsWith('/api/session/mobile/authorize?'),
+    ).toBe(true);
+    expect(
+      describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: 'com.evil.app:/cb' })), runtime, 'alice')
+        .state,
+    ).toBe('invalid');
+    expect(describeConsent(query, disabled, 'alice').state).toBe('off');
   });
 });
 
@@ -1025,7 +1180,7 @@ describe('mobile disabled (no KEYWARD_MOBILE_REDIRECT_URIS)', () => {
 describe('bounds on what one user can make Keyward store', () => {
   it(`at most ${MOBILE_CAPS.codes.max} codes a minute per user: then the error goes back to the app (temporarily_unavailable)`, async () => {
     const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'oidc:codes', roles: ['user'] });
-    for (let i = 0; i < MOBILE_CAPS.codes.max; i++) expect((await authorize(authorizeQuery(), { cookie })).status).toBe(302);
+    for (let i = 0; i < MOBILE_CAPS.codes.max; i++) expect((await authorize(authorizeQuery(), { cookie })).status).toBe(303);
     const refused = await authorize(authorizeQuery(), { cookie });
     expectErrorRedirect(refused, 'temporarily_unavailable');
     // Another user is not held back.

@@ -94,12 +94,34 @@ describe.each(doors)('an unmodified OAuth client (oauth4webapi) through %s', (_d
       ).toBeNull();
   });
 
-  /** The browser step: the authorization URL opened with the signed-in session; returns the redirect to the app. */
+  /**
+   * The browser step: the authorization URL opened with the signed-in session. A private-use scheme proves no
+   * app, so a good request lands on the consent page first; the user allows, which posts the page's own form
+   * (its hidden fields, as rendered) from this origin. Returns the redirect to the app.
+   */
   async function openInBrowser(url: URL): Promise<URL> {
     const response = await fetch(url, { headers: { cookie }, redirect: 'manual' });
     await response.arrayBuffer();
     expect(response.status).toBe(302);
-    const location = new URL(response.headers.get('location')!);
+    const consentPage = new URL(response.headers.get('location')!, app.url);
+    // A request the endpoint refuses goes straight back to the app with its error.
+    if (consentPage.pathname !== '/authorize') return consentPage;
+    const page = await fetch(consentPage, { headers: { cookie } });
+    const html = await page.text();
+    expect(page.status).toBe(200);
+    expect(html).toContain('Sign in to an app?');
+    const form = new URLSearchParams(hiddenFields(html));
+    expect(form.get('redirect_uri')).toBe(APP_REDIRECT);
+    form.set('decision', 'allow');
+    const allowed = await fetch(`${app.url}/api/session/mobile/authorize`, {
+      method: 'POST',
+      headers: { cookie, origin: new URL(app.url).origin, 'content-type': 'application/x-www-form-urlencoded' },
+      body: form.toString(),
+      redirect: 'manual',
+    });
+    await allowed.arrayBuffer();
+    expect(allowed.status).toBe(303);
+    const location = new URL(allowed.headers.get('location')!);
     expect(`${location.protocol}${location.pathname}`).toBe(APP_REDIRECT);
     return location;
   }
@@ -343,3 +365,16 @@ describe.each(doors)('an unmodified OAuth client (oauth4webapi) through %s', (_d
     await exchange(callback, verifier);
   });
 });
+
+/** The consent page's hidden inputs, as React renders them (attributes in source order, values HTML-escaped). */
+function hiddenFields(html: string): [string, string][] {
+  const unescape = (value: string) =>
+    value.replace(
+      /&(amp|lt|gt|quot|#x27|#39);/g,
+      (_, entity: string) => ({ amp: '&', lt: '<', gt: '>', quot: '"', '#x27': "'", '#39': "'" })[entity]!,
+    );
+  return [...html.matchAll(/<input type="hidden" name="([^"]+)" value="([^"]*)"\/?>/g)].map((match) => [
+    unescape(match[1]!),
+    unescape(match[2]!),
+  ]);
+}

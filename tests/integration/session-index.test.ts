@@ -85,7 +85,8 @@ describe.each([
 
 describe('the mobile code exchange lists each token family once', () => {
   const APP_ORIGIN = 'https://app.keyward.test';
-  const APP_REDIRECT = 'com.example.keyward:/oauth/callback';
+  // An https app link (verified by the platform): no consent page in between (tests/integration/mobile-tokens.test.ts).
+  const APP_REDIRECT = 'https://app.keyward.test/oauth/callback';
   // Not a local user: a local one is re-read from the users file at every exchange, and there is none here.
   const ALICE = 'oidc:alice';
   const secrets = testSessionSecrets();

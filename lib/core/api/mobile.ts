@@ -20,7 +20,10 @@ import { apiHandler, readCappedText, readJsonObject } from './guard';
 
 /**
  * GET /api/session/mobile/authorize?redirect_uri&code_challenge&code_challenge_method=S256[&state][&client_id][&response_type=code]
- * Opened by the app in the system browser. Not signed in: off to the sign-in page and back here.
+ * Opened by the app in the system browser. Not signed in: off to the sign-in page and back here. Signed in, an
+ * app whose redirect URI does not prove who it is (a private-use scheme or loopback http: any app can claim
+ * those, RFC 8252 §8.6) goes to the consent page (CONSENT_PAGE), whose form posts back here:
+ * POST /api/session/mobile/authorize, form-encoded, the same parameters and `decision=allow|deny`.
  */
 export function handleMobileAuthorize(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
@@ -32,11 +35,13 @@ export function handleMobileAuthorize(request: Request, runtime: Runtime): Promi
 async function authorize(request: Request, runtime: Runtime): Promise<Response> {
   let client: AuthorizeClient | null = null;
   const issuer = runtime.allowedOrigins.publicOrigin(request);
+  // 303 answers the consent form's POST, so the browser follows with a GET.
+  const status = request.method === 'POST' ? 303 : 302;
   try {
-    if (request.method !== 'GET') {
-      throw new OAuthError('invalid_request', 'The authorization endpoint answers GET only.', {
+    if (request.method !== 'GET' && request.method !== 'POST') {
+      throw new OAuthError('invalid_request', 'The authorization endpoint answers GET and POST only.', {
         status: 405,
-        headers: { allow: 'GET' },
+        headers: { allow: 'GET, POST' },
       });
     }
     // A page on another site must not be able to start this for the user (Fetch Metadata): refused, not
@@ -48,23 +53,121 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
         'The authorization request must come from the app opening the browser, not from a web page.',
       );
     }
-    const query = new URL(request.url).searchParams;
+    const consent = request.method === 'POST' ? await readConsent(request, runtime) : null;
+    const query = consent?.params ?? new URL(request.url).searchParams;
     client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
     const wanted = readAuthorizeRequest(query, client);
     const session = await runtime.verifySession(request);
     if (!session || session.via !== 'cookie') {
-      const url = new URL(request.url);
-      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(`${url.pathname}${url.search}`)}`);
+      // The GET's own URL; after a consent POST (signed out since the page was shown), the request starts over there.
+      const back = `${new URL(request.url).pathname}?${query}`;
+      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`, undefined, status);
     }
-    return redirect(await runtime.mobile.issueCode(session, wanted, issuer));
+    if (consent === null && needsConsent(client.redirectUri)) return redirect(`${CONSENT_PAGE}?${query}`);
+    if (consent?.decision === 'deny') {
+      const denied = new OAuthError('access_denied', 'The user did not let the app sign in.');
+      return redirect(callbackLocation(client, oauthErrorBody(denied), issuer), undefined, status);
+    }
+    return redirect(await runtime.mobile.issueCode(session, wanted, issuer), undefined, status);
   } catch (error) {
     const oauthError = toOAuthError(error);
     const requestId = logFailure(oauthError, runtime);
     // RFC 6749 §4.1.2.1: once the redirect URI and client are known to be good, the error goes back to the app.
-    if (client) return redirect(callbackLocation(client, oauthErrorBody(oauthError), issuer), requestId);
+    if (client) return redirect(callbackLocation(client, oauthErrorBody(oauthError), issuer), requestId, status);
     return oauthErrorResponse(oauthError, requestId);
   }
 }
+
+/** The page that asks the user before an app that cannot prove who it is gets a code (app/authorize/page.tsx). */
+export const CONSENT_PAGE = '/authorize';
+const AUTHORIZE_PATH = '/api/session/mobile/authorize';
+
+/**
+ * RFC 8252 §8.6: a private-use URI scheme or a loopback port can be claimed by any app on the device, so a
+ * hostile app could open this endpoint with the real app's redirect URI and its own PKCE challenge, and with the
+ * user already signed in here, get a code for the user without the user doing anything. Those ask first. An
+ * `https` redirect URI is an app link the platform verified against the domain, which proves the app.
+ */
+export function needsConsent(redirectUri: string): boolean {
+  return !redirectUri.startsWith('https:');
+}
+
+/**
+ * The consent form's post: its own site only (the form is on this origin; a cross-site post could otherwise
+ * choose the PKCE challenge and the redirect URI for a signed-in user), form-encoded, under 16 KiB. The
+ * authorization parameters come from the body, never the query.
+ */
+async function readConsent(
+  request: Request,
+  runtime: Runtime,
+): Promise<{ params: URLSearchParams; decision: 'allow' | 'deny' }> {
+  const origin = request.headers.get('origin');
+  if (origin === null || origin === 'null' || !runtime.allowedOrigins.allows(origin, request)) {
+    throw new OAuthError('access_denied', 'The consent form must be posted from this site.');
+  }
+  if (!/^application\/x-www-form-urlencoded\b/i.test(request.headers.get('content-type') ?? '')) {
+    throw new OAuthError('invalid_request', 'Send the consent form form-encoded (application/x-www-form-urlencoded).');
+  }
+  const text = await readCappedText(
+    request,
+    16 * 1024,
+    () => new OAuthError('invalid_request', 'The request body is too large.'),
+  );
+  const params = new URLSearchParams(text);
+  const decision = params.getAll('decision');
+  if (decision.length !== 1 || (decision[0] !== 'allow' && decision[0] !== 'deny')) {
+    throw new OAuthError('invalid_request', 'decision must be allow or deny, once.');
+  }
+  params.delete('decision');
+  return { params, decision: decision[0] };
+}
+
+/** What the consent page shows and posts back: see describeConsent. */
+export type ConsentRequest =
+  | {
+      readonly state: 'ask';
+      /** The app's `client_id`, or its redirect URI's scheme when it sent none. */
+      readonly app: string;
+      readonly redirectUri: string;
+      /** The signed-in user, as the page names them. */
+      readonly user: string;
+      /** The authorization parameters to post back as hidden fields, as the app sent them. */
+      readonly fields: readonly (readonly [string, string])[];
+    }
+  /** Back to the authorize endpoint, which sends the user to sign in and then here again. */
+  | { readonly state: 'signed-out'; readonly authorizeUrl: string }
+  | { readonly state: 'invalid'; readonly message: string }
+  | { readonly state: 'off' };
+
+/**
+ * For the consent page: the app asking, or why there is nothing to ask. Checked as the authorize endpoint checks
+ * it, so the page never offers to allow a request the endpoint would refuse. `user` is the signed-in user's
+ * display name, null when signed out (the page reads the session as every page does).
+ */
+export function describeConsent(query: URLSearchParams, runtime: Runtime, user: string | null): ConsentRequest {
+  if (!runtime.mobile.enabled) return { state: 'off' };
+  try {
+    const client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
+    readAuthorizeRequest(query, client);
+    const fields = [...query].filter(([name]) => (AUTHORIZE_FIELDS as readonly string[]).includes(name));
+    if (user === null) return { state: 'signed-out', authorizeUrl: `${AUTHORIZE_PATH}?${new URLSearchParams(fields)}` };
+    const app = client.clientId ?? new URL(client.redirectUri).protocol.slice(0, -1);
+    return { state: 'ask', app, redirectUri: client.redirectUri, user, fields };
+  } catch (error) {
+    if (error instanceof OAuthError) return { state: 'invalid', message: error.description };
+    throw error;
+  }
+}
+
+/** The authorization request's own parameters (authorize-request.ts): what the consent form carries back. */
+const AUTHORIZE_FIELDS = [
+  'redirect_uri',
+  'client_id',
+  'state',
+  'response_type',
+  'code_challenge',
+  'code_challenge_method',
+] as const;
 
 /**
  * POST /api/session/token, form-encoded (RFC 6749 §3.2) or JSON:
@@ -271,8 +374,8 @@ function logFailure(error: OAuthError, runtime: Pick<Runtime, 'logger'>): string
   return requestId;
 }
 
-function redirect(location: string, requestId?: string): Response {
+function redirect(location: string, requestId?: string, status: 302 | 303 = 302): Response {
   const headers = new Headers({ location, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
   if (requestId) headers.set('x-request-id', requestId);
-  return new Response(null, { status: 302, headers });
+  return new Response(null, { status, headers });
 }
