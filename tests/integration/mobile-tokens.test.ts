@@ -973,6 +973,28 @@ describe('POST /api/session/token/revoke: token revocation (RFC 7009), the app s
     expect((await refresh(tokens.refresh_token)).status).toBe(200);
   });
 
+  it('an access token named with another client_id is refused (unauthorized_client) and keeps working; its own ends it', async () => {
+    const { verifier, challenge } = pkce();
+    const result = await authorize(authorizeQuery({ client_id: 'com.example.keyward' }, challenge));
+    const code = new URL(result.headers.get('location')!).searchParams.get('code')!;
+    issued.push(code);
+    const exchanged = await token({
+      grant_type: 'authorization_code',
+      code,
+      code_verifier: verifier,
+      redirect_uri: APP_REDIRECT,
+      client_id: 'com.example.keyward',
+    });
+    const tokens = exchanged.json<Tokens>();
+    issued.push(tokens.access_token, tokens.refresh_token);
+    for (const client_id of ['com.example.other', 'com.example.keyward2']) {
+      expectOAuthError(await revoke({ token: tokens.access_token, client_id }), 400, 'unauthorized_client');
+    }
+    expect((await proxy(tokens.access_token)).result.status).toBe(200);
+    expect((await revoke({ token: tokens.access_token, client_id: 'com.example.keyward' })).status).toBe(200);
+    expect((await proxy(tokens.access_token)).result.status).toBe(401);
+  });
+
   it('a refresh token named with another client_id is refused (unauthorized_client) and keeps working', async () => {
     const tokens = await signInApp(); // issued without a client_id
     expectOAuthError(

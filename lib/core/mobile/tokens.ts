@@ -257,6 +257,11 @@ export class MobileTokens {
     const claims = await unsealBearer(token, { 1: this.settings.sessionSecret });
     // Only a mobile access token names a family: anything else ends nothing.
     if (typeof claims?.sid !== 'string' || !claims.sid.startsWith('kwf_')) return;
+    // RFC 7009 §2.1, as for the refresh token. A token sealed before access tokens carried `client_id` (undefined)
+    // is not checked: it expires within its access lifetime.
+    if (clientId !== null && claims.client_id !== undefined && clientId !== claims.client_id) {
+      throw new OAuthError('unauthorized_client', 'The token was issued to another client_id.');
+    }
     await this.revokeFamily(claims.sid);
   }
 
@@ -297,6 +302,7 @@ export class MobileTokens {
       ...authTimeClaims(grant.authTime),
       claims: grant.claims,
       ...(grant.pwv ? { pwv: grant.pwv } : {}),
+      client_id: clientId,
       exp: Math.floor(now / 1000) + this.settings.accessTtlSeconds,
       ...(jkt === null ? {} : { cnf: { jkt } }),
     };

@@ -34,6 +34,8 @@ export interface BearerClaims extends SessionClaims {
   typ: 'keyward.session';
   /** RFC 9449 §6.1 / RFC 7800: the token is bound to the DPoP key with this JWK SHA-256 thumbprint. */
   cnf?: { jkt?: unknown };
+  /** RFC 9068 §2.2: the app the token was issued to (null when its authorization request named none). */
+  client_id?: string | null;
 }
 
 /**
