@@ -1,6 +1,7 @@
 import { DpopError, requestHtu } from '../dpop/proof';
 import { KeywardError } from '../errors';
 import {
+  PARAMETERS as AUTHORIZE_PARAMETERS,
   readAuthorizeClient,
   readAuthorizeRequest,
   callbackLocation,
@@ -149,7 +150,7 @@ export function describeConsent(query: URLSearchParams, runtime: Runtime, user: 
   try {
     const client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
     readAuthorizeRequest(query, client);
-    const fields = [...query].filter(([name]) => (AUTHORIZE_FIELDS as readonly string[]).includes(name));
+    const fields = [...query].filter(([name]) => (AUTHORIZE_PARAMETERS as readonly string[]).includes(name));
     if (user === null) return { state: 'signed-out', authorizeUrl: `${AUTHORIZE_PATH}?${new URLSearchParams(fields)}` };
     const app = client.clientId ?? new URL(client.redirectUri).protocol.slice(0, -1);
     return { state: 'ask', app, redirectUri: client.redirectUri, user, fields };
@@ -158,16 +159,6 @@ export function describeConsent(query: URLSearchParams, runtime: Runtime, user: 
     throw error;
   }
 }
-
-/** The authorization request's own parameters (authorize-request.ts): what the consent form carries back. */
-const AUTHORIZE_FIELDS = [
-  'redirect_uri',
-  'client_id',
-  'state',
-  'response_type',
-  'code_challenge',
-  'code_challenge_method',
-] as const;
 
 /**
  * POST /api/session/token, form-encoded (RFC 6749 §3.2) or JSON:

@@ -28,10 +28,10 @@ const CLIENT_ID = /^[\x20-\x7e]{1,255}$/;
 const MAX_STATE = 512;
 
 /**
- * The parameters the authorize endpoint reads. RFC 6749 §3.1: none may appear twice; one sent empty counts
- * as absent.
+ * The parameters the authorize endpoint reads (and the consent form carries back). RFC 6749 §3.1: none may
+ * appear twice; one sent empty counts as absent.
  */
-const PARAMETERS = [
+export const PARAMETERS = [
   'redirect_uri',
   'client_id',
   'state',
