@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
+import { fetch as undiciFetch } from 'undici';
 
 export interface WebhookOptions {
   readonly url: string;
@@ -9,6 +10,11 @@ export interface WebhookOptions {
   readonly now?: () => number;
   /** Waits between attempts (tests pass one that does not sleep). */
   readonly sleep?: (ms: number) => Promise<void>;
+  /**
+   * Default: undici's own fetch, not the global one. Under `next start` the global fetch is Next's patched one,
+   * which opens a span named after the full URL (`http.url`) for every call; with tracing exported, a token in
+   * the webhook URL (a path or query secret, as Slack-style hooks have) would reach the OTLP collector.
+   */
   readonly fetch?: typeof fetch;
 }
 
@@ -55,7 +61,7 @@ export class AlertWebhook {
     const { url, secret, maxAttempts, logger } = this.options;
     const now = this.options.now ?? Date.now;
     const sleep = this.options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref()));
-    const send = this.options.fetch ?? fetch;
+    const send = this.options.fetch ?? (undiciFetch as unknown as typeof fetch);
     for (let attempt = 1; attempt <= maxAttempts; attempt++) {
       const timestamp = Math.floor(now() / 1000);
       let status: number | null = null;

@@ -49,6 +49,26 @@ describe('alert webhook', () => {
     }
   });
 
+  it('sends with undici’s own fetch, never the global one (under next start, Next’s, which traces the full URL)', async () => {
+    const { url, received } = await receiver([200]);
+    const tokenUrl = `${url}?token=${randomSecret('hooktoken')}`;
+    const global = globalThis.fetch;
+    const calls: string[] = [];
+    globalThis.fetch = (async (input: RequestInfo | URL, init?: RequestInit) => {
+      calls.push(String(input));
+      return global(input, init);
+    }) as typeof fetch;
+    try {
+      const webhook = new AlertWebhook({ url: tokenUrl, secret: randomSecret('whk'), maxAttempts: 1, logger });
+      webhook.send({ type: 'keyward.alert', alert: { id: 'al_3' } });
+      await webhook.settled();
+    } finally {
+      globalThis.fetch = global;
+    }
+    expect(received).toHaveLength(1);
+    expect(calls).toEqual([]);
+  });
+
   it('gives up on a 4xx other than 429, and after maxAttempts otherwise', async () => {
     const secret = randomSecret('whk');
     const refused = await receiver([400]);
