@@ -169,7 +169,7 @@ export async function proxyCall(request: CoreRequest, target: ProxyTarget, deps:
     await reserveBudget(call, route, parts, limited, content); // 12 [6]
     const body = await signCall(call, request, credential, outgoing, content); // 13 [7]
     const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
-    return respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
+    return await respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
     call.release?.();
     return refuse(call, await refusalOf(call, request, error)); // 15 [10]
@@ -702,9 +702,17 @@ async function forward(
 
 /**
  * 14. Respond: status checked, headers allow-listed, the body decoded and streamed through the leak scrubber.
- * The record (15) is written when the body ends or the client goes away.
+ * The record (15) is written when the body ends or the client goes away. A compressed body is read up to its
+ * first decoded bytes before the status goes out: data that is not what its `Content-Encoding` says is then a
+ * 502, not a 200 cut before its first byte (`ProxiedBody.readAhead`).
  */
-function respond(call: Call, upstream: Upstream, route: CompiledRoute, credential: ResolvedCredential, response: Dispatcher.ResponseData): ProxiedResponse {
+function respond(
+  call: Call,
+  upstream: Upstream,
+  route: CompiledRoute,
+  credential: ResolvedCredential,
+  response: Dispatcher.ResponseData,
+): ProxiedResponse | Promise<ProxiedResponse> {
   const { statusCode } = response;
   const { requestId, grant } = call;
   // A Response carries 200–599 only (undici consumes 1xx itself); 600–999 mean nothing to pass on.
@@ -759,7 +767,8 @@ function respond(call: Call, upstream: Upstream, route: CompiledRoute, credentia
     call.genAi ? bothTaps(usageReader, call.genAi.reader) : usageReader,
     framed,
   );
-  return { status: statusCode, headers: outHeaders, body };
+  const answer = { status: statusCode, headers: outHeaders, body };
+  return decoded === response.body ? answer : body.readAhead().then(() => answer);
 }
 
 /** Any step's refusal or failure, rendered as Keyward's JSON error and recorded (15). */

@@ -156,15 +156,32 @@ describe('Content-Encoding: deflate, in both forms browsers accept', () => {
     await expect.poll(() => proxyEvent(h.logs, result.response.headers.get('x-request-id'))?.outcome).toBe('complete');
   });
 
-  it('data that is neither: the stream is cut, recorded as upstream_bad_response', async () => {
+  it('data that is neither: 502 upstream_bad_response before any status goes out, recorded once', async () => {
     answer(() => Buffer.from('this is not deflate data in either form'));
+    const result = await h.call(['items', '1']);
+    expectKeywardError(result, 502, 'upstream_bad_response', h);
+    const requestId = result.response.headers.get('x-request-id');
+    expect(proxyEvent(h.logs, requestId)).toMatchObject({ status: 502, outcome: 'upstream_error', errorCode: 'upstream_bad_response' });
+    expect(h.logs.join('').split(requestId!).length - 1).toBe(1);
+  });
+});
+
+describe('a compressed body that breaks after its first bytes', () => {
+  it('gzip cut short: the status (200) and the first bytes went out, then the stream is cut and recorded as upstream_bad_response', async () => {
+    const whole = zlib.gzipSync(Buffer.from(JSON.stringify({ pad: 'y'.repeat(200_000) })));
+    h.upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      res.end(Buffer.concat([whole.subarray(0, whole.length - 40), Buffer.from('garbage after a valid start')]));
+    });
     const result = await h.call(['items', '1'], { raw: true });
     expect(result.response.status).toBe(200);
-    expect((await drain(result.response)).error).toBeTruthy();
-    expect(proxyEvent(h.logs, result.response.headers.get('x-request-id'))).toMatchObject({
-      outcome: 'error',
-      errorCode: 'upstream_bad_response',
-    });
+    const { bytes, error } = await drain(result.response);
+    expect(bytes).toBeGreaterThan(0);
+    expect(error).toBeTruthy();
+    await expect
+      .poll(() => proxyEvent(h.logs, result.response.headers.get('x-request-id')))
+      .toMatchObject({ status: 200, outcome: 'error', errorCode: 'upstream_bad_response' });
   });
 });
 

@@ -42,7 +42,8 @@ function capBytes(maxBytes: number): Transform {
       if (total <= maxBytes) return callback(null, chunk);
       callback(
         new KeywardError('upstream_bad_response', {
-          message: 'The upstream response is larger than this route allows once decompressed (maxDecodedResponseBytes).',
+          message:
+            'The upstream response is larger than this route allows once decompressed (maxDecodedResponseBytes).',
         }),
       );
     },
@@ -127,6 +128,8 @@ export class ProxiedBody {
   /** Bytes read from the upstream (after decoding), before scrubbing. */
   private received = 0;
   private finished = false;
+  /** What `readAhead` read, for the first `read` (undefined: nothing read ahead). */
+  private ahead: Uint8Array[] | null | undefined = undefined;
 
   constructor(
     private readonly source: Readable,
@@ -145,38 +148,60 @@ export class ProxiedBody {
    * KeywardError the body failed with (then `onDone` has had it). One read at a time.
    */
   async read(): Promise<Uint8Array[] | null> {
+    if (this.ahead !== undefined) {
+      const parts = this.ahead;
+      this.ahead = undefined;
+      return parts;
+    }
     if (this.finished) return null;
-    const { scrubber, tap } = this;
     try {
-      for (;;) {
-        const { value, done } = await this.iterator.next();
-        if (done) {
-          const tail = scrubber?.flush();
-          this.finish('complete', null, tail);
-          return tail && tail.length > 0 ? [tail] : null;
-        }
-        streamedTo(this.received, (this.received += value.length));
-        // The scrubber's pieces go on as they are: a byte held back from the previous chunk comes out in
-        // front of this one without copying the chunk behind it.
-        const parts = scrubber ? scrubber.pushParts(value) : [value];
-        if (scrubber && this.boundaries?.endsAtBoundary(value)) {
-          const held = scrubber.flush();
-          if (held.length > 0) parts.push(held);
-        }
-        if (parts.length === 0) continue;
-        for (const out of parts) {
-          this.bytes += out.length;
-          tap?.push(out);
-        }
-        return parts;
-      }
+      return await this.next();
     } catch (error) {
-      // Keyward's own errors (the decoded-size cap) carry fixed messages. Any other cause may carry the
-      // upstream URL: the client only learns that the stream broke.
-      const failure =
-        error instanceof KeywardError ? error : new KeywardError(isZlibError(error) ? 'upstream_bad_response' : 'upstream_unreachable');
+      const failure = asFailure(error);
       this.finish('error', failure);
       throw failure;
+    }
+  }
+
+  /**
+   * Reads the first pieces before the status goes out, and keeps them for the first `read`. For a compressed
+   * body: data that is not what its `Content-Encoding` says fails on its first bytes, and is then answered 502
+   * `upstream_bad_response` instead of a 200 whose body is cut before it starts. Throws that KeywardError
+   * without `onDone` (the caller refuses the call, which records it); the upstream body is destroyed.
+   */
+  async readAhead(): Promise<void> {
+    try {
+      this.ahead = await this.next();
+    } catch (error) {
+      this.finished = true;
+      this.source.destroy();
+      throw asFailure(error);
+    }
+  }
+
+  private async next(): Promise<Uint8Array[] | null> {
+    const { scrubber, tap } = this;
+    for (;;) {
+      const { value, done } = await this.iterator.next();
+      if (done) {
+        const tail = scrubber?.flush();
+        this.finish('complete', null, tail);
+        return tail && tail.length > 0 ? [tail] : null;
+      }
+      streamedTo(this.received, (this.received += value.length));
+      // The scrubber's pieces go on as they are: a byte held back from the previous chunk comes out in
+      // front of this one without copying the chunk behind it.
+      const parts = scrubber ? scrubber.pushParts(value) : [value];
+      if (scrubber && this.boundaries?.endsAtBoundary(value)) {
+        const held = scrubber.flush();
+        if (held.length > 0) parts.push(held);
+      }
+      if (parts.length === 0) continue;
+      for (const out of parts) {
+        this.bytes += out.length;
+        tap?.push(out);
+      }
+      return parts;
     }
   }
 
@@ -214,6 +239,16 @@ export class ProxiedBody {
     this.finished = true;
     this.onDone(outcome, this.bytes, error);
   }
+}
+
+/**
+ * What a body failed with, as the client may learn it. Keyward's own errors (the decoded-size cap) carry fixed
+ * messages. Any other cause may carry the upstream URL: the client only learns that the stream broke.
+ */
+function asFailure(error: unknown): KeywardError {
+  return error instanceof KeywardError
+    ? error
+    : new KeywardError(isZlibError(error) ? 'upstream_bad_response' : 'upstream_unreachable');
 }
 
 /** zlib's errors (corrupt compressed data) carry codes such as Z_DATA_ERROR or Z_BUF_ERROR. */

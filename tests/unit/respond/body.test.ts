@@ -202,4 +202,32 @@ describe('ProxiedBody: the fast lane reads the same body directly', () => {
     expect((error as KeywardError).code).toBe('upstream_unreachable');
     expect(broken.done).toEqual([{ outcome: 'error', bytes: 0, error }]);
   });
+
+  it('readAhead() keeps the first pieces for the first read(): the same bytes and one onDone as without it', async () => {
+    const { proxied, done } = body(Readable.from(pieces.map((p) => Buffer.from(p)), { objectMode: false }));
+    await proxied.readAhead();
+    expect(done).toEqual([]);
+    const out: Buffer[] = [];
+    for (let parts = await proxied.read(); parts !== null; parts = await proxied.read()) out.push(...parts.map((part) => Buffer.from(part)));
+    expect(Buffer.concat(out).toString()).toBe(`head [REDACTED] middle ${SECRET.slice(0, 5)}`);
+    expect(done).toEqual([{ outcome: 'complete', bytes: Buffer.concat(out).length, error: null }]);
+
+    // A body that ends within the read-ahead: its stream still closes after its bytes.
+    const short = body(Readable.from([Buffer.from('all of it')], { objectMode: false }));
+    await short.proxied.readAhead();
+    expect(await new Response(short.proxied.stream()).text()).toBe('all of it');
+    expect(short.done).toEqual([{ outcome: 'complete', bytes: 9, error: null }]);
+  });
+
+  it('readAhead() on data that is not what its Content-Encoding says: throws upstream_bad_response, destroys the source, leaves onDone to the caller', async () => {
+    const source = chunked(Buffer.from('not gzip at all, just text'), 4);
+    const { proxied, done } = body(decodeBody(source, 'gzip', MiB));
+    const error = await proxied.readAhead().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KeywardError);
+    expect((error as KeywardError).code).toBe('upstream_bad_response');
+    expect(source.destroyed).toBe(true);
+    expect(await proxied.read()).toBeNull();
+    proxied.cancel();
+    expect(done).toEqual([]);
+  });
 });
