@@ -12,16 +12,29 @@ import { OWN_SECRETS, referencedVariables } from '../lib/core/runtime';
  * "openai"}` reads OPENAI_API_KEY), connections' and the detector's too. The config is the one `next build` gets:
  * KEYWARD_CONFIG and KEYWARD_CONFIG_JSON from the environment or the .env files Next reads for a build (the
  * process's own variables win), and the TypeScript `adapters`; with neither setting, the demo's config.
+ * Also every variable, set in the environment or a .env file, whose name reads as a credential (SECRET_NAME):
+ * code can read one without any `{"env": …}` naming it (`process.env.STRIPE_SECRET_KEY` in an adapter's hook or
+ * a page), and a build that inlines it leaks it all the same.
  */
 export function secretVariables(cwd: string, adapters: readonly UpstreamDefinition[]): { names: Set<string>; configPath: string | undefined } {
   const silent = { info: () => {}, error: () => {} };
+  // Read before @next/env: a reload puts back the process's variables as it first saw them.
+  const processVariables = Object.keys(process.env);
   const env = nextEnv.loadEnvConfig(cwd, false, silent, true).combinedEnv;
+  const named = [...processVariables, ...Object.keys(env)].filter((name) => SECRET_NAME.test(name) && !name.startsWith('NEXT_PUBLIC_'));
   const own = Boolean(env.KEYWARD_CONFIG || env.KEYWARD_CONFIG_JSON);
   const configPath = own ? (env.KEYWARD_CONFIG ? resolve(cwd, env.KEYWARD_CONFIG) : undefined) : join(cwd, 'config', 'demo.json');
   const files = [...(configPath ? [loadConfigFile(configPath)] : []), ...(env.KEYWARD_CONFIG_JSON ? [loadConfigJson(env.KEYWARD_CONFIG_JSON)] : [])];
   const configs = [adapters.map((definition) => definition.config), files.flatMap((file) => file.upstreams.map((definition) => definition.config)), files];
-  return { names: new Set([...OWN_SECRETS, ...referencedVariables(configs)]), configPath };
+  return { names: new Set([...OWN_SECRETS, ...referencedVariables(configs), ...named]), configPath };
 }
+
+/**
+ * A variable name that reads as a credential: a `KEY`, `SECRET`, `TOKEN`, `PASSWORD` or `CREDENTIALS` word
+ * (`STRIPE_SECRET_KEY`, `GITHUB_TOKEN`, `DB_PASSWORD`, `OPENAI_API_KEY`). `NEXT_PUBLIC_` variables are public by
+ * design (Next inlines them into the browser bundle); a decoy key is planted in one on purpose.
+ */
+const SECRET_NAME = /(?:^|_)(?:API_?KEY|KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)(?:_|$)/;
 
 /**
  * Scans every file under a folder for secret values in every form a build or a response could carry them: the

@@ -87,6 +87,21 @@ describe('secretVariables (which variables npm run check:leaks fills with canari
     }
   });
 
+  it('and every variable whose name reads as a credential, from a .env file or the environment, that code may read without any {env} naming it', () => {
+    const cwd = tree({
+      'config/demo.json': JSON.stringify({ upstreams: {} }),
+      '.env': 'STRIPE_SECRET_KEY=sk_from_env_file\nDB_PASSWORD=pw\nSERVICE_TOKEN=t\nNEXT_PUBLIC_MAPS_KEY=public\nAPP_NAME=shop\nKEYBOARD_LAYOUT=us\n',
+    });
+    process.env.PAYMENTS_API_KEY = 'from the environment';
+    try {
+      const { names } = secretVariables(cwd, []);
+      for (const name of ['STRIPE_SECRET_KEY', 'DB_PASSWORD', 'SERVICE_TOKEN', 'PAYMENTS_API_KEY']) expect(names, name).toContain(name);
+      for (const name of ['NEXT_PUBLIC_MAPS_KEY', 'APP_NAME', 'KEYBOARD_LAYOUT']) expect(names, name).not.toContain(name);
+    } finally {
+      delete process.env.PAYMENTS_API_KEY;
+    }
+  });
+
   it("with no config of one's own, the demo's", () => {
     const cwd = tree({ 'config/demo.json': JSON.stringify({ upstreams: { demo: { baseUrl: 'http://127.0.0.1:4010/', auth: { type: 'header', name: 'x-api-key', secret: { env: 'DEMO_UPSTREAM_KEY' } }, routes: [{ method: 'GET', path: '/x' }] } } }) });
     const { names, configPath } = secretVariables(cwd, []);
