@@ -77,6 +77,8 @@ export class Detector implements SecuritySignals {
   private readonly keys = new Map<string, KeyState>();
   /** Decoy hits written, by decoy, address and user: when (coalescing within the cooldown). */
   private readonly decoysSeen = new Map<string, number>();
+  /** Decoy revocations, by user and session: when (one per session within the cooldown). */
+  private readonly decoyRevokes = new Map<string, number>();
   private decoyMinute = -1;
   private decoyAlerts = 0;
   private readonly alpha: number;
@@ -130,9 +132,14 @@ export class Detector implements SecuritySignals {
       });
       return;
     }
+    // This session's hit already revoked within the cooldown: a call of the same session in flight then adds
+    // nothing. A session signed in after that revocation was not ended by it (a revocation ends the sessions
+    // signed in before it, and a hit with a user comes from a session that passed verification): it revokes again.
+    const revoked = `${hit.userId}|${hit.sessionId ?? ''}`;
+    const last = this.decoyRevokes.get(revoked);
+    if (last !== undefined && at - last < this.config.cooldownMinutes * MINUTE_MS) return;
+    remember(this.decoyRevokes, revoked, at, MAX_SESSIONS);
     const state = this.user(hit.userId, at);
-    // Already revoked for a decoy within the cooldown: one more hit adds nothing to do.
-    if (state.level === STEPS.length - 1 && at - state.lastStepAt < this.config.cooldownMinutes * MINUTE_MS) return;
     state.level = STEPS.length - 1;
     state.lastStepAt = at;
     state.lastAnomalyAt = at;
@@ -271,7 +278,9 @@ export class Detector implements SecuritySignals {
    * session's IPs or a new route mix); an anomaly still there `escalateAfterMinutes` after the last step takes
    * the next one, up to `maxLevel`; the last is to revoke every session and suspend the user's own keys. The
    * session rules stop at re-authentication: networks that rotate addresses (relays, carrier NAT) must not cost
-   * an honest user their keys.
+   * an honest user their keys. An anomaly still there `escalateAfterMinutes` after `maxLevel` was taken takes it
+   * again: only calls of sessions that step left valid are seen (a new sign-in after a revocation, say), so the
+   * step did not stop it.
    */
   private step(
     userId: string,
@@ -285,10 +294,12 @@ export class Detector implements SecuritySignals {
     state.lastAnomalyAt = at;
     let level: number;
     if (state.level < minLevel) level = minLevel;
-    else if (state.level < maxLevel && at - state.lastStepAt >= this.config.escalateAfterMinutes * MINUTE_MS) level = state.level + 1;
+    else if (state.level <= maxLevel && at - state.lastStepAt >= this.config.escalateAfterMinutes * MINUTE_MS) level = Math.min(state.level + 1, maxLevel);
     else return;
     const previousStepAt = state.lastStepAt;
-    const escalating = level > minLevel;
+    const previousLevel = state.level;
+    // Past the first step (or that step again): an admin's undo since the last step ends it (below).
+    const escalating = level > minLevel || level === previousLevel;
     state.level = level;
     state.lastStepAt = at;
     state.busy = true;
@@ -319,7 +330,7 @@ export class Detector implements SecuritySignals {
       state.busy = false;
       // Not written (the store is down): not enforced either, so the next anomaly takes this step again.
       if (!applied && state.lastStepAt === at) {
-        state.level = level - 1 >= minLevel ? level - 1 : 0;
+        state.level = level === previousLevel ? previousLevel : level - 1 >= minLevel ? level - 1 : 0;
         state.lastStepAt = previousStepAt;
       }
     });

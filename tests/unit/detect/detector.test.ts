@@ -88,8 +88,8 @@ describe('anomaly detector', () => {
       detector.observe(e);
     }, START);
     const burstStart = at;
-    // The caller keeps calling at 10× (throttled or not: attempts are what it does), for 40 minutes.
-    while (at < burstStart + 40 * MINUTE_MS) {
+    // The caller keeps calling at 10× (throttled or not: attempts are what it does), for 25 minutes.
+    while (at < burstStart + 25 * MINUTE_MS) {
       at += MINUTE_MS / 70;
       clock.now = at;
       detector.observe(event({ sessionId: 'sess-2', clientIp: '198.51.100.20' }));
@@ -110,6 +110,35 @@ describe('anomaly detector', () => {
     expect(records.every((r) => r.type === 'admin' && r.actor === 'detector' && r.targetUser === 'local:ada')).toBe(true);
   });
 
+  it('revokes again when the anomaly goes on from a session signed in after the revocation (which did not end it)', async () => {
+    const { clock, revocations, detector, actions } = setup();
+    let at = steadyDay((t, e) => {
+      clock.now = t;
+      detector.observe(e);
+    }, START);
+    const burstStart = at;
+    // Each step ends the sessions it names; the caller signs in again and goes on at 10×, for three hours. Only
+    // calls of sessions still valid are seen (a revoked session's calls are recorded without their user).
+    let session = 'sess-2';
+    while (at < burstStart + 180 * MINUTE_MS) {
+      at += MINUTE_MS / 70;
+      clock.now = at;
+      if (await revocations.isRevoked({ userId: 'local:ada', sessionId: session, authTime: Number(session.split('@')[1] ?? START) })) {
+        session = `sess-new@${at}`;
+      }
+      detector.observe(event({ sessionId: session, clientIp: '198.51.100.20' }));
+      await detector.settled();
+    }
+    const alerts = await actions();
+    expect(alerts.slice(0, 3).map((a) => a.action)).toEqual(['throttle', 'reauth', 'revoke']);
+    // Before the fix nothing followed the revocation for as long as the calls went on.
+    const later = alerts.slice(3);
+    expect(later.length).toBeGreaterThanOrEqual(10);
+    expect(later.every((a) => a.action === 'revoke' && a.rule === 'calls')).toBe(true);
+    const times = alerts.map((a) => Date.parse(a.at));
+    for (let i = 3; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(10 * MINUTE_MS);
+  });
+
   it('requires re-authentication of one session seen from more client IPs than allowed, and of no other', async () => {
     const { clock, revocations, detector, actions } = setup();
     detector.observe(event({ sessionId: 'laptop', clientIp: '192.0.2.1' }));
@@ -120,14 +149,16 @@ describe('anomaly detector', () => {
     const alerts = await actions();
     expect(alerts).toHaveLength(1);
     expect(alerts[0]).toMatchObject({ rule: 'ips_per_session', action: 'reauth', evidence: { distinctIps: 5, max: 4 } });
-    // The rule stops there: the same pattern again, long after, is another re-authentication at most.
+    // The rule stops there: the same pattern again, long after, from a new session, is another re-authentication
+    // (of that session), never a revocation.
     for (const [i, ip] of ['203.0.113.1', '198.51.100.2', '192.0.2.3', '100.64.4.4', '2001:db8:aa::5'].entries()) {
       clock.now = START + (30 + i) * MINUTE_MS;
       detector.observe(event({ sessionId: 'stolen-again', clientIp: ip }));
     }
-    expect((await actions()).map((a) => a.action)).toEqual(['reauth']);
+    expect((await actions()).map((a) => a.action)).toEqual(['reauth', 'reauth']);
     const user = { userId: 'local:ada', authTime: START - 1000 };
     expect(await revocations.isRevoked({ ...user, sessionId: 'stolen' })).toBe(true);
+    expect(await revocations.isRevoked({ ...user, sessionId: 'stolen-again' })).toBe(true);
     expect(await revocations.isRevoked({ ...user, sessionId: 'laptop' })).toBe(false);
   });
 
@@ -195,6 +226,26 @@ describe('anomaly detector', () => {
     const { records } = await audit.query({ type: 'admin', action: 'detector.undo' }, { limit: 10 });
     expect(records).toHaveLength(1);
     expect(records[0]).toMatchObject({ actor: 'local:root', targetUser: 'local:ada', alertId: alert!.id, outcome: 'revoke' });
+  });
+
+  it('a decoy from a session signed in after a decoy revocation revokes again; the same session within the cooldown does not', async () => {
+    const { clock, revocations, detector, actions } = setup();
+    const hit = (sessionId: string, requestId: string) => ({ kind: 'credential' as const, decoyId: 'dk_1', where: 'header:x-api-key', userId: 'local:mallory', sessionId, ip: '203.0.113.66', upstream: 'openai', route: null, requestId });
+    clock.now = START;
+    detector.decoyHit(hit('s1', 'r1'));
+    expect((await actions()).map((a) => a.action)).toEqual(['revoke']);
+    clock.now = START + MINUTE_MS;
+    detector.decoyHit(hit('s1', 'r2')); // a call of s1 in flight when it was revoked
+    expect(await actions()).toHaveLength(1);
+    // The thief still has the password: signs in again (s2) and presents the decoy again, within the cooldown.
+    clock.now = START + 5 * MINUTE_MS;
+    const s2 = { userId: 'local:mallory', sessionId: 's2', authTime: START + 2 * MINUTE_MS };
+    expect(await revocations.isRevoked(s2)).toBe(false);
+    detector.decoyHit(hit('s2', 'r3'));
+    const alerts = await actions();
+    expect(alerts.map((a) => a.action)).toEqual(['revoke', 'revoke']);
+    expect(alerts[1]!.evidence).toMatchObject({ requestId: 'r3' });
+    expect(await revocations.isRevoked(s2)).toBe(true);
   });
 
   it('undoing the later of two revocations leaves the earlier one in force: its sessions revoked, its suspension kept', async () => {
