@@ -22,7 +22,7 @@ import { ConfigError, readConfigFile, readConfigJson } from '../lib/core/config/
 import { configJsonSchema } from '../lib/core/presets';
 import { auditFilter } from '../lib/core/api/admin';
 import { keyAdmin } from '../lib/core/keys/admin';
-import type { KeyVersion, Rotation, VersionView } from '../lib/core/keys/rings';
+import type { KeyVersion, Rotation, RotationResult, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { fastLaneProblems } from '../lib/node/runtime';
 import { hashPassword } from '../lib/core/users/password';
@@ -327,11 +327,10 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
     case 'rotate': {
       const key = await readKey();
       if (key === null) return 1;
-      const started = Date.now();
       const rotation = await keys.rotate(target!, key, { rotationId: values.id, skipCanary: values['skip-canary'] });
       if (json) printJson({ rotation });
       else if (rotation.state === 'canary_failed') process.stderr.write(`keyward: ${canaryFailedSentence(rotation)}\n`);
-      else say(rotationSentence(rotation, rotation.at < started));
+      else say(rotationSentence(rotation));
       return rotation.state === 'canary_failed' ? 1 : 0;
     }
     case 'rollback': {
@@ -560,11 +559,11 @@ function addedSentence(upstream: string, version: KeyVersion): string {
   return `${upstream}: added key ${version.fingerprint} (version ${version.id}, ${expiry}); it serves only once a rotation switches to it (keys rotate ${upstream} with the same key).`;
 }
 
-function rotationSentence(rotation: Rotation, repeated: boolean): string {
+function rotationSentence(rotation: RotationResult): string {
   const { upstream, id } = rotation;
-  if (repeated) {
+  if (rotation.repeated) {
     const what = rotation.state === 'rolled_back' ? 'switched and was rolled back' : 'switched';
-    return `${upstream}: rotation ${id} already ${what} (key ${rotation.to}, ${minute(rotation.at)}); nothing changed.`;
+    return `${upstream}: rotation ${id} already ${what} (key ${rotation.to}, ${minute(rotation.at)}); nothing changed (each rotation happens once). To switch to this key again, rotate with another --id${rotation.state === 'rolled_back' ? '' : ', or roll back the rotation after it'}.`;
   }
   const canary = rotation.canaryStatus === null ? 'without a canary call (--skip-canary)' : `after the canary call answered ${rotation.canaryStatus}`;
   const replaced = rotation.from.length === 0 ? '' : ` ${capitalise(keysPhrase(rotation.from))} ${rotation.from.length === 1 ? 'stays' : 'stay'} usable as a fallback for the grace window.`;

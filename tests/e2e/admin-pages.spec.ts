@@ -226,6 +226,17 @@ test('Keys: rotate (cancelled, refused by the canary, then skipping it), roll ba
   expect(await servingFingerprint(page)).toBe(original);
   await expect(page.getByTestId('rollback-demo')).toHaveCount(0);
 
+  // Rotating to the rolled-back key again is that rotation again: the page says nothing changed.
+  await page.getByTestId('rotate-demo').click();
+  await dialog.getByLabel('New key', { exact: true }).fill(newKey);
+  await dialog.getByLabel(/Skip the canary/).check();
+  await dialog.getByRole('button', { name: 'Rotate', exact: true }).click();
+  await expect(result).toContainText(`Nothing changed: this key (${rotated}) was rotated to before`);
+  await expect(result).toContainText('rolled back');
+  await expect(result).toContainText('another rotation id');
+  expect(await servingFingerprint(page)).toBe(original);
+  await shot(page, 'admin-keys-rotate-repeated');
+
   // Revoke the rotated version by its fingerprint.
   await page.getByTestId(`revoke-${rotated}`).click();
   const revokeDialog = page.getByTestId(`revoke-${rotated}-dialog`);
@@ -243,7 +254,8 @@ test('Keys: rotate (cancelled, refused by the canary, then skipping it), roll ba
   const actions = page.getByTestId('audit-record');
   await expect(actions.filter({ hasText: 'key.revoke' })).toContainText(rotated);
   await expect(actions.filter({ hasText: 'key.rollback' })).toHaveCount(1);
-  await expect(actions.filter({ hasText: 'key.rotate' })).toHaveCount(2);
+  await expect(actions.filter({ hasText: 'key.rotate' })).toHaveCount(3);
+  await expect(actions.filter({ hasText: 'key.rotate' }).filter({ hasText: 'unchanged' })).toHaveCount(1);
   await expectNoSecrets(page, secrets);
 });
 

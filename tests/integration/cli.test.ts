@@ -422,7 +422,7 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
     // Each action was done once for people and once with --json (a repeat that changes nothing is recorded too).
     expect(records.map((r) => [r.action, r.upstream, r.fingerprint, r.rotationId ?? null, r.outcome])).toEqual([
       ['key.rotate', 'svc', fp(keys.accepted), `rot-${fp(keys.accepted)}`, 'switched'],
-      ['key.rotate', 'svc', fp(keys.accepted), `rot-${fp(keys.accepted)}`, 'switched'],
+      ['key.rotate', 'svc', fp(keys.accepted), `rot-${fp(keys.accepted)}`, 'unchanged'], // the same rotation again
       ['key.rotate', 'svc', fp(keys.refused), `rot-${fp(keys.refused)}`, 'canary_failed'],
       ['key.rotate', 'svc', fp(keys.refused), `rot-${fp(keys.refused)}`, 'canary_failed'],
       ['key.rotate', 'svc', fp(keys.skipped), 'cli-skip', 'switched'],

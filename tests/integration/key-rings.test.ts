@@ -9,7 +9,7 @@ import { handleKeyAction, handleKeyList, handleKeyRevoke } from '../../lib/core/
 import { ConfigError, defineUpstream, type UpstreamDefinition } from '../../lib/core/config/load';
 import type { UpstreamInput } from '../../lib/core/config/schema';
 import { KeywardError } from '../../lib/core/errors';
-import type { Rotation, VersionView } from '../../lib/core/keys/rings';
+import type { Rotation, RotationResult, VersionView } from '../../lib/core/keys/rings';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import type { DetectorInput } from '../../lib/core/detect/config';
@@ -397,16 +397,17 @@ describe('rotation whose canary passes', () => {
     expect(old.graceUntil! - old.retiredAt!).toBe(86_400_000);
     const list = await rotations(a);
     expect(list).toHaveLength(1);
-    expect(list[0]).toEqual(rotation);
+    expect(list[0]).toEqual({ ...rotation, repeated: undefined }); // stored as it is, without the answer's flag
+    expect(rotation.repeated).toBe(false);
   });
 
   it('the same rotation id twice is the same rotation: no second canary, one version', async () => {
     const mark = r.server.calls.length;
     const first = (await rotations(a))[0]!;
     const again = await a.keyRings.rotate('svc', fresh, { actor: 'someone-else' });
-    expect(again).toEqual(first);
+    expect(again).toEqual({ ...first, repeated: true });
     const explicit = await a.keyRings.rotate('svc', fresh, { rotationId: first.id, actor: 'someone-else' });
-    expect(explicit).toEqual(first);
+    expect(explicit).toEqual({ ...first, repeated: true });
     expect(r.server.calls.length).toBe(mark);
     expect(await rotations(a)).toHaveLength(1);
     expect((await versions(a)).map((v) => v.id)).toEqual(['env:SVC_KEY', managedId(fresh)]);
@@ -441,7 +442,7 @@ describe('rotation whose canary passes', () => {
       one.keyRings.rotate('svc', k1, { rotationId: 'contested', actor: 'x' }),
       two.keyRings.rotate('svc', k2, { rotationId: 'contested', actor: 'y' }),
     ]);
-    const won = settled.filter((x): x is PromiseFulfilledResult<Rotation> => x.status === 'fulfilled').map((x) => x.value);
+    const won = settled.filter((x): x is PromiseFulfilledResult<RotationResult> => x.status === 'fulfilled').map((x) => x.value);
     const lost = settled.filter((x): x is PromiseRejectedResult => x.status === 'rejected').map((x) => x.reason as KeywardError);
     expect(won).toHaveLength(1);
     expect(won[0]).toMatchObject({ id: 'contested', state: 'switched' });
@@ -457,7 +458,8 @@ describe('rotation whose canary passes', () => {
     r.server.accept('old', 'new', 'third');
     const rotation = await a.keyRings.rotate('svc', third, { rotationId: 'weekly_2030-01', actor: 'local:root' });
     expect(rotation).toMatchObject({ id: 'weekly_2030-01', state: 'switched', from: [fingerprint(fresh)], canaryStatus: 200 });
-    expect(await a.keyRings.rotate('svc', third, { rotationId: 'weekly_2030-01', actor: 'x' })).toEqual(rotation);
+    expect(rotation.repeated).toBe(false);
+    expect(await a.keyRings.rotate('svc', third, { rotationId: 'weekly_2030-01', actor: 'x' })).toEqual({ ...rotation, repeated: true });
     expect(await labelOf(a, r.server)).toBe('third');
     expect((await versions(a)).filter((v) => v.fingerprint === fingerprint(third))).toHaveLength(1);
     // The version it replaced is now the fallback; the first one is retired (its grace outlived by a newer retirement).
@@ -648,9 +650,16 @@ describe('rollback', () => {
     expect(await ringState()).toEqual(before);
     // The same id is done: rotating again under it neither switches nor sends a canary.
     const mark = r.server.calls.length;
-    expect((await a.keyRings.rotate('svc', fresh, { actor: 'x' })).state).toBe('rolled_back');
+    expect(await a.keyRings.rotate('svc', fresh, { actor: 'x' })).toMatchObject({ state: 'rolled_back', repeated: true });
     expect(r.server.calls.length).toBe(mark);
     expect(await labelOf(a, r.server)).toBe('old');
+    // Through the admin API: 200 with `repeated`, nothing switched, and the trail says nothing changed.
+    const again = await admin((request) => handleKeyAction(request, 'svc', 'rotate', a), 'POST', { key: fresh });
+    expect(again.status).toBe(200);
+    expect(again.json.rotation).toMatchObject({ id: rotation.id, state: 'rolled_back', repeated: true });
+    expect(await labelOf(a, r.server)).toBe('old');
+    const { records } = await a.audit.query({ type: 'admin', action: 'key.rotate' }, { limit: 1 });
+    expect(records[0]).toMatchObject({ rotationId: rotation.id, outcome: 'unchanged' });
   });
 
   it('rollback of a canary_failed rotation → 400; an unknown id → 404; another upstream named → 404', async () => {

@@ -11,7 +11,7 @@ import { ActionDialog, apiError, postAdmin, type ActionOutcome } from '../action
  */
 
 interface RotationAnswer {
-  readonly rotation?: { id: string; state: string; from: string[]; to: string; canaryStatus: number | null };
+  readonly rotation?: { id: string; state: string; from: string[]; to: string; canaryStatus: number | null; at: number; repeated?: boolean };
 }
 
 function keysPath(upstream: string, action: 'rotate' | 'rollback'): string {
@@ -31,6 +31,18 @@ export function RotateAction({ upstream, canary, graceSeconds, serving }: { upst
     const skipCanary = canary === null || data.get('skipCanary') === 'on';
     const { status, json } = await postAdmin(keysPath(upstream, 'rotate'), { key, skipCanary });
     const rotation = (json as RotationAnswer | null)?.rotation;
+    if (status === 200 && rotation?.repeated) {
+      // The default rotation id is the key's: this key was rotated to before, and that rotation is answered again.
+      const when = `${new Date(rotation.at).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+      const again = 'rotate with another rotation id (rotationId in the API, --id on the CLI)';
+      return {
+        ok: false,
+        message:
+          rotation.state === 'rolled_back'
+            ? `Nothing changed: this key (${rotation.to}) was rotated to before and rolled back (${rotation.id}, ${when}); each rotation happens once. To switch to it again, ${again}.`
+            : `Nothing changed: this key (${rotation.to}) was rotated to before (${rotation.id}, ${when}); each rotation happens once. If another key serves now, roll back the rotation after it, or ${again}.`,
+      };
+    }
     if (status === 200 && rotation) {
       const from = rotation.from.length > 0 ? ` ${rotation.from.join(', ')} stays usable as a fallback for ${duration(graceSeconds)}.` : '';
       return { ok: true, message: `Rotated ${upstream}: ${rotation.to} serves every call now.${from}` };

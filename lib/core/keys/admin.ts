@@ -1,5 +1,5 @@
 import type { AuditLog } from '../audit/audit';
-import type { KeyRings, KeyVersion, Rotation } from './rings';
+import type { KeyRings, KeyVersion, Rotation, RotationResult } from './rings';
 
 /**
  * Key administration as one actor performs it, for the admin API and the CLI alike: each action is done on
@@ -12,9 +12,11 @@ export function keyAdmin(keyRings: KeyRings, audit: AuditLog, actor: string) {
       await audit.recordAdmin({ action: 'key.add', actor, upstream, fingerprint: version.fingerprint, outcome: version.state });
       return version;
     },
-    async rotate(upstream: string, value: string, options: { rotationId?: string; skipCanary?: boolean }): Promise<Rotation> {
+    /** A repeated rotation (an earlier one, answered again) changed nothing: on the trail as `unchanged`. */
+    async rotate(upstream: string, value: string, options: { rotationId?: string; skipCanary?: boolean }): Promise<RotationResult> {
       const rotation = await keyRings.rotate(upstream, value, { ...options, actor });
-      await audit.recordAdmin({ action: 'key.rotate', actor, upstream, fingerprint: rotation.to, rotationId: rotation.id, outcome: rotation.state });
+      const outcome = rotation.repeated ? 'unchanged' : rotation.state;
+      await audit.recordAdmin({ action: 'key.rotate', actor, upstream, fingerprint: rotation.to, rotationId: rotation.id, outcome });
       return rotation;
     },
     async rollback(rotationId: string, upstream?: string): Promise<Rotation> {

@@ -46,6 +46,9 @@ export interface Rotation {
   readonly actor: string;
 }
 
+/** What `rotate` answers: the rotation, and whether it is an earlier one, answered again with nothing changed. */
+export type RotationResult = Rotation & { readonly repeated: boolean };
+
 /** A version as the store keeps it: with its verifier once its value was known (never shown). */
 interface StoredVersion extends KeyVersion {
   /** keyVerifier(value, record.salt): names the value whatever the server secrets (and so fingerprints) are. */
@@ -236,9 +239,11 @@ export class KeyRings {
   /**
    * Rotates to a new value: adds it, sends the upstream's canary request with it, and switches traffic only
    * if the canary answers 2xx; the versions it replaces stay usable as a fallback for the grace window.
-   * The rotation id (default: derived from the new key's fingerprint) makes a repeated call a no-op.
+   * The rotation id (default: derived from the new key's fingerprint) makes a repeated call a no-op: the
+   * earlier rotation is answered, `repeated`, and nothing changes (rotating back to a key an earlier rotation
+   * switched to is such a call: roll back the later rotation, or give another rotation id).
    */
-  async rotate(upstreamId: string, value: string, options: { rotationId?: string; skipCanary?: boolean; actor: string }): Promise<Rotation> {
+  async rotate(upstreamId: string, value: string, options: { rotationId?: string; skipCanary?: boolean; actor: string }): Promise<RotationResult> {
     const upstream = this.staticUpstream(upstreamId);
     assertKeyValue(value);
     const print = upstream.fingerprints.of(value);
@@ -247,7 +252,7 @@ export class KeyRings {
     const previous = (await this.read(upstreamId)).rotations.find((r) => r.id === rotationId);
     if (previous && previous.to !== print) throw new KeywardError('bad_request', { message: 'This rotation id was used for another key.' });
     // A rotation that switched (or was rolled back) is done; one whose canary failed may be tried again.
-    if (previous && previous.state !== 'canary_failed') return previous;
+    if (previous && previous.state !== 'canary_failed') return { ...previous, repeated: true };
     const canary = upstream.credential.ring.canary;
     if (!canary && !options.skipCanary) {
       throw new KeywardError('bad_request', { message: 'This upstream declares no canary (keys.canary); pass skipCanary (--skip-canary) to switch without one.' });
@@ -257,11 +262,11 @@ export class KeyRings {
     const passed = canaryStatus === null || (canaryStatus >= 200 && canaryStatus < 300);
     const now = this.now();
     const grace = upstream.credential.ring.graceSeconds * 1000;
-    return this.update(upstream, (record, verifiers) => {
+    return this.update<RotationResult>(upstream, (record, verifiers) => {
       const again = record.rotations.find((r) => r.id === rotationId);
       // Another instance may have used this id for another key since the check above.
       if (again && again.to !== print) throw new KeywardError('bad_request', { message: 'This rotation id was used for another key.' });
-      if (again && again.state !== 'canary_failed') return again;
+      if (again && again.state !== 'canary_failed') return { ...again, repeated: true };
       const versions = this.view(upstream.credential.envVersions, record, verifiers);
       // Revoked (here or on another instance) while its canary ran: a revoked value never serves, so nothing
       // switches, whatever the canary said. The versions serving before keep serving.
@@ -294,7 +299,7 @@ export class KeyRings {
         actor: options.actor,
       };
       record.rotations = [...record.rotations, rotation].slice(-ROTATIONS_KEPT);
-      return rotation;
+      return { ...rotation, repeated: false };
     });
   }
 
