@@ -762,10 +762,12 @@ function respond(
     // carried a partial figure: the reservation stays charged (README "Budgets reserve, then settle").
     (outcome, bytes, error) => {
       if (error) call.deps.logger.warn({ requestId, code: error.code }, error.message);
+      if (body.stalled) call.deps.logger.warn({ requestId }, 'the client left the response unread for timeoutMs: the call was cut and the upstream let go');
       record(call, statusCode, outcome, bytes, error?.code ?? null, usageReader ? (outcome === 'complete' ? usageReader.result() : null) : headerUsage);
     },
     call.genAi ? bothTaps(usageReader, call.genAi.reader) : usageReader,
     framed,
+    route.timeoutMs,
   );
   const answer = { status: statusCode, headers: outHeaders, body };
   return decoded === response.body ? answer : body.readAhead().then(() => answer);

@@ -8,7 +8,8 @@ import { ProxiedBody } from '@/lib/core/respond/body';
  * 'drain' whenever the socket's buffer is full, so a slow client slows the upstream read instead of filling
  * memory. When the client goes away, the body is cancelled, which the core records as `aborted` and which
  * closes the upstream response. A body that fails mid-way destroys the connection, so the client sees a
- * truncated response, never a complete-looking one.
+ * truncated response, never a complete-looking one; so does a client that leaves what was written unread for
+ * the route's `timeoutMs` (`ProxiedBody.stalled`).
  *
  * A proxied response (`ProxiedResponse`) is read chunk by chunk from the core (`ProxiedBody.read`); a refusal
  * is a `Response` (Keyward's JSON error), read through its stream.
@@ -33,6 +34,8 @@ export async function writeResponse(
     return;
   }
   const source = body instanceof ProxiedBody ? body : readerOf(body);
+  // A client that stops reading for the route's timeoutMs: the core cut the call; the connection is closed too.
+  if (body instanceof ProxiedBody) body.onStall(() => res.destroy());
   const cancel = () => {
     if (!res.writableFinished) source.cancel();
   };

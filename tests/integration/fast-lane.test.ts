@@ -85,6 +85,7 @@ beforeAll(async () => {
           { method: 'GET', path: '/download' },
           { method: 'GET', path: '/events' },
           { method: 'GET', path: '/hang' },
+          { method: 'GET', path: '/stall', timeoutMs: 1_000 },
           { method: 'GET', path: '/files/*' },
         ],
       },
@@ -248,6 +249,36 @@ describe('the fast lane proxies through the core', () => {
     expect(await auditRecord(response.headers.get('x-request-id'))).toMatchObject({ status: 200, outcome: 'aborted', bytesOut: 'first chunk'.length });
     upstream.reset();
   });
+
+  it('a client that stops reading is cut after the route\'s timeoutMs: the upstream connection is let go and the call recorded as aborted', async () => {
+    // An endless download, sent as fast as Keyward reads it (write() until the socket is full, then 'drain').
+    upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      const pump = () => {
+        while (!res.destroyed && res.write(chunk));
+      };
+      res.on('drain', pump);
+      pump();
+    });
+    const before = upstream.requests.length;
+    const client = connect(lane.port, '127.0.0.1');
+    client.write(`GET /api/proxy/echo/stall HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: ${laneCookie}\r\nX-Keyward-CSRF: 1\r\n\r\n`);
+    client.pause(); // reads nothing, ever: before the fix, the upstream connection stayed taken for good
+    try {
+      const streaming = await upstream.nthRequest(before + 1);
+      await streaming.closed;
+      expect(streaming.closedEarly).toBe(true);
+      // Logged with its request id (the client read nothing, not even the head), and recorded as aborted.
+      const stalled = /"requestId":"([^"]+)"[^\n]*the client left the response unread for timeoutMs/;
+      await expect.poll(() => stalled.test(lane.output()), { timeout: 5_000 }).toBe(true);
+      const requestId = stalled.exec(lane.output())![1]!;
+      expect(await auditRecord(requestId)).toMatchObject({ status: 200, outcome: 'aborted' });
+    } finally {
+      client.destroy();
+      upstream.reset();
+    }
+  }, 30_000);
 
   it('an upstream that breaks mid-body gives the client a truncated response, never a complete-looking one', async () => {
     upstream.handle((_req, res) => {

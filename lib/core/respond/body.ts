@@ -139,8 +139,43 @@ export class ProxiedBody {
     private readonly tap?: { push(chunk: Uint8Array): void } | null,
     /** For a framed body (AWS event stream): where messages end, so that the scrubber holds nothing back there. */
     private readonly boundaries?: EventStreamBoundaries | null,
+    /** How long the client may leave handed-out pieces unread before the call is cut (`stalled`); 0: no limit. */
+    private readonly stallMs = 0,
   ) {
     this.iterator = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  }
+
+  /**
+   * The client stopped reading for `stallMs` (the route's `timeoutMs`) after pieces were handed to it: the call
+   * was cut, the upstream body destroyed (its pooled connection freed) and the call recorded as aborted.
+   * Without it, a client that stops reading would hold an upstream connection for ever: undici's body timeout
+   * does not run while its reader is paused, and a server's socket has no write deadline.
+   */
+  stalled = false;
+  /** Armed while handed-out pieces wait for the client's next read; one timer per body, refreshed. */
+  private stallTimer: NodeJS.Timeout | null = null;
+  private awaitingClient = false;
+  private readonly stallListeners: Array<() => void> = [];
+
+  /** Called once if the client stalls (see `stalled`): the door ends the client's response. */
+  onStall(listener: () => void): void {
+    this.stallListeners.push(listener);
+  }
+
+  /** Pieces were handed out: the client's next read is due within `stallMs`. */
+  private handedOut(): void {
+    if (this.stallMs <= 0 || this.finished) return;
+    this.awaitingClient = true;
+    if (this.stallTimer) this.stallTimer.refresh();
+    else this.stallTimer = setTimeout(() => this.stall(), this.stallMs).unref();
+  }
+
+  private stall(): void {
+    if (!this.awaitingClient || this.finished) return;
+    this.stalled = true;
+    this.source.destroy();
+    this.finish('aborted');
+    for (const listener of this.stallListeners) listener();
   }
 
   /**
@@ -148,14 +183,18 @@ export class ProxiedBody {
    * KeywardError the body failed with (then `onDone` has had it). One read at a time.
    */
   async read(): Promise<Uint8Array[] | null> {
+    this.awaitingClient = false;
     if (this.ahead !== undefined) {
       const parts = this.ahead;
       this.ahead = undefined;
+      if (parts !== null) this.handedOut();
       return parts;
     }
     if (this.finished) return null;
     try {
-      return await this.next();
+      const parts = await this.next();
+      if (parts !== null) this.handedOut();
+      return parts;
     } catch (error) {
       const failure = asFailure(error);
       this.finish('error', failure);
@@ -214,6 +253,15 @@ export class ProxiedBody {
   /** The same reads as a web stream, for a `Response`. */
   stream(): ReadableStream<Uint8Array> {
     return new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        this.onStall(() => {
+          try {
+            controller.error(new KeywardError('upstream_unreachable'));
+          } catch {
+            // already closed
+          }
+        });
+      },
       pull: async (controller) => {
         let parts: Uint8Array[] | null;
         try {
@@ -232,6 +280,7 @@ export class ProxiedBody {
 
   private finish(outcome: StreamOutcome, error: KeywardError | null = null, tail?: Uint8Array): void {
     if (this.finished) return;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
     if (tail && tail.length > 0) {
       this.bytes += tail.length;
       this.tap?.push(tail);

@@ -203,6 +203,56 @@ describe('ProxiedBody: the fast lane reads the same body directly', () => {
     expect(broken.done).toEqual([{ outcome: 'error', bytes: 0, error }]);
   });
 
+  it('a client that leaves handed-out pieces unread for stallMs: the call is cut once, the source destroyed, recorded aborted', async () => {
+    const source = new Readable({ read() {} });
+    source.push('first piece ');
+    const done: Array<{ outcome: StreamOutcome; bytes: number }> = [];
+    const proxied = new ProxiedBody(source, null, (outcome, bytes) => done.push({ outcome, bytes }), null, null, 40);
+    let told = 0;
+    proxied.onStall(() => told++);
+    expect(await proxied.read()).toHaveLength(1);
+    // The client never asks for more.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(proxied.stalled).toBe(true);
+    expect(source.destroyed).toBe(true);
+    expect(told).toBe(1);
+    expect(done).toEqual([{ outcome: 'aborted', bytes: 12 }]);
+    expect(await proxied.read()).toBeNull();
+  });
+
+  it('a slow upstream is not a stalled client: waiting for the upstream between reads never cuts the call', async () => {
+    const source = new Readable({ read() {} });
+    const done: StreamOutcome[] = [];
+    const proxied = new ProxiedBody(source, null, (outcome) => done.push(outcome), null, null, 40);
+    const text: string[] = [];
+    const reading = (async () => {
+      for (let parts = await proxied.read(); parts !== null; parts = await proxied.read()) text.push(...parts.map((p) => Buffer.from(p).toString()));
+    })();
+    for (const piece of ['a', 'b', 'c']) {
+      source.push(piece);
+      await new Promise((resolve) => setTimeout(resolve, 120)); // 3× stallMs between the upstream's pieces
+    }
+    source.push(null);
+    await reading;
+    expect(text.join('')).toBe('abc');
+    expect(proxied.stalled).toBe(false);
+    expect(done).toEqual(['complete']);
+  });
+
+  it('its web stream errors when the client stalls, and the upstream is let go', async () => {
+    const source = new Readable({ read() {} });
+    source.push('x'.repeat(1000));
+    const proxied = new ProxiedBody(source, null, () => {}, null, null, 40);
+    const reader = proxied.stream().getReader();
+    expect((await reader.read()).value).toHaveLength(1000);
+    source.push('more');
+    // The stream pulls once more to fill its queue; after that, nobody reads.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(proxied.stalled).toBe(true);
+    expect(source.destroyed).toBe(true);
+    await expect(reader.read()).rejects.toMatchObject({ code: 'upstream_unreachable' });
+  });
+
   it('readAhead() keeps the first pieces for the first read(): the same bytes and one onDone as without it', async () => {
     const { proxied, done } = body(Readable.from(pieces.map((p) => Buffer.from(p)), { objectMode: false }));
     await proxied.readAhead();
