@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ZOD_CONTRACT_MESSAGE, genAiSchema, responseTypeSchema, routePolicyFields, upstreamPolicyFields } from './policy';
-import { templateParamNames, templateProblems } from '../route/template';
+import { templateParamNames, templateProblems, templateShape } from '../route/template';
 
 /**
  * The one schema for upstream definitions: TypeScript adapters (`defineUpstream`) and the JSON file named by
@@ -442,6 +442,22 @@ export const upstreamSchema = z
       });
     }
     signedAuthIssues(upstream, ctx);
+    // Two routes of one method for exactly the same requests: only one could ever serve, and which one would
+    // depend on their order. Refused, so a route meant to narrow another (its roles) is never silently dead.
+    const shapes = new Map<string, number>();
+    upstream.routes.forEach((route, index) => {
+      if (templateProblems(route.path).length > 0) return;
+      const shape = `${route.method} ${templateShape(route.path)}`;
+      const first = shapes.get(shape);
+      if (first === undefined) shapes.set(shape, index);
+      else {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['routes', index, 'path'],
+          message: `matches the same ${route.method} requests as routes.${first} (${upstream.routes[first]!.path}): only one could serve; remove one (to change a preset's route, declare it with the preset's path)`,
+        });
+      }
+    });
   });
 
 /**

@@ -50,8 +50,12 @@ export function templateProblems(path: string): string[] {
     }
     const param = parseParam(segment);
     if (param === undefined || (param === null && !isSafeSegment(segment))) {
+      // The segment's text is not repeated: a URL copied from an API's docs may carry a key (`?appid=…`), and
+      // this message goes to the console and the platform's logs.
       problems.push(
-        `segment "${segment}" is not a literal, a :param, a {param} with literal text around it (":" inside only), or a final *`,
+        /[?#]/.test(segment)
+          ? `segment ${index + 1} holds a "?" or "#": a route path has no query string or fragment (declare query parameters under "query")`
+          : `segment ${index + 1} is not a literal, a :param, a {param} with literal text around it (":" inside only), or a final * (its text is not shown)`,
       );
     } else if (param) {
       if (names.has(param.param)) problems.push(`parameter "${param.param}" is declared twice`);
@@ -69,6 +73,33 @@ export function compileTemplate(path: string): TemplateSegment[] {
     if (param === undefined) throw new Error('path template was not validated');
     return param ?? segment;
   });
+}
+
+/**
+ * Orders templates from the most specific: segment by segment, a literal before `{param}` with literal text
+ * around it, before `:param`, before `*`; otherwise as declared. Keyward serves a call by the first route of this
+ * order that matches (a literal `/repos/acme/private/issues` with its own roles wins over `/repos/:owner/:repo/issues`
+ * wherever either is declared), as OpenAPI matches concrete paths before templated ones (OpenAPI 3.1 §4.8.8).
+ */
+export function bySpecificity(a: readonly TemplateSegment[], b: readonly TemplateSegment[]): number {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    const difference = specificityRank(a[i]!) - specificityRank(b[i]!);
+    if (difference !== 0) return difference;
+  }
+  // A total order, so any sort applies it whole. Templates of different lengths with equal ranks up to the
+  // shorter one's end never match the same request (only a final `*` spans lengths, and it ranks last).
+  return a.length - b.length;
+}
+
+function specificityRank(part: TemplateSegment): number {
+  return typeof part === 'string' ? 0 : 'rest' in part ? 3 : part.prefix || part.suffix ? 1 : 2;
+}
+
+/** The requests a template matches, without parameter names: two routes of one method and shape can never both serve. */
+export function templateShape(path: string): string {
+  return compileTemplate(path)
+    .map((part) => (typeof part === 'string' ? part : 'rest' in part ? '*' : `${part.prefix}{}${part.suffix}`))
+    .join('/');
 }
 
 /** The parameters a template declares, in order (e.g. to check `paramEquals` names). */

@@ -9,7 +9,7 @@ import { compileContract, type CompiledContract } from '../policy/contract';
 import { awsCredential, type AwsKeyPair } from '../credential/aws-sigv4';
 import { hmacCredential } from '../credential/hmac';
 import type { RequestSigner } from '../credential/sign';
-import { compileTemplate, type TemplateSegment } from '../route/template';
+import { bySpecificity, compileTemplate, type TemplateSegment } from '../route/template';
 import { compileGenAi, type GenAiRoute } from '../observe/gen-ai';
 
 export interface CompiledRoute {
@@ -150,7 +150,9 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env, fingerpri
     base,
     origin: base.origin,
     basePath: base.pathname,
-    routes: config.routes.map((route, index) => compileRoute(id, index, route, config)),
+    // Tried most specific first (a stable sort: equal ranks keep their declared order), so a route declared for
+    // a narrower path always serves it, wherever it is declared (a preset's broader route included).
+    routes: config.routes.map((route, index) => compileRoute(id, index, route, config)).sort((a, b) => bySpecificity(a.segments, b.segments)),
     timeoutMs: config.timeoutMs,
     credential: planCredential(id, config, env, fingerprints),
     auth: config.auth,

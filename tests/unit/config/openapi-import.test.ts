@@ -269,14 +269,14 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
     expect(paths).toEqual([
       'GET /items',
       'POST /items',
+      'POST /uploads',
+      'POST /login',
+      'GET /stats',
       'POST /items/search',
       'GET /items/{id}.json',
       'GET /items/:item_id',
       'DELETE /items/:item_id',
       'PATCH /items/:item_id',
-      'POST /uploads',
-      'POST /login',
-      'GET /stats',
     ]);
   });
 

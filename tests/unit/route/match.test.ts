@@ -30,6 +30,27 @@ describe('matchRoute', () => {
     expect(matchRoute(upstream, 'POST', ['items']).route.template).toBe('/items');
   });
 
+  it('the most specific route serves, wherever it is declared: a literal path declared after a :param route that covers it', () => {
+    expect(matchRoute(upstream, 'GET', ['items', 'special']).route.template).toBe('/items/special');
+    expect(matchRoute(upstream, 'GET', ['items', 'other']).route.template).toBe('/items/:id');
+    // A preset's broad route with an operator's narrower one added after it (mergeUpstream appends): the
+    // narrower one's roles apply. Before, the first declared route served, and the roles were silently not applied.
+    const { upstream: github } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/repos/:owner/:repo/issues' },
+        { method: 'GET', path: '/repos/acme/hr-private/issues', roles: ['hr'] },
+        { method: 'GET', path: '/files/*' },
+        { method: 'GET', path: '/files/:name' },
+      ],
+    });
+    const hr = matchRoute(github, 'GET', ['repos', 'acme', 'hr-private', 'issues']).route;
+    expect(hr.template).toBe('/repos/acme/hr-private/issues');
+    expect([...hr.roles!]).toEqual(['hr']);
+    expect(matchRoute(github, 'GET', ['repos', 'acme', 'web', 'issues']).route.roles).toBeNull();
+    expect(matchRoute(github, 'GET', ['files', 'a']).route.template).toBe('/files/:name');
+    expect(matchRoute(github, 'GET', ['files', 'a', 'b']).route.template).toBe('/files/*');
+  });
+
   it('binds :param segments into a prototype-less params object', () => {
     const { route, params } = matchRoute(upstream, 'PUT', ['items', '42', 'tags', 'red']);
     expect(route.template).toBe('/items/:id/tags/:tag');

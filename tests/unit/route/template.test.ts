@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { defineUpstream } from '../../../lib/core/config/load';
 import {
+  bySpecificity,
   captureParam,
   compileTemplate,
   templateParamNames,
@@ -63,9 +64,38 @@ describe('templateProblems (the route path grammar)', () => {
     expect(templateProblems(path).length).toBeGreaterThan(0);
   });
 
-  it('names the offending segment, and the duplicate parameter', () => {
-    expect(templateProblems('/models/:model:generateContent')[0]).toContain('segment ":model:generateContent"');
+  it('names the offending segment by its position, never its text (a URL pasted from docs may carry a key), and the duplicate parameter', () => {
+    expect(templateProblems('/models/:model:generateContent')[0]).toContain('segment 2 is not a literal');
+    expect(templateProblems('/models/:model:generateContent')[0]).not.toContain('generateContent');
+    const pasted = templateProblems('/data/2.5/forecast?appid=sk_live_pasted_by_mistake_0123');
+    expect(pasted).toEqual(['segment 3 holds a "?" or "#": a route path has no query string or fragment (declare query parameters under "query")']);
+    expect(templateProblems('/a/b c%zz/x').join(' ')).not.toContain('b c');
     expect(templateProblems('/a/:id/{id}')).toEqual(['parameter "id" is declared twice']);
+  });
+
+  it('orders templates most specific first: literal, {param} with text, :param, *; equal ranks as declared', () => {
+    const paths = ['/files/*', '/repos/:owner/:repo/issues', '/models/{m}:generate', '/repos/acme/private/issues', '/models/:m', '/repos/:owner/:repo/pulls'];
+    const sorted = paths.map((path) => ({ path, segments: compileTemplate(path) })).sort((a, b) => bySpecificity(a.segments, b.segments));
+    expect(sorted.map((entry) => entry.path)).toEqual([
+      '/repos/acme/private/issues',
+      '/models/{m}:generate',
+      '/models/:m',
+      '/repos/:owner/:repo/issues',
+      '/repos/:owner/:repo/pulls',
+      '/files/*',
+    ]);
+    expect(bySpecificity(compileTemplate('/files/report'), compileTemplate('/files/*'))).toBeLessThan(0);
+  });
+
+  it('two routes of one method for the same requests (parameter names aside) stop start-up naming the later one', () => {
+    const define = (routes: Array<{ method: 'GET' | 'DELETE'; path: string; roles?: string[] }>) => () =>
+      defineUpstream('g', { baseUrl: 'https://api.example.com/', auth: { type: 'bearer', secret: { env: 'K' } }, routes });
+    expect(define([{ method: 'DELETE', path: '/items/:id', roles: ['admin'] }, { method: 'DELETE', path: '/items/:item', roles: ['user'] }])).toThrow(
+      /routes\.1\.path: matches the same DELETE requests as routes\.0 \(\/items\/:id\)/,
+    );
+    expect(define([{ method: 'GET', path: '/x/*' }, { method: 'GET', path: '/x/*' }])).toThrow(/routes\.1\.path/);
+    // Other methods, or shapes that differ (a literal, text around a parameter), are separate routes.
+    expect(define([{ method: 'GET', path: '/items/:id' }, { method: 'DELETE', path: '/items/:id' }, { method: 'GET', path: '/items/new' }, { method: 'GET', path: '/items/{id}.json' }])).not.toThrow();
   });
 
   it('is what the config schema applies: an invalid template stops start-up naming the field', () => {

@@ -1,6 +1,6 @@
 import { queryParamKey } from '../../forward/query';
 import { compileContract } from '../../policy/contract';
-import { compileTemplate } from '../../route/template';
+import { bySpecificity, compileTemplate, templateShape } from '../../route/template';
 import { ConfigError } from '../error';
 import { parseConfig } from '../load';
 import { documentTitle, own, readSpecDocument, serverUrl, type SpecDocument } from './document';
@@ -123,7 +123,7 @@ export function buildUpstream(
   for (const op of sortBySpecificity(selected)) {
     if (!op.route) throw new ConfigError(`${op.key} cannot be imported: ${op.skipped}`);
     const route = withoutReservedQuery(op.route, auth.auth, (message) => warnings.push({ operation: op.key, message }));
-    const shape = `${route.method} ${routeShape(route.path)}`;
+    const shape = `${route.method} ${templateShape(route.path)}`;
     const earlier = shapes.get(shape);
     if (earlier) {
       warnings.push({ operation: op.key, message: `left out: ${earlier} matches the same requests and comes first` });
@@ -148,29 +148,14 @@ export function buildUpstream(
 }
 
 /**
- * Literal segments before parameters, segment by segment: Keyward takes the first declared route that matches,
- * and OpenAPI matches concrete paths before templated ones (OpenAPI 3.1 §4.8.8 "Path Templating Matching").
+ * Literal segments before parameters, segment by segment, the order in which Keyward tries routes
+ * (`bySpecificity`): the generated file lists them as they are served.
  */
 function sortBySpecificity(operations: readonly PlannedOperation[]): PlannedOperation[] {
-  const ranks = (op: PlannedOperation) =>
-    (op.route ? compileTemplate(op.route.path) : []).map((part) =>
-      typeof part === 'string' ? 0 : 'rest' in part ? 3 : part.prefix || part.suffix ? 1 : 2,
-    );
-  const keyed = operations.map((op, index) => ({ op, index, ranks: ranks(op) }));
-  keyed.sort((a, b) => {
-    for (let i = 0; i < Math.min(a.ranks.length, b.ranks.length); i++) {
-      if (a.ranks[i] !== b.ranks[i]) return a.ranks[i]! - b.ranks[i]!;
-    }
-    return a.index - b.index;
-  });
+  const keyed = operations.map((op) => ({ op, segments: op.route ? compileTemplate(op.route.path) : [] }));
+  // Array.prototype.sort is stable: equal ranks keep the document's order.
+  keyed.sort((a, b) => bySpecificity(a.segments, b.segments));
   return keyed.map(({ op }) => op);
-}
-
-/** The requests a template matches, without parameter names: two routes with one shape can never both serve. */
-function routeShape(path: string): string {
-  return compileTemplate(path)
-    .map((part) => (typeof part === 'string' ? part : 'rest' in part ? '*' : `${part.prefix}{}${part.suffix}`))
-    .join('/');
 }
 
 /**
