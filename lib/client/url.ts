@@ -24,7 +24,10 @@ export function buildCallUrl(
 /** `/items/:id` with `{ id: 'a/b' }` → `/items/a%2Fb`. Throws a TypeError for a missing or unusable value. */
 export function expandPath(template: string, params: Readonly<Record<string, ParamValue | RestValue>>): string {
   if (!template.startsWith('/')) throw new TypeError('A Keyward path starts with "/"; put the query in `query`.');
-  const segments = template === '/' ? [''] : template.slice(1).split('/');
+  // The root route (`/`) is the upstream's own URL, `/api/proxy/<upstream>`: a trailing "/" would be an empty
+  // segment, which the proxy refuses (400 bad_path).
+  if (template === '/') return '';
+  const segments = template.slice(1).split('/');
   const out = segments.map((segment, index) => {
     if (segment === '*' && index === segments.length - 1) return restSegments(params['*']);
     if (segment.startsWith(':')) return encodeSegment(paramValue(params, segment.slice(1)), `path parameter "${segment.slice(1)}"`);
@@ -33,8 +36,11 @@ export function expandPath(template: string, params: Readonly<Record<string, Par
       const [, prefix = '', name = '', suffix = ''] = braced;
       const value = paramValue(params, name);
       const what = `path parameter "${name}"`;
-      // Alone in its segment, the value is the segment (and could be a dot segment); with text around it, not.
-      return prefix === '' && suffix === '' ? encodeSegment(value, what) : `${prefix}${encodeURIComponent(nonEmpty(value, what))}${suffix}`;
+      if (prefix === '' && suffix === '') return encodeSegment(value, what);
+      // With text around it, the finished segment can still be a dot segment (`{name}.` with "."): refused too.
+      const built = `${prefix}${encodeURIComponent(nonEmpty(value, what))}${suffix}`;
+      if (built === '.' || built === '..') throw new TypeError(`${capitalise(what)} makes the segment "${built}".`);
+      return built;
     }
     return PLAIN_SEGMENT.test(segment) || segment === '' ? segment : encodeSegment(segment, 'a path segment');
   });

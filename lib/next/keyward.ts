@@ -25,7 +25,7 @@ export interface KeywardOptions {
 
 /** Everything an app's route handlers, pages and instrumentation.ts take from Keyward, all on one runtime. */
 export interface Keyward extends ApiRoutes, PageHelpers {
-  /** /api/proxy/[upstream]/[...path], for every method. */
+  /** /api/proxy/[upstream]/[[...path]], for every method. */
   readonly proxyRoute: RouteHandler<{ upstream: string; path?: string[] }>;
   /** GET /api/session. */
   readonly sessionRoute: (request: Request) => Promise<Response>;

@@ -24,7 +24,7 @@ export function runtimeOrUnavailable(getRuntime: RuntimeSource): Runtime | Respo
 }
 
 /**
- * The Next.js route handler for /api/proxy/[upstream]/[...path]: translate, then hand over to the core.
+ * The Next.js route handler for /api/proxy/[upstream]/[[...path]]: translate, then hand over to the core.
  * Authentication happens inside handleProxy on every request; nothing relies on proxy.ts/middleware.
  */
 export function createProxyRoute(getRuntime: RuntimeSource): RouteHandler<{ upstream: string; path?: string[] }> {

@@ -78,7 +78,7 @@ describe(`README "${SECTION}"`, () => {
     expect(shared).toEqual(
       expect.arrayContaining([
         'app/api/auth/[...nextauth]/route.ts',
-        'app/api/proxy/[upstream]/[...path]/route.ts',
+        'app/api/proxy/[upstream]/[[...path]]/route.ts',
         'instrumentation.ts',
       ]),
     );

@@ -17,7 +17,7 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
  * ":" inside path segments (README "### Upstreams", "Security model"), end to end through both doors against
  * a real node:http upstream that records the request target it received:
  * - the fast lane: a node:http server running lib/node/fast-lane.ts, sent raw request targets;
- * - the route handlers: the params Next's own matcher derives for `app/api/proxy/[upstream]/[...path]` from the
+ * - the route handlers: the params Next's own matcher derives for `app/api/proxy/[upstream]/[[...path]]` from the
  *   same raw path (next/dist's getRouteRegex + getRouteMatcher, which decode each catch-all entry once), handed
  *   to the core as lib/next/proxy-route.ts hands them. (The production `next start` server is exercised by
  *   tests/integration/colon-paths-build.test.ts.)
@@ -37,7 +37,7 @@ let runtime: Runtime;
 let lane: Server;
 let cookie: string;
 
-const nextParams = getRouteMatcher(getRouteRegex('/api/proxy/[upstream]/[...path]'));
+const nextParams = getRouteMatcher(getRouteRegex('/api/proxy/[upstream]/[[...path]]'));
 
 beforeAll(async () => {
   upstream = await startUpstream();

@@ -86,6 +86,7 @@ beforeAll(async () => {
           { method: 'GET', path: '/events' },
           { method: 'GET', path: '/hang' },
           { method: 'GET', path: '/stall', timeoutMs: 1_000 },
+          { method: 'GET', path: '/' },
           { method: 'GET', path: '/files/*' },
         ],
       },
@@ -140,6 +141,18 @@ describe('the fast lane proxies through the core', () => {
     expect(response.headers.get('x-frame-options')).toBe('DENY');
     expect(response.headers.get('referrer-policy')).toBe('no-referrer');
     expectNoLeak(`${JSON.stringify([...response.headers])}\n${text}`);
+  });
+
+  it('the root route (`/`) is the upstream\'s own URL, /api/proxy/<upstream>, through both doors (the typed client\'s URL)', async () => {
+    const { buildCallUrl } = await import('../../lib/client/url');
+    const path = buildCallUrl('/api/proxy', 'echo', '/', undefined, undefined);
+    expect(path).toBe('/api/proxy/echo');
+    for (const server of [lane, handlers]) {
+      upstream.reset();
+      const response = await raw(server, 'GET', path);
+      expect(response.status, server === lane ? 'fast lane' : 'route handler').toBe(200);
+      expect(upstream.requests.at(-1)!.url).toBe('/v1/');
+    }
   });
 
   it('answers with the same headers as the route handler', async () => {

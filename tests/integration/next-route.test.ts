@@ -7,7 +7,7 @@ import { expectNoSecrets } from './harness';
 import { writeConfigFile } from '../fixtures/config';
 
 /**
- * The Next route handler (app/api/proxy/[upstream]/[...path]/route.ts exports `keyward.proxyRoute` for every
+ * The Next route handler (app/api/proxy/[upstream]/[[...path]]/route.ts exports `keyward.proxyRoute` for every
  * method), called the way Next calls it: a Request and `{ params: Promise }`. It builds its runtime from
  * process.env on first use, so process.env is prepared before the first call.
  */

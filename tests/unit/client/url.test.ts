@@ -13,7 +13,9 @@ describe('expandPath', () => {
     expect(expandPath('/models/{model}:generateContent', { model: 'gemini-2.0' })).toBe('/models/gemini-2.0:generateContent');
     expect(expandPath('/models/{model:colon}', { model: 'a:b' })).toBe('/models/a%3Ab');
     expect(expandPath('/v1/images:annotate', {})).toBe('/v1/images:annotate');
-    expect(expandPath('/', {})).toBe('/');
+    // The root route is the upstream's own URL, without a trailing "/" (an empty segment, refused by the proxy).
+    expect(expandPath('/', {})).toBe('');
+    expect(buildCallUrl('/api/proxy', 'status', '/', undefined, undefined)).toBe('/api/proxy/status');
   });
 
   it('splits the final * on "/" (or takes an array), encoding each part alone', () => {
@@ -27,6 +29,10 @@ describe('expandPath', () => {
     expect(() => expandPath('/items/:id', { id: '..' })).toThrow(/cannot be "\." or "\.\."/);
     expect(() => expandPath('/items/:id', { id: '.' })).toThrow(TypeError);
     expect(() => expandPath('/models/{model}', { model: '..' })).toThrow(TypeError);
+    // Text around the value that finishes a dot segment: fetch would resolve it to another path.
+    expect(() => expandPath('/files/{name}.', { name: '.' })).toThrow(/makes the segment "\.\."/);
+    expect(() => expandPath('/config/.{name}', { name: '.' })).toThrow(TypeError);
+    expect(expandPath('/files/{name}.', { name: 'a' })).toBe('/files/a.');
     expect(() => expandPath('/files/*', { '*': 'a/../b' })).toThrow(TypeError);
     expect(() => expandPath('/files/*', { '*': 'a//b' })).toThrow(TypeError);
     expect(() => expandPath('/items/:id', { id: Number.NaN })).toThrow(TypeError);
