@@ -221,8 +221,8 @@ export interface Call {
   throttle: RateRule | null;
   /** The call's span, ended by step 15 (non-recording, and free, without a tracer provider: lib/core/observe/trace.ts). */
   readonly span: Span;
-  /** Step 14's leak scrubber, whose replacements the metrics count. */
-  scrubber: StreamScrubber | null;
+  /** Step 14's leak scrubber (or a WebSocket's messages' scrubbers, summed), whose replacements the metrics count. */
+  scrubber: { readonly hits: number } | null;
   /** Reads the tokens a GenAI route's response reports, for a recorded span (step 14). */
   genAi: { readonly reader: UsageReader; readonly usage: GenAiUsage } | null;
   /** A decoy this call presented (steps 1, 3, 10): it is refused as unauthenticated and the hit raised once. */
@@ -753,11 +753,12 @@ function respond(
   const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
   const contentType = (firstHeader(response.headers['content-type']) ?? '').toLowerCase();
   const framed = contentType.startsWith('application/vnd.amazon.eventstream') ? new EventStreamBoundaries() : null;
-  call.scrubber = new StreamScrubber(secrets);
+  const scrubber = new StreamScrubber(secrets);
+  call.scrubber = scrubber;
   call.genAi = route.genAi && call.span.isRecording() ? genAiUsageReader(route.genAi, firstHeader(response.headers['content-type']) ?? '') : null;
   const body = new ProxiedBody(
     decoded,
-    call.scrubber,
+    scrubber,
     // A body cut short (client gone, upstream broke) has not reported its usage yet, even if an early event
     // carried a partial figure: the reservation stays charged (README "Budgets reserve, then settle").
     (outcome, bytes, error) => {

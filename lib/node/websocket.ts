@@ -191,7 +191,7 @@ async function relay(
   }
   if (clientGone || socket.destroyed) {
     upstream.terminate();
-    recordSocket(grant, { outcome: 'aborted', errorCode: null, bytesIn: 0, bytesOut: 0 });
+    recordSocket(grant, { outcome: 'aborted', errorCode: null, bytesIn: 0, bytesOut: 0, scrubberHits: 0 });
     return;
   }
   const server = new WebSocketServer({
@@ -207,7 +207,7 @@ async function relay(
   socket.once('close', () => {
     if (accepted) return;
     upstream.terminate();
-    recordSocket(grant, { outcome: 'aborted', errorCode: 'bad_request', bytesIn: 0, bytesOut: 0 });
+    recordSocket(grant, { outcome: 'aborted', errorCode: 'bad_request', bytesIn: 0, bytesOut: 0, scrubberHits: 0 });
   });
   server.handleUpgrade(req, socket, head, (client) => {
     accepted = true;
@@ -225,6 +225,7 @@ function pipeSockets(
   const secrets = grant.credential.secrets;
   let bytesIn = 0;
   let bytesOut = 0;
+  const scrubbed = { hits: 0 };
   let ended = false;
   let idle: ReturnType<typeof setTimeout> | null = null;
   const touch = () => {
@@ -249,7 +250,7 @@ function pipeSockets(
       cause === null || typeof cause !== 'string' ? close.code : 1001,
       typeof cause === 'string' ? '' : close.reason,
     );
-    recordSocket(grant, { outcome, errorCode, bytesIn, bytesOut });
+    recordSocket(grant, { outcome, errorCode, bytesIn, bytesOut, scrubberHits: scrubbed.hits });
   };
   const unregister = sockets.add({
     session: grant.session,
@@ -274,7 +275,7 @@ function pipeSockets(
   };
   forward(client, upstream, (frame) => frame);
   // Every message from the upstream, text or binary, is scrubbed whole: each form of the credential → [REDACTED].
-  forward(upstream, client, (frame) => ({ data: scrub(frame.data, secrets), binary: frame.binary }));
+  forward(upstream, client, (frame) => ({ data: scrub(frame.data, secrets, scrubbed), binary: frame.binary }));
 
   // A close from one side is passed on to the other with its code (its reason scrubbed); 1009 (message too big)
   // is ws enforcing maxPayload.
@@ -282,7 +283,7 @@ function pipeSockets(
     if (code === 1009) return end({ code: 1009, reason: 'message too big' }, 'aborted', 'payload_too_large');
     const passed = {
       code: SENDABLE(code) ? code : code === 1005 ? 1000 : 1011,
-      reason: from === upstream ? closeReason(reason, secrets) : closeReason(reason, []),
+      reason: from === upstream ? closeReason(reason, secrets, scrubbed) : closeReason(reason, [], scrubbed),
     };
     end(
       passed.code === 1000 && !passed.reason ? null : passed,
@@ -313,17 +314,19 @@ function closeSocket(socket: WebSocket, code: number, reason: string): void {
   setTimeout(() => socket.terminate(), 5_000).unref();
 }
 
-function scrub(data: Buffer, secrets: readonly string[]): Buffer {
+/** One message scrubbed whole; its replacements are added to `scrubbed.hits` (the socket's record counts them). */
+function scrub(data: Buffer, secrets: readonly string[], scrubbed: { hits: number }): Buffer {
   const scrubber = new StreamScrubber(secrets);
   if (!scrubber.active) return data;
   const head = scrubber.push(data);
   const tail = scrubber.flush();
+  scrubbed.hits += scrubber.hits;
   return tail.length === 0 ? head : Buffer.concat([head, tail]);
 }
 
 /** A close reason passed on: scrubbed, then cut to what a close frame holds on a UTF-8 boundary. */
-function closeReason(reason: Buffer, secrets: readonly string[]): string {
-  let text = scrub(reason, secrets).toString('utf8');
+function closeReason(reason: Buffer, secrets: readonly string[], scrubbed: { hits: number }): string {
+  let text = scrub(reason, secrets, scrubbed).toString('utf8');
   while (Buffer.byteLength(text) > MAX_REASON_BYTES) text = text.slice(0, -1);
   return text;
 }

@@ -224,7 +224,7 @@ describe('WebSocket upgrades through the fast lane', () => {
 
   it('an upstream that echoes the key: every form of it reaches the client as [REDACTED], text, binary and close reason', async () => {
     const socket = opened(
-      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:alice'), ...sameOrigin() }),
+      await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:echoed'), ...sameOrigin() }),
     );
     socket.send('key');
     const text = (await nextMessage(socket)).data.toString();
@@ -239,6 +239,16 @@ describe('WebSocket upgrades through the fast lane', () => {
     const { code, reason } = await end;
     expect(code).toBe(4000);
     expect(reason).toBe('bye [REDACTED]');
+    // Each replacement is counted on the socket's record, as an HTTP call's are (metrics, Keys page, detector).
+    const recordOf = () =>
+      lane
+        .output()
+        .split('\n')
+        .filter((line) => line.includes('"oidc:echoed"') && line.includes('"status":101'))
+        .map((line) => (JSON.parse(line) as { proxy?: { scrubberHits: number } }).proxy)
+        .find(Boolean);
+    await expect.poll(recordOf).toBeDefined();
+    expect(recordOf()!.scrubberHits).toBeGreaterThanOrEqual(3); // the text, the binary message, the close reason
   });
 
   it('passes the offered subprotocols to the upstream and its choice back', async () => {

@@ -104,6 +104,8 @@ export interface SocketOutcome {
   readonly bytesIn: number;
   /** Bytes of messages from the upstream to the client (after scrubbing). */
   readonly bytesOut: number;
+  /** How many times the credential was replaced in the upstream's messages and close reason (the key echoed). */
+  readonly scrubberHits: number;
 }
 
 /**
@@ -111,8 +113,10 @@ export interface SocketOutcome {
  * handshake): status 101, bytes each way, duration from the upgrade request to the close, outcome. Quotas and
  * budgets settle with what was reserved at the upgrade (a socket reports no usage figure).
  */
-export function recordSocket(grant: UpgradeGrant, { outcome, errorCode, bytesIn, bytesOut }: SocketOutcome): void {
+export function recordSocket(grant: UpgradeGrant, { outcome, errorCode, bytesIn, bytesOut, scrubberHits }: SocketOutcome): void {
   grant.call.body = { iterable: NO_BYTES, bytes: () => bytesIn, exceeded: () => false };
+  // Counted as an HTTP call's are: the metric, the Keys page's "echoed" mark and the detector's alert.
+  grant.call.scrubber = { hits: scrubberHits };
   // Recorded only once the upstream accepted the handshake: the key was used, so a reservation is charged.
   grant.call.forwarded = true;
   record(grant.call, 101, outcome, bytesOut, errorCode);
