@@ -121,11 +121,13 @@ async function serveUpgrade(
     headers,
   });
   let callDeps: ProxyDeps = deps;
+  let redeemed = tickets.length === 0;
   if (tickets.length > 0) {
     const ticket = tickets.length === 1 ? tickets[0]! : '';
     callDeps = {
       ...deps,
       verifySession: async () => {
+        redeemed = true;
         const issued = await options.tickets.redeem(ticket, target);
         // The session as it was when the ticket was issued (up to 30 s ago): a local user as the users file says now.
         const session = issued && deps.users ? currentLocalUser(issued, deps.users) : issued;
@@ -134,7 +136,12 @@ async function serveUpgrade(
     };
   }
   const grant = await authorizeUpgrade(request, target, callDeps);
-  if (grant instanceof Response) return writeRaw(socket, grant, siteHeaders);
+  if (grant instanceof Response) {
+    // Refused before the session step (an unknown upstream or route, an HTTP route, a refused query): a ticket
+    // shown at the wrong path is used up all the same, whichever step refused the upgrade.
+    if (!redeemed) await Promise.all(tickets.map((ticket) => options.tickets.redeem(ticket, target).catch(() => null)));
+    return writeRaw(socket, grant, siteHeaders);
+  }
   await relay(req, socket, head, grant, options, siteHeaders);
 }
 

@@ -340,6 +340,18 @@ describe('WebSocket upgrades through the fast lane', () => {
       status: 401,
       code: 'unauthenticated',
     });
+    // Shown where a step before the session refuses it (an HTTP route, no such route or upstream, a refused
+    // query parameter): used up all the same.
+    for (const [wrong, status] of [
+      ['/api/proxy/rt/plain', 400],
+      ['/api/proxy/rt/nope', 404],
+      ['/api/proxy/zz/realtime', 404],
+      ['/api/proxy/rt/realtime?access_token=x', 400],
+    ] as const) {
+      const shown = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
+      expect(refusal(await open(`${wrong}${wrong.includes('?') ? '&' : '?'}ticket=${shown}`)).status, wrong).toBe(status);
+      expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${shown}`)), wrong).toEqual({ status: 401, code: 'unauthenticated' });
+    }
 
     expect((await ask('/plain')).status).toBe(400);
     const noSession = await fetch(`${lane.url}/api/session/ws-ticket`, {
