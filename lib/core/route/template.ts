@@ -77,7 +77,7 @@ export function compileTemplate(path: string): TemplateSegment[] {
 
 /**
  * Orders templates from the most specific: segment by segment, a literal before `{param}` with literal text
- * around it, before `:param`, before `*`; otherwise as declared. Keyward serves a call by the first route of this
+ * around it, before `:param`, before `*`; then the shorter first; otherwise as declared (sorts are stable). Keyward serves a call by the first route of this
  * order that matches (a literal `/repos/acme/private/issues` with its own roles wins over `/repos/:owner/:repo/issues`
  * wherever either is declared), as OpenAPI matches concrete paths before templated ones (OpenAPI 3.1 §4.8.8).
  */
