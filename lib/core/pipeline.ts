@@ -7,6 +7,7 @@ import { signRequest } from './credential/sign';
 import type { CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
 import { capRequestBody, type CappedBody } from './forward/body';
+import { QUEUE_TIMEOUT } from './forward/queue-deadline';
 import { clientIp } from './client/ip';
 import type { RateLimiterRes } from 'rate-limiter-flexible';
 import type { Limits, LimitGrant, LimitSubject } from './limits/limits';
@@ -857,7 +858,7 @@ function recordLogger(logger: Logger): Logger {
 }
 
 /** undici errors raised before a request could be written: nothing reached the upstream. */
-const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
+const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT', QUEUE_TIMEOUT]);
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
@@ -892,6 +893,9 @@ function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError 
   const name = (error as { name?: string } | null)?.name;
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') {
     return new KeywardError('upstream_timeout', { cause: error });
+  }
+  if (code === QUEUE_TIMEOUT) {
+    return new KeywardError('upstream_timeout', { message: 'Every connection to the upstream stayed busy: try again shortly.', cause: error });
   }
   // The upstream answered, but not with a response that can be passed on: an unasked-for 100 or 101, a status
   // outside 100–999, a malformed head (undici's socket and parser errors say so).

@@ -37,6 +37,7 @@ import { buildRegistry, type Env, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
 import { guard } from './store/guard';
+import { QueueDeadlineDispatcher } from './forward/queue-deadline';
 import { createStore, type Store } from '../store';
 
 export interface Runtime extends ProxyDeps {
@@ -430,7 +431,10 @@ function perUserNeeds(registry: ReadonlyMap<string, Upstream>) {
   return { userKeys, oauthProviders };
 }
 
-/** One pooled, keep-alive client for all upstream calls (a connection per request halves throughput). */
-export function createUpstreamAgent(): Agent {
-  return new Agent({ keepAliveTimeout: 10_000, keepAliveMaxTimeout: 60_000, connections: 256, pipelining: 1 });
+/**
+ * One pooled, keep-alive client for all upstream calls (a connection per request halves throughput). A call that
+ * waits for a free connection gets the same deadline as its answer (`QueueDeadlineDispatcher`).
+ */
+export function createUpstreamAgent(): Dispatcher {
+  return new QueueDeadlineDispatcher(new Agent({ keepAliveTimeout: 10_000, keepAliveMaxTimeout: 60_000, connections: 256, pipelining: 1 }));
 }

@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Agent } from 'undici';
+import { QueueDeadlineDispatcher } from '../../lib/core/forward/queue-deadline';
 import { handleProxy } from '../../lib/core/pipeline';
 import { APP_ORIGIN, createHarness, expectKeywardError, expectNoSecrets, expectNoSecretsInLogs, type Harness } from './harness';
 
@@ -108,6 +110,42 @@ describe('upstream failures become Keyward JSON errors without upstream details'
     expect(String(failure?.message)).not.toContain(h.upstream.origin);
     await h.upstream.requests.at(-1)!.closed;
     expect(h.upstream.requests.at(-1)!.closedEarly).toBe(true);
+  });
+
+  it('a call that waits for a free upstream connection longer than timeoutMs: 504 upstream_timeout, never sent', async () => {
+    // One pooled connection stands in for 256 busy ones: the first call's stream keeps it (a chunk every 100 ms,
+    // so neither of its own deadlines fires), and the second call queues behind it.
+    const dispatcher = new QueueDeadlineDispatcher(new Agent({ connections: 1, pipelining: 1 }));
+    let release = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    setTimeout(release, 3000).unref(); // without the deadline the second call waits for this, then succeeds
+    h.upstream.handle((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      if (req.url !== '/v1/items/busy') return void res.end('served');
+      const beat = setInterval(() => res.write('.'), 100);
+      void released.then(() => {
+        clearInterval(beat);
+        res.end('done');
+      });
+    });
+    const deps = { ...h.runtime, dispatcher };
+    const before = h.upstream.requests.length;
+    try {
+      const busy = h.call(['items', 'busy'], { upstream: 'slow', deps });
+      await expect.poll(() => h.upstream.requests.length).toBe(before + 1);
+      const queued = await h.call(['items', 'queued'], { upstream: 'slow', deps });
+      expectKeywardError(queued, 504, 'upstream_timeout', h);
+      expect(queued.json<{ error: { message: string } }>().error.message).toMatch(/busy/);
+      release();
+      expect((await busy).text).toMatch(/done$/);
+      // The queued request reached the connection after its caller was answered: dropped, not sent.
+      const after = await h.call(['items', 'after'], { upstream: 'slow', deps });
+      expect(after.text).toBe('served');
+      expect(h.upstream.requests.slice(before).map((request) => request.url)).toEqual(['/v1/items/busy', '/v1/items/after']);
+    } finally {
+      release();
+      await dispatcher.close();
+    }
   });
 
   it('an upstream that is down (closed port): 502 upstream_unreachable', async () => {

@@ -1,0 +1,126 @@
+import { Dispatcher } from 'undici';
+
+/** The code of the error a call gets when it waited `headersTimeout` for a free upstream connection. */
+export const QUEUE_TIMEOUT = 'KEYWARD_UPSTREAM_QUEUE_TIMEOUT';
+
+export class QueueTimeoutError extends Error {
+  override readonly name = 'QueueTimeoutError';
+  readonly code = QUEUE_TIMEOUT;
+  constructor() {
+    super('no connection to the upstream came free within the timeout');
+  }
+}
+
+/**
+ * Gives a call waiting for a free pooled connection the same deadline as its answer (`headersTimeout`).
+ *
+ * undici starts `headersTimeout` only once a request is written to a connection. A request that waits in the
+ * pool's queue (every connection to that origin busy: 256 long streams) had no deadline at all, and aborting its
+ * signal takes effect only once it reaches a connection, so the caller waited for as long as the busiest
+ * connection did. undici has no option for this; this wrapper arms one timer per call from dispatch until undici
+ * starts the request on a connection. When it fires, the call fails with `QueueTimeoutError` (nothing was sent),
+ * and the request is dropped unsent when it reaches a connection later. Every other callback passes straight
+ * through (the legacy handler interface, which undici's request() uses, so nothing is converted on the way).
+ */
+export class QueueDeadlineDispatcher extends Dispatcher {
+  constructor(private readonly inner: Dispatcher) {
+    super();
+  }
+
+  override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    const ms = options.headersTimeout;
+    if (!ms || !(ms > 0)) return this.inner.dispatch(options, handler);
+    return this.inner.dispatch(options, new QueueDeadline(handler as LegacyHandler, ms) as Dispatcher.DispatchHandler);
+  }
+
+  override close(): Promise<void>;
+  override close(callback: () => void): void;
+  override close(...args: [] | [() => void]): Promise<void> | void {
+    return (this.inner.close as (...a: unknown[]) => Promise<void> | void).apply(this.inner, args);
+  }
+
+  override destroy(): Promise<void>;
+  override destroy(error: Error | null): Promise<void>;
+  override destroy(callback: () => void): void;
+  override destroy(error: Error | null, callback: () => void): void;
+  override destroy(...args: [] | [Error | null] | [() => void] | [Error | null, () => void]): Promise<void> | void {
+    return (this.inner.destroy as (...a: unknown[]) => Promise<void> | void).apply(this.inner, args);
+  }
+}
+
+/** undici's legacy (pre-7) handler interface: what `Dispatcher#request` hands to dispatch. */
+interface LegacyHandler {
+  onConnect?(abort: (reason?: Error) => void, context?: object): void;
+  onError?(error: Error): void;
+  onUpgrade?(statusCode: number, headers: Buffer[] | string[] | null, socket: unknown): void;
+  onResponseStarted?(): void;
+  onHeaders?(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean;
+  onData?(chunk: Buffer): boolean;
+  onComplete?(trailers: string[] | null): void;
+  onBodySent?(chunk: unknown): void;
+  onRequestSent?(): void;
+}
+
+class QueueDeadline implements LegacyHandler {
+  private timer: NodeJS.Timeout | null;
+  private expired = false;
+
+  constructor(
+    private readonly handler: LegacyHandler,
+    ms: number,
+  ) {
+    this.timer = setTimeout(() => this.expire(), ms);
+    this.timer.unref();
+  }
+
+  private expire() {
+    this.timer = null;
+    this.expired = true;
+    this.handler.onError?.(new QueueTimeoutError());
+  }
+
+  private settle() {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  onConnect(abort: (reason?: Error) => void, context?: object) {
+    if (this.expired) return abort(new QueueTimeoutError()); // the caller has its answer: never sent
+    this.settle();
+    return this.handler.onConnect?.(abort, context);
+  }
+
+  onError(error: Error) {
+    this.settle();
+    if (this.expired) return; // the abort above, or a failure after the caller was answered
+    return this.handler.onError?.(error);
+  }
+
+  onUpgrade(statusCode: number, headers: Buffer[] | string[] | null, socket: unknown) {
+    return this.handler.onUpgrade?.(statusCode, headers, socket);
+  }
+
+  onResponseStarted() {
+    return this.handler.onResponseStarted?.();
+  }
+
+  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string) {
+    return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
+  }
+
+  onData(chunk: Buffer) {
+    return this.handler.onData?.(chunk) ?? true;
+  }
+
+  onComplete(trailers: string[] | null) {
+    return this.handler.onComplete?.(trailers);
+  }
+
+  onBodySent(chunk: unknown) {
+    return this.handler.onBodySent?.(chunk);
+  }
+
+  onRequestSent() {
+    return this.handler.onRequestSent?.();
+  }
+}
