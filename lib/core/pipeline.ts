@@ -567,6 +567,11 @@ export async function prepareContent(
   applyIdentity(contract, session, parts);
   if (checked) {
     const serialized = checked.serialize(parts.body);
+    // Re-encoding can grow a body (`1e20` is written out in 21 digits, `~` in a form as `%7E`): the cap bounds
+    // what is forwarded too, or a body under it could reach the upstream at four times its size.
+    if (Buffer.isBuffer(serialized.body) && serialized.body.length > route.maxRequestBytes) {
+      throw new KeywardError('payload_too_large', { message: "The request body is larger than this route accepts once written out for the upstream." });
+    }
     forwardBody = serialized.body;
     outgoing.headers['content-type'] = serialized.contentType;
   }

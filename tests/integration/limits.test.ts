@@ -627,8 +627,10 @@ describe('budgets on Redis: reserve the worst case, settle to the reported usage
     const before = received('budget').length;
     // Read: 5000 is over the budget of 100.
     expect429(await call(a, quinn, 'budget', ['search'], { query: 'limit=5000' }), 'budget_exceeded', 86_400);
-    // Each of these is 5000 to many servers (a repeated parameter's last copy, a sign, a trailing dot).
-    for (const query of ['limit=1&limit=5000', 'limit=%2B5000', 'limit=5000.', 'limit=5e3x', 'limit=-1']) {
+    // Each of these is 5000 (or 99999, or 9) to many servers: a repeated parameter's last copy, a sign, a trailing
+    // dot, an exponent that Number() reads as 0 or 0.9 but parseInt as 99999 or 9, a leading zero, a spelling a
+    // lenient parser takes for `limit` (case, array suffix), alone or beside the real one.
+    for (const query of ['limit=1&limit=5000', 'limit=%2B5000', 'limit=5000.', 'limit=5e3x', 'limit=-1', 'limit=99999e-999', 'limit=9e-1', 'limit=05000', 'LIMIT=5000', 'limit%5B%5D=5000', 'limit=1&Limit=5000']) {
       const refused = await call(a, quinn, 'budget', ['search'], { query });
       expect(refused.status).toBe(400);
       expect(refused.errorCode()).toBe('contract_violation');

@@ -87,6 +87,19 @@ beforeAll(async () => {
           { method: 'GET', path: '/admin', roles: ['admin'] },
           {
             method: 'POST',
+            path: '/numbers',
+            maxRequestBytes: 1024,
+            body: { type: 'object', properties: { v: { type: 'array', items: { type: 'number' } } } },
+          },
+          {
+            method: 'POST',
+            path: '/form',
+            maxRequestBytes: 1024,
+            bodyFormat: 'form',
+            body: { type: 'object', properties: { q: { type: 'string' } } },
+          },
+          {
+            method: 'POST',
             path: '/zod',
             body: z.object({ name: z.string().max(20), count: z.number().int().optional() }),
           },
@@ -259,6 +272,24 @@ describe('JSON body contract: what is forwarded is JSON.stringify of the parsed 
       const c = await call(PRO, ['chat'], { method: 'POST', body: chat(), contentType });
       expectRefused(c, 415, 'unsupported_media_type');
     }
+  });
+
+  it('refuses with 413 a body under maxRequestBytes that would go past it once written out (JSON and form)', async () => {
+    // 1e20 is written out in 21 digits, `~` in a form as %7E: about 4x and 3x what the client sent.
+    const numbers = JSON.stringify({ v: Array.from({ length: 200 }, () => 1) }).replaceAll('1', '1e20');
+    expect(numbers.length).toBeLessThanOrEqual(1024);
+    const error = expectRefused(await call(FREE, ['numbers'], { method: 'POST', body: numbers }), 413, 'payload_too_large');
+    expect(error.message).toMatch(/written out/);
+    const form = `q=${'~'.repeat(1000)}`;
+    const formCall = await call(FREE, ['form'], { method: 'POST', body: form, contentType: 'application/x-www-form-urlencoded' });
+    expectRefused(formCall, 413, 'payload_too_large');
+    // Under the cap once written out, both pass.
+    const small = await call(FREE, ['numbers'], { method: 'POST', body: JSON.stringify({ v: [1e20, 2.5] }) });
+    expect(small.status).toBe(200);
+    expect(receivedJson(small)).toEqual({ v: [1e20, 2.5] });
+    const smallForm = await call(FREE, ['form'], { method: 'POST', body: 'q=~~', contentType: 'application/x-www-form-urlencoded' });
+    expect(smallForm.status).toBe(200);
+    expect(received(smallForm)).toBe('q=%7E%7E');
   });
 
   it('makes a zod object from a TypeScript adapter strict and re-serialises it too', async () => {

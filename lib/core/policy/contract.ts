@@ -3,6 +3,7 @@ import { ConfigError } from '../config/load';
 import { filePart, fileParts, type BodyFormat, type FieldSpecInput, type FormArrayStyle, type FieldTarget, type FilePartSpec, type SessionValue } from '../config/policy';
 import type { RouteConfig } from '../config/schema';
 import { KeywardError } from '../errors';
+import { queryParamKey } from '../forward/query';
 import type { Session } from '../session/session';
 
 /**
@@ -332,9 +333,20 @@ export function readTarget(parts: RequestParts, target: FieldTarget): unknown {
     const name = path[0]!;
     if (parts.query instanceof URLSearchParams) {
       // A repeated parameter has no one value (servers disagree on which copy wins): every copy is
-      // returned, so a cap refuses it instead of checking the first while the upstream reads the last.
-      const values = parts.query.getAll(name).map((value) => (NUMBER.test(value) ? Number(value) : value));
-      return values.length === 0 ? undefined : values.length === 1 ? values[0] : values;
+      // returned, so a cap refuses it instead of checking the first while the upstream reads the last. A
+      // parameter a lenient server could take for this one (`LIMIT`, `limit[]`: see queryParamKey) makes it
+      // as ambiguous, even alone.
+      const wanted = queryParamKey(name);
+      const values: (number | string)[] = [];
+      let ambiguous = false;
+      for (const [key, value] of parts.query) {
+        if (key === name) values.push(rawQueryNumber(value));
+        else if (queryParamKey(key) === wanted) {
+          ambiguous = true;
+          values.push(value);
+        }
+      }
+      return values.length === 0 ? undefined : values.length === 1 && !ambiguous ? values[0] : values;
     }
     return Object.hasOwn(parts.query, name) ? parts.query[name] : undefined;
   }
@@ -346,11 +358,28 @@ export function readTarget(parts: RequestParts, target: FieldTarget): unknown {
   return node;
 }
 
+/**
+ * A raw query value as a number only when it is written the way the number is (`10`, `0.5`): an upstream reads
+ * `99999e-999`, `9e-1` or `05` with parseInt as 99999, 9 and 5, where Number() gives 0, 0.9 and 5, so a cap or
+ * a budget would check one number while the upstream uses another. Anything else stays text (refused where a
+ * number is needed).
+ */
+function rawQueryNumber(value: string): number | string {
+  if (!NUMBER.test(value)) return value;
+  const number = Number(value);
+  return String(number) === value ? number : value;
+}
+
 function writeTarget(parts: RequestParts, target: FieldTarget, value: string | number): void {
   const [root, ...path] = target.split('.');
   if (root === 'query') {
-    if (parts.query instanceof URLSearchParams) parts.query.set(path[0]!, String(value));
-    else parts.query[path[0]!] = value;
+    const name = path[0]!;
+    if (parts.query instanceof URLSearchParams) {
+      // Only Keyward's value goes on: a spelling a lenient upstream could read instead (`User`, `user[]`) is dropped.
+      const wanted = queryParamKey(name);
+      for (const key of [...parts.query.keys()]) if (key !== name && queryParamKey(key) === wanted) parts.query.delete(key);
+      parts.query.set(name, String(value));
+    } else parts.query[name] = value;
     return;
   }
   if (parts.body === null || typeof parts.body !== 'object' || Array.isArray(parts.body)) {

@@ -752,6 +752,20 @@ describe('applyCaps', () => {
       violation(() => run('limit=100000&limit=1'));
       violation(() => run('limit=5&limit=5'));
     });
+
+    it('reads a number only as it is written: an exponent or leading zero an upstream parses otherwise is refused', () => {
+      // Number() reads these as 0, 0.9 and 1000; parseInt (what many upstreams use) as 99999, 9 and 1.
+      for (const value of ['99999e-999', '9e-1', '1e3', '099999', '-0', '100.0']) {
+        expect(violation(() => run(`limit=${value}`))).toContain('query.limit');
+      }
+      expect(run('limit=0.5')).toBe('limit=0.5');
+    });
+
+    it('refuses a spelling a lenient upstream takes for the capped parameter, alone or beside it', () => {
+      for (const search of ['LIMIT=100000', 'limit%5B%5D=100000', 'limit[0]=100000', 'Limit=100000&limit=1', 'limit=1&limit%00=100000']) {
+        expect(violation(() => run(search))).toContain('query.limit');
+      }
+    });
   });
 
   describe('on parsed query values', () => {
@@ -845,6 +859,13 @@ describe('applyIdentity', () => {
     expect(sent.getAll('owner')).toEqual(['local:bob']);
     expect(sent.getAll('org')).toEqual(['acme']);
     expect(sent.get('q')).toBe('1');
+  });
+
+  it('drops query parameters a lenient upstream could read as the stamped one', () => {
+    const route = compiled({ method: 'GET', path: '/files', identity: { 'query.owner': 'userId' } });
+    const parts: RequestParts = { query: new URLSearchParams('Owner=eve&owner%5B%5D=mallory&q=1&OWNER+=x'), body: undefined };
+    applyIdentity(route, session(['user'], {}, 'local:bob'), parts);
+    expect((parts.query as URLSearchParams).toString()).toBe('q=1&owner=local%3Abob');
   });
 
   it('stamps parsed query values, which are then serialised', () => {
