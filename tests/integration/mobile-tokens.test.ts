@@ -799,6 +799,29 @@ describe('the access token on the proxy', () => {
     expect(session).toMatchObject({ userId: ALICE, roles: ['user'], via: 'bearer', claims: { org: 'acme' } });
   });
 
+  // A token carries its user's roles and claims: an identity provider's user in many groups gets a long one.
+  const groups = (count: number) => ['user', ...Array.from({ length: count }, (_, i) => `directory-group-${String(i).padStart(4, '0')}`)];
+
+  it('a long access token (a user in 150 groups) works on the proxy and can be revoked', async () => {
+    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'oidc:many-groups', roles: groups(150) });
+    const tokens = await signInApp(cookie);
+    expect(tokens.access_token.length).toBeGreaterThan(4096);
+    const { result, reached } = await proxy(tokens.access_token);
+    expect(result.status, result.body).toBe(200);
+    expect(reached).toBe(true);
+    const revoked = await revoke({ token: tokens.access_token, token_type_hint: 'access_token' });
+    expect(revoked.status, revoked.body).toBe(200);
+    expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
+    expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+  });
+
+  it('a token too long for any header is refused at the exchange (invalid_grant, saying why), never issued', async () => {
+    const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'oidc:too-many-groups', roles: groups(600) });
+    const { code, verifier } = await newCode(APP_REDIRECT, cookie);
+    const description = expectOAuthError(await exchange(code, verifier), 400, 'invalid_grant');
+    expect(description).toMatch(/roles and claims do not fit/);
+  });
+
   it('?access_token= in the proxy query → 400, nothing sent upstream (with or without the header)', async () => {
     const tokens = await signInApp();
     const query = `?access_token=${encodeURIComponent(tokens.access_token)}`;

@@ -10,6 +10,7 @@ import {
 import { OAuthError, oauthErrorBody, oauthErrorResponse, toOAuthError } from '../mobile/oauth-error';
 import type { TokenResponse } from '../mobile/tokens';
 import type { Runtime } from '../runtime';
+import { MAX_ACCESS_TOKEN_LENGTH } from '../session/verify';
 import { apiHandler, readCappedText, readJsonObject } from './guard';
 
 /**
@@ -316,11 +317,12 @@ const TOKEN_PARAMETERS = [
 type TokenParameter = (typeof TOKEN_PARAMETERS)[number];
 /** The parameters the revocation endpoint reads (RFC 7009 §2.1, and the client's, refused as for the token endpoint). */
 const REVOCATION_PARAMETERS = ['token', 'token_type_hint', 'client_id', 'client_secret', 'client_assertion'] as const;
-const MAX_VALUE = 4096;
+/** An access token is the longest value a client sends back (to the revocation endpoint). */
+const MAX_VALUE = MAX_ACCESS_TOKEN_LENGTH;
 
 /**
  * Reads an OAuth request's body: form-encoded (the standard) or JSON (Keyward's first apps). Each of `names`
- * at most once, a string of at most 4096 characters; one sent empty counts as absent (§3.2).
+ * at most once, a string of at most MAX_VALUE characters; one sent empty counts as absent (§3.2).
  */
 async function readTokenParams<Name extends string>(request: Request, names: readonly Name[]): Promise<Map<Name, string>> {
   const type = request.headers.get('content-type') ?? '';

@@ -9,7 +9,7 @@ import type { ProviderSessions } from '../session/provider-sessions';
 import { guard } from '../store/guard';
 import { capPerWindow } from '../store/window-cap';
 import { authTimeClaims, type Session } from '../session/session';
-import { unsealBearer, type BearerClaims } from '../session/verify';
+import { MAX_ACCESS_TOKEN_LENGTH, unsealBearer, type BearerClaims } from '../session/verify';
 import { currentLocalUser, localUsername, type LocalUsers } from '../users/file';
 import type { Store } from '../../store/types';
 import { callbackLocation, type AuthorizeRequest } from './authorize-request';
@@ -86,6 +86,7 @@ export const MOBILE_CAPS = {
 const VERIFIER = /^[A-Za-z0-9._~-]{43,128}$/;
 
 const NO_SUCH_USER = 'The user this grant was issued to no longer exists, or their password has changed since.';
+const TOO_LONG = "This user's roles and claims do not fit in an app access token: map fewer of them into the session.";
 
 const hash = (value: string) => createHash('sha256').update(value, 'utf8').digest('base64url');
 const opaque = (prefix: string) => `${prefix}_${randomBytes(32).toString('base64url')}`;
@@ -310,6 +311,14 @@ export class MobileTokens {
       password: { 1: this.settings.sessionSecret },
       ttl: this.settings.accessTtlSeconds,
     });
+    if (accessToken.length > MAX_ACCESS_TOKEN_LENGTH) {
+      // Nothing would accept it (Authorization header, revocation): refused rather than handed out broken.
+      this.logger.warn(
+        { userId: grant.sub, roles: grant.roles.length, claims: Object.keys(grant.claims).length, length: accessToken.length },
+        'mobile token refused: the user\'s roles and claims make the access token too long',
+      );
+      throw new KeywardError('invalid_grant', { message: TOO_LONG });
+    }
     const refreshToken = opaque('kwr');
     const record: RefreshRecord = { ...grant, family, clientId, ...(jkt === null ? {} : { jkt }) };
     await guard(() =>

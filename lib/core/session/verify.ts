@@ -10,6 +10,15 @@ import { SESSION_COOKIE, sessionFromClaims, type Session, type SessionClaims } f
 import type { CoreRequest } from '../request';
 import { currentLocalUser, type LocalUsers } from '../users/file';
 
+/**
+ * The longest access token Keyward issues to an app and reads back (Authorization header, revocation). A
+ * token carries its user's roles and claims, so a user with many groups gets a long one; 12 KiB leaves room
+ * for a DPoP proof and the other headers under Node's 16 KiB header limit. The token endpoint refuses to
+ * issue a longer one rather than hand out a token nothing would accept.
+ */
+export const MAX_ACCESS_TOKEN_LENGTH = 12 * 1024;
+const BEARER_HEADER = new RegExp(`^(Bearer|DPoP) ([A-Za-z0-9*_~.-]{20,${MAX_ACCESS_TOKEN_LENGTH}})$`, 'i');
+
 export interface SessionSecrets {
   /** AUTH_SECRET: Auth.js encrypts the session cookie (JWE, A256CBC-HS512) with a key derived from it. */
   readonly authSecret: string;
@@ -114,7 +123,7 @@ export function createSessionVerifier(
     }
     if (authorization !== null) {
       // The scheme is case-insensitive (RFC 9110 §11.1): SDKs send `bearer` as well as `Bearer`.
-      const match = /^(Bearer|DPoP) ([A-Za-z0-9*_~.-]{20,4096})$/i.exec(authorization);
+      const match = BEARER_HEADER.exec(authorization);
       if (!match) return null;
       const token = match[2]!;
       const decoded = await decodeBearer(token);
