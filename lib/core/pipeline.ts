@@ -164,6 +164,7 @@ export async function proxyCall(request: CoreRequest, target: ProxyTarget, deps:
     const outgoing = buildTarget(call, request, upstream); // 7 [8]
     const credential = await resolveCallCredential(call, upstream, session); // 8 [7]
     const limited = await checkRateLimits(call, upstream, route, session, credential); // 9 [6]
+    await holdCallSlot(call, request, upstream, route, session); // 9 [6]
     const content = await prepareContent(call, request, route, session, parts, outgoing); // 10 [5]
     if (route.genAi) traceGenAiRequest(call.span, route.genAi, params, parts); // span attributes only
     injectCredential(credential, outgoing.headers, outgoing.url); // 11 [7]
@@ -209,6 +210,8 @@ export interface Call {
   grant: LimitGrant | null;
   /** Lets go of a body still being read (multipart) when a later step refuses the call (set by step 10). */
   release: (() => void) | null;
+  /** Gives back the call's slot among its user's calls in progress to the upstream (taken by step 9, given back by 15). */
+  inFlight: (() => void) | null;
   /** How step 14 reads the usage the upstream reports (set with the reservation, step 12); null: not read. */
   usage: UsageRead | null;
   forwarded: boolean;
@@ -267,6 +270,7 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     grant: null,
     usage: null,
     release: null,
+    inFlight: null,
     forwarded: false,
     route: null,
     revocations: null,
@@ -517,6 +521,17 @@ export async function checkRateLimits(call: Call, upstream: Upstream, route: Com
   const rate = taken ? limits.rateTaken(call.rate!.rules, taken) : await limits.checkRate(callRateLimits(call, route), who);
   if (call.throttle) rate.push(...(await checkThrottle(limits, call.throttle, who)));
   return { who, rate };
+}
+
+/**
+ * 9. One of the user's `maxCallsInFlightPerUser` slots for this upstream, held until the call's record (15): a
+ * call past them waits for one of the user's own to end, so one user cannot hold the upstream's whole
+ * connection pool (lib/core/limits/in-flight.ts). After the rate limits, so a call they refuse never waits.
+ */
+export async function holdCallSlot(call: Call, request: CoreRequest, upstream: Upstream, route: CompiledRoute, session: Session): Promise<void> {
+  const { limits } = call.deps;
+  if (!limits) return;
+  call.inFlight = await limits.inFlight.hold(upstream.id, session.userId, upstream.maxCallsInFlightPerUser, route.timeoutMs, request.signal ?? null);
 }
 
 /**
@@ -797,6 +812,7 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
   const { grant, forwarded, session } = call;
   const units = grant && grant.reserved > 0 ? (forwarded ? (usage ?? grant.reserved) : 0) : 0;
   grant?.settle({ forwarded, usage }).catch(() => {});
+  call.inFlight?.();
   const event: ProxyEvent = {
     requestId: call.requestId,
     userId: session?.userId ?? null,

@@ -106,6 +106,14 @@ beforeAll(async () => {
           { method: 'GET', path: '/plain' },
         ],
       },
+      // One call in progress per user: an open socket is one (waiting for a slot ends after timeoutMs).
+      single: {
+        baseUrl: `http://127.0.0.1:${port}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'WS_KEY' } },
+        maxCallsInFlightPerUser: 1,
+        timeoutMs: 500,
+        routes: [{ method: 'GET', path: '/realtime', websocket: true }],
+      },
       // The same upstream with each user's own key (PUT /api/keys/own).
       own: {
         baseUrl: `http://127.0.0.1:${port}/v1/`,
@@ -394,6 +402,23 @@ describe('WebSocket upgrades through the fast lane', () => {
       status: 429,
       code: 'rate_limited',
     });
+  });
+
+  it("an open socket is one of its user's calls in progress: past maxCallsInFlightPerUser an upgrade waits, then 429", async () => {
+    const cookie = await cookieFor('oidc:single');
+    const before = handshakes.length;
+    const first = opened(await open('/api/proxy/single/realtime', { cookie, ...sameOrigin() }));
+    expect(refusal(await open('/api/proxy/single/realtime', { cookie, ...sameOrigin() }))).toEqual({ status: 429, code: 'rate_limited' });
+    // Another user's socket is not held up; the refused upgrade never reached the upstream.
+    const other = opened(await open('/api/proxy/single/realtime', { cookie: await cookieFor('oidc:single-2'), ...sameOrigin() }));
+    expect(handshakes.length - before).toBe(2);
+    first.close();
+    await closed(first);
+    const again = opened(await open('/api/proxy/single/realtime', { cookie, ...sameOrigin() }));
+    for (const socket of [other, again]) {
+      socket.close();
+      await closed(socket);
+    }
   });
 
   it('signing out closes the open socket (4401)', async () => {

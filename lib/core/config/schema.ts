@@ -348,6 +348,16 @@ export const upstreamSchema = z
     auth: authSchema.describe('How the server-held credential is attached.'),
     routes: z.array(routeSchema).min(1).max(1000).describe('The only calls Keyward forwards (deny by default).'),
     timeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+    maxCallsInFlightPerUser: z
+      .number()
+      .int()
+      .min(1)
+      .max(256)
+      .default(32)
+      .describe(
+        'Calls one user may have in progress to this upstream at once, per process (WebSockets included); one more is ' +
+          'refused with 429 rate_limited until one ends, so one user cannot hold every pooled connection (256). Default 32.',
+      ),
     maxRequestBytes: z
       .number()
       .int()

@@ -4,6 +4,7 @@ import { KeywardError, type KeywardErrorCode } from '../errors';
 import { guard } from '../store/guard';
 import { RedisStore, type RoundCounter } from '../../store/redis';
 import { StoreUnavailableError, type Reservation, type Store } from '../../store/types';
+import { CallsInFlight } from './in-flight';
 import { periodWindow } from './period';
 import { appliesTo, type MeterRule, type RateRule, type RouteLimits, type Subject } from './rules';
 
@@ -41,6 +42,8 @@ const METER_GRACE_MS = 3_600_000;
  */
 export class Limits {
   private readonly limiters = new Map<string, RateLimiterAbstract>();
+  /** Each user's calls in progress per upstream, in this process (`maxCallsInFlightPerUser`). */
+  readonly inFlight = new CallsInFlight();
 
   constructor(
     readonly store: Store,

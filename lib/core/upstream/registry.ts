@@ -70,6 +70,8 @@ export interface Upstream {
   readonly basePath: string;
   readonly routes: readonly CompiledRoute[];
   readonly timeoutMs: number;
+  /** Calls one user may have in progress to it at once, in this process (lib/core/limits/in-flight.ts). */
+  readonly maxCallsInFlightPerUser: number;
   /** Where this upstream's credential comes from; resolved per call by lib/core/credential/resolve.ts. */
   readonly credential: CredentialPlan;
   readonly auth: AuthConfig;
@@ -154,6 +156,7 @@ function compileUpstream(id: string, config: UpstreamConfig, env: Env, fingerpri
     // a narrower path always serves it, wherever it is declared (a preset's broader route included).
     routes: config.routes.map((route, index) => compileRoute(id, index, route, config)).sort((a, b) => bySpecificity(a.segments, b.segments)),
     timeoutMs: config.timeoutMs,
+    maxCallsInFlightPerUser: config.maxCallsInFlightPerUser,
     credential: planCredential(id, config, env, fingerprints),
     auth: config.auth,
     fingerprints,

@@ -22,10 +22,8 @@ export class Slots {
    */
   async acquire(signal?: AbortSignal, wait = false): Promise<(() => void) | null> {
     signal?.throwIfAborted();
-    if (this.active < this.concurrency) {
-      this.active++;
-      return this.releaser();
-    }
+    const free = this.tryAcquire();
+    if (free) return free;
     if (!wait && this.waiting.length >= this.maxWaiting) return null;
     await new Promise<void>((resolve, reject) => {
       const wake = () => {
@@ -41,6 +39,13 @@ export class Slots {
       this.waiting.push(wake);
       signal?.addEventListener('abort', abandon, { once: true });
     });
+    return this.releaser();
+  }
+
+  /** A slot's release function if one is free right now, else null (nothing waits). */
+  tryAcquire(): (() => void) | null {
+    if (this.active >= this.concurrency) return null;
+    this.active++;
     return this.releaser();
   }
 

@@ -6,6 +6,7 @@ import {
   authorizeCall,
   buildTarget,
   checkRateLimits,
+  holdCallSlot,
   findRoute,
   findUpstream,
   openCall,
@@ -70,6 +71,7 @@ export async function authorizeUpgrade(
     const outgoing = buildTarget(call, request, upstream);
     const credential = await resolveCallCredential(call, upstream, session);
     const limited = await checkRateLimits(call, upstream, route, session, credential);
+    await holdCallSlot(call, request, upstream, route, session);
     // A GET carries no body: this applies caps, identity fields and the checked query to the URL.
     await prepareContent(call, request, route, session, parts, outgoing);
     injectCredential(credential, outgoing.headers, outgoing.url);
