@@ -652,9 +652,16 @@ export async function reserveBudget(
   call.grant = await call.deps.limits.reserve(route.limits, who, units, rate);
 }
 
-/** The model's price from the route's table ("*" for any other model); a model it does not price is refused. */
+/**
+ * The model's price from the route's table ("*" for any other model); a model it does not price is refused, and
+ * so is one sent in a form that is not one string as Keyward reads it (`?model=a&model=b`, `?MODEL=b`, a number
+ * in a body without a contract): the upstream may read a model from it that "*" does not price.
+ */
 function priceFor(price: NonNullable<CostConfig['price']>, parts: RequestParts): TokenPrice {
   const model = readTarget(parts, price.model);
+  if (model !== undefined && model !== null && typeof model !== 'string') {
+    throw new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${price.model}: must be one string.` });
+  }
   const entry = typeof model === 'string' && Object.hasOwn(price.table, model) ? price.table[model] : price.table['*'];
   if (!entry) {
     throw new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${price.model}: no price for this model.` });

@@ -109,6 +109,15 @@ function definitions(origin: string): UpstreamDefinition[] {
         { method: 'GET', path: '/flat', cost: { reserve: 10 } },
         // No query contract: the field is read as the client sent it.
         { method: 'GET', path: '/search', cost: { reserve: 1, reserveFrom: { field: 'query.limit' } } },
+        // A price table whose "*" is cheap: the model named in a passed-through query picks the price.
+        {
+          method: 'GET',
+          path: '/priced',
+          cost: {
+            reserveFrom: { field: 'query.max' },
+            price: { model: 'query.model', table: { big: { input: 0, output: 10 }, '*': { input: 0, output: 0.01 } }, inputTokens: ['usage.in'], outputTokens: ['usage.out'] },
+          },
+        },
       ],
     }),
     defineUpstream('down', {
@@ -642,6 +651,25 @@ describe('budgets on Redis: reserve the worst case, settle to the reported usage
     expect((await call(a, quinn, 'budget', ['search'])).status).toBe(200);
     expect((await call(a, quinn, 'budget', ['search'], { query: 'limit=20' })).status).toBe(200);
     expect(await counter(a.store, tokensKey(quinn))).toBe(21);
+  });
+
+  it('a priced query model sent in a form Keyward cannot read as one string is refused (400), not priced at "*"', async () => {
+    const rhea = newUser();
+    upstream.handle(llm());
+    const before = received('budget').length;
+    // Read: "big" costs 10 units per output token, 20 tokens are 200, over the budget of 100.
+    expect429(await call(a, rhea, 'budget', ['priced'], { query: 'model=big&max=20' }), 'budget_exceeded', 86_400);
+    // Each of these is "big" to many servers; "*" would have priced it at 0.01 a token.
+    for (const query of ['model=small&model=big&max=20', 'MODEL=big&max=20', 'model%5B%5D=big&max=20', 'model=small&Model=big&max=20']) {
+      const refused = await call(a, rhea, 'budget', ['priced'], { query });
+      expect(refused.status, query).toBe(400);
+      expect(refused.errorCode()).toBe('contract_violation');
+      expect(JSON.parse(refused.text).error.message).toContain('query.model');
+    }
+    expect(received('budget')).toHaveLength(before);
+    expect(await counter(a.store, tokensKey(rhea))).toBeNull();
+    // Another model, read as one string, is priced at "*".
+    expect((await call(a, rhea, 'budget', ['priced'], { query: 'model=small&max=20' })).status).toBe(200);
   });
 
   it('SSE: settles to the usage of the last event that carries it', async () => {
