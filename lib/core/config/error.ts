@@ -1,3 +1,5 @@
+import { parse as parseJson, type ValueNode } from '@humanwhocodes/momoa';
+
 /** Thrown at start-up for any invalid configuration. The message names fields, never secret values. */
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -25,3 +27,41 @@ export function variableNamed(name: string): string {
     : 'the environment variable this field names (its name is not shown: it does not look like a variable name, and may be a key)';
 }
 
+
+/**
+ * The first name that appears twice in one object of a JSON text, as a message naming where (its path, line and
+ * column), or null. JSON.parse keeps the last of them, so `{"roles": ["admin"], …, "roles": ["user"]}` or one
+ * upstream id twice would drop the first silently; a config must say one thing once. @humanwhocodes/momoa (the
+ * JSON parser ESLint's JSON support is built on) keeps every member, which JSON.parse cannot. Call it on text
+ * JSON.parse accepted. A name longer than 32 characters is not shown: it may be a key pasted in the wrong place.
+ */
+export function duplicateJsonName(text: string): string | null {
+  let document: ReturnType<typeof parseJson>;
+  try {
+    document = parseJson(text);
+  } catch {
+    return null; // JSON.parse accepted it: nothing momoa could add
+  }
+  const found = { at: null as string | null };
+  walk(document.body, [], found);
+  return found.at;
+}
+
+function walk(node: ValueNode, path: string[], found: { at: string | null }): void {
+  if (found.at !== null) return;
+  if (node.type === 'Array') node.elements.forEach((element, i) => walk(element.value, [...path, String(i)], found));
+  if (node.type !== 'Object') return;
+  const seen = new Set<string>();
+  for (const member of node.members) {
+    const name = member.name.type === 'String' ? member.name.value : member.name.name;
+    if (seen.has(name)) {
+      const { line, column } = member.name.loc.start;
+      found.at = `${[...path, shownName(name)].join('.')}: appears twice in one object (again at line ${line}, column ${column}); JSON keeps only the last, so say it once`;
+      return;
+    }
+    seen.add(name);
+    walk(member.value, [...path, shownName(name)], found);
+  }
+}
+
+const shownName = (name: string) => (name.length <= 32 && !/^(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}$/.test(name) ? name : '(a name not shown)');

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { z } from 'zod';
 import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type RouteMethod, type UpstreamConfig, type UpstreamInput } from './schema';
-import { ConfigError, jsonErrorAt } from './error';
+import { ConfigError, duplicateJsonName, jsonErrorAt } from './error';
 import { expandPresetEntries } from '../presets';
 import { detectorSchema, type DetectorConfig } from '../detect/config';
 import { connectionsSchema, type ConnectionsConfig } from '../connect/config';
@@ -114,6 +114,8 @@ export function loadConfigFile(path: string): ConfigSections {
   } catch (error) {
     throw new ConfigError(`KEYWARD_CONFIG: ${path} is not valid JSON${jsonErrorAt(error)}`);
   }
+  const duplicate = duplicateJsonName(raw);
+  if (duplicate) throw new ConfigError(`KEYWARD_CONFIG (${path}) is invalid:\n  - ${duplicate}`);
   return parseConfigSections(json, `KEYWARD_CONFIG (${path})`);
 }
 
@@ -129,6 +131,8 @@ export function loadConfigJson(text: string): ConfigSections {
   } catch (error) {
     throw new ConfigError(`KEYWARD_CONFIG_JSON: is not valid JSON${jsonErrorAt(error)}`);
   }
+  const duplicate = duplicateJsonName(text);
+  if (duplicate) throw new ConfigError(`KEYWARD_CONFIG_JSON is invalid:\n  - ${duplicate}`);
   return parseConfigSections(json, 'KEYWARD_CONFIG_JSON');
 }
 

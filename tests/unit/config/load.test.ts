@@ -358,6 +358,29 @@ describe('readConfigFile', () => {
     expect(readConfigFile(path).map((d) => d.id)).toEqual(['echo', 'other']);
   });
 
+  it('refuses a name given twice in one object (JSON.parse would keep the last), naming where, in the file and the variable', async () => {
+    const upstream = JSON.stringify(valid());
+    // The same upstream id twice: the first (stricter) definition would be dropped without a word.
+    const twice = `{\n  "upstreams": {\n    "echo": ${upstream},\n    "echo": ${upstream}\n  }\n}`;
+    const error = thrown(() => readConfigFile(tempFile('twice.json', twice)));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toMatch(/is invalid:\n {2}- upstreams\.echo: appears twice in one object \(again at line 4, column 5\)/);
+    // A field inside a route, as deep as it goes: `roles` twice would leave the route open to the second list.
+    const roles = `{"upstreams": {"echo": {"baseUrl": "https://api.example.com/v1/", "auth": {"type": "header", "name": "x-api-key", "secret": {"env": "ECHO_KEY"}},
+      "routes": [{"method": "GET", "path": "/a"}, {"method": "GET", "path": "/b", "roles": ["admin"], "roles": ["user"]}]}}}`;
+    const { readConfigJson } = await import('../../../lib/core/config/load');
+    expect((thrown(() => readConfigJson(roles)) as Error).message).toMatch(
+      /^KEYWARD_CONFIG_JSON is invalid:\n {2}- upstreams\.echo\.routes\.1\.roles: appears twice in one object \(again at line 2, column \d+\)/,
+    );
+    // A long name (it may be a key pasted in the wrong place) is not shown.
+    const secret = randomSecret('pasted-key');
+    const pasted = thrown(() => readConfigJson(`{"upstreams": {}, "${secret}": 1, "${secret}": 2}`));
+    expect((pasted as Error).message).toContain('(a name not shown): appears twice');
+    expect((pasted as Error).message).not.toContain(secret);
+    // The same name in different objects is fine.
+    expect(readConfigFile(tempFile('ok.json', JSON.stringify({ upstreams: { echo: valid(), other: valid() } }))).map((d) => d.id)).toEqual(['echo', 'other']);
+  });
+
   it('names the file and the reason when it cannot be read', () => {
     const path = join(mkdtempSync(join(tmpdir(), 'keyward-config-')), 'missing.json');
     const error = thrown(() => readConfigFile(path));
