@@ -1,6 +1,7 @@
 import 'server-only';
 import type { UsageFigures } from '@/lib/core/aggregates/usage';
 import { appliesTo } from '@/lib/core/limits/rules';
+import { UNKNOWN_UPSTREAM } from '@/lib/core/observe/metrics';
 import type { PageSession } from 'keyward/next';
 import type { ChartPoint, Totals } from '../admin/admin-data';
 import { keyward } from '@/keyward';
@@ -78,9 +79,10 @@ function limitsOf(upstreamId: string, roles: readonly string[]): LimitView[] {
 export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
   const usage = keyward.getRuntime().usage;
   const toMs = Date.now();
-  const window = { period: 'hour' as const, fromMs: toMs - (BUCKETS - 1) * HOUR_MS, toMs, user: session.userId };
   const ids = keyward.upstreamSummaries().map((u) => u.id);
-  // One read of the window for the total and every upstream's share (each read goes through every user's rows).
+  // One read of the window for the total and every upstream's share, of this user's rows only (a bucket holds
+  // every user's): the configured upstreams', and calls to an upstream that does not exist.
+  const window = { period: 'hour' as const, fromMs: toMs - (BUCKETS - 1) * HOUR_MS, toMs, user: session.userId, upstreams: [...ids, UNKNOWN_UPSTREAM] };
   const [{ series, upstreams }, keys] = await Promise.all([usage.seriesByUpstream(window), loadOwnKeys(session.userId, { last4: true })]);
   return {
     from: series.from,

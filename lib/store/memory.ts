@@ -131,8 +131,12 @@ export class MemoryStore implements Store {
     }
   }
 
-  async readHashes(keys: readonly string[]) {
-    return keys.map((key) => Object.fromEntries(this.liveHash(key)?.fields ?? []));
+  async readHashes(keys: readonly string[], fields?: readonly string[]) {
+    return keys.map((key) => {
+      const hash = this.liveHash(key)?.fields;
+      if (!fields) return Object.fromEntries(hash ?? []);
+      return Object.fromEntries(fields.flatMap((field) => (hash?.has(field) ? [[field, hash.get(field)!]] : [])));
+    });
   }
 
   async readHashField(key: string, field: string) {

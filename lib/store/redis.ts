@@ -384,15 +384,22 @@ export class RedisStore implements Store {
     return this.redis as unknown as Scripts;
   }
 
-  async readHashes(keys: readonly string[]) {
+  async readHashes(keys: readonly string[], fields?: readonly string[]) {
     if (keys.length === 0) return [];
+    if (fields?.length === 0) return keys.map(() => ({}));
     const pipeline = this.redis.pipeline();
-    for (const key of keys) pipeline.hgetall(`hash:${key}`);
+    for (const key of keys) {
+      if (fields) pipeline.hmget(`hash:${key}`, ...fields);
+      else pipeline.hgetall(`hash:${key}`);
+    }
     const results = await this.run(() => pipeline.exec());
     return keys.map((_, index) => {
       const [error, value] = results?.[index] ?? [new Error('no reply'), null];
       if (error) throw new StoreUnavailableError('redis', error);
-      return Object.fromEntries(Object.entries((value ?? {}) as Record<string, string>).map(([field, n]) => [field, Number(n)]));
+      const entries: Array<[string, string | null]> = fields
+        ? fields.map((field, i) => [field, (value as Array<string | null>)[i] ?? null])
+        : Object.entries((value ?? {}) as Record<string, string>);
+      return Object.fromEntries(entries.filter(([, n]) => n !== null).map(([field, n]) => [field, Number(n)]));
     });
   }
 

@@ -64,6 +64,9 @@ export class SqliteStore implements Store {
           expires_at = excluded.expires_at`),
       readHash: this.db.prepare('SELECT field, value FROM hash WHERE key = :key AND expires_at > :now'),
       readHashField: this.db.prepare('SELECT value FROM hash WHERE key = :key AND field = :field AND expires_at > :now'),
+      readHashFields: this.db.prepare(
+        'SELECT field, value FROM hash WHERE key = :key AND expires_at > :now AND field IN (SELECT value FROM json_each(:fields))',
+      ),
       purgeHashes: this.db.prepare('DELETE FROM hash WHERE expires_at <= :now'),
       append: this.db.prepare('INSERT INTO log (stream, at, value) VALUES (:stream, :at, :value) RETURNING id'),
       trimLog: this.db.prepare('DELETE FROM log WHERE stream = :stream AND at < :cutoff'),
@@ -243,11 +246,15 @@ export class SqliteStore implements Store {
     });
   }
 
-  async readHashes(keys: readonly string[]) {
+  async readHashes(keys: readonly string[], fields?: readonly string[]) {
     const now = this.now();
+    const only = fields && JSON.stringify(fields);
     return this.run(() =>
       keys.map((key) => {
-        const rows = this.statements.readHash!.all({ key, now }) as Array<{ field: string; value: number | bigint }>;
+        const rows = (only === undefined ? this.statements.readHash!.all({ key, now }) : this.statements.readHashFields!.all({ key, now, fields: only })) as Array<{
+          field: string;
+          value: number | bigint;
+        }>;
         return Object.fromEntries(rows.map((row) => [row.field, Number(row.value)]));
       }),
     );

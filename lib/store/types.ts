@@ -40,8 +40,12 @@ export interface Store {
    * naming a hash names the same time). Usage aggregates are written through this, once per audit batch.
    */
   incrementHashes(entries: readonly HashIncrement[]): Promise<void>;
-  /** Every field of each counter hash, in the same order ({} where absent or expired), in one round trip. */
-  readHashes(keys: readonly string[]): Promise<Array<Record<string, number>>>;
+  /**
+   * Every field of each counter hash, in the same order ({} where absent or expired), in one round trip. With
+   * `fields`, only those (the ones the hash has): a reader that needs a few rows of a large hash (one user's of
+   * a bucket holding every user's) does not read the rest.
+   */
+  readHashes(keys: readonly string[], fields?: readonly string[]): Promise<Array<Record<string, number>>>;
   /** One field of a counter hash (0 where the field or the hash is absent or expired), without reading the rest. */
   readHashField(key: string, field: string): Promise<number>;
   /** Checks that the backend answers; rejects with StoreUnavailableError if not. */

@@ -295,8 +295,8 @@ class GatedStore implements Store {
   incrementHashes(entries: readonly HashIncrement[]) {
     return this.inner.incrementHashes(entries);
   }
-  readHashes(keys: readonly string[]) {
-    return this.inner.readHashes(keys);
+  readHashes(keys: readonly string[], fields?: readonly string[]) {
+    return this.inner.readHashes(keys, fields);
   }
   readHashField(key: string, field: string) {
     return this.inner.readHashField(key, field);

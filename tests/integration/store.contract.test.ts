@@ -264,6 +264,13 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
         { '["openai","/chat"] c': 5, '["openai",null] bo': 9_007_199_254_740 },
       ]);
       expect(await store.readHashes([])).toEqual([]);
+      // Only the fields asked for (the ones the hash has), in every hash read.
+      expect(await store.readHashes(['h1', 'missing', 'h2'], ['["openai","/chat"] c', 'x y', 'absent'])).toEqual([
+        { '["openai","/chat"] c': 5 },
+        {},
+        { 'x y': 5 },
+      ]);
+      expect(await store.readHashes(['h1'], [])).toEqual([{}]);
       // One field alone: 0 where the field or the hash is absent.
       expect(await store.readHashField('h1', '["openai","/chat"] c')).toBe(5);
       expect(await store.readHashField('h2', 'x y')).toBe(5);

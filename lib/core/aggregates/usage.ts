@@ -11,6 +11,8 @@ import {
   bucketKey,
   bucketStart,
   emptyCounters,
+  fieldName,
+  METRICS,
   quantile,
   splitField,
   type Counters,
@@ -34,6 +36,11 @@ export interface SeriesQuery extends UsageWindow {
   readonly route?: string;
   readonly keyVersion?: string;
   readonly user?: string;
+  /**
+   * With `user`: the upstreams whose rows to read (a user's own page names the configured ones). Only that
+   * user's fields of each bucket are read then, not every user's rows; calls to other upstreams are left out.
+   */
+  readonly upstreams?: readonly string[];
 }
 
 export type TopBy = 'user' | 'keyVersion' | 'route' | 'upstream';
@@ -96,12 +103,12 @@ export class UsageAggregates {
 
   /**
    * `series`, and each upstream's total over the window from the same read of the buckets: a user's usage page
-   * reads the window once rather than once more per upstream (each read goes through every user's rows).
+   * reads the window once rather than once more per upstream.
    */
   async seriesByUpstream(query: SeriesQuery): Promise<{ series: Series; upstreams: ReadonlyMap<string, UsageFigures> }> {
     const { rollup, filter } = seriesRollup(query);
     const starts = bucketStarts(query);
-    const hashes = await this.read(query.period, rollup, starts);
+    const hashes = await this.read(query.period, rollup, starts, userFields(query));
     const perUpstream = new Map<string, Counters>();
     const points = hashes.map((hash, index) => {
       const counters = emptyCounters();
@@ -152,10 +159,28 @@ export class UsageAggregates {
       .map(([, group]) => ({ ...group.dimensions, ...figures(group.counters) }));
   }
 
-  private async read(period: Period, rollup: Rollup, starts: readonly number[]) {
+  private async read(period: Period, rollup: Rollup, starts: readonly number[], fields?: readonly string[]) {
     await this.flush();
-    return this.store.readHashes(starts.map((start) => bucketKey(period, rollup, start)));
+    return this.store.readHashes(
+      starts.map((start) => bucketKey(period, rollup, start)),
+      fields,
+    );
   }
+}
+
+/**
+ * A user's fields of the `user` rollup's buckets for the named upstreams (every metric of each), or undefined
+ * (read whole buckets). A bucket holds every user's rows: without this, one user's page would read them all.
+ */
+function userFields(query: SeriesQuery): string[] | undefined {
+  const { user, upstreams } = query;
+  if (user === undefined || upstreams === undefined || query.route !== undefined || query.keyVersion !== undefined) return undefined;
+  const names = query.upstream === undefined ? upstreams : upstreams.filter((upstream) => upstream === query.upstream);
+  return names.flatMap((upstream) => {
+    const values: Record<Dimension, string | null> = { user, upstream, route: null, keyVersion: null };
+    const dimensions = JSON.stringify(ROLLUPS.user.map((dimension) => values[dimension]));
+    return METRICS.map((metric) => fieldName(dimensions, metric));
+  });
 }
 
 /**

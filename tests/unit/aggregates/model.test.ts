@@ -197,6 +197,21 @@ describe('UsageAggregates (series and top from the store only)', () => {
       expect(mine.upstreams.get(upstream)).toEqual((await usage.series({ period: 'hour', fromMs: T, toMs: T, user: 'local:ada', upstream })).total);
     }
     expect(mine.upstreams.get('gh')!.calls + mine.upstreams.get('openai')!.calls).toBe(mine.series.total.calls);
+    // Naming the upstreams reads that user's fields of each bucket only, not every user's rows: the same figures.
+    const reads: Array<Array<Record<string, number>>> = [];
+    const readHashes = usage['store'].readHashes.bind(usage['store']);
+    usage['store'].readHashes = async (keys, fields) => {
+      const hashes = await readHashes(keys, fields);
+      reads.push(hashes);
+      return hashes;
+    };
+    const named = await usage.seriesByUpstream({ period: 'hour', fromMs: T, toMs: T, user: 'local:ada', upstreams: ['gh', 'openai', 'unused'] });
+    expect(named).toEqual(mine);
+    expect(reads.flat().flatMap((hash) => Object.keys(hash)).every((field) => field.startsWith('["local:ada",'))).toBe(true);
+    expect(reads.flat().flatMap((hash) => Object.keys(hash)).length).toBeGreaterThan(0);
+    const ghOnly = await usage.seriesByUpstream({ period: 'hour', fromMs: T, toMs: T, user: 'local:ada', upstreams: ['gh'] });
+    expect(ghOnly.series.total).toEqual(mine.upstreams.get('gh'));
+    expect([...ghOnly.upstreams.keys()]).toEqual(['gh']);
     await expect(
       usage.series({ period: 'day', fromMs: T, toMs: T, user: 'local:ada', route: '/models' }),
     ).rejects.toMatchObject({ code: 'bad_request' });
