@@ -920,6 +920,50 @@ describe('expiry (injected clock)', () => {
     const warned = expiryWarnings(log.lines);
     expect(warned.filter((w) => w.fingerprint === fingerprint(k2)).map((w) => w.days)).toEqual([14, 1]);
   });
+
+  it('a rotation cancels a planned switch (notBefore) and its rollback plans it again, before or after its time', async () => {
+    const keys = {
+      versions: [{ env: 'SVC_KEY_NEXT', notBefore: iso(T0 + 10 * DAY) }],
+      primaryExpiresAt: iso(T0 + 20 * DAY),
+      canary: { method: 'GET' as const, path: '/health' },
+    };
+    const planned = async () => {
+      const r = await ring();
+      const clock = { now: T0 };
+      const k2 = newKey(r.server, 'k2');
+      const fresh = newKey(r.server, 'new');
+      r.server.accept('old', 'k2', 'new');
+      const a = await r.runtime({ now: () => clock.now, upstreams: [svc(r.server.origin, keys)], env: { SVC_KEY_NEXT: k2 } });
+      const rotation = await a.keyRings.rotate('svc', fresh, { actor: 'x' });
+      expect(rotation).toMatchObject({ state: 'switched', from: [fingerprint(r.old)] });
+      // The planned version never served: it is retired at once, no fallback, and never takes over while the new key serves.
+      expect(await statuses(a)).toEqual({ 'env:SVC_KEY': 'fallback', 'env:SVC_KEY_NEXT': 'retired', [managedId(fresh)]: 'serving' });
+      clock.now = T0 + 10 * DAY;
+      expect(await labelOf(a, r.server)).toBe('new');
+      return { r, a, clock, fresh };
+    };
+
+    // Rolled back before its time: the old key serves until notBefore, then the planned one, past the old key's expiry.
+    const early = await planned();
+    early.clock.now = T0 + DAY;
+    expect((await early.a.keyRings.rollback(`rot-${fingerprint(early.fresh)}`)).state).toBe('rolled_back');
+    expect(await statuses(early.a)).toEqual({ 'env:SVC_KEY': 'serving', 'env:SVC_KEY_NEXT': 'pending', [managedId(early.fresh)]: 'retired' });
+    expect(await labelOf(early.a, early.r.server)).toBe('old');
+    early.clock.now = T0 + 10 * DAY - 1;
+    expect(await labelOf(early.a, early.r.server)).toBe('old');
+    early.clock.now = T0 + 10 * DAY;
+    expect(await labelOf(early.a, early.r.server)).toBe('k2');
+    early.clock.now = T0 + 25 * DAY;
+    expect(await labelOf(early.a, early.r.server)).toBe('k2');
+    expect(await statuses(early.a)).toEqual({ 'env:SVC_KEY': 'expired', 'env:SVC_KEY_NEXT': 'serving', [managedId(early.fresh)]: 'retired' });
+
+    // Rolled back after its time: the planned version serves at once, as it would have without the rotation.
+    const late = await planned();
+    late.clock.now = T0 + 12 * DAY;
+    expect((await late.a.keyRings.rollback(`rot-${fingerprint(late.fresh)}`)).state).toBe('rolled_back');
+    expect(await labelOf(late.a, late.r.server)).toBe('k2');
+    expect(await statuses(late.a)).toEqual({ 'env:SVC_KEY': 'standby', 'env:SVC_KEY_NEXT': 'serving', [managedId(late.fresh)]: 'retired' });
+  });
 });
 
 // ---------------------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ export interface Rotation {
   state: 'switched' | 'canary_failed' | 'rolled_back';
   /** Fingerprints of the versions that were active before the switch. */
   readonly from: readonly string[];
+  /**
+   * Every version the switch retired, with when it had become (or, for a planned switch, was to become) active:
+   * what a rollback puts back. Absent from rotations recorded before it was kept.
+   */
+  readonly replaced?: ReadonlyArray<{ readonly fingerprint: string; readonly activatedAt: number | null }>;
   readonly to: string;
   readonly toVersion: string;
   readonly at: number;
@@ -276,11 +281,13 @@ export class KeyRings {
       }
       record.rotations = record.rotations.filter((r) => r.id !== rotationId);
       const from = versions.filter((v) => v.id !== version.id && v.state === 'active' && usable(v, now)).map((v) => v.fingerprint);
+      const replaced = versions.filter((v) => v.id !== version.id && v.state === 'active');
       const target = own(record, versions, version.id);
       if (passed) {
-        for (const v of versions) {
-          if (v.id === version.id || v.state !== 'active') continue;
-          Object.assign(own(record, versions, v.id), { state: 'retired', retiredAt: now, graceUntil: now + grace });
+        for (const v of replaced) {
+          // A version not usable yet (an environment version whose notBefore is still to come: a planned switch)
+          // never served, so it is no fallback; a rollback puts its plan back.
+          Object.assign(own(record, versions, v.id), { state: 'retired', retiredAt: now, graceUntil: usable(v, now) ? now + grace : now });
         }
         Object.assign(target, { state: 'active', activatedAt: now, retiredAt: null, graceUntil: null });
       } else if (target.state === 'next') {
@@ -292,6 +299,7 @@ export class KeyRings {
         upstream: upstreamId,
         state: passed ? 'switched' : 'canary_failed',
         from,
+        ...(passed ? { replaced: replaced.map((v) => ({ fingerprint: v.fingerprint, activatedAt: v.activatedAt })) } : {}),
         to: print,
         toVersion: version.id,
         at: now,
@@ -303,7 +311,11 @@ export class KeyRings {
     });
   }
 
-  /** Undoes a switch: the versions it replaced serve again (unless revoked or expired), the new one is retired. */
+  /**
+   * Undoes a switch: the versions it replaced serve again (unless revoked or expired), the new one is retired. The
+   * newest of them that is usable now serves from now on; the others keep when they had become active, so a
+   * planned switch the rotation cancelled (an environment version with a notBefore) takes over at its time again.
+   */
   async rollback(rotationId: string, onlyUpstream?: string): Promise<Rotation> {
     for (const upstream of this.ringUpstreams()) {
       if (onlyUpstream !== undefined && upstream.id !== onlyUpstream) continue;
@@ -318,14 +330,26 @@ export class KeyRings {
         const versions = this.view(envVersions, record, verifiers);
         // `from` holds the fingerprints of then: after a rotation of KEYWARD_SESSION_SECRET a version is found
         // by its stored entry (a managed version's id names its value; an env entry's verifier names it).
-        const replaced = (v: KeyVersion) =>
-          rotation.from.includes(v.fingerprint) ||
-          record.versions.some(
-            (e) => e.id === v.id && rotation.from.includes(e.fingerprint) && (e.source === 'managed' || (e.verifier !== undefined && e.verifier === verifiers.get(v.id))),
-          );
-        const restore = versions.filter((v) => replaced(v) && v.state !== 'revoked' && usable(v, now));
-        if (restore.length === 0) throw new KeywardError('bad_request', { message: 'No version from before this rotation is still usable.' });
-        for (const v of restore) Object.assign(own(record, versions, v.id), { state: 'active', activatedAt: now, retiredAt: null, graceUntil: null });
+        // Rotations recorded before `replaced` was kept name only the versions that served; those serve from now.
+        const prints = new Map<string, number | null>((rotation.replaced ?? rotation.from.map((fingerprint) => ({ fingerprint, activatedAt: now }))).map((r) => [r.fingerprint, r.activatedAt]));
+        const printOf = (v: KeyVersion): string | undefined =>
+          prints.has(v.fingerprint)
+            ? v.fingerprint
+            : record.versions.find(
+                (e) => e.id === v.id && prints.has(e.fingerprint) && (e.source === 'managed' || (e.verifier !== undefined && e.verifier === verifiers.get(v.id))),
+              )?.fingerprint;
+        const restore = versions.flatMap((v) => {
+          const print = printOf(v);
+          const expired = v.expiresAt !== null && v.expiresAt <= now;
+          return print === undefined || v.state === 'revoked' || expired ? [] : [{ version: v, activatedAt: prints.get(print) ?? 0 }];
+        });
+        const due = restore.filter((r) => usable(r.version, now));
+        if (due.length === 0) throw new KeywardError('bad_request', { message: 'No version from before this rotation is still usable.' });
+        const serving = due.reduce((a, b) => (b.activatedAt >= a.activatedAt ? b : a));
+        for (const r of restore) {
+          const activatedAt = r === serving ? Math.max(now, r.activatedAt) : r.activatedAt;
+          Object.assign(own(record, versions, r.version.id), { state: 'active', activatedAt, retiredAt: null, graceUntil: null });
+        }
         const target = versions.find((v) => v.id === rotation.toVersion);
         if (target && target.state !== 'revoked') Object.assign(own(record, versions, target.id), { state: 'retired', retiredAt: now, graceUntil: now });
         rotation.state = 'rolled_back';
@@ -678,7 +702,7 @@ function describe(version: KeyVersion, serving: KeyVersion | null, now: number):
               : 'standby'
             : version.state === 'next'
               ? 'next'
-              : version.graceUntil !== null && version.graceUntil > now
+              : version.graceUntil !== null && version.graceUntil > now && usable(version, now)
                 ? 'fallback'
                 : 'retired';
   const warning = expiryWarning(version, now);
