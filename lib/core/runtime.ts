@@ -221,6 +221,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       ? new OAuthTokenStore(store, vault, refreshers, now, {
           refreshed: async (provider, userId, tokens) => connections?.refreshed(provider, userId, tokens),
           ended: async (provider, userId) => connections?.ended(provider, userId),
+          failed: (provider, userId, reason) =>
+            logger.warn({ provider, userId, reason }, 'token refresh failed; the link is kept for a later try'),
         })
       : null;
   const providerSessions = new ProviderSessions(store, revocations, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, logger, now);

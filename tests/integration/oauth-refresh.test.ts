@@ -194,12 +194,14 @@ describe('a refresh refused for good ends the link, without a loop', () => {
     expect(first.code).toBe('reauth_required');
     expect(provider.counts()).toMatchObject({ refreshGrants: grantsBefore + 1, refreshRefused: 1 });
     expect(await b.oauthTokens!.load('oidc', userId)).toBeNull();
-    expect(await b.store.get(`oauth:oidc:${userId}`)).toBeNull();
+    // Nothing sealed is left: the tokens are replaced by the mark that says the link ended.
+    expect(await b.store.get(`oauth:oidc:${userId}`)).toBe('ended');
 
+    // Every later call, on either instance, says the same until the user signs in again.
     for (const runtime of [b, a]) {
       const again = await call(runtime);
-      expect(again.status).toBe(403);
-      expect(again.code).toBe('credential_missing');
+      expect(again.status).toBe(401);
+      expect(again.code).toBe('reauth_required');
     }
     expect(provider.counts().refreshGrants).toBe(grantsBefore + 1);
     expect(upstream.requests.length).toBe(upstreamBefore);
@@ -219,18 +221,21 @@ describe('a refresh refused for good ends the link, without a loop', () => {
 
     const results = await burst(20);
     for (const result of results) {
-      expect([401, 403]).toContain(result.status);
-      expect(['reauth_required', 'credential_missing']).toContain(result.code);
+      expect(result.status).toBe(401);
+      expect(result.code).toBe('reauth_required');
     }
-    expect(results.filter((r) => r.code === 'reauth_required').length).toBeGreaterThanOrEqual(1);
     expect(provider.counts().refreshGrants).toBe(before.refreshGrants + 1);
     expect(provider.counts().refreshRefused).toBe(before.refreshRefused + 1);
     expect(upstream.requests.length).toBe(upstreamBefore);
     expect(await a.oauthTokens!.load('oidc', userId)).toBeNull();
 
     const later = await call(b);
-    expect(later.code).toBe('credential_missing');
+    expect(later.code).toBe('reauth_required');
     expect(provider.counts().refreshGrants).toBe(before.refreshGrants + 1);
+
+    // Signing in again saves a new grant (what Auth.js's jwt callback does): calls work again.
+    await linkExpired();
+    expect((await call(b)).status).toBe(200);
   });
 
   it('a user with no link at all: 403 credential_missing, the provider is not asked', async () => {
@@ -372,6 +377,91 @@ describe('access tokens that live 60 seconds or less', () => {
     expect(shortLived.counts()).toMatchObject({ refreshGrants: 2, refreshServed: 2 });
     for (const issued of shortLived.issued().accessTokens) {
       for (const text of responses) expect(findLeak(text, [issued])).toBeNull();
+    }
+  });
+});
+
+describe('the provider refuses the app, not the grant', () => {
+  it('invalid_client (a wrong client secret): 503 credential_unavailable, the link is kept, and the fixed secret refreshes it', async () => {
+    const tokens = await linkExpired();
+    // The operator rotated the client secret at the provider but deployed the old one (or a typo).
+    const misconfigured = await instance({
+      provider: { ...defaultProvider, clientSecret: randomSecret('wrong_client') },
+    });
+    const before = provider.counts().tokenRequests;
+    const logsBefore = logLines.length;
+
+    const results = [await call(misconfigured), await call(misconfigured)];
+    for (const result of results) {
+      expect(result.status).toBe(503);
+      expect(result.code).toBe('credential_unavailable');
+    }
+    expect(provider.counts().tokenRequests).toBe(before + 2);
+    expect(await a.oauthTokens!.load('oidc', userId)).toMatchObject({ refreshToken: tokens.refreshToken });
+    const warned = logLines.slice(logsBefore).filter((line) => line.includes('token refresh failed'));
+    expect(warned.length).toBe(2);
+    expect(warned[0]).toContain('invalid_client');
+
+    // Once the right secret is deployed, the same link refreshes: nobody had to sign in again.
+    const fixed = await call(a);
+    expect(fixed.status).toBe(200);
+    expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${provider.issued().accessTokens.at(-1)}`);
+  });
+});
+
+/** An issuer whose token endpoint answers every request 400 `{"error": code}` (no WWW-Authenticate), as many providers do. */
+async function refusingIssuer(
+  code: string,
+): Promise<{ issuer: string; tokenRequests: () => number; close: () => void }> {
+  let tokenRequests = 0;
+  const server = createServer((req, res) => {
+    if (req.url === '/.well-known/openid-configuration') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ issuer, token_endpoint: `${issuer}/token`, authorization_endpoint: `${issuer}/auth` }));
+      return;
+    }
+    if (req.url === '/token') tokenRequests += 1;
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: code, error_description: 'refused by the test issuer' }));
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    issuer,
+    tokenRequests: () => tokenRequests,
+    close: () => {
+      server.closeAllConnections();
+      server.close();
+    },
+  };
+}
+
+describe.each([
+  { code: 'invalid_client', status: 503, answer: 'credential_unavailable', kept: true },
+  { code: 'unauthorized_client', status: 503, answer: 'credential_unavailable', kept: true },
+  { code: 'invalid_grant', status: 401, answer: 'reauth_required', kept: false },
+])('a refresh answered 400 $code', ({ code, status, answer, kept }) => {
+  it(`${status} ${answer}; the link is ${kept ? 'kept' : 'ended'}`, async () => {
+    const refusing = await refusingIssuer(code);
+    try {
+      const runtime = await instance({ provider: { ...defaultProvider, issuer: refusing.issuer } });
+      const user = `oidc:refused-${randomUUID()}`;
+      await runtime.oauthTokens!.save('oidc', user, {
+        accessToken: randomSecret('at'),
+        refreshToken: randomSecret('rt'),
+        expiresAt: now() - 1_000,
+      });
+      const result = await call(runtime, await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user }));
+      expect(result.status).toBe(status);
+      expect(result.code).toBe(answer);
+      expect(refusing.tokenRequests()).toBe(1);
+      expect((await runtime.oauthTokens!.load('oidc', user)) !== null).toBe(kept);
+    } finally {
+      refusing.close();
     }
   });
 });

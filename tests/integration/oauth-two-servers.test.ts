@@ -288,7 +288,7 @@ describe('OIDC sign-in on one server, the provider token refreshed single-flight
     expect(saved?.refreshToken).toBe(refreshed.refreshToken);
   });
 
-  it('grant revoked at the provider: 401 reauth_required on A, then 403 credential_missing on B, no further token request', async () => {
+  it('grant revoked at the provider: 401 reauth_required on A, then on B and A again until the user signs in, no further token request', async () => {
     const current = provider.issued().at(-1)!;
     await provider.revoke(current.refreshToken!);
     await untilExpired(current.accessToken);
@@ -306,11 +306,11 @@ describe('OIDC sign-in on one server, the provider token refreshed single-flight
     });
 
     const onB = await callProxy(serverB);
-    expect(onB.status).toBe(403);
-    expect(onB.code).toBe('credential_missing');
+    expect(onB.status).toBe(401);
+    expect(onB.code).toBe('reauth_required');
     const again = await callProxy(serverA);
-    expect(again.status).toBe(403);
-    expect(again.code).toBe('credential_missing');
+    expect(again.status).toBe(401);
+    expect(again.code).toBe('reauth_required');
 
     expect(provider.counts().tokenRequests).toBe(before.tokenRequests + 1);
     expect(upstream.requests.length).toBe(upstreamBefore);

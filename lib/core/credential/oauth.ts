@@ -32,6 +32,12 @@ export interface TokenEvents {
   refreshed?(provider: string, userId: string, tokens: OAuthTokens): Promise<void>;
   /** The link ended: the provider refused the refresh for good, or the token expired with nothing to refresh it. */
   ended?(provider: string, userId: string): Promise<void>;
+  /**
+   * A refresh failed and the link is kept: the provider was unreachable, timed out, or refused the app's own
+   * client (`invalid_client` after a client secret rotation). `reason`: the provider's OAuth error code, or the
+   * error's name; never a token.
+   */
+  failed?(provider: string, userId: string, reason: string): void;
 }
 
 /**
@@ -55,6 +61,12 @@ const LOCK_TTL_MS = 30_000;
 const REFRESH_TIMEOUT_MS = 10_000;
 const WAIT_STEP_MS = 50;
 const WAIT_LIMIT_MS = 15_000;
+/**
+ * Stored in place of the tokens when the provider refused to refresh them for good: nothing usable, but calls
+ * can tell "sign in again" (`reauth_required`) from "never linked" (`credential_missing`) in the same single read.
+ * Not a seal (iron-session seals begin `Fe26.2`), so it never opens as tokens.
+ */
+const ENDED = 'ended';
 
 /**
  * Server-side OAuth tokens per (provider, user), refreshed before expiry. The refresh is single-flight across
@@ -100,7 +112,7 @@ export class OAuthTokenStore {
   private async read(provider: string, userId: string, known?: string | null): Promise<{ tokens: StoredTokens; sealed: string } | null> {
     const key = OAuthTokenStore.key(provider, userId);
     const sealed = known !== undefined ? known : await guard(() => this.store.get(key));
-    if (!sealed) return null;
+    if (!sealed || sealed === ENDED) return null;
     // Opens only under the entry it was sealed for: another user's tokens copied here in the store do not.
     const { value: tokens, fresh } = await this.vault.openFor<StoredTokens>(key, sealed);
     if (!fresh) {
@@ -119,7 +131,8 @@ export class OAuthTokenStore {
    * (lib/core/ws/sockets.ts closes the WebSockets opened with it). Reads the key's presence only, nothing unsealed.
    */
   async hasGrant(provider: string, userId: string): Promise<boolean> {
-    return (await guard(() => this.store.get(OAuthTokenStore.key(provider, userId)))) !== null;
+    const sealed = await guard(() => this.store.get(OAuthTokenStore.key(provider, userId)));
+    return sealed !== null && sealed !== ENDED;
   }
 
   async unlink(provider: string, userId: string): Promise<void> {
@@ -136,7 +149,11 @@ export class OAuthTokenStore {
    * as the call's round trip read them (`reads`); a refresh reads them again under its lock.
    */
   async accessToken(provider: string, userId: string, known?: string | null): Promise<string> {
-    const tokens = (await this.read(provider, userId, known))?.tokens;
+    const sealed = known !== undefined ? known : await guard(() => this.store.get(OAuthTokenStore.key(provider, userId)));
+    // An ended link answers `reauth_required` on every call until the user signs in again, not only on the one
+    // that found out; no link at all is `credential_missing`.
+    if (sealed === ENDED) throw new KeywardError('reauth_required');
+    const tokens = (await this.read(provider, userId, sealed))?.tokens;
     if (!tokens) throw new KeywardError('credential_missing');
     if (this.fresh(tokens)) return tokens.accessToken;
 
@@ -203,7 +220,9 @@ export class OAuthTokenStore {
         await this.endIfUnchanged(provider, userId, sealed);
         throw new KeywardError('reauth_required', { cause: error });
       }
-      // The provider could not be reached: keep the link, let the caller retry later.
+      // The provider could not be reached, or refused the app rather than the grant: keep the link, let the
+      // caller retry later.
+      this.events.failed?.(provider, userId, failureReason(error));
       throw new KeywardError('credential_unavailable', { cause: error });
     }
     // Providers that do not rotate refresh tokens omit it from the response: keep the old one.
@@ -229,12 +248,25 @@ export class OAuthTokenStore {
     return next.accessToken;
   }
 
-  /** Ends the link only if it still holds the tokens that could not be refreshed. */
+  /**
+   * Ends the link only if it still holds the tokens that could not be refreshed: the tokens are replaced by
+   * the ENDED mark (compare-and-set), which the next sign-in's `save` writes over.
+   */
   private async endIfUnchanged(provider: string, userId: string, sealed: string): Promise<void> {
-    if (await guard(() => this.store.deleteIfEquals(OAuthTokenStore.key(provider, userId), sealed))) {
+    if (await guard(() => this.store.replaceIfEquals(OAuthTokenStore.key(provider, userId), sealed, ENDED))) {
       await this.events.ended?.(provider, userId);
     }
   }
+}
+
+/** The OAuth error code a provider answered (`invalid_client`), else the error's name: short, and never a token. */
+function failureReason(error: unknown): string {
+  const code =
+    error instanceof oauth.WWWAuthenticateChallengeError
+      ? error.cause[0]?.parameters.error
+      : (error as { error?: unknown } | null)?.error;
+  if (typeof code === 'string' && /^[a-z_]{1,64}$/.test(code)) return code;
+  return error instanceof Error ? error.name : 'unknown';
 }
 
 /**
@@ -267,9 +299,10 @@ export function oidcRefresher(issuer: string, clientId: string, clientSecret: st
     try {
       result = await oauth.processRefreshTokenResponse(as, client, response);
     } catch (error) {
-      if (error instanceof oauth.ResponseBodyError && ['invalid_grant', 'invalid_client', 'unauthorized_client'].includes(error.error)) {
-        throw new OAuthGrantError(error.error);
-      }
+      // Only `invalid_grant` says this user's grant is over. `invalid_client` and `unauthorized_client` say the
+      // app's own client registration is refused (a rotated or mistyped client secret): every user would lose
+      // their link for the operator's mistake, so those stay ordinary failures (503, link kept) until it is fixed.
+      if (error instanceof oauth.ResponseBodyError && error.error === 'invalid_grant') throw new OAuthGrantError(error.error);
       throw error;
     }
     return {
