@@ -345,11 +345,16 @@ async function readCapped(response: Response, maxBytes: number): Promise<string>
 }
 
 /** Slack's v2 code exchange: the user's token and its scopes under `authed_user`. */
+/**
+ * Slack's code exchange: the user's own token under `authed_user`. The top-level token is the app's bot token,
+ * the workspace's, not this user's: stored as theirs it would let them call as the bot, and their disconnect
+ * (`auth.revoke`) would revoke the bot for the whole workspace. Without a user token the connect is refused.
+ */
 function slackUserToken(body: Record<string, unknown>): Record<string, unknown> {
   const user = body.authed_user;
   if (user && typeof user === 'object' && typeof (user as Record<string, unknown>).access_token === 'string')
     return user as Record<string, unknown>;
-  return body;
+  throw new ProviderRefusedError('no_user_token');
 }
 
 function tokensFrom(body: Record<string, unknown>, now: number): GrantedTokens {

@@ -179,6 +179,23 @@ describe('Slack', () => {
     });
   });
 
+  it("a code exchange with only the bot token (no authed_user token) is refused, never stored as the user's", async () => {
+    const { origin } = await fake((_seen, res) =>
+      json(res, 200, { ok: true, access_token: 'xoxb-bot', token_type: 'bot', authed_user: { id: 'U1' } }),
+    );
+    const client = new ProviderClient(preset('slack', origin));
+    const request = await client.authorizationRequest('https://app.test/api/connect/p/callback', ['users:read']);
+    const callback = await client.validateCallback(
+      new URLSearchParams({ code: 'c', state: request.state }),
+      request.state,
+    );
+    const error = await client
+      .exchangeCode(callback, 'https://app.test/api/connect/p/callback', null, null)
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ProviderRefusedError);
+    expect((error as ProviderRefusedError).error).toBe('no_user_token');
+  });
+
   it('{"ok": false} on refresh ends the grant; auth.revoke with the token', async () => {
     const { origin, seen } = await fake((entry, res) =>
       entry.url === '/revoke'
