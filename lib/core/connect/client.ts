@@ -49,6 +49,7 @@ interface RequestOptions {
   readonly [oauth.allowInsecureRequests]?: boolean;
 }
 
+/** Each request to the provider; the refresh lock (lib/core/credential/oauth.ts LOCK_TTL_MS) outlives three in turn. */
 const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
 /** Token endpoint errors that end a grant for good (RFC 6749 §5.2's, and GitHub's and Slack's own names). */

@@ -56,8 +56,15 @@ export class OAuthGrantError extends Error {
 
 /** Refresh this long before expiry, or halfway through the token's life if that is shorter (see refreshTime). */
 const REFRESH_SKEW_MS = 60_000;
-const LOCK_TTL_MS = 30_000;
-/** A refresh that has not answered by then is abandoned well before its lock expires (no second use of the token). */
+/**
+ * The refresh lock outlives the slowest refresh, so no second holder can use a refresh token while the first's
+ * request may still reach the provider: a refresh makes at most three requests of REFRESH_TIMEOUT_MS each in turn
+ * (discovery, a connection's RFC 8414 fallback, the token request; discovery only once per process), 30 s, and
+ * the lock lasts 45 s. A holder that crashed delays that user's next refresh by as much; waiters give up at
+ * WAIT_LIMIT_MS with 503 meanwhile.
+ */
+const LOCK_TTL_MS = 45_000;
+/** Each request of a refresh that has not answered by then is abandoned (see LOCK_TTL_MS). */
 const REFRESH_TIMEOUT_MS = 10_000;
 const WAIT_STEP_MS = 50;
 const WAIT_LIMIT_MS = 15_000;
