@@ -104,16 +104,12 @@ function containsSecret(value: string, secrets: readonly string[]): boolean {
 
 /**
  * Decodes each run of %XX escapes on its own, so one stray "%" elsewhere in the value cannot stop an
- * encoded secret from being recognised (decodeURIComponent would throw on the whole value).
+ * encoded secret from being recognised (decodeURIComponent would throw on the whole value). Byte by byte as
+ * UTF-8: an escape that is not UTF-8 next to the secret's (an RFC 5987 `ISO-8859-1''` filename's `%E9`, a stray
+ * `%FF`) becomes U+FFFD instead of leaving the whole run undecoded, as decodeURIComponent would.
  */
 function decodePercentRuns(value: string): string {
-  return value.replace(/(?:%[0-9A-Fa-f]{2})+/g, (run) => {
-    try {
-      return decodeURIComponent(run);
-    } catch {
-      return run;
-    }
-  });
+  return value.replace(/(?:%[0-9A-Fa-f]{2})+/g, (run) => Buffer.from(run.replaceAll('%', ''), 'hex').toString('utf8'));
 }
 
 const METHOD_OVERRIDE_HEADERS = ['x-http-method-override', 'x-http-method', 'x-method-override'];

@@ -186,6 +186,17 @@ describe('filterResponseHeaders', () => {
     const out = filterResponseHeaders({ 'content-disposition': value }, NONE, [secret]);
     expect(out.has('content-disposition')).toBe(false);
   });
+
+  it("drops a secret escaped byte by byte next to an escape that is not UTF-8 (an ISO-8859-1 filename's %E9, a %FF)", () => {
+    const secret = `${randomSecret()}+/=`;
+    for (const value of [
+      `attachment; filename*=ISO-8859-1''caf%E9${percentEncodeAll(secret)}.txt`,
+      `attachment; filename*=UTF-8''${percentEncodeAll(secret).toLowerCase()}%FF`,
+    ]) {
+      const out = filterResponseHeaders({ 'content-disposition': value }, NONE, [secret]);
+      expect(out.has('content-disposition'), value).toBe(false);
+    }
+  });
 });
 
 describe('filterResponseHeaders: every form of the secret', () => {
