@@ -25,10 +25,16 @@ interface Patterns {
   readonly shift: Uint8Array;
   /** The forms whose first `window` bytes end in this block, longest first. */
   readonly candidates: ReadonlyMap<number, readonly Buffer[]>;
-  /** The forms that start with this byte, for the held-back tail. */
-  readonly byFirstByte: readonly (readonly Buffer[] | undefined)[];
+  /** 1 for a byte that a form may hold (see HELD_ALWAYS), for the held-back tail. */
+  readonly inForm: Uint8Array;
   readonly maxLength: number;
 }
+
+/**
+ * Bytes held back at a chunk's end whatever the key: letters, digits, and what base64, percent- and
+ * JSON-escapes write. With the bytes of the key's own forms, they make the set `heldTail` holds back.
+ */
+const HELD_ALWAYS = Buffer.from('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_%\\.~', 'latin1');
 
 /** By the list of forms, which formsOfSecrets keeps (and drops) per secrets list. */
 const patternsCache = new WeakMap<readonly string[], Patterns>();
@@ -47,8 +53,10 @@ function patternsFor(secrets: readonly string[]): Patterns {
   const window = forms.reduce((min, form) => Math.min(min, form.length), Infinity);
   const shift = new Uint8Array(TABLE_SIZE).fill(Math.min(255, window - BLOCK + 1));
   const candidates = new Map<number, Buffer[]>();
-  const byFirstByte: Buffer[][] = [];
+  const inForm = new Uint8Array(256);
+  for (const byte of HELD_ALWAYS) inForm[byte] = 1;
   for (const form of forms) {
+    for (const byte of form) inForm[byte] = 1;
     // A block ending at offset `end` of a form's first `window` bytes lets the window move window - 1 - end.
     for (let end = BLOCK - 1; end < window; end++) {
       const block = blockAt(form, end);
@@ -56,18 +64,18 @@ function patternsFor(secrets: readonly string[]): Patterns {
     }
     const last = blockAt(form, window - 1);
     candidates.set(last, [...(candidates.get(last) ?? []), form]);
-    (byFirstByte[form[0]!] ??= []).push(form);
   }
-  patterns = { forms, window, shift, candidates, byFirstByte, maxLength: forms[0]?.length ?? 0 };
+  patterns = { forms, window, shift, candidates, inForm, maxLength: forms[0]?.length ?? 0 };
   patternsCache.set(texts, patterns);
   return patterns;
 }
 
 /**
  * Streaming byte scrubber: replaces every form of every secret (see `secretForms` in log/scrub.ts) with a fixed marker,
- * also when a secret is split across chunks. Only the end of a chunk that could be the start of a secret
- * is held back (usually nothing), so memory stays bounded by the longest secret and SSE events still
- * leave as soon as they arrive. Hand-written because no maintained library scrubs bytes in a stream.
+ * also when a secret is split across chunks. The end of a chunk that could be part of a secret (its trailing run
+ * of letters, digits and the like, see `heldTail`) is held back until the next chunk, so memory stays bounded by
+ * the longest secret, and SSE events (which end in a line feed) still leave as soon as they arrive. Hand-written
+ * because no maintained library scrubs bytes in a stream.
  */
 export class StreamScrubber {
   private readonly patterns: Patterns;
@@ -153,7 +161,7 @@ export class StreamScrubber {
       if (!match) break;
       const { index, length } = match;
       if (!final && index > data.length - maxLength) {
-        const partial = data.length - this.partialSuffix(data, position);
+        const partial = data.length - this.heldTail(data, position);
         if (partial <= index) {
           holdFrom = partial;
           break;
@@ -165,7 +173,7 @@ export class StreamScrubber {
       this.onMatch?.(data.subarray(index, index + length));
       position = index + length;
     }
-    const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.partialSuffix(data, position);
+    const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.heldTail(data, position);
     if (end > position) parts.push(data.subarray(position, end));
     if (end < data.length) this.carry = Buffer.from(data.subarray(end));
     return parts;
@@ -197,21 +205,19 @@ export class StreamScrubber {
     return null;
   }
 
-  /** Length of the longest suffix of data[from..] that is a proper prefix of some secret form. */
-  private partialSuffix(data: Buffer, from: number): number {
-    const { byFirstByte, maxLength } = this.patterns;
-    for (let start = Math.max(from, data.length - maxLength + 1); start < data.length; start++) {
-      const forms = byFirstByte[data[start]!];
-      if (!forms) continue;
-      const length = data.length - start;
-      for (const form of forms) if (form.length > length && startsWith(data, start, form, length)) return length;
-    }
-    return 0;
+  /**
+   * How many bytes at the end of data[from..] to hold back: its trailing run of bytes a form may hold, at most
+   * one short of the longest form. That covers every proper prefix of a form that the chunk ends in, and holds
+   * as much whether or not the run is one. Holding back exactly the prefixes would be an oracle: a client whose
+   * own text an upstream echoes at a chunk's end would see by what arrives when whether that text begins the
+   * key, and could grow a guess letter by letter into the whole key. This hold tells it at most whether the
+   * key's forms hold a byte outside HELD_ALWAYS.
+   */
+  private heldTail(data: Buffer, from: number): number {
+    const { inForm, maxLength } = this.patterns;
+    const stop = Math.max(from, data.length - maxLength + 1);
+    let start = data.length;
+    while (start > stop && inForm[data[start - 1]!] === 1) start--;
+    return data.length - start;
   }
-}
-
-/** True if data[start .. start + length] equals the first `length` bytes of form (a short loop beats a native call). */
-function startsWith(data: Buffer, start: number, form: Buffer, length: number): boolean {
-  for (let i = 1; i < length; i++) if (data[start + i] !== form[i]) return false;
-  return true;
 }
