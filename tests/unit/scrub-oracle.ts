@@ -38,7 +38,8 @@ export function stableBase64(secret: string, offset: number): string {
 
 /**
  * Each form with its name: raw; URL-encoded (encodeURIComponent) and form-encoded (URLSearchParams), with
- * upper- and lowercase hex; JSON-escaped, also with "\/" for "/", with non-ASCII as \uxxxx, as Go and as
+ * upper- and lowercase hex, and as Python's quote and Go's PathEscape write it; JSON-escaped, also with "\/" for
+ * "/", with non-ASCII as \uxxxx, as Go, as Gson and as
  * System.Text.Json write it (HTML-sensitive characters as \u escapes), and with every unit as
  * \uXXXX (either case); hex (either case); base64 (padded and not), base64url (padded and not), and the
  * stable base64/base64url characters at byte offsets 0, 1 and 2 inside a larger blob (8 characters or more).
@@ -61,8 +62,19 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
     const code = c.charCodeAt(0);
     return code < 0x20 || code > 0x7e || '"&\'+<>`'.includes(c) ? escapeAllUnits(c, true) : c;
   }).join('');
+  // Gson (HTML-safe by default): Go's set plus = and ', lowercase.
+  const gson = [...json].map((c) => ("<>&='\u2028\u2029".includes(c) ? escapeAllUnits(c, false) : c)).join('');
   const uri = encodeURIComponent(secret);
   const form = new URLSearchParams({ k: secret }).toString().slice(2);
+  const keepOnly = (kept: string) =>
+    [...Buffer.from(secret, 'utf8')]
+      .map((byte) =>
+        kept.includes(String.fromCharCode(byte))
+          ? String.fromCharCode(byte)
+          : `%${byte.toString(16).padStart(2, '0').toUpperCase()}`,
+      )
+      .join('');
+  const alphanumeric = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
   const hex = bytes.toString('hex');
   const named: [string, string][] = [
     ['raw', secret],
@@ -70,11 +82,14 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
     ['url-encoded lowercase', lowerEscapes(uri)],
     ['form-encoded', form],
     ['form-encoded lowercase', lowerEscapes(form)],
+    ['Python urllib.parse.quote', keepOnly(`${alphanumeric}_.-~/`)],
+    ['Go url.PathEscape', keepOnly(`${alphanumeric}-_.~$&+:=@`)],
     ['JSON', json],
     ['JSON \\/', json.split('/').join('\\/')],
     ['JSON ASCII', asciiJson],
     ['JSON ASCII \\/', asciiJson.split('/').join('\\/')],
     ['JSON, Go (HTML-safe)', goJson],
+    ['JSON, Gson (HTML-safe)', gson],
     ['JSON, System.Text.Json', dotnet],
     ['\\u lowercase', escapeAllUnits(secret, false)],
     ['\\u uppercase', escapeAllUnits(secret, true)],

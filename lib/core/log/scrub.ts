@@ -20,9 +20,11 @@ const MIN_FRAGMENT_LENGTH = 8;
  * key written in mixed case is not.
  * - raw;
  * - percent-encoded, as encodeURIComponent writes it and as application/x-www-form-urlencoded does
- *   (URLSearchParams: differs for ( ) ! ' ~ and space), each with upper- and lowercase hex (.NET writes `%2f`);
+ *   (URLSearchParams: differs for ( ) ! ' ~ and space), each with upper- and lowercase hex (.NET writes `%2f`),
+ *   and as Python's urllib.parse.quote (`/` kept) and Go's url.PathEscape (`+ = : @ $ &` kept) write it;
  * - JSON-escaped as JSON.stringify writes it, with `/` written `\/` (PHP's default), with non-ASCII written
- *   as `\uxxxx` (Python's and PHP's default), with `<` `>` `&` written `\u003c`… (Go's default), as
+ *   as `\uxxxx` (Python's and PHP's default), with `<` `>` `&` written `\u003c`… (Go's default), and `=` `'`
+ *   too (Gson's default), as
  *   System.Text.Json writes it (ASP.NET Core's default: `+` as `\u002B`, see dotnetJson), and every UTF-16 unit
  *   written `\uXXXX` (either case);
  * - hex of the UTF-8 bytes, either case;
@@ -42,6 +44,9 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   const form = /^[\w*.-]*$/.test(secret) ? secret : new URLSearchParams({ k: secret }).toString().slice(2);
   add('form-encoded', form);
   add('form-encoded-lowercase', lowercaseEscapes(form));
+  // Python's urllib.parse.quote (safe="/" by default) and Go's url.PathEscape keep other characters as they are.
+  add('url-encoded-python', percentEncode(secret, PYTHON_QUOTE_SAFE));
+  add('url-encoded-go-path', percentEncode(secret, GO_PATH_SAFE));
   const json = JSON.stringify(secret).slice(1, -1);
   add('json-escaped', json);
   // JSON.stringify never writes "\/" and writes a backslash as "\\", so every "/" here is a slash of the secret.
@@ -51,6 +56,8 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   add('json-escaped-ascii-slash', asciiJson.replaceAll('/', '\\/'));
   // Go's encoding/json (HTML-safe by default) writes < > & and U+2028/2029 as \u003c…, lowercase.
   add('json-escaped-go', json.replace(/[<>&\u2028\u2029]/g, unicodeEscapes));
+  // Gson's default (HTML-safe) writes = and ' as well, lowercase: a padded base64 key ends in \u003d.
+  add('json-escaped-gson', json.replace(/[<>&='\u2028\u2029]/g, unicodeEscapes));
   add('json-escaped-dotnet', dotnetJson(secret));
   const escaped = unicodeEscapes(secret);
   add('unicode-escaped', escaped);
@@ -91,6 +98,21 @@ function base64Fragment(behindOffset: Buffer, offset: 0 | 1 | 2): string {
 
 function toBase64url(base64: string): string {
   return base64.replaceAll('+', '-').replaceAll('/', '_');
+}
+
+/** What urllib.parse.quote leaves as it is by default: letters, digits, `_.-~` and `/`. */
+const PYTHON_QUOTE_SAFE = /^[A-Za-z0-9_.~/-]$/;
+/** What Go's url.PathEscape leaves as it is: letters, digits, `-_.~` and `$&+:=@`. */
+const GO_PATH_SAFE = /^[A-Za-z0-9_.~$&+:=@-]$/;
+
+/** Every UTF-8 byte of `text` that is not ASCII matching `safe` as %XX, uppercase. */
+function percentEncode(text: string, safe: RegExp): string {
+  let out = '';
+  for (const byte of Buffer.from(text, 'utf8')) {
+    const char = String.fromCharCode(byte);
+    out += byte < 0x80 && safe.test(char) ? char : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
 }
 
 function lowercaseEscapes(encoded: string): string {

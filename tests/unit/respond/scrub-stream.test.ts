@@ -99,7 +99,10 @@ const HELD_WHATEVER_THE_KEY = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 
 /** Length of `data`'s trailing run of bytes a form may hold, at most `cap`: the most the scrubber may hold back. */
 function formByteRun(data: Buffer, forms: readonly Buffer[], cap: number): number {
-  const held = new Set<number>([...Buffer.from(HELD_WHATEVER_THE_KEY, 'latin1'), ...forms.flatMap((form) => [...form])]);
+  const held = new Set<number>([
+    ...Buffer.from(HELD_WHATEVER_THE_KEY, 'latin1'),
+    ...forms.flatMap((form) => [...form]),
+  ]);
   let length = 0;
   while (length < cap && length < data.length && held.has(data[data.length - 1 - length]!)) length++;
   return length;
@@ -234,7 +237,7 @@ describe('StreamScrubber (examples)', () => {
     expect(scrubber.flush().length).toBe(0);
   });
 
-  it('holds back a chunk\'s trailing word, and releases it with the next chunk when it is not a secret', () => {
+  it("holds back a chunk's trailing word, and releases it with the next chunk when it is not a secret", () => {
     const secret = randomSecret();
     const scrubber = new StreamScrubber([secret]);
     const prefix = secret.slice(0, 10);
@@ -369,6 +372,25 @@ describe('StreamScrubber (examples)', () => {
       const output = Buffer.concat([scrubber.push(enc(body)), scrubber.flush()]).toString();
       expect(output).toBe(`{"k":"${MARKER_TEXT}"}`);
     }
+  });
+
+  it("replaces a key as Gson (= and ' as \\u003d, \\u0027), Python's quote (/ kept) and Go's PathEscape (+ = kept) write it", () => {
+    // Shaped like a padded base64 key (an Azure Functions key, an AWS session token); the encodings written by hand.
+    const key = `${randomSecret().slice(0, 12)}/K7+MDENG${randomSecret().slice(0, 12)}==`;
+    const bodies = [
+      `{"k":"${key.replaceAll('=', '\\u003d')}"}`, // Gson
+      `{"k":"${key.replaceAll('+', '%2B').replaceAll('=', '%3D')}"}`, // Python's quote: "/" kept
+      `{"k":"${key.replaceAll('/', '%2F')}"}`, // Go's PathEscape: "+" and "=" kept
+    ];
+    for (const body of bodies) {
+      const scrubber = new StreamScrubber([key]);
+      const output = Buffer.concat([scrubber.push(enc(body)), scrubber.flush()]).toString();
+      expect(output, body).toBe(`{"k":"${MARKER_TEXT}"}`);
+    }
+    const quote = `it's-${randomSecret()}`;
+    const gson = new StreamScrubber([quote]);
+    const escaped = `"${quote.replace("'", '\\u0027')}"`;
+    expect(Buffer.concat([gson.push(enc(escaped)), gson.flush()]).toString()).toBe(`"${MARKER_TEXT}"`);
   });
 
   it('matches a regex-special secret literally, never as a pattern', () => {
