@@ -249,7 +249,7 @@ describe('the fast lane proxies through the core', () => {
 
     upstream.handle((_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' });
-      res.write('first chunk');
+      res.write('first chunk\n'); // a whole line: a chunk's trailing word would wait for the next (the leak scrubber)
     });
     const late = new AbortController();
     const response = await fetch(`${lane.url}/api/proxy/echo/hang`, { headers: { cookie: laneCookie, 'x-keyward-csrf': '1' }, signal: late.signal });
@@ -259,7 +259,7 @@ describe('the fast lane proxies through the core', () => {
     await streaming.closed;
     expect(streaming.closedEarly).toBe(true);
     // Recorded as the route handler records it: aborted, with the bytes the client was sent.
-    expect(await auditRecord(response.headers.get('x-request-id'))).toMatchObject({ status: 200, outcome: 'aborted', bytesOut: 'first chunk'.length });
+    expect(await auditRecord(response.headers.get('x-request-id'))).toMatchObject({ status: 200, outcome: 'aborted', bytesOut: 'first chunk\n'.length });
     upstream.reset();
   });
 

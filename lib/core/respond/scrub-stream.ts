@@ -27,6 +27,8 @@ interface Patterns {
   readonly candidates: ReadonlyMap<number, readonly Buffer[]>;
   /** 1 for a byte that a form may hold (see HELD_ALWAYS), for the held-back tail. */
   readonly inForm: Uint8Array;
+  /** The forms that start with this byte, for a whole form found in the tail. */
+  readonly byFirstByte: readonly (readonly Buffer[] | undefined)[];
   readonly maxLength: number;
 }
 
@@ -55,8 +57,10 @@ function patternsFor(secrets: readonly string[]): Patterns {
   const candidates = new Map<number, Buffer[]>();
   const inForm = new Uint8Array(256);
   for (const byte of HELD_ALWAYS) inForm[byte] = 1;
+  const byFirstByte: Buffer[][] = [];
   for (const form of forms) {
     for (const byte of form) inForm[byte] = 1;
+    (byFirstByte[form[0]!] ??= []).push(form);
     // A block ending at offset `end` of a form's first `window` bytes lets the window move window - 1 - end.
     for (let end = BLOCK - 1; end < window; end++) {
       const block = blockAt(form, end);
@@ -65,7 +69,7 @@ function patternsFor(secrets: readonly string[]): Patterns {
     const last = blockAt(form, window - 1);
     candidates.set(last, [...(candidates.get(last) ?? []), form]);
   }
-  patterns = { forms, window, shift, candidates, inForm, maxLength: forms[0]?.length ?? 0 };
+  patterns = { forms, window, shift, candidates, inForm, byFirstByte, maxLength: forms[0]?.length ?? 0 };
   patternsCache.set(texts, patterns);
   return patterns;
 }
@@ -161,7 +165,10 @@ export class StreamScrubber {
       if (!match) break;
       const { index, length } = match;
       if (!final && index > data.length - maxLength) {
-        const partial = data.length - this.heldTail(data, position);
+        // A whole form near the end: held back (unreplaced) only if a longer form may start at or before it and
+        // go on in the next chunk. Decided by the forms themselves: only text that holds a whole form gets here,
+        // so it tells nothing about the key, and a decoy (lib/core/detect/decoys.ts) is found in this chunk.
+        const partial = data.length - this.partialSuffix(data, position);
         if (partial <= index) {
           holdFrom = partial;
           break;
@@ -220,4 +227,22 @@ export class StreamScrubber {
     while (start > stop && inForm[data[start - 1]!] === 1) start--;
     return data.length - start;
   }
+
+  /** Length of the longest suffix of data[from..] that is a proper prefix of some secret form. */
+  private partialSuffix(data: Buffer, from: number): number {
+    const { byFirstByte, maxLength } = this.patterns;
+    for (let start = Math.max(from, data.length - maxLength + 1); start < data.length; start++) {
+      const forms = byFirstByte[data[start]!];
+      if (!forms) continue;
+      const length = data.length - start;
+      for (const form of forms) if (form.length > length && startsWith(data, start, form, length)) return length;
+    }
+    return 0;
+  }
+}
+
+/** True if data[start .. start + length] equals the first `length` bytes of form (a short loop beats a native call). */
+function startsWith(data: Buffer, start: number, form: Buffer, length: number): boolean {
+  for (let i = 1; i < length; i++) if (data[start + i] !== form[i]) return false;
+  return true;
 }

@@ -251,7 +251,8 @@ describe('StreamScrubber (examples)', () => {
     // chunk, whether the text begins the key: else it grows a guess letter by letter into the whole key.
     let compared = 0;
     for (const secret of [randomSecret(), EVERY_FORM_SECRET, REGEX_SPECIAL_SECRET, 'sk-proj-Ab3/Xy+9==']) {
-      for (const form of formBuffers([secret])) {
+      const forms = formBuffers([secret]);
+      for (const form of forms) {
         for (let length = 1; length < form.length; length++) {
           const guess = Buffer.from(form.subarray(0, length));
           // The same bytes but one letter or digit changed: no longer the start of this form.
@@ -259,6 +260,8 @@ describe('StreamScrubber (examples)', () => {
           if (at === -1) continue;
           const wrong = Buffer.from(guess);
           wrong[at] = wrong[at] === 0x41 ? 0x42 : 0x41;
+          // A guess that holds a whole form (the unpadded base64 inside the padded) is the key itself: not a guess.
+          if (containsAnyForm(guess, forms) || containsAnyForm(wrong, forms)) continue;
           const right = new StreamScrubber([secret]).push(Buffer.concat([enc('echo:\n'), guess]));
           const other = new StreamScrubber([secret]).push(Buffer.concat([enc('echo:\n'), wrong]));
           expect(right.length, `${secret} ${form.toString()} ${length}`).toBe(other.length);
