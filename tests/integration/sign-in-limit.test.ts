@@ -276,6 +276,24 @@ describe('only credential sign-in posts are limited', () => {
     }
     await expectLimited(limitSignIn(attempt({ ip })));
   });
+
+  it('a trailing or doubled slash is the same callback to Auth.js, and gets the same rules (limits, form body only)', async () => {
+    const ip = freshIp();
+    const username = freshName();
+    const variants = [
+      `${CALLBACK}/`,
+      `${ORIGIN}/api/auth/callback//credentials`,
+      `${ORIGIN}/api/auth//callback/credentials//`,
+    ];
+    for (const url of variants) {
+      const body = JSON.stringify({ username, password: 'x' });
+      const json = await limitSignIn(attempt({ ip: freshIp(), url, body, contentType: 'application/json' }));
+      expect(json.response.status, url).toBe(400);
+      expect(json.passed).toBeNull();
+    }
+    for (let i = 0; i < MAX; i++) await expectPassed(limitSignIn(attempt({ ip, url: variants[i % variants.length] })));
+    for (const url of variants) await expectLimited(limitSignIn(attempt({ ip, url })));
+  });
 });
 
 /**

@@ -21,8 +21,15 @@ export interface SignInForm {
   readonly request: Request;
 }
 
+/**
+ * A POST to the credentials callback, read as Auth.js reads the action (parseActionAndProviderId: the path split
+ * on "/", empty parts dropped), so `/callback/credentials/` and `/callback//credentials`, which it also signs in
+ * with, get the sign-in rules too (an app with `trailingSlash` or `skipTrailingSlashRedirect` lets them reach it).
+ */
 export function isCredentialsSignIn(request: Request): boolean {
-  return request.method === 'POST' && new URL(request.url).pathname.endsWith('/callback/credentials');
+  if (request.method !== 'POST') return false;
+  const parts = new URL(request.url).pathname.split('/').filter(Boolean);
+  return parts.at(-2) === 'callback' && parts.at(-1) === 'credentials';
 }
 
 /**
