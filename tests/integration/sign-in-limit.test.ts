@@ -122,6 +122,14 @@ describe('per client IP', () => {
     await expectPassed(limitSignIn(attempt({ ip: freshIp() })));
   });
 
+  it('counts IPv6 clients by their /64: a host rotating addresses in its prefix is one client, another /64 is not', async () => {
+    const prefix = `2001:db8:${(++next).toString(16)}:7`;
+    const hosts = ['::1', '::2', ':ffff:1:2:3', ':0:0:0:beef', '::a', ':1:0:0:1'];
+    for (let i = 0; i < MAX; i++) await expectPassed(limitSignIn(attempt({ ip: `${prefix}${hosts[i]}` })));
+    for (const host of hosts.slice(MAX)) await expectLimited(limitSignIn(attempt({ ip: `${prefix}${host}` })));
+    await expectPassed(limitSignIn(attempt({ ip: `2001:db8:${(++next).toString(16)}:8::1` })));
+  });
+
   it('counts the address one hop from the right: a client-chosen entry on the left does not make a new address', async () => {
     const ip = freshIp();
     for (let i = 0; i < MAX; i++) await expectPassed(limitSignIn(attempt({ ip: `10.9.9.${i}, ${ip}` })));

@@ -51,3 +51,14 @@ function parseIp(value: string): string | null {
   // process(): IPv4-mapped → IPv4; any other IPv6 → toString(), the RFC 5952 form.
   return ipaddr.process(address).toString();
 }
+
+/**
+ * The bucket per-IP limits count an address in (a normalised address, as `clientIp` returns): an IPv4 address
+ * itself, an IPv6 address's /64 (`2001:db8:1:2::/64`). One host, at home or in a cloud, holds a whole /64: counted
+ * per address, it would have 2^64 buckets, and spraying one password over many usernames would meet no limit.
+ */
+export function limitBucket(ip: string): string {
+  if (!ip.includes(':') || !ipaddr.IPv6.isValid(ip)) return ip;
+  const prefix = ipaddr.IPv6.parse(ip).parts.slice(0, 4);
+  return `${new ipaddr.IPv6([...prefix, 0, 0, 0, 0]).toString()}/64`;
+}

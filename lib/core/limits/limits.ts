@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import { limitBucket } from '../client/ip';
 import { KeywardError, type KeywardErrorCode } from '../errors';
 import { guard } from '../store/guard';
 import { RedisStore, type RoundCounter } from '../../store/redis';
@@ -200,7 +201,7 @@ export class Limits {
    */
   async checkSignIn(ip: string | null, username: string | null, limit: number, windowSeconds: number): Promise<void> {
     const rule = (by: Subject, name: string): RateRule => ({ id: `signin|${name}`, name, by, limit, windowSeconds, roles: null });
-    const byIp = await this.consume([[rule('ip', 'signin-ip'), ip ?? 'unknown']]);
+    const byIp = await this.consume([[rule('ip', 'signin-ip'), ip === null ? 'unknown' : limitBucket(ip)]]);
     if (byIp.retryMs !== null) throw limitError('rate_limited', byIp.retryMs, []);
     if (!username) return;
     const byName = await this.consume([[rule('user', 'signin-username'), username.toLowerCase()]]);
@@ -235,7 +236,7 @@ function subjectKey(by: Subject, who: LimitSubject): string {
     case 'upstream':
       return 'all';
     case 'ip':
-      return `ip:${who.ip ?? 'unknown'}`;
+      return `ip:${who.ip === null ? 'unknown' : limitBucket(who.ip)}`;
   }
 }
 
