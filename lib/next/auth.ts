@@ -27,6 +27,29 @@ const cookies: NextAuthConfig['cookies'] = {
   nonce: { name: '__Host-keyward.nonce', options: { ...lax, maxAge: 900 } },
 };
 
+/**
+ * Auth.js's own messages as Keyward's JSON log lines, through its redaction and secret scrubber, instead of
+ * Auth.js's default (console text, with a cause's stack and its details as JSON). The details are left out: an
+ * OAuth error's may hold what a provider answered. A wrong password is the user's doing, not the server's: info.
+ */
+function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logger']> {
+  return {
+    error(error) {
+      const type = (error as { type?: unknown }).type;
+      const name = typeof type === 'string' ? type : error.name;
+      if (name === 'CredentialsSignin') {
+        logger.info({ authError: name }, 'auth.js: credentials sign-in refused');
+        return;
+      }
+      const cause = (error.cause as { err?: unknown } | undefined)?.err;
+      logger.error({ authError: name, err: cause instanceof Error ? cause : error }, `auth.js: ${name}`);
+    },
+    warn(code) {
+      logger.warn({ authWarning: code }, `auth.js warning: ${code}`);
+    },
+  };
+}
+
 /** Auth.js's pages (sign-in, error …); unset ones are Auth.js's own, served under /api/auth. */
 export type AuthPages = NextAuthConfig['pages'];
 
@@ -80,6 +103,7 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
     // The app's own pages (this repository's: /signin, in the app's style), else Auth.js's built-in ones.
     // Never undefined: Auth.js spreads the config over its defaults, and `pages: undefined` would replace its `{}`.
     pages: pages ?? {},
+    logger: authLogger(runtime.logger),
     session: { strategy: 'jwt', maxAge: settings.KEYWARD_SESSION_MAX_AGE },
     events: {
       // Sign-out ends the session on the server too: a copy of the cookie is refused by every instance.

@@ -380,6 +380,27 @@ describe('against next start: a locked-out user stays locked out', () => {
     expect((await signInAttempt(app.url, 'bob', bobPassword, { 'x-forwarded-for': freshIp() })).response.status).toBe(429);
   });
 
+  it("Auth.js's own messages are Keyward's JSON log lines, not console text: a wrong password at info, a missing CSRF token as an error", async () => {
+    const mark = app.output().length;
+    await signInAttempt(app.url, `nobody-${randomUUID()}`, 'wrong-password', { 'x-forwarded-for': freshIp() });
+    const noCsrf = await fetch(`${app.url}/api/auth/callback/credentials`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-forwarded-for': freshIp() },
+      body: new URLSearchParams({ username: `nobody-${randomUUID()}`, password: 'wrong-password' }),
+    });
+    await noCsrf.arrayBuffer();
+    await expect.poll(() => app.output().slice(mark), { timeout: 5_000 }).toContain('auth.js: MissingCSRF');
+    const output = app.output().slice(mark);
+    expect(output).not.toContain('[auth]');
+    const lines = output.split('\n').filter((line) => line.includes('auth.js'));
+    const parsed = lines.map((line) => JSON.parse(line) as { level: number; msg: string; authError: string });
+    const refused = { level: 30, msg: 'auth.js: credentials sign-in refused', authError: 'CredentialsSignin' };
+    expect(parsed).toContainEqual(expect.objectContaining(refused));
+    const missingCsrf = { level: 50, msg: 'auth.js: MissingCSRF', authError: 'MissingCSRF' };
+    expect(parsed).toContainEqual(expect.objectContaining(missingCsrf));
+  });
+
   it('every Auth.js page answers Cache-Control: private, no-store (they set or carry the CSRF token)', async () => {
     for (const path of ['/api/auth/csrf', '/api/auth/signin', '/api/auth/providers', '/api/auth/session', '/api/auth/signout', '/api/auth/error']) {
       const response = await fetch(`${app.url}${path}`, { redirect: 'manual' });
