@@ -257,17 +257,20 @@ const routeSchema = z.strictObject({
     if (!params.has(name)) ctx.addIssue({ code: 'custom', path: ['paramEquals', name], message: `"${name}" is not a parameter of the path` });
   }
   // Body fields can only be enforced on a body Keyward parses, i.e. one with a contract.
-  const bodyTargets: [string, string][] = [
-    ...Object.keys(route.identity ?? {}).map((target): [string, string] => ['identity', target]),
-    ...Object.values(route.caps ?? {}).flatMap((caps) => Object.keys(caps).map((target): [string, string] => ['caps', target])),
-    ...(route.cost?.reserveFrom ? [['cost', route.cost.reserveFrom.field] as [string, string]] : []),
+  // A price table's model field too: unread, every call would be priced (and settled) at "*" while the
+  // upstream reads a dearer model from the body.
+  const bodyTargets: [string[], string][] = [
+    ...Object.keys(route.identity ?? {}).map((target): [string[], string] => [['identity'], target]),
+    ...Object.values(route.caps ?? {}).flatMap((caps) => Object.keys(caps).map((target): [string[], string] => [['caps'], target])),
+    ...(route.cost?.reserveFrom ? [[['cost'], route.cost.reserveFrom.field] as [string[], string]] : []),
+    ...(route.cost?.price ? [[['cost', 'price', 'model'], route.cost.price.model] as [string[], string]] : []),
   ];
-  for (const [field, target] of bodyTargets) {
+  for (const [path, target] of bodyTargets) {
     if (target.startsWith('body.') && !route.body) {
-      ctx.addIssue({ code: 'custom', path: [field], message: `"${target}" needs a "body" contract on this route` });
+      ctx.addIssue({ code: 'custom', path, message: `"${target}" needs a "body" contract on this route` });
     } else if (target.startsWith('body.') && route.bodyFormat === 'multipart' && target.split('.').length !== 2) {
       // Multipart parts are flat: a part's name is one field, there is no nesting to reach into.
-      ctx.addIssue({ code: 'custom', path: [field], message: `"${target}" must name a top-level part ("body.<name>") of a multipart body` });
+      ctx.addIssue({ code: 'custom', path, message: `"${target}" must name a top-level part ("body.<name>") of a multipart body` });
     }
   }
   if (route.bodyFormat && !route.body) {

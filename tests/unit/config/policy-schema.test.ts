@@ -240,6 +240,16 @@ describe('body fields need a body contract', () => {
     ['identity', { identity: { 'body.user': 'userId' } }],
     ['caps', { caps: { free: { 'body.max_tokens': 100 } } }],
     ['cost', { cost: { reserveFrom: { field: 'body.max_tokens' } } }],
+    // The price table's model field, "body.model" by default: unread, every call would be priced at "*".
+    [
+      'cost.price.model',
+      {
+        cost: {
+          reserveFrom: { field: 'query.max' },
+          price: { table: { '*': { input: 1, output: 1 } }, inputTokens: 'usage.in', outputTokens: 'usage.out' },
+        },
+      },
+    ],
   ])('refuses %s on a body field without one, naming the field', (field, fields) => {
     const message = refuse([post(fields)]);
     expect(message).toContain(`${R}.${field}: "body.`);
