@@ -649,6 +649,9 @@ export async function reserveBudget(
     if (cost.usage && 'json' in cost.usage) call.usage = numberAt(cost.usage.json);
     else if (cost.usage && 'sum' in cost.usage) call.usage = sumAt(cost.usage.sum);
   }
+  // A call charged what the upstream reports reserves at least 1 unit: reserved at 0 (`reserve: 0`, a bound of 0
+  // such as `max_tokens: 0`), it would pass a spent budget and never be settled, its real usage never charged.
+  if ((call.usage || cost.usage) && units < 1) units = 1;
   call.grant = await call.deps.limits.reserve(route.limits, who, units, rate);
 }
 

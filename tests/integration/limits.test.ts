@@ -630,6 +630,22 @@ describe('budgets on Redis: reserve the worst case, settle to the reported usage
     expect(await counter(a.store, tokensKey(ned))).toBe(62);
   });
 
+  it('a bound of 0 (max_tokens: 0) still reserves 1 and settles to the usage reported, so a spent budget refuses it', async () => {
+    const zoe = newUser();
+    upstream.handle(llm());
+    for (let i = 1; i <= 4; i++) {
+      const r = await call(a, zoe, 'budget', ['chat'], { body: { max_tokens: 0, report: 25 } });
+      expect(r.status).toBe(200);
+      expect((await a.completion(r.requestId)).units).toBe(25);
+      expect(await counter(a.store, tokensKey(zoe))).toBe(25 * i);
+    }
+    const upstreamCalls = received('budget').length;
+    const spent = await call(b, zoe, 'budget', ['chat'], { body: { max_tokens: 0, report: 25 } });
+    expect429(spent, 'budget_exceeded', 86_400);
+    expect(received('budget')).toHaveLength(upstreamCalls);
+    expect(await counter(a.store, tokensKey(zoe))).toBe(100);
+  });
+
   it('a query field read for the reservation but sent in a form Keyward cannot read as one number is refused (400), not reserved at "reserve"', async () => {
     const quinn = newUser();
     upstream.handle(llm());
