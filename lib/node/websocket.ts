@@ -116,19 +116,31 @@ async function serveUpgrade(
   const tickets = query.getAll('ticket');
   query.delete('ticket');
   const rest = query.toString();
+  // A client that goes away while its upgrade waits (for a call slot, lib/core/limits/in-flight.ts) gives its
+  // place back, as an HTTP call's does.
+  // A client that leaves sends its FIN ('end': the upgrade socket is half-open) or resets ('close').
+  const gone = new AbortController();
+  const leave = () => gone.abort();
+  socket.once('end', leave);
+  socket.once('close', leave);
   const request = new Request(options.origin() + path + (rest ? `?${rest}` : ''), {
     method: req.method ?? 'GET',
     headers,
+    signal: gone.signal,
   });
   let callDeps: ProxyDeps = deps;
   let redeemed = tickets.length === 0;
   if (tickets.length > 0) {
-    const ticket = tickets.length === 1 ? tickets[0]! : '';
     callDeps = {
       ...deps,
       verifySession: async () => {
         redeemed = true;
-        const issued = await options.tickets.redeem(ticket, target);
+        // Shown more than once: refused, and every ticket shown is used up all the same.
+        if (tickets.length > 1) {
+          await Promise.all(tickets.map((ticket) => options.tickets.redeem(ticket, target).catch(() => null)));
+          return null;
+        }
+        const issued = await options.tickets.redeem(tickets[0]!, target);
         // The session as it was when the ticket was issued (up to 30 s ago): a local user as the users file says now.
         const session = issued && deps.users ? currentLocalUser(issued, deps.users) : issued;
         return session && !(await deps.revocations.isRevoked(session)) ? session : null;
@@ -136,6 +148,8 @@ async function serveUpgrade(
     };
   }
   const grant = await authorizeUpgrade(request, target, callDeps);
+  socket.off('end', leave);
+  socket.off('close', leave);
   if (grant instanceof Response) {
     // Refused before the session step (an unknown upstream or route, an HTTP route, a refused query): a ticket
     // shown at the wrong path is used up all the same, whichever step refused the upgrade.
@@ -155,6 +169,13 @@ async function relay(
   siteHeaders: readonly (readonly [string, string])[],
 ): Promise<void> {
   const { maxMessageBytes, idleTimeoutMs } = grant.route.websocket;
+  // Gone while the upgrade was authorized (or waited for a slot): no upstream socket is opened with the key, and
+  // the call is recorded as not sent, its slot and any reservation given back.
+  if (socket.destroyed || socket.readableEnded) {
+    refuseGranted(grant, new KeywardError('bad_request', { message: 'The client closed the request.' }));
+    socket.destroy();
+    return;
+  }
   const protocols = (req.headers['sec-websocket-protocol'] ?? '')
     .split(',')
     .map((p) => p.trim())
@@ -196,7 +217,7 @@ async function relay(
     upstream.terminate();
     return writeRaw(socket, refuseGranted(grant, opened), siteHeaders);
   }
-  if (clientGone || socket.destroyed) {
+  if (clientGone || socket.destroyed || socket.readableEnded) {
     upstream.terminate();
     recordSocket(grant, { outcome: 'aborted', errorCode: null, bytesIn: 0, bytesOut: 0, scrubberHits: 0 });
     return;

@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { copyFileSync, mkdtempSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -361,6 +361,12 @@ describe('WebSocket upgrades through the fast lane', () => {
       expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${shown}`)), wrong).toEqual({ status: 401, code: 'unauthenticated' });
     }
 
+    // Shown twice in one URL: refused, and used up all the same.
+    const twice = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
+    const unauthenticated = { status: 401, code: 'unauthenticated' };
+    expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${twice}&ticket=${twice}`))).toEqual(unauthenticated);
+    expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${twice}`))).toEqual(unauthenticated);
+
     expect((await ask('/plain')).status).toBe(400);
     const noSession = await fetch(`${lane.url}/api/session/ws-ticket`, {
       method: 'POST',
@@ -419,6 +425,39 @@ describe('WebSocket upgrades through the fast lane', () => {
       socket.close();
       await closed(socket);
     }
+  });
+
+  it('an upgrade whose client leaves while it waits for a slot gives its place back: no upstream socket is opened for it', async () => {
+    const cookie = await cookieFor('oidc:single-3');
+    const first = opened(await open('/api/proxy/single/realtime', { cookie, ...sameOrigin() }));
+    const before = handshakes.length;
+    // A raw upgrade that waits behind `first` (limit 1), then leaves before a slot frees.
+    const waiting = connect(Number(new URL(lane.url).port), '127.0.0.1');
+    await once(waiting, 'connect');
+    waiting.write(
+      [
+        'GET /api/proxy/single/realtime HTTP/1.1',
+        `Host: ${new URL(lane.url).host}`,
+        'Upgrade: websocket',
+        'Connection: Upgrade',
+        'Sec-WebSocket-Version: 13',
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+        `Origin: ${lane.url}`,
+        `Cookie: ${cookie}`,
+        '',
+        '',
+      ].join('\r\n'),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    waiting.destroy();
+    first.close();
+    await closed(first);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(handshakes.length).toBe(before);
+    // The slot is free for the next upgrade.
+    const again = opened(await open('/api/proxy/single/realtime', { cookie, ...sameOrigin() }));
+    again.close();
+    await closed(again);
   });
 
   it('signing out closes the open socket (4401)', async () => {
