@@ -44,6 +44,11 @@ export interface MultipartContract {
   readonly parts: ReadonlyMap<string, PartRule>;
   /** `body.<name>` identity fields: a client copy that comes after a file part is dropped. */
   readonly identity: ReadonlySet<string>;
+  /**
+   * Fields the call's cost is read from (`reserveFrom`, a price's model): reserved from the head, so one that
+   * comes after a file part is refused; forwarded, it would bound or price the call as nothing reserved for.
+   */
+  readonly costFields?: ReadonlySet<string>;
 }
 
 export interface MultipartBody {
@@ -268,12 +273,15 @@ class MultipartReading implements MultipartBody {
 
   /**
    * A text field after the first file part. An identity field's copy is dropped (the session's value is added
-   * at the end); a capped field the head did not carry is checked against the cap caps wrote for it, and
-   * replaces it.
+   * at the end); a field the call's cost is read from is refused (the cost was reserved from the head); a capped
+   * field the head did not carry is checked against the cap caps wrote for it, and replaces it.
    */
   private laterField(event: Extract<PartEvent, { type: 'field' }>, added: Map<string, unknown>): unknown {
     const value = this.checkField(event);
     if (this.contract.identity.has(event.name)) return undefined;
+    if (this.contract.costFields?.has(event.name)) {
+      throw violation(`body.${event.name}: must come before the first file part (the call's cost is read from it)`);
+    }
     if (added.has(event.name)) {
       const cap = added.get(event.name);
       added.delete(event.name);

@@ -80,7 +80,13 @@ function chunked(bytes: Buffer, chunk: number): ReadableStream<Uint8Array> {
 /** Steps 10's body half as the pipeline runs it: read, caps and identity on parts.body, then serialise. */
 async function prepare(
   body: ClientBody,
-  options: { contract?: CompiledContract; roles?: string[]; chunk?: number; maxBytes?: number } = {},
+  options: {
+    contract?: CompiledContract;
+    roles?: string[];
+    chunk?: number;
+    maxBytes?: number;
+    costFields?: ReadonlySet<string>;
+  } = {},
 ) {
   const contract = options.contract ?? AUDIO;
   const { bytes, contentType } = await clientBytes(body);
@@ -89,7 +95,7 @@ async function prepare(
     options.maxBytes ?? 64 * 1024 * 1024,
     10_000,
   );
-  const read: ContractBody = await readContractBody(contract, contentType, capped);
+  const read: ContractBody = await readContractBody(contract, contentType, capped, options.costFields);
   const head = structuredClone(read.value) as Record<string, unknown>;
   const parts: RequestParts = { query: new URLSearchParams(), body: read.value };
   applyCaps(contract, session(options.roles), parts);
@@ -325,6 +331,25 @@ describe('multipart contracts: what is forwarded', () => {
 });
 
 describe('multipart contracts: what is refused', () => {
+  it("refuses a field the call's cost is read from when it comes after a file part (the reservation was made without it)", async () => {
+    const costFields = new Set(['max_seconds']);
+    const late = formOf([
+      ['model', 'whisper-1'],
+      ['file', mp3(3)],
+      ['max_seconds', '30'],
+    ]);
+    expect(await forwardFails(late, 'contract_violation', { costFields })).toContain('before the first file part');
+    const early = await forwarded(
+      formOf([
+        ['model', 'whisper-1'],
+        ['max_seconds', '30'],
+        ['file', mp3(3)],
+      ]),
+      { costFields },
+    );
+    expect(early.form.get('max_seconds')).toBe('30');
+  });
+
   it('refuses unknown text and file parts in the head, before anything is forwarded, without naming them', async () => {
     for (const body of [
       formOf([
