@@ -16,10 +16,25 @@ export interface RouteMatch {
  */
 export function matchRoute(upstream: Upstream, method: string, segments: readonly string[]): RouteMatch {
   const allowed: string[] = [];
+  // A route tried before the one that matches (more specific: its literals win) that the path matches but for
+  // letter case. Many upstreams read paths without regard to case (GitHub's owners and repositories), so the
+  // broader route must not serve `/repos/ACME/HR-Private/issues` when `/repos/acme/hr-private/issues` has its
+  // own roles: the call is refused instead.
+  let shadowedByCase = false;
   for (const route of upstream.routes) {
     const params = matchSegments(route, segments);
-    if (!params) continue;
-    if (route.method === method) return { route, params };
+    if (!params) {
+      if (route.method === method && matchSegments(route, segments, true)) shadowedByCase = true;
+      continue;
+    }
+    if (route.method === method) {
+      if (shadowedByCase) {
+        throw new KeywardError('bad_path', {
+          message: 'The path differs only in letter case from a declared route: send it as the route writes it.',
+        });
+      }
+      return { route, params };
+    }
     allowed.push(route.method);
   }
   if (allowed.length > 0) {
@@ -49,7 +64,8 @@ function colonAllowedAt(route: CompiledRoute, index: number): boolean {
   return part.colons || part.prefix.includes(':') || part.suffix.includes(':');
 }
 
-function matchSegments(route: CompiledRoute, segments: readonly string[]): Record<string, string> | null {
+/** `foldCase`: literal segments compared without regard to letter case (ASCII: path segments are ASCII here). */
+function matchSegments(route: CompiledRoute, segments: readonly string[], foldCase = false): Record<string, string> | null {
   const template = route.segments;
   const last = template[template.length - 1];
   const hasRest = typeof last === 'object' && 'rest' in last;
@@ -60,7 +76,7 @@ function matchSegments(route: CompiledRoute, segments: readonly string[]): Recor
     const part = template[i]!;
     const segment = segments[i]!;
     if (typeof part === 'string') {
-      if (part !== segment) return null;
+      if (part !== segment && !(foldCase && part.toLowerCase() === segment.toLowerCase())) return null;
     } else if ('param' in part) {
       const value = captureParam(part, segment);
       if (value === null) return null;

@@ -51,6 +51,28 @@ describe('matchRoute', () => {
     expect(matchRoute(github, 'GET', ['files', 'a', 'b']).route.template).toBe('/files/*');
   });
 
+  it('a broader route does not serve a path a narrower one matches but for letter case (a case-blind upstream reads it as the narrower)', () => {
+    const { upstream: github } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/repos/:owner/:repo/issues' },
+        { method: 'GET', path: '/repos/acme/hr-private/issues', roles: ['hr'] },
+      ],
+    });
+    for (const path of [
+      ['repos', 'ACME', 'HR-Private', 'issues'],
+      ['repos', 'acme', 'HR-PRIVATE', 'issues'],
+    ]) {
+      const error = expectKeywardError(
+        thrown(() => matchRoute(github, 'GET', path)),
+        'bad_path',
+      );
+      expect(error.message).toContain('letter case');
+    }
+    // Other repositories still go to the broad route, in any case; the narrow one as declared is served.
+    expect(matchRoute(github, 'GET', ['repos', 'Acme', 'Web', 'issues']).route.roles).toBeNull();
+    expect(matchRoute(github, 'GET', ['repos', 'acme', 'hr-private', 'issues']).route.roles).not.toBeNull();
+  });
+
   it('binds :param segments into a prototype-less params object', () => {
     const { route, params } = matchRoute(upstream, 'PUT', ['items', '42', 'tags', 'red']);
     expect(route.template).toBe('/items/:id/tags/:tag');
