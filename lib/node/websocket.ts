@@ -117,8 +117,7 @@ async function serveUpgrade(
   query.delete('ticket');
   const rest = query.toString();
   // A client that goes away while its upgrade waits (for a call slot, lib/core/limits/in-flight.ts) gives its
-  // place back, as an HTTP call's does.
-  // A client that leaves sends its FIN ('end': the upgrade socket is half-open) or resets ('close').
+  // place back, as an HTTP call's does. Leaving is its FIN ('end': the upgrade socket is half-open) or a reset.
   const gone = new AbortController();
   const leave = () => gone.abort();
   socket.once('end', leave);
