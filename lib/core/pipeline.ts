@@ -573,9 +573,7 @@ export async function prepareContent(
     call.body = watchBodyForDecoys(call, capRequestBody(request.body, route.maxRequestBytes, call.deps.requestBodyIdleMs ?? route.timeoutMs));
     forwardBody = call.body.iterable;
   }
-  const checked = contract.body
-    ? await readContractBody(contract, request.headers.get('content-type'), call.body, costFields(route.limits.cost))
-    : null;
+  const checked = contract.body ? await readContractBody(contract, request.headers.get('content-type'), call.body) : null;
   if (checked) {
     parts.body = checked.value;
     call.release = checked.release ?? null;
@@ -623,12 +621,6 @@ function watchBodyForDecoys(call: Call, body: CappedBody): CappedBody {
     if (rest.length > 0) yield rest;
   }
   return { iterable: watched(), bytes: body.bytes, exceeded: body.exceeded };
-}
-
-/** The body fields a call's cost is read from (step 12): `reserveFrom`'s field and a price table's model. */
-function costFields(cost: RouteLimits['cost']): ReadonlySet<string> {
-  const targets = [cost.reserveFrom?.field, cost.price?.model];
-  return new Set(targets.flatMap((target) => (target?.startsWith('body.') ? [target.slice('body.'.length)] : [])));
 }
 
 /** 12. Quotas and budgets: the worst case is reserved atomically; settled when the response ends (15). */

@@ -37,12 +37,10 @@ function stringifyChecked(value: unknown): string {
   }
 }
 
-/** `costFields`: the body fields the call's cost is read from (a multipart body must send them before any file). */
 export async function readContractBody(
   contract: CompiledContract,
   contentType: string | null,
   body: CappedBody | null,
-  costFields: ReadonlySet<string> = new Set(),
 ): Promise<ContractBody> {
   const schema = contract.body!;
   const type = mediaType(contentType);
@@ -85,7 +83,7 @@ export async function readContractBody(
           .map(([target]) => target.slice('body.'.length)),
       );
       const reading = await readMultipart(
-        { schema: schema as z.ZodType, parts: contract.parts!, identity, costFields },
+        { schema: schema as z.ZodType, parts: contract.parts!, identity, costFields: contract.costFields },
         contentType!,
         body?.iterable ?? noBody(),
       );

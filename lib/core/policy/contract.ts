@@ -37,6 +37,11 @@ export interface CompiledContract {
   readonly writtenQuery: ReadonlySet<string>;
   /** The same for form bodies: the body fields Keyward writes, as paths, which go first in the form sent upstream. */
   readonly writtenBody: ReadonlyArray<readonly string[]>;
+  /**
+   * The top-level body fields the call's cost is read from (`cost.reserveFrom`'s field, a price table's model):
+   * a multipart body must send them before its first file part (lib/core/policy/multipart.ts).
+   */
+  readonly costFields: ReadonlySet<string>;
 }
 
 /** One part name of a multipart contract. */
@@ -79,7 +84,9 @@ export function compileContract(route: RouteConfig, where: string): CompiledCont
   const targets = [...[...caps.values()].flatMap((fields) => [...fields.keys()]), ...identity.map(([target]) => target)];
   const writtenQuery = new Set(targets.filter((target) => target.startsWith('query.')).map((target) => target.slice('query.'.length)));
   const writtenBody = [...new Set(targets.filter((target) => target.startsWith('body.')))].map((target) => target.split('.').slice(1));
-  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity, writtenQuery, writtenBody };
+  const costTargets = [route.cost?.reserveFrom?.field, route.cost?.price?.model];
+  const costFields = new Set(costTargets.flatMap((target) => (target?.startsWith('body.') ? [target.slice('body.'.length)] : [])));
+  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity, writtenQuery, writtenBody, costFields };
 }
 
 /** The body contract in its format: JSON values as they are; form and multipart fields read from their text. */

@@ -31,7 +31,7 @@ function compiled(route: Omit<RouteInput, 'method' | 'path'>): CompiledContract 
 }
 
 /** A transcription-style route: text fields, one capped audio file, repeated tags, a capped integer, an identity field. */
-const AUDIO = compiled({
+const AUDIO_ROUTE = {
   body: {
     type: 'object',
     required: ['model', 'file'],
@@ -48,7 +48,8 @@ const AUDIO = compiled({
   },
   caps: { free: { 'body.max_seconds': 60 } },
   identity: { 'body.user': 'userId' },
-});
+} satisfies Omit<RouteInput, 'method' | 'path'>;
+const AUDIO = compiled(AUDIO_ROUTE);
 
 function session(roles: string[] = ['free']): Session {
   const built = sessionFromClaims({ sub: 'local:ada', exp: 4_102_444_800, sid: 'sid-1', roles, claims: {} }, 'cookie');
@@ -80,13 +81,7 @@ function chunked(bytes: Buffer, chunk: number): ReadableStream<Uint8Array> {
 /** Steps 10's body half as the pipeline runs it: read, caps and identity on parts.body, then serialise. */
 async function prepare(
   body: ClientBody,
-  options: {
-    contract?: CompiledContract;
-    roles?: string[];
-    chunk?: number;
-    maxBytes?: number;
-    costFields?: ReadonlySet<string>;
-  } = {},
+  options: { contract?: CompiledContract; roles?: string[]; chunk?: number; maxBytes?: number } = {},
 ) {
   const contract = options.contract ?? AUDIO;
   const { bytes, contentType } = await clientBytes(body);
@@ -95,7 +90,7 @@ async function prepare(
     options.maxBytes ?? 64 * 1024 * 1024,
     10_000,
   );
-  const read: ContractBody = await readContractBody(contract, contentType, capped, options.costFields);
+  const read: ContractBody = await readContractBody(contract, contentType, capped);
   const head = structuredClone(read.value) as Record<string, unknown>;
   const parts: RequestParts = { query: new URLSearchParams(), body: read.value };
   applyCaps(contract, session(options.roles), parts);
@@ -332,20 +327,20 @@ describe('multipart contracts: what is forwarded', () => {
 
 describe('multipart contracts: what is refused', () => {
   it("refuses a field the call's cost is read from when it comes after a file part (the reservation was made without it)", async () => {
-    const costFields = new Set(['max_seconds']);
+    const contract = compiled({ ...AUDIO_ROUTE, cost: { reserveFrom: { field: 'body.max_seconds' } } });
     const late = formOf([
       ['model', 'whisper-1'],
       ['file', mp3(3)],
       ['max_seconds', '30'],
     ]);
-    expect(await forwardFails(late, 'contract_violation', { costFields })).toContain('before the first file part');
+    expect(await forwardFails(late, 'contract_violation', { contract })).toContain('before the first file part');
     const early = await forwarded(
       formOf([
         ['model', 'whisper-1'],
         ['max_seconds', '30'],
         ['file', mp3(3)],
       ]),
-      { costFields },
+      { contract },
     );
     expect(early.form.get('max_seconds')).toBe('30');
   });
