@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import { createServer } from 'node:http';
+import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defineUpstream } from '../../lib/core/config/load';
@@ -409,9 +409,12 @@ describe('the provider refuses the app, not the grant', () => {
   });
 });
 
-/** An issuer whose token endpoint answers every request 400 `{"error": code}` (no WWW-Authenticate), as many providers do. */
-async function refusingIssuer(
-  code: string,
+/**
+ * An issuer on loopback that serves its discovery document and counts token requests, answering each with
+ * `answer` (null: accepts it and never answers).
+ */
+async function scriptedIssuer(
+  answer: ((res: ServerResponse) => void) | null,
 ): Promise<{ issuer: string; tokenRequests: () => number; close: () => void }> {
   let tokenRequests = 0;
   const server = createServer((req, res) => {
@@ -422,10 +425,7 @@ async function refusingIssuer(
     }
     if (req.url === '/token') tokenRequests += 1;
     req.resume();
-    req.on('end', () => {
-      res.writeHead(400, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ error: code, error_description: 'refused by the test issuer' }));
-    });
+    if (answer) req.on('end', () => answer(res));
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -440,22 +440,34 @@ async function refusingIssuer(
   };
 }
 
+/** 400 `{"error": code}` without a WWW-Authenticate challenge, as many providers answer. */
+const refusedWith = (code: string) => (res: ServerResponse) => {
+  res.writeHead(400, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ error: code, error_description: 'refused by the test issuer' }));
+};
+
+/** A user of `runtime` whose linked access token has expired, and their session cookie. */
+async function expiredLink(runtime: Runtime, name: string): Promise<{ user: string; cookie: string }> {
+  const user = `oidc:${name}-${randomUUID()}`;
+  await runtime.oauthTokens!.save('oidc', user, {
+    accessToken: randomSecret('at'),
+    refreshToken: randomSecret('rt'),
+    expiresAt: now() - 1_000,
+  });
+  return { user, cookie: await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user }) };
+}
+
 describe.each([
   { code: 'invalid_client', status: 503, answer: 'credential_unavailable', kept: true },
   { code: 'unauthorized_client', status: 503, answer: 'credential_unavailable', kept: true },
   { code: 'invalid_grant', status: 401, answer: 'reauth_required', kept: false },
 ])('a refresh answered 400 $code', ({ code, status, answer, kept }) => {
   it(`${status} ${answer}; the link is ${kept ? 'kept' : 'ended'}`, async () => {
-    const refusing = await refusingIssuer(code);
+    const refusing = await scriptedIssuer(refusedWith(code));
     try {
       const runtime = await instance({ provider: { ...defaultProvider, issuer: refusing.issuer } });
-      const user = `oidc:refused-${randomUUID()}`;
-      await runtime.oauthTokens!.save('oidc', user, {
-        accessToken: randomSecret('at'),
-        refreshToken: randomSecret('rt'),
-        expiresAt: now() - 1_000,
-      });
-      const result = await call(runtime, await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user }));
+      const { user, cookie } = await expiredLink(runtime, 'refused');
+      const result = await call(runtime, cookie);
       expect(result.status).toBe(status);
       expect(result.code).toBe(answer);
       expect(refusing.tokenRequests()).toBe(1);
@@ -480,41 +492,18 @@ describe('the provider cannot be reached', () => {
 describe('a provider that never answers the refresh', () => {
   it('the call ends with 503 credential_unavailable (the refresh is abandoned, not awaited for minutes) and the lock is freed', async () => {
     // Serves discovery, then accepts token requests and never answers them.
-    let tokenRequests = 0;
-    const hanging = createServer((req, res) => {
-      if (req.url === '/.well-known/openid-configuration') {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(
-          JSON.stringify({
-            issuer: hangingIssuer,
-            token_endpoint: `${hangingIssuer}/token`,
-            authorization_endpoint: `${hangingIssuer}/auth`,
-          }),
-        );
-        return;
-      }
-      if (req.url === '/token') tokenRequests += 1;
-    });
-    hanging.listen(0, '127.0.0.1');
-    await once(hanging, 'listening');
-    const hangingIssuer = `http://127.0.0.1:${(hanging.address() as AddressInfo).port}`;
+    const hanging = await scriptedIssuer(null);
     try {
-      const stuck: RefreshProvider = { ...defaultProvider, issuer: hangingIssuer };
+      const stuck: RefreshProvider = { ...defaultProvider, issuer: hanging.issuer };
       const runtime = await instance({ provider: stuck });
-      const user = `oidc:hanging-${randomUUID()}`;
-      await runtime.oauthTokens!.save('oidc', user, {
-        accessToken: randomSecret('at'),
-        refreshToken: randomSecret('rt'),
-        expiresAt: now() - 1_000,
-      });
-      const result = await call(runtime, await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user }));
+      const { user, cookie } = await expiredLink(runtime, 'hanging');
+      const result = await call(runtime, cookie);
       expect(result.status).toBe(503);
       expect(result.code).toBe('credential_unavailable');
-      expect(tokenRequests).toBe(1);
+      expect(hanging.tokenRequests()).toBe(1);
       expect(await runtime.store.get(`lock:oauth:oidc:${user}`)).toBeNull();
       expect(await runtime.oauthTokens!.load('oidc', user)).not.toBeNull();
     } finally {
-      hanging.closeAllConnections();
       hanging.close();
     }
   }, 25_000);
