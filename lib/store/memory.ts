@@ -1,4 +1,4 @@
-import { assertHashIncrements, assertReservations, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
+import { assertHashIncrements, assertRaise, assertReservations, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 interface Entry {
   value: string;
@@ -53,6 +53,15 @@ export class MemoryStore implements Store {
     if (this.live(key)) return false;
     this.sweep();
     this.entries.set(key, { value, expiresAt: this.expiry(ttlMs) });
+    return true;
+  }
+
+  async raise(key: string, value: number, ttlMs: number) {
+    assertRaise(value, ttlMs);
+    const held = Number(this.live(key)?.value);
+    if (held >= value) return false;
+    this.sweep();
+    this.entries.set(key, { value: String(value), expiresAt: this.expiry(ttlMs) });
     return true;
   }
 

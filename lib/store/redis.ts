@@ -1,5 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
-import { assertHashIncrements, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
+import { assertHashIncrements, assertRaise, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 const CONNECT_TIMEOUT_MS = 2_000;
 
@@ -8,6 +8,10 @@ const LOG_SKEW_MS = 5 * 60_000;
 
 const DELETE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 const REPLACE_IF_EQUALS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end`;
+const RAISE = `local held = tonumber(redis.call('GET', KEYS[1]) or '')
+if held ~= nil and held >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1`;
 const INCREMENT = `local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v`;
@@ -236,6 +240,11 @@ export class RedisStore implements Store {
 
   async setIfAbsent(key: string, value: string, ttlMs: number) {
     return (await this.run(() => this.redis.set(key, value, 'PX', ttlMs, 'NX'))) === 'OK';
+  }
+
+  async raise(key: string, value: number, ttlMs: number) {
+    assertRaise(value, ttlMs);
+    return (await this.run(() => this.redis.eval(RAISE, 1, key, String(value), String(ttlMs)))) === 1;
   }
 
   async delete(key: string) {

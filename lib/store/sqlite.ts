@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
-import { assertHashIncrements, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
+import { assertHashIncrements, assertRaise, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
 /**
  * The embedded default: one SQLite file through node:sqlite (no server, survives restarts). Several
@@ -44,6 +44,9 @@ export class SqliteStore implements Store {
       ),
       setIfAbsent: this.db.prepare(
         `INSERT INTO kv (key, value, expires_at) VALUES (:key, :value, :exp) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at WHERE NOT (kv.expires_at IS NULL OR kv.expires_at > :now)`,
+      ),
+      raise: this.db.prepare(
+        `INSERT INTO kv (key, value, expires_at) VALUES (:key, :value, :exp) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at WHERE NOT (kv.expires_at IS NULL OR kv.expires_at > :now) OR CAST(kv.value AS INTEGER) < :number`,
       ),
       delete: this.db.prepare(`DELETE FROM kv WHERE key = :key AND ${live}`),
       deleteIfEquals: this.db.prepare(`DELETE FROM kv WHERE key = :key AND value = :value AND ${live}`),
@@ -136,6 +139,12 @@ export class SqliteStore implements Store {
   async setIfAbsent(key: string, value: string, ttlMs: number) {
     const result = this.run(() => this.statements.setIfAbsent!.run({ key, value, exp: this.expiry(ttlMs), now: this.now() }));
     return Number(result.changes) === 1;
+  }
+
+  async raise(key: string, value: number, ttlMs: number) {
+    assertRaise(value, ttlMs);
+    const bound = { key, value: String(value), number: BigInt(value), exp: this.expiry(ttlMs), now: this.now() };
+    return Number(this.run(() => this.statements.raise!.run(bound)).changes) === 1;
   }
 
   async delete(key: string) {

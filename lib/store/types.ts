@@ -12,6 +12,12 @@ export interface Store {
   set(key: string, value: string, ttlMs?: number): Promise<void>;
   /** Sets only if the key does not exist (atomic). True if this call set it. Used for locks and one-time use. */
   setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
+  /**
+   * Sets a whole number only if the key is absent or holds a smaller one (atomic; the keys it is used on only
+   * ever hold whole numbers); the ttl is set with it. True if this call set it. "Revoked before" marks go through this, so an instance whose clock is behind never
+   * lowers one (which would bring back the sessions it revoked).
+   */
+  raise(key: string, value: number, ttlMs: number): Promise<boolean>;
   delete(key: string): Promise<boolean>;
   /** Deletes only if the current value equals `value` (atomic): releasing a lock only its holder owns. */
   deleteIfEquals(key: string, value: string): Promise<boolean>;
@@ -106,6 +112,13 @@ export function assertReservations(entries: readonly Reservation[]): void {
     if (!Number.isSafeInteger(amount) || amount < 0 || !Number.isSafeInteger(limit) || !Number.isSafeInteger(ttlMs) || ttlMs <= 0) {
       throw new TypeError('reserve takes whole, non-negative amounts and a positive ttl');
     }
+  }
+}
+
+/** Shared by the stores: `raise` takes a safe integer and a positive ttl. */
+export function assertRaise(value: number, ttlMs: number): void {
+  if (!Number.isSafeInteger(value) || !Number.isSafeInteger(ttlMs) || ttlMs <= 0) {
+    throw new TypeError('raise takes a safe integer and a positive ttl');
   }
 }
 

@@ -271,6 +271,9 @@ class GatedStore implements Store {
     if (key.startsWith('lock:')) await this.hooks.beforeLock?.();
     return this.inner.setIfAbsent(key, value, ttlMs);
   }
+  raise(key: string, value: number, ttlMs: number) {
+    return this.inner.raise(key, value, ttlMs);
+  }
   delete(key: string) {
     return this.inner.delete(key);
   }

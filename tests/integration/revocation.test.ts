@@ -71,13 +71,14 @@ async function redisStore(prefix: string, url = REDIS_URL, ready = true): Promis
   return store;
 }
 
-function instance(store: RedisStore): Runtime {
+/** An app instance on `store`; `skewMs`: how far its clock is from the others'. */
+function instance(store: RedisStore, skewMs = 0): Runtime {
   return createRuntime({
     env: { ...sessionSecrets, SVC_KEY: serviceKey, KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN },
     upstreams: upstreamDefinitions(upstream.origin),
     store,
     logger,
-    now: () => clock,
+    now: () => clock + skewMs,
   });
 }
 
@@ -279,6 +280,24 @@ describe('two instances sharing Redis', () => {
     await expectRefused(c, alice1);
     await expectRefused(c, bob);
     expect(await c.store.get(`rev:user:${ALICE}`)).not.toBeNull();
+  });
+});
+
+describe('instances whose clocks disagree', () => {
+  it('"sign out everywhere" from an instance whose clock is behind never lowers the mark: what was revoked stays revoked', async () => {
+    const prefix = `keyward-test:revocation-skew:${randomUUID()}:`;
+    const ahead = instance(await redisStore(prefix));
+    const behind = instance(await redisStore(prefix), -5_000);
+    const signedInJustBefore = await cookieFor(ALICE, clock - 2_000);
+    const other = await cookieFor(ALICE, clock - 60_000);
+    const admin = await cookieFor('local:root', clock - 60_000, ['user', 'admin']);
+    expect((await post(revokeAll, ahead, other)).status).toBe(200);
+    await expectRefused(behind, signedInJustBefore);
+    // Its own "now" is 5 s behind the mark already there: set as it is, it would bring back the session above.
+    expect((await post(adminRevoke(ALICE), behind, admin)).status).toBe(200);
+    await expectRefused(behind, signedInJustBefore);
+    await expectRefused(ahead, signedInJustBefore);
+    expect(await ahead.store.get(`rev:user:${ALICE}`)).toBe(String(clock));
   });
 });
 

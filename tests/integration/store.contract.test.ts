@@ -129,6 +129,31 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
     expect(await store.get('brief')).toBeNull();
   });
 
+  it('raise only ever raises a number: the largest of concurrent raises stays, a smaller one is refused', async () => {
+    const store = await open();
+    expect(await store.raise('mark', 1_000, 60_000)).toBe(true);
+    expect(await store.get('mark')).toBe('1000');
+    expect(await store.raise('mark', 999, 60_000)).toBe(false);
+    expect(await store.raise('mark', 1_000, 60_000)).toBe(false);
+    expect(await store.get('mark')).toBe('1000');
+    // Two handles (two instances) raising at once, in any order: the largest value is the one kept.
+    const [one, two] = await pairs[kind]!();
+    opened.push(one, two);
+    const values = Array.from({ length: 40 }, (_, i) => 5_000 + ((i * 17) % 40));
+    const results = await Promise.all(values.map((value, i) => (i % 2 === 0 ? one : two).raise('shared', value, 60_000)));
+    expect(await one.get('shared')).toBe(String(Math.max(...values)));
+    expect(results.filter(Boolean).length).toBeGreaterThanOrEqual(1);
+    // An expired mark is absent: any value sets it again, with its own ttl.
+    await store.set('brief', '9000', SHORT_TTL);
+    expect(await store.raise('brief', 10, SHORT_TTL)).toBe(false);
+    await sleep(PAST_SHORT_TTL);
+    expect(await store.raise('brief', 10, SHORT_TTL)).toBe(true);
+    expect(await store.get('brief')).toBe('10');
+    await sleep(PAST_SHORT_TTL);
+    expect(await store.get('brief')).toBeNull();
+    await expect(store.raise('mark', 1.5, 60_000)).rejects.toThrow(TypeError);
+  });
+
   it('increments atomically under concurrency and keeps the ttl set at creation', async () => {
     const store = await open();
     const values = await Promise.all(Array.from({ length: 200 }, () => store.increment('counter', 1, 60_000)));

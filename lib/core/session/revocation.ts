@@ -44,8 +44,9 @@ export class SessionRevocations {
   }
 
   async revokeUser(userId: string): Promise<void> {
-    // Sessions live at most maxSessionAgeMs (mobile refresh families included), so the mark can expire then.
-    await guard(() => this.store.set(userRevocationKey(userId), String(this.now()), this.maxSessionAgeMs + 60_000));
+    // Sessions live at most maxSessionAgeMs (mobile refresh families included), so the mark can expire then. Only
+    // ever raised: an instance whose clock is behind must not bring back the sessions a later mark revoked.
+    await guard(() => this.store.raise(userRevocationKey(userId), Math.floor(this.now()), this.maxSessionAgeMs + 60_000));
   }
 
   /**
@@ -63,10 +64,11 @@ export class SessionRevocations {
 
   async revokeUserUndoably(userId: string): Promise<RevocationUndo> {
     const key = detectorRevocationKey(userId);
-    const mark = String(this.now());
+    const mark = String(Math.floor(this.now())); // whole ms, as Date.now() (a test's clock may not be)
     const previous = await guard(() => this.store.get(key));
-    await guard(() => this.store.set(key, mark, this.maxSessionAgeMs + 60_000));
-    return [{ key, mark, previous }];
+    // A later mark already there (an instance whose clock is ahead) stays, and there is nothing of ours to undo.
+    const raised = await guard(() => this.store.raise(key, Number(mark), this.maxSessionAgeMs + 60_000));
+    return raised ? [{ key, mark, previous }] : [];
   }
 
   /** Takes back the marks an undoable revocation set, each only if it still holds the value it set. */
