@@ -148,6 +148,47 @@ describe('upstream failures become Keyward JSON errors without upstream details'
     }
   });
 
+  it('calls piling up behind busy connections are bounded: past the cap a call is refused at once, never queued', async () => {
+    // undici cannot take a timed-out call out of its queue: it stays there, body and all, until a connection frees.
+    // Two may wait here (1,024 in production); the third is answered without joining them.
+    const dispatcher = new QueueDeadlineDispatcher(new Agent({ connections: 1, pipelining: 1 }), 2);
+    let release = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    setTimeout(release, 5000).unref();
+    h.upstream.handle((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      if (req.url !== '/v1/items/busy') return void res.end('served');
+      const beat = setInterval(() => res.write('.'), 100);
+      void released.then(() => {
+        clearInterval(beat);
+        res.end('done');
+      });
+    });
+    const deps = { ...h.runtime, dispatcher };
+    const origin = new URL(h.upstream.origin).origin;
+    const before = h.upstream.requests.length;
+    try {
+      const busy = h.call(['items', 'busy'], { upstream: 'slow', deps });
+      await expect.poll(() => h.upstream.requests.length).toBe(before + 1);
+      const timedOut = await Promise.all([1, 2].map((n) => h.call(['items', `queued-${n}`], { upstream: 'slow', deps })));
+      for (const result of timedOut) expectKeywardError(result, 504, 'upstream_timeout', h);
+      expect(dispatcher.waitingFor(origin)).toBe(2); // answered, but still in undici's queue
+      const refused = await h.call(['items', 'refused'], { upstream: 'slow', deps });
+      expectKeywardError(refused, 504, 'upstream_timeout', h);
+      expect(dispatcher.waitingFor(origin)).toBe(2);
+      release();
+      expect((await busy).text).toMatch(/done$/);
+      await expect.poll(() => dispatcher.waitingFor(origin)).toBe(0);
+      const after = await h.call(['items', 'after'], { upstream: 'slow', deps });
+      expect(after.text).toBe('served');
+      expect(dispatcher.waitingFor(origin)).toBe(0);
+      expect(h.upstream.requests.slice(before).map((request) => request.url)).toEqual(['/v1/items/busy', '/v1/items/after']);
+    } finally {
+      release();
+      await dispatcher.close();
+    }
+  });
+
   it('an upstream that is down (closed port): 502 upstream_unreachable', async () => {
     const result = await h.call(['items', '1'], { upstream: 'down', query: '?token=private-query-value' });
     expectKeywardError(result, 502, 'upstream_unreachable', h);

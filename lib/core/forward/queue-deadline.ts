@@ -12,7 +12,16 @@ export class QueueTimeoutError extends Error {
 }
 
 /**
- * Gives a call waiting for a free pooled connection the same deadline as its answer (`headersTimeout`).
+ * Calls that may wait for a connection to one origin, in this process. A call that timed out (or whose client left)
+ * stays in undici's queue, body and all, until a connection frees and drops it unsent: undici cannot take a request
+ * out of its queue. Against an origin whose every connection stays busy, calls would pile up without end; past
+ * this many, a call is refused at once instead of queued.
+ */
+export const MAX_WAITING_PER_ORIGIN = 1024;
+
+/**
+ * Gives a call waiting for a free pooled connection the same deadline as its answer (`headersTimeout`), and bounds
+ * how many may wait for one origin (`MAX_WAITING_PER_ORIGIN`).
  *
  * undici starts `headersTimeout` only once a request is written to a connection. A request that waits in the
  * pool's queue (every connection to that origin busy: 256 long streams) had no deadline at all, and aborting its
@@ -23,14 +32,46 @@ export class QueueTimeoutError extends Error {
  * through (the legacy handler interface, which undici's request() uses, so nothing is converted on the way).
  */
 export class QueueDeadlineDispatcher extends Dispatcher {
-  constructor(private readonly inner: Dispatcher) {
+  /** Per origin: calls dispatched and not yet on a connection (or failed), timed-out ones included. */
+  private readonly waiting = new Map<string, number>();
+
+  constructor(
+    private readonly inner: Dispatcher,
+    private readonly maxWaiting = MAX_WAITING_PER_ORIGIN,
+  ) {
     super();
   }
 
   override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
     const ms = options.headersTimeout;
     if (!ms || !(ms > 0)) return this.inner.dispatch(options, handler);
-    return this.inner.dispatch(options, new QueueDeadline(handler as LegacyHandler, ms) as Dispatcher.DispatchHandler);
+    const origin = String(options.origin);
+    const count = this.waiting.get(origin) ?? 0;
+    if (count >= this.maxWaiting) {
+      // undici's handler destroys the request body and calls back on a microtask: nothing is sent or kept.
+      (handler as LegacyHandler).onError?.(new QueueTimeoutError());
+      return true;
+    }
+    this.waiting.set(origin, count + 1);
+    let gone = false;
+    const left = () => {
+      if (gone) return;
+      gone = true;
+      const now = (this.waiting.get(origin) ?? 1) - 1;
+      if (now > 0) this.waiting.set(origin, now);
+      else this.waiting.delete(origin);
+    };
+    try {
+      return this.inner.dispatch(options, new QueueDeadline(handler as LegacyHandler, ms, left) as Dispatcher.DispatchHandler);
+    } catch (error) {
+      left(); // refused before it was queued (a closed dispatcher, bad options)
+      throw error;
+    }
+  }
+
+  /** Calls waiting for a connection to `origin` (tests). */
+  waitingFor(origin: string): number {
+    return this.waiting.get(origin) ?? 0;
   }
 
   override close(): Promise<void>;
@@ -68,9 +109,16 @@ class QueueDeadline implements LegacyHandler {
   constructor(
     private readonly handler: LegacyHandler,
     ms: number,
+    /** Called once, when the call leaves the queue: on a connection, or failed (undici calls one or the other). */
+    private left: (() => void) | null,
   ) {
     this.timer = setTimeout(() => this.expire(), ms);
     this.timer.unref();
+  }
+
+  private leave() {
+    this.left?.();
+    this.left = null;
   }
 
   private expire() {
@@ -85,12 +133,14 @@ class QueueDeadline implements LegacyHandler {
   }
 
   onConnect(abort: (reason?: Error) => void, context?: object) {
+    this.leave();
     if (this.expired) return abort(new QueueTimeoutError()); // the caller has its answer: never sent
     this.settle();
     return this.handler.onConnect?.(abort, context);
   }
 
   onError(error: Error) {
+    this.leave();
     this.settle();
     if (this.expired) return; // the abort above, or a failure after the caller was answered
     return this.handler.onError?.(error);
