@@ -94,6 +94,16 @@ export const REFUSED_RECORDS_PER_MINUTE = 600;
 const REFUSED_SUBJECTS_MAX = 10_000;
 
 /**
+ * Whether Keyward answered this call itself with an error and charged nothing for it: the calls the trail records
+ * only up to REFUSED_RECORDS_PER_MINUTE. Not a call the upstream answered, even if it ended with an error code (a
+ * broken stream, a WebSocket closed for idling or a message too big), nor one charged to a budget (sent, then timed
+ * out): a flood of free refusals must not hide those.
+ */
+function answeredByKeyward(event: ProxyEvent): boolean {
+  return event.errorCode !== null && (event.outcome === 'refused' || event.outcome === 'upstream_error') && event.units === 0;
+}
+
+/**
  * The audit trail: every proxied call and every admin action, in the store, kept for the retention
  * period. Calls are queued when their response ends and written in batches (one SQLite transaction or one
  * Redis script per batch, within 100 ms), off the request's path: one write per call cost more CPU than the
@@ -126,7 +136,7 @@ export class AuditLog {
     void target; // the route template says what was called; the URL is not kept
     const at = this.now();
     this.usage.add(event, at);
-    if (event.errorCode !== null && !this.refusalRecorded(event.userId ?? '', at)) return;
+    if (answeredByKeyward(event) && !this.refusalRecorded(event.userId ?? '', at)) return;
     const record: CallRecord = {
       type: 'call',
       at: new Date(at).toISOString(),

@@ -31,6 +31,7 @@ const unauthenticated = event({
   outcome: 'refused',
   errorCode: 'unauthenticated',
   keyFingerprint: null,
+  units: 0,
 });
 
 describe('calls Keyward answered with an error, in the audit trail', () => {
@@ -45,11 +46,11 @@ describe('calls Keyward answered with an error, in the audit trail', () => {
     // A user over a rate limit has a budget of their own, and calls that went through are always recorded.
     for (let i = 0; i < flood; i++)
       audit.recordCall(
-        event({ requestId: `ada-429-${i}`, status: 429, outcome: 'refused', errorCode: 'rate_limited' }),
+        event({ requestId: `ada-429-${i}`, status: 429, outcome: 'refused', errorCode: 'rate_limited', units: 0 }),
       );
     for (let i = 0; i < 5; i++) audit.recordCall(event({ requestId: `ada-ok-${i}` }));
     audit.recordCall(
-      event({ requestId: 'bob-refused', userId: 'local:bob', status: 403, outcome: 'refused', errorCode: 'forbidden' }),
+      event({ requestId: 'bob-refused', userId: 'local:bob', status: 403, outcome: 'refused', errorCode: 'forbidden', units: 0 }),
     );
 
     const recorded = await calls();
@@ -83,6 +84,7 @@ describe('calls Keyward answered with an error, in the audit trail', () => {
       outcome: 'upstream_error',
       errorCode: 'credential_unavailable',
       keyFingerprint: null,
+      units: 0,
     });
     for (let i = 0; i < REFUSED_RECORDS_PER_MINUTE + 20; i++) audit.recordCall({ ...broken, requestId: `b-${i}` });
     expect((await calls()).length).toBe(REFUSED_RECORDS_PER_MINUTE);
@@ -90,5 +92,23 @@ describe('calls Keyward answered with an error, in the audit trail', () => {
     vi.advanceTimersByTime(60_000);
     const warning = log.lines.find((line) => line.includes('over the per-minute record limit'));
     expect(JSON.parse(warning!)).toMatchObject({ suppressed: 20 });
+  });
+
+  it('never hide calls the upstream answered, or calls charged to a budget, behind a flood of refusals', async () => {
+    const { audit, calls } = setup();
+    for (let i = 0; i < REFUSED_RECORDS_PER_MINUTE + 10; i++) {
+      audit.recordCall(event({ requestId: `r-${i}`, status: 404, outcome: 'refused', errorCode: 'route_not_found', units: 0 }));
+    }
+    // Ended with an error code, but answered by the upstream (or sent to it and charged): each is on record.
+    const answered = [
+      event({ requestId: 'ws-idle', status: 101, outcome: 'aborted', errorCode: 'idle_timeout', units: 5000 }),
+      event({ requestId: 'ws-too-big', status: 101, outcome: 'aborted', errorCode: 'payload_too_large', units: 5000 }),
+      event({ requestId: 'stream-broke', status: 200, outcome: 'error', errorCode: 'upstream_unreachable', units: 800 }),
+      event({ requestId: 'sent-timed-out', status: 504, outcome: 'upstream_error', errorCode: 'upstream_timeout', units: 800 }),
+    ];
+    for (const call of answered) audit.recordCall(call);
+    const ids = new Set((await calls()).map((record) => record.requestId));
+    for (const call of answered) expect(ids.has(call.requestId), call.requestId).toBe(true);
+    expect([...ids].filter((id) => id.startsWith('r-'))).toHaveLength(REFUSED_RECORDS_PER_MINUTE);
   });
 });
