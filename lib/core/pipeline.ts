@@ -819,7 +819,11 @@ export function refuse(call: Call, error: unknown): Response {
 
 /** 15. Record: settles the limits and writes the call's one log line and audit event. */
 export function record(call: Call, status: number, outcome: ProxyEvent['outcome'], bytesOut: number, errorCode: string | null, usage: number | null = null): void {
-  const { grant, forwarded, session } = call;
+  const { grant, forwarded } = call;
+  // A call that failed the CSRF check may have been sent by another page (a sibling subdomain is same-site, so the
+  // cookie goes along): it is recorded without the user, so a forged flood neither counts in their usage nor takes
+  // their share of refused-call records (lib/core/audit/audit.ts), as a call without a session.
+  const session = errorCode === 'csrf_failed' ? null : call.session;
   const units = grant && grant.reserved > 0 ? (forwarded ? (usage ?? grant.reserved) : 0) : 0;
   grant?.settle({ forwarded, usage }).catch(() => {});
   call.inFlight?.();

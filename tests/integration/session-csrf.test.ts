@@ -180,6 +180,21 @@ describe('CSRF for cookie sessions: 403 and no upstream call', () => {
     expectKeywardError(sameSite, 403, 'csrf_failed', h);
   });
 
+  it("is recorded without the user: a page on a sibling subdomain (same-site) cannot run up the victim's figures", async () => {
+    const recordOf = (requestId: string) =>
+      h.logs
+        .flatMap((line) => line.split('\n').filter(Boolean))
+        .map((line) => JSON.parse(line) as { proxy?: { requestId: string; userId: string | null; sessionId: string | null } })
+        .find((line) => line.proxy?.requestId === requestId)?.proxy;
+    const forged = await h.call(['items', '1'], { csrf: false, headers: { 'sec-fetch-site': 'same-site' } });
+    expectKeywardError(forged, 403, 'csrf_failed', h);
+    expect(recordOf(forged.json<{ error: { requestId: string } }>().error.requestId)).toMatchObject({ userId: null, sessionId: null });
+    // Control: the same cookie's call with the header is the user's.
+    const own = await h.call(['items', '1']);
+    expect(own.response.status).toBe(200);
+    expect(recordOf(own.response.headers.get('x-request-id')!)?.userId).toEqual(expect.any(String));
+  });
+
   it('POST with the allowed Origin, the CSRF header and Sec-Fetch-Site: same-origin passes', async () => {
     const before = h.upstream.requests.length;
     const body = JSON.stringify({ name: 'widget' });
