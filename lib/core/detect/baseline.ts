@@ -95,3 +95,59 @@ export class RecentSet {
     return [...this.seen.keys()];
   }
 }
+
+const ROUTE_BITS = 8192;
+
+/**
+ * Every route a user has called, in 1 KiB: a Bloom filter of 8,192 bits and 3 hashes. A list capped at 256 routes
+ * (what this replaced) stopped learning at the cap, so each route past it counted as new on every call, for good;
+ * a least-recently-used list would instead forget routes a user cycles through. Here nothing is forgotten, and a
+ * route never called is taken for known with a probability of about 0.1% after 300 routes, 3% after 1,000 (the
+ * "new route mix" rule is then that much less sensitive, never more). Written by hand: a bit array and a hash,
+ * where a library would bring serialisation and sizing helpers the detector does not need.
+ */
+export class RouteMemory {
+  private readonly bits = new Uint32Array(ROUTE_BITS / 32);
+
+  /** Remembers `route`; true if it was (probably) known before. */
+  add(route: string): boolean {
+    let known = true;
+    for (const bit of bitsOf(route)) {
+      const mask = 1 << (bit & 31);
+      if ((this.bits[bit >>> 5]! & mask) === 0) {
+        known = false;
+        this.bits[bit >>> 5]! |= mask;
+      }
+    }
+    return known;
+  }
+
+  /** Whether `route` was (probably) added before, without adding it. */
+  has(route: string): boolean {
+    return bitsOf(route).every((bit) => (this.bits[bit >>> 5]! & (1 << (bit & 31))) !== 0);
+  }
+}
+
+/** A route's 3 bits of the 8,192: FNV-1a with two offset bases, combined as double hashing (Kirsch–Mitzenmacher). */
+function bitsOf(route: string): [number, number, number] {
+  let h1 = 0x811c9dc5;
+  let h2 = 0x01000193;
+  for (let i = 0; i < route.length; i++) {
+    const unit = route.charCodeAt(i);
+    h1 = Math.imul(h1 ^ unit, 0x01000193);
+    h2 = Math.imul(h2 ^ unit, 0x5bd1e995);
+  }
+  h1 = mix(h1);
+  h2 = mix(h2) | 1;
+  const bit = (i: number) => ((h1 + Math.imul(i, h2)) >>> 0) % ROUTE_BITS;
+  return [bit(0), bit(1), bit(2)];
+}
+
+/** MurmurHash3's 32-bit finalizer: spreads FNV's last bytes over every bit (routes differ mostly at their end). */
+function mix(hash: number): number {
+  let h = hash ^ (hash >>> 16);
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}

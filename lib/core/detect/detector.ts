@@ -2,7 +2,7 @@ import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import type { ProxyEvent } from '../pipeline';
 import type { Alert, AlertAction, AlertRule, Alerts, Decision } from './alerts';
-import { RateBaseline, RecentSet } from './baseline';
+import { RateBaseline, RecentSet, RouteMemory } from './baseline';
 import type { DetectorConfig } from './config';
 import type { DecoyHit, SecuritySignals } from './signals';
 
@@ -11,8 +11,6 @@ const MINUTE_MS = 60_000;
 const MAX_USERS = 50_000;
 const MAX_SESSIONS = 100_000;
 const MAX_KEYS = 10_000;
-/** Routes remembered per user for the "new route mix" rule. */
-const MAX_ROUTES = 256;
 /** Sessions remembered per user, to end them on re-authentication. */
 const MAX_RECENT_SESSIONS = 32;
 const MAX_DECOY_KEYS = 10_000;
@@ -45,7 +43,8 @@ interface UserState {
   lastStepAt: number;
   lastAnomalyAt: number;
   history: number;
-  readonly routes: Map<string, number>;
+  /** Every route the user called, for the "new route mix" rule. */
+  readonly routes: RouteMemory;
   readonly newRoutes: RecentSet;
   readonly sessions: RecentSet;
   /** A step is being written; the next event waits for it rather than taking it twice. */
@@ -263,12 +262,10 @@ export class Detector implements SecuritySignals {
     if (!event.route) return null;
     const route = `${event.upstream} ${event.method.toUpperCase()} ${event.route}`;
     const { max, windowMinutes, minHistoryCalls } = this.config.newRoutes;
-    const known = state.routes.has(route);
+    const known = state.routes.add(route);
     const experienced = state.history >= minHistoryCalls;
     state.history++;
-    if (known) return null;
-    if (state.routes.size < MAX_ROUTES) state.routes.set(route, at);
-    if (!experienced) return null;
+    if (known || !experienced) return null;
     const fresh = state.newRoutes.add(route, at, windowMinutes * MINUTE_MS);
     return fresh > max ? { newRoutes: fresh, max, windowMinutes } : null;
   }
@@ -403,7 +400,7 @@ export class Detector implements SecuritySignals {
       lastStepAt: at,
       lastAnomalyAt: 0,
       history: 0,
-      routes: new Map(),
+      routes: new RouteMemory(),
       newRoutes: new RecentSet(this.config.newRoutes.max),
       sessions: new RecentSet(MAX_RECENT_SESSIONS),
       busy: false,

@@ -192,6 +192,32 @@ describe('anomaly detector', () => {
     expect(alerts.map((a) => [a.rule, a.action])).toEqual([['new_routes', 'reauth']]);
   });
 
+  it('remembers every route a user of a large API calls (300 here), and still sees a mix of new ones', async () => {
+    const { clock, detector, actions } = setup({ newRoutes: { minHistoryCalls: 300 } });
+    // 300 routes, each called three times over a day: learnt in the first round, before the rule judges.
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 300; i++) {
+        clock.now = START + (round * 300 + i) * 90_000;
+        detector.observe(event({ route: `/v1/things/${i}`, method: 'GET' }));
+      }
+    }
+    expect(await actions()).toEqual([]);
+    // The next days, four of them once each within minutes (the last learnt, then the first): known, not a new mix.
+    for (let day = 1; day <= 4; day++) {
+      for (const i of day % 2 ? [296, 297, 298, 299] : [0, 1, 2, 3]) {
+        clock.now = START + day * DAY_MS + i * 1_000;
+        detector.observe(event({ route: `/v1/things/${i}`, method: 'GET' }));
+      }
+    }
+    expect(await actions()).toEqual([]);
+    // Four routes never called, within minutes: a new mix.
+    for (const route of ['/v1/files', '/v1/fine_tuning/jobs', '/v1/batches', '/v1/organization/api_keys']) {
+      clock.now += 20_000;
+      detector.observe(event({ route, method: 'GET' }));
+    }
+    expect((await actions()).map((a) => a.rule)).toEqual(['new_routes']);
+  });
+
   it('does not treat a new user’s first routes as a new mix', async () => {
     const { clock, detector, actions } = setup();
     for (const [i, route] of ['/a', '/b', '/c', '/d', '/e', '/f'].entries()) {
