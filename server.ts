@@ -26,6 +26,7 @@ import {
   OpenSockets,
   readServeOptions,
   registerTracingFromEnv,
+  ServingCalls,
   shutdownTracing,
   startNextProcess,
   UsageError,
@@ -35,6 +36,12 @@ import {
 } from 'keyward/node';
 import nextConfig from './next.config';
 import { upstreams } from './upstreams';
+
+/**
+ * How long a stop (SIGTERM, SIGINT) lets proxied calls in progress end before it cuts them. With the audit flush
+ * after it, the process is gone well within Docker's 10 s between SIGTERM and SIGKILL.
+ */
+const SHUTDOWN_DRAIN_MS = 3_000;
 
 async function main(): Promise<void> {
   let options: ServeOptions;
@@ -89,7 +96,8 @@ async function main(): Promise<void> {
   const siteHeaders = await siteWideHeaders();
   let origin = `http://localhost:${options.port}`;
   // /api/metrics too: this process counts the proxied calls (lib/core/observe/metrics.ts processMetrics).
-  const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: nextProcess.web, siteHeaders, metrics: runtime }));
+  const serving = new ServingCalls();
+  const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: nextProcess.web, siteHeaders, metrics: runtime, serving }));
   server.on('connect', createConnectRefusal(runtime, siteHeaders));
   // WebSockets: upgrades on /api/proxy/* to routes that declare `websocket: true`, authorized by the core;
   // every other upgrade to Next's own upgrade handling.
@@ -107,14 +115,24 @@ async function main(): Promise<void> {
 
   let stopping = false;
   const stop = () => {
+    if (stopping) return;
     stopping = true;
     server.close();
     sockets.closeAll();
     server.closeIdleConnections();
-    // Calls already answered are on record (and their spans exported) before the process goes, and Next has
+    const nextStopped = nextProcess.stop();
+    // Proxied calls in progress (long streams) get SHUTDOWN_DRAIN_MS to end; the rest are cut then, which records
+    // them as aborted. Then every call is on record (and its span exported) before the process goes, and Next has
     // stopped too.
-    void Promise.all([runtime.audit.flush().catch(() => {}), shutdownTracing().catch(() => {}), nextProcess.stop()]).finally(() => process.exit(0));
-    setTimeout(() => process.exit(0), 6_000).unref();
+    const drainEnd = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_DRAIN_MS).unref());
+    void Promise.race([serving.idle(), drainEnd])
+      .then(() => {
+        server.closeAllConnections();
+        return serving.idle();
+      })
+      .then(() => Promise.all([runtime.audit.flush().catch(() => {}), shutdownTracing().catch(() => {}), nextStopped]))
+      .finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), SHUTDOWN_DRAIN_MS + 5_000).unref();
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);

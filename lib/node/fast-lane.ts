@@ -23,6 +23,31 @@ export interface FastLaneOptions {
    * its own (server.ts), this process is the one that counts the proxied calls.
    */
   readonly metrics?: MetricsRuntime;
+  /** Counts the proxied calls being served, so a shutdown can wait for them (and their records). */
+  readonly serving?: ServingCalls;
+}
+
+/**
+ * The proxied calls a fast lane is serving. server.ts's shutdown waits for them to end (then cuts the rest, which
+ * records them as aborted) before it writes the last audit batch and exits: otherwise a deploy would drop the
+ * records, and the budget settlements, of every stream still running.
+ */
+export class ServingCalls {
+  private count = 0;
+  private waiters: Array<() => void> = [];
+
+  track(call: Promise<void>): void {
+    this.count++;
+    void call.finally(() => {
+      if (--this.count > 0) return;
+      for (const resolve of this.waiters.splice(0)) resolve();
+    });
+  }
+
+  /** Resolves once no proxied call is being served (each one's response ended or was cut, and recorded). */
+  idle(): Promise<void> {
+    return this.count === 0 ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
+  }
 }
 
 /**
@@ -37,7 +62,8 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
     const url = req.url ?? '/';
     const proxyPath = parseProxyPath(url);
     if (proxyPath !== null) {
-      serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
+      const call = serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
+      options.serving?.track(call);
     } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
       serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
     } else {

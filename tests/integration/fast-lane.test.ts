@@ -14,6 +14,9 @@ import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse } from '../fixtures/raw-http';
 import { findLeak } from '../fixtures/claims-session';
 import { decoyId, mintDecoy } from '../../lib/core/detect/mint';
+import { AuditLog } from '../../lib/core/audit/audit';
+import { createLogger } from '../../lib/core/log/logger';
+import { SqliteStore } from '../../lib/store/sqlite';
 
 /**
  * The fast lane (`npm start`: server.ts, bundled by `npm run build`) against the route handlers (`next start`),
@@ -611,6 +614,59 @@ describe('Next runs in a process of its own', () => {
     process.kill(third.pid, 'SIGKILL');
     await waitUntilGone(thirdNext);
     await third.stop();
+  });
+
+  it('a stop lets streams in progress end (for up to 3 s), cuts the rest, and every one of them is on record', async () => {
+    const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-drain-')), 'keyward.db');
+    const stopping = await startFastLane({ ...env, KEYWARD_STORE_PATH: storePath });
+    let sigterm = () => {};
+    const stopped = new Promise<void>((resolve) => (sigterm = resolve));
+    upstream.handle((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: first\n\n');
+      // /events ends a moment after the stop began; /hang never ends on its own.
+      if (req.url === '/v1/events') void stopped.then(() => setTimeout(() => res.end('data: last\n\n'), 500));
+    });
+    try {
+      const cookie = await signIn(stopping.url, 'alice', password);
+      const open = async (path: string) => {
+        const response = await fetch(`${stopping.url}/api/proxy/echo/${path}`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+        expect(response.status).toBe(200);
+        const reader = response.body!.getReader();
+        expect(new TextDecoder().decode((await reader.read()).value)).toContain('first');
+        const rest = (async () => {
+          let text = '';
+          try {
+            for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += new TextDecoder().decode(chunk.value);
+            return { text, cut: false };
+          } catch {
+            return { text, cut: true };
+          }
+        })();
+        return { requestId: response.headers.get('x-request-id'), rest };
+      };
+      const ending = await open('events');
+      const hanging = await open('hang');
+      const stop = stopping.stop();
+      sigterm();
+      await stop;
+      expect(await ending.rest).toEqual({ text: 'data: last\n\n', cut: false });
+      expect((await hanging.rest).cut).toBe(true);
+      // The store the process left behind holds both calls' records.
+      const store = new SqliteStore(storePath);
+      try {
+        const logger = createLogger({ level: 'silent' });
+        const { records } = await new AuditLog(store, 86_400_000, logger).query({ type: 'call' }, { limit: 50 });
+        const outcome = (id: string | null) => records.find((record) => record.type === 'call' && record.requestId === id);
+        expect(outcome(ending.requestId)).toMatchObject({ route: '/events', status: 200, outcome: 'complete' });
+        expect(outcome(hanging.requestId)).toMatchObject({ route: '/hang', status: 200, outcome: 'aborted' });
+      } finally {
+        await store.close();
+      }
+    } finally {
+      upstream.reset();
+      await stopping.stop();
+    }
   });
 
   it("exports spans over OTLP/HTTP from both processes, the last ones too: stopping sends the batch that is still waiting", async () => {
