@@ -691,6 +691,9 @@ describe('Next runs in a process of its own', () => {
       const cookie = await signIn(traced.url, 'alice', password);
       const response = await rawRequest(traced.port, 'GET', '/api/proxy/echo/items/7', { cookie, 'x-keyward-csrf': '1' });
       expect(response.status).toBe(200);
+      // A page request with a query, as an OAuth callback's `?code=…&state=…`: Next's span names its target.
+      const callbackCode = randomSecret('code');
+      expect((await fetch(`${traced.url}/api/session?code=${callbackCode}&state=s`, { headers: { cookie } })).status).toBe(200);
       // At once: the batch processor would wait 5 s before sending these spans.
       await traced.stop();
       type OtlpSpan = { name: string; attributes: Array<{ key: string; value: { stringValue?: string } }> };
@@ -708,6 +711,10 @@ describe('Next runs in a process of its own', () => {
       // Next's process: its own spans for the sign-in it served.
       expect(spans.map((span) => span.name)).toContain('POST /api/auth/[...nextauth]');
       expectNoLeak(bodies.join('\n'));
+      // Exported without its query (server.ts and instrumentation.ts register the same processor).
+      expect(bodies.join('\n')).not.toContain(callbackCode);
+      const targets = spans.flatMap((span) => span.attributes.filter((entry) => entry.key === 'http.target').map((entry) => entry.value.stringValue));
+      expect(targets).toContain('/api/session');
     } finally {
       collector.close();
     }
