@@ -64,4 +64,12 @@ function walk(node: ValueNode, path: string[], found: { at: string | null }): vo
   }
 }
 
-const shownName = (name: string) => (name.length <= 32 && !/^(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}$/.test(name) ? name : '(a name not shown)');
+/**
+ * A name from the config as an error message may print it: a long one, or one shaped like an AWS key id, may be a
+ * key pasted where a name belongs (a header name, an upstream id, an unknown field), and is not shown. A setting's
+ * name (upper-case words joined by `_`, such as KEYWARD_USAGE_MINUTES_RETENTION_HOURS) is shown up to 64.
+ */
+export function shownName(name: string): string {
+  if (name.length <= 64 && /^[A-Z]+(?:_[A-Z]+)*$/.test(name)) return name;
+  return name.length <= 32 && !/^(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}$/.test(name) ? name : '(a name not shown)';
+}

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { z } from 'zod';
 import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type RouteMethod, type UpstreamConfig, type UpstreamInput } from './schema';
-import { ConfigError, duplicateJsonName, jsonErrorAt } from './error';
+import { ConfigError, duplicateJsonName, jsonErrorAt, shownName } from './error';
 import { expandPresetEntries } from '../presets';
 import { detectorSchema, type DetectorConfig } from '../detect/config';
 import { connectionsSchema, type ConnectionsConfig } from '../connect/config';
@@ -59,11 +59,11 @@ export function defineUpstream<const Id extends string, const Routes extends rea
 ): UpstreamDefinition<Id, Routes> {
   // Checked here, not through the record schema: zod's record parser silently skips a `__proto__` key.
   if (!UPSTREAM_ID.test(id)) {
-    throw new ConfigError(`Invalid upstream "${id}":\n  - upstreams.${id}: upstream ids are lowercase letters, digits, "-" and "_"`);
+    throw new ConfigError(`Invalid upstream "${shownName(id)}":\n  - upstreams.${shownName(id)}: upstream ids are lowercase letters, digits, "-" and "_"`);
   }
   const result = keywardConfigSchema.shape.upstreams.safeParse({ [id]: input });
   if (!result.success) {
-    throw new ConfigError(`Invalid upstream "${id}":\n${formatIssues(result.error.issues, 'upstreams')}`);
+    throw new ConfigError(`Invalid upstream "${shownName(id)}":\n${formatIssues(result.error.issues, 'upstreams')}`);
   }
   return { id, config: upstreamSchema.parse(input) };
 }
@@ -146,7 +146,7 @@ export function parseConfigSections(json: unknown, source: string): ConfigSectio
   if (upstreams && typeof upstreams === 'object') {
     const bad = Object.keys(upstreams).filter((id) => !UPSTREAM_ID.test(id));
     if (bad.length > 0) {
-      const lines = bad.map((id) => `  - upstreams.${id}: upstream ids are lowercase letters, digits, "-" and "_"`);
+      const lines = bad.map((id) => `  - upstreams.${shownName(id)}: upstream ids are lowercase letters, digits, "-" and "_"`);
       throw new ConfigError(`${source} is invalid:\n${lines.join('\n')}`);
     }
   }

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ZOD_CONTRACT_MESSAGE, genAiSchema, responseTypeSchema, routePolicyFields, upstreamPolicyFields } from './policy';
 import { templateParamNames, templateProblems, templateShape } from '../route/template';
+import { shownName } from './error';
 
 /**
  * The one schema for upstream definitions: TypeScript adapters (`defineUpstream`) and the JSON file named by
@@ -467,7 +468,7 @@ export const upstreamSchema = z
         ctx.addIssue({
           code: 'custom',
           path: ['routes', index, 'path'],
-          message: `matches the same ${route.method} requests as routes.${first} (${upstream.routes[first]!.path}): only one could serve; remove one (to change a preset's route, declare it with the preset's path)`,
+          message: `matches the same ${route.method} requests as routes.${first}: only one could serve; remove one (to change a preset's route, declare it with the preset's path)`,
         });
       }
     });
@@ -548,13 +549,20 @@ function declarativeIssues(issue: z.core.$ZodIssue): z.core.$ZodIssue[] {
   return declarative.flatMap((inner) => declarativeIssues({ ...inner, path: [...issue.path, ...inner.path] } as z.core.$ZodIssue));
 }
 
-/** Formats zod issues as `path: message` lines: names the field, never echoes the value. */
+/**
+ * Formats zod issues as `path: message` lines: names the field, never echoes the value. Names in the path and
+ * unknown field names are the config's own text, shown only when they could not be a pasted key (`shownName`).
+ */
 export function formatIssues(issues: readonly z.core.$ZodIssue[], prefix: string): string {
   return issues
     .flatMap(declarativeIssues)
     .map((issue) => {
-      const path = [prefix, ...issue.path.map(String)].filter(Boolean).join('.');
-      return `  - ${path}: ${issue.message}`;
+      const path = [prefix, ...issue.path.map((part) => (typeof part === 'string' ? shownName(part) : String(part)))].filter(Boolean).join('.');
+      const message =
+        issue.code === 'unrecognized_keys'
+          ? `unknown field${issue.keys.length > 1 ? 's' : ''}: ${issue.keys.map((key) => JSON.stringify(shownName(key))).join(', ')}`
+          : issue.message;
+      return `  - ${path}: ${message}`;
     })
     .join('\n');
 }

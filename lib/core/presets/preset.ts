@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ConfigError } from '../config/error';
+import { ConfigError, shownName } from '../config/error';
 import { defineUpstream, withRouteTypes, type UpstreamDefinition } from '../config/load';
 import { credentialSourceSchema, formatIssues, upstreamSchema, type CredentialSource, type UpstreamInput } from '../config/schema';
 
@@ -76,7 +76,7 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
 ): UpstreamInput {
   const parsed = preset.options.safeParse(options);
   if (!parsed.success) {
-    throw new ConfigError(`Invalid upstream "${id}" (preset "${preset.name}"):\n${formatIssues(parsed.error.issues, `upstreams.${id}`)}`);
+    throw new ConfigError(`Invalid upstream "${shownName(id)}" (preset "${preset.name}"):\n${formatIssues(parsed.error.issues, `upstreams.${shownName(id)}`)}`);
   }
   const built = preset.build(parsed.data);
   let routes = built.routes;

@@ -352,6 +352,42 @@ describe('defineUpstream', () => {
   });
 });
 
+describe('a key pasted where a name belongs is not printed by the error that refuses it', () => {
+  const secret = randomSecret('pasted-key');
+  const cases: Record<string, unknown> = {
+    'a header name': { ...valid(), headers: { [`Authorization: Bearer ${secret}`]: 'x' } },
+    'an unknown field': { ...valid(), [secret]: true },
+    'an unknown field of a secret reference': { ...valid(), auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY', [secret]: 1 } } },
+    'a duplicate route whose path holds it': {
+      ...valid(),
+      routes: [
+        { method: 'GET', path: `/bot${secret}/getMe` },
+        { method: 'GET', path: `/bot${secret}/getMe` },
+      ],
+    },
+  };
+  for (const [name, upstream] of Object.entries(cases)) {
+    it(name, () => {
+      const error = thrown(() => parseConfig({ upstreams: { echo: upstream } }, 'KEYWARD_CONFIG'));
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as Error).message).toMatch(/upstreams\.echo/);
+      expect((error as Error).message).not.toContain(secret);
+    });
+  }
+
+  it('an upstream id, in a file and in defineUpstream', () => {
+    expect((thrown(() => parseConfig({ upstreams: { [secret]: valid() } }, 'KEYWARD_CONFIG')) as Error).message).not.toContain(secret);
+    const error = thrown(() => defineUpstream(secret, valid() as never));
+    expect((error as Error).message).toContain('(a name not shown)');
+    expect((error as Error).message).not.toContain(secret);
+  });
+
+  it('a short plain name is still shown (control)', () => {
+    const error = thrown(() => parseConfig({ upstreams: { echo: { ...valid(), colour: 'blue' } } }, 'KEYWARD_CONFIG'));
+    expect((error as Error).message).toContain('upstreams.echo: unknown field: "colour"');
+  });
+});
+
 describe('readConfigFile', () => {
   it('reads and validates a JSON file', () => {
     const path = tempFile('keyward.json', JSON.stringify({ upstreams: { echo: valid(), other: valid() } }));
