@@ -42,7 +42,9 @@ export function expandPath(template: string, params: Readonly<Record<string, Par
       if (built === '.' || built === '..') throw new TypeError(`${capitalise(what)} makes the segment "${built}".`);
       return built;
     }
-    return PLAIN_SEGMENT.test(segment) || segment === '' ? segment : encodeSegment(segment, 'a path segment');
+    // A dot segment in the path's own text (a path built by concatenation) is refused as a parameter's is.
+    const plain = (PLAIN_SEGMENT.test(segment) || segment === '') && segment !== '.' && segment !== '..';
+    return plain ? segment : encodeSegment(segment, 'a path segment');
   });
   return `/${out.join('/')}`;
 }

@@ -37,6 +37,10 @@ describe('expandPath', () => {
     expect(() => expandPath('/files/*', { '*': 'a//b' })).toThrow(TypeError);
     expect(() => expandPath('/items/:id', { id: Number.NaN })).toThrow(TypeError);
     expect(() => expandPath('items', {})).toThrow(/starts with "\/"/);
+    // The path's own text too (a path built by concatenation): "/../admin" would leave /api/proxy/<upstream>.
+    expect(() => expandPath('/../admin', {})).toThrow(/cannot be "\." or "\.\."/);
+    expect(() => expandPath('/./x/:id', { id: 'q' })).toThrow(TypeError);
+    expect(expandPath('/x/..y/:id', { id: 'q' })).toBe('/x/..y/q');
   });
 
   it('a parameter named like an Object property is only a parameter', () => {
