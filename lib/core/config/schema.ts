@@ -96,6 +96,13 @@ const NOT_SIGNATURE_HEADERS = new Set([
 const signatureHeaderSchema = headerNameSchema.refine((name) => !NOT_SIGNATURE_HEADERS.has(name), { message: 'cannot carry a signature' });
 
 /**
+ * Names that cannot carry a credential: the same (a key in `x-request-id` would replace the id Keyward sends, which
+ * upstreams log and echo as a value that is no secret), but `proxy-authorization`, which an upstream behind an
+ * authenticating proxy may need.
+ */
+const NOT_CREDENTIAL_HEADERS = new Set([...NOT_SIGNATURE_HEADERS].filter((name) => name !== 'proxy-authorization'));
+
+/**
  * AWS Signature Version 4 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv.html): every call is
  * signed with an access key pair read from the environment at start-up.
  */
@@ -146,9 +153,7 @@ export const hmacAuthSchema = z.strictObject({
 const authSchema = z.discriminatedUnion('type', [
   z.strictObject({
     type: z.literal('header'),
-    name: headerNameSchema.refine((n) => !['host', 'cookie', 'content-length', 'transfer-encoding'].includes(n), {
-      message: 'cannot carry a credential',
-    }),
+    name: headerNameSchema.refine((n) => !NOT_CREDENTIAL_HEADERS.has(n), { message: 'cannot carry a credential' }),
     prefix: z
       .string()
       .max(64)

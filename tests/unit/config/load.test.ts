@@ -57,6 +57,16 @@ describe('parseConfig', () => {
     expect(def!.config.routes[1]!.maxRequestBytes).toBe(65536);
   });
 
+  it("refuses a credential header that Keyward sets itself or that frames the request (the key would replace it)", () => {
+    for (const name of ['X-Request-Id', 'accept-encoding', 'user-agent', 'content-type', 'host', 'cookie', 'connection', 'content-length']) {
+      const auth = { type: 'header', name, secret: { env: 'ECHO_KEY' } };
+      expect(configError({ upstreams: { echo: valid({ auth }) } }), name).toContain('upstreams.echo.auth.name: cannot carry a credential');
+    }
+    for (const name of ['x-api-key', 'authorization', 'api-key', 'x-goog-api-key', 'proxy-authorization']) {
+      expect(parseConfig({ upstreams: { echo: valid({ auth: { type: 'header', name, secret: { env: 'ECHO_KEY' } } }) } }, 'c')).toHaveLength(1);
+    }
+  });
+
   it('adds a trailing slash to a base URL without one', () => {
     const [def] = parseConfig({ upstreams: { a: valid({ baseUrl: 'https://api.example.com/v1' }) } }, 't');
     expect(def!.config.baseUrl).toBe('https://api.example.com/v1/');
