@@ -15,6 +15,7 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import type { DetectorInput } from '../../lib/core/detect/config';
 import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { RedisStore } from '../../lib/store/redis';
+import { Vault } from '../../lib/core/vault/seal';
 import { freePort } from '../fixtures/app-server';
 import { REDIS_URL, capturingLogger, findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -1135,6 +1136,54 @@ describe('managed versions need the vault and are sealed at rest', () => {
     expect(record).not.toBeNull();
     expect(findLeak(record!, allKeys) === null, 'the ring record contains a key value').toBe(true);
     expect(findLeak(await everythingUnder(r.prefix), allKeys) === null, 'a key value is stored in Redis in the clear').toBe(true);
+  });
+
+  it("a seal a store writer moves to another upstream's entry (and lists in its ring) does not open there: that host never gets the key", async () => {
+    const r = await ring();
+    const otherServer = await startKeyServer();
+    servers.push(otherServer);
+    const otherKey = newKey(otherServer, 'otherenv');
+    otherServer.accept('otherenv');
+    const upstreams = [svc(r.server.origin), svc(otherServer.origin, undefined, 'other', 'OTHER_KEY')];
+    const a = await r.runtime({ upstreams, env: { OTHER_KEY: otherKey } });
+    const fresh = newKey(r.server, 'new');
+    r.server.accept('old', 'new');
+    otherServer.label(fresh, 'svc-managed');
+    expect((await a.keyRings.rotate('svc', fresh, { actor: 'x' })).state).toBe('switched');
+    // The writer holds the store, not KEYWARD_VAULT_SECRET: it copies the seal and lists the version as serving.
+    const id = managedId(fresh);
+    await rawRedis(async (redis) => {
+      await redis.set(`${r.prefix}keyval:other:${id}`, (await redis.get(`${r.prefix}keyval:svc:${id}`))!);
+      const version = (JSON.parse((await redis.get(`${r.prefix}keyring:svc`))!) as { versions: Array<{ id: string }> }).versions.find((v) => v.id === id)!;
+      const stored = await redis.get(`${r.prefix}keyring:other`);
+      const ring: { rev: number; versions: unknown[] } = stored ? JSON.parse(stored) : { rev: 0, versions: [], rotations: [] };
+      ring.versions.push({ ...version, verifier: undefined, activatedAt: Date.now() + 1 });
+      ring.rev += 1;
+      await redis.set(`${r.prefix}keyring:other`, JSON.stringify(ring), 'PX', 3_600_000);
+    });
+    for (const runtime of [a, await r.runtime({ upstreams, env: { OTHER_KEY: otherKey } })]) {
+      expect(await call(runtime, otherServer, 'other')).toEqual({ status: 503, code: 'credential_unavailable', label: null });
+    }
+    expect(otherServer.calls.some((c) => c.label === 'svc-managed')).toBe(false);
+    expect(await labelOf(a, r.server)).toBe('new');
+  });
+
+  it('a seal made before seals were bound to their entry still opens, and is sealed again bound to it', async () => {
+    const r = await ring();
+    const a = await r.runtime();
+    const fresh = newKey(r.server, 'new');
+    r.server.accept('old', 'new');
+    expect((await a.keyRings.rotate('svc', fresh, { actor: 'x' })).state).toBe('switched');
+    const entry = `keyval:svc:${managedId(fresh)}`;
+    const vault = new Vault(vaultSecret);
+    const legacy = await vault.seal({ value: fresh, id: managedId(fresh) });
+    await a.store.set(entry, legacy);
+    // A new instance (nothing cached) reads the old seal.
+    const b = await r.runtime();
+    expect(await labelOf(b, r.server)).toBe('new');
+    const now = await a.store.get(entry);
+    expect(now).not.toBe(legacy);
+    expect(await vault.openFor(entry, now!)).toEqual({ value: { value: fresh, id: managedId(fresh) }, fresh: true });
   });
 
   it('instances that cannot open the sealed version fail closed (503), never with another key', async () => {

@@ -217,8 +217,10 @@ export class KeyRings {
     if (existing) return existing;
     logScrubber.add([value]);
     // The seal names its version, so the check below does not depend on the fingerprint key (which changes
-    // when KEYWARD_SESSION_SECRET is rotated).
-    await guard(async () => this.store.set(`keyval:${upstreamId}:${id}`, await this.vault!.seal({ value, id })));
+    // when KEYWARD_SESSION_SECRET is rotated), and is bound to its entry: a version id is the same for one key under
+    // every upstream, so only the entry's name stops a store writer from moving one upstream's key to another's.
+    const entry = managedEntry(upstreamId, id);
+    await guard(async () => this.store.set(entry, await this.vault!.sealFor(entry, { value, id })));
     const now = this.now();
     return this.update(upstream, (record) => {
       const found = record.versions.find((v) => v.id === id);
@@ -584,17 +586,27 @@ export class KeyRings {
     const cached = this.managed.get(`${upstream.id}:${version.id}`);
     if (cached) return cached.secrets[0]!;
     if (!this.vault) return null;
-    const sealed = await guard(() => this.store.get(`keyval:${upstream.id}:${version.id}`));
-    let opened: { value: string; id?: string } | null = null;
+    const entry = managedEntry(upstream.id, version.id);
+    const sealed = await guard(() => this.store.get(entry));
+    let opened: { value: { value: string; id?: string }; fresh: boolean } | null = null;
     try {
-      opened = sealed ? await this.vault.open<{ value: string; id?: string }>(sealed) : null;
+      // A seal made for another entry (another upstream's) does not open here.
+      opened = sealed ? await this.vault.openFor<{ value: string; id?: string }>(entry, sealed) : null;
     } catch (error) {
       if (error instanceof KeywardError && error.code === 'credential_unavailable') return null;
       throw error;
     }
+    if (!opened) return null;
+    const { value, id } = opened.value;
     // The sealed value must be this version's: by the id sealed with it, or (sealed before ids were) by fingerprint.
-    const belongs = opened && (opened.id !== undefined ? opened.id === version.id : upstream.fingerprints.matches(opened.value, version.fingerprint));
-    return opened && belongs ? opened.value : null;
+    const belongs = id !== undefined ? id === version.id : upstream.fingerprints.matches(value, version.fingerprint);
+    if (!belongs) return null;
+    // Sealed before seals were bound to their entry, or with an older vault secret: sealed again, bound, in place.
+    if (!opened.fresh) {
+      const fresh = await this.vault.sealFor(entry, { value, id: version.id });
+      await guard(() => this.store.replaceIfEquals(entry, sealed!, fresh)).catch(() => {});
+    }
+    return value;
   }
 
   private async managedCredential(upstream: Upstream, version: KeyVersion): Promise<ResolvedCredential> {
@@ -727,4 +739,9 @@ function assertKeyValue(value: string): void {
   if (typeof value !== 'string' || value.length < 8 || value.length > 4096 || value !== value.trim() || /[\x00-\x1f\x7f]/.test(value) || /\p{Cs}/u.test(value)) {
     throw new KeywardError('bad_request', { message: 'A key is 8–4096 characters without surrounding whitespace or control characters.' });
   }
+}
+
+/** The store entry holding a managed key version's sealed value. */
+function managedEntry(upstreamId: string, versionId: string): string {
+  return `keyval:${upstreamId}:${versionId}`;
 }
