@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { assertHashIncrements, assertRaise, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
@@ -19,7 +19,13 @@ export class SqliteStore implements Store {
     private readonly now: () => number = Date.now,
   ) {
     try {
-      if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      if (path !== ':memory:') {
+        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+        // Created private (0600) whatever the umask or the folder: it holds session ids, sealed secrets and the
+        // audit trail. SQLite gives the -wal and -shm files the database file's mode. An existing file is left as
+        // its owner set it.
+        closeSync(openSync(path, 'a', 0o600));
+      }
       this.db = new DatabaseSync(path);
       this.db.exec(`
         PRAGMA journal_mode = WAL;

@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -398,5 +398,18 @@ describe('Redis down: fail closed, then recover by itself', () => {
     } finally {
       await server.stop();
     }
+  });
+});
+
+describe('SQLite file', () => {
+  it('is created private (0600), with its -wal and -shm files, in a folder others can read', async () => {
+    const folder = join(mkdtempSync(join(tmpdir(), 'keyward-store-mode-')), 'shared');
+    mkdirSync(folder, { mode: 0o755 });
+    chmodSync(folder, 0o755); // whatever the umask
+    const path = join(folder, 'keyward.db');
+    const store = new SqliteStore(path);
+    opened.push(store);
+    await store.set('rev:sid:x', '1', 60_000);
+    for (const file of [path, `${path}-wal`, `${path}-shm`]) expect(statSync(file).mode & 0o777, file).toBe(0o600);
   });
 });
