@@ -454,6 +454,30 @@ describe('rotation whose canary passes', () => {
     expect((await rotations(one)).filter((x) => x.id === 'contested')).toHaveLength(1);
   });
 
+  it("the admin whose rotation lost that race is answered 400, and the key it left in the ring is on the audit trail", async () => {
+    const s = await ring();
+    const one = await s.runtime();
+    const two = await s.runtime();
+    const k1 = newKey(s.server, 'k1');
+    const k2 = newKey(s.server, 'k2');
+    s.server.accept('old', 'k1', 'k2');
+    // The first rotation's canary is held until the second has switched: both keys were added by then.
+    const held = s.server.holdCanary();
+    const first = admin((request) => handleKeyAction(request, 'svc', 'rotate', one), 'POST', { key: k1, rotationId: 'raced' });
+    await held.reached;
+    const second = await admin((request) => handleKeyAction(request, 'svc', 'rotate', two), 'POST', { key: k2, rotationId: 'raced' });
+    held.release();
+    expect([(await first).status, second.status]).toEqual([400, 200]);
+    const [winner, loser] = [k2, k1];
+    // Every version in the ring is named by a record of the trail.
+    const ringPrints = (await versions(one)).filter((v) => v.source === 'managed').map((v) => v.fingerprint);
+    expect(ringPrints.sort()).toEqual([fingerprint(k1), fingerprint(k2)].sort());
+    const { records } = await one.audit.query({ type: 'admin' }, { limit: 100 });
+    const named = (print: string) => records.filter((record) => record.type === 'admin' && record.fingerprint === print).map((record) => record.type === 'admin' && record.action);
+    expect(named(fingerprint(winner))).toEqual(['key.rotate']);
+    expect(named(fingerprint(loser))).toEqual(['key.add']);
+  });
+
   it('an explicit rotation id is kept, and repeating it is a no-op too', async () => {
     const third = newKey(r.server, 'third');
     r.server.accept('old', 'new', 'third');

@@ -14,7 +14,17 @@ export function keyAdmin(keyRings: KeyRings, audit: AuditLog, actor: string) {
     },
     /** A repeated rotation (an earlier one, answered again) changed nothing: on the trail as `unchanged`. */
     async rotate(upstream: string, value: string, options: { rotationId?: string; skipCanary?: boolean }): Promise<RotationResult> {
-      const rotation = await keyRings.rotate(upstream, value, { ...options, actor });
+      let rotation: RotationResult;
+      try {
+        rotation = await keyRings.rotate(upstream, value, { ...options, actor });
+      } catch (error) {
+        // A rotation adds its key before the canary and the switch: one refused after that (another admin's
+        // rotation took its id meanwhile, the key was revoked while its canary ran) leaves the key in the ring, as
+        // a version that never served. It goes on the trail, as any key added.
+        const left = await keyRings.versionOf(upstream, value).catch(() => null);
+        if (left) await audit.recordAdmin({ action: 'key.add', actor, upstream, fingerprint: left.fingerprint, outcome: left.state }).catch(() => {});
+        throw error;
+      }
       const outcome = rotation.repeated ? 'unchanged' : rotation.state;
       await audit.recordAdmin({ action: 'key.rotate', actor, upstream, fingerprint: rotation.to, rotationId: rotation.id, outcome });
       return rotation;

@@ -250,6 +250,13 @@ export class KeyRings {
    * earlier rotation is answered, `repeated`, and nothing changes (rotating back to a key an earlier rotation
    * switched to is such a call: roll back the later rotation, or give another rotation id).
    */
+  /** The version of this upstream's ring that holds `value` (by fingerprint), or null: what a failed rotation left. */
+  async versionOf(upstreamId: string, value: string): Promise<VersionView | null> {
+    const upstream = this.staticUpstream(upstreamId);
+    const entry = (await this.list()).find((e) => e.upstream === upstreamId);
+    return entry?.versions.find((v) => upstream.fingerprints.matches(value, v.fingerprint)) ?? null;
+  }
+
   async rotate(upstreamId: string, value: string, options: { rotationId?: string; skipCanary?: boolean; actor: string }): Promise<RotationResult> {
     const upstream = this.staticUpstream(upstreamId);
     assertKeyValue(value);
