@@ -281,6 +281,8 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
       `/api/admin/usage?period=${secretish}`,
       `/api/admin/usage?from=${secretish}`,
       `/api/admin/usage?${secretish}=1`,
+      '/api/admin/usage?__proto__=1',
+      '/api/admin/usage?constructor=1',
       `/api/admin/usage?user=a&user=${secretish}`,
       `/api/admin/usage?user=${secretish}&route=${secretish}`,
       `/api/admin/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z`,

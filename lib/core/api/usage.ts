@@ -57,7 +57,8 @@ const topParams = z.strictObject(
  */
 function parseParams<T extends z.ZodType>(request: Request, schema: T): z.output<T> {
   const params = new URL(request.url).searchParams;
-  const object: Record<string, string> = {};
+  // No prototype: a parameter named `__proto__` is a key like any other (and refused as unknown), not a setter.
+  const object: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const [key, value] of params) {
     if (Object.hasOwn(object, key)) throw new KeywardError('bad_request', { message: 'Give each parameter once.' });
     object[key] = value;
