@@ -1,6 +1,6 @@
 import 'server-only';
 import { auditFilter } from '@/lib/core/api/admin';
-import type { AuditRecord } from '@/lib/core/audit/audit';
+import { AUDIT_CURSOR, type AuditRecord } from '@/lib/core/audit/audit';
 import { KeywardError } from '@/lib/core/errors';
 import { keyward } from '@/keyward';
 
@@ -16,8 +16,6 @@ export const FILTER_NAMES = ['type', 'upstream', 'userId', 'action', 'outcome', 
 export type FilterName = (typeof FILTER_NAMES)[number];
 export type FilterValues = Partial<Record<FilterName, string>>;
 
-/** A log id as the stores make them (SQLite and memory: digits; Redis streams: `<ms>-<seq>`). */
-const CURSOR = /^[0-9]{1,20}(-[0-9]{1,20})?$/;
 /** A datetime-local field's value: a UTC time without its zone. */
 const LOCAL_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?$/;
 
@@ -49,7 +47,7 @@ export function readQuery(params: Record<string, string | string[] | undefined>)
   const limit = Number(one(params.limit));
   const cursor = (name: string) => {
     const value = one(params[name]);
-    return value !== undefined && CURSOR.test(value) ? value : null;
+    return value !== undefined && AUDIT_CURSOR.test(value) ? value : null;
   };
   const older = cursor('older');
   return { filters, limit: (PAGE_SIZES as readonly number[]).includes(limit) ? limit : PAGE_SIZES[0], older, newer: older === null ? cursor('newer') : null };

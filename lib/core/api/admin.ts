@@ -1,4 +1,4 @@
-import type { AuditFilter, AuditRecord } from '../audit/audit';
+import { AUDIT_CURSOR, type AuditFilter, type AuditRecord } from '../audit/audit';
 import { KeywardError } from '../errors';
 import { keyAdmin } from '../keys/admin';
 import type { Runtime } from '../runtime';
@@ -98,7 +98,10 @@ export function handleAudit(request: Request, runtime: Runtime): Promise<Respons
     if (format === 'jsonl') return await exportJsonl(runtime, filter);
     const limit = params.has('limit') ? Number(params.get('limit')) : 100;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new KeywardError('bad_request', { message: `limit is 1 to ${MAX_PAGE}.` });
-    const { records, cursor } = await runtime.audit.query(filter, { limit, cursor: params.get('cursor') ?? undefined, order: 'desc' });
+    // A cursor the stores could not have made would be read as none, and the pages would start over unnoticed.
+    const given = params.get('cursor') ?? undefined;
+    if (given !== undefined && !AUDIT_CURSOR.test(given)) throw new KeywardError('bad_request', { message: 'cursor is not valid: pass back the one a page gave.' });
+    const { records, cursor } = await runtime.audit.query(filter, { limit, cursor: given, order: 'desc' });
     return json({ records, cursor });
   });
 }

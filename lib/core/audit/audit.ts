@@ -103,6 +103,9 @@ function answeredByKeyward(event: ProxyEvent): boolean {
   return event.errorCode !== null && (event.outcome === 'refused' || event.outcome === 'upstream_error') && event.units === 0;
 }
 
+/** A log id as the stores make them, the audit trail's cursor (SQLite and memory: digits; Redis streams: `<ms>-<seq>`). */
+export const AUDIT_CURSOR = /^[0-9]{1,20}(-[0-9]{1,20})?$/;
+
 /**
  * The audit trail: every proxied call and every admin action, in the store, kept for the retention
  * period. Calls are queued when their response ends and written in batches (one SQLite transaction or one
