@@ -15,8 +15,12 @@ const tracer = trace.getTracer('keyward');
  * loaded only then.
  */
 export async function registerTracingFromEnv(env: NodeJS.ProcessEnv): Promise<void> {
-  const wanted = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) && env.OTEL_SDK_DISABLED !== 'true';
-  if (wanted) (await import('./otel')).registerTracing();
+  if (tracingWanted(env)) (await import('./otel')).registerTracing();
+}
+
+/** An OTLP endpoint is set, and OTEL_SDK_DISABLED is not `true` (in any case, as the OTel spec reads booleans). */
+export function tracingWanted(env: Readonly<Record<string, string | undefined>>): boolean {
+  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) && env.OTEL_SDK_DISABLED?.trim().toLowerCase() !== 'true';
 }
 
 /**

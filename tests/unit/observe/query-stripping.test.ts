@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { QueryStrippingProcessor } from '../../../lib/core/observe/otel';
+import { tracingWanted } from '../../../lib/core/observe/trace';
 
 /** The processor registerTracing puts before the exporter, on the SDK's own provider and in-memory exporter. */
 function tracing(strip: boolean) {
@@ -38,5 +39,16 @@ describe('spans are exported without the query of any URL they name (whoever mad
     const { tracer, exporter } = tracing(false);
     tracer.startSpan('GET', { attributes: { 'http.target': '/cb?code=an-authorization-code' } }).end();
     expect(JSON.stringify(exporter.getFinishedSpans()[0]!.attributes)).toContain('an-authorization-code');
+  });
+});
+
+describe('tracing is registered when an OTLP endpoint is set, unless OTEL_SDK_DISABLED says true (in any case)', () => {
+  it('reads the variables as the OTel SDK does', () => {
+    const endpoint = { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318' };
+    expect(tracingWanted({})).toBe(false);
+    expect(tracingWanted(endpoint)).toBe(true);
+    expect(tracingWanted({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://127.0.0.1:4318/v1/traces' })).toBe(true);
+    for (const disabled of ['true', 'TRUE', 'True', ' true ']) expect(tracingWanted({ ...endpoint, OTEL_SDK_DISABLED: disabled }), disabled).toBe(false);
+    for (const other of ['false', '', '1']) expect(tracingWanted({ ...endpoint, OTEL_SDK_DISABLED: other }), other).toBe(true);
   });
 });
