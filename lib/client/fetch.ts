@@ -34,7 +34,11 @@ export const CSRF_HEADER = 'x-keyward-csrf';
 export function createKeywardFetch(options: KeywardClientOptions = {}): KeywardFetch {
   const base = (options.baseUrl ?? '').replace(/\/+$/, '');
   return async (given, init = {}) => {
-    const input = typeof given === 'string' && given.startsWith('/') ? `${base}${given}` : given;
+    // A path is Keyward's; `//host/…` is not a path but a URL of another host.
+    const input = typeof given === 'string' && given.startsWith('/') && !given.startsWith('//') ? `${base}${given}` : given;
+    if (options.token && !toKeyward(input, base)) {
+      throw new TypeError('This fetch sends its bearer token to Keyward only: give a path ("/api/proxy/…") or a URL under baseUrl.');
+    }
     const headers = new Headers(input instanceof Request ? input.headers : undefined);
     const extra = typeof options.headers === 'function' ? await options.headers() : options.headers;
     new Headers(extra).forEach((value, name) => headers.set(name, value));
@@ -52,6 +56,21 @@ export function createKeywardFetch(options: KeywardClientOptions = {}): KeywardF
     }
     return response;
   };
+}
+
+/**
+ * Whether a call goes to Keyward: to baseUrl's origin, or with no baseUrl, to the page's. The token is never sent
+ * anywhere else, whatever URL or Request the fetch is handed (code that follows a link from a response, say).
+ */
+function toKeyward(input: RequestInfo | URL, base: string): boolean {
+  const text = input instanceof Request ? input.url : String(input);
+  const home = base || (globalThis as { location?: { origin?: string } }).location?.origin;
+  if (!home) return !/^[A-Za-z][A-Za-z0-9+.-]*:|^\/\//.test(text); // no origin to compare: paths only
+  try {
+    return new URL(text, home).origin === new URL(home).origin;
+  } catch {
+    return false;
+  }
 }
 
 /** `createKeywardFetch()` for the page's own origin and session cookie. */

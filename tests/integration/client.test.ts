@@ -264,6 +264,24 @@ describe('bearer clients (no cookie)', () => {
     expect(request.credentials).toBe('omit');
   });
 
+  it('never sends the token to another origin: a URL outside baseUrl, or "//host/…", is refused before any request', async () => {
+    const token = await bearerToken(env.KEYWARD_SESSION_SECRET!, { roles: ['user'] });
+    const before = sent.length;
+    const kwFetch = createKeywardFetch({ baseUrl: origin, token: () => token, fetch: recordingFetch });
+    for (const elsewhere of ['https://attacker.example/collect', '//attacker.example/collect', new URL('http://127.0.0.1:9/x'), new Request('https://attacker.example/r')]) {
+      await expect(kwFetch(elsewhere)).rejects.toThrow(/bearer token to Keyward only/);
+    }
+    // With no baseUrl and no page (React Native, Node), only paths are Keyward's.
+    const bare = createKeywardFetch({ token: () => token, fetch: recordingFetch });
+    await expect(bare('https://attacker.example/collect')).rejects.toThrow(TypeError);
+    expect(sent.length).toBe(before);
+    // Under baseUrl, as a path or a full URL, it goes.
+    await kwFetch(`${origin}/api/proxy/demo/items/a`).catch(() => null);
+    expect(sent).toHaveLength(before + 1);
+    expect(sent.at(-1)!.url).toBe(`${origin}/api/proxy/demo/items/a`);
+    expect(sent.at(-1)!.headers.get('authorization')).toBe(`Bearer ${token}`);
+  });
+
   it('without a token the call is unauthenticated', async () => {
     const kw = createKeywardClient<Upstreams>({ baseUrl: origin, token: () => null });
     await expect(kw.demo.get('/items/:id', { params: { id: 'a' } })).rejects.toMatchObject({ code: 'unauthenticated', status: 401 });
