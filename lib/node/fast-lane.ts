@@ -5,7 +5,7 @@ import { KeywardError } from '@/lib/core/errors';
 import { isRefusedMethod, proxyCall, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
-import { parseProxyPath, type ProxyPath } from './proxy-path';
+import { isDisguisedProxyPath, parseProxyPath, type ProxyPath } from './proxy-path';
 import { readHeaders, toRequest } from './request';
 import { writeResponse } from './response';
 
@@ -64,6 +64,9 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
     if (proxyPath !== null) {
       const call = serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
       options.serving?.track(call);
+    } else if (isDisguisedProxyPath(url)) {
+      const refusal = refuseCall(req.method ?? 'GET', headersOrNone(req), { upstream: '', path: [] }, deps, new KeywardError('bad_path'));
+      writeResponse(refusal, res, siteHeaders).catch((error: unknown) => failed(error, res));
     } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
       serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
     } else {

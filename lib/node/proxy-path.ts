@@ -40,6 +40,29 @@ export function parseProxyPath(requestTarget: string): ProxyPath | null {
   };
 }
 
+/** A dot segment (`.`, `..`, `%2e` in any case) or a `\`: what WHATWG URL would resolve or turn into `/`. */
+const NORMALISED_AWAY = /\\|%2e|\/\.\.?(?:[/?#]|$)/i;
+
+/**
+ * Whether a target that is not `/api/proxy/…` as written becomes it once normalised as WHATWG URL does: dot
+ * segments (`/x/../api/proxy/…`, `/api/%2e/proxy/…`) resolved, `\` read as `/`. http-proxy reads the target so
+ * on its way to Next, and Next would route the result to its own proxy route handler: a proxied call run in
+ * Next's process, outside this one's per-user in-flight slots and its shutdown drain. The fast lane answers it
+ * instead, 400 `bad_path`, as the core answers any dot segment (and as `next start` does not: it redirects).
+ */
+export function isDisguisedProxyPath(requestTarget: string): boolean {
+  const target = originFormTarget(requestTarget);
+  if (target === null) return false;
+  const queryAt = target.indexOf('?');
+  const path = queryAt === -1 ? target : target.slice(0, queryAt);
+  if (!NORMALISED_AWAY.test(path)) return false;
+  try {
+    return parseProxyPath(new URL(path, 'http://fast-lane.invalid').pathname) !== null;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The request target in origin form (`/path?query`), for Next: an absolute-form target loses its scheme and
  * authority, as text (nothing is normalised on the way; the public origin comes from configuration, not from

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { originFormTarget, parseProxyPath } from '../../../lib/node/proxy-path';
+import { isDisguisedProxyPath, originFormTarget, parseProxyPath } from '../../../lib/node/proxy-path';
 
 describe('parseProxyPath (the fast lane reads the raw request target)', () => {
   it('splits before decoding: %2F stays inside its segment, `..` is not resolved', () => {
@@ -71,3 +71,26 @@ describe('originFormTarget (what Next is handed)', () => {
   });
 });
 
+
+describe('isDisguisedProxyPath: /api/proxy only once normalised (as http-proxy and Next would read it)', () => {
+  it('finds dot segments and backslashes that lead into /api/proxy, in any form', () => {
+    for (const target of [
+      '/x/../api/proxy/echo/items/1',
+      '/api/./proxy/echo/items/1',
+      '/api/%2e/proxy/echo',
+      '/api/%2E%2E/api/proxy/echo?x=1',
+      '/api\\proxy/echo/items/1',
+      '/api/proxy\\echo/items/1',
+      'http://host/x/../api/proxy/echo',
+    ]) {
+      expect(parseProxyPath(target), target).toBeNull();
+      expect(isDisguisedProxyPath(target), target).toBe(true);
+    }
+  });
+
+  it('leaves every other path to Next, dots elsewhere included', () => {
+    for (const target of ['/_next/static/chunks/app.js', '/.well-known/openid-configuration', '/api/session', '/docs/../about', '/a/%2e%2e/b', '/api/proxy/echo/items/1', '*']) {
+      expect(isDisguisedProxyPath(target), target).toBe(false);
+    }
+  });
+});
