@@ -14,6 +14,26 @@ afterAll(async () => {
 });
 beforeEach(() => h.upstream.reset());
 
+/**
+ * The upstream keeps `/v1/items/busy` streaming (a chunk every 100 ms, so neither of its call's deadlines fires)
+ * until the returned release is called, or `atMostMs` passed; every other path is answered at once.
+ */
+function busyUntilReleased(atMostMs: number): () => void {
+  let release = () => {};
+  const released = new Promise<void>((resolve) => (release = resolve));
+  setTimeout(release, atMostMs).unref();
+  h.upstream.handle((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    if (req.url !== '/v1/items/busy') return void res.end('served');
+    const beat = setInterval(() => res.write('.'), 100);
+    void released.then(() => {
+      clearInterval(beat);
+      res.end('done');
+    });
+  });
+  return () => release();
+}
+
 describe('method overrides are refused with 400 and no upstream call', () => {
   for (const header of ['x-http-method-override', 'x-http-method', 'x-method-override']) {
     it(header, async () => {
@@ -116,18 +136,8 @@ describe('upstream failures become Keyward JSON errors without upstream details'
     // One pooled connection stands in for 256 busy ones: the first call's stream keeps it (a chunk every 100 ms,
     // so neither of its own deadlines fires), and the second call queues behind it.
     const dispatcher = new QueueDeadlineDispatcher(new Agent({ connections: 1, pipelining: 1 }));
-    let release = () => {};
-    const released = new Promise<void>((resolve) => (release = resolve));
-    setTimeout(release, 3000).unref(); // without the deadline the second call waits for this, then succeeds
-    h.upstream.handle((req, res) => {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      if (req.url !== '/v1/items/busy') return void res.end('served');
-      const beat = setInterval(() => res.write('.'), 100);
-      void released.then(() => {
-        clearInterval(beat);
-        res.end('done');
-      });
-    });
+    // Without the deadline the second call waits for the release, then succeeds.
+    const release = busyUntilReleased(3000);
     const deps = { ...h.runtime, dispatcher };
     const before = h.upstream.requests.length;
     try {
@@ -152,18 +162,7 @@ describe('upstream failures become Keyward JSON errors without upstream details'
     // undici cannot take a timed-out call out of its queue: it stays there, body and all, until a connection frees.
     // Two may wait here (1,024 in production); the third is answered without joining them.
     const dispatcher = new QueueDeadlineDispatcher(new Agent({ connections: 1, pipelining: 1 }), 2);
-    let release = () => {};
-    const released = new Promise<void>((resolve) => (release = resolve));
-    setTimeout(release, 5000).unref();
-    h.upstream.handle((req, res) => {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      if (req.url !== '/v1/items/busy') return void res.end('served');
-      const beat = setInterval(() => res.write('.'), 100);
-      void released.then(() => {
-        clearInterval(beat);
-        res.end('done');
-      });
-    });
+    const release = busyUntilReleased(5000);
     const deps = { ...h.runtime, dispatcher };
     const origin = new URL(h.upstream.origin).origin;
     const before = h.upstream.requests.length;

@@ -309,6 +309,15 @@ async function admin(
   return { status: flat.status, json: JSON.parse(flat.body) as Record<string, unknown> };
 }
 
+/** A ring seen by two instances (runtimes) sharing its Redis prefix, and two keys its upstream accepts. */
+async function twoInstancesTwoKeys() {
+  const s = await ring();
+  const [one, two] = [await s.runtime(), await s.runtime()];
+  const [k1, k2] = [newKey(s.server, 'k1'), newKey(s.server, 'k2')];
+  s.server.accept('old', 'k1', 'k2');
+  return { s, one, two, k1, k2 };
+}
+
 async function rawRedis<T>(action: (redis: Redis) => Promise<T>): Promise<T> {
   const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
   await redis.connect();
@@ -433,12 +442,7 @@ describe('rotation whose canary passes', () => {
   });
 
   it('the same rotation id sent with two different keys at once, on two instances: one switches, the other → 400', async () => {
-    const s = await ring();
-    const one = await s.runtime();
-    const two = await s.runtime();
-    const k1 = newKey(s.server, 'k1');
-    const k2 = newKey(s.server, 'k2');
-    s.server.accept('old', 'k1', 'k2');
+    const { s, one, two, k1, k2 } = await twoInstancesTwoKeys();
     const settled = await Promise.allSettled([
       one.keyRings.rotate('svc', k1, { rotationId: 'contested', actor: 'x' }),
       two.keyRings.rotate('svc', k2, { rotationId: 'contested', actor: 'y' }),
@@ -455,12 +459,7 @@ describe('rotation whose canary passes', () => {
   });
 
   it("the admin whose rotation lost that race is answered 400, and the key it left in the ring is on the audit trail", async () => {
-    const s = await ring();
-    const one = await s.runtime();
-    const two = await s.runtime();
-    const k1 = newKey(s.server, 'k1');
-    const k2 = newKey(s.server, 'k2');
-    s.server.accept('old', 'k1', 'k2');
+    const { s, one, two, k1, k2 } = await twoInstancesTwoKeys();
     // The first rotation's canary is held until the second has switched: both keys were added by then.
     const held = s.server.holdCanary();
     const first = admin((request) => handleKeyAction(request, 'svc', 'rotate', one), 'POST', { key: k1, rotationId: 'raced' });
