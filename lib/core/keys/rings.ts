@@ -243,13 +243,6 @@ export class KeyRings {
     });
   }
 
-  /**
-   * Rotates to a new value: adds it, sends the upstream's canary request with it, and switches traffic only
-   * if the canary answers 2xx; the versions it replaces stay usable as a fallback for the grace window.
-   * The rotation id (default: derived from the new key's fingerprint) makes a repeated call a no-op: the
-   * earlier rotation is answered, `repeated`, and nothing changes (rotating back to a key an earlier rotation
-   * switched to is such a call: roll back the later rotation, or give another rotation id).
-   */
   /** The version of this upstream's ring that holds `value` (by fingerprint), or null: what a failed rotation left. */
   async versionOf(upstreamId: string, value: string): Promise<VersionView | null> {
     const upstream = this.staticUpstream(upstreamId);
@@ -257,6 +250,13 @@ export class KeyRings {
     return entry?.versions.find((v) => upstream.fingerprints.matches(value, v.fingerprint)) ?? null;
   }
 
+  /**
+   * Rotates to a new value: adds it, sends the upstream's canary request with it, and switches traffic only
+   * if the canary answers 2xx; the versions it replaces stay usable as a fallback for the grace window.
+   * The rotation id (default: derived from the new key's fingerprint) makes a repeated call a no-op: the
+   * earlier rotation is answered, `repeated`, and nothing changes (rotating back to a key an earlier rotation
+   * switched to is such a call: roll back the later rotation, or give another rotation id).
+   */
   async rotate(upstreamId: string, value: string, options: { rotationId?: string; skipCanary?: boolean; actor: string }): Promise<RotationResult> {
     const upstream = this.staticUpstream(upstreamId);
     assertKeyValue(value);
