@@ -442,7 +442,8 @@ describe('failure and configuration', () => {
     const failing = new Proxy(memory, {
       get(target, name, receiver) {
         const value = Reflect.get(target, name, receiver) as unknown;
-        if (name !== 'set' || typeof value !== 'function') return typeof value === 'function' ? value.bind(target) : value;
+        // Every write a revocation makes: `set` (a session's mark), `raise` (a user's, only ever raised).
+        if ((name !== 'set' && name !== 'raise') || typeof value !== 'function') return typeof value === 'function' ? value.bind(target) : value;
         return (key: string, ...rest: unknown[]) =>
           broken && key.startsWith('rev:') ? Promise.reject(new StoreUnavailableError('memory')) : (value as (...args: unknown[]) => unknown).call(target, key, ...rest);
       },
