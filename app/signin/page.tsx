@@ -8,7 +8,7 @@ export const dynamic = 'force-dynamic';
 /** Messages for Auth.js's `?error=` codes (https://authjs.dev/reference/core/errors); anything else is generic. */
 const ERRORS: Record<string, string> = {
   CredentialsSignin: 'Wrong username or password.',
-  AccessDenied: 'The identity provider did not let you in.',
+  AccessDenied: 'The identity provider did not let you in, or the account it names cannot be used here (ask your administrator).',
   OAuthCallbackError: 'The identity provider sent you back with an error. Try again.',
   Configuration: 'Sign-in is not configured correctly on the server.',
   MissingCSRF:

@@ -9,6 +9,7 @@ import { storeFailed } from './auth-store';
 import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
 import { LOCAL_SUBJECT_PREFIX, currentLocalUser } from '@/lib/core/users/file';
+import { USER_ID } from '@/lib/core/session/provider-sessions';
 
 /**
  * Cookie settings per DESIGN.md: the session cookie is `__Host-`, Secure, HttpOnly, SameSite=Strict,
@@ -115,6 +116,16 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
       },
     },
     callbacks: {
+      // A provider's account id becomes the user id `<provider>:<sub>`, by which admins revoke sessions and read
+      // usage (printable ASCII, at most 300 characters: USER_ID). One outside that (a sub that is not ASCII, which
+      // OIDC Core forbids, or longer than its 255) is refused here rather than signed in for good as a user no
+      // admin could act on: the sign-in page says AccessDenied.
+      signIn({ account }) {
+        if (!account || account.provider === 'credentials') return true;
+        if (USER_ID.test(`${account.provider}:${account.providerAccountId}`)) return true;
+        runtime.logger.warn({ provider: account.provider }, "sign-in refused: the provider's account id (sub) is not printable ASCII of at most 255 characters");
+        return false;
+      },
       // Runs at sign-in (user/account set) and on every session read. Tokens from the provider are not
       // copied into the JWT: the cookie only says who the user is.
       async jwt({ token, user, account, profile }) {

@@ -32,6 +32,22 @@ test('OIDC: sign in at the real provider with login and consent, roles from its 
   expect(JSON.parse((await page.getByTestId('body').textContent()) ?? '')).toEqual({ id: '7', name: 'Item 7', price: 42 });
 });
 
+test('OIDC: an account whose sub is not ASCII is refused at sign-in (no admin could act on it), and the page says so', async ({ page, env }) => {
+  await page.goto('/');
+  await page.getByTestId('sign-in').click();
+  await page.getByRole('button', { name: `Sign in with ${env.oidcProviderName}` }).click();
+  await page.locator('#idp-username').fill(env.oidc.nonAsciiAccount.username);
+  await page.locator('#idp-password').fill(env.oidc.nonAsciiAccount.password);
+  await page.locator('#idp-login').click();
+  await page.locator('#idp-allow').click();
+  // Back from the provider, refused by Keyward: its own sign-in page, with the reason, and no session.
+  await expect(page).toHaveURL(/\/signin\?error=AccessDenied/);
+  await expect(page.getByTestId('sign-in-error')).toContainText('cannot be used here');
+  expect((await browserFetch(page, '/api/session')).status).toBe(401);
+  await page.goto('/');
+  await expect(page.getByText('You are not signed in.')).toBeVisible();
+});
+
 test('OIDC: a wrong password at the provider does not come back signed in', async ({ page, env }) => {
   await page.goto('/');
   await page.getByTestId('sign-in').click();
