@@ -244,10 +244,10 @@ export class KeyRings {
   }
 
   /** The version of this upstream's ring that holds `value` (by fingerprint), or null: what a failed rotation left. */
-  async versionOf(upstreamId: string, value: string): Promise<VersionView | null> {
+  async versionOf(upstreamId: string, value: string): Promise<KeyVersion | null> {
     const upstream = this.staticUpstream(upstreamId);
-    const entry = (await this.list()).find((e) => e.upstream === upstreamId);
-    return entry?.versions.find((v) => upstream.fingerprints.matches(value, v.fingerprint)) ?? null;
+    const { versions } = await this.current(upstream);
+    return versions.find((v) => upstream.fingerprints.matches(value, v.fingerprint)) ?? null;
   }
 
   /**
