@@ -53,18 +53,15 @@ export class QueueDeadlineDispatcher extends Dispatcher {
       return true;
     }
     this.waiting.set(origin, count + 1);
-    let gone = false;
-    const left = () => {
-      if (gone) return;
-      gone = true;
+    const deadline = new QueueDeadline(handler as LegacyHandler, ms, () => {
       const now = (this.waiting.get(origin) ?? 1) - 1;
       if (now > 0) this.waiting.set(origin, now);
       else this.waiting.delete(origin);
-    };
+    });
     try {
-      return this.inner.dispatch(options, new QueueDeadline(handler as LegacyHandler, ms, left) as Dispatcher.DispatchHandler);
+      return this.inner.dispatch(options, deadline as Dispatcher.DispatchHandler);
     } catch (error) {
-      left(); // refused before it was queued (a closed dispatcher, bad options)
+      deadline.leave(); // refused before it was queued (a closed dispatcher, bad options)
       throw error;
     }
   }
@@ -116,7 +113,8 @@ class QueueDeadline implements LegacyHandler {
     this.timer.unref();
   }
 
-  private leave() {
+  /** The call left the queue: counted once, however many of onConnect, onError and a refused dispatch say so. */
+  leave() {
     this.left?.();
     this.left = null;
   }
