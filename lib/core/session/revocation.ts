@@ -64,11 +64,11 @@ export class SessionRevocations {
 
   async revokeUserUndoably(userId: string): Promise<RevocationUndo> {
     const key = detectorRevocationKey(userId);
-    const mark = String(Math.floor(this.now())); // whole ms, as Date.now() (a test's clock may not be)
+    const at = Math.floor(this.now()); // whole ms, as Date.now() (a test's clock may not be)
     const previous = await guard(() => this.store.get(key));
     // A later mark already there (an instance whose clock is ahead) stays, and there is nothing of ours to undo.
-    const raised = await guard(() => this.store.raise(key, Number(mark), this.maxSessionAgeMs + 60_000));
-    return raised ? [{ key, mark, previous }] : [];
+    const raised = await guard(() => this.store.raise(key, at, this.maxSessionAgeMs + 60_000));
+    return raised ? [{ key, mark: String(at), previous }] : [];
   }
 
   /** Takes back the marks an undoable revocation set, each only if it still holds the value it set. */
