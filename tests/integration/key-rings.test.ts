@@ -309,6 +309,16 @@ async function admin(
   return { status: flat.status, json: JSON.parse(flat.body) as Record<string, unknown> };
 }
 
+/** A ring whose instance `a` rotated to a managed key `fresh` (label 'new'), which now serves. */
+async function rotatedToManaged() {
+  const r = await ring();
+  const a = await r.runtime();
+  const fresh = newKey(r.server, 'new');
+  r.server.accept('old', 'new');
+  expect((await a.keyRings.rotate('svc', fresh, { actor: 'x' })).state).toBe('switched');
+  return { r, a, fresh };
+}
+
 /** A ring seen by two instances (runtimes) sharing its Redis prefix, and two keys its upstream accepts. */
 async function twoInstancesTwoKeys() {
   const s = await ring();
@@ -1192,11 +1202,7 @@ describe('managed versions need the vault and are sealed at rest', () => {
   });
 
   it('a seal made before seals were bound to their entry still opens, and is sealed again bound to it', async () => {
-    const r = await ring();
-    const a = await r.runtime();
-    const fresh = newKey(r.server, 'new');
-    r.server.accept('old', 'new');
-    expect((await a.keyRings.rotate('svc', fresh, { actor: 'x' })).state).toBe('switched');
+    const { r, a, fresh } = await rotatedToManaged();
     const entry = `keyval:svc:${managedId(fresh)}`;
     const vault = new Vault(vaultSecret);
     const legacy = await vault.seal({ value: fresh, id: managedId(fresh) });
@@ -1210,11 +1216,7 @@ describe('managed versions need the vault and are sealed at rest', () => {
   });
 
   it('instances that cannot open the sealed version fail closed (503), never with another key', async () => {
-    const r = await ring();
-    const a = await r.runtime();
-    const fresh = newKey(r.server, 'new');
-    r.server.accept('old', 'new');
-    expect((await a.keyRings.rotate('svc', fresh, { actor: 'x' })).state).toBe('switched');
+    const { r, a } = await rotatedToManaged();
     const noVault = await r.runtime({ vault: null });
     const otherVault = await r.runtime({ vault: randomSecret('othervault') });
     const mark = r.server.calls.length;
