@@ -80,26 +80,33 @@ export class Alerts {
     const at = this.now();
     const id = `al_${randomUUID()}`;
     const { userId } = decision.subject;
+    // The alert, with everything its undo needs, is stored before any mark is set: a store that fails part-way
+    // leaves either nothing done or an alert an admin can undo, never a suspension or revocation without one.
     let revocations: RevocationUndo = [];
     const marks: Array<{ key: string; value: string; previous: string | null }> = [];
     // The value a mark replaces is kept for the undo: undoing this alert leaves an earlier one's mark in force.
-    const setMark = async (key: string, value: string, ttlMs?: number) => {
-      const previous = await guard(() => this.store.get(key));
-      await guard(() => this.store.set(key, value, ttlMs));
-      marks.push({ key, value, previous });
+    const planMark = async (key: string, value: string, ttlMs?: number) => {
+      marks.push({ key, value, previous: await guard(() => this.store.get(key)) });
+      return () => guard(() => this.store.set(key, value, ttlMs));
     };
+    let act = async () => {};
     let expiresAt: string | undefined;
     if (userId !== undefined) {
       if (decision.action === 'throttle') {
         const mark: ThrottleMark = { limit: throttle.limit, windowSeconds: throttle.windowSeconds, alertId: id };
         const ttlMs = throttle.forMinutes * 60_000;
-        await setMark(throttleKey(userId), JSON.stringify(mark), ttlMs);
+        act = await planMark(throttleKey(userId), JSON.stringify(mark), ttlMs);
         expiresAt = new Date(at + ttlMs).toISOString();
       } else if (decision.action === 'reauth') {
-        revocations = await this.revocations.revokeSessionsUndoably(decision.sessionIds ?? []);
+        revocations = this.revocations.planSessionsRevocation(decision.sessionIds ?? [], `detector:${id}`);
+        act = () => this.revocations.revokeAsPlanned(revocations);
       } else if (decision.action === 'revoke') {
-        revocations = await this.revocations.revokeUserUndoably(userId);
-        await setMark(suspensionKey(userId), id);
+        revocations = await this.revocations.planUserRevocation(userId);
+        const suspend = await planMark(suspensionKey(userId), id);
+        act = async () => {
+          await this.revocations.revokeAsPlanned(revocations);
+          await suspend();
+        };
       }
     }
     const alert: Alert = {
@@ -116,6 +123,7 @@ export class Alerts {
     const undo: UndoRecord = { revocations, marks };
     await guard(() => this.store.set(`alert:${id}`, JSON.stringify({ alert, undo }), this.retentionMs));
     await guard(() => this.store.append(STREAM, id, at, this.retentionMs));
+    await act();
     await this.audit.recordAdmin({
       action: `detector.${decision.action}`,
       actor: 'detector',

@@ -50,25 +50,31 @@ export class SessionRevocations {
   }
 
   /**
-   * Revocations that can be undone (the anomaly detector's, lib/core/detect). Each returns the marks it set, and
-   * `restore` removes a mark only while it is still the one set: an undo never brings back a session revoked by
-   * anyone else (a sign-out already there is kept as it is: setIfAbsent), nor one revoked again since.
+   * Revocations that can be undone (the anomaly detector's, lib/core/detect), in two steps so that the detector
+   * can store its alert, with the undo, before any mark is set: a `plan` names each mark to set and what it
+   * replaces, then `revokeAsPlanned` sets them. `restore` removes a mark only while it is still the one planned,
+   * so an undo never brings back a session revoked by anyone else (a sign-out already there is kept as it is:
+   * setIfAbsent), nor one revoked again since, and an entry whose mark was never set (already revoked, or the
+   * store failed first) changes nothing.
    */
-  async revokeSessionsUndoably(sessionIds: readonly string[]): Promise<RevocationUndo> {
-    const mark = `detector:${this.now()}`;
-    const ttl = this.maxSessionAgeMs + 60_000;
-    const keys = sessionIds.flatMap((id) => [`rev:sid:${id}`, hashedRevocationKey(hashSessionId(id))]);
-    const set = await Promise.all(keys.map((key) => guard(() => this.store.setIfAbsent(key, mark, ttl))));
-    return keys.filter((_, i) => set[i]).map((key) => ({ key, mark }));
+  planSessionsRevocation(sessionIds: readonly string[], mark: string): RevocationUndo {
+    return sessionIds.flatMap((id) => [`rev:sid:${id}`, hashedRevocationKey(hashSessionId(id))]).map((key) => ({ key, mark, previous: null }));
   }
 
-  async revokeUserUndoably(userId: string): Promise<RevocationUndo> {
+  async planUserRevocation(userId: string): Promise<RevocationUndo> {
     const key = detectorRevocationKey(userId);
     const at = Math.floor(this.now()); // whole ms, as Date.now() (a test's clock may not be)
-    const previous = await guard(() => this.store.get(key));
-    // A later mark already there (an instance whose clock is ahead) stays, and there is nothing of ours to undo.
-    const raised = await guard(() => this.store.raise(key, at, this.maxSessionAgeMs + 60_000));
-    return raised ? [{ key, mark: String(at), previous }] : [];
+    return [{ key, mark: String(at), previous: await guard(() => this.store.get(key)) }];
+  }
+
+  async revokeAsPlanned(plan: RevocationUndo): Promise<void> {
+    const ttl = this.maxSessionAgeMs + 60_000;
+    await Promise.all(
+      plan.map(({ key, mark }) =>
+        // A later mark already there (an instance whose clock is ahead) stays: the detector's are only ever raised.
+        key.startsWith(detectorRevocationKey('')) ? guard(() => this.store.raise(key, Number(mark), ttl)) : guard(() => this.store.setIfAbsent(key, mark, ttl)),
+      ),
+    );
   }
 
   /** Takes back the marks an undoable revocation set, each only if it still holds the value it set. */

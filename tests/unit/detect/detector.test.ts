@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import type { Alert } from '../../../lib/core/detect/alerts';
+import type { Alert, Decision } from '../../../lib/core/detect/alerts';
 import { suspensionKey, throttleKey } from '../../../lib/core/detect/marks';
 import type { ProxyEvent } from '../../../lib/core/pipeline';
+import { MemoryStore } from '../../../lib/store/memory';
 import { DAY_MS, MINUTE_MS, START, event, setup } from '../../fixtures/detector';
 
 /**
@@ -320,6 +321,41 @@ describe('anomaly detector', () => {
     await alerts.undo(second!.id, 'local:root');
     // Not the first alert's marks put back (it was undone): what was in force before both, nothing.
     expect(await revocations.isRevoked(before)).toBe(false);
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+  });
+
+  it('a store failing part-way through a revocation leaves nothing in force that no alert lists: no action, or one an admin can undo', async () => {
+    // A real in-memory store whose writes to the keys named in `failing` throw, as a Redis that drops a command.
+    const failing = new Set<string>();
+    class FailingStore extends MemoryStore {
+      override async set(key: string, value: string, ttlMs?: number) {
+        if ([...failing].some((prefix) => key.startsWith(prefix))) throw new Error('store unreachable');
+        return super.set(key, value, ttlMs);
+      }
+    }
+    const { clock, store, revocations, alerts } = setup({}, (now) => new FailingStore(now));
+    clock.now = START;
+    const decision: Decision = { rule: 'decoy', action: 'revoke', reason: 'decoy key used', subject: { userId: 'local:ada' }, evidence: {} };
+    const throttle = { limit: 1, windowSeconds: 60, forMinutes: 15 };
+    const earlier = { userId: 'local:ada', sessionId: 'earlier', authTime: START - 60_000 };
+
+    // The alert cannot be stored: nothing is done.
+    failing.add('alert:');
+    await expect(alerts.apply(decision, throttle)).rejects.toThrow();
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+    expect(await revocations.isRevoked(earlier)).toBe(false);
+    expect((await alerts.list({ limit: 10 })).alerts).toEqual([]);
+
+    // The alert is stored, then the suspension cannot be: the alert is listed, and its undo ends what was done.
+    failing.clear();
+    failing.add('det:suspend:');
+    await expect(alerts.apply(decision, throttle)).rejects.toThrow();
+    expect(await revocations.isRevoked(earlier)).toBe(true);
+    const [listed] = (await alerts.list({ limit: 10 })).alerts;
+    expect(listed).toMatchObject({ action: 'revoke', state: 'active', subject: { userId: 'local:ada' } });
+    failing.clear();
+    await alerts.undo(listed!.id, 'local:root');
+    expect(await revocations.isRevoked(earlier)).toBe(false);
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
