@@ -69,11 +69,15 @@ export function UndoAlert(props: UndoProps) {
       submit={undo}
     >
       <p>{lifts(props)}</p>
-      {userId !== null && (
-        <p className="small muted">
-          The detector then takes what <code>{userId}</code> did as normal for them: it starts over from the first step, with their current rates as the
-          baselines. The undo is recorded in the audit trail with you as the actor.
-        </p>
+      {dismiss ? (
+        <p className="small muted">The dismissal is recorded in the audit trail with you as the actor.</p>
+      ) : (
+        userId !== null && (
+          <p className="small muted">
+            The detector then takes what <code>{userId}</code> did as normal for them: it starts over from the first step, with their current rates as
+            the baselines. The undo is recorded in the audit trail with you as the actor.
+          </p>
+        )
       )}
     </ActionDialog>
   );

@@ -212,8 +212,8 @@ export class Alerts {
       return this.undo(id, actor);
     }
     // Every instance's detector learns of the undo before its next step for this user (`forgivenAt`).
-    if (alert.subject.userId !== undefined) {
-      await guard(() => this.store.set(forgivenKey(alert.subject.userId!), String(this.now()), this.retentionMs));
+    if (forgives(alert)) {
+      await guard(() => this.store.set(forgivenKey(alert.subject.userId), String(this.now()), this.retentionMs));
     }
     await this.audit.recordAdmin({
       action: 'detector.undo',
@@ -224,6 +224,15 @@ export class Alerts {
     });
     return undone;
   }
+}
+
+/**
+ * Whether undoing this alert says the user is fine, so the detector starts over for them. Dismissing an alert that
+ * took no step (a decoy seen as content, which anyone can get into an honest user's request) does not: an
+ * anomaly of theirs under way escalates on.
+ */
+export function forgives(alert: Alert): alert is Alert & { subject: { userId: string } } {
+  return alert.action !== 'alert' && alert.subject.userId !== undefined;
 }
 
 /** An alert as it stands at `now`: an active throttle whose mark has expired reads as `expired`. */

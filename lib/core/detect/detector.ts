@@ -1,7 +1,7 @@
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import type { ProxyEvent } from '../pipeline';
-import type { Alert, AlertAction, AlertRule, Alerts, Decision } from './alerts';
+import { forgives, type Alert, type AlertAction, type AlertRule, type Alerts, type Decision } from './alerts';
 import { RateBaseline, RecentSet, RouteMemory } from './baseline';
 import type { DetectorConfig } from './config';
 import type { DecoyHit, SecuritySignals } from './signals';
@@ -180,8 +180,7 @@ export class Detector implements SecuritySignals {
    * their next escalation (`Alerts.forgivenAt`).
    */
   forget(alert: Alert): void {
-    const userId = alert.subject.userId;
-    const state = userId === undefined ? undefined : this.users.get(userId);
+    const state = forgives(alert) ? this.users.get(alert.subject.userId) : undefined;
     if (state) forgive(state, this.now());
   }
 

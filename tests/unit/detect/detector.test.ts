@@ -324,6 +324,29 @@ describe('anomaly detector', () => {
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
+  it('dismissing an alert that took no action (a decoy as content) does not forgive an anomaly under way: it escalates on', async () => {
+    const { clock, alerts, detector, actions } = setup();
+    let at = steadyDay((t, e) => {
+      clock.now = t;
+      detector.observe(e);
+    }, START);
+    const burst = async (until: (seen: Alert[]) => boolean) => {
+      for (let i = 0; i < 5_000 && !until(await actions()); i++) {
+        at += MINUTE_MS / 70;
+        clock.now = at;
+        detector.observe(event({ sessionId: 'sess-2', clientIp: '198.51.100.20' }));
+      }
+    };
+    await burst((seen) => seen.length > 0);
+    detector.decoyHit({ kind: 'credential', decoyId: 'dk_1', where: 'body', userId: 'local:ada', sessionId: 'sess-2', ip: '198.51.100.20', upstream: 'openai', route: '/v1/chat/completions', requestId: 'req-d' });
+    const [throttled, content] = await actions();
+    expect([throttled!.action, content!.action]).toEqual(['throttle', 'alert']);
+    // What POST /api/admin/alerts/<id>/undo does (lib/core/api/alerts.ts).
+    detector.forget(await alerts.undo(content!.id, 'local:root'));
+    await burst((seen) => seen.length > 2);
+    expect((await actions()).map((a) => a.action)).toEqual(['throttle', 'alert', 'reauth']);
+  });
+
   it('a store failing part-way through a revocation leaves nothing in force that no alert lists: no action, or one an admin can undo', async () => {
     // A real in-memory store whose writes to the keys named in `failing` throw, as a Redis that drops a command.
     const failing = new Set<string>();
