@@ -121,7 +121,15 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
   });
   proxy.on('error', (error, _req, target) => {
     if (target && released.has(target)) return; // an unanswered upgrade let go on purpose (above)
-    getLogger().error({ err: error.name, code: (error as NodeJS.ErrnoException).code }, 'Next.js process unreachable');
+    const code = (error as NodeJS.ErrnoException).code;
+    if (!isResponse(target) && code === 'ECONNRESET') {
+      // Next closes a handshake on a path no WebSocket handler serves (a page) without an answer: what the client
+      // asked for, not an outage, and anyone may ask it as often as they like. Closed here too, as `next start` does.
+      getLogger().debug({ code }, 'Next.js closed a WebSocket handshake it does not serve');
+      target?.destroy();
+      return;
+    }
+    getLogger().error({ err: error.name, code }, 'Next.js process unreachable');
     if (isResponse(target) && !target.headersSent) {
       target.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' });
       target.end('Bad gateway: the Next.js process did not answer.\n');

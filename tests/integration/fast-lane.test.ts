@@ -62,6 +62,18 @@ async function auditRecord(requestId: string | null): Promise<Record<string, unk
   return undefined;
 }
 
+/** Writes one raw request on a new connection and reads what comes back until the server closes it. */
+async function rawExchange(request: string): Promise<string> {
+  const socket = connect(lane.port, '127.0.0.1');
+  await once(socket, 'connect');
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  socket.on('error', () => {});
+  socket.write(request);
+  await once(socket, 'close');
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 function errorCode(response: RawResponse): string | undefined {
   try {
     return (JSON.parse(response.body) as { error?: { code?: string } }).error?.code;
@@ -405,18 +417,6 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     expect(upstream.requests.length).toBe(before);
   });
 
-  /** Writes one raw request on a new connection and reads what comes back until the server closes it. */
-  async function rawExchange(request: string): Promise<string> {
-    const socket = connect(lane.port, '127.0.0.1');
-    await once(socket, 'connect');
-    const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('error', () => {});
-    socket.write(request);
-    await once(socket, 'close');
-    return Buffer.concat(chunks).toString('utf8');
-  }
-
   it('a request target that is no valid URL (an absolute form with port 99999, `*`) fails that request only, never the process', async () => {
     const upgrade = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n';
     const send = (target: string, extra = '') => rawExchange(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\n${extra}Connection: close\r\n\r\n`);
@@ -512,6 +512,19 @@ describe('Next runs in a process of its own', () => {
     await expect.poll(() => sockets(nextPid), { timeout: 15_000, interval: 500 }).toBeLessThanOrEqual(nextBefore);
     await expect.poll(() => sockets(lane.pid), { timeout: 15_000, interval: 500 }).toBeLessThanOrEqual(laneBefore);
   }, 40_000);
+
+  it('a WebSocket handshake on a page, which Next closes unanswered, is not logged as Next being unreachable', async () => {
+    const seen = lane.output().length;
+    for (let i = 0; i < 3; i++) {
+      const answer = await rawExchange(
+        `GET /signin HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+      );
+      expect(answer).not.toMatch(/^HTTP\/1\.1 101 /);
+    }
+    expect(lane.output().slice(seen)).not.toContain('Next.js process unreachable');
+    // Still served: the page, and the proxy.
+    expect((await raw(lane, 'GET', '/signin', { cookie: '' })).status).toBe(200);
+  });
 
   it('/api/metrics is answered by the fast lane, which counts the calls it served', async () => {
     const scrape = async () => {
