@@ -110,7 +110,7 @@ async function serveMetrics(
   // HEAD is answered as GET without the body, as Next answers it for a route that exports GET. Any other method
   // is 405 from the handler, which reads no body: it is handed POST, a method every Request accepts.
   const head = req.method === 'HEAD';
-  const request = new Request(origin + (req.url ?? METRICS_PATH), { method: head || req.method === 'GET' ? 'GET' : 'POST', headers });
+  const request = new Request(origin + (req.url ?? METRICS_PATH), { method: head || req.method === 'GET' ? req.method : 'POST', headers });
   const response = await handleMetrics(request, runtime);
   await writeResponse(head ? new Response(null, response) : response, res, siteHeaders);
 }

@@ -549,6 +549,14 @@ describe('Next runs in a process of its own', () => {
     const refused = await fetch(`${lane.url}/api/metrics`);
     expect(refused.status).toBe(401);
     expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('unauthenticated');
+    // HEAD as GET without the body, through both doors (Next runs a route's GET for HEAD); other methods 405.
+    for (const server of [lane, handlers]) {
+      const head = await fetch(`${server.url}/api/metrics`, { method: 'HEAD', headers: { authorization: `Bearer ${metricsToken}` } });
+      expect([server === lane ? 'lane' : 'handlers', head.status]).toEqual([server === lane ? 'lane' : 'handlers', 200]);
+      expect(await head.text()).toBe('');
+      const post = await fetch(`${server.url}/api/metrics`, { method: 'POST', headers: { authorization: `Bearer ${metricsToken}` } });
+      expect(post.status).toBe(405);
+    }
   });
 
   it("/api/metrics merges in what Next's process counted: a decoy put as one's own key (PUT /api/keys, served by Next) revokes there", async () => {

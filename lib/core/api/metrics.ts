@@ -15,7 +15,8 @@ export function handleMetrics(request: Request, runtime: MetricsRuntime): Promis
   return apiHandler(runtime, async () => {
     const expected = runtime.settings.KEYWARD_METRICS_TOKEN;
     if (!expected) throw new KeywardError('route_not_found');
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    // HEAD too: Next runs a route's GET for it (and sends no body), as the fast lane does.
+    if (request.method !== 'GET' && request.method !== 'HEAD') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD' } });
     if (!tokenMatches(request.headers.get('authorization'), expected)) {
       throw new KeywardError('unauthenticated', {
         message: 'Send the metrics token: Authorization: Bearer <KEYWARD_METRICS_TOKEN>.',
