@@ -9,6 +9,7 @@ import { createInterface } from 'node:readline';
 import { dirname, relative, resolve, sep } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../lib/core/config/error';
+import { argsProblem } from '../lib/node/args';
 import {
   buildUpstream,
   importableOperations,
@@ -63,9 +64,9 @@ export async function importCommand(args: readonly string[], io: ImportIo): Prom
       },
     });
   } catch (error) {
-    const code = (error as { code?: unknown } | null)?.code;
-    if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) throw error;
-    return usage((error as Error).message);
+    const problem = argsProblem(error);
+    if (problem === null) throw error;
+    return usage(problem);
   }
   const { values, positionals } = parsed;
   if (positionals.length !== 1) return usage('import takes one OpenAPI document');

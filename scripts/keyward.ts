@@ -24,6 +24,7 @@ import { auditFilter } from '../lib/core/api/admin';
 import { keyAdmin } from '../lib/core/keys/admin';
 import type { KeyVersion, Rotation, RotationResult, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
+import { argsProblem } from '../lib/node/args';
 import { fastLaneProblems } from '../lib/node/runtime';
 import { hashPassword } from '../lib/core/users/password';
 import { appendDecoy, readDecoysFile } from '../lib/core/detect/decoys';
@@ -282,10 +283,9 @@ function options<T>(parse: () => T, usage: string): T | null {
   try {
     return parse();
   } catch (error) {
-    const code = (error as { code?: unknown } | null)?.code;
-    if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) throw error;
-    // parseArgs names the option, never its value.
-    process.stderr.write(`keyward: ${(error as Error).message}\n`);
+    const problem = argsProblem(error);
+    if (problem === null) throw error;
+    process.stderr.write(`keyward: ${problem}\n`);
     usageError(usage);
     return null;
   }

@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { shownName } from '@/lib/core/config/error';
 
 export interface ServeOptions {
   readonly port: number;
@@ -31,7 +32,7 @@ export function readServeOptions(args: readonly string[], env: Readonly<Record<s
       },
     }));
   } catch (error) {
-    throw new UsageError(error instanceof Error ? error.message : String(error));
+    throw new UsageError(argsProblem(error) ?? String(error));
   }
   const port = integer(values.port ?? env.PORT ?? '3000', values.port !== undefined ? '--port' : env.PORT !== undefined ? 'PORT' : 'port');
   if (port > 65_535) throw new UsageError(`${values.port !== undefined ? '--port' : 'PORT'} must be a port number (0–65535), not ${port}`);
@@ -44,4 +45,16 @@ export function readServeOptions(args: readonly string[], env: Readonly<Record<s
 function integer(text: string, name: string): number {
   if (!/^\d+$/.test(text.trim())) throw new UsageError(`${name} must be a non-negative integer, not "${text}"`);
   return Number(text.trim());
+}
+
+/**
+ * What parseArgs found wrong with a command line, or null for an error of another kind. Its messages quote the
+ * argument, which may be a key pasted in the wrong place (`npm start sk-…`, `-- --sk-…`): an unexpected
+ * positional argument is not shown, and a quoted option is shown by the config errors' rule (`shownName`).
+ */
+export function argsProblem(error: unknown): string | null {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) return null;
+  if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return 'Unexpected argument (not shown): this command takes options only';
+  return (error as Error).message.replace(/'([^'\n]*)'/g, (_whole, quoted: string) => `'${shownName(quoted)}'`);
 }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { readServeOptions, UsageError } from '../../../lib/node/args';
+import { parseArgs } from 'node:util';
+import { argsProblem, readServeOptions, UsageError } from '../../../lib/node/args';
 
 describe('readServeOptions (what next start accepts)', () => {
   it('defaults: port 3000, every interface, Node\'s keep-alive', () => {
@@ -16,7 +17,7 @@ describe('readServeOptions (what next start accepts)', () => {
   it('refuses what it does not understand, naming it', () => {
     for (const [args, env, named] of [
       [['--turbo'], {}, '--turbo'],
-      [['next-app'], {}, 'next-app'],
+      [['next-app'], {}, 'Unexpected argument'],
       [['-p', '80a'], {}, '--port'],
       [['-p', '65536'], {}, '--port'],
       [[], { PORT: 'http' }, 'PORT'],
@@ -25,5 +26,32 @@ describe('readServeOptions (what next start accepts)', () => {
       expect(() => readServeOptions([...args], env), args.join(' ')).toThrow(UsageError);
       expect(() => readServeOptions([...args], env), args.join(' ')).toThrow(named);
     }
+  });
+
+  it('never prints an argument that may be a key pasted in the wrong place (the CLI reads its errors the same way)', () => {
+    const key = 'sk-live-4f9Qx2LmZp8RtV7nKc3WbJ6yHd1Ge5Sa';
+    for (const args of [[key], ['--port', '3000', key], [`--${key}`], [`--${key}=1`], ['--', key]]) {
+      let message = '';
+      try {
+        readServeOptions(args, {});
+      } catch (error) {
+        message = (error as Error).message;
+      }
+      expect(message, args.join(' ')).not.toBe('');
+      expect(message, args.join(' ')).not.toContain('4f9Qx2');
+    }
+    // A short positional argument is not shown either (no option is named so, and it could be a short key).
+    expect(() => readServeOptions(['q8Zr2Kd9'], {})).toThrow('Unexpected argument (not shown)');
+    expect(() => readServeOptions(['q8Zr2Kd9'], {})).not.toThrow('q8Zr2Kd9');
+    // A short option name is still named, and an error of another kind is not parseArgs's.
+    expect(() => readServeOptions(['--turbo'], {})).toThrow("Unknown option '--turbo'");
+    let caught: unknown;
+    try {
+      parseArgs({ args: ['--json=1'], options: { json: { type: 'boolean' } } });
+    } catch (error) {
+      caught = error;
+    }
+    expect(argsProblem(caught)).toBe("Option '--json' does not take an argument");
+    expect(argsProblem(new Error('other'))).toBeNull();
   });
 });
