@@ -89,6 +89,51 @@ test('mobile sign-in: signed out, the browser signs in first and then sees the c
   await expect(page.getByRole('heading', { name: 'Sign in to an app?' })).toBeVisible();
 });
 
+test('mobile sign-in: signed out, the browser signs in through the OIDC provider (another site) and comes back to the consent page', async ({
+  page,
+  env,
+}) => {
+  const { path, verifier } = authorizePath('st-oidc');
+  await page.goto(path);
+  await expect(page).toHaveURL(/\/signin/);
+  await page.getByRole('button', { name: `Sign in with ${env.oidcProviderName}` }).click();
+  await expect(page).toHaveURL(new RegExp(`^${env.oidc.issuer.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/interaction/`));
+  await page.locator('#idp-username').fill(env.oidc.account.username);
+  await page.locator('#idp-password').fill(env.oidc.account.password);
+  await page.locator('#idp-login').click();
+  await page.locator('#idp-allow').click();
+  // Back from another site: the browser sends no Strict cookie and says cross-site, so Keyward's own page takes it
+  // the last step (same-origin), and only because this browser started the request (a cookie of the start).
+  await expect(page.getByRole('heading', { name: 'Sign in to an app?' })).toBeVisible();
+  await expect(page.getByText(env.oidc.account.username)).toBeVisible();
+  const callback = await answer(page, 'Allow');
+  expect(callback.searchParams.get('state')).toBe('st-oidc');
+  const tokens = await page.request.post('/api/session/token', {
+    form: { grant_type: 'authorization_code', code: callback.searchParams.get('code')!, code_verifier: verifier, redirect_uri: MOBILE_REDIRECT_URI, client_id: 'com.example.keyward' },
+  });
+  expect(tokens.status()).toBe(200);
+});
+
+test('a web page cannot start a mobile sign-in for the user, even after the app started one in this browser', async ({ page, env }) => {
+  // The app starts one (signed out: off to the sign-in page, which leaves the start's cookie).
+  await page.goto(authorizePath('st-app').path);
+  await expect(page).toHaveURL(/\/signin/);
+  await signInLocal(page, env.localUser.username, env.localUser.password);
+  // Another site links to the authorization endpoint with a request of its own: refused, not redirected.
+  const other = `http://127.0.0.1:${new URL(env.appUrl).port}`;
+  const { path } = authorizePath('st-cross');
+  await page.goto(`${other}/signin`);
+  await page.evaluate((href) => {
+    const link = document.createElement('a');
+    link.href = href;
+    link.textContent = 'go';
+    document.body.append(link);
+  }, `${env.appUrl}${path}`);
+  const [response] = await Promise.all([page.waitForResponse((r) => r.url().includes('/api/session/mobile/authorize')), page.getByText('go', { exact: true }).click()]);
+  expect(response.status()).toBe(403);
+  expect(await response.json()).toMatchObject({ error: 'access_denied' });
+});
+
 test('the consent page explains a request it cannot use instead of offering to allow it', async ({ page, env }) => {
   await signInLocal(page, env.localUser.username, env.localUser.password);
   await page.goto(`/authorize?${new URLSearchParams({ redirect_uri: 'com.evil.app:/cb', code_challenge_method: 'S256' })}`);

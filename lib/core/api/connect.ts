@@ -12,7 +12,8 @@ import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
 import { StoreUnavailableError } from '../../store/types';
 import { requireAdmin } from './admin';
-import { apiHandler, json, requireSession } from './guard';
+import { bounceResponse } from './bounce';
+import { apiHandler, json, readCookie, requireSession } from './guard';
 
 /**
  * Connected accounts over HTTP (README "Connected accounts"):
@@ -119,14 +120,8 @@ export function handleConnectCallback(request: Request, providerId: string, runt
     const [beforeHash, hash = ''] = returnTo.split(/#(.*)/s, 2) as [string, string?];
     const result = new URLSearchParams(outcome.ok ? { connected: providerId } : { connect_error: outcome.error, connect_provider: providerId });
     const target = `${beforeHash}${beforeHash.includes('?') ? '&' : '?'}${result}${hash ? `#${hash}` : ''}`;
-    const headers = new Headers({
-      'content-type': 'text/html; charset=utf-8',
-      'content-security-policy': "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-      'x-content-type-options': 'nosniff',
-      ...NO_STORE,
-    });
-    headers.append('set-cookie', `${bindingCookie(providerId)}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax`);
-    return new Response(bouncePage(target), { status: 200, headers });
+    const headers = new Headers({ 'set-cookie': `${bindingCookie(providerId)}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax` });
+    return bounceResponse(target, headers);
   });
 }
 
@@ -179,27 +174,4 @@ export function handleAdminUserConnections(request: Request, userId: string, run
       throw new KeywardError('bad_request', { message: 'Not a user id.' });
     return json({ userId, connections: runtime.connections ? await runtime.connections.list(userId) : [] });
   });
-}
-
-/** A page that sends the browser on to `path` (same origin, built by Keyward), with a link if refresh is off. */
-function bouncePage(path: string): string {
-  // Only ever a path on this site (see isLocalPath); anything else goes home.
-  const href = escapeHtml(isLocalPath(path) ? path : '/');
-  return `<!doctype html><html><head><meta charset="utf-8"><meta name="referrer" content="no-referrer"><meta http-equiv="refresh" content="0;url=${href}"><title>Keyward</title></head><body><p><a href="${href}">Continue</a></p></body></html>`;
-}
-
-function escapeHtml(value: string): string {
-  return value.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-/** One cookie's value from the Cookie header (the first of that name), or null. */
-function readCookie(request: Request, name: string): string | null {
-  for (const part of (request.headers.get('cookie') ?? '').split(';')) {
-    const index = part.indexOf('=');
-    if (index > 0 && part.slice(0, index).trim() === name) {
-      const value = part.slice(index + 1).trim();
-      return value === '' ? null : value;
-    }
-  }
-  return null;
 }

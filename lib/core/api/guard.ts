@@ -79,3 +79,15 @@ export async function readCappedText(
   if (size > maxBytes) throw tooLarge();
   return Buffer.concat(chunks).toString('utf8');
 }
+
+/** One cookie's value from the Cookie header (the first of that name), or null. */
+export function readCookie(request: Request, name: string): string | null {
+  for (const part of (request.headers.get('cookie') ?? '').split(';')) {
+    const index = part.indexOf('=');
+    if (index > 0 && part.slice(0, index).trim() === name) {
+      const value = part.slice(index + 1).trim();
+      return value === '' ? null : value;
+    }
+  }
+  return null;
+}

@@ -1,3 +1,4 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { DpopError, requestHtu } from '../dpop/proof';
 import { KeywardError } from '../errors';
 import {
@@ -11,7 +12,8 @@ import { OAuthError, oauthErrorBody, oauthErrorResponse, toOAuthError } from '..
 import type { TokenResponse } from '../mobile/tokens';
 import type { Runtime } from '../runtime';
 import { MAX_ACCESS_TOKEN_LENGTH } from '../session/verify';
-import { apiHandler, readCappedText, readJsonObject } from './guard';
+import { bounceResponse } from './bounce';
+import { apiHandler, readCappedText, readCookie, readJsonObject } from './guard';
 
 /**
  * The native-app token exchange speaks OAuth 2.0 (RFC 6749 with PKCE, RFC 7636; discovery at
@@ -50,6 +52,9 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
     // redirected, so it cannot even open the app.
     const site = request.headers.get('sec-fetch-site');
     if (site === 'cross-site' || site === 'same-site') {
+      // Back from signing in at an identity provider (another site): the browser says cross-site and sends no
+      // Strict session cookie. It started this very request (RESUME_COOKIE), so a page of this site takes it on.
+      if (request.method === 'GET' && resumes(request)) return resumePage(request);
       throw new OAuthError(
         'access_denied',
         'The authorization request must come from the app opening the browser, not from a web page.',
@@ -62,8 +67,9 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
     const session = await runtime.verifySession(request);
     if (!session || session.via !== 'cookie') {
       // The GET's own URL; after a consent POST (signed out since the page was shown), the request starts over there.
-      const back = `${new URL(request.url).pathname}?${query}`;
-      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`, undefined, status);
+      const back = `${AUTHORIZE_PATH}?${query}`;
+      const resume = `${RESUME_COOKIE}=${resumeValue(query)}; Path=/; Max-Age=${RESUME_SECONDS}; HttpOnly; Secure; SameSite=Lax`;
+      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`, undefined, status, resume);
     }
     if (consent === null && needsConsent(client.redirectUri)) return redirect(`${CONSENT_PAGE}?${query}`);
     if (consent?.decision === 'deny') {
@@ -78,6 +84,34 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
     if (client) return redirect(callbackLocation(client, oauthErrorBody(oauthError), issuer), requestId, status);
     return oauthErrorResponse(oauthError, requestId);
   }
+}
+
+/**
+ * The request a signed-out browser was sent to sign in for (a hash of its parameters), set on that redirect. Lax,
+ * so it comes back with the identity provider's redirect (a cross-site top-level GET), which the session cookie
+ * (Strict) does not; and it is the browser's own: a page of another site can neither set it nor read it, so it
+ * cannot start a request of its own this way, only send back the one this browser started.
+ */
+const RESUME_COOKIE = '__Host-keyward.mobile-resume';
+/** As long as a sign-in may take (Auth.js's own state and PKCE cookies last 15 minutes). */
+const RESUME_SECONDS = 900;
+
+function resumeValue(query: URLSearchParams): string {
+  return createHash('sha256').update(String(query)).digest('base64url');
+}
+
+function resumes(request: Request): boolean {
+  const cookie = readCookie(request, RESUME_COOKIE);
+  if (cookie === null) return false;
+  const expected = Buffer.from(resumeValue(new URL(request.url).searchParams));
+  const given = Buffer.from(cookie);
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+/** A page of this site that requests the same URL again (same-origin, with the session cookie); the cookie is spent. */
+function resumePage(request: Request): Response {
+  const headers = new Headers({ 'set-cookie': `${RESUME_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax` });
+  return bounceResponse(`${AUTHORIZE_PATH}?${new URL(request.url).searchParams}`, headers);
 }
 
 /** The page that asks the user before an app that cannot prove who it is gets a code (app/authorize/page.tsx). */
@@ -367,8 +401,9 @@ function logFailure(error: OAuthError, runtime: Pick<Runtime, 'logger'>): string
   return requestId;
 }
 
-function redirect(location: string, requestId?: string, status: 302 | 303 = 302): Response {
+function redirect(location: string, requestId?: string, status: 302 | 303 = 302, cookie?: string): Response {
   const headers = new Headers({ location, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
   if (requestId) headers.set('x-request-id', requestId);
+  if (cookie) headers.set('set-cookie', cookie);
   return new Response(null, { status, headers });
 }
