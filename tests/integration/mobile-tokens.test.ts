@@ -888,6 +888,25 @@ describe('POST /api/session/token: refresh_token', () => {
     expect(third.status).toBe(200);
   });
 
+  it('an app sign-in ends KEYWARD_MOBILE_REFRESH_TTL (30 days) after the code exchange, however often it is refreshed', async () => {
+    const DAY = 86_400_000;
+    const started = clock;
+    try {
+      let tokens = await signInApp();
+      for (const day of [10, 20, 29]) {
+        clock = started + day * DAY;
+        const result = await refresh(tokens.refresh_token);
+        expect(result.status, `day ${day}`).toBe(200);
+        tokens = result.json<Tokens>();
+      }
+      // The token from day 29 would have lived to day 59; the family ends at day 30, and the app signs in again.
+      clock = started + 30 * DAY + 1_000;
+      expect(expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant')).toContain('sign in again');
+    } finally {
+      clock = started;
+    }
+  });
+
   it('REUSE of an old refresh token → invalid_grant, and the whole family is revoked at once', async () => {
     const first = await signInApp();
     const other = await signInApp(); // another sign-in of the same user: its own family

@@ -49,6 +49,8 @@ interface CodeRecord extends Grant {
 
 interface RefreshRecord extends Grant {
   family: string;
+  /** When the family began (the code exchange, ms): it ends `refreshTtlSeconds` after, however often refreshed. */
+  startedAt?: number;
   clientId?: string | null;
   /** The JWK thumbprint of the DPoP key the family is bound to (RFC 9449 §5); absent: not bound. */
   jkt?: string | null;
@@ -86,6 +88,7 @@ export const MOBILE_CAPS = {
 const VERIFIER = /^[A-Za-z0-9._~-]{43,128}$/;
 
 const NO_SUCH_USER = 'The user this grant was issued to no longer exists, or their password has changed since.';
+const FAMILY_ENDED = 'This app sign-in is older than KEYWARD_MOBILE_REFRESH_TTL: sign in again in the app.';
 const TOO_LONG = "This user's roles and claims do not fit in an app access token: map fewer of them into the session.";
 
 const hash = (value: string) => createHash('sha256').update(value, 'utf8').digest('base64url');
@@ -174,12 +177,13 @@ export class MobileTokens {
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
     const family = opaque('kwf');
-    const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null);
+    const startedAt = this.now();
+    const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null, startedAt);
     // A new family is a new sign-in of the app (a refresh continues one): listed once, by its id's hash.
     await this.sessionIndex?.record(grant.sub, {
       sessionId: family,
       kind: 'mobile',
-      expiresAt: this.now() + this.settings.refreshTtlSeconds * 1000,
+      expiresAt: startedAt + this.settings.refreshTtlSeconds * 1000,
       authTime: grant.authTime,
       roles: grant.roles,
       passwordVersion: grant.pwv ?? null,
@@ -203,6 +207,9 @@ export class MobileTokens {
     const record = JSON.parse(raw) as RefreshRecord;
     const familySession = { sessionId: record.family, userId: record.sub, authTime: record.authTime };
     if (await this.revocations.isRevoked(familySession)) throw new KeywardError('invalid_grant');
+    // A record from before families had an end began no later than the sign-in it carries.
+    const startedAt = record.startedAt ?? record.authTime;
+    if (this.familyEnd(startedAt) <= this.now()) throw new KeywardError('invalid_grant', { message: FAMILY_ENDED });
     if (clientId !== null && clientId !== (record.clientId ?? null)) {
       throw new KeywardError('invalid_grant', { message: 'The refresh token was issued to another client_id.' });
     }
@@ -234,7 +241,16 @@ export class MobileTokens {
       this.logger.info({ userId: record.sub, family: record.family }, 'mobile refresh refused: local user no longer exists or has a new password; token family revoked');
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
-    return this.issue(grant, record.family, record.clientId ?? null, boundTo ?? jkt);
+    return this.issue(grant, record.family, record.clientId ?? null, boundTo ?? jkt, startedAt);
+  }
+
+  /**
+   * A family ends `refreshTtlSeconds` after it began, not after its last refresh: what an OIDC user's tokens say
+   * (roles from the provider at sign-in) is never older than that, and "sign out everywhere" marks, kept as long
+   * as a family can live, outlast every family they revoke.
+   */
+  private familyEnd(startedAt: number): number {
+    return startedAt + this.settings.refreshTtlSeconds * 1000;
   }
 
   /**
@@ -292,7 +308,7 @@ export class MobileTokens {
   }
 
   /** Tokens for the grant; with `jkt`, both bound to that DPoP key (the access token's `cnf.jkt`, RFC 9449 §6). */
-  private async issue(grant: Grant, family: string, clientId: string | null, jkt: string | null): Promise<TokenResponse> {
+  private async issue(grant: Grant, family: string, clientId: string | null, jkt: string | null, startedAt: number): Promise<TokenResponse> {
     const now = this.now();
     const claims: BearerClaims = {
       typ: 'keyward.session',
@@ -320,9 +336,10 @@ export class MobileTokens {
       throw new KeywardError('invalid_grant', { message: TOO_LONG });
     }
     const refreshToken = opaque('kwr');
-    const record: RefreshRecord = { ...grant, family, clientId, ...(jkt === null ? {} : { jkt }) };
+    const record: RefreshRecord = { ...grant, family, clientId, startedAt, ...(jkt === null ? {} : { jkt }) };
+    // Each rotated refresh token lives to the family's end (at least 1 s: the caller checked it is ahead).
     await guard(() =>
-      this.store.set(`mrt:${hash(refreshToken)}`, JSON.stringify(record), this.settings.refreshTtlSeconds * 1000),
+      this.store.set(`mrt:${hash(refreshToken)}`, JSON.stringify(record), Math.max(this.familyEnd(startedAt) - now, 1_000)),
     );
     return {
       access_token: accessToken,
