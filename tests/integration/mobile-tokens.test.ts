@@ -612,7 +612,11 @@ describe('POST /api/session/token: authorization_code', () => {
     expect(body.refresh_token).toMatch(/^kwr_/);
     expect(body.access_token).toMatch(/^Fe26\.2\*/);
     expect(findLeak(body.access_token, [sessionSecrets.AUTH_SECRET, sessionSecrets.KEYWARD_SESSION_SECRET])).toBeNull();
+    expect((await proxy(body.access_token)).result.status).toBe(200);
     expectOAuthError(await exchange(code, verifier), 400, 'invalid_grant');
+    // A code used twice was copied: the tokens it gave are revoked (RFC 9700 §4.2.4), on their next request.
+    expectError((await proxy(body.access_token)).result, 401, 'unauthenticated');
+    expectOAuthError(await refresh(body.refresh_token), 400, 'invalid_grant');
   });
 
   it('two concurrent exchanges of one code: exactly one gets tokens', async () => {

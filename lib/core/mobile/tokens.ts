@@ -75,6 +75,8 @@ export interface TokenResponse {
 }
 
 const CODE_TTL_MS = 60_000;
+/** How long a spent code is known by the family it made (a replay later than this is merely unknown). */
+const SPENT_CODE_TTL_MS = 10 * 60_000;
 /**
  * Bounds, per user, on what requests can make Keyward store (each code is kept a minute; each new sign-in and
  * each refresh keeps a refresh record for the refresh lifetime): far above what apps do (a sign-in now and then;
@@ -150,7 +152,16 @@ export class MobileTokens {
   async exchangeCode(exchange: CodeExchange): Promise<TokenResponse> {
     const key = `mcode:${hash(exchange.code)}`;
     const raw = await guard(() => this.store.get(key));
-    if (!raw) throw new KeywardError('invalid_grant');
+    if (!raw) {
+      // A code exchanged before and presented again was copied: the sign-in it made ends (RFC 9700 §4.2.4
+      // / OAuth 2.1 §4.1.3: a server should revoke the tokens issued from a code used twice).
+      const spent = await guard(() => this.store.get(`mcode-spent:${hash(exchange.code)}`));
+      if (spent !== null) {
+        await this.revokeFamily(spent);
+        this.logger.warn({ family: spent }, 'authorization code used again: the token family it made is revoked');
+      }
+      throw new KeywardError('invalid_grant');
+    }
     const record = JSON.parse(raw) as CodeRecord;
     // Before the code is spent: a sign-in refused for the bound can be retried with the same code.
     await capPerWindow(this.store, `mfam:started:${record.sub}`, {
@@ -179,6 +190,8 @@ export class MobileTokens {
     const family = opaque('kwf');
     const startedAt = this.now();
     const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null, startedAt);
+    // Remembered for a while after the code's own minute, to know a second use of it (above).
+    await guard(() => this.store.set(`mcode-spent:${hash(exchange.code)}`, family, SPENT_CODE_TTL_MS));
     // A new family is a new sign-in of the app (a refresh continues one): listed once, by its id's hash.
     await this.sessionIndex?.record(grant.sub, {
       sessionId: family,
