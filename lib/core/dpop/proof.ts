@@ -16,8 +16,13 @@ import type { DpopNonces } from './nonce';
 
 /** How far a proof's `iat` may be from the server's clock, either way (seconds): clock skew and transit. */
 export const IAT_LEEWAY_S = 60;
-/** How long a proof's `jti` is remembered: longer than any proof is acceptable for (iat ± the leeway). */
-export const JTI_TTL_MS = (2 * IAT_LEEWAY_S + 10) * 1000;
+/** How far apart instances' clocks may be while a replay is still refused on every one of them (seconds). */
+export const MAX_CLOCK_SKEW_S = 300;
+/**
+ * How long a proof's `jti` is remembered: longer than any instance accepts the proof (iat ± the leeway, on each
+ * instance's own clock, so the time the proof is good for somewhere spans the leeway twice plus their skew).
+ */
+export const JTI_TTL_MS = (2 * IAT_LEEWAY_S + MAX_CLOCK_SKEW_S + 10) * 1000;
 
 const MAX_PROOF_CHARS = 8192;
 /** A compact JWS: three base64url parts. Two `DPoP` headers arrive joined by ", " and fail here (§4.3 check 1). */

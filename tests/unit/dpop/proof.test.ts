@@ -47,6 +47,19 @@ describe('DpopProofs.verify', () => {
     },
   );
 
+  it('a replay is refused on another instance whose clock is behind, past the time the proof is good for on the first', async () => {
+    let time = Date.now();
+    const store = new MemoryStore(() => time);
+    const first = new DpopProofs(store, () => time);
+    const behind = new DpopProofs(store, () => time - 20_000); // an instance 20 s behind (within MAX_CLOCK_SKEW_S)
+    const key = await dpopKey();
+    // A device whose clock is ahead: its proof is good on the first instance now, on the other for longer.
+    const proof = await dpopProof(key, 'GET', URL_, { accessToken: TOKEN, iat: Math.floor(time / 1000) + IAT_LEEWAY_S - 1 });
+    await first.verify(proof, expectations);
+    time += (2 * IAT_LEEWAY_S + 12) * 1000; // no longer good on the first instance; still on the one behind
+    expect((await refusal(() => behind.verify(proof, expectations))).message).toMatch(/already used/);
+  });
+
   it('records the jti: the same proof a second time is refused (and is remembered longer than any proof lives)', async () => {
     const { proofs: verifier, store } = proofs();
     const key = await dpopKey();
