@@ -528,6 +528,10 @@ describe('gemini preset', () => {
       withPart({ fileData: { fileUri: 'gs://bucket/someone-elses.pdf' } }),
       { ...body, tools: [{ fileSearch: { fileSearchStoreNames: ['fileSearchStores/someone-elses'] } }] },
       { ...body, systemInstruction: { parts: [{ fileData: { fileUri: 'files/someone-elses' } }] } },
+      // Both spellings in one object, a web page's first: each is looked at (which one Google keeps is its own affair).
+      withPart({ fileData: { fileUri: 'https://example.com/a.pdf', file_uri: 'https://generativelanguage.googleapis.com/v1beta/files/someone-elses' } }),
+      // A fully qualified host name is the same host.
+      withPart({ fileData: { fileUri: 'https://generativelanguage.googleapis.com./v1beta/files/someone-elses' } }),
     ]) {
       expect(errorCode(await call('gemini', '/models/gemini-test:generateContent', { body: sent, headers })), JSON.stringify(sent)).toBe('contract_violation');
     }

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { fieldNamed, modelsOption, namesStoredObject, outputTokensOption } from './shared';
+import { fieldsNamed, modelsOption, namesStoredObject, outputTokensOption } from './shared';
 
 /**
  * Google's Gemini API (https://ai.google.dev/api): `x-goog-api-key`, actions written after the model with a
@@ -28,12 +28,14 @@ const loose = z.unknown();
  * names are read both ways Google's APIs parse them (`fileData`, `file_data`).
  */
 function storedByName(record: Readonly<Record<string, unknown>>): boolean {
-  if (fieldNamed(record, 'cachedContent') || fieldNamed(record, 'fileSearch')) return true;
-  const uri = fieldNamed(record, 'fileUri')?.value;
-  if (uri === undefined) return false;
-  if (typeof uri !== 'string' || !URL.canParse(uri)) return true;
-  const url = new URL(uri);
-  return url.protocol !== 'https:' || url.hostname === 'googleapis.com' || url.hostname.endsWith('.googleapis.com');
+  if (fieldsNamed(record, 'cachedContent').length > 0 || fieldsNamed(record, 'fileSearch').length > 0) return true;
+  return fieldsNamed(record, 'fileUri').some((uri) => {
+    if (typeof uri !== 'string' || !URL.canParse(uri)) return true;
+    const url = new URL(uri);
+    // A fully qualified name (`googleapis.com.`) is the same host.
+    const host = url.hostname.replace(/\.$/, '');
+    return url.protocol !== 'https:' || host === 'googleapis.com' || host.endsWith('.googleapis.com');
+  });
 }
 
 const STORED = 'reads what is stored on the project by name (cachedContent, fileSearch, an uploaded file): not accepted';

@@ -46,14 +46,15 @@ export function namesStoredObject(value: unknown, names: (record: Readonly<Recor
 }
 
 /**
- * The value of `record`'s field of this name, read the way APIs that parse proto3 JSON (Google's) read names:
- * the lowerCamelCase name and the proto field name (`fileData`, `file_data`) are the same field. Undefined when
- * there is none.
+ * The values of `record`'s fields of this name, read the way APIs that parse proto3 JSON (Google's) read names:
+ * the lowerCamelCase name and the proto field name (`fileData`, `file_data`) are the same field. Every spelling
+ * present is returned (an object may hold two, and which one the API keeps is its own affair); empty when none.
  */
-export function fieldNamed(record: Readonly<Record<string, unknown>>, lowerCamel: string): { value: unknown } | undefined {
+export function fieldsNamed(record: Readonly<Record<string, unknown>>, lowerCamel: string): unknown[] {
   const wanted = lowerCamel.toLowerCase();
-  const key = Object.keys(record).find((name) => name.replaceAll('_', '').toLowerCase() === wanted);
-  return key === undefined ? undefined : { value: record[key] };
+  return Object.keys(record)
+    .filter((name) => name.replaceAll('_', '').toLowerCase() === wanted)
+    .map((name) => record[name]);
 }
 
 /** A route field stamped with the caller's user id, whatever the client sent. */
