@@ -600,8 +600,12 @@ describe('stripe preset', () => {
     expect((await call('stripe', '/payment_intents?limit=3&customer=cus_Victim', { headers: { cookie: customer } })).status).toBe(200);
     const listed = new URL(upstream.requests.at(-1)!.url, 'http://x');
     expect(listed.searchParams.getAll('customer')).toEqual(['cus_Mine123']);
-    // A session without the claim cannot reach customer-scoped routes at all.
+    // A session without the claim cannot reach customer-scoped routes at all; nor one whose claim is empty (Stripe
+    // reads `customer=` as no filter: the whole account's list).
     expect(errorCode(await call('stripe', '/payment_intents'))).toBe('forbidden');
+    const empty = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:no-customer', roles: ['user'], claims: { stripeCustomerId: '' } });
+    expect(errorCode(await call('stripe', '/payment_intents', { headers: { cookie: empty } }))).toBe('forbidden');
+    expect(upstream.requests.at(-1)!.url).toBe(listed.pathname + listed.search);
   });
 });
 

@@ -281,12 +281,15 @@ export function serializeQuery(values: QueryValues): URLSearchParams {
   return out;
 }
 
-/** Reads `userId` or `claims.<name>`. A missing claim fails closed: the route cannot be called without it. */
+/**
+ * Reads `userId` or `claims.<name>`. A missing or empty claim fails closed: the route cannot be called without it
+ * (an empty value stamped into a field is, to many APIs, no value: Stripe lists every customer's for `customer=`).
+ */
 export function sessionValue(session: Session, source: SessionValue): string {
   if (source === 'userId') return session.userId;
   const name = source.slice('claims.'.length);
   const value = Object.hasOwn(session.claims, name) ? session.claims[name] : undefined;
-  if (value === undefined) throw new KeywardError('forbidden', { message: 'Your session lacks a claim this route needs.' });
+  if (value === undefined || value === '') throw new KeywardError('forbidden', { message: 'Your session lacks a claim this route needs.' });
   return value;
 }
 
