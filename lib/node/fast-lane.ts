@@ -6,7 +6,7 @@ import { isRefusedMethod, proxyCall, refuseCall, type ProxyDeps } from '@/lib/co
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
 import { isDisguisedProxyPath, parseProxyPath, type ProxyPath } from './proxy-path';
-import { readHeaders, toRequest } from './request';
+import { headersOrNone, readHeaders, toRequest } from './request';
 import { writeResponse } from './response';
 
 export interface FastLaneOptions {
@@ -169,11 +169,3 @@ export function createConnectRefusal(deps: ProxyDeps, siteHeaders: readonly (rea
   };
 }
 
-/** The client's headers for a refusal's record (its address); none when fetch refuses one of them. */
-function headersOrNone(req: IncomingMessage): Headers {
-  try {
-    return readHeaders(req);
-  } catch {
-    return new Headers();
-  }
-}

@@ -65,3 +65,12 @@ function hasContent(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
   return length !== undefined && length !== '0';
 }
+
+/** The client's headers for a refusal's record (its address); none when fetch refuses one of them. */
+export function headersOrNone(req: IncomingMessage): Headers {
+  try {
+    return readHeaders(req);
+  } catch {
+    return new Headers();
+  }
+}

@@ -16,8 +16,8 @@ import {
 import { CLOSE, type CloseCause, type OpenSockets } from '@/lib/core/ws/sockets';
 import { currentLocalUser, type LocalUsers } from '@/lib/core/users/file';
 import type { WsTickets } from '@/lib/core/ws/tickets';
-import { parseProxyPath } from './proxy-path';
-import { readHeaders } from './request';
+import { isDisguisedProxyPath, parseProxyPath } from './proxy-path';
+import { headersOrNone, readHeaders } from './request';
 
 export interface UpgradeOptions {
   readonly deps: ProxyDeps & {
@@ -64,7 +64,15 @@ const SUBPROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 export function createUpgradeListener(options: UpgradeOptions) {
   const siteHeaders = options.siteHeaders ?? [];
   return (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    const proxyPath = parseProxyPath(req.url ?? '/');
+    const url = req.url ?? '/';
+    const proxyPath = parseProxyPath(url);
+    if (proxyPath === null && isDisguisedProxyPath(url)) {
+      // A path that is /api/proxy/… only once normalised: 400 bad_path, as the HTTP door answers it, never Next's.
+      socket.on('error', () => {});
+      const refusal = refuseCall(req.method ?? 'GET', headersOrNone(req), { upstream: '', path: [] }, options.deps, new KeywardError('bad_path'));
+      writeRaw(socket, refusal, siteHeaders).catch(() => socket.destroy());
+      return;
+    }
     if (proxyPath === null) {
       // Called inside the promise, so a synchronous throw closes this socket rather than ending the process.
       const next = options.next;
@@ -200,7 +208,12 @@ async function relay(
   // Its errors are handled where they matter (below, and in pipeSockets); none may go unheard and stop the process.
   upstream.on('error', () => {});
   const opened = await new Promise<KeywardError | null>((resolve) => {
-    upstream.once('open', () => resolve(null));
+    upstream.once('open', () => {
+      // ws emits the messages that came in the same read as the 101 at once, before anyone listens (an upstream
+      // that speaks first: OpenAI Realtime's `session.created`). Nothing is read until pipeSockets listens.
+      upstream.pause();
+      resolve(null);
+    });
     upstream.once('unexpected-response', (_request, response) => {
       response.resume();
       const status = response.statusCode ?? 0;
@@ -328,6 +341,10 @@ function pipeSockets(
       : end({ code: 1011, reason: '' }, 'error', null);
   client.on('error', onError);
   upstream.on('error', onError);
+  // Everything listens: what the upstream sent since its handshake is read now (in order, scrubbed). One that
+  // went away in the meantime (a reset while the client's handshake completed) ends the socket.
+  if (upstream.readyState !== WebSocket.OPEN) end({ code: 1011, reason: '' }, 'error', null);
+  else upstream.resume();
 }
 
 function closeSocket(socket: WebSocket, code: number, reason: string): void {

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
+import { rawRequest } from '../fixtures/raw-http';
 import { OAuthTokenStore } from '../../lib/core/credential/oauth';
 import { Vault } from '../../lib/core/vault/seal';
 import { SqliteStore } from '../../lib/store/sqlite';
@@ -60,7 +61,12 @@ beforeAll(async () => {
       return req.headers['x-api-key'] === wsKey || req.headers.authorization === `Bearer ${oauthToken}`;
     },
   });
-  upstreamWss.on('connection', (socket) => {
+  upstreamWss.on('connection', (socket, req) => {
+    // An upstream that speaks first, as OpenAI Realtime does (`session.created`): both frames leave at once.
+    if (req.url?.includes('greet=1')) {
+      socket.send('session.created');
+      socket.send(`second, with the key ${wsKey}`);
+    }
     socket.on('message', (data, binary) => {
       const text = data.toString();
       if (text === 'key') socket.send(`the key is ${wsKey}, base64 ${Buffer.from(wsKey).toString('base64')}`);
@@ -257,6 +263,33 @@ describe('WebSocket upgrades through the fast lane', () => {
         .find(Boolean);
     await expect.poll(recordOf).toBeDefined();
     expect(recordOf()!.scrubberHits).toBeGreaterThanOrEqual(3); // the text, the binary message, the close reason
+  });
+
+  it("what the upstream sends as soon as it accepts (OpenAI Realtime's session.created) reaches the client, scrubbed", async () => {
+    const cookie = await cookieFor('oidc:alice');
+    for (let i = 0; i < 10; i++) {
+      // Listening from the start: the client's own first messages may come in the same read as its 101.
+      const socket = new WebSocket(`${wsUrl}/api/proxy/rt/realtime?greet=1`, { headers: { cookie, ...sameOrigin() } });
+      const messages: string[] = [];
+      socket.on('message', (data: Buffer) => messages.push(data.toString('utf8')));
+      await once(socket, 'open');
+      socket.send('ping');
+      await expect.poll(() => messages.length).toBe(3);
+      expect(messages).toEqual(['session.created', 'second, with the key [REDACTED]', 'ping']);
+      socket.close(1000);
+      await closed(socket);
+    }
+  });
+
+  it('an upgrade on a path that is /api/proxy/… only once normalised is 400 bad_path, as on the HTTP door, never handed to Next', async () => {
+    const before = handshakes.length;
+    const upgrade = { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' };
+    for (const path of ['/x/../api/proxy/rt/realtime', '/api\\proxy/rt/realtime', '/api/%2e/proxy/rt/realtime']) {
+      const answer = await rawRequest(lane.port, 'GET', path, { ...upgrade, cookie: await cookieFor('oidc:alice'), ...sameOrigin() });
+      expect([path, answer.status]).toEqual([path, 400]);
+      expect((JSON.parse(answer.body) as { error: { code: string } }).error.code).toBe('bad_path');
+    }
+    expect(handshakes.length).toBe(before);
   });
 
   it('passes the offered subprotocols to the upstream and its choice back', async () => {
