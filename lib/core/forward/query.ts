@@ -11,7 +11,8 @@ const EDGE_JUNK = /^[\s\x00-\x1f\x7f]+|[\s\x00-\x1f\x7f]+$/g;
 /**
  * The name a lenient parser could take this one for: percent-decoded once more (URLSearchParams has decoded
  * once; some frameworks decode twice), cut at a NUL (C strings end there), trimmed of whitespace and control
- * characters, without an array or object suffix (`name[]`, `name[0]`, `name[a][b]`: PHP, Rails, qs), with
+ * characters, without an array or object suffix (`name[]`, `name[0]`, `name[a][b]`: PHP, Rails, qs) or brackets
+ * around it (`[name]`: qs; `]name`, `name]`: Rack), with
  * PHP's folding to `_`, Unicode-compatibility normalised (NFKC: full-width letters) and
  * case-folded both ways (so `ſ` and the Kelvin sign match `s` and `k`, as Java's equalsIgnoreCase has it).
  */
@@ -20,6 +21,11 @@ export function queryParamKey(name: string): string {
   const nul = key.indexOf('\0');
   if (nul !== -1) key = key.slice(0, nul);
   key = key.replace(EDGE_JUNK, '');
+  // qs reads `[name]` (no parent before the brackets) as `name`; Rack 2 skips leading `[` and `]`, and ends a
+  // name at its first `]` (`name]` is `name`).
+  key = key.replace(/^[[\]]+/, '');
+  const close = key.indexOf(']');
+  if (close !== -1 && !key.slice(0, close).includes('[')) key = key.slice(0, close).replace(EDGE_JUNK, '');
   const bracket = key.indexOf('[');
   if (bracket > 0 && key.includes(']', bracket)) key = key.slice(0, bracket).replace(EDGE_JUNK, '');
   // PHP turns `.`, spaces and an unclosed `[` in names into `_` (`api.key` arrives as `api_key`).
