@@ -21,6 +21,12 @@ export class UsageReader {
   private readonly chunks: Buffer[] = [];
   private size = 0;
   private overflow = false;
+  /** SSE: chunks before `head` are dropped (shifting each would cost the array's length), `chunks[head]` is at
+   * stream offset `start`; where events begin (after a blank line), and the last two bytes seen. */
+  private head = 0;
+  private start = 0;
+  private readonly eventStarts: number[] = [];
+  private before = [-1, -1];
   private readonly read: UsageRead;
   private readonly mode: 'json' | 'sse' | 'none';
 
@@ -38,15 +44,47 @@ export class UsageReader {
       this.overflow = true;
       this.chunks.length = 0;
     }
-    // SSE: drop whole chunks from the front while the rest still covers the tail.
-    while (this.mode === 'sse' && this.chunks.length > 1 && this.size - this.chunks[0]!.byteLength >= SSE_TAIL_BYTES) {
-      this.size -= this.chunks.shift()!.byteLength;
+    if (this.mode === 'sse') this.keepTail(chunk);
+  }
+
+  /**
+   * SSE: drops whole chunks from the front, keeping from the start of the event that holds the last SSE_TAIL_BYTES:
+   * the event with the usage may be long (OpenAI Responses' `response.completed` repeats the whole response, its
+   * instructions included), and one whose start was dropped would not parse. At most MAX_JSON_BYTES more is kept.
+   */
+  private keepTail(chunk: Uint8Array): void {
+    if (chunk.byteLength === 0) return;
+    const end = this.start + this.size;
+    const offset = end - chunk.byteLength;
+    // An event begins after `\n\n` or `\n\r\n` (result() splits on /\r?\n\r?\n/), found across chunk cuts too.
+    for (let i = chunk.indexOf(0x0a); i !== -1; i = chunk.indexOf(0x0a, i + 1)) {
+      const back1 = i >= 1 ? chunk[i - 1]! : this.before[1]!;
+      const back2 = i >= 2 ? chunk[i - 2]! : i === 1 ? this.before[1]! : this.before[0]!;
+      if (back1 === 0x0a || (back1 === 0x0d && back2 === 0x0a)) this.eventStarts.push(offset + i + 1);
     }
+    this.before = chunk.byteLength >= 2 ? [chunk[chunk.byteLength - 2]!, chunk[chunk.byteLength - 1]!] : [this.before[1]!, chunk[0]!];
+    let keepFrom = this.start;
+    for (const at of this.eventStarts) {
+      if (at > end - SSE_TAIL_BYTES) break;
+      keepFrom = at;
+    }
+    keepFrom = Math.max(keepFrom, end - SSE_TAIL_BYTES - MAX_JSON_BYTES);
+    while (this.chunks.length - this.head > 1 && this.start + this.chunks[this.head]!.byteLength <= keepFrom) {
+      const dropped = this.chunks[this.head++]!.byteLength;
+      this.start += dropped;
+      this.size -= dropped;
+    }
+    if (this.head >= 1024 && this.head * 2 >= this.chunks.length) {
+      this.chunks.splice(0, this.head);
+      this.head = 0;
+    }
+    const stale = this.eventStarts.findIndex((at) => at >= keepFrom);
+    this.eventStarts.splice(0, stale === -1 ? this.eventStarts.length : stale);
   }
 
   result(): number | null {
     if (this.mode === 'none' || this.overflow) return null;
-    const text = Buffer.concat(this.chunks).toString('utf8');
+    const text = Buffer.concat(this.head === 0 ? this.chunks : this.chunks.slice(this.head)).toString('utf8');
     if (this.mode === 'json') return this.parse(text);
     // Events are separated by a blank line; an event's data is its `data:` lines joined with "\n"
     // (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).

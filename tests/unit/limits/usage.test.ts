@@ -151,6 +151,32 @@ describe('UsageReader: Server-Sent Events', () => {
     expect(reader.result()).toBeNull();
   });
 
+  it('keeps the whole last event with the usage however long it is (up to 1 MiB), wherever the chunks are cut', () => {
+    // OpenAI Responses' `response.completed` repeats the whole response, its instructions included (the usage is
+    // read here at this file's path, `usage.total_tokens`).
+    const completed = (instructions: string) => ({ type: 'response.completed', response: { instructions }, usage: { total_tokens: 7 } });
+    for (const size of [1_000, 70_000, 100_000, 900_000]) {
+      for (const cut of size > 100_000 ? [3, 16 * 1024, 100_003] : [1, 3, 16 * 1024, 100_003]) {
+        const reader = new UsageReader(TOKENS, 'text/event-stream');
+        const bytes = encoder.encode(sse(chunk('a'), ...Array.from({ length: 100 }, () => chunk('x'.repeat(1000))), completed('i'.repeat(size))));
+        for (let i = 0; i < bytes.length; i += cut) reader.push(bytes.subarray(i, i + cut));
+        expect(reader.result(), `${size} in ${cut}-byte chunks`).toBe(7);
+      }
+    }
+    // CRLF blank lines, cut between their bytes, too.
+    const crlf = encoder.encode(`data: {"x":"${'y'.repeat(70_000)}"}\r\n\r\ndata: {"usage":{"total_tokens":9},"pad":"${'p'.repeat(90_000)}"}\r\n\r\n`);
+    const reader = new UsageReader(TOKENS, 'text/event-stream');
+    for (let i = 0; i < crlf.length; i += 2) reader.push(crlf.subarray(i, i + 2));
+    expect(reader.result()).toBe(9);
+  });
+
+  it('keeps no more than 1 MiB past the tail: an event longer than that is not read', () => {
+    const reader = new UsageReader(TOKENS, 'text/event-stream');
+    const bytes = encoder.encode(sse({ usage: { total_tokens: 3 }, pad: 'p'.repeat(1_200_000) }));
+    for (let i = 0; i < bytes.length; i += 16 * 1024) reader.push(bytes.subarray(i, i + 16 * 1024));
+    expect(reader.result()).toBeNull();
+  });
+
   it('reads the last usage when the stream is one big chunk', () => {
     const text = sse(final(5)) + sse(chunk('x'.repeat(200_000))) + sse(final(6));
     expect(read('text/event-stream', [text])).toBe(6);
