@@ -168,4 +168,3 @@ export function createConnectRefusal(deps: ProxyDeps, siteHeaders: readonly (rea
     });
   };
 }
-
