@@ -85,7 +85,7 @@ export class UsageReader {
   result(): number | null {
     if (this.mode === 'none' || this.overflow) return null;
     const text = Buffer.concat(this.head === 0 ? this.chunks : this.chunks.slice(this.head)).toString('utf8');
-    if (this.mode === 'json') return this.parse(text);
+    if (this.mode === 'json') return this.parse(text, true);
     // Events are separated by a blank line; an event's data is its `data:` lines joined with "\n"
     // (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).
     const events = text.split(/\r?\n\r?\n/);
@@ -101,9 +101,21 @@ export class UsageReader {
     return null;
   }
 
-  private parse(text: string): number | null {
+  /**
+   * `body`: a whole JSON body, which may be an array of the API's answers (Gemini's `:streamGenerateContent`
+   * without `alt=sse` sends its chunks so): read from the last element that carries the usage, when the array
+   * itself does not.
+   */
+  private parse(text: string, body = false): number | null {
     try {
-      return this.read(JSON.parse(text));
+      const value: unknown = JSON.parse(text);
+      const units = this.read(value);
+      if (units !== null || !body || !Array.isArray(value)) return units;
+      for (let i = value.length - 1; i >= 0; i--) {
+        const found = this.read(value[i]);
+        if (found !== null) return found;
+      }
+      return null;
     } catch {
       return null;
     }

@@ -23,6 +23,15 @@ const sse = (...events: unknown[]) =>
   events.map((event) => `data: ${typeof event === 'string' ? event : JSON.stringify(event)}\n\n`).join('');
 
 describe('UsageReader: JSON responses', () => {
+  it("reads an array body from its last element that carries the field (Gemini's streamGenerateContent without alt=sse)", () => {
+    const gemini = { json: ['usageMetadata.candidatesTokenCount'] };
+    const chunks = [{ usageMetadata: { candidatesTokenCount: 5 } }, { text: 'x', usageMetadata: { candidatesTokenCount: 12 } }, { text: 'no usage' }];
+    expect(read('application/json', [JSON.stringify(chunks)], gemini)).toBe(12);
+    expect(read('application/json', [JSON.stringify([{ text: 'none' }])], gemini)).toBeNull();
+    // A path into the array itself is read first, as before.
+    expect(read('application/json', [JSON.stringify([{ usage: { total_tokens: 4 } }, { usage: { total_tokens: 9 } }])], { json: '0.usage.total_tokens' })).toBe(4);
+  });
+
   it('reads a numeric field by its dotted path', () => {
     expect(
       read('application/json', [JSON.stringify({ id: 'x', usage: { prompt_tokens: 5, total_tokens: 123 } })]),
