@@ -38,6 +38,7 @@ const LOOPBACK_REDIRECT = 'http://127.0.0.1:8765/callback';
 const APP_LINK = 'https://app.keyward.test/oauth/callback';
 const REDIRECTS = `${APP_REDIRECT}, ${LOOPBACK_REDIRECT}, ${APP_LINK}`;
 const ACCESS_TTL = 60;
+const OTHER_FRONT_END = 'https://shop.keyward.test';
 const ALICE = 'local:alice';
 
 let upstream: TestUpstream;
@@ -304,7 +305,8 @@ beforeAll(async () => {
   env = {
     ...sessionSecrets,
     SVC_KEY: serviceKey,
-    KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
+    // Another front end of the app may make API calls; it has no say in an app's sign-in (the consent form).
+    KEYWARD_ALLOWED_ORIGINS: `${APP_ORIGIN},${OTHER_FRONT_END}`,
     KEYWARD_MOBILE_ACCESS_TTL: String(ACCESS_TTL),
     // Local users' roles and claims are re-read at every exchange and refresh.
     KEYWARD_USERS_FILE: usersFile([
@@ -512,6 +514,7 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
   it.each([
     ['no Origin', { origin: null }],
     ['an Origin of another site', { origin: 'https://evil.example' }],
+    ['the Origin of another front end listed in KEYWARD_ALLOWED_ORIGINS', { origin: OTHER_FRONT_END }],
     ['Origin null (a sandboxed page)', { origin: 'null' }],
     ['Sec-Fetch-Site: cross-site', { site: 'cross-site' }],
   ])('a post with %s → 403 access_denied to the browser, never a code or a redirect', async (_name, options) => {

@@ -137,8 +137,9 @@ async function readConsent(
   request: Request,
   runtime: Runtime,
 ): Promise<{ params: URLSearchParams; decision: 'allow' | 'deny' }> {
+  // This site's own origin only: the front ends KEYWARD_ALLOWED_ORIGINS lists may call APIs, not answer for the user.
   const origin = request.headers.get('origin');
-  if (origin === null || origin === 'null' || !runtime.allowedOrigins.allows(origin, request)) {
+  if (origin === null || origin === 'null' || origin !== runtime.allowedOrigins.publicOrigin(request)) {
     throw new OAuthError('access_denied', 'The consent form must be posted from this site.');
   }
   if (!/^application\/x-www-form-urlencoded\b/i.test(request.headers.get('content-type') ?? '')) {
