@@ -934,7 +934,8 @@ function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError 
   }
   // The upstream answered, but not with a response that can be passed on: an unasked-for 100 or 101, a status
   // outside 100–999, a malformed head (undici's socket and parser errors say so).
-  if (name === 'HTTPParserError' || (code === 'UND_ERR_SOCKET' && BAD_HEAD.has((error as Error).message))) {
+  // A head past undici's size limit, too.
+  if (name === 'HTTPParserError' || code === 'UND_ERR_HEADERS_OVERFLOW' || (code === 'UND_ERR_SOCKET' && BAD_HEAD.has((error as Error).message))) {
     return new KeywardError('upstream_bad_response', { cause: error });
   }
   if (name === 'AbortError' || code === 'UND_ERR_ABORTED') {

@@ -107,6 +107,8 @@ describe('statuses a Response cannot carry', () => {
     ['a bare 100', 'HTTP/1.1 100 Continue\r\n\r\n'],
     ['status 1000', 'HTTP/1.1 1000 Odd\r\nContent-Length: 2\r\n\r\nhi'],
     ['status 42', 'HTTP/1.1 42 Odd\r\nContent-Length: 2\r\n\r\nhi'],
+    // Past undici's header size limit (Node's 16 KiB default): an answer that cannot be read, not an outage.
+    ['a 64 KiB header', `HTTP/1.1 200 OK\r\nX-Huge: ${'h'.repeat(64 * 1024)}\r\nContent-Length: 2\r\n\r\nhi`],
   ])('%s: 502 upstream_bad_response', async (_name, raw) => {
     h.upstream.handle(rawResponse(raw));
     const result = await h.call(['items', '1']);
