@@ -471,6 +471,23 @@ describe('everything else is served by Next', () => {
     expect((await fetch(`${lane.url}/api/session`)).status).toBe(401);
   });
 
+  it("HEAD on Keyward's read-only API routes is their GET without the body (Next runs a route's GET for HEAD)", async () => {
+    for (const [path, cookie] of [
+      ['/api/session', laneCookie],
+      ['/api/connections', laneCookie],
+      ['/api/admin/audit', adminCookie],
+      ['/api/admin/keys', adminCookie],
+      ['/api/admin/alerts', adminCookie],
+      ['/api/admin/usage', adminCookie],
+    ] as const) {
+      const head = await fetch(`${lane.url}${path}`, { method: 'HEAD', headers: { cookie, 'x-keyward-csrf': '1' } });
+      expect([path, head.status]).toEqual([path, 200]);
+      expect(await head.text()).toBe('');
+      // Still signed-in only.
+      expect([path, (await fetch(`${lane.url}${path}`, { method: 'HEAD' })).status]).toEqual([path, 401]);
+    }
+  });
+
   it('a sign-out in Next is seen by the fast lane on the next call (they share the store)', async () => {
     const cookie = await signIn(lane.url, 'alice', password);
     const ok = await fetch(`${lane.url}/api/proxy/echo/items/1`, { headers: { cookie, 'x-keyward-csrf': '1' } });

@@ -4,7 +4,7 @@ import { keyAdmin } from '../keys/admin';
 import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
 import type { Session } from '../session/session';
-import { apiHandler, json, readJsonObject, requireSession } from './guard';
+import { apiHandler, json, readJsonObject, requireRead, requireSession } from './guard';
 
 /** Admin routes: a session with the `admin` role (checked here, in the handler), CSRF rules as everywhere. */
 export async function requireAdmin(request: Request, runtime: Runtime): Promise<Session> {
@@ -21,7 +21,7 @@ function onlyFields(body: Record<string, unknown>, allowed: readonly string[]): 
 /** GET /api/admin/keys: every service key's versions (fingerprints, states, expiry warnings) and rotations. */
 export function handleKeyList(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     await requireAdmin(request, runtime);
     return json({ upstreams: await runtime.keyRings.list() });
   });
@@ -89,7 +89,7 @@ const MAX_EXPORT = 100_000;
  */
 export function handleAudit(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     await requireAdmin(request, runtime);
     const params = new URL(request.url).searchParams;
     const filter = auditFilter(params);

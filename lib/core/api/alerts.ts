@@ -1,7 +1,7 @@
 import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import { requireAdmin } from './admin';
-import { apiHandler, json } from './guard';
+import { apiHandler, json, requireRead } from './guard';
 
 /**
  * GET /api/admin/alerts: what the anomaly detector did, newest first (`limit` ≤ 200, `cursor` for the next page).
@@ -9,7 +9,7 @@ import { apiHandler, json } from './guard';
  */
 export function handleAlerts(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     await requireAdmin(request, runtime);
     const params = new URL(request.url).searchParams;
     for (const name of params.keys()) {

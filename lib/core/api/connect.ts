@@ -13,7 +13,7 @@ import { USER_ID } from '../session/provider-sessions';
 import { StoreUnavailableError } from '../../store/types';
 import { requireAdmin } from './admin';
 import { bounceResponse } from './bounce';
-import { apiHandler, json, readCookie, requireSession } from './guard';
+import { apiHandler, json, readCookie, requireRead, requireSession } from './guard';
 
 /**
  * Connected accounts over HTTP (README "Connected accounts"):
@@ -128,7 +128,7 @@ export function handleConnectCallback(request: Request, providerId: string, runt
 /** GET /api/connections: the caller's connections, and every provider they can connect to. */
 export function handleConnections(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     const session = await requireSession(request, runtime);
     const connections = runtime.connections;
     if (!connections) return json({ connections: [], providers: [] });
@@ -150,7 +150,8 @@ export function handleConnection(request: Request, providerId: string, runtime: 
     const session = await requireSession(request, runtime);
     connections.provider(providerId);
     switch (request.method) {
-      case 'GET': {
+      case 'GET':
+      case 'HEAD': {
         const view = (await connections.list(session.userId)).find((connection) => connection.provider === providerId);
         if (!view) throw new KeywardError('not_found', { message: 'You have no connection to this provider.' });
         return json(view);
@@ -160,7 +161,7 @@ export function handleConnection(request: Request, providerId: string, runtime: 
         return json({ provider: providerId, disconnected: true, revokedAtProvider: revoked });
       }
       default:
-        throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, DELETE' } });
+        throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD, DELETE' } });
     }
   });
 }
@@ -168,7 +169,7 @@ export function handleConnection(request: Request, providerId: string, runtime: 
 /** GET /api/admin/users/<userId>/connections: role admin; a user's connections with their status (never a token). */
 export function handleAdminUserConnections(request: Request, userId: string, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     await requireAdmin(request, runtime);
     if (!USER_ID.test(userId))
       throw new KeywardError('bad_request', { message: 'Not a user id.' });

@@ -91,3 +91,11 @@ export function readCookie(request: Request, name: string): string | null {
   }
   return null;
 }
+
+/**
+ * A read-only endpoint's methods: GET, and HEAD, which Next answers by running a route's GET and sending no body
+ * (and the fast lane the same way). Anything else is 405 with `Allow: GET, HEAD`.
+ */
+export function requireRead(request: Request): void {
+  if (request.method !== 'GET' && request.method !== 'HEAD') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD' } });
+}

@@ -20,7 +20,8 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
     }
     const keys = runtime.userKeys;
     switch (request.method) {
-      case 'GET': {
+      case 'GET':
+      case 'HEAD': {
         const info = await keys.describe(upstream.id, session.userId);
         if (!info) throw new KeywardError('credential_missing', { message: 'You have not stored a key for this upstream.' });
         return json(info);
@@ -46,7 +47,7 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
         return new Response(null, { status: 204, headers: { 'cache-control': 'private, no-store' } });
       }
       default:
-        throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, PUT, DELETE' } });
+        throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD, PUT, DELETE' } });
     }
   });
 }

@@ -3,7 +3,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { KeywardError } from '../errors';
 import type { KeyExpiry } from '../observe/metrics';
 import type { Runtime } from '../runtime';
-import { apiHandler } from './guard';
+import { apiHandler, requireRead } from './guard';
 
 export type MetricsRuntime = Pick<Runtime, 'settings' | 'metrics' | 'keyRings' | 'logger'>;
 
@@ -15,8 +15,7 @@ export function handleMetrics(request: Request, runtime: MetricsRuntime): Promis
   return apiHandler(runtime, async () => {
     const expected = runtime.settings.KEYWARD_METRICS_TOKEN;
     if (!expected) throw new KeywardError('route_not_found');
-    // HEAD too: Next runs a route's GET for it (and sends no body), as the fast lane does.
-    if (request.method !== 'GET' && request.method !== 'HEAD') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD' } });
+    requireRead(request);
     if (!tokenMatches(request.headers.get('authorization'), expected)) {
       throw new KeywardError('unauthenticated', {
         message: 'Send the metrics token: Authorization: Bearer <KEYWARD_METRICS_TOKEN>.',

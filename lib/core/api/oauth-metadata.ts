@@ -1,7 +1,7 @@
 import { KeywardError } from '../errors';
 import { authorizationServerMetadata } from '../mobile/metadata';
 import type { Runtime } from '../runtime';
-import { apiHandler } from './guard';
+import { apiHandler, requireRead } from './guard';
 
 /**
  * GET /.well-known/oauth-authorization-server (RFC 8414): how an OAuth client finds the mobile token exchange.
@@ -10,9 +10,7 @@ import { apiHandler } from './guard';
 export function handleOAuthMetadata(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
     if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
-    if (request.method !== 'GET' && request.method !== 'HEAD') {
-      throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD' } });
-    }
+    requireRead(request);
     // AUTH_URL's origin, or the trusted Host's (DESIGN.md "The public origin"); without either, there is no
     // issuer to state (fail closed; production refuses to start in that state anyway).
     const issuer = runtime.allowedOrigins.publicOrigin(request);

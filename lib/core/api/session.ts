@@ -1,6 +1,6 @@
 import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
-import { apiHandler, json } from './guard';
+import { apiHandler, json, requireRead } from './guard';
 
 /**
  * GET /api/session → 200 {user, roles, expiresAt} or 401; 503 `store_unavailable` when revocation cannot be
@@ -8,7 +8,7 @@ import { apiHandler, json } from './guard';
  */
 export function handleSession(request: Request, runtime: Pick<Runtime, 'verifySession' | 'logger'>): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     const session = await runtime.verifySession(request);
     if (!session) throw new KeywardError('unauthenticated');
     return json({ user: { id: session.userId, name: session.name }, roles: session.roles, expiresAt: new Date(session.expiresAt).toISOString() });

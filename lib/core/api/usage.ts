@@ -4,7 +4,7 @@ import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
 import { requireAdmin } from './admin';
-import { apiHandler, json } from './guard';
+import { apiHandler, json, requireRead } from './guard';
 
 /** Without `from`, a window of this many buckets ending at `to`: the last hour, day, or 30 days. */
 const DEFAULT_BUCKETS: Readonly<Record<Period, number>> = { minute: 60, hour: 24, day: 30 };
@@ -86,7 +86,7 @@ function window(params: { period: Period; from?: string; to?: string }, now: num
  */
 export function handleUsage(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     await requireAdmin(request, runtime);
     const params = parseParams(request, seriesParams);
     const { upstream, route, keyVersion, user } = params;
@@ -97,7 +97,7 @@ export function handleUsage(request: Request, runtime: Runtime): Promise<Respons
 /** GET /api/admin/usage/top?by=user|keyVersion|route|upstream&period&from&to&upstream&limit: the busiest, by calls. */
 export function handleUsageTop(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (request.method !== 'GET') throw new KeywardError('method_not_allowed', { headers: { allow: 'GET' } });
+    requireRead(request);
     await requireAdmin(request, runtime);
     const params = parseParams(request, topParams);
     const query = { ...window(params, Date.now()), by: params.by, limit: params.limit, upstream: params.upstream };
