@@ -155,6 +155,7 @@ describe('the fast lane proxies through the core', () => {
     // next.config.ts's site-wide headers, as Next adds them to route handlers' responses.
     expect(response.headers.get('x-frame-options')).toBe('DENY');
     expect(response.headers.get('referrer-policy')).toBe('no-referrer');
+    expect(response.headers.get('content-security-policy')).toBe("frame-ancestors 'none'; base-uri 'none'; object-src 'none'");
     expectNoLeak(`${JSON.stringify([...response.headers])}\n${text}`);
   });
 
@@ -462,6 +463,7 @@ describe('everything else is served by Next', () => {
     const page = await fetch(`${lane.url}/signin`);
     expect(page.status).toBe(200);
     expect(page.headers.get('content-type')).toContain('text/html');
+    expect(page.headers.get('content-security-policy')).toBe("frame-ancestors 'none'; base-uri 'none'; object-src 'none'");
     await page.text();
     const csrf = await fetch(`${lane.url}/api/auth/csrf`);
     expect(((await csrf.json()) as { csrfToken: string }).csrfToken).toEqual(expect.any(String));
