@@ -358,12 +358,26 @@ function slackUserToken(body: Record<string, unknown>): Record<string, unknown> 
   throw new ProviderRefusedError('no_user_token');
 }
 
+/** Ten years: a longer `expires_in` is read as this (an absurd one made the expiry Infinity, which no store keeps). */
+const MAX_EXPIRES_IN_S = 10 * 365 * 86_400;
+
+/**
+ * When the access token expires (ms), or 0 when the provider did not say. A negative `expires_in` has expired
+ * already (it is refreshed before its first use); 0, which no provider means as "expired", is read as unsaid.
+ */
+function expiryOf(expiresIn: number, now: number): number {
+  if (!Number.isFinite(expiresIn) || expiresIn === 0) return 0;
+  return expiresIn < 0 ? now : now + Math.min(expiresIn, MAX_EXPIRES_IN_S) * 1000;
+}
+
 function tokensFrom(body: Record<string, unknown>, now: number): GrantedTokens {
   if (typeof body.access_token !== 'string' || body.access_token === '')
     throw new Error('the token response has no access_token');
-  // A DPoP-bound token could not be used without the key that asked for it (Keyward sends none).
-  if (typeof body.token_type === 'string' && body.token_type.toLowerCase() === 'dpop')
-    throw new Error('the provider issued a DPoP-bound token');
+  // Keyward sends the token as a Bearer token: a DPoP-bound one could not be used without the key that asked for it
+  // (Keyward sends none), nor a token of another type (MAC). Slack calls its user tokens `user`.
+  const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : null;
+  if (type === 'dpop') throw new Error('the provider issued a DPoP-bound token');
+  if (type !== null && type !== 'bearer' && type !== 'user') throw new Error('the provider issued a token that is not a Bearer token');
   const expiresIn =
     typeof body.expires_in === 'number'
       ? body.expires_in
@@ -373,7 +387,7 @@ function tokensFrom(body: Record<string, unknown>, now: number): GrantedTokens {
   return {
     accessToken: body.access_token,
     refreshToken: typeof body.refresh_token === 'string' && body.refresh_token !== '' ? body.refresh_token : null,
-    expiresAt: Number.isFinite(expiresIn) && expiresIn > 0 ? now + expiresIn * 1000 : 0,
+    expiresAt: expiryOf(expiresIn, now),
     scopes: typeof body.scope === 'string' ? parseScopes(body.scope) : null,
   };
 }

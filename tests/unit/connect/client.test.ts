@@ -218,6 +218,38 @@ describe('any provider', () => {
     expect(error).not.toBeInstanceOf(OAuthGrantError);
   });
 
+  it('expires_in as sent, within reason: absurdly large is ten years, negative is expired now, 0 or absent is unsaid', async () => {
+    const now = Date.now();
+    const expiresAt = async (expires_in: unknown) => {
+      const { origin } = await fake((_seen, res) => json(res, 200, { access_token: 'at', token_type: 'bearer', expires_in }));
+      return (await new ProviderClient(preset('github', origin)).refresh('r')).expiresAt;
+    };
+    expect(await expiresAt(3600)).toBeGreaterThanOrEqual(now + 3_600_000);
+    // 1e306 s made the expiry Infinity, which the vault cannot seal: the connect answered 500 and a rotated
+    // refresh token was lost.
+    const huge = await expiresAt(1e306);
+    expect(Number.isFinite(huge)).toBe(true);
+    expect(huge - now).toBeLessThanOrEqual(10 * 365 * 86_400_000 + 60_000);
+    expect(huge - now).toBeGreaterThan(9 * 365 * 86_400_000);
+    const negative = await expiresAt(-5);
+    expect(negative).toBeGreaterThan(0);
+    expect(negative).toBeLessThanOrEqual(Date.now());
+    expect(await expiresAt(0)).toBe(0);
+    expect(await expiresAt(undefined)).toBe(0);
+  });
+
+  it('a token that is not a Bearer token (MAC, DPoP) is refused, never sent as one', async () => {
+    for (const token_type of ['mac', 'DPoP']) {
+      const { origin } = await fake((_seen, res) => json(res, 200, { access_token: 'mac_token', token_type }));
+      const error = await new ProviderClient(preset('github', origin)).refresh('r').catch((e: unknown) => e);
+      expect(error, token_type).toBeInstanceOf(Error);
+    }
+    for (const token_type of ['Bearer', 'bearer']) {
+      const { origin } = await fake((_seen, res) => json(res, 200, { access_token: 'at', token_type }));
+      expect((await new ProviderClient(preset('github', origin)).refresh('r')).accessToken).toBe('at');
+    }
+  });
+
   it("invalid_client is the deployment's problem, not the user's grant: not OAuthGrantError", async () => {
     const { origin } = await fake((_seen, res) => json(res, 401, { error: 'invalid_client' }));
     const error = await new ProviderClient(preset('github', origin)).refresh('r').catch((e: unknown) => e);
