@@ -221,6 +221,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       ? new OAuthTokenStore(store, vault, refreshers, now, {
           refreshed: async (provider, userId, tokens) => connections?.refreshed(provider, userId, tokens),
           ended: async (provider, userId) => connections?.ended(provider, userId),
+          orphaned: async (provider, userId, tokens) => connections?.orphaned(provider, userId, tokens),
           failed: (provider, userId, reason) =>
             logger.warn({ provider, userId, reason }, 'token refresh failed; the link is kept for a later try'),
         })

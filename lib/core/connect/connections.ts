@@ -292,6 +292,18 @@ export class Connections {
     return out;
   }
 
+  /** Tokens a refresh got after a disconnect deleted the link: revoked at the provider too (best effort). */
+  async orphaned(providerId: string, userId: string, tokens: OAuthTokens): Promise<void> {
+    let revoked = false;
+    try {
+      revoked = await this.client(providerId).revoke(tokens);
+    } catch (error) {
+      this.deps.logger.warn({ provider: providerId, userId, err: errorName(error) }, 'revoking the tokens of a refresh that outlived a disconnect failed');
+      return;
+    }
+    this.deps.logger.info({ provider: providerId, userId, revoked }, 'tokens of a refresh that outlived a disconnect revoked');
+  }
+
   /**
    * Disconnects: revokes the grant at the provider where it can (best effort: the tokens are deleted even if the
    * provider cannot be reached), then deletes tokens and connection. `revoked`: true when the provider confirmed,

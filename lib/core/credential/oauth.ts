@@ -38,6 +38,11 @@ export interface TokenEvents {
    * error's name; never a token.
    */
   failed?(provider: string, userId: string, reason: string): void;
+  /**
+   * A refresh got new tokens from the provider after the link was deleted (a disconnect while it ran, which
+   * revoked only the tokens it saw): they are for nobody now, and are to be revoked at the provider.
+   */
+  orphaned?(provider: string, userId: string, tokens: OAuthTokens): Promise<void>;
 }
 
 /**
@@ -245,7 +250,10 @@ export class OAuthTokenStore {
       if (attempt === 3) throw new KeywardError('credential_unavailable');
       const now = await this.read(provider, userId);
       // Disconnected (nothing to use) or reconnected (use the new grant) while this refresh was under way.
-      if (!now) throw new KeywardError('reauth_required');
+      if (!now) {
+        await this.events.orphaned?.(provider, userId, saved).catch(() => {});
+        throw new KeywardError('reauth_required');
+      }
       const sameGrant = now.tokens.refreshToken === current.refreshToken && now.tokens.accessToken === current.accessToken;
       if (!sameGrant) return now.tokens.accessToken;
       // Only re-sealed after a vault rotation (load's background write): the same grant, write over it.

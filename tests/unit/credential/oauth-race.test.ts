@@ -15,28 +15,32 @@ const expired: OAuthTokens = { accessToken: 'old-access', refreshToken: 'old-ref
 function setup(refresher: (tokens: OAuthTokenStore) => TokenRefresher) {
   const store = new MemoryStore();
   const ended: string[] = [];
+  const orphaned: OAuthTokens[] = [];
   const refreshers = new Map<string, TokenRefresher>();
   const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), refreshers, Date.now, {
     ended: async (provider, userId) => void ended.push(`${provider}:${userId}`),
+    orphaned: async (_provider, _userId, lost) => void orphaned.push(lost),
   });
   refreshers.set('github', refresher(tokens));
-  return { tokens, ended };
+  return { tokens, ended, orphaned };
 }
 
 describe('a refresh racing the user', () => {
-  it('does not bring back a connection disconnected while it ran', async () => {
-    const { tokens } = setup((store) => async () => {
-      await store.unlink('github', USER); // disconnected on another instance
+  it('does not bring back a connection disconnected while it ran, and hands its new tokens over to be revoked', async () => {
+    const { tokens, orphaned } = setup((store) => async () => {
+      await store.unlink('github', USER); // disconnected on another instance (which revoked the tokens it saw)
       return { accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh', expiresAt: Date.now() + 3_600_000 };
     });
     await tokens.save('github', USER, expired);
     await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
     expect(await tokens.load('github', USER)).toBeNull();
+    // Issued after the disconnect revoked the old ones: nobody would revoke them otherwise.
+    expect(orphaned).toMatchObject([{ accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh' }]);
   });
 
   it('does not overwrite a reconnect made while it ran, and uses the new grant', async () => {
     const fresh: OAuthTokens = { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 };
-    const { tokens, ended } = setup((store) => async () => {
+    const { tokens, ended, orphaned } = setup((store) => async () => {
       await store.save('github', USER, fresh); // reconnected on another instance
       return { accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh', expiresAt: Date.now() + 3_600_000 };
     });
@@ -44,6 +48,8 @@ describe('a refresh racing the user', () => {
     expect(await tokens.accessToken('github', USER)).toBe('new-access');
     expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'new-access', refreshToken: 'new-refresh' });
     expect(ended).toEqual([]);
+    // Not revoked: at a provider that revokes per grant (GitHub deletes the app's whole grant) that would end the new one.
+    expect(orphaned).toEqual([]);
   });
 
   it('a refused refresh of the old grant neither deletes nor ends the grant that replaced it', async () => {
