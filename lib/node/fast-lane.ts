@@ -6,7 +6,7 @@ import { isRefusedMethod, proxyCall, refuseCall, type ProxyDeps } from '@/lib/co
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
 import { isDisguisedProxyPath, parseProxyPath, type ProxyPath } from './proxy-path';
-import { headersOrNone, readHeaders, toRequest } from './request';
+import { disguisedPathRefusal, headersOrNone, readHeaders, toRequest } from './request';
 import { writeResponse } from './response';
 
 export interface FastLaneOptions {
@@ -65,8 +65,7 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
       const call = serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
       options.serving?.track(call);
     } else if (isDisguisedProxyPath(url)) {
-      const refusal = refuseCall(req.method ?? 'GET', headersOrNone(req), { upstream: '', path: [] }, deps, new KeywardError('bad_path'));
-      writeResponse(refusal, res, siteHeaders).catch((error: unknown) => failed(error, res));
+      writeResponse(disguisedPathRefusal(req, deps), res, siteHeaders).catch((error: unknown) => failed(error, res));
     } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
       serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
     } else {

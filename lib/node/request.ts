@@ -1,5 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { ReadableStream } from 'node:stream/web';
+import { KeywardError } from '@/lib/core/errors';
+import { refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import type { CoreRequest } from '@/lib/core/request';
 
 /** Methods whose request never carries content the core would read (it forwards none for them). */
@@ -73,4 +75,12 @@ export function headersOrNone(req: IncomingMessage): Headers {
   } catch {
     return new Headers();
   }
+}
+
+/**
+ * The answer to a path that is `/api/proxy/…` only once normalised (isDisguisedProxyPath): 400 `bad_path`,
+ * recorded, the same on the HTTP door and for a WebSocket upgrade, never handed to Next's process.
+ */
+export function disguisedPathRefusal(req: IncomingMessage, deps: ProxyDeps): Response {
+  return refuseCall(req.method ?? 'GET', headersOrNone(req), { upstream: '', path: [] }, deps, new KeywardError('bad_path'));
 }

@@ -17,7 +17,7 @@ import { CLOSE, type CloseCause, type OpenSockets } from '@/lib/core/ws/sockets'
 import { currentLocalUser, type LocalUsers } from '@/lib/core/users/file';
 import type { WsTickets } from '@/lib/core/ws/tickets';
 import { isDisguisedProxyPath, parseProxyPath } from './proxy-path';
-import { headersOrNone, readHeaders } from './request';
+import { disguisedPathRefusal, readHeaders } from './request';
 
 export interface UpgradeOptions {
   readonly deps: ProxyDeps & {
@@ -69,8 +69,7 @@ export function createUpgradeListener(options: UpgradeOptions) {
     if (proxyPath === null && isDisguisedProxyPath(url)) {
       // A path that is /api/proxy/… only once normalised: 400 bad_path, as the HTTP door answers it, never Next's.
       socket.on('error', () => {});
-      const refusal = refuseCall(req.method ?? 'GET', headersOrNone(req), { upstream: '', path: [] }, options.deps, new KeywardError('bad_path'));
-      writeRaw(socket, refusal, siteHeaders).catch(() => socket.destroy());
+      writeRaw(socket, disguisedPathRefusal(req, options.deps), siteHeaders).catch(() => socket.destroy());
       return;
     }
     if (proxyPath === null) {
