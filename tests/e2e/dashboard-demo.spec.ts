@@ -116,6 +116,17 @@ test('Alerts shows the throttled burst and the echoed key, whose link leads to t
   await expectNoSecrets(page, demo.secrets);
   await shot(page, 'dashboard-demo-alerts');
 
+  // An alert that took no action is dismissed, not undone: the dialog says so, and nothing about starting over.
+  const echoedId = (await echoed.getAttribute('data-testid'))!.slice('alert-'.length);
+  await echoed.getByTestId(`undo-${echoedId}`).click();
+  const dialog = page.getByTestId(`undo-${echoedId}-dialog`);
+  await expect(dialog).toBeVisible();
+  await expect(dialog).toContainText('The dismissal is recorded in the audit trail with you as the actor.');
+  await expect(dialog).not.toContainText('starts over');
+  await shot(page, 'dashboard-demo-dismiss-dialog');
+  await dialog.getByRole('button', { name: 'Cancel' }).click();
+  await expect(dialog).toBeHidden();
+
   await echoed.getByTestId('rotate-key-link').click();
   await expect(page).toHaveURL(/\/admin\/keys$/);
   await expect(page.getByTestId('suggest-rotation-demo')).toContainText(fingerprint);
