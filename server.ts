@@ -104,7 +104,7 @@ async function main(): Promise<void> {
   const sockets = new OpenSockets(runtime);
   server.on(
     'upgrade',
-    createUpgradeListener({ deps: runtime, origin: () => origin, tickets: new WsTickets(runtime.store), sockets, next: nextProcess.upgrade, siteHeaders }),
+    createUpgradeListener({ deps: runtime, origin: () => origin, tickets: new WsTickets(runtime.store), sockets, next: nextProcess.upgrade, siteHeaders, serving }),
   );
   if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
   server.listen(options.port, options.hostname);

@@ -13,9 +13,10 @@ import {
   type SocketOutcome,
   type UpgradeGrant,
 } from '@/lib/core/ws/upgrade';
-import { CLOSE, type CloseCause, type OpenSockets } from '@/lib/core/ws/sockets';
+import { CLOSE, STOPPING, type CloseCause, type OpenSockets } from '@/lib/core/ws/sockets';
 import { currentLocalUser, type LocalUsers } from '@/lib/core/users/file';
 import type { WsTickets } from '@/lib/core/ws/tickets';
+import type { ServingCalls } from './fast-lane';
 import { isDisguisedProxyPath, parseProxyPath } from './proxy-path';
 import { disguisedPathRefusal, readHeaders } from './request';
 
@@ -31,6 +32,11 @@ export interface UpgradeOptions {
   /** Where upgrades outside /api/proxy go (server.ts: Next's process, `NextProcess.upgrade`); absent: they are closed. */
   readonly next?: (req: IncomingMessage, socket: Duplex, head: Buffer) => unknown;
   readonly siteHeaders?: readonly (readonly [string, string])[];
+  /**
+   * Counts upgrades under way (authorized, then the upstream's handshake) with the proxied calls, so a stop waits
+   * for their answer and record (server.ts); an open socket is closed by `sockets.closeAll()` instead.
+   */
+  readonly serving?: Pick<ServingCalls, 'track'>;
 }
 
 /** The record's errorCode for each close Keyward initiates. */
@@ -80,12 +86,13 @@ export function createUpgradeListener(options: UpgradeOptions) {
       return;
     }
     socket.on('error', () => {});
-    serveUpgrade(req, socket, head, proxyPath.target, proxyPath.path, proxyPath.search, options, siteHeaders).catch(
+    const upgrade = serveUpgrade(req, socket, head, proxyPath.target, proxyPath.path, proxyPath.search, options, siteHeaders).catch(
       (error: unknown) => {
         getLogger().error({ err: error instanceof Error ? error.name : 'unknown' }, 'fast lane upgrade failed');
         socket.destroy();
       },
     );
+    options.serving?.track(upgrade);
   };
 }
 
@@ -132,7 +139,8 @@ async function serveUpgrade(
   const request = new Request(options.origin() + path + (rest ? `?${rest}` : ''), {
     method: req.method ?? 'GET',
     headers,
-    signal: gone.signal,
+    // The server stopping ends a wait for a slot too, answered 503 (STOPPING).
+    signal: AbortSignal.any([gone.signal, options.sockets.closing]),
   });
   let callDeps: ProxyDeps = deps;
   let redeemed = tickets.length === 0;
@@ -182,6 +190,7 @@ async function relay(
     socket.destroy();
     return;
   }
+  if (options.sockets.closing.aborted) return writeRaw(socket, refuseGranted(grant, STOPPING()), siteHeaders);
   const protocols = (req.headers['sec-websocket-protocol'] ?? '')
     .split(',')
     .map((p) => p.trim())
@@ -206,6 +215,7 @@ async function relay(
   });
   // Its errors are handled where they matter (below, and in pipeSockets); none may go unheard and stop the process.
   upstream.on('error', () => {});
+  const handshaking = new AbortController();
   const opened = await new Promise<KeywardError | null>((resolve) => {
     upstream.once('open', () => {
       // ws emits the messages that came in the same read as the 101 at once, before anyone listens (an upstream
@@ -222,7 +232,10 @@ async function relay(
     upstream.once('error', (error: Error & { code?: string }) =>
       resolve(new KeywardError(/timed out/i.test(error.message) ? 'upstream_timeout' : 'upstream_unreachable')),
     );
+    // The server stopping does not wait for the upstream's handshake (up to the route's timeoutMs).
+    options.sockets.closing.addEventListener('abort', () => resolve(STOPPING()), { once: true, signal: handshaking.signal });
   });
+  handshaking.abort();
   socket.off('close', onEarlyClose);
   if (opened) {
     upstream.terminate();

@@ -10,6 +10,8 @@ import { rawRequest } from '../fixtures/raw-http';
 import { OAuthTokenStore } from '../../lib/core/credential/oauth';
 import { Vault } from '../../lib/core/vault/seal';
 import { SqliteStore } from '../../lib/store/sqlite';
+import { AuditLog } from '../../lib/core/audit/audit';
+import { createLogger } from '../../lib/core/log/logger';
 import { startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
 import { leakForms } from '../fixtures/leak-forms';
@@ -46,6 +48,8 @@ interface Handshake {
 let upstreamServer: Server;
 let upstreamWss: WebSocketServer;
 const handshakes: Handshake[] = [];
+/** Handshakes the upstream holds (path /v1/slow): calling one refuses it. */
+const slowHandshakes: Array<() => void> = [];
 let lane: AppServer;
 let wsUrl: string;
 let laneEnv: Record<string, string>;
@@ -56,9 +60,14 @@ beforeAll(async () => {
   upstreamWss = new WebSocketServer({
     server: upstreamServer,
     maxPayload: 64 * 1024 * 1024,
-    verifyClient: ({ req }: { req: IncomingMessage }) => {
+    verifyClient: ({ req }: { req: IncomingMessage }, done: (accept: boolean) => void) => {
       handshakes.push({ url: req.url ?? '', headers: req.headers });
-      return req.headers['x-api-key'] === wsKey || req.headers.authorization === `Bearer ${oauthToken}`;
+      // /slow: a handshake the upstream takes its time over (it answers once the test is done with it).
+      if (req.url?.startsWith('/v1/slow')) {
+        slowHandshakes.push(() => done(false));
+        return;
+      }
+      done(req.headers['x-api-key'] === wsKey || req.headers.authorization === `Bearer ${oauthToken}`);
     },
   });
   upstreamWss.on('connection', (socket, req) => {
@@ -109,6 +118,7 @@ beforeAll(async () => {
             rateLimits: [{ by: 'user', limit: 2, windowSeconds: 600 }],
           },
           { method: 'GET', path: '/admins', websocket: true, roles: ['admin'] },
+          { method: 'GET', path: '/slow', websocket: true },
           { method: 'GET', path: '/plain' },
         ],
       },
@@ -153,6 +163,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await laneStore?.close();
   await lane?.stop();
+  for (const refuse of slowHandshakes.splice(0)) refuse();
   upstreamWss?.close();
   upstreamServer?.close();
   if (lane)
@@ -725,4 +736,49 @@ describe('WebSocket upgrades through the fast lane', () => {
       code: 'credential_unavailable',
     });
   }, 15_000);
+
+  it('a stop closes open sockets (1001) and answers an upgrade still in its upstream handshake 503; both are on record', async () => {
+    const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-ws-stop-')), 'keyward.db');
+    const stopping = await startFastLane({ ...laneEnv, KEYWARD_STORE_PATH: storePath });
+    const url = stopping.url.replace(/^http/, 'ws');
+    const headers = async (sub: string) => ({ cookie: await cookieFor(sub), origin: stopping.url });
+    try {
+      const connect = (path: string, sub: string) =>
+        headers(sub).then(
+          (h) =>
+            new Promise<Opened>((resolve, reject) => {
+              const socket = new WebSocket(`${url}${path}`, { headers: h });
+              socket.once('open', () => resolve({ ok: true, socket, requestId: undefined }));
+              socket.once('unexpected-response', (_request, response) => {
+                let body = '';
+                response.on('data', (chunk: Buffer) => (body += chunk.toString('utf8')));
+                response.on('end', () => resolve({ ok: false, status: response.statusCode ?? 0, body }));
+              });
+              socket.once('error', reject);
+            }),
+        );
+      const open = opened(await connect('/api/proxy/rt/realtime', 'oidc:stop-open'));
+      const openEnd = closed(open);
+      const held = slowHandshakes.length;
+      const pending = connect('/api/proxy/rt/slow', 'oidc:stop-pending');
+      pending.catch(() => {}); // awaited below; a reset fails the test there
+      for (let i = 0; i < 100 && slowHandshakes.length === held; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(slowHandshakes.length, 'the upstream holds the second handshake').toBe(held + 1);
+      await stopping.stop();
+      expect(await openEnd).toEqual({ code: 1001, reason: 'server shutting down' });
+      expect(refusal(await pending)).toEqual({ status: 503, code: 'service_unavailable' });
+      // The store the process left behind holds both.
+      const store = new SqliteStore(storePath);
+      try {
+        const { records } = await new AuditLog(store, 86_400_000, createLogger({ level: 'silent' })).query({ type: 'call' }, { limit: 50 });
+        const of = (userId: string) => records.filter((record) => record.type === 'call' && record.userId === userId);
+        expect(of('oidc:stop-open')).toMatchObject([{ route: '/realtime', status: 101, outcome: 'complete' }]);
+        expect(of('oidc:stop-pending')).toMatchObject([{ route: '/slow', status: 503, errorCode: 'service_unavailable' }]);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await stopping.stop();
+    }
+  }, 60_000);
 });

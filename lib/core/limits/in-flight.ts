@@ -50,6 +50,8 @@ export class CallsInFlight {
       const taken = await slots.acquire(signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal);
       if (taken) return taken;
     } catch (error) {
+      // Aborted with an answer of its own (the server stopping: lib/core/ws/sockets.ts STOPPING).
+      if (error instanceof KeywardError) throw error;
       if (!deadline.signal.aborted)
         throw new KeywardError('bad_request', { message: 'The client closed the request.', cause: error });
     } finally {

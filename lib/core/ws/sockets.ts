@@ -1,4 +1,5 @@
 import type { OAuthTokenStore } from '../credential/oauth';
+import { KeywardError } from '../errors';
 import type { UserKeys } from '../credential/user-keys';
 import type { KeyRings } from '../keys/rings';
 import type { SessionRevocations } from '../session/revocation';
@@ -30,6 +31,9 @@ export const CLOSE = {
 
 export type CloseCause = keyof typeof CLOSE;
 
+/** The answer to an upgrade the server's stop ended before its socket opened. */
+export const STOPPING = () => new KeywardError('service_unavailable', { message: 'Keyward is stopping; connect again in a moment.' });
+
 /** An open proxied socket, as the registry sees it. */
 export interface OpenSocket {
   readonly session: Session;
@@ -53,6 +57,7 @@ export class OpenSockets {
   private readonly open = new Set<OpenSocket>();
   private timer: ReturnType<typeof setInterval> | null = null;
   private checking = false;
+  private readonly stopping = new AbortController();
 
   constructor(
     private readonly sources: {
@@ -71,8 +76,24 @@ export class OpenSockets {
     return this.open.size;
   }
 
-  /** Registers a socket; returns the function that removes it (call it when the socket closes). */
+  /**
+   * Aborted by closeAll (the server is stopping): an upgrade still being authorized or in its upstream handshake
+   * stops there and is answered 503 (lib/node/websocket.ts), instead of opening a socket after the rest were closed.
+   */
+  get closing(): AbortSignal {
+    return this.stopping.signal;
+  }
+
+  /**
+   * Registers a socket; returns the function that removes it (call it when the socket closes). Once closeAll has
+   * run, a socket registered (its handshake was completing) is closed as the others were, once `add` has returned
+   * (its caller may not have the function that removes it yet).
+   */
   add(socket: OpenSocket): () => void {
+    if (this.stopping.signal.aborted) {
+      queueMicrotask(() => socket.close('shutdown'));
+      return () => {};
+    }
     this.open.add(socket);
     if (!this.timer) {
       this.timer = setInterval(() => void this.check(), this.intervalMs);
@@ -87,8 +108,12 @@ export class OpenSockets {
     };
   }
 
-  /** Closes every open socket (server shutdown), so each is recorded before the process goes. */
+  /**
+   * Closes every open socket (server shutdown), so each is recorded before the process goes, and ends the
+   * upgrades under way (`closing`).
+   */
   closeAll(): void {
+    this.stopping.abort(STOPPING());
     for (const socket of [...this.open]) socket.close('shutdown');
   }
 

@@ -201,6 +201,26 @@ describe('open WebSockets are re-checked', () => {
   });
 });
 
+describe('a stop (closeAll)', () => {
+  it('closes every open socket, aborts `closing` with a 503 answer, and closes a socket registered afterwards', async () => {
+    const sockets = new OpenSockets({ revocations: revocations(new Set(), []) });
+    const before = track(sockets, session('a'));
+    expect(sockets.closing.aborted).toBe(false);
+    sockets.closeAll();
+    expect(before.closed).toEqual(['shutdown']);
+    expect(sockets.closing.aborted).toBe(true);
+    expect(sockets.closing.reason).toMatchObject({ code: 'service_unavailable', status: 503 });
+    // A handshake that completed during the stop: closed once add has returned, never left open.
+    const after = track(sockets, session('b'));
+    expect(after.closed).toEqual([]);
+    await Promise.resolve();
+    expect(after.closed).toEqual(['shutdown']);
+    before.remove();
+    after.remove();
+    expect(sockets.size).toBe(0);
+  });
+});
+
 describe('open WebSockets on a service key', () => {
   it('close when the key-ring version they use is revoked, also one added under an earlier KEYWARD_SESSION_SECRET (another fingerprint)', async () => {
     // Two runtimes on one store: the version is added under one session secret and used after it was rotated.
