@@ -69,6 +69,9 @@ const REFRESH_SKEW_MS = 60_000;
  * WAIT_LIMIT_MS with 503 meanwhile.
  */
 const LOCK_TTL_MS = 45_000;
+/** How many unsaved refreshes a process keeps (OAuthTokenStore.unsaved), and for how long. */
+const UNSAVED_LIMIT = 10_000;
+const UNSAVED_TTL_MS = 24 * 3_600_000;
 /** Each request of a refresh that has not answered by then is abandoned (see LOCK_TTL_MS). */
 const REFRESH_TIMEOUT_MS = 10_000;
 const WAIT_STEP_MS = 50;
@@ -87,6 +90,15 @@ const ENDED = 'ended';
  * refresh token is therefore never used twice. A refused refresh ends the link (`reauth_required`), no loop.
  */
 export class OAuthTokenStore {
+  /**
+   * Refreshes the provider answered but the store could not save (it failed right then), by key: the sealed
+   * value refreshed (`from`) and the one to write over it (`to`). A rotating provider has already retired the old
+   * refresh token, so the next refresh of this grant in this process writes these instead of presenting the old
+   * one (which a provider like Google or Okta would count as reuse, ending the grant). Bounded: the oldest is
+   * dropped past UNSAVED_LIMIT, and one is kept UNSAVED_TTL_MS at most.
+   */
+  private readonly unsaved = new Map<string, { readonly from: string; readonly to: string; readonly at: number }>();
+
   constructor(
     private readonly store: Store,
     private readonly vault: Vault,
@@ -214,11 +226,24 @@ export class OAuthTokenStore {
    * an old grant never deletes, or marks as ended, the grant that replaced it.
    */
   private async refreshHoldingLock(provider: string, userId: string, force = false): Promise<string> {
-    const read = await this.read(provider, userId);
-    if (!read) throw new KeywardError('reauth_required');
-    const { tokens: current, sealed } = read;
-    if (!force && this.fresh(current)) return current.accessToken;
     const key = OAuthTokenStore.key(provider, userId);
+    const read = await this.read(provider, userId);
+    if (!read) {
+      this.unsaved.delete(key);
+      throw new KeywardError('reauth_required');
+    }
+    const { tokens: current, sealed } = read;
+    const pending = this.unsaved.get(key);
+    if (pending) {
+      this.unsaved.delete(key);
+      // The refresh this process could not save: written now over the tokens it refreshed, then used.
+      if (pending.from === sealed && this.now() - pending.at < UNSAVED_TTL_MS && (await this.write(key, sealed, pending.to))) {
+        const saved = (await this.vault.openFor<StoredTokens>(key, pending.to)).value;
+        await this.events.refreshed?.(provider, userId, saved);
+        return this.refreshHoldingLock(provider, userId, false);
+      }
+    }
+    if (!force && this.fresh(current)) return current.accessToken;
     const refresher = this.refreshers.get(provider);
     if (!current.refreshToken || !refresher) {
       await this.endIfUnchanged(provider, userId, sealed);
@@ -246,7 +271,7 @@ export class OAuthTokenStore {
     };
     const nextSealed = await this.vault.sealFor(key, saved);
     let expected = sealed;
-    for (let attempt = 0; !(await guard(() => this.store.replaceIfEquals(key, expected, nextSealed))); attempt++) {
+    for (let attempt = 0; !(await this.write(key, expected, nextSealed)); attempt++) {
       if (attempt === 3) throw new KeywardError('credential_unavailable');
       const now = await this.read(provider, userId);
       // Disconnected (nothing to use) or reconnected (use the new grant) while this refresh was under way.
@@ -261,6 +286,20 @@ export class OAuthTokenStore {
     }
     await this.events.refreshed?.(provider, userId, saved);
     return next.accessToken;
+  }
+
+  /**
+   * Compare-and-set of a refresh's tokens. A store that fails keeps them for this process's next refresh of the
+   * grant (`unsaved`) before the failure is answered (503 `store_unavailable`).
+   */
+  private async write(key: string, expected: string, next: string): Promise<boolean> {
+    try {
+      return await guard(() => this.store.replaceIfEquals(key, expected, next));
+    } catch (error) {
+      if (this.unsaved.size >= UNSAVED_LIMIT) this.unsaved.delete(this.unsaved.keys().next().value!);
+      this.unsaved.set(key, { from: expected, to: next, at: this.now() });
+      throw error;
+    }
   }
 
   /**

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { OAuthGrantError, OAuthTokenStore, type OAuthTokens, type TokenRefresher } from '../../../lib/core/credential/oauth';
 import { Vault } from '../../../lib/core/vault/seal';
 import { MemoryStore } from '../../../lib/store/memory';
+import { StoreUnavailableError } from '../../../lib/store/types';
 import { randomSecret } from '../../fixtures/secrets';
 
 /**
@@ -72,5 +73,69 @@ describe('a refresh racing the user', () => {
     await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
     expect(await tokens.load('github', USER)).toBeNull();
     expect(ended).toEqual([`github:${USER}`]);
+  });
+});
+
+describe('a refresh the store fails to save', () => {
+  it("is written by this process's next refresh of the grant, instead of presenting the rotated-out refresh token again", async () => {
+    // A provider that rotates refresh tokens and refuses one presented twice (as Google, Okta or Auth0 do).
+    let issued = 0;
+    const live = new Set(['old-refresh']);
+    const presented: string[] = [];
+    const refreshers = new Map<string, TokenRefresher>([
+      [
+        'github',
+        async (refreshToken) => {
+          presented.push(refreshToken);
+          if (!live.delete(refreshToken)) throw new OAuthGrantError('invalid_grant');
+          issued++;
+          live.add(`refresh-${issued}`);
+          return { accessToken: `access-${issued}`, refreshToken: `refresh-${issued}`, expiresAt: Date.now() + 3_600_000 };
+        },
+      ],
+    ]);
+    // The store fails the one write that saves the refresh (Redis gone for a moment), and works again after.
+    const store = new MemoryStore();
+    let failWrites = 1;
+    const replaceIfEquals = store.replaceIfEquals.bind(store);
+    store.replaceIfEquals = async (...args) => {
+      if (failWrites-- > 0) throw new StoreUnavailableError('down');
+      return replaceIfEquals(...args);
+    };
+    const refreshed: OAuthTokens[] = [];
+    const ended: string[] = [];
+    const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), refreshers, Date.now, {
+      refreshed: async (_provider, _userId, saved) => void refreshed.push(saved),
+      ended: async (provider, userId) => void ended.push(`${provider}:${userId}`),
+    });
+    await tokens.save('github', USER, expired);
+
+    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'store_unavailable' });
+    expect(await tokens.load('github', USER)).toMatchObject({ refreshToken: 'old-refresh' });
+    // The store is back: the refresh it lost is saved and used, and the provider is not asked again.
+    expect(await tokens.accessToken('github', USER)).toBe('access-1');
+    expect(presented).toEqual(['old-refresh']);
+    expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'access-1', refreshToken: 'refresh-1' });
+    expect(refreshed).toMatchObject([{ refreshToken: 'refresh-1' }]);
+    expect(ended).toEqual([]);
+  });
+
+  it('is dropped when the grant changed meanwhile (a reconnect wins), and never written over it', async () => {
+    const refreshers = new Map<string, TokenRefresher>([
+      ['github', async () => ({ accessToken: 'lost-access', refreshToken: 'lost-refresh', expiresAt: Date.now() - 1 })],
+    ]);
+    const store = new MemoryStore();
+    let failWrites = 1;
+    const replaceIfEquals = store.replaceIfEquals.bind(store);
+    store.replaceIfEquals = async (...args) => {
+      if (failWrites-- > 0) throw new StoreUnavailableError('down');
+      return replaceIfEquals(...args);
+    };
+    const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), refreshers);
+    await tokens.save('github', USER, expired);
+    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'store_unavailable' });
+    await tokens.save('github', USER, { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 });
+    expect(await tokens.accessToken('github', USER)).toBe('new-access');
+    expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'new-access', refreshToken: 'new-refresh' });
   });
 });
