@@ -176,6 +176,9 @@ describe('openai preset', () => {
       // The type is optional in the API's own definition: an item with an id and no type is a reference too.
       { input: [{ id: 'msg_someone_elses' }] },
       { input: [{ type: null, id: 'msg_someone_elses' }] },
+      // A reasoning item by id alone: the API reads the stored reasoning (with `store: true`, the default).
+      { input: [{ type: 'reasoning', id: 'rs_someone_elses', summary: [] }, { role: 'user', content: 'go on' }] },
+      { input: [{ type: 'reasoning', id: 'rs_someone_elses', summary: [], encrypted_content: null }] },
       { input: [{ role: 'user', content: [{ type: 'input_file', file_id: 'file-someone-elses' }] }] },
     ]) {
       const result = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', ...extra } });
@@ -195,6 +198,9 @@ describe('openai preset', () => {
           { role: 'user', content: 'hi' },
           { type: 'message', role: 'assistant', id: 'msg_mine', content: [{ type: 'output_text', text: 'hello' }] },
           { type: 'function_call', id: 'fc_mine', call_id: 'call_1', name: 'f', arguments: '{}' },
+          // Reasoning carried by value (`store: false`, as the Vercel AI SDK sends it), with or without its id.
+          { type: 'reasoning', id: 'rs_mine', summary: [], encrypted_content: 'gAAAA-opaque' },
+          { type: 'reasoning', summary: [{ type: 'summary_text', text: 'thought' }], encrypted_content: 'gAAAA-opaque' },
         ],
       },
       headers: { cookie: await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:by-value', roles: ['user'] }) },

@@ -58,10 +58,13 @@ const loose = z.unknown();
 /**
  * What in messages or input items reads an object stored on the account by id: an item reference (`type:
  * "item_reference"`, or no type at all, which the API reads the same way: `{"id": "msg_…"}`; a chat assistant
- * message's `audio: {"id": …}` is one too), or a `file_id` anywhere. An item with a role is a message, sent by value.
+ * message's `audio: {"id": …}` is one too), a reasoning item by its id alone (without the `encrypted_content` that
+ * carries it by value, the API reads the stored reasoning: `{"type": "reasoning", "id": "rs_…", "summary": []}`),
+ * or a `file_id` anywhere. An item with a role is a message, sent by value.
  */
 function storedById(record: Readonly<Record<string, unknown>>): boolean {
   if (record.type === 'item_reference' || Object.hasOwn(record, 'file_id')) return true;
+  if (record.type === 'reasoning') return Object.hasOwn(record, 'id') && typeof record.encrypted_content !== 'string';
   return (record.type === undefined || record.type === null) && Object.hasOwn(record, 'id') && !Object.hasOwn(record, 'role');
 }
 
@@ -70,7 +73,7 @@ const ownItems = (max: number) =>
   z
     .array(loose)
     .max(max)
-    .refine((items) => !namesStoredObject(items, storedById), 'an item reference or a file_id reads an object stored on the account by id: not accepted');
+    .refine((items) => !namesStoredObject(items, storedById), 'an item reference, a reasoning item without its encrypted_content, or a file_id reads an object stored on the account by id: not accepted');
 const metadata = z.record(z.string().max(64), z.string().max(512)).refine((value) => Object.keys(value).length <= 16, 'at most 16 keys');
 const temperature = z.number().min(0).max(2);
 const stop = z.union([z.string().max(256), z.array(z.string().max(256)).max(4)]);
