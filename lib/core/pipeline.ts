@@ -6,7 +6,7 @@ import { injectCredential } from './credential/inject';
 import { signRequest } from './credential/sign';
 import type { CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
-import { capRequestBody, type CappedBody } from './forward/body';
+import { capRequestBody, clientClosed, CLIENT_CLOSED, type CappedBody } from './forward/body';
 import { QUEUE_TIMEOUT } from './forward/queue-deadline';
 import { clientIp } from './client/ip';
 import type { RateLimiterRes } from 'rate-limiter-flexible';
@@ -174,7 +174,7 @@ export async function proxyCall(request: CoreRequest, target: ProxyTarget, deps:
     return await respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
     call.release?.();
-    return refuse(call, await refusalOf(call, request, error)); // 15 [10]
+    return refuse(call, await refusalOf(call, request, error), request.signal?.aborted === true); // 15 [10]
   }
 }
 
@@ -190,6 +190,24 @@ export function isRefusedMethod(method: string): boolean {
  */
 export function refuseCall(method: string, headers: Headers, target: ProxyTarget, deps: ProxyDeps, error: KeywardError): Response {
   return refuse(openCall(method, headers, target, deps), error);
+}
+
+/**
+ * 405 for a method refused outright (TRACE, TRACK, CONNECT), with the `Allow` every 405 carries (RFC 9110
+ * §15.5.6): the methods the upstream's routes declare for this path, or, where none does, every method a route
+ * can declare.
+ */
+export function refusedMethod(target: ProxyTarget, deps: Pick<ProxyDeps, 'registry'>): KeywardError {
+  let allow = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
+  const upstream = deps.registry.get(target.upstream);
+  if (upstream) {
+    try {
+      matchRoute(upstream, 'TRACE', target.path); // no route declares TRACE: 405 with the path's methods, or not found
+    } catch (error) {
+      if (error instanceof KeywardError && error.code === 'method_not_allowed' && error.headers.allow) allow = error.headers.allow;
+    }
+  }
+  return new KeywardError('method_not_allowed', { headers: { allow } });
 }
 
 /** One call's state, filled in as the steps run, so that its record says how far it got, whichever step ended it. */
@@ -288,7 +306,7 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
  * and tokens in the query string. Returns the incoming URL (its query is the contract's input).
  */
 export function screen(call: Call, request: CoreRequest): URL {
-  if (REFUSED_METHODS.has(call.method)) throw new KeywardError('method_not_allowed');
+  if (REFUSED_METHODS.has(call.method)) throw refusedMethod(call.target, call.deps);
   const incoming = new URL(request.url);
   const { searchParams } = incoming;
   if (hasMethodOverride(request.headers, searchParams) || hasQueryParam(searchParams, '_method')) {
@@ -805,9 +823,18 @@ function respond(
   return decoded === response.body ? answer : body.readAhead().then(() => answer);
 }
 
-/** Any step's refusal or failure, rendered as Keyward's JSON error and recorded (15). */
-export function refuse(call: Call, error: unknown): Response {
-  const keywardError = toKeywardError(error);
+/**
+ * Any step's refusal or failure, rendered as Keyward's JSON error and recorded (15). `clientGone`: the client
+ * went away before its answer (the request's signal aborted): what failed because of it (the body's read, the
+ * upstream call) is recorded as `aborted`, not as an upstream's or Keyward's failure; a refusal stays one.
+ */
+export function refuse(call: Call, error: unknown, clientGone = false): Response {
+  const closed = isClientClosed(error) || (clientGone && !(error instanceof KeywardError && error.status < 500));
+  const keywardError = closed ? (isClientClosed(error) ? (error as KeywardError) : clientClosed(error)) : toKeywardError(error);
+  if (closed) {
+    record(call, keywardError.status, 'aborted', 0, keywardError.code);
+    return errorResponse(keywardError, call.requestId);
+  }
   if (keywardError.code === 'internal_error') {
     // The cause may be a Headers/URL/undici error carrying values. The logger scrubs every service secret;
     // this call's per-user secret (own key, OAuth token) is scrubbed here.
@@ -920,6 +947,10 @@ function reservation(cost: RouteLimits['cost'], parts: RequestParts): number {
 
 const BAD_HEAD = new Set(['bad response', 'bad upgrade']);
 
+function isClientClosed(error: unknown): boolean {
+  return error instanceof KeywardError && error.code === 'bad_request' && error.message === CLIENT_CLOSED;
+}
+
 /** Maps undici failures to Keyward errors. The original error (with URL and headers) is never rendered. */
 function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError {
   if (body?.exceeded()) return new KeywardError('payload_too_large');
@@ -938,9 +969,7 @@ function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError 
   if (name === 'HTTPParserError' || code === 'UND_ERR_HEADERS_OVERFLOW' || (code === 'UND_ERR_SOCKET' && BAD_HEAD.has((error as Error).message))) {
     return new KeywardError('upstream_bad_response', { cause: error });
   }
-  if (name === 'AbortError' || code === 'UND_ERR_ABORTED') {
-    return new KeywardError('bad_request', { message: 'The client closed the request.', cause: error });
-  }
+  if (name === 'AbortError' || code === 'UND_ERR_ABORTED') return clientClosed(error);
   if (body && (error as { cause?: unknown })?.cause instanceof KeywardError) {
     return (error as { cause: KeywardError }).cause;
   }

@@ -2,7 +2,7 @@ import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http
 import type { Duplex } from 'node:stream';
 import { handleMetrics, type MetricsRuntime } from '@/lib/core/api/metrics';
 import { KeywardError } from '@/lib/core/errors';
-import { isRefusedMethod, proxyCall, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
+import { isRefusedMethod, proxyCall, refusedMethod, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
 import { isDisguisedProxyPath, parseProxyPath, type ProxyPath } from './proxy-path';
@@ -124,7 +124,7 @@ async function serveProxy(
 ): Promise<void> {
   const method = req.method ?? 'GET';
   if (isRefusedMethod(method)) {
-    await writeResponse(refuseCall(method, headersOrNone(req), target, deps, new KeywardError('method_not_allowed')), res, siteHeaders);
+    await writeResponse(refuseCall(method, headersOrNone(req), target, deps, refusedMethod(target, deps)), res, siteHeaders);
     return;
   }
   // The client going away before its response is complete aborts the upstream call (and the body read).
@@ -157,7 +157,7 @@ export function createConnectRefusal(deps: ProxyDeps, siteHeaders: readonly (rea
       socket.destroy();
       return;
     }
-    const response = refuseCall(req.method ?? 'CONNECT', headersOrNone(req), proxyPath.target, deps, new KeywardError('method_not_allowed'));
+    const response = refuseCall(req.method ?? 'CONNECT', headersOrNone(req), proxyPath.target, deps, refusedMethod(proxyPath.target, deps));
     void response.text().then((body) => {
       const lines = [`HTTP/1.1 ${response.status} Method Not Allowed`];
       for (const [name, value] of siteHeaders) lines.push(`${name}: ${value}`);

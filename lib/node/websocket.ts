@@ -2,8 +2,9 @@ import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { KeywardError } from '@/lib/core/errors';
+import { clientClosed } from '@/lib/core/forward/body';
 import { getLogger } from '@/lib/core/log/logger';
-import { isRefusedMethod, refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
+import { isRefusedMethod, refusedMethod, refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
 import { StreamScrubber } from '@/lib/core/respond/scrub-stream';
 import type { SessionRevocations } from '@/lib/core/session/revocation';
 import {
@@ -119,7 +120,7 @@ async function serveUpgrade(
   }
   // As the fast lane's HTTP door does: a Request cannot even carry these methods (TRACE, TRACK, CONNECT).
   if (isRefusedMethod(req.method ?? '')) {
-    return writeRaw(socket, refuseCall(req.method ?? '', headers, target, deps, new KeywardError('method_not_allowed')), siteHeaders);
+    return writeRaw(socket, refuseCall(req.method ?? '', headers, target, deps, refusedMethod(target, deps)), siteHeaders);
   }
   if (!isWebSocketHandshake(req)) {
     const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' });
@@ -186,7 +187,7 @@ async function relay(
   // Gone while the upgrade was authorized (or waited for a slot): no upstream socket is opened with the key, and
   // the call is recorded as not sent, its slot and any reservation given back.
   if (socket.destroyed || socket.readableEnded) {
-    refuseGranted(grant, new KeywardError('bad_request', { message: 'The client closed the request.' }));
+    refuseGranted(grant, clientClosed());
     socket.destroy();
     return;
   }

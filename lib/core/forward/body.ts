@@ -24,7 +24,7 @@ export function capRequestBody(body: ReadableStream<Uint8Array>, maxBytes: numbe
         const idle = new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new KeywardError('bad_request', { message: 'The request body stalled.' })), idleMs);
         });
-        const { value, done } = await Promise.race([reader.read(), idle]);
+        const { value, done } = await Promise.race([reader.read().catch(brokenOff), idle]);
         clearTimeout(timer);
         if (done) return;
         streamedTo(total, total + value.byteLength);
@@ -42,6 +42,22 @@ export function capRequestBody(body: ReadableStream<Uint8Array>, maxBytes: numbe
   }
   return { iterable: iterate(), bytes: () => total, exceeded: () => tooLarge };
 }
+
+/**
+ * The client's body stream failed: the client went away mid-upload (Node's `aborted`, ECONNRESET, or Next's
+ * ResponseAborted). A 400 the pipeline records as `aborted` (lib/core/pipeline.ts refuse), never a 500.
+ */
+function brokenOff(error: unknown): never {
+  if (error instanceof KeywardError) throw error;
+  throw clientClosed(error);
+}
+
+/** The error of a call whose client went away before its answer. */
+export function clientClosed(cause?: unknown): KeywardError {
+  return new KeywardError('bad_request', { message: CLIENT_CLOSED, cause });
+}
+
+export const CLIENT_CLOSED = 'The client closed the request.';
 
 /** Reads a whole (small, capped) body for routes whose JSON contract must see it before forwarding. */
 export async function readCappedBody(body: CappedBody): Promise<Buffer> {

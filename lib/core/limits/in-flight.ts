@@ -1,4 +1,5 @@
 import { KeywardError } from '../errors';
+import { clientClosed } from '../forward/body';
 import { Slots } from '../users/slots';
 
 /** Calls of one user to one upstream that may wait for a slot; one more is refused at once. */
@@ -53,7 +54,7 @@ export class CallsInFlight {
       // Aborted with an answer of its own (the server stopping: lib/core/ws/sockets.ts STOPPING).
       if (error instanceof KeywardError) throw error;
       if (!deadline.signal.aborted)
-        throw new KeywardError('bad_request', { message: 'The client closed the request.', cause: error });
+        throw clientClosed(error);
     } finally {
       clearTimeout(timer);
     }
