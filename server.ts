@@ -26,6 +26,7 @@ import {
   OpenSockets,
   readServeOptions,
   registerTracingFromEnv,
+  scrubConsole,
   ServingCalls,
   shutdownTracing,
   startNextProcess,
@@ -68,6 +69,8 @@ async function main(): Promise<void> {
   checkStartup(() => (loaded = createFastLaneRuntime(upstreams)));
   if (!loaded) process.exit(1);
   const runtime = loaded;
+  // As keyward.register() does in Next's process: what anything prints with `console` passes the log scrubber.
+  scrubConsole();
   const problems = fastLaneProblems(runtime);
   if (problems.length > 0) {
     console.error(`\nKeyward cannot start.\n${problems.join('\n')}\n`);

@@ -2,10 +2,12 @@ import 'server-only';
 import type { UpstreamDefinition } from '@/lib/core/config/load';
 import type { ConnectionsInput } from '@/lib/core/connect/config';
 import type { Runtime } from '@/lib/core/runtime';
+import { scrubConsole } from '@/lib/core/log/console';
 import { registerTracingFromEnv } from '@/lib/core/observe/trace';
 import { checkStartup } from '@/lib/core/startup';
 import { createApiRoutes, type ApiRoutes } from './api-routes';
 import type { AuthPages } from './auth';
+import { everyMethod } from './methods';
 import { createPageHelpers, type PageHelpers } from './pages';
 import { createProxyRoute, type RouteHandler } from './proxy-route';
 import { lazyRuntime } from './runtime';
@@ -33,12 +35,18 @@ export interface Keyward extends ApiRoutes, PageHelpers {
   checkStartup(): void;
   /**
    * For instrumentation.ts's `register()`: OpenTelemetry tracing when an OTLP endpoint is set (README "Metrics and
-   * traces"; without one the SDK is not even loaded), then `checkStartup()`, then the connected accounts' keeper
-   * (idle grants refreshed at least daily; one pass per interval across instances).
+   * traces"; without one the SDK is not even loaded), then `checkStartup()`, then the log scrubber over `console`
+   * (what Next.js prints: lib/core/log/console.ts), then the connected accounts' keeper (idle grants refreshed at
+   * least daily; one pass per interval across instances).
    */
   register(): Promise<void>;
   /** The runtime behind these handlers, built on first use from process.env and `upstreams`. */
   getRuntime(): Runtime;
+  /**
+   * A route file's every method (lib/next/methods.ts): `export const { GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS } =
+   * keyward.everyMethod(keyward.logoutRoute)`, so a method the endpoint does not take gets Keyward's JSON 405.
+   */
+  readonly everyMethod: typeof everyMethod;
 }
 
 /**
@@ -58,8 +66,10 @@ export function createKeyward(options: KeywardOptions = {}): Keyward {
     async register() {
       await registerTracingFromEnv(process.env);
       checkStartup(getRuntime);
+      scrubConsole();
       getRuntime().connectionKeeper?.start();
     },
     getRuntime,
+    everyMethod,
   };
 }

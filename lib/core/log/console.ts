@@ -1,0 +1,26 @@
+import { format } from 'node:util';
+import { logScrubber } from './logger';
+
+const SCRUBBED = Symbol.for('keyward.console-scrubbed');
+
+/**
+ * Passes what others print with `console` (Next.js's own error lines above all: an absolute-form request target
+ * it cannot parse is printed whole, query and all) through the exact-value scrubber that every Keyward log line
+ * goes through, so a secret Keyward holds never reaches the output that way either. A line with no secret in it
+ * is printed as it was given (its arguments unchanged); one with a secret is printed formatted, then scrubbed.
+ * Called once per process (instrumentation.ts's `keyward.register()`); calling it again changes nothing.
+ */
+export function scrubConsole(target: Console = console): void {
+  const marked = target as Console & { [SCRUBBED]?: true };
+  if (marked[SCRUBBED]) return;
+  marked[SCRUBBED] = true;
+  for (const name of ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const) {
+    const original = target[name].bind(target);
+    target[name] = (...args: unknown[]) => {
+      const text = format(...args);
+      const scrubbed = logScrubber.scrub(text);
+      if (scrubbed === text) original(...args);
+      else original(scrubbed);
+    };
+  }
+}
