@@ -318,6 +318,10 @@ describe('the packed package, adopted by a fresh Next.js app', () => {
     const session = await fetch(`${app.url}/api/session`, { headers: { cookie } });
     expect(session.status).toBe(200);
     expect(await session.json()).toMatchObject({ user: { id: 'local:alice' }, roles: ['user'] });
+    // A method the endpoint does not take: Keyward's JSON 405 (keyward.everyMethod), not Next's empty one.
+    const wrongMethod = await fetch(`${app.url}/api/session`, { method: 'PUT', headers: { cookie } });
+    expect([wrongMethod.status, wrongMethod.headers.get('allow')]).toEqual([405, 'GET, HEAD']);
+    expect(await wrongMethod.json()).toMatchObject({ error: { code: 'method_not_allowed' } });
 
     const before = upstream.requests.length;
     const response = await fetch(`${app.url}/api/proxy/catalog/items/42`, {

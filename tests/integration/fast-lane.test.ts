@@ -97,6 +97,7 @@ beforeAll(async () => {
           { method: 'GET', path: '/items/:id', roles: ['user'] },
           { method: 'POST', path: '/items', roles: ['user'] },
           { method: 'POST', path: '/upload', maxRequestBytes: 4 * MiB },
+          { method: 'POST', path: '/checked', body: { type: 'object', properties: { name: { type: 'string' } } } },
           { method: 'GET', path: '/download' },
           { method: 'GET', path: '/events' },
           { method: 'GET', path: '/hang' },
@@ -279,6 +280,55 @@ describe('the fast lane proxies through the core', () => {
     upstream.reset();
   });
 
+  it('a client that hangs up before its answer (mid-upload, with or without a body contract, or waiting for the upstream) is recorded as aborted in both lanes, never as a failure', async () => {
+    upstream.handle(() => {}); // never answers
+    /** The proxy log lines a server wrote since `from` (its output's length then), parsed. */
+    const proxyLines = (server: AppServer, from: number) =>
+      server
+        .output()
+        .slice(from)
+        .split('\n')
+        .filter((line) => line.includes('"msg":"proxy"'))
+        .map((line) => (JSON.parse(line) as { proxy: Record<string, unknown> }).proxy);
+    try {
+      for (const server of [lane, handlers]) {
+        const name = server === lane ? 'fast lane' : 'route handler';
+        const cookie = server === lane ? laneCookie : handlersCookie;
+        const cases = [
+          { path: '/checked', type: 'application/json', hang: 'mid-body' },
+          { path: '/items', type: 'application/json', hang: 'mid-body' },
+          { path: '/items', type: 'application/json', hang: 'waiting' },
+        ] as const;
+        for (const { path, type, hang } of cases) {
+          const from = server.output().length;
+          const before = upstream.requests.length;
+          const client = connect(server.port, '127.0.0.1');
+          await once(client, 'connect');
+          client.on('error', () => {});
+          const body = '{"name":"w"}';
+          const head = `POST /api/proxy/echo${path} HTTP/1.1\r\nHost: localhost:${server.port}\r\nCookie: ${cookie}\r\nX-Keyward-CSRF: 1\r\nOrigin: ${server.url}\r\nContent-Type: ${type}\r\n`;
+          if (hang === 'mid-body') {
+            client.write(`${head}Content-Length: 50\r\n\r\n{"nam`);
+            // The route without a contract streams its body: the upstream sees the call begin, then end early.
+            if (path === '/items') await upstream.nthRequest(before + 1);
+            else await new Promise((resolve) => setTimeout(resolve, 300));
+          } else {
+            client.write(`${head}Content-Length: ${body.length}\r\n\r\n${body}`);
+            await upstream.nthRequest(before + 1);
+          }
+          client.destroy();
+          await expect
+            .poll(() => proxyLines(server, from).length, { timeout: 5_000, message: `${name} ${path} ${hang}: one record` })
+            .toBe(1);
+          expect(proxyLines(server, from)[0], `${name} ${path} ${hang}`).toMatchObject({ route: path, status: 400, errorCode: 'bad_request', outcome: 'aborted' });
+          expect(server.output().slice(from), `${name} ${path} ${hang}: nothing logged as a failure`).not.toMatch(/"level":50|proxy failed|Error: aborted/);
+        }
+      }
+    } finally {
+      upstream.reset();
+    }
+  }, 60_000);
+
   it('a client that stops reading is cut after the route\'s timeoutMs: the upstream connection is let go and the call recorded as aborted', async () => {
     // An endless download, sent as fast as Keyward reads it (write() until the socket is full, then 'drain').
     upstream.handle((_req, res) => {
@@ -414,6 +464,9 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     const before = upstream.requests.length;
     const response = await raw(lane, 'TRACE', '/api/proxy/echo/items/1');
     expect([response.status, errorCode(response)]).toEqual([405, 'method_not_allowed']);
+    // With Allow, as every 405 (RFC 9110 §15.5.6): the methods the path's routes declare; none: every one a route can.
+    expect(response.headers.allow).toBe('GET');
+    expect((await raw(lane, 'TRACE', '/api/proxy/echo/nowhere')).headers.allow).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS');
     expect(response.body).not.toContain(laneCookie.slice(laneCookie.indexOf('=') + 1, laneCookie.indexOf('=') + 40));
     expect(upstream.requests.length).toBe(before);
   });
@@ -440,6 +493,7 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
       `TRACE /api/proxy/echo/items/1 HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\nCookie: ${laneCookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
     );
     expect(text.startsWith('HTTP/1.1 405 ')).toBe(true);
+    expect(text.toLowerCase()).toContain('\r\nallow: get\r\n');
     expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'method_not_allowed' } });
   });
 
@@ -453,12 +507,39 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     await once(socket, 'close');
     const text = Buffer.concat(chunks).toString('utf8');
     expect(text.startsWith('HTTP/1.1 405 ')).toBe(true);
+    expect(text.toLowerCase()).toContain('\r\nallow: get\r\n');
     expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'method_not_allowed' } });
     expect(upstream.requests.length).toBe(before);
   });
 });
 
 describe('everything else is served by Next', () => {
+  it("a method one of Keyward's own endpoints does not take is Keyward's JSON 405 with Allow, not Next's empty one", async () => {
+    const cases: Array<[string, string, string]> = [
+      ['GET', '/api/session/logout', 'POST'],
+      ['POST', '/api/session', 'GET, HEAD'],
+      ['PATCH', '/api/keys/echo', 'GET, HEAD, PUT, DELETE'],
+      ['GET', '/api/admin/keys/echo/rotate', 'POST'],
+      ['POST', '/api/admin/audit', 'GET, HEAD'],
+      ['PUT', '/api/auth/session', 'GET, HEAD, POST'],
+      ['GET', '/api/session/revoke-all', 'POST'],
+      ['DELETE', '/api/admin/alerts', 'GET, HEAD'],
+    ];
+    for (const server of [lane, handlers]) {
+      for (const [method, path, allow] of cases) {
+        const what = `${server === lane ? 'fast lane' : 'route handler'}: ${method} ${path}`;
+        const response = await raw(server, method, path, { origin: server.url, host: `localhost:${server.port}` });
+        expect([response.status, errorCode(response)], what).toEqual([405, 'method_not_allowed']);
+        expect(response.headers.allow, what).toBe(allow);
+        expect(response.headers['x-request-id'], what).toMatch(/^[0-9a-f-]{36}$/);
+        expect(response.headers['cache-control'], what).toBe('private, no-store');
+      }
+      // HEAD on an endpoint that takes only POST: the same 405, without a body.
+      const head = await raw(server, 'HEAD', '/api/session/logout');
+      expect([head.status, head.headers.allow, head.body]).toEqual([405, 'POST', '']);
+    }
+  });
+
   it('pages, Auth.js and the session API', async () => {
     const page = await fetch(`${lane.url}/signin`);
     expect(page.status).toBe(200);

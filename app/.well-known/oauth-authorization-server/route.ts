@@ -2,4 +2,4 @@ import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
 export const dynamic = 'force-dynamic';
-export const GET = keyward.oauthMetadataRoute;
+export const { GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS } = keyward.everyMethod(keyward.oauthMetadataRoute);

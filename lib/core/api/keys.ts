@@ -5,6 +5,8 @@ import type { Runtime } from '../runtime';
 import type { Session } from '../session/session';
 import { apiHandler, json, readJsonObject, requireSession } from './guard';
 
+const KEY_METHODS = new Set(['GET', 'HEAD', 'PUT', 'DELETE']);
+
 /**
  * /api/keys/<upstream>: the caller's own key for an upstream that takes one (`"secret": {"user": "key"}`).
  * PUT stores it (write-only, sealed at rest), GET shows only its fingerprint, last 4 characters and dates,
@@ -12,6 +14,8 @@ import { apiHandler, json, readJsonObject, requireSession } from './guard';
  */
 export function handleUserKey(request: Request, upstreamId: string, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
+    // The method first, as the proxy matches its route before the session: 405 whatever the upstream.
+    if (!KEY_METHODS.has(request.method)) throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD, PUT, DELETE' } });
     const session = await requireSession(request, runtime);
     const upstream = runtime.registry.get(upstreamId);
     if (!upstream) throw new KeywardError('upstream_not_found');
@@ -47,7 +51,7 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
         return new Response(null, { status: 204, headers: { 'cache-control': 'private, no-store' } });
       }
       default:
-        throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD, PUT, DELETE' } });
+        throw new Error(`unreachable: ${request.method}`);
     }
   });
 }

@@ -1,5 +1,4 @@
 import { keyward } from '@/keyward';
 
 export const runtime = 'nodejs';
-export const GET = keyward.authGetRoute;
-export const POST = keyward.authPostRoute;
+export const { GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS } = keyward.everyMethod({ GET: keyward.authGetRoute, POST: keyward.authPostRoute });
