@@ -9,6 +9,7 @@ import { storeFailed } from './auth-store';
 import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
 import { LOCAL_SUBJECT_PREFIX, currentLocalUser } from '@/lib/core/users/file';
+import { MAX_PASSWORD_LENGTH } from '@/lib/core/users/password';
 import { USER_ID } from '@/lib/core/session/provider-sessions';
 
 /**
@@ -66,7 +67,7 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
         async authorize(credentials) {
           const { username, password } = credentials ?? {};
           if (typeof username !== 'string' || typeof password !== 'string') return null;
-          if (username.length > 64 || password.length > 1024) return null;
+          if (username.length > 64 || password.length > MAX_PASSWORD_LENGTH) return null;
           const user = await users.authenticate(username, password);
           if (!user) return null;
           return {

@@ -56,6 +56,9 @@ export function passwordLoad(): { active: number; waiting: number } {
   return slots.load;
 }
 
+/** The longest password the sign-in form takes (lib/next/auth.ts): a longer one could be hashed, never typed in. */
+export const MAX_PASSWORD_LENGTH = 1024;
+
 export async function hashPassword(password: string): Promise<string> {
   if (password.length < 8) throw new Error('Passwords must be at least 8 characters.');
   const salt = randomBytes(16);
@@ -67,11 +70,21 @@ export async function hashPassword(password: string): Promise<string> {
 
 const HASH_FORMAT = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)$/;
 
+/**
+ * A hash `verifyPassword` can check safely. The salt and key must be real: a key cut to one base64url character
+ * decodes to no bytes, and a 0-byte scrypt output equals it for every password. The cost is bounded both ways: N a
+ * power of two from 2^14, memory (128·N·r bytes) at most 256 MiB and work (N·r·p) at most 4× `hashPassword`'s, so
+ * one hand-made hash cannot make each sign-in attempt take gigabytes (the password slots count on 128 MiB each).
+ */
 export function isPasswordHash(value: string): boolean {
   const match = HASH_FORMAT.exec(value);
   if (!match) return false;
-  const n = Number(match[1]);
-  return n >= 2 ** 14 && n <= 2 ** 20 && (n & (n - 1)) === 0 && Number(match[2]) <= 32 && Number(match[3]) <= 16;
+  const [n, r, p] = [Number(match[1]), Number(match[2]), Number(match[3])];
+  const saltBytes = Buffer.from(match[4]!, 'base64url').length;
+  const keyBytes = Buffer.from(match[5]!, 'base64url').length;
+  const cost = n >= 2 ** 14 && (n & (n - 1)) === 0 && r >= 1 && r <= 32 && p >= 1 && p <= 16;
+  const bounded = n * r <= 2 ** 21 && n * r * p <= 4 * N * R * P;
+  return cost && bounded && saltBytes >= 16 && keyBytes >= 16 && keyBytes <= 64;
 }
 
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {

@@ -85,6 +85,14 @@ describe('malformed hashes', () => {
     ['trailing newline', `${good}\n`],
     ['extra field', `${good}$x`],
     ['negative N', `scrypt$-16384$${r}$${p}$${salt}$${key}`],
+    // A key cut to one character decodes to no bytes, which a 0-byte scrypt output matches for any password.
+    ['key cut to one character', `scrypt$${n}$${r}$${p}$${salt}$${key!.slice(0, 1)}`],
+    ['key cut to 2 bytes', `scrypt$${n}$${r}$${p}$${salt}$${key!.slice(0, 3)}`],
+    ['salt cut to one character', `scrypt$${n}$${r}$${p}$${salt!.slice(0, 1)}$${key}`],
+    ['r of 0', `scrypt$${n}$0$${p}$${salt}$${key}`],
+    ['p of 0', `scrypt$${n}$${r}$0$${salt}$${key}`],
+    // 128·N·r = 4 GiB per attempt, and 16× the default work: each sign-in would take the machine's memory.
+    ['N, r and p at their old limits (4 GiB)', `scrypt$${2 ** 20}$32$16$${salt}$${key}`],
   ])('%s → false', async (_label, hash) => {
     expect(isPasswordHash(hash)).toBe(false);
     expect(await verifyPassword(pw, hash)).toBe(false);
