@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { jsonErrorAt } from '../lib/core/config/error';
+import { ConfigError, jsonErrorAt } from '../lib/core/config/error';
 import { hashPassword } from '../lib/core/users/password';
 
 export const DEMO_USER = { username: 'demo', password: 'keyward-demo' } as const;
@@ -27,7 +27,7 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 
   const secretsFile = join(dir, 'dev-secrets.json');
-  const stored = existsSync(secretsFile) ? (readJson(secretsFile) as Record<string, string>) : {};
+  const stored = existsSync(secretsFile) ? readObject(secretsFile, (value) => Object.values(value).every((entry) => typeof entry === 'string')) : {};
   let changed = false;
   for (const name of GENERATED_SECRETS) {
     if (!env[name] && !stored[name]) {
@@ -35,7 +35,7 @@ export async function prepareDevEnvironment(cwd: string, env: NodeJS.ProcessEnv)
       changed = true;
     }
   }
-  if (changed) writeFileSync(secretsFile, JSON.stringify(stored, null, 2) + '\n', { mode: 0o600 });
+  if (changed) writePrivate(secretsFile, JSON.stringify(stored, null, 2) + '\n');
 
   const usersFile = join(dir, 'users.json');
   // Your own users file (even one you keep at .keyward/users.json) is yours: the demo users, whose passwords the
@@ -66,15 +66,29 @@ export function ownsConfig(env: NodeJS.ProcessEnv): boolean {
  * those it lacks (a file from before the demo had an admin), leaving every user already there as it is.
  */
 async function writeDemoUsers(usersFile: string): Promise<void> {
-  const existing = existsSync(usersFile) ? (readJson(usersFile) as { users: Array<Record<string, unknown>> }) : { users: [] };
+  const existing = existsSync(usersFile)
+    ? (readObject(usersFile, (value) => Array.isArray(value.users) && value.users.every((user) => user !== null && typeof user === 'object')) as {
+        users: Array<Record<string, unknown>>;
+      })
+    : { users: [] };
   const missing = DEMO_USERS.filter((demo) => !existing.users.some((user) => user.username === demo.username));
   if (missing.length === 0) return;
   for (const { username, password, name, roles } of missing) {
     existing.users.push({ username, name, passwordHash: await hashPassword(password), roles: [...roles] });
   }
-  writeFileSync(usersFile, JSON.stringify(existing, null, 2) + '\n', { mode: 0o600 });
-  // `mode` applies only to a new file: password hashes are readable by their owner only, whoever made the file.
-  chmodSync(usersFile, 0o600);
+  writePrivate(usersFile, JSON.stringify(existing, null, 2) + '\n');
+}
+
+/**
+ * Writes a file of secrets or password hashes readable by its owner only (0600, whoever made the file before:
+ * a mode given to writeFile applies only to a new file), whole or not at all: a temporary file renamed over it,
+ * so a crash never leaves half a file (and a new vault secret when it is deleted).
+ */
+function writePrivate(path: string, text: string): void {
+  const temporary = `${path}.${process.pid}.tmp`;
+  writeFileSync(temporary, text, { mode: 0o600 });
+  chmodSync(temporary, 0o600);
+  renameSync(temporary, path);
 }
 
 /**
@@ -92,14 +106,20 @@ export function devPort(args: readonly string[], env: { readonly [name: string]:
 }
 
 /**
- * A file of secrets or password hashes, parsed; when it is not JSON, the error says where, never what: V8's
- * message quotes the text around the mistake, which here is a secret or a hash.
+ * A file of secrets or password hashes, parsed, that must be a JSON object of the expected shape; when it is not,
+ * the error says where, never what: V8's message quotes the text around the mistake, which here is a secret or a
+ * hash. A ConfigError, so the CLI and `npm run dev` print it.
  */
-function readJson(path: string): unknown {
+function readObject(path: string, shaped: (value: Record<string, unknown>) => boolean): Record<string, unknown> {
+  let value: unknown;
   try {
-    return JSON.parse(readFileSync(path, 'utf8'));
+    value = JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {
-    throw new Error(`${path} is not valid JSON${jsonErrorAt(error)} (its text is not shown: it holds secrets); fix or delete it`);
+    throw new ConfigError(`${path} is not valid JSON${jsonErrorAt(error)} (its text is not shown: it holds secrets); fix or delete it`);
   }
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || !shaped(value as Record<string, unknown>)) {
+    throw new ConfigError(`${path} is not what Keyward wrote there (its text is not shown: it holds secrets); fix or delete it`);
+  }
+  return value as Record<string, unknown>;
 }
 

@@ -12,7 +12,6 @@
  * generated.
  */
 import { writeFileSync } from 'node:fs';
-import { userInfo } from 'node:os';
 import { relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import nextEnv from '@next/env';
@@ -24,9 +23,9 @@ import { auditFilter } from '../lib/core/api/admin';
 import { keyAdmin } from '../lib/core/keys/admin';
 import type { KeyVersion, Rotation, RotationResult, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
-import { argsProblem } from '../lib/node/args';
+import { argsProblem, operator } from '../lib/node/args';
 import { fastLaneProblems } from '../lib/node/runtime';
-import { hashPassword } from '../lib/core/users/password';
+import { hashPassword, MAX_PASSWORD_LENGTH } from '../lib/core/users/password';
 import { appendDecoy, readDecoysFile } from '../lib/core/detect/decoys';
 import { DECOY_SHAPES, decoyId, mintDecoy, type DecoyShape } from '../lib/core/detect/mint';
 import { renderClientTypes } from './client-types';
@@ -163,16 +162,24 @@ async function main(args: readonly string[]): Promise<number> {
   loadEnvFiles();
   switch (command) {
     case 'hash-password': {
+      if (rest.length > 0) return usageError(USAGE);
       const password = await readSecret('Password', true);
       if (password === null) return 1;
-      if (password.length < 8) {
-        process.stderr.write('keyward: passwords must be at least 8 characters\n');
+      if (password.length < 8 || password.length > MAX_PASSWORD_LENGTH) {
+        process.stderr.write(`keyward: passwords must be 8 to ${MAX_PASSWORD_LENGTH} characters (the sign-in form takes no longer one)\n`);
+        return 1;
+      }
+      // A browser's password field cannot send a line break or another control character: such a hash would
+      // never match what is typed (a piped file with an extra blank line, say).
+      if (/[\x00-\x1f\x7f]/.test(password)) {
+        process.stderr.write('keyward: the password holds a line break or another control character, which a sign-in form cannot send\n');
         return 1;
       }
       process.stdout.write(`${await hashPassword(password)}\n`);
       return 0;
     }
     case 'check-config': {
+      if (rest.length > 0) return usageError(USAGE);
       // As the server would start: with the serving checks, and in development with `npm run dev`'s secrets.
       const production = process.env.NODE_ENV === 'production';
       const runtime = await openRuntime(true);
@@ -194,6 +201,7 @@ async function main(args: readonly string[]): Promise<number> {
       return 0;
     }
     case 'schema': {
+      if (rest.length > 0) return usageError(USAGE);
       process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
       return 0;
     }
@@ -308,7 +316,7 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
   if (!known) return usageError(KEYS_USAGE);
   const json = values.json === true;
   const runtime = await openRuntime();
-  const keys = keyAdmin(runtime.keyRings, runtime.audit, `cli:${userInfo().username}`);
+  const keys = keyAdmin(runtime.keyRings, runtime.audit, `cli:${operator()}`);
   switch (action) {
     case 'list': {
       const rings = await runtime.keyRings.list();
@@ -374,7 +382,10 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
   const line = (record: unknown) => process.stdout.write(`${JSON.stringify(record)}\n`);
   if (action === 'tail') {
     const count = Number(values.n);
-    if (!Number.isInteger(count) || count < 1 || count > 10_000) throw new KeywardError('bad_request', { message: '-n is 1 to 10000.' });
+    if (!Number.isInteger(count) || count < 1 || count > 10_000) {
+      process.stderr.write('keyward: -n is 1 to 10000\n');
+      return usageError(AUDIT_USAGE);
+    }
     const latest = await runtime.audit.query({}, { limit: count, order: 'desc' });
     const records = latest.records.reverse();
     let print: (records: readonly AuditRecord[]) => void;
@@ -597,7 +608,12 @@ function auditRow(record: AuditRecord): string[] {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (error: unknown) => {
-    const message = error instanceof ConfigError || error instanceof KeywardError ? error.message : 'unexpected error';
+    // Keyward's own messages name the field, never a value; they may quote a document's text (an OpenAPI $ref), shown
+    // escaped. Anything else: its code and system call (a file that cannot be written), never its message.
+    const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
+    const detail = [code, syscall].filter((part) => typeof part === 'string' && /^[\w.-]{1,40}$/.test(part)).join(' ');
+    const message =
+      error instanceof ConfigError || error instanceof KeywardError ? visible(error.message) : `unexpected error${detail ? ` (${detail})` : ''}`;
     process.stderr.write(`keyward: ${message}\n`);
     process.exit(1);
   },

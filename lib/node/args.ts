@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { userInfo } from 'node:os';
 import { shownName } from '@/lib/core/config/error';
 
 export interface ServeOptions {
@@ -57,4 +58,16 @@ export function argsProblem(error: unknown): string | null {
   if (typeof code !== 'string' || !code.startsWith('ERR_PARSE_ARGS_')) return null;
   if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return 'Unexpected argument (not shown): this command takes options only';
   return (error as Error).message.replace(/'([^'\n]*)'/g, (_whole, quoted: string) => `'${shownName(quoted)}'`);
+}
+
+/**
+ * Who runs a command, for the audit trail (`cli:<name>`): the OS user, or, in a container whose user id has no
+ * passwd entry (OpenShift's random ids, `docker run --user 1000`), where os.userInfo() throws, $USER or the id.
+ */
+export function operator(info: () => { username: string } = userInfo, env: Readonly<Record<string, string | undefined>> = process.env): string {
+  try {
+    return info().username;
+  } catch {
+    return env.USER || `uid ${process.getuid?.() ?? 'unknown'}`;
+  }
 }

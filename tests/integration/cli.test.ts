@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -489,8 +489,8 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
     // More than there is prints everything; -n out of range is refused.
     expect(jsonLines((await cli(['audit', 'tail', '-n', '1000', '--json'])).stdout)).toEqual(all);
     const zero = await cli(['audit', 'tail', '-n', '0']);
-    expect(zero.code).toBe(1);
-    expect(zero.stderr).toBe('keyward: -n is 1 to 10000.\n');
+    expect(zero.code).toBe(2);
+    expect(zero.stderr).toMatch(/^keyward: -n is 1 to 10000\nusage: npm run keyward -- audit /);
   });
 
   it('audit tail prints an aligned table, oldest first: time, type, who, upstream, what, result, key', async () => {
@@ -662,6 +662,10 @@ describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
       ['audit', 'bogus'],
       ['audit', 'tail', 'extra'],
       ['audit', 'export', '--format', 'csv'],
+      ['audit', 'tail', '-n', 'abc'],
+      ['hash-password', '--bogus'],
+      ['check-config', '--bogus'],
+      ['schema', 'extra'],
     ]) {
       const run = await cli(args);
       expect(run.code, `keyward ${args.join(' ')}: ${run.stderr}`).toBe(2);
@@ -669,6 +673,37 @@ describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
       expect(run.stderr).toContain('npm run keyward -- --help');
       expect(run.stdout).toBe('');
     }
+  });
+
+  it('hash-password refuses what a sign-in form could never send: over 1024 characters, or a line break', async () => {
+    const long = await cli(['hash-password'], 'x'.repeat(2000));
+    expect([long.code, long.stdout]).toEqual([1, '']);
+    expect(long.stderr).toContain('passwords must be 8 to 1024 characters');
+    // Piped input loses one final line break; a second one would be part of the password.
+    const blankLine = await cli(['hash-password'], 'longenough\n\n');
+    expect([blankLine.code, blankLine.stdout]).toEqual([1, '']);
+    expect(blankLine.stderr).toContain('line break or another control character');
+    const good = await cli(['hash-password'], 'longenough\n');
+    expect(good.code, good.stderr).toBe(0);
+    expect(good.stdout).toMatch(/^scrypt\$131072\$8\$1\$[\w-]{22}\$[\w-]{43}\n$/);
+  });
+
+  it('an unexpected failure says what kind it is (code, system call), and a broken development file is named', async () => {
+    const out = await cli(['types', '--out', '/nonexistent/dir/x.d.ts', '--config', join(ROOT, 'config/demo.json')]);
+    expect([out.code, out.stderr.trim().split('\n').at(-1)]).toEqual([1, 'keyward: unexpected error (ENOENT open)']);
+    // Development (no AUTH_SECRET): the generated secrets file, cut short, is named with what to do, not "unexpected error".
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-cli-dev-'));
+    mkdirSync(join(dir, '.keyward'));
+    writeFileSync(join(dir, '.keyward', 'dev-secrets.json'), '{"AUTH_SECRET": "abc');
+    const development = { PATH: process.env.PATH ?? '', NODE_ENV: 'development', HOME: dir };
+    const broken = await cli(['keys', 'list'], '', { cwd: dir, env: development });
+    expect(broken.code).toBe(1);
+    expect(broken.stderr).toContain('dev-secrets.json is not valid JSON');
+    expect(broken.stderr).toContain('fix or delete it');
+    writeFileSync(join(dir, '.keyward', 'dev-secrets.json'), 'null');
+    const wrongShape = await cli(['keys', 'list'], '', { cwd: dir, env: development });
+    expect(wrongShape.code).toBe(1);
+    expect(wrongShape.stderr).toContain('dev-secrets.json is not what Keyward wrote there');
   });
 
   it('nothing the CLI printed holds a key or a secret from its environment, in any encoding', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseArgs } from 'node:util';
-import { argsProblem, readServeOptions, UsageError } from '../../../lib/node/args';
+import { argsProblem, operator, readServeOptions, UsageError } from '../../../lib/node/args';
 
 describe('readServeOptions (what next start accepts)', () => {
   it('defaults: port 3000, every interface, Node\'s keep-alive', () => {
@@ -53,5 +53,16 @@ describe('readServeOptions (what next start accepts)', () => {
     }
     expect(argsProblem(caught)).toBe("Option '--json' does not take an argument");
     expect(argsProblem(new Error('other'))).toBeNull();
+  });
+});
+
+describe('operator (who ran a CLI command, for the audit trail)', () => {
+  it('is the OS user, or $USER or the numeric id where the user id has no passwd entry (os.userInfo throws)', () => {
+    expect(operator(() => ({ username: 'ada' }), {})).toBe('ada');
+    const noEntry = () => {
+      throw Object.assign(new Error('uv_os_get_passwd returned ENOENT'), { code: 'ERR_SYSTEM_ERROR' });
+    };
+    expect(operator(noEntry, { USER: 'builder' })).toBe('builder');
+    expect(operator(noEntry, {})).toBe(`uid ${process.getuid?.() ?? 'unknown'}`);
   });
 });

@@ -1,7 +1,8 @@
-import { mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../../../lib/core/config/error';
 import { loadUsersFile } from '../../../lib/core/users/file';
 import { hashPassword } from '../../../lib/core/users/password';
 import { DEMO_ADMIN, DEMO_USER, GENERATED_SECRETS, devPort, prepareDevEnvironment } from '../../../scripts/dev-setup';
@@ -23,6 +24,31 @@ describe('prepareDevEnvironment (npm run dev)', () => {
 
     const second = await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
     for (const name of GENERATED_SECRETS) expect(second[name]).toBe(first[name]);
+  });
+
+  it('a secrets file made beforehand readable by others (0644) is written 0600, whole (no temporary file left)', async () => {
+    const cwd = freshDir();
+    mkdirSync(join(cwd, '.keyward'));
+    const file = join(cwd, '.keyward', 'dev-secrets.json');
+    writeFileSync(file, '{}', { mode: 0o644 });
+    await prepareDevEnvironment(cwd, { NODE_ENV: 'development' });
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(Object.keys(JSON.parse(readFileSync(file, 'utf8')) as object).sort()).toEqual([...GENERATED_SECRETS].sort());
+    expect(readdirSync(join(cwd, '.keyward')).sort()).toEqual(['dev-secrets.json', 'users.json']);
+  });
+
+  it('a secrets or users file of another shape (null, an object without users) is named, as a ConfigError', async () => {
+    const cwd = freshDir();
+    mkdirSync(join(cwd, '.keyward'));
+    writeFileSync(join(cwd, '.keyward', 'dev-secrets.json'), 'null');
+    const secrets = (await prepareDevEnvironment(cwd, { NODE_ENV: 'development' }).catch((thrown: unknown) => thrown)) as Error;
+    expect(secrets).toBeInstanceOf(ConfigError);
+    expect(secrets.message).toContain('dev-secrets.json is not what Keyward wrote there');
+    writeFileSync(join(cwd, '.keyward', 'dev-secrets.json'), '{}');
+    writeFileSync(join(cwd, '.keyward', 'users.json'), '{"foo": 1}');
+    const users = (await prepareDevEnvironment(cwd, { NODE_ENV: 'development' }).catch((thrown: unknown) => thrown)) as Error;
+    expect(users).toBeInstanceOf(ConfigError);
+    expect(users.message).toContain('users.json is not what Keyward wrote there');
   });
 
   it('a hand-edited secrets or users file that is not JSON stops it naming the file, never quoting what is in it', async () => {
