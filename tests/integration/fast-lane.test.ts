@@ -488,6 +488,21 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     expect((await raw(lane, 'GET', `http://127.0.0.1:${lane.port}/signin`, { cookie: '' })).status).toBe(200);
   });
 
+  it("next start prints an absolute-form target it cannot parse whole; Keyward's key in it is scrubbed from that line", async () => {
+    const from = handlers.output().length;
+    const socket = connect(handlers.port, '127.0.0.1');
+    await once(socket, 'connect');
+    socket.on('error', () => {});
+    socket.on('data', () => {});
+    socket.write(`GET http://a:99999/api/proxy/echo/items/1?k=${echoKey} HTTP/1.1\r\nHost: localhost:${handlers.port}\r\nConnection: close\r\n\r\n`);
+    await once(socket, 'close');
+    // Next's own line (its console), with the target, key redacted.
+    await expect.poll(() => handlers.output().slice(from).includes('http://a:99999/api/proxy/echo/items/1?k='), { timeout: 5_000 }).toBe(true);
+    const printed = handlers.output().slice(from);
+    expect(printed).toContain('?k=[REDACTED]');
+    expectNoLeak(printed);
+  });
+
   it('a TRACE WebSocket upgrade to a proxy route: 405 method_not_allowed, as the HTTP door answers', async () => {
     const text = await rawExchange(
       `TRACE /api/proxy/echo/items/1 HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\nCookie: ${laneCookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
