@@ -4,11 +4,12 @@
  * this file reads and writes files and asks which operations to expose: none unless chosen, by number in a
  * terminal, else by `--operations` or `--all`.
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { dirname, relative, resolve, sep } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../lib/core/config/error';
+import { withFileLock, writeTarget } from '../lib/core/config/file-lock';
 import { argsProblem } from '../lib/node/args';
 import {
   buildUpstream,
@@ -107,7 +108,16 @@ export async function importCommand(args: readonly string[], io: ImportIo): Prom
   }
 
   const result = buildUpstream(plan, selected, { id, auth: values.auth });
-  writeConfig(outFile, mergeUpstream(config, result, outFile, io.cwd));
+  // Read again and written under the file's lock: another command may have added an upstream since (the choosing
+  // above can take a while), and its upstream is kept.
+  mkdirSync(dirname(outFile), { recursive: true });
+  withFileLock(writeTarget(outFile, 0o644).path, () => {
+    const current = readConfig(outFile, values.out);
+    if (current && Object.hasOwn(current.upstreams, id) && !values.force && !(config && Object.hasOwn(config.upstreams, id))) {
+      throw new ConfigError(`${values.out} already has an upstream "${id}": pass --force to replace it, or choose another --upstream`);
+    }
+    writeConfig(outFile, mergeUpstream(current, result, outFile, io.cwd));
+  });
   report(result, values.out, plan, { say, warn: (line) => io.stderr.write(`${line}\n`) });
   return 0;
 }
@@ -149,12 +159,17 @@ function mergeUpstream(config: ConfigFile | null, result: ImportResult, outFile:
   return { ...base, upstreams: { ...base.upstreams, [result.id]: result.upstream } };
 }
 
-/** Written whole or not at all: a temporary file renamed over the old one. */
+/**
+ * Written whole or not at all: a temporary file renamed over the old one, keeping its mode (a 0600 config stays
+ * 0600) and, where the path is a symbolic link, replacing the link's target, not the link.
+ */
 function writeConfig(path: string, config: ConfigFile): void {
   mkdirSync(dirname(path), { recursive: true });
-  const temporary = `${path}.${process.pid}.tmp`;
-  writeFileSync(temporary, `${JSON.stringify(config, null, 2)}\n`);
-  renameSync(temporary, path);
+  const target = writeTarget(path, 0o644);
+  const temporary = `${target.path}.${process.pid}.tmp`;
+  writeFileSync(temporary, `${JSON.stringify(config, null, 2)}\n`, { mode: target.mode });
+  chmodSync(temporary, target.mode);
+  renameSync(temporary, target.path);
 }
 
 function report(

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -116,6 +116,18 @@ describe('npm run keyward -- decoys', () => {
     expect(invalid.stdout).toBe('');
     expect(JSON.parse(readFileSync(file, 'utf8')).decoys).toHaveLength(1);
   });
+
+  it('creates run at once all land in the file (each printed decoy is watched), through a symbolic link to it', async () => {
+    const dir = emptyDir();
+    const real = join(dir, 'planted.json');
+    writeFileSync(real, '{"decoys": []}\n', { mode: 0o600 });
+    symlinkSync(real, join(dir, 'keyward.decoys.json'));
+    const runs = await Promise.all(Array.from({ length: 6 }, () => cli(['decoys', 'create', '--shape', 'openai', '--json'], dir)));
+    expect(runs.map((run) => run.code)).toEqual([0, 0, 0, 0, 0, 0]);
+    const printed = runs.map((run) => (JSON.parse(run.stdout) as { value: string }).value).sort();
+    expect(lstatSync(join(dir, 'keyward.decoys.json')).isSymbolicLink()).toBe(true);
+    expect(readDecoysFile(real).map((decoy) => decoy.value).sort()).toEqual(printed);
+  }, 60_000);
 
   it('help decoys lists the decoys commands only', async () => {
     const run = await cli(['help', 'decoys'], emptyDir());

@@ -1,5 +1,5 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -265,6 +265,32 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
     ]);
     expect(replaced.upstreams.petstore!.baseUrl).toBe('https://petstore3.swagger.io/api/v3/');
   });
+
+  it('imports run at once into one file keep every upstream; a symbolic link stays one, and the file keeps its mode', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-import-race-'));
+    mkdirSync(join(dir, 'config'));
+    // The config kept elsewhere (a mounted secret, say), linked in, and readable by its owner only.
+    const real = join(dir, 'shared.json');
+    writeFileSync(real, '{"upstreams": {}}\n', { mode: 0o600 });
+    symlinkSync(real, join(dir, 'config', 'keyward.json'));
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? tmpdir(), TSX_TSCONFIG_PATH: join(ROOT, 'tsconfig.json') };
+    const run = (id: string) =>
+      new Promise<number | null>((done, fail) => {
+        const child = spawn(TSX, ['--conditions=react-server', SCRIPT, 'import', PETSTORE, '--upstream', id, '--operations', 'getPetById'], {
+          cwd: dir,
+          env: env as NodeJS.ProcessEnv,
+          stdio: ['ignore', 'ignore', 'ignore'],
+        });
+        child.on('error', fail);
+        child.on('close', done);
+      });
+    const ids = ['up1', 'up2', 'up3', 'up4', 'up5', 'up6'];
+    expect(await Promise.all(ids.map(run))).toEqual(ids.map(() => 0));
+    expect(lstatSync(join(dir, 'config', 'keyward.json')).isSymbolicLink()).toBe(true);
+    expect(statSync(real).mode & 0o777).toBe(0o600);
+    const written = JSON.parse(readFileSync(real, 'utf8')) as { upstreams: Record<string, unknown> };
+    expect(Object.keys(written.upstreams).sort()).toEqual(ids);
+  }, 120_000);
 
   it('without a terminal it needs --operations or --all (exit 2); nothing is written', () => {
     const dir = mkdtempSync(join(tmpdir(), 'keyward-import-'));

@@ -3,6 +3,7 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { ConfigError, jsonErrorAt } from '../config/error';
+import { withFileLock, writeTarget } from '../config/file-lock';
 import { formatIssues } from '../config/schema';
 import { namedSecretForms } from '../log/scrub';
 import { StreamScrubber } from '../respond/scrub-stream';
@@ -89,12 +90,17 @@ export function readDecoysFile(path: string, missing: 'error' | 'empty' = 'error
  * so a reader never sees half a file.
  */
 export function appendDecoy(path: string, decoy: Decoy): void {
-  const decoys = [...readDecoysFile(path, 'empty'), decoy];
-  const checked = decoysFileSchema.safeParse({ decoys });
-  if (!checked.success) throw new ConfigError(`The new decoy is invalid:\n${formatIssues(checked.error.issues, '')}`);
-  const temporary = `${path}.${process.pid}.tmp`;
-  writeFileSync(temporary, `${JSON.stringify({ decoys }, null, 2)}\n`, { mode: 0o600 });
-  renameSync(temporary, path);
+  // One command at a time (two at once each wrote the list it read, plus its own: one decoy was lost), and through
+  // a symbolic link to its target.
+  const target = writeTarget(path, 0o600).path;
+  withFileLock(target, () => {
+    const decoys = [...readDecoysFile(target, 'empty'), decoy];
+    const checked = decoysFileSchema.safeParse({ decoys });
+    if (!checked.success) throw new ConfigError(`The new decoy is invalid:\n${formatIssues(checked.error.issues, '')}`);
+    const temporary = `${target}.${process.pid}.tmp`;
+    writeFileSync(temporary, `${JSON.stringify({ decoys }, null, 2)}\n`, { mode: 0o600 });
+    renameSync(temporary, target);
+  });
 }
 
 /** Loads KEYWARD_DECOYS_FILE for a server: null when it lists no decoy (then nothing is scanned at all). */
