@@ -166,11 +166,35 @@ function mergeUpstream(config: ConfigFile | null, result: ImportResult, outFile:
 function writeConfig(path: string, config: ConfigFile): void {
   mkdirSync(dirname(path), { recursive: true });
   const target = writeTarget(path, 0o644);
+  const text = configText(config);
   const temporary = `${target.path}.${process.pid}.tmp`;
-  writeFileSync(temporary, `${JSON.stringify(config, null, 2)}\n`, { mode: target.mode });
+  writeFileSync(temporary, text, { mode: target.mode });
   chmodSync(temporary, target.mode);
   renameSync(temporary, target.path);
 }
+
+/**
+ * The config file's text, refused past MAX_CONFIG_BYTES: shared `$ref`s fan out when each is written in place (an
+ * 11 KB document came to a 91 MB config, which start-up then reads for seconds; a larger one past what a string can
+ * hold).
+ */
+function configText(config: ConfigFile): string {
+  let text: string;
+  try {
+    text = `${JSON.stringify(config, null, 2)}\n`;
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    text = '';
+  }
+  if (text === '' || text.length > MAX_CONFIG_BYTES) {
+    throw new ConfigError(
+      `the routes chosen write out to more than ${MAX_CONFIG_BYTES / 1024 / 1024} MB of config (the document's schemas repeat through shared $refs): choose fewer operations; nothing was written`,
+    );
+  }
+  return text;
+}
+
+const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
 function report(
   result: ImportResult,

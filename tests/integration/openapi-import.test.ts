@@ -292,6 +292,29 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
     expect(Object.keys(written.upstreams).sort()).toEqual(ids);
   }, 120_000);
 
+  it('a small document whose shared $refs fan out past 16 MB of config is refused, naming why; nothing is written', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-import-fan-'));
+    // Each level's ten properties all refer to the next level: 10^7 leaves per body, written in place.
+    const schemas: Record<string, unknown> = { L7: { type: 'string' } };
+    for (let level = 0; level < 7; level++) {
+      const properties = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`p${i}`, { $ref: `#/components/schemas/L${level + 1}` }]));
+      schemas[`L${level}`] = { type: 'object', properties };
+    }
+    const paths = Object.fromEntries(
+      Array.from({ length: 30 }, (_, i) => [
+        `/things${i}`,
+        { post: { operationId: `make${i}`, requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/L0' } } } }, responses: { '204': { description: 'done' } } } },
+      ]),
+    );
+    const spec = join(dir, 'fan.json');
+    writeFileSync(spec, JSON.stringify({ openapi: '3.0.3', info: { title: 'Fan', version: '1' }, paths, components: { schemas } }));
+    expect(readFileSync(spec).length).toBeLessThan(16 * 1024);
+    const run = cli(['import', spec, '--upstream', 'fan', '--all', '--base-url', 'https://api.example.com/'], dir);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain('write out to more than 16 MB of config');
+    expect(existsSync(join(dir, 'config', 'keyward.json'))).toBe(false);
+  }, 120_000);
+
   it('without a terminal it needs --operations or --all (exit 2); nothing is written', () => {
     const dir = mkdtempSync(join(tmpdir(), 'keyward-import-'));
     const run = cli(['import', PETSTORE, '--upstream', 'petstore'], dir);
