@@ -329,8 +329,11 @@ export function screen(call: Call, request: CoreRequest): URL {
 export function screenDecoys(call: Call, request: CoreRequest): void {
   const { decoys } = call.deps;
   if (!decoys) return;
-  const found = findDecoyInRequest(decoys, request.headers, new URL(request.url), call.target.path);
-  if (found) throw presentDecoy(call, { kind: 'credential', ...found });
+  // The upstream segment too: `/api/proxy/<decoy>/…` is the path as much as the segments after it.
+  const found = findDecoyInRequest(decoys, request.headers, new URL(request.url), [call.target.upstream, ...call.target.path]);
+  // Noted, not refused yet: steps 1 to 3 answer it as they answer any value (an unknown upstream 404, a method
+  // override 400 …), so the answer does not tell a decoy from another key; step 3 refuses it once routed.
+  if (found) call.decoy ??= { kind: 'credential', ...found, raised: false };
 }
 
 /** 2. The upstream: a Map lookup, so `__proto__` or `constructor` find nothing. */
@@ -349,6 +352,8 @@ export function findRoute(call: Call, upstream: Upstream): RouteMatch {
   // A decoy route (`"decoy": true`) is never forwarded and needs no session, role or credential: whoever calls
   // it found it where only an attacker looks. Refused as unauthenticated, so the caller learns nothing.
   if (match.route.decoy) throw presentDecoy(call, { kind: 'route', decoyId: null, where: 'route' });
+  // A decoy in the headers, query or path (screenDecoys): refused now, as unauthenticated.
+  if (call.decoy) throw presentDecoy(call, call.decoy);
   return match;
 }
 
@@ -396,10 +401,9 @@ export async function revokedFirst(call: Call, error: unknown): Promise<unknown>
  * response is already streaming, past any catch. Before that, `refusalOf` raises it with the session.
  */
 function presentDecoy(call: Call, finding: Omit<CallDecoy, 'raised'>): KeywardError {
-  const decoy: CallDecoy = { ...finding, raised: false };
-  call.decoy ??= decoy;
+  call.decoy ??= { ...finding, raised: false };
   if (call.session) raiseCallDecoy(call, call.decoy, call.session);
-  return new KeywardError('unauthenticated');
+  return decoyRefusal();
 }
 
 /**
@@ -419,7 +423,21 @@ export async function refusalOf(
     call.session ??= await sessionOrNull(call, request, forgeryCheck);
     raiseCallDecoy(call, decoy, call.session);
   }
-  return new KeywardError('unauthenticated');
+  // Refused before a route was matched (steps 1 to 3): what the same request with any other value gets.
+  if (call.route === null && error instanceof KeywardError && !decoyRefusals.has(error)) return error;
+  return decoyRefusal();
+}
+
+/**
+ * Decoys' refusals: answered 401 `unauthenticated`, as a call without a session is, word for word, but recorded
+ * as `decoy_presented` (`refuse`), so the detector does not count them among the caller's failed calls: content
+ * an attacker got into an honest user's requests must not escalate against them (README "Decoy keys").
+ */
+const decoyRefusals = new WeakSet<KeywardError>();
+function decoyRefusal(): KeywardError {
+  const error = new KeywardError('unauthenticated');
+  decoyRefusals.add(error);
+  return error;
 }
 
 /**
@@ -840,7 +858,8 @@ export function refuse(call: Call, error: unknown, clientGone = false): Response
     // this call's per-user secret (own key, OAuth token) is scrubbed here.
     call.deps.logger.error({ err: scrubError(keywardError.cause, call.credential?.secrets ?? []), requestId: call.requestId }, 'proxy failed');
   }
-  record(call, keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, keywardError.code);
+  const errorCode = decoyRefusals.has(keywardError) ? 'decoy_presented' : keywardError.code;
+  record(call, keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, errorCode);
   return errorResponse(keywardError, call.requestId);
 }
 

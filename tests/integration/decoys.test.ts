@@ -9,7 +9,7 @@ import { ConfigError } from '../../lib/core/config/error';
 import { DecoySet, loadDecoys, type Decoy } from '../../lib/core/detect/decoys';
 import { decoyId, mintDecoy, type DecoyShape } from '../../lib/core/detect/mint';
 import type { DecoyHit, SecuritySignals } from '../../lib/core/detect/signals';
-import type { ProxyDeps } from '../../lib/core/pipeline';
+import type { ProxyDeps, ProxyEvent } from '../../lib/core/pipeline';
 import { createRuntime } from '../../lib/core/runtime';
 import { authorizeUpgrade } from '../../lib/core/ws/upgrade';
 import { capturingLogger } from '../fixtures/claims-session';
@@ -92,9 +92,21 @@ afterAll(async () => {
   await harness?.close();
 });
 
+/** The calls' records (what the audit trail and the detector receive), in order. */
+let records: ProxyEvent[] = [];
+
 beforeEach(() => {
   signals = new RecordingSignals();
-  deps = { ...harness.runtime, decoys, signals };
+  records = [];
+  deps = {
+    ...harness.runtime,
+    decoys,
+    signals,
+    onComplete: (event) => {
+      records.push(event);
+      harness.runtime.onComplete?.(event);
+    },
+  };
 });
 
 /** A call through handleProxy with decoys and the recording signals, from CLIENT_IP, as alice unless told otherwise. */
@@ -109,8 +121,16 @@ function call(path: readonly string[], options: CallOptions = {}) {
 }
 
 /** The one hit raised, checked against the call's answer: 401 unauthenticated with the same request id. */
-function expectOneHit(result: Awaited<ReturnType<typeof call>>, expected: Partial<DecoyHit>): DecoyHit {
-  expectKeywardError(result, 401, 'unauthenticated', harness);
+function expectOneHit(
+  result: Awaited<ReturnType<typeof call>>,
+  expected: Partial<DecoyHit>,
+  answer: { status: number; code: string } = { status: 401, code: 'unauthenticated' },
+): DecoyHit {
+  expectKeywardError(result, answer.status, answer.code, harness);
+  // Recorded apart from a failed call of the user's (the detector does not count it: lib/core/detect/detector.ts).
+  const requestId = result.json<{ error: { requestId: string } }>().error.requestId;
+  const recorded = records.find((record) => record.requestId === requestId);
+  expect(recorded?.errorCode).toBe(answer.code === 'unauthenticated' ? 'decoy_presented' : answer.code);
   // The answer is a wrong key's answer: nothing says "decoy".
   expect(result.text.toLowerCase()).not.toContain('decoy');
   expect(signals.hits).toHaveLength(1);
@@ -171,13 +191,28 @@ describe('a decoy presented in a request', () => {
     expectOneHit(await call(['models'], { query: `?state=${encoded}` }), { where: 'query:state' });
   });
 
-  it('as ?access_token= (which the pipeline refuses anyway): still a hit', async () => {
-    expectOneHit(await call(['models'], { query: `?access_token=${openai.value}` }), { where: 'query:access_token' });
+  // Refused before a route is matched, a decoy gets what any other value gets there: the answer cannot tell them apart.
+  it('as ?access_token= (which the pipeline refuses anyway): still a hit, answered as any token there is', async () => {
+    const other = await call(['models'], { query: `?access_token=${randomSecret('not-a-decoy')}` });
+    expectKeywardError(other, 400, 'bad_request', harness);
+    signals.hits.length = 0;
+    expectOneHit(await call(['models'], { query: `?access_token=${openai.value}` }), { where: 'query:access_token' }, { status: 400, code: 'bad_request' });
   });
 
-  it('on an unknown upstream or path: still a hit, the upstream not named after the client', async () => {
+  it('on an unknown upstream or path: still a hit, the upstream not named after the client, answered as any key there is', async () => {
+    const other = await call(['nowhere'], { upstream: 'no-such', headers: { 'x-api-key': randomSecret('not-a-decoy') } });
+    expectKeywardError(other, 404, 'upstream_not_found', harness);
+    signals.hits.length = 0;
     const result = await call(['nowhere'], { upstream: 'no-such', headers: { 'x-api-key': openai.value } });
-    expectOneHit(result, { where: 'header:x-api-key', upstream: '(unknown)', route: null });
+    expectOneHit(result, { where: 'header:x-api-key', upstream: '(unknown)', route: null }, { status: 404, code: 'upstream_not_found' });
+    signals.hits.length = 0;
+    const undeclared = await call(['nowhere'], { headers: { 'x-api-key': openai.value } });
+    expectOneHit(undeclared, { where: 'header:x-api-key', route: null }, { status: 404, code: 'route_not_found' });
+  });
+
+  it('as the upstream segment of the path (/api/proxy/<decoy>/…): a hit too', async () => {
+    const result = await call(['models'], { upstream: openai.value });
+    expectOneHit(result, { where: 'path', upstream: '(unknown)', route: null }, { status: 404, code: 'upstream_not_found' });
   });
 
   it('in a JSON body on a contract route (also JSON-escaped, and base64 inside a field): the upstream never receives it', async () => {
@@ -305,7 +340,7 @@ describe('a decoy route', () => {
   });
 
   it('is a decoy route without decoy credentials configured', async () => {
-    deps = { ...harness.runtime, signals };
+    deps = { ...deps, decoys: undefined };
     const result = await call(['admin', 'export']);
     expectOneHit(result, { kind: 'route', decoyId: null, where: 'route', route: '/admin/export' });
   });

@@ -2,6 +2,7 @@ import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import type { ProxyEvent } from '../pipeline';
 import { forgives, type Alert, type AlertAction, type AlertRule, type Alerts, type Decision } from './alerts';
+import { limitBucket } from '../client/ip';
 import { RateBaseline, RecentSet, RouteMemory } from './baseline';
 import type { DetectorConfig } from './config';
 import type { DecoyHit, SecuritySignals } from './signals';
@@ -23,8 +24,11 @@ const CREDENTIAL_QUERY = /^(?:key|api[-_]?key|access[-_]?token|token|auth|secret
 /** Steps of the graduated response, in order (README "Anomaly detection"). */
 const STEPS: readonly AlertAction[] = ['alert', 'throttle', 'reauth', 'revoke'];
 
-/** Refusals that are limits doing their job, or another site's forgery, not failures of the caller's calls. */
-const NOT_CALLER_ERRORS = new Set(['rate_limited', 'throttled', 'quota_exceeded', 'budget_exceeded', 'csrf_failed']);
+/**
+ * Refusals that are limits doing their job, another site's forgery, or a decoy (which has its own rule, and
+ * which an attacker can get into an honest user's requests as content), not failures of the caller's calls.
+ */
+const NOT_CALLER_ERRORS = new Set(['rate_limited', 'throttled', 'quota_exceeded', 'budget_exceeded', 'csrf_failed', 'decoy_presented']);
 
 /**
  * A call refused for what the caller asked (4xx from the upstream or from Keyward's policy: what probing looks
@@ -157,7 +161,9 @@ export class Detector implements SecuritySignals {
    */
   private admitDecoyAlert(hit: DecoyHit, at: number): boolean {
     const decoy = hit.decoyId ?? `route ${hit.upstream}${hit.route ?? ''}`;
-    const key = hit.userId ? `${decoy}|${hit.ip ?? ''}|${hit.userId}` : `${decoy}|(no session)`;
+    // By address as limits count them (an IPv6 /64 is one host's), so one user rotating through their /64 cannot
+    // use up the minute's alerts that others' hits need.
+    const key = hit.userId ? `${decoy}|${hit.ip === null ? '' : limitBucket(hit.ip)}|${hit.userId}` : `${decoy}|(no session)`;
     const last = this.decoysSeen.get(key);
     if (last !== undefined && at - last < this.config.cooldownMinutes * MINUTE_MS) return false;
     const minute = Math.floor(at / MINUTE_MS);
@@ -182,6 +188,12 @@ export class Detector implements SecuritySignals {
   forget(alert: Alert): void {
     const state = forgives(alert) ? this.users.get(alert.subject.userId) : undefined;
     if (state) forgive(state, this.now());
+    // A revocation undone no longer stands: the same session presenting a decoy again is revoked again (and
+    // alerted), not let through as "already revoked within the cooldown".
+    if (alert.action === 'revoke') {
+      const prefix = `${alert.subject.userId}|`;
+      for (const key of [...this.decoyRevokes.keys()]) if (key.startsWith(prefix)) this.decoyRevokes.delete(key);
+    }
   }
 
   /** Resolves when every action started so far has been written (tests). */

@@ -275,6 +275,23 @@ describe('anomaly detector', () => {
     expect(await revocations.isRevoked(s2)).toBe(true);
   });
 
+  it('after an admin undoes a decoy revocation, the same session presenting the decoy again is revoked again (and alerted)', async () => {
+    const { clock, revocations, alerts, detector, actions } = setup();
+    const hit = (requestId: string) => ({ kind: 'credential' as const, decoyId: 'dk_1', where: 'header:x-api-key', userId: 'local:mallory', sessionId: 's1', ip: '203.0.113.66', upstream: 'openai', route: null, requestId });
+    const s1 = { userId: 'local:mallory', sessionId: 's1', authTime: START - MINUTE_MS };
+    clock.now = START;
+    detector.decoyHit(hit('r1'));
+    const [first] = await actions();
+    clock.now = START + MINUTE_MS;
+    detector.forget(await alerts.undo(first!.id, 'local:root')); // as POST /api/admin/alerts/<id>/undo does
+    expect(await revocations.isRevoked(s1)).toBe(false);
+    clock.now = START + 5 * MINUTE_MS; // within the cooldown
+    detector.decoyHit(hit('r2'));
+    const after = await actions();
+    expect(after.map((a) => [a.action, a.evidence.requestId])).toEqual([['revoke', 'r1'], ['revoke', 'r2']]);
+    expect(await revocations.isRevoked(s1)).toBe(true);
+  });
+
   it('undoing the later of two revocations leaves the earlier one in force: its sessions revoked, its suspension kept', async () => {
     const { clock, store, revocations, alerts, detector, actions } = setup();
     const hit = (requestId: string) => ({ kind: 'credential' as const, decoyId: 'dk_1', where: 'header:authorization', userId: 'local:ada', sessionId: 's', ip: '203.0.113.66', upstream: 'openai', route: null, requestId });
@@ -437,6 +454,8 @@ describe('anomaly detector', () => {
       { status: 503, outcome: 'complete' }, // an outage
       { status: 504, outcome: 'upstream_error', errorCode: 'upstream_timeout' },
       { status: 403, outcome: 'refused', errorCode: 'csrf_failed' }, // sent by another site
+      // A decoy (answered 401): as content an attacker can put it into an honest user's calls; it has its own rule.
+      { status: 401, outcome: 'refused', errorCode: 'decoy_presented' },
     ];
     for (let i = 0; i < 150; i++) {
       clock.now = START + i * 400;
@@ -488,6 +507,10 @@ describe('anomaly detector', () => {
     clock.now += MINUTE_MS;
     detector.decoyHit({ ...content, userId: 'local:late', ip: '192.0.2.1' });
     expect(await actions()).toHaveLength(32);
+    // One user's host rotating through its IPv6 /64 is one address: one alert, not one per address.
+    clock.now += MINUTE_MS;
+    for (let i = 1; i <= 50; i++) detector.decoyHit({ ...content, userId: 'local:rotating', ip: `2001:db8:5:7::${i.toString(16)}` });
+    expect(await actions()).toHaveLength(33);
   });
 
   it('does nothing when disabled, but still acts on decoys', async () => {
