@@ -56,6 +56,8 @@ interface UndoRecord {
 
 const STREAM = 'alerts';
 const PAGE_MAX = 200;
+/** How far back an undo looks for later alerts that replaced its marks: 100 pages of PAGE_MAX (20,000 alerts). */
+const UNLINK_PAGES = 100;
 
 /**
  * The detector's actions and their record. Each action is written to the store (so every instance enforces
@@ -158,9 +160,7 @@ export class Alerts {
       ...undo.revocations.map(({ key, mark, previous }) => ({ key, value: mark, previous: previous ?? null })),
     ];
     if (userId === undefined || ours.length === 0) return;
-    const entries = await guard(() => this.store.readLog(STREAM, { limit: PAGE_MAX, order: 'desc' }));
-    for (const entry of entries) {
-      if (entry.value === id) break; // older than this one: nothing of theirs replaced this alert's marks
+    for await (const entry of this.newerThan(id)) {
       const laterKey = `alert:${entry.value}`;
       for (let attempt = 0; attempt < 3; attempt++) {
         const laterRaw = await guard(() => this.store.get(laterKey));
@@ -179,6 +179,24 @@ export class Alerts {
         const rewritten = JSON.stringify({ alert: later.alert, undo: { revocations, marks } });
         if (await guard(() => this.store.replaceIfEquals(laterKey, laterRaw, rewritten))) break;
       }
+    }
+  }
+
+  /**
+   * The alerts written after `id`, newest first: page after page back to its own entry (however many were
+   * written since: a fixed window missed a later alert's marks, which an undo then put back for good), at most
+   * UNLINK_PAGES pages.
+   */
+  private async *newerThan(id: string): AsyncGenerator<{ value: string }> {
+    let cursor: string | undefined;
+    for (let page = 0; page < UNLINK_PAGES; page++) {
+      const entries = await guard(() => this.store.readLog(STREAM, { limit: PAGE_MAX, cursor, order: 'desc' }));
+      for (const entry of entries) {
+        if (entry.value === id) return; // older than this one: nothing of theirs replaced this alert's marks
+        yield entry;
+      }
+      if (entries.length < PAGE_MAX) return;
+      cursor = entries.at(-1)!.id;
     }
   }
 

@@ -341,6 +341,27 @@ describe('anomaly detector', () => {
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
+  it('two revocations undone oldest first with hundreds of other alerts after them still leave nothing in force', async () => {
+    const { clock, store, revocations, alerts, detector, actions } = setup();
+    const hit = (requestId: string) => ({ kind: 'credential' as const, decoyId: 'dk_1', where: 'header:authorization', userId: 'local:ada', sessionId: 's', ip: '203.0.113.66', upstream: 'openai', route: null, requestId });
+    clock.now = START;
+    detector.decoyHit(hit('r1'));
+    await actions();
+    clock.now = START + 120 * MINUTE_MS;
+    detector.decoyHit(hit('r2'));
+    const [first, second] = await actions();
+    // 250 alerts about other users since: more than one page of the alert list (200).
+    for (let i = 0; i < 250; i++) {
+      clock.now += 1000;
+      await alerts.apply({ rule: 'decoy', action: 'alert', reason: 'content', subject: { userId: `local:other${i}` }, evidence: {} }, { limit: 1, windowSeconds: 60, forMinutes: 1 });
+    }
+    await alerts.undo(first!.id, 'local:root');
+    expect(await store.get(suspensionKey('local:ada'))).toBe(second!.id);
+    await alerts.undo(second!.id, 'local:root');
+    expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 'before', authTime: START - 60_000 })).toBe(false);
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+  });
+
   it('dismissing an alert that took no action (a decoy as content) does not forgive an anomaly under way: it escalates on', async () => {
     const { clock, alerts, detector, actions } = setup();
     let at = steadyDay((t, e) => {
