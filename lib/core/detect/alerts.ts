@@ -126,6 +126,14 @@ export class Alerts {
     await guard(() => this.store.set(`alert:${id}`, JSON.stringify({ alert, undo }), this.retentionMs));
     await guard(() => this.store.append(STREAM, id, at, this.retentionMs));
     await act();
+    // Undone while the step was being taken (the alert is listed before its marks are set): the undo found
+    // nothing to put back yet, so what the step set is put back now, or it would stay in force with no alert
+    // that an admin could undo.
+    const stored = await guard(() => this.store.get(`alert:${id}`));
+    if (stored !== null && parseAlert(stored)?.state === 'undone') {
+      await this.revocations.restore(undo.revocations);
+      for (const { key: markKey, value, previous } of undo.marks) await guard(() => putBack(this.store, markKey, value, previous ?? null));
+    }
     await this.audit.recordAdmin({
       action: `detector.${decision.action}`,
       actor: 'detector',

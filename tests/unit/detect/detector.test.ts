@@ -362,6 +362,33 @@ describe('anomaly detector', () => {
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
+  it('an undo that lands while the step is still being taken leaves nothing of it in force', async () => {
+    const { clock, store, revocations, alerts } = setup();
+    clock.now = START;
+    // The store is slow to set the suspension mark: the alert is listed (and undoable) before its marks are set.
+    let release!: () => void;
+    const slow = new Promise<void>((resolve) => (release = resolve));
+    const set = store.set.bind(store);
+    store.set = async (key, value, ttlMs) => {
+      if (key === suspensionKey('local:ada')) await slow;
+      return set(key, value, ttlMs);
+    };
+    const applying = alerts.apply(
+      { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
+      { limit: 1, windowSeconds: 60, forMinutes: 1 },
+    );
+    let listed: Alert | undefined;
+    for (let i = 0; i < 100 && !listed; i++) {
+      listed = (await alerts.list({ limit: 10 })).alerts[0];
+      if (!listed) await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    expect((await alerts.undo(listed!.id, 'local:root')).state).toBe('undone');
+    release();
+    await applying;
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+    expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 's', authTime: START - 60_000 })).toBe(false);
+  });
+
   it('dismissing an alert that took no action (a decoy as content) does not forgive an anomaly under way: it escalates on', async () => {
     const { clock, alerts, detector, actions } = setup();
     let at = steadyDay((t, e) => {
