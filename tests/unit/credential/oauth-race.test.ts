@@ -76,6 +76,18 @@ describe('a refresh racing the user', () => {
   });
 });
 
+/** A real in-memory store whose first compare-and-set fails as an unreachable store does, and works after. */
+function failingFirstWrite(): MemoryStore {
+  const store = new MemoryStore();
+  let failWrites = 1;
+  const replaceIfEquals = store.replaceIfEquals.bind(store);
+  store.replaceIfEquals = async (...args) => {
+    if (failWrites-- > 0) throw new StoreUnavailableError('down');
+    return replaceIfEquals(...args);
+  };
+  return store;
+}
+
 describe('a refresh the store fails to save', () => {
   it("is written by this process's next refresh of the grant, instead of presenting the rotated-out refresh token again", async () => {
     // A provider that rotates refresh tokens and refuses one presented twice (as Google, Okta or Auth0 do).
@@ -95,13 +107,7 @@ describe('a refresh the store fails to save', () => {
       ],
     ]);
     // The store fails the one write that saves the refresh (Redis gone for a moment), and works again after.
-    const store = new MemoryStore();
-    let failWrites = 1;
-    const replaceIfEquals = store.replaceIfEquals.bind(store);
-    store.replaceIfEquals = async (...args) => {
-      if (failWrites-- > 0) throw new StoreUnavailableError('down');
-      return replaceIfEquals(...args);
-    };
+    const store = failingFirstWrite();
     const refreshed: OAuthTokens[] = [];
     const ended: string[] = [];
     const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), refreshers, Date.now, {
@@ -124,13 +130,7 @@ describe('a refresh the store fails to save', () => {
     const refreshers = new Map<string, TokenRefresher>([
       ['github', async () => ({ accessToken: 'lost-access', refreshToken: 'lost-refresh', expiresAt: Date.now() - 1 })],
     ]);
-    const store = new MemoryStore();
-    let failWrites = 1;
-    const replaceIfEquals = store.replaceIfEquals.bind(store);
-    store.replaceIfEquals = async (...args) => {
-      if (failWrites-- > 0) throw new StoreUnavailableError('down');
-      return replaceIfEquals(...args);
-    };
+    const store = failingFirstWrite();
     const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), refreshers);
     await tokens.save('github', USER, expired);
     await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'store_unavailable' });
