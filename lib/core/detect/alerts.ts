@@ -191,6 +191,28 @@ export class Alerts {
   }
 
   /**
+   * This alert's revocation keys that a later, still active alert of the same user planned too without replacing
+   * this one's mark (`previous` null: its setIfAbsent found this mark there), with that alert's mark.
+   */
+  private async laterSessionMarks(id: string, alert: Alert, undo: UndoRecord): Promise<Map<string, string>> {
+    const handover = new Map<string, string>();
+    const userId = alert.subject.userId;
+    const keys = new Set(undo.revocations.map((entry) => entry.key));
+    if (userId === undefined || keys.size === 0) return handover;
+    for await (const entry of this.newerThan(id)) {
+      const raw = await guard(() => this.store.get(`alert:${entry.value}`));
+      if (!raw) continue;
+      const later = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
+      if (later.alert.state === 'undone' || later.alert.subject.userId !== userId) continue;
+      for (const planned of later.undo.revocations) {
+        // The oldest such alert takes it (the later ones' entries then find its mark, as this one's found ours).
+        if (keys.has(planned.key) && (planned.previous ?? null) === null) handover.set(planned.key, planned.mark);
+      }
+    }
+    return handover;
+  }
+
+  /**
    * The alerts written after `id`, newest first: page after page back to its own entry (however many were
    * written since: a fixed window missed a later alert's marks, which an undo then put back for good), at most
    * UNLINK_PAGES pages.
@@ -229,7 +251,16 @@ export class Alerts {
     if (!raw) throw new KeywardError('not_found');
     const { alert, undo } = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
     if (alert.state === 'undone') return alert;
-    await this.revocations.restore(undo.revocations);
+    // A session mark a later alert also planned (a re-authentication of the same session by another instance, or
+    // a later step): that alert did not set its own (setIfAbsent kept this one), so the mark is handed over to it
+    // rather than removed while it is still active.
+    const handover = await this.laterSessionMarks(id, alert, undo);
+    const own = undo.revocations.filter((entry) => !handover.has(entry.key));
+    for (const [markKey, later] of handover) {
+      const mine = undo.revocations.find((entry) => entry.key === markKey)!;
+      await guard(() => this.store.replaceIfEquals(markKey, mine.mark, later));
+    }
+    await this.revocations.restore(own);
     for (const { key: markKey, value, previous } of undo.marks) await guard(() => putBack(this.store, markKey, value, previous ?? null));
     await this.unlink(id, alert, undo);
     const undone: Alert = { ...alert, state: 'undone', undoneAt: new Date(this.now()).toISOString(), undoneBy: actor };

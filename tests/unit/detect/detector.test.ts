@@ -362,6 +362,21 @@ describe('anomaly detector', () => {
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
+  it('two re-authentications of one session (two instances): undoing one keeps the session ended while the other stands', async () => {
+    const { clock, revocations, alerts } = setup();
+    const reauth = { rule: 'ips_per_session' as const, action: 'reauth' as const, reason: 'many networks', subject: { userId: 'local:ada' }, evidence: {}, sessionIds: ['s1'] };
+    const throttle = { limit: 1, windowSeconds: 60, forMinutes: 1 };
+    const s1 = { userId: 'local:ada', sessionId: 's1', authTime: START - 60_000 };
+    clock.now = START;
+    const first = await alerts.apply(reauth, throttle);
+    clock.now += 1000;
+    const second = await alerts.apply(reauth, throttle);
+    await alerts.undo(first.id, 'local:root');
+    expect(await revocations.isRevoked(s1)).toBe(true);
+    await alerts.undo(second.id, 'local:root');
+    expect(await revocations.isRevoked(s1)).toBe(false);
+  });
+
   it('an undo that lands while the step is still being taken leaves nothing of it in force', async () => {
     const { clock, store, revocations, alerts } = setup();
     clock.now = START;
