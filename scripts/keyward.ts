@@ -605,16 +605,27 @@ function auditRow(record: AuditRecord): string[] {
   return [time, 'admin', admin.actor, admin.upstream ?? '-', what, admin.outcome, admin.fingerprint ?? '-'];
 }
 
+/**
+ * Exits once what was written to stdout has gone out: to a pipe (`audit export | jq`), stdout is asynchronous, and
+ * exiting at once cut the output short (an export lost its last records, `schema | …` stopped at 64 KiB) with exit 0.
+ */
+function exitAfterOutput(code: number): void {
+  process.stdout.write('', () => process.exit(code));
+}
+
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => exitAfterOutput(code),
   (error: unknown) => {
     // Keyward's own messages name the field, never a value; they may quote a document's text (an OpenAPI $ref), shown
     // escaped. Anything else: its code and system call (a file that cannot be written), never its message.
     const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
     const detail = [code, syscall].filter((part) => typeof part === 'string' && /^[\w.-]{1,40}$/.test(part)).join(' ');
+    // Line by line: a message that lists several fields keeps its line breaks.
     const message =
-      error instanceof ConfigError || error instanceof KeywardError ? visible(error.message) : `unexpected error${detail ? ` (${detail})` : ''}`;
+      error instanceof ConfigError || error instanceof KeywardError
+        ? error.message.split('\n').map(visible).join('\n')
+        : `unexpected error${detail ? ` (${detail})` : ''}`;
     process.stderr.write(`keyward: ${message}\n`);
-    process.exit(1);
+    exitAfterOutput(1);
   },
 );

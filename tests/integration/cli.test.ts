@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AdminRecord, AuditRecord, CallRecord } from '../../lib/core/audit/audit';
 import { keyFingerprints } from '../../lib/core/keys/fingerprint';
+import { configJsonSchema } from '../../lib/core/presets';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { capturingLogger } from '../fixtures/claims-session';
@@ -389,6 +390,9 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
     expect(check.code).toBe(1);
     expect(check.stderr).toContain('AUTH_URL: must be set in production');
     expect(check.stderr).toContain('KEYWARD_USERS_FILE or KEYWARD_OIDC_ISSUER: no sign-in method is configured');
+    // One field a line, as start-up prints them (not `\u000a` escapes).
+    expect(check.stderr).toMatch(/\n {2}- AUTH_URL: must be set in production/);
+    expect(check.stderr).not.toContain('\\u000a');
   });
 
   it("check-config in production refuses what npm start refuses: a memory store, which the fast lane cannot share with Next", async () => {
@@ -673,6 +677,21 @@ describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
       expect(run.stderr).toContain('npm run keyward -- --help');
       expect(run.stdout).toBe('');
     }
+  });
+
+  it('output through a pipe to a slow reader is whole: schema (over 64 KiB, a pipe buffer) parses', async () => {
+    // As `npm run -s keyward -- schema | jq`: the reader starts late, so the output waits in the pipe's buffer.
+    const command = `"${TSX}" --conditions=react-server "${SCRIPT}" schema | (sleep 1; cat)`;
+    const shellEnv: Record<string, string> = { ...env, TSX_TSCONFIG_PATH: join(ROOT, 'tsconfig.json') };
+    const stdout = await new Promise<string>((resolvePromise, reject) => {
+      const child = spawn('sh', ['-c', command], { cwd: workDir, env: shellEnv as NodeJS.ProcessEnv });
+      const out: Buffer[] = [];
+      child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
+      child.on('error', reject);
+      child.on('close', () => resolvePromise(Buffer.concat(out).toString('utf8')));
+    });
+    expect(stdout.length).toBeGreaterThan(64 * 1024);
+    expect(JSON.parse(stdout)).toEqual(configJsonSchema());
   });
 
   it('hash-password refuses what a sign-in form could never send: over 1024 characters, or a line break', async () => {
