@@ -1,5 +1,6 @@
 import 'server-only';
-import { errorResponse, KeywardError } from '@/lib/core/errors';
+import { endpointMethodRefusal } from '@/lib/core/api/guard';
+import { errorResponse } from '@/lib/core/errors';
 import type { RouteHandler } from './proxy-route';
 
 /** The methods a route file can export that a client can send (Next refuses TRACE and CONNECT itself). */
@@ -22,6 +23,6 @@ export function everyMethod<P>(handlers: RouteHandler<P> | Partial<Record<Exclud
   if (typeof handlers === 'function') return Object.fromEntries(METHODS.map((method) => [method, handlers])) as EveryMethod<P>;
   const allowed = { ...handlers, ...(handlers.GET ? { HEAD: handlers.GET } : {}) } as Partial<Record<Method, RouteHandler<P>>>;
   const allow = METHODS.filter((method) => allowed[method]).join(', ');
-  const refuse: RouteHandler<P> = async () => errorResponse(new KeywardError('method_not_allowed', { headers: { allow } }), crypto.randomUUID());
+  const refuse: RouteHandler<P> = async () => errorResponse(endpointMethodRefusal(allow), crypto.randomUUID());
   return Object.fromEntries(METHODS.map((method) => [method, allowed[method] ?? refuse])) as EveryMethod<P>;
 }

@@ -546,6 +546,7 @@ describe('everything else is served by Next', () => {
         const response = await raw(server, method, path, { origin: server.url, host: `localhost:${server.port}` });
         expect([response.status, errorCode(response)], what).toEqual([405, 'method_not_allowed']);
         expect(response.headers.allow, what).toBe(allow);
+        expect((JSON.parse(response.body) as { error: { message: string } }).error.message, what).toBe('This endpoint does not take this method.');
         expect(response.headers['x-request-id'], what).toMatch(/^[0-9a-f-]{36}$/);
         expect(response.headers['cache-control'], what).toBe('private, no-store');
       }

@@ -20,12 +20,19 @@ export async function apiHandler(runtime: Pick<Runtime, 'logger'>, handle: () =>
   try {
     return await handle();
   } catch (error) {
-    const keywardError =
+    let keywardError =
       error instanceof StoreUnavailableError ? new KeywardError('store_unavailable', { cause: error }) : toKeywardError(error);
+    // The default 405 text speaks of an upstream's routes: Keyward's own endpoints say it of themselves.
+    if (keywardError.code === 'method_not_allowed') keywardError = endpointMethodRefusal(keywardError.headers.allow ?? '');
     const requestId = crypto.randomUUID();
     if (keywardError.status >= 500) runtime.logger.error({ err: keywardError.cause ?? keywardError, requestId }, 'api failed');
     return errorResponse(keywardError, requestId);
   }
+}
+
+/** 405 from one of Keyward's own endpoints (not a proxied route), with the methods it takes. */
+export function endpointMethodRefusal(allow: string): KeywardError {
+  return new KeywardError('method_not_allowed', { message: 'This endpoint does not take this method.', headers: { allow } });
 }
 
 export function json(body: unknown, status = 200): Response {
