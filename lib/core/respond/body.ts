@@ -219,7 +219,7 @@ export class ProxiedBody {
   }
 
   private async next(): Promise<Uint8Array[] | null> {
-    const { scrubber, tap } = this;
+    const { scrubber, tap, boundaries } = this;
     for (;;) {
       const { value, done } = await this.iterator.next();
       if (done) {
@@ -228,10 +228,12 @@ export class ProxiedBody {
         return tail && tail.length > 0 ? [tail] : null;
       }
       streamedTo(this.received, (this.received += value.length));
+      // Before any of this chunk goes out: it throws when the chunk breaks the framing after held bytes went.
+      const atBoundary = scrubber !== null && boundaries != null && boundaries.endsAtBoundary(value);
       // The scrubber's pieces go on as they are: a byte held back from the previous chunk comes out in
       // front of this one without copying the chunk behind it.
       const parts = scrubber ? scrubber.pushParts(value) : [value];
-      if (scrubber && this.boundaries?.endsAtBoundary(value)) {
+      if (atBoundary && boundaries.mayRelease(scrubber.heldBytes)) {
         const held = scrubber.flush();
         if (held.length > 0) parts.push(held);
       }

@@ -101,6 +101,11 @@ export class StreamScrubber {
     return this.patterns.forms.length > 0;
   }
 
+  /** How many bytes are held back, waiting for the next chunk or the end. */
+  get heldBytes(): number {
+    return this.carry.length;
+  }
+
   /** How many secret forms were replaced so far (the metrics' `keyward_scrubber_hits_total`). */
   get hits(): number {
     return this.replaced;

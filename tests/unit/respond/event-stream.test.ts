@@ -32,6 +32,26 @@ describe('EventStreamBoundaries', () => {
     const tracker = new EventStreamBoundaries();
     expect(tracker.endsAtBoundary(Buffer.from([0, 0, 0, 3, 1, 2, 3]))).toBe(false);
     expect(tracker.endsAtBoundary(message('ok'))).toBe(false);
+    // Longer than AWS's 16 MiB limit: not an event stream either.
+    const long = new EventStreamBoundaries();
+    const head = Buffer.alloc(12);
+    head.writeUInt32BE(16 * 1024 * 1024 + 1, 0);
+    expect(long.endsAtBoundary(head)).toBe(false);
+    expect(long.endsAtBoundary(Buffer.alloc(16 * 1024 * 1024 + 1 - 12))).toBe(false);
+    expect(long.endsAtBoundary(message('ok'))).toBe(false);
+  });
+
+  it('lets only a CRC go at a boundary, and after that wants the next chunk to begin a message', () => {
+    const tracker = new EventStreamBoundaries();
+    expect(tracker.endsAtBoundary(message('a'))).toBe(true);
+    expect(tracker.mayRelease(5)).toBe(false);
+    expect(tracker.mayRelease(4)).toBe(true);
+    // A length's first byte is 0x00 or 0x01 (16 MiB at most): a letter cannot begin the next message.
+    expect(() => tracker.endsAtBoundary(Buffer.from('CDEF'))).toThrow(expect.objectContaining({ code: 'upstream_bad_response' }));
+    const honest = new EventStreamBoundaries();
+    expect(honest.endsAtBoundary(message('a'))).toBe(true);
+    expect(honest.mayRelease(4)).toBe(true);
+    expect(honest.endsAtBoundary(message('b'))).toBe(true);
   });
 });
 
@@ -65,5 +85,43 @@ describe('ProxiedBody.stream() with event-stream boundaries', () => {
       rest.push(Buffer.from(value));
     }
     expect(Buffer.concat(rest).toString('latin1')).not.toContain(secret);
+  });
+
+  /** The bytes a ProxiedBody with event-stream boundaries hands on for `chunks`, and the error it ended with. */
+  async function through(secret: string, chunks: Buffer[]): Promise<{ out: Buffer; error: unknown }> {
+    const source = Readable.from(chunks);
+    const body = new ProxiedBody(source, new StreamScrubber([secret]), () => {}, null, new EventStreamBoundaries());
+    const out: Buffer[] = [];
+    try {
+      for (let parts = await body.read(); parts !== null; parts = await body.read()) out.push(...parts.map((part) => Buffer.from(part)));
+    } catch (error) {
+      return { out: Buffer.concat(out), error };
+    }
+    return { out: Buffer.concat(out), error: null };
+  }
+
+  it('cuts a stream that puts the start of a secret where a CRC would be and the rest after it', async () => {
+    const secret = 'AKIAEXAMPLESECRETKEYID';
+    // Framed as a message whose "CRC" is the secret's first 4 bytes, then the rest of the secret as the next bytes.
+    const forged = [message('{"delta":"x"}', [...Buffer.from(secret.slice(0, 4))]), Buffer.from(`${secret.slice(4)} and more`)];
+    const { out, error } = await through(secret, forged);
+    expect(error).toMatchObject({ code: 'upstream_bad_response' });
+    expect(out.toString('latin1')).not.toContain(secret.slice(4));
+    expect(out.toString('latin1')).not.toContain(secret);
+  });
+
+  it('keeps holding a tail longer than a CRC at a boundary: a secret across it is replaced whole', async () => {
+    const secret = 'AKIAEXAMPLESECRETKEYID';
+    // The message's content ends with the secret's first 8 bytes, its CRC is the next 4: 12 bytes held back.
+    const first = message(`{"delta":"x"}${secret.slice(0, 8)}`, [...Buffer.from(secret.slice(8, 12))]);
+    const { out, error } = await through(secret, [first, Buffer.from(secret.slice(12))]);
+    expect(error).toBeNull();
+    expect(out.toString('latin1')).not.toContain(secret);
+    expect(out.toString('latin1')).toContain('[REDACTED]');
+    // An honest stream whose content ends in letters loses nothing: the held bytes go with the next message.
+    const honest = [message('{"delta":"x"}abcdefgh', [...Buffer.from('ijkl')]), message('{"delta":"y"}')];
+    const passed = await through(secret, honest);
+    expect(passed.error).toBeNull();
+    expect(passed.out.equals(Buffer.concat(honest))).toBe(true);
   });
 });
