@@ -234,6 +234,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       redirectUris: settings.KEYWARD_MOBILE_REDIRECT_URIS,
       accessTtlSeconds: settings.KEYWARD_MOBILE_ACCESS_TTL,
       refreshTtlSeconds: settings.KEYWARD_MOBILE_REFRESH_TTL,
+      refreshGraceSeconds: settings.KEYWARD_MOBILE_REFRESH_GRACE,
       sessionSecret: settings.KEYWARD_SESSION_SECRET,
       localUsers: users,
     },

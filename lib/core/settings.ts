@@ -119,6 +119,8 @@ const settingsSchema = z.object({
   KEYWARD_METRICS_TOKEN: secret.optional(),
   KEYWARD_MOBILE_ACCESS_TTL: z.coerce.number().int().min(60).max(3600).default(900),
   KEYWARD_MOBILE_REFRESH_TTL: z.coerce.number().int().min(3600).max(90 * 24 * 3600).default(30 * 24 * 3600),
+  /** Seconds after a refresh during which the same refresh token gets the same successor again; 0: never. */
+  KEYWARD_MOBILE_REFRESH_GRACE: z.coerce.number().int().min(0).max(120).default(30),
   /**
    * DPoP (RFC 9449) at the mobile token endpoint: `optional` binds the tokens to the app's key when it sends a
    * proof; `required` refuses a grant without one (`invalid_dpop_proof`). Bound tokens need a proof either way.

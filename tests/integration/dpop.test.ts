@@ -348,6 +348,29 @@ describe('the token endpoint with a DPoP proof', () => {
     expect((await call(next.access_token, key)).result.status).toBe(200);
     expectOAuthError(await token(refreshGrant(next.refresh_token), null), 'invalid_dpop_proof');
   });
+
+  it('the same refresh presented again within the grace needs the key its successor was bound to; without it, it is a copy', async () => {
+    const key = await dpopKey();
+    // Same key again (the answer was lost): the same successor.
+    const retried = (await token(codeGrant(await newCode()), null)).json<Tokens>();
+    const first = (await dpopToken(refreshGrant(retried.refresh_token), key)).json<Tokens>();
+    const again = await dpopToken(refreshGrant(retried.refresh_token), key);
+    expect(again.status, again.body).toBe(200);
+    expect(again.json<Tokens>().refresh_token).toBe(first.refresh_token);
+    expect(again.json<Tokens>().token_type).toBe('DPoP');
+    // Another key, or none: whoever sends it is not the app that bound the successor; the family ends.
+    for (const other of [await dpopKey(), null]) {
+      const unbound = (await token(codeGrant(await newCode()), null)).json<Tokens>();
+      const bound = (await dpopToken(refreshGrant(unbound.refresh_token), key)).json<Tokens>();
+      const copy =
+        other === null
+          ? await token(refreshGrant(unbound.refresh_token), null)
+          : await dpopToken(refreshGrant(unbound.refresh_token), other);
+      expectOAuthError(copy, 'invalid_grant');
+      expect((await call(bound.access_token, key)).result.status).toBe(401);
+      expectOAuthError(await dpopToken(refreshGrant(bound.refresh_token), key), 'invalid_grant');
+    }
+  });
 });
 
 describe('KEYWARD_MOBILE_DPOP=required', () => {

@@ -251,8 +251,21 @@ async function signInApp(cookie = aliceCookie): Promise<Tokens> {
   return result.json<Tokens>();
 }
 
-async function refresh(refreshToken: string): Promise<Result> {
-  const result = await token({ grant_type: 'refresh_token', refresh_token: refreshToken });
+/** Runs `body` with the clock `ms` later, then puts it back. */
+async function later(ms: number, body: () => Promise<unknown>): Promise<void> {
+  const started = clock;
+  clock += ms;
+  try {
+    await body();
+  } finally {
+    clock = started;
+  }
+}
+/** Past KEYWARD_MOBILE_REFRESH_GRACE (30 s by default): a spent refresh token presented then is a copy. */
+const PAST_GRACE_MS = 31_000;
+
+async function refresh(refreshToken: string, on?: Runtime): Promise<Result> {
+  const result = await token({ grant_type: 'refresh_token', refresh_token: refreshToken }, { on });
   if (result.status === 200) {
     const tokens = result.json<Tokens>();
     issued.push(tokens.access_token, tokens.refresh_token);
@@ -923,7 +936,7 @@ describe('POST /api/session/token: refresh_token', () => {
     expect((await proxy(second.access_token)).result.status).toBe(200);
 
     const logLinesBefore = logLines.length;
-    expectOAuthError(await refresh(first.refresh_token), 400, 'invalid_grant');
+    await later(PAST_GRACE_MS, async () => expectOAuthError(await refresh(first.refresh_token), 400, 'invalid_grant'));
     // The family's live access token is refused on its very next request …
     const live = await proxy(second.access_token);
     expectError(live.result, 401, 'unauthenticated');
@@ -941,9 +954,63 @@ describe('POST /api/session/token: refresh_token', () => {
     expect((await refresh(other.refresh_token)).status).toBe(200);
   });
 
-  it('two concurrent refreshes with one token: one wins, the other is a reuse and revokes the family', async () => {
+  it('a refresh token presented again within the grace (the answer was lost) gets the same successor; once that is used, it is a copy', async () => {
+    const first = await signInApp();
+    const rotated = await refresh(first.refresh_token);
+    expect(rotated.status).toBe(200);
+    const second = rotated.json<Tokens>();
+    // The app never got that answer and sends the same request again, 29 s later.
+    await later(29_000, async () => {
+      const again = await refresh(first.refresh_token);
+      expect(again.status, again.body).toBe(200);
+      const resent = again.json<Tokens>();
+      expect(resent.refresh_token).toBe(second.refresh_token);
+      expect(resent.access_token).not.toBe(second.access_token);
+      for (const access of [second.access_token, resent.access_token]) expect((await proxy(access)).result.status).toBe(200);
+      // The family goes on from the one successor …
+      const third = await refresh(second.refresh_token);
+      expect(third.status).toBe(200);
+      // … and once that successor is spent, the first token (still within its grace) is a copy: the family ends.
+      expectOAuthError(await refresh(first.refresh_token), 400, 'invalid_grant');
+      expectError((await proxy(third.json<Tokens>().access_token)).result, 401, 'unauthenticated');
+      expectOAuthError(await refresh(third.json<Tokens>().refresh_token), 400, 'invalid_grant');
+    });
+  });
+
+  it('within the grace, on an instance with a new session secret (its successor would differ): a copy, the family ends', async () => {
+    const rotatedSecret = createRuntime({
+      env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: REDIRECTS, KEYWARD_SESSION_SECRET: randomSecret('session') },
+      upstreams,
+      store,
+      logger,
+      now: () => clock,
+    });
+    const first = await signInApp();
+    const second = (await refresh(first.refresh_token)).json<Tokens>();
+    expectOAuthError(await refresh(first.refresh_token, rotatedSecret), 400, 'invalid_grant');
+    expectOAuthError(await refresh(second.refresh_token), 400, 'invalid_grant');
+  });
+
+  it('two concurrent refreshes with one token: both get the same successor, and the family goes on', async () => {
     const tokens = await signInApp();
     const results = await Promise.all([refresh(tokens.refresh_token), refresh(tokens.refresh_token)]);
+    expect(results.map((r) => r.status)).toEqual([200, 200]);
+    const [one, two] = results.map((r) => r.json<Tokens>());
+    expect(one!.refresh_token).toBe(two!.refresh_token);
+    for (const access of [one!.access_token, two!.access_token]) expect((await proxy(access)).result.status).toBe(200);
+    expect((await refresh(one!.refresh_token)).status).toBe(200);
+  });
+
+  it('KEYWARD_MOBILE_REFRESH_GRACE=0: of two concurrent refreshes with one token, one wins and the other revokes the family', async () => {
+    const strict = createRuntime({
+      env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: REDIRECTS, KEYWARD_MOBILE_REFRESH_GRACE: '0' },
+      upstreams,
+      store,
+      logger,
+      now: () => clock,
+    });
+    const tokens = await signInApp();
+    const results = await Promise.all([refresh(tokens.refresh_token, strict), refresh(tokens.refresh_token, strict)]);
     expect(results.map((r) => r.status).sort()).toEqual([200, 400]);
     const winner = results.find((r) => r.status === 200)!.json<Tokens>();
     expectError((await proxy(winner.access_token)).result, 401, 'unauthenticated');
@@ -1281,10 +1348,10 @@ describe('bounds on what one user can make Keyward store', () => {
     const rotated = await refresh(tokens.refresh_token);
     expect(rotated.status).toBe(200);
 
-    // At the bound, a copied (already used) refresh token still ends its family at once: theft detection
-    // does not wait for the window.
+    // At the bound, a copied (already used, past its grace) refresh token still ends its family at once: theft
+    // detection does not wait for the window.
     await store.set(`mrt:refreshes:${sub}`, String(MOBILE_CAPS.refreshes.max), MOBILE_CAPS.refreshes.windowMs);
-    expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant');
+    await later(PAST_GRACE_MS, async () => expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant'));
     await store.delete(`mrt:refreshes:${sub}`);
     expectOAuthError(await refresh(rotated.json<Tokens>().refresh_token), 400, 'invalid_grant');
   });

@@ -171,6 +171,19 @@ describe('readSettings: KEYWARD_MOBILE_DPOP', () => {
   });
 });
 
+describe('readSettings: KEYWARD_MOBILE_REFRESH_GRACE', () => {
+  it('is 30 s by default, and takes 0 (no grace) to 120', () => {
+    expect(readSettings(testSessionSecrets()).KEYWARD_MOBILE_REFRESH_GRACE).toBe(30);
+    for (const value of [0, 120]) {
+      expect(readSettings({ ...testSessionSecrets(), KEYWARD_MOBILE_REFRESH_GRACE: String(value) }).KEYWARD_MOBILE_REFRESH_GRACE).toBe(value);
+    }
+  });
+
+  it.each(['-1', '121', '1.5', 'soon'])('refuses %j, naming the setting', (value) => {
+    expect(settingsError({ ...testSessionSecrets(), KEYWARD_MOBILE_REFRESH_GRACE: value })).toContain('KEYWARD_MOBILE_REFRESH_GRACE');
+  });
+});
+
 describe('assertNoPublicSecrets', () => {
   it('refuses a NEXT_PUBLIC_ variable holding a secret and names only the variable', () => {
     const secret = randomSecret();

@@ -1,5 +1,5 @@
 import 'server-only';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { sealData } from 'iron-session';
 import type { Logger } from 'pino';
 import { KeywardError } from '../errors';
@@ -19,6 +19,11 @@ export interface MobileSettings {
   readonly redirectUris: readonly string[];
   readonly accessTtlSeconds: number;
   readonly refreshTtlSeconds: number;
+  /**
+   * How long after a refresh the same refresh token may be presented again and get the same successor (a
+   * response lost on the way, two requests refreshing at once); 0: every second use revokes the family.
+   */
+  readonly refreshGraceSeconds?: number;
   readonly sessionSecret: string;
   /**
    * Local users (KEYWARD_USERS_FILE): a local user's roles, claims and name are read from here at every
@@ -45,6 +50,13 @@ interface CodeRecord extends Grant {
   sid?: string;
   /** The client_id of the authorize request (absent in records written before client ids were read). */
   clientId?: string | null;
+}
+
+/** What `mrt-used:<hash>` holds once a refresh token is spent: when, and its successor's hash and DPoP key. */
+interface SpentRecord {
+  at: number;
+  next: string;
+  jkt: string | null;
 }
 
 interface RefreshRecord extends Grant {
@@ -104,7 +116,9 @@ const opaque = (prefix: string) => `${prefix}_${randomBytes(32).toString('base64
  *
  * Refresh tokens rotate on every use and belong to a family (one per sign-in). Using a refresh token twice
  * means it was copied: the whole family is revoked at once, including its live access tokens, whose session
- * id is the family id (OAuth 2.0 Security BCP, RFC 9700 §4.14.2).
+ * id is the family id (OAuth 2.0 Security BCP, RFC 9700 §4.14.2). Within `refreshGraceSeconds` of its use, and
+ * while its successor is unused, the same token presented again (the app never got the answer, or two of its
+ * requests refreshed at once) gets that same successor and a new access token: nothing new to copy or keep.
  */
 export class MobileTokens {
   constructor(
@@ -236,17 +250,29 @@ export class MobileTokens {
           : 'The DPoP proof is signed with another key than the one this refresh token is bound to.',
       );
     }
-    // A token used before is a copy, whatever the bound below says: its family ends now.
-    if ((await guard(() => this.store.get(`mrt-used:${tokenHash}`))) !== null) await this.reused(record);
+    const successor = this.successorOf(refreshToken);
+    const successorJkt = boundTo ?? jkt;
+    // A token used before is a copy, whatever the bound below says: its family ends now (unless within the grace).
+    const spent = await guard(() => this.store.get(`mrt-used:${tokenHash}`));
+    if (spent !== null) return this.presentedAgain(successor, record, spent, successorJkt, startedAt);
     // Counted before the token is spent: a refused refresh leaves it usable.
     await capPerWindow(this.store, `mrt:refreshes:${record.sub}`, {
       ...MOBILE_CAPS.refreshes,
       message: "This account's app sign-ins were refreshed too often in the last hour; try again later.",
     });
+    const mark: SpentRecord = { at: this.now(), next: hash(successor), jkt: successorJkt };
     const firstUse = await guard(() =>
-      this.store.setIfAbsent(`mrt-used:${tokenHash}`, '1', this.settings.refreshTtlSeconds * 1000),
+      this.store.setIfAbsent(`mrt-used:${tokenHash}`, JSON.stringify(mark), this.settings.refreshTtlSeconds * 1000),
     );
-    if (!firstUse) await this.reused(record);
+    if (!firstUse) {
+      const winner = await guard(() => this.store.get(`mrt-used:${tokenHash}`));
+      return this.presentedAgain(successor, record, winner ?? '', successorJkt, startedAt);
+    }
+    return this.rotate(successor, record, successorJkt, startedAt);
+  }
+
+  /** Issues a new access token and `successor`, the refresh token that follows the one presented (`successorOf`). */
+  private async rotate(successor: string, record: RefreshRecord, jkt: string | null, startedAt: number): Promise<TokenResponse> {
     const grant = this.current(grantOnly(record));
     if (!grant) {
       // The user is gone: end the family everywhere, its live access token included, not just this refresh.
@@ -254,7 +280,47 @@ export class MobileTokens {
       this.logger.info({ userId: record.sub, family: record.family }, 'mobile refresh refused: local user no longer exists or has a new password; token family revoked');
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
-    return this.issue(grant, record.family, record.clientId ?? null, boundTo ?? jkt, startedAt);
+    return this.issue(grant, record.family, record.clientId ?? null, jkt, startedAt, successor);
+  }
+
+  /**
+   * A spent refresh token presented again (`spent`: its SpentRecord; `successor`: what follows it). Within the
+   * grace after its use, with the DPoP key its successor is bound to (or none, as then), and while that successor
+   * is unused and the one its first use gave (the session secret may have changed since), it gets the same
+   * successor again, with a new access token: an app whose answer was lost, or that refreshed twice at once,
+   * keeps its sign-in. Anything else is a copy, and the family is revoked.
+   */
+  private async presentedAgain(
+    successor: string,
+    record: RefreshRecord,
+    spent: string,
+    jkt: string | null,
+    startedAt: number,
+  ): Promise<TokenResponse> {
+    const graceMs = (this.settings.refreshGraceSeconds ?? 0) * 1000;
+    const mark = parseSpent(spent); // null for a record written before the grace ('1'): a copy
+    if (
+      graceMs > 0 &&
+      mark !== null &&
+      this.now() - mark.at <= graceMs &&
+      mark.next === hash(successor) &&
+      mark.jkt === jkt &&
+      (await guard(() => this.store.get(`mrt-used:${hash(successor)}`))) === null
+    ) {
+      this.logger.info({ userId: record.sub, family: record.family }, 'refresh token presented again within the grace: its successor issued again');
+      return this.rotate(successor, record, jkt, startedAt);
+    }
+    return this.reused(record);
+  }
+
+  /**
+   * The refresh token that follows `refreshToken`: derived from it with the session secret (HMAC-SHA256), so
+   * that a second use within the grace gets the same one without Keyward keeping any refresh token, even sealed.
+   * Only whoever holds `refreshToken` and the secret can tell it; the store keeps its hash, like every other's.
+   */
+  private successorOf(refreshToken: string): string {
+    const mac = createHmac('sha256', this.settings.sessionSecret).update(`keyward.mobile.refresh-successor:${refreshToken}`, 'utf8');
+    return `kwr_${mac.digest('base64url')}`;
   }
 
   /**
@@ -320,8 +386,18 @@ export class MobileTokens {
     return now && { ...grant, name: now.name, roles: [...now.roles], claims: { ...now.claims } };
   }
 
-  /** Tokens for the grant; with `jkt`, both bound to that DPoP key (the access token's `cnf.jkt`, RFC 9449 §6). */
-  private async issue(grant: Grant, family: string, clientId: string | null, jkt: string | null, startedAt: number): Promise<TokenResponse> {
+  /**
+   * Tokens for the grant; with `jkt`, both bound to that DPoP key (the access token's `cnf.jkt`, RFC 9449 §6).
+   * The refresh token is `refreshToken` when a refresh names its successor, else a new random one.
+   */
+  private async issue(
+    grant: Grant,
+    family: string,
+    clientId: string | null,
+    jkt: string | null,
+    startedAt: number,
+    refreshToken = opaque('kwr'),
+  ): Promise<TokenResponse> {
     const now = this.now();
     const claims: BearerClaims = {
       typ: 'keyward.session',
@@ -348,7 +424,6 @@ export class MobileTokens {
       );
       throw new KeywardError('invalid_grant', { message: TOO_LONG });
     }
-    const refreshToken = opaque('kwr');
     const record: RefreshRecord = { ...grant, family, clientId, startedAt, ...(jkt === null ? {} : { jkt }) };
     // Each rotated refresh token lives to the family's end (at least 1 s: the caller checked it is ahead).
     await guard(() =>
@@ -372,6 +447,17 @@ function grantOf(session: Session): Grant {
     authTime: session.authTime || Date.now(),
     pwv: session.passwordVersion ?? null,
   };
+}
+
+function parseSpent(value: string): SpentRecord | null {
+  try {
+    const mark = JSON.parse(value) as Partial<SpentRecord> | null;
+    return typeof mark?.at === 'number' && typeof mark.next === 'string' && (mark.jkt === null || typeof mark.jkt === 'string')
+      ? { at: mark.at, next: mark.next, jkt: mark.jkt }
+      : null;
+  } catch {
+    return null;
+  }
 }
 
 function grantOnly(record: Grant): Grant {
