@@ -11,7 +11,7 @@ import { QUEUE_TIMEOUT } from './forward/queue-deadline';
 import { clientIp } from './client/ip';
 import type { RateLimiterRes } from 'rate-limiter-flexible';
 import type { Limits, LimitGrant, LimitSubject } from './limits/limits';
-import { UsageReader, numberAt, pricedUsage, sumAt, toUnits, type TokenPrice, type UsageRead } from './limits/usage';
+import { UsageReader, numberAt, pricedUsage, ratesFor, sumAt, toUnits, type TokenPrice, type UsageRead } from './limits/usage';
 import { authorize } from './policy/authorize';
 import { readContractBody } from './policy/body';
 import { applyCaps, applyIdentity, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
@@ -675,9 +675,12 @@ export async function reserveBudget(
     const inputBound = Buffer.isBuffer(content) ? content.length : content ? route.maxRequestBytes : 0;
     const price = priceFor(cost.price, parts);
     const outputBound = cost.price.outputTokens ? boundOf(cost, parts) : 0;
-    // Every input token may be one reported apart at a higher share (Anthropic's 1-hour cache writes: 2×).
+    // Every input token may be one reported apart at a higher share (Anthropic's 1-hour cache writes: 2×), and a
+    // body with more bytes than the long-context threshold may hold that many tokens: the dearer of both prices.
     const inputShare = Math.max(1, ...cost.price.extraInputTokens.map(({ times }) => times));
-    units = toUnits(inputBound * inputShare * price.input + outputBound * price.output) ?? Number.MAX_SAFE_INTEGER;
+    const long = ratesFor(price, inputBound);
+    const rates = { input: Math.max(price.input, long.input), output: Math.max(price.output, long.output) };
+    units = toUnits(inputBound * inputShare * rates.input + outputBound * rates.output) ?? Number.MAX_SAFE_INTEGER;
     units = Math.min(units + (cost.reserveFrom?.plus ?? 0), Number.MAX_SAFE_INTEGER);
     call.usage = pricedUsage(cost.price, price, inputBound);
   } else {

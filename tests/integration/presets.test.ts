@@ -73,6 +73,14 @@ beforeAll(async () => {
         prices: { 'claude-test': { input: 3, output: 15 } },
         budgets: [{ by: 'user', units: 100_000, period: 'day' }],
       }),
+      anthropic({
+        id: 'anthropic-long',
+        baseUrl: base('/anthropic/'),
+        models: ['claude-test'],
+        maxOutputTokens: 300,
+        prices: { 'claude-test': { input: 3, output: 15 } },
+        budgets: [{ by: 'user', units: 2_000_000, period: 'day' }],
+      }),
       gemini({ baseUrl: base('/gemini/v1beta/'), models: ['gemini-test'], maxOutputTokens: 200 }),
       github({ baseUrl: base('/github/'), repos: ['acme/widgets'] }),
       stripe({ baseUrl: base('/stripe/v1/') }),
@@ -368,6 +376,42 @@ describe('anthropic preset with a price table: the prompt cache', () => {
     // Half of it fits.
     const half = { ...message, messages: [{ role: 'user', content: 'x'.repeat(10_000) }] };
     expect((await call('anthropic-priced', '/v1/messages', { body: half, headers: { cookie } })).status).toBe(200);
+  });
+});
+
+describe('anthropic preset with a price table: long context (more than 200K input tokens)', () => {
+  const message = (content = 'hi') => ({ model: 'claude-test', messages: [{ role: 'user', content }] });
+  const user = (sub: string) => sessionCookie(sessionSecrets.AUTH_SECRET, { sub, roles: ['user'] });
+
+  it('charges every token of a call past 200K input tokens at 2× input and 1.5× output, cache included', async () => {
+    const cookie = await user('local:long-reader');
+    let usage: Record<string, number> = {};
+    upstream.handle(async (_req, res, record) => {
+      await record.bodyDone;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ usage }));
+    });
+    usage = { input_tokens: 150_000, cache_read_input_tokens: 50_000, output_tokens: 20 };
+    const at = await call('anthropic-long', '/v1/messages', { body: message(), headers: { cookie } });
+    // (150,000 + 50,000 × 0.1) × 3 + 20 × 15: 200K is not past the threshold.
+    await expect.poll(() => events.get(at.headers.get('x-request-id')!)?.units).toBe(465_300);
+    usage = { input_tokens: 150_000, cache_read_input_tokens: 60_000, output_tokens: 20 };
+    const past = await call('anthropic-long', '/v1/messages', { body: message(), headers: { cookie } });
+    // (150,000 + 60,000 × 0.1) × 6 + 20 × 22.5
+    await expect.poll(() => events.get(past.headers.get('x-request-id')!)?.units).toBe(936_450);
+    upstream.reset();
+  });
+
+  it('reserves a body of more than 200K bytes at the long-context prices', async () => {
+    // 190 KB: 190,000 × 2 (1-hour cache writes) × 3 + 300 × 15 fits the 2,000,000 budget …
+    const fits = await call('anthropic-long', '/v1/messages', { body: message('x'.repeat(190_000)), headers: { cookie: await user('local:long-190') } });
+    expect(fits.status).toBe(200);
+    // … 210 KB at 1× prices would too (1,264,500), at long-context prices (2,526,750) it does not.
+    const before = upstream.requests.length;
+    const refused = await call('anthropic-long', '/v1/messages', { body: message('x'.repeat(210_000)), headers: { cookie: await user('local:long-210') } });
+    expect(refused.status).toBe(429);
+    expect(errorCode(refused)).toBe('budget_exceeded');
+    expect(upstream.requests.length).toBe(before);
   });
 });
 

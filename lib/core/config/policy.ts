@@ -250,7 +250,20 @@ export const priceSchema = z.strictObject({
   table: z
     .record(
       z.string().regex(/^(?:\*|[A-Za-z0-9._:/@-]{1,128})$/, 'must be a model id or "*"'),
-      z.strictObject({ input: unitPrice.describe('Units per input token.'), output: unitPrice.describe('Units per output token.') }),
+      z.strictObject({
+        input: unitPrice.describe('Units per input token.'),
+        output: unitPrice.describe('Units per output token.'),
+        longContext: z
+          .strictObject({
+            above: z.number().int().min(1).max(100_000_000).describe('Input tokens of one call (reported input and input reported apart) above which these prices apply.'),
+            input: unitPrice.describe('Units per input token of such a call.'),
+            output: unitPrice.describe('Units per output token of such a call.'),
+          })
+          .optional()
+          .describe(
+            'Prices for every token of a call whose input passes `above`, as Anthropic charges a call of more than 200K input tokens (1M context window) 2× input and 1.5× output.',
+          ),
+      }),
     )
     .refine((table) => Object.keys(table).length > 0, 'must price at least one model')
     .describe('Model → price per token in budget units; "*" prices any other model. A call for an unpriced model is refused.'),

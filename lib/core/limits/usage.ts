@@ -9,6 +9,16 @@ export type UsageRead = (value: unknown) => number | null;
 export interface TokenPrice {
   readonly input: number;
   readonly output: number;
+  /** Prices of every token of a call whose input tokens pass `above` (long-context pricing). */
+  readonly longContext?: { readonly above: number; readonly input: number; readonly output: number };
+}
+
+/**
+ * The prices a call pays for `inputTokens` input tokens in all (reported input and input reported apart): its
+ * model's, or its long-context ones past their threshold.
+ */
+export function ratesFor(price: TokenPrice, inputTokens: number): { readonly input: number; readonly output: number } {
+  return price.longContext && inputTokens > price.longContext.above ? price.longContext : price;
 }
 
 /**
@@ -155,7 +165,9 @@ export interface PricedPaths {
  * Units from a price table: reported input tokens × input price + output tokens × output price, read from the
  * same body or event. Output tokens must be reported (where the route has output); input tokens absent from it
  * are charged at the bound reserved for them (Anthropic streams report them in their first event, long before
- * the last).
+ * the last). A call whose input tokens in all (the input, and every entry of input reported apart whose share is
+ * positive: a negative one is a breakdown of another entry's tokens) pass the long-context threshold pays the
+ * long-context prices for all its tokens.
  */
 export function pricedUsage(paths: PricedPaths, price: TokenPrice, inputBound: number): UsageRead {
   const input = numberAt(paths.inputTokens);
@@ -165,8 +177,16 @@ export function pricedUsage(paths: PricedPaths, price: TokenPrice, inputBound: n
     const out = output ? output(value) : 0;
     const reportedInput = input(value);
     if (out === null || (output === null && reportedInput === null)) return null;
-    const extraInput = extra.reduce((total, { read, times }) => total + (read(value) ?? 0) * times, 0);
-    return toUnits(((reportedInput ?? inputBound) + extraInput) * price.input + out * price.output);
+    const inputTokens = reportedInput ?? inputBound;
+    let extraInput = 0;
+    let allInput = inputTokens;
+    for (const { read, times } of extra) {
+      const tokens = read(value) ?? 0;
+      extraInput += tokens * times;
+      if (times > 0) allInput += tokens;
+    }
+    const rates = ratesFor(price, allInput);
+    return toUnits((inputTokens + extraInput) * rates.input + out * rates.output);
   };
 }
 

@@ -79,6 +79,22 @@ export function countTokensBody(models: z.ZodType<string>) {
  * last `message_delta`, which a streamed call settles from, has the total alone. So every write is charged 2×,
  * less 0.75× for those reported as 5-minute ones: exact where the split is reported, never below the price.
  */
+/**
+ * Long-context pricing (https://docs.anthropic.com/en/docs/about-claude/pricing#long-context-pricing): a call of
+ * more than 200K input tokens in all (input, cache writes and reads), which only the 1M context window
+ * (`anthropic-beta: context-1m-…`) allows, pays 2× the input price and 1.5× the output price for all its tokens.
+ * Filled in for every model priced without `longContext` of its own: no other call passes 200K, so the tier costs
+ * nothing where it does not apply, and a 1M-context call cannot settle at half its cost.
+ */
+export function withLongContext(prices: NonNullable<Options['prices']>): NonNullable<Options['prices']> {
+  return Object.fromEntries(
+    Object.entries(prices).map(([model, price]) => [
+      model,
+      price.longContext ? price : { ...price, longContext: { above: 200_000, input: price.input * 2, output: price.output * 1.5 } },
+    ]),
+  );
+}
+
 const PROMPT_CACHE = [
   { path: 'usage.cache_creation_input_tokens', times: 2 },
   { path: 'usage.cache_creation.ephemeral_5m_input_tokens', times: -0.75 },
@@ -98,7 +114,7 @@ function routes(o: Options): RouteInput[] {
       genAi: { provider: 'anthropic', model: { field: 'body.model' }, inputTokens: ['usage.input_tokens'], outputTokens: ['usage.output_tokens'] },
       // Output tokens (or their cost): the JSON body's usage, or the stream's last `message_delta` (cumulative).
       cost: o.prices
-        ? pricedCost(o.prices, 'body.max_tokens', ['usage.input_tokens'], ['usage.output_tokens'], PROMPT_CACHE)
+        ? pricedCost(withLongContext(o.prices), 'body.max_tokens', ['usage.input_tokens'], ['usage.output_tokens'], PROMPT_CACHE)
         : { reserveFrom: { field: 'body.max_tokens' }, usage: { json: ['usage.output_tokens'] } },
     },
     { method: 'POST', path: '/v1/messages/count_tokens', body: countTokensBody(models) },

@@ -477,3 +477,22 @@ describe('enum values must be of the field type', () => {
     ).not.toThrow();
   });
 });
+
+describe('cost.price.table: long-context prices', () => {
+  const priced = (entry: Record<string, unknown>): RouteJson => ({
+    body: { type: 'object', properties: { model: { type: 'string' }, max_tokens: { type: 'integer' } } },
+    cost: { reserveFrom: { field: 'body.max_tokens' }, price: { table: { '*': entry }, inputTokens: 'usage.in', outputTokens: 'usage.out' } },
+  });
+
+  it('accepts a threshold and prices for every token past it', () => {
+    accept([post(priced({ input: 3, output: 15, longContext: { above: 200_000, input: 6, output: 22.5 } }))]);
+  });
+
+  it.each([
+    ['a threshold of 0', { above: 0, input: 6, output: 22.5 }, 'longContext.above'],
+    ['no output price', { above: 200_000, input: 6 }, 'longContext.output'],
+    ['an unknown field', { above: 200_000, input: 6, output: 22.5, times: 2 }, 'longContext'],
+  ])('refuses %s, naming the field', (_name, longContext, field) => {
+    expect(refuse([post(priced({ input: 3, output: 15, longContext }))])).toContain(`${R}.cost.price.table.*.${field}`);
+  });
+});

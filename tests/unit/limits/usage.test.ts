@@ -288,6 +288,34 @@ describe('pricedUsage: cached input and routes without output', () => {
     expect(cached({ usage: { input_tokens: 3, output_tokens: 10 } })).toBe(53);
   });
 
+  it('past the long-context threshold, every token of the call is charged at the long-context prices', () => {
+    const long = pricedUsage(
+      {
+        inputTokens: ['usage.input_tokens'],
+        extraInputTokens: [
+          { path: 'usage.cache_creation_input_tokens', times: 2 },
+          { path: 'usage.cache_creation.ephemeral_5m_input_tokens', times: -0.75 },
+          { path: 'usage.cache_read_input_tokens', times: 0.1 },
+        ],
+        outputTokens: ['usage.output_tokens'],
+      },
+      { input: 3, output: 15, longContext: { above: 200_000, input: 6, output: 22.5 } },
+      999_999,
+    );
+    // 150K input and 50K cache reads: 200K in all, not above the threshold.
+    const at = { input_tokens: 150_000, cache_read_input_tokens: 50_000, output_tokens: 20 };
+    expect(long({ usage: at })).toBe((150_000 + 5_000) * 3 + 20 * 15);
+    // One more cached token: every token at the long-context prices, cache reads at their share of them.
+    const past = { input_tokens: 150_000, cache_read_input_tokens: 50_001, output_tokens: 20 };
+    expect(long({ usage: past })).toBe(Math.ceil((150_000 + 5_000.1) * 6 + 20 * 22.5));
+    // Cache writes count; a breakdown of them (negative share) is not counted again.
+    const split = (tokens: number) => ({ cache_creation_input_tokens: tokens, cache_creation: { ephemeral_5m_input_tokens: tokens } });
+    expect(long({ usage: { input_tokens: 100_000, ...split(100_001), output_tokens: 0 } })).toBe(Math.ceil((100_000 + 100_001 * 1.25) * 6));
+    expect(long({ usage: { input_tokens: 100_000, ...split(99_999), output_tokens: 0 } })).toBe(Math.ceil((100_000 + 99_999 * 1.25) * 3));
+    // Input not reported: the bound is charged, and counted against the threshold.
+    expect(long({ usage: { output_tokens: 1 } })).toBe(Math.ceil(999_999 * 6 + 22.5));
+  });
+
   it('without output paths (embeddings) the input must be reported; it alone is charged', () => {
     const embed = pricedUsage({ inputTokens: ['usage.prompt_tokens'], extraInputTokens: [] }, { input: 2, output: 9 }, 500);
     expect(embed({ usage: { prompt_tokens: 7 } })).toBe(14);
