@@ -42,7 +42,7 @@ const nextConfig: NextConfig = {
           { key: 'Referrer-Policy', value: 'no-referrer' },
           { key: 'X-Frame-Options', value: 'DENY' },
           // What a page never needs, whatever it renders: being framed, a <base> that moves its relative URLs, plugins.
-          // (No script-src: Next's pages run inline scripts, which would take a per-request nonce.)
+          // Pages get this and a script-src with a per-request nonce from proxy.ts, whose header replaces this one.
           { key: 'Content-Security-Policy', value: "frame-ancestors 'none'; base-uri 'none'; object-src 'none'" },
         ],
       },

@@ -1,5 +1,6 @@
 import type { Metadata } from 'next';
 import Link from 'next/link';
+import { connection } from 'next/server';
 import type { ReactNode } from 'react';
 import './globals.css';
 
@@ -8,7 +9,10 @@ export const metadata: Metadata = {
   description: 'Calls third-party APIs for you through the server: your browser never sees a key.',
 };
 
-export default function RootLayout({ children }: { children: ReactNode }) {
+export default async function RootLayout({ children }: { children: ReactNode }) {
+  // Every page is rendered for its request, the not-found page too: its scripts carry that request's CSP nonce
+  // (proxy.ts); a page prerendered at build time would carry none, and its scripts would not run.
+  await connection();
   return (
     <html lang="en">
       <body>

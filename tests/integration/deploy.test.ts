@@ -37,6 +37,21 @@ function expectNoLeak(reply: Reply): void {
   expect(findLeak(text, secrets) === null, 'a secret leaked').toBe(true);
 }
 
+/**
+ * A page answered with proxy.ts's Content-Security-Policy: a script-src nonce of its own on every script tag,
+ * 'strict-dynamic', and nothing that lets other script run. Returns the nonce.
+ */
+function expectNoncedPage(reply: Reply, status = 200): string {
+  expect(reply.status).toBe(status);
+  const policy = String(reply.headers['content-security-policy']);
+  const nonce = /^script-src 'nonce-([A-Za-z0-9+/]{22}==)' 'strict-dynamic'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'$/.exec(policy)?.[1];
+  expect(nonce, policy).toBeDefined();
+  const scripts = [...reply.body.matchAll(/<script\b[^>]*>/g)].map(([tag]) => tag);
+  expect(scripts.length).toBeGreaterThan(0);
+  for (const tag of scripts) expect(tag).toContain(`nonce="${nonce}"`);
+  return nonce!;
+}
+
 function csrfMessage(reply: Reply): string {
   expect(reply.status).toBe(403);
   const { error } = JSON.parse(reply.body) as { error: { code: string; message: string } };
@@ -245,6 +260,15 @@ describe('production without the demo', () => {
     expect(reply.body).toContain('data-testid="local-sign-in"');
   });
 
+  it('pages carry a script-src nonce of their own (proxy.ts); API answers keep the policy without scripts', async () => {
+    const nonces = new Set<string>();
+    for (const path of ['/signin', '/signin', '/']) nonces.add(expectNoncedPage(await send(app, 'GET', path, { host: 'app.test' })));
+    nonces.add(expectNoncedPage(await send(app, 'GET', '/no-such-page', { host: 'app.test' }), 404));
+    expect(nonces.size).toBe(4);
+    const api = await send(app, 'GET', '/api/session', { host: 'app.test' });
+    expect(api.headers['content-security-policy']).toBe("frame-ancestors 'none'; base-uri 'none'; object-src 'none'");
+  });
+
   it('the benchmark’s naive route is not served, even with its variables set', async () => {
     const before = upstream.requests.length;
     expect((await send(app, 'GET', '/api/bench/naive/items/1', { host: 'app.test' })).status).toBe(404);
@@ -272,6 +296,11 @@ describe('npm start (the fast lane, Next in its own process) behind a real host 
       const output = app?.output() ?? '';
       await app?.stop();
       expect(findLeak(output, secrets) === null, 'a secret leaked into the log').toBe(true);
+    });
+
+    it("pages from Next's process carry a script-src nonce of their own (proxy.ts)", async () => {
+      const first = expectNoncedPage(await send(app, 'GET', '/signin', { host: 'app.test' }));
+      expect(expectNoncedPage(await send(app, 'GET', '/', { cookie, host: 'app.test' }))).not.toBe(first);
     });
 
     it("Auth.js in Next's process builds its URLs on the trusted host", async () => {
