@@ -86,6 +86,8 @@ const DEFAULT_HEADERS: Partial<Record<KeywardErrorCode, Readonly<Record<string, 
   store_unavailable: { 'retry-after': '2' },
 };
 
+export type RecordedAs = 'client_closed' | 'decoy_presented';
+
 export class KeywardError extends Error {
   override readonly name = 'KeywardError';
   readonly code: KeywardErrorCode;
@@ -93,13 +95,23 @@ export class KeywardError extends Error {
   readonly headers: Record<string, string>;
   /** `connection_required` only: the same-origin path where the user (re)connects (README "Connected accounts"). */
   readonly connectUrl?: string;
+  /**
+   * A refusal recorded as something other than its code says, though answered as its code: `client_closed`, the
+   * client went away before its answer (recorded `aborted`); `decoy_presented`, a decoy's refusal (answered 401
+   * `unauthenticated` word for word, recorded so that the detector does not count it). lib/core/pipeline.ts.
+   */
+  readonly recordedAs?: RecordedAs;
 
-  constructor(code: KeywardErrorCode, options: { message?: string; cause?: unknown; headers?: Record<string, string>; connectUrl?: string } = {}) {
+  constructor(
+    code: KeywardErrorCode,
+    options: { message?: string; cause?: unknown; headers?: Record<string, string>; connectUrl?: string; recordedAs?: RecordedAs } = {},
+  ) {
     super(options.message ?? DEFAULT_MESSAGE[code], { cause: options.cause });
     this.code = code;
     this.status = ERROR_STATUS[code];
     this.headers = options.headers ?? { ...DEFAULT_HEADERS[code] };
     if (options.connectUrl !== undefined) this.connectUrl = options.connectUrl;
+    if (options.recordedAs !== undefined) this.recordedAs = options.recordedAs;
   }
 }
 

@@ -6,7 +6,7 @@ import { injectCredential } from './credential/inject';
 import { signRequest } from './credential/sign';
 import type { CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
-import { capRequestBody, clientClosed, CLIENT_CLOSED, type CappedBody } from './forward/body';
+import { capRequestBody, clientClosed, isClientClosed, type CappedBody } from './forward/body';
 import { QUEUE_TIMEOUT } from './forward/queue-deadline';
 import { clientIp } from './client/ip';
 import type { RateLimiterRes } from 'rate-limiter-flexible';
@@ -424,7 +424,7 @@ export async function refusalOf(
     raiseCallDecoy(call, decoy, call.session);
   }
   // Refused before a route was matched (steps 1 to 3): what the same request with any other value gets.
-  if (call.route === null && error instanceof KeywardError && !decoyRefusals.has(error)) return error;
+  if (call.route === null && error instanceof KeywardError && error.recordedAs !== 'decoy_presented') return error;
   return decoyRefusal();
 }
 
@@ -433,11 +433,8 @@ export async function refusalOf(
  * as `decoy_presented` (`refuse`), so the detector does not count them among the caller's failed calls: content
  * an attacker got into an honest user's requests must not escalate against them (README "Decoy keys").
  */
-const decoyRefusals = new WeakSet<KeywardError>();
 function decoyRefusal(): KeywardError {
-  const error = new KeywardError('unauthenticated');
-  decoyRefusals.add(error);
-  return error;
+  return new KeywardError('unauthenticated', { recordedAs: 'decoy_presented' });
 }
 
 /**
@@ -851,7 +848,7 @@ function respond(
  */
 export function refuse(call: Call, error: unknown, clientGone = false): Response {
   const closed = isClientClosed(error) || (clientGone && !(error instanceof KeywardError && error.status < 500));
-  const keywardError = closed ? (isClientClosed(error) ? (error as KeywardError) : clientClosed(error)) : toKeywardError(error);
+  const keywardError = closed ? (isClientClosed(error) ? error : clientClosed(error)) : toKeywardError(error);
   if (closed) {
     record(call, keywardError.status, 'aborted', 0, keywardError.code);
     return errorResponse(keywardError, call.requestId);
@@ -861,7 +858,7 @@ export function refuse(call: Call, error: unknown, clientGone = false): Response
     // this call's per-user secret (own key, OAuth token) is scrubbed here.
     call.deps.logger.error({ err: scrubError(keywardError.cause, call.credential?.secrets ?? []), requestId: call.requestId }, 'proxy failed');
   }
-  const errorCode = decoyRefusals.has(keywardError) ? 'decoy_presented' : keywardError.code;
+  const errorCode = keywardError.recordedAs === 'decoy_presented' ? 'decoy_presented' : keywardError.code;
   record(call, keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, errorCode);
   return errorResponse(keywardError, call.requestId);
 }
@@ -968,10 +965,6 @@ function reservation(cost: RouteLimits['cost'], parts: RequestParts): number {
 }
 
 const BAD_HEAD = new Set(['bad response', 'bad upgrade']);
-
-function isClientClosed(error: unknown): boolean {
-  return error instanceof KeywardError && error.code === 'bad_request' && error.message === CLIENT_CLOSED;
-}
 
 /** Maps undici failures to Keyward errors. The original error (with URL and headers) is never rendered. */
 function upstreamFailure(error: unknown, body: CappedBody | null): KeywardError {

@@ -54,10 +54,13 @@ function brokenOff(error: unknown): never {
 
 /** The error of a call whose client went away before its answer. */
 export function clientClosed(cause?: unknown): KeywardError {
-  return new KeywardError('bad_request', { message: CLIENT_CLOSED, cause });
+  return new KeywardError('bad_request', { message: 'The client closed the request.', cause, recordedAs: 'client_closed' });
 }
 
-export const CLIENT_CLOSED = 'The client closed the request.';
+/** Whether `error` is `clientClosed`'s. */
+export function isClientClosed(error: unknown): error is KeywardError {
+  return error instanceof KeywardError && error.recordedAs === 'client_closed';
+}
 
 /** Reads a whole (small, capped) body for routes whose JSON contract must see it before forwarding. */
 export async function readCappedBody(body: CappedBody): Promise<Buffer> {
