@@ -1347,6 +1347,11 @@ describe('bounds on what one user can make Keyward store', () => {
     await store.delete(`mrt:refreshes:${sub}`);
     const rotated = await refresh(tokens.refresh_token);
     expect(rotated.status).toBe(200);
+    // Presented again within the grace, it makes an access token too: counted, and refused past the bound.
+    await store.set(`mrt:refreshes:${sub}`, String(MOBILE_CAPS.refreshes.max), MOBILE_CAPS.refreshes.windowMs);
+    expectOAuthError(await refresh(tokens.refresh_token), 429, 'temporarily_unavailable');
+    await store.delete(`mrt:refreshes:${sub}`);
+    expect((await refresh(tokens.refresh_token)).json<Tokens>().refresh_token).toBe(rotated.json<Tokens>().refresh_token);
 
     // At the bound, a copied (already used, past its grace) refresh token still ends its family at once: theft
     // detection does not wait for the window.

@@ -256,10 +256,7 @@ export class MobileTokens {
     const spent = await guard(() => this.store.get(`mrt-used:${tokenHash}`));
     if (spent !== null) return this.presentedAgain(successor, record, spent, successorJkt, startedAt);
     // Counted before the token is spent: a refused refresh leaves it usable.
-    await capPerWindow(this.store, `mrt:refreshes:${record.sub}`, {
-      ...MOBILE_CAPS.refreshes,
-      message: "This account's app sign-ins were refreshed too often in the last hour; try again later.",
-    });
+    await this.countRefresh(record);
     const mark: SpentRecord = { at: this.now(), next: hash(successor), jkt: successorJkt };
     const firstUse = await guard(() =>
       this.store.setIfAbsent(`mrt-used:${tokenHash}`, JSON.stringify(mark), this.settings.refreshTtlSeconds * 1000),
@@ -269,6 +266,14 @@ export class MobileTokens {
       return this.presentedAgain(successor, record, winner ?? '', successorJkt, startedAt);
     }
     return this.rotate(successor, record, successorJkt, startedAt);
+  }
+
+  /** One refresh of the user's app sign-ins, against MOBILE_CAPS.refreshes (429 past it). */
+  private countRefresh(record: RefreshRecord): Promise<void> {
+    return capPerWindow(this.store, `mrt:refreshes:${record.sub}`, {
+      ...MOBILE_CAPS.refreshes,
+      message: "This account's app sign-ins were refreshed too often in the last hour; try again later.",
+    });
   }
 
   /** Issues a new access token and `successor`, the refresh token that follows the one presented (`successorOf`). */
@@ -307,6 +312,8 @@ export class MobileTokens {
       mark.jkt === jkt &&
       (await guard(() => this.store.get(`mrt-used:${hash(successor)}`))) === null
     ) {
+      // Counted as any refresh: each one makes an access token.
+      await this.countRefresh(record);
       this.logger.info({ userId: record.sub, family: record.family }, 'refresh token presented again within the grace: its successor issued again');
       return this.rotate(successor, record, jkt, startedAt);
     }
