@@ -1,7 +1,7 @@
 /**
  * `npm run build` (after `next build`): bundles server.ts, the fast lane, into `<distDir>/keyward-server.mjs`,
  * which `npm start` runs (scripts/start.mjs), and next-server.ts, the Next.js process it starts, into
- * `<distDir>/keyward-next.mjs`. Bundled because lib/ is TypeScript with extensionless imports,
+ * `<distDir>/keyward-next.mjs`, and scripts/keyward.ts, the command line, into `<distDir>/keyward-cli.mjs`. Bundled because lib/ is TypeScript with extensionless imports,
  * `@/` and `keyward/…` aliases and `import 'server-only'` (which only resolves under the `react-server`
  * condition): plain Node cannot load it, and tsx is a devDependency. Packages stay external (loaded from
  * node_modules at run time, so `npm ci --omit=dev` after the build is enough), except `server-only`, resolved here
@@ -14,8 +14,9 @@ import { join } from 'node:path';
 const distDir = process.env.KEYWARD_DIST_DIR || '.next';
 
 await build({
-  // The fast lane, and the Next.js process it starts for everything outside /api/proxy.
-  entryPoints: { 'keyward-server': 'server.ts', 'keyward-next': 'next-server.ts' },
+  // The fast lane, and the Next.js process it starts for everything outside /api/proxy; the operators' command line
+  // (scripts/keyward.ts), for a production host or image that has no tsx: `node .next/keyward-cli.mjs <command>`.
+  entryPoints: { 'keyward-server': 'server.ts', 'keyward-next': 'next-server.ts', 'keyward-cli': 'scripts/keyward.ts' },
   outdir: distDir,
   outExtension: { '.js': '.mjs' },
   bundle: true,
@@ -44,4 +45,4 @@ await build({
     },
   ],
 });
-console.log(`Fast lane bundled into ${join(distDir, 'keyward-server.mjs')} (and keyward-next.mjs)`);
+console.log(`Fast lane bundled into ${join(distDir, 'keyward-server.mjs')} (and keyward-next.mjs, keyward-cli.mjs)`);

@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } f
 import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, npmStartNodeFlags, signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
@@ -762,6 +762,48 @@ describe('Next runs in a process of its own', () => {
     await waitUntilGone(thirdNext);
     await third.stop();
   });
+
+  it('`npm start` itself stopped with SIGTERM (docker stop, a process manager): the stop reaches the fast lane, which stops Next', async () => {
+    const port = await freePort();
+    const npm = spawn('npm', ['start', '--', '-p', String(port), '-H', '127.0.0.1'], {
+      env: {
+        // This Node (and its npm) first, as a container's PATH has them.
+        PATH: [dirname(process.execPath), process.env.PATH ?? ''].join(delimiter),
+        HOME: process.env.HOME ?? '',
+        NODE_ENV: 'production',
+        NEXT_TELEMETRY_DISABLED: '1',
+        ...(process.env.KEYWARD_DIST_DIR ? { KEYWARD_DIST_DIR: process.env.KEYWARD_DIST_DIR } : {}),
+        AUTH_TRUST_HOST: 'true',
+        ...env,
+        KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-npm-')), 'keyward.db'),
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    for (const stream of [npm.stdout!, npm.stderr!]) stream.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+    const exited = once(npm, 'exit');
+    /** Every process under npm's: its shell or what replaced it, the fast lane, Next. */
+    const descendants = (pid: number): number[] =>
+      alive(pid)
+        ? readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number).flatMap((child) => [child, ...descendants(child)])
+        : [];
+    let tree: number[] = [];
+    try {
+      for (let attempt = 0; attempt < 300 && npm.exitCode === null; attempt++) {
+        const answer = await fetch(`http://127.0.0.1:${port}/api/session`).catch(() => null);
+        if (answer?.status === 401) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      tree = descendants(npm.pid!);
+      expect(tree.length, output).toBeGreaterThanOrEqual(2);
+      npm.kill('SIGTERM');
+      await exited;
+      for (const pid of tree) await waitUntilGone(pid);
+    } finally {
+      for (const pid of tree) if (alive(pid)) process.kill(pid, 'SIGKILL');
+      if (npm.exitCode === null && npm.signalCode === null) npm.kill('SIGKILL');
+    }
+  }, 90_000);
 
   it('a stop lets streams in progress end (for up to 3 s), cuts the rest, and every one of them is on record', async () => {
     const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-drain-')), 'keyward.db');
