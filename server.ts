@@ -23,6 +23,7 @@ import {
   createUpgradeListener,
   fastLaneProblems,
   NextExitedError,
+  NextSocketFolderError,
   OpenSockets,
   readServeOptions,
   registerTracingFromEnv,
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
   try {
     nextProcess = await startNextProcess({ entry: fileURLToPath(new URL('./keyward-next.mjs', import.meta.url)), port: options.port, hostname: options.hostname });
   } catch (error) {
-    if (!(error instanceof NextExitedError)) throw error;
+    if (!(error instanceof NextExitedError || error instanceof NextSocketFolderError)) throw error;
     console.error(`\nKeyward cannot start: ${error.message}.\n`);
     process.exit(1);
   }

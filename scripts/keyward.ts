@@ -16,7 +16,7 @@ import { relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import nextEnv from '@next/env';
 import type { AdminRecord, AuditRecord, CallRecord } from '../lib/core/audit/audit';
-import { KeywardError } from '../lib/core/errors';
+import { KeywardError, systemErrorDetail } from '../lib/core/errors';
 import { ConfigError, readConfigFile, readConfigJson } from '../lib/core/config/load';
 import { configJsonSchema } from '../lib/core/presets';
 import { auditFilter } from '../lib/core/api/admin';
@@ -618,8 +618,7 @@ main(process.argv.slice(2)).then(
   (error: unknown) => {
     // Keyward's own messages name the field, never a value; they may quote a document's text (an OpenAPI $ref), shown
     // escaped. Anything else: its code and system call (a file that cannot be written), never its message.
-    const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
-    const detail = [code, syscall].filter((part) => typeof part === 'string' && /^[\w.-]{1,40}$/.test(part)).join(' ');
+    const detail = systemErrorDetail(error);
     // Line by line: a message that lists several fields keeps its line breaks.
     const message =
       error instanceof ConfigError || error instanceof KeywardError

@@ -115,6 +115,19 @@ export class KeywardError extends Error {
   }
 }
 
+/**
+ * What may be said of an unexpected error where its message may not (it can quote a value): its code and system
+ * call (`EROFS mkdir`), from it or the first error of its cause chain that has them, or '' when none does.
+ */
+export function systemErrorDetail(error: unknown): string {
+  for (let depth = 0, at = error; depth < 4 && at !== null && typeof at === 'object'; depth++, at = (at as { cause?: unknown }).cause) {
+    const { code, syscall } = at as { code?: unknown; syscall?: unknown };
+    const detail = [code, syscall].filter((part) => typeof part === 'string' && /^[\w.-]{1,40}$/.test(part)).join(' ');
+    if (detail) return detail;
+  }
+  return '';
+}
+
 /** Anything thrown is normalised here before it is rendered; unknown errors become `internal_error`. */
 export function toKeywardError(error: unknown): KeywardError {
   if (error instanceof KeywardError) return error;

@@ -5,7 +5,7 @@
  */
 export { readServeOptions, UsageError, type ServeOptions } from './args';
 export { createConnectRefusal, createFastLane, ServingCalls, type FastLaneOptions } from './fast-lane';
-export { NextExitedError, startNextProcess, type NextProcess, type NextProcessOptions } from './next-process';
+export { NextExitedError, NextSocketFolderError, startNextProcess, type NextProcess, type NextProcessOptions } from './next-process';
 export { createFastLaneRuntime, fastLaneProblems } from './runtime';
 export { createUpgradeListener, type UpgradeOptions } from './websocket';
 export { OpenSockets } from '@/lib/core/ws/sockets';

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline, type Duplex } from 'node:stream';
 import { createProxyServer } from 'http-proxy-3';
+import { systemErrorDetail } from '@/lib/core/errors';
 import { connectionOptions } from '@/lib/core/forward/headers';
 import { getLogger } from '@/lib/core/log/logger';
 import { originFormTarget } from './proxy-path';
@@ -42,7 +43,12 @@ export interface NextProcess {
  * Rejects, with the child's exit code, when Next exits before it listens (it prints why).
  */
 export async function startNextProcess(options: NextProcessOptions): Promise<NextProcess> {
-  const dir = mkdtempSync(join(tmpdir(), 'keyward-next-'));
+  let dir: string;
+  try {
+    dir = mkdtempSync(join(tmpdir(), 'keyward-next-'));
+  } catch (error) {
+    throw new NextSocketFolderError(error);
+  }
   const socketPath = join(dir, 'next.sock');
   const child: ChildProcess = fork(options.entry, [], {
     env: {
@@ -203,6 +209,15 @@ export class NextExitedError extends Error {
   constructor(readonly code: number | null) {
     super(`the Next.js process exited (${code ?? 'signal'}) before it was ready`);
     this.name = 'NextExitedError';
+  }
+}
+
+/** The private folder for Next's socket could not be made under the temporary directory (read-only, full). */
+export class NextSocketFolderError extends Error {
+  constructor(cause: unknown) {
+    const detail = systemErrorDetail(cause);
+    super(`the Next.js process's socket needs a writable temporary directory (TMPDIR, now ${tmpdir()})${detail ? `: ${detail}` : ''}`, { cause });
+    this.name = 'NextSocketFolderError';
   }
 }
 

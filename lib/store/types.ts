@@ -124,7 +124,11 @@ export function assertRaise(value: number, ttlMs: number): void {
 
 export class StoreUnavailableError extends Error {
   override readonly name = 'StoreUnavailableError';
-  constructor(kind: string, cause?: unknown) {
+  constructor(
+    /** `sqlite`, `redis`… */
+    readonly kind: string,
+    cause?: unknown,
+  ) {
     // The cause (e.g. a Redis connection error) may name hosts; it is logged, never rendered.
     super(`The ${kind} store is unavailable.`, { cause });
   }

@@ -998,6 +998,20 @@ describe('npm start accepts what next start accepts', () => {
     expectNoLeak(output);
   });
 
+  it('a store file or a temporary directory it cannot write says which, and why, in a line (a read-only filesystem)', async () => {
+    // A regular file where a folder must be made: what a read-only root filesystem does to mkdir, as root too.
+    const file = join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-notdir-')), 'file');
+    writeFileSync(file, '');
+    const store = await startAndExit(['-p', String(await freePort())], { ...env, AUTH_TRUST_HOST: 'true', KEYWARD_STORE_PATH: join(file, 'data', 'keyward.db') });
+    expect(store.code).toBe(1);
+    expect(store.output).toContain('Keyward cannot start: the SQLite store at KEYWARD_STORE_PATH cannot be opened (ENOTDIR mkdir)');
+    const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-tmp-')), 'keyward.db');
+    const temporary = await startAndExit(['-p', String(await freePort())], { ...env, AUTH_TRUST_HOST: 'true', KEYWARD_STORE_PATH: storePath, TMPDIR: file });
+    expect(temporary.code).toBe(1);
+    expect(temporary.output).toContain(`Keyward cannot start: the Next.js process's socket needs a writable temporary directory (TMPDIR, now ${file}): ENOTDIR mkdtemp.`);
+    expect(temporary.output).not.toMatch(/\n\s+at /); // no stack
+  });
+
   it('a memory store is refused (the fast lane and Next hold separate runtimes)', async () => {
     const { code, output } = await startAndExit(['-p', String(await freePort())], { ...env, AUTH_TRUST_HOST: 'true', KEYWARD_STORE: 'memory' });
     expect(code).toBe(1);
