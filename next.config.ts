@@ -42,8 +42,9 @@ const nextConfig: NextConfig = {
           { key: 'Referrer-Policy', value: 'no-referrer' },
           { key: 'X-Frame-Options', value: 'DENY' },
           // What a page never needs, whatever it renders: being framed, a <base> that moves its relative URLs, plugins.
-          // Pages get this and a script-src with a per-request nonce from proxy.ts, whose header replaces this one.
-          { key: 'Content-Security-Policy', value: "frame-ancestors 'none'; base-uri 'none'; object-src 'none'" },
+          // Pages get these and a script-src with a per-request nonce from proxy.ts, whose header replaces this one;
+          // anything else (JSON, Auth.js's form pages, a 404 page under /api/) runs no script at all.
+          { key: 'Content-Security-Policy', value: "script-src 'none'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'" },
         ],
       },
     ];

@@ -156,7 +156,7 @@ describe('the fast lane proxies through the core', () => {
     // next.config.ts's site-wide headers, as Next adds them to route handlers' responses.
     expect(response.headers.get('x-frame-options')).toBe('DENY');
     expect(response.headers.get('referrer-policy')).toBe('no-referrer');
-    expect(response.headers.get('content-security-policy')).toBe("frame-ancestors 'none'; base-uri 'none'; object-src 'none'");
+    expect(response.headers.get('content-security-policy')).toBe("script-src 'none'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'");
     expectNoLeak(`${JSON.stringify([...response.headers])}\n${text}`);
   });
 
