@@ -39,6 +39,9 @@ test('leak walk: every page and flow in one browser, no canary secret in anythin
   // Keyward's sign-in page (Auth.js's own redirects there), then a failed sign-in.
   await page.goto('/api/auth/signin');
   await expect(page).toHaveURL(/\/signin(\?|$)/);
+  // The page fetches its CSRF token for the OIDC button as it starts: leaving before that answer is read would
+  // discard its body (Chromium drops a page's resources when it navigates away), and every body must be searched.
+  await page.waitForLoadState('networkidle');
   await page.goto('/');
   await show('sign-in').click();
   await expect(page).toHaveURL(/\/signin/);
