@@ -1,5 +1,3 @@
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
@@ -8,6 +6,7 @@ import { freePort, signIn, startApp, type AppServer } from '../fixtures/app-serv
 import { findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
+import { runToEnd, type RunOptions } from '../fixtures/processes';
 
 /**
  * README "Add Keyward to an existing Next.js app", run as written: `npm pack` the package built from lib/,
@@ -106,42 +105,9 @@ function baseEnv(NODE_ENV: 'development' | 'production' = 'production'): NodeJS.
   return env;
 }
 
-interface RunOptions {
-  readonly cwd: string;
-  readonly env?: NodeJS.ProcessEnv;
-  readonly input?: string;
-  /** A bound, not an assertion: a hung install or build fails the suite instead of holding it. */
-  readonly timeoutMs: number;
-}
-
-/** Runs a command to completion (its whole process group is killed past the bound); returns its stdout. */
-async function run(command: string, args: readonly string[], options: RunOptions): Promise<string> {
-  const child = spawn(command, args, {
-    cwd: options.cwd,
-    env: options.env ?? baseEnv(),
-    stdio: ['pipe', 'pipe', 'pipe'],
-    detached: true,
-  });
-  let stdout = '';
-  let output = '';
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString('utf8');
-    output += chunk.toString('utf8');
-  });
-  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
-  child.stdin.end(options.input ?? '');
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    process.kill(-child.pid!, 'SIGKILL');
-  }, options.timeoutMs);
-  const [code] = (await once(child, 'close')) as [number | null];
-  clearTimeout(timer);
-  if (code !== 0) {
-    const why = timedOut ? `was stopped after ${options.timeoutMs / 1000} s` : `exited with ${code}`;
-    throw new Error(`${command} ${args.join(' ')} ${why}:\n${output}`);
-  }
-  return stdout;
+/** Runs a command to completion (see runToEnd), in this test's base environment unless `env` says otherwise. */
+function run(command: string, args: readonly string[], options: Omit<RunOptions, 'env'> & { readonly env?: NodeJS.ProcessEnv }): Promise<string> {
+  return runToEnd(command, args, { ...options, env: options.env ?? baseEnv() });
 }
 
 /** The fresh app's own files, as create-next-app would write them (TypeScript, App Router, the `@/*` alias). */

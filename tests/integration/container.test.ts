@@ -1,11 +1,11 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, sep } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, signIn, startApp, type AppServer } from '../fixtures/app-server';
 import { findLeak, responseText } from '../fixtures/claims-session';
+import { alive, descendants, runToEnd as run } from '../fixtures/processes';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 
@@ -32,45 +32,6 @@ function baseEnv(): Record<string, string> {
     if (value !== undefined && /^(https?_proxy|no_proxy|npm_config_(cache|registry|userconfig|cafile)|node_extra_ca_certs)$/i.test(name)) env[name] = value;
   }
   return env;
-}
-
-/** Runs a command to its end; rejects with its output when it fails. */
-async function run(command: string, args: string[], options: { cwd: string; env: Record<string, string>; input?: string; timeoutMs: number }): Promise<string> {
-  // NODE_ENV as each command needs it: npm ci reads --omit=dev, the command line is given NODE_ENV=production.
-  const child = spawn(command, args, { cwd: options.cwd, env: options.env as NodeJS.ProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stdout = '';
-  let output = '';
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString('utf8');
-    output += chunk.toString('utf8');
-  });
-  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
-  child.stdin.end(options.input ?? '');
-  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs);
-  const [code] = (await once(child, 'exit')) as [number | null];
-  clearTimeout(timer);
-  if (code !== 0) throw new Error(`${command} ${args.join(' ')} exited with ${code}:\n${output}`);
-  return stdout;
-}
-
-/** Every process under `pid`, children first. */
-function descendants(pid: number): number[] {
-  let listed: string;
-  try {
-    listed = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8');
-  } catch {
-    return [];
-  }
-  return listed.trim().split(/\s+/).filter(Boolean).map(Number).flatMap((child) => [child, ...descendants(child)]);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
-  } catch {
-    return false;
-  }
 }
 
 describe('README "Containers with the fast lane": the copied files, production dependencies only, npm start', () => {

@@ -12,6 +12,7 @@ import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse } from '../fixtures/raw-http';
+import { alive, descendants } from '../fixtures/processes';
 import { findLeak } from '../fixtures/claims-session';
 import { decoyId, mintDecoy } from '../../lib/core/detect/mint';
 import { AuditLog } from '../../lib/core/audit/audit';
@@ -782,11 +783,6 @@ describe('Next runs in a process of its own', () => {
     let output = '';
     for (const stream of [npm.stdout!, npm.stderr!]) stream.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
     const exited = once(npm, 'exit');
-    /** Every process under npm's: its shell or what replaced it, the fast lane, Next. */
-    const descendants = (pid: number): number[] =>
-      alive(pid)
-        ? readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number).flatMap((child) => [child, ...descendants(child)])
-        : [];
     let tree: number[] = [];
     try {
       for (let attempt = 0; attempt < 300 && npm.exitCode === null; attempt++) {
@@ -794,6 +790,7 @@ describe('Next runs in a process of its own', () => {
         if (answer?.status === 401) break;
         await new Promise((resolve) => setTimeout(resolve, 100));
       }
+      // Every process under npm's: the fast lane (its shell replaced by `exec`), Next.
       tree = descendants(npm.pid!);
       expect(tree.length, output).toBeGreaterThanOrEqual(2);
       npm.kill('SIGTERM');
@@ -915,15 +912,6 @@ function childOf(pid: number): number {
   const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
   expect(children).toHaveLength(1);
   return children[0]!;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
-  } catch {
-    return false;
-  }
 }
 
 async function waitUntilGone(pid: number): Promise<void> {
