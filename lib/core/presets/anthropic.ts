@@ -79,6 +79,12 @@ export function countTokensBody(models: z.ZodType<string>) {
  * last `message_delta`, which a streamed call settles from, has the total alone. So every write is charged 2×,
  * less 0.75× for those reported as 5-minute ones: exact where the split is reported, never below the price.
  */
+const PROMPT_CACHE = [
+  { path: 'usage.cache_creation_input_tokens', times: 2 },
+  { path: 'usage.cache_creation.ephemeral_5m_input_tokens', times: -0.75 },
+  { path: 'usage.cache_read_input_tokens', times: 0.1 },
+];
+
 /**
  * Long-context pricing (https://docs.anthropic.com/en/docs/about-claude/pricing#long-context-pricing): a call of
  * more than 200K input tokens in all (input, cache writes and reads), which only the 1M context window
@@ -94,12 +100,6 @@ export function withLongContext(prices: NonNullable<Options['prices']>): NonNull
     ]),
   );
 }
-
-const PROMPT_CACHE = [
-  { path: 'usage.cache_creation_input_tokens', times: 2 },
-  { path: 'usage.cache_creation.ephemeral_5m_input_tokens', times: -0.75 },
-  { path: 'usage.cache_read_input_tokens', times: 0.1 },
-];
 
 function routes(o: Options): RouteInput[] {
   const models = modelSchema(o.models);
