@@ -1,12 +1,12 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, signIn, startApp, type AppServer } from '../fixtures/app-server';
 import { findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
-import { runToEnd, type RunOptions } from '../fixtures/processes';
+import { commandEnv, runToEnd, type RunOptions } from '../fixtures/processes';
 
 /**
  * README "Add Keyward to an existing Next.js app", run as written: `npm pack` the package built from lib/,
@@ -87,22 +87,11 @@ describe(`README "${SECTION}"`, () => {
 });
 
 /**
- * Only what a command needs from this process's environment: node and npm, HOME (npm's cache), proxies. NODE_ENV
- * is production (as `next build` sets it) except for `npm install`, which would then leave out TypeScript.
+ * Only what a command needs from this process's environment (commandEnv). NODE_ENV is production (as `next build`
+ * sets it) except for `npm install`, which would then leave out TypeScript.
  */
 function baseEnv(NODE_ENV: 'development' | 'production' = 'production'): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {
-    NODE_ENV,
-    // The Node running this test (and its npm) first, whatever else PATH holds.
-    PATH: [dirname(process.execPath), process.env.PATH ?? ''].join(delimiter),
-    HOME: process.env.HOME ?? '',
-    NEXT_TELEMETRY_DISABLED: '1',
-  };
-  for (const [name, value] of Object.entries(process.env)) {
-    // The machine's way to the registry: its proxy and the certificate authorities it trusts (a cache miss goes there).
-    if (/^(https?_proxy|no_proxy|npm_config_(cache|registry|userconfig|cafile)|node_extra_ca_certs|ssl_cert_(file|dir))$/i.test(name)) env[name] = value;
-  }
-  return env;
+  return { NODE_ENV, ...commandEnv() };
 }
 
 /** Runs a command to completion (see runToEnd), in this test's base environment unless `env` says otherwise. */

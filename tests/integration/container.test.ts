@@ -1,11 +1,11 @@
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, dirname, join, sep } from 'node:path';
+import { join, sep } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, signIn, startApp, type AppServer } from '../fixtures/app-server';
 import { findLeak, responseText } from '../fixtures/claims-session';
-import { alive, descendants, runToEnd as run } from '../fixtures/processes';
+import { alive, commandEnv as baseEnv, descendants, runToEnd as run } from '../fixtures/processes';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 
@@ -21,18 +21,6 @@ const distDir = process.env.KEYWARD_DIST_DIR || '.next';
 /** npm's own script, run by this Node (the one the tests run on), as a container's `npm` is. */
 const npmCli = realpathSync(execFileSync('which', ['npm'], { encoding: 'utf8' }).trim());
 
-function baseEnv(): Record<string, string> {
-  const env: Record<string, string> = {
-    PATH: [dirname(process.execPath), process.env.PATH ?? ''].join(delimiter),
-    HOME: process.env.HOME ?? '',
-    NEXT_TELEMETRY_DISABLED: '1',
-  };
-  // The machine's way to the registry, should the npm cache miss.
-  for (const [name, value] of Object.entries(process.env)) {
-    if (value !== undefined && /^(https?_proxy|no_proxy|npm_config_(cache|registry|userconfig|cafile)|node_extra_ca_certs)$/i.test(name)) env[name] = value;
-  }
-  return env;
-}
 
 describe('README "Containers with the fast lane": the copied files, production dependencies only, npm start', () => {
   const password = randomSecret('pw');

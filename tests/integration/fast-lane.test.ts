@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } f
 import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { delimiter, dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, npmStartNodeFlags, signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
@@ -12,7 +12,7 @@ import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse } from '../fixtures/raw-http';
-import { alive, descendants } from '../fixtures/processes';
+import { alive, commandEnv, descendants } from '../fixtures/processes';
 import { findLeak } from '../fixtures/claims-session';
 import { decoyId, mintDecoy } from '../../lib/core/detect/mint';
 import { AuditLog } from '../../lib/core/audit/audit';
@@ -768,11 +768,8 @@ describe('Next runs in a process of its own', () => {
     const port = await freePort();
     const npm = spawn('npm', ['start', '--', '-p', String(port), '-H', '127.0.0.1'], {
       env: {
-        // This Node (and its npm) first, as a container's PATH has them.
-        PATH: [dirname(process.execPath), process.env.PATH ?? ''].join(delimiter),
-        HOME: process.env.HOME ?? '',
+        ...commandEnv(),
         NODE_ENV: 'production',
-        NEXT_TELEMETRY_DISABLED: '1',
         ...(process.env.KEYWARD_DIST_DIR ? { KEYWARD_DIST_DIR: process.env.KEYWARD_DIST_DIR } : {}),
         AUTH_TRUST_HOST: 'true',
         ...env,
