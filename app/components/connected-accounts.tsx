@@ -71,13 +71,8 @@ export function ConnectedAccounts({ providers }: { providers: { id: string; name
       headers: CSRF,
     });
     if (response.ok) {
-      const body = (await response.json()) as { revokedAtProvider: boolean };
-      setNotice({
-        kind: 'ok',
-        text: body.revokedAtProvider
-          ? `${provider.name} is disconnected, and its access was revoked at ${provider.name}.`
-          : `${provider.name} is disconnected. ${provider.name} could not be asked to revoke the access: remove the app in your ${provider.name} account settings too.`,
-      });
+      const body = (await response.json()) as { revokedAtProvider: boolean; sharedAccount?: boolean };
+      setNotice({ kind: 'ok', text: disconnectedText(provider.name, body.revokedAtProvider, body.sharedAccount === true) });
     } else setNotice({ kind: 'error', text: await errorText(response) });
     await load();
   }
@@ -251,4 +246,15 @@ function connectOutcome(
       };
   for (const name of ['connected', 'connect_error', 'connect_provider']) url.searchParams.delete(name);
   return { notice, cleanPath: `${url.pathname}${url.search}${url.hash}` };
+}
+
+/** What a disconnect did, in words (the answer's revokedAtProvider and sharedAccount). */
+function disconnectedText(name: string, revoked: boolean, shared: boolean): string {
+  if (shared)
+    return revoked
+      ? `${name} is disconnected, and its token was revoked at ${name}. Another account on this site is connected to the same ${name} account and keeps its access.`
+      : `${name} is disconnected here. Another account on this site is connected to the same ${name} account, so the access at ${name} was left in place.`;
+  return revoked
+    ? `${name} is disconnected, and its access was revoked at ${name}.`
+    : `${name} is disconnected. ${name} could not be asked to revoke the access: remove the app in your ${name} account settings too.`;
 }

@@ -159,16 +159,16 @@ async function callback(runtime: Runtime, providerId: string, url: URL, binding:
 /** A whole connect: start on `on`, the provider's login and consent, the callback on `back`. */
 async function connect(
   providerId: string,
-  options: { on?: Runtime; back?: Runtime; query?: string; deny?: boolean } = {},
+  options: { on?: Runtime; back?: Runtime; query?: string; deny?: boolean; as?: string } = {},
 ) {
-  const started = await start(options.on ?? a, providerId, options.query);
+  const started = await start(options.on ?? a, providerId, options.query, options.as ? { cookie: options.as } : {});
   expect(started.status).toBe(303);
   const returned = await provider.drive(started.location!, { deny: options.deny });
   return { started, returned, done: await callback(options.back ?? b, providerId, returned, started.binding) };
 }
 
-async function call(runtime: Runtime, upstreamId: string, path: string) {
-  const request = new Request(`${APP}/api/proxy/${upstreamId}/${path}`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+async function call(runtime: Runtime, upstreamId: string, path: string, as = cookie) {
+  const request = new Request(`${APP}/api/proxy/${upstreamId}/${path}`, { headers: { cookie: as, 'x-keyward-csrf': '1' } });
   return keep(await handleProxy(request, { upstream: upstreamId, path: [path] }, runtime));
 }
 
@@ -193,10 +193,10 @@ async function list(runtime: Runtime) {
   };
 }
 
-async function disconnect(runtime: Runtime, providerId: string) {
+async function disconnect(runtime: Runtime, providerId: string, as = cookie) {
   const request = new Request(`${APP}/api/connections/${providerId}`, {
     method: 'DELETE',
-    headers: { cookie, 'x-keyward-csrf': '1', origin: APP },
+    headers: { cookie: as, 'x-keyward-csrf': '1', origin: APP },
   });
   return keep(await handleConnection(request, providerId, runtime));
 }
@@ -532,7 +532,12 @@ describe('the GitHub preset, end to end', () => {
     expect(response.status).toBe(200);
     // Out of the keeper's index too (its own field read and zeroed, not the whole index).
     expect(await b.connections!.indexedUsers('github')).not.toContain(userId);
-    expect(JSON.parse(response.body)).toEqual({ provider: 'github', disconnected: true, revokedAtProvider: true });
+    expect(JSON.parse(response.body)).toEqual({
+      provider: 'github',
+      disconnected: true,
+      revokedAtProvider: true,
+      sharedAccount: false,
+    });
     expect(provider.counts().revocations).toBe(revocationsBefore + 2);
     expect(await provider.isActive('github', access)).toBe(false);
     expect(await provider.isActive('github', refresh)).toBe(false);
@@ -576,6 +581,40 @@ describe('the generic preset (issuer discovery), end to end', () => {
     expect(JSON.parse(response.body)).toMatchObject({ revokedAtProvider: true });
     expect(await provider.isActive('acme', access)).toBe(false);
     expect(errorOf((await call(a, 'acme', 'me')).body).code).toBe('connection_required');
+  });
+
+  it("two users linked to one account at the provider (the ID token's sub): the first to disconnect leaves the grant to the other, the last revokes it", async () => {
+    const bob = 'local:bob';
+    const bobCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: bob, roles: ['user'] }, 7 * 86_400);
+    // The provider's browser session is still linus's: both connects act as the same account, in one grant.
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const adaTokens = { accessToken: provider.issued().accessTokens.at(-1)!, refreshToken: provider.issued().refreshTokens.at(-1)!, expiresAt: 0 };
+    expect((await connect('acme', { as: bobCookie, on: b, back: a })).done.location).toBe('/?connected=acme');
+    const bobAccess = provider.issued().accessTokens.at(-1)!;
+    const bobRefresh = provider.issued().refreshTokens.at(-1)!;
+    expect(await provider.isActive('acme', bobRefresh)).toBe(true);
+    const revocationsBefore = provider.counts().revocations;
+
+    const first = await disconnect(a, 'acme');
+    expect(JSON.parse(first.body)).toEqual({ provider: 'acme', disconnected: true, revokedAtProvider: false, sharedAccount: true });
+    expect(provider.counts().revocations).toBe(revocationsBefore);
+    expect(await provider.isActive('acme', bobAccess)).toBe(true);
+    expect(await provider.isActive('acme', bobRefresh)).toBe(true);
+    expect(errorOf((await call(b, 'acme', 'me')).body).code).toBe('connection_required');
+    expect((await call(b, 'acme', 'me', bobCookie)).status).toBe(200);
+    expect(lastAuthorization()).toBe(`Bearer ${bobAccess}`);
+    const audit = await a.audit.query({ type: 'admin', action: 'connection.disconnect' }, { limit: 10 });
+    expect(audit.records.map((record) => ('outcome' in record ? record.outcome : null))).toContain('acme:deleted:shared');
+    // A refresh of ada's that was under way saves tokens after her disconnect: they are revoked as it revoked.
+    await a.connections!.orphaned('acme', userId, adaTokens);
+    expect(provider.counts().revocations).toBe(revocationsBefore);
+    expect(await provider.isActive('acme', bobRefresh)).toBe(true);
+
+    // Bob is the last one linked to it: his disconnect revokes the grant.
+    const last = await disconnect(b, 'acme', bobCookie);
+    expect(JSON.parse(last.body)).toMatchObject({ revokedAtProvider: true, sharedAccount: false });
+    expect(await provider.isActive('acme', bobRefresh)).toBe(false);
+    expect(await provider.isActive('acme', bobAccess)).toBe(false);
   });
 });
 

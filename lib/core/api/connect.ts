@@ -157,8 +157,8 @@ export function handleConnection(request: Request, providerId: string, runtime: 
         return json(view);
       }
       case 'DELETE': {
-        const { revoked } = await connections.disconnect(providerId, session.userId);
-        return json({ provider: providerId, disconnected: true, revokedAtProvider: revoked });
+        const { revoked, shared } = await connections.disconnect(providerId, session.userId);
+        return json({ provider: providerId, disconnected: true, revokedAtProvider: revoked, sharedAccount: shared });
       }
       default:
         throw new KeywardError('method_not_allowed', { headers: { allow: 'GET, HEAD, DELETE' } });

@@ -18,6 +18,16 @@ export interface GrantedTokens extends OAuthTokens {
   readonly scopes: readonly string[] | null;
 }
 
+/**
+ * A code exchange's tokens, and the account at the provider they act as, when the provider said which: the ID
+ * token's `sub` (nonce checked), Slack's `team:user`, GitHub's numeric user id (where its grant API is used).
+ * Null otherwise. Not a secret; Connections keeps only a digest of it, to tell whether two Keyward users linked
+ * the same account (where revoking one's grant at the provider would end the other's).
+ */
+export interface ConnectedTokens extends GrantedTokens {
+  readonly account: string | null;
+}
+
 /** The provider answered, and refused (its `error` code, from a fixed vocabulary of the provider's). */
 export class ProviderRefusedError extends Error {
   override readonly name = 'ProviderRefusedError';
@@ -52,6 +62,11 @@ interface RequestOptions {
 /** Each request to the provider; the refresh lock (lib/core/credential/oauth.ts LOCK_TTL_MS) outlives three in turn. */
 const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
+const GITHUB_HEADERS = {
+  accept: 'application/vnd.github+json',
+  'x-github-api-version': '2022-11-28',
+  'user-agent': 'keyward',
+} as const;
 /** Token endpoint errors that end a grant for good (RFC 6749 §5.2's, and GitHub's and Slack's own names). */
 const GRANT_ENDED = new Set([
   'invalid_grant',
@@ -180,7 +195,7 @@ export class ProviderClient {
     redirectUri: string,
     codeVerifier: string | null,
     nonce: string | null,
-  ): Promise<GrantedTokens> {
+  ): Promise<ConnectedTokens> {
     const as = await this.authorizationServer();
     const response = await oauth.authorizationCodeGrantRequest(
       as,
@@ -192,7 +207,9 @@ export class ProviderClient {
       this.options(),
     );
     const body = await readTokenBody(response);
-    const tokens = tokensFrom(this.provider.tokenShape === 'slack-user' ? slackUserToken(body) : body, this.now());
+    const slack = this.provider.tokenShape === 'slack-user';
+    const tokens = tokensFrom(slack ? slackUserToken(body) : body, this.now());
+    let account: string | null = slack ? slackAccount(body) : null;
     if (nonce && typeof body.id_token === 'string') {
       // Received straight from the token endpoint over TLS, so its signature need not be checked (OIDC Core
       // §3.1.3.7); its nonce ties it to this authorization request.
@@ -203,8 +220,34 @@ export class ProviderClient {
         throw new ProviderRefusedError('invalid_id_token');
       }
       if (claims.nonce !== nonce) throw new ProviderRefusedError('nonce_mismatch');
+      account = accountId(claims.sub);
     }
-    return tokens;
+    if (account === null && this.provider.revocation.kind === 'github-grant')
+      account = await this.githubUserId(this.provider.revocation.apiUrl, tokens.accessToken);
+    return { ...tokens, account };
+  }
+
+  /**
+   * GitHub's id of the user a token acts as (GET /user), so a disconnect can tell whether another Keyward user
+   * linked the same GitHub account (see revokeOwn). Null when GitHub does not answer with one: the connect still
+   * completes, and its disconnect deletes the grant as before.
+   */
+  private async githubUserId(apiUrl: string, accessToken: string): Promise<string | null> {
+    try {
+      const response = await this.fetch(`${apiUrl}/user`, {
+        headers: { ...GITHUB_HEADERS, authorization: `Bearer ${accessToken}` },
+        redirect: 'manual',
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      });
+      if (response.status !== 200) {
+        await response.body?.cancel();
+        return null;
+      }
+      const user = JSON.parse(await readCapped(response, MAX_TOKEN_RESPONSE_BYTES)) as { id?: unknown } | null;
+      return typeof user?.id === 'number' && Number.isSafeInteger(user.id) ? String(user.id) : null;
+    } catch {
+      return null;
+    }
   }
 
   /** The refresh_token grant. Throws OAuthGrantError when the provider ends the grant for good. */
@@ -255,35 +298,41 @@ export class ProviderClient {
         return true;
       }
       case 'github-grant':
-        return this.deleteGithubGrant(revocation.apiUrl, tokens.accessToken);
+        return this.deleteGithubApp(revocation.apiUrl, 'grant', tokens.accessToken);
       case 'slack':
         return this.slackRevoke(revocation.url, tokens.accessToken);
     }
   }
 
   /**
+   * Revokes only these tokens, leaving the rest of the grant: for a provider account another Keyward user linked
+   * too, whose tokens belong to the same grant. GitHub deletes one token (DELETE /applications/{client_id}/token);
+   * nothing else offers that reliably (an RFC 7009 server or Slack may end the whole grant for any of its tokens),
+   * so elsewhere nothing is revoked (false) and the tokens are only deleted from the store.
+   */
+  async revokeOwn(tokens: OAuthTokens): Promise<boolean> {
+    const { revocation } = this.provider;
+    if (revocation.kind !== 'github-grant') return false;
+    return this.deleteGithubApp(revocation.apiUrl, 'token', tokens.accessToken);
+  }
+
+  /**
    * GitHub: DELETE /applications/{client_id}/grant with the client's credentials (Basic) and the token in the
-   * body ends the whole authorization, every token of it. 404: already gone.
+   * body ends the whole authorization, every token of it; /token ends that token alone. 404: already gone.
    * https://docs.github.com/en/rest/apps/oauth-applications#delete-an-app-authorization
    */
-  private async deleteGithubGrant(apiUrl: string, accessToken: string): Promise<boolean> {
+  private async deleteGithubApp(apiUrl: string, what: 'grant' | 'token', accessToken: string): Promise<boolean> {
     const basic = Buffer.from(`${this.provider.clientId}:${this.provider.clientSecret ?? ''}`).toString('base64');
-    const response = await this.fetch(`${apiUrl}/applications/${encodeURIComponent(this.provider.clientId)}/grant`, {
+    const response = await this.fetch(`${apiUrl}/applications/${encodeURIComponent(this.provider.clientId)}/${what}`, {
       method: 'DELETE',
-      headers: {
-        authorization: `Basic ${basic}`,
-        accept: 'application/vnd.github+json',
-        'content-type': 'application/json',
-        'x-github-api-version': '2022-11-28',
-        'user-agent': 'keyward',
-      },
+      headers: { ...GITHUB_HEADERS, authorization: `Basic ${basic}`, 'content-type': 'application/json' },
       body: JSON.stringify({ access_token: accessToken }),
       redirect: 'manual',
       signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
     await response.body?.cancel();
     if (response.status === 204 || response.status === 404) return true;
-    throw new Error(`GitHub answered ${response.status} to the grant deletion`);
+    throw new Error(`GitHub answered ${response.status} to the ${what} deletion`);
   }
 
   /** Slack: auth.revoke with the token itself; `{"ok": true}` confirms. https://api.slack.com/methods/auth.revoke */
@@ -345,7 +394,6 @@ async function readCapped(response: Response, maxBytes: number): Promise<string>
   return Buffer.concat(chunks).toString('utf8');
 }
 
-/** Slack's v2 code exchange: the user's token and its scopes under `authed_user`. */
 /**
  * Slack's code exchange: the user's own token under `authed_user`. The top-level token is the app's bot token,
  * the workspace's, not this user's: stored as theirs it would let them call as the bot, and their disconnect
@@ -356,6 +404,18 @@ function slackUserToken(body: Record<string, unknown>): Record<string, unknown> 
   if (user && typeof user === 'object' && typeof (user as Record<string, unknown>).access_token === 'string')
     return user as Record<string, unknown>;
   throw new ProviderRefusedError('no_user_token');
+}
+
+/** Slack's user in the code exchange (`authed_user.id`), with its workspace (`team.id`): ids are per workspace. */
+function slackAccount(body: Record<string, unknown>): string | null {
+  const user = accountId((body.authed_user as Record<string, unknown> | undefined)?.id);
+  const team = body.team && typeof body.team === 'object' ? accountId((body.team as Record<string, unknown>).id) : null;
+  return user === null ? null : `${team ?? ''}:${user}`;
+}
+
+/** A provider's account id as it came (a string of at most 255 characters), or null. */
+function accountId(value: unknown): string | null {
+  return typeof value === 'string' && value.length > 0 && value.length <= 255 ? value : null;
 }
 
 /** Ten years: a longer `expires_in` is read as this (an absurd one made the expiry Infinity, which no store keeps). */

@@ -25,7 +25,8 @@ import type { ConnectionProvider } from './providers';
  * authorization code flow, and turns a refresh the provider refused into `needs_reconnect`.
  *
  * Store keys: `conn:<provider>:<userId>` (the connection's metadata), `connidx:<provider>` (a counter hash whose
- * fields are the users with a connection: what the idle-grant keeper walks), `connect:state:<sha256(state)>`
+ * fields are the users with a connection: what the idle-grant keeper walks), `connacct:<provider>:<digest>` (the
+ * users connected to one account at the provider, see `ConnectionRecord.account`), `connect:state:<sha256(state)>`
  * (a pending authorization, sealed, single use, 10 minutes).
  */
 
@@ -54,6 +55,12 @@ export interface ConnectionRecord {
   readonly statusAt: number;
   /** The grant came with a refresh token (the keeper refreshes it while idle). */
   readonly refreshable: boolean;
+  /**
+   * A digest of the account at the provider the tokens act as (ConnectedTokens.account), null when the provider
+   * did not say. Two Keyward users may link one provider account; a provider such as GitHub or Google keeps one
+   * grant per account and app, so revoking it for one would end the other's connection too (see disconnect).
+   */
+  readonly account?: string | null;
 }
 
 /** A pending authorization, sealed in the store until the callback takes it (once). */
@@ -94,6 +101,10 @@ export const PENDING_STARTS_MAX = 30;
 const INDEX_TTL_MS = 400 * 86_400_000;
 const MAX_RETURN_TO = 512;
 const MAX_EXTRA_SCOPES = 32;
+/** Other users' records read to tell whether an account is shared: one is enough, a few cover stale index fields. */
+const MAX_ACCOUNT_CHECKS = 16;
+/** How long a disconnect's "shared" mark outlives it: longer than a refresh can take (three provider requests). */
+const SHARED_MARK_TTL_MS = 5 * 60_000;
 
 export interface ConnectionsDeps {
   readonly providers: ReadonlyMap<string, ConnectionProvider>;
@@ -244,6 +255,7 @@ export class Connections {
       return { ok: false, error: refused ? 'provider_error' : 'unavailable', returnTo };
     }
     const existing = await this.record(providerId, pending.userId);
+    const account = tokens.account === null ? null : accountDigest(providerId, tokens.account);
     await this.deps.tokens.save(providerId, pending.userId, {
       accessToken: tokens.accessToken,
       refreshToken: tokens.refreshToken,
@@ -257,9 +269,12 @@ export class Connections {
       status: 'connected',
       statusAt: now,
       refreshable: tokens.refreshToken !== null,
+      account,
     };
     await this.saveRecord(providerId, pending.userId, record);
     if (!existing) await this.index(providerId, pending.userId, 1);
+    if (existing?.account && existing.account !== account) await this.unlinkAccount(providerId, existing.account, pending.userId);
+    if (account) await this.linkAccount(providerId, account, pending.userId);
     this.deps.logger.info({ provider: providerId, userId: pending.userId, scopes: record.scopes }, 'account connected');
     await this.deps.audit.recordAdmin({
       action: 'connection.connect',
@@ -292,11 +307,16 @@ export class Connections {
     return out;
   }
 
-  /** Tokens a refresh got after a disconnect deleted the link: revoked at the provider too (best effort). */
+  /**
+   * Tokens a refresh got after a disconnect deleted the link: revoked at the provider too (best effort), as the
+   * disconnect revoked (only these tokens when it found the account shared: `sharedKey`).
+   */
   async orphaned(providerId: string, userId: string, tokens: OAuthTokens): Promise<void> {
     let revoked = false;
     try {
-      revoked = await this.client(providerId).revoke(tokens);
+      const shared = (await guard(() => this.deps.store.get(sharedKey(providerId, userId)))) !== null;
+      const client = this.client(providerId);
+      revoked = shared ? await client.revokeOwn(tokens) : await client.revoke(tokens);
     } catch (error) {
       this.deps.logger.warn({ provider: providerId, userId, err: errorName(error) }, 'revoking the tokens of a refresh that outlived a disconnect failed');
       return;
@@ -307,9 +327,11 @@ export class Connections {
   /**
    * Disconnects: revokes the grant at the provider where it can (best effort: the tokens are deleted even if the
    * provider cannot be reached), then deletes tokens and connection. `revoked`: true when the provider confirmed,
-   * false when it failed or has no way to revoke.
+   * false when it failed or has no way to revoke. When another user is connected to the same account at the
+   * provider (`shared`), the grant is theirs too: only these tokens are revoked where the provider can do that
+   * (GitHub), and elsewhere nothing is, so their connection goes on.
    */
-  async disconnect(providerId: string, userId: string, actor = userId): Promise<{ revoked: boolean }> {
+  async disconnect(providerId: string, userId: string, actor = userId): Promise<{ revoked: boolean; shared: boolean }> {
     this.provider(providerId);
     const [record, tokens] = await Promise.all([
       this.record(providerId, userId),
@@ -317,10 +339,21 @@ export class Connections {
     ]);
     if (!record && !tokens)
       throw new KeywardError('not_found', { message: 'You have no connection to this provider.' });
+    const account = record?.account ?? null;
+    const shared = account !== null && (await this.sharedWithOthers(providerId, account, userId));
+    if (shared) {
+      // A refresh under way may still save tokens after this; `orphaned` must revoke them the same way.
+      await guard(() => this.deps.store.set(sharedKey(providerId, userId), '1', SHARED_MARK_TTL_MS));
+      this.deps.logger.info(
+        { provider: providerId, userId },
+        'another user is connected to the same account at the provider: its grant is left there',
+      );
+    }
     let revoked = false;
     if (tokens) {
       try {
-        revoked = await this.client(providerId).revoke(tokens);
+        const client = this.client(providerId);
+        revoked = shared ? await client.revokeOwn(tokens) : await client.revoke(tokens);
       } catch (error) {
         this.deps.logger.warn(
           { provider: providerId, userId, err: errorName(error) },
@@ -331,14 +364,40 @@ export class Connections {
     await this.deps.tokens.unlink(providerId, userId);
     await guard(() => this.deps.store.delete(recordKey(providerId, userId)));
     await this.forget(providerId, userId);
-    this.deps.logger.info({ provider: providerId, userId, revoked }, 'account disconnected');
+    if (account) await this.unlinkAccount(providerId, account, userId);
+    this.deps.logger.info({ provider: providerId, userId, revoked, shared }, 'account disconnected');
     await this.deps.audit.recordAdmin({
       action: 'connection.disconnect',
       actor,
       targetUser: userId,
-      outcome: revoked ? `${providerId}:revoked` : `${providerId}:deleted`,
+      outcome: `${providerId}:${revoked ? 'revoked' : 'deleted'}${shared ? ':shared' : ''}`,
     });
-    return { revoked };
+    return { revoked, shared };
+  }
+
+  /**
+   * Whether another user is connected to this account at the provider: the account's index names them, and their
+   * own record still says this account (an index field outlives a reconnect to another account that raced it).
+   */
+  private async sharedWithOthers(providerId: string, account: string, userId: string): Promise<boolean> {
+    const [fields] = await guard(() => this.deps.store.readHashes([accountKey(providerId, account)]));
+    const others = Object.entries(fields ?? {})
+      .filter(([other, count]) => count > 0 && other !== userId)
+      .map(([other]) => other)
+      .slice(0, MAX_ACCOUNT_CHECKS);
+    return (await this.records(providerId, others)).some((record) => record?.account === account);
+  }
+
+  private async linkAccount(providerId: string, account: string, userId: string): Promise<void> {
+    const key = accountKey(providerId, account);
+    const count = await guard(() => this.deps.store.readHashField(key, userId));
+    if (count !== 1) await this.incrementField(key, userId, 1 - count);
+  }
+
+  private async unlinkAccount(providerId: string, account: string, userId: string): Promise<void> {
+    const key = accountKey(providerId, account);
+    const count = await guard(() => this.deps.store.readHashField(key, userId));
+    if (count !== 0) await this.incrementField(key, userId, -count);
   }
 
   /**
@@ -476,8 +535,12 @@ export class Connections {
   }
 
   private async index(providerId: string, userId: string, by: number): Promise<void> {
+    await this.incrementField(indexKey(providerId), userId, by);
+  }
+
+  private async incrementField(key: string, field: string, by: number): Promise<void> {
     const expiresAt = this.deps.now() + INDEX_TTL_MS;
-    await guard(() => this.deps.store.incrementHashes([{ key: indexKey(providerId), field: userId, by, expiresAt }]));
+    await guard(() => this.deps.store.incrementHashes([{ key, field, by, expiresAt }]));
   }
 
   /**
@@ -575,6 +638,21 @@ function indexKey(provider: string): string {
   return `connidx:${provider}`;
 }
 
+/** The users connected to one account at the provider (fields: user ids), by the account's digest. */
+function accountKey(provider: string, account: string): string {
+  return `connacct:${provider}:${account}`;
+}
+
+/** Set by a disconnect that found the account shared, for a refresh that outlives it (see orphaned). */
+function sharedKey(provider: string, userId: string): string {
+  return `connshared:${provider}:${userId}`;
+}
+
+/** An account id at a provider, as stored: a digest (ids are not secret; the store need not hold them as they are). */
+function accountDigest(provider: string, account: string): string {
+  return createHash('sha256').update(`${provider}\0${account}`, 'utf8').digest('base64url');
+}
+
 /** How many connects the user started in the current PENDING_TTL_MS window (a counter that expires with it). */
 function startsKey(userId: string): string {
   return `connect:starts:${userId}`;
@@ -612,6 +690,7 @@ function parseRecord(raw: string | null | undefined): ConnectionRecord | null {
       status: value.status,
       statusAt: value.statusAt,
       refreshable: value.refreshable === true,
+      account: typeof value.account === 'string' ? value.account : null,
     };
   } catch {
     return null;

@@ -76,9 +76,12 @@ async function exchange(client: ProviderClient) {
 }
 
 describe('GitHub', () => {
-  it('the code exchange: client_secret_post, PKCE verifier, JSON asked for; a token without expiry or refresh token; comma-separated scopes', async () => {
-    const { origin, seen } = await fake((_seen, res) =>
-      json(res, 200, { access_token: 'gho_token', token_type: 'bearer', scope: 'repo,read:user' }),
+  it("the code exchange: client_secret_post, PKCE verifier, JSON asked for; a token without expiry or refresh token; comma-separated scopes; the user's id from GET /user", async () => {
+    // A token URL on another host is GitHub Enterprise Server: its REST API is at /api/v3 on that host.
+    const { origin, seen } = await fake((entry, res) =>
+      entry.url === '/api/v3/user'
+        ? json(res, 200, { login: 'octocat', id: 583231 })
+        : json(res, 200, { access_token: 'gho_token', token_type: 'bearer', scope: 'repo,read:user' }),
     );
     const tokens = await exchange(new ProviderClient(preset('github', origin)));
     expect(tokens).toEqual({
@@ -86,7 +89,10 @@ describe('GitHub', () => {
       refreshToken: null,
       expiresAt: 0,
       scopes: ['repo', 'read:user'],
+      account: '583231',
     });
+    expect(seen[1]).toMatchObject({ method: 'GET', url: '/api/v3/user' });
+    expect(seen[1]!.headers.authorization).toBe('Bearer gho_token');
     const form = new URLSearchParams(seen[0]!.body);
     expect(Object.fromEntries(form)).toMatchObject({
       grant_type: 'authorization_code',
@@ -135,6 +141,26 @@ describe('GitHub', () => {
     expect(request!.headers['x-github-api-version']).toBe('2022-11-28');
     expect(JSON.parse(request!.body)).toEqual({ access_token: 'gho_token' });
   });
+
+  it("an account another Keyward user linked too: only this token is deleted (DELETE /applications/{client_id}/token), not the grant", async () => {
+    const api = await fake((_seen, res) => {
+      res.writeHead(204);
+      res.end();
+    });
+    const provider = { ...preset('github', api.origin), revocation: { kind: 'github-grant', apiUrl: api.origin } as const };
+    expect(await new ProviderClient(provider).revokeOwn({ accessToken: 'gho_token', refreshToken: null, expiresAt: 0 })).toBe(true);
+    expect(api.seen.map((r) => `${r.method} ${r.url}`)).toEqual(['DELETE /applications/Iv1.client/token']);
+    expect(JSON.parse(api.seen[0]!.body)).toEqual({ access_token: 'gho_token' });
+  });
+
+  it('no user id from GitHub (an error, no number): the connect completes with no account', async () => {
+    const { origin } = await fake((entry, res) =>
+      entry.url === '/api/v3/user'
+        ? json(res, 401, { message: 'Bad credentials' })
+        : json(res, 200, { access_token: 'gho_token', token_type: 'bearer' }),
+    );
+    expect((await exchange(new ProviderClient(preset('github', origin)))).account).toBeNull();
+  });
 });
 
 describe('Slack', () => {
@@ -144,6 +170,7 @@ describe('Slack', () => {
         ok: true,
         access_token: 'xoxb-bot',
         token_type: 'bot',
+        team: { id: 'T9', name: 'Acme' },
         authed_user: {
           id: 'U1',
           access_token: 'xoxe.xoxp-user',
@@ -176,6 +203,8 @@ describe('Slack', () => {
       refreshToken: 'xoxe-1-refresh',
       expiresAt: 1_000_000 + 43_200_000,
       scopes: ['users:read', 'chat:write'],
+      // User ids are per workspace: the account is both.
+      account: 'T9:U1',
     });
   });
 
@@ -207,6 +236,11 @@ describe('Slack', () => {
     await expect(client.refresh('xoxe-1-old')).rejects.toBeInstanceOf(OAuthGrantError);
     expect(await client.revoke({ accessToken: 'xoxp-user', refreshToken: null, expiresAt: 0 })).toBe(true);
     expect(seen.at(-1)!.headers.authorization).toBe('Bearer xoxp-user');
+    // auth.revoke may end what other Keyward users linked to the same Slack user hold too: for a shared
+    // account, nothing is revoked at Slack.
+    const requests = seen.length;
+    expect(await client.revokeOwn({ accessToken: 'xoxp-user', refreshToken: null, expiresAt: 0 })).toBe(false);
+    expect(seen.length).toBe(requests);
   });
 });
 
