@@ -82,6 +82,13 @@ reads .env.test.local, .env.test, .env; any other (unset, development) reads .en
 .env.local, .env.development, .env. The environment wins over the files, an earlier file over a later one.
 `;
 
+/**
+ * How this command line was started, as its usage lines name it: `npm run keyward --` from a checkout, or
+ * `node <dist>/keyward-cli.mjs` where `npm run build` bundled it (an image with production dependencies only).
+ */
+const BUNDLE = process.argv[1] ?? '';
+const INVOKED = /keyward-cli\.mjs$/.test(BUNDLE) ? `node ${relative(process.cwd(), BUNDLE) || BUNDLE}` : 'npm run keyward --';
+
 type HelpGroup = 'keys' | 'audit' | 'decoys';
 const isHelpGroup = (word: string | undefined): word is HelpGroup => word === 'keys' || word === 'audit' || word === 'decoys';
 
@@ -91,7 +98,7 @@ function help(group?: HelpGroup): string {
   const width = Math.max(...commands.map(([usage]) => usage.length), ...options.map(([, usage]) => usage.length));
   const line = (usage: string, what: string) => `  ${usage.padEnd(width)}  ${what}`;
   return [
-    `usage: npm run keyward -- ${group ?? '<command>'}${group ? ' <command>' : ''} [options]`,
+    `usage: ${INVOKED} ${group ?? '<command>'}${group ? ' <command>' : ''} [options]`,
     '',
     'commands:',
     ...commands.map(([usage, what]) => line(usage, what)),
@@ -102,12 +109,12 @@ function help(group?: HelpGroup): string {
   ].join('\n');
 }
 
-const USAGE = 'usage: npm run keyward -- <hash-password | check-config | schema | types | import … | keys … | audit … | decoys … | help>\n';
-const TYPES_USAGE = 'usage: npm run keyward -- types [--out <file>] [--config <file>]\n';
-const KEYS_USAGE = 'usage: npm run keyward -- keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>> [--json]\n';
-const AUDIT_USAGE = 'usage: npm run keyward -- audit <tail [-n <count>] [--follow] [--json] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n';
-const DECOYS_USAGE = `usage: npm run keyward -- decoys <create --shape <${DECOY_SHAPES.join('|')}> [--note <text>] | list> [--file <file>] [--json]\n`;
-const MORE = 'Run `npm run keyward -- --help` for every command.\n';
+const USAGE = `usage: ${INVOKED} <hash-password | check-config | schema | types | import … | keys … | audit … | decoys … | help>\n`;
+const TYPES_USAGE = `usage: ${INVOKED} types [--out <file>] [--config <file>]\n`;
+const KEYS_USAGE = `usage: ${INVOKED} keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>> [--json]\n`;
+const AUDIT_USAGE = `usage: ${INVOKED} audit <tail [-n <count>] [--follow] [--json] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n`;
+const DECOYS_USAGE = `usage: ${INVOKED} decoys <create --shape <${DECOY_SHAPES.join('|')}> [--note <text>] | list> [--file <file>] [--json]\n`;
+const MORE = `Run \`${INVOKED} --help\` for every command.\n`;
 
 /** The `.env*` files that were read, for the commands that use the settings to say so. */
 let envFiles: string[] = [];
@@ -196,7 +203,7 @@ async function main(args: readonly string[]): Promise<number> {
         // npm start sets NODE_ENV=production itself: a check without it is not the deployment's (secrets and a
         // sign-in method are generated for development, and production's checks are not run).
         process.stdout.write(`keyward: configuration is valid (${upstreams}), checked for development (npm run dev)\n`);
-        process.stderr.write('keyward: to check a deployment as npm start runs it: NODE_ENV=production npm run keyward -- check-config\n');
+        process.stderr.write(`keyward: to check a deployment as npm start runs it: NODE_ENV=production ${INVOKED} check-config\n`);
       }
       return 0;
     }
@@ -578,7 +585,7 @@ function rotationSentence(rotation: RotationResult): string {
   }
   const canary = rotation.canaryStatus === null ? 'without a canary call (--skip-canary)' : `after the canary call answered ${rotation.canaryStatus}`;
   const replaced = rotation.from.length === 0 ? '' : ` ${capitalise(keysPhrase(rotation.from))} ${rotation.from.length === 1 ? 'stays' : 'stay'} usable as a fallback for the grace window.`;
-  return `${upstream}: switched to key ${rotation.to} ${canary}.${replaced} Undo with: npm run keyward -- keys rollback ${id}`;
+  return `${upstream}: switched to key ${rotation.to} ${canary}.${replaced} Undo with: ${INVOKED} keys rollback ${id}`;
 }
 
 function canaryFailedSentence(rotation: Rotation): string {

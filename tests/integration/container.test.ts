@@ -126,6 +126,10 @@ describe('README "Containers with the fast lane": the copied files, production d
     expect(tail).toContain('"route":"/items/:id"');
     expect(findLeak(tail, secrets)).toBeNull();
     expect(await run(process.execPath, [cli, 'check-config'], { cwd: image, env, timeoutMs: 60_000 })).toContain('configuration is valid for production');
+    // Its usage names it as it was run, not as `npm run keyward`, which needs the tools this image lacks.
+    const usage = await run(process.execPath, [cli, '--help'], { cwd: image, env, timeoutMs: 60_000 });
+    expect(usage.split('\n')[0]).toBe(`usage: node ${distDir}/keyward-cli.mjs <command> [options]`);
+    expect(usage).not.toContain('npm run keyward');
   });
 
   it('SIGTERM to npm (docker stop) reaches the fast lane, which stops Next: nothing is left running', async () => {
