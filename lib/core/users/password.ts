@@ -59,12 +59,22 @@ export function passwordLoad(): { active: number; waiting: number } {
 /** The longest password the sign-in form takes (lib/next/auth.ts): a longer one could be hashed, never typed in. */
 export const MAX_PASSWORD_LENGTH = 1024;
 
+/**
+ * A password as it is hashed: Unicode-normalised (NFKC, as NIST SP 800-63B §5.1.1.2 asks), so that one typed
+ * with "é" as one code point and one typed with "e" and a combining accent (another keyboard, another system)
+ * are one password, and so are a full-width and a plain "A".
+ */
+function normalised(password: string): string {
+  return password.normalize('NFKC');
+}
+
 export async function hashPassword(password: string): Promise<string> {
-  if (password.length < 8) throw new Error('Passwords must be at least 8 characters.');
+  const text = normalised(password);
+  if (text.length < 8) throw new Error('Passwords must be at least 8 characters.');
   const salt = randomBytes(16);
   // Hashing a new password (the CLI, set-up, the decoy hash) is never a client's doing: it waits for a slot,
   // however many are queued, rather than failing; it still never runs beside more than PASSWORD_CONCURRENCY others.
-  const key = await withPasswordSlot(() => scrypt(password, salt, KEY_LENGTH, { N, r: R, p: P, maxmem: maxmem(N, R) }), undefined, true);
+  const key = await withPasswordSlot(() => scrypt(text, salt, KEY_LENGTH, { N, r: R, p: P, maxmem: maxmem(N, R) }), undefined, true);
   return `scrypt$${N}$${R}$${P}$${salt.toString('base64url')}$${key.toString('base64url')}`;
 }
 
@@ -87,20 +97,27 @@ export function isPasswordHash(value: string): boolean {
   return cost && bounded && saltBytes >= 16 && keyBytes >= 16 && keyBytes <= 64;
 }
 
+/**
+ * Whether `password` is the one `stored` was made from, compared normalised (see `normalised`). A hash made before
+ * passwords were normalised holds the password as it was typed then: a password that normalising changes is also
+ * tried as it is, in the same slot. Whether that second scrypt runs depends on the password alone, never on the
+ * user or the hash, so an unknown username (the decoy) costs the same as a known one.
+ */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
   const match = HASH_FORMAT.exec(stored);
   if (!match || !isPasswordHash(stored)) return false;
   const [, n, r, p, salt, hash] = match;
   const expected = Buffer.from(hash!, 'base64url');
-  const key = await withPasswordSlot(() =>
-    scrypt(password, Buffer.from(salt!, 'base64url'), expected.length, {
-      N: Number(n),
-      r: Number(r),
-      p: Number(p),
-      maxmem: maxmem(Number(n), Number(r)),
-    }),
-  );
-  return key.length === expected.length && timingSafeEqual(key, expected);
+  const options = { N: Number(n), r: Number(r), p: Number(p), maxmem: maxmem(Number(n), Number(r)) };
+  const matches = async (text: string) => {
+    const key = await scrypt(text, Buffer.from(salt!, 'base64url'), expected.length, options);
+    return key.length === expected.length && timingSafeEqual(key, expected);
+  };
+  const text = normalised(password);
+  return withPasswordSlot(async () => {
+    const ok = await matches(text);
+    return text === password ? ok : (await matches(password)) || ok;
+  });
 }
 
 /**

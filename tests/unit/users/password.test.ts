@@ -31,6 +31,28 @@ describe('hashPassword / verifyPassword', () => {
     }
   });
 
+  it('compares passwords Unicode-normalised (NFKC): composed or decomposed accents, full-width letters', async () => {
+    const composed = `caf\u00e9-${randomPassword()}`;
+    const decomposed = composed.normalize('NFD');
+    expect(decomposed).not.toBe(composed);
+    const hash = await hashPassword(decomposed);
+    expect(await verifyPassword(composed, hash)).toBe(true);
+    expect(await verifyPassword(decomposed, hash)).toBe(true);
+    const fullWidth = `\uff30\uff41\uff53\uff53-${randomPassword()}`; // "Ｐａｓｓ"
+    const plain = fullWidth.normalize('NFKC');
+    expect(plain.startsWith('Pass-')).toBe(true);
+    expect(await verifyPassword(plain, await hashPassword(fullWidth))).toBe(true);
+    // Still one password: another letter is another password.
+    expect(await verifyPassword(composed.replace('\u00e9', 'e'), hash)).toBe(false);
+  }, SCRYPT_TIMEOUT);
+
+  it('a hash made before normalising (of the password as typed then) still verifies, as typed; nothing else does', async () => {
+    const typed = `cafe\u0301-${randomPassword()}`; // decomposed "é"
+    const legacy = cheapHash(typed);
+    expect(await verifyPassword(typed, legacy)).toBe(true);
+    expect(await verifyPassword(`${typed}x`, legacy)).toBe(false);
+  });
+
   it('salts every hash', () => {
     const pw = randomPassword();
     expect(cheapHash(pw)).not.toBe(cheapHash(pw));
