@@ -431,13 +431,13 @@ function expiryOf(expiresIn: number, now: number): number {
 }
 
 function tokensFrom(body: Record<string, unknown>, now: number): GrantedTokens {
-  if (typeof body.access_token !== 'string' || body.access_token === '')
-    throw new Error('the token response has no access_token');
+  // The provider answered, with something Keyward cannot use: a refusal of its own (the connect's
+  // `provider_error`: trying again would not help), not an outage.
+  if (typeof body.access_token !== 'string' || body.access_token === '') throw new ProviderRefusedError('no_access_token');
   // Keyward sends the token as a Bearer token: a DPoP-bound one could not be used without the key that asked for it
   // (Keyward sends none), nor a token of another type (MAC). Slack calls its user tokens `user`.
   const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : null;
-  if (type === 'dpop') throw new Error('the provider issued a DPoP-bound token');
-  if (type !== null && type !== 'bearer' && type !== 'user') throw new Error('the provider issued a token that is not a Bearer token');
+  if (type !== null && type !== 'bearer' && type !== 'user') throw new ProviderRefusedError('unsupported_token_type');
   const expiresIn =
     typeof body.expires_in === 'number'
       ? body.expires_in

@@ -272,12 +272,19 @@ describe('any provider', () => {
     expect(await expiresAt(undefined)).toBe(0);
   });
 
-  it('a token that is not a Bearer token (MAC, DPoP) is refused, never sent as one', async () => {
+  it('a token that is not a Bearer token (MAC, DPoP) is refused, never sent as one: by the provider (provider_error), not an outage', async () => {
     for (const token_type of ['mac', 'DPoP']) {
       const { origin } = await fake((_seen, res) => json(res, 200, { access_token: 'mac_token', token_type }));
       const error = await new ProviderClient(preset('github', origin)).refresh('r').catch((e: unknown) => e);
-      expect(error, token_type).toBeInstanceOf(Error);
+      expect(error, token_type).toBeInstanceOf(ProviderRefusedError);
+      expect((error as ProviderRefusedError).error).toBe('unsupported_token_type');
+      // A refresh answered so is not a grant the provider ended: the connection is kept.
+      expect(error).not.toBeInstanceOf(OAuthGrantError);
+      const exchanged = await exchange(new ProviderClient(preset('generic', origin))).catch((e: unknown) => e);
+      expect((exchanged as ProviderRefusedError).error, token_type).toBe('unsupported_token_type');
     }
+    const { origin: empty } = await fake((_seen, res) => json(res, 200, { token_type: 'Bearer' }));
+    expect(((await exchange(new ProviderClient(preset('generic', empty))).catch((e: unknown) => e)) as ProviderRefusedError).error).toBe('no_access_token');
     for (const token_type of ['Bearer', 'bearer']) {
       const { origin } = await fake((_seen, res) => json(res, 200, { access_token: 'at', token_type }));
       expect((await new ProviderClient(preset('github', origin)).refresh('r')).accessToken).toBe('at');
