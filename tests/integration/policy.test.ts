@@ -133,7 +133,7 @@ const PRO: SessionIdentity = { sub: 'local:paul', roles: ['pro'] };
 async function call(
   identity: SessionIdentity,
   path: string[],
-  options: { method?: string; query?: string; body?: string; contentType?: string | null } = {},
+  options: { method?: string; query?: string; body?: string | Uint8Array<ArrayBuffer>; contentType?: string | null } = {},
 ): Promise<Call> {
   const method = options.method ?? 'GET';
   const headers = new Headers({ cookie: await claimsSessionCookie(env.AUTH_SECRET!, identity), 'x-keyward-csrf': '1' });
@@ -209,6 +209,16 @@ describe('JSON body contract: what is forwarded is JSON.stringify of the parsed 
     expect(received(c)).toBe(
       '{"model":"small","messages":[{"role":"user","content":"café / \\"q\\""}],"user":"local:paul","metadata":{"user_id":"local:paul"}}',
     );
+  });
+
+  it('refuses bytes that are not UTF-8 (400), rather than sending U+FFFD in their place', async () => {
+    const [head, tail] = chat({ metadata: { tag: '@' } }).split('@');
+    const body = Buffer.concat([Buffer.from(head!), Buffer.from([0xff, 0xfe]), Buffer.from(tail!)]);
+    const c = await call(PRO, ['chat'], { method: 'POST', body: new Uint8Array(body) });
+    expect(expectRefused(c, 400, 'contract_violation').message).toMatch(/body: not valid UTF-8/);
+    // A byte order mark is not taken for part of the JSON text either (as before: invalid JSON).
+    const bom = await call(PRO, ['chat'], { method: 'POST', body: `\ufeff${chat()}` });
+    expectRefused(bom, 400, 'contract_violation');
   });
 
   it('accepts application/json with parameters and +json types', async () => {

@@ -47,7 +47,8 @@ export async function readContractBody(
   switch (contract.bodyFormat) {
     case 'json': {
       if (!isJson(type)) throw new KeywardError('unsupported_media_type');
-      const value = parseBody(schema, body ? (await readCappedBody(body)).toString('utf8') : '');
+      // A byte order mark is kept (JSON text has none: RFC 8259 §8.1), so it fails to parse as it always did.
+      const value = parseBody(schema, utf8(body ? await readCappedBody(body) : Buffer.alloc(0), true));
       return {
         value,
         serialize: (checked) => ({
@@ -108,10 +109,13 @@ function isUtf8(contentType: string): boolean {
   return /^[^;]*(?:;\s*charset\s*=\s*"?utf-8"?\s*)?$/i.test(contentType);
 }
 
-/** The body as UTF-8 text; bytes that are not UTF-8 are refused rather than replaced with U+FFFD. */
-function utf8(bytes: Buffer): string {
+/**
+ * The body as UTF-8 text; bytes that are not UTF-8 are refused rather than replaced with U+FFFD (which the
+ * upstream would get in their place). `keepBom`: a leading byte order mark stays in the text.
+ */
+function utf8(bytes: Buffer, keepBom = false): string {
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: keepBom }).decode(bytes);
   } catch {
     throw violation('body: not valid UTF-8');
   }
