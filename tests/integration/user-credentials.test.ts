@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { defineUpstream } from '../../lib/core/config/load';
-import { handleUserKey } from '../../lib/core/api/keys';
+import { KEY_WRITES_MAX, KEY_WRITES_WINDOW_MS, handleUserKey } from '../../lib/core/api/keys';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { keyFingerprints } from '../../lib/core/keys/fingerprint';
@@ -317,6 +317,22 @@ describe('bring your own key: /api/keys/<upstream> and the proxy', () => {
     const result = await keys(runtime, 'PUT', 'byok', { cookie: bobCookie, body });
     expectError(result, 400, 'bad_request');
     expect(await runtime.store.get(`ukey:byok:${BOB}`)).toBeNull();
+  });
+
+  it(`a user makes at most ${KEY_WRITES_MAX} key changes in ${KEY_WRITES_WINDOW_MS / 60_000} minutes (each is an audit record): then 429`, async () => {
+    const erinCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:erin' });
+    const statuses: number[] = [];
+    for (let i = 0; i < KEY_WRITES_MAX; i++) statuses.push((await put(runtime, 'byok', randomSecret('k'), { cookie: erinCookie })).status);
+    expect(statuses).toEqual(Array(KEY_WRITES_MAX).fill(201));
+    const refused = await put(runtime, 'byok', randomSecret('k'), { cookie: erinCookie });
+    expectError(refused, 429, 'rate_limited');
+    expect(refused.headers.get('retry-after')).toBe(String(KEY_WRITES_WINDOW_MS / 1000));
+    expectError(await keys(runtime, 'DELETE', 'byok', { cookie: erinCookie }), 429, 'rate_limited');
+    const audit = await runtime.audit.query({ type: 'admin', action: 'user_key.put' }, { limit: 100 });
+    expect(audit.records.filter((r) => 'actor' in r && r.actor === 'local:erin')).toHaveLength(KEY_WRITES_MAX);
+    // Others are not held back by it.
+    const daveCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:dave' });
+    expect((await put(runtime, 'byok', randomSecret('k'), { cookie: daveCookie })).status).toBe(201);
   });
 
   it('a form-encoded body is refused with 400 (JSON only)', async () => {

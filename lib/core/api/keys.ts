@@ -1,11 +1,19 @@
 import { clientIp } from '../client/ip';
 import { raiseDecoyHit } from '../detect/decoys';
+import { capPerWindow } from '../store/window-cap';
 import { KeywardError, errorResponse } from '../errors';
 import type { Runtime } from '../runtime';
 import type { Session } from '../session/session';
 import { apiHandler, json, readJsonObject, requireSession } from './guard';
 
 const KEY_METHODS = new Set(['GET', 'HEAD', 'PUT', 'DELETE']);
+/**
+ * Key changes (PUT and DELETE, all upstreams together) a user may make per KEY_WRITES_WINDOW_MS. Each one is an
+ * audit record (`user_key.put`, `user_key.delete`), which an admin reads among the admin actions: without a bound,
+ * one session could write thousands a minute and bury them. Far above what a person changing a key does.
+ */
+export const KEY_WRITES_MAX = 30;
+export const KEY_WRITES_WINDOW_MS = 10 * 60_000;
 
 /**
  * /api/keys/<upstream>: the caller's own key for an upstream that takes one (`"secret": {"user": "key"}`).
@@ -38,12 +46,14 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
         }
         const decoyRefusal = refuseDecoyKey(request, runtime, session, upstream.id, body.key);
         if (decoyRefusal) return decoyRefusal;
+        await capKeyWrites(runtime, session);
         const info = await keys.put(upstream.id, session.userId, body.key);
         runtime.logger.info({ userId: session.userId, upstream: upstream.id, keyFingerprint: info.fingerprint }, 'user key stored');
         await runtime.audit.recordAdmin({ action: 'user_key.put', actor: session.userId, upstream: upstream.id, fingerprint: info.fingerprint, outcome: 'stored' });
         return json(info, 201);
       }
       case 'DELETE': {
+        await capKeyWrites(runtime, session);
         const deleted = await keys.delete(upstream.id, session.userId);
         if (!deleted) throw new KeywardError('credential_missing', { message: 'You have not stored a key for this upstream.' });
         runtime.logger.info({ userId: session.userId, upstream: upstream.id }, 'user key deleted');
@@ -53,6 +63,15 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
       default:
         throw new Error(`unreachable: ${request.method}`);
     }
+  });
+}
+
+/** 429 `rate_limited` past KEY_WRITES_MAX key changes in the window (counted in the shared store). */
+function capKeyWrites(runtime: Runtime, session: Session): Promise<void> {
+  return capPerWindow(runtime.store, `ukeywrites:${session.userId}`, {
+    max: KEY_WRITES_MAX,
+    windowMs: KEY_WRITES_WINDOW_MS,
+    message: 'Too many key changes in the last minutes; try again later.',
   });
 }
 
