@@ -139,17 +139,22 @@ export class AuditLog {
     void target; // the route template says what was called; the URL is not kept
     const at = this.now();
     this.usage.add(event, at);
-    if (answeredByKeyward(event) && !this.refusalRecorded(event.userId ?? '', at)) return;
-    const record: CallRecord = {
-      type: 'call',
-      at: new Date(at).toISOString(),
-      ...fields,
-      sessionIdHash: sessionId ? hashSessionId(sessionId) : null,
-    };
-    this.enqueue(record, at);
-    if (this.pending.length >= BATCH_SIZE) {
-      this.flush().catch(() => {});
-    } else if (!this.timer) {
+    if (!answeredByKeyward(event) || this.refusalRecorded(event.userId ?? '', at)) {
+      const record: CallRecord = {
+        type: 'call',
+        at: new Date(at).toISOString(),
+        ...fields,
+        sessionIdHash: sessionId ? hashSessionId(sessionId) : null,
+      };
+      this.enqueue(record, at);
+      if (this.pending.length >= BATCH_SIZE) {
+        this.flush().catch(() => {});
+        return;
+      }
+    }
+    // A refusal over the record limit is still counted in the usage figures: they go out within BATCH_DELAY_MS
+    // too, whether or not a record does (Next's process cannot flush this process's figures for the dashboard).
+    if (!this.timer) {
       this.timer = setTimeout(() => this.flush().catch(() => {}), BATCH_DELAY_MS);
       this.timer.unref();
     }

@@ -21,7 +21,7 @@ function setup() {
   const usage = new UsageAggregates(store, () => audit.flush());
   const calls = async () =>
     (await audit.query({ type: 'call' }, { limit: 100_000, maxScan: 100_000 })).records as CallRecord[];
-  return { clock, audit, usage, calls, log };
+  return { clock, store, audit, usage, calls, log };
 }
 
 const unauthenticated = event({
@@ -74,6 +74,21 @@ describe('calls Keyward answered with an error, in the audit trail', () => {
     const warning = log.lines.find((line) => line.includes('over the per-minute record limit'));
     expect(warning).toBeDefined();
     expect(JSON.parse(warning!)).toMatchObject({ suppressed: 2 * 150 });
+  });
+
+  it('refusals over the limit reach the usage figures within the batch delay, with no later call to carry them', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const { clock, store, audit } = setup();
+    // The dashboard as Next's process reads it under `npm start`: from the store, without this log's flush.
+    const elsewhere = new UsageAggregates(store, async () => {});
+    const calls = async () => (await elsewhere.series({ period: 'hour', fromMs: clock.now - 3_600_000, toMs: clock.now })).total.calls;
+    for (let i = 0; i < REFUSED_RECORDS_PER_MINUTE; i++) audit.recordCall({ ...unauthenticated, requestId: `r-${i}` });
+    await audit.flush();
+    expect(await calls()).toBe(REFUSED_RECORDS_PER_MINUTE);
+    // Over the limit: counted, not recorded; and nothing comes after them.
+    for (let i = 0; i < 10; i++) audit.recordCall({ ...unauthenticated, requestId: `over-${i}` });
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(await calls()).toBe(REFUSED_RECORDS_PER_MINUTE + 10);
   });
 
   it('its own 5xx too (a credential that cannot be opened), and a flood that stops is reported when its minute ends', async () => {
