@@ -17,6 +17,7 @@ import nextEnv from '@next/env';
 import type { Runtime } from 'keyward/core';
 import {
   checkStartup,
+  createClientErrorAnswer,
   createConnectRefusal,
   createFastLane,
   createFastLaneRuntime,
@@ -103,6 +104,7 @@ async function main(): Promise<void> {
   const serving = new ServingCalls();
   const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: nextProcess.web, siteHeaders, metrics: runtime, serving }));
   server.on('connect', createConnectRefusal(runtime, siteHeaders));
+  server.on('clientError', createClientErrorAnswer(siteHeaders));
   // WebSockets: upgrades on /api/proxy/* to routes that declare `websocket: true`, authorized by the core;
   // every other upgrade to Next's own upgrade handling.
   const sockets = new OpenSockets(runtime);

@@ -1,7 +1,7 @@
-import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { handleMetrics, type MetricsRuntime } from '@/lib/core/api/metrics';
-import { KeywardError } from '@/lib/core/errors';
+import { ERROR_STATUS, KeywardError, errorResponse } from '@/lib/core/errors';
 import { isRefusedMethod, proxyCall, refusedMethod, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
@@ -68,6 +68,10 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
       writeResponse(disguisedPathRefusal(req, deps), res, siteHeaders).catch((error: unknown) => failed(error, res));
     } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
       serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
+    } else if (url.startsWith('/api/') && !decodablePath(url)) {
+      // Next would fail to decode the segment for the route's params and answer a plain-text 500, before the
+      // route's handler (and its JSON errors) ever ran: anyone, signed in or not, could make 5xx errors so.
+      writeResponse(errorResponse(new KeywardError('bad_path'), crypto.randomUUID()), res, siteHeaders).catch((error: unknown) => failed(error, res));
     } else {
       try {
         next(req, res);
@@ -77,6 +81,17 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
       }
     }
   };
+}
+
+/** Whether every segment of the path (the request target before `?`) is well-formed percent-encoded UTF-8. */
+function decodablePath(url: string): boolean {
+  const query = url.indexOf('?');
+  try {
+    decodeURIComponent(query === -1 ? url : url.slice(0, query));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Only a bug in this file gets here (the core answers every failure itself): no detail to the client. */
@@ -158,12 +173,40 @@ export function createConnectRefusal(deps: ProxyDeps, siteHeaders: readonly (rea
       return;
     }
     const response = refuseCall(req.method ?? 'CONNECT', headersOrNone(req), proxyPath.target, deps, refusedMethod(proxyPath.target, deps));
-    void response.text().then((body) => {
-      const lines = [`HTTP/1.1 ${response.status} Method Not Allowed`];
-      for (const [name, value] of siteHeaders) lines.push(`${name}: ${value}`);
-      for (const [name, value] of response.headers) lines.push(`${name}: ${value}`);
-      lines.push(`content-length: ${Buffer.byteLength(body)}`, 'connection: close');
-      socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
-    });
+    void endSocketWith(socket, response, siteHeaders);
   };
+}
+
+/**
+ * Node's own 'clientError': a request its HTTP parser refused before any listener saw it (both Content-Length and
+ * Transfer-Encoding, a Content-Length that is no number, `TRACK` and other methods it does not know, a request
+ * target of `*`, headers past its 16 KiB, a request that took too long to arrive). Node would answer with a bare
+ * status line; this answers with Keyward's JSON error (400 `bad_request`, 431 `headers_too_large`, 408
+ * `request_timeout`) and logs it. Nothing was read past the head, nothing was forwarded, no session was looked at.
+ */
+export function createClientErrorAnswer(siteHeaders: readonly (readonly [string, string])[] = []) {
+  return (error: Error & { code?: string }, socket: Duplex): void => {
+    socket.on('error', () => {});
+    // A response already under way on this connection (a pipelined request after it failed), or a socket the
+    // client has closed: nothing can be answered.
+    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (error.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
+      socket.destroy();
+      return;
+    }
+    const code = error.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request';
+    const requestId = crypto.randomUUID();
+    getLogger().info({ requestId, status: ERROR_STATUS[code], errorCode: code, parserError: error.code ?? 'unknown' }, 'request refused by the HTTP parser');
+    void endSocketWith(socket, errorResponse(new KeywardError(code), requestId), siteHeaders);
+  };
+}
+
+/** Writes a whole response to a socket no ServerResponse owns (CONNECT, a parser error), then closes it. */
+async function endSocketWith(socket: Duplex, response: Response, siteHeaders: readonly (readonly [string, string])[]): Promise<void> {
+  const body = await response.text();
+  const lines = [`HTTP/1.1 ${response.status} ${STATUS_CODES[response.status] ?? ''}`];
+  for (const [name, value] of siteHeaders) lines.push(`${name}: ${value}`);
+  for (const [name, value] of response.headers) lines.push(`${name}: ${value}`);
+  lines.push(`content-length: ${Buffer.byteLength(body)}`, 'connection: close');
+  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
 }

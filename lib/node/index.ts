@@ -4,7 +4,7 @@
  * which runs in a child process (startNextProcess).
  */
 export { readServeOptions, UsageError, type ServeOptions } from './args';
-export { createConnectRefusal, createFastLane, ServingCalls, type FastLaneOptions } from './fast-lane';
+export { createClientErrorAnswer, createConnectRefusal, createFastLane, ServingCalls, type FastLaneOptions } from './fast-lane';
 export { NextExitedError, NextSocketFolderError, startNextProcess, type NextProcess, type NextProcessOptions } from './next-process';
 export { createFastLaneRuntime, fastLaneProblems } from './runtime';
 export { createUpgradeListener, type UpgradeOptions } from './websocket';

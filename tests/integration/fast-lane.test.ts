@@ -513,6 +513,42 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'method_not_allowed' } });
   });
 
+  it("requests Node's HTTP parser refuses: Keyward's JSON error (400, 431), not a bare status line; nothing forwarded", async () => {
+    const before = upstream.requests.length;
+    const host = `Host: 127.0.0.1:${lane.port}\r\nCookie: ${laneCookie}\r\nX-Keyward-CSRF: 1`;
+    const cases: Array<[string, string, number, string]> = [
+      ['Content-Length and Transfer-Encoding', `POST /api/proxy/echo/items HTTP/1.1\r\n${host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`, 400, 'bad_request'],
+      ['a negative Content-Length', `POST /api/proxy/echo/items HTTP/1.1\r\n${host}\r\nContent-Length: -1\r\n\r\n`, 400, 'bad_request'],
+      ['TRACK', `TRACK /api/proxy/echo/items/1 HTTP/1.1\r\n${host}\r\n\r\n`, 400, 'bad_request'],
+      ['headers past 16 KiB', `GET /api/proxy/echo/items/1 HTTP/1.1\r\n${host}\r\nX-Pad: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
+    ];
+    for (const [name, request, status, code] of cases) {
+      const text = await rawExchange(request);
+      expect(text.slice(0, text.indexOf('\r\n')), name).toMatch(new RegExp(`^HTTP/1\\.1 ${status} \\S`));
+      const head = text.slice(0, text.indexOf('\r\n\r\n')).toLowerCase();
+      expect(head, name).toContain('\r\ncache-control: private, no-store');
+      expect(head, name).toMatch(/\r\nx-request-id: [0-9a-f-]{36}/);
+      expect(head, name).toContain('\r\ncontent-type: application/json');
+      expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)), name).toMatchObject({ error: { code } });
+      expectNoLeak(text);
+    }
+    expect(upstream.requests.length).toBe(before);
+  });
+
+  it("a path of Keyward's own endpoints with malformed percent-encoding: 400 bad_path JSON (Next would answer a plain 500)", async () => {
+    for (const [method, path] of [
+      ['GET', '/api/keys/%ZZ'],
+      ['POST', '/api/admin/users/%E0%A4%A/revoke-sessions'],
+      ['GET', '/api/connections/%'],
+    ] as const) {
+      const response = await raw(lane, method, path, { origin: lane.url });
+      expect([response.status, errorCode(response)], path).toEqual([400, 'bad_path']);
+      expect(response.headers['x-request-id'], path).toMatch(/^[0-9a-f-]{36}$/);
+    }
+    // A well-formed one still reaches Next's handler (401: no session there).
+    expect(errorCode(await raw(lane, 'GET', '/api/keys/echo', { cookie: '' }))).toBe('unauthenticated');
+  });
+
   it('CONNECT: 405 method_not_allowed, the connection closed', async () => {
     const before = upstream.requests.length;
     const socket = connect(lane.port, '127.0.0.1');
