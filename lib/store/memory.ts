@@ -14,6 +14,7 @@ const SWEEP_EVERY_MS = 60_000;
  * one-time code) does not stay in memory for good.
  */
 export class MemoryStore implements Store {
+  readonly logCursor = /^\d{16}$/;
   readonly kind = 'memory' as const;
   private readonly entries = new Map<string, Entry>();
   private readonly logs = new Map<string, LogEntry[]>();
@@ -122,7 +123,7 @@ export class MemoryStore implements Store {
     let cursor = given;
     const log = [...(this.logs.get(stream) ?? [])];
     // Ids are zero-padded sequence numbers; anything else is treated as no cursor, as the other stores do.
-    if (cursor !== undefined && !/^\d{16}$/.test(cursor)) cursor = undefined;
+    if (cursor !== undefined && !this.logCursor.test(cursor)) cursor = undefined;
     if (order === 'desc') log.reverse();
     return log
       .filter(({ id, at }) => at >= sinceMs && at <= untilMs && (cursor === undefined || (order === 'asc' ? id > cursor : id < cursor)))

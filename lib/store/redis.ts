@@ -160,6 +160,7 @@ interface Scripts {
  * reconnects in the background, so Keyward recovers by itself when Redis returns.
  */
 export class RedisStore implements Store {
+  readonly logCursor = /^\d{1,16}-\d{1,16}$/;
   readonly kind = 'redis' as const;
   private readonly redis: Redis;
   /** Settles once the first connection is ready, or once the connect timeout passed without one. */
@@ -339,7 +340,7 @@ export class RedisStore implements Store {
   async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
     if (!(limit >= 1)) return [];
     const key = `log:${stream}`;
-    const valid = cursor !== undefined && /^\d{1,16}-\d{1,16}$/.test(cursor);
+    const valid = cursor !== undefined && this.logCursor.test(cursor);
     // Nothing is older than 0-0, and Redis refuses the interval that would say so (an error, not an empty page).
     if (valid && order === 'desc' && /^0+-0+$/.test(cursor)) return [];
     // Stream ids carry Redis's clock, `at` the writer's: the id range is only narrowed to the window widened

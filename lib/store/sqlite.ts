@@ -9,6 +9,7 @@ import { assertHashIncrements, assertRaise, assertReservations, StoreUnavailable
  * each is atomic. Expired rows are treated as absent and purged periodically.
  */
 export class SqliteStore implements Store {
+  readonly logCursor = /^\d{1,18}$/;
   readonly kind = 'sqlite' as const;
   private readonly db: DatabaseSync;
   private readonly statements: Record<string, StatementSync>;
@@ -228,7 +229,7 @@ export class SqliteStore implements Store {
 
   async readLog(stream: string, { sinceMs, untilMs, cursor, limit, order }: LogQuery): Promise<LogEntry[]> {
     const statement = order === 'asc' ? this.statements.readAsc! : this.statements.readDesc!;
-    const after = cursor === undefined || !/^\d{1,18}$/.test(cursor) ? (order === 'asc' ? 0n : 2n ** 62n) : BigInt(cursor);
+    const after = cursor === undefined || !this.logCursor.test(cursor) ? (order === 'asc' ? 0n : 2n ** 62n) : BigInt(cursor);
     const rows = this.run(() =>
       statement.all({
         stream,

@@ -41,6 +41,11 @@ export interface Store {
   /** Reads a log in order (`asc`, oldest first) or newest first, after a cursor, within a time window. */
   readLog(stream: string, query: LogQuery): Promise<LogEntry[]>;
   /**
+   * The form of the log ids (cursors) this store makes: `readLog` reads any other cursor as none, so an API that
+   * takes one from a client refuses it rather than start over unnoticed. Absent: any of the stores' forms.
+   */
+  readonly logCursor?: RegExp;
+  /**
    * Adds each `by` to a field of a counter hash (fields start at 0), all in one round trip (one transaction in
    * SQLite, one pipeline of HINCRBY in Redis). Each hash expires at its `expiresAt` (absolute ms; every entry
    * naming a hash names the same time). Usage aggregates are written through this, once per audit batch.

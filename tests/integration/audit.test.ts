@@ -774,6 +774,13 @@ describe('GET /api/admin/audit', () => {
       '?type=bogus',
       '?since=yesterday',
       '?until=2026-13-45T99:00:00Z',
+      // Date.parse reads these; ISO 8601 they are not.
+      '?since=' + encodeURIComponent('Tue, 01 Jan 2030'),
+      '?until=-1',
+      '?since=2026-11-23T20:00:00',
+      // Which copy wins is not guessed.
+      '?type=call&type=admin',
+      '?limit=1&limit=2',
       // A user id is any printable ASCII (an OIDC sub may hold spaces or be a URL), nothing else.
       '?userId=' + encodeURIComponent('alice\nsmith'),
       '?userId=' + encodeURIComponent('oidc:é'),
@@ -793,6 +800,10 @@ describe('GET /api/admin/audit', () => {
       await expectError(await admin.audit(`?limit=${limit}`), 400, 'bad_request');
     // A cursor no store makes is refused, not read as none (which would start the pages over).
     for (const cursor of ['abc', '1-x', '-1', '1.5', '9'.repeat(21)]) await expectError(await admin.audit(`?cursor=${cursor}`), 400, 'bad_request');
+    // Nor one of another store's form (SQLite's numbers here, where Redis's stream ids are `<ms>-<seq>`), or one too
+    // long for this store's ids.
+    for (const cursor of ['12345', `${'9'.repeat(17)}-0`, `${'9'.repeat(20)}-${'9'.repeat(20)}`])
+      await expectError(await admin.audit(`?cursor=${cursor}`), 400, 'bad_request');
     const one = await jsonOf<{ records: AuditRecord[]; cursor: string | null }>(await admin.audit('?limit=1'));
     expect(one.records).toHaveLength(1);
     expect(one.cursor).toBe(one.records[0]!.id);

@@ -473,7 +473,7 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
     expect(json.stdout).toBe(calls.stdout);
     const bad = await cli(['audit', 'export', '--since', 'yesterday']);
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toBe('keyward: since must be an ISO 8601 time.\n');
+    expect(bad.stderr).toBe('keyward: since must be an ISO 8601 time (e.g. 2026-11-23T20:00:00Z).\n');
   });
 
   it('audit tail -n 5 --json prints the latest five records as JSON lines, oldest first, admin actions included', async () => {

@@ -1,4 +1,5 @@
-import { AUDIT_CURSOR, type AuditFilter, type AuditRecord } from '../audit/audit';
+import { z } from 'zod';
+import type { AuditFilter, AuditRecord } from '../audit/audit';
 import { KeywardError } from '../errors';
 import { keyAdmin } from '../keys/admin';
 import type { Runtime } from '../runtime';
@@ -100,17 +101,22 @@ export function handleAudit(request: Request, runtime: Runtime): Promise<Respons
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new KeywardError('bad_request', { message: `limit is 1 to ${MAX_PAGE}.` });
     // A cursor the stores could not have made would be read as none, and the pages would start over unnoticed.
     const given = params.get('cursor') ?? undefined;
-    if (given !== undefined && !AUDIT_CURSOR.test(given)) throw new KeywardError('bad_request', { message: 'cursor is not valid: pass back the one a page gave.' });
+    if (given !== undefined && !runtime.audit.isCursor(given)) throw new KeywardError('bad_request', { message: 'cursor is not valid: pass back the one a page gave.' });
     const { records, cursor } = await runtime.audit.query(filter, { limit, cursor: given, order: 'desc' });
     return json({ records, cursor });
   });
 }
+
+/** A date and time with `Z` or an offset, or a date alone (its midnight UTC). */
+const ISO_TIME = z.union([z.iso.datetime({ offset: true }), z.iso.date()]);
 
 const FILTERS = ['type', 'upstream', 'userId', 'action', 'outcome', 'fingerprint', 'since', 'until', 'limit', 'cursor', 'format'];
 
 export function auditFilter(params: URLSearchParams): AuditFilter {
   for (const name of params.keys()) {
     if (!FILTERS.includes(name)) throw new KeywardError('bad_request', { message: `Unknown filter; use ${FILTERS.join(', ')}.` });
+    // Which copy would win is not for a server to guess (the usage API refuses them too).
+    if (params.getAll(name).length > 1) throw new KeywardError('bad_request', { message: `${name} is given more than once.` });
   }
   const text = (name: string, pattern = /^[A-Za-z0-9._:@|/-]{1,256}$/) => {
     const value = params.get(name);
@@ -120,9 +126,9 @@ export function auditFilter(params: URLSearchParams): AuditFilter {
   const time = (name: string) => {
     const value = params.get(name);
     if (value === null) return undefined;
-    const ms = Date.parse(value);
-    if (Number.isNaN(ms)) throw new KeywardError('bad_request', { message: `${name} must be an ISO 8601 time.` });
-    return ms;
+    // ISO 8601 as the usage API reads it (or a date alone), not whatever Date.parse makes of other text.
+    if (!ISO_TIME.safeParse(value).success) throw new KeywardError('bad_request', { message: `${name} must be an ISO 8601 time (e.g. 2026-11-23T20:00:00Z).` });
+    return Date.parse(value);
   };
   const type = text('type');
   if (type !== undefined && type !== 'call' && type !== 'admin') throw new KeywardError('bad_request', { message: 'type is call or admin.' });

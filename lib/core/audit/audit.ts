@@ -240,6 +240,11 @@ export class AuditLog {
     this.pending.push({ value: JSON.stringify(record), at });
   }
 
+  /** Whether `cursor` has the form of the cursors this trail's store gives (any other would be read as none). */
+  isCursor(cursor: string): boolean {
+    return (this.store.logCursor ?? AUDIT_CURSOR).test(cursor);
+  }
+
   /**
    * Matching records, newest first (or oldest first), at most `limit`, and a cursor to continue from.
    * Reads the store in pages and filters; at most `maxScan` entries are read per call.
