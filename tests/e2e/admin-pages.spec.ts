@@ -156,6 +156,16 @@ test('Users shows each user’s own traffic, quota and sessions; Audit filters, 
   await alice.context().close();
 });
 
+test('a user id as long as one may be (300 characters, no space) wraps: the user page is no wider than the window', async ({ page, prod }) => {
+  await signIn(page, prod.admin.username, prod.admin.password);
+  const userId = `oidc:${'x'.repeat(295)}`;
+  await page.goto(`/admin/users/${encodeURIComponent(userId)}`);
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(userId);
+  await expect(page.getByTestId('user-unknown')).toBeVisible();
+  expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(0);
+  await shot(page, 'admin-user-long-id');
+});
+
 test('Keys: rotate (cancelled, refused by the canary, then skipping it), roll back and revoke through the dialogs; scrubber hits', async ({ page, prod }) => {
   test.setTimeout(120_000);
   await signIn(page, prod.admin.username, prod.admin.password);
