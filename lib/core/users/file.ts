@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { ConfigError } from '../config/load';
 import { jsonErrorAt } from '../config/error';
 import { formatIssues } from '../config/schema';
-import { decoyHash, isPasswordHash, verifyPassword } from './password';
+import { decoyHash, isPasswordHash, strongestHash, verifyPassword } from './password';
 import { stringClaims } from '../session/session';
 
 const usersFileSchema = z.strictObject({
@@ -147,7 +147,10 @@ export function loadUsersFile(
   return {
     async authenticate(username, password) {
       const user = users().get(username);
-      const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash()));
+      // Every attempt costs what the file's strongest hash costs: known users, whatever their hash, and unknown
+      // ones (the decoy), so the time taken says nothing about which usernames exist.
+      const floor = strongestOf(users());
+      const ok = await verifyPassword(password, user?.passwordHash ?? (await decoyHash(floor)), floor);
       if (!user || !ok) return null;
       return checkedUser(user);
     },
@@ -159,6 +162,13 @@ export function loadUsersFile(
       return [...users().values()].map(publicUser);
     },
   };
+}
+
+/** The strongest password hash of a loaded file (computed once per load: a reload makes a new map). */
+const strongest = new WeakMap<ReadonlyMap<string, FileUser>, string | null>();
+function strongestOf(users: ReadonlyMap<string, FileUser>): string | null {
+  if (!strongest.has(users)) strongest.set(users, strongestHash([...users.values()].map((user) => user.passwordHash)));
+  return strongest.get(users)!;
 }
 
 /** The file's modification time, size and inode (an editor that saves by rename changes the inode), or null. */

@@ -12,7 +12,14 @@ const R = 8;
 const P = 1;
 const KEY_LENGTH = 32;
 
+/** scrypt work (N·r·p, what its time follows) this process has done: a measure for tests, never a timer. */
+let workDone = 0;
+export function passwordWorkDone(): number {
+  return workDone;
+}
+
 function scrypt(password: string, salt: Buffer, keyLength: number, options: ScryptOptions): Promise<Buffer> {
+  workDone += (options.N ?? 0) * (options.r ?? 0) * (options.p ?? 0);
   return new Promise((resolve, reject) =>
     scryptCallback(password, salt, keyLength, options, (error, key) => (error ? reject(error) : resolve(key))),
   );
@@ -97,27 +104,55 @@ export function isPasswordHash(value: string): boolean {
   return cost && bounded && saltBytes >= 16 && keyBytes >= 16 && keyBytes <= 64;
 }
 
+/** A checkable hash's scrypt parameters, or null. */
+function costOf(stored: string): { n: number; r: number; p: number } | null {
+  const match = HASH_FORMAT.exec(stored);
+  if (!match || !isPasswordHash(stored)) return null;
+  return { n: Number(match[1]), r: Number(match[2]), p: Number(match[3]) };
+}
+
+const workOf = (cost: { n: number; r: number; p: number }) => cost.n * cost.r * cost.p;
+
 /**
  * Whether `password` is the one `stored` was made from, compared normalised (see `normalised`). A hash made before
  * passwords were normalised holds the password as it was typed then: a password that normalising changes is also
  * tried as it is, in the same slot. Whether that second scrypt runs depends on the password alone, never on the
  * user or the hash, so an unknown username (the decoy) costs the same as a known one.
+ *
+ * `floor`: a hash whose cost every verification takes at least (the users file's strongest, `strongestHash`). A
+ * weaker hash (hand-made with a smaller N, say) would answer sooner than the decoy an unknown username is checked
+ * against and so tell which users exist; it is followed by scrypt with its own N and r on a throwaway salt for the
+ * work it lacks (as Django's `harden_runtime` does for PBKDF2's iterations).
  */
-export async function verifyPassword(password: string, stored: string): Promise<boolean> {
-  const match = HASH_FORMAT.exec(stored);
-  if (!match || !isPasswordHash(stored)) return false;
-  const [, n, r, p, salt, hash] = match;
+export async function verifyPassword(password: string, stored: string, floor: string | null = null): Promise<boolean> {
+  const cost = costOf(stored);
+  if (!cost) return false;
+  const [, , , , salt, hash] = HASH_FORMAT.exec(stored)!;
   const expected = Buffer.from(hash!, 'base64url');
-  const options = { N: Number(n), r: Number(r), p: Number(p), maxmem: maxmem(Number(n), Number(r)) };
+  const options = { N: cost.n, r: cost.r, p: cost.p, maxmem: maxmem(cost.n, cost.r) };
   const matches = async (text: string) => {
     const key = await scrypt(text, Buffer.from(salt!, 'base64url'), expected.length, options);
     return key.length === expected.length && timingSafeEqual(key, expected);
   };
+  const floorCost = floor === null ? null : costOf(floor);
+  const lacking = floorCost ? Math.round((workOf(floorCost) - workOf(cost)) / (cost.n * cost.r)) : 0;
   const text = normalised(password);
   return withPasswordSlot(async () => {
-    const ok = await matches(text);
-    return text === password ? ok : (await matches(password)) || ok;
+    let ok = await matches(text);
+    if (text !== password) ok = (await matches(password)) || ok;
+    if (lacking > 0) await scrypt(text, randomBytes(16), KEY_LENGTH, { N: cost.n, r: cost.r, p: lacking, maxmem: maxmem(cost.n, cost.r) });
+    return ok;
   });
+}
+
+/** Of these hashes, the one whose verification costs the most (null when none is checkable): `verifyPassword`'s floor. */
+export function strongestHash(hashes: Iterable<string>): string | null {
+  let strongest: { hash: string; work: number } | null = null;
+  for (const hash of hashes) {
+    const cost = costOf(hash);
+    if (cost && (strongest === null || workOf(cost) > strongest.work)) strongest = { hash, work: workOf(cost) };
+  }
+  return strongest?.hash ?? null;
 }
 
 /**
@@ -125,7 +160,20 @@ export async function verifyPassword(password: string, stored: string): Promise<
  * salt and key in the format `hashPassword` writes, so verifying costs exactly one scrypt, like a real user's.
  * Made at load, not by hashing on first use (that cost the first unknown name of each process a second scrypt).
  */
-const DECOY = `scrypt$${N}$${R}$${P}$${randomBytes(16).toString('base64url')}$${randomBytes(KEY_LENGTH).toString('base64url')}`;
-export function decoyHash(): Promise<string> {
-  return Promise.resolve(DECOY);
+const decoys = new Map<string, string>();
+const decoyWith = (n: number, r: number, p: number) =>
+  `scrypt$${n}$${r}$${p}$${randomBytes(16).toString('base64url')}$${randomBytes(KEY_LENGTH).toString('base64url')}`;
+const DECOY = decoyWith(N, R, P);
+
+/**
+ * The decoy, with the parameters of `like` (the users file's strongest hash, so an unknown username costs what its
+ * users cost; made once per set of parameters), or `hashPassword`'s.
+ */
+export function decoyHash(like: string | null = null): Promise<string> {
+  const cost = like === null ? null : costOf(like);
+  if (!cost) return Promise.resolve(DECOY);
+  const key = `${cost.n}$${cost.r}$${cost.p}`;
+  let decoy = decoys.get(key);
+  if (decoy === undefined) decoys.set(key, (decoy = decoyWith(cost.n, cost.r, cost.p)));
+  return Promise.resolve(decoy);
 }

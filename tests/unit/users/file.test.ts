@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../../lib/core/config/load';
 import { USERS_RECHECK_MS, loadUsersFile, passwordVersion } from '../../../lib/core/users/file';
+import { passwordWorkDone } from '../../../lib/core/users/password';
 import { SCRYPT_TIMEOUT, cheapPasswordHash, thrown } from '../support';
 
 const randomPassword = () => randomBytes(12).toString('base64url');
@@ -26,6 +27,30 @@ describe('loadUsersFile', () => {
   const bob = { username: 'bob@example.com', password: randomPassword(), roles: ['user'] };
   const file = writeJson({
     users: [alice, bob].map((u) => ({ username: u.username, passwordHash: cheapPasswordHash(u.password), roles: u.roles })),
+  });
+
+  it("costs every attempt the file's strongest hash: a user with a weaker (hand-made) hash, an unknown username, right or wrong", async () => {
+    const weak = { username: 'weak', password: randomPassword() };
+    const strong = { username: 'strong', password: randomPassword() };
+    const mixed = loadUsersFile(
+      writeJson({
+        users: [
+          { username: weak.username, passwordHash: cheapPasswordHash(weak.password, 2 ** 14), roles: ['user'] },
+          { username: strong.username, passwordHash: cheapPasswordHash(strong.password, 2 ** 16), roles: ['user'] },
+        ],
+      }),
+    );
+    // scrypt's work (N·r·p) each attempt did, which its time follows: counted, not timed.
+    const work = async (username: string, password: string) => {
+      const before = passwordWorkDone();
+      const user = await mixed.authenticate(username, password);
+      return { work: passwordWorkDone() - before, ok: user !== null };
+    };
+    const strongest = 2 ** 16 * 8;
+    expect(await work('weak', weak.password)).toEqual({ work: strongest, ok: true });
+    expect(await work('weak', randomPassword())).toEqual({ work: strongest, ok: false });
+    expect(await work('strong', strong.password)).toEqual({ work: strongest, ok: true });
+    expect(await work('nobody', randomPassword())).toEqual({ work: strongest, ok: false });
   });
 
   it('authenticates a user with the right password', async () => {

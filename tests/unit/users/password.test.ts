@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { decoyHash, hashPassword, isPasswordHash, verifyPassword } from '../../../lib/core/users/password';
+import { decoyHash, hashPassword, isPasswordHash, passwordWorkDone, strongestHash, verifyPassword } from '../../../lib/core/users/password';
 import { SCRYPT_TIMEOUT, cheapPasswordHash as cheapHash, rejected } from '../support';
 
 const randomPassword = () => randomBytes(12).toString('base64url');
@@ -51,6 +51,25 @@ describe('hashPassword / verifyPassword', () => {
     const legacy = cheapHash(typed);
     expect(await verifyPassword(typed, legacy)).toBe(true);
     expect(await verifyPassword(`${typed}x`, legacy)).toBe(false);
+  });
+
+  it("pads a weaker hash's verification with the scrypt work it lacks against a floor; the decoy is made like the floor", async () => {
+    const pw = randomPassword();
+    const floor = cheapHash(randomPassword(), 2 ** 16);
+    const weak = cheapHash(pw, 2 ** 14);
+    const work = async (run: () => Promise<unknown>) => {
+      const before = passwordWorkDone();
+      await run();
+      return passwordWorkDone() - before;
+    };
+    expect(await work(() => verifyPassword(pw, weak, floor))).toBe(2 ** 16 * 8);
+    expect(await work(() => verifyPassword(randomPassword(), weak, floor))).toBe(2 ** 16 * 8);
+    expect(await work(async () => verifyPassword(pw, await decoyHash(floor), floor))).toBe(2 ** 16 * 8);
+    expect(await work(() => verifyPassword(pw, weak))).toBe(2 ** 14 * 8);
+    expect(await verifyPassword(pw, weak, floor)).toBe(true);
+    expect(await verifyPassword(`${pw}x`, weak, floor)).toBe(false);
+    expect(strongestHash([weak, floor, 'not a hash'])).toBe(floor);
+    expect(strongestHash([])).toBeNull();
   });
 
   it('salts every hash', () => {
