@@ -135,8 +135,10 @@ export async function verifyPassword(password: string, stored: string, floor: st
     return key.length === expected.length && timingSafeEqual(key, expected);
   };
   const floorCost = floor === null ? null : costOf(floor);
-  const lacking = floorCost ? Math.round((workOf(floorCost) - workOf(cost)) / (cost.n * cost.r)) : 0;
   const text = normalised(password);
+  // The decoy runs as many times (one run, or two for a password that normalising changes): so does the pad.
+  const runs = text === password ? 1 : 2;
+  const lacking = floorCost ? Math.round((runs * (workOf(floorCost) - workOf(cost))) / (cost.n * cost.r)) : 0;
   return withPasswordSlot(async () => {
     let ok = await matches(text);
     if (text !== password) ok = (await matches(password)) || ok;
