@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   handleAdminUserConnections,
@@ -18,7 +19,7 @@ import { PENDING_STARTS_MAX, PENDING_TTL_MS } from '../../lib/core/connect/conne
 import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL, capturingLogger, claimsSessionCookie, findLeak, responseText } from '../fixtures/claims-session';
 import { startConnectProvider, type ConnectProvider } from '../fixtures/oauth-connect-provider';
-import { deleteKeysUnder } from '../fixtures/redis-server';
+import { deleteKeysUnder, keysUnder } from '../fixtures/redis-server';
 import { passwordVersionIn, writeUsersFile } from '../fixtures/users';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -615,6 +616,46 @@ describe('the generic preset (issuer discovery), end to end', () => {
     expect(JSON.parse(last.body)).toMatchObject({ revokedAtProvider: true, sharedAccount: false });
     expect(await provider.isActive('acme', bobRefresh)).toBe(false);
     expect(await provider.isActive('acme', bobAccess)).toBe(false);
+  });
+
+  it('the indexes (who is connected, who shares an account) live as long as the connection: a reconnect and every keeper pass renew them', async () => {
+    // When each index hash expires (PEXPIRETIME, ms): `connidx:acme`, and the one `connacct:acme:<digest>`.
+    const expiries = async () => {
+      const [accountKey, ...others] = await keysUnder(REDIS_URL, `${prefix}hash:connacct:acme:`);
+      expect(accountKey).toBeDefined();
+      expect(others).toEqual([]);
+      const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
+      await redis.connect();
+      try {
+        return {
+          index: await redis.pexpiretime(`${prefix}hash:connidx:acme`),
+          account: await redis.pexpiretime(accountKey!),
+        };
+      } finally {
+        redis.disconnect();
+      }
+    };
+    const days = (n: number) => n * 86_400_000;
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const first = await expiries();
+    expect(first.account).toBeGreaterThan(now() + days(399));
+    expect(first.index).toBeGreaterThan(now() + days(399));
+
+    // Two days on, the same account connected again (nothing in the indexes changes): both are renewed.
+    skewMs += days(2);
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const reconnected = await expiries();
+    expect(reconnected.account).toBeGreaterThanOrEqual(first.account + days(2));
+    expect(reconnected.index).toBeGreaterThanOrEqual(first.index + days(2));
+
+    // Two more days without a connect: the keeper's pass renews the fields of every connection it finds alive.
+    skewMs += days(2);
+    expect((await a.connectionKeeper!.pass()).ran).toBe(true);
+    const kept = await expiries();
+    expect(kept.account).toBeGreaterThanOrEqual(reconnected.account + days(2));
+    expect(kept.index).toBeGreaterThanOrEqual(reconnected.index + days(2));
+
+    expect(JSON.parse((await disconnect(a, 'acme')).body)).toMatchObject({ disconnected: true, sharedAccount: false });
   });
 });
 

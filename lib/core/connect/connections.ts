@@ -97,7 +97,10 @@ export const PENDING_TTL_MS = 10 * 60_000;
  * unbounded loop of starts would fill the store. Far above what a person clicking "Connect" does.
  */
 export const PENDING_STARTS_MAX = 30;
-/** The index hashes are kept this long after their last write; every connect and every keeper pass renews them. */
+/**
+ * The index hashes (`connidx:*`, `connacct:*`) are kept this long after their last write: every connect and every
+ * keeper pass renews the fields of live connections, so only what a crash left behind expires.
+ */
 const INDEX_TTL_MS = 400 * 86_400_000;
 const MAX_RETURN_TO = 512;
 const MAX_EXTRA_SCOPES = 32;
@@ -272,9 +275,11 @@ export class Connections {
       account,
     };
     await this.saveRecord(providerId, pending.userId, record);
-    if (!existing) await this.index(providerId, pending.userId, 1);
-    if (existing?.account && existing.account !== account) await this.unlinkAccount(providerId, existing.account, pending.userId);
-    if (account) await this.linkAccount(providerId, account, pending.userId);
+    // Written even when already there: a reconnect renews the index fields' expiry.
+    await this.setField(indexKey(providerId), pending.userId, 1, true);
+    if (existing?.account && existing.account !== account)
+      await this.setField(accountKey(providerId, existing.account), pending.userId, 0);
+    if (account) await this.setField(accountKey(providerId, account), pending.userId, 1, true);
     this.deps.logger.info({ provider: providerId, userId: pending.userId, scopes: record.scopes }, 'account connected');
     await this.deps.audit.recordAdmin({
       action: 'connection.connect',
@@ -364,7 +369,7 @@ export class Connections {
     await this.deps.tokens.unlink(providerId, userId);
     await guard(() => this.deps.store.delete(recordKey(providerId, userId)));
     await this.forget(providerId, userId);
-    if (account) await this.unlinkAccount(providerId, account, userId);
+    if (account) await this.setField(accountKey(providerId, account), userId, 0);
     this.deps.logger.info({ provider: providerId, userId, revoked, shared }, 'account disconnected');
     await this.deps.audit.recordAdmin({
       action: 'connection.disconnect',
@@ -386,18 +391,6 @@ export class Connections {
       .map(([other]) => other)
       .slice(0, MAX_ACCOUNT_CHECKS);
     return (await this.records(providerId, others)).some((record) => record?.account === account);
-  }
-
-  private async linkAccount(providerId: string, account: string, userId: string): Promise<void> {
-    const key = accountKey(providerId, account);
-    const count = await guard(() => this.deps.store.readHashField(key, userId));
-    if (count !== 1) await this.incrementField(key, userId, 1 - count);
-  }
-
-  private async unlinkAccount(providerId: string, account: string, userId: string): Promise<void> {
-    const key = accountKey(providerId, account);
-    const count = await guard(() => this.deps.store.readHashField(key, userId));
-    if (count !== 0) await this.incrementField(key, userId, -count);
   }
 
   /**
@@ -505,8 +498,22 @@ export class Connections {
    * field alone: every disconnect comes here, and the index has a field per connected user.
    */
   async forget(providerId: string, userId: string): Promise<void> {
-    const count = await guard(() => this.deps.store.readHashField(indexKey(providerId), userId));
-    if (count > 0) await this.index(providerId, userId, -count);
+    await this.setField(indexKey(providerId), userId, 0);
+  }
+
+  /**
+   * Renews the index fields of connections the keeper found alive (`connidx` and, where the record names one, the
+   * provider account's `connacct`), in one write: a connection kept for years, never reconnected (GitHub's tokens
+   * do not expire), must not drop out of the indexes, or its disconnect would revoke a grant another user shares.
+   */
+  async renewIndexes(providerId: string, live: readonly { userId: string; record: ConnectionRecord }[]): Promise<void> {
+    if (live.length === 0) return;
+    const expiresAt = this.deps.now() + INDEX_TTL_MS;
+    const renewals = live.flatMap(({ userId, record }) => [
+      { key: indexKey(providerId), field: userId, by: 0, expiresAt },
+      ...(record.account ? [{ key: accountKey(providerId, record.account), field: userId, by: 0, expiresAt }] : []),
+    ]);
+    await guard(() => this.deps.store.incrementHashes(renewals));
   }
 
   get tokens(): OAuthTokenStore {
@@ -534,11 +541,13 @@ export class Connections {
     await guard(() => this.deps.store.set(recordKey(providerId, userId), JSON.stringify(record)));
   }
 
-  private async index(providerId: string, userId: string, by: number): Promise<void> {
-    await this.incrementField(indexKey(providerId), userId, by);
-  }
-
-  private async incrementField(key: string, field: string, by: number): Promise<void> {
+  /**
+   * Sets a counter-hash field to `value` (the stores add, so: read, then add the difference). `renew` writes even
+   * when the field already holds it, which renews the hash's expiry (the field's, in SQLite).
+   */
+  private async setField(key: string, field: string, value: number, renew = false): Promise<void> {
+    const by = value - (await guard(() => this.deps.store.readHashField(key, field)));
+    if (by === 0 && !renew) return;
     const expiresAt = this.deps.now() + INDEX_TTL_MS;
     await guard(() => this.deps.store.incrementHashes([{ key, field, by, expiresAt }]));
   }

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { KeywardError } from '../errors';
 import { guard } from '../store/guard';
 import type { Store } from '../../store/types';
-import type { Connections } from './connections';
+import type { ConnectionRecord, Connections } from './connections';
 
 /**
  * The idle-grant keeper. Providers expire refresh tokens that go unused (Google after 6 months, Microsoft after 90
@@ -15,7 +15,8 @@ import type { Connections } from './connections';
  * One pass per interval across every instance: a pass takes a lock in the store and reads when the last pass ran
  * (by the injected clock, so tests move time without waiting); an instance that finds either is done. A pass is
  * bounded (`maxPerPass` grants, `concurrency` at a time, the oldest first); what is left waits for the next pass.
- * Each refresh is the token store's single-flight one, so it never races a proxied call's refresh.
+ * Each refresh is the token store's single-flight one, so it never races a proxied call's refresh. A pass also
+ * renews the index fields of every connection it finds (Connections.renewIndexes), so none outlives its indexes.
  */
 export interface KeeperOptions {
   readonly intervalMs?: number;
@@ -112,16 +113,19 @@ export class ConnectionKeeper {
       for (let i = 0; i < users.length; i += READ_CHUNK) {
         const chunk = users.slice(i, i + READ_CHUNK);
         const records = await this.connections.records(provider, chunk);
+        const live: { userId: string; record: ConnectionRecord }[] = [];
         for (const [j, userId] of chunk.entries()) {
           const record = records[j];
           if (!record) {
             await this.connections.forget(provider, userId);
             continue;
           }
+          live.push({ userId, record });
           const since = record.lastRefreshAt ?? record.connectedAt;
           if (record.status === 'connected' && record.refreshable && since <= olderThan)
             due.push({ provider, userId, since });
         }
+        await this.connections.renewIndexes(provider, live);
       }
     }
     due.sort((a, b) => a.since - b.since);
