@@ -618,6 +618,21 @@ describe('the generic preset (issuer discovery), end to end', () => {
     expect(await provider.isActive('acme', bobAccess)).toBe(false);
   });
 
+  it('two users linked to one account who disconnect at the same moment: the grant does not outlive them both', async () => {
+    const bob = 'local:bob';
+    const bobCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: bob, roles: ['user'] }, 7 * 86_400);
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    expect((await connect('acme', { as: bobCookie, on: b, back: a })).done.location).toBe('/?connected=acme');
+    const bobRefresh = provider.issued().refreshTokens.at(-1)!;
+    expect(await provider.isActive('acme', bobRefresh)).toBe(true);
+
+    // On two instances at once: each may find the other still linked, but not both (each unlinks itself first).
+    const answers = await Promise.all([disconnect(a, 'acme'), disconnect(b, 'acme', bobCookie)]);
+    const bodies = answers.map((answer) => JSON.parse(answer.body) as { revokedAtProvider: boolean; sharedAccount: boolean });
+    expect(bodies.some((body) => body.revokedAtProvider && !body.sharedAccount)).toBe(true);
+    expect(await provider.isActive('acme', bobRefresh)).toBe(false);
+  });
+
   it('the indexes (who is connected, who shares an account) live as long as the connection: a reconnect and every keeper pass renew them', async () => {
     // When each index hash expires (PEXPIRETIME, ms): `connidx:acme`, and the one `connacct:acme:<digest>`.
     const expiries = async () => {

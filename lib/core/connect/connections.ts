@@ -345,6 +345,9 @@ export class Connections {
     if (!record && !tokens)
       throw new KeywardError('not_found', { message: 'You have no connection to this provider.' });
     const account = record?.account ?? null;
+    // Unlinked before looking for others: of two linked users disconnecting at once, at least one then finds the
+    // other gone and revokes (both finding each other would leave the grant at the provider with nobody on it).
+    if (account) await this.setField(accountKey(providerId, account), userId, 0);
     const shared = account !== null && (await this.sharedWithOthers(providerId, account, userId));
     if (shared) {
       // A refresh under way may still save tokens after this; `orphaned` must revoke them the same way.
@@ -369,7 +372,6 @@ export class Connections {
     await this.deps.tokens.unlink(providerId, userId);
     await guard(() => this.deps.store.delete(recordKey(providerId, userId)));
     await this.forget(providerId, userId);
-    if (account) await this.setField(accountKey(providerId, account), userId, 0);
     this.deps.logger.info({ provider: providerId, userId, revoked, shared }, 'account disconnected');
     await this.deps.audit.recordAdmin({
       action: 'connection.disconnect',
