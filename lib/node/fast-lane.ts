@@ -5,7 +5,7 @@ import { ERROR_STATUS, KeywardError, errorResponse } from '@/lib/core/errors';
 import { isRefusedMethod, proxyCall, refusedMethod, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
-import { isDisguisedProxyPath, parseProxyPath, type ProxyPath } from './proxy-path';
+import { isDisguisedProxyPath, originFormTarget, parseProxyPath, type ProxyPath } from './proxy-path';
 import { disguisedPathRefusal, headersOrNone, readHeaders, toRequest } from './request';
 import { writeResponse } from './response';
 
@@ -68,7 +68,7 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
       writeResponse(disguisedPathRefusal(req, deps), res, siteHeaders).catch((error: unknown) => failed(error, res));
     } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
       serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
-    } else if (url.startsWith('/api/') && !decodablePath(url)) {
+    } else if (isUndecodableApiPath(url)) {
       // Next would fail to decode the segment for the route's params and answer a plain-text 500, before the
       // route's handler (and its JSON errors) ever ran: anyone, signed in or not, could make 5xx errors so.
       writeResponse(errorResponse(new KeywardError('bad_path'), crypto.randomUUID()), res, siteHeaders).catch((error: unknown) => failed(error, res));
@@ -83,14 +83,19 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
   };
 }
 
-/** Whether every segment of the path (the request target before `?`) is well-formed percent-encoded UTF-8. */
-function decodablePath(url: string): boolean {
-  const query = url.indexOf('?');
+/**
+ * Whether the target (origin or absolute form: Next is handed the latter as its path) is under `/api/` and its
+ * path is not well-formed percent-encoded UTF-8.
+ */
+function isUndecodableApiPath(url: string): boolean {
+  const target = originFormTarget(url);
+  if (target === null || !target.startsWith('/api/')) return false;
+  const query = target.indexOf('?');
   try {
-    decodeURIComponent(query === -1 ? url : url.slice(0, query));
-    return true;
-  } catch {
+    decodeURIComponent(query === -1 ? target : target.slice(0, query));
     return false;
+  } catch {
+    return true;
   }
 }
 
@@ -204,9 +209,15 @@ export function createClientErrorAnswer(siteHeaders: readonly (readonly [string,
 /** Writes a whole response to a socket no ServerResponse owns (CONNECT, a parser error), then closes it. */
 async function endSocketWith(socket: Duplex, response: Response, siteHeaders: readonly (readonly [string, string])[]): Promise<void> {
   const body = await response.text();
+  // The response's own headers win over the site's, each written once (as writeResponse does).
+  const headers = new Map<string, string>();
+  for (const [name, value] of siteHeaders) headers.set(name.toLowerCase(), value);
+  for (const [name, value] of response.headers) headers.set(name, value);
+  headers.set('content-length', String(Buffer.byteLength(body)));
+  headers.set('connection', 'close');
   const lines = [`HTTP/1.1 ${response.status} ${STATUS_CODES[response.status] ?? ''}`];
-  for (const [name, value] of siteHeaders) lines.push(`${name}: ${value}`);
-  for (const [name, value] of response.headers) lines.push(`${name}: ${value}`);
-  lines.push(`content-length: ${Buffer.byteLength(body)}`, 'connection: close');
-  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
+  for (const [name, value] of headers) lines.push(`${name}: ${value}`);
+  // Destroyed once written, as Node's own answer to a parser error is: only ended, the socket would stay open
+  // (Node's HTTP sockets allow half-open ones) for as long as the client kept its side open.
+  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`, () => socket.destroy());
 }

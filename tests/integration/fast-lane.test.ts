@@ -75,6 +75,38 @@ async function rawExchange(request: string): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/**
+ * As rawExchange, from a client that keeps its own side open after the server's FIN (allowHalfOpen), as some
+ * do: `closed` says whether the server then let go of the connection (a write after its answer is reset), or kept
+ * it open (Node's http sockets allow half-open ones: a socket only ended stays until the client ends it).
+ */
+async function halfOpenExchange(request: string): Promise<{ text: string; closed: boolean }> {
+  const socket = connect({ port: lane.port, host: '127.0.0.1', allowHalfOpen: true });
+  await once(socket, 'connect');
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  const closed = new Promise<boolean>((resolve) => {
+    socket.once('error', () => resolve(true));
+    socket.once('close', () => resolve(true));
+  });
+  socket.write(request);
+  await once(socket, 'end');
+  // Written after the answer: a socket the server destroyed answers with a reset (EPIPE or ECONNRESET here).
+  const probe = setInterval(() => socket.write('x'), 50);
+  const outcome = await Promise.race([closed, new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 5_000))]);
+  clearInterval(probe);
+  socket.destroy();
+  return { text: Buffer.concat(chunks).toString('utf8'), closed: outcome };
+}
+
+/** The header names of a raw answer, lower-cased, in order (repeated ones repeated). */
+function headerNames(text: string): string[] {
+  return text
+    .slice(text.indexOf('\r\n') + 2, text.indexOf('\r\n\r\n'))
+    .split('\r\n')
+    .map((line) => line.slice(0, line.indexOf(':')).toLowerCase());
+}
+
 function errorCode(response: RawResponse): string | undefined {
   try {
     return (JSON.parse(response.body) as { error?: { code?: string } }).error?.code;
@@ -530,6 +562,8 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
       expect(head, name).toMatch(/\r\nx-request-id: [0-9a-f-]{36}/);
       expect(head, name).toContain('\r\ncontent-type: application/json');
       expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)), name).toMatchObject({ error: { code } });
+      const names = headerNames(text);
+      expect(names, name).toEqual([...new Set(names)]);
       expectNoLeak(text);
     }
     expect(upstream.requests.length).toBe(before);
@@ -540,6 +574,8 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
       ['GET', '/api/keys/%ZZ'],
       ['POST', '/api/admin/users/%E0%A4%A/revoke-sessions'],
       ['GET', '/api/connections/%'],
+      // The absolute form (RFC 9112 §3.2.2), which Next is handed as its path.
+      ['GET', 'http://app.keyward.test/api/keys/%ZZ'],
     ] as const) {
       const response = await raw(lane, method, path, { origin: lane.url });
       expect([response.status, errorCode(response)], path).toEqual([400, 'bad_path']);
@@ -561,7 +597,12 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     expect(text.startsWith('HTTP/1.1 405 ')).toBe(true);
     expect(text.toLowerCase()).toContain('\r\nallow: get\r\n');
     expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'method_not_allowed' } });
+    expect(headerNames(text)).toEqual([...new Set(headerNames(text))]);
     expect(upstream.requests.length).toBe(before);
+    // Let go once answered (endSocketWith, which the parser-error answers share), as Node's own answers are.
+    const halfOpen = await halfOpenExchange(`CONNECT /api/proxy/echo/items/1 HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\n\r\n`);
+    expect(halfOpen.text).toMatch(/^HTTP\/1\.1 405 /);
+    expect(halfOpen.closed).toBe(true);
   });
 });
 
