@@ -102,7 +102,10 @@ export interface RuntimeOptions {
    * method) do not apply. Every other setting is checked the same.
    */
   readonly serving?: boolean;
-  /** Where start-up warnings go (a variable that looks like a misspelled setting); default: the logger, as warnings. */
+  /**
+   * Where start-up warnings go (a variable that looks like a misspelled setting, a users file whose hashes differ in
+   * cost, also when an edit brings that); default: the logger, as warnings.
+   */
   readonly warn?: (message: string) => void;
 }
 
@@ -127,9 +130,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   // A user taken out of the file is signed out everywhere (every session and app token issued so far), and loses
   // their own keys and connected accounts, by each process that sees the edit: putting the name back, for the
   // same person or another, revives none of them (the name's next owner must not call with the last one's keys).
+  const warn = options.warn ?? ((message: string) => logger.warn(message));
   const users = settings.KEYWARD_USERS_FILE
     ? loadUsersFile(settings.KEYWARD_USERS_FILE, {
         logger,
+        warn,
         onRemoved: (usernames) => {
           for (const username of usernames) {
             const userId = `${LOCAL_SUBJECT_PREFIX}${username}`;
@@ -206,7 +211,6 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   if (problems.length > 0) {
     throw new ConfigError(`Keyward configuration is invalid:\n${[...problems, ...misspelled].join('\n')}`);
   }
-  const warn = options.warn ?? ((message: string) => logger.warn(message));
   for (const line of misspelled) warn(line.replace(/^ {2}- /, ''));
 
   const store = options.store ?? createStore(settings);

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { ConfigError } from '../config/load';
 import { jsonErrorAt } from '../config/error';
 import { formatIssues } from '../config/schema';
-import { decoyHash, isPasswordHash, strongestHash, verifyPassword } from './password';
+import { costOf, decoyHash, isPasswordHash, strongestHash, verifyPassword } from './password';
 import { stringClaims } from '../session/session';
 
 const usersFileSchema = z.strictObject({
@@ -119,11 +119,19 @@ export function loadUsersFile(
     logger?: Pick<Logger, 'info' | 'error'>;
     now?: () => number;
     onRemoved?: (usernames: readonly string[]) => void;
+    /** Hears `unevenCostWarning` at load and at each reload that gives one. */
+    warn?: (message: string) => void;
   } = {},
 ): LocalUsers {
   // A monotonic clock by default: a wall clock stepped back would stop the checks until it caught up.
   const now = options.now ?? (() => performance.now());
-  let loaded = { stamp: stampOf(path), byName: readUsersFile(path) };
+  const read = () => {
+    const byName = readUsersFile(path);
+    const warning = unevenCostWarning(byName);
+    if (warning) options.warn?.(warning);
+    return byName;
+  };
+  let loaded = { stamp: stampOf(path), byName: read() };
   let checkedAt = now();
   const users = (): ReadonlyMap<string, FileUser> => {
     const at = now();
@@ -133,7 +141,7 @@ export function loadUsersFile(
     if (stamp === loaded.stamp) return loaded.byName;
     try {
       const before = loaded.byName;
-      loaded = { stamp, byName: readUsersFile(path) };
+      loaded = { stamp, byName: read() };
       const removed = [...before.keys()].filter((username) => !loaded.byName.has(username));
       options.logger?.info({ users: loaded.byName.size, removed: removed.length }, 'users file changed: reloaded');
       if (removed.length > 0) options.onRemoved?.(removed);
@@ -164,9 +172,36 @@ export function loadUsersFile(
   };
 }
 
+/** How many usernames a warning names before it says "and N more". */
+const NAMED_IN_WARNING = 5;
+
+/**
+ * The warning for a users file whose hashes do not all have the strongest one's scrypt parameters (hand-made, or
+ * from another tool), or null. Every sign-in does the strongest hash's work, but scrypt's time follows its memory
+ * (N·r) too, so a user with a smaller N still signs in sooner than an unknown name: timing tells that they exist.
+ * Names the users (never a hash) so that an operator knows whose password to hash again.
+ */
+export function unevenCostWarning(users: ReadonlyMap<string, { readonly passwordHash: string }>): string | null {
+  const floor = costOf(strongestOf(users) ?? '');
+  if (!floor) return null;
+  const uneven = [...users.entries()]
+    .filter(([, user]) => {
+      const cost = costOf(user.passwordHash);
+      return !cost || cost.n !== floor.n || cost.r !== floor.r || cost.p !== floor.p;
+    })
+    .map(([username]) => username);
+  if (uneven.length === 0) return null;
+  const named = uneven.slice(0, NAMED_IN_WARNING).join(', ') + (uneven.length > NAMED_IN_WARNING ? ` and ${uneven.length - NAMED_IN_WARNING} more` : '');
+  return (
+    `users file: ${uneven.length} user(s) have a password hash with other scrypt parameters than the file's ` +
+    `strongest (N=${floor.n}, r=${floor.r}, p=${floor.p}): ${named}. How long a sign-in takes can tell that such ` +
+    'a username exists: make their hashes with the hash-password command, which gives every hash the same parameters.'
+  );
+}
+
 /** The strongest password hash of a loaded file (computed once per load: a reload makes a new map). */
-const strongest = new WeakMap<ReadonlyMap<string, FileUser>, string | null>();
-function strongestOf(users: ReadonlyMap<string, FileUser>): string | null {
+const strongest = new WeakMap<ReadonlyMap<string, { readonly passwordHash: string }>, string | null>();
+function strongestOf(users: ReadonlyMap<string, { readonly passwordHash: string }>): string | null {
   if (!strongest.has(users)) strongest.set(users, strongestHash([...users.values()].map((user) => user.passwordHash)));
   return strongest.get(users)!;
 }

@@ -105,7 +105,7 @@ export function isPasswordHash(value: string): boolean {
 }
 
 /** A checkable hash's scrypt parameters, or null. */
-function costOf(stored: string): { n: number; r: number; p: number } | null {
+export function costOf(stored: string): { n: number; r: number; p: number } | null {
   const match = HASH_FORMAT.exec(stored);
   if (!match || !isPasswordHash(stored)) return null;
   return { n: Number(match[1]), r: Number(match[2]), p: Number(match[3]) };

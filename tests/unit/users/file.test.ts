@@ -53,6 +53,40 @@ describe('loadUsersFile', () => {
     expect(await work('nobody', randomPassword())).toEqual({ work: strongest, ok: false });
   });
 
+  it("warns, naming the users (never a hash), when hashes differ from the strongest's parameters; at load and at a reload", () => {
+    const hashes = {
+      weak: cheapPasswordHash(randomPassword(), 2 ** 14),
+      strong: cheapPasswordHash(randomPassword(), 2 ** 16),
+      other: cheapPasswordHash(randomPassword(), 2 ** 16),
+    };
+    const path = writeJson({ users: Object.entries(hashes).map(([username, passwordHash]) => ({ username, passwordHash })) });
+    const warnings: string[] = [];
+    let at = 0;
+    const users = loadUsersFile(path, { warn: (message) => warnings.push(message), now: () => at });
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain('1 user(s)');
+    expect(warnings[0]).toContain(': weak.');
+    expect(warnings[0]).toContain('N=65536, r=8, p=1');
+    for (const hash of Object.values(hashes)) expect(warnings[0]).not.toContain(hash.split('$').at(-1));
+
+    // Edited so that every hash has the same parameters: no warning. Edited back: the warning again.
+    const rewrite = (entries: Record<string, string>, seconds: number) => {
+      writeFileSync(path, JSON.stringify({ users: Object.entries(entries).map(([username, passwordHash]) => ({ username, passwordHash })) }));
+      utimesSync(path, seconds, seconds);
+      at += USERS_RECHECK_MS;
+      users.list();
+    };
+    rewrite({ strong: hashes.strong, other: hashes.other }, 1_000);
+    expect(warnings).toHaveLength(1);
+    rewrite(hashes, 2_000);
+    expect(warnings).toHaveLength(2);
+
+    // A file whose hashes all have the same parameters gives none.
+    const quiet: string[] = [];
+    loadUsersFile(file, { warn: (message) => quiet.push(message) });
+    expect(quiet).toEqual([]);
+  });
+
   it('authenticates a user with the right password', async () => {
     const users = loadUsersFile(file);
     expect(await users.authenticate('alice', alice.password)).toMatchObject({
