@@ -88,27 +88,31 @@ export async function hashPassword(password: string): Promise<string> {
 const HASH_FORMAT = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9_-]+)\$([A-Za-z0-9_-]+)$/;
 
 /**
- * A hash `verifyPassword` can check safely. The salt and key must be real: a key cut to one base64url character
- * decodes to no bytes, and a 0-byte scrypt output equals it for every password. The cost is bounded both ways: N a
- * power of two from 2^14, memory (128·N·r bytes) at most 256 MiB and work (N·r·p) at most 4× `hashPassword`'s, so
- * one hand-made hash cannot make each sign-in attempt take gigabytes (the password slots count on 128 MiB each).
+ * A hash `verifyPassword` can check safely, read (null for any other). The salt and key must be real: a key cut to
+ * one base64url character decodes to no bytes, and a 0-byte scrypt output equals it for every password. The cost is
+ * bounded both ways: N a power of two from 2^14, memory (128·N·r bytes) at most 256 MiB and work (N·r·p) at most 4×
+ * `hashPassword`'s, so one hand-made hash cannot make each sign-in attempt take gigabytes (the password slots count
+ * on 128 MiB each).
  */
-export function isPasswordHash(value: string): boolean {
+function parseHash(value: string): { n: number; r: number; p: number; salt: Buffer; key: Buffer } | null {
   const match = HASH_FORMAT.exec(value);
-  if (!match) return false;
+  if (!match) return null;
   const [n, r, p] = [Number(match[1]), Number(match[2]), Number(match[3])];
-  const saltBytes = Buffer.from(match[4]!, 'base64url').length;
-  const keyBytes = Buffer.from(match[5]!, 'base64url').length;
+  const salt = Buffer.from(match[4]!, 'base64url');
+  const key = Buffer.from(match[5]!, 'base64url');
   const cost = n >= 2 ** 14 && (n & (n - 1)) === 0 && r >= 1 && r <= 32 && p >= 1 && p <= 16;
   const bounded = n * r <= 2 ** 21 && n * r * p <= 4 * N * R * P;
-  return cost && bounded && saltBytes >= 16 && keyBytes >= 16 && keyBytes <= 64;
+  return cost && bounded && salt.length >= 16 && key.length >= 16 && key.length <= 64 ? { n, r, p, salt, key } : null;
+}
+
+export function isPasswordHash(value: string): boolean {
+  return parseHash(value) !== null;
 }
 
 /** A checkable hash's scrypt parameters, or null. */
 export function costOf(stored: string): { n: number; r: number; p: number } | null {
-  const match = HASH_FORMAT.exec(stored);
-  if (!match || !isPasswordHash(stored)) return null;
-  return { n: Number(match[1]), r: Number(match[2]), p: Number(match[3]) };
+  const parsed = parseHash(stored);
+  return parsed && { n: parsed.n, r: parsed.r, p: parsed.p };
 }
 
 const workOf = (cost: { n: number; r: number; p: number }) => cost.n * cost.r * cost.p;
@@ -125,13 +129,12 @@ const workOf = (cost: { n: number; r: number; p: number }) => cost.n * cost.r * 
  * work it lacks (as Django's `harden_runtime` does for PBKDF2's iterations).
  */
 export async function verifyPassword(password: string, stored: string, floor: string | null = null): Promise<boolean> {
-  const cost = costOf(stored);
+  const cost = parseHash(stored);
   if (!cost) return false;
-  const [, , , , salt, hash] = HASH_FORMAT.exec(stored)!;
-  const expected = Buffer.from(hash!, 'base64url');
+  const expected = cost.key;
   const options = { N: cost.n, r: cost.r, p: cost.p, maxmem: maxmem(cost.n, cost.r) };
   const matches = async (text: string) => {
-    const key = await scrypt(text, Buffer.from(salt!, 'base64url'), expected.length, options);
+    const key = await scrypt(text, cost.salt, expected.length, options);
     return key.length === expected.length && timingSafeEqual(key, expected);
   };
   const floorCost = floor === null ? null : costOf(floor);
