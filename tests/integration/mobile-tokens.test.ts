@@ -560,10 +560,13 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
   });
 
   it('what the consent page shows: the app, where it returns to, the user; or why there is nothing to ask', () => {
-    const query = new URLSearchParams(authorizeQuery({ client_id: 'com.example.keyward' }));
+    // The app is named by its registered redirect URI, never by the client_id, which whoever made the link chose.
+    const claimed = 'Your bank (official app): call 555-0100 if asked to Deny';
+    const query = new URLSearchParams(authorizeQuery({ client_id: claimed }));
     query.set('scope', 'ignored');
     const asked = describeConsent(query, runtime, 'alice');
     expect(asked).toMatchObject({ state: 'ask', app: 'com.example.keyward', redirectUri: APP_REDIRECT, user: 'alice' });
+    expect(asked.state === 'ask' && [asked.app, asked.redirectUri, asked.user].join(' ')).not.toContain('555');
     // Only the authorization request's own parameters are carried back by the form.
     expect(asked.state === 'ask' && asked.fields.map(([name]) => name).sort()).toEqual([
       'client_id',
@@ -577,7 +580,7 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
     });
     expect(
       describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT })), runtime, 'alice'),
-    ).toMatchObject({ app: 'http' });
+    ).toMatchObject({ app: 'A program on this device' });
     const signedOut = describeConsent(query, runtime, null);
     expect(
       signedOut.state === 'signed-out' && signedOut.authorizeUrl.startsWith('/api/session/mobile/authorize?'),

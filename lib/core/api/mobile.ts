@@ -163,7 +163,10 @@ async function readConsent(
 export type ConsentRequest =
   | {
       readonly state: 'ask';
-      /** The app's `client_id`, or its redirect URI's scheme when it sent none. */
+      /**
+       * The app as the operator registered it: its redirect URI's private-use scheme, or "A program on this device"
+       * for a loopback URI. Never the request's `client_id`: whoever sends the user here chooses that text.
+       */
       readonly app: string;
       readonly redirectUri: string;
       /** The signed-in user, as the page names them. */
@@ -188,7 +191,8 @@ export function describeConsent(query: URLSearchParams, runtime: Runtime, user: 
     readAuthorizeRequest(query, client);
     const fields = [...query].filter(([name]) => (AUTHORIZE_PARAMETERS as readonly string[]).includes(name));
     if (user === null) return { state: 'signed-out', authorizeUrl: `${AUTHORIZE_PATH}?${new URLSearchParams(fields)}` };
-    const app = client.clientId ?? new URL(client.redirectUri).protocol.slice(0, -1);
+    const scheme = new URL(client.redirectUri).protocol.slice(0, -1);
+    const app = scheme === 'http' || scheme === 'https' ? 'A program on this device' : scheme;
     return { state: 'ask', app, redirectUri: client.redirectUri, user, fields };
   } catch (error) {
     if (error instanceof OAuthError) return { state: 'invalid', message: error.description };
