@@ -633,6 +633,23 @@ describe('the generic preset (issuer discovery), end to end', () => {
     expect(await provider.isActive('acme', bobRefresh)).toBe(false);
   });
 
+  it('a linked user whose connection needs reconnecting does not hold the grant: the other one\'s disconnect revokes it', async () => {
+    const bob = 'local:bob';
+    const bobCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: bob, roles: ['user'] }, 7 * 86_400);
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const adaAccess = provider.issued().accessTokens.at(-1)!;
+    expect((await connect('acme', { as: bobCookie, on: b, back: a })).done.location).toBe('/?connected=acme');
+    // Bob's refresh is refused (his token revoked at the provider): his connection needs reconnecting.
+    await provider.revoke('acme', provider.issued().refreshTokens.at(-1)!);
+    skewMs += 2 * 3600_000;
+    expect(errorOf((await call(b, 'acme', 'me', bobCookie)).body).code).toBe('connection_required');
+
+    const answer = JSON.parse((await disconnect(a, 'acme')).body) as { revokedAtProvider: boolean; sharedAccount: boolean };
+    expect(answer).toMatchObject({ revokedAtProvider: true, sharedAccount: false });
+    expect(await provider.isActive('acme', adaAccess)).toBe(false);
+    expect(JSON.parse((await disconnect(b, 'acme', bobCookie)).body)).toMatchObject({ disconnected: true });
+  });
+
   it('the indexes (who is connected, who shares an account) live as long as the connection: a reconnect and every keeper pass renew them', async () => {
     // When each index hash expires (PEXPIRETIME, ms): `connidx:acme`, and the one `connacct:acme:<digest>`.
     const expiries = async () => {

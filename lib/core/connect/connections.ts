@@ -384,7 +384,8 @@ export class Connections {
 
   /**
    * Whether another user is connected to this account at the provider: the account's index names them, and their
-   * own record still says this account (an index field outlives a reconnect to another account that raced it).
+   * own record still says this account (an index field outlives a reconnect to another account that raced it) and
+   * is connected, not waiting to be reconnected.
    */
   private async sharedWithOthers(providerId: string, account: string, userId: string): Promise<boolean> {
     const [fields] = await guard(() => this.deps.store.readHashes([accountKey(providerId, account)]));
@@ -392,7 +393,9 @@ export class Connections {
       .filter(([other, count]) => count > 0 && other !== userId)
       .map(([other]) => other)
       .slice(0, MAX_ACCOUNT_CHECKS);
-    return (await this.records(providerId, others)).some((record) => record?.account === account);
+    // One that needs reconnecting holds no grant worth keeping (the provider refused its refresh): it must connect
+    // again anyway, and revoking ends what is left of its access too.
+    return (await this.records(providerId, others)).some((record) => record?.account === account && record.status === 'connected');
   }
 
   /**
