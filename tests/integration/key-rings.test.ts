@@ -1242,6 +1242,31 @@ function configError(fn: () => unknown): string {
   throw new Error('expected a ConfigError');
 }
 
+describe('basic auth with a username from the environment', () => {
+  it('a key added to the ring goes out with that username, a short one (not a secret, not scrubbed) or a long one', async () => {
+    for (const username of ['ab', randomSecret('acct')]) {
+      const r = await ring();
+      const runtime = await r.runtime({
+        upstreams: [
+          defineUpstream('bas', {
+            baseUrl: `${r.server.origin}/v1/`,
+            auth: { type: 'basic', username: { env: 'BAS_USER' }, secret: { env: 'SVC_KEY' } },
+            routes: ROUTES,
+          }),
+        ],
+        env: { BAS_USER: username },
+      });
+      const fresh = newKey(r.server, 'basic-new');
+      expect((await runtime.keyRings.rotate('bas', fresh, { actor: 'x', skipCanary: true })).state).toBe('switched');
+      const credential = await runtime.keyRings.credential(runtime.registry.get('bas')!);
+      const [scheme, encoded] = credential.headerValue!.split(' ');
+      expect(scheme).toBe('Basic');
+      expect(Buffer.from(encoded!, 'base64').toString('utf8') === `${username}:${fresh}`, username.length < 8 ? username : 'the long one').toBe(true);
+      expect(credential.secrets.includes(username)).toBe(username.length >= 8);
+    }
+  });
+});
+
 describe('configuration of key rings', () => {
   const base = (secret: UpstreamInput['auth']['secret']): UpstreamInput => ({
     baseUrl: 'http://127.0.0.1:9/v1/',

@@ -736,8 +736,8 @@ function describe(version: KeyVersion, serving: KeyVersion | null, now: number):
 function basicUsername(upstream: Upstream): string | undefined {
   const plan = upstream.credential;
   if (upstream.auth.type !== 'basic' || plan.source !== 'static') return undefined;
-  // A username read from the environment is inside the primary credential's secrets (second entry).
-  return typeof upstream.auth.username === 'string' ? undefined : plan.credential.secrets[1];
+  // One written in the config is the auth's own (credentialFor reads it there); one from the environment, the plan's.
+  return typeof upstream.auth.username === 'string' ? undefined : plan.username;
 }
 
 /** The same rules as keys read from the environment at start-up. */

@@ -97,6 +97,8 @@ export type CredentialPlan =
       /** Every version from the environment (auth.secret first, then keys.versions), for the key ring. */
       readonly envVersions: readonly EnvKeyVersion[];
       readonly ring: KeyRingSettings;
+      /** `basic` with `username: {env}`: the username read at start-up, for key versions added later. */
+      readonly username?: string;
     }
   | { readonly source: 'claim'; readonly claim: string; readonly byValue: ReadonlyMap<string, ResolvedCredential> }
   | { readonly source: 'user-key'; readonly username?: string }
@@ -190,7 +192,10 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
   };
 }
 
-function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env, minLength = 8): string {
+/** The shortest secret read from the environment (`auth.secret`, key versions); a basic username may be shorter. */
+const MIN_SECRET_LENGTH = 8;
+
+function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env, minLength = MIN_SECRET_LENGTH): string {
   const where = `upstreams.${upstreamId}.${field}`;
   const value = env[ref.env];
   if (value === undefined || value === '') {
@@ -235,7 +240,7 @@ function planCredential(id: string, config: UpstreamConfig, env: Env, fingerprin
       graceSeconds: keys?.graceSeconds ?? 86_400,
       canary: keys?.canary ?? null,
     };
-    return { source: 'static', credential: primary, envVersions, ring };
+    return { source: 'static', credential: primary, envVersions, ring, username };
   }
   if ('claim' in source) {
     const byValue = new Map<string, ResolvedCredential>();
@@ -268,7 +273,10 @@ export function credentialFor(auth: AuthConfig, secret: string, fingerprints: Ke
       // Never `undefined:<secret>`: every caller passes the username read at start-up (planCredential).
       if (username === undefined) throw new TypeError('basic auth: the username read from the environment was not passed');
       const encoded = Buffer.from(`${username}:${secret}`, 'utf8').toString('base64');
-      const secrets = typeof auth.username === 'string' ? [secret, encoded] : [secret, username, encoded];
+      // One from the environment is listed as a secret too (an account id some APIs want kept), unless it is too
+      // short to be one: the forms of `abc` (hex `616263`, base64 `YWJj`) are ordinary text the scrubbers would cut.
+      const listed = typeof auth.username !== 'string' && username.length >= MIN_SECRET_LENGTH;
+      const secrets = listed ? [secret, username, encoded] : [secret, encoded];
       return { type: 'basic', headerName: 'authorization', headerValue: `Basic ${encoded}`, secrets, fingerprint: print };
     }
     case 'query':

@@ -208,6 +208,19 @@ describe('credentials', () => {
     expect([...credential.secrets].sort()).toEqual([secret, user, token].sort());
   });
 
+  it('basic with a username from the environment shorter than a secret (8 characters): the username is not listed', () => {
+    const secret = randomSecret();
+    for (const user of ['a', 'abc', 'svc1234']) {
+      const credential = staticCredential(
+        only(buildRegistry([define({ type: 'basic', username: { env: 'U' }, secret: { env: 'K' } })], { U: user, K: secret })),
+      );
+      const token = credential.headerValue!.slice('Basic '.length);
+      expect(Buffer.from(token, 'base64').toString('utf8')).toBe(`${user}:${secret}`);
+      // Listed, `abc` would have its hex (616263) and base64 (YWJj) cut out of any log line and response.
+      expect([...credential.secrets].sort(), user).toEqual([secret, token].sort());
+    }
+  });
+
   it('query: name and value, no header', () => {
     const secret = randomSecret();
     const credential = staticCredential(
