@@ -638,10 +638,14 @@ describe('POST /api/session/token: authorization_code', () => {
     expectOAuthError(await refresh(body.refresh_token), 400, 'invalid_grant');
   });
 
-  it('two concurrent exchanges of one code: exactly one gets tokens', async () => {
+  it('two concurrent exchanges of one code: exactly one gets tokens, and they are revoked (a code used twice was copied)', async () => {
     const { code, verifier } = await newCode();
     const results = await Promise.all([exchange(code, verifier), exchange(code, verifier), exchange(code, verifier)]);
     expect(results.map((r) => r.status).sort()).toEqual([200, 400, 400]);
+    const won = results.find((r) => r.status === 200)!.json<Tokens>();
+    // As a replay after the exchange revokes (above): the other uses came at the same moment, not after.
+    expectError((await proxy(won.access_token)).result, 401, 'unauthenticated');
+    expectOAuthError(await refresh(won.refresh_token), 400, 'invalid_grant');
   });
 
   it('JSON bodies are accepted too', async () => {

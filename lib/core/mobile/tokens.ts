@@ -165,15 +165,10 @@ export class MobileTokens {
 
   async exchangeCode(exchange: CodeExchange): Promise<TokenResponse> {
     const key = `mcode:${hash(exchange.code)}`;
+    const spentKey = `mcode-spent:${hash(exchange.code)}`;
     const raw = await guard(() => this.store.get(key));
     if (!raw) {
-      // A code exchanged before and presented again was copied: the sign-in it made ends (RFC 9700 §4.2.4
-      // / OAuth 2.1 §4.1.3: a server should revoke the tokens issued from a code used twice).
-      const spent = await guard(() => this.store.get(`mcode-spent:${hash(exchange.code)}`));
-      if (spent !== null) {
-        await this.revokeFamily(spent);
-        this.logger.warn({ family: spent }, 'authorization code used again: the token family it made is revoked');
-      }
+      await this.codeUsedAgain(spentKey);
       throw new KeywardError('invalid_grant');
     }
     const record = JSON.parse(raw) as CodeRecord;
@@ -182,7 +177,13 @@ export class MobileTokens {
       ...MOBILE_CAPS.signIns,
       message: 'Too many app sign-ins for this account in the last hour; try again later.',
     });
-    // One use only: whoever deletes the code first owns it.
+    // One use only: whoever claims the code first owns it. The claim names the token family it is about to make
+    // (kept for a while after the code's own minute), so another use, at the same moment or later, finds it.
+    const family = opaque('kwf');
+    if (!(await guard(() => this.store.setIfAbsent(spentKey, family, SPENT_CODE_TTL_MS)))) {
+      await this.codeUsedAgain(spentKey);
+      throw new KeywardError('invalid_grant');
+    }
     if (!(await guard(() => this.store.delete(key)))) throw new KeywardError('invalid_grant');
     const { verifier } = exchange;
     if (record.redirectUri !== exchange.redirectUri || !VERIFIER.test(verifier) || hash(verifier) !== record.challenge) {
@@ -201,11 +202,8 @@ export class MobileTokens {
       this.logger.info({ userId: record.sub }, 'mobile code refused: local user no longer exists or has a new password');
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
-    const family = opaque('kwf');
     const startedAt = this.now();
     const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null, startedAt);
-    // Remembered for a while after the code's own minute, to know a second use of it (above).
-    await guard(() => this.store.set(`mcode-spent:${hash(exchange.code)}`, family, SPENT_CODE_TTL_MS));
     // A new family is a new sign-in of the app (a refresh continues one): listed once, by its id's hash.
     await this.sessionIndex?.record(grant.sub, {
       sessionId: family,
@@ -373,6 +371,18 @@ export class MobileTokens {
     await this.revokeFamily(record.family);
     this.logger.warn({ userId: record.sub, family: record.family }, 'refresh token reused: token family revoked');
     throw new KeywardError('invalid_grant');
+  }
+
+  /**
+   * A code presented after another use claimed it was copied: the sign-in that use made (or is making: the
+   * revocation holds for tokens issued after it too) ends, as RFC 9700 §4.2.4 / OAuth 2.1 §4.1.3 ask of a server
+   * that sees a code used twice.
+   */
+  private async codeUsedAgain(spentKey: string): Promise<void> {
+    const family = await guard(() => this.store.get(spentKey));
+    if (family === null) return;
+    await this.revokeFamily(family);
+    this.logger.warn({ family }, 'authorization code used again: the token family it made is revoked');
   }
 
   private revokeFamily(family: string): Promise<void> {
