@@ -23,6 +23,8 @@ export const FORBIDDEN_PASS_THROUGH_HEADERS = new Set([
   'proxy-authenticate',
   'x-api-key',
   'api-key',
+  // A mobile app's DPoP proof is for Keyward's URL (README "DPoP"): never the upstream's to see.
+  'dpop',
   'host',
   'connection',
   'keep-alive',

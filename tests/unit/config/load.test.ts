@@ -253,6 +253,7 @@ describe('parseConfig', () => {
       'transfer-encoding',
       'upgrade',
       'location',
+      'DPoP',
     ];
     it.each(FORBIDDEN)('refuses %s in requestHeaders and responseHeaders', (name) => {
       expect(configError({ upstreams: { echo: valid({ requestHeaders: ['x-ok', name] }) } })).toContain(
