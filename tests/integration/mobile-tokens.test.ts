@@ -455,6 +455,14 @@ describe('GET /api/session/mobile/authorize', () => {
     expectErrorRedirect(await authorize(`${authorizeQuery()}&state=other`), 'invalid_request', APP_REDIRECT, null);
   });
 
+  it('a state longer than 512 characters → invalid_request at the redirect URI, without it (never cut short); 512 is sent back whole', async () => {
+    expectErrorRedirect(await authorize(authorizeQuery({ state: 's'.repeat(513) })), 'invalid_request', APP_REDIRECT, null);
+    const result = await authorize(authorizeQuery({ state: 's'.repeat(512) }));
+    const back = new URL(result.headers.get('location')!).searchParams;
+    expect(back.get('code')).toMatch(/^kwc_/);
+    expect(back.get('state')).toBe('s'.repeat(512));
+  });
+
   it('an error without state in the request is sent back without state', async () => {
     expectErrorRedirect(await authorize(authorizeQuery({ state: null, code_challenge: null })), 'invalid_request', APP_REDIRECT, null);
   });

@@ -7,7 +7,7 @@ import { OAuthError } from './oauth-error';
  */
 export interface AuthorizeClient {
   readonly redirectUri: string;
-  /** Sent back as received (at most 512 characters), or null when the request had none. */
+  /** Sent back as received, or null when the request had none (or one that cannot be: see readAuthorizeClient). */
   readonly state: string | null;
   /**
    * Keyward has no client registry: the registered redirect URIs are the apps. A `client_id` is accepted
@@ -54,9 +54,10 @@ export function readAuthorizeClient(query: URLSearchParams, isRegistered: (uri: 
   if (clientId !== null && !CLIENT_ID.test(clientId)) {
     throw new OAuthError('invalid_request', 'client_id must be 1 to 255 printable ASCII characters.');
   }
-  // A repeated state cannot be sent back faithfully: it is left out (null), and the request fails in step 2.
+  // A repeated state, or one longer than MAX_STATE, cannot be sent back as it came (RFC 6749 §4.1.2: exactly):
+  // it is left out (null), and the request fails in step 2.
   const state = single(query, 'state');
-  return { redirectUri, clientId, state: state === null ? null : state.slice(0, MAX_STATE) };
+  return { redirectUri, clientId, state: state === null || state.length > MAX_STATE ? null : state };
 }
 
 /** Step 2, for a known-good client: what it asks for. Errors here are redirected back to the app. */
@@ -65,6 +66,8 @@ export function readAuthorizeRequest(query: URLSearchParams, client: AuthorizeCl
     if (query.getAll(name).length > 1)
       throw new OAuthError('invalid_request', `${name} must not be sent more than once.`);
   }
+  if ((single(query, 'state')?.length ?? 0) > MAX_STATE)
+    throw new OAuthError('invalid_request', `state must be at most ${MAX_STATE} characters.`);
   // RFC 6749 requires response_type=code; Keyward's first apps never sent it, so absent still means code.
   const responseType = single(query, 'response_type');
   if (responseType !== null && responseType !== 'code') {
