@@ -304,6 +304,21 @@ describe('the token endpoint with a DPoP proof', () => {
     expect((await dpopToken(codeGrant(code), key)).status).toBe(200);
   });
 
+  it('an unknown code or refresh token → invalid_grant before its proof is looked at: no jti is recorded for it', async () => {
+    const key = await dpopKey();
+    await boundTokens(key); // leaves a current nonce in `nonces`
+    const recorded = async () => (await keysUnder(REDIS_URL, `${redisPrefix}dpop:jti:`)).length;
+    const before = await recorded();
+    for (let i = 0; i < 10; i++) {
+      const bogus = i % 2 === 0 ? refreshGrant(`kwr_${randomBytes(32).toString('base64url')}`) : codeGrant({ code: `kwc_${randomBytes(32).toString('base64url')}`, verifier: randomBytes(32).toString('base64url') });
+      expectOAuthError(await token(bogus, await dpopProof(key, 'POST', TOKEN_URL, { nonce: nonces.get(optional) })), 'invalid_grant');
+    }
+    expect(await recorded()).toBe(before);
+    // A live one still has its proof checked and recorded.
+    expect((await dpopToken(codeGrant(await newCode()), key)).status).toBe(200);
+    expect(await recorded()).toBe(before + 1);
+  });
+
   it('a proof sent twice (its jti) → invalid_dpop_proof', async () => {
     const key = await dpopKey();
     await boundTokens(key);

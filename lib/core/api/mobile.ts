@@ -244,12 +244,14 @@ async function token(request: Request, runtime: Runtime): Promise<{ tokens: Toke
         redirectUri: required('redirect_uri'),
         clientId,
       };
-      const jkt = await dpopKey(request, runtime);
+      // A code this server does not hold is refused (by exchangeCode, which also revokes what a spent one made)
+      // before any proof is looked at: recording a proof's jti is a store write, not for anyone to make at will.
+      const jkt = (await runtime.mobile.holds('code', exchange.code)) ? await dpopKey(request, runtime) : null;
       return { tokens: await runtime.mobile.exchangeCode({ ...exchange, jkt }), bound: jkt !== null };
     }
     case 'refresh_token': {
       const refreshToken = required('refresh_token');
-      const jkt = await dpopKey(request, runtime);
+      const jkt = (await runtime.mobile.holds('refresh', refreshToken)) ? await dpopKey(request, runtime) : null;
       return { tokens: await runtime.mobile.refresh(refreshToken, clientId, jkt), bound: jkt !== null };
     }
     default:
@@ -286,8 +288,8 @@ export function handleMobileRevoke(request: Request, runtime: Runtime): Promise<
 
 /**
  * RFC 9449 §5: the thumbprint of the key of the request's DPoP proof, which the tokens are then bound to; null
- * without a proof (KEYWARD_MOBILE_DPOP=optional). Checked before the grant, so a refused proof spends neither
- * the code nor the refresh token. The proof must carry a nonce this server handed out (§8): without one (or
+ * without a proof (KEYWARD_MOBILE_DPOP=optional). Checked once the code or refresh token is known to be held, and
+ * before the grant, so a refused proof spends neither. The proof must carry a nonce this server handed out (§8): without one (or
  * with an old one) the answer is `use_dpop_nonce` with a fresh nonce in `DPoP-Nonce`, and the client signs again.
  */
 async function dpopKey(request: Request, runtime: Runtime): Promise<string | null> {

@@ -163,6 +163,15 @@ export class MobileTokens {
     return callbackLocation(request, { code }, issuer);
   }
 
+  /**
+   * Whether this server holds the code or refresh token (one read; not whether it is still good: a spent refresh
+   * token is held for its family's life, to catch its reuse). The token endpoint asks before it checks a proof.
+   */
+  async holds(kind: 'code' | 'refresh', value: string): Promise<boolean> {
+    const key = kind === 'code' ? `mcode:${hash(value)}` : `mrt:${hash(value)}`;
+    return (await guard(() => this.store.get(key))) !== null;
+  }
+
   async exchangeCode(exchange: CodeExchange): Promise<TokenResponse> {
     const key = `mcode:${hash(exchange.code)}`;
     const spentKey = `mcode-spent:${hash(exchange.code)}`;
