@@ -395,13 +395,34 @@ describe('GET /api/session/mobile/authorize', () => {
     expect(result.headers.get('location')!.startsWith(`${LOOPBACK_REDIRECT}?code=kwc_`)).toBe(true);
   });
 
+  it('a loopback IP redirect URI on any port (RFC 8252 §7.3: a desktop app listens where it can); the code is bound to that port', async () => {
+    for (const redirectUri of ['http://127.0.0.1:51234/callback', 'http://127.0.0.1/callback', 'http://127.0.0.1:1/callback']) {
+      const result = await authorize(authorizeQuery({ redirect_uri: redirectUri }));
+      expect(result.status, redirectUri).toBe(303);
+      const location = new URL(result.headers.get('location')!);
+      expect(`${location.origin}${location.pathname}`).toBe(redirectUri);
+    }
+    const { verifier, challenge } = pkce();
+    const asked = 'http://127.0.0.1:51234/callback';
+    const code = new URL((await authorize(authorizeQuery({ redirect_uri: asked }, challenge))).headers.get('location')!).searchParams.get('code')!;
+    issued.push(code);
+    // The token request names the same URI, port and all: another registered-looking port is not it.
+    expectOAuthError(await exchange(code, verifier, LOOPBACK_REDIRECT), 400, 'invalid_grant');
+    const again = new URL((await authorize(authorizeQuery({ redirect_uri: asked }, challenge))).headers.get('location')!).searchParams.get('code')!;
+    issued.push(again);
+    expect((await exchange(again, verifier, asked)).status).toBe(200);
+  });
+
   it.each([
     ['another app', 'com.evil.app:/oauth/callback'],
     ['a longer path', `${APP_REDIRECT}/more`],
     ['a path prefix', `${APP_REDIRECT}x`],
     ['an added query', `${APP_REDIRECT}?next=https://evil.example`],
     ['a web site', 'https://evil.example/callback'],
-    ['another loopback port', 'http://127.0.0.1:8766/callback'],
+    ['another path on a loopback port', 'http://127.0.0.1:8766/callback2'],
+    ['a loopback port out of range', 'http://127.0.0.1:65536/callback'],
+    ['a loopback port with a leading zero', 'http://127.0.0.1:08765/callback'],
+    ['the other loopback address', 'http://[::1]:8765/callback'],
     ['localhost for 127.0.0.1', 'http://localhost:8765/callback'],
     ['no redirect_uri', null],
   ])('an unregistered redirect_uri (%s) → 400 invalid_request, never redirected', async (_name, redirectUri) => {

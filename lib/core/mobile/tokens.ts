@@ -138,8 +138,15 @@ export class MobileTokens {
   }
 
   /** Whether `uri` is one of KEYWARD_MOBILE_REDIRECT_URIS (exact string match, RFC 8252 §8.4 / RFC 9700 §4.1.3). */
+  /**
+   * Whether `uri` is a registered redirect URI: compared exactly as text, except that a loopback IP URI
+   * (`http://127.0.0.1` or `http://[::1]`) matches with any port, as RFC 8252 §7.3 asks (a desktop app listens on
+   * whatever port is free when it signs in). `localhost` is compared exactly (§8.3: not recommended).
+   */
   isRegisteredRedirect(uri: string): boolean {
-    return this.settings.redirectUris.includes(uri);
+    if (this.settings.redirectUris.includes(uri)) return true;
+    const asked = withoutLoopbackPort(uri);
+    return asked !== null && this.settings.redirectUris.some((registered) => withoutLoopbackPort(registered) === asked);
   }
 
   /**
@@ -488,4 +495,14 @@ function parseSpent(value: string): SpentRecord | null {
 
 function grantOnly(record: Grant): Grant {
   return { sub: record.sub, name: record.name, roles: record.roles, claims: record.claims, authTime: record.authTime, pwv: record.pwv ?? null };
+}
+
+/** An http URI on a loopback IP, as text, with the port (1–65535, as written: no leading zero) taken out. */
+const LOOPBACK_IP_URI = /^http:\/\/(127\.0\.0\.1|\[::1\])(?::([1-9]\d{0,4}))?([/?][^#]*)?$/;
+
+/** The URI without its port when it is an http URI on a loopback IP (RFC 8252 §7.3), else null. */
+function withoutLoopbackPort(uri: string): string | null {
+  const match = LOOPBACK_IP_URI.exec(uri);
+  if (!match || (match[2] !== undefined && Number(match[2]) > 65_535)) return null;
+  return `http://${match[1]}${match[3] ?? ''}`;
 }
