@@ -29,9 +29,19 @@ export function decodeBody(body: Readable, encoding: string | undefined, maxDeco
     discardBody(body);
     throw new KeywardError('upstream_bad_response');
   }
+  // What the decoder fails with of its own is the body's fault, whatever its code (zlib's Z_…, brotli's
+  // ERR__ERROR_…); not what the upstream body failed with, which pipeline hands on to the decoder after it.
+  const upstreamErrors = new WeakSet<object>();
+  body.on('error', (error) => upstreamErrors.add(error));
+  decoder.on('error', (error) => {
+    if (!upstreamErrors.has(error)) decodingErrors.add(error);
+  });
   // An error or early end anywhere destroys every stage, the upstream body (and its connection) included.
   return pipeline(body, decoder, capBytes(maxDecodedBytes), () => {});
 }
+
+/** Errors a content decoder failed with (corrupt compressed data): `upstream_bad_response`, not a broken upstream. */
+const decodingErrors = new WeakSet<object>();
 
 /** Passes chunks on until more than `maxBytes` went through, then fails the stream with a Keyward error. */
 function capBytes(maxBytes: number): Transform {
@@ -299,11 +309,5 @@ export class ProxiedBody {
 function asFailure(error: unknown): KeywardError {
   return error instanceof KeywardError
     ? error
-    : new KeywardError(isZlibError(error) ? 'upstream_bad_response' : 'upstream_unreachable');
-}
-
-/** zlib's errors (corrupt compressed data) carry codes such as Z_DATA_ERROR or Z_BUF_ERROR. */
-function isZlibError(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && code.startsWith('Z_');
+    : new KeywardError(typeof error === 'object' && error !== null && decodingErrors.has(error) ? 'upstream_bad_response' : 'upstream_unreachable');
 }

@@ -134,6 +134,29 @@ describe('ProxiedBody.stream(): how a failed body ends', () => {
   it('corrupt compressed data: upstream_bad_response; a broken upstream: upstream_unreachable (never its message)', async () => {
     const corrupt = await run(decodeBody(chunked(Buffer.from('not gzip at all, just text'), 4), 'gzip', MiB));
     expect(corrupt).toMatchObject({ outcome: 'error', error: { code: 'upstream_bad_response' } });
+    // Every decoder's: brotli's errors carry codes of their own (ERR__ERROR_FORMAT_…), not zlib's Z_….
+    for (const [encoding, bytes] of [
+      ['br', Buffer.from('not brotli at all, just text')],
+      ['br', zlib.gzipSync('gzip labelled br')],
+      ['deflate', Buffer.from('not deflate either')],
+    ] as const) {
+      const failed = await run(decodeBody(chunked(bytes, 4), encoding, MiB));
+      expect(failed, encoding).toMatchObject({ outcome: 'error', error: { code: 'upstream_bad_response' } });
+    }
+    // An upstream that breaks inside a compressed body is still a broken upstream, whichever decoder it fed.
+    for (const encoding of ['gzip', 'br', 'deflate'] as const) {
+      const compressed = encoding === 'gzip' ? zlib.gzipSync(Buffer.alloc(MiB)) : encoding === 'br' ? zlib.brotliCompressSync(Buffer.alloc(MiB)) : zlib.deflateSync(Buffer.alloc(MiB));
+      let sent = false;
+      const breaking = new Readable({
+        read() {
+          if (sent) return this.destroy(new Error('socket hang up'));
+          sent = true;
+          this.push(compressed.subarray(0, compressed.length >> 1));
+        },
+      });
+      const cut = await run(decodeBody(breaking, encoding, 4 * MiB));
+      expect(cut, encoding).toMatchObject({ outcome: 'error', error: { code: 'upstream_unreachable' } });
+    }
     const broken = new Readable({
       read() {
         this.destroy(new Error('socket hang up http://10.0.0.1/v1/?api_key=secret'));
