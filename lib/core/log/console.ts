@@ -1,7 +1,8 @@
-import { format } from 'node:util';
+import { formatWithOptions } from 'node:util';
 import { logScrubber } from './logger';
 
 const SCRUBBED = Symbol.for('keyward.console-scrubbed');
+const WHOLE = { maxStringLength: Infinity, maxArrayLength: Infinity };
 
 /**
  * Passes what others print with `console` (Next.js's own error lines above all: an absolute-form request target
@@ -17,7 +18,9 @@ export function scrubConsole(target: Console = console): void {
   for (const name of ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const) {
     const original = target[name].bind(target);
     target[name] = (...args: unknown[]) => {
-      const text = format(...args);
+      // Checked whole: console shows 10,000 characters of a string and 100 items of an array, so a secret
+      // where it cuts would not match the scrubber in the text it prints, and its start would be printed.
+      const text = formatWithOptions(WHOLE, ...args);
       const scrubbed = logScrubber.scrub(text);
       if (scrubbed === text) original(...args);
       else original(scrubbed);

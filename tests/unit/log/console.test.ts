@@ -1,3 +1,4 @@
+import { format } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { scrubConsole } from '../../../lib/core/log/console';
 import { logScrubber } from '../../../lib/core/log/logger';
@@ -26,5 +27,23 @@ describe('console output passes the log scrubber (scrubConsole)', () => {
     expect(String(first![1])).not.toContain(key);
     expect(second).toEqual(['warn', 'key [REDACTED] and base64 [REDACTED]']);
     expect(third).toEqual(['log', 'nothing secret', 42, error]);
+  });
+
+  it('a secret where console would cut a long string or array short: its start is not printed either', () => {
+    const key = randomSecret('cc');
+    logScrubber.add([key]);
+    const printed: unknown[][] = [];
+    const target = { log: (...args: unknown[]) => printed.push(args) } as unknown as Console;
+    for (const name of ['info', 'warn', 'error', 'debug', 'trace'] as const) (target as unknown as Record<string, unknown>)[name] = () => {};
+    scrubConsole(target);
+    // util.inspect shows 10,000 characters of a string and 100 items of an array, then "… more".
+    for (const at of [9_962, 9_990, 9_999]) target.log({ upstreamBody: 'x'.repeat(at) + key });
+    target.log({ items: [...Array.from({ length: 100 }, (_, i) => i), key] });
+    expect(printed).toHaveLength(4);
+    for (const args of printed) {
+      // As the console prints them: no start of the key (its prefix and 7 random characters, or more) is left.
+      const text = format(...args);
+      expect(text).not.toContain(key.slice(0, 10));
+    }
   });
 });
