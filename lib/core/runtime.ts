@@ -33,7 +33,7 @@ import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
 import { assertNoPublicSecrets, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
-import { buildRegistry, type Env, type Upstream } from './upstream/registry';
+import { buildRegistry, MIN_SECRET_LENGTH, type Env, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
 import { guard } from './store/guard';
@@ -183,7 +183,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     { field: 'detector.webhook.secret', what: 'its signing secret', where: "shared with the webhook's receiver", values: webhookSecret ? [webhookSecret] : [] },
   ];
   assertNoOwnSecretShared(settings, shared);
-  const secrets = [...OWN_SECRETS.flatMap((name) => settings[name] ?? []), ...shared.flatMap((secret) => secret.values)];
+  const secrets = [
+    ...OWN_SECRETS.flatMap((name) => settings[name] ?? []),
+    ...redisPassword(settings.REDIS_URL),
+    ...shared.flatMap((secret) => secret.values),
+  ];
   assertNoPublicSecrets(env, secrets);
   if (decoys) assertNoSecretDecoys(decoys, secrets);
   logScrubber.add(secrets);
@@ -426,7 +430,23 @@ function serviceSecrets(upstream: Upstream): string[] {
   const plan = upstream.credential;
   if (plan.source === 'static') return plan.envVersions.flatMap((version) => version.credential.secrets);
   if (plan.source === 'claim') return [...plan.byValue.values()].flatMap((credential) => credential.secrets);
-  return [];
+  // A user's own key or token is scrubbed per call; a `basic` username from the environment is the same for
+  // every user, and held like a key when it is long enough to be one (credentialFor lists it so per call too).
+  return plan.username !== undefined && plan.username.length >= MIN_SECRET_LENGTH ? [plan.username] : [];
+}
+
+/**
+ * The password in REDIS_URL, a secret like Keyward's own (ioredis may put a command's arguments, AUTH's too, in
+ * an error): when long enough to be one, since scrubbing a short one would cut ordinary words out of log lines.
+ */
+function redisPassword(url: string | undefined): string[] {
+  if (!url) return [];
+  try {
+    const password = decodeURIComponent(new URL(url).password);
+    return password.length >= MIN_SECRET_LENGTH ? [password] : [];
+  } catch {
+    return [];
+  }
 }
 
 function perUserNeeds(registry: ReadonlyMap<string, Upstream>) {

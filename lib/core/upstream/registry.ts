@@ -193,7 +193,7 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
 }
 
 /** The shortest secret read from the environment (`auth.secret`, key versions); a basic username may be shorter. */
-const MIN_SECRET_LENGTH = 8;
+export const MIN_SECRET_LENGTH = 8;
 
 function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env, minLength = MIN_SECRET_LENGTH): string {
   const where = `upstreams.${upstreamId}.${field}`;

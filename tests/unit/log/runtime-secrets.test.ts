@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { defineUpstream } from '../../../lib/core/config/load';
+import { logScrubber } from '../../../lib/core/log/logger';
+import { createRuntime } from '../../../lib/core/runtime';
+import { MemoryStore } from '../../../lib/store/memory';
+import { randomSecret, testSessionSecrets } from '../../fixtures/secrets';
+
+/** What a runtime puts in the process-wide log scrubber beyond the keys it sends (lib/core/runtime.ts). */
+describe('secrets the log scrubber is given at start-up', () => {
+  it("REDIS_URL's password, and a basic username from the environment on a per-user upstream (when 8 characters or more)", () => {
+    const password = randomSecret('redis_pw');
+    const username = randomSecret('acct');
+    const store = new MemoryStore();
+    createRuntime({
+      env: {
+        ...testSessionSecrets(),
+        KEYWARD_VAULT_SECRET: randomSecret('vault'),
+        REDIS_URL: `redis://default:${encodeURIComponent(password)}@127.0.0.1:6379`,
+        ACCT: username,
+      },
+      upstreams: [
+        defineUpstream('twilio', {
+          baseUrl: 'https://api.twilio.test/',
+          auth: { type: 'basic', username: { env: 'ACCT' }, secret: { user: 'key' } },
+          routes: [{ method: 'GET', path: '/calls' }],
+        }),
+      ],
+      store,
+      serving: false,
+    });
+    const line = `ReplyError: NOAUTH AUTH ${password} refused; account ${username}`;
+    expect(logScrubber.scrub(line)).toBe('ReplyError: NOAUTH AUTH [REDACTED] refused; account [REDACTED]');
+  });
+
+  it('a short Redis password or username is not scrubbed (it would cut ordinary words out of every line)', () => {
+    createRuntime({
+      env: { ...testSessionSecrets(), KEYWARD_VAULT_SECRET: randomSecret('vault'), REDIS_URL: 'redis://:hunter@127.0.0.1:6379', SHORT: 'api' },
+      upstreams: [
+        defineUpstream('mail', {
+          baseUrl: 'https://api.mail.test/',
+          auth: { type: 'basic', username: { env: 'SHORT' }, secret: { user: 'key' } },
+          routes: [{ method: 'GET', path: '/messages' }],
+        }),
+      ],
+      store: new MemoryStore(),
+      serving: false,
+    });
+    expect(logScrubber.scrub('the api answered: hunter2 is no password')).toBe('the api answered: hunter2 is no password');
+  });
+});
