@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { gunzipSync, brotliDecompressSync } from 'node:zlib';
 import nextEnv from '@next/env';
@@ -53,14 +53,27 @@ export function encodedForms(value: string): Map<string, string> {
   return new Map([...namedSecretForms(value)].map(([text, form]) => [form, text]));
 }
 
+/** Every file under `dir`, a symlink to a file included (a symlinked folder is not followed: it could loop). */
 function* files(dir: string): Generator<string> {
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) yield* files(path);
-    else if (entry.isFile()) yield path;
+    else if (entry.isFile() || (entry.isSymbolicLink() && isFile(path))) yield path;
   }
 }
 
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false; // a dangling link
+  }
+}
+
+/** Files up to this size are read whole (and decompressed); larger ones are read in pieces of this size. */
+const WHOLE_FILE_BYTES = 256 * 1024 * 1024;
+
+/** The file's bytes, whole, and decompressed too for .gz and .br. */
 function contents(path: string): Buffer[] {
   const data = readFileSync(path);
   const out = [data];
@@ -73,19 +86,39 @@ function contents(path: string): Buffer[] {
   return out;
 }
 
-export function scanFolder(dir: string, secrets: Readonly<Record<string, string>>): LeakHit[] {
+/** A large file's bytes, piece by piece; each piece begins with the end of the last (`overlap` bytes), so a value across the cut is seen whole. */
+function* pieces(path: string, pieceBytes: number, overlap: number): Generator<Buffer> {
+  const fd = openSync(path, 'r');
+  try {
+    let carried = Buffer.alloc(0);
+    for (;;) {
+      const piece = Buffer.alloc(pieceBytes);
+      const read = readSync(fd, piece, 0, pieceBytes, null);
+      if (read === 0) return;
+      const data = Buffer.concat([carried, piece.subarray(0, read)]);
+      yield data;
+      carried = data.subarray(Math.max(0, data.length - overlap));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function scanFolder(dir: string, secrets: Readonly<Record<string, string>>, wholeFileBytes = WHOLE_FILE_BYTES): LeakHit[] {
   const needles: { name: string; form: string; bytes: Buffer }[] = [];
   for (const [name, value] of Object.entries(secrets)) {
     for (const [form, text] of encodedForms(value)) needles.push({ name, form, bytes: Buffer.from(text, 'utf8') });
   }
+  const overlap = Math.max(0, ...needles.map((needle) => needle.bytes.length - 1));
   const hits: LeakHit[] = [];
   for (const path of files(dir)) {
-    if (statSync(path).size > 256 * 1024 * 1024) continue;
-    for (const data of contents(path)) {
-      for (const needle of needles) {
-        if (data.includes(needle.bytes)) hits.push({ file: relative(dir, path), name: needle.name, form: needle.form });
-      }
+    // A file too large to read whole (no build writes one, but nothing is skipped unseen) is read in pieces, undecompressed.
+    const chunks = statSync(path).size > wholeFileBytes ? pieces(path, wholeFileBytes, overlap) : contents(path);
+    const found = new Set<(typeof needles)[number]>();
+    for (const data of chunks) {
+      for (const needle of needles) if (!found.has(needle) && data.includes(needle.bytes)) found.add(needle);
     }
+    for (const needle of needles) if (found.has(needle)) hits.push({ file: relative(dir, path), name: needle.name, form: needle.form });
   }
   return hits;
 }

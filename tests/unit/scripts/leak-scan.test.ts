@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -37,6 +37,23 @@ describe('scanFolder (npm run check:leaks)', () => {
     const hits = scanFolder(tree({ 'x.map': `{"sourcesContent":["${secret}"]}` }), { K: secret });
     expect(hits).toHaveLength(1);
     expect(JSON.stringify(hits)).not.toContain(secret);
+  });
+});
+
+describe('scanFolder: files a build does not usually write', () => {
+  it('a symlink to a file is scanned (a dangling one is not a failure); a file too large to read whole is read in pieces', () => {
+    const secret = randomSecret('canary');
+    const outside = tree({ 'real.js': `var k="${secret}";` });
+    const dir = tree({ 'clean.js': 'export {};' });
+    symlinkSync(join(outside, 'real.js'), join(dir, 'linked.js'));
+    symlinkSync(join(outside, 'gone.js'), join(dir, 'dangling.js'));
+    expect(scanFolder(dir, { K: secret })).toContainEqual({ file: 'linked.js', name: 'K', form: 'raw' });
+    // Pieces of 64 bytes: the value is cut by every piece boundary somewhere along the file, and still found.
+    for (const at of [0, 30, 60, 63, 64, 100]) {
+      const big = tree({ 'big.bin': `${'x'.repeat(at)}${secret}${'y'.repeat(200)}` });
+      expect(scanFolder(big, { K: secret }, 64), `at ${at}`).toEqual([{ file: 'big.bin', name: 'K', form: 'raw' }]);
+    }
+    expect(scanFolder(tree({ 'big.bin': 'z'.repeat(1_000) }), { K: secret }, 64)).toEqual([]);
   });
 });
 
