@@ -348,29 +348,37 @@ export class Connections {
     // Unlinked before looking for others: of two linked users disconnecting at once, at least one then finds the
     // other gone and revokes (both finding each other would leave the grant at the provider with nobody on it).
     if (account) await this.setField(accountKey(providerId, account), userId, 0);
-    const shared = account !== null && (await this.sharedWithOthers(providerId, account, userId));
-    if (shared) {
-      // A refresh under way may still save tokens after this; `orphaned` must revoke them the same way.
-      await guard(() => this.deps.store.set(sharedKey(providerId, userId), '1', SHARED_MARK_TTL_MS));
-      this.deps.logger.info(
-        { provider: providerId, userId },
-        'another user is connected to the same account at the provider: its grant is left there',
-      );
-    }
+    let shared = false;
     let revoked = false;
-    if (tokens) {
-      try {
-        const client = this.client(providerId);
-        revoked = shared ? await client.revokeOwn(tokens) : await client.revoke(tokens);
-      } catch (error) {
-        this.deps.logger.warn(
-          { provider: providerId, userId, err: errorName(error) },
-          'revocation at the provider failed; the tokens are deleted anyway',
+    try {
+      shared = account !== null && (await this.sharedWithOthers(providerId, account, userId));
+      if (shared) {
+        // A refresh under way may still save tokens after this; `orphaned` must revoke them the same way.
+        await guard(() => this.deps.store.set(sharedKey(providerId, userId), '1', SHARED_MARK_TTL_MS));
+        this.deps.logger.info(
+          { provider: providerId, userId },
+          'another user is connected to the same account at the provider: its grant is left there',
         );
       }
+      if (tokens) {
+        try {
+          const client = this.client(providerId);
+          revoked = shared ? await client.revokeOwn(tokens) : await client.revoke(tokens);
+        } catch (error) {
+          this.deps.logger.warn(
+            { provider: providerId, userId, err: errorName(error) },
+            'revocation at the provider failed; the tokens are deleted anyway',
+          );
+        }
+      }
+      await this.deps.tokens.unlink(providerId, userId);
+      await guard(() => this.deps.store.delete(recordKey(providerId, userId)));
+    } catch (error) {
+      // Failed with the connection still there (a store that did not answer): linked again, best effort, so another
+      // user's disconnect still sees it and leaves the grant it uses.
+      if (account) await this.setField(accountKey(providerId, account), userId, 1).catch(() => {});
+      throw error;
     }
-    await this.deps.tokens.unlink(providerId, userId);
-    await guard(() => this.deps.store.delete(recordKey(providerId, userId)));
     await this.forget(providerId, userId);
     this.deps.logger.info({ provider: providerId, userId, revoked, shared }, 'account disconnected');
     await this.deps.audit.recordAdmin({

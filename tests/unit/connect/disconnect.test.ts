@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import { Connections, type ConnectionsDeps } from '../../../lib/core/connect/connections';
+import { MemoryStore } from '../../../lib/store/memory';
+import { StoreUnavailableError, type Store } from '../../../lib/store/types';
+
+/**
+ * Connections.disconnect against a store that fails once (the memory store, wrapped): what a half-done disconnect
+ * leaves in the account index. The provider client and the token store are stand-ins that record what was asked
+ * (the OAuth round trips are covered end to end in tests/integration/connections.test.ts, which cannot make Redis
+ * fail at one chosen read).
+ */
+describe('a disconnect that fails part-way', () => {
+  it('leaves the user linked to the provider account, so the other linked user\'s disconnect still leaves the grant', async () => {
+    const memory = new MemoryStore();
+    let failReadHashes = 0;
+    const store = new Proxy(memory, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (prop === 'readHashes') {
+          return async (...args: Parameters<Store['readHashes']>) => {
+            if (failReadHashes-- > 0) throw new StoreUnavailableError('the store did not answer');
+            return target.readHashes(...args);
+          };
+        }
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const asked: string[] = [];
+    const client = {
+      revoke: async () => (asked.push('revoke the grant'), true),
+      revokeOwn: async () => (asked.push('revoke own token'), true),
+    };
+    const noop = () => {};
+    const deps = {
+      providers: new Map([['acme', { id: 'acme', name: 'Acme' }]]),
+      clients: new Map([['acme', client]]),
+      store,
+      vault: {},
+      tokens: { load: async () => ({ accessToken: 'at', refreshToken: 'rt', expiresAt: 0 }), unlink: async () => {} },
+      revocations: {},
+      audit: { recordAdmin: async () => {} },
+      logger: { info: noop, warn: noop, error: noop, debug: noop },
+      webhook: null,
+      now: Date.now,
+    } as unknown as ConnectionsDeps;
+    const connections = new Connections(deps);
+    const record = JSON.stringify({ scopes: [], connectedAt: 1, lastRefreshAt: null, status: 'connected', statusAt: 1, refreshable: true, account: 'acct' });
+    for (const user of ['ada', 'bob']) {
+      await memory.set(`conn:acme:${user}`, record);
+      await memory.incrementHashes([
+        { key: 'connacct:acme:acct', field: user, by: 1, expiresAt: Date.now() + 86_400_000 },
+        { key: 'connidx:acme', field: user, by: 1, expiresAt: Date.now() + 86_400_000 },
+      ]);
+    }
+
+    failReadHashes = 1; // at ada's look for others
+    await expect(connections.disconnect('acme', 'ada')).rejects.toMatchObject({ code: 'store_unavailable' });
+    expect(await memory.get('conn:acme:ada')).not.toBeNull();
+    expect((await memory.readHashes(['connacct:acme:acct']))[0]).toEqual({ ada: 1, bob: 1 });
+
+    // Ada is still connected: bob's disconnect leaves the grant to her.
+    expect(await connections.disconnect('acme', 'bob')).toEqual({ revoked: true, shared: true });
+    expect(asked).toEqual(['revoke own token']);
+  });
+});
