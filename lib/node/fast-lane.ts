@@ -1,4 +1,4 @@
-import { STATUS_CODES, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { handleMetrics, type MetricsRuntime } from '@/lib/core/api/metrics';
 import { ERROR_STATUS, KeywardError, errorResponse } from '@/lib/core/errors';
@@ -7,7 +7,7 @@ import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
 import { isDisguisedProxyPath, originFormTarget, parseProxyPath, type ProxyPath } from './proxy-path';
 import { disguisedPathRefusal, headersOrNone, readHeaders, toRequest } from './request';
-import { writeResponse } from './response';
+import { endSocketWith, writeResponse } from './response';
 
 export interface FastLaneOptions {
   /** The same runtime the route handlers build (lib/node/runtime.ts). */
@@ -204,20 +204,4 @@ export function createClientErrorAnswer(siteHeaders: readonly (readonly [string,
     getLogger().info({ requestId, status: ERROR_STATUS[code], errorCode: code, parserError: error.code ?? 'unknown' }, 'request refused by the HTTP parser');
     void endSocketWith(socket, errorResponse(new KeywardError(code), requestId), siteHeaders);
   };
-}
-
-/** Writes a whole response to a socket no ServerResponse owns (CONNECT, a parser error), then closes it. */
-async function endSocketWith(socket: Duplex, response: Response, siteHeaders: readonly (readonly [string, string])[]): Promise<void> {
-  const body = await response.text();
-  // The response's own headers win over the site's, each written once (as writeResponse does).
-  const headers = new Map<string, string>();
-  for (const [name, value] of siteHeaders) headers.set(name.toLowerCase(), value);
-  for (const [name, value] of response.headers) headers.set(name, value);
-  headers.set('content-length', String(Buffer.byteLength(body)));
-  headers.set('connection', 'close');
-  const lines = [`HTTP/1.1 ${response.status} ${STATUS_CODES[response.status] ?? ''}`];
-  for (const [name, value] of headers) lines.push(`${name}: ${value}`);
-  // Destroyed once written, as Node's own answer to a parser error is: only ended, the socket would stay open
-  // (Node's HTTP sockets allow half-open ones) for as long as the client kept its side open.
-  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`, () => socket.destroy());
 }

@@ -1,4 +1,5 @@
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { STATUS_CODES, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { ProxiedResponse } from '@/lib/core/pipeline';
 import { ProxiedBody } from '@/lib/core/respond/body';
 
@@ -143,4 +144,24 @@ function drained(res: ServerResponse): Promise<void> {
     res.on('drain', done);
     res.on('close', done);
   });
+}
+
+/**
+ * Writes a whole (small, JSON) response to a socket no ServerResponse owns (a refused CONNECT or WebSocket
+ * upgrade, a request Node's parser refused) as HTTP/1.1, then closes it.
+ */
+export async function endSocketWith(socket: Duplex, response: Response, siteHeaders: readonly (readonly [string, string])[]): Promise<void> {
+  const body = await response.text();
+  if (socket.destroyed) return;
+  // The response's own headers win over the site's, each written once (as writeResponse does).
+  const headers = new Map<string, string>();
+  for (const [name, value] of siteHeaders) headers.set(name.toLowerCase(), value);
+  for (const [name, value] of response.headers) headers.set(name, value);
+  headers.set('content-length', String(Buffer.byteLength(body)));
+  headers.set('connection', 'close');
+  const lines = [`HTTP/1.1 ${response.status} ${STATUS_CODES[response.status] ?? ''}`];
+  for (const [name, value] of headers) lines.push(`${name}: ${value}`);
+  // Destroyed once written, as Node's own answer to a parser error is: only ended, the socket would stay open
+  // (Node's HTTP sockets allow half-open ones) for as long as the client kept its side open.
+  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`, () => socket.destroy());
 }

@@ -1,4 +1,4 @@
-import { STATUS_CODES, type IncomingMessage } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { KeywardError } from '@/lib/core/errors';
@@ -20,6 +20,7 @@ import type { WsTickets } from '@/lib/core/ws/tickets';
 import type { ServingCalls } from './fast-lane';
 import { isDisguisedProxyPath, parseProxyPath } from './proxy-path';
 import { disguisedPathRefusal, readHeaders } from './request';
+import { endSocketWith } from './response';
 
 export interface UpgradeOptions {
   readonly deps: ProxyDeps & {
@@ -76,7 +77,7 @@ export function createUpgradeListener(options: UpgradeOptions) {
     if (proxyPath === null && isDisguisedProxyPath(url)) {
       // A path that is /api/proxy/… only once normalised: 400 bad_path, as the HTTP door answers it, never Next's.
       socket.on('error', () => {});
-      writeRaw(socket, disguisedPathRefusal(req, options.deps), siteHeaders).catch(() => socket.destroy());
+      endSocketWith(socket, disguisedPathRefusal(req, options.deps), siteHeaders).catch(() => socket.destroy());
       return;
     }
     if (proxyPath === null) {
@@ -112,7 +113,7 @@ async function serveUpgrade(
   try {
     headers = readHeaders(req);
   } catch {
-    return writeRaw(
+    return endSocketWith(
       socket,
       refuseCall(req.method ?? 'GET', new Headers(), target, deps, new KeywardError('bad_request')),
       siteHeaders,
@@ -120,11 +121,11 @@ async function serveUpgrade(
   }
   // As the fast lane's HTTP door does: a Request cannot even carry these methods (TRACE, TRACK, CONNECT).
   if (isRefusedMethod(req.method ?? '')) {
-    return writeRaw(socket, refuseCall(req.method ?? '', headers, target, deps, refusedMethod(target, deps)), siteHeaders);
+    return endSocketWith(socket, refuseCall(req.method ?? '', headers, target, deps, refusedMethod(target, deps)), siteHeaders);
   }
   if (!isWebSocketHandshake(req)) {
     const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' });
-    return writeRaw(socket, refuseCall(req.method ?? 'GET', headers, target, deps, refusal), siteHeaders);
+    return endSocketWith(socket, refuseCall(req.method ?? 'GET', headers, target, deps, refusal), siteHeaders);
   }
   // `?ticket=` authenticates (lib/core/ws/tickets.ts) and is never passed on: it is taken out of the query first.
   const query = new URLSearchParams(search);
@@ -169,7 +170,7 @@ async function serveUpgrade(
     // Refused before the session step (an unknown upstream or route, an HTTP route, a refused query): a ticket
     // shown at the wrong path is used up all the same, whichever step refused the upgrade.
     if (!redeemed) await Promise.all(tickets.map((ticket) => options.tickets.redeem(ticket, target).catch(() => null)));
-    return writeRaw(socket, grant, siteHeaders);
+    return endSocketWith(socket, grant, siteHeaders);
   }
   await relay(req, socket, head, grant, options, siteHeaders);
 }
@@ -191,14 +192,14 @@ async function relay(
     socket.destroy();
     return;
   }
-  if (options.sockets.closing.aborted) return writeRaw(socket, refuseGranted(grant, STOPPING()), siteHeaders);
+  if (options.sockets.closing.aborted) return endSocketWith(socket, refuseGranted(grant, STOPPING()), siteHeaders);
   const protocols = (req.headers['sec-websocket-protocol'] ?? '')
     .split(',')
     .map((p) => p.trim())
     .filter(Boolean);
   // RFC 6455 §4.1: each offered subprotocol is an HTTP token; ws refuses anything else by throwing.
   if (protocols.some((p) => !SUBPROTOCOL.test(p)) || new Set(protocols).size !== protocols.length) {
-    return writeRaw(
+    return endSocketWith(
       socket,
       refuseGranted(grant, new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' })),
       siteHeaders,
@@ -240,7 +241,7 @@ async function relay(
   socket.off('close', onEarlyClose);
   if (opened) {
     upstream.terminate();
-    return writeRaw(socket, refuseGranted(grant, opened), siteHeaders);
+    return endSocketWith(socket, refuseGranted(grant, opened), siteHeaders);
   }
   if (clientGone || socket.destroyed || socket.readableEnded) {
     upstream.terminate();
@@ -400,19 +401,4 @@ function isWebSocketHandshake(req: IncomingMessage): boolean {
     HANDSHAKE_KEY.test(req.headers['sec-websocket-key'] ?? '') &&
     req.headers['sec-websocket-version'] === '13'
   );
-}
-
-/** Writes the core's (small, JSON) refusal on the raw socket as an HTTP/1.1 response, then closes it. */
-async function writeRaw(
-  socket: Duplex,
-  response: Response,
-  siteHeaders: readonly (readonly [string, string])[],
-): Promise<void> {
-  const body = await response.text();
-  if (socket.destroyed) return;
-  const lines = [`HTTP/1.1 ${response.status} ${STATUS_CODES[response.status] ?? ''}`];
-  for (const [name, value] of siteHeaders) lines.push(`${name}: ${value}`);
-  for (const [name, value] of response.headers) lines.push(`${name}: ${value}`);
-  lines.push(`content-length: ${Buffer.byteLength(body)}`, 'connection: close');
-  socket.end(`${lines.join('\r\n')}\r\n\r\n${body}`);
 }

@@ -543,6 +543,13 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     expect(text.startsWith('HTTP/1.1 405 ')).toBe(true);
     expect(text.toLowerCase()).toContain('\r\nallow: get\r\n');
     expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'method_not_allowed' } });
+    // Each header once, and the connection let go once answered, as the HTTP door's refusals are.
+    expect(headerNames(text)).toEqual([...new Set(headerNames(text))]);
+    const halfOpen = await halfOpenExchange(
+      `GET /api/proxy/echo/items/1 HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+    );
+    expect(halfOpen.text).toMatch(/^HTTP\/1\.1 4\d\d /);
+    expect(halfOpen.closed).toBe(true);
   });
 
   it("requests Node's HTTP parser refuses: Keyward's JSON error (400, 431), not a bare status line; nothing forwarded", async () => {
