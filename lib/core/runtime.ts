@@ -442,8 +442,10 @@ function serviceSecrets(upstream: Upstream): string[] {
 function redisPassword(url: string | undefined): string[] {
   if (!url) return [];
   try {
-    const password = decodeURIComponent(new URL(url).password);
-    return password.length >= MIN_SECRET_LENGTH ? [password] : [];
+    const parsed = new URL(url);
+    // In the authority, or as ioredis also reads it, in the query (`?password=`).
+    const passwords = [decodeURIComponent(parsed.password), parsed.searchParams.get('password') ?? ''];
+    return passwords.filter((password) => password.length >= MIN_SECRET_LENGTH);
   } catch {
     return [];
   }

@@ -32,6 +32,16 @@ describe('secrets the log scrubber is given at start-up', () => {
     expect(logScrubber.scrub(line)).toBe('ReplyError: NOAUTH AUTH [REDACTED] refused; account [REDACTED]');
   });
 
+  it('a Redis password given in the query, as ioredis also reads it (`?password=`)', () => {
+    const password = randomSecret('redis_query_pw');
+    createRuntime({
+      env: { ...testSessionSecrets(), REDIS_URL: `redis://127.0.0.1:6379/0?password=${encodeURIComponent(password)}` },
+      store: new MemoryStore(),
+      serving: false,
+    });
+    expect(logScrubber.scrub(`AUTH ${password}`)).toBe('AUTH [REDACTED]');
+  });
+
   it('a short Redis password or username is not scrubbed (it would cut ordinary words out of every line)', () => {
     createRuntime({
       env: { ...testSessionSecrets(), KEYWARD_VAULT_SECRET: randomSecret('vault'), REDIS_URL: 'redis://:hunter@127.0.0.1:6379', SHORT: 'api' },
