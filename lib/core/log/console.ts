@@ -1,8 +1,9 @@
-import { formatWithOptions } from 'node:util';
+import { format, formatWithOptions } from 'node:util';
 import { logScrubber } from './logger';
 
 const SCRUBBED = Symbol.for('keyward.console-scrubbed');
-const WHOLE = { maxStringLength: Infinity, maxArrayLength: Infinity };
+/** Strings shown whole (console shows 10,000 characters); arrays as console shows them (an item is whole or absent). */
+const WHOLE = { maxStringLength: Infinity };
 
 /**
  * Passes what others print with `console` (Next.js's own error lines above all: an absolute-form request target
@@ -18,12 +19,21 @@ export function scrubConsole(target: Console = console): void {
   for (const name of ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const) {
     const original = target[name].bind(target);
     target[name] = (...args: unknown[]) => {
-      // Checked whole: console shows 10,000 characters of a string and 100 items of an array, so a secret
-      // where it cuts would not match the scrubber in the text it prints, and its start would be printed.
-      const text = formatWithOptions(WHOLE, ...args);
+      // Strings checked whole: console shows 10,000 characters of one, so a secret where it cuts would not match
+      // the scrubber in the text it prints, and its start would be printed.
+      const text = formatted(args);
       const scrubbed = logScrubber.scrub(text);
       if (scrubbed === text) original(...args);
       else original(scrubbed);
     };
+  }
+}
+
+/** The line with its strings whole; as console would format it when that is too long for one string. */
+function formatted(args: unknown[]): string {
+  try {
+    return formatWithOptions(WHOLE, ...args);
+  } catch {
+    return format(...args);
   }
 }
