@@ -132,11 +132,19 @@ export class OpenSockets {
     const bySession = group(this.open, (socket) => socket.session.sessionId);
     const now = this.now();
     await Promise.all(
-      [...bySession.values()].map(async (sockets) => {
+      [...bySession.values()].map(async (all) => {
+        // Each socket ends with the cookie or token it was opened with: one session renews its cookie, and an app's
+        // token family refreshes its access token (same session id, later expiry). An expired one costs no read.
+        const sockets = all.filter((socket) => {
+          if (socket.session.expiresAt > now) return true;
+          socket.close('sessionEnded');
+          return false;
+        });
+        if (sockets.length === 0) return;
         const { session } = sockets[0]!;
         const current = this.sources.users ? currentLocalUser(session, this.sources.users) : session;
         let cause: CloseCause | null = null;
-        if (!(session.expiresAt > now) || current === null) cause = 'sessionEnded';
+        if (current === null) cause = 'sessionEnded';
         else {
           try {
             if (await this.sources.revocations.isRevoked(session)) cause = 'sessionEnded';

@@ -130,6 +130,19 @@ describe('open WebSockets are re-checked', () => {
     for (const s of [ada, bo, cy, oidc]) s.remove();
   });
 
+  it('each socket of a session ends with the cookie or token it was opened with (an app refreshes its token: same session, later expiry)', async () => {
+    const calls: string[] = [];
+    const sockets = new OpenSockets({ revocations: revocations(new Set(), calls) });
+    // The older token's socket opened first, then the newer's; and the other way round in a second session.
+    const older = track(sockets, session('app', Date.now() - 1));
+    const newer = track(sockets, session('app'));
+    const newerFirst = track(sockets, session('app-2'));
+    const olderSecond = track(sockets, session('app-2', Date.now() - 1));
+    await sockets.check();
+    expect([older.closed, newer.closed, newerFirst.closed, olderSecond.closed]).toEqual([['sessionEnded'], [], [], ['sessionEnded']]);
+    expect(calls.sort()).toEqual(['app', 'app-2']);
+  });
+
   it('closes an expired session without asking the store, and fails closed when the store cannot answer', async () => {
     const calls: string[] = [];
     const expired = new OpenSockets({ revocations: revocations(new Set(), calls) });
