@@ -82,6 +82,8 @@ beforeAll(async () => {
       else if (text === 'key-binary') socket.send(Buffer.from(`bin:${wsKey}`), { binary: true });
       else if (text === 'big') socket.send('x'.repeat(4096));
       else if (text === 'close-with-key') socket.close(4000, `bye ${wsKey}`);
+      // A close reason holds 123 bytes: a long key echoed in one is cut short, as a server must cut it.
+      else if (text === 'close-with-cut-key') socket.close(4000, `bad key ${wsKey.slice(0, 24)}`);
       else socket.send(data, { binary });
     });
   });
@@ -274,6 +276,15 @@ describe('WebSocket upgrades through the fast lane', () => {
         .find(Boolean);
     await expect.poll(recordOf).toBeDefined();
     expect(recordOf()!.scrubberHits).toBeGreaterThanOrEqual(3); // the text, the binary message, the close reason
+  });
+
+  it('a close reason with the key cut short (a reason holds 123 bytes): what there is of it reaches the client as [REDACTED]', async () => {
+    const socket = opened(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:echoed'), ...sameOrigin() }));
+    const end = closed(socket);
+    socket.send('close-with-cut-key');
+    const { code, reason } = await end;
+    expect(code).toBe(4000);
+    expect(reason).toBe('bad key [REDACTED]');
   });
 
   it("what the upstream sends as soon as it accepts (OpenAI Realtime's session.created) reaches the client, scrubbed", async () => {
