@@ -125,7 +125,8 @@ async function serveUpgrade(
     return endSocketWith(socket, refuseCall(req.method ?? '', headers, target, deps, refusedMethod(target, deps)), siteHeaders);
   }
   if (!isWebSocketHandshake(req)) {
-    const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' });
+    // RFC 6455 §4.4: a refusal names the version this server speaks (a client offering another may retry with it).
+    const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.', headers: { 'sec-websocket-version': '13' } });
     return endSocketWith(socket, refuseCall(req.method ?? 'GET', headers, target, deps, refusal), siteHeaders);
   }
   // `?ticket=` authenticates (lib/core/ws/tickets.ts) and is never passed on: it is taken out of the query first.

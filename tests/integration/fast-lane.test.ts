@@ -552,6 +552,15 @@ describe('refusals: the route handler\'s errors, and the ones Next answers befor
     expect(halfOpen.closed).toBe(true);
   });
 
+  it('a WebSocket upgrade of another protocol version: 400 bad_request naming the version this server speaks (RFC 6455 §4.4)', async () => {
+    const text = await rawExchange(
+      `GET /api/proxy/echo/items/1 HTTP/1.1\r\nHost: 127.0.0.1:${lane.port}\r\nCookie: ${laneCookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+    );
+    expect(text.startsWith('HTTP/1.1 400 ')).toBe(true);
+    expect(text.toLowerCase()).toContain('\r\nsec-websocket-version: 13\r\n');
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: { code: 'bad_request' } });
+  });
+
   it("requests Node's HTTP parser refuses: Keyward's JSON error (400, 431), not a bare status line; nothing forwarded", async () => {
     const before = upstream.requests.length;
     const host = `Host: 127.0.0.1:${lane.port}\r\nCookie: ${laneCookie}\r\nX-Keyward-CSRF: 1`;
