@@ -350,6 +350,8 @@ export class Connections {
     if (account) await this.setField(accountKey(providerId, account), userId, 0);
     let shared = false;
     let revoked = false;
+    // Until the provider is asked to revoke, a failure leaves the connection whole: it is linked again below.
+    let reversible = true;
     try {
       shared = account !== null && (await this.sharedWithOthers(providerId, account, userId));
       if (shared) {
@@ -360,6 +362,7 @@ export class Connections {
           'another user is connected to the same account at the provider: its grant is left there',
         );
       }
+      reversible = false;
       if (tokens) {
         try {
           const client = this.client(providerId);
@@ -374,9 +377,10 @@ export class Connections {
       await this.deps.tokens.unlink(providerId, userId);
       await guard(() => this.deps.store.delete(recordKey(providerId, userId)));
     } catch (error) {
-      // Failed with the connection still there (a store that did not answer): linked again, best effort, so another
-      // user's disconnect still sees it and leaves the grant it uses.
-      if (account) await this.setField(accountKey(providerId, account), userId, 1).catch(() => {});
+      // Failed before anything was revoked or deleted (a store that did not answer): linked again, best effort, so
+      // another user's disconnect still sees the connection and leaves the grant it uses. Once revocation was
+      // asked for, the grant may be gone: left unlinked, so nobody's later disconnect keeps a grant for it.
+      if (account && reversible) await this.setField(accountKey(providerId, account), userId, 1).catch(() => {});
       throw error;
     }
     await this.forget(providerId, userId);

@@ -10,16 +10,22 @@ import { StoreUnavailableError, type Store } from '../../../lib/store/types';
  * fail at one chosen read).
  */
 describe('a disconnect that fails part-way', () => {
-  it('leaves the user linked to the provider account, so the other linked user\'s disconnect still leaves the grant', async () => {
+  function setup() {
     const memory = new MemoryStore();
-    let failReadHashes = 0;
+    const fail = { readHashes: 0, deleteRecord: 0 };
     const store = new Proxy(memory, {
       get(target, prop, receiver) {
         const value = Reflect.get(target, prop, receiver) as unknown;
         if (prop === 'readHashes') {
           return async (...args: Parameters<Store['readHashes']>) => {
-            if (failReadHashes-- > 0) throw new StoreUnavailableError('the store did not answer');
+            if (fail.readHashes-- > 0) throw new StoreUnavailableError('the store did not answer');
             return target.readHashes(...args);
+          };
+        }
+        if (prop === 'delete') {
+          return async (key: string) => {
+            if (key.startsWith('conn:') && fail.deleteRecord-- > 0) throw new StoreUnavailableError('the store did not answer');
+            return target.delete(key);
           };
         }
         return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
@@ -43,23 +49,43 @@ describe('a disconnect that fails part-way', () => {
       webhook: null,
       now: Date.now,
     } as unknown as ConnectionsDeps;
-    const connections = new Connections(deps);
-    const record = JSON.stringify({ scopes: [], connectedAt: 1, lastRefreshAt: null, status: 'connected', statusAt: 1, refreshable: true, account: 'acct' });
-    for (const user of ['ada', 'bob']) {
+    const link = async (user: string) => {
+      const record = JSON.stringify({ scopes: [], connectedAt: 1, lastRefreshAt: null, status: 'connected', statusAt: 1, refreshable: true, account: 'acct' });
       await memory.set(`conn:acme:${user}`, record);
       await memory.incrementHashes([
         { key: 'connacct:acme:acct', field: user, by: 1, expiresAt: Date.now() + 86_400_000 },
         { key: 'connidx:acme', field: user, by: 1, expiresAt: Date.now() + 86_400_000 },
       ]);
-    }
+    };
+    return { memory, fail, asked, link, connections: new Connections(deps) };
+  }
 
-    failReadHashes = 1; // at ada's look for others
+  it('before anything was revoked: leaves the user linked, so the other linked user\'s disconnect still leaves the grant', async () => {
+    const { memory, fail, asked, link, connections } = setup();
+    await link('ada');
+    await link('bob');
+    fail.readHashes = 1; // at ada's look for others
     await expect(connections.disconnect('acme', 'ada')).rejects.toMatchObject({ code: 'store_unavailable' });
     expect(await memory.get('conn:acme:ada')).not.toBeNull();
     expect((await memory.readHashes(['connacct:acme:acct']))[0]).toEqual({ ada: 1, bob: 1 });
+    expect(asked).toEqual([]);
 
     // Ada is still connected: bob's disconnect leaves the grant to her.
     expect(await connections.disconnect('acme', 'bob')).toEqual({ revoked: true, shared: true });
     expect(asked).toEqual(['revoke own token']);
+  });
+
+  it('after the grant was revoked: leaves the user unlinked, so a later linked user\'s disconnect revokes its own grant', async () => {
+    const { memory, fail, asked, link, connections } = setup();
+    await link('ada');
+    fail.deleteRecord = 1; // the last step: the grant is revoked and the tokens are deleted by then
+    await expect(connections.disconnect('acme', 'ada')).rejects.toMatchObject({ code: 'store_unavailable' });
+    expect(asked).toEqual(['revoke the grant']);
+    expect((await memory.readHashes(['connacct:acme:acct']))[0]).toEqual({ ada: 0 });
+
+    // Bob links the same account later (a new grant): nobody else holds it, so his disconnect revokes it.
+    await link('bob');
+    expect(await connections.disconnect('acme', 'bob')).toEqual({ revoked: true, shared: false });
+    expect(asked).toEqual(['revoke the grant', 'revoke the grant']);
   });
 });
