@@ -1,4 +1,4 @@
-import { format, formatWithOptions } from 'node:util';
+import { formatWithOptions } from 'node:util';
 import { logScrubber } from './logger';
 
 const SCRUBBED = Symbol.for('keyward.console-scrubbed');
@@ -22,6 +22,7 @@ export function scrubConsole(target: Console = console): void {
       // Strings checked whole: console shows 10,000 characters of one, so a secret where it cuts would not match
       // the scrubber in the text it prints, and its start would be printed.
       const text = formatted(args);
+      if (text === null) return original(TOO_LONG);
       const scrubbed = logScrubber.scrub(text);
       if (scrubbed === text) original(...args);
       else original(scrubbed);
@@ -29,11 +30,17 @@ export function scrubConsole(target: Console = console): void {
   }
 }
 
-/** The line with its strings whole; as console would format it when that is too long for one string. */
-function formatted(args: unknown[]): string {
+/**
+ * What stands for a line too long to check whole (past V8's longest string): printed as console would cut it, it
+ * could show the start of a secret at a cut, which is what checking whole is for.
+ */
+const TOO_LONG = 'keyward: a console line too long to check for secrets was not printed';
+
+/** The line with its strings whole, or null when that is longer than a string can be. */
+function formatted(args: unknown[]): string | null {
   try {
     return formatWithOptions(WHOLE, ...args);
   } catch {
-    return format(...args);
+    return null;
   }
 }

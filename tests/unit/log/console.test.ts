@@ -46,4 +46,20 @@ describe('console output passes the log scrubber (scrubConsole)', () => {
       expect(text).not.toContain(key.slice(0, 10));
     }
   });
+
+  it('a line too long to check whole (past the longest string V8 makes) is not printed: cut as console would cut it, it could show a start of a secret', () => {
+    const key = randomSecret('cc');
+    logScrubber.add([key]);
+    const printed: unknown[][] = [];
+    const target = { log: (...args: unknown[]) => printed.push(args) } as unknown as Console;
+    for (const name of ['info', 'warn', 'error', 'debug', 'trace'] as const) (target as unknown as Record<string, unknown>)[name] = () => {};
+    scrubConsole(target);
+    // Ten references to one 60-million-character string: 600 million characters whole, past V8's limit.
+    const long = `${'x'.repeat(9_990)}${key}${'y'.repeat(60_000_000)}`;
+    target.log({ parts: Array.from({ length: 10 }, () => long) });
+    expect(printed).toHaveLength(1);
+    const text = format(...printed[0]!);
+    expect(text).not.toContain(key.slice(0, 10));
+    expect(text).toContain('too long to check for secrets');
+  });
 });
