@@ -4,6 +4,17 @@ import { scrubConsole } from '../../../lib/core/log/console';
 import { logScrubber } from '../../../lib/core/log/logger';
 import { randomSecret } from '../../fixtures/secrets';
 
+/** A console whose `log` keeps what it is given, scrubbed by scrubConsole, and a secret the scrubber knows. */
+function scrubbedLog(): { key: string; printed: unknown[][]; target: Console } {
+  const key = randomSecret('cc');
+  logScrubber.add([key]);
+  const printed: unknown[][] = [];
+  const target = { log: (...args: unknown[]) => printed.push(args) } as unknown as Console;
+  for (const name of ['info', 'warn', 'error', 'debug', 'trace'] as const) (target as unknown as Record<string, unknown>)[name] = () => {};
+  scrubConsole(target);
+  return { key, printed, target };
+}
+
 describe('console output passes the log scrubber (scrubConsole)', () => {
   it("scrubs every form of a secret Keyward holds from what others print, and leaves other lines' arguments as given", () => {
     const key = randomSecret('console-key');
@@ -30,12 +41,7 @@ describe('console output passes the log scrubber (scrubConsole)', () => {
   });
 
   it('a secret where console would cut a long string or array short: its start is not printed either', () => {
-    const key = randomSecret('cc');
-    logScrubber.add([key]);
-    const printed: unknown[][] = [];
-    const target = { log: (...args: unknown[]) => printed.push(args) } as unknown as Console;
-    for (const name of ['info', 'warn', 'error', 'debug', 'trace'] as const) (target as unknown as Record<string, unknown>)[name] = () => {};
-    scrubConsole(target);
+    const { key, printed, target } = scrubbedLog();
     // util.inspect shows 10,000 characters of a string and 100 items of an array, then "… more".
     for (const at of [9_962, 9_990, 9_999]) target.log({ upstreamBody: 'x'.repeat(at) + key });
     target.log({ items: [...Array.from({ length: 100 }, (_, i) => i), key] });
@@ -48,12 +54,7 @@ describe('console output passes the log scrubber (scrubConsole)', () => {
   });
 
   it('a line too long to check whole (past the longest string V8 makes) is not printed: cut as console would cut it, it could show a start of a secret', () => {
-    const key = randomSecret('cc');
-    logScrubber.add([key]);
-    const printed: unknown[][] = [];
-    const target = { log: (...args: unknown[]) => printed.push(args) } as unknown as Console;
-    for (const name of ['info', 'warn', 'error', 'debug', 'trace'] as const) (target as unknown as Record<string, unknown>)[name] = () => {};
-    scrubConsole(target);
+    const { key, printed, target } = scrubbedLog();
     // Ten references to one 60-million-character string: 600 million characters whole, past V8's limit.
     const long = `${'x'.repeat(9_990)}${key}${'y'.repeat(60_000_000)}`;
     target.log({ parts: Array.from({ length: 10 }, () => long) });
