@@ -212,9 +212,9 @@ export function handleMobileToken(request: Request, runtime: Runtime): Promise<R
   return apiHandler(runtime, async () => {
     if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
     try {
-      const { tokens, bound } = await token(request, runtime);
+      const tokens = await token(request, runtime);
       // RFC 9449 §8.2: the next nonce comes with each answer to a DPoP client, saving it a refusal next time.
-      return tokenResponse(tokens, bound ? runtime.dpop.nonces.current() : null);
+      return tokenResponse(tokens, tokens.token_type === 'DPoP' ? runtime.dpop.nonces.current() : null);
     } catch (error) {
       const oauthError = toOAuthError(error);
       return oauthErrorResponse(oauthError, logFailure(oauthError, runtime));
@@ -222,7 +222,7 @@ export function handleMobileToken(request: Request, runtime: Runtime): Promise<R
   });
 }
 
-async function token(request: Request, runtime: Runtime): Promise<{ tokens: TokenResponse; bound: boolean }> {
+async function token(request: Request, runtime: Runtime): Promise<TokenResponse> {
   checkOAuthPost(request, 'token');
   const params = await readTokenParams(request, TOKEN_PARAMETERS);
   if (params.has('client_secret') || params.has('client_assertion')) {
@@ -237,23 +237,16 @@ async function token(request: Request, runtime: Runtime): Promise<{ tokens: Toke
   switch (params.get('grant_type')) {
     case undefined:
       throw new OAuthError('invalid_request', 'grant_type is required.');
-    case 'authorization_code': {
-      const exchange = {
+    case 'authorization_code':
+      return runtime.mobile.exchangeCode({
         code: required('code'),
         verifier: required('code_verifier'),
         redirectUri: required('redirect_uri'),
         clientId,
-      };
-      // A code this server does not hold is refused (by exchangeCode, which also revokes what a spent one made)
-      // before any proof is looked at: recording a proof's jti is a store write, not for anyone to make at will.
-      const jkt = (await runtime.mobile.holds('code', exchange.code)) ? await dpopKey(request, runtime) : null;
-      return { tokens: await runtime.mobile.exchangeCode({ ...exchange, jkt }), bound: jkt !== null };
-    }
-    case 'refresh_token': {
-      const refreshToken = required('refresh_token');
-      const jkt = (await runtime.mobile.holds('refresh', refreshToken)) ? await dpopKey(request, runtime) : null;
-      return { tokens: await runtime.mobile.refresh(refreshToken, clientId, jkt), bound: jkt !== null };
-    }
+        proofKey: () => dpopKey(request, runtime),
+      });
+    case 'refresh_token':
+      return runtime.mobile.refresh(required('refresh_token'), clientId, () => dpopKey(request, runtime));
     default:
       throw new OAuthError('unsupported_grant_type', 'grant_type must be authorization_code or refresh_token.');
   }
@@ -288,8 +281,8 @@ export function handleMobileRevoke(request: Request, runtime: Runtime): Promise<
 
 /**
  * RFC 9449 §5: the thumbprint of the key of the request's DPoP proof, which the tokens are then bound to; null
- * without a proof (KEYWARD_MOBILE_DPOP=optional). Checked once the code or refresh token is known to be held, and
- * before the grant, so a refused proof spends neither. The proof must carry a nonce this server handed out (§8): without one (or
+ * without a proof (KEYWARD_MOBILE_DPOP=optional). Checked by the grant once its code or refresh token is known to
+ * be held (MobileTokens' ProofKey), before it is spent, so a refused proof spends neither. The proof must carry a nonce this server handed out (§8): without one (or
  * with an old one) the answer is `use_dpop_nonce` with a fresh nonce in `DPoP-Nonce`, and the client signs again.
  */
 async function dpopKey(request: Request, runtime: Runtime): Promise<string | null> {

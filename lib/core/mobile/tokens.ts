@@ -74,9 +74,15 @@ export interface CodeExchange {
   readonly verifier: string;
   readonly redirectUri: string;
   readonly clientId: string | null;
-  /** The thumbprint of the key of the DPoP proof sent with the request: the tokens are bound to it. */
-  readonly jkt?: string | null;
+  /** The DPoP proof sent with the request, checked (its key's thumbprint: the tokens are bound to it): `ProofKey`. */
+  readonly proofKey?: ProofKey;
 }
+
+/**
+ * Checks the request's DPoP proof and gives its key's thumbprint (null without one). Called once the code or
+ * refresh token is known to be held: recording a proof's jti is a store write, not for anyone to cause at will.
+ */
+export type ProofKey = () => Promise<string | null>;
 
 export interface TokenResponse {
   access_token: string;
@@ -170,23 +176,17 @@ export class MobileTokens {
     return callbackLocation(request, { code }, issuer);
   }
 
-  /**
-   * Whether this server holds the code or refresh token (one read; not whether it is still good: a spent refresh
-   * token is held for its family's life, to catch its reuse). The token endpoint asks before it checks a proof.
-   */
-  async holds(kind: 'code' | 'refresh', value: string): Promise<boolean> {
-    const key = kind === 'code' ? `mcode:${hash(value)}` : `mrt:${hash(value)}`;
-    return (await guard(() => this.store.get(key))) !== null;
-  }
-
   async exchangeCode(exchange: CodeExchange): Promise<TokenResponse> {
-    const key = `mcode:${hash(exchange.code)}`;
-    const spentKey = `mcode-spent:${hash(exchange.code)}`;
+    const codeHash = hash(exchange.code);
+    const key = `mcode:${codeHash}`;
+    const spentKey = `mcode-spent:${codeHash}`;
     const raw = await guard(() => this.store.get(key));
     if (!raw) {
       await this.codeUsedAgain(spentKey);
       throw new KeywardError('invalid_grant');
     }
+    // Before the code is spent: a refused proof leaves it usable.
+    const jkt = (await exchange.proofKey?.()) ?? null;
     const record = JSON.parse(raw) as CodeRecord;
     // Before the code is spent: a sign-in refused for the bound can be retried with the same code.
     await capPerWindow(this.store, `mfam:started:${record.sub}`, {
@@ -219,7 +219,7 @@ export class MobileTokens {
       throw new KeywardError('invalid_grant', { message: NO_SUCH_USER });
     }
     const startedAt = this.now();
-    const tokens = await this.issue(grant, family, exchange.clientId, exchange.jkt ?? null, startedAt);
+    const tokens = await this.issue(grant, family, exchange.clientId, jkt, startedAt);
     // A new family is a new sign-in of the app (a refresh continues one): listed once, by its id's hash.
     await this.sessionIndex?.record(grant.sub, {
       sessionId: family,
@@ -237,14 +237,15 @@ export class MobileTokens {
   /**
    * The refresh_token grant. `clientId`, when the request names one, must be the one the tokens were issued
    * to; a mismatch is refused before the token is spent (a confused client must not lose its sign-in).
-   * `jkt` is the key of the DPoP proof sent with the request: a bound family needs a proof with its own key
-   * (RFC 9449 §5), refused before the token is spent too (whoever copied the token cannot burn it); an
+   * `proofKey` checks the DPoP proof sent with the request (ProofKey): a bound family needs a proof with its own
+   * key (RFC 9449 §5), refused before the token is spent too (whoever copied the token cannot burn it); an
    * unbound family refreshed with a proof is bound from then on.
    */
-  async refresh(refreshToken: string, clientId: string | null = null, jkt: string | null = null): Promise<TokenResponse> {
+  async refresh(refreshToken: string, clientId: string | null = null, proofKey?: ProofKey): Promise<TokenResponse> {
     const tokenHash = hash(refreshToken);
     const raw = await guard(() => this.store.get(`mrt:${tokenHash}`));
     if (!raw) throw new KeywardError('invalid_grant');
+    const jkt = (await proofKey?.()) ?? null;
     const record = JSON.parse(raw) as RefreshRecord;
     const familySession = { sessionId: record.family, userId: record.sub, authTime: record.authTime };
     if (await this.revocations.isRevoked(familySession)) throw new KeywardError('invalid_grant');
