@@ -143,9 +143,9 @@ export class MobileTokens {
     return this.settings.redirectUris.length > 0;
   }
 
-  /** Whether `uri` is one of KEYWARD_MOBILE_REDIRECT_URIS (exact string match, RFC 8252 §8.4 / RFC 9700 §4.1.3). */
   /**
-   * Whether `uri` is a registered redirect URI: compared exactly as text, except that a loopback IP URI
+   * Whether `uri` is one of KEYWARD_MOBILE_REDIRECT_URIS: compared exactly as text (RFC 8252 §8.4 / RFC 9700
+   * §4.1.3), except that a loopback IP URI
    * (`http://127.0.0.1` or `http://[::1]`) matches with any port, as RFC 8252 §7.3 asks (a desktop app listens on
    * whatever port is free when it signs in). `localhost` is compared exactly (§8.3: not recommended).
    */
