@@ -33,7 +33,7 @@ import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
 import { assertNoPublicSecrets, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
-import { buildRegistry, MIN_SECRET_LENGTH, type Env, type Upstream } from './upstream/registry';
+import { buildRegistry, MIN_SECRET_LENGTH, usernameSecrets, type Env, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
 import { guard } from './store/guard';
@@ -431,8 +431,8 @@ function serviceSecrets(upstream: Upstream): string[] {
   if (plan.source === 'static') return plan.envVersions.flatMap((version) => version.credential.secrets);
   if (plan.source === 'claim') return [...plan.byValue.values()].flatMap((credential) => credential.secrets);
   // A user's own key or token is scrubbed per call; a `basic` username from the environment is the same for
-  // every user, and held like a key when it is long enough to be one (credentialFor lists it so per call too).
-  return plan.username !== undefined && plan.username.length >= MIN_SECRET_LENGTH ? [plan.username] : [];
+  // every user (credentialFor lists it per call too).
+  return usernameSecrets(plan.username);
 }
 
 /**

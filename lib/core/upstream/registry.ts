@@ -195,6 +195,14 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
 /** The shortest secret read from the environment (`auth.secret`, key versions); a basic username may be shorter. */
 export const MIN_SECRET_LENGTH = 8;
 
+/**
+ * A `basic` username read from the environment, as a secret to scrub (an account id some APIs want kept): none when
+ * it is too short to be one, since the forms of `abc` (hex `616263`, base64 `YWJj`) are ordinary text.
+ */
+export function usernameSecrets(username: string | undefined): string[] {
+  return username !== undefined && username.length >= MIN_SECRET_LENGTH ? [username] : [];
+}
+
 function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env, minLength = MIN_SECRET_LENGTH): string {
   const where = `upstreams.${upstreamId}.${field}`;
   const value = env[ref.env];
@@ -273,10 +281,7 @@ export function credentialFor(auth: AuthConfig, secret: string, fingerprints: Ke
       // Never `undefined:<secret>`: every caller passes the username read at start-up (planCredential).
       if (username === undefined) throw new TypeError('basic auth: the username read from the environment was not passed');
       const encoded = Buffer.from(`${username}:${secret}`, 'utf8').toString('base64');
-      // One from the environment is listed as a secret too (an account id some APIs want kept), unless it is too
-      // short to be one: the forms of `abc` (hex `616263`, base64 `YWJj`) are ordinary text the scrubbers would cut.
-      const listed = typeof auth.username !== 'string' && username.length >= MIN_SECRET_LENGTH;
-      const secrets = listed ? [secret, username, encoded] : [secret, encoded];
+      const secrets = [secret, ...(typeof auth.username === 'string' ? [] : usernameSecrets(username)), encoded];
       return { type: 'basic', headerName: 'authorization', headerValue: `Basic ${encoded}`, secrets, fingerprint: print };
     }
     case 'query':
