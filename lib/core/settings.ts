@@ -11,6 +11,21 @@ const secret = z
     message: 'has surrounding whitespace or control characters',
   });
 
+/**
+ * Whether a Redis URL's user name and password decode: ioredis decodes them itself and throws a bare
+ * "URI malformed" at start-up on a stray `%`, and the log scrubber could not learn such a password.
+ */
+function hasDecodableUserInfo(value: string): boolean {
+  try {
+    const url = new URL(value);
+    decodeURIComponent(url.username);
+    decodeURIComponent(url.password);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const origin = z.string().refine(
   (value) => {
     try {
@@ -75,6 +90,7 @@ const settingsSchema = z.object({
   REDIS_URL: z
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+    .refine(hasDecodableUserInfo, 'malformed percent-encoding in the user name or password (write % as %25)')
     .optional(),
   /** Prefix of every Redis key Keyward writes, so several apps (or test runs) can share one Redis. */
   KEYWARD_REDIS_PREFIX: z

@@ -101,6 +101,25 @@ describe('readSettings: session secrets', () => {
     expect(message).toContain('REDIS_URL');
     expectNotEchoed(message, password);
   });
+
+  // ioredis decodes the user-info itself and throws a bare "URI malformed" at start-up on a bad escape (a query
+  // `?password=` it decodes leniently, as the log scrubber does); refused up front, naming the field only.
+  it.each([
+    ['the password', (pw: string) => `redis://default:${pw}%ZZ@cache.internal:6379`],
+    ['the username', (pw: string) => `redis://us%er:${pw}@cache.internal:6379`],
+  ])('refuses a REDIS_URL with malformed percent-encoding in %s, without echoing it', (_, url) => {
+    const password = randomSecret('redis');
+    const message = settingsError({ ...testSessionSecrets(), REDIS_URL: url(password) });
+    expect(message).toContain('REDIS_URL');
+    expect(message).toContain('percent-encoding');
+    expectNotEchoed(message, password);
+  });
+
+  it('accepts a REDIS_URL whose password is percent-encoded correctly', () => {
+    const password = `${randomSecret('redis')}/%@:`;
+    const settings = readSettings({ ...testSessionSecrets(), REDIS_URL: `redis://default:${encodeURIComponent(password)}@cache.internal:6379` });
+    expect(new URL(settings.REDIS_URL!).password).toBe(encodeURIComponent(password));
+  });
 });
 
 describe('readSettings: OIDC', () => {
