@@ -955,9 +955,16 @@ describe('POST /api/session/token: refresh_token', () => {
         expect(result.status, `day ${day}`).toBe(200);
         tokens = result.json<Tokens>();
       }
+      // Refreshed 10 s before the end: the access token lives those 10 s, not its full ACCESS_TTL past the end.
+      clock = started + 30 * DAY - 10_000;
+      const last = await refresh(tokens.refresh_token);
+      expect(last.status).toBe(200);
+      expect(last.json<Tokens>().expires_in).toBe(10);
+      expect((await proxy(last.json<Tokens>().access_token)).result.status).toBe(200);
       // The token from day 29 would have lived to day 59; the family ends at day 30, and the app signs in again.
       clock = started + 30 * DAY + 1_000;
       expect(expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant')).toContain('sign in again');
+      expectError((await proxy(last.json<Tokens>().access_token)).result, 401, 'unauthenticated');
     } finally {
       clock = started;
     }

@@ -433,6 +433,9 @@ export class MobileTokens {
     refreshToken = opaque('kwr'),
   ): Promise<TokenResponse> {
     const now = this.now();
+    // Never past the family's end (the caller checked it is ahead): "sign out everywhere" marks are kept as long
+    // as a family lives, so an access token that outlived its family could outlive the mark that ends it.
+    const lifetime = Math.max(1, Math.min(this.settings.accessTtlSeconds, Math.floor((this.familyEnd(startedAt) - now) / 1000)));
     const claims: BearerClaims = {
       typ: 'keyward.session',
       sub: grant.sub,
@@ -443,12 +446,12 @@ export class MobileTokens {
       claims: grant.claims,
       ...(grant.pwv ? { pwv: grant.pwv } : {}),
       client_id: clientId,
-      exp: Math.floor(now / 1000) + this.settings.accessTtlSeconds,
+      exp: Math.floor(now / 1000) + lifetime,
       ...(jkt === null ? {} : { cnf: { jkt } }),
     };
     const accessToken = await sealData(claims, {
       password: { 1: this.settings.sessionSecret },
-      ttl: this.settings.accessTtlSeconds,
+      ttl: lifetime,
     });
     if (accessToken.length > MAX_ACCESS_TOKEN_LENGTH) {
       // Nothing would accept it (Authorization header, revocation): refused rather than handed out broken.
@@ -466,7 +469,7 @@ export class MobileTokens {
     return {
       access_token: accessToken,
       token_type: jkt === null ? 'Bearer' : 'DPoP',
-      expires_in: this.settings.accessTtlSeconds,
+      expires_in: lifetime,
       refresh_token: refreshToken,
     };
   }
