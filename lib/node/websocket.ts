@@ -333,10 +333,9 @@ function pipeSockets(
   // Every message from the upstream, text or binary, is scrubbed whole: each form of the credential → [REDACTED].
   forward(upstream, client, (frame) => ({ data: scrub(frame.data, secrets, scrubbed), binary: frame.binary }));
 
-  // A close from one side is passed on to the other with its code (its reason scrubbed); 1009 (message too big)
-  // is ws enforcing maxPayload.
+  // A close from one side is passed on to the other with its code (its reason scrubbed). A 1009 here is the
+  // peer's own limit (Keyward's maxPayload is reported as an error first, below), passed on like any close.
   const onClose = (from: WebSocket) => (code: number, reason: Buffer) => {
-    if (code === 1009) return end({ code: 1009, reason: 'message too big' }, 'aborted', 'payload_too_large');
     const passed = {
       code: SENDABLE(code) ? code : code === 1005 ? 1000 : 1011,
       reason: from === upstream ? closeReason(reason, secrets, scrubbed) : closeReason(reason, [], scrubbed),

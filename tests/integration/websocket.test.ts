@@ -82,6 +82,8 @@ beforeAll(async () => {
       else if (text === 'key-binary') socket.send(Buffer.from(`bin:${wsKey}`), { binary: true });
       else if (text === 'big') socket.send('x'.repeat(4096));
       else if (text === 'close-with-key') socket.close(4000, `bye ${wsKey}`);
+      // The upstream's own size limit (a message it will not take): its 1009 and reason pass on as they are.
+      else if (text === 'too-big-for-upstream') socket.close(1009, 'over the upstream limit');
       // A close reason holds 123 bytes: a long key echoed in one is cut short, as a server must cut it.
       else if (text === 'close-with-cut-key') socket.close(4000, `bad key ${wsKey.slice(0, 24)}`);
       else socket.send(data, { binary });
@@ -213,6 +215,21 @@ function closed(socket: WebSocket): Promise<{ code: number; reason: string }> {
   return new Promise((resolve) =>
     socket.once('close', (code, reason) => resolve({ code, reason: reason.toString('utf8') })),
   );
+}
+
+/** The audit record of `userId`'s socket on `rt` (written by the batch writer once the socket closed). */
+async function auditRecord(userId: string): Promise<Record<string, unknown> | undefined> {
+  const adminCookie = await cookieFor(admin.sub, admin.roles);
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const audit = await fetch(`${lane.url}/api/admin/audit?type=call&upstream=rt&limit=200`, {
+      headers: { cookie: adminCookie, 'x-keyward-csrf': '1' },
+    });
+    const { records } = (await audit.json()) as { records: Array<Record<string, unknown>> };
+    const record = records.find((entry) => entry.userId === userId && entry.status === 101);
+    if (record) return record;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return undefined;
 }
 
 async function cookieFor(sub: string, roles = ['user']): Promise<string> {
@@ -445,6 +462,17 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect((await upstreamEnd).code).toBe(1009);
   });
 
+  it("an upstream's own 1009 (its limit, not Keyward's) reaches the client with its reason, recorded as the upstream's close", async () => {
+    const cookie = await cookieFor('oidc:upstream-limit');
+    const socket = opened(await open('/api/proxy/rt/realtime', { cookie, ...sameOrigin() }));
+    const end = closed(socket);
+    socket.send('too-big-for-upstream');
+    expect(await end).toEqual({ code: 1009, reason: 'over the upstream limit' });
+    const record = await auditRecord('oidc:upstream-limit');
+    // Keyward refused nothing: not `payload_too_large`, which says Keyward's maxMessageBytes closed it.
+    expect(record).toMatchObject({ status: 101, outcome: 'error', errorCode: null });
+  });
+
   it('a socket idle for idleTimeoutMs is closed (4408)', async () => {
     const socket = opened(
       await open('/api/proxy/rt/quiet', { cookie: await cookieFor('oidc:idle'), ...sameOrigin() }),
@@ -591,16 +619,7 @@ describe('WebSocket upgrades through the fast lane', () => {
   });
 
   it('writes one audit record when the socket closes, with bytes each way', async () => {
-    const adminCookie = await cookieFor(admin.sub, admin.roles);
-    let record: Record<string, unknown> | undefined;
-    for (let attempt = 0; attempt < 50 && !record; attempt++) {
-      const audit = await fetch(`${lane.url}/api/admin/audit?type=call&upstream=rt&limit=200`, {
-        headers: { cookie: adminCookie, 'x-keyward-csrf': '1' },
-      });
-      const { records } = (await audit.json()) as { records: Array<Record<string, unknown>> };
-      record = records.find((entry) => entry.userId === 'oidc:carol' && entry.status === 101);
-      if (!record) await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    const record = await auditRecord('oidc:carol');
     expect(record).toMatchObject({
       route: '/realtime',
       method: 'GET',
