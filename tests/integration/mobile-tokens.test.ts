@@ -368,6 +368,30 @@ describe('GET /api/session/mobile/authorize', () => {
     expect(location).not.toContain('code=kwc_');
   });
 
+  it('parameters the endpoint ignores are not carried through the sign-in (a padded link stays under header limits)', async () => {
+    const query = authorizeQuery();
+    const padded = new URLSearchParams(query);
+    padded.set('utm_source', 'x'.repeat(12_000));
+    padded.set('prompt', 'login');
+    const result = await authorize(padded.toString(), { cookie: null });
+    expect(result.status).toBe(302);
+    const location = result.headers.get('location')!;
+    expect(new URL(location, APP_ORIGIN).searchParams.get('callbackUrl')).toBe(`/api/session/mobile/authorize?${query}`);
+    expect(location.length).toBeLessThan(2048);
+    // Back from an identity provider (cross-site) at that shorter URL: the browser's resume cookie still matches.
+    const resume = result.headers.get('set-cookie')!.split(';')[0]!;
+    const back = await read(
+      await handleMobileAuthorize(
+        new Request(`${APP_ORIGIN}/api/session/mobile/authorize?${query}`, {
+          headers: { cookie: resume, 'sec-fetch-site': 'cross-site' },
+        }),
+        runtime,
+      ),
+    );
+    expect(back.status).toBe(200);
+    expect(back.body).toContain('/api/session/mobile/authorize?');
+  });
+
   it('a bearer (app) session cannot authorize itself: sent to the browser sign-in, no code', async () => {
     const tokens = await signInApp();
     const result = await authorize(authorizeQuery(), { cookie: null, authorization: `Bearer ${tokens.access_token}` });

@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { DpopError, requestHtu } from '../dpop/proof';
 import { KeywardError } from '../errors';
 import {
-  PARAMETERS as AUTHORIZE_PARAMETERS,
+  authorizeParams,
   readAuthorizeClient,
   readAuthorizeRequest,
   callbackLocation,
@@ -61,7 +61,7 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
       );
     }
     const consent = request.method === 'POST' ? await readConsent(request, runtime) : null;
-    const query = consent?.params ?? new URL(request.url).searchParams;
+    const query = authorizeParams(consent?.params ?? new URL(request.url).searchParams);
     client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
     const wanted = readAuthorizeRequest(query, client);
     const session = await runtime.verifySession(request);
@@ -103,7 +103,7 @@ function resumeValue(query: URLSearchParams): string {
 function resumes(request: Request): boolean {
   const cookie = readCookie(request, RESUME_COOKIE);
   if (cookie === null) return false;
-  const expected = Buffer.from(resumeValue(new URL(request.url).searchParams));
+  const expected = Buffer.from(resumeValue(authorizeParams(new URL(request.url).searchParams)));
   const given = Buffer.from(cookie);
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
@@ -189,8 +189,9 @@ export function describeConsent(query: URLSearchParams, runtime: Runtime, user: 
   try {
     const client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
     readAuthorizeRequest(query, client);
-    const fields = [...query].filter(([name]) => (AUTHORIZE_PARAMETERS as readonly string[]).includes(name));
-    if (user === null) return { state: 'signed-out', authorizeUrl: `${AUTHORIZE_PATH}?${new URLSearchParams(fields)}` };
+    const carried = authorizeParams(query);
+    if (user === null) return { state: 'signed-out', authorizeUrl: `${AUTHORIZE_PATH}?${carried}` };
+    const fields = [...carried];
     const scheme = new URL(client.redirectUri).protocol.slice(0, -1);
     const app = scheme === 'http' || scheme === 'https' ? 'A program on this device' : scheme;
     return { state: 'ask', app, redirectUri: client.redirectUri, user, fields };

@@ -42,6 +42,15 @@ export const PARAMETERS = [
 type Parameter = (typeof PARAMETERS)[number];
 
 /**
+ * The request's PARAMETERS and nothing else, in the order sent: what is carried through the sign-in and the
+ * consent page. Others are ignored (RFC 6749 §3.1), so they are not carried either: a link padded with them
+ * would pass Node's 16 KiB header limit once encoded into the sign-in's `callbackUrl`.
+ */
+export function authorizeParams(query: URLSearchParams): URLSearchParams {
+  return new URLSearchParams([...query].filter(([name]) => (PARAMETERS as readonly string[]).includes(name)));
+}
+
+/**
  * Step 1: the redirect URI and the client. Any problem here is answered to the browser, never redirected:
  * redirecting to an unregistered URI would hand the code (or the user) to whoever named it.
  */
