@@ -64,7 +64,21 @@ function colonAllowedAt(route: CompiledRoute, index: number): boolean {
   return part.colons || part.prefix.includes(':') || part.suffix.includes(':');
 }
 
-/** `foldCase`: literal segments compared without regard to letter case (ASCII: path segments are ASCII here). */
+/**
+ * `segment` with the literal text around a parameter (`hr-{repo}`, `{year}-Q4.json`) written as the template
+ * writes it, when it differs only in letter case there; else `segment` as it is. The value keeps its own case.
+ */
+function withTemplateCase({ prefix, suffix }: { readonly prefix: string; readonly suffix: string }, segment: string): string {
+  if (segment.length <= prefix.length + suffix.length) return segment;
+  const value = segment.slice(prefix.length, segment.length - suffix.length);
+  const folded = `${prefix}${value}${suffix}`;
+  return folded.toLowerCase() === segment.toLowerCase() ? folded : segment;
+}
+
+/**
+ * `foldCase`: literal text, whole segments and the text around a parameter, compared without regard to letter
+ * case (ASCII: path segments are ASCII here).
+ */
 function matchSegments(route: CompiledRoute, segments: readonly string[], foldCase = false): Record<string, string> | null {
   const template = route.segments;
   const last = template[template.length - 1];
@@ -78,7 +92,7 @@ function matchSegments(route: CompiledRoute, segments: readonly string[], foldCa
     if (typeof part === 'string') {
       if (part !== segment && !(foldCase && part.toLowerCase() === segment.toLowerCase())) return null;
     } else if ('param' in part) {
-      const value = captureParam(part, segment);
+      const value = captureParam(part, foldCase ? withTemplateCase(part, segment) : segment);
       if (value === null) return null;
       params[part.param] = value;
     } else {

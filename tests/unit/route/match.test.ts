@@ -73,6 +73,33 @@ describe('matchRoute', () => {
     expect(matchRoute(github, 'GET', ['repos', 'acme', 'hr-private', 'issues']).route.roles).not.toBeNull();
   });
 
+  it('the same for a narrower route whose segment has text around a parameter (`hr-{repo}`, `{id}.json`)', () => {
+    const { upstream: github } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/repos/:owner/:repo/issues' },
+        { method: 'GET', path: '/repos/acme/hr-{repo}/issues', roles: ['hr'] },
+        { method: 'GET', path: '/reports/:name' },
+        { method: 'GET', path: '/reports/{year}-Q4.json', roles: ['finance'] },
+      ],
+    });
+    for (const path of [
+      ['repos', 'acme', 'HR-payroll', 'issues'],
+      ['repos', 'ACME', 'Hr-payroll', 'issues'],
+      ['reports', '2026-q4.JSON'],
+    ]) {
+      const error = expectKeywardError(thrown(() => matchRoute(github, 'GET', path)), 'bad_path');
+      expect(error.message).toContain('letter case');
+    }
+    // The value's own case is the caller's: as declared around it, the narrow route serves it as sent.
+    const hr = matchRoute(github, 'GET', ['repos', 'acme', 'hr-PayRoll', 'issues']);
+    expect([...hr.route.roles!]).toEqual(['hr']);
+    expect(hr.params.repo).toBe('PayRoll');
+    expect([...matchRoute(github, 'GET', ['reports', '2026-Q4.json']).route.roles!]).toEqual(['finance']);
+    // Segments the narrow template cannot take in any case still go to the broad route.
+    expect(matchRoute(github, 'GET', ['repos', 'acme', 'web', 'issues']).route.roles).toBeNull();
+    expect(matchRoute(github, 'GET', ['reports', '2026-q3.json']).route.roles).toBeNull();
+  });
+
   it('binds :param segments into a prototype-less params object', () => {
     const { route, params } = matchRoute(upstream, 'PUT', ['items', '42', 'tags', 'red']);
     expect(route.template).toBe('/items/:id/tags/:tag');
