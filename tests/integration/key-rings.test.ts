@@ -719,6 +719,26 @@ describe('rollback', () => {
     expect(await labelOf(a, r.server)).toBe('c');
     expect((await rotations(a)).find((x) => x.id === toC.id)!.state).toBe('switched');
   });
+
+  it('a rotation that a later switch superseded is not rolled back (400, naming the later one); newest first, each is', async () => {
+    const { r: own, a: runtime } = await rotatedToManaged();
+    const third = newKey(own.server, 'third');
+    own.server.accept('old', 'new', 'third');
+    const first = (await rotations(runtime))[0]!;
+    const second = await runtime.keyRings.rotate('svc', third, { actor: 'x' });
+    expect(second.state).toBe('switched');
+    // Rolling the first back would put the oldest key to work over the newest, and leave the second "switched".
+    const refused = await failure(runtime.keyRings.rollback(first.id));
+    expect(refused).toMatchObject({ code: 'bad_request', status: 400 });
+    expect(refused.message).toContain(second.id);
+    expect(await labelOf(runtime, own.server)).toBe('third');
+    expect((await rotations(runtime)).find((x) => x.id === first.id)!.state).toBe('switched');
+    // Newest first: back to the second key, then to the first.
+    expect((await runtime.keyRings.rollback(second.id)).state).toBe('rolled_back');
+    expect(await labelOf(runtime, own.server)).toBe('new');
+    expect((await runtime.keyRings.rollback(first.id)).state).toBe('rolled_back');
+    expect(await labelOf(runtime, own.server)).toBe('old');
+  });
 });
 
 // ---------------------------------------------------------------------------------------------------------

@@ -336,6 +336,14 @@ export class KeyRings {
         const rotation = record.rotations.find((r) => r.id === rotationId)!;
         if (rotation.state === 'rolled_back') return rotation;
         if (rotation.state !== 'switched') throw new KeywardError('bad_request', { message: 'Only a rotation that switched traffic can be rolled back.' });
+        // A later switch replaced what this one put to work: undoing this one would put its old key over the
+        // newest and leave the later one "switched" with its key demoted. Newest first.
+        const later = record.rotations.slice(record.rotations.indexOf(rotation) + 1).findLast((r) => r.state === 'switched');
+        if (later) {
+          throw new KeywardError('bad_request', {
+            message: `Rotation ${later.id} switched traffic after this one: roll that one back first.`,
+          });
+        }
         const versions = this.view(envVersions, record, verifiers);
         // `from` holds the fingerprints of then: after a rotation of KEYWARD_SESSION_SECRET a version is found
         // by its stored entry (a managed version's id names its value; an env entry's verifier names it).
