@@ -317,7 +317,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     credentials: { userKeys, oauthTokens, keyRings, connections },
     verifySession: createSessionVerifier(
       { authSecret: settings.AUTH_SECRET, sessionSecret: settings.KEYWARD_SESSION_SECRET },
-      { revocations, now, dpop: { proofs: dpop.proofs, publicOrigin: (request) => allowedOrigins.publicOrigin(request) }, localUsers: users },
+      {
+        revocations,
+        now,
+        dpop: { proofs: dpop.proofs, publicOrigin: (request) => allowedOrigins.publicOrigin(request) },
+        localUsers: users,
+        maxSessionAgeMs: settings.KEYWARD_SESSION_MAX_AGE * 1000,
+      },
     ),
     allowedOrigins,
     dispatcher,

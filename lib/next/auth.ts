@@ -188,21 +188,29 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
         // Every later read (including /api/auth/session) checks server-side revocation, and a local user's
         // entry in the users file: a revoked session, or a user removed from the file, is ended here too, and a
         // changed role or name is written into the cookie, so the browser's view matches what the proxy enforces.
+        // A renewal never takes a session past KEYWARD_SESSION_MAX_AGE from its sign-in (Auth.js would slide it).
         if (typeof token.sid === 'string' && typeof token.sub === 'string') {
           const session = sessionFromClaims({ ...token, exp: Number.MAX_SAFE_INTEGER }, 'cookie');
+          if (session && session.authTime > 0 && session.authTime + settings.KEYWARD_SESSION_MAX_AGE * 1000 <= Date.now()) return null;
           if (session && (await runtime.revocations.isRevoked(session).catch(storeFailed))) return null;
+          // A cookie from before sign-in times were kept (not revoked, as checked above: one without a time counts
+          // as the oldest) gets one now, so that its lifetime ends too.
+          const renewed = session && session.authTime <= 0 ? { ...token, ...authTimeClaims(Date.now()) } : token;
           if (session && users) {
             const current = currentLocalUser(session, users);
             if (!current) return null;
-            if (current !== session) return { ...token, name: current.name, roles: [...current.roles], claims: { ...current.claims } };
+            if (current !== session) return { ...renewed, name: current.name, roles: [...current.roles], claims: { ...current.claims } };
           }
+          return renewed;
         }
         return token;
       },
       // What /api/auth/session returns to the browser: a name, roles and expiry, never a token.
       async session({ session, token }) {
+        const end = typeof token.auth_ms === 'number' ? token.auth_ms + settings.KEYWARD_SESSION_MAX_AGE * 1000 : Infinity;
         return {
-          expires: session.expires,
+          // When the session ends: Auth.js's renewed expiry, or the sign-in's lifetime if that comes first.
+          expires: new Date(Math.min(new Date(session.expires as unknown as string).getTime(), end)).toISOString(),
           user: { name: typeof token.name === 'string' ? token.name : null },
           roles: Array.isArray(token.roles) ? token.roles : [],
         } as unknown as typeof session;

@@ -118,3 +118,44 @@ describe('a copy of the cookie renewed before the sign-out', () => {
     }
   });
 });
+
+describe('KEYWARD_SESSION_MAX_AGE is a lifetime from the sign-in, not an idle timeout', () => {
+  it('a cookie renewed as often as one likes ends MAX_AGE after its sign-in, and is not renewed past it', async () => {
+    at(1_000);
+    const signedIn = t0 + 1_000 * MINUTE;
+    let cookie = await sessionCookie(secrets.AUTH_SECRET, { sub: 'oidc:renewer', sid: randomUUID(), authMs: signedIn }, MAX_AGE_S);
+    // Renewed every 25 minutes (each renewal alone would last MAX_AGE from then): alive until the sign-in's end.
+    for (let minute = 1_025; minute < 1_120; minute += 25) {
+      at(minute);
+      const renewed = await renew(cookie);
+      expect(renewed, `renewal at minute ${minute}`).not.toBeNull();
+      cookie = renewed!;
+      expect(await whoami(cookie)).toBe(200);
+    }
+    // What the browser is told: the session ends with the sign-in's lifetime, not 2 hours after this read.
+    at(1_110);
+    const read = await kw.authGetRoute(new NextRequest(`${ORIGIN}/api/auth/session`, { headers: { cookie } }));
+    expect(((await read.json()) as { expires: string }).expires).toBe(new Date(signedIn + MAX_AGE_S * 1000).toISOString());
+    // Two hours after the sign-in, the last renewal (at minute 1,100, its own `exp` at 1,220) is refused, and
+    // Auth.js's session read clears it instead of renewing it.
+    at(1_120);
+    expect(await whoami(cookie)).toBe(401);
+    expect(await renew(cookie)).toBeNull();
+  });
+
+  it('a cookie without a sign-in time (written before Keyward kept one) gets one at its next renewal, and ends MAX_AGE after that', async () => {
+    at(2_000);
+    const legacy = await sessionCookie(secrets.AUTH_SECRET, { sub: 'oidc:legacy', sid: randomUUID() }, MAX_AGE_S);
+    at(2_030);
+    let cookie = (await renew(legacy))!;
+    expect(cookie).not.toBeNull();
+    for (let minute = 2_060; minute < 2_150; minute += 30) {
+      at(minute);
+      cookie = (await renew(cookie))!;
+      expect(cookie, `renewal at minute ${minute}`).not.toBeNull();
+    }
+    at(2_150);
+    expect(await whoami(cookie)).toBe(401);
+    expect(await renew(cookie)).toBeNull();
+  });
+});

@@ -83,7 +83,14 @@ interface Decoded {
  */
 export function createSessionVerifier(
   secrets: SessionSecrets,
-  options: { revocations?: SessionRevocations; now?: () => number; dpop?: DpopResource; localUsers?: Pick<LocalUsers, 'find'> | null } = {},
+  options: {
+    revocations?: SessionRevocations;
+    now?: () => number;
+    dpop?: DpopResource;
+    localUsers?: Pick<LocalUsers, 'find'> | null;
+    /** KEYWARD_SESSION_MAX_AGE: a browser session ends this long after its sign-in, however often it was renewed. */
+    maxSessionAgeMs?: number;
+  } = {},
 ): SessionVerifier {
   const ironPassword = { 1: secrets.sessionSecret };
   const now = options.now ?? Date.now;
@@ -118,7 +125,7 @@ export function createSessionVerifier(
       const claims = await decode<SessionClaims>({ token: cookieToken, secret: secrets.authSecret, salt: SESSION_COOKIE }).catch(
         () => null,
       );
-      const session = claims ? notExpired(sessionFromClaims(claims, 'cookie'), now) : null;
+      const session = claims ? notExpired(cookieSession(claims, options.maxSessionAgeMs), now) : null;
       return verified.remember(`c:${cookieToken}`, session && { session, jkt: null })?.session ?? null;
     }
     if (authorization !== null) {
@@ -213,6 +220,18 @@ class VerifiedTokens {
     this.entries.set(token, { decoded, until: Math.min(decoded.session.expiresAt, this.now() + VerifiedTokens.MAX_AGE_MS) });
     return decoded;
   }
+}
+
+/**
+ * A cookie's session, ending `maxSessionAgeMs` after its sign-in at the latest. Auth.js renews the cookie's `exp`
+ * on every session read, which alone would let whoever holds a copy keep it alive for good, past the revocation
+ * marks and provider-session links that are kept as long as a session can live. A cookie without a sign-in time
+ * (written before Keyward kept one) ends at its `exp`; its next renewal gives it one (lib/next/auth.ts).
+ */
+export function cookieSession(claims: SessionClaims, maxSessionAgeMs: number | undefined): Session | null {
+  const session = sessionFromClaims(claims, 'cookie');
+  if (!session || maxSessionAgeMs === undefined || session.authTime <= 0) return session;
+  return { ...session, expiresAt: Math.min(session.expiresAt, session.authTime + maxSessionAgeMs) };
 }
 
 function notExpired(session: Session | null, now: () => number): Session | null {
