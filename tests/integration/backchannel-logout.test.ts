@@ -346,6 +346,7 @@ describe('invalid logout tokens: 400 {"error":"invalid_request"}, and nothing is
     ['iat in the future', ({ sub, sid }) => logoutToken({ sub, sid }, { iat: now() + 600 })],
     ['no iat', ({ sub, sid }) => logoutToken({ sub, sid, iat: undefined })],
     ['expired exp', ({ sub, sid }) => logoutToken({ sub, sid, exp: now() - 120 }, { iat: now() - 200 })],
+    ['no exp, however fresh (REQUIRED in Back-Channel Logout 1.0 final)', ({ sub, sid }) => logoutToken({ sub, sid, exp: undefined })],
     ['neither sub nor sid', () => logoutToken({ sub: undefined, sid: undefined })],
     ['no jti', ({ sub, sid }) => logoutToken({ sub, sid, jti: undefined })],
     ['an empty sid', ({ sub }) => logoutToken({ sub, sid: '' })],

@@ -16,7 +16,8 @@ import { isLoopbackHost } from '../config/schema';
  *  - header `typ` is `logout+jwt` when present (RFC 8417 §2.3 explicit typing; absent is accepted for
  *    providers that predate it);
  *  - `iss` is the issuer, `aud` names Keyward's client id, `iat` is present and at most MAX_AGE_SECONDS old
- *    (and not in the future, SKEW_SECONDS allowed either way), `exp` is in the future when present;
+ *    (and not in the future, SKEW_SECONDS allowed either way), `exp` is present (REQUIRED in
+ *    Back-Channel Logout 1.0 final) and in the future;
  *  - `jti` is present (the replay check keeps it until the token is too old anyway: §2.6 step 8);
  *  - `events` is an object whose http://schemas.openid.net/event/backchannel-logout member is an object;
  *  - `sub` or `sid` or both; and no `nonce` (§2.4: what keeps a logout token from passing as an ID token).
