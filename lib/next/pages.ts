@@ -1,6 +1,7 @@
 import 'server-only';
 import { headers } from 'next/headers';
 import { describeConsent, type ConsentRequest } from '@/lib/core/api/mobile';
+import { isLocalPath } from '@/lib/core/connect/connections';
 import type { Session } from '@/lib/core/session/session';
 import type { RuntimeSource } from './proxy-route';
 
@@ -94,6 +95,10 @@ export function safeCallbackPath(value: string | string[] | undefined): string {
     const url = new URL(path);
     path = `${url.pathname}${url.search}`;
   }
-  if (!path || !path.startsWith('/') || path.startsWith('//') || path.includes('\\') || /[\x00-\x1f]/.test(path)) return '/';
-  return path;
+  if (!path || !isLocalPath(path)) return '/';
+  // As a URL parser (the browser's, Next's router) resolves it: dot segments removed (`/.//evil.example` becomes
+  // `//evil.example`, another host), so it is checked again.
+  const resolved = new URL(path, 'https://keyward.invalid');
+  const normalised = `${resolved.pathname}${resolved.search}`;
+  return resolved.origin === 'https://keyward.invalid' && isLocalPath(normalised) ? normalised : '/';
 }

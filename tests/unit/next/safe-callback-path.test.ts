@@ -7,6 +7,10 @@ describe('safeCallbackPath (the sign-in page’s callbackUrl)', () => {
     expect(safeCallbackPath(['/usage', '/admin'])).toBe('/usage');
   });
 
+  it('keeps a path with dot segments as the URL parser resolves it, when that stays on this site', () => {
+    expect(safeCallbackPath('/usage/./../admin?x=1')).toBe('/admin?x=1');
+  });
+
   it('keeps only the path and query of an absolute URL, as Auth.js hands it on (so the mobile sign-in comes back)', () => {
     const back = '/api/session/mobile/authorize?redirect_uri=com.example.app%3A%2Fcb&state=s';
     expect(safeCallbackPath(`http://localhost:3000${back}`)).toBe(back);
@@ -22,6 +26,11 @@ describe('safeCallbackPath (the sign-in page’s callbackUrl)', () => {
     ['a control character', '/a\nb'],
     ['another scheme', 'javascript:alert(1)'],
     ['an unparsable absolute URL', 'http://[::1'],
+    // Dot segments that a URL parser (the browser's, Next's router) removes, leaving `//evil.example`: another host.
+    ['a dot segment before a protocol-relative path', '/.//evil.example/x'],
+    ['a dot-dot segment before a protocol-relative path', '/a/..//evil.example'],
+    ['an encoded dot segment', '/%2e//evil.example'],
+    ['an absolute URL with a dot segment before a protocol-relative path', 'https://keyward.test/.//evil.example'],
     ['nothing', undefined],
   ])('refuses %s (home instead)', (_name, value) => {
     expect(safeCallbackPath(value)).toBe('/');
