@@ -19,18 +19,19 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
   // A route tried before the one that matches (more specific: its literals win) that the path matches but for
   // letter case. Many upstreams read paths without regard to case (GitHub's owners and repositories), so the
   // broader route must not serve `/repos/ACME/HR-Private/issues` when `/repos/acme/hr-private/issues` has its
-  // own roles: the call is refused instead.
+  // own roles: the call is refused instead. So is one that differs only by dots at the end of a segment
+  // (`/repos/acme/hr-private./issues`), which Windows-hosted upstreams (IIS) strip.
   let shadowedByCase = false;
   for (const route of upstream.routes) {
     const params = matchSegments(route, segments);
     if (!params) {
-      if (route.method === method && matchSegments(route, segments, true)) shadowedByCase = true;
+      if (route.method === method && matchSegments(route, segments.map(withoutTrailingDots), true)) shadowedByCase = true;
       continue;
     }
     if (route.method === method) {
       if (shadowedByCase) {
         throw new KeywardError('bad_path', {
-          message: 'The path differs only in letter case from a declared route: send it as the route writes it.',
+          message: 'The path differs only in letter case or trailing dots from a declared route: send it as the route writes it.',
         });
       }
       return { route, params };
@@ -62,6 +63,12 @@ function colonAllowedAt(route: CompiledRoute, index: number): boolean {
   if (typeof part === 'string') return part.includes(':');
   if ('rest' in part) return false;
   return part.colons || part.prefix.includes(':') || part.suffix.includes(':');
+}
+
+/** A segment without the dots at its end (`secret.` → `secret`), unless nothing else is left. */
+function withoutTrailingDots(segment: string): string {
+  const stripped = segment.replace(/\.+$/, '');
+  return stripped === '' ? segment : stripped;
 }
 
 /**

@@ -100,6 +100,23 @@ describe('matchRoute', () => {
     expect(matchRoute(github, 'GET', ['reports', '2026-q3.json']).route.roles).toBeNull();
   });
 
+  it('the same for a path a narrower route matches but for dots at the end of a segment (IIS strips them)', () => {
+    const { upstream: api } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/items/:id' },
+        { method: 'GET', path: '/items/secret', roles: ['admin'] },
+        { method: 'GET', path: '/files/{name}.txt', roles: ['admin'] },
+        { method: 'GET', path: '/files/:file' },
+      ],
+    });
+    for (const path of [['items', 'secret.'], ['items', 'Secret..'], ['files', 'a.txt.']]) {
+      const error = expectKeywardError(thrown(() => matchRoute(api, 'GET', path)), 'bad_path');
+      expect(error.message).toContain('trailing dots');
+    }
+    expect(matchRoute(api, 'GET', ['items', 'other.']).route.roles).toBeNull();
+    expect(matchRoute(api, 'GET', ['items', 'secret']).route.roles).not.toBeNull();
+  });
+
   it('binds :param segments into a prototype-less params object', () => {
     const { route, params } = matchRoute(upstream, 'PUT', ['items', '42', 'tags', 'red']);
     expect(route.template).toBe('/items/:id/tags/:tag');
