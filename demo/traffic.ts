@@ -158,20 +158,30 @@ export async function seedDemoTraffic(options: DemoTrafficOptions): Promise<Demo
 
     const plan = planDemoTraffic(realNow);
     const origin = publicOrigin(options.env);
-    const cookies = new Map<string, string>();
-    for (const { userId, name } of DEMO_CALLERS) {
+    // Each demo user signs in at their first call, and again whenever their session has ended (a session lasts
+    // KEYWARD_SESSION_MAX_AGE from its sign-in, 8 hours by default: less than the DEMO_HOURS simulated).
+    const sessionMs = runtime.settings.KEYWARD_SESSION_MAX_AGE * 1000;
+    const signedIn = new Map<string, { cookie: string; at: number }>();
+    const cookieAt = async (userId: string, at: number): Promise<string> => {
+      const held = signedIn.get(userId);
+      if (held && at < held.at + sessionMs) return held.cookie;
+      const name = DEMO_CALLERS.find((caller) => caller.userId === userId)!.name;
       // A local user (the demo account) is checked against the users file on every call, password version included.
       const username = localUsername(userId);
       const passwordVersion = username === null ? null : (runtime.users?.find(username)?.passwordVersion ?? null);
-      cookies.set(userId, await sessionCookie(options.env.AUTH_SECRET!, { userId, name, passwordVersion }, plan[0]!.at));
-    }
+      const cookie = await sessionCookie(options.env.AUTH_SECRET!, { userId, name, passwordVersion }, at);
+      signedIn.set(userId, { cookie, at });
+      return cookie;
+    };
     const statuses: Record<string, number> = {};
     for (let i = 0; i < plan.length; ) {
       const at = plan[i]!.at;
       const together: PlannedCall[] = [];
       while (i < plan.length && plan[i]!.at === at) together.push(plan[i++]!);
       clock = at;
-      for (const status of await Promise.all(together.map((call) => makeCall(runtime, origin, cookies.get(call.userId)!, call)))) {
+      const cookies: string[] = [];
+      for (const call of together) cookies.push(await cookieAt(call.userId, at));
+      for (const status of await Promise.all(together.map((call, index) => makeCall(runtime, origin, cookies[index]!, call)))) {
         statuses[status] = (statuses[status] ?? 0) + 1;
       }
       // A step the detector takes is written before the next call, as it would be within the seconds between two real calls.
@@ -204,7 +214,7 @@ async function makeCall(runtime: Runtime, origin: string, cookie: string, call: 
   return response.status;
 }
 
-/** A session cookie as sign-in writes it (lib/next/auth.ts), for a demo user, valid for a day. */
+/** A session cookie as sign-in writes it (lib/next/auth.ts), for a demo user signed in at `signedInAt`. */
 async function sessionCookie(
   authSecret: string,
   { userId, name, passwordVersion }: { userId: string; name: string; passwordVersion: string | null },

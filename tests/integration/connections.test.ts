@@ -75,6 +75,8 @@ async function instance(extraEnv: Record<string, string> = {}): Promise<Runtime>
       ACME_CLIENT_ID: acme!.clientId,
       ACME_CLIENT_SECRET: acme!.clientSecret,
       WEBHOOK_SECRET: webhookSecret,
+      // The tests move the clock days ahead with one sign-in (`cookie`, below): sessions last a week here.
+      KEYWARD_SESSION_MAX_AGE: String(7 * 86_400),
       ...extraEnv,
     },
     connections: {
