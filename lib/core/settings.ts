@@ -259,6 +259,11 @@ export function productionProblems(
   return problems;
 }
 
+/** Whether two URLs have one origin (false when either is missing or does not parse). */
+function sameOrigin(a: string, b: string | undefined): boolean {
+  return b !== undefined && URL.canParse(a) && URL.canParse(b) && new URL(a).origin === new URL(b).origin;
+}
+
 /** Host names browsers treat as secure over plain HTTP (they keep Secure cookies there). */
 const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
 
@@ -289,6 +294,13 @@ export function readSettings(env: Env, options: { serving?: boolean } = {}): Set
   }
   if (result.data.KEYWARD_STORE === 'redis' && !result.data.REDIS_URL) {
     throw new ConfigError('Keyward settings are invalid:\n  - REDIS_URL: must be set when KEYWARD_STORE is redis');
+  }
+  // next-auth reads NextAuth v4's NEXTAUTH_URL when AUTH_URL is unset; Keyward's origin checks read AUTH_URL only,
+  // so with one and not the other, sign-in would be sent to one origin and every call checked against another.
+  if (env.NEXTAUTH_URL && !sameOrigin(env.NEXTAUTH_URL, result.data.AUTH_URL)) {
+    throw new ConfigError(
+      'Keyward settings are invalid:\n  - NEXTAUTH_URL: is the NextAuth v4 name, which Auth.js still reads but Keyward does not: rename it AUTH_URL (or remove it if AUTH_URL is set to the same origin)',
+    );
   }
   if (result.data.KEYWARD_VAULT_SECRET_PREVIOUS && !result.data.KEYWARD_VAULT_SECRET) {
     throw new ConfigError('Keyward settings are invalid:\n  - KEYWARD_VAULT_SECRET: must be set when KEYWARD_VAULT_SECRET_PREVIOUS is');

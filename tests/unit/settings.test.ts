@@ -122,6 +122,25 @@ describe('readSettings: session secrets', () => {
   });
 });
 
+describe('readSettings: NEXTAUTH_URL (NextAuth v4)', () => {
+  it('alone, or naming another origin than AUTH_URL, stops start-up: Auth.js would read it and Keyward would not', () => {
+    for (const env of [
+      { NEXTAUTH_URL: 'https://app.example.com' },
+      { NEXTAUTH_URL: 'https://old.example.com', AUTH_URL: 'https://app.example.com' },
+      { NEXTAUTH_URL: 'not a url', AUTH_URL: 'https://app.example.com' },
+    ]) {
+      const message = settingsError({ ...testSessionSecrets(), ...env });
+      expect(message).toContain('NEXTAUTH_URL');
+      expect(message).toContain('AUTH_URL');
+    }
+  });
+
+  it('beside AUTH_URL with the same origin is harmless', () => {
+    const settings = readSettings({ ...testSessionSecrets(), NEXTAUTH_URL: 'https://app.example.com/', AUTH_URL: 'https://app.example.com' });
+    expect(settings.AUTH_URL).toBe('https://app.example.com');
+  });
+});
+
 describe('readSettings: OIDC', () => {
   const oidc = {
     KEYWARD_OIDC_ISSUER: 'https://issuer.example.com',
