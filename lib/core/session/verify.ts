@@ -228,7 +228,7 @@ class VerifiedTokens {
  * marks and provider-session links that are kept as long as a session can live. A cookie without a sign-in time
  * (written before Keyward kept one) ends at its `exp`; its next renewal gives it one (lib/next/auth.ts).
  */
-export function cookieSession(claims: SessionClaims, maxSessionAgeMs: number | undefined): Session | null {
+function cookieSession(claims: SessionClaims, maxSessionAgeMs: number | undefined): Session | null {
   const session = sessionFromClaims(claims, 'cookie');
   if (!session || maxSessionAgeMs === undefined || session.authTime <= 0) return session;
   return { ...session, expiresAt: Math.min(session.expiresAt, session.authTime + maxSessionAgeMs) };
