@@ -48,6 +48,11 @@ export class QueryStrippingProcessor implements SpanProcessor {
       if (key === 'url.query') delete attributes[key];
       else attributes[key] = value.replace(/[?#][\s\S]*$/, '');
     }
+    // Next names its fetch spans `fetch <METHOD> <URL>`, the URL with its query, and copies that into
+    // `next.span_name`: `?key=` of a server-side fetch (a Maps key) would reach the collector in the name.
+    (span as unknown as { name: string }).name = withoutUrlQueries(span.name);
+    const nextName = attributes['next.span_name'];
+    if (typeof nextName === 'string') attributes['next.span_name'] = withoutUrlQueries(nextName);
     this.next.onEnd(span);
   }
 
@@ -58,4 +63,9 @@ export class QueryStrippingProcessor implements SpanProcessor {
   shutdown(): Promise<void> {
     return this.next.shutdown();
   }
+}
+
+/** Every absolute URL in a text without its query and fragment. */
+function withoutUrlQueries(text: string): string {
+  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^\s?#]*)[?#]\S*/gi, '$1');
 }
