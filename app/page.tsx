@@ -50,7 +50,8 @@ export default async function Home() {
   }
 
   const { session } = state;
-  const upstreams = keyward.upstreamSummaries();
+  // Only what this user's roles may call: an admin-only upstream is not shown to others.
+  const upstreams = keyward.upstreamSummaries(session.roles);
   const ownKeyUpstreams = upstreams.filter((u) => u.credential === 'own-key').map((u) => u.id);
   const isAdmin = session.roles.includes('admin');
   const connectionProviders = keyward.connectionProviders();

@@ -1,6 +1,7 @@
 import 'server-only';
 import type { UsageFigures } from '@/lib/core/aggregates/usage';
 import { appliesTo } from '@/lib/core/limits/rules';
+import { rolesAllow } from '@/lib/core/policy/authorize';
 import { UNKNOWN_UPSTREAM } from '@/lib/core/observe/metrics';
 import type { PageSession } from 'keyward/next';
 import type { ChartPoint, Totals } from '../admin/admin-data';
@@ -53,12 +54,16 @@ function totals(figures: Figures): Totals {
   return { calls, errors, errorRate: calls === 0 ? 0 : Math.round((errors / calls) * 1000) / 10, p50, p95, units };
 }
 
-/** The limits that apply to this session's roles, upstream-wide rules once, route rules with their route. */
+/**
+ * The limits that apply to this session's roles, upstream-wide rules once, route rules with their route; of the
+ * routes those roles may call only (another role's route is not shown, nor its limits).
+ */
 function limitsOf(upstreamId: string, roles: readonly string[]): LimitView[] {
   const upstream = keyward.getRuntime().registry.get(upstreamId);
   if (!upstream) return [];
   const seen = new Map<string, LimitView>();
   for (const route of upstream.routes) {
+    if (!rolesAllow(route, roles)) continue;
     // Rule ids are `<upstream>|<scope>|<name>`; the scope `*` marks a rule of the whole upstream (lib/core/limits/rules.ts).
     const routeOf = (id: string) => (id.split('|')[1] === '*' ? null : `${route.method} ${route.template}`);
     for (const rule of route.limits.rate) {
@@ -80,6 +85,8 @@ export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
   const usage = keyward.getRuntime().usage;
   const toMs = Date.now();
   const ids = keyward.upstreamSummaries().map((u) => u.id);
+  // Listed: what the user's roles may call, and whatever else they called (a refusal is a call of theirs too).
+  const callable = new Set(keyward.upstreamSummaries(session.roles).map((u) => u.id));
   // One read of the window for the total and every upstream's share, of this user's rows only (a bucket holds
   // every user's): the configured upstreams', and calls to an upstream that does not exist.
   const window = { period: 'hour' as const, fromMs: toMs - (BUCKETS - 1) * HOUR_MS, toMs, user: session.userId, upstreams: [...ids, UNKNOWN_UPSTREAM] };
@@ -89,7 +96,9 @@ export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
     to: series.to,
     points: series.points.map((point) => ({ at: point.at, ...totals(point) })),
     total: totals(series.total),
-    upstreams: ids.map((upstream) => ({ upstream, ...totals(upstreams.get(upstream) ?? NO_USE), limits: limitsOf(upstream, session.roles) })),
+    upstreams: ids
+      .filter((upstream) => callable.has(upstream) || (upstreams.get(upstream)?.calls ?? 0) > 0)
+      .map((upstream) => ({ upstream, ...totals(upstreams.get(upstream) ?? NO_USE), limits: limitsOf(upstream, session.roles) })),
     ownKeys: keys,
   };
 }

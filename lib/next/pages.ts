@@ -2,6 +2,7 @@ import 'server-only';
 import { headers } from 'next/headers';
 import { describeConsent, type ConsentRequest } from '@/lib/core/api/mobile';
 import { isLocalPath } from '@/lib/core/connect/connections';
+import { rolesAllow } from '@/lib/core/policy/authorize';
 import type { Session } from '@/lib/core/session/session';
 import type { RuntimeSource } from './proxy-route';
 
@@ -24,8 +25,11 @@ export interface PageHelpers {
    * revocation). A store outage is its own state, so the page says so instead of pretending nobody is signed in.
    */
   pageSession(): Promise<PageSessionState>;
-  /** The upstreams as a page lists them: id and whose credential is used. Never a URL, a header name or a key. */
-  upstreamSummaries(): { id: string; credential: CredentialKind }[];
+  /**
+   * The upstreams as a page lists them: id and whose credential is used. Never a URL, a header name or a key.
+   * With `roles`, only those with a route one of them may call (what a user's own pages show).
+   */
+  upstreamSummaries(roles?: readonly string[]): { id: string; credential: CredentialKind }[];
   /** The connected-account providers a user can connect (README "Connected accounts"): id and name only. */
   connectionProviders(): { id: string; name: string }[];
   /** The sign-in methods configured (what a sign-in page offers). */
@@ -54,10 +58,11 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
       if (!session || session.via !== 'cookie') return { state: 'signed-out' };
       return { state: 'signed-in', session: { userId: session.userId, name: session.name, roles: [...session.roles], expiresAt: session.expiresAt } };
     },
-    upstreamSummaries() {
+    upstreamSummaries(roles) {
       const kinds: Record<string, CredentialKind> = { static: 'service', 'user-key': 'own-key', oauth: 'oauth', claim: 'by-claim' };
       const { registry, connections } = getRuntime();
-      return [...registry.values()].map((upstream) => {
+      const listed = [...registry.values()].filter((upstream) => roles === undefined || upstream.routes.some((route) => rolesAllow(route, roles)));
+      return listed.map((upstream) => {
         const plan = upstream.credential;
         const credential = plan.source === 'oauth' && connections?.has(plan.provider) ? 'connection' : (kinds[plan.source] ?? 'service');
         return { id: upstream.id, credential };

@@ -9,13 +9,18 @@ export function sessionScopes(session: Session): ReadonlySet<string> {
   return new Set(scope ? scope.split(' ').filter(Boolean) : []);
 }
 
+/** Whether one of `roles` may call the route (a route without `roles` is open to every signed-in user). */
+export function rolesAllow(route: Pick<CompiledRoute, 'roles'>, roles: readonly string[]): boolean {
+  return route.roles === null || roles.some((role) => route.roles!.has(role));
+}
+
 /**
  * Who may call this route (DESIGN.md step 5), deny by default: any one of the route's roles, every one of
  * its scopes, and for object-level routes the path parameter must be the caller's own (OWASP API1:2023,
  * broken object-level authorization). Each refusal has its own code so a client can tell them apart.
  */
 export function authorize(route: CompiledRoute, params: Readonly<Record<string, string>>, session: Session): void {
-  if (route.roles && !session.roles.some((role) => route.roles!.has(role))) throw new KeywardError('forbidden');
+  if (!rolesAllow(route, session.roles)) throw new KeywardError('forbidden');
   if (route.scopes) {
     const granted = sessionScopes(session);
     if (![...route.scopes].every((scope) => granted.has(scope))) throw new KeywardError('insufficient_scope');
