@@ -4,7 +4,7 @@ import type { NextRequest } from 'next/server';
 import NextAuth, { type NextAuthConfig } from 'next-auth';
 import Credentials from 'next-auth/providers/credentials';
 import type { Provider } from 'next-auth/providers';
-import { SESSION_COOKIE, authTimeClaims, sessionFromClaims } from '@/lib/core/session/session';
+import { SESSION_COOKIE, authTimeClaims, sessionFromClaims, signInLifetimeEnd } from '@/lib/core/session/session';
 import { storeFailed } from './auth-store';
 import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
@@ -191,7 +191,7 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
         // A renewal never takes a session past KEYWARD_SESSION_MAX_AGE from its sign-in (Auth.js would slide it).
         if (typeof token.sid === 'string' && typeof token.sub === 'string') {
           const session = sessionFromClaims({ ...token, exp: Number.MAX_SAFE_INTEGER }, 'cookie');
-          if (session && session.authTime > 0 && session.authTime + settings.KEYWARD_SESSION_MAX_AGE * 1000 <= Date.now()) return null;
+          if (session && signInLifetimeEnd(session, settings.KEYWARD_SESSION_MAX_AGE * 1000) <= Date.now()) return null;
           if (session && (await runtime.revocations.isRevoked(session).catch(storeFailed))) return null;
           // A cookie from before sign-in times were kept (not revoked, as checked above: one without a time counts
           // as the oldest) gets one now, so that its lifetime ends too.
@@ -207,7 +207,8 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
       },
       // What /api/auth/session returns to the browser: a name, roles and expiry, never a token.
       async session({ session, token }) {
-        const end = typeof token.auth_ms === 'number' ? token.auth_ms + settings.KEYWARD_SESSION_MAX_AGE * 1000 : Infinity;
+        const signedIn = sessionFromClaims({ ...token, exp: Number.MAX_SAFE_INTEGER }, 'cookie');
+        const end = signedIn ? signInLifetimeEnd(signedIn, settings.KEYWARD_SESSION_MAX_AGE * 1000) : Infinity;
         return {
           // When the session ends: Auth.js's renewed expiry, or the sign-in's lifetime if that comes first.
           expires: new Date(Math.min(new Date(session.expires as unknown as string).getTime(), end)).toISOString(),

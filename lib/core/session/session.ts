@@ -71,6 +71,14 @@ export function stringClaims(value: unknown): Record<string, string> {
   return out;
 }
 
+/**
+ * When a browser session ends however often Auth.js renews its cookie: `maxAgeMs` (KEYWARD_SESSION_MAX_AGE) after
+ * its sign-in; never (Infinity) for a cookie without a sign-in time (written before Keyward kept one).
+ */
+export function signInLifetimeEnd(session: Pick<Session, 'authTime'>, maxAgeMs: number): number {
+  return session.authTime > 0 ? session.authTime + maxAgeMs : Infinity;
+}
+
 /** The sign-in time claims written into session cookies and mobile tokens. */
 export function authTimeClaims(epochMs: number): { auth_time: number; auth_ms: number } {
   return { auth_time: Math.floor(epochMs / 1000), auth_ms: epochMs };

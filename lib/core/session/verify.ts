@@ -6,7 +6,7 @@ import { DPOP_ALGORITHMS } from '../dpop/algorithms';
 import { DpopError, isThumbprint, requestHtu, type DpopProofs } from '../dpop/proof';
 import { KeywardError } from '../errors';
 import type { SessionRevocations } from './revocation';
-import { SESSION_COOKIE, sessionFromClaims, type Session, type SessionClaims } from './session';
+import { SESSION_COOKIE, sessionFromClaims, signInLifetimeEnd, type Session, type SessionClaims } from './session';
 import type { CoreRequest } from '../request';
 import { currentLocalUser, type LocalUsers } from '../users/file';
 
@@ -230,8 +230,8 @@ class VerifiedTokens {
  */
 function cookieSession(claims: SessionClaims, maxSessionAgeMs: number | undefined): Session | null {
   const session = sessionFromClaims(claims, 'cookie');
-  if (!session || maxSessionAgeMs === undefined || session.authTime <= 0) return session;
-  return { ...session, expiresAt: Math.min(session.expiresAt, session.authTime + maxSessionAgeMs) };
+  if (!session || maxSessionAgeMs === undefined) return session;
+  return { ...session, expiresAt: Math.min(session.expiresAt, signInLifetimeEnd(session, maxSessionAgeMs)) };
 }
 
 function notExpired(session: Session | null, now: () => number): Session | null {
