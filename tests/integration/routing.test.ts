@@ -19,6 +19,8 @@ beforeEach(() => h.upstream.reset());
 const BAD_SEGMENTS: Array<[string, string[]]> = [
   ['..', ['items', '..']],
   ['.', ['items', '.']],
+  ['... (IIS strips trailing dots)', ['items', '...']],
+  ['..; (decoded ..%3b, Tomcat drops path parameters)', ['files', '..;', 'admin']],
   ['../x (decoded ..%2f)', ['items', '../x']],
   ['../../admin (decoded ..%2f..%2f)', ['files', '../../admin']],
   ['a\\b (decoded %5c)', ['items', 'a\\b']],

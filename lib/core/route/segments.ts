@@ -5,7 +5,7 @@ import { KeywardError } from '../errors';
  * `../../admin`. Every decoded segment must therefore be checked before it goes anywhere near a URL.
  * Allowed: RFC 3986 §2.3 unreserved characters, the §2.2 sub-delims, and ":" inside a segment (below), nothing
  * else. That refuses `/ \ ? # % @`, spaces, control bytes and all non-ASCII (fullwidth dots, homoglyphs, and
- * look-alike colons such as U+FF1A "：" or U+A789 "꞉"), and `.`/`..`.
+ * look-alike colons such as U+FF1A "：" or U+A789 "꞉"), and dot segments (`.`, `..`, `...`, `..;`: DOT_SEGMENT).
  */
 const SAFE_SEGMENT = /^[A-Za-z0-9._~!$&'()*+,;=:-]+$/;
 
@@ -27,6 +27,15 @@ const MISPLACED_COLON = /^:|:$|::/;
  */
 const SCHEME_LIKE = /^(?:[A-Za-z]|https?|wss?|ftp|file|javascript|data|blob|vbscript):/i;
 
+/**
+ * A segment of dots only, or of dots before a `;`, is a dot segment to some server behind an upstream even when
+ * it is not one to a URL parser: Tomcat and other Java stacks drop a segment's `;parameters` before resolving dots
+ * (`..;` is `..`; Keyward forwards it as `..%3B`, which a lenient decoder turns back), and servers that strip
+ * trailing dots from a name (IIS, Windows paths) read `...` as `..`. No API names a resource with dots alone, so
+ * all of them are refused with `.` and `..`.
+ */
+const DOT_SEGMENT = /^\.+(?:;|$)/;
+
 const MAX_SEGMENTS = 64;
 const MAX_SEGMENT_LENGTH = 512;
 
@@ -34,8 +43,7 @@ export function isSafeSegment(segment: string): boolean {
   return (
     segment.length <= MAX_SEGMENT_LENGTH &&
     SAFE_SEGMENT.test(segment) &&
-    segment !== '.' &&
-    segment !== '..' &&
+    !DOT_SEGMENT.test(segment) &&
     (!segment.includes(':') || (!MISPLACED_COLON.test(segment) && !SCHEME_LIKE.test(segment)))
   );
 }

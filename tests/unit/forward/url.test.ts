@@ -141,7 +141,7 @@ const COLON_SEGMENTS = [
 ];
 
 /** Look suspicious but are plain unreserved characters: must pass and stay literal. */
-const TRICKY_BUT_SAFE = ['...', '.a', 'a.', '..a', '~', '~root', '-', '_'];
+const TRICKY_BUT_SAFE = ['.a', 'a.', '..a', 'a...b', '~', '~root', '-', '_'];
 
 /** Characters RFC 3986 §2.3 calls unreserved: always safe in a segment. */
 const UNRESERVED = /^[A-Za-z0-9._~-]+$/;
@@ -177,8 +177,8 @@ function mustRefuse(list: readonly string[]): boolean {
   return list.some(
     (s) =>
       s === '' ||
-      s === '.' ||
-      s === '..' ||
+      // dots alone, or dots before a `;` path parameter (`...` to IIS, `..;` to Tomcat, are `..`)
+      /^\.+(?:;|$)/.test(s) ||
       s.length > 512 ||
       /[/\\?#%@]/.test(s) ||
       colonMisplaced(s) ||
@@ -202,7 +202,7 @@ function colonMisplaced(s: string): boolean {
 
 /** True when the segment list only uses unreserved characters and must therefore be accepted. */
 function mustAccept(list: readonly string[]): boolean {
-  return list.length <= 64 && list.every((s) => UNRESERVED.test(s) && s !== '.' && s !== '..' && s.length <= 512);
+  return list.length <= 64 && list.every((s) => UNRESERVED.test(s) && !/^\.+$/.test(s) && s.length <= 512);
 }
 
 function tryAssertSafe(list: readonly string[]): 'accepted' | KeywardError {

@@ -8,9 +8,12 @@ const ACCEPT = [
   '42',
   'a-b_c.d~e',
   'v1.2.3',
-  '...',
   '.hidden',
   'file.',
+  // GitHub's compare API names a range `base...head`: dots inside a name are fine.
+  'main...feature',
+  'a;b',
+  'x;..',
   "!$&'()*+,;=",
   'A'.repeat(512),
   // ":" inside a segment (RFC 3986 §3.3 pchar): Google custom methods, AWS Bedrock model ids.
@@ -26,6 +29,11 @@ const REFUSE: Array<[string, string]> = [
   ['empty', ''],
   ['dot', '.'],
   ['dot-dot', '..'],
+  // Dot segments to servers behind an upstream: IIS strips trailing dots, Java stacks drop `;parameters`.
+  ['three dots', '...'],
+  ['dot-dot with an empty path parameter (Tomcat)', '..;'],
+  ['dot-dot with a path parameter (Tomcat)', '..;jsessionid=1'],
+  ['dot with a path parameter', '.;x'],
   ['slash', 'a/b'],
   ['backslash', 'a\\b'],
   ['colon alone', ':'],
