@@ -132,7 +132,10 @@ const settingsSchema = z.object({
   KEYWARD_SIGNIN_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(1_000_000).default(10),
   KEYWARD_SIGNIN_WINDOW_SECONDS: z.coerce.number().int().min(1).max(86_400).default(300),
   /** Bearer token for GET /api/metrics (Prometheus); unset: the endpoint does not exist (404). */
-  KEYWARD_METRICS_TOKEN: secret.optional(),
+  KEYWARD_METRICS_TOKEN: secret
+    // It travels as `Authorization: Bearer <token>`: a space or a non-ASCII character could never match.
+    .refine((value) => /^[\x21-\x7e]+$/.test(value), { message: 'must be one word of printable ASCII (no spaces)' })
+    .optional(),
   KEYWARD_MOBILE_ACCESS_TTL: z.coerce.number().int().min(60).max(3600).default(900),
   KEYWARD_MOBILE_REFRESH_TTL: z.coerce.number().int().min(3600).max(90 * 24 * 3600).default(30 * 24 * 3600),
   /** Seconds after a refresh during which the same refresh token gets the same successor again; 0: never. */

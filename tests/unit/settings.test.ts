@@ -122,6 +122,25 @@ describe('readSettings: session secrets', () => {
   });
 });
 
+describe('readSettings: KEYWARD_METRICS_TOKEN', () => {
+  // A scraper sends `Authorization: Bearer <token>`, one word of ASCII: any other token is a 401 for ever.
+  it.each([
+    ['an inner space', (t: string) => `${t.slice(0, 20)} ${t.slice(20)}`],
+    ['a non-ASCII character', (t: string) => `${t}\u00e9`],
+  ])('refuses a token with %s, naming the field without echoing it', (_, token) => {
+    const value = token(randomSecret('metrics'));
+    const message = settingsError({ ...testSessionSecrets(), KEYWARD_METRICS_TOKEN: value });
+    expect(message).toContain('KEYWARD_METRICS_TOKEN');
+    expect(message).toContain('no spaces');
+    expectNotEchoed(message, value);
+  });
+
+  it('accepts a base64 token (openssl rand -base64 32)', () => {
+    const value = randomBytes(32).toString('base64');
+    expect(readSettings({ ...testSessionSecrets(), KEYWARD_METRICS_TOKEN: value }).KEYWARD_METRICS_TOKEN).toBe(value);
+  });
+});
+
 describe('readSettings: NEXTAUTH_URL (NextAuth v4)', () => {
   it('alone, or naming another origin than AUTH_URL, stops start-up: Auth.js would read it and Keyward would not', () => {
     for (const env of [
