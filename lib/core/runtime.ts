@@ -218,8 +218,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   for (const line of misspelled) warn(line.replace(/^ {2}- /, ''));
 
   const store = options.store ?? createStore(settings);
-  const revocations = new SessionRevocations(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now);
-  const sessionIndex = new SessionIndex(store, settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000, now, users);
+  // The longest any session can live: a browser sign-in, then a mobile family refreshed from it.
+  const sessionHorizonMs = settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000;
+  const sessionIndex = new SessionIndex(store, sessionHorizonMs, now, users);
+  const revocations = new SessionRevocations(store, sessionHorizonMs, now, (userId) => sessionIndex.latestSignIn(userId));
   const vault = settings.KEYWARD_VAULT_SECRET ? new Vault(settings.KEYWARD_VAULT_SECRET, settings.KEYWARD_VAULT_SECRET_PREVIOUS) : null;
   const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now, fingerprints) : null;
   // Connections keep their status from the token store's reports (set once `connections` exists, below).

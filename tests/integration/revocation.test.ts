@@ -299,6 +299,22 @@ describe('instances whose clocks disagree', () => {
     await expectRefused(ahead, signedInJustBefore);
     expect(await ahead.store.get(`rev:user:${ALICE}`)).toBe(String(clock));
   });
+
+  it('"sign out everywhere" from an instance whose clock is behind still ends a session signed in a moment before on one whose clock is ahead', async () => {
+    const prefix = `keyward-test:revocation-skew:${randomUUID()}:`;
+    const ahead = instance(await redisStore(prefix), 3_000);
+    const behind = instance(await redisStore(prefix));
+    const caller = await cookieFor(ALICE, clock - 60_000);
+    // Signed in (and recorded, as the Auth.js sign-in records it) 1 s ago on the instance 3 s ahead.
+    const authTime = clock - 1_000 + 3_000;
+    await ahead.sessionIndex.record(ALICE, { sessionId: randomUUID(), kind: 'browser', expiresAt: authTime + 3_600_000, authTime, roles: ['user'] });
+    const signedInJustBefore = await cookieFor(ALICE, authTime);
+    await expectWorks(behind, signedInJustBefore);
+    expect((await post(revokeAll, behind, caller)).status).toBe(200);
+    await expectRefused(behind, signedInJustBefore);
+    await expectRefused(ahead, signedInJustBefore);
+    await expectRefused(behind, caller);
+  });
 });
 
 describe('Redis unreachable: fail closed', () => {

@@ -26,7 +26,25 @@ export class SessionRevocations {
     readonly store: Store,
     private readonly maxSessionAgeMs: number,
     private readonly now: () => number = Date.now,
+    /**
+     * The latest sign-in time (epoch ms) among the user's recorded sessions (SessionIndex.latestSignIn), or null:
+     * "sign out everywhere" reaches at least that far, whatever this instance's clock says.
+     */
+    private readonly latestSignIn: (userId: string) => Promise<number | null> = () => Promise.resolve(null),
   ) {}
+
+  /**
+   * The time a "revoke every session of the user" mark holds: now, or the latest sign-in the session index
+   * recorded when that is later. A sign-in time comes from the clock of the instance that signed the user in:
+   * when that clock is ahead of this one, `now` alone would leave a session signed in a moment ago (the caller's
+   * own, or a thief's) in force. A recorded time further ahead than MAX_CLOCK_SKEW_MS counts as that much
+   * ahead, so a wildly wrong clock cannot lock the user out for a whole session lifetime.
+   */
+  private async markTime(userId: string): Promise<number> {
+    const now = Math.floor(this.now()); // whole ms, as Date.now() (a test's clock may not be)
+    const latest = await this.latestSignIn(userId);
+    return latest === null ? now : Math.max(now, Math.min(Math.floor(latest), now + MAX_CLOCK_SKEW_MS));
+  }
 
   /**
    * Kept for the longest any copy of the session could still live, not until the copy presented expires: Auth.js
@@ -44,9 +62,10 @@ export class SessionRevocations {
   }
 
   async revokeUser(userId: string): Promise<void> {
+    const at = await this.markTime(userId);
     // Sessions live at most maxSessionAgeMs (mobile refresh families included), so the mark can expire then. Only
     // ever raised: an instance whose clock is behind must not bring back the sessions a later mark revoked.
-    await guard(() => this.store.raise(userRevocationKey(userId), Math.floor(this.now()), this.maxSessionAgeMs + 60_000));
+    await guard(() => this.store.raise(userRevocationKey(userId), at, this.maxSessionAgeMs + 60_000));
   }
 
   /**
@@ -63,7 +82,7 @@ export class SessionRevocations {
 
   async planUserRevocation(userId: string): Promise<RevocationUndo> {
     const key = detectorRevocationKey(userId);
-    const at = Math.floor(this.now()); // whole ms, as Date.now() (a test's clock may not be)
+    const at = await this.markTime(userId);
     return [{ key, mark: String(at), previous: await guard(() => this.store.get(key)) }];
   }
 
@@ -86,6 +105,9 @@ export class SessionRevocations {
     return revokedBy(session, await guard(() => this.store.getMany(revocationKeys(session))));
   }
 }
+
+/** How far ahead of this instance's clock another instance's recorded sign-in time is believed (markTime). */
+export const MAX_CLOCK_SKEW_MS = 60_000;
 
 /**
  * Undoes one mark: `key` gets back the value `mark` replaced (null: it had none, and goes), only while it still

@@ -91,6 +91,20 @@ export class SessionIndex {
     await guard(() => this.store.set(slotKey(userId, slot), JSON.stringify({ ...entry, seq: count }), ttl));
   }
 
+  /**
+   * The latest sign-in time (`authTime`, epoch ms) among the user's indexed sessions, null when none is: what
+   * "sign out everywhere" must reach (SessionRevocations.markTime). One store round trip.
+   */
+  async latestSignIn(userId: string): Promise<number | null> {
+    const values = await this.readMany(slotKeys(userId));
+    let latest: number | null = null;
+    for (const value of values) {
+      const parsed = parseEntry(value);
+      if (parsed && (latest === null || parsed.entry.authTime > latest)) latest = parsed.entry.authTime;
+    }
+    return latest;
+  }
+
   /** One user's indexed sessions, newest first, each with whether it was revoked. */
   async list(userId: string): Promise<SessionView[]> {
     return (await this.listMany([userId])).get(userId) ?? [];
@@ -101,10 +115,7 @@ export class SessionIndex {
    * then the revocation marks of the sessions found.
    */
   async listMany(userIds: readonly string[]): Promise<Map<string, SessionView[]>> {
-    const slotKeys = userIds.flatMap((userId) =>
-      Array.from({ length: SESSION_SLOTS }, (_, slot) => slotKey(userId, slot)),
-    );
-    const values = await this.readMany(slotKeys);
+    const values = await this.readMany(userIds.flatMap(slotKeys));
     const found = new Map<string, StoredEntry[]>();
     userIds.forEach((userId, u) => {
       const entries: Array<{ entry: StoredEntry; seq: number }> = [];
@@ -157,6 +168,11 @@ function counterKey(userId: string): string {
 
 function slotKey(userId: string, slot: number): string {
   return `sidx:${userId}:${slot}`;
+}
+
+/** Every slot of the user's ring. */
+function slotKeys(userId: string): string[] {
+  return Array.from({ length: SESSION_SLOTS }, (_, slot) => slotKey(userId, slot));
 }
 
 /** A stored entry and its sequence number, or null for an empty slot or anything else (a later version's format). */

@@ -155,3 +155,48 @@ describe('SessionIndex', () => {
     expectKeywardError(await rejected(broken.record('local:ada', session())), 'store_unavailable');
   });
 });
+
+/**
+ * Two instances sharing one store, the one that handles "sign out everywhere" with its clock behind the one that
+ * signed the user in: the mark must still reach every recorded sign-in (SessionRevocations.markTime).
+ */
+describe('"sign out everywhere" across instances whose clocks disagree', () => {
+  function instances(aheadMs: number) {
+    const real = { now: Date.UTC(2027, 5, 15, 12, 0, 0) };
+    const store = new MemoryStore(() => real.now);
+    const clockOf = (offset: number) => () => real.now + offset;
+    const ahead = { index: new SessionIndex(store, MAX_AGE, clockOf(aheadMs)), now: clockOf(aheadMs) };
+    const index = new SessionIndex(store, MAX_AGE, clockOf(0));
+    const behind = new SessionRevocations(store, MAX_AGE, clockOf(0), (userId) => index.latestSignIn(userId));
+    return { real, ahead, behind };
+  }
+  const signedIn = (authTime: number) => ({ sessionId: randomUUID(), userId: 'local:ada', authTime });
+
+  it('revokes a session signed in a moment before on an instance whose clock is 3 s ahead', async () => {
+    const { real, ahead, behind } = instances(3_000);
+    const victim = signedIn(ahead.now());
+    await ahead.index.record('local:ada', { sessionId: victim.sessionId, kind: 'browser', expiresAt: ahead.now() + 8 * HOUR, authTime: victim.authTime, roles: ['user'] });
+    real.now += 1_000;
+    await behind.revokeUser('local:ada');
+    expect(await behind.isRevoked(victim)).toBe(true);
+    // The detector's undoable revocation reaches as far.
+    const plan = await behind.planUserRevocation('local:ada');
+    expect(Number(plan[0]!.mark)).toBe(victim.authTime);
+  });
+
+  it('a sign-in time more than a minute ahead counts as a minute ahead: a wrong clock cannot lock the user out for a lifetime', async () => {
+    const { real, ahead, behind } = instances(24 * HOUR);
+    await ahead.index.record('local:ada', { sessionId: randomUUID(), kind: 'browser', expiresAt: ahead.now() + 8 * HOUR, authTime: ahead.now(), roles: ['user'] });
+    await behind.revokeUser('local:ada');
+    real.now += 61_000;
+    expect(await behind.isRevoked(signedIn(real.now))).toBe(false);
+  });
+
+  it('with nothing recorded the mark is this instance\'s now', async () => {
+    const { real, behind } = instances(0);
+    await behind.revokeUser('local:bob');
+    expect(await behind.isRevoked({ sessionId: randomUUID(), userId: 'local:bob', authTime: real.now })).toBe(true);
+    real.now += 1;
+    expect(await behind.isRevoked({ sessionId: randomUUID(), userId: 'local:bob', authTime: real.now })).toBe(false);
+  });
+});
