@@ -26,6 +26,7 @@ import {
   NextExitedError,
   NextSocketFolderError,
   OpenSockets,
+  printUncaughtErrorsScrubbed,
   readServeOptions,
   registerTracingFromEnv,
   scrubConsole,
@@ -71,8 +72,10 @@ async function main(): Promise<void> {
   checkStartup(() => (loaded = createFastLaneRuntime(upstreams)));
   if (!loaded) process.exit(1);
   const runtime = loaded;
-  // As keyward.register() does in Next's process: what anything prints with `console` passes the log scrubber.
+  // As keyward.register() does in Next's process: what anything prints with `console` passes the log scrubber,
+  // an uncaught exception too (Node would print it itself).
   scrubConsole();
+  printUncaughtErrorsScrubbed();
   const problems = fastLaneProblems(runtime);
   if (problems.length > 0) {
     console.error(`\nKeyward cannot start.\n${problems.join('\n')}\n`);

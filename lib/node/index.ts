@@ -11,5 +11,5 @@ export { createUpgradeListener, type UpgradeOptions } from './websocket';
 export { OpenSockets } from '@/lib/core/ws/sockets';
 export { WsTickets } from '@/lib/core/ws/tickets';
 export { checkStartup } from '@/lib/core/startup';
-export { scrubConsole } from '@/lib/core/log/console';
+export { printUncaughtErrorsScrubbed, scrubConsole } from '@/lib/core/log/console';
 export { registerTracingFromEnv, shutdownTracing } from '@/lib/core/observe/trace';

@@ -44,3 +44,22 @@ function formatted(args: unknown[]): string | null {
     return null;
   }
 }
+
+/**
+ * Node prints an uncaught exception (and an unhandled rejection, which its default mode raises as one) with a
+ * writer of its own, past the console: a secret in the error's message, cause or properties would reach stderr
+ * whole. For a process of Keyward's own (`npm start`'s fast lane), this prints it through `console` instead, so
+ * scrubConsole sees it, then exits 1 as Node would. Next's own process needs none: its router server already logs
+ * an uncaught exception with `console` (and keeps serving).
+ */
+export function printUncaughtErrorsScrubbed(target: Console = console, exit: (code: number) => void = (code) => process.exit(code)): void {
+  process.on('uncaughtException', (error, origin) => {
+    try {
+      target.error(`\n${origin === 'unhandledRejection' ? 'An unhandled rejection' : 'An uncaught exception'} stops the process:`, error);
+    } catch {
+      // Formatting the error failed (a getter that throws): say so rather than let Node print it raw.
+      target.error(`\n${origin} stops the process (the error could not be printed)`);
+    }
+    exit(1);
+  });
+}
