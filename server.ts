@@ -117,7 +117,15 @@ async function main(): Promise<void> {
   );
   if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
   server.listen(options.port, options.hostname);
-  await once(server, 'listening');
+  try {
+    await once(server, 'listening');
+  } catch (error) {
+    // A port in use (another server, a second `npm start`), a privileged one, an address this machine lacks: said
+    // in a line, as the other start-up failures are, and Next's process (already started) stopped with this one.
+    console.error(`\nKeyward cannot start: ${listenProblem(error, options)}.\n`);
+    await nextProcess.stop();
+    process.exit(1);
+  }
   const { port } = server.address() as AddressInfo;
   origin = `http://localhost:${port}`;
   console.log(`Keyward (fast lane) on ${listeningOn(options.hostname, port)}: /api/proxy/* by Keyward's core, everything else by Next.js`);
@@ -159,6 +167,17 @@ async function siteWideHeaders(): Promise<Array<readonly [string, string]>> {
   return rules
     .filter((rule) => rule.source === '/:path*' && !rule.has && !rule.missing)
     .flatMap((rule) => rule.headers.map(({ key, value }) => [key.toLowerCase(), value] as const));
+}
+
+/** Why listening failed, in words, naming the address (Node's message names the system call). */
+function listenProblem(error: unknown, options: ServeOptions): string {
+  const code = (error as NodeJS.ErrnoException | null)?.code;
+  const host = options.hostname;
+  const address = host ? `${host.includes(':') ? `[${host}]` : host}:${options.port}` : `port ${options.port}`;
+  if (code === 'EADDRINUSE') return `${address} is already in use (EADDRINUSE): stop what listens there, or choose another port with -p`;
+  if (code === 'EACCES') return `listening on ${address} is not permitted (EACCES): ports below 1024 need privileges; choose another port with -p`;
+  if (code === 'EADDRNOTAVAIL') return `${host} is not an address of this machine (EADDRNOTAVAIL): choose another with -H`;
+  return `it cannot listen on ${address} (${code ?? (error instanceof Error ? error.message : 'unknown error')})`;
 }
 
 /** Where the server listens, said plainly: bound to every interface, it is reachable from the network, not only here. */

@@ -1010,6 +1010,22 @@ async function waitUntilGone(pid: number): Promise<void> {
 }
 
 /** Runs `npm start`'s entry with `args` and env until it exits (start-up failures). */
+/** Waits (up to 15 s, else fails) until no process has `value` in its environment. Linux: reads /proc. */
+async function waitUntilNoProcessUses(value: string): Promise<void> {
+  const users = () =>
+    readdirSync('/proc')
+      .filter((name) => /^\d+$/.test(name))
+      .filter((pid) => {
+        try {
+          return alive(Number(pid)) && readFileSync(`/proc/${pid}/environ`, 'utf8').includes(value);
+        } catch {
+          return false;
+        }
+      });
+  for (let attempt = 0; attempt < 150 && users().length > 0; attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+  expect(users()).toEqual([]);
+}
+
 async function startAndExit(args: string[], extraEnv: Record<string, string>): Promise<{ code: number | null; output: string }> {
   const child = spawn(process.execPath, [...npmStartNodeFlags(process.cwd()), join(process.cwd(), 'scripts', 'start.mjs'), ...args], {
     env: {
@@ -1088,6 +1104,25 @@ describe('npm start accepts what next start accepts', () => {
     expect(temporary.code).toBe(1);
     expect(temporary.output).toContain(`Keyward cannot start: the Next.js process's socket needs a writable temporary directory (TMPDIR, now ${file}): ENOTDIR mkdtemp.`);
     expect(temporary.output).not.toMatch(/\n\s+at /); // no stack
+  });
+
+  it('a port already in use says so in a line and exits 1, leaving no Next process behind', async () => {
+    const taken = createServer();
+    taken.listen(0, '127.0.0.1');
+    await once(taken, 'listening');
+    const { port } = taken.address() as AddressInfo;
+    try {
+      const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-inuse-')), 'keyward.db');
+      const { code, output } = await startAndExit(['-p', String(port), '-H', '127.0.0.1'], { ...env, AUTH_TRUST_HOST: 'true', KEYWARD_STORE_PATH: storePath });
+      expect(code).toBe(1);
+      expect(output).toContain(`Keyward cannot start: 127.0.0.1:${port} is already in use (EADDRINUSE)`);
+      expect(output).not.toMatch(/\n\s+at /); // no stack
+      expectNoLeak(output);
+      // Its Next.js process (started before the listen) went with it: none is left holding this store.
+      await waitUntilNoProcessUses(storePath);
+    } finally {
+      taken.close();
+    }
   });
 
   it('a memory store is refused (the fast lane and Next hold separate runtimes)', async () => {
