@@ -1,5 +1,6 @@
 import { isAbsolute, relative, resolve } from 'node:path';
 import type { NextConfig } from 'next';
+import { PROXIED_CONTENT_SECURITY_POLICY, PROXIED_PATHS_SOURCE } from './lib/core/respond/content-policy';
 
 /**
  * Files Keyward reads at run time by path (the upstreams config, the decoys file), which Next's file tracing
@@ -46,6 +47,12 @@ const nextConfig: NextConfig = {
           // anything else (JSON, Auth.js's form pages, a 404 page under /api/) runs no script at all.
           { key: 'Content-Security-Policy', value: "script-src 'none'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'" },
         ],
+      },
+      {
+        // Proxied answers hold what upstreams sent, HTML included: sandboxed (lib/core/respond/content-policy.ts).
+        // Later rules win for the same header, and Next's rule replaces a route handler's own.
+        source: PROXIED_PATHS_SOURCE,
+        headers: [{ key: 'Content-Security-Policy', value: PROXIED_CONTENT_SECURITY_POLICY }],
       },
     ];
   },

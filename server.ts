@@ -14,7 +14,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import nextEnv from '@next/env';
-import type { Runtime } from 'keyward/core';
+import { PROXIED_PATHS_SOURCE, type Runtime } from 'keyward/core';
 import {
   checkStartup,
   createClientErrorAnswer,
@@ -101,11 +101,12 @@ async function main(): Promise<void> {
       throw error;
     }),
   );
-  const siteHeaders = await siteWideHeaders();
+  const siteHeaders = await configuredHeaders(['/:path*']);
+  const proxyHeaders = await configuredHeaders(['/:path*', PROXIED_PATHS_SOURCE]);
   let origin = `http://localhost:${options.port}`;
   // /api/metrics too: this process counts the proxied calls (lib/core/observe/metrics.ts processMetrics).
   const serving = new ServingCalls();
-  const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: nextProcess.web, siteHeaders, metrics: runtime, serving }));
+  const server = createServer(createFastLane({ deps: runtime, origin: () => origin, next: nextProcess.web, siteHeaders, proxyHeaders, metrics: runtime, serving }));
   server.on('connect', createConnectRefusal(runtime, siteHeaders));
   server.on('clientError', createClientErrorAnswer(siteHeaders));
   // WebSockets: upgrades on /api/proxy/* to routes that declare `websocket: true`, authorized by the core;
@@ -161,11 +162,14 @@ async function main(): Promise<void> {
   });
 }
 
-/** next.config.ts's headers for every path (`source: '/:path*'`): Next adds them to route handlers' responses too. */
-async function siteWideHeaders(): Promise<Array<readonly [string, string]>> {
+/**
+ * next.config.ts's headers for the rules with these sources, in their order (a later rule's header replaces an
+ * earlier one's, as in Next): Next adds them to route handlers' responses too.
+ */
+async function configuredHeaders(sources: readonly string[]): Promise<Array<readonly [string, string]>> {
   const rules = (await nextConfig.headers?.()) ?? [];
   return rules
-    .filter((rule) => rule.source === '/:path*' && !rule.has && !rule.missing)
+    .filter((rule) => sources.includes(rule.source) && !rule.has && !rule.missing)
     .flatMap((rule) => rule.headers.map(({ key, value }) => [key.toLowerCase(), value] as const));
 }
 

@@ -17,6 +17,7 @@ export type { ConnectionInput, ConnectionsInput } from './connect/config';
 export { ERROR_STATUS, KeywardError, errorResponse, toKeywardError, type KeywardErrorCode } from './errors';
 export { handleProxy, type ProxyDeps, type ProxyEvent, type ProxyTarget } from './pipeline';
 export type { CoreRequest } from './request';
+export { PROXIED_CONTENT_SECURITY_POLICY, PROXIED_PATHS_SOURCE } from './respond/content-policy';
 export { createRuntime, type Runtime, type RuntimeOptions } from './runtime';
 export { checkStartup } from './startup';
 export { hashPassword } from './users/password';

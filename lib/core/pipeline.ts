@@ -15,7 +15,7 @@ import { UsageReader, numberAt, pricedUsage, ratesFor, sumAt, toUnits, type Toke
 import { authorize } from './policy/authorize';
 import { readContractBody } from './policy/body';
 import { applyCaps, applyIdentity, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
-import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from './forward/headers';
+import { filterRequestHeaders, filterResponseHeaders, guardActiveContent, hasMethodOverride } from './forward/headers';
 import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, ProxiedBody, type StreamOutcome } from './respond/body';
@@ -803,6 +803,7 @@ function respond(
   const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets);
   outHeaders.set('cache-control', route.cacheControl);
   outHeaders.set('x-content-type-options', 'nosniff');
+  guardActiveContent(outHeaders);
   outHeaders.set('x-request-id', requestId);
   for (const [name, value] of grant?.headers ?? []) outHeaders.set(name, value);
 

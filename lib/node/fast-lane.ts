@@ -18,6 +18,8 @@ export interface FastLaneOptions {
   readonly next: (req: IncomingMessage, res: ServerResponse) => unknown;
   /** Headers next.config.ts adds to every response (its `source: '/:path*'` rules), so both doors send them. */
   readonly siteHeaders?: readonly (readonly [string, string])[];
+  /** What it adds to `/api/proxy/*` answers (the site's, then its `/api/proxy/:path*` rule's); `siteHeaders` when absent. */
+  readonly proxyHeaders?: readonly (readonly [string, string])[];
   /**
    * When given, `/api/metrics` is answered here from this runtime rather than by Next: with Next in a process of
    * its own (server.ts), this process is the one that counts the proxied calls.
@@ -58,11 +60,12 @@ export class ServingCalls {
 export function createFastLane(options: FastLaneOptions): RequestListener {
   const { deps, next } = options;
   const siteHeaders = options.siteHeaders ?? [];
+  const proxyHeaders = options.proxyHeaders ?? siteHeaders;
   return (req, res) => {
     const url = req.url ?? '/';
     const proxyPath = parseProxyPath(url);
     if (proxyPath !== null) {
-      const call = serveProxy(req, res, proxyPath, deps, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
+      const call = serveProxy(req, res, proxyPath, deps, options.origin(), proxyHeaders).catch((error: unknown) => failed(error, res));
       options.serving?.track(call);
     } else if (isDisguisedProxyPath(url)) {
       writeResponse(disguisedPathRefusal(req, deps), res, siteHeaders).catch((error: unknown) => failed(error, res));

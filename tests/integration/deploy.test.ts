@@ -273,6 +273,10 @@ describe('production without the demo', () => {
       const answer = await send(app, 'GET', path, { host: 'app.test' });
       expect(answer.headers['content-security-policy'], path).toBe("script-src 'none'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'");
     }
+    // Under /api/proxy, where answers hold what upstreams sent, a sandbox that loads nothing, Keyward's own errors too.
+    const proxied = await send(app, 'GET', '/api/proxy/no-such-upstream/x', { host: 'app.test' });
+    expect(proxied.status).toBe(404);
+    expect(proxied.headers['content-security-policy']).toBe("sandbox; default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
   });
 
   it('the benchmark’s naive route is not served, even with its variables set', async () => {

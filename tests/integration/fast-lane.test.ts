@@ -14,6 +14,7 @@ import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse } from '../fixtures/raw-http';
 import { alive, commandEnv, descendants } from '../fixtures/processes';
 import { findLeak } from '../fixtures/claims-session';
+import { PROXIED_CONTENT_SECURITY_POLICY } from '../../lib/core/respond/content-policy';
 import { decoyId, mintDecoy } from '../../lib/core/detect/mint';
 import { AuditLog } from '../../lib/core/audit/audit';
 import { createLogger } from '../../lib/core/log/logger';
@@ -189,8 +190,30 @@ describe('the fast lane proxies through the core', () => {
     // next.config.ts's site-wide headers, as Next adds them to route handlers' responses.
     expect(response.headers.get('x-frame-options')).toBe('DENY');
     expect(response.headers.get('referrer-policy')).toBe('no-referrer');
-    expect(response.headers.get('content-security-policy')).toBe("script-src 'none'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'");
+    // A proxied answer's own policy replaces the site's: it sandboxes a document made of it and loads nothing.
+    expect(response.headers.get('content-security-policy')).toBe(PROXIED_CONTENT_SECURITY_POLICY);
     expectNoLeak(`${JSON.stringify([...response.headers])}\n${text}`);
+  });
+
+  it('an upstream answering HTML: a sandboxed attachment through both doors, never a page of the app', async () => {
+    upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html', 'content-disposition': 'inline' });
+      res.end('<script>fetch("/api/keys")</script>');
+    });
+    try {
+      for (const [server, cookie] of [[lane, laneCookie], [handlers, handlersCookie]] as const) {
+        const response = await fetch(`${server.url}/api/proxy/echo/items/9`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+        const where = server === lane ? 'fast lane' : 'route handler';
+        expect(response.status, where).toBe(200);
+        expect(await response.text(), where).toBe('<script>fetch("/api/keys")</script>');
+        // One policy, not the site's beside it (a browser enforces every policy it is sent).
+        expect(response.headers.get('content-security-policy'), where).toBe(PROXIED_CONTENT_SECURITY_POLICY);
+        expect(response.headers.get('content-disposition'), where).toBe('attachment');
+        expect(response.headers.get('x-content-type-options'), where).toBe('nosniff');
+      }
+    } finally {
+      upstream.reset();
+    }
   });
 
   it('the root route (`/`) is the upstream\'s own URL, /api/proxy/<upstream>, through both doors (the typed client\'s URL)', async () => {

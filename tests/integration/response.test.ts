@@ -128,6 +128,57 @@ describe('response headers', () => {
   });
 });
 
+describe('active content is never served as a page on the app origin', () => {
+  // A stored upload returned as HTML (or S3's `response-content-type`) would otherwise run on the app's origin,
+  // where a script can send X-Keyward-CSRF and call every route as the signed-in user.
+  it('every proxied answer gets a sandboxing Content-Security-Policy, whatever its type', async () => {
+    for (const type of ['application/json', 'text/html; charset=utf-8', 'image/png']) {
+      h.upstream.handle((_req, res) => {
+        res.writeHead(200, { 'content-type': type, 'content-security-policy': "script-src *" });
+        res.end('x');
+      });
+      const result = await h.call(['headers']);
+      expect(result.response.status).toBe(200);
+      const policy = result.response.headers.get('content-security-policy') ?? '';
+      expect(policy.split(';').map((part) => part.trim())).toEqual(
+        expect.arrayContaining(['sandbox', "default-src 'none'", "frame-ancestors 'none'", "form-action 'none'", "base-uri 'none'"]),
+      );
+      expect(policy).not.toContain('script-src *');
+    }
+  });
+
+  it('HTML, SVG, XML and untyped answers are attachments, not pages; the body is passed on unchanged', async () => {
+    const active = ['text/html', 'TEXT/HTML; charset=utf-8', 'application/xhtml+xml', 'image/svg+xml', 'text/xml', 'application/xml', 'application/atom+xml', 'text/xsl', null];
+    for (const type of active) {
+      h.upstream.handle((_req, res) => {
+        res.setHeader('content-disposition', 'inline');
+        if (type !== null) res.setHeader('content-type', type);
+        res.writeHead(200);
+        res.end('<html><body><script>fetch("/api/proxy/x")</script></body></html>');
+      });
+      const result = await h.call(['headers']);
+      expect(result.response.status, String(type)).toBe(200);
+      expect(result.response.headers.get('content-disposition'), String(type)).toBe('attachment');
+      expect(result.text).toBe('<html><body><script>fetch("/api/proxy/x")</script></body></html>');
+    }
+  });
+
+  it('other types keep the upstream\'s own Content-Disposition, or none', async () => {
+    h.upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/pdf', 'content-disposition': 'inline; filename="r.pdf"' });
+      res.end('%PDF-1.7');
+    });
+    const pdf = await h.call(['headers']);
+    expect(pdf.response.status).toBe(200);
+    expect(pdf.response.headers.get('content-disposition')).toBe('inline; filename="r.pdf"');
+    h.upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+    expect((await h.call(['headers'])).response.headers.get('content-disposition')).toBeNull();
+  });
+});
+
 describe('byte ranges', () => {
   /** An upstream that honours Range (as a file server does) and answers with the key it was sent. */
   function rangeEchoing() {

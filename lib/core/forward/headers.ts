@@ -1,4 +1,5 @@
 import { formsOfSecrets } from '../log/scrub';
+import { PROXIED_CONTENT_SECURITY_POLICY } from '../respond/content-policy';
 
 /**
  * Request headers Keyward forwards by default. An allow-list, not a block-list: hop-by-hop headers
@@ -87,6 +88,30 @@ export function filterResponseHeaders(
     }
   }
   return out;
+}
+
+/** Types a browser renders as a document that can carry markup or script (HTML, SVG, any XML), and no type at all. */
+function isActiveContent(contentType: string | null): boolean {
+  const essence = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
+  return (
+    essence === '' ||
+    essence === 'text/html' ||
+    essence === 'text/xml' ||
+    essence === 'text/xsl' ||
+    essence === 'application/xml' ||
+    essence.endsWith('+xml') ||
+    essence === 'multipart/x-mixed-replace'
+  );
+}
+
+/**
+ * Sets the sandboxing policy on a proxied answer, and makes an active type (`isActiveContent`) an attachment: a
+ * link to it downloads a file rather than showing the upstream's markup under the app's address. Applied after the
+ * upstream's headers are filtered, so an upstream's own policy or `inline` disposition cannot loosen it.
+ */
+export function guardActiveContent(headers: Headers): void {
+  headers.set('content-security-policy', PROXIED_CONTENT_SECURITY_POLICY);
+  if (isActiveContent(headers.get('content-type'))) headers.set('content-disposition', 'attachment');
 }
 
 /**
