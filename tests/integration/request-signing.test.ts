@@ -91,9 +91,28 @@ beforeAll(async () => {
           routes: [
             { method: 'POST', path: '/model/:model/converse', body: converseBody },
             { method: 'POST', path: '/model/:model/invoke', maxRequestBytes: 4096 },
-            { method: 'GET', path: '/items/:id' },
+            {
+              method: 'GET',
+              path: '/items/:id',
+              // An AWS route takes only the query it declares (the query chooses the operation on S3 and the Query APIs).
+              query: {
+                properties: {
+                  q: { type: 'string' },
+                  tag: { type: 'array', items: { type: 'string' } },
+                  empty: { type: 'string' },
+                  star: { type: 'string' },
+                  uni: { type: 'string' },
+                  page: { type: 'integer' },
+                },
+              },
+            },
             { method: 'GET', path: '/files/*' },
             { method: 'DELETE', path: '/items/:id' },
+            {
+              method: 'GET',
+              path: '/presign/:id',
+              query: { properties: { 'X-Amz-Signature': { type: 'string' }, 'x-amz-credential': { type: 'string' } } },
+            },
           ],
           responseHeaders: ['x-amzn-requestid'],
           timeoutMs: 120_000,
@@ -115,7 +134,8 @@ beforeAll(async () => {
           auth: { type: 'aws-sigv4', service: 's3', region: 'eu-central-1', payload: 'unsigned', ...credentials },
           routes: [
             { method: 'PUT', path: '/*', maxRequestBytes: 1024 * 1024 },
-            { method: 'GET', path: '/*' },
+            { method: 'GET', path: '/*', query: { properties: { versionId: { type: 'string', maxLength: 1024 } } } },
+            { method: 'DELETE', path: '/*' },
           ],
           timeoutMs: 120_000,
         }),
@@ -355,6 +375,44 @@ describe('aws-sigv4: every call is signed with @smithy/signature-v4 and verifies
     );
   });
 
+  it('S3: a query the route does not declare is refused, nothing signed or sent (it would pick another operation)', async () => {
+    const upstream = verifying((request) => verifySigV4(request, s3Key));
+    const attempts: { method: string; query: string }[] = [
+      // PutObjectAcl (`x-amz-acl: public-read` is not forwarded, but an ACL body is), PutObjectTagging, retention…
+      { method: 'PUT', query: '?acl' },
+      { method: 'PUT', query: '?tagging' },
+      { method: 'PUT', query: '?retention' },
+      { method: 'PUT', query: '?legal-hold=' },
+      { method: 'PUT', query: '?partNumber=1&uploadId=abc' },
+      // AbortMultipartUpload, DeleteObjectTagging: a DELETE of one object turned into another operation.
+      { method: 'DELETE', query: '?uploadId=abc' },
+      { method: 'DELETE', query: '?tagging' },
+      // S3 honours these on signed requests only: the stored file served as an HTML page.
+      { method: 'GET', query: '?response-content-type=text%2Fhtml' },
+      { method: 'GET', query: '?versionId=1&response-content-disposition=inline' },
+      { method: 'GET', query: '?acl' },
+    ];
+    for (const { method, query } of attempts) {
+      const result = await h.call(['uploads', 'page.html'], { upstream: 's3', method, query, ...(method === 'PUT' ? { body: 'x', headers: { 'content-type': 'text/plain' } } : {}) });
+      expect(result.response.status, `${method} ${query}`).toBe(400);
+      expect((JSON.parse(result.text) as { error: { code: string } }).error.code, `${method} ${query}`).toBe('contract_violation');
+    }
+    expect(upstream.received).toHaveLength(0);
+    const acl = await h.call(['uploads', 'page.html'], { upstream: 's3', method: 'PUT', query: '?acl', body: 'x', headers: { 'content-type': 'text/plain' } });
+    expect((JSON.parse(acl.text) as { error: { message: string } }).error.message).toContain('query: unknown field');
+    // What the routes declare still goes through: a plain upload, a plain delete, a declared version id.
+    expectVerified(await h.call(['uploads', 'page.txt'], { upstream: 's3', method: 'PUT', body: 'x', headers: { 'content-type': 'text/plain' } }), upstream);
+    expectVerified(await h.call(['uploads', 'page.txt'], { upstream: 's3', method: 'DELETE' }), upstream);
+    expect(expectVerified(await h.call(['uploads', 'page.txt'], { upstream: 's3', query: '?versionId=7' }), upstream).url).toBe('/bucket/uploads/page.txt?versionId=7');
+  });
+
+  it('any AWS service: a route without a query contract takes no query (the Query APIs read the operation from `Action`)', async () => {
+    const upstream = verifying((request) => verifySigV4(request, temporaryKey));
+    const result = await h.call(['items', '1'], { upstream: 'aws-temp', query: '?Action=DeleteQueue' });
+    expectKeywardError(result, 400, 'contract_violation', h);
+    expect(upstream.received).toHaveLength(0);
+  });
+
   it('the client cannot supply or override the signature headers', async () => {
     const upstream = verifying((request) => verifySigV4(request, bedrockKey));
     const result = await h.call(['items', '3'], {
@@ -376,8 +434,14 @@ describe('aws-sigv4: every call is signed with @smithy/signature-v4 and verifies
 
   it('presigned-URL query parameters from the client are refused, nothing sent upstream', async () => {
     const upstream = verifying((request) => verifySigV4(request, bedrockKey));
+    // Undeclared, as any parameter a route does not declare.
     for (const query of ['?X-Amz-Signature=00', '?x-amz-credential=AKIAEVIL%2F20000101', '?X-Amz-Security-Token[]=t']) {
       const result = await h.call(['items', '3'], { upstream: 'bedrock', query });
+      expectKeywardError(result, 400, 'contract_violation', h);
+    }
+    // Declared by a route's contract (a mistake): still never signed or sent.
+    for (const query of ['?X-Amz-Signature=00', '?x-amz-credential=AKIAEVIL%2F20000101']) {
+      const result = await h.call(['presign', '3'], { upstream: 'bedrock', query });
       expectKeywardError(result, 400, 'bad_request', h);
     }
     expect(upstream.received).toHaveLength(0);

@@ -55,7 +55,11 @@ export interface PartRule {
   readonly file: FilePartSpec | null;
 }
 
-export function compileContract(route: RouteConfig, where: string): CompiledContract {
+/**
+ * `closedQuery`: a route that declares no `query` accepts none (an `aws-sigv4` upstream's: on S3 and AWS's Query
+ * APIs the query chooses the operation, so a signed `?acl` or `?Action=` would be another call than the route's).
+ */
+export function compileContract(route: RouteConfig, where: string, closedQuery = false): CompiledContract {
   let query: CompiledContract['query'] = null;
   if (route.query instanceof z.ZodType) {
     query = { schema: closed(route.query), arrays: null };
@@ -69,7 +73,7 @@ export function compileContract(route: RouteConfig, where: string): CompiledCont
       shape[name] = spec.required?.includes(name) ? schema : schema.optional();
     }
     query = { schema: z.strictObject(shape), arrays };
-  } else if (route.body) {
+  } else if (route.body || closedQuery) {
     // A body contract closes the query too: many servers read query parameters into the same bucket as the body
     // (Stripe, Rails, PHP's $_REQUEST), so an open query would carry what the contract refuses in the body.
     query = { schema: z.strictObject({}), arrays: new Set() };

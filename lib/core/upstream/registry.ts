@@ -178,7 +178,7 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
     roles: route.roles ? new Set(route.roles) : null,
     scopes: route.scopes ? new Set(route.scopes) : null,
     paramEquals: new Map(Object.entries(route.paramEquals ?? {})),
-    contract: compileContract(route, where),
+    contract: compileContract(route, where, upstream.auth.type === 'aws-sigv4'),
     limits: compileRouteLimits(upstreamId, `${route.method} ${route.path}`, upstream, route, where),
     maxRequestBytes: route.maxRequestBytes ?? upstream.maxRequestBytes,
     maxDecodedResponseBytes: route.maxDecodedResponseBytes ?? upstream.maxDecodedResponseBytes,
