@@ -401,6 +401,7 @@ function writeTarget(parts: RequestParts, target: FieldTarget, value: string | n
   }
   let node = parts.body as Record<string, unknown>;
   for (const key of path.slice(0, -1)) {
+    dropCaseVariants(node, key);
     const next = Object.hasOwn(node, key) ? node[key] : undefined;
     if (next === undefined) {
       const created: Record<string, unknown> = {};
@@ -414,7 +415,20 @@ function writeTarget(parts: RequestParts, target: FieldTarget, value: string | n
     }
   }
   // defineProperty, not assignment: a key named `__proto__` stays a plain data property.
+  dropCaseVariants(node, path[path.length - 1]!);
   Object.defineProperty(node, path[path.length - 1]!, { value, enumerable: true, writable: true, configurable: true });
+}
+
+/**
+ * Only Keyward's copy of a field it writes goes on: a key that differs from it in case alone (`User`, `USER_ID`) is
+ * dropped, since some upstreams match JSON keys case-insensitively and keep the last copy (Go's encoding/json,
+ * .NET with PropertyNameCaseInsensitive). Closed contracts refuse such keys already; an open object (a zod record) does not.
+ */
+function dropCaseVariants(node: Record<string, unknown>, key: string): void {
+  // Upper then lower case: Go's folding also matches `ſ` (long s) to `s` and `K` (Kelvin sign) to `k`.
+  const fold = (name: string) => name.toUpperCase().toLowerCase();
+  const wanted = fold(key);
+  for (const other of Object.keys(node)) if (other !== key && fold(other) === wanted) delete node[other];
 }
 
 export function violation(message: string): KeywardError {

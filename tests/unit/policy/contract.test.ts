@@ -809,6 +809,23 @@ describe('applyIdentity', () => {
     expect(JSON.stringify(parts.body)).not.toContain('acct-1"');
   });
 
+  it('drops body keys a case-insensitive upstream could read as the stamped one (Go\'s encoding/json: the last copy wins)', () => {
+    const parts = chat({
+      User: 'local:mallory',
+      USER: 'local:mallory',
+      'u\u017Fer': 'local:mallory',
+      Metadata: { user_id: 'acct-1' },
+      metadata: { USER_ID: 'acct-1', User_Id: 'acct-1', tag: 't' },
+    });
+    applyIdentity(stamped, alice(), parts);
+    expect(parts.body).toEqual({
+      model: 'small',
+      messages: [{ role: 'user', content: 'hi' }],
+      user: 'local:alice',
+      metadata: { tag: 't', user_id: 'acct-42' },
+    });
+  });
+
   it('writes absent fields and creates the objects on the way', () => {
     const parts = chat();
     applyIdentity(stamped, alice(), parts);
