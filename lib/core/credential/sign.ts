@@ -45,15 +45,16 @@ export async function signRequest(
     await signer.sign({ method, url, headers, body });
     return body;
   }
-  if (signer.streamedBody === 'buffer') {
+  // An unsigned payload streams through; S3 needs its length up front (411 without it), so the client's declared
+  // length goes with it, and undici refuses to send a body of any other length (RequestContentLengthMismatchError).
+  // Without one (a chunked upload, a multipart body rebuilt from its contract), it is read whole like a signed one.
+  const declared = call.declaredLength !== null && /^\d{1,16}$/.test(call.declaredLength) ? String(Number(call.declaredLength)) : null;
+  if (signer.streamedBody === 'buffer' || declared === null) {
     const whole = await readWhole(body);
     await signer.sign({ method, url, headers, body: whole });
     return whole;
   }
-  // An unsigned payload streams through; S3 needs its length up front (411 without it), so the client's declared
-  // length goes with it, and undici refuses to send a body of any other length (RequestContentLengthMismatchError).
-  if (call.declaredLength !== null && /^\d{1,16}$/.test(call.declaredLength))
-    headers['content-length'] = String(Number(call.declaredLength));
+  headers['content-length'] = declared;
   await signer.sign({ method, url, headers, body: 'streamed' });
   return body;
 }
