@@ -14,7 +14,8 @@ export function renderClientTypes(definitions: readonly UpstreamDefinition[], so
     for (const route of config.routes) {
       const key = `${route.method} ${route.path}`;
       // The first of two identical declarations is the one Keyward matches (lib/core/route/match.ts).
-      if (!routes.has(key)) routes.set(key, renderRoute(route, '      '));
+      // On an aws-sigv4 upstream a route without a query contract takes no query (lib/core/policy/contract.ts).
+      if (!routes.has(key)) routes.set(key, renderRoute(route, '      ', config.auth.type === 'aws-sigv4'));
     }
     const entries = [...routes].map(([key, types]) => `    ${JSON.stringify(key)}: ${types};`);
     return `  ${JSON.stringify(id)}: {\n${entries.join('\n')}\n  };`;
@@ -33,7 +34,7 @@ export function renderClientTypes(definitions: readonly UpstreamDefinition[], so
 /** Methods Keyward forwards without a body. */
 const BODYLESS = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS']);
 
-function renderRoute(route: RouteConfig, indent: string): string {
+function renderRoute(route: RouteConfig, indent: string, closedQuery: boolean): string {
   const format = (route as { bodyFormat?: string }).bodyFormat;
   const body = BODYLESS.has(route.method)
     ? 'never'
@@ -42,7 +43,8 @@ function renderRoute(route: RouteConfig, indent: string): string {
       : format === 'multipart'
         ? 'FormData'
         : renderContract(route.body, indent);
-  const query = renderContract(route.query, indent);
+  // No query contract: any query, unless a body contract (or the upstream) closes it.
+  const query = route.query === undefined && (route.body !== undefined || closedQuery) ? 'never' : renderContract(route.query, indent);
   const response = renderContract(route.response, indent);
   return `{\n${indent}query: ${query};\n${indent}body: ${body};\n${indent}response: ${response};\n${indent.slice(2)}}`;
 }

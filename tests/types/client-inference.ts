@@ -110,6 +110,8 @@ export async function inferredFromDefinitions(): Promise<void> {
   await kw.demo.post('/items', { body: { name: 1 } });
   // @ts-expect-error -- the body is required
   await kw.demo.post('/items');
+  // @ts-expect-error -- a body contract closes the query (servers merge the two)
+  await kw.demo.post('/items', { body: { name: 'n' }, query: { name: 'm' } });
 
   // Declarative body and response specs, mapped at the type level.
   const note = await kw.demo.post('/notes', { body: { text: 'hi', priority: 'high', tags: ['a'], meta: { pinned: true } } });

@@ -65,6 +65,14 @@ const config = {
   upstreams: {
     weather,
     echo: { baseUrl: 'https://echo.example/', auth: { type: 'bearer', secret: { env: 'ECHO_KEY' } }, routes: [{ method: 'PUT', path: '/things/:id', body: { type: 'string' } }] },
+    files: {
+      baseUrl: 'https://files.s3.eu-west-1.amazonaws.com/',
+      auth: { type: 'aws-sigv4', service: 's3', region: 'eu-west-1', accessKeyId: { env: 'FILES_KEY_ID' }, secret: { env: 'FILES_SECRET' } },
+      routes: [
+        { method: 'GET', path: '/objects/*' },
+        { method: 'GET', path: '/versions/*', query: { properties: { versionId: { type: 'string' } } } },
+      ],
+    },
   },
 };
 
@@ -105,6 +113,12 @@ export async function calls(): Promise<void> {
   await kw.weather.delete('/alerts/:region/:id', { params: { region: 'eu', id: 7 }, body: {} });
   // @ts-expect-error -- the body is a string
   await kw.echo.put('/things/:id', { params: { id: 'x' }, body: 1 });
+  // @ts-expect-error -- a body contract closes the query (servers merge the two)
+  await kw.weather.post('/alerts/:region', { params: { region: 'eu' }, body: { level: 1 }, query: { level: 3 } });
+  // @ts-expect-error -- an AWS route takes only the query its contract declares, so none without one
+  await kw.files.get('/objects/*', { params: { '*': 'a/b.txt' }, query: { acl: '' } });
+  await kw.files.get('/objects/*', { params: { '*': 'a/b.txt' } });
+  await kw.files.get('/versions/*', { params: { '*': 'a/b.txt' }, query: { versionId: '3' } });
   // @ts-expect-error -- no such upstream
   await kw.nope.get('/forecast');
 }
@@ -141,7 +155,7 @@ describe('npm run keyward -- types', { timeout: 120_000 }, () => {
   });
 
   it('writes KeywardApi for the JSON config, read with the runtime loader', () => {
-    expect(run.stderr).toContain(`wrote KeywardApi (weather, echo) to ${out}`);
+    expect(run.stderr).toContain(`wrote KeywardApi (weather, echo, files) to ${out}`);
     expect(run.status).toBe(0);
     // Named relative to the working directory, so the file is the same on every machine.
     expect(generated).toBe(renderClientTypes(parseConfig(config, configPath), 'keyward.json'));
@@ -159,7 +173,7 @@ describe('npm run keyward -- types', { timeout: 120_000 }, () => {
     ]);
     expect(typecheck([USAGE_PATH, GENERATED_PATH], files)).toEqual([]);
     const { text, expectedLines } = withoutExpectErrors(USAGE);
-    expect(expectedLines).toHaveLength(12);
+    expect(expectedLines).toHaveLength(14);
     const problems = typecheck([USAGE_PATH], new Map([...files, [USAGE_PATH, text]]));
     expect([...new Set(problems.map((problem) => problem.line))].sort((a, b) => a - b)).toEqual(expectedLines);
   });
