@@ -366,7 +366,12 @@ export function readTarget(parts: RequestParts, target: FieldTarget): unknown {
   }
   let node: unknown = parts.body;
   for (const key of path) {
-    if (node === null || typeof node !== 'object' || Array.isArray(node) || !Object.hasOwn(node, key)) return undefined;
+    if (node === null || typeof node !== 'object' || Array.isArray(node)) return undefined;
+    // A key that differs from this one in case alone (in an open object: closed contracts refuse it) is one a Go or
+    // .NET upstream may read instead: no one value, as with a repeated query parameter (caps and budgets refuse it).
+    const variants = caseVariants(node as Record<string, unknown>, key);
+    if (variants.length > 0) return [...(Object.hasOwn(node, key) ? [key] : []), ...variants].map((name) => (node as Record<string, unknown>)[name]);
+    if (!Object.hasOwn(node, key)) return undefined;
     node = (node as Record<string, unknown>)[key];
   }
   return node;
@@ -425,10 +430,15 @@ function writeTarget(parts: RequestParts, target: FieldTarget, value: string | n
  * .NET with PropertyNameCaseInsensitive). Closed contracts refuse such keys already; an open object (a zod record) does not.
  */
 function dropCaseVariants(node: Record<string, unknown>, key: string): void {
+  for (const other of caseVariants(node, key)) delete node[other];
+}
+
+/** The keys of `node` other than `key` that equal it once case is folded, as Go's encoding/json folds it. */
+function caseVariants(node: Record<string, unknown>, key: string): string[] {
   // Upper then lower case: Go's folding also matches `ſ` (long s) to `s` and `K` (Kelvin sign) to `k`.
   const fold = (name: string) => name.toUpperCase().toLowerCase();
   const wanted = fold(key);
-  for (const other of Object.keys(node)) if (other !== key && fold(other) === wanted) delete node[other];
+  return Object.keys(node).filter((other) => other !== key && fold(other) === wanted);
 }
 
 export function violation(message: string): KeywardError {

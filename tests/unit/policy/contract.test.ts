@@ -619,6 +619,18 @@ describe('applyCaps', () => {
     }
   });
 
+  it('refuses a copy that differs in case alone (Go and .NET upstreams may read it instead), alone or beside the field', () => {
+    for (const extra of [
+      { MAX_TOKENS: 99999 },
+      { max_tokens: 10, Max_Tokens: 99999 },
+      { metadata: { DEPTH: 50 } },
+      { Metadata: { depth: 50 }, metadata: { depth: 1 } },
+    ]) {
+      const message = violation(() => applyCaps(capped, session(['free']), chat(extra)));
+      expect(message, JSON.stringify(extra)).toMatch(/body\.(max_tokens|metadata\.depth): expected a number/);
+    }
+  });
+
   it('refuses a larger value with 400 contract_violation naming the field and the cap', () => {
     const message = violation(() => applyCaps(capped, session(['free']), chat({ max_tokens: 101 })));
     expect(message).toContain('body.max_tokens');
