@@ -1,6 +1,5 @@
 import { isAbsolute, relative, resolve } from 'node:path';
 import type { NextConfig } from 'next';
-import { PROXIED_CONTENT_SECURITY_POLICY, PROXIED_PATHS_SOURCE } from './lib/core/respond/content-policy';
 
 /**
  * Files Keyward reads at run time by path (the upstreams config, the decoys file), which Next's file tracing
@@ -49,10 +48,12 @@ const nextConfig: NextConfig = {
         ],
       },
       {
-        // Proxied answers hold what upstreams sent, HTML included: sandboxed (lib/core/respond/content-policy.ts).
-        // Later rules win for the same header, and Next's rule replaces a route handler's own.
-        source: PROXIED_PATHS_SOURCE,
-        headers: [{ key: 'Content-Security-Policy', value: PROXIED_CONTENT_SECURITY_POLICY }],
+        // Proxied answers hold what upstreams sent, HTML included: sandboxed. The core sets the same policy on them
+        // (lib/core/respond/content-policy.ts; written out here because a container copies this file without lib/,
+        // and tests/integration/fast-lane.test.ts checks both lanes send the core's). Later rules win for the same
+        // header, and Next's rule replaces a route handler's own.
+        source: '/api/proxy/:path*',
+        headers: [{ key: 'Content-Security-Policy', value: "sandbox; default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'" }],
       },
     ];
   },
