@@ -338,6 +338,22 @@ export class Connections {
    */
   async disconnect(providerId: string, userId: string, actor = userId): Promise<{ revoked: boolean; shared: boolean }> {
     this.provider(providerId);
+    // Under the grant's refresh lock: a refresh finishing between the read and the delete would save tokens this
+    // never revokes, or be refused for the token just revoked and mark the connection as needing a reconnect.
+    const { revoked, shared } = await this.deps.tokens.exclusive(providerId, userId, () => this.revokeAndDelete(providerId, userId));
+    await this.forget(providerId, userId);
+    this.deps.logger.info({ provider: providerId, userId, revoked, shared }, 'account disconnected');
+    await this.deps.audit.recordAdmin({
+      action: 'connection.disconnect',
+      actor,
+      targetUser: userId,
+      outcome: `${providerId}:${revoked ? 'revoked' : 'deleted'}${shared ? ':shared' : ''}`,
+    });
+    return { revoked, shared };
+  }
+
+  /** Disconnect's work, holding the refresh lock: revokes what the store holds, then deletes tokens and record. */
+  private async revokeAndDelete(providerId: string, userId: string): Promise<{ revoked: boolean; shared: boolean }> {
     const [record, tokens] = await Promise.all([
       this.record(providerId, userId),
       this.deps.tokens.load(providerId, userId),
@@ -383,14 +399,6 @@ export class Connections {
       if (account && reversible) await this.setField(accountKey(providerId, account), userId, 1).catch(() => {});
       throw error;
     }
-    await this.forget(providerId, userId);
-    this.deps.logger.info({ provider: providerId, userId, revoked, shared }, 'account disconnected');
-    await this.deps.audit.recordAdmin({
-      action: 'connection.disconnect',
-      actor,
-      targetUser: userId,
-      outcome: `${providerId}:${revoked ? 'revoked' : 'deleted'}${shared ? ':shared' : ''}`,
-    });
     return { revoked, shared };
   }
 

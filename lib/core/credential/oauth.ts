@@ -66,7 +66,8 @@ const REFRESH_SKEW_MS = 60_000;
  * request may still reach the provider: a refresh makes at most three requests of REFRESH_TIMEOUT_MS each in turn
  * (discovery, a connection's RFC 8414 fallback, the token request; discovery only once per process), 30 s, and
  * the lock lasts 45 s. A holder that crashed delays that user's next refresh by as much; waiters give up at
- * WAIT_LIMIT_MS with 503 meanwhile.
+ * WAIT_LIMIT_MS with 503 meanwhile. A disconnect holds it too (`exclusive`) while it revokes: at most as many
+ * requests (discovery, the refresh token, the access token).
  */
 const LOCK_TTL_MS = 45_000;
 /** How many unsaved refreshes a process keeps (OAuthTokenStore.unsaved), and for how long. */
@@ -159,6 +160,30 @@ export class OAuthTokenStore {
     return sealed !== null && sealed !== ENDED;
   }
 
+  /**
+   * Runs `task` holding the grant's refresh lock, as a refresh does: no refresh of the grant is under way meanwhile,
+   * and none starts until the task ends. A disconnect runs in it, so the tokens it reads are the ones it revokes:
+   * a refresh between its read and its delete would save tokens nobody revokes (with a provider that rotates
+   * refresh tokens, revoking the rotated-out one may leave the grant alive), or find the refresh token just revoked
+   * and report the connection as needing a reconnect. Waits for a refresh under way up to WAIT_LIMIT_MS, then
+   * answers 503 `service_unavailable` (try again).
+   */
+  async exclusive<T>(provider: string, userId: string, task: () => Promise<T>): Promise<T> {
+    const lockKey = `lock:${OAuthTokenStore.key(provider, userId)}`;
+    const holder = randomUUID();
+    const deadline = this.now() + WAIT_LIMIT_MS;
+    while (!(await guard(() => this.store.setIfAbsent(lockKey, holder, LOCK_TTL_MS)))) {
+      if (this.now() > deadline)
+        throw new KeywardError('service_unavailable', { message: 'A refresh of this connection is under way; try again shortly.' });
+      await new Promise((resolve) => setTimeout(resolve, WAIT_STEP_MS));
+    }
+    try {
+      return await task();
+    } finally {
+      await this.store.deleteIfEquals(lockKey, holder).catch(() => {});
+    }
+  }
+
   async unlink(provider: string, userId: string): Promise<void> {
     await guard(() => this.store.delete(OAuthTokenStore.key(provider, userId)));
   }
@@ -222,8 +247,8 @@ export class OAuthTokenStore {
 
   /**
    * Refreshes under the lock. The result is written only over the tokens it refreshed (compare-and-set): a
-   * disconnect or a reconnect that landed meanwhile (they do not take the lock) wins, and a refused refresh of
-   * an old grant never deletes, or marks as ended, the grant that replaced it.
+   * reconnect that landed meanwhile (it does not take the lock), or a disconnect that did after the lock expired,
+   * wins, and a refused refresh of an old grant never deletes, or marks as ended, the grant that replaced it.
    */
   private async refreshHoldingLock(provider: string, userId: string, force = false): Promise<string> {
     const key = OAuthTokenStore.key(provider, userId);

@@ -42,7 +42,12 @@ describe('a disconnect that fails part-way', () => {
       clients: new Map([['acme', client]]),
       store,
       vault: {},
-      tokens: { load: async () => ({ accessToken: 'at', refreshToken: 'rt', expiresAt: 0 }), unlink: async () => {} },
+      tokens: {
+        load: async () => ({ accessToken: 'at', refreshToken: 'rt', expiresAt: 0 }),
+        unlink: async () => {},
+        // No refresh runs here: the refresh lock is left to tests/unit/connect/disconnect-refresh.test.ts.
+        exclusive: async <T>(_provider: string, _userId: string, task: () => Promise<T>) => task(),
+      },
       revocations: {},
       audit: { recordAdmin: async () => {} },
       logger: { info: noop, warn: noop, error: noop, debug: noop },
