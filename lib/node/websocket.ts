@@ -195,11 +195,11 @@ async function relay(
     return;
   }
   if (options.sockets.closing.aborted) return endSocketWith(socket, refuseGranted(grant, STOPPING()), siteHeaders);
-  const protocols = (req.headers['sec-websocket-protocol'] ?? '')
-    .split(',')
-    .map((p) => p.trim())
-    .filter(Boolean);
-  // RFC 6455 §4.1: each offered subprotocol is an HTTP token; ws refuses anything else by throwing.
+  const offered = req.headers['sec-websocket-protocol'];
+  // RFC 6455 §4.1: each offered subprotocol is an HTTP token, listed once. Refused here by ws's own rule (its
+  // parser, not exported, throws on an empty entry, `a,` or `a,,b`, and on a header with no entry at all), since
+  // ws answers the client 400 only after the upstream handshake, key and all, has been made for nothing.
+  const protocols = offered === undefined ? [] : offered.split(',').map((p) => p.replace(/^[ \t]+|[ \t]+$/g, ''));
   if (protocols.some((p) => !SUBPROTOCOL.test(p)) || new Set(protocols).size !== protocols.length) {
     return endSocketWith(
       socket,

@@ -346,6 +346,24 @@ describe('WebSocket upgrades through the fast lane', () => {
     await closed(socket);
   });
 
+  it('a subprotocol list the WebSocket server would refuse (an empty entry, a duplicate) is 400 before any upstream handshake', async () => {
+    const before = handshakes.length;
+    const upgrade = { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' };
+    for (const offered of ['realtime,', 'realtime,,other', ',realtime', ' ', 'realtime, realtime', 'real time']) {
+      const answer = await rawRequest(lane.port, 'GET', '/api/proxy/rt/realtime', {
+        ...upgrade,
+        'sec-websocket-protocol': offered,
+        host: new URL(lane.url).host,
+        cookie: await cookieFor('oidc:alice'),
+        ...sameOrigin(),
+      });
+      expect([offered, answer.status]).toEqual([offered, 400]);
+      expect([offered, (JSON.parse(answer.body) as { error: { code: string } }).error.code]).toEqual([offered, 'bad_request']);
+    }
+    // The key never went out for them: no upstream handshake, no upstream session opened for nothing.
+    expect(handshakes.length).toBe(before);
+  });
+
   it('a cookie session from another origin, or with no Origin, is refused before any upstream handshake', async () => {
     const cookie = await cookieFor('oidc:alice');
     const before = handshakes.length;
