@@ -371,7 +371,7 @@ export class Connections {
     try {
       shared = account !== null && (await this.sharedWithOthers(providerId, account, userId));
       if (shared) {
-        // A refresh under way may still save tokens after this; `orphaned` must revoke them the same way.
+        // A refresh that outlived its lock may still save tokens after this; `orphaned` must revoke them the same way.
         await guard(() => this.deps.store.set(sharedKey(providerId, userId), '1', SHARED_MARK_TTL_MS));
         this.deps.logger.info(
           { provider: providerId, userId },
