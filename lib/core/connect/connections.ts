@@ -420,16 +420,20 @@ export class Connections {
 
   /**
    * Disconnects every provider the user is connected to (a local user taken out of the users file: the name may
-   * be given to someone else later, who must not inherit the accounts). `actor` is who the audit names.
+   * be given to someone else later, who must not inherit the accounts). `actor` is who the audit names. One
+   * provider that cannot be disconnected (a store error, a refresh holding the lock) does not keep the others:
+   * the first failure is thrown after every provider was tried.
    */
   async disconnectAll(userId: string, actor: string): Promise<void> {
+    let failure: unknown;
     for (const providerId of this.deps.providers.keys()) {
       try {
         await this.disconnect(providerId, userId, actor);
       } catch (error) {
-        if (!(error instanceof KeywardError && error.code === 'not_found')) throw error;
+        if (!(error instanceof KeywardError && error.code === 'not_found')) failure ??= error;
       }
     }
+    if (failure !== undefined) throw failure;
   }
 
   /** What `accessToken` reads first (OAuthTokenStore.reads), for the call's one store round trip. */

@@ -36,7 +36,7 @@ function setup(refresh: TokenRefresher, now: () => number = Date.now) {
     },
     revokeOwn: async (tokens: OAuthTokens) => (revoked.push(tokens.accessToken), true),
   };
-  const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), new Map([['acme', refresh]]), now, {
+  const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), new Map([['acme', refresh], ['beta', refresh]]), now, {
     refreshed: async (provider, userId, saved) => connections.refreshed(provider, userId, saved),
     ended: async (provider, userId) => connections.ended(provider, userId),
     orphaned: async (provider, userId, lost) => connections.orphaned(provider, userId, lost),
@@ -44,8 +44,8 @@ function setup(refresh: TokenRefresher, now: () => number = Date.now) {
   const noop = () => {};
   // Called only once a call is under way, after `connections` below is made (as in lib/core/runtime.ts).
   const connections: Connections = new Connections({
-    providers: new Map([['acme', { id: 'acme', name: 'Acme' }]]),
-    clients: new Map([['acme', client]]),
+    providers: new Map([['acme', { id: 'acme', name: 'Acme' }], ['beta', { id: 'beta', name: 'Beta' }]]),
+    clients: new Map([['acme', client], ['beta', client]]),
     store,
     vault: new Vault(randomSecret('vault')),
     tokens,
@@ -55,10 +55,10 @@ function setup(refresh: TokenRefresher, now: () => number = Date.now) {
     webhook: { send: (event: { type: string }) => void webhooks.push(event.type) },
     now,
   } as unknown as ConnectionsDeps);
-  const link = async () => {
-    await tokens.save('acme', USER, expired);
+  const link = async (provider = 'acme') => {
+    await tokens.save(provider, USER, expired);
     const record = { scopes: [], connectedAt: 1, lastRefreshAt: null, status: 'connected', statusAt: 1, refreshable: true };
-    await store.set(`conn:acme:${USER}`, JSON.stringify(record));
+    await store.set(`conn:${provider}:${USER}`, JSON.stringify(record));
   };
   return { store, tokens, connections, revoked, revoking, audited, webhooks, link };
 }
@@ -125,5 +125,23 @@ describe('a disconnect racing a refresh', () => {
     expect(audited).toEqual([]);
     expect(await store.get(`conn:acme:${USER}`)).not.toBeNull();
     expect(await store.get(`oauth:acme:${USER}`)).not.toBeNull();
+  });
+
+  it("a user's removal (disconnectAll) disconnects every other provider when one cannot be, then reports the failure", async () => {
+    let clock = Date.now();
+    const { store, connections, revoking, link } = setup(async () => {
+      throw new Error('not called');
+    }, () => clock);
+    revoking.open();
+    await link('acme');
+    await link('beta');
+    await store.setIfAbsent(`lock:oauth:acme:${USER}`, 'another instance', 45_000);
+    const removal = connections.disconnectAll(USER, 'users-file').catch((error: unknown) => error);
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    clock += 16_000;
+    expect(await removal).toMatchObject({ code: 'service_unavailable' });
+    expect(await store.get(`conn:beta:${USER}`)).toBeNull();
+    expect(await store.get(`oauth:beta:${USER}`)).toBeNull();
+    expect(await store.get(`conn:acme:${USER}`)).not.toBeNull();
   });
 });
