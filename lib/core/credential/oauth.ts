@@ -66,8 +66,9 @@ const REFRESH_SKEW_MS = 60_000;
  * request may still reach the provider: a refresh makes at most three requests of REFRESH_TIMEOUT_MS each in turn
  * (discovery, a connection's RFC 8414 fallback, the token request; discovery only once per process), 30 s, and
  * the lock lasts 45 s. A holder that crashed delays that user's next refresh by as much; waiters give up at
- * WAIT_LIMIT_MS with 503 meanwhile. A disconnect holds it too (`exclusive`) while it revokes: at most as many
- * requests (discovery, the refresh token, the access token).
+ * WAIT_LIMIT_MS with 503 meanwhile. A disconnect holds it too (`exclusive`) while it revokes: at most four requests
+ * of 10 s each (lib/core/connect/client.ts: discovery, the RFC 8414 fallback, revoking the refresh token, then the
+ * access token), 40 s, still within the lock's life.
  */
 const LOCK_TTL_MS = 45_000;
 /** How many unsaved refreshes a process keeps (OAuthTokenStore.unsaved), and for how long. */
@@ -169,16 +170,27 @@ export class OAuthTokenStore {
    * answers 503 `service_unavailable` (try again).
    */
   async exclusive<T>(provider: string, userId: string, task: () => Promise<T>): Promise<T> {
-    const lockKey = `lock:${OAuthTokenStore.key(provider, userId)}`;
-    const holder = randomUUID();
     const deadline = this.now() + WAIT_LIMIT_MS;
-    while (!(await guard(() => this.store.setIfAbsent(lockKey, holder, LOCK_TTL_MS)))) {
-      if (this.now() > deadline)
-        throw new KeywardError('service_unavailable', { message: 'A refresh of this connection is under way; try again shortly.' });
+    for (;;) {
+      const done = await this.ifUnlocked(provider, userId, task);
+      if (done) return done.value;
+      if (this.now() > deadline) throw new KeywardError('service_unavailable', { message: 'A refresh of this connection is under way; try again shortly.' });
       await new Promise((resolve) => setTimeout(resolve, WAIT_STEP_MS));
     }
+  }
+
+  /**
+   * Runs `task` holding the grant's refresh lock if the lock is free: `{ value }`, the task's result, or null
+   * without running it when another caller holds the lock. The one lock of a grant: a refresh (`accessToken`,
+   * `keepAlive`) and a disconnect (`exclusive`) each take it here. Released however the task ends, and only if
+   * this caller still holds it (a lock that outlived LOCK_TTL_MS and was taken by another is left alone).
+   */
+  private async ifUnlocked<T>(provider: string, userId: string, task: () => Promise<T>): Promise<{ value: T } | null> {
+    const lockKey = `lock:${OAuthTokenStore.key(provider, userId)}`;
+    const holder = randomUUID();
+    if (!(await guard(() => this.store.setIfAbsent(lockKey, holder, LOCK_TTL_MS)))) return null;
     try {
-      return await task();
+      return { value: await task() };
     } finally {
       await this.store.deleteIfEquals(lockKey, holder).catch(() => {});
     }
@@ -206,17 +218,10 @@ export class OAuthTokenStore {
     if (!tokens) throw new KeywardError('credential_missing');
     if (this.fresh(tokens)) return tokens.accessToken;
 
-    const lockKey = `lock:${OAuthTokenStore.key(provider, userId)}`;
-    const holder = randomUUID();
     const deadline = this.now() + WAIT_LIMIT_MS;
     for (;;) {
-      if (await guard(() => this.store.setIfAbsent(lockKey, holder, LOCK_TTL_MS))) {
-        try {
-          return await this.refreshHoldingLock(provider, userId);
-        } finally {
-          await this.store.deleteIfEquals(lockKey, holder).catch(() => {});
-        }
-      }
+      const done = await this.ifUnlocked(provider, userId, () => this.refreshHoldingLock(provider, userId));
+      if (done) return done.value;
       await new Promise((resolve) => setTimeout(resolve, WAIT_STEP_MS));
       const current = await this.load(provider, userId);
       if (!current) throw new KeywardError('reauth_required');
@@ -232,17 +237,13 @@ export class OAuthTokenStore {
    * call refreshed. Throws as accessToken does when the provider refuses.
    */
   async keepAlive(provider: string, userId: string, olderThan: number): Promise<boolean> {
-    const lockKey = `lock:${OAuthTokenStore.key(provider, userId)}`;
-    const holder = randomUUID();
-    if (!(await guard(() => this.store.setIfAbsent(lockKey, holder, LOCK_TTL_MS)))) return false;
-    try {
+    const done = await this.ifUnlocked(provider, userId, async () => {
       const current = (await this.load(provider, userId)) as StoredTokens | null;
       if (!current?.refreshToken || (current.savedAt ?? 0) >= olderThan) return false;
       await this.refreshHoldingLock(provider, userId, true);
       return true;
-    } finally {
-      await this.store.deleteIfEquals(lockKey, holder).catch(() => {});
-    }
+    });
+    return done?.value ?? false;
   }
 
   /**
