@@ -79,6 +79,16 @@ const REFRESH_TIMEOUT_MS = 10_000;
 const WAIT_STEP_MS = 50;
 const WAIT_LIMIT_MS = 15_000;
 /**
+ * What `exclusive` answers when the lock stays taken past WAIT_LIMIT_MS. Whoever holds it (a refresh, the
+ * keeper's refresh, another disconnect of the same connection) took it at least that long ago, so a holder that
+ * is still answering is done in 15 s more (a refresh makes its requests within 30 s; a disconnect, within 40 s
+ * and it held the lock from before this one waited). A holder that crashed leaves it for up to LOCK_TTL_MS.
+ */
+const LOCK_BUSY = {
+  message: 'This connection is busy (a token refresh or another disconnect of it is under way); try again after the time in Retry-After.',
+  headers: { 'retry-after': '15' },
+};
+/**
  * Stored in place of the tokens when the provider refused to refresh them for good: nothing usable, but calls
  * can tell "sign in again" (`reauth_required`) from "never linked" (`credential_missing`) in the same single read.
  * Not a seal (iron-session seals begin `Fe26.2`), so it never opens as tokens.
@@ -167,14 +177,14 @@ export class OAuthTokenStore {
    * a refresh between its read and its delete would save tokens nobody revokes (with a provider that rotates
    * refresh tokens, revoking the rotated-out one may leave the grant alive), or find the refresh token just revoked
    * and report the connection as needing a reconnect. Waits for a refresh under way up to WAIT_LIMIT_MS, then
-   * answers 503 `service_unavailable` (try again).
+   * answers 503 `service_unavailable` with Retry-After (LOCK_BUSY).
    */
   async exclusive<T>(provider: string, userId: string, task: () => Promise<T>): Promise<T> {
     const deadline = this.now() + WAIT_LIMIT_MS;
     for (;;) {
       const done = await this.ifUnlocked(provider, userId, task);
       if (done) return done.value;
-      if (this.now() > deadline) throw new KeywardError('service_unavailable', { message: 'A refresh of this connection is under way; try again shortly.' });
+      if (this.now() > deadline) throw new KeywardError('service_unavailable', LOCK_BUSY);
       await new Promise((resolve) => setTimeout(resolve, WAIT_STEP_MS));
     }
   }

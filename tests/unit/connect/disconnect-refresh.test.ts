@@ -120,7 +120,8 @@ describe('a disconnect racing a refresh', () => {
     const disconnect = connections.disconnect('acme', USER).catch((error: unknown) => error);
     await new Promise((resolve) => setTimeout(resolve, 60));
     clock += 16_000; // past the wait limit
-    expect(await disconnect).toMatchObject({ code: 'service_unavailable', status: 503 });
+    // The client is told when to try again: by then a refresh that is still answering has ended (RFC 9110 §10.2.3).
+    expect(await disconnect).toMatchObject({ code: 'service_unavailable', status: 503, headers: { 'retry-after': '15' } });
     expect(revoked).toEqual([]);
     expect(audited).toEqual([]);
     expect(await store.get(`conn:acme:${USER}`)).not.toBeNull();
