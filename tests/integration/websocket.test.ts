@@ -40,6 +40,9 @@ async function editUsers(users: TestUser[]): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
 }
 
+/** The headers of a WebSocket upgrade (RFC 6455 §4.1), for requests sent raw (rawRequest) to be shaped as no client would send them. */
+const UPGRADE = { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' };
+
 interface Handshake {
   readonly url: string;
   readonly headers: IncomingMessage['headers'];
@@ -322,9 +325,8 @@ describe('WebSocket upgrades through the fast lane', () => {
 
   it('an upgrade on a path that is /api/proxy/… only once normalised is 400 bad_path, as on the HTTP door, never handed to Next', async () => {
     const before = handshakes.length;
-    const upgrade = { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' };
     for (const path of ['/x/../api/proxy/rt/realtime', '/api\\proxy/rt/realtime', '/api/%2e/proxy/rt/realtime']) {
-      const answer = await rawRequest(lane.port, 'GET', path, { ...upgrade, cookie: await cookieFor('oidc:alice'), ...sameOrigin() });
+      const answer = await rawRequest(lane.port, 'GET', path, { ...UPGRADE, cookie: await cookieFor('oidc:alice'), ...sameOrigin() });
       expect([path, answer.status]).toEqual([path, 400]);
       expect((JSON.parse(answer.body) as { error: { code: string } }).error.code).toBe('bad_path');
     }
@@ -348,10 +350,9 @@ describe('WebSocket upgrades through the fast lane', () => {
 
   it('a subprotocol list the WebSocket server would refuse (an empty entry, a duplicate) is 400 before any upstream handshake', async () => {
     const before = handshakes.length;
-    const upgrade = { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' };
     for (const offered of ['realtime,', 'realtime,,other', ',realtime', ' ', 'realtime, realtime', 'real time']) {
       const answer = await rawRequest(lane.port, 'GET', '/api/proxy/rt/realtime', {
-        ...upgrade,
+        ...UPGRADE,
         'sec-websocket-protocol': offered,
         host: new URL(lane.url).host,
         cookie: await cookieFor('oidc:alice'),
