@@ -72,6 +72,8 @@ interface KeyServer {
   accept(...names: string[]): void;
   /** How the canary path answers: 'check' (like any call), 'drop' (connection destroyed), or a fixed status. */
   canary: 'check' | 'drop' | number;
+  /** Key values written into every 200 answer, as an endpoint that lists the account's keys would. */
+  listed: string[];
   /** Holds the next canary (answered as `canary` says) until `release`; `reached` settles when it arrives. */
   holdCanary(): { readonly reached: Promise<void>; release(): void };
   labelsSince(index: number, options?: { canary?: boolean }): string[];
@@ -85,7 +87,7 @@ async function startKeyServer(): Promise<KeyServer> {
   let accepted = new Set<string>();
   const calls: Recorded[] = [];
   const byPath = new Map<string, Recorded>();
-  const self = { canary: 'check' as KeyServer['canary'] };
+  const self = { canary: 'check' as KeyServer['canary'], listed: [] as string[] };
   const server: Server = createServer((req, res) => {
     const presented = req.headers['x-api-key'];
     const label = presented === undefined ? 'none' : typeof presented === 'string' ? (labels.get(presented) ?? 'unknown') : 'unknown';
@@ -114,7 +116,7 @@ async function startKeyServer(): Promise<KeyServer> {
     if (canary && typeof self.canary === 'number') status = self.canary;
     record.status = status;
     res.writeHead(status, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(status === 200 ? { ok: true } : { error: 'refused' }));
+    res.end(JSON.stringify(status === 200 ? { ok: true, keys: self.listed } : { error: 'refused' }));
   };
   let held: { arrived: () => void; released: Promise<void> } | null = null;
   server.keepAliveTimeout = 1_000;
@@ -820,6 +822,37 @@ describe('revocation across two runtimes sharing Redis', () => {
     await two.keyRings.revoke(fingerprint(fresh2));
     expect(await call(one, s.server)).toEqual({ status: 503, code: 'credential_unavailable', label: null });
     expect(s.server.labelsSince(mark)).toEqual(['new']);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// 4b. An answer that holds another version of the ring's key
+// ---------------------------------------------------------------------------------------------------------
+
+describe("an answer holding another version of the ring's key is scrubbed of it too", () => {
+  // `call` fails on any key value in the answer; each call here is answered 200 with `listed` in its body.
+  it('the fallback after a rotation, a version added but not serving, and a revoked one; also on an instance that never used them', async () => {
+    const { r, a, fresh } = await rotatedToManaged();
+    const next = newKey(r.server, 'next');
+    await a.keyRings.add('svc', next);
+    const gone = newKey(r.server, 'gone');
+    await a.keyRings.add('svc', gone);
+    await a.keyRings.revoke(fingerprint(gone));
+    r.server.accept('old', 'new', 'next');
+    // `fresh` serves; the upstream lists the env key (the fallback), the next version and the revoked one.
+    r.server.listed = [r.old, next, gone];
+    try {
+      expect(await call(a, r.server)).toEqual({ status: 200, code: null, label: 'new' });
+      // An instance that started after the changes has unsealed none of the managed versions yet.
+      const b = await r.runtime();
+      expect(await call(b, r.server)).toEqual({ status: 200, code: null, label: 'new' });
+      // The serving key is scrubbed as before, whichever version serves.
+      r.server.listed = [fresh, r.old];
+      await a.keyRings.rollback(`rot-${fingerprint(fresh)}`);
+      expect(await call(b, r.server)).toEqual({ status: 200, code: null, label: 'old' });
+    } finally {
+      r.server.listed = [];
+    }
   });
 });
 

@@ -112,6 +112,8 @@ export class KeyRings {
   private readonly verifiers = new Map<string, Promise<string>>();
   /** Per ring, the last revision whose missing verifiers this process tried to record (once per revision). */
   private readonly backfilled = new Map<string, number>();
+  /** Per ring state (`current`'s versions) and serving version id: the credential a call gets (`withRingSecrets`). */
+  private readonly scrubbing = new WeakMap<readonly KeyVersion[], Map<string, ResolvedCredential>>();
 
   constructor(
     private readonly registry: ReadonlyMap<string, Upstream>,
@@ -148,8 +150,42 @@ export class KeyRings {
     const version = pick(versions, now);
     if (!version) throw new KeywardError('credential_unavailable');
     this.warnIfExpiring(upstream.id, version, now);
-    if (version.source === 'env') return plan.envVersions.find((env) => env.id === version.id)!.credential;
-    return this.managedCredential(upstream, version);
+    const credential =
+      version.source === 'env' ? plan.envVersions.find((env) => env.id === version.id)!.credential : await this.managedCredential(upstream, version);
+    return this.withRingSecrets(upstream, versions, version.id, credential);
+  }
+
+  /**
+   * The serving version's credential, with the values of every other version of the ring this process knows in
+   * its `secrets` after its own (the first stays the serving key): the leak scrubber takes them all out of the
+   * answer, so an upstream endpoint that lists the account's keys does not hand out the fallback, a version not
+   * serving yet, or a revoked one. Environment versions are known from the start; managed ones are unsealed once
+   * per process. Computed once per ring state and serving version, so the scrubber's forms of the list are too.
+   */
+  private async withRingSecrets(
+    upstream: RingUpstream,
+    versions: readonly KeyVersion[],
+    servingId: string,
+    credential: ResolvedCredential,
+  ): Promise<ResolvedCredential> {
+    let byServing = this.scrubbing.get(versions);
+    const known = byServing?.get(servingId);
+    if (known) return known;
+    const others: string[] = upstream.credential.envVersions.flatMap((env) => env.credential.secrets);
+    for (const version of versions) {
+      if (version.source !== 'managed' || version.id === servingId) continue;
+      try {
+        others.push(...(await this.managedCredential(upstream, version)).secrets);
+      } catch (error) {
+        // Its seal is gone or does not open here: its value is unknown to this process, so nothing to scrub.
+        if (!(error instanceof KeywardError && error.code === 'credential_unavailable')) throw error;
+      }
+    }
+    const secrets = [...new Set([...credential.secrets, ...others])];
+    const result = secrets.length === credential.secrets.length ? credential : { ...credential, secrets };
+    if (!byServing) this.scrubbing.set(versions, (byServing = new Map()));
+    byServing.set(servingId, result);
+    return result;
   }
 
   /** Every static upstream's versions and recent rotations, for the admin API and the CLI. */

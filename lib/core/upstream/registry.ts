@@ -57,7 +57,10 @@ export interface ResolvedCredential {
   readonly queryValue?: string;
   /** Signs the request last, over exactly what is sent (lib/core/credential/sign.ts). */
   readonly signer?: RequestSigner;
-  /** Every secret value this credential holds, for scrubbing and leak checks. */
+  /**
+   * Every secret value this credential holds, for scrubbing and leak checks; as a key ring hands it to a call,
+   * the other versions of the ring after its own (lib/core/keys/rings.ts, `withRingSecrets`).
+   */
   readonly secrets: readonly string[];
   /** Names the key in logs and audit without revealing it: the first 12 hex digits of its SHA-256. */
   readonly fingerprint: string;
