@@ -144,12 +144,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
                 'users file: a removed user could not be signed out everywhere',
               );
             });
-            forgetCredentials(userId).catch((error: unknown) => {
-              logger.error(
-                { err: error instanceof Error ? error.name : 'unknown', userId },
-                "users file: a removed user's own keys or connected accounts could not all be deleted",
-              );
-            });
+            forget(userId, 0);
           }
         },
       })
@@ -160,6 +155,25 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       await audit.recordAdmin({ action: 'user_key.delete', actor: 'users-file', upstream: upstream.id, targetUser: userId, outcome: 'deleted' });
     }
     await connections?.disconnectAll(userId, 'users-file');
+  };
+  // Each attempt deletes what is left (the keys and connections already gone are not found, and not recorded
+  // again); see FORGET_RETRY_MS.
+  const forget = (userId: string, attempt: number): void => {
+    forgetCredentials(userId).then(
+      () => {
+        if (attempt > 0) logger.info({ userId, attempts: attempt + 1 }, "users file: a removed user's own keys and connected accounts are deleted now");
+      },
+      (error: unknown) => {
+        const retryMs = FORGET_RETRY_MS[attempt];
+        logger.error(
+          { err: error instanceof Error ? error.name : 'unknown', userId, retryInSeconds: retryMs === undefined ? null : retryMs / 1000 },
+          retryMs === undefined
+            ? "users file: a removed user's own keys or connected accounts could not all be deleted; no more attempts"
+            : "users file: a removed user's own keys or connected accounts could not all be deleted; trying again",
+        );
+        if (retryMs !== undefined) setTimeout(() => forget(userId, attempt + 1), retryMs).unref();
+      },
+    );
   };
   const decoys = settings.KEYWARD_DECOYS_FILE ? loadDecoys(settings.KEYWARD_DECOYS_FILE) : null;
 
@@ -355,6 +369,15 @@ export function referencedVariables(configs: readonly unknown[]): Set<string> {
 }
 
 /** Keyward's own secrets, which no upstream may take as its key. */
+/**
+ * When a removed user's own keys or connected accounts could not all be deleted (a store error; a refresh, the
+ * keeper's or another disconnect holding a connection's lock past 15 s), the deletion is tried again after each
+ * of these delays in turn, about 50 minutes in all, whatever the users file says by then: a name given to someone
+ * else meanwhile must not find the last owner's key or token, and the new owner's own, if they made any in that
+ * time, go too (they add them again). Timers do not keep the process alive.
+ */
+const FORGET_RETRY_MS = [1_000, 10_000, 60_000, 300_000, 900_000, 1_800_000];
+
 export const OWN_SECRETS = [
   'AUTH_SECRET',
   'KEYWARD_SESSION_SECRET',

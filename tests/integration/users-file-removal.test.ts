@@ -33,6 +33,8 @@ const firstAdaToken = randomSecret('gho_first_ada');
 const bobKey = randomSecret('sk_bob');
 const clientSecret = randomSecret('gh_client');
 let bobHash: string;
+/** How far the runtime's clock is ahead of the wall clock: moved on to make a disconnect stop waiting for a lock. */
+let skew = 0;
 
 function writeUsers(users: ReadonlyArray<{ username: string; passwordHash: string }>): void {
   writeFileSync(usersFile, JSON.stringify({ users: users.map((user) => ({ ...user, roles: ['user'] })) }), { mode: 0o600 });
@@ -69,6 +71,7 @@ beforeAll(async () => {
       GH_SECRET: clientSecret,
     },
     logger,
+    now: () => Date.now() + skew,
     connections: {
       github: {
         preset: 'github',
@@ -144,5 +147,41 @@ describe('a user taken out of the users file', () => {
     expect(connected.status).toBe(403);
     expect(JSON.parse(connected.body).error.code).toBe('connection_required');
     expect(upstream.requests.length).toBe(before);
+  });
+
+  it('a deletion that could not be made (a refresh holding the connection past 15 s) is tried again until it is', async () => {
+    const cyToken = randomSecret('gho_cy');
+    writeUsers([
+      { username: 'bob', passwordHash: bobHash },
+      { username: 'cy', passwordHash: bobHash },
+    ]);
+    await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+    expect(runtime.users!.find('cy')).not.toBeNull();
+    await runtime.connections!.tokens.save('github', 'local:cy', { accessToken: cyToken, refreshToken: null, expiresAt: 0 });
+    // Another instance's refresh of cy's connection holds its lock, and its provider does not answer.
+    const lock = 'lock:oauth:github:local:cy';
+    expect(await runtime.store.setIfAbsent(lock, 'another instance', 45_000)).toBe(true);
+    const errorsBefore = lines.filter((line) => line.includes('could not all be deleted')).length;
+
+    writeUsers([{ username: 'bob', passwordHash: bobHash }]);
+    await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+    expect(runtime.users!.find('cy')).toBeNull();
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the disconnect is waiting for the lock
+    skew += 16_000; // past its 15 s: it gives up (503), and the removal's error is logged
+    for (let i = 0; i < 100 && lines.filter((line) => line.includes('could not all be deleted')).length === errorsBefore; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(lines.filter((line) => line.includes('could not all be deleted')).length).toBe(errorsBefore + 1);
+    expect(await runtime.connections!.tokens.load('github', 'local:cy')).not.toBeNull();
+
+    // The other instance's refresh ends; the removal is tried again, and this time the connection goes.
+    await runtime.store.delete(lock);
+    for (let i = 0; i < 250 && (await runtime.connections!.tokens.load('github', 'local:cy')) !== null; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(await runtime.connections!.tokens.load('github', 'local:cy')).toBeNull();
+    const { records } = await runtime.audit.query({ type: 'admin', userId: 'local:cy' }, { limit: 50 });
+    expect(records.map((record) => record.type === 'admin' && [record.action, record.actor])).toEqual([['connection.disconnect', 'users-file']]);
+    expect(findLeak(lines.join(''), [cyToken])).toBeNull();
   });
 });
