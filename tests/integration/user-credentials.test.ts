@@ -471,6 +471,21 @@ describe('a service key chosen by a session claim ({claim: "org", keys})', () =>
     expect(seen).toBeNull();
   });
 
+  it("an answer holding the upstream's key for another claim value is scrubbed of it: acme's call never shows globex's key", async () => {
+    // An endpoint that lists the account's keys (one account, a key per org or plan).
+    upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [acmeKey, globexKey] }));
+    });
+    try {
+      const acme = await proxy(runtime, 'org', await orgCookie({ org: 'acme' }));
+      expect(acme.status).toBe(200);
+      expect(findLeak(acme.body, [acmeKey, globexKey]) === null, "a key reached acme's answer").toBe(true);
+      expect(acme.json<{ keys: string[] }>().keys).toEqual(['[REDACTED]', '[REDACTED]']);
+    } finally {
+      upstream.reset();
+    }
+  });
+
   it('the claim is not a user key: /api/keys refuses this upstream (404)', async () => {
     expectError(await put(runtime, 'org', randomSecret('k')), 404, 'route_not_found');
   });

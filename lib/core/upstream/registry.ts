@@ -59,7 +59,8 @@ export interface ResolvedCredential {
   readonly signer?: RequestSigner;
   /**
    * Every secret value this credential holds, for scrubbing and leak checks; as a key ring hands it to a call,
-   * the other versions of the ring after its own (lib/core/keys/rings.ts, `withRingSecrets`).
+   * the other versions of the ring after its own (lib/core/keys/rings.ts, `withRingSecrets`), and for a key
+   * chosen by a claim, the upstream's other keys after its own.
    */
   readonly secrets: readonly string[];
   /** Names the key in logs and audit without revealing it: the first 12 hex digits of its SHA-256. */
@@ -254,10 +255,15 @@ function planCredential(id: string, config: UpstreamConfig, env: Env, fingerprin
     return { source: 'static', credential: primary, envVersions, ring, username };
   }
   if ('claim' in source) {
-    const byValue = new Map<string, ResolvedCredential>();
-    for (const [value, ref] of Object.entries(source.keys)) {
-      byValue.set(value, credentialFor(auth, readSecret(id, `auth.secret.keys.${value}`, ref, env), fingerprints, username));
-    }
+    const chosen = Object.entries(source.keys).map(
+      ([value, ref]) => [value, credentialFor(auth, readSecret(id, `auth.secret.keys.${value}`, ref, env), fingerprints, username)] as const,
+    );
+    // Each key's `secrets` holds every other key of the upstream after its own, so the leak scrubber takes them
+    // all out of an answer: an endpoint that lists the account's keys never shows one claim's key to another.
+    const every = chosen.flatMap(([, credential]) => credential.secrets);
+    const byValue = new Map<string, ResolvedCredential>(
+      chosen.map(([value, credential]) => [value, { ...credential, secrets: [...new Set([...credential.secrets, ...every])] }]),
+    );
     return { source: 'claim', claim: source.claim, byValue };
   }
   // `basic` with `username: {env}`: read here, at start-up, and used with each user's secret as the password.
