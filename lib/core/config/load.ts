@@ -61,6 +61,8 @@ export function defineUpstream<const Id extends string, const Routes extends rea
   if (!UPSTREAM_ID.test(id)) {
     throw new ConfigError(`Invalid upstream "${shownName(id)}":\n  - upstreams.${shownName(id)}: upstream ids are lowercase letters, digits, "-" and "_"`);
   }
+  const proto = protoKeyAt(input);
+  if (proto) throw new ConfigError(`Invalid upstream "${shownName(id)}":\n  - upstreams.${shownName(id)}.${proto}: ${PROTO_REFUSED}`);
   const result = keywardConfigSchema.shape.upstreams.safeParse({ [id]: input });
   if (!result.success) {
     throw new ConfigError(`Invalid upstream "${shownName(id)}":\n${formatIssues(result.error.issues, 'upstreams')}`);
@@ -80,6 +82,33 @@ export function defineUpstream<const Id extends string, const Routes extends rea
  */
 export function withRouteTypes<Id extends string, Routes extends readonly unknown[]>(definition: UpstreamDefinition): UpstreamDefinition<Id, Routes> {
   return definition as UpstreamDefinition<Id, Routes>;
+}
+
+const PROTO_REFUSED = '"__proto__" cannot be a name in the config (it would be dropped without a word, with what it says)';
+
+/**
+ * Where the config holds an own `__proto__` key (JSON.parse makes one; so does an object literal with a computed
+ * key), as a field path, or null. zod's record parser skips such a key without an issue, so a record entry named
+ * `__proto__` (a `paramEquals` on a parameter of that name, a cap, a contract property) would vanish and its check
+ * with it. Only plain objects and arrays are walked (zod schemas given as contracts are not), to a bounded depth.
+ */
+function protoKeyAt(value: unknown, path: readonly string[] = [], depth = 0): string | null {
+  if (depth > 64 || value === null || typeof value !== 'object') return null;
+  if (Array.isArray(value)) {
+    for (const [index, element] of value.entries()) {
+      const found = protoKeyAt(element, [...path, String(index)], depth + 1);
+      if (found) return found;
+    }
+    return null;
+  }
+  const prototype = Object.getPrototypeOf(value) as unknown;
+  if (prototype !== Object.prototype && prototype !== null) return null;
+  if (Object.hasOwn(value, '__proto__')) return [...path, '__proto__'].join('.');
+  for (const [name, member] of Object.entries(value)) {
+    const found = protoKeyAt(member, [...path, shownName(name)], depth + 1);
+    if (found) return found;
+  }
+  return null;
 }
 
 /** What a KEYWARD_CONFIG file (or KEYWARD_CONFIG_JSON) holds. */
@@ -155,6 +184,9 @@ export function parseConfigSections(json: unknown, source: string): ConfigSectio
   if (connections && typeof connections === 'object' && Object.hasOwn(connections, '__proto__')) {
     throw new ConfigError(`${source} is invalid:\n  - connections.__proto__: connection ids are 1–32 lowercase letters, digits and "-"`);
   }
+  // And anywhere deeper: a `paramEquals`, `caps` or contract `properties` entry dropped would be a check gone.
+  const proto = protoKeyAt(json);
+  if (proto) throw new ConfigError(`${source} is invalid:\n  - ${proto}: ${PROTO_REFUSED}`);
   // Built-in presets ({"preset": "openai", …}) become full upstream definitions before the one schema checks them.
   const expanded = upstreams && typeof upstreams === 'object' && !Array.isArray(upstreams)
     ? { ...(json as object), upstreams: expandPresetEntries(upstreams as Record<string, unknown>, source) }

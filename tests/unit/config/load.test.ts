@@ -319,6 +319,16 @@ describe('parseConfig', () => {
       expect(configError(protoJson())).toContain('upstreams.__proto__');
     });
 
+    // zod's record parser skips an own `__proto__` key, so a `paramEquals` (or `caps`, a claim's `keys`, a body
+    // contract's `properties`) naming it was accepted with that entry gone: an ownership check dropped in silence.
+    it.each([
+      ['paramEquals', '{"method":"GET","path":"/users/:__proto__","paramEquals":{"__proto__":"userId"}}', 'routes.0.paramEquals.__proto__'],
+      ['a body contract', '{"method":"POST","path":"/x","body":{"type":"object","properties":{"__proto__":{"type":"string"}}}}', 'routes.0.body.properties.__proto__'],
+    ])('refuses a __proto__ key in %s, naming where it is', (_what, route, at) => {
+      const json = JSON.parse(`{"upstreams":{"a":${JSON.stringify(valid({ routes: [] })).replace('"routes":[]', `"routes":[${route}]`)}}}`);
+      expect(configError(json)).toContain(`upstreams.a.${at}`);
+    });
+
     it('accepts constructor as an ordinary id', () => {
       const defs = parseConfig({ upstreams: { constructor: valid() } }, 't');
       expect(defs.map((d) => d.id)).toEqual(['constructor']);
@@ -348,6 +358,14 @@ describe('defineUpstream', () => {
     }
     expect(Object.prototype).not.toHaveProperty('baseUrl');
     expect(Object.prototype).not.toHaveProperty('routes');
+  });
+
+  it('refuses a __proto__ key anywhere in the input (zod would drop it), naming where it is', () => {
+    const route: Record<string, unknown> = { method: 'GET', path: '/users/:__proto__' };
+    route.paramEquals = JSON.parse('{"__proto__":"userId"}');
+    const error = thrown(() => defineUpstream('echo', valid({ routes: [route] }) as unknown as UpstreamInput));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('upstreams.echo.routes.0.paramEquals.__proto__');
   });
 
   it.each(['_proto', 'Echo', 'a b', '-x'])('refuses the invalid id %j', (id) => {
