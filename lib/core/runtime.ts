@@ -33,7 +33,7 @@ import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
 import { assertNoPublicSecrets, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
-import { buildRegistry, MIN_SECRET_LENGTH, usernameSecrets, type Env, type Upstream } from './upstream/registry';
+import { buildRegistry, envValue, MIN_SECRET_LENGTH, usernameSecrets, type Env, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
 import { guard } from './store/guard';
@@ -439,7 +439,7 @@ function detectorSettings(input: DetectorInput | undefined, files: readonly Conf
 
 /** The webhook's signing secret: set, and long enough to resist guessing (as Keyward's own secrets). */
 function webhookSecretFrom(env: Env, name: string): string {
-  const value = env[name];
+  const value = envValue(env, name);
   if (!value || value.length < 32) {
     throw new ConfigError(`Keyward configuration is invalid:\n  - detector.webhook.secret: ${variableNamed(name)} must be set to at least 32 characters`);
   }

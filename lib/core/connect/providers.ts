@@ -1,6 +1,6 @@
 import 'server-only';
 import { ConfigError, variableNamed } from '../config/error';
-import type { Env } from '../upstream/registry';
+import { envValue, type Env } from '../upstream/registry';
 import type { ConnectionConfig, ConnectionPreset, ConnectionsConfig } from './config';
 
 /**
@@ -205,7 +205,7 @@ function presetRevocation(config: Exclude<ConnectionConfig, { preset: 'generic' 
 
 function readEnv(id: string, field: string, name: string, env: Env, minLength: number): string {
   const where = `  - connections.${id}.${field}`;
-  const value = env[name];
+  const value = envValue(env, name);
   if (value === undefined || value === '') throw new ConfigError(`${where}: ${variableNamed(name)} is not set`);
   if (value !== value.trim() || /[\x00-\x1f\x7f]/.test(value)) {
     throw new ConfigError(`${where}: ${name} has surrounding whitespace or control characters (value not shown)`);

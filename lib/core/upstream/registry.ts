@@ -125,6 +125,16 @@ export interface KeyRingSettings {
 export type Env = Readonly<Record<string, string | undefined>>;
 
 /**
+ * The variable's value, or undefined when it is not set. Read as an own string property only: the environment is
+ * an ordinary object (process.env's prototype is Object.prototype), where `constructor` or `toString` would
+ * otherwise name a function, and `__proto__` an object, and break the checks after the read with a TypeError.
+ */
+export function envValue(env: Env, name: string): string | undefined {
+  const value: unknown = Object.hasOwn(env, name) ? env[name] : undefined;
+  return typeof value === 'string' ? value : undefined;
+}
+
+/**
  * Builds the registry. A `Map`, never a plain object: `__proto__`, `constructor` and friends must not resolve.
  * Secrets are read here, once, so a missing one stops start-up instead of failing the first request.
  */
@@ -209,7 +219,7 @@ export function usernameSecrets(username: string | undefined): string[] {
 
 function readSecret(upstreamId: string, field: string, ref: SecretRef, env: Env, minLength = MIN_SECRET_LENGTH): string {
   const where = `upstreams.${upstreamId}.${field}`;
-  const value = env[ref.env];
+  const value = envValue(env, ref.env);
   if (value === undefined || value === '') {
     throw new ConfigError(`  - ${where}: ${variableNamed(ref.env)} is not set`);
   }

@@ -131,6 +131,12 @@ describe('secret resolution', () => {
     expect(message).toContain('KW_ABSENT_KEY');
   });
 
+  // The environment is an ordinary object (process.env's prototype is Object.prototype): a name it inherits is not set.
+  it.each(['constructor', 'toString', 'hasOwnProperty', '__proto__'])('a variable named %s that is not set is refused as not set', (name) => {
+    const message = registryError([define({ type: 'bearer', secret: { env: name } })], process.env);
+    expect(message).toMatch(/upstreams\.echo\.auth\.secret: the environment variable this field names .* is not set/);
+  });
+
   it.each([
     ['a leading space', (s: string) => ` ${s}`],
     ['a trailing space', (s: string) => `${s} `],
