@@ -37,6 +37,17 @@ const origin = z.string().refine(
   { message: 'each entry must be an origin such as https://app.example.com' },
 );
 
+/**
+ * A URL Keyward fetches or hands to the browser must not carry `user:password@`: fetch refuses such a URL with an
+ * error that quotes it, which would put the password in the log; and nothing here sends it anyway.
+ */
+const noUserInfo = (value: string) => {
+  // zod runs refinements after a failed format check too: a value that is no URL is that check's to name.
+  const url = URL.parse(value);
+  return url === null || (url.username === '' && url.password === '');
+};
+const NO_USER_INFO = 'must not carry a user name or password (user:password@)';
+
 const flag = z
   .enum(['true', '1'], { error: 'must be true or 1, or unset' })
   .optional()
@@ -48,6 +59,7 @@ const settingsSchema = z.object({
   /** The public URL of the deployment (Auth.js reads it too); its origin is the one browsers call. */
   AUTH_URL: z
     .url({ protocol: /^https?$/, error: 'must be the public http(s) URL of the site, such as https://app.example.com' })
+    .refine(noUserInfo, NO_USER_INFO)
     .optional(),
   /**
    * Trust the Host / X-Forwarded-Host headers for the public origin (Auth.js's setting). Only `true`/`1`:
@@ -71,7 +83,7 @@ const settingsSchema = z.object({
   KEYWARD_USERS_FILE: z.string().min(1).optional(),
   /** Decoy credentials (honeytokens) to recognise, from `npm run keyward -- decoys create` (README "Decoy keys"). */
   KEYWARD_DECOYS_FILE: z.string().min(1).optional(),
-  KEYWARD_OIDC_ISSUER: z.url({ protocol: /^https?$/ }).optional(),
+  KEYWARD_OIDC_ISSUER: z.url({ protocol: /^https?$/ }).refine(noUserInfo, NO_USER_INFO).optional(),
   KEYWARD_OIDC_CLIENT_ID: z.string().min(1).optional(),
   KEYWARD_OIDC_CLIENT_SECRET: z.string().min(1).optional(),
   KEYWARD_OIDC_NAME: z.string().min(1).max(64).default('Single sign-on'),

@@ -189,6 +189,18 @@ describe('readSettings: OIDC', () => {
     expect(settingsError(env)).toContain('must be set together');
   });
 
+  // fetch refuses a URL with credentials, and its error quotes the URL: the password would reach the log.
+  it.each([
+    ['KEYWARD_OIDC_ISSUER', (password: string) => ({ ...oidc, KEYWARD_OIDC_ISSUER: `https://admin:${password}@issuer.example.com` })],
+    ['KEYWARD_OIDC_ISSUER', (password: string) => ({ ...oidc, KEYWARD_OIDC_ISSUER: `https://${password}@issuer.example.com` })],
+    ['AUTH_URL', (password: string) => ({ AUTH_URL: `https://admin:${password}@app.example.com` })],
+  ])('refuses credentials in %s, naming it and never the password', (name, env) => {
+    const password = randomSecret('pw');
+    const message = settingsError({ ...testSessionSecrets(), ...env(password) });
+    expect(message).toContain(`${name}: must not carry a user name or password`);
+    expectNotEchoed(message, password);
+  });
+
   it('refuses a non-http issuer', () => {
     expect(settingsError({ ...testSessionSecrets(), ...oidc, KEYWARD_OIDC_ISSUER: 'ftp://issuer.example.com' })).toContain(
       'KEYWARD_OIDC_ISSUER',
