@@ -403,12 +403,15 @@ interface SharedSecret {
  */
 function assertNoOwnSecretShared(settings: Settings, shared: readonly SharedSecret[]): void {
   const problems: string[] = [];
+  // The Redis store's password is Keyward's own too (lib/core/log/scrub.ts scrubs it), and so is its whole URL.
+  const owned: ReadonlyArray<readonly [string, readonly string[]]> = [
+    ...OWN_SECRETS.map((name) => [name, settings[name] === undefined ? [] : [settings[name]]] as const),
+    ['REDIS_URL', settings.REDIS_URL === undefined ? [] : [settings.REDIS_URL]],
+    ['the password in REDIS_URL', redisPassword(settings.REDIS_URL)],
+  ];
   for (const { field, what, where, values } of shared) {
     const given = new Set(values);
-    const own = OWN_SECRETS.filter((name) => {
-      const value = settings[name];
-      return value !== undefined && given.has(value);
-    });
+    const own = owned.filter(([, ownValues]) => ownValues.some((value) => given.has(value))).map(([name]) => name);
     if (own.length > 0) {
       problems.push(
         `  - ${field}: ${what} is the value of ${own.join(' and ')}, Keyward's own secret, which would be ${where}; give it a secret of its own (value not shown)`,

@@ -535,6 +535,24 @@ describe("a secret Keyward gives away (an upstream's key, a client secret, the w
     for (const value of Object.values(env)) if (value.length > 8) expect(message).not.toContain(value);
   });
 
+  it.each([
+    ['its password', (url: string, password: string) => ({ variable: 'ECHO_KEY', value: password, url, named: 'the password in REDIS_URL' })],
+    ['the whole URL', (url: string) => ({ variable: 'REDIS_URL', value: url, url, named: 'REDIS_URL' })],
+    ['a ?password= in it', (_url: string, password: string) => ({ variable: 'ECHO_KEY', value: password, url: `redis://10.0.0.5:6379/0?password=${password}`, named: 'the password in REDIS_URL' })],
+  ])('refuses an upstream key that is the Redis store\'s: %s, naming it, never the value', async (_what, pick) => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const password = randomSecret('redis');
+    const { variable, value, url, named } = pick(`redis://default:${password}@10.0.0.5:6379`, password);
+    const config = { upstreams: { echo: valid({ auth: { type: 'bearer', secret: { env: variable } } }) } };
+    // The memory store: the check is on the settings, before any connection is made.
+    const env = { ...settings(), REDIS_URL: url, ...(variable === 'ECHO_KEY' ? { ECHO_KEY: value } : {}), KEYWARD_CONFIG_JSON: JSON.stringify(config) };
+    const error = thrown(() => createRuntime({ env, serving: false }));
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    expect(message).toContain(`upstreams.echo.auth: its key is the value of ${named}, Keyward's own secret`);
+    expect(message).not.toContain(password);
+  });
+
   it("refuses a connection's client secret or the webhook's signing secret that is one, naming the field", async () => {
     const { createRuntime } = await import('../../../lib/core/runtime');
     const env: Record<string, string> = settings();
