@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { shownName } from './error';
 
 /**
  * The policy language of a route in the JSON config: request contracts (a small subset of JSON Schema),
@@ -128,7 +129,7 @@ export const fieldSpecSchema: z.ZodType<FieldSpecInput> = z.lazy(() =>
       if (spec.type === 'object') {
         for (const name of spec.required ?? []) {
           if (!spec.properties || !Object.hasOwn(spec.properties, name)) {
-            ctx.addIssue({ code: 'custom', path: ['required'], message: `"${name}" is not in properties` });
+            ctx.addIssue({ code: 'custom', path: ['required'], message: `"${shownName(name)}" is not in properties` });
           }
         }
       }
@@ -149,7 +150,7 @@ const queryContractSchema = z
       .superRefine((spec, ctx) => {
         // As for objects: a misspelt name would otherwise make the parameter silently optional.
         for (const name of spec.required ?? []) {
-          if (!Object.hasOwn(spec.properties, name)) ctx.addIssue({ code: 'custom', path: ['required'], message: `"${name}" is not in properties` });
+          if (!Object.hasOwn(spec.properties, name)) ctx.addIssue({ code: 'custom', path: ['required'], message: `"${shownName(name)}" is not in properties` });
         }
       }),
     zodContract,

@@ -262,7 +262,7 @@ const routeSchema = z.strictObject({
   }
   const params = new Set(templateParamNames(route.path));
   for (const name of Object.keys(route.paramEquals ?? {})) {
-    if (!params.has(name)) ctx.addIssue({ code: 'custom', path: ['paramEquals', name], message: `"${name}" is not a parameter of the path` });
+    if (!params.has(name)) ctx.addIssue({ code: 'custom', path: ['paramEquals', name], message: `"${shownName(name)}" is not a parameter of the path` });
   }
   // Body fields can only be enforced on a body Keyward parses, i.e. one with a contract.
   // A price table's model field too: unread, every call would be priced (and settled) at "*" while the
@@ -275,10 +275,10 @@ const routeSchema = z.strictObject({
   ];
   for (const [path, target] of bodyTargets) {
     if (target.startsWith('body.') && !route.body) {
-      ctx.addIssue({ code: 'custom', path, message: `"${target}" needs a "body" contract on this route` });
+      ctx.addIssue({ code: 'custom', path, message: `"${shownName(target)}" needs a "body" contract on this route` });
     } else if (target.startsWith('body.') && route.bodyFormat === 'multipart' && target.split('.').length !== 2) {
       // Multipart parts are flat: a part's name is one field, there is no nesting to reach into.
-      ctx.addIssue({ code: 'custom', path, message: `"${target}" must name a top-level part ("body.<name>") of a multipart body` });
+      ctx.addIssue({ code: 'custom', path, message: `"${shownName(target)}" must name a top-level part ("body.<name>") of a multipart body` });
     }
   }
   if (route.bodyFormat && !route.body) {

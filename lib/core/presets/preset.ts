@@ -85,7 +85,7 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
     const declared = new Set(routes.map(routeKey));
     const unknown = only.filter((key) => !declared.has(key));
     if (unknown.length > 0) {
-      const lines = unknown.map((key) => `  - upstreams.${id}.only: "${key}" is not a route of the "${preset.name}" preset`);
+      const lines = unknown.map((key) => `  - upstreams.${id}.only: "${shownName(key)}" is not a route of the "${preset.name}" preset`);
       throw new ConfigError(`Invalid upstream "${id}" (preset "${preset.name}"):\n${lines.join('\n')}`);
     }
     routes = routes.filter((route) => only.includes(routeKey(route)));

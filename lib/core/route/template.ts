@@ -1,4 +1,5 @@
 import { isSafeSegment } from './segments';
+import { shownName } from '../config/error';
 
 /**
  * A route's path template, one entry per segment (README "### Upstreams"):
@@ -58,7 +59,7 @@ export function templateProblems(path: string): string[] {
           : `segment ${index + 1} is not a literal, a :param, a {param} with literal text around it (":" inside only), or a final * (its text is not shown)`,
       );
     } else if (param) {
-      if (names.has(param.param)) problems.push(`parameter "${param.param}" is declared twice`);
+      if (names.has(param.param)) problems.push(`parameter "${shownName(param.param)}" is declared twice`);
       names.add(param.param);
     }
   });

@@ -383,10 +383,22 @@ describe('defineUpstream', () => {
 
 describe('a key pasted where a name belongs is not printed by the error that refuses it', () => {
   const secret = randomSecret('pasted-key');
+  /** The same, as a parameter may be named (letters, digits and `_`). */
+  const asName = secret.replace(/-/g, '_');
   const cases: Record<string, unknown> = {
     'a header name': { ...valid(), headers: { [`Authorization: Bearer ${secret}`]: 'x' } },
     'an unknown field': { ...valid(), [secret]: true },
     'an unknown field of a secret reference': { ...valid(), auth: { type: 'header', name: 'x-api-key', secret: { env: 'ECHO_KEY', [secret]: 1 } } },
+    'a paramEquals name that is not a parameter': { ...valid(), routes: [{ method: 'GET', path: '/items/:id', paramEquals: { [asName]: 'userId' } }] },
+    "a body contract's required name": {
+      ...valid(),
+      routes: [{ method: 'POST', path: '/items', body: { type: 'object', properties: { a: { type: 'string' } }, required: [secret] } }],
+    },
+    "a query contract's required name": {
+      ...valid(),
+      routes: [{ method: 'GET', path: '/items', query: { properties: { a: { type: 'string' } }, required: [secret] } }],
+    },
+    'a body field a route without a body contract names': { ...valid(), routes: [{ method: 'POST', path: '/items', identity: { [`body.${secret}`]: 'userId' } }] },
     'a duplicate route whose path holds it': {
       ...valid(),
       routes: [
@@ -401,6 +413,7 @@ describe('a key pasted where a name belongs is not printed by the error that ref
       expect(error).toBeInstanceOf(ConfigError);
       expect((error as Error).message).toMatch(/upstreams\.echo/);
       expect((error as Error).message).not.toContain(secret);
+      expect((error as Error).message).not.toContain(asName);
     });
   }
 
