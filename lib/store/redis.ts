@@ -40,14 +40,19 @@ table.insert(values, 1, refused)
 return values`;
 
 // A proxied call's reads and rate counters in one round trip (issue 12). KEYS: the reads, then the counters.
-// ARGV[1]: the number of reads; then per read a mode and its argument; then per counter its points and window
-// (seconds). Modes: `get` (just read), `present` (stop if the key exists), `atleast` (stop if it holds a number
+// ARGV[1]: the number of reads; then per read a mode and its argument; then per counter its points, window
+// (seconds) and limit. Modes: `get` (just read), `present` (stop if the key exists), `atleast` (stop if it holds a number
 // >= the argument; "" counts as 0, as JavaScript's Number reads it), `known` (the argument is the SHA-1 of the
 // value the caller knows, "-" for none: answered 1 when unchanged, else the value, and then nothing is counted),
 // `secret` (a per-user credential's sealed value: not read at all once an earlier read stopped the round, and
 // its absence stops it).
-// The counters are taken only if no read stopped them and none changed, each exactly as rate-limiter-flexible's
-// RateLimiterRedis takes a point (same keys, same script), so both share counters.
+// The counters are taken only if no read stopped them and none changed, and only if every one has room for its
+// points (its limit, the counter's third argument): a call one rule refuses counts on none, so one user's flood
+// past their own limit does not use up a counter shared with others. Each is taken exactly as
+// rate-limiter-flexible's RateLimiterRedis takes a point (same keys, same script), so both share counters. When
+// one has no room, nothing is written: a counter without room is answered as if its points were taken (over its
+// limit), the others as they stand. A lone counter is taken without that check (one GET less): over its limit,
+// it refuses the call as before, and it is nobody else's.
 // Returns {stopped (0, else the 1-based index of the first read that stopped the round), changed (0/1), the
 // reads..., then consumed and ttl (ms) per counter when taken}.
 const ROUND = `local reads = tonumber(ARGV[1])
@@ -77,15 +82,30 @@ for i = 1, reads do
 end
 if out[1] ~= 0 or out[2] == 1 then return out end
 local n = reads + 2
+local room = true
+if #KEYS - reads > 1 then
+  for j = reads + 1, #KEYS do
+    local at = a + (j - reads - 1) * 3
+    if (tonumber(redis.call('GET', KEYS[j])) or 0) + tonumber(ARGV[at]) > tonumber(ARGV[at + 2]) then room = false end
+  end
+end
 for j = reads + 1, #KEYS do
   local points, window = ARGV[a], ARGV[a + 1]
-  a = a + 2
-  redis.call('SET', KEYS[j], 0, 'EX', window, 'NX')
-  local consumed = redis.call('INCRBY', KEYS[j], points)
-  local ttl = redis.call('PTTL', KEYS[j])
-  if ttl == -1 then
-    redis.call('EXPIRE', KEYS[j], window)
-    ttl = 1000 * window
+  a = a + 3
+  local consumed, ttl
+  if room then
+    redis.call('SET', KEYS[j], 0, 'EX', window, 'NX')
+    consumed = redis.call('INCRBY', KEYS[j], points)
+    ttl = redis.call('PTTL', KEYS[j])
+    if ttl == -1 then
+      redis.call('EXPIRE', KEYS[j], window)
+      ttl = 1000 * window
+    end
+  else
+    consumed = tonumber(redis.call('GET', KEYS[j])) or 0
+    if consumed + tonumber(points) > tonumber(ARGV[a - 1]) then consumed = consumed + tonumber(points) end
+    ttl = redis.call('PTTL', KEYS[j])
+    if ttl < 0 then ttl = 1000 * window end
   end
   out[n + 1] = consumed
   out[n + 2] = ttl
@@ -132,6 +152,8 @@ export interface RoundCounter {
   readonly key: string;
   readonly points: number;
   readonly windowSeconds: number;
+  /** Its rule's limit: the round takes no counter's points unless every counter has room for them. */
+  readonly limit: number;
 }
 
 export interface RoundResult {
@@ -298,11 +320,11 @@ export class RedisStore implements Store {
       else if ('secret' in read) args.push('secret', '');
       else args.push('get', '');
     }
-    for (const { points, windowSeconds } of counters) {
-      if (!Number.isSafeInteger(points) || !Number.isSafeInteger(windowSeconds) || windowSeconds < 1) {
-        throw new TypeError('round counters take whole points and a window of at least one second');
+    for (const { points, windowSeconds, limit } of counters) {
+      if (!Number.isSafeInteger(points) || !Number.isSafeInteger(windowSeconds) || windowSeconds < 1 || !Number.isSafeInteger(limit)) {
+        throw new TypeError('round counters take whole points, a window of at least one second and a whole limit');
       }
-      args.push(String(points), String(windowSeconds));
+      args.push(String(points), String(windowSeconds), String(limit));
     }
     const keys = [...reads.map((read) => read.key), ...counters.map((counter) => counter.key)];
     const reply = await this.run(() => this.scripts.keywardRound(keys.length, ...keys, ...args));

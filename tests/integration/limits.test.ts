@@ -68,6 +68,14 @@ function definitions(origin: string): UpstreamDefinition[] {
       rateLimits: [{ by: 'credential', limit: 3, windowSeconds: 60 }],
       routes: [{ method: 'GET', path: '/a' }],
     }),
+    defineUpstream('shared', {
+      ...base('shared'),
+      rateLimits: [
+        { by: 'user', limit: 2, windowSeconds: 60 },
+        { by: 'credential', limit: 4, windowSeconds: 60 },
+      ],
+      routes: [{ method: 'GET', path: '/a' }],
+    }),
     defineUpstream('perip', {
       ...base('perip'),
       rateLimits: [{ by: 'ip', limit: 2, windowSeconds: 60 }],
@@ -416,6 +424,20 @@ describe('rate limits on Redis', () => {
     expect(received('percred')).toHaveLength(3);
   });
 
+  it("a call one rule refuses takes no point from the others: one user's flood over their own limit does not use up the key's shared one", async () => {
+    const [hal, ida] = [newUser(), newUser()];
+    const statuses: number[] = [];
+    for (let i = 0; i < 8; i++) statuses.push((await call(i % 2 === 0 ? a : b, hal, 'shared', ['a'])).status);
+    expect(statuses).toEqual([200, 200, 429, 429, 429, 429, 429, 429]);
+    // The key's counter took hal's 2 calls only: ida has her 2, and only then is the key's limit of 4 reached.
+    const first = await call(a, ida, 'shared', ['a']);
+    expect(first.status).toBe(200);
+    expect(parseLimitField(first.headers.get('ratelimit'))['credential-60s']!.r).toBe(1);
+    expect((await call(b, ida, 'shared', ['a'])).status).toBe(200);
+    expect429(await call(a, newUser(), 'shared', ['a']), 'rate_limited', 60);
+    expect(received('shared')).toHaveLength(4);
+  });
+
   it('per ip: the address one hop from the right of X-Forwarded-For, shared by every user on it', async () => {
     const gina = newUser();
     const hank = newUser();
@@ -458,9 +480,10 @@ describe('rate limits on Redis', () => {
     });
     const refused = await call(a, both, 'byrole', ['a']);
     expect429(refused, 'rate_limited', 60);
+    // The refused call took no point from the rule that had room: it stands at 2 left.
     expect(parseLimitField(refused.headers.get('ratelimit'))).toMatchObject({
       'user-60s': { r: 0 },
-      'user-60s-2': { r: 1 },
+      'user-60s-2': { r: 2 },
     });
 
     // No matching role: no rule, no headers, no limit.

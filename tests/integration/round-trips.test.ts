@@ -258,9 +258,9 @@ describe('one store round trip per proxied call (Redis)', () => {
     expect(calls.server.evalsha).toBe(CALLS);
     expect(calls.server.mget ?? 0).toBe(0);
     expect(calls.server.eval ?? 0).toBe(0);
-    // Inside the script: 5 reads (GET: the three revocation marks, the detector's throttle mark, the ring), then
-    // per rule SET NX, INCRBY, PTTL.
-    expect(calls.server.get).toBe(5 * CALLS);
+    // Inside the script: 5 reads (GET: the three revocation marks, the detector's throttle mark, the ring), a GET
+    // per rule (every counter must have room before any is taken), then per rule SET NX, INCRBY, PTTL.
+    expect(calls.server.get).toBe(7 * CALLS);
     expect(calls.server.incrby).toBe(2 * CALLS);
     // The counters are rate-limiter-flexible's: same keys, same values.
     const keys = await keysUnder(REDIS_URL, `${PREFIX}rl|rated|`);
@@ -560,7 +560,7 @@ describe('RedisStore.round', () => {
     const sha1 = (await import('node:crypto')).createHash('sha1').update('hello').digest('hex');
     const go = await rounds.round(
       [{ key: 'missing', stopIfPresent: true }, { key: 'n', stopIfAtLeast: 1001 }, { key: 'v', knownSha1: sha1 }, { key: 'n' }],
-      [{ key: 'c', points: 1, windowSeconds: 60 }],
+      [{ key: 'c', points: 1, windowSeconds: 60, limit: 100 }],
     );
     expect(go).toEqual({
       stopped: false,
@@ -571,11 +571,11 @@ describe('RedisStore.round', () => {
     });
     expect(go.counters![0]!.ttlMs).toBeGreaterThan(59_000);
 
-    const atBound = await rounds.round([{ key: 'n', stopIfAtLeast: 1000 }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
+    const atBound = await rounds.round([{ key: 'n', stopIfAtLeast: 1000 }], [{ key: 'c', points: 1, windowSeconds: 60, limit: 100 }]);
     expect(atBound).toMatchObject({ stopped: true, stoppedAt: 0, counters: null });
-    const present = await rounds.round([{ key: 'v', stopIfPresent: true }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
+    const present = await rounds.round([{ key: 'v', stopIfPresent: true }], [{ key: 'c', points: 1, windowSeconds: 60, limit: 100 }]);
     expect(present).toMatchObject({ stopped: true, values: ['hello'], counters: null });
-    const changed = await rounds.round([{ key: 'v', knownSha1: 'f'.repeat(40) }], [{ key: 'c', points: 1, windowSeconds: 60 }]);
+    const changed = await rounds.round([{ key: 'v', knownSha1: 'f'.repeat(40) }], [{ key: 'c', points: 1, windowSeconds: 60, limit: 100 }]);
     expect(changed).toMatchObject({ stopped: false, changed: true, values: ['hello'], counters: null });
     const gone = await rounds.round([{ key: 'missing', knownSha1: sha1 }], []);
     expect(gone).toMatchObject({ changed: true, values: [null] });
@@ -584,10 +584,28 @@ describe('RedisStore.round', () => {
     expect(await rounds.get('c')).toBe('1');
   });
 
+  it('takes no counter when one has no room left: each is answered as if taken, none is written', async () => {
+    const counters = [
+      { key: 'own', points: 1, windowSeconds: 60, limit: 2 },
+      { key: 'shared', points: 1, windowSeconds: 60, limit: 100 },
+    ];
+    expect((await rounds.round([], counters)).counters!.map((c) => c.consumed)).toEqual([1, 1]);
+    expect((await rounds.round([], counters)).counters!.map((c) => c.consumed)).toEqual([2, 2]);
+    const refused = await rounds.round([], counters);
+    // The counter without room is answered over its limit, the other as it stands.
+    expect(refused.counters!.map((c) => c.consumed)).toEqual([3, 2]);
+    expect(refused.counters![0]!.ttlMs).toBeGreaterThan(59_000);
+    expect([await rounds.get('own'), await rounds.get('shared')]).toEqual(['2', '2']);
+    // A counter nobody took yet is answered with its whole window.
+    const fresh = await rounds.round([], [{ key: 'own', points: 1, windowSeconds: 60, limit: 2 }, { key: 'new', points: 1, windowSeconds: 30, limit: 5 }]);
+    expect(fresh.counters).toEqual([{ consumed: 3, ttlMs: expect.any(Number) }, { consumed: 0, ttlMs: 30_000 }]);
+    expect(await rounds.get('new')).toBeNull();
+  });
+
   it('reads a secret only when no earlier read stopped the round, and stops it when the secret is absent', async () => {
     await rounds.set('sealed', 'opaque');
     await rounds.set('mark', 'x');
-    const counter = [{ key: 's', points: 1, windowSeconds: 60 }];
+    const counter = [{ key: 's', points: 1, windowSeconds: 60, limit: 100 }];
     const go = await rounds.round([{ key: 'nomark', stopIfPresent: true }, { key: 'sealed', secret: true }], counter);
     expect(go).toMatchObject({ stopped: false, values: [null, 'opaque'], counters: [{ consumed: 1 }] });
     const marked = await rounds.round([{ key: 'mark', stopIfPresent: true }, { key: 'sealed', secret: true }], counter);
@@ -601,7 +619,7 @@ describe('RedisStore.round', () => {
   });
 
   it('gives points back only to a counter that still exists (a window that ended is not restarted)', async () => {
-    await rounds.round([], [{ key: 'gb', points: 3, windowSeconds: 60 }]);
+    await rounds.round([], [{ key: 'gb', points: 3, windowSeconds: 60, limit: 100 }]);
     expect(await rounds.giveBack('gb', 1)).toBe(2);
     expect(await rounds.giveBack('gone', 1)).toBeNull();
     expect(await rounds.get('gone')).toBeNull();
@@ -610,7 +628,7 @@ describe('RedisStore.round', () => {
   it("counts on rate-limiter-flexible's counters: the same key, window and values", async () => {
     const limiter = new RateLimiterRedis({ storeClient: rounds.client, points: 5, duration: 60, keyPrefix: 'rl|rule' });
     expect((await limiter.consume('u:1')).consumedPoints).toBe(1);
-    const taken = await rounds.round([], [{ key: 'rl|rule:u:1', points: 1, windowSeconds: 60 }]);
+    const taken = await rounds.round([], [{ key: 'rl|rule:u:1', points: 1, windowSeconds: 60, limit: 100 }]);
     expect(taken.counters![0]!.consumed).toBe(2);
     expect((await limiter.consume('u:1')).consumedPoints).toBe(3);
     expect(taken.counters![0]!.ttlMs).toBeLessThanOrEqual(60_000);

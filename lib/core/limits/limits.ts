@@ -74,7 +74,7 @@ export class Limits {
    * the keys and windows rate-limiter-flexible's RateLimiterRedis uses, so both count on the same counters.
    */
   rateCounters(rules: readonly RateRule[], who: LimitSubject): RoundCounter[] {
-    return rules.map((rule) => ({ key: `${RATE_PREFIX}${rule.id}:${subjectKey(rule.by, who)}`, points: 1, windowSeconds: rule.windowSeconds }));
+    return rules.map((rule) => ({ key: `${RATE_PREFIX}${rule.id}:${subjectKey(rule.by, who)}`, points: 1, windowSeconds: rule.windowSeconds, limit: rule.limit }));
   }
 
   /**
@@ -95,7 +95,9 @@ export class Limits {
 
   /**
    * Takes one point from each rule's counter for its key. `retryMs` is null when every rule had room, else
-   * the longest wait among the rules that refused. A store failure is 503 (fail closed).
+   * the longest wait among the rules that refused; the point is then given back to the rules that had room, so a
+   * refused call counts on no counter (one user's flood past their own limit does not use up a counter they share
+   * with others: the key's, the upstream's, an address's). A store failure is 503 (fail closed).
    */
   private async consume(
     checks: ReadonlyArray<readonly [RateRule, string]>,
@@ -112,7 +114,18 @@ export class Limits {
       if (outcome.status === 'rejected') retryMs = Math.max(retryMs ?? 0, value.msBeforeNext);
       results.push([checks[index]![0], value]);
     });
-    return { results, retryMs };
+    if (retryMs === null) return { results, retryMs };
+    const given = results.map(async ([rule, res], index) => {
+      if (outcomes[index]!.status === 'rejected') return [rule, res] as const;
+      await this.limiter(rule).reward(checks[index]![1], 1);
+      // As the counter stands again (the RateLimit header's remaining count).
+      return [rule, new RateLimiterRes(res.remainingPoints + 1, res.msBeforeNext, res.consumedPoints - 1, res.isFirstInDuration)] as const;
+    });
+    try {
+      return { results: await Promise.all(given), retryMs };
+    } catch (error) {
+      throw new KeywardError('store_unavailable', { cause: error });
+    }
   }
 
   /**

@@ -174,7 +174,9 @@ describe('Limits.checkRate', () => {
     await limits.checkRate(chat, who());
     const routeLimited = await refusal(limits.checkRate(chat, who()), 'rate_limited');
     expect(routeLimited.ratelimit).toMatch(/"route-user-60s";r=0;/);
-    // The chat route's own counter does not apply to /models, but the upstream's does (3 calls so far).
+    // The chat route's own counter does not apply to /models, but the upstream's does: 1 call so far (the refused
+    // one counted on no counter), then two to /models.
+    await limits.checkRate(models, who());
     await limits.checkRate(models, who());
     const upstreamLimited = await refusal(limits.checkRate(models, who()), 'rate_limited');
     expect(upstreamLimited.ratelimit).toMatch(/^"user-60s";r=0;t=\d+, "route-user-60s";r=8;t=\d+$/);
@@ -500,5 +502,27 @@ describe('Limits.checkSignIn', () => {
     });
     await limits.checkSignIn('203.0.113.7', 'alice', 1, 60);
     await limits.checkRate(rules, who({ userId: 'alice', ip: '203.0.113.7' }));
+  });
+});
+
+describe('a call one rate rule refuses takes no point from the others', () => {
+  // One user's flood past their own limit must not use up a counter they share with others (the key's, the upstream's).
+  it.each([
+    ['memory', () => new MemoryStore()],
+    ['SQLite', () => new SqliteStore(join(mkdtempSync(join(tmpdir(), 'keyward-limits-')), 'k.db'))],
+  ])('%s store', async (_name, store) => {
+    const { limits, rules } = setup({
+      rateLimits: [
+        { by: 'user', limit: 2, windowSeconds: 60 },
+        { by: 'credential', limit: 4, windowSeconds: 60 },
+      ],
+    }, {}, { store: store() });
+    const outcomes: string[] = [];
+    for (let i = 0; i < 8; i++) outcomes.push(await limits.checkRate(rules, who()).then(() => 'ok', (error: { code?: string }) => error.code ?? 'error'));
+    expect(outcomes).toEqual(['ok', 'ok', ...Array<string>(6).fill('rate_limited')]);
+    // The key's counter holds alice's 2 calls only: bob has 2 before the key's limit of 4 is reached.
+    await limits.checkRate(rules, who({ userId: 'bob' }));
+    await limits.checkRate(rules, who({ userId: 'bob' }));
+    await refusal(limits.checkRate(rules, who({ userId: 'carol' })), 'rate_limited');
   });
 });
