@@ -54,7 +54,8 @@ return values`;
 // limit), the others as they stand. A lone counter is taken without that check (one GET less): over its limit,
 // it refuses the call as before, and it is nobody else's.
 // Returns {stopped (0, else the 1-based index of the first read that stopped the round), changed (0/1), the
-// reads..., then consumed and ttl (ms) per counter when taken}.
+// reads..., then, when no read stopped the round and none changed, consumed and ttl (ms) per counter and whether
+// the points were taken (1/0)}.
 const ROUND = `local reads = tonumber(ARGV[1])
 local out = {0, 0}
 local a = 2
@@ -111,6 +112,7 @@ for j = reads + 1, #KEYS do
   out[n + 2] = ttl
   n = n + 2
 end
+out[n + 1] = room and 1 or 0
 return out`;
 
 // A batch of log entries in one command (KEYS[1] the stream; ARGV[1] the oldest id to keep, then `at` and value
@@ -165,8 +167,14 @@ export interface RoundResult {
   readonly changed: boolean;
   /** The reads in order; `undefined` for a `knownSha1` read that had not changed. */
   readonly values: ReadonlyArray<string | null | undefined>;
-  /** Per counter, its value after this call's points and its time left (ms); null when none were taken. */
+  /**
+   * Per counter, its value after this call's points and its time left (ms), or, when one had no room (`taken`
+   * false), as it stands (over its limit with the points, for one without room); null when a read stopped the
+   * round or one changed.
+   */
   readonly counters: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }> | null;
+  /** Whether the counters' points were written: false when a read stopped the round, one changed, or a counter had no room. */
+  readonly taken: boolean;
 }
 
 /** The scripts defined on the connection (`defineCommand`), each called as (number of keys, keys…, args…). */
@@ -335,11 +343,13 @@ export class RedisStore implements Store {
       const value = reply[i + 2] ?? null;
       return 'knownSha1' in read && value === 1 ? undefined : value === null ? null : String(value);
     });
-    let taken: RoundResult['counters'] = null;
+    let answered: RoundResult['counters'] = null;
+    let taken = false;
     if (!stopped && !changed) {
-      taken = counters.map((_, j) => ({ consumed: Number(reply[reads.length + 2 + j * 2]), ttlMs: Number(reply[reads.length + 3 + j * 2]) }));
+      answered = counters.map((_, j) => ({ consumed: Number(reply[reads.length + 2 + j * 2]), ttlMs: Number(reply[reads.length + 3 + j * 2]) }));
+      taken = reply[reads.length + 2 + counters.length * 2] === 1;
     }
-    return { stopped, stoppedAt, changed, values, counters: taken };
+    return { stopped, stoppedAt, changed, values, counters: answered, taken };
   }
 
   /**

@@ -568,6 +568,7 @@ describe('RedisStore.round', () => {
       changed: false,
       values: [null, '1000', undefined, '1000'],
       counters: [{ consumed: 1, ttlMs: expect.any(Number) }],
+      taken: true,
     });
     expect(go.counters![0]!.ttlMs).toBeGreaterThan(59_000);
 
@@ -589,9 +590,12 @@ describe('RedisStore.round', () => {
       { key: 'own', points: 1, windowSeconds: 60, limit: 2 },
       { key: 'shared', points: 1, windowSeconds: 60, limit: 100 },
     ];
-    expect((await rounds.round([], counters)).counters!.map((c) => c.consumed)).toEqual([1, 1]);
+    const first = await rounds.round([], counters);
+    expect(first.taken).toBe(true);
+    expect(first.counters!.map((c) => c.consumed)).toEqual([1, 1]);
     expect((await rounds.round([], counters)).counters!.map((c) => c.consumed)).toEqual([2, 2]);
     const refused = await rounds.round([], counters);
+    expect(refused.taken).toBe(false);
     // The counter without room is answered over its limit, the other as it stands.
     expect(refused.counters!.map((c) => c.consumed)).toEqual([3, 2]);
     expect(refused.counters![0]!.ttlMs).toBeGreaterThan(59_000);

@@ -37,7 +37,7 @@ export type RoundOutcome =
 
 /** How many values `revocationKeys` reads (they come first). */
 const REVOCATION_READS = 3;
-const NOTHING = { stopped: false, stoppedAt: null, changed: false, values: [], counters: null } as const;
+const NOTHING = { stopped: false, stoppedAt: null, changed: false, values: [], counters: null, taken: false } as const;
 
 type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
 
@@ -145,7 +145,8 @@ async function perUserCredential(
   try {
     return await perUserCredentialFrom(perUser, result.values, at);
   } catch (error) {
-    if (result.counters) await Promise.allSettled(counters.map(({ key, points }) => redis.giveBack(key, points)));
+    // Only points the round wrote: a round that refused the call (a counter without room) wrote none.
+    if (result.taken) await Promise.allSettled(counters.map(({ key, points }) => redis.giveBack(key, points)));
     throw error;
   }
 }
