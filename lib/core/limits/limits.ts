@@ -43,6 +43,8 @@ const METER_GRACE_MS = 3_600_000;
  */
 export class Limits {
   private readonly limiters = new Map<string, RateLimiterAbstract>();
+  /** In-process rate checks, one after another: see `takeIfRoom`. */
+  private queue: Promise<unknown> = Promise.resolve();
   /** Each user's calls in progress per upstream, in this process (`maxCallsInFlightPerUser`). */
   readonly inFlight = new CallsInFlight();
 
@@ -94,16 +96,51 @@ export class Limits {
   }
 
   /**
-   * Takes one point from each rule's counter for its key. `retryMs` is null when every rule had room, else
-   * the longest wait among the rules that refused; the point is then given back to the rules that had room, so a
-   * refused call counts on no counter (one user's flood past their own limit does not use up a counter they share
-   * with others: the key's, the upstream's, an address's). A store failure is 503 (fail closed).
+   * Takes one point from each rule's counter for its key, or from none. `retryMs` is null when every rule had
+   * room, else the longest wait among the rules that had none, and then no counter was taken: a refused call counts
+   * on no counter, so one user's flood past their own limit does not use up a counter they share with others (the
+   * key's, the upstream's, an address's). A store failure is 503 (fail closed).
    */
   private async consume(
     checks: ReadonlyArray<readonly [RateRule, string]>,
   ): Promise<{ results: Array<readonly [RateRule, RateLimiterRes]>; retryMs: number | null }> {
-    // The limiter talks to the Redis client itself: like every store command, it waits for the first connection.
-    if (this.store instanceof RedisStore) await this.store.connected();
+    if (this.store instanceof RedisStore) {
+      // Only the sign-in limits come here with Redis, one rule at a time (a call's rules go in one script, checkRate).
+      // The limiter talks to the Redis client itself: like every store command, it waits for the first connection.
+      await this.store.connected();
+      return this.take(checks);
+    }
+    const run = this.queue.then(() => this.takeIfRoom(checks));
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * In process, with several rules: reads every counter, and takes the points only if each has room. Run one at a
+   * time (`queue`), so no other call takes a point between the reads and the takes; rate-limiter-flexible's memory
+   * limiter answers at once, so the wait is a few microtasks.
+   */
+  private async takeIfRoom(
+    checks: ReadonlyArray<readonly [RateRule, string]>,
+  ): Promise<{ results: Array<readonly [RateRule, RateLimiterRes]>; retryMs: number | null }> {
+    if (checks.length < 2) return this.take(checks);
+    const current = await Promise.all(checks.map(([rule, key]) => this.limiter(rule).get(key)));
+    if (checks.every(([rule], i) => (current[i]?.consumedPoints ?? 0) + 1 <= rule.limit)) return this.take(checks);
+    let retryMs = 0;
+    const results = checks.map(([rule], i) => {
+      const consumed = current[i]?.consumedPoints ?? 0;
+      const msBeforeNext = current[i]?.msBeforeNext ?? rule.windowSeconds * 1000;
+      if (consumed + 1 <= rule.limit) return [rule, new RateLimiterRes(rule.limit - consumed, msBeforeNext, consumed, false)] as const;
+      retryMs = Math.max(retryMs, msBeforeNext);
+      return [rule, new RateLimiterRes(0, msBeforeNext, consumed + 1, false)] as const;
+    });
+    return { results, retryMs };
+  }
+
+  /** Takes one point from each rule's counter; `retryMs` as `consume` says. */
+  private async take(
+    checks: ReadonlyArray<readonly [RateRule, string]>,
+  ): Promise<{ results: Array<readonly [RateRule, RateLimiterRes]>; retryMs: number | null }> {
     const outcomes = await Promise.allSettled(checks.map(([rule, key]) => this.limiter(rule).consume(key, 1)));
     const results: Array<readonly [RateRule, RateLimiterRes]> = [];
     let retryMs: number | null = null;
@@ -114,18 +151,7 @@ export class Limits {
       if (outcome.status === 'rejected') retryMs = Math.max(retryMs ?? 0, value.msBeforeNext);
       results.push([checks[index]![0], value]);
     });
-    if (retryMs === null) return { results, retryMs };
-    const given = results.map(async ([rule, res], index) => {
-      if (outcomes[index]!.status === 'rejected') return [rule, res] as const;
-      await this.limiter(rule).reward(checks[index]![1], 1);
-      // As the counter stands again (the RateLimit header's remaining count).
-      return [rule, new RateLimiterRes(res.remainingPoints + 1, res.msBeforeNext, res.consumedPoints - 1, res.isFirstInDuration)] as const;
-    });
-    try {
-      return { results: await Promise.all(given), retryMs };
-    } catch (error) {
-      throw new KeywardError('store_unavailable', { cause: error });
-    }
+    return { results, retryMs };
   }
 
   /**

@@ -525,4 +525,21 @@ describe('a call one rate rule refuses takes no point from the others', () => {
     await limits.checkRate(rules, who({ userId: 'bob' }));
     await refusal(limits.checkRate(rules, who({ userId: 'carol' })), 'rate_limited');
   });
+
+  it('also when the refused call and another run at the same time: the other sees the shared counter as it stands', async () => {
+    const { limits, rules } = setup({
+      rateLimits: [
+        { by: 'user', limit: 1, windowSeconds: 60 },
+        { by: 'upstream', limit: 2, windowSeconds: 60 },
+      ],
+    });
+    await limits.checkRate(rules, who());
+    const outcome = (promise: Promise<unknown>) => promise.then(() => 'ok', (error: { code?: string }) => error.code ?? 'error');
+    // Alice is over her own limit; Bob, at the same moment, has the upstream's second place.
+    const both = await Promise.all([outcome(limits.checkRate(rules, who())), outcome(limits.checkRate(rules, who({ userId: 'bob' })))]);
+    expect(both).toEqual(['rate_limited', 'ok']);
+    // Two calls served, two places: the next user is refused by the upstream's limit, with it at 0.
+    const headers = await refusal(limits.checkRate(rules, who({ userId: 'carol' })), 'rate_limited');
+    expect(headers.ratelimit).toMatch(/"upstream-60s";r=0;/);
+  });
 });
