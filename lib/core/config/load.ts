@@ -61,8 +61,8 @@ export function defineUpstream<const Id extends string, const Routes extends rea
   if (!UPSTREAM_ID.test(id)) {
     throw new ConfigError(`Invalid upstream "${shownName(id)}":\n  - upstreams.${shownName(id)}: upstream ids are lowercase letters, digits, "-" and "_"`);
   }
-  const proto = protoKeyAt(input);
-  if (proto) throw new ConfigError(`Invalid upstream "${shownName(id)}":\n  - upstreams.${shownName(id)}.${proto}: ${PROTO_REFUSED}`);
+  const proto = protoKeyAt(input, ['upstreams', shownName(id)]);
+  if (proto) throw new ConfigError(`Invalid upstream "${shownName(id)}":\n  - ${proto}`);
   const result = keywardConfigSchema.shape.upstreams.safeParse({ [id]: input });
   if (!result.success) {
     throw new ConfigError(`Invalid upstream "${shownName(id)}":\n${formatIssues(result.error.issues, 'upstreams')}`);
@@ -84,16 +84,19 @@ export function withRouteTypes<Id extends string, Routes extends readonly unknow
   return definition as UpstreamDefinition<Id, Routes>;
 }
 
-const PROTO_REFUSED = '"__proto__" cannot be a name in the config (it would be dropped without a word, with what it says)';
+/** How deep `protoKeyAt` looks; a config nested deeper is refused (unchecked, a `__proto__` down there would pass). */
+const MAX_DEPTH = 64;
 
 /**
  * Where the config holds an own `__proto__` key (JSON.parse makes one; so does an object literal with a computed
- * key), as a field path, or null. zod's record parser skips such a key without an issue, so a record entry named
- * `__proto__` (a `paramEquals` on a parameter of that name, a cap, a contract property) would vanish and its check
- * with it. Only plain objects and arrays are walked (zod schemas given as contracts are not), to a bounded depth.
+ * key), as the problem to report (its field path first), or null. zod's record parser skips such a key without an
+ * issue, so a record entry named `__proto__` (a `paramEquals` on a parameter of that name, a cap, a contract
+ * property) would vanish and its check with it. Only plain objects and arrays are walked (zod schemas given as
+ * contracts are not), MAX_DEPTH levels at most: deeper is a problem too.
  */
 function protoKeyAt(value: unknown, path: readonly string[] = [], depth = 0): string | null {
-  if (depth > 64 || value === null || typeof value !== 'object') return null;
+  if (value === null || typeof value !== 'object') return null;
+  if (depth > MAX_DEPTH) return `${path.join('.')}: nested more than ${MAX_DEPTH} levels deep`;
   if (Array.isArray(value)) {
     for (const [index, element] of value.entries()) {
       const found = protoKeyAt(element, [...path, String(index)], depth + 1);
@@ -103,7 +106,9 @@ function protoKeyAt(value: unknown, path: readonly string[] = [], depth = 0): st
   }
   const prototype = Object.getPrototypeOf(value) as unknown;
   if (prototype !== Object.prototype && prototype !== null) return null;
-  if (Object.hasOwn(value, '__proto__')) return [...path, '__proto__'].join('.');
+  if (Object.hasOwn(value, '__proto__')) {
+    return `${[...path, '__proto__'].join('.')}: "__proto__" cannot be a name in the config (it would be dropped without a word, with what it says)`;
+  }
   for (const [name, member] of Object.entries(value)) {
     const found = protoKeyAt(member, [...path, shownName(name)], depth + 1);
     if (found) return found;
@@ -186,7 +191,7 @@ export function parseConfigSections(json: unknown, source: string): ConfigSectio
   }
   // And anywhere deeper: a `paramEquals`, `caps` or contract `properties` entry dropped would be a check gone.
   const proto = protoKeyAt(json);
-  if (proto) throw new ConfigError(`${source} is invalid:\n  - ${proto}: ${PROTO_REFUSED}`);
+  if (proto) throw new ConfigError(`${source} is invalid:\n  - ${proto}`);
   // Built-in presets ({"preset": "openai", …}) become full upstream definitions before the one schema checks them.
   const expanded = upstreams && typeof upstreams === 'object' && !Array.isArray(upstreams)
     ? { ...(json as object), upstreams: expandPresetEntries(upstreams as Record<string, unknown>, source) }

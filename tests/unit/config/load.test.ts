@@ -329,6 +329,13 @@ describe('parseConfig', () => {
       expect(configError(json)).toContain(`upstreams.a.${at}`);
     });
 
+    it('refuses a config nested too deep to be checked for __proto__, naming where', () => {
+      let spec = '{"type":"object","properties":{"__proto__":{"type":"string"}}}';
+      for (let i = 0; i < 30; i++) spec = `{"type":"object","properties":{"a":${spec}}}`;
+      const json = JSON.parse(`{"upstreams":{"a":${JSON.stringify(valid({ routes: [] })).replace('"routes":[]', `"routes":[{"method":"POST","path":"/x","body":${spec}}]`)}}}`);
+      expect(configError(json)).toMatch(/upstreams\.a\.routes\.0\.body(\.properties\.a)+: nested more than 64 levels deep/);
+    });
+
     it('accepts constructor as an ordinary id', () => {
       const defs = parseConfig({ upstreams: { constructor: valid() } }, 't');
       expect(defs.map((d) => d.id)).toEqual(['constructor']);
