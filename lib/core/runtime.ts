@@ -368,7 +368,6 @@ export function referencedVariables(configs: readonly unknown[]): Set<string> {
   return names;
 }
 
-/** Keyward's own secrets, which no upstream may take as its key. */
 /**
  * When a removed user's own keys or connected accounts could not all be deleted (a store error; a refresh, the
  * keeper's or another disconnect holding a connection's lock past 15 s), the deletion is tried again after each
@@ -377,6 +376,8 @@ export function referencedVariables(configs: readonly unknown[]): Set<string> {
  * time, go too (they add them again). Timers do not keep the process alive.
  */
 const FORGET_RETRY_MS = [1_000, 10_000, 60_000, 300_000, 900_000, 1_800_000];
+
+/** Keyward's own secrets, which no upstream may take as its key. */
 
 export const OWN_SECRETS = [
   'AUTH_SECRET',
