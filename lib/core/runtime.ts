@@ -378,7 +378,6 @@ export function referencedVariables(configs: readonly unknown[]): Set<string> {
 const FORGET_RETRY_MS = [1_000, 10_000, 60_000, 300_000, 900_000, 1_800_000];
 
 /** Keyward's own secrets, which no upstream may take as its key. */
-
 export const OWN_SECRETS = [
   'AUTH_SECRET',
   'KEYWARD_SESSION_SECRET',
