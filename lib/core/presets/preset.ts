@@ -83,9 +83,10 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
   const { only, roles } = parsed.data;
   if (only) {
     const declared = new Set(routes.map(routeKey));
-    const unknown = only.filter((key) => !declared.has(key));
+    // Named by index, and by text only as a name is (shownName): a path can hold a pasted key (a bot token).
+    const unknown = only.flatMap((key, index) => (declared.has(key) ? [] : [[key, index] as const]));
     if (unknown.length > 0) {
-      const lines = unknown.map((key) => `  - upstreams.${id}.only: "${shownName(key)}" is not a route of the "${preset.name}" preset`);
+      const lines = unknown.map(([key, index]) => `  - upstreams.${id}.only.${index}: "${shownName(key)}" is not a route of the "${preset.name}" preset`);
       throw new ConfigError(`Invalid upstream "${id}" (preset "${preset.name}"):\n${lines.join('\n')}`);
     }
     routes = routes.filter((route) => only.includes(routeKey(route)));

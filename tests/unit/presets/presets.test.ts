@@ -127,9 +127,14 @@ describe('built-in presets', () => {
     const extended = openai({ roles: ['pro'], routes: [{ method: 'GET', path: '/models' }, { method: 'GET', path: '/files/:id', roles: ['admin'] }] });
     expect(extended.config.routes.find((r) => r.path === '/models')!.roles).toEqual(['pro']);
     expect(extended.config.routes.find((r) => r.path === '/files/:id')!.roles).toEqual(['admin']);
-    expect(configError({ upstreams: { ai: { preset: 'openai', only: ['POST /completions'] } } })).toContain(
-      'upstreams.ai.only: "POST /completions" is not a route of the "openai" preset',
+    expect(configError({ upstreams: { ai: { preset: 'openai', only: ['GET /models', 'POST /completions'] } } })).toContain(
+      'upstreams.ai.only.1: "POST /completions" is not a route of the "openai" preset',
     );
+    // A long one is named by its index only: its path may hold a pasted key.
+    const long = `GET /files/${randomSecret('pasted')}`;
+    const message = configError({ upstreams: { ai: { preset: 'openai', only: [long] } } });
+    expect(message).toContain('upstreams.ai.only.0: "(a name not shown)" is not a route of the "openai" preset');
+    expect(message).not.toContain(long);
   });
 
   it('names the field of a bad option or override, and an unknown preset', () => {
