@@ -66,6 +66,11 @@ export interface ProxyDeps {
   readonly signals?: SecuritySignals;
   /** Where the anomaly detector's throttle marks are (lib/core/detect/marks.ts), read with step 8; absent: none. */
   readonly throttleStore?: Store;
+  /**
+   * Every secret Keyward loaded (its own, each upstream's keys, client and webhook secrets): each answer is
+   * scrubbed of them all, besides the call's own credential (`withHeldSecrets`); absent: of that credential only.
+   */
+  readonly heldSecrets?: readonly string[];
 }
 
 export interface ProxyTarget {
@@ -535,10 +540,32 @@ export async function resolveCallCredential(call: Call, upstream: Upstream, sess
     throttle: call.deps.throttleStore ? { store: call.deps.throttleStore, key: throttleKey(session.userId) } : null,
   });
   if (outcome.revoked) throw revoked(call);
-  call.credential = outcome.credential;
+  const credential = withHeldSecrets(outcome.credential, call.deps.heldSecrets);
+  call.credential = credential;
   call.rate = { rules, taken: outcome.taken };
   call.throttle = throttleRule(outcome.throttle);
-  return outcome.credential;
+  return credential;
+}
+
+/** By held list, then by credential: a service key's credential is one object for the process's life. */
+const withHeld = new WeakMap<readonly string[], WeakMap<ResolvedCredential, ResolvedCredential>>();
+
+/**
+ * The credential with every secret Keyward holds added to its `secrets`, after its own (which stay first: hits
+ * and key-ring versions read them). An upstream that echoes what it should not know (an in-house API that dumps
+ * its environment, with another upstream's key in it) is scrubbed as if it had echoed its own key.
+ */
+function withHeldSecrets(credential: ResolvedCredential, held: readonly string[] | undefined): ResolvedCredential {
+  if (!held || held.length === 0) return credential;
+  let byCredential = withHeld.get(held);
+  if (!byCredential) withHeld.set(held, (byCredential = new WeakMap()));
+  let result = byCredential.get(credential);
+  if (!result) {
+    const secrets = [...new Set([...credential.secrets, ...held])];
+    result = secrets.length === credential.secrets.length ? credential : { ...credential, secrets };
+    byCredential.set(credential, result);
+  }
+  return result;
 }
 
 /**

@@ -329,6 +329,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     signals: detector,
     decoys: decoys ?? undefined,
     throttleStore: store,
+    heldSecrets: secrets,
     trustedProxyHops: settings.KEYWARD_TRUSTED_PROXY_HOPS,
     credentials: { userKeys, oauthTokens, keyRings, connections },
     verifySession: createSessionVerifier(

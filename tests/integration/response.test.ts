@@ -126,6 +126,22 @@ describe('response headers', () => {
     expect(result.text).toBe('before [REDACTED] after');
     expectNoSecrets(h.secrets, result.response, result.text);
   });
+
+  it("an answer is scrubbed of every secret Keyward holds, not only the called upstream's key", async () => {
+    // An in-house API that dumps its environment: it holds other upstreams' keys and Keyward's own secret.
+    const others = [h.keys.bearer, h.keys.query, h.env.AUTH_SECRET!, h.env.KEYWARD_SESSION_SECRET!];
+    h.upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'x-echo': `token=${Buffer.from(h.keys.basic).toString('base64')}` });
+      res.end(JSON.stringify({ env: others, encoded: encodeURIComponent(h.keys.query) }));
+    });
+    const result = await h.call(['items', '1']);
+    expect(result.response.status).toBe(200);
+    expect(result.json()).toEqual({ env: others.map(() => '[REDACTED]'), encoded: '[REDACTED]' });
+    expect(result.response.headers.get('x-echo')).toBeNull();
+    expectNoSecrets(h.secrets, result.response, result.text);
+    // Counted as the leak it is: the call's record names the hits.
+    expect(h.logs.at(-1)).toContain('"scrubberHits":5');
+  });
 });
 
 describe('active content is never served as a page on the app origin', () => {

@@ -82,6 +82,8 @@ beforeAll(async () => {
     socket.on('message', (data, binary) => {
       const text = data.toString();
       if (text === 'key') socket.send(`the key is ${wsKey}, base64 ${Buffer.from(wsKey).toString('base64')}`);
+      // An upstream that knows what it should not: a connection's client secret and Keyward's own session secret.
+      else if (text === 'held') socket.send(`client ${laneEnv.ACME_CLIENT_SECRET} auth ${laneEnv.AUTH_SECRET}`);
       else if (text === 'key-binary') socket.send(Buffer.from(`bin:${wsKey}`), { binary: true });
       else if (text === 'big') socket.send('x'.repeat(4096));
       else if (text === 'close-with-key') socket.close(4000, `bye ${wsKey}`);
@@ -296,6 +298,14 @@ describe('WebSocket upgrades through the fast lane', () => {
         .find(Boolean);
     await expect.poll(recordOf).toBeDefined();
     expect(recordOf()!.scrubberHits).toBeGreaterThanOrEqual(3); // the text, the binary message, the close reason
+  });
+
+  it("every secret Keyward holds is scrubbed from messages, not only the socket's own key", async () => {
+    const socket = opened(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:held'), ...sameOrigin() }));
+    socket.send('held');
+    expect((await nextMessage(socket)).data.toString()).toBe('client [REDACTED] auth [REDACTED]');
+    socket.close(1000);
+    await closed(socket);
   });
 
   it('a close reason with the key cut short (a reason holds 123 bytes): what there is of it reaches the client as [REDACTED]', async () => {
