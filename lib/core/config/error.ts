@@ -27,6 +27,11 @@ export function variableNamed(name: string): string {
     : 'the environment variable this field names (its name is not shown: it does not look like a variable name, and may be a key)';
 }
 
+/**
+ * How deep a config is looked at: `protoKeyAt` (load.ts) refuses one nested deeper (unchecked, a `__proto__` down
+ * there would pass), and `duplicateJsonName` stops there, so that a walk never overflows the stack.
+ */
+export const MAX_DEPTH = 64;
 
 /**
  * The first name that appears twice in one object of a JSON text, as a message naming where (its path, line and
@@ -34,6 +39,7 @@ export function variableNamed(name: string): string {
  * upstream id twice would drop the first silently; a config must say one thing once. @humanwhocodes/momoa (the
  * JSON parser ESLint's JSON support is built on) keeps every member, which JSON.parse cannot. Call it on text
  * JSON.parse accepted. A name longer than 32 characters is not shown: it may be a key pasted in the wrong place.
+ * Nothing below MAX_DEPTH levels is looked at: such a config is refused as too deep once parsed.
  */
 export function duplicateJsonName(text: string): string | null {
   let document: ReturnType<typeof parseJson>;
@@ -48,7 +54,7 @@ export function duplicateJsonName(text: string): string | null {
 }
 
 function walk(node: ValueNode, path: string[], found: { at: string | null }): void {
-  if (found.at !== null) return;
+  if (found.at !== null || path.length > MAX_DEPTH) return;
   if (node.type === 'Array') node.elements.forEach((element, i) => walk(element.value, [...path, String(i)], found));
   if (node.type !== 'Object') return;
   const seen = new Set<string>();

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { z } from 'zod';
 import { keywardConfigSchema, formatIssues, upstreamSchema, UPSTREAM_ID, type RouteMethod, type UpstreamConfig, type UpstreamInput } from './schema';
-import { ConfigError, duplicateJsonName, jsonErrorAt, shownName } from './error';
+import { ConfigError, duplicateJsonName, jsonErrorAt, MAX_DEPTH, shownName } from './error';
 import { expandPresetEntries } from '../presets';
 import { detectorSchema, type DetectorConfig } from '../detect/config';
 import { connectionsSchema, type ConnectionsConfig } from '../connect/config';
@@ -83,9 +83,6 @@ export function defineUpstream<const Id extends string, const Routes extends rea
 export function withRouteTypes<Id extends string, Routes extends readonly unknown[]>(definition: UpstreamDefinition): UpstreamDefinition<Id, Routes> {
   return definition as UpstreamDefinition<Id, Routes>;
 }
-
-/** How deep `protoKeyAt` looks; a config nested deeper is refused (unchecked, a `__proto__` down there would pass). */
-const MAX_DEPTH = 64;
 
 /**
  * Where the config holds an own `__proto__` key (JSON.parse makes one; so does an object literal with a computed

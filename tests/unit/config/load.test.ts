@@ -466,6 +466,17 @@ describe('readConfigFile', () => {
     expect(readConfigFile(tempFile('ok.json', JSON.stringify({ upstreams: { echo: valid(), other: valid() } }))).map((d) => d.id)).toEqual(['echo', 'other']);
   });
 
+  it('a file nested thousands of levels deep is a ConfigError naming where, not a stack overflow at start-up', async () => {
+    const { readConfigJson } = await import('../../../lib/core/config/load');
+    // Deep enough to overflow a recursive walk, shallow enough for JSON.parse and the duplicate-name parser.
+    for (const [open, close] of [['[', ']'], ['{"a":', '}']] as const) {
+      const text = `{"upstreams": {"echo": ${open.repeat(2_400)}1${close.repeat(2_400)}}}`;
+      const error = thrown(() => readConfigJson(text));
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as Error).message).toMatch(/upstreams\.echo(\.(0|a))+: nested more than 64 levels deep/);
+    }
+  });
+
   it('names the file and the reason when it cannot be read', () => {
     const path = join(mkdtempSync(join(tmpdir(), 'keyward-config-')), 'missing.json');
     const error = thrown(() => readConfigFile(path));
