@@ -927,6 +927,24 @@ describe('OpenAPI import: a bad document names the JSON pointer of the problem',
     );
   });
 
+  it('a document nested thousands deep is refused naming where, not a stack overflow', () => {
+    for (const wrap of [(inner: unknown) => ({ type: 'object', properties: { a: inner } }), (inner: unknown) => ({ type: 'array', items: inner })]) {
+      let schema: unknown = { type: 'string' };
+      for (let i = 0; i < 3_000; i++) schema = wrap(schema);
+      const deep = doc({ requestBody: { content: { 'application/json': { schema } } }, responses: { '200': { description: 'ok', content: { 'application/json': { schema } } } } });
+      expect(configError(() => planImport(deep))).toMatch(
+        /^the OpenAPI document is invalid at #\/paths\/~1things\/post\/(requestBody|responses\/200)\/content\/application~1json\/schema(\/(properties|a|items))+: nested more than 200 levels deep/,
+      );
+    }
+  });
+
+  it('a chain of thousands of $refs is a reason, not a stack overflow', () => {
+    const schemas: Record<string, unknown> = { S2999: { type: 'string' } };
+    for (let i = 0; i < 2_999; i++) schemas[`S${i}`] = { type: 'object', properties: { next: { $ref: `#/components/schemas/S${i + 1}` } } };
+    const chain = bodyOf({ $ref: '#/components/schemas/S0' }, schemas);
+    expect(chain.warnings.join('\n')).toContain('the schema is nested too deep to convert (over 32 levels)');
+  });
+
   it('text that is neither JSON nor YAML', () => {
     expect(configError(() => parseSpecText('{"openapi": ', 'api.json'))).toContain('api.json is not valid JSON');
     expect(configError(() => parseSpecText('a: 1\na: 2\n', 'api.yaml'))).toContain('api.yaml is not valid YAML');

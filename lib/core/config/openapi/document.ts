@@ -109,7 +109,37 @@ export function readSpecDocument(value: unknown): SpecDocument {
     );
   }
   const root = expectShape(rootShape, value, '#');
+  const deep = tooDeepAt(value);
+  if (deep !== null) throw specError(deep, `nested more than ${MAX_DOCUMENT_DEPTH} levels deep (no API needs that many)`);
   return { root: value, version: root.openapi.startsWith('3.1') ? '3.1' : '3.0' };
+}
+
+/**
+ * How deep a document may nest. The import's reads are recursive (so is JSON.stringify, which compares answers'
+ * schemas): a document nested thousands deep is refused here, naming where, instead of overflowing the stack. A
+ * schema nested even a fifth as deep could not become a contract anyway (see MAX_SCHEMA_DEPTH in fields.ts).
+ */
+const MAX_DOCUMENT_DEPTH = 200;
+
+/** The JSON pointer of the first value deeper than MAX_DOCUMENT_DEPTH, or null; walked with a stack of its own. */
+function tooDeepAt(document: JsonObject): string | null {
+  interface Entry {
+    readonly value: unknown;
+    readonly depth: number;
+    readonly parent: Entry | null;
+    readonly key: string;
+  }
+  const stack: Entry[] = [{ value: document, depth: 0, parent: null, key: '' }];
+  for (let entry = stack.pop(); entry !== undefined; entry = stack.pop()) {
+    if (entry.value === null || typeof entry.value !== 'object') continue;
+    if (entry.depth > MAX_DOCUMENT_DEPTH) {
+      const keys: string[] = [];
+      for (let at: Entry | null = entry; at?.parent; at = at.parent) keys.unshift(at.key);
+      return child('#', ...keys);
+    }
+    for (const [key, value] of Object.entries(entry.value)) stack.push({ value, depth: entry.depth + 1, parent: entry, key });
+  }
+  return null;
 }
 
 export function documentTitle(doc: SpecDocument): string {

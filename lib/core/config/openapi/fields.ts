@@ -105,12 +105,15 @@ export interface FieldContext {
   readonly partTypes?: ReadonlyMap<string, string>;
 }
 
-/** A conversion under way: how many schema nodes it may still visit (shared refs multiply without recursion). */
-type Walk = FieldContext & { readonly budget: { nodes: number } };
+/**
+ * A conversion under way: how many schema nodes it may still visit (shared refs multiply without recursion), and
+ * how deep it is in nested schemas (each level is a call on the stack).
+ */
+type Walk = FieldContext & { readonly budget: { nodes: number; depth: number } };
 
 /** Converts one schema to a contract field (`path` names it in notes and reasons: `body.tags[].name`). */
 export function schemaToField(schema: unknown, at: string, path: string, context: FieldContext): FieldResult {
-  const ctx: Walk = { ...context, budget: { nodes: MAX_NODES } };
+  const ctx: Walk = { ...context, budget: { nodes: MAX_NODES, depth: 0 } };
   return finalize(draft(schema, at, path, ctx, []), path, ctx, true);
 }
 
@@ -174,9 +177,22 @@ const ANNOTATIONS = new Set([
 
 const MAX_COUNT = 1_000_000;
 const MAX_NODES = 20_000;
+/**
+ * Schemas nested deeper are not converted: a contract that deep could not be loaded anyway (a config is refused
+ * past 64 levels, and each schema level is two: `properties.<name>`), and a document nested thousands deep must
+ * be a clear problem, not a stack overflow.
+ */
+const MAX_SCHEMA_DEPTH = 32;
 
 function draft(schema: unknown, at: string, path: string, ctx: Walk, refs: readonly string[]): Draft {
-  const result = draftSchema(schema, at, path, ctx, refs);
+  if (ctx.budget.depth >= MAX_SCHEMA_DEPTH) return none(path, `the schema is nested too deep to convert (over ${MAX_SCHEMA_DEPTH} levels)`);
+  ctx.budget.depth++;
+  let result: Draft;
+  try {
+    result = draftSchema(schema, at, path, ctx, refs);
+  } finally {
+    ctx.budget.depth--;
+  }
   // A field of the other direction (readOnly in a request, writeOnly in a response) is left out whatever its
   // schema, even one a contract cannot express.
   const other = ctx.mode === 'response' ? 'writeOnly' : 'readOnly';
