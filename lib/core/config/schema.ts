@@ -345,6 +345,20 @@ const baseUrlSchema = z
     return url.href;
   });
 
+/**
+ * A fixed header value shaped like a credential: an auth scheme and a token (`Bearer …`), a JWT (Supabase's
+ * `apikey`), or a key with a prefix its issuer documents (OpenAI, Anthropic, Stripe, GitHub, Slack, GitLab,
+ * Hugging Face, Google, AWS access key ids). A value in the config is sent as written and is not one of the
+ * secrets Keyward scrubs from answers and logs; a key goes in `auth`, from the environment. A key of no known
+ * shape is not recognised: this catches the common paste, it cannot prove a value is not a key.
+ */
+const KEY_SHAPED = [
+  /^\s*(?:bearer|basic|token|digest)\s+\S{8,}/i,
+  /eyJ[\w-]{8,}\.eyJ[\w-]{8,}\./,
+  /(?:^|[^\w-])(?:sk-(?:ant-|proj-|svcacct-)?|[sr]k_(?:live|test)_|whsec_|gh[pousr]_|github_pat_|xox[abposr]-|glpat-|hf_|AIza)[\w-]{16,}/,
+  /(?:^|[^A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])/,
+];
+
 /** Request header name → value set by the config (never a secret): `headers` and `defaultHeaders`. */
 const headerValuesSchema = z
   .record(
@@ -448,6 +462,12 @@ export const upstreamSchema = z
         const credentialHeader = upstream.auth.type === 'header' ? upstream.auth.name : undefined;
         if (FORBIDDEN_PASS_THROUGH_HEADERS.has(lower) || lower === credentialHeader || lower === 'x-request-id' || lower === 'accept-encoding') {
           ctx.addIssue({ code: 'custom', path: [field, name], message: `"${lower}" cannot be set here` });
+        } else if (KEY_SHAPED.some((shape) => shape.test(upstream[field][name]!))) {
+          ctx.addIssue({
+            code: 'custom',
+            path: [field, name],
+            message: 'looks like a key or token, and a fixed header is sent as written, never scrubbed from answers or logs: put the key in "auth" ({"env": …})',
+          });
         }
       }
     }

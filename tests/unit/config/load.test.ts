@@ -1,4 +1,5 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -434,6 +435,43 @@ describe('a key pasted where a name belongs is not printed by the error that ref
   it('a short plain name is still shown (control)', () => {
     const error = thrown(() => parseConfig({ upstreams: { echo: { ...valid(), colour: 'blue' } } }, 'KEYWARD_CONFIG'));
     expect((error as Error).message).toContain('upstreams.echo: unknown field: "colour"');
+  });
+});
+
+describe('a key written into a fixed header is refused, naming the header, never printing the key', () => {
+  const random = (length: number) => randomBytes(length).toString('base64url').slice(0, length);
+  // Made up at run time in the shapes their issuers document; none is a real key.
+  const shaped: Record<string, string> = {
+    "a JWT (Supabase's apikey)": `eyJ${random(30)}.eyJ${random(60)}.${random(43)}`,
+    'a scheme and a token': `Bearer ${random(32)}`,
+    'an OpenAI key': `sk-proj-${random(48)}`,
+    'a Stripe secret key': `sk_live_${random(40)}`,
+    'a GitHub token': `ghp_${random(36)}`,
+    'an AWS access key id': `AKIA${randomBytes(16).toString('hex').toUpperCase().slice(0, 16)}`,
+    'a Google API key': `AIza${random(35)}`,
+    'a key inside other text': `token=gho_${random(36)}; v=1`,
+  };
+  for (const [what, value] of Object.entries(shaped)) {
+    for (const field of ['headers', 'defaultHeaders'] as const) {
+      it(`${what}, in ${field}`, () => {
+        const error = thrown(() => parseConfig({ upstreams: { echo: { ...valid(), [field]: { 'x-extra': value } } } }, 'KEYWARD_CONFIG'));
+        expect(error).toBeInstanceOf(ConfigError);
+        expect((error as Error).message).toContain(`upstreams.echo.${field}.x-extra: looks like a key or token`);
+        expect((error as Error).message).not.toContain(value);
+      });
+    }
+  }
+
+  it('ordinary fixed values pass (control)', () => {
+    const headers = {
+      'anthropic-version': '2023-06-01',
+      'openai-organization': 'org_4f1c9d2b7a',
+      'x-tenant': '3f2b8a1e-6c4d-4b9e-9f0a-1d2c3b4a5e6f',
+      accept: 'application/vnd.github+json',
+      'x-mode': 'sk-shortish',
+    };
+    const [definition] = parseConfig({ upstreams: { echo: { ...valid(), headers } } }, 'KEYWARD_CONFIG');
+    expect(definition!.config.headers).toEqual(headers);
   });
 });
 
