@@ -207,9 +207,16 @@ async function relay(
       siteHeaders,
     );
   }
+  // A client that closes or half-closes (FIN) during the upstream handshake is let go at once: nothing more will
+  // come from it, and an upgraded socket has no HTTP timeout to end it later.
   let clientGone = false;
-  const onEarlyClose = () => (clientGone = true);
+  let leave = () => {};
+  const onEarlyClose = () => {
+    clientGone = true;
+    leave();
+  };
   socket.once('close', onEarlyClose);
+  socket.once('end', onEarlyClose);
   const upstream = new WebSocket(grant.url, protocols, {
     headers: grant.headers,
     maxPayload: maxMessageBytes,
@@ -221,6 +228,7 @@ async function relay(
   upstream.on('error', () => {});
   const handshaking = new AbortController();
   const opened = await new Promise<KeywardError | null>((resolve) => {
+    leave = () => resolve(null); // clientGone says why
     upstream.once('open', () => {
       // ws emits the messages that came in the same read as the 101 at once, before anyone listens (an upstream
       // that speaks first: OpenAI Realtime's `session.created`). Nothing is read until pipeSockets listens.
@@ -241,6 +249,7 @@ async function relay(
   });
   handshaking.abort();
   socket.off('close', onEarlyClose);
+  socket.off('end', onEarlyClose);
   if (opened) {
     upstream.terminate();
     return endSocketWith(socket, refuseGranted(grant, opened), siteHeaders);
@@ -248,6 +257,7 @@ async function relay(
   if (clientGone || socket.destroyed || socket.readableEnded) {
     upstream.terminate();
     recordSocket(grant, { outcome: 'aborted', errorCode: null, bytesIn: 0, bytesOut: 0, scrubberHits: 0 });
+    socket.destroy();
     return;
   }
   const server = new WebSocketServer({

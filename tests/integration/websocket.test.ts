@@ -51,8 +51,8 @@ interface Handshake {
 let upstreamServer: Server;
 let upstreamWss: WebSocketServer;
 const handshakes: Handshake[] = [];
-/** Handshakes the upstream holds (path /v1/slow): calling one refuses it. */
-const slowHandshakes: Array<() => void> = [];
+/** Handshakes the upstream holds (path /v1/slow): calling one refuses it, or accepts it when told to. */
+const slowHandshakes: Array<(accept?: boolean) => void> = [];
 let lane: AppServer;
 let wsUrl: string;
 let laneEnv: Record<string, string>;
@@ -67,7 +67,7 @@ beforeAll(async () => {
       handshakes.push({ url: req.url ?? '', headers: req.headers });
       // /slow: a handshake the upstream takes its time over (it answers once the test is done with it).
       if (req.url?.startsWith('/v1/slow')) {
-        slowHandshakes.push(() => done(false));
+        slowHandshakes.push((accept = false) => done(accept));
         return;
       }
       done(req.headers['x-api-key'] === wsKey || req.headers.authorization === `Bearer ${oauthToken}`);
@@ -306,6 +306,25 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect((await nextMessage(socket)).data.toString()).toBe('client [REDACTED] auth [REDACTED]');
     socket.close(1000);
     await closed(socket);
+  });
+
+  it('a client that half-closes while the upstream handshake is under way is let go: its connection is closed, none left open', async () => {
+    const held = slowHandshakes.length;
+    const { host, port } = new URL(lane.url);
+    const client = connect(Number(port), '127.0.0.1');
+    client.on('error', () => {});
+    const ended = once(client, 'close');
+    const head = Object.entries({ host, ...UPGRADE, origin: lane.url, cookie: await cookieFor('oidc:half-closer') });
+    client.write(`GET /api/proxy/rt/slow HTTP/1.1\r\n${head.map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n`);
+    for (let i = 0; i < 100 && slowHandshakes.length === held; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(slowHandshakes.length, 'the upstream holds the handshake').toBe(held + 1);
+    // The client sends FIN and reads on; then the upstream accepts. Before the fix the server's side stayed open
+    // (CLOSE-WAIT) for good: a file descriptor per attempt.
+    client.end();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    slowHandshakes.pop()!(true);
+    await ended;
+    expect(client.destroyed).toBe(true);
   });
 
   it('a close reason with the key cut short (a reason holds 123 bytes): what there is of it reaches the client as [REDACTED]', async () => {
