@@ -501,6 +501,11 @@ function routeTemplateOf(call: Call, upstream: Upstream): string | null {
 export function authorizeCall(route: CompiledRoute, params: RouteMatch['params'], session: Session, incoming: URL): RequestParts {
   const { contract } = route;
   authorize(route, params, session);
+  // A WebSocket ticket (lib/core/ws/tickets.ts) is redeemed on an upgrade, which takes it out of the query. On a
+  // plain call it would be passed on, live, to the upstream: refused instead, as tokens in the query are (1).
+  if (route.websocket && hasQueryParam(incoming.searchParams, 'ticket')) {
+    throw new KeywardError('bad_request', { message: 'A WebSocket ticket is accepted on an upgrade only; it is never passed on.' });
+  }
   return {
     query: contract.query ? parseQuery(contract.query, incoming.search, incoming.searchParams) : new URLSearchParams(incoming.search),
     body: undefined,

@@ -51,6 +51,8 @@ interface Handshake {
 let upstreamServer: Server;
 let upstreamWss: WebSocketServer;
 const handshakes: Handshake[] = [];
+/** The URLs of the plain HTTP requests (no upgrade) the upstream saw. */
+const plainRequests: string[] = [];
 /** Handshakes the upstream holds (path /v1/slow): calling one refuses it, or accepts it when told to. */
 const slowHandshakes: Array<(accept?: boolean) => void> = [];
 let lane: AppServer;
@@ -59,7 +61,10 @@ let laneEnv: Record<string, string>;
 let laneStore: SqliteStore;
 
 beforeAll(async () => {
-  upstreamServer = createServer((_req, res) => res.writeHead(426).end());
+  upstreamServer = createServer((req, res) => {
+    plainRequests.push(req.url ?? '');
+    res.writeHead(426).end();
+  });
   upstreamWss = new WebSocketServer({
     server: upstreamServer,
     maxPayload: 64 * 1024 * 1024,
@@ -664,6 +669,18 @@ describe('WebSocket upgrades through the fast lane', () => {
     });
     expect(plain.status).toBe(426);
     await plain.arrayBuffer();
+  });
+
+  it('a plain GET with ?ticket= on a WebSocket route is refused 400, the ticket never passed on (it is redeemed on an upgrade only)', async () => {
+    const before = plainRequests.length;
+    for (const name of ['ticket', 'Ticket', 'tick%65t']) {
+      const response = await fetch(`${lane.url}/api/proxy/rt/realtime?model=x&${name}=${randomSecret('t')}`, {
+        headers: { cookie: await cookieFor('oidc:alice'), 'x-keyward-csrf': '1' },
+      });
+      expect(response.status).toBe(400);
+      expect(((await response.json()) as { error: { code: string } }).error.code).toBe('bad_request');
+    }
+    expect(plainRequests.length).toBe(before);
   });
 
   it('writes one audit record when the socket closes, with bytes each way', async () => {
