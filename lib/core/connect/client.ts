@@ -274,7 +274,8 @@ export class ProviderClient {
 
   /**
    * Revokes a grant at the provider on disconnect: the refresh token first (RFC 7009 §2.1: its access tokens go
-   * with it where the server supports that), then the access token. True when the provider confirmed.
+   * with it where the server supports that), then the access token, also when the first was refused. True when
+   * the provider confirmed; throws the first refusal otherwise.
    */
   async revoke(tokens: OAuthTokens): Promise<boolean> {
     const { revocation } = this.provider;
@@ -284,17 +285,22 @@ export class ProviderClient {
       case 'rfc7009': {
         const as = await this.authorizationServer();
         if (!as.revocation_endpoint) return false;
-        const pairs: [string, string][] = [
-          ...(tokens.refreshToken ? [[tokens.refreshToken, 'refresh_token'] as [string, string]] : []),
-          [tokens.accessToken, 'access_token'],
-        ];
-        for (const [token, hint] of pairs) {
+        const revokeToken = async (token: string, hint: string) => {
           const response = await oauth.revocationRequest(as, this.client, this.auth, token, {
             ...this.options(),
             additionalParameters: { token_type_hint: hint },
           });
           await oauth.processRevocationResponse(response);
-        }
+        };
+        let refused: unknown = null;
+        if (tokens.refreshToken) await revokeToken(tokens.refreshToken, 'refresh_token').catch((error: unknown) => (refused = error));
+        await revokeToken(tokens.accessToken, 'access_token').catch((error: unknown) => {
+          // Google ends a refresh token's access tokens with it, then answers 400 invalid_token for one of them
+          // (RFC 7009 §2.2 asks for 200): once the refresh token was revoked, that is confirmation.
+          const ended = tokens.refreshToken && refused === null && error instanceof oauth.ResponseBodyError && error.error === 'invalid_token';
+          if (!ended) refused ??= error;
+        });
+        if (refused !== null) throw refused;
         return true;
       }
       case 'github-grant':
@@ -434,6 +440,9 @@ function tokensFrom(body: Record<string, unknown>, now: number): GrantedTokens {
   // The provider answered, with something Keyward cannot use: a refusal of its own (the connect's
   // `provider_error`: trying again would not help), not an outage.
   if (typeof body.access_token !== 'string' || body.access_token === '') throw new ProviderRefusedError('no_access_token');
+  // It is sent in a header: visible ASCII only (RFC 6749 §A.12 allows a space, which no header value can carry
+  // as a token). A line break would fail every call as the upstream's outage, with the connection shown as fine.
+  if (!/^[\x21-\x7e]+$/.test(body.access_token)) throw new ProviderRefusedError('invalid_access_token');
   // Keyward sends the token as a Bearer token: a DPoP-bound one could not be used without the key that asked for it
   // (Keyward sends none), nor a token of another type (MAC). Slack calls its user tokens `user`.
   const type = typeof body.token_type === 'string' ? body.token_type.toLowerCase() : null;

@@ -244,6 +244,41 @@ describe('Slack', () => {
   });
 });
 
+describe('RFC 7009 revocation', () => {
+  /** A revocation endpoint as Google's behaves: a refresh token's access tokens end with it; a token it no longer knows is 400 invalid_token. */
+  async function googleLike(refreshAnswer = 200) {
+    const revoked = new Set<string>();
+    const { origin, seen } = await fake((entry, res) => {
+      const token = new URLSearchParams(entry.body).get('token')!;
+      if (token === 'rt' && refreshAnswer !== 200) return json(res, refreshAnswer, { error: 'server_error' });
+      if (revoked.has(token)) return json(res, 400, { error: 'invalid_token', error_description: 'Token expired or revoked' });
+      revoked.add(token);
+      if (token === 'rt') revoked.add('at');
+      res.writeHead(200).end();
+    });
+    const client = new ProviderClient(preset('generic', origin, { revocationUrl: `${origin}/revoke` }));
+    return { client, seen: () => seen.map((entry) => new URLSearchParams(entry.body).get('token_type_hint')) };
+  }
+
+  it("the refresh token, then the access token; the access token's invalid_token after its refresh token was revoked is confirmation (Google)", async () => {
+    const { client, seen } = await googleLike();
+    expect(await client.revoke({ accessToken: 'at', refreshToken: 'rt', expiresAt: 0 })).toBe(true);
+    expect(seen()).toEqual(['refresh_token', 'access_token']);
+  });
+
+  it('a refresh token the provider would not revoke: the access token is still revoked, and the disconnect is not confirmed', async () => {
+    const { client, seen } = await googleLike(500);
+    await expect(client.revoke({ accessToken: 'at', refreshToken: 'rt', expiresAt: 0 })).rejects.toThrow();
+    expect(seen()).toEqual(['refresh_token', 'access_token']);
+  });
+
+  it('an access token alone answered invalid_token is not confirmation', async () => {
+    const { client } = await googleLike();
+    expect(await client.revoke({ accessToken: 'at', refreshToken: null, expiresAt: 0 })).toBe(true);
+    await expect(client.revoke({ accessToken: 'at', refreshToken: null, expiresAt: 0 })).rejects.toThrow();
+  });
+});
+
 describe('any provider', () => {
   it('a provider that cannot be reached is not a refused grant (the connection is kept)', async () => {
     const { origin } = await fake((_seen, res) => json(res, 503, { message: 'down' }));
@@ -288,6 +323,17 @@ describe('any provider', () => {
     for (const token_type of ['Bearer', 'bearer']) {
       const { origin } = await fake((_seen, res) => json(res, 200, { access_token: 'at', token_type }));
       expect((await new ProviderClient(preset('github', origin)).refresh('r')).accessToken).toBe('at');
+    }
+  });
+
+  it('an access token that could not go in a header (a line break, a space, a control or non-ASCII character) is refused by the provider, never stored', async () => {
+    for (const access_token of ['at-part\r\nx-evil: 1', 'two words', 'tab\there', 'caf\u00e9']) {
+      const { origin } = await fake((_seen, res) => json(res, 200, { access_token, token_type: 'Bearer', refresh_token: 'rt' }));
+      const error = await exchange(new ProviderClient(preset('generic', origin))).catch((e: unknown) => e);
+      expect(error, JSON.stringify(access_token)).toBeInstanceOf(ProviderRefusedError);
+      expect((error as ProviderRefusedError).error).toBe('invalid_access_token');
+      const refreshed = await new ProviderClient(preset('generic', origin)).refresh('r').catch((e: unknown) => e);
+      expect((refreshed as ProviderRefusedError).error).toBe('invalid_access_token');
     }
   });
 
