@@ -351,7 +351,16 @@ describe('the GitHub preset, end to end', () => {
     // Neither used the pending authorization up (anyone who learns a state must not be able to cancel the
     // victim's connect) and no code was exchanged for them; the browser that started it completes it, once.
     expect(provider.counts().codeGrants).toBe(codesBefore);
+    // Nor did either clear the browser's binding cookie: another site can send the browser to the callback with a
+    // state of its own (a top-level GET carries the Lax cookie), and clearing it would cancel the real connect.
+    const junk = new URL(back);
+    junk.searchParams.set('state', 'another-sites-state');
+    for (const refused of [noCookie, wrongBrowser, await callback(b, 'github', junk, first.binding)]) {
+      expect(refused.location).toBe('/?connect_error=expired&connect_provider=github');
+      expect(refused.headers.get('set-cookie')).toBeNull();
+    }
     const right = await callback(b, 'github', back, first.binding);
+    expect(right.headers.get('set-cookie')).toMatch(/^__Host-keyward\.connect-github=; Path=\/; Max-Age=0/);
     expect(right.location).toBe('/?connected=github');
     const replayed = await callback(b, 'github', back, first.binding);
     expect(replayed.location).toBe('/?connect_error=expired&connect_provider=github');

@@ -120,7 +120,10 @@ export function handleConnectCallback(request: Request, providerId: string, runt
     const [beforeHash, hash = ''] = returnTo.split(/#(.*)/s, 2) as [string, string?];
     const result = new URLSearchParams(outcome.ok ? { connected: providerId } : { connect_error: outcome.error, connect_provider: providerId });
     const target = `${beforeHash}${beforeHash.includes('?') ? '&' : '?'}${result}${hash ? `#${hash}` : ''}`;
-    const headers = new Headers({ 'set-cookie': `${bindingCookie(providerId)}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax` });
+    const headers = new Headers();
+    if (outcome.ok || !outcome.untouched) {
+      headers.set('set-cookie', `${bindingCookie(providerId)}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax`);
+    }
     return bounceResponse(target, headers);
   });
 }

@@ -88,7 +88,16 @@ export type ConnectErrorCode = 'access_denied' | 'provider_error' | 'expired' | 
 
 export type ConnectOutcome =
   | { readonly ok: true; readonly returnTo: string }
-  | { readonly ok: false; readonly error: ConnectErrorCode; readonly returnTo: string };
+  | {
+      readonly ok: false;
+      readonly error: ConnectErrorCode;
+      readonly returnTo: string;
+      /**
+       * True when no pending connect of this browser was used up (an unknown state, or another browser's): its
+       * binding cookie is kept, so that a callback another site sends the browser to cannot cancel the real one.
+       */
+      readonly untouched?: true;
+    };
 
 /** How long a started connect may take (the provider's login and consent included). */
 export const PENDING_TTL_MS = 10 * 60_000;
@@ -220,7 +229,7 @@ export class Connections {
     const state = input.params.get('state');
     // Checked before it is used up: a callback from another browser (the wrong binding) cannot cancel it.
     const pending = state && input.binding ? await this.takePending(state, providerId, input.binding) : null;
-    if (!pending) return { ok: false, error: 'expired', returnTo: '/' };
+    if (!pending) return { ok: false, error: 'expired', returnTo: '/', untouched: true };
     const { returnTo } = pending;
     const now = this.deps.now();
     if (pending.createdAt + PENDING_TTL_MS < now) return { ok: false, error: 'expired', returnTo };
