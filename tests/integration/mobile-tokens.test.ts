@@ -1172,6 +1172,16 @@ describe('POST /api/session/token/revoke: token revocation (RFC 7009), the app s
     expect((await refresh(tokens.refresh_token)).status).toBe(200);
   });
 
+  it('an access token that has expired ends nothing, also within the minute its seal is still read', async () => {
+    const tokens = await signInApp();
+    // Its seal opens for 60 s past its `exp` (iron-session's clock skew); `exp` is what counts.
+    await later(ACCESS_TTL * 1000 + 30_000, async () => {
+      expectError((await proxy(tokens.access_token)).result, 401, 'unauthenticated');
+      expectRevoked(await revoke({ token: tokens.access_token, token_type_hint: 'access_token' }));
+      expect((await refresh(tokens.refresh_token)).status).toBe(200);
+    });
+  });
+
   it('an access token named with another client_id is refused (unauthorized_client) and keeps working; its own ends it', async () => {
     const { verifier, challenge } = pkce();
     const result = await authorize(authorizeQuery({ client_id: 'com.example.keyward' }, challenge));

@@ -380,8 +380,10 @@ export class MobileTokens {
       return;
     }
     const claims = await unsealBearer(token, { 1: this.settings.sessionSecret });
-    // Only a mobile access token names a family: anything else ends nothing.
+    // Only a mobile access token names a family: anything else ends nothing. Nor does one past its `exp` (its seal
+    // still opens for a minute: iron-session's clock skew), as the README says of an expired access token.
     if (typeof claims?.sid !== 'string' || !claims.sid.startsWith('kwf_')) return;
+    if (typeof claims.exp !== 'number' || claims.exp * 1000 <= this.now()) return;
     // RFC 7009 §2.1, as for the refresh token. A token sealed before access tokens carried `client_id` (undefined)
     // is not checked: it expires within its access lifetime.
     if (clientId !== null && claims.client_id !== undefined && clientId !== claims.client_id) {
