@@ -534,6 +534,31 @@ describe('the GitHub preset, end to end', () => {
     expect(lastAuthorization()).toBe(`Bearer ${provider.issued().accessTokens.at(-1)}`);
   });
 
+  it('a reconnect that comes back while a disconnect holds the grant waits for it: its grant is saved after, never deleted unrevoked', async () => {
+    const started = await start(a, 'github');
+    const returned = await provider.drive(started.location!);
+    // A disconnect under way on instance a: it holds the grant's lock while it revokes, then deletes the grant.
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let entered!: () => void;
+    const holding = new Promise<void>((resolve) => (entered = resolve));
+    const disconnecting = a.connections!.tokens.exclusive('github', userId, async () => {
+      entered();
+      await released;
+      await a.connections!.tokens.unlink('github', userId);
+    });
+    await holding;
+    let finished = false;
+    const completing = callback(b, 'github', returned, started.binding).finally(() => (finished = true));
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(finished, 'the callback waits for the lock').toBe(false);
+    release();
+    await disconnecting;
+    expect((await completing).location).toBe('/?connected=github');
+    expect(await a.connections!.tokens.load('github', userId)).toMatchObject({ accessToken: provider.issued().accessTokens.at(-1) });
+    expect((await call(b, 'gh', 'user')).status).toBe(200);
+  });
+
   it('disconnect revokes the grant at the provider (RFC 7009), then deletes it everywhere', async () => {
     const access = provider.issued().accessTokens.at(-1)!;
     const refresh = provider.issued().refreshTokens.at(-1)!;

@@ -266,13 +266,7 @@ export class Connections {
       );
       return { ok: false, error: refused ? 'provider_error' : 'unavailable', returnTo };
     }
-    const existing = await this.record(providerId, pending.userId);
     const account = tokens.account === null ? null : accountDigest(providerId, tokens.account);
-    await this.deps.tokens.save(providerId, pending.userId, {
-      accessToken: tokens.accessToken,
-      refreshToken: tokens.refreshToken,
-      expiresAt: tokens.expiresAt,
-    });
     const record: ConnectionRecord = {
       // RFC 6749 §5.1: no `scope` in the answer means the scopes asked for were granted.
       scopes: tokens.scopes ?? pending.scopes,
@@ -283,12 +277,30 @@ export class Connections {
       refreshable: tokens.refreshToken !== null,
       account,
     };
-    await this.saveRecord(providerId, pending.userId, record);
-    // Written even when already there: a reconnect renews the index fields' expiry.
-    await this.setField(indexKey(providerId), pending.userId, 1, true);
-    if (existing?.account && existing.account !== account)
-      await this.setField(accountKey(providerId, existing.account), pending.userId, 0);
-    if (account) await this.setField(accountKey(providerId, account), pending.userId, 1, true);
+    // Under the grant's lock, as a refresh and a disconnect write it: a disconnect under way (revoking what it
+    // read, then deleting) finishes first, so it never deletes this new grant without having revoked it.
+    try {
+      await this.deps.tokens.exclusive(providerId, pending.userId, async () => {
+        const existing = await this.record(providerId, pending.userId);
+        await this.deps.tokens.save(providerId, pending.userId, {
+          accessToken: tokens.accessToken,
+          refreshToken: tokens.refreshToken,
+          expiresAt: tokens.expiresAt,
+        });
+        await this.saveRecord(providerId, pending.userId, record);
+        // Written even when already there: a reconnect renews the index fields' expiry.
+        await this.setField(indexKey(providerId), pending.userId, 1, true);
+        if (existing?.account && existing.account !== account)
+          await this.setField(accountKey(providerId, existing.account), pending.userId, 0);
+        if (account) await this.setField(accountKey(providerId, account), pending.userId, 1, true);
+      });
+    } catch (error) {
+      if (!(error instanceof KeywardError && error.code === 'service_unavailable')) throw error;
+      // The lock stayed taken past the wait (LOCK_BUSY): the tokens are dropped, not revoked (see exchangeCode's
+      // refusals above), and the user is asked to try again.
+      this.deps.logger.warn({ provider: providerId, userId: pending.userId }, 'connect callback: the grant stayed locked; the new tokens were dropped');
+      return { ok: false, error: 'unavailable', returnTo };
+    }
     this.deps.logger.info({ provider: providerId, userId: pending.userId, scopes: record.scopes }, 'account connected');
     await this.deps.audit.recordAdmin({
       action: 'connection.connect',
@@ -349,8 +361,12 @@ export class Connections {
     this.provider(providerId);
     // Under the grant's refresh lock: a refresh finishing between the read and the delete would save tokens this
     // never revokes, or be refused for the token just revoked and mark the connection as needing a reconnect.
-    const { revoked, shared } = await this.deps.tokens.exclusive(providerId, userId, () => this.revokeAndDelete(providerId, userId));
-    await this.forget(providerId, userId);
+    const { revoked, shared } = await this.deps.tokens.exclusive(providerId, userId, async () => {
+      const result = await this.revokeAndDelete(providerId, userId);
+      // Still under the lock: a reconnect saved after it is indexed again, not dropped from the index by this.
+      await this.forget(providerId, userId);
+      return result;
+    });
     this.deps.logger.info({ provider: providerId, userId, revoked, shared }, 'account disconnected');
     await this.deps.audit.recordAdmin({
       action: 'connection.disconnect',
