@@ -21,17 +21,19 @@ const ABSOLUTE_FORM = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*/;
  * overlong or surrogate UTF-8 such as `%c0%ae`) is passed on as written: it contains `%`, which the core's route
  * step refuses like any other unsafe segment (400 `bad_path`, recorded), after the steps that run before it.
  *
- * Returns null for anything outside `/api/proxy`, which Next serves.
+ * Returns null for anything outside `/api/proxy`, which Next serves, and for `/api/proxy` written with escapes
+ * (`/%61pi/proxy/…`), which isDisguisedProxyPath refuses.
  */
 export function parseProxyPath(requestTarget: string): ProxyPath | null {
   const queryAt = requestTarget.indexOf('?');
   let path = queryAt === -1 ? requestTarget : requestTarget.slice(0, queryAt);
   const absolute = ABSOLUTE_FORM.exec(path);
   if (absolute) path = path.slice(absolute[0].length);
-  // Pages and assets are most requests a browser makes: one cheap test before any splitting.
-  if (!path.startsWith('/api/') && !path.startsWith('/%')) return null;
+  // Pages and assets are most requests a browser makes: one cheap test before any splitting. `/api/proxy` is
+  // claimed as written only (a rule at a front proxy or WAF matches it so); spelt with escapes, it is disguised.
+  if (!path.startsWith('/api/')) return null;
   const segments = path.split('/');
-  if (segments[0] !== '' || decodeSegment(segments[1] ?? '') !== 'api' || decodeSegment(segments[2] ?? '') !== 'proxy') return null;
+  if (segments[1] !== 'api' || segments[2] !== 'proxy') return null;
   return {
     // `/api/proxy` and `/api/proxy/` name no upstream: the core answers 404 `upstream_not_found`.
     target: { upstream: decodeSegment(segments[3] ?? ''), path: segments.slice(4).map(decodeSegment) },
@@ -55,9 +57,11 @@ export function isDisguisedProxyPath(requestTarget: string): boolean {
   if (target === null) return false;
   const queryAt = target.indexOf('?');
   const path = queryAt === -1 ? target : target.slice(0, queryAt);
+  // `/%61pi/proxy/…`, `/api/prox%79/…`: the prefix in escapes, which a rule on `/api/proxy/` would not see.
+  if (spellsProxy(path) && parseProxyPath(path) === null) return true;
   if (!NORMALISED_AWAY.test(path)) return false;
   try {
-    return parseProxyPath(new URL(path, 'http://fast-lane.invalid').pathname) !== null;
+    return spellsProxy(new URL(path, 'http://fast-lane.invalid').pathname);
   } catch {
     return false;
   }
@@ -74,6 +78,12 @@ export function originFormTarget(requestTarget: string): string | null {
   if (!absolute) return requestTarget.startsWith('/') ? requestTarget : null;
   const rest = requestTarget.slice(absolute[0].length);
   return rest.startsWith('/') ? rest : rest === '' || rest.startsWith('?') ? `/${rest}` : null;
+}
+
+/** Whether the path's first two segments are `api` and `proxy`, as written or once decoded (`/%61pi/prox%79/…`). */
+function spellsProxy(path: string): boolean {
+  const [empty, first = '', second = ''] = path.split('/', 3);
+  return empty === '' && decodeSegment(first) === 'api' && decodeSegment(second) === 'proxy';
 }
 
 function decodeSegment(segment: string): string {
