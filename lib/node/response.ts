@@ -41,6 +41,13 @@ export async function writeResponse(
     if (!res.writableFinished) source.cancel();
   };
   res.once('close', cancel);
+  // Gone before this began (while the core read a compressed body ahead, say): 'close' has been, and nothing will
+  // read the body, so it is cancelled now, not when the route's timeoutMs runs out.
+  if (res.destroyed) {
+    res.off('close', cancel);
+    cancel();
+    return;
+  }
   const batch = new WriteBatch(res, isMessageStream(response.headers.get('content-type')));
   try {
     for (;;) {

@@ -137,6 +137,26 @@ describe('writeResponse', () => {
     expect(await flushedBeforeTurnEnds('application/json')).toEqual({ flushed: 0, body: 'data: first\n\n' });
   });
 
+  it('a client gone before the answer is written: the body is cancelled at once (its upstream let go, the call recorded)', async () => {
+    let cancelled = false;
+    const body = new ReadableStream<Uint8Array>({
+      pull: () => new Promise(() => {}), // an upstream that has more to send, some day
+      cancel: () => void (cancelled = true),
+    });
+    const written = new Promise<void>((resolve) => {
+      server = createServer((req, res) => {
+        // The client leaves while the core still prepares the answer (a compressed body's read-ahead, say).
+        res.once('close', () => resolve(writeResponse(new Response(body), res)));
+        req.socket.destroy();
+      });
+    });
+    server!.listen(0, '127.0.0.1');
+    await once(server!, 'listening');
+    await fetch(`http://127.0.0.1:${(server!.address() as AddressInfo).port}/`).catch(() => null);
+    await written; // before the fix: never, the body waiting for a read that nothing would make
+    expect(cancelled).toBe(true);
+  });
+
   it('writes each Set-Cookie as its own header line and a bodiless response at once', async () => {
     const headers = new Headers();
     headers.append('set-cookie', 'a=1; Path=/');
