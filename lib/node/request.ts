@@ -41,13 +41,49 @@ function bodyStream(req: IncomingMessage): CoreRequest['body'] {
 }
 
 /**
- * The headers as received, in order, repeated names appended (Headers joins them as fetch does), and
- * `X-Forwarded-For` filled in from the socket when absent (see toRequest). Throws as toRequest does.
+ * The names Node keeps once, discarding repeats (IncomingMessage.headers, documented): Next builds its Request
+ * from those, so a repeated `Content-Type` or `Authorization` reads the same behind both doors.
+ */
+const FIRST_ONLY = new Set([
+  'age',
+  'authorization',
+  'content-length',
+  'content-type',
+  'etag',
+  'expires',
+  'from',
+  'host',
+  'if-modified-since',
+  'if-unmodified-since',
+  'last-modified',
+  'location',
+  'max-forwards',
+  'proxy-authorization',
+  'referer',
+  'retry-after',
+  'server',
+  'user-agent',
+]);
+
+/**
+ * The headers as received, in order, repeated names joined as Node joins them for `req.headers` (and so as
+ * Next's route handlers see them): the first kept for FIRST_ONLY names, cookies joined with `; `, others with
+ * `, `. `X-Forwarded-For` is filled in from the socket when absent (see toRequest). Throws as toRequest does.
  */
 export function readHeaders(req: IncomingMessage): Headers {
   const headers = new Headers();
   const raw = req.rawHeaders;
-  for (let i = 0; i < raw.length; i += 2) headers.append(raw[i]!, raw[i + 1]!);
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const value = raw[i + 1]!;
+    const seen = headers.get(name);
+    if (seen === null) headers.append(name, value);
+    else {
+      const lower = name.toLowerCase();
+      if (lower === 'cookie') headers.set(name, `${seen}; ${value}`);
+      else if (!FIRST_ONLY.has(lower)) headers.append(name, value);
+    }
+  }
   const fallback = forwardedForFallback(req);
   if (fallback) headers.set('x-forwarded-for', fallback);
   return headers;

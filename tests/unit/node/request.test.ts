@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { toRequest } from '@/lib/node/request';
+import { readHeaders, toRequest } from '@/lib/node/request';
 
 /** lib/node/request.ts's body stream over a real node:http server and a real client on loopback. */
 let server: Server | undefined;
@@ -83,5 +83,43 @@ describe('toRequest body', () => {
       res.resume();
     }
     expect(await bodies.promise).toEqual([null, null]);
+  });
+});
+
+describe('readHeaders: repeated request headers, as Node (and so Next behind the route handlers) reads them', () => {
+  it('keeps the first of a name Node keeps once (Content-Type, Authorization …), joins cookies with "; " and others with ", "', async () => {
+    const seen = deferred<Headers>();
+    const url = await serve((req, res) => {
+      seen.resolve(readHeaders(req));
+      res.end();
+    });
+    const { port } = new URL(url);
+    const client = connect(Number(port), '127.0.0.1');
+    client.on('error', () => {});
+    client.end(
+      [
+        'GET / HTTP/1.1',
+        `Host: 127.0.0.1:${port}`,
+        'Content-Type: application/json',
+        'Content-Type: text/html',
+        'Authorization: Bearer first',
+        'Authorization: Bearer second',
+        'User-Agent: one',
+        'user-agent: two',
+        'Cookie: a=1',
+        'Cookie: b=2',
+        'Accept: text/plain',
+        'Accept: application/json',
+        'Connection: close',
+        '',
+        '',
+      ].join('\r\n'),
+    );
+    const headers = await seen.promise;
+    expect(headers.get('content-type')).toBe('application/json');
+    expect(headers.get('authorization')).toBe('Bearer first');
+    expect(headers.get('user-agent')).toBe('one');
+    expect(headers.get('cookie')).toBe('a=1; b=2');
+    expect(headers.get('accept')).toBe('text/plain, application/json');
   });
 });
