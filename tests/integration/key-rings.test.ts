@@ -961,6 +961,28 @@ describe('expiry (injected clock)', () => {
     expect(await statuses(a)).toEqual({ 'env:SVC_KEY': 'retired', [managedId(fresh)]: 'revoked' });
   });
 
+  it('a version added but never served that expired meanwhile is renewed when added or rotated to again; one that served is refused, saying why', async () => {
+    const r = await ring();
+    let now = T0;
+    const a = await r.runtime({ now: () => now, upstreams: [svc(r.server.origin, { expiresInDays: 7 })] });
+    const staged = newKey(r.server, 'staged');
+    r.server.accept('old', 'staged');
+    expect(await a.keyRings.add('svc', staged)).toMatchObject({ state: 'next', expiresAt: T0 + 7 * DAY });
+    now = T0 + 8 * DAY;
+    expect(await statuses(a)).toMatchObject({ [managedId(staged)]: 'expired' });
+    // Rotating to it: renewed (its expiry counted from now), then switched, as if it had just been added.
+    const rotation = await a.keyRings.rotate('svc', staged, { actor: 'x', skipCanary: true });
+    expect(rotation).toMatchObject({ state: 'switched' });
+    expect((await versions(a)).find((v) => v.id === managedId(staged))).toMatchObject({ state: 'active', expiresAt: now + 7 * DAY });
+    expect(await labelOf(a, r.server)).toBe('staged');
+    // It served, then expired: that is the expiry doing its job. Added again, it is refused, and says so.
+    now += 8 * DAY;
+    const refused = await failure(a.keyRings.add('svc', staged));
+    expect(refused).toMatchObject({ code: 'bad_request' });
+    expect(refused.message).toMatch(/expired .* served/);
+    expect((await failure(a.keyRings.rotate('svc', staged, { actor: 'x', rotationId: 'again', skipCanary: true }))).message).toMatch(/expired .* served/);
+  });
+
   it('env versions: notBefore takes over at that instant, expiresAt stops it at that instant, primaryExpiresAt too', async () => {
     const r = await ring();
     let now = T0;

@@ -250,7 +250,7 @@ export class KeyRings {
       throw new KeywardError('bad_request', { message: 'This key was revoked and cannot be added again.' });
     }
     const existing = versions.find(named) ?? versions.find((v) => stored.versions.some((e) => e.id === v.id && named(e)));
-    if (existing) return existing;
+    if (existing) return this.renewedIfStaged(upstream, existing);
     logScrubber.add([value]);
     // The seal names its version, so the check below does not depend on the fingerprint key (which changes
     // when KEYWARD_SESSION_SECRET is rotated), and is bound to its entry: a version id is the same for one key under
@@ -276,6 +276,29 @@ export class KeyRings {
       };
       record.versions.push(version);
       return shown(version);
+    });
+  }
+
+  /**
+   * A version added again: as it is while it has not expired. One added but never served that expired meanwhile
+   * (staged, then rotated to after keys.expiresInDays) is renewed, its expiry counted from now as if added now.
+   * One that served and then expired is refused: that is the expiry doing its job, and the answer says so.
+   */
+  private async renewedIfStaged(upstream: RingUpstream, existing: KeyVersion): Promise<KeyVersion> {
+    const now = this.now();
+    if (existing.expiresAt === null || existing.expiresAt > now) return existing;
+    const expired = new Date(existing.expiresAt).toISOString();
+    if (existing.source !== 'managed') {
+      throw new KeywardError('bad_request', { message: `This key is an environment version that expired on ${expired}: set a new key.` });
+    }
+    if (existing.activatedAt !== null) {
+      throw new KeywardError('bad_request', { message: `This key expired on ${expired} after it served; expired keys are not renewed: get a new key from the provider.` });
+    }
+    return this.update(upstream, (record) => {
+      const found = record.versions.find((v) => v.id === existing.id);
+      if (!found) return existing;
+      Object.assign(found, { created: now, expiresAt: now + upstream.credential.ring.expiresInDays * DAY_MS, state: 'next', retiredAt: null, graceUntil: null });
+      return shown(found);
     });
   }
 
@@ -322,7 +345,8 @@ export class KeyRings {
       // switches, whatever the canary said. The versions serving before keep serving.
       const added = versions.find((v) => v.id === version.id);
       if (passed && (added === undefined || !usable(added, now))) {
-        throw new KeywardError('bad_request', { message: 'The new key was revoked while its canary ran; traffic was not switched.' });
+        const why = added === undefined || added.state === 'revoked' ? 'was revoked' : 'stopped being usable (it expired)';
+        throw new KeywardError('bad_request', { message: `The new key ${why} while its canary ran; traffic was not switched.` });
       }
       record.rotations = record.rotations.filter((r) => r.id !== rotationId);
       const from = versions.filter((v) => v.id !== version.id && v.state === 'active' && usable(v, now)).map((v) => v.fingerprint);
