@@ -158,7 +158,8 @@ export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[
   const views = await Promise.all(
     rings.map(async (ring) => {
       const lastRotation = ring.rotations.find((rotation) => rotation.state === 'switched' || rotation.state === 'rolled_back');
-      const since = lastRotation?.at ?? now - 30 * DAY_MS;
+      // A rotation made on an instance whose clock runs ahead may carry a time still to come here.
+      const since = Math.min(lastRotation?.at ?? now - 30 * DAY_MS, now);
       const [calls, month] = await Promise.all([
         runtime.usage.top({ period: finestPeriod(since, now), fromMs: since, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
         runtime.usage.top({ period: 'day', fromMs: now - 29 * DAY_MS, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
