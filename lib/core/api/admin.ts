@@ -81,12 +81,11 @@ export function handleKeyRevoke(request: Request, runtime: Runtime): Promise<Res
 }
 
 const MAX_PAGE = 1000;
-const MAX_EXPORT = 100_000;
 
 /**
  * GET /api/admin/audit: filtered records, newest first, with a cursor (`?cursor=`). Filters: type, upstream,
  * userId, action, outcome, fingerprint, since, until (ISO time), limit (≤ 1000). `format=jsonl` exports every
- * matching record (oldest first, up to 100,000) as JSON Lines.
+ * matching record (oldest first) as JSON Lines, streamed a page at a time (no `limit` or `cursor` then).
  */
 export function handleAudit(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
@@ -96,7 +95,10 @@ export function handleAudit(request: Request, runtime: Runtime): Promise<Respons
     const filter = auditFilter(params);
     const format = params.get('format');
     if (format !== null && format !== 'jsonl' && format !== 'json') throw new KeywardError('bad_request', { message: 'format is json or jsonl.' });
-    if (format === 'jsonl') return await exportJsonl(runtime, filter);
+    if (format === 'jsonl') {
+      if (params.has('limit') || params.has('cursor')) throw new KeywardError('bad_request', { message: 'An export has every match: leave out limit and cursor.' });
+      return await exportJsonl(runtime, filter);
+    }
     const limit = params.has('limit') ? Number(params.get('limit')) : 100;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE) throw new KeywardError('bad_request', { message: `limit is 1 to ${MAX_PAGE}.` });
     // A cursor the stores could not have made would be read as none, and the pages would start over unnoticed.
@@ -148,7 +150,8 @@ async function exportJsonl(runtime: Runtime, filter: AuditFilter): Promise<Respo
   const encoder = new TextEncoder();
   // The first page is read before answering, so a store that is down is a 503, not a 200 with a broken body.
   let page = await runtime.audit.query(filter, { limit: MAX_PAGE, order: 'asc' });
-  let sent = 0;
+  // Memory stays one page whatever the trail's size; a download the admin cancels stops the reading.
+  const cancelled = new AbortController();
   const stream = new ReadableStream<Uint8Array>({
     // Each pull sends something or ends the body: a pull that returned with nothing enqueued would never be
     // called again, and a page can hold no match (a selective filter over a stretch of the log that has none).
@@ -157,17 +160,19 @@ async function exportJsonl(runtime: Runtime, filter: AuditFilter): Promise<Respo
         for (;;) {
           const { records, cursor } = page;
           if (records.length > 0) controller.enqueue(encoder.encode(records.map((r) => JSON.stringify(r)).join('\n') + '\n'));
-          sent += records.length;
-          if (cursor === null || sent >= MAX_EXPORT) {
+          if (cursor === null) {
             controller.close();
             return;
           }
-          page = await runtime.audit.query(filter, { limit: MAX_PAGE, cursor, order: 'asc' });
-          if (records.length > 0) return;
+          page = await runtime.audit.query(filter, { limit: MAX_PAGE, cursor, order: 'asc', signal: cancelled.signal });
+          if (cancelled.signal.aborted || records.length > 0) return;
         }
       } catch {
-        controller.error(new KeywardError('store_unavailable'));
+        if (!cancelled.signal.aborted) controller.error(new KeywardError('store_unavailable'));
       }
+    },
+    cancel() {
+      cancelled.abort();
     },
   });
   return new Response(stream, {

@@ -247,11 +247,12 @@ export class AuditLog {
 
   /**
    * Matching records, newest first (or oldest first), at most `limit`, and a cursor to continue from.
-   * Reads the store in pages and filters; at most `maxScan` entries are read per call.
+   * Reads the store in pages and filters; at most `maxScan` entries are read per call, and none once `signal`
+   * is aborted (what was found so far is answered, with the cursor to go on from).
    */
   async query(
     filter: AuditFilter,
-    options: { limit: number; cursor?: string; order?: 'asc' | 'desc'; maxScan?: number },
+    options: { limit: number; cursor?: string; order?: 'asc' | 'desc'; maxScan?: number; signal?: AbortSignal },
   ): Promise<{ records: AuditRecord[]; cursor: string | null }> {
     // What this instance recorded so far is written first, so a query sees it.
     await guard(() => this.flush());
@@ -272,7 +273,7 @@ export class AuditLog {
         if (records.length >= options.limit) return { records, cursor: entry.id };
       }
       if (page.length < PAGE) return { records, cursor: null };
-      if (scanned >= maxScan) return { records, cursor: cursor ?? null };
+      if (scanned >= maxScan || options.signal?.aborted) return { records, cursor: cursor ?? null };
     }
   }
 }
