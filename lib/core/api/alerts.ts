@@ -18,7 +18,8 @@ export function handleAlerts(request: Request, runtime: Runtime): Promise<Respon
     const limit = params.has('limit') ? Number(params.get('limit')) : 50;
     if (!Number.isInteger(limit) || limit < 1 || limit > 200) throw new KeywardError('bad_request', { message: 'limit is 1 to 200.' });
     const cursor = params.get('cursor') ?? undefined;
-    if (cursor !== undefined && !/^[A-Za-z0-9:_-]{1,64}$/.test(cursor)) throw new KeywardError('bad_request', { message: 'cursor is not valid.' });
+    // A cursor the store could not have made would be read as none, and the pages would start over unnoticed.
+    if (cursor !== undefined && !runtime.alerts.isCursor(cursor)) throw new KeywardError('bad_request', { message: 'cursor is not valid: pass back the one a page gave.' });
     return json(await runtime.alerts.list({ limit, cursor }));
   });
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { AuditLog } from '../audit/audit';
+import { AUDIT_CURSOR, type AuditLog } from '../audit/audit';
 import { KeywardError } from '../errors';
 import { putBack, type RevocationUndo, type SessionRevocations } from '../session/revocation';
 import { guard } from '../store/guard';
@@ -228,6 +228,11 @@ export class Alerts {
       if (entries.length < PAGE_MAX) return;
       cursor = entries.at(-1)!.id;
     }
+  }
+
+  /** Whether `cursor` has the form of the cursors this store's pages give (any other would be read as none). */
+  isCursor(cursor: string): boolean {
+    return (this.store.logCursor ?? AUDIT_CURSOR).test(cursor);
   }
 
   /** Newest first, with a cursor for the next page. */

@@ -1,0 +1,28 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { handleAlerts } from '../../../lib/core/api/alerts';
+import { createLogger } from '../../../lib/core/log/logger';
+import { createRuntime } from '../../../lib/core/runtime';
+import { MemoryStore } from '../../../lib/store/memory';
+import { testSessionSecrets } from '../../fixtures/secrets';
+import { bearerToken } from '../../fixtures/session';
+
+/** GET /api/admin/alerts's cursor, on the real runtime and handler over the in-memory store (its cursors: 16 digits). */
+const secrets = testSessionSecrets();
+const runtime = createRuntime({ env: { ...secrets, KEYWARD_STORE: 'memory' }, store: new MemoryStore(), upstreams: [], logger: createLogger({ level: 'silent' }) });
+afterAll(() => runtime.store.close());
+
+async function alerts(query: string): Promise<Response> {
+  const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:root', roles: ['admin'] });
+  return handleAlerts(new Request(`https://app.keyward.test/api/admin/alerts?${query}`, { headers: { authorization: `Bearer ${token}` } }), runtime);
+}
+
+describe('GET /api/admin/alerts?cursor=', () => {
+  it('a cursor not of the form this store gives is 400, not read as none (which would start the pages over, unnoticed)', async () => {
+    for (const cursor of ['abc', '1700000000000-0', '12345', `${'1'.repeat(16)}0`]) {
+      const response = await alerts(`cursor=${cursor}`);
+      expect(response.status, cursor).toBe(400);
+      expect(((await response.json()) as { error: { code: string } }).error.code).toBe('bad_request');
+    }
+    expect((await alerts(`cursor=${'1'.repeat(16)}`)).status).toBe(200);
+  });
+});
