@@ -435,7 +435,7 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
       ['key.revoke', 'svc', fp(keys.refused), null, 'revoked'],
       ['key.revoke', 'svc', fp(keys.refused), null, 'revoked'],
       ['key.add', 'svc', fp(keys.added), null, 'next'],
-      ['key.add', 'svc', fp(keys.added), null, 'next'],
+      ['key.add', 'svc', fp(keys.added), null, 'unchanged'], // the same key again
     ]);
     for (const record of records) {
       expect(record).toMatchObject({ type: 'admin', actor: ACTOR });
@@ -507,7 +507,7 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
     const [add1, add2, call] = all.slice(-3) as [AdminRecord, AdminRecord, CallRecord];
     expect(rows).toEqual([
       [time(add1), 'admin', ACTOR, 'svc', 'key.add', 'next', fp(keys.added)],
-      [time(add2), 'admin', ACTOR, 'svc', 'key.add', 'next', fp(keys.added)],
+      [time(add2), 'admin', ACTOR, 'svc', 'key.add', 'unchanged', fp(keys.added)],
       [time(call), 'call', 'local:ops', 'svc', 'GET /items/:id', `200 complete (${Math.round(call.durationMs)} ms)`, fp(keys.accepted)],
     ]);
     const lines = run.stdout.trimEnd().split('\n');

@@ -489,6 +489,22 @@ describe('rotation whose canary passes', () => {
     expect(named(fingerprint(loser))).toEqual(['key.add']);
   });
 
+  it('a rotation refused before it added anything puts no key.add on the trail; adding a key already in the ring is "unchanged"', async () => {
+    const { one, k1, k2 } = await twoInstancesTwoKeys();
+    const post = (action: string, body: unknown) => admin((request) => handleKeyAction(request, 'svc', action, one), 'POST', body);
+    expect((await post('versions', { key: k1 })).status).toBe(201);
+    expect((await post('versions', { key: k1 })).status).toBe(201);
+    expect((await post('rotate', { key: k2, rotationId: 'first' })).status).toBe(200);
+    // The id of that rotation with k1, already in the ring: refused before anything is added.
+    expect((await post('rotate', { key: k1, rotationId: 'first' })).status).toBe(400);
+    const { records } = await one.audit.query({ type: 'admin' }, { limit: 100, order: 'asc' });
+    expect(records.map((record) => record.type === 'admin' && [record.action, record.fingerprint, record.outcome])).toEqual([
+      ['key.add', fingerprint(k1), 'next'],
+      ['key.add', fingerprint(k1), 'unchanged'],
+      ['key.rotate', fingerprint(k2), 'switched'],
+    ]);
+  });
+
   it('an explicit rotation id is kept, and repeating it is a no-op too', async () => {
     const third = newKey(r.server, 'third');
     r.server.accept('old', 'new', 'third');

@@ -7,21 +7,26 @@ import type { KeyRings, KeyVersion, Rotation, RotationResult } from './rings';
  */
 export function keyAdmin(keyRings: KeyRings, audit: AuditLog, actor: string) {
   return {
+    /** A key the ring held already, as it was: on the trail as `unchanged` (renewed: `renewed`, see KeyRings.add). */
     async add(upstream: string, value: string): Promise<KeyVersion> {
+      const before = await keyRings.versionOf(upstream, value);
       const version = await keyRings.add(upstream, value);
-      await audit.recordAdmin({ action: 'key.add', actor, upstream, fingerprint: version.fingerprint, outcome: version.state });
+      const outcome = before === null ? version.state : before.expiresAt === version.expiresAt ? 'unchanged' : 'renewed';
+      await audit.recordAdmin({ action: 'key.add', actor, upstream, fingerprint: version.fingerprint, outcome });
       return version;
     },
     /** A repeated rotation (an earlier one, answered again) changed nothing: on the trail as `unchanged`. */
     async rotate(upstream: string, value: string, options: { rotationId?: string; skipCanary?: boolean }): Promise<RotationResult> {
+      const before = await keyRings.versionOf(upstream, value);
       let rotation: RotationResult;
       try {
         rotation = await keyRings.rotate(upstream, value, { ...options, actor });
       } catch (error) {
         // A rotation adds its key before the canary and the switch: one refused after that (another admin's
         // rotation took its id meanwhile, the key was revoked while its canary ran) leaves the key in the ring, as
-        // a version that never served. It goes on the trail, as any key added.
-        const left = await keyRings.versionOf(upstream, value).catch(() => null);
+        // a version that never served. It goes on the trail, as any key added; one the ring held before (a
+        // refusal before anything was added: its id taken, the key revoked) added nothing.
+        const left = before === null ? await keyRings.versionOf(upstream, value).catch(() => null) : null;
         if (left) await audit.recordAdmin({ action: 'key.add', actor, upstream, fingerprint: left.fingerprint, outcome: left.state }).catch(() => {});
         throw error;
       }
