@@ -1010,6 +1010,15 @@ describe('POST /api/session/token: refresh_token', () => {
     expect(logLines.slice(logLinesBefore).some((line) => line.includes('refresh token reused'))).toBe(false);
   });
 
+  it('two refreshes of one token at once use two of the hourly refreshes, not three (the one that lost the race counted once)', async () => {
+    const tokens = await signInApp();
+    const counted = async () => Number((await store.get(`mrt:refreshes:${ALICE}`)) ?? 0);
+    const before = await counted();
+    const answers = await Promise.all([refresh(tokens.refresh_token), refresh(tokens.refresh_token)]);
+    expect(answers.map((answer) => answer.status)).toEqual([200, 200]);
+    expect((await counted()) - before).toBe(2);
+  });
+
   it('REUSE of an old refresh token → invalid_grant, and the whole family is revoked at once', async () => {
     const first = await signInApp();
     const other = await signInApp(); // another sign-in of the same user: its own family

@@ -278,7 +278,7 @@ export class MobileTokens {
     );
     if (!firstUse) {
       const winner = await guard(() => this.store.get(`mrt-used:${tokenHash}`));
-      return this.presentedAgain(successor, record, winner ?? '', successorJkt, startedAt);
+      return this.presentedAgain(successor, record, winner ?? '', successorJkt, startedAt, true);
     }
     try {
       return await this.rotate(successor, record, successorJkt, startedAt);
@@ -315,7 +315,8 @@ export class MobileTokens {
    * grace after its use, with the DPoP key its successor is bound to (or none, as then), and while that successor
    * is unused and the one its first use gave (the session secret may have changed since), it gets the same
    * successor again, with a new access token: an app whose answer was lost, or that refreshed twice at once,
-   * keeps its sign-in. Anything else is a copy, and the family is revoked.
+   * keeps its sign-in. Anything else is a copy, and the family is revoked. `counted`: this refresh was counted
+   * already (it lost the race to mark the token used), so it is not counted twice.
    */
   private async presentedAgain(
     successor: string,
@@ -323,6 +324,7 @@ export class MobileTokens {
     spent: string,
     jkt: string | null,
     startedAt: number,
+    counted = false,
   ): Promise<TokenResponse> {
     const graceMs = (this.settings.refreshGraceSeconds ?? 0) * 1000;
     const mark = parseSpent(spent); // null for a record written before the grace ('1'): a copy
@@ -335,7 +337,7 @@ export class MobileTokens {
       (await guard(() => this.store.get(`mrt-used:${hash(successor)}`))) === null
     ) {
       // Counted as any refresh: each one makes an access token.
-      await this.countRefresh(record);
+      if (!counted) await this.countRefresh(record);
       this.logger.info({ userId: record.sub, family: record.family }, 'refresh token presented again within the grace: its successor issued again');
       return this.rotate(successor, record, jkt, startedAt);
     }
