@@ -110,30 +110,31 @@ async function serveUpgrade(
   siteHeaders: readonly (readonly [string, string])[],
 ): Promise<void> {
   const { deps } = options;
-  let headers: Headers;
-  try {
-    headers = readHeaders(req);
-  } catch {
-    return endSocketWith(
-      socket,
-      refuseCall(req.method ?? 'GET', new Headers(), target, deps, new KeywardError('bad_request')),
-      siteHeaders,
-    );
-  }
-  // As the fast lane's HTTP door does: a Request cannot even carry these methods (TRACE, TRACK, CONNECT).
-  if (isRefusedMethod(req.method ?? '')) {
-    return endSocketWith(socket, refuseCall(req.method ?? '', headers, target, deps, refusedMethod(target, deps)), siteHeaders);
-  }
-  if (!isWebSocketHandshake(req)) {
-    // RFC 6455 §4.4: a refusal names the version this server speaks (a client offering another may retry with it).
-    const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.', headers: { 'sec-websocket-version': '13' } });
-    return endSocketWith(socket, refuseCall(req.method ?? 'GET', headers, target, deps, refusal), siteHeaders);
-  }
   // `?ticket=` authenticates (lib/core/ws/tickets.ts) and is never passed on: it is taken out of the query first.
   const query = new URLSearchParams(search);
   const tickets = query.getAll('ticket');
   query.delete('ticket');
   const rest = query.toString();
+  // A ticket shown with an upgrade refused before its session step is used up all the same (README "WebSockets").
+  const refuseEarly = async (refusal: Response) => {
+    await Promise.all(tickets.map((ticket) => options.tickets.redeem(ticket, target).catch(() => null)));
+    return endSocketWith(socket, refusal, siteHeaders);
+  };
+  let headers: Headers;
+  try {
+    headers = readHeaders(req);
+  } catch {
+    return refuseEarly(refuseCall(req.method ?? 'GET', new Headers(), target, deps, new KeywardError('bad_request')));
+  }
+  // As the fast lane's HTTP door does: a Request cannot even carry these methods (TRACE, TRACK, CONNECT).
+  if (isRefusedMethod(req.method ?? '')) {
+    return refuseEarly(refuseCall(req.method ?? '', headers, target, deps, refusedMethod(target, deps)));
+  }
+  if (!isWebSocketHandshake(req)) {
+    // RFC 6455 §4.4: a refusal names the version this server speaks (a client offering another may retry with it).
+    const refusal = new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.', headers: { 'sec-websocket-version': '13' } });
+    return refuseEarly(refuseCall(req.method ?? 'GET', headers, target, deps, refusal));
+  }
   // A client that goes away while its upgrade waits (for a call slot, lib/core/limits/in-flight.ts) gives its
   // place back, as an HTTP call's does. Leaving is its FIN ('end': the upgrade socket is half-open) or a reset.
   const gone = new AbortController();
@@ -171,8 +172,7 @@ async function serveUpgrade(
   if (grant instanceof Response) {
     // Refused before the session step (an unknown upstream or route, an HTTP route, a refused query): a ticket
     // shown at the wrong path is used up all the same, whichever step refused the upgrade.
-    if (!redeemed) await Promise.all(tickets.map((ticket) => options.tickets.redeem(ticket, target).catch(() => null)));
-    return endSocketWith(socket, grant, siteHeaders);
+    return redeemed ? endSocketWith(socket, grant, siteHeaders) : refuseEarly(grant);
   }
   await relay(req, socket, head, grant, options, siteHeaders);
 }

@@ -486,6 +486,16 @@ describe('WebSocket upgrades through the fast lane', () => {
       expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${shown}`)), wrong).toEqual({ status: 401, code: 'unauthenticated' });
     }
 
+    // Shown with an upgrade refused before any step of the pipeline (not a valid handshake: version 8; a TRACE):
+    // used up all the same.
+    const port = Number(new URL(lane.url).port);
+    for (const [method, headers] of [['GET', { ...UPGRADE, 'sec-websocket-version': '8' }], ['TRACE', UPGRADE]] as const) {
+      const shown = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
+      const early = await rawRequest(port, method, `/api/proxy/rt/realtime?ticket=${shown}`, { host: new URL(lane.url).host, ...headers });
+      expect(early.status, method).toBeGreaterThanOrEqual(400);
+      expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${shown}`)), method).toEqual({ status: 401, code: 'unauthenticated' });
+    }
+
     // Shown twice in one URL: refused, and used up all the same.
     const twice = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
     const unauthenticated = { status: 401, code: 'unauthenticated' };
