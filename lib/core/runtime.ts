@@ -329,7 +329,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     signals: detector,
     decoys: decoys ?? undefined,
     throttleStore: store,
-    heldSecrets: secrets,
+    heldSecrets: heldSecrets(secrets, registry),
     trustedProxyHops: settings.KEYWARD_TRUSTED_PROXY_HOPS,
     credentials: { userKeys, oauthTokens, keyRings, connections },
     verifySession: createSessionVerifier(
@@ -459,6 +459,18 @@ function assertNoSecretDecoys(decoys: DecoySet, secrets: readonly string[]): voi
     const decoyId = decoys.find(secret);
     if (decoyId) throw new ConfigError(`Keyward settings are invalid:\n  - KEYWARD_DECOYS_FILE: decoy ${decoyId} is a secret Keyward uses; a decoy must be minted (npm run keyward -- decoys create)`);
   }
+}
+
+/**
+ * What every answer is scrubbed of (ProxyDeps.heldSecrets): every secret Keyward holds but a `basic` username
+ * read from the environment. That is an account name (`svc-report`, a bot's email) that other APIs may rightly
+ * show, so it is scrubbed from its own upstream's answers only, as before.
+ */
+function heldSecrets(secrets: readonly string[], registry: ReadonlyMap<string, Upstream>): string[] {
+  const usernames = new Set(
+    [...registry.values()].flatMap((upstream) => ('username' in upstream.credential ? usernameSecrets(upstream.credential.username) : [])),
+  );
+  return secrets.filter((secret) => !usernames.has(secret));
 }
 
 function serviceSecrets(upstream: Upstream): string[] {

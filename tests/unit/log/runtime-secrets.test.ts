@@ -58,3 +58,32 @@ describe('secrets the log scrubber is given at start-up', () => {
     expect(logScrubber.scrub('the api answered: hunter2 is no password')).toBe('the api answered: hunter2 is no password');
   });
 });
+
+describe('what every answer is scrubbed of (heldSecrets)', () => {
+  it("every secret Keyward holds, but not a basic username from the environment (an account name other APIs may show)", () => {
+    const username = 'svc-report@example.com';
+    const password = randomSecret('acct_pw');
+    const clientKey = randomSecret('other_key');
+    const runtime = createRuntime({
+      env: { ...testSessionSecrets(), ACCT: username, ACCT_PW: password, OTHER_KEY: clientKey },
+      upstreams: [
+        defineUpstream('reports', {
+          baseUrl: 'https://api.reports.test/',
+          auth: { type: 'basic', username: { env: 'ACCT' }, secret: { env: 'ACCT_PW' } },
+          routes: [{ method: 'GET', path: '/runs' }],
+        }),
+        defineUpstream('other', {
+          baseUrl: 'https://api.other.test/',
+          auth: { type: 'header', name: 'x-api-key', secret: { env: 'OTHER_KEY' } },
+          routes: [{ method: 'GET', path: '/things' }],
+        }),
+      ],
+      store: new MemoryStore(),
+      serving: false,
+    });
+    expect(runtime.heldSecrets).toEqual(expect.arrayContaining([password, clientKey, runtime.settings.AUTH_SECRET]));
+    expect(runtime.heldSecrets).not.toContain(username);
+    // Its own upstream's answers and every log line are still scrubbed of it.
+    expect(logScrubber.scrub(`account ${username}`)).toBe('account [REDACTED]');
+  });
+});
