@@ -258,8 +258,8 @@ export class OAuthTokenStore {
 
   /**
    * Refreshes under the lock. The result is written only over the tokens it refreshed (compare-and-set): a
-   * reconnect that landed meanwhile (it does not take the lock), or a disconnect that did after the lock expired,
-   * wins, and a refused refresh of an old grant never deletes, or marks as ended, the grant that replaced it.
+   * reconnect that landed after the lock expired (a connect saves under the lock: Connections.complete), or a
+   * disconnect that did, wins, and a refused refresh of an old grant never deletes, or marks as ended, the grant that replaced it.
    */
   private async refreshHoldingLock(provider: string, userId: string, force = false): Promise<string> {
     const key = OAuthTokenStore.key(provider, userId);
