@@ -353,9 +353,10 @@ const baseUrlSchema = z
  * shape is not recognised: this catches the common paste, it cannot prove a value is not a key.
  */
 const KEY_SHAPED = [
-  /^\s*(?:bearer|basic|token|digest)\s+\S{8,}/i,
+  /^\s*(?:bearer|basic)\s+\S{8,}/i,
   /eyJ[\w-]{8,}\.eyJ[\w-]{8,}\./,
-  /(?:^|[^\w-])(?:sk-(?:ant-|proj-|svcacct-)?|[sr]k_(?:live|test)_|whsec_|gh[pousr]_|github_pat_|xox[abposr]-|glpat-|hf_|AIza)[\w-]{16,}/,
+  // The random part holds a digit, as a key's does (and as `hf_transfer_enabled_for_all` does not).
+  /(?:^|[^\w-])(?:sk-(?:ant-|proj-|svcacct-)?|[sr]k_(?:live|test)_|whsec_|gh[pousr]_|github_pat_|xox[abposr]-|glpat-|hf_|AIza)(?=[A-Za-z_-]*\d)[\w-]{16,}/,
   /(?:^|[^A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])/,
 ];
 

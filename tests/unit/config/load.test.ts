@@ -469,6 +469,10 @@ describe('a key written into a fixed header is refused, naming the header, never
       'x-tenant': '3f2b8a1e-6c4d-4b9e-9f0a-1d2c3b4a5e6f',
       accept: 'application/vnd.github+json',
       'x-mode': 'sk-shortish',
+      // Words after a prefix or a scheme, no random part (no digit): settings, not keys.
+      'x-features': 'hf_transfer_enabled_for_all',
+      'x-note': 'Token exchange enabled',
+      'want-digest': 'Digest sha-256=abcdefghijkl',
     };
     const [definition] = parseConfig({ upstreams: { echo: { ...valid(), headers } } }, 'KEYWARD_CONFIG');
     expect(definition!.config.headers).toEqual(headers);
