@@ -942,7 +942,20 @@ describe('OpenAPI import: a bad document names the JSON pointer of the problem',
     const schemas: Record<string, unknown> = { S2999: { type: 'string' } };
     for (let i = 0; i < 2_999; i++) schemas[`S${i}`] = { type: 'object', properties: { next: { $ref: `#/components/schemas/S${i + 1}` } } };
     const chain = bodyOf({ $ref: '#/components/schemas/S0' }, schemas);
-    expect(chain.warnings.join('\n')).toContain('the schema is nested too deep to convert (over 32 levels)');
+    expect(chain.warnings.join('\n')).toContain('the schema is nested too deep to convert (over 96 levels)');
+  });
+
+  it('a body a contract can hold converts whole, however its levels are spelt (nullable $refs: three conversions a level)', () => {
+    const schemas: Record<string, unknown> = { N12: { type: 'object', properties: { leaf: { type: 'string' } } } };
+    for (let i = 0; i < 12; i++) {
+      schemas[`N${i}`] = { type: 'object', properties: { child: { anyOf: [{ $ref: `#/components/schemas/N${i + 1}` }, { type: 'null' }] } } };
+    }
+    const plan = planImport({
+      ...doc({ requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/N0' } } } } }),
+      openapi: '3.1.0',
+      components: { schemas },
+    });
+    expect(plan.operations[0]!.warnings.join('\n')).not.toContain('nested too deep');
   });
 
   it('text that is neither JSON nor YAML', () => {

@@ -178,11 +178,13 @@ const ANNOTATIONS = new Set([
 const MAX_COUNT = 1_000_000;
 const MAX_NODES = 20_000;
 /**
- * Schemas nested deeper are not converted: a contract that deep could not be loaded anyway (a config is refused
- * past 64 levels, and each schema level is two: `properties.<name>`), and a document nested thousands deep must
- * be a clear problem, not a stack overflow.
+ * Schemas reached through more nested conversions than this are not converted, so that a chain of thousands of
+ * `$ref`s is a clear problem, not a stack overflow. Each `$ref` followed, `allOf` part and `anyOf` option counts
+ * as a level besides each property or item, so a nullable `$ref` (`anyOf: [{$ref}, {type: "null"}]`) costs three
+ * per object: 96 lets through every body a contract can hold (a config is refused past 64 levels, and each
+ * object level is two of them, `properties.<name>`).
  */
-const MAX_SCHEMA_DEPTH = 32;
+const MAX_SCHEMA_DEPTH = 96;
 
 function draft(schema: unknown, at: string, path: string, ctx: Walk, refs: readonly string[]): Draft {
   if (ctx.budget.depth >= MAX_SCHEMA_DEPTH) return none(path, `the schema is nested too deep to convert (over ${MAX_SCHEMA_DEPTH} levels)`);
