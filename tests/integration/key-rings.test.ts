@@ -999,6 +999,30 @@ describe('expiry (injected clock)', () => {
     expect((await failure(a.keyRings.rotate('svc', staged, { actor: 'x', rotationId: 'again', skipCanary: true }))).message).toMatch(/expired .* served/);
   });
 
+  it('a staged version revoked on another instance while this one renews it stays revoked', async () => {
+    const r = await ring();
+    let now = T0;
+    const upstreams = [svc(r.server.origin, { expiresInDays: 7 })];
+    const a = await r.runtime({ now: () => now, upstreams });
+    const b = await r.runtime({ now: () => now, upstreams });
+    const staged = newKey(r.server, 'staged');
+    await a.keyRings.add('svc', staged);
+    now = T0 + 8 * DAY;
+    // B revokes it just after A's renewal has read the ring (its write then loses and reads the ring again).
+    const rings = a.keyRings as unknown as { envVerifiers: (...args: unknown[]) => Promise<unknown> };
+    const envVerifiers = rings.envVerifiers.bind(a.keyRings);
+    let armed = true;
+    rings.envVerifiers = async (...args) => {
+      if (armed) {
+        armed = false;
+        await b.keyRings.revoke(fingerprint(staged));
+      }
+      return envVerifiers(...args);
+    };
+    expect(await failure(a.keyRings.add('svc', staged))).toMatchObject({ code: 'bad_request', message: 'This key was revoked and cannot be added again.' });
+    expect(await statuses(b)).toMatchObject({ [managedId(staged)]: 'revoked' });
+  });
+
   it('env versions: notBefore takes over at that instant, expiresAt stops it at that instant, primaryExpiresAt too', async () => {
     const r = await ring();
     let now = T0;

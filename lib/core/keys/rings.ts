@@ -297,7 +297,11 @@ export class KeyRings {
     return this.update(upstream, (record) => {
       const found = record.versions.find((v) => v.id === existing.id);
       if (!found) return existing;
-      Object.assign(found, { created: now, expiresAt: now + upstream.credential.ring.expiresInDays * DAY_MS, state: 'next', retiredAt: null, graceUntil: null });
+      // As read now, not as read before: revoked, or activated, by another admin meanwhile, it stays as it is.
+      if (found.state === 'revoked') throw new KeywardError('bad_request', { message: 'This key was revoked and cannot be added again.' });
+      if (found.activatedAt === null && found.expiresAt !== null && found.expiresAt <= now) {
+        Object.assign(found, { created: now, expiresAt: now + upstream.credential.ring.expiresInDays * DAY_MS, state: 'next', retiredAt: null, graceUntil: null });
+      }
       return shown(found);
     });
   }
