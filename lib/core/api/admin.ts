@@ -146,8 +146,10 @@ export function auditFilter(params: URLSearchParams): AuditFilter {
   };
 }
 
-async function exportJsonl(runtime: Runtime, filter: AuditFilter): Promise<Response> {
+async function exportJsonl(runtime: Runtime, given: AuditFilter): Promise<Response> {
   const encoder = new TextEncoder();
+  // Up to the moment it starts: on a busy log, an export that followed what is written meanwhile could not end.
+  const filter = { ...given, untilMs: Math.min(given.untilMs ?? Infinity, Date.now()) };
   // The first page is read before answering, so a store that is down is a 503, not a 200 with a broken body.
   let page = await runtime.audit.query(filter, { limit: MAX_PAGE, order: 'asc' });
   // Memory stays one page whatever the trail's size; a download the admin cancels stops the reading.

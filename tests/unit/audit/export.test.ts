@@ -100,6 +100,12 @@ describe('the audit export (JSON Lines)', () => {
     expect(logReads - afterCancel).toBeLessThanOrEqual(1); // a read under way when it was cancelled, at most
   });
 
+  it('ends at the moment it started: what is written after (here: dated after) is not chased', async () => {
+    const record = (at: number) => ({ value: JSON.stringify({ type: 'admin', at: new Date(at).toISOString(), action: 'key.add', actor: 'local:tail', outcome: 'next' }), at });
+    await store.appendBatch('audit', [record(Date.now() - 1000), record(Date.now() + 60_000)], 90 * DAY);
+    expect(await exportOf('format=jsonl&userId=local:tail')).toHaveLength(1);
+  });
+
   it('cursor and limit are for pages, not for an export: given with format=jsonl, 400', async () => {
     for (const extra of ['limit=10', 'cursor=0']) expect((await audit(`format=jsonl&${extra}`)).status).toBe(400);
   });
