@@ -280,14 +280,7 @@ export class MobileTokens {
       const winner = await guard(() => this.store.get(`mrt-used:${tokenHash}`));
       return this.presentedAgain(successor, record, winner ?? '', successorJkt, startedAt, true);
     }
-    try {
-      return await this.rotate(successor, record, successorJkt, startedAt);
-    } catch (error) {
-      // Nothing was issued (the token would be too long, the store failed): the mark is taken back, so the app's
-      // retry is a refresh again, not a reuse that ends its sign-in. Best effort: a store that failed may fail again.
-      await this.store.deleteIfEquals(`mrt-used:${tokenHash}`, JSON.stringify(mark)).catch(() => false);
-      throw error;
-    }
+    return this.rotate(successor, record, successorJkt, startedAt);
   }
 
   /** One refresh of the user's app sign-ins, against MOBILE_CAPS.refreshes (429 past it). */
