@@ -147,6 +147,24 @@ function unicodeEscapes(text: string): string {
   return out;
 }
 
+/**
+ * Each secret's forms, by its value: a list that is not cached (a user's own key joined to every secret Keyward
+ * holds, ProxyDeps.heldSecrets) derives only the forms of the secrets it has not seen. Cleared when full (a plain
+ * bound, not an LRU: a miss costs one secret's forms).
+ */
+const formsBySecret = new Map<string, readonly string[]>();
+const FORMS_BY_SECRET_SIZE = 4096;
+
+function formsOfOne(secret: string): readonly string[] {
+  let forms = formsBySecret.get(secret);
+  if (!forms) {
+    if (formsBySecret.size >= FORMS_BY_SECRET_SIZE) formsBySecret.clear();
+    forms = secretForms(secret);
+    formsBySecret.set(secret, forms);
+  }
+  return forms;
+}
+
 /** Lists of forms by secrets list (JSON of the list: one key per list), most recently used last. */
 const formsCache = new Map<string, readonly string[]>();
 const FORMS_CACHE_SIZE = 256;
@@ -171,7 +189,7 @@ export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
   if (forms) {
     formsCache.delete(key);
   } else {
-    forms = [...new Set(secrets.flatMap((secret) => secretForms(secret)))];
+    forms = [...new Set(secrets.flatMap(formsOfOne))];
     if (formsCache.size >= FORMS_CACHE_SIZE) formsCache.delete(formsCache.keys().next().value!);
   }
   formsCache.set(key, forms);
