@@ -17,6 +17,7 @@ import { handleProxy } from '../../lib/core/pipeline';
 import { MOBILE_CAPS } from '../../lib/core/mobile/tokens';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
+import { StoreUnavailableError } from '../../lib/store/types';
 import { passwordVersion } from '../../lib/core/users/file';
 import { hashPassword } from '../../lib/core/users/password';
 import { brokenBody } from '../fixtures/broken-body';
@@ -307,6 +308,9 @@ function instanceWithUsers(file: string): Runtime {
     now: () => clock,
   });
 }
+
+/** A token carries its user's roles and claims: an identity provider's user in many groups gets a long one. */
+const groups = (count: number) => ['user', ...Array.from({ length: count }, (_, i) => `directory-group-${String(i).padStart(4, '0')}`)];
 
 const redisPrefix = `keyward-test:mobile:${randomUUID()}:`;
 
@@ -879,8 +883,6 @@ describe('the access token on the proxy', () => {
     expect(session).toMatchObject({ userId: ALICE, roles: ['user'], via: 'bearer', claims: { org: 'acme' } });
   });
 
-  // A token carries its user's roles and claims: an identity provider's user in many groups gets a long one.
-  const groups = (count: number) => ['user', ...Array.from({ length: count }, (_, i) => `directory-group-${String(i).padStart(4, '0')}`)];
 
   it('a long access token (a user in 150 groups) works on the proxy and can be revoked', async () => {
     const cookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'oidc:many-groups', roles: groups(150) });
@@ -992,6 +994,54 @@ describe('POST /api/session/token: refresh_token', () => {
     } finally {
       clock = started;
     }
+  });
+
+  it('a refresh that fails once the token is marked used (no new tokens issued) leaves it unspent: a retry past the grace is no reuse', async () => {
+    const tokens = await signInApp();
+    // An instance whose users file gives alice more roles than an access token holds: the refresh is refused
+    // while issuing, after the presented token was marked used.
+    const crowded = instanceWithUsers(usersFile([{ username: 'alice', roles: groups(600), claims: { org: 'acme' } }]));
+    expect(expectOAuthError(await refresh(tokens.refresh_token, crowded), 400, 'invalid_grant')).toMatch(/roles and claims do not fit/);
+    const logLinesBefore = logLines.length;
+    await later(PAST_GRACE_MS, async () => {
+      const retried = await refresh(tokens.refresh_token);
+      expect(retried.status, retried.body).toBe(200);
+      expect((await proxy(retried.json<Tokens>().access_token)).result.status).toBe(200);
+    });
+    expect(logLines.slice(logLinesBefore).some((line) => line.includes('refresh token reused'))).toBe(false);
+  });
+
+  it('…but once a refresh racing it was given the successor (the grace), the failed one cannot make the token unspent again', async () => {
+    const tokens = await signInApp();
+    // An instance on the same store whose issue fails late: its write of the new refresh token waits, then fails.
+    let failing = true;
+    const flaky = new Proxy(store, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (prop === 'set') {
+          return async (key: string, ...rest: [string, number?]) => {
+            // The new refresh token's record: `mrt:` and its hash (the refresh counter's key has a colon more).
+            if (failing && /^mrt:[\w-]{43}$/.test(key)) {
+              failing = false;
+              await new Promise((resolve) => setTimeout(resolve, 300));
+              throw new StoreUnavailableError('the store did not answer');
+            }
+            return target.set(key, ...rest);
+          };
+        }
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const slow = createRuntime({ env: { ...env, KEYWARD_MOBILE_REDIRECT_URIS: REDIRECTS }, upstreams, store: flaky, logger, now: () => clock });
+    const first = refresh(tokens.refresh_token, slow);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // The app's second request (its first answer is slow) gets the successor, within the grace.
+    const second = await refresh(tokens.refresh_token);
+    expect(second.status, second.body).toBe(200);
+    expect((await first).status).toBe(503);
+    // A copy of the old token, past the grace: still a reuse, the family ended.
+    await later(PAST_GRACE_MS, async () => expectOAuthError(await refresh(tokens.refresh_token), 400, 'invalid_grant'));
+    expectError((await proxy(second.json<Tokens>().access_token)).result, 401, 'unauthenticated');
   });
 
   it('two refreshes of one token at once use two of the hourly refreshes, not three (the one that lost the race counted once)', async () => {

@@ -57,7 +57,14 @@ interface SpentRecord {
   at: number;
   next: string;
   jkt: string | null;
+  /** How many times the grace issued the successor again (each one changes the mark: see `presentedAgain`). */
+  regrants?: number;
 }
+
+/** `presentedAgain`'s answer when the mark changed under it: the refresh reads the token's state again. */
+const READ_AGAIN = Symbol('read again');
+/** How many times a refresh reads its token's state again before giving up (503): a race that loses each time. */
+const MAX_READS = 3;
 
 interface RefreshRecord extends Grant {
   family: string;
@@ -267,20 +274,33 @@ export class MobileTokens {
     }
     const successor = this.successorOf(refreshToken);
     const successorJkt = boundTo ?? jkt;
-    // A token used before is a copy, whatever the bound below says: its family ends now (unless within the grace).
-    const spent = await guard(() => this.store.get(`mrt-used:${tokenHash}`));
-    if (spent !== null) return this.presentedAgain(successor, record, spent, successorJkt, startedAt);
-    // Counted before the token is spent: a refused refresh leaves it usable.
-    await this.countRefresh(record);
-    const mark: SpentRecord = { at: this.now(), next: hash(successor), jkt: successorJkt };
-    const firstUse = await guard(() =>
-      this.store.setIfAbsent(`mrt-used:${tokenHash}`, JSON.stringify(mark), this.settings.refreshTtlSeconds * 1000),
-    );
-    if (!firstUse) {
-      const winner = await guard(() => this.store.get(`mrt-used:${tokenHash}`));
-      return this.presentedAgain(successor, record, winner ?? '', successorJkt, startedAt, true);
+    const usedKey = `mrt-used:${tokenHash}`;
+    let counted = false;
+    for (let read = 0; read < MAX_READS; read++) {
+      // A token used before is a copy, whatever the bound below says: its family ends now (unless within the grace).
+      const spent = await guard(() => this.store.get(usedKey));
+      if (spent !== null) {
+        const again = await this.presentedAgain(usedKey, successor, record, spent, successorJkt, startedAt, counted);
+        if (again !== READ_AGAIN) return again;
+        continue;
+      }
+      // Counted before the token is spent (a refused refresh leaves it usable), once however often it is read.
+      if (!counted) await this.countRefresh(record);
+      counted = true;
+      const mark = JSON.stringify({ at: this.now(), next: hash(successor), jkt: successorJkt } satisfies SpentRecord);
+      // Lost to another use at the same moment: its mark is read at the top, as any use before this one.
+      if (!(await guard(() => this.store.setIfAbsent(usedKey, mark, this.settings.refreshTtlSeconds * 1000)))) continue;
+      try {
+        return await this.rotate(successor, record, successorJkt, startedAt);
+      } catch (error) {
+        // Nothing was issued (the roles grew too long for a token, the store failed): the mark is taken back, so the
+        // app's retry is a refresh, not a reuse that ends its sign-in. Only if nobody was given the successor in
+        // the meantime: a grace re-issue changes the mark first, and then it stays (see presentedAgain).
+        await this.store.deleteIfEquals(usedKey, mark).catch(() => false);
+        throw error;
+      }
     }
-    return this.rotate(successor, record, successorJkt, startedAt);
+    throw new KeywardError('service_unavailable', { message: 'The refresh token changed state while it was read; try again.' });
   }
 
   /** One refresh of the user's app sign-ins, against MOBILE_CAPS.refreshes (429 past it). */
@@ -312,13 +332,14 @@ export class MobileTokens {
    * already (it lost the race to mark the token used), so it is not counted twice.
    */
   private async presentedAgain(
+    usedKey: string,
     successor: string,
     record: RefreshRecord,
     spent: string,
     jkt: string | null,
     startedAt: number,
-    counted = false,
-  ): Promise<TokenResponse> {
+    counted: boolean,
+  ): Promise<TokenResponse | typeof READ_AGAIN> {
     const graceMs = (this.settings.refreshGraceSeconds ?? 0) * 1000;
     const mark = parseSpent(spent); // null for a record written before the grace ('1'): a copy
     if (
@@ -329,10 +350,21 @@ export class MobileTokens {
       mark.jkt === jkt &&
       (await guard(() => this.store.get(`mrt-used:${hash(successor)}`))) === null
     ) {
+      // Claimed first, by changing the mark: a first use whose issue failed can then no longer take the mark back
+      // (its compare-and-delete misses) and make the token unspent while this hands out its successor. A mark
+      // that changed meanwhile (taken back, or claimed by another re-issue) is read again.
+      const claimed = JSON.stringify({ ...mark, regrants: (mark.regrants ?? 0) + 1 } satisfies SpentRecord);
+      if (!(await guard(() => this.store.replaceIfEquals(usedKey, spent, claimed)))) return READ_AGAIN;
       // Counted as any refresh: each one makes an access token.
       if (!counted) await this.countRefresh(record);
       this.logger.info({ userId: record.sub, family: record.family }, 'refresh token presented again within the grace: its successor issued again');
-      return this.rotate(successor, record, jkt, startedAt);
+      try {
+        return await this.rotate(successor, record, jkt, startedAt);
+      } catch (error) {
+        // Nothing issued here either: the claim is given back, as it was.
+        await this.store.replaceIfEquals(usedKey, claimed, spent).catch(() => false);
+        throw error;
+      }
     }
     return this.reused(record);
   }
@@ -494,7 +526,7 @@ function parseSpent(value: string): SpentRecord | null {
   try {
     const mark = JSON.parse(value) as Partial<SpentRecord> | null;
     return typeof mark?.at === 'number' && typeof mark.next === 'string' && (mark.jkt === null || typeof mark.jkt === 'string')
-      ? { at: mark.at, next: mark.next, jkt: mark.jkt }
+      ? { at: mark.at, next: mark.next, jkt: mark.jkt, ...(typeof mark.regrants === 'number' ? { regrants: mark.regrants } : {}) }
       : null;
   } catch {
     return null;
