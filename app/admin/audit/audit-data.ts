@@ -74,6 +74,10 @@ export async function loadAuditPage(query: AuditPageQuery): Promise<AuditPage> {
     throw error;
   }
   const audit = keyward.getRuntime().audit;
+  // A cursor the store could not have made (an edited link) would be read as none: the newest page, shown as older.
+  if ([query.older, query.newer].some((cursor) => cursor !== null && !audit.isCursor(cursor))) {
+    return { kind: 'invalid', message: 'This page link is not valid: start again from the newest records.' };
+  }
   try {
     if (query.newer !== null) {
       // The records just after the cursor, oldest first, shown newest first. None left: the newest page.

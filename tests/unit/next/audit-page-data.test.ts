@@ -1,0 +1,25 @@
+import { describe, expect, it, vi } from 'vitest';
+import { createLogger } from '../../../lib/core/log/logger';
+import { createRuntime } from '../../../lib/core/runtime';
+import { MemoryStore } from '../../../lib/store/memory';
+import { testSessionSecrets } from '../../fixtures/secrets';
+
+/** The Audit page's data (app/admin/audit/audit-data.ts) over a real runtime and the in-memory store (its cursors: 16 digits). */
+const runtime = createRuntime({
+  env: { ...testSessionSecrets(), KEYWARD_STORE: 'memory' },
+  store: new MemoryStore(),
+  upstreams: [],
+  logger: createLogger({ level: 'silent' }),
+  serving: false,
+});
+vi.mock('@/keyward', () => ({ keyward: { getRuntime: () => runtime } }));
+
+describe('the Audit page', () => {
+  it('a paging link whose cursor the store could not have made says so, instead of showing the newest page as "older"', async () => {
+    const { loadAuditPage, readQuery } = await import('../../../app/admin/audit/audit-data');
+    for (const link of [{ older: '5' }, { newer: '1700000000000-0' }]) {
+      expect(await loadAuditPage(readQuery(link)), JSON.stringify(link)).toMatchObject({ kind: 'invalid' });
+    }
+    expect(await loadAuditPage(readQuery({ older: '1'.repeat(16) }))).toMatchObject({ kind: 'records' });
+  });
+});
