@@ -6,6 +6,7 @@ import {
   PERIOD_MS,
   ROLLUPS,
   addCounters,
+  capped,
   bucketKey,
   bucketStart,
   eventCounters,
@@ -69,7 +70,7 @@ export class UsageCollector {
             const field = fieldName(dimensions, METRICS[index]!);
             const id = `${key}\n${field}`;
             const entry = merged.get(id);
-            if (entry) entry.by += by;
+            if (entry) entry.by = capped(entry.by + by);
             else merged.set(id, { key, field, by, expiresAt });
           });
         }

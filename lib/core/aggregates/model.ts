@@ -76,7 +76,16 @@ export function emptyCounters(): Counters {
 }
 
 export function addCounters(into: Counters, from: readonly number[]): void {
-  for (let i = 0; i < into.length; i++) into[i]! += from[i] ?? 0;
+  for (let i = 0; i < into.length; i++) into[i] = capped(into[i]! + (from[i] ?? 0));
+}
+
+/**
+ * A sum of counters as a store can add it: at most Number.MAX_SAFE_INTEGER. An upstream's usage report is capped
+ * there per call, and two such calls in one batch would otherwise make an increment no store takes, losing the
+ * batch's figures for every user.
+ */
+export function capped(sum: number): number {
+  return Math.min(sum, Number.MAX_SAFE_INTEGER);
 }
 
 /** The start (ms since the epoch, UTC) of the bucket of `period` that holds `at`. */

@@ -129,6 +129,17 @@ describe('UsageCollector', () => {
     expect(dayKey.expiresAt).toBe(bucketStart(T, 'day') + 86_400_000 + DEFAULT_RETENTION.day);
   });
 
+  it('two calls reporting absurd usage (each at the safe-integer cap) do not sink the batch: a sum stops at the cap', async () => {
+    const collector = new UsageCollector();
+    collector.add(event({ units: Number.MAX_SAFE_INTEGER }), T);
+    collector.add(event({ units: Number.MAX_SAFE_INTEGER, userId: 'local:bob' }), T);
+    collector.add(event({ userId: 'local:cy' }), T);
+    const increments = collector.drain(DEFAULT_RETENTION);
+    expect(increments.every((entry) => Number.isSafeInteger(entry.by))).toBe(true);
+    // Written, every user's calls with them (before: one TypeError, and the whole batch lost).
+    await new MemoryStore().incrementHashes(increments);
+  });
+
   it('keeps null dimensions (no route, no key, no user) apart from any string', () => {
     const collector = new UsageCollector();
     collector.add(event({ route: null, keyFingerprint: null, userId: null }), T);
