@@ -192,7 +192,7 @@ export interface DecoyFinding {
 const PLAIN_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 
 /**
- * A decoy in the request's headers (cookies and Authorization among them), query or path, named by where it
+ * A decoy in the request's headers (cookies and Authorization among them, not the Referer), query or path, named by where it
  * was (`header:x-api-key`, `query:key`, `path`), never by its value. A name that is not plain text, or that
  * holds the decoy itself, is left out (`header`, `query`).
  */
@@ -203,6 +203,9 @@ export function findDecoyInRequest(
   path: readonly string[],
 ): DecoyFinding | null {
   for (const [name, value] of headers) {
+    // The browser writes the Referer itself, from the page's address: a link anyone sends the user can put a
+    // decoy there, and every call that page makes would be refused, with an alert naming the user.
+    if (name === 'referer') continue;
     const decoyId = decoys.find(value) ?? decoys.find(name);
     if (decoyId) return { decoyId, where: decoys.find(name) || !PLAIN_NAME.test(name) ? 'header' : `header:${name}` };
   }

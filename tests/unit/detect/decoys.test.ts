@@ -153,6 +153,12 @@ describe('findDecoyInRequest', () => {
     expect(find({}, `?k%20%3Cb%3E=${openai.value}`)).toEqual({ decoyId: openai.id, where: 'query' });
   });
 
+  it("does not read the Referer: the browser sends the page's address, which anyone's link can put a decoy in", () => {
+    expect(find({ referer: `https://app.keyward.test/search?q=${openai.value}` })).toBeNull();
+    // A decoy in a header the client itself chose still counts.
+    expect(find({ referer: 'https://app.keyward.test/', authorization: `Bearer ${openai.value}` })).toEqual({ decoyId: openai.id, where: 'header:authorization' });
+  });
+
   it('finds nothing in a request without a decoy', () => {
     expect(
       find({ authorization: 'Bearer x', cookie: 'a=b', 'x-api-key': mintDecoy('openai').value }, '?a=1&b=2'),
