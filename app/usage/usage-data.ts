@@ -63,7 +63,8 @@ function limitsOf(upstreamId: string, roles: readonly string[]): LimitView[] {
   if (!upstream) return [];
   const seen = new Map<string, LimitView>();
   for (const route of upstream.routes) {
-    if (!rolesAllow(route, roles)) continue;
+    // A decoy route ignores roles: its limits are no limits of a route this user may call.
+    if (route.decoy || !rolesAllow(route, roles)) continue;
     // Rule ids are `<upstream>|<scope>|<name>`; the scope `*` marks a rule of the whole upstream (lib/core/limits/rules.ts).
     const routeOf = (id: string) => (id.split('|')[1] === '*' ? null : `${route.method} ${route.template}`);
     for (const rule of route.limits.rate) {

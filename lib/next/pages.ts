@@ -61,7 +61,10 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
     upstreamSummaries(roles) {
       const kinds: Record<string, CredentialKind> = { static: 'service', 'user-key': 'own-key', oauth: 'oauth', claim: 'by-claim' };
       const { registry, connections } = getRuntime();
-      const listed = [...registry.values()].filter((upstream) => roles === undefined || upstream.routes.some((route) => rolesAllow(route, roles)));
+      // A decoy route ignores roles (anyone may fall into it): it is no route a role may call.
+      const listed = [...registry.values()].filter(
+        (upstream) => roles === undefined || upstream.routes.some((route) => !route.decoy && rolesAllow(route, roles)),
+      );
       return listed.map((upstream) => {
         const plan = upstream.credential;
         const credential = plan.source === 'oauth' && connections?.has(plan.provider) ? 'connection' : (kinds[plan.source] ?? 'service');

@@ -34,6 +34,16 @@ const registry = buildRegistry(
       auth: { type: 'bearer', secret: { env: 'HR_KEY' } },
       routes: [{ method: 'GET', path: '/entries', roles: ['finance'] }],
     }),
+    // An admin-only upstream with a decoy route (any role may fall into a decoy: its roles are ignored).
+    defineUpstream('vault', {
+      baseUrl: 'https://vault.internal.example/',
+      auth: { type: 'bearer', secret: { env: 'HR_KEY' } },
+      rateLimits: [{ by: 'user', limit: 7, windowSeconds: 60 }],
+      routes: [
+        { method: 'GET', path: '/secrets', roles: ['admin'] },
+        { method: 'GET', path: '/backup.sql', decoy: true },
+      ],
+    }),
   ],
   { HR_KEY: 'k'.repeat(32) },
 );
@@ -55,8 +65,8 @@ const session = (roles: string[]) => ({ userId: 'local:bob', name: null, roles, 
 describe("pages show a user what the user's roles may call", () => {
   it('upstreamSummaries(roles): upstreams with a route one of the roles may call; without roles (admin pages), all', () => {
     expect(helpers.upstreamSummaries([]).map((u) => u.id)).toEqual(['hr']);
-    expect(helpers.upstreamSummaries(['admin']).map((u) => u.id)).toEqual(['hr', 'payroll']);
-    expect(helpers.upstreamSummaries().map((u) => u.id)).toEqual(['hr', 'payroll', 'ledger']);
+    expect(helpers.upstreamSummaries(['admin']).map((u) => u.id)).toEqual(['hr', 'payroll', 'vault']);
+    expect(helpers.upstreamSummaries().map((u) => u.id)).toEqual(['hr', 'payroll', 'ledger', 'vault']);
   });
 
   it("/usage: no other role's route or its limit; an upstream the user called is listed, one they did not and cannot is not", async () => {
@@ -67,7 +77,8 @@ describe("pages show a user what the user's roles may call", () => {
     expect(bob.upstreams[1]).toMatchObject({ upstream: 'ledger', calls: 1, errors: 1, limits: [] });
 
     const admin = await loadMyUsage(session(['admin']));
-    expect(admin.upstreams.map((u) => u.upstream)).toEqual(['hr', 'payroll', 'ledger']);
+    expect(admin.upstreams.map((u) => u.upstream)).toEqual(['hr', 'payroll', 'ledger', 'vault']);
+    expect(admin.upstreams[3]!.limits.map((limit) => limit.route)).toEqual([null]); // the upstream's; nothing of the decoy
     expect(admin.upstreams[0]!.limits.map((limit) => limit.route)).toEqual(['GET /holidays', 'DELETE /employees/:id/payroll-override']);
   });
 });
