@@ -203,7 +203,11 @@ export class AuditLog {
     await this.flush();
   }
 
-  /** Writes every queued record; resolves once they are in the store (rejects if the store refused them). */
+  /**
+   * Writes every queued record; resolves once they are in the store (rejects if the store refused them). The
+   * batch's usage aggregates go with it, and their failure is logged, not thrown: it loses figures, not records,
+   * and an admin action (a detector step) that is on record must not be taken for one that failed.
+   */
   flush(): Promise<void> {
     if (this.timer) {
       clearTimeout(this.timer);
@@ -230,7 +234,6 @@ export class AuditLog {
         this.logger.error({ err: error instanceof Error ? error.message : 'unknown', lost: batch.length, auditFailures: this.failures }, 'audit write failed');
         throw error;
       }
-      if (usage.status === 'rejected') throw usage.reason;
     });
     this.writing = write.catch(() => {});
     return write;
