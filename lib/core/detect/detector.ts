@@ -217,6 +217,11 @@ export class Detector implements SecuritySignals {
     if (event.units > 0) state.spend.add(at, event.units);
     if (event.sessionId) state.sessions.add(event.sessionId, at, config.escalateAfterMinutes * MINUTE_MS);
     if (state.level > 0 && at - state.lastAnomalyAt >= config.cooldownMinutes * MINUTE_MS) state.level = 0;
+    // Every rule keeps its books on every call (the routes the user calls, the networks a session uses), whichever
+    // rule acts and whether or not a step is being written: a route first called during a burst is then known,
+    // not "new" once the burst is over.
+    const ips = this.ipAnomaly(event, at);
+    const routes = this.routeAnomaly(state, event, at);
     if (state.busy) return;
 
     const volume = this.volumeAnomaly(state, at);
@@ -224,12 +229,10 @@ export class Detector implements SecuritySignals {
       this.step(userId, state, at, [1, 3], volume.rule, volume.evidence, event);
       return;
     }
-    const ips = this.ipAnomaly(event, at);
     if (ips) {
       this.step(userId, state, at, [2, 2], 'ips_per_session', ips, event);
       return;
     }
-    const routes = this.routeAnomaly(state, event, at);
     if (routes) this.step(userId, state, at, [2, 2], 'new_routes', routes, event);
   }
 

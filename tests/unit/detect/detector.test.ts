@@ -275,6 +275,26 @@ describe('anomaly detector', () => {
     expect(await revocations.isRevoked(s2)).toBe(true);
   });
 
+  it('routes first called during a volume anomaly are learned: using them two hours later is no "new route mix"', async () => {
+    const { clock, detector, actions } = setup();
+    const feed = (at: number, route: string) => {
+      clock.now = at;
+      detector.observe(event({ route }));
+    };
+    // Three hours of steady use of one route (three calls a minute), then a burst that is throttled, while the
+    // app starts calling five routes it had not used before.
+    for (let m = 0; m < 180; m++) for (let i = 0; i < 3; i++) feed(START + m * MINUTE_MS + i * 15_000, '/v1/chat/completions');
+    const burst = START + 180 * MINUTE_MS;
+    for (let i = 0; i < 100; i++) feed(burst + i * 300, i < 60 || i % 2 ? '/v1/chat/completions' : `/v1/new/${i % 10}`);
+    await detector.settled();
+    expect((await actions()).map((a) => `${a.rule}/${a.action}`)).toEqual(['calls/throttle']);
+    // The cooldown passed: ordinary use of those routes.
+    const later = burst + 130 * MINUTE_MS;
+    for (let i = 0; i < 10; i++) feed(later + i * 20_000, `/v1/new/${(i * 2) % 10}`);
+    await detector.settled();
+    expect((await actions()).map((a) => `${a.rule}/${a.action}`)).toEqual(['calls/throttle']);
+  });
+
   it('after an admin undoes a decoy revocation, the same session presenting the decoy again is revoked again (and alerted)', async () => {
     const { clock, revocations, alerts, detector, actions } = setup();
     const hit = (requestId: string) => ({ kind: 'credential' as const, decoyId: 'dk_1', where: 'header:x-api-key', userId: 'local:mallory', sessionId: 's1', ip: '203.0.113.66', upstream: 'openai', route: null, requestId });
