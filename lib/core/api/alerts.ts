@@ -32,8 +32,9 @@ export function handleAlertUndo(request: Request, alertId: string, runtime: Runt
   return apiHandler(runtime, async () => {
     if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
     const session = await requireAdmin(request, runtime);
-    const alert = await runtime.alerts.undo(alertId, session.userId);
-    runtime.detector.forget(alert);
+    // The detector forgets the user's state only for an undo this request did: undoing an alert undone already
+    // must not reset it in the middle of a new anomaly.
+    const alert = await runtime.alerts.undo(alertId, session.userId, (undone) => runtime.detector.forget(undone));
     return json({ alert });
   });
 }

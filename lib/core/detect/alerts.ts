@@ -248,8 +248,11 @@ export class Alerts {
     return { alerts, cursor: entries.length === limit ? entries.at(-1)!.id : null };
   }
 
-  /** Undoes an alert's action (idempotent: undoing twice changes nothing more). Returns the alert as it now is. */
-  async undo(id: string, actor: string): Promise<Alert> {
+  /**
+   * Undoes an alert's action (idempotent: undoing twice changes nothing more). Returns the alert as it now is;
+   * `onUndone` is called only when this call did the undo (not for an alert already undone).
+   */
+  async undo(id: string, actor: string, onUndone?: (alert: Alert) => void): Promise<Alert> {
     if (!/^al_[0-9a-f-]{36}$/.test(id)) throw new KeywardError('not_found');
     const key = `alert:${id}`;
     const raw = await guard(() => this.store.get(key));
@@ -271,8 +274,9 @@ export class Alerts {
     const undone: Alert = { ...alert, state: 'undone', undoneAt: new Date(this.now()).toISOString(), undoneBy: actor };
     // Compare-and-set: two admins undoing at once record one undo.
     if (!(await guard(() => this.store.replaceIfEquals(key, raw, JSON.stringify({ alert: undone, undo }))))) {
-      return this.undo(id, actor);
+      return this.undo(id, actor, onUndone);
     }
+    onUndone?.(undone);
     // Every instance's detector learns of the undo before its next step for this user (`forgivenAt`).
     if (forgives(alert)) {
       await guard(() => this.store.set(forgivenKey(alert.subject.userId), String(this.now()), this.retentionMs));

@@ -1,5 +1,5 @@
-import { afterAll, describe, expect, it } from 'vitest';
-import { handleAlerts } from '../../../lib/core/api/alerts';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { handleAlertUndo, handleAlerts } from '../../../lib/core/api/alerts';
 import { createLogger } from '../../../lib/core/log/logger';
 import { createRuntime } from '../../../lib/core/runtime';
 import { MemoryStore } from '../../../lib/store/memory';
@@ -24,5 +24,18 @@ describe('GET /api/admin/alerts?cursor=', () => {
       expect(((await response.json()) as { error: { code: string } }).error.code).toBe('bad_request');
     }
     expect((await alerts(`cursor=${'1'.repeat(16)}`)).status).toBe(200);
+  });
+});
+
+describe('POST /api/admin/alerts/<id>/undo', () => {
+  it("undoing an alert already undone changes nothing: the detector's state on this instance is not reset again", async () => {
+    runtime.detector.decoyHit({ kind: 'credential', decoyId: 'dk_1', where: 'header:x-api-key', userId: 'local:mallory', sessionId: 's1', ip: '203.0.113.66', upstream: 'openai', route: null, requestId: 'r1' });
+    await runtime.detector.settled();
+    const [alert] = (await runtime.alerts.list({ limit: 10 })).alerts;
+    const forget = vi.spyOn(runtime.detector, 'forget');
+    const token = await bearerToken(secrets.KEYWARD_SESSION_SECRET, { sub: 'local:root', roles: ['admin'] });
+    const undo = () => handleAlertUndo(new Request(`https://app.keyward.test/api/admin/alerts/${alert!.id}/undo`, { method: 'POST', headers: { authorization: `Bearer ${token}` } }), alert!.id, runtime);
+    for (let i = 0; i < 2; i++) expect((await undo()).status).toBe(200);
+    expect(forget).toHaveBeenCalledTimes(1);
   });
 });
