@@ -38,6 +38,14 @@ function who(overrides: Partial<LimitSubject> = {}): LimitSubject {
   return { upstream: 'ai', userId: 'alice', roles: ['user'], fingerprint: 'fp-a', ip: '203.0.113.7', ...overrides };
 }
 
+/** 'ok', or the error's code: what became of a call, for tests that run several. */
+function outcomeOf(promise: Promise<unknown>): Promise<string> {
+  return promise.then(
+    () => 'ok',
+    (error: { code?: string }) => error.code ?? 'error',
+  );
+}
+
 /** Awaits a refusal with `code` (429) and returns its headers. */
 async function refusal(promise: Promise<unknown>, code: KeywardErrorCode): Promise<Record<string, string>> {
   const error = expectKeywardError(await rejected(promise), code);
@@ -518,7 +526,7 @@ describe('a call one rate rule refuses takes no point from the others', () => {
       ],
     }, {}, { store: store() });
     const outcomes: string[] = [];
-    for (let i = 0; i < 8; i++) outcomes.push(await limits.checkRate(rules, who()).then(() => 'ok', (error: { code?: string }) => error.code ?? 'error'));
+    for (let i = 0; i < 8; i++) outcomes.push(await outcomeOf(limits.checkRate(rules, who())));
     expect(outcomes).toEqual(['ok', 'ok', ...Array<string>(6).fill('rate_limited')]);
     // The key's counter holds alice's 2 calls only: bob has 2 before the key's limit of 4 is reached.
     await limits.checkRate(rules, who({ userId: 'bob' }));
@@ -534,9 +542,8 @@ describe('a call one rate rule refuses takes no point from the others', () => {
       ],
     });
     await limits.checkRate(rules, who());
-    const outcome = (promise: Promise<unknown>) => promise.then(() => 'ok', (error: { code?: string }) => error.code ?? 'error');
     // Alice is over her own limit; Bob, at the same moment, has the upstream's second place.
-    const both = await Promise.all([outcome(limits.checkRate(rules, who())), outcome(limits.checkRate(rules, who({ userId: 'bob' })))]);
+    const both = await Promise.all([outcomeOf(limits.checkRate(rules, who())), outcomeOf(limits.checkRate(rules, who({ userId: 'bob' })))]);
     expect(both).toEqual(['rate_limited', 'ok']);
     // Two calls served, two places: the next user is refused by the upstream's limit, with it at 0.
     const headers = await refusal(limits.checkRate(rules, who({ userId: 'carol' })), 'rate_limited');
