@@ -28,7 +28,7 @@ import type { SessionRevocations } from './session/revocation';
 import type { Session } from './session/session';
 import type { SessionVerifier } from './session/verify';
 import { storeRound, type RoundOutcome } from './store/round';
-import type { CompiledRoute, ResolvedCredential, Upstream } from './upstream/registry';
+import { withSecrets, type CompiledRoute, type ResolvedCredential, type Upstream } from './upstream/registry';
 import type { RateRule, RouteLimits } from './limits/rules';
 import { throttleKey, throttleRule } from './detect/marks';
 import type { Store } from '../store/types';
@@ -565,11 +565,7 @@ function withHeldSecrets(credential: ResolvedCredential, held: readonly string[]
   let byCredential = withHeld.get(held);
   if (!byCredential) withHeld.set(held, (byCredential = new WeakMap()));
   let result = byCredential.get(credential);
-  if (!result) {
-    const secrets = [...new Set([...credential.secrets, ...held])];
-    result = secrets.length === credential.secrets.length ? credential : { ...credential, secrets };
-    byCredential.set(credential, result);
-  }
+  if (!result) byCredential.set(credential, (result = withSecrets(credential, held)));
   return result;
 }
 

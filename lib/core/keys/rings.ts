@@ -10,7 +10,7 @@ import { keyVerifier, legacyFingerprint, newVerifierSalt } from './fingerprint';
 import { logScrubber } from '../log/logger';
 import { discardBody } from '../respond/body';
 import { guard } from '../store/guard';
-import { credentialFor, type CredentialPlan, type ResolvedCredential, type Upstream } from '../upstream/registry';
+import { credentialFor, withSecrets, type CredentialPlan, type ResolvedCredential, type Upstream } from '../upstream/registry';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
 
@@ -181,8 +181,7 @@ export class KeyRings {
         if (!(error instanceof KeywardError && error.code === 'credential_unavailable')) throw error;
       }
     }
-    const secrets = [...new Set([...credential.secrets, ...others])];
-    const result = secrets.length === credential.secrets.length ? credential : { ...credential, secrets };
+    const result = withSecrets(credential, others);
     if (!byServing) this.scrubbing.set(versions, (byServing = new Map()));
     byServing.set(servingId, result);
     return result;

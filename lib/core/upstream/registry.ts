@@ -272,13 +272,22 @@ function planCredential(id: string, config: UpstreamConfig, env: Env, fingerprin
     // all out of an answer: an endpoint that lists the account's keys never shows one claim's key to another.
     const every = chosen.flatMap(([, credential]) => credential.secrets);
     const byValue = new Map<string, ResolvedCredential>(
-      chosen.map(([value, credential]) => [value, { ...credential, secrets: [...new Set([...credential.secrets, ...every])] }]),
+      chosen.map(([value, credential]) => [value, withSecrets(credential, every)]),
     );
     return { source: 'claim', claim: source.claim, byValue };
   }
   // `basic` with `username: {env}`: read here, at start-up, and used with each user's secret as the password.
   if ('user' in source) return { source: 'user-key', username };
   return { source: 'oauth', provider: source.oauth, username };
+}
+
+/**
+ * The credential with `extra` secrets after its own (which stay first: hits and key-ring versions read them), for
+ * the leak scrubber to take out of answers too; the credential itself when they add none.
+ */
+export function withSecrets(credential: ResolvedCredential, extra: readonly string[]): ResolvedCredential {
+  const secrets = [...new Set([...credential.secrets, ...extra])];
+  return secrets.length === credential.secrets.length ? credential : { ...credential, secrets };
 }
 
 /** Builds what is attached upstream for one secret value, in the upstream's declared auth shape. */
