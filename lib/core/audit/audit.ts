@@ -106,6 +106,11 @@ function answeredByKeyward(event: ProxyEvent): boolean {
 /** A log id as the stores make them, the audit trail's cursor (SQLite and memory: digits; Redis streams: `<ms>-<seq>`). */
 export const AUDIT_CURSOR = /^[0-9]{1,20}(-[0-9]{1,20})?$/;
 
+/** Whether `cursor` has the form of the cursors `store`'s log pages give (any other would be read as none). */
+export function isLogCursor(store: Store, cursor: string): boolean {
+  return (store.logCursor ?? AUDIT_CURSOR).test(cursor);
+}
+
 /**
  * The audit trail: every proxied call and every admin action, in the store, kept for the retention
  * period. Calls are queued when their response ends and written in batches (one SQLite transaction or one
@@ -245,7 +250,7 @@ export class AuditLog {
 
   /** Whether `cursor` has the form of the cursors this trail's store gives (any other would be read as none). */
   isCursor(cursor: string): boolean {
-    return (this.store.logCursor ?? AUDIT_CURSOR).test(cursor);
+    return isLogCursor(this.store, cursor);
   }
 
   /**

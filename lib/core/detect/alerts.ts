@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { AUDIT_CURSOR, type AuditLog } from '../audit/audit';
+import { isLogCursor, type AuditLog } from '../audit/audit';
 import { KeywardError } from '../errors';
 import { putBack, type RevocationUndo, type SessionRevocations } from '../session/revocation';
 import { guard } from '../store/guard';
@@ -232,7 +232,7 @@ export class Alerts {
 
   /** Whether `cursor` has the form of the cursors this store's pages give (any other would be read as none). */
   isCursor(cursor: string): boolean {
-    return (this.store.logCursor ?? AUDIT_CURSOR).test(cursor);
+    return isLogCursor(this.store, cursor);
   }
 
   /** Newest first, with a cursor for the next page. */
