@@ -47,9 +47,8 @@ export function keyAdmin(keyRings: KeyRings, audit: AuditLog, actor: string) {
       return rotation;
     },
     async revoke(fingerprint: string): Promise<Array<{ upstream: string; version: string }>> {
-      const revoked = await keyRings.revoke(fingerprint);
-      for (const { upstream } of revoked) await audit.recordAdmin({ action: 'key.revoke', actor, upstream, fingerprint, outcome: 'revoked' });
-      return revoked;
+      // Recorded upstream by upstream as each is revoked, so a revoke the store cuts short leaves those done on the trail.
+      return keyRings.revoke(fingerprint, (upstream) => audit.recordAdmin({ action: 'key.revoke', actor, upstream, fingerprint, outcome: 'revoked' }));
     },
   };
 }

@@ -439,21 +439,32 @@ export class KeyRings {
     throw new KeywardError('not_found', { message: 'No rotation with this id.' });
   }
 
-  /** Revokes every version with this fingerprint; every instance stops using it on its next request. */
-  async revoke(print: string): Promise<Array<{ upstream: string; version: string }>> {
+  /**
+   * Revokes every version with this fingerprint; every instance stops using it on its next request. An upstream
+   * whose ring cannot be written (the store failing) does not stop the others: a leaked key is taken out wherever
+   * it can be, `onRevoked` hears of each upstream done (the audit trail), and the first failure is thrown after.
+   */
+  async revoke(print: string, onRevoked: (upstream: string) => Promise<void> = async () => {}): Promise<Array<{ upstream: string; version: string }>> {
     if (!/^[0-9a-f]{12}$/.test(print)) throw new KeywardError('bad_request', { message: 'A fingerprint is 12 hexadecimal digits.' });
     const revoked: Array<{ upstream: string; version: string }> = [];
     const now = this.now();
+    let failure: { error: unknown } | null = null;
     for (const upstream of this.ringUpstreams()) {
       const envVersions = upstream.credential.envVersions;
-      const ids = await this.update(upstream, (record, verifiers) => {
-        const versions = this.view(envVersions, record, verifiers);
-        const matching = versions.filter((v) => v.fingerprint === print);
-        for (const v of matching) Object.assign(own(record, versions, v.id), { state: 'revoked', revokedAt: v.revokedAt ?? now, graceUntil: null });
-        return matching.map((v) => v.id);
-      });
-      revoked.push(...ids.map((version) => ({ upstream: upstream.id, version })));
+      try {
+        const ids = await this.update(upstream, (record, verifiers) => {
+          const versions = this.view(envVersions, record, verifiers);
+          const matching = versions.filter((v) => v.fingerprint === print);
+          for (const v of matching) Object.assign(own(record, versions, v.id), { state: 'revoked', revokedAt: v.revokedAt ?? now, graceUntil: null });
+          return matching.map((v) => v.id);
+        });
+        revoked.push(...ids.map((version) => ({ upstream: upstream.id, version })));
+        if (ids.length > 0) await onRevoked(upstream.id);
+      } catch (error) {
+        failure ??= { error };
+      }
     }
+    if (failure) throw failure.error;
     if (revoked.length === 0) throw new KeywardError('not_found', { message: 'No key version has this fingerprint.' });
     return revoked;
   }
