@@ -53,6 +53,17 @@ function parseIp(value: string): string | null {
 }
 
 /**
+ * The site an IPv6 address belongs to, its /48 (`2001:db8:1::/48`): what one customer or one cloud account is
+ * commonly given, 65,536 /64s. Null for IPv4 (an address is already scarce). Sign-in counts it as well as the
+ * /64, so one site cannot multiply its attempts by its /64s.
+ */
+export function siteBucket(ip: string): string | null {
+  if (!ip.includes(':') || !ipaddr.IPv6.isValid(ip)) return null;
+  const prefix = ipaddr.IPv6.parse(ip).parts.slice(0, 3);
+  return `${new ipaddr.IPv6([...prefix, 0, 0, 0, 0, 0]).toString()}/48`;
+}
+
+/**
  * The bucket per-IP limits count an address in (a normalised address, as `clientIp` returns): an IPv4 address
  * itself, an IPv6 address's /64 (`2001:db8:1:2::/64`). One host, at home or in a cloud, holds a whole /64: counted
  * per address, it would have 2^64 buckets, and spraying one password over many usernames would meet no limit.

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
-import { limitBucket } from '../client/ip';
+import { limitBucket, siteBucket } from '../client/ip';
 import { KeywardError, type KeywardErrorCode } from '../errors';
 import { guard } from '../store/guard';
 import { RedisStore, type RoundCounter } from '../../store/redis';
@@ -36,6 +36,8 @@ const RATE_PREFIX = 'rl|';
 const NO_LIMITS: LimitGrant = { headers: [], reserved: 0, settle: async () => {} };
 /** Counters outlive their period by this much, so a late settle still finds its counter. */
 const METER_GRACE_MS = 3_600_000;
+/** An IPv6 site's (/48) sign-in attempts per window, as a multiple of one client's (checkSignIn). */
+const SIGNIN_SITE_FACTOR = 16;
 
 /**
  * Rate limits (rate-limiter-flexible: in memory for one process, Redis for many) and quotas and budgets
@@ -236,12 +238,19 @@ export class Limits {
    * Sign-in attempts: per client IP and per username (so rotating IPs cannot guess one account's
    * password faster). Throws 429 `rate_limited` with Retry-After. The IP is counted first, and an attempt it
    * refuses counts for no username: usernames are the caller's text, so a flood from one address must not leave
-   * a counter per name it tries (only its first `limit` names per window).
+   * a counter per name it tries (only its first `limit` names per window). An IPv6 client is counted by its /64
+   * and by its /48 at SIGNIN_SITE_FACTOR times the limit: a site's 65,536 /64s would otherwise each have the
+   * limit, enough to keep the password-hash queue full for everyone and to spray passwords over many usernames.
    */
   async checkSignIn(ip: string | null, username: string | null, limit: number, windowSeconds: number): Promise<void> {
-    const rule = (by: Subject, name: string): RateRule => ({ id: `signin|${name}`, name, by, limit, windowSeconds, roles: null });
+    const rule = (by: Subject, name: string, points = limit): RateRule => ({ id: `signin|${name}`, name, by, limit: points, windowSeconds, roles: null });
     const byIp = await this.consume([[rule('ip', 'signin-ip'), ip === null ? 'unknown' : limitBucket(ip)]]);
     if (byIp.retryMs !== null) throw limitError('rate_limited', byIp.retryMs, []);
+    const site = ip === null ? null : siteBucket(ip);
+    if (site !== null) {
+      const bySite = await this.consume([[rule('ip', 'signin-site', limit * SIGNIN_SITE_FACTOR), site]]);
+      if (bySite.retryMs !== null) throw limitError('rate_limited', bySite.retryMs, []);
+    }
     if (!username) return;
     const byName = await this.consume([[rule('user', 'signin-username'), username.toLowerCase()]]);
     if (byName.retryMs !== null) throw limitError('rate_limited', byName.retryMs, []);

@@ -481,6 +481,21 @@ describe('Limits.checkSignIn', () => {
     await limits.checkSignIn('10.0.0.4', 'bob', 3, 60);
   });
 
+  it('counts an IPv6 /48 too, at 16 times the limit, so the /64s of one site cannot fill the password queue', async () => {
+    const { limits } = setup({});
+    // 16 of the /64s in 2001:db8:7::/48, each up to its own limit: 32 attempts, the /48's whole allowance.
+    for (let net = 0; net < 16; net++) {
+      for (const username of ['a', 'b']) await limits.checkSignIn(`2001:db8:7:${net.toString(16)}::1`, `${username}${net}`, 2, 60);
+    }
+    const headers = await refusal(limits.checkSignIn('2001:db8:7:ff::1', 'c', 2, 60), 'rate_limited');
+    secondsIn(headers['retry-after'], 60);
+    // Another /48, and IPv4 addresses (counted one by one, whatever their /24), are untouched.
+    await limits.checkSignIn('2001:db8:8:1::1', 'c', 2, 60);
+    for (let host = 1; host <= 20; host++) {
+      for (const username of ['d', 'e']) await limits.checkSignIn(`198.51.100.${host}`, `${username}${host}`, 2, 60);
+    }
+  });
+
   it('an attempt its IP refuses counts for no username (a flood from one address leaves no counter per name)', async () => {
     const { limits } = setup({});
     for (const username of ['a', 'b']) await limits.checkSignIn('203.0.113.9', username, 2, 60);
