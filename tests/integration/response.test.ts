@@ -179,6 +179,28 @@ describe('active content is never served as a page on the app origin', () => {
     }
   });
 
+  it('a Content-Type list or an invalid type is an attachment when a browser could render it as a page', async () => {
+    // A browser reads a list as the Fetch standard's "extract a MIME type" does: the last valid type wins, and
+    // with no valid type it sniffs the body. Two header lines arrive as one list.
+    const active: Array<string | string[]> = ['text/plain, text/html', ['text/plain', 'text/html'], 'application/json;x=1,text/html', 'html', ',', 'text/plain, image/svg+xml; charset=utf-8'];
+    for (const type of active) {
+      h.upstream.handle((_req, res) => {
+        res.setHeader('content-type', type);
+        res.writeHead(200);
+        res.end('<h1>hello</h1>');
+      });
+      const result = await h.call(['headers']);
+      expect(result.response.status, String(type)).toBe(200);
+      expect(result.response.headers.get('content-disposition'), String(type)).toBe('attachment');
+    }
+    // A comma inside a quoted parameter is not a list.
+    h.upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain; note="a, text/html"' });
+      res.end('x');
+    });
+    expect((await h.call(['headers'])).response.headers.get('content-disposition')).toBeNull();
+  });
+
   it('other types keep the upstream\'s own Content-Disposition, or none', async () => {
     h.upstream.handle((_req, res) => {
       res.writeHead(200, { 'content-type': 'application/pdf', 'content-disposition': 'inline; filename="r.pdf"' });

@@ -90,11 +90,45 @@ export function filterResponseHeaders(
   return out;
 }
 
-/** Types a browser renders as a document that can carry markup or script (HTML, SVG, any XML), and no type at all. */
+/** A MIME type's `type/subtype`, each an RFC 9110 token. */
+const MIME_ESSENCE = /^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+$/;
+
+/**
+ * Whether a browser may render the answer as a document that can carry markup or script. The value is read as
+ * the Fetch standard's "extract a MIME type" reads it: a comma-separated list (two header lines arrive as one),
+ * commas inside quoted parameters not splitting it, the last valid type winning, and no valid type at all
+ * meaning the browser sniffs the body. So the answer is active when any listed valid type is (whichever one a
+ * browser picks), or when none is valid. Written by hand: the `content-type` package parses one type and
+ * throws on a list, and the split is these few lines.
+ */
 function isActiveContent(contentType: string | null): boolean {
-  const essence = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
+  const essences = listItems(contentType ?? '')
+    .map((item) => item.split(';')[0]!.trim().toLowerCase())
+    .filter((essence) => MIME_ESSENCE.test(essence));
+  return essences.length === 0 || essences.some(isActiveEssence);
+}
+
+/** A header value split at the commas outside quoted strings (with `\` escapes inside them), in one pass. */
+function listItems(value: string): string[] {
+  const items: string[] = [];
+  let start = 0;
+  let quoted = false;
+  for (let i = 0; i < value.length; i++) {
+    const char = value[i];
+    if (quoted && char === '\\') i++;
+    else if (char === '"') quoted = !quoted;
+    else if (char === ',' && !quoted) {
+      items.push(value.slice(start, i));
+      start = i + 1;
+    }
+  }
+  items.push(value.slice(start));
+  return items;
+}
+
+/** Types a browser renders as a document that can carry markup or script: HTML, SVG, any XML. */
+function isActiveEssence(essence: string): boolean {
   return (
-    essence === '' ||
     essence === 'text/html' ||
     essence === 'text/xml' ||
     essence === 'text/xsl' ||
