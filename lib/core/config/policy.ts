@@ -187,11 +187,23 @@ const rolesFilter = z
   .optional()
   .describe('The rule applies only to sessions with one of these roles. Absent: to everyone.');
 
+/**
+ * A rate limit's longest window: 24 days. The in-memory limiter (rate-limiter-flexible's, with the embedded
+ * store) forgets a counter with a timer, and Node fires a timer longer than 2^31 - 1 ms (24.8 days) at once, so a
+ * longer window would limit nothing there while it limited on Redis. A quota counts a month.
+ */
+export const MAX_RATE_WINDOW_SECONDS = 24 * 86_400;
+
 export const rateLimitSchema = z.strictObject({
   name: z.string().regex(POLICY_NAME, 'lowercase letters, digits, "_" and "-"').optional(),
   by: z.enum(['user', 'credential', 'upstream', 'ip']).describe('Who shares the counter.'),
   limit: z.number().int().min(1).max(1_000_000_000),
-  windowSeconds: z.number().int().min(1).max(31 * 24 * 3600),
+  windowSeconds: z
+    .number()
+    .int()
+    .min(1)
+    .max(MAX_RATE_WINDOW_SECONDS, `at most ${MAX_RATE_WINDOW_SECONDS} (24 days); for a longer period, a quota ("period": "month")`)
+    .describe('The window in seconds, at most 24 days.'),
   roles: rolesFilter,
 });
 

@@ -306,9 +306,10 @@ describe('limits', () => {
     expect(refuse([get({ rateLimits: [{ by: 'user', limit: 0, windowSeconds: 1 }] })])).toContain(
       `${R}.rateLimits.0.limit`,
     );
-    expect(refuse([get({ rateLimits: [{ by: 'user', limit: 1, windowSeconds: 32 * 86_400 }] })])).toContain(
+    expect(refuse([get({ rateLimits: [{ by: 'user', limit: 1, windowSeconds: 25 * 86_400 }] })])).toContain(
       `${R}.rateLimits.0.windowSeconds`,
     );
+    accept([get({ rateLimits: [{ by: 'user', limit: 1, windowSeconds: 24 * 86_400 }] })]);
     expect(refuse([get({})], { quotas: [{ by: 'user', requests: 1.5, period: 'day' }] })).toContain(
       'upstreams.ai.quotas.0.requests',
     );

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
+import { MAX_RATE_WINDOW_SECONDS } from '../../../lib/core/config/policy';
 import { throttleRule } from '../../../lib/core/detect/marks';
 import type { KeywardErrorCode } from '../../../lib/core/errors';
 import { Limits, type LimitSubject } from '../../../lib/core/limits/limits';
@@ -125,6 +126,15 @@ describe('Limits.checkRate', () => {
     await refusal(limits.checkRate(rules, who({ userId: 'bob', roles: ['free'] })), 'rate_limited');
     await limits.checkRate(rules, who({ userId: 'carol', roles: ['pro', 'free'] }));
     await refusal(limits.checkRate(rules, who({ userId: 'carol', roles: ['pro', 'free'] })), 'rate_limited');
+  });
+
+  it('the longest window the schema takes still limits in memory (a timer past 2^31 ms would fire at once)', async () => {
+    const { limits, rules } = setup({ rateLimits: [{ by: 'user', limit: 2, windowSeconds: MAX_RATE_WINDOW_SECONDS }] });
+    await limits.checkRate(rules, who());
+    await limits.checkRate(rules, who());
+    // rate-limiter-flexible's in-memory store sets a timer to forget the counter when its window ends.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await refusal(limits.checkRate(rules, who()), 'rate_limited');
   });
 
   it('by user: each user has their own counter', async () => {
