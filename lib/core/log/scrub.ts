@@ -228,18 +228,37 @@ export class SecretScrubber {
 }
 
 /**
- * A loggable copy of an error with the given secrets replaced in its message, stack and cause chain. Used
- * for per-user secrets (a user's own key, an OAuth token), which the process-wide log scrubber does not know.
+ * A loggable copy of what was thrown with the given secrets replaced in its message, stack, code and cause chain.
+ * Used for per-user secrets (a user's own key, an OAuth token), which the process-wide log scrubber does not
+ * know. An error of another realm is read as an Error; anything else thrown (a string, a plain object) becomes
+ * its text, scrubbed, since it may hold a secret as well as an Error may.
  */
 export function scrubError(error: unknown, secrets: readonly string[], depth = 0): unknown {
-  if (!(error instanceof Error) || secrets.length === 0) return error;
+  if (error === undefined || error === null || secrets.length === 0) return error;
   const scrubber = new SecretScrubber();
   scrubber.add(secrets);
+  if (!isErrorLike(error)) return { type: typeof error, message: scrubber.scrub(printed(error)) };
+  const code: unknown = (error as { code?: unknown }).code;
   return {
-    type: error.name,
+    type: typeof error.name === 'string' ? scrubber.scrub(error.name) : 'Error',
     message: scrubber.scrub(error.message),
-    stack: error.stack === undefined ? undefined : scrubber.scrub(error.stack),
-    code: (error as { code?: unknown }).code,
+    stack: typeof error.stack === 'string' ? scrubber.scrub(error.stack) : undefined,
+    code: typeof code === 'string' ? scrubber.scrub(code) : typeof code === 'number' ? code : undefined,
     cause: depth < 3 ? scrubError(error.cause, secrets, depth + 1) : undefined,
   };
+}
+
+function isErrorLike(value: unknown): value is Error {
+  return value instanceof Error || (typeof value === 'object' && value !== null && typeof (value as { message?: unknown }).message === 'string');
+}
+
+/** A thrown value's text: a string as it is, anything else as JSON, or by type when it cannot be printed. */
+function printed(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (typeof value === 'bigint') return value.toString();
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return '[unprintable]';
+  }
 }

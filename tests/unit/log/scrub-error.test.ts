@@ -1,3 +1,4 @@
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { scrubError } from '../../../lib/core/log/scrub';
 import { randomSecret } from '../../fixtures/secrets';
@@ -15,9 +16,31 @@ describe('scrubError', () => {
     expect(scrubbed).toContain('connect failed');
   });
 
-  it('returns non-errors and errors without secrets to scrub unchanged', () => {
+  it('returns what was thrown unchanged when there are no secrets to scrub', () => {
     const error = new Error('plain');
     expect(scrubError(error, [])).toBe(error);
-    expect(scrubError('text', ['x'.repeat(10)])).toBe('text');
+    expect(scrubError('text', [])).toBe('text');
+    expect(scrubError(undefined, ['x'.repeat(10)])).toBeUndefined();
+  });
+
+  it('scrubs what was thrown that is not an Error: a string, a plain object, an error of another realm, a code', () => {
+    const secret = randomSecret('user');
+    const thrown: unknown[] = [
+      `Bearer ${secret}`,
+      { detail: { header: `Bearer ${secret}` } },
+      runInNewContext(`new TypeError(${JSON.stringify(`bad header ${secret}`)})`),
+      Object.assign(new Error('failed'), { code: `E_${secret}` }),
+      new Error('outer', { cause: `inner ${secret}` }),
+    ];
+    for (const value of thrown) {
+      const scrubbed = JSON.stringify(scrubError(value, [secret]));
+      expect(scrubbed).not.toContain(secret);
+      expect(scrubbed).toContain('[REDACTED]');
+    }
+    // Unprintable values are described by type, not thrown over.
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    expect(scrubError(cyclic, [secret])).toEqual({ type: 'object', message: '[unprintable]' });
+    expect(scrubError(10n, [secret])).toEqual({ type: 'bigint', message: '10' });
   });
 });
