@@ -10,6 +10,13 @@ function lowerEscapes(text: string): string {
   return text.replace(/%[0-9A-F]{2}/g, (escape) => escape.toLowerCase());
 }
 
+/** The printable ASCII characters (! to ~) but those given: what the URL standard's percent-encode sets keep. */
+function printableAsciiBut(escaped: string): string {
+  return Array.from({ length: 0x7e - 0x21 + 1 }, (_, i) => String.fromCharCode(0x21 + i))
+    .filter((c) => !escaped.includes(c))
+    .join('');
+}
+
 /** Every UTF-16 unit as \uXXXX. */
 function escapeAllUnits(text: string, upper: boolean): string {
   let out = '';
@@ -38,7 +45,8 @@ export function stableBase64(secret: string, offset: number): string {
 
 /**
  * Each form with its name: raw; URL-encoded (encodeURIComponent) and form-encoded (URLSearchParams), with
- * upper- and lowercase hex, and as Python's quote and Go's PathEscape write it; JSON-escaped, also with "\/" for
+ * upper- and lowercase hex, as Python's quote and Go's PathEscape write it, and as the WHATWG URL parser writes
+ * it in a query and a fragment; JSON-escaped, also with "\/" for
  * "/", with non-ASCII as \uxxxx, as Go, as Gson and as
  * System.Text.Json write it (HTML-sensitive characters as \u escapes), and with every unit as
  * \uXXXX (either case); hex (either case); base64 (padded and not), base64url (padded and not), and the
@@ -84,6 +92,8 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
     ['form-encoded lowercase', lowerEscapes(form)],
     ['Python urllib.parse.quote', keepOnly(`${alphanumeric}_.-~/`)],
     ['Go url.PathEscape', keepOnly(`${alphanumeric}-_.~$&+:=@`)],
+    ['WHATWG URL query', keepOnly(printableAsciiBut(`"#'<>`))],
+    ['WHATWG URL fragment', keepOnly(printableAsciiBut('"<>`'))],
     ['JSON', json],
     ['JSON \\/', json.split('/').join('\\/')],
     ['JSON ASCII', asciiJson],

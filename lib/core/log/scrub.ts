@@ -21,7 +21,8 @@ const MIN_FRAGMENT_LENGTH = 8;
  * - raw;
  * - percent-encoded, as encodeURIComponent writes it and as application/x-www-form-urlencoded does
  *   (URLSearchParams: differs for ( ) ! ' ~ and space), each with upper- and lowercase hex (.NET writes `%2f`),
- *   and as Python's urllib.parse.quote (`/` kept) and Go's url.PathEscape (`+ = : @ $ &` kept) write it;
+ *   as Python's urllib.parse.quote (`/` kept) and Go's url.PathEscape (`+ = : @ $ &` kept) write it, and as the
+ *   WHATWG URL parser writes it in a query and in a fragment (`new URL(…).href`: only a few characters escaped);
  * - JSON-escaped as JSON.stringify writes it, with `/` written `\/` (PHP's default), with non-ASCII written
  *   as `\uxxxx` (Python's and PHP's default), with `<` `>` `&` written `\u003c`… (Go's default), and `=` `'`
  *   too (Gson's default), as
@@ -47,6 +48,9 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   // Python's urllib.parse.quote (safe="/" by default) and Go's url.PathEscape keep other characters as they are.
   add('url-encoded-python', percentEncode(secret, PYTHON_QUOTE_SAFE));
   add('url-encoded-go-path', percentEncode(secret, GO_PATH_SAFE));
+  // The WHATWG URL parser (new URL(…).href, every browser) escapes only a few characters in a query or fragment.
+  add('url-query', percentEncode(secret, URL_QUERY_SAFE));
+  add('url-fragment', percentEncode(secret, URL_FRAGMENT_SAFE));
   const json = JSON.stringify(secret).slice(1, -1);
   add('json-escaped', json);
   // JSON.stringify never writes "\/" and writes a backslash as "\\", so every "/" here is a slash of the secret.
@@ -104,6 +108,11 @@ function toBase64url(base64: string): string {
 const PYTHON_QUOTE_SAFE = /^[A-Za-z0-9_.~/-]$/;
 /** What Go's url.PathEscape leaves as it is: letters, digits, `-_.~` and `$&+:=@`. */
 const GO_PATH_SAFE = /^[A-Za-z0-9_.~$&+:=@-]$/;
+
+/** What the WHATWG URL parser leaves as it is in a query: printable ASCII but `"` `#` `'` `<` `>` (the special-query set). */
+const URL_QUERY_SAFE = /^[!$-&(-;=?-~]$/;
+/** …and in a fragment: printable ASCII but `"` `<` `>` and the backtick (the fragment percent-encode set). */
+const URL_FRAGMENT_SAFE = /^[!#-;=?-_a-~]$/;
 
 /** Every UTF-8 byte of `text` that is not ASCII matching `safe` as %XX, uppercase. */
 function percentEncode(text: string, safe: RegExp): string {

@@ -377,6 +377,21 @@ describe('StreamScrubber (examples)', () => {
     }
   });
 
+  it("replaces a key in a URL as the WHATWG URL parser writes it: in the query (' \" < > space escaped), in the fragment (` escaped)", () => {
+    const [left, right] = [randomSecret().slice(0, 12), randomSecret().slice(0, 12)];
+    const key = `sk'live+${left}/"a b<c>\`${right}=`;
+    // The real parser, not a hand-written encoding: what an upstream's URL library would print.
+    const query = new URL(`https://api.example/v1?key=${key}`).href;
+    const fragment = new URL(`https://api.example/v1#${key}`).href;
+    for (const text of [query, fragment]) {
+      const scrubber = new StreamScrubber([key]);
+      const output = Buffer.concat([scrubber.push(enc(`{"link":"${text}"}`)), scrubber.flush()]).toString();
+      expect(output, text).not.toContain(left);
+      expect(output, text).not.toContain(right);
+      expect(output).toContain(MARKER_TEXT);
+    }
+  });
+
   it("replaces a key as Gson (= and ' as \\u003d, \\u0027), Python's quote (/ kept) and Go's PathEscape (+ = kept) write it", () => {
     // Shaped like a padded base64 key (an Azure Functions key, an AWS session token); the encodings written by hand.
     const key = `${randomSecret().slice(0, 12)}/K7+MDENG${randomSecret().slice(0, 12)}==`;
