@@ -1327,7 +1327,7 @@ describe('managed versions need the vault and are sealed at rest', () => {
     expect(await labelOf(b, r.server)).toBe('new');
     const now = await a.store.get(entry);
     expect(now).not.toBe(legacy);
-    expect(await vault.openFor(entry, now!)).toEqual({ value: { value: fresh, id: managedId(fresh) }, fresh: true });
+    expect(await vault.openFor<{ value: string }>(entry, now!, 'value')).toEqual({ value: { value: fresh, id: managedId(fresh) }, fresh: true });
   });
 
   it('instances that cannot open the sealed version fail closed (503), never with another key', async () => {

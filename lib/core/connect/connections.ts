@@ -209,7 +209,7 @@ export class Connections {
       redirectUri: input.redirectUri,
       createdAt: this.deps.now(),
     };
-    const sealed = await this.deps.vault.seal(pending);
+    const sealed = await this.deps.vault.sealFor(pendingKey(request.state), pending);
     await guard(() => this.deps.store.set(pendingKey(request.state), sealed, PENDING_TTL_MS));
     return { url: request.url, binding };
   }
@@ -616,7 +616,7 @@ export class Connections {
     if (!sealed) return null;
     let pending: PendingConnect;
     try {
-      pending = await this.deps.vault.open<PendingConnect>(sealed);
+      pending = (await this.deps.vault.openFor<PendingConnect>(key, sealed, 'state')).value;
     } catch {
       return null;
     }

@@ -150,7 +150,7 @@ export class OAuthTokenStore {
     const sealed = known !== undefined ? known : await guard(() => this.store.get(key));
     if (!sealed || sealed === ENDED) return null;
     // Opens only under the entry it was sealed for: another user's tokens copied here in the store do not.
-    const { value: tokens, fresh } = await this.vault.openFor<StoredTokens>(key, sealed);
+    const { value: tokens, fresh } = await this.vault.openFor<StoredTokens>(key, sealed, 'accessToken');
     if (!fresh) {
       // Sealed before a vault rotation, or before seals named their entry: sealed again, unless a refresh
       // replaced it meanwhile.
@@ -274,7 +274,7 @@ export class OAuthTokenStore {
       this.unsaved.delete(key);
       // The refresh this process could not save: written now over the tokens it refreshed, then used.
       if (pending.from === sealed && this.now() - pending.at < UNSAVED_TTL_MS && (await this.write(key, sealed, pending.to))) {
-        const saved = (await this.vault.openFor<StoredTokens>(key, pending.to)).value;
+        const saved = (await this.vault.openFor<StoredTokens>(key, pending.to, 'accessToken')).value;
         await this.events.refreshed?.(provider, userId, saved);
         return this.refreshHoldingLock(provider, userId, false);
       }

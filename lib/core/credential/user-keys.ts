@@ -124,7 +124,7 @@ export class UserKeys {
     const stored = JSON.parse(raw) as StoredUserKey;
     const storeKey = UserKeys.key(upstream, userId);
     // Opens only under the entry it was sealed for: another user's key copied here in the store does not.
-    const { value: { key }, fresh } = await this.vault.openFor<{ key: string }>(storeKey, stored.sealed);
+    const { value: { key }, fresh } = await this.vault.openFor<{ key: string }>(storeKey, stored.sealed, 'key');
     if (!fresh) {
       // Sealed before a vault rotation, or before seals named their entry: sealed again. Compare-and-set, so a
       // key the user replaced in the meantime is never overwritten by this older one.
@@ -163,7 +163,7 @@ export class UserKeys {
   async currentFingerprint(upstream: string, userId: string, fingerprints: KeyFingerprints): Promise<string | null> {
     const stored = await this.read(upstream, userId);
     if (!stored) return null;
-    const { key } = (await this.vault.openFor<{ key: string }>(UserKeys.key(upstream, userId), stored.sealed)).value;
+    const { key } = (await this.vault.openFor<{ key: string }>(UserKeys.key(upstream, userId), stored.sealed, 'key')).value;
     return fingerprints.of(key);
   }
 

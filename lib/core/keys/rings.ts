@@ -680,7 +680,7 @@ export class KeyRings {
     let opened: { value: { value: string; id?: string }; fresh: boolean } | null = null;
     try {
       // A seal made for another entry (another upstream's) does not open here.
-      opened = sealed ? await this.vault.openFor<{ value: string; id?: string }>(entry, sealed) : null;
+      opened = sealed ? await this.vault.openFor<{ value: string; id?: string }>(entry, sealed, 'value') : null;
     } catch (error) {
       if (error instanceof KeywardError && error.code === 'credential_unavailable') return null;
       throw error;

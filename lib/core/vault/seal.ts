@@ -46,13 +46,15 @@ export class Vault {
   }
 
   /**
-   * Opens a seal made by `sealFor(entry)`. A seal made for another entry is refused as one that does not open
-   * (503 `credential_unavailable`). A seal from before seals were bound to their entry (none) opens, as does one
-   * made with an older secret: `fresh` is false for both, and the caller seals the value again with `sealFor`.
+   * Opens a seal made by `sealFor(entry)`, whose `secretField` holds the entry's secret as a string. A seal made
+   * for another entry, or without that field (another kind of seal of this vault, copied here by someone who can
+   * write the store), is refused as one that does not open (503 `credential_unavailable`). A seal from before
+   * seals were bound to their entry (none) opens, as does one made with an older secret: `fresh` is false for
+   * both, and the caller seals the value again with `sealFor`.
    */
-  async openFor<T extends object>(entry: string, sealed: string): Promise<{ value: T; fresh: boolean }> {
+  async openFor<T extends object>(entry: string, sealed: string, secretField: keyof T & string): Promise<{ value: T; fresh: boolean }> {
     const { [BOUND_TO]: bound, ...value } = await this.open<T & { [BOUND_TO]?: unknown }>(sealed);
-    if (bound !== undefined && bound !== entry) {
+    if ((bound !== undefined && bound !== entry) || typeof (value as Record<string, unknown>)[secretField] !== 'string') {
       throw new KeywardError('credential_unavailable', { message: 'A stored credential could not be opened.' });
     }
     return { value: value as unknown as T, fresh: bound !== undefined && this.isCurrent(sealed) };

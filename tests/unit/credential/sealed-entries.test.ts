@@ -50,6 +50,19 @@ describe('a sealed secret copied to another entry of the store', () => {
   });
 });
 
+describe("a seal of another kind (the vault's own, not this entry's) copied to an entry", () => {
+  it('is refused (503) where it lacks the secret the entry holds, never used as an empty key or token', async () => {
+    const { store, vault, keys, tokens } = setup();
+    // Sealed with the same vault secret, unbound and without a key (what a pending connect was sealed as).
+    const other = await vault.seal({ provider: 'github', userId: 'local:mallory', state: 's', returnTo: '/' });
+    await store.set('ukey:openai:local:bob', JSON.stringify({ sealed: other, fingerprint: 'x', last4: 'xxxx', createdAt: 0 }));
+    await store.set('oauth:github:local:bob', other);
+    await expect(keys.use('openai', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
+    await expect(tokens.accessToken('github', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
+    await expect(vault.openFor('e:1', other, 'key')).rejects.toMatchObject({ code: 'credential_unavailable' });
+  });
+});
+
 describe('seals from before they named their entry', () => {
   it('open, are sealed again for the entry they are read under, and that seal does not open anywhere else', async () => {
     const { store, vault, keys, tokens } = setup();
@@ -85,9 +98,9 @@ describe('seals from before they named their entry', () => {
     const current = randomSecret('vault-current-secret-of-32-chars');
     const before = new Vault(previous);
     const vault = new Vault(current, previous);
-    expect(await vault.openFor('e:1', await vault.sealFor('e:1', { v: 1 }))).toEqual({ value: { v: 1 }, fresh: true });
-    expect(await vault.openFor('e:1', await before.sealFor('e:1', { v: 2 }))).toEqual({ value: { v: 2 }, fresh: false });
-    expect(await vault.openFor('e:1', await vault.seal({ v: 3 }))).toEqual({ value: { v: 3 }, fresh: false });
-    await expect(vault.openFor('e:2', await vault.sealFor('e:1', { v: 4 }))).rejects.toMatchObject({ code: 'credential_unavailable' });
+    expect(await vault.openFor('e:1', await vault.sealFor('e:1', { v: '1' }), 'v')).toEqual({ value: { v: '1' }, fresh: true });
+    expect(await vault.openFor('e:1', await before.sealFor('e:1', { v: '2' }), 'v')).toEqual({ value: { v: '2' }, fresh: false });
+    expect(await vault.openFor('e:1', await vault.seal({ v: '3' }), 'v')).toEqual({ value: { v: '3' }, fresh: false });
+    await expect(vault.openFor('e:2', await vault.sealFor('e:1', { v: '4' }), 'v')).rejects.toMatchObject({ code: 'credential_unavailable' });
   });
 });
