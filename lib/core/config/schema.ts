@@ -201,7 +201,7 @@ const routePathSchema = z
       'them in one segment (e.g. "{model}:generateContent"; "{name:colon}" lets the value contain ":"), and an optional final "*".',
   );
 
-const routeSchema = z.strictObject({
+export const routeSchema = z.strictObject({
   method: z.enum(METHODS),
   path: routePathSchema,
   roles: z

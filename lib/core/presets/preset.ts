@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ConfigError, shownName } from '../config/error';
 import { defineUpstream, withRouteTypes, type UpstreamDefinition } from '../config/load';
-import { credentialSourceSchema, formatIssues, upstreamSchema, type CredentialSource, type UpstreamInput } from '../config/schema';
+import { credentialSourceSchema, formatIssues, routeSchema, upstreamSchema, type CredentialSource, type UpstreamInput } from '../config/schema';
 
 /**
  * Built-in adapters ("presets"): a function that turns a few options into a complete upstream definition
@@ -90,6 +90,14 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
       throw new ConfigError(`Invalid upstream "${id}" (preset "${preset.name}"):\n${lines.join('\n')}`);
     }
     routes = routes.filter((route) => only.includes(routeKey(route)));
+  }
+  // The routes given beside the preset are checked before they are merged among its own, so a problem is named
+  // by the route's index in the file (and a route that is not an object cannot break the merge).
+  if (Array.isArray(overrides.routes)) {
+    const given = z.array(routeSchema).safeParse(overrides.routes);
+    if (!given.success) {
+      throw new ConfigError(`Invalid upstream "${shownName(id)}" (preset "${preset.name}"):\n${formatIssues(given.error.issues, `upstreams.${shownName(id)}.routes`)}`);
+    }
   }
   const merged = mergeUpstream({ ...built, routes }, overrides);
   // After the merge: a route given to replace or extend the preset's is as closed as the preset's own.

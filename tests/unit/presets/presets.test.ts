@@ -145,6 +145,12 @@ describe('built-in presets', () => {
     expect(configError({ upstreams: { ai: { preset: 'openai', colour: 'red' } } })).toContain('upstreams.ai');
     expect(configError({ upstreams: { ai: { preset: 'openai', timeoutMs: 'soon' } } })).toContain('upstreams.ai.timeoutMs');
     expect(configError({ upstreams: { ai: { preset: 'openai', routes: 'all' } } })).toContain('upstreams.ai.routes');
+    // A route given beside a preset is named by its own index in the file, not by where it lands among the preset's.
+    for (const bad of [null, 7, 'GET /x', [], { method: 'GET' }]) {
+      expect(configError({ upstreams: { ai: { preset: 'openai', routes: [{ method: 'GET', path: '/models/:model' }, bad] } } })).toContain('upstreams.ai.routes.1');
+    }
+    const replacing = configError({ upstreams: { ai: { preset: 'openai', routes: [{ method: 'GET', path: '/models', timeoutMs: 1 }] } } });
+    expect(replacing).toContain('upstreams.ai.routes.0.timeoutMs');
     expect(configError({ upstreams: { ai: { preset: 'openai', secret: { env: 'NEXT_PUBLIC_OPENAI_KEY' } } } })).toContain('NEXT_PUBLIC_');
   });
 
