@@ -37,8 +37,9 @@ export function expandPath(template: string, params: Readonly<Record<string, Par
       const value = paramValue(params, name);
       const what = `path parameter "${name}"`;
       if (prefix === '' && suffix === '') return encodeSegment(value, what);
-      // With text around it, the finished segment can still be a dot segment (`{name}.` with "."): refused too.
-      const built = `${prefix}${encodeURIComponent(nonEmpty(value, what))}${suffix}`;
+      // The text around it is the template's own, sent as a plain segment's is (`a?{id}` must not start a query).
+      // The finished segment can still be a dot segment (`{name}.` with "."): refused too.
+      const built = `${literal(prefix)}${encodeURIComponent(nonEmpty(value, what))}${literal(suffix)}`;
       if (built === '.' || built === '..') throw new TypeError(`${capitalise(what)} makes the segment "${built}".`);
       return built;
     }
@@ -47,6 +48,11 @@ export function expandPath(template: string, params: Readonly<Record<string, Par
     return plain ? segment : encodeSegment(segment, 'a path segment');
   });
   return `/${out.join('/')}`;
+}
+
+/** A template's literal text: as written when it is plain, percent-encoded otherwise. */
+function literal(text: string): string {
+  return text === '' || PLAIN_SEGMENT.test(text) ? text : encodeURIComponent(text);
 }
 
 function paramValue(params: Readonly<Record<string, ParamValue | RestValue>>, name: string): string {

@@ -41,6 +41,11 @@ describe('expandPath', () => {
     expect(() => expandPath('/../admin', {})).toThrow(/cannot be "\." or "\.\."/);
     expect(() => expandPath('/./x/:id', { id: 'q' })).toThrow(TypeError);
     expect(expandPath('/x/..y/:id', { id: 'q' })).toBe('/x/..y/q');
+    // The text around a braced parameter is the path's own text too: encoded, never a query, fragment or escape.
+    expect(expandPath('/x/a?{id}', { id: 'b' })).toBe('/x/a%3Fb');
+    expect(expandPath('/x/{id}#', { id: 'b' })).toBe('/x/b%23');
+    expect(expandPath('/x/%2E{id}', { id: '.' })).toBe('/x/%252E.');
+    expect(expandPath('/models/{model}:generateContent', { model: 'gemini-2.5' })).toBe('/models/gemini-2.5:generateContent');
   });
 
   it('a parameter named like an Object property is only a parameter', () => {
