@@ -102,7 +102,7 @@ const signatureHeaderSchema = headerNameSchema.refine((name) => !NOT_SIGNATURE_H
  * upstreams log and echo as a value that is no secret), but `proxy-authorization`, which an upstream behind an
  * authenticating proxy may need.
  */
-const NOT_CREDENTIAL_HEADERS = new Set([...NOT_SIGNATURE_HEADERS].filter((name) => name !== 'proxy-authorization'));
+export const NOT_CREDENTIAL_HEADERS: ReadonlySet<string> = new Set([...NOT_SIGNATURE_HEADERS].filter((name) => name !== 'proxy-authorization'));
 
 /**
  * AWS Signature Version 4 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv.html): every call is

@@ -521,6 +521,19 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
     expect(JSON.stringify([header, query, basic].map((r) => r.upstream.auth))).not.toMatch(/"(?:secret|username)":"/);
   });
 
+  it('a header scheme the auth schema refuses (x-request-id, user-agent…) is passed over for a usable one, or named', () => {
+    for (const header of ['X-Request-Id', 'User-Agent', 'Content-Type', 'Accept-Encoding', 'Connection']) {
+      const plan = planImport(
+        doc(
+          { security: [{ k: [] }, { b: [] }] },
+          { components: { securitySchemes: { k: { type: 'apiKey', in: 'header', name: header }, b: { type: 'http', scheme: 'bearer' } } } },
+        ),
+      );
+      expect(importAll(plan, 'acme').upstream.auth, header).toEqual({ type: 'bearer', secret: { env: 'ACME_API_KEY' } });
+      expect(configError(() => importAll(plan, 'acme', 'k')), header).toContain(`header "${header}" cannot carry a credential`);
+    }
+  });
+
   it('environment variable names from upstream ids', () => {
     expect(envPrefix('petstore')).toBe('PETSTORE');
     expect(envPrefix('my-api_2')).toBe('MY_API_2');

@@ -1,5 +1,5 @@
 import { ConfigError } from '../error';
-import type { UpstreamInput } from '../schema';
+import { NOT_CREDENTIAL_HEADERS, type UpstreamInput } from '../schema';
 import {
   child,
   derefObject,
@@ -39,8 +39,6 @@ export interface OperationSecurity {
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const QUERY_NAME = /^[A-Za-z0-9_.~-]{1,64}$/;
-/** Header names the auth schema refuses to carry a credential (lib/core/config/schema.ts). */
-const NOT_CREDENTIAL_HEADERS = new Set(['host', 'cookie', 'content-length', 'transfer-encoding']);
 
 /** `petstore` → `PETSTORE`, `my-api` → `MY_API`: the start of the environment variable names. */
 export function envPrefix(id: string): string {
