@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { StreamScrubber } from '../../../lib/core/respond/scrub-stream';
 import { randomSecret } from '../../fixtures/secrets';
 import {
@@ -409,6 +409,28 @@ describe('StreamScrubber (examples)', () => {
     const gson = new StreamScrubber([quote]);
     const escaped = `"${quote.replace("'", '\\u0027')}"`;
     expect(Buffer.concat([gson.push(enc(escaped)), gson.flush()]).toString()).toBe(`"${MARKER_TEXT}"`);
+  });
+
+  it('checks a body the shift table cannot skip through (zeros, \\u00 runs) without a compare per form at every byte', () => {
+    // Thirty secrets: 60 of their forms (the \u00XX escapes, either case) end their first window in "00". Counted,
+    // not timed: the byte compares made, which were 60 per byte of such a body (seconds a megabyte).
+    const secrets = Array.from({ length: 30 }, () => randomBytes(30).toString('base64'));
+    const compare = vi.spyOn(Buffer.prototype, 'compare');
+    try {
+      for (const body of [Buffer.alloc(32_768, '0'), Buffer.from('\\u00'.repeat(8_192))]) {
+        compare.mockClear();
+        const scrubber = new StreamScrubber(secrets);
+        const output = Buffer.concat([scrubber.push(body), scrubber.flush()]);
+        expect(output.equals(body)).toBe(true);
+        expect(compare.mock.calls.length).toBeLessThan(100);
+      }
+    } finally {
+      compare.mockRestore();
+    }
+    // Still found where it is.
+    const scrubber = new StreamScrubber(secrets);
+    const text = `${'0'.repeat(1000)}${JSON.stringify(secrets[7]).slice(1, -1)}${'0'.repeat(1000)}`;
+    expect(Buffer.concat([scrubber.push(enc(text)), scrubber.flush()]).toString()).toBe(`${'0'.repeat(1000)}${MARKER_TEXT}${'0'.repeat(1000)}`);
   });
 
   it('matches a regex-special secret literally, never as a pattern', () => {
