@@ -158,6 +158,34 @@ describe('upstream failures become Keyward JSON errors without upstream details'
     }
   });
 
+  it('a call whose client leaves while it waits for a free upstream connection ends then, not when one frees', async () => {
+    // undici acts on an abort only once a request is on a connection; a call waiting in the pool's queue held its
+    // in-flight slot until a connection freed or timeoutMs passed (two minutes here, up to ten) after its client left.
+    const dispatcher = new QueueDeadlineDispatcher(new Agent({ connections: 1, pipelining: 1 }));
+    const release = busyUntilReleased(5000);
+    const deps = { ...h.runtime, dispatcher };
+    const before = h.upstream.requests.length;
+    try {
+      let busyDone = false;
+      const busy = h.call(['items', 'busy'], { deps }).finally(() => (busyDone = true));
+      await expect.poll(() => h.upstream.requests.length).toBe(before + 1);
+      const controller = new AbortController();
+      const queued = h.call(['items', 'queued'], { deps, signal: controller.signal });
+      setTimeout(() => controller.abort(), 50);
+      // Answered as a client that left, while the busy call still holds the only connection.
+      expectKeywardError(await queued, 400, 'bad_request', h);
+      expect(busyDone).toBe(false);
+      release();
+      expect((await busy).text).toMatch(/done$/);
+      const after = await h.call(['items', 'after'], { deps });
+      expect(after.text).toBe('served');
+      expect(h.upstream.requests.slice(before).map((request) => request.url)).toEqual(['/v1/items/busy', '/v1/items/after']);
+    } finally {
+      release();
+      await dispatcher.close();
+    }
+  });
+
   it('calls piling up behind busy connections are bounded: past the cap a call is refused at once, never queued', async () => {
     // undici cannot take a timed-out call out of its queue: it stays there, body and all, until a connection frees.
     // Two may wait here (1,024 in production); the third is answered without joining them.

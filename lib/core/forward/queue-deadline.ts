@@ -53,7 +53,10 @@ export class QueueDeadlineDispatcher extends Dispatcher {
       return true;
     }
     this.waiting.set(origin, count + 1);
-    const deadline = new QueueDeadline(handler as LegacyHandler, ms, () => {
+    // request() hands its options on to dispatch, the signal among them (undici's types leave it out here).
+    const given = (options as { signal?: unknown }).signal;
+    const signal = given instanceof AbortSignal ? given : null;
+    const deadline = new QueueDeadline(handler as LegacyHandler, ms, signal, () => {
       const now = (this.waiting.get(origin) ?? 1) - 1;
       if (now > 0) this.waiting.set(origin, now);
       else this.waiting.delete(origin);
@@ -102,15 +105,20 @@ interface LegacyHandler {
 class QueueDeadline implements LegacyHandler {
   private timer: NodeJS.Timeout | null;
   private expired = false;
+  private readonly onAbort = () => this.expire(this.signal?.reason);
 
   constructor(
     private readonly handler: LegacyHandler,
     ms: number,
+    /** The caller's: aborted while the call waits (its client left), the call ends then, as at the deadline. */
+    private readonly signal: AbortSignal | null,
     /** Called once, when the call leaves the queue: on a connection, or failed (undici calls one or the other). */
     private left: (() => void) | null,
   ) {
     this.timer = setTimeout(() => this.expire(), ms);
     this.timer.unref();
+    // undici's own handler acts on an abort only once the request is on a connection (onConnect).
+    signal?.addEventListener('abort', this.onAbort, { once: true });
   }
 
   /** The call left the queue: counted once, however many of onConnect, onError and a refused dispatch say so. */
@@ -119,15 +127,17 @@ class QueueDeadline implements LegacyHandler {
     this.left = null;
   }
 
-  private expire() {
-    this.timer = null;
+  /** The deadline passed (a QueueTimeoutError), or the caller aborted (its reason, as undici would give it). */
+  private expire(reason?: unknown) {
+    this.settle();
     this.expired = true;
-    this.handler.onError?.(new QueueTimeoutError());
+    this.handler.onError?.(reason instanceof Error ? reason : new QueueTimeoutError());
   }
 
   private settle() {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.signal?.removeEventListener('abort', this.onAbort);
   }
 
   onConnect(abort: (reason?: Error) => void, context?: object) {
