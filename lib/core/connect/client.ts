@@ -1,7 +1,7 @@
 import 'server-only';
 import { decodeJwt } from 'jose';
 import * as oauth from 'oauth4webapi';
-import { OAuthGrantError, type OAuthTokens } from '../credential/oauth';
+import { expiryOf, OAuthGrantError, type OAuthTokens } from '../credential/oauth';
 import type { ConnectionProvider } from './providers';
 import { parseScopes } from './providers';
 
@@ -422,18 +422,6 @@ function slackAccount(body: Record<string, unknown>): string | null {
 /** A provider's account id as it came (a string of at most 255 characters), or null. */
 function accountId(value: unknown): string | null {
   return typeof value === 'string' && value.length > 0 && value.length <= 255 ? value : null;
-}
-
-/** Ten years: a longer `expires_in` is read as this (an absurd one made the expiry Infinity, which no store keeps). */
-const MAX_EXPIRES_IN_S = 10 * 365 * 86_400;
-
-/**
- * When the access token expires (ms), or 0 when the provider did not say. A negative `expires_in` has expired
- * already (it is refreshed before its first use); 0, which no provider means as "expired", is read as unsaid.
- */
-function expiryOf(expiresIn: number, now: number): number {
-  if (!Number.isFinite(expiresIn) || expiresIn === 0) return 0;
-  return expiresIn < 0 ? now : now + Math.min(expiresIn, MAX_EXPIRES_IN_S) * 1000;
 }
 
 function tokensFrom(body: Record<string, unknown>, now: number): GrantedTokens {

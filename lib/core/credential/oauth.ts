@@ -55,6 +55,21 @@ function refreshTime(expiresAt: number, now: number): number {
   return expiresAt - Math.min(REFRESH_SKEW_MS, Math.max(expiresAt - now, 0) / 2);
 }
 
+/** Ten years: a longer `expires_in` is read as this (an absurd one made the expiry Infinity, which no store keeps). */
+const MAX_EXPIRES_IN_S = 10 * 365 * 86_400;
+
+/**
+ * When an access token given `expires_in` seconds at `now` expires (ms), or 0 when the provider did not say. A
+ * negative `expires_in` has expired already (a connect's first token is refreshed before its first use; a refresh
+ * answer with one is refused by oauth4webapi). 0, which no provider means as "expired", is read as unsaid: taken as
+ * an expiry, it made a refreshed token due at once, so every call (and every caller waiting behind the refresh
+ * lock) refreshed it again.
+ */
+export function expiryOf(expiresIn: unknown, now: number): number {
+  if (typeof expiresIn !== 'number' || !Number.isFinite(expiresIn) || expiresIn === 0) return 0;
+  return expiresIn < 0 ? now : now + Math.min(expiresIn, MAX_EXPIRES_IN_S) * 1000;
+}
+
 export class OAuthGrantError extends Error {
   override readonly name = 'OAuthGrantError';
 }
@@ -384,6 +399,8 @@ export function oidcRefresher(issuer: string, clientId: string, clientSecret: st
       server = undefined;
       throw error;
     }
+    // The lifetime counts from when the provider issued the token: the time the request was sent, not answered.
+    const sentAt = now();
     const response = await oauth.refreshTokenGrantRequest(as, client, clientAuth, refreshToken, options);
     let result: oauth.TokenEndpointResponse;
     try {
@@ -398,7 +415,7 @@ export function oidcRefresher(issuer: string, clientId: string, clientSecret: st
     return {
       accessToken: result.access_token,
       refreshToken: result.refresh_token ?? null,
-      expiresAt: typeof result.expires_in === 'number' ? now() + result.expires_in * 1000 : 0,
+      expiresAt: expiryOf(result.expires_in, sentAt),
     };
   };
 }
