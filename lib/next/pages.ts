@@ -108,5 +108,13 @@ export function safeCallbackPath(value: string | string[] | undefined): string {
   // `//evil.example`, another host), so it is checked again.
   const resolved = new URL(path, 'https://keyward.invalid');
   const normalised = `${resolved.pathname}${resolved.search}`;
-  return resolved.origin === 'https://keyward.invalid' && isLocalPath(normalised) ? normalised : '/';
+  if (resolved.origin !== 'https://keyward.invalid' || !isLocalPath(normalised)) return '/';
+  // Pages only, and the mobile sign-in the app started. The sign-in page goes there itself once the user signs in,
+  // so the browser calls it same-origin: an API route that refuses another site's link by Sec-Fetch-Site (the
+  // connect start) would take another site's callbackUrl as the user's own request.
+  const api = resolved.pathname === '/api' || resolved.pathname.startsWith('/api/');
+  return !api || resolved.pathname === MOBILE_AUTHORIZE_PATH ? normalised : '/';
 }
+
+/** Where the mobile sign-in comes back after the browser signed in (lib/core/api/mobile.ts checks it is this browser's). */
+const MOBILE_AUTHORIZE_PATH = '/api/session/mobile/authorize';

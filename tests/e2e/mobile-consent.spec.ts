@@ -141,3 +141,19 @@ test('the consent page explains a request it cannot use instead of offering to a
   await expect(page.locator('.alert.error')).toContainText('redirect_uri is missing or not registered');
   await expect(page.getByRole('button', { name: 'Allow' })).toHaveCount(0);
 });
+
+test('a link to the sign-in page cannot carry a mobile sign-in of its own through it (the page goes there same-origin)', async ({ page, env }) => {
+  // Another site's link: the sign-in page with a callbackUrl of the authorization endpoint and parameters of its
+  // own. Once the user signs in, the page navigates there itself, which the browser calls same-origin.
+  const { path } = authorizePath('st-link');
+  await page.goto(`/signin?callbackUrl=${encodeURIComponent(path)}`);
+  await page.getByLabel('Username').fill(env.localUser.username);
+  await page.getByLabel('Password').fill(env.localUser.password);
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.url().includes('/api/session/mobile/authorize') && r.request().method() === 'GET'),
+    page.getByRole('button', { name: 'Sign in', exact: true }).click(),
+  ]);
+  expect(response.status()).toBe(403);
+  await expect(page.locator('body')).toContainText('access_denied');
+  await expect(page.getByRole('heading', { name: 'Sign in to an app?' })).toHaveCount(0);
+});

@@ -524,14 +524,30 @@ describe('GET /api/session/mobile/authorize', () => {
     expectOAuthError(await authorize(authorizeQuery(), { site }), 403, 'access_denied');
   });
 
-  it.each(['none', 'same-origin'])(
-    'Sec-Fetch-Site: %s (the app opened the browser / same origin) is allowed',
-    async (site) => {
-      const result = await authorize(authorizeQuery(), { site });
-      expect(result.status).toBe(303);
-      expect(result.headers.get('location')!.startsWith(`${APP_REDIRECT}?code=kwc_`)).toBe(true);
-    },
-  );
+  it('Sec-Fetch-Site: none (the app opened the browser) is allowed', async () => {
+    const result = await authorize(authorizeQuery(), { site: 'none' });
+    expect(result.status).toBe(303);
+    expect(result.headers.get('location')!.startsWith(`${APP_REDIRECT}?code=kwc_`)).toBe(true);
+  });
+
+  it('Sec-Fetch-Site: same-origin only for the request this browser started (its resume cookie), which it then ends', async () => {
+    // A page of this site taking a request on: the sign-in page after a sign-in (its callbackUrl), or the page
+    // back from an identity provider. Without the start's cookie it is another site's link through the sign-in
+    // page (/signin?callbackUrl=<this endpoint with its own parameters>), made same-origin by the user signing in.
+    expectOAuthError(await authorize(authorizeQuery(), { site: 'same-origin' }), 403, 'access_denied');
+    const query = authorizeQuery();
+    const start = await authorize(query, { cookie: null, site: 'none' });
+    const resume = start.headers.get('set-cookie')!.split(';')[0]!;
+    expectOAuthError(await authorize(authorizeQuery(), { site: 'same-origin', cookie: `${aliceCookie}; ${resume}` }), 403, 'access_denied');
+    const taken = await authorize(query, { site: 'same-origin', cookie: `${aliceCookie}; ${resume}`, consent: null });
+    expect(taken.status).toBe(302);
+    expect(taken.headers.get('location')).toBe(`${CONSENT_PAGE}?${query}`);
+    expect(taken.headers.get('set-cookie')).toMatch(/^__Host-keyward\.mobile-resume=; Path=\/; Max-Age=0;/);
+    // With the user's consent, the code goes to the app.
+    const result = await authorize(query, { site: 'same-origin', cookie: `${aliceCookie}; ${resume}` });
+    expect(result.status).toBe(303);
+    expect(result.headers.get('location')!.startsWith(`${APP_REDIRECT}?code=kwc_`)).toBe(true);
+  });
 
   it('other methods are refused (405, Allow: GET, POST)', async () => {
     const result = await authorize(authorizeQuery(), { method: 'PUT' });

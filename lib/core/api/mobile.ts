@@ -60,6 +60,15 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
         'The authorization request must come from the app opening the browser, not from a web page.',
       );
     }
+    // A page of this site taking the request on: the sign-in page after a sign-in (its callbackUrl), or resumePage.
+    // Only a request this browser started (RESUME_COOKIE): a link of another site to the sign-in page, with a
+    // callbackUrl of this endpoint and parameters of its own, becomes a same-origin request once the user signs in.
+    const resumed = request.method === 'GET' && site === 'same-origin';
+    if (resumed && !resumes(request)) {
+      throw new OAuthError('access_denied', 'The authorization request must come from the app opening the browser, not from a web page.');
+    }
+    // Taken on: the start's cookie is done with (a sign-in in between sets it again).
+    const done = resumed ? CLEAR_RESUME : undefined;
     const consent = request.method === 'POST' ? await readConsent(request, runtime) : null;
     const query = authorizeParams(consent?.params ?? new URL(request.url).searchParams);
     client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
@@ -71,12 +80,12 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
       const resume = `${RESUME_COOKIE}=${resumeValue(query)}; Path=/; Max-Age=${RESUME_SECONDS}; HttpOnly; Secure; SameSite=Lax`;
       return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`, undefined, status, resume);
     }
-    if (consent === null && needsConsent(client.redirectUri)) return redirect(`${CONSENT_PAGE}?${query}`);
+    if (consent === null && needsConsent(client.redirectUri)) return redirect(`${CONSENT_PAGE}?${query}`, undefined, 302, done);
     if (consent?.decision === 'deny') {
       const denied = new OAuthError('access_denied', 'The user did not let the app sign in.');
       return redirect(callbackLocation(client, oauthErrorBody(denied), issuer), undefined, status);
     }
-    return redirect(await runtime.mobile.issueCode(session, wanted, issuer), undefined, status);
+    return redirect(await runtime.mobile.issueCode(session, wanted, issuer), undefined, status, done);
   } catch (error) {
     const oauthError = toOAuthError(error);
     const requestId = logFailure(oauthError, runtime);
@@ -109,9 +118,12 @@ function resumes(request: Request): boolean {
 }
 
 /** A page of this site that requests the same URL again (same-origin, with the session cookie); the cookie is spent. */
+/** Ends the start's cookie, once the request it started was taken on (the same-origin GET). */
+const CLEAR_RESUME = `${RESUME_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax`;
+
+/** The page that takes a request back from the identity provider on, same-origin: the cookie stays for that GET. */
 function resumePage(request: Request): Response {
-  const headers = new Headers({ 'set-cookie': `${RESUME_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax` });
-  return bounceResponse(`${AUTHORIZE_PATH}?${new URL(request.url).searchParams}`, headers);
+  return bounceResponse(`${AUTHORIZE_PATH}?${new URL(request.url).searchParams}`);
 }
 
 /** The page that asks the user before an app that cannot prove who it is gets a code (app/authorize/page.tsx). */

@@ -32,6 +32,13 @@ describe('safeCallbackPath (the sign-in page’s callbackUrl)', () => {
     ['an encoded dot segment', '/%2e//evil.example'],
     ['an absolute URL with a dot segment before a protocol-relative path', 'https://keyward.test/.//evil.example'],
     ['nothing', undefined],
+    // Keyward's own API: a navigation the sign-in page makes after a sign-in is same-origin, which the endpoints
+    // that refuse another site's link by Sec-Fetch-Site would take as the app's own (the mobile authorization
+    // endpoint is let through: it checks the request is this browser's own, see mobile-tokens.test.ts).
+    ['a connect start with scopes of its own', '/api/connect/github?scope=repo%20admin:org&returnTo=/'],
+    ['a connect start, absolute', 'https://keyward.test/api/connect/github'],
+    ['another API route', '/api/session/revoke-all'],
+    ['an API route reached through a dot segment', '/x/../api/connect/github'],
   ])('refuses %s (home instead)', (_name, value) => {
     expect(safeCallbackPath(value)).toBe('/');
   });
