@@ -95,6 +95,10 @@ export async function importCommand(args: readonly string[], io: ImportIo): Prom
     selected = selectOperations(plan, values.operations.split(','));
   } else if (values.all) {
     selected = importableOperations(plan);
+    // What --all leaves out is said, as the chooser shows it: a route missing without a word would be found by a 404.
+    for (const op of plan.operations) {
+      if (op.skipped) io.stderr.write(`${printable(`keyward: ${op.method} ${op.path}: not imported: ${op.skipped}`)}\n`);
+    }
   } else if (io.interactive) {
     selected = await chooseOperations(plan, io.stdin, io.stderr);
   } else {

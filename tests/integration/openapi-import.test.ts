@@ -315,6 +315,25 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
     expect(existsSync(join(dir, 'config', 'keyward.json'))).toBe(false);
   }, 120_000);
 
+  it('--all says which operations it could not import, and why', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-import-'));
+    const ok = { responses: { '200': { description: 'ok' } } };
+    const spec = join(dir, 'parts.json');
+    writeFileSync(
+      spec,
+      JSON.stringify({
+        openapi: '3.0.3',
+        info: { title: 'Parts', version: '1' },
+        paths: { '/items/{id}': { get: { operationId: 'getItem', ...ok } }, '/v/{ver}{ext}': { get: { operationId: 'getVersion', ...ok } } },
+      }),
+    );
+    const run = cli(['import', spec, '--upstream', 'parts', '--all', '--base-url', 'https://api.example.com/'], dir);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/GET \/v\/\{ver\}\{ext\}: not imported: \S/);
+    const written = JSON.parse(readFileSync(join(dir, 'config', 'keyward.json'), 'utf8')) as { upstreams: { parts: { routes: Array<{ path: string }> } } };
+    expect(written.upstreams.parts.routes.map((route) => route.path)).toEqual(['/items/:id']);
+  });
+
   it('without a terminal it needs --operations or --all (exit 2); nothing is written', () => {
     const dir = mkdtempSync(join(tmpdir(), 'keyward-import-'));
     const run = cli(['import', PETSTORE, '--upstream', 'petstore'], dir);
