@@ -21,8 +21,8 @@ function blockAt(bytes: Uint8Array, end: number): number {
  * A polynomial (Rabin-Karp) hash of bytes[start .. start + length - 1], which says which forms can start at a
  * window the shift table stopped at. Looked up by hash, a window costs the same however many forms end in its
  * block: a list per block cost a compare per form there, and the forms of 30 secrets share blocks (`\u00XX`
- * escapes end in "00"), so a body of zeros took seconds a megabyte. Where the shift table stops at every byte
- * (such a body), the hash rolls on by one byte (`rollHash`) instead of being read again. A collision costs a
+ * escapes end in "00"), so a body of zeros took seconds a megabyte. Where the shift table stops again within a
+ * window of the last stop, the hash rolls on (`rollHash`) instead of being read again. A collision costs a
  * compare, never a miss.
  */
 function windowHash(bytes: Uint8Array, start: number, length: number): number {
@@ -228,7 +228,7 @@ export class StreamScrubber {
     const length = data.length;
     let end = from + window - 1; // the window is data[end - window + 1 .. end]
     let hash = 0;
-    let hashedEnd = -2; // the window `hash` is of ends here
+    let hashedEnd = -1; // the window `hash` is of ends here (none yet)
     while (end < length) {
       const block = blockAt(data, end);
       const skip = shift[block]!;
@@ -237,7 +237,13 @@ export class StreamScrubber {
         continue;
       }
       const index = end - window + 1;
-      hash = hashedEnd === end - 1 ? rollHash(hash, data[index - 1]!, data[end]!, hashTop) : windowHash(data, index, window);
+      if (hashedEnd >= index) {
+        // The last window hashed overlaps this one: rolled on byte by byte, so hashing costs at most a step per
+        // byte the search moves, however long the window (a key of 2,000 characters has forms that long).
+        for (let next = hashedEnd + 1; next <= end; next++) hash = rollHash(hash, data[next - window]!, data[next]!, hashTop);
+      } else {
+        hash = windowHash(data, index, window);
+      }
       hashedEnd = end;
       for (const form of candidates.get(hash) ?? NO_FORMS) {
         if (index + form.length <= length && data.compare(form, 0, form.length, index, index + form.length) === 0) {
