@@ -175,6 +175,13 @@ describe('upstream failures become Keyward JSON errors without upstream details'
       // Answered as a client that left, while the busy call still holds the only connection.
       expectKeywardError(await queued, 400, 'bad_request', h);
       expect(busyDone).toBe(false);
+      // A client gone before its call reached the dispatcher (during an earlier step) does not queue at all.
+      const origin = new URL(h.upstream.origin).origin;
+      const waiting = dispatcher.waitingFor(origin); // the call above, answered, until undici drops it unsent
+      const gone = dispatcher.request({ origin, path: '/v1/items/gone', method: 'GET', headersTimeout: 60_000, signal: AbortSignal.abort() });
+      await expect(gone).rejects.toMatchObject({ name: 'AbortError' });
+      expect(busyDone).toBe(false);
+      expect(dispatcher.waitingFor(origin)).toBe(waiting);
       release();
       expect((await busy).text).toMatch(/done$/);
       const after = await h.call(['items', 'after'], { deps });

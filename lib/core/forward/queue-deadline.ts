@@ -45,6 +45,14 @@ export class QueueDeadlineDispatcher extends Dispatcher {
   override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
     const ms = options.headersTimeout;
     if (!ms || !(ms > 0)) return this.inner.dispatch(options, handler);
+    // request() hands its options on to dispatch, the signal among them (undici's types leave it out here).
+    const given = (options as { signal?: unknown }).signal;
+    const signal = given instanceof AbortSignal ? given : null;
+    if (signal?.aborted) {
+      // The client left before the call got here (during the session check, a refresh): it waits for nothing.
+      (handler as LegacyHandler).onError?.(signal.reason instanceof Error ? signal.reason : new QueueTimeoutError());
+      return true;
+    }
     const origin = String(options.origin);
     const count = this.waiting.get(origin) ?? 0;
     if (count >= this.maxWaiting) {
@@ -53,9 +61,6 @@ export class QueueDeadlineDispatcher extends Dispatcher {
       return true;
     }
     this.waiting.set(origin, count + 1);
-    // request() hands its options on to dispatch, the signal among them (undici's types leave it out here).
-    const given = (options as { signal?: unknown }).signal;
-    const signal = given instanceof AbortSignal ? given : null;
     const deadline = new QueueDeadline(handler as LegacyHandler, ms, signal, () => {
       const now = (this.waiting.get(origin) ?? 1) - 1;
       if (now > 0) this.waiting.set(origin, now);
@@ -65,6 +70,7 @@ export class QueueDeadlineDispatcher extends Dispatcher {
       return this.inner.dispatch(options, deadline as Dispatcher.DispatchHandler);
     } catch (error) {
       deadline.leave(); // refused before it was queued (a closed dispatcher, bad options)
+      deadline.settle();
       throw error;
     }
   }
@@ -134,7 +140,8 @@ class QueueDeadline implements LegacyHandler {
     this.handler.onError?.(reason instanceof Error ? reason : new QueueTimeoutError());
   }
 
-  private settle() {
+  /** Disarms the deadline and stops listening to the caller's signal. */
+  settle() {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.signal?.removeEventListener('abort', this.onAbort);
