@@ -182,7 +182,18 @@ describe('active content is never served as a page on the app origin', () => {
   it('a Content-Type list or an invalid type is an attachment when a browser could render it as a page', async () => {
     // A browser reads a list as the Fetch standard's "extract a MIME type" does: the last valid type wins, and
     // with no valid type it sniffs the body. Two header lines arrive as one list.
-    const active: Array<string | string[]> = ['text/plain, text/html', ['text/plain', 'text/html'], 'application/json;x=1,text/html', 'html', ',', 'text/plain, image/svg+xml; charset=utf-8'];
+    const active: Array<string | string[]> = [
+      'text/plain, text/html',
+      ['text/plain', 'text/html'],
+      'application/json;x=1,text/html',
+      'html',
+      ',',
+      'text/plain, image/svg+xml; charset=utf-8',
+      // Types the MIME Sniffing standard reads as none.
+      '*/*',
+      'unknown/unknown',
+      'application/unknown',
+    ];
     for (const type of active) {
       h.upstream.handle((_req, res) => {
         res.setHeader('content-type', type);

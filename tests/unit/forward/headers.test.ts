@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { filterRequestHeaders, filterResponseHeaders, hasMethodOverride } from '../../../lib/core/forward/headers';
+import { filterRequestHeaders, filterResponseHeaders, guardActiveContent, hasMethodOverride } from '../../../lib/core/forward/headers';
 import { randomSecret } from '../../fixtures/secrets';
 import { EVERY_FORM_SECRET, expectedNamedForms } from '../scrub-oracle';
 
@@ -251,5 +251,18 @@ describe('hasMethodOverride', () => {
 
   it('is false for ordinary requests', () => {
     expect(hasMethodOverride(new Headers({ accept: '*/*' }), new URLSearchParams('method=PUT&x=_method'))).toBe(false);
+  });
+});
+
+describe('guardActiveContent', () => {
+  it('trims only HTTP whitespace around a type: one led by a vertical tab or a no-break space is no valid type (sniffed)', () => {
+    for (const type of ['\vtext/plain', '\u00a0text/plain', 'text/plain\u00a0']) {
+      const headers = new Headers({ 'content-type': type });
+      guardActiveContent(headers);
+      expect(headers.get('content-disposition'), JSON.stringify(type)).toBe('attachment');
+    }
+    const plain = new Headers({ 'content-type': ' text/plain\t' });
+    guardActiveContent(plain);
+    expect(plain.get('content-disposition')).toBeNull();
   });
 });
