@@ -250,7 +250,8 @@ export function scrubError(error: unknown, secrets: readonly string[], depth = 0
   const code: unknown = (error as { code?: unknown }).code;
   return {
     type: typeof error.name === 'string' ? scrubber.scrub(error.name) : 'Error',
-    message: scrubber.scrub(error.message),
+    // An Error's message can be set to anything: printed first, as anything thrown is.
+    message: scrubber.scrub(printed(error.message)),
     stack: typeof error.stack === 'string' ? scrubber.scrub(error.stack) : undefined,
     code: typeof code === 'string' ? scrubber.scrub(code) : typeof code === 'number' ? code : undefined,
     cause: depth < 3 ? scrubError(error.cause, secrets, depth + 1) : undefined,

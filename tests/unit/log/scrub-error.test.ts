@@ -31,6 +31,7 @@ describe('scrubError', () => {
       runInNewContext(`new TypeError(${JSON.stringify(`bad header ${secret}`)})`),
       Object.assign(new Error('failed'), { code: `E_${secret}` }),
       new Error('outer', { cause: `inner ${secret}` }),
+      Object.assign(new Error(), { message: { header: `Bearer ${secret}` } }),
     ];
     for (const value of thrown) {
       const scrubbed = JSON.stringify(scrubError(value, [secret]));
