@@ -197,6 +197,8 @@ export class ProviderClient {
     nonce: string | null,
   ): Promise<ConnectedTokens> {
     const as = await this.authorizationServer();
+    // The token's lifetime counts from when the provider issued it: when the request was sent, not answered.
+    const sentAt = this.now();
     const response = await oauth.authorizationCodeGrantRequest(
       as,
       this.client,
@@ -208,7 +210,7 @@ export class ProviderClient {
     );
     const body = await readTokenBody(response);
     const slack = this.provider.tokenShape === 'slack-user';
-    const tokens = tokensFrom(slack ? slackUserToken(body) : body, this.now());
+    const tokens = tokensFrom(slack ? slackUserToken(body) : body, sentAt);
     let account: string | null = slack ? slackAccount(body) : null;
     if (nonce && typeof body.id_token === 'string') {
       // Received straight from the token endpoint over TLS, so its signature need not be checked (OIDC Core
@@ -253,6 +255,7 @@ export class ProviderClient {
   /** The refresh_token grant. Throws OAuthGrantError when the provider ends the grant for good. */
   async refresh(refreshToken: string): Promise<GrantedTokens> {
     const as = await this.authorizationServer();
+    const sentAt = this.now();
     const response = await oauth.refreshTokenGrantRequest(as, this.client, this.auth, refreshToken, this.options());
     let body: Record<string, unknown>;
     try {
@@ -261,7 +264,7 @@ export class ProviderClient {
       if (error instanceof ProviderRefusedError && GRANT_ENDED.has(error.error)) throw new OAuthGrantError(error.error);
       throw error;
     }
-    return tokensFrom(body, this.now());
+    return tokensFrom(body, sentAt);
   }
 
   /** Whether disconnecting can revoke anything at this provider (its preset's way, or a discovered RFC 7009 endpoint). */
