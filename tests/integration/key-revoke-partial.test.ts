@@ -79,11 +79,16 @@ describe('revoking a key held by several upstreams when one of them cannot be wr
     expect(await states('second')).toEqual(['revoked']);
     expect(await revokes()).toEqual([expect.objectContaining({ actor: ADMIN, upstream: 'second', fingerprint: print, outcome: 'revoked' })]);
 
-    // Once the store answers again, the same revoke finishes the first and records it; the second is unchanged.
+    // Once the store answers again, the same revoke finishes the first and records it; the second, revoked
+    // already, is reported again but not recorded twice.
     store.failing = null;
     const finished = await revoke();
     expect(finished.status).toBe(200);
+    expect(((await finished.json()) as { revoked: Array<{ upstream: string }> }).revoked.map((r) => r.upstream)).toEqual(['first', 'second']);
     expect(await states('first')).toEqual(['revoked']);
-    expect((await revokes()).map((r) => r.type === 'admin' && r.upstream).sort()).toEqual(['first', 'second', 'second']);
+    expect((await revokes()).map((r) => r.type === 'admin' && r.upstream).sort()).toEqual(['first', 'second']);
+    // Sent a third time: nothing more on the trail.
+    expect((await revoke()).status).toBe(200);
+    expect(await revokes()).toHaveLength(2);
   });
 });
