@@ -73,6 +73,13 @@ export function SignInForm({ local, oidc, callbackUrl, initialError }: Props) {
       if (response.type === 'opaqueredirect' || response.ok) {
         const session = await fetch('/api/session', { cache: 'no-store' });
         if (session.ok) {
+          // A route of Keyward's API (the mobile sign-in an app started) is a document navigation, not the router's
+          // fetch: that fetch would be the authorization request, and one redirecting to the app's https link is
+          // one a fetch cannot follow, so the router would send it a second time as a navigation.
+          if (callbackUrl.startsWith('/api/')) {
+            window.location.assign(callbackUrl);
+            return;
+          }
           router.replace(callbackUrl);
           router.refresh();
           return;

@@ -1,6 +1,6 @@
 import 'server-only';
 import { headers } from 'next/headers';
-import { describeConsent, type ConsentRequest } from '@/lib/core/api/mobile';
+import { AUTHORIZE_PATH, describeConsent, type ConsentRequest } from '@/lib/core/api/mobile';
 import { isLocalPath } from '@/lib/core/connect/connections';
 import { rolesAllow } from '@/lib/core/policy/authorize';
 import type { Session } from '@/lib/core/session/session';
@@ -113,8 +113,5 @@ export function safeCallbackPath(value: string | string[] | undefined): string {
   // so the browser calls it same-origin: an API route that refuses another site's link by Sec-Fetch-Site (the
   // connect start) would take another site's callbackUrl as the user's own request.
   const api = resolved.pathname === '/api' || resolved.pathname.startsWith('/api/');
-  return !api || resolved.pathname === MOBILE_AUTHORIZE_PATH ? normalised : '/';
+  return !api || resolved.pathname === AUTHORIZE_PATH ? normalised : '/';
 }
-
-/** Where the mobile sign-in comes back after the browser signed in (lib/core/api/mobile.ts checks it is this browser's). */
-const MOBILE_AUTHORIZE_PATH = '/api/session/mobile/authorize';

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Page } from '@playwright/test';
-import { MOBILE_REDIRECT_URI } from '../fixtures/e2e-env';
+import { MOBILE_APP_LINK, MOBILE_REDIRECT_URI } from '../fixtures/e2e-env';
 import { expect, signInLocal, test } from './fixtures';
 
 /**
@@ -11,12 +11,12 @@ import { expect, signInLocal, test } from './fixtures';
  * output folder.
  */
 
-function authorizePath(state: string): { path: string; verifier: string } {
+function authorizePath(state: string, redirectUri = MOBILE_REDIRECT_URI): { path: string; verifier: string } {
   const verifier = randomBytes(32).toString('base64url');
   const query = new URLSearchParams({
     response_type: 'code',
     client_id: 'com.example.keyward',
-    redirect_uri: MOBILE_REDIRECT_URI,
+    redirect_uri: redirectUri,
     code_challenge: createHash('sha256').update(verifier).digest('base64url'),
     code_challenge_method: 'S256',
     state,
@@ -87,6 +87,24 @@ test('mobile sign-in: signed out, the browser signs in first and then sees the c
   await page.getByLabel('Password').fill(env.localUser.password);
   await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await expect(page.getByRole('heading', { name: 'Sign in to an app?' })).toBeVisible();
+});
+
+test('mobile sign-in with an app link: signed out, the browser signs in and is sent to the app with one code it can exchange', async ({ page, env }) => {
+  const { path, verifier } = authorizePath('st-link-app', MOBILE_APP_LINK);
+  await page.goto(path);
+  await expect(page).toHaveURL(/\/signin/);
+  // The app link's host does not exist here: the navigation to it is caught, not followed.
+  const toApp = page.waitForRequest((request) => request.url().startsWith(MOBILE_APP_LINK));
+  await page.route(`${new URL(MOBILE_APP_LINK).origin}/**`, (route) => route.fulfill({ status: 200, body: 'the app' }));
+  await page.getByLabel('Username').fill(env.localUser.username);
+  await page.getByLabel('Password').fill(env.localUser.password);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  const callback = new URL((await toApp).url());
+  expect(callback.searchParams.get('state')).toBe('st-link-app');
+  const tokens = await page.request.post('/api/session/token', {
+    form: { grant_type: 'authorization_code', code: callback.searchParams.get('code')!, code_verifier: verifier, redirect_uri: MOBILE_APP_LINK, client_id: 'com.example.keyward' },
+  });
+  expect(tokens.status()).toBe(200);
 });
 
 test('mobile sign-in: signed out, the browser signs in through the OIDC provider (another site) and comes back to the consent page', async ({

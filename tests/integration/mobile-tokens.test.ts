@@ -140,6 +140,8 @@ async function authorize(
     cookie?: string | null;
     authorization?: string;
     site?: string;
+    /** Sec-Fetch-Mode, sent with `site`: `navigate` unless given. */
+    mode?: string;
     method?: string;
     on?: Runtime;
     consent?: 'allow' | 'deny' | null;
@@ -150,6 +152,7 @@ async function authorize(
   if (cookie) headers.set('cookie', cookie);
   if (options.authorization) headers.set('authorization', options.authorization);
   if (options.site) headers.set('sec-fetch-site', options.site);
+  if (options.site) headers.set('sec-fetch-mode', options.mode ?? 'navigate');
   const request = new Request(`${APP_ORIGIN}/api/session/mobile/authorize?${query}`, {
     method: options.method ?? 'GET',
     headers,
@@ -539,6 +542,10 @@ describe('GET /api/session/mobile/authorize', () => {
     const start = await authorize(query, { cookie: null, site: 'none' });
     const resume = start.headers.get('set-cookie')!.split(';')[0]!;
     expectOAuthError(await authorize(authorizeQuery(), { site: 'same-origin', cookie: `${aliceCookie}; ${resume}` }), 403, 'access_denied');
+    // A fetch of this very request (a router's, before it navigates) spends neither the cookie nor a code.
+    const fetched = await authorize(query, { site: 'same-origin', mode: 'cors', cookie: `${aliceCookie}; ${resume}`, consent: null });
+    expectOAuthError(fetched, 403, 'access_denied');
+    expect(fetched.headers.get('set-cookie')).toBeNull();
     const taken = await authorize(query, { site: 'same-origin', cookie: `${aliceCookie}; ${resume}`, consent: null });
     expect(taken.status).toBe(302);
     expect(taken.headers.get('location')).toBe(`${CONSENT_PAGE}?${query}`);

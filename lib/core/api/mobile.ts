@@ -64,7 +64,9 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
     // Only a request this browser started (RESUME_COOKIE): a link of another site to the sign-in page, with a
     // callbackUrl of this endpoint and parameters of its own, becomes a same-origin request once the user signs in.
     const resumed = request.method === 'GET' && site === 'same-origin';
-    if (resumed && !resumes(request)) {
+    // A navigation only: a fetch (a page's script, a router's prefetch) would spend the start's cookie and a code
+    // on an answer no browser follows to the app.
+    if (resumed && (request.headers.get('sec-fetch-mode') !== 'navigate' || !resumes(request))) {
       throw new OAuthError('access_denied', 'The authorization request must come from the app opening the browser, not from a web page.');
     }
     // Taken on: the start's cookie is done with (a sign-in in between sets it again).
@@ -117,7 +119,6 @@ function resumes(request: Request): boolean {
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
-/** A page of this site that requests the same URL again (same-origin, with the session cookie); the cookie is spent. */
 /** Ends the start's cookie, once the request it started was taken on (the same-origin GET). */
 const CLEAR_RESUME = `${RESUME_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax`;
 
@@ -128,7 +129,8 @@ function resumePage(request: Request): Response {
 
 /** The page that asks the user before an app that cannot prove who it is gets a code (app/authorize/page.tsx). */
 export const CONSENT_PAGE = '/authorize';
-const AUTHORIZE_PATH = '/api/session/mobile/authorize';
+/** The authorization endpoint, the one API route the sign-in page's `callbackUrl` may name (lib/next/pages.ts). */
+export const AUTHORIZE_PATH = '/api/session/mobile/authorize';
 
 /**
  * RFC 8252 §8.6: a private-use URI scheme or a loopback port can be claimed by any app on the device, so a
