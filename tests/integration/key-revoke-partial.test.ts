@@ -1,6 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { handleKeyRevoke } from '../../lib/core/api/admin';
 import { defineUpstream } from '../../lib/core/config/load';
+import { keyAdmin } from '../../lib/core/keys/admin';
 import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { createRuntime } from '../../lib/core/runtime';
 import { MemoryStore } from '../../lib/store/memory';
@@ -22,6 +23,13 @@ const secrets = testSessionSecrets();
 
 class FailingRingStore extends MemoryStore {
   failing: string | null = null;
+  /** How many audit writes to fail next. */
+  failAppends = 0;
+
+  override async appendBatch(stream: string, entries: readonly { readonly value: string; readonly at: number }[], retentionMs: number): Promise<void> {
+    if (this.failAppends > 0 && this.failAppends--) throw new StoreUnavailableError('memory', new Error('connection lost'));
+    return super.appendBatch(stream, entries, retentionMs);
+  }
 
   override async replaceIfEquals(key: string, expected: string, value: string): Promise<boolean> {
     if (key === this.failing) throw new StoreUnavailableError('memory', new Error('connection lost'));
@@ -80,15 +88,29 @@ describe('revoking a key held by several upstreams when one of them cannot be wr
     expect(await revokes()).toEqual([expect.objectContaining({ actor: ADMIN, upstream: 'second', fingerprint: print, outcome: 'revoked' })]);
 
     // Once the store answers again, the same revoke finishes the first and records it; the second, revoked
-    // already, is reported again but not recorded twice.
+    // already, is reported and recorded again (a first audit write that failed is made good the same way).
     store.failing = null;
     const finished = await revoke();
     expect(finished.status).toBe(200);
     expect(((await finished.json()) as { revoked: Array<{ upstream: string }> }).revoked.map((r) => r.upstream)).toEqual(['first', 'second']);
     expect(await states('first')).toEqual(['revoked']);
-    expect((await revokes()).map((r) => r.type === 'admin' && r.upstream).sort()).toEqual(['first', 'second']);
-    // Sent a third time: nothing more on the trail.
-    expect((await revoke()).status).toBe(200);
-    expect(await revokes()).toHaveLength(2);
+    expect((await revokes()).map((r) => r.type === 'admin' && r.upstream).sort()).toEqual(['first', 'second', 'second']);
+  });
+
+  it('a revoke whose audit record could not be written is recorded when it is sent again', async () => {
+    const store = new FailingRingStore();
+    const runtime = createRuntime({
+      env: { ...secrets, KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN, FIRST_KEY: shared, SECOND_KEY: shared },
+      upstreams: [ring('first', 'FIRST_KEY')],
+      store,
+      logger: logs.logger,
+    });
+    const print = keyFingerprints(secrets.KEYWARD_SESSION_SECRET).of(shared);
+    const admin = keyAdmin(runtime.keyRings, runtime.audit, ADMIN);
+    store.failAppends = 1;
+    await expect(admin.revoke(print)).rejects.toBeInstanceOf(StoreUnavailableError);
+    expect(await admin.revoke(print)).toEqual([{ upstream: 'first', version: 'env:FIRST_KEY' }]);
+    const records = (await runtime.audit.query({}, { limit: 100 })).records.filter((r) => r.type === 'admin' && r.action === 'key.revoke');
+    expect(records).toEqual([expect.objectContaining({ upstream: 'first', fingerprint: print, outcome: 'revoked' })]);
   });
 });

@@ -442,8 +442,8 @@ export class KeyRings {
   /**
    * Revokes every version with this fingerprint; every instance stops using it on its next request. An upstream
    * whose ring cannot be written (the store failing) does not stop the others: a leaked key is taken out wherever
-   * it can be, `onRevoked` hears of each upstream where a version was revoked now (the audit trail), and the first
-   * failure is thrown after.
+   * it can be, `onRevoked` hears of each upstream holding the key (the audit trail), and the first failure is
+   * thrown after.
    */
   async revoke(print: string, onRevoked: (upstream: string) => Promise<void> = async () => {}): Promise<Array<{ upstream: string; version: string }>> {
     if (!/^[0-9a-f]{12}$/.test(print)) throw new KeywardError('bad_request', { message: 'A fingerprint is 12 hexadecimal digits.' });
@@ -453,15 +453,15 @@ export class KeyRings {
     for (const upstream of this.ringUpstreams()) {
       const envVersions = upstream.credential.envVersions;
       try {
-        const { ids, changed } = await this.update(upstream, (record, verifiers) => {
+        const ids = await this.update(upstream, (record, verifiers) => {
           const versions = this.view(envVersions, record, verifiers);
           const matching = versions.filter((v) => v.fingerprint === print);
           for (const v of matching) Object.assign(own(record, versions, v.id), { state: 'revoked', revokedAt: v.revokedAt ?? now, graceUntil: null });
-          return { ids: matching.map((v) => v.id), changed: matching.some((v) => v.state !== 'revoked') };
+          return matching.map((v) => v.id);
         });
         revoked.push(...ids.map((version) => ({ upstream: upstream.id, version })));
-        // Heard of once, when this revoke revoked something there (a revoke sent again reports the same versions).
-        if (changed) await onRevoked(upstream.id);
+        // Heard of again when the revoke is sent again: its audit record may be what failed the first time.
+        if (ids.length > 0) await onRevoked(upstream.id);
       } catch (error) {
         failure ??= { error };
       }
