@@ -193,6 +193,7 @@ describe('active content is never served as a page on the app origin', () => {
       '*/*',
       'unknown/unknown',
       'application/unknown',
+      'text/plain, unknown/unknown',
     ];
     for (const type of active) {
       h.upstream.handle((_req, res) => {

@@ -104,14 +104,15 @@ const MIME_ESSENCE = /^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+$/;
 function isActiveContent(contentType: string | null): boolean {
   const essences = listItems(contentType ?? '')
     .map((item) => item.split(';')[0]!.replace(HTTP_WHITESPACE, '').toLowerCase())
-    .filter((essence) => MIME_ESSENCE.test(essence) && !SNIFFED.has(essence));
-  return essences.length === 0 || essences.some(isActiveEssence);
+    .filter((essence) => MIME_ESSENCE.test(essence) && essence !== '*/*');
+  return essences.length === 0 || essences.some((essence) => isActiveEssence(essence) || SNIFFED.has(essence));
 }
 
 /** Leading and trailing HTTP whitespace (tab, line feed, carriage return, space): no other character is trimmed. */
 const HTTP_WHITESPACE = /^[\t\n\r ]+|[\t\n\r ]+$/g;
-/** Types the MIME Sniffing standard treats as no type at all: the browser sniffs the body. */
-const SNIFFED = new Set(['unknown/unknown', 'application/unknown', '*/*']);
+// Types the MIME Sniffing standard treats as no type at all, so the browser sniffs the body. The any-type
+// wildcard is skipped in a list (Fetch's "extract a MIME type"); these two may be the one a browser picks.
+const SNIFFED = new Set(['unknown/unknown', 'application/unknown']);
 
 /** A header value split at the commas outside quoted strings (with `\` escapes inside them), in one pass. */
 function listItems(value: string): string[] {
