@@ -112,6 +112,13 @@ export function safeCallbackPath(value: string | string[] | undefined): string {
   // Pages only, and the mobile sign-in the app started. The sign-in page goes there itself once the user signs in,
   // so the browser calls it same-origin: an API route that refuses another site's link by Sec-Fetch-Site (the
   // connect start) would take another site's callbackUrl as the user's own request.
-  const api = resolved.pathname === '/api' || resolved.pathname.startsWith('/api/');
+  // Read as a router may match it, escapes decoded (`/%61pi/connect/…`); a path that cannot be decoded is no page.
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(resolved.pathname);
+  } catch {
+    return '/';
+  }
+  const api = decoded === '/api' || decoded.startsWith('/api/');
   return !api || resolved.pathname === AUTHORIZE_PATH ? normalised : '/';
 }

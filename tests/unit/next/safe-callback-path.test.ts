@@ -39,6 +39,9 @@ describe('safeCallbackPath (the sign-in page’s callbackUrl)', () => {
     ['a connect start, absolute', 'https://keyward.test/api/connect/github'],
     ['another API route', '/api/session/revoke-all'],
     ['an API route reached through a dot segment', '/x/../api/connect/github'],
+    ['an API route written with escapes', '/%61pi/connect/github?scope=repo'],
+    ['the authorization endpoint written with escapes', '/api/session/mobile/%61uthorize?state=s'],
+    ['a path with a malformed escape', '/%E0%A4%A/x'],
   ])('refuses %s (home instead)', (_name, value) => {
     expect(safeCallbackPath(value)).toBe('/');
   });
