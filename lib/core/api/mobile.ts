@@ -55,10 +55,7 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
       // Back from signing in at an identity provider (another site): the browser says cross-site and sends no
       // Strict session cookie. It started this very request (RESUME_COOKIE), so a page of this site takes it on.
       if (request.method === 'GET' && resumes(request)) return resumePage(request);
-      throw new OAuthError(
-        'access_denied',
-        'The authorization request must come from the app opening the browser, not from a web page.',
-      );
+      throw notFromTheApp();
     }
     // A page of this site taking the request on: the sign-in page after a sign-in (its callbackUrl), or resumePage.
     // Only a request this browser started (RESUME_COOKIE): a link of another site to the sign-in page, with a
@@ -67,7 +64,7 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
     // A navigation only: a fetch (a page's script, a router's prefetch) would spend the start's cookie and a code
     // on an answer no browser follows to the app.
     if (resumed && (request.headers.get('sec-fetch-mode') !== 'navigate' || !resumes(request))) {
-      throw new OAuthError('access_denied', 'The authorization request must come from the app opening the browser, not from a web page.');
+      throw notFromTheApp();
     }
     // Taken on: the start's cookie is done with (a sign-in in between sets it again).
     const done = resumed ? CLEAR_RESUME : undefined;
@@ -117,6 +114,11 @@ function resumes(request: Request): boolean {
   const expected = Buffer.from(resumeValue(authorizeParams(new URL(request.url).searchParams)));
   const given = Buffer.from(cookie);
   return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+/** A request a web page started, not the app: refused, not redirected, so it cannot even open the app. */
+function notFromTheApp(): OAuthError {
+  return new OAuthError('access_denied', 'The authorization request must come from the app opening the browser, not from a web page.');
 }
 
 /** Ends the start's cookie, once the request it started was taken on (the same-origin GET). */
