@@ -58,9 +58,7 @@ function parseIp(value: string): string | null {
  * /64, so one site cannot multiply its attempts by its /64s.
  */
 export function siteBucket(ip: string): string | null {
-  if (!ip.includes(':') || !ipaddr.IPv6.isValid(ip)) return null;
-  const prefix = ipaddr.IPv6.parse(ip).parts.slice(0, 3);
-  return `${new ipaddr.IPv6([...prefix, 0, 0, 0, 0, 0]).toString()}/48`;
+  return ipv6Prefix(ip, 48);
 }
 
 /**
@@ -69,7 +67,12 @@ export function siteBucket(ip: string): string | null {
  * per address, it would have 2^64 buckets, and spraying one password over many usernames would meet no limit.
  */
 export function limitBucket(ip: string): string {
-  if (!ip.includes(':') || !ipaddr.IPv6.isValid(ip)) return ip;
-  const prefix = ipaddr.IPv6.parse(ip).parts.slice(0, 4);
-  return `${new ipaddr.IPv6([...prefix, 0, 0, 0, 0]).toString()}/64`;
+  return ipv6Prefix(ip, 64) ?? ip;
+}
+
+/** An IPv6 address's network of `bits` (a multiple of 16) as `2001:db8:1::/48`; null for anything else. */
+function ipv6Prefix(ip: string, bits: 48 | 64): string | null {
+  if (!ip.includes(':') || !ipaddr.IPv6.isValid(ip)) return null;
+  const parts = ipaddr.IPv6.parse(ip).parts.map((part, index) => (index < bits / 16 ? part : 0));
+  return `${new ipaddr.IPv6(parts).toString()}/${bits}`;
 }
