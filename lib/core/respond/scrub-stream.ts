@@ -2,6 +2,8 @@ import { formsOfSecrets, REDACTED } from '../log/scrub';
 
 const MARKER = Buffer.from(REDACTED, 'utf8');
 const EMPTY = Buffer.alloc(0);
+/** A store's room, in longest forms: a held-back tail and the small chunks written behind it (see `store`). */
+const STORE_FORMS = 4;
 const NO_FORMS: readonly Buffer[] = [];
 
 /**
@@ -54,6 +56,33 @@ interface Patterns {
   /** The forms that start with this byte, for a whole form found in the tail. */
   readonly byFirstByte: readonly (readonly Buffer[] | undefined)[];
   readonly maxLength: number;
+}
+
+/**
+ * Where `find` ran out of bytes without a match, kept with a held-back tail so the search goes on from there when
+ * the next chunk arrives instead of reading the tail again: with a long key the tail is kilobytes (up to the longest
+ * form), and an upstream writing a few bytes at a time made every push search it again (about a second a MiB with
+ * 16-byte chunks and a 2,000-character key). Positions count from the start of the tail.
+ */
+interface Resume {
+  /** The last byte of the next window to look at. */
+  readonly end: number;
+  /** The hash of the window ending at `hashedEnd` (-1: none), to roll on from. */
+  readonly hash: number;
+  readonly hashedEnd: number;
+  /** The first window with a candidate form too long to check before the bytes ran out (-1: none): searched again from there. */
+  readonly unfit: number;
+  /** The tail's length: every byte of it one a form may hold (`heldTail` need not read it again). */
+  readonly clean: number;
+}
+
+/** What `find` leaves when it finds nothing, for a Resume: as Resume's, with the first and last unfit window. */
+interface Scan {
+  end: number;
+  hash: number;
+  hashedEnd: number;
+  unfit: number;
+  lastUnfit: number;
 }
 
 /**
@@ -112,6 +141,18 @@ function patternsFor(secrets: readonly string[]): Patterns {
 export class StreamScrubber {
   private readonly patterns: Patterns;
   private carry: Buffer = EMPTY;
+  /** The search's state at the end of `carry`, when `carry` is a tail `heldTail` held back (else null). */
+  private resume: Resume | null = null;
+  private readonly scan: Scan = { end: 0, hash: 0, hashedEnd: -1, unfit: -1, lastUnfit: -1 };
+  /**
+   * Where a held-back tail is kept, with room behind it: a small chunk is copied in behind the tail (`inStore`),
+   * not tail and chunk into a new buffer, and the next tail is a view of the result. With a long key the tail is
+   * kilobytes, and copying it twice on every push of a few bytes cost more than searching them. Bytes once written
+   * here are never written again (the pieces handed on are views of them): a full store is replaced, not reused.
+   */
+  private store: Buffer = EMPTY;
+  /** store[0 .. filled - 1] is written; a held-back `carry` is its last bytes. */
+  private filled = 0;
   private replaced = 0;
 
   /**
@@ -153,10 +194,12 @@ export class StreamScrubber {
     const input = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     if (!this.active) return [input];
     const carry = this.carry;
+    const resume = this.resume;
     this.carry = EMPTY;
+    this.resume = null;
     if (carry.length === 0) return this.process(input, 0, [], false);
     const { maxLength } = this.patterns;
-    if (input.length <= 2 * maxLength) return this.process(Buffer.concat([carry, input]), 0, [], false);
+    if (input.length <= 2 * maxLength) return this.process(this.inStore(carry, input), 0, [], false, resume, true);
     // A large chunk after a held-back tail: instead of copying the whole chunk behind the tail, replace the forms
     // that start in the tail within the tail plus the chunk's first maxLength bytes (which hold any such form
     // whole), then go on in the chunk itself where the last of them ended.
@@ -164,7 +207,7 @@ export class StreamScrubber {
     const parts: Buffer[] = [];
     let position = 0;
     for (;;) {
-      const match = this.find(head, position);
+      const match = this.find(head, position, null);
       if (!match || match.index >= carry.length) break;
       if (match.index > position) parts.push(head.subarray(position, match.index));
       parts.push(Buffer.from(MARKER)); // a buffer of its own: parts are handed on as they are
@@ -180,6 +223,7 @@ export class StreamScrubber {
   flush(): Buffer {
     const carry = this.carry;
     this.carry = EMPTY;
+    this.resume = null;
     return Buffer.concat(this.process(carry, 0, [], true));
   }
 
@@ -188,13 +232,14 @@ export class StreamScrubber {
    * result to `parts` and returns them. Unless the stream has ended, it holds back a tail that could be the
    * start of a form, and with it any match inside that tail: the next chunk may complete a form that starts
    * there and replaces it whole, such as padded base64 whose unpadded form matched already, or a form that
-   * contains another.
+   * contains another. `resume`: how far the search got in a held-back tail that `data` begins with; `stored`:
+   * `data` is the store's last bytes, so a tail held back from it stays there.
    */
-  private process(data: Buffer, position: number, parts: Buffer[], final: boolean): Buffer[] {
+  private process(data: Buffer, position: number, parts: Buffer[], final: boolean, resume: Resume | null = null, stored = false): Buffer[] {
     const { maxLength } = this.patterns;
     let holdFrom = -1;
-    for (;;) {
-      const match = this.find(data, position);
+    for (let from = resume; ; from = null) {
+      const match = this.find(data, position, from);
       if (!match) break;
       const { index, length } = match;
       if (!final && index > data.length - maxLength) {
@@ -213,22 +258,64 @@ export class StreamScrubber {
       this.onMatch?.(data.subarray(index, index + length));
       position = index + length;
     }
-    const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.heldTail(data, position);
+    const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.heldTail(data, position, resume?.clean ?? 0);
     if (end > position) parts.push(data.subarray(position, end));
-    if (end < data.length) this.carry = Buffer.from(data.subarray(end));
+    if (end < data.length) {
+      this.carry = stored ? data.subarray(end) : this.inStore(EMPTY, data.subarray(end));
+      if (holdFrom === -1) this.resume = this.resumeAt(end, data.length);
+    }
     return parts;
+  }
+
+  /**
+   * `tail` (empty, or the store's last bytes) with `bytes` written behind it, as one view of the store: written
+   * where the store was filled up to, or, when it has no room left, with the tail into a new store.
+   */
+  private inStore(tail: Buffer, bytes: Buffer): Buffer {
+    const length = tail.length + bytes.length;
+    if (this.filled + bytes.length > this.store.length) {
+      const store = Buffer.allocUnsafe(Math.max(STORE_FORMS * this.patterns.maxLength, 2 * length));
+      tail.copy(store);
+      this.store = store;
+      this.filled = tail.length;
+    }
+    bytes.copy(this.store, this.filled);
+    this.filled += bytes.length;
+    return this.store.subarray(this.filled - length, this.filled);
+  }
+
+  /**
+   * The search's state (`scan`, where `find` last ran out of bytes) for a tail held back from `start` to `length`,
+   * counted from the tail's start. A window with an unchecked candidate that starts before the tail cannot match:
+   * the byte before the tail is one no form holds, or the tail is a form's length at least, and a form starting
+   * before it would have fitted. With unchecked windows both before the tail and in it, the whole tail is searched
+   * again (only a form's first `window` bytes make a candidate, so that is text that holds most of a key).
+   */
+  private resumeAt(start: number, length: number): Resume {
+    const { end, hash, hashedEnd, unfit, lastUnfit } = this.scan;
+    const recheck = unfit >= start ? unfit - start : lastUnfit >= start ? 0 : -1;
+    return { end: end - start, hash, hashedEnd: hashedEnd - start, unfit: recheck, clean: length - start };
   }
 
   /**
    * The leftmost complete form at or after `from`, the longest one where several start there: forms that match
    * at the same place share their first `window` bytes, so they are candidates of the same block, longest first.
    */
-  private find(data: Buffer, from: number): { index: number; length: number } | null {
+  private find(data: Buffer, from: number, resume: Resume | null): { index: number; length: number } | null {
     const { window, shift, candidates, hashTop } = this.patterns;
     const length = data.length;
     let end = from + window - 1; // the window is data[end - window + 1 .. end]
     let hash = 0;
     let hashedEnd = -1; // the window `hash` is of ends here (none yet)
+    let unfit = -1;
+    let lastUnfit = -1;
+    if (resume !== null && resume.unfit !== -1) {
+      end = Math.max(end, resume.unfit + window - 1);
+    } else if (resume !== null) {
+      end = Math.max(end, resume.end);
+      // Rolled on only while the window it is of is still in `data`.
+      if (resume.hashedEnd - window + 1 >= from) ({ hash, hashedEnd } = resume);
+    }
     while (end < length) {
       const block = blockAt(data, end);
       const skip = shift[block]!;
@@ -246,12 +333,16 @@ export class StreamScrubber {
       }
       hashedEnd = end;
       for (const form of candidates.get(hash) ?? NO_FORMS) {
-        if (index + form.length <= length && data.compare(form, 0, form.length, index, index + form.length) === 0) {
+        if (index + form.length > length) {
+          if (unfit === -1) unfit = index;
+          lastUnfit = index;
+        } else if (data.compare(form, 0, form.length, index, index + form.length) === 0) {
           return { index, length: form.length };
         }
       }
       end++;
     }
+    Object.assign(this.scan, { end, hash, hashedEnd, unfit, lastUnfit });
     return null;
   }
 
@@ -263,11 +354,14 @@ export class StreamScrubber {
    * key, and could grow a guess letter by letter into the whole key. This hold tells it at most whether the
    * key's forms hold a byte outside HELD_ALWAYS.
    */
-  private heldTail(data: Buffer, from: number): number {
+  private heldTail(data: Buffer, from: number, clean: number): number {
     const { inForm, maxLength } = this.patterns;
     const stop = Math.max(from, data.length - maxLength + 1);
+    // data[0 .. clean - 1] is a tail held back before, every byte of it one a form may hold: not read again.
+    const floor = Math.max(stop, clean);
     let start = data.length;
-    while (start > stop && inForm[data[start - 1]!] === 1) start--;
+    while (start > floor && inForm[data[start - 1]!] === 1) start--;
+    if (start === floor) start = stop;
     return data.length - start;
   }
 
