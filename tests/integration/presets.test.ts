@@ -53,6 +53,14 @@ beforeAll(async () => {
         prices: { 'gpt-test': { input: 0.4, output: 1.6 }, 'gpt-big': { input: 2, output: 8 } },
         budgets: [{ by: 'user', units: 10_000, period: 'day' }],
       }),
+      openai({
+        id: 'openai-images',
+        baseUrl: base('/openai/v1/'),
+        models: ['gpt-image-test'],
+        callPrice: 100,
+        budgets: [{ by: 'user', units: 500, period: 'day' }],
+        only: ['POST /images/generations'],
+      }),
       liftedForStaff(
         openai({
           id: 'openai-lifted',
@@ -331,6 +339,26 @@ describe('openai preset', () => {
     const third = await call('openai', '/chat/completions', { body: chat, headers: { cookie: spender } });
     expect(third.status).toBe(429);
     expect(errorCode(third)).toBe('budget_exceeded');
+  });
+});
+
+describe('openai preset priced per call', () => {
+  it('charges an image generation callPrice per image it asks for (n), one when n is absent', async () => {
+    const painter = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:painter', roles: ['user'] });
+    const images = (n?: number) =>
+      call('openai-images', '/images/generations', { body: { model: 'gpt-image-test', prompt: 'a lighthouse', ...(n === undefined ? {} : { n }) }, headers: { cookie: painter } });
+    const four = await images(4);
+    expect(four.status).toBe(200);
+    await expect.poll(() => events.get(four.headers.get('x-request-id')!)?.units).toBe(400);
+    const one = await images();
+    expect(one.status).toBe(200);
+    await expect.poll(() => events.get(one.headers.get('x-request-id')!)?.units).toBe(100);
+    // 500 of 500 spent: even one more image is refused before the upstream is called.
+    const before = upstream.requests.length;
+    const refused = await images(1);
+    expect(refused.status).toBe(429);
+    expect(errorCode(refused)).toBe('budget_exceeded');
+    expect(upstream.requests.length).toBe(before);
   });
 });
 

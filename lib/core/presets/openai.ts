@@ -46,7 +46,8 @@ const options = z.strictObject({
     .max(Number.MAX_SAFE_INTEGER)
     .optional()
     .describe(
-      'Budget units per call on routes that report no tokens (images, speech, transcription, translation). With ' +
+      'Budget units per call on routes that report no tokens (per image for image generations, whose `n` makes ' +
+        'several; speech, transcription, translation). With ' +
         '`prices` and no callPrice, those routes are left out: nothing would bound what they cost.',
     ),
 }).superRefine(checkPrices);
@@ -297,9 +298,11 @@ function routes(o: Options): RouteInput[] {
   // Priced per call, or (with prices and no callPrice) not offered: the table cannot bound what they cost.
   if (o.prices && o.callPrice === undefined) return llm;
   const perCall = o.callPrice === undefined ? {} : { cost: { reserve: o.callPrice } };
+  // An image generation makes `n` images (up to 4), each priced as a call: an absent `n` is one.
+  const perImage = o.callPrice === undefined ? {} : { cost: { reserve: o.callPrice, reserveFrom: { field: 'body.n', times: o.callPrice } } };
   return [
     ...llm,
-    { method: 'POST', path: '/images/generations', body: userOnly.contract(imagesBody(models)), identity: userOnly.identity, timeoutMs: 120_000, ...perCall },
+    { method: 'POST', path: '/images/generations', body: userOnly.contract(imagesBody(models)), identity: userOnly.identity, timeoutMs: 120_000, ...perImage },
     { method: 'POST', path: '/audio/speech', body: speechBody(models), timeoutMs: 120_000, ...perCall },
     ...(['/audio/transcriptions', '/audio/translations'] as const).map((path) => ({
       method: 'POST' as const,

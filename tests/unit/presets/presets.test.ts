@@ -94,7 +94,11 @@ describe('built-in presets', () => {
     expect(priced).toContain('POST /embeddings');
     for (const key of ['POST /images/generations', 'POST /audio/speech', 'POST /audio/transcriptions']) expect(priced).not.toContain(key);
     const perCall = openai({ prices, callPrice: 40_000 });
-    expect(perCall.config.routes.find((r) => r.path === '/images/generations')!.cost).toEqual({ reserve: 40_000 });
+    // An image generation's `n` images are each priced as a call.
+    expect(perCall.config.routes.find((r) => r.path === '/images/generations')!.cost).toEqual({
+      reserve: 40_000,
+      reserveFrom: { field: 'body.n', times: 40_000, plus: 0 },
+    });
     expect(perCall.config.routes.find((r) => r.path === '/audio/transcriptions')!.cost).toEqual({ reserve: 40_000 });
   });
 
