@@ -1,3 +1,5 @@
+import { inspect } from 'node:util';
+
 /**
  * Test-side statement of what "scrubbed" means, written independently of lib/core/log/scrub.ts:
  * the forms a secret takes in transit, and a leftmost-longest whole-input replacement over bytes.
@@ -48,7 +50,7 @@ export function stableBase64(secret: string, offset: number): string {
  * upper- and lowercase hex, as Python's quote and Go's PathEscape write it, and as the WHATWG URL parser writes
  * it in a query and a fragment; JSON-escaped, also with "\/" for
  * "/", with non-ASCII as \uxxxx, as Go, as Gson and as
- * System.Text.Json write it (HTML-sensitive characters as \u escapes), and with every unit as
+ * System.Text.Json write it (HTML-sensitive characters as \u escapes), as util.inspect quotes it, and with every unit as
  * \uXXXX (either case); hex (either case); base64 (padded and not), base64url (padded and not), and the
  * stable base64/base64url characters at byte offsets 0, 1 and 2 inside a larger blob (8 characters or more).
  * Shorter than 4 characters: not a form.
@@ -101,6 +103,8 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
     ['JSON, Go (HTML-safe)', goJson],
     ['JSON, Gson (HTML-safe)', gson],
     ['JSON, System.Text.Json', dotnet],
+    // Node's own printer is the statement of how `console` shows a string inside an object.
+    ['util.inspect', inspect(secret).slice(1, -1)],
     ['\\u lowercase', escapeAllUnits(secret, false)],
     ['\\u uppercase', escapeAllUnits(secret, true)],
     ['hex lowercase', hex],

@@ -1,3 +1,5 @@
+import { inspect } from 'node:util';
+
 /**
  * Replaces known secret values in text: the raw value and the forms it takes when it travels (see
  * `namedSecretForms`). Used on every log line and error message; the same list drives the response-header
@@ -28,6 +30,7 @@ const MIN_FRAGMENT_LENGTH = 8;
  *   too (Gson's default), as
  *   System.Text.Json writes it (ASP.NET Core's default: `+` as `\u002B`, see dotnetJson), and every UTF-16 unit
  *   written `\uXXXX` (either case);
+ * - as `console` prints a string inside an object (util.inspect's quoted form);
  * - hex of the UTF-8 bytes, either case;
  * - base64 and base64url (padded and not) of the UTF-8 bytes, and at each of the three byte alignments the
  *   key can have inside a larger encoded blob, the characters that depend on the key alone (`base64Fragment`).
@@ -63,6 +66,9 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   // Gson's default (HTML-safe) writes = and ' as well, lowercase: a padded base64 key ends in \u003d.
   add('json-escaped-gson', json.replace(/[<>&='\u2028\u2029]/g, unicodeEscapes));
   add('json-escaped-dotnet', dotnetJson(secret));
+  // As `console` prints it inside an object or array (util.inspect): a key holding ' " and ` is single-quoted,
+  // its ' written \', and a backslash is \\ whatever the quotes (JSON's form also has \" for a ").
+  add('console', inspect(secret).slice(1, -1));
   const escaped = unicodeEscapes(secret);
   add('unicode-escaped', escaped);
   add('unicode-escaped-uppercase', escaped.toUpperCase().replaceAll('\\U', '\\u'));

@@ -40,6 +40,17 @@ describe('console output passes the log scrubber (scrubConsole)', () => {
     expect(third).toEqual(['log', 'nothing secret', 42, error]);
   });
 
+  it('scrubs a secret as console quotes it inside an object: with all three quotes (\\\'), or a " and a backslash', () => {
+    const { printed, target } = scrubbedLog();
+    for (const key of [`${randomSecret('q')}'"\``, `${randomSecret('b')}"\\x`]) {
+      logScrubber.add([key]);
+      target.log({ upstreamBody: key });
+      const text = format(...printed.at(-1)!);
+      expect(text).toContain('[REDACTED]');
+      expect(text).not.toContain(key.slice(0, 12));
+    }
+  });
+
   it('a secret where console would cut a long string or array short: its start is not printed either', () => {
     const { key, printed, target } = scrubbedLog();
     // util.inspect shows 10,000 characters of a string and 100 items of an array, then "… more".
