@@ -1,4 +1,5 @@
 import type { ProxyTarget } from '@/lib/core/pipeline';
+import { decodeSegment } from '@/lib/core/route/segments';
 
 /** A request the fast lane serves itself: its upstream and path segments, and the raw query (with its `?`). */
 export interface ProxyPath {
@@ -84,13 +85,4 @@ export function originFormTarget(requestTarget: string): string | null {
 function spellsProxy(path: string): boolean {
   const [empty, first = '', second = ''] = path.split('/', 3);
   return empty === '' && decodeSegment(first) === 'api' && decodeSegment(second) === 'proxy';
-}
-
-function decodeSegment(segment: string): string {
-  if (!segment.includes('%')) return segment;
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    return segment;
-  }
 }

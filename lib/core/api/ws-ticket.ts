@@ -1,7 +1,7 @@
 import { KeywardError } from '../errors';
 import { authorize } from '../policy/authorize';
 import { matchRoute } from '../route/match';
-import { assertSafeSegments } from '../route/segments';
+import { assertSafeSegments, decodeSegment } from '../route/segments';
 import type { Runtime } from '../runtime';
 import { WsTickets } from '../ws/tickets';
 import { apiHandler, json, readJsonObject, requireSession } from './guard';
@@ -35,13 +35,4 @@ export function handleWsTicket(request: Request, runtime: Runtime): Promise<Resp
     authorize(route, params, session);
     return json(await new WsTickets(runtime.store).issue(session, { upstream: upstreamId, path: segments }));
   });
-}
-
-/** As the fast lane reads a request path (lib/node/proxy-path.ts): one decoding; invalid encoding stays as written. */
-function decodeSegment(segment: string): string {
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    return segment;
-  }
 }

@@ -54,3 +54,16 @@ export function assertSafeSegments(segments: readonly string[]): void {
     if (!isSafeSegment(segment)) throw new KeywardError('bad_path');
   }
 }
+
+/**
+ * A path segment as the fast lane reads a request target (lib/node/proxy-path.ts) and the WebSocket ticket reads
+ * its path: decoded once; invalid percent-encoding stays as written (the segment checks then refuse its `%`).
+ */
+export function decodeSegment(segment: string): string {
+  if (!segment.includes('%')) return segment;
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
