@@ -10,7 +10,7 @@ import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
 import { LOCAL_SUBJECT_PREFIX, currentLocalUser } from '@/lib/core/users/file';
 import { MAX_PASSWORD_LENGTH } from '@/lib/core/users/password';
-import { USER_ID } from '@/lib/core/session/provider-sessions';
+import { isAcceptedAccountId } from '@/lib/core/session/provider-sessions';
 
 /**
  * Cookie settings per DESIGN.md: the session cookie is `__Host-`, Secure, HttpOnly, SameSite=Strict,
@@ -118,12 +118,12 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
     },
     callbacks: {
       // A provider's account id becomes the user id `<provider>:<sub>`, by which admins revoke sessions and read
-      // usage (printable ASCII, at most 300 characters: USER_ID). One outside that (a sub that is not ASCII, which
-      // OIDC Core forbids, or longer than its 255) is refused here rather than signed in for good as a user no
-      // admin could act on: the sign-in page says AccessDenied.
+      // usage (USER_ID). One outside OIDC Core's rule (a sub that is not ASCII, or longer than 255 characters) is
+      // refused here rather than signed in for good as a user no admin could act on: the sign-in page says
+      // AccessDenied.
       signIn({ account }) {
         if (!account || account.provider === 'credentials') return true;
-        if (USER_ID.test(`${account.provider}:${account.providerAccountId}`)) return true;
+        if (isAcceptedAccountId(account.provider, account.providerAccountId)) return true;
         runtime.logger.warn({ provider: account.provider }, "sign-in refused: the provider's account id (sub) is not printable ASCII of at most 255 characters");
         return false;
       },

@@ -36,6 +36,17 @@ export const PROVIDER_SESSION_SLOTS = 32;
  */
 export const USER_ID = /^[\x20-\x7e]{1,300}$/;
 
+/** OIDC Core §2: a `sub` is at most 255 ASCII characters. */
+const MAX_SUB_LENGTH = 255;
+
+/**
+ * Whether a provider's account id (an OIDC `sub`) makes a user id Keyward signs in: OIDC Core's rule (printable
+ * ASCII here, 1 to 255 characters), so that `<provider>:<sub>` is one the admin API and pages take (USER_ID).
+ */
+export function isAcceptedAccountId(provider: string, accountId: string): boolean {
+  return accountId.length > 0 && accountId.length <= MAX_SUB_LENGTH && USER_ID.test(`${provider}:${accountId}`);
+}
+
 /**
  * A user id from a path segment a page was given (`/admin/users/<id>`), decoded once more only while it still
  * looks percent-encoded. Every user id holds a `:` (`local:…`, `oidc:…`), which an encoded one carries as `%3A`;

@@ -70,3 +70,17 @@ describe('userIdFromSegment (a user id from an admin page path)', () => {
     expect(USER_ID.test(sub)).toBe(true);
   });
 });
+
+describe('isAcceptedAccountId (which OIDC subs sign in)', () => {
+  it("takes OIDC Core's sub: printable ASCII of at most 255 characters, a URL with spaces included", async () => {
+    const { isAcceptedAccountId, USER_ID } = await import('../../../lib/core/session/provider-sessions');
+    expect(isAcceptedAccountId('oidc', 'https://idp.example/users/a b+c=')).toBe(true);
+    expect(isAcceptedAccountId('oidc', 's'.repeat(255))).toBe(true);
+    // 256 to 295 characters still make a user id the admin API takes (300 at most), but no OIDC provider may send one.
+    expect(USER_ID.test(`oidc:${'s'.repeat(256)}`)).toBe(true);
+    expect(isAcceptedAccountId('oidc', 's'.repeat(256))).toBe(false);
+    expect(isAcceptedAccountId('oidc', 'jöran')).toBe(false);
+    expect(isAcceptedAccountId('oidc', 'tab\there')).toBe(false);
+    expect(isAcceptedAccountId('oidc', '')).toBe(false);
+  });
+});
