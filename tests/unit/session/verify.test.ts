@@ -135,6 +135,24 @@ describe('cookie sessions', () => {
 describe('bearer sessions', () => {
   const exp = () => Math.floor(Date.now() / 1000) + 3600;
 
+  it('reads a token of up to 12,288 characters (a user in many groups), and refuses a longer one unread', async () => {
+    /** A token of the user with `groups` roles of 20 characters each, and its length. */
+    const tokenWith = async (groups: number) => {
+      const roles = Array.from({ length: groups }, (_, i) => `group-${String(i).padStart(14, '0')}`);
+      return mintBearer({ ...claims(), roles, exp: exp(), typ: 'keyward.session' });
+    };
+    // Grown to the longest token under the limit, then one group more.
+    let groups = 300;
+    while ((await tokenWith(groups + 1)).length <= 12_288) groups++;
+    const longest = await tokenWith(groups);
+    const over = await tokenWith(groups + 1);
+    // A group adds about 27 characters: the longest token is within two groups of the limit.
+    expect(longest.length).toBeGreaterThan(12_288 - 64);
+    expect(over.length).toBeGreaterThan(12_288);
+    expect((await verify(withAuthorization(`Bearer ${longest}`)))?.roles).toHaveLength(groups);
+    expect(await verify(withAuthorization(`Bearer ${over}`))).toBeNull();
+  });
+
   it('reads a sealed bearer token', async () => {
     const c = claims();
     const token = await mintBearer({ ...c, exp: exp(), typ: 'keyward.session' });
