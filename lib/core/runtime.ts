@@ -22,6 +22,7 @@ import { AuditLog } from './audit/audit';
 import { UsageAggregates } from './aggregates/usage';
 import { keyFingerprints } from './keys/fingerprint';
 import { KeyRings } from './keys/rings';
+import { DeviceCookies } from './limits/device-cookie';
 import { Limits } from './limits/limits';
 import { processMetrics, type ProxyMetrics } from './observe/metrics';
 import { getLogger, logScrubber } from './log/logger';
@@ -64,6 +65,8 @@ export interface Runtime extends ProxyDeps {
   /** DPoP proofs (RFC 9449) for mobile tokens bound to a key: checked at the token endpoint and at every call. */
   readonly dpop: { readonly proofs: DpopProofs; readonly nonces: DpopNonces };
   readonly limits: Limits;
+  /** Sign-in device cookies: a browser's attempts for a username it signed in as count on its own counter. */
+  readonly deviceCookies: DeviceCookies;
   readonly keyRings: KeyRings;
   readonly audit: AuditLog;
   /** Prometheus metrics, one set per process (shared with the other door's runtime; GET /api/metrics). */
@@ -314,6 +317,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     mobile,
     dpop,
     limits: new Limits(store, logger, now),
+    deviceCookies: new DeviceCookies(settings.KEYWARD_SESSION_SECRET, now),
     keyRings,
     audit,
     metrics,

@@ -241,8 +241,13 @@ export class Limits {
    * a counter per name it tries (only its first `limit` names per window). An IPv6 client is counted by its /64
    * and by its /48 at SIGNIN_SITE_FACTOR times the limit: a site's 65,536 /64s would otherwise each have the
    * limit, enough to keep the password-hash queue full for everyone and to spray passwords over many usernames.
+   *
+   * `device` is the id of a valid device cookie for this username (lib/core/limits/device-cookie.ts), or null. An
+   * attempt from such a browser counts on that device's counter (the same limit and window) instead of the
+   * username's: the username's counter is then what strangers fill, and filling it does not lock the user out of
+   * a browser they signed in from before. The address counters come first for every attempt, as without one.
    */
-  async checkSignIn(ip: string | null, username: string | null, limit: number, windowSeconds: number): Promise<void> {
+  async checkSignIn(ip: string | null, username: string | null, limit: number, windowSeconds: number, device: string | null = null): Promise<void> {
     const rule = (by: Subject, name: string, points = limit): RateRule => ({ id: `signin|${name}`, name, by, limit: points, windowSeconds, roles: null });
     const byIp = await this.consume([[rule('ip', 'signin-ip'), ip === null ? 'unknown' : limitBucket(ip)]]);
     if (byIp.retryMs !== null) throw limitError('rate_limited', byIp.retryMs, []);
@@ -252,7 +257,9 @@ export class Limits {
       if (bySite.retryMs !== null) throw limitError('rate_limited', bySite.retryMs, []);
     }
     if (!username) return;
-    const byName = await this.consume([[rule('user', 'signin-username'), username.toLowerCase()]]);
+    const byName = await this.consume([
+      device === null ? [rule('user', 'signin-username'), username.toLowerCase()] : [rule('user', 'signin-device'), device],
+    ]);
     if (byName.retryMs !== null) throw limitError('rate_limited', byName.retryMs, []);
   }
 
