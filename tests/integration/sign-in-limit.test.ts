@@ -1,10 +1,14 @@
 import { randomUUID } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handleSignInPost } from '../../lib/core/api/sign-in';
+import { DeviceCookies } from '../../lib/core/limits/device-cookie';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
-import { signIn, signInAttempt, startApp, type AppServer } from '../fixtures/app-server';
+import { signIn, signInAttempt, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { capturingLogger } from '../fixtures/claims-session';
-import { testSessionSecrets } from '../fixtures/secrets';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { writeUsersFile } from '../fixtures/users';
 import { uncalledUpstream } from '../fixtures/config';
 
@@ -77,6 +81,8 @@ const freshName = () => `user-${randomUUID().slice(0, 8)}`;
 function attempt(options: {
   ip?: string | null;
   username?: string | null;
+  password?: string;
+  cookie?: string;
   url?: string;
   method?: string;
   body?: BodyInit | null;
@@ -84,10 +90,11 @@ function attempt(options: {
 }): Request {
   const headers = new Headers();
   if (options.ip) headers.set('x-forwarded-for', options.ip);
+  if (options.cookie) headers.set('cookie', options.cookie);
   const method = options.method ?? 'POST';
   let body: BodyInit | null | undefined = options.body;
   if (body === undefined && method === 'POST') {
-    const form = new URLSearchParams({ csrfToken: 'token', password: 'wrong-password' });
+    const form = new URLSearchParams({ csrfToken: 'token', password: options.password ?? 'wrong-password' });
     if (options.username !== null) form.set('username', options.username ?? freshName());
     body = form;
   }
@@ -228,6 +235,178 @@ describe('per username', () => {
   });
 });
 
+/**
+ * Device cookies (OWASP, "Slow Down Online Guessing Attacks with Device Cookies"): a browser that signed in as a
+ * user counts its attempts for that user on its own counter, so posts naming the user from elsewhere lock out
+ * every other client but not that browser. The stand-in for Auth.js signs in as Auth.js does, by setting the
+ * session cookie, when the password is RIGHT.
+ */
+describe('device cookies', () => {
+  const RIGHT = 'right-password';
+  const DEVICE = '__Host-keyward.device';
+
+  interface DeviceAttempt {
+    response: Response;
+    /** Whether the attempt reached (the stand-in for) Auth.js. */
+    passed: boolean;
+    /** The device cookie's Set-Cookie line in the answer, if any. */
+    device: string | null;
+  }
+
+  async function deviceAttempt(options: { username: string; password?: string; cookie?: string; ip?: string; sessionCookie?: string }): Promise<DeviceAttempt> {
+    let passed = false;
+    const request = attempt({ ip: options.ip ?? freshIp(), username: options.username, password: options.password, cookie: options.cookie });
+    const response = await handleSignInPost(request, runtime, async (forwarded) => {
+      passed = true;
+      const right = new URLSearchParams(await forwarded.text()).get('password') === RIGHT;
+      const headers = new Headers({ location: right ? '/' : '/signin?error=CredentialsSignin' });
+      if (right) headers.append('set-cookie', `${options.sessionCookie ?? '__Host-keyward.session'}=stand-in.${randomUUID()}; Path=/; HttpOnly; Secure; SameSite=Strict`);
+      return new Response(null, { status: 302, headers });
+    });
+    const device = response.headers.getSetCookie().find((line) => line.startsWith(`${DEVICE}=`)) ?? null;
+    return { response, passed, device };
+  }
+
+  /** The Cookie header a browser sends back for a device cookie's Set-Cookie line. */
+  const asCookie = (line: string | null) => line!.split(';')[0]!;
+
+  /** Signs `username` in (no device cookie: counted on the username) and returns the device cookie it got. */
+  async function deviceCookieFor(username: string): Promise<string> {
+    const { response, device } = await deviceAttempt({ username, password: RIGHT });
+    expect(response.status).toBe(302);
+    expect(device).not.toBeNull();
+    return asCookie(device);
+  }
+
+  /** An attacker's posts naming `username`, each from a new address, until the username's counter refuses. */
+  async function lockOut(username: string): Promise<void> {
+    for (let i = 0; i < MAX + 7; i++) await deviceAttempt({ username });
+    const locked = await deviceAttempt({ username, password: RIGHT });
+    await expectRefused(locked);
+  }
+
+  async function expectRefused(result: DeviceAttempt): Promise<void> {
+    expect(result.passed, 'a refused attempt must not reach Auth.js').toBe(false);
+    expect(result.device).toBeNull();
+    await expectLimited(Promise.resolve({ response: result.response, passed: null }));
+  }
+
+  async function expectSignedIn(result: DeviceAttempt): Promise<void> {
+    expect(result.passed).toBe(true);
+    expect(result.response.status).toBe(302);
+    expect(result.response.headers.get('location')).toBe('/');
+    expect(result.device).not.toBeNull();
+  }
+
+  it('a successful sign-in also sets a device cookie (__Host-, HttpOnly, Secure, SameSite=Strict, 180 days); a refused one does not', async () => {
+    const username = `Reader-${randomUUID().slice(0, 8)}`;
+    const first = await deviceAttempt({ username, password: RIGHT });
+    await expectSignedIn(first);
+    const [pair, ...attributes] = first.device!.split(';').map((part) => part.trim());
+    expect(attributes.sort()).toEqual(['HttpOnly', 'Max-Age=15552000', 'Path=/', 'SameSite=Strict', 'Secure']);
+    // Auth.js's own session cookie is still there.
+    expect(first.response.headers.getSetCookie().some((line) => line.startsWith('__Host-keyward.session=stand-in.'))).toBe(true);
+    // It names no user and holds nothing of the password or the session.
+    const value = pair!.slice(`${DEVICE}=`.length);
+    expect(value).toMatch(/^v1\.[A-Za-z0-9_-]{22}\.[0-9a-z]+\.[A-Za-z0-9_-]{43}$/);
+    expect(value.toLowerCase()).not.toContain(username.toLowerCase());
+    expect(value).not.toContain(RIGHT);
+
+    // Each sign-in gets a new device (nonce).
+    const second = await deviceAttempt({ username, password: RIGHT, cookie: asCookie(first.device) });
+    await expectSignedIn(second);
+    const nonce = (line: string | null) => asCookie(line).slice(`${DEVICE}=`.length).split('.')[1];
+    expect(nonce(second.device)).not.toBe(nonce(first.device));
+
+    // A wrong password: Auth.js sets no session cookie, and no device cookie is set.
+    const wrong = await deviceAttempt({ username: freshName() });
+    expect(wrong.passed).toBe(true);
+    expect(wrong.device).toBeNull();
+    // A session cookie Auth.js split in chunks is a sign-in too.
+    await expectSignedIn(await deviceAttempt({ username: freshName(), password: RIGHT, sessionCookie: '__Host-keyward.session.0' }));
+  });
+
+  it("an attacker's attempts lock the username for cookie-less clients, but the browser with a device cookie still signs in", async () => {
+    const username = freshName();
+    const cookie = await deviceCookieFor(username);
+    await lockOut(username);
+    // The right password without the cookie: still refused (the trade-off that remains).
+    await expectRefused(await deviceAttempt({ username, password: RIGHT }));
+
+    const signedIn = await deviceAttempt({ username, password: RIGHT, cookie: `other=1; ${cookie}` });
+    await expectSignedIn(signedIn);
+    expect(asCookie(signedIn.device)).not.toBe(cookie);
+    // The new cookie works as well, and the username's case does not matter (counted lowercased, as the username is).
+    await expectSignedIn(await deviceAttempt({ username: username.toUpperCase(), password: RIGHT, cookie: asCookie(signedIn.device) }));
+    // The lock still holds for everyone else.
+    await expectRefused(await deviceAttempt({ username, password: RIGHT }));
+  });
+
+  it("another username's device cookie does not help", async () => {
+    const username = freshName();
+    const others = await deviceCookieFor(freshName());
+    await lockOut(username);
+    await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie: others }));
+  });
+
+  it('a forged, tampered or foreign device cookie is no device cookie (never an error)', async () => {
+    const username = freshName();
+    const cookie = await deviceCookieFor(username);
+    await lockOut(username);
+    const [, nonce, issued, mac] = cookie.slice(`${DEVICE}=`.length).split('.') as [string, string, string, string];
+    const flip = (text: string, at: number) => `${text.slice(0, at)}${text[at] === 'A' ? 'B' : 'A'}${text.slice(at + 1)}`;
+    // Issued for this username by a deployment with another KEYWARD_SESSION_SECRET (or before a rotation).
+    const foreign = new DeviceCookies(randomSecret('sess')).issue(username).split(';')[0]!.slice(`${DEVICE}=`.length);
+    const values = [
+      `v1.${nonce}.${issued}.${flip(mac, 42)}`,
+      `v1.${nonce}.${issued}.${flip(mac, 0)}`,
+      `v1.${flip(nonce, 3)}.${issued}.${mac}`,
+      `v1.${nonce}.${(Number.parseInt(issued, 36) + 86_400).toString(36)}.${mac}`,
+      `v1.${nonce}.0${issued}.${mac}`,
+      `v2.${nonce}.${issued}.${mac}`,
+      `v1.${nonce}.${issued}.${mac}.`,
+      `v1.${nonce}.${issued}`,
+      foreign,
+      '',
+      'v1...',
+      'x'.repeat(4000),
+      '%E2%82%AC;%00',
+      '"v1"',
+    ];
+    for (const value of values) {
+      await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie: `${DEVICE}=${value}` }));
+    }
+    // A stolen cookie's nonce under its own name is nothing either.
+    await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie: `${DEVICE}=${nonce}` }));
+    // The real one still works.
+    await expectSignedIn(await deviceAttempt({ username, password: RIGHT, cookie }));
+  });
+
+  it("a device's attempts count on its own counter: after the limit that device is locked for the window, not the others nor the username", async () => {
+    const username = freshName();
+    const first = await deviceCookieFor(username);
+    const second = await deviceCookieFor(username);
+    for (let i = 0; i < MAX; i++) {
+      const wrong = await deviceAttempt({ username, cookie: first });
+      expect(wrong.passed).toBe(true);
+    }
+    await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie: first }));
+    await expectSignedIn(await deviceAttempt({ username, password: RIGHT, cookie: second }));
+    // The first device's attempts were not counted on the username: cookie-less clients had 2 of MAX so far.
+    await expectSignedIn(await deviceAttempt({ username, password: RIGHT }));
+    await expectRefused(await deviceAttempt({ username, password: RIGHT }));
+    await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie: first }));
+  });
+
+  it('the address counters still come first: a device cookie does not lift a limited address', async () => {
+    const username = freshName();
+    const cookie = await deviceCookieFor(username);
+    const ip = freshIp();
+    for (let i = 0; i < MAX; i++) expect((await deviceAttempt({ username: freshName(), ip })).passed).toBe(true);
+    await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie, ip }));
+  });
+});
+
 describe("the other Auth.js POSTs (sign-out, session update, OIDC callbacks): their body is read under a cap", () => {
   const SIGNOUT = `${ORIGIN}/api/auth/signout`;
   const chunkedBody = (text: string) =>
@@ -304,6 +483,18 @@ describe('only credential sign-in posts are limited', () => {
   });
 });
 
+/** The built app's environment: one local user, this file's attempt limit, and the given store settings. */
+async function appSettings(username: string, password: string, store: Record<string, string>): Promise<Record<string, string>> {
+  return {
+    ...testSessionSecrets(),
+    KEYWARD_USERS_FILE: await writeUsersFile([{ username, password, roles: ['user'] }]),
+    ...uncalledUpstream(),
+    ...store,
+    KEYWARD_SIGNIN_MAX_ATTEMPTS: String(MAX),
+    KEYWARD_SIGNIN_WINDOW_SECONDS: String(WINDOW),
+  };
+}
+
 /**
  * The attacks of issue 11 against the production server: once `bob` is locked out, neither a JSON body nor
  * a repeated username may try his password. Before the fix both signed in with the right password.
@@ -313,15 +504,7 @@ describe('against next start: a locked-out user stays locked out', () => {
   let app: AppServer;
 
   beforeAll(async () => {
-    const usersFile = await writeUsersFile([{ username: 'bob', password: bobPassword, roles: ['user'] }]);
-    app = await startApp({
-      ...testSessionSecrets(),
-      KEYWARD_USERS_FILE: usersFile,
-      ...uncalledUpstream(),
-      KEYWARD_STORE: 'memory',
-      KEYWARD_SIGNIN_MAX_ATTEMPTS: String(MAX),
-      KEYWARD_SIGNIN_WINDOW_SECONDS: String(WINDOW),
-    });
+    app = await startApp(await appSettings('bob', bobPassword, { KEYWARD_STORE: 'memory' }));
   }, 90_000);
 
   afterAll(async () => {
@@ -409,5 +592,58 @@ describe('against next start: a locked-out user stays locked out', () => {
     }
     const attempt = await signInAttempt(app.url, 'nobody', 'wrong-password', { 'x-forwarded-for': freshIp() });
     expect(attempt.response.headers.get('cache-control')).toBe('private, no-store');
+  });
+});
+
+/**
+ * Device cookies against the built app, through both doors: `next start`'s route handler, and the fast lane
+ * (`npm start`), which hands /api/auth to Next. A real sign-in sets the cookie next to Auth.js's session cookie,
+ * and once carol's username is locked by posts from other addresses, her browser still signs in with it.
+ */
+describe.each([
+  ['next start', startApp],
+  ['the fast lane (npm start)', startFastLane],
+] as const)('device cookies against %s', (_, start) => {
+  const carolPassword = `pw-${randomUUID()}`;
+  let app: AppServer;
+
+  beforeAll(async () => {
+    // The embedded store: the fast lane and Next's handlers cannot share a memory store.
+    const store = { KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-device-')), 'keyward.db') };
+    app = await start(await appSettings('carol', carolPassword, store));
+  }, 90_000);
+
+  afterAll(async () => {
+    await app?.stop();
+  });
+
+  const deviceLine = (response: Response) => response.headers.getSetCookie().find((line) => line.startsWith('__Host-keyward.device=')) ?? null;
+
+  it('a real sign-in sets the device cookie; with it, carol signs in while her username is locked for everyone else', async () => {
+    const first = await signInAttempt(app.url, 'carol', carolPassword, { 'x-forwarded-for': freshIp() });
+    expect(first.cookie).toMatch(/^__Host-keyward\.session=/);
+    const line = deviceLine(first.response);
+    expect(line).toMatch(/^__Host-keyward\.device=v1\.[^;]+; Path=\/; Max-Age=15552000; HttpOnly; Secure; SameSite=Strict$/);
+    const device = line!.split(';')[0]!;
+
+    // A wrong password sets no device cookie.
+    const wrong = await signInAttempt(app.url, 'carol', 'wrong-password', { 'x-forwarded-for': freshIp() });
+    expect(wrong.cookie).toBeNull();
+    expect(deviceLine(wrong.response)).toBeNull();
+
+    // Someone else names carol from other addresses until her username is locked.
+    for (let i = 0; i < MAX; i++) await signInAttempt(app.url, 'carol', 'wrong-password', { 'x-forwarded-for': freshIp() });
+    const locked = await signInAttempt(app.url, 'carol', carolPassword, { 'x-forwarded-for': freshIp() });
+    expect(locked.response.status).toBe(429);
+    expect(locked.cookie).toBeNull();
+
+    // Her browser, with its device cookie, still signs in, and is given a new one.
+    const again = await signInAttempt(app.url, 'carol', carolPassword, { 'x-forwarded-for': freshIp(), cookie: device });
+    expect(again.response.status).toBe(302);
+    expect(again.cookie).toMatch(/^__Host-keyward\.session=/);
+    expect(deviceLine(again.response)?.split(';')[0]).not.toBe(device);
+    // A tampered copy of it does not.
+    const tampered = `${device.slice(0, -1)}${device.endsWith('A') ? 'B' : 'A'}`;
+    expect((await signInAttempt(app.url, 'carol', carolPassword, { 'x-forwarded-for': freshIp(), cookie: tampered })).response.status).toBe(429);
   });
 });

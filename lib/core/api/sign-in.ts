@@ -1,8 +1,10 @@
 import { clientIp } from '../client/ip';
 import { KeywardError, errorResponse, toKeywardError } from '../errors';
+import { DEVICE_COOKIE } from '../limits/device-cookie';
 import type { Runtime } from '../runtime';
+import { SESSION_COOKIE } from '../session/session';
 import { withPasswordSlot } from '../users/password';
-import { readCappedText } from './guard';
+import { readCappedText, readCookie } from './guard';
 
 /** The largest sign-in form accepted (a username, a password ≤ 1024, a CSRF token and a callback URL). */
 const MAX_FORM_BYTES = 8 * 1024;
@@ -90,29 +92,66 @@ async function boundedAuthRequest(request: Request): Promise<Request> {
 
 /**
  * Limits local sign-in attempts (OWASP ASVS 2.2.1) before Auth.js checks the password: per client IP, and
- * per username so that spreading guesses over many addresses does not help. Throws 429 `rate_limited`
- * (or 503 `store_unavailable` if the store is down: fail closed).
+ * per username so that spreading guesses over many addresses does not help, or per device instead of per
+ * username for a browser that holds a device cookie for that username (`device`, see deviceOf). Throws 429
+ * `rate_limited` (or 503 `store_unavailable` if the store is down: fail closed).
  */
-export async function limitSignIn(request: Request, username: string | null, runtime: Pick<Runtime, 'limits' | 'settings'>): Promise<void> {
+export async function limitSignIn(
+  request: Request,
+  username: string | null,
+  runtime: Pick<Runtime, 'limits' | 'settings'>,
+  device: string | null = null,
+): Promise<void> {
   const { settings } = runtime;
   await runtime.limits.checkSignIn(
     clientIp(request.headers, settings.KEYWARD_TRUSTED_PROXY_HOPS),
     username,
     settings.KEYWARD_SIGNIN_MAX_ATTEMPTS,
     settings.KEYWARD_SIGNIN_WINDOW_SECONDS,
+    device,
   );
 }
 
 /**
+ * The id of the device cookie the request carries, when it is a valid one for the username tried; else null
+ * (no cookie, or one that is malformed, forged, expired or another username's: never an error).
+ */
+function deviceOf(request: Request, username: string | null, runtime: Pick<Runtime, 'deviceCookies'>): string | null {
+  return username === null ? null : runtime.deviceCookies.deviceOf(readCookie(request, DEVICE_COOKIE), username);
+}
+
+/**
+ * Whether Auth.js's answer signs the browser in: it sets the session cookie to a value, whole or as its first
+ * chunk (`.0`, when Auth.js splits a large one). A refused password is a redirect to the error page without it;
+ * a cookie being cleared (`name=;`) is no sign-in.
+ */
+function signsIn(response: Response): boolean {
+  return response.headers.getSetCookie().some((line) => {
+    const pair = line.split(';', 1)[0]!;
+    const index = pair.indexOf('=');
+    const name = pair.slice(0, index).trim();
+    return (name === SESSION_COOKIE || name === `${SESSION_COOKIE}.0`) && pair.slice(index + 1).trim() !== '';
+  });
+}
+
+/** Auth.js's answer to a successful sign-in, with a new device cookie for the username (a fresh nonce each time). */
+function withDeviceCookie(response: Response, username: string, runtime: Pick<Runtime, 'deviceCookies'>): Response {
+  const headers = new Headers(response.headers);
+  headers.append('set-cookie', runtime.deviceCookies.issue(username));
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
+
+/**
  * Auth.js's POST handler with Keyward's sign-in rules in front of the credentials callback: one unambiguous
- * form body (readSignInForm), the attempt limits, then a password slot held for the whole Auth.js request
- * (lib/core/users/password.ts), so a flood gets 503 `sign_in_busy` with Retry-After instead of taking the
- * thread pool. Other Auth.js POSTs (sign-out, session update, OIDC callbacks) go through with their body read
- * under a cap first (boundedAuthRequest).
+ * form body (readSignInForm), the attempt limits (per device for a browser with a device cookie for the
+ * username), then a password slot held for the whole Auth.js request (lib/core/users/password.ts), so a flood
+ * gets 503 `sign_in_busy` with Retry-After instead of taking the thread pool; a sign-in that succeeds also
+ * sets a new device cookie. Other Auth.js POSTs (sign-out, session update, OIDC callbacks) go through with
+ * their body read under a cap first (boundedAuthRequest).
  */
 export async function handleSignInPost(
   request: Request,
-  runtime: Pick<Runtime, 'limits' | 'settings' | 'logger'>,
+  runtime: Pick<Runtime, 'limits' | 'settings' | 'logger' | 'deviceCookies'>,
   authPost: (request: Request) => Promise<Response>,
 ): Promise<Response> {
   if (!isCredentialsSignIn(request)) {
@@ -125,9 +164,10 @@ export async function handleSignInPost(
     return authPost(bounded);
   }
   try {
-    const form = await readSignInForm(request);
-    await limitSignIn(request, form.username, runtime);
-    return await withPasswordSlot(() => authPost(form.request), request.signal);
+    const { username, request: forAuth } = await readSignInForm(request);
+    await limitSignIn(request, username, runtime, deviceOf(request, username, runtime));
+    const response = await withPasswordSlot(() => authPost(forAuth), request.signal);
+    return username !== null && signsIn(response) ? withDeviceCookie(response, username, runtime) : response;
   } catch (error) {
     const keywardError = toKeywardError(error);
     const requestId = crypto.randomUUID();
