@@ -79,6 +79,7 @@ interface CallResult {
   status: number;
   code: string | null;
   body: string;
+  retryAfter: string | null;
 }
 
 async function call(runtime: Runtime, sessionCookie = cookie): Promise<CallResult> {
@@ -89,7 +90,7 @@ async function call(runtime: Runtime, sessionCookie = cookie): Promise<CallResul
   const flat = await responseText(response);
   responses.push(flat.text);
   const code = flat.status === 200 ? null : (JSON.parse(flat.body) as { error: { code: string } }).error.code;
-  return { status: flat.status, code, body: flat.body };
+  return { status: flat.status, code, body: flat.body, retryAfter: response.headers.get('retry-after') };
 }
 
 /** `n` concurrent proxied calls, alternating between the two instances. */
@@ -398,11 +399,13 @@ describe('the provider refuses the app, not the grant', () => {
     for (const result of results) {
       expect(result.status).toBe(503);
       expect(result.code).toBe('credential_unavailable');
+      expect(Number(result.retryAfter)).toBeGreaterThan(0);
     }
-    expect(provider.counts().tokenRequests).toBe(before + 2);
+    // The second call comes within the first failure's backoff: answered without asking the provider again.
+    expect(provider.counts().tokenRequests).toBe(before + 1);
     expect(await a.oauthTokens!.load('oidc', userId)).toMatchObject({ refreshToken: tokens.refreshToken });
     const warned = logLines.slice(logsBefore).filter((line) => line.includes('token refresh failed'));
-    expect(warned.length).toBe(2);
+    expect(warned.length).toBe(1);
     expect(warned[0]).toContain('invalid_client');
 
     // Once the right secret is deployed, the same link refreshes: nobody had to sign in again.
@@ -477,6 +480,139 @@ describe.each([
       expect((await runtime.oauthTokens!.load('oidc', user)) !== null).toBe(kept);
     } finally {
       refusing.close();
+    }
+  });
+});
+
+/** The token endpoint is down: 503, with `Retry-After` when given. */
+const unavailable =
+  (retryAfter: string | null = null) =>
+  (res: ServerResponse) => {
+    res.writeHead(503, { 'content-type': 'text/plain', ...(retryAfter === null ? {} : { 'retry-after': retryAfter }) });
+    res.end('down for maintenance');
+  };
+
+/** The token endpoint serves the refresh: a new access token, no new refresh token (the stored one is kept). */
+const served = (accessToken: string) => (res: ServerResponse) => {
+  res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+  res.end(JSON.stringify({ access_token: accessToken, token_type: 'Bearer', expires_in: 3600 }));
+};
+
+/** A scripted issuer whose token endpoint answers as `answer` says at the time of each request. */
+async function switchableIssuer(first: (res: ServerResponse) => void) {
+  const state = { answer: first };
+  const issuer = await scriptedIssuer((res) => state.answer(res));
+  return { ...issuer, state };
+}
+
+/**
+ * A user of `runtime` whose access token is due for a refresh (less than 60 s left) but still valid for
+ * `validForMs`, saved 200 s ago; and their session cookie.
+ */
+async function dueLink(runtime: Runtime, name: string, validForMs: number) {
+  const user = `oidc:${name}-${randomUUID()}`;
+  const tokens = { accessToken: randomSecret('at'), refreshToken: randomSecret('rt') };
+  skewMs -= 200_000;
+  try {
+    await runtime.oauthTokens!.save('oidc', user, { ...tokens, expiresAt: now() + 200_000 + validForMs });
+  } finally {
+    skewMs += 200_000;
+  }
+  return { user, ...tokens, cookie: await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user }) };
+}
+
+describe('the provider is down when a token is due (transient failure: backed off, the valid token served)', () => {
+  it('a token still valid for 55 s is served, and the provider is asked once per backoff, not once per call; after it, the refresh is tried again', async () => {
+    const issuer = await switchableIssuer(unavailable());
+    try {
+      const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+      const link = await dueLink(runtime, 'outage', 55_000);
+      const logsBefore = logLines.length;
+      const upstreamBefore = upstream.requests.length;
+
+      const results = [await call(runtime, link.cookie)];
+      results.push(...(await Promise.all(Array.from({ length: 10 }, () => call(runtime, link.cookie)))));
+      expect(results.map((r) => r.status)).toEqual(Array(11).fill(200));
+      expect(issuer.tokenRequests()).toBe(1);
+      const seen = upstream.requests.slice(upstreamBefore);
+      expect(seen).toHaveLength(11);
+      for (const request of seen) expect(request.headers.authorization).toBe(`Bearer ${link.accessToken}`);
+      // The failure is reported as before (once: one refresh was tried).
+      const warned = logLines.slice(logsBefore).filter((line) => line.includes('token refresh failed'));
+      expect(warned).toHaveLength(1);
+
+      // 20 s on, still within the 30 s backoff: no request to the provider.
+      skewMs += 20_000;
+      expect((await call(runtime, link.cookie)).status).toBe(200);
+      expect(issuer.tokenRequests()).toBe(1);
+
+      // Past it, with the provider back: refreshed, and the new token is used and saved.
+      skewMs += 11_000;
+      const renewed = randomSecret('at');
+      issuer.state.answer = served(renewed);
+      expect((await call(runtime, link.cookie)).status).toBe(200);
+      expect(issuer.tokenRequests()).toBe(2);
+      expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${renewed}`);
+      expect(await runtime.oauthTokens!.load('oidc', link.user)).toMatchObject({
+        accessToken: renewed,
+        refreshToken: link.refreshToken,
+      });
+      expect(findLeak(logLines.join(''), [link.accessToken, link.refreshToken, renewed])).toBeNull();
+    } finally {
+      issuer.close();
+    }
+  });
+
+  it.each([
+    { said: null, retryAfter: 30 },
+    { said: '120', retryAfter: 120 },
+    { said: '86400', retryAfter: 300 },
+  ])(
+    'an expired token: 503 credential_unavailable with Retry-After $retryAfter (provider said $said), one provider request until then, refreshed after',
+    async ({ said, retryAfter }) => {
+      const issuer = await switchableIssuer(unavailable(said));
+      try {
+        const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+        const { user, cookie } = await expiredLink(runtime, 'outage-expired');
+        const upstreamBefore = upstream.requests.length;
+
+        const first = await call(runtime, cookie);
+        expect(first).toMatchObject({ status: 503, code: 'credential_unavailable', retryAfter: String(retryAfter) });
+        skewMs += 10_000;
+        const again = await Promise.all([call(runtime, cookie), call(runtime, cookie)]);
+        for (const result of again)
+          expect(result).toMatchObject({ status: 503, code: 'credential_unavailable', retryAfter: String(retryAfter - 10) });
+        expect(issuer.tokenRequests()).toBe(1);
+        expect(upstream.requests.length).toBe(upstreamBefore);
+        expect(await runtime.oauthTokens!.load('oidc', user)).not.toBeNull();
+
+        skewMs += (retryAfter - 10) * 1000;
+        const renewed = randomSecret('at');
+        issuer.state.answer = served(renewed);
+        expect((await call(runtime, cookie)).status).toBe(200);
+        expect(issuer.tokenRequests()).toBe(2);
+        expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${renewed}`);
+      } finally {
+        issuer.close();
+      }
+    },
+  );
+
+  it("the idle-grant keeper's refresh (keepAlive) still fails during an outage: it is not answered with the old token", async () => {
+    const issuer = await switchableIssuer(unavailable());
+    try {
+      const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+      const link = await dueLink(runtime, 'outage-keeper', 55_000);
+      await expect(runtime.oauthTokens!.keepAlive('oidc', link.user, now())).rejects.toMatchObject({
+        code: 'credential_unavailable',
+      });
+      expect(issuer.tokenRequests()).toBe(1);
+      // Backed off for the calls as well: served the valid token without a second provider request.
+      expect((await call(runtime, link.cookie)).status).toBe(200);
+      expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${link.accessToken}`);
+      expect(issuer.tokenRequests()).toBe(1);
+    } finally {
+      issuer.close();
     }
   });
 });

@@ -1,6 +1,7 @@
 import 'server-only';
 import { randomUUID } from 'node:crypto';
 import * as oauth from 'oauth4webapi';
+import { parseRetryAfter } from '../../client/errors';
 import { KeywardError } from '../errors';
 import { guard } from '../store/guard';
 import type { Vault } from '../vault/seal';
@@ -94,6 +95,19 @@ const REFRESH_TIMEOUT_MS = 10_000;
 const WAIT_STEP_MS = 50;
 const WAIT_LIMIT_MS = 15_000;
 /**
+ * After a refresh failed for a reason other than the grant (the provider unreachable or answering 5xx, the app's
+ * client refused), the grant's refresh is not tried again in this process for BACKOFF_MS, or for as long as the
+ * provider's Retry-After says, up to MAX_BACKOFF_MS (OAuthTokenStore.backoff). Meanwhile an access token that
+ * has not expired is still served, until EXPIRY_MARGIN_MS before its expiry (time for the call to reach the
+ * upstream); an expired one is answered 503 with Retry-After.
+ */
+const BACKOFF_MS = 30_000;
+const MAX_BACKOFF_MS = 5 * 60_000;
+const BACKOFF_LIMIT = 10_000;
+const EXPIRY_MARGIN_MS = 5_000;
+const PROVIDER_UNAVAILABLE =
+  "The credential's provider could not renew it (unreachable or failing); try again after the time in Retry-After.";
+/**
  * What `exclusive` answers when the lock stays taken past WAIT_LIMIT_MS. Whoever holds it (a refresh, the
  * keeper's refresh, another disconnect of the same connection) took it at least that long ago, so a holder that
  * is still answering is done in 15 s more (a refresh makes its requests within 30 s; a disconnect, within 40 s
@@ -114,7 +128,8 @@ const ENDED = 'ended';
  * Server-side OAuth tokens per (provider, user), refreshed before expiry. The refresh is single-flight across
  * every instance sharing the store: one caller takes a lock in the store, re-reads the tokens (another instance
  * may just have refreshed), refreshes, saves and releases; everyone else waits for the saved result. A rotating
- * refresh token is therefore never used twice. A refused refresh ends the link (`reauth_required`), no loop.
+ * refresh token is therefore never used twice. A refused refresh ends the link (`reauth_required`), no loop; one
+ * that failed (the provider down) is not tried again for a while, and the access token serves while it is valid.
  */
 export class OAuthTokenStore {
   /**
@@ -125,6 +140,17 @@ export class OAuthTokenStore {
    * dropped past UNSAVED_LIMIT, and one is kept UNSAVED_TTL_MS at most.
    */
   private readonly unsaved = new Map<string, { readonly from: string; readonly to: string; readonly at: number }>();
+  /**
+   * Grants whose refresh failed transiently, by key: the sealed value that could not be refreshed (`sealed`) and
+   * until when its refresh is not tried again (BACKOFF_MS). Tied to the sealed value, so a refresh another
+   * instance saved meanwhile, or a reconnect, is used at once. Bounded like `unsaved`.
+   *
+   * Kept in this process, not in the store: an outage then costs one provider request per grant per backoff on
+   * each instance (the store lock already keeps them one at a time), a small number; a mark in the store would
+   * add a write to every failure and a read to every call that finds its token due, and would itself fail when
+   * the store does.
+   */
+  private readonly backoff = new Map<string, { readonly sealed: string; readonly until: number }>();
 
   constructor(
     private readonly store: Store,
@@ -239,9 +265,12 @@ export class OAuthTokenStore {
     // An ended link answers `reauth_required` on every call until the user signs in again, not only on the one
     // that found out; no link at all is `credential_missing`.
     if (sealed === ENDED) throw new KeywardError('reauth_required');
-    const tokens = (await this.read(provider, userId, sealed))?.tokens;
-    if (!tokens) throw new KeywardError('credential_missing');
-    if (this.fresh(tokens)) return tokens.accessToken;
+    const read = await this.read(provider, userId, sealed);
+    if (!read) throw new KeywardError('credential_missing');
+    if (this.fresh(read.tokens)) return read.tokens.accessToken;
+    // A refresh that failed a moment ago is not tried again yet; checked before the lock, which costs a store write.
+    const until = this.backedOffUntil(OAuthTokenStore.key(provider, userId), read.sealed);
+    if (until !== null) return this.heldBack(read.tokens, until);
 
     const deadline = this.now() + WAIT_LIMIT_MS;
     for (;;) {
@@ -295,6 +324,8 @@ export class OAuthTokenStore {
       }
     }
     if (!force && this.fresh(current)) return current.accessToken;
+    const until = this.backedOffUntil(key, sealed);
+    if (until !== null) return this.heldBack(current, until, force);
     const refresher = this.refreshers.get(provider);
     if (!current.refreshToken || !refresher) {
       await this.endIfUnchanged(provider, userId, sealed);
@@ -308,11 +339,12 @@ export class OAuthTokenStore {
         await this.endIfUnchanged(provider, userId, sealed);
         throw new KeywardError('reauth_required', { cause: error });
       }
-      // The provider could not be reached, or refused the app rather than the grant: keep the link, let the
-      // caller retry later.
+      // The provider could not be reached, or refused the app rather than the grant: keep the link, and do not
+      // try again before the backoff ends; meanwhile the current access token serves while it is valid.
       this.events.failed?.(provider, userId, failureReason(error));
-      throw new KeywardError('credential_unavailable', { cause: error });
+      return this.heldBack(current, this.backOff(key, sealed, error), force, error);
     }
+    this.backoff.delete(key);
     // Providers that do not rotate refresh tokens omit it from the response: keep the old one.
     const saved: StoredTokens = {
       ...next,
@@ -337,6 +369,40 @@ export class OAuthTokenStore {
     }
     await this.events.refreshed?.(provider, userId, saved);
     return next.accessToken;
+  }
+
+  /** Until when the refresh of these tokens (as sealed) is backed off, or null when it may be tried now. */
+  private backedOffUntil(key: string, sealed: string): number | null {
+    const entry = this.backoff.get(key);
+    if (!entry) return null;
+    if (entry.sealed === sealed && entry.until > this.now()) return entry.until;
+    this.backoff.delete(key);
+    return null;
+  }
+
+  /** Backs off the refresh of these tokens after `error`: for the provider's Retry-After if it sent one, within bounds. */
+  private backOff(key: string, sealed: string, error: unknown): number {
+    const retryAfterMs = retryAfterOf(error, this.now());
+    const until = this.now() + Math.min(Math.max(retryAfterMs ?? BACKOFF_MS, 1_000), MAX_BACKOFF_MS);
+    this.backoff.delete(key);
+    if (this.backoff.size >= BACKOFF_LIMIT) this.backoff.delete(this.backoff.keys().next().value!);
+    this.backoff.set(key, { sealed, until });
+    return until;
+  }
+
+  /**
+   * The answer while a grant's refresh is backed off until `until`: the current access token if it has not expired
+   * (with EXPIRY_MARGIN_MS to spare), else 503 `credential_unavailable` with Retry-After. `force` (keepAlive) is
+   * always the 503: the keeper asked for a refresh, and counts this one as failed (retried next pass).
+   */
+  private heldBack(tokens: OAuthTokens, until: number, force = false, cause?: unknown): string {
+    const now = this.now();
+    if (!force && tokens.expiresAt - EXPIRY_MARGIN_MS > now) return tokens.accessToken;
+    throw new KeywardError('credential_unavailable', {
+      message: PROVIDER_UNAVAILABLE,
+      headers: { 'retry-after': String(Math.max(1, Math.ceil((until - now) / 1000))) },
+      ...(cause === undefined ? {} : { cause }),
+    });
   }
 
   /**
@@ -372,6 +438,17 @@ function failureReason(error: unknown): string {
       : (error as { error?: unknown } | null)?.error;
   if (typeof code === 'string' && /^[a-z_]{1,64}$/.test(code)) return code;
   return error instanceof Error ? error.name : 'unknown';
+}
+
+/**
+ * How long (ms) the provider asked to wait, from the Retry-After of the response an error carries (oauth4webapi's
+ * errors keep it as `response`, or as `cause` when the answer was no OAuth error), or null.
+ */
+function retryAfterOf(error: unknown, now: number): number | null {
+  const { response, cause } = (error ?? {}) as { response?: unknown; cause?: unknown };
+  const answer = response instanceof Response ? response : cause instanceof Response ? cause : null;
+  const seconds = parseRetryAfter(answer?.headers.get('retry-after') ?? null, now);
+  return seconds === null ? null : seconds * 1000;
 }
 
 /**
