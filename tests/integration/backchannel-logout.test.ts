@@ -273,6 +273,21 @@ describe('a valid logout token, posted to one instance, ends sessions on both', 
     await expectWorks(later.cookie);
   });
 
+  it("by sub alone: the user's sessions signed in before the logout reached Keyward end, also those signed in after the token's iat (the mark is not iat)", async () => {
+    // The provider issued the logout 2 minutes ago (delivery retried, a queue): still valid, at most 5 minutes old.
+    const issuedAt = Math.floor(Date.now() / 1000) - 120;
+    const sub = `acct-${randomUUID()}`;
+    // Keyward's sign-in times are its own clock's, at the end of the code exchange, and say nothing of when the
+    // user authenticated at the provider: this one may well come from the provider session that ended.
+    const betweenIatAndDelivery = await signIn(a, sub, null, Date.now() - 60_000);
+    const beforeIat = await signIn(b, sub, null, (issuedAt - 30) * 1000);
+    await expectWorks(betweenIatAndDelivery.cookie);
+    expect((await post(b, form(await logoutToken({ sub }, { iat: issuedAt })))).status).toBe(200);
+    for (const session of [betweenIatAndDelivery, beforeIat]) await expectRefused(session.cookie);
+    const later = await signIn(a, sub, null, Date.now() + 1);
+    await expectWorks(later.cookie);
+  });
+
   it('sid and sub together: only that user\'s sessions under the sid end (the sub is checked against what was recorded)', async () => {
     const sid = randomUUID();
     const recorded = await signIn(a, `acct-${randomUUID()}`, sid, Date.now() - 5_000);

@@ -128,6 +128,11 @@ export class ProviderSessions {
   async end(claims: LogoutClaims): Promise<LogoutOutcome> {
     const user = claims.sub === null ? null : oidcUserId(claims.sub);
     if (claims.sid === null) {
+      // Marked at the time the logout is carried out (revokeUser), not at the token's `iat`: the mark is compared
+      // with Keyward's own sign-in times (taken as the code exchange completes, on Keyward's clock), and `iat`, on
+      // the provider's clock and up to MAX_AGE_SECONDS earlier, would keep the sessions signed in meanwhile,
+      // which may come from the provider session that ended. A sign-in completing after this is kept: without a
+      // sid there is nothing like the ring's end mark, and no provider time recorded to compare with `iat`.
       await this.revocations.revokeUser(user!);
       return { sessions: 0, users: 1, everywhere: 'sub' };
     }
