@@ -31,8 +31,12 @@ export interface ConnectedTokens extends GrantedTokens {
 /** The provider answered, and refused (its `error` code, from a fixed vocabulary of the provider's). */
 export class ProviderRefusedError extends Error {
   override readonly name = 'ProviderRefusedError';
-  constructor(readonly error: string) {
-    super(`the provider refused: ${error}`);
+  /** `options.cause`: the provider's answer, where there was one (its Retry-After backs off a refresh: OAuthTokenStore). */
+  constructor(
+    readonly error: string,
+    options?: ErrorOptions,
+  ) {
+    super(`the provider refused: ${error}`, options);
   }
 }
 
@@ -363,25 +367,27 @@ export class ProviderClient {
  * A token endpoint's JSON body. An `error` member is a refusal whatever the status (GitHub and Slack answer 200);
  * its code is kept only if it looks like one (it ends up in logs), never the description.
  */
+/** Its errors carry the answer as `cause`, so a refresh that failed is backed off for the answer's Retry-After. */
 async function readTokenBody(response: Response): Promise<Record<string, unknown>> {
   const text = await readCapped(response, MAX_TOKEN_RESPONSE_BYTES);
+  const answered = { cause: response };
   let body: unknown;
   try {
     body = JSON.parse(text);
   } catch {
-    throw new Error(`the token endpoint answered ${response.status} without JSON`);
+    throw new Error(`the token endpoint answered ${response.status} without JSON`, answered);
   }
   if (body === null || typeof body !== 'object' || Array.isArray(body))
-    throw new Error(`the token endpoint answered ${response.status} without a JSON object`);
+    throw new Error(`the token endpoint answered ${response.status} without a JSON object`, answered);
   const object = body as Record<string, unknown>;
   if (typeof object.error === 'string' || object.ok === false) {
     const code =
       typeof object.error === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(object.error)
         ? object.error
         : 'invalid_response';
-    throw new ProviderRefusedError(code);
+    throw new ProviderRefusedError(code, answered);
   }
-  if (response.status !== 200) throw new Error(`the token endpoint answered ${response.status}`);
+  if (response.status !== 200) throw new Error(`the token endpoint answered ${response.status}`, answered);
   return object;
 }
 

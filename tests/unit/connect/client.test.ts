@@ -4,7 +4,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ProviderClient, ProviderRefusedError } from '../../../lib/core/connect/client';
 import { connectionsSchema } from '../../../lib/core/connect/config';
 import { resolveConnections, type ConnectionProvider } from '../../../lib/core/connect/providers';
-import { OAuthGrantError } from '../../../lib/core/credential/oauth';
+import { OAuthGrantError, OAuthTokenStore } from '../../../lib/core/credential/oauth';
+import { Vault } from '../../../lib/core/vault/seal';
+import { MemoryStore } from '../../../lib/store/memory';
 import { randomSecret } from '../../fixtures/secrets';
 
 /**
@@ -366,5 +368,28 @@ describe('any provider', () => {
     await expect(
       client.validateCallback(new URLSearchParams({ error: 'access_denied', state: 's' }), 's'),
     ).rejects.toMatchObject({ error: 'access_denied' });
+  });
+});
+
+describe("a refresh the provider cannot serve now (OAuthTokenStore's backoff)", () => {
+  it.each([
+    ['a JSON error', 'application/json', JSON.stringify({ error: 'temporarily_unavailable' })],
+    ['no JSON', 'text/html', '<h1>Service Unavailable</h1>'],
+  ])("503 with %s and Retry-After: the expired token's calls get 503 with the provider's Retry-After, one request until then", async (_name, type, body) => {
+    const { origin, seen } = await fake((_seen, res) => {
+      res.writeHead(503, { 'content-type': type, 'retry-after': '90' });
+      res.end(body);
+    });
+    const client = new ProviderClient(preset('github', origin));
+    const tokens = new OAuthTokenStore(new MemoryStore(), new Vault(randomSecret('vault')), new Map([['p', (token: string) => client.refresh(token)]]));
+    await tokens.save('p', 'local:alice', { accessToken: randomSecret('at'), refreshToken: randomSecret('rt'), expiresAt: Date.now() - 1_000 });
+    for (let i = 0; i < 3; i++) {
+      await expect(tokens.accessToken('p', 'local:alice')).rejects.toMatchObject({
+        code: 'credential_unavailable',
+        status: 503,
+        headers: { 'retry-after': expect.stringMatching(/^(90|89)$/) },
+      });
+    }
+    expect(seen).toHaveLength(1);
   });
 });
