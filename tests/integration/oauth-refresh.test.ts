@@ -581,7 +581,11 @@ describe('the provider is down when a token is due (transient failure: backed of
         skewMs += 10_000;
         const again = await Promise.all([call(runtime, cookie), call(runtime, cookie)]);
         for (const result of again)
-          expect(result).toMatchObject({ status: 503, code: 'credential_unavailable', retryAfter: String(retryAfter - 10) });
+          expect(result).toMatchObject({
+            status: 503,
+            code: 'credential_unavailable',
+            retryAfter: String(retryAfter - 10),
+          });
         expect(issuer.tokenRequests()).toBe(1);
         expect(upstream.requests.length).toBe(upstreamBefore);
         expect(await runtime.oauthTokens!.load('oidc', user)).not.toBeNull();
