@@ -602,6 +602,23 @@ describe('the provider is down when a token is due (transient failure: backed of
     },
   );
 
+  it('a token within 5 s of its expiry is not served: 503 with Retry-After (it could expire on the way to the upstream)', async () => {
+    const issuer = await switchableIssuer(unavailable());
+    try {
+      const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+      const link = await dueLink(runtime, 'outage-margin', 3_000);
+      const upstreamBefore = upstream.requests.length;
+      expect(await call(runtime, link.cookie)).toMatchObject({
+        status: 503,
+        code: 'credential_unavailable',
+        retryAfter: '30',
+      });
+      expect(upstream.requests.length).toBe(upstreamBefore);
+    } finally {
+      issuer.close();
+    }
+  });
+
   it("the idle-grant keeper's refresh (keepAlive) still fails during an outage: it is not answered with the old token", async () => {
     const issuer = await switchableIssuer(unavailable());
     try {
