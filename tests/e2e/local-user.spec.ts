@@ -1,3 +1,7 @@
+import { signInAttempt, startApp } from '../fixtures/app-server';
+import { uncalledUpstream } from '../fixtures/config';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { writeUsersFile } from '../fixtures/users';
 import { browserFetch, expect, fillLocalSignIn, signInLocal, test } from './fixtures';
 
 declare global {
@@ -70,4 +74,53 @@ test('local user: a wrong password does not sign in', async ({ page, env }) => {
   await expect(page.getByTestId('sign-in-error')).toHaveText('Wrong username or password.');
   expect((await page.context().cookies()).map((c) => c.name)).not.toContain('__Host-keyward.session');
   expect((await browserFetch(page, '/api/session')).status).toBe(401);
+});
+
+test('local user: a username others locked still signs in from a browser it signed in from before (device cookie)', async ({ browser }) => {
+  test.setTimeout(120_000);
+  // An app of its own with the attempt limit at 4 (the suite's app lifts it): the test locks this username.
+  const dora = { username: 'dora', password: randomSecret('pw'), roles: ['user'] };
+  const app = await startApp({
+    ...testSessionSecrets(),
+    KEYWARD_USERS_FILE: await writeUsersFile([dora]),
+    ...uncalledUpstream(),
+    KEYWARD_STORE: 'memory',
+    KEYWARD_SIGNIN_MAX_ATTEMPTS: '4',
+  });
+  const known = await browser.newContext({ baseURL: app.url });
+  const stranger = await browser.newContext({ baseURL: app.url });
+  try {
+    const page = await known.newPage();
+    const signIn = async (on: typeof page) => {
+      await on.goto('/signin');
+      await fillLocalSignIn(on, dora.username, dora.password);
+    };
+    await signIn(page);
+    await expect(page).toHaveURL(`${app.url}/`);
+    const device = (await known.cookies()).find((c) => c.name === '__Host-keyward.device');
+    expect(device).toMatchObject({ httpOnly: true, secure: true, sameSite: 'Strict', path: '/' });
+    await known.clearCookies({ name: '__Host-keyward.session' });
+    expect((await browserFetch(page, '/api/session')).status).toBe(401);
+
+    // Someone else posts wrong passwords for the username from addresses of their own (one proxy hop is trusted,
+    // so X-Forwarded-For names the client) until it is locked: the right password is refused too.
+    for (let i = 1; i <= 4; i++) await signInAttempt(app.url, dora.username, `wrong-${i}`, { 'x-forwarded-for': `198.51.100.${i}` });
+    expect((await signInAttempt(app.url, dora.username, dora.password, { 'x-forwarded-for': '198.51.100.5' })).response.status).toBe(429);
+
+    // The browser that signed in before sends its device cookie with the sign-in form's request: it signs in.
+    await signIn(page);
+    await expect(page).toHaveURL(`${app.url}/`);
+    const session = await browserFetch(page, '/api/session');
+    expect(session.status).toBe(200);
+    expect(JSON.parse(session.body)).toMatchObject({ user: { id: 'local:dora' } });
+
+    // A browser without the cookie meets the lock, and the page says so.
+    const other = await stranger.newPage();
+    await signIn(other);
+    await expect(other.getByTestId('sign-in-error')).toContainText('Too many sign-in attempts');
+  } finally {
+    await known.close();
+    await stranger.close();
+    await app.stop();
+  }
 });
