@@ -59,15 +59,20 @@ export function createKeywardFetch(options: KeywardClientOptions = {}): KeywardF
 }
 
 /**
- * Whether a call goes to Keyward: to baseUrl's origin, or with no baseUrl, to the page's. The token is never sent
+ * Whether a call goes to Keyward: under baseUrl (its origin, and its path when it has one: an app under Next's
+ * `basePath` may share its host with others), or with no baseUrl, to the page's origin. The token is never sent
  * anywhere else, whatever URL or Request the fetch is handed (code that follows a link from a response, say).
+ * Dot segments, `%2e` ones too, are resolved before the path is compared, as the request will resolve them.
  */
 function toKeyward(input: RequestInfo | URL, base: string): boolean {
   const text = input instanceof Request ? input.url : String(input);
   const home = base || (globalThis as { location?: { origin?: string } }).location?.origin;
   if (!home) return !/^[A-Za-z][A-Za-z0-9+.-]*:|^\/\//.test(text); // no origin to compare: paths only
   try {
-    return new URL(text, home).origin === new URL(home).origin;
+    const target = new URL(text, home);
+    const root = new URL(home);
+    const prefix = root.pathname.replace(/\/+$/, '');
+    return target.origin === root.origin && (prefix === '' || target.pathname === prefix || target.pathname.startsWith(`${prefix}/`));
   } catch {
     return false;
   }

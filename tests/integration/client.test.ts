@@ -282,6 +282,18 @@ describe('bearer clients (no cookie)', () => {
     expect(sent.at(-1)!.headers.get('authorization')).toBe(`Bearer ${token}`);
   });
 
+  it("with a baseUrl that has a path (Next's basePath), the token goes under that path only, not elsewhere on its host", async () => {
+    const token = await bearerToken(env.KEYWARD_SESSION_SECRET!, { roles: ['user'] });
+    const before = sent.length;
+    const kwFetch = createKeywardFetch({ baseUrl: `${origin}/base/`, token: () => token, fetch: recordingFetch });
+    for (const elsewhere of [`${origin}/other/api`, `${origin}/basement/x`, `${origin}/base/../other`, `${origin}/base/%2e%2e/other`, `${origin}/`]) {
+      await expect(kwFetch(elsewhere), elsewhere).rejects.toThrow(/bearer token to Keyward only/);
+    }
+    expect(sent.length).toBe(before);
+    for (const under of ['/api/proxy/demo/items/a', `${origin}/base/api/proxy/demo/items/a`]) await kwFetch(under).catch(() => null);
+    expect(sent.slice(before).map((request) => request.url)).toEqual([`${origin}/base/api/proxy/demo/items/a`, `${origin}/base/api/proxy/demo/items/a`]);
+  });
+
   it('without a token the call is unauthenticated', async () => {
     const kw = createKeywardClient<Upstreams>({ baseUrl: origin, token: () => null });
     await expect(kw.demo.get('/items/:id', { params: { id: 'a' } })).rejects.toMatchObject({ code: 'unauthenticated', status: 401 });
