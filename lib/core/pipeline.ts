@@ -481,7 +481,7 @@ function raiseCallDecoy(call: Call, decoy: CallDecoy, session: Session | null): 
     sessionId: session?.sessionId ?? null,
     ip: call.ip,
     // The upstream id in the path is the client's text until the registry knows it.
-    upstream: upstream ? upstream.id : '(unknown)',
+    upstream: upstream ? upstream.id : UNKNOWN_UPSTREAM,
     route: call.routeTemplate,
     requestId: call.requestId,
   });

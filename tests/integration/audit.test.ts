@@ -746,6 +746,11 @@ describe('GET /api/admin/audit', () => {
       all.filter((r) => (r.type === 'call' ? r.keyFingerprint : r.fingerprint) === fp(keys.rotated)),
     );
     expect(await get('upstream=nothing-here')).toEqual([]);
+    // Calls to an upstream that is not configured are recorded as "(unknown)", and can be filtered for.
+    const unknown = all.filter((r) => r.upstream === '(unknown)');
+    expect(unknown.length).toBeGreaterThan(0);
+    expect(await get(`upstream=${encodeURIComponent('(unknown)')}`)).toEqual(unknown);
+    expect(await get('upstream=(unknown)')).toEqual(unknown);
 
     // since/until on the record time, both ends included.
     const times = [...new Set(all.map((r) => Date.parse(r.at)))].sort((a, b) => a - b);

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { AuditFilter, AuditRecord } from '../audit/audit';
 import { KeywardError } from '../errors';
 import { keyAdmin } from '../keys/admin';
+import { UNKNOWN_UPSTREAM } from '../observe/metrics';
 import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
 import type { Session } from '../session/session';
@@ -136,7 +137,8 @@ export function auditFilter(params: URLSearchParams): AuditFilter {
   if (type !== undefined && type !== 'call' && type !== 'admin') throw new KeywardError('bad_request', { message: 'type is call or admin.' });
   return {
     type: type as AuditRecord['type'] | undefined,
-    upstream: text('upstream'),
+    // A call to an upstream that is not configured is recorded as "(unknown)" (never the name it was sent with).
+    upstream: params.get('upstream') === UNKNOWN_UPSTREAM ? UNKNOWN_UPSTREAM : text('upstream'),
     userId: text('userId', USER_ID),
     action: text('action'),
     outcome: text('outcome'),
