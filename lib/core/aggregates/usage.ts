@@ -59,7 +59,7 @@ export interface UsageFigures {
   readonly bytesOut: number;
   readonly units: number;
   readonly scrubberHits: number;
-  /** Calls per status class; `refused` is a 4xx/5xx answered by Keyward itself (policy, limits, session). */
+  /** Calls per status class; `refused` is a 4xx answered by Keyward itself (policy, limits, session); its own 5xx count as 5xx. */
   readonly status: Readonly<Record<StatusClass, number>>;
   /** Estimated latency percentiles in ms (null without calls), from `latency` (buckets by upper bound). */
   readonly p50: number | null;
