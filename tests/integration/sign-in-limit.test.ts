@@ -336,8 +336,10 @@ describe('device cookies', () => {
     const signedIn = await deviceAttempt({ username, password: RIGHT, cookie: `other=1; ${cookie}` });
     await expectSignedIn(signedIn);
     expect(asCookie(signedIn.device)).not.toBe(cookie);
-    // The new cookie works as well, and the username's case does not matter (counted lowercased, as the username is).
-    await expectSignedIn(await deviceAttempt({ username: username.toUpperCase(), password: RIGHT, cookie: asCookie(signedIn.device) }));
+    // The new cookie works as well, for that username as written only: usernames are case-sensitive, so another
+    // spelling may be another account, whose lock this cookie must not lift.
+    await expectSignedIn(await deviceAttempt({ username, password: RIGHT, cookie: asCookie(signedIn.device) }));
+    await expectRefused(await deviceAttempt({ username: username.toUpperCase(), password: RIGHT, cookie: asCookie(signedIn.device) }));
     // The lock still holds for everyone else.
     await expectRefused(await deviceAttempt({ username, password: RIGHT }));
   });

@@ -19,7 +19,8 @@ const VALUE = /^v1\.([A-Za-z0-9_-]{22})\.([0-9a-z]{1,11})\.([A-Za-z0-9_-]{43})$/
  * so posts naming the user from elsewhere cannot lock the user out of a browser they signed in from before.
  *
  * The value is a random nonce (the device's id, which its counter is keyed by) and the time it was issued,
- * authenticated by an HMAC over them and the lowercased username. The username is not in the value itself (it
+ * authenticated by an HMAC over them and the username as it is written (local usernames are case-sensitive:
+ * `Alice` and `alice` can be two accounts, and one's cookie must not lift the other's lock). The username is not in the value itself (it
  * is checked by computing the HMAC for the username being tried), and nothing in it is secret: it only proves
  * that this deployment issued it. The HMAC key is derived (HKDF, RFC 5869) from KEYWARD_SESSION_SECRET with an
  * info string of its own, as the DPoP nonces' is: every instance checks a cookie without a store read, and a
@@ -45,7 +46,7 @@ export class DeviceCookies {
   }
 
   /**
-   * The device's id when `value` is a device cookie this deployment issued for `username` (in any case) less than
+   * The device's id when `value` is a device cookie this deployment issued for `username` (exactly) less than
    * DEVICE_COOKIE_SECONDS ago; else null, whatever is wrong with it (none, malformed, forged, another username's,
    * expired, from before a rotation of the secret): a bad cookie is simply no device cookie.
    */
@@ -61,6 +62,6 @@ export class DeviceCookies {
 
   /** The username goes last: the nonce and the time hold no ".", so no two triples share an input. */
   private mac(nonce: string, issued: string, username: string): string {
-    return createHmac('sha256', this.key).update(`v1.${nonce}.${issued}.${username.toLowerCase()}`, 'utf8').digest('base64url');
+    return createHmac('sha256', this.key).update(`v1.${nonce}.${issued}.${username}`, 'utf8').digest('base64url');
   }
 }

@@ -17,12 +17,14 @@ function issued(secret: string, username: string, at = T0): { line: string; valu
 describe('DeviceCookies', () => {
   const secret = randomSecret('sess');
 
-  it('is the device of the username it was issued for, in any case, and of no other', () => {
+  it('is the device of the username it was issued for, spelled as it was, and of no other', () => {
     const { value } = issued(secret, 'Alice');
     const cookies = new DeviceCookies(secret, () => T0 + 1_000);
-    const device = cookies.deviceOf(value, 'alice');
+    const device = cookies.deviceOf(value, 'Alice');
     expect(device).toMatch(/^[A-Za-z0-9_-]{22}$/);
-    expect(cookies.deviceOf(value, 'ALICE')).toBe(device);
+    // Usernames are case-sensitive: `alice` may be another account, whose lock `Alice`'s cookie must not lift.
+    expect(cookies.deviceOf(value, 'alice')).toBeNull();
+    expect(cookies.deviceOf(value, 'ALICE')).toBeNull();
     expect(cookies.deviceOf(value, 'alice2')).toBeNull();
     expect(cookies.deviceOf(value, 'alic')).toBeNull();
     expect(cookies.deviceOf(value, '')).toBeNull();
