@@ -301,7 +301,8 @@ export const costSchema = z
     reserveFrom: z
       .strictObject({
         field: fieldTargetSchema.describe('A numeric request field bounding the cost, e.g. "body.max_tokens".'),
-        times: z.number().positive().max(1_000_000).default(1),
+        // As large as a price may be: a preset prices one image of `n` at `callPrice` units (reservations are capped).
+        times: z.number().positive().max(Number.MAX_SAFE_INTEGER).default(1),
         plus: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
       })
       .optional()

@@ -298,8 +298,8 @@ function routes(o: Options): RouteInput[] {
   // Priced per call, or (with prices and no callPrice) not offered: the table cannot bound what they cost.
   if (o.prices && o.callPrice === undefined) return llm;
   const perCall = o.callPrice === undefined ? {} : { cost: { reserve: o.callPrice } };
-  // An image generation makes `n` images (up to 4), each priced as a call: an absent `n` is one.
-  const perImage = o.callPrice === undefined ? {} : { cost: { reserve: o.callPrice, reserveFrom: { field: 'body.n', times: o.callPrice } } };
+  // An image generation makes `n` images (up to 4), each priced as a call: an absent `n` is one. Free (0): one price.
+  const perImage = !o.callPrice ? perCall : { cost: { reserve: o.callPrice, reserveFrom: { field: 'body.n', times: o.callPrice } } };
   return [
     ...llm,
     { method: 'POST', path: '/images/generations', body: userOnly.contract(imagesBody(models)), identity: userOnly.identity, timeoutMs: 120_000, ...perImage },

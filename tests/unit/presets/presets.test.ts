@@ -100,6 +100,10 @@ describe('built-in presets', () => {
       reserveFrom: { field: 'body.n', times: 40_000, plus: 0 },
     });
     expect(perCall.config.routes.find((r) => r.path === '/audio/transcriptions')!.cost).toEqual({ reserve: 40_000 });
+    // Free (the routes offered beside a price table without charging them), or priced in large units: both start.
+    expect(openai({ prices, callPrice: 0 }).config.routes.find((r) => r.path === '/images/generations')!.cost).toEqual({ reserve: 0 });
+    const dear = openai({ prices, callPrice: 2_000_000 }).config.routes.find((r) => r.path === '/images/generations')!;
+    expect(dear.cost).toMatchObject({ reserve: 2_000_000, reserveFrom: { field: 'body.n', times: 2_000_000 } });
   });
 
   it('GitHub: read-only unless asked, and pinned to the named repositories', () => {
