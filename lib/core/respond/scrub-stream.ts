@@ -2,8 +2,6 @@ import { formsOfSecrets, REDACTED } from '../log/scrub';
 
 const MARKER = Buffer.from(REDACTED, 'utf8');
 const EMPTY = Buffer.alloc(0);
-/** A store's room, in longest forms: a held-back tail and the small chunks written behind it (see `store`). */
-const STORE_FORMS = 4;
 const NO_FORMS: readonly Buffer[] = [];
 
 /**
@@ -145,14 +143,17 @@ export class StreamScrubber {
   private resume: Resume | null = null;
   private readonly scan: Scan = { end: 0, hash: 0, hashedEnd: -1, unfit: -1, lastUnfit: -1 };
   /**
-   * Where a held-back tail is kept, with room behind it: a small chunk is copied in behind the tail (`inStore`),
-   * not tail and chunk into a new buffer, and the next tail is a view of the result. With a long key the tail is
-   * kilobytes, and copying it twice on every push of a few bytes cost more than searching them. Bytes once written
-   * here are never written again (the pieces handed on are views of them): a full store is replaced, not reused.
+   * Where a small chunk is written behind a held-back tail (`inStore`), with room for more, rather than tail and
+   * chunk copied into a new buffer; the next tail is then a view of it. With a long key the tail is kilobytes, and
+   * copying it twice on every push of a few bytes cost more than searching them. Bytes once written here are never
+   * written again (the pieces handed on are views of them): a full store is replaced, not reused. Let go of as soon
+   * as no tail is held, so a stream holds one only while it is being sent a few bytes at a time.
    */
   private store: Buffer = EMPTY;
-  /** store[0 .. filled - 1] is written; a held-back `carry` is its last bytes. */
+  /** store[0 .. filled - 1] is written. */
   private filled = 0;
+  /** `carry` is the store's last bytes (else a copy of its own). */
+  private carryInStore = false;
   private replaced = 0;
 
   /**
@@ -261,20 +262,25 @@ export class StreamScrubber {
     const end = holdFrom !== -1 ? holdFrom : final ? data.length : data.length - this.heldTail(data, position, resume?.clean ?? 0);
     if (end > position) parts.push(data.subarray(position, end));
     if (end < data.length) {
-      this.carry = stored ? data.subarray(end) : this.inStore(EMPTY, data.subarray(end));
+      this.carry = stored ? data.subarray(end) : Buffer.from(data.subarray(end));
+      this.carryInStore = stored;
       if (holdFrom === -1) this.resume = this.resumeAt(end, data.length);
+    } else {
+      this.store = EMPTY;
+      this.filled = 0;
     }
     return parts;
   }
 
   /**
-   * `tail` (empty, or the store's last bytes) with `bytes` written behind it, as one view of the store: written
-   * where the store was filled up to, or, when it has no room left, with the tail into a new store.
+   * The held-back `tail` with `bytes` written behind it, as one view of the store: written where the store was filled
+   * up to when the tail is its last bytes and it has room, else with the tail into a new store of twice their size
+   * (so each copy of a tail is followed by at least as many bytes written behind it without one).
    */
   private inStore(tail: Buffer, bytes: Buffer): Buffer {
     const length = tail.length + bytes.length;
-    if (this.filled + bytes.length > this.store.length) {
-      const store = Buffer.allocUnsafe(Math.max(STORE_FORMS * this.patterns.maxLength, 2 * length));
+    if (!this.carryInStore || this.filled + bytes.length > this.store.length) {
+      const store = Buffer.allocUnsafe(2 * length);
       tail.copy(store);
       this.store = store;
       this.filled = tail.length;
