@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
+import { decodeSegment } from '../route/segments';
 import { guard } from '../store/guard';
 import type { Store } from '../../store/types';
 import type { LogoutClaims } from './logout-token';
@@ -54,12 +55,7 @@ export function isAcceptedAccountId(provider: string, accountId: string): boolea
  * another user.
  */
 export function userIdFromSegment(segment: string): string {
-  if (!segment.includes('%') || segment.includes(':')) return segment;
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    return segment;
-  }
+  return segment.includes(':') ? segment : decodeSegment(segment);
 }
 
 /** Auth.js's OIDC provider id in lib/next/auth.ts: its users are `oidc:<sub>`. */
