@@ -268,6 +268,7 @@ export class StreamScrubber {
     } else {
       this.store = EMPTY;
       this.filled = 0;
+      this.carryInStore = false;
     }
     return parts;
   }
