@@ -498,11 +498,21 @@ const served = (accessToken: string) => (res: ServerResponse) => {
   res.end(JSON.stringify({ access_token: accessToken, token_type: 'Bearer', expires_in: 3600 }));
 };
 
-/** A scripted issuer whose token endpoint answers as `answer` says at the time of each request. */
-async function switchableIssuer(first: (res: ServerResponse) => void) {
-  const state = { answer: first };
+/**
+ * Runs `test` with an instance whose provider's token endpoint is down (503, with `Retry-After` when `retryAfter`
+ * is given) until the test sets `issuer.state.answer` to another answer.
+ */
+async function duringOutage(
+  retryAfter: string | null,
+  test: (issuer: { readonly state: { answer: (res: ServerResponse) => void }; tokenRequests(): number }, runtime: Runtime) => Promise<void>,
+): Promise<void> {
+  const state = { answer: unavailable(retryAfter) };
   const issuer = await scriptedIssuer((res) => state.answer(res));
-  return { ...issuer, state };
+  try {
+    await test({ ...issuer, state }, await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } }));
+  } finally {
+    issuer.close();
+  }
 }
 
 /**
@@ -523,9 +533,7 @@ async function dueLink(runtime: Runtime, name: string, validForMs: number) {
 
 describe('the provider is down when a token is due (transient failure: backed off, the valid token served)', () => {
   it('a token still valid for 55 s is served, and the provider is asked once per backoff, not once per call; after it, the refresh is tried again', async () => {
-    const issuer = await switchableIssuer(unavailable());
-    try {
-      const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+    await duringOutage(null, async (issuer, runtime) => {
       const link = await dueLink(runtime, 'outage', 55_000);
       const logsBefore = logLines.length;
       const upstreamBefore = upstream.requests.length;
@@ -558,9 +566,7 @@ describe('the provider is down when a token is due (transient failure: backed of
         refreshToken: link.refreshToken,
       });
       expect(findLeak(logLines.join(''), [link.accessToken, link.refreshToken, renewed])).toBeNull();
-    } finally {
-      issuer.close();
-    }
+    });
   });
 
   it.each([
@@ -570,9 +576,7 @@ describe('the provider is down when a token is due (transient failure: backed of
   ])(
     'an expired token: 503 credential_unavailable with Retry-After $retryAfter (provider said $said), one provider request until then, refreshed after',
     async ({ said, retryAfter }) => {
-      const issuer = await switchableIssuer(unavailable(said));
-      try {
-        const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+      await duringOutage(said, async (issuer, runtime) => {
         const { user, cookie } = await expiredLink(runtime, 'outage-expired');
         const upstreamBefore = upstream.requests.length;
 
@@ -596,16 +600,12 @@ describe('the provider is down when a token is due (transient failure: backed of
         expect((await call(runtime, cookie)).status).toBe(200);
         expect(issuer.tokenRequests()).toBe(2);
         expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${renewed}`);
-      } finally {
-        issuer.close();
-      }
+      });
     },
   );
 
   it('a token within 5 s of its expiry is not served: 503 with Retry-After (it could expire on the way to the upstream)', async () => {
-    const issuer = await switchableIssuer(unavailable());
-    try {
-      const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+    await duringOutage(null, async (issuer, runtime) => {
       const link = await dueLink(runtime, 'outage-margin', 3_000);
       const upstreamBefore = upstream.requests.length;
       expect(await call(runtime, link.cookie)).toMatchObject({
@@ -614,15 +614,11 @@ describe('the provider is down when a token is due (transient failure: backed of
         retryAfter: '30',
       });
       expect(upstream.requests.length).toBe(upstreamBefore);
-    } finally {
-      issuer.close();
-    }
+    });
   });
 
   it("the idle-grant keeper's refresh (keepAlive) still fails during an outage: it is not answered with the old token", async () => {
-    const issuer = await switchableIssuer(unavailable());
-    try {
-      const runtime = await instance({ provider: { ...defaultProvider, issuer: issuer.issuer } });
+    await duringOutage(null, async (issuer, runtime) => {
       const link = await dueLink(runtime, 'outage-keeper', 55_000);
       await expect(runtime.oauthTokens!.keepAlive('oidc', link.user, now())).rejects.toMatchObject({
         code: 'credential_unavailable',
@@ -632,9 +628,7 @@ describe('the provider is down when a token is due (transient failure: backed of
       expect((await call(runtime, link.cookie)).status).toBe(200);
       expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${link.accessToken}`);
       expect(issuer.tokenRequests()).toBe(1);
-    } finally {
-      issuer.close();
-    }
+    });
   });
 });
 
