@@ -317,7 +317,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     mobile,
     dpop,
     limits: new Limits(store, logger, now),
-    deviceCookies: new DeviceCookies(settings.KEYWARD_SESSION_SECRET, now),
+    deviceCookies: new DeviceCookies(settings.KEYWARD_SESSION_SECRET, (username) => users?.find(username)?.passwordVersion ?? null, now),
     keyRings,
     audit,
     metrics,

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, renameSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handleSignInPost } from '../../lib/core/api/sign-in';
 import { DeviceCookies } from '../../lib/core/limits/device-cookie';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { USERS_RECHECK_MS } from '../../lib/core/users/file';
 import { signIn, signInAttempt, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { capturingLogger } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -244,6 +245,16 @@ describe('per username', () => {
 describe('device cookies', () => {
   const RIGHT = 'right-password';
   const DEVICE = '__Host-keyward.device';
+  /**
+   * Each user's password version as a users file would give it (this runtime has none: the stand-in for Auth.js
+   * decides the password); a user not set here has the first. The wiring to KEYWARD_USERS_FILE is tested below.
+   */
+  const versions = new Map<string, string>();
+  let devices: Runtime;
+
+  beforeAll(() => {
+    devices = { ...runtime, deviceCookies: new DeviceCookies(runtime.settings.KEYWARD_SESSION_SECRET, (name) => versions.get(name) ?? 'first-version') };
+  });
 
   interface DeviceAttempt {
     response: Response;
@@ -256,7 +267,7 @@ describe('device cookies', () => {
   async function deviceAttempt(options: { username: string; password?: string; cookie?: string; ip?: string; sessionCookie?: string }): Promise<DeviceAttempt> {
     let passed = false;
     const request = attempt({ ip: options.ip ?? freshIp(), username: options.username, password: options.password, cookie: options.cookie });
-    const response = await handleSignInPost(request, runtime, async (forwarded) => {
+    const response = await handleSignInPost(request, devices, async (forwarded) => {
       passed = true;
       const right = new URLSearchParams(await forwarded.text()).get('password') === RIGHT;
       const headers = new Headers({ location: right ? '/' : '/signin?error=CredentialsSignin' });
@@ -358,7 +369,7 @@ describe('device cookies', () => {
     const [, nonce, issued, mac] = cookie.slice(`${DEVICE}=`.length).split('.') as [string, string, string, string];
     const flip = (text: string, at: number) => `${text.slice(0, at)}${text[at] === 'A' ? 'B' : 'A'}${text.slice(at + 1)}`;
     // Issued for this username by a deployment with another KEYWARD_SESSION_SECRET (or before a rotation).
-    const foreign = new DeviceCookies(randomSecret('sess')).issue(username).split(';')[0]!.slice(`${DEVICE}=`.length);
+    const foreign = new DeviceCookies(randomSecret('sess'), () => 'first-version').issue(username)!.split(';')[0]!.slice(`${DEVICE}=`.length);
     const values = [
       `v1.${nonce}.${issued}.${flip(mac, 42)}`,
       `v1.${nonce}.${issued}.${flip(mac, 0)}`,
@@ -384,6 +395,17 @@ describe('device cookies', () => {
     await expectSignedIn(await deviceAttempt({ username, password: RIGHT, cookie }));
   });
 
+  it('a new password ends the device cookies issued before it: that browser meets the username\'s lock again', async () => {
+    const username = freshName();
+    const cookie = await deviceCookieFor(username);
+    await lockOut(username);
+    await expectSignedIn(await deviceAttempt({ username, password: RIGHT, cookie }));
+    // The users file now holds another password for the user (say, after the attack, an admin set a new one).
+    versions.set(username, 'second-version');
+    await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie }));
+    await expectRefused(await deviceAttempt({ username, password: RIGHT }));
+  });
+
   it("a device's attempts count on its own counter: after the limit that device is locked for the window, not the others nor the username", async () => {
     const username = freshName();
     const first = await deviceCookieFor(username);
@@ -406,6 +428,38 @@ describe('device cookies', () => {
     const ip = freshIp();
     for (let i = 0; i < MAX; i++) expect((await deviceAttempt({ username: freshName(), ip })).passed).toBe(true);
     await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie, ip }));
+  });
+});
+
+/**
+ * The runtime's device cookies take each user's password version from KEYWARD_USERS_FILE, as the file holds it now:
+ * none for a username not in the file, and a new password (an edit picked up within USERS_RECHECK_MS, the way an
+ * admin's edit is) ends the cookies issued before it.
+ */
+describe('device cookies follow KEYWARD_USERS_FILE', () => {
+  it('no cookie for a username not in the file; a new password there ends the earlier cookies', async () => {
+    const path = await writeUsersFile([{ username: 'dave', password: 'dave-first-password', roles: ['user'] }]);
+    const withFile = createRuntime({
+      env: { ...testSessionSecrets(), KEYWARD_STORE: 'memory', KEYWARD_USERS_FILE: path },
+      upstreams: [],
+      logger: capturingLogger().logger,
+    });
+    try {
+      const value = (line: string | null) => line!.split(';')[0]!.slice('__Host-keyward.device='.length);
+      expect(withFile.deviceCookies.issue('mallory')).toBeNull();
+      const before = value(withFile.deviceCookies.issue('dave'));
+      expect(withFile.deviceCookies.deviceOf(before, 'dave')).not.toBeNull();
+      expect(withFile.deviceCookies.deviceOf(before, 'mallory')).toBeNull();
+
+      // A new file in its place (a new inode: the edit is seen whatever the file system's time stamps).
+      renameSync(await writeUsersFile([{ username: 'dave', password: 'dave-second-password', roles: ['user'] }]), path);
+      await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 100));
+      expect(withFile.deviceCookies.deviceOf(before, 'dave')).toBeNull();
+      const after = value(withFile.deviceCookies.issue('dave'));
+      expect(withFile.deviceCookies.deviceOf(after, 'dave')).not.toBeNull();
+    } finally {
+      await withFile.store.close();
+    }
   });
 });
 

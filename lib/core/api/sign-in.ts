@@ -134,10 +134,15 @@ function signsIn(response: Response): boolean {
   });
 }
 
-/** Auth.js's answer to a successful sign-in, with a new device cookie for the username (a fresh nonce each time). */
+/**
+ * Auth.js's answer to a successful sign-in, with a new device cookie for the username (a fresh nonce each time),
+ * unless the user left the users file meanwhile.
+ */
 function withDeviceCookie(response: Response, username: string, runtime: Pick<Runtime, 'deviceCookies'>): Response {
+  const cookie = runtime.deviceCookies.issue(username);
+  if (cookie === null) return response;
   const headers = new Headers(response.headers);
-  headers.append('set-cookie', runtime.deviceCookies.issue(username));
+  headers.append('set-cookie', cookie);
   return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
 }
 

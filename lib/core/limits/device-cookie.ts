@@ -19,10 +19,12 @@ const VALUE = /^v1\.([A-Za-z0-9_-]{22})\.([0-9a-z]{1,11})\.([A-Za-z0-9_-]{43})$/
  * so posts naming the user from elsewhere cannot lock the user out of a browser they signed in from before.
  *
  * The value is a random nonce (the device's id, which its counter is keyed by) and the time it was issued,
- * authenticated by an HMAC over them and the username as it is written (local usernames are case-sensitive:
- * `Alice` and `alice` can be two accounts, and one's cookie must not lift the other's lock). The username is not in the value itself (it
- * is checked by computing the HMAC for the username being tried), and nothing in it is secret: it only proves
- * that this deployment issued it. The HMAC key is derived (HKDF, RFC 5869) from KEYWARD_SESSION_SECRET with an
+ * authenticated by an HMAC over them, the username as it is written (local usernames are case-sensitive:
+ * `Alice` and `alice` can be two accounts, and one's cookie must not lift the other's lock) and the user's
+ * password version (lib/core/users/file.ts): a new password in the users file, the way out after an account is
+ * attacked, ends every device cookie issued before it, so a device that held one meets the username's counter
+ * again. Neither is in the value itself (they are checked by computing the HMAC for the username being tried and
+ * its current password version), and nothing in it is secret: it only proves that this deployment issued it. The HMAC key is derived (HKDF, RFC 5869) from KEYWARD_SESSION_SECRET with an
  * info string of its own, as the DPoP nonces' is: every instance checks a cookie without a store read, and a
  * rotated secret turns every earlier cookie into no device cookie (its browser meets the username's counter
  * again until it next signs in), the way it ends every mobile token.
@@ -32,36 +34,46 @@ export class DeviceCookies {
 
   constructor(
     secret: string,
+    /** A local user's current password version; null for no such user (then no cookie is issued or taken). */
+    private readonly passwordVersionOf: (username: string) => string | null,
     private readonly now: () => number = Date.now,
   ) {
     this.key = Buffer.from(hkdfSync('sha256', secret, 'keyward', 'keyward sign-in device cookie v1', 32));
   }
 
-  /** The Set-Cookie line of a new device cookie for `username` (a fresh nonce every time). */
-  issue(username: string): string {
+  /** The Set-Cookie line of a new device cookie for `username` (a fresh nonce every time); null for no such user. */
+  issue(username: string): string | null {
+    const version = this.passwordVersionOf(username);
+    if (version === null) return null;
     const nonce = randomBytes(16).toString('base64url');
     const issued = Math.floor(this.now() / 1000).toString(36);
-    const value = `v1.${nonce}.${issued}.${this.mac(nonce, issued, username)}`;
+    const value = `v1.${nonce}.${issued}.${this.mac(nonce, issued, version, username)}`;
     return `${DEVICE_COOKIE}=${value}; Path=/; Max-Age=${DEVICE_COOKIE_SECONDS}; HttpOnly; Secure; SameSite=Strict`;
   }
 
   /**
    * The device's id when `value` is a device cookie this deployment issued for `username` (exactly) less than
-   * DEVICE_COOKIE_SECONDS ago; else null, whatever is wrong with it (none, malformed, forged, another username's,
-   * expired, from before a rotation of the secret): a bad cookie is simply no device cookie.
+   * DEVICE_COOKIE_SECONDS ago, with the password the user has now; else null, whatever is wrong with it (none,
+   * malformed, forged, another username's, expired, from before a new password or a rotation of the secret, or
+   * no such user): a bad cookie is simply no device cookie.
    */
   deviceOf(value: string | null, username: string): string | null {
     const match = value === null ? null : VALUE.exec(value);
     if (!match) return null;
     const [, nonce, issued, mac] = match as unknown as [string, string, string, string];
     if (this.now() - Number.parseInt(issued, 36) * 1000 >= DEVICE_COOKIE_SECONDS * 1000) return null;
-    const expected = Buffer.from(this.mac(nonce, issued, username));
+    const version = this.passwordVersionOf(username);
+    if (version === null) return null;
+    const expected = Buffer.from(this.mac(nonce, issued, version, username));
     const given = Buffer.from(mac);
     return expected.length === given.length && timingSafeEqual(expected, given) ? nonce : null;
   }
 
-  /** The username goes last: the nonce and the time hold no ".", so no two triples share an input. */
-  private mac(nonce: string, issued: string, username: string): string {
-    return createHmac('sha256', this.key).update(`v1.${nonce}.${issued}.${username}`, 'utf8').digest('base64url');
+  /**
+   * The username goes last: the nonce, the time and the password version (base64url) hold no ".", so no two
+   * inputs are one string.
+   */
+  private mac(nonce: string, issued: string, version: string, username: string): string {
+    return createHmac('sha256', this.key).update(`v1.${nonce}.${issued}.${version}.${username}`, 'utf8').digest('base64url');
   }
 }

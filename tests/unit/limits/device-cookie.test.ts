@@ -8,9 +8,13 @@ import { randomSecret } from '../../fixtures/secrets';
  */
 const T0 = Date.UTC(2026, 0, 1);
 
+/** Every username is a user here, whose password version is the first unless set in `versions`. */
+const versions = new Map<string, string>();
+const versionOf = (username: string) => versions.get(username) ?? 'first-version';
+
 /** A cookie issued at `at` for `username`, and the value a browser sends back. */
 function issued(secret: string, username: string, at = T0): { line: string; value: string } {
-  const line = new DeviceCookies(secret, () => at).issue(username);
+  const line = new DeviceCookies(secret, versionOf, () => at).issue(username)!;
   return { line, value: line.split(';')[0]!.slice(`${DEVICE_COOKIE}=`.length) };
 }
 
@@ -19,7 +23,7 @@ describe('DeviceCookies', () => {
 
   it('is the device of the username it was issued for, spelled as it was, and of no other', () => {
     const { value } = issued(secret, 'Alice');
-    const cookies = new DeviceCookies(secret, () => T0 + 1_000);
+    const cookies = new DeviceCookies(secret, versionOf, () => T0 + 1_000);
     const device = cookies.deviceOf(value, 'Alice');
     expect(device).toMatch(/^[A-Za-z0-9_-]{22}$/);
     // Usernames are case-sensitive: `alice` may be another account, whose lock `Alice`'s cookie must not lift.
@@ -31,7 +35,7 @@ describe('DeviceCookies', () => {
   });
 
   it('a new nonce each time: two sign-ins are two devices', () => {
-    const cookies = new DeviceCookies(secret, () => T0);
+    const cookies = new DeviceCookies(secret, versionOf, () => T0);
     const a = issued(secret, 'alice').value;
     const b = issued(secret, 'alice').value;
     expect(a).not.toBe(b);
@@ -42,20 +46,33 @@ describe('DeviceCookies', () => {
     const { line, value } = issued(secret, 'alice');
     expect(line).toContain(`; Max-Age=${180 * 86_400};`);
     expect(DEVICE_COOKIE_SECONDS).toBe(180 * 86_400);
-    expect(new DeviceCookies(secret, () => T0 + DEVICE_COOKIE_SECONDS * 1000 - 1_000).deviceOf(value, 'alice')).not.toBeNull();
-    expect(new DeviceCookies(secret, () => T0 + DEVICE_COOKIE_SECONDS * 1000).deviceOf(value, 'alice')).toBeNull();
-    expect(new DeviceCookies(secret, () => T0 + 400 * 86_400_000).deviceOf(value, 'alice')).toBeNull();
+    expect(new DeviceCookies(secret, versionOf, () => T0 + DEVICE_COOKIE_SECONDS * 1000 - 1_000).deviceOf(value, 'alice')).not.toBeNull();
+    expect(new DeviceCookies(secret, versionOf, () => T0 + DEVICE_COOKIE_SECONDS * 1000).deviceOf(value, 'alice')).toBeNull();
+    expect(new DeviceCookies(secret, versionOf, () => T0 + 400 * 86_400_000).deviceOf(value, 'alice')).toBeNull();
   });
 
   it('a rotated KEYWARD_SESSION_SECRET turns earlier cookies into no device cookie', () => {
     const { value } = issued(secret, 'alice');
-    expect(new DeviceCookies(randomSecret('sess'), () => T0).deviceOf(value, 'alice')).toBeNull();
+    expect(new DeviceCookies(randomSecret('sess'), versionOf, () => T0).deviceOf(value, 'alice')).toBeNull();
+  });
+
+  it('a new password for the user ends the cookies issued before it; no user, no cookie', () => {
+    const { value } = issued(secret, 'erin');
+    const cookies = new DeviceCookies(secret, versionOf, () => T0);
+    expect(cookies.deviceOf(value, 'erin')).not.toBeNull();
+    versions.set('erin', 'second-version');
+    expect(cookies.deviceOf(value, 'erin')).toBeNull();
+    expect(cookies.deviceOf(issued(secret, 'erin').value, 'erin')).not.toBeNull();
+
+    const gone = new DeviceCookies(secret, () => null, () => T0);
+    expect(gone.issue('erin')).toBeNull();
+    expect(gone.deviceOf(issued(secret, 'erin').value, 'erin')).toBeNull();
   });
 
   it('holds no username, and anything malformed is null, never an error', () => {
     const { value } = issued(secret, 'a-distinctive-name');
     expect(value).not.toContain('distinctive');
-    const cookies = new DeviceCookies(secret, () => T0);
+    const cookies = new DeviceCookies(secret, versionOf, () => T0);
     for (const bad of [null, '', 'v1', 'v1...', `${value}x`, `x${value}`, value.toUpperCase(), 'v1.' + 'a'.repeat(5000), '\u0000', 'v1.é.1.x']) {
       expect(cookies.deviceOf(bad, 'a-distinctive-name')).toBeNull();
     }
