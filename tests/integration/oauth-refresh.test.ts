@@ -604,6 +604,24 @@ describe('the provider is down when a token is due (transient failure: backed of
     },
   );
 
+  it('the backoff is tied to the tokens whose refresh failed: another grant saved meanwhile (a reconnect) is refreshed at once', async () => {
+    await duringOutage(null, async (issuer, runtime) => {
+      const { user, cookie } = await expiredLink(runtime, 'outage-reconnect');
+      expect(await call(runtime, cookie)).toMatchObject({ status: 503, code: 'credential_unavailable' });
+      expect(issuer.tokenRequests()).toBe(1);
+
+      // The user connects again (another refresh token), and the provider is back, well within the 30 s.
+      const refreshToken = randomSecret('rt');
+      await runtime.oauthTokens!.save('oidc', user, { accessToken: randomSecret('at'), refreshToken, expiresAt: now() - 1_000 });
+      const renewed = randomSecret('at');
+      issuer.state.answer = served(renewed);
+      expect((await call(runtime, cookie)).status).toBe(200);
+      expect(issuer.tokenRequests()).toBe(2);
+      expect(upstream.requests.at(-1)!.headers.authorization).toBe(`Bearer ${renewed}`);
+      expect(await runtime.oauthTokens!.load('oidc', user)).toMatchObject({ accessToken: renewed, refreshToken });
+    });
+  });
+
   it('a token within 5 s of its expiry is not served: 503 with Retry-After (it could expire on the way to the upstream)', async () => {
     await duringOutage(null, async (issuer, runtime) => {
       const link = await dueLink(runtime, 'outage-margin', 3_000);

@@ -1,5 +1,5 @@
 import 'server-only';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import * as oauth from 'oauth4webapi';
 import { parseRetryAfter } from '../../client/errors';
 import { KeywardError } from '../errors';
@@ -141,16 +141,17 @@ export class OAuthTokenStore {
    */
   private readonly unsaved = new Map<string, { readonly from: string; readonly to: string; readonly at: number }>();
   /**
-   * Grants whose refresh failed transiently, by key: the sealed value that could not be refreshed (`sealed`) and
-   * until when its refresh is not tried again (BACKOFF_MS). Tied to the sealed value, so a refresh another
-   * instance saved meanwhile, or a reconnect, is used at once. Bounded like `unsaved`.
+   * Grants whose refresh failed transiently, by key: a digest of the sealed value that could not be refreshed
+   * (`digest`: 43 characters, where the value is a few KiB) and until when its refresh is not tried again
+   * (BACKOFF_MS). Tied to the sealed value, so a refresh another instance saved meanwhile, or a reconnect, is
+   * used at once. Bounded like `unsaved`.
    *
    * Kept in this process, not in the store: an outage then costs one provider request per grant per backoff on
    * each instance (the store lock already keeps them one at a time), a small number; a mark in the store would
    * add a write to every failure and a read to every call that finds its token due, and would itself fail when
    * the store does.
    */
-  private readonly backoff = new Map<string, { readonly sealed: string; readonly until: number }>();
+  private readonly backoff = new Map<string, { readonly digest: string; readonly until: number }>();
 
   constructor(
     private readonly store: Store,
@@ -375,7 +376,7 @@ export class OAuthTokenStore {
   private backedOffUntil(key: string, sealed: string): number | null {
     const entry = this.backoff.get(key);
     if (!entry) return null;
-    if (entry.sealed === sealed && entry.until > this.now()) return entry.until;
+    if (entry.until > this.now() && entry.digest === digestOf(sealed)) return entry.until;
     this.backoff.delete(key);
     return null;
   }
@@ -386,7 +387,7 @@ export class OAuthTokenStore {
     const until = this.now() + Math.min(Math.max(retryAfterMs ?? BACKOFF_MS, 1_000), MAX_BACKOFF_MS);
     this.backoff.delete(key);
     if (this.backoff.size >= BACKOFF_LIMIT) this.backoff.delete(this.backoff.keys().next().value!);
-    this.backoff.set(key, { sealed, until });
+    this.backoff.set(key, { digest: digestOf(sealed), until });
     return until;
   }
 
@@ -438,6 +439,11 @@ function failureReason(error: unknown): string {
       : (error as { error?: unknown } | null)?.error;
   if (typeof code === 'string' && /^[a-z_]{1,64}$/.test(code)) return code;
   return error instanceof Error ? error.name : 'unknown';
+}
+
+/** A sealed value's SHA-256, for the backoff's comparisons (what it is tied to, not the value itself). */
+function digestOf(sealed: string): string {
+  return createHash('sha256').update(sealed, 'utf8').digest('base64url');
 }
 
 /**
