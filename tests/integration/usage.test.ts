@@ -233,6 +233,35 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
     expect(byUpstream.filter((row) => row.upstream !== 'echo').map((row) => [row.upstream, row.calls])).toEqual([['(unknown)', 3]]);
   });
 
+  it("a user's series reads that user's rows of each bucket only, never every user's, also with no upstream named", async () => {
+    const store = stores[1];
+    const readHashes = store.readHashes;
+    const reads: Array<{ keys: readonly string[]; fields?: readonly string[] }> = [];
+    store.readHashes = (keys, fields) => {
+      reads.push({ keys, fields });
+      return readHashes.call(store, keys, fields);
+    };
+    try {
+      // The whole window's day buckets, as the admin pages read a user's figures since the retention began.
+      const days = { period: 'day' as const, fromMs: started - 399 * 86_400_000, toMs: Date.now() };
+      const bob = await b.usage.series({ ...days, user: BOB });
+      const { user, ...figures } = (await b.usage.top({ ...days, by: 'user', limit: 10 })).find((top) => top.user === BOB)!;
+      expect(user).toBe(BOB);
+      expect(bob.total).toEqual(figures);
+      expect(bob.total.calls).toBeGreaterThan(0);
+    } finally {
+      store.readHashes = readHashes;
+    }
+    const userRollup = reads.filter((read) => read.keys.some((key) => key.startsWith('usage:day:user:')));
+    // The series' read (named fields), then top's (whole buckets, to compare with).
+    expect(userRollup).toHaveLength(2);
+    const fields = userRollup[0]!.fields!;
+    expect(fields.length).toBeGreaterThan(0);
+    // Bob's rows of each upstream called in the window (`echo`, and `(unknown)`, which alice called), no one else's.
+    expect(new Set(fields.map((field) => field.split(' ')[0]))).toEqual(new Set([JSON.stringify([BOB, 'echo']), JSON.stringify([BOB, '(unknown)'])]));
+    expect(userRollup[1]!.fields).toBeUndefined();
+  });
+
   it('estimates p50 and p95 from the merged latency buckets of both instances', async () => {
     // 10 calls of 3 ms (≤ 5), 9 of 80 ms (in (50, 100]), 1 of 3 s (in (2500, 5000]), split over the instances.
     const durations = [...Array(10).fill(3), ...Array(9).fill(80), 3000] as number[];

@@ -37,8 +37,9 @@ export interface SeriesQuery extends UsageWindow {
   readonly keyVersion?: string;
   readonly user?: string;
   /**
-   * With `user`: the upstreams whose rows to read (a user's own page names the configured ones). Only that
-   * user's fields of each bucket are read then, not every user's rows; calls to other upstreams are left out.
+   * With `user`: the upstreams whose rows to read (a user's own page names the configured ones); calls to other
+   * upstreams are left out. Without it, the upstreams called in the window (from the `upstream` rollup, a row
+   * per upstream). Either way only that user's fields of each bucket are read, never every user's rows.
    */
   readonly upstreams?: readonly string[];
 }
@@ -108,7 +109,7 @@ export class UsageAggregates {
   async seriesByUpstream(query: SeriesQuery): Promise<{ series: Series; upstreams: ReadonlyMap<string, UsageFigures> }> {
     const { rollup, filter } = seriesRollup(query);
     const starts = bucketStarts(query);
-    const hashes = await this.read(query.period, rollup, starts, userFields(query));
+    const hashes = await this.read(query.period, rollup, starts, await this.userFields(query, starts));
     const perUpstream = new Map<string, Counters>();
     const points = hashes.map((hash, index) => {
       const counters = emptyCounters();
@@ -159,6 +160,35 @@ export class UsageAggregates {
       .map(([, group]) => ({ ...group.dimensions, ...figures(group.counters) }));
   }
 
+  /**
+   * A user's fields of the `user` rollup's buckets (every metric of each of their rows), or undefined (read whole
+   * buckets: another filter decides). A bucket holds every user's rows, as many as the users who called in it:
+   * without this, one user's figures over 400 days would read every user's of those days. The rows are keyed by
+   * user and upstream, so the upstreams are what is needed: those named (`upstreams`), or else those called in
+   * the window, from the `upstream` rollup's buckets (one row per upstream), read first.
+   */
+  private async userFields(query: SeriesQuery, starts: readonly number[]): Promise<string[] | undefined> {
+    const { user } = query;
+    if (user === undefined || query.route !== undefined || query.keyVersion !== undefined) return undefined;
+    let names = query.upstreams;
+    if (names === undefined) {
+      const called = new Set<string>();
+      for (const hash of await this.read(query.period, 'upstream', starts)) {
+        forEachRow(hash, 'upstream', (dimensions) => {
+          if (typeof dimensions.upstream === 'string') called.add(dimensions.upstream);
+        });
+      }
+      names = [...called];
+    }
+    return names
+      .filter((upstream) => query.upstream === undefined || upstream === query.upstream)
+      .flatMap((upstream) => {
+        const values: Record<Dimension, string | null> = { user, upstream, route: null, keyVersion: null };
+        const dimensions = JSON.stringify(ROLLUPS.user.map((dimension) => values[dimension]));
+        return METRICS.map((metric) => fieldName(dimensions, metric));
+      });
+  }
+
   private async read(period: Period, rollup: Rollup, starts: readonly number[], fields?: readonly string[]) {
     await this.flush();
     return this.store.readHashes(
@@ -166,21 +196,6 @@ export class UsageAggregates {
       fields,
     );
   }
-}
-
-/**
- * A user's fields of the `user` rollup's buckets for the named upstreams (every metric of each), or undefined
- * (read whole buckets). A bucket holds every user's rows: without this, one user's page would read them all.
- */
-function userFields(query: SeriesQuery): string[] | undefined {
-  const { user, upstreams } = query;
-  if (user === undefined || upstreams === undefined || query.route !== undefined || query.keyVersion !== undefined) return undefined;
-  const names = query.upstream === undefined ? upstreams : upstreams.filter((upstream) => upstream === query.upstream);
-  return names.flatMap((upstream) => {
-    const values: Record<Dimension, string | null> = { user, upstream, route: null, keyVersion: null };
-    const dimensions = JSON.stringify(ROLLUPS.user.map((dimension) => values[dimension]));
-    return METRICS.map((metric) => fieldName(dimensions, metric));
-  });
 }
 
 /**
