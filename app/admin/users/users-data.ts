@@ -6,12 +6,14 @@ import type { SessionView } from '@/lib/core/session/session-index';
 import type { ConnectionView } from '@/lib/core/connect/connections';
 import { keyward } from '@/keyward';
 import { loadOwnKeys, type OwnKeyEntry } from '../../components/own-key-list';
+import { knownUsers, type Known } from './known-users';
 
 /**
  * What the Users pages read: the local users file (names and roles, never hashes), the users seen in the usage
- * aggregates within their retention, the session index (hashed ids only), the live quota and budget counters
- * (Limits.meterUsage: the very counters the proxy reserves against), and users' own keys by fingerprint. Never
- * the audit log, never a key or a session id. Everything returned is plain data.
+ * aggregates (the list: the last KNOWN_DAYS; a user's page: the whole retention, that user's rows only), the
+ * session index (hashed ids only), the live quota and budget counters (Limits.meterUsage: the very counters the
+ * proxy reserves against), and users' own keys by fingerprint. Never the audit log, never a key or a session id.
+ * Everything returned is plain data.
  */
 
 const HOUR_MS = 3_600_000;
@@ -148,26 +150,11 @@ function closest(meters: readonly MeterUse[]): MeterUse | null {
   return best;
 }
 
-interface Known {
-  readonly userId: string;
-  readonly name: string | null;
-  readonly local: boolean;
-  readonly roles: readonly string[] | null;
-}
-
-/** Users of the users file and users with calls in the daily aggregates' retention, without duplicates. */
-async function knownUsers(now: number): Promise<Known[]> {
-  const runtime = keyward.getRuntime();
-  const local: Known[] = (runtime.users?.list() ?? []).map((user) => ({ userId: `local:${user.username}`, name: user.name, local: true, roles: [...user.roles] }));
-  const days = runtime.settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS;
-  const seen = await runtime.usage.top({ period: 'day', fromMs: now - (days - 1) * DAY_MS, toMs: now, by: 'user', limit: MAX_USERS });
-  const byId = new Map(local.map((user) => [user.userId, user]));
-  for (const row of seen) {
-    // Calls refused before a session was known have no user.
-    if (row.user && !byId.has(row.user)) byId.set(row.user, { userId: row.user, name: null, local: false, roles: null });
-  }
-  return [...byId.values()];
-}
+/**
+ * How far back the list looks for users with calls (besides the users file): daily buckets hold every user's rows,
+ * so a window over the whole retention (400 days) would read every user of every day on each page load.
+ */
+export const KNOWN_DAYS = 30;
 
 function summarize(user: Known, day: TopRow | undefined, sessions: readonly SessionView[], meters: readonly MeterUse[]): UserSummary {
   return {
@@ -184,14 +171,20 @@ function withSessionRoles(user: Known, sessions: readonly SessionView[]): Known 
   return user.roles !== null || sessions.length === 0 ? user : { ...user, roles: [...sessions[0]!.roles] };
 }
 
-/** The Users list: every known user with the last 24 hours' figures, busiest first. */
+/**
+ * The Users list: the users file's users and those with calls in the last KNOWN_DAYS (knownUsers), with the last
+ * 24 hours' figures, busiest first.
+ */
 export async function loadUsers(): Promise<{ now: number; users: UserSummary[]; truncated: boolean }> {
   const runtime = keyward.getRuntime();
   const now = Date.now();
-  const [known, last24h] = await Promise.all([
-    knownUsers(now),
+  const days = Math.min(KNOWN_DAYS, runtime.settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS);
+  const [last24h, window] = await Promise.all([
     runtime.usage.top({ period: 'hour', fromMs: now - 23 * HOUR_MS, toMs: now, by: 'user', limit: MAX_USERS }),
+    runtime.usage.top({ period: 'day', fromMs: now - (days - 1) * DAY_MS, toMs: now, by: 'user', limit: MAX_USERS }),
   ]);
+  const local: Known[] = (runtime.users?.list() ?? []).map((user) => ({ userId: `local:${user.username}`, name: user.name, local: true, roles: [...user.roles] }));
+  const { known, truncated } = knownUsers(local, last24h, window, MAX_USERS);
   const day = new Map(last24h.filter((row) => row.user).map((row) => [row.user!, row]));
   const listed = known
     .sort((a, b) => (day.get(b.userId)?.calls ?? 0) - (day.get(a.userId)?.calls ?? 0) || a.userId.localeCompare(b.userId))
@@ -202,7 +195,7 @@ export async function loadUsers(): Promise<{ now: number; users: UserSummary[]; 
   return {
     now,
     users: users.map((user) => summarize(user, day.get(user.userId), sessions.get(user.userId) ?? [], meters.get(user.userId) ?? [])),
-    truncated: known.length > MAX_USERS,
+    truncated,
   };
 }
 
