@@ -250,7 +250,9 @@ export class Alerts {
 
   /**
    * Undoes an alert's action (idempotent: undoing twice changes nothing more). Returns the alert as it now is;
-   * `onUndone` is called only when this call did the undo (not for an alert already undone).
+   * `onUndone` is called only when this call did the undo (not for an alert already undone). Every call is on the
+   * audit trail: an alert undone already as `detector.undo` with outcome `unchanged`, so an admin's retry after an
+   * undo whose record could not be written (answered 503) puts their undo on the trail, as a repeated rotation is.
    */
   async undo(id: string, actor: string, onUndone?: (alert: Alert) => void): Promise<Alert> {
     if (!/^al_[0-9a-f-]{36}$/.test(id)) throw new KeywardError('not_found');
@@ -258,7 +260,10 @@ export class Alerts {
     const raw = await guard(() => this.store.get(key));
     if (!raw) throw new KeywardError('not_found');
     const { alert, undo } = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
-    if (alert.state === 'undone') return alert;
+    if (alert.state === 'undone') {
+      await this.recordUndo(id, alert, actor, 'unchanged');
+      return alert;
+    }
     // A session mark a later alert also planned (a re-authentication of the same session by another instance, or
     // a later step): that alert did not set its own (setIfAbsent kept this one), so the mark is handed over to it
     // rather than removed while it is still active.
@@ -281,14 +286,18 @@ export class Alerts {
     if (forgives(alert)) {
       await guard(() => this.store.set(forgivenKey(alert.subject.userId), String(this.now()), this.retentionMs));
     }
+    await this.recordUndo(id, alert, actor, alert.action);
+    return undone;
+  }
+
+  private async recordUndo(id: string, alert: Alert, actor: string, outcome: string): Promise<void> {
     await this.audit.recordAdmin({
       action: 'detector.undo',
       actor,
       alertId: id,
       ...(alert.subject.userId !== undefined ? { targetUser: alert.subject.userId } : {}),
-      outcome: alert.action,
+      outcome,
     });
-    return undone;
   }
 }
 

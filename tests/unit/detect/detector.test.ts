@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import type { AdminRecord } from '../../../lib/core/audit/audit';
 import type { Alert, Decision } from '../../../lib/core/detect/alerts';
 import { suspensionKey, throttleKey } from '../../../lib/core/detect/marks';
+import { KeywardError } from '../../../lib/core/errors';
 import type { ProxyEvent } from '../../../lib/core/pipeline';
 import { MemoryStore } from '../../../lib/store/memory';
 import { DAY_MS, MINUTE_MS, START, event, setup } from '../../fixtures/detector';
@@ -248,11 +250,33 @@ describe('anomaly detector', () => {
     expect(await revocations.isRevoked(recent)).toBe(false);
     expect(await revocations.isRevoked(before)).toBe(true);
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
-    // Idempotent, and on record.
-    expect((await alerts.undo(alert!.id, 'local:root')).undoneAt).toBe(undone.undoneAt);
+    // Idempotent, and on record: the repeat as `unchanged`.
+    expect((await alerts.undo(alert!.id, 'local:other')).undoneAt).toBe(undone.undoneAt);
     const { records } = await audit.query({ type: 'admin', action: 'detector.undo' }, { limit: 10 });
-    expect(records).toHaveLength(1);
-    expect(records[0]).toMatchObject({ actor: 'local:root', targetUser: 'local:ada', alertId: alert!.id, outcome: 'revoke' });
+    expect((records as AdminRecord[]).map((record) => [record.actor, record.outcome])).toEqual([
+      ['local:other', 'unchanged'],
+      ['local:root', 'revoke'],
+    ]);
+    expect(records[1]).toMatchObject({ actor: 'local:root', targetUser: 'local:ada', alertId: alert!.id, outcome: 'revoke' });
+  });
+
+  it("an undo whose audit record could not be written (503 to the admin) is on the trail once the admin tries again", async () => {
+    const { clock, audit, alerts, detector, actions } = setup();
+    clock.now = START;
+    detector.decoyHit({ kind: 'credential', decoyId: 'dk_1', where: 'header:authorization', userId: 'local:ada', sessionId: 'sess-9', ip: '203.0.113.66', upstream: 'openai', route: null, requestId: 'req-1' });
+    const [alert] = await actions();
+    const recordAdmin = audit.recordAdmin;
+    audit.recordAdmin = () => Promise.reject(new KeywardError('store_unavailable'));
+    try {
+      await expect(alerts.undo(alert!.id, 'local:root')).rejects.toMatchObject({ code: 'store_unavailable' });
+    } finally {
+      audit.recordAdmin = recordAdmin;
+    }
+    expect(await audit.query({ type: 'admin', action: 'detector.undo' }, { limit: 10 })).toMatchObject({ records: [] });
+    // The undo itself took effect; the admin, answered 503, tries again.
+    expect(await alerts.undo(alert!.id, 'local:root')).toMatchObject({ state: 'undone', undoneBy: 'local:root' });
+    const { records } = await audit.query({ type: 'admin', action: 'detector.undo' }, { limit: 10 });
+    expect(records).toEqual([expect.objectContaining({ actor: 'local:root', targetUser: 'local:ada', alertId: alert!.id, outcome: 'unchanged' })]);
   });
 
   it('a decoy from a session signed in after a decoy revocation revokes again; the same session within the cooldown does not', async () => {
