@@ -222,7 +222,7 @@ export const routeSchema = z.strictObject({
     .max(256)
     .regex(/^[\x20-\x7e]*$/)
     .optional()
-    .describe('Cache-Control for responses of this route. Default "private, no-store".'),
+    .describe('Cache-Control for responses of this route. Default "private, no-store". With a per-user credential ({"user"}, {"oauth"}, {"claim"}) it must say "private" or "no-store", and not "public".'),
   response: responseTypeSchema.optional(),
   websocket: z
     .boolean()
@@ -484,6 +484,17 @@ export const upstreamSchema = z
       });
     }
     signedAuthIssues(upstream, ctx);
+    if (!('env' in upstream.auth.secret)) {
+      upstream.routes.forEach((route, index) => {
+        if (route.cacheControl !== undefined && sharedCacheMayStore(route.cacheControl)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['routes', index, 'cacheControl'],
+            message: `each user's answers come with their own credential (${credentialShown(upstream.auth.secret)}): must hold "private" or "no-store", and not "public", so no shared cache (a CDN) hands one user's answer to another`,
+          });
+        }
+      });
+    }
     // Two routes of one method for exactly the same requests: only one could ever serve, and which one would
     // depend on their order. Refused, so a route meant to narrow another (its roles) is never silently dead.
     const shapes = new Map<string, number>();
@@ -501,6 +512,21 @@ export const upstreamSchema = z
       }
     });
   });
+
+/**
+ * Whether a shared cache (a CDN, a reverse proxy) may store an answer sent with this Cache-Control (RFC 9111 §3,
+ * §5.2.2): unless it says `private` or `no-store`, or whenever it says `public`. A request with a cookie does
+ * not stop a shared cache from storing the answer, so only these directives keep it to the browser.
+ */
+function sharedCacheMayStore(cacheControl: string): boolean {
+  const directives = new Set(cacheControl.split(',').map((part) => part.split('=', 1)[0]!.trim().toLowerCase()));
+  return directives.has('public') || !(directives.has('private') || directives.has('no-store'));
+}
+
+/** A per-user secret's kind, as the config writes it (never a value: these hold none). */
+function credentialShown(secret: CredentialSource): string {
+  return 'user' in secret ? '{"user":"key"}' : 'oauth' in secret ? '{"oauth":…}' : '{"claim":…}';
+}
 
 /**
  * What request signing (`aws-sigv4`, `hmac`) cannot be combined with, and the headers it owns: a client can

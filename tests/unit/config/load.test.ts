@@ -438,6 +438,34 @@ describe('a key pasted where a name belongs is not printed by the error that ref
   });
 });
 
+describe("a route's cacheControl on an upstream with per-user credentials keeps answers out of shared caches", () => {
+  const perUser = {
+    '{"user":"key"}': { user: 'key' },
+    '{"oauth":…}': { oauth: 'github' },
+    '{"claim":…}': { claim: 'org', keys: { acme: { env: 'ACME_KEY' } } },
+  };
+  const withCache = (secret: unknown, cacheControl: string) =>
+    ({ upstreams: { echo: valid({ auth: { type: 'bearer', secret }, routes: [{ method: 'GET', path: '/items/:id', cacheControl }] }) } });
+
+  for (const [shown, secret] of Object.entries(perUser)) {
+    for (const cacheControl of ['public, s-maxage=300', 'max-age=60', 's-maxage=60', 'no-cache', 'private, public, max-age=5', 'PUBLIC, no-store']) {
+      it(`${shown}: "${cacheControl}" stops start-up, naming the field`, () => {
+        const message = configError(withCache(secret, cacheControl));
+        expect(message).toContain(`upstreams.echo.routes.0.cacheControl: each user's answers come with their own credential (${shown})`);
+      });
+    }
+    for (const cacheControl of ['private, max-age=3600', 'no-store', 'Private', 'private="set-cookie", max-age=60', 'no-store, max-age=0']) {
+      it(`${shown}: "${cacheControl}" is taken`, () => {
+        expect(parseConfig(withCache(secret, cacheControl), 'test config')).toHaveLength(1);
+      });
+    }
+  }
+
+  it('a shared service key may let shared caches store its answers (the operator\'s choice)', () => {
+    expect(parseConfig(withCache({ env: 'ECHO_KEY' }, 'public, s-maxage=300'), 'test config')).toHaveLength(1);
+  });
+});
+
 describe('a key written into a fixed header is refused, naming the header, never printing the key', () => {
   // Random, with a digit at the end as a real key's random part has one somewhere (KEY_SHAPED looks for it).
   const random = (length: number) => `${randomBytes(length).toString('base64url').slice(0, length - 1)}${randomBytes(1)[0]! % 10}`;
