@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { KeywardError } from '@/lib/core/errors';
 import { clientClosed } from '@/lib/core/forward/body';
+import { queryParamKey } from '@/lib/core/forward/query';
 import { getLogger } from '@/lib/core/log/logger';
 import { isRefusedMethod, refusedMethod, refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
 import { namedSecretForms, REDACTED } from '@/lib/core/log/scrub';
@@ -114,12 +115,17 @@ async function serveUpgrade(
   const query = new URLSearchParams(search);
   const tickets = query.getAll('ticket');
   query.delete('ticket');
+  // A ticket under a name a lenient server reads as `ticket` (`Ticket`, `ticket[]`): never redeemed (the policy
+  // step refuses the upgrade for it, as it refuses one on a plain call), but used up with the refusal.
+  const lookalikes = [...query].filter(([name]) => queryParamKey(name) === 'ticket').map(([, value]) => value);
   const rest = query.toString();
-  // A ticket shown with an upgrade refused before its session step is used up all the same (README "WebSockets").
-  const refuseEarly = async (refusal: Response) => {
-    await Promise.all(tickets.map((ticket) => options.tickets.redeem(ticket, target).catch(() => null)));
+  // A ticket shown with an upgrade that is refused is used up all the same (README "WebSockets"); `unredeemed`:
+  // the exact `ticket`s too (they were not shown to the session step, which uses them up itself).
+  const refuseWith = async (refusal: Response, unredeemed: boolean) => {
+    await options.tickets.burn(unredeemed ? [...tickets, ...lookalikes] : lookalikes).catch(() => {});
     return endSocketWith(socket, refusal, siteHeaders);
   };
+  const refuseEarly = (refusal: Response) => refuseWith(refusal, true);
   let headers: Headers;
   try {
     headers = readHeaders(req);
@@ -156,7 +162,7 @@ async function serveUpgrade(
         redeemed = true;
         // Shown more than once: refused, and every ticket shown is used up all the same.
         if (tickets.length > 1) {
-          await Promise.all(tickets.map((ticket) => options.tickets.redeem(ticket, target).catch(() => null)));
+          await options.tickets.burn(tickets).catch(() => {});
           return null;
         }
         const issued = await options.tickets.redeem(tickets[0]!, target);
@@ -170,9 +176,9 @@ async function serveUpgrade(
   socket.off('end', leave);
   socket.off('close', leave);
   if (grant instanceof Response) {
-    // Refused before the session step (an unknown upstream or route, an HTTP route, a refused query): a ticket
-    // shown at the wrong path is used up all the same, whichever step refused the upgrade.
-    return redeemed ? endSocketWith(socket, grant, siteHeaders) : refuseEarly(grant);
+    // Refused, before the session step (an unknown upstream or route, an HTTP route, a refused query) or at or
+    // after it: a ticket shown at the wrong path is used up all the same, whichever step refused the upgrade.
+    return refuseWith(grant, !redeemed);
   }
   await relay(req, socket, head, grant, options, siteHeaders);
 }

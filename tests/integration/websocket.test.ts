@@ -501,6 +501,17 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${twice}&ticket=${twice}`))).toEqual(unauthenticated);
     expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${twice}`))).toEqual(unauthenticated);
 
+    // Under a name a lenient server reads as `ticket` (never redeemed: the upgrade is refused for it), alone or
+    // beside a ticket of its own: used up all the same.
+    for (const name of ['Ticket', 'TICKET', 'ticket[]', 'ticket%00']) {
+      const shown = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
+      expect(refusal(await open(`/api/proxy/rt/realtime?${name}=${shown}`)).status, name).toBeGreaterThanOrEqual(400);
+      const beside = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
+      const another = ((await (await ask('/realtime')).json()) as { ticket: string }).ticket;
+      expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${beside}&${name}=${another}`)), name).toMatchObject({ status: 400, code: 'bad_request' });
+      for (const used of [shown, beside, another]) expect(refusal(await open(`/api/proxy/rt/realtime?ticket=${used}`)), name).toEqual(unauthenticated);
+    }
+
     expect((await ask('/plain')).status).toBe(400);
     const noSession = await fetch(`${lane.url}/api/session/ws-ticket`, {
       method: 'POST',

@@ -83,6 +83,19 @@ export class WsTickets {
       via: 'bearer',
     };
   }
+
+  /**
+   * Uses up every ticket shown with an upgrade that is refused (README "WebSockets"): one store read for all of
+   * them, whatever their number (a request line holds a few hundred), and a delete for each that exists; nothing
+   * for a value that cannot be a ticket. Redeeming each instead would let one request without a session cost the
+   * store a read per value it carries.
+   */
+  async burn(tickets: readonly string[]): Promise<void> {
+    const names = [...new Set(tickets.filter((ticket) => TICKET.test(ticket)).map(key))];
+    if (names.length === 0) return;
+    const found = await guard(() => this.store.getMany(names));
+    await Promise.all(names.filter((_, index) => found[index] != null).map((name) => guard(() => this.store.delete(name))));
+  }
 }
 
 function key(ticket: string): string {

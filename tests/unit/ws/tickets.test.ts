@@ -26,6 +26,27 @@ describe('WebSocket tickets', () => {
     expect(await tickets.redeem(ticket, target)).toBeNull();
   });
 
+  it('burn: every ticket shown is used up with one store read for all of them, however many the URL holds', async () => {
+    const store = new MemoryStore();
+    const reads = { get: 0, getMany: 0, keys: 0 };
+    const { get, getMany } = store;
+    store.get = (name) => (reads.get++, get.call(store, name));
+    store.getMany = (names) => (reads.getMany++, (reads.keys += names.length), getMany.call(store, names));
+    const tickets = new WsTickets(store);
+    const shown = await tickets.issue(session, target);
+    const other = await tickets.issue(session, target);
+    // 300 made-up tickets (well formed: 43 base64url characters), the real one twice, and values no ticket has.
+    const fakes = Array.from({ length: 300 }, (_, i) => `${String(i).padStart(3, '0')}${'A'.repeat(40)}`);
+    await tickets.burn([...fakes, shown.ticket, shown.ticket, 'not-a-ticket', '']);
+    expect(reads).toEqual({ get: 0, getMany: 1, keys: 301 });
+    expect(await tickets.redeem(shown.ticket, target)).toBeNull();
+    // A ticket not shown is untouched.
+    expect(await tickets.redeem(other.ticket, target)).toEqual({ ...session, via: 'bearer' });
+    // Nothing that could be a ticket: no read at all.
+    await tickets.burn(['x', '']);
+    expect(reads.getMany).toBe(1);
+  });
+
   it('only one of two concurrent redemptions wins', async () => {
     const tickets = new WsTickets(new MemoryStore());
     const { ticket } = await tickets.issue(session, target);
