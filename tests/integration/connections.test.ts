@@ -162,11 +162,13 @@ async function callback(runtime: Runtime, providerId: string, url: URL, binding:
 /** A whole connect: start on `on`, the provider's login and consent, the callback on `back`. */
 async function connect(
   providerId: string,
-  options: { on?: Runtime; back?: Runtime; query?: string; deny?: boolean; as?: string } = {},
+  options: { on?: Runtime; back?: Runtime; query?: string; deny?: boolean; as?: string; other?: boolean } = {},
 ) {
   const started = await start(options.on ?? a, providerId, options.query, options.as ? { cookie: options.as } : {});
   expect(started.status).toBe(303);
-  const returned = await provider.drive(started.location!, { deny: options.deny });
+  // Another account than the provider's browser session's: signed out there first, then in as the other one.
+  if (options.other) provider.signOut();
+  const returned = await provider.drive(started.location!, { deny: options.deny, other: options.other });
   return { started, returned, done: await callback(options.back ?? b, providerId, returned, started.binding) };
 }
 
@@ -724,6 +726,117 @@ describe('the generic preset (issuer discovery), end to end', () => {
     expect(kept.index).toBeGreaterThanOrEqual(reconnected.index + days(2));
 
     expect(JSON.parse((await disconnect(a, 'acme')).body)).toMatchObject({ disconnected: true, sharedAccount: false });
+  });
+});
+
+describe('a reconnect replaces the grant', () => {
+  /** The tokens the provider issued last (to the connect just made). */
+  const lastIssued = () => ({ access: provider.issued().accessTokens.at(-1)!, refresh: provider.issued().refreshTokens.at(-1)! });
+
+  it("to another account: the grant it replaced is revoked at the provider (RFC 7009); a later disconnect revokes the new one", async () => {
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const x = lastIssued();
+    const revocationsBefore = provider.counts().revocations;
+    try {
+      expect((await connect('acme', { other: true })).done.location).toBe('/?connected=acme');
+    } finally {
+      provider.signOut();
+    }
+    const y = lastIssued();
+    expect(provider.counts().revocations).toBe(revocationsBefore + 2);
+    expect(await provider.isActive('acme', x.refresh)).toBe(false);
+    expect(await provider.isActive('acme', x.access)).toBe(false);
+    expect(await provider.isActive('acme', y.refresh)).toBe(true);
+    expect((await call(a, 'acme', 'me')).status).toBe(200);
+    expect(lastAuthorization()).toBe(`Bearer ${y.access}`);
+
+    const answer = JSON.parse((await disconnect(b, 'acme')).body) as { revokedAtProvider: boolean };
+    expect(answer).toMatchObject({ revokedAtProvider: true, sharedAccount: false });
+    expect(await provider.isActive('acme', y.refresh)).toBe(false);
+    expect(await provider.isActive('acme', y.access)).toBe(false);
+  });
+
+  it('to the same account (one grant per account and app here, as at Google): nothing is revoked, the new tokens work; the disconnect ends both', async () => {
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const first = lastIssued();
+    const revocationsBefore = provider.counts().revocations;
+    expect((await connect('acme', { on: b, back: a })).done.location).toBe('/?connected=acme');
+    const second = lastIssued();
+    expect(second.refresh).not.toBe(first.refresh);
+    expect(provider.counts().revocations).toBe(revocationsBefore);
+    expect(await provider.isActive('acme', second.refresh)).toBe(true);
+    expect((await call(b, 'acme', 'me')).status).toBe(200);
+    expect(lastAuthorization()).toBe(`Bearer ${second.access}`);
+
+    expect(JSON.parse((await disconnect(a, 'acme')).body)).toMatchObject({ revokedAtProvider: true });
+    // Revoking the new refresh token ended the grant, the earlier tokens with it.
+    expect(await provider.isActive('acme', first.refresh)).toBe(false);
+    expect(await provider.isActive('acme', second.refresh)).toBe(false);
+  });
+
+  it('answered with the refresh token already stored (the same grant, handed out again): nothing is revoked', async () => {
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const stored = lastIssued();
+    // A provider that does not rotate refresh tokens may give the same one back. Signed in as the other account,
+    // so that only the "same grant" rule keeps the stored tokens from being revoked.
+    const client = b.connections!.client('acme');
+    const exchange = client.exchangeCode.bind(client);
+    client.exchangeCode = async (...args) => ({ ...(await exchange(...args)), refreshToken: stored.refresh });
+    const revocationsBefore = provider.counts().revocations;
+    try {
+      expect((await connect('acme', { other: true })).done.location).toBe('/?connected=acme');
+    } finally {
+      client.exchangeCode = exchange;
+      provider.signOut();
+    }
+    expect(provider.counts().revocations).toBe(revocationsBefore);
+    expect(await provider.isActive('acme', stored.refresh)).toBe(true);
+    expect(await provider.isActive('acme', stored.access)).toBe(true);
+    expect(JSON.parse((await disconnect(a, 'acme')).body)).toMatchObject({ disconnected: true });
+  });
+
+  it('another user still linked to the replaced account keeps its grant', async () => {
+    const bob = 'local:bob';
+    const bobCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: bob, roles: ['user'] }, 7 * 86_400);
+    expect((await connect('acme', { as: bobCookie })).done.location).toBe('/?connected=acme');
+    const bobs = lastIssued();
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const revocationsBefore = provider.counts().revocations;
+    try {
+      expect((await connect('acme', { other: true })).done.location).toBe('/?connected=acme');
+    } finally {
+      provider.signOut();
+    }
+    expect(provider.counts().revocations).toBe(revocationsBefore);
+    expect(await provider.isActive('acme', bobs.refresh)).toBe(true);
+    expect((await call(a, 'acme', 'me', bobCookie)).status).toBe(200);
+    expect(JSON.parse((await disconnect(a, 'acme')).body)).toMatchObject({ revokedAtProvider: true, sharedAccount: false });
+    expect(JSON.parse((await disconnect(a, 'acme', bobCookie)).body)).toMatchObject({ revokedAtProvider: true, sharedAccount: false });
+    expect(await provider.isActive('acme', bobs.refresh)).toBe(false);
+  });
+
+  it('a provider whose revocation fails: the reconnect still completes, and the failure is logged without a token', async () => {
+    expect((await connect('acme')).done.location).toBe('/?connected=acme');
+    const x = lastIssued();
+    const revocationsBefore = provider.counts().revocations;
+    const linesBefore = logLines.length;
+    provider.failRevocations(true);
+    try {
+      expect((await connect('acme', { other: true })).done.location).toBe('/?connected=acme');
+    } finally {
+      provider.failRevocations(false);
+      provider.signOut();
+    }
+    expect(provider.counts().revocations).toBeGreaterThan(revocationsBefore);
+    expect(await provider.isActive('acme', x.refresh)).toBe(true);
+    const y = lastIssued();
+    expect((await call(b, 'acme', 'me')).status).toBe(200);
+    expect(lastAuthorization()).toBe(`Bearer ${y.access}`);
+    const logged = logLines.slice(linesBefore).join('\n');
+    expect(logged).toContain('revoking the grant a reconnect replaced failed; the reconnect stands');
+    expect(findLeak(logged, [x.access, x.refresh, y.access, y.refresh])).toBeNull();
+    expect(JSON.parse((await disconnect(a, 'acme')).body)).toMatchObject({ revokedAtProvider: true });
+    await provider.revoke('acme', x.refresh);
   });
 });
 

@@ -279,9 +279,18 @@ export class Connections {
     };
     // Under the grant's lock, as a refresh and a disconnect write it: a disconnect under way (revoking what it
     // read, then deleting) finishes first, so it never deletes this new grant without having revoked it.
+    let replaced: { tokens: OAuthTokens; account: string | null } | null = null;
     try {
       await this.deps.tokens.exclusive(providerId, pending.userId, async () => {
-        const existing = await this.record(providerId, pending.userId);
+        const [existing, previous] = await Promise.all([
+          this.record(providerId, pending.userId),
+          // Tokens that no longer open (a vault secret retired since) cannot be revoked anyway.
+          this.deps.tokens.load(providerId, pending.userId).catch((error: unknown) => {
+            if (error instanceof KeywardError && error.code === 'store_unavailable') throw error;
+            return null;
+          }),
+        ]);
+        if (previous && !sameGrant(previous, tokens)) replaced = { tokens: previous, account: existing?.account ?? null };
         await this.deps.tokens.save(providerId, pending.userId, {
           accessToken: tokens.accessToken,
           refreshToken: tokens.refreshToken,
@@ -301,6 +310,8 @@ export class Connections {
       this.deps.logger.warn({ provider: providerId, userId: pending.userId }, 'connect callback: the grant stayed locked; the new tokens were dropped');
       return { ok: false, error: 'unavailable', returnTo };
     }
+    // Out of the store now, where only this reconnect saw them: revoked here, or by nobody.
+    if (replaced) await this.revokeReplaced(providerId, pending.userId, replaced, account);
     this.deps.logger.info({ provider: providerId, userId: pending.userId, scopes: record.scopes }, 'account connected');
     await this.deps.audit.recordAdmin({
       action: 'connection.connect',
@@ -341,13 +352,42 @@ export class Connections {
     let revoked = false;
     try {
       const shared = (await guard(() => this.deps.store.get(sharedKey(providerId, userId)))) !== null;
-      const client = this.client(providerId);
-      revoked = shared ? await client.revokeOwn(tokens) : await client.revoke(tokens);
+      revoked = await this.revokeAtProvider(providerId, tokens, shared);
     } catch (error) {
       this.deps.logger.warn({ provider: providerId, userId, err: errorName(error) }, 'revoking the tokens of a refresh that outlived a disconnect failed');
       return;
     }
     this.deps.logger.info({ provider: providerId, userId, revoked }, 'tokens of a refresh that outlived a disconnect revoked');
+  }
+
+  /**
+   * The tokens a reconnect wrote over (another grant than the new one), revoked at the provider as a disconnect
+   * revokes, best effort: a failure is logged and the reconnect stands. The whole grant only when it is another
+   * account's than the new one and no other user is connected to that account; otherwise (the same account, or
+   * one the provider did not name) it may be the very grant the new tokens belong to (GitHub and Google keep one
+   * per account and app, and end it for any of its tokens), so only these tokens go, where the provider can
+   * revoke one token alone (GitHub), and elsewhere nothing does.
+   */
+  private async revokeReplaced(
+    providerId: string,
+    userId: string,
+    replaced: { tokens: OAuthTokens; account: string | null },
+    account: string | null,
+  ): Promise<void> {
+    const { tokens, account: previous } = replaced;
+    let revoked = false;
+    let own = true;
+    try {
+      own = previous === null || account === null || previous === account || (await this.sharedWithOthers(providerId, previous, userId));
+      revoked = await this.revokeAtProvider(providerId, tokens, own);
+    } catch (error) {
+      this.deps.logger.warn(
+        { provider: providerId, userId, err: errorName(error) },
+        'revoking the grant a reconnect replaced failed; the reconnect stands',
+      );
+      return;
+    }
+    this.deps.logger.info({ provider: providerId, userId, revoked, own }, 'the grant a reconnect replaced was revoked where it could be');
   }
 
   /**
@@ -406,8 +446,7 @@ export class Connections {
       reversible = false;
       if (tokens) {
         try {
-          const client = this.client(providerId);
-          revoked = shared ? await client.revokeOwn(tokens) : await client.revoke(tokens);
+          revoked = await this.revokeAtProvider(providerId, tokens, shared);
         } catch (error) {
           this.deps.logger.warn(
             { provider: providerId, userId, err: errorName(error) },
@@ -425,6 +464,15 @@ export class Connections {
       throw error;
     }
     return { revoked, shared };
+  }
+
+  /**
+   * Revokes tokens at the provider: the whole grant, or only these tokens when `own` (the grant may be another
+   * user's, or another connection's, too: see ProviderClient.revokeOwn). True when the provider confirmed.
+   */
+  private async revokeAtProvider(providerId: string, tokens: OAuthTokens, own: boolean): Promise<boolean> {
+    const client = this.client(providerId);
+    return own ? client.revokeOwn(tokens) : client.revoke(tokens);
   }
 
   /**
@@ -738,6 +786,14 @@ function sameHash(a: string, b: string): boolean {
 /** An error's class name only: messages of fetch and URL errors can carry URLs with queries. */
 function errorName(error: unknown): string {
   return error instanceof Error ? error.name : 'unknown';
+}
+
+/**
+ * Whether a connect's tokens belong to the grant already stored: the provider gave back the same refresh token
+ * (one that does not rotate, handed out again) or the same access token.
+ */
+function sameGrant(stored: OAuthTokens, next: OAuthTokens): boolean {
+  return (stored.refreshToken !== null && stored.refreshToken === next.refreshToken) || stored.accessToken === next.accessToken;
 }
 
 function parseRecord(raw: string | null | undefined): ConnectionRecord | null {
