@@ -247,7 +247,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     vault && (oauthProviders.size > 0 || connectionConfig.providers.size > 0)
       ? new OAuthTokenStore(store, vault, refreshers, now, {
           refreshed: async (provider, userId, tokens) => connections?.refreshed(provider, userId, tokens),
-          ended: async (provider, userId) => connections?.ended(provider, userId),
+          ended: async (provider, userId, reason) => connections?.ended(provider, userId, reason),
           orphaned: async (provider, userId, tokens) => connections?.orphaned(provider, userId, tokens),
           failed: (provider, userId, reason) =>
             logger.warn({ provider, userId, reason }, 'token refresh failed; the link is kept for a later try'),

@@ -840,6 +840,48 @@ describe('a reconnect replaces the grant', () => {
   });
 });
 
+describe('an expiring token with no refresh token', () => {
+  it('once expired: needs_reconnect with its own reason (log, audit), the webhook as for a refusal, no request to the provider', async () => {
+    // A user of its own: ada used up this window's connect starts above (PENDING_STARTS_MAX).
+    const eve = 'local:eve';
+    const eveCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: eve, roles: ['user'] }, 7 * 86_400);
+    // A provider that gives no refresh token (oidc-provider always does: dropped from its answer here).
+    const client = b.connections!.client('acme');
+    const exchange = client.exchangeCode.bind(client);
+    client.exchangeCode = async (...args) => ({ ...(await exchange(...args)), refreshToken: null });
+    try {
+      expect((await connect('acme', { as: eveCookie })).done.location).toBe('/?connected=acme');
+    } finally {
+      client.exchangeCode = exchange;
+    }
+    expect((await call(a, 'acme', 'me', eveCookie)).status).toBe(200);
+    const tokenRequests = provider.counts().tokenRequests;
+    const linesBefore = logLines.length;
+    const deliveriesBefore = deliveries.length;
+    skewMs += 2 * 3600_000;
+
+    const ended = await call(a, 'acme', 'me', eveCookie);
+    expect(errorOf(ended.body)).toMatchObject({ code: 'connection_required', connectUrl: '/api/connect/acme' });
+    expect(provider.counts().tokenRequests).toBe(tokenRequests);
+    expect(await b.connections!.list(eve)).toMatchObject([{ provider: 'acme', status: 'needs_reconnect' }]);
+    const logged = logLines.slice(linesBefore).join('\n');
+    expect(logged).toContain('connection needs reconnecting: its token expired, and the provider gave no refresh token');
+    expect(logged).not.toContain('the provider refused to refresh it');
+    const audit = await a.audit.query({ type: 'admin', action: 'connection.needs_reconnect' }, { limit: 50 });
+    expect(audit.records.map((record) => ('outcome' in record ? record.outcome : null))).toContain('acme:expired');
+    await expect
+      .poll(() =>
+        deliveries
+          .slice(deliveriesBefore)
+          .map((d) => JSON.parse(d.body) as { type: string; connection?: { provider: string } })
+          .filter((d) => d.type === 'keyward.connection.needs_reconnect' && d.connection?.provider === 'acme').length,
+      )
+      .toBe(1);
+
+    expect(JSON.parse((await disconnect(a, 'acme', eveCookie)).body)).toMatchObject({ disconnected: true });
+  });
+});
+
 // After the tests above: a connection of its own would change what the idle-grant keeper and refreshes count.
 describe('a users file', () => {
   it("a local user given a new password (or removed) between start and callback: session_ended, no code exchanged", async () => {

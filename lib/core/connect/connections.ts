@@ -5,7 +5,7 @@ import * as oauth from 'oauth4webapi';
 import type { AuditLog } from '../audit/audit';
 import type { AlertWebhook } from '../detect/webhook';
 import { KeywardError } from '../errors';
-import type { OAuthTokens, OAuthTokenStore } from '../credential/oauth';
+import type { EndReason, OAuthTokens, OAuthTokenStore } from '../credential/oauth';
 import type { SessionRevocations } from '../session/revocation';
 import type { Session } from '../session/session';
 import { guard } from '../store/guard';
@@ -549,10 +549,11 @@ export class Connections {
   }
 
   /**
-   * The token store's report that a grant ended (the provider refused the refresh): the connection needs
-   * reconnecting. Shown to the user and the admin data, logged, audited, and sent to the detector's webhook.
+   * The token store's report that a grant ended (the provider refused the refresh, or the token expired with no
+   * refresh token: `reason`): the connection needs reconnecting. Shown to the user and the admin data, logged,
+   * audited (the outcome ends in `:expired` for the second), and sent to the detector's webhook.
    */
-  async ended(providerId: string, userId: string): Promise<void> {
+  async ended(providerId: string, userId: string, reason: EndReason = 'refused'): Promise<void> {
     if (!this.has(providerId)) return;
     const now = this.deps.now();
     const record = await this.record(providerId, userId).catch(() => null);
@@ -568,11 +569,14 @@ export class Connections {
         };
     await this.saveRecord(providerId, userId, next).catch(() => {});
     this.deps.logger.warn(
-      { provider: providerId, userId },
-      'connection needs reconnecting: the provider refused to refresh it',
+      { provider: providerId, userId, reason },
+      reason === 'expired'
+        ? 'connection needs reconnecting: its token expired, and the provider gave no refresh token'
+        : 'connection needs reconnecting: the provider refused to refresh it',
     );
+    const outcome = reason === 'expired' ? `${providerId}:expired` : providerId;
     await this.deps.audit
-      .recordAdmin({ action: 'connection.needs_reconnect', actor: 'keyward', targetUser: userId, outcome: providerId })
+      .recordAdmin({ action: 'connection.needs_reconnect', actor: 'keyward', targetUser: userId, outcome })
       .catch(() => {});
     this.deps.webhook?.send({
       type: 'keyward.connection.needs_reconnect',

@@ -25,6 +25,12 @@ interface StoredTokens extends OAuthTokens {
 }
 
 /**
+ * Why a link ended: the provider refused the refresh for good (`refused`), or the access token expired with no
+ * refresh token to renew it (`expired`: the provider gave none, and was not asked).
+ */
+export type EndReason = 'refused' | 'expired';
+
+/**
  * What the token store reports as it goes (connected accounts keep their status with these,
  * lib/core/connect/connections.ts). Called after the store write; a hook's failure is the hook's to handle.
  */
@@ -32,7 +38,7 @@ export interface TokenEvents {
   /** A refresh was saved. */
   refreshed?(provider: string, userId: string, tokens: OAuthTokens): Promise<void>;
   /** The link ended: the provider refused the refresh for good, or the token expired with nothing to refresh it. */
-  ended?(provider: string, userId: string): Promise<void>;
+  ended?(provider: string, userId: string, reason: EndReason): Promise<void>;
   /**
    * A refresh failed and the link is kept: the provider was unreachable, timed out, or refused the app's own
    * client (`invalid_client` after a client secret rotation). `reason`: the provider's OAuth error code, or the
@@ -329,7 +335,7 @@ export class OAuthTokenStore {
     if (until !== null) return this.heldBack(current, until, force);
     const refresher = this.refreshers.get(provider);
     if (!current.refreshToken || !refresher) {
-      await this.endIfUnchanged(provider, userId, sealed);
+      await this.endIfUnchanged(provider, userId, sealed, 'expired');
       throw new KeywardError('reauth_required');
     }
     let next: OAuthTokens;
@@ -337,7 +343,7 @@ export class OAuthTokenStore {
       next = await refresher(current.refreshToken);
     } catch (error) {
       if (error instanceof OAuthGrantError) {
-        await this.endIfUnchanged(provider, userId, sealed);
+        await this.endIfUnchanged(provider, userId, sealed, 'refused');
         throw new KeywardError('reauth_required', { cause: error });
       }
       // The provider could not be reached, or refused the app rather than the grant: keep the link, and do not
@@ -424,9 +430,9 @@ export class OAuthTokenStore {
    * Ends the link only if it still holds the tokens that could not be refreshed: the tokens are replaced by
    * the ENDED mark (compare-and-set), which the next sign-in's `save` writes over.
    */
-  private async endIfUnchanged(provider: string, userId: string, sealed: string): Promise<void> {
+  private async endIfUnchanged(provider: string, userId: string, sealed: string, reason: EndReason): Promise<void> {
     if (await guard(() => this.store.replaceIfEquals(OAuthTokenStore.key(provider, userId), sealed, ENDED))) {
-      await this.events.ended?.(provider, userId);
+      await this.events.ended?.(provider, userId, reason);
     }
   }
 }
