@@ -15,8 +15,10 @@ type SearchParams = Promise<Record<string, string | string[] | undefined>>;
 
 /**
  * The mobile sign-in's consent step (README "Mobile apps"): an app whose redirect URI any app could claim (a
- * private-use scheme, loopback http) gets a code only after the user says so here. The form posts back to the
- * authorize endpoint, which checks the origin and the session again; this page only shows what is asked.
+ * private-use scheme, loopback http) gets a code only after the user says so here, and only for the request the
+ * authorize endpoint sent the browser here with (its consent cookie; anyone can link here with a request of their
+ * own). The form posts back to the endpoint, which checks the origin, that cookie and the session again; this page
+ * only shows what is asked.
  */
 export default async function AuthorizePage({ searchParams }: { searchParams: SearchParams }) {
   const query = new URLSearchParams();

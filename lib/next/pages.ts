@@ -85,7 +85,8 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
       const session = await helpers.pageSession();
       if (session.state === 'unavailable') return session;
       const user = session.state === 'signed-in' ? (session.session.name ?? session.session.userId) : null;
-      return describeConsent(query, getRuntime(), user);
+      // The cookie the authorize endpoint set when it sent the browser here, for this request only.
+      return describeConsent(query, getRuntime(), user, (await headers()).get('cookie'));
     },
   };
   return helpers;

@@ -163,8 +163,26 @@ async function authorize(
   const consent = options.consent === undefined ? 'allow' : options.consent;
   if (consent === null || result.status !== 302 || !location?.startsWith(`${CONSENT_PAGE}?`)) return result;
   const fields = new URLSearchParams(location.slice(CONSENT_PAGE.length + 1));
-  return postConsent(fields, consent, { cookie, on: options.on });
+  // The browser keeps the cookie the redirect to the page set, and sends it with the page's post.
+  const asked = consentCookieOf(result);
+  return postConsent(fields, consent, { cookie: cookie ? `${cookie}; ${asked}` : asked, on: options.on });
 }
+
+/** The consent cookie (name=value) a response sets, as the browser sends it back. */
+function consentCookieOf(result: Result): string {
+  const cookie = result.headers.getSetCookie().find((line) => line.startsWith(`${CONSENT_COOKIE}=`));
+  expect(cookie, 'the consent cookie').toBeDefined();
+  return cookie!.split(';')[0]!;
+}
+
+/** Alice's browser sent to the consent page by the endpoint for `query`: her cookies then, the consent one too. */
+async function askedFor(query: string): Promise<string> {
+  const result = await authorize(query, { consent: null });
+  expect(result.headers.get('location')).toMatch(new RegExp(`^${CONSENT_PAGE}\\?`));
+  return `${aliceCookie}; ${consentCookieOf(result)}`;
+}
+
+const CONSENT_COOKIE = '__Host-keyward.mobile-consent';
 
 /** The consent page's form, posted as the browser posts it: same origin, form-encoded, with the session cookie. */
 async function postConsent(
@@ -618,7 +636,8 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
 
   it('a post signed out (the session ended since the page was shown) starts over at the sign-in, no code', async () => {
     const query = authorizeQuery();
-    const result = await postConsent(new URLSearchParams(query), 'allow', { cookie: null });
+    const asked = consentCookieOf(await authorize(query, { consent: null }));
+    const result = await postConsent(new URLSearchParams(query), 'allow', { cookie: asked });
     expect(result.status).toBe(303);
     const back = new URL(result.headers.get('location')!, APP_ORIGIN).searchParams.get('callbackUrl');
     expect(back).toBe(`/api/session/mobile/authorize?${query}`);
@@ -630,21 +649,30 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
     expectOAuthError(await postConsent(fields, 'allow', { contentType: 'text/plain' }), 400, 'invalid_request');
   });
 
-  it('the request is read from the posted form, checked as the GET checks it (registered redirect, PKCE)', async () => {
+  it('the request is read from the posted form, and only the one the endpoint sent the browser to the page for is taken', async () => {
+    // Requests the endpoint never sends to the page (an unregistered redirect URI, no PKCE): no page cookie for them.
     const unregistered = new URLSearchParams(authorizeQuery({ redirect_uri: 'com.evil.app:/cb' }));
-    expectOAuthError(await postConsent(unregistered, 'allow'), 400, 'invalid_request');
-    expectErrorRedirect(
-      await postConsent(new URLSearchParams(authorizeQuery({ code_challenge: null })), 'allow'),
-      'invalid_request',
-    );
+    expectOAuthError(await postConsent(unregistered, 'allow'), 403, 'access_denied');
+    const noPkce = new URLSearchParams(authorizeQuery({ code_challenge: null }));
+    expectOAuthError(await postConsent(noPkce, 'allow'), 403, 'access_denied');
+    // The page's fields changed (another challenge, another registered redirect URI): not the request asked about.
+    const query = authorizeQuery();
+    const cookie = await askedFor(query);
+    for (const changed of [{ code_challenge: pkce().challenge }, { redirect_uri: LOOPBACK_REDIRECT }, { state: 'other' }]) {
+      const fields = new URLSearchParams(query);
+      for (const [name, value] of Object.entries(changed)) fields.set(name, value);
+      const result = await postConsent(fields, 'allow', { cookie });
+      expectOAuthError(result, 403, 'access_denied');
+      expect(result.body).not.toContain('kwc_');
+    }
   });
 
-  it('what the consent page shows: the app, where it returns to, the user; or why there is nothing to ask', () => {
+  it('what the consent page shows: the app, where it returns to, the user; or why there is nothing to ask', async () => {
     // The app is named by its registered redirect URI, never by the client_id, which whoever made the link chose.
     const claimed = 'Your bank (official app): call 555-0100 if asked to Deny';
     const query = new URLSearchParams(authorizeQuery({ client_id: claimed }));
     query.set('scope', 'ignored');
-    const asked = describeConsent(query, runtime, 'alice');
+    const asked = describeConsent(query, runtime, 'alice', await askedFor(String(query)));
     expect(asked).toMatchObject({ state: 'ask', app: 'com.example.keyward', redirectUri: APP_REDIRECT, user: 'alice' });
     expect(asked.state === 'ask' && [asked.app, asked.redirectUri, asked.user].join(' ')).not.toContain('555');
     // Only the authorization request's own parameters are carried back by the form.
@@ -655,21 +683,74 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
       'redirect_uri',
       'state',
     ]);
-    expect(describeConsent(new URLSearchParams(authorizeQuery()), runtime, 'alice')).toMatchObject({
+    const plain = authorizeQuery();
+    expect(describeConsent(new URLSearchParams(plain), runtime, 'alice', await askedFor(plain))).toMatchObject({
       app: 'com.example.keyward',
     });
-    expect(
-      describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT })), runtime, 'alice'),
-    ).toMatchObject({ app: 'A program on this device' });
-    const signedOut = describeConsent(query, runtime, null);
+    const loopback = authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT });
+    expect(describeConsent(new URLSearchParams(loopback), runtime, 'alice', await askedFor(loopback))).toMatchObject({
+      app: 'A program on this device',
+    });
+    const signedOut = describeConsent(query, runtime, null, null);
     expect(
       signedOut.state === 'signed-out' && signedOut.authorizeUrl.startsWith('/api/session/mobile/authorize?'),
     ).toBe(true);
     expect(
-      describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: 'com.evil.app:/cb' })), runtime, 'alice')
+      describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: 'com.evil.app:/cb' })), runtime, 'alice', aliceCookie)
         .state,
     ).toBe('invalid');
-    expect(describeConsent(query, disabled, 'alice').state).toBe('off');
+    expect(describeConsent(query, disabled, 'alice', aliceCookie).state).toBe('off');
+  });
+
+  it("another site's link to the consent page (through the sign-in's callbackUrl, or a sibling subdomain's): nothing to allow, and its post is refused", async () => {
+    // The reviewer's attack: a request of the attacker's making (its own PKCE challenge, a loopback URI), which the
+    // authorize endpoint never sent this browser to the page with. The page's form posts from this origin.
+    const attacker = pkce();
+    const query = authorizeQuery({ redirect_uri: 'http://127.0.0.1:4444/callback', state: 'attacker' }, attacker.challenge);
+    const refused = await postConsent(new URLSearchParams(query), 'allow');
+    expect(refused.headers.get('location')).toBeNull();
+    expectOAuthError(refused, 403, 'access_denied');
+    expect(refused.body).not.toContain('kwc_');
+    const page = describeConsent(new URLSearchParams(query), runtime, 'alice', aliceCookie);
+    expect(page).toMatchObject({ state: 'invalid', message: expect.stringContaining('an app started in this browser') });
+    // Nor with the cookie of a request the app did start in this browser (a consent pending in another tab).
+    const pending = await askedFor(authorizeQuery());
+    expect(describeConsent(new URLSearchParams(query), runtime, 'alice', pending).state).toBe('invalid');
+    expectOAuthError(await postConsent(new URLSearchParams(query), 'allow', { cookie: pending }), 403, 'access_denied');
+  });
+
+  it('after the endpoint sends the browser to the page, its cookie (__Host-, HttpOnly, Secure, Strict) lets the page ask and one post answer', async () => {
+    const { verifier, challenge } = pkce();
+    const query = authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT }, challenge);
+    const sent = await authorize(query, { consent: null });
+    expect(sent.status).toBe(302);
+    const line = sent.headers.getSetCookie().find((cookie) => cookie.startsWith(`${CONSENT_COOKIE}=`))!;
+    expect(line).toMatch(/; Path=\/; Max-Age=\d+; HttpOnly; Secure; SameSite=Strict$/);
+    const cookie = `${aliceCookie}; ${consentCookieOf(sent)}`;
+    expect(describeConsent(new URLSearchParams(query), runtime, 'alice', cookie).state).toBe('ask');
+    const allowed = await postConsent(new URLSearchParams(query), 'allow', { cookie });
+    expect(allowed.status).toBe(303);
+    // The post ends the cookie: the browser sends none with a second post.
+    expect(allowed.headers.getSetCookie()).toContainEqual(expect.stringMatching(new RegExp(`^${CONSENT_COOKIE.replace('.', '\\.')}=; Path=/; Max-Age=0;`)));
+    const code = new URL(allowed.headers.get('location')!).searchParams.get('code')!;
+    issued.push(code);
+    expect((await exchange(code, verifier, LOOPBACK_REDIRECT)).status).toBe(200);
+    // A refused post ends it too (one answer per page the endpoint sent the browser to).
+    const refused = await postConsent(new URLSearchParams(query), 'maybe', { cookie: await askedFor(query) });
+    expectOAuthError(refused, 400, 'invalid_request');
+    expect(refused.headers.getSetCookie()).toContainEqual(expect.stringMatching(/^__Host-keyward\.mobile-consent=; /));
+  });
+
+  it('the same-origin GET the sign-in page makes (the resume cookie) sends the browser to the page with its cookie too', async () => {
+    const query = authorizeQuery();
+    const start = await authorize(query, { cookie: null, site: 'none' });
+    const resume = start.headers.get('set-cookie')!.split(';')[0]!;
+    const taken = await authorize(query, { site: 'same-origin', cookie: `${aliceCookie}; ${resume}`, consent: null });
+    expect(taken.headers.getSetCookie().map((line) => line.split('=')[0])).toEqual([
+      '__Host-keyward.mobile-resume',
+      CONSENT_COOKIE,
+    ]);
+    expect(describeConsent(new URLSearchParams(query), runtime, 'alice', `${aliceCookie}; ${consentCookieOf(taken)}`).state).toBe('ask');
   });
 });
 

@@ -106,7 +106,10 @@ describe.each(doors)('an unmodified OAuth client (oauth4webapi) through %s', (_d
     const consentPage = new URL(response.headers.get('location')!, app.url);
     // A request the endpoint refuses goes straight back to the app with its error.
     if (consentPage.pathname !== '/authorize') return consentPage;
-    const page = await fetch(consentPage, { headers: { cookie } });
+    // The browser keeps the cookie the endpoint set with that redirect: the page and its post need it.
+    const asked = response.headers.getSetCookie().map((line) => line.split(';')[0]!);
+    const withAsked = [cookie, ...asked].join('; ');
+    const page = await fetch(consentPage, { headers: { cookie: withAsked } });
     const html = await page.text();
     expect(page.status).toBe(200);
     expect(html).toContain('Sign in to an app?');
@@ -115,7 +118,7 @@ describe.each(doors)('an unmodified OAuth client (oauth4webapi) through %s', (_d
     form.set('decision', 'allow');
     const allowed = await fetch(`${app.url}/api/session/mobile/authorize`, {
       method: 'POST',
-      headers: { cookie, origin: new URL(app.url).origin, 'content-type': 'application/x-www-form-urlencoded' },
+      headers: { cookie: withAsked, origin: new URL(app.url).origin, 'content-type': 'application/x-www-form-urlencoded' },
       body: form.toString(),
       redirect: 'manual',
     });

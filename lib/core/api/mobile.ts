@@ -37,6 +37,13 @@ export function handleMobileAuthorize(request: Request, runtime: Runtime): Promi
 }
 
 async function authorize(request: Request, runtime: Runtime): Promise<Response> {
+  const response = await answer(request, runtime);
+  // A consent post, taken or refused, ends the page's cookie: one answer per page the endpoint sent the browser to.
+  if (request.method === 'POST') response.headers.append('set-cookie', CLEAR_CONSENT);
+  return response;
+}
+
+async function answer(request: Request, runtime: Runtime): Promise<Response> {
   let client: AuthorizeClient | null = null;
   const issuer = runtime.allowedOrigins.publicOrigin(request);
   // 303 answers the consent form's POST, so the browser follows with a GET.
@@ -67,7 +74,7 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
       throw notFromTheApp();
     }
     // Taken on: the start's cookie is done with (a sign-in in between sets it again).
-    const done = resumed ? CLEAR_RESUME : undefined;
+    const done = resumed ? [CLEAR_RESUME] : [];
     const consent = request.method === 'POST' ? await readConsent(request, runtime) : null;
     const query = authorizeParams(consent?.params ?? new URL(request.url).searchParams);
     client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
@@ -76,10 +83,13 @@ async function authorize(request: Request, runtime: Runtime): Promise<Response> 
     if (!session || session.via !== 'cookie') {
       // The GET's own URL; after a consent POST (signed out since the page was shown), the request starts over there.
       const back = `${AUTHORIZE_PATH}?${query}`;
-      const resume = `${RESUME_COOKIE}=${resumeValue(query)}; Path=/; Max-Age=${RESUME_SECONDS}; HttpOnly; Secure; SameSite=Lax`;
-      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`, undefined, status, resume);
+      const resume = `${RESUME_COOKIE}=${requestHash(query)}; Path=/; Max-Age=${RESUME_SECONDS}; HttpOnly; Secure; SameSite=Lax`;
+      return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`, undefined, status, [resume]);
     }
-    if (consent === null && needsConsent(client.redirectUri)) return redirect(`${CONSENT_PAGE}?${query}`, undefined, 302, done);
+    if (consent === null && needsConsent(client.redirectUri)) {
+      // The page may ask only about this request, the one the app opened (CONSENT_COOKIE).
+      return redirect(`${CONSENT_PAGE}?${query}`, undefined, 302, [...done, consentCookie(query)]);
+    }
     if (consent?.decision === 'deny') {
       const denied = new OAuthError('access_denied', 'The user did not let the app sign in.');
       return redirect(callbackLocation(client, oauthErrorBody(denied), issuer), undefined, status);
@@ -104,16 +114,21 @@ const RESUME_COOKIE = '__Host-keyward.mobile-resume';
 /** As long as a sign-in may take (Auth.js's own state and PKCE cookies last 15 minutes). */
 const RESUME_SECONDS = 900;
 
-function resumeValue(query: URLSearchParams): string {
-  return createHash('sha256').update(String(query)).digest('base64url');
+/** What the resume and consent cookies hold: a hash of the request's parameters, so each is good for that request only. */
+function requestHash(query: URLSearchParams): string {
+  return createHash('sha256').update(String(authorizeParams(query))).digest('base64url');
+}
+
+/** Whether a resume or consent cookie's value names this very request (`query`, its parameters in the order sent). */
+function cookieNames(cookie: string | null, query: URLSearchParams): boolean {
+  if (cookie === null) return false;
+  const expected = Buffer.from(requestHash(query));
+  const given = Buffer.from(cookie);
+  return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
 function resumes(request: Request): boolean {
-  const cookie = readCookie(request, RESUME_COOKIE);
-  if (cookie === null) return false;
-  const expected = Buffer.from(resumeValue(authorizeParams(new URL(request.url).searchParams)));
-  const given = Buffer.from(cookie);
-  return given.length === expected.length && timingSafeEqual(given, expected);
+  return cookieNames(readCookie(request, RESUME_COOKIE), new URL(request.url).searchParams);
 }
 
 /** A request a web page started, not the app: refused, not redirected, so it cannot even open the app. */
@@ -131,6 +146,32 @@ function resumePage(request: Request): Response {
 
 /** The page that asks the user before an app that cannot prove who it is gets a code (app/authorize/page.tsx). */
 export const CONSENT_PAGE = '/authorize';
+
+/**
+ * The request this endpoint sent the browser to the consent page for (a hash of its parameters), set on that
+ * redirect: the page offers Allow, and the consent post is taken, only for it. Anyone can link to the page, and
+ * its form posts from this origin whoever sent the browser there (another site's link through the sign-in page's
+ * callbackUrl, a sibling subdomain's link straight to it); only this endpoint, taking the app's own request, sets
+ * this cookie, and no other page can set it (`__Host-`) or read it (HttpOnly). Strict: the page and its post are
+ * same-site, as the redirect from this endpoint is. A sibling subdomain's link carries it too, which is why it
+ * holds the request's hash: a request of anyone else's making never matches it.
+ */
+const CONSENT_COOKIE = '__Host-keyward.mobile-consent';
+/** Long enough to read the page and answer; the app starts over after that. */
+const CONSENT_SECONDS = 600;
+
+function consentCookie(query: URLSearchParams): string {
+  return `${CONSENT_COOKIE}=${requestHash(query)}; Path=/; Max-Age=${CONSENT_SECONDS}; HttpOnly; Secure; SameSite=Strict`;
+}
+
+/** Ends the consent cookie: one post per page this endpoint sent the browser to (whatever the answer). */
+const CLEAR_CONSENT = `${CONSENT_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict`;
+
+/** Whether `cookies` (a request's Cookie header) hold the consent cookie for this request's parameters. */
+function consentCookieNames(cookies: Request, query: URLSearchParams): boolean {
+  return cookieNames(readCookie(cookies, CONSENT_COOKIE), query);
+}
+
 /** The authorization endpoint, the one API route the sign-in page's `callbackUrl` may name (lib/next/pages.ts). */
 export const AUTHORIZE_PATH = '/api/session/mobile/authorize';
 
@@ -142,6 +183,11 @@ export const AUTHORIZE_PATH = '/api/session/mobile/authorize';
  */
 export function needsConsent(redirectUri: string): boolean {
   return !redirectUri.startsWith('https:');
+}
+
+/** A consent page or post for a request this endpoint did not send the browser to the page with. */
+function notAskedHere(): OAuthError {
+  return new OAuthError('access_denied', 'The consent page answers only a sign-in that an app started in this browser.');
 }
 
 /**
@@ -172,6 +218,9 @@ async function readConsent(
     throw new OAuthError('invalid_request', 'decision must be allow or deny, once.');
   }
   params.delete('decision');
+  // The request this endpoint sent the browser to the consent page for, and no other (CONSENT_COOKIE): the page's
+  // form posts from this origin whoever linked the browser to the page. Refused, not redirected, as above.
+  if (!consentCookieNames(request, params)) throw notAskedHere();
   return { params, decision: decision[0] };
 }
 
@@ -197,16 +246,25 @@ export type ConsentRequest =
 
 /**
  * For the consent page: the app asking, or why there is nothing to ask. Checked as the authorize endpoint checks
- * it, so the page never offers to allow a request the endpoint would refuse. `user` is the signed-in user's
- * display name, null when signed out (the page reads the session as every page does).
+ * it, so the page never offers to allow a request the endpoint would refuse: among others, one it did not send
+ * the browser here with (CONSENT_COOKIE, read from `cookies`, the page request's Cookie header). `user` is the
+ * signed-in user's display name, null when signed out (the page reads the session as every page does).
  */
-export function describeConsent(query: URLSearchParams, runtime: Runtime, user: string | null): ConsentRequest {
+export function describeConsent(
+  query: URLSearchParams,
+  runtime: Runtime,
+  user: string | null,
+  cookies: string | null,
+): ConsentRequest {
   if (!runtime.mobile.enabled) return { state: 'off' };
   try {
     const client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
     readAuthorizeRequest(query, client);
     const carried = authorizeParams(query);
+    // Back to the endpoint, which refuses a request another page started (Sec-Fetch-Site and its resume cookie).
     if (user === null) return { state: 'signed-out', authorizeUrl: `${AUTHORIZE_PATH}?${carried}` };
+    const jar = new Request('http://keyward.invalid/', { headers: cookies ? { cookie: cookies } : {} });
+    if (!consentCookieNames(jar, carried)) throw notAskedHere();
     const fields = [...carried];
     const scheme = new URL(client.redirectUri).protocol.slice(0, -1);
     const app = scheme === 'http' || scheme === 'https' ? 'A program on this device' : scheme;
@@ -418,9 +476,9 @@ function logFailure(error: OAuthError, runtime: Pick<Runtime, 'logger'>): string
   return requestId;
 }
 
-function redirect(location: string, requestId?: string, status: 302 | 303 = 302, cookie?: string): Response {
+function redirect(location: string, requestId?: string, status: 302 | 303 = 302, cookies: readonly string[] = []): Response {
   const headers = new Headers({ location, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' });
   if (requestId) headers.set('x-request-id', requestId);
-  if (cookie) headers.set('set-cookie', cookie);
+  for (const cookie of cookies) headers.append('set-cookie', cookie);
   return new Response(null, { status, headers });
 }
