@@ -1,6 +1,6 @@
 import 'server-only';
 import { headers } from 'next/headers';
-import { AUTHORIZE_PATH, describeConsent, type ConsentRequest } from '@/lib/core/api/mobile';
+import { AUTHORIZE_PATH, CONSENT_PAGE, describeConsent, type ConsentRequest } from '@/lib/core/api/mobile';
 import { isLocalPath } from '@/lib/core/connect/connections';
 import { rolesAllow } from '@/lib/core/policy/authorize';
 import type { Session } from '@/lib/core/session/session';
@@ -121,5 +121,8 @@ export function safeCallbackPath(value: string | string[] | undefined): string {
     return '/';
   }
   const api = decoded === '/api' || decoded.startsWith('/api/');
-  return !api || resolved.pathname === AUTHORIZE_PATH ? normalised : '/';
+  if (api && resolved.pathname !== AUTHORIZE_PATH) return '/';
+  // Nor the mobile sign-in's consent page, with a request of another site's making: a signed-out user reaches it
+  // through the authorization endpoint (the callbackUrl above), never straight from the sign-in page.
+  return decoded === CONSENT_PAGE || decoded.startsWith(`${CONSENT_PAGE}/`) ? '/' : normalised;
 }

@@ -7,6 +7,10 @@ describe('safeCallbackPath (the sign-in page’s callbackUrl)', () => {
     expect(safeCallbackPath(['/usage', '/admin'])).toBe('/usage');
   });
 
+  it('keeps a page whose name merely starts like the consent page', () => {
+    expect(safeCallbackPath('/authorized-apps?x=1')).toBe('/authorized-apps?x=1');
+  });
+
   it('keeps a path with dot segments as the URL parser resolves it, when that stays on this site', () => {
     expect(safeCallbackPath('/usage/./../admin?x=1')).toBe('/admin?x=1');
   });
@@ -42,6 +46,13 @@ describe('safeCallbackPath (the sign-in page’s callbackUrl)', () => {
     ['an API route written with escapes', '/%61pi/connect/github?scope=repo'],
     ['the authorization endpoint written with escapes', '/api/session/mobile/%61uthorize?state=s'],
     ['a path with a malformed escape', '/%E0%A4%A/x'],
+    // The mobile sign-in's consent page with a request of another site's making (its own PKCE challenge): a
+    // signed-out user reaches the page through the authorization endpoint, never straight from the sign-in.
+    ['the consent page with a request', '/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A4444%2Fcb&code_challenge=x&state=s'],
+    ['the consent page, absolute', 'http://localhost:3000/authorize?redirect_uri=com.example.app%3A%2Fcb'],
+    ['the consent page with a trailing slash', '/authorize/?state=s'],
+    ['the consent page written with escapes', '/%61uthorize?state=s'],
+    ['the consent page reached through a dot segment', '/x/../authorize?state=s'],
   ])('refuses %s (home instead)', (_name, value) => {
     expect(safeCallbackPath(value)).toBe('/');
   });
