@@ -393,8 +393,8 @@ export class MobileTokens {
    * to, on every instance, as POST /api/session/logout does with the access token: the family's refresh token
    * and its live access tokens both stop working. Either kind is looked for, whatever `token_type_hint` said. A
    * token Keyward does not know, or one already expired or revoked, leaves nothing to do (§2.2: the caller is
-   * told success all the same). A refresh token issued to another client_id than the one named is refused and
-   * stays valid (§2.1: the server verifies the token was issued to the client asking).
+   * told success all the same). A refresh or access token issued to another client_id than the one named is refused
+   * and stays valid (§2.1: the server verifies the token was issued to the client asking).
    */
   async revoke(token: string, clientId: string | null): Promise<void> {
     const raw = await guard(() => this.store.get(`mrt:${hash(token)}`));
