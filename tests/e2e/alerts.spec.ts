@@ -45,6 +45,12 @@ test('a burst is throttled, shown on Alerts, and undone through the dialog; the 
   await expect(page.getByTestId('alerts-empty')).toContainText('No alerts: the detector has not acted');
   await expect(page.getByTestId('nav-alert-count')).toHaveCount(0);
   await shot(page, 'alerts-empty');
+  // An edited page link: said so, as the API refuses it (read as none, it would show the newest alerts as older).
+  await page.goto('/admin/alerts?cursor=not-a-cursor');
+  await expect(page.getByTestId('alerts-invalid')).toContainText('This page link is not valid');
+  await expect(page.getByTestId('alerts-empty')).toHaveCount(0);
+  await shot(page, 'alerts-invalid-link');
+  await page.goto('/admin/alerts');
 
   // alice's burst, in her own browser. The detector compares this minute with the ones before: a burst cut in
   // two by a minute's end would make its first half the baseline, so it starts early in a minute.

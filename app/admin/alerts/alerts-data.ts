@@ -12,18 +12,26 @@ export const PAGE_SIZE = 25;
 /** The most alerts the nav's count reads: one store read, however many there are. */
 const COUNT_SCAN = 200;
 
-/** A cursor as the stores make them (SQLite and memory: digits; Redis streams: `<ms>-<seq>`), as the API checks it. */
-const CURSOR = /^[A-Za-z0-9:_-]{1,64}$/;
+export type AlertsPage =
+  | { readonly kind: 'alerts'; readonly now: number; readonly alerts: Alert[]; readonly older: string | null }
+  | { readonly kind: 'invalid'; readonly message: string }
+  | { readonly kind: 'unavailable' };
 
-export type AlertsPage = { readonly kind: 'alerts'; readonly now: number; readonly alerts: Alert[]; readonly older: string | null } | { readonly kind: 'unavailable' };
-
+/** The page's `?cursor=`, as given (loadAlerts checks it); null when there is none. */
 export function readCursor(value: string | string[] | undefined): string | null {
   const cursor = Array.isArray(value) ? value[0] : value;
-  return cursor !== undefined && CURSOR.test(cursor) ? cursor : null;
+  return cursor === undefined || cursor === '' ? null : cursor;
 }
 
-/** One page of alerts, newest first, and the cursor of the next (older) page. */
+/**
+ * One page of alerts, newest first, and the cursor of the next (older) page. A cursor the store could not have
+ * made (an edited link) is refused, as GET /api/admin/alerts refuses it: read as none, it would show the newest
+ * alerts as an older page.
+ */
 export async function loadAlerts(cursor: string | null): Promise<AlertsPage> {
+  if (cursor !== null && !keyward.getRuntime().alerts.isCursor(cursor)) {
+    return { kind: 'invalid', message: 'This page link is not valid: start again from the newest alerts.' };
+  }
   try {
     const page = await keyward.getRuntime().alerts.list({ limit: PAGE_SIZE, ...(cursor ? { cursor } : {}) });
     return { kind: 'alerts', now: Date.now(), alerts: page.alerts, older: page.cursor };

@@ -69,6 +69,12 @@ export default async function AdminAlerts({ searchParams }: { searchParams: Sear
     >
       {page.kind === 'unavailable' ? (
         <DataUnavailable what="the detector's alerts" />
+      ) : page.kind === 'invalid' ? (
+        <section className="card">
+          <div className="alert error" data-testid="alerts-invalid">
+            {page.message} <Link href="/admin/alerts">Newest alerts</Link>
+          </div>
+        </section>
       ) : page.alerts.length === 0 && cursor === null ? (
         <section className="card">
           <div className="empty" data-testid="alerts-empty">
