@@ -222,7 +222,7 @@ export const routeSchema = z.strictObject({
     .max(256)
     .regex(/^[\x20-\x7e]*$/)
     .optional()
-    .describe('Cache-Control for responses of this route. Default "private, no-store". With a per-user credential ({"user"}, {"oauth"}, {"claim"}) it must say "private" or "no-store", and not "public".'),
+    .describe('Cache-Control for responses of this route. Default "private, no-store". With a per-user credential ({"user"}, {"oauth"}, {"claim"}) it must say "private" (without an argument) or "no-store", and not "public".'),
   response: responseTypeSchema.optional(),
   websocket: z
     .boolean()
@@ -490,7 +490,7 @@ export const upstreamSchema = z
           ctx.addIssue({
             code: 'custom',
             path: ['routes', index, 'cacheControl'],
-            message: `each user's answers come with their own credential (${credentialShown(upstream.auth.secret)}): must hold "private" or "no-store", and not "public", so no shared cache (a CDN) hands one user's answer to another`,
+            message: `each user's answers come with their own credential (${credentialShown(upstream.auth.secret)}): must hold "private" (without an argument) or "no-store", and not "public", so no shared cache (a CDN) hands one user's answer to another`,
           });
         }
       });
@@ -515,12 +515,62 @@ export const upstreamSchema = z
 
 /**
  * Whether a shared cache (a CDN, a reverse proxy) may store an answer sent with this Cache-Control (RFC 9111 §3,
- * §5.2.2): unless it says `private` or `no-store`, or whenever it says `public`. A request with a cookie does
- * not stop a shared cache from storing the answer, so only these directives keep it to the browser.
+ * §5.2.2): unless it says `private` or `no-store` without an argument (`private="set-cookie"` keeps only the named
+ * headers from a shared cache, not the answer), or whenever it says `public`; and whenever the value is not a list
+ * of directives a cache would read as written. A request with a cookie does not stop a shared cache from storing
+ * the answer, so only these directives keep it to the browser.
  */
 function sharedCacheMayStore(cacheControl: string): boolean {
-  const directives = new Set(cacheControl.split(',').map((part) => part.split('=', 1)[0]!.trim().toLowerCase()));
-  return directives.has('public') || !(directives.has('private') || directives.has('no-store'));
+  const directives = cacheDirectives(cacheControl);
+  if (directives === null || directives.has('public')) return true;
+  return directives.get('private') !== 'bare' && directives.get('no-store') !== 'bare';
+}
+
+/**
+ * Cache-Control's directives (RFC 9110 §5.6: `name [= token / quoted-string]`, comma-separated), by lowercased
+ * name: `bare`, or `qualified` when any of its occurrences has an argument; null when the value is not such a
+ * list. Written here because a comma inside a quoted argument does not separate directives, and the rule above
+ * must read the value as a cache does; a header-parsing library for this one check would be more than it needs.
+ */
+function cacheDirectives(value: string): Map<string, 'bare' | 'qualified'> | null {
+  const TOKEN = /[!#$%&'*+.^_`|~0-9A-Za-z-]/;
+  const directives = new Map<string, 'bare' | 'qualified'>();
+  let at = 0;
+  const skipSpace = () => {
+    while (value[at] === ' ' || value[at] === '\t') at++;
+  };
+  const token = () => {
+    const start = at;
+    while (at < value.length && TOKEN.test(value[at]!)) at++;
+    return value.slice(start, at);
+  };
+  while (at < value.length) {
+    skipSpace();
+    if (value[at] === ',') {
+      at++;
+      continue;
+    }
+    if (at >= value.length) break;
+    const name = token().toLowerCase();
+    if (name === '') return null;
+    skipSpace();
+    let qualified = false;
+    if (value[at] === '=') {
+      at++;
+      skipSpace();
+      qualified = true;
+      if (value[at] === '"') {
+        at++;
+        while (at < value.length && value[at] !== '"') at += value[at] === '\\' ? 2 : 1;
+        if (value[at] !== '"') return null;
+        at++;
+      } else if (token() === '') return null;
+      skipSpace();
+    }
+    if (at < value.length && value[at] !== ',') return null;
+    directives.set(name, qualified || directives.get(name) === 'qualified' ? 'qualified' : 'bare');
+  }
+  return directives;
 }
 
 /** A per-user secret's kind, as the config writes it (never a value: these hold none). */

@@ -448,13 +448,30 @@ describe("a route's cacheControl on an upstream with per-user credentials keeps 
     ({ upstreams: { echo: valid({ auth: { type: 'bearer', secret }, routes: [{ method: 'GET', path: '/items/:id', cacheControl }] }) } });
 
   for (const [shown, secret] of Object.entries(perUser)) {
-    for (const cacheControl of ['public, s-maxage=300', 'max-age=60', 's-maxage=60', 'no-cache', 'private, public, max-age=5', 'PUBLIC, no-store']) {
+    for (const cacheControl of [
+      'public, s-maxage=300',
+      'max-age=60',
+      's-maxage=60',
+      'no-cache',
+      'private, public, max-age=5',
+      'PUBLIC, no-store',
+      // An argument makes `private` name headers only: the rest of the answer may still be stored.
+      'private="set-cookie", s-maxage=600',
+      'private=x-foo, s-maxage=600',
+      'private="a, b", max-age=60',
+      // A comma inside a quoted argument separates nothing: there is no `no-store` directive here.
+      's-maxage=600, ext="a, no-store, b"',
+      // Not a list of directives as a cache reads one.
+      'no-store "x"',
+      'private, max-age=60 extra',
+      'ext="unterminated, no-store',
+    ]) {
       it(`${shown}: "${cacheControl}" stops start-up, naming the field`, () => {
         const message = configError(withCache(secret, cacheControl));
         expect(message).toContain(`upstreams.echo.routes.0.cacheControl: each user's answers come with their own credential (${shown})`);
       });
     }
-    for (const cacheControl of ['private, max-age=3600', 'no-store', 'Private', 'private="set-cookie", max-age=60', 'no-store, max-age=0']) {
+    for (const cacheControl of ['private, max-age=3600', 'no-store', 'Private', 'no-store, max-age=0', ' private ,max-age=5', 'no-store, ext="a, public, b"', 'private, ext="say \\"public\\""']) {
       it(`${shown}: "${cacheControl}" is taken`, () => {
         expect(parseConfig(withCache(secret, cacheControl), 'test config')).toHaveLength(1);
       });
