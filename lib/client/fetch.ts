@@ -10,7 +10,10 @@ export interface KeywardClientOptions {
   readonly baseUrl?: string;
   /** The `fetch` to use (default: the global one, looked up at each call). */
   readonly fetch?: typeof fetch;
-  /** Headers sent with every call, or a function returning them (called per call). */
+  /**
+   * Headers sent with every call, or a function returning them (called per call): to Keyward only, as the token
+   * is (a Node script's `cookie` among them). A call to any other URL throws a TypeError before a request is made.
+   */
   readonly headers?: HeadersInit | (() => HeadersInit | Promise<HeadersInit>);
   /**
    * For cookie-less clients (mobile apps, scripts): returns the access token from the token exchange (README
@@ -36,8 +39,9 @@ export function createKeywardFetch(options: KeywardClientOptions = {}): KeywardF
   return async (given, init = {}) => {
     // A path is Keyward's; `//host/…` is not a path but a URL of another host.
     const input = typeof given === 'string' && given.startsWith('/') && !given.startsWith('//') ? `${base}${given}` : given;
-    if (options.token && !toKeyward(input, base)) {
-      throw new TypeError('This fetch sends its bearer token to Keyward only: give a path ("/api/proxy/…") or a URL under baseUrl.');
+    if ((options.token || options.headers) && !toKeyward(input, base)) {
+      const what = options.token ? 'bearer token' : 'headers';
+      throw new TypeError(`This fetch sends its ${what} to Keyward only: give a path ("/api/proxy/…") or a URL under baseUrl.`);
     }
     const headers = new Headers(input instanceof Request ? input.headers : undefined);
     const extra = typeof options.headers === 'function' ? await options.headers() : options.headers;
@@ -60,8 +64,8 @@ export function createKeywardFetch(options: KeywardClientOptions = {}): KeywardF
 
 /**
  * Whether a call goes to Keyward: under baseUrl (its origin, and its path when it has one: an app under Next's
- * `basePath` may share its host with others), or with no baseUrl, to the page's origin. The token is never sent
- * anywhere else, whatever URL or Request the fetch is handed (code that follows a link from a response, say).
+ * `basePath` may share its host with others), or with no baseUrl, to the page's origin. The token, and the
+ * `headers` option (a script's cookie), are never sent anywhere else, whatever URL or Request the fetch is handed (code that follows a link from a response, say).
  * Dot segments, `%2e` ones too, are resolved before the path is compared, as the request will resolve them.
  */
 function toKeyward(input: RequestInfo | URL, base: string): boolean {

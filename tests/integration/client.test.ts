@@ -294,6 +294,19 @@ describe('bearer clients (no cookie)', () => {
     expect(sent.slice(before).map((request) => request.url)).toEqual([`${origin}/base/api/proxy/demo/items/a`, `${origin}/base/api/proxy/demo/items/a`]);
   });
 
+  it("never sends the headers option (a Node script's cookie) to another origin either: refused before any request", async () => {
+    const before = sent.length;
+    const kwFetch = createKeywardFetch({ baseUrl: origin, headers: { cookie, origin: APP_ORIGIN }, fetch: recordingFetch });
+    // A link taken from an upstream's answer (a `next` page, say), which the upstream's data may choose.
+    for (const elsewhere of ['https://attacker.example/collect', '//attacker.example/collect', new Request('https://attacker.example/r')]) {
+      await expect(kwFetch(elsewhere)).rejects.toThrow(/headers to Keyward only/);
+    }
+    expect(sent.length).toBe(before);
+    await kwFetch('/api/proxy/demo/items/a');
+    expect(sent).toHaveLength(before + 1);
+    expect(sent.at(-1)!.headers.get('cookie')).toBe(cookie);
+  });
+
   it('without a token the call is unauthenticated', async () => {
     const kw = createKeywardClient<Upstreams>({ baseUrl: origin, token: () => null });
     await expect(kw.demo.get('/items/:id', { params: { id: 'a' } })).rejects.toMatchObject({ code: 'unauthenticated', status: 401 });
@@ -397,6 +410,28 @@ describe('server-sent events', () => {
     await expect(pending).rejects.toMatchObject({ name: 'AbortError' });
     await record.closed;
     expect(record.closedEarly).toBe(true);
+  });
+
+  it('an event longer than 8 Mi characters (a line that never ends) is a TypeError, not memory without bound', async () => {
+    upstream.handle((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: first\n\n');
+      // 9 MiB of one line with no end, in 64 KiB writes.
+      const chunk = 'x'.repeat(64 * 1024);
+      let written = 0;
+      const more = () => {
+        while (written < 9 * 1024 * 1024) {
+          written += chunk.length;
+          if (!res.write(written === chunk.length ? `data: ${chunk}` : chunk)) return void res.once('drain', more);
+        }
+      };
+      more();
+    });
+    const seen: string[] = [];
+    await expect(async () => {
+      for await (const event of client().demo.sse('GET', '/events')) seen.push(event.data);
+    }).rejects.toThrow(/longer than 8388608 characters/);
+    expect(seen).toEqual(['first']);
   });
 
   it('an answer that is not an event stream is a TypeError', async () => {
