@@ -89,7 +89,12 @@ export async function readCappedText(
 
 /** One cookie's value from the Cookie header (the first of that name), or null. */
 export function readCookie(request: Request, name: string): string | null {
-  for (const part of (request.headers.get('cookie') ?? '').split(';')) {
+  return cookieIn(request.headers.get('cookie'), name);
+}
+
+/** readCookie on a Cookie header as it is (a server component's `headers()`). */
+export function cookieIn(header: string | null, name: string): string | null {
+  for (const part of (header ?? '').split(';')) {
     const index = part.indexOf('=');
     if (index > 0 && part.slice(0, index).trim() === name) {
       const value = part.slice(index + 1).trim();

@@ -1,5 +1,6 @@
 import 'server-only';
-import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { derivedKey } from '../session/derived-key';
 
 /** How long one nonce is handed out; it is accepted for this long again after the next one replaces it. */
 export const NONCE_WINDOW_MS = 5 * 60_000;
@@ -21,8 +22,8 @@ export class DpopNonces {
     private readonly now: () => number = Date.now,
     private readonly windowMs = NONCE_WINDOW_MS,
   ) {
-    // A key of its own (HKDF, RFC 5869), so a nonce's HMAC can never double as anything else the secret signs.
-    this.key = Buffer.from(hkdfSync('sha256', secret, 'keyward', 'keyward dpop nonce v1', 32));
+    // A key of its own, so a nonce's HMAC can never double as anything else the secret signs.
+    this.key = derivedKey(secret, 'keyward dpop nonce v1');
   }
 
   /** The nonce to hand out now (in `DPoP-Nonce`). */

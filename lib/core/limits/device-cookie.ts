@@ -1,5 +1,6 @@
 import 'server-only';
-import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { derivedKey } from '../session/derived-key';
 
 /**
  * The sign-in device cookie (OWASP, "Slow Down Online Guessing Attacks with Device Cookies":
@@ -38,7 +39,7 @@ export class DeviceCookies {
     private readonly passwordVersionOf: (username: string) => string | null,
     private readonly now: () => number = Date.now,
   ) {
-    this.key = Buffer.from(hkdfSync('sha256', secret, 'keyward', 'keyward sign-in device cookie v1', 32));
+    this.key = derivedKey(secret, 'keyward sign-in device cookie v1');
   }
 
   /** The Set-Cookie line of a new device cookie for `username` (a fresh nonce every time); null for no such user. */
