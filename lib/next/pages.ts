@@ -46,16 +46,9 @@ export interface PageHelpers {
 export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
   const helpers: PageHelpers = {
     async pageSession() {
-      const cookie = (await headers()).get('cookie');
-      // verifySession reads only the Cookie (and Authorization) header; the URL is never looked at.
-      const request = new Request('http://keyward.invalid/', { headers: cookie ? { cookie } : {} });
-      let session: Session | null;
-      try {
-        session = await getRuntime().verifySession(request);
-      } catch {
-        return { state: 'unavailable' };
-      }
-      if (!session || session.via !== 'cookie') return { state: 'signed-out' };
+      const session = await cookieSession();
+      if (session === 'unavailable') return { state: 'unavailable' };
+      if (!session) return { state: 'signed-out' };
       return { state: 'signed-in', session: { userId: session.userId, name: session.name, roles: [...session.roles], expiresAt: session.expiresAt } };
     },
     upstreamSummaries(roles) {
@@ -82,13 +75,26 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
       return getRuntime().settings.KEYWARD_DEMO;
     },
     async mobileConsent(query) {
-      const session = await helpers.pageSession();
-      if (session.state === 'unavailable') return session;
-      const user = session.state === 'signed-in' ? (session.session.name ?? session.session.userId) : null;
+      const session = await cookieSession();
+      if (session === 'unavailable') return { state: 'unavailable' };
+      // The session id stays here, never in what the page gets: the consent cookie is checked against it.
+      const user = session ? { name: session.name ?? session.userId, sessionId: session.sessionId } : null;
       // The cookie the authorize endpoint set when it sent the browser here, for this request only.
       return describeConsent(query, getRuntime(), user, (await headers()).get('cookie'));
     },
   };
+  /** The page request's cookie session, checked exactly as the API checks it; null without one. */
+  async function cookieSession(): Promise<Session | null | 'unavailable'> {
+    const cookie = (await headers()).get('cookie');
+    // verifySession reads only the Cookie (and Authorization) header; the URL is never looked at.
+    const request = new Request('http://keyward.invalid/', { headers: cookie ? { cookie } : {} });
+    try {
+      const session = await getRuntime().verifySession(request);
+      return session?.via === 'cookie' ? session : null;
+    } catch {
+      return 'unavailable';
+    }
+  }
   return helpers;
 }
 

@@ -53,6 +53,8 @@ const { logger, lines: logLines } = capturingLogger();
 /** Every code and token issued in this file: none may appear in a log line. */
 const issued: string[] = [];
 let aliceCookie: string;
+/** Alice as the consent page knows her: her name, and the session the consent cookie is bound to. */
+const alicePage = { name: 'alice', sessionId: randomUUID() };
 
 interface Result {
   status: number;
@@ -369,6 +371,7 @@ beforeAll(async () => {
   disabled = createRuntime({ env, upstreams, store, logger, now: () => clock });
   aliceCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, {
     sub: ALICE,
+    sid: alicePage.sessionId,
     roles: ['user'],
     claims: { org: 'acme' },
     passwordVersion: passwordVersion('alice', passwordHash),
@@ -672,7 +675,7 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
     const claimed = 'Your bank (official app): call 555-0100 if asked to Deny';
     const query = new URLSearchParams(authorizeQuery({ client_id: claimed }));
     query.set('scope', 'ignored');
-    const asked = describeConsent(query, runtime, 'alice', await askedFor(String(query)));
+    const asked = describeConsent(query, runtime, alicePage, await askedFor(String(query)));
     expect(asked).toMatchObject({ state: 'ask', app: 'com.example.keyward', redirectUri: APP_REDIRECT, user: 'alice' });
     expect(asked.state === 'ask' && [asked.app, asked.redirectUri, asked.user].join(' ')).not.toContain('555');
     // Only the authorization request's own parameters are carried back by the form.
@@ -684,11 +687,11 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
       'state',
     ]);
     const plain = authorizeQuery();
-    expect(describeConsent(new URLSearchParams(plain), runtime, 'alice', await askedFor(plain))).toMatchObject({
+    expect(describeConsent(new URLSearchParams(plain), runtime, alicePage, await askedFor(plain))).toMatchObject({
       app: 'com.example.keyward',
     });
     const loopback = authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT });
-    expect(describeConsent(new URLSearchParams(loopback), runtime, 'alice', await askedFor(loopback))).toMatchObject({
+    expect(describeConsent(new URLSearchParams(loopback), runtime, alicePage, await askedFor(loopback))).toMatchObject({
       app: 'A program on this device',
     });
     const signedOut = describeConsent(query, runtime, null, null);
@@ -696,10 +699,10 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
       signedOut.state === 'signed-out' && signedOut.authorizeUrl.startsWith('/api/session/mobile/authorize?'),
     ).toBe(true);
     expect(
-      describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: 'com.evil.app:/cb' })), runtime, 'alice', aliceCookie)
+      describeConsent(new URLSearchParams(authorizeQuery({ redirect_uri: 'com.evil.app:/cb' })), runtime, alicePage, aliceCookie)
         .state,
     ).toBe('invalid');
-    expect(describeConsent(query, disabled, 'alice', aliceCookie).state).toBe('off');
+    expect(describeConsent(query, disabled, alicePage, aliceCookie).state).toBe('off');
   });
 
   it("another site's link to the consent page (through the sign-in's callbackUrl, or a sibling subdomain's): nothing to allow, and its post is refused", async () => {
@@ -711,12 +714,40 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
     expect(refused.headers.get('location')).toBeNull();
     expectOAuthError(refused, 403, 'access_denied');
     expect(refused.body).not.toContain('kwc_');
-    const page = describeConsent(new URLSearchParams(query), runtime, 'alice', aliceCookie);
+    const page = describeConsent(new URLSearchParams(query), runtime, alicePage, aliceCookie);
     expect(page).toMatchObject({ state: 'invalid', message: expect.stringContaining('an app started in this browser') });
     // Nor with the cookie of a request the app did start in this browser (a consent pending in another tab).
     const pending = await askedFor(authorizeQuery());
-    expect(describeConsent(new URLSearchParams(query), runtime, 'alice', pending).state).toBe('invalid');
+    expect(describeConsent(new URLSearchParams(query), runtime, alicePage, pending).state).toBe('invalid');
     expectOAuthError(await postConsent(new URLSearchParams(query), 'allow', { cookie: pending }), 403, 'access_denied');
+  });
+
+  it("the consent cookie is this deployment's, for this session: another session's, or a value computed from the request, is none", async () => {
+    const query = authorizeQuery({ redirect_uri: LOOPBACK_REDIRECT });
+    const asked = consentCookieOf(await authorize(query, { consent: null }));
+    // The same cookie in another session of alice's (signed in elsewhere, or again since): nothing to allow.
+    const otherSession = { ...alicePage, sessionId: randomUUID() };
+    const otherCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, {
+      sub: ALICE,
+      sid: otherSession.sessionId,
+      roles: ['user'],
+      claims: { org: 'acme' },
+      passwordVersion: passwordVersion('alice', passwordHash),
+    });
+    expect(describeConsent(new URLSearchParams(query), runtime, otherSession, `${otherCookie}; ${asked}`).state).toBe('invalid');
+    expectOAuthError(await postConsent(new URLSearchParams(query), 'allow', { cookie: `${otherCookie}; ${asked}` }), 403, 'access_denied');
+    // A value anyone could compute from the request (its parameters' SHA-256), had a page got it into the browser.
+    const computed = `${CONSENT_COOKIE}=${createHash('sha256').update(query).digest('base64url')}`;
+    expect(describeConsent(new URLSearchParams(query), runtime, alicePage, `${aliceCookie}; ${computed}`).state).toBe('invalid');
+    expectOAuthError(await postConsent(new URLSearchParams(query), 'allow', { cookie: `${aliceCookie}; ${computed}` }), 403, 'access_denied');
+  });
+
+  it("another site's post (refused) does not end the consent the user has open: only a post that carried the cookie ends it", async () => {
+    const query = authorizeQuery();
+    // A cross-site form post: the browser sends no Strict cookie with it, so no consent cookie.
+    const forged = await postConsent(new URLSearchParams(query), 'deny', { cookie: null, origin: 'https://evil.example', site: 'cross-site' });
+    expectOAuthError(forged, 403, 'access_denied');
+    expect(forged.headers.getSetCookie().filter((line) => line.startsWith(`${CONSENT_COOKIE}=`))).toEqual([]);
   });
 
   it('after the endpoint sends the browser to the page, its cookie (__Host-, HttpOnly, Secure, Strict) lets the page ask and one post answer', async () => {
@@ -727,7 +758,7 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
     const line = sent.headers.getSetCookie().find((cookie) => cookie.startsWith(`${CONSENT_COOKIE}=`))!;
     expect(line).toMatch(/; Path=\/; Max-Age=\d+; HttpOnly; Secure; SameSite=Strict$/);
     const cookie = `${aliceCookie}; ${consentCookieOf(sent)}`;
-    expect(describeConsent(new URLSearchParams(query), runtime, 'alice', cookie).state).toBe('ask');
+    expect(describeConsent(new URLSearchParams(query), runtime, alicePage, cookie).state).toBe('ask');
     const allowed = await postConsent(new URLSearchParams(query), 'allow', { cookie });
     expect(allowed.status).toBe(303);
     // The post ends the cookie: the browser sends none with a second post.
@@ -750,7 +781,7 @@ describe('consent (RFC 8252 §8.6): an app any app could impersonate is asked ab
       '__Host-keyward.mobile-resume',
       CONSENT_COOKIE,
     ]);
-    expect(describeConsent(new URLSearchParams(query), runtime, 'alice', `${aliceCookie}; ${consentCookieOf(taken)}`).state).toBe('ask');
+    expect(describeConsent(new URLSearchParams(query), runtime, alicePage, `${aliceCookie}; ${consentCookieOf(taken)}`).state).toBe('ask');
   });
 });
 

@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { DpopError, requestHtu } from '../dpop/proof';
 import { KeywardError } from '../errors';
 import {
@@ -11,9 +11,11 @@ import {
 import { OAuthError, oauthErrorBody, oauthErrorResponse, toOAuthError } from '../mobile/oauth-error';
 import type { TokenResponse } from '../mobile/tokens';
 import type { Runtime } from '../runtime';
+import { derivedKey } from '../session/derived-key';
+import type { Session } from '../session/session';
 import { MAX_ACCESS_TOKEN_LENGTH } from '../session/verify';
 import { bounceResponse } from './bounce';
-import { apiHandler, readCappedText, readCookie, readJsonObject } from './guard';
+import { apiHandler, cookieIn, readCappedText, readCookie, readJsonObject } from './guard';
 
 /**
  * The native-app token exchange speaks OAuth 2.0 (RFC 6749 with PKCE, RFC 7636; discovery at
@@ -38,8 +40,9 @@ export function handleMobileAuthorize(request: Request, runtime: Runtime): Promi
 
 async function authorize(request: Request, runtime: Runtime): Promise<Response> {
   const response = await answer(request, runtime);
-  // A consent post, taken or refused, ends the page's cookie: one answer per page the endpoint sent the browser to.
-  if (request.method === 'POST') response.headers.append('set-cookie', CLEAR_CONSENT);
+  // A consent post that carried the page's cookie, taken or refused, ends it: one answer per page the endpoint sent
+  // the browser to. Not any post: a page of another site posting here (refused) must not end the user's consent.
+  if (request.method === 'POST' && readCookie(request, CONSENT_COOKIE) !== null) response.headers.append('set-cookie', CLEAR_CONSENT);
   return response;
 }
 
@@ -61,7 +64,7 @@ async function answer(request: Request, runtime: Runtime): Promise<Response> {
     if (site === 'cross-site' || site === 'same-site') {
       // Back from signing in at an identity provider (another site): the browser says cross-site and sends no
       // Strict session cookie. It started this very request (RESUME_COOKIE), so a page of this site takes it on.
-      if (request.method === 'GET' && resumes(request)) return resumePage(request);
+      if (request.method === 'GET' && resumes(request, runtime)) return resumePage(request);
       throw notFromTheApp();
     }
     // A page of this site taking the request on: the sign-in page after a sign-in (its callbackUrl), or resumePage.
@@ -70,25 +73,26 @@ async function answer(request: Request, runtime: Runtime): Promise<Response> {
     const resumed = request.method === 'GET' && site === 'same-origin';
     // A navigation only: a fetch (a page's script, a router's prefetch) would spend the start's cookie and a code
     // on an answer no browser follows to the app.
-    if (resumed && (request.headers.get('sec-fetch-mode') !== 'navigate' || !resumes(request))) {
+    if (resumed && (request.headers.get('sec-fetch-mode') !== 'navigate' || !resumes(request, runtime))) {
       throw notFromTheApp();
     }
     // Taken on: the start's cookie is done with (a sign-in in between sets it again).
     const done = resumed ? [CLEAR_RESUME] : [];
-    const consent = request.method === 'POST' ? await readConsent(request, runtime) : null;
+    const verified = await runtime.verifySession(request);
+    const session = verified?.via === 'cookie' ? verified : null;
+    const consent = request.method === 'POST' ? await readConsent(request, runtime, session) : null;
     const query = authorizeParams(consent?.params ?? new URL(request.url).searchParams);
     client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
     const wanted = readAuthorizeRequest(query, client);
-    const session = await runtime.verifySession(request);
-    if (!session || session.via !== 'cookie') {
+    if (!session) {
       // The GET's own URL; after a consent POST (signed out since the page was shown), the request starts over there.
       const back = `${AUTHORIZE_PATH}?${query}`;
-      const resume = `${RESUME_COOKIE}=${requestHash(query)}; Path=/; Max-Age=${RESUME_SECONDS}; HttpOnly; Secure; SameSite=Lax`;
+      const resume = `${RESUME_COOKIE}=${requestMac(runtime, 'resume', query, null)}; Path=/; Max-Age=${RESUME_SECONDS}; HttpOnly; Secure; SameSite=Lax`;
       return redirect(`/api/auth/signin?callbackUrl=${encodeURIComponent(back)}`, undefined, status, [resume]);
     }
     if (consent === null && needsConsent(client.redirectUri)) {
-      // The page may ask only about this request, the one the app opened (CONSENT_COOKIE).
-      return redirect(`${CONSENT_PAGE}?${query}`, undefined, 302, [...done, consentCookie(query)]);
+      // The page may ask only about this request, the one the app opened, in this session (CONSENT_COOKIE).
+      return redirect(`${CONSENT_PAGE}?${query}`, undefined, 302, [...done, consentCookie(runtime, query, session.sessionId)]);
     }
     if (consent?.decision === 'deny') {
       const denied = new OAuthError('access_denied', 'The user did not let the app sign in.');
@@ -114,21 +118,28 @@ const RESUME_COOKIE = '__Host-keyward.mobile-resume';
 /** As long as a sign-in may take (Auth.js's own state and PKCE cookies last 15 minutes). */
 const RESUME_SECONDS = 900;
 
-/** What the resume and consent cookies hold: a hash of the request's parameters, so each is good for that request only. */
-function requestHash(query: URLSearchParams): string {
-  return createHash('sha256').update(String(authorizeParams(query))).digest('base64url');
+/**
+ * What the resume and consent cookies hold: an HMAC (a key derived from KEYWARD_SESSION_SECRET) over what the cookie
+ * is for, the session it was set in (the consent cookie; none for the resume cookie, set while signed out) and the
+ * request's parameters. Each is good for that request only, and nobody but this deployment can make one: a page
+ * that got a cookie into the browser some other way (a browser bug) could not have computed its value.
+ */
+function requestMac(runtime: Pick<Runtime, 'settings'>, purpose: 'resume' | 'consent', query: URLSearchParams, sessionId: string | null): string {
+  return createHmac('sha256', derivedKey(runtime.settings.KEYWARD_SESSION_SECRET, 'keyward mobile authorize cookies v1'))
+    .update(`${purpose}\n${sessionId ?? ''}\n${authorizeParams(query)}`, 'utf8')
+    .digest('base64url');
 }
 
 /** Whether a resume or consent cookie's value names this very request (`query`, its parameters in the order sent). */
-function cookieNames(cookie: string | null, query: URLSearchParams): boolean {
+function cookieNames(cookie: string | null, expected: string): boolean {
   if (cookie === null) return false;
-  const expected = Buffer.from(requestHash(query));
   const given = Buffer.from(cookie);
-  return given.length === expected.length && timingSafeEqual(given, expected);
+  const wanted = Buffer.from(expected);
+  return given.length === wanted.length && timingSafeEqual(given, wanted);
 }
 
-function resumes(request: Request): boolean {
-  return cookieNames(readCookie(request, RESUME_COOKIE), new URL(request.url).searchParams);
+function resumes(request: Request, runtime: Pick<Runtime, 'settings'>): boolean {
+  return cookieNames(readCookie(request, RESUME_COOKIE), requestMac(runtime, 'resume', new URL(request.url).searchParams, null));
 }
 
 /** A request a web page started, not the app: refused, not redirected, so it cannot even open the app. */
@@ -148,28 +159,28 @@ function resumePage(request: Request): Response {
 export const CONSENT_PAGE = '/authorize';
 
 /**
- * The request this endpoint sent the browser to the consent page for (a hash of its parameters), set on that
+ * The request this endpoint sent the browser to the consent page for, in this session (requestMac), set on that
  * redirect: the page offers Allow, and the consent post is taken, only for it. Anyone can link to the page, and
  * its form posts from this origin whoever sent the browser there (another site's link through the sign-in page's
  * callbackUrl, a sibling subdomain's link straight to it); only this endpoint, taking the app's own request, sets
  * this cookie, and no other page can set it (`__Host-`) or read it (HttpOnly). Strict: the page and its post are
  * same-site, as the redirect from this endpoint is. A sibling subdomain's link carries it too, which is why it
- * holds the request's hash: a request of anyone else's making never matches it.
+ * names the request: a request of anyone else's making never matches it.
  */
 const CONSENT_COOKIE = '__Host-keyward.mobile-consent';
 /** Long enough to read the page and answer; the app starts over after that. */
 const CONSENT_SECONDS = 600;
 
-function consentCookie(query: URLSearchParams): string {
-  return `${CONSENT_COOKIE}=${requestHash(query)}; Path=/; Max-Age=${CONSENT_SECONDS}; HttpOnly; Secure; SameSite=Strict`;
+function consentCookie(runtime: Pick<Runtime, 'settings'>, query: URLSearchParams, sessionId: string): string {
+  return `${CONSENT_COOKIE}=${requestMac(runtime, 'consent', query, sessionId)}; Path=/; Max-Age=${CONSENT_SECONDS}; HttpOnly; Secure; SameSite=Strict`;
 }
 
 /** Ends the consent cookie: one post per page this endpoint sent the browser to (whatever the answer). */
 const CLEAR_CONSENT = `${CONSENT_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict`;
 
-/** Whether `cookies` (a request's Cookie header) hold the consent cookie for this request's parameters. */
-function consentCookieNames(cookies: Request, query: URLSearchParams): boolean {
-  return cookieNames(readCookie(cookies, CONSENT_COOKIE), query);
+/** Whether `cookies` (a request's Cookie header) hold the consent cookie for this request in this session. */
+function consentCookieNames(runtime: Pick<Runtime, 'settings'>, cookies: string | null, query: URLSearchParams, sessionId: string): boolean {
+  return cookieNames(cookieIn(cookies, CONSENT_COOKIE), requestMac(runtime, 'consent', query, sessionId));
 }
 
 /** The authorization endpoint, the one API route the sign-in page's `callbackUrl` may name (lib/next/pages.ts). */
@@ -198,6 +209,7 @@ function notAskedHere(): OAuthError {
 async function readConsent(
   request: Request,
   runtime: Runtime,
+  session: Pick<Session, 'sessionId'> | null,
 ): Promise<{ params: URLSearchParams; decision: 'allow' | 'deny' }> {
   // This site's own origin only: the front ends KEYWARD_ALLOWED_ORIGINS lists may call APIs, not answer for the user.
   const origin = request.headers.get('origin');
@@ -218,9 +230,11 @@ async function readConsent(
     throw new OAuthError('invalid_request', 'decision must be allow or deny, once.');
   }
   params.delete('decision');
-  // The request this endpoint sent the browser to the consent page for, and no other (CONSENT_COOKIE): the page's
-  // form posts from this origin whoever linked the browser to the page. Refused, not redirected, as above.
-  if (!consentCookieNames(request, params)) throw notAskedHere();
+  // The request this endpoint sent the browser to the consent page for, in this session, and no other
+  // (CONSENT_COOKIE): the page's form posts from this origin whoever linked the browser to the page. Refused, not
+  // redirected, as above. Signed out (the session ended since the page was shown), nothing is issued: the post is
+  // sent to sign in and start over at the endpoint, which asks again.
+  if (session && !consentCookieNames(runtime, request.headers.get('cookie'), params, session.sessionId)) throw notAskedHere();
   return { params, decision: decision[0] };
 }
 
@@ -247,13 +261,14 @@ export type ConsentRequest =
 /**
  * For the consent page: the app asking, or why there is nothing to ask. Checked as the authorize endpoint checks
  * it, so the page never offers to allow a request the endpoint would refuse: among others, one it did not send
- * the browser here with (CONSENT_COOKIE, read from `cookies`, the page request's Cookie header). `user` is the
- * signed-in user's display name, null when signed out (the page reads the session as every page does).
+ * the browser here with in this session (CONSENT_COOKIE, read from `cookies`, the page request's Cookie header).
+ * `user` is the signed-in user's display name and session, null when signed out (the page reads the session as
+ * every page does).
  */
 export function describeConsent(
   query: URLSearchParams,
   runtime: Runtime,
-  user: string | null,
+  user: { readonly name: string; readonly sessionId: string } | null,
   cookies: string | null,
 ): ConsentRequest {
   if (!runtime.mobile.enabled) return { state: 'off' };
@@ -263,12 +278,11 @@ export function describeConsent(
     const carried = authorizeParams(query);
     // Back to the endpoint, which refuses a request another page started (Sec-Fetch-Site and its resume cookie).
     if (user === null) return { state: 'signed-out', authorizeUrl: `${AUTHORIZE_PATH}?${carried}` };
-    const jar = new Request('http://keyward.invalid/', { headers: cookies ? { cookie: cookies } : {} });
-    if (!consentCookieNames(jar, carried)) throw notAskedHere();
+    if (!consentCookieNames(runtime, cookies, carried, user.sessionId)) throw notAskedHere();
     const fields = [...carried];
     const scheme = new URL(client.redirectUri).protocol.slice(0, -1);
     const app = scheme === 'http' || scheme === 'https' ? 'A program on this device' : scheme;
-    return { state: 'ask', app, redirectUri: client.redirectUri, user, fields };
+    return { state: 'ask', app, redirectUri: client.redirectUri, user: user.name, fields };
   } catch (error) {
     if (error instanceof OAuthError) return { state: 'invalid', message: error.description };
     throw error;
