@@ -262,6 +262,25 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
     expect(userRollup[1]!.fields).toBeUndefined();
   });
 
+  it("a user's series for one upstream reads that user's row of it alone, without the per-upstream rollup first", async () => {
+    const store = stores[0];
+    const readHashes = store.readHashes;
+    const reads: Array<{ keys: readonly string[]; fields?: readonly string[] }> = [];
+    store.readHashes = (keys, fields) => {
+      reads.push({ keys, fields });
+      return readHashes.call(store, keys, fields);
+    };
+    let calls: number;
+    try {
+      calls = (await a.usage.series({ ...window(), user: ALICE, upstream: 'echo' })).total.calls;
+    } finally {
+      store.readHashes = readHashes;
+    }
+    expect(calls).toBeGreaterThan(0);
+    expect(reads.map((read) => read.keys[0]!.split(':').slice(0, 3).join(':'))).toEqual(['usage:hour:user']);
+    expect(new Set(reads[0]!.fields!.map((field) => field.split(' ')[0]))).toEqual(new Set([JSON.stringify([ALICE, 'echo'])]));
+  });
+
   it('estimates p50 and p95 from the merged latency buckets of both instances', async () => {
     // 10 calls of 3 ms (≤ 5), 9 of 80 ms (in (50, 100]), 1 of 3 s (in (2500, 5000]), split over the instances.
     const durations = [...Array(10).fill(3), ...Array(9).fill(80), 3000] as number[];

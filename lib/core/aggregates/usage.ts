@@ -164,14 +164,16 @@ export class UsageAggregates {
    * A user's fields of the `user` rollup's buckets (every metric of each of their rows), or undefined (read whole
    * buckets: another filter decides). A bucket holds every user's rows, as many as the users who called in it:
    * without this, one user's figures over 400 days would read every user's of those days. The rows are keyed by
-   * user and upstream, so the upstreams are what is needed: those named (`upstreams`), or else those called in
-   * the window, from the `upstream` rollup's buckets (one row per upstream), read first.
+   * user and upstream, so the upstreams are what is needed: those named (`upstreams`, or the one `upstream`), or
+   * else those called in the window, from the `upstream` rollup's buckets (one row per upstream), read first. The
+   * cost grows with the upstreams (every metric of each, in every bucket), never with the users.
    */
   private async userFields(query: SeriesQuery, starts: readonly number[]): Promise<string[] | undefined> {
     const { user } = query;
     if (user === undefined || query.route !== undefined || query.keyVersion !== undefined) return undefined;
     let names = query.upstreams;
-    if (names === undefined) {
+    if (names === undefined && query.upstream !== undefined) names = [query.upstream];
+    else if (names === undefined) {
       const called = new Set<string>();
       for (const hash of await this.read(query.period, 'upstream', starts)) {
         forEachRow(hash, 'upstream', (dimensions) => {
