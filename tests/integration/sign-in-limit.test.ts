@@ -319,7 +319,7 @@ describe('device cookies', () => {
     expect(first.response.headers.getSetCookie().some((line) => line.startsWith('__Host-keyward.session=stand-in.'))).toBe(true);
     // It names no user and holds nothing of the password or the session.
     const value = pair!.slice(`${DEVICE}=`.length);
-    expect(value).toMatch(/^v1\.[A-Za-z0-9_-]{22}\.[0-9a-z]+\.[A-Za-z0-9_-]{43}$/);
+    expect(value).toMatch(/^v2\.[A-Za-z0-9_-]{22}\.[0-9a-z]+\.[A-Za-z0-9_-]{43}$/);
     expect(value.toLowerCase()).not.toContain(username.toLowerCase());
     expect(value).not.toContain(RIGHT);
 
@@ -371,20 +371,22 @@ describe('device cookies', () => {
     // Issued for this username by a deployment with another KEYWARD_SESSION_SECRET (or before a rotation).
     const foreign = new DeviceCookies(randomSecret('sess'), () => 'first-version').issue(username)!.split(';')[0]!.slice(`${DEVICE}=`.length);
     const values = [
-      `v1.${nonce}.${issued}.${flip(mac, 42)}`,
-      `v1.${nonce}.${issued}.${flip(mac, 0)}`,
-      `v1.${flip(nonce, 3)}.${issued}.${mac}`,
-      `v1.${nonce}.${(Number.parseInt(issued, 36) + 86_400).toString(36)}.${mac}`,
-      `v1.${nonce}.0${issued}.${mac}`,
-      `v2.${nonce}.${issued}.${mac}`,
-      `v1.${nonce}.${issued}.${mac}.`,
-      `v1.${nonce}.${issued}`,
+      `v2.${nonce}.${issued}.${flip(mac, 42)}`,
+      `v2.${nonce}.${issued}.${flip(mac, 0)}`,
+      `v2.${flip(nonce, 3)}.${issued}.${mac}`,
+      `v2.${nonce}.${(Number.parseInt(issued, 36) + 86_400).toString(36)}.${mac}`,
+      `v2.${nonce}.0${issued}.${mac}`,
+      `V2.${nonce}.${issued}.${mac}`,
+      // The format before the MAC covered the password version: none since.
+      `v1.${nonce}.${issued}.${mac}`,
+      `v2.${nonce}.${issued}.${mac}.`,
+      `v2.${nonce}.${issued}`,
       foreign,
       '',
-      'v1...',
+      'v2...',
       'x'.repeat(4000),
       '%E2%82%AC;%00',
-      '"v1"',
+      '"v2"',
     ];
     for (const value of values) {
       await expectRefused(await deviceAttempt({ username, password: RIGHT, cookie: `${DEVICE}=${value}` }));
@@ -679,7 +681,7 @@ describe.each([
     const first = await signInAttempt(app.url, 'carol', carolPassword, { 'x-forwarded-for': freshIp() });
     expect(first.cookie).toMatch(/^__Host-keyward\.session=/);
     const line = deviceLine(first.response);
-    expect(line).toMatch(/^__Host-keyward\.device=v1\.[^;]+; Path=\/; Max-Age=15552000; HttpOnly; Secure; SameSite=Strict$/);
+    expect(line).toMatch(/^__Host-keyward\.device=v2\.[^;]+; Path=\/; Max-Age=15552000; HttpOnly; Secure; SameSite=Strict$/);
     const device = line!.split(';')[0]!;
 
     // A wrong password sets no device cookie.

@@ -11,8 +11,12 @@ export const DEVICE_COOKIE = '__Host-keyward.device';
 /** How long a browser stays known for a username after signing in with it: 180 days. */
 export const DEVICE_COOKIE_SECONDS = 180 * 86_400;
 
-/** `v1.<nonce>.<issued>.<mac>`: 16 random bytes, seconds since the epoch in base 36, HMAC-SHA-256, base64url. */
-const VALUE = /^v1\.([A-Za-z0-9_-]{22})\.([0-9a-z]{1,11})\.([A-Za-z0-9_-]{43})$/;
+/**
+ * `v2.<nonce>.<issued>.<mac>`: 16 random bytes, seconds since the epoch in base 36, HMAC-SHA-256, base64url. `v1`
+ * (before the MAC covered the password version) is no device cookie: its browser meets the username's counter until
+ * its next sign-in.
+ */
+const VALUE = /^v2\.([A-Za-z0-9_-]{22})\.([0-9a-z]{1,11})\.([A-Za-z0-9_-]{43})$/;
 
 /**
  * Device cookies for local sign-in. A browser that signed in as a username gets one; its later attempts for that
@@ -48,7 +52,7 @@ export class DeviceCookies {
     if (version === null) return null;
     const nonce = randomBytes(16).toString('base64url');
     const issued = Math.floor(this.now() / 1000).toString(36);
-    const value = `v1.${nonce}.${issued}.${this.mac(nonce, issued, version, username)}`;
+    const value = `v2.${nonce}.${issued}.${this.mac(nonce, issued, version, username)}`;
     return `${DEVICE_COOKIE}=${value}; Path=/; Max-Age=${DEVICE_COOKIE_SECONDS}; HttpOnly; Secure; SameSite=Strict`;
   }
 
@@ -75,6 +79,6 @@ export class DeviceCookies {
    * inputs are one string.
    */
   private mac(nonce: string, issued: string, version: string, username: string): string {
-    return createHmac('sha256', this.key).update(`v1.${nonce}.${issued}.${version}.${username}`, 'utf8').digest('base64url');
+    return createHmac('sha256', this.key).update(`v2.${nonce}.${issued}.${version}.${username}`, 'utf8').digest('base64url');
   }
 }
