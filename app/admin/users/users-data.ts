@@ -184,11 +184,8 @@ export async function loadUsers(): Promise<{ now: number; users: UserSummary[]; 
     runtime.usage.top({ period: 'day', fromMs: now - (days - 1) * DAY_MS, toMs: now, by: 'user', limit: MAX_USERS }),
   ]);
   const local: Known[] = (runtime.users?.list() ?? []).map((user) => ({ userId: `local:${user.username}`, name: user.name, local: true, roles: [...user.roles] }));
-  const { known, truncated } = knownUsers(local, last24h, window, MAX_USERS);
+  const { listed, truncated } = knownUsers(local, last24h, window, MAX_USERS);
   const day = new Map(last24h.filter((row) => row.user).map((row) => [row.user!, row]));
-  const listed = known
-    .sort((a, b) => (day.get(b.userId)?.calls ?? 0) - (day.get(a.userId)?.calls ?? 0) || a.userId.localeCompare(b.userId))
-    .slice(0, MAX_USERS);
   const sessions = await runtime.sessionIndex.listMany(listed.map((user) => user.userId));
   const users = listed.map((user) => withSessionRoles(user, sessions.get(user.userId) ?? []));
   const meters = await meterUses(users);

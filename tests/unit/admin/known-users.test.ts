@@ -3,29 +3,30 @@ import { knownUsers, type Known } from '../../../app/admin/users/known-users';
 
 /** Which users the admin Users list shows (app/admin/users/known-users.ts), from the top lists it read. */
 const local: Known[] = [{ userId: 'local:ada', name: 'Ada', local: true, roles: ['admin'] }];
-const rows = (...users: Array<string | null>) => users.map((user) => ({ user }));
+const recent = (...rows: Array<[string | null, number]>) => rows.map(([user, calls]) => ({ user, calls }));
+const window = (...users: Array<string | null>) => users.map((user) => ({ user }));
+const ids = (listed: readonly Known[]) => listed.map((user) => user.userId);
 
 describe('knownUsers', () => {
-  it("the users file's users, then the last 24 hours' callers, then the window's; each once, with no row without a user", () => {
-    const { known, truncated } = knownUsers(local, rows('oidc:new', 'local:ada', null), rows('oidc:old', 'oidc:new'), 10);
-    expect(known.map((user) => user.userId)).toEqual(['local:ada', 'oidc:new', 'oidc:old']);
-    expect(known[0]).toBe(local[0]);
-    expect(known[1]).toEqual({ userId: 'oidc:new', name: null, local: false, roles: null });
+  it("the users file's users and every caller, each once, busiest in the last 24 hours first, then by id; no row without a user", () => {
+    const { listed, truncated } = knownUsers(local, recent(['oidc:new', 5], ['local:ada', 9], [null, 50]), window('oidc:old', 'oidc:new', 'oidc:b'), 10);
+    expect(ids(listed)).toEqual(['local:ada', 'oidc:new', 'oidc:b', 'oidc:old']);
+    expect(listed[0]).toBe(local[0]);
+    expect(listed[1]).toEqual({ userId: 'oidc:new', name: null, local: false, roles: null });
     expect(truncated).toBe(false);
   });
 
-  it("a caller of the last 24 hours is listed even when the window's top list is full of others", () => {
-    const window = rows(...Array.from({ length: 3 }, (_, i) => `oidc:busy-last-month-${i}`));
-    const { known, truncated } = knownUsers([], rows('oidc:busiest-today'), window, 3);
-    expect(known.map((user) => user.userId)).toContain('oidc:busiest-today');
-    // The window's list came back full: there may be more users than it returned.
+  it("the busiest of the last 24 hours are listed, whoever else the users file or the month's top list holds", () => {
+    const many: Known[] = Array.from({ length: 3 }, (_, i) => ({ userId: `local:a${i}`, name: null, local: true, roles: [] }));
+    const { listed, truncated } = knownUsers(many, recent(['oidc:z-busiest-today', 40]), window('oidc:a-last-month', 'oidc:b-last-month'), 3);
+    expect(ids(listed)).toEqual(['oidc:z-busiest-today', 'local:a0', 'local:a1']);
     expect(truncated).toBe(true);
   });
 
   it('says it is truncated when either top list came back full, or there are more users than the page shows', () => {
-    expect(knownUsers([], rows('oidc:a', 'oidc:b'), [], 2).truncated).toBe(true);
-    expect(knownUsers([], [], rows('oidc:a', 'oidc:b'), 2).truncated).toBe(true);
-    expect(knownUsers(local, rows('oidc:a'), rows('oidc:b'), 2).truncated).toBe(true);
-    expect(knownUsers(local, rows('oidc:a'), [], 2).truncated).toBe(false);
+    expect(knownUsers([], recent(['oidc:a', 1], ['oidc:b', 1]), [], 2).truncated).toBe(true);
+    expect(knownUsers([], [], window('oidc:a', 'oidc:b'), 2).truncated).toBe(true);
+    expect(knownUsers(local, recent(['oidc:a', 1]), window('oidc:b'), 2).truncated).toBe(true);
+    expect(knownUsers(local, recent(['oidc:a', 1]), [], 2).truncated).toBe(false);
   });
 });
