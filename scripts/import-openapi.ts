@@ -216,9 +216,8 @@ function report(
     const contracts = [route.query && 'query', route.body && `${route.bodyFormat ?? 'json'} body`]
       .filter(Boolean)
       .join(', ');
-    print.say(
-      `  ${route.method.padEnd(width)}  ${printable(route.path)}${contracts ? `  (contract: ${contracts})` : ''}`,
-    );
+    const note = route.roles ? '  (refused: not chosen, see below)' : contracts ? `  (contract: ${contracts})` : '';
+    print.say(`  ${route.method.padEnd(width)}  ${printable(route.path)}${note}`);
   }
   const scheme =
     upstream.auth.type === 'header'
@@ -235,7 +234,7 @@ function report(
   );
   print.say(`  2. KEYWARD_CONFIG=${out}`);
   print.say('  3. npm run keyward -- check-config');
-  print.say('Every route needs only a signed-in user: add "roles" to limit who may call it (README "Access policy").');
+  print.say('Every route chosen needs only a signed-in user: add "roles" to limit who may call it (README "Access policy").');
   if (result.warnings.length === 0) return;
   print.warn(`keyward: what the routes of ${printable(plan.title)} do not keep exactly as the document says:`);
   for (const warning of result.warnings)

@@ -1,6 +1,6 @@
 import { KeywardError } from '../errors';
 import type { CompiledRoute, Upstream } from '../upstream/registry';
-import { captureParam } from './template';
+import { captureParam, type TemplateSegment } from './template';
 
 export interface RouteMatch {
   readonly route: CompiledRoute;
@@ -49,6 +49,14 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
   throw new KeywardError('route_not_found');
 }
 
+/**
+ * Whether a template matches these (valid) segments exactly as `matchRoute` compares them, for code that asks
+ * which requests a route would serve before any route is compiled (the OpenAPI import).
+ */
+export function templateMatches(template: readonly TemplateSegment[], segments: readonly string[]): boolean {
+  return matchSegments({ segments: template }, segments) !== null;
+}
+
 /** A segment with ":" at a position where no route of the upstream can hold one (asked once nothing matched). */
 function hasMisplacedColon(upstream: Upstream, segments: readonly string[]): boolean {
   return segments.some(
@@ -86,7 +94,7 @@ function withTemplateCase({ prefix, suffix }: { readonly prefix: string; readonl
  * `foldCase`: literal text, whole segments and the text around a parameter, compared without regard to letter
  * case (ASCII: path segments are ASCII here).
  */
-function matchSegments(route: CompiledRoute, segments: readonly string[], foldCase = false): Record<string, string> | null {
+function matchSegments(route: Pick<CompiledRoute, 'segments'>, segments: readonly string[], foldCase = false): Record<string, string> | null {
   const template = route.segments;
   const last = template[template.length - 1];
   const hasRest = typeof last === 'object' && 'rest' in last;

@@ -15,7 +15,14 @@ import {
 import { compileContract, parseBody, parseQuery } from '../../../lib/core/policy/contract';
 import { parseForm } from '../../../lib/core/policy/form';
 import { KeywardError } from '../../../lib/core/errors';
-import { thrown } from '../support';
+import { authorize } from '../../../lib/core/policy/authorize';
+import { commonRequest } from '../../../lib/core/config/openapi/shadowed';
+import { matchRoute } from '../../../lib/core/route/match';
+import { compileTemplate } from '../../../lib/core/route/template';
+import type { Session } from '../../../lib/core/session/session';
+import { buildRegistry } from '../../../lib/core/upstream/registry';
+import { randomSecret } from '../../fixtures/secrets';
+import { expectKeywardError, thrown } from '../support';
 
 /**
  * The OpenAPI import (lib/core/config/openapi) on two documents checked into tests/fixtures/openapi: a trimmed
@@ -213,7 +220,10 @@ describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
     );
     expect(configError(() => selectOperations(plan, ['nope']))).toContain('"nope"');
     const one = buildUpstream(plan, selectOperations(plan, ['getPetById']), { id: 'pets' });
+    // `/pet/:petId` would also serve the literal siblings the user did not choose: they are refused.
     expect(one.upstream.routes).toEqual([
+      { method: 'GET', path: '/pet/findByStatus', roles: [] },
+      { method: 'GET', path: '/pet/findByTags', roles: [] },
       { method: 'GET', path: '/pet/:petId', query: { properties: {} }, response: PET },
     ]);
     // GET /pet/{petId} accepts api_key alone or petstore_auth alone: the key, on a tie.
@@ -723,6 +733,111 @@ describe('OpenAPI import: schemas a contract cannot hold exactly', () => {
     expect(warningsOf(result, 'GET /a/{y}')).toEqual([
       'left out: GET /a/{x} matches the same requests and comes first',
     ]);
+  });
+});
+
+describe('OpenAPI import: operations not chosen are never served by a chosen route', () => {
+  const get = (operationId: string, params: string[] = []) => ({
+    get: {
+      operationId,
+      parameters: params.map((name) => ({ name, in: 'path', required: true, schema: { type: 'string' } })),
+      responses: { 200: { description: 'ok' } },
+    },
+  });
+  const users = () =>
+    planImport({
+      openapi: '3.1.0',
+      info: { title: 'Users', version: '1' },
+      servers: [{ url: 'https://api.example.com/v1' }],
+      components: { securitySchemes: { key: { type: 'apiKey', in: 'header', name: 'x-api-key' } } },
+      security: [{ key: [] }],
+      paths: {
+        '/users/{id}': { ...get('getUser', ['id']), delete: { operationId: 'deleteUser', parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }], responses: { 204: { description: 'gone' } } } },
+        '/users/export': { ...get('exportAllUsers'), post: { operationId: 'startExport', responses: { 202: { description: 'started' } } } },
+        '/users/{id}/avatar': get('avatar', ['id']),
+        '/users/me/password-reset-tokens': get('adminTokens'),
+        '/users/{id}.csv': get('userCsv', ['id']),
+        '/users/{id}/files/{name}': get('file', ['id', 'name']),
+        '/users/{id}/files/latest': get('latestFile', ['id']),
+        '/reports/summary': get('summary'),
+        '/reports/{year}': get('report', ['year']),
+      },
+    });
+  const session: Session = {
+    userId: 'u1',
+    name: null,
+    roles: ['user', 'admin'],
+    expiresAt: Date.now() + 60_000,
+    sessionId: 's1',
+    authTime: 0,
+    claims: {},
+    via: 'cookie',
+  };
+
+  it('writes a route nobody may call for each operation a chosen route would serve, and says so', () => {
+    const plan = users();
+    const result = buildUpstream(plan, selectOperations(plan, ['getUser', 'avatar', 'file', 'summary']), { id: 'users' });
+    expect(result.upstream.routes.map((r) => `${r.method} ${r.path}${r.roles ? ' refused' : ''}`)).toEqual([
+      'GET /reports/summary',
+      'GET /users/export refused',
+      'GET /users/{id}.csv refused',
+      'GET /users/:id',
+      'GET /users/:id/avatar',
+      'GET /users/:id/files/latest refused',
+      'GET /users/:id/files/:name',
+    ]);
+    expect(result.upstream.routes.filter((r) => r.roles).every((r) => r.roles!.length === 0)).toBe(true);
+    for (const [key, servedBy] of [
+      ['GET /users/export', 'GET /users/{id}'],
+      ['GET /users/{id}.csv', 'GET /users/{id}'],
+      ['GET /users/{id}/files/latest', 'GET /users/{id}/files/{name}'],
+    ] as const) {
+      expect(warningsOf(result, key)).toEqual([
+        `not chosen, but the route of ${servedBy} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)`,
+      ]);
+    }
+    // Not refused: another method (no chosen POST route can serve it), a path no chosen route matches, and a
+    // broader operation (`/reports/{year}`) whose requests the chosen literal takes only where the document does.
+    for (const key of ['POST /users/export', 'GET /users/me/password-reset-tokens', 'GET /reports/{year}', 'DELETE /users/{id}'])
+      expect(warningsOf(result, key)).toEqual([]);
+  });
+
+  it('the written config, loaded by start-up, refuses the operation not chosen and still serves the chosen one', () => {
+    const plan = users();
+    const result = buildUpstream(plan, selectOperations(plan, ['getUser', 'avatar']), { id: 'users' });
+    // As the CLI writes it and start-up reads it: JSON, then the config schema, then the registry.
+    const [definition] = parseConfig(JSON.parse(JSON.stringify({ upstreams: { users: result.upstream } })), 'keyward.json');
+    const upstream = buildRegistry([definition!], { USERS_API_KEY: randomSecret() }).get('users')!;
+
+    const exported = matchRoute(upstream, 'GET', ['users', 'export']);
+    expect(exported.route.template).toBe('/users/export');
+    expectKeywardError(thrown(() => authorize(exported.route, exported.params, session)), 'forbidden');
+
+    const user = matchRoute(upstream, 'GET', ['users', '123']);
+    expect(user.route.template).toBe('/users/:id');
+    expect({ ...user.params }).toEqual({ id: '123' });
+    expect(() => authorize(user.route, user.params, session)).not.toThrow();
+    expect(matchRoute(upstream, 'GET', ['users', '123', 'avatar']).route.template).toBe('/users/:id/avatar');
+  });
+
+  it('two templates share a request only where the run-time matcher would match both', () => {
+    const common = (a: string, b: string) => commonRequest(compileTemplate(a), compileTemplate(b))?.join('/') ?? null;
+    expect(common('/users/export', '/users/:id')).toBe('users/export');
+    expect(common('/users/{id}.csv', '/users/:id')).toBe('users/0.csv');
+    expect(common('/f/ab:{v}', '/f/{w}:cd')).toBe('f/ab:cd');
+    expect(common('/f/{x}.json', '/f/{y}.txt')).toBeNull();
+    expect(common('/m/{model}:run', '/m/:id')).toBeNull(); // `:id` never takes a ":"
+    expect(common('/m/{model}:run', '/m/{id:colon}')).toBe('m/0:run');
+    expect(common('/files/a/b', '/files/*')).toBe('files/a/b');
+    expect(common('/files', '/files/*')).toBeNull();
+    expect(common('/users/:id/avatar', '/users/:id')).toBeNull();
+  });
+
+  it('choosing every operation refuses nothing', () => {
+    const plan = users();
+    const result = importAll(plan, 'users');
+    expect(result.upstream.routes.some((r) => r.roles)).toBe(false);
+    expect(result.warnings.filter((w) => w.message.startsWith('not chosen'))).toEqual([]);
   });
 });
 

@@ -6,6 +6,7 @@ import { parseConfig } from '../load';
 import { documentTitle, own, readSpecDocument, serverUrl, type SpecDocument } from './document';
 import { absoluteBase, planOperations, type ImportedRoute, type PlannedOperation } from './operations';
 import { chooseAuth, type AuthInput } from './security';
+import { shadowedOperations, type ChosenRoute } from './shadowed';
 
 /**
  * `keyward import`: an OpenAPI 3.0/3.1 document → one upstream of the JSON config (README "Add an upstream").
@@ -101,7 +102,8 @@ export function importableOperations(plan: ImportPlan): PlannedOperation[] {
 
 /**
  * The upstream for the selected operations: base URL, one credential (`auth`, from the environment), and
- * a route per operation, most specific paths first. Checked by the real config schema and contract compiler
+ * a route per operation, most specific paths first, and a route nobody may call for each operation not selected
+ * that a selected route would serve (./shadowed.ts). Checked by the real config schema and contract compiler
  * before it is returned, so what the CLI writes is what start-up accepts.
  */
 export function buildUpstream(
@@ -119,8 +121,9 @@ export function buildUpstream(
   );
   const warnings: ImportWarning[] = [...auth.warnings];
   const routes: ImportedRoute[] = [];
+  const chosen: ChosenRoute[] = [];
   const shapes = new Map<string, string>();
-  for (const op of sortBySpecificity(selected)) {
+  for (const op of mostSpecificFirst(selected, (op) => op.route?.path)) {
     if (!op.route) throw new ConfigError(`${op.key} cannot be imported: ${op.skipped}`);
     const route = withoutReservedQuery(op.route, auth.auth, (message) => warnings.push({ operation: op.key, message }));
     const shape = `${route.method} ${templateShape(route.path)}`;
@@ -131,6 +134,7 @@ export function buildUpstream(
     }
     shapes.set(shape, op.key);
     routes.push(route);
+    chosen.push({ key: op.key, route });
     if (op.deprecated) warnings.push({ operation: op.key, message: 'deprecated in the document' });
     for (const message of op.warnings) warnings.push({ operation: op.key, message });
     const credentialHeader = auth.auth.type === 'header' ? auth.auth.name : undefined;
@@ -142,7 +146,14 @@ export function buildUpstream(
       });
     }
   }
-  const upstream: ImportedUpstream = { baseUrl: plan.baseUrl, auth: auth.auth, routes };
+  for (const refused of shadowedOperations(plan.operations, chosen, new Set(selected))) {
+    routes.push(refused.route);
+    warnings.push({
+      operation: refused.operation.key,
+      message: `not chosen, but the route of ${refused.servedBy} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)`,
+    });
+  }
+  const upstream: ImportedUpstream = { baseUrl: plan.baseUrl, auth: auth.auth, routes: mostSpecificFirst(routes, (route) => route.path) };
   checkUpstream(options.id, upstream);
   return { id: options.id, upstream, env: auth.env, warnings: [...plan.warnings, ...warnings] };
 }
@@ -151,11 +162,14 @@ export function buildUpstream(
  * Literal segments before parameters, segment by segment, the order in which Keyward tries routes
  * (`bySpecificity`): the generated file lists them as they are served.
  */
-function sortBySpecificity(operations: readonly PlannedOperation[]): PlannedOperation[] {
-  const keyed = operations.map((op) => ({ op, segments: op.route ? compileTemplate(op.route.path) : [] }));
+function mostSpecificFirst<T>(items: readonly T[], pathOf: (item: T) => string | undefined): T[] {
+  const keyed = items.map((item) => {
+    const path = pathOf(item);
+    return { item, segments: path === undefined ? [] : compileTemplate(path) };
+  });
   // Array.prototype.sort is stable: equal ranks keep the document's order.
   keyed.sort((a, b) => bySpecificity(a.segments, b.segments));
-  return keyed.map(({ op }) => op);
+  return keyed.map(({ item }) => item);
 }
 
 /**

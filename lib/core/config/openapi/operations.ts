@@ -32,6 +32,8 @@ export interface QueryContract {
 export interface ImportedRoute {
   method: RouteMethod;
   path: string;
+  /** Only `[]`: a route nobody may call, written for an operation the user did not choose (./shadowed.ts). */
+  roles?: string[];
   query?: QueryContract;
   body?: FieldSpecInput;
   bodyFormat?: 'form' | 'multipart';
