@@ -301,6 +301,7 @@ describe('a valid logout token, posted to one instance, ends sessions on both', 
   it.each([
     ['no typ header (providers before RFC 8417 explicit typing)', { typ: undefined }],
     ['typ as a full media type', { typ: 'application/logout+jwt' }],
+    ['the generic typ JWT (some providers type every token they sign so)', { typ: 'JWT' }],
   ])('accepted with %s', async (_name, header) => {
     const sub = `acct-${randomUUID()}`;
     const sid = randomUUID();
@@ -365,7 +366,7 @@ describe('invalid logout tokens: 400 {"error":"invalid_request"}, and nothing is
     ['neither sub nor sid', () => logoutToken({ sub: undefined, sid: undefined })],
     ['no jti', ({ sub, sid }) => logoutToken({ sub, sid, jti: undefined })],
     ['an empty sid', ({ sub }) => logoutToken({ sub, sid: '' })],
-    ['typ of another kind of JWT', ({ sub, sid }) => logoutToken({ sub, sid }, { header: { typ: 'JWT' } })],
+    ['typ of another kind of JWT (an access token)', ({ sub, sid }) => logoutToken({ sub, sid }, { header: { typ: 'at+jwt' } })],
     ['alg none', async ({ sub, sid }) => unsecured({ iss: provider.issuer, aud: provider.clientId, iat: now(), jti: randomUUID(), sub, sid, events: { [BACKCHANNEL_LOGOUT_EVENT]: {} } })],
     ['HS256 with the client secret', ({ sub, sid }) => hmacToken({ sub, sid })],
     ['an encrypted-looking (5-part) token', async ({ sub, sid }) => `${await logoutToken({ sub, sid })}.x.y`],

@@ -197,7 +197,10 @@ export class LogoutTokenVerifier {
 
 /** The checks jose does not make (§2.4, §2.6 steps 5–7, RFC 8417 §2.3), on a verified payload. */
 export function logoutClaims(payload: JWTPayload, typ: string | undefined, issuer: string): LogoutClaims {
-  if (typ !== undefined && !/^(application\/)?logout\+jwt$/i.test(typ)) throw new InvalidLogoutToken('typ is not logout+jwt');
+  // `logout+jwt` (§2.4's explicit typing), or the generic `JWT` some providers put on every token they sign: the
+  // `events` claim and the absence of `nonce` below keep an ID token from passing. Any other type (an access
+  // token's `at+jwt`) is another kind of token.
+  if (typ !== undefined && !/^(application\/)?(logout\+jwt|jwt)$/i.test(typ)) throw new InvalidLogoutToken('typ is not logout+jwt');
   if ('nonce' in payload) throw new InvalidLogoutToken('nonce present');
   const events = payload.events;
   if (!isObject(events) || !isObject((events as Record<string, unknown>)[BACKCHANNEL_LOGOUT_EVENT])) {
