@@ -31,6 +31,11 @@ describe('readSettings: session secrets', () => {
     expect(settings.KEYWARD_DEFAULT_ROLES).toEqual(['user']);
   });
 
+  it('KEYWARD_DEFAULT_ROLES set empty is no roles (what the README advises for an issuer anyone can sign up at)', () => {
+    expect(readSettings({ ...testSessionSecrets(), KEYWARD_DEFAULT_ROLES: '' }).KEYWARD_DEFAULT_ROLES).toEqual([]);
+    expect(readSettings({ ...testSessionSecrets(), KEYWARD_DEFAULT_ROLES: 'reader, user' }).KEYWARD_DEFAULT_ROLES).toEqual(['reader', 'user']);
+  });
+
   it.each(['AUTH_SECRET', 'KEYWARD_SESSION_SECRET'] as const)('refuses a missing %s and names it', (name) => {
     const env: Record<string, string | undefined> = { ...testSessionSecrets() };
     delete env[name];
