@@ -3,6 +3,9 @@ import { dirname } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { assertHashIncrements, assertRaise, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
+/** getMany's largest count with a prepared `IN (?, …)` list of its own; more keys take one JSON-list statement. */
+const LISTED_KEYS = 16;
+
 /**
  * The embedded default: one SQLite file through node:sqlite (no server, survives restarts). Several
  * processes on one host may share the file (WAL, busy timeout); every operation is one SQL statement, so
@@ -74,6 +77,9 @@ export class SqliteStore implements Store {
           expires_at = excluded.expires_at`),
       readHash: this.db.prepare('SELECT field, value FROM hash WHERE key = :key AND expires_at > :now'),
       readHashField: this.db.prepare('SELECT value FROM hash WHERE key = :key AND field = :field AND expires_at > :now'),
+      getManyListed: this.db.prepare(
+        `SELECT key, value FROM kv WHERE ${live} AND key IN (SELECT value FROM json_each(:keys))`,
+      ),
       readHashFields: this.db.prepare(
         'SELECT field, value FROM hash WHERE key = :key AND expires_at > :now AND field IN (SELECT value FROM json_each(:fields))',
       ),
@@ -119,14 +125,22 @@ export class SqliteStore implements Store {
   async getMany(keys: readonly string[]): Promise<(string | null)[]> {
     if (keys.length === 0) return [];
     if (keys.length === 1) return [await this.get(keys[0]!)];
-    const rows = this.run(() => this.getManyStatement(keys.length).all(this.now(), ...keys)) as Array<{ key: string; value: string }>;
+    const rows = this.run(() =>
+      keys.length <= LISTED_KEYS
+        ? this.getManyStatement(keys.length).all(this.now(), ...keys)
+        : this.statements.getManyListed!.all({ now: this.now(), keys: JSON.stringify(keys) }),
+    ) as Array<{ key: string; value: string }>;
     const found = new Map(rows.map((row) => [row.key, row.value]));
     return keys.map((key) => found.get(key) ?? null);
   }
 
   private readonly getManyStatements = new Map<number, StatementSync>();
 
-  /** `SELECT … WHERE key IN (?, ?, …)`, prepared once per number of keys (callers use a handful of sizes). */
+  /**
+   * `SELECT … WHERE key IN (?, ?, …)`, prepared once per number of keys up to LISTED_KEYS (the call's own reads use
+   * a handful of these sizes); more keys go through one statement over a JSON list, so a count a request chooses
+   * (the WebSocket tickets a refused upgrade carries) never prepares a statement of its own.
+   */
   private getManyStatement(count: number): StatementSync {
     let statement = this.getManyStatements.get(count);
     if (!statement) {

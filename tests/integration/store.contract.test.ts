@@ -82,6 +82,19 @@ describe.each(Object.keys(backends))('Store contract: %s', (kind) => {
     expect(await store.get('a')).toBeNull();
   });
 
+  it('getMany answers any number of keys in order, expired and missing ones as null (400: the tickets a request line can carry)', async () => {
+    const store = await open();
+    const keys = Array.from({ length: 400 }, (_, i) => `many:${i}`);
+    for (const i of [0, 7, 16, 17, 250, 399]) await store.set(keys[i]!, `v${i}`);
+    await store.set('many:short', 'gone', SHORT_TTL);
+    await new Promise((resolve) => setTimeout(resolve, PAST_SHORT_TTL));
+    for (const count of [2, 16, 17, 400]) {
+      const asked = [...keys.slice(0, count - 1), 'many:short'];
+      const expected = asked.map((key) => (['many:0', 'many:7', 'many:16', 'many:17', 'many:250', 'many:399'].includes(key) ? `v${key.slice(5)}` : null));
+      expect(await store.getMany(asked), `${count} keys`).toEqual(expected);
+    }
+  });
+
   it('expires values after their ttl', async () => {
     const store = await open();
     await store.set('short', 'x', SHORT_TTL);
@@ -411,5 +424,24 @@ describe('SQLite file', () => {
     opened.push(store);
     await store.set('rev:sid:x', '1', 60_000);
     for (const file of [path, `${path}-wal`, `${path}-shm`]) expect(statSync(file).mode & 0o777, file).toBe(0o600);
+  });
+
+  it('getMany prepares a statement per count for a few keys only: counts a request chooses reuse one statement', async () => {
+    const store = new SqliteStore(join(mkdtempSync(join(tmpdir(), 'keyward-store-many-')), 'keyward.db'));
+    opened.push(store);
+    const db = (store as unknown as { db: { prepare: (sql: string) => unknown } }).db;
+    const prepare = db.prepare.bind(db);
+    let prepared = 0;
+    db.prepare = (sql) => (prepared++, prepare(sql));
+    await store.set('k:3', 'three');
+    // What a refused upgrade's tickets make, one count per request: none of them prepares anything.
+    for (let count = 17; count <= 200; count++) {
+      const answer = await store.getMany(Array.from({ length: count }, (_, i) => `k:${i}`));
+      expect(answer[3]).toBe('three');
+    }
+    expect(prepared).toBe(0);
+    // A few keys, as the call's own reads ask: prepared once per count, then kept.
+    for (let round = 0; round < 3; round++) for (let count = 2; count <= 16; count++) await store.getMany(Array.from({ length: count }, (_, i) => `k:${i}`));
+    expect(prepared).toBe(15);
   });
 });
