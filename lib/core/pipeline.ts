@@ -71,6 +71,11 @@ export interface ProxyDeps {
    * scrubbed of them all, besides the call's own credential (`withHeldSecrets`); absent: of that credential only.
    */
   readonly heldSecrets?: readonly string[];
+  /**
+   * The clock (epoch ms) that times a call's store round trip (step 8) against its forwarding, which checks the
+   * session and the credential again past RECHECK_AFTER_MS (`recheckBeforeForward`); default Date.now.
+   */
+  readonly now?: () => number;
 }
 
 export interface ProxyTarget {
@@ -131,6 +136,8 @@ const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
  * go out together at step 8, as one Redis script, and no counter moves for a revoked session. Steps 5–7 read nothing and change nothing, so running them before the session's revocation is known
  * changes no outcome: a call they refuse first learns whether its session was revoked (then it is 401, as
  * before; `revokedFirst`). Quotas and budgets (12) need the body, so a route with them takes a second round trip.
+ * A call sent upstream more than RECHECK_AFTER_MS after step 8's round trip (a slow body, a wait for a slot) reads
+ * the session's revocation and its credential again just before (13, `recheckBeforeForward`).
  */
 export async function handleProxy(request: CoreRequest, target: ProxyTarget, deps: ProxyDeps): Promise<Response> {
   return toWebResponse(await proxyCall(request, target, deps));
@@ -175,6 +182,7 @@ export async function proxyCall(request: CoreRequest, target: ProxyTarget, deps:
     injectCredential(credential, outgoing.headers, outgoing.url); // 11 [7]
     await reserveBudget(call, route, parts, limited, content); // 12 [6]
     const body = await signCall(call, request, credential, outgoing, content); // 13 [7]
+    await recheckBeforeForward(call, upstream, session, credential); // 13 [3, 7]
     const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
     return await respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
@@ -242,6 +250,8 @@ export interface Call {
   route: CompiledRoute | null;
   /** Set by step 4 while the session's revocation is still to be read (with step 8's round trip). */
   revocations: SessionRevocations | null;
+  /** When (deps.now) step 8's round trip read the session's revocation and the credential; null: not yet. */
+  roundAt: number | null;
   /** Step 9's rules, and their counters when step 8's round trip took them. */
   rate: { readonly rules: readonly RateRule[]; readonly taken: Extract<RoundOutcome, { revoked: false }>['taken'] } | null;
   /** The anomaly detector's throttle on this user, as step 8 read it (counted in step 9); null: none. */
@@ -297,6 +307,7 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     forwarded: false,
     route: null,
     revocations: null,
+    roundAt: null,
     rate: null,
     throttle: null,
     span: startCallSpan(),
@@ -534,6 +545,8 @@ export async function resolveCallCredential(call: Call, upstream: Upstream, sess
   const { revocations, route } = call;
   call.revocations = null;
   const rules = limits && route ? limits.rateRules(callRateLimits(call, route), session.roles) : [];
+  // Taken before the reads go out: what they return is at least as recent as this.
+  call.roundAt = (call.deps.now ?? Date.now)();
   const outcome = await storeRound({
     upstream,
     session,
@@ -550,6 +563,39 @@ export async function resolveCallCredential(call: Call, upstream: Upstream, sess
   call.rate = { rules, taken: outcome.taken };
   call.throttle = throttleRule(outcome.throttle);
   return credential;
+}
+
+/** How long after step 8's round trip a call is forwarded without reading its session and credential again. */
+export const RECHECK_AFTER_MS = 1_000;
+
+/**
+ * 13. Before forwarding, a call whose step 8 round trip is more than RECHECK_AFTER_MS old (it waited for a slot,
+ * or its body was still arriving: step 10 has an idle deadline per chunk, none in all) reads its session's
+ * revocation and its credential again, with the same round trip (no rate counter this time), and is refused as
+ * a new call would be: a session signed out or revoked meanwhile is 401, a key revoked (or a user's key removed,
+ * an account disconnected) is the error a new call gets. A credential that changed meanwhile (the ring now
+ * serves another version, the user replaced their key, a token was refreshed) is refused too, 503
+ * `credential_unavailable`, rather than swapped in: the call's headers, query or signature already carry the old
+ * one, and its limits counted it; the client's retry gets the new one. Refused here, the call was never sent,
+ * so what it reserved is given back (15). A call forwarded within RECHECK_AFTER_MS reads nothing more.
+ */
+export async function recheckBeforeForward(call: Call, upstream: Upstream, session: Session, credential: ResolvedCredential): Promise<void> {
+  const now = call.deps.now ?? Date.now;
+  if (call.roundAt === null || now() - call.roundAt <= RECHECK_AFTER_MS) return;
+  const outcome = await storeRound({
+    upstream,
+    session,
+    revocations: call.deps.verifySession.deferred?.revocations ?? null,
+    sources: call.deps.credentials ?? NO_USER_SECRETS,
+    limits: null,
+    rules: [],
+    who: { upstream: upstream.id, userId: session.userId, roles: session.roles, ip: call.ip },
+    throttle: null,
+  });
+  if (outcome.revoked) throw revoked(call);
+  if (outcome.credential.fingerprint !== credential.fingerprint) {
+    throw new KeywardError('credential_unavailable', { message: "This upstream's credential changed while the request was arriving: try again." });
+  }
 }
 
 /** By held list, then by credential: a service key's credential is one object for the process's life. */

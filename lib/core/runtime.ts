@@ -349,6 +349,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     allowedOrigins,
     dispatcher,
     logger,
+    now,
   };
 }
 
