@@ -836,7 +836,7 @@ async function forward(
     } as Dispatcher.RequestOptions);
   } catch (error) {
     // A connection that never opened carried nothing: what was reserved is returned.
-    if (NOT_SENT.has((error as { code?: string } | null)?.code ?? '')) call.forwarded = false;
+    if (wasNotSent(error)) call.forwarded = false;
     throw upstreamFailure(error, call.body);
   }
 }
@@ -1015,6 +1015,11 @@ function recordLogger(logger: Logger): Logger {
 
 /** undici errors raised before a request could be written: nothing reached the upstream. */
 const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT', QUEUE_TIMEOUT]);
+
+/** Whether a failed upstream request (undici's, or a WebSocket handshake's socket error) never reached the upstream. */
+export function wasNotSent(error: unknown): boolean {
+  return NOT_SENT.has((error as { code?: string } | null)?.code ?? '');
+}
 
 function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;

@@ -11,6 +11,7 @@ import { StreamScrubber } from '@/lib/core/respond/scrub-stream';
 import type { SessionRevocations } from '@/lib/core/session/revocation';
 import {
   authorizeUpgrade,
+  handshakeSent,
   recordSocket,
   refuseGranted,
   type SocketOutcome,
@@ -230,9 +231,11 @@ async function relay(
     followRedirects: false,
     perMessageDeflate: false,
   });
+  handshakeSent(grant);
   // Its errors are handled where they matter (below, and in pipeSockets); none may go unheard and stop the process.
   upstream.on('error', () => {});
   const handshaking = new AbortController();
+  let failure: unknown;
   const opened = await new Promise<KeywardError | null>((resolve) => {
     leave = () => resolve(null); // clientGone says why
     upstream.once('open', () => {
@@ -247,9 +250,10 @@ async function relay(
       resolve(new KeywardError(status >= 300 && status < 400 ? 'upstream_redirect' : 'upstream_bad_response'));
     });
     // The error's message may carry the URL (and a query credential): only the fact is kept.
-    upstream.once('error', (error: Error & { code?: string }) =>
-      resolve(new KeywardError(/timed out/i.test(error.message) ? 'upstream_timeout' : 'upstream_unreachable')),
-    );
+    upstream.once('error', (error: Error & { code?: string }) => {
+      failure = error; // its code only tells whether anything was sent (refuseGranted)
+      resolve(new KeywardError(/timed out/i.test(error.message) ? 'upstream_timeout' : 'upstream_unreachable'));
+    });
     // The server stopping does not wait for the upstream's handshake (up to the route's timeoutMs).
     options.sockets.closing.addEventListener('abort', () => resolve(STOPPING()), { once: true, signal: handshaking.signal });
   });
@@ -258,7 +262,7 @@ async function relay(
   socket.off('end', onEarlyClose);
   if (opened) {
     upstream.terminate();
-    return endSocketWith(socket, refuseGranted(grant, opened), siteHeaders);
+    return endSocketWith(socket, refuseGranted(grant, opened, failure), siteHeaders);
   }
   if (clientGone || socket.destroyed || socket.readableEnded) {
     upstream.terminate();

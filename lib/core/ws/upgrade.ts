@@ -22,6 +22,7 @@ import {
   type ProxyDeps,
   type ProxyEvent,
   type ProxyTarget,
+  wasNotSent,
 } from '../pipeline';
 import { injectCredential } from '../credential/inject';
 import type { Session } from '../session/session';
@@ -92,8 +93,23 @@ export async function authorizeUpgrade(
   }
 }
 
-/** A granted upgrade whose upstream handshake failed: answered (502/504) and recorded like a failed call. */
-export function refuseGranted(grant: UpgradeGrant, error: KeywardError): Response {
+/**
+ * The upstream handshake is on its way, the credential on it: from now on the upgrade counts as forwarded (README
+ * "Quotas": every forwarded call counts), its quota and budget charged whatever the upstream answers (a refusal,
+ * no answer in time), as an HTTP call's are once sent; only `refuseGranted` with an error that says nothing
+ * was sent gives them back.
+ */
+export function handshakeSent(grant: UpgradeGrant): void {
+  grant.call.forwarded = true;
+}
+
+/**
+ * A granted upgrade refused before or by the upstream's handshake: answered (400, 502/504, 503) and recorded like a
+ * failed call. `cause`, the upstream socket's error: one raised before a connection opened (refused, no such
+ * host) means nothing was sent, and what was reserved is given back, as for an HTTP call (pipeline.ts `forward`).
+ */
+export function refuseGranted(grant: UpgradeGrant, error: KeywardError, cause?: unknown): Response {
+  if (wasNotSent(cause)) grant.call.forwarded = false;
   return refuse(grant.call, error);
 }
 
@@ -119,7 +135,7 @@ export function recordSocket(grant: UpgradeGrant, { outcome, errorCode, bytesIn,
   grant.call.body = { iterable: NO_BYTES, bytes: () => bytesIn, exceeded: () => false };
   // Counted as an HTTP call's are: the metric, the Keys page's "echoed" mark and the detector's alert.
   grant.call.scrubber = { hits: scrubberHits };
-  // Recorded only once the upstream accepted the handshake: the key was used, so a reservation is charged.
+  // Sent (`handshakeSent`), and accepted or left by the client: the key was used, so a reservation is charged.
   grant.call.forwarded = true;
   record(grant.call, 101, outcome, bytesOut, errorCode);
 }
