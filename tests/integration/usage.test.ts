@@ -233,8 +233,8 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
     expect(byUpstream.filter((row) => row.upstream !== 'echo').map((row) => [row.upstream, row.calls])).toEqual([['(unknown)', 3]]);
   });
 
-  it("a user's series reads that user's rows of each bucket only, never every user's, also with no upstream named", async () => {
-    const store = stores[1];
+  /** The hash reads `run` makes on `store` (keys, and the fields asked for: undefined for whole hashes). */
+  async function hashReads(store: Store, run: () => Promise<void>): Promise<Array<{ keys: readonly string[]; fields?: readonly string[] }>> {
     const readHashes = store.readHashes;
     const reads: Array<{ keys: readonly string[]; fields?: readonly string[] }> = [];
     store.readHashes = (keys, fields) => {
@@ -242,6 +242,15 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
       return readHashes.call(store, keys, fields);
     };
     try {
+      await run();
+    } finally {
+      store.readHashes = readHashes;
+    }
+    return reads;
+  }
+
+  it("a user's series reads that user's rows of each bucket only, never every user's, also with no upstream named", async () => {
+    const reads = await hashReads(stores[1], async () => {
       // The whole window's day buckets, as the admin pages read a user's figures since the retention began.
       const days = { period: 'day' as const, fromMs: started - 399 * 86_400_000, toMs: Date.now() };
       const bob = await b.usage.series({ ...days, user: BOB });
@@ -249,9 +258,7 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
       expect(user).toBe(BOB);
       expect(bob.total).toEqual(figures);
       expect(bob.total.calls).toBeGreaterThan(0);
-    } finally {
-      store.readHashes = readHashes;
-    }
+    });
     const userRollup = reads.filter((read) => read.keys.some((key) => key.startsWith('usage:day:user:')));
     // The series' read (named fields), then top's (whole buckets, to compare with).
     expect(userRollup).toHaveLength(2);
@@ -263,19 +270,10 @@ describe.each(Object.keys(backends))('usage aggregates: two instances on one %s 
   });
 
   it("a user's series for one upstream reads that user's row of it alone, without the per-upstream rollup first", async () => {
-    const store = stores[0];
-    const readHashes = store.readHashes;
-    const reads: Array<{ keys: readonly string[]; fields?: readonly string[] }> = [];
-    store.readHashes = (keys, fields) => {
-      reads.push({ keys, fields });
-      return readHashes.call(store, keys, fields);
-    };
-    let calls: number;
-    try {
+    let calls = 0;
+    const reads = await hashReads(stores[0], async () => {
       calls = (await a.usage.series({ ...window(), user: ALICE, upstream: 'echo' })).total.calls;
-    } finally {
-      store.readHashes = readHashes;
-    }
+    });
     expect(calls).toBeGreaterThan(0);
     expect(reads.map((read) => read.keys[0]!.split(':').slice(0, 3).join(':'))).toEqual(['usage:hour:user']);
     expect(new Set(reads[0]!.fields!.map((field) => field.split(' ')[0]))).toEqual(new Set([JSON.stringify([ALICE, 'echo'])]));
