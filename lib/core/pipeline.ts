@@ -570,32 +570,37 @@ export const RECHECK_AFTER_MS = 1_000;
 
 /**
  * 13. Before forwarding, a call whose step 8 round trip is more than RECHECK_AFTER_MS old (it waited for a slot,
- * or its body was still arriving: step 10 has an idle deadline per chunk, none in all) reads its session's
- * revocation and its credential again, with the same round trip (no rate counter this time), and is refused as
- * a new call would be: a session signed out or revoked meanwhile is 401, a key revoked (or a user's key removed,
- * an account disconnected) is the error a new call gets. A credential that changed meanwhile (the ring now
- * serves another version, the user replaced their key, a token was refreshed) is refused too, 503
- * `credential_unavailable`, rather than swapped in: the call's headers, query or signature already carry the old
- * one, and its limits counted it; the client's retry gets the new one. Refused here, the call was never sent,
- * so what it reserved is given back (15). A call forwarded within RECHECK_AFTER_MS reads nothing more.
+ * or its body was still arriving: step 10 has an idle deadline per chunk, none in all) checks again that its
+ * session and its credential may still be used, reading only (nothing is refreshed, nothing counted), as an open
+ * WebSocket is checked each second (lib/core/ws/sockets.ts): a session signed out or revoked meanwhile is 401; a
+ * credential that may no longer serve is 503 `credential_unavailable`: a service key's version revoked or expired,
+ * a user's own key deleted or replaced, an OAuth grant disconnected or ended. A key that still serves is used,
+ * though a new call would now get another (a rotation switched, a token was refreshed). Refused here, the call was
+ * never sent, so what it reserved is given back (15). A call forwarded within RECHECK_AFTER_MS reads nothing more.
  */
 export async function recheckBeforeForward(call: Call, upstream: Upstream, session: Session, credential: ResolvedCredential): Promise<void> {
   const now = call.deps.now ?? Date.now;
   if (call.roundAt === null || now() - call.roundAt <= RECHECK_AFTER_MS) return;
-  const outcome = await storeRound({
-    upstream,
-    session,
-    revocations: call.deps.verifySession.deferred?.revocations ?? null,
-    sources: call.deps.credentials ?? NO_USER_SECRETS,
-    limits: null,
-    rules: [],
-    who: { upstream: upstream.id, userId: session.userId, roles: session.roles, ip: call.ip },
-    throttle: null,
-  });
-  if (outcome.revoked) throw revoked(call);
-  if (outcome.credential.fingerprint !== credential.fingerprint) {
-    throw new KeywardError('credential_unavailable', { message: "This upstream's credential changed while the request was arriving: try again." });
+  const revocations = call.deps.verifySession.deferred?.revocations ?? null;
+  const [sessionRevoked, serves] = await Promise.all([
+    revocations ? revocations.isRevoked(session) : false,
+    credentialServes(upstream, session, credential, call.deps.credentials),
+  ]);
+  if (sessionRevoked) throw revoked(call);
+  if (!serves) {
+    throw new KeywardError('credential_unavailable', { message: "This call's credential was revoked, removed or replaced while the request was arriving." });
   }
+}
+
+/** Whether a call's credential may still serve (recheckBeforeForward): the checks an open WebSocket's key gets. */
+async function credentialServes(upstream: Upstream, session: Session, credential: ResolvedCredential, sources: CredentialSources | undefined): Promise<boolean> {
+  const plan = upstream.credential;
+  if (plan.source === 'static') return !(await sources?.keyRings?.isRetired(upstream, credential.fingerprint));
+  if (plan.source === 'user-key' && sources?.userKeys) {
+    return (await sources.userKeys.currentFingerprint(upstream.id, session.userId, upstream.fingerprints)) === credential.fingerprint;
+  }
+  if (plan.source === 'oauth' && sources?.oauthTokens) return sources.oauthTokens.hasGrant(plan.provider, session.userId);
+  return true;
 }
 
 /** By held list, then by credential: a service key's credential is one object for the process's life. */

@@ -21,6 +21,7 @@ const ALICE = 'local:alice';
 const secrets = testSessionSecrets();
 const firstKey = randomSecret('first');
 const secondKey = randomSecret('second');
+const vaultSecret = randomSecret('vault');
 const logs = capturingLogger();
 
 /** The in-memory store, with every key it was asked for by a call's reads (get, getMany), one entry a read. */
@@ -59,7 +60,7 @@ afterAll(async () => {
 
 function runtimeWith(store: CountingStore, versions: boolean): Runtime {
   return createRuntime({
-    env: { ...secrets, KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN, FIRST_KEY: firstKey, SECOND_KEY: secondKey },
+    env: { ...secrets, KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN, FIRST_KEY: firstKey, SECOND_KEY: secondKey, KEYWARD_VAULT_SECRET: vaultSecret },
     upstreams: [
       defineUpstream('svc', {
         baseUrl: `${upstream.origin}/v1/`,
@@ -183,6 +184,21 @@ describe('a call whose body was still arriving is checked again before it is for
       (await serving(runtime)).key,
     ]);
     expect((await serving(runtime)).key).not.toBe(revoked.key);
+  });
+
+  it('goes out with its key when a rotation switched meanwhile: that key still serves (its grace window), nothing is refreshed or swapped', async () => {
+    const runtime = runtimeWith(new CountingStore(), false);
+    const before = upstream.requests.length;
+    const slow = slowCall(runtime, await cookieOf());
+    await slow.reading;
+    const rotation = await runtime.keyRings.rotate('svc', randomSecret('rotated'), { skipCanary: true, actor: 'local:root' });
+    expect(rotation.state).toBe('switched');
+    clock += RECHECK_AFTER_MS + 1_000;
+    slow.finish();
+    const answer = await slow.answer;
+    expect(answer.status).toBe(200);
+    await responseText(answer);
+    expect(upstream.requests.slice(before).map((request) => request.headers['x-api-key'])).toEqual([firstKey]);
   });
 
   it('is refused 401 when its user signed out everywhere meanwhile, and gives back its quota', async () => {

@@ -211,23 +211,34 @@ export class KeyRings {
    * one this process never served, so its stored fingerprint is enough.
    */
   async retiredFingerprints(): Promise<Map<string, Set<string>>> {
-    const now = this.now();
     const out = new Map<string, Set<string>>();
-    for (const upstream of this.ringUpstreams()) {
-      const { versions } = await this.current(upstream);
-      const retired = new Set<string>();
-      for (const version of versions) {
-        if (version.state !== 'revoked' && (version.expiresAt === null || version.expiresAt > now)) continue;
-        retired.add(version.fingerprint);
-        const credential =
-          version.source === 'env'
-            ? upstream.credential.envVersions.find((env) => env.id === version.id)?.credential
-            : await this.managedCredential(upstream, version).catch(() => undefined);
-        if (credential) retired.add(credential.fingerprint);
-      }
-      out.set(upstream.id, retired);
-    }
+    for (const upstream of this.ringUpstreams()) out.set(upstream.id, await this.retiredOf(upstream));
     return out;
+  }
+
+  /**
+   * Whether the version a credential came from may no longer serve (revoked, or expired): retiredFingerprints for
+   * one upstream, for a call checked again before it is sent (lib/core/pipeline.ts recheckBeforeForward). False for
+   * an upstream without a ring.
+   */
+  async isRetired(upstream: Upstream, fingerprint: string): Promise<boolean> {
+    return isRingUpstream(upstream) && (await this.retiredOf(upstream)).has(fingerprint);
+  }
+
+  private async retiredOf(upstream: RingUpstream): Promise<Set<string>> {
+    const now = this.now();
+    const { versions } = await this.current(upstream);
+    const retired = new Set<string>();
+    for (const version of versions) {
+      if (version.state !== 'revoked' && (version.expiresAt === null || version.expiresAt > now)) continue;
+      retired.add(version.fingerprint);
+      const credential =
+        version.source === 'env'
+          ? upstream.credential.envVersions.find((env) => env.id === version.id)?.credential
+          : await this.managedCredential(upstream, version).catch(() => undefined);
+      if (credential) retired.add(credential.fingerprint);
+    }
+    return retired;
   }
 
   /** Adds a managed version in state `next` (no traffic yet). Idempotent: the same value adds nothing twice. */
