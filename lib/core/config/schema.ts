@@ -523,7 +523,9 @@ export const upstreamSchema = z
 function sharedCacheMayStore(cacheControl: string): boolean {
   const directives = cacheDirectives(cacheControl);
   if (directives === null || directives.has('public')) return true;
-  return directives.get('private') !== 'bare' && directives.get('no-store') !== 'bare';
+  // A cache that understands `must-understand` ignores `no-store` for the statuses it knows (§5.2.2.3).
+  const noStore = directives.get('no-store') === 'bare' && !directives.has('must-understand');
+  return directives.get('private') !== 'bare' && !noStore;
 }
 
 /**

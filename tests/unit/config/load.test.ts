@@ -461,6 +461,8 @@ describe("a route's cacheControl on an upstream with per-user credentials keeps 
       'private="a, b", max-age=60',
       // A comma inside a quoted argument separates nothing: there is no `no-store` directive here.
       's-maxage=600, ext="a, no-store, b"',
+      // A cache that knows `must-understand` ignores `no-store` for a status it understands.
+      'must-understand, no-store, s-maxage=600',
       // Not a list of directives as a cache reads one.
       'no-store "x"',
       'private, max-age=60 extra',
@@ -471,7 +473,7 @@ describe("a route's cacheControl on an upstream with per-user credentials keeps 
         expect(message).toContain(`upstreams.echo.routes.0.cacheControl: each user's answers come with their own credential (${shown})`);
       });
     }
-    for (const cacheControl of ['private, max-age=3600', 'no-store', 'Private', 'no-store, max-age=0', ' private ,max-age=5', 'no-store, ext="a, public, b"', 'private, ext="say \\"public\\""']) {
+    for (const cacheControl of ['private, max-age=3600', 'no-store', 'Private', 'no-store, max-age=0', ' private ,max-age=5', 'no-store, ext="a, public, b"', 'private, ext="say \\"public\\""', 'private, must-understand, no-store']) {
       it(`${shown}: "${cacheControl}" is taken`, () => {
         expect(parseConfig(withCache(secret, cacheControl), 'test config')).toHaveLength(1);
       });
