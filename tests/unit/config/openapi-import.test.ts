@@ -833,6 +833,20 @@ describe('OpenAPI import: operations not chosen are never served by a chosen rou
     expect(common('/users/:id/avatar', '/users/:id')).toBeNull();
   });
 
+  it('an operation not chosen of the same rank as a chosen one, sharing a request with it, is named in a warning (nothing can be refused apart)', () => {
+    const plan = planImport({
+      openapi: '3.1.0',
+      info: { title: 'Files', version: '1' },
+      servers: [{ url: 'https://api.example.com/v1' }],
+      paths: { '/files/{name}.json': get('fileJson', ['name']), '/files/export{rest}': get('exportFiles', ['rest']) },
+    });
+    const result = buildUpstream(plan, selectOperations(plan, ['fileJson']), { id: 'files' });
+    expect(result.upstream.routes.map((route) => `${route.method} ${route.path}`)).toEqual(['GET /files/{name}.json']);
+    expect(warningsOf(result, 'GET /files/export{rest}')).toEqual([
+      'not chosen, but the route of GET /files/{name}.json serves the requests the two paths share (neither is more specific, so none can be refused apart): check the API answers them as GET /files/{name}.json',
+    ]);
+  });
+
   it('choosing every operation refuses nothing', () => {
     const plan = users();
     const result = importAll(plan, 'users');

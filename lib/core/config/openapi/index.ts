@@ -146,11 +146,18 @@ export function buildUpstream(
       });
     }
   }
-  for (const refused of shadowedOperations(plan.operations, chosen, new Set(selected))) {
+  const shadowed = shadowedOperations(plan.operations, chosen, new Set(selected));
+  for (const refused of shadowed.refused) {
     routes.push(refused.route);
     warnings.push({
       operation: refused.operation.key,
       message: `not chosen, but the route of ${refused.servedBy} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)`,
+    });
+  }
+  for (const { operation, servedBy } of shadowed.overlapping) {
+    warnings.push({
+      operation: operation.key,
+      message: `not chosen, but the route of ${servedBy} serves the requests the two paths share (neither is more specific, so none can be refused apart): check the API answers them as ${servedBy}`,
     });
   }
   const upstream: ImportedUpstream = { baseUrl: plan.baseUrl, auth: auth.auth, routes: mostSpecificFirst(routes, (route) => route.path) };

@@ -23,32 +23,40 @@ export interface ChosenRoute {
   readonly route: ImportedRoute;
 }
 
+/**
+ * The operations not chosen that a chosen route would serve: `refused`, those that rank before it (a route of
+ * their own takes their requests), and `overlapping`, those of the same rank that share a request with it
+ * (neither path is more specific, so no route of their own could come first: the chosen one serves the requests
+ * they share, which the import can only say).
+ */
 export function shadowedOperations(
   operations: readonly PlannedOperation[],
   chosen: readonly ChosenRoute[],
   selected: ReadonlySet<PlannedOperation>,
-): RefusedOperation[] {
+): { refused: RefusedOperation[]; overlapping: Array<{ operation: PlannedOperation; servedBy: string }> } {
   const compiled = chosen.map((entry) => ({ ...entry, segments: compileTemplate(entry.route.path) }));
   const shapes = new Set(chosen.map(({ route }) => `${route.method} ${templateShape(route.path)}`));
   const refused: RefusedOperation[] = [];
+  const overlapping: Array<{ operation: PlannedOperation; servedBy: string }> = [];
   for (const operation of operations) {
     // An operation that cannot be a route has no template to refuse by (said in the report as not imported).
     if (selected.has(operation) || !operation.route) continue;
     const { method, path } = operation.route;
     const segments = compileTemplate(path);
-    const servedBy = compiled.find(
-      (entry) =>
-        entry.route.method === method &&
-        bySpecificity(segments, entry.segments) < 0 &&
-        commonRequest(segments, entry.segments) !== null,
-    );
+    const sharing = compiled.filter((entry) => entry.route.method === method && commonRequest(segments, entry.segments) !== null);
+    const servedBy = sharing.find((entry) => bySpecificity(segments, entry.segments) < 0);
     const shape = `${method} ${templateShape(path)}`;
+    if (!servedBy) {
+      const tied = sharing.find((entry) => bySpecificity(segments, entry.segments) === 0);
+      if (tied && !shapes.has(shape)) overlapping.push({ operation, servedBy: tied.key });
+      continue;
+    }
     // Two unchosen operations for the same requests (a document may declare both): one refusal covers them.
-    if (!servedBy || shapes.has(shape)) continue;
+    if (shapes.has(shape)) continue;
     shapes.add(shape);
     refused.push({ operation, servedBy: servedBy.key, route: { method, path, roles: [] } });
   }
-  return refused;
+  return { refused, overlapping };
 }
 
 /**
