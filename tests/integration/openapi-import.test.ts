@@ -256,6 +256,9 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
       upstreams: Record<string, { routes: unknown[]; baseUrl: string }>;
     };
     expect(replaced.upstreams.petstore!.routes).toEqual([
+      // Not chosen, but `/pet/:petId` would serve them: routes nobody may call.
+      { method: 'GET', path: '/pet/findByStatus', roles: [] },
+      { method: 'GET', path: '/pet/findByTags', roles: [] },
       {
         method: 'GET',
         path: '/pet/:petId',

@@ -78,12 +78,18 @@ async function answer(request: Request, runtime: Runtime): Promise<Response> {
     }
     // Taken on: the start's cookie is done with (a sign-in in between sets it again).
     const done = resumed ? [CLEAR_RESUME] : [];
-    const verified = await runtime.verifySession(request);
-    const session = verified?.via === 'cookie' ? verified : null;
-    const consent = request.method === 'POST' ? await readConsent(request, runtime, session) : null;
+    // Read first, for the consent post's cookie (bound to the session); a store that cannot say is answered once the
+    // client is known, so the error goes back to the app (below), and nothing is issued meanwhile.
+    const read = await runtime.verifySession(request).then(
+      (verified) => ({ session: verified?.via === 'cookie' ? verified : null, failure: null }),
+      (failure: unknown) => ({ session: null, failure }),
+    );
+    const consent = request.method === 'POST' ? await readConsent(request, runtime, read.failure ? undefined : read.session) : null;
     const query = authorizeParams(consent?.params ?? new URL(request.url).searchParams);
     client = readAuthorizeClient(query, (uri) => runtime.mobile.isRegisteredRedirect(uri));
     const wanted = readAuthorizeRequest(query, client);
+    if (read.failure) throw read.failure;
+    const { session } = read;
     if (!session) {
       // The GET's own URL; after a consent POST (signed out since the page was shown), the request starts over there.
       const back = `${AUTHORIZE_PATH}?${query}`;
@@ -209,7 +215,8 @@ function notAskedHere(): OAuthError {
 async function readConsent(
   request: Request,
   runtime: Runtime,
-  session: Pick<Session, 'sessionId'> | null,
+  /** Null: signed out; undefined: unknown (the store could not say; the caller answers that before anything is issued). */
+  session: Pick<Session, 'sessionId'> | null | undefined,
 ): Promise<{ params: URLSearchParams; decision: 'allow' | 'deny' }> {
   // This site's own origin only: the front ends KEYWARD_ALLOWED_ORIGINS lists may call APIs, not answer for the user.
   const origin = request.headers.get('origin');
