@@ -65,8 +65,8 @@ export function createKeywardFetch(options: KeywardClientOptions = {}): KeywardF
 /**
  * Whether a call goes to Keyward: under baseUrl (its origin, and its path when it has one: an app under Next's
  * `basePath` may share its host with others), or with no baseUrl, to the page's origin. The token, and the
- * `headers` option (a script's cookie), are never sent anywhere else, whatever URL or Request the fetch is handed (code that follows a link from a response, say).
- * Dot segments, `%2e` ones too, are resolved before the path is compared, as the request will resolve them.
+ * `headers` option (a script's cookie), are never sent anywhere else, whatever URL or Request the fetch is handed
+ * (code that follows a link from a response, say). Dot segments, `%2e` ones too, are resolved before the path is compared, as the request will resolve them.
  */
 function toKeyward(input: RequestInfo | URL, base: string): boolean {
   const text = input instanceof Request ? input.url : String(input);

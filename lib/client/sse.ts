@@ -1,14 +1,14 @@
 import { createParser } from 'eventsource-parser';
 import type { ServerSentEvent } from './types';
 
+/** The longest event (or line) read, in characters: 8 Mi, far above any model's streamed chunk. */
+export const MAX_EVENT_CHARS = 8 * 1024 * 1024;
+
 /**
  * Reads a `text/event-stream` body event by event with eventsource-parser (a maintained parser of the HTML
  * Standard's event stream format, §9.2.6), fed from the body's reader so it also works where `TextDecoderStream`
  * does not (React Native). No reconnection: a stream that ends, ends the loop.
  */
-/** The longest event (or line) read, in characters: 8 Mi, far above any model's streamed chunk. */
-export const MAX_EVENT_CHARS = 8 * 1024 * 1024;
-
 export async function* readEvents(response: Response): AsyncGenerator<ServerSentEvent, void, undefined> {
   const type = response.headers.get('content-type') ?? '';
   if (!/^text\/event-stream\b/i.test(type) || !response.body) {

@@ -29,10 +29,11 @@ const VALUE = /^v2\.([A-Za-z0-9_-]{22})\.([0-9a-z]{1,11})\.([A-Za-z0-9_-]{43})$/
  * password version (lib/core/users/file.ts): a new password in the users file, the way out after an account is
  * attacked, ends every device cookie issued before it, so a device that held one meets the username's counter
  * again. Neither is in the value itself (they are checked by computing the HMAC for the username being tried and
- * its current password version), and nothing in it is secret: it only proves that this deployment issued it. The HMAC key is derived (HKDF, RFC 5869) from KEYWARD_SESSION_SECRET with an
- * info string of its own, as the DPoP nonces' is: every instance checks a cookie without a store read, and a
- * rotated secret turns every earlier cookie into no device cookie (its browser meets the username's counter
- * again until it next signs in), the way it ends every mobile token.
+ * its current password version), and nothing in it is secret: it only proves that this deployment issued it. The
+ * HMAC key is derived (HKDF, RFC 5869) from KEYWARD_SESSION_SECRET with an info string of its own, as the DPoP
+ * nonces' is: every instance checks a cookie without a store read, and a rotated secret turns every earlier
+ * cookie into no device cookie (its browser meets the username's counter again until it next signs in), the way
+ * it ends every mobile token.
  */
 export class DeviceCookies {
   private readonly key: Buffer;
