@@ -630,10 +630,23 @@ export async function checkRateLimits(call: Call, upstream: Upstream, route: Com
   const who: LimitSubject = { upstream: upstream.id, userId: session.userId, roles: session.roles, fingerprint: credential.fingerprint, ip: call.ip };
   if (!limits) return { who, rate: [] };
   const taken = call.rate?.taken;
-  const rate = taken ? limits.rateTaken(call.rate!.rules, taken) : await limits.checkRate(callRateLimits(call, route), who);
-  if (call.throttle) rate.push(...(await checkThrottle(limits, call.throttle, who)));
+  if (!taken) return { who, rate: await limits.checkRate(callRateLimits(call, route), who, call.throttle) };
+  const rate = limits.rateTaken(call.rate!.rules, taken);
+  if (call.throttle) {
+    // The round trip took the configured rules' points as it read the throttle mark: a call the throttle refuses
+    // gives them back, so that a throttled user who keeps calling does not use up limits others share.
+    try {
+      rate.push(...(await limits.checkRate(NO_RATE_RULES, who, call.throttle)));
+    } catch (error) {
+      await limits.giveBack(call.rate!.rules, who);
+      throw error;
+    }
+  }
   return { who, rate };
 }
+
+/** No configured rule: the detector's throttle checked on its own. */
+const NO_RATE_RULES: RouteLimits = { rate: [], meters: [], cost: { reserve: 1 } };
 
 /**
  * 9. One of the user's `maxCallsInFlightPerUser` slots for this upstream, held until the call's record (15): a
@@ -644,19 +657,6 @@ export async function holdCallSlot(call: Call, request: CoreRequest, upstream: U
   const { limits } = call.deps;
   if (!limits) return;
   call.inFlight = await limits.inFlight.hold(upstream.id, session.userId, upstream.maxCallsInFlightPerUser, route.timeoutMs, request.signal ?? null);
-}
-
-/**
- * The anomaly detector's throttle (lib/core/detect): a tighter rate limit of its own, counted only while the
- * mark is set, so it costs a round trip for throttled users only. Refused as 429 `throttled`, with Retry-After.
- */
-async function checkThrottle(limits: Limits, rule: RateRule, who: LimitSubject): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
-  try {
-    return await limits.checkRate({ rate: [rule], meters: [], cost: { reserve: 1 } }, who);
-  } catch (error) {
-    if (error instanceof KeywardError && error.code === 'rate_limited') throw new KeywardError('throttled', { headers: error.headers });
-    throw error;
-  }
 }
 
 /** The route's limits as they apply to this call: without per-IP rules when it has no usable client address. */

@@ -61,16 +61,35 @@ export class Limits {
     return limits.rate.filter((rule) => appliesTo(rule, roles));
   }
 
-  /** Checks rate limits (DESIGN.md step 6). Throws 429 `rate_limited` with Retry-After, or 503 if the store is down. */
-  async checkRate(limits: RouteLimits, who: LimitSubject): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
+  /**
+   * Checks rate limits (DESIGN.md step 6), with the anomaly detector's `throttle` on this caller, if any, in the
+   * same all-or-nothing take: a call it refuses takes no point from a limit others share. Throws 429
+   * `rate_limited` with Retry-After (`throttled` when only the throttle had no room), or 503 if the store is down.
+   */
+  async checkRate(limits: RouteLimits, who: LimitSubject, throttle: RateRule | null = null): Promise<Array<readonly [RateRule, RateLimiterRes]>> {
     const rules = this.rateRules(limits, who.roles);
+    if (throttle) rules.push(throttle);
     if (rules.length === 0) return [];
     // With Redis, every rule's counter in one script (one round trip), the same counters the limiter keeps.
     const { store } = this;
-    if (store instanceof RedisStore) return this.rateTaken(rules, (await guard(() => store.round([], this.rateCounters(rules, who)))).counters!);
+    if (store instanceof RedisStore) return this.rateTaken(rules, (await guard(() => store.round([], this.rateCounters(rules, who)))).counters!, throttle);
     const { results, retryMs } = await this.consume(rules.map((rule) => [rule, subjectKey(rule.by, who)] as const));
-    if (retryMs !== null) throw limitError('rate_limited', retryMs, rateHeaders(results));
+    if (retryMs !== null) throw rateRefusal(results, retryMs, throttle);
     return results;
+  }
+
+  /**
+   * Gives back the point each rule's counter took for this call, best effort (a failed give-back leaves it
+   * counted): for a call its round trip counted (RedisStore.round) that the detector's throttle, read in the same
+   * round trip, then refused.
+   */
+  async giveBack(rules: readonly RateRule[], who: LimitSubject): Promise<void> {
+    const { store } = this;
+    if (store instanceof RedisStore) {
+      await Promise.allSettled(this.rateCounters(rules, who).map(({ key, points }) => store.giveBack(key, points)));
+    } else {
+      await Promise.allSettled(rules.map((rule) => this.limiter(rule).reward(subjectKey(rule.by, who), 1)));
+    }
   }
 
   /**
@@ -85,7 +104,11 @@ export class Limits {
    * The outcome of counters taken in a round trip (`rateCounters`, same order), as `checkRate` reports it:
    * rate-limiter-flexible's results, or 429 `rate_limited` with Retry-After when a rule had no room left.
    */
-  rateTaken(rules: readonly RateRule[], taken: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }>): Array<readonly [RateRule, RateLimiterRes]> {
+  rateTaken(
+    rules: readonly RateRule[],
+    taken: ReadonlyArray<{ readonly consumed: number; readonly ttlMs: number }>,
+    throttle: RateRule | null = null,
+  ): Array<readonly [RateRule, RateLimiterRes]> {
     let retryMs: number | null = null;
     const results = rules.map((rule, i) => {
       const { consumed, ttlMs } = taken[i]!;
@@ -93,7 +116,7 @@ export class Limits {
       if (consumed > rule.limit) retryMs = Math.max(retryMs ?? 0, ttlMs);
       return [rule, new RateLimiterRes(Math.max(rule.limit - consumed, 0), ttlMs, consumed, consumed === 1)] as const;
     });
-    if (retryMs !== null) throw limitError('rate_limited', retryMs, rateHeaders(results));
+    if (retryMs !== null) throw rateRefusal(results, retryMs, throttle);
     return results;
   }
 
@@ -318,6 +341,15 @@ function merge(headers: ReadonlyArray<readonly [string, string]>): Array<[string
   const byName = new Map<string, string[]>();
   for (const [name, value] of headers) byName.set(name, [...(byName.get(name) ?? []), value]);
   return [...byName].map(([name, values]) => [name, values.join(', ')]);
+}
+
+/**
+ * 429 for a call a rate rule had no room for (its counter over the limit once taken): `throttled` when the only
+ * such rule is the detector's throttle, else `rate_limited`; Retry-After when the last of them has room again.
+ */
+function rateRefusal(results: ReadonlyArray<readonly [RateRule, RateLimiterRes]>, retryMs: number, throttle: RateRule | null): KeywardError {
+  const byConfig = results.some(([rule, res]) => rule !== throttle && res.consumedPoints > rule.limit);
+  return limitError(throttle && !byConfig ? 'throttled' : 'rate_limited', retryMs, rateHeaders(results));
 }
 
 function limitError(code: KeywardErrorCode, retryMs: number, headers: ReadonlyArray<readonly [string, string]>): KeywardError {

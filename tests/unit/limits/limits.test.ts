@@ -230,6 +230,22 @@ describe("the detector's throttle, in the embedded stores' in-memory limiters", 
     // An unreadable mark still throttles, at one call a minute (fail closed).
     expect(await allowed('garbage', 'carol', 5)).toBe(1);
   });
+
+  it('counts in the same all-or-nothing take as the configured rules, and names whichever refused', async () => {
+    const { limits, rules } = setup({ rateLimits: [{ by: 'upstream', limit: 2, windowSeconds: 60 }] }, {}, { store: new SqliteStore(':memory:') });
+    const throttle = throttleRule(JSON.stringify({ limit: 2, windowSeconds: 60 }))!;
+    const alone: RouteLimits = { rate: [], meters: [], cost: { reserve: 1 } };
+    // The throttle's first point, and the upstream's first.
+    expect(await outcomeOf(limits.checkRate(rules, who(), throttle))).toBe('ok');
+    // Bob uses the upstream's second place: Alice's next call is refused by the upstream's rule, not the throttle,
+    // and takes no point from her throttle.
+    expect(await outcomeOf(limits.checkRate(rules, who({ userId: 'bob' })))).toBe('ok');
+    expect(await outcomeOf(limits.checkRate(rules, who(), throttle))).toBe('rate_limited');
+    expect(await outcomeOf(limits.checkRate(alone, who(), throttle))).toBe('ok');
+    // Now only the throttle has no room: `throttled`, with the throttle's window in Retry-After.
+    const headers = await refusal(limits.checkRate(alone, who(), throttle), 'throttled');
+    expect(headers['retry-after']).toBe('60');
+  });
 });
 
 describe('Limits.reserve: quotas and budgets', () => {
