@@ -1,7 +1,7 @@
 'use client';
 
 import { useCallback, useEffect, useState } from 'react';
-import { errorText, formatDate } from './response-text';
+import { errorCode, errorText, formatDate } from './response-text';
 
 interface KeyInfo {
   fingerprint: string;
@@ -24,7 +24,9 @@ function OwnKeyRow({ upstream }: { upstream: string }) {
   const load = useCallback(async () => {
     const response = await fetch(url, { headers: CSRF, cache: 'no-store' });
     if (response.ok) setState({ status: 'stored', info: (await response.json()) as KeyInfo });
-    else if (response.status === 403) setState({ status: 'none' });
+    // Only `credential_missing` means no key: another 403 (a CSRF refusal, say) is said as it is, not shown as
+    // an empty slot that invites storing the key again.
+    else if (response.status === 403 && (await errorCode(response.clone())) === 'credential_missing') setState({ status: 'none' });
     else setState({ status: 'error', message: await errorText(response) });
   }, [url]);
 

@@ -8,6 +8,16 @@ export async function errorText(response: Response): Promise<string> {
   }
 }
 
+/** The `code` of Keyward's JSON error, or null when the body is not one. */
+export async function errorCode(response: Response): Promise<string | null> {
+  try {
+    const body = (await response.json()) as { error?: { code?: unknown } };
+    return typeof body.error?.code === 'string' ? body.error.code : null;
+  } catch {
+    return null;
+  }
+}
+
 /** A time in the browser's own locale and zone. */
 export function formatDate(iso: string): string {
   return new Date(iso).toLocaleString();
