@@ -6,7 +6,7 @@ import { injectCredential } from './credential/inject';
 import { signRequest } from './credential/sign';
 import type { CredentialSources } from './credential/resolve';
 import { KeywardError, errorResponse, toKeywardError } from './errors';
-import { capRequestBody, clientClosed, isClientClosed, type CappedBody } from './forward/body';
+import { BODYLESS_METHODS, capRequestBody, clientClosed, isClientClosed, type CappedBody } from './forward/body';
 import { QUEUE_TIMEOUT } from './forward/queue-deadline';
 import { clientIp } from './client/ip';
 import type { RateLimiterRes } from 'rate-limiter-flexible';
@@ -108,7 +108,6 @@ export interface ProxyEvent {
 
 const NO_USER_SECRETS: CredentialSources = { userKeys: null, oauthTokens: null };
 const REFUSED_METHODS = new Set(['TRACE', 'TRACK', 'CONNECT']);
-const BODYLESS_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
 
 /**
  * The request's path through Keyward (DESIGN.md "The request's path"), on standard Request/Response so it

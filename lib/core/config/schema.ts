@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { ZOD_CONTRACT_MESSAGE, genAiSchema, responseTypeSchema, routePolicyFields, upstreamPolicyFields } from './policy';
 import { templateParamNames, templateProblems, templateShape } from '../route/template';
 import { shownName } from './error';
+import { BODYLESS_METHODS } from '../forward/body';
 
 /**
  * The one schema for upstream definitions: TypeScript adapters (`defineUpstream`) and the JSON file named by
@@ -273,8 +274,19 @@ export const routeSchema = z.strictObject({
     ...(route.cost?.reserveFrom ? [[['cost'], route.cost.reserveFrom.field] as [string[], string]] : []),
     ...(route.cost?.price ? [[['cost', 'price', 'model'], route.cost.price.model] as [string[], string]] : []),
   ];
+  const carriesBody = !BODYLESS_METHODS.has(route.method);
   for (const [path, target] of bodyTargets) {
-    if (target.startsWith('body.') && !route.body) {
+    if (target.startsWith('query.') && carriesBody && !route.body) {
+      // Many servers read query and body parameters as one (Rails' params, PHP's $_REQUEST, Stripe), a body's
+      // over the query's: a body forwarded as the client sent it would carry its own value of the field.
+      ctx.addIssue({
+        code: 'custom',
+        path,
+        message:
+          `"${shownName(target)}" on a ${route.method} route needs a "body" contract: without one the client's body is forwarded as sent, ` +
+          'and an upstream that reads query and body parameters together would take the field from it',
+      });
+    } else if (target.startsWith('body.') && !route.body) {
       ctx.addIssue({ code: 'custom', path, message: `"${shownName(target)}" needs a "body" contract on this route` });
     } else if (target.startsWith('body.') && route.bodyFormat === 'multipart' && target.split('.').length !== 2) {
       // Multipart parts are flat: a part's name is one field, there is no nesting to reach into.
@@ -287,7 +299,7 @@ export const routeSchema = z.strictObject({
   if (route.formArrays && route.bodyFormat !== 'form') {
     ctx.addIssue({ code: 'custom', path: ['formArrays'], message: 'applies to form bodies only ("bodyFormat": "form")' });
   }
-  if (route.body && ['GET', 'HEAD', 'DELETE', 'OPTIONS'].includes(route.method)) {
+  if (route.body && BODYLESS_METHODS.has(route.method)) {
     ctx.addIssue({ code: 'custom', path: ['body'], message: `${route.method} requests are forwarded without a body` });
   }
 });

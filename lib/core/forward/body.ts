@@ -1,6 +1,9 @@
 import { KeywardError } from '../errors';
 import { streamedTo } from '../respond/streamed-garbage';
 
+/** Methods whose calls are forwarded without a body (a route for one cannot declare a body contract). */
+export const BODYLESS_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'DELETE']);
+
 export interface CappedBody {
   readonly iterable: AsyncIterable<Uint8Array>;
   /** Bytes read from the client so far. */

@@ -262,6 +262,22 @@ describe('body fields need a body contract', () => {
     ]);
   });
 
+  // An upstream that reads query and body parameters as one (Rails, PHP's $_REQUEST, Stripe) would take the
+  // field from a body forwarded as the client sent it: the query's value Keyward wrote would not count.
+  it.each<[string, RouteJson]>([
+    ['identity', { identity: { 'query.owner': 'userId' } }],
+    ['caps', { caps: { free: { 'query.limit': 50 } } }],
+    ['cost', { cost: { reserveFrom: { field: 'query.limit' } } }],
+  ])('refuses %s on a query field of a route that takes a body, unless the body has a contract', (field, fields) => {
+    for (const method of ['POST', 'PUT', 'PATCH'] as const) {
+      const message = refuse([{ ...post(fields), method }]);
+      expect(message).toContain(`${R}.${field}: "query.`);
+      expect(message).toContain(`on a ${method} route needs a "body" contract`);
+    }
+    accept([post({ ...fields, body: { type: 'object', properties: { text: { type: 'string' } } } })]);
+    accept([{ ...post(fields), method: 'DELETE' }]);
+  });
+
   it('allows query targets without any contract', () => {
     accept([
       get({
