@@ -530,7 +530,9 @@ export function buildTarget(call: Call, request: CoreRequest, upstream: Upstream
   for (const [name, value] of upstream.fixedHeaders) headers[name] = value;
   for (const [name, value] of upstream.defaultHeaders) headers[name] ??= value;
   headers['accept-encoding'] = 'identity';
-  headers['user-agent'] = 'keyward';
+  // Keyward's own unless the config names one (a fixed or default header, or the client's passed through): some
+  // APIs want a contact in it (SEC EDGAR, Nominatim).
+  headers['user-agent'] ??= 'keyward';
   headers['x-request-id'] = call.requestId;
   return { url, headers };
 }
