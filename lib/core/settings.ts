@@ -48,6 +48,9 @@ const noUserInfo = (value: string) => {
 };
 const NO_USER_INFO = 'must not carry a user name or password (user:password@)';
 
+/** A DNS name of letters, digits and hyphens, in dot-separated labels: what follows the "@" of an email address. */
+const EMAIL_DOMAIN = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
 const flag = z
   .enum(['true', '1'], { error: 'must be true or 1, or unset' })
   .optional()
@@ -93,6 +96,15 @@ const settingsSchema = z.object({
     .string()
     .default('')
     .transform((value) => value.split(',').map((v) => v.trim()).filter(Boolean)),
+  /**
+   * OIDC sign-in only for accounts whose ID token has a verified email at one of these domains (exact, no
+   * subdomains); empty: the issuer alone decides who signs in.
+   */
+  KEYWARD_OIDC_EMAIL_DOMAINS: z
+    .string()
+    .default('')
+    .transform((value) => value.split(',').map((v) => v.trim().toLowerCase()).filter(Boolean))
+    .pipe(z.array(z.string().regex(EMAIL_DOMAIN, 'each entry must be a domain name such as example.com (no "@", no "*")'))),
   KEYWARD_DEFAULT_ROLES: z
     .string()
     .default('user')
@@ -303,6 +315,9 @@ export function readSettings(env: Env, options: { serving?: boolean } = {}): Set
     throw new ConfigError(
       'Keyward settings are invalid:\n  - KEYWARD_OIDC_ISSUER, KEYWARD_OIDC_CLIENT_ID and KEYWARD_OIDC_CLIENT_SECRET must be set together',
     );
+  }
+  if (result.data.KEYWARD_OIDC_EMAIL_DOMAINS.length > 0 && !result.data.KEYWARD_OIDC_ISSUER) {
+    throw new ConfigError('Keyward settings are invalid:\n  - KEYWARD_OIDC_EMAIL_DOMAINS: applies to OIDC sign-in, which needs KEYWARD_OIDC_ISSUER');
   }
   if (result.data.KEYWARD_CONFIG && result.data.KEYWARD_CONFIG_JSON) {
     throw new ConfigError('Keyward settings are invalid:\n  - KEYWARD_CONFIG_JSON: set either KEYWARD_CONFIG (a file) or KEYWARD_CONFIG_JSON (its content), not both');

@@ -10,6 +10,7 @@ import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
 import { LOCAL_SUBJECT_PREFIX, currentLocalUser } from '@/lib/core/users/file';
 import { MAX_PASSWORD_LENGTH } from '@/lib/core/users/password';
+import { emailDomainRefusal } from '@/lib/core/session/email-domain';
 import { isAcceptedAccountId } from '@/lib/core/session/provider-sessions';
 
 /**
@@ -121,11 +122,19 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
       // usage (USER_ID). One outside OIDC Core's rule (a sub that is not ASCII, or longer than 255 characters) is
       // refused here rather than signed in for good as a user no admin could act on: the sign-in page says
       // AccessDenied.
-      signIn({ account }) {
+      // With KEYWARD_OIDC_EMAIL_DOMAINS, so is an account without a verified email at one of those domains.
+      signIn({ account, profile }) {
         if (!account || account.provider === 'credentials') return true;
-        if (isAcceptedAccountId(account.provider, account.providerAccountId)) return true;
-        runtime.logger.warn({ provider: account.provider }, "sign-in refused: the provider's account id (sub) is not printable ASCII of at most 255 characters");
-        return false;
+        if (!isAcceptedAccountId(account.provider, account.providerAccountId)) {
+          runtime.logger.warn({ provider: account.provider }, "sign-in refused: the provider's account id (sub) is not printable ASCII of at most 255 characters");
+          return false;
+        }
+        const refusal = account.provider === 'oidc' ? emailDomainRefusal(profile, settings.KEYWARD_OIDC_EMAIL_DOMAINS) : null;
+        if (refusal) {
+          runtime.logger.warn({ provider: account.provider, reason: refusal }, 'sign-in refused by KEYWARD_OIDC_EMAIL_DOMAINS');
+          return false;
+        }
+        return true;
       },
       // Runs at sign-in (user/account set) and on every session read. Tokens from the provider are not
       // copied into the JWT: the cookie only says who the user is.

@@ -1,4 +1,5 @@
 import { browserFetch, expect, signInOidc, test } from './fixtures';
+import type { E2eEnvironment } from '../fixtures/e2e-env';
 
 test('OIDC: sign in at the real provider with login and consent, roles from its claim, call the upstream', async ({ page, env }) => {
   const before = env.oidc.interactions();
@@ -47,6 +48,25 @@ test('OIDC: an account whose sub is not ASCII is refused at sign-in (no admin co
   await page.goto('/');
   await expect(page.getByText('You are not signed in.')).toBeVisible();
 });
+
+for (const [who, pick] of [
+  ['whose verified email is at a domain KEYWARD_OIDC_EMAIL_DOMAINS does not list', (env: E2eEnvironment) => env.oidc.outsiderAccount],
+  ['whose email at a listed domain the provider has not verified', (env: E2eEnvironment) => env.oidc.unverifiedAccount],
+] as const) {
+  test(`OIDC: an account ${who} is refused at sign-in, and the page says so`, async ({ page, env }) => {
+    const account = pick(env);
+    await page.goto('/signin');
+    await page.getByRole('button', { name: `Sign in with ${env.oidcProviderName}` }).click();
+    await page.locator('#idp-username').fill(account.username);
+    await page.locator('#idp-password').fill(account.password);
+    await page.locator('#idp-login').click();
+    await page.locator('#idp-allow').click();
+    await expect(page).toHaveURL(/\/signin\?error=AccessDenied/);
+    await expect(page.getByTestId('sign-in-error')).toContainText('cannot be used here');
+    expect((await browserFetch(page, '/api/session')).status).toBe(401);
+    expect((await page.context().cookies()).map((c) => c.name)).not.toContain('__Host-keyward.session');
+  });
+}
 
 test('OIDC: a wrong password at the provider does not come back signed in', async ({ page, env }) => {
   await page.goto('/');

@@ -206,6 +206,18 @@ describe('readSettings: OIDC', () => {
     expectNotEchoed(message, password);
   });
 
+  it('KEYWARD_OIDC_EMAIL_DOMAINS: a comma-separated list of domain names, in lower case; only beside an issuer', () => {
+    const settings = readSettings({ ...testSessionSecrets(), ...oidc, KEYWARD_OIDC_EMAIL_DOMAINS: ' Example.com, corp.example.org ,' });
+    expect(settings.KEYWARD_OIDC_EMAIL_DOMAINS).toEqual(['example.com', 'corp.example.org']);
+    expect(readSettings({ ...testSessionSecrets(), ...oidc }).KEYWARD_OIDC_EMAIL_DOMAINS).toEqual([]);
+    for (const bad of ['@example.com', '*.example.com', 'ada@example.com', 'example.com/', 'exa mple.com']) {
+      expect(settingsError({ ...testSessionSecrets(), ...oidc, KEYWARD_OIDC_EMAIL_DOMAINS: bad }), bad).toContain('KEYWARD_OIDC_EMAIL_DOMAINS');
+    }
+    expect(settingsError({ ...testSessionSecrets(), KEYWARD_OIDC_EMAIL_DOMAINS: 'example.com' })).toContain(
+      'KEYWARD_OIDC_EMAIL_DOMAINS: applies to OIDC sign-in, which needs KEYWARD_OIDC_ISSUER',
+    );
+  });
+
   it('refuses a non-http issuer', () => {
     expect(settingsError({ ...testSessionSecrets(), ...oidc, KEYWARD_OIDC_ISSUER: 'ftp://issuer.example.com' })).toContain(
       'KEYWARD_OIDC_ISSUER',
