@@ -847,6 +847,70 @@ describe('OpenAPI import: operations not chosen are never served by a chosen rou
     ]);
   });
 
+  // A path item in another file, and paths whose operations cannot be imported: a chosen route serves them too.
+  const unimported = () =>
+    planImport({
+      openapi: '3.1.0',
+      info: { title: 'Users', version: '1' },
+      servers: [{ url: 'https://api.example.com/v1' }],
+      paths: {
+        '/users/{id}': { ...get('getUser', ['id']), delete: { ...get('deleteUser', ['id']).get } },
+        '/users/me': get('me'),
+        '/users/export': { $ref: 'admin.yaml#/paths/~1users~1export' },
+        '/users/admins': { servers: [{ url: 'https://admin.example.com' }], ...get('admins') },
+        '/users/{first}.{last}': get('byName', ['first', 'last']),
+        '/files/{name}': get('getFile', ['name']),
+        '/files/*': get('allFiles'),
+        '/files/:latest': get('latestFile'),
+        '/archive': { $ref: 'archive.yaml#/paths/~1archive' },
+      },
+    });
+
+  it('a path item in another file, or an operation not imported, that a chosen route would serve is refused too', () => {
+    const plan = unimported();
+    const result = buildUpstream(plan, selectOperations(plan, ['getUser', 'deleteUser', 'getFile']), { id: 'users' });
+    expect(result.upstream.routes.map((r) => `${r.method} ${r.path}${r.roles ? ' refused' : ''}`)).toEqual([
+      'GET /users/me refused',
+      'GET /users/admins refused',
+      'GET /users/export refused',
+      'DELETE /users/export refused',
+      'GET /users/:id',
+      'DELETE /users/:id',
+      'GET /files/:name',
+    ]);
+    // Its operations are unknown: each method a chosen route serving it uses is refused.
+    for (const method of ['GET', 'DELETE'])
+      expect(warningsOf(result, `${method} /users/export`)).toEqual([
+        `its path item is in another file (not read), but the route of ${method} /users/{id} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)`,
+      ]);
+    expect(warningsOf(result, 'GET /users/admins')).toEqual([
+      'not imported (served from its own server (https://admin.example.com); import it into an upstream of its own with --base-url), but the route of GET /users/{id} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)',
+    ]);
+    // No template can refuse these alone (a literal `*` would be a wildcard): said, naming the route that serves them.
+    expect(warningsOf(result, 'GET /files/*')).toEqual([
+      'not imported (the literal segment "*" would match any remaining path in a Keyward template), and no route can refuse it alone (its path cannot be a template): the route of GET /files/{name} can serve its requests; check the API answers them as GET /files/{name}, or leave that out',
+    ]);
+    expect(warningsOf(result, 'GET /users/{first}.{last}')).toEqual([
+      'not imported (the segment "{first}.{last}" holds 2 parameters; a Keyward template holds one per segment), and no route can refuse it alone (its path cannot be a template): the route of GET /users/{id} can serve its requests; check the API answers them as GET /users/{id}, or leave that out',
+    ]);
+    // Nothing to say: no request can take `/files/:latest` (the route step refuses a segment starting with ":"),
+    // and no chosen route serves `/archive`.
+    expect(warningsOf(result, 'GET /files/:latest')).toEqual([]);
+    expect(result.warnings.filter((w) => w.operation?.includes('/archive')).map((w) => w.message)).toEqual([
+      'skipped: its path item is in another file ("archive.yaml#/paths/~1archive"), which the import does not read',
+    ]);
+
+    // As start-up reads the file: `/users/export` is refused, `/users/123` still served.
+    const [definition] = parseConfig(JSON.parse(JSON.stringify({ upstreams: { users: result.upstream } })), 'keyward.json');
+    const upstream = buildRegistry([definition!], { USERS_API_KEY: randomSecret() }).get('users')!;
+    for (const method of ['GET', 'DELETE']) {
+      const exported = matchRoute(upstream, method, ['users', 'export']);
+      expect(exported.route.template).toBe('/users/export');
+      expectKeywardError(thrown(() => authorize(exported.route, exported.params, session)), 'forbidden');
+    }
+    expect(matchRoute(upstream, 'GET', ['users', '123']).route.template).toBe('/users/:id');
+  });
+
   it('choosing every operation refuses nothing', () => {
     const plan = users();
     const result = importAll(plan, 'users');

@@ -34,6 +34,8 @@ export interface ImportPlan {
   readonly baseUrl: string | null;
   readonly baseUrlProblem: string | null;
   readonly operations: readonly PlannedOperation[];
+  /** Paths whose path item is in another file, which the import does not read: their operations are unknown. */
+  readonly externalPaths: readonly string[];
   readonly warnings: readonly ImportWarning[];
 }
 
@@ -68,8 +70,8 @@ export function planImport(document: unknown, options: { baseUrl?: string } = {}
   } else if (options.baseUrl !== undefined) {
     baseUrl = absoluteBase(options.baseUrl) ?? options.baseUrl;
   }
-  const { operations, warnings } = planOperations(doc, { documentServer, baseUrl });
-  return { doc, title: documentTitle(doc), baseUrl, baseUrlProblem, operations, warnings };
+  const { operations, externalPaths, warnings } = planOperations(doc, { documentServer, baseUrl });
+  return { doc, title: documentTitle(doc), baseUrl, baseUrlProblem, operations, externalPaths, warnings };
 }
 
 /**
@@ -146,18 +148,24 @@ export function buildUpstream(
       });
     }
   }
-  const shadowed = shadowedOperations(plan.operations, chosen, new Set(selected));
+  const shadowed = shadowedOperations(plan, chosen, new Set(selected));
   for (const refused of shadowed.refused) {
     routes.push(refused.route);
     warnings.push({
-      operation: refused.operation.key,
-      message: `not chosen, but the route of ${refused.servedBy} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)`,
+      operation: refused.key,
+      message: `${refused.why}, but the route of ${refused.servedBy} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)`,
     });
   }
-  for (const { operation, servedBy } of shadowed.overlapping) {
+  for (const { key, why, servedBy } of shadowed.overlapping) {
     warnings.push({
-      operation: operation.key,
-      message: `not chosen, but the route of ${servedBy} serves the requests the two paths share (neither is more specific, so none can be refused apart): check the API answers them as ${servedBy}`,
+      operation: key,
+      message: `${why}, but the route of ${servedBy} serves the requests the two paths share (neither is more specific, so none can be refused apart): check the API answers them as ${servedBy}`,
+    });
+  }
+  for (const { key, why, servedBy } of shadowed.unrefusable) {
+    warnings.push({
+      operation: key,
+      message: `${why}, and no route can refuse it alone (its path cannot be a template): the route of ${servedBy} can serve its requests; check the API answers them as ${servedBy}, or leave that out`,
     });
   }
   const upstream: ImportedUpstream = { baseUrl: plan.baseUrl, auth: auth.auth, routes: mostSpecificFirst(routes, (route) => route.path) };

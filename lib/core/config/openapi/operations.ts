@@ -80,11 +80,16 @@ const PARAM_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 export function planOperations(
   doc: SpecDocument,
   servers: ServerChoice,
-): { operations: PlannedOperation[]; warnings: { operation: string | null; message: string }[] } {
+): {
+  operations: PlannedOperation[];
+  externalPaths: string[];
+  warnings: { operation: string | null; message: string }[];
+} {
   const operations: PlannedOperation[] = [];
+  const externalPaths: string[] = [];
   const warnings: { operation: string | null; message: string }[] = [];
   const paths = own(doc.root, 'paths');
-  if (!isObject(paths)) return { operations, warnings };
+  if (!isObject(paths)) return { operations, externalPaths, warnings };
   for (const [path, rawItem] of Object.entries(paths)) {
     const itemAt = child('#/paths', path);
     const resolved = derefObject(doc, rawItem, itemAt);
@@ -93,6 +98,7 @@ export function planOperations(
         operation: path,
         message: `skipped: its path item is in another file ("${resolved.external}"), which the import does not read`,
       });
+      externalPaths.push(path);
       continue;
     }
     const item = expectShape(pathItemShape, resolved.value, resolved.pointer);
@@ -101,7 +107,7 @@ export function planOperations(
       operations.push(planOperation(doc, servers, path, method, item, resolved.pointer));
     }
   }
-  return { operations, warnings };
+  return { operations, externalPaths, warnings };
 }
 
 function planOperation(
@@ -264,11 +270,20 @@ function parameters(
  * around it (`{name}.json`, `{model}:generate`) it stays `{name}`, which Keyward matches inside the segment.
  */
 function routeTemplate(path: string, pathParams: LocatedParameter[]): { path: string } | { reason: string } {
-  if (!path.startsWith('/')) return { reason: `the path "${path}" does not start with "/"` };
+  if (!path.startsWith('/')) return pathTemplate(path); // that reason first
   for (const { param } of pathParams) {
     if (param.style !== undefined && param.style !== 'simple')
       return { reason: `path parameter "${param.name}" uses style "${param.style}"; only "simple" can be matched` };
   }
+  return pathTemplate(path);
+}
+
+/**
+ * The document's path alone as a Keyward template, whatever its parameters say (the import also refuses by it the
+ * paths it cannot import: ./shadowed.ts).
+ */
+export function pathTemplate(path: string): { path: string } | { reason: string } {
+  if (!path.startsWith('/')) return { reason: `the path "${path}" does not start with "/"` };
   const used = new Set<string>();
   const segments: string[] = [];
   for (const segment of path === '/' ? [] : path.slice(1).split('/')) {

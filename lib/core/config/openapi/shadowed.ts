@@ -1,6 +1,7 @@
 import { templateMatches } from '../../route/match';
+import { isSafeSegment } from '../../route/segments';
 import { bySpecificity, captureParam, compileTemplate, templateShape, type TemplateParam, type TemplateSegment } from '../../route/template';
-import type { ImportedRoute, PlannedOperation } from './operations';
+import { pathTemplate, type ImportedRoute, type PlannedOperation } from './operations';
 
 /**
  * Operations the user did not choose that a chosen route would serve. A template parameter matches any segment,
@@ -9,12 +10,23 @@ import type { ImportedRoute, PlannedOperation } from './operations';
  * does Keyward (lib/core/route/template.ts `bySpecificity`): an operation that ranks before a chosen route and
  * shares a request with it is written as a route of its own that nobody may call (`"roles": []`, 403
  * `forbidden`), which takes those requests from the chosen one.
+ *
+ * That holds for what the import could not read or convert as well, since the chosen route serves it all the
+ * same: an operation not imported is refused by its path as a template, and a path item in another file (its
+ * operations unknown) for every method a chosen route serving it uses. A path that cannot be a template at all (a
+ * literal `*`, two parameters in a segment) cannot be refused apart: the chosen routes that can serve it are named.
  */
 
-export interface RefusedOperation {
-  readonly operation: PlannedOperation;
-  /** The chosen operation whose route would otherwise serve its requests. */
+export interface ServedOperation {
+  /** `GET /users/export`: the method and the document's path. */
+  readonly key: string;
+  /** Why it has no route of its own: "not chosen", "not imported (…)", "its path item is in another file (…)". */
+  readonly why: string;
+  /** The chosen operation whose route serves (or would otherwise serve) its requests. */
   readonly servedBy: string;
+}
+
+export interface RefusedOperation extends ServedOperation {
   readonly route: ImportedRoute;
 }
 
@@ -23,40 +35,125 @@ export interface ChosenRoute {
   readonly route: ImportedRoute;
 }
 
+/** What the import must say about the document beside the chosen routes. */
+export interface ShadowedPaths {
+  readonly operations: readonly PlannedOperation[];
+  /** Paths whose path item is in another file (./operations.ts `planOperations`). */
+  readonly externalPaths: readonly string[];
+}
+
+/** A path the document declares, not chosen: one operation's (`method`), or a path item's in another file (null). */
+interface Candidate {
+  readonly method: string | null;
+  readonly path: string;
+  readonly why: string;
+  /** The path as a Keyward template; null when it cannot be one. */
+  readonly template: string | null;
+}
+
 /**
  * The operations not chosen that a chosen route would serve: `refused`, those that rank before it (a route of
- * their own takes their requests), and `overlapping`, those of the same rank that share a request with it
- * (neither path is more specific, so no route of their own could come first: the chosen one serves the requests
- * they share, which the import can only say).
+ * their own takes their requests), `overlapping`, those of the same rank that share a request with it (neither
+ * path is more specific, so no route of their own could come first: the chosen one serves the requests they
+ * share, which the import can only say), and `unrefusable`, those whose path cannot be a template, so no route of
+ * their own can be written (said as well).
  */
 export function shadowedOperations(
-  operations: readonly PlannedOperation[],
+  plan: ShadowedPaths,
   chosen: readonly ChosenRoute[],
   selected: ReadonlySet<PlannedOperation>,
-): { refused: RefusedOperation[]; overlapping: Array<{ operation: PlannedOperation; servedBy: string }> } {
+): { refused: RefusedOperation[]; overlapping: ServedOperation[]; unrefusable: ServedOperation[] } {
   const compiled = chosen.map((entry) => ({ ...entry, segments: compileTemplate(entry.route.path) }));
   const shapes = new Set(chosen.map(({ route }) => `${route.method} ${templateShape(route.path)}`));
   const refused: RefusedOperation[] = [];
-  const overlapping: Array<{ operation: PlannedOperation; servedBy: string }> = [];
-  for (const operation of operations) {
-    // An operation that cannot be a route has no template to refuse by (said in the report as not imported).
-    if (selected.has(operation) || !operation.route) continue;
-    const { method, path } = operation.route;
-    const segments = compileTemplate(path);
-    const sharing = compiled.filter((entry) => entry.route.method === method && commonRequest(segments, entry.segments) !== null);
-    const servedBy = sharing.find((entry) => bySpecificity(segments, entry.segments) < 0);
-    const shape = `${method} ${templateShape(path)}`;
-    if (!servedBy) {
-      const tied = sharing.find((entry) => bySpecificity(segments, entry.segments) === 0);
-      if (tied && !shapes.has(shape)) overlapping.push({ operation, servedBy: tied.key });
+  const overlapping: ServedOperation[] = [];
+  const unrefusable: ServedOperation[] = [];
+  const keyOf = (candidate: Candidate, method: string) => `${method} ${candidate.path}`;
+  for (const candidate of candidates(plan, selected)) {
+    const { template } = candidate;
+    const sameMethod = (entry: ChosenRoute) => candidate.method === null || entry.route.method === candidate.method;
+    if (template === null) {
+      const cover = pathCover(candidate.path);
+      if (!cover) continue;
+      for (const entry of compiled) {
+        // A concrete path serves only itself, as the document says it does (OpenAPI 3.1 §4.8.8).
+        if (!sameMethod(entry) || entry.segments.every((part) => typeof part === 'string')) continue;
+        if (commonRequest(cover, entry.segments) !== null)
+          unrefusable.push({ key: keyOf(candidate, entry.route.method), why: candidate.why, servedBy: entry.key });
+      }
       continue;
     }
-    // Two unchosen operations for the same requests (a document may declare both): one refusal covers them.
-    if (shapes.has(shape)) continue;
-    shapes.add(shape);
-    refused.push({ operation, servedBy: servedBy.key, route: { method, path, roles: [] } });
+    const segments = compileTemplate(template);
+    const sharing = compiled.filter((entry) => sameMethod(entry) && commonRequest(segments, entry.segments) !== null);
+    for (const method of new Set(sharing.map((entry) => entry.route.method))) {
+      const served = sharing.filter((entry) => entry.route.method === method);
+      const servedBy = served.find((entry) => bySpecificity(segments, entry.segments) < 0);
+      const shape = `${method} ${templateShape(template)}`;
+      if (!servedBy) {
+        const tied = served.find((entry) => bySpecificity(segments, entry.segments) === 0);
+        if (tied && !shapes.has(shape))
+          overlapping.push({ key: keyOf(candidate, method), why: candidate.why, servedBy: tied.key });
+        continue;
+      }
+      // Two unchosen operations for the same requests (a document may declare both): one refusal covers them.
+      if (shapes.has(shape)) continue;
+      shapes.add(shape);
+      refused.push({
+        key: keyOf(candidate, method),
+        why: candidate.why,
+        servedBy: servedBy.key,
+        route: { method, path: template, roles: [] },
+      });
+    }
   }
-  return { refused, overlapping };
+  return { refused, overlapping, unrefusable };
+}
+
+/** Every path not chosen: operations imported or not (in the document's order), then path items not read. */
+function candidates(plan: ShadowedPaths, selected: ReadonlySet<PlannedOperation>): Candidate[] {
+  const asTemplate = (path: string) => {
+    const template = pathTemplate(path);
+    return 'path' in template ? template.path : null;
+  };
+  return [
+    ...plan.operations
+      .filter((operation) => !selected.has(operation))
+      .map((operation) => ({
+        method: operation.method,
+        path: operation.path,
+        why: operation.route ? 'not chosen' : `not imported (${operation.skipped})`,
+        template: operation.route ? operation.route.path : asTemplate(operation.path),
+      })),
+    ...plan.externalPaths.map((path) => ({
+      method: null,
+      path,
+      why: 'its path item is in another file (not read)',
+      template: asTemplate(path),
+    })),
+  ];
+}
+
+/**
+ * Every request a document path that cannot be a template may be sent as, and perhaps more: its literal segments
+ * as written (a literal `*` included), and a segment with several parameters as one parameter between the text
+ * before the first and after the last. Null when no request can take the path (a segment the route step refuses,
+ * such as `:name`, lib/core/route/segments.ts).
+ */
+function pathCover(path: string): TemplateSegment[] | null {
+  if (!path.startsWith('/')) return null;
+  const cover: TemplateSegment[] = [];
+  for (const segment of path === '/' ? [] : path.slice(1).split('/')) {
+    const first = segment.indexOf('{');
+    const last = segment.lastIndexOf('}');
+    if (first === -1 || last < first) {
+      if (!isSafeSegment(segment)) return null;
+      cover.push(segment);
+      continue;
+    }
+    if (!isSafeSegment(segment.replace(/\{[^{}]*\}/g, '0'))) return null;
+    cover.push({ param: 'value', prefix: segment.slice(0, first), suffix: segment.slice(last + 1), colons: true });
+  }
+  return cover;
 }
 
 /**
