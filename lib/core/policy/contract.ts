@@ -44,15 +44,20 @@ export interface CompiledContract {
   readonly costFields: ReadonlySet<string>;
 }
 
-/** One part name of a multipart contract. */
+/** One field of a multipart contract, and the part names it is read from (lib/core/policy/multipart.ts). */
 export interface PartRule {
   readonly kind: 'text' | 'file';
-  /** Declared as an array: the part may be sent more than once. */
+  /** Declared as an array: the part may be sent more than once, as `name` or as `name[]`. */
   readonly array: boolean;
   /** Checks one value: a text part's string, or a file's `UploadedFile`. */
   readonly value: z.ZodType;
   /** Files: their byte cap and media types. */
   readonly file: FilePartSpec | null;
+  /**
+   * Declared as a z.object (or a union with one): the text parts `name[key]` it is read from, each key one of
+   * the object's own, with the schema one such part's string is checked against. Null for any other field.
+   */
+  readonly members: ReadonlyMap<string, z.ZodType> | null;
 }
 
 /**
@@ -104,23 +109,60 @@ function compileBody(body: FieldSpecInput | z.ZodType, format: BodyFormat, where
   return textObject(body, where, format, true);
 }
 
-/** Multipart part names, each a text field or a file (`filePart`, `{"type": "file"}`), possibly repeated (arrays). */
+/** Names are written back into the forwarded part headers: only plain ones (quotes or line breaks would split them). */
+const PART_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * Multipart fields, each a text field or a file (`filePart`, `{"type": "file"}`), possibly repeated (arrays), or
+ * (zod contracts) an object of text fields sent in bracket notation, as the `openai` SDK sends
+ * `chunking_strategy: { type: 'server_vad' }`.
+ */
 function partRules(schema: z.ZodObject, where: string): Map<string, PartRule> {
   const rules = new Map<string, PartRule>();
   for (const [name, field] of Object.entries(schema.shape)) {
-    // Names are written back into the forwarded part headers: only plain ones (quotes or line breaks would split them).
-    if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new ConfigError(`  - ${where}: multipart part names are letters, digits, "_" and "-"`);
+    if (!PART_NAME.test(name)) throw new ConfigError(`  - ${where}: multipart part names are letters, digits, "_" and "-"`);
     const inner = unwrapSchema(field as z.ZodType);
     const array = inner instanceof z.ZodArray;
     const value = array ? (inner.element as z.ZodType) : inner;
     const file = fileParts.get(value) ?? null;
     // zod links no metadata to a derived schema: `filePart().refine(…)` would silently become a text field.
-    if (!file && value instanceof z.ZodObject && Object.keys(value.shape).sort().join() === 'bytes,contentType,filename') {
+    if (!file && value instanceof z.ZodObject && isFileShape(value)) {
       throw new ConfigError(`  - ${where}.${name}: refine the contract's object, not filePart() (a derived schema is no longer a file part)`);
     }
-    rules.set(name, { kind: file ? 'file' : 'text', array, value, file });
+    const members = file || array ? null : objectMembers(value, `${where}.${name}`);
+    rules.set(name, { kind: file ? 'file' : 'text', array, value, file, members });
   }
   return rules;
+}
+
+function isFileShape(schema: z.ZodObject): boolean {
+  return Object.keys(schema.shape).sort().join() === 'bytes,contentType,filename';
+}
+
+/**
+ * The members of a field declared as an object, or as a union with objects among its options (`'auto' | {…}`):
+ * each key of any of those objects, checked against its schema (a union of them where objects share a key).
+ * Members are single text parts: one that is itself an object, an array or a file could only be sent as
+ * `name[key][…]`, which is not read.
+ */
+function objectMembers(schema: z.ZodType, where: string): Map<string, z.ZodType> | null {
+  const options = schema instanceof z.ZodUnion ? (schema.options as z.ZodType[]).map(unwrapSchema) : [schema];
+  const objects = options.filter((option): option is z.ZodObject => option instanceof z.ZodObject && !isFileShape(option));
+  if (objects.length === 0) return null;
+  const schemas = new Map<string, z.ZodType[]>();
+  for (const object of objects) {
+    for (const [key, member] of Object.entries(object.shape)) {
+      if (!PART_NAME.test(key)) throw new ConfigError(`  - ${where}: multipart object keys are letters, digits, "_" and "-"`);
+      const inner = unwrapSchema(member as z.ZodType);
+      if (inner instanceof z.ZodObject || inner instanceof z.ZodArray || fileParts.has(inner)) {
+        throw new ConfigError(`  - ${where}.${key}: a multipart object holds text fields only`);
+      }
+      schemas.set(key, [...(schemas.get(key) ?? []), member as z.ZodType]);
+    }
+  }
+  return new Map(
+    [...schemas].map(([key, list]) => [key, list.length === 1 ? list[0]! : z.union(list as [z.ZodType, z.ZodType, ...z.ZodType[]])]),
+  );
 }
 
 /** The schema under optional/nullable/default wrappers (what a field's own type is). */

@@ -80,6 +80,40 @@ export async function readMultipart(
   return reading;
 }
 
+/**
+ * What a part's name says: the field it belongs to, under which spelling. A declared array is read from `name`
+ * or `name[]`; an object field (PartRule.members) from `name[key]`, one part per declared key (and from `name`
+ * too when its schema also takes a string). Any other bracketed name is unknown, so no spelling reaches a field
+ * the contract does not declare. One body uses one spelling per field: an upstream may read `tag` and `tag[]`
+ * as two fields, or keep only one of them, so a mix has no one meaning.
+ */
+interface PartName {
+  readonly field: string;
+  readonly rule: PartRule;
+  readonly spelling: 'plain' | 'brackets' | 'member';
+  /** The member's key (`member` only). */
+  readonly key: string | null;
+}
+
+const BRACKETED = /^([A-Za-z0-9_-]{1,64})\[([A-Za-z0-9_-]{0,64})\]$/;
+
+function resolvePart(parts: ReadonlyMap<string, PartRule>, name: string | undefined): PartName | undefined {
+  if (name === undefined) return undefined;
+  const rule = parts.get(name);
+  if (rule) return { field: name, rule, spelling: 'plain', key: null };
+  const [, field, key] = BRACKETED.exec(name) ?? [];
+  const outer = field === undefined ? undefined : parts.get(field);
+  if (!outer || key === undefined) return undefined;
+  if (key === '') return outer.array ? { field: field!, rule: outer, spelling: 'brackets', key: null } : undefined;
+  return outer.members?.has(key) ? { field: field!, rule: outer, spelling: 'member', key } : undefined;
+}
+
+/** The part name a field's value is forwarded under, spelled as the client spelled it. */
+function partName(field: string, spelling: PartName['spelling'] | undefined, key?: string): string {
+  if (spelling === 'brackets') return `${field}[]`;
+  return key === undefined ? field : `${field}[${key}]`;
+}
+
 type PartEvent =
   | { readonly type: 'field'; readonly name: string; readonly value: string; readonly encoding: string }
   | {
@@ -147,8 +181,13 @@ class MultipartReading implements MultipartBody {
   private readonly openFiles = new Set<Readable>();
   /** RFC 2046 §5.1.1: at most 70 characters; random, so no part's content can contain it by chance. */
   private readonly boundary = `keyward-${randomBytes(18).toString('base64url')}`;
-  /** What the client sent, per name (strings as sent, files as streamed through), for the final check. */
-  private readonly sent = new Map<string, (string | UploadedFile)[]>();
+  /**
+   * What the client sent, per field (strings as sent, files as streamed through; an object field's members by
+   * key), for the final check.
+   */
+  private readonly sent = new Map<string, (string | UploadedFile)[] | Map<string, string | UploadedFile>>();
+  /** How the client spelled each field's part names (PartName): forwarded the same way. */
+  private readonly spellings = new Map<string, PartName['spelling']>();
   /** Names the client sent in the head (the fields caps and identity add to it are not among them). */
   private headNames: ReadonlySet<string> = new Set();
   private textBytes = 0;
@@ -209,7 +248,8 @@ class MultipartReading implements MultipartBody {
         this.queue.unshift(event);
         break;
       }
-      appendValue(this.head, event.name, this.checkField(event), this.contract.parts.get(event.name)!.array);
+      const { part, value } = this.checkField(event);
+      appendValue(this.head, part, value);
     }
     this.headNames = new Set(Object.keys(this.head));
   }
@@ -261,7 +301,19 @@ class MultipartReading implements MultipartBody {
 
   private *headParts(values: Record<string, unknown>): Generator<Buffer> {
     for (const name of this.headNames) {
-      for (const value of listOf(values[name])) yield this.textPart(name, value);
+      const spelling = this.spellings.get(name);
+      const value = values[name];
+      if (spelling === 'member' && isObject(value)) {
+        // The keys the client sent, each a declared member (checked again: the name goes into a part header).
+        for (const [key, member] of Object.entries(value)) {
+          if (!this.contract.parts.get(name)!.members!.has(key)) throw new TypeError(`body.${name}: not a member`);
+          yield this.textPart(partName(name, spelling, key), member);
+        }
+        continue;
+      }
+      // A field caps or identity wrote over is a plain value, forwarded under the plain name.
+      for (const item of listOf(value))
+        yield this.textPart(partName(name, spelling === 'member' ? 'plain' : spelling), item);
     }
   }
 
@@ -277,66 +329,76 @@ class MultipartReading implements MultipartBody {
    * field the head did not carry is checked against the cap caps wrote for it, and replaces it.
    */
   private laterField(event: Extract<PartEvent, { type: 'field' }>, added: Map<string, unknown>): unknown {
-    const value = this.checkField(event);
-    if (this.contract.identity.has(event.name)) return undefined;
-    if (this.contract.costFields?.has(event.name)) {
-      throw violation(`body.${event.name}: must come before the first file part (the call's cost is read from it)`);
+    const {
+      part: { field },
+      value,
+    } = this.checkField(event);
+    if (this.contract.identity.has(field)) return undefined;
+    if (this.contract.costFields?.has(field)) {
+      throw violation(`body.${field}: must come before the first file part (the call's cost is read from it)`);
     }
-    if (added.has(event.name)) {
-      const cap = added.get(event.name);
-      added.delete(event.name);
+    if (added.has(field)) {
+      const cap = added.get(field);
+      added.delete(field);
       if (typeof cap === 'number' && (typeof value !== 'number' || value > cap)) {
-        throw violation(`body.${event.name}: must be at most ${cap} for your role`);
+        throw violation(`body.${field}: must be at most ${cap} for your role`);
       }
     }
     return value;
   }
 
-  /** One text field: declared, not repeated unless an array, as-is transfer encoding, and valid for its type. */
-  private checkField(event: Extract<PartEvent, { type: 'field' }>): unknown {
-    const rule = this.contract.parts.get(event.name);
-    if (!rule || rule.kind !== 'text') throw violation('body: unknown field');
-    this.record(event.name, rule, event.value);
+  /**
+   * One text field: declared, not repeated unless an array, as-is transfer encoding, and valid for its type (an
+   * object's member for the member's; the object as a whole is checked at the end).
+   */
+  private checkField(event: Extract<PartEvent, { type: 'field' }>): { part: PartName; value: unknown } {
+    const part = resolvePart(this.contract.parts, event.name);
+    if (!part || part.rule.kind !== 'text') throw violation('body: unknown field');
+    const where = part.key === null ? `body.${part.field}` : `body.${part.field}.${part.key}`;
+    this.record(part, event.value);
     if (!IDENTITY_ENCODINGS.has(event.encoding))
-      throw violation(`body.${event.name}: Content-Transfer-Encoding is not supported`);
-    const result = rule.value.safeParse(event.value);
-    if (!result.success) throw contractError(result.error, `body.${event.name}`);
-    return result.data;
+      throw violation(`${where}: Content-Transfer-Encoding is not supported`);
+    const schema = part.key === null ? part.rule.value : part.rule.members!.get(part.key)!;
+    const result = schema.safeParse(event.value);
+    if (!result.success) throw contractError(result.error, where);
+    return { part, value: result.data };
   }
 
   /** A file part's headers: a declared file, sent as is, of a media type the contract accepts. */
   private checkFileHeaders(event: Extract<PartEvent, { type: 'file' }>): {
-    name: string;
-    rule: PartRule;
+    /** The part name as the client sent it (one resolvePart accepted), forwarded as is. */
+    sentAs: string;
+    part: PartName;
     file: UploadedFile;
   } {
-    const { name } = event;
-    const rule = name === undefined ? undefined : this.contract.parts.get(name);
-    if (name === undefined || !rule || rule.kind !== 'file') throw violation('body: unknown field');
+    const part = resolvePart(this.contract.parts, event.name);
+    if (!part || part.rule.kind !== 'file') throw violation('body: unknown field');
+    const { rule, field } = part;
     if (!IDENTITY_ENCODINGS.has(event.encoding))
-      throw violation(`body.${name}: Content-Transfer-Encoding is not supported`);
+      throw violation(`body.${field}: Content-Transfer-Encoding is not supported`);
     const type = MEDIA_TYPE.test(event.mimeType) ? event.mimeType : null;
     const ranges = rule.file!.contentTypes;
     if (ranges && (type === null || !accepts(ranges, type))) {
       throw new KeywardError('unsupported_media_type', {
-        message: `The file part "${name}" has a media type this route does not accept.`,
+        message: `The file part "${field}" has a media type this route does not accept.`,
       });
     }
     return {
-      name,
-      rule,
+      sentAs: event.name!,
+      part,
       file: { filename: sanitizeFilename(event.filename), contentType: type ?? 'application/octet-stream', bytes: 0 },
     };
   }
 
   /** Streams one file part through, under its byte cap. */
   private async *filePart(event: Extract<PartEvent, { type: 'file' }>): AsyncGenerator<Uint8Array> {
-    const { name, rule, file } = this.checkFileHeaders(event);
+    const { sentAs, part, file } = this.checkFileHeaders(event);
+    const { rule, field } = part;
     const max = rule.file!.maxBytes ?? Infinity;
     let bytes = 0;
     this.forwardedParts += 1;
     yield Buffer.from(
-      `--${this.boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${file.filename}"\r\n` +
+      `--${this.boundary}\r\nContent-Disposition: form-data; name="${sentAs}"; filename="${file.filename}"\r\n` +
         `Content-Type: ${file.contentType}\r\n\r\n`,
       'utf8',
     );
@@ -345,7 +407,7 @@ class MultipartReading implements MultipartBody {
         bytes += chunk.byteLength;
         if (bytes > max) {
           throw new KeywardError('payload_too_large', {
-            message: `The file part "${name}" is larger than this route allows (${max} bytes).`,
+            message: `The file part "${field}" is larger than this route allows (${max} bytes).`,
           });
         }
         yield chunk;
@@ -356,23 +418,39 @@ class MultipartReading implements MultipartBody {
     }
     yield CRLF;
     const uploaded = { ...file, bytes };
-    this.record(name, rule, uploaded);
+    this.record(part, uploaded);
     const result = rule.value.safeParse(uploaded);
-    if (!result.success) throw contractError(result.error, `body.${name}`);
+    if (!result.success) throw contractError(result.error, `body.${field}`);
   }
 
-  /** Counts a part under its name: a second one is refused unless the contract declares an array. */
-  private record(name: string, rule: PartRule, value: string | UploadedFile): void {
-    const values = this.sent.get(name);
-    if (!values) this.sent.set(name, [value]);
-    else if (rule.array) values.push(value);
-    else throw violation(`body.${name}: given more than once`);
+  /**
+   * Counts a part under its field: a second one is refused unless the contract declares an array, and so is a
+   * member sent twice, or a field sent under two spellings (`tag` and `tag[]`, `mode` and `mode[type]`).
+   */
+  private record(part: PartName, value: string | UploadedFile): void {
+    const { field, key } = part;
+    const spelling = this.spellings.get(field);
+    if (spelling !== undefined && spelling !== part.spelling)
+      throw violation(`body.${field}: sent under two part names`);
+    this.spellings.set(field, part.spelling);
+    const values = this.sent.get(field);
+    if (key !== null) {
+      const members =
+        (values as Map<string, string | UploadedFile> | undefined) ?? new Map<string, string | UploadedFile>();
+      if (members.has(key)) throw violation(`body.${field}.${key}: given more than once`);
+      this.sent.set(field, members.set(key, value));
+    } else if (!values) this.sent.set(field, [value]);
+    else if (part.rule.array) (values as (string | UploadedFile)[]).push(value);
+    else throw violation(`body.${field}: given more than once`);
   }
 
   /** The contract over everything the client sent (required parts, array sizes, the adapter's own refinements). */
   private finalCheck(): void {
     const body = Object.fromEntries(
-      [...this.sent].map(([name, values]) => [name, this.contract.parts.get(name)!.array ? values : values[0]]),
+      [...this.sent].map(([name, values]) => [
+        name,
+        values instanceof Map ? Object.fromEntries(values) : this.contract.parts.get(name)!.array ? values : values[0],
+      ]),
     );
     const result = this.contract.schema.safeParse(body);
     if (!result.success) throw contractError(result.error, 'body');
@@ -433,7 +511,7 @@ function createParser(contentType: string, parts: ReadonlyMap<string, PartRule>)
       preservePath: false,
       // Anything but a declared text field is streamed, never buffered: a declared file is a file whether or not
       // the client gave a filename, and an unknown part is refused at its headers instead of after its content.
-      isPartAFile: (name) => name === undefined || parts.get(name)?.kind !== 'text',
+      isPartAFile: (name) => resolvePart(parts, name)?.rule.kind !== 'text',
       limits: {
         fieldSize: MULTIPART_LIMITS.textBytes,
         parts: MULTIPART_LIMITS.parts,
@@ -447,11 +525,25 @@ function createParser(contentType: string, parts: ReadonlyMap<string, PartRule>)
   }
 }
 
-function appendValue(target: Record<string, unknown>, name: string, value: unknown, array: boolean): void {
+/** Adds a checked head part to the head: a value, an array's next item, or an object's member. */
+function appendValue(target: Record<string, unknown>, part: PartName, value: unknown): void {
+  const name = part.field;
   const current = Object.hasOwn(target, name) ? target[name] : undefined;
-  const next = array ? [...((current as unknown[] | undefined) ?? []), value] : value;
-  // defineProperty: a part named `__proto__` stays a plain field.
-  Object.defineProperty(target, name, { value: next, enumerable: true, writable: true, configurable: true });
+  let next: unknown = value;
+  if (part.key !== null) {
+    next = (current as Record<string, unknown> | undefined) ?? {};
+    define(next as Record<string, unknown>, part.key, value);
+  } else if (part.rule.array) next = [...((current as unknown[] | undefined) ?? []), value];
+  define(target, name, next);
+}
+
+// defineProperty: a part named `__proto__` stays a plain field.
+function define(target: Record<string, unknown>, name: string, value: unknown): void {
+  Object.defineProperty(target, name, { value, enumerable: true, writable: true, configurable: true });
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
 function listOf(value: unknown): unknown[] {

@@ -644,6 +644,172 @@ describe('zod multipart contracts (TypeScript adapters)', () => {
   });
 });
 
+describe('bracketed part names: `name[]` for arrays, `name[key]` for object fields (as the openai SDK sends them)', () => {
+  const contract = compiled({
+    body: z.object({
+      model: z.string(),
+      tags: z.array(z.string()).max(3).optional(),
+      extras: z.array(filePart({ maxBytes: 10 })).optional(),
+      mode: z
+        .union([
+          z.literal('auto'),
+          z.strictObject({ type: z.literal('vad'), level: z.coerce.number().int().min(0).max(9).optional() }),
+        ])
+        .optional(),
+      file: filePart(),
+    }),
+  });
+  const options = { contract };
+
+  it('reads them as their declared field, and forwards each part under the name the client gave it', async () => {
+    const result = await forwarded(
+      formOf([
+        ['model', 'm'],
+        ['tags[]', 'a'],
+        ['tags[]', 'b'],
+        ['mode[type]', 'vad'],
+        ['mode[level]', '3'],
+        ['file', mp3(5)],
+        ['extras[]', new Blob(['x']), 'x.bin'],
+      ]),
+      options,
+    );
+    expect(result.head).toEqual({ model: 'm', tags: ['a', 'b'], mode: { type: 'vad', level: 3 } });
+    expect([...result.form.keys()]).toEqual([
+      'model',
+      'tags[]',
+      'tags[]',
+      'mode[type]',
+      'mode[level]',
+      'file',
+      'extras[]',
+    ]);
+    expect(result.form.get('mode[level]')).toBe('3');
+    // After the first file part too, and in a declarative contract (AUDIO's tags).
+    const later = await forwarded(
+      formOf([
+        ['model', 'm'],
+        ['file', mp3(5)],
+        ['mode[type]', 'vad'],
+        ['tags[]', 'c'],
+      ]),
+      options,
+    );
+    expect([...later.form.keys()]).toEqual(['model', 'file', 'mode[type]', 'tags[]']);
+    const audio = await forwarded(
+      formOf([
+        ['model', 'whisper-1'],
+        ['tags[]', 'a'],
+        ['file', mp3(3)],
+      ]),
+    );
+    expect(audio.head).toMatchObject({ tags: ['a'] });
+    expect(audio.form.getAll('tags[]')).toEqual(['a']);
+    // The plain spellings still work: a repeated `tags`, `mode=auto`.
+    const plain = await forwarded(
+      formOf([
+        ['model', 'm'],
+        ['tags', 'a'],
+        ['tags', 'b'],
+        ['mode', 'auto'],
+        ['file', mp3(5)],
+      ]),
+      options,
+    );
+    expect([...plain.form.keys()]).toEqual(['model', 'tags', 'tags', 'mode', 'file']);
+  });
+
+  it('refuses a bracketed name the contract does not declare, without naming it, in the head and after a file', async () => {
+    const undeclared = [
+      'model[]', // not an array
+      'model[type]', // not an object
+      'tags[0]', // arrays are read from `tags` or `tags[]` only
+      'tags[type]',
+      'mode[]',
+      'mode[other]', // not one of the object's keys
+      'mode[type][x]',
+      'mode[ type]',
+      'nope[]',
+      'nope[type]',
+      `tags[${KEYISH}]`,
+      `${KEYISH}[]`,
+    ];
+    for (const name of undeclared) {
+      for (const entries of [
+        [
+          ['model', 'm'],
+          [name, 'x'],
+          ['file', mp3(5)],
+        ],
+        [
+          ['model', 'm'],
+          ['file', mp3(5)],
+          [name, 'x'],
+        ],
+      ] as [string, string | Blob][][]) {
+        const message = await forwardFails(formOf(entries), 'contract_violation', options);
+        expect(message, name).toContain('body: unknown field');
+        expect(message).not.toContain(KEYISH);
+      }
+      // As a file part too (busboy streams an unknown name as a file: refused at its headers).
+      const asFile = await forwardFails(
+        formOf([
+          ['model', 'm'],
+          [name, new Blob(['x']), 'x.bin'],
+        ]),
+        'contract_violation',
+        options,
+      );
+      expect(asFile, name).toContain('body: unknown field');
+    }
+  });
+
+  it('refuses one field under two spellings, a member given twice or of the wrong type, and an incomplete object', async () => {
+    const fails = (entries: [string, string | Blob][]) =>
+      forwardFails(formOf([['model', 'm'], ...entries, ['file', mp3(5)]]), 'contract_violation', options);
+    expect(
+      await fails([
+        ['tags', 'a'],
+        ['tags[]', 'b'],
+      ]),
+    ).toContain('body.tags: sent under two part names');
+    expect(
+      await fails([
+        ['mode', 'auto'],
+        ['mode[type]', 'vad'],
+      ]),
+    ).toContain('body.mode: sent under two part names');
+    expect(
+      await fails([
+        ['mode[type]', 'vad'],
+        ['mode[type]', 'vad'],
+      ]),
+    ).toContain('body.mode.type: given more than once');
+    expect(
+      await fails([
+        ['mode[type]', 'vad'],
+        ['mode[level]', '12'],
+      ]),
+    ).toContain('body.mode.level');
+    expect(await fails([['mode[type]', 'other']])).toContain('body.mode.type');
+    // Each member is checked alone as it arrives; the object (here without its `type`) at the end.
+    expect(await fails([['mode[level]', '1']])).toContain('body.mode');
+    expect(await fails([['mode', 'vad']])).toContain('body.mode');
+    const tooMany = await fails((['a', 'b', 'c', 'd'] as const).map((tag): [string, string] => ['tags[]', tag]));
+    expect(tooMany).toContain('body.tags');
+  });
+
+  it('refuses object fields whose members could not be single text parts', () => {
+    for (const member of [z.object({ x: z.string() }), z.array(z.string()), filePart()]) {
+      const error = thrown(() => compiled({ body: z.object({ mode: z.object({ inner: member }) }) }));
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as Error).message).toContain('a multipart object holds text fields only');
+    }
+    const badKey = thrown(() => compiled({ body: z.object({ mode: z.object({ 'a]b': z.string() }) }) }));
+    expect((badKey as Error).message).toContain('multipart object keys are letters, digits');
+  });
+});
+
 describe('multipart contracts in the config', () => {
   it('refuses nested objects and arrays of arrays, and nested body targets for caps and identity', () => {
     for (const property of [
