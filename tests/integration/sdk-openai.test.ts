@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import OpenAI, { type APIError } from 'openai';
+import OpenAI, { toFile, type APIError } from 'openai';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { openai } from '../../lib/core/presets';
 import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
@@ -115,6 +115,78 @@ describe('openai SDK through Keyward: streaming', () => {
     expect(lastRequest().headers.authorization).toBe(`Bearer ${fake.key}`);
     const models = await client.models.list();
     expect(models.data.map((model) => model.id)).toEqual([MODEL]);
+  });
+});
+
+describe('openai SDK through Keyward: audio uploads with array and object options', () => {
+  const audio = Buffer.alloc(4096, 7);
+  const talk = () => toFile(audio, 'talk.mp3', { type: 'audio/mpeg' });
+
+  /** The multipart body the API received, read back with undici's parser: its part names in order, and the form. */
+  async function received() {
+    const request = lastRequest();
+    const form = await new Response(new Uint8Array(request.bodyPreview), {
+      headers: { 'content-type': String(request.headers['content-type']) },
+    }).formData();
+    const file = form.get('file') as File;
+    expect(Buffer.from(await file.arrayBuffer()).equals(audio)).toBe(true);
+    return { url: request.url, names: [...form.keys()], form };
+  }
+
+  it('timestamp_granularities and include go out as the SDK sends them (`name[]` parts), after the file too', async () => {
+    const transcription = await browserClient(cookie).audio.transcriptions.create({
+      file: await talk(),
+      model: 'gpt-4o-mini-transcribe',
+      response_format: 'verbose_json',
+      timestamp_granularities: ['word', 'segment'],
+      include: ['logprobs'],
+    });
+    expect(transcription.text).toBe(FAKE_TOKENS.join(''));
+    const { url, names, form } = await received();
+    expect(url).toBe('/v1/audio/transcriptions');
+    expect(names).toEqual(['file', 'model', 'response_format', 'timestamp_granularities[]', 'timestamp_granularities[]', 'include[]']);
+    expect(form.getAll('timestamp_granularities[]')).toEqual(['word', 'segment']);
+    expect(form.getAll('include[]')).toEqual(['logprobs']);
+  });
+
+  it('chunking_strategy as "auto", and as a server_vad object in bracket form (before the file: read in the head)', async () => {
+    const client = browserClient(cookie);
+    await client.audio.transcriptions.create({ model: 'gpt-4o-mini-transcribe', chunking_strategy: 'auto', file: await talk() });
+    expect((await received()).names).toEqual(['model', 'chunking_strategy', 'file']);
+    expect((await received()).form.get('chunking_strategy')).toBe('auto');
+
+    await client.audio.transcriptions.create({
+      model: 'gpt-4o-mini-transcribe',
+      chunking_strategy: { type: 'server_vad', prefix_padding_ms: 300, silence_duration_ms: 500, threshold: 0.6 },
+      file: await talk(),
+    });
+    const { names, form } = await received();
+    expect(names).toEqual([
+      'model',
+      'chunking_strategy[type]',
+      'chunking_strategy[prefix_padding_ms]',
+      'chunking_strategy[silence_duration_ms]',
+      'chunking_strategy[threshold]',
+      'file',
+    ]);
+    expect(Object.fromEntries([...form].filter(([name]) => name.startsWith('chunking_strategy')))).toEqual({
+      'chunking_strategy[type]': 'server_vad',
+      'chunking_strategy[prefix_padding_ms]': '300',
+      'chunking_strategy[silence_duration_ms]': '500',
+      'chunking_strategy[threshold]': '0.6',
+    });
+  });
+
+  it('a chunking_strategy outside the API\'s schema is refused (400) and nothing reaches the API', async () => {
+    const before = fake.requests.length;
+    const bad = { type: 'server_vad', threshold: 2 } as const;
+    const error = (await browserClient(cookie)
+      .audio.transcriptions.create({ model: 'gpt-4o-mini-transcribe', chunking_strategy: bad, file: await talk() })
+      .catch((caught: unknown) => caught)) as APIError;
+    expect(error).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(error.code).toBe('contract_violation');
+    expect(error.message).toContain('body.chunking_strategy.threshold');
+    expect(fake.requests.length).toBe(before);
   });
 });
 

@@ -204,12 +204,27 @@ export function speechBody(models: z.ZodType<string>) {
 /** Audio files the API accepts are at most 25 MB (https://platform.openai.com/docs/guides/speech-to-text). */
 const AUDIO_BYTES = 25 * 1024 * 1024;
 
-/** Transcriptions and translations: multipart, the audio file streamed through; text fields arrive as strings. */
+/**
+ * Transcriptions and translations: multipart, the audio file streamed through; text fields arrive as strings.
+ * The `openai` SDK sends arrays as `include[]` parts and `chunking_strategy` as `"auto"` or in bracket form
+ * (`chunking_strategy[type]=server_vad`), as the API reads them: lib/core/policy/multipart.ts reads both.
+ */
 export function transcriptionBody(models: z.ZodType<string>) {
   return z.object({
     file: filePart({ maxBytes: AUDIO_BYTES }),
     model: models,
-    chunking_strategy: z.string().max(1024).optional(),
+    // https://platform.openai.com/docs/api-reference/audio/createTranscription#audio-createtranscription-chunking_strategy
+    chunking_strategy: z
+      .union([
+        z.literal('auto'),
+        z.strictObject({
+          type: z.literal('server_vad'),
+          prefix_padding_ms: z.coerce.number().int().min(0).optional(),
+          silence_duration_ms: z.coerce.number().int().min(0).optional(),
+          threshold: z.coerce.number().min(0).max(1).optional(),
+        }),
+      ])
+      .optional(),
     include: z.array(z.string().max(64)).max(8).optional(),
     language: z.string().max(16).optional(),
     prompt: z.string().max(4096).optional(),
