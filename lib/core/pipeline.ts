@@ -40,6 +40,7 @@ import type { Span } from '@opentelemetry/api';
 import { genAiUsageReader, traceGenAiRequest, type GenAiUsage } from './observe/gen-ai';
 import { UNKNOWN_UPSTREAM, type ProxyMetrics } from './observe/metrics';
 import { endCallSpan, setGenAiUsage, startCallSpan } from './observe/trace';
+import type { HeldSecrets } from './respond/held-secrets';
 
 export interface ProxyDeps {
   readonly registry: ReadonlyMap<string, Upstream>;
@@ -67,10 +68,12 @@ export interface ProxyDeps {
   /** Where the anomaly detector's throttle marks are (lib/core/detect/marks.ts), read with step 8; absent: none. */
   readonly throttleStore?: Store;
   /**
-   * Every secret Keyward loaded (its own, each upstream's keys, client and webhook secrets): each answer is
-   * scrubbed of them all, besides the call's own credential (`withHeldSecrets`); absent: of that credential only.
+   * Every secret Keyward holds (its own, each upstream's keys, client and webhook secrets, each managed key
+   * version once this process added or opened it): each answer is scrubbed of them all, besides the call's own
+   * credential (`withHeldSecrets`, read as they are when the call gets its credential); absent: of that
+   * credential only.
    */
-  readonly heldSecrets?: readonly string[];
+  readonly heldSecrets?: HeldSecrets;
   /**
    * The clock (epoch ms) that times a call's store round trip (step 8) against its forwarding, which checks the
    * session and the credential again past RECHECK_AFTER_MS (`recheckBeforeForward`); default Date.now.
@@ -559,7 +562,7 @@ export async function resolveCallCredential(call: Call, upstream: Upstream, sess
     throttle: call.deps.throttleStore ? { store: call.deps.throttleStore, key: throttleKey(session.userId) } : null,
   });
   if (outcome.revoked) throw revoked(call);
-  const credential = withHeldSecrets(outcome.credential, call.deps.heldSecrets);
+  const credential = withHeldSecrets(outcome.credential, call.deps.heldSecrets?.current());
   call.credential = credential;
   call.rate = { rules, taken: outcome.taken };
   call.throttle = throttleRule(outcome.throttle);
@@ -604,7 +607,10 @@ async function credentialServes(upstream: Upstream, session: Session, credential
   return true;
 }
 
-/** By held list, then by credential: a service key's credential is one object for the process's life. */
+/**
+ * By held list, then by credential: a service key's credential is one object for the process's life, and the held
+ * list one array until a secret is added to it (HeldSecrets.current), when the old list's entries go with it.
+ */
 const withHeld = new WeakMap<readonly string[], WeakMap<ResolvedCredential, ResolvedCredential>>();
 
 /**

@@ -22,6 +22,7 @@ import { AuditLog } from './audit/audit';
 import { UsageAggregates } from './aggregates/usage';
 import { keyFingerprints } from './keys/fingerprint';
 import { KeyRings } from './keys/rings';
+import { processHeldSecrets, type HeldSecrets } from './respond/held-secrets';
 import { DeviceCookies } from './limits/device-cookie';
 import { Limits } from './limits/limits';
 import { processMetrics, type ProxyMetrics } from './observe/metrics';
@@ -68,6 +69,11 @@ export interface Runtime extends ProxyDeps {
   /** Sign-in device cookies: a browser's attempts for a username it signed in as count on its own counter. */
   readonly deviceCookies: DeviceCookies;
   readonly keyRings: KeyRings;
+  /**
+   * Every secret each answer is scrubbed of, one list per process (processHeldSecrets): what each runtime read at
+   * start-up, and each managed key version once added or opened here.
+   */
+  readonly heldSecrets: HeldSecrets;
   readonly audit: AuditLog;
   /** Prometheus metrics, one set per process (shared with the other door's runtime; GET /api/metrics). */
   readonly metrics: ProxyMetrics;
@@ -279,7 +285,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   });
 
   const dispatcher = options.dispatcher ?? createUpstreamAgent();
-  const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, now);
+  const held = processHeldSecrets();
+  held.add(heldSecrets(secrets, registry));
+  const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, held, now);
   const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now, {
     minute: settings.KEYWARD_USAGE_MINUTES_RETENTION_HOURS * 3_600_000,
     hour: settings.KEYWARD_USAGE_HOURS_RETENTION_DAYS * 86_400_000,
@@ -333,7 +341,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     signals: detector,
     decoys: decoys ?? undefined,
     throttleStore: store,
-    heldSecrets: heldSecrets(secrets, registry),
+    heldSecrets: held,
     trustedProxyHops: settings.KEYWARD_TRUSTED_PROXY_HOPS,
     credentials: { userKeys, oauthTokens, keyRings, connections },
     verifySession: createSessionVerifier(
@@ -467,9 +475,10 @@ function assertNoSecretDecoys(decoys: DecoySet, secrets: readonly string[]): voi
 }
 
 /**
- * What every answer is scrubbed of (ProxyDeps.heldSecrets): every secret Keyward holds but a `basic` username
- * read from the environment. That is an account name (`svc-report`, a bot's email) that other APIs may rightly
- * show, so it is scrubbed from its own upstream's answers only, as before.
+ * What every answer is scrubbed of from start-up (ProxyDeps.heldSecrets, to which KeyRings adds each managed key
+ * version this process adds or opens): every secret Keyward holds but a `basic` username read from the
+ * environment. That is an account name (`svc-report`, a bot's email) that other APIs may rightly show, so it is
+ * scrubbed from its own upstream's answers only, as before.
  */
 function heldSecrets(secrets: readonly string[], registry: ReadonlyMap<string, Upstream>): string[] {
   const usernames = new Set(

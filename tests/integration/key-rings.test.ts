@@ -17,6 +17,7 @@ import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { RedisStore } from '../../lib/store/redis';
 import { Vault } from '../../lib/core/vault/seal';
 import { freePort } from '../fixtures/app-server';
+import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { REDIS_URL, capturingLogger, findLeak, responseText } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
@@ -869,6 +870,69 @@ describe("an answer holding another version of the ring's key is scrubbed of it 
     } finally {
       r.server.listed = [];
     }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// 4c. Another upstream's answer that holds a managed key
+// ---------------------------------------------------------------------------------------------------------
+
+describe("another upstream's answer holding a managed key is scrubbed of it", () => {
+  // An in-house API beside the ring's upstream that dumps what it holds, the ring's key among it, in its body
+  // and in a header it may pass on (x-echo). A header that carries a secret is dropped, a body's is replaced.
+  let dump: TestUpstream;
+  let dumped = '';
+  beforeAll(async () => {
+    dump = await startUpstream((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'x-echo': `key=${dumped}` });
+      res.end(JSON.stringify({ env: { SVC_KEY: dumped } }));
+    });
+  });
+  afterAll(() => dump.close());
+
+  let dumpSeq = 0;
+  async function dumpCall(runtime: Runtime): Promise<{ status: number; echo: string | null; body: unknown }> {
+    const id = `d${++dumpSeq}`;
+    const request = new Request(`${APP_ORIGIN}/api/proxy/dump/items/${id}`, { headers: { cookie: userCookie, 'x-keyward-csrf': '1' } });
+    const response = await handleProxy(request, { upstream: 'dump', path: ['items', id] }, runtime);
+    const flat = await responseText(response);
+    expect(findLeak(flat.text, allKeys) === null, 'a key value reached a proxied response').toBe(true);
+    return { status: flat.status, echo: response.headers.get('x-echo'), body: JSON.parse(flat.body) };
+  }
+
+  it('rotated to here, and in another runtime of this process (a Next bundle\'s) that never called the ring\'s upstream', async () => {
+    const r = await ring();
+    const dumpKey = randomSecret('dumpkey');
+    allKeys.push(dumpKey);
+    const options: RingRuntimeOptions = {
+      upstreams: [
+        svc(r.server.origin),
+        defineUpstream('dump', {
+          baseUrl: `${dump.origin}/`,
+          auth: { type: 'header', name: 'x-api-key', secret: { env: 'DUMP_KEY' } },
+          routes: ROUTES,
+          responseHeaders: ['x-echo'],
+        }),
+      ],
+      env: { DUMP_KEY: dumpKey },
+    };
+    const a = await r.runtime(options);
+    const b = await r.runtime(options);
+    // What is no secret passes, header and body.
+    dumped = 'nothing-secret';
+    expect(await dumpCall(a)).toEqual({ status: 200, echo: 'key=nothing-secret', body: { env: { SVC_KEY: 'nothing-secret' } } });
+
+    const fresh = newKey(r.server, 'new');
+    r.server.accept('old', 'new');
+    await a.keyRings.add('svc', fresh);
+    expect((await a.keyRings.rotate('svc', fresh, { actor: 'x', skipCanary: true })).state).toBe('switched');
+    dumped = fresh;
+    const scrubbed = { status: 200, echo: null, body: { env: { SVC_KEY: '[REDACTED]' } } };
+    expect(await dumpCall(a)).toEqual(scrubbed);
+    expect(await dumpCall(b)).toEqual(scrubbed);
+    // And after the ring's own upstream was called with it.
+    expect(await labelOf(a, r.server)).toBe('new');
+    expect(await dumpCall(a)).toEqual(scrubbed);
   });
 });
 

@@ -9,8 +9,9 @@ import { buildUpstreamUrl } from '../forward/url';
 import { keyVerifier, legacyFingerprint, newVerifierSalt } from './fingerprint';
 import { logScrubber } from '../log/logger';
 import { discardBody } from '../respond/body';
+import type { HeldSecrets } from '../respond/held-secrets';
 import { guard } from '../store/guard';
-import { credentialFor, withSecrets, type CredentialPlan, type ResolvedCredential, type Upstream } from '../upstream/registry';
+import { credentialFor, usernameSecrets, withSecrets, type CredentialPlan, type ResolvedCredential, type Upstream } from '../upstream/registry';
 import type { Vault } from '../vault/seal';
 import type { Store } from '../../store/types';
 
@@ -121,6 +122,7 @@ export class KeyRings {
     private readonly vault: Vault | null,
     private readonly dispatcher: Dispatcher,
     private readonly logger: Logger,
+    private readonly held: HeldSecrets,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -261,7 +263,7 @@ export class KeyRings {
     }
     const existing = versions.find(named) ?? versions.find((v) => stored.versions.some((e) => e.id === v.id && named(e)));
     if (existing) return this.renewedIfStaged(upstream, existing);
-    logScrubber.add([value]);
+    this.hold(upstream, value);
     // The seal names its version, so the check below does not depend on the fingerprint key (which changes
     // when KEYWARD_SESSION_SECRET is rotated), and is bound to its entry: a version id is the same for one key under
     // every upstream, so only the entry's name stops a store writer from moving one upstream's key to another's.
@@ -716,9 +718,24 @@ export class KeyRings {
     if (cached) return cached;
     const value = await this.managedValue(upstream, version);
     if (value === null) throw new KeywardError('credential_unavailable');
+    const credential = this.hold(upstream, value);
+    this.managed.set(`${upstream.id}:${version.id}`, credential);
+    return credential;
+  }
+
+  /**
+   * A managed version's value, known to this process from now on (added here, or opened): scrubbed from every log
+   * line, and from every answer, not only its own upstream's (ProxyDeps.heldSecrets), as a key from the
+   * environment is (a `basic` username from the environment no more than there). One another instance added
+   * (the store is shared) is opened here when a call to its upstream reads a ring state that has it
+   * (`withRingSecrets` opens every version of the ring, not only the serving one). A process that has not called
+   * that upstream since does not know the value, so its other upstreams' answers are not scrubbed of it.
+   */
+  private hold(upstream: Upstream, value: string): ResolvedCredential {
     logScrubber.add([value]);
     const credential = credentialFor(upstream.auth, value, upstream.fingerprints, basicUsername(upstream));
-    this.managed.set(`${upstream.id}:${version.id}`, credential);
+    const username = new Set(usernameSecrets(basicUsername(upstream)));
+    this.held.add(credential.secrets.filter((secret) => !username.has(secret)));
     return credential;
   }
 

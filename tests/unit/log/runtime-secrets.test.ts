@@ -81,8 +81,8 @@ describe('what every answer is scrubbed of (heldSecrets)', () => {
       store: new MemoryStore(),
       serving: false,
     });
-    expect(runtime.heldSecrets).toEqual(expect.arrayContaining([password, clientKey, runtime.settings.AUTH_SECRET]));
-    expect(runtime.heldSecrets).not.toContain(username);
+    expect(runtime.heldSecrets.current()).toEqual(expect.arrayContaining([password, clientKey, runtime.settings.AUTH_SECRET]));
+    expect(runtime.heldSecrets.current()).not.toContain(username);
     // Its own upstream's answers and every log line are still scrubbed of it.
     expect(logScrubber.scrub(`account ${username}`)).toBe('account [REDACTED]');
   });
