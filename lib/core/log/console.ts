@@ -1,4 +1,4 @@
-import { formatWithOptions } from 'node:util';
+import { formatWithOptions, inspect, type InspectOptions } from 'node:util';
 import { logScrubber } from './logger';
 
 const SCRUBBED = Symbol.for('keyward.console-scrubbed');
@@ -16,7 +16,10 @@ export function scrubConsole(target: Console = console): void {
   const marked = target as Console & { [SCRUBBED]?: true };
   if (marked[SCRUBBED]) return;
   marked[SCRUBBED] = true;
-  for (const name of ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const) {
+  const log = target.log.bind(target);
+  // dirxml prints its arguments as log does (Node's calls `this.log`, so a clean line is checked twice).
+  for (const name of ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dirxml'] as const) {
+    if (typeof target[name] !== 'function') continue;
     const original = target[name].bind(target);
     target[name] = (...args: unknown[]) => {
       // Strings checked whole: console shows 10,000 characters of one, so a secret where it cuts would not match
@@ -26,6 +29,18 @@ export function scrubConsole(target: Console = console): void {
       const scrubbed = logScrubber.scrub(text);
       if (scrubbed === text) original(...args);
       else original(scrubbed);
+    };
+  }
+  if (typeof target.dir === 'function') {
+    const dir = target.dir.bind(target);
+    // One value, inspected with the options given (console.dir's own default: no custom inspect); one with a
+    // secret is printed inspected, then scrubbed, through log (the same stream: stdout), since dir would quote it.
+    target.dir = (item?: unknown, options?: InspectOptions) => {
+      const text = inspected(item, options);
+      if (text === null) return log(TOO_LONG);
+      const scrubbed = logScrubber.scrub(text);
+      if (scrubbed === text) dir(item, options);
+      else log(scrubbed);
     };
   }
 }
@@ -40,6 +55,15 @@ const TOO_LONG = 'keyward: a console line too long to check for secrets was not 
 function formatted(args: unknown[]): string | null {
   try {
     return formatWithOptions(WHOLE, ...args);
+  } catch {
+    return null;
+  }
+}
+
+/** A value as console.dir shows it with these options, strings whole; null when that is longer than a string can be. */
+function inspected(item: unknown, options: InspectOptions | undefined): string | null {
+  try {
+    return inspect(item, { customInspect: false, ...options, ...WHOLE });
   } catch {
     return null;
   }

@@ -1,4 +1,6 @@
-import { format } from 'node:util';
+import { Console } from 'node:console';
+import { Writable } from 'node:stream';
+import { format, inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { scrubConsole } from '../../../lib/core/log/console';
 import { logScrubber } from '../../../lib/core/log/logger';
@@ -38,6 +40,54 @@ describe('console output passes the log scrubber (scrubConsole)', () => {
     expect(String(first![1])).not.toContain(key);
     expect(second).toEqual(['warn', 'key [REDACTED] and base64 [REDACTED]']);
     expect(third).toEqual(['log', 'nothing secret', 42, error]);
+  });
+
+  it('console.dir (with the options it is given) and console.dirxml pass the scrubber too', () => {
+    const key = randomSecret('console-dir');
+    logScrubber.add([key]);
+    const printed: unknown[][] = [];
+    const target = Object.fromEntries(
+      ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dir', 'dirxml'].map((name) => [name, (...args: unknown[]) => printed.push([name, ...args])]),
+    ) as unknown as Console;
+    scrubConsole(target);
+    target.dir({ upstreamBody: key });
+    // console.dir does not call a custom inspect: what it would show is what is checked.
+    target.dir({ upstreamBody: key, [inspect.custom]: () => 'nothing to see' });
+    // Deeper than console.dir's default depth (2), shown with depth: null.
+    target.dir({ a: { b: { c: { d: key } } } }, { depth: null });
+    // Not shown at depth 0, so printed as given; a value without a secret too.
+    const deep = { a: { b: { c: { d: key } } } };
+    target.dir(deep, { depth: 0 });
+    target.dir({ fine: true });
+    target.dirxml('key', key);
+    target.dirxml('nothing secret', 42);
+    expect(printed).toEqual([
+      ['log', "{ upstreamBody: '[REDACTED]' }"],
+      ['log', expect.stringContaining("upstreamBody: '[REDACTED]'")],
+      ['log', inspect({ a: { b: { c: { d: '[REDACTED]' } } } }, { depth: null })],
+      ['dir', deep, { depth: 0 }],
+      ['dir', { fine: true }, undefined],
+      ['dirxml', 'key [REDACTED]'],
+      ['dirxml', 'nothing secret', 42],
+    ]);
+  });
+
+  it("with Node's own Console: dir and dirxml write scrubbed to its stdout, clean values as Node prints them", () => {
+    const key = randomSecret('node-dir');
+    logScrubber.add([key]);
+    let out = '';
+    const stdout = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        out += chunk.toString();
+        done();
+      },
+    });
+    const target = new Console({ stdout, colorMode: false });
+    scrubConsole(target);
+    target.dir({ upstreamBody: key });
+    target.dirxml({ upstreamBody: key });
+    target.dir('plain', { colors: false });
+    expect(out).toBe("{ upstreamBody: '[REDACTED]' }\n{ upstreamBody: '[REDACTED]' }\n'plain'\n");
   });
 
   it('scrubs a secret as console quotes it inside an object: with all three quotes (\\\'), or a " and a backslash', () => {
