@@ -38,13 +38,14 @@ export const RESERVED_AUTHORIZATION_PARAMS = new Set([
 
 const endpointSchema = z
   .url({ protocol: /^https?$/, error: 'must be an absolute https URL' })
+  // zod runs refinements after a failed format check too: a value that is no URL is that check's to name.
   .refine((value) => {
-    const url = new URL(value);
-    return url.protocol === 'https:' || isLoopbackHost(url.hostname);
+    const url = URL.parse(value);
+    return url === null || url.protocol === 'https:' || isLoopbackHost(url.hostname);
   }, 'must be https (plain http only on a loopback address)')
   .refine((value) => {
-    const url = new URL(value);
-    return !url.username && !url.password && !url.hash;
+    const url = URL.parse(value);
+    return url === null || (!url.username && !url.password && !url.hash);
   }, 'must not carry credentials or a fragment');
 
 export const connectionSchema = z

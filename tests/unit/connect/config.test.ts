@@ -227,6 +227,16 @@ describe('refused configurations name the field', () => {
     expect(problems(input)).toContain(message);
   });
 
+  it.each(['issuer', 'authorizationUrl', 'tokenUrl', 'revocationUrl'])(
+    '%s that is no URL at all is named, not a crash (zod still runs the refinements)',
+    (field) => {
+      for (const preset of ['generic', 'github']) {
+        const input = { x: { preset, clientId: { env: 'A' }, clientSecret: { env: 'B' }, [field]: 'not a url' } };
+        expect(problems(input)).toContain(`connections.x.${field}: must be an absolute https URL`);
+      }
+    },
+  );
+
   it('a missing environment variable, named without its value', () => {
     expect(() =>
       resolveConnections(
