@@ -135,7 +135,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);
   const registry = buildRegistry(definitions, env, fingerprints);
-  const logger = options.logger ?? getLogger();
+  const logger = options.logger ?? getLogger(settings.KEYWARD_LOG_LEVEL);
   // A user taken out of the file is signed out everywhere (every session and app token issued so far), and loses
   // their own keys and connected accounts, by each process that sees the edit: putting the name back, for the
   // same person or another, revives none of them (the name's next owner must not call with the last one's keys).

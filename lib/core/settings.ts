@@ -2,6 +2,7 @@ import 'server-only';
 import { z } from 'zod';
 import { ConfigError } from './config/load';
 import { formatIssues, isLoopbackHost } from './config/schema';
+import { LOG_LEVELS, type LogLevel } from './log/logger';
 import type { Env } from './upstream/registry';
 
 const secret = z
@@ -169,16 +170,20 @@ const settingsSchema = z.object({
    * proof; `required` refuses a grant without one (`invalid_dpop_proof`). Bound tokens need a proof either way.
    */
   KEYWARD_MOBILE_DPOP: z.enum(['optional', 'required'], { error: 'must be optional or required' }).default('optional'),
+  /** pino's level; unset or empty: info. pino throws on any other value, so it is named here instead. */
+  KEYWARD_LOG_LEVEL: z
+    .enum([...LOG_LEVELS, ''], { error: 'must be fatal, error, warn, info, debug, trace or silent' })
+    .optional()
+    .transform((value): LogLevel => value || 'info'),
 });
 
 export type Settings = z.output<typeof settingsSchema>;
 
 /**
- * `KEYWARD_` variables read outside the settings above: the logger, the fast lane's two processes, the demo and
- * the benchmark. With the settings, the names a near miss is compared with (misspelledSettings).
+ * `KEYWARD_` variables read outside the settings above: the fast lane's two processes, the demo and the
+ * benchmark. With the settings, the names a near miss is compared with (misspelledSettings).
  */
 const OTHER_KEYWARD_VARIABLES = [
-  'KEYWARD_LOG_LEVEL',
   'KEYWARD_DIST_DIR',
   'KEYWARD_NEXT_SOCKET',
   'KEYWARD_NEXT_PORT',

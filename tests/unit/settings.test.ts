@@ -257,6 +257,23 @@ describe('readSettings: KEYWARD_MOBILE_DPOP', () => {
   });
 });
 
+describe('readSettings: KEYWARD_LOG_LEVEL', () => {
+  it('is info by default and when set empty, and takes each of pino\'s levels', () => {
+    expect(readSettings(testSessionSecrets()).KEYWARD_LOG_LEVEL).toBe('info');
+    expect(readSettings({ ...testSessionSecrets(), KEYWARD_LOG_LEVEL: '' }).KEYWARD_LOG_LEVEL).toBe('info');
+    for (const level of ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']) {
+      expect(readSettings({ ...testSessionSecrets(), KEYWARD_LOG_LEVEL: level }).KEYWARD_LOG_LEVEL).toBe(level);
+    }
+  });
+
+  // pino throws on a level it does not know, which stopped start-up with "an unexpected error".
+  it.each(['verbose', 'DEBUG', ' info', 'warning'])('refuses %j, naming the setting and the levels it takes', (value) => {
+    expect(settingsError({ ...testSessionSecrets(), KEYWARD_LOG_LEVEL: value })).toContain(
+      'KEYWARD_LOG_LEVEL: must be fatal, error, warn, info, debug, trace or silent',
+    );
+  });
+});
+
 describe('readSettings: KEYWARD_MOBILE_REFRESH_GRACE', () => {
   it('is 30 s by default, and takes 0 (no grace) to 120', () => {
     expect(readSettings(testSessionSecrets()).KEYWARD_MOBILE_REFRESH_GRACE).toBe(30);

@@ -2,6 +2,20 @@ import 'server-only';
 import pino, { type Logger } from 'pino';
 import { SecretScrubber } from './scrub';
 
+/** pino's levels, as KEYWARD_LOG_LEVEL takes them (lib/core/settings.ts validates it). */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/**
+ * KEYWARD_LOG_LEVEL as the environment holds it, for a logger made before the settings are read (an error while
+ * loading them is logged): pino throws on a level it does not know, so anything else is `info` here, and start-up
+ * names the setting.
+ */
+function envLogLevel(): LogLevel {
+  const value = process.env.KEYWARD_LOG_LEVEL;
+  return LOG_LEVELS.find((level) => level === value) ?? 'info';
+}
+
 /** Every secret value Keyward loads is registered here, so no log line can carry it. */
 export const logScrubber = new SecretScrubber();
 
@@ -10,10 +24,10 @@ export const logScrubber = new SecretScrubber();
  * the final serialised line (messages, error stacks and URLs included). JSON encoding escapes CR/LF, so
  * input cannot forge a log line.
  */
-export function createLogger(options: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
+export function createLogger(options: { level?: LogLevel; destination?: pino.DestinationStream } = {}): Logger {
   return pino(
     {
-      level: options.level ?? process.env.KEYWARD_LOG_LEVEL ?? 'info',
+      level: options.level ?? envLogLevel(),
       base: { app: 'keyward' },
       redact: {
         paths: [
@@ -65,7 +79,9 @@ function urlsToStrings(object: Record<string, unknown>): Record<string, unknown>
 
 let shared: Logger | undefined;
 
-export function getLogger(): Logger {
-  shared ??= createLogger();
+/** The process's logger; `level` is the validated KEYWARD_LOG_LEVEL, once start-up has read the settings. */
+export function getLogger(level?: LogLevel): Logger {
+  shared ??= createLogger({ level });
+  if (level) shared.level = level;
   return shared;
 }

@@ -1,5 +1,7 @@
-import { describe, expect, it } from 'vitest';
-import { createLogger, logScrubber } from '../../../lib/core/log/logger';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createLogger, getLogger, logScrubber } from '../../../lib/core/log/logger';
+import { createRuntime } from '../../../lib/core/runtime';
+import { testSessionSecrets } from '../../fixtures/secrets';
 import { randomSecret } from '../../fixtures/secrets';
 import { REGEX_SPECIAL_SECRET, expectedForms } from '../scrub-oracle';
 
@@ -158,5 +160,26 @@ describe('createLogger', () => {
     url.searchParams.set('api_key', secret);
     out.logger.info({ url: url.href }, 'forwarding');
     expect(out.text()).not.toContain(url.searchParams.toString().slice('api_key='.length));
+  });
+});
+
+describe('the log level', () => {
+  afterEach(() => {
+    vi.unstubAllEnvs();
+  });
+
+  // The logger can be made before the settings are read (an error while loading them is logged): a level pino does
+  // not know must not throw there, so that start-up gets to name KEYWARD_LOG_LEVEL.
+  it.each(['verbose', ''])('a KEYWARD_LOG_LEVEL of %j does not stop the logger before the settings are read: info', (value) => {
+    vi.stubEnv('KEYWARD_LOG_LEVEL', value);
+    expect(createLogger({ destination: { write: () => undefined } }).level).toBe('info');
+  });
+
+  it("the runtime's shared logger takes the validated setting", () => {
+    const runtime = createRuntime({ env: { ...testSessionSecrets(), KEYWARD_STORE: 'memory', KEYWARD_LOG_LEVEL: 'warn' }, serving: false });
+    expect(runtime.logger).toBe(getLogger());
+    expect(runtime.logger.level).toBe('warn');
+    createRuntime({ env: { ...testSessionSecrets(), KEYWARD_STORE: 'memory' }, serving: false });
+    expect(getLogger().level).toBe('info');
   });
 });
