@@ -21,7 +21,7 @@ import { DpopProofs } from './dpop/proof';
 import { AuditLog } from './audit/audit';
 import { UsageAggregates } from './aggregates/usage';
 import { keyFingerprints } from './keys/fingerprint';
-import { KeyRings } from './keys/rings';
+import { KeyRings, type OwnSecrets } from './keys/rings';
 import { processHeldSecrets, type HeldSecrets } from './respond/held-secrets';
 import { DeviceCookies } from './limits/device-cookie';
 import { Limits } from './limits/limits';
@@ -205,7 +205,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     })),
     { field: 'detector.webhook.secret', what: 'its signing secret', where: "shared with the webhook's receiver", values: webhookSecret ? [webhookSecret] : [] },
   ];
-  assertNoOwnSecretShared(settings, shared);
+  const owned = ownSecrets(settings);
+  assertNoOwnSecretShared(owned, shared);
   const secrets = [
     ...OWN_SECRETS.flatMap((name) => settings[name] ?? []),
     ...redisPassword(settings.REDIS_URL),
@@ -287,7 +288,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const dispatcher = options.dispatcher ?? createUpstreamAgent();
   const held = processHeldSecrets();
   held.add(heldSecrets(secrets, registry));
-  const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, held, now);
+  const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, held, now, owned);
   const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now, {
     minute: settings.KEYWARD_USAGE_MINUTES_RETENTION_HOURS * 3_600_000,
     hour: settings.KEYWARD_USAGE_HOURS_RETENTION_DAYS * 86_400_000,
@@ -401,6 +402,16 @@ export const OWN_SECRETS = [
   'KEYWARD_METRICS_TOKEN',
 ] as const;
 
+/** Keyward's own secrets by setting, as no upstream key and no secret it shares may be (none are shown). */
+function ownSecrets(settings: Settings): OwnSecrets {
+  // The Redis store's password is Keyward's own too (lib/core/log/scrub.ts scrubs it), and so is its whole URL.
+  return [
+    ...OWN_SECRETS.map((name) => [name, settings[name] === undefined ? [] : [settings[name]]] as const),
+    ['REDIS_URL', settings.REDIS_URL === undefined ? [] : [settings.REDIS_URL]],
+    ['the password in REDIS_URL', redisPassword(settings.REDIS_URL)],
+  ];
+}
+
 /** A secret Keyward gives to someone else: an upstream's key, a connection's client secret, the webhook's. */
 interface SharedSecret {
   readonly field: string;
@@ -415,14 +426,8 @@ interface SharedSecret {
  * same variable or a copy of its value: whoever receives it could then forge sessions or open the vault. Names
  * the field and the setting, never the value.
  */
-function assertNoOwnSecretShared(settings: Settings, shared: readonly SharedSecret[]): void {
+function assertNoOwnSecretShared(owned: OwnSecrets, shared: readonly SharedSecret[]): void {
   const problems: string[] = [];
-  // The Redis store's password is Keyward's own too (lib/core/log/scrub.ts scrubs it), and so is its whole URL.
-  const owned: ReadonlyArray<readonly [string, readonly string[]]> = [
-    ...OWN_SECRETS.map((name) => [name, settings[name] === undefined ? [] : [settings[name]]] as const),
-    ['REDIS_URL', settings.REDIS_URL === undefined ? [] : [settings.REDIS_URL]],
-    ['the password in REDIS_URL', redisPassword(settings.REDIS_URL)],
-  ];
   for (const { field, what, where, values } of shared) {
     const given = new Set(values);
     const own = owned.filter(([, ownValues]) => ownValues.some((value) => given.has(value))).map(([name]) => name);

@@ -520,6 +520,33 @@ describe('rotation whose canary passes', () => {
     expect((await rotations(a)).map((x) => x.id)).toEqual(['weekly_2030-01', `rot-${fingerprint(fresh)}`]);
   });
 
+  // Start-up refuses an upstream key that is one of Keyward's own secrets (whoever holds it could forge sessions or
+  // open the vault); a key added or rotated to later is refused the same, naming the setting and never the value.
+  it("Keyward's own secrets are refused as a key (add, rotate, the admin API): 400 naming the setting; nothing added, no canary", async () => {
+    const mark = r.server.calls.length;
+    const before = await versions(a);
+    const own = [
+      ['AUTH_SECRET', sessionSecrets.AUTH_SECRET],
+      ['KEYWARD_SESSION_SECRET', sessionSecrets.KEYWARD_SESSION_SECRET],
+      ['KEYWARD_VAULT_SECRET', vaultSecret],
+    ] as const;
+    for (const [name, value] of own) {
+      for (const attempt of [() => a.keyRings.add('svc', value), () => a.keyRings.rotate('svc', value, { actor: 'x', skipCanary: true })]) {
+        const refused = await failure(attempt());
+        expect(refused).toMatchObject({ code: 'bad_request', status: 400 });
+        expect(refused.message).toContain(name);
+        expect(refused.message).not.toContain(value);
+      }
+      for (const action of ['rotate', 'versions'] as const) {
+        const viaApi = await admin((request) => handleKeyAction(request, 'svc', action, a), 'POST', { key: value });
+        expect(viaApi.status, action).toBe(400);
+        expect(JSON.stringify(viaApi.json)).not.toContain(value);
+      }
+    }
+    expect(await versions(a)).toEqual(before);
+    expect(r.server.calls.length).toBe(mark);
+  });
+
   it('a malformed rotation id → 400; a too-short key → 400; no canary goes out', async () => {
     const mark = r.server.calls.length;
     const four = newKey(r.server, 'four');

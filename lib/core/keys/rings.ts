@@ -90,6 +90,9 @@ type RingUpstream = Upstream & { readonly credential: Extract<CredentialPlan, { 
 
 const isRingUpstream = (upstream: Upstream): upstream is RingUpstream => upstream.credential.source === 'static';
 
+/** Keyward's own secrets by setting name (lib/core/runtime.ts ownSecrets): none may become an upstream's key. */
+export type OwnSecrets = ReadonlyArray<readonly [name: string, values: readonly string[]]>;
+
 const RECORD_TTL_MS = 100 * 365 * 86_400_000;
 const ROTATIONS_KEPT = 50;
 const WARN_DAYS = [1, 7, 14] as const;
@@ -124,7 +127,22 @@ export class KeyRings {
     private readonly logger: Logger,
     private readonly held: HeldSecrets,
     private readonly now: () => number = Date.now,
+    private readonly ownSecrets: OwnSecrets = [],
   ) {}
+
+  /**
+   * Start-up's rule for an upstream's key (runtime.ts assertNoOwnSecretShared), for a key added later: one of
+   * Keyward's own secrets would be sent upstream with every call, and whoever receives it could forge sessions or
+   * open the vault. Names the setting, never the value.
+   */
+  private assertNotOwnSecret(value: string): void {
+    const own = this.ownSecrets.filter(([, values]) => values.includes(value)).map(([name]) => name);
+    if (own.length > 0) {
+      throw new KeywardError('bad_request', {
+        message: `This key is the value of ${own.join(' and ')}, Keyward's own secret, which would be sent upstream with every call; give the upstream a key of its own.`,
+      });
+    }
+  }
 
   /** The credential to use for this call: the newest usable active version, else a fallback in its grace window. */
   async credential(upstream: Upstream): Promise<ResolvedCredential> {
@@ -250,6 +268,7 @@ export class KeyRings {
       throw new KeywardError('credential_unavailable', { message: 'Managed key versions need KEYWARD_VAULT_SECRET to seal them at rest.' });
     }
     assertKeyValue(value);
+    this.assertNotOwnSecret(value);
     const print = upstream.fingerprints.of(value);
     const id = `managed:${print}`;
     // Versions added before keyed fingerprints keep their old (unkeyed) fingerprint and id: still the same key.
@@ -335,6 +354,7 @@ export class KeyRings {
   async rotate(upstreamId: string, value: string, options: { rotationId?: string; skipCanary?: boolean; actor: string }): Promise<RotationResult> {
     const upstream = this.staticUpstream(upstreamId);
     assertKeyValue(value);
+    this.assertNotOwnSecret(value);
     const print = upstream.fingerprints.of(value);
     const rotationId = options.rotationId ?? `rot-${print}`;
     if (!/^[A-Za-z0-9_-]{1,64}$/.test(rotationId)) throw new KeywardError('bad_request', { message: 'Rotation ids are 1–64 letters, digits, "_" and "-".' });
