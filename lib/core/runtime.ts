@@ -34,7 +34,7 @@ import { LogoutTokenVerifier } from './session/logout-token';
 import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
-import { assertNoPublicSecrets, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
+import { assertNoPublicSecrets, isCleanSecret, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
 import { buildRegistry, envValue, MIN_SECRET_LENGTH, usernameSecrets, type Env, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { Vault } from './vault/seal';
@@ -459,11 +459,14 @@ function detectorSettings(input: DetectorInput | undefined, files: readonly Conf
   return config;
 }
 
-/** The webhook's signing secret: set, and long enough to resist guessing (as Keyward's own secrets). */
+/** The webhook's signing secret: set, long enough to resist guessing and clean (as Keyward's own secrets). */
 function webhookSecretFrom(env: Env, name: string): string {
   const value = envValue(env, name);
   if (!value || value.length < 32) {
     throw new ConfigError(`Keyward configuration is invalid:\n  - detector.webhook.secret: ${variableNamed(name)} must be set to at least 32 characters`);
+  }
+  if (!isCleanSecret(value)) {
+    throw new ConfigError(`Keyward configuration is invalid:\n  - detector.webhook.secret: ${variableNamed(name)} has surrounding whitespace or control characters (value not shown)`);
   }
   return value;
 }

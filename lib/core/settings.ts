@@ -5,12 +5,17 @@ import { formatIssues, isLoopbackHost } from './config/schema';
 import { LOG_LEVELS, type LogLevel } from './log/logger';
 import type { Env } from './upstream/registry';
 
+/**
+ * Whether a secret is free of surrounding whitespace and control characters (README "Security model"): either is
+ * almost always a copy-paste accident, and a CR/LF could split a header.
+ */
+export const isCleanSecret = (value: string): boolean => value === value.trim() && !/[\x00-\x1f\x7f]/.test(value);
+const UNCLEAN_SECRET = 'has surrounding whitespace or control characters';
+
 const secret = z
   .string({ error: 'is not set' })
   .min(32, 'must be at least 32 characters')
-  .refine((value) => value === value.trim() && !/[\x00-\x1f\x7f]/.test(value), {
-    message: 'has surrounding whitespace or control characters',
-  });
+  .refine(isCleanSecret, UNCLEAN_SECRET);
 
 /**
  * Whether a Redis URL's user name and password decode: ioredis decodes them itself and throws a bare
@@ -89,7 +94,7 @@ const settingsSchema = z.object({
   KEYWARD_DECOYS_FILE: z.string().min(1).optional(),
   KEYWARD_OIDC_ISSUER: z.url({ protocol: /^https?$/ }).refine(noUserInfo, NO_USER_INFO).optional(),
   KEYWARD_OIDC_CLIENT_ID: z.string().min(1).optional(),
-  KEYWARD_OIDC_CLIENT_SECRET: z.string().min(1).optional(),
+  KEYWARD_OIDC_CLIENT_SECRET: z.string().min(1).refine(isCleanSecret, UNCLEAN_SECRET).optional(),
   KEYWARD_OIDC_NAME: z.string().min(1).max(64).default('Single sign-on'),
   KEYWARD_OIDC_ROLES_CLAIM: z.string().min(1).default('roles'),
   /** OIDC profile claims (string values) copied into the session, e.g. `org` to choose a per-organisation key. */

@@ -189,6 +189,16 @@ describe('readSettings: OIDC', () => {
     expectNotEchoed(message, oidc.KEYWARD_OIDC_CLIENT_SECRET);
   });
 
+  it.each([
+    ['a trailing newline', (s: string) => `${s}\n`],
+    ['a leading space', (s: string) => ` ${s}`],
+    ['an inner NUL', (s: string) => `${s.slice(0, 8)}\u0000${s.slice(8)}`],
+  ])('refuses a KEYWARD_OIDC_CLIENT_SECRET with %s without echoing it, as the other secrets', (_label, mangle) => {
+    const message = settingsError({ ...testSessionSecrets(), ...oidc, KEYWARD_OIDC_CLIENT_SECRET: mangle(oidc.KEYWARD_OIDC_CLIENT_SECRET) });
+    expect(message).toContain('KEYWARD_OIDC_CLIENT_SECRET: has surrounding whitespace or control characters');
+    expectNotEchoed(message, oidc.KEYWARD_OIDC_CLIENT_SECRET);
+  });
+
   it.each(Object.keys(oidc))('refuses %s alone', (only) => {
     const env = { ...testSessionSecrets(), [only]: oidc[only as keyof typeof oidc] };
     expect(settingsError(env)).toContain('must be set together');

@@ -42,6 +42,23 @@ describe('detector settings', () => {
     expect(start({ webhook: { url: 'http://127.0.0.1:9/k', secret: { env: 'W' } } }, { W: randomSecret('w') })).not.toThrow();
   });
 
+  it.each([
+    ['a trailing newline', (s: string) => `${s}\n`],
+    ['a leading space', (s: string) => ` ${s}`],
+    ['an inner CR', (s: string) => `${s.slice(0, 16)}\r${s.slice(16)}`],
+  ])('refuses a signing secret with %s, naming the field and not the value (as every other secret)', (_label, mangle) => {
+    const value = randomSecret('w');
+    let message = '';
+    try {
+      start({ webhook: { url: 'https://alerts.example.com/k', secret: { env: 'W' } } }, { W: mangle(value) })();
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toContain('detector.webhook.secret: environment variable W has surrounding whitespace or control characters');
+    expect(message).not.toContain(value.slice(0, 16));
+    expect(message).not.toContain(value.slice(16));
+  });
+
   it('takes the rules from one place only', () => {
     const config = writeConfigFile({ upstreams: {}, detector: { calls: { minPerMinute: 100 } } });
     expect(start(undefined, { KEYWARD_CONFIG: config })).not.toThrow();
