@@ -36,15 +36,18 @@ export function readServeOptions(args: readonly string[], env: Readonly<Record<s
     throw new UsageError(argsProblem(error) ?? String(error));
   }
   const port = integer(values.port ?? env.PORT ?? '3000', values.port !== undefined ? '--port' : env.PORT !== undefined ? 'PORT' : 'port');
-  if (port > 65_535) throw new UsageError(`${values.port !== undefined ? '--port' : 'PORT'} must be a port number (0–65535), not ${port}`);
+  if (port > 65_535) throw new UsageError(`${values.port !== undefined ? '--port' : 'PORT'} must be a port number (0–65535)`);
   const hostname = values.hostname ?? (env.HOSTNAME || undefined);
   const keepAliveTimeout = values.keepAliveTimeout === undefined ? undefined : integer(values.keepAliveTimeout, '--keepAliveTimeout');
   return { port, hostname, keepAliveTimeout };
 }
 
-/** A non-negative decimal integer, as Next's `parseValidPositiveInteger` takes it. */
+/**
+ * A non-negative decimal integer, as Next's `parseValidPositiveInteger` takes it. The value is not shown, as no
+ * argument is (argsProblem): it may be a key pasted in the wrong place.
+ */
 function integer(text: string, name: string): number {
-  if (!/^\d+$/.test(text.trim())) throw new UsageError(`${name} must be a non-negative integer, not "${text}"`);
+  if (!/^\d+$/.test(text.trim())) throw new UsageError(`${name} must be a non-negative integer (value not shown)`);
   return Number(text.trim());
 }
 

@@ -40,6 +40,24 @@ describe('readServeOptions (what next start accepts)', () => {
       expect(message, args.join(' ')).not.toBe('');
       expect(message, args.join(' ')).not.toContain('4f9Qx2');
     }
+    // Nor a value given to --port, PORT or --keepAliveTimeout: a key pasted there is named by its option only.
+    for (const [args, env, named] of [
+      [['--port', key], {}, '--port'],
+      [['-p', `${key.slice(0, 8)}`], {}, '--port'],
+      [[], { PORT: key }, 'PORT'],
+      [['--keepAliveTimeout', key], {}, '--keepAliveTimeout'],
+      [['-p', '4242424242'], {}, '--port'],
+    ] as const) {
+      let message = '';
+      try {
+        readServeOptions([...args], env);
+      } catch (error) {
+        message = (error as Error).message;
+      }
+      expect(message, named).toContain(named);
+      expect(message, named).not.toContain(key.slice(0, 8));
+      expect(message, named).not.toContain('4242424242');
+    }
     // A short positional argument is not shown either (no option is named so, and it could be a short key).
     expect(() => readServeOptions(['q8Zr2Kd9'], {})).toThrow('Unexpected argument (not shown)');
     expect(() => readServeOptions(['q8Zr2Kd9'], {})).not.toThrow('q8Zr2Kd9');
