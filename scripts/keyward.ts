@@ -15,7 +15,7 @@ import { writeFileSync } from 'node:fs';
 import { relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import nextEnv from '@next/env';
-import type { AdminRecord, AuditRecord, CallRecord } from '../lib/core/audit/audit';
+import type { AdminRecord, AuditFilter, AuditRecord, CallRecord } from '../lib/core/audit/audit';
 import { KeywardError, systemErrorDetail } from '../lib/core/errors';
 import { ConfigError, readConfigFile, readConfigJson } from '../lib/core/config/load';
 import { configJsonSchema } from '../lib/core/presets';
@@ -385,6 +385,19 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
   if (!parsed) return 2;
   const { values } = parsed;
   if (action !== 'tail' && action !== 'export') return usageError(AUDIT_USAGE);
+  // export's filters are checked before the runtime opens: a bad one is a bad option value (exit 2, with the usage).
+  let filter: AuditFilter = {};
+  if (action === 'export') {
+    const params = new URLSearchParams();
+    for (const name of ['since', 'until', 'type', 'upstream'] as const) if (values[name]) params.set(name, values[name]);
+    try {
+      filter = auditFilter(params);
+    } catch (error) {
+      if (!(error instanceof KeywardError)) throw error;
+      process.stderr.write(`keyward: audit export: ${error.message}\n`);
+      return usageError(AUDIT_USAGE);
+    }
+  }
   const runtime = await openRuntime();
   const line = (record: unknown) => process.stdout.write(`${JSON.stringify(record)}\n`);
   if (action === 'tail') {
@@ -414,9 +427,6 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
       cursor = page.records.at(-1)?.id ?? cursor;
     }
   }
-  const params = new URLSearchParams();
-  for (const name of ['since', 'until', 'type', 'upstream'] as const) if (values[name]) params.set(name, values[name]);
-  const filter = auditFilter(params);
   let cursor: string | undefined;
   for (;;) {
     const page = await runtime.audit.query(filter, { limit: 1000, order: 'asc', cursor });
