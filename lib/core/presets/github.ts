@@ -55,6 +55,9 @@ export const newIssueBody = z.object({
 });
 export const commentBody = z.object({ body: z.string().min(1).max(65_536) });
 
+/** Repository-wide lists a `:issue_number` or `:pull_number` route would otherwise serve (they are not numbers). */
+const REPO_WIDE_LISTS = ['issues/comments', 'issues/events', 'pulls/comments'];
+
 function routesFor(repo: string, write: boolean): RouteInput[] {
   const read: RouteInput[] = [
     { method: 'GET', path: repo },
@@ -68,6 +71,9 @@ function routesFor(repo: string, write: boolean): RouteInput[] {
     { method: 'GET', path: `${repo}/releases`, query: z.object(page) },
     { method: 'GET', path: `${repo}/releases/latest` },
   ];
+  // GitHub's repository-wide lists have the shape of the routes above (`:issue_number` takes any segment), and
+  // would be served as an issue or a pull request: routes of their own that nobody may call come first.
+  read.push(...REPO_WIDE_LISTS.map((list): RouteInput => ({ method: 'GET', path: `${repo}/${list}`, roles: [] })));
   if (!write) return read;
   return [
     ...read,

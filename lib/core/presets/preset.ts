@@ -89,7 +89,8 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
       const lines = unknown.map(([key, index]) => `  - upstreams.${id}.only.${index}: "${shownName(key)}" is not a route of the "${preset.name}" preset`);
       throw new ConfigError(`Invalid upstream "${id}" (preset "${preset.name}"):\n${lines.join('\n')}`);
     }
-    routes = routes.filter((route) => only.includes(routeKey(route)));
+    // A route nobody may call (`"roles": []`) stays: it keeps requests away from a broader route that is kept.
+    routes = routes.filter((route) => only.includes(routeKey(route)) || route.roles?.length === 0);
   }
   // The routes given beside the preset are checked before they are merged among its own, so a problem is named
   // by the route's index in the file (and a route that is not an object cannot break the merge).

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, defineUpstream, parseConfig } from '../../../lib/core/config/load';
 import { anthropic, gemini, github, googleMaps, mergeUpstream, openai, PRESETS, stripe } from '../../../lib/core/presets';
+import { matchRoute } from '../../../lib/core/route/match';
 import { buildRegistry } from '../../../lib/core/upstream/registry';
 import { randomSecret } from '../../fixtures/secrets';
 import { thrown } from '../support';
@@ -113,6 +114,24 @@ describe('built-in presets', () => {
     expect(pinned).toContain('GET /repos/acme/docs/contents/*');
     expect(pinned.some((key) => key.includes(':owner'))).toBe(false);
     expect(configError({ upstreams: { gh: { preset: 'github', repos: ['acme/../x'] } } })).toContain('upstreams.gh.repos.0: must be "owner/name"');
+  });
+
+  it("GitHub: the repository-wide lists an issue's or pull request's route would take are refused, even with `only`", () => {
+    const serving = (definition: ReturnType<typeof github>, path: string) => {
+      const upstream = buildRegistry([definition], env).get(definition.id)!;
+      const { route } = matchRoute(upstream, 'GET', path.split('/').filter(Boolean));
+      return `${route.method} ${route.template} ${JSON.stringify(route.roles && [...route.roles])}`;
+    };
+    for (const definition of [
+      github(),
+      github({ repos: ['acme/widgets'] }),
+      github({ repos: ['acme/widgets'], only: ['GET /repos/acme/widgets/issues/:issue_number', 'GET /repos/acme/widgets/pulls/:pull_number'] }),
+    ]) {
+      expect(serving(definition, '/repos/acme/widgets/issues/42')).toBe(`GET ${definition.config.routes.find((r) => r.path.endsWith('/issues/:issue_number'))!.path} null`);
+      for (const list of ['issues/comments', 'issues/events', 'pulls/comments']) {
+        expect(serving(definition, `/repos/acme/widgets/${list}`), list).toMatch(new RegExp(`^GET /repos/.*/${list} \\[\\]$`));
+      }
+    }
   });
 
   it('Maps: the key is a query parameter, and each user is rate-limited by default', () => {
