@@ -14,7 +14,7 @@ import type { Limits, LimitGrant, LimitSubject } from './limits/limits';
 import { UsageReader, numberAt, pricedUsage, ratesFor, sumAt, toUnits, type TokenPrice, type UsageRead } from './limits/usage';
 import { authorize } from './policy/authorize';
 import { readContractBody } from './policy/body';
-import { applyCaps, applyIdentity, parseQuery, readTarget, serializeQuery, type RequestParts } from './policy/contract';
+import { applyCaps, applyIdentity, parseQuery, readTarget, refuseQueryTwins, serializeQuery, type RequestParts } from './policy/contract';
 import { filterRequestHeaders, filterResponseHeaders, guardActiveContent, hasMethodOverride } from './forward/headers';
 import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
@@ -696,6 +696,7 @@ export async function prepareContent(
   if (checked) {
     parts.body = checked.value;
     call.release = checked.release ?? null;
+    refuseQueryTwins(contract, parts.body);
   }
   applyCaps(contract, session, parts);
   applyIdentity(contract, session, parts);

@@ -42,6 +42,11 @@ export interface CompiledContract {
    * a multipart body must send them before its first file part (lib/core/policy/multipart.ts).
    */
   readonly costFields: ReadonlySet<string>;
+  /**
+   * With a body contract, the query fields Keyward writes or reads the cost from (`query.owner`, `query.limit`), as
+   * `queryParamKey` folds them: a body field by one of these names is refused (`refuseQueryTwins`).
+   */
+  readonly queryTwins: ReadonlySet<string>;
 }
 
 /** One field of a multipart contract, and the part names it is read from (lib/core/policy/multipart.ts). */
@@ -95,7 +100,31 @@ export function compileContract(route: RouteConfig, where: string, closedQuery =
   const writtenBody = [...new Set(targets.filter((target) => target.startsWith('body.')))].map((target) => target.split('.').slice(1));
   const costTargets = [route.cost?.reserveFrom?.field, route.cost?.price?.model];
   const costFields = new Set(costTargets.flatMap((target) => (target?.startsWith('body.') ? [target.slice('body.'.length)] : [])));
-  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity, writtenQuery, writtenBody, costFields };
+  const queryFields = [...targets, ...costTargets].flatMap((target) => (target?.startsWith('query.') ? [target.slice('query.'.length)] : []));
+  const queryTwins = new Set(body ? queryFields.map(queryParamKey) : []);
+  // A multipart body's fields after its first file are checked as they stream, after the call went out: a part
+  // by such a name is refused here, at start-up, rather than looked for in the body (refuseQueryTwins).
+  for (const name of parts?.keys() ?? []) {
+    if (queryTwins.has(queryParamKey(name))) {
+      throw new ConfigError(`  - ${where}.body.${name}: is named as a query parameter this route writes or reads the cost from; an upstream reading both as one would take the part's`);
+    }
+  }
+  return { query, body, bodyFormat, formArrays, parts, caps, overCap, identity, writtenQuery, writtenBody, costFields, queryTwins };
+}
+
+/**
+ * Refuses a checked body with a top-level field named as a query field Keyward writes or reads the cost from
+ * (`CompiledContract.queryTwins`, in any spelling a lenient parser folds to it): many servers read query and body
+ * parameters as one, the body's over the query's (Rails' `params`, PHP's `$_REQUEST`, Stripe), so the client's
+ * `owner` or `limit` in the body would win over the one Keyward wrote or priced in the query.
+ */
+export function refuseQueryTwins(contract: CompiledContract, body: unknown): void {
+  if (contract.queryTwins.size === 0 || body === null || typeof body !== 'object' || Array.isArray(body)) return;
+  for (const key of Object.keys(body)) {
+    if (contract.queryTwins.has(queryParamKey(key))) {
+      throw violation('body: a field named as a query parameter Keyward writes or reads the cost from (a server reading both as one would take the body\'s)');
+    }
+  }
 }
 
 /** The body contract in its format: JSON values as they are; form and multipart fields read from their text. */
