@@ -535,7 +535,7 @@ export function buildTarget(call: Call, request: CoreRequest, upstream: Upstream
   headers['accept-encoding'] = 'identity';
   // Keyward's own unless the config names one (a fixed or default header, or the client's passed through): some
   // APIs want a contact in it (SEC EDGAR, Nominatim).
-  headers['user-agent'] ??= 'keyward';
+  if (!headers['user-agent']?.trim()) headers['user-agent'] = 'keyward';
   headers['x-request-id'] = call.requestId;
   return { url, headers };
 }

@@ -68,5 +68,7 @@ describe('the User-Agent sent upstream', () => {
     expect(await userAgentSeen('default', 'Browser/1.0')).toBe('Browser/1.0');
     expect(await userAgentSeen('default')).toBe(CONTACT);
     expect(await userAgentSeen('passed', 'Browser/1.0')).toBe('Browser/1.0');
+    // An empty one is none (some APIs refuse an empty User-Agent).
+    expect(await userAgentSeen('passed', ' ')).toBe('keyward');
   });
 });
