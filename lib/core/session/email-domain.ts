@@ -9,7 +9,9 @@ export function emailDomainRefusal(claims: Readonly<Record<string, unknown>> | n
   const email = claims?.email;
   if (typeof email !== 'string') return 'the ID token has no email';
   const at = email.lastIndexOf('@');
-  const domain = at > 0 ? email.slice(at + 1).toLowerCase() : '';
+  // Compared in ASCII only: toLowerCase() maps a few other characters to ASCII letters (the Kelvin sign K to "k"),
+  // so a domain not written in ASCII (a punycode one is) never matches.
+  const domain = at > 0 && /^[\x21-\x7e]+$/.test(email.slice(at + 1)) ? email.slice(at + 1).toLowerCase() : '';
   if (!domains.includes(domain)) return `the email's domain${domain ? ` (${domain.slice(0, 253)})` : ''} is not listed`;
   if (claims?.email_verified !== true) return 'the email is not verified';
   return null;

@@ -3,7 +3,7 @@ import { emailDomainRefusal } from '../../../lib/core/session/email-domain';
 
 /** KEYWARD_OIDC_EMAIL_DOMAINS: who may sign in with OIDC, read from the ID token's claims. */
 describe('emailDomainRefusal', () => {
-  const domains = ['example.com', 'corp.example.org'];
+  const domains = ['example.com', 'corp.example.org', 'korp.com'];
 
   it('lets any account in when no domain is listed', () => {
     expect(emailDomainRefusal({}, [])).toBeNull();
@@ -24,6 +24,8 @@ describe('emailDomainRefusal', () => {
     ['the domain before the last "@"', { email: 'ada@example.com@evil.test', email_verified: true }, '(evil.test) is not listed'],
     ['a trailing dot', { email: 'ada@example.com.', email_verified: true }, 'is not listed'],
     ['no "@"', { email: 'example.com', email_verified: true }, "domain is not listed"],
+    // U+212A (Kelvin sign) lower-cases to an ASCII "k": "\u212Aorp.com" would otherwise equal "korp.com".
+    ['a domain not in ASCII that lower-cases to a listed one', { email: 'eve@\u212Aorp.com', email_verified: true }, 'domain is not listed'],
     ['an unverified email', { email: 'ada@example.com', email_verified: false }, 'not verified'],
     ['no email_verified claim', { email: 'ada@example.com' }, 'not verified'],
     ['email_verified as a string', { email: 'ada@example.com', email_verified: 'true' }, 'not verified'],
