@@ -178,6 +178,11 @@ function objectMembers(schema: z.ZodType, where: string): Map<string, z.ZodType>
   const options = schema instanceof z.ZodUnion ? (schema.options as z.ZodType[]).map(unwrapSchema) : [schema];
   const objects = options.filter((option): option is z.ZodObject => option instanceof z.ZodObject && !isFileShape(option));
   if (objects.length === 0) return null;
+  // The parts are forwarded as sent, not as parsed: a member of one object sent beside another's (a union's other
+  // branch) would pass a plain z.object, which drops keys it does not know, and still reach the upstream.
+  if (objects.length > 1 && objects.some((object) => object._zod.def.catchall?._zod.def.type !== 'never')) {
+    throw new ConfigError(`  - ${where}: the objects of a multipart union are z.strictObject (a plain object would let another one's member through)`);
+  }
   const schemas = new Map<string, z.ZodType[]>();
   for (const object of objects) {
     for (const [key, member] of Object.entries(object.shape)) {

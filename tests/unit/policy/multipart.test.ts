@@ -808,6 +808,23 @@ describe('bracketed part names: `name[]` for arrays, `name[key]` for object fiel
     const badKey = thrown(() => compiled({ body: z.object({ mode: z.object({ 'a]b': z.string() }) }) }));
     expect((badKey as Error).message).toContain('multipart object keys are letters, digits');
   });
+
+  // The parts go upstream as sent: `mode[type]=b` with `mode[admin]=1` (a member of the other object) would pass a
+  // plain z.object for "b", which drops what it does not know, and reach the upstream all the same.
+  it('refuses a union of objects that are not all strict', () => {
+    const union = (a: z.ZodObject, b: z.ZodObject) => compiled({ body: z.object({ mode: z.union([a, b]), file: filePart() }) });
+    for (const [a, b] of [
+      [z.object({ type: z.literal('a'), admin: z.string().optional() }), z.strictObject({ type: z.literal('b') })],
+      [z.strictObject({ type: z.literal('a'), admin: z.string().optional() }), z.looseObject({ type: z.literal('b') })],
+    ] as const) {
+      const error = thrown(() => union(a, b));
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as Error).message).toContain('body.mode: the objects of a multipart union are z.strictObject');
+    }
+    union(z.strictObject({ type: z.literal('a'), admin: z.string().optional() }), z.strictObject({ type: z.literal('b') }));
+    // One object alone is fine as it is: only its own keys are read as members.
+    compiled({ body: z.object({ mode: z.object({ type: z.string() }), file: filePart() }) });
+  });
 });
 
 describe('multipart contracts in the config', () => {
