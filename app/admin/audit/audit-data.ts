@@ -16,8 +16,8 @@ export const FILTER_NAMES = ['type', 'upstream', 'userId', 'action', 'outcome', 
 export type FilterName = (typeof FILTER_NAMES)[number];
 export type FilterValues = Partial<Record<FilterName, string>>;
 
-/** A datetime-local field's value: a UTC time without its zone. */
-const LOCAL_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?$/;
+/** A datetime-local field's value: a UTC time without its zone, and without its seconds when they are :00. */
+const LOCAL_TIME = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})(:\d{2}(\.\d{1,3})?)?$/;
 
 export interface AuditPageQuery {
   readonly filters: FilterValues;
@@ -53,13 +53,17 @@ export function readQuery(params: Record<string, string | string[] | undefined>)
   return { filters, limit: (PAGE_SIZES as readonly number[]).includes(limit) ? limit : PAGE_SIZES[0], older, newer: older === null ? cursor('newer') : null };
 }
 
-/** The filters as GET /api/admin/audit takes them: times from the form read as UTC. */
+/**
+ * The filters as GET /api/admin/audit takes them: times from the form read as UTC, a whole minute given its
+ * `:00` (the API takes ISO 8601 times with seconds, as its own clients send them).
+ */
 export function apiParams(filters: FilterValues): URLSearchParams {
   const params = new URLSearchParams();
   for (const name of FILTER_NAMES) {
     const value = filters[name];
     if (value === undefined) continue;
-    params.set(name, (name === 'since' || name === 'until') && LOCAL_TIME.test(value) ? `${value}Z` : value);
+    const local = name === 'since' || name === 'until' ? LOCAL_TIME.exec(value) : null;
+    params.set(name, local ? `${local[1]}${local[2] ?? ':00'}Z` : value);
   }
   return params;
 }

@@ -22,4 +22,15 @@ describe('the Audit page', () => {
     }
     expect(await loadAuditPage(readQuery({ older: '1'.repeat(16) }))).toMatchObject({ kind: 'records' });
   });
+
+  it('Since and Until at a whole minute (a datetime-local field leaves out :00) filter the records instead of being refused', async () => {
+    const { loadAuditPage, readQuery } = await import('../../../app/admin/audit/audit-data');
+    await runtime.audit.recordAdmin({ action: 'key.add', actor: 'local:whole-minute', outcome: 'ok' });
+    const minuteBefore = new Date(Date.now() - 60_000).toISOString().slice(0, 16);
+    const since = await loadAuditPage(readQuery({ since: minuteBefore, action: 'key.add' }));
+    expect(since).toMatchObject({ kind: 'records' });
+    expect(since.kind === 'records' && since.records.map((record) => record.type === 'admin' && record.actor)).toContain('local:whole-minute');
+    const until = await loadAuditPage(readQuery({ until: minuteBefore, action: 'key.add' }));
+    expect(until).toMatchObject({ kind: 'records', records: [] });
+  });
 });
