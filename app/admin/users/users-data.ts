@@ -1,5 +1,5 @@
 import 'server-only';
-import type { TopRow } from '@/lib/core/aggregates/usage';
+import { MAX_BUCKETS, type TopRow } from '@/lib/core/aggregates/usage';
 import { appliesTo, type MeterRule } from '@/lib/core/limits/rules';
 import { USER_ID } from '@/lib/core/session/provider-sessions';
 import type { SessionView } from '@/lib/core/session/session-index';
@@ -10,10 +10,10 @@ import { knownUsers, type Known } from './known-users';
 
 /**
  * What the Users pages read: the local users file (names and roles, never hashes), the users seen in the usage
- * aggregates (the list: the last KNOWN_DAYS; a user's page: the whole retention, that user's rows only), the
- * session index (hashed ids only), the live quota and budget counters (Limits.meterUsage: the very counters the
- * proxy reserves against), and users' own keys by fingerprint. Never the audit log, never a key or a session id.
- * Everything returned is plain data.
+ * aggregates (the list: the last KNOWN_DAYS; a user's page: the whole retention, up to MAX_BUCKETS days, that
+ * user's rows only), the session index (hashed ids only), the live quota and budget counters (Limits.meterUsage:
+ * the very counters the proxy reserves against), and users' own keys by fingerprint. Never the audit log, never a
+ * key or a session id. Everything returned is plain data.
  */
 
 const HOUR_MS = 3_600_000;
@@ -201,7 +201,8 @@ export async function loadUser(userId: string): Promise<{ now: number; user: Use
   const runtime = keyward.getRuntime();
   const now = Date.now();
   const window = { period: 'hour' as const, fromMs: now - 23 * HOUR_MS, toMs: now, user: userId };
-  const days = runtime.settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS;
+  // One query spans at most MAX_BUCKETS buckets; the setting allows more days than that.
+  const days = Math.min(runtime.settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS, MAX_BUCKETS);
   const [series, ever, sessions, ownKeys, connections] = await Promise.all([
     runtime.usage.series(window),
     runtime.usage.series({ period: 'day', fromMs: now - (days - 1) * DAY_MS, toMs: now, user: userId }),
