@@ -1,5 +1,6 @@
 import 'server-only';
-import type { Series, TopRow } from '@/lib/core/aggregates/usage';
+import { PERIODS, PERIOD_MS, bucketStart, usageRetention, type Period, type UsageRetention } from '@/lib/core/aggregates/model';
+import { MAX_BUCKETS, type Series, type TopRow } from '@/lib/core/aggregates/usage';
 import type { Rotation } from '@/lib/core/keys/rings';
 import type { KeyRingSettings } from '@/lib/core/upstream/registry';
 import { keyward } from '@/keyward';
@@ -140,20 +141,21 @@ const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
 
 /**
- * The period whose buckets still cover `fromMs` (README "Usage aggregates": minutes are kept 48 h, hours 35
- * days) with at most a few thousand buckets: the finest one, so "since the rotation" is counted as closely
- * as the aggregates allow (to the bucket holding the rotation).
+ * The finest period whose buckets still hold `fromMs` (README "Usage aggregates": each is kept its configured
+ * retention after it ends) in at most MAX_BUCKETS buckets, so "since the rotation" is counted as closely as the
+ * aggregates allow (to the bucket holding the rotation). Beyond every retention: days, kept the longest by default.
  */
-function finestPeriod(fromMs: number, now: number): 'minute' | 'hour' | 'day' {
-  if (now - fromMs <= 47 * HOUR_MS) return 'minute';
-  if (now - fromMs <= 34 * DAY_MS) return 'hour';
-  return 'day';
+function finestPeriod(fromMs: number, now: number, retention: UsageRetention): Period {
+  const fits = (period: Period) =>
+    now - fromMs <= retention[period] && (bucketStart(now, period) - bucketStart(fromMs, period)) / PERIOD_MS[period] < MAX_BUCKETS;
+  return PERIODS.find(fits) ?? 'day';
 }
 
 /** The key rings with their usage, and the time they were read at (for ages and countdowns). */
 export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[] }> {
   const runtime = keyward.getRuntime();
   const now = Date.now();
+  const retention = usageRetention(runtime.settings);
   const rings = await runtime.keyRings.list();
   const views = await Promise.all(
     rings.map(async (ring) => {
@@ -161,7 +163,7 @@ export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[
       // A rotation made on an instance whose clock runs ahead may carry a time still to come here.
       const since = Math.min(lastRotation?.at ?? now - 30 * DAY_MS, now);
       const [calls, month] = await Promise.all([
-        runtime.usage.top({ period: finestPeriod(since, now), fromMs: since, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
+        runtime.usage.top({ period: finestPeriod(since, now, retention), fromMs: since, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
         runtime.usage.top({ period: 'day', fromMs: now - 29 * DAY_MS, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
       ]);
       const ringSettings = ringSettingsOf(ring.upstream);

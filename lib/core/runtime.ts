@@ -19,6 +19,7 @@ import { MobileTokens } from './mobile/tokens';
 import { DpopNonces } from './dpop/nonce';
 import { DpopProofs } from './dpop/proof';
 import { AuditLog } from './audit/audit';
+import { usageRetention } from './aggregates/model';
 import { UsageAggregates } from './aggregates/usage';
 import { keyFingerprints } from './keys/fingerprint';
 import { KeyRings, type OwnSecrets } from './keys/rings';
@@ -289,11 +290,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const held = processHeldSecrets();
   held.add(heldSecrets(secrets, registry));
   const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, held, now, owned);
-  const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now, {
-    minute: settings.KEYWARD_USAGE_MINUTES_RETENTION_HOURS * 3_600_000,
-    hour: settings.KEYWARD_USAGE_HOURS_RETENTION_DAYS * 86_400_000,
-    day: settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS * 86_400_000,
-  });
+  const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now, usageRetention(settings));
 
   const retentionMs = settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000;
   const webhook =

@@ -1,4 +1,5 @@
 import type { ProxyEvent } from '../pipeline';
+import type { Settings } from '../settings';
 
 /**
  * Usage aggregates (README "Usage aggregates"): what is counted, in which time buckets and along which
@@ -19,6 +20,20 @@ export const DEFAULT_RETENTION: UsageRetention = {
   hour: 35 * 86_400_000,
   day: 400 * 86_400_000,
 };
+
+/** The retention the settings give each period (KEYWARD_USAGE_MINUTES_RETENTION_HOURS and the others). */
+export function usageRetention(
+  settings: Pick<
+    Settings,
+    'KEYWARD_USAGE_MINUTES_RETENTION_HOURS' | 'KEYWARD_USAGE_HOURS_RETENTION_DAYS' | 'KEYWARD_USAGE_DAYS_RETENTION_DAYS'
+  >,
+): UsageRetention {
+  return {
+    minute: settings.KEYWARD_USAGE_MINUTES_RETENTION_HOURS * 3_600_000,
+    hour: settings.KEYWARD_USAGE_HOURS_RETENTION_DAYS * 86_400_000,
+    day: settings.KEYWARD_USAGE_DAYS_RETENTION_DAYS * 86_400_000,
+  };
+}
 
 /**
  * Upper bounds (ms, inclusive: Prometheus's `le`) of the latency buckets; one more bucket counts everything

@@ -1,13 +1,15 @@
+import { randomUUID } from 'node:crypto';
 import { describe, expect, it, vi } from 'vitest';
 import { defineUpstream } from '../../../lib/core/config/load';
 import { createLogger } from '../../../lib/core/log/logger';
+import type { ProxyEvent } from '../../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../../lib/core/runtime';
 import { MemoryStore } from '../../../lib/store/memory';
 import { randomSecret, testSessionSecrets } from '../../fixtures/secrets';
 
 /**
  * The Keys page's data (app/admin/admin-data.ts loadKeyRings) read from real runtimes sharing one store: the
- * rotation is written by an instance whose clock runs ahead of the one that renders the page.
+ * rotation (and the calls) written by an instance whose clock differs from the one that renders the page.
  */
 const store = new MemoryStore();
 const env = { ...testSessionSecrets(), SVC_KEY: randomSecret('svc'), KEYWARD_VAULT_SECRET: randomSecret('vault'), KEYWARD_STORE: 'memory' };
@@ -34,4 +36,46 @@ describe('the Keys page', () => {
     expect(rings.map((ring) => ring.upstream)).toEqual(['svc']);
     expect(rings[0]!.versions.map((version) => version.status).sort()).toEqual(['fallback', 'serving']);
   });
+
+  it('counts every call since a rotation 10 h ago when minute buckets are kept 1 h (KEYWARD_USAGE_MINUTES_RETENTION_HOURS)', async () => {
+    const shared = new MemoryStore();
+    const oneHour = { ...env, KEYWARD_USAGE_MINUTES_RETENTION_HOURS: '1' };
+    const rotatedAt = Date.now() - 10 * 3_600_000;
+    let clock = rotatedAt;
+    const writer = createRuntime({ env: oneHour, upstreams, store: shared, logger, now: () => clock, serving: false });
+    page = createRuntime({ env: oneHour, upstreams, store: shared, logger, serving: false });
+    const rotation = await writer.keyRings.rotate('svc', randomSecret('next'), { actor: 'local:root', skipCanary: true });
+    // One call each hour since the rotation: only the last is still in a minute bucket when the page is read.
+    for (let hour = 0; hour < 10; hour++) {
+      clock = rotatedAt + hour * 3_600_000 + 300_000;
+      writer.onComplete!(call(rotation.to));
+      await writer.audit.flush();
+    }
+    const { loadKeyRings } = await import('../../../app/admin/admin-data');
+    const { rings } = await loadKeyRings();
+    expect(rings[0]!.since).toBe(rotatedAt);
+    expect(rings[0]!.versions.find((version) => version.fingerprint === rotation.to)?.callsSince).toBe(10);
+  });
 });
+
+function call(keyFingerprint: string): ProxyEvent {
+  return {
+    requestId: randomUUID(),
+    userId: 'local:ada',
+    sessionId: null,
+    upstream: 'svc',
+    route: '/items',
+    target: null,
+    method: 'GET',
+    status: 200,
+    keyFingerprint,
+    bytesIn: 0,
+    bytesOut: 10,
+    durationMs: 3,
+    outcome: 'complete',
+    errorCode: null,
+    clientIp: null,
+    units: 0,
+    scrubberHits: 0,
+  };
+}
