@@ -32,9 +32,13 @@ const NOT_CALLER_ERRORS = new Set(['rate_limited', 'throttled', 'quota_exceeded'
 
 /**
  * A call refused for what the caller asked (4xx from the upstream or from Keyward's policy: what probing looks
- * like). Not 5xx or timeouts (an outage is nobody's anomaly), not the upstream's own 429, not limit refusals.
+ * like). Not 5xx or timeouts (an outage is nobody's anomaly), not the upstream's own 429, not limit refusals,
+ * and not a call the client abandoned before its answer (recorded 400 `bad_request`, outcome `aborted`): nobody
+ * refused it, and a search-as-you-type page cancels many. An upstream's 4xx whose body the client did not read to
+ * the end (outcome `aborted`, the upstream's status, no error code) was refused, and counts.
  */
 function isCallerError(event: ProxyEvent): boolean {
+  if (event.outcome === 'aborted' && event.errorCode === 'bad_request') return false;
   return event.status >= 400 && event.status < 500 && event.status !== 429 && !NOT_CALLER_ERRORS.has(event.errorCode ?? '');
 }
 

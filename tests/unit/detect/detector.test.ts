@@ -576,6 +576,28 @@ describe('anomaly detector', () => {
     expect((await actions()).map((a) => [a.rule, a.action])).toEqual([['errors', 'throttle']]);
   });
 
+  it('does not count calls the client abandoned before the answer as failed calls (search-as-you-type), but as calls', async () => {
+    const { clock, detector, actions } = setup();
+    // Three hours at 5 calls a minute, then 25 calls cancelled by the client in one minute: recorded as the
+    // pipeline records them, 400 `bad_request` with outcome `aborted`.
+    for (let i = 0; i < 3 * 60 * 5; i++) {
+      clock.now = START + i * (MINUTE_MS / 5);
+      detector.observe(event());
+    }
+    const burst = clock.now;
+    for (let i = 0; i < 25; i++) {
+      clock.now = burst + (i + 1) * 2000;
+      detector.observe(event({ status: 400, outcome: 'aborted', errorCode: 'bad_request', units: 0 }));
+    }
+    expect(await actions()).toEqual([]);
+    // They are still calls: enough of them in a minute is a volume anomaly.
+    for (let i = 0; i < 60; i++) {
+      clock.now += 500;
+      detector.observe(event({ status: 400, outcome: 'aborted', errorCode: 'bad_request', units: 0 }));
+    }
+    expect((await actions()).map((a) => [a.rule, a.action])).toEqual([['calls', 'throttle']]);
+  });
+
   it('revokes for a decoy in a credential’s place only; as content (a body, a path, a cookie) it alerts', async () => {
     const { clock, revocations, detector, actions } = setup();
     const hit = { kind: 'credential' as const, decoyId: 'dk_1', userId: 'local:ada', sessionId: 's', ip: '203.0.113.7', upstream: 'openai', route: '/v1/chat/completions', requestId: 'r' };
