@@ -261,9 +261,33 @@ export class Alerts {
     if (!raw) throw new KeywardError('not_found');
     const { alert, undo } = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
     if (alert.state === 'undone') {
+      // An undo that failed after it was recorded (the store went away while putting marks back) is finished by
+      // the admin's retry; on an alert lifted already this changes nothing (each put-back acts only on a mark that
+      // still holds this alert's value).
+      await this.lift(id, alert, undo);
       await this.recordUndo(id, alert, actor, 'unchanged');
       return alert;
     }
+    const undone: Alert = { ...alert, state: 'undone', undoneAt: new Date(this.now()).toISOString(), undoneBy: actor };
+    // Recorded as undone before anything is put back. A step still being taken (`apply`) then either sets its marks
+    // before this and they are put back below, or re-checks its alert after this, finds it undone and puts them
+    // back itself. Putting back first left a mark set in between (after the put-back, before the record) in force
+    // for good, on an alert shown as undone. Compare-and-set: two admins undoing at once record one undo.
+    if (!(await guard(() => this.store.replaceIfEquals(key, raw, JSON.stringify({ alert: undone, undo }))))) {
+      return this.undo(id, actor, onUndone);
+    }
+    onUndone?.(undone);
+    await this.lift(id, alert, undo);
+    // Every instance's detector learns of the undo before its next step for this user (`forgivenAt`).
+    if (forgives(alert)) {
+      await guard(() => this.store.set(forgivenKey(alert.subject.userId), String(this.now()), this.retentionMs));
+    }
+    await this.recordUndo(id, alert, actor, alert.action);
+    return undone;
+  }
+
+  /** Puts back what the alert's step set (each put-back only where the mark still holds this alert's value). */
+  private async lift(id: string, alert: Alert, undo: UndoRecord): Promise<void> {
     // A session mark a later alert also planned (a re-authentication of the same session by another instance, or
     // a later step): that alert did not set its own (setIfAbsent kept this one), so the mark is handed over to it
     // rather than removed while it is still active.
@@ -276,18 +300,6 @@ export class Alerts {
     await this.revocations.restore(own);
     for (const { key: markKey, value, previous } of undo.marks) await guard(() => putBack(this.store, markKey, value, previous ?? null));
     await this.unlink(id, alert, undo);
-    const undone: Alert = { ...alert, state: 'undone', undoneAt: new Date(this.now()).toISOString(), undoneBy: actor };
-    // Compare-and-set: two admins undoing at once record one undo.
-    if (!(await guard(() => this.store.replaceIfEquals(key, raw, JSON.stringify({ alert: undone, undo }))))) {
-      return this.undo(id, actor, onUndone);
-    }
-    onUndone?.(undone);
-    // Every instance's detector learns of the undo before its next step for this user (`forgivenAt`).
-    if (forgives(alert)) {
-      await guard(() => this.store.set(forgivenKey(alert.subject.userId), String(this.now()), this.retentionMs));
-    }
-    await this.recordUndo(id, alert, actor, alert.action);
-    return undone;
   }
 
   private async recordUndo(id: string, alert: Alert, actor: string, outcome: string): Promise<void> {

@@ -448,6 +448,52 @@ describe('anomaly detector', () => {
     expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 's', authTime: START - 60_000 })).toBe(false);
   });
 
+  it('an undo recorded just after the step re-checked its alert still lifts the step: no suspension outlives the undo', async () => {
+    const { clock, store, revocations, alerts } = setup();
+    clock.now = START;
+    // Gates on the store, released in this order: the undo has read the alert (and found no mark to put back yet),
+    // then the step sets its marks and re-checks its alert (still active), then the undo records itself.
+    const gate = () => {
+      let open!: () => void;
+      const wait = new Promise<void>((resolve) => (open = resolve));
+      return { wait, open };
+    };
+    const marksSet = gate();
+    const undoReachedCas = gate();
+    const casGoes = gate();
+    const set = store.set.bind(store);
+    store.set = async (key, value, ttlMs) => {
+      if (key === suspensionKey('local:ada')) await marksSet.wait;
+      return set(key, value, ttlMs);
+    };
+    const replaceIfEquals = store.replaceIfEquals.bind(store);
+    store.replaceIfEquals = async (key, expected, value) => {
+      if (key.startsWith('alert:') && JSON.parse(value).alert?.state === 'undone') {
+        undoReachedCas.open();
+        await casGoes.wait;
+      }
+      return replaceIfEquals(key, expected, value);
+    };
+    const applying = alerts.apply(
+      { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
+      { limit: 1, windowSeconds: 60, forMinutes: 1 },
+    );
+    let listed: Alert | undefined;
+    for (let i = 0; i < 100 && !listed; i++) {
+      listed = (await alerts.list({ limit: 10 })).alerts[0];
+      if (!listed) await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    const undoing = alerts.undo(listed!.id, 'local:root');
+    await undoReachedCas.wait;
+    marksSet.open();
+    await applying; // its re-check read the alert before the undo was recorded
+    casGoes.open();
+    expect((await undoing).state).toBe('undone');
+    expect((await alerts.list({ limit: 10 })).alerts[0]!.state).toBe('undone');
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+    expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 's', authTime: START - 60_000 })).toBe(false);
+  });
+
   it('dismissing an alert that took no action (a decoy as content) does not forgive an anomaly under way: it escalates on', async () => {
     const { clock, alerts, detector, actions } = setup();
     let at = steadyDay((t, e) => {
@@ -503,6 +549,26 @@ describe('anomaly detector', () => {
     failing.clear();
     await alerts.undo(listed!.id, 'local:root');
     expect(await revocations.isRevoked(earlier)).toBe(false);
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+  });
+
+  it('an undo the store failed part-way through (recorded, marks not yet put back) is finished by the admin’s retry', async () => {
+    let failing = false;
+    class FailingStore extends MemoryStore {
+      override async deleteIfEquals(key: string, value: string) {
+        if (failing && key.startsWith('det:suspend:')) throw new Error('store unreachable');
+        return super.deleteIfEquals(key, value);
+      }
+    }
+    const { clock, store, alerts } = setup({}, (now) => new FailingStore(now));
+    clock.now = START;
+    const decision: Decision = { rule: 'decoy', action: 'revoke', reason: 'decoy key used', subject: { userId: 'local:ada' }, evidence: {} };
+    const alert = await alerts.apply(decision, { limit: 1, windowSeconds: 60, forMinutes: 15 });
+    failing = true;
+    await expect(alerts.undo(alert.id, 'local:root')).rejects.toThrow();
+    expect((await alerts.list({ limit: 10 })).alerts[0]!.state).toBe('undone');
+    failing = false;
+    expect((await alerts.undo(alert.id, 'local:root')).state).toBe('undone');
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
