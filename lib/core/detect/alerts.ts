@@ -58,6 +58,18 @@ const STREAM = 'alerts';
 const PAGE_MAX = 200;
 /** How far back an undo looks for later alerts that replaced its marks: 100 pages of PAGE_MAX (20,000 alerts). */
 const UNLINK_PAGES = 100;
+/**
+ * The ids of the alerts that suspend a user's keys (a JSON array). A suspension lasts until an admin undoes it,
+ * so its alert must outlive the retention: such an alert (and its undo record, in the same key) is stored without
+ * expiry until it is undone, and the retention starts then. Its entry in the alerts log still goes with the
+ * retention (a log is trimmed by time), so the list shows these alerts after the log's last page, and drops an id
+ * from here once its alert has expired. The store stays bounded by the suspensions in force, which only an admin
+ * ends, and the undone ones of the last retention period (making the mark expire with the alert instead would
+ * lift a suspension nobody looked at).
+ */
+const SUSPENDING = 'alerts:suspending';
+/** `setIfAbsent` takes a ttl: the index is kept for good (as key rings' records, lib/core/keys/rings.ts). */
+const FOR_GOOD_MS = 100 * 365 * 86_400_000;
 
 /**
  * The detector's actions and their record. Each action is written to the store (so every instance enforces
@@ -123,7 +135,11 @@ export class Alerts {
       state: 'active',
     };
     const undo: UndoRecord = { revocations, marks };
-    await guard(() => this.store.set(`alert:${id}`, JSON.stringify({ alert, undo }), this.retentionMs));
+    const suspends = suspendsKeys(alert);
+    // Indexed first: an index entry whose alert could not be stored is dropped by `list`, while an alert stored
+    // for good and indexed nowhere would be lost once its log entry is trimmed.
+    if (suspends) await this.index(id, 'add');
+    await guard(() => this.store.set(`alert:${id}`, JSON.stringify({ alert, undo }), suspends ? undefined : this.retentionMs));
     await guard(() => this.store.append(STREAM, id, at, this.retentionMs));
     await act();
     // Undone while the step was being taken (the alert is listed before its marks are set): the undo found
@@ -235,7 +251,10 @@ export class Alerts {
     return isLogCursor(this.store, cursor);
   }
 
-  /** Newest first, with a cursor for the next page. */
+  /**
+   * Newest first, with a cursor for the next page. The last page (cursor null) ends with the suspending alerts
+   * older than the retention (their log entries trimmed), newest first: a suspension is always listed.
+   */
   async list(options: { limit: number; cursor?: string }): Promise<{ alerts: Alert[]; cursor: string | null }> {
     const limit = Math.min(Math.max(options.limit, 1), PAGE_MAX);
     const entries = await guard(() => this.store.readLog(STREAM, { limit, cursor: options.cursor, order: 'desc' }));
@@ -245,7 +264,43 @@ export class Alerts {
       const alert = raw ? parseAlert(raw) : null;
       return alert ? [current(alert, now)] : [];
     });
+    if (entries.length < limit) alerts.push(...(await this.unlogged()));
     return { alerts, cursor: entries.length === limit ? entries.at(-1)!.id : null };
+  }
+
+  /**
+   * The suspending alerts whose log entries are gone (older than the log's oldest entry), newest first: those in
+   * force, and those undone within the retention.
+   */
+  private async unlogged(): Promise<Alert[]> {
+    const raw = await guard(() => this.store.get(SUSPENDING));
+    const ids = parseIds(raw);
+    if (ids.length === 0) return [];
+    const [oldest] = await guard(() => this.store.readLog(STREAM, { limit: 1, order: 'asc' }));
+    const stored = await guard(() => this.store.getMany(ids.map((id) => `alert:${id}`)));
+    const held: Alert[] = [];
+    const gone: string[] = [];
+    stored.forEach((value, i) => {
+      const alert = value ? parseAlert(value) : null;
+      // Expired (undone more than the retention ago), or never stored (its write failed after it was indexed).
+      if (!alert) gone.push(ids[i]!);
+      else if (oldest === undefined || Date.parse(alert.at) < oldest.at) held.push(alert);
+    });
+    for (const id of gone) await this.index(id, 'remove');
+    return held.sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
+  }
+
+  /** Adds an id to the suspending alerts' index, or removes it (compare-and-set: instances write it at once). */
+  private async index(id: string, change: 'add' | 'remove'): Promise<void> {
+    for (;;) {
+      const raw = await guard(() => this.store.get(SUSPENDING));
+      const ids = parseIds(raw);
+      if (ids.includes(id) === (change === 'add')) return;
+      const next = JSON.stringify(change === 'add' ? [...ids, id] : ids.filter((other) => other !== id));
+      const written =
+        raw === null ? await guard(() => this.store.setIfAbsent(SUSPENDING, next, FOR_GOOD_MS)) : await guard(() => this.store.replaceIfEquals(SUSPENDING, raw, next));
+      if (written) return;
+    }
   }
 
   /**
@@ -265,6 +320,7 @@ export class Alerts {
       // the admin's retry; on an alert lifted already this changes nothing (each put-back acts only on a mark that
       // still holds this alert's value).
       await this.lift(id, alert, undo);
+      await this.retire(id, alert, raw);
       await this.recordUndo(id, alert, actor, 'unchanged');
       return alert;
     }
@@ -278,6 +334,7 @@ export class Alerts {
     }
     onUndone?.(undone);
     await this.lift(id, alert, undo);
+    await this.retire(id, undone, JSON.stringify({ alert: undone, undo }));
     // Every instance's detector learns of the undo before its next step for this user (`forgivenAt`).
     if (forgives(alert)) {
       await guard(() => this.store.set(forgivenKey(alert.subject.userId), String(this.now()), this.retentionMs));
@@ -302,6 +359,13 @@ export class Alerts {
     await this.unlink(id, alert, undo);
   }
 
+  /** An undone suspending alert is kept for the retention from now (and listed until then). */
+  private async retire(id: string, alert: Alert, raw: string): Promise<void> {
+    if (!suspendsKeys(alert)) return;
+    // Nothing else writes an undone alert (`unlink` skips them), so this replaces only the value just recorded.
+    await guard(() => this.store.set(`alert:${id}`, raw, this.retentionMs));
+  }
+
   private async recordUndo(id: string, alert: Alert, actor: string, outcome: string): Promise<void> {
     await this.audit.recordAdmin({
       action: 'detector.undo',
@@ -320,6 +384,22 @@ export class Alerts {
  */
 export function forgives(alert: Alert): alert is Alert & { subject: { userId: string } } {
   return alert.action !== 'alert' && alert.subject.userId !== undefined;
+}
+
+/** Whether the alert's step suspends the user's keys (a revocation of a user): it is kept until undone. */
+function suspendsKeys(alert: Alert): boolean {
+  return alert.action === 'revoke' && alert.subject.userId !== undefined;
+}
+
+/** The suspending alerts' index (an unreadable one reads as empty, and is rewritten by the next change). */
+function parseIds(raw: string | null): string[] {
+  if (raw === null) return [];
+  try {
+    const ids: unknown = JSON.parse(raw);
+    return Array.isArray(ids) ? ids.filter((id): id is string => typeof id === 'string') : [];
+  } catch {
+    return [];
+  }
 }
 
 /** An alert as it stands at `now`: an active throttle whose mark has expired reads as `expired`. */

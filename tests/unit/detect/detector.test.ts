@@ -5,6 +5,7 @@ import { suspensionKey, throttleKey } from '../../../lib/core/detect/marks';
 import { KeywardError } from '../../../lib/core/errors';
 import type { ProxyEvent } from '../../../lib/core/pipeline';
 import { MemoryStore } from '../../../lib/store/memory';
+import { SqliteStore } from '../../../lib/store/sqlite';
 import { DAY_MS, MINUTE_MS, START, event, setup } from '../../fixtures/detector';
 
 /**
@@ -571,6 +572,49 @@ describe('anomaly detector', () => {
     expect((await alerts.undo(alert.id, 'local:root')).state).toBe('undone');
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
+
+  for (const [kind, makeStore] of [
+    ['memory', (now: () => number) => new MemoryStore(now)],
+    ['SQLite', (now: () => number) => new SqliteStore(':memory:', now)],
+  ] as const) {
+    it(`a suspension stays listed and undoable past the retention, until an admin undoes it (${kind} store)`, async () => {
+      const { clock, store, alerts } = setup({}, makeStore);
+      clock.now = START;
+      const decision: Decision = { rule: 'decoy', action: 'revoke', reason: 'decoy key used', subject: { userId: 'local:ada' }, evidence: {} };
+      const suspending = await alerts.apply(decision, { limit: 1, windowSeconds: 60, forMinutes: 15 });
+      const other = (): Promise<Alert> =>
+        alerts.apply({ rule: 'key_calls', action: 'alert', reason: 'busy key', subject: { fingerprint: 'f' }, evidence: {} }, { limit: 1, windowSeconds: 60, forMinutes: 15 });
+      // Past the 30-day retention (another alert written then trims the log): the alert is still there.
+      for (const day of [31, 400]) {
+        clock.now = START + day * DAY_MS;
+        const later = await other();
+        expect((await alerts.list({ limit: 10 })).alerts.map((a) => [a.id, a.state])).toEqual([
+          [later.id, 'active'],
+          [suspending.id, 'active'],
+        ]);
+        expect(await store.get(suspensionKey('local:ada'))).toBe(suspending.id);
+      }
+      // Also page by page: the log's last page ends with it.
+      const paged: string[] = [];
+      let cursor: string | undefined;
+      do {
+        const page = await alerts.list({ limit: 1, ...(cursor ? { cursor } : {}) });
+        paged.push(...page.alerts.map((a) => a.id));
+        cursor = page.cursor ?? undefined;
+      } while (cursor);
+      expect(paged.at(-1)).toBe(suspending.id);
+      expect(paged.filter((id) => id === suspending.id)).toHaveLength(1);
+      expect((await alerts.undo(suspending.id, 'local:root')).state).toBe('undone');
+      expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+      // Undone, it is kept for the retention from the undo, then goes.
+      clock.now += 29 * DAY_MS;
+      expect((await alerts.list({ limit: 10 })).alerts.find((a) => a.id === suspending.id)?.state).toBe('undone');
+      clock.now += 2 * DAY_MS;
+      await other();
+      expect((await alerts.list({ limit: 10 })).alerts.map((a) => a.id)).not.toContain(suspending.id);
+      expect(JSON.parse((await store.get('alerts:suspending'))!)).toEqual([]);
+    });
+  }
 
   it('undoing a throttle lifts it and makes what the user does their baseline, on every instance', async () => {
     const { clock, store, alerts, detector, actions } = setup({ calls: { minPerMinute: 10 } });
