@@ -268,8 +268,12 @@ export function productionProblems(
     );
   }
   const authUrl = settings.AUTH_URL ? new URL(settings.AUTH_URL) : null;
-  if (authUrl && !['/', '/api/auth', '/api/auth/'].includes(authUrl.pathname)) {
-    problems.push('  - AUTH_URL: must be the site\'s origin (https://app.example.com); Auth.js would take its path as its own base path');
+  // Not `/api/auth/`: Auth.js joins `/callback/oidc` to the path as it is, and `…/api/auth//callback/oidc` is a
+  // redirect URI no provider has registered.
+  if (authUrl && !['/', '/api/auth'].includes(authUrl.pathname)) {
+    problems.push(
+      "  - AUTH_URL: must be the site's origin (https://app.example.com), with no path but Auth.js's own /api/auth (no trailing slash); Auth.js takes its path as its own base path",
+    );
   }
   if (authUrl?.protocol === 'http:' && !LOOPBACK_HOSTS.has(authUrl.hostname)) {
     problems.push(

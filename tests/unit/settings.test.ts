@@ -342,6 +342,14 @@ describe('productionProblems: AUTH_URL', () => {
       expect(production(url)).toEqual([]);
     }
   });
+
+  // Auth.js takes AUTH_URL's path as its base path and joins `/callback/oidc` to it: a trailing slash makes
+  // `…/api/auth//callback/oidc`, a redirect URI no provider has registered, so nobody could sign in with OIDC.
+  it("is the origin, or Auth.js's /api/auth without a trailing slash", () => {
+    for (const url of ['https://app.example.com', 'https://app.example.com/', 'https://app.example.com/api/auth']) expect(production(url)).toEqual([]);
+    expect(production('https://app.example.com/api/auth/').join('\n')).toContain('AUTH_URL: must be the site\'s origin');
+    expect(production('https://app.example.com/app').join('\n')).toContain('AUTH_URL: must be the site\'s origin');
+  });
 });
 
 describe('productionProblems: KEYWARD_OIDC_ISSUER', () => {
