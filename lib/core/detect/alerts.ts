@@ -70,6 +70,12 @@ const UNLINK_PAGES = 100;
 const SUSPENDING = 'alerts:suspending';
 /** `setIfAbsent` takes a ttl: the index is kept for good (as key rings' records, lib/core/keys/rings.ts). */
 const FOR_GOOD_MS = 100 * 365 * 86_400_000;
+/**
+ * How long an indexed id whose alert is not stored (yet) stays indexed: `apply` indexes a suspending alert before
+ * it stores it, so a list read in between, on any instance, must not take the id out. (Or the retention, if
+ * shorter: tests keep alerts for moments.)
+ */
+const INDEXING_GRACE_MS = 10 * 60_000;
 
 /**
  * The detector's actions and their record. Each action is written to the store (so every instance enforces
@@ -274,29 +280,35 @@ export class Alerts {
    */
   private async unlogged(): Promise<Alert[]> {
     const raw = await guard(() => this.store.get(SUSPENDING));
-    const ids = parseIds(raw);
-    if (ids.length === 0) return [];
+    const entries = parseIndex(raw);
+    if (entries.length === 0) return [];
     const [oldest] = await guard(() => this.store.readLog(STREAM, { limit: 1, order: 'asc' }));
-    const stored = await guard(() => this.store.getMany(ids.map((id) => `alert:${id}`)));
+    const stored = await guard(() => this.store.getMany(entries.map(({ id }) => `alert:${id}`)));
     const held: Alert[] = [];
     const gone: string[] = [];
+    const now = this.now();
     stored.forEach((value, i) => {
       const alert = value ? parseAlert(value) : null;
-      // Expired (undone more than the retention ago), or never stored (its write failed after it was indexed).
-      if (!alert) gone.push(ids[i]!);
-      else if (oldest === undefined || Date.parse(alert.at) < oldest.at) held.push(alert);
+      // Expired (undone more than the retention ago), or never stored (its write failed after it was indexed); not
+      // one indexed moments ago, whose step (`apply`, on any instance) may be about to store it.
+      if (!alert) {
+        if (now - entries[i]!.at > Math.min(INDEXING_GRACE_MS, this.retentionMs)) gone.push(entries[i]!.id);
+      } else if (oldest === undefined || Date.parse(alert.at) < oldest.at) held.push(alert);
     });
     for (const id of gone) await this.index(id, 'remove');
     return held.sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
   }
 
-  /** Adds an id to the suspending alerts' index, or removes it (compare-and-set: instances write it at once). */
+  /**
+   * Adds an id to the suspending alerts' index with the time it was added, or removes it (compare-and-set:
+   * instances write it at once).
+   */
   private async index(id: string, change: 'add' | 'remove'): Promise<void> {
     for (;;) {
       const raw = await guard(() => this.store.get(SUSPENDING));
-      const ids = parseIds(raw);
-      if (ids.includes(id) === (change === 'add')) return;
-      const next = JSON.stringify(change === 'add' ? [...ids, id] : ids.filter((other) => other !== id));
+      const entries = parseIndex(raw);
+      if (entries.some((entry) => entry.id === id) === (change === 'add')) return;
+      const next = JSON.stringify(change === 'add' ? [...entries, { id, at: this.now() }] : entries.filter((entry) => entry.id !== id));
       const written =
         raw === null ? await guard(() => this.store.setIfAbsent(SUSPENDING, next, FOR_GOOD_MS)) : await guard(() => this.store.replaceIfEquals(SUSPENDING, raw, next));
       if (written) return;
@@ -319,6 +331,7 @@ export class Alerts {
       // An undo that failed after it was recorded (the store went away while putting marks back) is finished by
       // the admin's retry; on an alert lifted already this changes nothing (each put-back acts only on a mark that
       // still holds this alert's value).
+      await this.forgive(alert, Date.parse(alert.undoneAt ?? '') || this.now());
       await this.lift(id, alert, undo);
       await this.retire(id, alert, raw);
       await this.recordUndo(id, alert, actor, 'unchanged');
@@ -333,14 +346,24 @@ export class Alerts {
       return this.undo(id, actor, onUndone);
     }
     onUndone?.(undone);
+    await this.forgive(alert, Date.parse(undone.undoneAt!));
     await this.lift(id, alert, undo);
     await this.retire(id, undone, JSON.stringify({ alert: undone, undo }));
-    // Every instance's detector learns of the undo before its next step for this user (`forgivenAt`).
-    if (forgives(alert)) {
-      await guard(() => this.store.set(forgivenKey(alert.subject.userId), String(this.now()), this.retentionMs));
-    }
     await this.recordUndo(id, alert, actor, alert.action);
     return undone;
+  }
+
+  /**
+   * Every instance's detector learns of the undo before its next step for this user (`forgivenAt`): written right
+   * after the undo is recorded, and again by a retry of an undo that failed before it (unless a later undo's time
+   * is there already).
+   */
+  private async forgive(alert: Alert, undoneAt: number): Promise<void> {
+    if (!forgives(alert)) return;
+    const key = forgivenKey(alert.subject.userId);
+    const current = Number(await guard(() => this.store.get(key)));
+    if (current >= undoneAt) return;
+    await guard(() => this.store.set(key, String(undoneAt), this.retentionMs));
   }
 
   /** Puts back what the alert's step set (each put-back only where the mark still holds this alert's value). */
@@ -392,11 +415,13 @@ function suspendsKeys(alert: Alert): boolean {
 }
 
 /** The suspending alerts' index (an unreadable one reads as empty, and is rewritten by the next change). */
-function parseIds(raw: string | null): string[] {
+function parseIndex(raw: string | null): Array<{ id: string; at: number }> {
   if (raw === null) return [];
   try {
-    const ids: unknown = JSON.parse(raw);
-    return Array.isArray(ids) ? ids.filter((id): id is string => typeof id === 'string') : [];
+    const entries: unknown = JSON.parse(raw);
+    return Array.isArray(entries)
+      ? entries.filter((entry): entry is { id: string; at: number } => typeof entry?.id === 'string' && Number.isFinite(entry?.at))
+      : [];
   } catch {
     return [];
   }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { AdminRecord } from '../../../lib/core/audit/audit';
 import type { Alert, Decision } from '../../../lib/core/detect/alerts';
-import { suspensionKey, throttleKey } from '../../../lib/core/detect/marks';
+import { forgivenKey, suspensionKey, throttleKey } from '../../../lib/core/detect/marks';
 import { KeywardError } from '../../../lib/core/errors';
 import type { ProxyEvent } from '../../../lib/core/pipeline';
 import { MemoryStore } from '../../../lib/store/memory';
@@ -570,6 +570,62 @@ describe('anomaly detector', () => {
     expect((await alerts.list({ limit: 10 })).alerts[0]!.state).toBe('undone');
     failing = false;
     expect((await alerts.undo(alert.id, 'local:root')).state).toBe('undone');
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+    expect(await store.get(forgivenKey('local:ada'))).toBe(String(START));
+  });
+
+  it("an undo's retry that fails before the forgiven mark writes it (every instance's detector learns of the undo)", async () => {
+    let failing = false;
+    class FailingStore extends MemoryStore {
+      override async set(key: string, value: string, ttlMs?: number) {
+        if (failing && key.startsWith('det:forgiven:')) throw new Error('store unreachable');
+        return super.set(key, value, ttlMs);
+      }
+    }
+    const { clock, store, alerts } = setup({}, (now) => new FailingStore(now));
+    clock.now = START;
+    const decision: Decision = { rule: 'decoy', action: 'revoke', reason: 'decoy key used', subject: { userId: 'local:ada' }, evidence: {} };
+    const alert = await alerts.apply(decision, { limit: 1, windowSeconds: 60, forMinutes: 15 });
+    failing = true;
+    await expect(alerts.undo(alert.id, 'local:root')).rejects.toThrow();
+    expect(await store.get(forgivenKey('local:ada'))).toBeNull();
+    failing = false;
+    clock.now = START + MINUTE_MS;
+    await alerts.undo(alert.id, 'local:root');
+    // The time of the undo, as the first attempt recorded it.
+    expect(await store.get(forgivenKey('local:ada'))).toBe(String(START));
+    expect(await store.get(suspensionKey('local:ada'))).toBeNull();
+  });
+
+  it('a list read while a suspending alert is indexed but not yet stored (another instance) keeps it indexed', async () => {
+    const { clock, store, alerts } = setup();
+    clock.now = START;
+    let open!: () => void;
+    const stored = new Promise<void>((resolve) => (open = resolve));
+    let reached!: () => void;
+    const atGap = new Promise<void>((resolve) => (reached = resolve));
+    const set = store.set.bind(store);
+    store.set = async (key, value, ttlMs) => {
+      if (key.startsWith('alert:')) {
+        reached();
+        await stored;
+      }
+      return set(key, value, ttlMs);
+    };
+    const applying = alerts.apply(
+      { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
+      { limit: 1, windowSeconds: 60, forMinutes: 1 },
+    );
+    await atGap;
+    await alerts.list({ limit: 10 });
+    open();
+    const suspending = await applying;
+    store.set = set;
+    // Past the retention, the log entry trimmed by a later alert: the suspension is still listed, and undoable.
+    clock.now = START + 31 * DAY_MS;
+    await alerts.apply({ rule: 'key_calls', action: 'alert', reason: 'busy key', subject: { fingerprint: 'f' }, evidence: {} }, { limit: 1, windowSeconds: 60, forMinutes: 15 });
+    expect((await alerts.list({ limit: 10 })).alerts.map((a) => a.id)).toContain(suspending.id);
+    expect((await alerts.undo(suspending.id, 'local:root')).state).toBe('undone');
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
   });
 
