@@ -5,6 +5,7 @@ import { createLogger } from '../../../lib/core/log/logger';
 import type { ProxyEvent } from '../../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../../lib/core/runtime';
 import { MemoryStore } from '../../../lib/store/memory';
+import { event } from '../../fixtures/detector';
 import { randomSecret, testSessionSecrets } from '../../fixtures/secrets';
 
 /**
@@ -58,24 +59,8 @@ describe('the Keys page', () => {
   });
 });
 
+/** A completed call, as the pipeline reports it (the detector fixture's event, on this test's upstream). */
 function call(keyFingerprint: string): ProxyEvent {
-  return {
-    requestId: randomUUID(),
-    userId: 'local:ada',
-    sessionId: null,
-    upstream: 'svc',
-    route: '/items',
-    target: null,
-    method: 'GET',
-    status: 200,
-    keyFingerprint,
-    bytesIn: 0,
-    bytesOut: 10,
-    durationMs: 3,
-    outcome: 'complete',
-    errorCode: null,
-    clientIp: null,
-    units: 0,
-    scrubberHits: 0,
-  };
+  const fields = { keyFingerprint, requestId: randomUUID(), sessionId: null, clientIp: null, upstream: 'svc', route: '/items', method: 'GET' };
+  return event({ ...fields, bytesIn: 0, bytesOut: 10, durationMs: 3, units: 0 });
 }

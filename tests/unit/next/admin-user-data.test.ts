@@ -4,6 +4,7 @@ import { createLogger } from '../../../lib/core/log/logger';
 import type { ProxyEvent } from '../../../lib/core/pipeline';
 import { createRuntime } from '../../../lib/core/runtime';
 import { MemoryStore } from '../../../lib/store/memory';
+import { event } from '../../fixtures/detector';
 import { testSessionSecrets } from '../../fixtures/secrets';
 
 /**
@@ -19,26 +20,10 @@ const runtime = createRuntime({
 });
 vi.mock('@/keyward', () => ({ keyward: { getRuntime: () => runtime, upstreamSummaries: () => [] } }));
 
+/** A completed call, as the pipeline reports it (the detector fixture's event, on this test's upstream). */
 function call(userId: string): ProxyEvent {
-  return {
-    requestId: randomUUID(),
-    userId,
-    sessionId: null,
-    upstream: 'svc',
-    route: '/items',
-    target: null,
-    method: 'GET',
-    status: 200,
-    keyFingerprint: null,
-    bytesIn: 0,
-    bytesOut: 10,
-    durationMs: 3,
-    outcome: 'complete',
-    errorCode: null,
-    clientIp: null,
-    units: 0,
-    scrubberHits: 0,
-  };
+  const fields = { userId, keyFingerprint: null, requestId: randomUUID(), sessionId: null, clientIp: null, upstream: 'svc', route: '/items', method: 'GET' };
+  return event({ ...fields, bytesIn: 0, bytesOut: 10, durationMs: 3, units: 0 });
 }
 
 describe("a user's admin page", () => {
