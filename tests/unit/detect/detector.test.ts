@@ -426,24 +426,19 @@ describe('anomaly detector', () => {
     const { clock, store, revocations, alerts } = setup();
     clock.now = START;
     // The store is slow to set the suspension mark: the alert is listed (and undoable) before its marks are set.
-    let release!: () => void;
-    const slow = new Promise<void>((resolve) => (release = resolve));
+    const slow = gate();
     const set = store.set.bind(store);
     store.set = async (key, value, ttlMs) => {
-      if (key === suspensionKey('local:ada')) await slow;
+      if (key === suspensionKey('local:ada')) await slow.wait;
       return set(key, value, ttlMs);
     };
     const applying = alerts.apply(
       { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
       { limit: 1, windowSeconds: 60, forMinutes: 1 },
     );
-    let listed: Alert | undefined;
-    for (let i = 0; i < 100 && !listed; i++) {
-      listed = (await alerts.list({ limit: 10 })).alerts[0];
-      if (!listed) await new Promise((resolve) => setTimeout(resolve, 5));
-    }
-    expect((await alerts.undo(listed!.id, 'local:root')).state).toBe('undone');
-    release();
+    const listed = await firstListed(alerts);
+    expect((await alerts.undo(listed.id, 'local:root')).state).toBe('undone');
+    slow.open();
     await applying;
     expect(await store.get(suspensionKey('local:ada'))).toBeNull();
     expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 's', authTime: START - 60_000 })).toBe(false);
@@ -454,11 +449,6 @@ describe('anomaly detector', () => {
     clock.now = START;
     // Gates on the store, released in this order: the undo has read the alert (and found no mark to put back yet),
     // then the step sets its marks and re-checks its alert (still active), then the undo records itself.
-    const gate = () => {
-      let open!: () => void;
-      const wait = new Promise<void>((resolve) => (open = resolve));
-      return { wait, open };
-    };
     const marksSet = gate();
     const undoReachedCas = gate();
     const casGoes = gate();
@@ -479,12 +469,7 @@ describe('anomaly detector', () => {
       { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
       { limit: 1, windowSeconds: 60, forMinutes: 1 },
     );
-    let listed: Alert | undefined;
-    for (let i = 0; i < 100 && !listed; i++) {
-      listed = (await alerts.list({ limit: 10 })).alerts[0];
-      if (!listed) await new Promise((resolve) => setTimeout(resolve, 5));
-    }
-    const undoing = alerts.undo(listed!.id, 'local:root');
+    const undoing = alerts.undo((await firstListed(alerts)).id, 'local:root');
     await undoReachedCas.wait;
     marksSet.open();
     await applying; // its re-check read the alert before the undo was recorded
@@ -600,15 +585,13 @@ describe('anomaly detector', () => {
   it('a list read while a suspending alert is indexed but not yet stored (another instance) keeps it indexed', async () => {
     const { clock, store, alerts } = setup();
     clock.now = START;
-    let open!: () => void;
-    const stored = new Promise<void>((resolve) => (open = resolve));
-    let reached!: () => void;
-    const atGap = new Promise<void>((resolve) => (reached = resolve));
+    const atGap = gate();
+    const stored = gate();
     const set = store.set.bind(store);
     store.set = async (key, value, ttlMs) => {
       if (key.startsWith('alert:')) {
-        reached();
-        await stored;
+        atGap.open();
+        await stored.wait;
       }
       return set(key, value, ttlMs);
     };
@@ -616,9 +599,9 @@ describe('anomaly detector', () => {
       { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
       { limit: 1, windowSeconds: 60, forMinutes: 1 },
     );
-    await atGap;
+    await atGap.wait;
     await alerts.list({ limit: 10 });
-    open();
+    stored.open();
     const suspending = await applying;
     store.set = set;
     // Past the retention, the log entry trimmed by a later alert: the suspension is still listed, and undoable.
@@ -820,3 +803,19 @@ describe('anomaly detector', () => {
   });
 });
 
+/** A promise the test resolves when it chooses (`open`): orders a step's store calls against another's. */
+function gate(): { wait: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const wait = new Promise<void>((resolve) => (open = resolve));
+  return { wait, open };
+}
+
+/** The newest alert, once the step being taken has stored it (polled: the step waits on a gated store call). */
+async function firstListed(alerts: ReturnType<typeof setup>['alerts']): Promise<Alert> {
+  for (let i = 0; i < 100; i++) {
+    const [listed] = (await alerts.list({ limit: 10 })).alerts;
+    if (listed) return listed;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  throw new Error('no alert was listed');
+}
