@@ -305,6 +305,14 @@ export class RedisStore implements Store {
     return value === null ? null : Number(value);
   }
 
+  /**
+   * Gives back every counter's points a round trip took (`round`'s counters), best effort: a give-back that fails
+   * leaves its point counted. For a call that round counted and that then did not go out.
+   */
+  async giveBackAll(counters: readonly Pick<RoundCounter, 'key' | 'points'>[]): Promise<void> {
+    await Promise.allSettled(counters.map(({ key, points }) => this.giveBack(key, points)));
+  }
+
   async reserve(entries: readonly Reservation[]): Promise<ReserveResult> {
     assertReservations(entries);
     if (entries.length === 0) return { refused: -1, values: [] };

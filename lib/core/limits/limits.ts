@@ -86,7 +86,7 @@ export class Limits {
   async giveBack(rules: readonly RateRule[], who: LimitSubject): Promise<void> {
     const { store } = this;
     if (store instanceof RedisStore) {
-      await Promise.allSettled(this.rateCounters(rules, who).map(({ key, points }) => store.giveBack(key, points)));
+      await store.giveBackAll(this.rateCounters(rules, who));
     } else {
       await Promise.allSettled(rules.map((rule) => this.limiter(rule).reward(subjectKey(rule.by, who), 1)));
     }

@@ -146,7 +146,7 @@ async function perUserCredential(
     return await perUserCredentialFrom(perUser, result.values, at);
   } catch (error) {
     // Only points the round wrote: a round that refused the call (a counter without room) wrote none.
-    if (result.taken) await Promise.allSettled(counters.map(({ key, points }) => redis.giveBack(key, points)));
+    if (result.taken) await redis.giveBackAll(counters);
     throw error;
   }
 }
