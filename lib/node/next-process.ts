@@ -9,7 +9,7 @@ import { systemErrorDetail } from '@/lib/core/errors';
 import { connectionOptions } from '@/lib/core/forward/headers';
 import { getLogger } from '@/lib/core/log/logger';
 import { originFormTarget } from './proxy-path';
-import { forwardedForFallback } from './request';
+import { forwardedForFallback, hasContent } from './request';
 
 export interface NextProcessOptions {
   /** The bundled child (`<distDir>/keyward-next.mjs`, from next-server.ts). */
@@ -184,8 +184,7 @@ export async function startNextProcess(options: NextProcessOptions): Promise<Nex
       if (target === null) return badUpgrade(socket);
       // A handshake is a GET with no body (RFC 6455 §4.1). One with a body would leave its connection to Next
       // waiting for bytes that belong to the next request sent on it.
-      const length = req.headers['content-length'];
-      if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return badUpgrade(socket);
+      if (hasContent(req)) return badUpgrade(socket);
       req.url = target;
       forwardedFor(req);
       try {

@@ -98,7 +98,7 @@ export function forwardedForFallback(req: IncomingMessage): string | undefined {
 }
 
 /** A request has content when it says so: Content-Length above 0, or a Transfer-Encoding (RFC 9112 §6.3). */
-function hasContent(req: IncomingMessage): boolean {
+export function hasContent(req: IncomingMessage): boolean {
   if (req.headers['transfer-encoding'] !== undefined) return true;
   const length = req.headers['content-length'];
   return length !== undefined && length !== '0';

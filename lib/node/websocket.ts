@@ -22,7 +22,7 @@ import { currentLocalUser, type LocalUsers } from '@/lib/core/users/file';
 import type { WsTickets } from '@/lib/core/ws/tickets';
 import type { ServingCalls } from './fast-lane';
 import { isDisguisedProxyPath, parseProxyPath } from './proxy-path';
-import { disguisedPathRefusal, readHeaders } from './request';
+import { disguisedPathRefusal, hasContent, readHeaders } from './request';
 import { endSocketWith } from './response';
 
 export interface UpgradeOptions {
@@ -440,8 +440,13 @@ function toBuffer(data: RawData): Buffer {
   return Buffer.from(data);
 }
 
+/**
+ * A handshake (RFC 6455 §4.1): a GET's upgrade with the version this server speaks and no body. One with a body
+ * would have it read as the client's first frames, relayed before the client saw the 101.
+ */
 function isWebSocketHandshake(req: IncomingMessage): boolean {
   return (
+    !hasContent(req) &&
     (req.headers.upgrade ?? '').toLowerCase() === 'websocket' &&
     HANDSHAKE_KEY.test(req.headers['sec-websocket-key'] ?? '') &&
     req.headers['sec-websocket-version'] === '13'

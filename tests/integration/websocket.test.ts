@@ -366,6 +366,28 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(handshakes.length).toBe(before);
   });
 
+  it('an upgrade with a body (Content-Length, chunked) is 400 bad_request, as at the door to Next: no upstream handshake, no key sent', async () => {
+    const before = handshakes.length;
+    // Raw sockets: node:http's client would treat a 101 as its own upgrade, and these requests are shaped as no client sends them.
+    for (const [framing, body] of [
+      ['content-length: 11\r\n', 'hello world'],
+      ['transfer-encoding: chunked\r\n', 'b\r\nhello world\r\n0\r\n\r\n'],
+    ] as const) {
+      const socket = connect(lane.port, '127.0.0.1');
+      const chunks: Buffer[] = [];
+      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+      const head = Object.entries({ host: new URL(lane.url).host, ...UPGRADE, cookie: await cookieFor('oidc:alice'), ...sameOrigin() })
+        .map(([name, value]) => `${name}: ${value}\r\n`)
+        .join('');
+      socket.end(`GET /api/proxy/rt/realtime HTTP/1.1\r\n${head}${framing}\r\n${body}`);
+      await once(socket, 'close');
+      const answer = Buffer.concat(chunks).toString('latin1');
+      expect(answer.split('\r\n', 1)[0], framing).toBe('HTTP/1.1 400 Bad Request');
+      expect(answer, framing).toContain('"code":"bad_request"');
+    }
+    expect(handshakes.length).toBe(before);
+  });
+
   it('passes the offered subprotocols to the upstream and its choice back', async () => {
     const cookie = await cookieFor('oidc:alice');
     const socket = await new Promise<WebSocket>((resolve, reject) => {
