@@ -1,7 +1,12 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createFastLane } from '../../lib/node/fast-lane';
+import { findLeak } from '../fixtures/claims-session';
+import { rawRequest } from '../fixtures/raw-http';
 import { startAttacker } from '../fixtures/upstream';
-import { createHarness, expectKeywardError, expectNoSecrets, expectNoSecretsInLogs, type Harness } from './harness';
+import { APP_ORIGIN, createHarness, expectKeywardError, expectNoSecrets, expectNoSecretsInLogs, type Harness } from './harness';
 
 let h: Harness;
 beforeAll(async () => {
@@ -66,6 +71,47 @@ describe('response headers', () => {
       expect(result.response.status).toBe(200);
       expect(result.response.headers.get('x-echo')).toBeNull();
       expectNoSecrets(h.secrets, result.response, result.text);
+    }
+  });
+
+  /**
+   * Two lines of one name reach the client as one value joined by ", " (fetch's Headers, node:http's
+   * IncomingMessage): "sk-abc, def123" for the key "sk-abcdef123", which the client joins back.
+   */
+  function splitKeyUpstream(): void {
+    h.upstream.handle((req, res) => {
+      const key = String(req.headers['x-api-key']);
+      res.setHeader('content-type', 'text/plain');
+      res.setHeader('x-echo', [key.slice(0, 6), key.slice(6)]);
+      res.setHeader('x-upstream-note', ['kept', 'too']);
+      res.writeHead(200);
+      res.end('ok');
+    });
+  }
+
+  it('drops an allow-listed header whose repeated lines each carry a piece of the key', async () => {
+    splitKeyUpstream();
+    const result = await h.call(['headers']);
+    expect(result.response.status).toBe(200);
+    expect(result.response.headers.get('x-echo')).toBeNull();
+    expect(result.response.headers.get('x-upstream-note')).toBe('kept, too');
+    expectNoSecrets(h.secrets, result.response, result.text);
+  });
+
+  it('the fast lane (node:http, as npm start serves it) drops that header too', async () => {
+    splitKeyUpstream();
+    const lane = createServer(createFastLane({ deps: h.runtime, origin: () => APP_ORIGIN, next: (_req, res) => res.writeHead(418).end() }));
+    await new Promise<void>((resolve) => lane.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = lane.address() as AddressInfo;
+      const answer = await rawRequest(port, 'GET', '/api/proxy/echo/headers', { cookie: h.cookie, 'x-keyward-csrf': '1' });
+      expect(answer.status).toBe(200);
+      expect(answer.headers['x-echo']).toBeUndefined();
+      expect(answer.headers['x-upstream-note']).toBe('kept, too');
+      const written = Object.entries(answer.headers).map(([name, value]) => `${name}: ${String(value)}`);
+      expect(findLeak(`${written.join('\n').replaceAll(', ', '')}\n${answer.body}`, h.secrets)).toBeNull();
+    } finally {
+      await new Promise((resolve) => lane.close(resolve));
     }
   });
 

@@ -67,7 +67,11 @@ export function filterRequestHeaders(incoming: Headers, extra: ReadonlySet<strin
 
 /**
  * Keeps allow-listed upstream response headers. A header whose value contains a secret is dropped whole:
- * an upstream that echoes the key into a header must not hand it to the browser.
+ * an upstream that echoes the key into a header must not hand it to the browser. Repeated lines of one name
+ * reach the client as one value joined by ", " (RFC 9110 §5.3; fetch's Headers and node:http both join them),
+ * so lines that each hold a piece of a key (`sk-abc` and `def123`) are checked joined as well, and the name
+ * is dropped with all its lines when the join holds one (`containsSecret` also reads a value without its list
+ * separators).
  */
 export function filterResponseHeaders(
   upstreamHeaders: Record<string, string | string[] | undefined>,
@@ -76,6 +80,8 @@ export function filterResponseHeaders(
 ): Headers {
   const out = new Headers();
   const hopByHop = connectionOptions(upstreamHeaders.connection ?? upstreamHeaders.Connection);
+  // Kept lines by lowercased name: a raw object may hold one name in two cases, still one header to the client.
+  const kept = new Map<string, string[]>();
   for (const name in upstreamHeaders) {
     const lower = name.toLowerCase();
     if ((!DEFAULT_RESPONSE_HEADERS.has(lower) && !extra.has(lower)) || hopByHop?.has(lower)) continue;
@@ -84,8 +90,14 @@ export function filterResponseHeaders(
     const values = Array.isArray(raw) ? raw : [raw];
     for (const value of values) {
       if (containsSecret(value, secrets)) continue;
-      out.append(lower, value);
+      const lines = kept.get(lower);
+      if (lines) lines.push(value);
+      else kept.set(lower, [value]);
     }
+  }
+  for (const [name, lines] of kept) {
+    if (lines.length > 1 && containsSecret(lines.join(', '), secrets)) continue;
+    for (const line of lines) out.append(name, line);
   }
   return out;
 }
@@ -159,12 +171,23 @@ export function guardActiveContent(headers: Headers): void {
  * case, JSON-escaped, `\u`-escaped, hex, base64 and base64url at every alignment), also once its percent escapes
  * are decoded (which catches any mix of letter cases and over-eager encoders that escape every byte). undici
  * reads header values as latin1, so a value with bytes above 0x7f is also read as the UTF-8 its sender wrote.
+ * A value that is a list is also read with its separators taken out: a client splitting `sk-abc, def123` into
+ * its items joins a key back.
  */
 function containsSecret(value: string, secrets: readonly string[]): boolean {
   if (secrets.length === 0) return false;
+  const readings = readingsOf(value);
+  if (value.includes(',')) readings.push(...readingsOf(value.replace(LIST_SEPARATOR, '')));
+  return formsOfSecrets(secrets).some((form) => readings.some((reading) => reading.includes(form)));
+}
+
+/** A comma between list items, with the optional whitespace around it (RFC 9110 §5.6.1). */
+const LIST_SEPARATOR = /[\t ]*,[\t ]*/g;
+
+function readingsOf(value: string): string[] {
   const readings = [value, decodePercentRuns(value)];
   if (/[^\x00-\x7f]/.test(value)) readings.push(Buffer.from(value, 'latin1').toString('utf8'));
-  return formsOfSecrets(secrets).some((form) => readings.some((reading) => reading.includes(form)));
+  return readings;
 }
 
 /**

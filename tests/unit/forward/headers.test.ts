@@ -172,6 +172,24 @@ describe('filterResponseHeaders', () => {
     expect(out.get('content-language')).toBe('en');
   });
 
+  it('drops a header whose lines each hold a piece of the secret: a client reads them joined', () => {
+    const secret = randomSecret();
+    const [a, b, c] = [secret.slice(0, 5), secret.slice(5, 12), secret.slice(12)];
+    for (const lines of [[a, b + c], [a, b, c], [`note=${a}`, `${b + c}; v=1`]]) {
+      const out = filterResponseHeaders({ 'x-echo': lines, etag: '"1"' }, new Set(['x-echo']), [secret]);
+      expect(Object.fromEntries(out), JSON.stringify(lines)).toEqual({ etag: '"1"' });
+    }
+    // Split across list items of one line, or base64 split across lines: the same once the client joins them.
+    const base64 = Buffer.from(secret).toString('base64');
+    for (const raw of [`${a}, ${b + c}`, [base64.slice(0, 9), base64.slice(9)]]) {
+      const out = filterResponseHeaders({ 'x-echo': raw }, new Set(['x-echo']), [secret]);
+      expect(out.has('x-echo'), JSON.stringify(raw)).toBe(false);
+    }
+    // A raw object may carry one name in two cases: still one header to the client.
+    const mixed = filterResponseHeaders({ 'X-Echo': a, 'x-echo': b + c }, new Set(['x-echo']), [secret]);
+    expect(mixed.has('x-echo')).toBe(false);
+  });
+
   it('checks every secret of the credential', () => {
     const [a, b] = [randomSecret(), randomSecret()];
     const out = filterResponseHeaders({ etag: a, 'retry-after': b, 'content-type': 'x/y' }, NONE, [a, b]);
