@@ -547,6 +547,24 @@ describe('rotation whose canary passes', () => {
     expect(r.server.calls.length).toBe(mark);
   });
 
+  // A version stored before add/rotate checked Keyward's own secrets (or one a setting took the value of later) is
+  // never sent upstream: its calls fail as for a version whose value cannot be opened, and a warning names it.
+  it("a stored managed version that is one of Keyward's own secrets is not used: 503 credential_unavailable, a warning naming it", async () => {
+    const { r, fresh } = await rotatedToManaged();
+    const log = newLog();
+    const b = await r.runtime({ env: { KEYWARD_METRICS_TOKEN: fresh }, logger: log.logger });
+    const mark = r.server.calls.length;
+    for (let i = 0; i < 2; i++) expect(await call(b, r.server)).toEqual({ status: 503, code: 'credential_unavailable', label: null });
+    expect(r.server.calls.length).toBe(mark);
+    const warnings = log.lines.filter((line) => line.includes("one of Keyward's own secrets"));
+    expect(warnings).toHaveLength(1);
+    expect(JSON.parse(warnings[0]!)).toMatchObject({ level: 40, upstream: 'svc', version: managedId(fresh), settings: ['KEYWARD_METRICS_TOKEN'] });
+    expect(warnings[0]).not.toContain(fresh);
+    // Revoked, as the warning says: the version it replaced serves again in its grace window.
+    await b.keyRings.revoke(fingerprint(fresh));
+    expect(await labelOf(b, r.server)).toBe('old');
+  });
+
   it('a malformed rotation id → 400; a too-short key → 400; no canary goes out', async () => {
     const mark = r.server.calls.length;
     const four = newKey(r.server, 'four');

@@ -111,6 +111,8 @@ export class KeyRings {
   /** Each upstream's versions as computed from its last parsed record (`current`). */
   private readonly views = new Map<string, { readonly record: RingRecord; readonly versions: readonly KeyVersion[] }>();
   private readonly managed = new Map<string, ResolvedCredential>();
+  /** Managed versions (`upstream:version`) whose value is one of Keyward's own secrets: never used (`managedCredential`). */
+  private readonly ownSecretVersions = new Set<string>();
   private readonly warned = new Set<string>();
   /** Verifiers computed in this process (scrypt is slow on purpose), by salt and value. */
   private readonly verifiers = new Map<string, Promise<string>>();
@@ -136,12 +138,17 @@ export class KeyRings {
    * open the vault. Names the setting, never the value.
    */
   private assertNotOwnSecret(value: string): void {
-    const own = this.ownSecrets.filter(([, values]) => values.includes(value)).map(([name]) => name);
+    const own = this.ownSecretsIn(value);
     if (own.length > 0) {
       throw new KeywardError('bad_request', {
         message: `This key is the value of ${own.join(' and ')}, Keyward's own secret, which would be sent upstream with every call; give the upstream a key of its own.`,
       });
     }
+  }
+
+  /** The settings whose value `value` is: Keyward's own secrets it would hand over. */
+  private ownSecretsIn(value: string): string[] {
+    return this.ownSecrets.filter(([, values]) => values.includes(value)).map(([name]) => name);
   }
 
   /** The credential to use for this call: the newest usable active version, else a fallback in its grace window. */
@@ -733,13 +740,31 @@ export class KeyRings {
     return value;
   }
 
+  /**
+   * A managed version's credential, opened once per process. One whose value is one of Keyward's own secrets
+   * (stored before add and rotate refused them, or a setting given the value since) is unavailable, as one whose
+   * seal does not open: it would be sent upstream with every call, and whoever receives it could forge sessions or
+   * open the vault. Fails closed: a warning (once per process) names the upstream, version and setting, never the
+   * value; revoking the version ends it.
+   */
   private async managedCredential(upstream: Upstream, version: KeyVersion): Promise<ResolvedCredential> {
-    const cached = this.managed.get(`${upstream.id}:${version.id}`);
+    const key = `${upstream.id}:${version.id}`;
+    const cached = this.managed.get(key);
     if (cached) return cached;
+    if (this.ownSecretVersions.has(key)) throw new KeywardError('credential_unavailable');
     const value = await this.managedValue(upstream, version);
     if (value === null) throw new KeywardError('credential_unavailable');
+    const own = this.ownSecretsIn(value);
+    if (own.length > 0) {
+      this.ownSecretVersions.add(key);
+      this.logger.warn(
+        { upstream: upstream.id, version: version.id, keyFingerprint: version.fingerprint, settings: own },
+        "managed key version is one of Keyward's own secrets: not used; revoke it and add a key of the upstream's own",
+      );
+      throw new KeywardError('credential_unavailable');
+    }
     const credential = this.hold(upstream, value);
-    this.managed.set(`${upstream.id}:${version.id}`, credential);
+    this.managed.set(key, credential);
     return credential;
   }
 
