@@ -5,6 +5,9 @@
  */
 export async function register() {
   if (process.env.NEXT_RUNTIME !== 'nodejs') return;
-  const { keyward } = await import('./keyward');
+  // keyward.ts imports the upstreams: one declared in TypeScript with a bad setting throws while it loads, and
+  // stops start-up with the same message as any other bad setting.
+  const { checkStartupImport } = await import('keyward/core');
+  const { keyward } = await checkStartupImport(() => import('./keyward'));
   await keyward.register();
 }

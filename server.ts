@@ -17,6 +17,7 @@ import nextEnv from '@next/env';
 import { PROXIED_PATHS_SOURCE, type Runtime } from 'keyward/core';
 import {
   checkStartup,
+  checkStartupImport,
   createClientErrorAnswer,
   createConnectRefusal,
   createFastLane,
@@ -39,7 +40,6 @@ import {
   type ServeOptions,
 } from 'keyward/node';
 import nextConfig from './next.config';
-import { upstreams } from './upstreams';
 
 /**
  * How long a stop (SIGTERM, SIGINT) lets proxied calls in progress end before it cuts them. With the audit flush
@@ -67,7 +67,10 @@ async function main(): Promise<void> {
   await registerTracingFromEnv(process.env);
   // The same start-up check as instrumentation.ts (which Next's process runs too), on the same upstreams as
   // keyward.ts gives the route handlers: a bad configuration exits 1 naming the field, before Next starts and
-  // before anything listens.
+  // before anything listens. The upstreams are imported here, not at the top: a TypeScript upstream with a bad
+  // setting throws while its module loads, and it reads the environment with the .env files loaded, as under
+  // `next start`.
+  const { upstreams } = await checkStartupImport(() => import('@/upstreams'));
   let loaded: Runtime | undefined;
   checkStartup(() => (loaded = createFastLaneRuntime(upstreams)));
   if (!loaded) process.exit(1);

@@ -19,5 +19,5 @@ export { handleProxy, type ProxyDeps, type ProxyEvent, type ProxyTarget } from '
 export type { CoreRequest } from './request';
 export { PROXIED_CONTENT_SECURITY_POLICY, PROXIED_PATHS_SOURCE } from './respond/content-policy';
 export { createRuntime, type Runtime, type RuntimeOptions } from './runtime';
-export { checkStartup } from './startup';
+export { checkStartup, checkStartupImport } from './startup';
 export { hashPassword } from './users/password';

@@ -12,18 +12,39 @@ export function checkStartup(load: () => unknown): void {
   try {
     load();
   } catch (error) {
-    const detail = systemErrorDetail(error);
-    if (error instanceof ConfigError) {
-      console.error(`\nKeyward cannot start.\n${error.message}\n`);
-    } else if (error instanceof StoreUnavailableError && error.kind === 'sqlite') {
-      // The embedded store's file or folder cannot be made or opened: a read-only root filesystem, for one.
-      console.error(
-        `\nKeyward cannot start: the SQLite store at KEYWARD_STORE_PATH cannot be opened${detail ? ` (${detail})` : ''}; ` +
-          'put it on a writable, persistent volume.\n',
-      );
-    } else {
-      console.error(`\nKeyward cannot start: an unexpected error occurred while loading the configuration${detail ? ` (${detail})` : ''}.\n`);
-    }
-    process.exit(1);
+    stopStartup(error);
   }
+}
+
+/**
+ * Imports the app's upstreams with `load` (`import('./keyward')` in instrumentation.ts, `import('@/upstreams')` in
+ * server.ts) and returns the module; a bad setting stops start-up as in `checkStartup`. An upstream declared in
+ * TypeScript (`defineUpstream`, a preset) throws its ConfigError while its module loads: imported at the top of
+ * the entry module, it would end start-up as an uncaught exception, with a stack, instead of this message.
+ * Anything else thrown there is a fault in the app's code, not a setting: it is thrown on, stack and all.
+ */
+export async function checkStartupImport<T>(load: () => Promise<T>): Promise<T> {
+  try {
+    return await load();
+  } catch (error) {
+    if (error instanceof ConfigError) stopStartup(error);
+    throw error;
+  }
+}
+
+/** Says why start-up stops, in a line naming the field (never a value or a stack), and exits 1. */
+function stopStartup(error: unknown): never {
+  const detail = systemErrorDetail(error);
+  if (error instanceof ConfigError) {
+    console.error(`\nKeyward cannot start.\n${error.message}\n`);
+  } else if (error instanceof StoreUnavailableError && error.kind === 'sqlite') {
+    // The embedded store's file or folder cannot be made or opened: a read-only root filesystem, for one.
+    console.error(
+      `\nKeyward cannot start: the SQLite store at KEYWARD_STORE_PATH cannot be opened${detail ? ` (${detail})` : ''}; ` +
+        'put it on a writable, persistent volume.\n',
+    );
+  } else {
+    console.error(`\nKeyward cannot start: an unexpected error occurred while loading the configuration${detail ? ` (${detail})` : ''}.\n`);
+  }
+  process.exit(1);
 }

@@ -10,6 +10,6 @@ export { createFastLaneRuntime, fastLaneProblems } from './runtime';
 export { createUpgradeListener, type UpgradeOptions } from './websocket';
 export { OpenSockets } from '@/lib/core/ws/sockets';
 export { WsTickets } from '@/lib/core/ws/tickets';
-export { checkStartup } from '@/lib/core/startup';
+export { checkStartup, checkStartupImport } from '@/lib/core/startup';
 export { printUncaughtErrorsScrubbed, scrubConsole } from '@/lib/core/log/console';
 export { registerTracingFromEnv, shutdownTracing } from '@/lib/core/observe/trace';
