@@ -177,6 +177,48 @@ describe('openai SDK through Keyward: audio uploads with array and object option
     });
   });
 
+  it('diarization: known_speaker_names[] and known_speaker_references[] (data URLs), response_format diarized_json; keywords[] and languages[]', async () => {
+    const reference = `data:audio/wav;base64,${Buffer.alloc(2048, 3).toString('base64')}`;
+    await browserClient(cookie).audio.transcriptions.create({
+      file: await talk(),
+      model: 'gpt-4o-mini-transcribe', // the preset's default models: gpt-4o-transcribe-diarize is left out
+      response_format: 'diarized_json',
+      known_speaker_names: ['agent', 'customer'],
+      known_speaker_references: [reference, reference],
+    });
+    const { names, form } = await received();
+    expect(names).toEqual(['file', 'model', 'response_format', 'known_speaker_names[]', 'known_speaker_names[]', 'known_speaker_references[]', 'known_speaker_references[]']);
+    expect(form.getAll('known_speaker_names[]')).toEqual(['agent', 'customer']);
+    expect(form.getAll('known_speaker_references[]')).toEqual([reference, reference]);
+
+    await browserClient(cookie).audio.transcriptions.create({ file: await talk(), model: 'gpt-4o-mini-transcribe', keywords: ['Keyward'], languages: ['en', 'de'] });
+    expect((await received()).form.getAll('languages[]')).toEqual(['en', 'de']);
+  });
+
+  it('a translation takes only what the translations API reads: a transcription-only option is refused (400), never forwarded', async () => {
+    const client = browserClient(cookie);
+    await client.audio.translations.create({ file: await talk(), model: 'whisper-1', prompt: 'hi', response_format: 'json', temperature: 0.2 });
+    expect((await received()).url).toBe('/v1/audio/translations');
+    const before = fake.requests.length;
+    // The SDK's translation type has no `language` or `timestamp_granularities`: a client sends them all the same.
+    for (const [extra, part] of [
+      [{ language: 'de' }, 'language'],
+      [{ timestamp_granularities: ['word'] }, 'timestamp_granularities[]'],
+      [{ response_format: 'diarized_json' }, 'response_format'],
+    ] as const) {
+      const error = (await client.audio.translations
+        .create({ ...extra, model: 'whisper-1', file: await talk() } as unknown as OpenAI.Audio.TranslationCreateParams)
+        .catch((caught: unknown) => caught)) as APIError;
+      expect(error, part).toBeInstanceOf(OpenAI.BadRequestError);
+      expect(error.code).toBe('contract_violation');
+      // The SDK sends `response_format` after the file: checked as it streams, the call has begun upstream and is
+      // cut before that part (README "Multipart"); the others come before the file and are refused first.
+      const sent = fake.requests.slice(before).map((request) => Buffer.from(request.bodyPreview).toString('latin1'));
+      expect(sent.some((body) => body.includes(`name="${part}"`)), part).toBe(false);
+    }
+    expect(fake.requests.length - before).toBeLessThanOrEqual(1);
+  });
+
   it('a chunking_strategy outside the API\'s schema is refused (400) and nothing reaches the API', async () => {
     const before = fake.requests.length;
     const bad = { type: 'server_vad', threshold: 2 } as const;

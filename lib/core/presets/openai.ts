@@ -204,15 +204,35 @@ export function speechBody(models: z.ZodType<string>) {
 /** Audio files the API accepts are at most 25 MB (https://platform.openai.com/docs/guides/speech-to-text). */
 const AUDIO_BYTES = 25 * 1024 * 1024;
 
+/** What transcriptions and translations both read. */
+function audioTextBody(models: z.ZodType<string>) {
+  return {
+    file: filePart({ maxBytes: AUDIO_BYTES }),
+    model: models,
+    prompt: z.string().max(4096).optional(),
+    temperature: z.coerce.number().min(0).max(1).optional(),
+  };
+}
+
 /**
- * Transcriptions and translations: multipart, the audio file streamed through; text fields arrive as strings.
+ * Translations: multipart, the audio file streamed through. Only what the API reads for a translation
+ * (https://platform.openai.com/docs/api-reference/audio/createTranslation): a transcription's other options are
+ * refused, as any field the API does not document is.
+ */
+export function translationBody(models: z.ZodType<string>) {
+  return z.object({ ...audioTextBody(models), response_format: z.enum(['json', 'text', 'srt', 'verbose_json', 'vtt']).optional() });
+}
+
+/**
+ * Transcriptions: multipart, the audio file streamed through; text fields arrive as strings.
  * The `openai` SDK sends arrays as `include[]` parts and `chunking_strategy` as `"auto"` or in bracket form
  * (`chunking_strategy[type]=server_vad`), as the API reads them: lib/core/policy/multipart.ts reads both.
+ * Diarization's known speakers are up to 4 names and as many 2–10 s audio samples as data URLs (text parts:
+ * together under the multipart text cap, 1 MiB).
  */
 export function transcriptionBody(models: z.ZodType<string>) {
   return z.object({
-    file: filePart({ maxBytes: AUDIO_BYTES }),
-    model: models,
+    ...audioTextBody(models),
     // https://platform.openai.com/docs/api-reference/audio/createTranscription#audio-createtranscription-chunking_strategy
     chunking_strategy: z
       .union([
@@ -226,11 +246,13 @@ export function transcriptionBody(models: z.ZodType<string>) {
       ])
       .optional(),
     include: z.array(z.string().max(64)).max(8).optional(),
+    keywords: z.array(z.string().max(256)).max(100).optional(),
+    known_speaker_names: z.array(z.string().min(1).max(64)).max(4).optional(),
+    known_speaker_references: z.array(z.string().startsWith('data:').max(1024 * 1024)).max(4).optional(),
     language: z.string().max(16).optional(),
-    prompt: z.string().max(4096).optional(),
-    response_format: z.enum(['json', 'text', 'srt', 'verbose_json', 'vtt']).optional(),
+    languages: z.array(z.string().max(16)).max(16).optional(),
+    response_format: z.enum(['json', 'text', 'srt', 'verbose_json', 'vtt', 'diarized_json']).optional(),
     stream: z.enum(['true', 'false']).optional(),
-    temperature: z.coerce.number().min(0).max(1).optional(),
     timestamp_granularities: z.array(z.enum(['word', 'segment'])).max(2).optional(),
   });
 }
@@ -319,10 +341,10 @@ function routes(o: Options): RouteInput[] {
     ...llm,
     { method: 'POST', path: '/images/generations', body: userOnly.contract(imagesBody(models)), identity: userOnly.identity, timeoutMs: 120_000, ...perImage },
     { method: 'POST', path: '/audio/speech', body: speechBody(models), timeoutMs: 120_000, ...perCall },
-    ...(['/audio/transcriptions', '/audio/translations'] as const).map((path) => ({
+    ...([['/audio/transcriptions', transcriptionBody], ['/audio/translations', translationBody]] as const).map(([path, body]) => ({
       method: 'POST' as const,
       path,
-      body: transcriptionBody(models),
+      body: body(models),
       bodyFormat: 'multipart' as const,
       maxRequestBytes: AUDIO_BYTES + 64 * 1024,
       timeoutMs: 300_000,
