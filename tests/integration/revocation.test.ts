@@ -191,6 +191,29 @@ describe('two instances sharing Redis', () => {
     await expectWorks(b, bob);
   });
 
+  it("logout clears the browser's session cookie, every chunk of it; a bearer logout sets no cookie", async () => {
+    // Its own prefix: the marks it writes are not the ones the tests around it count.
+    const a = instance(await redisStore(`keyward-test:revocation:${randomUUID()}:`));
+    const cleared = (response: Response) => response.headers.getSetCookie().map((line) => line.split(';', 1)[0]).sort();
+    const whole = await cookieFor(ALICE, clock - 5_000);
+    const one = await handleLogout(new Request(`${APP_ORIGIN}/api/session/logout`, { method: 'POST', headers: { cookie: whole, 'x-keyward-csrf': '1', origin: APP_ORIGIN } }), a);
+    expect(one.status).toBe(200);
+    expect(cleared(one)).toEqual(['__Host-keyward.session=']);
+    expect(one.headers.get('set-cookie')).toContain('Max-Age=0');
+
+    // Auth.js splits a large session cookie into `.0`, `.1`, …: each goes.
+    const value = (await cookieFor(ALICE, clock - 4_000)).slice('__Host-keyward.session='.length);
+    const chunked = `__Host-keyward.session.0=${value.slice(0, 40)}; other=1; __Host-keyward.session.1=${value.slice(40)}`;
+    const two = await handleLogout(new Request(`${APP_ORIGIN}/api/session/logout`, { method: 'POST', headers: { cookie: chunked, 'x-keyward-csrf': '1', origin: APP_ORIGIN } }), a);
+    expect(two.status).toBe(200);
+    expect(cleared(two)).toEqual(['__Host-keyward.session.0=', '__Host-keyward.session.1=']);
+
+    const app = `Bearer ${await bearerToken(sessionSecrets.KEYWARD_SESSION_SECRET, { sub: ALICE })}`;
+    const bearer = await handleLogout(new Request(`${APP_ORIGIN}/api/session/logout`, { method: 'POST', headers: { authorization: app } }), a);
+    expect(bearer.status).toBe(200);
+    expect(bearer.headers.getSetCookie()).toEqual([]);
+  });
+
   it("the marks outlive what they revoke: a session mark lasts past the cookie's expiry, a user mark past the longest session", async () => {
     const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
     await redis.connect();

@@ -1,6 +1,7 @@
 import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
+import { SESSION_COOKIE } from '../session/session';
 import { apiHandler, json, requireSession } from './guard';
 
 /** POST /api/session/revoke-all: "sign out everywhere": every session and mobile token of the caller. */
@@ -34,6 +35,15 @@ export function handleLogout(request: Request, runtime: Runtime): Promise<Respon
     if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
     const session = await requireSession(request, runtime);
     await runtime.revocations.revokeSession(session.sessionId);
-    return json({ revoked: true });
+    const response = json({ revoked: true });
+    // A cookie session's browser drops its cookie (every chunk Auth.js split it into), which no server accepts now.
+    if (session.via === 'cookie') for (const name of sessionCookieNames(request)) response.headers.append('set-cookie', `${name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict`);
+    return response;
   });
+}
+
+/** The session cookie's names in the request: `__Host-keyward.session`, or its chunks (`….0`, `….1`) when Auth.js split it. */
+function sessionCookieNames(request: Request): string[] {
+  const names = (request.headers.get('cookie') ?? '').split(';').map((pair) => pair.split('=', 1)[0]!.trim());
+  return [...new Set(names.filter((name) => name === SESSION_COOKIE || (name.startsWith(`${SESSION_COOKIE}.`) && /^\d+$/.test(name.slice(SESSION_COOKIE.length + 1)))))];
 }
