@@ -14,7 +14,7 @@ import { handleSignInPost } from '@/lib/core/api/sign-in';
 import { handleWsTicket } from '@/lib/core/api/ws-ticket';
 import { errorResponse } from '@/lib/core/errors';
 import type { Runtime } from '@/lib/core/runtime';
-import { createAuthHandlers, type AuthHandlers, type AuthPages } from './auth';
+import { CALLBACK_URL_COOKIE, createAuthHandlers, type AuthHandlers, type AuthPages } from './auth';
 import { trackStoreFailures } from './auth-store';
 import { runtimeOrUnavailable, type RouteHandler, type RuntimeSource } from './proxy-route';
 
@@ -135,10 +135,61 @@ function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime
  */
 async function toNextRequest(request: Request, publicOrigin: string | null): Promise<NextRequest> {
   const url = new URL(request.url);
-  const publicUrl = publicOrigin !== null && publicOrigin !== url.origin ? `${publicOrigin}${url.pathname}${url.search}` : null;
-  if (request instanceof NextRequest) return publicUrl === null ? request : new NextRequest(publicUrl, request);
+  const search = withoutBadCallbackUrl(url.searchParams) ?? url.search;
+  const cookie = withoutBadCallbackCookie(request.headers.get('cookie'));
+  const publicUrl =
+    (publicOrigin !== null && publicOrigin !== url.origin) || search !== url.search ? `${publicOrigin ?? url.origin}${url.pathname}${search}` : null;
+  if (request instanceof NextRequest && cookie === null) return publicUrl === null ? request : new NextRequest(publicUrl, request);
+  const headers = new Headers(request.headers);
+  if (cookie !== null) headers.set('cookie', cookie);
   const body = request.method === 'POST' ? await request.text() : undefined;
-  return new NextRequest(publicUrl ?? request.url, { method: request.method, headers: [...request.headers], body, signal: request.signal });
+  return new NextRequest(publicUrl ?? request.url, { method: request.method, headers: [...headers], body, signal: request.signal });
+}
+
+/**
+ * A `callbackUrl` Auth.js would refuse (neither a path nor an http(s) URL: `foo`, `javascript:…`) fails its
+ * config check: every Auth.js endpoint then answers 500 "problem with the server configuration" (or sends the
+ * browser to the sign-in page's "not configured correctly"), logged as an error with the client's text, which
+ * anyone could cause without signing in. Such a value is dropped, as if not sent: Auth.js and the sign-in page
+ * then go home after sign-in. The same test as Auth.js's (@auth/core lib/utils/assert.js `isValidHttpUrl`).
+ */
+function isAcceptedCallbackUrl(value: string): boolean {
+  try {
+    return /^https?:$/.test(new URL(value, value.startsWith('/') ? 'http://callback.invalid' : undefined).protocol);
+  } catch {
+    return false;
+  }
+}
+
+/** The query without a `callbackUrl` Auth.js would refuse, or null when there is none to drop. */
+function withoutBadCallbackUrl(query: URLSearchParams): string | null {
+  const values = query.getAll('callbackUrl');
+  if (values.every(isAcceptedCallbackUrl)) return null;
+  const kept = new URLSearchParams(query);
+  kept.delete('callbackUrl');
+  const search = kept.toString();
+  return search ? `?${search}` : '';
+}
+
+/** The Cookie header without a callback-URL cookie Auth.js would refuse, or null when there is none to drop. */
+function withoutBadCallbackCookie(header: string | null): string | null {
+  if (header === null || !header.includes(CALLBACK_URL_COOKIE)) return null;
+  const pairs = header.split(';');
+  const kept = pairs.filter((pair) => {
+    const index = pair.indexOf('=');
+    if (index === -1 || pair.slice(0, index).trim() !== CALLBACK_URL_COOKIE) return true;
+    // Read as Auth.js reads cookies (the `cookie` package): quotes around the value dropped, percent-decoded where
+    // that decodes, else as sent.
+    let value = pair.slice(index + 1).trim();
+    if (value.length > 1 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
+    try {
+      value = decodeURIComponent(value);
+    } catch {
+      // kept as sent
+    }
+    return isAcceptedCallbackUrl(value);
+  });
+  return kept.length === pairs.length ? null : kept.join(';');
 }
 
 function authRoutes(getRuntime: RuntimeSource, handlers: AuthHandlers): Pick<ApiRoutes, 'authGetRoute' | 'authPostRoute'> {

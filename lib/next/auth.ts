@@ -21,9 +21,10 @@ import { isAcceptedAccountId } from '@/lib/core/session/provider-sessions';
  */
 const strict = { httpOnly: true, sameSite: 'strict', path: '/', secure: true } as const;
 const lax = { httpOnly: true, sameSite: 'lax', path: '/', secure: true } as const;
+export const CALLBACK_URL_COOKIE = '__Host-keyward.callback-url';
 const cookies: NextAuthConfig['cookies'] = {
   sessionToken: { name: SESSION_COOKIE, options: strict },
-  callbackUrl: { name: '__Host-keyward.callback-url', options: lax },
+  callbackUrl: { name: CALLBACK_URL_COOKIE, options: lax },
   csrfToken: { name: '__Host-keyward.csrf-token', options: lax },
   pkceCodeVerifier: { name: '__Host-keyward.pkce', options: { ...lax, maxAge: 900 } },
   state: { name: '__Host-keyward.state', options: { ...lax, maxAge: 900 } },
@@ -44,6 +45,12 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
         logger.info({ authError: name }, 'auth.js: credentials sign-in refused');
         return;
       }
+      // What a client's request caused (no CSRF token, a cookie that does not decode, an unknown action): a warning
+      // without its stack, not an error anyone could write into the log without signing in.
+      if (CLIENT_CAUSED.has(name)) {
+        logger.warn({ authError: name }, `auth.js: ${name}`);
+        return;
+      }
       const cause = (error.cause as { err?: unknown } | undefined)?.err;
       logger.error({ authError: name, err: cause instanceof Error ? cause : error }, `auth.js: ${name}`);
     },
@@ -52,6 +59,9 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
     },
   };
 }
+
+/** Auth.js error types a client's request causes, whatever the server's configuration. */
+const CLIENT_CAUSED = new Set(['MissingCSRF', 'JWTSessionError', 'UnknownAction', 'InvalidCallbackUrl']);
 
 /** Auth.js's pages (sign-in, error …); unset ones are Auth.js's own, served under /api/auth. */
 export type AuthPages = NextAuthConfig['pages'];

@@ -621,7 +621,7 @@ describe('against next start: a locked-out user stays locked out', () => {
     expect((await signInAttempt(app.url, 'bob', bobPassword, { 'x-forwarded-for': freshIp() })).response.status).toBe(429);
   });
 
-  it("Auth.js's own messages are Keyward's JSON log lines, not console text: a wrong password at info, a missing CSRF token as an error", async () => {
+  it("Auth.js's own messages are Keyward's JSON log lines, not console text: a wrong password at info, a missing CSRF token (the client's doing) as a warning", async () => {
     const mark = app.output().length;
     await signInAttempt(app.url, `nobody-${randomUUID()}`, 'wrong-password', { 'x-forwarded-for': freshIp() });
     const noCsrf = await fetch(`${app.url}/api/auth/callback/credentials`, {
@@ -638,8 +638,31 @@ describe('against next start: a locked-out user stays locked out', () => {
     const parsed = lines.map((line) => JSON.parse(line) as { level: number; msg: string; authError: string });
     const refused = { level: 30, msg: 'auth.js: credentials sign-in refused', authError: 'CredentialsSignin' };
     expect(parsed).toContainEqual(expect.objectContaining(refused));
-    const missingCsrf = { level: 50, msg: 'auth.js: MissingCSRF', authError: 'MissingCSRF' };
+    const missingCsrf = { level: 40, msg: 'auth.js: MissingCSRF', authError: 'MissingCSRF' };
     expect(parsed).toContainEqual(expect.objectContaining(missingCsrf));
+  });
+
+  it('a callbackUrl Auth.js would refuse (not a path, not an http(s) URL), in the query or its cookie, is dropped: no 500, no "not configured" page, no error logged', async () => {
+    const mark = app.output().length;
+    for (const path of ['/api/auth/session', '/api/auth/csrf', '/api/auth/providers']) {
+      const query = await fetch(`${app.url}${path}?callbackUrl=foo`, { redirect: 'manual' });
+      expect([path, query.status]).toEqual([path, 200]);
+      await query.arrayBuffer();
+      for (const value of ['%', 'javascript%3Aalert(1)', 'http%3A%2F%2F%5B']) {
+        const cookie = await fetch(`${app.url}${path}`, { redirect: 'manual', headers: { cookie: `__Host-keyward.callback-url=${value}` } });
+        expect([path, value, cookie.status]).toEqual([path, value, 200]);
+        await cookie.arrayBuffer();
+      }
+    }
+    // The sign-in page is reached as it would be without one: it goes home after sign-in.
+    const signin = await fetch(`${app.url}/api/auth/signin?callbackUrl=foo`, { redirect: 'manual' });
+    await signin.arrayBuffer();
+    expect(signin.headers.get('location') ?? '').not.toContain('error=Configuration');
+    // A path is kept as it was.
+    const kept = await fetch(`${app.url}/api/auth/signin?callbackUrl=%2Fdashboard`, { redirect: 'manual' });
+    await kept.arrayBuffer();
+    expect(kept.headers.get('location') ?? '').toContain('callbackUrl=');
+    expect(app.output().slice(mark)).not.toContain('InvalidCallbackUrl');
   });
 
   it('every Auth.js page answers Cache-Control: private, no-store (they set or carry the CSRF token)', async () => {
