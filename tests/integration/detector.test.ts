@@ -161,6 +161,35 @@ describe('anomaly detection through the pipeline', () => {
     expect((await handleAlertUndo(admin(`/api/admin/alerts/${alert.id}/undo`, 'POST'), alert.id, harness.runtime)).status).toBe(200);
     expect((await harness.call(['items', '1'], { upstream: 'byok', cookie })).response.status).toBe(200);
   });
+
+  it("an admin cannot undo an alert about themselves (a hijacked admin account would lift the detector's answer to it): another admin can", async () => {
+    // An admin calling as a user: their own burst is throttled, as anyone's.
+    const cookie = await sessionCookie(harness.env.AUTH_SECRET!, { sub: 'local:ops', roles: ['admin', 'user'] });
+    let throttled = false;
+    for (let i = 0; i < 20 && !throttled; i++) {
+      throttled = (await harness.call(['items', String(i)], { cookie })).response.status === 429;
+      await harness.runtime.detector.settled();
+    }
+    expect(throttled).toBe(true);
+    const alert = (await alerts()).find((a) => a.subject.userId === 'local:ops')!;
+    expect(alert).toMatchObject({ rule: 'calls', action: 'throttle', state: 'active' });
+
+    const self = new Request(`${APP_ORIGIN}/api/admin/alerts/${alert.id}/undo`, { method: 'POST', headers: { cookie, 'x-keyward-csrf': '1', origin: APP_ORIGIN } });
+    const refused = await handleAlertUndo(self, alert.id, harness.runtime);
+    expect(refused.status).toBe(403);
+    const { error } = (await refused.json()) as { error: { code: string; message: string } };
+    expect(error.code).toBe('forbidden');
+    expect(error.message).toMatch(/another admin/);
+    // Nothing lifted: the alert is active, the throttle still refuses, and the detector was not told to start over.
+    expect((await alerts()).find((a) => a.id === alert.id)).toMatchObject({ state: 'active' });
+    expect((await harness.call(['items', 'after-refusal'], { cookie })).response.status).toBe(429);
+    expect(await harness.runtime.alerts.forgivenAt('local:ops')).toBeNull();
+
+    const undo = await handleAlertUndo(admin(`/api/admin/alerts/${alert.id}/undo`, 'POST'), alert.id, harness.runtime);
+    expect(undo.status).toBe(200);
+    expect(((await undo.json()) as { alert: Alert }).alert).toMatchObject({ state: 'undone', undoneBy: 'local:root' });
+    expect((await harness.call(['items', 'after-undo'], { cookie })).response.status).toBe(200);
+  });
 });
 
 describe('alerts on Redis (what two instances share)', () => {

@@ -109,7 +109,7 @@ export default async function AdminAlerts({ searchParams }: { searchParams: Sear
                   </thead>
                   <tbody>
                     {page.alerts.map((alert) => (
-                      <AlertRow key={alert.id} alert={alert} now={page.now} />
+                      <AlertRow key={alert.id} alert={alert} now={page.now} viewer={gate.session.userId} />
                     ))}
                   </tbody>
                 </table>
@@ -123,7 +123,7 @@ export default async function AdminAlerts({ searchParams }: { searchParams: Sear
   );
 }
 
-function AlertRow({ alert, now }: { alert: Alert; now: number }) {
+function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: string }) {
   const badge = ACTION_BADGE[alert.action];
   const { userId, upstream, fingerprint } = alert.subject;
   const expires = alert.expiresAt ? Date.parse(alert.expiresAt) : null;
@@ -173,9 +173,15 @@ function AlertRow({ alert, now }: { alert: Alert; now: number }) {
         <State alert={alert} expires={expires} now={now} />
       </td>
       <td className="actions">
-        {alert.state === 'active' && (
-          <UndoAlert id={alert.id} action={alert.action} userId={userId ?? null} expires={expires === null ? null : utc(expires)} expired={expires !== null && expires <= now} />
-        )}
+        {alert.state === 'active' &&
+          // The API refuses an undo by the alert's own subject (a hijacked admin account would lift its own step).
+          (userId === viewer ? (
+            <span className="small muted" data-testid={`undo-${alert.id}-own`}>
+              About you: another admin must undo it.
+            </span>
+          ) : (
+            <UndoAlert id={alert.id} action={alert.action} userId={userId ?? null} expires={expires === null ? null : utc(expires)} expired={expires !== null && expires <= now} />
+          ))}
       </td>
     </tr>
   );

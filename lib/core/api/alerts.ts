@@ -26,7 +26,8 @@ export function handleAlerts(request: Request, runtime: Runtime): Promise<Respon
 
 /**
  * POST /api/admin/alerts/<id>/undo: lifts what the alert's action set (a throttle, ended sessions, a
- * revocation and suspension). Idempotent; audited as `detector.undo` with the admin as actor.
+ * revocation and suspension). Idempotent; audited as `detector.undo` with the admin as actor. An alert about the
+ * admin themselves is refused 403: another admin must undo it.
  */
 export function handleAlertUndo(request: Request, alertId: string, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
@@ -34,7 +35,7 @@ export function handleAlertUndo(request: Request, alertId: string, runtime: Runt
     const session = await requireAdmin(request, runtime);
     // The detector forgets the user's state only for an undo this request did: undoing an alert undone already
     // must not reset it in the middle of a new anomaly.
-    const alert = await runtime.alerts.undo(alertId, session.userId, (undone) => runtime.detector.forget(undone));
+    const alert = await runtime.alerts.undo(alertId, session.userId, (undone) => runtime.detector.forget(undone), { notBySubject: true });
     return json({ alert });
   });
 }

@@ -320,13 +320,21 @@ export class Alerts {
    * `onUndone` is called only when this call did the undo (not for an alert already undone). Every call is on the
    * audit trail: an alert undone already as `detector.undo` with outcome `unchanged`, so an admin's retry after an
    * undo whose record could not be written (answered 503) puts their undo on the trail, as a repeated rotation is.
+   * `notBySubject` (an admin's undo, `actor` their user id): an alert about the actor themselves is refused 403,
+   * retries included, and nothing is lifted.
    */
-  async undo(id: string, actor: string, onUndone?: (alert: Alert) => void): Promise<Alert> {
+  async undo(id: string, actor: string, onUndone?: (alert: Alert) => void, options: { readonly notBySubject?: boolean } = {}): Promise<Alert> {
     if (!/^al_[0-9a-f-]{36}$/.test(id)) throw new KeywardError('not_found');
     const key = `alert:${id}`;
     const raw = await guard(() => this.store.get(key));
     if (!raw) throw new KeywardError('not_found');
     const { alert, undo } = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
+    // The detector's answer to an account must not be lifted by that account: a hijacked admin session would undo
+    // its own throttle or suspension and reset the baselines that caught it.
+    if (options.notBySubject && alert.subject.userId !== undefined && alert.subject.userId === actor) {
+      this.logger.warn({ alertId: id, userId: actor }, 'undo of an alert about the admin themselves refused');
+      throw new KeywardError('forbidden', { message: 'This alert is about you: another admin must undo it.' });
+    }
     if (alert.state === 'undone') {
       // An undo that failed after it was recorded (the store went away while putting marks back) is finished by
       // the admin's retry; on an alert lifted already this changes nothing (each put-back acts only on a mark that
@@ -343,7 +351,7 @@ export class Alerts {
     // back itself. Putting back first left a mark set in between (after the put-back, before the record) in force
     // for good, on an alert shown as undone. Compare-and-set: two admins undoing at once record one undo.
     if (!(await guard(() => this.store.replaceIfEquals(key, raw, JSON.stringify({ alert: undone, undo }))))) {
-      return this.undo(id, actor, onUndone);
+      return this.undo(id, actor, onUndone, options);
     }
     onUndone?.(undone);
     await this.forgive(alert, Date.parse(undone.undoneAt!));
