@@ -43,7 +43,7 @@ const COMMANDS: ReadonlyArray<readonly [usage: string, what: string]> = [
   ['keys list', "every service key's versions (fingerprint, status, expiry) and recent rotations"],
   ['keys add <upstream>', 'add a key version (key on stdin); it serves once a rotation switches to it'],
   ['keys rotate <upstream>', 'add a key (on stdin), send the canary call with it, switch if it passes'],
-  ['keys rollback <rotation id>', 'undo a switch: the keys it replaced serve again'],
+  ['keys rollback <rotation id>', 'undo a switch: the keys it replaced serve again (--upstream <id> when several have that rotation id)'],
   ['keys revoke <fingerprint>', 'every instance stops using that key version on its next request'],
   ['audit tail', 'the latest audit records, oldest first'],
   ['audit export', 'audit records as JSON Lines, oldest first (for files and other tools)'],
@@ -57,6 +57,7 @@ const OPTIONS: ReadonlyArray<readonly [groups: string, usage: string, what: stri
   ['keys audit', '--json', 'keys, audit tail: JSON for scripts (the admin API\'s shapes; JSON Lines) instead of tables'],
   ['keys', '--id <rotation id>', 'keys rotate: your own id (default rot-<fingerprint>); repeating a rotation changes nothing'],
   ['keys', '--skip-canary', 'keys rotate: switch without the canary call'],
+  ['keys', '--upstream <id>', "keys rollback: that upstream's rotation (needed when more than one has a rotation with this id)"],
   ['audit', '-n <count>', 'audit tail: how many records (default 20, at most 10000)'],
   ['audit', '-f, --follow', 'audit tail: keep printing new records (Ctrl-C to stop)'],
   ['audit', '--since <ISO>, --until <ISO>', 'audit export: only records in this time range'],
@@ -111,7 +112,7 @@ function help(group?: HelpGroup): string {
 
 const USAGE = `usage: ${INVOKED} <hash-password | check-config | schema | types | import … | keys … | audit … | decoys … | help>\n`;
 const TYPES_USAGE = `usage: ${INVOKED} types [--out <file>] [--config <file>]\n`;
-const KEYS_USAGE = `usage: ${INVOKED} keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> | revoke <fingerprint>> [--json]\n`;
+const KEYS_USAGE = `usage: ${INVOKED} keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> [--upstream <upstream>] | revoke <fingerprint>> [--json]\n`;
 const AUDIT_USAGE = `usage: ${INVOKED} audit <tail [-n <count>] [--follow] [--json] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n`;
 const DECOYS_USAGE = `usage: ${INVOKED} decoys <create --shape <${DECOY_SHAPES.join('|')}> [--note <text>] | list> [--file <file>] [--json]\n`;
 const MORE = `Run \`${INVOKED} --help\` for every command.\n`;
@@ -312,7 +313,7 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
       parseArgs({
         args,
         allowPositionals: true,
-        options: { id: { type: 'string' }, 'skip-canary': { type: 'boolean' }, json: { type: 'boolean' } },
+        options: { id: { type: 'string' }, 'skip-canary': { type: 'boolean' }, upstream: { type: 'string' }, json: { type: 'boolean' } },
       }),
     KEYS_USAGE,
   );
@@ -320,7 +321,7 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
   const { values, positionals } = parsed;
   const target = positionals[0];
   const known = action === 'list' || ((action === 'add' || action === 'rotate' || action === 'rollback' || action === 'revoke') && target);
-  if (!known) return usageError(KEYS_USAGE);
+  if (!known || (values.upstream !== undefined && action !== 'rollback')) return usageError(KEYS_USAGE);
   const json = values.json === true;
   const runtime = await openRuntime();
   const keys = keyAdmin(runtime.keyRings, runtime.audit, `cli:${operator()}`);
@@ -349,7 +350,13 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
       return rotation.state === 'canary_failed' ? 1 : 0;
     }
     case 'rollback': {
-      const rotation = await keys.rollback(target!);
+      // Rotation ids are unique per upstream only: an id on several rings needs --upstream, never the first listed.
+      const holders = values.upstream === undefined ? await runtime.keyRings.upstreamsWithRotation(target!) : [];
+      if (holders.length > 1) {
+        process.stderr.write(`keyward: rotation ${visible(target!)} is on more than one upstream (${holders.join(', ')}): name one with --upstream <upstream>.\n`);
+        return 2;
+      }
+      const rotation = await keys.rollback(target!, values.upstream);
       if (json) printJson({ rotation });
       else say(`${rotation.upstream}: rotation ${rotation.id} is rolled back; key ${rotation.to} no longer serves, ${keysPhrase(rotation.from)} ${rotation.from.length === 1 ? 'serves' : 'serve'} again unless revoked or expired.`);
       return 0;

@@ -39,6 +39,10 @@ const keys = {
   unknownUpstream: randomSecret('nowhere'),
   fromEnvironment: randomSecret('fromenv'),
   development: randomSecret('devkey'),
+  aaaPrimary: randomSecret('aaa'),
+  aaaQ4: randomSecret('aaaq4'),
+  bbbPrimary: randomSecret('bbb'),
+  bbbQ4: randomSecret('bbbq4'),
 };
 /** Keys the canary accepts (x-api-key on GET /v1/canary); anything else is 401. */
 const canaryAccepts = new Set<string>();
@@ -415,6 +419,56 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
     const empty = await cli(['keys', 'rotate', 'svc', '--skip-canary']);
     expect(empty.code).toBe(1);
     expect(empty.stdout).toBe('');
+  });
+});
+
+describe('keyward keys rollback with one rotation id on two upstreams', { timeout: 60_000 }, () => {
+  it('without --upstream it is refused (exit 2, naming both); with --upstream only that ring rolls back', async () => {
+    const service = (key: string) => ({
+      baseUrl: `${upstream.origin}/v1/`,
+      auth: { type: 'header', name: 'x-api-key', secret: { env: key } },
+      routes: [{ method: 'GET', path: '/items/:id' }],
+    });
+    const twoEnv = {
+      ...env,
+      KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-cli-')), 'keyward.db'),
+      KEYWARD_CONFIG: writeConfigFile({ upstreams: { aaa: service('AAA_KEY'), bbb: service('BBB_KEY') } }),
+      AAA_KEY: keys.aaaPrimary,
+      BBB_KEY: keys.bbbPrimary,
+    };
+    const two = { env: twoEnv };
+    for (const [id, key] of [['aaa', keys.aaaQ4], ['bbb', keys.bbbQ4]] as const) {
+      const rotated = await cli(['keys', 'rotate', id, '--id', 'q4', '--skip-canary'], key, two);
+      expect(rotated.code, rotated.stderr).toBe(0);
+    }
+    const states = async () => {
+      const list = await cli(['keys', 'list', '--json'], '', two);
+      expect(list.code, list.stderr).toBe(0);
+      const { upstreams } = JSON.parse(list.stdout) as { upstreams: Array<{ upstream: string; rotations: Array<{ id: string; state: string }> }> };
+      return Object.fromEntries(upstreams.map((ring) => [ring.upstream, ring.rotations.find((r) => r.id === 'q4')?.state]));
+    };
+
+    // Meant for bbb's q4, it would have rolled back aaa's (listed first) and said it had succeeded.
+    const ambiguous = await cli(['keys', 'rollback', 'q4'], '', two);
+    expect(ambiguous.code).toBe(2);
+    expect(ambiguous.stdout).toBe('');
+    expect(ambiguous.stderr).toBe('keyward: rotation q4 is on more than one upstream (aaa, bbb): name one with --upstream <upstream>.\n');
+    expect(await states()).toEqual({ aaa: 'switched', bbb: 'switched' });
+
+    const run = await cli(['keys', 'rollback', 'q4', '--upstream', 'bbb'], '', two);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toBe(
+      `bbb: rotation q4 is rolled back; key ${fp(keys.bbbQ4)} no longer serves, key ${fp(keys.bbbPrimary)} serves again unless revoked or expired.\n`,
+    );
+    expect(await states()).toEqual({ aaa: 'switched', bbb: 'rolled_back' });
+
+    // An upstream without that rotation: not found, nothing rolled back.
+    const elsewhere = await cli(['keys', 'rollback', 'q4', '--upstream', 'svc'], '', two);
+    expect(elsewhere.code).toBe(1);
+    expect(elsewhere.stderr).toBe('keyward: No rotation with this id.\n');
+    // --upstream belongs to rollback only (the other commands name the upstream as their argument).
+    expect((await cli(['keys', 'rotate', 'aaa', '--upstream', 'bbb'], keys.aaaQ4, two)).code).toBe(2);
+    expect(await states()).toEqual({ aaa: 'switched', bbb: 'rolled_back' });
   });
 });
 

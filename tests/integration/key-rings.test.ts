@@ -770,6 +770,37 @@ describe('rollback', () => {
     expect(await labelOf(a, r.server)).toBe('old');
   });
 
+  it('one rotation id on two upstreams: a rollback without the upstream is refused naming both; with it, only that ring rolls back (the admin API passes its path on)', async () => {
+    const other = await startKeyServer();
+    servers.push(other);
+    const otherOld = newKey(other, 'old');
+    other.accept('old', 'new');
+    const upstreams = [svc(r.server.origin), svc(other.origin, undefined, 'other', 'OTHER_KEY')];
+    const b = await r.runtime({ upstreams, env: { OTHER_KEY: otherOld } });
+    r.server.accept('old', 'new');
+    const mine = newKey(r.server, 'new');
+    const theirs = newKey(other, 'new');
+    expect((await b.keyRings.rotate('svc', mine, { rotationId: 'q4', actor: 'x' })).state).toBe('switched');
+    expect((await b.keyRings.rotate('other', theirs, { rotationId: 'q4', actor: 'x' })).state).toBe('switched');
+
+    const refused = await failure(b.keyRings.rollback('q4'));
+    expect(refused).toMatchObject({ code: 'bad_request', status: 400 });
+    expect(refused.message).toBe('Rotation q4 is on more than one upstream (svc, other): name the upstream to roll back.');
+    expect(await labelOf(b, r.server)).toBe('new');
+    expect(await labelOf(b, other, 'other')).toBe('new');
+
+    expect(await b.keyRings.rollback('q4', 'other')).toMatchObject({ upstream: 'other', id: 'q4', state: 'rolled_back' });
+    expect(await labelOf(b, other, 'other')).toBe('old');
+    expect(await labelOf(b, r.server)).toBe('new');
+    expect((await rotations(b)).find((x) => x.id === 'q4')).toMatchObject({ state: 'switched' });
+
+    // The admin API's path names the ring: svc's q4 is the one rolled back, never another's.
+    const viaApi = await admin((request) => handleKeyAction(request, 'svc', 'rollback', b), 'POST', { rotationId: 'q4' });
+    expect(viaApi.status).toBe(200);
+    expect(viaApi.json.rotation).toMatchObject({ upstream: 'svc', state: 'rolled_back' });
+    expect(await labelOf(b, r.server)).toBe('old');
+  });
+
   it('rollback after the old version was revoked → 400, and the new key keeps serving', async () => {
     const b = newKey(r.server, 'b');
     const c = newKey(r.server, 'c');

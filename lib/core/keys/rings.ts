@@ -427,8 +427,14 @@ export class KeyRings {
    * Undoes a switch: the versions it replaced serve again (unless revoked or expired), the new one is retired. The
    * newest of them that is usable now serves from now on; the others keep when they had become active, so a
    * planned switch the rotation cancelled (an environment version with a notBefore) takes over at its time again.
+   * Rotation ids are unique per upstream only (`--id 2026-q4` on every provider): without `onlyUpstream`, an id
+   * that more than one ring holds is refused, naming them, rather than rolling back whichever is listed first.
    */
   async rollback(rotationId: string, onlyUpstream?: string): Promise<Rotation> {
+    if (onlyUpstream === undefined) {
+      const holders = await this.upstreamsWithRotation(rotationId);
+      if (holders.length > 1) throw new KeywardError('bad_request', { message: ambiguousRotation(rotationId, holders) });
+    }
     for (const upstream of this.ringUpstreams()) {
       if (onlyUpstream !== undefined && upstream.id !== onlyUpstream) continue;
       const found = (await this.read(upstream.id)).rotations.find((r) => r.id === rotationId);
@@ -477,6 +483,15 @@ export class KeyRings {
       });
     }
     throw new KeywardError('not_found', { message: 'No rotation with this id.' });
+  }
+
+  /** The upstreams whose ring holds a rotation with this id, in registry order. */
+  async upstreamsWithRotation(rotationId: string): Promise<string[]> {
+    const holders: string[] = [];
+    for (const upstream of this.ringUpstreams()) {
+      if ((await this.read(upstream.id)).rotations.some((r) => r.id === rotationId)) holders.push(upstream.id);
+    }
+    return holders;
   }
 
   /**
@@ -908,4 +923,9 @@ function assertKeyValue(value: string): void {
 /** The store entry holding a managed key version's sealed value. */
 function managedEntry(upstreamId: string, versionId: string): string {
   return `keyval:${upstreamId}:${versionId}`;
+}
+
+/** A rollback that does not say which upstream's rotation it means, when more than one ring has that id. */
+export function ambiguousRotation(rotationId: string, upstreams: readonly string[]): string {
+  return `Rotation ${rotationId} is on more than one upstream (${upstreams.join(', ')}): name the upstream to roll back.`;
 }
