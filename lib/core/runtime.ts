@@ -242,7 +242,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   }
   for (const line of misspelled) warn(line.replace(/^ {2}- /, ''));
 
-  const store = options.store ?? createStore(settings);
+  const store = options.store ?? createStore(settings, logger);
   // The longest any session can live: a browser sign-in, then a mobile family refreshed from it.
   const sessionHorizonMs = settings.KEYWARD_SESSION_MAX_AGE * 1000 + settings.KEYWARD_MOBILE_REFRESH_TTL * 1000;
   const sessionIndex = new SessionIndex(store, sessionHorizonMs, now, users);

@@ -1,6 +1,6 @@
 import 'server-only';
 import { MemoryStore } from './memory';
-import { RedisStore } from './redis';
+import { RedisStore, type RedisStoreLogger } from './redis';
 import { SqliteStore } from './sqlite';
 import type { Store } from './types';
 
@@ -14,10 +14,10 @@ export interface StoreSettings {
   readonly KEYWARD_STORE_PATH: string;
 }
 
-/** Redis when REDIS_URL is set (several instances, Vercel); otherwise the embedded SQLite file. */
-export function createStore(settings: StoreSettings): Store {
+/** Redis when REDIS_URL is set (several instances, Vercel); otherwise the embedded SQLite file. `logger` hears a Redis refused. */
+export function createStore(settings: StoreSettings, logger?: RedisStoreLogger): Store {
   const kind = settings.KEYWARD_STORE ?? (settings.REDIS_URL ? 'redis' : 'sqlite');
-  if (kind === 'redis') return new RedisStore(settings.REDIS_URL!, { prefix: settings.KEYWARD_REDIS_PREFIX });
+  if (kind === 'redis') return new RedisStore(settings.REDIS_URL!, { prefix: settings.KEYWARD_REDIS_PREFIX, logger });
   if (kind === 'memory') return new MemoryStore();
   return new SqliteStore(settings.KEYWARD_STORE_PATH);
 }

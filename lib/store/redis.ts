@@ -184,24 +184,46 @@ interface Scripts {
   keywardIncrementHashes(numKeys: number, ...args: string[]): Promise<number>;
 }
 
+/** Where the store reports a Redis it refuses (pino's Logger fits). */
+export interface RedisStoreLogger {
+  error(fields: Record<string, unknown>, message: string): void;
+}
+
+/** The one eviction policy that keeps keys with a TTL until they expire: https://redis.io/docs/latest/develop/reference/eviction/ */
+const NO_EVICTION = 'noeviction';
+
 /**
  * Redis (REDIS_URL) for several instances or Vercel. Commands are not queued while disconnected and time
  * out quickly, so an outage surfaces at once as StoreUnavailableError (callers fail closed) and ioredis
  * reconnects in the background, so Keyward recovers by itself when Redis returns.
+ *
+ * Every connection's `maxmemory-policy` is read before it serves: anything but `noeviction` is refused (see
+ * `checkPolicy`), since every mark Keyward keeps with a TTL (revocations, limit counters, reuse marks) is what
+ * an evicting Redis drops under memory pressure.
  */
 export class RedisStore implements Store {
   readonly logCursor = /^\d{1,16}-\d{1,16}$/;
   readonly kind = 'redis' as const;
   private readonly redis: Redis;
+  private readonly logger: RedisStoreLogger;
   /** Settles once the first connection is ready, or once the connect timeout passed without one. */
   private readonly firstConnection: Promise<void>;
   private connectedOnce = false;
+  /** The current connection's policy check: null once it closed (the next one is checked anew). */
+  private policy: Promise<StoreUnavailableError | null> | null = null;
 
-  constructor(url: string, options: { prefix?: string; commandTimeoutMs?: number } = {}) {
+  constructor(url: string, options: { prefix?: string; commandTimeoutMs?: number; logger?: RedisStoreLogger } = {}) {
+    this.logger = options.logger ?? { error: (fields, message) => console.error(message, fields) };
     const redisOptions: RedisOptions = {
       keyPrefix: options.prefix ?? 'keyward:',
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
+      // A command in flight when the connection dropped may have run on Redis, its reply lost: sent again on the
+      // next connection (ioredis's default) it would run twice (a budget charged twice, a give-back applied twice,
+      // an audit batch written twice). It fails instead, as the store being unavailable: by the command timeout
+      // at the latest (nothing rejects a dropped command sooner when the reconnection succeeds at once), or when
+      // the reconnection fails (maxRetriesPerRequest); what it did may have taken effect, once.
+      autoResendUnfulfilledCommands: false,
       commandTimeout: options.commandTimeoutMs ?? 2_000,
       connectTimeout: CONNECT_TIMEOUT_MS,
       retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
@@ -219,6 +241,13 @@ export class RedisStore implements Store {
     // Connection errors are reported through commands (StoreUnavailableError); without a listener ioredis
     // would print each reconnect attempt, possibly with the URL's password.
     this.redis.on('error', () => {});
+    // Every connection is checked, not just the first: a failover or a reconnection may land on a node
+    // configured otherwise. Checked at once (so a refused Redis is logged without waiting for traffic), and
+    // awaited by every command (connected()).
+    this.redis.on('ready', () => void this.policyCheck());
+    this.redis.on('close', () => {
+      this.policy = null;
+    });
     this.firstConnection = new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, CONNECT_TIMEOUT_MS);
       timer.unref();
@@ -234,9 +263,67 @@ export class RedisStore implements Store {
    * Before the first connection is made, commands wait for it (at most the connect timeout): a fresh instance's
    * first request must not fail because the connection it opened a moment ago is still being set up. Once it
    * has been connected, an outage fails at once (commands are not queued), so callers fail closed quickly.
+   * Rejects with StoreUnavailableError when the connection's Redis is refused (an evicting policy).
    */
   async connected(): Promise<void> {
     if (!this.connectedOnce) await this.firstConnection;
+    // Not connected: a command fails at once by itself (no offline queue).
+    if (this.redis.status !== 'ready') return;
+    const refused = await this.policyCheck();
+    if (refused) throw refused;
+  }
+
+  /** The current connection's check, started once per connection. */
+  private policyCheck(): Promise<StoreUnavailableError | null> {
+    if (this.policy === null) {
+      const check: Promise<StoreUnavailableError | null> = this.checkPolicy().catch((error: unknown) => {
+        // Not an answer about the policy (the connection dropped, a timeout): the next command asks again.
+        if (this.policy === check) this.policy = null;
+        return new StoreUnavailableError('redis', error);
+      });
+      this.policy = check;
+    }
+    return this.policy;
+  }
+
+  /**
+   * Reads `maxmemory_policy` from `INFO memory` (INFO, not CONFIG GET: managed Redis services often disable
+   * CONFIG but answer INFO). Anything but noeviction is refused, logged once for this connection.
+   * When the policy cannot be read (INFO refused by an ACL, or no such field) the Redis is refused too: fail
+   * closed, as for a store that does not answer. Serving on a guess would let an evicting Redis bring back
+   * revoked sessions and reset budgets unnoticed; the fix on the Redis side (allow INFO) is one ACL rule. The
+   * test suite's, the bench's and CI's Redis all run redis-server's defaults (noeviction, no ACL).
+   */
+  private async checkPolicy(): Promise<StoreUnavailableError | null> {
+    let info: string;
+    try {
+      info = await this.redis.info('memory');
+    } catch (error) {
+      if (!(error instanceof Error && error.message.includes('NOPERM'))) throw error;
+      return this.refuse(
+        { setting: 'maxmemory-policy', value: null },
+        "Keyward refuses this Redis: its user may not run INFO, so Keyward cannot check the server's maxmemory-policy, " +
+          'and an evicting policy would drop revocation marks and limit counters. Allow INFO for the user Keyward connects as ' +
+          '(ACL SETUSER <user> +info) and set maxmemory-policy noeviction. Every call answers 503 store_unavailable until then.',
+        error,
+      );
+    }
+    const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1] ?? null;
+    if (policy === NO_EVICTION) return null;
+    return this.refuse(
+      { setting: 'maxmemory-policy', value: policy },
+      policy === null
+        ? 'Keyward refuses this Redis: INFO memory does not report maxmemory_policy, so Keyward cannot check that keys are never ' +
+            'evicted. Use a Redis that reports it, with maxmemory-policy noeviction. Every call answers 503 store_unavailable until then.'
+        : `Keyward refuses this Redis: its maxmemory-policy is ${policy}, which evicts keys under memory pressure (revoked ` +
+            'sessions would be accepted again, limits and budgets would start over). Set maxmemory-policy noeviction on the Redis ' +
+            "(redis.conf, CONFIG SET, or your provider's parameter group). Every call answers 503 store_unavailable until then.",
+    );
+  }
+
+  private refuse(fields: { setting: string; value: string | null }, message: string, cause?: unknown): StoreUnavailableError {
+    this.logger.error(fields, message);
+    return new StoreUnavailableError('redis', cause ?? new Error(`maxmemory-policy ${fields.value ?? 'unknown'}: not noeviction`));
   }
 
   private async run<T>(operation: () => Promise<T>): Promise<T> {
