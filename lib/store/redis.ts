@@ -187,6 +187,7 @@ interface Scripts {
 /** Where the store reports a Redis it refuses (pino's Logger fits). */
 export interface RedisStoreLogger {
   error(fields: Record<string, unknown>, message: string): void;
+  warn(fields: Record<string, unknown>, message: string): void;
 }
 
 /** The one eviction policy that keeps keys with a TTL until they expire: https://redis.io/docs/latest/develop/reference/eviction/ */
@@ -213,7 +214,7 @@ export class RedisStore implements Store {
   private policy: Promise<StoreUnavailableError | null> | null = null;
 
   constructor(url: string, options: { prefix?: string; commandTimeoutMs?: number; logger?: RedisStoreLogger } = {}) {
-    this.logger = options.logger ?? { error: (fields, message) => console.error(message, fields) };
+    this.logger = options.logger ?? { error: (fields, message) => console.error(message, fields), warn: (fields, message) => console.warn(message, fields) };
     const redisOptions: RedisOptions = {
       keyPrefix: options.prefix ?? 'keyward:',
       enableOfflineQueue: false,
@@ -288,11 +289,11 @@ export class RedisStore implements Store {
 
   /**
    * Reads `maxmemory_policy` from `INFO memory` (INFO, not CONFIG GET: managed Redis services often disable
-   * CONFIG but answer INFO). Anything but noeviction is refused, logged once for this connection.
-   * When the policy cannot be read (INFO refused by an ACL, or no such field) the Redis is refused too: fail
-   * closed, as for a store that does not answer. Serving on a guess would let an evicting Redis bring back
-   * revoked sessions and reset budgets unnoticed; the fix on the Redis side (allow INFO) is one ACL rule. The
-   * test suite's, the bench's and CI's Redis all run redis-server's defaults (noeviction, no ACL).
+   * CONFIG but answer INFO). A policy that evicts is refused, logged once for this connection.
+   * When the policy cannot be read (INFO refused by an ACL, or a service whose INFO has no such field) the Redis
+   * serves, with a warning once per connection: refusing it would take down every deployment on a service that
+   * does not report the policy (Keyward cannot tell such a service's eviction setting from here), while the
+   * managed services whose default evicts (ElastiCache, Memorystore, Azure: `volatile-lru`) report it.
    */
   private async checkPolicy(): Promise<StoreUnavailableError | null> {
     let info: string;
@@ -300,24 +301,29 @@ export class RedisStore implements Store {
       info = await this.redis.info('memory');
     } catch (error) {
       if (!(error instanceof Error && error.message.includes('NOPERM'))) throw error;
-      return this.refuse(
-        { setting: 'maxmemory-policy', value: null },
-        "Keyward refuses this Redis: its user may not run INFO, so Keyward cannot check the server's maxmemory-policy, " +
-          'and an evicting policy would drop revocation marks and limit counters. Allow INFO for the user Keyward connects as ' +
-          '(ACL SETUSER <user> +info) and set maxmemory-policy noeviction. Every call answers 503 store_unavailable until then.',
-        error,
-      );
+      this.unchecked('its user may not run INFO (allow it: ACL SETUSER <user> +info)');
+      return null;
     }
     const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1] ?? null;
     if (policy === NO_EVICTION) return null;
+    if (policy === null) {
+      this.unchecked('INFO memory does not report maxmemory_policy');
+      return null;
+    }
     return this.refuse(
       { setting: 'maxmemory-policy', value: policy },
-      policy === null
-        ? 'Keyward refuses this Redis: INFO memory does not report maxmemory_policy, so Keyward cannot check that keys are never ' +
-            'evicted. Use a Redis that reports it, with maxmemory-policy noeviction. Every call answers 503 store_unavailable until then.'
-        : `Keyward refuses this Redis: its maxmemory-policy is ${policy}, which evicts keys under memory pressure (revoked ` +
-            'sessions would be accepted again, limits and budgets would start over). Set maxmemory-policy noeviction on the Redis ' +
-            "(redis.conf, CONFIG SET, or your provider's parameter group). Every call answers 503 store_unavailable until then.",
+      `Keyward refuses this Redis: its maxmemory-policy is ${policy}, which evicts keys under memory pressure (revoked ` +
+        'sessions would be accepted again, limits and budgets would start over). Set maxmemory-policy noeviction on the Redis ' +
+        "(redis.conf, CONFIG SET, or your provider's parameter group). Every call answers 503 store_unavailable until then.",
+    );
+  }
+
+  /** A Redis whose policy cannot be read: served, with a warning for this connection. */
+  private unchecked(why: string): void {
+    this.logger.warn(
+      { setting: 'maxmemory-policy', value: null },
+      `Keyward cannot check this Redis's maxmemory-policy: ${why}. Make sure it is noeviction (or eviction is off): an ` +
+        'evicting Redis drops revocation marks and limit counters under memory pressure.',
     );
   }
 
