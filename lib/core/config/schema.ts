@@ -199,7 +199,8 @@ const routePathSchema = z
   })
   .describe(
     'Path template under baseUrl: literal segments, ":name" parameters, "{name}" parameters with literal text around ' +
-      'them in one segment (e.g. "{model}:generateContent"; "{name:colon}" lets the value contain ":"), and an optional final "*".',
+      'them in one segment (e.g. "{model}:generateContent"; "{name:int}" takes only an integer in decimal, such as "12" ' +
+      'or "-3", whole or inside a segment; "{name:colon}" lets the value contain ":"), and an optional final "*".',
   );
 
 export const routeSchema = z.strictObject({

@@ -5,7 +5,8 @@ import { shownName } from '../config/error';
  * A route's path template, one entry per segment (README "### Upstreams"):
  * - a literal, compared exactly (`models`, or `images:annotate`: a ":" the template writes is sent as is);
  * - a parameter: `:name` (the whole segment), or `{name}` with literal text around it inside one segment
- *   (`{model}:generateContent`); its value never contains ":" unless declared `{name:colon}`;
+ *   (`{model}:generateContent`); its value never contains ":" unless declared `{name:colon}`; `{name:int}`
+ *   (whole or with text around it) takes only an integer written in decimal (`12`, `-3`);
  * - `*` (last only): one or more remaining segments, none of them with a ":".
  */
 export type TemplateSegment = string | TemplateParam | { readonly rest: true };
@@ -18,24 +19,29 @@ export interface TemplateParam {
   readonly suffix: string;
   /** `{name:colon}`: the value may contain ":" (where a segment may); it is sent upstream as `%3A`. */
   readonly colons: boolean;
+  /** `{name:int}`: the value is an integer written in decimal (INTEGER), so it never takes `comments` or `1.5`. */
+  readonly int: boolean;
 }
 
 const NAME = '[A-Za-z_][A-Za-z0-9_]*';
 const WHOLE_PARAM = new RegExp(`^:(${NAME})$`);
 // Braces cannot occur in a request segment (RFC 3986 §2.2, §2.3), so `{` … `}` can only mean a parameter.
-const BRACED_PARAM = new RegExp(`^([^{}]*)\\{(${NAME})(:colon)?\\}([^{}]*)$`);
+// One modifier at most: `{name:int}` never holds a ":", so the two do not combine.
+const BRACED_PARAM = new RegExp(`^([^{}]*)\\{(${NAME})(:colon|:int)?\\}([^{}]*)$`);
+/** A `{name:int}` value: an optional "-", then decimal digits, nothing else (no "+", spaces, exponent or "0x"). */
+const INTEGER = /^-?[0-9]+$/;
 
 /** The parameter a template segment declares, or null for a literal; undefined when it is neither. */
 function parseParam(segment: string): TemplateParam | null | undefined {
   const whole = WHOLE_PARAM.exec(segment);
-  if (whole) return { param: whole[1]!, prefix: '', suffix: '', colons: false };
+  if (whole) return { param: whole[1]!, prefix: '', suffix: '', colons: false, int: false };
   if (!segment.includes('{') && !segment.includes('}')) return null;
   const braced = BRACED_PARAM.exec(segment);
   if (!braced) return undefined;
-  const [, prefix = '', param = '', colon, suffix = ''] = braced;
+  const [, prefix = '', param = '', modifier, suffix = ''] = braced;
   // The literal text obeys the request-segment rules with any value in place: no ":" first, last or doubled.
   if (!isSafeSegment(`${prefix}0${suffix}`)) return undefined;
-  return { param, prefix, suffix, colons: colon !== undefined };
+  return { param, prefix, suffix, colons: modifier === ':colon', int: modifier === ':int' };
 }
 
 /** What is wrong with a path template (for the config schema), or null. Checked once, at start-up. */
@@ -56,7 +62,7 @@ export function templateProblems(path: string): string[] {
       problems.push(
         /[?#]/.test(segment)
           ? `segment ${index + 1} holds a "?" or "#": a route path has no query string or fragment (declare query parameters under "query")`
-          : `segment ${index + 1} is not a literal, a :param, a {param} with literal text around it (":" inside only), or a final * (its text is not shown)`,
+          : `segment ${index + 1} is not a literal, a :param, a {param}, {param:int} or {param:colon} with literal text around it (":" inside only), or a final * (its text is not shown)`,
       );
     } else if (param) {
       if (names.has(param.param)) problems.push(`parameter "${shownName(param.param)}" is declared twice`);
@@ -77,8 +83,10 @@ export function compileTemplate(path: string): TemplateSegment[] {
 }
 
 /**
- * Orders templates from the most specific: segment by segment, a literal before `{param}` with literal text
- * around it, before `:param`, before `*`; then the shorter first; otherwise as declared (sorts are stable). Keyward serves a call by the first route of this
+ * Orders templates from the most specific: segment by segment, a literal before a parameter with literal text
+ * around it (`{param:int}` before `{param}`), before a whole-segment `{param:int}`, before `:param` (or `{param}`),
+ * before `*`; then the shorter first; otherwise as declared (sorts are stable). A typed parameter comes before an
+ * untyped one, so `/issues/{n:int}` serves `/issues/12` and a `/issues/:name` beside it serves the rest. Keyward serves a call by the first route of this
  * order that matches (a literal `/repos/acme/private/issues` with its own roles wins over `/repos/:owner/:repo/issues`
  * wherever either is declared), as OpenAPI matches concrete paths before templated ones (OpenAPI 3.1 §4.8.8).
  */
@@ -93,13 +101,16 @@ export function bySpecificity(a: readonly TemplateSegment[], b: readonly Templat
 }
 
 function specificityRank(part: TemplateSegment): number {
-  return typeof part === 'string' ? 0 : 'rest' in part ? 3 : part.prefix || part.suffix ? 1 : 2;
+  if (typeof part === 'string') return 0;
+  if ('rest' in part) return 5;
+  const typed = part.int ? 0 : 1;
+  return part.prefix || part.suffix ? 1 + typed : 3 + typed;
 }
 
 /** The requests a template matches, without parameter names: two routes of one method and shape can never both serve. */
 export function templateShape(path: string): string {
   return compileTemplate(path)
-    .map((part) => (typeof part === 'string' ? part : 'rest' in part ? '*' : `${part.prefix}{}${part.suffix}`))
+    .map((part) => (typeof part === 'string' ? part : 'rest' in part ? '*' : `${part.prefix}{${part.int ? 'int' : ''}}${part.suffix}`))
     .join('/');
 }
 
@@ -118,16 +129,20 @@ function splitTemplate(path: string): string[] {
 /**
  * The value a parameter takes from one request segment (already validated by assertSafeSegments), or null when the segment does not
  * fit: the literal text must match exactly and the value be non-empty, a safe segment on its own, and free of
- * ":" unless the parameter allows it. A value is never split from a literal ":" in more than one way: the
+ * ":" unless the parameter allows it, and an integer for `{name:int}`. A value is never split from a literal ":" in more than one way: the
  * prefix and suffix are fixed strings anchored at the ends.
  */
 export function captureParam(param: TemplateParam, segment: string): string | null {
   const { prefix, suffix } = param;
   // `:name` and `{name}`: the segment itself, which the route step has already validated.
-  if (prefix === '' && suffix === '') return param.colons || !segment.includes(':') ? segment : null;
+  if (prefix === '' && suffix === '') {
+    if (param.int) return INTEGER.test(segment) ? segment : null;
+    return param.colons || !segment.includes(':') ? segment : null;
+  }
   if (segment.length <= prefix.length + suffix.length) return null;
   if (!segment.startsWith(prefix) || !segment.endsWith(suffix)) return null;
   const value = segment.slice(prefix.length, segment.length - suffix.length);
   if (!param.colons && value.includes(':')) return null;
+  if (param.int && !INTEGER.test(value)) return null;
   return isSafeSegment(value) ? value : null;
 }

@@ -402,7 +402,7 @@ describe('buildUpstreamUrl with a route template (":" written by the template, o
     ['no segment for a *', ['files'], compileTemplate('/files/*')],
     // Hand-built templates the schema refuses: the builder still never sends a segment that opens with ":".
     ['a literal opening with ":"', [':x'], [':x']],
-    ['a prefix opening with ":"', [':a'], [{ param: 'v', prefix: ':', suffix: '', colons: false }]],
+    ['a prefix opening with ":"', [':a'], [{ param: 'v', prefix: ':', suffix: '', colons: false, int: false }]],
   ])('refuses segments that do not fit the template: %s', (_label, segments, template) => {
     expectKeywardError(thrown(() => buildUpstreamUrl(upstream, segments, template)), 'bad_path');
   });

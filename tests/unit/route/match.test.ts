@@ -194,6 +194,47 @@ describe('matchRoute', () => {
   });
 });
 
+describe('matchRoute with {param:int}', () => {
+  const { upstream: typed } = makeUpstream({
+    routes: [
+      { method: 'GET', path: '/repos/:owner/:repo/issues/{issue_number:int}' },
+      { method: 'GET', path: '/repos/:owner/:repo/issues/{issue_number:int}/comments' },
+      { method: 'GET', path: '/items/:name' },
+      { method: 'GET', path: '/items/{id:int}', roles: ['admin'] },
+      { method: 'GET', path: '/reports/v{version:int}.json' },
+    ],
+  });
+
+  it('serves an integer and nothing else: another segment of that shape matches no route', () => {
+    const issue = matchRoute(typed, 'GET', ['repos', 'acme', 'widgets', 'issues', '12']);
+    expect(issue.route.template).toBe('/repos/:owner/:repo/issues/{issue_number:int}');
+    expect({ ...issue.params }).toEqual({ owner: 'acme', repo: 'widgets', issue_number: '12' });
+    expect(matchRoute(typed, 'GET', ['reports', 'v3.json']).params.version).toBe('3');
+    for (const path of [
+      ['repos', 'acme', 'widgets', 'issues', 'comments'],
+      ['repos', 'acme', 'widgets', 'issues', 'events'],
+      ['repos', 'acme', 'widgets', 'issues', 'comments', 'comments'],
+      ['repos', 'acme', 'widgets', 'issues', '1.5'],
+      ['reports', 'vlatest.json'],
+    ]) {
+      expectKeywardError(thrown(() => matchRoute(typed, 'GET', path)), 'route_not_found');
+    }
+  });
+
+  it('comes before an untyped :param of the same place, wherever either is declared', () => {
+    expect([...matchRoute(typed, 'GET', ['items', '42']).route.roles!]).toEqual(['admin']);
+    expect(matchRoute(typed, 'GET', ['items', '-1']).route.template).toBe('/items/{id:int}');
+    const other = matchRoute(typed, 'GET', ['items', 'widget']);
+    expect(other.route.template).toBe('/items/:name');
+    expect(other.route.roles).toBeNull();
+  });
+
+  it('an integer with dots at its end is not served by the untyped route (IIS strips them)', () => {
+    const error = expectKeywardError(thrown(() => matchRoute(typed, 'GET', ['items', '42.'])), 'bad_path');
+    expect(error.message).toContain('trailing dots');
+  });
+});
+
 describe('matchRoute with ":" in segments (Gemini custom methods, Bedrock model ids)', () => {
   const { upstream: colons } = makeUpstream({
     routes: [

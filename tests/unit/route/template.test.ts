@@ -6,6 +6,7 @@ import {
   compileTemplate,
   templateParamNames,
   templateProblems,
+  templateShape,
   type TemplateParam,
 } from '../../../lib/core/route/template';
 
@@ -31,6 +32,10 @@ describe('templateProblems (the route path grammar)', () => {
     '/v1/{version}',
     '/x/pre-{id}-post',
     '/x/{v:colon}:x',
+    '/issues/{issue_number:int}',
+    '/issues/{n:int}/comments',
+    '/v{n:int}.json',
+    '/x/{n:int}:x',
   ])('accepts %s', (path) => {
     expect(templateProblems(path)).toEqual([]);
   });
@@ -53,6 +58,11 @@ describe('templateProblems (the route path grammar)', () => {
     ['empty braces', '/{}'],
     ['a name that is not an identifier', '/{1x}'],
     ['unknown modifier', '/{model:any}'],
+    ['unknown type', '/{n:integer}'],
+    [':name with a type (types are braced only)', '/:n:int'],
+    ['a type and :colon together', '/{n:int:colon}'],
+    [':colon and a type together', '/{n:colon:int}'],
+    ['an upper-case type', '/{n:INT}'],
     ['nested braces', '/{{model}}'],
     ['"%" in a literal', '/a%3Ab'],
     ['unicode colon', '/a\uFF1Ab'],
@@ -71,6 +81,12 @@ describe('templateProblems (the route path grammar)', () => {
     expect(pasted).toEqual(['segment 3 holds a "?" or "#": a route path has no query string or fragment (declare query parameters under "query")']);
     expect(templateProblems('/a/b c%zz/x').join(' ')).not.toContain('b c');
     expect(templateProblems('/a/:id/{id}')).toEqual(['parameter "id" is declared twice']);
+    expect(templateProblems('/a/{n:int}/{n}')).toEqual(['parameter "n" is declared twice']);
+    const unknownType = templateProblems('/a/{n:foo}');
+    expect(unknownType).toHaveLength(1);
+    expect(unknownType[0]).toContain('segment 2 is not a literal');
+    expect(unknownType[0]).toContain('{param:int}');
+    expect(unknownType[0]).not.toContain('foo');
   });
 
   it('orders templates most specific first: literal, {param} with text, :param, *; equal ranks as declared', () => {
@@ -85,6 +101,27 @@ describe('templateProblems (the route path grammar)', () => {
       '/files/*',
     ]);
     expect(bySpecificity(compileTemplate('/files/report'), compileTemplate('/files/*'))).toBeLessThan(0);
+  });
+
+  it('a {param:int} filling a segment comes after literals and text around a parameter, before an untyped :param', () => {
+    const paths = ['/a/*', '/a/:x', '/a/{x}.json', '/a/{n:int}', '/a/v{n:int}.json', '/a/comments'];
+    const sorted = paths.map((path) => ({ path, segments: compileTemplate(path) })).sort((a, b) => bySpecificity(a.segments, b.segments));
+    // With text around it, a typed parameter comes before an untyped one too.
+    expect(sorted.map((entry) => entry.path)).toEqual(['/a/comments', '/a/v{n:int}.json', '/a/{x}.json', '/a/{n:int}', '/a/:x', '/a/*']);
+    expect(bySpecificity(compileTemplate('/a/{n:int}'), compileTemplate('/a/{m}'))).toBeLessThan(0);
+    expect(bySpecificity(compileTemplate('/a/{n:int}'), compileTemplate('/a/{m:int}'))).toBe(0);
+  });
+
+  it('typed and untyped parameters are different shapes; two typed ones of one method are the same', () => {
+    expect(templateShape('/a/{n:int}')).not.toBe(templateShape('/a/:x'));
+    expect(templateShape('/a/{n:int}')).toBe(templateShape('/a/{m:int}'));
+    expect(templateShape('/a/v{n:int}.json')).not.toBe(templateShape('/a/v{n}.json'));
+    const define = (routes: Array<{ method: 'GET'; path: string }>) => () =>
+      defineUpstream('g', { baseUrl: 'https://api.example.com/', auth: { type: 'bearer', secret: { env: 'K' } }, routes });
+    expect(define([{ method: 'GET', path: '/a/{n:int}' }, { method: 'GET', path: '/a/:x' }])).not.toThrow();
+    expect(define([{ method: 'GET', path: '/a/{n:int}' }, { method: 'GET', path: '/a/{m:int}' }])).toThrow(
+      /routes\.1\.path: matches the same GET requests as routes\.0/,
+    );
   });
 
   it('two routes of one method for the same requests (parameter names aside) stop start-up naming the later one', () => {
@@ -116,21 +153,21 @@ describe('compileTemplate', () => {
     expect(compileTemplate('/')).toEqual([]);
     expect(compileTemplate('/images:annotate/:id/*')).toEqual([
       'images:annotate',
-      { param: 'id', prefix: '', suffix: '', colons: false },
+      { param: 'id', prefix: '', suffix: '', colons: false, int: false },
       { rest: true },
     ]);
     expect(compileTemplate(GEMINI)).toEqual([
       'models',
-      { param: 'model', prefix: '', suffix: ':generateContent', colons: false },
+      { param: 'model', prefix: '', suffix: ':generateContent', colons: false, int: false },
     ]);
     expect(compileTemplate(BEDROCK)).toEqual([
       'model',
-      { param: 'modelId', prefix: '', suffix: '', colons: true },
+      { param: 'modelId', prefix: '', suffix: '', colons: true, int: false },
       'converse',
     ]);
     expect(compileTemplate('/x/pre-{id}-post')).toEqual([
       'x',
-      { param: 'id', prefix: 'pre-', suffix: '-post', colons: false },
+      { param: 'id', prefix: 'pre-', suffix: '-post', colons: false, int: false },
     ]);
   });
 
@@ -140,14 +177,23 @@ describe('compileTemplate', () => {
 
   it('lists parameter names, braced ones included', () => {
     expect(templateParamNames('/p/{project}/m/{model}:predict/:id/*')).toEqual(['project', 'model', 'id']);
+    expect(templateParamNames('/issues/{issue_number:int}/v{n:int}.json')).toEqual(['issue_number', 'n']);
+  });
+
+  it('compiles {param:int}, whole or with text around it', () => {
+    expect(compileTemplate('/issues/{issue_number:int}/v{n:int}.json')).toEqual([
+      'issues',
+      { param: 'issue_number', prefix: '', suffix: '', colons: false, int: true },
+      { param: 'n', prefix: 'v', suffix: '.json', colons: false, int: true },
+    ]);
   });
 });
 
 describe('captureParam', () => {
-  const gemini: TemplateParam = { param: 'model', prefix: '', suffix: ':generateContent', colons: false };
-  const bedrock: TemplateParam = { param: 'modelId', prefix: '', suffix: '', colons: true };
-  const plain: TemplateParam = { param: 'id', prefix: '', suffix: '', colons: false };
-  const framed: TemplateParam = { param: 'id', prefix: 'pre-', suffix: '-post', colons: false };
+  const gemini: TemplateParam = { param: 'model', prefix: '', suffix: ':generateContent', colons: false, int: false };
+  const bedrock: TemplateParam = { param: 'modelId', prefix: '', suffix: '', colons: true, int: false };
+  const plain: TemplateParam = { param: 'id', prefix: '', suffix: '', colons: false, int: false };
+  const framed: TemplateParam = { param: 'id', prefix: 'pre-', suffix: '-post', colons: false, int: false };
 
   it('takes the value between the literal prefix and suffix', () => {
     expect(captureParam(gemini, 'gemini-2.0-flash:generateContent')).toBe('gemini-2.0-flash');
@@ -182,12 +228,25 @@ describe('captureParam', () => {
   });
 
   it('a value that allows ":" still obeys the segment rules on its own', () => {
-    const colonFramed: TemplateParam = { param: 'v', prefix: 'x', suffix: ':y', colons: true };
+    const colonFramed: TemplateParam = { param: 'v', prefix: 'x', suffix: ':y', colons: true, int: false };
     expect(captureParam(colonFramed, 'xab:c:y')).toBe('ab:c');
     // The value alone would start with ":" or be a scheme or drive letter.
     expect(captureParam(colonFramed, 'x:a:y')).toBeNull();
-    expect(captureParam({ param: 'v', prefix: 'p', suffix: '', colons: true }, 'pC:x')).toBeNull();
-    expect(captureParam({ param: 'v', prefix: 'p', suffix: '', colons: true }, 'phttps:x')).toBeNull();
-    expect(captureParam({ param: 'v', prefix: 'p', suffix: '', colons: false }, 'p..')).toBeNull();
+    expect(captureParam({ param: 'v', prefix: 'p', suffix: '', colons: true, int: false }, 'pC:x')).toBeNull();
+    expect(captureParam({ param: 'v', prefix: 'p', suffix: '', colons: true, int: false }, 'phttps:x')).toBeNull();
+    expect(captureParam({ param: 'v', prefix: 'p', suffix: '', colons: false, int: false }, 'p..')).toBeNull();
+  });
+
+  it('{param:int} takes only an integer in decimal: an optional "-", then digits', () => {
+    const whole: TemplateParam = { param: 'n', prefix: '', suffix: '', colons: false, int: true };
+    const json: TemplateParam = { param: 'n', prefix: 'v', suffix: '.json', colons: false, int: true };
+    for (const value of ['0', '12', '007', '-3', '123456789012345678901234567890']) {
+      expect(captureParam(whole, value), value).toBe(value);
+      expect(captureParam(json, `v${value}.json`), value).toBe(value);
+    }
+    for (const value of ['comments', 'events', '-', '--1', '+1', '1.5', '1e3', '0x1f', '12a', 'a12', '1_000', '1,000', '١٢', 'Infinity', 'NaN', '12.']) {
+      expect(captureParam(whole, value), value).toBeNull();
+      expect(captureParam(json, `v${value}.json`), value).toBeNull();
+    }
   });
 });

@@ -151,7 +151,7 @@ function pathCover(path: string): TemplateSegment[] | null {
       continue;
     }
     if (!isSafeSegment(segment.replace(/\{[^{}]*\}/g, '0'))) return null;
-    cover.push({ param: 'value', prefix: segment.slice(0, first), suffix: segment.slice(last + 1), colons: true });
+    cover.push({ param: 'value', prefix: segment.slice(0, first), suffix: segment.slice(last + 1), colons: true, int: false });
   }
   return cover;
 }
