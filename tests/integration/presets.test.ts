@@ -637,6 +637,21 @@ describe('github preset', () => {
     expect(errorCode(await call('github', '/repos/acme/widgets/issues?filter=all'))).toBe('contract_violation');
     expect(upstream.requests.length).toBe(before);
   });
+
+  it("an issue or pull request by its number is forwarded; the repository-wide lists those routes would take are not", async () => {
+    upstream.handle(echoHandler);
+    for (const path of ['/repos/acme/widgets/issues/12', '/repos/acme/widgets/issues/12/comments', '/repos/acme/widgets/pulls/7']) {
+      expect((await call('github', path)).status, path).toBe(200);
+      expect(new URL(upstream.requests.at(-1)!.url, 'http://x').pathname).toBe(`/github${path}`);
+    }
+    const before = upstream.requests.length;
+    for (const path of ['/repos/acme/widgets/issues/comments', '/repos/acme/widgets/issues/events', '/repos/acme/widgets/pulls/comments']) {
+      const answer = await call('github', path);
+      expect(answer.status, path).toBe(404);
+      expect(errorCode(answer)).toBe('route_not_found');
+    }
+    expect(upstream.requests.length).toBe(before);
+  });
 });
 
 describe('stripe preset', () => {

@@ -55,30 +55,26 @@ export const newIssueBody = z.object({
 });
 export const commentBody = z.object({ body: z.string().min(1).max(65_536) });
 
-/** Repository-wide lists a `:issue_number` or `:pull_number` route would otherwise serve (they are not numbers). */
-const REPO_WIDE_LISTS = ['issues/comments', 'issues/events', 'pulls/comments'];
-
+// Issue and pull request numbers are typed (`{…:int}`): an untyped parameter would also take GitHub's
+// repository-wide lists (`issues/comments`, `issues/events`, `pulls/comments`) and serve them as one issue.
 function routesFor(repo: string, write: boolean): RouteInput[] {
   const read: RouteInput[] = [
     { method: 'GET', path: repo },
     { method: 'GET', path: `${repo}/issues`, query: issuesQuery },
-    { method: 'GET', path: `${repo}/issues/:issue_number` },
-    { method: 'GET', path: `${repo}/issues/:issue_number/comments`, query: z.object(page) },
+    { method: 'GET', path: `${repo}/issues/{issue_number:int}` },
+    { method: 'GET', path: `${repo}/issues/{issue_number:int}/comments`, query: z.object(page) },
     { method: 'GET', path: `${repo}/pulls`, query: pullsQuery },
-    { method: 'GET', path: `${repo}/pulls/:pull_number` },
+    { method: 'GET', path: `${repo}/pulls/{pull_number:int}` },
     { method: 'GET', path: `${repo}/commits`, query: commitsQuery },
     { method: 'GET', path: `${repo}/contents/*`, query: z.object({ ref: text(256) }) },
     { method: 'GET', path: `${repo}/releases`, query: z.object(page) },
     { method: 'GET', path: `${repo}/releases/latest` },
   ];
-  // GitHub's repository-wide lists have the shape of the routes above (`:issue_number` takes any segment), and
-  // would be served as an issue or a pull request: routes of their own that nobody may call come first.
-  read.push(...REPO_WIDE_LISTS.map((list): RouteInput => ({ method: 'GET', path: `${repo}/${list}`, roles: [] })));
   if (!write) return read;
   return [
     ...read,
     { method: 'POST', path: `${repo}/issues`, body: newIssueBody, maxRequestBytes: 128 * 1024 },
-    { method: 'POST', path: `${repo}/issues/:issue_number/comments`, body: commentBody, maxRequestBytes: 128 * 1024 },
+    { method: 'POST', path: `${repo}/issues/{issue_number:int}/comments`, body: commentBody, maxRequestBytes: 128 * 1024 },
   ];
 }
 

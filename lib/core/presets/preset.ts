@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ConfigError, shownName } from '../config/error';
 import { defineUpstream, withRouteTypes, type UpstreamDefinition } from '../config/load';
+import { templateShape } from '../route/template';
 import { credentialSourceSchema, formatIssues, routeSchema, upstreamSchema, type CredentialSource, type UpstreamInput } from '../config/schema';
 
 /**
@@ -99,11 +100,29 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
     if (!given.success) {
       throw new ConfigError(`Invalid upstream "${shownName(id)}" (preset "${preset.name}"):\n${formatIssues(given.error.issues, `upstreams.${shownName(id)}.routes`)}`);
     }
+    const retyped = given.data.flatMap((route, index) => {
+      const typedLike = routes.find((own) => retypes(route, own));
+      if (!typedLike) return [];
+      // Its parameters by name only: the rest of a path may be the operator's text (`repos`), never repeated.
+      const typed = [...typedLike.path.matchAll(/\{([A-Za-z_][A-Za-z0-9_]*):int\}/g)].map(([, name = '']) => `{${shownName(name)}:int}`);
+      return [`  - upstreams.${shownName(id)}.routes.${index}.path: the preset's own ${route.method} route for these requests types its parameters (${typed.join(', ')}): to replace it, give the preset's path as written`];
+    });
+    if (retyped.length > 0) throw new ConfigError(`Invalid upstream "${shownName(id)}" (preset "${preset.name}"):\n${retyped.join('\n')}`);
   }
   const merged = mergeUpstream({ ...built, routes }, overrides);
   // After the merge: a route given to replace or extend the preset's is as closed as the preset's own.
   if (roles && Array.isArray(merged.routes)) merged.routes = merged.routes.map((route) => ({ ...route, roles: route.roles ?? roles }));
   return merged;
+}
+
+/**
+ * Whether a given route differs from a preset's only by a parameter's type (`…/issues/:issue_number` beside the
+ * preset's `…/issues/{issue_number:int}`). It would not replace the preset's route but be added after it, taking
+ * only what the typed one does not: roles it sets to tighten the preset's route would silently not apply.
+ */
+function retypes(given: Pick<RouteInput, 'method' | 'path'>, own: Pick<RouteInput, 'method' | 'path'>): boolean {
+  if (given.method !== own.method || given.path === own.path) return false;
+  return templateShape(given.path) !== templateShape(own.path) && templateShape(given.path, { types: false }) === templateShape(own.path, { types: false });
 }
 
 /**

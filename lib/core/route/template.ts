@@ -107,10 +107,13 @@ function specificityRank(part: TemplateSegment): number {
   return part.prefix || part.suffix ? 1 + typed : 3 + typed;
 }
 
-/** The requests a template matches, without parameter names: two routes of one method and shape can never both serve. */
-export function templateShape(path: string): string {
+/**
+ * The requests a template matches, without parameter names: two routes of one method and shape can never both serve.
+ * `{ types: false }` leaves out parameter types too (`/a/{n:int}` as `/a/:x`).
+ */
+export function templateShape(path: string, { types = true }: { types?: boolean } = {}): string {
   return compileTemplate(path)
-    .map((part) => (typeof part === 'string' ? part : 'rest' in part ? '*' : `${part.prefix}{${part.int ? 'int' : ''}}${part.suffix}`))
+    .map((part) => (typeof part === 'string' ? part : 'rest' in part ? '*' : `${part.prefix}{${types && part.int ? 'int' : ''}}${part.suffix}`))
     .join('/');
 }
 

@@ -5,7 +5,7 @@ import { anthropic, gemini, github, googleMaps, mergeUpstream, openai, PRESETS, 
 import { matchRoute } from '../../../lib/core/route/match';
 import { buildRegistry } from '../../../lib/core/upstream/registry';
 import { randomSecret } from '../../fixtures/secrets';
-import { thrown } from '../support';
+import { expectKeywardError, thrown } from '../support';
 
 /** The environment variables the presets read by default, each with a fresh value. */
 const env = {
@@ -116,21 +116,24 @@ describe('built-in presets', () => {
     expect(configError({ upstreams: { gh: { preset: 'github', repos: ['acme/../x'] } } })).toContain('upstreams.gh.repos.0: must be "owner/name"');
   });
 
-  it("GitHub: the repository-wide lists an issue's or pull request's route would take are refused, even with `only`", () => {
-    const serving = (definition: ReturnType<typeof github>, path: string) => {
-      const upstream = buildRegistry([definition], env).get(definition.id)!;
-      const { route } = matchRoute(upstream, 'GET', path.split('/').filter(Boolean));
-      return `${route.method} ${route.template} ${JSON.stringify(route.roles && [...route.roles])}`;
-    };
+  it("GitHub: an issue's or pull request's route takes only a number, so the repository-wide lists match no route", () => {
+    const match = (definition: ReturnType<typeof github>, path: string) =>
+      matchRoute(buildRegistry([definition], env).get(definition.id)!, 'GET', path.split('/').filter(Boolean));
     for (const definition of [
       github(),
       github({ repos: ['acme/widgets'] }),
-      github({ repos: ['acme/widgets'], only: ['GET /repos/acme/widgets/issues/:issue_number', 'GET /repos/acme/widgets/pulls/:pull_number'] }),
+      github({ repos: ['acme/widgets'], only: ['GET /repos/acme/widgets/issues/{issue_number:int}', 'GET /repos/acme/widgets/pulls/{pull_number:int}'] }),
     ]) {
-      expect(serving(definition, '/repos/acme/widgets/issues/42')).toBe(`GET ${definition.config.routes.find((r) => r.path.endsWith('/issues/:issue_number'))!.path} null`);
+      const issue = match(definition, '/repos/acme/widgets/issues/42');
+      expect(issue.route.template).toMatch(/^\/repos\/.*\/issues\/\{issue_number:int\}$/);
+      expect(issue.route.roles).toBeNull();
+      expect(issue.params.issue_number).toBe('42');
+      expect(match(definition, '/repos/acme/widgets/pulls/7').route.template).toMatch(/\/pulls\/\{pull_number:int\}$/);
       for (const list of ['issues/comments', 'issues/events', 'pulls/comments']) {
-        expect(serving(definition, `/repos/acme/widgets/${list}`), list).toMatch(new RegExp(`^GET /repos/.*/${list} \\[\\]$`));
+        expectKeywardError(thrown(() => match(definition, `/repos/acme/widgets/${list}`)), 'route_not_found');
       }
+      // No route nobody may call is left in the preset.
+      expect(definition.config.routes.filter((route) => route.roles?.length === 0)).toEqual([]);
     }
   });
 
@@ -196,6 +199,25 @@ describe('overriding and extending a preset', () => {
     expect(custom.config.routes.find((r) => r.path === '/models')!.roles).toEqual(['admin']);
     expect(keys.at(-1)).toBe('GET /files/:id');
     expect(keys).toHaveLength(base.routes.length + 1);
+  });
+
+  it("a route that differs from the preset's only by a parameter's type stops start-up: it would not replace it", () => {
+    // Written before the GitHub preset typed its numbers, such a route tightened the issue route; beside the typed
+    // one it would only take what is not a number, and the preset's own would serve every issue.
+    const json = {
+      upstreams: {
+        gh: { preset: 'github', routes: [{ method: 'GET', path: '/repos/:owner/:repo/issues/:issue_number', roles: ['triage'] }] },
+      },
+    };
+    expect(configError(json)).toContain(
+      "upstreams.gh.routes.0.path: the preset's own GET route for these requests types its parameters ({issue_number:int}): to replace it, give the preset's path as written",
+    );
+    expect(() => github({ routes: [{ method: 'GET', path: '/repos/:owner/:repo/pulls/{n}', roles: ['triage'] }] })).toThrow(/routes\.0\.path: the preset's own GET route for these requests types its parameters \(\{pull_number:int\}\)/);
+    // The preset's path as written replaces it; another method, or another shape, is added.
+    const replaced = github({ routes: [{ method: 'GET', path: '/repos/:owner/:repo/issues/{issue_number:int}', roles: ['triage'] }] });
+    expect(replaced.config.routes.find((r) => r.path.endsWith('/issues/{issue_number:int}') && r.method === 'GET')!.roles).toEqual(['triage']);
+    expect(() => github({ routes: [{ method: 'DELETE', path: '/repos/:owner/:repo/issues/:issue_number', roles: ['admin'] }] })).not.toThrow();
+    expect(() => github({ routes: [{ method: 'GET', path: '/repos/:owner/:repo/issues/:issue_number/events' }] })).not.toThrow();
   });
 
   it('default headers merge too', () => {
