@@ -113,13 +113,13 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
     const written = JSON.parse(readFileSync(configFile, 'utf8')) as {
       upstreams: { petstore: { routes: Array<{ method: string; path: string; response?: unknown }> } };
     };
-    const byId = written.upstreams.petstore.routes.find((r) => r.method === 'GET' && r.path === '/pet/:petId')!;
+    const byId = written.upstreams.petstore.routes.find((r) => r.method === 'GET' && r.path === '/pet/{petId:int}')!;
     expect(byId.response).toMatchObject({ type: 'object', required: ['name', 'photoUrls'] });
     const types = cli(['types', '--config', configFile]);
     expect(types.code, types.stderr).toBe(0);
-    const pet = types.stdout.slice(types.stdout.indexOf('"GET /pet/:petId": {'));
+    const pet = types.stdout.slice(types.stdout.indexOf('"GET /pet/{petId:int}": {'));
     expect(pet).toMatch(
-      /^"GET \/pet\/:petId": \{\s+query: Record<string, never>;\s+body: never;\s+response: \{\s+"id"\?: number;\s+"name": string;/,
+      /^"GET \/pet\/\{petId:int\}": \{\s+query: Record<string, never>;\s+body: never;\s+response: \{\s+"id"\?: number;\s+"name": string;/,
     );
     expect(pet).toContain('"photoUrls": string[];');
   });
@@ -163,6 +163,8 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
       'contract_violation',
       harness,
     );
+    // petId is an integer: another segment is no pet.
+    expectKeywardError(await harness.call(['pet', 'cat'], { upstream: 'petstore' }), 404, 'route_not_found', harness);
     // DELETE /pet/{petId} was not selected.
     expectKeywardError(
       await harness.call(['pet', '12'], { upstream: 'petstore', method: 'DELETE' }),
@@ -256,12 +258,10 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
       upstreams: Record<string, { routes: unknown[]; baseUrl: string }>;
     };
     expect(replaced.upstreams.petstore!.routes).toEqual([
-      // Not chosen, but `/pet/:petId` would serve them: routes nobody may call.
-      { method: 'GET', path: '/pet/findByStatus', roles: [] },
-      { method: 'GET', path: '/pet/findByTags', roles: [] },
+      // petId is an integer: `/pet/{petId:int}` cannot serve the operations not chosen (findByStatus, findByTags).
       {
         method: 'GET',
-        path: '/pet/:petId',
+        path: '/pet/{petId:int}',
         query: { properties: {} },
         response: expect.objectContaining({ type: 'object' }),
       },

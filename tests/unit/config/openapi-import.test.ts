@@ -116,14 +116,14 @@ describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
       deprecated: false,
       skipped: null,
     });
-    expect(get.route?.path).toBe('/pet/:petId');
+    expect(get.route?.path).toBe('/pet/{petId:int}');
     expect(operation(plan, 'POST /pet/{petId}/uploadImage').bodyUnchecked).toBe(true);
   });
 
   it('writes routes most specific first, with query and body contracts from the spec', () => {
     const result = importAll(petstore(), 'petstore', 'api_key');
     expect(result.upstream.baseUrl).toBe('https://petstore3.swagger.io/api/v3/');
-    // Literal segments before parameters: /pet/findByStatus must not be taken by /pet/:petId.
+    // Literal segments before parameters: /pet/findByStatus must not be taken by /pet/{petId:int} (nor could it be).
     expect(result.upstream.routes.map((r) => `${r.method} ${r.path}`)).toEqual([
       'PUT /pet',
       'POST /pet',
@@ -131,10 +131,10 @@ describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
       'GET /pet/findByTags',
       'GET /store/inventory',
       'POST /store/order',
-      'GET /pet/:petId',
-      'POST /pet/:petId',
-      'DELETE /pet/:petId',
-      'POST /pet/:petId/uploadImage',
+      'GET /pet/{petId:int}',
+      'POST /pet/{petId:int}',
+      'DELETE /pet/{petId:int}',
+      'POST /pet/{petId:int}/uploadImage',
     ]);
     // The Pet schema: the request body's contract, and the 200 response's type (the typed client's answer).
     expect(routeOf(result, 'POST', '/pet').route).toEqual({
@@ -198,16 +198,15 @@ describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
     expect(warningsOf(result, 'POST /pet')).toContain(
       'stricter than the spec: the route accepts application/json only (the spec also allows application/xml, application/x-www-form-urlencoded)',
     );
-    expect(warningsOf(result, 'GET /pet/{petId}')).toContain(
-      'looser than the spec: path parameters are not type-checked (any one path segment is forwarded): petId (integer)',
-    );
+    // petId is an integer: `{petId:int}` checks it.
+    expect(warningsOf(result, 'GET /pet/{petId}').join('\n')).not.toContain('path parameters');
     expect(warningsOf(result, 'POST /pet/{petId}/uploadImage')).toContain(
       'the body (application/octet-stream) is forwarded as sent, unchecked (capped by maxRequestBytes): a contract reads JSON, form and multipart bodies only',
     );
     expect(warningsOf(result, 'POST /store/order')).toContain(
       'stricter than the spec: the spec makes the body optional; the route needs one (JSON matching the contract)',
     );
-    expect(routeOf(result, 'POST', '/pet/:petId/uploadImage').route.body).toBeUndefined();
+    expect(routeOf(result, 'POST', '/pet/{petId:int}/uploadImage').route.body).toBeUndefined();
   });
 
   it('selects by "METHOD /path" or operationId, and refuses names that match nothing', () => {
@@ -220,12 +219,9 @@ describe('OpenAPI import: the Swagger Petstore (3.0, YAML)', () => {
     );
     expect(configError(() => selectOperations(plan, ['nope']))).toContain('"nope"');
     const one = buildUpstream(plan, selectOperations(plan, ['getPetById']), { id: 'pets' });
-    // `/pet/:petId` would also serve the literal siblings the user did not choose: they are refused.
-    expect(one.upstream.routes).toEqual([
-      { method: 'GET', path: '/pet/findByStatus', roles: [] },
-      { method: 'GET', path: '/pet/findByTags', roles: [] },
-      { method: 'GET', path: '/pet/:petId', query: { properties: {} }, response: PET },
-    ]);
+    // petId is an integer: `/pet/{petId:int}` cannot serve the literal siblings the user did not choose, so none
+    // is refused (an untyped parameter would take them: ./shadowed, "operations not chosen").
+    expect(one.upstream.routes).toEqual([{ method: 'GET', path: '/pet/{petId:int}', query: { properties: {} }, response: PET }]);
     // GET /pet/{petId} accepts api_key alone or petstore_auth alone: the key, on a tie.
     expect(one.upstream.auth).toEqual({ type: 'header', name: 'api_key', secret: { env: 'PETS_API_KEY' } });
     expect(configError(() => buildUpstream(plan, [], { id: 'pets' }))).toContain('no operation selected');
@@ -273,7 +269,7 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
     expect(operation(inventory({ baseUrl: 'https://reports.acme.example' }), 'GET /reports/{year}').skipped).toBeNull();
   });
 
-  it('writes path templates Keyward matches: {a} → :a (renamed when needed), {id}.json kept, literal first', () => {
+  it('writes path templates Keyward matches: {a} → :a, or {a:int} for an integer (renamed when needed), {id}.json kept, literal first', () => {
     const result = importAll(inventory(), 'acme');
     const paths = result.upstream.routes.map((r) => `${r.method} ${r.path}`);
     expect(paths).toEqual([
@@ -284,9 +280,9 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
       'GET /stats',
       'POST /items/search',
       'GET /items/{id}.json',
-      'GET /items/:item_id',
-      'DELETE /items/:item_id',
-      'PATCH /items/:item_id',
+      'GET /items/{item_id:int}',
+      'DELETE /items/{item_id:int}',
+      'PATCH /items/{item_id:int}',
     ]);
   });
 
@@ -379,7 +375,7 @@ describe('OpenAPI import: a 3.1 document (refs, enums, arrays, forms, unions, se
 
   it('+json media types are JSON; 3.1 null types are refused; a $ref sibling description is kept', () => {
     const result = importAll(inventory(), 'acme');
-    expect(routeOf(result, 'PATCH', '/items/:item_id').route.body).toEqual({
+    expect(routeOf(result, 'PATCH', '/items/{item_id:int}').route.body).toEqual({
       type: 'object',
       properties: { name: { type: 'string', maxLength: 80 }, quantity: { type: 'integer', minimum: 0 } },
       description: 'Fields to change',
@@ -926,6 +922,75 @@ function responseOf(responses: Record<string, unknown>, extra: Record<string, un
 }
 
 const json = (schema: unknown) => ({ description: 'ok', content: { 'application/json': { schema } } });
+
+describe('OpenAPI import: an integer path parameter is {name:int}', () => {
+  const path = (name: string, schema: unknown) => ({ name, in: 'path', required: true, schema });
+  const issues = (openapi: string, idSchema: unknown) =>
+    planImport({
+      openapi,
+      info: { title: 'Issues', version: '1' },
+      servers: [{ url: 'https://api.example.com/v1' }],
+      components: { schemas: { IssueNumber: { type: 'integer', format: 'int64', description: 'The number' } } },
+      paths: {
+        '/issues/{issue_number}': { get: { operationId: 'getIssue', parameters: [path('issue_number', idSchema)], responses: { 200: { description: 'ok' } } } },
+        '/issues/comments': { get: { operationId: 'listComments', responses: { 200: { description: 'ok' } } } },
+        '/issues/events': { get: { operationId: 'listEvents', responses: { 200: { description: 'ok' } } } },
+        '/pages/{slug}': { get: { operationId: 'getPage', parameters: [path('slug', { type: 'string' })], responses: { 200: { description: 'ok' } } } },
+        '/scores/{value}': { get: { operationId: 'getScore', parameters: [path('value', { type: 'number' })], responses: { 200: { description: 'ok' } } } },
+        '/files/v{n}.json': { get: { operationId: 'getVersion', parameters: [path('n', { type: 'integer' })], responses: { 200: { description: 'ok' } } } },
+      },
+    });
+
+  it.each([
+    ['3.0 type: integer', '3.0.3', { type: 'integer' }],
+    ['3.0 nullable', '3.0.3', { type: 'integer', nullable: true }],
+    ['3.1 type: [integer]', '3.1.0', { type: ['integer'] }],
+    ['3.1 type: [integer, null]', '3.1.0', { type: ['integer', 'null'] }],
+    ['a $ref', '3.1.0', { $ref: '#/components/schemas/IssueNumber' }],
+  ])('%s', (_label, openapi, schema) => {
+    const plan = issues(openapi, schema);
+    const result = buildUpstream(plan, selectOperations(plan, ['getIssue', 'getPage', 'getScore', 'getVersion']), { id: 'issues' });
+    expect(result.upstream.routes.map((r) => `${r.method} ${r.path}${r.roles ? ' refused' : ''}`)).toEqual([
+      'GET /files/v{n:int}.json',
+      'GET /issues/{issue_number:int}',
+      'GET /pages/:slug',
+      'GET /scores/:value',
+    ]);
+    // The lists beside it share no request with an integer: nothing to refuse, nothing to say about them.
+    for (const key of ['GET /issues/comments', 'GET /issues/events']) expect(warningsOf(result, key)).toEqual([]);
+    // An integer is checked as one; a number is not an integer (1.5), so it stays any segment, and says so.
+    expect(warningsOf(result, 'GET /issues/{issue_number}').join('\n')).not.toContain('path parameters');
+    expect(warningsOf(result, 'GET /scores/{value}')).toContain(
+      'looser than the spec: path parameters are not type-checked (any one path segment is forwarded): value (number)',
+    );
+
+    // As start-up reads the written file: the lists match no route, an issue number does.
+    const [definition] = parseConfig(JSON.parse(JSON.stringify({ upstreams: { issues: result.upstream } })), 'keyward.json');
+    const upstream = buildRegistry([definition!], { ISSUES_API_KEY: randomSecret() }).get('issues')!;
+    expect({ ...matchRoute(upstream, 'GET', ['issues', '12']).params }).toEqual({ issue_number: '12' });
+    expectKeywardError(thrown(() => matchRoute(upstream, 'GET', ['issues', 'comments'])), 'route_not_found');
+    expect(matchRoute(upstream, 'GET', ['files', 'v3.json']).params.n).toBe('3');
+  });
+
+  it('an untyped parameter chosen beside them still refuses them', () => {
+    const plan = issues('3.1.0', { type: 'string' });
+    const result = buildUpstream(plan, selectOperations(plan, ['getIssue']), { id: 'issues' });
+    expect(result.upstream.routes.map((r) => `${r.method} ${r.path}${r.roles ? ' refused' : ''}`)).toEqual([
+      'GET /issues/comments refused',
+      'GET /issues/events refused',
+      'GET /issues/:issue_number',
+    ]);
+  });
+
+  it('an integer parameter with bounds is checked as an integer, and its bounds are said to be left out', () => {
+    const plan = issues('3.0.3', { type: 'integer', minimum: 1 });
+    const result = buildUpstream(plan, selectOperations(plan, ['getIssue']), { id: 'issues' });
+    expect(result.upstream.routes.map((r) => r.path)).toEqual(['/issues/{issue_number:int}']);
+    expect(warningsOf(result, 'GET /issues/{issue_number}')).toContain(
+      'looser than the spec: path parameters are not type-checked (any one path segment is forwarded): issue_number (integer: only its bounds are not checked)',
+    );
+  });
+});
 
 describe('OpenAPI import: the response type (the typed client answer, types only)', () => {
   it("is the success answers' one JSON body; none without one (a 204, XML only), said for nothing", () => {

@@ -165,6 +165,7 @@ function planOperation(
     warnings,
   );
   const template = routeTemplate(
+    doc,
     path,
     params.filter((p) => p.param.in === 'path'),
   );
@@ -267,22 +268,30 @@ function parameters(
 
 /**
  * The document's path as a Keyward template: `{petId}` filling a segment becomes `:petId`; with literal text
- * around it (`{name}.json`, `{model}:generate`) it stays `{name}`, which Keyward matches inside the segment.
+ * around it (`{name}.json`, `{model}:generate`) it stays `{name}`, which Keyward matches inside the segment. A
+ * parameter whose schema is an integer becomes `{petId:int}` (`v{n:int}.json`): it takes only an integer, so a
+ * chosen `/issues/{number}` no longer serves an `/issues/comments` beside it.
  */
-function routeTemplate(path: string, pathParams: LocatedParameter[]): { path: string } | { reason: string } {
+function routeTemplate(doc: SpecDocument, path: string, pathParams: LocatedParameter[]): { path: string } | { reason: string } {
   if (!path.startsWith('/')) return pathTemplate(path); // that reason first
   for (const { param } of pathParams) {
     if (param.style !== undefined && param.style !== 'simple')
       return { reason: `path parameter "${param.name}" uses style "${param.style}"; only "simple" can be matched` };
   }
-  return pathTemplate(path);
+  const isInteger = ({ param, at }: LocatedParameter) => {
+    const type = pathParamType(doc, param, at);
+    return type !== null && type !== 'any' && type.type === 'integer';
+  };
+  const integers = new Set(pathParams.filter(isInteger).map(({ param }) => param.name));
+  return pathTemplate(path, integers);
 }
 
 /**
- * The document's path alone as a Keyward template, whatever its parameters say (the import also refuses by it the
- * paths it cannot import: ./shadowed.ts).
+ * The document's path as a Keyward template, its `integers` (parameter names as the document writes them) typed
+ * `{name:int}`. Without them, whatever its parameters say: the import also refuses by it the paths it cannot
+ * import (./shadowed.ts), and an untyped template covers every request the path can take.
  */
-export function pathTemplate(path: string): { path: string } | { reason: string } {
+export function pathTemplate(path: string, integers: ReadonlySet<string> = new Set()): { path: string } | { reason: string } {
   if (!path.startsWith('/')) return { reason: `the path "${path}" does not start with "/"` };
   const used = new Set<string>();
   const segments: string[] = [];
@@ -303,7 +312,8 @@ export function pathTemplate(path: string): { path: string } | { reason: string 
       };
     const [whole, name = ''] = names[0]!;
     const safe = uniqueName(name, used);
-    segments.push(whole === segment ? `:${safe}` : segment.replace(whole, `{${safe}}`));
+    if (integers.has(name)) segments.push(segment.replace(whole, `{${safe}:int}`));
+    else segments.push(whole === segment ? `:${safe}` : segment.replace(whole, `{${safe}}`));
   }
   const template = `/${segments.join('/')}`;
   const problems = templateProblems(template);
@@ -321,16 +331,29 @@ function uniqueName(name: string, used: Set<string>): string {
   return candidate;
 }
 
-/** Describes a path parameter whose spec says more than "a string" (Keyward forwards any one safe segment). */
-function uncheckedPathParam(doc: SpecDocument, param: SpecParameter, at: string): string[] {
-  if (param.schema === undefined) return [];
+/** A path parameter's schema as a contract field would read it; null without one, `any` when it cannot be read. */
+function pathParamType(doc: SpecDocument, param: SpecParameter, at: string): FieldSpecInput | 'any' | null {
+  if (param.schema === undefined) return null;
   const result = schemaToField(param.schema, child(at, 'schema'), param.name, {
     doc,
     mode: 'query',
     notes: new FieldNotes(),
   });
-  if (!result.ok) return [`${param.name} (any value)`];
-  const { spec } = result;
+  return result.ok ? result.spec : 'any';
+}
+
+/**
+ * Describes a path parameter whose spec says more than Keyward checks: any one safe segment is forwarded, and
+ * for an integer (`{name:int}`) any integer.
+ */
+function uncheckedPathParam(doc: SpecDocument, param: SpecParameter, at: string): string[] {
+  const spec = pathParamType(doc, param, at);
+  if (spec === null) return [];
+  if (spec === 'any') return [`${param.name} (any value)`];
+  if (spec.type === 'integer' && !spec.enum) {
+    if (spec.minimum === undefined && spec.maximum === undefined) return [];
+    return [`${param.name} (integer: only its bounds are not checked)`];
+  }
   if (
     spec.type === 'string' &&
     !spec.enum &&

@@ -4,9 +4,9 @@ import { bySpecificity, captureParam, compileTemplate, templateShape, type Templ
 import { pathTemplate, type ImportedRoute, type PlannedOperation } from './operations';
 
 /**
- * Operations the user did not choose that a chosen route would serve. A template parameter matches any segment,
- * so choosing `GET /users/{id}` would also forward `GET /users/export` (an admin dump the document declares
- * beside it) with the upstream's key. OpenAPI serves a concrete path before a templated one (3.1 §4.8.8), and so
+ * Operations the user did not choose that a chosen route would serve. A template parameter matches any segment
+ * (an integer one, `{id:int}`, any integer), so choosing `GET /users/{id}` with a string `id` would also forward
+ * `GET /users/export` (an admin dump the document declares beside it) with the upstream's key. OpenAPI serves a concrete path before a templated one (3.1 §4.8.8), and so
  * does Keyward (lib/core/route/template.ts `bySpecificity`): an operation that ranks before a chosen route and
  * shares a request with it is written as a route of its own that nobody may call (`"roles": []`, 403
  * `forbidden`), which takes those requests from the chosen one.
