@@ -162,13 +162,18 @@ export type RestValue = string | readonly string[];
 type TemplateSegments<P extends string> = P extends `/${infer Rest}` ? SplitSegments<Rest> : never;
 type SplitSegments<S extends string> = S extends `${infer Head}/${infer Tail}` ? Head | SplitSegments<Tail> : S;
 
-/** `:name` (a whole segment), `{name}` or `{name:colon}` (with literal text around it), and the final `*`. */
+/**
+ * `:name` (a whole segment), `{name}`, `{name:colon}` or `{name:int}` (with literal text around it), and the final
+ * `*`. An int parameter takes a `ParamValue` too: a number, or a string of its digits (checked when the call is made).
+ */
 type ParamName<Segment> = Segment extends `:${infer Name}`
   ? Name
   : Segment extends `${string}{${infer Inner}}${string}`
     ? Inner extends `${infer Name}:colon`
       ? Name
-      : Inner
+      : Inner extends `${infer Name}:int`
+        ? Name
+        : Inner
     : Segment extends '*'
       ? '*'
       : never;

@@ -7,8 +7,10 @@ import type { LooseQuery, ParamValue, RestValue } from './types';
 
 /** RFC 3986 §3.3 pchar minus "%": a template's literal text is sent as written when it has only these. */
 const PLAIN_SEGMENT = /^[A-Za-z0-9._~!$&'()*+,;=:@-]+$/;
-/** `{name}` / `{name:colon}` inside a segment (lib/core/route/template.ts). */
-const BRACED_PARAM = /^([^{}]*)\{([A-Za-z_][A-Za-z0-9_]*)(?::colon)?\}([^{}]*)$/;
+/** `{name}` / `{name:colon}` / `{name:int}` inside a segment (lib/core/route/template.ts). */
+const BRACED_PARAM = /^([^{}]*)\{([A-Za-z_][A-Za-z0-9_]*)(?::colon|(:int))?\}([^{}]*)$/;
+/** What a `{name:int}` takes: an integer in decimal, as the proxy matches it. */
+const INTEGER = /^-?[0-9]+$/;
 
 export function buildCallUrl(
   base: string,
@@ -33,9 +35,11 @@ export function expandPath(template: string, params: Readonly<Record<string, Par
     if (segment.startsWith(':')) return encodeSegment(paramValue(params, segment.slice(1)), `path parameter "${segment.slice(1)}"`);
     const braced = BRACED_PARAM.exec(segment);
     if (braced) {
-      const [, prefix = '', name = '', suffix = ''] = braced;
+      const [, prefix = '', name = '', int, suffix = ''] = braced;
       const value = paramValue(params, name);
       const what = `path parameter "${name}"`;
+      // Caught here rather than as the proxy's 404 route_not_found (no route takes another value).
+      if (int && !INTEGER.test(value)) throw new TypeError(`${capitalise(what)} must be an integer.`);
       if (prefix === '' && suffix === '') return encodeSegment(value, what);
       // The text around it is the template's own, sent as a plain segment's is (`a?{id}` must not start a query).
       // The finished segment can still be a dot segment (`{name}.` with "."): refused too.

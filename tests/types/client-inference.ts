@@ -39,6 +39,8 @@ const demo = defineUpstream('demo', {
     },
     { method: 'GET', path: '/files/*' },
     { method: 'POST', path: '/models/{model}:generate' },
+    { method: 'GET', path: '/issues/{number:int}' },
+    { method: 'GET', path: '/reports/v{version:int}.json' },
     { method: 'GET', path: '/events' },
   ],
 });
@@ -141,6 +143,14 @@ export async function inferredFromDefinitions(): Promise<void> {
   await kw.demo.get('/files/*', { params: { '*': ['a', 'b'] } });
   // @ts-expect-error -- the final * is a parameter too
   await kw.demo.get('/files/*');
+  // {name:int}: the parameter is `name`, a number or its digits.
+  await kw.demo.get('/issues/{number:int}', { params: { number: 12 } });
+  await kw.demo.get('/issues/{number:int}', { params: { number: '12' } });
+  await kw.demo.get('/reports/v{version:int}.json', { params: { version: 3 } });
+  // @ts-expect-error -- the type is not part of the name
+  await kw.demo.get('/issues/{number:int}', { params: { 'number:int': 12 } });
+  // @ts-expect-error -- the parameter is required
+  await kw.demo.get('/issues/{number:int}');
 
   // zod query, two parameters.
   await kw.other.put('/things/:kind/:id', { params: { kind: 'k', id: 1 }, query: { dryRun: 'true' } });

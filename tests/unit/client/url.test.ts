@@ -48,6 +48,17 @@ describe('expandPath', () => {
     expect(expandPath('/models/{model}:generateContent', { model: 'gemini-2.5' })).toBe('/models/gemini-2.5:generateContent');
   });
 
+  it('fills a {param:int}, whole or inside its segment, with an integer only (the proxy would answer 404)', () => {
+    expect(expandPath('/issues/{number:int}', { number: 12 })).toBe('/issues/12');
+    expect(expandPath('/issues/{number:int}', { number: '-3' })).toBe('/issues/-3');
+    expect(expandPath('/reports/v{version:int}.json', { version: 3 })).toBe('/reports/v3.json');
+    for (const number of ['comments', '1.5', ' 1', '+1', '1e3', '', 1.5, 1e21, Number.POSITIVE_INFINITY]) {
+      expect(() => expandPath('/issues/{number:int}', { number }), String(number)).toThrow(TypeError);
+      expect(() => expandPath('/reports/v{number:int}.json', { number }), String(number)).toThrow(TypeError);
+    }
+    expect(() => expandPath('/issues/{number:int}', { number: 'comments' })).toThrow('Path parameter "number" must be an integer.');
+  });
+
   it('a parameter named like an Object property is only a parameter', () => {
     expect(() => expandPath('/x/:constructor', {})).toThrow(/"constructor" is missing/);
     expect(expandPath('/x/:__proto__', JSON.parse('{"__proto__": "p"}') as Record<string, string>)).toBe('/x/p');
