@@ -9,8 +9,8 @@ import type { LooseQuery, ParamValue, RestValue } from './types';
 const PLAIN_SEGMENT = /^[A-Za-z0-9._~!$&'()*+,;=:@-]+$/;
 /** `{name}` / `{name:colon}` / `{name:int}` inside a segment (lib/core/route/template.ts). */
 const BRACED_PARAM = /^([^{}]*)\{([A-Za-z_][A-Za-z0-9_]*)(?::colon|(:int))?\}([^{}]*)$/;
-/** What a `{name:int}` takes: an integer in decimal, as the proxy matches it. */
-const INTEGER = /^-?[0-9]+$/;
+/** What a `{name:int}` takes, as the proxy matches it: an integer in canonical decimal within ±(2^53−1). */
+const isInteger = (value: string) => /^(0|-?[1-9][0-9]{0,15})$/.test(value) && Number.isSafeInteger(Number(value));
 
 export function buildCallUrl(
   base: string,
@@ -39,7 +39,7 @@ export function expandPath(template: string, params: Readonly<Record<string, Par
       const value = paramValue(params, name);
       const what = `path parameter "${name}"`;
       // Caught here rather than as the proxy's 404 route_not_found (no route takes another value).
-      if (int && !INTEGER.test(value)) throw new TypeError(`${capitalise(what)} must be an integer.`);
+      if (int && !isInteger(value)) throw new TypeError(`${capitalise(what)} must be an integer in plain decimal within ±9007199254740991.`);
       if (prefix === '' && suffix === '') return encodeSegment(value, what);
       // The text around it is the template's own, sent as a plain segment's is (`a?{id}` must not start a query).
       // The finished segment can still be a dot segment (`{name}.` with "."): refused too.

@@ -22,10 +22,15 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
   // own roles: the call is refused instead. So is one that differs only by dots at the end of a segment
   // (`/repos/acme/hr-private./issues`), which Windows-hosted upstreams (IIS) strip.
   let shadowedByCase = false;
+  // A route with `{name:int}` the path would match but for a value that only looks like an integer (`+42`, `007`,
+  // `0x2a`, `42abc`): many upstreams read it as one, so no broader route may serve it, and it is refused.
+  let numericLookalike = false;
   for (const route of upstream.routes) {
     const params = matchSegments(route, segments);
     if (!params) {
-      if (route.method === method && matchSegments(route, segments.map(withoutTrailingDots), true)) shadowedByCase = true;
+      if (route.method !== method) continue;
+      if (matchSegments(route, segments.map(withoutTrailingDots), { foldCase: true })) shadowedByCase = true;
+      else if (matchSegments(route, segments, { numericLookalikes: true })) numericLookalike = true;
       continue;
     }
     if (route.method === method) {
@@ -34,10 +39,12 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
           message: 'The path differs only in letter case or trailing dots from a declared route: send it as the route writes it.',
         });
       }
+      if (numericLookalike) throw numericLookalikeRefusal();
       return { route, params };
     }
     allowed.push(route.method);
   }
+  if (numericLookalike) throw numericLookalikeRefusal();
   if (allowed.length > 0) {
     throw new KeywardError('method_not_allowed', { headers: { allow: [...new Set(allowed)].join(', ') } });
   }
@@ -90,11 +97,23 @@ function withTemplateCase({ prefix, suffix }: { readonly prefix: string; readonl
   return folded.toLowerCase() === segment.toLowerCase() ? folded : segment;
 }
 
+function numericLookalikeRefusal(): KeywardError {
+  return new KeywardError('bad_path', {
+    message:
+      'A path segment where a route takes an integer must be one in plain decimal, within ±9007199254740991 (no "+", leading zeros, "-0", "0x", "_", fraction or letters).',
+  });
+}
+
 /**
  * `foldCase`: literal text, whole segments and the text around a parameter, compared without regard to letter
- * case (ASCII: path segments are ASCII here).
+ * case (ASCII: path segments are ASCII here). `numericLookalikes`: a `{name:int}` also takes a value that only
+ * looks like a number (lib/core/route/template.ts LOOKS_NUMERIC).
  */
-function matchSegments(route: Pick<CompiledRoute, 'segments'>, segments: readonly string[], foldCase = false): Record<string, string> | null {
+function matchSegments(
+  route: Pick<CompiledRoute, 'segments'>,
+  segments: readonly string[],
+  { foldCase = false, numericLookalikes = false }: { foldCase?: boolean; numericLookalikes?: boolean } = {},
+): Record<string, string> | null {
   const template = route.segments;
   const last = template[template.length - 1];
   const hasRest = typeof last === 'object' && 'rest' in last;
@@ -107,7 +126,7 @@ function matchSegments(route: Pick<CompiledRoute, 'segments'>, segments: readonl
     if (typeof part === 'string') {
       if (part !== segment && !(foldCase && part.toLowerCase() === segment.toLowerCase())) return null;
     } else if ('param' in part) {
-      const value = captureParam(part, foldCase ? withTemplateCase(part, segment) : segment);
+      const value = captureParam(part, foldCase ? withTemplateCase(part, segment) : segment, numericLookalikes);
       if (value === null) return null;
       params[part.param] = value;
     } else {

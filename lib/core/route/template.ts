@@ -19,7 +19,7 @@ export interface TemplateParam {
   readonly suffix: string;
   /** `{name:colon}`: the value may contain ":" (where a segment may); it is sent upstream as `%3A`. */
   readonly colons: boolean;
-  /** `{name:int}`: the value is an integer written in decimal (INTEGER), so it never takes `comments` or `1.5`. */
+  /** `{name:int}`: the value is an integer in canonical decimal (isCanonicalInteger), so it never takes `comments` or `1.5`. */
   readonly int: boolean;
 }
 
@@ -28,8 +28,21 @@ const WHOLE_PARAM = new RegExp(`^:(${NAME})$`);
 // Braces cannot occur in a request segment (RFC 3986 §2.2, §2.3), so `{` … `}` can only mean a parameter.
 // One modifier at most: `{name:int}` never holds a ":", so the two do not combine.
 const BRACED_PARAM = new RegExp(`^([^{}]*)\\{(${NAME})(:colon|:int)?\\}([^{}]*)$`);
-/** A `{name:int}` value: an optional "-", then decimal digits, nothing else (no "+", spaces, exponent or "0x"). */
-const INTEGER = /^-?[0-9]+$/;
+/**
+ * A `{name:int}` value: an integer in canonical decimal (`0`, `12`, `-3`: no "+", leading zero, `-0`, exponent,
+ * "0x" or "_"), within JavaScript's safe integers (±2^53−1), so that every parser reads it as the same number.
+ */
+export function isCanonicalInteger(value: string): boolean {
+  return /^(0|-?[1-9][0-9]{0,15})$/.test(value) && Number.isSafeInteger(Number(value));
+}
+
+/**
+ * A value some upstream may read as a number though it is not a canonical integer: Java's `Long.valueOf` and Go's
+ * `Atoi` take `+42`, Spring's `Long.decode` `0x2a`, `parseInt` and Rails `42abc`, Python `4_2`, JS's `Number`
+ * `42.0`, and any of them `007`. Where a `{name:int}` could take a segment, such a value is refused rather than
+ * served by a broader route (lib/core/route/match.ts).
+ */
+export const LOOKS_NUMERIC = /^[+-]?[0-9]/;
 
 /** The parameter a template segment declares, or null for a literal; undefined when it is neither. */
 function parseParam(segment: string): TemplateParam | null | undefined {
@@ -84,27 +97,36 @@ export function compileTemplate(path: string): TemplateSegment[] {
 
 /**
  * Orders templates from the most specific: segment by segment, a literal before a parameter with literal text
- * around it (`{param:int}` before `{param}`), before a whole-segment `{param:int}`, before `:param` (or `{param}`),
- * before `*`; then the shorter first; otherwise as declared (sorts are stable). A typed parameter comes before an
- * untyped one, so `/issues/{n:int}` serves `/issues/12` and a `/issues/:name` beside it serves the rest. Keyward serves a call by the first route of this
- * order that matches (a literal `/repos/acme/private/issues` with its own roles wins over `/repos/:owner/:repo/issues`
- * wherever either is declared), as OpenAPI matches concrete paths before templated ones (OpenAPI 3.1 §4.8.8).
+ * around it, before a whole-segment parameter, before `*`; then the shorter first; then, for templates of one
+ * shape, a typed parameter (`{param:int}`) before an untyped one, segment by segment; otherwise as declared (sorts
+ * are stable). So `/issues/{n:int}` serves `/issues/12` and a `/issues/:name` beside it serves the rest, while a
+ * literal later in the path still outranks a typed parameter before it (`/users/:id/password` with its own roles
+ * over `/users/{id:int}/:field`). Keyward serves a call by the first route of this order that matches (a literal
+ * `/repos/acme/private/issues` with its own roles wins over `/repos/:owner/:repo/issues` wherever either is
+ * declared), as OpenAPI matches concrete paths before templated ones (OpenAPI 3.1 §4.8.8).
  */
 export function bySpecificity(a: readonly TemplateSegment[], b: readonly TemplateSegment[]): number {
   for (let i = 0; i < Math.min(a.length, b.length); i++) {
     const difference = specificityRank(a[i]!) - specificityRank(b[i]!);
     if (difference !== 0) return difference;
   }
-  // A total order, so any sort applies it whole. Templates of different lengths with equal ranks up to the
-  // shorter one's end never match the same request (only a final `*` spans lengths, and it ranks last).
-  return a.length - b.length;
+  // Templates of different lengths with equal ranks up to the shorter one's end never match the same request
+  // (only a final `*` spans lengths, and it ranks last).
+  if (a.length !== b.length) return a.length - b.length;
+  for (let i = 0; i < a.length; i++) {
+    const difference = Number(!isTyped(a[i]!)) - Number(!isTyped(b[i]!));
+    if (difference !== 0) return difference;
+  }
+  // A total order, so any sort applies it whole.
+  return 0;
 }
 
 function specificityRank(part: TemplateSegment): number {
-  if (typeof part === 'string') return 0;
-  if ('rest' in part) return 5;
-  const typed = part.int ? 0 : 1;
-  return part.prefix || part.suffix ? 1 + typed : 3 + typed;
+  return typeof part === 'string' ? 0 : 'rest' in part ? 3 : part.prefix || part.suffix ? 1 : 2;
+}
+
+function isTyped(part: TemplateSegment): boolean {
+  return typeof part === 'object' && 'param' in part && part.int;
 }
 
 /**
@@ -132,20 +154,22 @@ function splitTemplate(path: string): string[] {
 /**
  * The value a parameter takes from one request segment (already validated by assertSafeSegments), or null when the segment does not
  * fit: the literal text must match exactly and the value be non-empty, a safe segment on its own, and free of
- * ":" unless the parameter allows it, and an integer for `{name:int}`. A value is never split from a literal ":" in more than one way: the
+ * ":" unless the parameter allows it, and an integer for `{name:int}` (with `numericLookalikes`, also a value that
+ * only looks like a number, for the check that refuses it). A value is never split from a literal ":" in more than one way: the
  * prefix and suffix are fixed strings anchored at the ends.
  */
-export function captureParam(param: TemplateParam, segment: string): string | null {
+export function captureParam(param: TemplateParam, segment: string, numericLookalikes = false): string | null {
   const { prefix, suffix } = param;
+  const isInt = (value: string) => isCanonicalInteger(value) || (numericLookalikes && LOOKS_NUMERIC.test(value));
   // `:name` and `{name}`: the segment itself, which the route step has already validated.
   if (prefix === '' && suffix === '') {
-    if (param.int) return INTEGER.test(segment) ? segment : null;
+    if (param.int) return isInt(segment) ? segment : null;
     return param.colons || !segment.includes(':') ? segment : null;
   }
   if (segment.length <= prefix.length + suffix.length) return null;
   if (!segment.startsWith(prefix) || !segment.endsWith(suffix)) return null;
   const value = segment.slice(prefix.length, segment.length - suffix.length);
   if (!param.colons && value.includes(':')) return null;
-  if (param.int && !INTEGER.test(value)) return null;
+  if (param.int && !isInt(value)) return null;
   return isSafeSegment(value) ? value : null;
 }

@@ -52,11 +52,15 @@ describe('expandPath', () => {
     expect(expandPath('/issues/{number:int}', { number: 12 })).toBe('/issues/12');
     expect(expandPath('/issues/{number:int}', { number: '-3' })).toBe('/issues/-3');
     expect(expandPath('/reports/v{version:int}.json', { version: 3 })).toBe('/reports/v3.json');
-    for (const number of ['comments', '1.5', ' 1', '+1', '1e3', '', 1.5, 1e21, Number.POSITIVE_INFINITY]) {
+    expect(expandPath('/issues/{number:int}', { number: -0 })).toBe('/issues/0');
+    expect(expandPath('/issues/{number:int}', { number: Number.MAX_SAFE_INTEGER })).toBe('/issues/9007199254740991');
+    // Not the number the proxy would match: another spelling (`007`, `-0`), or past the safe integers, where a
+    // number is no longer the id it was written as (2^53 + 1 prints as 2^53).
+    for (const number of ['comments', '1.5', ' 1', '+1', '1e3', '', '007', '-0', '9007199254740993', 1.5, 1e21, 2 ** 53 + 2, Number.POSITIVE_INFINITY]) {
       expect(() => expandPath('/issues/{number:int}', { number }), String(number)).toThrow(TypeError);
       expect(() => expandPath('/reports/v{number:int}.json', { number }), String(number)).toThrow(TypeError);
     }
-    expect(() => expandPath('/issues/{number:int}', { number: 'comments' })).toThrow('Path parameter "number" must be an integer.');
+    expect(() => expandPath('/issues/{number:int}', { number: 'comments' })).toThrow('Path parameter "number" must be an integer in plain decimal');
   });
 
   it('a parameter named like an Object property is only a parameter', () => {

@@ -862,6 +862,32 @@ describe('OpenAPI import: operations not chosen are never served by a chosen rou
       },
     });
 
+  it('an integer parameter early in a chosen path does not outrank a literal later in an operation not chosen: it is still refused', () => {
+    const typed = (operationId: string, names: string[]) => ({
+      get: {
+        operationId,
+        parameters: names.map((name) => ({ name, in: 'path', required: true, schema: { type: name === 'id' ? 'integer' : 'string' } })),
+        responses: { 200: { description: 'ok' } },
+      },
+    });
+    const plan = planImport({
+      openapi: '3.1.0',
+      info: { title: 'Users', version: '1' },
+      servers: [{ url: 'https://api.example.com/v1' }],
+      paths: {
+        '/users/{id}/{field}': typed('getField', ['id', 'field']),
+        '/users/{uid}/keys': typed('keys', ['uid']),
+        '/users/{id}/password': { $ref: 'admin.yaml#/paths/~1users~1{id}~1password' },
+      },
+    });
+    const result = buildUpstream(plan, selectOperations(plan, ['getField']), { id: 'users' });
+    expect(result.upstream.routes.map((r) => `${r.method} ${r.path}${r.roles ? ' refused' : ''}`)).toEqual([
+      'GET /users/:uid/keys refused',
+      'GET /users/:id/password refused',
+      'GET /users/{id:int}/:field',
+    ]);
+  });
+
   it('a path item in another file, or an operation not imported, that a chosen route would serve is refused too', () => {
     const plan = unimported();
     const result = buildUpstream(plan, selectOperations(plan, ['getUser', 'deleteUser', 'getFile']), { id: 'users' });

@@ -214,7 +214,7 @@ describe('matchRoute with {param:int}', () => {
       ['repos', 'acme', 'widgets', 'issues', 'comments'],
       ['repos', 'acme', 'widgets', 'issues', 'events'],
       ['repos', 'acme', 'widgets', 'issues', 'comments', 'comments'],
-      ['repos', 'acme', 'widgets', 'issues', '1.5'],
+      ['repos', 'acme', 'widgets', 'issues', 'latest'],
       ['reports', 'vlatest.json'],
     ]) {
       expectKeywardError(thrown(() => matchRoute(typed, 'GET', path)), 'route_not_found');
@@ -232,6 +232,43 @@ describe('matchRoute with {param:int}', () => {
   it('an integer with dots at its end is not served by the untyped route (IIS strips them)', () => {
     const error = expectKeywardError(thrown(() => matchRoute(typed, 'GET', ['items', '42.'])), 'bad_path');
     expect(error.message).toContain('trailing dots');
+  });
+
+  it('a value an upstream may read as an integer but that is not one in canonical form is refused (400), never served by the untyped route', () => {
+    // Java's Long.valueOf and Go's Atoi read `+42` as 42, Spring's Long.decode `0x2a`, parseInt and Rails `42abc`,
+    // Python `4_2`, JS's Number `42.0`; leading zeros and `-0` are other spellings of a number the typed route serves.
+    for (const value of ['+42', '42abc', '0x2a', '4_2', '42.0', '007', '-0', '9007199254740993']) {
+      const error = expectKeywardError(thrown(() => matchRoute(typed, 'GET', ['items', value])), 'bad_path');
+      expect(error.message, value).toContain('integer');
+    }
+    expect(matchRoute(typed, 'GET', ['items', '0']).route.template).toBe('/items/{id:int}');
+    expect(matchRoute(typed, 'GET', ['items', '9007199254740991']).route.template).toBe('/items/{id:int}');
+    // Not a number in any reading: the untyped route, as declared.
+    expect(matchRoute(typed, 'GET', ['items', 'widget-2']).route.template).toBe('/items/:name');
+  });
+
+  it('a literal with stricter roles is not reached around by another spelling of its number', () => {
+    const { upstream: docs } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/docs/7', roles: ['admin'] },
+        { method: 'GET', path: '/docs/{id:int}' },
+      ],
+    });
+    expect([...matchRoute(docs, 'GET', ['docs', '7']).route.roles!]).toEqual(['admin']);
+    for (const value of ['007', '+7', '7.0']) expectKeywardError(thrown(() => matchRoute(docs, 'GET', ['docs', value])), 'bad_path');
+  });
+
+  it('a literal later in the path outranks a typed parameter earlier on: types only break ties', () => {
+    const { upstream: users } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/users/{id:int}/:field' },
+        { method: 'GET', path: '/users/:id/password', roles: ['admin'] },
+      ],
+    });
+    const password = matchRoute(users, 'GET', ['users', '5', 'password']).route;
+    expect(password.template).toBe('/users/:id/password');
+    expect([...password.roles!]).toEqual(['admin']);
+    expect(matchRoute(users, 'GET', ['users', '5', 'email']).route.template).toBe('/users/{id:int}/:field');
   });
 });
 
