@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ConfigError, shownName } from '../config/error';
 import { defineUpstream, withRouteTypes, type UpstreamDefinition } from '../config/load';
-import { templateShape } from '../route/template';
+import { compileTemplate, templateShape, type TemplateSegment } from '../route/template';
 import { credentialSourceSchema, formatIssues, routeSchema, upstreamSchema, type CredentialSource, type UpstreamInput } from '../config/schema';
 
 /**
@@ -122,7 +122,15 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
  */
 function retypes(given: Pick<RouteInput, 'method' | 'path'>, own: Pick<RouteInput, 'method' | 'path'>): boolean {
   if (given.method !== own.method || given.path === own.path) return false;
-  return templateShape(given.path) !== templateShape(own.path) && templateShape(given.path, { types: false }) === templateShape(own.path, { types: false });
+  if (templateShape(given.path, { types: false }) !== templateShape(own.path, { types: false })) return false;
+  // Only where the preset's route is the typed one: a given route typed where the preset's is not (`/models/{m:int}`
+  // beside `/models/:model`) comes first for what it takes and narrows, as any more specific route does.
+  const givenParts = compileTemplate(given.path);
+  return compileTemplate(own.path).some((part, i) => isIntParam(part) && !isIntParam(givenParts[i]!));
+}
+
+function isIntParam(part: TemplateSegment): boolean {
+  return typeof part === 'object' && 'param' in part && part.int;
 }
 
 /**

@@ -218,6 +218,9 @@ describe('overriding and extending a preset', () => {
     expect(replaced.config.routes.find((r) => r.path.endsWith('/issues/{issue_number:int}') && r.method === 'GET')!.roles).toEqual(['triage']);
     expect(() => github({ routes: [{ method: 'DELETE', path: '/repos/:owner/:repo/issues/:issue_number', roles: ['admin'] }] })).not.toThrow();
     expect(() => github({ routes: [{ method: 'GET', path: '/repos/:owner/:repo/issues/:issue_number/events' }] })).not.toThrow();
+    // The other way round narrows: a typed route beside the preset's untyped one takes the integers first.
+    const narrowed = openai({ routes: [{ method: 'GET', path: '/models/{model:int}', roles: ['admin'] }] });
+    expect(narrowed.config.routes.filter((r) => r.method === 'GET' && r.path.startsWith('/models/')).map((r) => r.path).sort()).toEqual(['/models/:model', '/models/{model:int}']);
   });
 
   it('default headers merge too', () => {
