@@ -210,10 +210,21 @@ export class RedisStore implements Store {
   /** Settles once the first connection is ready, or once the connect timeout passed without one. */
   private readonly firstConnection: Promise<void>;
   private connectedOnce = false;
-  /** The current connection's policy check: null once it closed (the next one is checked anew). */
-  private policy: Promise<StoreUnavailableError | null> | null = null;
+  /**
+   * The current connection's policy check (`refused` once it answered): null once the connection closed (the
+   * next one is checked anew). Read again after a while (`policyRecheck`), so that a policy changed on a live
+   * connection (`CONFIG SET`) counts: a fixed one serves within seconds, an evicting one is refused.
+   */
+  private policy: { readonly check: Promise<StoreUnavailableError | null>; readonly at: number; refused?: boolean } | null = null;
+  /** The last policy value reported on this connection (`undefined`: none yet): each is logged once, not every check. */
+  private reported: string | null | undefined = undefined;
+  private readonly policyRecheck: { readonly refusedMs: number; readonly servingMs: number };
 
-  constructor(url: string, options: { prefix?: string; commandTimeoutMs?: number; logger?: RedisStoreLogger } = {}) {
+  constructor(
+    url: string,
+    options: { prefix?: string; commandTimeoutMs?: number; logger?: RedisStoreLogger; policyRecheck?: { refusedMs: number; servingMs: number } } = {},
+  ) {
+    this.policyRecheck = options.policyRecheck ?? { refusedMs: 5_000, servingMs: 60_000 };
     this.logger = options.logger ?? { error: (fields, message) => console.error(message, fields), warn: (fields, message) => console.warn(message, fields) };
     const redisOptions: RedisOptions = {
       keyPrefix: options.prefix ?? 'keyward:',
@@ -248,6 +259,7 @@ export class RedisStore implements Store {
     this.redis.on('ready', () => void this.policyCheck());
     this.redis.on('close', () => {
       this.policy = null;
+      this.reported = undefined;
     });
     this.firstConnection = new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, CONNECT_TIMEOUT_MS);
@@ -274,17 +286,42 @@ export class RedisStore implements Store {
     if (refused) throw refused;
   }
 
-  /** The current connection's check, started once per connection. */
+  /**
+   * The current connection's check: started with the connection, read again once a refusal is `refusedMs` old
+   * (commands wait for it) or a pass `servingMs` old (read in the background; commands go on meanwhile).
+   */
   private policyCheck(): Promise<StoreUnavailableError | null> {
-    if (this.policy === null) {
-      const check: Promise<StoreUnavailableError | null> = this.checkPolicy().catch((error: unknown) => {
-        // Not an answer about the policy (the connection dropped, a timeout): the next command asks again.
-        if (this.policy === check) this.policy = null;
-        return new StoreUnavailableError('redis', error);
-      });
-      this.policy = check;
+    const current = this.policy;
+    if (current === null) return this.startPolicyCheck().check;
+    if (current.refused === undefined) return current.check;
+    const age = Date.now() - current.at;
+    if (current.refused && age >= this.policyRecheck.refusedMs) return this.startPolicyCheck().check;
+    if (!current.refused && age >= this.policyRecheck.servingMs) {
+      const next = this.startPolicyCheck(current);
+      // Until it answers, the connection serves as it did; a refusal then counts from the next command.
+      void next.check;
+      return current.check;
     }
-    return this.policy;
+    return current.check;
+  }
+
+  /** A new check; `serving`: the passed check that keeps serving until this one answers. */
+  private startPolicyCheck(serving?: NonNullable<RedisStore['policy']>): NonNullable<RedisStore['policy']> {
+    const entry: { check: Promise<StoreUnavailableError | null>; at: number; refused?: boolean } = { check: Promise.resolve(null), at: Date.now() };
+    entry.check = this.checkPolicy().then(
+      (refused) => {
+        entry.refused = refused !== null;
+        if (this.policy === serving) this.policy = entry;
+        return refused;
+      },
+      (error: unknown) => {
+        // Not an answer about the policy (the connection dropped, a timeout): the next command asks again.
+        if (this.policy === entry) this.policy = serving ?? null;
+        return serving ? null : new StoreUnavailableError('redis', error);
+      },
+    );
+    if (!serving) this.policy = entry;
+    return entry;
   }
 
   /**
@@ -305,7 +342,10 @@ export class RedisStore implements Store {
       return null;
     }
     const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1] ?? null;
-    if (policy === NO_EVICTION) return null;
+    if (policy === NO_EVICTION) {
+      this.reported = policy;
+      return null;
+    }
     if (policy === null) {
       this.unchecked('INFO memory does not report maxmemory_policy');
       return null;
@@ -320,6 +360,8 @@ export class RedisStore implements Store {
 
   /** A Redis whose policy cannot be read: served, with a warning for this connection. */
   private unchecked(why: string): void {
+    if (this.reported === null) return;
+    this.reported = null;
     this.logger.warn(
       { setting: 'maxmemory-policy', value: null },
       `Keyward cannot check this Redis's maxmemory-policy: ${why}. Make sure it is noeviction (or eviction is off): an ` +
@@ -328,7 +370,8 @@ export class RedisStore implements Store {
   }
 
   private refuse(fields: { setting: string; value: string | null }, message: string, cause?: unknown): StoreUnavailableError {
-    this.logger.error(fields, message);
+    if (this.reported !== fields.value) this.logger.error(fields, message);
+    this.reported = fields.value;
     return new StoreUnavailableError('redis', cause ?? new Error(`maxmemory-policy ${fields.value ?? 'unknown'}: not noeviction`));
   }
 

@@ -148,6 +148,26 @@ describe('Redis with an evicting maxmemory-policy: the store refuses to serve (f
     expect(lines.join('\n')).not.toContain(password);
   });
 
+  it('reads the policy again on a live connection: fixed, it serves within the recheck; made evicting, it is refused; each change logged once', async () => {
+    const { url } = await server();
+    const redis = admin(url);
+    await redis.config('SET', 'maxmemory-policy', 'allkeys-lru');
+    const { logger, lines } = capturingLogger();
+    const live = new RedisStore(url, { prefix: `keyward-test:${randomUUID()}:`, commandTimeoutMs: 500, logger, policyRecheck: { refusedMs: 100, servingMs: 100 } });
+    closers.push(() => live.close());
+    await expect(live.get('k')).rejects.toBeInstanceOf(StoreUnavailableError);
+    await expect(live.get('k')).rejects.toBeInstanceOf(StoreUnavailableError);
+
+    // No reconnection: the operator's CONFIG SET is seen on the same connection.
+    await redis.config('SET', 'maxmemory-policy', 'noeviction');
+    await expect.poll(() => live.get('k').then(() => 'served', () => 'refused'), { timeout: 5_000 }).toBe('served');
+
+    await redis.config('SET', 'maxmemory-policy', 'volatile-lru');
+    await expect.poll(() => live.get('k').then(() => 'served', () => 'refused'), { timeout: 5_000 }).toBe('refused');
+    const values = policyLines(lines).map((line) => (JSON.parse(line) as { value: string }).value);
+    expect(values).toEqual(['allkeys-lru', 'volatile-lru']);
+  });
+
   it('serves a Redis left at the default policy (noeviction)', async () => {
     const { url } = await server();
     const { logger, lines } = capturingLogger();
