@@ -47,11 +47,11 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
       }
       // What a client's request caused (no CSRF token, a cookie that does not decode, an unknown action): a warning
       // without its stack, not an error anyone could write into the log without signing in.
-      if (CLIENT_CAUSED.has(name)) {
+      const cause = (error.cause as { err?: unknown } | undefined)?.err;
+      if (CLIENT_CAUSED.has(name) && (name !== 'JWTSessionError' || isUndecodableCookie(cause))) {
         logger.warn({ authError: name }, `auth.js: ${name}`);
         return;
       }
-      const cause = (error.cause as { err?: unknown } | undefined)?.err;
       logger.error({ authError: name, err: cause instanceof Error ? cause : error }, `auth.js: ${name}`);
     },
     warn(code) {
@@ -60,8 +60,19 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
   };
 }
 
-/** Auth.js error types a client's request causes, whatever the server's configuration. */
+/**
+ * Auth.js error types a client's request causes, whatever the server's configuration. `JWTSessionError` only when
+ * the cookie itself did not decode (isUndecodableCookie): Auth.js raises it too for anything Keyward's own `jwt` and
+ * `session` callbacks throw, a fault of the server's that stays an error with its cause.
+ */
 const CLIENT_CAUSED = new Set(['MissingCSRF', 'JWTSessionError', 'UnknownAction', 'InvalidCallbackUrl']);
+
+/** A session cookie that is not one of ours: jose's JWE/JWT errors (`ERR_JWE_…`, `ERR_JWT_…`), or Auth.js's decode refusing it. */
+function isUndecodableCookie(cause: unknown): boolean {
+  if (!(cause instanceof Error)) return false;
+  const code = (cause as { code?: unknown }).code;
+  return (typeof code === 'string' && /^ERR_J(WE|WT|WS|OSE)_/.test(code)) || cause.message === 'Invalid JWT' || cause.message === 'no matching decryption secret';
+}
 
 /** Auth.js's pages (sign-in, error …); unset ones are Auth.js's own, served under /api/auth. */
 export type AuthPages = NextAuthConfig['pages'];

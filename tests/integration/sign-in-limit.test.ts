@@ -631,7 +631,10 @@ describe('against next start: a locked-out user stays locked out', () => {
       body: new URLSearchParams({ username: `nobody-${randomUUID()}`, password: 'wrong-password' }),
     });
     await noCsrf.arrayBuffer();
+    // A session cookie that is not one of ours (it does not decode): the client's doing too.
+    await (await fetch(`${app.url}/api/auth/session`, { headers: { cookie: '__Host-keyward.session=not-a-jwe' } })).arrayBuffer();
     await expect.poll(() => app.output().slice(mark), { timeout: 5_000 }).toContain('auth.js: MissingCSRF');
+    await expect.poll(() => app.output().slice(mark), { timeout: 5_000 }).toContain('auth.js: JWTSessionError');
     const output = app.output().slice(mark);
     expect(output).not.toContain('[auth]');
     const lines = output.split('\n').filter((line) => line.includes('auth.js'));
@@ -640,6 +643,7 @@ describe('against next start: a locked-out user stays locked out', () => {
     expect(parsed).toContainEqual(expect.objectContaining(refused));
     const missingCsrf = { level: 40, msg: 'auth.js: MissingCSRF', authError: 'MissingCSRF' };
     expect(parsed).toContainEqual(expect.objectContaining(missingCsrf));
+    expect(parsed).toContainEqual(expect.objectContaining({ level: 40, msg: 'auth.js: JWTSessionError', authError: 'JWTSessionError' }));
   });
 
   it('a callbackUrl Auth.js would refuse (not a path, not an http(s) URL), in the query or its cookie, is dropped: no 500, no "not configured" page, no error logged', async () => {
