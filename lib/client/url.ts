@@ -9,8 +9,8 @@ import type { LooseQuery, ParamValue, RestValue } from './types';
 const PLAIN_SEGMENT = /^[A-Za-z0-9._~!$&'()*+,;=:@-]+$/;
 /** `{name}` / `{name:colon}` / `{name:int}` inside a segment (lib/core/route/template.ts). */
 const BRACED_PARAM = /^([^{}]*)\{([A-Za-z_][A-Za-z0-9_]*)(?::colon|(:int))?\}([^{}]*)$/;
-/** What a `{name:int}` takes, as the proxy matches it: an integer in canonical decimal within ±(2^53−1). */
-const isInteger = (value: string) => /^(0|-?[1-9][0-9]{0,15})$/.test(value) && Number.isSafeInteger(Number(value));
+/** What a `{name:int}` takes, as the proxy matches it: an integer in canonical decimal within the 64-bit range. */
+const isInteger = (value: string) => /^(0|-?[1-9][0-9]{0,18})$/.test(value) && BigInt(value) >= -(2n ** 63n) && BigInt(value) < 2n ** 63n;
 
 export function buildCallUrl(
   base: string,
@@ -39,7 +39,10 @@ export function expandPath(template: string, params: Readonly<Record<string, Par
       const value = paramValue(params, name);
       const what = `path parameter "${name}"`;
       // Caught here rather than as the proxy's 404 route_not_found (no route takes another value).
-      if (int && !isInteger(value)) throw new TypeError(`${capitalise(what)} must be an integer in plain decimal within ±9007199254740991.`);
+      if (int && !isInteger(value)) throw new TypeError(`${capitalise(what)} must be an integer in plain decimal within the 64-bit range.`);
+      // A number past 2^53 is no longer the id it was written as (2^53 + 1 is 2^53): such ids go as strings.
+      if (int && typeof params[name] === 'number' && !Number.isSafeInteger(params[name]))
+        throw new TypeError(`${capitalise(what)} is a number past 2^53, which cannot hold it exactly: pass it as a string of its digits.`);
       if (prefix === '' && suffix === '') return encodeSegment(value, what);
       // The text around it is the template's own, sent as a plain segment's is (`a?{id}` must not start a query).
       // The finished segment can still be a dot segment (`{name}.` with "."): refused too.

@@ -29,8 +29,12 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
     const params = matchSegments(route, segments);
     if (!params) {
       if (route.method !== method) continue;
-      if (matchSegments(route, segments.map(withoutTrailingDots), { foldCase: true })) shadowedByCase = true;
-      else if (matchSegments(route, segments, { numericLookalikes: true })) numericLookalike = true;
+      const loose = segments.map(withoutTrailingDots);
+      if (matchSegments(route, loose, { foldCase: true })) shadowedByCase = true;
+      // Also with letter case and trailing dots read loosely: `/USERS/07/secret.` is `/users/7/secret` to an upstream
+      // that reads all three so.
+      else if (matchSegments(route, segments, { numericLookalikes: true }) || matchSegments(route, loose, { foldCase: true, numericLookalikes: true }))
+        numericLookalike = true;
       continue;
     }
     if (route.method === method) {
@@ -100,7 +104,7 @@ function withTemplateCase({ prefix, suffix }: { readonly prefix: string; readonl
 function numericLookalikeRefusal(): KeywardError {
   return new KeywardError('bad_path', {
     message:
-      'A path segment where a route takes an integer must be one in plain decimal, within ±9007199254740991 (no "+", leading zeros, "-0", "0x", "_", fraction or letters).',
+      'A path segment where a route takes an integer must be one in plain decimal, within the 64-bit range (no "+", leading zeros, "-0", "0x", "_", fraction or letters).',
   });
 }
 

@@ -30,11 +30,17 @@ const WHOLE_PARAM = new RegExp(`^:(${NAME})$`);
 const BRACED_PARAM = new RegExp(`^([^{}]*)\\{(${NAME})(:colon|:int)?\\}([^{}]*)$`);
 /**
  * A `{name:int}` value: an integer in canonical decimal (`0`, `12`, `-3`: no "+", leading zero, `-0`, exponent,
- * "0x" or "_"), within JavaScript's safe integers (±2^53−1), so that every parser reads it as the same number.
+ * "0x" or "_"), within the 64-bit range APIs declare ids in (`format: int64`: snowflake ids reach 19 digits), so a
+ * parser that overflows never reads it as another number.
  */
 export function isCanonicalInteger(value: string): boolean {
-  return /^(0|-?[1-9][0-9]{0,15})$/.test(value) && Number.isSafeInteger(Number(value));
+  if (!/^(0|-?[1-9][0-9]{0,18})$/.test(value)) return false;
+  const n = BigInt(value);
+  return n >= INT64_MIN && n <= INT64_MAX;
 }
+
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
 
 /**
  * A value some upstream may read as a number though it is not a canonical integer: Java's `Long.valueOf` and Go's

@@ -56,11 +56,14 @@ describe('expandPath', () => {
     expect(expandPath('/issues/{number:int}', { number: Number.MAX_SAFE_INTEGER })).toBe('/issues/9007199254740991');
     // Not the number the proxy would match: another spelling (`007`, `-0`), or past the safe integers, where a
     // number is no longer the id it was written as (2^53 + 1 prints as 2^53).
-    for (const number of ['comments', '1.5', ' 1', '+1', '1e3', '', '007', '-0', '9007199254740993', 1.5, 1e21, 2 ** 53 + 2, Number.POSITIVE_INFINITY]) {
+    // A 64-bit id as a string (a snowflake id past 2^53).
+    expect(expandPath('/issues/{number:int}', { number: '1790000000000000001' })).toBe('/issues/1790000000000000001');
+    for (const number of ['comments', '1.5', ' 1', '+1', '1e3', '', '007', '-0', '9223372036854775808', 1.5, 1e21, 2 ** 53 + 2, Number.POSITIVE_INFINITY]) {
       expect(() => expandPath('/issues/{number:int}', { number }), String(number)).toThrow(TypeError);
       expect(() => expandPath('/reports/v{number:int}.json', { number }), String(number)).toThrow(TypeError);
     }
     expect(() => expandPath('/issues/{number:int}', { number: 'comments' })).toThrow('Path parameter "number" must be an integer in plain decimal');
+    expect(() => expandPath('/issues/{number:int}', { number: 2 ** 53 + 2 })).toThrow('pass it as a string');
   });
 
   it('a parameter named like an Object property is only a parameter', () => {

@@ -237,14 +237,35 @@ describe('matchRoute with {param:int}', () => {
   it('a value an upstream may read as an integer but that is not one in canonical form is refused (400), never served by the untyped route', () => {
     // Java's Long.valueOf and Go's Atoi read `+42` as 42, Spring's Long.decode `0x2a`, parseInt and Rails `42abc`,
     // Python `4_2`, JS's Number `42.0`; leading zeros and `-0` are other spellings of a number the typed route serves.
-    for (const value of ['+42', '42abc', '0x2a', '4_2', '42.0', '007', '-0', '9007199254740993']) {
+    for (const value of ['+42', '42abc', '0x2a', '4_2', '42.0', '007', '-0', '9223372036854775808']) {
       const error = expectKeywardError(thrown(() => matchRoute(typed, 'GET', ['items', value])), 'bad_path');
       expect(error.message, value).toContain('integer');
     }
     expect(matchRoute(typed, 'GET', ['items', '0']).route.template).toBe('/items/{id:int}');
-    expect(matchRoute(typed, 'GET', ['items', '9007199254740991']).route.template).toBe('/items/{id:int}');
+    expect(matchRoute(typed, 'GET', ['items', '1790000000000000001']).route.template).toBe('/items/{id:int}');
     // Not a number in any reading: the untyped route, as declared.
     expect(matchRoute(typed, 'GET', ['items', 'widget-2']).route.template).toBe('/items/:name');
+  });
+
+  it('nor with letter case or trailing dots read loosely as well (`/USERS/07/secret.` is /users/7/secret to some upstreams)', () => {
+    const { upstream: loose } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/users/{id:int}/secret', roles: ['admin'] },
+        { method: 'GET', path: '/:col/:id/:x' },
+        { method: 'GET', path: '/reports/v{n:int}.json', roles: ['admin'] },
+        { method: 'GET', path: '/reports/:file' },
+      ],
+    });
+    for (const path of [
+      ['USERS', '07', 'secret'],
+      ['users', '07', 'SECRET'],
+      ['users', '07', 'secret.'],
+      ['reports', 'V07.json'],
+      ['reports', 'V+7.json'],
+    ]) {
+      expectKeywardError(thrown(() => matchRoute(loose, 'GET', path)), 'bad_path');
+    }
+    expect(matchRoute(loose, 'GET', ['users', 'abc', 'secret']).route.template).toBe('/:col/:id/:x');
   });
 
   it('a literal with stricter roles is not reached around by another spelling of its number', () => {

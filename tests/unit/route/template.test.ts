@@ -237,14 +237,14 @@ describe('captureParam', () => {
     expect(captureParam({ param: 'v', prefix: 'p', suffix: '', colons: false, int: false }, 'p..')).toBeNull();
   });
 
-  it('{param:int} takes only an integer in canonical decimal within the safe integers: "0", or an optional "-" then digits without a leading zero', () => {
+  it('{param:int} takes only an integer in canonical decimal within the 64-bit range: "0", or an optional "-" then digits without a leading zero', () => {
     const whole: TemplateParam = { param: 'n', prefix: '', suffix: '', colons: false, int: true };
     const json: TemplateParam = { param: 'n', prefix: 'v', suffix: '.json', colons: false, int: true };
-    for (const value of ['0', '12', '-3', '9007199254740991', '-9007199254740991']) {
+    for (const value of ['0', '12', '-3', '9007199254740993', '9223372036854775807', '-9223372036854775808']) {
       expect(captureParam(whole, value), value).toBe(value);
       expect(captureParam(json, `v${value}.json`), value).toBe(value);
     }
-    for (const value of ['comments', 'events', '-', '--1', '+1', '1.5', '1e3', '0x1f', '12a', 'a12', '1_000', '1,000', '١٢', 'Infinity', 'NaN', '12.', '007', '-0', '9007199254740992', '123456789012345678901234567890']) {
+    for (const value of ['comments', 'events', '-', '--1', '+1', '1.5', '1e3', '0x1f', '12a', 'a12', '1_000', '1,000', '١٢', 'Infinity', 'NaN', '12.', '007', '-0', '9223372036854775808', '-9223372036854775809', '123456789012345678901234567890']) {
       expect(captureParam(whole, value), value).toBeNull();
       expect(captureParam(json, `v${value}.json`), value).toBeNull();
     }
