@@ -184,6 +184,17 @@ interface Scripts {
   keywardIncrementHashes(numKeys: number, ...args: string[]): Promise<number>;
 }
 
+/** One reading of a connection's maxmemory-policy (RedisStore.policyCheck). */
+interface PolicyCheck {
+  check: Promise<StoreUnavailableError | null>;
+  /** When it was asked (pushed on by a re-read that got no answer). */
+  at: number;
+  /** Set once it answered. */
+  refused?: boolean;
+  /** A re-read of this passed check is under way. */
+  rereading?: boolean;
+}
+
 /** Where the store reports a Redis it refuses (pino's Logger fits). */
 export interface RedisStoreLogger {
   error(fields: Record<string, unknown>, message: string): void;
@@ -215,7 +226,7 @@ export class RedisStore implements Store {
    * next one is checked anew). Read again after a while (`policyRecheck`), so that a policy changed on a live
    * connection (`CONFIG SET`) counts: a fixed one serves within seconds, an evicting one is refused.
    */
-  private policy: { readonly check: Promise<StoreUnavailableError | null>; readonly at: number; refused?: boolean } | null = null;
+  private policy: PolicyCheck | null = null;
   /** The last policy value reported on this connection (`undefined`: none yet): each is logged once, not every check. */
   private reported: string | null | undefined = undefined;
   private readonly policyRecheck: { readonly refusedMs: number; readonly servingMs: number };
@@ -296,18 +307,17 @@ export class RedisStore implements Store {
     if (current.refused === undefined) return current.check;
     const age = Date.now() - current.at;
     if (current.refused && age >= this.policyRecheck.refusedMs) return this.startPolicyCheck().check;
-    if (!current.refused && age >= this.policyRecheck.servingMs) {
-      const next = this.startPolicyCheck(current);
-      // Until it answers, the connection serves as it did; a refusal then counts from the next command.
-      void next.check;
-      return current.check;
+    // One re-read at a time; until it answers, the connection serves as it did (a refusal counts from then on).
+    if (!current.refused && age >= this.policyRecheck.servingMs && !current.rereading) {
+      current.rereading = true;
+      void this.startPolicyCheck(current).check;
     }
     return current.check;
   }
 
   /** A new check; `serving`: the passed check that keeps serving until this one answers. */
-  private startPolicyCheck(serving?: NonNullable<RedisStore['policy']>): NonNullable<RedisStore['policy']> {
-    const entry: { check: Promise<StoreUnavailableError | null>; at: number; refused?: boolean } = { check: Promise.resolve(null), at: Date.now() };
+  private startPolicyCheck(serving?: PolicyCheck): PolicyCheck {
+    const entry: PolicyCheck = { check: Promise.resolve(null), at: Date.now() };
     entry.check = this.checkPolicy().then(
       (refused) => {
         entry.refused = refused !== null;
@@ -315,9 +325,15 @@ export class RedisStore implements Store {
         return refused;
       },
       (error: unknown) => {
+        if (serving) {
+          // A re-read that got no answer (a timeout): tried again a full interval later, not by every command.
+          serving.at = Date.now();
+          serving.rereading = false;
+          return null;
+        }
         // Not an answer about the policy (the connection dropped, a timeout): the next command asks again.
-        if (this.policy === entry) this.policy = serving ?? null;
-        return serving ? null : new StoreUnavailableError('redis', error);
+        if (this.policy === entry) this.policy = null;
+        return new StoreUnavailableError('redis', error);
       },
     );
     if (!serving) this.policy = entry;

@@ -168,6 +168,25 @@ describe('Redis with an evicting maxmemory-policy: the store refuses to serve (f
     expect(values).toEqual(['allkeys-lru', 'volatile-lru']);
   });
 
+  it("re-reads the policy once at a time in the background, not once per command waiting for it", async () => {
+    const { url } = await server();
+    const redis = admin(url);
+    const live = new RedisStore(url, { prefix: `keyward-test:${randomUUID()}:`, commandTimeoutMs: 500, logger: capturingLogger().logger, policyRecheck: { refusedMs: 100, servingMs: 100 } });
+    closers.push(() => live.close());
+    await live.get('k');
+    // INFO calls as Redis counts them (this client's own INFO commandstats included: read twice, the difference).
+    const infoCalls = async () => Number(/cmdstat_info:calls=(\d+)/.exec(await redis.info('commandstats'))?.[1] ?? 0);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    const before = await infoCalls();
+    const started = Date.now();
+    await Promise.all(Array.from({ length: 200 }, () => live.get('k')));
+    const took = Date.now() - started;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // This client's second INFO commandstats (1), the store's re-read (1), and one more for each full interval the
+    // burst lasted on a busy machine: never one per command (200).
+    expect((await infoCalls()) - before).toBeLessThanOrEqual(2 + Math.floor(took / 100));
+  });
+
   it('serves a Redis left at the default policy (noeviction)', async () => {
     const { url } = await server();
     const { logger, lines } = capturingLogger();
