@@ -427,15 +427,8 @@ describe('anomaly detector', () => {
     clock.now = START;
     // The store is slow to set the suspension mark: the alert is listed (and undoable) before its marks are set.
     const slow = gate();
-    const set = store.set.bind(store);
-    store.set = async (key, value, ttlMs) => {
-      if (key === suspensionKey('local:ada')) await slow.wait;
-      return set(key, value, ttlMs);
-    };
-    const applying = alerts.apply(
-      { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
-      { limit: 1, windowSeconds: 60, forMinutes: 1 },
-    );
+    holdSets(store, (key) => key === suspensionKey('local:ada'), slow.wait);
+    const applying = decoyRevoke(alerts);
     const listed = await firstListed(alerts);
     expect((await alerts.undo(listed.id, 'local:root')).state).toBe('undone');
     slow.open();
@@ -452,11 +445,7 @@ describe('anomaly detector', () => {
     const marksSet = gate();
     const undoReachedCas = gate();
     const casGoes = gate();
-    const set = store.set.bind(store);
-    store.set = async (key, value, ttlMs) => {
-      if (key === suspensionKey('local:ada')) await marksSet.wait;
-      return set(key, value, ttlMs);
-    };
+    holdSets(store, (key) => key === suspensionKey('local:ada'), marksSet.wait);
     const replaceIfEquals = store.replaceIfEquals.bind(store);
     store.replaceIfEquals = async (key, expected, value) => {
       if (key.startsWith('alert:') && JSON.parse(value).alert?.state === 'undone') {
@@ -465,10 +454,7 @@ describe('anomaly detector', () => {
       }
       return replaceIfEquals(key, expected, value);
     };
-    const applying = alerts.apply(
-      { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
-      { limit: 1, windowSeconds: 60, forMinutes: 1 },
-    );
+    const applying = decoyRevoke(alerts);
     const undoing = alerts.undo((await firstListed(alerts)).id, 'local:root');
     await undoReachedCas.wait;
     marksSet.open();
@@ -587,23 +573,13 @@ describe('anomaly detector', () => {
     clock.now = START;
     const atGap = gate();
     const stored = gate();
-    const set = store.set.bind(store);
-    store.set = async (key, value, ttlMs) => {
-      if (key.startsWith('alert:')) {
-        atGap.open();
-        await stored.wait;
-      }
-      return set(key, value, ttlMs);
-    };
-    const applying = alerts.apply(
-      { rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} },
-      { limit: 1, windowSeconds: 60, forMinutes: 1 },
-    );
+    const unhold = holdSets(store, (key) => key.startsWith('alert:'), stored.wait, atGap.open);
+    const applying = decoyRevoke(alerts);
     await atGap.wait;
     await alerts.list({ limit: 10 });
     stored.open();
     const suspending = await applying;
-    store.set = set;
+    unhold();
     // Past the retention, the log entry trimmed by a later alert: the suspension is still listed, and undoable.
     clock.now = START + 31 * DAY_MS;
     await alerts.apply({ rule: 'key_calls', action: 'alert', reason: 'busy key', subject: { fingerprint: 'f' }, evidence: {} }, { limit: 1, windowSeconds: 60, forMinutes: 15 });
@@ -808,6 +784,29 @@ function gate(): { wait: Promise<void>; open: () => void } {
   let open!: () => void;
   const wait = new Promise<void>((resolve) => (open = resolve));
   return { wait, open };
+}
+
+/**
+ * Holds the store's `set` of each key `held` picks until `until` resolves (calling `reached` first, when given):
+ * a step's store call made slow, to order it against another's. Returns what puts the store's own `set` back.
+ */
+function holdSets(store: ReturnType<typeof setup>['store'], held: (key: string) => boolean, until: Promise<void>, reached?: () => void): () => void {
+  const set = store.set.bind(store);
+  store.set = async (key, value, ttlMs) => {
+    if (held(key)) {
+      reached?.();
+      await until;
+    }
+    return set(key, value, ttlMs);
+  };
+  return () => {
+    store.set = set;
+  };
+}
+
+/** The detector's strongest step on ada (a decoy key used): revoke and suspend. */
+function decoyRevoke(alerts: ReturnType<typeof setup>['alerts']): Promise<Alert> {
+  return alerts.apply({ rule: 'decoy', action: 'revoke', reason: 'decoy', subject: { userId: 'local:ada' }, evidence: {} }, { limit: 1, windowSeconds: 60, forMinutes: 1 });
 }
 
 /** The newest alert, once the step being taken has stored it (polled: the step waits on a gated store call). */
