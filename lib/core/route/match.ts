@@ -25,11 +25,13 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
   // A route with `{name:int}` the path would match but for a value that only looks like an integer (`+42`, `007`,
   // `0x2a`, `42abc`): many upstreams read it as one, so no broader route may serve it, and it is refused.
   let numericLookalike = false;
+  // The segments without their trailing dots, made once, when a route of the method does not match as sent.
+  let loose: string[] | null = null;
   for (const route of upstream.routes) {
     const params = matchSegments(route, segments);
     if (!params) {
       if (route.method !== method) continue;
-      const loose = segments.map(withoutTrailingDots);
+      loose ??= segments.map(withoutTrailingDots);
       if (matchSegments(route, loose, { foldCase: true })) shadowedByCase = true;
       // Also with letter case and trailing dots read loosely: `/USERS/07/secret.` is `/users/7/secret` to an upstream
       // that reads all three so.
