@@ -1,4 +1,5 @@
 import 'server-only';
+import { parseCookie } from 'cookie';
 import { NextRequest } from 'next/server';
 import { handleBackchannelLogout } from '@/lib/core/api/backchannel-logout';
 import { handleAudit, handleKeyAction, handleKeyList, handleKeyRevoke } from '@/lib/core/api/admin';
@@ -174,22 +175,13 @@ function withoutBadCallbackUrl(query: URLSearchParams): string | null {
 /** The Cookie header without a callback-URL cookie Auth.js would refuse, or null when there is none to drop. */
 function withoutBadCallbackCookie(header: string | null): string | null {
   if (header === null || !header.includes(CALLBACK_URL_COOKIE)) return null;
-  const pairs = header.split(';');
-  const kept = pairs.filter((pair) => {
-    const index = pair.indexOf('=');
-    if (index === -1 || pair.slice(0, index).trim() !== CALLBACK_URL_COOKIE) return true;
-    // Read as Auth.js reads cookies (the `cookie` package): quotes around the value dropped, percent-decoded where
-    // that decodes, else as sent.
-    let value = pair.slice(index + 1).trim();
-    if (value.length > 1 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
-    try {
-      value = decodeURIComponent(value);
-    } catch {
-      // kept as sent
-    }
-    return isAcceptedCallbackUrl(value);
-  });
-  return kept.length === pairs.length ? null : kept.join(';');
+  // Read as Auth.js reads it (the `cookie` package: the first of that name, unquoted, percent-decoded where it can).
+  const value = parseCookie(header)[CALLBACK_URL_COOKIE];
+  if (value === undefined || isAcceptedCallbackUrl(value)) return null;
+  return header
+    .split(';')
+    .filter((pair) => pair.split('=', 1)[0]!.trim() !== CALLBACK_URL_COOKIE)
+    .join(';');
 }
 
 function authRoutes(getRuntime: RuntimeSource, handlers: AuthHandlers): Pick<ApiRoutes, 'authGetRoute' | 'authPostRoute'> {

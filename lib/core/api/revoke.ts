@@ -1,3 +1,4 @@
+import { parseCookie } from 'cookie';
 import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
@@ -44,6 +45,7 @@ export function handleLogout(request: Request, runtime: Runtime): Promise<Respon
 
 /** The session cookie's names in the request: `__Host-keyward.session`, or its chunks (`….0`, `….1`) when Auth.js split it. */
 function sessionCookieNames(request: Request): string[] {
-  const names = (request.headers.get('cookie') ?? '').split(';').map((pair) => pair.split('=', 1)[0]!.trim());
-  return [...new Set(names.filter((name) => name === SESSION_COOKIE || (name.startsWith(`${SESSION_COOKIE}.`) && /^\d+$/.test(name.slice(SESSION_COOKIE.length + 1)))))];
+  return Object.keys(parseCookie(request.headers.get('cookie') ?? '')).filter(
+    (name) => name === SESSION_COOKIE || (name.startsWith(`${SESSION_COOKIE}.`) && /^\d+$/.test(name.slice(SESSION_COOKIE.length + 1))),
+  );
 }
