@@ -18,6 +18,7 @@ import { KeywardError } from '../../../lib/core/errors';
 import { authorize } from '../../../lib/core/policy/authorize';
 import { commonRequest } from '../../../lib/core/config/openapi/shadowed';
 import { matchRoute } from '../../../lib/core/route/match';
+import { parseProxyPath } from '../../../lib/node/proxy-path';
 import { compileTemplate } from '../../../lib/core/route/template';
 import type { Session } from '../../../lib/core/session/session';
 import { buildRegistry } from '../../../lib/core/upstream/registry';
@@ -931,6 +932,57 @@ describe('OpenAPI import: operations not chosen are never served by a chosen rou
       expectKeywardError(thrown(() => authorize(exported.route, exported.params, session)), 'forbidden');
     }
     expect(matchRoute(upstream, 'GET', ['users', '123']).route.template).toBe('/users/:id');
+  });
+
+  // A literal's percent-encoded unreserved characters are the same path (RFC 3986 §6.2.2.2): `%7Eadmin` is `~admin`.
+  const encoded = () =>
+    planImport({
+      openapi: '3.1.0',
+      info: { title: 'Files', version: '1' },
+      servers: [{ url: 'https://api.example.com/v1' }],
+      paths: {
+        '/files/{name}': get('getFile', ['name']),
+        '/files/%7Eadmin': get('adminFiles'),
+        '/files/%21root': get('rootFiles'),
+        '/files/{}': get('unnamed'),
+        '/files/%7Eadmin/{name}%2Ejson': get('adminJson', ['name']),
+      },
+    });
+
+  it('a literal segment with percent-encoded letters, digits or "-._~" is read decoded: imported, or refused for both spellings', () => {
+    const plan = encoded();
+    expect(operation(plan, 'GET /files/%7Eadmin').route?.path).toBe('/files/~admin');
+    expect(operation(plan, 'GET /files/%7Eadmin/{name}%2Ejson').route?.path).toBe('/files/~admin/{name}.json');
+    const result = buildUpstream(plan, selectOperations(plan, ['getFile']), { id: 'files' });
+    expect(result.upstream.routes.map((r) => `${r.method} ${r.path}${r.roles ? ' refused' : ''}`)).toEqual([
+      'GET /files/~admin refused',
+      'GET /files/:name',
+    ]);
+    expect(warningsOf(result, 'GET /files/%7Eadmin')).toEqual([
+      'not chosen, but the route of GET /files/{name} would serve it: written as a route nobody may call ("roles": [], 403 forbidden)',
+    ]);
+    // Through the fast lane's reading of the request target and the real matcher: both spellings are refused.
+    const [definition] = parseConfig(JSON.parse(JSON.stringify({ upstreams: { files: result.upstream } })), 'keyward.json');
+    const upstream = buildRegistry([definition!], { FILES_API_KEY: randomSecret() }).get('files')!;
+    for (const target of ['/api/proxy/files/files/%7Eadmin', '/api/proxy/files/files/%7eadmin', '/api/proxy/files/files/~admin']) {
+      const segments = parseProxyPath(target)!.target.path;
+      const match = matchRoute(upstream, 'GET', segments);
+      expect(match.route.template).toBe('/files/~admin');
+      expectKeywardError(thrown(() => authorize(match.route, match.params, session)), 'forbidden');
+    }
+    expect(matchRoute(upstream, 'GET', parseProxyPath('/api/proxy/files/files/report.txt')!.target.path).route.template).toBe('/files/:name');
+  });
+
+  it('a literal segment that stays percent-encoded, or a parameter with no name, is not imported and is named with the route that serves it', () => {
+    const plan = encoded();
+    expect(operation(plan, 'GET /files/%21root').skipped).toMatch(/^the path cannot be a Keyward template/);
+    expect(operation(plan, 'GET /files/{}').skipped).toBe('the segment "{}" holds a parameter with no name');
+    const result = buildUpstream(plan, selectOperations(plan, ['getFile']), { id: 'files' });
+    // `!root` (sent as `/files/!root`) is a request `/files/{name}` serves, which an upstream may read as `%21root`.
+    for (const key of ['GET /files/%21root', 'GET /files/{}'])
+      expect(warningsOf(result, key)).toEqual([
+        `not imported (${operation(plan, key).skipped}), and no route can refuse it alone (its path cannot be a template): the route of GET /files/{name} can serve its requests; check the API answers them as GET /files/{name}, or leave that out`,
+      ]);
   });
 
   it('choosing every operation refuses nothing', () => {

@@ -295,7 +295,8 @@ export function pathTemplate(path: string, integers: ReadonlySet<string> = new S
   if (!path.startsWith('/')) return { reason: `the path "${path}" does not start with "/"` };
   const used = new Set<string>();
   const segments: string[] = [];
-  for (const segment of path === '/' ? [] : path.slice(1).split('/')) {
+  for (const written of path === '/' ? [] : path.slice(1).split('/')) {
+    const segment = literalText(written, decodeUnreserved);
     const names = [...segment.matchAll(/\{([^{}]*)\}/g)];
     if (names.length === 0) {
       // A literal `*` or `:name` in the document would be a wildcard or a parameter in a template: a route far
@@ -311,6 +312,8 @@ export function pathTemplate(path: string, integers: ReadonlySet<string> = new S
         reason: `the segment "${segment}" holds ${names.length} parameters; a Keyward template holds one per segment`,
       };
     const [whole, name = ''] = names[0]!;
+    // `{}` would be `:p_`, any segment, with nothing in the document to say what it stands for.
+    if (name === '') return { reason: `the segment "${segment}" holds a parameter with no name` };
     const safe = uniqueName(name, used);
     if (integers.has(name)) segments.push(segment.replace(whole, `{${safe}:int}`));
     else segments.push(whole === segment ? `:${safe}` : segment.replace(whole, `{${safe}}`));
@@ -319,6 +322,28 @@ export function pathTemplate(path: string, integers: ReadonlySet<string> = new S
   const problems = templateProblems(template);
   if (problems.length > 0) return { reason: `the path cannot be a Keyward template: ${problems.join('; ')}` };
   return { path: template };
+}
+
+/**
+ * A segment's literal text (outside `{…}`) through `decode`; parameter names are left as the document writes them.
+ */
+export function literalText(segment: string, decode: (text: string) => string): string {
+  return segment
+    .split(/(\{[^{}]*\})/)
+    .map((part, index) => (index % 2 === 1 ? part : decode(part)))
+    .join('');
+}
+
+/**
+ * Percent-encoded unreserved characters decoded: `%7Eadmin` and `~admin` are the same path (RFC 3986 §6.2.2.2,
+ * https://www.rfc-editor.org/rfc/rfc3986#section-6.2.2.2), and a request for either reaches a route for `~admin`,
+ * since Keyward matches decoded segments. Other escapes stay: the segment then cannot be a template.
+ */
+function decodeUnreserved(text: string): string {
+  return text.replace(/%([0-9A-Fa-f]{2})/g, (escape, hex: string) => {
+    const char = String.fromCharCode(parseInt(hex, 16));
+    return /^[A-Za-z0-9._~-]$/.test(char) ? char : escape;
+  });
 }
 
 /** A parameter name a template accepts (`pet-id` → `pet_id`); a path parameter's name is never sent upstream. */

@@ -1,7 +1,7 @@
 import { templateMatches } from '../../route/match';
-import { isSafeSegment } from '../../route/segments';
+import { decodeSegment, isSafeSegment } from '../../route/segments';
 import { bySpecificity, captureParam, compileTemplate, templateShape, type TemplateParam, type TemplateSegment } from '../../route/template';
-import { pathTemplate, type ImportedRoute, type PlannedOperation } from './operations';
+import { literalText, pathTemplate, type ImportedRoute, type PlannedOperation } from './operations';
 
 /**
  * Operations the user did not choose that a chosen route would serve. A template parameter matches any segment
@@ -135,23 +135,29 @@ function candidates(plan: ShadowedPaths, selected: ReadonlySet<PlannedOperation>
 
 /**
  * Every request a document path that cannot be a template may be sent as, and perhaps more: its literal segments
- * as written (a literal `*` included), and a segment with several parameters as one parameter between the text
- * before the first and after the last. Null when no request can take the path (a segment the route step refuses,
- * such as `:name`, lib/core/route/segments.ts).
+ * decoded, as the route step reads a request's (a literal `*` included; `%21root` is `!root`, which a chosen
+ * `:name` forwards and an upstream that decodes paths may read as `%21root`), and a segment with several
+ * parameters (or one with no name) as one parameter between the text before the first and after the last. Null
+ * when no request can take the path (a segment the route step refuses, such as `:name` or `%2F`,
+ * lib/core/route/segments.ts).
  */
 function pathCover(path: string): TemplateSegment[] | null {
   if (!path.startsWith('/')) return null;
   const cover: TemplateSegment[] = [];
-  for (const segment of path === '/' ? [] : path.slice(1).split('/')) {
-    const first = segment.indexOf('{');
-    const last = segment.lastIndexOf('}');
+  for (const written of path === '/' ? [] : path.slice(1).split('/')) {
+    // Braces are found as written (a `%7B` is a literal "{", which no request segment holds), then decoded around.
+    const first = written.indexOf('{');
+    const last = written.lastIndexOf('}');
     if (first === -1 || last < first) {
+      const segment = decodeSegment(written);
       if (!isSafeSegment(segment)) return null;
       cover.push(segment);
       continue;
     }
-    if (!isSafeSegment(segment.replace(/\{[^{}]*\}/g, '0'))) return null;
-    cover.push({ param: 'value', prefix: segment.slice(0, first), suffix: segment.slice(last + 1), colons: true, int: false });
+    if (!isSafeSegment(literalText(written, decodeSegment).replace(/\{[^{}]*\}/g, '0'))) return null;
+    const prefix = decodeSegment(written.slice(0, first));
+    const suffix = decodeSegment(written.slice(last + 1));
+    cover.push({ param: 'value', prefix, suffix, colons: true, int: false });
   }
   return cover;
 }
