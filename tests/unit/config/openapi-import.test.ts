@@ -708,6 +708,25 @@ describe('OpenAPI import: schemas a contract cannot hold exactly', () => {
     );
   });
 
+  it('a query parameter or a field named "__proto__" is left out, said (the config loader refuses the name)', () => {
+    const param = (required: boolean) => ({ name: '__proto__', in: 'query', required, schema: { type: 'string' } });
+    const optional = planImport(doc({ parameters: [param(false), { name: 'q', in: 'query', schema: { type: 'string' } }] })).operations[0]!;
+    expect(Object.keys(optional.route!.query!.properties)).toEqual(['q']);
+    expect(optional.warnings.join('\n')).toContain('query.__proto__: "__proto__" cannot be a name in the config');
+    const required = planImport(doc({ parameters: [param(true)] })).operations[0]!;
+    expect(required.route!.query).toBeUndefined();
+    expect(required.warnings.join('\n')).toContain('required query parameter "__proto__" cannot be declared');
+    const { body, warnings } = bodyOf(
+      JSON.parse('{"type":"object","properties":{"name":{"type":"string"},"__proto__":{"type":"string"}}}'),
+    );
+    expect(body).toEqual({ type: 'object', properties: { name: { type: 'string' } } });
+    expect(warnings.join('\n')).toContain('body."__proto__": "__proto__" cannot be a name in the config');
+    // What is written loads.
+    const plan = planImport(doc({ parameters: [param(false)] }));
+    const result = buildUpstream(plan, importableOperations(plan), { id: 't' });
+    expect(() => parseConfig(JSON.parse(JSON.stringify({ upstreams: { t: result.upstream } })), 'keyward.json')).not.toThrow();
+  });
+
   it('no usable security scheme: a placeholder credential from the environment, and a warning', () => {
     const plan = planImport(doc({ responses: {} }));
     const result = buildUpstream(plan, importableOperations(plan), { id: 'things' });

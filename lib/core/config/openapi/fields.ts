@@ -26,7 +26,17 @@ export type FieldResult =
   { readonly ok: true; readonly spec: FieldSpecInput } | { readonly ok: false; readonly reason: string };
 
 /** Field names a contract can declare (policy.ts FIELD_NAME). */
-export const FIELD_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const FIELD_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * Why a contract cannot declare a field (or query parameter) of this name; null when it can. `__proto__` fits the
+ * pattern, but the config loader refuses it anywhere (lib/core/config/load.ts), and set on a plain object it
+ * would be dropped without a word.
+ */
+export function fieldNameProblem(name: string): string | null {
+  if (name === '__proto__') return '"__proto__" cannot be a name in the config';
+  return FIELD_NAME.test(name) ? null : 'field names in a contract are letters, digits, "_" and "-"';
+}
 
 const LOOSENED = {
   pattern: '"pattern" is not checked (contracts have none, on purpose)',
@@ -740,11 +750,8 @@ function finalizeObject(d: Extract<Draft, { kind: 'object' }>, path: string, ctx
 
 /** A name a contract cannot declare, as a failed field (null when the name is fine). */
 function fieldName(name: string, path: string, ctx: Walk, top: boolean): FieldResult | null {
-  if (!FIELD_NAME.test(name))
-    return {
-      ok: false,
-      reason: `${path}.${JSON.stringify(name)}: field names in a contract are letters, digits, "_" and "-"`,
-    };
+  const problem = fieldNameProblem(name);
+  if (problem !== null) return { ok: false, reason: `${path}.${JSON.stringify(name)}: ${problem}` };
   // Bracket notation reads a nested all-digit name as an array index (lib/core/policy/form.ts).
   if (ctx.mode === 'form' && !top && /^\d+$/.test(name))
     return { ok: false, reason: `${path}.${name}: a nested form field cannot be named by digits only` };

@@ -19,7 +19,7 @@ import {
   type SpecParameter,
   type SpecServer,
 } from './document';
-import { FIELD_NAME, FieldNotes, schemaToField, withDescription, type FieldContext, type FieldMode } from './fields';
+import { FieldNotes, fieldNameProblem, schemaToField, withDescription, type FieldContext, type FieldMode } from './fields';
 import type { OperationSecurity } from './security';
 
 /** A query contract as the JSON config writes it. */
@@ -416,7 +416,7 @@ function queryContract(
         if (field.required) required.push(field.name);
       } else if (!field.required) {
         ctx.notes.omit(field.reason);
-      } else if (FIELD_NAME.test(field.name) && !looksLikeObject(doc, param.schema)) {
+      } else if (fieldNameProblem(field.name) === null && !looksLikeObject(doc, param.schema)) {
         properties[field.name] = { type: 'string' };
         required.push(field.name);
         warnings.push(
@@ -444,7 +444,8 @@ function queryFields(param: SpecParameter, at: string, ctx: FieldContext): Query
   const { name } = param;
   const required = param.required === true;
   const fail = (reason: string): QueryField[] => [{ name, required, ok: false, reason: `query.${name}: ${reason}` }];
-  if (!FIELD_NAME.test(name)) return fail('parameter names in a contract are letters, digits, "_" and "-"');
+  const problem = fieldNameProblem(name);
+  if (problem !== null) return fail(problem.replace('field names', 'parameter names'));
   if (param.schema === undefined) {
     const media = param.content ? Object.keys(param.content)[0] : undefined;
     return fail(media ? `it is sent as ${media}, which a contract cannot read` : 'it has no schema');
