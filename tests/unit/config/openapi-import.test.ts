@@ -708,6 +708,33 @@ describe('OpenAPI import: schemas a contract cannot hold exactly', () => {
     );
   });
 
+  it('a relative server is resolved against --base-url, for the upstream and for operations that repeat it', () => {
+    const relative = (servers: unknown) => ({
+      openapi: '3.0.3',
+      info: { title: 'Pets', version: '1' },
+      servers,
+      paths: {
+        '/pets': { get: { operationId: 'listPets', responses: { 200: { description: 'ok' } } } },
+        '/pets/{id}': { get: { operationId: 'getPet', servers: [{ url: '/api/v3' }], responses: { 200: { description: 'ok' } } } },
+        '/admin': { get: { operationId: 'admin', servers: [{ url: '/admin/v1' }], responses: { 200: { description: 'ok' } } } },
+      },
+    });
+    const plan = planImport(relative([{ url: '/api/v3' }]), { baseUrl: 'https://petstore3.swagger.io' });
+    expect(plan.baseUrl).toBe('https://petstore3.swagger.io/api/v3/');
+    expect(operation(plan, 'GET /pets/{id}').skipped).toBeNull();
+    expect(operation(plan, 'GET /admin').skipped).toBe(
+      'served from its own server (/admin/v1); import it into an upstream of its own with --base-url',
+    );
+    expect(buildUpstream(plan, selectOperations(plan, ['listPets', 'getPet']), { id: 'pets' }).upstream.baseUrl).toBe(
+      'https://petstore3.swagger.io/api/v3/',
+    );
+    // A relative path without "/" is resolved as URLs are; a server on another host ("//…") never moves --base-url.
+    expect(planImport(relative([{ url: 'v3' }]), { baseUrl: 'https://api.example.com/pets/' }).baseUrl).toBe('https://api.example.com/pets/v3/');
+    expect(planImport(relative([{ url: '//other.example/v3' }]), { baseUrl: 'https://api.example.com/pets' }).baseUrl).toBe('https://api.example.com/pets/');
+    // An absolute server is replaced by --base-url, as before.
+    expect(planImport(relative([{ url: 'https://prod.example/api/v3' }]), { baseUrl: 'https://staging.example/v3' }).baseUrl).toBe('https://staging.example/v3/');
+  });
+
   it('a query parameter or a field named "__proto__" is left out, said (the config loader refuses the name)', () => {
     const param = (required: boolean) => ({ name: '__proto__', in: 'query', required, schema: { type: 'string' } });
     const optional = planImport(doc({ parameters: [param(false), { name: 'q', in: 'query', schema: { type: 'string' } }] })).operations[0]!;

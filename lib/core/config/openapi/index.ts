@@ -4,7 +4,7 @@ import { bySpecificity, compileTemplate, templateShape } from '../../route/templ
 import { ConfigError } from '../error';
 import { parseConfig } from '../load';
 import { documentTitle, own, readSpecDocument, serverUrl, type SpecDocument } from './document';
-import { absoluteBase, planOperations, type ImportedRoute, type PlannedOperation } from './operations';
+import { absoluteBase, planOperations, serverBase, type ImportedRoute, type PlannedOperation } from './operations';
 import { chooseAuth, type AuthInput } from './security';
 import { shadowedOperations, type ChosenRoute } from './shadowed';
 
@@ -59,18 +59,19 @@ export function planImport(document: unknown, options: { baseUrl?: string } = {}
   const doc = readSpecDocument(document);
   const servers = own(doc.root, 'servers') as Parameters<typeof serverUrl>[0][] | undefined;
   const first = servers?.[0] ? serverUrl(servers[0], '#/servers/0') : undefined;
-  const documentServer = first === undefined ? null : absoluteBase(first);
-  let baseUrl: string | null = options.baseUrl ?? documentServer;
+  const reference = options.baseUrl === undefined ? null : absoluteBase(options.baseUrl);
+  const documentServer = first === undefined ? null : serverBase(first, reference);
+  // --base-url replaces an absolute server; a relative one is resolved against it (./operations.ts serverBase).
+  const relative = first !== undefined && absoluteBase(first) === null;
+  const baseUrl = options.baseUrl === undefined ? documentServer : ((relative ? documentServer : null) ?? reference ?? options.baseUrl);
   let baseUrlProblem: string | null = null;
   if (baseUrl === null) {
     baseUrlProblem =
       first === undefined
         ? 'the document names no server ("servers"): pass --base-url https://…'
         : `the document's server "${first}" is not an absolute http(s) URL: pass --base-url https://…`;
-  } else if (options.baseUrl !== undefined) {
-    baseUrl = absoluteBase(options.baseUrl) ?? options.baseUrl;
   }
-  const { operations, externalPaths, warnings } = planOperations(doc, { documentServer, baseUrl });
+  const { operations, externalPaths, warnings } = planOperations(doc, { documentServer, baseUrl, reference });
   return { doc, title: documentTitle(doc), baseUrl, baseUrlProblem, operations, externalPaths, warnings };
 }
 

@@ -67,10 +67,12 @@ export interface PlannedOperation {
 
 /** Where the upstream's base URL comes from, to tell operations served elsewhere. */
 export interface ServerChoice {
-  /** The document's first server, absolute, with a final "/" (null: none, or relative). */
+  /** The document's first server, absolute, with a final "/" (null: none, or relative with no --base-url). */
   readonly documentServer: string | null;
   /** The upstream's base URL (--base-url, else the document's first server). */
   readonly baseUrl: string | null;
+  /** --base-url as a base URL, which a relative server is resolved against (null: not given). */
+  readonly reference: string | null;
 }
 
 const METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'] as const;
@@ -217,7 +219,7 @@ function otherServer(list: SpecServer[] | undefined, at: string, servers: Server
   const first = list?.[0];
   if (!first) return null;
   const url = serverUrl(first, at);
-  const normal = absoluteBase(url);
+  const normal = serverBase(url, servers.reference);
   if (normal !== null && (normal === servers.documentServer || normal === servers.baseUrl)) return null;
   return url;
 }
@@ -232,6 +234,24 @@ export function absoluteBase(url: string): string | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * A server URL as a base URL: absolute as written, or a relative one resolved against --base-url (`/api/v3`
+ * against `https://petstore3.swagger.io` is `https://petstore3.swagger.io/api/v3/`), which stands for where the
+ * document is served (OpenAPI 3.1 §4.8.5: server URLs are relative to it). One that resolves to another host
+ * (`//other.example/v3`) is null: --base-url names the upstream's host. Null without --base-url.
+ */
+export function serverBase(url: string, reference: string | null): string | null {
+  const absolute = absoluteBase(url);
+  if (absolute !== null || reference === null) return absolute;
+  let resolved: string | null;
+  try {
+    resolved = absoluteBase(new URL(url, reference).href);
+  } catch {
+    return null;
+  }
+  return resolved !== null && new URL(resolved).origin === new URL(reference).origin ? resolved : null;
 }
 
 interface LocatedParameter {
