@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../lib/core/config/error';
 import { withFileLock, writeTarget } from '../lib/core/config/file-lock';
 import { argsProblem } from '../lib/node/args';
+import { printable } from './printable';
 import {
   buildUpstream,
   importableOperations,
@@ -326,15 +327,4 @@ export function parseSelection(text: string, count: number): { indexes: number[]
     for (let n = from; n <= to; n++) if (!indexes.includes(n - 1)) indexes.push(n - 1);
   }
   return { indexes };
-}
-
-/**
- * Text from the document shown as escapes where a terminal would act on it (control characters, escape
- * sequences, bidirectional overrides): a third-party document is data, not terminal commands.
- */
-function printable(text: string): string {
-  return text.replace(
-    /[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
 }

@@ -31,6 +31,7 @@ import { DECOY_SHAPES, decoyId, mintDecoy, type DecoyShape } from '../lib/core/d
 import { renderClientTypes } from './client-types';
 import { prepareDevEnvironment } from './dev-setup';
 import { importCommand } from './import-openapi';
+import { printable } from './printable';
 import { readTypedSecret } from './secret-input';
 
 /** The commands, one line each, for `--help` (`help keys` and `keys --help` show the keys lines only). */
@@ -276,7 +277,9 @@ async function typesCommand(args: string[]): Promise<number> {
   const definitions = file ? readConfigFile(file) : readConfigJson(json!);
   // Named relative to the project when it is inside it, so the generated file is the same on every machine.
   const shown = file && !relative(process.cwd(), file).startsWith('..') ? relative(process.cwd(), file) : file;
-  const text = renderClientTypes(definitions, shown ?? 'KEYWARD_CONFIG_JSON');
+  const text = renderClientTypes(definitions, shown ?? 'KEYWARD_CONFIG_JSON', (message) =>
+    process.stderr.write(`keyward: warning: ${printable(message)}\n`),
+  );
   if (out === undefined) {
     process.stdout.write(text);
   } else {
@@ -353,7 +356,7 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
       // Rotation ids are unique per upstream only: an id on several rings needs --upstream, never the first listed.
       const holders = values.upstream === undefined ? await runtime.keyRings.upstreamsWithRotation(target!) : [];
       if (holders.length > 1) {
-        process.stderr.write(`keyward: rotation ${visible(target!)} is on more than one upstream (${holders.join(', ')}): name one with --upstream <upstream>.\n`);
+        process.stderr.write(`keyward: rotation ${printable(target!)} is on more than one upstream (${holders.join(', ')}): name one with --upstream <upstream>.\n`);
         return 2;
       }
       const rotation = await keys.rollback(target!, values.upstream);
@@ -488,23 +491,16 @@ async function decoysCommand(action: string | undefined, args: string[]): Promis
 
 // ---- Tables and sentences (for people; --json is for scripts) ----
 
-/**
- * Control characters (a terminal's escape sequences among them) and bidirectional overrides in stored text
- * (an OIDC subject, a route) are shown as escapes, not obeyed by the terminal.
- */
-const visible = (text: string) =>
-  text.replace(/[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-
 function columnWidths(rows: readonly (readonly string[])[], minimum: readonly number[] = []): number[] {
   const widths = [...minimum];
-  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, visible(cell).length)));
+  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, printable(cell).length)));
   return widths;
 }
 
 /** One table line: every column padded to its width but the last; no trailing spaces. */
 function formatRow(row: readonly string[], widths: readonly number[]): string {
   return row
-    .map((cell, i) => (i === row.length - 1 ? visible(cell) : visible(cell).padEnd(widths[i] ?? 0)))
+    .map((cell, i) => (i === row.length - 1 ? printable(cell) : printable(cell).padEnd(widths[i] ?? 0)))
     .join('  ')
     .trimEnd();
 }
@@ -646,7 +642,7 @@ main(process.argv.slice(2)).then(
     // Line by line: a message that lists several fields keeps its line breaks.
     const message =
       error instanceof ConfigError || error instanceof KeywardError
-        ? error.message.split('\n').map(visible).join('\n')
+        ? error.message.split('\n').map(printable).join('\n')
         : `unexpected error${detail ? ` (${detail})` : ''}`;
     process.stderr.write(`keyward: ${message}\n`);
     exitAfterOutput(1);

@@ -754,6 +754,24 @@ describe('OpenAPI import: schemas a contract cannot hold exactly', () => {
     expect(() => parseConfig(JSON.parse(JSON.stringify({ upstreams: { t: result.upstream } })), 'keyward.json')).not.toThrow();
   });
 
+  it('an optional field named as an Object.prototype member is imported, and said to be left out of the typed client', () => {
+    const op = planImport(
+      doc({
+        parameters: [{ name: 'toString', in: 'query', schema: { type: 'string' } }],
+        requestBody: {
+          required: true,
+          content: { 'application/json': { schema: { type: 'object', required: ['valueOf'], properties: { valueOf: { type: 'integer' }, constructor: { type: 'string' } } } } },
+        },
+      }),
+    ).operations[0]!;
+    expect(Object.keys(op.route!.query!.properties)).toEqual(['toString']);
+    expect(Object.keys((op.route!.body as { properties: object }).properties)).toEqual(['valueOf', 'constructor']);
+    expect(op.warnings.filter((w) => w.includes('typed client'))).toEqual([
+      "the optional field query.toString is left out of the typed client's types (TypeScript reads an optional field of that name from Object.prototype, and would refuse every call to the route)",
+      "the optional field body.constructor is left out of the typed client's types (TypeScript reads an optional field of that name from Object.prototype, and would refuse every call to the route)",
+    ]);
+  });
+
   it('no usable security scheme: a placeholder credential from the environment, and a warning', () => {
     const plan = planImport(doc({ responses: {} }));
     const result = buildUpstream(plan, importableOperations(plan), { id: 'things' });

@@ -216,4 +216,79 @@ describe('renderClientTypes', () => {
     expect(text).toContain('[key: string]: number;');
     expect(text).toContain('"value": string | null;');
   });
+
+  it('writes descriptions with control characters and bidirectional overrides as escapes', () => {
+    const hostile = 'Safe.\u202e;)(lave\u202c \u2066hidden\u2069 \u200fx\u200e \x1b[2J\x1b]8;;https://evil.example\x07link \x85\x7f\x00end';
+    const definitions = parseConfig(
+      {
+        upstreams: {
+          docs: {
+            baseUrl: 'https://docs.example/',
+            auth: { type: 'bearer', secret: { env: 'DOCS_KEY' } },
+            routes: [{ method: 'GET', path: '/search', query: { properties: { q: { type: 'string', description: hostile } } } }],
+          },
+        },
+      },
+      'test',
+    );
+    const text = renderClientTypes(definitions, 'keyward.json');
+    expect(text).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]/);
+    expect(text).toContain(
+      '/** Safe.\\u202e;)(lave\\u202c \\u2066hidden\\u2069 \\u200fx\\u200e \\u001b[2J\\u001b]8;;https://evil.example\\u0007link \\u0085\\u007f\\u0000end */',
+    );
+  });
+
+  it('leaves out an optional request field named as an Object.prototype member (TypeScript would refuse every call), and says so', () => {
+    const definitions = parseConfig(
+      {
+        upstreams: {
+          api: {
+            baseUrl: 'https://api.example/',
+            auth: { type: 'bearer', secret: { env: 'API_KEY' } },
+            routes: [
+              { method: 'GET', path: '/items', query: { properties: { constructor: { type: 'string' }, q: { type: 'string' } } } },
+              {
+                method: 'POST',
+                path: '/items',
+                body: {
+                  type: 'object',
+                  required: ['valueOf'],
+                  properties: { valueOf: { type: 'integer' }, meta: { type: 'object', properties: { toString: { type: 'string' }, tag: { type: 'string' } } } },
+                },
+                response: { type: 'object', properties: { constructor: { type: 'string' } } },
+              },
+            ],
+          },
+        },
+      },
+      'test',
+    );
+    const warnings: string[] = [];
+    const text = renderClientTypes(definitions, 'keyward.json', (message) => warnings.push(message));
+    expect(warnings).toEqual([
+      'api GET /items: the optional field query.constructor is left out of the typed client\'s types (TypeScript reads an optional field of that name from Object.prototype, and would refuse every call to the route)',
+      'api POST /items: the optional field body.meta.toString is left out of the typed client\'s types (TypeScript reads an optional field of that name from Object.prototype, and would refuse every call to the route)',
+    ]);
+    // A required one, and one in a response, are kept.
+    expect(text).toContain('"valueOf": number;');
+    expect(text).toContain('"constructor"?: string;');
+    const usage = `import { createKeywardClient } from '../../lib/client';
+import type { KeywardApi } from './keyward-api.generated';
+
+const kw = createKeywardClient<KeywardApi>();
+
+export async function calls(): Promise<void> {
+  await kw.api.get('/items', { query: { q: 'x' } });
+  await kw.api.post('/items', { body: { valueOf: 1, meta: { tag: 't' } } });
+}
+`;
+    expect(typecheck([USAGE_PATH, GENERATED_PATH], new Map([[USAGE_PATH, usage], [GENERATED_PATH, text]]))).toEqual([]);
+    // `types` says so on stderr.
+    const dir = realpathSync(mkdtempSync(join(tmpdir(), 'keyward-types-')));
+    const file = join(dir, 'keyward.json');
+    writeFileSync(file, JSON.stringify({ upstreams: { api: definitions[0]!.config } }));
+    const run = cli(['types', '--config', file], dir);
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stderr).toContain(`keyward: warning: ${warnings[0]}`);
+  });
 });

@@ -3,6 +3,7 @@ import { templateProblems } from '../../route/template';
 import { ConfigError } from '../error';
 import type { FieldSpecInput } from '../policy';
 import type { RouteMethod } from '../schema';
+import { untypeableFieldMessage, untypeableFields } from '../type-gaps';
 import {
   child,
   derefObject,
@@ -197,6 +198,8 @@ function planOperation(
     bodyUnchecked = body.unchecked;
   }
   warnings.push(...notes.messages());
+  for (const field of [...untypeableFields(route.query, 'query'), ...untypeableFields(route.body, 'body')])
+    warnings.push(untypeableFieldMessage(field));
   const response = responseType(doc, op.responses, child(at, 'responses'), warnings);
   if (response) route.response = response;
   const loosePath = params.filter((p) => p.param.in === 'path').flatMap((p) => uncheckedPathParam(doc, p.param, p.at));
