@@ -1,5 +1,6 @@
 import 'server-only';
 import { keyward } from '@/keyward';
+import type { Owner } from '@/lib/core/users/owner';
 
 /** A user's own key for one upstream as the pages show it: never the key; the last 4 only to its owner. */
 export interface OwnKeyView {
@@ -14,15 +15,16 @@ export type OwnKeyEntry = { readonly upstream: string; readonly key: OwnKeyView 
 
 /**
  * The user's own key for each upstream that takes one, as GET /api/keys/<upstream> describes it, picked field by
- * field: only what that API shows reaches a page. `last4` for the owner's own page (My usage), not for admins.
+ * field: only what that API shows reaches a page. `last4` for the owner's own page (My usage), not for admins. A
+ * key a local user's name had under another password is "no key", as the calls take it (users/owner.ts).
  */
-export async function loadOwnKeys(userId: string, { last4 }: { readonly last4: boolean }): Promise<OwnKeyEntry[]> {
+export async function loadOwnKeys(owner: Owner, { last4 }: { readonly last4: boolean }): Promise<OwnKeyEntry[]> {
   const userKeys = keyward.getRuntime().userKeys;
   const upstreams = keyward.upstreamSummaries().filter((u) => u.credential === 'own-key');
   if (!userKeys) return upstreams.map((u) => ({ upstream: u.id, key: null }));
   return Promise.all(
     upstreams.map(async ({ id }) => {
-      const info = await userKeys.describe(id, userId);
+      const info = await userKeys.describe(id, owner);
       const key = info && { upstream: id, fingerprint: info.fingerprint, createdAt: info.createdAt, lastUsedAt: info.lastUsedAt, ...(last4 ? { last4: info.last4 } : {}) };
       return { upstream: id, key };
     }),

@@ -3,6 +3,7 @@ import type { UsageFigures } from '@/lib/core/aggregates/usage';
 import { appliesTo } from '@/lib/core/limits/rules';
 import { rolesAllow } from '@/lib/core/policy/authorize';
 import { UNKNOWN_UPSTREAM } from '@/lib/core/observe/metrics';
+import { fileOwner } from '@/lib/core/users/owner';
 import type { PageSession } from 'keyward/next';
 import type { ChartPoint, Totals } from '../admin/admin-data';
 import { keyward } from '@/keyward';
@@ -83,7 +84,7 @@ function limitsOf(upstreamId: string, roles: readonly string[]): LimitView[] {
 
 /** The last 24 hours by hour, the session's user only: in total and per upstream, with each upstream's limits. */
 export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
-  const usage = keyward.getRuntime().usage;
+  const { usage, users } = keyward.getRuntime();
   const toMs = Date.now();
   const ids = keyward.upstreamSummaries().map((u) => u.id);
   // Listed: what the user's roles may call, and whatever else they called (a refusal is a call of theirs too).
@@ -91,7 +92,11 @@ export async function loadMyUsage(session: PageSession): Promise<MyUsage> {
   // One read of the window for the total and every upstream's share, of this user's rows only (a bucket holds
   // every user's): the configured upstreams', and calls to an upstream that does not exist.
   const window = { period: 'hour' as const, fromMs: toMs - (BUCKETS - 1) * HOUR_MS, toMs, user: session.userId, upstreams: [...ids, UNKNOWN_UPSTREAM] };
-  const [{ series, upstreams }, keys] = await Promise.all([usage.seriesByUpstream(window), loadOwnKeys(session.userId, { last4: true })]);
+  const [{ series, upstreams }, keys] = await Promise.all([usage.seriesByUpstream(window), loadOwnKeys(
+    // The page's session was checked against the users file: its password version is the file's.
+    fileOwner(session.userId, users),
+    { last4: true },
+  )]);
   return {
     from: series.from,
     to: series.to,

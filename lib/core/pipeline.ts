@@ -601,7 +601,7 @@ async function credentialServes(upstream: Upstream, session: Session, credential
   const plan = upstream.credential;
   if (plan.source === 'static') return !(await sources?.keyRings?.isRetired(upstream, credential.fingerprint));
   if (plan.source === 'user-key' && sources?.userKeys) {
-    return (await sources.userKeys.currentFingerprint(upstream.id, session.userId, upstream.fingerprints)) === credential.fingerprint;
+    return (await sources.userKeys.currentFingerprint(upstream.id, session, upstream.fingerprints)) === credential.fingerprint;
   }
   if (plan.source === 'oauth' && sources?.oauthTokens) return sources.oauthTokens.hasGrant(plan.provider, session.userId);
   return true;

@@ -38,6 +38,7 @@ import { createOriginPolicy } from './origin/public-origin';
 import { assertNoPublicSecrets, isCleanSecret, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
 import { buildRegistry, envValue, MIN_SECRET_LENGTH, usernameSecrets, type Env, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
+import { OtherOwnerWarnings } from './users/owner';
 import { Vault } from './vault/seal';
 import { guard } from './store/guard';
 import { QueueDeadlineDispatcher } from './forward/queue-deadline';
@@ -248,15 +249,19 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const sessionIndex = new SessionIndex(store, sessionHorizonMs, now, users);
   const revocations = new SessionRevocations(store, sessionHorizonMs, now, (userId) => sessionIndex.latestSignIn(userId));
   const vault = settings.KEYWARD_VAULT_SECRET ? new Vault(settings.KEYWARD_VAULT_SECRET, settings.KEYWARD_VAULT_SECRET_PREVIOUS) : null;
-  const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now, fingerprints) : null;
+  const userKeys = vault && needsUserKeys ? new UserKeys(store, vault, now, fingerprints, logger) : null;
   // Connections keep their status from the token store's reports (set once `connections` exists, below).
   let connections: Connections | null = null;
+  // Tokens a local user's name had under another password (lib/core/users/owner.ts): said once per user and provider.
+  const otherOwners = new OtherOwnerWarnings(logger);
   const oauthTokens =
     vault && (oauthProviders.size > 0 || connectionConfig.providers.size > 0)
       ? new OAuthTokenStore(store, vault, refreshers, now, {
           refreshed: async (provider, userId, tokens) => connections?.refreshed(provider, userId, tokens),
           ended: async (provider, userId, reason) => connections?.ended(provider, userId, reason),
           orphaned: async (provider, userId, tokens) => connections?.orphaned(provider, userId, tokens),
+          otherOwner: (provider, userId) => otherOwners.warn(userId, { provider }),
+          stamped: async (provider, userId, passwordVersion) => connections?.stamped(provider, userId, passwordVersion),
           failed: (provider, userId, reason) =>
             logger.warn({ provider, userId, reason }, 'token refresh failed; the link is kept for a later try'),
         })

@@ -178,7 +178,7 @@ function buildConfig(runtime: Runtime, pages: AuthPages): NextAuthConfig {
           // The provider's tokens stay on the server, sealed in the store, for upstreams that use them.
           if (runtime.oauthTokens && runtime.oauthProviders.has(account.provider) && account.access_token) {
             await runtime.oauthTokens
-              .save(account.provider, subject, {
+              .save(account.provider, { userId: subject }, {
                 accessToken: account.access_token,
                 refreshToken: account.refresh_token ?? null,
                 expiresAt: typeof account.expires_at === 'number' ? account.expires_at * 1000 : 0,

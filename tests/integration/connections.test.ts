@@ -863,7 +863,7 @@ describe('an expiring token with no refresh token', () => {
     const ended = await call(a, 'acme', 'me', eveCookie);
     expect(errorOf(ended.body)).toMatchObject({ code: 'connection_required', connectUrl: '/api/connect/acme' });
     expect(provider.counts().tokenRequests).toBe(tokenRequests);
-    expect(await b.connections!.list(eve)).toMatchObject([{ provider: 'acme', status: 'needs_reconnect' }]);
+    expect(await b.connections!.list({ userId: eve })).toMatchObject([{ provider: 'acme', status: 'needs_reconnect' }]);
     const logged = logLines.slice(linesBefore).join('\n');
     expect(logged).toContain('connection needs reconnecting: its token expired, and the provider gave no refresh token');
     expect(logged).not.toContain('the provider refused to refresh it');

@@ -470,7 +470,7 @@ describe('the own-key API (PUT /api/keys/<upstream>)', () => {
         requestId: body.error.requestId,
       },
     ]);
-    expect(await runtime.userKeys!.describe('byok', alice.sub)).toBeNull();
+    expect(await runtime.userKeys!.describe('byok', { userId: alice.sub })).toBeNull();
     expect(log.lines.join('')).toContain('decoy presented');
     expect(log.lines.join('')).not.toContain(openai.value);
     // A real key is stored as before.

@@ -137,7 +137,7 @@ describe('anomaly detection through the pipeline', () => {
 
   it('suspends the user’s own keys at the last step, until an admin undoes it', async () => {
     const userKeys = harness.runtime.userKeys!;
-    await userKeys.put('byok', 'local:carol', randomSecret('own'));
+    await userKeys.put('byok', { userId: 'local:carol' }, randomSecret('own'));
     harness.runtime.detector.decoyHit({
       kind: 'route',
       decoyId: null,
@@ -156,7 +156,7 @@ describe('anomaly detection through the pipeline', () => {
     await new Promise((resolve) => setTimeout(resolve, 5));
     const cookie = await sessionCookie(harness.env.AUTH_SECRET!, { sub: 'local:carol', roles: ['user'], authMs: Date.now() });
     expectKeywardError(await harness.call(['items', '1'], { upstream: 'byok', cookie }), 403, 'key_suspended', harness);
-    await expect(userKeys.put('byok', 'local:carol', randomSecret('own'))).rejects.toMatchObject({ code: 'key_suspended' });
+    await expect(userKeys.put('byok', { userId: 'local:carol' }, randomSecret('own'))).rejects.toMatchObject({ code: 'key_suspended' });
 
     expect((await handleAlertUndo(admin(`/api/admin/alerts/${alert.id}/undo`, 'POST'), alert.id, harness.runtime)).status).toBe(200);
     expect((await harness.call(['items', '1'], { upstream: 'byok', cookie })).response.status).toBe(200);

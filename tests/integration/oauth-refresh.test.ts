@@ -101,7 +101,7 @@ function burst(n: number): Promise<CallResult[]> {
 /** Links a fresh grant (a new authorization code flow) with an access token that is already expired. */
 async function linkExpired(): Promise<{ accessToken: string; refreshToken: string }> {
   const tokens = await provider.authorize();
-  await a.oauthTokens!.save('oidc', userId, {
+  await a.oauthTokens!.save('oidc', { userId }, {
     accessToken: tokens.accessToken,
     refreshToken: tokens.refreshToken,
     expiresAt: now() - 1_000,
@@ -212,7 +212,7 @@ describe('a refresh refused for good ends the link, without a loop', () => {
     const tokens = await linkExpired();
     expect((await call(a)).status).toBe(200); // rotates tokens.refreshToken at the provider
     // The store goes back to the spent refresh token (e.g. restored from a backup) and the access token expires.
-    await a.oauthTokens!.save('oidc', userId, {
+    await a.oauthTokens!.save('oidc', { userId }, {
       accessToken: tokens.accessToken,
       refreshToken: tokens.refreshToken,
       expiresAt: now() - 1_000,
@@ -362,7 +362,7 @@ describe('access tokens that live 60 seconds or less', () => {
     const userCookie = await claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: user });
     const tokens = await shortLived.authorize();
     expect(tokens.expiresIn).toBe(30);
-    await sa.oauthTokens!.save('oidc', user, {
+    await sa.oauthTokens!.save('oidc', { userId: user }, {
       accessToken: tokens.accessToken,
       refreshToken: tokens.refreshToken,
       expiresAt: now() - 1_000,
@@ -455,7 +455,7 @@ const refusedWith = (code: string) => (res: ServerResponse) => {
 /** A user of `runtime` whose linked access token has expired, and their session cookie. */
 async function expiredLink(runtime: Runtime, name: string): Promise<{ user: string; cookie: string }> {
   const user = `oidc:${name}-${randomUUID()}`;
-  await runtime.oauthTokens!.save('oidc', user, {
+  await runtime.oauthTokens!.save('oidc', { userId: user }, {
     accessToken: randomSecret('at'),
     refreshToken: randomSecret('rt'),
     expiresAt: now() - 1_000,
@@ -524,7 +524,7 @@ async function dueLink(runtime: Runtime, name: string, validForMs: number) {
   const tokens = { accessToken: randomSecret('at'), refreshToken: randomSecret('rt') };
   skewMs -= 200_000;
   try {
-    await runtime.oauthTokens!.save('oidc', user, { ...tokens, expiresAt: now() + 200_000 + validForMs });
+    await runtime.oauthTokens!.save('oidc', { userId: user }, { ...tokens, expiresAt: now() + 200_000 + validForMs });
   } finally {
     skewMs += 200_000;
   }
@@ -612,7 +612,7 @@ describe('the provider is down when a token is due (transient failure: backed of
 
       // The user connects again (another refresh token), and the provider is back, well within the 30 s.
       const refreshToken = randomSecret('rt');
-      await runtime.oauthTokens!.save('oidc', user, { accessToken: randomSecret('at'), refreshToken, expiresAt: now() - 1_000 });
+      await runtime.oauthTokens!.save('oidc', { userId: user }, { accessToken: randomSecret('at'), refreshToken, expiresAt: now() - 1_000 });
       const renewed = randomSecret('at');
       issuer.state.answer = served(renewed);
       expect((await call(runtime, cookie)).status).toBe(200);

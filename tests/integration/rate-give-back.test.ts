@@ -59,8 +59,8 @@ afterAll(async () => {
 
 describe("a call whose own key cannot be used gives back only the points its round trip took", () => {
   it('calls refused for want of room, then failing on their key, free no place in the upstream-wide limit', async () => {
-    await runtime.userKeys!.put('own', 'local:good', randomSecret('good'));
-    await runtime.userKeys!.put('own', 'local:bad', randomSecret('bad'));
+    await runtime.userKeys!.put('own', { userId: 'local:good' }, randomSecret('good'));
+    await runtime.userKeys!.put('own', { userId: 'local:bad' }, randomSecret('bad'));
     // The bad user's sealed key no longer opens.
     const stored = JSON.parse((await store.get('ukey:own:local:bad'))!) as { sealed: string };
     await store.set('ukey:own:local:bad', JSON.stringify({ ...stored, sealed: `${stored.sealed.slice(0, -4)}AAAA` }));

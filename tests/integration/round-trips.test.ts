@@ -404,7 +404,7 @@ describe('one store round trip per proxied call (Redis)', () => {
 
   it("a user's own key: one round trip, the suspension mark and the sealed key read in the script with the revocation marks and the counters", async () => {
     const own = randomSecret('own');
-    await a.userKeys!.put('own', 'local:kim', own);
+    await a.userKeys!.put('own', { userId: 'local:kim' }, own);
     const seen = upstream.requests.length;
     const calls = await perCall('own', await cookieFor('local:kim'));
     for (const rounds of calls) expect(rounds).toEqual([['evalsha']]);
@@ -430,7 +430,7 @@ describe('one store round trip per proxied call (Redis)', () => {
     expect(await counterOf('local:nokey')).toBeNull();
 
     // Suspended by the anomaly detector: refused although the key is there.
-    await a.userKeys!.put('own', 'local:sus', randomSecret('sus'));
+    await a.userKeys!.put('own', { userId: 'local:sus' }, randomSecret('sus'));
     const susCookie = await cookieFor('local:sus');
     counter.take();
     expect((await call(a, 'own', susCookie)).status).toBe(200);
@@ -443,7 +443,7 @@ describe('one store round trip per proxied call (Redis)', () => {
 
     // Revoked on another instance: 401, no counter, and the sealed key is not even read (one GET fewer).
     const sid = randomUUID();
-    await a.userKeys!.put('own', 'local:rev', randomSecret('rev'));
+    await a.userKeys!.put('own', { userId: 'local:rev' }, randomSecret('rev'));
     const revCookie = await cookieFor('local:rev', sid);
     expect((await call(a, 'own', revCookie)).status).toBe(200);
     await b.revocations.revokeSession(sid);
@@ -458,7 +458,7 @@ describe('one store round trip per proxied call (Redis)', () => {
   });
 
   it("a user's own key with a rate limit per key: the counter waits for the key, a second round trip", async () => {
-    await a.userKeys!.put('owncred', 'local:lee', randomSecret('lee'));
+    await a.userKeys!.put('owncred', { userId: 'local:lee' }, randomSecret('lee'));
     for (const rounds of await perCall('owncred', await cookieFor('local:lee'))) expect(rounds).toEqual([['evalsha'], ['evalsha']]);
     const keys = await keysUnder(REDIS_URL, `${PREFIX}rl|owncred|`);
     expect(keys).toHaveLength(1);
@@ -467,7 +467,7 @@ describe('one store round trip per proxied call (Redis)', () => {
 
   it("the user's OAuth token: one round trip, the sealed token read in the script", async () => {
     const token = randomSecret('access');
-    await a.oauthTokens!.save('oidc', 'local:max', { accessToken: token, refreshToken: null, expiresAt: Date.now() + 3_600_000 });
+    await a.oauthTokens!.save('oidc', { userId: 'local:max' }, { accessToken: token, refreshToken: null, expiresAt: Date.now() + 3_600_000 });
     const seen = upstream.requests.length;
     const calls = await perCall('token', await cookieFor('local:max'));
     for (const rounds of calls) expect(rounds).toEqual([['evalsha']]);
@@ -484,7 +484,7 @@ describe('one store round trip per proxied call (Redis)', () => {
   it("a secret that cannot be used (a sealed value that does not open, a token the provider must refresh and cannot) gives its counter back", async () => {
     const counterOf = (id: string, user: string) => info.get(`${PREFIX}rl|${id}|*|user-60s:u:${user}`);
     // A stored key whose seal is damaged: 503 credential_unavailable, and the point taken in the script returned.
-    await a.userKeys!.put('own', 'local:bad', randomSecret('bad'));
+    await a.userKeys!.put('own', { userId: 'local:bad' }, randomSecret('bad'));
     const cookie = await cookieFor('local:bad');
     expect((await call(a, 'own', cookie)).status).toBe(200);
     const stored = JSON.parse((await storeA.get('ukey:own:local:bad'))!) as { sealed: string };
@@ -493,7 +493,7 @@ describe('one store round trip per proxied call (Redis)', () => {
     expect(await counterOf('own', 'local:bad')).toBe('1');
 
     // An expired token without a refresh token: 401 reauth_required, nothing counted.
-    await a.oauthTokens!.save('oidc', 'local:old', { accessToken: randomSecret('old'), refreshToken: null, expiresAt: Date.now() - 1_000 });
+    await a.oauthTokens!.save('oidc', { userId: 'local:old' }, { accessToken: randomSecret('old'), refreshToken: null, expiresAt: Date.now() - 1_000 });
     const result = await call(a, 'token', await cookieFor('local:old'));
     expect(result.status).toBeGreaterThanOrEqual(400);
     expect(['reauth_required', 'credential_unavailable']).toContain(result.code);

@@ -540,13 +540,13 @@ describe('vault rotation re-seals stored keys on use', () => {
     const s2 = randomSecret('vault-two').padEnd(40, 'y');
     const store = new WatchedStore();
     const key = randomSecret('own');
-    await new UserKeys(store, new Vault(s1)).put('byok', ALICE, key);
+    await new UserKeys(store, new Vault(s1)).put('byok', { userId: ALICE }, key);
     const rotating = new UserKeys(store, new Vault(s2, s1));
     const resealed = store.nextReplace();
-    expect(await rotating.use('byok', ALICE)).toBe(key);
+    expect(await rotating.use('byok', { userId: ALICE })).toBe(key);
     // The re-seal is written in the background: wait for that write, not for time.
     expect(await resealed).toBe(true);
-    expect(await new UserKeys(store, new Vault(s2)).use('byok', ALICE)).toBe(key);
+    expect(await new UserKeys(store, new Vault(s2)).use('byok', { userId: ALICE })).toBe(key);
   });
 
   it('never overwrites a key the user replaced while the old one was being re-sealed', async () => {
@@ -555,17 +555,17 @@ describe('vault rotation re-seals stored keys on use', () => {
     const store = new WatchedStore();
     const oldKey = randomSecret('old');
     const newKey = randomSecret('new');
-    await new UserKeys(store, new Vault(s1)).put('byok', ALICE, oldKey);
+    await new UserKeys(store, new Vault(s1)).put('byok', { userId: ALICE }, oldKey);
     const rotating = new UserKeys(store, new Vault(s2, s1));
     const resealed = store.nextReplace();
     const release = store.hold();
-    const using = rotating.use('byok', ALICE);
+    const using = rotating.use('byok', { userId: ALICE });
     expect(await using).toBe(oldKey);
     // The user replaces the key while the old one's re-seal is still on its way …
-    await rotating.put('byok', ALICE, newKey);
+    await rotating.put('byok', { userId: ALICE }, newKey);
     release();
     // … so the re-seal finds the record changed and writes nothing.
     expect(await resealed).toBe(false);
-    expect(await rotating.use('byok', ALICE)).toBe(newKey);
+    expect(await rotating.use('byok', { userId: ALICE })).toBe(newKey);
   });
 });

@@ -87,9 +87,9 @@ beforeAll(async () => {
       defineUpstream('llm', { baseUrl: `${upstream.origin}/llm/`, auth: { type: 'header', name: 'x-api-key', secret: { user: 'key' } }, routes: [{ method: 'GET', path: '/models' }] }),
     ],
   });
-  await runtime.userKeys!.put('llm', 'local:ada', firstAdaKey);
-  await runtime.userKeys!.put('llm', 'local:bob', bobKey);
-  await runtime.connections!.tokens.save('github', 'local:ada', { accessToken: firstAdaToken, refreshToken: null, expiresAt: 0 });
+  await runtime.userKeys!.put('llm', { userId: 'local:ada' }, firstAdaKey);
+  await runtime.userKeys!.put('llm', { userId: 'local:bob' }, bobKey);
+  await runtime.connections!.tokens.save('github', { userId: 'local:ada' }, { accessToken: firstAdaToken, refreshToken: null, expiresAt: 0 });
 });
 
 afterAll(async () => {
@@ -111,9 +111,9 @@ describe('a user taken out of the users file', () => {
     expect(runtime.users!.find('ada')).toBeNull();
     // The deletions run in the background of that look-up: wait for them (bounded).
     const held = async () =>
-      (await runtime.userKeys!.describe('llm', 'local:ada')) !== null || (await runtime.connections!.tokens.load('github', 'local:ada')) !== null;
+      (await runtime.userKeys!.describe('llm', { userId: 'local:ada' })) !== null || (await runtime.connections!.tokens.load('github', 'local:ada')) !== null;
     for (let i = 0; i < 250 && (await held()); i++) await new Promise((resolve) => setTimeout(resolve, 20));
-    expect(await runtime.userKeys!.describe('llm', 'local:ada')).toBeNull();
+    expect(await runtime.userKeys!.describe('llm', { userId: 'local:ada' })).toBeNull();
     expect(await runtime.connections!.tokens.load('github', 'local:ada')).toBeNull();
     // The grant was deleted at the host that issued it (never at api.github.com), with the app's credentials.
     const deletion = upstream.requests.find((r) => r.method === 'DELETE')!;
@@ -129,7 +129,7 @@ describe('a user taken out of the users file', () => {
       ]),
     );
     // Bob, still in the file, keeps his key.
-    expect(await runtime.userKeys!.describe('llm', 'local:bob')).not.toBeNull();
+    expect(await runtime.userKeys!.describe('llm', { userId: 'local:bob' })).not.toBeNull();
 
     // The name is given to someone else, with a password of their own.
     const newAdaHash = await hashPassword(randomSecret('new-ada-pw'));
@@ -157,7 +157,7 @@ describe('a user taken out of the users file', () => {
     ]);
     await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
     expect(runtime.users!.find('cy')).not.toBeNull();
-    await runtime.connections!.tokens.save('github', 'local:cy', { accessToken: cyToken, refreshToken: null, expiresAt: 0 });
+    await runtime.connections!.tokens.save('github', { userId: 'local:cy' }, { accessToken: cyToken, refreshToken: null, expiresAt: 0 });
     // Another instance's refresh of cy's connection holds its lock, and its provider does not answer.
     const lock = 'lock:oauth:github:local:cy';
     expect(await runtime.store.setIfAbsent(lock, 'another instance', 45_000)).toBe(true);

@@ -814,8 +814,8 @@ describe('WebSocket upgrades through the fast lane', () => {
     // tests/integration/connections.test.ts); the server's processes read them from there.
     const tokens = new OAuthTokenStore(laneStore, new Vault(vaultSecret), new Map());
     const grant = { accessToken: oauthToken, refreshToken: null, expiresAt: 0 };
-    await tokens.save('acme', 'oidc:gus', grant);
-    await tokens.save('acme', 'oidc:hal', grant);
+    await tokens.save('acme', { userId: 'oidc:gus' }, grant);
+    await tokens.save('acme', { userId: 'oidc:hal' }, grant);
     const cookie = await cookieFor('oidc:gus');
     const before = handshakes.length;
     const socket = opened(await open('/api/proxy/linked/realtime', { cookie, ...sameOrigin() }));

@@ -4,6 +4,7 @@ import { appliesTo, type MeterRule } from '@/lib/core/limits/rules';
 import { USER_ID } from '@/lib/core/session/provider-sessions';
 import type { SessionView } from '@/lib/core/session/session-index';
 import type { ConnectionView } from '@/lib/core/connect/connections';
+import { fileOwner } from '@/lib/core/users/owner';
 import { keyward } from '@/keyward';
 import { loadOwnKeys, type OwnKeyEntry } from '../../components/own-key-list';
 import { knownUsers, type Known } from './known-users';
@@ -207,9 +208,9 @@ export async function loadUser(userId: string): Promise<{ now: number; user: Use
     runtime.usage.series(window),
     runtime.usage.series({ period: 'day', fromMs: now - (days - 1) * DAY_MS, toMs: now, user: userId }),
     runtime.sessionIndex.list(userId),
-    loadOwnKeys(userId, { last4: false }),
+    loadOwnKeys(fileOwner(userId, runtime.users), { last4: false }),
     // Never a token: provider, scopes, status and times only (the connections' own view).
-    runtime.connections ? runtime.connections.list(userId) : Promise.resolve(null),
+    runtime.connections ? runtime.connections.list(fileOwner(userId, runtime.users)) : Promise.resolve(null),
   ]);
   const localUser = userId.startsWith('local:') ? (runtime.users?.find(userId.slice('local:'.length)) ?? null) : null;
   if (!localUser && ever.total.calls === 0 && sessions.length === 0 && ownKeys.every((entry) => entry.key === null)) return null;

@@ -10,6 +10,7 @@ import {
 } from '../connect/connections';
 import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
+import { fileOwner } from '../users/owner';
 import { StoreUnavailableError } from '../../store/types';
 import { requireAdmin } from './admin';
 import { bounceResponse } from './bounce';
@@ -136,7 +137,7 @@ export function handleConnections(request: Request, runtime: Runtime): Promise<R
     const connections = runtime.connections;
     if (!connections) return json({ connections: [], providers: [] });
     return json({
-      connections: await connections.list(session.userId),
+      connections: await connections.list(session),
       providers: [...connections.providers.values()].map((provider) => ({
         provider: provider.id,
         name: provider.name,
@@ -155,7 +156,7 @@ export function handleConnection(request: Request, providerId: string, runtime: 
     switch (request.method) {
       case 'GET':
       case 'HEAD': {
-        const view = (await connections.list(session.userId)).find((connection) => connection.provider === providerId);
+        const view = (await connections.list(session)).find((connection) => connection.provider === providerId);
         if (!view) throw new KeywardError('not_found', { message: 'You have no connection to this provider.' });
         return json(view);
       }
@@ -176,6 +177,6 @@ export function handleAdminUserConnections(request: Request, userId: string, run
     await requireAdmin(request, runtime);
     if (!USER_ID.test(userId))
       throw new KeywardError('bad_request', { message: 'Not a user id.' });
-    return json({ userId, connections: runtime.connections ? await runtime.connections.list(userId) : [] });
+    return json({ userId, connections: runtime.connections ? await runtime.connections.list(fileOwner(userId, runtime.users)) : [] });
   });
 }

@@ -34,7 +34,7 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
     switch (request.method) {
       case 'GET':
       case 'HEAD': {
-        const info = await keys.describe(upstream.id, session.userId);
+        const info = await keys.describe(upstream.id, session);
         if (!info) throw new KeywardError('credential_missing', { message: 'You have not stored a key for this upstream.' });
         return json(info);
       }
@@ -47,7 +47,7 @@ export function handleUserKey(request: Request, upstreamId: string, runtime: Run
         const decoyRefusal = refuseDecoyKey(request, runtime, session, upstream.id, body.key);
         if (decoyRefusal) return decoyRefusal;
         await capKeyWrites(runtime, session);
-        const info = await keys.put(upstream.id, session.userId, body.key);
+        const info = await keys.put(upstream.id, session, body.key);
         runtime.logger.info({ userId: session.userId, upstream: upstream.id, keyFingerprint: info.fingerprint }, 'user key stored');
         await runtime.audit.recordAdmin({ action: 'user_key.put', actor: session.userId, upstream: upstream.id, fingerprint: info.fingerprint, outcome: 'stored' });
         return json(info, 201);

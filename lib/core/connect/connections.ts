@@ -12,6 +12,7 @@ import { guard } from '../store/guard';
 import { capPerWindow } from '../store/window-cap';
 import type { Vault } from '../vault/seal';
 import { localSessionHolds, type LocalUsers } from '../users/file';
+import { ownerStamp, ownership, type Owner } from '../users/owner';
 import type { Store } from '../../store/types';
 import { ProviderClient, ProviderRefusedError } from './client';
 import { SCOPE_TOKEN } from './config';
@@ -61,6 +62,12 @@ export interface ConnectionRecord {
    * grant per account and app, so revoking it for one would end the other's connection too (see disconnect).
    */
   readonly account?: string | null;
+  /**
+   * A local user's password version when they connected (users/owner.ts), as in the sealed tokens: a connection
+   * stamped with another one is not listed for the name's next owner. Absent for other users, and in connections
+   * made before they were stamped (stamped with the tokens at their first use).
+   */
+  readonly passwordVersion?: string | null;
 }
 
 /** A pending authorization, sealed in the store until the callback takes it (once). */
@@ -181,7 +188,9 @@ export class Connections {
       windowMs: PENDING_TTL_MS,
       message: 'Too many connects started in the last minutes; finish one, or try again later.',
     });
-    const existing = await this.record(providerId, session.userId);
+    const found = await this.record(providerId, session.userId);
+    // A connection the name's last owner made grants this one nothing, not even its scopes.
+    const existing = found && ownership(session, found.passwordVersion) !== 'other' ? found : null;
     const scopes = [
       ...new Set([
         ...provider.scopes,
@@ -267,6 +276,9 @@ export class Connections {
       return { ok: false, error: refused ? 'provider_error' : 'unavailable', returnTo };
     }
     const account = tokens.account === null ? null : accountDigest(providerId, tokens.account);
+    // Stamped with the password version of the session that started it (checked above to be the file's still).
+    const owner: Owner = { userId: pending.userId, passwordVersion: pending.passwordVersion ?? null };
+    const stamp = ownerStamp(owner);
     const record: ConnectionRecord = {
       // RFC 6749 §5.1: no `scope` in the answer means the scopes asked for were granted.
       scopes: tokens.scopes ?? pending.scopes,
@@ -276,6 +288,7 @@ export class Connections {
       statusAt: now,
       refreshable: tokens.refreshToken !== null,
       account,
+      ...(stamp === null ? {} : { passwordVersion: stamp }),
     };
     // Under the grant's lock, as a refresh and a disconnect write it: a disconnect under way (revoking what it
     // read, then deleting) finishes first, so it never deletes this new grant without having revoked it.
@@ -291,7 +304,7 @@ export class Connections {
           }),
         ]);
         if (previous && !sameGrant(previous, tokens)) replaced = { tokens: previous, account: existing?.account ?? null };
-        await this.deps.tokens.save(providerId, pending.userId, {
+        await this.deps.tokens.save(providerId, owner, {
           accessToken: tokens.accessToken,
           refreshToken: tokens.refreshToken,
           expiresAt: tokens.expiresAt,
@@ -322,24 +335,27 @@ export class Connections {
     return { ok: true, returnTo };
   }
 
-  /** The user's connections (every configured provider the user has connected, or must reconnect). */
-  async list(userId: string): Promise<ConnectionView[]> {
-    return (await this.listMany([userId])).get(userId) ?? [];
+  /**
+   * The owner's connections (every configured provider the user has connected, or must reconnect). One a local
+   * user's name had under another password is not listed: calls cannot use it (users/owner.ts).
+   */
+  async list(owner: Owner): Promise<ConnectionView[]> {
+    return (await this.listMany([owner])).get(owner.userId) ?? [];
   }
 
-  /** Several users' connections, in one store round trip (the admin data). */
-  async listMany(userIds: readonly string[]): Promise<Map<string, ConnectionView[]>> {
+  /** Several users' connections, in one store round trip, by user id. */
+  async listMany(owners: readonly Owner[]): Promise<Map<string, ConnectionView[]>> {
     const ids = [...this.deps.providers.keys()];
-    const keys = userIds.flatMap((userId) => ids.map((provider) => recordKey(provider, userId)));
+    const keys = owners.flatMap(({ userId }) => ids.map((provider) => recordKey(provider, userId)));
     const values = keys.length > 0 ? await guard(() => this.deps.store.getMany(keys)) : [];
     const out = new Map<string, ConnectionView[]>();
-    userIds.forEach((userId, u) => {
+    owners.forEach((owner, u) => {
       const views: ConnectionView[] = [];
       ids.forEach((provider, p) => {
         const record = parseRecord(values[u * ids.length + p]);
-        if (record) views.push(this.view(provider, record));
+        if (record && ownership(owner, record.passwordVersion) !== 'other') views.push(this.view(provider, record));
       });
-      out.set(userId, views);
+      out.set(owner.userId, views);
     });
     return out;
   }
@@ -517,16 +533,18 @@ export class Connections {
   /**
    * The user's access token for a proxied call, refreshed first if it is about to expire. No connection, or one
    * that needs reconnecting: 403 `connection_required` with the URL to (re)connect. `known`: the sealed tokens
-   * as the call's round trip read them (OAuthTokenStore.reads).
+   * as the call's round trip read them (OAuthTokenStore.reads). A local user's connection made under another
+   * password is none: the same 403, to connect (not reconnect).
    */
-  async accessToken(providerId: string, userId: string, known?: string | null): Promise<string> {
+  async accessToken(providerId: string, owner: Owner, known?: string | null): Promise<string> {
     try {
-      return await this.deps.tokens.accessToken(providerId, userId, known);
+      return await this.deps.tokens.accessToken(providerId, owner, known);
     } catch (error) {
       if (!(error instanceof KeywardError) || (error.code !== 'credential_missing' && error.code !== 'reauth_required'))
         throw error;
-      const record = await this.record(providerId, userId);
-      throw connectionRequired(this.provider(providerId), record?.status === 'needs_reconnect');
+      const record = await this.record(providerId, owner.userId);
+      const ended = record?.status === 'needs_reconnect' && ownership(owner, record.passwordVersion) !== 'other';
+      throw connectionRequired(this.provider(providerId), ended);
     }
   }
 
@@ -534,18 +552,34 @@ export class Connections {
   async refreshed(
     providerId: string,
     userId: string,
-    tokens: OAuthTokens & { scopes?: readonly string[] | null },
+    tokens: OAuthTokens & { scopes?: readonly string[] | null; passwordVersion?: string },
   ): Promise<void> {
     if (!this.has(providerId)) return;
     const record = await this.record(providerId, userId).catch(() => null);
     if (!record) return;
     const now = this.deps.now();
+    const passwordVersion = record.passwordVersion ?? tokens.passwordVersion ?? null;
     await this.saveRecord(providerId, userId, {
       ...record,
       scopes: tokens.scopes ?? record.scopes,
       lastRefreshAt: now,
       refreshable: tokens.refreshToken !== null,
+      ...(passwordVersion === null ? {} : { passwordVersion }),
     }).catch(() => {});
+  }
+
+  /**
+   * The token store's report that tokens saved before they were stamped were stamped at their first use: the
+   * connection is stamped too (compare-and-set, only if it has no stamp yet), so that it is listed as the calls
+   * judge it. Best effort.
+   */
+  async stamped(providerId: string, userId: string, passwordVersion: string): Promise<void> {
+    if (!this.has(providerId)) return;
+    const key = recordKey(providerId, userId);
+    const raw = await this.deps.store.get(key);
+    const record = parseRecord(raw);
+    if (!raw || !record || record.passwordVersion) return;
+    await this.deps.store.replaceIfEquals(key, raw, JSON.stringify({ ...record, passwordVersion }));
   }
 
   /**
@@ -814,6 +848,7 @@ function parseRecord(raw: string | null | undefined): ConnectionRecord | null {
       statusAt: value.statusAt,
       refreshable: value.refreshable === true,
       account: typeof value.account === 'string' ? value.account : null,
+      ...(typeof value.passwordVersion === 'string' ? { passwordVersion: value.passwordVersion } : {}),
     };
   } catch {
     return null;

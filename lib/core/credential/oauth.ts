@@ -5,6 +5,7 @@ import { parseRetryAfter } from '../../client/errors';
 import { KeywardError } from '../errors';
 import { guard } from '../store/guard';
 import type { Vault } from '../vault/seal';
+import { ownerStamp, ownership, type Owner } from '../users/owner';
 import type { Store } from '../../store/types';
 
 /** A user's tokens from a linked provider. Kept sealed in the store; never in a cookie or a response. */
@@ -22,6 +23,11 @@ export type TokenRefresher = (refreshToken: string) => Promise<OAuthTokens>;
 interface StoredTokens extends OAuthTokens {
   refreshAt?: number;
   savedAt?: number;
+  /**
+   * A local user's password version when the tokens were saved (users/owner.ts): tokens stamped with another one
+   * are no tokens for the name's next owner. Absent for other users, and in tokens saved before they were stamped.
+   */
+  passwordVersion?: string;
 }
 
 /**
@@ -35,8 +41,8 @@ export type EndReason = 'refused' | 'expired';
  * lib/core/connect/connections.ts). Called after the store write; a hook's failure is the hook's to handle.
  */
 export interface TokenEvents {
-  /** A refresh was saved. */
-  refreshed?(provider: string, userId: string, tokens: OAuthTokens): Promise<void>;
+  /** A refresh was saved (with the grant's stamp, users/owner.ts, where it has one). */
+  refreshed?(provider: string, userId: string, tokens: OAuthTokens & { passwordVersion?: string }): Promise<void>;
   /** The link ended: the provider refused the refresh for good, or the token expired with nothing to refresh it. */
   ended?(provider: string, userId: string, reason: EndReason): Promise<void>;
   /**
@@ -50,6 +56,10 @@ export interface TokenEvents {
    * revoked only the tokens it saw): they are for nobody now, and are to be revoked at the provider.
    */
   orphaned?(provider: string, userId: string, tokens: OAuthTokens): Promise<void>;
+  /** A call found the user's tokens saved under another password (users/owner.ts `other`): they serve as none. */
+  otherOwner?(provider: string, userId: string): void;
+  /** Tokens saved before they were stamped were stamped with this password version (their first use). */
+  stamped?(provider: string, userId: string, passwordVersion: string): Promise<void>;
 }
 
 /**
@@ -171,9 +181,16 @@ export class OAuthTokenStore {
     return `oauth:${provider}:${userId}`;
   }
 
-  async save(provider: string, userId: string, tokens: OAuthTokens): Promise<void> {
-    const stored: StoredTokens = { ...tokens, refreshAt: refreshTime(tokens.expiresAt, this.now()), savedAt: this.now() };
-    const key = OAuthTokenStore.key(provider, userId);
+  /** Saves the owner's tokens, stamped with a local owner's password version (in place of any saved before). */
+  async save(provider: string, owner: Owner, tokens: OAuthTokens): Promise<void> {
+    const stamp = ownerStamp(owner);
+    const stored: StoredTokens = {
+      ...tokens,
+      refreshAt: refreshTime(tokens.expiresAt, this.now()),
+      savedAt: this.now(),
+      ...(stamp === null ? {} : { passwordVersion: stamp }),
+    };
+    const key = OAuthTokenStore.key(provider, owner.userId);
     await guard(async () => this.store.set(key, await this.vault.sealFor(key, stored)));
   }
 
@@ -191,23 +208,39 @@ export class OAuthTokenStore {
 
   /**
    * The tokens and the sealed value they were read from (for compare-and-set writes); `known`: the sealed value
-   * as the caller already read it (`reads`), instead of reading it here.
+   * as the caller already read it (`reads`), instead of reading it here. With an `owner` (a call's): tokens saved
+   * under another password are none (null), and tokens saved before they were stamped are stamped now.
    */
-  private async read(provider: string, userId: string, known?: string | null): Promise<{ tokens: StoredTokens; sealed: string } | null> {
+  private async read(
+    provider: string,
+    userId: string,
+    known?: string | null,
+    owner?: Owner,
+  ): Promise<{ tokens: StoredTokens; sealed: string } | null> {
     const key = OAuthTokenStore.key(provider, userId);
     const sealed = known !== undefined ? known : await guard(() => this.store.get(key));
     if (!sealed || sealed === ENDED) return null;
     // Opens only under the entry it was sealed for: another user's tokens copied here in the store do not.
     const { value: tokens, fresh } = await this.vault.openFor<StoredTokens>(key, sealed, 'accessToken');
-    if (!fresh) {
-      // Sealed before a vault rotation, or before seals named their entry: sealed again, unless a refresh
-      // replaced it meanwhile.
+    if (owner && this.anotherOwners(owner, provider, tokens)) return null;
+    const stamp = owner && ownership(owner, tokens.passwordVersion) === 'unstamped' ? ownerStamp(owner) : null;
+    if (!fresh || stamp !== null) {
+      // Sealed before a vault rotation, or before seals named their entry: sealed again. Saved before tokens were
+      // stamped: stamped. Unless a refresh replaced it meanwhile (compare-and-set).
       this.vault
-        .sealFor(key, tokens)
+        .sealFor(key, stamp === null ? tokens : { ...tokens, passwordVersion: stamp })
         .then((resealed) => this.store.replaceIfEquals(key, sealed, resealed))
+        .then((replaced) => (replaced && stamp !== null ? this.events.stamped?.(provider, userId, stamp) : undefined))
         .catch(() => {});
     }
     return { tokens, sealed };
+  }
+
+  /** Whether these tokens were saved under another password than the owner's (and, if so, says it once). */
+  private anotherOwners(owner: Owner, provider: string, tokens: StoredTokens): boolean {
+    if (ownership(owner, tokens.passwordVersion) !== 'other') return false;
+    this.events.otherOwner?.(provider, owner.userId);
+    return true;
   }
 
   /**
@@ -264,15 +297,17 @@ export class OAuthTokenStore {
   }
 
   /**
-   * A valid access token for the user, refreshing it first if it is about to expire. `known`: the sealed tokens
-   * as the call's round trip read them (`reads`); a refresh reads them again under its lock.
+   * A valid access token for the owner, refreshing it first if it is about to expire. `known`: the sealed tokens
+   * as the call's round trip read them (`reads`); a refresh reads them again under its lock. Tokens a local user
+   * saved under another password are none (`credential_missing`), and are kept.
    */
-  async accessToken(provider: string, userId: string, known?: string | null): Promise<string> {
+  async accessToken(provider: string, owner: Owner, known?: string | null): Promise<string> {
+    const { userId } = owner;
     const sealed = known !== undefined ? known : await guard(() => this.store.get(OAuthTokenStore.key(provider, userId)));
     // An ended link answers `reauth_required` on every call until the user signs in again, not only on the one
     // that found out; no link at all is `credential_missing`.
     if (sealed === ENDED) throw new KeywardError('reauth_required');
-    const read = await this.read(provider, userId, sealed);
+    const read = await this.read(provider, userId, sealed, owner);
     if (!read) throw new KeywardError('credential_missing');
     if (this.fresh(read.tokens)) return read.tokens.accessToken;
     // A refresh that failed a moment ago is not tried again yet; checked before the lock, which costs a store write.
@@ -281,11 +316,13 @@ export class OAuthTokenStore {
 
     const deadline = this.now() + WAIT_LIMIT_MS;
     for (;;) {
-      const done = await this.ifUnlocked(provider, userId, () => this.refreshHoldingLock(provider, userId));
+      const done = await this.ifUnlocked(provider, userId, () => this.refreshHoldingLock(provider, userId, false, owner));
       if (done) return done.value;
       await new Promise((resolve) => setTimeout(resolve, WAIT_STEP_MS));
-      const current = await this.load(provider, userId);
+      const current = (await this.read(provider, userId))?.tokens;
       if (!current) throw new KeywardError('reauth_required');
+      // Reconnected meanwhile by the name's next owner: not this owner's.
+      if (this.anotherOwners(owner, provider, current)) throw new KeywardError('credential_missing');
       if (this.fresh(current)) return current.accessToken;
       if (this.now() > deadline) throw new KeywardError('credential_unavailable');
     }
@@ -311,8 +348,9 @@ export class OAuthTokenStore {
    * Refreshes under the lock. The result is written only over the tokens it refreshed (compare-and-set): a
    * reconnect that landed after the lock expired (a connect saves under the lock: Connections.complete), or a
    * disconnect that did, wins, and a refused refresh of an old grant never deletes, or marks as ended, the grant that replaced it.
+   * `owner`: the call's (none for the keeper): tokens another owner saved meanwhile are not handed to it.
    */
-  private async refreshHoldingLock(provider: string, userId: string, force = false): Promise<string> {
+  private async refreshHoldingLock(provider: string, userId: string, force = false, owner?: Owner): Promise<string> {
     const key = OAuthTokenStore.key(provider, userId);
     const read = await this.read(provider, userId);
     if (!read) {
@@ -320,6 +358,7 @@ export class OAuthTokenStore {
       throw new KeywardError('reauth_required');
     }
     const { tokens: current, sealed } = read;
+    if (owner && this.anotherOwners(owner, provider, current)) throw new KeywardError('credential_missing');
     const pending = this.unsaved.get(key);
     if (pending) {
       this.unsaved.delete(key);
@@ -327,7 +366,7 @@ export class OAuthTokenStore {
       if (pending.from === sealed && this.now() - pending.at < UNSAVED_TTL_MS && (await this.write(key, sealed, pending.to))) {
         const saved = (await this.vault.openFor<StoredTokens>(key, pending.to, 'accessToken')).value;
         await this.events.refreshed?.(provider, userId, saved);
-        return this.refreshHoldingLock(provider, userId, false);
+        return this.refreshHoldingLock(provider, userId, false, owner);
       }
     }
     if (!force && this.fresh(current)) return current.accessToken;
@@ -352,12 +391,15 @@ export class OAuthTokenStore {
       return this.heldBack(current, this.backOff(key, sealed, error), force, error);
     }
     this.backoff.delete(key);
-    // Providers that do not rotate refresh tokens omit it from the response: keep the old one.
+    // Providers that do not rotate refresh tokens omit it from the response: keep the old one. The grant keeps
+    // its stamp (or, saved before tokens were stamped, takes the calling owner's).
+    const stamp = current.passwordVersion ?? (owner ? ownerStamp(owner) : null);
     const saved: StoredTokens = {
       ...next,
       refreshToken: next.refreshToken ?? current.refreshToken,
       refreshAt: refreshTime(next.expiresAt, this.now()),
       savedAt: this.now(),
+      ...(stamp === null ? {} : { passwordVersion: stamp }),
     };
     const nextSealed = await this.vault.sealFor(key, saved);
     let expected = sealed;
@@ -370,6 +412,7 @@ export class OAuthTokenStore {
         throw new KeywardError('reauth_required');
       }
       const sameGrant = now.tokens.refreshToken === current.refreshToken && now.tokens.accessToken === current.accessToken;
+      if (!sameGrant && owner && this.anotherOwners(owner, provider, now.tokens)) throw new KeywardError('credential_missing');
       if (!sameGrant) return now.tokens.accessToken;
       // Only re-sealed after a vault rotation (load's background write): the same grant, write over it.
       expected = now.sealed;

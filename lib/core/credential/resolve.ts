@@ -54,7 +54,7 @@ export function perUserReads(upstream: Upstream, session: Session, sources: Cred
       store,
       refuseIfPresent: suspension,
       secret,
-      resolve: async (mark, raw) => userKeyCredential(upstream, await userKeys.opened(upstream.id, session.userId, mark, raw)),
+      resolve: async (mark, raw) => userKeyCredential(upstream, await userKeys.opened(upstream.id, session, mark, raw)),
     };
   }
   if (plan.source !== 'oauth') return null;
@@ -68,7 +68,7 @@ export function perUserReads(upstream: Upstream, session: Session, sources: Cred
     secret,
     // A connection provider: no (or an ended) connection is 403 connection_required, with the URL to connect.
     resolve: async (_mark, sealed) =>
-      credentialFor(upstream.auth, await tokens.accessToken(plan.provider, session.userId, sealed), upstream.fingerprints, plan.username),
+      credentialFor(upstream.auth, await tokens.accessToken(plan.provider, session, sealed), upstream.fingerprints, plan.username),
   };
 }
 

@@ -186,7 +186,7 @@ export class OpenSockets {
     if (!userKeys) return;
     await this.checkOwned(
       'user-key',
-      ({ upstream, session }) => userKeys.currentFingerprint(upstream.id, session.userId, upstream.fingerprints),
+      ({ upstream, session }) => userKeys.currentFingerprint(upstream.id, session, upstream.fingerprints),
       (current, socket) => socket.fingerprint === current,
     );
   }

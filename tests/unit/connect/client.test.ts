@@ -382,9 +382,9 @@ describe("a refresh the provider cannot serve now (OAuthTokenStore's backoff)", 
     });
     const client = new ProviderClient(preset('github', origin));
     const tokens = new OAuthTokenStore(new MemoryStore(), new Vault(randomSecret('vault')), new Map([['p', (token: string) => client.refresh(token)]]));
-    await tokens.save('p', 'local:alice', { accessToken: randomSecret('at'), refreshToken: randomSecret('rt'), expiresAt: Date.now() - 1_000 });
+    await tokens.save('p', { userId: 'local:alice' }, { accessToken: randomSecret('at'), refreshToken: randomSecret('rt'), expiresAt: Date.now() - 1_000 });
     for (let i = 0; i < 3; i++) {
-      await expect(tokens.accessToken('p', 'local:alice')).rejects.toMatchObject({
+      await expect(tokens.accessToken('p', { userId: 'local:alice' })).rejects.toMatchObject({
         code: 'credential_unavailable',
         status: 503,
         headers: { 'retry-after': expect.stringMatching(/^(90|89)$/) },

@@ -56,7 +56,7 @@ function setup(refresh: TokenRefresher, now: () => number = Date.now) {
     now,
   } as unknown as ConnectionsDeps);
   const link = async (provider = 'acme') => {
-    await tokens.save(provider, USER, expired);
+    await tokens.save(provider, { userId: USER }, expired);
     const record = { scopes: [], connectedAt: 1, lastRefreshAt: null, status: 'connected', statusAt: 1, refreshable: true };
     await store.set(`conn:${provider}:${USER}`, JSON.stringify(record));
   };
@@ -71,7 +71,7 @@ describe('a disconnect racing a refresh', () => {
       return { accessToken: 'AT2', refreshToken: 'RT2', expiresAt: Date.now() + 3_600_000 };
     });
     await link();
-    const call = tokens.accessToken('acme', USER).catch((error: unknown) => error);
+    const call = tokens.accessToken('acme', { userId: USER }).catch((error: unknown) => error);
     await asked.reached;
     const disconnect = connections.disconnect('acme', USER);
     asked.open(); // the refresh saves AT2/RT2
@@ -94,7 +94,7 @@ describe('a disconnect racing a refresh', () => {
       return { accessToken: 'AT2', refreshToken: 'RT2', expiresAt: Date.now() + 3_600_000 };
     });
     await link();
-    const call = tokens.accessToken('acme', USER).catch((error: unknown) => error);
+    const call = tokens.accessToken('acme', { userId: USER }).catch((error: unknown) => error);
     await asked.reached;
     const disconnect = connections.disconnect('acme', USER);
     await new Promise((resolve) => setTimeout(resolve, 20)); // the disconnect revokes now, unless it waits

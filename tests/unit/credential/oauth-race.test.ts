@@ -32,8 +32,8 @@ describe('a refresh racing the user', () => {
       await store.unlink('github', USER); // disconnected on another instance (which revoked the tokens it saw)
       return { accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh', expiresAt: Date.now() + 3_600_000 };
     });
-    await tokens.save('github', USER, expired);
-    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
+    await tokens.save('github', { userId: USER }, expired);
+    await expect(tokens.accessToken('github', { userId: USER })).rejects.toMatchObject({ code: 'reauth_required' });
     expect(await tokens.load('github', USER)).toBeNull();
     // Issued after the disconnect revoked the old ones: nobody would revoke them otherwise.
     expect(orphaned).toMatchObject([{ accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh' }]);
@@ -42,11 +42,11 @@ describe('a refresh racing the user', () => {
   it('does not overwrite a reconnect made while it ran, and uses the new grant', async () => {
     const fresh: OAuthTokens = { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 };
     const { tokens, ended, orphaned } = setup((store) => async () => {
-      await store.save('github', USER, fresh); // reconnected on another instance
+      await store.save('github', { userId: USER }, fresh); // reconnected on another instance
       return { accessToken: 'refreshed-access', refreshToken: 'refreshed-refresh', expiresAt: Date.now() + 3_600_000 };
     });
-    await tokens.save('github', USER, expired);
-    expect(await tokens.accessToken('github', USER)).toBe('new-access');
+    await tokens.save('github', { userId: USER }, expired);
+    expect(await tokens.accessToken('github', { userId: USER })).toBe('new-access');
     expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'new-access', refreshToken: 'new-refresh' });
     expect(ended).toEqual([]);
     // Not revoked: at a provider that revokes per grant (GitHub deletes the app's whole grant) that would end the new one.
@@ -56,11 +56,11 @@ describe('a refresh racing the user', () => {
   it('a refused refresh of the old grant neither deletes nor ends the grant that replaced it', async () => {
     const fresh: OAuthTokens = { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 };
     const { tokens, ended } = setup((store) => async () => {
-      await store.save('github', USER, fresh);
+      await store.save('github', { userId: USER }, fresh);
       throw new OAuthGrantError('invalid_grant');
     });
-    await tokens.save('github', USER, expired);
-    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
+    await tokens.save('github', { userId: USER }, expired);
+    await expect(tokens.accessToken('github', { userId: USER })).rejects.toMatchObject({ code: 'reauth_required' });
     expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'new-access' });
     expect(ended).toEqual([]);
   });
@@ -69,8 +69,8 @@ describe('a refresh racing the user', () => {
     const { tokens, ended } = setup(() => async () => {
       throw new OAuthGrantError('invalid_grant');
     });
-    await tokens.save('github', USER, expired);
-    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'reauth_required' });
+    await tokens.save('github', { userId: USER }, expired);
+    await expect(tokens.accessToken('github', { userId: USER })).rejects.toMatchObject({ code: 'reauth_required' });
     expect(await tokens.load('github', USER)).toBeNull();
     expect(ended).toEqual([`github:${USER}`]);
   });
@@ -114,12 +114,12 @@ describe('a refresh the store fails to save', () => {
       refreshed: async (_provider, _userId, saved) => void refreshed.push(saved),
       ended: async (provider, userId) => void ended.push(`${provider}:${userId}`),
     });
-    await tokens.save('github', USER, expired);
+    await tokens.save('github', { userId: USER }, expired);
 
-    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'store_unavailable' });
+    await expect(tokens.accessToken('github', { userId: USER })).rejects.toMatchObject({ code: 'store_unavailable' });
     expect(await tokens.load('github', USER)).toMatchObject({ refreshToken: 'old-refresh' });
     // The store is back: the refresh it lost is saved and used, and the provider is not asked again.
-    expect(await tokens.accessToken('github', USER)).toBe('access-1');
+    expect(await tokens.accessToken('github', { userId: USER })).toBe('access-1');
     expect(presented).toEqual(['old-refresh']);
     expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'access-1', refreshToken: 'refresh-1' });
     expect(refreshed).toMatchObject([{ refreshToken: 'refresh-1' }]);
@@ -132,10 +132,10 @@ describe('a refresh the store fails to save', () => {
     ]);
     const store = failingFirstWrite();
     const tokens = new OAuthTokenStore(store, new Vault(randomSecret('vault')), refreshers);
-    await tokens.save('github', USER, expired);
-    await expect(tokens.accessToken('github', USER)).rejects.toMatchObject({ code: 'store_unavailable' });
-    await tokens.save('github', USER, { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 });
-    expect(await tokens.accessToken('github', USER)).toBe('new-access');
+    await tokens.save('github', { userId: USER }, expired);
+    await expect(tokens.accessToken('github', { userId: USER })).rejects.toMatchObject({ code: 'store_unavailable' });
+    await tokens.save('github', { userId: USER }, { accessToken: 'new-access', refreshToken: 'new-refresh', expiresAt: Date.now() + 3_600_000 });
+    expect(await tokens.accessToken('github', { userId: USER })).toBe('new-access');
     expect(await tokens.load('github', USER)).toMatchObject({ accessToken: 'new-access', refreshToken: 'new-refresh' });
   });
 });

@@ -27,26 +27,26 @@ describe('a sealed secret copied to another entry of the store', () => {
   it("a user's own key copied to another user's entry, or to another upstream's, is refused (503), never used", async () => {
     const { store, keys } = setup();
     const aliceKey = randomSecret('alice-own');
-    await keys.put('openai', 'local:alice', aliceKey);
-    expect(await keys.use('openai', 'local:alice')).toBe(aliceKey);
+    await keys.put('openai', { userId: 'local:alice' }, aliceKey);
+    expect(await keys.use('openai', { userId: 'local:alice' })).toBe(aliceKey);
     const row = (await store.get('ukey:openai:local:alice'))!;
     for (const entry of ['ukey:openai:local:bob', 'ukey:anthropic:local:alice']) {
       await store.set(entry, row);
       const [upstream, user] = entry.slice('ukey:'.length).split(/:(.*)/s) as [string, string];
-      await expect(keys.use(upstream, user)).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
+      await expect(keys.use(upstream, { userId: user })).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
     }
     // The owner's own entry still opens.
-    expect(await keys.use('openai', 'local:alice')).toBe(aliceKey);
+    expect(await keys.use('openai', { userId: 'local:alice' })).toBe(aliceKey);
   });
 
   it("a user's OAuth tokens copied to another user's entry are refused (503), never used", async () => {
     const { store, tokens } = setup();
     const alice = grant('alice');
-    await tokens.save('github', 'local:alice', alice);
+    await tokens.save('github', { userId: 'local:alice' }, alice);
     await store.set('oauth:github:local:bob', (await store.get('oauth:github:local:alice'))!);
-    await expect(tokens.accessToken('github', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable' });
+    await expect(tokens.accessToken('github', { userId: 'local:bob' })).rejects.toMatchObject({ code: 'credential_unavailable' });
     await expect(tokens.load('github', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable' });
-    expect(await tokens.accessToken('github', 'local:alice')).toBe(alice.accessToken);
+    expect(await tokens.accessToken('github', { userId: 'local:alice' })).toBe(alice.accessToken);
   });
 });
 
@@ -57,8 +57,8 @@ describe("a seal of another kind (the vault's own, not this entry's) copied to a
     const other = await vault.seal({ provider: 'github', userId: 'local:mallory', state: 's', returnTo: '/' });
     await store.set('ukey:openai:local:bob', JSON.stringify({ sealed: other, fingerprint: 'x', last4: 'xxxx', createdAt: 0 }));
     await store.set('oauth:github:local:bob', other);
-    await expect(keys.use('openai', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
-    await expect(tokens.accessToken('github', 'local:bob')).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
+    await expect(keys.use('openai', { userId: 'local:bob' })).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
+    await expect(tokens.accessToken('github', { userId: 'local:bob' })).rejects.toMatchObject({ code: 'credential_unavailable', status: 503 });
     await expect(vault.openFor('e:1', other, 'key')).rejects.toMatchObject({ code: 'credential_unavailable' });
   });
 });
@@ -77,8 +77,8 @@ describe('seals from before they named their entry', () => {
     const legacyKey = await store.get('ukey:openai:local:carol');
     const legacyToken = await store.get('oauth:github:local:carol');
 
-    expect(await keys.use('openai', 'local:carol')).toBe(ownKey);
-    expect(await tokens.accessToken('github', 'local:carol')).toBe(carol.accessToken);
+    expect(await keys.use('openai', { userId: 'local:carol' })).toBe(ownKey);
+    expect(await tokens.accessToken('github', { userId: 'local:carol' })).toBe(carol.accessToken);
     // Sealed again in the background, off the call's path.
     await vi.waitFor(async () => {
       expect(await store.get('ukey:openai:local:carol')).not.toBe(legacyKey);
@@ -87,10 +87,10 @@ describe('seals from before they named their entry', () => {
 
     await store.set('ukey:openai:local:mallory', (await store.get('ukey:openai:local:carol'))!);
     await store.set('oauth:github:local:mallory', (await store.get('oauth:github:local:carol'))!);
-    await expect(keys.use('openai', 'local:mallory')).rejects.toMatchObject({ code: 'credential_unavailable' });
-    await expect(tokens.accessToken('github', 'local:mallory')).rejects.toMatchObject({ code: 'credential_unavailable' });
-    expect(await keys.use('openai', 'local:carol')).toBe(ownKey);
-    expect(await tokens.accessToken('github', 'local:carol')).toBe(carol.accessToken);
+    await expect(keys.use('openai', { userId: 'local:mallory' })).rejects.toMatchObject({ code: 'credential_unavailable' });
+    await expect(tokens.accessToken('github', { userId: 'local:mallory' })).rejects.toMatchObject({ code: 'credential_unavailable' });
+    expect(await keys.use('openai', { userId: 'local:carol' })).toBe(ownKey);
+    expect(await tokens.accessToken('github', { userId: 'local:carol' })).toBe(carol.accessToken);
   });
 
   it('Vault.openFor: bound to the entry, fresh only when bound and sealed with the current secret', async () => {

@@ -49,7 +49,7 @@ function track(
 /** Users' stored keys by `upstream/user`, read as UserKeys.currentFingerprint reads them. */
 function userKeys(keys: Map<string, string>, reads: string[], fail = { now: false }) {
   return {
-    currentFingerprint: async (upstreamId: string, userId: string, fingerprints: { of(key: string): string }) => {
+    currentFingerprint: async (upstreamId: string, { userId }: { userId: string }, fingerprints: { of(key: string): string }) => {
       reads.push(`${upstreamId}/${userId}`);
       if (fail.now) throw new Error('store down');
       const key = keys.get(`${upstreamId}/${userId}`);
