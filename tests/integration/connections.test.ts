@@ -177,10 +177,10 @@ async function call(runtime: Runtime, upstreamId: string, path: string, as = coo
   return keep(await handleProxy(request, { upstream: upstreamId, path: [path] }, runtime));
 }
 
-async function list(runtime: Runtime) {
+async function list(runtime: Runtime, as = cookie) {
   const response = await keep(
     await handleConnections(
-      new Request(`${APP}/api/connections`, { headers: { cookie, 'x-keyward-csrf': '1' } }),
+      new Request(`${APP}/api/connections`, { headers: { cookie: as, 'x-keyward-csrf': '1' } }),
       runtime,
     ),
   );
@@ -912,6 +912,39 @@ describe('a users file', () => {
     const { binding, back } = await startAs();
     expect((await callback(old!, 'github', back, binding)).location).toBe('/?connected=github');
     expect(provider.counts().codeGrants).toBe(codesBefore + 1);
+  });
+
+  it("a name given a new passwordHash (no server saw it removed): the next owner's calls never carry the last owner's token, until they connect their own", async () => {
+    const before = await writeUsersFile([{ username: 'ivy', password: randomSecret('ivy-pw'), roles: ['user'] }]);
+    const renewed = await writeUsersFile([{ username: 'ivy', password: randomSecret('ivy-next-pw'), roles: ['user'] }]);
+    // The same store read by a server with each version of the file (a redeploy with the edited file).
+    const [old, changed] = await Promise.all([before, renewed].map((file) => instance({ KEYWARD_USERS_FILE: file })));
+    const ivyCookie = (file: string) =>
+      claimsSessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:ivy', authTimeMs: now(), passwordVersion: passwordVersionIn(file, 'ivy') }, 7 * 86_400);
+    const firstIvy = await ivyCookie(before);
+    expect((await connect('github', { on: old!, back: old!, as: firstIvy })).done.location).toBe('/?connected=github');
+    expect((await call(old!, 'gh', 'user', firstIvy)).status).toBe(200);
+    const firstToken = lastAuthorization();
+    expect(firstToken).toMatch(/^Bearer /);
+
+    const nextIvy = await ivyCookie(renewed);
+    const requestsBefore = upstream.requests.length;
+    const refused = await call(changed!, 'gh', 'user', nextIvy);
+    expect(refused.status).toBe(403);
+    expect(errorOf(refused.body)).toMatchObject({ code: 'connection_required', connectUrl: '/api/connect/github' });
+    expect(errorOf(refused.body).message).toContain('Connect your GitHub account');
+    expect(upstream.requests.length).toBe(requestsBefore);
+    expect((await list(changed!, nextIvy)).connections).toEqual([]);
+    // Kept in the store, not deleted for the next owner.
+    expect(await changed!.connections!.tokens.load('github', 'local:ivy')).not.toBeNull();
+
+    // The next owner connects their own account: calls carry the new grant's token.
+    expect((await connect('github', { on: changed!, back: changed!, as: nextIvy })).done.location).toBe('/?connected=github');
+    expect((await call(changed!, 'gh', 'user', nextIvy)).status).toBe(200);
+    expect(lastAuthorization()).toMatch(/^Bearer /);
+    expect(lastAuthorization()).not.toBe(firstToken);
+    expect((await list(changed!, nextIvy)).connections).toMatchObject([{ provider: 'github', status: 'connected' }]);
+    expect(upstream.requests.filter((request) => request.headers.authorization === firstToken)).toHaveLength(1);
   });
 });
 

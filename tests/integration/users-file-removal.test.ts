@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { handleUserKey } from '../../lib/core/api/keys';
 import { defineUpstream } from '../../lib/core/config/load';
 import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
@@ -44,6 +45,25 @@ async function proxy(cookie: string, upstreamId: string, path: string): Promise<
   const request = new Request(`${APP_ORIGIN}/api/proxy/${upstreamId}/${path}`, { headers: { cookie, 'x-keyward-csrf': '1' } });
   return responseText(await handleProxy(request, { upstream: upstreamId, path: [path] }, runtime));
 }
+
+/** /api/keys/llm as a browser calls it: `key` given, PUT; else GET. */
+async function ownKey(cookie: string, key?: string): Promise<{ status: number; body: string }> {
+  const headers: Record<string, string> = { cookie, 'x-keyward-csrf': '1' };
+  const init: RequestInit =
+    key === undefined
+      ? { headers }
+      : { method: 'PUT', headers: { ...headers, origin: APP_ORIGIN, 'content-type': 'application/json' }, body: JSON.stringify({ key }) };
+  return responseText(await handleUserKey(new Request(`${APP_ORIGIN}/api/keys/llm`, init), 'llm', runtime));
+}
+
+/** Writes the users file (bob, and `others`) and waits until this process has read it. */
+async function usersNow(others: ReadonlyArray<{ username: string; passwordHash: string }>): Promise<void> {
+  writeUsers([{ username: 'bob', passwordHash: bobHash }, ...others]);
+  await new Promise((resolve) => setTimeout(resolve, USERS_RECHECK_MS + 200));
+}
+
+const cookieFor = (username: string, passwordHash: string) =>
+  claimsSessionCookie(secrets.AUTH_SECRET, { sub: `local:${username}`, passwordVersion: passwordVersion(username, passwordHash) });
 
 beforeAll(async () => {
   upstream = await startUpstream(async (req, res, record) => {
@@ -183,5 +203,62 @@ describe('a user taken out of the users file', () => {
     const { records } = await runtime.audit.query({ type: 'admin', userId: 'local:cy' }, { limit: 50 });
     expect(records.map((record) => record.type === 'admin' && [record.action, record.actor])).toEqual([['connection.disconnect', 'users-file']]);
     expect(findLeak(lines.join(''), [cyToken])).toBeNull();
+  });
+});
+
+describe('a name given a new passwordHash, never seen removed (a restart with the edited file, or a password reset)', () => {
+  it("the next owner's calls never carry the last owner's own key, which stays stored, until they store their own", async () => {
+    const firstHash = await hashPassword(randomSecret('dee-pw'));
+    const nextHash = await hashPassword(randomSecret('dee-next-pw'));
+    const firstKey = randomSecret('sk_first_dee');
+    const nextKey = randomSecret('sk_next_dee');
+    await usersNow([{ username: 'dee', passwordHash: firstHash }]);
+    const firstDee = await cookieFor('dee', firstHash);
+    expect((await ownKey(firstDee, firstKey)).status).toBe(201);
+    expect((await proxy(firstDee, 'llm', 'models')).status).toBe(200);
+    expect(upstream.requests.at(-1)!.headers['x-api-key']).toBe(firstKey);
+
+    await usersNow([{ username: 'dee', passwordHash: nextHash }]);
+    const nextDee = await cookieFor('dee', nextHash);
+    const before = upstream.requests.length;
+    const refused = await proxy(nextDee, 'llm', 'models');
+    expect(refused.status).toBe(403);
+    expect(JSON.parse(refused.body).error.code).toBe('credential_missing');
+    expect(upstream.requests.length).toBe(before);
+    const shown = await ownKey(nextDee);
+    expect(shown.status).toBe(403);
+    expect(JSON.parse(shown.body).error.code).toBe('credential_missing');
+    // Kept: nothing is deleted for them (an admin's mistake put right restores it).
+    expect(await runtime.store.get('ukey:llm:local:dee')).not.toBeNull();
+    expect(lines.filter((line) => line.includes('stored under an earlier password') && line.includes('"userId":"local:dee"'))).toHaveLength(1);
+
+    expect((await ownKey(nextDee, nextKey)).status).toBe(201);
+    expect((await proxy(nextDee, 'llm', 'models')).status).toBe(200);
+    expect(upstream.requests.at(-1)!.headers['x-api-key']).toBe(nextKey);
+    expect(upstream.requests.filter((request) => request.headers['x-api-key'] === firstKey)).toHaveLength(1);
+    expect(findLeak(lines.join(''), [firstKey, nextKey])).toBeNull();
+  });
+
+  it('a key stored before keys were stamped is the first signed-in owner\'s: used, stamped, and no key for the next password', async () => {
+    const firstHash = await hashPassword(randomSecret('eve-pw'));
+    const nextHash = await hashPassword(randomSecret('eve-next-pw'));
+    const legacyKey = randomSecret('sk_legacy_eve');
+    await usersNow([{ username: 'eve', passwordHash: firstHash }]);
+    // Stored without a password version, as every key was before this change.
+    await runtime.userKeys!.put('llm', { userId: 'local:eve' }, legacyKey);
+    const firstEve = await cookieFor('eve', firstHash);
+    expect((await proxy(firstEve, 'llm', 'models')).status).toBe(200);
+    expect(upstream.requests.at(-1)!.headers['x-api-key']).toBe(legacyKey);
+    for (let i = 0; i < 100 && !(await runtime.store.get('ukey:llm:local:eve'))!.includes('passwordVersion'); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(JSON.parse((await runtime.store.get('ukey:llm:local:eve'))!)).toMatchObject({ passwordVersion: passwordVersion('eve', firstHash) });
+
+    await usersNow([{ username: 'eve', passwordHash: nextHash }]);
+    const before = upstream.requests.length;
+    const refused = await proxy(await cookieFor('eve', nextHash), 'llm', 'models');
+    expect(JSON.parse(refused.body).error.code).toBe('credential_missing');
+    expect(upstream.requests.length).toBe(before);
+    expect(findLeak(lines.join(''), [legacyKey])).toBeNull();
   });
 });

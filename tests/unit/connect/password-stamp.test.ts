@@ -1,0 +1,117 @@
+import { describe, expect, it } from 'vitest';
+import { Connections, type ConnectionsDeps } from '../../../lib/core/connect/connections';
+import { OAuthTokenStore, type OAuthTokens, type TokenRefresher } from '../../../lib/core/credential/oauth';
+import { OtherOwnerWarnings } from '../../../lib/core/users/owner';
+import { Vault } from '../../../lib/core/vault/seal';
+import { MemoryStore } from '../../../lib/store/memory';
+import { capturingLogger, findLeak } from '../../fixtures/log-capture';
+import { randomSecret } from '../../fixtures/secrets';
+
+/**
+ * A local user's connected account and the password it was connected under (lib/core/users/owner.ts): the real
+ * token store, vault and Connections on the in-memory store, wired as the runtime wires them; the provider client
+ * is never reached (the connect flow itself is in tests/integration/connections.test.ts).
+ */
+function setup(refreshers: ReadonlyMap<string, TokenRefresher> = new Map()) {
+  const store = new MemoryStore();
+  const vault = new Vault(randomSecret('vault-secret-of-32-characters-or-more'));
+  const { logger, lines } = capturingLogger();
+  const otherOwners = new OtherOwnerWarnings(logger);
+  let connections: Connections | null = null;
+  const tokens = new OAuthTokenStore(store, vault, refreshers, Date.now, {
+    otherOwner: (provider, userId) => otherOwners.warn(userId, { provider }),
+    stamped: async (provider, userId, passwordVersion) => connections?.stamped(provider, userId, passwordVersion),
+  });
+  connections = new Connections({
+    providers: new Map([['acme', { id: 'acme', name: 'Acme' }]]),
+    clients: new Map(),
+    store,
+    vault,
+    tokens,
+    revocations: {},
+    audit: { recordAdmin: async () => {} },
+    logger,
+    webhook: null,
+    now: Date.now,
+  } as unknown as ConnectionsDeps);
+  /** A connection as a connect completes it: its record and tokens, stamped with `passwordVersion` (or not). */
+  const connect = async (owner: { userId: string; passwordVersion?: string }, grant: OAuthTokens) => {
+    const record = { scopes: ['read'], connectedAt: 1, lastRefreshAt: null, status: 'connected', statusAt: 1, refreshable: true, account: null };
+    await store.set(`conn:acme:${owner.userId}`, JSON.stringify({ ...record, ...(owner.passwordVersion ? { passwordVersion: owner.passwordVersion } : {}) }));
+    await tokens.save('acme', owner, grant);
+  };
+  return { store, tokens, connections, connect, lines };
+}
+
+const grant = (label: string): OAuthTokens => ({ accessToken: randomSecret(`${label}-access`), refreshToken: randomSecret(`${label}-refresh`), expiresAt: Date.now() + 3_600_000 });
+/** Lets the fire-and-forget stamping writes land. */
+const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
+
+const first = { userId: 'local:ada', passwordVersion: 'pwv-first-owner-0000' };
+const next = { userId: 'local:ada', passwordVersion: 'pwv-next-owner-00000' };
+
+describe("a local user's connected account and the password it was connected under", () => {
+  it("is no connection for the name's next owner: 403 connection_required to connect, not listed, kept in the store, warned of once", async () => {
+    const { store, tokens, connections, connect, lines } = setup();
+    const firstGrant = grant('first');
+    await connect(first, firstGrant);
+    const sealed = await store.get('oauth:acme:local:ada');
+
+    for (let i = 0; i < 2; i++) {
+      const refused = await connections.accessToken('acme', next).catch((error: unknown) => error);
+      expect(refused).toMatchObject({ code: 'connection_required', connectUrl: '/api/connect/acme' });
+      expect((refused as Error).message).toContain('Connect your Acme account');
+    }
+    expect(await connections.list(next)).toEqual([]);
+    // Nothing deleted or rewritten.
+    expect(await store.get('oauth:acme:local:ada')).toBe(sealed);
+    expect(await tokens.load('acme', 'local:ada')).toMatchObject({ accessToken: firstGrant.accessToken });
+    expect(await connections.accessToken('acme', first)).toBe(firstGrant.accessToken);
+    expect(await connections.list(first)).toMatchObject([{ provider: 'acme', status: 'connected' }]);
+    const warned = lines.filter((line) => line.includes('stored under an earlier password'));
+    expect(warned).toHaveLength(1);
+    expect(JSON.parse(warned[0]!)).toMatchObject({ level: 40, userId: 'local:ada', provider: 'acme' });
+    expect(findLeak(lines.join(''), [firstGrant.accessToken, firstGrant.refreshToken!])).toBeNull();
+
+    // The next owner connects: their own grant takes its place.
+    const nextGrant = grant('next');
+    await connect(next, nextGrant);
+    expect(await connections.accessToken('acme', next)).toBe(nextGrant.accessToken);
+    expect(await connections.list(next)).toMatchObject([{ provider: 'acme', status: 'connected' }]);
+    await expect(connections.accessToken('acme', first)).rejects.toMatchObject({ code: 'connection_required' });
+  });
+
+  it('keeps its stamp through a refresh', async () => {
+    const refreshed = grant('refreshed');
+    const { connections, connect } = setup(new Map([['acme', async () => refreshed]]));
+    await connect(first, { ...grant('due'), expiresAt: Date.now() - 1_000 });
+    expect(await connections.accessToken('acme', first)).toBe(refreshed.accessToken);
+    await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
+    expect(await connections.accessToken('acme', first)).toBe(refreshed.accessToken);
+  });
+
+  it('connected before connections were stamped: taken as the owner\'s at its first use, tokens and record stamped then', async () => {
+    const { store, connections, connect } = setup();
+    const legacy = grant('legacy');
+    await connect({ userId: 'local:ada' }, legacy);
+    expect(JSON.parse((await store.get('conn:acme:local:ada'))!)).not.toHaveProperty('passwordVersion');
+    expect(await connections.list(next)).toHaveLength(1);
+
+    expect(await connections.accessToken('acme', first)).toBe(legacy.accessToken);
+    await settle();
+    expect(JSON.parse((await store.get('conn:acme:local:ada'))!)).toMatchObject({ passwordVersion: first.passwordVersion });
+    expect(await connections.accessToken('acme', first)).toBe(legacy.accessToken);
+    await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
+    expect(await connections.list(next)).toEqual([]);
+  });
+
+  it('changes nothing for users of an identity provider', async () => {
+    const { store, connections, connect } = setup();
+    const oidc = grant('oidc');
+    await connect({ userId: 'oidc:42' }, oidc);
+    expect(await connections.accessToken('acme', { userId: 'oidc:42', passwordVersion: null })).toBe(oidc.accessToken);
+    await settle();
+    expect(JSON.parse((await store.get('conn:acme:oidc:42'))!)).not.toHaveProperty('passwordVersion');
+    expect(await connections.list({ userId: 'oidc:42' })).toHaveLength(1);
+  });
+});
