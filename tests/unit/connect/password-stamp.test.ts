@@ -36,14 +36,29 @@ function setup(refreshers: ReadonlyMap<string, TokenRefresher> = new Map()) {
   } as unknown as ConnectionsDeps);
   /** A connection as a connect completes it: its record and tokens, stamped with `passwordVersion` (or not). */
   const connect = async (owner: { userId: string; passwordVersion?: string }, grant: OAuthTokens) => {
-    const record = { scopes: ['read'], connectedAt: 1, lastRefreshAt: null, status: 'connected', statusAt: 1, refreshable: true, account: null };
-    await store.set(`conn:acme:${owner.userId}`, JSON.stringify({ ...record, ...(owner.passwordVersion ? { passwordVersion: owner.passwordVersion } : {}) }));
+    const record = {
+      scopes: ['read'],
+      connectedAt: 1,
+      lastRefreshAt: null,
+      status: 'connected',
+      statusAt: 1,
+      refreshable: true,
+      account: null,
+    };
+    await store.set(
+      `conn:acme:${owner.userId}`,
+      JSON.stringify({ ...record, ...(owner.passwordVersion ? { passwordVersion: owner.passwordVersion } : {}) }),
+    );
     await tokens.save('acme', owner, grant);
   };
   return { store, tokens, connections, connect, lines };
 }
 
-const grant = (label: string): OAuthTokens => ({ accessToken: randomSecret(`${label}-access`), refreshToken: randomSecret(`${label}-refresh`), expiresAt: Date.now() + 3_600_000 });
+const grant = (label: string): OAuthTokens => ({
+  accessToken: randomSecret(`${label}-access`),
+  refreshToken: randomSecret(`${label}-refresh`),
+  expiresAt: Date.now() + 3_600_000,
+});
 /** Lets the fire-and-forget stamping writes land. */
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
 
@@ -90,7 +105,7 @@ describe("a local user's connected account and the password it was connected und
     expect(await connections.accessToken('acme', first)).toBe(refreshed.accessToken);
   });
 
-  it('connected before connections were stamped: taken as the owner\'s at its first use, tokens and record stamped then', async () => {
+  it("connected before connections were stamped: taken as the owner's at its first use, tokens and record stamped then", async () => {
     const { store, connections, connect } = setup();
     const legacy = grant('legacy');
     await connect({ userId: 'local:ada' }, legacy);
@@ -99,7 +114,9 @@ describe("a local user's connected account and the password it was connected und
 
     expect(await connections.accessToken('acme', first)).toBe(legacy.accessToken);
     await settle();
-    expect(JSON.parse((await store.get('conn:acme:local:ada'))!)).toMatchObject({ passwordVersion: first.passwordVersion });
+    expect(JSON.parse((await store.get('conn:acme:local:ada'))!)).toMatchObject({
+      passwordVersion: first.passwordVersion,
+    });
     expect(await connections.accessToken('acme', first)).toBe(legacy.accessToken);
     await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
     expect(await connections.list(next)).toEqual([]);

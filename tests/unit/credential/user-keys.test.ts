@@ -12,7 +12,13 @@ function setup() {
   const store = new MemoryStore(() => clock.now);
   const { logger, lines } = capturingLogger();
   const fingerprints = keyFingerprints(randomSecret('server'));
-  const keys = new UserKeys(store, new Vault(randomSecret('vault-secret-of-32-characters-or-more')), () => clock.now, fingerprints, logger);
+  const keys = new UserKeys(
+    store,
+    new Vault(randomSecret('vault-secret-of-32-characters-or-more')),
+    () => clock.now,
+    fingerprints,
+    logger,
+  );
   return { clock, store, keys, lines, fingerprints };
 }
 
@@ -33,7 +39,9 @@ describe("a user's own key: its last use", () => {
     await keys.use('openai', { userId: 'local:ada' });
     await settle();
     expect(setIfAbsent).toHaveBeenCalledTimes(2);
-    expect((await keys.describe('openai', { userId: 'local:ada' }))!.lastUsedAt).toBe(new Date(clock.now).toISOString());
+    expect((await keys.describe('openai', { userId: 'local:ada' }))!.lastUsedAt).toBe(
+      new Date(clock.now).toISOString(),
+    );
   });
 
   it('is not kept for good: deleted with the key or when the key is replaced, and expires 400 days after the last use', async () => {
@@ -106,7 +114,7 @@ describe("a local user's own key and the password it was stored under", () => {
     expect(await store.get('ukey:openai:local:ada')).toBeNull();
   });
 
-  it('stored before keys were stamped: taken as the owner\'s at its first use and stamped then, so a later password finds none', async () => {
+  it("stored before keys were stamped: taken as the owner's at its first use and stamped then, so a later password finds none", async () => {
     const { store, keys } = setup();
     const legacyKey = randomSecret('sk_legacy');
     // What a key stored before this change looks like: no password version in the record.
@@ -116,7 +124,9 @@ describe("a local user's own key and the password it was stored under", () => {
 
     expect(await keys.use('openai', first)).toBe(legacyKey);
     await settle();
-    expect(JSON.parse((await store.get('ukey:openai:local:ada'))!)).toMatchObject({ passwordVersion: first.passwordVersion });
+    expect(JSON.parse((await store.get('ukey:openai:local:ada'))!)).toMatchObject({
+      passwordVersion: first.passwordVersion,
+    });
     expect(await keys.use('openai', first)).toBe(legacyKey);
     expect(await keys.use('openai', next)).toBeNull();
   });
