@@ -1,3 +1,4 @@
+import type { Alert } from '../detect/alerts';
 import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import { requireAdmin } from './admin';
@@ -27,15 +28,41 @@ export function handleAlerts(request: Request, runtime: Runtime): Promise<Respon
 /**
  * POST /api/admin/alerts/<id>/undo: lifts what the alert's action set (a throttle, ended sessions, a
  * revocation and suspension). Idempotent; audited as `detector.undo` with the admin as actor. An alert about the
- * admin themselves is refused 403: another admin must undo it.
+ * admin themselves is refused 403: another admin (or the CLI, `keyward alerts undo`) must undo it.
  */
 export function handleAlertUndo(request: Request, alertId: string, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
     if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
     const session = await requireAdmin(request, runtime);
-    // The detector forgets the user's state only for an undo this request did: undoing an alert undone already
-    // must not reset it in the middle of a new anomaly.
-    const alert = await runtime.alerts.undo(alertId, session.userId, (undone) => runtime.detector.forget(undone), { notBySubject: true });
+    const { alert } = await undoAlert(runtime, alertId, session.userId, { notBySubject: true });
     return json({ alert });
   });
+}
+
+/**
+ * An alert's undo, for the admin API and the CLI alike (`keyward alerts undo`): `Alerts.undo` (the alert marked
+ * undone, what its step set lifted, every instance's detector told through the store, `detector.undo` on the audit
+ * trail with `actor`), and this instance's detector told at once. `notBySubject`: the API's refusal of an alert
+ * about the admin themselves; the CLI, run with the server's settings and store, may undo any alert. `repeated`:
+ * the alert was undone already, and this call changed nothing.
+ */
+export async function undoAlert(
+  runtime: Pick<Runtime, 'alerts' | 'detector'>,
+  alertId: string,
+  actor: string,
+  options: { readonly notBySubject: boolean },
+): Promise<{ alert: Alert; repeated: boolean }> {
+  let repeated = true;
+  // The detector forgets the user's state only for an undo this call did: undoing an alert undone already must not
+  // reset it in the middle of a new anomaly.
+  const alert = await runtime.alerts.undo(
+    alertId,
+    actor,
+    (undone) => {
+      repeated = false;
+      runtime.detector.forget(undone);
+    },
+    options,
+  );
+  return { alert, repeated };
 }

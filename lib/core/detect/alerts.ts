@@ -55,6 +55,8 @@ interface UndoRecord {
 }
 
 const STREAM = 'alerts';
+/** `undo`'s answer for an id no stored alert has (malformed, unknown, or expired with the retention). */
+const NO_ALERT = 'No alert with this id.';
 const PAGE_MAX = 200;
 /** How far back an undo looks for later alerts that replaced its marks: 100 pages of PAGE_MAX (20,000 alerts). */
 const UNLINK_PAGES = 100;
@@ -324,16 +326,16 @@ export class Alerts {
    * retries included, and nothing is lifted.
    */
   async undo(id: string, actor: string, onUndone?: (alert: Alert) => void, options: { readonly notBySubject?: boolean } = {}): Promise<Alert> {
-    if (!/^al_[0-9a-f-]{36}$/.test(id)) throw new KeywardError('not_found');
+    if (!/^al_[0-9a-f-]{36}$/.test(id)) throw new KeywardError('not_found', { message: NO_ALERT });
     const key = `alert:${id}`;
     const raw = await guard(() => this.store.get(key));
-    if (!raw) throw new KeywardError('not_found');
+    if (!raw) throw new KeywardError('not_found', { message: NO_ALERT });
     const { alert, undo } = JSON.parse(raw) as { alert: Alert; undo: UndoRecord };
     // The detector's answer to an account must not be lifted by that account: a hijacked admin session would undo
     // its own throttle or suspension and reset the baselines that caught it.
     if (options.notBySubject && alert.subject.userId !== undefined && alert.subject.userId === actor) {
       this.logger.warn({ alertId: id, userId: actor }, 'undo of an alert about the admin themselves refused');
-      throw new KeywardError('forbidden', { message: 'This alert is about you: another admin must undo it.' });
+      throw new KeywardError('forbidden', { message: 'This alert is about you: another admin must undo it (or an operator, with the command line: keyward alerts undo).' });
     }
     if (alert.state === 'undone') {
       // An undo that failed after it was recorded (the store went away while putting marks back) is finished by
