@@ -20,6 +20,8 @@ import { KeywardError, systemErrorDetail } from '../lib/core/errors';
 import { ConfigError, readConfigFile, readConfigJson } from '../lib/core/config/load';
 import { configJsonSchema } from '../lib/core/presets';
 import { auditFilter } from '../lib/core/api/admin';
+import { undoAlert } from '../lib/core/api/alerts';
+import type { Alert } from '../lib/core/detect/alerts';
 import { keyAdmin } from '../lib/core/keys/admin';
 import type { KeyVersion, Rotation, RotationResult, VersionView } from '../lib/core/keys/rings';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
@@ -46,19 +48,22 @@ const COMMANDS: ReadonlyArray<readonly [usage: string, what: string]> = [
   ['keys rotate <upstream>', 'add a key (on stdin), send the canary call with it, switch if it passes'],
   ['keys rollback <rotation id>', 'undo a switch: the keys it replaced serve again (--upstream <id> when several have that rotation id)'],
   ['keys revoke <fingerprint>', 'every instance stops using that key version on its next request'],
+  ['alerts list', "the anomaly detector's alerts, newest first (id, time, rule, step, user, upstream, state)"],
+  ['alerts undo <alert id>', 'lift what the alert\'s step set, as an admin\'s undo does; also an alert about an admin'],
   ['audit tail', 'the latest audit records, oldest first'],
   ['audit export', 'audit records as JSON Lines, oldest first (for files and other tools)'],
   ['decoys create --shape <shape>', `mint a decoy key (honeytoken) to plant; shapes: ${DECOY_SHAPES.join(', ')}`],
   ['decoys list', 'the decoys Keyward watches for (id, shape, note; never the values)'],
-  ['help [keys|audit|decoys]', 'this list'],
+  ['help [keys|alerts|audit|decoys]', 'this list'],
 ];
 
 /** Options: which commands take them (for `help keys`/`help audit`), how, and what they do. */
 const OPTIONS: ReadonlyArray<readonly [groups: string, usage: string, what: string]> = [
-  ['keys audit', '--json', 'keys, audit tail: JSON for scripts (the admin API\'s shapes; JSON Lines) instead of tables'],
+  ['keys alerts audit', '--json', 'keys, alerts, audit tail: JSON for scripts (the admin API\'s shapes; JSON Lines) instead of tables'],
   ['keys', '--id <rotation id>', 'keys rotate: your own id (default rot-<fingerprint>); repeating a rotation changes nothing'],
   ['keys', '--skip-canary', 'keys rotate: switch without the canary call'],
   ['keys', '--upstream <id>', "keys rollback: that upstream's rotation (needed when more than one has a rotation with this id)"],
+  ['alerts', '--limit <count>', 'alerts list: how many, newest first (default 20, at most 200)'],
   ['audit', '-n <count>', 'audit tail: how many records (default 20, at most 10000)'],
   ['audit', '-f, --follow', 'audit tail: keep printing new records (Ctrl-C to stop)'],
   ['audit', '--since <ISO>, --until <ISO>', 'audit export: only records in this time range'],
@@ -91,8 +96,9 @@ reads .env.test.local, .env.test, .env; any other (unset, development) reads .en
 const BUNDLE = process.argv[1] ?? '';
 const INVOKED = /keyward-cli\.mjs$/.test(BUNDLE) ? `node ${relative(process.cwd(), BUNDLE) || BUNDLE}` : 'npm run keyward --';
 
-type HelpGroup = 'keys' | 'audit' | 'decoys';
-const isHelpGroup = (word: string | undefined): word is HelpGroup => word === 'keys' || word === 'audit' || word === 'decoys';
+const HELP_GROUPS = ['keys', 'alerts', 'audit', 'decoys'] as const;
+type HelpGroup = (typeof HELP_GROUPS)[number];
+const isHelpGroup = (word: string | undefined): word is HelpGroup => HELP_GROUPS.includes(word as HelpGroup);
 
 function help(group?: HelpGroup): string {
   const commands = COMMANDS.filter(([usage]) => group === undefined || usage.startsWith(`${group} `));
@@ -111,9 +117,10 @@ function help(group?: HelpGroup): string {
   ].join('\n');
 }
 
-const USAGE = `usage: ${INVOKED} <hash-password | check-config | schema | types | import … | keys … | audit … | decoys … | help>\n`;
+const USAGE = `usage: ${INVOKED} <hash-password | check-config | schema | types | import … | keys … | alerts … | audit … | decoys … | help>\n`;
 const TYPES_USAGE = `usage: ${INVOKED} types [--out <file>] [--config <file>]\n`;
 const KEYS_USAGE = `usage: ${INVOKED} keys <list | add <upstream> | rotate <upstream> [--id <id>] [--skip-canary] | rollback <rotation id> [--upstream <upstream>] | revoke <fingerprint>> [--json]\n`;
+const ALERTS_USAGE = `usage: ${INVOKED} alerts <list [--limit <count>] | undo <alert id>> [--json]\n`;
 const AUDIT_USAGE = `usage: ${INVOKED} audit <tail [-n <count>] [--follow] [--json] | export [--since <ISO>] [--until <ISO>] [--type call|admin] [--upstream <id>]>\n`;
 const DECOYS_USAGE = `usage: ${INVOKED} decoys <create --shape <${DECOY_SHAPES.join('|')}> [--note <text>] | list> [--file <file>] [--json]\n`;
 const MORE = `Run \`${INVOKED} --help\` for every command.\n`;
@@ -226,6 +233,8 @@ async function main(args: readonly string[]): Promise<number> {
       });
     case 'keys':
       return keysCommand(rest[0], rest.slice(1));
+    case 'alerts':
+      return alertsCommand(rest[0], rest.slice(1));
     case 'audit':
       return auditCommand(rest[0], rest.slice(1));
     case 'decoys':
@@ -372,6 +381,41 @@ async function keysCommand(action: string | undefined, args: string[]): Promise<
     }
   }
   return usageError(KEYS_USAGE);
+}
+
+/**
+ * `alerts list`: what the anomaly detector did, newest first (the admin API's list, first page). `alerts undo`: the
+ * admin API's undo (lib/core/api/alerts.ts undoAlert), by the operator (`cli:<OS user>`, as the keys commands), who
+ * may also undo an alert about an admin: the API refuses that admin their own alert, so with a single admin the
+ * command line is how it is undone.
+ */
+async function alertsCommand(action: string | undefined, args: string[]): Promise<number> {
+  const parsed = options(
+    () => parseArgs({ args, allowPositionals: true, options: { limit: { type: 'string' }, json: { type: 'boolean' } } }),
+    ALERTS_USAGE,
+  );
+  if (!parsed) return 2;
+  const { values, positionals } = parsed;
+  const known = (action === 'list' && positionals.length === 0) || (action === 'undo' && positionals.length === 1 && values.limit === undefined);
+  if (!known) return usageError(ALERTS_USAGE);
+  const limit = Number(values.limit ?? ALERTS_SHOWN);
+  if (!/^\d+$/.test(values.limit ?? '1') || limit < 1 || limit > 200) {
+    process.stderr.write('keyward: --limit is 1 to 200\n');
+    return usageError(ALERTS_USAGE);
+  }
+  const runtime = await openRuntime();
+  if (action === 'list') {
+    const { alerts, cursor } = await runtime.alerts.list({ limit });
+    if (values.json) printJson({ alerts });
+    else if (alerts.length === 0) say('No alerts: the anomaly detector has not acted.');
+    else printTable([ALERT_HEADER, ...alerts.map(alertRow)]);
+    if (cursor !== null) process.stderr.write(`keyward: the newest ${plural(alerts.length, 'alert')}; older ones with a larger --limit, or on the Alerts page\n`);
+    return 0;
+  }
+  const { alert, repeated } = await undoAlert(runtime, positionals[0]!, `cli:${operator()}`, { notBySubject: false });
+  if (values.json) printJson({ alert });
+  else say(undoSentence(alert, repeated));
+  return 0;
 }
 
 async function auditCommand(action: string | undefined, args: string[]): Promise<number> {
@@ -608,6 +652,44 @@ function canaryFailedSentence(rotation: Rotation): string {
 }
 
 const capitalise = (text: string) => text.charAt(0).toUpperCase() + text.slice(1);
+
+const ALERT_HEADER = ['ID', 'TIME (UTC)', 'RULE', 'STEP', 'USER', 'UPSTREAM', 'KEY', 'STATE'];
+/** Alerts `alerts list` shows without --limit. */
+const ALERTS_SHOWN = 20;
+
+/** One alert as a row: who and what by id and fingerprint only (an alert never holds a key or a session id). */
+function alertRow(alert: Alert): string[] {
+  const { subject } = alert;
+  return [alert.id, minute(Date.parse(alert.at)), alert.rule, alert.action, subject.userId ?? '-', subject.upstream ?? '-', subject.fingerprint ?? '-', alertState(alert)];
+}
+
+/**
+ * The state as the Alerts page says it: open (took no action), active (until when), expired (a throttle that lifted
+ * by itself), undone or dismissed by whom.
+ */
+function alertState(alert: Alert): string {
+  if (alert.state === 'undone') return `${alert.action === 'alert' ? 'dismissed' : 'undone'} by ${alert.undoneBy ?? '?'}`;
+  if (alert.state === 'expired') return 'expired';
+  if (alert.action === 'alert') return 'open';
+  return alert.expiresAt === undefined ? 'active until undone' : `active until ${minute(Date.parse(alert.expiresAt))}`;
+}
+
+/** What `alerts undo` did, in words (the Alerts page's, lib/core/api/alerts.ts undoAlert). */
+function undoSentence(alert: Alert, repeated: boolean): string {
+  const who = alert.subject.userId ?? 'the user';
+  if (repeated) {
+    const when = alert.undoneAt ? ` ${minute(Date.parse(alert.undoneAt))}` : '';
+    return `alert ${alert.id} was undone already (by ${alert.undoneBy ?? '?'}${when}); nothing changed, and this undo is on the audit trail.`;
+  }
+  const lifted = {
+    alert: 'dismissed (it took no action, so nothing is lifted)',
+    throttle: `the throttle on ${who} is lifted`,
+    reauth: `the sessions of ${who} that it ended work again`,
+    revoke: `the sessions and own keys of ${who} are back as they were before the step`,
+  }[alert.action];
+  const detector = alert.action === 'alert' || alert.subject.userId === undefined ? '' : `; the detector starts over for ${who}, on every instance`;
+  return `alert ${alert.id} (${alert.rule}, ${alert.action}) is undone: ${lifted}${detector}.`;
+}
 
 const AUDIT_HEADER = ['TIME (UTC)', 'TYPE', 'WHO', 'UPSTREAM', 'WHAT', 'RESULT', 'KEY'];
 /** Widths that keep `--follow`'s later lines aligned with the first ones in the common case. */

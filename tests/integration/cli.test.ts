@@ -3,7 +3,10 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { handleAlertUndo } from '../../lib/core/api/alerts';
 import type { AdminRecord, AuditRecord, CallRecord } from '../../lib/core/audit/audit';
+import type { Alert } from '../../lib/core/detect/alerts';
+import { throttleKey } from '../../lib/core/detect/marks';
 import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { configJsonSchema } from '../../lib/core/presets';
 import { handleProxy } from '../../lib/core/pipeline';
@@ -111,17 +114,23 @@ function keyList(stdout: string) {
 const MINUTE = /^\d{4}-\d\d-\d\d \d\d:\d\d UTC$/;
 const canaryCount = () => upstream.requests.filter((r) => r.url === '/v1/canary').length;
 
+/** A bearer session of a user of the users file, for the in-process runtime. */
+function tokenOf(username: string): Promise<string> {
+  const user = runtime.users!.find(username)!;
+  return bearerToken(env.KEYWARD_SESSION_SECRET!, { sub: `local:${username}`, roles: [...user.roles], passwordVersion: user.passwordVersion });
+}
+
+/** A proxied call through the in-process runtime (same store), as `username`. */
+async function proxyCall(username: string): Promise<Response> {
+  const request = new Request('https://app.keyward.test/api/proxy/svc/items/1', {
+    headers: { authorization: `Bearer ${await tokenOf(username)}` },
+  });
+  return handleProxy(request, { upstream: 'svc', path: ['items', '1'] }, runtime);
+}
+
 /** A proxied call through the in-process runtime (same store): which key did the upstream get? */
 async function serverCall(): Promise<{ key: unknown; record: CallRecord }> {
-  const token = await bearerToken(env.KEYWARD_SESSION_SECRET!, {
-    sub: 'local:ops',
-    roles: ['user'],
-    passwordVersion: runtime.users!.find('ops')!.passwordVersion,
-  });
-  const request = new Request('https://app.keyward.test/api/proxy/svc/items/1', {
-    headers: { authorization: `Bearer ${token}` },
-  });
-  const response = await handleProxy(request, { upstream: 'svc', path: ['items', '1'] }, runtime);
+  const response = await proxyCall('ops');
   const text = await response.text();
   expect(response.status, text).toBe(200);
   const requestId = response.headers.get('x-request-id');
@@ -185,7 +194,11 @@ beforeAll(async () => {
     AUTH_URL: 'https://app.keyward.test',
     KEYWARD_SESSION_SECRET: randomSecret('sess'),
     KEYWARD_VAULT_SECRET: randomSecret('vault'),
-    KEYWARD_USERS_FILE: await writeUsersFile([{ username: 'ops', password: randomSecret('pw'), roles: ['user'] }]),
+    KEYWARD_USERS_FILE: await writeUsersFile([
+      { username: 'ops', password: randomSecret('pw'), roles: ['user'] },
+      // The deployment's single admin: the API refuses them an undo of an alert about themselves; the CLI does not.
+      { username: 'root', password: randomSecret('rootpw'), roles: ['admin'] },
+    ]),
     KEYWARD_STORE: 'sqlite',
     KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-cli-')), 'keyward.db'),
     KEYWARD_CONFIG: config,
@@ -610,6 +623,118 @@ describe('keyward audit …', { timeout: 60_000 }, () => {
   });
 });
 
+/**
+ * The detector's alerts, written by the in-process runtime's Alerts (as the detector writes them) into the SQLite
+ * store the CLI opens. The alert is about `root`, the only admin: the admin API refuses them its undo (403), the CLI
+ * undoes it through the same path, as `cli:<OS user>`.
+ */
+describe('keyward alerts …', { timeout: 60_000 }, () => {
+  const THROTTLE = { limit: 1, windowSeconds: 60, forMinutes: 15 };
+  let throttle: Alert;
+  let reauth: Alert;
+  let scrubberHit: Alert;
+  const detectorUndos = async () =>
+    (await runtime.audit.query({ type: 'admin' }, { limit: 100 })).records.filter(
+      (r): r is AdminRecord => r.type === 'admin' && r.action === 'detector.undo' && r.alertId === throttle.id,
+    );
+
+  beforeAll(async () => {
+    throttle = await runtime.alerts.apply(
+      { rule: 'calls', action: 'throttle', reason: 'local:root made 90 calls a minute (baseline 3).', subject: { userId: 'local:root', upstream: 'svc' }, evidence: { perMinute: 90 } },
+      THROTTLE,
+    );
+    // A session id is kept in the alert's undo record only: never listed.
+    reauth = await runtime.alerts.apply(
+      { rule: 'ips_per_session', action: 'reauth', reason: 'one session from 5 networks.', subject: { userId: 'local:nobody' }, evidence: { distinctIps: 5 }, sessionIds: ['sid-never-printed-0123456789'] },
+      THROTTLE,
+    );
+    scrubberHit = await runtime.alerts.apply(
+      { rule: 'scrubber_hits', action: 'alert', reason: 'svc echoed a key.', subject: { upstream: 'svc', fingerprint: fp(keys.accepted) }, evidence: { hits: 1 } },
+      THROTTLE,
+    );
+  });
+
+  it('alerts list prints the alerts newest first (id, time, rule, step, user, upstream, key, state); --limit; --json the API shape', async () => {
+    const run = await cli(['alerts', 'list']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toBe('');
+    const { header, rows } = table(run.stdout);
+    expect(header).toEqual(['ID', 'TIME (UTC)', 'RULE', 'STEP', 'USER', 'UPSTREAM', 'KEY', 'STATE']);
+    const until = `active until ${new Date(Date.parse(throttle.expiresAt!)).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+    expect(rows.map((row) => [row[0], row.slice(2)])).toEqual([
+      [scrubberHit.id, ['scrubber_hits', 'alert', '-', 'svc', fp(keys.accepted), 'open']],
+      [reauth.id, ['ips_per_session', 'reauth', 'local:nobody', '-', '-', 'active until undone']],
+      [throttle.id, ['calls', 'throttle', 'local:root', 'svc', '-', until]],
+    ]);
+    for (const row of rows) expect(row[1]).toMatch(MINUTE);
+    expect(run.stdout).not.toContain('sid-never-printed');
+
+    const newest = await cli(['alerts', 'list', '--limit', '1']);
+    expect(newest.code, newest.stderr).toBe(0);
+    expect(table(newest.stdout).rows.map((row) => row[0])).toEqual([scrubberHit.id]);
+    expect(newest.stderr).toBe('keyward: the newest 1 alert; older ones with a larger --limit, or on the Alerts page\n');
+
+    const json = await cli(['alerts', 'list', '--json']);
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual({ alerts: (await runtime.alerts.list({ limit: 20 })).alerts });
+    expect(json.stdout).not.toContain('sid-never-printed');
+
+    for (const limit of ['0', '201', 'abc', '1.5']) {
+      const bad = await cli(['alerts', 'list', '--limit', limit]);
+      expect(bad.code, limit).toBe(2);
+      expect(bad.stderr).toMatch(/^keyward: --limit is 1 to 200\nusage: npm run keyward -- alerts /);
+    }
+  });
+
+  it("alerts undo <id> lifts an alert about the single admin, which the API refuses them: the same undo, audited as the CLI's other actions; idempotent", async () => {
+    // The throttle holds: one call a minute.
+    expect((await proxyCall('root')).status).toBe(200);
+    expect((await proxyCall('root')).status).toBe(429);
+    expect(await runtime.store.get(throttleKey('local:root'))).not.toBeNull();
+    // The admin cannot lift the detector's answer to their own account.
+    const viaApi = await handleAlertUndo(
+      new Request(`https://app.keyward.test/api/admin/alerts/${throttle.id}/undo`, { method: 'POST', headers: { authorization: `Bearer ${await tokenOf('root')}` } }),
+      throttle.id,
+      runtime,
+    );
+    expect(viaApi.status).toBe(403);
+    expect(await runtime.store.get(throttleKey('local:root'))).not.toBeNull();
+
+    const run = await cli(['alerts', 'undo', throttle.id]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toBe(`alert ${throttle.id} (calls, throttle) is undone: the throttle on local:root is lifted; the detector starts over for local:root, on every instance.\n`);
+    // Lifted: the mark is gone and root's calls pass again; every instance's detector is told (through the store).
+    expect(await runtime.store.get(throttleKey('local:root'))).toBeNull();
+    expect((await proxyCall('root')).status).toBe(200);
+    expect(await runtime.alerts.forgivenAt('local:root')).not.toBeNull();
+    const listed = (await runtime.alerts.list({ limit: 20 })).alerts.find((alert) => alert.id === throttle.id);
+    expect(listed).toMatchObject({ state: 'undone', undoneBy: ACTOR });
+    expect((await detectorUndos()).map((r) => [r.actor, r.targetUser, r.outcome])).toEqual([[ACTOR, 'local:root', 'throttle']]);
+
+    // Again: nothing changes, and the repeat is on the trail as `unchanged` (as the API's retry).
+    const again = await cli(['alerts', 'undo', throttle.id, '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toEqual({ alert: listed });
+    const said = await cli(['alerts', 'undo', throttle.id]);
+    expect(said.stdout).toMatch(new RegExp(`^alert ${throttle.id} was undone already \\(by ${ACTOR} \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d UTC\\); nothing changed`));
+    expect((await detectorUndos()).map((r) => r.outcome)).toEqual(['unchanged', 'unchanged', 'throttle']);
+    expect(table((await cli(['alerts', 'list'])).stdout).rows.find((row) => row[0] === throttle.id)?.at(-1)).toBe(`undone by ${ACTOR}`);
+  });
+
+  it('alerts undo of an unknown or malformed id is exit 1 with a clear message; a missing or extra id is exit 2 with the usage', async () => {
+    for (const id of ['al_00000000-0000-0000-0000-000000000000', 'not-an-alert']) {
+      const unknown = await cli(['alerts', 'undo', id]);
+      expect([unknown.code, unknown.stdout, unknown.stderr]).toEqual([1, '', 'keyward: No alert with this id.\n']);
+    }
+    for (const args of [['alerts', 'undo'], ['alerts', 'undo', reauth.id, scrubberHit.id], ['alerts', 'undo', reauth.id, '--limit', '5']]) {
+      const bad = await cli(args);
+      expect(bad.code, args.join(' ')).toBe(2);
+      expect(bad.stderr).toMatch(/usage: npm run keyward -- alerts /);
+    }
+    expect((await runtime.alerts.list({ limit: 20 })).alerts.find((alert) => alert.id === reauth.id)?.state).toBe('active');
+  });
+});
+
 describe('keyward settings from .env files (as next dev / next start read them)', { timeout: 60_000 }, () => {
   it('production: the settings in .env.local are used; the environment wins over them; without them it fails', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'keyward-cli-env-'));
@@ -679,6 +804,8 @@ describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
       'keys rotate <upstream>',
       'keys rollback <rotation id>',
       'keys revoke <fingerprint>',
+      'alerts list',
+      'alerts undo <alert id>',
       'audit tail',
       'audit export',
     ];
@@ -689,7 +816,7 @@ describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
       expect(run.stderr).toBe('');
       expect(run.stdout).toMatch(/^usage: npm run keyward -- <command> \[options\]\n/);
       for (const command of commands) expect(run.stdout).toMatch(new RegExp(`^  ${command.replace(/[<>]/g, '.')} {2,}\\S.*$`, 'm'));
-      for (const option of ['--json', '--id <rotation id>', '--skip-canary', '-n <count>', '-f, --follow', '-h, --help'])
+      for (const option of ['--json', '--id <rotation id>', '--skip-canary', '--limit <count>', '-n <count>', '-f, --follow', '-h, --help'])
         expect(run.stdout).toContain(`  ${option}  `);
       expect(run.stdout).toContain('.env.local');
       outputs.add(run.stdout);
@@ -717,6 +844,10 @@ describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
       ['keys', 'revoke'],
       ['keys', 'list', '--bogus'],
       ['keys', 'rotate', 'svc', '--id'],
+      ['alerts'],
+      ['alerts', 'bogus'],
+      ['alerts', 'list', 'extra'],
+      ['alerts', 'list', '--bogus'],
       ['audit'],
       ['audit', 'bogus'],
       ['audit', 'tail', 'extra'],
