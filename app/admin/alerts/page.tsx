@@ -174,10 +174,12 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
       </td>
       <td className="actions">
         {alert.state === 'active' &&
-          // The API refuses an undo by the alert's own subject (a hijacked admin account would lift its own step).
+          // The API refuses an undo by the alert's own subject (a hijacked admin account would lift its own step); the
+          // command line, run on the server with its settings, may undo it (a deployment with a single admin).
           (userId === viewer ? (
             <span className="small muted" data-testid={`undo-${alert.id}-own`}>
-              About you: another admin must undo it.
+              About you: another admin must undo it, or an operator on the server with{' '}
+              <code className="wrap-anywhere">npm run keyward -- alerts undo {alert.id}</code>.
             </span>
           ) : (
             <UndoAlert id={alert.id} action={alert.action} userId={userId ?? null} expires={expires === null ? null : utc(expires)} expired={expires !== null && expires <= now} />
