@@ -397,6 +397,38 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
     for (const key of Object.values(keys)) expect(list.stdout).not.toContain(key);
   });
 
+  it("keys list shows a version that is one of Keyward's own secrets as refused, one whose seal does not open as unreadable, not as serving", async () => {
+    // The serving key is also the metrics token here: never sent, its calls answer 503.
+    const own = await cli(['keys', 'list'], '', { env: { ...env, KEYWARD_METRICS_TOKEN: keys.accepted } });
+    expect(own.code, own.stderr).toBe(0);
+    const owned = keyList(own.stdout);
+    expect(owned.version(keys.accepted)!.slice(2, 4)).toEqual(['refused', `managed:${fp(keys.accepted)}`]);
+    expect(owned.version(keys.accepted)![5]).toBe(
+      "its value is one of Keyward's own secrets: never sent (calls answer 503 credential_unavailable); revoke it and add a key of the upstream's own",
+    );
+    expect(owned.version(keys.added)![2]).toBe('next');
+    // The server's warning about it goes to stderr (stdout is the table, or the JSON scripts parse).
+    expect(own.stderr).toContain("managed key version is one of Keyward's own secrets");
+    const ownJson = await cli(['keys', 'list', '--json'], '', { env: { ...env, KEYWARD_METRICS_TOKEN: keys.accepted } });
+    const versions = (JSON.parse(ownJson.stdout) as { upstreams: Array<{ versions: Array<{ fingerprint: string; status: string }> }> }).upstreams[0]!.versions;
+    expect(versions.find((v) => v.fingerprint === fp(keys.accepted))?.status).toBe('refused');
+    // Another KEYWARD_VAULT_SECRET: no managed version opens; those that could serve are unreadable.
+    const other = await cli(['keys', 'list'], '', { env: { ...env, KEYWARD_VAULT_SECRET: randomSecret('othervault') } });
+    expect(other.code, other.stderr).toBe(0);
+    const sealed = keyList(other.stdout);
+    expect([keys.accepted, keys.added, keys.primary, keys.skipped, keys.refused].map((key) => sealed.version(key)![2])).toEqual([
+      'unreadable',
+      'unreadable',
+      'fallback',
+      'retired',
+      'revoked',
+    ]);
+    expect(sealed.version(keys.accepted)![5]).toBe(
+      'its sealed value does not open with this KEYWARD_VAULT_SECRET (or its seal is gone): never sent (calls answer 503 credential_unavailable)',
+    );
+    for (const key of Object.values(keys)) expect(own.stdout + other.stdout).not.toContain(key);
+  });
+
   it('key and audit commands serve nobody: they run in production without a public origin or sign-in method; check-config does not', async () => {
     const toolEnv = { ...env };
     delete toolEnv.AUTH_URL;

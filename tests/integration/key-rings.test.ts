@@ -550,7 +550,7 @@ describe('rotation whose canary passes', () => {
   // A version stored before add/rotate checked Keyward's own secrets (or one a setting took the value of later) is
   // never sent upstream: its calls fail as for a version whose value cannot be opened, and a warning names it.
   it("a stored managed version that is one of Keyward's own secrets is not used: 503 credential_unavailable, a warning naming it", async () => {
-    const { r, fresh } = await rotatedToManaged();
+    const { r, a, fresh } = await rotatedToManaged();
     const log = newLog();
     const b = await r.runtime({ env: { KEYWARD_METRICS_TOKEN: fresh }, logger: log.logger });
     const mark = r.server.calls.length;
@@ -560,6 +560,13 @@ describe('rotation whose canary passes', () => {
     expect(warnings).toHaveLength(1);
     expect(JSON.parse(warnings[0]!)).toMatchObject({ level: 40, upstream: 'svc', version: managedId(fresh), settings: ['KEYWARD_METRICS_TOKEN'] });
     expect(warnings[0]).not.toContain(fresh);
+    // Listed as refused, not as serving (its calls answer 503), by the admin API and the CLI's list alike.
+    expect((await statuses(b))[managedId(fresh)]).toBe('refused');
+    const listed = await admin((request) => handleKeyList(request, b), 'GET');
+    const [ring] = listed.json.upstreams as Array<{ versions: VersionView[] }>;
+    expect(ring!.versions.find((v) => v.id === managedId(fresh))?.status).toBe('refused');
+    // The instance whose settings do not hold the value serves it, and lists it so.
+    expect((await statuses(a))[managedId(fresh)]).toBe('serving');
     // Revoked, as the warning says: the version it replaced serves again in its grace window.
     await b.keyRings.revoke(fingerprint(fresh));
     expect(await labelOf(b, r.server)).toBe('old');
@@ -1471,13 +1478,16 @@ describe('managed versions need the vault and are sealed at rest', () => {
   });
 
   it('instances that cannot open the sealed version fail closed (503), never with another key', async () => {
-    const { r, a } = await rotatedToManaged();
+    const { r, a, fresh } = await rotatedToManaged();
     const noVault = await r.runtime({ vault: null });
     const otherVault = await r.runtime({ vault: randomSecret('othervault') });
     const mark = r.server.calls.length;
     for (const runtime of [noVault, otherVault]) {
       expect(await call(runtime, r.server)).toEqual({ status: 503, code: 'credential_unavailable', label: null });
+      // Listed as unreadable there, not as serving.
+      expect(await statuses(runtime)).toEqual({ 'env:SVC_KEY': 'fallback', [managedId(fresh)]: 'unreadable' });
     }
+    expect((await statuses(a))[managedId(fresh)]).toBe('serving');
     expect(r.server.calls.length).toBe(mark);
     expect(await labelOf(a, r.server)).toBe('new');
   });

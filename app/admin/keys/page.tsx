@@ -18,6 +18,14 @@ const STATUS_BADGE: Record<string, string> = {
   retired: 'badge neutral',
   revoked: 'badge danger',
   expired: 'badge danger',
+  refused: 'badge danger',
+  unreadable: 'badge danger',
+};
+
+/** Why a version that could serve is never sent (its calls answer 503): said under its badge. */
+const NEVER_SENT: Record<string, string> = {
+  refused: "One of Keyward's own secrets: never sent. Revoke it and add a key of the upstream's own.",
+  unreadable: 'Its sealed value does not open with this KEYWARD_VAULT_SECRET (or its seal is gone): never sent.',
 };
 
 export default async function AdminKeys() {
@@ -134,6 +142,7 @@ function VersionRow({ upstream, version, now }: { upstream: string; version: Key
         <span className={STATUS_BADGE[version.status] ?? 'badge neutral'} data-testid="version-status">
           {version.status}
         </span>
+        {NEVER_SENT[version.status] && <div className="small text-danger wrap">{NEVER_SENT[version.status]}</div>}
       </td>
       <td className="nowrap">{version.created > 0 ? age(now - version.created) : <span className="muted">unknown</span>}</td>
       <td className="nowrap">

@@ -78,8 +78,12 @@ type EnvVerifiers = ReadonlyMap<string, string>;
 const NO_VERIFIERS: EnvVerifiers = new Map();
 
 export interface VersionView extends KeyVersion {
-  /** What the version does right now, all things considered. */
-  readonly status: 'serving' | 'fallback' | 'standby' | 'next' | 'pending' | 'retired' | 'revoked' | 'expired';
+  /**
+   * What the version does right now, all things considered. A managed version that could serve (serving, fallback,
+   * standby, pending, next) but is never sent is `refused` (its value is one of Keyward's own secrets) or
+   * `unreadable` (its sealed value does not open here): calls that pick it answer 503 `credential_unavailable`.
+   */
+  readonly status: 'serving' | 'fallback' | 'standby' | 'next' | 'pending' | 'retired' | 'revoked' | 'expired' | 'refused' | 'unreadable';
   readonly expiresInDays: number | null;
   /** Set 14, 7 and 1 days before expiry. */
   readonly warning: string | null;
@@ -89,6 +93,9 @@ export interface VersionView extends KeyVersion {
 type RingUpstream = Upstream & { readonly credential: Extract<CredentialPlan, { source: 'static' }> };
 
 const isRingUpstream = (upstream: Upstream): upstream is RingUpstream => upstream.credential.source === 'static';
+
+/** The statuses of a version calls may be made with, now or later: `list` checks that it can be sent. */
+const MAY_SERVE: ReadonlySet<VersionView['status']> = new Set(['serving', 'fallback', 'standby', 'pending', 'next']);
 
 /** Keyward's own secrets by setting name (lib/core/runtime.ts ownSecrets): none may become an upstream's key. */
 export type OwnSecrets = ReadonlyArray<readonly [name: string, values: readonly string[]]>;
@@ -221,13 +228,31 @@ export class KeyRings {
     for (const upstream of this.ringUpstreams()) {
       const { record, versions } = await this.current(upstream);
       const serving = pick(versions, now);
-      out.push({
-        upstream: upstream.id,
-        versions: versions.map((version) => describe(version, serving, now)),
-        rotations: [...record.rotations].reverse(),
-      });
+      const views: VersionView[] = [];
+      for (const version of versions) {
+        const view = describe(version, serving, now);
+        const unusable = MAY_SERVE.has(view.status) ? await this.unusable(upstream, version) : null;
+        views.push(unusable === null ? view : { ...view, status: unusable });
+      }
+      out.push({ upstream: upstream.id, versions: views, rotations: [...record.rotations].reverse() });
     }
     return out;
+  }
+
+  /**
+   * Why a version is never sent, as a call finds it (`managedCredential`, so the list says what calls get):
+   * `refused`, its value is one of Keyward's own secrets; `unreadable`, its seal does not open here. Null when it
+   * can be sent (every environment version: start-up refuses one that is Keyward's own secret).
+   */
+  private async unusable(upstream: RingUpstream, version: KeyVersion): Promise<'refused' | 'unreadable' | null> {
+    if (version.source !== 'managed') return null;
+    try {
+      await this.managedCredential(upstream, version);
+      return null;
+    } catch (error) {
+      if (!(error instanceof KeywardError && error.code === 'credential_unavailable')) throw error;
+      return this.ownSecretVersions.has(`${upstream.id}:${version.id}`) ? 'refused' : 'unreadable';
+    }
   }
 
   /**
