@@ -426,8 +426,10 @@ function presentDecoy(call: Call, finding: Omit<CallDecoy, 'raised'>): KeywardEr
 
 /**
  * What a call that failed at some step is refused with (step 15 renders it): for a call that presented a decoy,
- * 401 `unauthenticated` whatever the step's own error was (a decoy in a streamed body fails the upstream call
- * or the body's parser), with the hit raised; otherwise `revokedFirst`.
+ * with the hit raised, what the same request with any other value there gets from steps 1 to 5 (a refusal before
+ * a route matched, no session, a session that failed the CSRF check, a store that cannot say), else 401
+ * `unauthenticated` whatever the step's own error was (a decoy in a streamed body fails the upstream call or the
+ * body's parser); otherwise `revokedFirst`.
  */
 export async function refusalOf(
   call: Call,
@@ -437,13 +439,17 @@ export async function refusalOf(
 ): Promise<unknown> {
   const { decoy } = call;
   if (!decoy) return revokedFirst(call, error);
+  let refusal: unknown = null;
   if (!decoy.raised) {
-    call.session ??= await sessionOrNull(call, request, forgeryCheck);
-    raiseCallDecoy(call, decoy, call.session);
+    const carried = await sessionCarried(call, request, forgeryCheck);
+    call.session ??= carried.session;
+    raiseCallDecoy(call, decoy, call.session, carried.unverified);
+    refusal = carried.refusal;
   }
   // Refused before a route was matched (steps 1 to 3): what the same request with any other value gets.
   if (call.route === null && error instanceof KeywardError && error.recordedAs !== 'decoy_presented') return error;
-  return decoyRefusal();
+  // Refused by step 4 or 5: as any other value there is, so a decoy is not told from it by the answer.
+  return refusal ?? decoyRefusal();
 }
 
 /**
@@ -455,32 +461,48 @@ function decoyRefusal(): KeywardError {
   return new KeywardError('unauthenticated', { recordedAs: 'decoy_presented' });
 }
 
+/** What steps 4 and 5 make of a call that presented a decoy before step 4 ran. */
+interface CarriedSession {
+  /** The session the hit names: verified, and past the CSRF check. */
+  readonly session: Session | null;
+  /** A valid cookie session that failed the CSRF check: named in the hit as evidence only. */
+  readonly unverified: Session | null;
+  /** What step 4 or 5 refused the call with (a DPoP refusal, the store, `csrf_failed`); null: nothing. */
+  readonly refusal: unknown;
+}
+
 /**
  * The session a call carried, for a decoy hit found before step 4: verified as step 4 does, revocation
  * included, from the cookie or a bearer token (a decoy in Authorization is no session; a cookie beside it is).
- * Whatever fails (a tampered token, the store) is no session: the call is refused either way.
  *
  * A cookie session counts only if the call also passes the CSRF check (step 5; an upgrade's Origin check for a
  * WebSocket). Decoy values are public by design (planted in bundles), so otherwise any site could send a
  * victim's browser to a link carrying one, or to a decoy route, and have the victim's sessions revoked and keys
- * suspended: such a hit is raised without a user (its IP only), and only alerts.
+ * suspended: such a hit names the user as evidence only (`unverified`), and only alerts. The call is answered
+ * as step 5 answers it (403 `csrf_failed`), as the same request with any other value in the decoy's place is.
  */
-async function sessionOrNull(
+async function sessionCarried(
   call: Call,
   request: CoreRequest,
   forgeryCheck: (request: CoreRequest, session: Session, origins: OriginPolicy) => void,
-): Promise<Session | null> {
+): Promise<CarriedSession> {
+  let session: Session | null;
   try {
-    const session = await call.deps.verifySession(request);
-    if (session) forgeryCheck(request, session, call.deps.allowedOrigins);
-    return session;
-  } catch {
-    return null;
+    session = await call.deps.verifySession(request);
+  } catch (error) {
+    return { session: null, unverified: null, refusal: error };
   }
+  if (!session) return { session: null, unverified: null, refusal: null };
+  try {
+    forgeryCheck(request, session, call.deps.allowedOrigins);
+  } catch (error) {
+    return { session: null, unverified: session, refusal: error };
+  }
+  return { session, unverified: null, refusal: null };
 }
 
 /** Raises the call's decoy hit once: who (the session, if any), from where, on which upstream and route. */
-function raiseCallDecoy(call: Call, decoy: CallDecoy, session: Session | null): void {
+function raiseCallDecoy(call: Call, decoy: CallDecoy, session: Session | null, unverified: Session | null = null): void {
   if (decoy.raised) return;
   decoy.raised = true;
   const upstream = call.deps.registry.get(call.target.upstream);
@@ -492,6 +514,7 @@ function raiseCallDecoy(call: Call, decoy: CallDecoy, session: Session | null): 
     where: decoy.where,
     userId: session?.userId ?? null,
     sessionId: session?.sessionId ?? null,
+    ...(unverified ? { unverifiedUserId: unverified.userId } : {}),
     ip: call.ip,
     // The upstream id in the path is the client's text until the registry knows it.
     upstream: upstream ? upstream.id : UNKNOWN_UPSTREAM,

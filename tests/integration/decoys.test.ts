@@ -26,8 +26,8 @@ import {
 
 /**
  * Decoy keys (honeytokens, README "Decoy keys") through the real pipeline (handleProxy) against a real
- * node:http upstream: a decoy presented anywhere in a request, or a decoy route called, is refused as
- * unauthenticated and raised once, through the deps' SecuritySignals, with the session the request carried, the
+ * node:http upstream: a decoy presented anywhere in a request, or a decoy route called, is refused as the same
+ * request with another value there is (401 unauthenticated once it would have gone through) and raised once, through the deps' SecuritySignals, with the session the request carried, the
  * client IP and where it was (by name). Decoys are minted per run (lib/core/detect/mint.ts): no fixture holds one.
  */
 function decoy(shape: DecoyShape): Decoy {
@@ -307,6 +307,53 @@ describe('a decoy presented in a request', () => {
   });
 });
 
+describe('the answer does not tell a decoy from another value in its place', () => {
+  /** A key shaped as the decoy is, and no decoy (minted, but not among the configured decoys). */
+  const lookalike = mintDecoy('openai').value;
+
+  /** What a caller sees of an answer: status, code, message, challenge; and the hits it raised. */
+  async function seen(options: CallOptions) {
+    signals.hits.length = 0;
+    const result = await call(['models'], options);
+    const { code, message } = result.json<{ error: { code: string; message: string } }>().error;
+    const answer = { status: result.response.status, code, message, challenge: result.response.headers.get('www-authenticate') };
+    return { answer, hits: [...signals.hits] };
+  }
+
+  it('a valid session cookie without the CSRF header: 403 csrf_failed either way, the user named as evidence only', async () => {
+    // A signed-in caller testing found keys without the header learns nothing, and cannot have a forged request
+    // (which is what such a request may be) revoke anyone.
+    const other = await seen({ csrf: false, headers: { authorization: `Bearer ${lookalike}` } });
+    const decoyed = await seen({ csrf: false, headers: { authorization: `Bearer ${openai.value}` } });
+    expect(other.answer).toMatchObject({ status: 403, code: 'csrf_failed' });
+    expect(decoyed.answer).toEqual(other.answer);
+    expect(decoyed.hits).toMatchObject([{ where: 'header:authorization', userId: null, sessionId: null, unverifiedUserId: alice.sub }]);
+    // A decoy route answers as any declared route does to that request.
+    signals.hits.length = 0;
+    const route = await call(['admin', 'export'], { csrf: false });
+    expect(route.response.status).toBe(403);
+    expect(route.json<{ error: { message: string } }>().error.message).toBe(other.answer.message);
+    expect(signals.hits).toMatchObject([{ kind: 'route', userId: null, unverifiedUserId: alice.sub }]);
+  });
+
+  it("a token step 4 refuses (a DPoP token that is none): step 4's refusal either way, challenge included", async () => {
+    const other = await seen({ cookie: false, csrf: false, headers: { authorization: `DPoP ${lookalike}` } });
+    const decoyed = await seen({ cookie: false, csrf: false, headers: { authorization: `DPoP ${openai.value}` } });
+    expect(other.answer).toMatchObject({ status: 401, code: 'unauthenticated', challenge: expect.stringContaining('invalid_token') });
+    expect(decoyed.answer).toEqual(other.answer);
+    expect(decoyed.hits).toMatchObject([{ where: 'header:authorization', userId: null, sessionId: null }]);
+  });
+
+  it('except with a verified session: then refused 401 where another value goes through, and the hit names the user', async () => {
+    // As content (here the query), the decoy is not forwarded: the caller can tell it, at the cost of an alert
+    // naming them (README "What the detector does with a hit"); as a credential, of their sessions and keys.
+    const other = await call(['models'], { query: `?q=${lookalike}` });
+    expect(other.response.status).toBe(200);
+    expect(signals.hits).toEqual([]);
+    expectOneHit(await call(['models'], { query: `?q=${openai.value}` }), { where: 'query:q' });
+  });
+});
+
 describe('a decoy route', () => {
   it('is refused and raised with the session, whatever its roles say, and never forwarded', async () => {
     const before = harness.upstream.requests.length;
@@ -327,16 +374,19 @@ describe('a decoy route', () => {
     });
   });
 
-  it("sent by another site through the victim's browser (no CSRF header, or a cross-site fetch): raised without the victim's session", async () => {
+  it("sent by another site through the victim's browser (no CSRF header, or a cross-site fetch): 403 csrf_failed, the victim named as evidence only", async () => {
     // Decoy values and decoy routes are public by design: a link on any site must not get its visitors revoked.
+    // Answered as step 5 answers any call with that cookie and those headers.
+    const forged = { userId: null, sessionId: null, unverifiedUserId: alice.sub };
+    const csrfFailed = { status: 403, code: 'csrf_failed' };
     const link = await call(['admin', 'export'], { csrf: false, headers: { 'sec-fetch-site': 'cross-site' } });
-    expectOneHit(link, { kind: 'route', decoyId: null, where: 'route', route: '/admin/export', userId: null, sessionId: null });
+    expectOneHit(link, { kind: 'route', decoyId: null, where: 'route', route: '/admin/export', ...forged }, csrfFailed);
     signals.hits.length = 0;
     const query = await call(['models'], { csrf: false, query: `?key=${openai.value}` });
-    expectOneHit(query, { where: 'query:key', userId: null, sessionId: null });
+    expectOneHit(query, { where: 'query:key', ...forged }, csrfFailed);
     signals.hits.length = 0;
     const fetched = await call(['models'], { headers: { 'sec-fetch-site': 'cross-site', 'x-api-key': openai.value } });
-    expectOneHit(fetched, { where: 'header:x-api-key', userId: null, sessionId: null });
+    expectOneHit(fetched, { where: 'header:x-api-key', ...forged }, csrfFailed);
   });
 
   it('is a decoy route without decoy credentials configured', async () => {
@@ -403,10 +453,12 @@ describe('a WebSocket upgrade (the fast lane)', () => {
     ]);
   });
 
-  it("from another site's page (an Origin not allowed): raised without the victim's session", async () => {
+  it("from another site's page (an Origin not allowed): 403 as without the decoy, raised without the victim's session", async () => {
+    const other = await upgrade({ origin: 'https://evil.example', 'x-api-key': mintDecoy('openai').value });
+    expect((other as Response).status).toBe(403);
     const forged = await upgrade({ origin: 'https://evil.example', 'x-api-key': openai.value });
-    expect((forged as Response).status).toBe(401);
-    expect(signals.hits.map((hit) => [hit.where, hit.userId, hit.sessionId])).toEqual([['header:x-api-key', null, null]]);
+    expect((forged as Response).status).toBe(403);
+    expect(signals.hits.map((hit) => [hit.where, hit.userId, hit.sessionId, hit.unverifiedUserId])).toEqual([['header:x-api-key', null, null, alice.sub]]);
   });
 
   it('without one is granted', async () => {

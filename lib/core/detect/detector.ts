@@ -113,10 +113,13 @@ export class Detector implements SecuritySignals {
    * parameter, the own-key form) or on a decoy route, with a session that passed the CSRF check: straight to the
    * last step, whatever the user's history. Anywhere else (a body, a path, another header) it is content, which
    * an attacker can get an honest user's app to send (a shared chat message, a pasted file): an alert only.
-   * Hits are coalesced for `cooldownMinutes` per decoy, address and user, or per decoy alone for hits without a
-   * session (they revoke nothing, and a script replaying a public decoy varies its address at will), and at most
-   * DECOY_ALERTS_PER_MINUTE alerts are written, so such a script can neither fill the store or the webhook nor
-   * use up the alerts a signed-in hit needs; a revocation is never held back by that budget.
+   * Without a verified session, an alert: naming nobody, or, for a valid session cookie that failed the CSRF
+   * check, naming its user as evidence only (another site can make a user's browser send that).
+   * Hits are coalesced for `cooldownMinutes` per decoy, address and user, per decoy and user for a session cookie
+   * that failed the CSRF check, or per decoy alone for hits without a session (they revoke nothing, and a script
+   * replaying a public decoy varies its address at will), and at most DECOY_ALERTS_PER_MINUTE alerts are written,
+   * so such a script can neither fill the store or the webhook nor use up the alerts a signed-in hit needs; a
+   * revocation is never held back by that budget.
    */
   decoyHit(hit: DecoyHit): void {
     const at = this.now();
@@ -126,7 +129,17 @@ export class Detector implements SecuritySignals {
     const where = hit.kind === 'route' ? `the decoy route ${hit.upstream}${hit.route ?? ''}` : `a decoy credential (${hit.where})`;
     const evidence = { kind: hit.kind, where: hit.where, upstream: hit.upstream, ip: hit.ip ?? 'unknown', requestId: hit.requestId, ...(hit.decoyId ? { decoyId: hit.decoyId } : {}) };
     if (!hit.userId) {
-      this.act({ rule: 'decoy', action: 'alert', reason: `A request without a session (or sent by another site) used ${where}.`, subject: { upstream: hit.upstream }, evidence });
+      const unverified = hit.unverifiedUserId;
+      this.act({
+        rule: 'decoy',
+        action: 'alert',
+        reason:
+          unverified === undefined
+            ? `A request without a session (or sent by another site) used ${where}.`
+            : `A request with the session cookie of ${unverified}, but without the checks that prove it came from this site, used ${where}: alerted only (another site can make a user's browser send such a request).`,
+        subject: { upstream: hit.upstream },
+        evidence: unverified === undefined ? evidence : { ...evidence, session: 'not same-site verified', unverifiedUser: unverified },
+      });
       return;
     }
     if (!inCredentialPlace(hit)) {
@@ -160,14 +173,18 @@ export class Detector implements SecuritySignals {
   }
 
   /**
-   * Whether a decoy hit is written: once per decoy, address and user per cooldown (per decoy alone without a
-   * session), and a bounded number a minute.
+   * Whether a decoy hit is written: once per decoy, address and user per cooldown (per decoy and user for a
+   * session cookie that failed the CSRF check, per decoy alone without a session), and a bounded number a minute.
    */
   private admitDecoyAlert(hit: DecoyHit, at: number): boolean {
     const decoy = hit.decoyId ?? `route ${hit.upstream}${hit.route ?? ''}`;
     // By address as limits count them (an IPv6 /64 is one host's), so one user rotating through their /64 cannot
     // use up the minute's alerts that others' hits need.
-    const key = hit.userId ? `${decoy}|${hit.ip === null ? '' : limitBucket(hit.ip)}|${hit.userId}` : `${decoy}|(no session)`;
+    const key = hit.userId
+      ? `${decoy}|${hit.ip === null ? '' : limitBucket(hit.ip)}|${hit.userId}`
+      : hit.unverifiedUserId !== undefined
+        ? `${decoy}|(not same-site)|${hit.unverifiedUserId}`
+        : `${decoy}|(no session)`;
     const last = this.decoysSeen.get(key);
     if (last !== undefined && at - last < this.config.cooldownMinutes * MINUTE_MS) return false;
     const minute = Math.floor(at / MINUTE_MS);

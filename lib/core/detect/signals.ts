@@ -14,9 +14,18 @@ export interface DecoyHit {
   readonly decoyId: string | null;
   /** Where it was found, by name only: `header:authorization`, `query:key`, `path`, `body`, `route`, `own-key`. */
   readonly where: string;
-  /** The session the request carried (cookie or bearer), if one could be verified; else null. */
+  /**
+   * The session the request carried (cookie or bearer), if one could be verified (a cookie session only with the
+   * CSRF check passed: README "Decoy keys"); else null.
+   */
   readonly userId: string | null;
   readonly sessionId: string | null;
+  /**
+   * The user of a valid session cookie the request carried that failed the CSRF check (for a WebSocket, the
+   * upgrade's Origin check): another site may have made that user's browser send it, so it is evidence only,
+   * never acted on (`userId` is then null). Absent otherwise.
+   */
+  readonly unverifiedUserId?: string;
   readonly ip: string | null;
   readonly upstream: string;
   readonly route: string | null;

@@ -767,6 +767,24 @@ describe('anomaly detector', () => {
     expect(await actions()).toHaveLength(33);
   });
 
+  it("a valid session cookie that failed the CSRF check: alerted, its user named as evidence only, from the budget of hits that name nobody", async () => {
+    const { revocations, detector, actions } = setup();
+    // Another site can make a user's browser send this: nothing is revoked, and the alert's subject is no user.
+    const forged = { kind: 'credential' as const, decoyId: 'dk_1', where: 'header:authorization', userId: null, sessionId: null, unverifiedUserId: 'local:ada', ip: '198.51.100.1', upstream: 'openai', route: '/v1/models', requestId: 'f1' };
+    detector.decoyHit(forged);
+    detector.decoyHit({ ...forged, ip: '198.51.100.2', requestId: 'f2' }); // the same decoy and user: coalesced
+    detector.decoyHit({ ...forged, unverifiedUserId: 'local:bob', requestId: 'f3' });
+    detector.decoyHit({ ...forged, unverifiedUserId: undefined, requestId: 'f4' }); // no session at all: its own alert
+    const written = await actions();
+    expect(written.map((a) => [a.action, a.subject, a.evidence.unverifiedUser, a.evidence.requestId])).toEqual([
+      ['alert', { upstream: 'openai' }, 'local:ada', 'f1'],
+      ['alert', { upstream: 'openai' }, 'local:bob', 'f3'],
+      ['alert', { upstream: 'openai' }, undefined, 'f4'],
+    ]);
+    expect(written[0]!.evidence.session).toBe('not same-site verified');
+    expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 's', authTime: START - 1000 })).toBe(false);
+  });
+
   it('does nothing when disabled, but still acts on decoys', async () => {
     const { clock, detector, actions } = setup({ enabled: false });
     for (let i = 0; i < 200; i++) {
