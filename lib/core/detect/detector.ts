@@ -15,7 +15,10 @@ const MAX_KEYS = 10_000;
 /** Sessions remembered per user, to end them on re-authentication. */
 const MAX_RECENT_SESSIONS = 32;
 const MAX_DECOY_KEYS = 10_000;
-/** Decoy alerts written per instance and minute, at most (the rest are coalesced or dropped, and logged). */
+/**
+ * Decoy alerts written per instance and minute, at most, for hits that name a user and, apart, for hits that
+ * do not (the rest are coalesced or dropped, and logged).
+ */
 const DECOY_ALERTS_PER_MINUTE = 30;
 /** Where a decoy is a credential presented, not content: auth headers and key-like query parameters. */
 const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization', 'x-api-key', 'api-key', 'x-goog-api-key', 'x-auth-token', 'x-access-token']);
@@ -86,8 +89,13 @@ export class Detector implements SecuritySignals {
   private readonly decoysSeen = new Map<string, number>();
   /** Decoy revocations, by user and session: when (one per session within the cooldown). */
   private readonly decoyRevokes = new Map<string, number>();
-  private decoyMinute = -1;
-  private decoyAlerts = 0;
+  /**
+   * The minute's decoy alerts, counted apart: hits that name a user (a verified session) and hits that do not
+   * (no session, or one another site may have sent), so a script replaying public decoys without a session
+   * cannot use up the alerts a signed-in user's hit needs.
+   */
+  private readonly namedAlerts = new MinuteBudget(DECOY_ALERTS_PER_MINUTE);
+  private readonly unnamedAlerts = new MinuteBudget(DECOY_ALERTS_PER_MINUTE);
   private readonly alpha: number;
   private pending: Promise<unknown> = Promise.resolve();
 
@@ -117,9 +125,9 @@ export class Detector implements SecuritySignals {
    * check, naming its user as evidence only (another site can make a user's browser send that).
    * Hits are coalesced for `cooldownMinutes` per decoy, address and user, per decoy and user for a session cookie
    * that failed the CSRF check, or per decoy alone for hits without a session (they revoke nothing, and a script
-   * replaying a public decoy varies its address at will), and at most DECOY_ALERTS_PER_MINUTE alerts are written,
-   * so such a script can neither fill the store or the webhook nor use up the alerts a signed-in hit needs; a
-   * revocation is never held back by that budget.
+   * replaying a public decoy varies its address at will), and at most DECOY_ALERTS_PER_MINUTE alerts are written
+   * for hits that name a user and as many for hits that do not, so such a script can neither fill the store or
+   * the webhook nor use up the alerts a signed-in hit needs; a revocation is never held back by that budget.
    */
   decoyHit(hit: DecoyHit): void {
     const at = this.now();
@@ -174,7 +182,8 @@ export class Detector implements SecuritySignals {
 
   /**
    * Whether a decoy hit is written: once per decoy, address and user per cooldown (per decoy and user for a
-   * session cookie that failed the CSRF check, per decoy alone without a session), and a bounded number a minute.
+   * session cookie that failed the CSRF check, per decoy alone without a session), and a bounded number a minute,
+   * counted apart for hits that name a user and hits that do not.
    */
   private admitDecoyAlert(hit: DecoyHit, at: number): boolean {
     const decoy = hit.decoyId ?? `route ${hit.upstream}${hit.route ?? ''}`;
@@ -187,16 +196,14 @@ export class Detector implements SecuritySignals {
         : `${decoy}|(no session)`;
     const last = this.decoysSeen.get(key);
     if (last !== undefined && at - last < this.config.cooldownMinutes * MINUTE_MS) return false;
-    const minute = Math.floor(at / MINUTE_MS);
-    if (minute !== this.decoyMinute) {
-      this.decoyMinute = minute;
-      this.decoyAlerts = 0;
-    }
-    if (this.decoyAlerts >= DECOY_ALERTS_PER_MINUTE) {
-      if (this.decoyAlerts++ === DECOY_ALERTS_PER_MINUTE) this.logger.warn({ limit: DECOY_ALERTS_PER_MINUTE }, 'decoy hits over the alert limit this minute; not written');
+    const named = hit.userId !== null;
+    const budget = named ? this.namedAlerts : this.unnamedAlerts;
+    if (!budget.take(at)) {
+      if (budget.firstRefused()) {
+        this.logger.warn({ limit: DECOY_ALERTS_PER_MINUTE, named }, 'decoy hits over the alert limit this minute; not written');
+      }
       return false;
     }
-    this.decoyAlerts++;
     remember(this.decoysSeen, key, at, MAX_DECOY_KEYS);
     return true;
   }
@@ -442,6 +449,29 @@ export class Detector implements SecuritySignals {
     };
     remember(this.users, userId, state, MAX_USERS);
     return state;
+  }
+}
+
+/** A number of things allowed per clock minute. */
+class MinuteBudget {
+  private minute = -1;
+  private used = 0;
+
+  constructor(private readonly perMinute: number) {}
+
+  /** Takes one of this minute's, if any is left. */
+  take(at: number): boolean {
+    const minute = Math.floor(at / MINUTE_MS);
+    if (minute !== this.minute) {
+      this.minute = minute;
+      this.used = 0;
+    }
+    return this.used++ < this.perMinute;
+  }
+
+  /** Whether the last refused `take` was this minute's first refused (to log it once a minute). */
+  firstRefused(): boolean {
+    return this.used === this.perMinute + 1;
   }
 }
 

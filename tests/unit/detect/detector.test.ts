@@ -750,21 +750,36 @@ describe('anomaly detector', () => {
     expect(await actions()).toHaveLength(1);
     detector.decoyHit({ ...hit, decoyId: 'dk_2', ip: '198.51.100.1' });
     expect(await actions()).toHaveLength(2);
-    // Signed-in hits (content, so alerts) per address and user: at most 30 alerts a minute are written.
+    // Signed-in hits (content, so alerts) per address and user: at most 30 alerts a minute are written (the two
+    // without a session are counted apart).
     const content = { ...hit, where: 'body', sessionId: 's' };
     for (let i = 0; i < 100; i++) detector.decoyHit({ ...content, userId: `local:u${i}`, ip: `198.51.100.${i}` });
-    expect(await actions()).toHaveLength(30);
+    expect(await actions()).toHaveLength(32);
     // The budget is spent, but a decoy in a credential's place by a signed-in user is still revoked at once.
     detector.decoyHit({ ...hit, userId: 'local:thief', sessionId: 's2', ip: '198.51.100.200' });
     expect((await actions()).at(-1)).toMatchObject({ action: 'revoke', subject: { userId: 'local:thief' } });
-    expect(await actions()).toHaveLength(31);
+    expect(await actions()).toHaveLength(33);
     clock.now += MINUTE_MS;
     detector.decoyHit({ ...content, userId: 'local:late', ip: '192.0.2.1' });
-    expect(await actions()).toHaveLength(32);
+    expect(await actions()).toHaveLength(34);
     // One user's host rotating through its IPv6 /64 is one address: one alert, not one per address.
     clock.now += MINUTE_MS;
     for (let i = 1; i <= 50; i++) detector.decoyHit({ ...content, userId: 'local:rotating', ip: `2001:db8:5:7::${i.toString(16)}` });
-    expect(await actions()).toHaveLength(33);
+    expect(await actions()).toHaveLength(35);
+  });
+
+  it("a script replaying many public decoys without a session cannot use up the minute's alerts of hits that name a user", async () => {
+    const { detector, actions } = setup();
+    const anonymous = { kind: 'credential' as const, where: 'header:authorization', userId: null, sessionId: null, ip: '198.51.100.1', upstream: 'openai', route: null };
+    // 30 distinct planted decoys (the file may hold 100): each its own alert, and the minute's share for them is spent.
+    for (let i = 0; i < 30; i++) detector.decoyHit({ ...anonymous, decoyId: `dk_${i}`, requestId: `anon-${i}` });
+    detector.decoyHit({ ...anonymous, decoyId: 'dk_99', requestId: 'anon-99' });
+    // In the same minute, a decoy as content in a signed-in user's request: alerted, naming the user.
+    detector.decoyHit({ kind: 'credential', decoyId: 'dk_0', where: 'body', userId: 'local:ada', sessionId: 's1', ip: '203.0.113.9', upstream: 'openai', route: '/v1/chat', requestId: 'ada-1' });
+    const written = await actions();
+    expect(written).toHaveLength(31);
+    expect(written.map((a) => a.evidence.requestId)).not.toContain('anon-99');
+    expect(written.at(-1)).toMatchObject({ action: 'alert', subject: { userId: 'local:ada' }, evidence: { requestId: 'ada-1' } });
   });
 
   it("a valid session cookie that failed the CSRF check: alerted, its user named as evidence only, from the budget of hits that name nobody", async () => {
@@ -783,6 +798,12 @@ describe('anomaly detector', () => {
     ]);
     expect(written[0]!.evidence.session).toBe('not same-site verified');
     expect(await revocations.isRevoked({ userId: 'local:ada', sessionId: 's', authTime: START - 1000 })).toBe(false);
+    // Such hits, many users' (one site's visitors), spend the share of hits that name nobody, not the other.
+    for (let i = 0; i < 40; i++) detector.decoyHit({ ...forged, unverifiedUserId: `local:v${i}`, requestId: `v${i}` });
+    detector.decoyHit({ ...forged, userId: 'local:ada', sessionId: 's', unverifiedUserId: undefined, where: 'body', requestId: 'named' });
+    const after = await actions();
+    expect(after).toHaveLength(31);
+    expect(after.at(-1)).toMatchObject({ subject: { userId: 'local:ada' }, evidence: { requestId: 'named' } });
   });
 
   it('does nothing when disabled, but still acts on decoys', async () => {
