@@ -12,7 +12,9 @@ import {
   DISCOVERY_RETRY_MS,
   KEYS_GRACE_MS,
   KEYS_MAX_AGE_MS,
+  MAX_AGE_SECONDS,
   METADATA_TTL_MS,
+  SKEW_SECONDS,
 } from '../../lib/core/session/logout-token';
 import { PROVIDER_SESSION_SLOTS } from '../../lib/core/session/provider-sessions';
 import { MemoryStore } from '../../lib/store/memory';
@@ -545,12 +547,13 @@ describe("the provider's metadata and keys: held, fetched again behind the posts
     return new Promise<void>((resolve) => issuer.server.close(() => resolve()));
   });
 
-  function runtimeOnClock(): Runtime {
+  /** A runtime on the test's clock, `behindMs` behind it (another instance whose clock is off), sharing `store`. */
+  function runtimeOnClock(store: Store = new MemoryStore(), behindMs = 0): Runtime {
     return createRuntime({
       env: { ...env(), KEYWARD_OIDC_ISSUER: issuer.url },
-      store: new MemoryStore(),
+      store,
       logger,
-      now: () => clock,
+      now: () => clock - behindMs,
     });
   }
 
@@ -559,9 +562,8 @@ describe("the provider's metadata and keys: held, fetched again behind the posts
     await runtime.logoutTokens!.idle();
   }
 
-  async function signed(sub: string, key = { kid: 'k1', jwk: signingKey }): Promise<string> {
-    const iat = Math.floor(clock / 1000);
-    const token = await new SignJWT({ iss: issuer.url, aud: provider.clientId, iat, exp: iat + 120, jti: randomUUID(), sub, events: { [BACKCHANNEL_LOGOUT_EVENT]: {} } })
+  async function signed(sub: string, key = { kid: 'k1', jwk: signingKey }, iat = Math.floor(clock / 1000), exp = iat + 120): Promise<string> {
+    const token = await new SignJWT({ iss: issuer.url, aud: provider.clientId, iat, exp, jti: randomUUID(), sub, events: { [BACKCHANNEL_LOGOUT_EVENT]: {} } })
       .setProtectedHeader({ alg: 'RS256', kid: key.kid, typ: 'logout+jwt' })
       .sign(await importJWK(key.jwk, 'RS256'));
     tokensMade.push(token);
@@ -577,6 +579,22 @@ describe("the provider's metadata and keys: held, fetched again behind the posts
     issuer.hold.clear();
     issuer.keys = [{ kid: 'k1', jwk: signingKey }];
   }
+
+  it('a used jti is refused on an instance whose clock is behind, as long as that instance still takes the token by its iat', async () => {
+    reset();
+    // One store (its own clock, the test's) for two instances, the second 4 minutes behind (clocks within 5).
+    const store = new MemoryStore(() => clock);
+    const first = runtimeOnClock(store);
+    const behind = runtimeOnClock(store, 4 * 60_000);
+    // Issued as late as the first instance takes it (its iat just within the skew ahead), with an exp far enough not to matter.
+    const iat = Math.floor(clock / 1000) + SKEW_SECONDS - 1;
+    const token = await signed(`acct-${randomUUID()}`, undefined, iat, iat + 900);
+    expect((await post(first, form(token))).status).toBe(200);
+    // Too old for the first instance by now (5 minutes and the skew it allows), not for the one behind.
+    clock += (MAX_AGE_SECONDS + 2 * SKEW_SECONDS + 1) * 1000;
+    expectInvalid(await post(first, form(token)));
+    expectInvalid(await post(behind, form(token)));
+  });
 
   it('a provider that is down is asked once per retry interval, not once per post', async () => {
     reset();

@@ -1,3 +1,4 @@
+import { MAX_CLOCK_SKEW_S } from '../dpop/proof';
 import { KeywardError, errorResponse } from '../errors';
 import type { Runtime } from '../runtime';
 import { InvalidLogoutToken, LogoutProviderUnavailable, MAX_AGE_SECONDS, SKEW_SECONDS, type LogoutClaims } from '../session/logout-token';
@@ -26,8 +27,12 @@ import { StoreUnavailableError } from '../../store/types';
 /** A logout token is well under 2 KiB; the form adds `logout_token=`. */
 const MAX_BODY_BYTES = 16 * 1024;
 const FORM_TYPE = /^application\/x-www-form-urlencoded\s*(;\s*charset="?utf-8"?\s*)?$/i;
-/** A `jti` is kept until no token carrying it could pass the `iat` check any more. */
-const JTI_TTL_MS = (MAX_AGE_SECONDS + 2 * SKEW_SECONDS) * 1000;
+/**
+ * A `jti` is kept until no token carrying it could pass the `iat` check any more, on any instance: each checks
+ * `iat` on its own clock, so one whose clock is behind the instance that took the token (by up to
+ * MAX_CLOCK_SKEW_S, as for DPoP proofs) still accepts it that much later.
+ */
+const JTI_TTL_MS = (MAX_AGE_SECONDS + 2 * SKEW_SECONDS + MAX_CLOCK_SKEW_S) * 1000;
 
 /** §2.8: "Cache-Control: no-cache, no-store" and "Pragma: no-cache", so no intermediary keeps a token. */
 const NO_STORE = { 'cache-control': 'no-cache, no-store', pragma: 'no-cache', 'x-content-type-options': 'nosniff' };
