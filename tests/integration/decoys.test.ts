@@ -11,6 +11,8 @@ import { decoyId, mintDecoy, type DecoyShape } from '../../lib/core/detect/mint'
 import type { DecoyHit, SecuritySignals } from '../../lib/core/detect/signals';
 import type { ProxyDeps, ProxyEvent } from '../../lib/core/pipeline';
 import { createRuntime } from '../../lib/core/runtime';
+import { RedisStore } from '../../lib/store/redis';
+import { freePort } from '../fixtures/app-server';
 import { authorizeUpgrade } from '../../lib/core/ws/upgrade';
 import { capturingLogger } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -54,37 +56,38 @@ let deps: ProxyDeps;
 const alice = { sub: 'local:alice', sid: randomUUID() };
 let aliceCookie: string;
 
-beforeAll(async () => {
-  harness = await createHarness({
-    upstreams: (origin) => [
-      defineUpstream('llm', {
-        baseUrl: `${origin}/v1/`,
-        auth: { type: 'bearer', secret: { env: 'ECHO_KEY' } },
-        routes: [
-          {
-            method: 'POST',
-            path: '/chat',
-            body: {
-              type: 'object',
-              required: ['model'],
-              properties: {
-                model: { type: 'string' },
-                prompt: { type: 'string', maxLength: 4096 },
-                user: { type: 'string' },
-              },
-            },
-            identity: { 'body.user': 'userId' },
+/** The upstream these tests call, on the test upstream at `origin`. */
+function llm(origin: string) {
+  return defineUpstream('llm', {
+    baseUrl: `${origin}/v1/`,
+    auth: { type: 'bearer', secret: { env: 'ECHO_KEY' } },
+    routes: [
+      {
+        method: 'POST',
+        path: '/chat',
+        body: {
+          type: 'object',
+          required: ['model'],
+          properties: {
+            model: { type: 'string' },
+            prompt: { type: 'string', maxLength: 4096 },
+            user: { type: 'string' },
           },
-          { method: 'POST', path: '/stream', maxRequestBytes: 16 * 1024 * 1024 },
-          { method: 'GET', path: '/models' },
-          // A decoy route: roles it names are ignored (it is refused before policy), and it is never forwarded.
-          { method: 'GET', path: '/admin/export', roles: ['admin'], decoy: true },
-          { method: 'GET', path: '/socket', websocket: true },
-        ],
-        timeoutMs: 60_000,
-      }),
+        },
+        identity: { 'body.user': 'userId' },
+      },
+      { method: 'POST', path: '/stream', maxRequestBytes: 16 * 1024 * 1024 },
+      { method: 'GET', path: '/models' },
+      // A decoy route: roles it names are ignored (it is refused before policy), and it is never forwarded.
+      { method: 'GET', path: '/admin/export', roles: ['admin'], decoy: true },
+      { method: 'GET', path: '/socket', websocket: true },
     ],
+    timeoutMs: 60_000,
   });
+}
+
+beforeAll(async () => {
+  harness = await createHarness({ upstreams: (origin) => [llm(origin)] });
   aliceCookie = await cookieFor(harness, alice);
 });
 
@@ -342,6 +345,22 @@ describe('the answer does not tell a decoy from another value in its place', () 
     expect(other.answer).toMatchObject({ status: 401, code: 'unauthenticated', challenge: expect.stringContaining('invalid_token') });
     expect(decoyed.answer).toEqual(other.answer);
     expect(decoyed.hits).toMatchObject([{ where: 'header:authorization', userId: null, sessionId: null }]);
+  });
+
+  it('a store that cannot say whether the session was revoked: 503 store_unavailable either way', async () => {
+    // The same app with its store an unreachable Redis (a port nothing listens on).
+    const store = new RedisStore(`redis://127.0.0.1:${await freePort()}`, { prefix: `keyward-test:decoys-down:${randomUUID()}:` });
+    try {
+      const down = createRuntime({ env: harness.env, upstreams: [llm(harness.upstream.origin)], store, logger: capturingLogger().logger });
+      deps = { ...down, decoys, signals };
+      const other = await seen({ headers: { authorization: `Bearer ${lookalike}` } });
+      const decoyed = await seen({ headers: { authorization: `Bearer ${openai.value}` } });
+      expect(other.answer).toMatchObject({ status: 503, code: 'store_unavailable' });
+      expect(decoyed.answer).toEqual(other.answer);
+      expect(decoyed.hits).toMatchObject([{ where: 'header:authorization', userId: null, sessionId: null }]);
+    } finally {
+      await store.close();
+    }
   });
 
   it('except with a verified session: then refused 401 where another value goes through, and the hit names the user', async () => {
