@@ -69,7 +69,7 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
       options.serving?.track(call);
     } else if (isDisguisedProxyPath(url)) {
       writeResponse(disguisedPathRefusal(req, deps), res, siteHeaders).catch((error: unknown) => failed(error, res));
-    } else if (options.metrics && (url === METRICS_PATH || url.startsWith(`${METRICS_PATH}?`))) {
+    } else if (options.metrics && isMetricsTarget(url)) {
       serveMetrics(req, res, options.metrics, options.origin(), siteHeaders).catch((error: unknown) => failed(error, res));
     } else if (isUndecodableApiPath(url)) {
       // Next would fail to decode the segment for the route's params and answer a plain-text 500, before the
@@ -115,6 +115,16 @@ function failed(error: unknown, res: ServerResponse): void {
 
 const METRICS_PATH = '/api/metrics';
 
+/**
+ * Whether the target is `/api/metrics` (with or without a query), in origin or absolute form: Next routes both
+ * (it is handed the latter as its path), so an absolute-form scrape left to Next would be answered there with
+ * Next's process's counts alone, without the calls this process served.
+ */
+function isMetricsTarget(url: string): boolean {
+  const target = originFormTarget(url);
+  return target === METRICS_PATH || target?.startsWith(`${METRICS_PATH}?`) === true;
+}
+
 /** GET /api/metrics through the same handler as app/api/metrics/route.ts (token, 404 without the setting, 405). */
 async function serveMetrics(
   req: IncomingMessage,
@@ -132,7 +142,7 @@ async function serveMetrics(
   // HEAD is answered as GET without the body, as Next answers it for a route that exports GET. Any other method
   // is 405 from the handler, which reads no body: it is handed POST, a method every Request accepts.
   const head = req.method === 'HEAD';
-  const request = new Request(origin + (req.url ?? METRICS_PATH), { method: head || req.method === 'GET' ? req.method : 'POST', headers });
+  const request = new Request(origin + (originFormTarget(req.url ?? METRICS_PATH) ?? METRICS_PATH), { method: head || req.method === 'GET' ? req.method : 'POST', headers });
   const response = await handleMetrics(request, runtime);
   await writeResponse(head ? new Response(null, response) : response, res, siteHeaders);
 }

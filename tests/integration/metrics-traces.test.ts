@@ -1,3 +1,5 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { trace } from '@opentelemetry/api';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
@@ -9,7 +11,9 @@ import { ProxyMetrics } from '../../lib/core/observe/metrics';
 import { handleProxy, type ProxyEvent } from '../../lib/core/pipeline';
 import { openai } from '../../lib/core/presets';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { createFastLane } from '../../lib/node/fast-lane';
 import { leakForms } from '../fixtures/leak-forms';
+import { rawRequest } from '../fixtures/raw-http';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -164,6 +168,33 @@ describe('GET /api/metrics', () => {
     expect(sample(after, 'keyward_scrubber_hits_total', { upstream: 'echo' })).toBeGreaterThanOrEqual(2);
     expect(after).toContain('keyward_store_errors_total 0');
     expectNoSecretOrQuery(after);
+  });
+  it('the fast lane answers it in absolute form too (`GET http://host/api/metrics`), with the calls it served', async () => {
+    // As server.ts assembles it, Next's place taken by a stand-in: a scrape handed to Next would be answered by
+    // Next's process, which neither serves nor counts the proxied calls.
+    const lane = createServer(
+      createFastLane({ deps: runtime, metrics: runtime, origin: () => APP_ORIGIN, next: (_req, res) => res.writeHead(418).end() }),
+    );
+    await new Promise<void>((resolve) => lane.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = lane.address() as AddressInfo;
+      expect((await rawRequest(port, 'GET', '/api/proxy/echo/items/5', { cookie, 'x-keyward-csrf': '1' })).status).toBe(200);
+      const authorization = `Bearer ${metricsToken}`;
+      const ok = { upstream: 'echo', route: '/items/:id', method: 'GET', status_class: '2xx', outcome: 'complete' };
+      const originForm = await rawRequest(port, 'GET', '/api/metrics', { authorization });
+      expect(originForm.status).toBe(200);
+      for (const target of [`http://127.0.0.1:${port}/api/metrics`, `http://app.keyward.test/api/metrics?x=${QUERY_MARKER}`]) {
+        const absolute = await rawRequest(port, 'GET', target, { authorization });
+        expect([target, absolute.status]).toEqual([target, 200]);
+        expect(sample(absolute.body, 'keyward_proxy_calls_total', ok)).toBe(sample(originForm.body, 'keyward_proxy_calls_total', ok));
+        expectNoSecretOrQuery(absolute.body);
+      }
+      expect(sample(originForm.body, 'keyward_proxy_calls_total', ok)).toBeGreaterThanOrEqual(1);
+      // Still the token's door: no scrape without it.
+      expect((await rawRequest(port, 'GET', `http://127.0.0.1:${port}/api/metrics`, {})).status).toBe(401);
+    } finally {
+      await new Promise((resolve) => lane.close(resolve));
+    }
   });
 });
 
