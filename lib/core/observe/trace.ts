@@ -1,4 +1,6 @@
 import { context, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
+import type { Logger } from 'pino';
+import { getLogger } from '../log/logger';
 import type { GenAiRoute, GenAiUsage } from './gen-ai';
 
 /**
@@ -14,8 +16,9 @@ const tracer = trace.getTracer('keyward');
  * not OTEL_SDK_DISABLED): instrumentation.ts does it for Next's process, server.ts for the fast lane's. The SDK is
  * loaded only then.
  */
-export async function registerTracingFromEnv(env: NodeJS.ProcessEnv): Promise<void> {
-  if (tracingWanted(env)) (await import('./otel')).registerTracing();
+export async function registerTracingFromEnv(env: NodeJS.ProcessEnv, logger: Pick<Logger, 'warn'> = getLogger()): Promise<void> {
+  if (!tracingWanted(env)) return;
+  (await import('./otel')).registerTracing({ env, logger });
 }
 
 /** An OTLP endpoint is set, and OTEL_SDK_DISABLED is not `true` (in any case, as the OTel spec reads booleans). */
@@ -30,9 +33,14 @@ export function tracingWanted(env: Readonly<Record<string, string | undefined>>)
  * copy of registerTracingFromEnv registered it (Next's chunks register it in Next's process).
  */
 export async function shutdownTracing(): Promise<void> {
-  const registered = trace.getTracerProvider() as { getDelegate?(): unknown };
-  const provider = (registered.getDelegate?.() ?? registered) as { shutdown?(): Promise<void> };
+  const provider = registeredTracerProvider() as { shutdown?(): Promise<void> };
   await provider.shutdown?.();
+}
+
+/** The provider registered in this process (the API's no-op one when none is). */
+export function registeredTracerProvider(): unknown {
+  const registered = trace.getTracerProvider() as { getDelegate?(): unknown };
+  return registered.getDelegate?.() ?? registered;
 }
 
 /** Methods passed on as they are; any other becomes `_OTHER` (OTel HTTP semantic conventions, `http.request.method`). */

@@ -1,9 +1,16 @@
+import { once } from 'node:events';
+import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
-import { trace } from '@opentelemetry/api';
-import { describe, expect, it } from 'vitest';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import { context, propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
+import type { Logger } from 'pino';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { QueryStrippingProcessor } from '../../../lib/core/observe/otel';
-import { tracingWanted } from '../../../lib/core/observe/trace';
+import { createLogger } from '../../../lib/core/log/logger';
+import { QueryStrippingProcessor } from '../../../lib/core/observe/query-stripping';
+import { shutdownTracing, tracingWanted } from '../../../lib/core/observe/trace';
 
 /** The processor registerTracing puts before the exporter, on the SDK's own provider and in-memory exporter. */
 function tracing(strip: boolean, global = false) {
@@ -77,3 +84,135 @@ describe('tracing is registered when an OTLP endpoint is set, unless OTEL_SDK_DI
     for (const other of ['false', '', '1']) expect(tracingWanted({ ...endpoint, OTEL_SDK_DISABLED: other }), other).toBe(true);
   });
 });
+
+describe('QueryStrippingProcessor for a provider of the app (README "OpenTelemetry traces")', () => {
+  it('given no processor of its own, it strips the span for the processors after it in the list', () => {
+    const exporter = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new QueryStrippingProcessor(), new SimpleSpanProcessor(exporter)] });
+    provider.getTracer('next.js').startSpan('GET', { attributes: { 'http.target': '/api/auth/callback/oidc?code=an-authorization-code' } }).end();
+    expect(exporter.getFinishedSpans()[0]!.attributes).toEqual({ 'http.target': '/api/auth/callback/oidc' });
+  });
+});
+
+/** A real OTLP/HTTP receiver on loopback: the SDK's exporter posts JSON to <endpoint>/v1/traces. */
+async function startCollector(): Promise<{ endpoint: string; spans: () => Array<{ name: string; attributes: unknown[] }>; close(): void }> {
+  const bodies: string[] = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+    req.on('end', () => {
+      if (req.method === 'POST' && req.url === '/v1/traces') bodies.push(body);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  type Otlp = { resourceSpans: Array<{ scopeSpans: Array<{ spans: Array<{ name: string; attributes: unknown[] }> }> }> };
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    spans: () => bodies.flatMap((body) => (JSON.parse(body) as Otlp).resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s) => s.spans))),
+    close: () => server.close(),
+  };
+}
+
+/** A pino logger (Keyward's own) whose lines are kept. */
+function keptLogger(): { logger: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const destination = new Writable({ write: (chunk, _encoding, callback) => (lines.push(String(chunk)), callback()) });
+  return { logger: createLogger({ level: 'info', destination }), lines };
+}
+
+/** Undoes what a provider's register() set: the API's globals (provider, context manager, propagator). */
+async function unregister(): Promise<void> {
+  // A collector already gone (or never there) fails the last export: nothing to check here.
+  await shutdownTracing().catch(() => {});
+  trace.disable();
+  context.disable();
+  propagation.disable();
+}
+
+describe('registerTracing', () => {
+  let otel: typeof import('../../../lib/core/observe/otel');
+  let calls: typeof import('../../../lib/core/observe/trace');
+
+  // As in a fresh process. No QueryStrippingProcessor made yet (the tests above made some); and Keyward's modules
+  // loaded anew: trace.ts takes its tracer when it loads, from the API's provider of the time, which the API's
+  // disable() (after each test here) replaces.
+  beforeEach(async () => {
+    delete (globalThis as Record<symbol, unknown>)[Symbol.for('keyward.queryStrippingProcessor')];
+    vi.resetModules();
+    otel = await import('../../../lib/core/observe/otel');
+    calls = await import('../../../lib/core/observe/trace');
+  });
+
+  afterEach(async () => {
+    await unregister();
+    vi.unstubAllEnvs();
+  });
+
+  /**
+   * A request span as Next makes one under `next start`: the context extracted from the request's headers
+   * (its `traceparent`), then Keyward's call span inside it.
+   */
+  function callUnderTraceparent(traceparent: string): { recording: boolean; traceId: string } {
+    const remote = propagation.extract(ROOT_CONTEXT, { traceparent });
+    const request = trace.getTracer('next.js').startSpan('GET /api/proxy/[upstream]/[[...path]]', { kind: SpanKind.SERVER }, remote);
+    const span = context.with(trace.setSpan(remote, request), () => calls.startCallSpan());
+    const recording = span.isRecording();
+    calls.endCallSpan(span, { upstream: 'echo', route: '/items/:id', method: 'GET', status: 200, outcome: 'complete', errorCode: null, keyFingerprint: null });
+    request.end();
+    return { recording, traceId: span.spanContext().traceId };
+  }
+
+  const NOT_SAMPLED = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00';
+
+  it("records and exports a call whose client sent a traceparent flagged not sampled (a client's header does not decide)", async () => {
+    const collector = await startCollector();
+    try {
+      vi.stubEnv('OTEL_EXPORTER_OTLP_ENDPOINT', collector.endpoint);
+      const { logger, lines } = keptLogger();
+      expect(otel.registerTracing({ env: process.env, logger })).not.toBeNull();
+      // Still in the client's trace (it only groups spans), but recorded.
+      expect(callUnderTraceparent(NOT_SAMPLED)).toEqual({ recording: true, traceId: '0af7651916cd43dd8448eb211c80319c' });
+      await shutdownTracing();
+      expect(collector.spans().map((s) => s.name)).toEqual(['keyward.proxy echo /items/:id', 'GET /api/proxy/[upstream]/[[...path]]']);
+      expect(lines).toEqual([]);
+    } finally {
+      collector.close();
+    }
+  });
+
+  it('follows the parent when OTEL_TRACES_SAMPLER says so: the operator chose', () => {
+    vi.stubEnv('OTEL_EXPORTER_OTLP_ENDPOINT', 'http://127.0.0.1:9');
+    vi.stubEnv('OTEL_TRACES_SAMPLER', 'parentbased_always_on');
+    otel.registerTracing({ env: process.env, logger: keptLogger().logger });
+    expect(callUnderTraceparent(NOT_SAMPLED).recording).toBe(false);
+  });
+
+  it("warns once when the app registered a provider first, whose spans would go out with their queries", async () => {
+    vi.stubEnv('OTEL_EXPORTER_OTLP_ENDPOINT', 'http://127.0.0.1:9');
+    const appExporter = new InMemorySpanExporter();
+    // The app's own registration (what @vercel/otel's registerOTel does in instrumentation.ts), before Keyward's.
+    const app = new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(appExporter)] });
+    app.register();
+    const { logger, lines } = keptLogger();
+    expect(otel.registerTracing({ env: process.env, logger })).toBeNull();
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: 40, msg: expect.stringContaining('new QueryStrippingProcessor()') });
+    // The app's provider is still the one that exports (Keyward's spans too), and it is left as it was.
+    trace.getTracer('next.js').startSpan('GET', { attributes: { 'http.target': '/cb?code=an-authorization-code' } }).end();
+    expect(appExporter.getFinishedSpans().map((span) => span.attributes['http.target'])).toEqual(['/cb?code=an-authorization-code']);
+  });
+
+  it('says nothing when the app put a QueryStrippingProcessor in its provider, and its spans go out without queries', () => {
+    vi.stubEnv('OTEL_EXPORTER_OTLP_ENDPOINT', 'http://127.0.0.1:9');
+    const appExporter = new InMemorySpanExporter();
+    new NodeTracerProvider({ spanProcessors: [new QueryStrippingProcessor(), new SimpleSpanProcessor(appExporter)] }).register();
+    const { logger, lines } = keptLogger();
+    expect(otel.registerTracing({ env: process.env, logger })).toBeNull();
+    expect(lines).toEqual([]);
+    trace.getTracer('next.js').startSpan('GET', { attributes: { 'http.target': '/cb?code=an-authorization-code' } }).end();
+    expect(appExporter.getFinishedSpans()[0]!.attributes['http.target']).toBe('/cb');
+  });
+});
+
