@@ -27,6 +27,7 @@ import { processHeldSecrets, type HeldSecrets } from './respond/held-secrets';
 import { DeviceCookies } from './limits/device-cookie';
 import { Limits } from './limits/limits';
 import { processMetrics, type ProxyMetrics } from './observe/metrics';
+import { otlpHeaderSecrets } from './observe/otlp-env';
 import { getLogger, logScrubber } from './log/logger';
 import type { ProxyDeps } from './pipeline';
 import { SessionRevocations } from './session/revocation';
@@ -217,6 +218,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   assertNoPublicSecrets(env, secrets);
   if (decoys) assertNoSecretDecoys(decoys, secrets);
   logScrubber.add(secrets);
+  // The OTLP exporter's header values (a collector's API key) are not Keyward's to hold or share, but no log line
+  // may carry them either. Logs only: some are no secret (a tenant id), and an upstream's answer may hold one.
+  logScrubber.add(otlpHeaderSecrets(env));
 
   const { userKeys: needsUserKeys, oauthProviders } = perUserNeeds(registry);
   const refreshers = new Map<string, TokenRefresher>();

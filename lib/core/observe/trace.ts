@@ -2,6 +2,7 @@ import { context, SpanKind, SpanStatusCode, trace, type Attributes, type Span } 
 import type { Logger } from 'pino';
 import { getLogger } from '../log/logger';
 import type { GenAiRoute, GenAiUsage } from './gen-ai';
+import { clearTextOtlpWarning } from './otlp-env';
 
 /**
  * One span per proxied call, made through the OpenTelemetry API: with no tracer provider registered
@@ -14,10 +15,13 @@ const tracer = trace.getTracer('keyward');
 /**
  * Registers OpenTelemetry tracing for this process when the SDK's own variables ask for it (an OTLP endpoint, and
  * not OTEL_SDK_DISABLED): instrumentation.ts does it for Next's process, server.ts for the fast lane's. The SDK is
- * loaded only then.
+ * loaded only then. Production warns once when the exporter's headers (a collector's API key) would travel in
+ * clear text; createRuntime adds their values to the log scrubber.
  */
 export async function registerTracingFromEnv(env: NodeJS.ProcessEnv, logger: Pick<Logger, 'warn'> = getLogger()): Promise<void> {
   if (!tracingWanted(env)) return;
+  const clearText = clearTextOtlpWarning(env);
+  if (clearText) logger.warn(clearText);
   (await import('./otel')).registerTracing({ env, logger });
 }
 

@@ -42,6 +42,25 @@ describe('secrets the log scrubber is given at start-up', () => {
     expect(logScrubber.scrub(`AUTH ${password}`)).toBe('AUTH [REDACTED]');
   });
 
+  it("the OTLP exporter's header values (a collector's API key, a Basic credential), as written, as sent and the credential alone", () => {
+    const apiKey = randomSecret('hc_team');
+    const credential = Buffer.from(`grafana:${randomSecret('otlp_pw')}`).toString('base64');
+    createRuntime({
+      env: {
+        ...testSessionSecrets(),
+        OTEL_EXPORTER_OTLP_HEADERS: `x-honeycomb-team=${apiKey},authorization=Basic%20${credential}`,
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-scope-orgid=prod',
+      },
+      store: new MemoryStore(),
+      serving: false,
+    });
+    for (const value of [apiKey, `Basic ${credential}`, `Basic%20${credential}`, credential]) {
+      expect(logScrubber.scrub(`collector said: ${value}`)).toBe('collector said: [REDACTED]');
+    }
+    // A short value (a tenant id) is no secret to cut out of every line.
+    expect(logScrubber.scrub('production tenant prod')).toBe('production tenant prod');
+  });
+
   it('a short Redis password or username is not scrubbed (it would cut ordinary words out of every line)', () => {
     createRuntime({
       env: { ...testSessionSecrets(), KEYWARD_VAULT_SECRET: randomSecret('vault'), REDIS_URL: 'redis://:hunter@127.0.0.1:6379', SHORT: 'api' },

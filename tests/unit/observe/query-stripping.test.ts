@@ -10,7 +10,8 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { createLogger } from '../../../lib/core/log/logger';
 import { QueryStrippingProcessor } from '../../../lib/core/observe/query-stripping';
-import { shutdownTracing, tracingWanted } from '../../../lib/core/observe/trace';
+import { clearTextOtlpWarning } from '../../../lib/core/observe/otlp-env';
+import { registerTracingFromEnv, shutdownTracing, tracingWanted } from '../../../lib/core/observe/trace';
 
 /** The processor registerTracing puts before the exporter, on the SDK's own provider and in-memory exporter. */
 function tracing(strip: boolean, global = false) {
@@ -216,3 +217,49 @@ describe('registerTracing', () => {
   });
 });
 
+describe("the collector's credentials in clear text: one warning at start-up in production, never the values", () => {
+  const key = 'hc-team-key-7f3a9c';
+  const basic = Buffer.from('grafana:collector-password').toString('base64');
+  const headers = `x-honeycomb-team=${key},authorization=Basic%20${basic}`;
+  const production = { NODE_ENV: 'production' as const, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://otel-collector.internal:4318', OTEL_EXPORTER_OTLP_HEADERS: headers };
+
+  it('warns for headers sent over plain http to another host, naming the variables', () => {
+    const warning = clearTextOtlpWarning(production);
+    expect(warning).toContain('OTEL_EXPORTER_OTLP_HEADERS');
+    expect(warning).toContain('OTEL_EXPORTER_OTLP_ENDPOINT');
+    for (const value of [key, basic, headers]) expect(warning).not.toContain(value);
+    // The traces-specific variables are read the same way (the traces endpoint first: the exporter uses it).
+    const traces = { NODE_ENV: 'production', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://10.0.0.7:4318/v1/traces', OTEL_EXPORTER_OTLP_TRACES_HEADERS: `api-key=${key}` };
+    expect(clearTextOtlpWarning(traces)).toContain('OTEL_EXPORTER_OTLP_TRACES_HEADERS');
+    expect(clearTextOtlpWarning(traces)).toContain('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+  });
+
+  it('says nothing over https, to this machine, without headers, or outside production', () => {
+    for (const env of [
+      { ...production, OTEL_EXPORTER_OTLP_ENDPOINT: 'https://otel-collector.internal:4318' },
+      { ...production, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'https://otel-collector.internal:4318/v1/traces' },
+      { ...production, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318' },
+      { ...production, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://localhost:4318' },
+      { ...production, OTEL_EXPORTER_OTLP_ENDPOINT: 'http://[::1]:4318' },
+      { ...production, OTEL_EXPORTER_OTLP_HEADERS: '' },
+      { ...production, NODE_ENV: 'development' },
+    ]) {
+      expect(clearTextOtlpWarning(env), JSON.stringify(env)).toBeNull();
+    }
+  });
+
+  it('registerTracingFromEnv logs it once, through the logger, when tracing is on', async () => {
+    const { logger, lines } = keptLogger();
+    try {
+      await registerTracingFromEnv(production, logger);
+    } finally {
+      await unregister();
+    }
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ level: 40, msg: expect.stringContaining('clear text') });
+    for (const value of [key, basic, encodeURIComponent(`Basic ${basic}`)]) expect(lines[0]).not.toContain(value);
+    // Tracing off (OTEL_SDK_DISABLED): nothing is sent, nothing to say.
+    await registerTracingFromEnv({ ...production, OTEL_SDK_DISABLED: 'true' }, logger);
+    expect(lines).toHaveLength(1);
+  });
+});
