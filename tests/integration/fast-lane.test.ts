@@ -14,6 +14,7 @@ import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse } from '../fixtures/raw-http';
 import { alive, commandEnv, descendants } from '../fixtures/processes';
 import { findLeak } from '../fixtures/claims-session';
+import { startOtlpCollector } from '../fixtures/otlp-collector';
 import { PROXIED_CONTENT_SECURITY_POLICY } from '../../lib/core/respond/content-policy';
 import { decoyId, mintDecoy } from '../../lib/core/detect/mint';
 import { AuditLog } from '../../lib/core/audit/audit';
@@ -969,23 +970,12 @@ describe('Next runs in a process of its own', () => {
   });
 
   it("exports spans over OTLP/HTTP from both processes, the last ones too: stopping sends the batch that is still waiting", async () => {
-    // A real OTLP/HTTP receiver on loopback: the SDK's exporter posts JSON to <endpoint>/v1/traces.
-    const bodies: string[] = [];
-    const collector = createServer((req, res) => {
-      let body = '';
-      req.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
-      req.on('end', () => {
-        if (req.method === 'POST' && req.url === '/v1/traces') bodies.push(body);
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-      });
-    });
-    collector.listen(0, '127.0.0.1');
-    await once(collector, 'listening');
+    const collector = await startOtlpCollector();
     try {
       const traced = await startFastLane({
         ...env,
         KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-otel-')), 'keyward.db'),
-        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}`,
+        OTEL_EXPORTER_OTLP_ENDPOINT: collector.endpoint,
       });
       const cookie = await signIn(traced.url, 'alice', password);
       const response = await rawRequest(traced.port, 'GET', '/api/proxy/echo/items/7', { cookie, 'x-keyward-csrf': '1' });
@@ -995,12 +985,7 @@ describe('Next runs in a process of its own', () => {
       expect((await fetch(`${traced.url}/api/session?code=${callbackCode}&state=s`, { headers: { cookie } })).status).toBe(200);
       // At once: the batch processor would wait 5 s before sending these spans.
       await traced.stop();
-      type OtlpSpan = { name: string; attributes: Array<{ key: string; value: { stringValue?: string } }> };
-      const spans = bodies.flatMap((body) =>
-        (JSON.parse(body) as { resourceSpans: Array<{ scopeSpans: Array<{ spans: OtlpSpan[] }> }> }).resourceSpans.flatMap((resource) =>
-          resource.scopeSpans.flatMap((scope) => scope.spans),
-        ),
-      );
+      const spans = collector.spans();
       // The fast lane's: the proxied call (named by upstream and route template).
       const proxied = spans.filter((span) => span.name.startsWith('keyward.proxy'));
       expect(proxied).toHaveLength(1);
@@ -1009,9 +994,9 @@ describe('Next runs in a process of its own', () => {
       expect(attribute('keyward.route')).toBe('/items/:id');
       // Next's process: its own spans for the sign-in it served.
       expect(spans.map((span) => span.name)).toContain('POST /api/auth/[...nextauth]');
-      expectNoLeak(bodies.join('\n'));
+      expectNoLeak(collector.bodies.join('\n'));
       // Exported without its query (server.ts and instrumentation.ts register the same processor).
-      expect(bodies.join('\n')).not.toContain(callbackCode);
+      expect(collector.bodies.join('\n')).not.toContain(callbackCode);
       const targets = spans.flatMap((span) => span.attributes.filter((entry) => entry.key === 'http.target').map((entry) => entry.value.stringValue));
       expect(targets).toContain('/api/session');
     } finally {

@@ -1,7 +1,4 @@
-import { once } from 'node:events';
-import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
-import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { context, propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
@@ -12,6 +9,7 @@ import { createLogger } from '../../../lib/core/log/logger';
 import { QueryStrippingProcessor } from '../../../lib/core/observe/query-stripping';
 import { clearTextOtlpWarning } from '../../../lib/core/observe/otlp-env';
 import { registerTracingFromEnv, shutdownTracing, tracingWanted } from '../../../lib/core/observe/trace';
+import { startOtlpCollector } from '../../fixtures/otlp-collector';
 
 /** The processor registerTracing puts before the exporter, on the SDK's own provider and in-memory exporter. */
 function tracing(strip: boolean, global = false) {
@@ -95,27 +93,6 @@ describe('QueryStrippingProcessor for a provider of the app (README "OpenTelemet
   });
 });
 
-/** A real OTLP/HTTP receiver on loopback: the SDK's exporter posts JSON to <endpoint>/v1/traces. */
-async function startCollector(): Promise<{ endpoint: string; spans: () => Array<{ name: string; attributes: unknown[] }>; close(): void }> {
-  const bodies: string[] = [];
-  const server = createServer((req, res) => {
-    let body = '';
-    req.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
-    req.on('end', () => {
-      if (req.method === 'POST' && req.url === '/v1/traces') bodies.push(body);
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-    });
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  type Otlp = { resourceSpans: Array<{ scopeSpans: Array<{ spans: Array<{ name: string; attributes: unknown[] }> }> }> };
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    spans: () => bodies.flatMap((body) => (JSON.parse(body) as Otlp).resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s) => s.spans))),
-    close: () => server.close(),
-  };
-}
-
 /** A pino logger (Keyward's own) whose lines are kept. */
 function keptLogger(): { logger: Logger; lines: string[] } {
   const lines: string[] = [];
@@ -168,7 +145,7 @@ describe('registerTracing', () => {
   const NOT_SAMPLED = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00';
 
   it("records and exports a call whose client sent a traceparent flagged not sampled (a client's header does not decide)", async () => {
-    const collector = await startCollector();
+    const collector = await startOtlpCollector();
     try {
       vi.stubEnv('OTEL_EXPORTER_OTLP_ENDPOINT', collector.endpoint);
       const { logger, lines } = keptLogger();
