@@ -177,7 +177,7 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
           // The API refuses an undo by the alert's own subject (a hijacked admin account would lift its own step); the
           // command line, run on the server with its settings, may undo it (a deployment with a single admin).
           (userId === viewer ? (
-            <span className="small muted" data-testid={`undo-${alert.id}-own`}>
+            <span className="small muted own-alert-note" data-testid={`undo-${alert.id}-own`}>
               About you: another admin must undo it, or an operator on the server with{' '}
               <code className="wrap-anywhere">npm run keyward -- alerts undo {alert.id}</code>.
             </span>
