@@ -1,3 +1,6 @@
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import type { Browser, Page } from '@playwright/test';
 import { expect, expectNoSecrets, productionTest, shot, signIn } from './production';
 
@@ -11,6 +14,25 @@ const test = productionTest();
 
 /** Above the default floor of 40 calls a minute, then the throttle's own 10: a 429 comes well before this many. */
 const MAX_BURST = 90;
+
+/**
+ * A burst of proxied calls from the page until the detector throttles them (429 `throttled`), started early in a
+ * minute: the detector compares this minute with the ones before, and a burst cut in two by a minute's end would
+ * make its first half the baseline. Returns the statuses, the last being the throttle's.
+ */
+async function burstUntilThrottled(page: Page): Promise<number[]> {
+  const intoMinute = Date.now() % 60_000;
+  if (intoMinute > 30_000) await page.waitForTimeout(60_000 - intoMinute + 250);
+  const statuses: number[] = [];
+  let refusal: { status: number; code: string | null } | null = null;
+  for (let i = 0; i < MAX_BURST && !refusal; i++) {
+    const answer = await call(page, `/api/proxy/demo/items/${i}`);
+    statuses.push(answer.status);
+    if (answer.status !== 200) refusal = answer;
+  }
+  expect(refusal, `statuses: ${statuses.join(',')}`).toEqual({ status: 429, code: 'throttled' });
+  return statuses;
+}
 
 async function newPage(browser: Browser, baseURL: string): Promise<Page> {
   return (await browser.newContext({ baseURL })).newPage();
@@ -56,16 +78,7 @@ test('a burst is throttled, shown on Alerts, and undone through the dialog; the 
   // two by a minute's end would make its first half the baseline, so it starts early in a minute.
   const alice = await newPage(browser, prod.appUrl);
   await signIn(alice, prod.user.username, prod.user.password);
-  const intoMinute = Date.now() % 60_000;
-  if (intoMinute > 30_000) await alice.waitForTimeout(60_000 - intoMinute + 250);
-  const statuses: number[] = [];
-  let refusal: { status: number; code: string | null } | null = null;
-  for (let i = 0; i < MAX_BURST && !refusal; i++) {
-    const answer = await call(alice, `/api/proxy/demo/items/${i}`);
-    statuses.push(answer.status);
-    if (answer.status !== 200) refusal = answer;
-  }
-  expect(refusal, `statuses: ${statuses.join(',')}`).toEqual({ status: 429, code: 'throttled' });
+  const statuses = await burstUntilThrottled(alice);
   // Beyond the default floor (40 a minute) before the step, then the throttle's 10 a minute.
   expect(statuses.length).toBeGreaterThan(40);
 
@@ -117,4 +130,49 @@ test('a burst is throttled, shown on Alerts, and undone through the dialog; the 
     records: Array<{ actor: string; alertId: string; targetUser: string }>;
   };
   expect(audit.records).toEqual([expect.objectContaining({ actor: 'local:root', alertId, targetUser: 'local:alice' })]);
+});
+
+test('an alert about the admin: no Undo for them on the page (the API refuses it); an operator undoes it on the command line', async ({ page, prod }) => {
+  test.setTimeout(150_000);
+  await signIn(page, prod.admin.username, prod.admin.password);
+  // root's own burst, from the admin's browser.
+  await burstUntilThrottled(page);
+
+  await page.goto('/admin/alerts');
+  const row = page.locator('[data-testid^="alert-al_"][data-action="throttle"][data-state="active"]', { hasText: 'local:root' });
+  await expect(row).toHaveCount(1);
+  const alertId = (await row.getAttribute('data-testid'))!.slice('alert-'.length);
+  await expect(row.getByTestId('alert-reason')).toContainText('local:root: calls per minute far above their baseline');
+  // No Undo button: the page says who can lift it, and how.
+  await expect(row.getByTestId(`undo-${alertId}`)).toHaveCount(0);
+  await expect(row.getByTestId(`undo-${alertId}-own`)).toHaveText(
+    `About you: another admin must undo it, or an operator on the server with npm run keyward -- alerts undo ${alertId}.`,
+  );
+  // The note wraps in its cell: as one line it squeezed "What was seen" to a word per line, and ran off the card.
+  const reasonWidth = (await row.getByTestId('alert-reason').boundingBox())!.width;
+  expect(reasonWidth).toBeGreaterThan(200);
+  const card = (await page.getByTestId('alerts-table').boundingBox())!;
+  const note = (await row.getByTestId(`undo-${alertId}-own`).boundingBox())!;
+  expect(note.x + note.width).toBeLessThanOrEqual(card.x + card.width);
+  await expectNoSecrets(page, prod.secrets);
+  await shot(page, 'alerts-about-you');
+  // The API behind the button refuses it too, and nothing is lifted.
+  const refused = await page.request.post(`/api/admin/alerts/${alertId}/undo`, { headers: { 'x-keyward-csrf': '1' } });
+  expect(refused.status()).toBe(403);
+  expect(await call(page, '/api/proxy/demo/hello')).toEqual({ status: 429, code: 'throttled' });
+
+  // The operator, on the server, with the servers' settings (README "Command line").
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [join(process.cwd(), 'node_modules', 'tsx', 'dist', 'cli.mjs'), '--conditions=react-server', 'scripts/keyward.ts', 'alerts', 'undo', alertId],
+    { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', NODE_ENV: 'production', ...prod.env, AUTH_URL: prod.appUrl }, timeout: 60_000 },
+  );
+  expect(stdout).toContain('local:root');
+  await page.reload();
+  await expect(row).toHaveCount(0);
+  const undone = page.getByTestId(`alert-${alertId}`);
+  await expect(undone).toHaveAttribute('data-state', 'undone');
+  await expect(undone.getByTestId('alert-state')).toContainText('by cli:');
+  await shot(page, 'alerts-about-you-undone');
+  expect(await call(page, '/api/proxy/demo/hello')).toEqual({ status: 200, code: null });
 });
