@@ -266,6 +266,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
           orphaned: async (provider, userId, tokens) => connections?.orphaned(provider, userId, tokens),
           otherOwner: (provider, userId) => otherOwners.warn(userId, { provider }),
           stamped: async (provider, userId, passwordVersion) => connections?.stamped(provider, userId, passwordVersion),
+          connectionStamp: async (provider, userId) => connections?.stampOf(provider, userId) ?? null,
           failed: (provider, userId, reason) =>
             logger.warn({ provider, userId, reason }, 'token refresh failed; the link is kept for a later try'),
         })

@@ -583,6 +583,15 @@ export class Connections {
   }
 
   /**
+   * The token store's question before a local user's call takes tokens saved without a stamp as theirs: the
+   * password version the connection record is stamped with (null: none, or no connection of this provider).
+   */
+  async stampOf(providerId: string, userId: string): Promise<string | null> {
+    if (!this.has(providerId)) return null;
+    return (await this.record(providerId, userId))?.passwordVersion ?? null;
+  }
+
+  /**
    * The token store's report that a grant ended (the provider refused the refresh, or the token expired with no
    * refresh token: `reason`): the connection needs reconnecting. Shown to the user and the admin data, logged,
    * audited (the outcome ends in `:expired` for the second), and sent to the detector's webhook.

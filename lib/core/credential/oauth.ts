@@ -60,6 +60,12 @@ export interface TokenEvents {
   otherOwner?(provider: string, userId: string): void;
   /** Tokens saved before they were stamped were stamped with this password version (their first use). */
   stamped?(provider: string, userId: string, passwordVersion: string): Promise<void>;
+  /**
+   * Not a report but a question, asked before a local user's call takes unstamped tokens as theirs: the password
+   * version the user's connection record is stamped with, or null. Tokens lose their stamp when an instance of the
+   * version before stamps refreshes them (a rolling deploy, a rollback); the record still names their owner.
+   */
+  connectionStamp?(provider: string, userId: string): Promise<string | null>;
 }
 
 /**
@@ -223,7 +229,9 @@ export class OAuthTokenStore {
     // Opens only under the entry it was sealed for: another user's tokens copied here in the store do not.
     const { value: tokens, fresh } = await this.vault.openFor<StoredTokens>(key, sealed, 'accessToken');
     if (owner && this.anotherOwners(owner, provider, tokens)) return null;
-    const stamp = owner && ownership(owner, tokens.passwordVersion) === 'unstamped' ? ownerStamp(owner) : null;
+    const adopting = owner !== undefined && ownership(owner, tokens.passwordVersion) === 'unstamped';
+    if (adopting && !(await this.adoptable(provider, owner))) return null;
+    const stamp = adopting ? ownerStamp(owner) : null;
     if (!fresh || stamp !== null) {
       // Sealed before a vault rotation, or before seals named their entry: sealed again. Saved before tokens were
       // stamped: stamped. Unless a refresh replaced it meanwhile (compare-and-set).
@@ -241,6 +249,17 @@ export class OAuthTokenStore {
     if (ownership(owner, tokens.passwordVersion) !== 'other') return false;
     this.events.otherOwner?.(provider, owner.userId);
     return true;
+  }
+
+  /**
+   * Whether the owner may take the user's unstamped tokens as theirs: not when the connection record is stamped
+   * with another password (the tokens lost their stamp to an earlier version's refresh; said once, as for tokens).
+   */
+  private async adoptable(provider: string, owner: Owner): Promise<boolean> {
+    const recorded = (await this.events.connectionStamp?.(provider, owner.userId)) ?? null;
+    if (recorded === null || ownership(owner, recorded) !== 'other') return true;
+    this.events.otherOwner?.(provider, owner.userId);
+    return false;
   }
 
   /**
@@ -359,6 +378,8 @@ export class OAuthTokenStore {
     }
     const { tokens: current, sealed } = read;
     if (owner && this.anotherOwners(owner, provider, current)) throw new KeywardError('credential_missing');
+    const adopting = owner !== undefined && ownership(owner, current.passwordVersion) === 'unstamped';
+    if (adopting && !(await this.adoptable(provider, owner))) throw new KeywardError('credential_missing');
     const pending = this.unsaved.get(key);
     if (pending) {
       this.unsaved.delete(key);
@@ -393,7 +414,7 @@ export class OAuthTokenStore {
     this.backoff.delete(key);
     // Providers that do not rotate refresh tokens omit it from the response: keep the old one. The grant keeps
     // its stamp (or, saved before tokens were stamped, takes the calling owner's).
-    const stamp = current.passwordVersion ?? (owner ? ownerStamp(owner) : null);
+    const stamp = current.passwordVersion ?? (adopting ? ownerStamp(owner) : null);
     const saved: StoredTokens = {
       ...next,
       refreshToken: next.refreshToken ?? current.refreshToken,

@@ -12,15 +12,16 @@ import { randomSecret } from '../../fixtures/secrets';
  * token store, vault and Connections on the in-memory store, wired as the runtime wires them; the provider client
  * is never reached (the connect flow itself is in tests/integration/connections.test.ts).
  */
-function setup(refreshers: ReadonlyMap<string, TokenRefresher> = new Map()) {
-  const store = new MemoryStore();
+function setup(refreshers: ReadonlyMap<string, TokenRefresher> = new Map(), store = new MemoryStore()) {
   const vault = new Vault(randomSecret('vault-secret-of-32-characters-or-more'));
   const { logger, lines } = capturingLogger();
   const otherOwners = new OtherOwnerWarnings(logger);
   let connections: Connections | null = null;
   const tokens = new OAuthTokenStore(store, vault, refreshers, Date.now, {
+    refreshed: async (provider, userId, saved) => connections?.refreshed(provider, userId, saved),
     otherOwner: (provider, userId) => otherOwners.warn(userId, { provider }),
     stamped: async (provider, userId, passwordVersion) => connections?.stamped(provider, userId, passwordVersion),
+    connectionStamp: async (provider, userId) => connections?.stampOf(provider, userId) ?? null,
   });
   connections = new Connections({
     providers: new Map([['acme', { id: 'acme', name: 'Acme' }]]),
@@ -61,6 +62,9 @@ const grant = (label: string): OAuthTokens => ({
 });
 /** Lets the fire-and-forget stamping writes land. */
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
+
+const recordStamp = async (store: MemoryStore) =>
+  (JSON.parse((await store.get('conn:acme:local:ada'))!) as { passwordVersion?: string }).passwordVersion;
 
 const first = { userId: 'local:ada', passwordVersion: 'pwv-first-owner-0000' };
 const next = { userId: 'local:ada', passwordVersion: 'pwv-next-owner-00000' };
@@ -130,5 +134,30 @@ describe("a local user's connected account and the password it was connected und
     await settle();
     expect(JSON.parse((await store.get('conn:acme:oidc:42'))!)).not.toHaveProperty('passwordVersion');
     expect(await connections.list({ userId: 'oidc:42' })).toHaveLength(1);
+  });
+
+  it('refreshed without its stamp (by an instance of the version before stamps): stays with the owner its connection record names', async () => {
+    let refreshes = 0;
+    const refreshed = grant('refreshed');
+    const { store, tokens, connections, connect, lines } = setup(
+      new Map([['acme', async () => (refreshes++, refreshed)]]),
+    );
+    await connect(first, grant('first'));
+    // As that version saved a refresh: the tokens without their stamp, the record left as it was.
+    await tokens.save('acme', { userId: 'local:ada' }, { ...grant('unstamped'), expiresAt: Date.now() - 1_000 });
+    const sealed = await store.get('oauth:acme:local:ada');
+
+    for (let i = 0; i < 2; i++)
+      await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
+    expect(await connections.list(next)).toEqual([]);
+    await settle();
+    // Neither refreshed nor stamped for the next owner; said once.
+    expect(refreshes).toBe(0);
+    expect(await store.get('oauth:acme:local:ada')).toBe(sealed);
+    expect(lines.filter((line) => line.includes('stored under an earlier password'))).toHaveLength(1);
+
+    expect(await connections.accessToken('acme', first)).toBe(refreshed.accessToken);
+    expect(await tokens.load('acme', 'local:ada')).toMatchObject({ passwordVersion: first.passwordVersion });
+    expect(await recordStamp(store)).toBe(first.passwordVersion);
   });
 });
