@@ -414,17 +414,17 @@ export class OAuthTokenStore {
     this.backoff.delete(key);
     // Providers that do not rotate refresh tokens omit it from the response: keep the old one. The grant keeps
     // its stamp (or, saved before tokens were stamped, takes the calling owner's).
-    const stamp = current.passwordVersion ?? (adopting ? ownerStamp(owner) : null);
-    const saved: StoredTokens = {
+    let saved: StoredTokens = {
       ...next,
       refreshToken: next.refreshToken ?? current.refreshToken,
       refreshAt: refreshTime(next.expiresAt, this.now()),
       savedAt: this.now(),
-      ...(stamp === null ? {} : { passwordVersion: stamp }),
     };
-    const nextSealed = await this.vault.sealFor(key, saved);
+    let stamp = current.passwordVersion ?? (adopting ? ownerStamp(owner) : null);
     let expected = sealed;
-    for (let attempt = 0; !(await this.write(key, expected, nextSealed)); attempt++) {
+    for (let attempt = 0; ; attempt++) {
+      if (stamp !== null) saved = { ...saved, passwordVersion: stamp };
+      if (await this.write(key, expected, await this.vault.sealFor(key, saved))) break;
       if (attempt === 3) throw new KeywardError('credential_unavailable');
       const now = await this.read(provider, userId);
       // Disconnected (nothing to use) or reconnected (use the new grant) while this refresh was under way.
@@ -435,10 +435,13 @@ export class OAuthTokenStore {
       const sameGrant = now.tokens.refreshToken === current.refreshToken && now.tokens.accessToken === current.accessToken;
       if (!sameGrant && owner && this.anotherOwners(owner, provider, now.tokens)) throw new KeywardError('credential_missing');
       if (!sameGrant) return now.tokens.accessToken;
-      // Only re-sealed after a vault rotation (load's background write): the same grant, write over it.
+      // The same grant, re-sealed after a vault rotation (read's background write), or stamped by another call's
+      // first use of it (which may be another owner's: they won it, and keep it): written over, with its stamp.
+      stamp = now.tokens.passwordVersion ?? stamp;
       expected = now.sealed;
     }
     await this.events.refreshed?.(provider, userId, saved);
+    if (owner && this.anotherOwners(owner, provider, saved)) throw new KeywardError('credential_missing');
     return next.accessToken;
   }
 

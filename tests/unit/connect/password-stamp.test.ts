@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Connections, type ConnectionsDeps } from '../../../lib/core/connect/connections';
 import { OAuthTokenStore, type OAuthTokens, type TokenRefresher } from '../../../lib/core/credential/oauth';
 import { OtherOwnerWarnings } from '../../../lib/core/users/owner';
@@ -62,6 +62,20 @@ const grant = (label: string): OAuthTokens => ({
 });
 /** Lets the fire-and-forget stamping writes land. */
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
+
+/** The in-memory store, holding back the first compare-and-set of a grant's tokens until `release()`. */
+class HoldingStore extends MemoryStore {
+  private holding = true;
+  release: () => void = () => {};
+
+  override async replaceIfEquals(key: string, expected: string, next: string): Promise<boolean> {
+    if (this.holding && key.startsWith('oauth:')) {
+      this.holding = false;
+      await new Promise<void>((resolve) => (this.release = resolve));
+    }
+    return super.replaceIfEquals(key, expected, next);
+  }
+}
 
 const recordStamp = async (store: MemoryStore) =>
   (JSON.parse((await store.get('conn:acme:local:ada'))!) as { passwordVersion?: string }).passwordVersion;
@@ -134,6 +148,43 @@ describe("a local user's connected account and the password it was connected und
     await settle();
     expect(JSON.parse((await store.get('conn:acme:oidc:42'))!)).not.toHaveProperty('passwordVersion');
     expect(await connections.list({ userId: 'oidc:42' })).toHaveLength(1);
+  });
+
+  it("stays with the first user whose use stamped it while the next owner's refresh of it was under way", async () => {
+    const store = new HoldingStore();
+    const refreshed = grant('refreshed');
+    let firstCall: Promise<unknown> = Promise.resolve();
+    const { tokens, connections, connect } = setup(
+      new Map([
+        [
+          'acme',
+          async () => {
+            // While the next owner's refresh runs, the first user's first call stamps the connection as theirs.
+            firstCall = connections.accessToken('acme', first).catch((error: unknown) => error);
+            await vi.waitFor(async () => expect(await recordStamp(store)).toBe(first.passwordVersion));
+            return refreshed;
+          },
+        ],
+      ]),
+      store,
+    );
+    // Connected before connections were stamped, and due for a refresh. The next owner's call stamps it for
+    // them too, but that write is held back until the end: the first user's lands first.
+    await connect({ userId: 'local:ada' }, { ...grant('legacy'), expiresAt: Date.now() - 1_000 });
+
+    await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
+    store.release();
+    expect(await firstCall).toBe(refreshed.accessToken);
+    // The refresh was saved, under the first user's stamp: tokens and record agree.
+    expect(await tokens.load('acme', 'local:ada')).toMatchObject({
+      accessToken: refreshed.accessToken,
+      passwordVersion: first.passwordVersion,
+    });
+    expect(await recordStamp(store)).toBe(first.passwordVersion);
+    expect(await connections.list(first)).toMatchObject([{ provider: 'acme', status: 'connected' }]);
+    expect(await connections.list(next)).toEqual([]);
+    expect(await connections.accessToken('acme', first)).toBe(refreshed.accessToken);
+    await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
   });
 
   it('refreshed without its stamp (by an instance of the version before stamps): stays with the owner its connection record names', async () => {
