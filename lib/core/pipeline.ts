@@ -362,10 +362,13 @@ export function findUpstream(call: Call): Upstream {
 }
 
 /** 3. The route: every decoded segment validated, then a declared route matched (404, or 405 for another method). */
-export function findRoute(call: Call, upstream: Upstream): RouteMatch {
+export function findRoute(call: Call, upstream: Upstream, accepts?: (route: RouteMatch['route']) => void): RouteMatch {
   assertSafeSegments(call.target.path);
   const match = matchRoute(upstream, call.method, call.target.path);
   call.routeTemplate = match.route.template;
+  // What the caller refuses of a matched route (a WebSocket upgrade: a route without `websocket: true`) is refused
+  // as steps 1 to 3 refuse, before any decoy is: the answer a call with a decoy in it gets, as with any other value.
+  accepts?.(match.route);
   call.route = match.route;
   // A decoy route (`"decoy": true`) is never forwarded and needs no session, role or credential: whoever calls
   // it found it where only an attacker looks. Refused as unauthenticated, so the caller learns nothing.

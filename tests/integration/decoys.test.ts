@@ -480,6 +480,28 @@ describe('a WebSocket upgrade (the fast lane)', () => {
     expect(signals.hits.map((hit) => [hit.where, hit.userId, hit.sessionId, hit.unverifiedUserId])).toEqual([['header:x-api-key', null, null, alice.sub]]);
   });
 
+  it('to a route that takes no WebSocket: 400 with a decoy as with another value, with or without a session', async () => {
+    const toModels = (headers: Record<string, string>, query: string) =>
+      authorizeUpgrade(
+        new Request(`${APP_ORIGIN}/api/proxy/llm/models${query}`, { headers: { origin: APP_ORIGIN, 'x-forwarded-for': CLIENT_IP, ...headers } }),
+        { upstream: 'llm', path: ['models'] },
+        deps,
+      );
+    const lookalike = mintDecoy('github').value;
+    for (const headers of [{ cookie: aliceCookie }, {}, { cookie: aliceCookie, origin: 'https://evil.example' }]) {
+      const seen = async (response: Response) => {
+        const { code, message } = ((await response.json()) as { error: { code: string; message: string } }).error;
+        return { status: response.status, code, message };
+      };
+      const other = await seen((await toModels(headers, `?token=${lookalike}`)) as Response);
+      const decoyed = await seen((await toModels(headers, `?token=${github.value}`)) as Response);
+      expect(other).toMatchObject({ status: 400, code: 'bad_request' });
+      expect(decoyed).toEqual(other);
+    }
+    // Each decoy hit is still raised, though the answer gives nothing away.
+    expect(signals.hits.map((hit) => hit.where)).toEqual(['query:token', 'query:token', 'query:token']);
+  });
+
   it('without one is granted', async () => {
     expect(await upgrade({})).not.toBeInstanceOf(Response);
     expect(signals.hits).toEqual([]);

@@ -62,9 +62,9 @@ export async function authorizeUpgrade(
     screenDecoys(call, request);
     const incoming = screen(call, request);
     const upstream = findUpstream(call);
-    const { route, params } = findRoute(call, upstream);
-    if (!route.websocket)
-      throw new KeywardError('bad_request', { message: 'This route does not accept WebSocket upgrades.' });
+    const { route, params } = findRoute(call, upstream, (matched) => {
+      if (!matched.websocket) throw new KeywardError('bad_request', { message: 'This route does not accept WebSocket upgrades.' });
+    });
     // As in handleProxy: the session's revocation is read with the key ring and the counters (one round trip).
     const session = await authenticate(call, request, 'with-round');
     checkUpgradeOrigin(request, session, deps.allowedOrigins);
