@@ -7,10 +7,19 @@ type Env = Readonly<Record<string, string | undefined>>;
 const HEADER_VARIABLES = ['OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS'] as const;
 
 /**
- * The header values the OTLP exporter sends to the collector: an API key, a `Basic …` or `Bearer …` credential.
- * Each as written, as sent (percent-decoded, as the SDK reads `key=value,…`: W3C Baggage's format, `;` starting a
- * value's properties), and the credential alone after an authorization scheme. For the log scrubber: those of
- * 8 characters or more, since scrubbing a short one (a tenant id) would cut ordinary words out of log lines.
+ * Header names that carry a collector's credential: `authorization`, and the vendors' own (`x-honeycomb-team`,
+ * `dd-api-key`, `api-key`, `lightstep-access-token`, `signoz-ingestion-key`, `uptrace-dsn`, …). Other headers
+ * (`x-honeycomb-dataset=keyward-traces`, `x-scope-orgid=production`) name things that are no secret, and words a
+ * log line may well hold.
+ */
+const CREDENTIAL_HEADER = /auth|key|token|secret|pass|cred|team|dsn|sig/i;
+
+/**
+ * The header values the OTLP exporter sends to the collector under a credential's name (CREDENTIAL_HEADER): an
+ * API key, a `Basic …` or `Bearer …` credential. Each as written, as sent (percent-decoded, as the SDK reads
+ * `key=value,…`: W3C Baggage's format, `;` starting a value's properties), and the credential alone after an
+ * authorization scheme. For the log scrubber: those of 8 characters or more, since scrubbing a short one would
+ * cut ordinary words out of log lines.
  */
 export function otlpHeaderSecrets(env: Env): string[] {
   const values: string[] = [];
@@ -19,7 +28,7 @@ export function otlpHeaderSecrets(env: Env): string[] {
       const pair = entry.split(';', 1)[0]!;
       const at = pair.indexOf('=');
       const raw = at > 0 ? pair.slice(at + 1).trim() : '';
-      if (!raw) continue;
+      if (!raw || !CREDENTIAL_HEADER.test(pair.slice(0, at))) continue;
       values.push(raw);
       let sent: string;
       try {

@@ -49,7 +49,7 @@ describe('secrets the log scrubber is given at start-up', () => {
       env: {
         ...testSessionSecrets(),
         OTEL_EXPORTER_OTLP_HEADERS: `x-honeycomb-team=${apiKey},authorization=Basic%20${credential}`,
-        OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-scope-orgid=prod',
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'x-scope-orgid=production,x-honeycomb-dataset=keyward-traces',
       },
       store: new MemoryStore(),
       serving: false,
@@ -57,8 +57,8 @@ describe('secrets the log scrubber is given at start-up', () => {
     for (const value of [apiKey, `Basic ${credential}`, `Basic%20${credential}`, credential]) {
       expect(logScrubber.scrub(`collector said: ${value}`)).toBe('collector said: [REDACTED]');
     }
-    // A short value (a tenant id) is no secret to cut out of every line.
-    expect(logScrubber.scrub('production tenant prod')).toBe('production tenant prod');
+    // A value under a name that is no credential's (a tenant, a dataset) is no secret to cut out of every line.
+    expect(logScrubber.scrub('starting in production mode; dataset keyward-traces')).toBe('starting in production mode; dataset keyward-traces');
   });
 
   it('a short Redis password or username is not scrubbed (it would cut ordinary words out of every line)', () => {
