@@ -488,7 +488,8 @@ describe('a WebSocket upgrade (the fast lane)', () => {
         deps,
       );
     const lookalike = mintDecoy('github').value;
-    for (const headers of [{ cookie: aliceCookie }, {}, { cookie: aliceCookie, origin: 'https://evil.example' }]) {
+    const callers: Record<string, string>[] = [{ cookie: aliceCookie }, {}, { cookie: aliceCookie, origin: 'https://evil.example' }];
+    for (const headers of callers) {
       const seen = async (response: Response) => {
         const { code, message } = ((await response.json()) as { error: { code: string; message: string } }).error;
         return { status: response.status, code, message };
