@@ -15,6 +15,7 @@ import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import type { DetectorInput } from '../../lib/core/detect/config';
 import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { RedisStore } from '../../lib/store/redis';
+import { StoreUnavailableError } from '../../lib/store/types';
 import { Vault } from '../../lib/core/vault/seal';
 import { freePort } from '../fixtures/app-server';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
@@ -1490,6 +1491,18 @@ describe('managed versions need the vault and are sealed at rest', () => {
     expect((await statuses(a))[managedId(fresh)]).toBe('serving');
     expect(r.server.calls.length).toBe(mark);
     expect(await labelOf(a, r.server)).toBe('new');
+  });
+
+  it("a store read of a managed version that fails leaves the list whole, the version with the ring's status", async () => {
+    const { r, fresh } = await rotatedToManaged();
+    const b = await r.runtime();
+    // This instance's store times out on the sealed values only (a partial outage): the ring record still reads.
+    const get = b.store.get.bind(b.store);
+    b.store.get = async (key: string) => {
+      if (key.startsWith('keyval:')) throw new StoreUnavailableError('timed out');
+      return get(key);
+    };
+    expect(await statuses(b)).toEqual({ 'env:SVC_KEY': 'fallback', [managedId(fresh)]: 'serving' });
   });
 });
 

@@ -250,7 +250,9 @@ export class KeyRings {
       await this.managedCredential(upstream, version);
       return null;
     } catch (error) {
-      if (!(error instanceof KeywardError && error.code === 'credential_unavailable')) throw error;
+      // The store failed this one read (a timeout): the version keeps the status the ring gives it, rather than
+      // the whole list (every upstream's, the Keys page) failing for it.
+      if (!(error instanceof KeywardError && error.code === 'credential_unavailable')) return null;
       return this.ownSecretVersions.has(`${upstream.id}:${version.id}`) ? 'refused' : 'unreadable';
     }
   }
