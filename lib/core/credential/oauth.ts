@@ -228,10 +228,9 @@ export class OAuthTokenStore {
     if (!sealed || sealed === ENDED) return null;
     // Opens only under the entry it was sealed for: another user's tokens copied here in the store do not.
     const { value: tokens, fresh } = await this.vault.openFor<StoredTokens>(key, sealed, 'accessToken');
-    if (owner && this.anotherOwners(owner, provider, tokens)) return null;
-    const adopting = owner !== undefined && ownership(owner, tokens.passwordVersion) === 'unstamped';
-    if (adopting && !(await this.adoptable(provider, owner))) return null;
-    const stamp = adopting ? ownerStamp(owner) : null;
+    const claim = owner ? await this.claim(owner, provider, tokens) : 'own';
+    if (claim === 'refused') return null;
+    const stamp = claim === 'adopted' ? ownerStamp(owner!) : null;
     if (!fresh || stamp !== null) {
       // Sealed before a vault rotation, or before seals named their entry: sealed again. Saved before tokens were
       // stamped: stamped. Unless a refresh replaced it meanwhile (compare-and-set).
@@ -244,22 +243,28 @@ export class OAuthTokenStore {
     return { tokens, sealed };
   }
 
+  /**
+   * What the tokens are to the calling owner: `own` (stamped with their password version), `adopted` (saved before
+   * tokens were stamped, and the connection record names no other owner: theirs, to be stamped), or `refused`
+   * (saved under another password, or unstamped while the connection record is stamped with another, as after an
+   * earlier version's refresh; said once through `otherOwner`).
+   */
+  private async claim(owner: Owner, provider: string, tokens: StoredTokens): Promise<'own' | 'adopted' | 'refused'> {
+    const stamped = ownership(owner, tokens.passwordVersion);
+    if (stamped === 'own') return 'own';
+    if (stamped === 'unstamped') {
+      const recorded = (await this.events.connectionStamp?.(provider, owner.userId)) ?? null;
+      if (recorded === null || ownership(owner, recorded) !== 'other') return 'adopted';
+    }
+    this.events.otherOwner?.(provider, owner.userId);
+    return 'refused';
+  }
+
   /** Whether these tokens were saved under another password than the owner's (and, if so, says it once). */
   private anotherOwners(owner: Owner, provider: string, tokens: StoredTokens): boolean {
     if (ownership(owner, tokens.passwordVersion) !== 'other') return false;
     this.events.otherOwner?.(provider, owner.userId);
     return true;
-  }
-
-  /**
-   * Whether the owner may take the user's unstamped tokens as theirs: not when the connection record is stamped
-   * with another password (the tokens lost their stamp to an earlier version's refresh; said once, as for tokens).
-   */
-  private async adoptable(provider: string, owner: Owner): Promise<boolean> {
-    const recorded = (await this.events.connectionStamp?.(provider, owner.userId)) ?? null;
-    if (recorded === null || ownership(owner, recorded) !== 'other') return true;
-    this.events.otherOwner?.(provider, owner.userId);
-    return false;
   }
 
   /**
@@ -340,8 +345,9 @@ export class OAuthTokenStore {
       await new Promise((resolve) => setTimeout(resolve, WAIT_STEP_MS));
       const current = (await this.read(provider, userId))?.tokens;
       if (!current) throw new KeywardError('reauth_required');
-      // Reconnected meanwhile by the name's next owner: not this owner's.
-      if (this.anotherOwners(owner, provider, current)) throw new KeywardError('credential_missing');
+      // Reconnected meanwhile by the name's next owner, or refreshed unstamped by an earlier version for them: not
+      // this owner's.
+      if ((await this.claim(owner, provider, current)) === 'refused') throw new KeywardError('credential_missing');
       if (this.fresh(current)) return current.accessToken;
       if (this.now() > deadline) throw new KeywardError('credential_unavailable');
     }
@@ -377,9 +383,8 @@ export class OAuthTokenStore {
       throw new KeywardError('reauth_required');
     }
     const { tokens: current, sealed } = read;
-    if (owner && this.anotherOwners(owner, provider, current)) throw new KeywardError('credential_missing');
-    const adopting = owner !== undefined && ownership(owner, current.passwordVersion) === 'unstamped';
-    if (adopting && !(await this.adoptable(provider, owner))) throw new KeywardError('credential_missing');
+    const claim = owner ? await this.claim(owner, provider, current) : 'own';
+    if (claim === 'refused') throw new KeywardError('credential_missing');
     const pending = this.unsaved.get(key);
     if (pending) {
       this.unsaved.delete(key);
@@ -420,7 +425,7 @@ export class OAuthTokenStore {
       refreshAt: refreshTime(next.expiresAt, this.now()),
       savedAt: this.now(),
     };
-    let stamp = current.passwordVersion ?? (adopting ? ownerStamp(owner) : null);
+    let stamp = current.passwordVersion ?? (claim === 'adopted' ? ownerStamp(owner!) : null);
     let expected = sealed;
     for (let attempt = 0; ; attempt++) {
       if (stamp !== null) saved = { ...saved, passwordVersion: stamp };

@@ -211,4 +211,27 @@ describe("a local user's connected account and the password it was connected und
     expect(await tokens.load('acme', 'local:ada')).toMatchObject({ passwordVersion: first.passwordVersion });
     expect(await recordStamp(store)).toBe(first.passwordVersion);
   });
+  it("waiting for another instance's refresh: unstamped tokens that refresh saved are not taken while the record names another owner", async () => {
+    const store = new HoldingStore();
+    const { tokens, connections, connect } = setup(new Map(), store);
+    // Connected before connections were stamped, and due for a refresh, which an instance of the version before
+    // stamps holds the lock for. The next owner's first use stamps the tokens for them: held back (HoldingStore).
+    await connect({ userId: 'local:ada' }, { ...grant('legacy'), expiresAt: Date.now() - 1_000 });
+    await store.set('lock:oauth:acme:local:ada', 'the-earlier-instance');
+    const waiting = connections.accessToken('acme', next).catch((error: unknown) => error);
+    await settle();
+
+    // Meanwhile the first user's use stamped the record as theirs, and the earlier instance saved its refresh
+    // without a stamp.
+    const record = JSON.parse((await store.get('conn:acme:local:ada'))!) as Record<string, unknown>;
+    await store.set('conn:acme:local:ada', JSON.stringify({ ...record, passwordVersion: first.passwordVersion }));
+    const refreshed = grant('refreshed');
+    await tokens.save('acme', { userId: 'local:ada' }, refreshed);
+
+    expect(await waiting).toMatchObject({ code: 'connection_required' });
+    store.release();
+    await store.delete('lock:oauth:acme:local:ada');
+    expect(await connections.accessToken('acme', first)).toBe(refreshed.accessToken);
+    await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
+  });
 });
