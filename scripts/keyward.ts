@@ -23,7 +23,7 @@ import { auditFilter } from '../lib/core/api/admin';
 import { undoAlert } from '../lib/core/api/alerts';
 import type { Alert } from '../lib/core/detect/alerts';
 import { keyAdmin } from '../lib/core/keys/admin';
-import type { KeyVersion, Rotation, RotationResult, VersionView } from '../lib/core/keys/rings';
+import { NEVER_SENT, type KeyVersion, type Rotation, type RotationResult, type VersionView } from '../lib/core/keys/rings';
 import { createLogger } from '../lib/core/log/logger';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { argsProblem, operator } from '../lib/node/args';
@@ -602,15 +602,12 @@ function versionStatus(version: VersionView, rotations: readonly Rotation[]): { 
     case 'expired':
       return { status: 'expired', note: `expired ${minute(version.expiresAt ?? 0)}`, expires: false };
     case 'refused':
-      return { status: 'refused', note: join(`its value is one of Keyward's own secrets: ${NEVER_SENT}; revoke it and add a key of the upstream's own`, warning), expires: true };
     case 'unreadable':
-      return { status: 'unreadable', note: join(`its sealed value does not open with this KEYWARD_VAULT_SECRET (or its seal is gone): ${NEVER_SENT}`, warning), expires: true };
+      return { status: version.status, note: join(NEVER_SENT[version.status], warning), expires: true };
   }
 }
 
 const join = (...parts: string[]) => parts.filter((part) => part !== '').join('; ');
-/** What a refused or unreadable version's calls get (lib/core/keys/rings.ts VersionView). */
-const NEVER_SENT = 'never sent (calls answer 503 credential_unavailable)';
 
 function printKeyList(rings: ReadonlyArray<{ upstream: string; versions: VersionView[]; rotations: Rotation[] }>): void {
   if (rings.length === 0) {

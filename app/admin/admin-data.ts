@@ -1,7 +1,7 @@
 import 'server-only';
 import { PERIODS, PERIOD_MS, bucketStart, usageRetention, type Period, type UsageRetention } from '@/lib/core/aggregates/model';
 import { MAX_BUCKETS, type Series, type TopRow } from '@/lib/core/aggregates/usage';
-import type { Rotation } from '@/lib/core/keys/rings';
+import { NEVER_SENT, type Rotation } from '@/lib/core/keys/rings';
 import type { KeyRingSettings } from '@/lib/core/upstream/registry';
 import { keyward } from '@/keyward';
 import type { ChartDatum } from './usage-charts';
@@ -106,6 +106,8 @@ export interface KeyVersionRow {
   readonly expiresAt: number | null;
   readonly expiresInDays: number | null;
   readonly warning: string | null;
+  /** Why a version that could serve is never sent (`refused`, `unreadable`: its calls answer 503), or null. */
+  readonly neverSent: string | null;
   /** Start of the most recent hour with calls on this version (last 7 days), or null. */
   readonly lastUsedHour: number | null;
   readonly callsSince: number;
@@ -179,6 +181,7 @@ export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[
             expiresAt: version.expiresAt,
             expiresInDays: version.expiresInDays,
             warning: version.warning,
+            neverSent: version.status === 'refused' || version.status === 'unreadable' ? NEVER_SENT[version.status] : null,
             lastUsedHour: last ? Date.parse(last.at) : null,
             callsSince: calls.find((row) => row.keyVersion === version.fingerprint)?.calls ?? 0,
             scrubberHits: month.find((row) => row.keyVersion === version.fingerprint)?.scrubberHits ?? 0,

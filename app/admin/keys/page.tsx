@@ -22,12 +22,6 @@ const STATUS_BADGE: Record<string, string> = {
   unreadable: 'badge danger',
 };
 
-/** Why a version that could serve is never sent (its calls answer 503): said under its badge. */
-const NEVER_SENT: Record<string, string> = {
-  refused: "One of Keyward's own secrets: never sent. Revoke it and add a key of the upstream's own.",
-  unreadable: 'Its sealed value does not open with this KEYWARD_VAULT_SECRET (or its seal is gone): never sent.',
-};
-
 export default async function AdminKeys() {
   const gate = await adminGate('/admin/keys');
   if (gate.kind !== 'admin') return <GateRefusal gate={gate} />;
@@ -142,7 +136,7 @@ function VersionRow({ upstream, version, now }: { upstream: string; version: Key
         <span className={STATUS_BADGE[version.status] ?? 'badge neutral'} data-testid="version-status">
           {version.status}
         </span>
-        {NEVER_SENT[version.status] && <div className="small text-danger wrap">{NEVER_SENT[version.status]}</div>}
+        {version.neverSent && <div className="small text-danger wrap">{sentence(version.neverSent)}</div>}
       </td>
       <td className="nowrap">{version.created > 0 ? age(now - version.created) : <span className="muted">unknown</span>}</td>
       <td className="nowrap">
@@ -183,6 +177,11 @@ function VersionRow({ upstream, version, now }: { upstream: string; version: Key
 /** A version calls may still be made with: rotating away from it is the remedy (then revoking it). */
 function inUse(version: KeyVersionRow): boolean {
   return version.status === 'serving' || version.status === 'fallback';
+}
+
+/** A note as a sentence: capitalised, with a full stop. */
+function sentence(note: string): string {
+  return `${note.charAt(0).toUpperCase()}${note.slice(1)}.`;
 }
 
 function age(ms: number): string {

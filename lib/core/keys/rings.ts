@@ -89,6 +89,14 @@ export interface VersionView extends KeyVersion {
   readonly warning: string | null;
 }
 
+/** Why a `refused` or `unreadable` version is never sent, for people (the CLI's `keys list`, the Keys page). */
+export const NEVER_SENT: Readonly<Record<'refused' | 'unreadable', string>> = {
+  refused:
+    "its value is one of Keyward's own secrets: never sent (calls answer 503 credential_unavailable); revoke it and add a key of the upstream's own",
+  unreadable:
+    'its sealed value does not open with this KEYWARD_VAULT_SECRET (or its seal is gone): never sent (calls answer 503 credential_unavailable)',
+};
+
 /** An upstream whose credential is a service key: the only kind with a key ring. */
 type RingUpstream = Upstream & { readonly credential: Extract<CredentialPlan, { source: 'static' }> };
 
