@@ -20,29 +20,37 @@ export function matchRoute(upstream: Upstream, method: string, segments: readonl
   // letter case. Many upstreams read paths without regard to case (GitHub's owners and repositories), so the
   // broader route must not serve `/repos/ACME/HR-Private/issues` when `/repos/acme/hr-private/issues` has its
   // own roles: the call is refused instead. So is one that differs only by dots at the end of a segment
-  // (`/repos/acme/hr-private./issues`), which Windows-hosted upstreams (IIS) strip.
+  // (`/repos/acme/hr-private./issues`), which Windows-hosted upstreams (IIS) strip, or by a format suffix on its
+  // last segment (`/repos/acme/secret.json`), which Rails (`(.:format)` on every route) and Spring MVC's suffix
+  // pattern matching strip before routing.
   let shadowedByCase = false;
   // A route with `{name:int}` the path would match but for a value that only looks like an integer (`+42`, `007`,
   // `0x2a`, `42abc`): many upstreams read it as one, so no broader route may serve it, and it is refused.
   let numericLookalike = false;
-  // The segments without their trailing dots, made once, when a route of the method does not match as sent.
+  // The segments without their trailing dots, made once, when a route of the method does not match as sent; and
+  // those without the last one's format suffix too (null: it has none).
   let loose: string[] | null = null;
+  let unsuffixed: string[] | null | undefined;
   for (const route of upstream.routes) {
     const params = matchSegments(route, segments);
     if (!params) {
       if (route.method !== method) continue;
       loose ??= segments.map(withoutTrailingDots);
+      if (unsuffixed === undefined) unsuffixed = withoutFormatSuffix(loose);
       if (matchSegments(route, loose, { foldCase: true })) shadowedByCase = true;
       // Also with letter case and trailing dots read loosely: `/USERS/07/secret.` is `/users/7/secret` to an upstream
       // that reads all three so.
       else if (matchSegments(route, segments, { numericLookalikes: true }) || matchSegments(route, loose, { foldCase: true, numericLookalikes: true }))
         numericLookalike = true;
+      // A format suffix last: `42.0` is a lookalike of 42 (refused as one), not 42 with a format.
+      else if (unsuffixed && matchSegments(route, unsuffixed, { foldCase: true })) shadowedByCase = true;
       continue;
     }
     if (route.method === method) {
       if (shadowedByCase) {
         throw new KeywardError('bad_path', {
-          message: 'The path differs only in letter case or trailing dots from a declared route: send it as the route writes it.',
+          message:
+            'The path differs only in letter case, trailing dots or a format suffix (".json") from a declared route: send it as the route writes it.',
         });
       }
       if (numericLookalike) throw numericLookalikeRefusal();
@@ -90,6 +98,17 @@ function colonAllowedAt(route: CompiledRoute, index: number): boolean {
 function withoutTrailingDots(segment: string): string {
   const stripped = segment.replace(/\.+$/, '');
   return stripped === '' ? segment : stripped;
+}
+
+/**
+ * The segments with the last one's format suffix (`secret.json` → `secret`: one dot and what follows it) taken
+ * off, or null when it has none (no dot, or nothing before it).
+ */
+function withoutFormatSuffix(segments: readonly string[]): string[] | null {
+  const last = segments[segments.length - 1];
+  const dot = last?.lastIndexOf('.') ?? -1;
+  if (last === undefined || dot <= 0 || dot === last.length - 1) return null;
+  return [...segments.slice(0, -1), last.slice(0, dot)];
 }
 
 /**

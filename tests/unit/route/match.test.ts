@@ -117,6 +117,27 @@ describe('matchRoute', () => {
     expect(matchRoute(api, 'GET', ['items', 'secret']).route.roles).not.toBeNull();
   });
 
+  it('the same for a path a narrower route matches but for a format suffix on its last segment (Rails, Spring MVC strip it)', () => {
+    const { upstream: api } = makeUpstream({
+      routes: [
+        { method: 'GET', path: '/repos/:owner/:repo' },
+        { method: 'GET', path: '/repos/acme/secret', roles: ['admin'] },
+        { method: 'GET', path: '/files/{name}.txt', roles: ['admin'] },
+        { method: 'GET', path: '/files/:file' },
+      ],
+    });
+    for (const path of [['repos', 'acme', 'secret.json'], ['repos', 'acme', 'Secret.xml'], ['repos', 'acme', 'secret.json.'], ['files', 'a.txt.json']]) {
+      const error = expectKeywardError(thrown(() => matchRoute(api, 'GET', path)), 'bad_path');
+      expect(error.message).toContain('format suffix');
+    }
+    // Other names, with or without a suffix, go to the broad route; the narrow one as declared is served.
+    expect(matchRoute(api, 'GET', ['repos', 'acme', 'web.json']).route.roles).toBeNull();
+    expect(matchRoute(api, 'GET', ['repos', 'acme', '.secret']).route.roles).toBeNull();
+    expect(matchRoute(api, 'GET', ['repos', 'acme', 'secret']).route.roles).not.toBeNull();
+    expect(matchRoute(api, 'GET', ['files', 'a.txt']).route.roles).not.toBeNull();
+    expect(matchRoute(api, 'GET', ['files', 'a.json']).route.roles).toBeNull();
+  });
+
   it('binds :param segments into a prototype-less params object', () => {
     const { route, params } = matchRoute(upstream, 'PUT', ['items', '42', 'tags', 'red']);
     expect(route.template).toBe('/items/:id/tags/:tag');
