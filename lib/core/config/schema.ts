@@ -84,6 +84,32 @@ const headerNameSchema = z
 /** AWS signing names that sign the path as sent (URI-encoded once) and accept UNSIGNED-PAYLOAD: S3 and its kin. */
 export const S3_SIGNING_NAMES: ReadonlySet<string> = new Set(['s3', 's3-object-lambda', 's3-outposts']);
 
+/**
+ * Request headers a client must not choose for the upstream, though an operator may set them as fixed `headers`:
+ * IIS, Symfony and other frameworks route by the path in `X-Original-URL` / `X-Rewrite-URL` (so a client's value
+ * would reach a path no route allowed), and what proxies say of the client (its address, the host and scheme it
+ * used, a path prefix) is what an upstream believes of the call. Never passed through (`requestHeaders`).
+ */
+export const ROUTING_REQUEST_HEADERS: ReadonlySet<string> = new Set([
+  'x-original-url',
+  'x-original-uri',
+  'x-rewrite-url',
+  'x-forwarded-prefix',
+  'x-forwarded-path',
+  'x-forwarded-host',
+  'x-forwarded-proto',
+  'x-forwarded-port',
+  'x-forwarded-server',
+  'x-forwarded-for',
+  'forwarded',
+  'x-real-ip',
+  'x-client-ip',
+  'true-client-ip',
+  'cf-connecting-ip',
+  'fastly-client-ip',
+  'x-cluster-client-ip',
+]);
+
 /** Headers a SigV4 signature writes (lib/core/credential/aws-sigv4.ts); `host` is refused everywhere already. */
 export const AWS_SIGNATURE_HEADERS = ['authorization', 'x-amz-date', 'x-amz-content-sha256', 'x-amz-security-token'] as const;
 
@@ -493,6 +519,12 @@ export const upstreamSchema = z
         const credentialHeader = upstream.auth.type === 'header' ? upstream.auth.name : undefined;
         if (FORBIDDEN_PASS_THROUGH_HEADERS.has(name) || name === credentialHeader) {
           ctx.addIssue({ code: 'custom', path: [key, index], message: `"${name}" can never be passed through` });
+        } else if (key === 'requestHeaders' && ROUTING_REQUEST_HEADERS.has(name)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: [key, index],
+            message: `"${name}" is never taken from a client: upstreams route by it or trust it about the caller (set a fixed value in "headers" if the upstream needs one)`,
+          });
         }
       });
     }

@@ -265,6 +265,16 @@ describe('parseConfig', () => {
       );
     });
 
+    it.each(['X-Original-URL', 'x-rewrite-url', 'x-forwarded-prefix', 'X-Forwarded-Host', 'x-forwarded-for', 'forwarded', 'x-real-ip'])(
+      'refuses %s in requestHeaders (an upstream routes by it or trusts it about the caller), not in headers or responseHeaders',
+      (name) => {
+        expect(configError({ upstreams: { echo: valid({ requestHeaders: ['x-ok', name] }) } })).toContain(
+          `upstreams.echo.requestHeaders.1: "${name.toLowerCase()}" is never taken from a client`,
+        );
+        expect(() => parseConfig({ upstreams: { echo: valid({ responseHeaders: [name], headers: { [name]: 'fixed' } }) } }, 'test')).not.toThrow();
+      },
+    );
+
     it("refuses the upstream's own credential header", () => {
       const auth = { type: 'header', name: 'X-Custom-Token', secret: { env: 'K' } };
       expect(configError({ upstreams: { echo: valid({ auth, requestHeaders: ['x-custom-token'] }) } })).toContain(
