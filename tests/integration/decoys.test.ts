@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { handleUserKey } from '../../lib/core/api/keys';
 import { defineUpstream } from '../../lib/core/config/load';
 import { ConfigError } from '../../lib/core/config/error';
@@ -242,13 +242,21 @@ describe('a decoy presented in a request', () => {
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
     });
     expectOneHit(result, { where: 'body', route: '/stream', decoyId: github.id });
-    // The decoy was found in the first chunk: nothing of it went out (the upstream may have seen the call open).
+    // The decoy ends the body: held back as it came, found when the body ended; nothing of it went out (the upstream
+    // may have seen the call open).
     for (const request of harness.upstream.requests.slice(before))
       expect(request.bodyPreview.includes(github.value)).toBe(false);
   });
 
   it('in a streamed body after forwarding started: the upstream call is aborted before the decoy reaches it', async () => {
-    const before = harness.upstream.requests.length;
+    // This call's upstream request, told by its query: an earlier test's aborted one may arrive meanwhile.
+    const tag = '?case=streamed-after-forwarding';
+    const mine = () =>
+      vi.waitFor(() => {
+        const request = harness.upstream.requests.find((recorded) => recorded.url.endsWith(tag));
+        if (!request) throw new Error('not arrived yet');
+        return request;
+      });
     const head = Buffer.alloc(64 * 1024, 'a');
     const lead = '"key":"';
     // The decoy arrives split over two chunks, the first sent once the upstream received most of the head
@@ -257,11 +265,11 @@ describe('a decoy presented in a request', () => {
     const chunks = [
       async () => head,
       async () => {
-        await harness.upstream.nthRequest(before + 1).then((request) => request.waitForBytes(32 * 1024));
+        await mine().then((request) => request.waitForBytes(32 * 1024));
         return Buffer.from(`${lead}${openai.value.slice(0, 50)}`);
       },
       async () => {
-        await harness.upstream.requests[before]!.waitForBytes(head.length + lead.length);
+        await (await mine()).waitForBytes(head.length + lead.length);
         return Buffer.from(`${openai.value.slice(50)}", "more": "${'b'.repeat(1000)}"`);
       },
     ];
@@ -276,9 +284,10 @@ describe('a decoy presented in a request', () => {
       method: 'POST',
       body,
       headers: { 'content-type': 'application/octet-stream' },
+      query: tag,
     });
     expectOneHit(result, { where: 'body', route: '/stream' });
-    const forwarded = harness.upstream.requests[before]!;
+    const forwarded = await mine();
     const received = await forwarded.bodyDone;
     // Aborted: what arrived is exactly what came before the decoy, and none of the decoy.
     expect(received).toBe(head.length + lead.length);

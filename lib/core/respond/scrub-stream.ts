@@ -51,8 +51,6 @@ interface Patterns {
   readonly hashTop: number;
   /** 1 for a byte that a form may hold (see HELD_ALWAYS), for the held-back tail. */
   readonly inForm: Uint8Array;
-  /** The forms that start with this byte, for a whole form found in the tail. */
-  readonly byFirstByte: readonly (readonly Buffer[] | undefined)[];
   readonly maxLength: number;
 }
 
@@ -108,10 +106,8 @@ function patternsFor(secrets: readonly string[]): Patterns {
   const candidates = new Map<number, Buffer[]>();
   const inForm = new Uint8Array(256);
   for (const byte of HELD_ALWAYS) inForm[byte] = 1;
-  const byFirstByte: Buffer[][] = [];
   for (const form of forms) {
     for (const byte of form) inForm[byte] = 1;
-    (byFirstByte[form[0]!] ??= []).push(form);
     // A block ending at offset `end` of a form's first `window` bytes lets the window move window - 1 - end.
     for (let end = BLOCK - 1; end < window; end++) {
       const block = blockAt(form, end);
@@ -124,7 +120,7 @@ function patternsFor(secrets: readonly string[]): Patterns {
   // No forms (no secrets): the window is Infinity, and no window is ever hashed.
   const hashedLength = forms.length > 0 ? window : 0;
   for (let i = 1; i < hashedLength; i++) hashTop = Math.imul(hashTop, HASH_BASE);
-  patterns = { forms, window, shift, candidates, hashTop, inForm, byFirstByte, maxLength: forms[0]?.length ?? 0 };
+  patterns = { forms, window, shift, candidates, hashTop, inForm, maxLength: forms[0]?.length ?? 0 };
   patternsCache.set(texts, patterns);
   return patterns;
 }
@@ -244,12 +240,15 @@ export class StreamScrubber {
       if (!match) break;
       const { index, length } = match;
       if (!final && index > data.length - maxLength) {
-        // A whole form near the end: held back (unreplaced) only if a longer form may start at or before it and
-        // go on in the next chunk. Decided by the forms themselves: only text that holds a whole form gets here,
-        // so it tells nothing about the key, and a decoy (lib/core/detect/decoys.ts) is found in this chunk.
-        const partial = data.length - this.partialSuffix(data, position);
-        if (partial <= index) {
-          holdFrom = partial;
+        // A whole form near the end: held back (unreplaced) when the chunk's trailing run of bytes a form may hold
+        // covers it, since a longer form (padded base64 whose unpadded form matched, a form that contains another)
+        // may start at or before it and go on in the next chunk. Decided by byte classes, as `heldTail` decides,
+        // never by whether the text after it begins a form: the form may be one the client knows (its own key, a
+        // service key's public prefix such as `sk_live_`), and holding exactly when the client's guess after it
+        // begins another secret would tell the client that secret letter by letter.
+        const held = data.length - this.heldTail(data, position, resume?.clean ?? 0);
+        if (held <= index) {
+          holdFrom = held;
           break;
         }
       }
@@ -371,22 +370,4 @@ export class StreamScrubber {
     if (start === floor) start = stop;
     return data.length - start;
   }
-
-  /** Length of the longest suffix of data[from..] that is a proper prefix of some secret form. */
-  private partialSuffix(data: Buffer, from: number): number {
-    const { byFirstByte, maxLength } = this.patterns;
-    for (let start = Math.max(from, data.length - maxLength + 1); start < data.length; start++) {
-      const forms = byFirstByte[data[start]!];
-      if (!forms) continue;
-      const length = data.length - start;
-      for (const form of forms) if (form.length > length && startsWith(data, start, form, length)) return length;
-    }
-    return 0;
-  }
-}
-
-/** True if data[start .. start + length] equals the first `length` bytes of form (a short loop beats a native call). */
-function startsWith(data: Buffer, start: number, form: Buffer, length: number): boolean {
-  for (let i = 1; i < length; i++) if (data[start + i] !== form[i]) return false;
-  return true;
 }

@@ -272,6 +272,24 @@ describe('StreamScrubber (examples)', () => {
     expect(compared).toBeGreaterThan(500);
   });
 
+  it("a secret the client knows (its own key) followed by a guess at a chunk's end tells nothing of another secret that begins with it", () => {
+    // A user's own key is among the secrets scrubbed from their calls, beside every service key Keyward holds. Stored
+    // as a service key's public prefix (`sk_live_`), with the upstream echoing it and a guess at a chunk's end, what
+    // arrives with that chunk must not depend on whether prefix + guess begins the service key.
+    let compared = 0;
+    for (const prefix of ['sk_live_', 'sk-proj-', 'github_pat_']) {
+      const service = `${prefix}${randomSecret().replace(/[^A-Za-z0-9]/g, '').slice(0, 24)}`;
+      for (let length = 1; length < 6; length++) {
+        const guess = service.slice(prefix.length, prefix.length + length);
+        const wrong = `${guess.slice(0, -1)}${guess.endsWith('Q') ? 'R' : 'Q'}`;
+        const sent = (text: string) => new StreamScrubber([prefix, service]).push(enc(`you said: ${prefix}${text}`)).toString();
+        expect(sent(guess), `${prefix} ${length}`).toBe(sent(wrong));
+        compared++;
+      }
+    }
+    expect(compared).toBe(15);
+  });
+
   it('replaces a secret split into 1-byte chunks', () => {
     const secret = randomSecret();
     const scrubber = new StreamScrubber([secret]);
