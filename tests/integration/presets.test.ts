@@ -3,7 +3,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { defineUpstream, type UpstreamDefinition } from '../../lib/core/config/load';
 import { handleProxy, type ProxyEvent } from '../../lib/core/pipeline';
 import { createLogger } from '../../lib/core/log/logger';
-import { anthropic, gemini, github, googleMaps, openai, stripe } from '../../lib/core/presets';
+import { anthropic, aws, gemini, github, googleMaps, openai, stripe } from '../../lib/core/presets';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { claimsSessionCookie, findLeak } from '../fixtures/claims-session';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -17,7 +17,7 @@ import { echoHandler, startUpstream, type RecordedRequest, type TestUpstream } f
  * Official SDKs against the same presets are in sdks.test.ts.
  */
 const APP_ORIGIN = 'https://app.keyward.test';
-const keys = { openai: randomSecret('oai'), anthropic: randomSecret('ant'), gemini: randomSecret('gem'), stripe: randomSecret('sk_test'), github: randomSecret('ghp'), maps: randomSecret('gmp') };
+const keys = { openai: randomSecret('oai'), anthropic: randomSecret('ant'), gemini: randomSecret('gem'), stripe: randomSecret('sk_test'), github: randomSecret('ghp'), maps: randomSecret('gmp'), aws: randomSecret('aws') };
 const sessionSecrets = testSessionSecrets();
 const secrets = [...Object.values(keys), ...Object.values(sessionSecrets)];
 const logs: string[] = [];
@@ -39,6 +39,8 @@ beforeAll(async () => {
       GITHUB_TOKEN: keys.github,
       STRIPE_SECRET_KEY: keys.stripe,
       GOOGLE_MAPS_API_KEY: keys.maps,
+      AWS_ACCESS_KEY_ID: 'AKIAKEYWARDTESTONLY0',
+      AWS_SECRET_ACCESS_KEY: keys.aws,
       KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
       KEYWARD_STORE: 'memory',
     },
@@ -90,6 +92,12 @@ beforeAll(async () => {
         budgets: [{ by: 'user', units: 2_000_000, period: 'day' }],
       }),
       gemini({ baseUrl: base('/gemini/v1beta/'), models: ['gemini-test'], maxOutputTokens: 200 }),
+      // Server-side tools, each allowed by name (the presets above allow none).
+      openai({ id: 'openai-search', baseUrl: base('/openai/v1/'), models: ['gpt-test'], serverTools: ['web_search'] }),
+      anthropic({ id: 'anthropic-search', baseUrl: base('/anthropic/'), models: ['claude-test'], serverTools: ['web_search'] }),
+      gemini({ id: 'gemini-search', baseUrl: base('/gemini/v1beta/'), models: ['gemini-test'], serverTools: ['googleSearch'] }),
+      aws({ baseUrl: base('/bedrock/'), models: ['nova-test'] }),
+      aws({ id: 'aws-grounding', baseUrl: base('/bedrock/'), models: ['nova-test'], serverTools: ['nova_grounding'] }),
       github({ baseUrl: base('/github/'), repos: ['acme/widgets'] }),
       stripe({ baseUrl: base('/stripe/v1/') }),
       googleMaps({ baseUrl: base('/maps/api/'), perUserPerMinute: 3 }),
@@ -222,9 +230,6 @@ describe('openai preset', () => {
       headers: { cookie: await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:by-value', roles: ['user'] }) },
     });
     expect(byValue.status).toBe(200);
-    const other = await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: 'local:searcher', roles: ['user'] });
-    const ok = await call('openai', '/responses', { body: { model: 'gpt-test', input: 'hi', tools: [{ type: 'web_search' }] }, headers: { cookie: other } });
-    expect(ok.status).toBe(200);
   });
 
   it('a value nested deeper than the stack allows, in a field the contract leaves open: 400, not a failure', async () => {
@@ -619,6 +624,98 @@ describe('gemini preset', () => {
     // A web page's https URL (a YouTube video) is not stored on the project: it passes.
     const video = withPart({ fileData: { mimeType: 'video/mp4', fileUri: 'https://www.youtube.com/watch?v=9hE5-98ZeCg' } });
     expect((await call('gemini', '/models/gemini-test:generateContent', { body: video, headers })).status).toBe(200);
+  });
+});
+
+describe('server-side tools: refused unless the preset\'s serverTools names them (budgets do not count their per-use fees)', () => {
+  /** Each body refused with 400 contract_violation, the API never called. */
+  async function refused(upstreamId: string, path: string, bodies: unknown[], headers: Record<string, string>) {
+    const before = upstream.requests.length;
+    for (const body of bodies) {
+      const result = await call(upstreamId, path, { body, headers });
+      expect(result.status, `${upstreamId}: ${JSON.stringify(body)}`).toBe(400);
+      expect(errorCode(result)).toBe('contract_violation');
+    }
+    expect(upstream.requests.length).toBe(before);
+  }
+  /** Each body forwarded as sent (the tools intact). */
+  async function passes(upstreamId: string, path: string, bodies: Record<string, unknown>[], headers: Record<string, string>) {
+    for (const body of bodies) {
+      const before = upstream.requests.length;
+      expect((await call(upstreamId, path, { body, headers })).status, `${upstreamId}: ${JSON.stringify(body)}`).toBe(200);
+      expect(upstream.requests.length).toBe(before + 1);
+      expect(receivedJson(upstream.requests.at(-1)!)).toMatchObject('tools' in body ? { tools: body.tools } : { toolConfig: body.toolConfig });
+    }
+  }
+  const session = async (name: string) => ({ cookie: await sessionCookie(sessionSecrets.AUTH_SECRET, { sub: `local:${name}`, roles: ['user'] }) });
+
+  it('openai: web search (Responses tools, chat\'s web_search_options) only when named; function and custom tools pass', async () => {
+    const headers = await session('openai-tools');
+    const responses = (tools: unknown[]) => ({ model: 'gpt-test', input: 'hi', tools });
+    const chat = { model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }] };
+    const searching = [responses([{ type: 'web_search' }]), responses([{ type: 'function', name: 'f', parameters: {} }, { type: 'web_search_preview' }])];
+    await refused('openai', '/responses', searching, headers);
+    await refused('openai', '/chat/completions', [{ ...chat, web_search_options: {} }], headers);
+    const client = [responses([{ type: 'function', name: 'f', parameters: {} }, { type: 'custom', name: 'g' }])];
+    await passes('openai', '/responses', client, headers);
+    // Allowed by name: that one passes, the other stays refused.
+    await passes('openai-search', '/responses', [responses([{ type: 'web_search' }])], headers);
+    expect((await call('openai-search', '/chat/completions', { body: { ...chat, web_search_options: {} }, headers })).status).toBe(200);
+    await refused('openai-search', '/responses', [responses([{ type: 'web_search_preview' }])], headers);
+  });
+
+  it('anthropic: web search, web fetch, code execution and tool search only when named; tools without a type, custom and client-run ones pass', async () => {
+    const headers = await session('anthropic-tools');
+    const message = (tools: unknown[]) => ({ model: 'claude-test', messages: [{ role: 'user', content: 'hi' }], tools });
+    const server = [
+      { type: 'web_search_20250305', name: 'web_search', max_uses: 5 },
+      { type: 'web_fetch_20250910', name: 'web_fetch' },
+      { type: 'code_execution_20250825', name: 'code_execution' },
+      { type: 'tool_search_tool_regex_20251119', name: 'tool_search_tool_regex' },
+      { type: 'mcp_toolset', mcp_server_name: 'someone' },
+      { type: 'not_yet_known_20990101', name: 'x' },
+    ];
+    await refused('anthropic', '/v1/messages', server.map((tool) => message([tool])), headers);
+    await refused('anthropic', '/v1/messages/count_tokens', [message([server[0]])], headers);
+    const weather = { name: 'get_weather', description: 'Weather', input_schema: { type: 'object', properties: {} } };
+    const client = [message([weather, { ...weather, name: 'custom_one', type: 'custom' }, { type: 'bash_20250124', name: 'bash' }, { type: 'text_editor_20250728', name: 'str_replace_based_edit_tool' }])];
+    await passes('anthropic', '/v1/messages', client, headers);
+    await passes('anthropic-search', '/v1/messages', [message([weather, server[0]]), message([{ type: 'web_search_20260209', name: 'web_search' }])], headers);
+    await passes('anthropic-search', '/v1/messages/count_tokens', [message([server[0]])], headers);
+    await refused('anthropic-search', '/v1/messages', [message([server[1]]), message([{ type: 'web_search_preview', name: 'web_search' }])], headers);
+  });
+
+  it('gemini: Google Search and Maps grounding, code execution and URL context only when named, in either spelling; function declarations pass', async () => {
+    const headers = await session('gemini-tools');
+    const generate = (tools: unknown[]) => ({ contents: [{ role: 'user', parts: [{ text: 'hi' }] }], tools });
+    const functions = { functionDeclarations: [{ name: 'f', parameters: { type: 'object' } }] };
+    const server = [
+      { googleSearch: {} },
+      { google_search: {} },
+      { googleSearchRetrieval: { dynamicRetrievalConfig: { mode: 'MODE_DYNAMIC' } } },
+      { googleMaps: {} },
+      { codeExecution: {} },
+      { urlContext: {} },
+      { ...functions, googleSearch: {} },
+      { computerUse: { environment: 'ENVIRONMENT_BROWSER' } },
+      'googleSearch',
+    ];
+    await refused('gemini', '/models/gemini-test:generateContent', server.map((tool) => generate([tool])), headers);
+    await passes('gemini', '/models/gemini-test:generateContent', [generate([functions]), generate([{ function_declarations: [{ name: 'g' }] }])], headers);
+    await passes('gemini-search', '/models/gemini-test:generateContent', [generate([functions, { googleSearch: {} }]), generate([{ google_search: {} }])], headers);
+    await refused('gemini-search', '/models/gemini-test:streamGenerateContent?alt=sse', [generate([{ codeExecution: {} }])], headers);
+  });
+
+  it('bedrock: system tools (Nova web grounding, code interpreter) only when named; tool specs and cache points pass', async () => {
+    const headers = await session('bedrock-tools');
+    const converse = (tools: unknown[]) => ({ messages: [{ role: 'user', content: [{ text: 'hi' }] }], toolConfig: { tools } });
+    const spec = { toolSpec: { name: 'f', inputSchema: { json: { type: 'object' } } } };
+    const server = [{ systemTool: { name: 'nova_grounding' } }, { systemTool: { name: 'nova_code_interpreter' } }, { systemTool: {} }, { somethingNew: {} }];
+    await refused('aws', '/model/nova-test/converse', server.map((tool) => converse([tool])), headers);
+    await refused('aws', '/model/nova-test/converse-stream', [converse([server[0]])], headers);
+    await passes('aws', '/model/nova-test/converse', [converse([spec, { cachePoint: { type: 'default' } }])], headers);
+    await passes('aws-grounding', '/model/nova-test/converse', [converse([spec, server[0]])], headers);
+    await refused('aws-grounding', '/model/nova-test/converse', [converse([server[1]])], headers);
   });
 });
 

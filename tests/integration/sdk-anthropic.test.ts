@@ -174,6 +174,20 @@ describe("@anthropic-ai/sdk: Keyward's refusals as the SDK's error classes", () 
     expect(fake.requests.length).toBe(before);
   });
 
+  it('a server tool the preset does not allow (web search, billed per search): 400 BadRequestError, the API not called; the caller\'s own tools pass', async () => {
+    const client = browserClient(cookie);
+    const before = fake.requests.length;
+    const webSearch = { type: 'web_search_20250305' as const, name: 'web_search' as const, max_uses: 3 };
+    const error = (await client.messages.create({ ...params, tools: [webSearch] }).catch((caught: unknown) => caught)) as APIError;
+    expect(error).toBeInstanceOf(Anthropic.BadRequestError);
+    expect(code(error)).toBe('contract_violation');
+    expect(fake.requests.length).toBe(before);
+    const weather = { name: 'get_weather', description: 'The weather in a city', input_schema: { type: 'object' as const, properties: { city: { type: 'string' } } } };
+    await client.messages.create({ ...params, tools: [weather, { type: 'bash_20250124', name: 'bash' }] });
+    const body = JSON.parse(lastRequest().bodyPreview.toString('utf8')) as Record<string, unknown>;
+    expect(body.tools).toEqual([weather, { type: 'bash_20250124', name: 'bash' }]);
+  });
+
   it("Keyward's 429: the SDK waits for Retry-After, then the retry succeeds", async () => {
     const client = await tokenClient({ sub: `local:${randomUUID()}`, roles: ['user', MEMBER_ROLE, THROTTLED_ROLE] }, { maxRetries: 1 });
     const before = fake.requests.length;

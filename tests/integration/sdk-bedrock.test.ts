@@ -259,6 +259,16 @@ describe("@aws-sdk/client-bedrock-runtime: Keyward's refusals as the SDK's excep
     expect(keywardCode(error)).toBe('contract_violation');
   });
 
+  it('a system tool the preset does not allow (Nova web grounding, billed per use): 400 contract_violation; tool specs pass', async () => {
+    const grounding = { systemTool: { name: 'nova_grounding' } };
+    const error = await refusal(browserClient(cookie), { ...input, toolConfig: { tools: [grounding] } });
+    expect(error.$metadata.httpStatusCode).toBe(400);
+    expect(keywardCode(error)).toBe('contract_violation');
+    const spec = { toolSpec: { name: 'get_weather', inputSchema: { json: { type: 'object', properties: {} } } } };
+    await browserClient(cookie).send(new ConverseCommand({ ...input, toolConfig: { tools: [spec] } }));
+    expect(requestBody()).toMatchObject({ toolConfig: { tools: [spec] } });
+  });
+
   it('a document read from S3 (s3Location, read with the server\'s AWS key): 400 contract_violation, the API not called', async () => {
     const before = fake.requests.length;
     const error = await refusal(browserClient(cookie), {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { TypedRoute } from '../config/load';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { checkPrices, modelSchema, modelsOption, namesStoredObject, outputTokensOption, pricedCost, pricesOption, textIdentity } from './shared';
+import { checkPrices, modelSchema, modelsOption, namesStoredObject, outputTokensOption, pricedCost, pricesOption, serverToolsOption, textIdentity } from './shared';
 
 /**
  * Anthropic's Messages API (https://docs.anthropic.com/en/api/messages): `x-api-key`; `anthropic-version` and
@@ -15,12 +15,23 @@ export const ANTHROPIC_VERSION = '2023-06-01';
 
 export const ANTHROPIC_DEFAULT_MODELS = ['claude-haiku-4-5', 'claude-sonnet-4-5', 'claude-3-5-haiku-latest'] as const;
 
+/**
+ * Tools Anthropic runs on its side (https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/overview), refused
+ * unless `serverTools` names them: web search is billed per search and code execution per container hour
+ * (https://docs.anthropic.com/en/docs/about-claude/pricing), fees budgets do not count. Named without the version
+ * date their `type` carries (`web_search` allows `web_search_20250305` and later versions).
+ */
+export const ANTHROPIC_SERVER_TOOLS = ['web_search', 'web_fetch', 'code_execution', 'tool_search_tool_regex', 'tool_search_tool_bm25'] as const;
+
+/** Tools Anthropic defines and the caller's application runs: they cost tokens only, which budgets count. */
+const ANTHROPIC_CLIENT_TOOLS = ['bash', 'text_editor', 'computer', 'memory', 'computer_toolset', 'browser_toolset'];
 
 const options = z.strictObject({
   ...commonPresetOptions,
   models: modelsOption(ANTHROPIC_DEFAULT_MODELS),
   maxOutputTokens: outputTokensOption(4096),
   prices: pricesOption,
+  serverTools: serverToolsOption(ANTHROPIC_SERVER_TOOLS),
 }).superRefine(checkPrices);
 
 type Options = z.output<typeof options>;
@@ -37,7 +48,17 @@ const ownContent = <T extends z.ZodType>(schema: T) => schema.refine((value) => 
 const messages = ownContent(z.array(loose).min(1).max(2048));
 const system = ownContent(z.union([z.string().max(1_000_000), z.array(loose).max(256)]));
 
-export function messagesBody(models: z.ZodType<string>) {
+/**
+ * A tool a caller may declare: its own (no `type`, or `"custom"`), one Anthropic defines for the caller to run,
+ * or a server tool `serverTools` names, in any version (`<name>_<YYYYMMDD>`). Any other type (a server tool not
+ * named, the MCP connector's `mcp_toolset`, one not yet known) is refused.
+ */
+function toolOf(serverTools: readonly string[]) {
+  const versioned = new RegExp(`^(?:${[...ANTHROPIC_CLIENT_TOOLS, ...serverTools].join('|')})_\\d{8}$`);
+  return z.looseObject({ type: z.union([z.literal('custom'), z.string().regex(versioned, 'a server tool serverTools does not name, or a tool type not known')]).optional() });
+}
+
+export function messagesBody(models: z.ZodType<string>, serverTools: readonly string[] = []) {
   return z.object({
     model: models,
     messages,
@@ -55,20 +76,20 @@ export function messagesBody(models: z.ZodType<string>) {
     temperature: z.number().min(0).max(1).optional(),
     thinking: loose.optional(),
     tool_choice: loose.optional(),
-    tools: z.array(loose).max(128).optional(),
+    tools: z.array(toolOf(serverTools)).max(128).optional(),
     top_k: z.number().int().min(0).optional(),
     top_p: z.number().min(0).max(1).optional(),
   });
 }
 
-export function countTokensBody(models: z.ZodType<string>) {
+export function countTokensBody(models: z.ZodType<string>, serverTools: readonly string[] = []) {
   return z.object({
     model: models,
     messages,
     system: system.optional(),
     thinking: loose.optional(),
     tool_choice: loose.optional(),
-    tools: z.array(loose).max(128).optional(),
+    tools: z.array(toolOf(serverTools)).max(128).optional(),
   });
 }
 
@@ -107,7 +128,7 @@ function routes(o: Options): RouteInput[] {
     {
       method: 'POST',
       path: '/v1/messages',
-      body: messagesBody(models),
+      body: messagesBody(models, o.serverTools),
       caps: { '*': { 'body.max_tokens': o.maxOutputTokens } },
       overCap: 'clamp',
       ...textIdentity('body.metadata.user_id'),
@@ -117,7 +138,7 @@ function routes(o: Options): RouteInput[] {
         ? pricedCost(withLongContext(o.prices), 'body.max_tokens', ['usage.input_tokens'], ['usage.output_tokens'], PROMPT_CACHE)
         : { reserveFrom: { field: 'body.max_tokens' }, usage: { json: ['usage.output_tokens'] } },
     },
-    { method: 'POST', path: '/v1/messages/count_tokens', body: countTokensBody(models) },
+    { method: 'POST', path: '/v1/messages/count_tokens', body: countTokensBody(models, o.serverTools) },
     { method: 'GET', path: '/v1/models' },
     { method: 'GET', path: '/v1/models/:model' },
   ];

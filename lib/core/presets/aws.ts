@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { awsSigV4AuthSchema, credentialSourceSchema } from '../config/schema';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { modelsOption, namesStoredObject, outputTokensOption, textIdentity } from './shared';
+import { modelsOption, namesStoredObject, outputTokensOption, serverToolsOption, textIdentity } from './shared';
 
 /**
  * AWS, signed with Signature Version 4 (README "Request signing"). By default Amazon Bedrock's runtime
@@ -23,6 +23,13 @@ export const BEDROCK_DEFAULT_MODELS = [
 const BEDROCK_MODEL_ID = /^[A-Za-z0-9._-]+(?::[A-Za-z0-9._-]+)*$/;
 
 const BEDROCK = 'bedrock-runtime';
+
+/**
+ * Bedrock's system tools (`toolConfig.tools[].systemTool`), which Amazon Nova runs on its side, refused unless
+ * `serverTools` names them: Nova's web grounding is billed per use (https://aws.amazon.com/bedrock/pricing/),
+ * which `usage` does not report.
+ */
+export const BEDROCK_SERVER_TOOLS = ['nova_grounding', 'nova_code_interpreter'] as const;
 
 const options = z.strictObject({
   ...commonPresetOptions,
@@ -54,6 +61,7 @@ const options = z.strictObject({
     'Bedrock model ids are one path segment (an ARN, with its "/", cannot be one)',
   ),
   maxOutputTokens: outputTokensOption(4096),
+  serverTools: serverToolsOption(BEDROCK_SERVER_TOOLS),
   invoke: z
     .boolean()
     .default(false)
@@ -78,8 +86,18 @@ const ownContent = <T extends z.ZodType>(schema: T) =>
     "an s3Location is read with the server's AWS key: not accepted (send the bytes)",
   );
 
+/**
+ * Tools (https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Tool.html, one member each): the
+ * caller's own (`toolSpec`), cache points, and the system tools `serverTools` names.
+ */
+function toolConfig(serverTools: readonly string[]) {
+  const kinds: z.ZodType[] = [z.strictObject({ toolSpec: loose }), z.strictObject({ cachePoint: loose })];
+  if (serverTools.length > 0) kinds.push(z.strictObject({ systemTool: z.strictObject({ name: z.enum(serverTools as [string, ...string[]]) }) }));
+  return z.strictObject({ tools: z.array(z.union(kinds)).max(128), toolChoice: loose.optional() });
+}
+
 /** Converse and ConverseStream bodies (https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html). */
-export function converseBody() {
+export function converseBody(serverTools: readonly string[] = []) {
   return z.object({
     messages: ownContent(z.array(loose).min(1).max(2048)),
     system: ownContent(z.array(loose).max(64)).optional(),
@@ -92,7 +110,7 @@ export function converseBody() {
         stopSequences: z.array(text(256)).max(4).optional(),
       })
       .optional(),
-    toolConfig: loose.optional(),
+    toolConfig: toolConfig(serverTools).optional(),
     promptVariables: z.record(text(64), loose).optional(),
     additionalModelResponseFieldPaths: z.array(text(256)).max(10).optional(),
     requestMetadata: z.record(text(256), text(256)).optional(),
@@ -104,7 +122,7 @@ export function converseBody() {
 
 function modelRoutes(model: string, o: Options): RouteInput[] {
   const converse = {
-    body: converseBody(),
+    body: converseBody(o.serverTools),
     caps: { '*': { 'body.inferenceConfig.maxTokens': o.maxOutputTokens } },
     overCap: 'clamp' as const,
     ...textIdentity('body.requestMetadata.keyward_user'),

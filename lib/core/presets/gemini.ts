@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { fieldsNamed, modelsOption, namesStoredObject, outputTokensOption } from './shared';
+import { fieldsNamed, modelsOption, namesStoredObject, outputTokensOption, serverToolsOption } from './shared';
 
 /**
  * Google's Gemini API (https://ai.google.dev/api): `x-goog-api-key`, actions written after the model with a
@@ -11,10 +11,18 @@ import { fieldsNamed, modelsOption, namesStoredObject, outputTokensOption } from
 
 export const GEMINI_DEFAULT_MODELS = ['gemini-2.5-flash', 'gemini-2.5-flash-lite', 'gemini-embedding-001'] as const;
 
+/**
+ * Tools Gemini runs on its side, refused unless `serverTools` names them: grounding with Google Search or Maps is
+ * billed per grounded prompt or search query (https://ai.google.dev/gemini-api/docs/pricing), which
+ * `usageMetadata` does not report; code execution and URL context cost tokens.
+ */
+export const GEMINI_SERVER_TOOLS = ['googleSearch', 'googleSearchRetrieval', 'googleMaps', 'codeExecution', 'urlContext'] as const;
+
 const options = z.strictObject({
   ...commonPresetOptions,
   models: modelsOption(GEMINI_DEFAULT_MODELS),
   maxOutputTokens: outputTokensOption(4096),
+  serverTools: serverToolsOption(GEMINI_SERVER_TOOLS),
 });
 
 type Options = z.output<typeof options>;
@@ -42,7 +50,22 @@ const STORED = 'reads what is stored on the project by name (cachedContent, file
 const own = <T extends z.ZodType>(schema: T) => schema.refine((value) => !namesStoredObject(value, storedByName), STORED);
 const contents = own(z.array(loose).min(1).max(2048));
 
-export function generateContentBody() {
+/**
+ * The `tools` a caller may declare: function declarations, and the server tools `serverTools` names. Each entry
+ * is a Tool object holding one kind or several (`{"googleSearch": {}}`); every field of it must be one of these,
+ * in either spelling (`google_search`), so an unknown or unnamed kind (`computerUse`, `fileSearch`) is refused.
+ */
+function tools(serverTools: readonly string[]) {
+  const allowed = new Set(['functionDeclarations', ...serverTools].map((name) => name.toLowerCase()));
+  const allowedTool = (tool: unknown) =>
+    tool !== null && typeof tool === 'object' && !Array.isArray(tool) && Object.keys(tool).every((name) => allowed.has(name.replaceAll('_', '').toLowerCase()));
+  return own(z.array(loose).max(128)).refine(
+    (list) => list.every(allowedTool),
+    'each tool declares functionDeclarations, or a server tool serverTools names (googleSearch, codeExecution…)',
+  );
+}
+
+export function generateContentBody(serverTools: readonly string[] = []) {
   return z.object({
     contents,
     // Not here on purpose: `cachedContent` (a cache stored on the project by name: see storedByName).
@@ -60,7 +83,7 @@ export function generateContentBody() {
     safetySettings: z.array(loose).max(16).optional(),
     systemInstruction: own(loose).optional(),
     toolConfig: loose.optional(),
-    tools: own(z.array(loose).max(128)).optional(),
+    tools: tools(serverTools).optional(),
   });
 }
 
@@ -81,7 +104,7 @@ const NO_QUERY = z.object({});
 
 export const batchEmbedContentsBody = z.object({ requests: z.array(embedContentBody.extend({ model: z.string().max(128) })).min(1).max(100) });
 
-function routesFor(model: string, maxOutputTokens: number): RouteInput[] {
+function routesFor(model: string, o: Options): RouteInput[] {
   const generation = {
     genAi: {
       provider: 'gcp.gemini',
@@ -90,8 +113,8 @@ function routesFor(model: string, maxOutputTokens: number): RouteInput[] {
       inputTokens: ['usageMetadata.promptTokenCount'],
       outputTokens: ['usageMetadata.candidatesTokenCount'],
     },
-    body: generateContentBody(),
-    caps: { '*': { 'body.generationConfig.maxOutputTokens': maxOutputTokens } },
+    body: generateContentBody(o.serverTools),
+    caps: { '*': { 'body.generationConfig.maxOutputTokens': o.maxOutputTokens } },
     overCap: 'clamp' as const,
     // Every streamed chunk carries the running usageMetadata; the last one has the total. Thinking is output too
     // (billed as such, and within maxOutputTokens), reported apart from the visible candidates.
@@ -113,7 +136,7 @@ function routes(o: Options): RouteInput[] {
   const models = o.models === '*' ? ['{model}'] : o.models;
   const list = z.object({ pageSize: z.string().regex(/^\d{1,4}$/).optional(), pageToken: z.string().max(1024).optional() });
   return [
-    ...models.flatMap((model) => routesFor(model, o.maxOutputTokens)),
+    ...models.flatMap((model) => routesFor(model, o)),
     { method: 'GET', path: '/models', query: list },
     { method: 'GET', path: '/models/:model', query: NO_QUERY },
   ];

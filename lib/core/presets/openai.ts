@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { filePart } from '../config/policy';
 import type { TypedRoute } from '../config/load';
 import { commonPresetOptions, definePreset, presetFunction, type RouteInput } from './preset';
-import { checkPrices, modelSchema, modelsOption, namesStoredObject, outputTokensOption, pricedCost, pricesOption } from './shared';
+import { checkPrices, modelSchema, modelsOption, namesStoredObject, outputTokensOption, pricedCost, pricesOption, serverToolsOption } from './shared';
 
 /**
  * OpenAI, and any OpenAI-compatible API (`baseUrl`: Azure OpenAI's v1 endpoint, Groq, Together, Mistral, vLLM,
@@ -27,6 +27,12 @@ export const OPENAI_DEFAULT_MODELS = [
   'omni-moderation-latest',
 ] as const;
 
+/**
+ * Tools OpenAI runs on its side, refused unless `serverTools` names them: web search is billed per call
+ * (https://platform.openai.com/docs/pricing#built-in-tools), which `usage` does not report.
+ */
+export const OPENAI_SERVER_TOOLS = ['web_search', 'web_search_preview'] as const;
+
 const options = z.strictObject({
   ...commonPresetOptions,
   models: modelsOption(OPENAI_DEFAULT_MODELS),
@@ -39,6 +45,7 @@ const options = z.strictObject({
         'OpenAI-compatible APIs that predate safety_identifier; "none" for those that refuse both).',
     ),
   prices: pricesOption,
+  serverTools: serverToolsOption(OPENAI_SERVER_TOOLS),
   callPrice: z
     .number()
     .int()
@@ -80,19 +87,22 @@ const temperature = z.number().min(0).max(2);
 const stop = z.union([z.string().max(256), z.array(z.string().max(256)).max(4)]);
 
 /**
- * Tool types a caller may declare. Left out: tools that reach the account's stored data by id (file_search's
- * vector stores, code_interpreter's containers and files), remote MCP servers and computer use.
+ * Tool types a caller may declare, and the server tools `serverTools` names. Left out: tools that reach the
+ * account's stored data by id (file_search's vector stores, code_interpreter's containers and files), remote MCP
+ * servers and computer use.
  */
-const CHAT_TOOLS = ['function', 'custom'] as const;
-const RESPONSES_TOOLS = ['function', 'custom', 'web_search', 'web_search_preview'] as const;
+const CLIENT_TOOLS = ['function', 'custom'] as const;
 
-function toolOf(types: readonly [string, ...string[]]) {
-  return z.looseObject({ type: z.enum(types) });
+function toolOf(types: readonly string[]) {
+  return z.looseObject({ type: z.enum(types as [string, ...string[]]) });
 }
 
-/** Chat completions: `POST /chat/completions`. */
-export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: number) {
-  return z.object({
+/** The server tools `serverTools` allows (none by default). */
+type ServerTools = readonly string[];
+
+/** Chat completions: `POST /chat/completions`. Web search (`web_search_options`) with `serverTools: ["web_search"]`. */
+export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: number, serverTools: ServerTools = []) {
+  const body = z.object({
     model: models,
     messages: ownItems(2048).refine((items) => items.length >= 1, 'at least one message'),
     audio: loose.optional(),
@@ -122,17 +132,18 @@ export function chatCompletionsBody(models: z.ZodType<string>, maxOutputTokens: 
     stream_options: z.strictObject({ include_usage: z.boolean().optional(), include_obfuscation: z.boolean().optional() }).optional(),
     temperature: temperature.optional(),
     tool_choice: loose.optional(),
-    tools: z.array(toolOf(CHAT_TOOLS)).max(128).optional(),
+    tools: z.array(toolOf(CLIENT_TOOLS)).max(128).optional(),
     top_logprobs: z.number().int().min(0).max(20).optional(),
     top_p: z.number().min(0).max(1).optional(),
     user: z.string().max(256).optional(),
     verbosity: z.enum(['low', 'medium', 'high']).optional(),
     web_search_options: loose.optional(),
   });
+  return serverTools.includes('web_search') ? body : body.omit({ web_search_options: true });
 }
 
 /** Responses: `POST /responses`. Stored responses are not readable back through Keyward (no `GET /responses/:id`). */
-export function responsesBody(models: z.ZodType<string>) {
+export function responsesBody(models: z.ZodType<string>, serverTools: ServerTools = []) {
   return z.object({
     model: models,
     input: z.union([z.string().max(1_000_000), ownItems(2048)]).optional(),
@@ -154,7 +165,7 @@ export function responsesBody(models: z.ZodType<string>) {
     temperature: temperature.optional(),
     text: loose.optional(),
     tool_choice: loose.optional(),
-    tools: z.array(toolOf(RESPONSES_TOOLS)).max(128).optional(),
+    tools: z.array(toolOf([...CLIENT_TOOLS, ...serverTools])).max(128).optional(),
     top_logprobs: z.number().int().min(0).max(20).optional(),
     top_p: z.number().min(0).max(1).optional(),
     truncation: z.enum(['auto', 'disabled']).optional(),
@@ -292,7 +303,7 @@ function routes(o: Options): RouteInput[] {
   const models = modelSchema(o.models);
   const both = endUser(o, ['safety_identifier', 'user']);
   const userOnly = endUser(o, ['user']);
-  const chat = both.contract(chatCompletionsBody(models, o.maxOutputTokens));
+  const chat = both.contract(chatCompletionsBody(models, o.maxOutputTokens, o.serverTools));
   // Budgets count output tokens, or their cost with `prices`: reserved from the capped bound, settled from what
   // the API reports (the chat stream reports it only with stream_options.include_usage; else the reservation stays).
   const llm: RouteInput[] = [
@@ -311,7 +322,7 @@ function routes(o: Options): RouteInput[] {
     {
       method: 'POST',
       path: '/responses',
-      body: both.contract(responsesBody(models)),
+      body: both.contract(responsesBody(models, o.serverTools)),
       caps: { '*': { 'body.max_output_tokens': o.maxOutputTokens } },
       overCap: 'clamp',
       identity: both.identity,
@@ -366,7 +377,7 @@ export const openaiPreset = definePreset({
   }),
 });
 
-type Body<F extends (models: z.ZodType<string>, max: number) => z.ZodType> = z.input<ReturnType<F>>;
+type Body<F extends (models: z.ZodType<string>, ...options: never[]) => z.ZodType> = z.input<ReturnType<F>>;
 
 /** The routes as the typed client sees them (bodies from the contracts; responses are the SDKs' business). */
 export type OpenAIRoutes = readonly [

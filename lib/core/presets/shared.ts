@@ -14,6 +14,22 @@ export function modelsOption(defaults: readonly string[]) {
     .describe('Models callers may use ("*": any). Default: a few small, inexpensive models.');
 }
 
+/**
+ * The `serverTools` option: tools the provider runs on its own side (web search, grounding, code execution) that
+ * callers may declare. None by default: some are billed per use, a fee the API does not report as tokens, so no
+ * budget counts it; a tool the option does not name is refused like any unknown field.
+ */
+export function serverToolsOption<const T extends readonly [string, ...string[]]>(names: T) {
+  return z
+    .array(z.enum(names))
+    .max(names.length)
+    .default([])
+    .describe(
+      `Tools the provider runs on its side that callers may declare, by name: ${names.map((name) => `"${name}"`).join(', ')}. ` +
+        'Default none. Budgets do not count their per-use fees (README "Server-side tools").',
+    );
+}
+
 /** The `model` field of a request body for this allow-list. */
 export function modelSchema(models: '*' | readonly string[]): z.ZodType<string> {
   return models === '*' ? z.string().regex(MODEL_ID, 'must be a model id') : z.enum(models as [string, ...string[]]);
