@@ -10,8 +10,8 @@ import { BODYLESS_METHODS } from '../forward/body';
  */
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-// RFC 9110 §5.6.2 token characters.
-const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** RFC 9110 §5.6.2 token: a header name, and a WebSocket subprotocol (RFC 6455 §4.1). */
+export const HTTP_TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 export const UPSTREAM_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 /** Headers that carry credentials or connection state: never configurable as pass-through. */
@@ -78,7 +78,7 @@ export const credentialSourceSchema = z.union([
 
 const headerNameSchema = z
   .string()
-  .regex(HEADER_NAME, 'must be a valid HTTP header name')
+  .regex(HTTP_TOKEN, 'must be a valid HTTP header name')
   .transform((name) => name.toLowerCase());
 
 /** AWS signing names that sign the path as sent (URI-encoded once) and accept UNSIGNED-PAYLOAD: S3 and its kin. */
@@ -213,6 +213,30 @@ const MAX_DECODED_RESPONSE_BYTES = 1024 ** 4;
 export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
+/**
+ * Subprotocols that carry a credential to the upstream (OpenAI's browser key, a Kubernetes bearer token): the key
+ * goes in "auth", never in a list a client may offer from. Compared case-insensitively.
+ */
+const CREDENTIAL_SUBPROTOCOLS = ['openai-insecure-api-key.', 'base64url.bearer.authorization.k8s.io.'];
+
+/** The subprotocols a WebSocket route lets a client offer (the allow-list at the upgrade, lib/node/websocket.ts). */
+const subprotocolsSchema = z
+  .array(
+    z
+      .string()
+      .max(128)
+      .regex(HTTP_TOKEN, 'must be a WebSocket subprotocol (an HTTP token: no spaces, commas or quotes)')
+      .refine((name) => !CREDENTIAL_SUBPROTOCOLS.some((prefix) => name.toLowerCase().startsWith(prefix)), {
+        message: 'carries a credential: the key goes in "auth", never in a subprotocol a client may offer',
+      }),
+  )
+  .max(32)
+  .superRefine((names, ctx) => {
+    names.forEach((name, index) => {
+      if (names.indexOf(name) !== index) ctx.addIssue({ code: 'custom', path: [index], message: `"${shownName(name)}" is listed twice` });
+    });
+  });
+
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 export type RouteMethod = (typeof METHODS)[number];
 
@@ -270,6 +294,9 @@ export const routeSchema = z.strictObject({
     .max(86_400_000)
     .optional()
     .describe("Overrides the upstream's idleTimeoutMs for this WebSocket route."),
+  subprotocols: subprotocolsSchema
+    .optional()
+    .describe("Overrides the upstream's subprotocols for this WebSocket route (replaces the list, [] accepts none)."),
   genAi: genAiSchema.optional(),
   decoy: z
     .boolean()
@@ -283,7 +310,7 @@ export const routeSchema = z.strictObject({
   if (route.websocket && route.method !== 'GET') {
     ctx.addIssue({ code: 'custom', path: ['websocket'], message: 'a WebSocket upgrade is a GET request' });
   }
-  for (const field of ['maxMessageBytes', 'idleTimeoutMs'] as const) {
+  for (const field of ['maxMessageBytes', 'idleTimeoutMs', 'subprotocols'] as const) {
     if (route[field] !== undefined && !route.websocket) {
       ctx.addIssue({ code: 'custom', path: [field], message: 'applies to WebSocket routes only ("websocket": true)' });
     }
@@ -402,7 +429,7 @@ const KEY_SHAPED = [
 /** Request header name → value set by the config (never a secret): `headers` and `defaultHeaders`. */
 const headerValuesSchema = z
   .record(
-    z.string().regex(HEADER_NAME, 'must be a valid HTTP header name'),
+    z.string().regex(HTTP_TOKEN, 'must be a valid HTTP header name'),
     z.string().max(1024).regex(/^[\x20-\x7e]*$/, 'must be printable ASCII (no line breaks)'),
   )
   .default({});
@@ -454,6 +481,12 @@ export const upstreamSchema = z
       .max(86_400_000)
       .default(60_000)
       .describe('WebSocket routes: the socket is closed (4408) after this long without a message either way. Default 60 s.'),
+    subprotocols: subprotocolsSchema
+      .default([])
+      .describe(
+        'WebSocket routes: the subprotocols (Sec-WebSocket-Protocol) a client may offer, passed to the upstream, e.g. ' +
+          '["realtime"]. An upgrade offering any other is refused (400). Default: none.',
+      ),
     allowInsecureHttp: z
       .boolean()
       .default(false)

@@ -43,6 +43,8 @@ export interface WebSocketRoute {
   readonly maxMessageBytes: number;
   /** The socket is closed after this long without a message either way. */
   readonly idleTimeoutMs: number;
+  /** The subprotocols a client may offer; an upgrade offering any other is refused. Empty: none. */
+  readonly subprotocols: ReadonlySet<string>;
 }
 
 /**
@@ -199,7 +201,11 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
     timeoutMs: route.timeoutMs ?? upstream.timeoutMs,
     cacheControl: route.cacheControl ?? 'private, no-store',
     websocket: route.websocket
-      ? { maxMessageBytes: route.maxMessageBytes ?? upstream.maxMessageBytes, idleTimeoutMs: route.idleTimeoutMs ?? upstream.idleTimeoutMs }
+      ? {
+          maxMessageBytes: route.maxMessageBytes ?? upstream.maxMessageBytes,
+          idleTimeoutMs: route.idleTimeoutMs ?? upstream.idleTimeoutMs,
+          subprotocols: new Set(route.subprotocols ?? upstream.subprotocols),
+        }
       : null,
     genAi: route.genAi ? compileGenAi(route.genAi) : null,
     decoy: route.decoy ?? false,
