@@ -1,6 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { shownName } from '@/lib/core/config/error';
+import { HTTP_TOKEN } from '@/lib/core/config/schema';
 import { KeywardError } from '@/lib/core/errors';
 import { clientClosed } from '@/lib/core/forward/body';
 import { queryParamKey } from '@/lib/core/forward/query';
@@ -62,8 +64,6 @@ const HANDSHAKE_KEY = /^[+/0-9A-Za-z]{22}==$/;
 const SENDABLE = (code: number) =>
   (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
 const MAX_REASON_BYTES = 123;
-/** RFC 9110 §5.6.2 token. */
-const SUBPROTOCOL = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /**
  * The fast lane's `upgrade` listener (issue 12, "WebSockets"): an upgrade on `/api/proxy/*` is authorized by
@@ -193,7 +193,7 @@ async function relay(
   options: UpgradeOptions,
   siteHeaders: readonly (readonly [string, string])[],
 ): Promise<void> {
-  const { maxMessageBytes, idleTimeoutMs } = grant.route.websocket;
+  const { maxMessageBytes, idleTimeoutMs, subprotocols } = grant.route.websocket;
   // Gone while the upgrade was authorized (or waited for a slot): no upstream socket is opened with the key, and
   // the call is recorded as not sent, its slot and any reservation given back.
   if (socket.destroyed || socket.readableEnded) {
@@ -207,12 +207,20 @@ async function relay(
   // parser, not exported, throws on an empty entry, `a,` or `a,,b`, and on a header with no entry at all), since
   // ws answers the client 400 only after the upstream handshake, key and all, has been made for nothing.
   const protocols = offered === undefined ? [] : offered.split(',').map((p) => p.replace(/^[ \t]+|[ \t]+$/g, ''));
-  if (protocols.some((p) => !SUBPROTOCOL.test(p)) || new Set(protocols).size !== protocols.length) {
+  if (protocols.some((p) => !HTTP_TOKEN.test(p)) || new Set(protocols).size !== protocols.length) {
     return endSocketWith(
       socket,
       refuseGranted(grant, new KeywardError('bad_request', { message: 'Not a valid WebSocket upgrade.' })),
       siteHeaders,
     );
+  }
+  // The route's allow-list: a subprotocol can carry a credential or select an account (OpenAI's
+  // `openai-insecure-api-key.<key>`, `openai-organization.<org>`), which the client must not supply beside the key.
+  // A long name may be a key itself: it is not shown (shownName).
+  const unlisted = protocols.find((p) => !subprotocols.has(p));
+  if (unlisted !== undefined) {
+    const message = `This route does not accept the WebSocket subprotocol "${shownName(unlisted)}".`;
+    return endSocketWith(socket, refuseGranted(grant, new KeywardError('bad_request', { message })), siteHeaders);
   }
   // A client that closes or half-closes (FIN) during the upstream handshake is let go at once: nothing more will
   // come from it, and an upgraded socket has no HTTP timeout to end it later.

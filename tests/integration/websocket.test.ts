@@ -123,7 +123,14 @@ beforeAll(async () => {
         baseUrl: `http://127.0.0.1:${port}/v1/`,
         auth: { type: 'header', name: 'x-api-key', secret: { env: 'WS_KEY' } },
         routes: [
-          { method: 'GET', path: '/realtime', websocket: true, roles: ['user'], maxMessageBytes: 1024 },
+          {
+            method: 'GET',
+            path: '/realtime',
+            websocket: true,
+            roles: ['user'],
+            maxMessageBytes: 1024,
+            subprotocols: ['realtime', 'other'],
+          },
           { method: 'GET', path: '/quiet', websocket: true, idleTimeoutMs: 1000 },
           {
             method: 'GET',
@@ -388,19 +395,44 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(handshakes.length).toBe(before);
   });
 
-  it('passes the offered subprotocols to the upstream and its choice back', async () => {
+  it("passes the offered subprotocols the route lists to the upstream and its choice back", async () => {
     const cookie = await cookieFor('oidc:alice');
-    const socket = await new Promise<WebSocket>((resolve, reject) => {
-      const ws = new WebSocket(`${wsUrl}/api/proxy/rt/realtime`, ['realtime', 'other'], {
-        headers: { cookie, ...sameOrigin() },
+    for (const [offered, chosen] of [[['realtime', 'other'], 'realtime'], [['other'], 'other']] as const) {
+      const socket = await new Promise<WebSocket>((resolve, reject) => {
+        const ws = new WebSocket(`${wsUrl}/api/proxy/rt/realtime`, [...offered], { headers: { cookie, ...sameOrigin() } });
+        ws.once('open', () => resolve(ws));
+        ws.once('error', reject);
       });
-      ws.once('open', () => resolve(ws));
-      ws.once('error', reject);
-    });
-    expect(handshakes.at(-1)!.headers['sec-websocket-protocol']).toBe('realtime,other');
-    expect(socket.protocol).toBe('realtime');
-    socket.close();
-    await closed(socket);
+      expect(handshakes.at(-1)!.headers['sec-websocket-protocol']).toBe(offered.join(','));
+      expect(socket.protocol).toBe(chosen);
+      socket.close();
+      await closed(socket);
+    }
+  });
+
+  it('a subprotocol the route does not list is 400 before any upstream handshake: a client cannot add a key or an account to it', async () => {
+    const before = handshakes.length;
+    const longName = `x-${'k'.repeat(40)}`;
+    for (const [path, offered, shown] of [
+      ['realtime', 'realtime, openai-insecure-api-key.x', 'openai-insecure-api-key.x'],
+      ['realtime', 'openai-organization.org-123', 'openai-organization.org-123'],
+      ['realtime', `other, ${longName}`, '(a name not shown)'],
+      // A route that lists none accepts none.
+      ['quiet', 'realtime', 'realtime'],
+    ] as const) {
+      const answer = await rawRequest(lane.port, 'GET', `/api/proxy/rt/${path}`, {
+        ...UPGRADE,
+        'sec-websocket-protocol': offered,
+        host: new URL(lane.url).host,
+        cookie: await cookieFor('oidc:alice', ['user']),
+        ...sameOrigin(),
+      });
+      const { error } = JSON.parse(answer.body) as { error: { code: string; message: string } };
+      expect([offered, answer.status, error.code]).toEqual([offered, 400, 'bad_request']);
+      expect(error.message).toBe(`This route does not accept the WebSocket subprotocol "${shown}".`);
+    }
+    // The key never went out with the client's subprotocols: no upstream handshake at all.
+    expect(handshakes.length).toBe(before);
   });
 
   it('a subprotocol list the WebSocket server would refuse (an empty entry, a duplicate) is 400 before any upstream handshake', async () => {
