@@ -8,8 +8,7 @@ import { clientClosed } from '@/lib/core/forward/body';
 import { queryParamKey } from '@/lib/core/forward/query';
 import { getLogger } from '@/lib/core/log/logger';
 import { isRefusedMethod, refusedMethod, refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
-import { namedSecretForms, REDACTED } from '@/lib/core/log/scrub';
-import { StreamScrubber } from '@/lib/core/respond/scrub-stream';
+import { redactKeyLikeRuns, StreamScrubber } from '@/lib/core/respond/scrub-stream';
 import type { SessionRevocations } from '@/lib/core/session/revocation';
 import {
   authorizeUpgrade,
@@ -414,33 +413,19 @@ function scrub(data: Buffer, secrets: readonly string[], scrubbed: { hits: numbe
 /**
  * A close reason passed on: scrubbed, then cut to what a close frame holds on a UTF-8 boundary. A reason holds at
  * most 123 bytes, so an upstream that echoes a long key in one must cut it short, and what it kept is no whole form
- * the scrubber knows: any run of PARTIAL_RUN characters or more of a form of a key is redacted too.
+ * the scrubber knows: from the upstream, any run of KEY_LIKE_RUN characters or more that a form of a key could
+ * hold (letters, digits, `-_+/=%.~\` and the like) is redacted, whether or not it is part of the key. Redacting
+ * only runs that are would answer a client's guesses: its text echoed in a reason would come back redacted
+ * exactly when it continues the key (a service key's public prefix, then one character more at a time).
  */
 function closeReason(reason: Buffer, secrets: readonly string[], scrubbed: { hits: number }): string {
-  let text = redactPartials(scrub(reason, secrets, scrubbed).toString('utf8'), secrets, scrubbed);
+  let text = redactKeyLikeRuns(scrub(reason, secrets, scrubbed), secrets, KEY_LIKE_RUN).data.toString('utf8');
   while (Buffer.byteLength(text) > MAX_REASON_BYTES) text = text.slice(0, -1);
   return text;
 }
 
-/** Characters of a key in a row that a close reason may not show (16: 96 bits of a base64 key, beyond chance). */
-const PARTIAL_RUN = 16;
-
-/** Each longest run of at least PARTIAL_RUN characters of some form of a secret, replaced by [REDACTED]. */
-function redactPartials(text: string, secrets: readonly string[], scrubbed: { hits: number }): string {
-  if (text.length < PARTIAL_RUN) return text;
-  const forms = secrets.flatMap((secret) => [...namedSecretForms(secret).keys()]).filter((form) => form.length >= PARTIAL_RUN);
-  for (const form of forms) {
-    for (let i = 0; i + PARTIAL_RUN <= text.length; i++) {
-      if (!form.includes(text.slice(i, i + PARTIAL_RUN))) continue;
-      let end = i + PARTIAL_RUN;
-      while (end < text.length && form.includes(text.slice(i, end + 1))) end++;
-      text = `${text.slice(0, i)}${REDACTED}${text.slice(end)}`;
-      scrubbed.hits++;
-      i += REDACTED.length - 1;
-    }
-  }
-  return text;
-}
+/** Characters in a row that a close reason from the upstream may not show (16: 96 bits of a base64 key). */
+const KEY_LIKE_RUN = 16;
 
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;

@@ -96,6 +96,8 @@ beforeAll(async () => {
       else if (text === 'too-big-for-upstream') socket.close(1009, 'over the upstream limit');
       // A close reason holds 123 bytes: a long key echoed in one is cut short, as a server must cut it.
       else if (text === 'close-with-cut-key') socket.close(4000, `bad key ${wsKey.slice(0, 24)}`);
+      // An upstream that quotes the client's text in its close reason.
+      else if (text.startsWith('close-echo:')) socket.close(4000, `bad frame: ${text.slice('close-echo:'.length)}`);
       else socket.send(data, { binary });
     });
   });
@@ -345,6 +347,22 @@ describe('WebSocket upgrades through the fast lane', () => {
     const { code, reason } = await end;
     expect(code).toBe(4000);
     expect(reason).toBe('bad key [REDACTED]');
+  });
+
+  it("a close reason quoting the client's text tells it nothing of the key: a run that continues it and one that does not read alike", async () => {
+    const reasonFor = async (quoted: string) => {
+      const socket = opened(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:guesser'), ...sameOrigin() }));
+      const end = closed(socket);
+      socket.send(`close-echo:${quoted}`);
+      return (await end).reason;
+    };
+    // 16 characters of the key, and the same with its last one changed: redacted alike, by what they are made of.
+    const right = wsKey.slice(0, 16);
+    const wrong = `${right.slice(0, -1)}${right.endsWith('Q') ? 'R' : 'Q'}`;
+    expect(await reasonFor(right)).toBe('bad frame: [REDACTED]');
+    expect(await reasonFor(wrong)).toBe('bad frame: [REDACTED]');
+    // Shorter words, and text with spaces, pass as they are.
+    expect(await reasonFor('frame too large for the session')).toBe('bad frame: frame too large for the session');
   });
 
   it("what the upstream sends as soon as it accepts (OpenAI Realtime's session.created) reaches the client, scrubbed", async () => {

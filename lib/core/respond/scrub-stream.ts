@@ -126,6 +126,38 @@ function patternsFor(secrets: readonly string[]): Patterns {
 }
 
 /**
+ * `data` with every run of `minRun` bytes or more that a form of these secrets may hold (letters, digits and the
+ * other bytes `heldTail` holds back) replaced by [REDACTED], and how many runs were. For text that may hold a cut
+ * key (a WebSocket close reason, cut to 123 bytes): decided by byte classes only, never by whether the run is part
+ * of a key, since redacting exactly the runs that match would tell a client whose text is echoed there whether its
+ * guess continues the key.
+ */
+export function redactKeyLikeRuns(data: Buffer, secrets: readonly string[], minRun: number): { data: Buffer; runs: number } {
+  const { inForm, forms } = patternsFor(secrets);
+  if (forms.length === 0 || data.length < minRun) return { data, runs: 0 };
+  const parts: Buffer[] = [];
+  let runs = 0;
+  let kept = 0;
+  for (let start = 0; start < data.length; ) {
+    if (inForm[data[start]!] !== 1) {
+      start++;
+      continue;
+    }
+    let end = start + 1;
+    while (end < data.length && inForm[data[end]!] === 1) end++;
+    if (end - start >= minRun) {
+      parts.push(data.subarray(kept, start), MARKER);
+      kept = end;
+      runs++;
+    }
+    start = end;
+  }
+  if (runs === 0) return { data, runs };
+  parts.push(data.subarray(kept));
+  return { data: Buffer.concat(parts), runs };
+}
+
+/**
  * Streaming byte scrubber: replaces every form of every secret (see `secretForms` in log/scrub.ts) with a fixed marker,
  * also when a secret is split across chunks. The end of a chunk that could be part of a secret (its trailing run
  * of letters, digits and the like, see `heldTail`) is held back until the next chunk, so memory stays bounded by
