@@ -389,8 +389,9 @@ export class StreamScrubber {
    * one short of the longest form. That covers every proper prefix of a form that the chunk ends in, and holds
    * as much whether or not the run is one. Holding back exactly the prefixes would be an oracle: a client whose
    * own text an upstream echoes at a chunk's end would see by what arrives when whether that text begins the
-   * key, and could grow a guess letter by letter into the whole key. This hold tells it at most whether the
-   * key's forms hold a byte outside HELD_ALWAYS.
+   * key, and could grow a guess letter by letter into the whole key. This hold tells it at most which bytes
+   * outside HELD_ALWAYS the forms of the secrets use (each such byte, echoed, is held), and the longest form's
+   * length (the hold's cap).
    */
   private heldTail(data: Buffer, from: number, clean: number): number {
     const { inForm, maxLength } = this.patterns;
