@@ -82,3 +82,24 @@ describe('a TypeScript upstream with a bad setting stops start-up in a line nami
     expectOneLineRefusal(await run([join(FIXTURE, 'register.ts')], { WEATHER_BASE_URL: BAD_BASE_URL }));
   });
 });
+
+describe("a fault in the app's upstream code stops start-up with its stack, not the values it failed on", () => {
+  // Node prints an uncaught error with its properties: a failed `new URL(…)` shows the whole setting in `input`.
+  const PARSED = 'https//user:canary-credential-in-a-url@api.weather.example/v2/';
+
+  function expectFault({ code, output }: { code: number | null; output: string }): void {
+    expect(code, output).toBe(1);
+    expect(output).toContain('Keyward cannot start: loading the upstreams failed (ERR_INVALID_URL):\nTypeError: Invalid URL\n');
+    expect(output).toMatch(/\n\s+at .*upstreams\.ts/); // where, in the app's code
+    expect(output).not.toContain('canary-credential');
+  }
+
+  it('npm start (server.ts)', async () => {
+    const port = await freePort();
+    expectFault(await run([join(ROOT, 'server.ts'), '-p', String(port), '-H', '127.0.0.1'], { WEATHER_BASE_URL_PARSED: PARSED }));
+  });
+
+  it("next start (instrumentation.ts's register())", async () => {
+    expectFault(await run([join(FIXTURE, 'register.ts')], { WEATHER_BASE_URL_PARSED: PARSED }));
+  });
+});
