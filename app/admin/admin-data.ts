@@ -1,7 +1,7 @@
 import 'server-only';
 import { PERIODS, PERIOD_MS, bucketStart, usageRetention, type Period, type UsageRetention } from '@/lib/core/aggregates/model';
 import { MAX_BUCKETS, type Series, type TopRow } from '@/lib/core/aggregates/usage';
-import { NEVER_SENT, type Rotation } from '@/lib/core/keys/rings';
+import { NEVER_SENT, pick, type Rotation } from '@/lib/core/keys/rings';
 import type { KeyRingSettings } from '@/lib/core/upstream/registry';
 import { keyward } from '@/keyward';
 import type { ChartDatum } from './usage-charts';
@@ -131,6 +131,12 @@ export interface KeyRingView {
   readonly since: number;
   readonly sinceRotation: boolean;
   readonly versions: KeyVersionRow[];
+  /**
+   * No version serves: none is usable (each revoked or expired), or the one calls pick is never sent (`refused`,
+   * `unreadable`), so every call answers 503 `credential_unavailable`. Not merely "no version says `serving`": a
+   * replaced version in its grace window serves, as `fallback`, once no active version is usable.
+   */
+  readonly noneServes: boolean;
   /** The newest rotation that switched traffic and was not rolled back since: what "Roll back" undoes. */
   readonly rollback: RotationView | null;
   /** The request a rotation tests the new key with (`GET /hello`), or null: the upstream declares none. */
@@ -169,6 +175,8 @@ export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[
         runtime.usage.top({ period: 'day', fromMs: now - 29 * DAY_MS, toMs: now, by: 'keyVersion', limit: 100, upstream: ring.upstream }),
       ]);
       const ringSettings = ringSettingsOf(ring.upstream);
+      // The version a call picks (lib/core/keys/rings.ts credentialFrom), then whether it can be sent.
+      const picked = pick(ring.versions, now);
       const versions = await Promise.all(
         ring.versions.map(async (version) => {
           const hours = await runtime.usage.series({ period: 'hour', fromMs: now - 7 * 24 * HOUR_MS, toMs: now, upstream: ring.upstream, keyVersion: version.fingerprint });
@@ -193,6 +201,7 @@ export async function loadKeyRings(): Promise<{ now: number; rings: KeyRingView[
         since,
         sinceRotation: lastRotation !== undefined,
         versions,
+        noneServes: picked === null || picked.status === 'refused' || picked.status === 'unreadable',
         rollback: lastRotation?.state === 'switched' ? rotationView(lastRotation) : null,
         canary: ringSettings?.canary ? `${ringSettings.canary.method} ${ringSettings.canary.path}` : null,
         graceSeconds: ringSettings?.graceSeconds ?? 0,

@@ -104,7 +104,7 @@ function OverviewBody({ overview, period }: { overview: Overview; period: Overvi
 
       <div className="grid">
         <TopTable title="Top users" column="User" rows={overview.topUsers} testId="top-users" />
-        <TopTable title="Top keys" column="Key fingerprint" rows={overview.topKeys} testId="top-keys" />
+        <TopTable title="Top keys" column="Key fingerprint" rows={overview.topKeys} testId="top-keys" nowrapLabel />
       </div>
     </>
   );
@@ -117,7 +117,8 @@ function ms(value: number | null): string {
   return value < 10 ? `${value.toFixed(1)} ms` : `${Math.round(value)} ms`;
 }
 
-function TopTable({ title, column, rows, testId }: { title: string; column: string; rows: readonly TopEntry[]; testId: string }) {
+/** `nowrapLabel`: labels of a fixed, short length (fingerprints) stay on one line; others (user ids) wrap anywhere. */
+function TopTable({ title, column, rows, testId, nowrapLabel = false }: { title: string; column: string; rows: readonly TopEntry[]; testId: string; nowrapLabel?: boolean }) {
   return (
     <section className="card" data-testid={testId}>
       <div className="card-title">
@@ -127,29 +128,31 @@ function TopTable({ title, column, rows, testId }: { title: string; column: stri
       {rows.length === 0 ? (
         <div className="empty">No calls in this window.</div>
       ) : (
-        <table>
-          <thead>
-            <tr>
-              <th>{column}</th>
-              <th className="num">Calls</th>
-              <th className="num">Errors</th>
-              <th className="num">p95</th>
-            </tr>
-          </thead>
-          <tbody>
-            {rows.map((row) => (
-              <tr key={`${row.upstream ?? ''} ${row.label}`}>
-                <td>
-                  <code>{row.label}</code>
-                  {row.upstream && <div className="small muted">{row.upstream}</div>}
-                </td>
-                <td className="num">{row.calls}</td>
-                <td className="num">{errorsCell(row)}</td>
-                <td className="num">{ms(row.p95)}</td>
+        <div className="table-scroll">
+          <table>
+            <thead>
+              <tr>
+                <th>{column}</th>
+                <th className="num">Calls</th>
+                <th className="num">Errors</th>
+                <th className="num">p95</th>
               </tr>
-            ))}
-          </tbody>
-        </table>
+            </thead>
+            <tbody>
+              {rows.map((row) => (
+                <tr key={`${row.upstream ?? ''} ${row.label}`}>
+                  <td className={nowrapLabel ? 'nowrap' : 'wrap-anywhere'}>
+                    <code>{row.label}</code>
+                    {row.upstream && <div className="small muted wrap">{row.upstream}</div>}
+                  </td>
+                  <td className="num">{row.calls}</td>
+                  <td className="num">{errorsCell(row)}</td>
+                  <td className="num">{ms(row.p95)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
       )}
     </section>
   );

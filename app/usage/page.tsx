@@ -73,22 +73,24 @@ function UsageBody({ usage }: { usage: MyUsage }) {
           <h2>By upstream</h2>
           <span className="small muted">last 24 h, with the limits that apply to you</span>
         </div>
-        <table>
-          <thead>
-            <tr>
-              <th>Upstream</th>
-              <th className="num">Calls</th>
-              <th className="num">Errors</th>
-              <th className="num">Budget units</th>
-              <th>Limits configured</th>
-            </tr>
-          </thead>
-          <tbody>
-            {usage.upstreams.map((row) => (
-              <UpstreamRow key={row.upstream} row={row} />
-            ))}
-          </tbody>
-        </table>
+        <div className="table-scroll">
+          <table>
+            <thead>
+              <tr>
+                <th>Upstream</th>
+                <th className="num">Calls</th>
+                <th className="num">Errors</th>
+                <th className="num">Budget units</th>
+                <th>Limits configured</th>
+              </tr>
+            </thead>
+            <tbody>
+              {usage.upstreams.map((row) => (
+                <UpstreamRow key={row.upstream} row={row} />
+              ))}
+            </tbody>
+          </table>
+        </div>
       </section>
       <section className="card" data-testid="my-keys">
         <div className="card-title">

@@ -1,4 +1,7 @@
+import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import type { Browser, Page } from '@playwright/test';
 import { expect, expectNoSecrets, productionTest, proxyCall, shot, signIn } from './production';
 import { randomSecret } from '../fixtures/secrets';
@@ -119,6 +122,10 @@ test('Users shows each user’s own traffic, quota and sessions; Audit filters, 
   await expect(rows).toHaveCount(25);
   for (const row of await rows.all()) await expect(row).toContainText('local:root');
   await expect(page.getByTestId('audit-newer')).toHaveCount(0);
+  // User ids and fingerprints stay whole (not "local:ro|ot", "5015b975|5ff9"): each on one line.
+  const codeLines = await page.locator('[data-testid="audit-record"] td:is(:nth-child(2), :nth-child(5)) code').evaluateAll((codes) => codes.map((code) => code.getClientRects().length));
+  expect(codeLines.length).toBeGreaterThan(0);
+  expect(codeLines.every((count) => count === 1)).toBe(true);
   await shot(page, 'admin-audit');
   await expectNoSecrets(page, prod.secrets);
   const firstPage = await rows.allTextContents();
@@ -299,4 +306,51 @@ test('Revoke sessions: the dialog asks first, then that user’s next call is re
   // The admin's own session is untouched.
   expect(await proxyCall(page, '/api/proxy/demo/hello')).toBe(200);
   await alice.context().close();
+});
+
+test('at 390 px wide no admin page, nor My usage, is wider than the window', async ({ page, prod }) => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  await signIn(page, prod.admin.username, prod.admin.password);
+  // After the tests above: top users and keys, audit records, an alert (the key echoed on /leaky) to lay out.
+  for (const path of ['/admin', '/admin/keys', '/admin/users', '/admin/users/local%3Aalice', '/admin/audit', '/admin/alerts', '/usage']) {
+    await page.goto(path);
+    expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth), path).toBeLessThanOrEqual(0);
+  }
+  await shot(page, 'usage-390');
+});
+
+test('Keys: a ring no version serves says so in red, with why; every row, its Revoke button too, fits the card', async ({ page, prod }) => {
+  test.setTimeout(90_000);
+  await signIn(page, prod.admin.username, prod.admin.password);
+  // An operator rotates on a server started with another KEYWARD_VAULT_SECRET: this one cannot open the new key.
+  const otherVault = randomSecret('vault_other');
+  const newKey = randomSecret('rot_other_vault');
+  const cli = promisify(execFile)(
+    process.execPath,
+    [join(process.cwd(), 'node_modules', 'tsx', 'dist', 'cli.mjs'), '--conditions=react-server', 'scripts/keyward.ts', 'keys', 'rotate', 'demo', '--skip-canary'],
+    { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', NODE_ENV: 'production', ...prod.env, KEYWARD_VAULT_SECRET: otherVault, AUTH_URL: prod.appUrl }, timeout: 60_000 },
+  );
+  cli.child.stdin!.end(newKey);
+  await cli;
+  expect(await proxyCall(page, '/api/proxy/demo/hello')).toBe(503);
+
+  await page.goto('/admin/keys');
+  const ring = page.getByTestId('key-ring-demo');
+  const alert = ring.getByTestId('no-serving-demo');
+  await expect(alert).toContainText('No key serves: every call to demo answers 503 credential_unavailable');
+  await expect(alert).toContainText('does not open with this KEYWARD_VAULT_SECRET');
+  await expect(ring.getByTestId('version-status').filter({ hasText: 'unreadable' })).toHaveCount(1);
+  // Nothing scrolls out of the card: the table fits, each fingerprint stays on one line, each Revoke is in view.
+  expect(await ring.locator('.table-scroll').evaluate((el) => el.scrollWidth - el.clientWidth)).toBeLessThanOrEqual(0);
+  const fingerprintLines = await ring.locator('tbody td:first-child code').evaluateAll((codes) => codes.map((code) => code.getClientRects().length));
+  expect(fingerprintLines.every((count) => count === 1)).toBe(true);
+  const card = (await ring.boundingBox())!;
+  const revokeButtons = ring.getByRole('button', { name: 'Revoke…' });
+  await expect(revokeButtons).not.toHaveCount(0);
+  for (const button of await revokeButtons.all()) {
+    const box = (await button.boundingBox())!;
+    expect(box.x + box.width).toBeLessThanOrEqual(card.x + card.width);
+  }
+  await shot(page, 'admin-keys-none-serves');
+  await expectNoSecrets(page, [...prod.secrets, otherVault, newKey]);
 });

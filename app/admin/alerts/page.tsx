@@ -2,7 +2,8 @@ import Link from 'next/link';
 import type { Alert, AlertAction, AlertRule } from '@/lib/core/detect/alerts';
 import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-frame';
 import { ActionMessage, ActionResults } from '../action-dialog';
-import { userPath, utc } from '../users/user-parts';
+import { userPath } from '../users/user-parts';
+import { utc } from '../../components/utc';
 import { PAGE_SIZE, inEffect, loadAlerts, readCursor } from './alerts-data';
 import { UndoAlert } from './undo-alert';
 
@@ -94,7 +95,7 @@ export default async function AdminAlerts({ searchParams }: { searchParams: Sear
               <div className="empty">No older alerts.</div>
             ) : (
               <div className="table-scroll">
-                <table>
+                <table className="stack-narrow">
                   <thead>
                     <tr>
                       <th>Time</th>
@@ -129,17 +130,17 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
   const expires = alert.expiresAt ? Date.parse(alert.expiresAt) : null;
   return (
     <tr data-testid={`alert-${alert.id}`} data-action={alert.action} data-rule={alert.rule} data-state={alert.state}>
-      <td style={{ whiteSpace: 'nowrap' }}>
+      <td className="nowrap" data-label="Time">
         {alert.at.slice(11, 19)}
         <div className="small muted">{alert.at.slice(0, 10)}</div>
       </td>
-      <td style={{ whiteSpace: 'nowrap' }}>
+      <td className="nowrap" data-label="Step">
         <span className={badge.className} data-testid="alert-action">
           {badge.label}
         </span>
         <div className="small muted">{RULE_LABEL[alert.rule] ?? alert.rule}</div>
       </td>
-      <td className="wrap-anywhere small alert-subject" data-testid="alert-subject">
+      <td className="wrap-anywhere small alert-subject wide" data-label="Subject" data-testid="alert-subject">
         {userId && (
           <div>
             <Link href={userPath(userId)} prefetch={false}>
@@ -158,7 +159,7 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
           </div>
         )}
       </td>
-      <td className="wrap-anywhere" data-testid="alert-reason">
+      <td className="wrap-anywhere wide" data-label="What was seen" data-testid="alert-reason">
         {alert.reason}
         <Evidence evidence={alert.evidence} />
         {alert.rule === 'scrubber_hits' && alert.state === 'active' && (
@@ -169,7 +170,7 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
           </div>
         )}
       </td>
-      <td className="small" style={{ whiteSpace: 'nowrap' }} data-testid="alert-state">
+      <td className="small nowrap" data-label="State" data-testid="alert-state">
         <State alert={alert} expires={expires} now={now} />
       </td>
       <td className="actions">

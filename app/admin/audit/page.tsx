@@ -199,7 +199,7 @@ function RecordRow({ record }: { record: AuditRecord }) {
         </div>
       </td>
       {record.type === 'call' ? <CallCells record={record} /> : <AdminCells record={record} />}
-      <td>{(record.type === 'call' ? record.keyFingerprint : record.fingerprint) ? <code>{record.type === 'call' ? record.keyFingerprint : record.fingerprint}</code> : <span className="muted">–</span>}</td>
+      <td className="nowrap">{(record.type === 'call' ? record.keyFingerprint : record.fingerprint) ? <code>{record.type === 'call' ? record.keyFingerprint : record.fingerprint}</code> : <span className="muted">–</span>}</td>
     </tr>
   );
 }
@@ -209,7 +209,7 @@ const OUTCOME_BADGE: Record<string, string> = { complete: 'badge ok', aborted: '
 function CallCells({ record }: { record: Extract<AuditRecord, { type: 'call' }> }) {
   return (
     <>
-      <td className="wrap-anywhere">
+      <td className="wrap-anywhere audit-who">
         <code>{record.userId ?? 'anonymous'}</code>
         {record.clientIp && <div className="small muted">{record.clientIp}</div>}
       </td>
@@ -223,7 +223,7 @@ function CallCells({ record }: { record: Extract<AuditRecord, { type: 'call' }> 
       <td>
         {record.status} <span className={OUTCOME_BADGE[record.outcome] ?? 'badge neutral'}>{record.outcome}</span>
         <div className="small muted">
-          {record.errorCode && <code>{record.errorCode}</code>} {Math.round(record.durationMs)} ms
+          {record.errorCode && <code className="nowrap">{record.errorCode}</code>} {Math.round(record.durationMs)} ms
           {record.scrubberHits > 0 && <span className="badge warn"> scrubbed {record.scrubberHits}</span>}
         </div>
       </td>
@@ -234,7 +234,7 @@ function CallCells({ record }: { record: Extract<AuditRecord, { type: 'call' }> 
 function AdminCells({ record }: { record: Extract<AuditRecord, { type: 'admin' }> }) {
   return (
     <>
-      <td className="wrap-anywhere">
+      <td className="wrap-anywhere audit-who">
         <code>{record.actor}</code>
         {record.targetUser && (
           <div className="small muted">

@@ -2,6 +2,7 @@ import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-fr
 import { loadKeyRings, type KeyRingView, type KeyVersionRow } from '../admin-data';
 import { ActionMessage, ActionResults } from '../action-dialog';
 import { RevokeAction, RollbackAction, RotateAction } from './key-actions';
+import { utc } from '../../components/utc';
 
 // Per request: the session, key states and expiry countdowns change over time.
 export const dynamic = 'force-dynamic';
@@ -78,6 +79,7 @@ function RingCard({ ring, now }: { ring: KeyRingView; now: number }) {
             )}
           </div>
         </div>
+        {ring.noneServes && <NoneServes ring={ring} />}
         <p className="small muted">
           Calls {ring.sinceRotation ? `since the last rotation, ${utc(ring.since)}` : 'in the last 30 days (no rotation yet)'}
           {ring.rollback && (
@@ -96,7 +98,7 @@ function RingCard({ ring, now }: { ring: KeyRingView; now: number }) {
           </div>
         )}
         <div className="table-scroll">
-          <table>
+          <table className="key-versions stack-narrow">
             <thead>
               <tr>
                 <th>Fingerprint</th>
@@ -115,7 +117,7 @@ function RingCard({ ring, now }: { ring: KeyRingView; now: number }) {
             </thead>
             <tbody>
               {ring.versions.map((version) => (
-                <VersionRow key={version.fingerprint} upstream={ring.upstream} version={version} now={now} />
+                <VersionRows key={version.fingerprint} upstream={ring.upstream} version={version} now={now} />
               ))}
             </tbody>
           </table>
@@ -125,52 +127,95 @@ function RingCard({ ring, now }: { ring: KeyRingView; now: number }) {
   );
 }
 
-function VersionRow({ upstream, version, now }: { upstream: string; version: KeyVersionRow; now: number }) {
+/**
+ * A version's row, and under it, across the whole table, why a version that could serve is never sent: a sentence
+ * too long for a cell, where it would make the whole row as tall.
+ */
+function VersionRows({ upstream, version, now }: { upstream: string; version: KeyVersionRow; now: number }) {
   return (
-    <tr data-testid={`key-version-${version.fingerprint}`}>
-      <td>
-        <code>{version.fingerprint}</code>
-        <div className="small muted">{version.source === 'env' ? 'environment' : 'managed'}</div>
-      </td>
-      <td>
-        <span className={STATUS_BADGE[version.status] ?? 'badge neutral'} data-testid="version-status">
-          {version.status}
-        </span>
-        {version.neverSent && <div className="small text-danger wrap">{sentence(version.neverSent)}</div>}
-      </td>
-      <td className="nowrap">{version.created > 0 ? age(now - version.created) : <span className="muted">unknown</span>}</td>
-      <td className="nowrap">
-        {version.expiresAt === null ? (
-          <span className="muted">never</span>
-        ) : version.expiresAt <= now ? (
-          <span className="text-danger">expired {utcDate(version.expiresAt)}</span>
-        ) : (
-          <>
-            in {version.expiresInDays} day{version.expiresInDays === 1 ? '' : 's'}
-            <div className={version.warning ? 'small text-danger' : 'small muted'}>{utcDate(version.expiresAt)}</div>
-          </>
-        )}
-      </td>
-      <td className="nowrap">{version.lastUsedHour === null ? <span className="muted">not in 7 days</span> : lastUsed(version.lastUsedHour, now)}</td>
-      <td className="num" data-testid="calls-since">
-        {version.callsSince}
-      </td>
-      <td className="num" data-testid="scrubber-hits">
-        {version.scrubberHits === 0 ? (
-          '0'
-        ) : (
-          <>
-            <span className="badge warn" title="The upstream echoed this key">
-              {version.scrubberHits}
-            </span>
-            {version.status !== 'revoked' && <div className="small text-danger wrap">{inUse(version) ? 'suggest rotation' : 'suggest revoking'}</div>}
-          </>
-        )}
-      </td>
-      <td className="actions">
-        {version.status !== 'revoked' && <RevokeAction upstream={upstream} fingerprint={version.fingerprint} serving={version.status === 'serving'} />}
-      </td>
-    </tr>
+    <>
+      <tr data-testid={`key-version-${version.fingerprint}`} className={version.neverSent ? 'has-note' : undefined}>
+        <td className="nowrap" data-label="Fingerprint">
+          <code>{version.fingerprint}</code>
+          <div className="small muted">{version.source === 'env' ? 'environment' : 'managed'}</div>
+        </td>
+        <td data-label="Status">
+          <span className={STATUS_BADGE[version.status] ?? 'badge neutral'} data-testid="version-status">
+            {version.status}
+          </span>
+        </td>
+        <td className="nowrap" data-label="Age">
+          {version.created > 0 ? age(now - version.created) : <span className="muted">unknown</span>}
+        </td>
+        <td className="nowrap" data-label="Expires">
+          {version.expiresAt === null ? (
+            <span className="muted">never</span>
+          ) : version.expiresAt <= now ? (
+            <span className="text-danger">expired {utcDate(version.expiresAt)}</span>
+          ) : (
+            <>
+              in {version.expiresInDays} day{version.expiresInDays === 1 ? '' : 's'}
+              <div className={version.warning ? 'small text-danger' : 'small muted'}>{utcDate(version.expiresAt)}</div>
+            </>
+          )}
+        </td>
+        <td className="nowrap" data-label="Last used">
+          {version.lastUsedHour === null ? <span className="muted">not in 7 days</span> : lastUsed(version.lastUsedHour, now)}
+        </td>
+        <td className="num" data-label="Calls" data-testid="calls-since">
+          {version.callsSince}
+        </td>
+        <td className="num" data-label="Scrubber hits" data-testid="scrubber-hits">
+          {version.scrubberHits === 0 ? (
+            '0'
+          ) : (
+            <>
+              <span className="badge warn" title="The upstream echoed this key">
+                {version.scrubberHits}
+              </span>
+              {version.status !== 'revoked' && <div className="small text-danger wrap">{inUse(version) ? 'suggest rotation' : 'suggest revoking'}</div>}
+            </>
+          )}
+        </td>
+        <td className="actions">
+          {version.status !== 'revoked' && <RevokeAction upstream={upstream} fingerprint={version.fingerprint} serving={version.status === 'serving'} />}
+        </td>
+      </tr>
+      {version.neverSent && (
+        <tr className="row-note">
+          <td colSpan={8} className="small text-danger" data-testid={`never-sent-${version.fingerprint}`}>
+            {sentence(version.neverSent)}
+          </td>
+        </tr>
+      )}
+    </>
+  );
+}
+
+/** At the top of a ring's card when no version serves: every call fails until a version that can be sent serves. */
+function NoneServes({ ring }: { ring: KeyRingView }) {
+  const unsendable = ring.versions.filter((version) => version.neverSent);
+  return (
+    <div className="alert error" role="alert" data-testid={`no-serving-${ring.upstream}`}>
+      <strong>
+        No key serves: every call to <code>{ring.upstream}</code> answers 503 <code>credential_unavailable</code>.
+      </strong>
+      {unsendable.length > 0 ? (
+        <ul className="alert-list">
+          {unsendable.map((version) => (
+            <li key={version.fingerprint}>
+              <code>{version.fingerprint}</code> ({version.status}): {version.neverSent}.
+            </li>
+          ))}
+        </ul>
+      ) : (
+        <div>Every version is revoked or expired.</div>
+      )}
+      <div>
+        Rotate to a new key (Rotate…){unsendable.some((version) => version.status === 'unreadable') && ', or start Keyward again with the KEYWARD_VAULT_SECRET that sealed the unreadable version'}
+        ; then revoke the versions that cannot be sent.
+      </div>
+    </div>
   );
 }
 
@@ -195,10 +240,6 @@ function age(ms: number): string {
 /** The aggregates keep hours: "this hour", else the hour's start. */
 function lastUsed(hourStart: number, now: number): string {
   return now - hourStart < 3_600_000 ? 'this hour' : `${utc(hourStart)}`;
-}
-
-function utc(ms: number): string {
-  return `${new Date(ms).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
 }
 
 function utcDate(ms: number): string {

@@ -890,8 +890,8 @@ function usable(version: KeyVersion, now: number): boolean {
 }
 
 /** Newest usable active version; else the most recently retired one still in its grace window; else none. */
-export function pick(versions: readonly KeyVersion[], now: number): KeyVersion | null {
-  let best: KeyVersion | null = null;
+export function pick<V extends KeyVersion>(versions: readonly V[], now: number): V | null {
+  let best: V | null = null;
   for (const v of versions) {
     if (v.state === 'active' && usable(v, now) && (!best || (v.activatedAt ?? 0) >= (best.activatedAt ?? 0))) best = v;
   }

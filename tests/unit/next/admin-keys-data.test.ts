@@ -57,6 +57,33 @@ describe('the Keys page', () => {
     expect(rings[0]!.since).toBe(rotatedAt);
     expect(rings[0]!.versions.find((version) => version.fingerprint === rotation.to)?.callsSince).toBe(10);
   });
+
+  it('says no key serves when the version calls pick is never sent (sealed under another KEYWARD_VAULT_SECRET) or none is left, not while a fallback serves', async () => {
+    const shared = new MemoryStore();
+    // An operator rotated on a server started with another vault secret: the new version does not open here.
+    const otherVault = createRuntime({ env: { ...env, KEYWARD_VAULT_SECRET: randomSecret('vault') }, upstreams, store: shared, logger, serving: false });
+    page = createRuntime({ env, upstreams, store: shared, logger, serving: false });
+    const { loadKeyRings } = await import('../../../app/admin/admin-data');
+    const ring = async () => (await loadKeyRings()).rings[0]!;
+    const original = (await ring()).versions[0]!.fingerprint;
+    expect((await ring()).noneServes).toBe(false);
+
+    const rotation = await otherVault.keyRings.rotate('svc', randomSecret('next'), { actor: 'cli:root', skipCanary: true });
+    expect((await ring()).versions.map((version) => version.status).sort()).toEqual(['fallback', 'unreadable']);
+    expect((await ring()).noneServes).toBe(true);
+    await expect(page.keyRings.credential(page.registry.get('svc')!)).rejects.toMatchObject({ code: 'credential_unavailable' });
+
+    // The unreadable version revoked: calls fall back to the replaced one in its grace window. It serves, though
+    // its status says `fallback` and no version says `serving`.
+    await page.keyRings.revoke(rotation.to);
+    expect((await ring()).versions.map((version) => version.status).sort()).toEqual(['fallback', 'revoked']);
+    await expect(page.keyRings.credential(page.registry.get('svc')!)).resolves.toBeDefined();
+    expect((await ring()).noneServes).toBe(false);
+
+    // Every version revoked: none is left.
+    await page.keyRings.revoke(original);
+    expect((await ring()).noneServes).toBe(true);
+  });
 });
 
 /** A completed call, as the pipeline reports it (the detector fixture's event, on this test's upstream). */

@@ -4,7 +4,8 @@ import { ActionMessage, ActionResults } from '../../action-dialog';
 import { Stat } from '../../../components/stat';
 import { OwnKeyTable } from '../../../components/own-key-list';
 import { RevokeSessionsAction } from '../revoke-sessions';
-import { RoleList, meterText, userPath, utc } from '../user-parts';
+import { RoleList, meterText, userPath } from '../user-parts';
+import { utc } from '../../../components/utc';
 import { isUserId, loadUser, type MeterUse, type UserDetail } from '../users-data';
 import type { SessionView } from '@/lib/core/session/session-index';
 import { userIdFromSegment } from '@/lib/core/session/provider-sessions';
@@ -89,21 +90,23 @@ function UserBody({ user, now }: { user: UserDetail; now: number }) {
         {user.meters.length === 0 ? (
           <div className="empty">No quota or budget applies to this user.</div>
         ) : (
-          <table>
-            <thead>
-              <tr>
-                <th>Upstream</th>
-                <th>Limit</th>
-                <th>Used</th>
-                <th>Resets</th>
-              </tr>
-            </thead>
-            <tbody>
-              {user.meters.map((meter) => (
-                <MeterRow key={`${meter.upstream} ${meter.route ?? '*'} ${meter.name}`} meter={meter} />
-              ))}
-            </tbody>
-          </table>
+          <div className="table-scroll">
+            <table>
+              <thead>
+                <tr>
+                  <th>Upstream</th>
+                  <th>Limit</th>
+                  <th>Used</th>
+                  <th>Resets</th>
+                </tr>
+              </thead>
+              <tbody>
+                {user.meters.map((meter) => (
+                  <MeterRow key={`${meter.upstream} ${meter.route ?? '*'} ${meter.name}`} meter={meter} />
+                ))}
+              </tbody>
+            </table>
+          </div>
         )}
         {user.rates.length > 0 && (
           <p className="small muted" data-testid="user-rates">
@@ -140,32 +143,34 @@ function UserBody({ user, now }: { user: UserDetail; now: number }) {
           {user.connections.length === 0 ? (
             <div className="empty">No account connected.</div>
           ) : (
-            <table>
-              <tbody>
-                {user.connections.map((connection) => (
-                  <tr key={connection.provider} data-testid={`user-connection-${connection.provider}`}>
-                    <td>
-                      <code>{connection.provider}</code>
-                    </td>
-                    <td style={{ whiteSpace: 'nowrap' }}>
-                      <span className={connection.status === 'connected' ? 'badge ok' : 'badge warn'}>
-                        {connection.status === 'connected' ? 'connected' : 'needs reconnecting'}
-                      </span>
-                    </td>
-                    <td className="small">
-                      {connection.scopes.map((scope) => (
-                        <code key={scope}>{scope} </code>
-                      ))}
-                    </td>
-                    <td className="small muted">
-                      connected {utc(Date.parse(connection.connectedAt))}
-                      {connection.lastRefreshAt && <> · refreshed {utc(Date.parse(connection.lastRefreshAt))}</>}
-                      {connection.needsReconnectSince && <> · refused since {utc(Date.parse(connection.needsReconnectSince))}</>}
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
+            <div className="table-scroll">
+              <table>
+                <tbody>
+                  {user.connections.map((connection) => (
+                    <tr key={connection.provider} data-testid={`user-connection-${connection.provider}`}>
+                      <td>
+                        <code>{connection.provider}</code>
+                      </td>
+                      <td style={{ whiteSpace: 'nowrap' }}>
+                        <span className={connection.status === 'connected' ? 'badge ok' : 'badge warn'}>
+                          {connection.status === 'connected' ? 'connected' : 'needs reconnecting'}
+                        </span>
+                      </td>
+                      <td className="small">
+                        {connection.scopes.map((scope) => (
+                          <code key={scope}>{scope} </code>
+                        ))}
+                      </td>
+                      <td className="small muted">
+                        connected {utc(Date.parse(connection.connectedAt))}
+                        {connection.lastRefreshAt && <> · refreshed {utc(Date.parse(connection.lastRefreshAt))}</>}
+                        {connection.needsReconnectSince && <> · refused since {utc(Date.parse(connection.needsReconnectSince))}</>}
+                      </td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
           )}
         </section>
       )}
@@ -180,22 +185,24 @@ function UserBody({ user, now }: { user: UserDetail; now: number }) {
           {user.sessions.length === 0 ? (
             <div className="empty">No sign-in indexed: sessions are listed from their sign-in on (the last 20 per user, until they expire).</div>
           ) : (
-            <table>
-              <thead>
-                <tr>
-                  <th>Session</th>
-                  <th>Kind</th>
-                  <th>Signed in</th>
-                  <th>Expires</th>
-                  <th>State</th>
-                </tr>
-              </thead>
-              <tbody>
-                {user.sessions.map((session) => (
-                  <SessionRow key={session.sessionIdHash} session={session} now={now} />
-                ))}
-              </tbody>
-            </table>
+            <div className="table-scroll">
+              <table>
+                <thead>
+                  <tr>
+                    <th>Session</th>
+                    <th>Kind</th>
+                    <th>Signed in</th>
+                    <th>Expires</th>
+                    <th>State</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {user.sessions.map((session) => (
+                    <SessionRow key={session.sessionIdHash} session={session} now={now} />
+                  ))}
+                </tbody>
+              </table>
+            </div>
           )}
           <p className="small muted table-note">
             Sessions are sealed cookies and tokens: Keyward keeps no list of them but this index of recent sign-ins, by a hash of the session id (the audit
