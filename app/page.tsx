@@ -2,6 +2,7 @@ import Link from 'next/link';
 import { ConnectedAccounts } from './components/connected-accounts';
 import { OwnKeys } from './components/own-keys';
 import { SignOutButton } from './components/sign-out-button';
+import { utc } from './components/utc';
 import { Demo } from './demo';
 import type { CredentialKind } from 'keyward/next';
 import { keyward } from '@/keyward';
@@ -62,7 +63,9 @@ export default async function Home() {
           <h1 data-testid="signed-in">Signed in as {session.name ?? session.userId}</h1>
           <p>
             {session.roles.length > 0 ? session.roles.map((role) => <span key={role} className="badge" style={{ marginRight: 6 }}>{role}</span>) : <span className="badge neutral">no roles</span>}{' '}
-            <span className="small">Session ends {new Date(session.expiresAt).toUTCString()}</span>
+            <span className="small" data-testid="session-ends">
+              Session ends {utc(session.expiresAt)}
+            </span>
           </p>
         </div>
         <SignOutButton />

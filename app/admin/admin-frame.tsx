@@ -4,6 +4,7 @@ import { Suspense, type ReactNode } from 'react';
 import type { PageSession } from 'keyward/next';
 import { keyward } from '@/keyward';
 import { AlertCount } from './alerts/alert-count';
+import { StatusCard } from '../components/status-card';
 
 export type AdminGate = { readonly kind: 'admin'; readonly session: PageSession } | { readonly kind: 'forbidden' } | { readonly kind: 'unavailable'; readonly path: string };
 
@@ -20,28 +21,24 @@ export async function adminGate(path: string): Promise<AdminGate> {
 
 /** What a non-admin or a store outage gets instead of the page: words, no data. */
 export function GateRefusal({ gate }: { gate: Exclude<AdminGate, { kind: 'admin' }> }) {
+  if (gate.kind === 'forbidden') {
+    return (
+      <StatusCard status="403 · Forbidden" title="Admins only" testId="admin-forbidden">
+        <p className="muted">The dashboard shows how every user and key is used, so it needs the admin role. Your session does not have it.</p>
+      </StatusCard>
+    );
+  }
   return (
     <main className="page-narrow">
-      {gate.kind === 'forbidden' ? (
-        <div className="card" data-testid="admin-forbidden">
-          <p className="small muted">403 · Forbidden</p>
-          <h1>Admins only</h1>
-          <p className="muted">The dashboard shows how every user and key is used, so it needs the admin role. Your session does not have it.</p>
-          <Link className="button block" href="/" prefetch={false}>
-            Back home
-          </Link>
+      <div className="card">
+        <h1>Admin</h1>
+        <div className="alert error" data-testid="store-unavailable">
+          Keyward cannot reach its session store right now. Try again in a moment.
         </div>
-      ) : (
-        <div className="card">
-          <h1>Admin</h1>
-          <div className="alert error" data-testid="store-unavailable">
-            Keyward cannot reach its session store right now. Try again in a moment.
-          </div>
-          <Link className="button block" href={gate.path} prefetch={false} data-testid="retry">
-            Try again
-          </Link>
-        </div>
-      )}
+        <Link className="button block" href={gate.path} prefetch={false} data-testid="retry">
+          Try again
+        </Link>
+      </div>
     </main>
   );
 }

@@ -40,6 +40,8 @@ test('signed in: who, own keys stored write-only, no admin card for a user, sign
   await signIn(page, prod.user.username, prod.user.password);
   await expect(page.getByTestId('signed-in')).toHaveText('Signed in as alice');
   await expect(page.getByTestId('admin-links')).toHaveCount(0);
+  // In the format of every other page: "2026-12-06 16:20 UTC".
+  await expect(page.getByTestId('session-ends')).toHaveText(/^Session ends \d{4}-\d\d-\d\d \d\d:\d\d UTC$/);
   const row = page.getByTestId('own-key-demo-own');
   await expect(row.getByText('no key')).toBeVisible();
   await shot(page, 'home-signed-in');
@@ -126,4 +128,15 @@ test("an error code the page does not know, an Object.prototype name among them,
     await expect(page.getByTestId('sign-in-error')).toHaveText('Sign-in failed. Try again.');
     await expect(page.getByLabel('Username')).toBeVisible();
   }
+});
+
+test('a page that does not exist: 404 in the pages\' own card, with the way home', async ({ page }) => {
+  const response = await page.goto('/no-such-page');
+  expect(response?.status()).toBe(404);
+  const card = page.getByTestId('not-found');
+  await expect(card).toContainText('404');
+  await expect(card.getByRole('link', { name: 'Back home' })).toHaveAttribute('href', '/');
+  await shot(page, 'not-found');
+  await card.getByRole('link', { name: 'Back home' }).click();
+  await expect(page.getByTestId('signed-out')).toBeVisible();
 });

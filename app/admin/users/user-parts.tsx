@@ -30,7 +30,3 @@ export function meterText(meter: MeterUse): string {
   if (meter.used === null) return `${limit} ${meter.unit} ${when}, per key`;
   return `${meter.used.toLocaleString('en-US')} / ${limit} ${meter.unit} ${when}`;
 }
-
-export function utc(ms: number): string {
-  return `${new Date(ms).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
-}
