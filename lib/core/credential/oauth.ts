@@ -438,7 +438,7 @@ export class OAuthTokenStore {
         throw new KeywardError('reauth_required');
       }
       const sameGrant = now.tokens.refreshToken === current.refreshToken && now.tokens.accessToken === current.accessToken;
-      if (!sameGrant && owner && this.anotherOwners(owner, provider, now.tokens)) throw new KeywardError('credential_missing');
+      if (!sameGrant && owner && (await this.claim(owner, provider, now.tokens)) === 'refused') throw new KeywardError('credential_missing');
       if (!sameGrant) return now.tokens.accessToken;
       // The same grant, re-sealed after a vault rotation (read's background write), or stamped by another call's
       // first use of it (which may be another owner's: they won it, and keep it): written over, with its stamp.

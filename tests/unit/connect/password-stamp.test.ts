@@ -234,4 +234,32 @@ describe("a local user's connected account and the password it was connected und
     expect(await connections.accessToken('acme', first)).toBe(refreshed.accessToken);
     await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
   });
+  it("refreshing, and finding another instance's unstamped refresh saved meanwhile: not taken while the record names another owner", async () => {
+    const store = new HoldingStore();
+    const theirs = grant('theirs');
+    let tokens: OAuthTokenStore | null = null;
+    const { connections, connect, tokens: tokenStore } = setup(
+      new Map([
+        [
+          'acme',
+          async () => {
+            // While the next owner's refresh runs: the first user's use stamped the record as theirs, and an
+            // instance of the version before stamps saved its own refresh of the grant, unstamped.
+            const record = JSON.parse((await store.get('conn:acme:local:ada'))!) as Record<string, unknown>;
+            await store.set('conn:acme:local:ada', JSON.stringify({ ...record, passwordVersion: first.passwordVersion }));
+            await tokens!.save('acme', { userId: 'local:ada' }, theirs);
+            return grant('refreshed');
+          },
+        ],
+      ]),
+      store,
+    );
+    tokens = tokenStore;
+    // Connected before connections were stamped, and due: the next owner's call adopts it (that stamping write held
+    // back) and refreshes it.
+    await connect({ userId: 'local:ada' }, { ...grant('legacy'), expiresAt: Date.now() - 1_000 });
+    await expect(connections.accessToken('acme', next)).rejects.toMatchObject({ code: 'connection_required' });
+    store.release();
+    expect(await connections.accessToken('acme', first)).toBe(theirs.accessToken);
+  });
 });
