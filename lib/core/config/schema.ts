@@ -93,14 +93,9 @@ export const S3_SIGNING_NAMES: ReadonlySet<string> = new Set(['s3', 's3-object-l
 export const ROUTING_REQUEST_HEADERS: ReadonlySet<string> = new Set([
   'x-original-url',
   'x-original-uri',
+  'x-original-host',
   'x-rewrite-url',
-  'x-forwarded-prefix',
-  'x-forwarded-path',
-  'x-forwarded-host',
-  'x-forwarded-proto',
-  'x-forwarded-port',
-  'x-forwarded-server',
-  'x-forwarded-for',
+  'x-host',
   'forwarded',
   'x-real-ip',
   'x-client-ip',
@@ -109,6 +104,12 @@ export const ROUTING_REQUEST_HEADERS: ReadonlySet<string> = new Set([
   'fastly-client-ip',
   'x-cluster-client-ip',
 ]);
+
+/** One of ROUTING_REQUEST_HEADERS, or any `X-Forwarded-*` (`-For`, `-Host`, `-Proto`, `-Ssl`, `-Scheme`, `-Uri`…). */
+export function isRoutingRequestHeader(name: string): boolean {
+  const lower = name.toLowerCase();
+  return ROUTING_REQUEST_HEADERS.has(lower) || lower.startsWith('x-forwarded-');
+}
 
 /** Headers a SigV4 signature writes (lib/core/credential/aws-sigv4.ts); `host` is refused everywhere already. */
 export const AWS_SIGNATURE_HEADERS = ['authorization', 'x-amz-date', 'x-amz-content-sha256', 'x-amz-security-token'] as const;
@@ -552,7 +553,7 @@ export const upstreamSchema = z
         const credentialHeader = upstream.auth.type === 'header' ? upstream.auth.name : undefined;
         if (FORBIDDEN_PASS_THROUGH_HEADERS.has(name) || name === credentialHeader) {
           ctx.addIssue({ code: 'custom', path: [key, index], message: `"${name}" can never be passed through` });
-        } else if (key === 'requestHeaders' && ROUTING_REQUEST_HEADERS.has(name)) {
+        } else if (key === 'requestHeaders' && isRoutingRequestHeader(name)) {
           ctx.addIssue({
             code: 'custom',
             path: [key, index],

@@ -265,7 +265,7 @@ describe('parseConfig', () => {
       );
     });
 
-    it.each(['X-Original-URL', 'x-rewrite-url', 'x-forwarded-prefix', 'X-Forwarded-Host', 'x-forwarded-for', 'forwarded', 'x-real-ip'])(
+    it.each(['X-Original-URL', 'x-rewrite-url', 'x-forwarded-prefix', 'X-Forwarded-Host', 'x-forwarded-for', 'x-forwarded-ssl', 'X-Forwarded-Scheme', 'x-forwarded-uri', 'x-original-host', 'forwarded', 'x-real-ip'])(
       'refuses %s in requestHeaders (an upstream routes by it or trusts it about the caller), not in headers or responseHeaders',
       (name) => {
         expect(configError({ upstreams: { echo: valid({ requestHeaders: ['x-ok', name] }) } })).toContain(
