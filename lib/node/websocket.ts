@@ -8,6 +8,7 @@ import { clientClosed } from '@/lib/core/forward/body';
 import { queryParamKey } from '@/lib/core/forward/query';
 import { getLogger } from '@/lib/core/log/logger';
 import { isRefusedMethod, refusedMethod, refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
+import { namedSecretForms } from '@/lib/core/log/scrub';
 import { redactKeyLikeRuns, StreamScrubber } from '@/lib/core/respond/scrub-stream';
 import type { SessionRevocations } from '@/lib/core/session/revocation';
 import {
@@ -419,13 +420,29 @@ function scrub(data: Buffer, secrets: readonly string[], scrubbed: { hits: numbe
  * exactly when it continues the key (a service key's public prefix, then one character more at a time).
  */
 function closeReason(reason: Buffer, secrets: readonly string[], scrubbed: { hits: number }): string {
-  let text = redactKeyLikeRuns(scrub(reason, secrets, scrubbed), secrets, KEY_LIKE_RUN).data.toString('utf8');
+  // A run that holds KEY_LIKE_RUN characters of a form of a key counts as a scrubber hit, as a whole form does: the
+  // socket's record, the metric and the detector's alert see a key cut short in a reason too. The count stays on
+  // the server; what the client gets does not depend on it.
+  const countCut = (run: Buffer) => {
+    if (holdsPartOfKey(run.toString('utf8'), secrets)) scrubbed.hits++;
+  };
+  let text = redactKeyLikeRuns(scrub(reason, secrets, scrubbed), secrets, KEY_LIKE_RUN, countCut).data.toString('utf8');
   while (Buffer.byteLength(text) > MAX_REASON_BYTES) text = text.slice(0, -1);
   return text;
 }
 
 /** Characters in a row that a close reason from the upstream may not show (16: 96 bits of a base64 key). */
 const KEY_LIKE_RUN = 16;
+
+/** Whether `text` holds KEY_LIKE_RUN characters in a row of some form of a secret. */
+function holdsPartOfKey(text: string, secrets: readonly string[]): boolean {
+  const forms = secrets.flatMap((secret) => [...namedSecretForms(secret).keys()]).filter((form) => form.length >= KEY_LIKE_RUN);
+  for (let i = 0; i + KEY_LIKE_RUN <= text.length; i++) {
+    const window = text.slice(i, i + KEY_LIKE_RUN);
+    if (forms.some((form) => form.includes(window))) return true;
+  }
+  return false;
+}
 
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;

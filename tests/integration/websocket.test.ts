@@ -341,12 +341,22 @@ describe('WebSocket upgrades through the fast lane', () => {
   });
 
   it('a close reason with the key cut short (a reason holds 123 bytes): what there is of it reaches the client as [REDACTED]', async () => {
-    const socket = opened(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:echoed'), ...sameOrigin() }));
+    const socket = opened(await open('/api/proxy/rt/realtime', { cookie: await cookieFor('oidc:cut-key'), ...sameOrigin() }));
     const end = closed(socket);
     socket.send('close-with-cut-key');
     const { code, reason } = await end;
     expect(code).toBe(4000);
     expect(reason).toBe('bad key [REDACTED]');
+    // Counted on the socket's record as a scrubber hit, as a whole key is (metrics, Keys page, detector).
+    const record = () =>
+      lane
+        .output()
+        .split('\n')
+        .filter((line) => line.includes('"oidc:cut-key"') && line.includes('"status":101'))
+        .map((line) => (JSON.parse(line) as { proxy?: { scrubberHits: number } }).proxy)
+        .find(Boolean);
+    await expect.poll(record).toBeDefined();
+    expect(record()!.scrubberHits).toBe(1);
   });
 
   it("a close reason quoting the client's text tells it nothing of the key: a run that continues it and one that does not read alike", async () => {

@@ -130,9 +130,14 @@ function patternsFor(secrets: readonly string[]): Patterns {
  * other bytes `heldTail` holds back) replaced by [REDACTED], and how many runs were. For text that may hold a cut
  * key (a WebSocket close reason, cut to 123 bytes): decided by byte classes only, never by whether the run is part
  * of a key, since redacting exactly the runs that match would tell a client whose text is echoed there whether its
- * guess continues the key.
+ * guess continues the key. `onRun` sees each run redacted (a view, valid during the call).
  */
-export function redactKeyLikeRuns(data: Buffer, secrets: readonly string[], minRun: number): { data: Buffer; runs: number } {
+export function redactKeyLikeRuns(
+  data: Buffer,
+  secrets: readonly string[],
+  minRun: number,
+  onRun?: (run: Buffer) => void,
+): { data: Buffer; runs: number } {
   const { inForm, forms } = patternsFor(secrets);
   if (forms.length === 0 || data.length < minRun) return { data, runs: 0 };
   const parts: Buffer[] = [];
@@ -146,6 +151,7 @@ export function redactKeyLikeRuns(data: Buffer, secrets: readonly string[], minR
     let end = start + 1;
     while (end < data.length && inForm[data[end]!] === 1) end++;
     if (end - start >= minRun) {
+      onRun?.(data.subarray(start, end));
       parts.push(data.subarray(kept, start), MARKER);
       kept = end;
       runs++;
