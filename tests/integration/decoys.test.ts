@@ -242,8 +242,7 @@ describe('a decoy presented in a request', () => {
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
     });
     expectOneHit(result, { where: 'body', route: '/stream', decoyId: github.id });
-    // The decoy ends the body: held back as it came, found when the body ended; nothing of it went out (the upstream
-    // may have seen the call open).
+    // The decoy was found in the first chunk: nothing of it went out (the upstream may have seen the call open).
     for (const request of harness.upstream.requests.slice(before))
       expect(request.bodyPreview.includes(github.value)).toBe(false);
   });

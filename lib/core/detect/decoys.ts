@@ -166,9 +166,14 @@ export class DecoyWatch {
   found: string | null | undefined = undefined;
 
   constructor(values: readonly string[], idByForm: ReadonlyMap<string, string>) {
-    this.scrubber = new StreamScrubber(values, (form) => {
-      this.found ??= idByForm.get(form.toString('utf8')) ?? null;
-    });
+    // A whole decoy held back at a chunk's end (a longer form might go on in the next) is found with its chunk.
+    this.scrubber = new StreamScrubber(
+      values,
+      (form) => {
+        this.found ??= idByForm.get(form.toString('utf8')) ?? null;
+      },
+      true,
+    );
   }
 
   /** The bytes of the stream so far that can be passed on (unless `found` is now set: then nothing can). */

@@ -192,11 +192,14 @@ export class StreamScrubber {
 
   /**
    * `onMatch` is told each form it replaces (the decoy watch, lib/core/detect/decoys.ts, names the decoy by
-   * it); it is given a view of the stream's bytes, valid only during the call.
+   * it); it is given a view of the stream's bytes, valid only during the call. `matchHeld`: it is also told of a
+   * whole form held back at a chunk's end (see `process`), before it is replaced, so a watch that stops the stream
+   * on a match (the decoy watch) learns of it with that chunk; such a form may be told of twice.
    */
   constructor(
     secrets: readonly string[],
     private readonly onMatch?: (form: Buffer) => void,
+    private readonly matchHeld = false,
   ) {
     this.patterns = patternsFor(secrets);
   }
@@ -286,6 +289,7 @@ export class StreamScrubber {
         // begins another secret would tell the client that secret letter by letter.
         const held = data.length - this.heldTail(data, position, resume?.clean ?? 0);
         if (held <= index) {
+          if (this.matchHeld) this.onMatch?.(data.subarray(index, index + length));
           holdFrom = held;
           break;
         }

@@ -86,6 +86,12 @@ describe('DecoySet.watch (bodies, as they stream)', () => {
     }
   });
 
+  it("finds a whole decoy that ends a chunk with that chunk, though the end of a chunk is held back", () => {
+    const watch = decoys.watch();
+    watch.push(Buffer.from(`note=x&key=${openai.value}`));
+    expect(watch.found).toBe(openai.id);
+  });
+
   it('finds a decoy sent one byte per chunk', () => {
     const bytes = Array.from(body, (byte) => Buffer.from([byte]));
     expect(watchAll(bytes).found).toBe(openai.id);
