@@ -134,7 +134,8 @@ export function readConfigFile(path: string): UpstreamDefinition[] {
 export function loadConfigFile(path: string): ConfigSections {
   let raw: string;
   try {
-    raw = readFileSync(path, 'utf8');
+    // A byte order mark (some Windows editors write one) is not JSON, but says nothing: dropped (RFC 8259 §8.1).
+    raw = readFileSync(path, 'utf8').replace(/^\uFEFF/, '');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'unknown error';
     throw new ConfigError(`KEYWARD_CONFIG: cannot read ${path} (${code})`);

@@ -585,6 +585,11 @@ describe('readConfigFile', () => {
     expect((error as Error).message).toContain('ENOENT');
   });
 
+  it('reads a file saved with a UTF-8 byte order mark (as some Windows editors save it)', () => {
+    const path = tempFile('bom.json', `\uFEFF${JSON.stringify({ upstreams: { echo: valid() } })}`);
+    expect(readConfigFile(path).map((d) => d.id)).toEqual(['echo']);
+  });
+
   it('does not echo file contents when the JSON is broken', () => {
     const secret = randomSecret();
     const path = tempFile('broken.json', `{"upstreams": {"echo": {"auth": {"secret": "${secret}"`);
