@@ -122,6 +122,19 @@ export interface RuntimeOptions {
 }
 
 /**
+ * The upstreams declared in TypeScript (`upstreams/index.ts`'s `upstreams`), which must be a list: an object of them
+ * (`export const upstreams = { openai, weather }`) is a ConfigError saying so, not a TypeError from the spread.
+ */
+function typedUpstreams(upstreams: unknown): readonly UpstreamDefinition[] {
+  if (upstreams === undefined) return [];
+  if (Array.isArray(upstreams)) return upstreams as UpstreamDefinition[];
+  throw new ConfigError(
+    'Keyward configuration is invalid:\n  - upstreams (upstreams/index.ts, or createKeyward\'s option): must be a list of upstreams ' +
+      '(`export const upstreams = [openai, weather] satisfies UpstreamDefinition[]`), not an object or anything else',
+  );
+}
+
+/**
  * Validates every setting and upstream and resolves every secret. Throws ConfigError (naming fields,
  * never values) on any problem, so start-up stops instead of a request failing open later.
  */
@@ -133,7 +146,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     ...(settings.KEYWARD_CONFIG ? [loadConfigFile(settings.KEYWARD_CONFIG)] : []),
     ...(settings.KEYWARD_CONFIG_JSON ? [loadConfigJson(settings.KEYWARD_CONFIG_JSON)] : []),
   ];
-  const definitions = [...(options.upstreams ?? []), ...files.flatMap((file) => file.upstreams)];
+  const definitions = [...typedUpstreams(options.upstreams), ...files.flatMap((file) => file.upstreams)];
   const detectorConfig = detectorSettings(options.detector, files);
   // Key fingerprints are keyed by the server secret (lib/core/keys/fingerprint.ts), the same everywhere.
   const fingerprints = keyFingerprints(settings.KEYWARD_SESSION_SECRET);

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, defineUpstream, parseConfig, readConfigFile } from '../../../lib/core/config/load';
+import { ConfigError, defineUpstream, parseConfig, readConfigFile, type UpstreamDefinition } from '../../../lib/core/config/load';
 import type { UpstreamInput } from '../../../lib/core/config/schema';
 import { randomSecret } from '../../fixtures/secrets';
 import { thrown } from '../support';
@@ -721,6 +721,18 @@ describe("a secret Keyward gives away (an upstream's key, a client secret, the w
     const { createRuntime } = await import('../../../lib/core/runtime');
     const env = { ...settings(), ECHO_KEY: randomSecret('key'), KEYWARD_CONFIG_JSON: JSON.stringify({ upstreams: { echo: valid() } }) };
     expect([...createRuntime({ env }).registry.keys()]).toEqual(['echo']);
+  });
+});
+
+describe('the upstreams declared in TypeScript', () => {
+  it('an object of upstreams instead of a list stops start-up saying so, not with a TypeError', async () => {
+    const { createRuntime } = await import('../../../lib/core/runtime');
+    const echo = defineUpstream('echo', valid() as unknown as UpstreamInput);
+    const env = { AUTH_SECRET: randomSecret('auth'), KEYWARD_SESSION_SECRET: randomSecret('sess'), KEYWARD_STORE: 'memory', ECHO_KEY: randomSecret('key') };
+    const error = thrown(() => createRuntime({ env, upstreams: { echo } as unknown as UpstreamDefinition[] }));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain('upstreams (upstreams/index.ts, or createKeyward\'s option): must be a list of upstreams');
+    expect([...createRuntime({ env, upstreams: [echo] }).registry.keys()]).toEqual(['echo']);
   });
 });
 
