@@ -420,6 +420,12 @@ describe('invalid logout tokens: 400 {"error":"invalid_request"}, and nothing is
     await expectRefused(target.cookie);
   });
 
+  it('a sub no sign-in accepts (not printable ASCII: a terminal escape, a bidi override) is refused, 400, as at sign-in', async () => {
+    for (const sub of ['victim\u009b2J', 'name\u202Etxt.exe', 'bell\u0007', 'caf\u00e9']) {
+      expectInvalid(await post(a, form(await logoutToken({ sub }))));
+    }
+  });
+
   it('the log says why, and never holds a token', () => {
     const log = lines.join('');
     expect(log).toContain('back-channel logout refused: invalid logout token');

@@ -2,6 +2,7 @@ import 'server-only';
 import { createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import * as oauth from 'oauth4webapi';
 import { isLoopbackHost } from '../config/schema';
+import { isAcceptedAccountId } from './provider-sessions';
 
 /**
  * Verifies OIDC Back-Channel Logout tokens (OpenID Connect Back-Channel Logout 1.0 §2.4 and §2.6) from the
@@ -208,6 +209,9 @@ export function logoutClaims(payload: JWTPayload, typ: string | undefined, issue
   }
   const jti = identifier(payload.jti, 'jti');
   const sub = payload.sub === undefined ? null : identifier(payload.sub, 'sub');
+  // As at sign-in (isAcceptedAccountId): no session was ever made for another `sub`, and the audit trail, the CLI
+  // and the pages show it, where a control character or a bidi override would act on a terminal or hide text.
+  if (sub !== null && !isAcceptedAccountId('oidc', sub)) throw new InvalidLogoutToken('sub is not printable ASCII');
   const sid = payload.sid === undefined ? null : identifier(payload.sid, 'sid');
   if (sub === null && sid === null) throw new InvalidLogoutToken('neither sub nor sid');
   return { issuer, jti, sub, sid, iat: payload.iat! };
