@@ -34,7 +34,7 @@ import { DECOY_SHAPES, decoyId, mintDecoy, type DecoyShape } from '../lib/core/d
 import { renderClientTypes } from './client-types';
 import { prepareDevEnvironment } from './dev-setup';
 import { importCommand } from './import-openapi';
-import { printable } from './printable';
+import { printable, printableJson } from './printable';
 import { readTypedSecret } from './secret-input';
 
 /** The commands, one line each, for `--help` (`help keys` and `keys --help` show the keys lines only). */
@@ -302,7 +302,7 @@ async function typesCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-const printJson = (value: unknown) => process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+const printJson = (value: unknown) => process.stdout.write(`${printableJson(value, 2)}\n`);
 const say = (sentence: string) => process.stdout.write(`${sentence}\n`);
 
 /** The new key, from stdin; null when typing it was aborted (Ctrl-C, said already). */
@@ -457,7 +457,7 @@ async function auditCommand(action: string | undefined, args: string[]): Promise
     }
   }
   const runtime = await openRuntime();
-  const line = (record: unknown) => process.stdout.write(`${JSON.stringify(record)}\n`);
+  const line = (record: unknown) => process.stdout.write(`${printableJson(record)}\n`);
   if (action === 'tail') {
     const count = Number(values.n);
     if (!Number.isInteger(count) || count < 1 || count > 10_000) {
