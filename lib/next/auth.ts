@@ -63,9 +63,11 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
 /**
  * Auth.js error types a client's request causes, whatever the server's configuration. `JWTSessionError` only when
  * the cookie itself did not decode (isUndecodableCookie): Auth.js raises it too for anything Keyward's own `jwt` and
- * `session` callbacks throw, a fault of the server's that stays an error with its cause.
+ * `session` callbacks throw, a fault of the server's that stays an error with its cause. `InvalidCheck`: a sign-in
+ * callback without the flow's state, PKCE or nonce cookie (anyone can GET one); `OAuthCallbackError`: the provider
+ * sent the user back with an error (a user who denied consent).
  */
-const CLIENT_CAUSED = new Set(['MissingCSRF', 'JWTSessionError', 'UnknownAction', 'InvalidCallbackUrl']);
+const CLIENT_CAUSED = new Set(['MissingCSRF', 'JWTSessionError', 'UnknownAction', 'InvalidCallbackUrl', 'InvalidCheck', 'OAuthCallbackError']);
 
 /** A session cookie that is not one of ours: jose's JWE/JWT errors (`ERR_JWE_…`, `ERR_JWT_…`), or Auth.js's decode refusing it. */
 function isUndecodableCookie(cause: unknown): boolean {

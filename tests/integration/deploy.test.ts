@@ -201,6 +201,33 @@ describe('behind a real host name, trusting the Host header (AUTH_TRUST_HOST=tru
     expect(authorize.origin).toBe(oidc.issuer);
     expect(authorize.searchParams.get('redirect_uri')).toBe('http://app.test/api/auth/callback/oidc');
   });
+
+  it("an OIDC callback a client spoiled (no state cookie; the user denied consent) is a warning without a stack, not an error: anyone can send one", async () => {
+    const mark = app.output().length;
+    const bare = await send(app, 'GET', '/api/auth/callback/oidc?code=x&state=y', { host: 'app.test' });
+    expect(bare.status).toBe(302);
+    // Denied at the provider: a callback with the flow's own state and cookies, and `error=access_denied`.
+    const csrf = await send(app, 'GET', '/api/auth/csrf', { host: 'app.test' });
+    const { csrfToken } = JSON.parse(csrf.body) as { csrfToken: string };
+    const cookiesOf = (headers: Record<string, unknown>) => ([] as string[]).concat((headers['set-cookie'] as string[] | undefined) ?? []).map((line) => line.split(';')[0]!);
+    const jar = cookiesOf(csrf.headers);
+    const reply = await send(
+      app,
+      'POST',
+      '/api/auth/signin/oidc',
+      { host: 'app.test', origin: 'http://app.test', cookie: jar.join('; '), 'content-type': 'application/x-www-form-urlencoded' },
+      new URLSearchParams({ csrfToken, callbackUrl: 'http://app.test/' }).toString(),
+    );
+    const state = new URL(String(reply.headers.location)).searchParams.get('state')!;
+    const query = new URLSearchParams({ state, iss: oidc.issuer, error: 'access_denied' });
+    const denied = await send(app, 'GET', `/api/auth/callback/oidc?${query}`, { host: 'app.test', cookie: [...jar, ...cookiesOf(reply.headers)].join('; ') });
+    expect(denied.status).toBe(302);
+    await expect.poll(() => app.output().slice(mark), { timeout: 5_000 }).toContain('auth.js: OAuthCallbackError');
+    const lines = app.output().slice(mark).split('\n').filter((line) => line.includes('"authError"'));
+    const logged = lines.map((line) => JSON.parse(line) as { level: number; authError: string; err?: unknown });
+    expect(logged.map(({ authError }) => authError)).toEqual(expect.arrayContaining(['InvalidCheck', 'OAuthCallbackError']));
+    for (const line of logged) expect([line.authError, line.level, line.err]).toEqual([line.authError, 40, undefined]);
+  });
 });
 
 describe('behind a real host name with AUTH_URL', () => {
