@@ -70,9 +70,12 @@ export function isDisguisedProxyPath(requestTarget: string): boolean {
 
 /**
  * The request target in origin form (`/path?query`), for Next: an absolute-form target loses its scheme and
- * authority, as text (nothing is normalised on the way; the public origin comes from configuration, not from
- * the target). Null for a target in neither form (`*`, `a:b`): answered 400, never handed on, since http-proxy
- * reads the target with `new URL` and an invalid one (`http://a:99999/x`) would throw out of the listener.
+ * authority, as text (the public origin comes from configuration, not from the target). Not normalised here, but
+ * http-proxy-3 reads the path with WHATWG `new URL` on its way to Next, which resolves dot segments and reads `\`
+ * as `/` (`/_next/static/../../signin` reaches `/signin`): harmless, since every page and route checks the session
+ * itself and `/api/proxy` in disguise is refused before (isDisguisedProxyPath). Null for a target in neither form
+ * (`*`, `a:b`): answered 400, never handed on, since an invalid one (`http://a:99999/x`) would make that `new URL`
+ * throw out of the listener.
  */
 export function originFormTarget(requestTarget: string): string | null {
   const absolute = ABSOLUTE_FORM.exec(requestTarget);
