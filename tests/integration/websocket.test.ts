@@ -251,6 +251,16 @@ async function auditRecord(userId: string): Promise<Record<string, unknown> | un
   return undefined;
 }
 
+/** The record of this user's upgraded socket (status 101) in the fast lane's log, once it ended. */
+function socketRecord(userId: string): { scrubberHits: number } | undefined {
+  return lane
+    .output()
+    .split('\n')
+    .filter((line) => line.includes(`"${userId}"`) && line.includes('"status":101'))
+    .map((line) => (JSON.parse(line) as { proxy?: { scrubberHits: number } }).proxy)
+    .find(Boolean);
+}
+
 async function cookieFor(sub: string, roles = ['user']): Promise<string> {
   return sessionCookie(secrets.AUTH_SECRET, { sub, roles, ...localPasswordVersion(sub) });
 }
@@ -303,13 +313,7 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(code).toBe(4000);
     expect(reason).toBe('bye [REDACTED]');
     // Each replacement is counted on the socket's record, as an HTTP call's are (metrics, Keys page, detector).
-    const recordOf = () =>
-      lane
-        .output()
-        .split('\n')
-        .filter((line) => line.includes('"oidc:echoed"') && line.includes('"status":101'))
-        .map((line) => (JSON.parse(line) as { proxy?: { scrubberHits: number } }).proxy)
-        .find(Boolean);
+    const recordOf = () => socketRecord('oidc:echoed');
     await expect.poll(recordOf).toBeDefined();
     expect(recordOf()!.scrubberHits).toBeGreaterThanOrEqual(3); // the text, the binary message, the close reason
   });
@@ -348,13 +352,7 @@ describe('WebSocket upgrades through the fast lane', () => {
     expect(code).toBe(4000);
     expect(reason).toBe('bad key [REDACTED]');
     // Counted on the socket's record as a scrubber hit, as a whole key is (metrics, Keys page, detector).
-    const record = () =>
-      lane
-        .output()
-        .split('\n')
-        .filter((line) => line.includes('"oidc:cut-key"') && line.includes('"status":101'))
-        .map((line) => (JSON.parse(line) as { proxy?: { scrubberHits: number } }).proxy)
-        .find(Boolean);
+    const record = () => socketRecord('oidc:cut-key');
     await expect.poll(record).toBeDefined();
     expect(record()!.scrubberHits).toBe(1);
   });
