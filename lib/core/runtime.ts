@@ -322,7 +322,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       : null;
   const metrics = options.metrics ?? processMetrics();
   const alerts = new Alerts(store, revocations, audit, logger, retentionMs, webhook, now, (alert) => metrics.countDetectorAction(alert.rule, alert.action));
-  const detector = new Detector(detectorConfig, alerts, logger, now);
+  const detector = new Detector(detectorConfig, alerts, logger, now, (upstream) => registry.get(upstream)?.credential.source);
   connections =
     oauthTokens && vault && connectionConfig.providers.size > 0
       ? new Connections({ ...connectionConfig, store, vault, tokens: oauthTokens, revocations, audit, logger, webhook, localUsers: users, now })

@@ -162,7 +162,7 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
       <td className="wrap-anywhere wide" data-label="What was seen" data-testid="alert-reason">
         {alert.reason}
         <Evidence evidence={alert.evidence} />
-        {alert.rule === 'scrubber_hits' && alert.state === 'active' && (
+        {alert.rule === 'scrubber_hits' && alert.state === 'active' && (alert.evidence.credential ?? 'service-key') === 'service-key' && (
           <div className="small">
             <Link href="/admin/keys" prefetch={false} data-testid="rotate-key-link">
               Rotate this key on the Keys page →

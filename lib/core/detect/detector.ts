@@ -1,6 +1,7 @@
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import type { ProxyEvent } from '../pipeline';
+import type { CredentialPlan } from '../upstream/registry';
 import { forgives, type Alert, type AlertAction, type AlertRule, type Alerts, type Decision } from './alerts';
 import { limitBucket } from '../client/ip';
 import { RateBaseline, RecentSet, RouteMemory } from './baseline';
@@ -104,6 +105,8 @@ export class Detector implements SecuritySignals {
     private readonly alerts: Alerts,
     private readonly logger: Logger,
     private readonly now: () => number = Date.now,
+    /** Where an upstream's credential comes from (the registry's plan), for what an echoed key's alert advises. */
+    private readonly credentialSourceOf: (upstream: string) => CredentialPlan['source'] | undefined = () => undefined,
   ) {
     this.alpha = RateBaseline.alphaFor(config.baselineHalfLifeMinutes);
   }
@@ -387,12 +390,13 @@ export class Detector implements SecuritySignals {
     const subject = { upstream: event.upstream, fingerprint };
     if (event.scrubberHits > 0 && this.config.scrubberHits.alert && at - state.lastEchoAlertAt >= cooldown) {
       state.lastEchoAlertAt = at;
+      const credential = echoedCredential(this.credentialSourceOf(event.upstream));
       this.act({
         rule: 'scrubber_hits',
         action: 'alert',
-        reason: `${event.upstream} echoed key ${fingerprint} in a response (scrubbed before it reached the client). Rotate this key: whatever logs that response upstream has it.`,
+        reason: `${event.upstream} echoed ${ECHOED[credential](fingerprint)} in a response (scrubbed before it reached the client). ${ADVICE[credential]}`,
         subject,
-        evidence: { hits: event.scrubberHits, route: event.route ?? 'unknown' },
+        evidence: { hits: event.scrubberHits, route: event.route ?? 'unknown', credential },
       });
     }
     const rate = state.calls.rate(at);
@@ -536,3 +540,30 @@ const ACTION_TEXT: Record<AlertAction, string> = {
 function reasonFor(userId: string, rule: AlertRule, action: AlertAction): string {
   return `${userId}: ${RULE_TEXT[rule]}; ${ACTION_TEXT[action]}.`;
 }
+
+/**
+ * Whose key a call that an upstream echoed was made with, for its alert: a service key (on the Keys page, rotated
+ * there), a server-held key a session claim chose (replaced in the environment), or the caller's own key or
+ * connected account's token (theirs to replace: the admin cannot, and the Keys page does not list it).
+ */
+export type EchoedCredential = 'service-key' | 'claim-key' | 'own-key' | 'connected-account';
+
+function echoedCredential(source: CredentialPlan['source'] | undefined): EchoedCredential {
+  if (source === 'user-key') return 'own-key';
+  if (source === 'oauth') return 'connected-account';
+  return source === 'claim' ? 'claim-key' : 'service-key';
+}
+
+const ECHOED: Readonly<Record<EchoedCredential, (fingerprint: string) => string>> = {
+  'service-key': (fingerprint) => `key ${fingerprint}`,
+  'claim-key': (fingerprint) => `key ${fingerprint} (chosen by a session claim)`,
+  'own-key': (fingerprint) => `the caller's own key ${fingerprint}`,
+  'connected-account': (fingerprint) => `the caller's connected-account token ${fingerprint}`,
+};
+
+const ADVICE: Readonly<Record<EchoedCredential, string>> = {
+  'service-key': 'Rotate this key: whatever logs that response upstream has it.',
+  'claim-key': 'Replace this key in the environment: whatever logs that response upstream has it.',
+  'own-key': 'It is theirs to replace (Keyward holds no other): whatever logs that response upstream has it.',
+  'connected-account': 'It ends with the grant; disconnecting revokes it: whatever logs that response upstream has it.',
+};

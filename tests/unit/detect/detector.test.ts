@@ -678,6 +678,27 @@ describe('anomaly detector', () => {
     expect(alerts[0]!.reason).toMatch(/Rotate this key/);
   });
 
+  it("an echo of the caller's own key or connected-account token is said as theirs, not as a key to rotate on the Keys page", async () => {
+    const sources = { openai: 'static', byok: 'user-key', github: 'oauth', tenant: 'claim' } as const;
+    const { detector, actions } = setup({}, undefined, (upstream) => sources[upstream as keyof typeof sources]);
+    for (const [upstream, fingerprint] of [['openai', 'aaaaaaaaaaaa'], ['byok', 'bbbbbbbbbbbb'], ['github', 'cccccccccccc'], ['tenant', 'dddddddddddd']]) {
+      detector.observe(event({ upstream, keyFingerprint: fingerprint, scrubberHits: 1 }));
+    }
+    const alerts = await actions();
+    expect(alerts.map((alert) => [alert.subject.upstream, alert.evidence.credential])).toEqual([
+      ['openai', 'service-key'],
+      ['byok', 'own-key'],
+      ['github', 'connected-account'],
+      ['tenant', 'claim-key'],
+    ]);
+    const reasons = alerts.map((alert) => alert.reason);
+    expect(reasons[0]).toMatch(/echoed key aaaaaaaaaaaa .*Rotate this key/);
+    expect(reasons[1]).toMatch(/echoed the caller's own key bbbbbbbbbbbb .*theirs to replace/);
+    expect(reasons[2]).toMatch(/echoed the caller's connected-account token cccccccccccc .*disconnecting revokes it/);
+    expect(reasons[3]).toMatch(/chosen by a session claim.*Replace this key in the environment/);
+    for (const reason of reasons.slice(1)) expect(reason).not.toMatch(/Rotate this key/);
+  });
+
   it("counts refused calls as errors, but not limits' refusals, outages, or another site's forgeries", async () => {
     const { clock, detector, actions } = setup({ calls: { minPerMinute: 1000 } });
     const notTheCallers: Array<Partial<ProxyEvent>> = [
