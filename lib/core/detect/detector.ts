@@ -564,6 +564,6 @@ const ECHOED: Readonly<Record<EchoedCredential, (fingerprint: string) => string>
 const ADVICE: Readonly<Record<EchoedCredential, string>> = {
   'service-key': 'Rotate this key: whatever logs that response upstream has it.',
   'claim-key': 'Replace this key in the environment: whatever logs that response upstream has it.',
-  'own-key': 'It is theirs to replace (Keyward holds no other): whatever logs that response upstream has it.',
+  'own-key': 'Only they can replace it (on their own keys; no admin can rotate a key a user brought): whatever logs that response upstream has it.',
   'connected-account': 'It ends with the grant; disconnecting revokes it: whatever logs that response upstream has it.',
 };

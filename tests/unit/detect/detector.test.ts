@@ -693,7 +693,7 @@ describe('anomaly detector', () => {
     ]);
     const reasons = alerts.map((alert) => alert.reason);
     expect(reasons[0]).toMatch(/echoed key aaaaaaaaaaaa .*Rotate this key/);
-    expect(reasons[1]).toMatch(/echoed the caller's own key bbbbbbbbbbbb .*theirs to replace/);
+    expect(reasons[1]).toMatch(/echoed the caller's own key bbbbbbbbbbbb .*Only they can replace it/);
     expect(reasons[2]).toMatch(/echoed the caller's connected-account token cccccccccccc .*disconnecting revokes it/);
     expect(reasons[3]).toMatch(/chosen by a session claim.*Replace this key in the environment/);
     for (const reason of reasons.slice(1)) expect(reason).not.toMatch(/Rotate this key/);
