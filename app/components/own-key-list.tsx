@@ -1,6 +1,7 @@
 import 'server-only';
 import { keyward } from '@/keyward';
 import type { Owner } from '@/lib/core/users/owner';
+import { utc } from './utc';
 
 /** A user's own key for one upstream as the pages show it: never the key; the last 4 only to its owner. */
 export interface OwnKeyView {
@@ -31,8 +32,6 @@ export async function loadOwnKeys(owner: Owner, { last4 }: { readonly last4: boo
   );
 }
 
-const minute = (iso: string) => `${iso.slice(0, 16).replace('T', ' ')} UTC`;
-
 /** The table of a user's own keys (My usage, the admin's user page). */
 export function OwnKeyTable({ keys, testIdPrefix }: { keys: readonly OwnKeyEntry[]; testIdPrefix: string }) {
   return (
@@ -46,8 +45,8 @@ export function OwnKeyTable({ keys, testIdPrefix }: { keys: readonly OwnKeyEntry
             <td>
               {key ? (
                 <span className="small">
-                  {key.last4 !== undefined && <>Ends in …{key.last4} · </>}fingerprint <code>{key.fingerprint}</code> · added {minute(key.createdAt)} · last used{' '}
-                  {key.lastUsedAt ? minute(key.lastUsedAt) : 'never'}
+                  {key.last4 !== undefined && <>Ends in …{key.last4} · </>}fingerprint <code>{key.fingerprint}</code> · added {utc(Date.parse(key.createdAt))} · last used{' '}
+                  {key.lastUsedAt ? utc(Date.parse(key.lastUsedAt)) : 'never'}
                 </span>
               ) : (
                 <span className="badge neutral">no key</span>

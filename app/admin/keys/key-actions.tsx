@@ -1,6 +1,7 @@
 'use client';
 
 import { ActionDialog, apiError, postAdmin, type ActionOutcome } from '../action-dialog';
+import { utc } from '../../components/utc';
 
 /**
  * The Keys page's actions, through the existing admin API (README "Key lifecycle"):
@@ -33,7 +34,7 @@ export function RotateAction({ upstream, canary, graceSeconds, serving }: { upst
     const rotation = (json as RotationAnswer | null)?.rotation;
     if (status === 200 && rotation?.repeated) {
       // The default rotation id is the key's: this key was rotated to before, and that rotation is answered again.
-      const when = `${new Date(rotation.at).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+      const when = utc(rotation.at);
       const again = 'rotate with another rotation id (rotationId in the API, --id on the CLI)';
       return {
         ok: false,
