@@ -350,6 +350,11 @@ describe('the GitHub preset, end to end', () => {
     expect(noCookie.location).toBe('/?connect_error=expired&connect_provider=github');
     const wrongBrowser = await callback(b, 'github', back, '__Host-keyward.connect-github=someone-elses-binding');
     expect(wrongBrowser.location).toBe('/?connect_error=expired&connect_provider=github');
+    // The right binding under a name that is no __Host- cookie to the browser (a leading byte 0xA0, which Node
+    // reads as U+00A0 and String.trim() would strip): a sibling subdomain can set such a cookie for the whole site,
+    // so reading it as the binding would let that site finish its own connect in this browser (the victim's account).
+    const tossed = `\u00a0${first.binding!}`;
+    expect((await callback(b, 'github', back, tossed)).location).toBe('/?connect_error=expired&connect_provider=github');
     // Neither used the pending authorization up (anyone who learns a state must not be able to cancel the
     // victim's connect) and no code was exchanged for them; the browser that started it completes it, once.
     expect(provider.counts().codeGrants).toBe(codesBefore);

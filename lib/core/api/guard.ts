@@ -1,3 +1,4 @@
+import { parseCookie } from 'cookie';
 import { checkCsrf } from '../csrf/check';
 import { KeywardError, errorResponse, toKeywardError } from '../errors';
 import type { Runtime } from '../runtime';
@@ -92,16 +93,15 @@ export function readCookie(request: Request, name: string): string | null {
   return cookieIn(request.headers.get('cookie'), name);
 }
 
-/** readCookie on a Cookie header as it is (a server component's `headers()`). */
+/**
+ * readCookie on a Cookie header as it is (a server component's `headers()`), parsed as the session cookie is (the
+ * `cookie` package: only spaces and tabs around a name). `String.trim()` would also strip U+00A0 and U+FEFF, so
+ * `\u00a0__Host-x`, a cookie any sibling subdomain may set (to the browser it is no `__Host-` cookie), would be
+ * read as `__Host-x`.
+ */
 export function cookieIn(header: string | null, name: string): string | null {
-  for (const part of (header ?? '').split(';')) {
-    const index = part.indexOf('=');
-    if (index > 0 && part.slice(0, index).trim() === name) {
-      const value = part.slice(index + 1).trim();
-      return value === '' ? null : value;
-    }
-  }
-  return null;
+  const value = header === null ? undefined : parseCookie(header)[name];
+  return value === undefined || value === '' ? null : value;
 }
 
 /**
