@@ -2,7 +2,7 @@ import Link from 'next/link';
 import { ConnectedAccounts } from './components/connected-accounts';
 import { OwnKeys } from './components/own-keys';
 import { SignOutButton } from './components/sign-out-button';
-import { utc } from './components/utc';
+import { utc } from '@/lib/core/time';
 import { Demo } from './demo';
 import type { CredentialKind } from 'keyward/next';
 import { keyward } from '@/keyward';

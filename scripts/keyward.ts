@@ -25,6 +25,7 @@ import type { Alert } from '../lib/core/detect/alerts';
 import { keyAdmin } from '../lib/core/keys/admin';
 import { NEVER_SENT, type KeyVersion, type Rotation, type RotationResult, type VersionView } from '../lib/core/keys/rings';
 import { createLogger } from '../lib/core/log/logger';
+import { utc } from '../lib/core/time';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
 import { argsProblem, operator } from '../lib/node/args';
 import { fastLaneProblems } from '../lib/node/runtime';
@@ -516,7 +517,7 @@ async function decoysCommand(action: string | undefined, args: string[]): Promis
     const decoys = readDecoysFile(file, 'empty');
     if (values.json) printJson({ decoys: decoys.map(({ id, shape, note, createdAt }) => ({ id, shape, note: note ?? null, createdAt })) });
     else if (decoys.length === 0) say(`No decoys in ${file}.`);
-    else printTable([['ID', 'SHAPE', 'CREATED (UTC)', 'NOTE'], ...decoys.map((d) => [d.id, d.shape, minute(Date.parse(d.createdAt)), d.note ?? ''])]);
+    else printTable([['ID', 'SHAPE', 'CREATED (UTC)', 'NOTE'], ...decoys.map((d) => [d.id, d.shape, utc(Date.parse(d.createdAt)), d.note ?? ''])]);
     return 0;
   }
   if (action !== 'create') return usageError(DECOYS_USAGE);
@@ -558,8 +559,6 @@ function printTable(rows: readonly (readonly string[])[]): void {
   for (const row of rows) say(formatRow(row, widths));
 }
 
-/** "2026-12-01 02:14 UTC" */
-const minute = (ms: number) => `${new Date(ms).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 const keysPhrase = (fingerprints: readonly string[]) =>
   fingerprints.length === 0 ? 'no key' : `${fingerprints.length === 1 ? 'key' : 'keys'} ${fingerprints.join(', ')}`;
@@ -581,26 +580,26 @@ function versionStatus(version: VersionView, rotations: readonly Rotation[]): { 
   const failed = rotations.find((r) => r.toVersion === version.id);
   if (version.status !== 'revoked' && version.activatedAt === null && failed?.state === 'canary_failed') {
     const answer = failed.canaryStatus === 0 ? 'could not reach the upstream' : `answered ${failed.canaryStatus}`;
-    return { status: 'canary failed', note: `the canary ${answer} (${minute(failed.at)}); never served`, expires: false };
+    return { status: 'canary failed', note: `the canary ${answer} (${utc(failed.at)}); never served`, expires: false };
   }
   const warning = version.warning ? `⚠ ${version.warning}` : '';
   switch (version.status) {
     case 'serving':
       return { status: 'serving', note: warning, expires: true };
     case 'fallback':
-      return { status: 'fallback', note: join(`replaced; usable until ${minute(version.graceUntil ?? 0)} if no active key is`, warning), expires: true };
+      return { status: 'fallback', note: join(`replaced; usable until ${utc(version.graceUntil ?? 0)} if no active key is`, warning), expires: true };
     case 'standby':
       return { status: 'standby', note: join('active, but a newer active key serves', warning), expires: true };
     case 'pending':
-      return { status: 'pending', note: join(`serves from ${minute(version.notBefore ?? 0)}`, warning), expires: true };
+      return { status: 'pending', note: join(`serves from ${utc(version.notBefore ?? 0)}`, warning), expires: true };
     case 'next':
       return { status: 'next', note: join('added; serves once a rotation switches to it', warning), expires: true };
     case 'retired':
-      return { status: 'retired', note: version.retiredAt === null ? '' : `retired ${minute(version.retiredAt)}`, expires: false };
+      return { status: 'retired', note: version.retiredAt === null ? '' : `retired ${utc(version.retiredAt)}`, expires: false };
     case 'revoked':
-      return { status: 'revoked', note: version.revokedAt === null ? '' : `revoked ${minute(version.revokedAt)}`, expires: false };
+      return { status: 'revoked', note: version.revokedAt === null ? '' : `revoked ${utc(version.revokedAt)}`, expires: false };
     case 'expired':
-      return { status: 'expired', note: `expired ${minute(version.expiresAt ?? 0)}`, expires: false };
+      return { status: 'expired', note: `expired ${utc(version.expiresAt ?? 0)}`, expires: false };
     case 'refused':
     case 'unreadable':
       return { status: version.status, note: join(NEVER_SENT[version.status], warning), expires: true };
@@ -618,7 +617,7 @@ function printKeyList(rings: ReadonlyArray<{ upstream: string; versions: Version
   for (const ring of rings) {
     for (const version of ring.versions) {
       const { status, note, expires } = versionStatus(version, ring.rotations);
-      const expiry = !expires ? '-' : version.expiresAt === null ? 'never' : `${minute(version.expiresAt)} (${plural(version.expiresInDays ?? 0, 'day')})`;
+      const expiry = !expires ? '-' : version.expiresAt === null ? 'never' : `${utc(version.expiresAt)} (${plural(version.expiresInDays ?? 0, 'day')})`;
       rows.push([ring.upstream, version.fingerprint, status, version.id, expiry, note]);
     }
   }
@@ -631,13 +630,13 @@ function printKeyList(rings: ReadonlyArray<{ upstream: string; versions: Version
   say('');
   printTable([
     ROTATION_HEADER,
-    ...rotations.map((r) => [r.id, r.upstream, r.state.replace('_', ' '), r.from.join(', ') || '-', r.to, canaryText(r.canaryStatus), minute(r.at)]),
+    ...rotations.map((r) => [r.id, r.upstream, r.state.replace('_', ' '), r.from.join(', ') || '-', r.to, canaryText(r.canaryStatus), utc(r.at)]),
   ]);
 }
 
 function addedSentence(upstream: string, version: KeyVersion): string {
   if (version.state !== 'next') return `${upstream}: key ${version.fingerprint} is already on the ring (${version.state}); nothing changed.`;
-  const expiry = version.expiresAt === null ? 'does not expire' : `expires ${minute(version.expiresAt)}`;
+  const expiry = version.expiresAt === null ? 'does not expire' : `expires ${utc(version.expiresAt)}`;
   return `${upstream}: added key ${version.fingerprint} (version ${version.id}, ${expiry}); it serves only once a rotation switches to it (keys rotate ${upstream} with the same key).`;
 }
 
@@ -645,7 +644,7 @@ function rotationSentence(rotation: RotationResult): string {
   const { upstream, id } = rotation;
   if (rotation.repeated) {
     const what = rotation.state === 'rolled_back' ? 'switched and was rolled back' : 'switched';
-    return `${upstream}: rotation ${id} already ${what} (key ${rotation.to}, ${minute(rotation.at)}); nothing changed (each rotation happens once). To switch to this key again, rotate with another --id${rotation.state === 'rolled_back' ? '' : ', or roll back the rotation after it'}.`;
+    return `${upstream}: rotation ${id} already ${what} (key ${rotation.to}, ${utc(rotation.at)}); nothing changed (each rotation happens once). To switch to this key again, rotate with another --id${rotation.state === 'rolled_back' ? '' : ', or roll back the rotation after it'}.`;
   }
   const canary = rotation.canaryStatus === null ? 'without a canary call (--skip-canary)' : `after the canary call answered ${rotation.canaryStatus}`;
   const replaced = rotation.from.length === 0 ? '' : ` ${capitalise(keysPhrase(rotation.from))} ${rotation.from.length === 1 ? 'stays' : 'stay'} usable as a fallback for the grace window.`;
@@ -667,7 +666,7 @@ const ALERTS_SHOWN = 20;
 /** One alert as a row: who and what by id and fingerprint only (an alert never holds a key or a session id). */
 function alertRow(alert: Alert): string[] {
   const { subject } = alert;
-  return [alert.id, minute(Date.parse(alert.at)), alert.rule, alert.action, subject.userId ?? '-', subject.upstream ?? '-', subject.fingerprint ?? '-', alertState(alert)];
+  return [alert.id, utc(Date.parse(alert.at)), alert.rule, alert.action, subject.userId ?? '-', subject.upstream ?? '-', subject.fingerprint ?? '-', alertState(alert)];
 }
 
 /**
@@ -678,14 +677,14 @@ function alertState(alert: Alert): string {
   if (alert.state === 'undone') return `${alert.action === 'alert' ? 'dismissed' : 'undone'} by ${alert.undoneBy ?? '?'}`;
   if (alert.state === 'expired') return 'expired';
   if (alert.action === 'alert') return 'open';
-  return alert.expiresAt === undefined ? 'active until undone' : `active until ${minute(Date.parse(alert.expiresAt))}`;
+  return alert.expiresAt === undefined ? 'active until undone' : `active until ${utc(Date.parse(alert.expiresAt))}`;
 }
 
 /** What `alerts undo` did, in words (the Alerts page's, lib/core/api/alerts.ts undoAlert). */
 function undoSentence(alert: Alert, repeated: boolean): string {
   const who = alert.subject.userId ?? 'the user';
   if (repeated) {
-    const when = alert.undoneAt ? ` ${minute(Date.parse(alert.undoneAt))}` : '';
+    const when = alert.undoneAt ? ` ${utc(Date.parse(alert.undoneAt))}` : '';
     return `alert ${alert.id} was undone already (by ${alert.undoneBy ?? '?'}${when}); nothing changed, and this undo is on the audit trail.`;
   }
   const lifted = {

@@ -1,7 +1,7 @@
 import 'server-only';
 import { keyward } from '@/keyward';
 import type { Owner } from '@/lib/core/users/owner';
-import { utc } from './utc';
+import { utc } from '@/lib/core/time';
 
 /** A user's own key for one upstream as the pages show it: never the key; the last 4 only to its owner. */
 export interface OwnKeyView {

@@ -3,7 +3,7 @@ import type { Alert, AlertAction, AlertRule } from '@/lib/core/detect/alerts';
 import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-frame';
 import { ActionMessage, ActionResults } from '../action-dialog';
 import { userPath } from '../users/user-parts';
-import { utc } from '../../components/utc';
+import { utc } from '@/lib/core/time';
 import { PAGE_SIZE, inEffect, loadAlerts, readCursor } from './alerts-data';
 import { UndoAlert } from './undo-alert';
 

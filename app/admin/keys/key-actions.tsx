@@ -1,7 +1,7 @@
 'use client';
 
 import { ActionDialog, apiError, postAdmin, type ActionOutcome } from '../action-dialog';
-import { utc } from '../../components/utc';
+import { utc } from '@/lib/core/time';
 
 /**
  * The Keys page's actions, through the existing admin API (README "Key lifecycle"):

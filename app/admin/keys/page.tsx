@@ -2,7 +2,7 @@ import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-fr
 import { loadKeyRings, type KeyRingView, type KeyVersionRow } from '../admin-data';
 import { ActionMessage, ActionResults } from '../action-dialog';
 import { RevokeAction, RollbackAction, RotateAction } from './key-actions';
-import { utc } from '../../components/utc';
+import { utc } from '@/lib/core/time';
 
 // Per request: the session, key states and expiry countdowns change over time.
 export const dynamic = 'force-dynamic';

@@ -5,7 +5,7 @@ import { Stat } from '../../../components/stat';
 import { OwnKeyTable } from '../../../components/own-key-list';
 import { RevokeSessionsAction } from '../revoke-sessions';
 import { RoleList, meterText, userPath } from '../user-parts';
-import { utc } from '../../../components/utc';
+import { utc } from '@/lib/core/time';
 import { isUserId, loadUser, type MeterUse, type UserDetail } from '../users-data';
 import type { SessionView } from '@/lib/core/session/session-index';
 import { userIdFromSegment } from '@/lib/core/session/provider-sessions';
