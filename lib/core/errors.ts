@@ -120,6 +120,14 @@ export class KeywardError extends Error {
 }
 
 /**
+ * 404 `route_not_found` for one of Keyward's own endpoints that a setting turns on and this deployment has not set:
+ * the answer names the setting (the README documents each), so whoever set the deployment up sees what is missing.
+ */
+export function endpointOff(what: string, setting: string): KeywardError {
+  return new KeywardError('route_not_found', { message: `${what} is off on this deployment: it needs ${setting}.` });
+}
+
+/**
  * What may be said of an unexpected error where its message may not (it can quote a value): its code and system
  * call (`EROFS mkdir`), from it or the first error of its cause chain that has them, or '' when none does.
  */

@@ -449,7 +449,9 @@ describe('failure and configuration', () => {
     });
     const response = await handleBackchannelLogout(new Request(ENDPOINT, { method: 'POST' }), runtime);
     expect(response.status).toBe(404);
-    expect(((await response.json()) as { error: { code: string } }).error.code).toBe('route_not_found');
+    const { error } = (await response.json()) as { error: { code: string; message: string } };
+    expect(error.code).toBe('route_not_found');
+    expect(error.message).toContain('KEYWARD_OIDC_ISSUER');
   });
 
   it('the provider cannot be reached (discovery): 503 temporarily_unavailable, nothing revoked', async () => {

@@ -138,6 +138,8 @@ describe('GET /api/metrics', () => {
       settings: { ...runtime.settings, KEYWARD_METRICS_TOKEN: undefined },
     });
     expect(response.status).toBe(404);
+    // The setting is named, so whoever set the deployment up sees what is missing (not "this upstream…").
+    expect(((await response.json()) as { error: { message: string } }).error.message).toContain('KEYWARD_METRICS_TOKEN');
   });
 
   it('counts calls, durations, errors and limit refusals, bounded to upstream ids and route templates', async () => {

@@ -1573,6 +1573,7 @@ describe('mobile disabled (no KEYWARD_MOBILE_REDIRECT_URIS)', () => {
   it('authorize → 404, even with a session; no redirect', async () => {
     const result = await authorize(authorizeQuery(), { on: disabled });
     expectError(result, 404, 'route_not_found');
+    expect(result.json<{ error: { message: string } }>().error.message).toContain('KEYWARD_MOBILE_REDIRECT_URIS');
     expect(result.headers.get('location')).toBeNull();
   });
 

@@ -40,7 +40,7 @@ export function handleKeyAction(request: Request, upstreamId: string, action: st
   return apiHandler(runtime, async () => {
     if (request.method !== 'POST') throw new KeywardError('method_not_allowed', { headers: { allow: 'POST' } });
     const session = await requireAdmin(request, runtime);
-    if (!['versions', 'rotate', 'rollback'].includes(action)) throw new KeywardError('route_not_found');
+    if (!['versions', 'rotate', 'rollback'].includes(action)) throw new KeywardError('route_not_found', { message: 'A key action is versions, rotate or rollback.' });
     const body = await readJsonObject(request);
     const keys = keyAdmin(runtime.keyRings, runtime.audit, session.userId);
     switch (action) {
@@ -63,7 +63,7 @@ export function handleKeyAction(request: Request, upstreamId: string, action: st
         return json({ rotation: await keys.rollback(body.rotationId, upstreamId) });
       }
       default:
-        throw new KeywardError('route_not_found');
+        throw new KeywardError('route_not_found', { message: 'A key action is versions, rotate or rollback.' });
     }
   });
 }

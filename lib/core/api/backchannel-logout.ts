@@ -1,5 +1,5 @@
 import { MAX_CLOCK_SKEW_S } from '../dpop/proof';
-import { KeywardError, errorResponse } from '../errors';
+import { KeywardError, endpointOff, errorResponse } from '../errors';
 import type { Runtime } from '../runtime';
 import { InvalidLogoutToken, LogoutProviderUnavailable, MAX_AGE_SECONDS, SKEW_SECONDS, type LogoutClaims } from '../session/logout-token';
 import { oidcUserId } from '../session/provider-sessions';
@@ -52,7 +52,7 @@ class Refused extends Error {
 export async function handleBackchannelLogout(request: Request, runtime: Runtime): Promise<Response> {
   const requestId = crypto.randomUUID();
   const { logoutTokens, providerSessions } = runtime;
-  if (!logoutTokens) return errorResponse(new KeywardError('route_not_found'), requestId);
+  if (!logoutTokens) return errorResponse(endpointOff('Back-channel logout', 'an OIDC sign-in (KEYWARD_OIDC_ISSUER)'), requestId);
   let claims: LogoutClaims | null = null;
   let claimed = false;
   try {

@@ -1,6 +1,6 @@
 import 'server-only';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { KeywardError } from '../errors';
+import { KeywardError, endpointOff } from '../errors';
 import type { KeyExpiry } from '../observe/metrics';
 import type { Runtime } from '../runtime';
 import { apiHandler, requireRead } from './guard';
@@ -14,7 +14,7 @@ export type MetricsRuntime = Pick<Runtime, 'settings' | 'metrics' | 'keyRings' |
 export function handleMetrics(request: Request, runtime: MetricsRuntime): Promise<Response> {
   return apiHandler(runtime, async () => {
     const expected = runtime.settings.KEYWARD_METRICS_TOKEN;
-    if (!expected) throw new KeywardError('route_not_found');
+    if (!expected) throw endpointOff('The metrics endpoint', 'KEYWARD_METRICS_TOKEN');
     requireRead(request);
     if (!tokenMatches(request.headers.get('authorization'), expected)) {
       throw new KeywardError('unauthenticated', {

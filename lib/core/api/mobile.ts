@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { DpopError, requestHtu } from '../dpop/proof';
-import { KeywardError } from '../errors';
+import { endpointOff } from '../errors';
 import {
   authorizeParams,
   readAuthorizeClient,
@@ -33,7 +33,7 @@ import { apiHandler, cookieIn, readCappedText, readCookie, readJsonObject } from
  */
 export function handleMobileAuthorize(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
+    if (!runtime.mobile.enabled) throw endpointOff('The mobile token exchange', 'KEYWARD_MOBILE_REDIRECT_URIS');
     return authorize(request, runtime);
   });
 }
@@ -306,7 +306,7 @@ export function describeConsent(
  */
 export function handleMobileToken(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
+    if (!runtime.mobile.enabled) throw endpointOff('The mobile token exchange', 'KEYWARD_MOBILE_REDIRECT_URIS');
     try {
       const tokens = await token(request, runtime);
       // RFC 9449 §8.2: the next nonce comes with each answer to a DPoP client, saving it a refusal next time.
@@ -356,7 +356,7 @@ async function token(request: Request, runtime: Runtime): Promise<TokenResponse>
  */
 export function handleMobileRevoke(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
+    if (!runtime.mobile.enabled) throw endpointOff('The mobile token exchange', 'KEYWARD_MOBILE_REDIRECT_URIS');
     try {
       checkOAuthPost(request, 'revocation');
       const params = await readTokenParams(request, REVOCATION_PARAMETERS);

@@ -1,4 +1,4 @@
-import { KeywardError } from '../errors';
+import { KeywardError, endpointOff } from '../errors';
 import { authorizationServerMetadata } from '../mobile/metadata';
 import type { Runtime } from '../runtime';
 import { apiHandler, requireRead } from './guard';
@@ -9,7 +9,7 @@ import { apiHandler, requireRead } from './guard';
  */
 export function handleOAuthMetadata(request: Request, runtime: Runtime): Promise<Response> {
   return apiHandler(runtime, async () => {
-    if (!runtime.mobile.enabled) throw new KeywardError('route_not_found');
+    if (!runtime.mobile.enabled) throw endpointOff('The mobile token exchange', 'KEYWARD_MOBILE_REDIRECT_URIS');
     requireRead(request);
     // AUTH_URL's origin, or the trusted Host's (DESIGN.md "The public origin"); without either, there is no
     // issuer to state (fail closed; production refuses to start in that state anyway).

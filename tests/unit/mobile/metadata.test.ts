@@ -69,7 +69,7 @@ describe('GET /.well-known/oauth-authorization-server (RFC 8414)', () => {
   it('without the mobile token exchange there is nothing to describe: 404', async () => {
     const { response, body } = await metadata({});
     expect(response.status).toBe(404);
-    expect(body).toMatchObject({ error: { code: 'route_not_found' } });
+    expect(body).toMatchObject({ error: { code: 'route_not_found', message: expect.stringContaining('KEYWARD_MOBILE_REDIRECT_URIS') } });
   });
 
   it('POST → 405 (GET, HEAD)', async () => {
