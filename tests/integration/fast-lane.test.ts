@@ -881,9 +881,11 @@ describe('Next runs in a process of its own', () => {
     await third.stop();
   });
 
-  it('`npm start` itself stopped with SIGTERM (docker stop, a process manager): the stop reaches the fast lane, which stops Next', async () => {
+  // `npm run start:next` too (route handlers only): without `exec` the shell npm runs it in died and left `next start`
+  // serving, so a restart found the port taken.
+  it.each([{ name: 'npm start', script: ['start'] }, { name: 'npm run start:next', script: ['run', 'start:next'] }])('`$name` itself stopped with SIGTERM (docker stop, a process manager): the stop reaches the server, and every process under npm stops', async ({ script }) => {
     const port = await freePort();
-    const npm = spawn('npm', ['start', '--', '-p', String(port), '-H', '127.0.0.1'], {
+    const npm = spawn('npm', [...script, '--', '-p', String(port), '-H', '127.0.0.1'], {
       env: {
         ...commandEnv(),
         NODE_ENV: 'production',
@@ -904,9 +906,9 @@ describe('Next runs in a process of its own', () => {
         if (answer?.status === 401) break;
         await new Promise((resolve) => setTimeout(resolve, 100));
       }
-      // Every process under npm's: the fast lane (its shell replaced by `exec`), Next.
+      // Every process under npm's: the fast lane (its shell replaced by `exec`) and Next; or `next start`'s processes.
       tree = descendants(npm.pid!);
-      expect(tree.length, output).toBeGreaterThanOrEqual(2);
+      expect(tree.length, output).toBeGreaterThanOrEqual(script[0] === 'start' ? 2 : 1);
       npm.kill('SIGTERM');
       await exited;
       for (const pid of tree) await waitUntilGone(pid);
