@@ -334,7 +334,7 @@ export function parseQuery(contract: NonNullable<CompiledContract['query']>, sea
     }
   }
   const result = contract.schema.safeParse(raw);
-  if (!result.success) throw contractError(result.error, 'query');
+  if (!result.success) throw contractError(result.error, 'query', contract.schema);
   return result.data as QueryValues;
 }
 
@@ -347,7 +347,7 @@ export function parseBody(schema: z.ZodType, text: string): unknown {
     throw violation('body: not valid JSON');
   }
   const result = schema.safeParse(json);
-  if (!result.success) throw contractError(result.error, 'body');
+  if (!result.success) throw contractError(result.error, 'body', schema);
   return result.data;
 }
 
@@ -521,15 +521,67 @@ export function violation(message: string): KeywardError {
   return new KeywardError('contract_violation', { message: `The request does not match this route's contract: ${message}.` });
 }
 
-/** Names in a zod issue path are echoed only in a harmless form (no quotes or markup, at most 64 characters). */
+/** A declared name is echoed only in a harmless form (no quotes or markup, at most 64 characters). */
 function safeName(name: string): string {
   return /^[A-Za-z0-9_-]{1,64}$/.test(name) ? name : '(invalid name)';
 }
 
-/** Names the first problems by path; zod's messages name expected types and config limits, not values. */
-export function contractError(error: z.ZodError, root: string): KeywardError {
+/**
+ * An issue's path as it may be shown: indexes, and the names the contract declares (an object's own keys). Any
+ * other part is the client's own text, a record's key (Stripe's `metadata[…]`), a catchall's or one no schema on
+ * the path declares, and is shown as `(a key)` whatever its characters: a key pasted as a field name would be
+ * echoed (as lib/core/policy/form.ts names a form field).
+ */
+function shownPath(schema: z.ZodType, path: readonly PropertyKey[]): string[] {
+  let at: z.ZodType[] = [schema];
+  return path.map((part) => {
+    const branches = at.flatMap((node) => branchesOf(node, new Set()));
+    at = [];
+    let declared = false;
+    for (const node of branches) {
+      if (typeof part === 'number') {
+        if (node instanceof z.ZodArray) at.push(node.element as z.ZodType);
+        if (node instanceof z.ZodTuple) {
+          const item = node.def.items[part] ?? node.def.rest;
+          if (item) at.push(item as z.ZodType);
+        }
+      } else if (node instanceof z.ZodObject && Object.hasOwn(node.shape, part)) {
+        at.push(node.shape[part as string] as z.ZodType);
+        declared = true;
+      } else if (node instanceof z.ZodObject && node.def.catchall) {
+        at.push(node.def.catchall as z.ZodType);
+      } else if (node instanceof z.ZodRecord) {
+        at.push(node.valueType as z.ZodType);
+      }
+    }
+    if (typeof part === 'number') return String(part);
+    return declared && typeof part === 'string' ? safeName(part) : '(a key)';
+  });
+}
+
+/** The schemas a value at this node is checked against: itself, under wrappers, pipes, unions and intersections. */
+function branchesOf(node: z.ZodType, seen: Set<z.ZodType>): z.ZodType[] {
+  if (seen.has(node)) return [];
+  seen.add(node);
+  const def = node._zod.def;
+  // `innerType`: optional, nullable, default, catch, readonly and the other wrappers.
+  const inner =
+    'innerType' in def ? [def.innerType]
+    : node instanceof z.ZodPipe ? [node.in, node.out]
+    : node instanceof z.ZodLazy ? [node.unwrap()]
+    : node instanceof z.ZodUnion ? node.options
+    : node instanceof z.ZodIntersection ? [node.def.left, node.def.right]
+    : null;
+  return inner ? (inner as z.ZodType[]).flatMap((child) => branchesOf(child, seen)) : [node];
+}
+
+/**
+ * Names the first problems by path (`shownPath`, against the `schema` that was parsed); zod's messages name
+ * expected types and config limits, not values.
+ */
+export function contractError(error: z.ZodError, root: string, schema: z.ZodType): KeywardError {
   const problems = error.issues.slice(0, 3).map((issue) => {
-    const path = [root, ...issue.path.map((part) => (typeof part === 'number' ? String(part) : safeName(String(part))))].join('.');
+    const path = [root, ...shownPath(schema, issue.path)].join('.');
     // The unknown names are the client's own text (a key pasted as a field name would be echoed): never shown.
     if (issue.code === 'unrecognized_keys') return `${path}: unknown field${issue.keys.length > 1 ? 's' : ''}`;
     return `${path}: ${issue.message}`;

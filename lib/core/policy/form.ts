@@ -65,7 +65,7 @@ export function parseForm(schema: z.ZodType, text: string): unknown {
     insert(root, parseName(name), value, schema);
   }
   const result = schema.safeParse(build(root, [], schema));
-  if (!result.success) throw contractError(result.error, 'body');
+  if (!result.success) throw contractError(result.error, 'body', schema);
   return result.data;
 }
 

@@ -360,7 +360,7 @@ class MultipartReading implements MultipartBody {
       throw violation(`${where}: Content-Transfer-Encoding is not supported`);
     const schema = part.key === null ? part.rule.value : part.rule.members!.get(part.key)!;
     const result = schema.safeParse(event.value);
-    if (!result.success) throw contractError(result.error, where);
+    if (!result.success) throw contractError(result.error, where, schema);
     return { part, value: result.data };
   }
 
@@ -420,7 +420,7 @@ class MultipartReading implements MultipartBody {
     const uploaded = { ...file, bytes };
     this.record(part, uploaded);
     const result = rule.value.safeParse(uploaded);
-    if (!result.success) throw contractError(result.error, `body.${field}`);
+    if (!result.success) throw contractError(result.error, `body.${field}`, rule.value);
   }
 
   /**
@@ -453,7 +453,7 @@ class MultipartReading implements MultipartBody {
       ]),
     );
     const result = this.contract.schema.safeParse(body);
-    if (!result.success) throw contractError(result.error, 'body');
+    if (!result.success) throw contractError(result.error, 'body', this.contract.schema);
   }
 
   /** The client's parts and the fields Keyward added, together, under the parts limit. */

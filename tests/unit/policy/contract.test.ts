@@ -592,6 +592,35 @@ describe('error messages never echo client values', () => {
     }
   });
 
+  // Record keys (Stripe's `metadata`), a catchall's keys and a union's record are the client's own text, whatever
+  // characters they use: only the names the contract declares are echoed, the rest is `(a key)`.
+  const records = compiled({
+    method: 'POST',
+    path: '/records',
+    body: z.object({
+      metadata: z.record(z.string().max(40), z.string().max(5)).optional(),
+      nested: z.record(z.string(), z.object({ size: z.number().max(3) })).optional(),
+      open: z.looseObject({ known: z.string().optional() }).catchall(z.number()).optional(),
+      either: z.union([z.number(), z.record(z.string(), z.boolean())]).optional(),
+      lazy: z.lazy(() => z.record(z.string(), z.string().max(2))).optional(),
+    }),
+  });
+  const recordCases: Array<[string, (secret: string) => unknown, string]> = [
+    ['a record key over its length', (s) => ({ metadata: { [`${s}${'x'.repeat(40)}`]: 'v' } }), 'body.metadata.(a key): '],
+    ['a record value over its length', (s) => ({ metadata: { [s]: 'x'.repeat(600) } }), 'body.metadata.(a key): '],
+    ['a declared field under a record key', (s) => ({ nested: { [s]: { size: 9 } } }), 'body.nested.(a key).size: '],
+    ['a catchall key', (s) => ({ open: { [s]: 'not a number' } }), 'body.open.(a key): '],
+    ["a union's record key", (s) => ({ either: { [s]: 'not a boolean' } }), 'body.either'],
+    ["a lazy record's key", (s) => ({ lazy: { [s]: 'too long' } }), 'body.lazy.(a key): '],
+  ];
+
+  it.each(recordCases)('never echoes %s, and says where it is', (_, value, where) => {
+    const secret = 'sk_live_51HxPastedByMistakeAbCdEf0123456789';
+    const message = violation(() => body(records, JSON.stringify(value(secret))));
+    expect(message).not.toContain(secret.slice(0, 12));
+    expect(message).toContain(where);
+  });
+
   it('names at most three problems', () => {
     const message = violation(() =>
       body(body_, JSON.stringify({ model: 'x', messages: [], max_tokens: -1, temperature: 9, stream: 1 })),
