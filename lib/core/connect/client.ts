@@ -281,8 +281,9 @@ export class ProviderClient {
 
   /**
    * Revokes a grant at the provider on disconnect: the refresh token first (RFC 7009 §2.1: its access tokens go
-   * with it where the server supports that), then the access token, also when the first was refused. True when
-   * the provider confirmed; throws the first refusal otherwise.
+   * with it where the server supports that), then the access token, also when the first was refused. GitHub and
+   * Slack take the access token alone, which must still be valid: see `live`. True when the provider confirmed;
+   * throws the first refusal (or a failed refresh) otherwise.
    */
   async revoke(tokens: OAuthTokens): Promise<boolean> {
     const { revocation } = this.provider;
@@ -311,10 +312,28 @@ export class ProviderClient {
         return true;
       }
       case 'github-grant':
-        return this.deleteGithubApp(revocation.apiUrl, 'grant', tokens.accessToken);
+        return this.deleteGithubApp(revocation.apiUrl, 'grant', await this.live(tokens));
       case 'slack':
-        return this.slackRevoke(revocation.url, tokens.accessToken);
+        return this.slackRevoke(revocation.url, (await this.live(tokens)).accessToken);
     }
+  }
+
+  /**
+   * Tokens whose access token is still valid, for revocations that authenticate with it (GitHub's grant API,
+   * Slack's auth.revoke): an expired one is refused there (GitHub answers 404, as for a grant already gone), and
+   * the grant and its refresh token stay alive at the provider. GitHub App user tokens expire after 8 hours, so a
+   * connection left idle that long has one. Refreshed first, once, by the refresh_token grant a call's refresh
+   * uses; a failed refresh is thrown (nothing revoked). Without a refresh token, sent as it is.
+   */
+  private async live(tokens: OAuthTokens): Promise<OAuthTokens> {
+    if (!tokens.refreshToken || !this.expired(tokens)) return tokens;
+    const next = await this.refresh(tokens.refreshToken);
+    return { ...next, refreshToken: next.refreshToken ?? tokens.refreshToken };
+  }
+
+  /** Expired, or expiring before a request sent now may be answered. 0: the provider did not say (never expires). */
+  private expired(tokens: OAuthTokens): boolean {
+    return tokens.expiresAt !== 0 && tokens.expiresAt - REQUEST_TIMEOUT_MS <= this.now();
   }
 
   /**
@@ -326,15 +345,17 @@ export class ProviderClient {
   async revokeOwn(tokens: OAuthTokens): Promise<boolean> {
     const { revocation } = this.provider;
     if (revocation.kind !== 'github-grant') return false;
-    return this.deleteGithubApp(revocation.apiUrl, 'token', tokens.accessToken);
+    return this.deleteGithubApp(revocation.apiUrl, 'token', await this.live(tokens));
   }
 
   /**
    * GitHub: DELETE /applications/{client_id}/grant with the client's credentials (Basic) and the token in the
-   * body ends the whole authorization, every token of it; /token ends that token alone. 404: already gone.
+   * body ends the whole authorization, every token of it; /token ends that token alone. 404: already gone, when
+   * the token sent was valid; for an expired one GitHub answers 404 too, and the grant may well be alive.
    * https://docs.github.com/en/rest/apps/oauth-applications#delete-an-app-authorization
    */
-  private async deleteGithubApp(apiUrl: string, what: 'grant' | 'token', accessToken: string): Promise<boolean> {
+  private async deleteGithubApp(apiUrl: string, what: 'grant' | 'token', tokens: OAuthTokens): Promise<boolean> {
+    const { accessToken } = tokens;
     const basic = Buffer.from(`${this.provider.clientId}:${this.provider.clientSecret ?? ''}`).toString('base64');
     const response = await this.fetch(`${apiUrl}/applications/${encodeURIComponent(this.provider.clientId)}/${what}`, {
       method: 'DELETE',
@@ -344,8 +365,8 @@ export class ProviderClient {
       signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
     await response.body?.cancel();
-    if (response.status === 204 || response.status === 404) return true;
-    throw new Error(`GitHub answered ${response.status} to the ${what} deletion`);
+    if (response.status === 204 || (response.status === 404 && !this.expired(tokens))) return true;
+    throw new Error(`GitHub answered ${response.status} to the ${what} deletion${response.status === 404 ? ' of an expired token' : ''}`);
   }
 
   /** Slack: auth.revoke with the token itself; `{"ok": true}` confirms. https://api.slack.com/methods/auth.revoke */

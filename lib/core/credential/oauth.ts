@@ -106,7 +106,8 @@ const REFRESH_SKEW_MS = 60_000;
  * the lock lasts 45 s. A holder that crashed delays that user's next refresh by as much; waiters give up at
  * WAIT_LIMIT_MS with 503 meanwhile. A disconnect holds it too (`exclusive`) while it revokes: at most four requests
  * of 10 s each (lib/core/connect/client.ts: discovery, the RFC 8414 fallback, revoking the refresh token, then the
- * access token), 40 s, still within the lock's life.
+ * access token), 40 s, still within the lock's life. (GitHub and Slack, configured by endpoints, never discover: their
+ * disconnect refreshes an expired token first, then revokes, two requests.)
  */
 const LOCK_TTL_MS = 45_000;
 /** How many unsaved refreshes a process keeps (OAuthTokenStore.unsaved), and for how long. */

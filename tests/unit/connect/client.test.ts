@@ -244,6 +244,20 @@ describe('Slack', () => {
     expect(await client.revokeOwn({ accessToken: 'xoxp-user', refreshToken: null, expiresAt: 0 })).toBe(false);
     expect(seen.length).toBe(requests);
   });
+
+  it('token rotation: an expired user token is refreshed first, and auth.revoke gets the new one (Slack refuses the old)', async () => {
+    const { origin, seen } = await fake((entry, res) => {
+      if (entry.url !== '/revoke') return json(res, 200, { ok: true, access_token: 'xoxe.xoxp-new', refresh_token: 'xoxe-1-next', expires_in: 43_200, token_type: 'user' });
+      const fresh = entry.headers.authorization === 'Bearer xoxe.xoxp-new';
+      json(res, 200, fresh ? { ok: true, revoked: true } : { ok: false, error: 'token_expired' });
+    });
+    const provider = { ...preset('slack', origin), revocation: { kind: 'slack', url: `${origin}/revoke` } as const };
+    const client = new ProviderClient(provider);
+    const expired = { accessToken: 'xoxe.xoxp-old', refreshToken: 'xoxe-1-old', expiresAt: Date.now() - 60_000 };
+    expect(await client.revoke(expired)).toBe(true);
+    expect(seen.map((r) => r.url)).toEqual(['/token', '/revoke']);
+    expect(new URLSearchParams(seen[0]!.body).get('refresh_token')).toBe('xoxe-1-old');
+  });
 });
 
 describe('RFC 7009 revocation', () => {
