@@ -4,14 +4,14 @@ import { NextRequest } from 'next/server';
 import { handleBackchannelLogout } from '@/lib/core/api/backchannel-logout';
 import { handleAudit, handleKeyAction, handleKeyList, handleKeyRevoke } from '@/lib/core/api/admin';
 import { handleAlerts, handleAlertUndo } from '@/lib/core/api/alerts';
-import { handleAdminUserConnections, handleConnectCallback, handleConnection, handleConnections, handleConnectStart } from '@/lib/core/api/connect';
+import { endPendingConnects, handleAdminUserConnections, handleConnectCallback, handleConnection, handleConnections, handleConnectStart } from '@/lib/core/api/connect';
 import { handleUserKey } from '@/lib/core/api/keys';
 import { handleMetrics } from '@/lib/core/api/metrics';
 import { handleUsage, handleUsageTop } from '@/lib/core/api/usage';
 import { handleMobileAuthorize, handleMobileRevoke, handleMobileToken } from '@/lib/core/api/mobile';
 import { handleOAuthMetadata } from '@/lib/core/api/oauth-metadata';
 import { handleAdminRevoke, handleLogout, handleRevokeAll } from '@/lib/core/api/revoke';
-import { handleSignInPost } from '@/lib/core/api/sign-in';
+import { changesSignIn, handleSignInPost } from '@/lib/core/api/sign-in';
 import { handleWsTicket } from '@/lib/core/api/ws-ticket';
 import { errorResponse } from '@/lib/core/errors';
 import type { Runtime } from '@/lib/core/runtime';
@@ -116,9 +116,11 @@ function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime
       runtime.logger.error({ err: failure.cause ?? failure, requestId }, 'auth failed: store unavailable');
       return errorResponse(failure, requestId);
     }
-    const headers = new Headers(response.headers);
+    // A sign-in (credentials or OIDC callback) or sign-out ends the connects the browser had pending.
+    const answer = changesSignIn(request, response) ? endPendingConnects(response, runtime) : response;
+    const headers = new Headers(answer.headers);
     headers.set('cache-control', 'private, no-store');
-    return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+    return new Response(answer.body, { status: answer.status, statusText: answer.statusText, headers });
   };
 }
 

@@ -6,6 +6,7 @@ import { handleConnectCallback, handleConnection, handleConnectStart } from '../
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL, capturingLogger, claimsSessionCookie } from '../fixtures/claims-session';
+import { githubConnectionAt } from '../fixtures/github-connection';
 import { deleteKeysUnder } from '../fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 
@@ -151,15 +152,7 @@ beforeAll(async () => {
       GH_CLIENT_SECRET: CLIENT_SECRET,
       KEYWARD_SESSION_MAX_AGE: String(7 * 86_400),
     },
-    connections: {
-      github: {
-        preset: 'github',
-        clientId: { env: 'GH_CLIENT_ID' },
-        clientSecret: { env: 'GH_CLIENT_SECRET' },
-        authorizationUrl: `${origin}/login/oauth/authorize`,
-        tokenUrl: `${origin}/login/oauth/access_token`,
-      },
-    },
+    connections: githubConnectionAt(origin),
     store,
     logger,
     now,

@@ -35,6 +35,27 @@ function bindingCookie(provider: string): string {
   return `__Host-keyward.connect-${provider}`;
 }
 
+/** The Set-Cookie that ends a pending connect's binding cookie (the attributes it was set with, Max-Age=0). */
+function clearBinding(provider: string): string {
+  return `${bindingCookie(provider)}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax`;
+}
+
+/**
+ * A sign-in or sign-out answer (lib/core/api/sign-in.ts changesSignIn, Keyward's logout), with the binding
+ * cookies of every configured provider cleared: a pending connect started by the user signed in before ends
+ * there (its callback finds no binding: `expired`). Without this, a connect user A started would still complete
+ * for A after user B signed in over A's session in the same browser: the callback arrives by a cross-site
+ * redirect, which never carries the SameSite=Strict session cookie, so it cannot see that B is now the one
+ * signed in. Returns the response itself when no provider is configured.
+ */
+export function endPendingConnects(response: Response, runtime: Pick<Runtime, 'connections'>): Response {
+  const providers = [...(runtime.connections?.providers.keys() ?? [])];
+  if (providers.length === 0) return response;
+  const headers = new Headers(response.headers);
+  for (const provider of providers) headers.append('set-cookie', clearBinding(provider));
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
+
 const NO_STORE = { 'cache-control': 'private, no-store', 'referrer-policy': 'no-referrer' } as const;
 
 function connectionsOf(runtime: Runtime): Connections {
@@ -123,7 +144,7 @@ export function handleConnectCallback(request: Request, providerId: string, runt
     const target = `${beforeHash}${beforeHash.includes('?') ? '&' : '?'}${result}${hash ? `#${hash}` : ''}`;
     const headers = new Headers();
     if (outcome.ok || !outcome.untouched) {
-      headers.set('set-cookie', `${bindingCookie(providerId)}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax`);
+      headers.set('set-cookie', clearBinding(providerId));
     }
     return bounceResponse(target, headers);
   });

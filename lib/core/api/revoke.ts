@@ -3,6 +3,7 @@ import { KeywardError } from '../errors';
 import type { Runtime } from '../runtime';
 import { USER_ID } from '../session/provider-sessions';
 import { SESSION_COOKIE } from '../session/session';
+import { endPendingConnects } from './connect';
 import { apiHandler, json, requireSession } from './guard';
 
 /** POST /api/session/revoke-all: "sign out everywhere": every session and mobile token of the caller. */
@@ -38,8 +39,10 @@ export function handleLogout(request: Request, runtime: Runtime): Promise<Respon
     await runtime.revocations.revokeSession(session.sessionId);
     const response = json({ revoked: true });
     // A cookie session's browser drops its cookie (every chunk Auth.js split it into), which no server accepts now.
-    if (session.via === 'cookie') for (const name of sessionCookieNames(request)) response.headers.append('set-cookie', `${name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict`);
-    return response;
+    if (session.via !== 'cookie') return response;
+    for (const name of sessionCookieNames(request)) response.headers.append('set-cookie', `${name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict`);
+    // A connect this browser started for the user ends with the session (endPendingConnects).
+    return endPendingConnects(response, runtime);
   });
 }
 

@@ -30,8 +30,35 @@ export interface SignInForm {
  */
 export function isCredentialsSignIn(request: Request): boolean {
   if (request.method !== 'POST') return false;
+  return callbackOf(request) === 'credentials';
+}
+
+/** The provider of an Auth.js callback request (`…/callback/<provider>`, read as Auth.js reads it), or null. */
+function callbackOf(request: Request): string | null {
   const parts = new URL(request.url).pathname.split('/').filter(Boolean);
-  return parts.at(-2) === 'callback' && parts.at(-1) === 'credentials';
+  return parts.at(-2) === 'callback' ? (parts.at(-1) ?? null) : null;
+}
+
+/**
+ * Whether Auth.js's answer changes who the browser is signed in as: a callback (the credentials form, or an OIDC
+ * provider's redirect back) that signs in, or an answer that clears the session cookie and sets none (sign-out, a
+ * session no longer valid). Not the renewal Auth.js sets on every session read: that is the same user.
+ */
+export function changesSignIn(request: Request, response: Response): boolean {
+  if (signsIn(response)) return callbackOf(request) !== null;
+  const cookies = sessionCookiesSet(response);
+  return cookies.length > 0 && cookies.every(({ value }) => value === '');
+}
+
+/** The session cookie (or its chunks) as the answer sets them: names and values, `''` for a cookie being cleared. */
+function sessionCookiesSet(response: Response): { name: string; value: string }[] {
+  return response.headers.getSetCookie().flatMap((line) => {
+    const pair = line.split(';', 1)[0]!;
+    const index = pair.indexOf('=');
+    const name = pair.slice(0, index).trim();
+    const chunk = name.startsWith(`${SESSION_COOKIE}.`) && /^\d+$/.test(name.slice(SESSION_COOKIE.length + 1));
+    return name === SESSION_COOKIE || chunk ? [{ name, value: pair.slice(index + 1).trim() }] : [];
+  });
 }
 
 /**
@@ -126,12 +153,9 @@ function deviceOf(request: Request, username: string | null, runtime: Pick<Runti
  * a cookie being cleared (`name=;`) is no sign-in.
  */
 function signsIn(response: Response): boolean {
-  return response.headers.getSetCookie().some((line) => {
-    const pair = line.split(';', 1)[0]!;
-    const index = pair.indexOf('=');
-    const name = pair.slice(0, index).trim();
-    return (name === SESSION_COOKIE || name === `${SESSION_COOKIE}.0`) && pair.slice(index + 1).trim() !== '';
-  });
+  return sessionCookiesSet(response).some(
+    ({ name, value }) => (name === SESSION_COOKIE || name === `${SESSION_COOKIE}.0`) && value !== '',
+  );
 }
 
 /**
