@@ -27,6 +27,7 @@ import { NEVER_SENT, type KeyVersion, type Rotation, type RotationResult, type V
 import { createLogger } from '../lib/core/log/logger';
 import { utc } from '../lib/core/time';
 import { createRuntime, type Runtime } from '../lib/core/runtime';
+import { checkRoutes } from '../lib/core/upstream/registry';
 import { argsProblem, operator } from '../lib/node/args';
 import { fastLaneProblems } from '../lib/node/runtime';
 import { hashPassword, MAX_PASSWORD_LENGTH } from '../lib/core/users/password';
@@ -289,6 +290,8 @@ async function typesCommand(args: string[]): Promise<number> {
     process.stderr.write(`keyward: KEYWARD_CONFIG is not set; reading ${file}, as \`npm run dev\` does\n`);
   }
   const definitions = file ? readConfigFile(file) : readConfigJson(json!);
+  // What start-up compiles beyond the schema (a query parameter declared as an object, say), without its secrets.
+  checkRoutes(definitions);
   // Named relative to the project when it is inside it, so the generated file is the same on every machine.
   const shown = file && !relative(process.cwd(), file).startsWith('..') ? relative(process.cwd(), file) : file;
   const text = renderClientTypes(definitions, shown ?? 'KEYWARD_CONFIG_JSON', (message) =>

@@ -900,6 +900,26 @@ describe('keyward help, usage and leaks', { timeout: 120_000 }, () => {
     }
   });
 
+  it('types refuses a config start-up refuses, with check-config\'s message, and needs no secret for it', async () => {
+    const config = writeConfigFile({
+      upstreams: {
+        inv: {
+          baseUrl: 'http://127.0.0.1:9/v1/',
+          auth: { type: 'header', name: 'x-api-key', secret: { env: 'INV_KEY' } },
+          routes: [{ method: 'GET', path: '/items', query: { properties: { f: { type: 'object', properties: {} } } } }],
+        },
+      },
+    });
+    const problem = 'upstreams.inv.routes.0.query.properties.f: query parameters cannot be objects';
+    const check = await cli(['check-config'], '', { env: { ...env, KEYWARD_CONFIG: config, INV_KEY: randomSecret('inv') } });
+    expect(check.code).toBe(1);
+    expect(check.stderr).toContain(problem);
+    // INV_KEY is not set: types reads no secret.
+    const types = await cli(['types', '--config', config]);
+    expect([types.code, types.stdout]).toEqual([1, '']);
+    expect(types.stderr).toContain(problem);
+  });
+
   it('output through a pipe to a slow reader is whole: schema (over 64 KiB, a pipe buffer) parses', async () => {
     // As `npm run -s keyward -- schema | jq`: the reader starts late, so the output waits in the pipe's buffer.
     const command = `"${TSX}" --conditions=react-server "${SCRIPT}" schema | (sleep 1; cat)`;

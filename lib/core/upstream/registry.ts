@@ -145,22 +145,36 @@ export function buildRegistry(
   env: Env,
   fingerprints: KeyFingerprints = processFingerprints(),
 ): Map<string, Upstream> {
-  const registry = new Map<string, Upstream>();
+  return compileEach(definitions, (id, config) => compileUpstream(id, config, env, fingerprints));
+}
+
+/**
+ * The upstreams' routes compiled as buildRegistry compiles them (contracts, limits, path templates), reading no
+ * secret: for a tool that reads the config without serving it (`keyward types`), so that a config start-up
+ * refuses is refused there too, with the same message.
+ */
+export function checkRoutes(definitions: readonly UpstreamDefinition[]): void {
+  compileEach(definitions, (id, config) => config.routes.map((route, index) => compileRoute(id, index, route, config)));
+}
+
+/** Each upstream compiled by `compile`, by id; every problem found (ConfigError) thrown at the end, in one error. */
+function compileEach<T>(definitions: readonly UpstreamDefinition[], compile: (id: string, config: UpstreamConfig) => T): Map<string, T> {
+  const compiled = new Map<string, T>();
   const problems: string[] = [];
   for (const { id, config } of definitions) {
-    if (registry.has(id)) {
+    if (compiled.has(id)) {
       problems.push(`  - upstreams.${id}: declared more than once (JSON and TypeScript)`);
       continue;
     }
     try {
-      registry.set(id, compileUpstream(id, config, env, fingerprints));
+      compiled.set(id, compile(id, config));
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
       problems.push(error.message);
     }
   }
   if (problems.length > 0) throw new ConfigError(`Keyward configuration is invalid:\n${problems.join('\n')}`);
-  return registry;
+  return compiled;
 }
 
 function compileUpstream(id: string, config: UpstreamConfig, env: Env, fingerprints: KeyFingerprints): Upstream {
