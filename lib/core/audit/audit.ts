@@ -153,6 +153,8 @@ export class AuditLog {
   private writing: Promise<void> = Promise.resolve();
   /** A write that has not started yet: a flush asked for meanwhile joins it (it takes the queue when it starts). */
   private queued: Promise<void> | null = null;
+  /** Settled once the batch the timer waits for is written (`written`); null: nobody waits for it. */
+  private timedBatch: { readonly promise: Promise<void>; readonly resolve: () => void } | null = null;
   /** Records whose write failed, oldest first, to be written before the next batch; touched only by `write`. */
   private retained: Array<{ value: string; at: number }> = [];
   /** Usage increments whose write failed, by hash and field (summed), oldest first; touched only by `write`. */
@@ -241,6 +243,27 @@ export class AuditLog {
     );
   }
 
+  /**
+   * Resolves once every call recorded so far is written, or its write failed (the records are then kept in
+   * memory, as for any failed write), without writing any sooner: it waits for the batch under way or the one
+   * the timer waits for. That timer then keeps the process alive (it is unref'd otherwise), so a server that
+   * awaits this before it exits (`after()` in lib/next/proxy-route.ts, which `next start` awaits on SIGTERM)
+   * does not exit in the meantime. Never rejects.
+   */
+  written(): Promise<void> {
+    if (this.timer) {
+      this.timer.ref();
+      if (!this.timedBatch) {
+        let resolve!: () => void;
+        const promise = new Promise<void>((settle) => (resolve = settle));
+        this.timedBatch = { promise, resolve };
+      }
+      return this.timedBatch.promise;
+    }
+    // No timer: what was recorded went with the write under way, or is queued for the next (a full batch).
+    return this.queued ? this.queued.catch(() => {}) : this.writing;
+  }
+
   /** Admin actions are awaited: the caller reports success only once the action is on record. */
   async recordAdmin(entry: Omit<AdminRecord, 'type' | 'at' | 'id'>): Promise<void> {
     const at = this.now();
@@ -262,7 +285,17 @@ export class AuditLog {
     // Batches are written one after another, so the log keeps the order records were made in. A write not yet
     // started takes everything queued when it starts, so a flush meanwhile joins it: with a store that hangs,
     // flushes do not pile up, each holding a batch outside the bound on what is kept.
-    if (this.queued) return this.queued;
+    const write = this.queued ?? this.startWrite();
+    if (this.timedBatch) {
+      // The write that takes the batch `written` waited for (it takes everything queued when it starts).
+      const { resolve } = this.timedBatch;
+      this.timedBatch = null;
+      void this.writing.then(resolve);
+    }
+    return write;
+  }
+
+  private startWrite(): Promise<void> {
     const write = this.writing.then(() => {
       this.queued = null;
       return this.write();
