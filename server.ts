@@ -23,6 +23,7 @@ import {
   createFastLane,
   createFastLaneRuntime,
   createUpgradeListener,
+  drainThenCut,
   fastLaneProblems,
   NextExitedError,
   NextSocketFolderError,
@@ -32,6 +33,7 @@ import {
   registerTracingFromEnv,
   scrubConsole,
   ServingCalls,
+  SHUTDOWN_DRAIN_MS,
   shutdownTracing,
   startNextProcess,
   UsageError,
@@ -40,12 +42,6 @@ import {
   type ServeOptions,
 } from 'keyward/node';
 import nextConfig from './next.config';
-
-/**
- * How long a stop (SIGTERM, SIGINT) lets proxied calls in progress end before it cuts them. With the audit flush
- * after it, the process is gone well within Docker's 10 s between SIGTERM and SIGKILL.
- */
-const SHUTDOWN_DRAIN_MS = 3_000;
 
 async function main(): Promise<void> {
   let options: ServeOptions;
@@ -145,12 +141,7 @@ async function main(): Promise<void> {
     // Proxied calls in progress (long streams) get SHUTDOWN_DRAIN_MS to end; the rest are cut then, which records
     // them as aborted. Then every call is on record (and its span exported) before the process goes, and Next has
     // stopped too.
-    const drainEnd = new Promise<void>((resolve) => setTimeout(resolve, SHUTDOWN_DRAIN_MS).unref());
-    void Promise.race([serving.idle(), drainEnd])
-      .then(() => {
-        server.closeAllConnections();
-        return serving.idle();
-      })
+    void drainThenCut(serving, () => server.closeAllConnections(), SHUTDOWN_DRAIN_MS)
       .then(() => Promise.all([runtime.audit.flush().catch(() => {}), shutdownTracing().catch(() => {}), nextStopped]))
       .finally(() => process.exit(0));
     setTimeout(() => process.exit(0), SHUTDOWN_DRAIN_MS + 5_000).unref();

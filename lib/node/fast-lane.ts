@@ -5,6 +5,7 @@ import { ERROR_STATUS, KeywardError, errorResponse } from '@/lib/core/errors';
 import { isRefusedMethod, proxyCall, refusedMethod, refuseCall, type ProxyDeps } from '@/lib/core/pipeline';
 import { getLogger } from '@/lib/core/log/logger';
 import type { CoreRequest } from '@/lib/core/request';
+import type { ServingCalls } from '@/lib/core/shutdown';
 import { isDisguisedProxyPath, originFormTarget, parseProxyPath, type ProxyPath } from './proxy-path';
 import { disguisedPathRefusal, headersOrNone, readHeaders, toRequest } from './request';
 import { endSocketWith, writeResponse } from './response';
@@ -27,29 +28,6 @@ export interface FastLaneOptions {
   readonly metrics?: MetricsRuntime;
   /** Counts the proxied calls being served, so a shutdown can wait for them (and their records). */
   readonly serving?: ServingCalls;
-}
-
-/**
- * The proxied calls a fast lane is serving. server.ts's shutdown waits for them to end (then cuts the rest, which
- * records them as aborted) before it writes the last audit batch and exits: otherwise a deploy would drop the
- * records, and the budget settlements, of every stream still running.
- */
-export class ServingCalls {
-  private count = 0;
-  private waiters: Array<() => void> = [];
-
-  track(call: Promise<void>): void {
-    this.count++;
-    void call.finally(() => {
-      if (--this.count > 0) return;
-      for (const resolve of this.waiters.splice(0)) resolve();
-    });
-  }
-
-  /** Resolves once no proxied call is being served (each one's response ended or was cut, and recorded). */
-  idle(): Promise<void> {
-    return this.count === 0 ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
-  }
 }
 
 /**

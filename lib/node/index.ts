@@ -4,7 +4,7 @@
  * which runs in a child process (startNextProcess).
  */
 export { readServeOptions, UsageError, type ServeOptions } from './args';
-export { createClientErrorAnswer, createConnectRefusal, createFastLane, ServingCalls, type FastLaneOptions } from './fast-lane';
+export { createClientErrorAnswer, createConnectRefusal, createFastLane, type FastLaneOptions } from './fast-lane';
 export { NextExitedError, NextSocketFolderError, startNextProcess, type NextProcess, type NextProcessOptions } from './next-process';
 export { createFastLaneRuntime, fastLaneProblems } from './runtime';
 export { createUpgradeListener, type UpgradeOptions } from './websocket';
@@ -12,4 +12,5 @@ export { OpenSockets } from '@/lib/core/ws/sockets';
 export { WsTickets } from '@/lib/core/ws/tickets';
 export { checkStartup, checkStartupImport } from '@/lib/core/startup';
 export { printUncaughtErrorsScrubbed, scrubConsole } from '@/lib/core/log/console';
+export { drainThenCut, ServingCalls, SHUTDOWN_DRAIN_MS } from '@/lib/core/shutdown';
 export { registerTracingFromEnv, shutdownTracing } from '@/lib/core/observe/trace';

@@ -36,7 +36,7 @@ export async function writeResponse(
   }
   const source = body instanceof ProxiedBody ? body : readerOf(body);
   // A client that stops reading for the route's timeoutMs: the core cut the call; the connection is closed too.
-  if (body instanceof ProxiedBody) body.onStall(() => res.destroy());
+  if (body instanceof ProxiedBody) body.onCut(() => res.destroy());
   const cancel = () => {
     if (!res.writableFinished) source.cancel();
   };

@@ -22,7 +22,7 @@ import {
 import { CLOSE, STOPPING, type CloseCause, type OpenSockets } from '@/lib/core/ws/sockets';
 import { currentLocalUser, type LocalUsers } from '@/lib/core/users/file';
 import type { WsTickets } from '@/lib/core/ws/tickets';
-import type { ServingCalls } from './fast-lane';
+import type { ServingCalls } from '@/lib/core/shutdown';
 import { isDisguisedProxyPath, parseProxyPath } from './proxy-path';
 import { disguisedPathRefusal, hasContent, readHeaders } from './request';
 import { endSocketWith } from './response';

@@ -165,11 +165,21 @@ export class ProxiedBody {
   /** Armed while handed-out pieces wait for the client's next read; one timer per body, refreshed. */
   private stallTimer: NodeJS.Timeout | null = null;
   private awaitingClient = false;
-  private readonly stallListeners: Array<() => void> = [];
+  private readonly cutListeners: Array<() => void> = [];
+  /** Resolved by `finish` for `ended` (made only when asked for: the fast lane never asks). */
+  private endedResolve: (() => void) | null = null;
+  private endedPromise: Promise<void> | null = null;
 
-  /** Called once if the client stalls (see `stalled`): the door ends the client's response. */
-  onStall(listener: () => void): void {
-    this.stallListeners.push(listener);
+  /** Called once if the call is cut (the client stalled, see `stalled`, or `cut`): the door ends the client's response. */
+  onCut(listener: () => void): void {
+    this.cutListeners.push(listener);
+  }
+
+  /** Resolves once the body ended, failed or was cut or cancelled: the call's record (step 15) is made then. */
+  ended(): Promise<void> {
+    if (this.finished) return Promise.resolve();
+    this.endedPromise ??= new Promise<void>((resolve) => (this.endedResolve = resolve));
+    return this.endedPromise;
   }
 
   /** Pieces were handed out: the client's next read is due within `stallMs`. */
@@ -183,9 +193,18 @@ export class ProxiedBody {
   private stall(): void {
     if (!this.awaitingClient || this.finished) return;
     this.stalled = true;
+    this.cut();
+  }
+
+  /**
+   * Ends the call now, whatever the client does (it stalled, or the server is stopping: lib/core/shutdown.ts): the
+   * upstream body is destroyed, the call recorded as aborted, and the door ends the client's response (`onCut`).
+   */
+  cut(): void {
+    if (this.finished) return;
     this.source.destroy();
     this.finish('aborted');
-    for (const listener of this.stallListeners) listener();
+    for (const listener of this.cutListeners) listener();
   }
 
   /**
@@ -266,9 +285,11 @@ export class ProxiedBody {
   stream(): ReadableStream<Uint8Array> {
     return new ReadableStream<Uint8Array>({
       start: (controller) => {
-        this.onStall(() => {
+        this.onCut(() => {
           try {
-            controller.error(new KeywardError('upstream_unreachable'));
+            // A stop's cut is an abort, as Next reads one (it destroys the response and logs nothing); a stalled
+            // client's is Keyward's failure to deliver, logged.
+            controller.error(this.stalled ? new KeywardError('upstream_unreachable') : new DOMException('The call was cut.', 'AbortError'));
           } catch {
             // already closed
           }
@@ -299,6 +320,7 @@ export class ProxiedBody {
     }
     this.finished = true;
     this.onDone(outcome, this.bytes, error);
+    this.endedResolve?.();
   }
 }
 

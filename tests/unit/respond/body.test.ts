@@ -232,7 +232,7 @@ describe('ProxiedBody: the fast lane reads the same body directly', () => {
     const done: Array<{ outcome: StreamOutcome; bytes: number }> = [];
     const proxied = new ProxiedBody(source, null, (outcome, bytes) => done.push({ outcome, bytes }), null, null, 40);
     let told = 0;
-    proxied.onStall(() => told++);
+    proxied.onCut(() => told++);
     expect(await proxied.read()).toHaveLength(1);
     // The client never asks for more.
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -274,6 +274,26 @@ describe('ProxiedBody: the fast lane reads the same body directly', () => {
     expect(proxied.stalled).toBe(true);
     expect(source.destroyed).toBe(true);
     await expect(reader.read()).rejects.toMatchObject({ code: 'upstream_unreachable' });
+  });
+
+  it('cut() (a stop past its drain): the source destroyed, recorded aborted once, ended() resolved, the web stream aborted mid-read', async () => {
+    const source = new Readable({ read() {} });
+    source.push('first piece ');
+    const done: Array<{ outcome: StreamOutcome; bytes: number }> = [];
+    const proxied = new ProxiedBody(source, null, (outcome, bytes) => done.push({ outcome, bytes }));
+    const ended = proxied.ended();
+    const reader = proxied.stream().getReader();
+    expect((await reader.read()).value).toHaveLength(12);
+    const next = reader.read();
+    proxied.cut();
+    proxied.cut();
+    await ended;
+    expect(source.destroyed).toBe(true);
+    expect(proxied.stalled).toBe(false);
+    expect(done).toEqual([{ outcome: 'aborted', bytes: 12 }]);
+    // An abort, as Next reads one: the response is destroyed without an error logged.
+    await expect(next).rejects.toMatchObject({ name: 'AbortError' });
+    await expect(proxied.ended()).resolves.toBeUndefined();
   });
 
   it('readAhead() keeps the first pieces for the first read(): the same bytes and one onDone as without it', async () => {
