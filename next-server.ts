@@ -56,7 +56,10 @@ async function main(): Promise<void> {
       .catch(() => process.send?.({ type: 'metrics', id, metrics: null }));
   });
 
+  let stopping = false;
   const stop = () => {
+    if (stopping) return;
+    stopping = true;
     server.close();
     server.closeIdleConnections();
     setTimeout(() => process.exit(0), 5_000).unref();
@@ -64,9 +67,11 @@ async function main(): Promise<void> {
     void Promise.all([once(server, 'close'), shutdownTracing().catch(() => {})]).finally(() => process.exit(0));
   };
   // The fast lane is gone (or asks it to stop): no request can reach this socket any more.
+  // `on`, not `once`: the signals stay handled here, so keyward.register()'s listener (lib/core/shutdown.ts), which
+  // restores a signal's default where nothing else handles it, never takes this process down before it is done.
   process.once('disconnect', stop);
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 }
 
 main().catch((error: unknown) => {

@@ -4,6 +4,7 @@ import type { ConnectionsInput } from '@/lib/core/connect/config';
 import type { Runtime } from '@/lib/core/runtime';
 import { scrubConsole } from '@/lib/core/log/console';
 import { registerTracingFromEnv } from '@/lib/core/observe/trace';
+import { cutCallsOnStop } from '@/lib/core/shutdown';
 import { checkStartup } from '@/lib/core/startup';
 import { createApiRoutes, type ApiRoutes } from './api-routes';
 import type { AuthPages } from './auth';
@@ -37,7 +38,9 @@ export interface Keyward extends ApiRoutes, PageHelpers {
    * For instrumentation.ts's `register()`: OpenTelemetry tracing when an OTLP endpoint is set (README "Metrics and
    * traces"; without one the SDK is not even loaded), then `checkStartup()`, then the log scrubber over `console`
    * (what Next.js prints: lib/core/log/console.ts), then the connected accounts' keeper (idle grants refreshed at
-   * least daily; one pass per interval across instances).
+   * least daily; one pass per interval across instances). Under a Node.js server of its own (`next start`,
+   * standalone; not on Vercel), a stop (SIGTERM, SIGINT) then cuts the proxied calls still open after a drain of
+   * 3 s, so that the server can close and every call is on record (lib/core/shutdown.ts).
    */
   register(): Promise<void>;
   /** The runtime behind these handlers, built on first use from process.env and `upstreams`. */
@@ -68,6 +71,8 @@ export function createKeyward(options: KeywardOptions = {}): Keyward {
       checkStartup(getRuntime);
       scrubConsole();
       getRuntime().connectionKeeper?.start();
+      // On Vercel no signal comes: the platform ends a function once its `after()` work is done.
+      if (process.env.NEXT_RUNTIME === 'nodejs' && !getRuntime().settings.VERCEL) cutCallsOnStop();
     },
     getRuntime,
     everyMethod,

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, npmStartNodeFlags, signIn, startApp, startFastLane, type AppServer } from '../fixtures/app-server';
 import { writeConfigFile } from '../fixtures/config';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
+import { openStreamAcrossStop, streamsAcrossStop } from '../fixtures/open-stream';
 import { startUpstream, type TestUpstream } from '../fixtures/upstream';
 import { writeUsersFile } from '../fixtures/users';
 import { rawRequest, type RawResponse } from '../fixtures/raw-http';
@@ -921,32 +922,12 @@ describe('Next runs in a process of its own', () => {
   it('a stop lets streams in progress end (for up to 3 s), cuts the rest, and every one of them is on record', async () => {
     const storePath = join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-drain-')), 'keyward.db');
     const stopping = await startFastLane({ ...env, KEYWARD_STORE_PATH: storePath });
-    let sigterm = () => {};
-    const stopped = new Promise<void>((resolve) => (sigterm = resolve));
-    upstream.handle((req, res) => {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      res.write('data: first\n\n');
-      // /events ends a moment after the stop began; /hang never ends on its own.
-      if (req.url === '/v1/events') void stopped.then(() => setTimeout(() => res.end('data: last\n\n'), 500));
-    });
+    // /events ends a moment after the stop began; /hang never ends on its own; /wait never answers.
+    const { handler, stopped: sigterm } = streamsAcrossStop();
+    upstream.handle(handler);
     try {
       const cookie = await signIn(stopping.url, 'alice', password);
-      const open = async (path: string) => {
-        const response = await fetch(`${stopping.url}/api/proxy/echo/${path}`, { headers: { cookie, 'x-keyward-csrf': '1' } });
-        expect(response.status).toBe(200);
-        const reader = response.body!.getReader();
-        expect(new TextDecoder().decode((await reader.read()).value)).toContain('first');
-        const rest = (async () => {
-          let text = '';
-          try {
-            for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += new TextDecoder().decode(chunk.value);
-            return { text, cut: false };
-          } catch {
-            return { text, cut: true };
-          }
-        })();
-        return { requestId: response.headers.get('x-request-id'), rest };
-      };
+      const open = (path: string) => openStreamAcrossStop(`${stopping.url}/api/proxy/echo/${path}`, { cookie, 'x-keyward-csrf': '1' });
       const ending = await open('events');
       const hanging = await open('hang');
       const stop = stopping.stop();
