@@ -94,9 +94,11 @@ export function expandPreset<S extends z.ZodType<CommonOptions>>(
     routes = routes.filter((route) => only.includes(routeKey(route)) || route.roles?.length === 0);
   }
   // The routes given beside the preset are checked before they are merged among its own, so a problem is named
-  // by the route's index in the file (and a route that is not an object cannot break the merge).
+  // by the route's index in the file (and a route that is not an object cannot break the merge). One that replaces
+  // a preset's route is checked as it will be, with the fields it keeps from it (a body contract its identity needs).
   if (Array.isArray(overrides.routes)) {
-    const given = z.array(routeSchema).safeParse(overrides.routes);
+    const own = new Map(routes.map((route) => [routeKey(route), route]));
+    const given = z.array(routeSchema).safeParse(overrides.routes.map((route) => replacingRoute(own, route)));
     if (!given.success) {
       throw new ConfigError(`Invalid upstream "${shownName(id)}" (preset "${preset.name}"):\n${formatIssues(given.error.issues, `upstreams.${shownName(id)}.routes`)}`);
     }
@@ -135,15 +137,19 @@ function isIntParam(part: TemplateSegment): boolean {
 
 /**
  * A preset's upstream with the user's fields on top. Routes: a user route with the same method and path
- * replaces the preset's, any other is added. Pass-through header lists are joined, fixed and default headers
- * merged name by name. Every other field given replaces the preset's (`auth`, `baseUrl`, `keys`, limits…).
+ * replaces the preset's, merged with it (`mergeRoute`), any other is added. Pass-through header lists are joined,
+ * fixed and default headers merged name by name. Every other field given replaces the preset's (`auth`,
+ * `baseUrl`, `keys`, limits…).
  */
 export function mergeUpstream(base: UpstreamInput, overrides: UpstreamOverrides): UpstreamInput {
   const merged: UpstreamInput = { ...base, ...overrides };
   // From the JSON file these are unchecked yet: anything but an array (or object) is left for the schema to name.
   if (Array.isArray(overrides.routes)) {
     const replacing = new Map(overrides.routes.map((route) => [routeKey(route), route]));
-    const kept = base.routes.map((route) => replacing.get(routeKey(route)) ?? route);
+    const kept = base.routes.map((route) => {
+      const given = replacing.get(routeKey(route));
+      return given ? mergeRoute(route, given) : route;
+    });
     const baseKeys = new Set(base.routes.map(routeKey));
     merged.routes = [...kept, ...overrides.routes.filter((route) => !baseKeys.has(routeKey(route)))];
   }
@@ -156,6 +162,36 @@ export function mergeUpstream(base: UpstreamInput, overrides: UpstreamOverrides)
     if (isPlainObject(extra) && base[field]) merged[field] = { ...base[field], ...(extra as Record<string, string>) };
   }
   return merged;
+}
+
+/** Route fields merged name by name (`identity`, `paramEquals`) or role by role (`caps`), the given route's winning. */
+const MERGED_ROUTE_FIELDS = ['identity', 'paramEquals', 'caps'] as const;
+
+/**
+ * The preset's route `own` replaced by the user's `given` (same method and path). A replacement loosens or
+ * tightens a contract (a body schema extended with a field), so what the given route leaves out stays the
+ * preset's: dropping it would silently open the route (the caller's customer no longer stamped, another user's
+ * object readable, output uncapped, calls no longer reserved against budgets). `identity` and `paramEquals` are
+ * merged name by name and `caps` role by role (`{"*": {}}` lifts the preset's cap for every caller); any other
+ * field given replaces the preset's. To serve a route without what the preset writes into it, leave the preset's
+ * out with `only` and declare your own: it is then added, not merged.
+ */
+export function mergeRoute(own: RouteInput, given: RouteInput): RouteInput {
+  // `{identity: undefined}` in TypeScript leaves the field to the preset, as leaving it out does. Built with
+  // fromEntries, which keeps a JSON `"__proto__"` key an own property for the schema to refuse.
+  const merged: Record<string, unknown> = Object.fromEntries([...Object.entries(own), ...Object.entries(given).filter(([, value]) => value !== undefined)]);
+  for (const field of MERGED_ROUTE_FIELDS) {
+    const [mine, theirs] = [own[field], given[field]];
+    if (isPlainObject(mine) && isPlainObject(theirs)) merged[field] = { ...mine, ...theirs };
+  }
+  return merged as RouteInput;
+}
+
+/** A given route as it will be once merged with the preset's route of the same method and path, if any. */
+function replacingRoute(own: ReadonlyMap<string, RouteInput>, given: unknown): unknown {
+  if (!isPlainObject(given)) return given;
+  const replaced = own.get(routeKey(given as RouteInput));
+  return replaced ? mergeRoute(replaced, given as RouteInput) : given;
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

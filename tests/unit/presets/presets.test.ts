@@ -223,6 +223,41 @@ describe('overriding and extending a preset', () => {
     expect(narrowed.config.routes.filter((r) => r.method === 'GET' && r.path.startsWith('/models/')).map((r) => r.path).sort()).toEqual(['/models/:model', '/models/{model:int}']);
   });
 
+  it('a route replacing the preset\'s keeps the fields it leaves out; identity and paramEquals merge by name, caps by role', () => {
+    const base = {
+      baseUrl: 'https://a.example/',
+      auth: { type: 'bearer' as const, secret: { env: 'A' } },
+      routes: [
+        { method: 'POST' as const, path: '/x/:id', body: { type: 'object' as const, properties: {} }, maxRequestBytes: 1024, paramEquals: { id: 'userId' as const }, identity: { 'body.user': 'userId' as const }, caps: { '*': { 'body.n': 1 }, pro: { 'body.n': 5 } }, overCap: 'clamp' as const },
+      ],
+    };
+    const [merged] = mergeUpstream(base, {
+      routes: [{ method: 'POST', path: '/x/:id', body: { type: 'object', properties: { extra: { type: 'string' } } }, identity: { 'body.org': 'claims.org' }, caps: { '*': { 'body.n': 2 } }, overCap: undefined }],
+    }).routes;
+    expect(merged).toEqual({
+      method: 'POST',
+      path: '/x/:id',
+      body: { type: 'object', properties: { extra: { type: 'string' } } },
+      maxRequestBytes: 1024,
+      paramEquals: { id: 'userId' },
+      identity: { 'body.user': 'userId', 'body.org': 'claims.org' },
+      caps: { '*': { 'body.n': 2 }, pro: { 'body.n': 5 } },
+      overCap: 'clamp',
+    });
+  });
+
+  it('a replacing route is checked with what it keeps; one the preset\'s route left out with `only` is added as given', () => {
+    // formArrays alone applies to a form body: the preset's, kept.
+    const brackets = stripe({ routes: [{ method: 'POST', path: '/checkout/sessions', formArrays: 'brackets' }] });
+    expect(brackets.config.routes.find((r) => r.path === '/checkout/sessions')).toMatchObject({ bodyFormat: 'form', formArrays: 'brackets', identity: { 'body.customer': 'claims.stripeCustomerId', 'body.client_reference_id': 'userId' } });
+    const own = stripe({ only: ['GET /prices'], routes: [{ method: 'GET', path: '/customers/:customer', roles: ['admin'] }] });
+    expect(own.config.routes.find((r) => r.path === '/customers/:customer')).toEqual({ method: 'GET', path: '/customers/:customer', roles: ['admin'] });
+    // Named by the given route's index, with the field it kept.
+    expect(configError({ upstreams: { s: { preset: 'stripe', routes: [{ method: 'GET', path: '/prices' }, { method: 'POST', path: '/setup_intents', bodyFormat: 'json', formArrays: 'repeat' }] } } })).toContain(
+      'upstreams.s.routes.1.formArrays: applies to form bodies only',
+    );
+  });
+
   it('default headers merge too', () => {
     const merged = mergeUpstream(
       { baseUrl: 'https://a.example/', auth: { type: 'bearer', secret: { env: 'A' } }, routes: [{ method: 'GET', path: '/x' }], defaultHeaders: { 'x-v': '1' } },
