@@ -64,7 +64,14 @@ export function expandPresetEntries(upstreams: Record<string, unknown>, source: 
  * (its options, and any upstream field as an override).
  */
 export function configJsonSchema(): Record<string, unknown> {
-  const overrides = z.object({ ...upstreamSchema.shape }).partial().shape;
+  const fields = z.object({ ...upstreamSchema.shape }).partial().shape;
+  const overrides = {
+    ...fields,
+    routes: fields.routes.describe(
+      "Routes beside the preset's: one with a preset route's method and path replaces it field by field (what it leaves out, " +
+        'such as identity, paramEquals, caps and cost, stays the preset\'s); any other is added.',
+    ),
+  };
   const entries = [...PRESETS.values()].map((preset) =>
     z
       .strictObject({ preset: z.literal(preset.name), ...overrides, ...(preset.options as z.ZodObject).shape })
