@@ -20,6 +20,7 @@ import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, ProxiedBody, type StreamOutcome } from './respond/body';
 import { EventStreamBoundaries } from './respond/event-stream';
+import { rewriteLinks, type LinkContext } from './respond/links';
 import { StreamScrubber } from './respond/scrub-stream';
 import { scrubError } from './log/scrub';
 import { matchRoute, type RouteMatch } from './route/match';
@@ -186,7 +187,7 @@ export async function proxyCall(request: CoreRequest, target: ProxyTarget, deps:
     const body = await signCall(call, request, credential, outgoing, content); // 13 [7]
     await recheckBeforeForward(call, upstream, session, credential); // 13 [3, 7]
     const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
-    return await respond(call, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
+    return await respond(call, request, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
   } catch (error) {
     call.release?.();
     return refuse(call, await refusalOf(call, request, error), request.signal?.aborted === true); // 15 [10]
@@ -888,6 +889,7 @@ async function forward(
  */
 function respond(
   call: Call,
+  request: CoreRequest,
   upstream: Upstream,
   route: CompiledRoute,
   credential: ResolvedCredential,
@@ -913,7 +915,7 @@ function respond(
     throw new KeywardError('upstream_bad_response');
   }
   const secrets = credential.secrets;
-  const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets);
+  const outHeaders = filterResponseHeaders(response.headers, upstream.responseHeaders, secrets, linkRewriter(call, request, upstream, route, credential));
   outHeaders.set('cache-control', route.cacheControl);
   outHeaders.set('x-content-type-options', 'nosniff');
   guardActiveContent(outHeaders);
@@ -953,6 +955,32 @@ function respond(
   );
   const answer = { status: statusCode, headers: outHeaders, body };
   return decoded === response.body ? answer : body.readAhead().then(() => answer);
+}
+
+/**
+ * How step 14 writes the upstream's `Link` header (lib/core/respond/links.ts): onto this call's upstream, on the
+ * public origin (a client such as Octokit prefixes its base URL to a link that is not absolute); undefined: dropped.
+ */
+function linkRewriter(
+  call: Call,
+  request: CoreRequest,
+  upstream: Upstream,
+  route: CompiledRoute,
+  credential: ResolvedCredential,
+): ((value: string) => string | null) | undefined {
+  const { links: mode } = route;
+  const calledUrl = call.targetUrl;
+  if (mode === 'drop' || calledUrl === null) return undefined;
+  // Read when an answer has a Link, not on every call.
+  const context = (): LinkContext => ({
+    mode,
+    upstream,
+    calledUrl,
+    calledPath: call.target.path,
+    publicOrigin: call.deps.allowedOrigins.publicOrigin(request),
+    credentialQuery: credential.queryName ?? null,
+  });
+  return (value) => rewriteLinks(value, context());
 }
 
 /**

@@ -238,6 +238,15 @@ const subprotocolsSchema = z
     });
   });
 
+const linksSchema = z
+  .enum(['rewrite', 'same-path', 'drop'])
+  .describe(
+    'What becomes of the upstream\'s Link header (RFC 8288; pagination): "rewrite" writes each link under baseUrl onto ' +
+      '/api/proxy/<upstream>/…; "same-path" keeps only the page links (next, prev, first, last), with their query, on the ' +
+      'path that was called (for APIs whose links name the list another way, such as GitHub\'s /repositories/<id>/…); ' +
+      '"drop" passes none. A link to anywhere else is always dropped.',
+  );
+
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 export type RouteMethod = (typeof METHODS)[number];
 
@@ -277,6 +286,7 @@ export const routeSchema = z.strictObject({
     .optional()
     .describe('Cache-Control for responses of this route. Default "private, no-store". With a per-user credential ({"user"}, {"oauth"}, {"claim"}) it must say "private" (without an argument) or "no-store", and not "public".'),
   response: responseTypeSchema.optional(),
+  links: linksSchema.optional().describe("Overrides the upstream's links for this route."),
   websocket: z
     .boolean()
     .optional()
@@ -502,6 +512,7 @@ export const upstreamSchema = z
       .max(64)
       .default([])
       .describe('Extra response headers to pass back, beyond the built-in allow-list.'),
+    links: linksSchema.default('rewrite'),
     headers: headerValuesSchema.describe(
       'Fixed request headers sent on every call, replacing any the client sent, e.g. {"openai-organization": "org_…"}. ' +
         'Not for secrets: those go in "auth".',

@@ -72,11 +72,16 @@ export function filterRequestHeaders(incoming: Headers, extra: ReadonlySet<strin
  * so lines that each hold a piece of a key (`sk-abc` and `def123`) are checked joined as well, and the name
  * is dropped with all its lines when the join holds one (`containsSecret` also reads a value without its list
  * separators).
+ *
+ * `Link` is never passed as the upstream wrote it, even when `extra` names it: each line goes through
+ * `rewriteLink` (lib/core/respond/links.ts), and what it returns is checked for secrets like any other value;
+ * without `rewriteLink`, `Link` is dropped.
  */
 export function filterResponseHeaders(
   upstreamHeaders: Record<string, string | string[] | undefined>,
   extra: ReadonlySet<string>,
   secrets: readonly string[],
+  rewriteLink?: (value: string) => string | null,
 ): Headers {
   const out = new Headers();
   const hopByHop = connectionOptions(upstreamHeaders.connection ?? upstreamHeaders.Connection);
@@ -84,12 +89,14 @@ export function filterResponseHeaders(
   const kept = new Map<string, string[]>();
   for (const name in upstreamHeaders) {
     const lower = name.toLowerCase();
-    if ((!DEFAULT_RESPONSE_HEADERS.has(lower) && !extra.has(lower)) || hopByHop?.has(lower)) continue;
+    const link = lower === 'link';
+    if ((link ? !rewriteLink : !DEFAULT_RESPONSE_HEADERS.has(lower) && !extra.has(lower)) || hopByHop?.has(lower)) continue;
     const raw = upstreamHeaders[name];
     if (raw === undefined) continue;
     const values = Array.isArray(raw) ? raw : [raw];
-    for (const value of values) {
-      if (containsSecret(value, secrets)) continue;
+    for (const written of values) {
+      const value = link ? rewriteLink!(written) : written;
+      if (value === null || containsSecret(value, secrets)) continue;
       const lines = kept.get(lower);
       if (lines) lines.push(value);
       else kept.set(lower, [value]);

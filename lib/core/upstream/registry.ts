@@ -11,6 +11,7 @@ import { hmacCredential } from '../credential/hmac';
 import type { RequestSigner } from '../credential/sign';
 import { bySpecificity, compileTemplate, type TemplateSegment } from '../route/template';
 import { compileGenAi, type GenAiRoute } from '../observe/gen-ai';
+import type { LinkMode } from '../respond/links';
 
 export interface CompiledRoute {
   readonly method: RouteMethod;
@@ -30,6 +31,8 @@ export interface CompiledRoute {
   readonly maxDecodedResponseBytes: number;
   readonly timeoutMs: number;
   readonly cacheControl: string;
+  /** What becomes of the upstream's `Link` header (lib/core/respond/links.ts): the route's, else the upstream's. */
+  readonly links: LinkMode;
   /** WebSocket upgrades (fast lane only): null unless the route declares `websocket: true`. */
   readonly websocket: WebSocketRoute | null;
   /** OpenTelemetry GenAI attributes for this route's spans (the LLM presets declare them); null: none. */
@@ -214,6 +217,7 @@ function compileRoute(upstreamId: string, index: number, route: RouteConfig, ups
     maxDecodedResponseBytes: route.maxDecodedResponseBytes ?? upstream.maxDecodedResponseBytes,
     timeoutMs: route.timeoutMs ?? upstream.timeoutMs,
     cacheControl: route.cacheControl ?? 'private, no-store',
+    links: route.links ?? upstream.links,
     websocket: route.websocket
       ? {
           maxMessageBytes: route.maxMessageBytes ?? upstream.maxMessageBytes,

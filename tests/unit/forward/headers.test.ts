@@ -217,6 +217,28 @@ describe('filterResponseHeaders', () => {
   });
 });
 
+describe('filterResponseHeaders: Link', () => {
+  const upstreamLink = '<https://api.example.com/v1/items?page=2>; rel="next"';
+  const rewritten = (value: string) => value.replace('https://api.example.com/v1/', 'https://app.example.com/api/proxy/crm/');
+
+  it('never passes Link as written: dropped without a rewriter, even when responseHeaders lists it', () => {
+    expect(filterResponseHeaders({ link: upstreamLink }, NONE, []).has('link')).toBe(false);
+    expect(filterResponseHeaders({ Link: upstreamLink }, new Set(['link']), []).has('link')).toBe(false);
+  });
+
+  it('passes each line as the rewriter writes it (it need not be listed), and leaves out a line it drops', () => {
+    const out = filterResponseHeaders({ link: [upstreamLink, '<https://evil.example/>; rel="help"'] }, NONE, [], (value) => (value.includes('evil') ? null : rewritten(value)));
+    expect(out.get('link')).toBe('<https://app.example.com/api/proxy/crm/items?page=2>; rel="next"');
+  });
+
+  it('checks the rewritten line for secrets, and a name the Connection header lists stays out', () => {
+    const secret = randomSecret('lnk');
+    const out = filterResponseHeaders({ link: [upstreamLink, `<https://api.example.com/v1/items?k=${encodeURIComponent(secret)}>; rel="last"`] }, NONE, [secret], rewritten);
+    expect(out.get('link')).toBe(rewritten(upstreamLink));
+    expect(filterResponseHeaders({ connection: 'link', link: upstreamLink }, NONE, [], rewritten).has('link')).toBe(false);
+  });
+});
+
 describe('filterResponseHeaders: every form of the secret', () => {
   const KEY = randomSecret();
 
