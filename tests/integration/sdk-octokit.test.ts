@@ -3,7 +3,7 @@ import { Octokit } from '@octokit/rest';
 import { RequestError } from '@octokit/request-error';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { github } from '../../lib/core/presets';
-import { FAKE_TOKENS, type FakeApi } from '../fixtures/fake-apis';
+import { FAKE_TOKENS, GITHUB_FOREIGN_LINK, GITHUB_REPOSITORY_ID, type FakeApi } from '../fixtures/fake-apis';
 import { closeAfterLeakChecks, MEMBER_ROLE, sdkTestPolicy, startKeyward, THROTTLED_ROLE, type KeywardServer } from '../fixtures/keyward-server';
 
 /**
@@ -25,7 +25,11 @@ let cookie: string;
 const tokens: string[] = [];
 
 beforeAll(async () => {
-  kw = await startKeyward(['github'], (fakes) => [github({ baseUrl: `${fakes.github!.origin}/`, repos: [`${OWNER}/${REPO}`], write: true, ...sdkTestPolicy })]);
+  kw = await startKeyward(['github'], (fakes) => [
+    github({ baseUrl: `${fakes.github!.origin}/`, repos: [`${OWNER}/${REPO}`], write: true, ...sdkTestPolicy }),
+    // As a team that once listed `link` itself, to get pagination before Keyward rewrote links.
+    github({ id: 'github-listed', baseUrl: `${fakes.github!.origin}/`, repos: [`${OWNER}/${REPO}`], responseHeaders: ['link'], ...sdkTestPolicy }),
+  ]);
   fake = kw.fakes.github!;
   cookie = await kw.cookie();
 });
@@ -41,21 +45,23 @@ function browserOctokit(sessionCookie: string | null, csrf = true): Octokit {
   const octokit = new Octokit({ baseUrl: `${kw.origin}/api/proxy/github`, log, request: { fetch: sessionCookie === null ? fetch : kw.browserFetch(sessionCookie) } });
   if (csrf) {
     octokit.hook.before('request', (options) => {
+      if (!octokit.request.endpoint.parse(options).url.startsWith(`${kw.origin}/api/proxy/`)) return;
       options.headers['x-keyward-csrf'] = '1';
     });
   }
   return octokit;
 }
 
-/** Cookie-less: the bearer session token, presented as Keyward expects it. */
-async function tokenOctokit(identity: Parameters<KeywardServer['bearer']>[0] = {}): Promise<Octokit> {
+/** Cookie-less: the bearer session token, presented as Keyward expects it, and only to Keyward (as in the README). */
+async function tokenOctokit(identity: Parameters<KeywardServer['bearer']>[0] = {}, upstream = 'github'): Promise<{ octokit: Octokit; token: string }> {
   const token = await kw.bearer(identity);
   tokens.push(token);
-  const octokit = new Octokit({ baseUrl: `${kw.origin}/api/proxy/github`, log });
+  const octokit = new Octokit({ baseUrl: `${kw.origin}/api/proxy/${upstream}`, log });
   octokit.hook.before('request', (options) => {
+    if (!octokit.request.endpoint.parse(options).url.startsWith(`${kw.origin}/api/proxy/`)) return;
     options.headers.authorization = `Bearer ${token}`;
   });
-  return octokit;
+  return { octokit, token };
 }
 
 function lastRequest() {
@@ -92,7 +98,7 @@ describe('@octokit/rest through Keyward', () => {
   });
 
   it('a cookie-less client sends its bearer session token from a hook', async () => {
-    const octokit = await tokenOctokit();
+    const { octokit } = await tokenOctokit();
     const { data } = await octokit.rest.repos.get({ owner: OWNER, repo: REPO });
     expect(data.full_name).toBe(`${OWNER}/${REPO}`);
     expect(lastRequest().headers.authorization).toBe(`Bearer ${fake.key}`);
@@ -107,6 +113,77 @@ describe('@octokit/rest through Keyward', () => {
     expect(fake.requests.length).toBe(before);
   });
 });
+
+describe('@octokit/rest: pagination (Link headers)', () => {
+  const issueNumbers = FAKE_TOKENS.map((_, i) => i + 1);
+
+  it("octokit.paginate gets every page: GitHub's page links come back on Keyward's proxy path, on the route called", async () => {
+    const before = fake.requests.length;
+    const seen = kw.responses.length;
+    const octokit = browserOctokit(cookie);
+    const issues = await octokit.paginate(octokit.rest.issues.listForRepo, { owner: OWNER, repo: REPO, state: 'open', per_page: 2 });
+    expect(issues.map((issue) => issue.number)).toEqual(issueNumbers);
+    // Every page through Keyward, on the named route (GitHub's `/repositories/<id>/…` form is never called).
+    const calls = fake.requests.slice(before).map((request) => new URL(request.url, fake.origin));
+    expect(calls.map((url) => url.pathname)).toEqual(Array(3).fill(`/repos/${OWNER}/${REPO}/issues`));
+    expect(calls.map((url) => url.searchParams.get('page'))).toEqual([null, '2', '3']);
+    expect(fake.requests.slice(before).every((request) => request.headers.authorization === `Bearer ${fake.key}`)).toBe(true);
+    const links = kw.responses.slice(seen).map((response) => pageLinks(response.headers.link, { state: 'open', per_page: '2' }));
+    expect(links).toEqual([
+      ['next 2', 'last 3'],
+      ['prev 1', 'next 3', 'last 3', 'first 1'],
+      ['prev 2', 'first 1'],
+    ]);
+  });
+
+  it("a link to another host is dropped; none names the API's origin", async () => {
+    const seen = kw.responses.length;
+    const octokit = browserOctokit(cookie);
+    const { headers } = await octokit.rest.issues.listForRepo({ owner: OWNER, repo: REPO, per_page: 4 });
+    expect(pageLinks(headers.link, { per_page: '4' })).toEqual(['next 2', 'last 2']);
+    const written = String(kw.responses[seen]!.headers.link);
+    expect(written).not.toContain(GITHUB_FOREIGN_LINK);
+    expect(written).not.toContain(fake.origin);
+    expect(written).not.toContain('/repositories/');
+  });
+
+  it("cookie-less with `link` in responseHeaders: paginate still goes through Keyward, and the session token never reaches another URL", async () => {
+    const before = fake.requests.length;
+    const { octokit, token } = await tokenOctokit({}, 'github-listed');
+    const issues = await octokit.paginate(octokit.rest.issues.listForRepo, { owner: OWNER, repo: REPO, per_page: 4 }).catch((error: unknown) => error);
+    const received = fake.requests.slice(before);
+    expect(received.filter((request) => String(request.headers.authorization).includes(token))).toEqual([]);
+    expect(received.map((request) => request.headers.authorization)).toEqual([`Bearer ${fake.key}`, `Bearer ${fake.key}`]);
+    expect((issues as Array<{ number: number }>).map((issue) => issue.number)).toEqual(issueNumbers);
+  });
+
+  it("the README's hook adds the session token only to requests under Keyward's /api/proxy/", async () => {
+    const before = fake.requests.length;
+    const { octokit, token } = await tokenOctokit();
+    const error = await requestError(octokit.request(`GET ${fake.origin}/repositories/${GITHUB_REPOSITORY_ID}/issues`));
+    expect(error.status).toBe(401);
+    const received = fake.requests.slice(before);
+    expect(received).toHaveLength(1);
+    expect(received[0]!.headers.authorization).toBeUndefined();
+    expect(JSON.stringify(received[0]!.headers)).not.toContain(token);
+  });
+});
+
+/**
+ * A Link header's links as `<rel> <page>`, each checked to be on Keyward's proxy path for the route called, with
+ * the list's other query parameters and nothing else (the header holds no other link).
+ */
+function pageLinks(header: unknown, query: Record<string, string>): string[] {
+  const links = [...String(header).matchAll(/<([^<>]*)>; rel="([a-z]+)"/g)];
+  expect(links.length).toBe(String(header).split('<').length - 1);
+  return links.map(([, target = '', rel]) => {
+    const url = new URL(target);
+    expect(`${url.origin}${url.pathname}`).toBe(`${kw.origin}/api/proxy/github/repos/${OWNER}/${REPO}/issues`);
+    const { page, ...rest } = Object.fromEntries(url.searchParams);
+    expect(rest).toEqual(query);
+    return `${rel} ${page}`;
+  });
+}
 
 describe("@octokit/rest: Keyward's refusals as RequestError", () => {
   it('no session: 401', async () => {
@@ -133,7 +210,7 @@ describe("@octokit/rest: Keyward's refusals as RequestError", () => {
   });
 
   it("Keyward's 429: RequestError with status 429 and Retry-After (Octokit does not retry it on its own)", async () => {
-    const octokit = await tokenOctokit({ sub: `local:${randomUUID()}`, roles: ['user', MEMBER_ROLE, THROTTLED_ROLE] });
+    const { octokit } = await tokenOctokit({ sub: `local:${randomUUID()}`, roles: ['user', MEMBER_ROLE, THROTTLED_ROLE] });
     await octokit.rest.repos.get({ owner: OWNER, repo: REPO });
     const before = fake.requests.length;
     const error = await requestError(octokit.rest.repos.get({ owner: OWNER, repo: REPO }));
@@ -144,7 +221,7 @@ describe("@octokit/rest: Keyward's refusals as RequestError", () => {
   });
 
   it('a Retry-After hook (as the README shows) waits, then the retry succeeds', async () => {
-    const octokit = await tokenOctokit({ sub: `local:${randomUUID()}`, roles: ['user', MEMBER_ROLE, THROTTLED_ROLE] });
+    const { octokit } = await tokenOctokit({ sub: `local:${randomUUID()}`, roles: ['user', MEMBER_ROLE, THROTTLED_ROLE] });
     honourRetryAfter(octokit);
     const before = fake.requests.length;
     const seenBefore = kw.responses.length;

@@ -6,6 +6,12 @@ import { commonPresetOptions, definePreset, presetFunction, type RouteInput } fr
  * a GitHub App installation token). Read routes for repositories, issues, pull requests, contents, commits and
  * releases; `write: true` adds opening issues and commenting. `repos` pins the routes to named repositories:
  * with one shared token, every signed-in user can otherwise reach whatever the token can.
+ *
+ * GitHub's page links (`Link: <https://api.github.com/repositories/1296269/issues?page=2>; rel="next"`) name the
+ * repository by id. Keyward declares no `/repositories/:id/…` routes, which would be a second path to each
+ * repository, around `repos` (an id names any repository the token can reach) and every check made on
+ * `/repos/:owner/:repo/…`: with `links: "same-path"`, each page link is written on the path the client called
+ * (`/api/proxy/github/repos/acme/widgets/issues?page=2`), so `octokit.paginate` keeps to the same route.
  */
 
 const REPO = /^[A-Za-z0-9_.-]{1,100}\/[A-Za-z0-9_.-]{1,100}$/;
@@ -91,6 +97,7 @@ export const githubPreset = definePreset({
     auth: { type: 'bearer', secret: o.secret ?? { env: 'GITHUB_TOKEN' } },
     requestHeaders: ['x-github-api-version'],
     responseHeaders: ['x-github-request-id', 'x-ratelimit-used', 'x-ratelimit-resource'],
+    links: 'same-path',
     routes: routes(o),
     keys: o.secret === undefined || 'env' in o.secret ? { canary: { method: 'GET', path: '/rate_limit' } } : undefined,
   }),
