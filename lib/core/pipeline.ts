@@ -20,6 +20,7 @@ import { hasQueryParam } from './forward/query';
 import { buildUpstreamUrl } from './forward/url';
 import { decodeBody, discardBody, ProxiedBody, type StreamOutcome } from './respond/body';
 import { EventStreamBoundaries } from './respond/event-stream';
+import { EchoTally, type EchoedSecret } from './respond/echoes';
 import { rewriteLinks, type LinkContext } from './respond/links';
 import { StreamScrubber } from './respond/scrub-stream';
 import { scrubError } from './log/scrub';
@@ -108,6 +109,11 @@ export interface ProxyEvent {
   readonly units: number;
   /** How many times the leak scrubber replaced a secret in this call's response (the upstream echoed its key). */
   readonly scrubberHits: number;
+  /**
+   * With scrubber hits, which secrets they were (never a value): the call's own credential, another key Keyward
+   * holds (by upstream and fingerprint) or a Keyward setting (by name), with each one's hits. Absent without hits.
+   */
+  readonly echoed?: readonly EchoedSecret[];
 }
 
 const NO_USER_SECRETS: CredentialSources = { userKeys: null, oauthTokens: null };
@@ -263,6 +269,8 @@ export interface Call {
   readonly span: Span;
   /** Step 14's leak scrubber (or a WebSocket's messages' scrubbers, summed), whose replacements the metrics count. */
   scrubber: { readonly hits: number } | null;
+  /** Which secrets that scrubber replaced (step 14, or a WebSocket's messages'), named in the record (15). */
+  echoes: EchoTally | null;
   /** Reads the tokens a GenAI route's response reports, for a recorded span (step 14). */
   genAi: { readonly reader: UsageReader; readonly usage: GenAiUsage } | null;
   /** A decoy this call presented (steps 1, 3, 10): it is refused as unauthenticated and the hit raised once. */
@@ -315,6 +323,7 @@ export function openCall(method: string, headers: Headers, target: ProxyTarget, 
     throttle: null,
     span: startCallSpan(),
     scrubber: null,
+    echoes: null,
     genAi: null,
     decoy: null,
   };
@@ -936,8 +945,10 @@ function respond(
   const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
   const contentType = (firstHeader(response.headers['content-type']) ?? '').toLowerCase();
   const framed = contentType.startsWith('application/vnd.amazon.eventstream') ? new EventStreamBoundaries() : null;
-  const scrubber = new StreamScrubber(secrets);
+  const echoes = new EchoTally(secrets);
+  const scrubber = new StreamScrubber(secrets, echoes.form);
   call.scrubber = scrubber;
+  call.echoes = echoes;
   call.genAi = route.genAi && call.span.isRecording() ? genAiUsageReader(route.genAi, firstHeader(response.headers['content-type']) ?? '') : null;
   const body = new ProxiedBody(
     decoded,
@@ -1015,13 +1026,14 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
   const units = grant && grant.reserved > 0 ? (forwarded ? (usage ?? grant.reserved) : 0) : 0;
   grant?.settle({ forwarded, usage }).catch(() => {});
   call.inFlight?.();
+  // An upstream the registry does not hold is the client's text, of any length: recorded as "(unknown)", so
+  // a caller cannot write names of its choosing into the log, the audit trail and the usage aggregates.
+  const upstreamId = call.deps.registry.has(call.target.upstream) ? call.target.upstream : UNKNOWN_UPSTREAM;
   const event: ProxyEvent = {
     requestId: call.requestId,
     userId: session?.userId ?? null,
     sessionId: session?.sessionId ?? null,
-    // An upstream the registry does not hold is the client's text, of any length: recorded as "(unknown)", so
-    // a caller cannot write names of its choosing into the log, the audit trail and the usage aggregates.
-    upstream: call.deps.registry.has(call.target.upstream) ? call.target.upstream : UNKNOWN_UPSTREAM,
+    upstream: upstreamId,
     route: call.routeTemplate,
     target: call.targetUrl,
     method: call.requestMethod,
@@ -1035,10 +1047,18 @@ export function record(call: Call, status: number, outcome: ProxyEvent['outcome'
     clientIp: call.ip,
     units,
     scrubberHits: call.scrubber?.hits ?? 0,
+    echoed: call.scrubber && call.scrubber.hits > 0 ? echoedIn(call, upstreamId) : undefined,
   };
   recordLogger(call.deps.logger).info({ proxy: event }, 'proxy');
   call.deps.onComplete?.(event);
   observe(call, event);
+}
+
+/** Which secrets the call's scrubber hits were, by what each is (a call with hits but no tally: its own credential's). */
+function echoedIn(call: Call, upstream: string): readonly EchoedSecret[] {
+  const hits = call.scrubber?.hits ?? 0;
+  const echoed = call.echoes?.echoed(call.deps.heldSecrets, { upstream, fingerprint: call.credential?.fingerprint ?? null }) ?? [];
+  return echoed.length > 0 ? echoed : [{ kind: 'credential', hits }];
 }
 
 /** Metrics and the call's span (lib/core/observe), from its record. */

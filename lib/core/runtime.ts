@@ -23,7 +23,7 @@ import { usageRetention } from './aggregates/model';
 import { UsageAggregates } from './aggregates/usage';
 import { keyFingerprints } from './keys/fingerprint';
 import { KeyRings, type OwnSecrets } from './keys/rings';
-import { processHeldSecrets, type HeldSecrets } from './respond/held-secrets';
+import { processHeldSecrets, type HeldSecrets, type HeldSecretSource } from './respond/held-secrets';
 import { DeviceCookies } from './limits/device-cookie';
 import { Limits } from './limits/limits';
 import { processMetrics, type ProxyMetrics } from './observe/metrics';
@@ -37,7 +37,7 @@ import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
 import { assertNoPublicSecrets, isCleanSecret, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
-import { buildRegistry, envValue, MIN_SECRET_LENGTH, usernameSecrets, type Env, type Upstream } from './upstream/registry';
+import { buildRegistry, envValue, MIN_SECRET_LENGTH, usernameSecrets, type Env, type ResolvedCredential, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { OtherOwnerWarnings } from './users/owner';
 import { Vault } from './vault/seal';
@@ -311,7 +311,15 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   const dispatcher = options.dispatcher ?? createUpstreamAgent();
   const held = processHeldSecrets();
-  held.add(heldSecrets(secrets, registry));
+  for (const { values, source } of heldSecrets(settings, registry, [
+    ...[...connectionConfig.providers.values()].map((provider) => ({
+      values: provider.clientSecret ? [provider.clientSecret] : [],
+      source: { kind: 'setting', setting: `connections.${provider.id}.clientSecret` } as const,
+    })),
+    ...(webhookSecret && detectorConfig.webhook ? [{ values: [webhookSecret], source: { kind: 'setting', setting: detectorConfig.webhook.secret.env } as const }] : []),
+  ])) {
+    held.add(values, source);
+  }
   const keyRings = new KeyRings(registry, store, vault, dispatcher, logger, held, now, owned);
   const audit = new AuditLog(store, settings.KEYWARD_AUDIT_RETENTION_DAYS * 86_400_000, logger, now, usageRetention(settings));
 
@@ -504,15 +512,41 @@ function assertNoSecretDecoys(decoys: DecoySet, secrets: readonly string[]): voi
 
 /**
  * What every answer is scrubbed of from start-up (ProxyDeps.heldSecrets, to which KeyRings adds each managed key
- * version this process adds or opens): every secret Keyward holds but a `basic` username read from the
- * environment. That is an account name (`svc-report`, a bot's email) that other APIs may rightly show, so it is
- * scrubbed from its own upstream's answers only, as before.
+ * version this process adds or opens), each with what it is, so a scrubber hit names the secret echoed: every
+ * secret Keyward holds but a `basic` username read from the environment. That is an account name (`svc-report`, a
+ * bot's email) that other APIs may rightly show, so it is scrubbed from its own upstream's answers only, as before.
+ * `shared`: the secrets Keyward gives to others besides the upstreams' keys (a connection's client secret, the
+ * webhook's), by the setting that holds each.
  */
-function heldSecrets(secrets: readonly string[], registry: ReadonlyMap<string, Upstream>): string[] {
+function heldSecrets(
+  settings: Settings,
+  registry: ReadonlyMap<string, Upstream>,
+  shared: ReadonlyArray<{ readonly values: readonly string[]; readonly source: HeldSecretSource }>,
+): Array<{ values: string[]; source: HeldSecretSource }> {
   const usernames = new Set(
     [...registry.values()].flatMap((upstream) => ('username' in upstream.credential ? usernameSecrets(upstream.credential.username) : [])),
   );
-  return secrets.filter((secret) => !usernames.has(secret));
+  const setting = (name: string, values: readonly string[]) => ({ values: [...values], source: { kind: 'setting', setting: name } as const });
+  const groups = [
+    ...OWN_SECRETS.map((name) => setting(name, settings[name] === undefined ? [] : [settings[name]])),
+    setting('REDIS_URL', redisPassword(settings.REDIS_URL)),
+    ...[...registry.values()].flatMap((upstream) =>
+      serviceKeys(upstream).map(({ credential, claim }) => ({
+        values: [...credential.secrets],
+        source: { kind: 'key', upstream: upstream.id, fingerprint: credential.fingerprint, ...(claim ? { claim } : {}) } as const,
+      })),
+    ),
+    ...shared.map(({ values, source }) => ({ values: [...values], source })),
+  ];
+  return groups.map(({ values, source }) => ({ values: values.filter((secret) => !usernames.has(secret)), source }));
+}
+
+/** An upstream's service keys, each with its own secrets only: its key ring's versions from the environment, or the keys a claim chooses. */
+function serviceKeys(upstream: Upstream): Array<{ credential: ResolvedCredential; claim?: true }> {
+  const plan = upstream.credential;
+  if (plan.source === 'static') return plan.envVersions.map((version) => ({ credential: version.credential }));
+  if (plan.source === 'claim') return plan.keys.map((credential) => ({ credential, claim: true }));
+  return [];
 }
 
 function serviceSecrets(upstream: Upstream): string[] {

@@ -9,6 +9,7 @@ import { queryParamKey } from '@/lib/core/forward/query';
 import { getLogger } from '@/lib/core/log/logger';
 import { isRefusedMethod, refusedMethod, refuseCall, type ProxyDeps, type ProxyTarget } from '@/lib/core/pipeline';
 import { namedSecretForms } from '@/lib/core/log/scrub';
+import { EchoTally } from '@/lib/core/respond/echoes';
 import { redactKeyLikeRuns, StreamScrubber } from '@/lib/core/respond/scrub-stream';
 import type { SessionRevocations } from '@/lib/core/session/revocation';
 import {
@@ -309,7 +310,7 @@ function pipeSockets(
   const secrets = grant.credential.secrets;
   let bytesIn = 0;
   let bytesOut = 0;
-  const scrubbed = { hits: 0 };
+  const scrubbed: Scrubbed = { hits: 0, echoes: new EchoTally(secrets) };
   let ended = false;
   let idle: ReturnType<typeof setTimeout> | null = null;
   const touch = () => {
@@ -334,7 +335,7 @@ function pipeSockets(
       cause === null || typeof cause !== 'string' ? close.code : 1001,
       typeof cause === 'string' ? '' : close.reason,
     );
-    recordSocket(grant, { outcome, errorCode, bytesIn, bytesOut, scrubberHits: scrubbed.hits });
+    recordSocket(grant, { outcome, errorCode, bytesIn, bytesOut, scrubberHits: scrubbed.hits, echoes: scrubbed.echoes });
   };
   const unregister = sockets.add({
     session: grant.session,
@@ -401,9 +402,15 @@ function closeSocket(socket: WebSocket, code: number, reason: string): void {
   setTimeout(() => socket.terminate(), 5_000).unref();
 }
 
-/** One message scrubbed whole; its replacements are added to `scrubbed.hits` (the socket's record counts them). */
-function scrub(data: Buffer, secrets: readonly string[], scrubbed: { hits: number }): Buffer {
-  const scrubber = new StreamScrubber(secrets);
+/** A socket's scrubber hits so far, and which secrets they were (its record counts and names them). */
+interface Scrubbed {
+  hits: number;
+  readonly echoes: EchoTally;
+}
+
+/** One message scrubbed whole; its replacements are added to `scrubbed` (the socket's record counts them). */
+function scrub(data: Buffer, secrets: readonly string[], scrubbed: Scrubbed): Buffer {
+  const scrubber = new StreamScrubber(secrets, scrubbed.echoes.form);
   if (!scrubber.active) return data;
   const head = scrubber.push(data);
   const tail = scrubber.flush();
@@ -419,12 +426,15 @@ function scrub(data: Buffer, secrets: readonly string[], scrubbed: { hits: numbe
  * only runs that are would answer a client's guesses: its text echoed in a reason would come back redacted
  * exactly when it continues the key (a service key's public prefix, then one character more at a time).
  */
-function closeReason(reason: Buffer, secrets: readonly string[], scrubbed: { hits: number }): string {
+function closeReason(reason: Buffer, secrets: readonly string[], scrubbed: Scrubbed): string {
   // A run that holds KEY_LIKE_RUN characters of a form of a key counts as a scrubber hit, as a whole form does: the
   // socket's record, the metric and the detector's alert see a key cut short in a reason too. The count stays on
   // the server; what the client gets does not depend on it.
   const countCut = (run: Buffer) => {
-    if (holdsPartOfKey(run.toString('utf8'), secrets)) scrubbed.hits++;
+    const secret = secretPartlyIn(run.toString('utf8'), secrets);
+    if (secret === -1) return;
+    scrubbed.hits++;
+    scrubbed.echoes.secret(secret);
   };
   let text = redactKeyLikeRuns(scrub(reason, secrets, scrubbed), secrets, KEY_LIKE_RUN, countCut).data.toString('utf8');
   while (Buffer.byteLength(text) > MAX_REASON_BYTES) text = text.slice(0, -1);
@@ -434,14 +444,15 @@ function closeReason(reason: Buffer, secrets: readonly string[], scrubbed: { hit
 /** Characters in a row that a close reason from the upstream may not show (16: 96 bits of a base64 key). */
 const KEY_LIKE_RUN = 16;
 
-/** Whether `text` holds KEY_LIKE_RUN characters in a row of some form of a secret. */
-function holdsPartOfKey(text: string, secrets: readonly string[]): boolean {
-  const forms = secrets.flatMap((secret) => [...namedSecretForms(secret).keys()]).filter((form) => form.length >= KEY_LIKE_RUN);
+/** The first secret (its index) of which `text` holds KEY_LIKE_RUN characters in a row of some form, or -1. */
+function secretPartlyIn(text: string, secrets: readonly string[]): number {
+  const forms = secrets.flatMap((secret, index) => [...namedSecretForms(secret).keys()].filter((form) => form.length >= KEY_LIKE_RUN).map((form) => ({ form, index })));
   for (let i = 0; i + KEY_LIKE_RUN <= text.length; i++) {
     const window = text.slice(i, i + KEY_LIKE_RUN);
-    if (forms.some((form) => form.includes(window))) return true;
+    const found = forms.find(({ form }) => form.includes(window));
+    if (found) return found.index;
   }
-  return false;
+  return -1;
 }
 
 function toBuffer(data: RawData): Buffer {

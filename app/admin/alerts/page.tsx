@@ -48,6 +48,8 @@ const EVIDENCE_LABEL: Record<string, string> = {
   ip: 'IP',
   requestId: 'request',
   decoyId: 'decoy',
+  echoedBy: 'echoed by',
+  setting: 'setting',
 };
 
 /** /admin/alerts: what the anomaly detector did, newest first, with the figures behind each step and its undo. */
@@ -156,6 +158,11 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
         {fingerprint && (
           <div title="Key fingerprint">
             key <code>{fingerprint}</code>
+          </div>
+        )}
+        {typeof alert.evidence.setting === 'string' && (
+          <div title="The Keyward setting an upstream echoed">
+            setting <code>{alert.evidence.setting}</code>
           </div>
         )}
       </td>

@@ -92,8 +92,9 @@ function RingCard({ ring, now }: { ring: KeyRingView; now: number }) {
         <ActionMessage testId={`key-action-result-${ring.upstream}`} />
         {echoed.length > 0 && (
           <div className="alert info" data-testid={`suggest-rotation-${ring.upstream}`}>
-            The upstream echoed {echoed.length === 1 ? 'a key' : 'keys'} back in responses in the last 30 days ({echoed.map((version) => version.fingerprint).join(', ')}
-            ); Keyward scrubbed {echoed.length === 1 ? 'it' : 'them'}, but a copy may sit in the upstream&apos;s logs or a client&apos;s cache.{' '}
+            {echoed.length === 1 ? 'A key of this upstream was' : 'Keys of this upstream were'} echoed back in responses in the last 30 days ({echoed.map((version) => version.fingerprint).join(', ')}
+            ), by this upstream or another (its alert says which); Keyward scrubbed {echoed.length === 1 ? 'it' : 'them'}, but a copy may sit in that upstream&apos;s logs
+            or a client&apos;s cache.{' '}
             {echoed.some(inUse) ? 'Consider rotating, then revoking the echoed version.' : 'Consider revoking the echoed version.'}
           </div>
         )}

@@ -157,7 +157,8 @@ export function eventCounters(event: ProxyEvent): Counters {
   return counters;
 }
 
-function whole(value: number): number {
+/** A counter's amount as a whole number (rounded up), 0 for anything not positive and finite. */
+export function whole(value: number): number {
   return Number.isFinite(value) && value > 0 ? Math.min(Math.ceil(value), Number.MAX_SAFE_INTEGER) : 0;
 }
 

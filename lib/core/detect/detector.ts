@@ -66,7 +66,6 @@ interface UserState {
 interface KeyState {
   readonly calls: RateBaseline;
   lastAlertAt: number;
-  lastEchoAlertAt: number;
 }
 
 /**
@@ -99,6 +98,8 @@ export class Detector implements SecuritySignals {
   private readonly unnamedAlerts = new MinuteBudget(DECOY_ALERTS_PER_MINUTE);
   private readonly alpha: number;
   private pending: Promise<unknown> = Promise.resolve();
+  /** When each echoed secret's alert was last raised (by subject, and setting), for its cooldown. */
+  private readonly echoAlertAt = new Map<string, number>();
 
   constructor(
     private readonly config: DetectorConfig,
@@ -116,6 +117,7 @@ export class Detector implements SecuritySignals {
     if (!this.config.enabled) return;
     const at = this.now();
     if (event.keyFingerprint) this.observeKey(event, event.keyFingerprint, at);
+    if (event.scrubberHits > 0 && this.config.scrubberHits.alert) this.observeEchoes(event, at);
     if (event.userId) this.observeUser(event, event.userId, at);
   }
 
@@ -382,23 +384,12 @@ export class Detector implements SecuritySignals {
     const id = `${event.upstream}:${fingerprint}`;
     let state = this.keys.get(id);
     if (!state) {
-      state = { calls: new RateBaseline(this.alpha), lastAlertAt: -Infinity, lastEchoAlertAt: -Infinity };
+      state = { calls: new RateBaseline(this.alpha), lastAlertAt: -Infinity };
       remember(this.keys, id, state, MAX_KEYS);
     }
     state.calls.add(at, 1);
     const cooldown = this.config.cooldownMinutes * MINUTE_MS;
     const subject = { upstream: event.upstream, fingerprint };
-    if (event.scrubberHits > 0 && this.config.scrubberHits.alert && at - state.lastEchoAlertAt >= cooldown) {
-      state.lastEchoAlertAt = at;
-      const credential = echoedCredential(this.credentialSourceOf(event.upstream));
-      this.act({
-        rule: 'scrubber_hits',
-        action: 'alert',
-        reason: `${event.upstream} echoed ${ECHOED[credential](fingerprint)} in a response (scrubbed before it reached the client). ${ADVICE[credential]}`,
-        subject,
-        evidence: { hits: event.scrubberHits, route: event.route ?? 'unknown', credential },
-      });
-    }
     const rate = state.calls.rate(at);
     const { factor, minPerMinute } = this.config.calls;
     // A service key serves every user, so its floor is the per-user floor × 10.
@@ -413,6 +404,25 @@ export class Detector implements SecuritySignals {
         subject,
         evidence: { perMinute: round(rate), baselinePerMinute: round(usual), threshold: round(threshold) },
       });
+    }
+  }
+
+  /**
+   * An answer the leak scrubber took secrets out of: an alert per secret echoed (once per `cooldownMinutes` each),
+   * about that secret. The call's own credential is named as its upstream's plan says (a service key to rotate, a
+   * user's own key or token that only they can replace); another key Keyward holds by its upstream and fingerprint,
+   * to rotate (it is that key that leaked, not the call's); a Keyward setting by its name, to change.
+   */
+  private observeEchoes(event: ProxyEvent, at: number): void {
+    const cooldown = this.config.cooldownMinutes * MINUTE_MS;
+    const route = event.route ?? 'unknown';
+    for (const echo of event.echoed ?? [{ kind: 'credential', hits: event.scrubberHits } as const]) {
+      const decision = echoDecision(event, echo, route, this.credentialSourceOf);
+      if (!decision) continue;
+      const id = JSON.stringify(decision.subject) + (echo.kind === 'setting' ? ` ${echo.setting}` : '');
+      if (at - (this.echoAlertAt.get(id) ?? -Infinity) < cooldown) continue;
+      remember(this.echoAlertAt, id, at, MAX_KEYS);
+      this.act(decision);
     }
   }
 
@@ -526,7 +536,7 @@ const RULE_TEXT: Record<AlertRule, string> = {
   new_routes: 'a sudden mix of routes never called before',
   decoy: 'a decoy',
   key_calls: 'a key used far above its baseline',
-  scrubber_hits: 'an upstream echoing a key',
+  scrubber_hits: 'an upstream echoing a key or secret',
 };
 
 const ACTION_TEXT: Record<AlertAction, string> = {
@@ -542,28 +552,74 @@ function reasonFor(userId: string, rule: AlertRule, action: AlertAction): string
 }
 
 /**
- * Whose key a call that an upstream echoed was made with, for its alert: a service key (on the Keys page, rotated
- * there), a server-held key a session claim chose (replaced in the environment), or the caller's own key or
- * connected account's token (theirs to replace: the admin cannot, and the Keys page does not list it).
+ * What an echoed secret was, for its alert: a service key (on the Keys page, rotated there), a server-held key a
+ * session claim chose (replaced in the environment), the caller's own key or connected account's token (theirs to
+ * replace: the admin cannot, and the Keys page does not list it), or one of Keyward's settings (changed where it is
+ * set).
  */
-export type EchoedCredential = 'service-key' | 'claim-key' | 'own-key' | 'connected-account';
+export type EchoedCredential = 'service-key' | 'claim-key' | 'own-key' | 'connected-account' | 'setting';
 
-function echoedCredential(source: CredentialPlan['source'] | undefined): EchoedCredential {
+/** An echoed key (not a setting), by whose it is. */
+type EchoedKey = Exclude<EchoedCredential, 'setting'>;
+
+function echoedCredential(source: CredentialPlan['source'] | undefined): EchoedKey {
   if (source === 'user-key') return 'own-key';
   if (source === 'oauth') return 'connected-account';
   return source === 'claim' ? 'claim-key' : 'service-key';
 }
 
-const ECHOED: Readonly<Record<EchoedCredential, (fingerprint: string) => string>> = {
+const ECHOED: Readonly<Record<EchoedKey, (fingerprint: string) => string>> = {
   'service-key': (fingerprint) => `key ${fingerprint}`,
   'claim-key': (fingerprint) => `key ${fingerprint} (chosen by a session claim)`,
   'own-key': (fingerprint) => `the caller's own key ${fingerprint}`,
   'connected-account': (fingerprint) => `the caller's connected-account token ${fingerprint}`,
 };
 
-const ADVICE: Readonly<Record<EchoedCredential, string>> = {
-  'service-key': 'Rotate this key: whatever logs that response upstream has it.',
-  'claim-key': 'Replace this key in the environment: whatever logs that response upstream has it.',
-  'own-key': 'Only they can replace it (on their own keys; no admin can rotate a key a user brought): whatever logs that response upstream has it.',
-  'connected-account': 'It ends with the grant; disconnecting revokes it: whatever logs that response upstream has it.',
+const LOGGED = 'whatever logs that response upstream has it.';
+
+const ADVICE: Readonly<Record<EchoedKey, string>> = {
+  'service-key': `Rotate this key: ${LOGGED}`,
+  'claim-key': `Replace this key in the environment: ${LOGGED}`,
+  'own-key': `Only they can replace it (on their own keys; no admin can rotate a key a user brought): ${LOGGED}`,
+  'connected-account': `It ends with the grant; disconnecting revokes it: ${LOGGED}`,
 };
+
+/** The alert for one secret an answer echoed (ProxyEvent.echoed), or null when there is no key to name. */
+function echoDecision(
+  event: ProxyEvent,
+  echo: NonNullable<ProxyEvent['echoed']>[number],
+  route: string,
+  credentialSourceOf: (upstream: string) => CredentialPlan['source'] | undefined,
+): Decision | null {
+  const said = `${event.upstream} echoed`;
+  const scrubbed = 'in a response (scrubbed before it reached the client).';
+  if (echo.kind === 'setting') {
+    return {
+      rule: 'scrubber_hits',
+      action: 'alert',
+      reason: `${said} Keyward's own secret ${echo.setting} ${scrubbed} Change ${echo.setting} (a new value, on every instance): ${LOGGED}`,
+      subject: { upstream: event.upstream },
+      evidence: { hits: echo.hits, route, credential: 'setting', setting: echo.setting },
+    };
+  }
+  if (echo.kind === 'key') {
+    const credential = echo.claim ? 'claim-key' : 'service-key';
+    const whose = echo.upstream === event.upstream ? `another version of its key, ${ECHOED[credential](echo.fingerprint)}` : `${echo.upstream}'s ${ECHOED[credential](echo.fingerprint)}`;
+    return {
+      rule: 'scrubber_hits',
+      action: 'alert',
+      reason: `${said} ${whose} ${scrubbed} ${ADVICE[credential]}`,
+      subject: { upstream: echo.upstream, fingerprint: echo.fingerprint },
+      evidence: { hits: echo.hits, route, credential, echoedBy: event.upstream },
+    };
+  }
+  if (!event.keyFingerprint) return null;
+  const credential = echoedCredential(credentialSourceOf(event.upstream));
+  return {
+    rule: 'scrubber_hits',
+    action: 'alert',
+    reason: `${said} ${ECHOED[credential](event.keyFingerprint)} ${scrubbed} ${ADVICE[credential]}`,
+    subject: { upstream: event.upstream, fingerprint: event.keyFingerprint },
+    evidence: { hits: echo.hits, route, credential },
+  };
+}

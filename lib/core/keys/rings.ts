@@ -830,7 +830,10 @@ export class KeyRings {
     logScrubber.add([value]);
     const credential = credentialFor(upstream.auth, value, upstream.fingerprints, basicUsername(upstream));
     const username = new Set(usernameSecrets(basicUsername(upstream)));
-    this.held.add(credential.secrets.filter((secret) => !username.has(secret)));
+    this.held.add(
+      credential.secrets.filter((secret) => !username.has(secret)),
+      { kind: 'key', upstream: upstream.id, fingerprint: credential.fingerprint },
+    );
     return credential;
   }
 

@@ -212,6 +212,29 @@ export function formsOfSecrets(secrets: readonly string[]): readonly string[] {
   return forms;
 }
 
+/** By secrets list: each form's bytes (as latin1 text, one character a byte) → the first secret in the list with that form. */
+const secretByForm = new WeakMap<readonly string[], ReadonlyMap<string, number>>();
+
+/**
+ * Which secret of the list `form` (bytes the stream scrubber replaced) is a form of, by its index: the first in the
+ * list's order (a call's own credential comes first), or -1 for bytes that are no form of any. The table is built on
+ * a list's first hit, so calls whose answers echo nothing never build one.
+ */
+export function secretOfForm(secrets: readonly string[], form: Uint8Array): number {
+  let table = secretByForm.get(secrets);
+  if (!table) {
+    const built = new Map<string, number>();
+    secrets.forEach((secret, index) => {
+      for (const text of formsOfOne(secret)) {
+        const bytes = Buffer.from(text, 'utf8').toString('latin1');
+        if (!built.has(bytes)) built.set(bytes, index);
+      }
+    });
+    secretByForm.set(secrets, (table = built));
+  }
+  return table.get(Buffer.from(form.buffer, form.byteOffset, form.byteLength).toString('latin1')) ?? -1;
+}
+
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

@@ -109,7 +109,13 @@ export type CredentialPlan =
       /** `basic` with `username: {env}`: the username read at start-up, for key versions added later. */
       readonly username?: string;
     }
-  | { readonly source: 'claim'; readonly claim: string; readonly byValue: ReadonlyMap<string, ResolvedCredential> }
+  | {
+      readonly source: 'claim';
+      readonly claim: string;
+      readonly byValue: ReadonlyMap<string, ResolvedCredential>;
+      /** Each key with only its own secrets (byValue's hold the upstream's other keys too), to name a key by them. */
+      readonly keys: readonly ResolvedCredential[];
+    }
   | { readonly source: 'user-key'; readonly username?: string }
   | { readonly source: 'oauth'; readonly provider: string; readonly username?: string };
 
@@ -298,7 +304,7 @@ function planCredential(id: string, config: UpstreamConfig, env: Env, fingerprin
     const byValue = new Map<string, ResolvedCredential>(
       chosen.map(([value, credential]) => [value, withSecrets(credential, every)]),
     );
-    return { source: 'claim', claim: source.claim, byValue };
+    return { source: 'claim', claim: source.claim, byValue, keys: chosen.map(([, credential]) => credential) };
   }
   // `basic` with `username: {env}`: read here, at start-up, and used with each user's secret as the password.
   if ('user' in source) return { source: 'user-key', username };

@@ -27,6 +27,7 @@ import {
 import { injectCredential } from '../credential/inject';
 import type { Session } from '../session/session';
 import type { CompiledRoute, ResolvedCredential, Upstream, WebSocketRoute } from '../upstream/registry';
+import type { EchoTally } from '../respond/echoes';
 import type { CoreRequest } from '../request';
 
 /** An upgrade that passed every step: where to open the upstream socket, with what, and the call to record. */
@@ -124,6 +125,8 @@ export interface SocketOutcome {
   readonly bytesOut: number;
   /** How many times the credential was replaced in the upstream's messages and close reason (the key echoed). */
   readonly scrubberHits: number;
+  /** Which secrets those were (the record names them); absent: none replaced. */
+  readonly echoes?: EchoTally;
 }
 
 /**
@@ -131,10 +134,11 @@ export interface SocketOutcome {
  * handshake): status 101, bytes each way, duration from the upgrade request to the close, outcome. Quotas and
  * budgets settle with what was reserved at the upgrade (a socket reports no usage figure).
  */
-export function recordSocket(grant: UpgradeGrant, { outcome, errorCode, bytesIn, bytesOut, scrubberHits }: SocketOutcome): void {
+export function recordSocket(grant: UpgradeGrant, { outcome, errorCode, bytesIn, bytesOut, scrubberHits, echoes }: SocketOutcome): void {
   grant.call.body = { iterable: NO_BYTES, bytes: () => bytesIn, exceeded: () => false };
   // Counted as an HTTP call's are: the metric, the Keys page's "echoed" mark and the detector's alert.
   grant.call.scrubber = { hits: scrubberHits };
+  grant.call.echoes = echoes ?? null;
   // Sent (`handshakeSent`), and accepted or left by the client: the key was used, so a reservation is charged.
   grant.call.forwarded = true;
   record(grant.call, 101, outcome, bytesOut, errorCode);
