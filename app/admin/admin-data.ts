@@ -78,14 +78,19 @@ function totals(figures: Series['total'] | TopRow): Totals {
 }
 
 export async function loadOverview(period: OverviewPeriod, upstream: string | undefined): Promise<Overview> {
-  const usage = keyward.getRuntime().usage;
+  const { usage, registry } = keyward.getRuntime();
+  // Keys are the service keys an admin manages (the Keys page's, and those a session claim chooses). A user's own
+  // key or connected account's token has a fingerprint too, but each user's key, and each token refreshed, would
+  // be a row of its own, pushing the service keys out of the list: their calls are under each user instead.
+  const serviceKeyed = [...registry.values()].filter(({ credential }) => credential.source === 'static' || credential.source === 'claim').map(({ id }) => id);
   const { buckets, stepMs } = WINDOWS[period];
   const toMs = Date.now();
   const window = { period, fromMs: toMs - (buckets - 1) * stepMs, toMs };
   const [series, users, keys] = await Promise.all([
     usage.series({ ...window, upstream }),
     usage.top({ ...window, by: 'user', limit: 10, upstream }),
-    usage.top({ ...window, by: 'keyVersion', limit: 10, upstream }),
+    // One more than shown: the row of calls refused before they had a key (no key version) is not listed.
+    usage.top({ ...window, by: 'keyVersion', limit: 11, upstream, upstreams: serviceKeyed }),
   ]);
   return {
     from: series.from,
@@ -93,8 +98,11 @@ export async function loadOverview(period: OverviewPeriod, upstream: string | un
     points: series.points.map((point) => ({ at: point.at, ...totals(point) })),
     total: totals(series.total),
     topUsers: users.map((row) => ({ label: row.user ?? 'anonymous', upstream: null, ...totals(row) })),
-    // A call without a service key (a user's own key, an OAuth token) has no key version: not a key to list.
-    topKeys: keys.filter((row) => row.keyVersion).map((row) => ({ label: row.keyVersion!, upstream: row.upstream ?? null, ...totals(row) })),
+    // A call refused before it had a key has no key version: not a key to list.
+    topKeys: keys
+      .filter((row) => row.keyVersion)
+      .slice(0, 10)
+      .map((row) => ({ label: row.keyVersion!, upstream: row.upstream ?? null, ...totals(row) })),
   };
 }
 

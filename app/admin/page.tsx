@@ -104,7 +104,14 @@ function OverviewBody({ overview, period }: { overview: Overview; period: Overvi
 
       <div className="grid">
         <TopTable title="Top users" column="User" rows={overview.topUsers} testId="top-users" />
-        <TopTable title="Top keys" column="Key fingerprint" rows={overview.topKeys} testId="top-keys" nowrapLabel />
+        <TopTable
+          title="Top keys"
+          column="Key fingerprint"
+          rows={overview.topKeys}
+          testId="top-keys"
+          nowrapLabel
+          note="Service keys only: calls made with users' own keys or connected accounts count under each user."
+        />
       </div>
     </>
   );
@@ -118,13 +125,32 @@ function ms(value: number | null): string {
 }
 
 /** `nowrapLabel`: labels of a fixed, short length (fingerprints) stay on one line; others (user ids) wrap anywhere. */
-function TopTable({ title, column, rows, testId, nowrapLabel = false }: { title: string; column: string; rows: readonly TopEntry[]; testId: string; nowrapLabel?: boolean }) {
+function TopTable({
+  title,
+  column,
+  rows,
+  testId,
+  nowrapLabel = false,
+  note,
+}: {
+  title: string;
+  column: string;
+  rows: readonly TopEntry[];
+  testId: string;
+  nowrapLabel?: boolean;
+  note?: string;
+}) {
   return (
     <section className="card" data-testid={testId}>
       <div className="card-title">
         <h2>{title}</h2>
         <span className="small muted">by calls</span>
       </div>
+      {note && (
+        <p className="small muted" data-testid={`${testId}-note`}>
+          {note}
+        </p>
+      )}
       {rows.length === 0 ? (
         <div className="empty">No calls in this window.</div>
       ) : (

@@ -112,9 +112,10 @@ test("an echoed secret is named on Alerts and Keys: gamma's key and the setting,
   await expectNoSecrets(page, deployment.secrets);
   await shot(page, 'echo-alerts');
 
-  // The Overview's top keys, each with its upstream.
+  // The Overview's top keys: service keys, each with its upstream.
   await page.goto('/admin');
   await expect(page.getByTestId('top-keys')).toContainText(alphaKey);
   await expect(page.getByTestId('top-keys')).toContainText(gammaKey);
+  await expect(page.getByTestId('top-keys-note')).toContainText('Service keys only');
   await shot(page, 'echo-overview');
 });

@@ -50,6 +50,8 @@ export interface TopQuery extends UsageWindow {
   readonly by: TopBy;
   readonly limit: number;
   readonly upstream?: string;
+  /** Only rows of these upstreams (before the limit): the Overview's top keys, of upstreams with service keys. */
+  readonly upstreams?: readonly string[];
 }
 
 /** What a bucket (or a row of a top list) shows: counters summed, latency estimated from the merged buckets. */
@@ -144,9 +146,11 @@ export class UsageAggregates {
       query.by === 'user' ? ['user'] : query.by === 'upstream' ? ['upstream'] : ['upstream', query.by];
     const hashes = await this.read(query.period, rollup, bucketStarts(query));
     const groups = new Map<string, { dimensions: Partial<Record<Dimension, string | null>>; counters: Counters }>();
+    const upstreams = query.upstreams ? new Set(query.upstreams) : null;
     for (const hash of hashes) {
       forEachRow(hash, rollup, (dimensions, row) => {
         if (query.upstream !== undefined && dimensions.upstream !== query.upstream) return;
+        if (upstreams && !upstreams.has(dimensions.upstream ?? '')) return;
         const picked = Object.fromEntries(groupBy.map((dimension) => [dimension, dimensions[dimension] ?? null]));
         const id = JSON.stringify(groupBy.map((dimension) => picked[dimension]));
         let group = groups.get(id);
