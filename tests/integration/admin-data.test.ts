@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { defineUpstream } from '../../lib/core/config/load';
-import type { Runtime } from '../../lib/core/runtime';
-import { randomSecret } from '../fixtures/secrets';
+import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
 import { createHarness, type Harness } from './harness';
 
@@ -13,6 +13,7 @@ let current: Runtime;
 vi.mock('@/keyward', () => ({ keyward: { getRuntime: () => current } }));
 
 const { loadOverview } = await import('../../app/admin/admin-data');
+const { activeAlertCount } = await import('../../app/admin/alerts/alerts-data');
 
 describe("the Overview's top keys", () => {
   let harness: Harness;
@@ -44,5 +45,39 @@ describe("the Overview's top keys", () => {
     // The users' calls are still in the totals and the top users.
     expect(overview.total.calls).toBe(25);
     expect(overview.topUsers.some((row) => row.label === 'local:own0')).toBe(true);
+  });
+});
+
+describe("the nav's alert count", () => {
+  let clock = Date.now();
+  beforeAll(() => {
+    current = createRuntime({
+      env: { ...testSessionSecrets(), KEYWARD_STORE: 'memory', SVC_KEY: randomSecret('svc') },
+      upstreams: [
+        defineUpstream('svc', { baseUrl: 'http://127.0.0.1:9/', auth: { type: 'header', name: 'x-api-key', secret: { env: 'SVC_KEY' } }, routes: [{ method: 'GET', path: '/a' }] }),
+      ],
+      now: () => clock,
+    });
+  });
+
+  const throttle = { limit: 1, windowSeconds: 60, forMinutes: 1 };
+  const decision = (userId: string, action: 'throttle' | 'revoke') =>
+    ({ rule: action === 'revoke' ? 'decoy' : 'calls', action, reason: `${userId}: test.`, subject: { userId, upstream: 'svc' }, evidence: {} }) as const;
+
+  it('counts a suspension in force however many alerts came after it, and says N+ whenever it did not read them all', async () => {
+    const bob = await current.alerts.apply(decision('local:bob', 'revoke'), throttle);
+    for (let i = 0; i < 5; i++) await current.alerts.apply(decision(`local:t${i}`, 'throttle'), throttle);
+    clock += 2 * 60_000;
+    expect(await activeAlertCount()).toBe('1');
+
+    for (let i = 5; i < 200; i++) await current.alerts.apply(decision(`local:t${i}`, 'throttle'), throttle);
+    clock += 2 * 60_000;
+    // The newest 200 are expired throttles: bob's revocation and suspension is still in effect, and older alerts
+    // were not read.
+    expect(await activeAlertCount()).toBe('1+');
+
+    // Undone, it is no longer counted; the scan still did not reach the end.
+    await current.alerts.undo(bob.id, 'local:root');
+    expect(await activeAlertCount()).toBe('0+');
   });
 });

@@ -9,7 +9,7 @@ import { keyward } from '@/keyward';
  */
 
 export const PAGE_SIZE = 25;
-/** The most alerts the nav's count reads: one store read, however many there are. */
+/** The most alerts the nav's count reads (with the suspensions in force): two store reads, however many there are. */
 const COUNT_SCAN = 200;
 
 export type AlertsPage =
@@ -49,13 +49,19 @@ export function inEffect(alert: Alert, now: number): boolean {
   return !(alert.action === 'throttle' && alert.expiresAt !== undefined && Date.parse(alert.expiresAt) <= now);
 }
 
-/** The nav's figure: alerts in effect among the newest COUNT_SCAN (`200+` past that), or null if unreadable. */
+/**
+ * The nav's figure: the alerts in effect among the newest COUNT_SCAN, with every suspension in force beyond them
+ * (from the store's index of suspending alerts: they never lift by themselves, so a burst of later alerts must not
+ * hide one), `N+` when the scan did not reach the oldest alert (more may be in effect), or null if unreadable.
+ */
 export async function activeAlertCount(): Promise<string | null> {
   try {
-    const { alerts, cursor } = await keyward.getRuntime().alerts.list({ limit: COUNT_SCAN });
+    const { alerts } = keyward.getRuntime();
+    const [{ alerts: newest, cursor }, suspending] = await Promise.all([alerts.list({ limit: COUNT_SCAN }), alerts.suspending()]);
     const now = Date.now();
-    const count = alerts.filter((alert) => inEffect(alert, now)).length;
-    return cursor !== null && count === alerts.length ? `${count}+` : String(count);
+    const scanned = new Set(newest.map((alert) => alert.id));
+    const count = [...newest, ...suspending.filter((alert) => !scanned.has(alert.id))].filter((alert) => inEffect(alert, now)).length;
+    return cursor !== null ? `${count}+` : String(count);
   } catch {
     return null;
   }

@@ -277,6 +277,23 @@ export class Alerts {
   }
 
   /**
+   * Every suspending alert still in force (not undone), from their index, newest first, wherever its log entry is:
+   * a suspension never lifts by itself, so a count of what is in effect reads these whatever came after them.
+   */
+  async suspending(): Promise<Alert[]> {
+    const entries = parseIndex(await guard(() => this.store.get(SUSPENDING)));
+    if (entries.length === 0) return [];
+    const stored = await guard(() => this.store.getMany(entries.map(({ id }) => `alert:${id}`)));
+    const now = this.now();
+    return stored
+      .flatMap((raw) => {
+        const alert = raw ? parseAlert(raw) : null;
+        return alert && alert.state === 'active' ? [current(alert, now)] : [];
+      })
+      .sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
+  }
+
+  /**
    * The suspending alerts whose log entries are gone (older than the log's oldest entry), newest first: those in
    * force, and those undone within the retention.
    */
