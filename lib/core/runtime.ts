@@ -36,7 +36,7 @@ import { LogoutTokenVerifier } from './session/logout-token';
 import { ProviderSessions } from './session/provider-sessions';
 import { createSessionVerifier } from './session/verify';
 import { createOriginPolicy } from './origin/public-origin';
-import { assertNoPublicSecrets, isCleanSecret, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
+import { assertNoPublicSecrets, isCleanSecret, isProduction, misspelledSettings, productionProblems, readSettings, trustsHost, type Settings } from './settings';
 import { buildRegistry, envValue, MIN_SECRET_LENGTH, usernameSecrets, type Env, type ResolvedCredential, type Upstream } from './upstream/registry';
 import { LOCAL_SUBJECT_PREFIX, loadUsersFile, type LocalUsers } from './users/file';
 import { OtherOwnerWarnings } from './users/owner';
@@ -303,11 +303,16 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   );
 
   const dpop = { proofs: new DpopProofs(store, now), nonces: new DpopNonces(settings.KEYWARD_SESSION_SECRET, now) };
-  const allowedOrigins = createOriginPolicy({
-    authUrl: settings.AUTH_URL,
-    trustHost: trustsHost(settings),
-    extraOrigins: settings.KEYWARD_ALLOWED_ORIGINS,
-  });
+  const allowedOrigins = createOriginPolicy(
+    {
+      authUrl: settings.AUTH_URL,
+      trustHost: trustsHost(settings),
+      extraOrigins: settings.KEYWARD_ALLOWED_ORIGINS,
+      production: isProduction(settings),
+    },
+    logger,
+    now,
+  );
 
   const dispatcher = options.dispatcher ?? createUpstreamAgent();
   const held = processHeldSecrets();

@@ -1,4 +1,6 @@
+import type { Logger } from 'pino';
 import type { CoreRequest } from '../request';
+import { OriginWarnings } from './warnings';
 
 /**
  * The origin browsers use to reach Keyward (DESIGN.md "The public origin"). Inside Next, `request.url` is the
@@ -21,18 +23,39 @@ export interface OriginSettings {
   readonly trustHost: boolean;
   /** `KEYWARD_ALLOWED_ORIGINS`: further origins (another front end of the same app) allowed to call. */
   readonly extraOrigins?: readonly string[] | null;
+  /** Production: a trusted-host origin on plain `http://` (not loopback) is then logged as a likely proxy mistake. */
+  readonly production?: boolean;
 }
 
-export function createOriginPolicy(settings: OriginSettings): OriginPolicy {
+/**
+ * `logger`: where a refusal a reverse proxy's headers explain, and (in production) a plain-HTTP trusted-host
+ * origin, are logged as warnings (lib/core/origin/warnings.ts); none without it.
+ */
+export function createOriginPolicy(
+  settings: OriginSettings,
+  logger: Pick<Logger, 'warn'> | null = null,
+  now?: () => number,
+): OriginPolicy {
   const fixed = settings.authUrl ? new URL(settings.authUrl).origin : null;
   const extra = new Set(settings.extraOrigins ?? []);
+  const warnings = logger ? new OriginWarnings(logger, fixed !== null, now) : null;
+  const warnPlainHttp = warnings !== null && fixed === null && settings.trustHost && settings.production === true;
   const publicOrigin = (request: CoreRequest): string | null => {
     if (fixed) return fixed;
-    return settings.trustHost ? originFromHeaders(request) : null;
+    if (!settings.trustHost) return null;
+    const origin = originFromHeaders(request);
+    if (warnPlainHttp && origin?.startsWith('http:')) warnings.plainHttpOrigin(origin);
+    return origin;
   };
   return {
     publicOrigin,
-    allows: (origin, request) => extra.has(origin) || origin === publicOrigin(request),
+    allows(origin, request) {
+      if (extra.has(origin)) return true;
+      const expected = publicOrigin(request);
+      if (origin === expected) return true;
+      warnings?.refusedOrigin(origin, expected);
+      return false;
+    },
   };
 }
 
