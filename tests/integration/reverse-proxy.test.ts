@@ -5,16 +5,15 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defineUpstream } from '../../lib/core/config/load';
-import { createLogger } from '../../lib/core/log/logger';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { WsTickets } from '../../lib/core/ws/tickets';
 import { createFastLane } from '../../lib/node/fast-lane';
 import { createUpgradeListener } from '../../lib/node/websocket';
 import { OpenSockets } from '../../lib/core/ws/sockets';
 import { freePort } from '../fixtures/app-server';
+import { capturingLogger } from '../fixtures/log-capture';
 import { rawRequest, readRaw, type RawResponse } from '../fixtures/raw-http';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 import { sessionCookie } from '../fixtures/session';
@@ -37,7 +36,7 @@ let runtime: Runtime;
 let server: Server;
 let port: number;
 let cookie: string;
-const logs: string[] = [];
+const { logger, lines: logs } = capturingLogger();
 
 beforeAll(async () => {
   upstream = await startUpstream();
@@ -50,12 +49,6 @@ beforeAll(async () => {
     KEYWARD_STORE: 'memory',
     ECHO_KEY: randomSecret('echo'),
   };
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      logs.push(chunk.toString('utf8'));
-      callback();
-    },
-  });
   runtime = createRuntime({
     env,
     upstreams: [
@@ -69,7 +62,7 @@ beforeAll(async () => {
         ],
       }),
     ],
-    logger: createLogger({ level: 'info', destination }),
+    logger,
   });
   cookie = await sessionCookie(env.AUTH_SECRET, {
     sub: 'local:alice',
@@ -132,9 +125,9 @@ interface Line {
   origin?: string;
   publicOrigin?: string;
 }
-const lines = (): Line[] => logs.map((line) => JSON.parse(line) as Line).filter((line) => line.level === 40);
-const refusals = () => lines().filter((line) => line.msg.startsWith('CSRF check refused Origin'));
-const plainHttp = () => lines().filter((line) => line.msg.includes('(plain HTTP) under AUTH_TRUST_HOST'));
+const warned = (): Line[] => logs.map((line) => JSON.parse(line) as Line).filter((line) => line.level === 40);
+const refusals = () => warned().filter((line) => line.msg.startsWith('CSRF check refused Origin'));
+const plainHttp = () => warned().filter((line) => line.msg.includes('(plain HTTP) under AUTH_TRUST_HOST'));
 /** The public-origin warnings (the echo upstream's echoed key makes the detector warn too). */
 const warnings = () => [...refusals(), ...plainHttp()];
 
