@@ -1,6 +1,6 @@
 import { redirect } from 'next/navigation';
 import { SignInForm } from './sign-in-form';
-import { safeCallbackPath } from 'keyward/next';
+import { SIGN_IN_EXPIRED, safeCallbackPath } from 'keyward/next';
 import { keyward } from '@/keyward';
 
 export const dynamic = 'force-dynamic';
@@ -11,6 +11,7 @@ const ERRORS: Record<string, string> = {
   AccessDenied: 'The identity provider did not let you in, or the account it names cannot be used here (ask your administrator).',
   OAuthCallbackError: 'The identity provider sent you back with an error. Try again.',
   Configuration: 'Sign-in is not configured correctly on the server.',
+  [SIGN_IN_EXPIRED]: 'The sign-in took too long, or was started on another address of this site. Start again.',
   MissingCSRF:
     'Your browser did not send the sign-in cookie back. Keyward’s cookies are secure: open the site over HTTPS (or on localhost), with cookies allowed, and try again.',
 };

@@ -15,8 +15,8 @@ import { changesSignIn, handleSignInPost } from '@/lib/core/api/sign-in';
 import { handleWsTicket } from '@/lib/core/api/ws-ticket';
 import { errorResponse } from '@/lib/core/errors';
 import type { Runtime } from '@/lib/core/runtime';
-import { CALLBACK_URL_COOKIE, createAuthHandlers, type AuthHandlers, type AuthPages } from './auth';
-import { trackStoreFailures } from './auth-store';
+import { CALLBACK_URL_COOKIE, SIGN_IN_EXPIRED, createAuthHandlers, type AuthHandlers, type AuthPages } from './auth';
+import { trackAuthRequest } from './auth-store';
 import { runtimeOrUnavailable, type RouteHandler, type RuntimeSource } from './proxy-route';
 
 /** Keyward's own API, one route handler per endpoint (README "HTTP contract"); lib/next/keyward.ts hands them out. */
@@ -67,7 +67,7 @@ export function createApiRoutes(getRuntime: RuntimeSource, pages: AuthPages): Ap
       return handle(request, await context.params, runtime);
     };
   }
-  const auth = authRoutes(getRuntime, createAuthHandlers(getRuntime, pages));
+  const auth = authRoutes(getRuntime, createAuthHandlers(getRuntime, pages), Boolean(pages?.error));
   return {
     ...auth,
     userKeyRoute: withRuntime<{ upstream: string }>((request, { upstream }, runtime) => handleUserKey(request, upstream, runtime)),
@@ -105,12 +105,15 @@ type AuthHandler = (request: Request) => Promise<Response>;
  * Every Auth.js response, whatever the page: `Cache-Control: private, no-store` (its pages set the CSRF
  * cookie and carry the CSRF token; a shared cache must never keep one), and 503 `store_unavailable` when
  * a callback could not reach the store (lib/next/auth-store.ts), instead of what Auth.js made of it.
+ * `ownErrorPage`: the app has an error page of its own (`pages.error`), which is told SIGN_IN_EXPIRED rather
+ * than `Configuration` when the sign-in callback lacked its flow's cookies (Auth.js's built-in page knows only
+ * its own codes).
  */
-function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime: Runtime) => Promise<Response>): AuthHandler {
+function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime: Runtime) => Promise<Response>, ownErrorPage: boolean): AuthHandler {
   return async (request) => {
     const runtime = runtimeOrUnavailable(getRuntime);
     if (runtime instanceof Response) return runtime;
-    const { response, failure } = await trackStoreFailures(() => handle(request, runtime));
+    const { response, failure, invalidCheck } = await trackAuthRequest(() => handle(request, runtime));
     if (failure) {
       const requestId = crypto.randomUUID();
       runtime.logger.error({ err: failure.cause ?? failure, requestId }, 'auth failed: store unavailable');
@@ -120,8 +123,29 @@ function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime
     const answer = changesSignIn(request, response) ? endPendingConnects(response, runtime) : response;
     const headers = new Headers(answer.headers);
     headers.set('cache-control', 'private, no-store');
+    if (invalidCheck && ownErrorPage) renameConfigurationError(headers);
     return new Response(answer.body, { status: answer.status, statusText: answer.statusText, headers });
   };
+}
+
+/**
+ * Auth.js answers a sign-in callback without its state, PKCE or nonce cookie with a redirect to the error page's
+ * `?error=Configuration` ("not configured correctly on the server"), since InvalidCheck is not one of the codes
+ * it shows clients. The server is fine: the sign-in took longer than the cookies' 15 minutes, the browser dropped
+ * them, or it started on another host name than the callback's. The page is told so (SIGN_IN_EXPIRED).
+ */
+function renameConfigurationError(headers: Headers): void {
+  const location = headers.get('location');
+  if (location === null) return;
+  let url: URL;
+  try {
+    url = new URL(location);
+  } catch {
+    return;
+  }
+  if (url.searchParams.get('error') !== 'Configuration') return;
+  url.searchParams.set('error', SIGN_IN_EXPIRED);
+  headers.set('location', url.href);
 }
 
 /**
@@ -186,13 +210,15 @@ function withoutBadCallbackCookie(header: string | null): string | null {
     .join(';');
 }
 
-function authRoutes(getRuntime: RuntimeSource, handlers: AuthHandlers): Pick<ApiRoutes, 'authGetRoute' | 'authPostRoute'> {
+function authRoutes(getRuntime: RuntimeSource, handlers: AuthHandlers, ownErrorPage: boolean): Pick<ApiRoutes, 'authGetRoute' | 'authPostRoute'> {
   const onPublicOrigin = (request: Request, runtime: Runtime) => toNextRequest(request, runtime.allowedOrigins.publicOrigin(request));
   return {
-    authGetRoute: authRoute(getRuntime, async (request, runtime) => handlers.GET(await onPublicOrigin(request, runtime))),
+    authGetRoute: authRoute(getRuntime, async (request, runtime) => handlers.GET(await onPublicOrigin(request, runtime)), ownErrorPage),
     // Auth.js's POST handler behind the sign-in rules: one form body, the attempt limits, a password slot.
-    authPostRoute: authRoute(getRuntime, (request, runtime) =>
-      handleSignInPost(request, runtime, async (form) => handlers.POST(await onPublicOrigin(form, runtime))),
+    authPostRoute: authRoute(
+      getRuntime,
+      (request, runtime) => handleSignInPost(request, runtime, async (form) => handlers.POST(await onPublicOrigin(form, runtime))),
+      ownErrorPage,
     ),
   };
 }

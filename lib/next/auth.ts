@@ -5,7 +5,7 @@ import NextAuth, { type NextAuthConfig } from 'next-auth';
 import Credentials from 'next-auth/providers/credentials';
 import type { Provider } from 'next-auth/providers';
 import { SESSION_COOKIE, authTimeClaims, sessionFromClaims, signInLifetimeEnd } from '@/lib/core/session/session';
-import { storeFailed } from './auth-store';
+import { noteInvalidCheck, storeFailed } from './auth-store';
 import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
 import { LOCAL_SUBJECT_PREFIX, currentLocalUser } from '@/lib/core/users/file';
@@ -45,6 +45,11 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
         logger.info({ authError: name }, 'auth.js: credentials sign-in refused');
         return;
       }
+      if (name === 'InvalidCheck') {
+        noteInvalidCheck();
+        logger.warn({ authError: name, check: clip(error.message) }, INVALID_CHECK_MESSAGE);
+        return;
+      }
       // What a client's request caused (no CSRF token, a cookie that does not decode, an unknown action): a warning
       // without its stack, not an error anyone could write into the log without signing in.
       const cause = (error.cause as { err?: unknown } | undefined)?.err;
@@ -58,6 +63,25 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
       logger.warn({ authWarning: code }, `auth.js warning: ${code}`);
     },
   };
+}
+
+/**
+ * The sign-in page's `?error=` code (instead of Auth.js's `Configuration`) for a sign-in callback that came back
+ * without the cookies its flow set: lib/next/api-routes.ts puts it there; app/signin/page.tsx says what to do.
+ */
+export const SIGN_IN_EXPIRED = 'SignInExpired';
+
+/**
+ * An `InvalidCheck`, with what most likely caused it: anyone can send a callback without cookies, but a user who
+ * lands here did nothing wrong, and an operator reading "InvalidCheck" alone would not know where to look.
+ */
+const INVALID_CHECK_MESSAGE =
+  "auth.js: InvalidCheck: a sign-in callback failed its flow's checks (its state, PKCE and nonce cookies, kept 15 minutes, and its state parameter): most likely the user took longer at the identity provider, the browser dropped the cookies, or the sign-in was started on another host name than the callback's (with AUTH_URL set, SSO completes on AUTH_URL's host only: a name in KEYWARD_ALLOWED_ORIGINS cannot start it); the user is asked to start again";
+
+/** Auth.js's own message, cut short (its check messages are fixed text; a cause's could be longer). */
+function clip(message: string): string {
+  const firstLine = message.split('\n', 1)[0]!;
+  return firstLine.length > 200 ? `${firstLine.slice(0, 200)}…` : firstLine;
 }
 
 /**

@@ -80,3 +80,31 @@ test('OIDC: a wrong password at the provider does not come back signed in', asyn
   await expect(page.getByText('You are not signed in.')).toBeVisible();
   expect((await browserFetch(page, '/api/session')).status).toBe(401);
 });
+
+test('OIDC: back from the provider without the flow cookies (too slow, cleared, or started on another address), the page says to start again', async ({ page, env }) => {
+  await page.goto('/signin');
+  await page.getByRole('button', { name: `Sign in with ${env.oidcProviderName}` }).click();
+  await expect(page.locator('#idp-username')).toBeVisible();
+  // What 15 minutes at the provider, cookies cleared meanwhile, or a sign-in started on another host name leave
+  // on the callback's host: none of the flow's cookies.
+  for (const name of ['__Host-keyward.pkce', '__Host-keyward.state', '__Host-keyward.nonce']) await page.context().clearCookies({ name });
+  await page.locator('#idp-username').fill(env.oidc.account.username);
+  await page.locator('#idp-password').fill(env.oidc.account.password);
+  await page.locator('#idp-login').click();
+  await page.locator('#idp-allow').click();
+  await expect(page).toHaveURL(/\/signin\?error=SignInExpired$/);
+  await expect(page.getByTestId('sign-in-error')).toHaveText('The sign-in took too long, or was started on another address of this site. Start again.');
+  expect((await browserFetch(page, '/api/session')).status).toBe(401);
+  // Starting again works (the provider may remember the login, and the consent, from the first time).
+  await page.getByRole('button', { name: `Sign in with ${env.oidcProviderName}` }).click();
+  const signedIn = page.getByTestId('signed-in');
+  for (const step of ['#idp-login', '#idp-allow']) {
+    await expect(page.locator(step).or(page.locator('#idp-allow')).or(signedIn).first()).toBeVisible();
+    if (step === '#idp-login' && (await page.locator(step).isVisible())) {
+      await page.locator('#idp-username').fill(env.oidc.account.username);
+      await page.locator('#idp-password').fill(env.oidc.account.password);
+      await page.locator(step).click();
+    } else if (step === '#idp-allow' && (await page.locator(step).isVisible())) await page.locator(step).click();
+  }
+  await expect(signedIn).toContainText('Signed in as');
+});

@@ -206,6 +206,8 @@ describe('behind a real host name, trusting the Host header (AUTH_TRUST_HOST=tru
     const mark = app.output().length;
     const bare = await send(app, 'GET', '/api/auth/callback/oidc?code=x&state=y', { host: 'app.test' });
     expect(bare.status).toBe(302);
+    // Not "not configured correctly on the server" (Auth.js's `Configuration`): the sign-in page says to start again.
+    expect(bare.headers.location).toBe('http://app.test/signin?error=SignInExpired');
     // Denied at the provider: a callback with the flow's own state and cookies, and `error=access_denied`.
     const csrf = await send(app, 'GET', '/api/auth/csrf', { host: 'app.test' });
     const { csrfToken } = JSON.parse(csrf.body) as { csrfToken: string };
@@ -227,19 +229,72 @@ describe('behind a real host name, trusting the Host header (AUTH_TRUST_HOST=tru
     const logged = lines.map((line) => JSON.parse(line) as { level: number; authError: string; err?: unknown });
     expect(logged.map(({ authError }) => authError)).toEqual(expect.arrayContaining(['InvalidCheck', 'OAuthCallbackError']));
     for (const line of logged) expect([line.authError, line.level, line.err]).toEqual([line.authError, 40, undefined]);
+    // The user denied consent: the provider's error, not SIGN_IN_EXPIRED.
+    expect(new URL(String(denied.headers.location)).searchParams.get('error')).not.toBe('SignInExpired');
+    // The log says what most likely happened, and which check failed.
+    const invalidCheck = lines.map((line) => JSON.parse(line) as { authError: string; msg: string; check?: string }).find((line) => line.authError === 'InvalidCheck')!;
+    expect(invalidCheck.msg).toContain('another host name than the callback');
+    expect(invalidCheck.check).toMatch(/^(state|pkceCodeVerifier|nonce) /);
   });
 });
 
 describe('behind a real host name with AUTH_URL', () => {
   let app: AppServer;
   let cookie: string;
+  let oidc: TestOidcProvider;
 
   beforeAll(async () => {
-    app = await startApp({ ...readme, AUTH_URL: 'https://keyward.example' }, { testDefaults: false });
+    oidc = await startOidcProvider({ redirectUri: 'https://keyward.example/api/auth/callback/oidc' });
+    app = await startApp(
+      {
+        ...readme,
+        AUTH_URL: 'https://keyward.example',
+        KEYWARD_ALLOWED_ORIGINS: 'https://alt.example',
+        KEYWARD_OIDC_ISSUER: oidc.issuer,
+        KEYWARD_OIDC_CLIENT_ID: oidc.clientId,
+        KEYWARD_OIDC_CLIENT_SECRET: oidc.clientSecret,
+      },
+      { testDefaults: false },
+    );
     cookie = await signIn(app.url, 'alice', password);
   }, 90_000);
   afterAll(async () => {
     await app?.stop();
+    await oidc?.stop();
+  });
+
+  it("SSO started on another name (KEYWARD_ALLOWED_ORIGINS) ends on AUTH_URL's host without the flow's cookies: the page says to start again, the log says why", async () => {
+    // The browser on https://alt.example: Auth.js's CSRF cookie, then the SSO button's form post.
+    const cookiesOf = (headers: Record<string, unknown>) => ([] as string[]).concat((headers['set-cookie'] as string[] | undefined) ?? []).map((line) => line.split(';')[0]!);
+    const alt = { host: 'alt.example', 'x-forwarded-proto': 'https' };
+    const csrf = await send(app, 'GET', '/api/auth/csrf', alt);
+    const { csrfToken } = JSON.parse(csrf.body) as { csrfToken: string };
+    const started = await send(
+      app,
+      'POST',
+      '/api/auth/signin/oidc',
+      { ...alt, origin: 'https://alt.example', cookie: cookiesOf(csrf.headers).join('; '), 'content-type': 'application/x-www-form-urlencoded' },
+      new URLSearchParams({ csrfToken, callbackUrl: '/' }).toString(),
+    );
+    expect(started.status).toBe(302);
+    // The flow's cookies are set on alt.example; the provider (the real one) will send the browser to AUTH_URL's host.
+    expect(cookiesOf(started.headers).map((pair) => pair.split('=')[0])).toEqual(expect.arrayContaining(['__Host-keyward.pkce', '__Host-keyward.state']));
+    const authorize = new URL(String(started.headers.location));
+    expect(authorize.origin).toBe(oidc.issuer);
+    expect(authorize.searchParams.get('redirect_uri')).toBe('https://keyward.example/api/auth/callback/oidc');
+    const mark = app.output().length;
+    // Back on keyward.example, the browser has none of alt.example's cookies.
+    const query = new URLSearchParams({ code: 'from-the-provider', state: authorize.searchParams.get('state')!, iss: oidc.issuer });
+    const back = await send(app, 'GET', `/api/auth/callback/oidc?${query}`, { host: 'keyward.example', 'x-forwarded-proto': 'https' });
+    expect(back.status).toBe(302);
+    expect(back.headers.location).toBe('https://keyward.example/signin?error=SignInExpired');
+    await expect.poll(() => app.output().slice(mark), { timeout: 5_000 }).toContain('auth.js: InvalidCheck');
+    const line = app
+      .output()
+      .slice(mark)
+      .split('\n')
+      .find((text) => text.includes('"authError":"InvalidCheck"'))!;
+    expect(JSON.parse(line)).toMatchObject({ level: 40, msg: expect.stringContaining("SSO completes on AUTH_URL's host only") });
   });
 
   it("AUTH_URL's origin is the one allowed, whatever Host says", async () => {
