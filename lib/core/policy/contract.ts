@@ -523,7 +523,8 @@ export function violation(message: string): KeywardError {
 
 /** A declared name is echoed only in a harmless form (no quotes or markup, at most 64 characters). */
 function safeName(name: string): string {
-  return /^[A-Za-z0-9_-]{1,64}$/.test(name) ? name : '(invalid name)';
+  // Brackets and dots too: a query or form contract declares `expand[]` or `page.size` as written on the wire.
+  return /^[A-Za-z0-9_.[\]-]{1,64}$/.test(name) ? name : '(invalid name)';
 }
 
 /**

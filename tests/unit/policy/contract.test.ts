@@ -621,6 +621,17 @@ describe('error messages never echo client values', () => {
     expect(message).toContain(where);
   });
 
+  it('names a declared field whose name has brackets or dots as declared (the operator wrote it)', () => {
+    const listed = compiled({
+      method: 'GET',
+      path: '/prices',
+      query: z.object({ 'expand[]': z.literal('product').optional(), 'page.size': z.string().regex(/^\d+$/).optional() }),
+    });
+    const message = violation(() => query(listed, '?expand[]=tiers&page.size=x'));
+    expect(message).toContain('query.expand[]: ');
+    expect(message).toContain('query.page.size: ');
+  });
+
   it('names at most three problems', () => {
     const message = violation(() =>
       body(body_, JSON.stringify({ model: 'x', messages: [], max_tokens: -1, temperature: 9, stream: 1 })),
