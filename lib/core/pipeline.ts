@@ -118,6 +118,8 @@ export interface ProxyEvent {
 
 const NO_USER_SECRETS: CredentialSources = { userKeys: null, oauthTokens: null };
 const REFUSED_METHODS = new Set(['TRACE', 'TRACK', 'CONNECT']);
+/** Answers a client reads as they come (SSE, newline-delimited JSON, AWS's event stream), by their media type. */
+const STREAMED_TYPES = ['text/event-stream', 'application/x-ndjson', 'application/jsonl', 'application/vnd.amazon.eventstream'];
 
 /**
  * The request's path through Keyward (DESIGN.md "The request's path"), on standard Request/Response so it
@@ -930,6 +932,11 @@ function respond(
   guardActiveContent(outHeaders);
   outHeaders.set('x-request-id', requestId);
   for (const [name, value] of grant?.headers ?? []) outHeaders.set(name, value);
+  const contentType = (firstHeader(response.headers['content-type']) ?? '').toLowerCase();
+  // nginx buffers a proxied answer by default (`proxy_buffering on`): a stream behind it would reach the browser
+  // only when the buffer fills or the stream ends. This header turns that off for this answer alone, for a
+  // reverse proxy set up without README's `proxy_buffering off`.
+  if (STREAMED_TYPES.some((type) => contentType.startsWith(type))) outHeaders.set('x-accel-buffering', 'no');
 
   const usageSource = route.limits.cost.usage;
   const headerUsage = usageSource && 'header' in usageSource ? toUnits(firstHeader(response.headers[usageSource.header])) : null;
@@ -943,7 +950,6 @@ function respond(
     grant && grant.reserved > 0 && call.usage ? new UsageReader(call.usage, firstHeader(response.headers['content-type']) ?? '') : null;
   const encoding = response.headers['content-encoding'];
   const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
-  const contentType = (firstHeader(response.headers['content-type']) ?? '').toLowerCase();
   const framed = contentType.startsWith('application/vnd.amazon.eventstream') ? new EventStreamBoundaries() : null;
   const echoes = new EchoTally(secrets);
   const scrubber = new StreamScrubber(secrets, echoes.form);

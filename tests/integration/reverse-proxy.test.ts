@@ -207,6 +207,8 @@ if (!nginx || !openssl)
 describe.skipIf(!nginx || !openssl)("README's nginx snippet in front of Keyward (AUTH_TRUST_HOST)", () => {
   let child: ChildProcess;
   let tlsPort: number;
+  /** The same server without the snippet's `proxy_buffering off` line: nginx's default buffering. */
+  let bufferingPort: number;
 
   beforeAll(async () => {
     const readme = readFileSync(join(__dirname, '../../README.md'), 'utf8');
@@ -216,6 +218,8 @@ describe.skipIf(!nginx || !openssl)("README's nginx snippet in front of Keyward 
     const location = /^ {2}location \/ \{[\s\S]*?^ {2}\}/m
       .exec(snippet!)![0]
       .replace('http://127.0.0.1:3000', `http://127.0.0.1:${port}`);
+    const buffering = location.replace(/^ *proxy_buffering off;.*\n/m, '');
+    expect(buffering, "the snippet's location turns buffering off").not.toBe(location);
     const dir = mkdtempSync(join(tmpdir(), 'keyward-nginx-'));
     mkdirSync(join(dir, 'logs'));
     execFileSync(
@@ -238,6 +242,14 @@ describe.skipIf(!nginx || !openssl)("README's nginx snippet in front of Keyward 
       { stdio: 'ignore' },
     );
     tlsPort = await freePort();
+    bufferingPort = await freePort();
+    const server = (listen: number, block: string) => `  server {
+    listen 127.0.0.1:${listen} ssl;
+    server_name ${PUBLIC_HOST};
+    ssl_certificate ${join(dir, 'tls.crt')};
+    ssl_certificate_key ${join(dir, 'tls.key')};
+${block}
+  }`;
     const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']
       .map((name) => `${name}_temp_path ${join(dir, name)};`)
       .join('\n  ');
@@ -252,13 +264,8 @@ http {
   access_log off;
   ${temp}
   ${map}
-  server {
-    listen 127.0.0.1:${tlsPort} ssl;
-    server_name ${PUBLIC_HOST};
-    ssl_certificate ${join(dir, 'tls.crt')};
-    ssl_certificate_key ${join(dir, 'tls.key')};
-${location}
-  }
+${server(tlsPort, location)}
+${server(bufferingPort, buffering)}
 }
 `,
     );
@@ -291,17 +298,18 @@ ${location}
     headers: Record<string, string>,
     body?: string,
     onResponse?: (res: IncomingMessage) => void,
+    via = tlsPort,
   ): Promise<RawResponse> {
     return new Promise((resolve, reject) => {
       const req = httpsRequest(
         {
           host: '127.0.0.1',
-          port: tlsPort,
+          port: via,
           servername: PUBLIC_HOST,
           rejectUnauthorized: false,
           method,
           path,
-          headers: { host: `${PUBLIC_HOST}:${tlsPort}`, ...headers },
+          headers: { host: `${PUBLIC_HOST}:${via}`, ...headers },
         },
         (res) => {
           onResponse?.(res);
@@ -349,6 +357,38 @@ ${location}
         },
       );
       expect(answer.status).toBe(200);
+      expect(answer.body).toBe('data: first\n\ndata: last\n\n');
+    } finally {
+      upstream.reset();
+    }
+  });
+
+  it("SSE behind nginx's default buffering (proxy_buffering off left out): X-Accel-Buffering: no still streams it", async () => {
+    let release!: (firstSeenFirst: boolean) => void;
+    const released = new Promise<boolean>((resolve) => (release = resolve));
+    upstream.handle(async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: first\n\n');
+      // Held open until the browser has the first event; a buffering nginx would hold that event back, so after
+      // 5 s the stream ends anyway and the test fails on what it saw, rather than hang.
+      const fallback = setTimeout(() => release(false), 5_000);
+      await released;
+      clearTimeout(fallback);
+      res.end('data: last\n\n');
+    });
+    try {
+      const answer = await viaNginx(
+        'GET',
+        '/api/proxy/echo/events',
+        { cookie, 'x-keyward-csrf': '1', 'sec-fetch-site': 'same-origin' },
+        undefined,
+        (res) => {
+          res.once('data', () => release(true));
+        },
+        bufferingPort,
+      );
+      expect(answer.status).toBe(200);
+      expect(await released, 'the first event came before the stream ended').toBe(true);
       expect(answer.body).toBe('data: first\n\ndata: last\n\n');
     } finally {
       upstream.reset();
