@@ -558,7 +558,7 @@ export function authorizeCall(route: CompiledRoute, params: RouteMatch['params']
     throw new KeywardError('bad_request', { message: 'A WebSocket ticket is accepted on an upgrade only; it is never passed on.' });
   }
   return {
-    query: contract.query ? parseQuery(contract.query, incoming.search, incoming.searchParams) : new URLSearchParams(incoming.search),
+    query: contract.query ? parseQuery(contract.query, incoming.searchParams) : new URLSearchParams(incoming.search),
     body: undefined,
   };
 }

@@ -75,7 +75,7 @@ function refused(fn: () => unknown): string {
 }
 
 function query(contract: ReturnType<typeof routeOf>['contract'], search: string) {
-  return parseQuery(contract.query!, search, new URLSearchParams(search));
+  return parseQuery(contract.query!, new URLSearchParams(search));
 }
 
 const CATEGORY = { type: 'object', properties: { id: { type: 'integer' }, name: { type: 'string' } } };
