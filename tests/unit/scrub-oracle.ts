@@ -88,6 +88,8 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
   const hex = bytes.toString('hex');
   const named: [string, string][] = [
     ['raw', secret],
+    ['uppercase', secret.toUpperCase()],
+    ['lowercase', secret.toLowerCase()],
     ['url-encoded', uri],
     ['url-encoded lowercase', lowerEscapes(uri)],
     ['form-encoded', form],
@@ -96,6 +98,8 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
     ['Go url.PathEscape', keepOnly(`${alphanumeric}-_.~$&+:=@`)],
     ['WHATWG URL query', keepOnly(printableAsciiBut(`"#'<>`))],
     ['WHATWG URL fragment', keepOnly(printableAsciiBut('"<>`'))],
+    ['every byte percent-encoded', keepOnly('')],
+    ['every byte percent-encoded, lowercase', keepOnly('').toLowerCase()],
     ['JSON', json],
     ['JSON \\/', json.split('/').join('\\/')],
     ['JSON ASCII', asciiJson],

@@ -20,11 +20,12 @@ const MIN_FRAGMENT_LENGTH = 8;
  * Every form a secret takes in transit, as encoded text → the name of the first encoding that produces it.
  * Matching is exact (bytes or UTF-16 units): where an encoding has two letter cases, both are listed; one
  * key written in mixed case is not.
- * - raw;
+ * - raw, and all upper- or lowercase (a case-insensitive key works so);
  * - percent-encoded, as encodeURIComponent writes it and as application/x-www-form-urlencoded does
  *   (URLSearchParams: differs for ( ) ! ' ~ and space), each with upper- and lowercase hex (.NET writes `%2f`),
  *   as Python's urllib.parse.quote (`/` kept) and Go's url.PathEscape (`+ = : @ $ &` kept) write it, and as the
- *   WHATWG URL parser writes it in a query and in a fragment (`new URL(…).href`: only a few characters escaped);
+ *   WHATWG URL parser writes it in a query and in a fragment (`new URL(…).href`: only a few characters escaped),
+ *   and with every byte escaped (either case);
  * - JSON-escaped as JSON.stringify writes it, with `/` written `\/` (PHP's default), with non-ASCII written
  *   as `\uxxxx` (Python's and PHP's default), with `<` `>` `&` written `\u003c`… (Go's default), and `=` `'`
  *   too (Gson's default), as
@@ -41,6 +42,10 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
     if (text.length >= minLength && !forms.has(text)) forms.set(text, name);
   };
   add('raw', secret);
+  // A case-insensitive key (hex, a UUID) works in either case, and an upstream may echo it normalised (SQL
+  // Server's uniqueidentifier comes back uppercase).
+  add('uppercase', secret.toUpperCase());
+  add('lowercase', secret.toLowerCase());
   const uri = encodeURIComponent(secret);
   add('url-encoded', uri);
   add('url-encoded-lowercase', lowercaseEscapes(uri));
@@ -54,6 +59,10 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
   // The WHATWG URL parser (new URL(…).href, every browser) escapes only a few characters in a query or fragment.
   add('url-query', percentEncode(secret, URL_QUERY_SAFE));
   add('url-fragment', percentEncode(secret, URL_FRAGMENT_SAFE));
+  // Every byte escaped, as an encoder with no safe set writes it (and what hides a key from a plain search).
+  const everyByte = percentEncode(secret, NOTHING_SAFE);
+  add('url-encoded-every-byte', everyByte);
+  add('url-encoded-every-byte-lowercase', lowercaseEscapes(everyByte));
   const json = JSON.stringify(secret).slice(1, -1);
   add('json-escaped', json);
   // JSON.stringify never writes "\/" and writes a backslash as "\\", so every "/" here is a slash of the secret.
@@ -110,6 +119,8 @@ function toBase64url(base64: string): string {
   return base64.replaceAll('+', '-').replaceAll('/', '_');
 }
 
+/** Matches no character: every byte escaped. */
+const NOTHING_SAFE = /(?!)/;
 /** What urllib.parse.quote leaves as it is by default: letters, digits, `_.-~` and `/`. */
 const PYTHON_QUOTE_SAFE = /^[A-Za-z0-9_.~/-]$/;
 /** What Go's url.PathEscape leaves as it is: letters, digits, `-_.~` and `$&+:=@`. */

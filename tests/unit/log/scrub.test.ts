@@ -92,7 +92,23 @@ describe('secretForms', () => {
     expect(forms).toContain('abcde');
     expect(forms).toContain('YWJjZGU=');
     expect(forms).toContain('6162636465');
-    expect(forms.filter((form) => form.length < 8)).toEqual(['abcde', 'YWJjZGU']);
+    expect(forms.filter((form) => form.length < 8)).toEqual(['abcde', 'ABCDE', 'YWJjZGU']);
+  });
+
+  it('a case-insensitive key echoed in the other case, or with every byte percent-encoded, is a form of it', () => {
+    // A UUID key works in either case; SQL Server's uniqueidentifier comes back uppercase.
+    const key = '3f2a9c1e-7b4d-4e8a-9c2f-1a2b3c4d5e6f';
+    const scrubber = new SecretScrubber();
+    scrubber.add([key]);
+    for (const echoed of [
+      key.toUpperCase(),
+      [...Buffer.from(key)].map((byte) => `%${byte.toString(16).toUpperCase()}`).join(''),
+      [...Buffer.from(key)].map((byte) => `%${byte.toString(16)}`).join(''),
+    ]) {
+      expect(scrubber.scrub(`id=${echoed};`)).toBe(`id=${REDACTED};`);
+    }
+    expect(namedSecretForms('AbC-123-xYz').get('ABC-123-XYZ')).toBe('uppercase');
+    expect(namedSecretForms('AbC-123-xYz').get('abc-123-xyz')).toBe('lowercase');
   });
 });
 
