@@ -83,8 +83,9 @@ const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
 
 /**
  * Headers an error carries unless whoever threw it set its own. A store outage is transient (the Redis client
- * reconnects at least every 2 s, and a busy SQLite file frees within its 5 s busy timeout), so the client is told
- * when to try again (RFC 9110 §10.2.3).
+ * reconnects at least every 2 s; a write lock another process holds on the SQLite file, past Keyward's short wait
+ * for it, is someone's transaction or VACUUM that ends by itself), so the client is told when to try again
+ * (RFC 9110 §10.2.3).
  */
 const DEFAULT_HEADERS: Partial<Record<KeywardErrorCode, Readonly<Record<string, string>>>> = {
   store_unavailable: { 'retry-after': '2' },

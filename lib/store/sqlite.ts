@@ -7,9 +7,37 @@ import { assertHashIncrements, assertRaise, assertReservations, StoreUnavailable
 const LISTED_KEYS = 16;
 
 /**
+ * How long a write waits for another connection's write lock. node:sqlite waits synchronously, on the event loop, so
+ * the whole process (pages, streams, every other call) waits with it: the wait must stay short. Keyward's own writes
+ * are single statements or small transactions of well under a millisecond, so processes sharing the file queue
+ * behind each other for a few milliseconds; the longest ordinary hold is a WAL checkpoint at the end of a commit
+ * (the WAL copied back and fsynced after 1,000 pages, tens of milliseconds on a slow disk). 200 ms absorbs that
+ * several times over; a lock held longer than that is not contention but someone else's long transaction (an
+ * operator's `BEGIN IMMEDIATE`, a VACUUM), and the write is refused (503 `store_unavailable`) rather than waited for.
+ */
+export const BUSY_TIMEOUT_MS = 200;
+/**
+ * After a write waited BUSY_TIMEOUT_MS and found the file still locked, writes for this long do not wait at all:
+ * each is tried once and refused at once if the lock is still held (a write that gets through ends it). Otherwise
+ * every write during a long lock would stall the process for BUSY_TIMEOUT_MS; so at most one write in this long
+ * waits, a tenth of the process's time while the lock is held.
+ */
+export const LOCKED_NO_WAIT_MS = 2_000;
+
+/** SQLITE_BUSY (any extended code: https://www.sqlite.org/rescode.html#busy): another connection holds the lock. */
+function isBusy(error: unknown): boolean {
+  const code = (error as { errcode?: unknown } | null)?.errcode;
+  return typeof code === 'number' && (code & 0xff) === 5;
+}
+
+/**
  * The embedded default: one SQLite file through node:sqlite (no server, survives restarts). Several
  * processes on one host may share the file (WAL, busy timeout); every operation is one SQL statement, so
  * each is atomic. Expired rows are treated as absent and purged periodically.
+ *
+ * In WAL mode reads never wait for a writer, so a file another process keeps locked for writing (an operator's
+ * `sqlite3` session, a VACUUM) still serves every read; writes are refused (StoreUnavailableError) after a short
+ * wait (BUSY_TIMEOUT_MS), or without one while the lock is known to be held (LOCKED_NO_WAIT_MS).
  */
 export class SqliteStore implements Store {
   readonly logCursor = /^\d{1,18}$/;
@@ -33,7 +61,7 @@ export class SqliteStore implements Store {
       this.db = new DatabaseSync(path);
       this.db.exec(`
         PRAGMA journal_mode = WAL;
-        PRAGMA busy_timeout = 5000;
+        PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS};
         PRAGMA synchronous = NORMAL;
         CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at INTEGER) STRICT;
         CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL;
@@ -93,14 +121,16 @@ export class SqliteStore implements Store {
         'SELECT id, at, value FROM log WHERE stream = :stream AND at >= :since AND at <= :until AND id < :cursor ORDER BY id DESC LIMIT :limit',
       ),
     };
-    this.purgeTimer = setInterval(
-      () =>
-        this.run(() => {
+    this.purgeTimer = setInterval(() => {
+      try {
+        this.write(() => {
           this.statements.purge!.run({ now: this.now() });
           this.statements.purgeHashes!.run({ now: this.now() });
-        }),
-      60_000,
-    );
+        });
+      } catch {
+        // The file is locked or unwritable: expired rows read as absent anyway, and the next pass purges them.
+      }
+    }, 60_000);
     this.purgeTimer.unref();
   }
 
@@ -109,6 +139,29 @@ export class SqliteStore implements Store {
       return operation();
     } catch (error) {
       throw new StoreUnavailableError('sqlite', error);
+    }
+  }
+
+  /** Until when (performance.now()) writes do not wait for the lock: see LOCKED_NO_WAIT_MS. */
+  private noWaitUntil = 0;
+
+  /** A write: waits at most BUSY_TIMEOUT_MS for another connection's lock, or not at all just after one was held that long. */
+  private write<T>(operation: () => T): T {
+    const wait = performance.now() >= this.noWaitUntil;
+    let lowered = false;
+    try {
+      if (!wait) {
+        this.db.exec('PRAGMA busy_timeout = 0');
+        lowered = true;
+      }
+      const result = operation();
+      this.noWaitUntil = 0;
+      return result;
+    } catch (error) {
+      if (wait && isBusy(error)) this.noWaitUntil = performance.now() + LOCKED_NO_WAIT_MS;
+      throw new StoreUnavailableError('sqlite', error);
+    } finally {
+      if (lowered) this.db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
     }
   }
 
@@ -154,37 +207,37 @@ export class SqliteStore implements Store {
   }
 
   async set(key: string, value: string, ttlMs?: number) {
-    this.run(() => this.statements.set!.run({ key, value, exp: this.expiry(ttlMs) }));
+    this.write(() => this.statements.set!.run({ key, value, exp: this.expiry(ttlMs) }));
   }
 
   async setIfAbsent(key: string, value: string, ttlMs: number) {
-    const result = this.run(() => this.statements.setIfAbsent!.run({ key, value, exp: this.expiry(ttlMs), now: this.now() }));
+    const result = this.write(() => this.statements.setIfAbsent!.run({ key, value, exp: this.expiry(ttlMs), now: this.now() }));
     return Number(result.changes) === 1;
   }
 
   async raise(key: string, value: number, ttlMs: number) {
     assertRaise(value, ttlMs);
     const bound = { key, value: String(value), number: BigInt(value), exp: this.expiry(ttlMs), now: this.now() };
-    return Number(this.run(() => this.statements.raise!.run(bound)).changes) === 1;
+    return Number(this.write(() => this.statements.raise!.run(bound)).changes) === 1;
   }
 
   async delete(key: string) {
-    return Number(this.run(() => this.statements.delete!.run({ key, now: this.now() })).changes) === 1;
+    return Number(this.write(() => this.statements.delete!.run({ key, now: this.now() })).changes) === 1;
   }
 
   async deleteIfEquals(key: string, value: string) {
-    return Number(this.run(() => this.statements.deleteIfEquals!.run({ key, value, now: this.now() })).changes) === 1;
+    return Number(this.write(() => this.statements.deleteIfEquals!.run({ key, value, now: this.now() })).changes) === 1;
   }
 
   async replaceIfEquals(key: string, expected: string, value: string) {
-    const result = this.run(() => this.statements.replaceIfEquals!.run({ key, expected, value, now: this.now() }));
+    const result = this.write(() => this.statements.replaceIfEquals!.run({ key, expected, value, now: this.now() }));
     return Number(result.changes) === 1;
   }
 
   async increment(key: string, by: number, ttlMs?: number) {
     if (!Number.isSafeInteger(by)) throw new TypeError('increment takes a safe integer');
     // node:sqlite binds JS numbers as REAL; a BigInt binds as INTEGER, so the counter stays "100", not "100.0".
-    const row = this.run(() => this.statements.increment!.get({ key, by: BigInt(by), exp: this.expiry(ttlMs), now: this.now() })) as {
+    const row = this.write(() => this.statements.increment!.get({ key, by: BigInt(by), exp: this.expiry(ttlMs), now: this.now() })) as {
       value: string;
     };
     return Number(row.value);
@@ -193,7 +246,7 @@ export class SqliteStore implements Store {
   async reserve(entries: readonly Reservation[]): Promise<ReserveResult> {
     assertReservations(entries);
     // BEGIN IMMEDIATE takes the write lock first, so another process sharing the file cannot interleave.
-    return this.run(() => {
+    return this.write(() => {
       this.db.exec('BEGIN IMMEDIATE');
       try {
         const now = this.now();
@@ -217,7 +270,7 @@ export class SqliteStore implements Store {
   private appends = 0;
 
   async append(stream: string, value: string, at: number, retentionMs: number) {
-    return this.run(() => {
+    return this.write(() => {
       // Trimming on every 100th append keeps the table bounded without a delete per request.
       if (this.appends++ % 100 === 0) this.statements.trimLog!.run({ stream, cutoff: this.now() - retentionMs });
       const row = this.statements.append!.get({ stream, at, value }) as { id: number | bigint };
@@ -227,7 +280,7 @@ export class SqliteStore implements Store {
 
   async appendBatch(stream: string, entries: readonly { readonly value: string; readonly at: number }[], retentionMs: number) {
     if (entries.length === 0) return;
-    this.run(() => {
+    this.write(() => {
       // One write transaction for the batch: a commit per entry would cost a WAL write each.
       this.db.exec('BEGIN IMMEDIATE');
       try {
@@ -259,7 +312,7 @@ export class SqliteStore implements Store {
   async incrementHashes(entries: readonly HashIncrement[]) {
     assertHashIncrements(entries);
     if (entries.length === 0) return;
-    this.run(() => {
+    this.write(() => {
       // One write transaction (one WAL commit) per batch of upserts, as appendBatch.
       this.db.exec('BEGIN IMMEDIATE');
       try {
