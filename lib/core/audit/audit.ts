@@ -96,6 +96,15 @@ export const RETAINED_RECORDS_MAX = 100_000;
  * not with their number: a call of a new user or route in a new minute adds a few dozen.
  */
 export const RETAINED_USAGE_FIELDS_MAX = 100_000;
+/**
+ * After a failed write, the next timed one waits this long, doubled after each further failure up to
+ * RETRY_DELAY_MAX_MS, and is back to every batch once a write goes through. A store that cannot write (Redis
+ * failing over, SQLite's file locked by another process) is not asked ten times a second: each failed write of
+ * SQLite's waits for its lock on the event loop, stalling the whole process. Flushes that wait for their answer
+ * (an admin action, a query, a stop) still try at once.
+ */
+const RETRY_DELAY_MIN_MS = 500;
+const RETRY_DELAY_MAX_MS = 5_000;
 /** Kept records and counters are written again in pieces of at most this many (one store round trip each). */
 const RETRY_RECORDS_CHUNK = 4 * BATCH_SIZE;
 const RETRY_FIELDS_CHUNK = 8_192;
@@ -140,9 +149,9 @@ export function isLogCursor(store: Store, cursor: string): boolean {
  * period. Calls are queued when their response ends and written in batches (one SQLite transaction or one
  * Redis script per batch, within 100 ms), off the request's path: one write per call cost more CPU than the
  * rest of the proxy. A failed write is logged and its records and usage figures are kept in memory (bounded:
- * RETAINED_RECORDS_MAX) and written again by the next batches once the store answers: the calls already happened
- * and cannot be undone. A write whose answer was lost may have been applied, so a record can be written twice
- * (at least once, never deduplicated). Admin actions and queries flush the queue first, so they are on record, in
+ * RETAINED_RECORDS_MAX) and written again with later batches once the store answers, timed writes backing off
+ * meanwhile (RETRY_DELAY_MIN_MS): the calls already happened and cannot be undone. A write whose answer was lost
+ * may have been applied, so a record can be written twice (at least once, never deduplicated). Admin actions and queries flush the queue first, so they are on record, in
  * order, before the caller is answered.
  */
 export class AuditLog {
@@ -168,6 +177,8 @@ export class AuditLog {
    * kept in process because the check runs for every refusal and must not cost a store command of its own.
    */
   private refused = { minute: 0, counts: new Map<string, number>(), suppressed: 0 };
+  /** Back-off after failed writes (RETRY_DELAY_MIN_MS): the current delay (0: none), and no timed write before `until`. */
+  private retry = { delayMs: 0, until: 0 };
 
   constructor(
     private readonly store: Store,
@@ -194,17 +205,36 @@ export class AuditLog {
         sessionIdHash: sessionId ? hashSessionId(sessionId) : null,
       };
       this.enqueue(record, at);
-      if (this.pending.length >= BATCH_SIZE) {
+      // Backing off, a full batch waits for the retry as the rest do (the next write takes it, or keeps it).
+      if (this.pending.length >= BATCH_SIZE && at >= this.retry.until) {
         this.flush().catch(() => {});
         return;
       }
     }
     // A refusal over the record limit is still counted in the usage figures: they go out within BATCH_DELAY_MS
     // too, whether or not a record does (Next's process cannot flush this process's figures for the dashboard).
-    if (!this.timer) {
-      this.timer = setTimeout(() => this.flush().catch(() => {}), BATCH_DELAY_MS);
-      this.timer.unref();
+    if (!this.timer) this.schedule(Math.max(BATCH_DELAY_MS, this.retry.until - at));
+  }
+
+  /** The timed write, in `delayMs`; unref'd unless `written()` waits for it. */
+  private schedule(delayMs: number): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.flush().catch(() => {}), delayMs);
+    if (!this.timedBatch) this.timer.unref();
+  }
+
+  /**
+   * After each write: a failed one doubles the back-off and schedules the retry (so what is kept goes out once the
+   * store answers, whether or not more calls come); one that went through ends the back-off.
+   */
+  private settle(failed: boolean): void {
+    if (!failed) {
+      this.retry = { delayMs: 0, until: 0 };
+      return;
     }
+    const delayMs = Math.min(Math.max(this.retry.delayMs * 2, RETRY_DELAY_MIN_MS), RETRY_DELAY_MAX_MS);
+    this.retry = { delayMs, until: this.now() + delayMs };
+    this.schedule(delayMs);
   }
 
   /**
@@ -320,6 +350,7 @@ export class AuditLog {
       writeInChunks(records, RETRY_RECORDS_CHUNK, (chunk) => this.store.appendBatch(STREAM, chunk, this.retentionMs)),
       writeInChunks(increments, RETRY_FIELDS_CHUNK, (chunk) => this.store.incrementHashes(chunk)),
     ]);
+    this.settle(log !== null || usage !== null);
     if (usage) {
       const { written, cause } = usage;
       const kept = mergeIncrements(new Map(), increments.slice(written));
