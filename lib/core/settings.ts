@@ -22,8 +22,10 @@ const secret = z
  * "URI malformed" at start-up on a stray `%`, and the log scrubber could not learn such a password.
  */
 function hasDecodableUserInfo(value: string): boolean {
+  const url = URL.parse(value);
+  // Not a URL at all: the parse check's to name.
+  if (url === null) return true;
   try {
-    const url = new URL(value);
     decodeURIComponent(url.username);
     decodeURIComponent(url.password);
     return true;
@@ -120,6 +122,8 @@ const settingsSchema = z.object({
   REDIS_URL: z
     .string()
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+    // A port out of range, an unclosed IPv6 bracket: said so, the value never echoed (it may hold the password).
+    .refine((value) => URL.canParse(value), 'could not be parsed as a URL (check the host, the port and any [IPv6] brackets)')
     .refine(hasDecodableUserInfo, 'malformed percent-encoding in the user name or password (write % as %25)')
     .optional(),
   /** Prefix of every Redis key Keyward writes, so several apps (or test runs) can share one Redis. */

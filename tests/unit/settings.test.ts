@@ -120,6 +120,19 @@ describe('readSettings: session secrets', () => {
     expectNotEchoed(message, password);
   });
 
+  // Not a URL at all (a port out of range, an unclosed IPv6 bracket): said so, not blamed on percent-encoding.
+  it.each([
+    ['a port out of range', (pw: string) => `redis://:${pw}@127.0.0.1:99999`],
+    ['an unclosed IPv6 bracket', (pw: string) => `redis://:${pw}@[::1:6379`],
+  ])('refuses a REDIS_URL with %s as a URL that could not be parsed, without echoing it', (_, url) => {
+    const password = randomSecret('redis');
+    const message = settingsError({ ...testSessionSecrets(), REDIS_URL: url(password) });
+    expect(message).toContain('REDIS_URL');
+    expect(message).toContain('could not be parsed');
+    expect(message).not.toContain('percent-encoding');
+    expectNotEchoed(message, password);
+  });
+
   it('accepts a REDIS_URL whose password is percent-encoded correctly', () => {
     const password = `${randomSecret('redis')}/%@:`;
     const settings = readSettings({ ...testSessionSecrets(), REDIS_URL: `redis://default:${encodeURIComponent(password)}@cache.internal:6379` });
