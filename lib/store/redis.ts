@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import { assertHashIncrements, assertRaise, assertReservations, StoreUnavailableError, type HashIncrement, type LogEntry, type LogQuery, type Reservation, type ReserveResult, type Store } from './types';
 
@@ -199,10 +200,51 @@ interface PolicyCheck {
 export interface RedisStoreLogger {
   error(fields: Record<string, unknown>, message: string): void;
   warn(fields: Record<string, unknown>, message: string): void;
+  info(fields: Record<string, unknown>, message: string): void;
 }
 
 /** The one eviction policy that keeps keys with a TTL until they expire: https://redis.io/docs/latest/develop/reference/eviction/ */
 const NO_EVICTION = 'noeviction';
+
+/**
+ * The marker (under the prefix, no TTL) whose random value tells a Redis that kept its data from one that lost it:
+ * written once when absent; an instance that saw one value and later finds none, or another, knows every key was lost.
+ */
+const MARKER_KEY = 'store-id';
+const MARKER = `local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]`;
+
+/** What a Redis that lost its data (or keeps none on disk) loses: README "Shared store and revocation". */
+const WHAT_IS_LOST =
+  'key revocations and managed key versions (a revoked key serves again), session revocations (a signed-out session works ' +
+  'again), limit counters, budgets and anomaly detector marks';
+
+/** A connection error, by kind: each is logged once per outage. */
+type ConnectionProblem = 'auth-required' | 'auth-failed' | 'refused' | 'not-found' | 'tls' | 'timeout' | 'other';
+
+/** What went wrong connecting, and what to do: named from ioredis's error (its code, or Redis's reply). */
+function connectionProblem(error: unknown): { problem: ConnectionProblem; advice: string } {
+  const { code, message } = error instanceof Error ? { code: (error as NodeJS.ErrnoException).code ?? '', message: error.message } : { code: '', message: '' };
+  if (message.startsWith('NOAUTH')) return { problem: 'auth-required', advice: 'it requires a password and REDIS_URL gives none (redis://:<password>@host:port)' };
+  if (message.startsWith('WRONGPASS') || /invalid (username-)?password/i.test(message)) {
+    return { problem: 'auth-failed', advice: "it refused REDIS_URL's user name or password (WRONGPASS)" };
+  }
+  if (code === 'ECONNREFUSED') return { problem: 'refused', advice: "nothing accepts connections there (is Redis running, and REDIS_URL's port right?)" };
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return { problem: 'not-found', advice: `its host name does not resolve (${code})` };
+  if (/^ERR_(SSL|TLS)_|CERT|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code) || /\b(SSL|TLS)\b|certificate/i.test(message)) {
+    return { problem: 'tls', advice: `TLS failed (${code || 'handshake'}): rediss:// needs a Redis that speaks TLS with a certificate this host trusts, redis:// one that does not` };
+  }
+  if (code === 'ETIMEDOUT' || /timed? ?out/i.test(message)) return { problem: 'timeout', advice: 'it did not answer in time (a firewall, the wrong host, or rediss:// to a Redis without TLS)' };
+  return { problem: 'other', advice: code || (error instanceof Error ? error.name : 'unknown error') };
+}
+
+/** host:port of a Redis URL, for log lines: never its user name or password. */
+function redisAddress(url: string): string {
+  const parsed = URL.parse(url);
+  return parsed ? `${parsed.hostname}:${parsed.port || '6379'}` : 'unknown';
+}
 
 /**
  * Redis (REDIS_URL) for several instances or Vercel. Commands are not queued while disconnected and time
@@ -230,13 +272,26 @@ export class RedisStore implements Store {
   /** The last policy value reported on this connection (`undefined`: none yet): each is logged once, not every check. */
   private reported: string | null | undefined = undefined;
   private readonly policyRecheck: { readonly refusedMs: number; readonly servingMs: number };
+  /** host:port of REDIS_URL, as log lines name it. */
+  private readonly address: string;
+  /** The connection problems logged since the last connection (each kind once per outage). */
+  private readonly problems = new Set<ConnectionProblem>();
+  /** The marker value this instance last saw (null: none yet). */
+  private marker: string | null = null;
+  /** Whether this instance has warned about a Redis that keeps nothing on disk. */
+  private persistenceWarned = false;
 
   constructor(
     url: string,
     options: { prefix?: string; commandTimeoutMs?: number; logger?: RedisStoreLogger; policyRecheck?: { refusedMs: number; servingMs: number } } = {},
   ) {
     this.policyRecheck = options.policyRecheck ?? { refusedMs: 5_000, servingMs: 60_000 };
-    this.logger = options.logger ?? { error: (fields, message) => console.error(message, fields), warn: (fields, message) => console.warn(message, fields) };
+    this.logger = options.logger ?? {
+      error: (fields, message) => console.error(message, fields),
+      warn: (fields, message) => console.warn(message, fields),
+      info: (fields, message) => console.info(message, fields),
+    };
+    this.address = redisAddress(url);
     const redisOptions: RedisOptions = {
       keyPrefix: options.prefix ?? 'keyward:',
       enableOfflineQueue: false,
@@ -261,13 +316,16 @@ export class RedisStore implements Store {
     this.redis.defineCommand('keywardRound', { lua: ROUND });
     this.redis.defineCommand('keywardAppendBatch', { lua: APPEND_BATCH });
     this.redis.defineCommand('keywardIncrementHashes', { lua: INCREMENT_HASHES });
-    // Connection errors are reported through commands (StoreUnavailableError); without a listener ioredis
-    // would print each reconnect attempt, possibly with the URL's password.
-    this.redis.on('error', () => {});
+    // Commands fail with StoreUnavailableError whatever the cause; the cause is logged here, once per kind per
+    // outage (ioredis retries every 2 seconds at most), naming host:port and never the URL (its password).
+    this.redis.on('error', (error: unknown) => this.connectionFailed(error));
     // Every connection is checked, not just the first: a failover or a reconnection may land on a node
     // configured otherwise. Checked at once (so a refused Redis is logged without waiting for traffic), and
     // awaited by every command (connected()).
-    this.redis.on('ready', () => void this.policyCheck());
+    this.redis.on('ready', () => {
+      this.reconnected();
+      void this.policyCheck();
+    });
     this.redis.on('close', () => {
       this.policy = null;
       this.reported = undefined;
@@ -355,15 +413,18 @@ export class RedisStore implements Store {
     } catch (error) {
       if (!(error instanceof Error && error.message.includes('NOPERM'))) throw error;
       this.unchecked('its user may not run INFO (allow it: ACL SETUSER <user> +info)');
+      await this.checkData();
       return null;
     }
     const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1] ?? null;
     if (policy === NO_EVICTION) {
       this.reported = policy;
+      await this.checkData();
       return null;
     }
     if (policy === null) {
       this.unchecked('INFO memory does not report maxmemory_policy');
+      await this.checkData();
       return null;
     }
     return this.refuse(
@@ -372,6 +433,73 @@ export class RedisStore implements Store {
         'sessions would be accepted again, limits and budgets would start over). Set maxmemory-policy noeviction on the Redis ' +
         "(redis.conf, CONFIG SET, or your provider's parameter group). Every call answers 503 store_unavailable until then.",
     );
+  }
+
+  /**
+   * A served Redis's data, with every connection and policy re-read (each minute): whether it lost what this
+   * instance saw in it (the marker), and, once per instance, whether it keeps anything on disk. Best effort:
+   * a check that fails (a timeout, a command an ACL refuses) is left for the next one, and serving goes on.
+   */
+  private async checkData(): Promise<void> {
+    await this.checkMarker().catch(() => {});
+    if (!this.persistenceWarned) await this.checkPersistence().catch(() => {});
+  }
+
+  /**
+   * The marker, written if absent. A value other than the one this instance saw means the Redis lost its data
+   * (restarted with nothing on disk, flushed, or another Redis behind the same URL): logged once per loss, by each
+   * instance that saw it. Serving goes on: what was lost cannot be told from here (a revoked key's mark, a
+   * signed-out session's), and refusing every call would turn each restart of such a Redis into an outage that
+   * only an operator could end; the log says what to do.
+   */
+  private async checkMarker(): Promise<void> {
+    const seen = String(await this.redis.eval(MARKER, 1, MARKER_KEY, randomUUID()));
+    const before = this.marker;
+    this.marker = seen;
+    if (before === null || before === seen) return;
+    this.logger.error(
+      { setting: 'REDIS_URL', redis: this.address },
+      `The Redis at ${this.address} lost its data: a mark Keyward keeps there is gone or was written anew (Redis restarted with ` +
+        `nothing on disk, was flushed, or REDIS_URL now leads to another Redis). Lost with it: ${WHAT_IS_LOST}. Revoke again ` +
+        'any key or session revoked before (and revoke a leaked key at its provider too), and make Redis persist its data ' +
+        '(appendonly yes) so that a restart keeps it.',
+    );
+  }
+
+  /**
+   * Warns once when the Redis keeps nothing on disk: AOF off (`INFO persistence`) and no RDB snapshots
+   * (`CONFIG GET save`). Managed services often refuse CONFIG: then nothing is said (their snapshots cannot be
+   * told from here).
+   */
+  private async checkPersistence(): Promise<void> {
+    const info = await this.redis.info('persistence');
+    if (/^aof_enabled:1/m.test(info)) return;
+    const [, save] = (await this.redis.config('GET', 'save').catch(() => [])) as string[];
+    if (save !== '') return;
+    this.persistenceWarned = true;
+    this.logger.warn(
+      { setting: 'REDIS_URL', redis: this.address },
+      `The Redis at ${this.address} keeps nothing on disk (appendonly no, save ""): restarted, it comes back empty, and with it ` +
+        `${WHAT_IS_LOST}. Set appendonly yes on it (redis.conf, CONFIG SET, or your provider's persistence setting).`,
+    );
+  }
+
+  /** A connection error: logged once per kind until a connection is made (then `reconnected` says so once). */
+  private connectionFailed(error: unknown): void {
+    const { problem, advice } = connectionProblem(error);
+    if (this.problems.has(problem)) return;
+    this.problems.add(problem);
+    this.logger.error(
+      { setting: 'REDIS_URL', redis: this.address, problem },
+      `Keyward cannot use the Redis at ${this.address} (REDIS_URL): ${advice}. Every call that needs the store answers 503 ` +
+        'store_unavailable until it can; Keyward keeps trying.',
+    );
+  }
+
+  private reconnected(): void {
+    if (this.problems.size === 0) return;
+    this.problems.clear();
+    this.logger.info({ setting: 'REDIS_URL', redis: this.address }, `Keyward connected to Redis again at ${this.address}.`);
   }
 
   /** A Redis whose policy cannot be read: served, with a warning for this connection. */
