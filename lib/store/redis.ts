@@ -237,7 +237,8 @@ function connectionProblem(error: unknown): { problem: ConnectionProblem; advice
     return { problem: 'tls', advice: `TLS failed (${code || 'handshake'}): rediss:// needs a Redis that speaks TLS with a certificate this host trusts, redis:// one that does not` };
   }
   if (code === 'ETIMEDOUT' || /timed? ?out/i.test(message)) return { problem: 'timeout', advice: 'it did not answer in time (a firewall, the wrong host, or rediss:// to a Redis without TLS)' };
-  return { problem: 'other', advice: code || (error instanceof Error ? error.name : 'unknown error') };
+  // A reply from Redis starts with its error's name (LOADING, MISCONF, ERR): that, never the rest of the message.
+  return { problem: 'other', advice: code || /^[A-Z]{2,}\b/.exec(message)?.[0] || (error instanceof Error ? error.name : 'unknown error') };
 }
 
 /** host:port of a Redis URL, for log lines: never its user name or password. */
