@@ -523,9 +523,10 @@ describe('one store round trip per proxied call (Redis)', () => {
     expect(during.calls.flat()).toEqual(Array(CALLS).fill('evalsha'));
     await a.audit.flush();
     const audit = [...during.audit, ...counter.take().audit];
-    // One script per batch (a batch is what 100 ms or 256 records gather), not a command per record.
+    // One script per batch (a batch is what 100 ms or 256 records gather), not a command per record: how many
+    // batches the calls span depends on how fast this machine makes them (5 seen under load), never one per call.
     expect(audit.flat().length).toBeGreaterThanOrEqual(1);
-    expect(audit.flat().length).toBeLessThanOrEqual(3);
+    expect(audit.flat().length).toBeLessThanOrEqual(CALLS / 2);
     // Inside those scripts, one XADD per call record.
     const after = await commandStats();
     expect(after.xadd! - (before.xadd ?? 0)).toBe(CALLS);
