@@ -192,6 +192,13 @@ describe('npm run keyward -- types', { timeout: 120_000 }, () => {
 });
 
 describe('renderClientTypes', () => {
+  it("names where createKeywardClient comes from in both layouts: the package's keyward/client and a checkout's lib/client", () => {
+    const header = renderClientTypes([], 'config/keyward.json').split(' */')[0]!;
+    expect(header).toContain('`keyward/client`');
+    expect(header).toContain('`@/lib/client` in a Keyward checkout');
+    expect(header).not.toContain('(lib/client)');
+  });
+
   it('renders zod contracts (presets) through their JSON Schema, and what has no TypeScript reading as unknown', async () => {
     const { z } = await import('zod');
     const { defineUpstream } = await import('../../../lib/core/config/load');
