@@ -12,7 +12,7 @@
  * generated.
  */
 import { writeFileSync } from 'node:fs';
-import { relative } from 'node:path';
+import { relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import nextEnv from '@next/env';
 import type { AdminRecord, AuditFilter, AuditRecord, CallRecord } from '../lib/core/audit/audit';
@@ -252,12 +252,35 @@ function usageError(usage: string): number {
   return 2;
 }
 
+/** Where the open runtime's upstreams came from, in words, for a command naming an upstream it does not have. */
+let upstreamSources = '';
+
+/**
+ * The upstreams this command line sees: the JSON config's and this checkout's upstreams/index.ts, never those an
+ * app that installed the keyward package declares in its own TypeScript (keyward.ts), which only its server loads.
+ */
+function describeSources(env: NodeJS.ProcessEnv, typescript: readonly string[], all: readonly string[]): string {
+  const list = (ids: readonly string[]) => (ids.length > 0 ? ids.join(', ') : 'none');
+  const config = env.KEYWARD_CONFIG
+    ? `KEYWARD_CONFIG (${resolve(env.KEYWARD_CONFIG)})`
+    : env.KEYWARD_CONFIG_JSON
+      ? 'KEYWARD_CONFIG_JSON'
+      : 'KEYWARD_CONFIG / KEYWARD_CONFIG_JSON (neither is set)';
+  const json = all.filter((id) => !typescript.includes(id));
+  return [
+    `this command line knows the upstreams of ${config}: ${list(json)}; and of this Keyward checkout's upstreams/index.ts: ${list(typescript)}.`,
+    'The upstreams an app declares in its own TypeScript (its keyward.ts, with the keyward package) are not loaded here:',
+    "manage their keys through the app's admin API (GET /api/admin/keys, POST /api/admin/keys/<upstream>/rotate …;",
+    'README "Key lifecycle"), which runs in the app and sees every upstream it serves.',
+  ].join('\n');
+}
+
 /** The runtime the CLI works on; `serving`: with the checks only a server needs (check-config). */
 async function openRuntime(serving = false): Promise<Runtime> {
   reportEnvFiles();
   const env = process.env.AUTH_SECRET || process.env.NODE_ENV === 'production' ? process.env : await prepareDevEnvironment(process.cwd(), process.env);
   const { upstreams } = await import('../upstreams/index');
-  return createRuntime({
+  const runtime = createRuntime({
     env,
     upstreams,
     serving,
@@ -266,6 +289,8 @@ async function openRuntime(serving = false): Promise<Runtime> {
     logger: createLogger({ destination: process.stderr }),
     warn: (message) => process.stderr.write(`keyward: warning: ${message}\n`),
   });
+  upstreamSources = describeSources(env, upstreams.map(({ id }) => id), [...runtime.registry.keys()]);
+  return runtime;
 }
 
 /**
@@ -735,7 +760,9 @@ main(process.argv.slice(2)).then(
       error instanceof ConfigError || error instanceof KeywardError
         ? error.message.split('\n').map(printable).join('\n')
         : `unexpected error${detail ? ` (${detail})` : ''}`;
-    process.stderr.write(`keyward: ${message}\n`);
+    // An upstream this command line cannot see: say where it looked, and where the app's own upstreams are managed.
+    const where = error instanceof KeywardError && error.code === 'upstream_not_found' ? upstreamSources.split('\n').map((line) => `\nkeyward: ${line}`).join('') : '';
+    process.stderr.write(`keyward: ${message}${where}\n`);
     exitAfterOutput(1);
   },
 );

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -457,7 +457,16 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
   it('failures name the problem and exit 1: unknown upstream, short key, nothing on stdin', async () => {
     const nowhere = await cli(['keys', 'rotate', 'nope'], keys.unknownUpstream);
     expect(nowhere.code).toBe(1);
-    expect(nowhere.stderr).toBe('keyward: No upstream with this id is configured.\n');
+    // It says where it looked (the JSON config, this checkout's upstreams/index.ts) and what an app that installed
+    // the package does about upstreams declared in its own TypeScript, which the command line never loads.
+    const lines = nowhere.stderr.trimEnd().split('\n');
+    expect(lines[0]).toBe('keyward: No upstream with this id is configured.');
+    expect(lines[1]).toBe(`keyward: this command line knows the upstreams of KEYWARD_CONFIG (${env.KEYWARD_CONFIG}): svc; and of this Keyward checkout's upstreams/index.ts: none.`);
+    expect(lines.every((line) => line.startsWith('keyward: '))).toBe(true);
+    expect(lines.slice(2).join(' ')).toMatch(/upstreams an app declares in its own TypeScript .*are not loaded here.*\/api\/admin\/keys\/<upstream>\/rotate/);
+    const { KEYWARD_CONFIG: file, ...rest } = env;
+    const json = await cli(['keys', 'rotate', 'nope'], keys.unknownUpstream, { env: { ...rest, KEYWARD_CONFIG_JSON: readFileSync(file!, 'utf8') } });
+    expect(json.stderr).toContain('keyward: this command line knows the upstreams of KEYWARD_CONFIG_JSON: svc;');
     const short = await cli(['keys', 'add', 'svc'], 'short');
     expect(short.code).toBe(1);
     expect(short.stderr).toMatch(/^keyward: A key is 8–4096 characters/);
