@@ -476,7 +476,7 @@ describe('keyward keys …', { timeout: 60_000 }, () => {
   });
 });
 
-describe('keyward keys rollback with one rotation id on two upstreams', { timeout: 60_000 }, () => {
+describe('keyward keys rollback with one rotation id on two upstreams', { timeout: 120_000 }, () => {
   it('without --upstream it is refused (exit 2, naming both); with --upstream only that ring rolls back', async () => {
     const service = (key: string) => ({
       baseUrl: `${upstream.origin}/v1/`,
