@@ -1,7 +1,8 @@
 'use client';
 
 import { useCallback, useEffect, useState } from 'react';
-import { errorText, formatDate } from './response-text';
+import { utc } from '@/lib/core/time';
+import { errorText } from './response-text';
 
 /** A connection as GET /api/connections describes it: never a token. */
 interface Connection {
@@ -165,14 +166,14 @@ function ConnectionRow(props: {
                 ·{' '}
               </>
             )}
-            connected {formatDate(connection.connectedAt)}
-            {connection.lastRefreshAt && <> · renewed {formatDate(connection.lastRefreshAt)}</>}
+            connected {utc(Date.parse(connection.connectedAt))}
+            {connection.lastRefreshAt && <> · renewed {utc(Date.parse(connection.lastRefreshAt))}</>}
           </p>
         )}
         {connection?.status === 'needs_reconnect' && (
           <p className="small text-danger" data-testid="reconnect-hint">
             {provider.name} stopped accepting the app&apos;s access
-            {connection.needsReconnectSince ? ` on ${formatDate(connection.needsReconnectSince)}` : ''}. Reconnect to
+            {connection.needsReconnectSince ? ` on ${utc(Date.parse(connection.needsReconnectSince))}` : ''}. Reconnect to
             keep using it.
           </p>
         )}

@@ -1,7 +1,8 @@
 'use client';
 
 import { useCallback, useEffect, useState } from 'react';
-import { errorCode, errorText, formatDate } from './response-text';
+import { utc } from '@/lib/core/time';
+import { errorCode, errorText } from './response-text';
 
 interface KeyInfo {
   fingerprint: string;
@@ -14,7 +15,17 @@ type KeyState = { status: 'loading' } | { status: 'none' } | { status: 'stored';
 
 const CSRF = { 'x-keyward-csrf': '1' };
 
-/** The caller's own key for one upstream: stored write-only (only fingerprint and last 4 come back), or deleted. */
+/** A request that never got an answer (the network, or Keyward down): said as such, with what to do. */
+const UNREACHABLE = {
+  load: 'Keyward could not be reached to read your key. Check your connection and try again.',
+  save: 'Your key was not stored: Keyward could not be reached. It is still in the field; check your connection and try again.',
+  remove: 'Your key was not deleted: Keyward could not be reached. Check your connection and try again.',
+};
+
+/**
+ * The caller's own key for one upstream: stored write-only (only fingerprint and last 4 come back), or deleted.
+ * Store/Replace is offered only once the page knows whether a key is stored; a failed read says so, with a retry.
+ */
 function OwnKeyRow({ upstream }: { upstream: string }) {
   const [state, setState] = useState<KeyState>({ status: 'loading' });
   const [draft, setDraft] = useState('');
@@ -22,28 +33,49 @@ function OwnKeyRow({ upstream }: { upstream: string }) {
   const url = `/api/keys/${encodeURIComponent(upstream)}`;
 
   const load = useCallback(async () => {
-    const response = await fetch(url, { headers: CSRF, cache: 'no-store' });
-    if (response.ok) setState({ status: 'stored', info: (await response.json()) as KeyInfo });
-    // Only `credential_missing` means no key: another 403 (a CSRF refusal, say) is said as it is, not shown as
-    // an empty slot that invites storing the key again.
-    else if (response.status === 403 && (await errorCode(response.clone())) === 'credential_missing') setState({ status: 'none' });
-    else setState({ status: 'error', message: await errorText(response) });
+    try {
+      const response = await fetch(url, { headers: CSRF, cache: 'no-store' });
+      if (response.ok) setState({ status: 'stored', info: (await response.json()) as KeyInfo });
+      // Only `credential_missing` means no key: another 403 (a CSRF refusal, say) is said as it is, not shown as
+      // an empty slot that invites storing the key again.
+      else if (response.status === 403 && (await errorCode(response.clone())) === 'credential_missing') setState({ status: 'none' });
+      else setState({ status: 'error', message: await errorText(response) });
+    } catch {
+      setState({ status: 'error', message: UNREACHABLE.load });
+    }
   }, [url]);
 
   useEffect(() => {
     void load(); // eslint-disable-line react-hooks/set-state-in-effect
   }, [load]);
 
+  function retry() {
+    setState({ status: 'loading' });
+    void load();
+  }
+
   async function save() {
-    const response = await fetch(url, { method: 'PUT', headers: { ...CSRF, 'content-type': 'application/json' }, body: JSON.stringify({ key: draft }) });
-    setDraft('');
-    setMessage(response.ok ? { kind: 'ok', text: 'Stored. Keyward will never show it again.' } : { kind: 'error', text: await errorText(response) });
+    setMessage(null);
+    try {
+      const response = await fetch(url, { method: 'PUT', headers: { ...CSRF, 'content-type': 'application/json' }, body: JSON.stringify({ key: draft }) });
+      // Kept in the field when refused, so it can be corrected or sent again; gone from the page once stored.
+      if (response.ok) setDraft('');
+      setMessage(response.ok ? { kind: 'ok', text: 'Stored. Keyward will never show it again.' } : { kind: 'error', text: await errorText(response) });
+    } catch {
+      setMessage({ kind: 'error', text: UNREACHABLE.save });
+    }
+    // Read again either way: a request lost on the way back may still have stored the key.
     await load();
   }
 
   async function remove() {
-    const response = await fetch(url, { method: 'DELETE', headers: CSRF });
-    setMessage(response.ok ? { kind: 'ok', text: 'Deleted.' } : { kind: 'error', text: await errorText(response) });
+    setMessage(null);
+    try {
+      const response = await fetch(url, { method: 'DELETE', headers: CSRF });
+      setMessage(response.ok ? { kind: 'ok', text: 'Deleted.' } : { kind: 'error', text: await errorText(response) });
+    } catch {
+      setMessage({ kind: 'error', text: UNREACHABLE.remove });
+    }
     await load();
   }
 
@@ -54,33 +86,47 @@ function OwnKeyRow({ upstream }: { upstream: string }) {
         {state.status === 'stored' && <span className="badge ok">key stored</span>}
         {state.status === 'none' && <span className="badge neutral">no key</span>}
       </div>
-      {state.status === 'loading' && <div className="skeleton" style={{ width: '60%' }} />}
-      {state.status === 'error' && <div className="alert error">{state.message}</div>}
+      {state.status === 'loading' && (
+        <>
+          <div className="skeleton" style={{ width: '60%' }} />
+          <div className="skeleton" style={{ height: '2.4rem' }} />
+        </>
+      )}
+      {state.status === 'error' && (
+        <div className="alert error row" style={{ justifyContent: 'space-between', marginBottom: 0 }}>
+          <span data-testid="own-key-load-error">{state.message}</span>
+          <button type="button" onClick={retry}>
+            Try again
+          </button>
+        </div>
+      )}
       {state.status === 'stored' && (
-        <p className="small muted">
-          Ends in …{state.info.last4} · fingerprint <code>{state.info.fingerprint}</code> · added {formatDate(state.info.createdAt)} · last used{' '}
-          {state.info.lastUsedAt ? formatDate(state.info.lastUsedAt) : 'never'}
+        <p className="small muted" data-testid="own-key-info">
+          Ends in …{state.info.last4} · fingerprint <code>{state.info.fingerprint}</code> · added {utc(Date.parse(state.info.createdAt))} · last used{' '}
+          {state.info.lastUsedAt ? utc(Date.parse(state.info.lastUsedAt)) : 'never'}
         </p>
       )}
-      <div className="row">
-        <input
-          type="password"
-          autoComplete="off"
-          value={draft}
-          onChange={(event) => setDraft(event.target.value)}
-          placeholder={state.status === 'stored' ? 'Replace with a new key' : 'Paste your key'}
-          aria-label={`Your key for ${upstream}`}
-          style={{ flex: 1, minWidth: '12rem' }}
-        />
-        <button className="primary" disabled={!draft} onClick={save}>
-          {state.status === 'stored' ? 'Replace' : 'Store'}
-        </button>
-        {state.status === 'stored' && (
-          <button className="danger" onClick={remove}>
-            Delete
+      {(state.status === 'stored' || state.status === 'none') && (
+        <div className="row">
+          <input
+            type="password"
+            autoComplete="off"
+            value={draft}
+            onChange={(event) => setDraft(event.target.value)}
+            placeholder={state.status === 'stored' ? 'Replace with a new key' : 'Paste your key'}
+            aria-label={`Your key for ${upstream}`}
+            style={{ flex: 1, minWidth: '12rem' }}
+          />
+          <button className="primary" disabled={!draft} onClick={save}>
+            {state.status === 'stored' ? 'Replace' : 'Store'}
           </button>
-        )}
-      </div>
+          {state.status === 'stored' && (
+            <button className="danger" onClick={remove}>
+              Delete
+            </button>
+          )}
+        </div>
+      )}
       {message && <div className={`alert ${message.kind}`}>{message.text}</div>}
     </div>
   );

@@ -17,8 +17,3 @@ export async function errorCode(response: Response): Promise<string | null> {
     return null;
   }
 }
-
-/** A time in the browser's own locale and zone. */
-export function formatDate(iso: string): string {
-  return new Date(iso).toLocaleString();
-}

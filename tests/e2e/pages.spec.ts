@@ -82,7 +82,7 @@ test('an own key the page cannot read for another reason than "none stored" is s
   );
   await page.reload();
   const row = page.getByTestId('own-key-demo-own');
-  await expect(row.locator('.alert.error')).toHaveText(REFUSED);
+  await expect(row.getByTestId('own-key-load-error')).toHaveText(REFUSED);
   await expect(row.getByText('no key')).toHaveCount(0);
   await shot(page, 'home-own-key-unreadable');
 });
