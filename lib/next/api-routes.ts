@@ -15,7 +15,7 @@ import { changesSignIn, handleSignInPost } from '@/lib/core/api/sign-in';
 import { handleWsTicket } from '@/lib/core/api/ws-ticket';
 import { errorResponse } from '@/lib/core/errors';
 import type { Runtime } from '@/lib/core/runtime';
-import { CALLBACK_URL_COOKIE, SIGN_IN_EXPIRED, createAuthHandlers, type AuthHandlers, type AuthPages } from './auth';
+import { CALLBACK_URL_COOKIE, SIGN_IN_EXPIRED, SIGN_IN_UNREACHABLE, createAuthHandlers, type AuthHandlers, type AuthPages } from './auth';
 import { trackAuthRequest } from './auth-store';
 import { runtimeOrUnavailable, type RouteHandler, type RuntimeSource } from './proxy-route';
 
@@ -106,14 +106,14 @@ type AuthHandler = (request: Request) => Promise<Response>;
  * cookie and carry the CSRF token; a shared cache must never keep one), and 503 `store_unavailable` when
  * a callback could not reach the store (lib/next/auth-store.ts), instead of what Auth.js made of it.
  * `ownErrorPage`: the app has an error page of its own (`pages.error`), which is told SIGN_IN_EXPIRED rather
- * than `Configuration` when the sign-in callback lacked its flow's cookies (Auth.js's built-in page knows only
- * its own codes).
+ * than `Configuration` when the sign-in callback lacked its flow's cookies, and SIGN_IN_UNREACHABLE when the
+ * identity provider could not be reached (Auth.js's built-in page knows only its own codes).
  */
 function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime: Runtime) => Promise<Response>, ownErrorPage: boolean): AuthHandler {
   return async (request) => {
     const runtime = runtimeOrUnavailable(getRuntime);
     if (runtime instanceof Response) return runtime;
-    const { response, failure, invalidCheck } = await trackAuthRequest(() => handle(request, runtime));
+    const { response, failure, invalidCheck, providerUnreachable } = await trackAuthRequest(() => handle(request, runtime));
     if (failure) {
       const requestId = crypto.randomUUID();
       runtime.logger.error({ err: failure.cause ?? failure, requestId }, 'auth failed: store unavailable');
@@ -123,7 +123,8 @@ function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime
     const answer = changesSignIn(request, response) ? endPendingConnects(response, runtime) : response;
     const headers = new Headers(answer.headers);
     headers.set('cache-control', 'private, no-store');
-    if (invalidCheck && ownErrorPage) renameConfigurationError(headers);
+    const errorCode = invalidCheck ? SIGN_IN_EXPIRED : providerUnreachable ? SIGN_IN_UNREACHABLE : null;
+    if (errorCode && ownErrorPage) renameConfigurationError(headers, errorCode);
     return new Response(answer.body, { status: answer.status, statusText: answer.statusText, headers });
   };
 }
@@ -132,9 +133,10 @@ function authRoute(getRuntime: RuntimeSource, handle: (request: Request, runtime
  * Auth.js answers a sign-in callback without its state, PKCE or nonce cookie with a redirect to the error page's
  * `?error=Configuration` ("not configured correctly on the server"), since InvalidCheck is not one of the codes
  * it shows clients. The server is fine: the sign-in took longer than the cookies' 15 minutes, the browser dropped
- * them, or it started on another host name than the callback's. The page is told so (SIGN_IN_EXPIRED).
+ * them, or it started on another host name than the callback's. The page is told so (SIGN_IN_EXPIRED). Nor is it
+ * when the identity provider is down or unreachable from the server (SIGN_IN_UNREACHABLE): nothing to fix here.
  */
-function renameConfigurationError(headers: Headers): void {
+function renameConfigurationError(headers: Headers, code: string): void {
   const location = headers.get('location');
   if (location === null) return;
   let url: URL;
@@ -144,7 +146,7 @@ function renameConfigurationError(headers: Headers): void {
     return;
   }
   if (url.searchParams.get('error') !== 'Configuration') return;
-  url.searchParams.set('error', SIGN_IN_EXPIRED);
+  url.searchParams.set('error', code);
   headers.set('location', url.href);
 }
 

@@ -11,11 +11,14 @@ import { KeywardError } from '@/lib/core/errors';
  *   wrapper answers 503 `store_unavailable` instead of whatever Auth.js made of it;
  * - an `InvalidCheck` (lib/next/auth.ts's logger notes it): a sign-in callback without the cookies its flow set.
  *   Auth.js sends the browser to `?error=Configuration`, "not configured correctly on the server", which blames
- *   the wrong party; the wrapper names it SIGN_IN_EXPIRED instead.
+ *   the wrong party; the wrapper names it SIGN_IN_EXPIRED instead;
+ * - an identity provider that could not be reached (its discovery, token or userinfo request failed on the network):
+ *   Auth.js says `Configuration` there too; the wrapper names it SIGN_IN_UNREACHABLE.
  */
 interface AuthRequestSlot {
   error: KeywardError | null;
   invalidCheck: boolean;
+  providerUnreachable: boolean;
 }
 const slots = new AsyncLocalStorage<AuthRequestSlot>();
 
@@ -25,13 +28,15 @@ export interface AuthRequestOutcome {
   readonly failure: KeywardError | null;
   /** Auth.js refused the sign-in callback for its check cookies (state, PKCE, nonce). */
   readonly invalidCheck: boolean;
+  /** A request to the identity provider failed on the network. */
+  readonly providerUnreachable: boolean;
 }
 
 /** Runs one Auth.js request, noting what its callbacks and logger report. */
 export async function trackAuthRequest(handle: () => Promise<Response>): Promise<AuthRequestOutcome> {
-  const slot: AuthRequestSlot = { error: null, invalidCheck: false };
+  const slot: AuthRequestSlot = { error: null, invalidCheck: false, providerUnreachable: false };
   const response = await slots.run(slot, handle);
-  return { response, failure: slot.error, invalidCheck: slot.invalidCheck };
+  return { response, failure: slot.error, invalidCheck: slot.invalidCheck, providerUnreachable: slot.providerUnreachable };
 }
 
 /** For `.catch()` where an Auth.js callback touches the store: notes a store failure, then rethrows. */
@@ -45,4 +50,10 @@ export function storeFailed(error: unknown): never {
 export function noteInvalidCheck(): void {
   const slot = slots.getStore();
   if (slot) slot.invalidCheck = true;
+}
+
+/** Auth.js's logger saw a request to the identity provider fail on the network, for the request under way. */
+export function noteProviderUnreachable(): void {
+  const slot = slots.getStore();
+  if (slot) slot.providerUnreachable = true;
 }

@@ -5,7 +5,7 @@ import NextAuth, { type NextAuthConfig } from 'next-auth';
 import Credentials from 'next-auth/providers/credentials';
 import type { Provider } from 'next-auth/providers';
 import { SESSION_COOKIE, authTimeClaims, sessionFromClaims, signInLifetimeEnd } from '@/lib/core/session/session';
-import { noteInvalidCheck, storeFailed } from './auth-store';
+import { noteInvalidCheck, noteProviderUnreachable, storeFailed } from './auth-store';
 import type { Runtime } from '@/lib/core/runtime';
 import { trustsHost } from '@/lib/core/settings';
 import { LOCAL_SUBJECT_PREFIX, currentLocalUser } from '@/lib/core/users/file';
@@ -57,6 +57,11 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
         logger.warn({ authError: name }, `auth.js: ${name}`);
         return;
       }
+      if (isNetworkFailure(error)) {
+        noteProviderUnreachable();
+        logger.error({ authError: name, err: cause instanceof Error ? cause : error }, PROVIDER_UNREACHABLE_MESSAGE);
+        return;
+      }
       logger.error({ authError: name, err: cause instanceof Error ? cause : error }, `auth.js: ${name}`);
     },
     warn(code) {
@@ -70,6 +75,46 @@ function authLogger(logger: Runtime['logger']): NonNullable<NextAuthConfig['logg
  * without the cookies its flow set: lib/next/api-routes.ts puts it there; app/signin/page.tsx says what to do.
  */
 export const SIGN_IN_EXPIRED = 'SignInExpired';
+
+/**
+ * The sign-in page's `?error=` code (instead of Auth.js's `Configuration`) when the identity provider could not be
+ * reached (its discovery, token or userinfo request failed on the network): lib/next/api-routes.ts puts it there.
+ */
+export const SIGN_IN_UNREACHABLE = 'ProviderUnreachable';
+
+const PROVIDER_UNREACHABLE_MESSAGE =
+  'auth.js: the identity provider could not be reached (KEYWARD_OIDC_ISSUER: refused, unresolved or timed out); the user is told to try again later';
+
+/**
+ * Node's codes for a connection that could not be made or was lost (and undici's), and a timeout's name: what a
+ * provider that is down, unresolvable or unreachable from the server looks like to fetch.
+ */
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EPIPE',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_SOCKET',
+]);
+
+/**
+ * Whether an error Auth.js logged was a request that got no answer: fetch's TypeError with a network cause, found
+ * down the causes (`cause`, Auth.js's `cause.err`) and an AggregateError's `errors` (one per address tried).
+ */
+export function isNetworkFailure(error: unknown, depth = 0): boolean {
+  if (depth > 6 || typeof error !== 'object' || error === null) return false;
+  const { code, name, cause, errors } = error as { code?: unknown; name?: unknown; cause?: unknown; errors?: unknown };
+  if ((typeof code === 'string' && NETWORK_CODES.has(code)) || name === 'TimeoutError') return true;
+  const next = [cause, (cause as { err?: unknown } | undefined)?.err, ...(Array.isArray(errors) ? errors : [])];
+  return next.some((inner) => inner !== error && isNetworkFailure(inner, depth + 1));
+}
 
 /**
  * An `InvalidCheck`, with what most likely caused it: anyone can send a callback without cookies, but a user who

@@ -4,7 +4,7 @@
  */
 export { createKeyward, type Keyward, type KeywardOptions } from './keyward';
 export type { ApiRoutes } from './api-routes';
-export { SIGN_IN_EXPIRED, type AuthPages } from './auth';
+export { SIGN_IN_EXPIRED, SIGN_IN_UNREACHABLE, type AuthPages } from './auth';
 export {
   safeCallbackPath,
   type CredentialKind,

@@ -4,6 +4,7 @@ import { AUTHORIZE_PATH, CONSENT_PAGE, describeConsent, type ConsentRequest } fr
 import { isLocalPath } from '@/lib/core/connect/connections';
 import { rolesAllow } from '@/lib/core/policy/authorize';
 import type { Session } from '@/lib/core/session/session';
+import { readSessionCookie } from '@/lib/core/session/verify';
 import type { RuntimeSource } from './proxy-route';
 
 /** What a page may show about the caller: never a token, a key or the session id. */
@@ -14,7 +15,15 @@ export interface PageSession {
   readonly expiresAt: number;
 }
 
-export type PageSessionState = { readonly state: 'signed-in'; readonly session: PageSession } | { readonly state: 'signed-out' } | { readonly state: 'unavailable' };
+/**
+ * `ended`: the browser still sent a session cookie, but it no longer makes a session (revoked, signed out
+ * elsewhere, past its lifetime, its user gone): the sign-in page says the session ended rather than nothing.
+ * A cookie the browser itself expired is not sent, and is not told apart from a first visit.
+ */
+export type PageSessionState =
+  | { readonly state: 'signed-in'; readonly session: PageSession }
+  | { readonly state: 'signed-out'; readonly ended: boolean }
+  | { readonly state: 'unavailable' };
 
 export type CredentialKind = 'service' | 'own-key' | 'oauth' | 'by-claim' | 'connection';
 
@@ -48,7 +57,10 @@ export function createPageHelpers(getRuntime: RuntimeSource): PageHelpers {
     async pageSession() {
       const session = await cookieSession();
       if (session === 'unavailable') return { state: 'unavailable' };
-      if (!session) return { state: 'signed-out' };
+      if (!session) {
+        const cookie = (await headers()).get('cookie');
+        return { state: 'signed-out', ended: cookie !== null && readSessionCookie(cookie) !== null };
+      }
       return { state: 'signed-in', session: { userId: session.userId, name: session.name, roles: [...session.roles], expiresAt: session.expiresAt } };
     },
     upstreamSummaries(roles) {

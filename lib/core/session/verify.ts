@@ -239,7 +239,7 @@ function notExpired(session: Session | null, now: () => number): Session | null 
 }
 
 /** Auth.js splits large cookies into `name.0`, `name.1`, …; join them back in order. */
-function readSessionCookie(header: string): string | null {
+export function readSessionCookie(header: string): string | null {
   const cookies = parseCookie(header);
   const whole = cookies[SESSION_COOKIE];
   if (whole) return whole;
