@@ -5,7 +5,8 @@ import type { ReactNode } from 'react';
 import './globals.css';
 
 export const metadata: Metadata = {
-  title: 'Keyward',
+  // Each page names itself ("Sign in · Keyward"); a page that does not keeps "Keyward".
+  title: { default: 'Keyward', template: '%s · Keyward' },
   description: 'Calls third-party APIs for you through the server: your browser never sees a key.',
 };
 

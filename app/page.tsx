@@ -1,3 +1,4 @@
+import type { Metadata } from 'next';
 import Link from 'next/link';
 import { ConnectedAccounts } from './components/connected-accounts';
 import { OwnKeys } from './components/own-keys';
@@ -9,6 +10,11 @@ import { keyward } from '@/keyward';
 
 // Read per request: the session, and the configuration only the running server has (never at build time).
 export const dynamic = 'force-dynamic';
+
+/** Whole: the layout's title template applies to the pages below it, not to this one beside it. */
+export function generateMetadata(): Metadata {
+  return { title: { absolute: `${keyward.demoEnabled() ? 'Demo' : 'Home'} · Keyward` } };
+}
 
 const CREDENTIAL_LABEL: Record<CredentialKind, string> = {
   service: 'the service key',
@@ -42,6 +48,11 @@ export default async function Home() {
         <div className="card" data-testid="signed-out">
           <h1>Keyward</h1>
           <p className="muted">This app calls its APIs through the server, so your browser never holds an API key.</p>
+          {state.ended && (
+            <div className="alert info" role="status" data-testid="session-ended">
+              Your session ended. Sign in again to continue.
+            </div>
+          )}
           <Link className="button primary block" href="/signin" prefetch={false} data-testid="sign-in">
             Sign in
           </Link>

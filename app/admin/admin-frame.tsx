@@ -1,6 +1,7 @@
+import type { Metadata } from 'next';
 import Link from 'next/link';
 import { redirect } from 'next/navigation';
-import { Suspense, type ReactNode } from 'react';
+import { Suspense, cache, type ReactNode } from 'react';
 import type { PageSession } from 'keyward/next';
 import { keyward } from '@/keyward';
 import { AlertCount } from './alerts/alert-count';
@@ -13,10 +14,23 @@ export type AdminGate = { readonly kind: 'admin'; readonly session: PageSession 
  * `admin` role, checked on every request, before any data is read. Signed out → the sign-in page, back here after.
  */
 export async function adminGate(path: string): Promise<AdminGate> {
-  const state = await keyward.pageSession();
+  const state = await pageSession();
   if (state.state === 'unavailable') return { kind: 'unavailable', path };
   if (state.state === 'signed-out') redirect(`/signin?callbackUrl=${encodeURIComponent(path)}`);
   return state.session.roles.includes('admin') ? { kind: 'admin', session: state.session } : { kind: 'forbidden' };
+}
+
+/** The session read once per request, for the page and its title both. */
+const pageSession = cache(() => keyward.pageSession());
+
+/**
+ * An admin page's title ("Keys · Keyward"), or what the page shows instead: "Forbidden" to a signed-in user
+ * without the admin role (the 403 card), "Admin" while the session store is unavailable.
+ */
+export async function adminMetadata(title: string): Promise<Metadata> {
+  const state = await pageSession();
+  if (state.state === 'unavailable') return { title: 'Admin' };
+  return { title: state.state === 'signed-in' && !state.session.roles.includes('admin') ? 'Forbidden' : title };
 }
 
 /** What a non-admin or a store outage gets instead of the page: words, no data. */

@@ -1,5 +1,5 @@
 import Link from 'next/link';
-import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from './admin-frame';
+import { AdminFrame, DataUnavailable, GateRefusal, adminGate, adminMetadata } from './admin-frame';
 import { loadOverview, toChartData, type Overview, type OverviewPeriod, type TopEntry, type Totals } from './admin-data';
 import { UsageCharts } from './usage-charts';
 import { keyward } from '@/keyward';
@@ -7,6 +7,8 @@ import { Stat } from '../components/stat';
 
 // Per request: the session, and figures that change with every call.
 export const dynamic = 'force-dynamic';
+
+export const generateMetadata = () => adminMetadata('Overview');
 
 type SearchParams = Promise<Record<string, string | string[] | undefined>>;
 

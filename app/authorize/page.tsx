@@ -5,7 +5,7 @@ import { keyward } from '@/keyward';
 export const dynamic = 'force-dynamic';
 
 export const metadata: Metadata = {
-  title: 'Sign in to an app · Keyward',
+  title: 'Sign in to an app',
   // The site's Referrer-Policy is no-referrer, under which a browser sends a form's POST with `Origin: null`; the
   // authorize endpoint needs this site's Origin on the consent post, so this page relaxes it to same-origin.
   referrer: 'same-origin',

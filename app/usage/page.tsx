@@ -1,3 +1,4 @@
+import type { Metadata } from 'next';
 import Link from 'next/link';
 import { redirect } from 'next/navigation';
 import { UsageCharts } from '../admin/usage-charts';
@@ -9,6 +10,8 @@ import { OwnKeyTable } from '../components/own-key-list';
 
 // Per request: the session, and figures that change with every call.
 export const dynamic = 'force-dynamic';
+
+export const metadata: Metadata = { title: 'My usage' };
 
 /** /usage: the signed-in user's own calls and keys, and the limits configured for them. Nobody else's. */
 export default async function MyUsagePage() {

@@ -1,5 +1,5 @@
 import { test as base, expect, type Page } from '@playwright/test';
-import { startProductionEnvironment, type ProductionEnvironment } from '../fixtures/e2e-env';
+import { startProductionEnvironment, type ProductionEnvironment, type ProductionOptions } from '../fixtures/e2e-env';
 
 /**
  * For the suites that drive Keyward's own pages on a production deployment set up as the README says
@@ -8,7 +8,7 @@ import { startProductionEnvironment, type ProductionEnvironment } from '../fixtu
  * no two suites share users' traffic or figures), started once and stopped after the suite's last test, with
  * `baseURL` pointing at its app.
  */
-export function productionTest(options: { readonly instances?: 1 | 2 } = {}) {
+export function productionTest(options: ProductionOptions = {}) {
   return base.extend<object, { prod: ProductionEnvironment }>({
     prod: [
       // Playwright requires the object-destructuring form for the (unused) fixtures argument.

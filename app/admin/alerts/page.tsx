@@ -1,6 +1,6 @@
 import Link from 'next/link';
 import type { Alert, AlertAction, AlertRule } from '@/lib/core/detect/alerts';
-import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-frame';
+import { AdminFrame, DataUnavailable, GateRefusal, adminGate, adminMetadata } from '../admin-frame';
 import { ActionMessage, ActionResults } from '../action-dialog';
 import { userPath } from '../users/user-parts';
 import { utc } from '@/lib/core/time';
@@ -9,6 +9,8 @@ import { UndoAlert } from './undo-alert';
 
 // Per request: the session, and alerts the detector writes at any moment.
 export const dynamic = 'force-dynamic';
+
+export const generateMetadata = () => adminMetadata('Alerts');
 
 type SearchParams = Promise<Record<string, string | string[] | undefined>>;
 
@@ -132,9 +134,8 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
   const expires = alert.expiresAt ? Date.parse(alert.expiresAt) : null;
   return (
     <tr data-testid={`alert-${alert.id}`} data-action={alert.action} data-rule={alert.rule} data-state={alert.state}>
-      <td className="nowrap" data-label="Time">
-        {alert.at.slice(11, 19)}
-        <div className="small muted">{alert.at.slice(0, 10)}</div>
+      <td className="nowrap" data-label="Time" data-testid="alert-time">
+        {utc(Date.parse(alert.at), { seconds: true })}
       </td>
       <td className="nowrap" data-label="Step">
         <span className={badge.className} data-testid="alert-action">

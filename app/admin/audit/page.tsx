@@ -1,12 +1,15 @@
 import Link from 'next/link';
 import { ADMIN_ACTIONS, type AuditRecord } from '@/lib/core/audit/audit';
+import { utc } from '@/lib/core/time';
 import { keyward } from '@/keyward';
-import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-frame';
+import { AdminFrame, DataUnavailable, GateRefusal, adminGate, adminMetadata } from '../admin-frame';
 import { ExportButton } from './export-button';
 import { FILTER_NAMES, PAGE_SIZES, apiParams, loadAuditPage, readQuery, type AuditPageQuery, type FilterValues } from './audit-data';
 
 // Per request: the session, and a trail that grows with every call.
 export const dynamic = 'force-dynamic';
+
+export const generateMetadata = () => adminMetadata('Audit');
 
 type SearchParams = Promise<Record<string, string | string[] | undefined>>;
 
@@ -193,7 +196,7 @@ function RecordRow({ record }: { record: AuditRecord }) {
   return (
     <tr data-testid="audit-record" data-record-type={record.type}>
       <td className="small" style={{ whiteSpace: 'nowrap' }}>
-        {record.at.slice(0, 19).replace('T', ' ')}
+        <span data-testid="audit-time">{utc(Date.parse(record.at), { seconds: true })}</span>
         <div>
           <span className={record.type === 'admin' ? 'badge' : 'badge neutral'}>{record.type}</span>
         </div>

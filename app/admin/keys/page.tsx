@@ -1,4 +1,4 @@
-import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-frame';
+import { AdminFrame, DataUnavailable, GateRefusal, adminGate, adminMetadata } from '../admin-frame';
 import { loadKeyRings, type KeyRingView, type KeyVersionRow } from '../admin-data';
 import { ActionMessage, ActionResults } from '../action-dialog';
 import { RevokeAction, RollbackAction, RotateAction } from './key-actions';
@@ -6,6 +6,8 @@ import { utc } from '@/lib/core/time';
 
 // Per request: the session, key states and expiry countdowns change over time.
 export const dynamic = 'force-dynamic';
+
+export const generateMetadata = () => adminMetadata('Keys');
 
 const DAY_MS = 86_400_000;
 

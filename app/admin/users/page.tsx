@@ -1,10 +1,12 @@
 import Link from 'next/link';
-import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../admin-frame';
+import { AdminFrame, DataUnavailable, GateRefusal, adminGate, adminMetadata } from '../admin-frame';
 import { loadUsers, MAX_USERS, type MeterUse, type UserSummary } from './users-data';
 import { RoleList, meterText, userPath } from './user-parts';
 
 // Per request: the session, and figures that change with every call.
 export const dynamic = 'force-dynamic';
+
+export const generateMetadata = () => adminMetadata('Users');
 
 /** /admin/users: every user Keyward knows, with the last 24 hours' calls, sessions and nearest limit. */
 export default async function AdminUsers() {

@@ -1,5 +1,5 @@
 import Link from 'next/link';
-import { AdminFrame, DataUnavailable, GateRefusal, adminGate } from '../../admin-frame';
+import { AdminFrame, DataUnavailable, GateRefusal, adminGate, adminMetadata } from '../../admin-frame';
 import { ActionMessage, ActionResults } from '../../action-dialog';
 import { Stat } from '../../../components/stat';
 import { OwnKeyTable } from '../../../components/own-key-list';
@@ -14,6 +14,10 @@ import { userIdFromSegment } from '@/lib/core/session/provider-sessions';
 export const dynamic = 'force-dynamic';
 
 type Params = Promise<{ userId: string }>;
+
+export async function generateMetadata({ params }: { params: Params }) {
+  return adminMetadata(`User ${userIdFromSegment((await params).userId)}`);
+}
 
 /** /admin/users/<userId>: one user's usage against their limits, their own keys, their sessions, and revocation. */
 export default async function AdminUser({ params }: { params: Params }) {
