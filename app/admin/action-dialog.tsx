@@ -40,6 +40,11 @@ export function ActionMessage({ testId }: { testId: string }) {
 export interface ActionDialogProps {
   /** The button that opens the dialog. */
   readonly label: string;
+  /**
+   * The button's accessible name when its label alone is ambiguous (one "Revoke…" per row): what it acts on,
+   * starting with the label's word, so speech input still finds it by what it shows (WCAG 2.5.3).
+   */
+  readonly name?: string;
   readonly danger?: boolean;
   readonly testId: string;
   readonly title: string;
@@ -52,7 +57,7 @@ export interface ActionDialogProps {
   readonly submit: (data: FormData) => Promise<ActionOutcome>;
 }
 
-export function ActionDialog({ label, danger, testId, title, children, fields, confirmLabel, submit }: ActionDialogProps) {
+export function ActionDialog({ label, name, danger, testId, title, children, fields, confirmLabel, submit }: ActionDialogProps) {
   const dialog = useRef<HTMLDialogElement>(null);
   const form = useRef<HTMLFormElement>(null);
   const [busy, setBusy] = useState(false);
@@ -85,7 +90,7 @@ export function ActionDialog({ label, danger, testId, title, children, fields, c
 
   return (
     <>
-      <button type="button" className={danger ? 'danger small-button' : 'small-button'} data-testid={testId} onClick={() => dialog.current?.showModal()}>
+      <button type="button" className={danger ? 'danger small-button' : 'small-button'} aria-label={name} data-testid={testId} onClick={() => dialog.current?.showModal()}>
         {label}
       </button>
       <dialog ref={dialog} className="confirm-dialog" aria-labelledby={`${testId}-title`} data-testid={`${testId}-dialog`} onCancel={() => form.current?.reset()}>

@@ -58,6 +58,7 @@ export function RotateAction({ upstream, canary, graceSeconds, serving }: { upst
   return (
     <ActionDialog
       label="Rotate…"
+      name={`Rotate the ${upstream} key…`}
       testId={`rotate-${upstream}`}
       title={`Rotate the ${upstream} key`}
       confirmLabel="Rotate"
@@ -108,7 +109,7 @@ export function RollbackAction({ upstream, rotation }: { upstream: string; rotat
   }
 
   return (
-    <ActionDialog label="Roll back…" testId={`rollback-${upstream}`} title={`Roll back the last ${upstream} rotation`} confirmLabel="Roll back" submit={rollback}>
+    <ActionDialog label="Roll back…" name={`Roll back the last ${upstream} rotation…`} testId={`rollback-${upstream}`} title={`Roll back the last ${upstream} rotation`} confirmLabel="Roll back" submit={rollback}>
       <p>
         Undoes rotation <code>{rotation.id}</code> ({rotation.at}, by <code>{rotation.actor}</code>): {rotation.from.map((print, i) => (
           <span key={print}>
@@ -131,7 +132,7 @@ export function RevokeAction({ upstream, fingerprint, serving }: { upstream: str
   }
 
   return (
-    <ActionDialog label="Revoke…" danger testId={`revoke-${fingerprint}`} title={`Revoke key version ${fingerprint}`} confirmLabel="Revoke" submit={revoke}>
+    <ActionDialog label="Revoke…" name={`Revoke ${upstream} key version ${fingerprint}…`} danger testId={`revoke-${fingerprint}`} title={`Revoke key version ${fingerprint}`} confirmLabel="Revoke" submit={revoke}>
       <p>
         Every instance stops using version <code>{fingerprint}</code> of <code>{upstream}</code> on its next request (and any other upstream&apos;s version with
         this fingerprint). This cannot be undone: a revoked key can never be added again.
