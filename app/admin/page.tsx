@@ -64,11 +64,11 @@ export default async function AdminOverview({ searchParams }: { searchParams: Se
     >
       <div className="row upstream-filter" data-testid="upstream-filter">
         <span className="small muted">Upstream</span>
-        <Link href={href({ upstream: null })} prefetch={false} className={`chip${upstream === undefined ? ' active' : ''}`}>
+        <Link href={href({ upstream: null })} prefetch={false} className={`chip${upstream === undefined ? ' active' : ''}`} aria-current={upstream === undefined ? 'true' : undefined}>
           All
         </Link>
         {upstreamIds.map((id) => (
-          <Link key={id} href={href({ upstream: id })} prefetch={false} className={`chip${upstream === id ? ' active' : ''}`}>
+          <Link key={id} href={href({ upstream: id })} prefetch={false} className={`chip${upstream === id ? ' active' : ''}`} aria-current={upstream === id ? 'true' : undefined}>
             {id}
           </Link>
         ))}
@@ -119,11 +119,11 @@ function OverviewBody({ overview, period }: { overview: Overview; period: Overvi
   );
 }
 
-/** A latency for people: "9.2 ms", "180 ms", "2.24 s". */
+/** A latency for people: "9.2 ms", "180 ms", "2.24 s", with a no-break space: a line never ends between figure and unit. */
 function ms(value: number | null): string {
   if (value === null) return '–';
-  if (value >= 1000) return `${(value / 1000).toFixed(2)} s`;
-  return value < 10 ? `${value.toFixed(1)} ms` : `${Math.round(value)} ms`;
+  if (value >= 1000) return `${(value / 1000).toFixed(2)}\u00a0s`;
+  return value < 10 ? `${value.toFixed(1)}\u00a0ms` : `${Math.round(value)}\u00a0ms`;
 }
 
 /** `nowrapLabel`: labels of a fixed, short length (fingerprints) stay on one line; others (user ids) wrap anywhere. */
@@ -157,7 +157,7 @@ function TopTable({
         <div className="empty">No calls in this window.</div>
       ) : (
         <div className="table-scroll">
-          <table>
+          <table className="stack-narrow stack-3">
             <thead>
               <tr>
                 <th>{column}</th>
@@ -169,13 +169,19 @@ function TopTable({
             <tbody>
               {rows.map((row) => (
                 <tr key={`${row.upstream ?? ''} ${row.label}`}>
-                  <td className={nowrapLabel ? 'nowrap' : 'wrap-anywhere'}>
+                  <td className={nowrapLabel ? 'nowrap wide' : 'wrap-anywhere wide'} data-label={column}>
                     <code>{row.label}</code>
                     {row.upstream && <div className="small muted wrap">{row.upstream}</div>}
                   </td>
-                  <td className="num">{row.calls}</td>
-                  <td className="num">{errorsCell(row)}</td>
-                  <td className="num">{ms(row.p95)}</td>
+                  <td className="num" data-label="Calls">
+                    {row.calls}
+                  </td>
+                  <td className="num" data-label="Errors">
+                    {errorsCell(row)}
+                  </td>
+                  <td className="num" data-label="p95">
+                    {ms(row.p95)}
+                  </td>
                 </tr>
               ))}
             </tbody>

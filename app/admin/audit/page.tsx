@@ -61,7 +61,7 @@ export default async function AdminAudit({ searchParams }: { searchParams: Searc
             </div>
           ) : (
             <div className="table-scroll">
-              <table>
+              <table className="stack-narrow">
                 <thead>
                   <tr>
                     <th>Time</th>
@@ -195,14 +195,14 @@ function Pager({ query, older, newer }: { query: AuditPageQuery; older: string |
 function RecordRow({ record }: { record: AuditRecord }) {
   return (
     <tr data-testid="audit-record" data-record-type={record.type}>
-      <td className="small" style={{ whiteSpace: 'nowrap' }}>
+      <td className="small nowrap" data-label="Time">
         <span data-testid="audit-time">{utc(Date.parse(record.at), { seconds: true })}</span>
         <div>
           <span className={record.type === 'admin' ? 'badge' : 'badge neutral'}>{record.type}</span>
         </div>
       </td>
       {record.type === 'call' ? <CallCells record={record} /> : <AdminCells record={record} />}
-      <td className="nowrap">{(record.type === 'call' ? record.keyFingerprint : record.fingerprint) ? <code>{record.type === 'call' ? record.keyFingerprint : record.fingerprint}</code> : <span className="muted">–</span>}</td>
+      <td className="nowrap" data-label="Key">{(record.type === 'call' ? record.keyFingerprint : record.fingerprint) ? <code>{record.type === 'call' ? record.keyFingerprint : record.fingerprint}</code> : <span className="muted">–</span>}</td>
     </tr>
   );
 }
@@ -212,18 +212,18 @@ const OUTCOME_BADGE: Record<string, string> = { complete: 'badge ok', aborted: '
 function CallCells({ record }: { record: Extract<AuditRecord, { type: 'call' }> }) {
   return (
     <>
-      <td className="wrap-anywhere audit-who">
+      <td className="wrap-anywhere audit-who" data-label="Who">
         <code>{record.userId ?? 'anonymous'}</code>
         {record.clientIp && <div className="small muted">{record.clientIp}</div>}
       </td>
-      <td className="wrap-anywhere">
+      <td className="wrap-anywhere wide" data-label="What">
         <code>{record.upstream}</code> {record.method} {record.route ?? <span className="muted">(no route)</span>}
         <details className="record">
           <summary>Record</summary>
           <pre>{JSON.stringify(record, null, 2)}</pre>
         </details>
       </td>
-      <td>
+      <td data-label="Result">
         {record.status} <span className={OUTCOME_BADGE[record.outcome] ?? 'badge neutral'}>{record.outcome}</span>
         <div className="small muted">
           {record.errorCode && <code className="nowrap">{record.errorCode}</code>} {Math.round(record.durationMs)} ms
@@ -237,7 +237,7 @@ function CallCells({ record }: { record: Extract<AuditRecord, { type: 'call' }> 
 function AdminCells({ record }: { record: Extract<AuditRecord, { type: 'admin' }> }) {
   return (
     <>
-      <td className="wrap-anywhere audit-who">
+      <td className="wrap-anywhere audit-who" data-label="Who">
         <code>{record.actor}</code>
         {record.targetUser && (
           <div className="small muted">
@@ -245,7 +245,7 @@ function AdminCells({ record }: { record: Extract<AuditRecord, { type: 'admin' }
           </div>
         )}
       </td>
-      <td className="wrap-anywhere">
+      <td className="wrap-anywhere wide" data-label="What">
         {record.action} {record.upstream && <code>{record.upstream}</code>}
         {record.rotationId && <div className="small muted">{record.rotationId}</div>}
         <details className="record">
@@ -253,7 +253,7 @@ function AdminCells({ record }: { record: Extract<AuditRecord, { type: 'admin' }
           <pre>{JSON.stringify(record, null, 2)}</pre>
         </details>
       </td>
-      <td>
+      <td data-label="Result">
         <span className={record.outcome === 'canary_failed' ? 'badge danger' : 'badge neutral'}>{record.outcome}</span>
       </td>
     </>

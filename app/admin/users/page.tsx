@@ -45,7 +45,7 @@ export default async function AdminUsers() {
             <span className="small muted">busiest in the last 24 h first{loaded.truncated ? ` · the first ${MAX_USERS} shown` : ''}</span>
           </div>
           <div className="table-scroll">
-            <table>
+            <table className="stack-narrow">
               <thead>
                 <tr>
                   <th>User</th>
@@ -73,7 +73,7 @@ export default async function AdminUsers() {
 function UserRow({ user }: { user: UserSummary }) {
   return (
     <tr data-testid={`user-${user.userId}`}>
-      <td className="wrap-anywhere">
+      <td className="wrap-anywhere wide" data-label="User">
         <Link href={userPath(user.userId)} prefetch={false} data-testid="user-link">
           <code>{user.userId}</code>
         </Link>
@@ -82,20 +82,20 @@ function UserRow({ user }: { user: UserSummary }) {
           {user.local ? 'users file' : 'seen in usage'}
         </div>
       </td>
-      <td>
+      <td data-label="Roles">
         <RoleList roles={user.roles} />
       </td>
-      <td className="num" data-testid="user-calls">
+      <td className="num" data-label="Calls" data-testid="user-calls">
         {user.calls}
       </td>
-      <td className="num" data-testid="user-errors">
+      <td className="num" data-label="Errors" data-testid="user-errors">
         {user.errors === 0 ? '0' : `${user.errors} (${user.errorRate}%)`}
       </td>
-      <td className="num" data-testid="user-units">
+      <td className="num" data-label="Units" data-testid="user-units">
         {user.units}
       </td>
-      <td data-testid="user-closest">{user.closest ? <ClosestMeter meter={user.closest} /> : <span className="small muted">none per user</span>}</td>
-      <td className="num" data-testid="user-sessions">
+      <td data-label="Nearest limit" data-testid="user-closest">{user.closest ? <ClosestMeter meter={user.closest} /> : <span className="small muted">none per user</span>}</td>
+      <td className="num" data-label="Sessions" data-testid="user-sessions">
         {user.activeSessions}
         {user.sessions > user.activeSessions && <span className="small muted"> / {user.sessions}</span>}
       </td>
