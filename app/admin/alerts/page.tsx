@@ -134,8 +134,8 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
   const expires = alert.expiresAt ? Date.parse(alert.expiresAt) : null;
   return (
     <tr data-testid={`alert-${alert.id}`} data-action={alert.action} data-rule={alert.rule} data-state={alert.state}>
-      <td className="nowrap" data-label="Time" data-testid="alert-time">
-        {utc(Date.parse(alert.at), { seconds: true })}
+      <td data-label="Time" data-testid="alert-time">
+        <TwoLineTime at={utc(Date.parse(alert.at), { seconds: true })} />
       </td>
       <td className="nowrap" data-label="Step">
         <span className={badge.className} data-testid="alert-action">
@@ -267,5 +267,19 @@ function Pager({ cursor, older }: { cursor: string | null; older: string | null 
         </Link>
       )}
     </nav>
+  );
+}
+
+/**
+ * utc()'s text as this table showed times before (the time, the date under it, small): narrow, so the reason column
+ * keeps its room beside a long note (an admin's own alert).
+ */
+function TwoLineTime({ at }: { at: string }) {
+  const space = at.indexOf(' ');
+  return (
+    <>
+      <span className="nowrap">{at.slice(space + 1)}</span>
+      <div className="small muted nowrap">{at.slice(0, space)}</div>
+    </>
   );
 }
