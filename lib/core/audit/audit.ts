@@ -278,9 +278,12 @@ export class AuditLog {
    * memory, as for any failed write), without writing any sooner: it waits for the batch under way or the one
    * the timer waits for. That timer then keeps the process alive (it is unref'd otherwise), so a server that
    * awaits this before it exits (`after()` in lib/next/proxy-route.ts, which `next start` awaits on SIGTERM)
-   * does not exit in the meantime. Never rejects.
+   * does not exit in the meantime. Never rejects. While the writer backs off after a failed write it resolves at
+   * once, as a failed write does: the records are kept for the retry, which a stop must not wait seconds for (under
+   * `next start` every call's `after()` waits here; the fast lane's stop flushes instead).
    */
   written(): Promise<void> {
+    if (this.retry.until > this.now()) return Promise.resolve();
     if (this.timer) {
       this.timer.ref();
       if (!this.timedBatch) {

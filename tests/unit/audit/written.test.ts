@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AuditLog } from '../../../lib/core/audit/audit';
 import { createLogger } from '../../../lib/core/log/logger';
 import type { ProxyEvent } from '../../../lib/core/pipeline';
@@ -72,5 +72,30 @@ describe('AuditLog.written', () => {
     audit.recordCall(call('a'));
     await expect(audit.written()).resolves.toBeUndefined();
     expect(batches).toEqual([1]);
+  });
+
+  describe('while the writer backs off after a failed write', () => {
+    afterEach(() => vi.useRealTimers());
+
+    it('resolves with the next batch, not with the retry seconds later: a stop (next start, Vercel) is not held by the back-off', async () => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+      const { store, batches } = countingStore(true);
+      const audit = new AuditLog(store, 86_400_000, silent, () => Date.now());
+      audit.recordCall(call('a'));
+      const first = audit.written();
+      await vi.advanceTimersByTimeAsync(100);
+      await first;
+      expect(batches).toEqual([1]);
+      // The retry is 500 ms away: a call recorded now resolves within its batch time, with nothing written.
+      audit.recordCall(call('b'));
+      let settled = false;
+      void audit.written().then(() => (settled = true));
+      await vi.advanceTimersByTimeAsync(100);
+      expect(settled).toBe(true);
+      expect(batches).toEqual([1]);
+      // The retry still comes, and takes both records.
+      await vi.advanceTimersByTimeAsync(500);
+      expect(batches).toEqual([1, 2]);
+    });
   });
 });
