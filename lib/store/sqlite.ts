@@ -9,7 +9,8 @@ const LISTED_KEYS = 16;
 /**
  * How long a write waits for another connection's write lock. node:sqlite waits synchronously, on the event loop, so
  * the whole process (pages, streams, every other call) waits with it: the wait must stay short. Keyward's own writes
- * are single statements or small transactions of well under a millisecond, so processes sharing the file queue
+ * are single statements or small transactions of a few milliseconds at most (deletes go DELETE_CHUNK rows at a
+ * time), so processes sharing the file queue
  * behind each other for a few milliseconds; the longest ordinary hold is a WAL checkpoint at the end of a commit
  * (the WAL copied back and fsynced after 1,000 pages, tens of milliseconds on a slow disk). 200 ms absorbs that
  * several times over; a lock held longer than that is not contention but someone else's long transaction (an
@@ -17,12 +18,24 @@ const LISTED_KEYS = 16;
  */
 export const BUSY_TIMEOUT_MS = 200;
 /**
- * After a write waited BUSY_TIMEOUT_MS and found the file still locked, writes for this long do not wait at all:
- * each is tried once and refused at once if the lock is still held (a write that gets through ends it). Otherwise
- * every write during a long lock would stall the process for BUSY_TIMEOUT_MS; so at most one write in this long
- * waits, a tenth of the process's time while the lock is held.
+ * After a write waited BUSY_TIMEOUT_MS and found the file still locked, writes for this long wait at most
+ * LOCKED_WAIT_MS: enough for another process's ordinary sub-millisecond write, so only the long lock is refused,
+ * while a process whose every write waited BUSY_TIMEOUT_MS would stall for it on each. A write that gets through
+ * ends the window early; at most one write in this long waits BUSY_TIMEOUT_MS, a tenth of the process's time.
  */
 export const LOCKED_NO_WAIT_MS = 2_000;
+export const LOCKED_WAIT_MS = 10;
+
+/**
+ * Rows one delete of expired or aged-out rows removes at most: a few milliseconds of holding the write lock. One
+ * delete of everything could hold it for most of a second (200,000 aged-out records after a retention change or
+ * a long stop), past BUSY_TIMEOUT_MS, so another process sharing the file would refuse its writes meanwhile. The
+ * audit trail is trimmed by a chunk with each batch written, expired rows by up to PURGE_CHUNKS_MAX chunks a minute;
+ * expired rows not yet removed read as absent; aged-out records not yet trimmed (a backlog of 1,000 a batch) are
+ * still listed by an audit query with no start time.
+ */
+const DELETE_CHUNK = 1_000;
+const PURGE_CHUNKS_MAX = 100;
 
 /** SQLITE_BUSY (any extended code: https://www.sqlite.org/rescode.html#busy): another connection holds the lock. */
 function isBusy(error: unknown): boolean {
@@ -37,7 +50,7 @@ function isBusy(error: unknown): boolean {
  *
  * In WAL mode reads never wait for a writer, so a file another process keeps locked for writing (an operator's
  * `sqlite3` session, a VACUUM) still serves every read; writes are refused (StoreUnavailableError) after a short
- * wait (BUSY_TIMEOUT_MS), or without one while the lock is known to be held (LOCKED_NO_WAIT_MS).
+ * wait (BUSY_TIMEOUT_MS), or a shorter one while the lock is known to be held (LOCKED_WAIT_MS).
  */
 export class SqliteStore implements Store {
   readonly logCursor = /^\d{1,18}$/;
@@ -96,7 +109,9 @@ export class SqliteStore implements Store {
                        ELSE CAST(CAST(kv.value AS INTEGER) + :by AS TEXT) END,
           expires_at = CASE WHEN kv.expires_at IS NOT NULL AND kv.expires_at <= :now THEN :exp ELSE kv.expires_at END
         RETURNING value`),
-      purge: this.db.prepare('DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now'),
+      purge: this.db.prepare(
+        'DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now LIMIT :limit)',
+      ),
       // An expired hash starts again from 0, as a Redis key that expired would.
       incrementHash: this.db.prepare(`
         INSERT INTO hash (key, field, value, expires_at) VALUES (:key, :field, :by, :exp)
@@ -111,9 +126,9 @@ export class SqliteStore implements Store {
       readHashFields: this.db.prepare(
         'SELECT field, value FROM hash WHERE key = :key AND expires_at > :now AND field IN (SELECT value FROM json_each(:fields))',
       ),
-      purgeHashes: this.db.prepare('DELETE FROM hash WHERE expires_at <= :now'),
+      purgeHashes: this.db.prepare('DELETE FROM hash WHERE (key, field) IN (SELECT key, field FROM hash WHERE expires_at <= :now LIMIT :limit)'),
       append: this.db.prepare('INSERT INTO log (stream, at, value) VALUES (:stream, :at, :value) RETURNING id'),
-      trimLog: this.db.prepare('DELETE FROM log WHERE stream = :stream AND at < :cutoff'),
+      trimLog: this.db.prepare('DELETE FROM log WHERE id IN (SELECT id FROM log WHERE stream = :stream AND at < :cutoff LIMIT :limit)'),
       readAsc: this.db.prepare(
         'SELECT id, at, value FROM log WHERE stream = :stream AND at >= :since AND at <= :until AND id > :cursor ORDER BY id ASC LIMIT :limit',
       ),
@@ -123,10 +138,12 @@ export class SqliteStore implements Store {
     };
     this.purgeTimer = setInterval(() => {
       try {
-        this.write(() => {
-          this.statements.purge!.run({ now: this.now() });
-          this.statements.purgeHashes!.run({ now: this.now() });
-        });
+        // Each chunk its own statement: the lock is let go between them (see DELETE_CHUNK).
+        for (const statement of [this.statements.purge!, this.statements.purgeHashes!]) {
+          for (let chunk = 0; chunk < PURGE_CHUNKS_MAX; chunk++) {
+            if (Number(this.write(() => statement.run({ now: this.now(), limit: DELETE_CHUNK })).changes) < DELETE_CHUNK) break;
+          }
+        }
       } catch {
         // The file is locked or unwritable: expired rows read as absent anyway, and the next pass purges them.
       }
@@ -142,16 +159,16 @@ export class SqliteStore implements Store {
     }
   }
 
-  /** Until when (performance.now()) writes do not wait for the lock: see LOCKED_NO_WAIT_MS. */
+  /** Until when (performance.now()) writes wait only LOCKED_WAIT_MS for the lock: see LOCKED_NO_WAIT_MS. */
   private noWaitUntil = 0;
 
-  /** A write: waits at most BUSY_TIMEOUT_MS for another connection's lock, or not at all just after one was held that long. */
+  /** A write: waits at most BUSY_TIMEOUT_MS for another connection's lock, or LOCKED_WAIT_MS just after one was held that long. */
   private write<T>(operation: () => T): T {
     const wait = performance.now() >= this.noWaitUntil;
     let lowered = false;
     try {
       if (!wait) {
-        this.db.exec('PRAGMA busy_timeout = 0');
+        this.db.exec(`PRAGMA busy_timeout = ${LOCKED_WAIT_MS}`);
         lowered = true;
       }
       const result = operation();
@@ -272,7 +289,7 @@ export class SqliteStore implements Store {
   async append(stream: string, value: string, at: number, retentionMs: number) {
     return this.write(() => {
       // Trimming on every 100th append keeps the table bounded without a delete per request.
-      if (this.appends++ % 100 === 0) this.statements.trimLog!.run({ stream, cutoff: this.now() - retentionMs });
+      if (this.appends++ % 100 === 0) this.statements.trimLog!.run({ stream, cutoff: this.now() - retentionMs, limit: DELETE_CHUNK });
       const row = this.statements.append!.get({ stream, at, value }) as { id: number | bigint };
       return String(row.id);
     });
@@ -284,7 +301,7 @@ export class SqliteStore implements Store {
       // One write transaction for the batch: a commit per entry would cost a WAL write each.
       this.db.exec('BEGIN IMMEDIATE');
       try {
-        this.statements.trimLog!.run({ stream, cutoff: this.now() - retentionMs });
+        this.statements.trimLog!.run({ stream, cutoff: this.now() - retentionMs, limit: DELETE_CHUNK });
         for (const { value, at } of entries) this.statements.append!.get({ stream, at, value });
         this.db.exec('COMMIT');
       } catch (error) {

@@ -323,6 +323,21 @@ describe('Store log retention with an injected clock', () => {
     expect(plain(await again.readLog('r', { limit: 1000, order: 'asc' }))).toEqual([...young, trigger]);
   });
 
+  it('sqlite: a batch trims at most 1,000 aged-out entries, oldest first, so it never holds the file long (a backlog goes over the next batches)', async () => {
+    let now = 1_700_000_000_000;
+    const store = new SqliteStore(tempDb(), () => now);
+    opened.push(store);
+    await store.appendBatch('r', Array.from({ length: 2_500 }, (_, i) => ({ value: `old-${i}`, at: now })), RETENTION);
+    now += RETENTION + 100;
+    const count = async () => (await store.readLog('r', { limit: 10_000, order: 'asc' })).length;
+    await store.appendBatch('r', [{ value: 'new-1', at: now }], RETENTION);
+    expect(await count()).toBe(2_500 - 1_000 + 1);
+    expect((await store.readLog('r', { limit: 1, order: 'asc' }))[0]!.value).toBe('old-1000');
+    await store.appendBatch('r', [{ value: 'new-2', at: now }], RETENTION);
+    await store.appendBatch('r', [{ value: 'new-3', at: now }], RETENTION);
+    expect((await store.readLog('r', { limit: 10, order: 'asc' })).map((e) => e.value)).toEqual(['new-1', 'new-2', 'new-3']);
+  });
+
   it('sqlite: trimming is per stream (it trims the stream being appended to) and keeps what is within the retention', async () => {
     let now = 1_700_000_000_000;
     const store = new SqliteStore(tempDb(), () => now);
