@@ -88,8 +88,13 @@ export function expectedNamedForms(secret: string): [name: string, form: string]
   const hex = bytes.toString('hex');
   const named: [string, string][] = [
     ['raw', secret],
-    ['uppercase', secret.toUpperCase()],
-    ['lowercase', secret.toLowerCase()],
+    // Hex keys and UUIDs only (case-insensitive): another secret's other case is ordinary text.
+    ...(/^[0-9a-f-]+$/i.test(secret)
+      ? ([
+          ['uppercase', secret.toUpperCase()],
+          ['lowercase', secret.toLowerCase()],
+        ] as [string, string][])
+      : []),
     ['url-encoded', uri],
     ['url-encoded lowercase', lowerEscapes(uri)],
     ['form-encoded', form],

@@ -20,7 +20,7 @@ const MIN_FRAGMENT_LENGTH = 8;
  * Every form a secret takes in transit, as encoded text → the name of the first encoding that produces it.
  * Matching is exact (bytes or UTF-16 units): where an encoding has two letter cases, both are listed; one
  * key written in mixed case is not.
- * - raw, and all upper- or lowercase (a case-insensitive key works so);
+ * - raw, and all upper- or lowercase for a key of hex digits and dashes (hex, a UUID: case-insensitive);
  * - percent-encoded, as encodeURIComponent writes it and as application/x-www-form-urlencoded does
  *   (URLSearchParams: differs for ( ) ! ' ~ and space), each with upper- and lowercase hex (.NET writes `%2f`),
  *   as Python's urllib.parse.quote (`/` kept) and Go's url.PathEscape (`+ = : @ $ &` kept) write it, and as the
@@ -42,10 +42,13 @@ export function namedSecretForms(secret: string): ReadonlyMap<string, string> {
     if (text.length >= minLength && !forms.has(text)) forms.set(text, name);
   };
   add('raw', secret);
-  // A case-insensitive key (hex, a UUID) works in either case, and an upstream may echo it normalised (SQL
-  // Server's uniqueidentifier comes back uppercase).
-  add('uppercase', secret.toUpperCase());
-  add('lowercase', secret.toLowerCase());
+  // A key of hex digits (hex, a UUID) is usually case-insensitive: it works in either case, and an upstream may
+  // echo it normalised (SQL Server's uniqueidentifier comes back uppercase). Only such a key: another secret's
+  // other case (a password `Production`) is an ordinary word, which scrubbing would corrupt in every answer.
+  if (HEX_KEY.test(secret)) {
+    add('uppercase', secret.toUpperCase());
+    add('lowercase', secret.toLowerCase());
+  }
   const uri = encodeURIComponent(secret);
   add('url-encoded', uri);
   add('url-encoded-lowercase', lowercaseEscapes(uri));
@@ -119,6 +122,8 @@ function toBase64url(base64: string): string {
   return base64.replaceAll('+', '-').replaceAll('/', '_');
 }
 
+/** Hex digits and dashes only: a hex key or a UUID, which most servers read in either case. */
+const HEX_KEY = /^[0-9A-Fa-f-]+$/;
 /** Matches no character: every byte escaped. */
 const NOTHING_SAFE = /(?!)/;
 /** What urllib.parse.quote leaves as it is by default: letters, digits, `_.-~` and `/`. */

@@ -107,8 +107,14 @@ describe('secretForms', () => {
     ]) {
       expect(scrubber.scrub(`id=${echoed};`)).toBe(`id=${REDACTED};`);
     }
-    expect(namedSecretForms('AbC-123-xYz').get('ABC-123-XYZ')).toBe('uppercase');
-    expect(namedSecretForms('AbC-123-xYz').get('abc-123-xyz')).toBe('lowercase');
+    expect(namedSecretForms('AbC-123-dEf').get('ABC-123-DEF')).toBe('uppercase');
+    expect(namedSecretForms('AbC-123-dEf').get('abc-123-def')).toBe('lowercase');
+  });
+
+  it('another secret in another case is ordinary text, left alone (a password `Production` must not eat "production")', () => {
+    const scrubber = new SecretScrubber();
+    scrubber.add(['Production-9', 'CONTENT-TYPE']);
+    expect(scrubber.scrub('production-9 content-type Production-9')).toBe(`production-9 content-type ${REDACTED}`);
   });
 });
 
