@@ -83,25 +83,24 @@ export const SIGN_IN_EXPIRED = 'SignInExpired';
 export const SIGN_IN_UNREACHABLE = 'ProviderUnreachable';
 
 const PROVIDER_UNREACHABLE_MESSAGE =
-  'auth.js: the identity provider could not be reached (KEYWARD_OIDC_ISSUER: refused, unresolved or timed out); the user is told to try again later';
+  'auth.js: the identity provider could not be reached (refused, unresolved or timed out): it is down, or KEYWARD_OIDC_ISSUER names a wrong host or port, or this server has no route to it (a firewall, a missing egress proxy); the user is told to try again later';
 
 /**
- * Node's codes for a connection that could not be made or was lost (and undici's), and a timeout's name: what a
- * provider that is down, unresolvable or unreachable from the server looks like to fetch.
+ * Node's codes for a connection that could not be made (and undici's timeouts), and a timeout's name: what a
+ * provider that is down, unresolvable or unreachable from the server looks like to fetch. A connection reset or
+ * closed mid-exchange (ECONNRESET, EPIPE, undici's UND_ERR_SOCKET) is left out: it is also what `http://` to a
+ * TLS port looks like, a misconfiguration that "try again later" would hide.
  */
 const NETWORK_CODES = new Set([
   'ECONNREFUSED',
-  'ECONNRESET',
   'ENOTFOUND',
   'EAI_AGAIN',
   'ETIMEDOUT',
   'EHOSTUNREACH',
   'ENETUNREACH',
-  'EPIPE',
   'UND_ERR_CONNECT_TIMEOUT',
   'UND_ERR_HEADERS_TIMEOUT',
   'UND_ERR_BODY_TIMEOUT',
-  'UND_ERR_SOCKET',
 ]);
 
 /**
