@@ -281,6 +281,8 @@ export class RedisStore implements Store {
   private marker: string | null = null;
   /** Whether this instance has warned about a Redis that keeps nothing on disk. */
   private persistenceWarned = false;
+  /** Whether this connection's persistence is known (read once per connection, not with every policy re-read). */
+  private persistenceChecked = false;
 
   constructor(
     url: string,
@@ -329,6 +331,8 @@ export class RedisStore implements Store {
     });
     this.redis.on('close', () => {
       this.policy = null;
+      // The next connection may be another node (a failover): its persistence is read again.
+      this.persistenceChecked = false;
       this.reported = undefined;
     });
     this.firstConnection = new Promise<void>((resolve) => {
@@ -443,7 +447,7 @@ export class RedisStore implements Store {
    */
   private async checkData(): Promise<void> {
     await this.checkMarker().catch(() => {});
-    if (!this.persistenceWarned) await this.checkPersistence().catch(() => {});
+    if (!this.persistenceWarned && !this.persistenceChecked) await this.checkPersistence().catch(() => {});
   }
 
   /**
@@ -474,8 +478,8 @@ export class RedisStore implements Store {
    */
   private async checkPersistence(): Promise<void> {
     const info = await this.redis.info('persistence');
-    if (/^aof_enabled:1/m.test(info)) return;
-    const [, save] = (await this.redis.config('GET', 'save').catch(() => [])) as string[];
+    const [, save] = /^aof_enabled:1/m.test(info) ? [] : ((await this.redis.config('GET', 'save').catch(() => [])) as string[]);
+    this.persistenceChecked = true;
     if (save !== '') return;
     this.persistenceWarned = true;
     this.logger.warn(
