@@ -42,6 +42,7 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
   const [ownKey, setOwnKey] = useState<KeyInfo | null>(null);
   const [keyDraft, setKeyDraft] = useState('');
   const [keyMessage, setKeyMessage] = useState('');
+  const [signOutFailed, setSignOutFailed] = useState(false);
 
   const loadSession = useCallback(async () => {
     const response = await fetch('/api/session', { cache: 'no-store' });
@@ -49,8 +50,12 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
   }, []);
 
   const loadOwnKey = useCallback(async () => {
-    const response = await fetch('/api/keys/demo-own', { headers: CSRF, cache: 'no-store' });
-    setOwnKey(response.ok ? ((await response.json()) as KeyInfo) : null);
+    try {
+      const response = await fetch('/api/keys/demo-own', { headers: CSRF, cache: 'no-store' });
+      setOwnKey(response.ok ? ((await response.json()) as KeyInfo) : null);
+    } catch {
+      setKeyMessage('Your key could not be read: Keyward could not be reached.');
+    }
   }, []);
 
   useEffect(() => {
@@ -62,20 +67,30 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
     if (session) void loadOwnKey(); // eslint-disable-line react-hooks/set-state-in-effect
   }, [session, loadOwnKey]);
 
+  // As "Your keys" on the home page (app/components/own-keys.tsx): a failed request is said, a key not stored stays
+  // in its field for another try, and the stored state is read again (a request lost on the way back may have gone through).
   async function saveOwnKey() {
-    const response = await fetch('/api/keys/demo-own', {
-      method: 'PUT',
-      headers: { ...CSRF, 'content-type': 'application/json' },
-      body: JSON.stringify({ key: keyDraft }),
-    });
-    setKeyDraft('');
-    setKeyMessage(response.ok ? 'Stored. Keyward will never show it again.' : `Refused (${response.status}).`);
+    try {
+      const response = await fetch('/api/keys/demo-own', {
+        method: 'PUT',
+        headers: { ...CSRF, 'content-type': 'application/json' },
+        body: JSON.stringify({ key: keyDraft }),
+      });
+      if (response.ok) setKeyDraft('');
+      setKeyMessage(response.ok ? 'Stored. Keyward will never show it again.' : `Refused (${response.status}).`);
+    } catch {
+      setKeyMessage('Your key was not stored: Keyward could not be reached. It is still in the field; try again.');
+    }
     await loadOwnKey();
   }
 
   async function deleteOwnKey() {
-    await fetch('/api/keys/demo-own', { method: 'DELETE', headers: CSRF });
-    setKeyMessage('Deleted.');
+    try {
+      const response = await fetch('/api/keys/demo-own', { method: 'DELETE', headers: CSRF });
+      setKeyMessage(response.ok ? 'Deleted.' : `Not deleted (${response.status}).`);
+    } catch {
+      setKeyMessage('Your key was not deleted: Keyward could not be reached. Try again.');
+    }
     await loadOwnKey();
   }
 
@@ -111,16 +126,25 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
     }
   }
 
+  // As SignOutButton (app/components/sign-out-button.tsx): only the session endpoint's 401 says the session ended.
   async function signOut() {
-    const { csrfToken } = (await (await fetch('/api/auth/csrf')).json()) as { csrfToken: string };
-    await fetch('/api/auth/signout', {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams({ csrfToken, callbackUrl: '/' }),
-    });
+    setSignOutFailed(false);
+    try {
+      const { csrfToken } = (await (await fetch('/api/auth/csrf')).json()) as { csrfToken: string };
+      await fetch('/api/auth/signout', {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ csrfToken, callbackUrl: '/' }),
+      });
+      const response = await fetch('/api/session', { cache: 'no-store' });
+      if (response.status !== 401) throw new Error(`session: ${response.status}`);
+    } catch {
+      setSignOutFailed(true);
+      return;
+    }
     setReceived(null);
     setEvents([]);
-    await loadSession();
+    setSession(null);
   }
 
   if (session === undefined) {
@@ -158,6 +182,11 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
             Sign out
           </button>
         </div>
+        {signOutFailed && (
+          <div className="alert error" role="alert" data-testid="sign-out-error">
+            Sign-out failed: you are still signed in. Check your connection and try again.
+          </div>
+        )}
         <div className="row">
           <button disabled={busy} onClick={() => call('GET /hello', 'hello')} data-testid="call-hello">
             GET /hello

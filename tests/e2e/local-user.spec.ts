@@ -67,6 +67,32 @@ test('local user: sign in, call the upstream (GET, POST, SSE), sign out', async 
   expect(proxied.status).toBe(401);
 });
 
+test('demo page: a sign-out or an own-key store that fails on the network is said, and loses nothing', async ({ page, env }) => {
+  await page.goto('/');
+  await signInLocal(page, env.localUser.username, env.localUser.password);
+  await expect(page.getByTestId('signed-in')).toBeVisible();
+
+  // Storing the key fails on the way: said, and the key stays in its field for another try.
+  await page.route('**/api/keys/demo-own', (route) => (route.request().method() === 'PUT' ? route.abort('connectionreset') : route.fallback()));
+  const draft = 'demo-user-network-test-1234';
+  await page.getByTestId('own-key-input').fill(draft);
+  await page.getByTestId('own-key-save').click();
+  await expect(page.getByTestId('own-key-status')).toContainText('Your key was not stored: Keyward could not be reached.');
+  await expect(page.getByTestId('own-key-input')).toHaveValue(draft);
+  await page.unroute('**/api/keys/demo-own');
+
+  // Sign-out fails on the network: the page says so and still shows the session (it is still valid).
+  await page.route('**/api/auth/signout', (route) => route.abort('connectionreset'));
+  await page.getByTestId('sign-out').click();
+  await expect(page.getByTestId('sign-out-error')).toContainText('Sign-out failed: you are still signed in.');
+  await expect(page.getByTestId('signed-in')).toBeVisible();
+  expect((await browserFetch(page, '/api/session')).status).toBe(200);
+  await page.unroute('**/api/auth/signout');
+  await page.getByTestId('sign-out').click();
+  await expect(page.getByText('You are not signed in.')).toBeVisible();
+  expect((await browserFetch(page, '/api/session')).status).toBe(401);
+});
+
 test('local user: a wrong password does not sign in', async ({ page, env }) => {
   await page.goto('/');
   await page.getByTestId('sign-in').click();
