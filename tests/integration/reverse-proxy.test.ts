@@ -336,41 +336,17 @@ ${server(bufferingPort, buffering)}
     expect(refusals()).toHaveLength(before);
   });
 
-  it('SSE: the first event reaches the browser while the upstream still holds the stream open (buffering off)', async () => {
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    upstream.handle(async (_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      res.write('data: first\n\n');
-      // The stream ends only once the browser has seen the first event: nginx buffering it would hang here.
-      await released;
-      res.end('data: last\n\n');
-    });
-    try {
-      const answer = await viaNginx(
-        'GET',
-        '/api/proxy/echo/events',
-        { cookie, 'x-keyward-csrf': '1', 'sec-fetch-site': 'same-origin' },
-        undefined,
-        (res) => {
-          res.once('data', () => release());
-        },
-      );
-      expect(answer.status).toBe(200);
-      expect(answer.body).toBe('data: first\n\ndata: last\n\n');
-    } finally {
-      upstream.reset();
-    }
-  });
-
-  it("SSE behind nginx's default buffering (proxy_buffering off left out): X-Accel-Buffering: no still streams it", async () => {
-    let release!: (firstSeenFirst: boolean) => void;
+  /**
+   * An SSE call through nginx on `via`, its upstream holding the stream open until the browser has the first event:
+   * whether that event came before the stream ended. A buffering nginx holds it back, so after 5 s the stream ends
+   * anyway and the test fails on what it saw, rather than hang.
+   */
+  async function firstEventStreamed(via: number): Promise<boolean> {
+    let release!: (firstBeforeEnd: boolean) => void;
     const released = new Promise<boolean>((resolve) => (release = resolve));
     upstream.handle(async (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' });
       res.write('data: first\n\n');
-      // Held open until the browser has the first event; a buffering nginx would hold that event back, so after
-      // 5 s the stream ends anyway and the test fails on what it saw, rather than hang.
       const fallback = setTimeout(() => release(false), 5_000);
       await released;
       clearTimeout(fallback);
@@ -385,14 +361,22 @@ ${server(bufferingPort, buffering)}
         (res) => {
           res.once('data', () => release(true));
         },
-        bufferingPort,
+        via,
       );
       expect(answer.status).toBe(200);
-      expect(await released, 'the first event came before the stream ended').toBe(true);
       expect(answer.body).toBe('data: first\n\ndata: last\n\n');
+      return await released;
     } finally {
       upstream.reset();
     }
+  }
+
+  it('SSE: the first event reaches the browser while the upstream still holds the stream open (buffering off)', async () => {
+    expect(await firstEventStreamed(tlsPort), 'the first event came before the stream ended').toBe(true);
+  });
+
+  it("SSE behind nginx's default buffering (proxy_buffering off left out): X-Accel-Buffering: no still streams it", async () => {
+    expect(await firstEventStreamed(bufferingPort), 'the first event came before the stream ended').toBe(true);
   });
 
   it('a WebSocket handshake reaches Keyward as an upgrade, and its Origin passes the check', async () => {
