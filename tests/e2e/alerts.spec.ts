@@ -103,6 +103,8 @@ test('a burst is throttled, shown on Alerts, and undone through the dialog; the 
   // Undo: cancelled once (nothing changes), then confirmed.
   const alertId = (await row.getAttribute('data-testid'))!.slice('alert-'.length);
   const dialog = page.getByTestId(`undo-${alertId}-dialog`);
+  // Its accessible name says which step of whom (one "Undo…" per row).
+  await expect(row.getByRole('button', { name: 'Undo the throttle of local:alice…' })).toBeVisible();
   await row.getByTestId(`undo-${alertId}`).click();
   await expect(dialog).toBeVisible();
   await expect(dialog).toContainText('Lifts the throttle on local:alice at once');

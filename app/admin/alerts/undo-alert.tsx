@@ -60,11 +60,15 @@ export function UndoAlert(props: UndoProps) {
     return { ok: false, message: `Not undone: ${apiError(status, json)}` };
   }
 
+  // One "Undo…" per row: the accessible name says which step, of whom (WCAG 2.5.3: it starts with the label's word).
+  const step = action === 'revoke' ? 'revocation' : action === 'reauth' ? 're-authentication' : 'throttle';
+  const subject = userId ?? 'the user';
   return (
     <ActionDialog
       label={dismiss ? 'Dismiss…' : 'Undo…'}
+      name={dismiss ? `Dismiss the alert about ${subject}…` : `Undo the ${step} of ${subject}…`}
       testId={`undo-${id}`}
-      title={dismiss ? 'Dismiss this alert' : `Undo the ${action === 'revoke' ? 'revocation' : action === 'reauth' ? 're-authentication' : 'throttle'}`}
+      title={dismiss ? 'Dismiss this alert' : `Undo the ${step}`}
       confirmLabel={dismiss ? 'Dismiss' : 'Undo'}
       submit={undo}
     >
