@@ -195,6 +195,162 @@ describe('AUTH_TRUST_HOST behind a proxy that sends Host but not X-Forwarded-Pro
   });
 });
 
+/** Through a TLS proxy listening on 127.0.0.1:`via` as https://app.example.test:<via>, as the browser calls it. */
+function viaProxy(
+  via: number,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: string,
+  onResponse?: (res: IncomingMessage) => void,
+): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        host: '127.0.0.1',
+        port: via,
+        servername: PUBLIC_HOST,
+        rejectUnauthorized: false,
+        method,
+        path,
+        headers: { host: `${PUBLIC_HOST}:${via}`, ...headers },
+      },
+      (res) => {
+        onResponse?.(res);
+        readRaw(res).then(resolve, reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** Until the proxy on `via` answers a TLS request (with its own 404 or Keyward's answer); throws once `exited` says so. */
+async function answering(via: number, exited: () => string | null): Promise<void> {
+  for (;;) {
+    const reason = exited();
+    if (reason !== null) throw new Error(reason);
+    const answered = await viaProxy(via, 'GET', '/', {}).then(
+      () => true,
+      () => false,
+    );
+    if (answered) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** A throw-away self-signed certificate for app.example.test in `dir` (tls.crt, tls.key). */
+function selfSigned(dir: string): { cert: string; key: string } {
+  const cert = join(dir, 'tls.crt');
+  const key = join(dir, 'tls.key');
+  execFileSync(
+    openssl!,
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${PUBLIC_HOST}`, '-keyout', key, '-out', cert],
+    { stdio: 'ignore' },
+  );
+  return { cert, key };
+}
+
+/** A page's POST as the browser sends it to the proxy on `via` (its Origin is the proxy's public origin). */
+function postVia(via: number, headers: Record<string, string> = {}): Promise<RawResponse> {
+  return viaProxy(
+    via,
+    'POST',
+    '/api/proxy/echo/items',
+    {
+      cookie,
+      'x-keyward-csrf': '1',
+      origin: `${PUBLIC_ORIGIN}:${via}`,
+      'sec-fetch-site': 'same-origin',
+      'content-type': 'application/json',
+      ...headers,
+    },
+    '{}',
+  );
+}
+
+/**
+ * A streamed call (`contentType`) through the proxy on `via`, its upstream holding the stream open until the
+ * browser has the first part: whether that part came before the stream ended. A buffering proxy holds it back, so
+ * after 5 s the stream ends anyway and the test fails on what it saw, rather than hang.
+ */
+async function firstPartStreamed(via: number, contentType = 'text/event-stream'): Promise<boolean> {
+  const [first, last] = contentType === 'text/event-stream' ? ['data: first\n\n', 'data: last\n\n'] : ['{"n":1}\n', '{"n":2}\n'];
+  let release!: (firstBeforeEnd: boolean) => void;
+  const released = new Promise<boolean>((resolve) => (release = resolve));
+  upstream.handle(async (_req, res) => {
+    res.writeHead(200, { 'content-type': contentType });
+    res.write(first);
+    const fallback = setTimeout(() => release(false), 5_000);
+    await released;
+    clearTimeout(fallback);
+    res.end(last);
+  });
+  try {
+    const answer = await viaProxy(
+      via,
+      'GET',
+      '/api/proxy/echo/events',
+      { cookie, 'x-keyward-csrf': '1', 'sec-fetch-site': 'same-origin' },
+      undefined,
+      (res) => {
+        res.once('data', () => release(true));
+      },
+    );
+    expect(answer.status).toBe(200);
+    expect(answer.body).toBe(first + last);
+    return await released;
+  } finally {
+    upstream.reset();
+  }
+}
+
+/** A WebSocket handshake through the proxy on `via`: whether it reached Keyward as an upgrade, and its answer. */
+async function upgradeVia(via: number): Promise<{ upgrades: number; status: number }> {
+  let upgrades = 0;
+  const count = () => (upgrades += 1);
+  server.prependListener('upgrade', count);
+  try {
+    const answer = await viaProxy(via, 'GET', '/api/proxy/echo/socket', {
+      cookie,
+      origin: `${PUBLIC_ORIGIN}:${via}`,
+      connection: 'Upgrade',
+      upgrade: 'websocket',
+      'sec-websocket-version': '13',
+      'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+    });
+    return { upgrades, status: answer.status };
+  } finally {
+    server.removeListener('upgrade', count);
+  }
+}
+
+/** README's fenced block of `language` in "Behind a reverse proxy". */
+function readmeSnippet(language: string): string {
+  const readme = readFileSync(join(__dirname, '../../README.md'), 'utf8');
+  const snippet = new RegExp(`\\*\\*Behind a reverse proxy\\.\\*\\*[\\s\\S]*?\`\`\`${language}\\n([\\s\\S]*?)\`\`\``).exec(readme)?.[1];
+  expect(snippet, `README has the ${language} snippet`).toBeDefined();
+  return snippet!;
+}
+
+/** Reverse proxies the suites below started, stopped when the file's tests are done. */
+const proxies: ChildProcess[] = [];
+afterAll(async () => {
+  for (const child of proxies.filter((running) => running.exitCode === null)) {
+    child.kill('SIGTERM');
+    await once(child, 'exit');
+  }
+});
+
+/** Starts a reverse proxy (`name`: its log's name), resolved once it answers TLS on `via`. */
+async function startProxy(name: string, command: string, args: string[], via: number, env?: NodeJS.ProcessEnv): Promise<void> {
+  const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], env: env ?? process.env });
+  proxies.push(child);
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  await answering(via, () => (child.exitCode === null ? null : `${name} exited: ${stderr.slice(-2000)}`));
+}
+
 /**
  * README "Behind a reverse proxy": its nginx `location` block, verbatim, in a server on loopback over TLS (a
  * throw-away self-signed certificate) in front of the fast lane above.
@@ -205,49 +361,28 @@ if (!nginx || !openssl)
   console.warn('reverse-proxy.test.ts: no nginx (or openssl) on this machine: the README nginx snippet is not run');
 
 describe.skipIf(!nginx || !openssl)("README's nginx snippet in front of Keyward (AUTH_TRUST_HOST)", () => {
-  let child: ChildProcess;
   let tlsPort: number;
   /** The same server without the snippet's `proxy_buffering off` line: nginx's default buffering. */
   let bufferingPort: number;
 
   beforeAll(async () => {
-    const readme = readFileSync(join(__dirname, '../../README.md'), 'utf8');
-    const snippet = /\*\*Behind a reverse proxy\.\*\*[\s\S]*?```nginx\n([\s\S]*?)```/.exec(readme)?.[1];
-    expect(snippet, 'README has the nginx snippet').toBeDefined();
-    const map = /^map .*$/m.exec(snippet!)![0];
+    const snippet = readmeSnippet('nginx');
+    const map = /^map .*$/m.exec(snippet)![0];
     const location = /^ {2}location \/ \{[\s\S]*?^ {2}\}/m
-      .exec(snippet!)![0]
+      .exec(snippet)![0]
       .replace('http://127.0.0.1:3000', `http://127.0.0.1:${port}`);
     const buffering = location.replace(/^ *proxy_buffering off;.*\n/m, '');
     expect(buffering, "the snippet's location turns buffering off").not.toBe(location);
     const dir = mkdtempSync(join(tmpdir(), 'keyward-nginx-'));
     mkdirSync(join(dir, 'logs'));
-    execFileSync(
-      openssl!,
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-days',
-        '1',
-        '-subj',
-        `/CN=${PUBLIC_HOST}`,
-        '-keyout',
-        join(dir, 'tls.key'),
-        '-out',
-        join(dir, 'tls.crt'),
-      ],
-      { stdio: 'ignore' },
-    );
+    const tls = selfSigned(dir);
     tlsPort = await freePort();
     bufferingPort = await freePort();
     const server = (listen: number, block: string) => `  server {
     listen 127.0.0.1:${listen} ssl;
     server_name ${PUBLIC_HOST};
-    ssl_certificate ${join(dir, 'tls.crt')};
-    ssl_certificate_key ${join(dir, 'tls.key')};
+    ssl_certificate ${tls.cert};
+    ssl_certificate_key ${tls.key};
 ${block}
   }`;
     const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']
@@ -269,135 +404,113 @@ ${server(bufferingPort, buffering)}
 }
 `,
     );
-    child = spawn(nginx!, ['-p', dir, '-c', join(dir, 'nginx.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    // Listening once a TLS handshake completes (nginx answers 404 or Keyward's own answer).
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`nginx exited: ${stderr}`);
-      const answered = await viaNginx('GET', '/', {}).then(
-        () => true,
-        () => false,
-      );
-      if (answered) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await startProxy('nginx', nginx!, ['-p', dir, '-c', join(dir, 'nginx.conf')], tlsPort);
   }, 30_000);
 
-  afterAll(async () => {
-    if (child && child.exitCode === null) {
-      child.kill('SIGTERM');
-      await once(child, 'exit');
-    }
-  });
-
-  /** Through nginx on https://app.example.test:<tlsPort>, as the browser calls it. */
-  function viaNginx(
-    method: string,
-    path: string,
-    headers: Record<string, string>,
-    body?: string,
-    onResponse?: (res: IncomingMessage) => void,
-    via = tlsPort,
-  ): Promise<RawResponse> {
-    return new Promise((resolve, reject) => {
-      const req = httpsRequest(
-        {
-          host: '127.0.0.1',
-          port: via,
-          servername: PUBLIC_HOST,
-          rejectUnauthorized: false,
-          method,
-          path,
-          headers: { host: `${PUBLIC_HOST}:${via}`, ...headers },
-        },
-        (res) => {
-          onResponse?.(res);
-          readRaw(res).then(resolve, reject);
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
-    });
-  }
-
   it('a state-changing call from the page passes the CSRF check (X-Forwarded-Proto and the port reach Keyward)', async () => {
-    const origin = `${PUBLIC_ORIGIN}:${tlsPort}`;
     const before = refusals().length;
-    const answer = await viaNginx(
-      'POST',
-      '/api/proxy/echo/items',
-      { cookie, 'x-keyward-csrf': '1', origin, 'sec-fetch-site': 'same-origin', 'content-type': 'application/json' },
-      '{}',
-    );
+    const answer = await postVia(tlsPort);
     expect(answer.status).toBe(200);
     const seen = upstream.requests.at(-1)!;
     expect(seen.headers['x-forwarded-proto']).toBeUndefined();
     expect(refusals()).toHaveLength(before);
   });
 
-  /**
-   * An SSE call through nginx on `via`, its upstream holding the stream open until the browser has the first event:
-   * whether that event came before the stream ended. A buffering nginx holds it back, so after 5 s the stream ends
-   * anyway and the test fails on what it saw, rather than hang.
-   */
-  async function firstEventStreamed(via: number): Promise<boolean> {
-    let release!: (firstBeforeEnd: boolean) => void;
-    const released = new Promise<boolean>((resolve) => (release = resolve));
-    upstream.handle(async (_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/event-stream' });
-      res.write('data: first\n\n');
-      const fallback = setTimeout(() => release(false), 5_000);
-      await released;
-      clearTimeout(fallback);
-      res.end('data: last\n\n');
-    });
-    try {
-      const answer = await viaNginx(
-        'GET',
-        '/api/proxy/echo/events',
-        { cookie, 'x-keyward-csrf': '1', 'sec-fetch-site': 'same-origin' },
-        undefined,
-        (res) => {
-          res.once('data', () => release(true));
-        },
-        via,
-      );
-      expect(answer.status).toBe(200);
-      expect(answer.body).toBe('data: first\n\ndata: last\n\n');
-      return await released;
-    } finally {
-      upstream.reset();
-    }
-  }
-
   it('SSE: the first event reaches the browser while the upstream still holds the stream open (buffering off)', async () => {
-    expect(await firstEventStreamed(tlsPort), 'the first event came before the stream ended').toBe(true);
+    expect(await firstPartStreamed(tlsPort), 'the first event came before the stream ended').toBe(true);
   });
 
   it("SSE behind nginx's default buffering (proxy_buffering off left out): X-Accel-Buffering: no still streams it", async () => {
-    expect(await firstEventStreamed(bufferingPort), 'the first event came before the stream ended').toBe(true);
+    expect(await firstPartStreamed(bufferingPort), 'the first event came before the stream ended').toBe(true);
   });
 
   it('a WebSocket handshake reaches Keyward as an upgrade, and its Origin passes the check', async () => {
-    let upgrades = 0;
-    const count = () => (upgrades += 1);
-    server.prependListener('upgrade', count);
-    try {
-      const answer = await viaNginx('GET', '/api/proxy/echo/socket', {
-        cookie,
-        origin: `${PUBLIC_ORIGIN}:${tlsPort}`,
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-version': '13',
-        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
-      });
-      expect(upgrades).toBe(1);
-      // The test upstream speaks no WebSocket: Keyward got past the session and Origin checks, and answers
-      // that the upstream's handshake failed, not 403.
-      expect(answer.status).not.toBe(403);
-    } finally {
-      server.removeListener('upgrade', count);
-    }
+    const { upgrades, status } = await upgradeVia(tlsPort);
+    expect(upgrades).toBe(1);
+    // The test upstream speaks no WebSocket: Keyward got past the session and Origin checks, and answers
+    // that the upstream's handshake failed, not 403.
+    expect(status).not.toBe(403);
+  });
+});
+
+/**
+ * README "Behind a reverse proxy": its Caddyfile site block, with the site address and the `reverse_proxy`
+ * address on loopback, a `tls` line for a throw-away self-signed certificate (a real deployment gets one from
+ * Let's Encrypt, which cannot be reached here) and `bind 127.0.0.1`; plus the same block without its
+ * `flush_interval -1` line, for what README says Caddy streams on its own. Caddy runs with its admin endpoint off
+ * and its data in a temp folder.
+ */
+const caddy = ['/usr/bin/caddy', '/usr/local/bin/caddy'].find((path) => existsSync(path));
+if (!caddy || !openssl)
+  console.warn('reverse-proxy.test.ts: no caddy (or openssl) on this machine: the README Caddyfile snippet is not run');
+
+describe.skipIf(!caddy || !openssl)("README's Caddyfile snippet in front of Keyward (AUTH_TRUST_HOST)", () => {
+  let tlsPort: number;
+  /** The same site without the snippet's `flush_interval -1` line. */
+  let defaultFlushPort: number;
+
+  beforeAll(async () => {
+    const snippet = readmeSnippet('caddyfile');
+    expect(snippet, 'the snippet proxies to 127.0.0.1:3000').toContain('reverse_proxy 127.0.0.1:3000');
+    const dir = mkdtempSync(join(tmpdir(), 'keyward-caddy-'));
+    const tls = selfSigned(dir);
+    tlsPort = await freePort();
+    defaultFlushPort = await freePort();
+    const site = (listen: number, block: string) =>
+      block
+        .replace(/^app\.example\.com \{$/m, `https://${PUBLIC_HOST}:${listen} {\n  bind 127.0.0.1\n  tls ${tls.cert} ${tls.key}`)
+        .replace('127.0.0.1:3000', `127.0.0.1:${port}`);
+    const withoutFlush = snippet.replace(/^ *flush_interval -1\n/m, '');
+    expect(withoutFlush, 'the snippet sets flush_interval -1').not.toBe(snippet);
+    expect(site(tlsPort, snippet), 'the snippet names app.example.com').toContain(`https://${PUBLIC_HOST}:${tlsPort} {`);
+    writeFileSync(
+      join(dir, 'Caddyfile'),
+      `{
+  admin off
+  auto_https disable_redirects
+  skip_install_trust
+}
+${site(tlsPort, snippet)}
+${site(defaultFlushPort, withoutFlush)}
+`,
+    );
+    const home = join(dir, 'home');
+    await startProxy('caddy', caddy!, ['run', '--config', join(dir, 'Caddyfile'), '--adapter', 'caddyfile'], tlsPort, {
+      ...process.env,
+      HOME: home,
+      XDG_DATA_HOME: join(home, 'data'),
+      XDG_CONFIG_HOME: join(home, 'config'),
+    });
+  }, 30_000);
+
+  it('a state-changing call from the page passes the CSRF check: Caddy sends X-Forwarded-Proto and keeps Host', async () => {
+    const before = refusals().length;
+    expect((await postVia(tlsPort)).status).toBe(200);
+    expect(refusals()).toHaveLength(before);
+  });
+
+  it('X-Forwarded-Proto and X-Forwarded-Host a client sent are replaced by Caddy, not passed on', async () => {
+    // Were they passed on, Keyward would compute http://evil.example as the public origin and refuse the call.
+    const answer = await postVia(tlsPort, { 'x-forwarded-proto': 'http', 'x-forwarded-host': 'evil.example' });
+    expect(answer.status).toBe(200);
+  });
+
+  it('SSE: the first event reaches the browser while the upstream still holds the stream open', async () => {
+    expect(await firstPartStreamed(tlsPort), 'the first event came before the stream ended').toBe(true);
+  });
+
+  it('SSE without flush_interval -1: Caddy still streams text/event-stream as it comes', async () => {
+    expect(await firstPartStreamed(defaultFlushPort), 'the first event came before the stream ended').toBe(true);
+  });
+
+  it('NDJSON streams too, with and without flush_interval -1 (Keyward sends a stream without a Content-Length)', async () => {
+    expect(await firstPartStreamed(tlsPort, 'application/x-ndjson'), 'the first line came before the stream ended').toBe(true);
+    expect(await firstPartStreamed(defaultFlushPort, 'application/x-ndjson'), 'the same without flush_interval -1').toBe(true);
+  });
+
+  it('a WebSocket handshake reaches Keyward as an upgrade, and its Origin passes the check', async () => {
+    const { upgrades, status } = await upgradeVia(tlsPort);
+    expect(upgrades).toBe(1);
+    expect(status).not.toBe(403);
   });
 });
