@@ -245,6 +245,7 @@ async function relay(
   upstream.on('error', () => {});
   const handshaking = new AbortController();
   let failure: unknown;
+  let deadline: ReturnType<typeof setTimeout> | undefined;
   const opened = await new Promise<KeywardError | null>((resolve) => {
     leave = () => resolve(null); // clientGone says why
     upstream.once('open', () => {
@@ -265,7 +266,11 @@ async function relay(
     });
     // The server stopping does not wait for the upstream's handshake (up to the route's timeoutMs).
     options.sockets.closing.addEventListener('abort', () => resolve(STOPPING()), { once: true, signal: handshaking.signal });
+    // ws's handshakeTimeout is an idle timer on the connection: an upstream that sends its answer a byte now and
+    // then would hold the upgrade (and its user's call slot) for good. The whole handshake gets timeoutMs.
+    deadline = setTimeout(() => resolve(new KeywardError('upstream_timeout')), grant.route.timeoutMs);
   });
+  clearTimeout(deadline);
   handshaking.abort();
   socket.off('close', onEarlyClose);
   socket.off('end', onEarlyClose);
