@@ -80,8 +80,15 @@ export function createUpgradeListener(options: UpgradeOptions) {
     const proxyPath = parseProxyPath(url);
     if (proxyPath === null && isDisguisedProxyPath(url)) {
       // A path that is /api/proxy/… only once normalised: 400 bad_path, as the HTTP door answers it, never Next's.
+      // A ticket shown with it is used up, as with any refused upgrade (README "WebSockets").
       socket.on('error', () => {});
-      endSocketWith(socket, disguisedPathRefusal(req, options.deps), siteHeaders).catch(() => socket.destroy());
+      const queryAt = url.indexOf('?');
+      const shown = queryAt === -1 ? [] : ticketsShown(new URLSearchParams(url.slice(queryAt)));
+      options.tickets
+        .burn(shown)
+        .catch(() => {})
+        .then(() => endSocketWith(socket, disguisedPathRefusal(req, options.deps), siteHeaders))
+        .catch(() => socket.destroy());
       return;
     }
     if (proxyPath === null) {
@@ -119,7 +126,7 @@ async function serveUpgrade(
   query.delete('ticket');
   // A ticket under a name a lenient server reads as `ticket` (`Ticket`, `ticket[]`): never redeemed (the policy
   // step refuses the upgrade for it, as it refuses one on a plain call), but used up with the refusal.
-  const lookalikes = [...query].filter(([name]) => queryParamKey(name) === 'ticket').map(([, value]) => value);
+  const lookalikes = ticketsShown(query);
   const rest = query.toString();
   // A ticket shown with an upgrade that is refused is used up all the same (README "WebSockets"); `unredeemed`:
   // the exact `ticket`s too (they were not shown to the session step, which uses them up itself).
@@ -458,6 +465,11 @@ function secretPartlyIn(text: string, secrets: readonly string[]): number {
     if (found) return found.index;
   }
   return -1;
+}
+
+/** The values a query shows under `ticket` or a name a lenient server reads as it (`Ticket`, `ticket[]`, `tick%2565t`). */
+function ticketsShown(query: URLSearchParams): string[] {
+  return [...query].filter(([name]) => queryParamKey(name) === 'ticket').map(([, value]) => value);
 }
 
 function toBuffer(data: RawData): Buffer {

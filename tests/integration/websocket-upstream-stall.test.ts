@@ -1,10 +1,11 @@
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
-import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { defineUpstream } from '../../lib/core/config/load';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
+import type { Session } from '../../lib/core/session/session';
 import { OpenSockets } from '../../lib/core/ws/sockets';
 import { WsTickets } from '../../lib/core/ws/tickets';
 import { createUpgradeListener } from '../../lib/node/websocket';
@@ -15,7 +16,8 @@ import { sessionCookie } from '../fixtures/session';
 
 /**
  * The fast lane's upgrade listener on a real node:http server, against an upstream that answers its 101 a byte at
- * a time and never finishes (a stalled or broken upstream, a middlebox).
+ * a time and never finishes (a stalled or broken upstream, a middlebox); and tickets shown on a path that is
+ * `/api/proxy/…` only once normalised.
  */
 const APP_ORIGIN = 'https://app.keyward.test';
 const TIMEOUT_MS = 300;
@@ -109,4 +111,33 @@ describe('a WebSocket upgrade whose upstream stalls its handshake', () => {
     });
     await expect.poll(() => upstreamSockets.size).toBe(0);
   });
+});
+
+describe('a ticket shown on a path that is /api/proxy/… only once normalised', () => {
+  // A bearer client's session, as the ticket endpoint is given it.
+  const expiresAt = Date.now() + 3_600_000;
+  const session: Session = { userId: 'local:bob', name: 'Bob', roles: ['user'], expiresAt, sessionId: 'sid-stall', authTime: 0, claims: {}, via: 'bearer' };
+  const target = { upstream: 'stalling', path: ['realtime'] };
+
+  it.each(['/%61pi/proxy/stalling/realtime', '/x/../api/proxy/stalling/realtime', '/api\\proxy/stalling/realtime'])(
+    'is refused 400 and used up all the same (%s)',
+    async (path) => {
+      const { ticket } = await tickets.issue(session, target);
+      const port = (keyward.address() as AddressInfo).port;
+      // Raw: a client library would normalise the path before sending it.
+      const answer = await new Promise<string>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        let text = '';
+        socket.on('data', (chunk) => (text += chunk.toString('latin1')));
+        socket.on('error', () => {});
+        socket.on('close', () => resolve(text));
+        socket.write(
+          `GET ${path}?ticket=${ticket} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+            'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+        );
+      });
+      expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 400 Bad Request');
+      expect(await tickets.redeem(ticket, target)).toBeNull();
+    },
+  );
 });
