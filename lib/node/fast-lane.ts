@@ -26,7 +26,7 @@ export interface FastLaneOptions {
    * its own (server.ts), this process is the one that counts the proxied calls.
    */
   readonly metrics?: MetricsRuntime;
-  /** Counts the proxied calls being served, so a shutdown can wait for them (and their records). */
+  /** Counts the proxied calls (and the requests handed to Next) being served, so a shutdown can wait for them. */
   readonly serving?: ServingCalls;
 }
 
@@ -54,6 +54,9 @@ export function createFastLane(options: FastLaneOptions): RequestListener {
       // route's handler (and its JSON errors) ever ran: anyone, signed in or not, could make 5xx errors so.
       writeResponse(errorResponse(new KeywardError('bad_path'), crypto.randomUUID()), res, siteHeaders).catch((error: unknown) => failed(error, res));
     } else {
+      // Counted as a proxied call is, so a stop lets what Next is serving (a sign-in, a page) end too before it
+      // cuts the connections: `next start` lets its open responses end.
+      options.serving?.track(new Promise<void>((resolve) => res.once('close', resolve)));
       try {
         next(req, res);
       } catch (error) {

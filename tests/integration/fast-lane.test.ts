@@ -966,6 +966,32 @@ describe('Next runs in a process of its own', () => {
     }
   });
 
+  it('a stop lets a request Next is serving end too (a sign-in whose body is still arriving), as `next start` does', async () => {
+    const stopping = await startFastLane({ ...env, KEYWARD_STORE_PATH: join(mkdtempSync(join(tmpdir(), 'keyward-fastlane-drain-next-')), 'keyward.db') });
+    try {
+      const socket = connect(stopping.port, '127.0.0.1');
+      await once(socket, 'connect');
+      let text = '';
+      socket.on('data', (chunk: Buffer) => (text += chunk.toString('utf8')));
+      socket.on('error', () => {});
+      const closed = once(socket, 'close');
+      const body = `username=alice&password=${'x'.repeat(64)}`;
+      socket.write(
+        `POST /api/auth/callback/credentials HTTP/1.1\r\nHost: ${new URL(stopping.url).host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`,
+      );
+      // Next has the request (its head and the start of its body) when the stop comes; the rest follows it.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const stop = stopping.stop();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      socket.write(body.slice(10));
+      await closed;
+      await stop;
+      expect(text).toMatch(/^HTTP\/1\.1 [2-5]\d\d /);
+    } finally {
+      await stopping.stop();
+    }
+  });
+
   it("exports spans over OTLP/HTTP from both processes, the last ones too: stopping sends the batch that is still waiting", async () => {
     const collector = await startOtlpCollector();
     try {
