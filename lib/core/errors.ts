@@ -43,6 +43,31 @@ export const ERROR_STATUS = {
 
 export type KeywardErrorCode = keyof typeof ERROR_STATUS;
 
+/**
+ * The 5xx codes that name the upstream's failure: it could not be reached, did not answer in time, or answered what
+ * Keyward does not pass on (a redirect, a malformed head, a refused WebSocket handshake). Every other 5xx is
+ * Keyward's own: its store, a credential it cannot use (no usable key version, an OAuth refresh that fails), an
+ * internal error, a server stopping.
+ */
+const UPSTREAM_FAILURES: ReadonlySet<KeywardErrorCode> = new Set<KeywardErrorCode>([
+  'upstream_unreachable',
+  'upstream_redirect',
+  'upstream_bad_response',
+  'upstream_timeout',
+]);
+
+/** How a call Keyward answered with its own error is recorded (README "Audit trail"). */
+export type FailureOutcome = 'refused' | 'upstream_error' | 'unavailable';
+
+/**
+ * `refused` for a 4xx; `upstream_error` when the upstream failed; `unavailable` when Keyward itself could not serve
+ * the call, so that an operator chasing an outage in the audit trail, metrics or traces looks at the right party.
+ */
+export function failureOutcome(error: KeywardError): FailureOutcome {
+  if (error.status < 500) return 'refused';
+  return UPSTREAM_FAILURES.has(error.code) ? 'upstream_error' : 'unavailable';
+}
+
 const DEFAULT_MESSAGE: Record<KeywardErrorCode, string> = {
   bad_request: 'The request is not valid for this route.',
   bad_path: 'The request path contains a segment that is not allowed.',

@@ -5,7 +5,7 @@ import type { OriginPolicy } from './origin/public-origin';
 import { injectCredential } from './credential/inject';
 import { signRequest } from './credential/sign';
 import type { CredentialSources } from './credential/resolve';
-import { KeywardError, errorResponse, toKeywardError } from './errors';
+import { KeywardError, errorResponse, failureOutcome, toKeywardError, type FailureOutcome } from './errors';
 import { BODYLESS_METHODS, capRequestBody, clientClosed, isClientClosed, type CappedBody } from './forward/body';
 import { QUEUE_TIMEOUT } from './forward/queue-deadline';
 import { clientIp } from './client/ip';
@@ -102,7 +102,7 @@ export interface ProxyEvent {
   readonly bytesIn: number;
   readonly bytesOut: number;
   readonly durationMs: number;
-  readonly outcome: 'refused' | 'upstream_error' | StreamOutcome;
+  readonly outcome: FailureOutcome | StreamOutcome;
   readonly errorCode: string | null;
   readonly clientIp: string | null;
   /** Budget units charged for this call (the reported usage, or the reservation); 0 without budgets. */
@@ -1018,7 +1018,7 @@ export function refuse(call: Call, error: unknown, clientGone = false): Response
     call.deps.logger.error({ err: scrubError(keywardError.cause, call.credential?.secrets ?? []), requestId: call.requestId }, 'proxy failed');
   }
   const errorCode = keywardError.recordedAs === 'decoy_presented' ? 'decoy_presented' : keywardError.code;
-  record(call, keywardError.status, keywardError.status >= 500 ? 'upstream_error' : 'refused', 0, errorCode);
+  record(call, keywardError.status, failureOutcome(keywardError), 0, errorCode);
   return errorResponse(keywardError, call.requestId);
 }
 

@@ -103,6 +103,7 @@ const keys = {
   echo: randomSecret('echo'),
   slow: randomSecret('slow'),
   down: randomSecret('down'),
+  gone: randomSecret('gone'),
   rot: randomSecret('rot'),
   own: randomSecret('own'),
   added: randomSecret('added'),
@@ -160,6 +161,7 @@ beforeAll(async () => {
     ECHO_KEY: keys.echo,
     SLOW_KEY: keys.slow,
     DOWN_KEY: keys.down,
+    GONE_KEY: keys.gone,
     ROT_KEY: keys.rot,
   });
   const base = `${upstream.origin}/v1/`;
@@ -194,6 +196,12 @@ beforeAll(async () => {
       defineUpstream('down', {
         baseUrl: `${downOrigin}/v1/`,
         auth: header('DOWN_KEY'),
+        routes: [{ method: 'GET', path: '/items/:id' }],
+      }),
+      // Its only key version is revoked in a test: Keyward then has no credential to send (its own 503).
+      defineUpstream('gone', {
+        baseUrl: base,
+        auth: header('GONE_KEY'),
         routes: [{ method: 'GET', path: '/items/:id' }],
       }),
       defineUpstream('rot', {
@@ -475,6 +483,27 @@ describe('call records: one per proxied call, with the documented fields', () =>
       errorCode: 'upstream_timeout',
       keyFingerprint: fp(keys.slow),
     });
+  });
+
+  it("Keyward's own 503 (no usable key version) is recorded as unavailable, not as the upstream's error", async () => {
+    await runtime.keyRings.revoke(fp(keys.gone));
+    const sent = upstream.requests.length;
+    const gone = await proxy(['items', '7'], { upstream: 'gone' });
+    await expectError(gone.clone(), 503, 'credential_unavailable');
+    expect(upstream.requests.length).toBe(sent);
+    const record = await oneCall(gone);
+    expect(record).toMatchObject({
+      upstream: 'gone',
+      route: '/items/:id',
+      status: 503,
+      outcome: 'unavailable',
+      errorCode: 'credential_unavailable',
+      userId: ALICE,
+      bytesOut: 0,
+    });
+    // The admin API's outcome filter finds it, and only such calls.
+    const page = await jsonOf<{ records: AuditRecord[] }>(await admin.audit('?outcome=unavailable'));
+    expect(page.records.map((r) => (r.type === 'call' ? r.requestId : r.type))).toEqual([record.requestId]);
   });
 
   it('a client that goes away mid-stream: one record, outcome aborted, with the bytes it got; the upstream call is closed', async () => {
@@ -891,7 +920,7 @@ describe('admin keys API', () => {
     const body = JSON.parse(text) as {
       upstreams: Array<{ upstream: string; versions: Array<Record<string, unknown>>; rotations: unknown[] }>;
     };
-    expect(body.upstreams.map((u) => u.upstream).sort()).toEqual(['down', 'echo', 'rot', 'slow']);
+    expect(body.upstreams.map((u) => u.upstream).sort()).toEqual(['down', 'echo', 'gone', 'rot', 'slow']);
     const rot = body.upstreams.find((u) => u.upstream === 'rot')!;
     expect(rot.versions.map((v) => v.fingerprint)).toEqual(
       expect.arrayContaining([fp(keys.rot), fp(keys.added), fp(keys.rotated), fp(keys.refused), fp(keys.skipped)]),

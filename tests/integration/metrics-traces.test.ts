@@ -6,12 +6,14 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type Re
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { handleMetrics } from '../../lib/core/api/metrics';
 import { defineUpstream } from '../../lib/core/config/load';
+import { keyFingerprints } from '../../lib/core/keys/fingerprint';
 import { createLogger } from '../../lib/core/log/logger';
 import { ProxyMetrics } from '../../lib/core/observe/metrics';
 import { handleProxy, type ProxyEvent } from '../../lib/core/pipeline';
 import { openai } from '../../lib/core/presets';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { createFastLane } from '../../lib/node/fast-lane';
+import { freePort } from '../fixtures/app-server';
 import { leakForms } from '../fixtures/leak-forms';
 import { rawRequest } from '../fixtures/raw-http';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
@@ -25,7 +27,7 @@ import { startUpstream, type TestUpstream } from '../fixtures/upstream';
  * span attribute carries a secret, a query or a raw path.
  */
 const APP_ORIGIN = 'https://app.keyward.test';
-const keys = { echo: randomSecret('hdr'), openai: randomSecret('oai') };
+const keys = { echo: randomSecret('hdr'), openai: randomSecret('oai'), gone: randomSecret('gone'), down: randomSecret('down') };
 const metricsToken = randomSecret('metrics-token-'.padEnd(24, 'x'));
 const sessionSecrets = testSessionSecrets();
 const secrets = [...Object.values(keys), ...Object.values(sessionSecrets), metricsToken];
@@ -44,12 +46,15 @@ const events: ProxyEvent[] = [];
 beforeAll(async () => {
   trace.setGlobalTracerProvider(provider);
   upstream = await startUpstream();
+  const downOrigin = `http://127.0.0.1:${await freePort()}`;
   metrics = new ProxyMetrics();
   runtime = createRuntime({
     env: {
       ...sessionSecrets,
       ECHO_KEY: keys.echo,
       OPENAI_API_KEY: keys.openai,
+      GONE_KEY: keys.gone,
+      DOWN_KEY: keys.down,
       KEYWARD_ALLOWED_ORIGINS: APP_ORIGIN,
       KEYWARD_STORE: 'memory',
       KEYWARD_METRICS_TOKEN: metricsToken,
@@ -64,6 +69,18 @@ beforeAll(async () => {
         ],
       }),
       openai({ baseUrl: `${upstream.origin}/openai/v1/`, models: ['gpt-test'], maxOutputTokens: 500 }),
+      // Its only key version gets revoked (below): Keyward has no credential to send, its own 503.
+      defineUpstream('gone', {
+        baseUrl: `${upstream.origin}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'GONE_KEY' } },
+        routes: [{ method: 'GET', path: '/items/:id' }],
+      }),
+      // Nothing listens there: the upstream's failure, 502.
+      defineUpstream('down', {
+        baseUrl: `${downOrigin}/v1/`,
+        auth: { type: 'header', name: 'x-api-key', secret: { env: 'DOWN_KEY' } },
+        routes: [{ method: 'GET', path: '/items/:id' }],
+      }),
     ],
     metrics,
     logger: createLogger({ level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) }),
@@ -171,6 +188,36 @@ describe('GET /api/metrics', () => {
     expect(after).toContain('keyward_store_errors_total 0');
     expectNoSecretOrQuery(after);
   });
+  it("tells Keyward's own unavailability (outcome unavailable) from the upstream's failure (outcome upstream_error)", async () => {
+    await runtime.keyRings.revoke(keyFingerprints(sessionSecrets.KEYWARD_SESSION_SECRET).of(keys.gone));
+    const before = await (await scrape(`Bearer ${metricsToken}`)).text();
+    const sent = upstream.requests.length;
+    const calls = (labels: Record<string, string>, text: string) => sample(text, 'keyward_proxy_calls_total', labels) - sample(before, 'keyward_proxy_calls_total', labels);
+    const gone = await call('gone', '/items/1');
+    expect(gone.status).toBe(503);
+    expect(JSON.parse(gone.text)).toMatchObject({ error: { code: 'credential_unavailable' } });
+    const down = await call('down', '/items/1');
+    expect(down.status).toBe(502);
+    expect(JSON.parse(down.text)).toMatchObject({ error: { code: 'upstream_unreachable' } });
+    expect(upstream.requests).toHaveLength(sent); // the revoked key was sent nowhere
+
+    const after = await (await scrape(`Bearer ${metricsToken}`)).text();
+    const of = (id: string, outcome: string) => ({ upstream: id, route: '/items/:id', method: 'GET', status_class: '5xx', outcome });
+    expect(calls(of('gone', 'unavailable'), after)).toBe(1);
+    expect(calls(of('gone', 'upstream_error'), after)).toBe(0);
+    expect(calls(of('down', 'upstream_error'), after)).toBe(1);
+    expect(calls(of('down', 'unavailable'), after)).toBe(0);
+    expect(events.slice(-2).map(({ upstream: id, status, outcome, errorCode }) => ({ id, status, outcome, errorCode }))).toEqual([
+      { id: 'gone', status: 503, outcome: 'unavailable', errorCode: 'credential_unavailable' },
+      { id: 'down', status: 502, outcome: 'upstream_error', errorCode: 'upstream_unreachable' },
+    ]);
+    const spans = exporter.getFinishedSpans().map((span) => [span.attributes['keyward.upstream'], span.attributes['keyward.outcome']]);
+    expect(spans).toEqual([
+      ['gone', 'unavailable'],
+      ['down', 'upstream_error'],
+    ]);
+  });
+
   it('the fast lane answers it in absolute form too (`GET http://host/api/metrics`), with the calls it served', async () => {
     // As server.ts assembles it, Next's place taken by a stand-in: a scrape handed to Next would be answered by
     // Next's process, which neither serves nor counts the proxied calls.

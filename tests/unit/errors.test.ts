@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ERROR_STATUS, KeywardError, errorResponse, toKeywardError, type KeywardErrorCode } from '../../lib/core/errors';
+import { ERROR_STATUS, KeywardError, errorResponse, failureOutcome, toKeywardError, type KeywardErrorCode } from '../../lib/core/errors';
 import { randomSecret } from '../fixtures/secrets';
 
 const CODES = Object.keys(ERROR_STATUS) as KeywardErrorCode[];
@@ -38,6 +38,24 @@ describe('error codes', () => {
     expect(error.status).toBe(status);
     expect(error.code).toBe(code);
     expect(error.message.length).toBeGreaterThan(0);
+  });
+});
+
+describe('failureOutcome: whose failure a call answered with an error was', () => {
+  /** The upstream's: unreachable, too slow, or an answer Keyward does not pass on. Every other 5xx is Keyward's own. */
+  const UPSTREAM: KeywardErrorCode[] = ['upstream_unreachable', 'upstream_redirect', 'upstream_bad_response', 'upstream_timeout'];
+
+  it.each(CODES)('%s', (code) => {
+    const expected = ERROR_STATUS[code] < 500 ? 'refused' : UPSTREAM.includes(code) ? 'upstream_error' : 'unavailable';
+    expect(failureOutcome(new KeywardError(code))).toBe(expected);
+  });
+
+  it("records Keyward's store, credential and internal failures as unavailable, not as the upstream's", () => {
+    for (const code of ['store_unavailable', 'credential_unavailable', 'internal_error', 'service_unavailable'] as const) {
+      expect(failureOutcome(new KeywardError(code))).toBe('unavailable');
+    }
+    expect(failureOutcome(toKeywardError(new Error('unexpected')))).toBe('unavailable');
+    expect(failureOutcome(new KeywardError('upstream_not_found'))).toBe('refused');
   });
 });
 

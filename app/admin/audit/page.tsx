@@ -15,7 +15,7 @@ type SearchParams = Promise<Record<string, string | string[] | undefined>>;
 
 /** Suggestions for the text filters (any value the API accepts may be typed). */
 const ACTIONS = ADMIN_ACTIONS;
-const OUTCOMES = ['complete', 'aborted', 'error', 'refused', 'upstream_error', 'switched', 'canary_failed', 'rolled_back', 'revoked'];
+const OUTCOMES = ['complete', 'aborted', 'error', 'refused', 'upstream_error', 'unavailable', 'switched', 'canary_failed', 'rolled_back', 'revoked'];
 
 /** /admin/audit: the audit trail, filtered (a GET form: the URL is the view), paged newest first, exported as JSON Lines. */
 export default async function AdminAudit({ searchParams }: { searchParams: SearchParams }) {
@@ -207,7 +207,7 @@ function RecordRow({ record }: { record: AuditRecord }) {
   );
 }
 
-const OUTCOME_BADGE: Record<string, string> = { complete: 'badge ok', aborted: 'badge warn', refused: 'badge warn', error: 'badge danger', upstream_error: 'badge danger' };
+const OUTCOME_BADGE: Record<string, string> = { complete: 'badge ok', aborted: 'badge warn', refused: 'badge warn', error: 'badge danger', upstream_error: 'badge danger', unavailable: 'badge danger' };
 
 function CallCells({ record }: { record: Extract<AuditRecord, { type: 'call' }> }) {
   return (

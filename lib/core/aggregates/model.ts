@@ -132,9 +132,12 @@ export function statusClass(event: Pick<ProxyEvent, 'status' | 'outcome'>): Stat
   return hundreds >= 1 && hundreds <= 5 ? (`${hundreds}xx` as StatusClass) : '5xx';
 }
 
-/** An error is a call that failed on the way: Keyward or the upstream answered 5xx, or the stream broke. */
+/**
+ * An error is a call that failed on the way: Keyward (outcome `unavailable`) or the upstream (`upstream_error`, or
+ * its own 5xx passed on) answered 5xx, or the stream broke.
+ */
 export function isError(event: Pick<ProxyEvent, 'status' | 'outcome'>): boolean {
-  return event.status >= 500 || event.outcome === 'error' || event.outcome === 'upstream_error';
+  return event.status >= 500 || event.outcome === 'error' || event.outcome === 'upstream_error' || event.outcome === 'unavailable';
 }
 
 /** The index of the latency bucket for a duration (the last one: slower than every bound). */

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { ProxyEvent } from '../pipeline';
 import { UsageCollector } from '../aggregates/collector';
 import { DEFAULT_RETENTION, capped, type UsageRetention } from '../aggregates/model';
+import type { FailureOutcome } from '../errors';
 import { guard } from '../store/guard';
 import type { HashIncrement, LogEntry, Store } from '../../store/types';
 
@@ -126,6 +127,11 @@ export const REFUSED_RECORDS_PER_MINUTE = 600;
 /** Users (and "no session") whose refusals this instance counts at once; past this the counts start over. */
 const REFUSED_SUBJECTS_MAX = 10_000;
 
+/** The outcomes of a call Keyward answered with its own error, every one (lib/core/errors.ts `failureOutcome`). */
+const ANSWERED_BY_KEYWARD: ReadonlySet<string> = new Set(
+  Object.keys({ refused: true, upstream_error: true, unavailable: true } satisfies Record<FailureOutcome, true>),
+);
+
 /**
  * Whether Keyward answered this call itself with an error and charged nothing for it: the calls the trail records
  * only up to REFUSED_RECORDS_PER_MINUTE. Not a call the upstream answered, even if it ended with an error code (a
@@ -133,7 +139,7 @@ const REFUSED_SUBJECTS_MAX = 10_000;
  * out): a flood of free refusals must not hide those.
  */
 function answeredByKeyward(event: ProxyEvent): boolean {
-  return event.errorCode !== null && (event.outcome === 'refused' || event.outcome === 'upstream_error') && event.units === 0;
+  return event.errorCode !== null && ANSWERED_BY_KEYWARD.has(event.outcome) && event.units === 0;
 }
 
 /** A log id as the stores make them, the audit trail's cursor (SQLite and memory: digits; Redis streams: `<ms>-<seq>`). */

@@ -66,6 +66,7 @@ describe('buckets', () => {
     expect(statusClass({ status: 304, outcome: 'complete' })).toBe('3xx');
     expect(statusClass({ status: 404, outcome: 'complete' })).toBe('4xx');
     expect(statusClass({ status: 502, outcome: 'upstream_error' })).toBe('5xx');
+    expect(statusClass({ status: 503, outcome: 'unavailable' })).toBe('5xx');
     expect(statusClass({ status: 429, outcome: 'refused' })).toBe('refused');
   });
 
@@ -75,6 +76,8 @@ describe('buckets', () => {
     expect(counters({ status: 404 })[1]).toBe(0);
     expect(counters({ status: 503, outcome: 'refused' })[1]).toBe(1);
     expect(counters({ outcome: 'error' })[1]).toBe(1);
+    expect(counters({ status: 503, outcome: 'unavailable' })[1]).toBe(1);
+    expect(counters({ status: 502, outcome: 'upstream_error' })[1]).toBe(1);
     expect(counters({ outcome: 'aborted' })[1]).toBe(0);
     expect(counters({ units: 2.2, bytesIn: Number.NaN })[4]).toBe(3);
     expect(counters({ units: 2.2, bytesIn: Number.NaN })[2]).toBe(0);

@@ -96,7 +96,7 @@ describe('calls Keyward answered with an error, in the audit trail', () => {
     const { audit, calls, log } = setup();
     const broken = event({
       status: 503,
-      outcome: 'upstream_error',
+      outcome: 'unavailable',
       errorCode: 'credential_unavailable',
       keyFingerprint: null,
       units: 0,

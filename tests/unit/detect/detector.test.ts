@@ -706,6 +706,7 @@ describe('anomaly detector', () => {
       { status: 429, outcome: 'complete' }, // the upstream's own 429
       { status: 503, outcome: 'complete' }, // an outage
       { status: 504, outcome: 'upstream_error', errorCode: 'upstream_timeout' },
+      { status: 503, outcome: 'unavailable', errorCode: 'store_unavailable', units: 0 }, // Keyward's own outage (nothing sent)
       { status: 403, outcome: 'refused', errorCode: 'csrf_failed' }, // sent by another site
       // A decoy (answered 401): as content an attacker can put it into an honest user's calls; it has its own rule.
       { status: 401, outcome: 'refused', errorCode: 'decoy_presented' },

@@ -54,7 +54,7 @@ describe('ProxyMetrics', () => {
     for (const code of ['rate_limited', 'rate_limited', 'quota_exceeded', 'budget_exceeded']) {
       metrics.observe(event({ status: 429, outcome: 'refused', errorCode: code }), true);
     }
-    metrics.observe(event({ status: 503, outcome: 'upstream_error', errorCode: 'store_unavailable' }), true);
+    metrics.observe(event({ status: 503, outcome: 'unavailable', errorCode: 'store_unavailable' }), true);
     metrics.countStoreError();
     metrics.observe(event({ units: 120 }), true, 2);
     metrics.observe(event({ units: 30 }), true, 0);
