@@ -2,6 +2,8 @@
 
 import Link from 'next/link';
 import { useCallback, useEffect, useState } from 'react';
+import { OwnKeyRow } from './components/own-keys';
+import { SignOutButton } from './components/sign-out-button';
 
 interface SessionInfo {
   user: { id: string; name: string | null };
@@ -27,72 +29,21 @@ const CSRF = { 'x-keyward-csrf': '1' };
 const PLANTED_DECOY = process.env.NEXT_PUBLIC_KEYWARD_DECOY;
 if (PLANTED_DECOY && typeof window !== 'undefined') Object.assign(window, { __demoConfig: { openaiApiKey: PLANTED_DECOY } });
 
-interface KeyInfo {
-  fingerprint: string;
-  last4: string;
-  createdAt: string;
-  lastUsedAt: string | null;
-}
-
 export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
   const [session, setSession] = useState<SessionInfo | null | undefined>(undefined);
   const [received, setReceived] = useState<Received | null>(null);
   const [events, setEvents] = useState<string[]>([]);
   const [busy, setBusy] = useState(false);
-  const [ownKey, setOwnKey] = useState<KeyInfo | null>(null);
-  const [keyDraft, setKeyDraft] = useState('');
-  const [keyMessage, setKeyMessage] = useState('');
-  const [signOutFailed, setSignOutFailed] = useState(false);
 
   const loadSession = useCallback(async () => {
     const response = await fetch('/api/session', { cache: 'no-store' });
     setSession(response.ok ? ((await response.json()) as SessionInfo) : null);
   }, []);
 
-  const loadOwnKey = useCallback(async () => {
-    try {
-      const response = await fetch('/api/keys/demo-own', { headers: CSRF, cache: 'no-store' });
-      setOwnKey(response.ok ? ((await response.json()) as KeyInfo) : null);
-    } catch {
-      setKeyMessage('Your key could not be read: Keyward could not be reached.');
-    }
-  }, []);
-
   useEffect(() => {
     // Reads the session once on mount; state is set after the fetch resolves.
     void loadSession(); // eslint-disable-line react-hooks/set-state-in-effect
   }, [loadSession]);
-
-  useEffect(() => {
-    if (session) void loadOwnKey(); // eslint-disable-line react-hooks/set-state-in-effect
-  }, [session, loadOwnKey]);
-
-  // As "Your keys" on the home page (app/components/own-keys.tsx): a failed request is said, a key not stored stays
-  // in its field for another try, and the stored state is read again (a request lost on the way back may have gone through).
-  async function saveOwnKey() {
-    try {
-      const response = await fetch('/api/keys/demo-own', {
-        method: 'PUT',
-        headers: { ...CSRF, 'content-type': 'application/json' },
-        body: JSON.stringify({ key: keyDraft }),
-      });
-      if (response.ok) setKeyDraft('');
-      setKeyMessage(response.ok ? 'Stored. Keyward will never show it again.' : `Refused (${response.status}).`);
-    } catch {
-      setKeyMessage('Your key was not stored: Keyward could not be reached. It is still in the field; try again.');
-    }
-    await loadOwnKey();
-  }
-
-  async function deleteOwnKey() {
-    try {
-      const response = await fetch('/api/keys/demo-own', { method: 'DELETE', headers: CSRF });
-      setKeyMessage(response.ok ? 'Deleted.' : `Not deleted (${response.status}).`);
-    } catch {
-      setKeyMessage('Your key was not deleted: Keyward could not be reached. Try again.');
-    }
-    await loadOwnKey();
-  }
 
   async function call(label: string, path: string, init: RequestInit = {}, upstream = 'demo') {
     setBusy(true);
@@ -126,22 +77,8 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
     }
   }
 
-  // As SignOutButton (app/components/sign-out-button.tsx): only the session endpoint's 401 says the session ended.
-  async function signOut() {
-    setSignOutFailed(false);
-    try {
-      const { csrfToken } = (await (await fetch('/api/auth/csrf')).json()) as { csrfToken: string };
-      await fetch('/api/auth/signout', {
-        method: 'POST',
-        headers: { 'content-type': 'application/x-www-form-urlencoded' },
-        body: new URLSearchParams({ csrfToken, callbackUrl: '/' }),
-      });
-      const response = await fetch('/api/session', { cache: 'no-store' });
-      if (response.status !== 401) throw new Error(`session: ${response.status}`);
-    } catch {
-      setSignOutFailed(true);
-      return;
-    }
+  // Signed out (SignOutButton saw /api/session answer 401): back to the signed-out view, with nothing of the session's calls left.
+  function signedOut() {
     setReceived(null);
     setEvents([]);
     setSession(null);
@@ -178,15 +115,8 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
           <p data-testid="signed-in" style={{ margin: 0 }}>
             Signed in as <strong>{session.user.name ?? session.user.id}</strong> (roles: {session.roles.join(', ') || 'none'}).
           </p>
-          <button onClick={signOut} data-testid="sign-out">
-            Sign out
-          </button>
+          <SignOutButton onSignedOut={signedOut} />
         </div>
-        {signOutFailed && (
-          <div className="alert error" role="alert" data-testid="sign-out-error">
-            Sign-out failed: you are still signed in. Check your connection and try again.
-          </div>
-        )}
         <div className="row">
           <button disabled={busy} onClick={() => call('GET /hello', 'hello')} data-testid="call-hello">
             GET /hello
@@ -224,33 +154,12 @@ export function Demo({ showDemoPassword }: { showDemoPassword: boolean }) {
           Upstream <code>demo-own</code> takes each user&apos;s own key. Store one (the demo upstream accepts any value starting with{' '}
           <code>demo-user-</code>): it is sealed on the server and never shown again, only its fingerprint.
         </p>
-        <div className="row">
-          <input
-            type="password"
-            autoComplete="off"
-            value={keyDraft}
-            onChange={(event) => setKeyDraft(event.target.value)}
-            placeholder="demo-user-…"
-            aria-label="Your key"
-            data-testid="own-key-input"
-            style={{ flex: 1, minWidth: '12rem' }}
-          />
-          <button className="primary" disabled={!keyDraft} onClick={saveOwnKey} data-testid="own-key-save">
-            Store my key
-          </button>
-          <button className="danger" disabled={!ownKey} onClick={deleteOwnKey} data-testid="own-key-delete">
-            Delete my key
-          </button>
+        <OwnKeyRow upstream="demo-own" />
+        <div className="row" style={{ marginTop: 12 }}>
           <button disabled={busy} onClick={() => call('GET /whoami with my key', 'whoami', {}, 'demo-own')} data-testid="call-own">
             GET /whoami with my key
           </button>
         </div>
-        <p data-testid="own-key-status" className="small" style={{ marginTop: 12 }}>
-          {ownKey
-            ? `Stored key …${ownKey.last4} (fingerprint ${ownKey.fingerprint}), added ${ownKey.createdAt}, last used ${ownKey.lastUsedAt ?? 'never'}.`
-            : 'No key stored.'}{' '}
-          {keyMessage}
-        </p>
       </section>
       {received && (
         <section className="card">

@@ -25,8 +25,9 @@ const UNREACHABLE = {
 /**
  * The caller's own key for one upstream: stored write-only (only fingerprint and last 4 come back), or deleted.
  * Store/Replace is offered only once the page knows whether a key is stored; a failed read says so, with a retry.
+ * Used by the home page (one per own-key upstream) and by the demo page (for `demo-own`).
  */
-function OwnKeyRow({ upstream }: { upstream: string }) {
+export function OwnKeyRow({ upstream }: { upstream: string }) {
   const [state, setState] = useState<KeyState>({ status: 'loading' });
   const [draft, setDraft] = useState('');
   const [message, setMessage] = useState<{ kind: 'ok' | 'error'; text: string } | null>(null);
@@ -115,19 +116,24 @@ function OwnKeyRow({ upstream }: { upstream: string }) {
             onChange={(event) => setDraft(event.target.value)}
             placeholder={state.status === 'stored' ? 'Replace with a new key' : 'Paste your key'}
             aria-label={`Your key for ${upstream}`}
+            data-testid="own-key-input"
             style={{ flex: 1, minWidth: '12rem' }}
           />
-          <button className="primary" disabled={!draft} onClick={save}>
+          <button className="primary" disabled={!draft} onClick={save} data-testid="own-key-save">
             {state.status === 'stored' ? 'Replace' : 'Store'}
           </button>
           {state.status === 'stored' && (
-            <button className="danger" onClick={remove}>
+            <button className="danger" onClick={remove} data-testid="own-key-delete">
               Delete
             </button>
           )}
         </div>
       )}
-      {message && <div className={`alert ${message.kind}`}>{message.text}</div>}
+      {message && (
+        <div className={`alert ${message.kind}`} data-testid="own-key-message">
+          {message.text}
+        </div>
+      )}
     </div>
   );
 }

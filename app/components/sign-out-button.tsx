@@ -9,8 +9,11 @@ import { useState } from 'react';
  */
 const NOT_SIGNED_OUT = 'Sign-out failed: you are still signed in. Check your connection and try again.';
 
-/** Signs out through Auth.js (which also revokes the session on the server), then renders the page again (signed out). */
-export function SignOutButton() {
+/**
+ * Signs out through Auth.js (which also revokes the session on the server), then renders the page again (signed
+ * out), or, given `onSignedOut`, calls it instead (the demo page, which holds the session in client state).
+ */
+export function SignOutButton({ onSignedOut }: { onSignedOut?: () => void } = {}) {
   const [busy, setBusy] = useState(false);
   const [failed, setFailed] = useState(false);
   const router = useRouter();
@@ -31,7 +34,8 @@ export function SignOutButton() {
       // 503 when the revocation could not be stored: only the session endpoint's 401 says the session is over.
       const session = await fetch('/api/session', { cache: 'no-store' });
       if (session.status !== 401) throw new Error(`session: ${session.status}`);
-      router.refresh();
+      if (onSignedOut) onSignedOut();
+      else router.refresh();
     } catch {
       setFailed(true);
       setBusy(false);

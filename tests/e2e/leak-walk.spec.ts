@@ -82,7 +82,7 @@ test('leak walk: every page and flow in one browser, no canary secret in anythin
   // The own-key flow: store, call with it, delete, call without it.
   await show('own-key-input').fill(ownKey);
   await show('own-key-save').click();
-  await expect(show('own-key-status')).toContainText('Stored. Keyward will never show it again.');
+  await expect(show('own-key-message')).toHaveText('Stored. Keyward will never show it again.');
   await expect(show('own-key-input')).toHaveValue('');
   await step('own key stored');
   await show('call-own').click();
@@ -90,7 +90,8 @@ test('leak walk: every page and flow in one browser, no canary secret in anythin
   expect(JSON.parse((await show('body').textContent()) ?? '')).toMatchObject({ key: 'yours' });
   await step('call-own with my key');
   await show('own-key-delete').click();
-  await expect(show('own-key-status')).toContainText('No key stored. Deleted.');
+  await expect(show('own-key-message')).toHaveText('Deleted.');
+  await expect(show('own-key-demo-own').getByText('no key', { exact: true })).toBeVisible();
   await show('call-own').click();
   await expect(show('status')).toHaveText('403');
   await step('own key deleted, call-own refused');

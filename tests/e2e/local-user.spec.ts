@@ -77,7 +77,7 @@ test('demo page: a sign-out or an own-key store that fails on the network is sai
   const draft = 'demo-user-network-test-1234';
   await page.getByTestId('own-key-input').fill(draft);
   await page.getByTestId('own-key-save').click();
-  await expect(page.getByTestId('own-key-status')).toContainText('Your key was not stored: Keyward could not be reached.');
+  await expect(page.getByTestId('own-key-message')).toContainText('Your key was not stored: Keyward could not be reached.');
   await expect(page.getByTestId('own-key-input')).toHaveValue(draft);
   await page.unroute('**/api/keys/demo-own');
 

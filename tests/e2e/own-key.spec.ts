@@ -33,15 +33,18 @@ test('own key: stored write-only, shown only as last 4 + fingerprint, used for m
   const upstreamFingerprint = createHash('sha256').update(userKey, 'utf8').digest('hex').slice(0, 12);
   const last4 = userKey.slice(-4);
   const requests = recordRequests(page.context());
-  const status = page.getByTestId('own-key-status');
-  const input = page.getByTestId('own-key-input');
+  const row = page.getByTestId('own-key-demo-own');
+  const keyInfo = row.getByTestId('own-key-info');
+  const message = row.getByTestId('own-key-message');
+  const noKey = row.getByText('no key', { exact: true });
+  const input = row.getByTestId('own-key-input');
 
   // Signed in, the page asks for the stored key: there is none.
   const firstRead = page.waitForResponse(isKeysCall('GET'));
   await signInLocal(page, env.localUser.username, env.localUser.password);
   expect((await firstRead).status()).toBe(403); // credential_missing (bodies are checked from the recording below)
-  await expect(status).toHaveText(/^No key stored\.\s*$/);
-  await expect(page.getByTestId('own-key-delete')).toBeDisabled();
+  await expect(noKey).toBeVisible();
+  await expect(row.getByTestId('own-key-delete')).toHaveCount(0); // nothing to delete: not offered
 
   // Store it through the password input.
   await expect(input).toHaveAttribute('type', 'password');
@@ -49,12 +52,13 @@ test('own key: stored write-only, shown only as last 4 + fingerprint, used for m
   const put = await clickFor(page, 'own-key-save', isKeysCall('PUT'));
   expect(put.status()).toBe(201);
   await expect(input).toHaveValue(''); // the draft is gone from the page
-  // The status shows exactly the last 4 characters and the fingerprint, nothing else of the key.
-  const iso = String.raw`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z`;
-  const storedStatus = (lastUsed: string) =>
-    new RegExp(`^Stored key …${escapeRegExp(last4)} \\(fingerprint ${fingerprint}\\), added ${iso}, last used ${lastUsed}\\.`);
-  await expect(status).toHaveText(new RegExp(`${storedStatus('never').source} Stored\\. Keyward will never show it again\\.$`));
-  expect(await status.textContent()).not.toContain(userKey.slice(0, -4));
+  // The row shows exactly the last 4 characters and the fingerprint, nothing else of the key.
+  const time = String.raw`\d{4}-\d\d-\d\d \d\d:\d\d UTC`;
+  const storedInfo = (lastUsed: string) =>
+    new RegExp(`^Ends in …${escapeRegExp(last4)} · fingerprint ${fingerprint} · added ${time} · last used ${lastUsed}$`);
+  await expect(keyInfo).toHaveText(storedInfo('never'));
+  await expect(message).toHaveText('Stored. Keyward will never show it again.');
+  expect(await row.textContent()).not.toContain(userKey.slice(0, -4));
   await traffic.snapshot(page, 'key stored');
 
   // The upstream sees my key (and only Keyward attached it): its fingerprint of what it received is my key's.
@@ -69,7 +73,7 @@ test('own key: stored write-only, shown only as last 4 + fingerprint, used for m
   const reread = page.waitForResponse(isKeysCall('GET'));
   await page.reload();
   expect((await reread).status()).toBe(200);
-  await expect(status).toHaveText(new RegExp(`${storedStatus(`(never|${iso})`).source}\\s*$`));
+  await expect(keyInfo).toHaveText(storedInfo(`(never|${time})`));
   const described = await browserFetch(page, KEYS_PATH, { 'x-keyward-csrf': '1' });
   expect(described.status).toBe(200);
   const info = JSON.parse(described.body) as Record<string, unknown>;
@@ -79,10 +83,11 @@ test('own key: stored write-only, shown only as last 4 + fingerprint, used for m
   expect(described.body).not.toContain(userKey);
   await traffic.snapshot(page, 'after reload');
 
-  // Delete it: the status says so, and the call is refused for lack of a key.
+  // Delete it: the row says so, and the call is refused for lack of a key.
   const deleted = await clickFor(page, 'own-key-delete', isKeysCall('DELETE'));
   expect(deleted.status()).toBe(204);
-  await expect(status).toHaveText(/^No key stored\. Deleted\.$/);
+  await expect(noKey).toBeVisible();
+  await expect(message).toHaveText('Deleted.');
   const refused = await clickFor(page, 'call-own', (r) => new URL(r.url()).pathname === '/api/proxy/demo-own/whoami');
   expect(refused.status()).toBe(403);
   await expect(page.getByTestId('status')).toHaveText('403');
