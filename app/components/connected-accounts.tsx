@@ -166,14 +166,14 @@ function ConnectionRow(props: {
                 ·{' '}
               </>
             )}
-            connected {utc(Date.parse(connection.connectedAt))}
-            {connection.lastRefreshAt && <> · renewed {utc(Date.parse(connection.lastRefreshAt))}</>}
+            connected {utc(connection.connectedAt)}
+            {connection.lastRefreshAt && <> · renewed {utc(connection.lastRefreshAt)}</>}
           </p>
         )}
         {connection?.status === 'needs_reconnect' && (
           <p className="small text-danger" data-testid="reconnect-hint">
             {provider.name} stopped accepting the app&apos;s access
-            {connection.needsReconnectSince ? ` on ${utc(Date.parse(connection.needsReconnectSince))}` : ''}. Reconnect to
+            {connection.needsReconnectSince ? ` on ${utc(connection.needsReconnectSince)}` : ''}. Reconnect to
             keep using it.
           </p>
         )}

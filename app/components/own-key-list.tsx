@@ -45,8 +45,8 @@ export function OwnKeyTable({ keys, testIdPrefix }: { keys: readonly OwnKeyEntry
             <td>
               {key ? (
                 <span className="small">
-                  {key.last4 !== undefined && <>Ends in …{key.last4} · </>}fingerprint <code>{key.fingerprint}</code> · added {utc(Date.parse(key.createdAt))} · last used{' '}
-                  {key.lastUsedAt ? utc(Date.parse(key.lastUsedAt)) : 'never'}
+                  {key.last4 !== undefined && <>Ends in …{key.last4} · </>}fingerprint <code>{key.fingerprint}</code> · added {utc(key.createdAt)} · last used{' '}
+                  {key.lastUsedAt ? utc(key.lastUsedAt) : 'never'}
                 </span>
               ) : (
                 <span className="badge neutral">no key</span>

@@ -103,8 +103,8 @@ export function OwnKeyRow({ upstream }: { upstream: string }) {
       )}
       {state.status === 'stored' && (
         <p className="small muted" data-testid="own-key-info">
-          Ends in …{state.info.last4} · fingerprint <code>{state.info.fingerprint}</code> · added {utc(Date.parse(state.info.createdAt))} · last used{' '}
-          {state.info.lastUsedAt ? utc(Date.parse(state.info.lastUsedAt)) : 'never'}
+          Ends in …{state.info.last4} · fingerprint <code>{state.info.fingerprint}</code> · added {utc(state.info.createdAt)} · last used{' '}
+          {state.info.lastUsedAt ? utc(state.info.lastUsedAt) : 'never'}
         </p>
       )}
       {(state.status === 'stored' || state.status === 'none') && (

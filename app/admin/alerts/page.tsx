@@ -135,7 +135,7 @@ function AlertRow({ alert, now, viewer }: { alert: Alert; now: number; viewer: s
   return (
     <tr data-testid={`alert-${alert.id}`} data-action={alert.action} data-rule={alert.rule} data-state={alert.state}>
       <td data-label="Time" data-testid="alert-time">
-        <TwoLineTime at={utc(Date.parse(alert.at), { seconds: true })} />
+        <TwoLineTime at={utc(alert.at, { seconds: true })} />
       </td>
       <td className="nowrap" data-label="Step">
         <span className={badge.className} data-testid="alert-action">

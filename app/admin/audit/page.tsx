@@ -196,7 +196,7 @@ function RecordRow({ record }: { record: AuditRecord }) {
   return (
     <tr data-testid="audit-record" data-record-type={record.type}>
       <td className="small nowrap" data-label="Time">
-        <span data-testid="audit-time">{utc(Date.parse(record.at), { seconds: true })}</span>
+        <span data-testid="audit-time">{utc(record.at, { seconds: true })}</span>
         <div>
           <span className={record.type === 'admin' ? 'badge' : 'badge neutral'}>{record.type}</span>
         </div>

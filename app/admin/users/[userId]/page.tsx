@@ -166,9 +166,9 @@ function UserBody({ user, now }: { user: UserDetail; now: number }) {
                         ))}
                       </td>
                       <td className="small muted">
-                        connected {utc(Date.parse(connection.connectedAt))}
-                        {connection.lastRefreshAt && <> · refreshed {utc(Date.parse(connection.lastRefreshAt))}</>}
-                        {connection.needsReconnectSince && <> · refused since {utc(Date.parse(connection.needsReconnectSince))}</>}
+                        connected {utc(connection.connectedAt)}
+                        {connection.lastRefreshAt && <> · refreshed {utc(connection.lastRefreshAt)}</>}
+                        {connection.needsReconnectSince && <> · refused since {utc(connection.needsReconnectSince)}</>}
                       </td>
                     </tr>
                   ))}
