@@ -932,6 +932,7 @@ function respond(
   guardActiveContent(outHeaders);
   outHeaders.set('x-request-id', requestId);
   for (const [name, value] of grant?.headers ?? []) outHeaders.set(name, value);
+  // Read once, lowercased, for every use below: the nginx header, the event-stream framing, and the usage readers.
   const contentType = (firstHeader(response.headers['content-type']) ?? '').toLowerCase();
   // nginx buffers a proxied answer by default (`proxy_buffering on`): a stream behind it would reach the browser
   // only when the buffer fills or the stream ends. This header turns that off for this answer alone, for a
@@ -947,7 +948,7 @@ function respond(
     return { status: statusCode, headers: outHeaders, body: null };
   }
   const usageReader =
-    grant && grant.reserved > 0 && call.usage ? new UsageReader(call.usage, firstHeader(response.headers['content-type']) ?? '') : null;
+    grant && grant.reserved > 0 && call.usage ? new UsageReader(call.usage, contentType) : null;
   const encoding = response.headers['content-encoding'];
   const decoded = decodeBody(response.body, Array.isArray(encoding) ? encoding.join(',') : encoding, route.maxDecodedResponseBytes);
   const framed = contentType.startsWith('application/vnd.amazon.eventstream') ? new EventStreamBoundaries() : null;
@@ -955,7 +956,7 @@ function respond(
   const scrubber = new StreamScrubber(secrets, echoes.form);
   call.scrubber = scrubber;
   call.echoes = echoes;
-  call.genAi = route.genAi && call.span.isRecording() ? genAiUsageReader(route.genAi, firstHeader(response.headers['content-type']) ?? '') : null;
+  call.genAi = route.genAi && call.span.isRecording() ? genAiUsageReader(route.genAi, contentType) : null;
   const body = new ProxiedBody(
     decoded,
     scrubber,
