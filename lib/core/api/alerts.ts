@@ -15,6 +15,8 @@ export function handleAlerts(request: Request, runtime: Runtime): Promise<Respon
     const params = new URL(request.url).searchParams;
     for (const name of params.keys()) {
       if (name !== 'limit' && name !== 'cursor') throw new KeywardError('bad_request', { message: 'Only limit and cursor are accepted.' });
+      // Which copy would win is not for a server to guess (the audit and usage APIs refuse them too).
+      if (params.getAll(name).length > 1) throw new KeywardError('bad_request', { message: `${name} is given more than once.` });
     }
     const limit = params.has('limit') ? Number(params.get('limit')) : 50;
     if (!Number.isInteger(limit) || limit < 1 || limit > 200) throw new KeywardError('bad_request', { message: 'limit is 1 to 200.' });

@@ -27,6 +27,19 @@ describe('GET /api/admin/alerts?cursor=', () => {
   });
 });
 
+describe('GET /api/admin/alerts: repeated parameters', () => {
+  it('a parameter given twice is 400, as the audit and usage APIs answer it, never one copy silently chosen', async () => {
+    for (const query of ['limit=1&limit=200', `cursor=${'1'.repeat(16)}&cursor=${'2'.repeat(16)}`, 'limit=5&limit=5']) {
+      const response = await alerts(query);
+      expect(response.status, query).toBe(400);
+      const { error } = (await response.json()) as { error: { code: string; message: string } };
+      expect(error.code, query).toBe('bad_request');
+      expect(error.message, query).toMatch(/given more than once/);
+    }
+    expect((await alerts('limit=5')).status).toBe(200);
+  });
+});
+
 describe('POST /api/admin/alerts/<id>/undo', () => {
   it("undoing an alert already undone changes nothing: the detector's state on this instance is not reset again", async () => {
     runtime.detector.decoyHit({ kind: 'credential', decoyId: 'dk_1', where: 'header:x-api-key', userId: 'local:mallory', sessionId: 's1', ip: '203.0.113.66', upstream: 'openai', route: null, requestId: 'r1' });
