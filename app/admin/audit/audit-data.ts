@@ -26,6 +26,8 @@ export interface AuditPageQuery {
   readonly older: string | null;
   /** Show the records newer than this id. */
   readonly newer: string | null;
+  /** A parameter the URL gives more than once: refused as GET /api/admin/audit refuses it, not one copy chosen. */
+  readonly repeated: string | null;
 }
 
 export type AuditPage =
@@ -50,7 +52,8 @@ export function readQuery(params: Record<string, string | string[] | undefined>)
     return value !== undefined && AUDIT_CURSOR.test(value) ? value : null;
   };
   const older = cursor('older');
-  return { filters, limit: (PAGE_SIZES as readonly number[]).includes(limit) ? limit : PAGE_SIZES[0], older, newer: older === null ? cursor('newer') : null };
+  const repeated = [...FILTER_NAMES, 'limit', 'older', 'newer'].find((name) => Array.isArray(params[name]) && params[name].length > 1) ?? null;
+  return { filters, limit: (PAGE_SIZES as readonly number[]).includes(limit) ? limit : PAGE_SIZES[0], older, newer: older === null ? cursor('newer') : null, repeated };
 }
 
 /**
@@ -70,6 +73,8 @@ export function apiParams(filters: FilterValues): URLSearchParams {
 
 /** One page of matching records, newest first. */
 export async function loadAuditPage(query: AuditPageQuery): Promise<AuditPage> {
+  // A shared URL means one view: the API answers a parameter given twice 400, and so does the page.
+  if (query.repeated !== null) return { kind: 'invalid', message: `${query.repeated} is given more than once.` };
   let filter;
   try {
     filter = auditFilter(apiParams(query.filters));

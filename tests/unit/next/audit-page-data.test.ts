@@ -33,4 +33,14 @@ describe('the Audit page', () => {
     const until = await loadAuditPage(readQuery({ until: minuteBefore, action: 'key.add' }));
     expect(until).toMatchObject({ kind: 'records', records: [] });
   });
+
+  it('a filter given twice in the URL is refused as the API refuses it (shown, not one copy silently chosen)', async () => {
+    const { loadAuditPage, readQuery } = await import('../../../app/admin/audit/audit-data');
+    await runtime.audit.recordAdmin({ action: 'key.add', actor: 'local:twice', outcome: 'ok' });
+    for (const [name, values] of [['userId', ['local:twice', 'local:other']], ['action', ['key.add', 'key.add']], ['older', ['1'.repeat(16), '2'.repeat(16)]], ['limit', ['25', '100']]] as const) {
+      expect(await loadAuditPage(readQuery({ [name]: [...values] })), name).toEqual({ kind: 'invalid', message: `${name} is given more than once.` });
+    }
+    const once = await loadAuditPage(readQuery({ userId: 'local:twice' }));
+    expect(once.kind === 'records' && once.records.map((record) => record.type === 'admin' && record.actor)).toEqual(['local:twice']);
+  });
 });
