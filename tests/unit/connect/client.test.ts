@@ -407,3 +407,93 @@ describe("a refresh the provider cannot serve now (OAuthTokenStore's backoff)", 
     expect(seen).toHaveLength(1);
   });
 });
+
+/**
+ * A provider (or something answering at its address) that sends an answer without end: Keyward reads at most a
+ * bounded amount of any answer from a provider (token, revocation, discovery, GitHub's and Slack's APIs), then
+ * lets the connection go, rather than holding all of it in memory until the 10-second timeout.
+ */
+const CHUNK = Buffer.alloc(1 << 20, 'a');
+/** Far more than any provider answer: an answer read to its end, or for the whole 10-second timeout, gets far past READ_AT_MOST. */
+const ENDLESS_CHUNKS = 256;
+/** Megabytes the server may have sent when the client lets go: the 1 MB read, and what the sockets' buffers hold. */
+const READ_AT_MOST = 32;
+
+interface Endless {
+  origin: string;
+  /** Per request path: how many megabytes the server had sent when the answer ended (read to its end, or let go). */
+  sent: Map<string, number>;
+}
+
+/** Answers every request with `status` and a JSON body that goes on for ENDLESS_CHUNKS megabytes. */
+async function endless(status: number, prefix: string): Promise<Endless> {
+  const sent = new Map<string, number>();
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    req.resume();
+    const path = new URL(req.url!, 'http://x').pathname;
+    let chunks = 0;
+    const more = () => {
+      while (chunks < ENDLESS_CHUNKS) {
+        chunks++;
+        if (!res.write(CHUNK)) return void res.once('drain', more);
+      }
+      res.end('"}');
+    };
+    res.on('close', () => {
+      res.removeAllListeners('drain');
+      sent.set(path, chunks);
+    });
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.write(prefix);
+    more();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(
+    () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  );
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { origin, sent };
+}
+
+/** How much of its answer the server had sent when it ended, once it has (the client's end reaches it a moment later). */
+async function sentTo(server: Endless, path: string): Promise<number> {
+  await expect.poll(() => server.sent.has(path)).toBe(true);
+  return server.sent.get(path)!;
+}
+
+const liveTokens = { accessToken: 'at-live', refreshToken: null, expiresAt: 0 };
+
+describe('a provider whose answer has no end', () => {
+  it('RFC 7009 revocation answered 400 with an endless error body: the disconnect is not confirmed, and the body is not read to its end', async () => {
+    const server = await endless(400, '{"error":"invalid_request","error_description":"');
+    const client = new ProviderClient(preset('generic', server.origin, { revocationUrl: `${server.origin}/revoke` }));
+    await expect(client.revoke(liveTokens)).rejects.toThrow();
+    expect(await sentTo(server, '/revoke')).toBeLessThan(READ_AT_MOST);
+  });
+
+  it("Slack's auth.revoke answered with an endless body: not confirmed, not read to its end", async () => {
+    const server = await endless(200, '{"ok":false,"error":"');
+    const provider = { ...preset('slack', server.origin), revocation: { kind: 'slack', url: `${server.origin}/revoke` } as const };
+    await expect(new ProviderClient(provider).revoke(liveTokens)).rejects.toThrow();
+    expect(await sentTo(server, '/revoke')).toBeLessThan(READ_AT_MOST);
+  });
+
+  it('the token endpoint (refresh) answered with an endless body: refused, not read to its end', async () => {
+    const server = await endless(200, '{"access_token":"');
+    const client = new ProviderClient(preset('generic', server.origin));
+    await expect(client.refresh('rt')).rejects.toThrow();
+    expect(await sentTo(server, '/token')).toBeLessThan(READ_AT_MOST);
+  });
+
+  it('a discovery document without end: the provider cannot be used, and the document is not read to its end', async () => {
+    const server = await endless(200, '{"issuer":"');
+    const config = connectionsSchema.parse({ p: { preset: 'generic', issuer: server.origin, clientId: { env: 'ID' }, clientSecret: { env: 'SECRET' } } });
+    const client = new ProviderClient(resolveConnections(config, env).get('p')!);
+    await expect(client.authorizationServer()).rejects.toThrow();
+    expect(await sentTo(server, '/.well-known/openid-configuration')).toBeLessThan(READ_AT_MOST);
+  });
+});
