@@ -195,7 +195,9 @@ export async function proxyCall(request: CoreRequest, target: ProxyTarget, deps:
     const body = await signCall(call, request, credential, outgoing, content); // 13 [7]
     await recheckBeforeForward(call, upstream, session, credential); // 13 [3, 7]
     const response = await forward(call, request, upstream, route, outgoing, body); // 13 [8]
-    return await respond(call, request, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
+    const answer = await respond(call, request, upstream, route, credential, response); // 14 [9], then 15 [10] when the body ends
+    if (answer.status === 401) checkRefusedToken(call, upstream, session, credential);
+    return answer;
   } catch (error) {
     call.release?.();
     return refuse(call, await refusalOf(call, request, error), request.signal?.aborted === true); // 15 [10]
@@ -973,6 +975,20 @@ function respond(
   );
   const answer = { status: statusCode, headers: outHeaders, body };
   return decoded === response.body ? answer : body.readAhead().then(() => answer);
+}
+
+/**
+ * An upstream's 401 to a call that carried a connected account's token: the connection has the provider check the
+ * token, off the call's path (README "Connected accounts", step 5). The answer goes to the client as it is.
+ */
+function checkRefusedToken(call: Call, upstream: Upstream, session: Session, credential: ResolvedCredential): void {
+  const plan = upstream.credential;
+  const connections = call.deps.credentials?.connections;
+  const token = credential.secrets[0];
+  if (plan.source !== 'oauth' || !connections?.has(plan.provider) || token === undefined) return;
+  connections.upstreamRefused(plan.provider, session.userId, token).catch((error: unknown) => {
+    call.deps.logger.warn({ provider: plan.provider, userId: session.userId, err: error instanceof Error ? error.name : 'unknown' }, 'checking a token an upstream refused failed');
+  });
 }
 
 /**

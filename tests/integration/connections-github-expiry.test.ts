@@ -1,12 +1,13 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { handleConnectCallback, handleConnection, handleConnectStart } from '../../lib/core/api/connect';
+import { handleConnection, handleConnections } from '../../lib/core/api/connect';
+import { defineUpstream } from '../../lib/core/config/load';
+import { handleProxy } from '../../lib/core/pipeline';
 import { createRuntime, type Runtime } from '../../lib/core/runtime';
 import { RedisStore } from '../../lib/store/redis';
 import { REDIS_URL, capturingLogger, claimsSessionCookie } from '../fixtures/claims-session';
-import { githubConnectionAt } from '../fixtures/github-connection';
+import { connectGithub, githubConnectionAt, listenOnLoopback } from '../fixtures/github-connection';
 import { deleteKeysUnder } from '../fixtures/redis-server';
 import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
 
@@ -19,6 +20,13 @@ import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
  * A fake GitHub on loopback (the preset's token URL pointed at it, so its grant API is `<origin>/api/v3`, as for
  * GitHub Enterprise Server) keeps real state: 8-hour access tokens, refresh tokens that rotate (each works once),
  * and grants deleted only through a valid token. It reads the test's clock, which the tests move.
+ *
+ * Then a GitHub OAuth app's grant (tokens that never expire, no refresh token) that the user revokes at GitHub
+ * (Settings → Applications → Revoke): no refresh ever finds out, the upstream's 401 to the dead token is what tells.
+ * Keyward then asks GitHub ("Check a token", with the app's credentials) and, when GitHub no longer knows the token,
+ * the connection needs reconnecting. The fake's GET /user is the upstream the calls go to (401 `Bad credentials`
+ * for a token it does not know), GET /orgs answers 401 whatever the token (a 401 that is not about it), and
+ * POST /applications/{client_id}/token answers 200 for a live token, 404 otherwise.
  */
 const APP = 'https://app.keyward.test';
 const CLIENT_ID = 'Iv1.keywardtest';
@@ -39,6 +47,10 @@ const now = () => Date.now() + skewMs;
 const grants: Grant[] = [];
 /** The account the next code exchange connects. */
 let nextAccount = 42;
+/** When set, the code exchange gives an OAuth app's token: it never expires, and comes with no refresh token. */
+let oauthApp = false;
+/** The bodies of the "Check a token" requests GitHub got. */
+const checks: string[] = [];
 /** When set, the token endpoint answers refreshes with this status (GitHub down). */
 let refreshOutage: number | null = null;
 let github: Server;
@@ -47,7 +59,7 @@ let prefix: string;
 let runtime: Runtime;
 let store: RedisStore;
 const sessionSecrets = testSessionSecrets();
-const { logger } = capturingLogger();
+const { logger, lines } = capturingLogger();
 let cookie: string;
 
 function issue(grant: Grant) {
@@ -87,7 +99,10 @@ function startGithub(): Promise<void> {
         if (form.get('grant_type') === 'authorization_code') {
           const grant: Grant = { account: nextAccount, alive: true, accessToken: '', accessExpiresAt: 0, refreshToken: '' };
           grants.push(grant);
-          return send(200, issue(grant));
+          const issued = issue(grant);
+          if (!oauthApp) return send(200, issued);
+          grant.accessExpiresAt = Infinity;
+          return send(200, { access_token: issued.access_token, token_type: 'bearer', scope: 'read:user' });
         }
         if (refreshOutage !== null) return send(refreshOutage, { message: 'unavailable' });
         const grant = grants.find((g) => g.alive && g.refreshToken === form.get('refresh_token'));
@@ -97,7 +112,14 @@ function startGithub(): Promise<void> {
         const grant = grantOf(req.headers.authorization?.replace(/^Bearer /, ''));
         return grant ? send(200, { id: grant.account }) : send(401, { message: 'Bad credentials' });
       }
+      if (req.method === 'GET' && url.pathname === '/api/v3/orgs') return send(401, { message: 'Requires authentication' });
       const basic = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`;
+      if (req.method === 'POST' && url.pathname === `/api/v3/applications/${CLIENT_ID}/token`) {
+        if (req.headers.authorization !== basic) return send(401, { message: 'Bad credentials' });
+        checks.push(body);
+        const grant = grantOf((JSON.parse(body) as { access_token?: unknown }).access_token);
+        return grant ? send(200, { token: grant.accessToken, scopes: ['read:user'] }) : send(404, { message: 'Not Found' });
+      }
       if (req.method === 'DELETE' && url.pathname === `/api/v3/applications/${CLIENT_ID}/grant`) {
         if (req.headers.authorization !== basic) return send(401, { message: 'Bad credentials' });
         const grant = grantOf((JSON.parse(body) as { access_token?: unknown }).access_token);
@@ -109,24 +131,14 @@ function startGithub(): Promise<void> {
       send(404, { message: 'Not Found' });
     });
   });
-  return new Promise((resolve) =>
-    github.listen(0, '127.0.0.1', () => {
-      origin = `http://127.0.0.1:${(github.address() as AddressInfo).port}`;
-      resolve();
-    }),
-  );
+  return listenOnLoopback(github).then((listening) => {
+    origin = listening;
+  });
 }
 
-/** Start, GitHub's consent (the fake grants whatever is asked), and the callback as the browser brings it back. */
-async function connect(): Promise<void> {
-  const started = await handleConnectStart(new Request(`${APP}/api/connect/github`, { headers: { cookie } }), 'github', runtime);
-  expect(started.status).toBe(303);
-  const binding = /^(__Host-keyward\.connect-github=[^;]*)/.exec(started.headers.get('set-cookie') ?? '')![1]!;
-  const authorize = new URL(started.headers.get('location')!);
-  const back = new URL(authorize.searchParams.get('redirect_uri')!);
-  back.search = new URLSearchParams({ code: randomUUID(), state: authorize.searchParams.get('state')! }).toString();
-  const done = await handleConnectCallback(new Request(back, { headers: { cookie: binding } }), 'github', runtime);
-  expect(await done.text()).toContain('connected=github');
+/** A whole connect (the fake grants whatever is asked). */
+function connect(): Promise<void> {
+  return connectGithub(runtime, APP, cookie);
 }
 
 async function disconnect(): Promise<{ disconnected: boolean; revokedAtProvider: boolean }> {
@@ -137,6 +149,18 @@ async function disconnect(): Promise<{ disconnected: boolean; revokedAtProvider:
   );
   expect(response.status).toBe(200);
   return (await response.json()) as { disconnected: boolean; revokedAtProvider: boolean };
+}
+
+async function call(path: string): Promise<{ status: number; body: string }> {
+  const request = new Request(`${APP}/api/proxy/gh/${path}`, { headers: { cookie, 'x-keyward-csrf': '1' } });
+  const response = await handleProxy(request, { upstream: 'gh', path: [path] }, runtime);
+  return { status: response.status, body: await response.text() };
+}
+
+async function status(): Promise<string | undefined> {
+  const response = await handleConnections(new Request(`${APP}/api/connections`, { headers: { cookie, 'x-keyward-csrf': '1' } }), runtime);
+  const { connections } = (await response.json()) as { connections: { provider: string; status: string }[] };
+  return connections.find((c) => c.provider === 'github')?.status;
 }
 
 beforeAll(async () => {
@@ -153,6 +177,16 @@ beforeAll(async () => {
       KEYWARD_SESSION_MAX_AGE: String(7 * 86_400),
     },
     connections: githubConnectionAt(origin),
+    upstreams: [
+      defineUpstream('gh', {
+        baseUrl: `${origin}/api/v3/`,
+        auth: { type: 'bearer', secret: { oauth: 'github' } },
+        routes: [
+          { method: 'GET', path: '/user' },
+          { method: 'GET', path: '/orgs' },
+        ],
+      }),
+    ],
     store,
     logger,
     now,
@@ -199,5 +233,58 @@ describe('disconnecting a GitHub App connection whose token expired', () => {
     expect(replaced.alive).toBe(false);
     expect(grants.at(-1)!.alive).toBe(true);
     expect(await disconnect()).toMatchObject({ revokedAtProvider: true });
+  });
+});
+
+describe('a GitHub OAuth app grant revoked at GitHub', () => {
+  beforeAll(() => {
+    oauthApp = true;
+  });
+
+  it("an upstream's 401 that is not about the token: GitHub says the token is alive, and the connection stands", async () => {
+    await connect();
+    expect((await call('user')).status).toBe(200);
+    expect((await call('orgs')).status).toBe(401);
+    await expect.poll(() => checks.length).toBe(1);
+    // Asked with the app's credentials (the fake checks them), about the token the call carried.
+    expect(JSON.parse(checks[0]!)).toEqual({ access_token: grants.at(-1)!.accessToken });
+    expect(await status()).toBe('connected');
+    expect((await call('user')).status).toBe(200);
+  });
+
+  it("revoked: the upstream's 401 passes through, GitHub confirms, and the connection needs reconnecting (403 connection_required after)", async () => {
+    await store.delete('conncheck:github:local:ada'); // the last test's check holds the connection's one a minute
+    await connect();
+    grants.at(-1)!.alive = false; // the user revokes the app at GitHub
+    const before = checks.length;
+    expect(await call('user')).toMatchObject({ status: 401, body: expect.stringContaining('Bad credentials') });
+    await expect.poll(() => status()).toBe('needs_reconnect');
+    expect(checks.length).toBe(before + 1);
+    const next = await call('user');
+    expect(next.status).toBe(403);
+    const { error } = JSON.parse(next.body) as { error: { code: string; connectUrl: string; message: string } };
+    expect(error).toMatchObject({ code: 'connection_required', connectUrl: '/api/connect/github' });
+    expect(error.message).toContain('reconnect');
+    expect(lines.some((line) => line.includes('an upstream refused its token'))).toBe(true);
+    await connect();
+    expect(await status()).toBe('connected');
+    expect((await call('user')).status).toBe(200);
+  });
+
+  it('at most one check a minute per connection, however many 401s', async () => {
+    await store.delete('conncheck:github:local:ada');
+    const before = checks.length;
+    await Promise.all(Array.from({ length: 10 }, () => call('orgs')));
+    await expect.poll(() => checks.length).toBe(before + 1);
+    for (let i = 0; i < 5; i++) await call('orgs');
+    expect(checks.length).toBe(before + 1);
+    expect(await status()).toBe('connected');
+  });
+
+  it('no token or client secret in any log line', () => {
+    for (const line of lines) {
+      expect(line).not.toContain(CLIENT_SECRET);
+      for (const grant of grants) expect(line).not.toContain(grant.accessToken);
+    }
   });
 });

@@ -122,6 +122,8 @@ const MAX_RETURN_TO = 512;
 const MAX_EXTRA_SCOPES = 32;
 /** Other users' records read to tell whether an account is shared: one is enough, a few cover stale index fields. */
 const MAX_ACCOUNT_CHECKS = 16;
+/** How often an upstream's 401 may have a connection's token checked at the provider (upstreamRefused). */
+const TOKEN_CHECK_EVERY_MS = 60_000;
 /** How long a disconnect's "shared" mark outlives it: longer than a refresh can take (three provider requests). */
 const SHARED_MARK_TTL_MS = 5 * 60_000;
 
@@ -548,6 +550,21 @@ export class Connections {
     }
   }
 
+  /**
+   * An upstream answered 401 to a call that carried this connection's access token. A grant whose token never
+   * expires (a GitHub OAuth app's) is never refreshed, so nothing else would find out that the user revoked it at
+   * the provider: where the provider can tell (GitHub's "Check a token"), it is asked, and a token it no longer
+   * knows ends the connection as a refused refresh does (needs_reconnect: calls answer 403 connection_required).
+   * At most one check per connection per TOKEN_CHECK_EVERY_MS, whatever the upstream answers meanwhile.
+   */
+  async upstreamRefused(providerId: string, userId: string, accessToken: string): Promise<void> {
+    if (!this.has(providerId)) return;
+    const client = this.client(providerId);
+    if (!client.checksTokens) return;
+    if (!(await guard(() => this.deps.store.setIfAbsent(tokenCheckKey(providerId, userId), '1', TOKEN_CHECK_EVERY_MS)))) return;
+    await this.deps.tokens.endIfRevoked(providerId, userId, accessToken, (token) => client.revokedAtProvider(token));
+  }
+
   /** The token store's report of a saved refresh (see runtime.ts): the connection's lastRefreshAt. */
   async refreshed(
     providerId: string,
@@ -615,9 +632,11 @@ export class Connections {
       { provider: providerId, userId, reason },
       reason === 'expired'
         ? 'connection needs reconnecting: its token expired, and the provider gave no refresh token'
-        : 'connection needs reconnecting: the provider refused to refresh it',
+        : reason === 'revoked'
+          ? 'connection needs reconnecting: an upstream refused its token, and the provider says it is no longer valid'
+          : 'connection needs reconnecting: the provider refused to refresh it',
     );
-    const outcome = reason === 'expired' ? `${providerId}:expired` : providerId;
+    const outcome = reason === 'refused' ? providerId : `${providerId}:${reason}`;
     await this.deps.audit
       .recordAdmin({ action: 'connection.needs_reconnect', actor: 'keyward', targetUser: userId, outcome })
       .catch(() => {});
@@ -809,6 +828,11 @@ function sharedKey(provider: string, userId: string): string {
 /** An account id at a provider, as stored: a digest (ids are not secret; the store need not hold them as they are). */
 function accountDigest(provider: string, account: string): string {
   return createHash('sha256').update(`${provider}\0${account}`, 'utf8').digest('base64url');
+}
+
+/** Set for TOKEN_CHECK_EVERY_MS when an upstream's 401 had the connection's token checked at the provider. */
+function tokenCheckKey(provider: string, userId: string): string {
+  return `conncheck:${provider}:${userId}`;
 }
 
 /** How many connects the user started in the current PENDING_TTL_MS window (a counter that expires with it). */

@@ -31,10 +31,11 @@ interface StoredTokens extends OAuthTokens {
 }
 
 /**
- * Why a link ended: the provider refused the refresh for good (`refused`), or the access token expired with no
- * refresh token to renew it (`expired`: the provider gave none, and was not asked).
+ * Why a link ended: the provider refused the refresh for good (`refused`), the access token expired with no
+ * refresh token to renew it (`expired`: the provider gave none, and was not asked), or an upstream refused a token
+ * that never expires and the provider confirmed it is no longer valid (`revoked`: see `endIfRevoked`).
  */
-export type EndReason = 'refused' | 'expired';
+export type EndReason = 'refused' | 'expired' | 'revoked';
 
 /**
  * What the token store reports as it goes (connected accounts keep their status with these,
@@ -486,6 +487,22 @@ export class OAuthTokenStore {
   }
 
   /**
+   * Ends the link when `accessToken`, which an upstream just refused, is still the one stored, never expires (so no
+   * refresh would ever find out it ended), and `revoked` (asked of the provider) says it is no longer valid. Under
+   * the grant's lock, without waiting for it (a refresh or disconnect under way has the grant in hand): true when
+   * the link ended here.
+   */
+  async endIfRevoked(provider: string, userId: string, accessToken: string, revoked: (accessToken: string) => Promise<boolean>): Promise<boolean> {
+    const done = await this.ifUnlocked(provider, userId, async () => {
+      const read = await this.read(provider, userId);
+      if (!read || read.tokens.accessToken !== accessToken || read.tokens.expiresAt !== 0) return false;
+      if (!(await revoked(accessToken))) return false;
+      return this.endIfUnchanged(provider, userId, read.sealed, 'revoked');
+    });
+    return done?.value ?? false;
+  }
+
+  /**
    * Compare-and-set of a refresh's tokens. A store that fails keeps them for this process's next refresh of the
    * grant (`unsaved`) before the failure is answered (503 `store_unavailable`).
    */
@@ -503,10 +520,10 @@ export class OAuthTokenStore {
    * Ends the link only if it still holds the tokens that could not be refreshed: the tokens are replaced by
    * the ENDED mark (compare-and-set), which the next sign-in's `save` writes over.
    */
-  private async endIfUnchanged(provider: string, userId: string, sealed: string, reason: EndReason): Promise<void> {
-    if (await guard(() => this.store.replaceIfEquals(OAuthTokenStore.key(provider, userId), sealed, ENDED))) {
-      await this.events.ended?.(provider, userId, reason);
-    }
+  private async endIfUnchanged(provider: string, userId: string, sealed: string, reason: EndReason): Promise<boolean> {
+    if (!(await guard(() => this.store.replaceIfEquals(OAuthTokenStore.key(provider, userId), sealed, ENDED)))) return false;
+    await this.events.ended?.(provider, userId, reason);
+    return true;
   }
 }
 
