@@ -1,6 +1,7 @@
 import 'server-only';
 import { decodeJwt } from 'jose';
 import * as oauth from 'oauth4webapi';
+import { cappedFetch } from '../credential/capped-fetch';
 import { expiryOf, OAuthGrantError, type OAuthTokens } from '../credential/oauth';
 import type { ConnectionProvider } from './providers';
 import { parseScopes } from './providers';
@@ -66,12 +67,6 @@ interface RequestOptions {
 /** Each request to the provider; the refresh lock (lib/core/credential/oauth.ts LOCK_TTL_MS) outlives three in turn. */
 const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
-/**
- * Any answer from a provider (discovery documents, revocation errors, Slack's auth.revoke): far more than any of
- * them is, and read no further. Without a bound, an answer without end would be held in memory for as long as the
- * request's timeout lets it flow (gigabytes on a fast link).
- */
-const MAX_PROVIDER_RESPONSE_BYTES = 1024 * 1024;
 const GITHUB_HEADERS = {
   accept: 'application/vnd.github+json',
   'x-github-api-version': '2022-11-28',
@@ -106,7 +101,7 @@ export class ProviderClient {
         : provider.clientAuth === 'client_secret_post'
           ? oauth.ClientSecretPost(secret)
           : oauth.ClientSecretBasic(secret);
-    this.fetch = cappedFetch(options.fetch ?? fetch, MAX_PROVIDER_RESPONSE_BYTES);
+    this.fetch = cappedFetch(options.fetch ?? fetch);
     this.now = options.now ?? Date.now;
   }
 
@@ -445,28 +440,6 @@ async function readTokenBody(response: Response): Promise<Record<string, unknown
   }
   if (response.status !== 200) throw new Error(`the token endpoint answered ${response.status}`, answered);
   return object;
-}
-
-/**
- * `fetch`, with every answer's body cut past `maxBytes`: reading further fails (whoever reads it, oauth4webapi
- * included), and the connection is let go.
- */
-function cappedFetch(inner: typeof fetch, maxBytes: number): typeof fetch {
-  return async (input, init) => {
-    const response = await inner(input, init);
-    if (!response.body) return response;
-    let size = 0;
-    const body = response.body.pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({
-        transform(chunk, controller) {
-          size += chunk.byteLength;
-          if (size > maxBytes) controller.error(new Error('the provider answered with too large a body'));
-          else controller.enqueue(chunk);
-        },
-      }),
-    );
-    return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
-  };
 }
 
 async function readCapped(response: Response, maxBytes: number): Promise<string> {

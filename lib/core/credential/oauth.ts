@@ -2,6 +2,7 @@ import 'server-only';
 import { createHash, randomUUID } from 'node:crypto';
 import * as oauth from 'oauth4webapi';
 import { parseRetryAfter } from '../../client/errors';
+import { cappedFetch } from './capped-fetch';
 import { KeywardError } from '../errors';
 import { guard } from '../store/guard';
 import type { Vault } from '../vault/seal';
@@ -560,9 +561,12 @@ function retryAfterOf(error: unknown, now: number): number | null {
 export function oidcRefresher(issuer: string, clientId: string, clientSecret: string, now: () => number = Date.now): TokenRefresher {
   const issuerUrl = new URL(issuer);
   const insecure = issuerUrl.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(issuerUrl.hostname);
+  const limited = cappedFetch(fetch);
   const options = {
     ...(insecure ? { [oauth.allowInsecureRequests]: true } : {}),
     signal: () => AbortSignal.timeout(REFRESH_TIMEOUT_MS),
+    // An answer past 1 MB (discovery or token) is refused, not read whole.
+    [oauth.customFetch]: (url: string, init: RequestInit) => limited(url, init),
   };
   let server: Promise<oauth.AuthorizationServer> | undefined;
   const client: oauth.Client = { client_id: clientId };

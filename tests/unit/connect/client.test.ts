@@ -7,6 +7,7 @@ import { resolveConnections, type ConnectionProvider } from '../../../lib/core/c
 import { OAuthGrantError, OAuthTokenStore } from '../../../lib/core/credential/oauth';
 import { Vault } from '../../../lib/core/vault/seal';
 import { MemoryStore } from '../../../lib/store/memory';
+import { writeEndless, READ_AT_MOST_MB } from '../../fixtures/endless-answer';
 import { randomSecret } from '../../fixtures/secrets';
 
 /**
@@ -413,39 +414,19 @@ describe("a refresh the provider cannot serve now (OAuthTokenStore's backoff)", 
  * bounded amount of any answer from a provider (token, revocation, discovery, GitHub's and Slack's APIs), then
  * lets the connection go, rather than holding all of it in memory until the 10-second timeout.
  */
-const CHUNK = Buffer.alloc(1 << 20, 'a');
-/** Far more than any provider answer: an answer read to its end, or for the whole 10-second timeout, gets far past READ_AT_MOST. */
-const ENDLESS_CHUNKS = 256;
-/** Megabytes the server may have sent when the client lets go: the 1 MB read, and what the sockets' buffers hold. */
-const READ_AT_MOST = 32;
-
 interface Endless {
   origin: string;
   /** Per request path: how many megabytes the server had sent when the answer ended (read to its end, or let go). */
   sent: Map<string, number>;
 }
 
-/** Answers every request with `status` and a JSON body that goes on for ENDLESS_CHUNKS megabytes. */
+/** Answers every request with `status` and a JSON body without end (writeEndless). */
 async function endless(status: number, prefix: string): Promise<Endless> {
   const sent = new Map<string, number>();
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     req.resume();
     const path = new URL(req.url!, 'http://x').pathname;
-    let chunks = 0;
-    const more = () => {
-      while (chunks < ENDLESS_CHUNKS) {
-        chunks++;
-        if (!res.write(CHUNK)) return void res.once('drain', more);
-      }
-      res.end('"}');
-    };
-    res.on('close', () => {
-      res.removeAllListeners('drain');
-      sent.set(path, chunks);
-    });
-    res.writeHead(status, { 'content-type': 'application/json' });
-    res.write(prefix);
-    more();
+    writeEndless(res, status, prefix, (megabytes) => sent.set(path, megabytes));
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   closers.push(
@@ -472,21 +453,21 @@ describe('a provider whose answer has no end', () => {
     const server = await endless(400, '{"error":"invalid_request","error_description":"');
     const client = new ProviderClient(preset('generic', server.origin, { revocationUrl: `${server.origin}/revoke` }));
     await expect(client.revoke(liveTokens)).rejects.toThrow();
-    expect(await sentTo(server, '/revoke')).toBeLessThan(READ_AT_MOST);
+    expect(await sentTo(server, '/revoke')).toBeLessThan(READ_AT_MOST_MB);
   });
 
   it("Slack's auth.revoke answered with an endless body: not confirmed, not read to its end", async () => {
     const server = await endless(200, '{"ok":false,"error":"');
     const provider = { ...preset('slack', server.origin), revocation: { kind: 'slack', url: `${server.origin}/revoke` } as const };
     await expect(new ProviderClient(provider).revoke(liveTokens)).rejects.toThrow();
-    expect(await sentTo(server, '/revoke')).toBeLessThan(READ_AT_MOST);
+    expect(await sentTo(server, '/revoke')).toBeLessThan(READ_AT_MOST_MB);
   });
 
   it('the token endpoint (refresh) answered with an endless body: refused, not read to its end', async () => {
     const server = await endless(200, '{"access_token":"');
     const client = new ProviderClient(preset('generic', server.origin));
     await expect(client.refresh('rt')).rejects.toThrow();
-    expect(await sentTo(server, '/token')).toBeLessThan(READ_AT_MOST);
+    expect(await sentTo(server, '/token')).toBeLessThan(READ_AT_MOST_MB);
   });
 
   it('a discovery document without end: the provider cannot be used, and the document is not read to its end', async () => {
@@ -494,6 +475,6 @@ describe('a provider whose answer has no end', () => {
     const config = connectionsSchema.parse({ p: { preset: 'generic', issuer: server.origin, clientId: { env: 'ID' }, clientSecret: { env: 'SECRET' } } });
     const client = new ProviderClient(resolveConnections(config, env).get('p')!);
     await expect(client.authorizationServer()).rejects.toThrow();
-    expect(await sentTo(server, '/.well-known/openid-configuration')).toBeLessThan(READ_AT_MOST);
+    expect(await sentTo(server, '/.well-known/openid-configuration')).toBeLessThan(READ_AT_MOST_MB);
   });
 });

@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { oidcRefresher } from '../../../lib/core/credential/oauth';
+import { writeEndless, READ_AT_MOST_MB } from '../../fixtures/endless-answer';
 import { randomSecret } from '../../fixtures/secrets';
 
 /**
@@ -13,6 +14,9 @@ import { randomSecret } from '../../fixtures/secrets';
 let server: Server;
 let issuer: string;
 let expiresIn: unknown;
+/** When set, the token endpoint's answer has no end (writeEndless); how many megabytes it had sent when it ended. */
+let endless = false;
+let sentMb: number | null = null;
 const ACCESS = randomSecret('access');
 
 beforeAll(async () => {
@@ -23,6 +27,7 @@ beforeAll(async () => {
     }
     req.resume();
     req.on('end', () => {
+      if (endless) return writeEndless(res, 200, '{"token_type":"Bearer","access_token":"', (megabytes) => (sentMb = megabytes));
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
       res.end(JSON.stringify({ access_token: ACCESS, token_type: 'Bearer', ...(expiresIn === undefined ? {} : { expires_in: expiresIn }) }));
     });
@@ -32,7 +37,13 @@ beforeAll(async () => {
   issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
 
-afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+afterAll(
+  () =>
+    new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }),
+);
 
 describe('oidcRefresher: when the refreshed access token expires', () => {
   const NOW = 1_800_000_000_000;
@@ -52,6 +63,19 @@ describe('oidcRefresher: when the refreshed access token expires', () => {
       const tokens = await refresh();
       expect(tokens.accessToken).toBe(ACCESS);
       expect(tokens.expiresAt, String(given)).toBe(expected);
+    }
+  });
+});
+
+describe('oidcRefresher: an answer without end', () => {
+  it('is refused after 1 MB, not read to its end (nor held in memory for the whole timeout)', async () => {
+    endless = true;
+    try {
+      await expect(oidcRefresher(issuer, 'client', randomSecret('client-secret'))(randomSecret('refresh'))).rejects.toThrow();
+      await expect.poll(() => sentMb).not.toBeNull();
+      expect(sentMb).toBeLessThan(READ_AT_MOST_MB);
+    } finally {
+      endless = false;
     }
   });
 });
