@@ -23,10 +23,11 @@ import { randomSecret, testSessionSecrets } from '../fixtures/secrets';
  *
  * Then a GitHub OAuth app's grant (tokens that never expire, no refresh token) that the user revokes at GitHub
  * (Settings → Applications → Revoke): no refresh ever finds out, the upstream's 401 to the dead token is what tells.
- * Keyward then asks GitHub ("Check a token", with the app's credentials) and, when GitHub no longer knows the token,
- * the connection needs reconnecting. The fake's GET /user is the upstream the calls go to (401 `Bad credentials`
- * for a token it does not know), GET /orgs answers 401 whatever the token (a 401 that is not about it), and
- * POST /applications/{client_id}/token answers 200 for a live token, 404 otherwise.
+ * Keyward then asks GitHub (GET /user with the token itself) and, when GitHub no longer knows the token, the
+ * connection needs reconnecting. The fake's GET /repos is the upstream the calls go to (401 `Bad credentials` for a
+ * token it does not know), GET /orgs answers 401 whatever the token (a 401 that is not about it), GET /user answers
+ * 200 for a live token and 401 otherwise, and POST /applications/{client_id}/token ("Check a token") answers 404
+ * for a live token too when the app's credentials are wrong, as GitHub does: it must never be what Keyward asks.
  */
 const APP = 'https://app.keyward.test';
 const CLIENT_ID = 'Iv1.keywardtest';
@@ -49,7 +50,7 @@ const grants: Grant[] = [];
 let nextAccount = 42;
 /** When set, the code exchange gives an OAuth app's token: it never expires, and comes with no refresh token. */
 let oauthApp = false;
-/** The bodies of the "Check a token" requests GitHub got. */
+/** The tokens GET /user was asked about (the connect's own account lookup, and Keyward's checks). */
 const checks: string[] = [];
 /** When set, the token endpoint answers refreshes with this status (GitHub down). */
 let refreshOutage: number | null = null;
@@ -108,18 +109,17 @@ function startGithub(): Promise<void> {
         const grant = grants.find((g) => g.alive && g.refreshToken === form.get('refresh_token'));
         return grant ? send(200, issue(grant)) : send(200, { error: 'bad_refresh_token' });
       }
-      if (req.method === 'GET' && url.pathname === '/api/v3/user') {
-        const grant = grantOf(req.headers.authorization?.replace(/^Bearer /, ''));
-        return grant ? send(200, { id: grant.account }) : send(401, { message: 'Bad credentials' });
+      if (req.method === 'GET' && (url.pathname === '/api/v3/user' || url.pathname === '/api/v3/repos')) {
+        const token = req.headers.authorization?.replace(/^Bearer /, '') ?? '';
+        if (url.pathname === '/api/v3/user') checks.push(token);
+        const grant = grantOf(token);
+        if (!grant) return send(401, { message: 'Bad credentials' });
+        return send(200, url.pathname === '/api/v3/user' ? { id: grant.account } : []);
       }
       if (req.method === 'GET' && url.pathname === '/api/v3/orgs') return send(401, { message: 'Requires authentication' });
       const basic = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`;
-      if (req.method === 'POST' && url.pathname === `/api/v3/applications/${CLIENT_ID}/token`) {
-        if (req.headers.authorization !== basic) return send(401, { message: 'Bad credentials' });
-        checks.push(body);
-        const grant = grantOf((JSON.parse(body) as { access_token?: unknown }).access_token);
-        return grant ? send(200, { token: grant.accessToken, scopes: ['read:user'] }) : send(404, { message: 'Not Found' });
-      }
+      // As GitHub with the app's credentials wrong (an operator's rotated or mistyped secret): 404 for any token.
+      if (req.method === 'POST' && url.pathname === `/api/v3/applications/${CLIENT_ID}/token`) return send(404, { message: 'Not Found' });
       if (req.method === 'DELETE' && url.pathname === `/api/v3/applications/${CLIENT_ID}/grant`) {
         if (req.headers.authorization !== basic) return send(401, { message: 'Bad credentials' });
         const grant = grantOf((JSON.parse(body) as { access_token?: unknown }).access_token);
@@ -182,7 +182,7 @@ beforeAll(async () => {
         baseUrl: `${origin}/api/v3/`,
         auth: { type: 'bearer', secret: { oauth: 'github' } },
         routes: [
-          { method: 'GET', path: '/user' },
+          { method: 'GET', path: '/repos' },
           { method: 'GET', path: '/orgs' },
         ],
       }),
@@ -243,13 +243,14 @@ describe('a GitHub OAuth app grant revoked at GitHub', () => {
 
   it("an upstream's 401 that is not about the token: GitHub says the token is alive, and the connection stands", async () => {
     await connect();
-    expect((await call('user')).status).toBe(200);
+    const before = checks.length;
+    expect((await call('repos')).status).toBe(200);
     expect((await call('orgs')).status).toBe(401);
-    await expect.poll(() => checks.length).toBe(1);
-    // Asked with the app's credentials (the fake checks them), about the token the call carried.
-    expect(JSON.parse(checks[0]!)).toEqual({ access_token: grants.at(-1)!.accessToken });
+    await expect.poll(() => checks.length).toBe(before + 1);
+    // Asked with the token the call carried (GitHub's "Check a token" would answer 404 here: see the fake).
+    expect(checks.at(-1)).toBe(grants.at(-1)!.accessToken);
     expect(await status()).toBe('connected');
-    expect((await call('user')).status).toBe(200);
+    expect((await call('repos')).status).toBe(200);
   });
 
   it("revoked: the upstream's 401 passes through, GitHub confirms, and the connection needs reconnecting (403 connection_required after)", async () => {
@@ -257,10 +258,10 @@ describe('a GitHub OAuth app grant revoked at GitHub', () => {
     await connect();
     grants.at(-1)!.alive = false; // the user revokes the app at GitHub
     const before = checks.length;
-    expect(await call('user')).toMatchObject({ status: 401, body: expect.stringContaining('Bad credentials') });
+    expect(await call('repos')).toMatchObject({ status: 401, body: expect.stringContaining('Bad credentials') });
     await expect.poll(() => status()).toBe('needs_reconnect');
     expect(checks.length).toBe(before + 1);
-    const next = await call('user');
+    const next = await call('repos');
     expect(next.status).toBe(403);
     const { error } = JSON.parse(next.body) as { error: { code: string; connectUrl: string; message: string } };
     expect(error).toMatchObject({ code: 'connection_required', connectUrl: '/api/connect/github' });
@@ -268,7 +269,7 @@ describe('a GitHub OAuth app grant revoked at GitHub', () => {
     expect(lines.some((line) => line.includes('an upstream refused its token'))).toBe(true);
     await connect();
     expect(await status()).toBe('connected');
-    expect((await call('user')).status).toBe(200);
+    expect((await call('repos')).status).toBe(200);
   });
 
   it('at most one check a minute per connection, however many 401s', async () => {

@@ -356,40 +356,46 @@ export class ProviderClient {
    * https://docs.github.com/en/rest/apps/oauth-applications#delete-an-app-authorization
    */
   private async deleteGithubApp(apiUrl: string, what: 'grant' | 'token', tokens: OAuthTokens): Promise<boolean> {
-    const status = await this.githubApp(apiUrl, 'DELETE', what, tokens.accessToken);
+    const status = await this.githubApp(apiUrl, what, tokens.accessToken);
     if (status === 204 || (status === 404 && !this.expired(tokens))) return true;
     throw new Error(`GitHub answered ${status} to the ${what} deletion${status === 404 ? ' of an expired token' : ''}`);
   }
 
-  /** Whether `revokedAtProvider` can tell: GitHub's "Check a token" API (the github preset). */
+  /** Whether `revokedAtProvider` can tell: GitHub's API (the github preset). */
   get checksTokens(): boolean {
     return this.provider.revocation.kind === 'github-grant';
   }
 
   /**
    * Whether the provider says this access token no longer works (the user revoked the app, or it was deleted):
-   * GitHub's "Check a token" (POST /applications/{client_id}/token with the client's credentials) answers 404 for
-   * a token that is not valid, 200 for one that is. False where the provider cannot tell (checksTokens); any
-   * other answer is thrown (not known). For tokens that never expire: GitHub answers 404 for an expired one too.
-   * https://docs.github.com/en/rest/apps/oauth-applications#check-a-token
+   * GitHub's `GET /user` with the token itself answers 401 for a token that is not valid, 200 for one that is. Asked
+   * with the token rather than through "Check a token" (POST /applications/{client_id}/token), which needs the
+   * app's client secret and answers 404 both for a dead token and for a wrong or rotated secret: that would end
+   * every user's connection for the operator's mistake. False where the provider cannot tell (checksTokens); any
+   * other answer is thrown (not known).
    */
   async revokedAtProvider(accessToken: string): Promise<boolean> {
     const { revocation } = this.provider;
     if (revocation.kind !== 'github-grant') return false;
-    const status = await this.githubApp(revocation.apiUrl, 'POST', 'token', accessToken);
-    if (status === 200) return false;
-    if (status === 404) return true;
-    throw new Error(`GitHub answered ${status} to the token check`);
+    const response = await this.fetch(`${revocation.apiUrl}/user`, {
+      headers: { ...GITHUB_HEADERS, authorization: `Bearer ${accessToken}` },
+      redirect: 'manual',
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+    await response.body?.cancel();
+    if (response.status === 200) return false;
+    if (response.status === 401) return true;
+    throw new Error(`GitHub answered ${response.status} to GET /user with the token`);
   }
 
   /**
-   * A request to GitHub's OAuth app API about one token (`/applications/{client_id}/grant` or `/token`): the
+   * A DELETE of GitHub's OAuth app API about one token (`/applications/{client_id}/grant` or `/token`): the
    * client's id and secret (Basic), the token in the body. Its status; the body is not read.
    */
-  private async githubApp(apiUrl: string, method: 'DELETE' | 'POST', what: 'grant' | 'token', accessToken: string): Promise<number> {
+  private async githubApp(apiUrl: string, what: 'grant' | 'token', accessToken: string): Promise<number> {
     const basic = Buffer.from(`${this.provider.clientId}:${this.provider.clientSecret ?? ''}`).toString('base64');
     const response = await this.fetch(`${apiUrl}/applications/${encodeURIComponent(this.provider.clientId)}/${what}`, {
-      method,
+      method: 'DELETE',
       headers: { ...GITHUB_HEADERS, authorization: `Basic ${basic}`, 'content-type': 'application/json' },
       body: JSON.stringify({ access_token: accessToken }),
       redirect: 'manual',

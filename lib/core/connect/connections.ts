@@ -553,7 +553,7 @@ export class Connections {
   /**
    * An upstream answered 401 to a call that carried this connection's access token. A grant whose token never
    * expires (a GitHub OAuth app's) is never refreshed, so nothing else would find out that the user revoked it at
-   * the provider: where the provider can tell (GitHub's "Check a token"), it is asked, and a token it no longer
+   * the provider: where the provider can tell (GitHub's GET /user, with the token), it is asked, and a token it no longer
    * knows ends the connection as a refused refresh does (needs_reconnect: calls answer 403 connection_required).
    * At most one check per connection per TOKEN_CHECK_EVERY_MS, whatever the upstream answers meanwhile.
    */
@@ -609,9 +609,10 @@ export class Connections {
   }
 
   /**
-   * The token store's report that a grant ended (the provider refused the refresh, or the token expired with no
-   * refresh token: `reason`): the connection needs reconnecting. Shown to the user and the admin data, logged,
-   * audited (the outcome ends in `:expired` for the second), and sent to the detector's webhook.
+   * The token store's report that a grant ended (`reason`: the provider refused the refresh, the token expired with
+   * no refresh token, or an upstream refused a token that never expires and the provider confirmed it dead): the
+   * connection needs reconnecting. Shown to the user and the admin data, logged, audited (the outcome ends in
+   * `:expired` or `:revoked` for the last two), and sent to the detector's webhook.
    */
   async ended(providerId: string, userId: string, reason: EndReason = 'refused'): Promise<void> {
     if (!this.has(providerId)) return;
