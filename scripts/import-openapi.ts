@@ -235,6 +235,7 @@ function report(
   );
   print.say(`  2. KEYWARD_CONFIG=${out}`);
   print.say('  3. npm run keyward -- check-config');
+  print.say('  4. npm run keyward -- types --out keyward-api.d.ts   (the typed client\'s types; again after each import)');
   print.say('Every route chosen needs only a signed-in user: add "roles" to limit who may call it (README "Access policy").');
   if (result.warnings.length === 0) return;
   print.warn(`keyward: what the routes of ${printable(plan.title)} do not keep exactly as the document says:`);

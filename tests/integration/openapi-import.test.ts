@@ -90,6 +90,8 @@ describe('keyward import <spec> --upstream <id> --operations …', { timeout: 12
     );
     expect(first.stdout).toContain('Credential: header "api_key", from PETSTORE_API_KEY');
     expect(first.stdout).toContain('set PETSTORE_API_KEY=… in .env.local');
+    // The typed client's types are the step after check-config (README "Call it from the frontend").
+    expect(first.stdout).toContain('  4. npm run keyward -- types --out keyward-api.d.ts');
     // Warnings go to stderr, each naming its operation.
     expect(first.stderr).toContain(
       '  - GET /pet/findByStatus: asks for petstore_auth; Keyward attaches "api_key" to every route of this upstream',
